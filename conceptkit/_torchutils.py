@@ -1,0 +1,67 @@
+"""Leave the user's model exactly as we found it.
+
+Every public call that runs a user's model goes through :func:`preserved_model_state`, which
+records the training flag of every submodule and the ``requires_grad`` flag of every parameter,
+and restores both on exit — also when the call raises midway. Hooks that we register are removed
+by the code that registers them (in ``finally`` blocks); this guard additionally removes any
+forward hook that appeared during the call and is still attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def _hook_dicts(module: nn.Module):
+    return (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks)
+
+
+@contextlib.contextmanager
+def preserved_model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Run a block with ``model`` (optionally) in eval mode; restore all flags afterwards."""
+    modules = list(model.modules())
+    training = [m.training for m in modules]
+    params = list(model.parameters())
+    grads = [p.requires_grad for p in params]
+    hooks_before = [tuple(len(d) for d in _hook_dicts(m)) for m in modules]
+    hook_keys_before = [tuple(tuple(d.keys()) for d in _hook_dicts(m)) for m in modules]
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for m, flag in zip(modules, training):
+            m.training = flag
+        for p, flag in zip(params, grads):
+            p.requires_grad_(flag)
+        for m, before, keys in zip(modules, hooks_before, hook_keys_before):
+            for d, n_before, key_before in zip(_hook_dicts(m), before, keys):
+                if len(d) != n_before:
+                    for key in [k for k in d.keys() if k not in key_before]:
+                        del d[key]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for parameter-free modules)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter (float32 if none)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """A torch Generator seeded with ``seed`` (we never touch the global RNG state)."""
+    gen = torch.Generator()
+    gen.manual_seed(int(seed))
+    return gen

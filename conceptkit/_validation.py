@@ -1,0 +1,203 @@
+"""Boundary checks shared by every public entry point.
+
+Each check names the argument it looked at and what it received, so that users never have to
+read a traceback from inside torch, scikit-learn or scipy to learn what they passed wrongly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = "np.ndarray | torch.Tensor"
+
+
+def describe(value: Any) -> str:
+    """A short description of ``value`` for error messages: type, shape and dtype."""
+    if isinstance(value, torch.Tensor):
+        return f"torch.Tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, np.ndarray):
+        return f"numpy array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """Return ``value`` as an int, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer; got {describe(value)}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}; got {value}.")
+    return value
+
+
+def check_float(value: Any, name: str, *, minimum: float | None = None,
+                maximum: float | None = None, strict_minimum: bool = False) -> float:
+    """Return ``value`` as a finite float within bounds, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number; got {describe(value)}.")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be finite; got {value}.")
+    if minimum is not None:
+        if strict_minimum and value <= minimum:
+            raise ValueError(f"`{name}` must be > {minimum}; got {value}.")
+        if not strict_minimum and value < minimum:
+            raise ValueError(f"`{name}` must be >= {minimum}; got {value}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}; got {value}.")
+    return value
+
+
+def check_choice(value: Any, name: str, options: Iterable[str]) -> str:
+    """Check that ``value`` is one of ``options``; suggest the closest on a typo."""
+    options = list(options)
+    if value in options:
+        return value
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, options, n=1)
+        if close:
+            hint = f" Did you mean {close[0]!r}?"
+    raise ValueError(f"`{name}` must be one of {options}; got {value!r}.{hint}")
+
+
+def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
+    """Candidates that look like ``name`` (for 'unknown name' errors)."""
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    if not close:
+        close = [c for c in candidates if name and (name in c or c in name)][:n]
+    return close
+
+
+def _finite(x: np.ndarray | torch.Tensor) -> bool:
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point():
+            return True
+        return bool(torch.isfinite(x).all())
+    if not np.issubdtype(x.dtype, np.floating):
+        return True
+    return bool(np.isfinite(x).all())
+
+
+def check_images(images: Any, name: str = "images", *, channels: int | None = None,
+                 min_size: int = 1) -> torch.Tensor:
+    """Validate a batch of images ``(N, C, H, W)`` and return it as a float tensor.
+
+    A single image ``(C, H, W)`` is rejected rather than silently batched: the caller has to say
+    what they mean. Integer images are rejected too, because their range is ambiguous.
+    """
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"`{name}` must be a torch.Tensor or numpy array of shape (N, C, H, W); "
+            f"got {describe(images)}."
+        )
+    if images.ndim != 4:
+        extra = " (a single image? add a batch axis with images[None])" if images.ndim == 3 else ""
+        raise ValueError(
+            f"`{name}` must have 4 dimensions (N, C, H, W); got shape {tuple(images.shape)}{extra}."
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"`{name}` is empty: got shape {tuple(images.shape)}; need at least one image.")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be floating point (e.g. float32 in [0, 1] or normalised); "
+            f"got dtype {images.dtype}. Convert with images.float() / 255."
+        )
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(
+            f"`{name}` must have {channels} channels in axis 1 (N, C, H, W); "
+            f"got shape {tuple(images.shape)}."
+        )
+    if min(images.shape[2], images.shape[3]) < min_size:
+        raise ValueError(
+            f"`{name}` must be at least {min_size}x{min_size} pixels; got {tuple(images.shape[2:])}."
+        )
+    if not _finite(images):
+        raise ValueError(f"`{name}` contains NaN or Inf values.")
+    return images
+
+
+def check_matrix(x: Any, name: str, *, min_rows: int = 1, nonnegative: bool = False,
+                 columns: int | None = None, hint_negative: str = "") -> np.ndarray | torch.Tensor:
+    """Validate a 2-D float matrix ``(n, C)`` (numpy or torch) and return it unchanged in type."""
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x, dtype=np.float64)
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"`{name}` must be a numpy array or torch.Tensor of shape (n, C); "
+                        f"got {describe(x)}.")
+    if x.ndim != 2:
+        raise ValueError(f"`{name}` must be 2-D (n_samples, n_features); got shape {tuple(x.shape)}.")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"`{name}` needs at least {min_rows} rows; got shape {tuple(x.shape)}.")
+    if x.shape[1] == 0:
+        raise ValueError(f"`{name}` has no columns: shape {tuple(x.shape)}.")
+    if columns is not None and x.shape[1] != columns:
+        raise ValueError(f"`{name}` must have {columns} columns; got shape {tuple(x.shape)}.")
+    is_float = x.is_floating_point() if isinstance(x, torch.Tensor) else np.issubdtype(x.dtype, np.floating)
+    if not is_float:
+        if isinstance(x, torch.Tensor):
+            x = x.float()
+        else:
+            x = x.astype(np.float64)
+    if not _finite(x):
+        raise ValueError(f"`{name}` contains NaN or Inf values.")
+    if nonnegative:
+        low = float(x.min())
+        if low < 0:
+            raise ValueError(
+                f"`{name}` has negative values (min {low:.4g}) but this method needs non-negative "
+                f"input.{(' ' + hint_negative) if hint_negative else ''}"
+            )
+    return x
+
+
+def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A numpy view/copy of ``x`` on the CPU."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def like(result: np.ndarray | torch.Tensor, template: np.ndarray | torch.Tensor):
+    """Return ``result`` in the container type (and, for torch, device) of ``template``."""
+    if isinstance(template, torch.Tensor):
+        if isinstance(result, torch.Tensor):
+            return result.to(template.device)
+        return torch.from_numpy(np.ascontiguousarray(result)).to(template.device)
+    return to_numpy(result)
+
+
+def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """A numpy Generator from an int seed, a Generator, or None (fresh entropy)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None:
+        check_int(seed, "seed", minimum=0)
+    return np.random.default_rng(seed)
+
+
+def resolve_device(device: Any, name: str = "device") -> torch.device:
+    """Turn ``None`` / str / torch.device into a torch.device, with a clear error."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`{name}` must be a torch device such as 'cpu' or 'cuda:0'; got {device!r}.") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`{name}` is {device!r} but CUDA is not available on this machine.")
+    return dev
