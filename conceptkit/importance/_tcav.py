@@ -1,0 +1,323 @@
+"""TCAV scores with significance testing against random concept activation vectors.
+
+For a class ``k`` and a concept ``c``, each random run ``r`` trains a CAV of ``c`` against the
+random set ``R_r`` and scores the fraction of class inputs whose class-logit derivative along it
+is positive. The same is done for random-vs-random CAVs (``R_{r+1}`` against ``R_r``), which
+shows how TCAV scores spread when there is no concept at all. A two-sided t-test of the concept's
+scores against the random ones, corrected over the concepts tested (Bonferroni by default, as in
+the TCAV paper), decides which concepts are significant.
+
+The gradients of the class logit do not depend on the CAV, so they are computed once per call
+and every CAV costs one matrix-vector product.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from .._validation import check_choice, check_float, check_int, describe, make_rng
+from ._cav import CLASSIFIERS, SPACES, activation_features, fit_cav, logit_gradients
+
+TESTS = ("ttest_ind", "welch", "ttest_rel")
+CORRECTIONS = ("bonferroni", "holm", "none")
+RECOMMENDED_RUNS = 10
+
+
+@dataclass(frozen=True, eq=False)
+class TCAVResult:
+    """TCAV scores of several concepts for one class, over random runs.
+
+    Arrays are indexed ``[concept, run]``; the random-vs-random baseline is indexed ``[run]``.
+    A score is the fraction of class inputs with a positive directional derivative (0.5 means
+    the concept direction is as likely to raise as to lower the logit); a magnitude is the mean
+    directional derivative. The test is two-sided: a concept whose scores sit far *below* the
+    random baseline (its direction lowers the logit) is significant too; ``mean_scores`` tells
+    the direction.
+    """
+
+    concept_names: tuple[str, ...]
+    class_id: int
+    scores: np.ndarray
+    magnitudes: np.ndarray
+    cav_accuracies: np.ndarray
+    random_scores: np.ndarray
+    random_magnitudes: np.ndarray
+    random_cav_accuracies: np.ndarray
+    p_values: np.ndarray
+    p_values_corrected: np.ndarray
+    significant: np.ndarray
+    alpha: float
+    test: str
+    correction: str
+    classifier: str
+    space: str
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.random_scores.shape[0])
+
+    @property
+    def mean_scores(self) -> np.ndarray:
+        """Mean TCAV score of each concept over the runs ``(n_concepts,)``."""
+        return self.scores.mean(axis=1)
+
+    @property
+    def std_scores(self) -> np.ndarray:
+        return self.scores.std(axis=1)
+
+    @property
+    def mean_magnitudes(self) -> np.ndarray:
+        return self.magnitudes.mean(axis=1)
+
+    @property
+    def mean_cav_accuracies(self) -> np.ndarray:
+        return self.cav_accuracies.mean(axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-serialisable lists, floats, bools and strings."""
+        concepts = {}
+        for j, name in enumerate(self.concept_names):
+            concepts[name] = {
+                "scores": self.scores[j].tolist(),
+                "magnitudes": self.magnitudes[j].tolist(),
+                "cav_accuracies": self.cav_accuracies[j].tolist(),
+                "mean_score": float(self.mean_scores[j]),
+                "mean_magnitude": float(self.mean_magnitudes[j]),
+                "p_value": float(self.p_values[j]),
+                "p_value_corrected": float(self.p_values_corrected[j]),
+                "significant": bool(self.significant[j]),
+            }
+        return {
+            "class_id": self.class_id,
+            "n_runs": self.n_runs,
+            "alpha": self.alpha,
+            "test": self.test,
+            "correction": self.correction,
+            "classifier": self.classifier,
+            "space": self.space,
+            "concepts": concepts,
+            "random": {
+                "scores": self.random_scores.tolist(),
+                "magnitudes": self.random_magnitudes.tolist(),
+                "cav_accuracies": self.random_cav_accuracies.tolist(),
+                "mean_score": float(self.random_scores.mean()),
+            },
+        }
+
+    def summary(self) -> str:
+        """A readable table, concepts sorted by mean score."""
+        width = max([len(n) for n in self.concept_names] + [len("(random vs random)")])
+        lines = [
+            f"TCAV for class {self.class_id}: {self.n_runs} random runs, {self.classifier} CAVs "
+            f"in {self.space} space, {self.test}, {self.correction} correction, "
+            f"alpha={self.alpha:g}",
+            f"{'concept':<{width}}  score ± std    magnitude  CAV acc  p (corr.)  significant",
+        ]
+        for j in np.argsort(-self.mean_scores, kind="stable"):
+            lines.append(
+                f"{self.concept_names[j]:<{width}}  {self.mean_scores[j]:.3f} ± "
+                f"{self.std_scores[j]:.3f}  {self.mean_magnitudes[j]:+.3e}  "
+                f"{self.mean_cav_accuracies[j]:.3f}    {self.p_values_corrected[j]:.2e}   "
+                f"{'yes' if self.significant[j] else 'no'}"
+            )
+        lines.append(
+            f"{'(random vs random)':<{width}}  {self.random_scores.mean():.3f} ± "
+            f"{self.random_scores.std():.3f}  {self.random_magnitudes.mean():+.3e}  "
+            f"{self.random_cav_accuracies.mean():.3f}"
+        )
+        return "\n".join(lines)
+
+
+def _two_sided_p_value(concept: np.ndarray, random: np.ndarray, test: str) -> float:
+    # Constant samples make the t statistic 0/0 (scipy returns NaN); decide those exactly.
+    if test == "ttest_rel":
+        difference = concept - random
+        if np.ptp(difference) == 0:
+            return 1.0 if difference[0] == 0 else 0.0
+    elif np.ptp(concept) == 0 and np.ptp(random) == 0:
+        return 1.0 if concept[0] == random[0] else 0.0
+    with warnings.catch_warnings():
+        # A constant group (e.g. every score 1.0) is valid input; scipy warns about it anyway.
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        if test == "ttest_rel":
+            return float(stats.ttest_rel(concept, random).pvalue)
+        return float(stats.ttest_ind(concept, random, equal_var=(test == "ttest_ind")).pvalue)
+
+
+def correct_p_values(p_values: Any, correction: str = "bonferroni") -> np.ndarray:
+    """Family-wise correction of p-values over the concepts tested, clipped at 1.
+
+    ``"bonferroni"``: ``p * m``. ``"holm"``: Holm's step-down, ``max_{j<=i} p_(j) * (m - j + 1)``
+    in sorted order (never larger than Bonferroni). ``"none"``: unchanged.
+    """
+    correction = check_choice(correction, "correction", CORRECTIONS)
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.shape[0]
+    if correction == "none":
+        return p.copy()
+    if correction == "bonferroni":
+        return np.minimum(p * m, 1.0)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    corrected = np.empty_like(p)
+    corrected[order] = np.minimum(stepped, 1.0)
+    return corrected
+
+
+def _random_runs(random_sets: Any, n_runs: int, set_size: int, space: str, dim: int,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """The ``n_runs`` random sets as feature rows: given as a list, or drawn from one pool."""
+    if isinstance(random_sets, (list, tuple)):
+        if len(random_sets) < n_runs:
+            raise ValueError(f"`random_sets` holds {len(random_sets)} sets but n_runs={n_runs} "
+                             "random runs need one set each; pass more sets, lower n_runs, or "
+                             "pass one pool array to draw the sets from.")
+        return [activation_features(s, f"random_sets[{i}]", space, dim=dim, min_rows=2)
+                for i, s in enumerate(random_sets[:n_runs])]
+    pool = activation_features(random_sets, "random_sets", space, dim=dim, min_rows=4)
+    size = min(set_size, pool.shape[0] // 2)
+    if size * n_runs <= pool.shape[0]:
+        order = rng.permutation(pool.shape[0])  # disjoint sets
+        return [pool[np.sort(order[r * size:(r + 1) * size])] for r in range(n_runs)]
+    # Too few rows for disjoint sets: each run draws its own subset (sets overlap across runs).
+    return [pool[np.sort(rng.choice(pool.shape[0], size, replace=False))] for _ in range(n_runs)]
+
+
+def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
+         random_sets: Sequence[Any] | np.ndarray | torch.Tensor, class_id: int, *,
+         n_runs: int = 10, alpha: float = 0.05, test: str = "ttest_ind",
+         correction: str = "bonferroni", classifier: str = "sgd", space: str = "pooled",
+         test_size: float = 0.33, random_set_size: int | None = None, batch_size: int = 64,
+         device: Any = None, seed: int | np.random.Generator | None = None,
+         progress: bool = True) -> TCAVResult:
+    """TCAV scores of concepts for a class, tested for significance against random CAVs.
+
+    Parameters
+    ----------
+    h : nn.Module or callable
+        The model from the layer onwards: activations ``(n, C, h, w)`` or ``(n, D)`` → logits
+        ``(n, n_classes)`` (e.g. ``h`` of ``conceptkit.extraction.split_model``).
+    class_activations : np.ndarray or torch.Tensor
+        Activations of the class inputs, in the layout ``h`` takes.
+    concepts : dict[str, array]
+        Activations of each concept's examples, ``(n_c, C, h', w')`` or already pooled
+        ``(n_c, C)`` in pooled space; ``(n_c, C, h, w)`` or ``(n_c, C*h*w)`` in flat space.
+    random_sets : list of arrays, or one array
+        At least ``n_runs`` random activation sets (the first ``n_runs`` are used), or one pool
+        of random activations from which ``n_runs`` subsets of ``random_set_size`` rows are
+        drawn (disjoint when the pool is large enough, ACE style).
+    class_id : int
+        Output of ``h`` whose logit is differentiated.
+    n_runs : int
+        Random runs (CAVs per concept); at least 2, and fewer than 10 warns: TCAV scores vary
+        between random sets, and the t-test needs enough runs to see that spread.
+    alpha : float
+        Significance level for the corrected p-values.
+    test : {"ttest_ind", "welch", "ttest_rel"}
+        Two-sided test of concept scores against random-vs-random scores: Student's t-test with
+        equal variances (tensorflow/tcav), Welch's, or paired by random run (ACE; run ``r`` of a
+        concept and of the baseline share the random set ``R_r`` as negatives).
+    correction : {"bonferroni", "holm", "none"}
+        Correction over the concepts tested; Bonferroni multiplies p by the number of concepts.
+    classifier, space, test_size
+        See :func:`compute_cav`.
+    random_set_size : int, optional
+        Rows per random set drawn from a pool; default the size of the largest concept set
+        (capped at half the pool).
+    batch_size, device, progress
+        Batching and device of the backward passes through ``h``; progress bars.
+    seed : int, np.random.Generator or None
+        Drives the random subsets, the class balancing, the splits and the SGD shuffling.
+
+    Returns
+    -------
+    TCAVResult
+    """
+    n_runs = check_int(n_runs, "n_runs", minimum=2)
+    alpha = check_float(alpha, "alpha", minimum=0.0, maximum=1.0, strict_minimum=True)
+    test = check_choice(test, "test", TESTS)
+    correction = check_choice(correction, "correction", CORRECTIONS)
+    classifier = check_choice(classifier, "classifier", CLASSIFIERS)
+    space = check_choice(space, "space", SPACES)
+    test_size = check_float(test_size, "test_size", minimum=0.0, maximum=0.99,
+                            strict_minimum=True)
+    class_id = check_int(class_id, "class_id", minimum=0)
+    if not isinstance(concepts, Mapping):
+        raise TypeError("`concepts` must be a dict mapping concept names to activations; "
+                        f"got {describe(concepts)}.")
+    if len(concepts) == 0:
+        raise ValueError("`concepts` is empty; give at least one concept set.")
+    if n_runs < RECOMMENDED_RUNS:
+        warnings.warn(f"n_runs={n_runs} random runs: TCAV significance is unreliable with fewer "
+                      f"than {RECOMMENDED_RUNS} (the TCAV paper uses hundreds).",
+                      UserWarning, stacklevel=2)
+    names = []
+    for key in concepts:
+        if not isinstance(key, str):
+            raise TypeError(f"`concepts` keys must be concept names (str); got {describe(key)}.")
+        names.append(key)
+
+    # Cheap validation of every set first; the backward passes come last.
+    features: dict[str, np.ndarray] = {}
+    dim = None
+    for name in names:
+        features[name] = activation_features(concepts[name], f"concepts[{name!r}]", space,
+                                             dim=dim, min_rows=2)
+        dim = features[name].shape[1]
+    if random_set_size is None:
+        random_set_size = max(f.shape[0] for f in features.values())
+    random_set_size = check_int(random_set_size, "random_set_size", minimum=2)
+    rng = make_rng(seed)
+    randoms = _random_runs(random_sets, n_runs, random_set_size, space, dim, rng)
+    class_features = activation_features(class_activations, "class_activations", space,
+                                         min_rows=1)
+    if class_features.shape[1] != dim:
+        raise ValueError(f"`class_activations` give {class_features.shape[1]} features per "
+                         f"example in {space!r} space but the concept sets give {dim}; they "
+                         "must come from the same layer.")
+    gradients = logit_gradients(h, class_activations, class_id, space=space,
+                                batch_size=batch_size, device=device, progress=progress,
+                                name="class_activations")
+
+    shape = (len(names), n_runs)
+    scores, magnitudes, accuracies = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    random_scores, random_magnitudes, random_accuracies = (np.zeros(n_runs) for _ in range(3))
+    run_seeds = rng.integers(2**31 - 1, size=n_runs)
+    for run in tqdm(range(n_runs), desc="TCAV random runs", disable=not progress):
+        run_rng = np.random.default_rng(run_seeds[run])
+        negatives = randoms[run]
+        for j, name in enumerate(names):
+            cav = fit_cav(features[name], negatives, classifier=classifier, space=space,
+                          test_size=test_size, rng=run_rng,
+                          what=f"concept {name!r} vs random set {run}")
+            derivatives = gradients @ cav.vector
+            scores[j, run] = np.mean(derivatives > 0)
+            magnitudes[j, run] = derivatives.mean()
+            accuracies[j, run] = cav.accuracy
+        partner = (run + 1) % n_runs
+        cav = fit_cav(randoms[partner], negatives, classifier=classifier, space=space,
+                      test_size=test_size, rng=run_rng,
+                      what=f"random set {partner} vs random set {run}")
+        derivatives = gradients @ cav.vector
+        random_scores[run] = np.mean(derivatives > 0)
+        random_magnitudes[run] = derivatives.mean()
+        random_accuracies[run] = cav.accuracy
+
+    p_values = np.array([_two_sided_p_value(scores[j], random_scores, test)
+                         for j in range(len(names))])
+    corrected = correct_p_values(p_values, correction)
+    return TCAVResult(
+        concept_names=tuple(names), class_id=class_id, scores=scores, magnitudes=magnitudes,
+        cav_accuracies=accuracies, random_scores=random_scores,
+        random_magnitudes=random_magnitudes, random_cav_accuracies=random_accuracies,
+        p_values=p_values, p_values_corrected=corrected, significant=corrected < alpha,
+        alpha=alpha, test=test, correction=correction, classifier=classifier, space=space,
+    )
