@@ -1,0 +1,124 @@
+"""Concept importance methods other than Sobol: gradients, occlusion, RISE, closed form.
+
+Each method maps a :class:`ConceptProblem` to per-input importances ``(n, k)`` of the class
+score ``y = h((U ⊙ m) · W)[:, class_id]`` with respect to the concept codes ``U``; importances of
+spatial codes are summed over positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._engine import ConceptProblem
+from ._fastpath import fit_affine
+
+DESIGN_BYTES = 64 * 2**20   # masks generated per group of inputs stay below this
+
+
+class Seeds:
+    """Independent, order-free random streams derived from one seed.
+
+    ``input_rng(i)`` is the stream of input ``i`` (child ``i`` of ``SeedSequence(seed).spawn``'s
+    design branch), so results do not depend on how inputs are grouped into chunks.
+    """
+
+    def __init__(self, seed: int | None):
+        self.root = np.random.SeedSequence(seed)
+
+    def _child(self, *key: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence(self.root.entropy, spawn_key=(*self.root.spawn_key, *key))
+
+    def probe_rng(self) -> np.random.Generator:
+        return np.random.default_rng(self._child(0))
+
+    def shared_rng(self) -> np.random.Generator:
+        return np.random.default_rng(self._child(1))
+
+    def input_rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng(self._child(1, int(index)))
+
+
+def input_groups(n_inputs: int, bytes_per_input: int):
+    """Consecutive index arrays over inputs whose generated masks fit :data:`DESIGN_BYTES`."""
+    size = max(1, DESIGN_BYTES // max(1, bytes_per_input))
+    for start in range(0, n_inputs, size):
+        yield np.arange(start, min(n_inputs, start + size))
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    per_input: np.ndarray        # (n, k)
+    info: dict
+
+
+def gradient_input(problem: ConceptProblem, seeds: Seeds) -> MethodOutput:
+    """``u ⊙ dy/du`` summed over positions: one forward and one backward pass per input."""
+    n = problem.n_inputs
+    out = np.empty((n, problem.n_concepts))
+    for start, stop, grad in problem.gradients(np.arange(n), np.ones(n), desc="gradient x input"):
+        out[start:stop] = (problem.codes[start:stop] * grad).sum(1).double().cpu().numpy()
+    return MethodOutput(out, {})
+
+
+def integrated_gradients(problem: ConceptProblem, seeds: Seeds, steps: int = 50) -> MethodOutput:
+    """Integrated gradients from the all-zero baseline, midpoint Riemann sum with ``steps`` nodes.
+
+    ``IG_j = sum_p u_jp * mean_s dy/du_jp(a_s u)`` with ``a_s = (s + 1/2) / steps``; the sum of
+    ``IG_j`` over concepts equals ``y(u) - y(0)`` up to an ``O(1 / steps^2)`` quadrature error.
+    """
+    n = problem.n_inputs
+    alphas = (np.arange(steps) + 0.5) / steps
+    inputs = np.repeat(np.arange(n), steps)
+    total = np.zeros((n, problem.n_concepts))
+    for start, stop, grad in problem.gradients(inputs, np.tile(alphas, n),
+                                               desc="integrated gradients"):
+        rows = inputs[start:stop]
+        contribution = (problem.codes[rows] * grad).sum(1).double().cpu().numpy()
+        np.add.at(total, rows, contribution)
+    return MethodOutput(total / steps, {"steps": steps, "rule": "riemann_midpoint"})
+
+
+def occlusion(problem: ConceptProblem, seeds: Seeds) -> MethodOutput:
+    """``y(u) - y(u with concept j set to 0)``: ``k + 1`` passes through ``h`` per input."""
+    k = problem.n_concepts
+    masks = np.concatenate([np.ones((1, k)), 1.0 - np.eye(k)])
+    y = problem.scores(masks, desc="occlusion")
+    return MethodOutput(y[:, :1] - y[:, 1:], {})
+
+
+def rise(problem: ConceptProblem, seeds: Seeds, n_masks: int = 1000,
+         probability: float = 0.5) -> MethodOutput:
+    """RISE on concepts with a centred score, independent binary masks per input.
+
+    Each concept is kept with ``probability`` ``p``. The standard RISE saliency ``E[y m_j] / p``
+    is reduced by its value for an uninformative concept, ``E[y]``, and scaled by ``1 / (1 - p)``;
+    with the empirical mean of ``y`` inside the expectation this reads
+    ``mean((y - mean(y)) m_j) / (p (1 - p))``, which for an affine head estimates ``beta_j``
+    (the same value as occlusion and gradient x input) and does not move when ``y`` is shifted.
+    """
+    k = problem.n_concepts
+    out = np.empty((problem.n_inputs, k))
+    for group in input_groups(problem.n_inputs, n_masks * k * 8):
+        masks = np.stack([(seeds.input_rng(i).random((n_masks, k)) < probability)
+                          for i in group]).astype(np.float64)
+        y = problem.scores(masks, group, desc="rise")
+        centred = y - y.mean(axis=1, keepdims=True)
+        out[group] = np.einsum("im,imk->ik", centred, masks) / (
+            n_masks * probability * (1.0 - probability))
+    return MethodOutput(out, {"n_masks": n_masks, "probability": probability})
+
+
+def closed_form(problem: ConceptProblem, seeds: Seeds) -> MethodOutput:
+    """Exact total Sobol indices of an affine head: ``beta_j^2 / sum_j beta_j^2`` per input."""
+    affine = fit_affine(problem, seeds.probe_rng())
+    if affine is None:
+        raise ValueError(
+            "method='closed_form' needs a head `h` that is affine in its input activations "
+            "(for example global average pooling followed by nn.Linear); this `h` failed the "
+            "affinity check. Use method='sobol' instead.")
+    squares = affine.beta ** 2
+    totals = squares.sum(axis=1, keepdims=True)
+    return MethodOutput(np.divide(squares, totals, out=np.zeros_like(squares),
+                                  where=totals > 0), {"fast_path": True})

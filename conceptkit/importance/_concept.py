@@ -1,0 +1,241 @@
+"""Concept importance for one class: how much each concept drives the class score of ``h``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from .._validation import check_choice, check_float, check_int, describe
+from ._attribution import (
+    MethodOutput,
+    Seeds,
+    closed_form,
+    gradient_input,
+    input_groups,
+    integrated_gradients,
+    occlusion,
+    rise,
+)
+from ._design import check_sampler, replicated_design
+from ._engine import DEFAULT_MEMORY_BUDGET, ConceptProblem, model_guard, prepare_problem
+from ._estimators import check_estimator, estimate
+from ._fastpath import fit_affine
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptImportance:
+    """Importances of ``k`` concepts for one class.
+
+    Attributes
+    ----------
+    per_input : ndarray of shape (n, k)
+        Importance of each concept for each input.
+    importances : ndarray of shape (k,)
+        Class-level importance: the mean of ``per_input`` over inputs.
+    ci_low, ci_high : ndarray of shape (k,) or None
+        Student-t confidence interval of that mean over inputs (NaN for a single input; None
+        when ``confidence=None``).
+    method : str
+    class_id : int
+    params : dict
+        The settings that produced the result (JSON-compatible), including ``fast_path`` for
+        Sobol.
+    """
+
+    per_input: np.ndarray
+    importances: np.ndarray
+    ci_low: np.ndarray | None
+    ci_high: np.ndarray | None
+    method: str
+    class_id: int
+    params: dict = field(default_factory=dict)
+
+    @property
+    def ranking(self) -> np.ndarray:
+        """Concept indices from most to least important (ties keep concept order)."""
+        return np.argsort(-self.importances, kind="stable")
+
+    def to_dict(self) -> dict:
+        """A JSON-compatible dict (NaN becomes None)."""
+        def clean(values):
+            if values is None:
+                return None
+            return [None if not math.isfinite(v) else float(v) for v in np.ravel(values)]
+        return {
+            "method": self.method,
+            "class_id": int(self.class_id),
+            "importances": clean(self.importances),
+            "ci_low": clean(self.ci_low),
+            "ci_high": clean(self.ci_high),
+            "ranking": [int(i) for i in self.ranking],
+            "per_input": [clean(row) for row in self.per_input],
+            "params": dict(self.params),
+        }
+
+
+def _sobol(problem: ConceptProblem, seeds: Seeds, *, n_designs: int, estimator: str,
+           sampler: str, shared_design: bool, fast_path: Any, order: str = "total") -> MethodOutput:
+    entry = check_sampler(sampler, n_designs)
+    function = check_estimator(order, estimator)
+    include_b = order == "first"
+    k = problem.n_concepts
+    affine = fit_affine(problem, seeds.probe_rng()) if fast_path in ("auto", True) else None
+    if fast_path is True and affine is None:
+        raise ValueError("fast_path=True needs a head `h` that is affine in its input "
+                         "activations; this `h` failed the affinity check. Use fast_path='auto'.")
+    shared = shared_design or not entry.randomized
+    evaluate = affine.scores if affine is not None else problem.scores
+    out = np.empty((problem.n_inputs, k))
+    if shared:
+        rng = seeds.shared_rng()
+        points = entry.draw(n_designs, 2 * k, rng)
+        design = replicated_design(points[:, :k], points[:, k:], include_b)
+        out[:] = estimate(evaluate(design), k, function, include_b)
+    else:
+        rows = n_designs * (k + 2 if include_b else k + 1)
+        for group in input_groups(problem.n_inputs, rows * k * 8):
+            points = np.stack([entry.draw(n_designs, 2 * k, seeds.input_rng(i)) for i in group])
+            design = replicated_design(points[..., :k], points[..., k:], include_b)
+            out[group] = estimate(evaluate(design, group), k, function, include_b)
+    info = {"n_designs": n_designs, "estimator": estimator, "sampler": sampler, "order": order,
+            "shared_design": bool(shared), "fast_path": affine is not None}
+    return MethodOutput(out, info)
+
+
+@dataclass(frozen=True)
+class _Method:
+    run: Callable[..., MethodOutput]
+    options: dict                     # extra keyword arguments and their checks
+
+
+_POSITIVE_INT = (lambda v, name: check_int(v, name, minimum=1))
+_OPEN_UNIT = (lambda v, name: _check_open_unit(v, name))
+
+
+def _check_open_unit(value: Any, name: str) -> float:
+    value = check_float(value, name, minimum=0.0, maximum=1.0, strict_minimum=True)
+    if value >= 1.0:
+        raise ValueError(f"`{name}` must be < 1; got {value}.")
+    return value
+
+
+#: Concept importance methods by name.
+METHODS: dict[str, _Method] = {
+    "sobol": _Method(_sobol, {"order": lambda v, name: check_choice(v, name, ("total", "first"))}),
+    "closed_form": _Method(closed_form, {}),
+    "gradient_input": _Method(gradient_input, {}),
+    "integrated_gradients": _Method(integrated_gradients, {"steps": _POSITIVE_INT}),
+    "occlusion": _Method(occlusion, {}),
+    "rise": _Method(rise, {"n_masks": _POSITIVE_INT, "probability": _OPEN_UNIT}),
+}
+
+
+def _check_seed(seed: Any) -> int | None:
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**63))
+    return None if seed is None else check_int(seed, "seed", minimum=0)
+
+
+def _interval(per_input: np.ndarray, confidence: float | None):
+    if confidence is None:
+        return None, None
+    n = per_input.shape[0]
+    if n < 2:
+        nan = np.full(per_input.shape[1], np.nan)
+        return nan, nan.copy()
+    half = (stats.t.ppf((1 + confidence) / 2, n - 1) * per_input.std(axis=0, ddof=1)
+            / math.sqrt(n))
+    mean = per_input.mean(axis=0)
+    return mean - half, mean + half
+
+
+def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
+                       method: str = "sobol", *, n_designs: int = 32, estimator: str = "jansen",
+                       sampler: str = "sobol", shared_design: bool = False,
+                       fast_path: bool | str = "auto", batch_size: int | None = None,
+                       memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                       seed: int | np.random.Generator | None = None, device: Any = None,
+                       confidence: float | None = 0.95, progress: bool = True,
+                       **method_kwargs: Any) -> ConceptImportance:
+    """Importance of each concept of ``bank`` for class ``class_id`` of the head ``h``.
+
+    Only ``h`` runs, on reconstructions ``(U ⊙ m) · W`` of the class's activations, where
+    ``U = bank.encode(activations)`` and ``W = bank.components``; a mask value ``m_j`` scales
+    concept ``j`` at every spatial position (CRAFT's reparameterisation). The score is
+    ``h(...)[:, class_id]``, the class logit for a classifier head.
+
+    Parameters
+    ----------
+    h : nn.Module or callable
+        Maps activations ``(n, C, h, w)`` (or ``(n, C)``) to logits ``(n, n_classes)``. A module
+        runs in eval mode; its training and ``requires_grad`` flags are restored afterwards.
+    activations : tensor or array of shape (n, C, h, w) or (n, C)
+        The class's activations at the layer that ``h`` starts from.
+    bank : object
+        Provides ``components`` ``(k, C)`` and ``encode(activations)`` (``(n, k[, h, w])``),
+        for example a ``conceptkit.concepts.ConceptBank``.
+    class_id : int
+        Column of ``h``'s output to explain.
+    method : str
+        ``"sobol"`` (total Sobol index, default), ``"closed_form"`` (exact total index of an
+        affine ``h``), ``"gradient_input"``, ``"integrated_gradients"`` (kwarg ``steps=50``),
+        ``"occlusion"`` or ``"rise"`` (kwargs ``n_masks=1000``, ``probability=0.5``).
+    n_designs, estimator, sampler, shared_design, fast_path
+        Sobol settings (ignored by other methods). ``n_designs`` base points per input (a power
+        of two for Sobol' samplers). ``shared_design=False`` scrambles an independent design per
+        input (several times more accurate class-level importances at equal cost than one shared
+        design); ``shared_design=True, sampler="halton_unscrambled"`` reproduces CRAFT.
+        ``fast_path="auto"`` collapses an affine ``h`` to one vector per input (identical
+        results, no pass through ``h`` per mask); ``True`` requires it, ``False`` disables it.
+        Sobol also accepts ``order="first"`` (Saltelli 2010; evaluates ``B`` too).
+    batch_size : int or None
+        Most rows per call of ``h`` (otherwise set by ``memory_budget``).
+    memory_budget : int
+        Bytes of reconstructed activations per call of ``h`` (default 256 MiB).
+    seed : int or None
+        Seeds designs, masks and the affinity probe; the same seed gives the same result.
+    device : str, torch.device or None
+        Where ``h`` runs; defaults to the device of ``h``'s parameters.
+    confidence : float or None
+        Level of the Student-t interval of the class-level mean over inputs.
+    progress : bool
+        Show a progress bar over calls of ``h``.
+
+    Returns
+    -------
+    ConceptImportance
+    """
+    check_choice(method, "method", METHODS)
+    entry = METHODS[method]
+    unknown = sorted(set(method_kwargs) - set(entry.options))
+    if unknown:
+        accepted = ", ".join(entry.options) or "none"
+        raise TypeError(f"unexpected keyword argument(s) {unknown} for method={method!r}; "
+                        f"accepted: {accepted}.")
+    options = {name: entry.options[name](value, name) for name, value in method_kwargs.items()}
+    if method == "sobol":
+        if fast_path not in ("auto", True, False):
+            raise ValueError(f"`fast_path` must be 'auto', True or False; got {describe(fast_path)}.")
+        options.update(n_designs=n_designs, estimator=estimator, sampler=sampler,
+                       shared_design=bool(shared_design), fast_path=fast_path)
+        check_sampler(sampler, n_designs)
+        check_estimator(options.get("order", "total"), estimator)
+    if confidence is not None:
+        confidence = _check_open_unit(confidence, "confidence")
+    seed = _check_seed(seed)
+    with model_guard(h):
+        problem = prepare_problem(h, activations, bank, class_id, device=device,
+                                  batch_size=batch_size, memory_budget=memory_budget,
+                                  progress=progress)
+        result = entry.run(problem, Seeds(seed), **options)
+    low, high = _interval(result.per_input, confidence)
+    params = {"seed": seed, "confidence": confidence, "n_inputs": problem.n_inputs,
+              "n_concepts": problem.n_concepts, **result.info}
+    return ConceptImportance(per_input=result.per_input, importances=result.per_input.mean(axis=0),
+                             ci_low=low, ci_high=high, method=method, class_id=problem.class_id,
+                             params=params)

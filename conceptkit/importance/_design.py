@@ -1,0 +1,141 @@
+"""Sampling plans for Sobol indices: samplers, the replicated design, and SALib's layout.
+
+A Sobol design draws one sample of dimension ``2 d`` in ``[0, 1]``: its first ``d`` columns are
+the matrix ``A`` and its last ``d`` columns the matrix ``B`` (both ``(N, d)``). The replicated
+matrices ``C_i`` are ``A`` with column ``i`` taken from ``B``. Rows are stacked in *block order*
+``[A; B; C_1; ...; C_d]`` (the order of CRAFT and xplique); :func:`to_salib_layout` reorders
+values to SALib's interleaved order so that its ``analyze`` can read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import qmc
+
+from .._validation import check_choice, check_int
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One entry of :data:`SAMPLERS`.
+
+    Attributes
+    ----------
+    draw : callable
+        ``draw(n_points, dim, rng) -> (n_points, dim)`` array of points in ``[0, 1]``.
+    randomized : bool
+        Whether the points depend on ``rng``. Unrandomised designs are the same for every seed,
+        so a per-input design brings nothing and one shared design is used instead.
+    power_of_two : bool
+        Whether ``n_points`` must be a power of two (Sobol' nets lose their balance otherwise).
+    """
+
+    draw: Callable[[int, int, np.random.Generator], np.ndarray]
+    randomized: bool
+    power_of_two: bool
+
+
+def _sobol(scramble: bool):
+    def draw(n_points: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+        engine = qmc.Sobol(dim, scramble=scramble, rng=rng if scramble else None)
+        return engine.random_base2(int(n_points).bit_length() - 1)
+    return draw
+
+
+def _halton(scramble: bool):
+    def draw(n_points: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+        return qmc.Halton(dim, scramble=scramble, rng=rng if scramble else None).random(n_points)
+    return draw
+
+
+def _latin_hypercube(n_points: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    return qmc.LatinHypercube(dim, rng=rng).random(n_points)
+
+
+def _uniform(n_points: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.random((n_points, dim))
+
+
+#: Samplers by name. ``"sobol"`` (scrambled Sobol', LMS + digital shift) is the default;
+#: ``"halton_unscrambled"`` is CRAFT's design and reproduces it exactly when shared by all inputs.
+SAMPLERS: dict[str, Sampler] = {
+    "sobol": Sampler(_sobol(True), randomized=True, power_of_two=True),
+    "sobol_unscrambled": Sampler(_sobol(False), randomized=False, power_of_two=True),
+    "halton": Sampler(_halton(True), randomized=True, power_of_two=False),
+    "halton_unscrambled": Sampler(_halton(False), randomized=False, power_of_two=False),
+    "lhs": Sampler(_latin_hypercube, randomized=True, power_of_two=False),
+    "random": Sampler(_uniform, randomized=True, power_of_two=False),
+}
+
+
+def check_sampler(sampler: str, n_designs: int) -> Sampler:
+    """Look up ``sampler`` and check that ``n_designs`` suits it; return the registry entry."""
+    check_choice(sampler, "sampler", SAMPLERS)
+    n_designs = check_int(n_designs, "n_designs", minimum=2)
+    entry = SAMPLERS[sampler]
+    if entry.power_of_two and n_designs & (n_designs - 1):
+        low = 1 << (n_designs.bit_length() - 1)
+        raise ValueError(
+            f"`n_designs` must be a power of two for sampler {sampler!r} (Sobol' points lose their "
+            f"balance otherwise); got {n_designs}. Use {low} or {low * 2}."
+        )
+    return entry
+
+
+def sample_ab(n_designs: int, n_vars: int, sampler: str = "sobol",
+              rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the two base matrices ``A`` and ``B``, each ``(n_designs, n_vars)``, from one sample."""
+    entry = check_sampler(sampler, n_designs)
+    n_vars = check_int(n_vars, "n_vars", minimum=1)
+    points = entry.draw(n_designs, 2 * n_vars, rng if rng is not None else np.random.default_rng())
+    return points[:, :n_vars], points[:, n_vars:]
+
+
+def replicated_design(a: np.ndarray, b: np.ndarray, include_b: bool = True) -> np.ndarray:
+    """Stack the replicated design ``[A; B; C_1; ...; C_d]`` in block order.
+
+    Parameters
+    ----------
+    a, b : ndarray of shape (..., N, d)
+        The base matrices; leading axes (for example one design per input) are kept.
+    include_b : bool
+        Drop ``B`` when only total-order indices are wanted: no total-order estimator reads
+        ``f(B)``, so its ``N`` evaluations would be wasted.
+
+    Returns
+    -------
+    ndarray of shape (..., N * (d + 2), d), or (..., N * (d + 1), d) without ``B``.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"`a` and `b` must share a shape (..., N, d); got {a.shape} and {b.shape}.")
+    n_points, n_vars = a.shape[-2:]
+    # C[..., i, :, j] = b[..., :, j] if i == j else a[..., :, j]: one broadcast, no Python loop.
+    pick_b = np.eye(n_vars, dtype=bool)[:, None, :]
+    replicated = np.where(pick_b, b[..., None, :, :], a[..., None, :, :])
+    replicated = replicated.reshape(*a.shape[:-2], n_vars * n_points, n_vars)
+    blocks = [a, b, replicated] if include_b else [a, replicated]
+    return np.concatenate(blocks, axis=-2)
+
+
+def to_salib_layout(values: np.ndarray, n_vars: int) -> np.ndarray:
+    """Reorder block-ordered rows ``[A; B; C_1..C_d]`` to SALib's interleaved layout.
+
+    SALib (``calc_second_order=False``) stores, for each base row ``j``,
+    ``[A_j, C_1j, ..., C_dj, B_j]``. ``values`` may be outputs ``(N (d + 2),)`` or a design
+    ``(N (d + 2), d)``; the first axis is reordered.
+    """
+    values = np.asarray(values)
+    n_vars = check_int(n_vars, "n_vars", minimum=1)
+    total = values.shape[0]
+    if total % (n_vars + 2):
+        raise ValueError(f"`values` must have N * (n_vars + 2) = N * {n_vars + 2} rows in block "
+                         f"order [A; B; C_1..C_d]; got {total}.")
+    n_points = total // (n_vars + 2)
+    blocks = values.reshape(n_vars + 2, n_points, *values.shape[1:])
+    order = [0, *range(2, n_vars + 2), 1]   # A, C_1..C_d, B
+    return np.swapaxes(blocks[order], 0, 1).reshape(values.shape)

@@ -1,0 +1,234 @@
+"""Run a head ``h`` on concept-masked reconstructions ``(U ⊙ m) · W``, in memory-bounded chunks.
+
+This is the only place that calls ``h`` for concept importance and the concept metrics. Codes
+are kept as ``(n, P, k)`` with ``P`` the number of spatial positions (``P = 1`` for 2-D cuts); a
+mask value multiplies a concept's code at every position, as in CRAFT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._validation import check_int, describe, resolve_device
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(x)}.")
+    return x.detach()
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` contains NaN or Inf values.")
+
+
+@dataclass(eq=False)
+class ConceptProblem:
+    """A validated (head, codes, dictionary, class) tuple; see :func:`prepare_problem`."""
+
+    h: Callable[[torch.Tensor], Any]
+    module: nn.Module | None
+    codes: torch.Tensor          # (n, P, k) on `device`, position-major
+    components: torch.Tensor     # (k, C) on `device`
+    spatial: tuple[int, ...]     # () for (n, C) activations, (h, w) for maps
+    class_id: int
+    n_classes: int
+    rows_per_chunk: int
+    progress: bool
+
+    @property
+    def n_inputs(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def n_concepts(self) -> int:
+        return self.codes.shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def reconstruct(self, rows: torch.Tensor) -> torch.Tensor:
+        """Activations ``(R, C, *spatial)`` from codes ``(R, P, k)``."""
+        # One GEMM (R P, k) @ (k, C); viewed as (R, C, h, w) the result is channels_last.
+        out = torch.matmul(rows, self.components).transpose(1, 2)
+        return out.reshape(rows.shape[0], self.components.shape[1], *self.spatial)
+
+    def _head(self, rows: torch.Tensor) -> torch.Tensor:
+        logits = self.h(self.reconstruct(rows))
+        return logits[:, self.class_id]
+
+    def _chunks(self, total: int, desc: str) -> Iterator[tuple[int, int]]:
+        bar = tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+        try:
+            for start in range(0, total, self.rows_per_chunk):
+                stop = min(total, start + self.rows_per_chunk)
+                yield start, stop
+                bar.update(stop - start)
+        finally:
+            bar.close()
+
+    def scores(self, masks: np.ndarray | torch.Tensor, inputs: np.ndarray | None = None,
+               desc: str = "h evaluations") -> np.ndarray:
+        """Class scores ``(n_sel, M)`` of ``h`` on masked reconstructions, as float64.
+
+        ``masks`` is ``(M, k)`` (the same masks for every selected input) or ``(n_sel, M, k)``
+        (one set per input); ``inputs`` selects inputs (all by default).
+        """
+        index = torch.arange(self.n_inputs) if inputs is None else torch.as_tensor(inputs)
+        masks = torch.as_tensor(masks).to(self.device, self.codes.dtype)
+        shared = masks.ndim == 2
+        n_masks = masks.shape[-2]
+        flat_masks = masks if shared else masks.reshape(-1, masks.shape[-1])
+        total = len(index) * n_masks
+        out = torch.empty(total, dtype=self.codes.dtype, device=self.device)
+        index = index.to(self.device)
+        with torch.no_grad():
+            for start, stop in self._chunks(total, desc):
+                rows = torch.arange(start, stop, device=self.device)
+                row_masks = flat_masks[rows % n_masks] if shared else flat_masks[start:stop]
+                codes = self.codes[index[rows // n_masks]] * row_masks[:, None, :]
+                out[start:stop] = self._head(codes)
+        return out.cpu().numpy().astype(np.float64).reshape(len(index), n_masks)
+
+    def gradients(self, inputs: np.ndarray, scales: np.ndarray,
+                  desc: str = "gradients") -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(start, stop, grad)``: ``d y_c / d x`` at ``x = scale * U[input]``, ``(R, P, k)``.
+
+        Raises a ValueError when ``h`` is not differentiable with respect to its input.
+        """
+        index = torch.as_tensor(inputs, device=self.device)
+        scales = torch.as_tensor(scales, dtype=self.codes.dtype, device=self.device)
+        params = list(self.module.parameters()) if self.module is not None else []
+        frozen = [p.requires_grad for p in params]
+        try:
+            for p in params:   # gradients w.r.t. the codes only; flags are restored below
+                p.requires_grad_(False)
+            for start, stop in self._chunks(len(index), desc):
+                codes = self.codes[index[start:stop]] * scales[start:stop, None, None]
+                codes.requires_grad_(True)
+                with torch.enable_grad():
+                    target = self._head(codes)
+                    if not target.requires_grad:
+                        raise ValueError(
+                            "`h` is not differentiable with respect to its input activations "
+                            "(its output carries no gradient); use method='sobol', 'occlusion' "
+                            "or 'rise', which only need forward passes.")
+                    (grad,) = torch.autograd.grad(target.sum(), codes)
+                yield start, stop, grad
+        finally:
+            for p, flag in zip(params, frozen):
+                p.requires_grad_(flag)
+
+
+def model_guard(h: Any):
+    """``preserved_model_state`` for modules (eval mode, flags restored); a no-op otherwise."""
+    return preserved_model_state(h) if isinstance(h, nn.Module) else contextlib.nullcontext()
+
+
+def _components(bank: Any) -> torch.Tensor:
+    if not hasattr(bank, "components") or not callable(getattr(bank, "encode", None)):
+        raise TypeError(
+            "`bank` must provide `components` (k, C) and `encode(activations)` mapping (n, C) to "
+            f"(n, k) and (n, C, h, w) to (n, k, h, w), such as a ConceptBank; got {describe(bank)}."
+        )
+    components = _as_tensor(bank.components, "bank.components")
+    if components.ndim != 2 or 0 in components.shape:
+        raise ValueError("`bank.components` must be a non-empty (k, C) matrix; got shape "
+                         f"{tuple(components.shape)}.")
+    _check_finite(components, "bank.components")
+    return components
+
+
+def prepare_problem(h: Any, activations: Any, bank: Any, class_id: Any, *,
+                    device: Any = None, batch_size: int | None = None,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                    progress: bool = True) -> ConceptProblem:
+    """Validate the inputs of a concept importance or metric call and encode the activations.
+
+    Must run inside :func:`model_guard` so that ``h`` is in eval mode.
+    """
+    if not callable(h):
+        raise TypeError(f"`h` must be an nn.Module or a callable mapping activations to logits "
+                        f"(n, n_classes); got {describe(h)}.")
+    module = h if isinstance(h, nn.Module) else None
+    components = _components(bank)
+    n_concepts, n_channels = components.shape
+    acts = _as_tensor(activations, "activations")
+    if acts.ndim not in (2, 4):
+        raise ValueError(f"`activations` must be (n, C) or (n, C, h, w); got shape "
+                         f"{tuple(acts.shape)}.")
+    if acts.shape[0] == 0:
+        raise ValueError("`activations` is empty: need at least one input.")
+    if acts.shape[1] != n_channels:
+        raise ValueError(f"`activations` has {acts.shape[1]} channels in axis 1 but the bank's "
+                         f"components are (k={n_concepts}, C={n_channels}).")
+    if not acts.is_floating_point():
+        raise TypeError(f"`activations` must be floating point; got dtype {acts.dtype}.")
+    _check_finite(acts, "activations")
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+    memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
+
+    codes = _as_tensor(bank.encode(activations), "bank.encode(activations)")
+    spatial = tuple(acts.shape[2:])
+    expected = (acts.shape[0], n_concepts, *spatial)
+    if tuple(codes.shape) != expected:
+        raise ValueError(f"`bank.encode(activations)` must return codes of shape {expected} "
+                         f"(n, k{', h, w' if spatial else ''}); got {tuple(codes.shape)}.")
+    _check_finite(codes, "bank.encode(activations)")
+
+    if device is None:
+        device = model_device(module) if module is not None else acts.device
+    device = resolve_device(device)
+    dtype = model_dtype(module) if module is not None else (
+        acts.dtype if acts.dtype in (torch.float32, torch.float64) else torch.float32)
+    codes = codes.to(device, dtype).reshape(expected[0], n_concepts, -1).transpose(1, 2)
+    codes = codes.contiguous()
+    components = components.to(device, dtype)
+    bytes_per_row = max(1, n_channels * codes.shape[1] * components.element_size())
+    rows = max(1, memory_budget // bytes_per_row)
+    if batch_size is not None:
+        rows = min(rows, batch_size)
+    problem = ConceptProblem(h=h, module=module, codes=codes, components=components,
+                             spatial=spatial, class_id=-1, n_classes=-1, rows_per_chunk=rows,
+                             progress=bool(progress))
+    problem.n_classes = _probe_head(problem)
+    problem.class_id = _check_class(class_id, problem.n_classes)
+    return problem
+
+
+def _probe_head(problem: ConceptProblem) -> int:
+    sample = problem.reconstruct(problem.codes[:1])
+    try:
+        with torch.no_grad():
+            out = problem.h(sample)
+    except Exception as err:   # a user's head failing on our input: say what we passed
+        raise ValueError(f"`h` failed on reconstructed activations of shape "
+                         f"{tuple(sample.shape)}: {type(err).__name__}: {err}") from err
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+        raise ValueError(f"`h` must return logits of shape (n, n_classes); for input of shape "
+                         f"{tuple(sample.shape)} it returned {describe(out)}.")
+    return int(out.shape[1])
+
+
+def _check_class(class_id: Any, n_classes: int) -> int:
+    try:
+        return check_int(class_id, "class_id", minimum=0, maximum=n_classes - 1)
+    except ValueError as err:
+        raise ValueError(f"`class_id` must be in [0, {n_classes - 1}]: `h` returns {n_classes} "
+                         f"classes; got {class_id}.") from err
