@@ -273,30 +273,33 @@ def logit_gradients(h: Any, activations: Any, class_id: int, *, space: str = "po
     if not torch.isfinite(activations.float()).all():
         raise ValueError(f"`{name}` contains NaN or Inf values.")
     is_module = isinstance(h, nn.Module)
-    if device is None:
-        device = model_device(h) if is_module else activations.device
-    device = resolve_device(device)
+    original = model_device(h) if is_module else activations.device
+    device = resolve_device(original if device is None else device)
     dtype = model_dtype(h) if is_module else (
         activations.dtype if activations.is_floating_point() else torch.float32)
     guard = preserved_model_state(h) if is_module else contextlib.nullcontext()
+    moved = is_module and device != original
     chunks = []
     with guard, torch.enable_grad():
-        if is_module:
-            for parameter in h.parameters():
-                parameter.requires_grad_(False)  # only input gradients are needed
-        starts = range(0, activations.shape[0], batch_size)
-        for start in tqdm(starts, desc="logit gradients", disable=not progress, leave=False):
-            batch = activations[start:start + batch_size].to(device=device, dtype=dtype)
-            batch = batch.detach().requires_grad_(True)
-            logits = h(batch)
-            _check_logits(logits, batch.shape[0], class_id)
-            if not logits.requires_grad:
-                raise ValueError("the output of `h` does not depend on its input activations; "
-                                 "no gradient can be taken.")
-            (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch)
-            if grad.ndim == 4 and space == "pooled":
-                grad = grad.sum(dim=(2, 3))
-            chunks.append(grad.reshape(grad.shape[0], -1).detach().to("cpu", torch.float64))
+        try:
+            if is_module:
+                if moved:
+                    h.to(device)  # moved back in `finally`, like ActivationExtractor does
+                for parameter in h.parameters():
+                    parameter.requires_grad_(False)  # only input gradients are needed
+            starts = range(0, activations.shape[0], batch_size)
+            for start in tqdm(starts, desc="logit gradients", disable=not progress, leave=False):
+                batch = activations[start:start + batch_size].to(device=device, dtype=dtype)
+                batch = batch.detach().requires_grad_(True)
+                logits = h(batch)
+                _check_logits(logits, batch.shape[0], class_id)
+                (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch)
+                if grad.ndim == 4 and space == "pooled":
+                    grad = grad.sum(dim=(2, 3))
+                chunks.append(grad.reshape(grad.shape[0], -1).detach().to("cpu", torch.float64))
+        finally:
+            if moved:
+                h.to(original)
     return torch.cat(chunks).numpy()
 
 
@@ -307,6 +310,9 @@ def _check_logits(logits: Any, n: int, class_id: int) -> None:
     if class_id >= logits.shape[1]:
         raise ValueError(f"`class_id` must be < {logits.shape[1]} (the number of outputs of h); "
                          f"got {class_id}.")
+    if not logits.requires_grad:
+        raise ValueError("the output of `h` does not depend on its input activations; "
+                         "no gradient can be taken.")
 
 
 def directional_derivatives(h: Any, activations: Any, cav: CAV, class_id: int, *,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from .._validation import check_int, describe, to_numpy
+from .._validation import check_images, check_int, describe, to_numpy
+from ..extraction import ActivationExtractor, split_model
 from ._tcav import TCAVResult, tcav
 
 
@@ -98,3 +100,67 @@ def tcav_from_bank(h: Any, class_activations: Any, codes: Any, segment_activatio
     concepts = concept_sets_from_codes(codes, segment_activations, concept_names=concept_names,
                                        min_examples=min_examples, max_examples=max_examples)
     return tcav(h, class_activations, concepts, random_sets, class_id, **tcav_kwargs)
+
+
+def _extract(extractor: Any, images: Any, name: str) -> torch.Tensor:
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        images = check_images(images, name)
+    return extractor(images)
+
+
+def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,
+                concept_images: Mapping[str, Any], random_images: Any, class_id: int, *,
+                batch_size: int = 32, device: Any = None, progress: bool = True,
+                **tcav_kwargs: Any) -> TCAVResult:
+    """TCAV of user-given concept image sets, as in the TCAV paper.
+
+    The model is split at ``layer`` (``conceptkit.extraction.split_model``); activations of every
+    image set come from ``ActivationExtractor`` and the class logits from the ``h`` part.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier; left as found (training and grad flags, device).
+    layer : str or nn.Module
+        Dotted name (or the module) of the layer where CAVs live.
+    class_images : Tensor ``(N, C, H, W)``, Dataset or DataLoader
+        Images of the class being explained.
+    concept_images : dict[str, images]
+        One image set per concept.
+    random_images : list of image sets, or one image set
+        At least ``n_runs`` random image sets, or one pool to draw the random sets from (see
+        :func:`tcav`).
+    class_id : int
+        Output of the model to explain.
+    batch_size, device, progress
+        Forward and backward batching, device, progress bars.
+    **tcav_kwargs
+        Passed to :func:`tcav` (``n_runs``, ``alpha``, ``test``, ``space``, ``seed``, ...).
+
+    Notes
+    -----
+    Transformer layers give tokens ``(N, T, C)``, which ``h`` takes as they are; use
+    ``space="flat"`` for them (pooled space needs maps ``(N, C, h, w)`` or vectors).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
+    if not isinstance(concept_images, Mapping) or not concept_images:
+        raise ValueError("`concept_images` must be a non-empty dict mapping concept names to "
+                         f"image sets; got {describe(concept_images)}.")
+    _, h = split_model(model, layer)
+    extractor = ActivationExtractor(model, layer, batch_size=batch_size, device=device,
+                                    progress=progress, tokens="raw")
+    class_activations = _extract(extractor, class_images, "class_images")
+    if class_activations.ndim == 3 and tcav_kwargs.get("space", "pooled") == "pooled":
+        raise ValueError(f"`layer` {extractor.layer!r} gives tokens of shape "
+                         f"{tuple(class_activations.shape)}; pooled space needs maps "
+                         "(N, C, h, w) or vectors (N, D). Pass space='flat'.")
+    concepts = {name: _extract(extractor, images, f"concept_images[{name!r}]")
+                for name, images in concept_images.items()}
+    if isinstance(random_images, (list, tuple)):
+        randoms: Any = [_extract(extractor, images, f"random_images[{i}]")
+                        for i, images in enumerate(random_images)]
+    else:
+        randoms = _extract(extractor, random_images, "random_images")
+    return tcav(h, class_activations, concepts, randoms, class_id, batch_size=batch_size,
+                device=device, progress=progress, **tcav_kwargs)
