@@ -1,0 +1,37 @@
+"""Activation extraction: split a model into ``g`` and ``h``, collect activations at a layer,
+and cut images into the inputs of concept methods (crops, positions, segments)."""
+
+from ._decompose import ACE_GREY, CropSet, PositionSet, SegmentSet, crops, positions, segments
+from ._extractor import (
+    ActivationExtractor,
+    expected_in_channels,
+    extract,
+    infer_prefix_tokens,
+    maps_to_tokens,
+    tokens_to_maps,
+)
+from ._layers import get_layer, layer_names
+from ._provenance import Provenance
+from ._split import CutError, check_split, split_model
+
+__all__ = [
+    "ACE_GREY",
+    "ActivationExtractor",
+    "CropSet",
+    "CutError",
+    "PositionSet",
+    "Provenance",
+    "SegmentSet",
+    "check_split",
+    "crops",
+    "expected_in_channels",
+    "extract",
+    "get_layer",
+    "infer_prefix_tokens",
+    "layer_names",
+    "maps_to_tokens",
+    "positions",
+    "segments",
+    "split_model",
+    "tokens_to_maps",
+]

@@ -1,0 +1,232 @@
+"""Batched activation extraction at a named layer of any torch model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._validation import check_choice, check_images, check_int, describe, resolve_device
+from ._layers import get_layer
+
+
+class _Stop(Exception):
+    """Raised by our hook to skip the rest of the forward pass once the layer has run."""
+
+
+def expected_in_channels(model: nn.Module) -> int | None:
+    """Input channels of the first convolution (or patch embedding) of ``model``, if any."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv1d, nn.Conv3d)):
+            return module.in_channels
+    return None
+
+
+def infer_prefix_tokens(model: nn.Module, n_tokens: int) -> int:
+    """Number of CLS/register tokens in front of the patch tokens.
+
+    Read from the model when it says (timm ``num_prefix_tokens``, torchvision ``class_token``,
+    open_clip ``class_embedding``); otherwise the smallest count that leaves a square grid.
+    """
+    for module in model.modules():
+        n = getattr(module, "num_prefix_tokens", None)
+        if isinstance(n, int) and _is_square(n_tokens - n):
+            return n
+    for attr in ("class_token", "class_embedding", "cls_token"):
+        for module in model.modules():
+            if getattr(module, attr, None) is not None and _is_square(n_tokens - 1):
+                return 1
+    for n in range(0, 9):
+        if _is_square(n_tokens - n):
+            return n
+    raise ValueError(f"cannot arrange {n_tokens} tokens into a square grid after removing up to 8 "
+                     f"prefix tokens; pass `prefix_tokens` explicitly.")
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def tokens_to_maps(tokens: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
+    """``(N, T, C)`` transformer tokens → ``(N, C, h, w)`` maps without the prefix tokens."""
+    patches = tokens[:, prefix_tokens:, :]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid; "
+                         f"check `prefix_tokens` ({prefix_tokens}).")
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+def maps_to_tokens(maps: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`tokens_to_maps`: ``(N, C, h, w)`` (+ prefix ``(N, P, C)``) → ``(N, T, C)``."""
+    tokens = maps.flatten(2).transpose(1, 2)
+    if prefix is not None and prefix.shape[1]:
+        tokens = torch.cat([prefix.to(tokens), tokens], dim=1)
+    return tokens
+
+
+def _batches(inputs: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int]:
+    """Yield image batches from a tensor, a Dataset, a DataLoader, or a batch source."""
+    if hasattr(inputs, "iter_batches") and hasattr(inputs, "__len__"):
+        n = len(inputs)
+        return inputs.iter_batches(batch_size), math.ceil(n / batch_size)
+    if isinstance(inputs, torch.Tensor):
+        n = inputs.shape[0]
+        return (inputs[i:i + batch_size] for i in range(0, n, batch_size)), math.ceil(n / batch_size)
+    if isinstance(inputs, DataLoader):
+        return (_first(b) for b in inputs), len(inputs)
+    if isinstance(inputs, Dataset):
+        loader = DataLoader(inputs, batch_size=batch_size, shuffle=False)
+        return (_first(b) for b in loader), len(loader)
+    raise TypeError(f"`inputs` must be a tensor (N, C, H, W), a torch Dataset or a DataLoader; "
+                    f"got {describe(inputs)}.")
+
+
+def _first(batch: Any) -> torch.Tensor:
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("image", "images", "pixel_values", "x"):
+            if key in batch:
+                return batch[key]
+        raise ValueError(f"cannot find images in a batch dict with keys {list(batch)}.")
+    return batch
+
+
+class ActivationExtractor:
+    """Collect the activations of ``model`` at ``layer`` for a set of images.
+
+    Parameters
+    ----------
+    model
+        Any ``torch.nn.Module``; left exactly as found (hooks removed, training flags, grad flags
+        and device restored), even when a call raises.
+    layer
+        Dotted submodule name (``"layer4"``, ``"blocks.6"``) or the submodule itself.
+    batch_size
+        Images per forward pass.
+    device
+        Where to run. ``None`` runs on the model's device; another device moves the model there
+        for the call and back afterwards.
+    progress
+        Show a tqdm progress bar.
+    tokens
+        What to do with transformer tokens ``(N, T, C)``: ``"maps"`` (default when ``"auto"``)
+        returns ``(N, C, h, w)`` with the CLS/register tokens removed; ``"raw"`` returns tokens.
+    prefix_tokens
+        Number of CLS/register tokens to drop; inferred when ``None``.
+    output_index
+        For layers that return a tuple, which element to take.
+    grad
+        Run with autograd enabled (default: no-grad).
+    output_device
+        Device of the returned activations (default CPU).
+    """
+
+    def __init__(self, model: nn.Module, layer: str | nn.Module, batch_size: int = 64,
+                 device: Any = None, progress: bool = True, tokens: str = "auto",
+                 prefix_tokens: int | None = None, output_index: int | None = None,
+                 grad: bool = False, output_device: Any = "cpu"):
+        self.layer, self._module = get_layer(model, layer)
+        self.model = model
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.device = None if device is None else resolve_device(device)
+        self.progress = bool(progress)
+        self.tokens = check_choice(tokens, "tokens", ["auto", "maps", "raw"])
+        self.prefix_tokens = None if prefix_tokens is None else check_int(prefix_tokens, "prefix_tokens", minimum=0)
+        self.output_index = output_index
+        self.grad = bool(grad)
+        self.output_device = resolve_device(output_device, "output_device")
+        self.prefix_: torch.Tensor | None = None
+        self.token_layout_: str | None = None
+
+    def _select(self, output: Any) -> torch.Tensor:
+        if isinstance(output, (tuple, list)):
+            if self.output_index is None:
+                shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+                          for o in output]
+                raise ValueError(f"`layer` {self.layer!r} returns a {type(output).__name__} of "
+                                 f"{len(output)} elements with shapes {shapes}; pass "
+                                 f"`output_index` to say which element to take (e.g. output_index=0).")
+            output = output[self.output_index]
+        elif self.output_index is not None and self.output_index != 0:
+            raise ValueError(f"`output_index` was given but `layer` {self.layer!r} returns a single tensor.")
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(f"`layer` {self.layer!r} returns {type(output).__name__}, not a tensor.")
+        return output
+
+    def _to_layout(self, act: torch.Tensor, n: int) -> torch.Tensor:
+        if act.ndim != 3 or self.tokens == "raw":
+            return act
+        if act.shape[0] != n and act.shape[1] == n:  # sequence-first transformers (T, N, C)
+            act = act.transpose(0, 1)
+            self.token_layout_ = "TNC"
+        else:
+            self.token_layout_ = "NTC"
+        prefix = self.prefix_tokens
+        if prefix is None:
+            prefix = infer_prefix_tokens(self.model, act.shape[1])
+            self.prefix_tokens_ = prefix
+        return tokens_to_maps(act, prefix)
+
+    def __call__(self, inputs: Any) -> torch.Tensor:
+        """Activations for ``inputs``: ``(N, C, h, w)`` for conv layers and token maps, else as is."""
+        if isinstance(inputs, (torch.Tensor, np.ndarray)):
+            inputs = check_images(inputs, "inputs", channels=expected_in_channels(self.model))
+        batches, total = _batches(inputs, self.batch_size)
+        original = model_device(self.model)
+        device = self.device or original
+        dtype = model_dtype(self.model)
+        outputs: list[torch.Tensor] = []
+        captured: list[Any] = []
+
+        def hook(_module, _inputs, output):
+            captured.append(output)
+            raise _Stop
+
+        with preserved_model_state(self.model):
+            handle = self._module.register_forward_hook(hook)
+            moved = device != original
+            try:
+                if moved:
+                    self.model.to(device)
+                context = torch.enable_grad() if self.grad else torch.no_grad()
+                with context:
+                    for batch in tqdm(batches, total=total, disable=not self.progress,
+                                      desc=f"activations @ {self.layer}", leave=False):
+                        batch = self._check_batch(batch)
+                        captured.clear()
+                        try:
+                            self.model(batch.to(device=device, dtype=dtype))
+                        except _Stop:
+                            pass
+                        if not captured:
+                            raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
+                                               f"forward pass of {type(self.model).__name__}.")
+                        act = self._to_layout(self._select(captured[0]), batch.shape[0])
+                        outputs.append(act if self.grad else act.detach().to(self.output_device))
+            finally:
+                handle.remove()
+                if moved:
+                    self.model.to(original)
+        if not outputs:
+            raise ValueError("`inputs` is empty: no images to extract activations from.")
+        return torch.cat(outputs)
+
+    def _check_batch(self, batch: Any) -> torch.Tensor:
+        if not isinstance(batch, torch.Tensor):
+            raise TypeError(f"batches must be image tensors (B, C, H, W); got {describe(batch)}.")
+        return check_images(batch, "inputs", channels=expected_in_channels(self.model))
+
+
+def extract(model: nn.Module, layer: str | nn.Module, inputs: Any, **kwargs: Any) -> torch.Tensor:
+    """One-shot :class:`ActivationExtractor` call."""
+    return ActivationExtractor(model, layer, **kwargs)(inputs)
+

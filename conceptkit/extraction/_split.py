@@ -1,0 +1,350 @@
+"""Cut a model into ``g`` (input → activations at a layer) and ``h`` (activations → output).
+
+Three strategies, tried in order:
+
+1. **Sequential**: every container on the path from the root to ``layer`` is an
+   ``nn.Sequential``; ``g`` and ``h`` are ``nn.Sequential`` views sharing the model's modules.
+2. **Graph (torch.fx)**: the model is symbolically traced with ``layer`` kept as a leaf; the
+   graph is cut after ``layer``'s node. The cut is valid only if nothing computed from the input
+   before ``layer`` is used after it — a skip connection crossing the layer makes the cut invalid
+   and raises an error that names the crossing value.
+3. **Replay (generic fallback)**: for models that cannot be traced, ``g`` runs the model and stops
+   at ``layer``; ``h`` replays the model with ``layer``'s output replaced by the given activations.
+   This is exact only when nothing but ``layer``'s output flows past it, which is checked
+   numerically (two different dummy inputs must give the same ``h``).
+
+``g`` and ``h`` share parameters with ``model``; nothing is copied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .._torchutils import preserved_model_state
+from ._layers import get_layer
+
+
+class CutError(ValueError):
+    """The model cannot be split at the requested layer (and why)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategy 1: nn.Sequential chains
+# ---------------------------------------------------------------------------------------------
+
+def _sequential_split(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module] | None:
+    parts = layer.split(".")
+    container: nn.Module = model
+    prefix: list[nn.Module] = []
+    suffixes: list[list[nn.Module]] = []
+    for part in parts:
+        if not isinstance(container, nn.Sequential):
+            return None
+        names = list(container._modules.keys())
+        if part not in names:
+            return None
+        idx = names.index(part)
+        children = list(container._modules.values())
+        prefix.extend(children[:idx])
+        suffixes.append(children[idx + 1:])
+        container = children[idx]
+    # `container` is the layer itself; g runs everything up to and including it.
+    g_modules = prefix + [container]
+    h_modules: list[nn.Module] = []
+    for suffix in reversed(suffixes):
+        h_modules.extend(suffix)
+    return nn.Sequential(*g_modules), (nn.Sequential(*h_modules) if h_modules else nn.Identity())
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategy 2: torch.fx graph cut
+# ---------------------------------------------------------------------------------------------
+
+def _timm_tracer_options() -> tuple[list[type], list[Any]]:
+    try:
+        from timm.layers import _fx as timm_fx  # timm registers untraceable modules/functions here
+    except Exception:  # noqa: BLE001 - timm is optional for this strategy
+        return [], []
+    return list(timm_fx.get_notrace_modules()), [f for f in timm_fx.get_notrace_functions()
+                                                    if callable(f)]
+
+
+class _CutTracer(fx.Tracer):
+    def __init__(self, layer_module: nn.Module, extra_leaves: list[type], autowrap: list[Any]):
+        super().__init__(autowrap_functions=tuple(autowrap))
+        self._layer_module = layer_module
+        self._extra_leaves = tuple(extra_leaves)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if m is self._layer_module:
+            return True
+        if self._extra_leaves and isinstance(m, self._extra_leaves):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def _depends_on_input(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
+    """Whether ``node`` depends on the model input (the first placeholder).
+
+    Further placeholders are optional forward arguments with defaults (timm's ``attn_mask``);
+    they are copied into ``h`` as optional arguments too.
+    """
+    if node in memo:
+        return memo[node]
+    if node.op == "placeholder":
+        first = next(iter(node.graph.nodes))
+        memo[node] = node is first
+        return memo[node]
+    result = False
+    for arg in node.all_input_nodes:
+        if _depends_on_input(arg, memo):
+            result = True
+            break
+    memo[node] = result
+    return result
+
+
+def _fx_split(model: nn.Module, layer: str, layer_module: nn.Module) -> tuple[nn.Module, nn.Module]:
+    leaves, autowrap = _timm_tracer_options()
+    tracer = _CutTracer(layer_module, leaves, autowrap)
+    graph = tracer.trace(model)
+    nodes = list(graph.nodes)
+    cut_nodes = [n for n in nodes if n.op == "call_module" and n.target == layer]
+    if not cut_nodes:
+        raise CutError(f"`layer` {layer!r} is never called in {type(model).__name__}.forward, so the "
+                       f"model cannot be cut there.")
+    if len(cut_nodes) > 1:
+        raise CutError(f"`layer` {layer!r} is called {len(cut_nodes)} times in "
+                       f"{type(model).__name__}.forward (a shared/reused layer); there is no single "
+                       f"point to cut. Choose a layer that is used once.")
+    cut = cut_nodes[0]
+    position = nodes.index(cut)
+    before, after = nodes[:position + 1], nodes[position + 1:]
+    before_set = set(before)
+    memo: dict[fx.Node, bool] = {}
+    crossing = []
+    constants = []
+    for node in after:
+        for arg in node.all_input_nodes:
+            if arg in before_set and arg is not cut:
+                if _depends_on_input(arg, memo):
+                    crossing.append((arg, node))
+                elif arg not in constants:
+                    constants.append(arg)
+    if crossing:
+        value, user = crossing[0]
+        raise CutError(
+            f"`layer` {layer!r} is not a valid cut of {type(model).__name__}: the value {value.name!r} "
+            f"(computed before the layer) is used after it by {user.name!r} — a skip connection or "
+            f"other path crosses the layer, so h cannot be computed from the layer's activations "
+            f"alone. Cut at the output of the enclosing block instead (e.g. the residual block "
+            f"that contains {layer!r})."
+        )
+    if any(n.op == "output" for n in before):
+        raise CutError(f"`layer` {layer!r} comes after the model output; nothing to cut.")
+
+    g_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in before:
+        env[node] = g_graph.node_copy(node, lambda n: env[n])
+    g_graph.output(env[cut])
+
+    h_graph = fx.Graph()
+    env_h: dict[fx.Node, fx.Node] = {cut: h_graph.placeholder("activations")}
+    # Constants computed before the cut (parameters, buffers, derived values) are recomputed in h.
+    needed: list[fx.Node] = []
+
+    def collect(node: fx.Node) -> None:
+        if node in env_h or node in needed:
+            return
+        for arg in node.all_input_nodes:
+            collect(arg)
+        needed.append(node)
+
+    for node in constants:
+        collect(node)
+    for node in needed:
+        env_h[node] = h_graph.node_copy(node, lambda n: env_h[n])
+    for node in after:
+        env_h[node] = h_graph.node_copy(node, lambda n: env_h[n])
+
+    g = fx.GraphModule(model, g_graph, class_name="G")
+    h = fx.GraphModule(model, h_graph, class_name="H")
+    return g, h
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategy 3: replay with hooks (generic fallback)
+# ---------------------------------------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+class ReplayG(nn.Module):
+    """Run ``model`` until ``layer`` and return its output (the rest of the forward is skipped)."""
+
+    def __init__(self, model: nn.Module, layer: str, layer_module: nn.Module):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self._layer_module = [layer_module]  # a list keeps it out of the module tree
+        self.input_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: torch.Tensor) -> Any:
+        captured: list[Any] = []
+
+        def hook(_module, _inputs, output):
+            captured.append(output)
+            raise _Stop
+
+        handle = self._layer_module[0].register_forward_hook(hook)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise CutError(f"`layer` {self.layer!r} was not called during the forward pass.")
+        self.input_shape = tuple(x.shape[1:])
+        return captured[0]
+
+
+class ReplayH(nn.Module):
+    """Run ``model`` on a dummy input with ``layer``'s output replaced by the activations."""
+
+    def __init__(self, model: nn.Module, layer: str, layer_module: nn.Module, g: ReplayG,
+                 input_shape: tuple[int, ...] | None):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self._layer_module = [layer_module]
+        self._g = [g]
+        self.input_shape = input_shape
+        self.verified = False
+
+    def _run(self, activations: torch.Tensor, dummy: torch.Tensor) -> Any:
+        def hook(_module, _inputs, _output):
+            return activations
+
+        handle = self._layer_module[0].register_forward_hook(hook)
+        try:
+            return self.model(dummy)
+        finally:
+            handle.remove()
+
+    def forward(self, activations: torch.Tensor) -> Any:
+        shape = self.input_shape or self._g[0].input_shape
+        if shape is None:
+            raise CutError("the generic (replay) split needs the model's input shape: call g once "
+                           "first, or pass `example_input` to split_model.")
+        ref = activations[0] if isinstance(activations, (tuple, list)) else activations
+        n = ref.shape[0]
+        dummy = torch.zeros((n, *shape), dtype=ref.dtype, device=ref.device)
+        out = self._run(activations, dummy)
+        if not self.verified:
+            other = self._run(activations, torch.randn(dummy.shape, generator=torch.Generator().manual_seed(0)).to(dummy))
+            if not _close(out, other):
+                raise CutError(f"`layer` {self.layer!r} is not a valid cut: the model's output depends "
+                               f"on values computed before the layer (a skip connection or another "
+                               f"path crosses it).")
+            self.verified = True
+        return out
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
+        return all(_close(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# Public face
+# ---------------------------------------------------------------------------------------------
+
+def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torch.Tensor | None = None,
+                strategy: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """Split ``model`` at ``layer`` into ``g`` and ``h`` with ``h(g(x)) == model(x)``.
+
+    Parameters
+    ----------
+    model
+        Any ``torch.nn.Module``.
+    layer
+        Dotted name of the submodule whose output is the cut (``"layer4"``, ``"blocks.3"``), or
+        the submodule itself. An unknown name raises an error that lists close names.
+    example_input
+        Optional input batch used to check the cut numerically (``h(g(x)) == model(x)``) and to
+        tell the generic fallback the input shape.
+    strategy
+        ``"auto"`` (default: sequential, then torch.fx graph cut, then replay), or one of
+        ``"sequential"``, ``"fx"``, ``"replay"``.
+
+    Returns
+    -------
+    (g, h)
+        Modules sharing the model's parameters. ``g(x)`` returns the layer's output (for a
+        transformer block, tokens ``(N, T, C)``); ``h(a)`` maps it to the model's output.
+
+    Raises
+    ------
+    CutError
+        When the cut is not valid: a skip connection crosses the layer, or the layer is used twice.
+    """
+    if strategy not in ("auto", "sequential", "fx", "replay"):
+        raise ValueError(f"`strategy` must be 'auto', 'sequential', 'fx' or 'replay'; got {strategy!r}.")
+    layer_name, layer_module = get_layer(model, layer)
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise TypeError("`example_input` must be a torch.Tensor batch of model inputs.")
+
+    with preserved_model_state(model, eval_mode=False):
+        result = None
+        if strategy in ("auto", "sequential"):
+            result = _sequential_split(model, layer_name)
+            if result is None and strategy == "sequential":
+                raise CutError(f"`layer` {layer_name!r}: the path to it is not made of nn.Sequential "
+                               f"containers; use strategy='auto'.")
+        if result is None and strategy in ("auto", "fx"):
+            try:
+                result = _fx_split(model, layer_name, layer_module)
+            except CutError:
+                raise
+            except Exception as err:  # noqa: BLE001 - untraceable models fall back to replay
+                if strategy == "fx":
+                    raise CutError(f"torch.fx could not trace {type(model).__name__}: {err}") from err
+                result = None
+        if result is None:
+            g = ReplayG(model, layer_name, layer_module)
+            shape = tuple(example_input.shape[1:]) if example_input is not None else None
+            result = (g, ReplayH(model, layer_name, layer_module, g, shape))
+
+    g, h = result
+    g.split_layer = layer_name  # type: ignore[attr-defined]
+    h.split_layer = layer_name  # type: ignore[attr-defined]
+    if example_input is not None:
+        check_split(model, g, h, example_input)
+    return g, h
+
+
+def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
+                atol: float = 1e-5, rtol: float = 1e-4) -> float:
+    """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError."""
+    with preserved_model_state(model), torch.no_grad():
+        expected = model(x)
+        got = h(g(x))
+    if isinstance(expected, (tuple, list)):
+        expected, got = expected[0], got[0]
+    if not isinstance(expected, torch.Tensor):
+        return 0.0
+    diff = float((expected - got).abs().max()) if expected.numel() else 0.0
+    if not torch.allclose(expected, got, atol=atol, rtol=rtol):
+        raise CutError(f"the split does not reproduce the model: max |h(g(x)) - model(x)| = {diff:.3g}.")
+    return diff
+
