@@ -113,8 +113,12 @@ class _Method:
     options: dict                     # extra keyword arguments and their checks
 
 
-_POSITIVE_INT = (lambda v, name: check_int(v, name, minimum=1))
-_OPEN_UNIT = (lambda v, name: _check_open_unit(v, name))
+def _check_positive_int(value: Any, name: str) -> int:
+    return check_int(value, name, minimum=1)
+
+
+def _check_order(value: Any, name: str) -> str:
+    return check_choice(value, name, ("total", "first"))
 
 
 def _check_open_unit(value: Any, name: str) -> float:
@@ -126,12 +130,12 @@ def _check_open_unit(value: Any, name: str) -> float:
 
 #: Concept importance methods by name.
 METHODS: dict[str, _Method] = {
-    "sobol": _Method(_sobol, {"order": lambda v, name: check_choice(v, name, ("total", "first"))}),
+    "sobol": _Method(_sobol, {"order": _check_order}),
     "closed_form": _Method(closed_form, {}),
     "gradient_input": _Method(gradient_input, {}),
-    "integrated_gradients": _Method(integrated_gradients, {"steps": _POSITIVE_INT}),
+    "integrated_gradients": _Method(integrated_gradients, {"steps": _check_positive_int}),
     "occlusion": _Method(occlusion, {}),
-    "rise": _Method(rise, {"n_masks": _POSITIVE_INT, "probability": _OPEN_UNIT}),
+    "rise": _Method(rise, {"n_masks": _check_positive_int, "probability": _check_open_unit}),
 }
 
 
