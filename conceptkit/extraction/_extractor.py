@@ -128,12 +128,19 @@ class ActivationExtractor:
         Run with autograd enabled (default: no-grad).
     output_device
         Device of the returned activations (default CPU).
+    reduce
+        ``"mean"`` averages each output over its spatial axes, batch by batch, so that only
+        ``(N, C)`` is ever kept (CRAFT crops, ACE segments); ``None`` keeps the full maps.
+    preprocess
+        Optional callable applied to every batch before the model (e.g. normalisation), so that
+        crops and segments can be cut from raw [0, 1] images.
     """
 
     def __init__(self, model: nn.Module, layer: str | nn.Module, batch_size: int = 64,
                  device: Any = None, progress: bool = True, tokens: str = "auto",
                  prefix_tokens: int | None = None, output_index: int | None = None,
-                 grad: bool = False, output_device: Any = "cpu"):
+                 grad: bool = False, output_device: Any = "cpu", reduce: str | None = None,
+                 preprocess: Any = None):
         self.layer, self._module = get_layer(model, layer)
         self.model = model
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -144,7 +151,12 @@ class ActivationExtractor:
         self.output_index = output_index
         self.grad = bool(grad)
         self.output_device = resolve_device(output_device, "output_device")
-        self.prefix_: torch.Tensor | None = None
+        if reduce not in (None, "mean"):
+            raise ValueError(f"`reduce` must be None or 'mean'; got {reduce!r}.")
+        self.reduce = reduce
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"`preprocess` must be callable (batch -> batch); got {describe(preprocess)}.")
+        self.preprocess = preprocess
         self.token_layout_: str | None = None
 
     def _select(self, output: Any) -> torch.Tensor:
@@ -202,6 +214,8 @@ class ActivationExtractor:
                     for batch in tqdm(batches, total=total, disable=not self.progress,
                                       desc=f"activations @ {self.layer}", leave=False):
                         batch = self._check_batch(batch)
+                        if self.preprocess is not None:
+                            batch = self.preprocess(batch)
                         captured.clear()
                         try:
                             self.model(batch.to(device=device, dtype=dtype))
@@ -211,6 +225,8 @@ class ActivationExtractor:
                             raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
                                                f"forward pass of {type(self.model).__name__}.")
                         act = self._to_layout(self._select(captured[0]), batch.shape[0])
+                        if self.reduce == "mean" and act.ndim > 2:
+                            act = act.mean(dim=tuple(range(2, act.ndim)))
                         outputs.append(act if self.grad else act.detach().to(self.output_device))
             finally:
                 handle.remove()

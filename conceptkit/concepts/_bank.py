@@ -1,0 +1,186 @@
+"""ConceptBank: a fitted concept dictionary with the provenance of the rows it was fitted on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import io
+from .._validation import describe, to_numpy
+from ..extraction import Provenance
+from ._base import Factorizer, factorizer_from_state
+
+BANK_KIND = "ConceptBank"
+BANK_VERSION = 1
+
+
+@dataclass
+class ConceptBank:
+    """Concepts found by CRAFT, ICE, ACE (or any factorizer) at one layer.
+
+    Attributes
+    ----------
+    components
+        ``(k, C)`` concept dictionary ``W`` (float32, CPU).
+    codes
+        ``(n, k)`` codes ``U`` of the rows the dictionary was fitted on.
+    provenance
+        Source image, box or mask of every fitted row (:class:`~conceptkit.extraction.Provenance`).
+    layer
+        Name of the layer the activations come from.
+    method
+        ``"craft"``, ``"ice"``, ``"ace"`` or ``"custom"``.
+    params
+        The method's parameters (JSON-able).
+    factorizer
+        The fitted factorizer; :meth:`encode` uses its ``transform``.
+    activations
+        ``(n, C)`` the fitted rows themselves, when kept (metrics, TCAV); not saved by default.
+    concept_ids
+        ``(k,)`` index of each concept in the factorizer before any concept was dropped (ACE
+        drops clusters that come from too few images).
+    """
+
+    components: torch.Tensor
+    codes: torch.Tensor
+    provenance: Provenance
+    layer: str
+    method: str
+    params: dict[str, Any]
+    factorizer: Factorizer
+    activations: torch.Tensor | None = None
+    concept_ids: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.components = torch.as_tensor(to_numpy(self.components)).float()
+        self.codes = torch.as_tensor(to_numpy(self.codes)).float()
+        if self.concept_ids is None:
+            self.concept_ids = np.arange(self.components.shape[0])
+        self.concept_ids = np.asarray(self.concept_ids, dtype=np.int64)
+
+    @property
+    def n_concepts(self) -> int:
+        """Number of concepts ``k``."""
+        return int(self.components.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Number of activation channels ``C``."""
+        return int(self.components.shape[1])
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode(self, activations: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Concept codes of activations with the dictionary fixed.
+
+        ``(n, C)`` → ``(n, k)``; feature maps ``(N, C, h, w)`` → coefficient maps
+        ``(N, k, h, w)`` (every spatial position encoded, as CRAFT's ``transform``).
+        """
+        if not isinstance(activations, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"`activations` must be a numpy array or torch.Tensor; got {describe(activations)}.")
+        if activations.ndim == 2:
+            self._check_channels(activations, 1)
+            return self.factorizer.transform(activations)
+        if activations.ndim == 4:
+            self._check_channels(activations, 1)
+            n, c, h, w = activations.shape
+            if isinstance(activations, torch.Tensor):
+                rows = activations.permute(0, 2, 3, 1).reshape(-1, c)
+                codes = self.factorizer.transform(rows)
+                return codes.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()
+            rows = np.ascontiguousarray(activations.transpose(0, 2, 3, 1).reshape(-1, c))
+            codes = self.factorizer.transform(rows)
+            return np.ascontiguousarray(codes.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+        raise ValueError(f"`activations` must be (n, C) or (N, C, h, w); got shape {tuple(activations.shape)}.")
+
+    def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Reconstructed activations from codes: ``(n, k)`` → ``(n, C)``; ``(N, k, h, w)`` → ``(N, C, h, w)``."""
+        if not isinstance(codes, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"`codes` must be a numpy array or torch.Tensor; got {describe(codes)}.")
+        if codes.ndim == 2:
+            return self.factorizer.inverse_transform(codes)
+        if codes.ndim == 4:
+            n, k, h, w = codes.shape
+            if isinstance(codes, torch.Tensor):
+                flat = self.factorizer.inverse_transform(codes.permute(0, 2, 3, 1).reshape(-1, k))
+                return flat.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()
+            flat = self.factorizer.inverse_transform(np.ascontiguousarray(codes.transpose(0, 2, 3, 1).reshape(-1, k)))
+            return np.ascontiguousarray(flat.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+        raise ValueError(f"`codes` must be (n, k) or (N, k, h, w); got shape {tuple(codes.shape)}.")
+
+    def _check_channels(self, activations, axis: int) -> None:
+        if activations.shape[axis] != self.n_features:
+            raise ValueError(f"`activations` have {activations.shape[axis]} channels (axis {axis}) but "
+                             f"the concepts were fitted on {self.n_features} channels at layer "
+                             f"{self.layer!r}.")
+
+    def top_rows(self, concept: int, n: int = 10) -> np.ndarray:
+        """Indices of the ``n`` fitted rows where ``concept`` is most present (highest code)."""
+        if not 0 <= int(concept) < self.n_concepts:
+            raise ValueError(f"`concept` must be in [0, {self.n_concepts}); got {concept}.")
+        codes = self.codes[:, int(concept)].numpy()
+        # Ties (hard k-means codes) are broken by how well the row aligns with the concept.
+        tie = (self.activations.numpy() @ self.components[int(concept)].numpy()
+               if self.activations is not None else np.zeros_like(codes))
+        return np.lexsort((-tie, -codes))[:n]
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self, *, include_activations: bool = False) -> tuple[dict[str, Any], dict]:
+        """Tensors and JSON metadata (used by :meth:`save` and by explanations that embed a bank)."""
+        f_arrays, f_info = self.factorizer.get_state()
+        p_arrays, p_info = self.provenance.to_state()
+        tensors: dict[str, Any] = {"components": self.components, "codes": self.codes,
+                                   "concept_ids": torch.from_numpy(self.concept_ids)}
+        tensors.update({f"factorizer.{k}": np.ascontiguousarray(v) for k, v in f_arrays.items()})
+        tensors.update(p_arrays)
+        if include_activations and self.activations is not None:
+            tensors["activations"] = self.activations
+        meta = {"layer": self.layer, "method": self.method, "params": self.params, "extra": self.extra,
+                "factorizer": {"name": type(self.factorizer).__name__,
+                               "params": _json_params(self.factorizer.get_params(deep=False)),
+                               "info": f_info},
+                "provenance": p_info}
+        return tensors, meta
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> ConceptBank:
+        """Rebuild from :meth:`to_state` output."""
+        f_meta = meta["factorizer"]
+        f_arrays = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("factorizer.")}
+        factorizer = factorizer_from_state(f_meta["name"], f_meta["params"], f_arrays, f_meta["info"])
+        prov_arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("provenance.")}
+        provenance = Provenance.from_state(prov_arrays, meta["provenance"])
+        return cls(components=tensors["components"], codes=tensors["codes"], provenance=provenance,
+                   layer=meta["layer"], method=meta["method"], params=meta["params"],
+                   factorizer=factorizer, activations=tensors.get("activations"),
+                   concept_ids=tensors["concept_ids"].numpy(), extra=meta.get("extra", {}))
+
+    def save(self, path: str | os.PathLike, *, include_activations: bool = False) -> str:
+        """Write the bank to one ``.safetensors`` file (tensors + JSON metadata, no pickle)."""
+        tensors, meta = self.to_state(include_activations=include_activations)
+        return str(io.save_file(path, tensors, meta, kind=BANK_KIND, version=BANK_VERSION))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ConceptBank:
+        """Read a bank written by :meth:`save`; never unpickles or executes code."""
+        tensors, meta = io.load_file(path, kind=BANK_KIND, version=BANK_VERSION)
+        try:
+            return cls.from_state(tensors, meta)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptBank: {err}") from err
+
+
+def _json_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, (np.random.Generator, np.random.RandomState)):
+            raise ValueError(f"cannot save a factorizer whose `{key}` is a random generator; use an "
+                             f"int seed.")
+        if isinstance(value, torch.device):
+            value = str(value)
+        out[key] = value
+    return out

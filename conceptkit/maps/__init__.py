@@ -1,0 +1,32 @@
+"""Concept attribution maps (where each concept sits in each image) and their agreement with
+ground-truth masks."""
+
+from ._localisation import (
+    LOCALISATION_METRICS,
+    ConceptMatch,
+    mask_iou,
+    match_concepts,
+    pointing_game,
+    relevance_mass,
+)
+from ._maps import (
+    coefficient_maps,
+    differentiable_codes,
+    gradient_maps,
+    provenance_maps,
+    upsample,
+)
+
+__all__ = [
+    "LOCALISATION_METRICS",
+    "ConceptMatch",
+    "coefficient_maps",
+    "differentiable_codes",
+    "gradient_maps",
+    "mask_iou",
+    "match_concepts",
+    "pointing_game",
+    "provenance_maps",
+    "relevance_mass",
+    "upsample",
+]

@@ -1,0 +1,184 @@
+"""Concept attribution maps: where each concept sits in each image.
+
+Three kinds of map:
+
+* **coefficient maps** — every spatial position of an image's feature map encoded with the
+  concept dictionary fixed, ``(N, k, h, w)``, upsampled to the image (CRAFT, ICE);
+* **gradient maps** — Grad-CAM of each image-level concept coefficient with respect to a feature
+  map (the layer itself or an earlier one); the coefficient is differentiated implicitly through
+  the non-negative least-squares encoding (see :func:`differentiable_codes`);
+* **provenance maps** — the codes of the crops / segments / cells a bank was fitted on, painted
+  back onto their source images through their provenance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._torchutils import model_device, preserved_model_state
+from .._validation import check_choice, check_images, describe
+from ..concepts import ConceptBank
+from ..extraction import get_layer
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(x)}.")
+    return x
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``(N, k, h, w)`` maps to ``size`` (bilinear by default, like CRAFT's resize)."""
+    check_choice(mode, "mode", ["bilinear", "bicubic", "nearest"])
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(maps.float(), size=tuple(size), mode=mode, **kwargs)
+
+
+def coefficient_maps(bank: ConceptBank, activations: Any, image_size: Any = None,
+                     mode: str = "bilinear") -> torch.Tensor:
+    """Concept coefficient maps ``(N, k, H, W)`` from feature maps ``(N, C, h, w)``.
+
+    Every position is encoded with the bank's dictionary fixed (``bank.encode``); the
+    ``(N, k, h, w)`` result is upsampled to ``image_size`` (default: left at ``(h, w)``).
+    """
+    activations = _as_tensor(activations, "activations")
+    if activations.ndim != 4:
+        raise ValueError(f"`activations` must be feature maps (N, C, h, w); got shape "
+                         f"{tuple(activations.shape)}.")
+    codes = torch.as_tensor(bank.encode(activations.detach().cpu().float())).float()
+    if image_size is None:
+        return codes
+    size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(image_size)
+    return upsample(codes, size, mode)
+
+
+def differentiable_codes(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor:
+    """Image-level codes ``(N, k)`` of pooled activations ``(N, C)``, differentiable.
+
+    The codes equal ``bank.encode(pooled)``. Their gradient is the implicit gradient of the
+    encoding at its solution: for non-negative codes (NMF-like), the least-squares problem
+    restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained
+    codes, the least-squares pseudo-inverse.
+    """
+    W = bank.components.to(pooled)
+    with torch.no_grad():
+        fixed = torch.as_tensor(bank.encode(pooled.detach().cpu())).to(pooled)
+    if not getattr(bank.factorizer, "nonnegative_codes", False):
+        offset = pooled.detach() - fixed @ W
+        return torch.linalg.lstsq(W.T, (pooled - offset).T).solution.T
+    active = (fixed > 0).to(pooled)
+    gram = W @ W.T
+    eye = torch.eye(W.shape[0], dtype=pooled.dtype, device=pooled.device)
+    system = active[:, :, None] * gram[None] * active[:, None, :] + (1 - active)[:, :, None] * eye
+    rhs = active * (pooled @ W.T)
+    return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1)
+
+
+def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
+                  map_layer: str | None = None, image_size: Any = None, batch_size: int = 32,
+                  preprocess: Any = None, mode: str = "bilinear") -> torch.Tensor:
+    """Grad-CAM maps ``(N, k, H, W)`` of each concept's image-level coefficient.
+
+    For concept ``j``, the coefficient ``u_j`` of the image's pooled activations at
+    ``bank.layer`` is differentiated with respect to the feature map ``F`` of ``map_layer``
+    (default: ``bank.layer``); the map is ``ReLU(Σ_c α_c F_c)`` with ``α_c`` the spatial mean
+    of ``∂u_j/∂F_c``, upsampled to ``image_size`` (default: the image size).
+    """
+    images = check_images(images, "images")
+    _, concept_module = get_layer(model, bank.layer, "bank.layer")
+    _, map_module = get_layer(model, map_layer or bank.layer, "map_layer")
+    size = tuple(images.shape[-2:]) if image_size is None else (
+        (int(image_size),) * 2 if isinstance(image_size, int) else tuple(image_size))
+    device = model_device(model)
+    out = []
+    with preserved_model_state(model):
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start:start + batch_size].to(device)
+            if preprocess is not None:
+                batch = preprocess(batch)
+            store: dict[str, torch.Tensor] = {}
+
+            def keep_map(_m, _i, output, store=store):
+                output.retain_grad()
+                store["map"] = output
+
+            def keep_concept(_m, _i, output, store=store):
+                store["concept"] = output
+
+            handles = [map_module.register_forward_hook(keep_map),
+                       concept_module.register_forward_hook(keep_concept)]
+            try:
+                with torch.enable_grad():
+                    batch = batch.detach().requires_grad_(True)  # gradients flow even if frozen
+                    model(batch)
+                    acts = store["concept"]
+                    pooled = acts.mean(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
+                    codes = differentiable_codes(bank, pooled.float())
+                    fmap = store["map"]
+                    maps = []
+                    for j in range(bank.n_concepts):
+                        grad = torch.autograd.grad(codes[:, j].sum(), fmap, retain_graph=True,
+                                                   allow_unused=True)[0]
+                        if grad is None:
+                            grad = torch.zeros_like(fmap)
+                        alpha = grad.mean(dim=(2, 3), keepdim=True)
+                        maps.append(torch.relu((alpha * fmap).sum(1)))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            out.append(torch.stack(maps, 1).detach().cpu())
+    return upsample(torch.cat(out), size, mode)
+
+
+def provenance_maps(bank: ConceptBank, n_images: int | None = None, reduce: str = "mean") -> torch.Tensor:
+    """Paint the fitted rows' codes back onto their source images: ``(N, k, H, W)``.
+
+    Each pixel gets the mean (or max) code of the crops / segments / cells that cover it.
+    Pixels covered by nothing get 0.
+    """
+    check_choice(reduce, "reduce", ["mean", "max"])
+    prov = bank.provenance
+    n = int(prov.image_ids.max()) + 1 if n_images is None else int(n_images)
+    height, width = prov.source_size
+    codes = bank.codes.numpy().astype(np.float32)
+    k = codes.shape[1]
+    total = np.zeros((n, k, height, width), dtype=np.float32)
+    count = np.zeros((n, 1, height, width), dtype=np.float32)
+    if prov.kind == "segment" and prov.label_maps is not None:
+        for image in range(n):
+            rows = np.flatnonzero(prov.image_ids == image)
+            for resolution in np.unique(prov.segment_refs[rows, 0]):
+                sel = rows[prov.segment_refs[rows, 0] == resolution]
+                labels = prov.label_maps[image, resolution].astype(np.int64)
+                lut = np.zeros((labels.max() + 1, k), dtype=np.float32)
+                hit = np.zeros(labels.max() + 1, dtype=np.float32)
+                lut[prov.segment_refs[sel, 1]] = codes[sel]
+                hit[prov.segment_refs[sel, 1]] = 1.0
+                painted = lut[labels].transpose(2, 0, 1)
+                if reduce == "max":
+                    total[image] = np.maximum(total[image], painted)
+                else:
+                    total[image] += painted
+                count[image, 0] += hit[labels]
+    else:
+        for row in range(len(prov)):
+            image = prov.image_ids[row]
+            y0, x0, y1, x1 = prov.boxes[row]
+            if reduce == "max":
+                np.maximum(total[image, :, y0:y1, x0:x1], codes[row][:, None, None],
+                           out=total[image, :, y0:y1, x0:x1])
+            else:
+                total[image, :, y0:y1, x0:x1] += codes[row][:, None, None]
+            count[image, 0, y0:y1, x0:x1] += 1.0
+    if reduce == "mean":
+        total = total / np.maximum(count, 1.0)
+    return torch.from_numpy(total)
