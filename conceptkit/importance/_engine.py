@@ -123,12 +123,14 @@ class ConceptProblem:
                 codes.requires_grad_(True)
                 with torch.enable_grad():
                     target = self._head(codes)
-                    if not target.requires_grad:
-                        raise ValueError(
-                            "`h` is not differentiable with respect to its input activations "
-                            "(its output carries no gradient); use method='sobol', 'occlusion' "
-                            "or 'rise', which only need forward passes.")
-                    (grad,) = torch.autograd.grad(target.sum(), codes)
+                    grad = None
+                    if target.requires_grad:
+                        (grad,) = torch.autograd.grad(target.sum(), codes, allow_unused=True)
+                if grad is None:
+                    raise ValueError(
+                        "`h` is not differentiable with respect to its input activations (its "
+                        "output carries no gradient to them); use method='sobol', 'occlusion' "
+                        "or 'rise', which only need forward passes.")
                 yield start, stop, grad
         finally:
             for p, flag in zip(params, frozen):
