@@ -1,0 +1,213 @@
+"""The data that concept bottleneck models train and evaluate on.
+
+Users hand us either a tuple of tensors ``(x, concepts, labels)`` or a ``torch.utils.data.Dataset``
+whose items are ``(x, concepts, label)``. ``x`` may be images ``(N, C, H, W)`` (end-to-end training)
+or cached features ``(N, d)`` from a frozen backbone. :class:`CBMData` validates either form once,
+at the boundary, and offers the few operations the trainers need: seeded mini-batches, a seeded
+split, and the concept/label columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .._validation import describe, make_rng
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def as_tensor(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(value)}.")
+    return value
+
+
+def check_concepts(concepts: torch.Tensor, name: str) -> torch.Tensor:
+    if concepts.ndim != 2:
+        raise ValueError(f"`{name}` must be 2-D (N, n_concepts); got shape {tuple(concepts.shape)}.")
+    concepts = concepts.float()
+    if not bool(torch.isfinite(concepts).all()):
+        raise ValueError(f"`{name}` contains NaN or Inf values.")
+    if concepts.numel() and (float(concepts.min()) < 0 or float(concepts.max()) > 1):
+        raise ValueError(f"`{name}` must hold concept presence in [0, 1] (0/1 labels or soft "
+                         f"probabilities); got values in [{float(concepts.min()):.3g}, "
+                         f"{float(concepts.max()):.3g}].")
+    return concepts
+
+
+def check_labels(labels: torch.Tensor, name: str) -> torch.Tensor:
+    if labels.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D (N,) class indices; got shape {tuple(labels.shape)}.")
+    if labels.is_floating_point():
+        if not bool((labels == labels.round()).all()):
+            raise TypeError(f"`{name}` must hold integer class indices; got non-integer floats.")
+    elif labels.dtype == torch.bool:
+        raise TypeError(f"`{name}` must hold integer class indices; got dtype torch.bool.")
+    labels = labels.long()
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"`{name}` must hold class indices >= 0; got {int(labels.min())}.")
+    return labels
+
+
+class CBMData:
+    """Validated ``(x, concepts, labels)`` data, held as tensors or as a Dataset.
+
+    Parameters
+    ----------
+    data : tuple of (x, concepts, labels) or Dataset
+        ``x``: ``(N, ...)`` float inputs; ``concepts``: ``(N, k)`` presence in [0, 1];
+        ``labels``: ``(N,)`` integer class indices. A Dataset must yield ``(x, c, y)`` items.
+    name : str
+        The argument name used in error messages.
+    """
+
+    def __init__(self, data: Any, name: str = "train_data"):
+        self.name = name
+        self.dataset: Dataset | None = None
+        self.tensors: Batch | None = None
+        if isinstance(data, CBMData):
+            self.dataset, self.tensors, self.name = data.dataset, data.tensors, data.name
+            self._columns = data._columns
+            return
+        self._columns: tuple[torch.Tensor, torch.Tensor] | None = None
+        if isinstance(data, (tuple, list)):
+            if len(data) != 3:
+                raise ValueError(f"`{name}` must be a tuple (x, concepts, labels); got a "
+                                 f"{type(data).__name__} of length {len(data)}.")
+            x = as_tensor(data[0], f"{name}[0] (x)")
+            concepts = check_concepts(as_tensor(data[1], f"{name}[1] (concepts)"),
+                                       f"{name}[1] (concepts)")
+            labels = check_labels(as_tensor(data[2], f"{name}[2] (labels)"), f"{name}[2] (labels)")
+            n = x.shape[0] if x.ndim else 0
+            if not (n == concepts.shape[0] == labels.shape[0]):
+                raise ValueError(f"`{name}`: x, concepts and labels must have the same number of rows; "
+                                 f"got {n}, {concepts.shape[0]} and {labels.shape[0]}.")
+            if n == 0:
+                raise ValueError(f"`{name}` is empty; need at least one example.")
+            if x.ndim < 2 or not x.is_floating_point():
+                raise ValueError(f"`{name}[0]` (x) must be a float tensor (N, ...) of inputs; "
+                                 f"got {describe(x)}.")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"`{name}[0]` (x) contains NaN or Inf values.")
+            self.tensors = (x, concepts, labels)
+            self._columns = (concepts, labels)
+        elif isinstance(data, Dataset):
+            if len(data) == 0:  # type: ignore[arg-type]
+                raise ValueError(f"`{name}` is an empty Dataset.")
+            item = data[0]
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise ValueError(f"`{name}` must yield (x, concepts, label) items; its first item is "
+                                 f"{describe(item)}.")
+            self.dataset = data
+        else:
+            raise TypeError(f"`{name}` must be a tuple (x, concepts, labels) of tensors or a Dataset "
+                            f"yielding (x, concepts, label); got {describe(data)}.")
+
+    def __len__(self) -> int:
+        if self.tensors is not None:
+            return int(self.tensors[0].shape[0])
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def batches(self, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Yield ``(x, concepts, labels)`` mini-batches, shuffled with ``generator`` if asked."""
+        n = len(self)
+        if self.tensors is not None:
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+            x, c, y = self.tensors
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                yield x[idx], c[idx], y[idx]
+            return
+        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle,
+                            generator=generator if shuffle else None, num_workers=0)
+        for x, c, y in loader:
+            yield x.float(), c.float(), y.long()
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def columns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The concept matrix ``(N, k)`` and the labels ``(N,)`` (one pass over a Dataset)."""
+        if self._columns is None:
+            cs, ys = [], []
+            for _, c, y in self.batches(256):
+                cs.append(c)
+                ys.append(y)
+            concepts = check_concepts(torch.cat(cs), f"{self.name} concepts")
+            labels = check_labels(torch.cat(ys), f"{self.name} labels")
+            self._columns = (concepts, labels)
+        return self._columns
+
+    def inputs(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for x, _, _ in self.batches(batch_size):
+            yield x
+
+    def subset(self, indices: np.ndarray) -> CBMData:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        if self.tensors is not None:
+            return CBMData(tuple(t[idx] for t in self.tensors), self.name)
+        sub = CBMData(Subset(self.dataset, idx.tolist()), self.name)  # type: ignore[arg-type]
+        if self._columns is not None:
+            sub._columns = (self._columns[0][idx], self._columns[1][idx])
+        return sub
+
+    def split(self, fraction: float, seed: int) -> tuple[CBMData, CBMData]:
+        """Split off a seeded random ``fraction`` of the rows: returns ``(rest, held_out)``."""
+        n = len(self)
+        n_held = int(round(fraction * n))
+        if n_held < 1 or n_held >= n:
+            raise ValueError(f"`{self.name}` has {n} examples: too few to split off a validation "
+                             f"fraction of {fraction}; pass `val_data` explicitly.")
+        order = make_rng(seed).permutation(n)
+        return self.subset(np.sort(order[n_held:])), self.subset(np.sort(order[:n_held]))
+
+    @property
+    def n_concepts(self) -> int:
+        if self.tensors is not None:
+            return int(self.tensors[1].shape[1])
+        return int(torch.as_tensor(self.dataset[0][1]).reshape(-1).shape[0])  # type: ignore[index]
+
+
+def as_cbm_data(data: Any, name: str, *, n_concepts: int | None = None,
+                n_classes: int | None = None) -> CBMData:
+    """Wrap ``data`` and check its concept width and label range against a model."""
+    wrapped = CBMData(data, name)
+    if n_concepts is not None and wrapped.n_concepts != n_concepts:
+        raise ValueError(f"`{name}` has {wrapped.n_concepts} concept columns but the model has "
+                         f"n_concepts={n_concepts}.")
+    if n_classes is not None and wrapped.tensors is not None:
+        top = int(wrapped.tensors[2].max())
+        if top >= n_classes:
+            raise ValueError(f"`{name}` has class label {top} but the model has n_classes={n_classes} "
+                             f"(labels must lie in [0, {n_classes - 1}]).")
+    return wrapped
+
+
+def as_inputs(data: Any, name: str) -> torch.Tensor | CBMData:
+    """Accept a bare input tensor ``(N, ...)`` or any :class:`CBMData` form."""
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        x = as_tensor(data, name)
+        if x.ndim < 2 or not x.is_floating_point() or x.shape[0] == 0:
+            raise ValueError(f"`{name}` must be a non-empty float tensor (N, ...); got {describe(x)}.")
+        return x
+    return CBMData(data, name)
+
+
+def iter_inputs(data: torch.Tensor | CBMData, batch_size: int) -> Iterator[torch.Tensor]:
+    if isinstance(data, torch.Tensor):
+        for start in range(0, data.shape[0], batch_size):
+            yield data[start:start + batch_size]
+    else:
+        yield from data.inputs(batch_size)
+
+
+def n_rows(data: torch.Tensor | CBMData) -> int:
+    return int(data.shape[0]) if isinstance(data, torch.Tensor) else len(data)

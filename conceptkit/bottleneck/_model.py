@@ -1,0 +1,246 @@
+"""The supervised concept bottleneck model (Koh et al., 2020): x → concepts → class."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import model_device, preserved_model_state
+from .._validation import check_choice, check_float, check_int, describe, resolve_device
+from ..io import FormatError, load_file, save_file
+from ._data import as_inputs, iter_inputs, n_rows
+
+KIND = "concept_bottleneck_model"
+FORMAT_VERSION = 1
+HEADS = ("linear", "mlp")
+BOTTLENECKS = ("sigmoid", "logits")
+
+
+class CBMOutput(NamedTuple):
+    """What :class:`ConceptBottleneckModel` returns.
+
+    Attributes
+    ----------
+    concept_logits : torch.Tensor
+        ``(N, k)`` raw concept scores from the concept encoder (trained against concept labels
+        with a logistic loss, so ``sigmoid(concept_logits)`` is the predicted presence).
+    concepts : torch.Tensor
+        ``(N, k)`` the bottleneck values the head reads: ``sigmoid(concept_logits)`` for a sigmoid
+        bottleneck, ``concept_logits`` unchanged for a logit bottleneck.
+    class_logits : torch.Tensor
+        ``(N, n_classes)`` task logits.
+    """
+
+    concept_logits: torch.Tensor
+    concepts: torch.Tensor
+    class_logits: torch.Tensor
+
+
+def _names(names: Any, count: int, label: str, arg: str) -> list[str]:
+    if names is None:
+        return [f"{label}_{i}" for i in range(count)]
+    names = [str(n) for n in names]
+    if len(names) != count:
+        raise ValueError(f"`{arg}` has {len(names)} names but the model has {count}.")
+    return names
+
+
+class ConceptBottleneckModel(nn.Module):
+    """Concept bottleneck model: ``class_logits = head(bottleneck(concept_encoder(x)))``.
+
+    Parameters
+    ----------
+    concept_encoder : nn.Module
+        Maps an input batch ``(N, ...)`` (images or cached features) to concept logits
+        ``(N, n_concepts)``. For cached features from a frozen backbone, ``nn.Linear(d, k)``.
+    n_concepts, n_classes : int
+        Width of the bottleneck and number of classes.
+    head : {"linear", "mlp"}
+        The concept → class model: one linear layer (Koh's default) or a one-hidden-layer MLP.
+    bottleneck : {"sigmoid", "logits"}
+        What the head reads: concept probabilities or the raw concept logits.
+    hidden : int
+        Hidden width of the MLP head (ignored for a linear head).
+    concept_names, class_names : list of str, optional
+        Names stored with the model (used by reports); default ``concept_i`` / ``class_i``.
+
+    Notes
+    -----
+    Interventions replace predicted concept values by true ones. For a sigmoid bottleneck a true
+    0/1 is used as is; for a logit bottleneck, 0 and 1 map to the 5th and 95th percentiles of
+    that concept's predicted logits on a reference set (Koh et al.), kept in the buffers
+    ``intervention_low`` / ``intervention_high``. :func:`train_cbm` sets them from the training
+    split; :meth:`calibrate_intervention` recomputes them on any data.
+    """
+
+    def __init__(self, concept_encoder: nn.Module, n_concepts: int, n_classes: int, *,
+                 head: str = "linear", bottleneck: str = "sigmoid", hidden: int = 64,
+                 concept_names: list[str] | None = None, class_names: list[str] | None = None):
+        super().__init__()
+        if not isinstance(concept_encoder, nn.Module):
+            raise TypeError(f"`concept_encoder` must be a torch.nn.Module mapping inputs to "
+                            f"(N, n_concepts) logits; got {describe(concept_encoder)}.")
+        self.n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
+        self.n_classes = check_int(n_classes, "n_classes", minimum=2)
+        self.head_kind = check_choice(head, "head", HEADS)
+        self.bottleneck = check_choice(bottleneck, "bottleneck", BOTTLENECKS)
+        self.hidden = check_int(hidden, "hidden", minimum=1)
+        self.concept_names = _names(concept_names, self.n_concepts, "concept", "concept_names")
+        self.class_names = _names(class_names, self.n_classes, "class", "class_names")
+        self.concept_encoder = concept_encoder
+        if self.head_kind == "linear":
+            self.head = nn.Linear(self.n_concepts, self.n_classes)
+        else:
+            self.head = nn.Sequential(nn.Linear(self.n_concepts, self.hidden), nn.ReLU(),
+                                      nn.Linear(self.hidden, self.n_classes))
+        self.register_buffer("intervention_low", torch.zeros(self.n_concepts))
+        self.register_buffer("intervention_high", torch.ones(self.n_concepts))
+        self.register_buffer("calibrated", torch.tensor(self.bottleneck == "sigmoid"))
+        self.trained_mode: str | None = None
+
+    # -- forward pieces -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Concept logits ``(N, k)`` for inputs ``x``."""
+        logits = self.concept_encoder(x)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != self.n_concepts:
+            raise ValueError(f"`concept_encoder` must return (N, n_concepts={self.n_concepts}) logits; "
+                             f"it returned {describe(logits)}.")
+        return logits
+
+    def to_bottleneck(self, concept_logits: torch.Tensor) -> torch.Tensor:
+        """Bottleneck values from concept logits (sigmoid, or identity for ``"logits"``)."""
+        return torch.sigmoid(concept_logits) if self.bottleneck == "sigmoid" else concept_logits
+
+    def true_to_bottleneck(self, concepts: torch.Tensor) -> torch.Tensor:
+        """Express true concept presence in [0, 1] in bottleneck space (see class notes)."""
+        concepts = concepts.to(self.intervention_low.dtype)
+        if self.bottleneck == "sigmoid":
+            return concepts
+        low, high = self.intervention_low, self.intervention_high
+        return low + concepts * (high - low)
+
+    def predict_from_concepts(self, concepts: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(N, n_classes)`` from bottleneck values ``(N, k)``."""
+        return self.head(concepts)
+
+    def forward(self, x: torch.Tensor) -> CBMOutput:
+        concept_logits = self.encode(x)
+        concepts = self.to_bottleneck(concept_logits)
+        return CBMOutput(concept_logits, concepts, self.head(concepts))
+
+    # -- batched inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_all(self, data: Any, *, batch_size: int = 256, device: Any = None,
+                    progress: bool = False) -> CBMOutput:
+        """Run the model in eval mode over all inputs of ``data``; results on the CPU.
+
+        ``data`` is an input tensor ``(N, ...)``, a tuple ``(x, concepts, labels)`` or a Dataset
+        yielding ``(x, c, y)``.
+        """
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        data = as_inputs(data, "data")
+        dev = resolve_device(device) if device is not None else model_device(self)
+        outs: list[CBMOutput] = []
+        with preserved_model_state(self):
+            self.to(dev)
+            total = -(-n_rows(data) // batch_size)
+            for x in tqdm(iter_inputs(data, batch_size), total=total, disable=not progress,
+                          desc="CBM inference", leave=False):
+                out = self(x.to(dev))
+                outs.append(CBMOutput(*(t.cpu() for t in out)))
+        return CBMOutput(*(torch.cat(parts) for parts in zip(*outs)))
+
+    def calibrate_intervention(self, data: Any, *, percentiles: tuple[float, float] = (5.0, 95.0),
+                               batch_size: int = 256, device: Any = None,
+                               progress: bool = False) -> ConceptBottleneckModel:
+        """Set the logit values that stand for "absent" / "present" in interventions.
+
+        Stores the ``percentiles`` (default 5th and 95th) of each concept's predicted logits on
+        ``data`` in ``intervention_low`` / ``intervention_high``. Only the inputs of ``data`` are
+        used (no labels). Returns ``self``.
+        """
+        low_q = check_float(percentiles[0], "percentiles[0]", minimum=0, maximum=100)
+        high_q = check_float(percentiles[1], "percentiles[1]", minimum=0, maximum=100)
+        if low_q >= high_q:
+            raise ValueError(f"`percentiles` must be increasing; got {percentiles}.")
+        logits = self.predict_all(data, batch_size=batch_size, device=device,
+                                  progress=progress).concept_logits.double()
+        q = torch.tensor([low_q / 100, high_q / 100], dtype=torch.float64)
+        low, high = torch.quantile(logits, q, dim=0)
+        self.intervention_low.copy_(low.to(self.intervention_low))
+        self.intervention_high.copy_(high.to(self.intervention_high))
+        self.calibrated.fill_(True)
+        return self
+
+    # -- save / load ----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {"n_concepts": self.n_concepts, "n_classes": self.n_classes, "head": self.head_kind,
+                "bottleneck": self.bottleneck, "hidden": self.hidden,
+                "concept_names": self.concept_names, "class_names": self.class_names}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model (state dict + architecture config) to one ``.safetensors`` file.
+
+        The concept encoder's weights are stored; its architecture is not (it is arbitrary user
+        code). :meth:`load` therefore needs an encoder of the same architecture, except for an
+        ``nn.Linear`` encoder, which is rebuilt from its stored shape.
+        """
+        encoder_spec = None
+        if type(self.concept_encoder) is nn.Linear:
+            enc = self.concept_encoder
+            encoder_spec = {"type": "linear", "in_features": enc.in_features,
+                            "out_features": enc.out_features, "bias": enc.bias is not None}
+        meta = {"config": self.config(), "encoder": encoder_spec,
+                "encoder_class": type(self.concept_encoder).__name__, "trained_mode": self.trained_mode}
+        return save_file(path, dict(self.state_dict()), meta, kind=KIND, version=FORMAT_VERSION)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike,
+             concept_encoder: nn.Module | None = None) -> ConceptBottleneckModel:
+        """Load a model written by :meth:`save`; ``concept_encoder`` must match the saved one."""
+        tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
+        try:
+            config = dict(meta["config"])
+            spec = meta.get("encoder")
+        except (KeyError, TypeError) as err:
+            raise FormatError(f"`path` {str(path)!r} lacks the model configuration.") from err
+        if concept_encoder is None:
+            if not spec or spec.get("type") != "linear":
+                raise ValueError(
+                    f"`concept_encoder` is required: {str(path)!r} was saved with a "
+                    f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
+                    f"freshly built encoder of the same architecture.")
+            concept_encoder = nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
+        model = cls(concept_encoder, config.pop("n_concepts"), config.pop("n_classes"), **config)
+        try:
+            result = model.load_state_dict(dict(tensors), strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"`concept_encoder` does not match the saved model in {str(path)!r}: "
+                             f"{str(err).splitlines()[-1].strip()}") from err
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"`concept_encoder` does not match the saved model in {str(path)!r}: missing "
+                f"{list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}.")
+        model.trained_mode = meta.get("trained_mode")
+        return model
+
+
+def pos_weight_from(concepts: torch.Tensor) -> torch.Tensor:
+    """Per-concept positive weight ``n / n_pos - 1`` (Koh et al.; = n_neg / n_pos).
+
+    A concept that is never (or always) present gets weight 1: there is nothing to rebalance, and
+    a weight of 0 would silence its only class of examples.
+    """
+    concepts = concepts.double()
+    n = concepts.shape[0]
+    n_pos = concepts.sum(0)
+    usable = (n_pos > 0) & (n_pos < n)
+    weight = torch.where(usable, n / n_pos.clamp_min(np.finfo(np.float64).tiny) - 1,
+                         torch.ones_like(n_pos))
+    return weight.float()

@@ -1,0 +1,273 @@
+"""Training a :class:`ConceptBottleneckModel` in Koh et al.'s four modes.
+
+- ``"independent"``: the concept encoder (x → c) is trained on concept labels alone; the head
+  (c → y) is trained separately on the *true* concepts (expressed in bottleneck space) and fed
+  predicted concepts at test time.
+- ``"sequential"``: the same concept encoder, then the head is trained on the encoder's
+  *predicted* bottleneck values (encoder frozen).
+- ``"joint"``: encoder and head together on ``CE(y) + λ · Σ_j BCE_j(c_j)``.
+- ``"standard"``: joint with ``λ = 0``: the bottleneck is an ordinary hidden layer.
+
+Loss normalisation. ``BCE_j`` is the class-balanced binary cross-entropy of concept ``j``
+(``pos_weight = n/n_pos − 1`` from the training split, Koh's ``find_class_imbalance``), averaged
+over the batch. The joint loss *sums* it over concepts (as Koh's ``run_epoch`` does), so the
+weight of the concept term grows with the number of concepts; the concept-only stage of the
+independent and sequential modes uses the mean over concepts ``(1/k) Σ_j BCE_j``.
+
+Optimiser. Adam (default) rather than the reference's SGD with momentum 0.9 and step decay:
+on cached features and small CNNs it reaches the same optimum in far fewer epochs without a
+tuned schedule. ``optimizer="sgd"`` gives SGD with momentum 0.9.
+
+Early stopping watches the validation loss of the stage being trained and restores the weights
+of the best epoch. Validation never uses test data: without ``val_data`` a seeded
+``val_fraction`` of ``train_data`` is held out (Koh: 20 % of the official train split).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import seed_everything
+from .._validation import check_choice, check_float, check_int, describe, resolve_device
+from ._data import Batch, CBMData, as_cbm_data
+from ._model import ConceptBottleneckModel, pos_weight_from
+
+MODES = ("independent", "sequential", "joint", "standard")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class StageHistory:
+    """Loss curves of one training stage (``"concepts"``, ``"head"`` or ``"joint"``)."""
+
+    stage: str
+    train_loss: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    best_epoch: int
+    stopped_early: bool
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.train_loss)
+
+
+@dataclass(frozen=True)
+class TrainHistory:
+    """What :func:`train_cbm` did: per-stage loss curves and the settings that matter."""
+
+    mode: str
+    stages: tuple[StageHistory, ...]
+    concept_loss_weight: float
+    pos_weight: tuple[float, ...]
+    n_train: int
+    n_val: int
+    val_source: str
+    seed: int
+    seconds: float
+
+
+@dataclass
+class _Settings:
+    epochs: int
+    lr: float
+    weight_decay: float
+    patience: int
+    optimizer: str
+    batch_size: int
+    device: torch.device
+    generator: torch.Generator
+    progress: bool
+
+
+def _concept_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+    """Per-concept class-balanced BCE, averaged over the batch: shape ``(k,)``."""
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=pos_weight, reduction="none")
+    return losses.mean(0)
+
+
+def _fit_stage(stage: str, module: nn.Module, loss_fn: Callable[[Batch], torch.Tensor],
+               train: CBMData, val: CBMData, cfg: _Settings) -> StageHistory:
+    """Train the parameters of ``module`` that require grad; keep the best validation epoch."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"nothing to train in the {stage!r} stage: every parameter of the "
+                         f"{type(module).__name__} has requires_grad=False.")
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+    def mean_loss(batches: Iterator[Batch], step: bool) -> float:
+        total, count = 0.0, 0
+        for x, c, y in batches:
+            x, c, y = x.to(cfg.device), c.to(cfg.device), y.to(cfg.device)
+            loss = loss_fn((x, c, y))
+            if step:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        return total / count
+
+    best, best_epoch, best_state, waited = float("inf"), -1, None, 0
+    train_curve: list[float] = []
+    val_curve: list[float] = []
+    stopped = False
+    bar = tqdm(range(cfg.epochs), desc=f"train {stage}", disable=not cfg.progress, leave=False)
+    for epoch in bar:
+        module.train()
+        train_curve.append(mean_loss(train.batches(cfg.batch_size, shuffle=True,
+                                                   generator=cfg.generator), step=True))
+        module.eval()
+        with torch.no_grad():
+            val_curve.append(mean_loss(val.batches(cfg.batch_size), step=False))
+        bar.set_postfix(train=f"{train_curve[-1]:.4f}", val=f"{val_curve[-1]:.4f}")
+        if val_curve[-1] < best:
+            best, best_epoch, waited = val_curve[-1], epoch, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                stopped = True
+                break
+    bar.close()
+    if best_state is None:
+        raise ValueError(f"the {stage!r} stage produced a non-finite validation loss in every "
+                         f"epoch; lower `lr`.")
+    module.load_state_dict(best_state)
+    module.eval()
+    return StageHistory(stage, tuple(train_curve), tuple(val_curve), best_epoch, stopped)
+
+
+def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = None, *,
+              mode: str = "joint", concept_loss_weight: float = 1.0, epochs: int = 100,
+              lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 4e-5,
+              patience: int = 10, optimizer: str = "adam", val_fraction: float = 0.2,
+              seed: int = 0, device: Any = None, progress: bool = True) -> TrainHistory:
+    """Train ``model`` in place in one of Koh et al.'s modes (see the module notes).
+
+    Parameters
+    ----------
+    model : ConceptBottleneckModel
+        Trained in place, left in eval mode on ``device``, with its intervention percentiles
+        calibrated on the training split.
+    train_data, val_data : tuple (x, concepts, labels) or Dataset yielding (x, c, y)
+        ``x``: ``(N, ...)`` images or cached features; ``concepts``: ``(N, k)`` in [0, 1];
+        ``labels``: ``(N,)``. Without ``val_data``, a seeded ``val_fraction`` of ``train_data``
+        is held out for early stopping. Never pass the test split as ``val_data``.
+    mode : {"independent", "sequential", "joint", "standard"}
+    concept_loss_weight : float
+        λ of the joint loss ``CE + λ Σ_j BCE_j``; ignored by the other modes (standard uses 0).
+    epochs, patience : int
+        Maximum epochs per stage; stop after ``patience`` epochs without a better val loss.
+    lr, weight_decay, batch_size, optimizer
+        Optimiser settings (``"adam"`` or ``"sgd"`` with momentum 0.9).
+    seed : int
+        Seeds shuffling, the validation split and in-model randomness (dropout); the global
+        torch RNG state is restored afterwards. Same seed, same model → same result on CPU.
+    device : str or torch.device, optional
+        Where to train (default: CPU).
+
+    Returns
+    -------
+    TrainHistory
+    """
+    if not isinstance(model, ConceptBottleneckModel):
+        raise TypeError(f"`model` must be a ConceptBottleneckModel; got {describe(model)}.")
+    mode = check_choice(mode, "mode", MODES)
+    lam = check_float(concept_loss_weight, "concept_loss_weight", minimum=0.0)
+    seed = check_int(seed, "seed", minimum=0)
+    val_fraction = check_float(val_fraction, "val_fraction", minimum=0.0, maximum=1.0,
+                               strict_minimum=True)
+    dev = resolve_device(device)
+    cfg = _Settings(epochs=check_int(epochs, "epochs", minimum=1),
+                    lr=check_float(lr, "lr", minimum=0.0, strict_minimum=True),
+                    weight_decay=check_float(weight_decay, "weight_decay", minimum=0.0),
+                    patience=check_int(patience, "patience", minimum=1),
+                    optimizer=check_choice(optimizer, "optimizer", OPTIMIZERS),
+                    batch_size=check_int(batch_size, "batch_size", minimum=1),
+                    device=dev, generator=seed_everything(seed), progress=bool(progress))
+    train = as_cbm_data(train_data, "train_data", n_concepts=model.n_concepts,
+                        n_classes=model.n_classes)
+    if val_data is None:
+        train, val = train.split(val_fraction, seed)
+        val_source = "split"
+    else:
+        val = as_cbm_data(val_data, "val_data", n_concepts=model.n_concepts,
+                          n_classes=model.n_classes)
+        val_source = "given"
+    train_concepts, train_labels = train.columns()
+    for name, part in (("train_data", train), ("val_data", val)):
+        top = int(part.columns()[1].max())
+        if top >= model.n_classes:
+            raise ValueError(f"`{name}` has class label {top} but the model has "
+                             f"n_classes={model.n_classes}.")
+    pos_weight = pos_weight_from(train_concepts).to(dev)
+    if mode == "standard":
+        lam = 0.0
+
+    start = time.perf_counter()
+    model.to(dev)
+    fork_devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        stages = _train_stages(model, mode, lam, train, val, pos_weight, cfg)
+    model.eval()
+    model.trained_mode = mode
+    return TrainHistory(mode=mode, stages=tuple(stages), concept_loss_weight=lam,
+                        pos_weight=tuple(float(w) for w in pos_weight.cpu()),
+                        n_train=len(train), n_val=len(val), val_source=val_source, seed=seed,
+                        seconds=time.perf_counter() - start)
+
+
+def _train_stages(model: ConceptBottleneckModel, mode: str, lam: float, train: CBMData,
+                  val: CBMData, pos_weight: torch.Tensor, cfg: _Settings) -> list[StageHistory]:
+    if mode in ("joint", "standard"):
+        ce = nn.CrossEntropyLoss()
+
+        def joint_loss(batch: Batch) -> torch.Tensor:
+            x, c, y = batch
+            out = model(x)
+            loss = ce(out.class_logits, y)
+            if lam > 0:
+                loss = loss + lam * _concept_loss(out.concept_logits, c, pos_weight).sum()
+            return loss
+
+        stages = [_fit_stage("joint", model, joint_loss, train, val, cfg)]
+        model.calibrate_intervention(train, batch_size=max(cfg.batch_size, 256), device=cfg.device)
+        return stages
+
+    def concept_loss(batch: Batch) -> torch.Tensor:
+        x, c, _ = batch
+        return _concept_loss(model.encode(x), c, pos_weight).mean()
+
+    stages = [_fit_stage("concepts", model.concept_encoder, concept_loss, train, val, cfg)]
+    model.calibrate_intervention(train, batch_size=max(cfg.batch_size, 256), device=cfg.device)
+
+    def head_inputs(part: CBMData) -> CBMData:
+        concepts, labels = part.columns()
+        if mode == "independent":
+            values = model.true_to_bottleneck(concepts.to(cfg.device)).cpu()
+        else:
+            values = model.predict_all(part, batch_size=max(cfg.batch_size, 256),
+                                       device=cfg.device).concepts
+        return CBMData((values, concepts, labels), part.name)
+
+    ce = nn.CrossEntropyLoss()
+
+    def head_loss(batch: Batch) -> torch.Tensor:
+        values, _, y = batch
+        return ce(model.predict_from_concepts(values), y)
+
+    stages.append(_fit_stage("head", model.head, head_loss, head_inputs(train), head_inputs(val), cfg))
+    return stages
