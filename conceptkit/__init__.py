@@ -1,1 +1,42 @@
-"""conceptkit."""
+"""conceptkit — explain vision models with human-readable concepts.
+
+The faces: :class:`ConceptExplainer` (one class), :class:`ConceptManager` (many classes),
+:class:`ClassConcepts` (the result) and :func:`load` (read any saved conceptkit file without
+pickle). The subpackages hold the parts: ``extraction``, ``concepts``, ``importance``, ``maps``,
+``bottleneck``, ``report`` and ``datasets``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ._results import ClassConcepts
+from .pipeline import ConceptExplainer, ConceptManager
+
+__version__ = "0.1.0"
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Load any file saved by conceptkit (explanation, concept bank, CBM).
+
+    The file's kind is read from its JSON header; loading parses JSON and raw tensor buffers
+    only — it never unpickles and never executes code.
+    """
+    from . import io
+    from .concepts import ConceptBank
+
+    kind, _ = io.peek_kind(path)
+    loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load}
+    try:
+        from .bottleneck import LOADERS as CBM_LOADERS  # CBM kinds register their loaders
+        loaders.update(CBM_LOADERS)
+    except ImportError:
+        pass
+    if kind not in loaders:
+        raise io.FormatError(f"`path` {str(path)!r} holds a {kind!r}, which this version of "
+                             f"conceptkit cannot load (known: {sorted(loaders)}).")
+    return loaders[kind](path)
+
+
+__all__ = ["ClassConcepts", "ConceptExplainer", "ConceptManager", "__version__", "load"]

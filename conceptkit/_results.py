@@ -1,0 +1,293 @@
+"""ClassConcepts: everything the explanation of one class holds, and its safe persistence."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import io
+from ._validation import check_int
+from .concepts import ConceptBank
+from .importance import ConceptImportance
+
+RESULT_KIND = "ClassConcepts"
+RESULT_VERSION = 1
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@dataclass
+class ClassConcepts:
+    """The concepts of one class, their importances and what the report needs.
+
+    Attributes
+    ----------
+    class_id, class_name
+        The explained class.
+    bank
+        The :class:`~conceptkit.concepts.ConceptBank` (components, codes, provenance, factorizer).
+    importance
+        The :class:`~conceptkit.importance.ConceptImportance` (per input and class level, CI).
+    images
+        ``(N, 3, H, W)`` the class images (kept in memory; saved as uint8 only for the
+        ``n_saved_images`` shown in reports).
+    activations
+        ``(N, C, h, w)`` the class images' activations at the layer (not saved).
+    model_name, layer, method
+        Provenance of the explanation.
+    params
+        The explainer's settings (JSON-able).
+    timings
+        Seconds spent per stage.
+    """
+
+    class_id: int
+    class_name: str
+    bank: ConceptBank
+    importance: ConceptImportance
+    images: torch.Tensor | None
+    activations: torch.Tensor | None
+    model_name: str
+    layer: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    image_ids: np.ndarray | None = None
+    saved_maps: torch.Tensor | None = None
+    saved_metrics: dict[str, Any] | None = None
+    saved_images: torch.Tensor | None = None
+    explainer: Any = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ the public face
+    @property
+    def importances(self) -> np.ndarray:
+        """Class-level importance of each concept ``(k,)``."""
+        return self.importance.importances
+
+    @property
+    def ci_low(self) -> np.ndarray | None:
+        """Lower end of the confidence interval of :attr:`importances`."""
+        return self.importance.ci_low
+
+    @property
+    def ci_high(self) -> np.ndarray | None:
+        """Upper end of the confidence interval of :attr:`importances`."""
+        return self.importance.ci_high
+
+    @property
+    def components(self) -> torch.Tensor:
+        """The concept dictionary ``(k, C)``."""
+        return self.bank.components
+
+    @property
+    def n_concepts(self) -> int:
+        return self.bank.n_concepts
+
+    @property
+    def ranking(self) -> np.ndarray:
+        """Concepts from most to least important."""
+        return self.importance.ranking
+
+    def top_examples(self, concept: int, n: int = 10, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The ``n`` crops / segments / cells where ``concept`` is most present.
+
+        Returns
+        -------
+        (examples, image_ids)
+            ``examples (n, 3, s, s)`` cut from the source images through the bank's provenance
+            (resized to ``size``, default the crop's own size), and each one's source image id.
+        """
+        concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
+        n = check_int(n, "n", minimum=1)
+        rows = self.bank.top_rows(concept, n)
+        saved = self.bank.extra.get("exemplars")
+        if self.images is None:
+            if saved is None:
+                raise ValueError("this explanation was loaded without its images; exemplars are "
+                                 "only available for the concepts saved with it.")
+            stack = saved[concept][:n]
+            return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
+        return cut_examples(self.images, self.bank, rows, size), self.bank.provenance.image_ids[rows]
+
+    def concept_maps(self, images: torch.Tensor | None = None, kind: str = "coefficient",
+                     size: Any = None) -> torch.Tensor:
+        """Concept attribution maps ``(N, k, H, W)``.
+
+        With ``images=None``, the maps of the class images the explanation was fitted on (no
+        new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
+        position of the feature map), ``"gradient"`` (Grad-CAM of each concept coefficient) or
+        ``"provenance"`` (the fitted crops' / segments' codes painted back; fitted images only).
+        """
+        from .maps import coefficient_maps, gradient_maps, provenance_maps
+
+        if kind not in ("coefficient", "gradient", "provenance"):
+            raise ValueError(f"`kind` must be 'coefficient', 'gradient' or 'provenance'; got {kind!r}.")
+        if kind == "provenance":
+            if images is not None:
+                raise ValueError("`kind`='provenance' maps exist only for the fitted images; "
+                                 "pass images=None.")
+            maps = provenance_maps(self.bank, n_images=None if self.images is None else self.images.shape[0])
+            return maps if size is None else _resize(maps, size)
+        if images is None and self.activations is not None and kind == "coefficient":
+            if size is None and self.images is not None:
+                size = tuple(self.images.shape[-2:])
+            return coefficient_maps(self.bank, self.activations, size)
+        if images is None:
+            if self.images is None:
+                if self.saved_maps is not None and kind == "coefficient":
+                    return self.saved_maps.float()
+                raise ValueError("this explanation was loaded without images; pass `images`.")
+            images = self.images
+        explainer = self._require_explainer()
+        if kind == "gradient":
+            return gradient_maps(explainer.model, self.bank, images, preprocess=explainer.preprocess,
+                                 image_size=size, batch_size=explainer.batch_size)
+        acts = explainer.activations(images)
+        return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
+
+    def _require_explainer(self):
+        if self.explainer is None:
+            raise ValueError("computing maps of new images needs the model: this explanation was "
+                             "loaded from disk. Re-attach it with `attach(model)`.")
+        return self.explainer
+
+    def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
+               device: Any = None) -> ClassConcepts:
+        """Re-attach a model to a loaded explanation (for maps of new images)."""
+        from .pipeline import ConceptExplainer
+
+        self.explainer = ConceptExplainer(model, self.layer, n_concepts=self.n_concepts,
+                                          method=self.method, preprocess=preprocess,
+                                          batch_size=batch_size, device=device, progress=False)
+        return self
+
+    def metrics(self, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict[str, Any]]:
+        """Extraction and importance metrics, each with its direction.
+
+        ``{"extraction": {name: {"value", "higher_is_better"}}, "importance": {...}}``.
+        Importance metrics need the class activations (not kept after loading).
+        """
+        from .pipeline import compute_metrics
+
+        if self.activations is None:
+            if self.saved_metrics is not None:
+                return self.saved_metrics
+            raise ValueError("metrics need the class activations; this explanation was loaded "
+                             "from disk without them.")
+        return compute_metrics(self, stability=stability, seed=seed)
+
+    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
+        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
+        from .pipeline import write_class_report
+
+        return str(write_class_report(self, out_dir, **kwargs))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
+        """Save to one ``.safetensors`` file (tensors + JSON; loads without pickle).
+
+        The bank, the importances, the metrics, a few class images with their concept maps and
+        the top exemplars of every concept are stored, so that a report can be rebuilt from the
+        file alone.
+        """
+        tensors, meta = self.bank.to_state()
+        tensors = {f"bank.{k}": v for k, v in tensors.items()}
+        imp = self.importance
+        tensors["importance.per_input"] = np.asarray(imp.per_input, dtype=np.float64)
+        if imp.ci_low is not None:
+            tensors["importance.ci_low"] = np.asarray(imp.ci_low, dtype=np.float64)
+            tensors["importance.ci_high"] = np.asarray(imp.ci_high, dtype=np.float64)
+        exemplar_ids: list[list[int]] = []
+        if self.images is not None:
+            shown = self.images[:n_images]
+            tensors["images"] = _to_uint8(shown)
+            tensors["maps"] = self.concept_maps()[:n_images].to(torch.float16)
+            for c in range(self.n_concepts):
+                ex, ids = self.top_examples(c, n_exemplars, size=min(64, self.images.shape[-1]))
+                tensors[f"exemplars.{c}"] = _to_uint8(ex)
+                exemplar_ids.append([int(i) for i in ids])
+        elif self.saved_maps is not None:
+            tensors["maps"] = self.saved_maps.to(torch.float16)
+        try:
+            metrics = self.metrics()
+        except ValueError:
+            metrics = self.saved_metrics or {}
+        meta_all = {
+            "bank": meta, "class_id": int(self.class_id), "class_name": self.class_name,
+            "model_name": self.model_name, "layer": self.layer, "method": self.method,
+            "params": self.params, "timings": self.timings, "metrics": metrics,
+            "importance": {"method": imp.method, "class_id": int(imp.class_id), "params": imp.params,
+                           "has_ci": imp.ci_low is not None},
+            "exemplar_ids": exemplar_ids or self.bank.extra.get("exemplar_ids", []),
+            "image_ids": [] if self.image_ids is None else [int(i) for i in self.image_ids[:n_images]],
+        }
+        return str(io.save_file(path, tensors, meta_all, kind=RESULT_KIND, version=RESULT_VERSION))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ClassConcepts:
+        """Read a file written by :meth:`save` (no pickle, no code execution)."""
+        tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
+        try:
+            bank_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
+            bank = ConceptBank.from_state(bank_tensors, meta["bank"])
+            k = bank.n_concepts
+            exemplars = [tensors[f"exemplars.{c}"] for c in range(k) if f"exemplars.{c}" in tensors]
+            if len(exemplars) == k:
+                bank.extra["exemplars"] = exemplars
+            bank.extra["exemplar_ids"] = meta.get("exemplar_ids", [])
+            imp_meta = meta["importance"]
+            per_input = tensors["importance.per_input"].numpy()
+            importance = ConceptImportance(
+                per_input=per_input, importances=per_input.mean(axis=0),
+                ci_low=tensors["importance.ci_low"].numpy() if imp_meta["has_ci"] else None,
+                ci_high=tensors["importance.ci_high"].numpy() if imp_meta["has_ci"] else None,
+                method=imp_meta["method"], class_id=int(imp_meta["class_id"]),
+                params=imp_meta["params"])
+            images = tensors.get("images")
+            result = cls(class_id=int(meta["class_id"]), class_name=str(meta["class_name"]),
+                         bank=bank, importance=importance, images=None, activations=None,
+                         model_name=meta["model_name"], layer=meta["layer"], method=meta["method"],
+                         params=meta["params"], timings=meta["timings"],
+                         image_ids=np.asarray(meta.get("image_ids", []), dtype=np.int64),
+                         saved_maps=tensors.get("maps"), saved_metrics=meta.get("metrics"),
+                         saved_images=None if images is None else images.float() / 255.0)
+            if per_input.shape[1] != k:
+                raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
+            return result
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
+
+
+def _resize(maps: torch.Tensor, size: Any) -> torch.Tensor:
+    from .maps import upsample
+
+    size = (int(size), int(size)) if isinstance(size, int) else tuple(size)
+    return upsample(maps, size)
+
+
+def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
+                 size: int | None = None) -> torch.Tensor:
+    """Cut the pixel boxes of ``rows`` from their source images; segments get ACE's grey
+    outside their mask. Every example is resized to ``size`` (default: the first box's size)."""
+    import torch.nn.functional as F
+
+    prov = bank.provenance
+    out = []
+    fill = float(prov.extra.get("fill", 117 / 255))
+    for row in rows:
+        image = images[prov.image_ids[row]].float()
+        y0, x0, y1, x1 = prov.boxes[row]
+        patch = image[:, y0:y1, x0:x1]
+        if prov.kind == "segment":
+            mask = torch.from_numpy(prov.masks([row])[0][y0:y1, x0:x1])
+            patch = torch.where(mask, patch, torch.full_like(patch, fill))
+        side = size or max(y1 - y0, x1 - x0)
+        out.append(F.interpolate(patch[None], size=(side, side), mode="bilinear",
+                                 align_corners=False)[0])
+    return torch.stack(out).clamp(0, 1)
