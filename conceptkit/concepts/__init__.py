@@ -1,0 +1,36 @@
+"""Concept extraction: factorizers that write activations as codes times a concept dictionary.
+
+Every factorizer follows one scikit-learn style contract (:class:`Factorizer`): ``fit``,
+``fit_transform(A) -> U (n, k)``, ``transform``, ``inverse_transform(U) -> A_hat (n, C)``, fitted
+``components_ (k, C)`` and ``reconstruction_err_``. Extraction metrics live in
+:mod:`conceptkit.concepts.metrics`; discovery methods (CRAFT, ICE, ACE) wrap a factorizer and
+return a :class:`ConceptBank`.
+"""
+
+from . import metrics
+from ._bank import ConceptBank
+from ._base import FACTORIZERS, Factorizer, factorizer_from_state
+from ._methods import ACE, CRAFT, ICE, bank_from_activations
+from ._nmf import NMF
+from ._sae import TopKSAE
+from ._seminmf import SemiNMF
+from ._sklearn_factorizers import ICAConcepts, KMeansConcepts, PCAConcepts, SparseDictionary
+
+__all__ = [
+    "ACE",
+    "CRAFT",
+    "ConceptBank",
+    "FACTORIZERS",
+    "Factorizer",
+    "ICAConcepts",
+    "ICE",
+    "KMeansConcepts",
+    "NMF",
+    "PCAConcepts",
+    "SemiNMF",
+    "SparseDictionary",
+    "TopKSAE",
+    "bank_from_activations",
+    "factorizer_from_state",
+    "metrics",
+]

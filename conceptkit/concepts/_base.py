@@ -1,0 +1,239 @@
+"""The one contract every concept factorizer follows.
+
+A factorizer writes a matrix of activations ``A (n, C)`` as codes times a dictionary,
+``A ≈ U · W`` with ``U (n, k)`` and ``W = components_ (k, C)``, in the scikit-learn estimator
+style: the constructor stores parameters only, ``fit`` does the work, fitted state ends in ``_``
+and ``get_params`` / ``set_params`` / ``sklearn.base.clone`` work.
+
+Container rule: numpy in gives numpy out; a torch tensor in gives a torch tensor out, on the
+input's device. The float dtype of the output is the dtype the factorizer computes in: the
+``dtype`` parameter for torch solvers, the input's float dtype (float32 or float64) for the
+scikit-learn based ones. Fitted arrays (``components_``, ``mean_`` ...) are always stored as
+numpy arrays on the CPU so that they can be saved, compared and inspected anywhere.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+
+from .._validation import check_choice, check_int, check_matrix, resolve_device, to_numpy
+
+Array = "np.ndarray | torch.Tensor"
+
+#: Every concrete factorizer class, keyed by its class name (filled in by ``__init_subclass__``).
+FACTORIZERS: dict[str, type[Factorizer]] = {}
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Factorizer(BaseEstimator, abc.ABC):
+    """Abstract base: ``A (n, C) ≈ U (n, k) · components_ (k, C)``.
+
+    Subclasses implement ``_fit(X) -> U``, ``_transform(X) -> U`` and may override
+    ``_inverse_transform(U) -> A_hat``. ``X`` reaches them already validated and converted to the
+    subclass's backend: a numpy float array (``_backend == "numpy"``) or a torch tensor on the
+    compute device in the compute dtype (``_backend == "torch"``).
+
+    Class attributes
+    ----------------
+    requires_nonnegative : bool
+        ``fit``/``transform`` refuse inputs with negative entries.
+    nonnegative_codes : bool
+        The codes ``U`` are always >= 0.
+    signed_components : bool
+        The dictionary rows may have negative entries.
+    overcomplete : bool
+        ``n_concepts`` may exceed the number of features (sparse dictionaries, SAEs).
+    """
+
+    requires_nonnegative: ClassVar[bool] = False
+    nonnegative_codes: ClassVar[bool] = False
+    signed_components: ClassVar[bool] = True
+    overcomplete: ClassVar[bool] = False
+
+    # Fitted attributes saved by get_state: arrays go to the tensor body, the rest to JSON.
+    _state_arrays: ClassVar[tuple[str, ...]] = ("components_",)
+    _state_info: ClassVar[tuple[str, ...]] = ("reconstruction_err_", "n_iter_", "n_features_in_")
+    _optional_arrays: ClassVar[tuple[str, ...]] = ()
+    _negative_hint: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # ABCMeta fills __abstractmethods__ only after this hook runs, so look for ourselves.
+        abstract = any(getattr(getattr(cls, name, None), "__isabstractmethod__", False)
+                       for name in ("_fit", "_transform"))
+        if not abstract and not cls.__name__.startswith("_"):
+            FACTORIZERS[cls.__name__] = cls
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    @property
+    def _backend(self) -> str:
+        return "numpy"
+
+    def _validate_params(self) -> None:
+        check_int(self.n_concepts, "n_concepts", minimum=1)
+
+    @abc.abstractmethod
+    def _fit(self, X):
+        """Fit on validated ``X``; set ``components_`` etc.; return the codes ``U (n, k)``."""
+
+    @abc.abstractmethod
+    def _transform(self, X):
+        """Codes ``U (n, k)`` of validated ``X`` with the fitted dictionary (deterministic)."""
+
+    def _inverse_transform(self, U):
+        W = self._components_as(U)
+        return U @ W
+
+    def _prepare_input(self, X):
+        """Last input transformation before fitting/encoding (e.g. an explicit ReLU)."""
+        return X
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, A, y: Any = None) -> Factorizer:
+        """Learn the dictionary from activations ``A`` of shape ``(n, C)``; return ``self``."""
+        self.fit_transform(A)
+        return self
+
+    def fit_transform(self, A, y: Any = None):
+        """Learn the dictionary from ``A (n, C)`` and return the codes ``U (n, k)``."""
+        self._validate_params()
+        X = self._check_input(A, "A", fitting=True)
+        k = self.n_concepts
+        n, c = X.shape
+        if k > n:
+            raise ValueError(f"`n_concepts`={k} is larger than the number of rows of `A` ({n}); "
+                             f"use at most {n} concepts or pass more activations.")
+        if k > c and not self.overcomplete:
+            raise ValueError(f"`n_concepts`={k} is larger than the number of features of `A` ({c}); "
+                             f"{type(self).__name__} needs n_concepts <= {c}.")
+        self.n_features_in_ = int(c)
+        U = self._fit(self._to_backend(X))
+        return self._to_output(U, A)
+
+    def transform(self, A):
+        """Codes ``U (n, k)`` of ``A (n, C)`` with the fitted dictionary kept fixed.
+
+        Deterministic: the same input always gives the same codes (no random restarts).
+        """
+        self._check_fitted()
+        X = self._check_input(A, "A", fitting=False)
+        return self._to_output(self._transform(self._to_backend(X)), A)
+
+    def inverse_transform(self, U):
+        """Reconstructed activations ``A_hat (n, C)`` from codes ``U (n, k)``."""
+        self._check_fitted()
+        k = self.components_.shape[0]
+        checked = check_matrix(U, "U", columns=k)
+        return self._to_output(self._inverse_transform(self._to_backend(checked)), U)
+
+    # ------------------------------------------------------------------ persistence
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Fitted arrays (numpy) and JSON-able fitted scalars, for saving without pickle."""
+        self._check_fitted()
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._state_arrays
+                  if getattr(self, name, None) is not None}
+        info = {name: _plain(getattr(self, name)) for name in self._state_info
+                if hasattr(self, name)}
+        return arrays, info
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict, info: dict) -> Factorizer:
+        """Rebuild a fitted factorizer from ``get_params()`` and ``get_state()`` output."""
+        est = cls(**params)
+        required = [name for name in cls._state_arrays
+                    if name not in arrays and name not in cls._optional_arrays]
+        if required:
+            raise ValueError(f"`arrays` lacks {required} needed to rebuild a fitted "
+                             f"{cls.__name__}; got keys {sorted(arrays)}.")
+        for name in cls._state_arrays:
+            if name in arrays:
+                setattr(est, name, to_numpy(arrays[name]).copy())
+        for name, value in info.items():
+            if name in cls._state_info:
+                setattr(est, name, value)
+        if "n_features_in_" not in info:
+            est.n_features_in_ = int(est.components_.shape[1])
+        return est
+
+    # ------------------------------------------------------------------ helpers
+    def _check_fitted(self) -> None:
+        if getattr(self, "components_", None) is None:
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet: call `fit(A)` "
+                                 f"(or `fit_transform`) before `transform`/`inverse_transform`.")
+
+    def _check_input(self, A, name: str, *, fitting: bool):
+        columns = None if fitting else int(self.n_features_in_)
+        X = check_matrix(A, name, columns=columns)
+        X = self._prepare_input(X)
+        if self.requires_nonnegative:
+            X = check_matrix(X, name, nonnegative=True, hint_negative=self._negative_hint)
+        return X
+
+    def _compute_device(self, X=None) -> torch.device:
+        device = getattr(self, "device", None)
+        if device is not None:
+            return resolve_device(device)
+        if isinstance(X, torch.Tensor):
+            return X.device
+        return torch.device("cpu")
+
+    def _compute_dtype(self) -> torch.dtype:
+        return _TORCH_DTYPES[check_choice(getattr(self, "dtype", "float32"), "dtype",
+                                          list(_TORCH_DTYPES))]
+
+    def _to_backend(self, X):
+        if self._backend == "torch":
+            if isinstance(X, np.ndarray):
+                X = torch.from_numpy(np.ascontiguousarray(X))
+            return X.detach().to(device=self._compute_device(X), dtype=self._compute_dtype())
+        X = to_numpy(X)
+        if X.dtype not in (np.float32, np.float64):
+            X = X.astype(np.float64)
+        return X
+
+    @staticmethod
+    def _to_output(result, template):
+        if isinstance(template, torch.Tensor):
+            if isinstance(result, torch.Tensor):
+                return result.to(template.device)
+            return torch.from_numpy(np.ascontiguousarray(result)).to(template.device)
+        return to_numpy(result)
+
+    def _components_as(self, like):
+        """``components_`` in the container, device and dtype of ``like``."""
+        W = self.components_
+        if isinstance(like, torch.Tensor):
+            return torch.as_tensor(W).to(device=like.device, dtype=like.dtype)
+        return np.asarray(W, dtype=like.dtype)
+
+    def _frobenius_error(self, X, U) -> float:
+        """``||X - U W||_F`` computed in row blocks (no full residual matrix in memory)."""
+        total = 0.0
+        for start in range(0, X.shape[0], 4096):
+            block = X[start:start + 4096] - self._inverse_transform(U[start:start + 4096])
+            total += float((block * block).sum())
+        return float(np.sqrt(total))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def factorizer_from_state(name: str, params: dict, arrays: dict, info: dict) -> Factorizer:
+    """Rebuild a fitted factorizer of class ``name`` (a key of :data:`FACTORIZERS`)."""
+    if name not in FACTORIZERS:
+        raise ValueError(f"`name` must be one of {sorted(FACTORIZERS)}; got {name!r}.")
+    return FACTORIZERS[name].from_state(params, arrays, info)

@@ -1,0 +1,196 @@
+"""Non-negative matrix factorization ``A ≈ U W`` with ``U, W >= 0`` (CRAFT / ICE concepts).
+
+Solvers come from a registry: scikit-learn's ``"cd"`` (coordinate descent, the CRAFT default) and
+``"mu"`` (multiplicative updates) on the CPU, and torch ``"torch_hals"`` / ``"torch_mu"`` on any
+device in float32 or float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.decomposition import non_negative_factorization
+from sklearn.exceptions import ConvergenceWarning
+
+from .._validation import check_choice, check_float, check_int, make_rng
+from . import _nmf_torch as kernels
+from ._base import Factorizer
+
+_INITS = ("nndsvda", "nndsvd", "nndsvdar", "random")
+
+
+@dataclass(frozen=True)
+class _Solver:
+    """How one solver fits (``(U, W, n_iter)``) and encodes with a fixed dictionary."""
+
+    backend: str
+    fit: Callable[[NMF, Any], tuple[Any, Any, int]]
+    transform: Callable[[NMF, Any, Any], Any]
+
+
+def _sklearn_kwargs(est: NMF) -> dict:
+    return dict(solver=est.solver, beta_loss="frobenius", tol=est.tol, max_iter=est.max_iter,
+                alpha_W=est.alpha_W, alpha_H=est.alpha_H, l1_ratio=est.l1_ratio,
+                verbose=int(bool(est.verbose)))
+
+
+def _sklearn_fit(est: NMF, X: np.ndarray):
+    U, W, n_iter = non_negative_factorization(
+        X, n_components=est.n_concepts, init=est.init, update_H=True,
+        random_state=est.random_state, **_sklearn_kwargs(est))
+    return U, W, n_iter
+
+
+def _sklearn_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    # update_H=False starts from zeros ("cd") or a constant ("mu"): deterministic.
+    U, _, _ = non_negative_factorization(X, H=W, n_components=W.shape[0], update_H=False,
+                                         **_sklearn_kwargs(est))
+    return U
+
+
+def _torch_reg(est: NMF, X: torch.Tensor) -> tuple[float, float, float, float]:
+    alpha_H = est.alpha_W if est.alpha_H == "same" else est.alpha_H
+    return kernels.regularization(X.shape[0], X.shape[1], est.alpha_W, alpha_H, est.l1_ratio)
+
+
+def _torch_fit(fit_loop):
+    def fit(est: NMF, X: torch.Tensor):
+        init = est.init if est.init is not None else "nndsvda"
+        Ut, W = kernels.initialize(X, est.n_concepts, init, make_rng(est.random_state))
+        n_iter = fit_loop(X, Ut, W, max_iter=est.max_iter, tol=est.tol, reg=_torch_reg(est, X),
+                          verbose=bool(est.verbose))
+        if n_iter == est.max_iter and est.tol > 0:
+            warnings.warn(f"NMF solver {est.solver!r} reached max_iter={est.max_iter} before "
+                          f"converging to tol={est.tol}; increase `max_iter`.",
+                          ConvergenceWarning, stacklevel=4)
+        return Ut.T, W, n_iter
+    return fit
+
+
+def _torch_transform(est: NMF, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    l1_U, l2_U, _, _ = _torch_reg(est, X)
+    Ut, _ = kernels.nnls_hals(X, W, max_iter=est.max_iter, tol=est.tol, l1=l1_U, l2=l2_U)
+    return Ut.T
+
+
+SOLVERS: dict[str, _Solver] = {
+    "cd": _Solver("numpy", _sklearn_fit, _sklearn_transform),
+    "mu": _Solver("numpy", _sklearn_fit, _sklearn_transform),
+    "torch_hals": _Solver("torch", _torch_fit(kernels.fit_hals), _torch_transform),
+    "torch_mu": _Solver("torch", _torch_fit(kernels.fit_mu), _torch_transform),
+}
+
+
+class NMF(Factorizer):
+    """Non-negative matrix factorization of activations ``A (n, C) ≈ U (n, k) · W (k, C)``.
+
+    Parameters
+    ----------
+    n_concepts : int
+        Number of concepts ``k`` (at most ``min(n, C)``).
+    solver : {"cd", "mu", "torch_hals", "torch_mu"}
+        ``"cd"`` and ``"mu"`` call :func:`sklearn.decomposition.non_negative_factorization` on the
+        CPU (``device``/``dtype`` do not apply; float32 input stays float32). ``"torch_hals"``
+        (accelerated hierarchical ALS, the same coordinate updates as ``"cd"``) and
+        ``"torch_mu"`` run in torch on ``device`` in ``dtype``.
+    init : {None, "nndsvda", "nndsvd", "nndsvdar", "random"}
+        ``None`` means ``"nndsvda"`` as in scikit-learn when ``k <= min(n, C)``.
+    max_iter, tol : int, float
+        Iteration cap and stopping tolerance (scikit-learn's defaults and meaning; the torch
+        solvers use scikit-learn's stopping rule for the matching algorithm). ``transform`` uses
+        the same cap and tolerance for its non-negative least-squares solve.
+    alpha_W, alpha_H, l1_ratio : float, float or "same", float
+        Elastic-net penalties on the codes (``alpha_W``) and the dictionary (``alpha_H``), scaled
+        by the data size exactly as in scikit-learn. CRAFT's TensorFlow twin used ``alpha_W=1e-2``.
+    relu : bool
+        Clip negative activations to 0 before fitting/encoding. Off by default: negative input
+        raises an error (use :class:`SemiNMF` for signed activations).
+    random_state : int or None
+        Seed for the initialisation.
+    device : str, torch.device or None
+        Torch solvers only; ``None`` computes where the input tensor lives (CPU for numpy).
+    dtype : {"float32", "float64"}
+        Torch solvers only: the compute and output dtype.
+    verbose : bool
+        Print the progress of the solver.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (k, C)
+        Non-negative concept dictionary (numpy, on the CPU).
+    reconstruction_err_ : float
+        Frobenius norm ``||A - U W||`` on the training data.
+    n_iter_ : int
+    n_features_in_ : int
+    """
+
+    requires_nonnegative = True
+    nonnegative_codes = True
+    signed_components = False
+    _negative_hint = ("NMF needs non-negative activations: use SemiNMF for signed activations "
+                      "(ViT/CLIP tokens), or pass relu=True to clip negatives to 0 explicitly.")
+
+    def __init__(self, n_concepts: int = 10, solver: str = "cd", init: str | None = None,
+                 max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0,
+                 alpha_H: float | str = "same", l1_ratio: float = 0.0, relu: bool = False,
+                 random_state: int | None = None, device: str | torch.device | None = None,
+                 dtype: str = "float32", verbose: bool = False) -> None:
+        self.n_concepts = n_concepts
+        self.solver = solver
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
+        self.relu = relu
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+
+    @property
+    def _backend(self) -> str:
+        return SOLVERS[check_choice(self.solver, "solver", list(SOLVERS))].backend
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_choice(self.solver, "solver", list(SOLVERS))
+        if self.init is not None:
+            check_choice(self.init, "init", list(_INITS))
+        check_int(self.max_iter, "max_iter", minimum=1)
+        check_float(self.tol, "tol", minimum=0.0)
+        check_float(self.alpha_W, "alpha_W", minimum=0.0)
+        if self.alpha_H != "same":
+            check_float(self.alpha_H, "alpha_H", minimum=0.0)
+        check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+        if self.random_state is not None:
+            check_int(self.random_state, "random_state", minimum=0)
+        self._compute_dtype()
+
+    def _prepare_input(self, X):
+        if not self.relu:
+            return X
+        return X.clamp(min=0) if isinstance(X, torch.Tensor) else np.maximum(X, 0)
+
+    def _fit(self, X):
+        solver = SOLVERS[self.solver]
+        U, W, n_iter = solver.fit(self, X)
+        self.components_ = _as_numpy(W)
+        self.n_iter_ = int(n_iter)
+        self.reconstruction_err_ = self._frobenius_error(X, U)
+        return U
+
+    def _transform(self, X):
+        return SOLVERS[self.solver].transform(self, X, self._components_as(X))
+
+
+def _as_numpy(W) -> np.ndarray:
+    if isinstance(W, torch.Tensor):
+        return W.detach().cpu().numpy().copy()
+    return np.array(W, copy=True)

@@ -1,0 +1,222 @@
+"""Extraction metrics: how faithful, sparse and stable a concept dictionary is.
+
+Each metric declares its direction (Quantus style) in :data:`EXTRACTION_METRICS`; the functions can
+also be called directly. Inputs may be numpy arrays or torch tensors; results are Python floats.
+
+========================  ==================  =====================================================
+name                      better              what it measures
+========================  ==================  =====================================================
+``relative_l2``           lower               mean over rows of ``||a - â|| / ||a||``
+``sparsity_l0``           lower               fraction of codes with ``|u| > eps``
+``hoyer``                 higher              mean Hoyer sparsity of the code rows, in [0, 1]
+``frechet_distance``      lower               Gaussian Fréchet (squared W2) distance of A vs Â
+``stability``             higher              mean Hungarian-matched cosine between dictionaries
+                                              fitted on random subsets of the rows
+========================  ==================  =====================================================
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.base import clone
+from tqdm.auto import tqdm
+
+from .._validation import check_choice, check_float, check_int, check_matrix, make_rng, to_numpy
+from ._base import Factorizer
+
+__all__ = ["EXTRACTION_METRICS", "Metric", "extraction_metrics", "frechet_distance", "hoyer",
+           "matched_cosine", "relative_l2", "sparsity_l0", "stability"]
+
+
+def _matrix(x, name: str, **kwargs) -> np.ndarray:
+    return np.asarray(to_numpy(check_matrix(x, name, **kwargs)), dtype=np.float64)
+
+
+def _pair(A, A_hat) -> tuple[np.ndarray, np.ndarray]:
+    A = _matrix(A, "A")
+    A_hat = _matrix(A_hat, "A_hat")
+    if A.shape[1] != A_hat.shape[1]:
+        raise ValueError(f"`A` and `A_hat` must have the same number of columns; got shapes "
+                         f"{A.shape} and {A_hat.shape}.")
+    return A, A_hat
+
+
+def relative_l2(A, A_hat) -> float:
+    """Mean over rows of ``||a - â|| / ||a||`` for ``A, A_hat (n, C)``; 0 is perfect (lower better)."""
+    A, A_hat = _pair(A, A_hat)
+    if A.shape != A_hat.shape:
+        raise ValueError(f"`A` and `A_hat` must have the same shape; got {A.shape} and {A_hat.shape}.")
+    norms = np.linalg.norm(A, axis=1)
+    errors = np.linalg.norm(A - A_hat, axis=1)
+    return float(np.mean(errors / np.maximum(norms, np.finfo(np.float64).tiny)))
+
+
+def sparsity_l0(U, eps: float = 1e-6) -> float:
+    """Fraction of entries of the codes ``U (n, k)`` with ``|u| > eps`` (lower is sparser)."""
+    U = _matrix(U, "U")
+    eps = check_float(eps, "eps", minimum=0.0)
+    return float(np.mean(np.abs(U) > eps))
+
+
+def hoyer(U) -> float:
+    """Mean Hoyer sparsity of the rows of ``U (n, k)`` (or of one vector ``(k,)``), in [0, 1].
+
+    ``(sqrt(k) - ||u||_1 / ||u||_2) / (sqrt(k) - 1)``: 1 for a one-hot row, 0 for a constant row
+    (higher is sparser). An all-zero row has no active entry and counts as 1.
+    """
+    if isinstance(U, (np.ndarray, torch.Tensor)) and U.ndim == 1:
+        U = U[None]
+    U = _matrix(U, "U")
+    k = U.shape[1]
+    if k < 2:
+        raise ValueError(f"`U` needs at least 2 columns for the Hoyer measure; got shape {U.shape}.")
+    l1 = np.abs(U).sum(axis=1)
+    l2 = np.linalg.norm(U, axis=1)
+    ratio = np.divide(l1, l2, out=np.ones_like(l1), where=l2 > 0)
+    root = np.sqrt(k)
+    return float(np.mean(np.clip((root - ratio) / (root - 1.0), 0.0, 1.0)))
+
+
+def _psd_sqrt(S: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((S + S.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(A, A_hat) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of ``A (n, C)`` and ``A_hat (m, C)``.
+
+    ``||μ1 - μ2||² + tr(Σ1 + Σ2 - 2 (Σ1^½ Σ2 Σ1^½)^½)`` (the squared 2-Wasserstein distance, as in
+    FID; lower is better). Square roots are taken of symmetric PSD matrices by eigendecomposition
+    with negative round-off eigenvalues clipped to 0, which stays exact for the rank-deficient
+    covariances of ``C > n`` (no ridge needed).
+    """
+    A, A_hat = _pair(A, A_hat)
+    if min(A.shape[0], A_hat.shape[0]) < 2:
+        raise ValueError(f"`A` and `A_hat` need at least 2 rows each to estimate covariances; got "
+                         f"{A.shape} and {A_hat.shape}.")
+    mean_gap = float(np.sum((A.mean(axis=0) - A_hat.mean(axis=0)) ** 2))
+    S1 = np.atleast_2d(np.cov(A, rowvar=False))
+    S2 = np.atleast_2d(np.cov(A_hat, rowvar=False))
+    root1 = _psd_sqrt(S1)
+    middle = root1 @ S2 @ root1
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    return float(max(mean_gap + np.trace(S1) + np.trace(S2) - 2.0 * cross, 0.0))
+
+
+def matched_cosine(W1, W2, *, absolute: bool = False, return_pairs: bool = False):
+    """Mean cosine similarity of the rows of ``W1 (k1, C)`` and ``W2 (k2, C)`` after an optimal
+    one-to-one matching (Hungarian algorithm, :func:`scipy.optimize.linear_sum_assignment`).
+
+    ``min(k1, k2)`` pairs are matched. ``absolute=True`` ignores signs (for PCA/ICA directions).
+    With ``return_pairs=True`` returns ``(score, rows, cols)``, the matched row indices.
+    """
+    W1 = _matrix(W1, "W1")
+    W2 = _matrix(W2, "W2", columns=W1.shape[1])
+    tiny = np.finfo(np.float64).tiny
+    W1 = W1 / np.maximum(np.linalg.norm(W1, axis=1, keepdims=True), tiny)
+    W2 = W2 / np.maximum(np.linalg.norm(W2, axis=1, keepdims=True), tiny)
+    similarity = W1 @ W2.T
+    if absolute:
+        similarity = np.abs(similarity)
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    score = float(similarity[rows, cols].mean())
+    return (score, rows, cols) if return_pairs else score
+
+
+def stability(factorizer: Factorizer, A, n_bootstrap: int = 5, subset: float = 0.8,
+              seed: int | None = None, *, absolute: bool | None = None,
+              progress: bool = False) -> float:
+    """Dictionary stability: refit clones of ``factorizer`` on random row subsets of ``A (n, C)``.
+
+    Each of ``n_bootstrap`` clones is fitted on ``round(subset * n)`` rows drawn without
+    replacement (``seed`` picks the rows; the factorizer keeps its own ``random_state``); every pair
+    of dictionaries is matched with :func:`matched_cosine` and the mean matched cosine is returned
+    (1 = the same concepts every time; higher is better). ``absolute=None`` ignores signs exactly
+    when the factorizer's codes may be negative (PCA, ICA, signed sparse codes).
+    """
+    if not isinstance(factorizer, Factorizer):
+        raise TypeError(f"`factorizer` must be a conceptkit Factorizer; got {type(factorizer).__name__}.")
+    A = check_matrix(A, "A", min_rows=2)
+    n_bootstrap = check_int(n_bootstrap, "n_bootstrap", minimum=2)
+    subset = check_float(subset, "subset", minimum=0.0, maximum=1.0, strict_minimum=True)
+    size = int(round(subset * A.shape[0]))
+    if size < factorizer.n_concepts:
+        raise ValueError(f"`subset`={subset} keeps {size} of {A.shape[0]} rows, fewer than "
+                         f"n_concepts={factorizer.n_concepts}; use a larger subset or more rows.")
+    if absolute is None:
+        absolute = not factorizer.nonnegative_codes
+    rng = make_rng(seed)
+    dictionaries = []
+    for _ in tqdm(range(n_bootstrap), desc="stability", disable=not progress):
+        rows = np.sort(rng.choice(A.shape[0], size=size, replace=False))
+        part = A[torch.as_tensor(rows)] if isinstance(A, torch.Tensor) else A[rows]
+        dictionaries.append(clone(factorizer).fit(part).components_)
+    scores = [matched_cosine(a, b, absolute=absolute)
+              for a, b in itertools.combinations(dictionaries, 2)]
+    return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One extraction metric: its function, direction and what it is computed from.
+
+    ``inputs`` is ``"reconstruction"`` (called as ``func(A, A_hat)``), ``"codes"``
+    (``func(U)``) or ``"refit"`` (``func(factorizer, A, **refit_kwargs)``).
+    """
+
+    name: str
+    func: Callable[..., float]
+    higher_is_better: bool
+    inputs: str
+
+    def __call__(self, *args, **kwargs) -> float:
+        return self.func(*args, **kwargs)
+
+
+EXTRACTION_METRICS: dict[str, Metric] = {
+    "relative_l2": Metric("relative_l2", relative_l2, False, "reconstruction"),
+    "sparsity_l0": Metric("sparsity_l0", sparsity_l0, False, "codes"),
+    "hoyer": Metric("hoyer", hoyer, True, "codes"),
+    "frechet_distance": Metric("frechet_distance", frechet_distance, False, "reconstruction"),
+    "stability": Metric("stability", stability, True, "refit"),
+}
+
+
+def extraction_metrics(factorizer: Factorizer, A, metrics: Sequence[str] | None = None, *,
+                       n_bootstrap: int = 5, subset: float = 0.8, seed: int | None = 0,
+                       progress: bool = False) -> dict[str, float]:
+    """Evaluate a fitted ``factorizer`` on activations ``A (n, C)``.
+
+    Codes are ``U = factorizer.transform(A)`` and the reconstruction is
+    ``A_hat = factorizer.inverse_transform(U)``; ``stability`` refits clones (see
+    :func:`stability`, which receives ``n_bootstrap``, ``subset``, ``seed`` and ``progress``).
+    ``metrics`` lists names from :data:`EXTRACTION_METRICS` (default: all of them). Directions are
+    in ``EXTRACTION_METRICS[name].higher_is_better``.
+    """
+    if not isinstance(factorizer, Factorizer):
+        raise TypeError(f"`factorizer` must be a conceptkit Factorizer; got {type(factorizer).__name__}.")
+    if isinstance(metrics, str):
+        raise TypeError(f"`metrics` must be a list of names; got the string {metrics!r}. "
+                        f"Did you mean [{metrics!r}]?")
+    names = list(EXTRACTION_METRICS) if metrics is None else list(metrics)
+    for name in names:
+        check_choice(name, "metrics", list(EXTRACTION_METRICS))
+    U = factorizer.transform(A)
+    A_hat = factorizer.inverse_transform(U)
+    results = {}
+    for name in names:
+        metric = EXTRACTION_METRICS[name]
+        if metric.inputs == "reconstruction":
+            results[name] = metric(A, A_hat)
+        elif metric.inputs == "codes":
+            results[name] = metric(U)
+        else:
+            results[name] = metric(factorizer, A, n_bootstrap=n_bootstrap, subset=subset,
+                                   seed=seed, progress=progress)
+    return results
