@@ -97,7 +97,7 @@ def _cmd_train_cbm(argv: list[str]) -> int:
 
 
 def _cmd_extract(argv: list[str]) -> int:
-    from .extraction._distributed import extract_main
+    from ._extract_cli import extract_main
 
     return extract_main(argv)
 

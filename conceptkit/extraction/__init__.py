@@ -13,10 +13,12 @@ from ._extractor import (
 from ._layers import get_layer, layer_names
 from ._provenance import Provenance
 from ._split import CutError, check_split, split_model
+from ._store import ActivationStore, finalize_store, write_chunks, write_store
 
 __all__ = [
     "ACE_GREY",
     "ActivationExtractor",
+    "ActivationStore",
     "CropSet",
     "CutError",
     "PositionSet",
@@ -26,6 +28,7 @@ __all__ = [
     "crops",
     "expected_in_channels",
     "extract",
+    "finalize_store",
     "get_layer",
     "infer_prefix_tokens",
     "layer_names",
@@ -34,4 +37,6 @@ __all__ = [
     "segments",
     "split_model",
     "tokens_to_maps",
+    "write_chunks",
+    "write_store",
 ]
