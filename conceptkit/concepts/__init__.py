@@ -10,7 +10,7 @@ return a :class:`ConceptBank`.
 from . import metrics
 from ._bank import ConceptBank
 from ._base import FACTORIZERS, Factorizer, factorizer_from_state
-from ._methods import ACE, CRAFT, ICE, bank_from_activations
+from ._methods import ACE, CRAFT, ICE, ace_keep_clusters, bank_from_activations, restrict_bank
 from ._nmf import NMF
 from ._sae import TopKSAE
 from ._seminmf import SemiNMF
@@ -30,7 +30,9 @@ __all__ = [
     "SemiNMF",
     "SparseDictionary",
     "TopKSAE",
+    "ace_keep_clusters",
     "bank_from_activations",
     "factorizer_from_state",
     "metrics",
+    "restrict_bank",
 ]
