@@ -89,19 +89,23 @@ def _sobol(problem: ConceptProblem, seeds: Seeds, *, n_designs: int, estimator: 
         raise ValueError("fast_path=True needs a head `h` that is affine in its input "
                          "activations; this `h` failed the affinity check. Use fast_path='auto'.")
     shared = shared_design or not entry.randomized
-    evaluate = affine.scores if affine is not None else problem.scores
+
+    def outputs(points: np.ndarray, group: np.ndarray | None) -> np.ndarray:
+        # float32 masks: what a float32 head sees anyway, and the same for both paths.
+        a, b = points[..., :k].astype(np.float32), points[..., k:].astype(np.float32)
+        if affine is not None:
+            return affine.design_scores(a, b, include_b, group)
+        return problem.scores(replicated_design(a, b, include_b), group)
+
     out = np.empty((problem.n_inputs, k))
     if shared:
-        rng = seeds.shared_rng()
-        points = entry.draw(n_designs, 2 * k, rng)
-        design = replicated_design(points[:, :k], points[:, k:], include_b)
-        out[:] = estimate(evaluate(design), k, function, include_b)
+        out[:] = estimate(outputs(entry.draw(n_designs, 2 * k, seeds.shared_rng()), None),
+                          k, function, include_b)
     else:
         rows = n_designs * (k + 2 if include_b else k + 1)
-        for group in input_groups(problem.n_inputs, rows * k * 8):
-            points = np.stack([entry.draw(n_designs, 2 * k, seeds.input_rng(i)) for i in group])
-            design = replicated_design(points[..., :k], points[..., k:], include_b)
-            out[group] = estimate(evaluate(design, group), k, function, include_b)
+        for group in input_groups(problem.n_inputs, rows * k * 4):
+            points = entry.draw_batch(n_designs, 2 * k, [seeds.input_rng(i) for i in group])
+            out[group] = estimate(outputs(points, group), k, function, include_b)
     info = {"n_designs": n_designs, "estimator": estimator, "sampler": sampler, "order": order,
             "shared_design": bool(shared), "fast_path": affine is not None}
     return MethodOutput(out, info)

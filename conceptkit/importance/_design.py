@@ -9,7 +9,8 @@ values to SALib's interleaved order so that its ``analyze`` can read them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +32,22 @@ class Sampler:
         so a per-input design brings nothing and one shared design is used instead.
     power_of_two : bool
         Whether ``n_points`` must be a power of two (Sobol' nets lose their balance otherwise).
+    draw_many : callable or None
+        ``draw_many(n_points, dim, rngs) -> (len(rngs), n_points, dim)``: one independent design
+        per generator in a single vectorised pass; None means one ``draw`` per generator.
     """
 
     draw: Callable[[int, int, np.random.Generator], np.ndarray]
     randomized: bool
     power_of_two: bool
+    draw_many: Callable[[int, int, Sequence[np.random.Generator]], np.ndarray] | None = None
+
+    def draw_batch(self, n_points: int, dim: int,
+                   rngs: Sequence[np.random.Generator]) -> np.ndarray:
+        """One design per generator, ``(len(rngs), n_points, dim)``."""
+        if self.draw_many is not None:
+            return self.draw_many(n_points, dim, rngs)
+        return np.stack([self.draw(n_points, dim, rng) for rng in rngs])
 
 
 def _sobol(scramble: bool):
@@ -43,6 +55,47 @@ def _sobol(scramble: bool):
         engine = qmc.Sobol(dim, scramble=scramble, rng=rng if scramble else None)
         return engine.random_base2(int(n_points).bit_length() - 1)
     return draw
+
+
+_BITS = 30   # digits per coordinate, as SciPy's default
+
+
+@functools.lru_cache(maxsize=32)
+def _sobol_direction_numbers(dim: int, log2_points: int) -> np.ndarray:
+    """The first ``log2_points`` direction numbers of each dimension, ``(dim, m)`` integers.
+
+    With a Gray-code construction, point ``2^(b+1) - 1`` of the unscrambled sequence is exactly
+    the ``b``-th direction number, so they come from SciPy's public API.
+    """
+    points = qmc.Sobol(dim, scramble=False, bits=_BITS).random_base2(log2_points)
+    integers = np.rint(points * 2.0 ** _BITS).astype(np.int64)
+    return integers[(1 << np.arange(1, log2_points + 1)) - 1].T
+
+
+def _scrambled_sobol_many(n_points: int, dim: int,
+                          rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """Independent scrambled Sobol' designs, one per generator, in one vectorised pass.
+
+    Each design is Matousek's linear matrix scramble plus a digital shift (the scrambling of
+    SciPy's ``qmc.Sobol``): the digits ``a`` (most significant first) of every coordinate become
+    ``L a + e (mod 2)``, with ``L`` a random lower-triangular binary matrix with unit diagonal and
+    ``e`` random digits, drawn per design and per dimension from that design's generator. Every
+    design keeps the net properties of the Sobol' points; its rows are not in SciPy's order.
+    """
+    log2_points = int(n_points).bit_length() - 1
+    directions = _sobol_direction_numbers(dim, log2_points)                 # (dim, m)
+    raw = np.stack([rng.integers(0, 2 ** _BITS, size=(dim, _BITS + 1)) for rng in rngs])
+    # Column s of L as an integer: a 1 at digit s, random digits below it (less significant).
+    position = _BITS - 1 - np.arange(_BITS)                                 # bit of digit s
+    columns = (raw[..., :_BITS] & ((1 << position) - 1)) | (1 << position)  # (R, dim, bits)
+    scrambled = np.zeros((len(rngs), dim, log2_points), dtype=np.int64)     # L v, per column v
+    for s in range(_BITS):
+        scrambled ^= ((directions >> position[s]) & 1) * columns[..., s:s + 1]
+    # Point i is the XOR of the direction numbers picked by the bits of i, plus the shift.
+    points = raw[..., _BITS:]                                               # (R, dim, 1)
+    for b in range(log2_points):
+        points = np.concatenate([points, points ^ scrambled[..., b:b + 1]], axis=-1)
+    return np.swapaxes(points, -1, -2) * 0.5 ** _BITS                      # (R, N, dim)
 
 
 def _halton(scramble: bool):
@@ -59,10 +112,12 @@ def _uniform(n_points: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     return rng.random((n_points, dim))
 
 
-#: Samplers by name. ``"sobol"`` (scrambled Sobol', LMS + digital shift) is the default;
-#: ``"halton_unscrambled"`` is CRAFT's design and reproduces it exactly when shared by all inputs.
+#: Samplers by name. ``"sobol"`` (scrambled Sobol', LMS + digital shift) is the default: one
+#: design is ``qmc.Sobol(scramble=True)``; many independent designs (one per input) are scrambled
+#: in one vectorised pass. ``"halton_unscrambled"`` is CRAFT's design.
 SAMPLERS: dict[str, Sampler] = {
-    "sobol": Sampler(_sobol(True), randomized=True, power_of_two=True),
+    "sobol": Sampler(_sobol(True), randomized=True, power_of_two=True,
+                     draw_many=_scrambled_sobol_many),
     "sobol_unscrambled": Sampler(_sobol(False), randomized=False, power_of_two=True),
     "halton": Sampler(_halton(True), randomized=True, power_of_two=False),
     "halton_unscrambled": Sampler(_halton(False), randomized=False, power_of_two=False),

@@ -41,6 +41,25 @@ class AffineHead:
             return self.intercept + beta @ masks.T
         return self.intercept + np.einsum("imk,ik->im", masks, beta)
 
+    def design_scores(self, a: np.ndarray, b: np.ndarray, include_b: bool,
+                      inputs: np.ndarray | None = None) -> np.ndarray:
+        """Scores ``(n_sel, M)`` on the block design ``[A; (B;) C_1..C_k]`` without building it.
+
+        ``a`` and ``b`` are ``(N, k)`` (shared) or ``(n_sel, N, k)``. Row ``j`` of ``C_i`` differs
+        from row ``j`` of ``A`` in coordinate ``i`` only, so ``f(C_i) = f(A) + (B_i - A_i) beta_i``:
+        ``O(N k)`` work per input instead of ``O(N k^2)``.
+        """
+        beta = self.beta if inputs is None else self.beta[inputs]             # (n_sel, k)
+        if a.ndim == 2:
+            a, b = a[None], b[None]
+        f_a = np.einsum("ink,ik->in", a, beta)                                # (n_sel, N)
+        f_c = f_a[:, None, :] + beta[:, :, None] * np.swapaxes(b - a, -1, -2)  # (n_sel, k, N)
+        blocks = [f_a]
+        if include_b:
+            blocks.append(np.einsum("ink,ik->in", b, beta))
+        blocks.append(f_c.reshape(len(beta), -1))
+        return self.intercept + np.concatenate(blocks, axis=-1)
+
 
 def _tolerance(problem: ConceptProblem, values: np.ndarray) -> float:
     rtol = 1e-9 if problem.codes.dtype == torch.float64 else 1e-4
@@ -64,7 +83,7 @@ def _beta_from_gradient(problem: ConceptProblem) -> np.ndarray | None:
     except ValueError:
         return None
     grad = grad[0].double()                                               # (P, k), constant
-    return torch.einsum("ipk,pk->ik", problem.codes.double(), grad).cpu().numpy()
+    return (problem.codes.double() * grad).sum(1).cpu().numpy()
 
 
 def _beta_from_forward(problem: ConceptProblem, intercept: float) -> np.ndarray:
