@@ -1,0 +1,313 @@
+"""CLIP-style image and text encoders behind one small adapter, with a text-embedding cache.
+
+:class:`ClipEncoders` turns an open_clip model (+ tokenizer, + optional preprocess) or any object
+with ``encode_image(images)`` and ``encode_text(list[str])`` (the :class:`ClipLike` protocol)
+into batched, L2-normalised encoders. Text embeddings are cached by
+``(model id, checkpoint id, template, concept-list hash)``: in memory per adapter, and on disk
+(one safetensors file per key, never pickle) when a ``cache_dir`` is given and the checkpoint is
+identified (a pretrained tag, a file hash, or a hash of the weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import preserved_model_state
+from .._validation import check_images, check_int, close_names, describe, resolve_device
+from ..io import FormatError, load_file, save_file
+
+TEXT_CACHE_KIND = "clip_text_embeddings"
+TEXT_CACHE_VERSION = 1
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@runtime_checkable
+class ClipLike(Protocol):
+    """Any CLIP-style model: images ``(N, 3, H, W)`` → ``(N, D)``; texts → ``(M, D)``."""
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor: ...
+
+
+def _hash_tensors(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return "weights-sha256:" + digest.hexdigest()[:32]
+
+
+def _hash_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return "file-sha256:" + digest.hexdigest()[:32]
+
+
+def _tensor_transform(size: tuple[int, int], mean: Sequence[float],
+                      std: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Resize (shorter side, bicubic), centre-crop and normalise images in [0, 1]."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def transform(images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        scale = max(size[0] / h, size[1] / w)
+        if (h, w) != tuple(size):
+            new = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
+            images = F.interpolate(images, size=new, mode="bicubic", align_corners=False,
+                                   antialias=True).clamp(0, 1)
+            top, left = (new[0] - size[0]) // 2, (new[1] - size[1]) // 2
+            images = images[..., top:top + size[0], left:left + size[1]]
+        return (images - mean_t.to(images)) / std_t.to(images)
+
+    return transform
+
+
+def _pil_transform(preprocess: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Apply an open_clip (PIL) ``preprocess`` to each image of a [0, 1] tensor batch."""
+    from torchvision.transforms.functional import to_pil_image
+
+    def transform(images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([preprocess(to_pil_image(img.cpu().clamp(0, 1))) for img in images])
+
+    return transform
+
+
+def _load_open_clip(name: str, *, pretrained: str | None, device: torch.device,
+                    cache_dir: str | None) -> tuple[nn.Module, Callable, str | None]:
+    """Create an open_clip model by name; download failures become an offline-friendly error."""
+    import open_clip
+
+    if not name.startswith(("hf-hub:", "local-dir:")) and open_clip.get_model_config(name) is None:
+        close = close_names(name, open_clip.list_models())
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
+        raise ValueError(f"`model` {name!r} is not an open_clip model name{hint} See "
+                         f"open_clip.list_models(), or use 'local-dir:/path'.")
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, cache_dir=cache_dir)
+    except (RuntimeError, FileNotFoundError, OSError) as err:
+        raise ValueError(
+            f"open_clip could not load weights {pretrained!r} for {name!r}: {err}\n"
+            f"Offline? Pass a local checkpoint file as `pretrained` "
+            f"('/path/open_clip_pytorch_model.bin' or '.safetensors'), or a directory as "
+            f"model='local-dir:/path' (open_clip_config.json + weights), or download once online "
+            f"and then run with HF_HUB_OFFLINE=1 to use the cached copy.") from err
+    model._conceptkit_name = name
+    if pretrained is None:
+        checkpoint = None  # random or config-dir weights: identified by hashing them
+    elif os.path.isfile(pretrained):
+        checkpoint = _hash_file(pretrained)
+    else:
+        checkpoint = f"tag:{pretrained}"
+    return model, open_clip.get_tokenizer(name), checkpoint
+
+
+class ClipEncoders:
+    """Batched, L2-normalised CLIP-style image and text encoders with a text cache.
+
+    Parameters
+    ----------
+    encode_image : callable
+        Preprocessed images ``(N, 3, H, W)`` → embeddings ``(N, D)``.
+    encode_text : callable
+        A list of strings → embeddings ``(M, D)``.
+    image_transform : callable, optional
+        Applied to images in [0, 1] before ``encode_image`` (resizing, normalisation).
+    model_id : str
+        Identifies the architecture in cache keys (e.g. ``"open_clip:ViT-B-32"``).
+    checkpoint_id : str, optional
+        Identifies the weights (tag, file hash, weights hash). Without it the disk cache is off:
+        a stale cache from other weights would silently give wrong embeddings.
+    device : str or torch.device, optional
+        Where images and tokens are sent (default CPU).
+    batch_size : int
+        Images / texts per forward pass.
+    """
+
+    def __init__(self, encode_image: Callable[[torch.Tensor], torch.Tensor],
+                 encode_text: Callable[[list[str]], torch.Tensor], *,
+                 image_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 model_id: str = "custom", checkpoint_id: str | None = None,
+                 device: Any = None, batch_size: int = 64, module: nn.Module | None = None):
+        if not callable(encode_image) or not callable(encode_text):
+            raise TypeError("`encode_image` and `encode_text` must be callables.")
+        self._encode_image = encode_image
+        self._encode_text = encode_text
+        self.image_transform = image_transform
+        self.model_id = str(model_id)
+        self.checkpoint_id = checkpoint_id
+        self.device = resolve_device(device)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.module = module
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    # -- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def from_open_clip(cls, model: nn.Module | str, tokenizer: Callable | None = None,
+                       preprocess: Callable | None = None, *, pretrained: str | None = None,
+                       device: Any = None, cache_dir: str | None = None,
+                       checkpoint_id: str | None = None, batch_size: int = 64) -> ClipEncoders:
+        """Wrap an open_clip model, or load one by name.
+
+        Parameters
+        ----------
+        model : nn.Module or str
+            An open_clip ``CLIP`` model (with ``tokenizer``), or a model name such as
+            ``"ViT-B-32"`` / ``"local-dir:/path"`` to create with ``open_clip``.
+        tokenizer : callable, optional
+            ``tokenizer(list[str]) -> tokens``; required with a model object, looked up by
+            name otherwise.
+        preprocess : callable, optional
+            open_clip's PIL preprocess; when given it is applied image by image (exactly
+            open_clip's pipeline). Otherwise a tensor transform built from the model's
+            preprocess config (resize, centre crop, normalise) is used.
+        pretrained : str, optional
+            With a name: an open_clip tag (needs a download or a cached copy) or a local
+            checkpoint file path. ``None`` gives random weights.
+        checkpoint_id : str, optional
+            Identifies the weights for the disk cache; default: the tag, the file's hash, or a
+            hash of the model's weights.
+        """
+        dev = resolve_device(device)
+        if isinstance(model, str):
+            model, tokenizer, loaded_id = _load_open_clip(model, pretrained=pretrained, device=dev,
+                                                          cache_dir=cache_dir)
+            checkpoint_id = checkpoint_id or loaded_id
+        elif not isinstance(model, nn.Module) or not hasattr(model, "encode_image") \
+                or not hasattr(model, "encode_text"):
+            raise TypeError(f"`model` must be an open_clip model (with encode_image and encode_text) "
+                            f"or a model name; got {describe(model)}.")
+        if tokenizer is None or not callable(tokenizer):
+            raise TypeError("`tokenizer` is required with an open_clip model object: pass "
+                            "open_clip.get_tokenizer(model_name).")
+        model = model.to(dev).eval()
+        if preprocess is not None:
+            transform = _pil_transform(preprocess)
+        else:
+            import open_clip
+
+            cfg = open_clip.get_model_preprocess_cfg(model)
+            size = cfg.get("size", 224)
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            transform = _tensor_transform(size, cfg.get("mean", _OPENAI_MEAN), cfg.get("std", _OPENAI_STD))
+
+        def encode_text(texts: list[str]) -> torch.Tensor:
+            return model.encode_text(tokenizer(texts).to(dev))
+
+        name = getattr(model, "_conceptkit_name", type(model).__name__)
+        return cls(model.encode_image, encode_text, image_transform=transform,
+                   model_id=f"open_clip:{name}", checkpoint_id=checkpoint_id or _hash_tensors(model),
+                   device=dev, batch_size=batch_size, module=model)
+
+    @classmethod
+    def wrap(cls, clip: Any, device: Any = None) -> ClipEncoders:
+        """Accept a :class:`ClipEncoders`, ``(open_clip model, tokenizer[, preprocess])`` or a
+        :class:`ClipLike` object whose ``encode_text`` takes a list of strings."""
+        if isinstance(clip, ClipEncoders):
+            return clip
+        if isinstance(clip, (tuple, list)) and len(clip) in (2, 3):
+            return cls.from_open_clip(*clip, device=device)
+        if isinstance(clip, nn.Module) and hasattr(clip, "visual") and hasattr(clip, "encode_text"):
+            raise TypeError("`clip` is an open_clip model without its tokenizer; pass "
+                            "(model, open_clip.get_tokenizer(name)) or ClipEncoders.from_open_clip.")
+        if isinstance(clip, ClipLike):
+            module = clip if isinstance(clip, nn.Module) else None
+            return cls(clip.encode_image, clip.encode_text, model_id=f"custom:{type(clip).__name__}",
+                       checkpoint_id=getattr(clip, "checkpoint_id", None), device=device,
+                       module=module)
+        raise TypeError(f"`clip` must be a ClipEncoders, an (open_clip model, tokenizer) pair, or an "
+                        f"object with encode_image(images) and encode_text(list[str]); "
+                        f"got {describe(clip)}.")
+
+    # -- encoding -------------------------------------------------------------------------------
+    def _run(self, fn: Callable, *args: Any) -> torch.Tensor:
+        if self.module is not None:
+            with preserved_model_state(self.module), torch.no_grad():
+                return fn(*args)
+        with torch.no_grad():
+            return fn(*args)
+
+    def image_embeddings(self, images: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
+        """L2-normalised image embeddings ``(N, D)`` (float32, CPU) of images ``(N, 3, H, W)``."""
+        images = check_images(images, "images", channels=3)
+        out = []
+        for start in tqdm(range(0, len(images), self.batch_size), disable=not progress,
+                          desc="CLIP images", leave=False):
+            batch = images[start:start + self.batch_size].to(self.device)
+            if self.image_transform is not None:
+                batch = self.image_transform(batch)
+            out.append(self._checked(self._run(self._encode_image, batch), len(batch), "encode_image"))
+        return F.normalize(torch.cat(out), dim=1)
+
+    def _checked(self, emb: Any, n: int, what: str) -> torch.Tensor:
+        if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[0] != n:
+            raise ValueError(f"`clip.{what}` must return an (N, D) tensor for N={n} inputs; "
+                             f"got {describe(emb)}.")
+        return emb.detach().float().cpu()
+
+    def text_embeddings(self, texts: Sequence[str], *, template: str = "{}",
+                        cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
+        """L2-normalised embeddings ``(M, D)`` of ``template.format(text)`` for each text."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise ValueError("`texts` is empty.")
+        if "{}" not in template:
+            raise ValueError(f"`template` must contain '{{}}' where the text goes; got {template!r}.")
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+        key = (self.model_id, str(self.checkpoint_id), template, digest)
+        if key in self._text_cache:
+            return self._text_cache[key].clone()
+        path = None
+        if cache_dir is not None and self.checkpoint_id is not None:
+            name = hashlib.sha256("\x00".join(key).encode()).hexdigest()[:32]
+            path = Path(cache_dir) / f"text-{name}.safetensors"
+            cached = self._read_cache(path, key, texts)
+            if cached is not None:
+                self._text_cache[key] = cached
+                return cached.clone()
+        prompts = [template.format(t) for t in texts]
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start:start + self.batch_size]
+            out.append(self._checked(self._run(self._encode_text, chunk), len(chunk), "encode_text"))
+        emb = F.normalize(torch.cat(out), dim=1)
+        self._text_cache[key] = emb
+        if path is not None:
+            save_file(path, {"embeddings": emb}, {"key": list(key), "texts": texts},
+                      kind=TEXT_CACHE_KIND, version=TEXT_CACHE_VERSION)
+        return emb.clone()
+
+    @staticmethod
+    def _read_cache(path: Path, key: tuple[str, ...], texts: list[str]) -> torch.Tensor | None:
+        if not path.exists():
+            return None
+        try:
+            tensors, meta = load_file(path, kind=TEXT_CACHE_KIND, version=TEXT_CACHE_VERSION)
+        except FormatError:
+            return None  # an unreadable cache entry is recomputed and overwritten
+        if meta.get("key") != list(key) or meta.get("texts") != texts:
+            return None
+        return tensors["embeddings"].float()
+
+
+def clip_similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities ``(N, M)`` of normalised image and text embeddings."""
+    if image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"image and text embeddings differ in width: {image_emb.shape[1]} vs "
+                         f"{text_emb.shape[1]}.")
+    return image_emb @ text_emb.T
+

@@ -1,0 +1,346 @@
+"""Label-free concept bottleneck model (Oikarinen et al., ICLR 2023).
+
+No concept labels: the bottleneck is a linear projection ``W_c`` of frozen backbone features,
+trained so that each concept's activation tracks the CLIP image–text similarity of that concept
+over the data, followed by a sparse (elastic-net) linear head on the standardised activations.
+
+Steps of :meth:`LabelFreeCBM.fit` (reference defaults in brackets):
+
+1. text filters on the concept list (see ``_concept_filter``) [30 chars, 0.85, 0.9];
+2. CLIP activation cutoff: drop concepts with mean top-5 image–text cosine ≤ ``clip_cutoff`` [0.25];
+3. ``W_c`` (no bias) maximising the cubed-cosine similarity with the CLIP similarities: centre each
+   concept column, cube it, L2-normalise per concept, dot product; Adam [lr 1e-3], full batch,
+   ≤ ``proj_steps`` [1000] steps, validation every ``val_every`` [50] steps, stop at the first
+   worsening and keep the best weights;
+4. interpretability cutoff: drop concepts whose validation similarity is ≤ 0.45;
+5. z-score the concept activations with the training mean/std;
+6. elastic-net head (α = 0.99) driven to ≤ ``nnz_per_class`` non-zero weights per class.
+
+Validation (steps 3-4) never sees test data: pass ``val_images`` or a seeded ``val_fraction`` of
+the training images is held out (the reference uses its test split here).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import preserved_model_state
+from .._validation import check_images, check_int, describe, make_rng, resolve_device
+from ..io import FormatError, load_file, save_file
+from ._clip import ClipEncoders, clip_similarity
+from ._concept_filter import filter_by_text, top5_activation
+from ._data import as_tensor, check_labels
+from ._sparse import elastic_net_path, nnz_per_class
+
+KIND = "label_free_cbm"
+FORMAT_VERSION = 1
+
+
+def cubed_cosine_similarity(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Per-concept cos³ similarity of two ``(N, K)`` activation matrices: ``(K,)``."""
+    target = target - target.mean(0, keepdim=True)
+    output = output - output.mean(0, keepdim=True)
+    target = target ** 3
+    output = output ** 3
+    target = target / target.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    output = output / output.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    return (target * output).sum(0)
+
+
+def backbone_features(backbone: nn.Module, images: torch.Tensor, *, batch_size: int,
+                      device: torch.device, progress: bool) -> torch.Tensor:
+    """Backbone outputs ``(N, d)``; spatial maps ``(N, C, h, w)`` are average-pooled."""
+    out = []
+    with preserved_model_state(backbone), torch.no_grad():
+        backbone.to(device)
+        for start in tqdm(range(0, len(images), batch_size), disable=not progress,
+                          desc="backbone features", leave=False):
+            feats = backbone(images[start:start + batch_size].to(device))
+            if isinstance(feats, torch.Tensor) and feats.ndim == 4:
+                feats = feats.mean((2, 3))
+            if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
+                raise ValueError(f"`backbone` must return features (N, d) or maps (N, C, h, w); "
+                                 f"it returned {describe(feats)}.")
+            out.append(feats.float().cpu())
+    return torch.cat(out)
+
+
+class LabelFreeCBM(BaseEstimator):
+    """Label-free CBM: CLIP-supervised concept projection + sparse linear head.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Frozen feature extractor: images ``(N, 3, H, W)`` → features ``(N, d)`` (maps are
+        average-pooled). It sees images exactly as passed to :meth:`fit` / :meth:`predict`.
+    clip : ClipEncoders, (open_clip model, tokenizer) or ClipLike
+        Gives the image and text embeddings that supervise the concepts (only needed to fit).
+    concepts : list of str
+        Candidate concept texts, filtered during :meth:`fit`.
+    class_names : list of str
+    template : str
+        Prompt template for concept texts (``"{}"``: the bare concept, as the reference).
+    nnz_per_class : int
+        Most non-zero head weights per class.
+    seed : int
+        Seeds the projection initialisation and the validation split.
+    cache_dir : path, optional
+        Where text embeddings are cached on disk (safetensors).
+
+    Fitted attributes
+    -----------------
+    concepts_ (kept concepts), removed_ ({concept: reason}), projection_ ``(K, d)``,
+    proj_mean_, proj_std_ ``(K,)``, concept_similarity_ ``(K,)`` (validation cos³),
+    weight_ ``(C, K)``, bias_ ``(C,)``, lam_, path_, val_accuracy_, proj_steps_.
+    """
+
+    def __init__(self, backbone: nn.Module, clip: Any, concepts: list[str], class_names: list[str],
+                 *, template: str = "{}", max_length: int = 30,
+                 class_similarity_cutoff: float = 0.85, concept_similarity_cutoff: float = 0.9,
+                 clip_cutoff: float = 0.25, interpretability_cutoff: float = 0.45,
+                 proj_steps: int = 1000, proj_lr: float = 1e-3, val_every: int = 50,
+                 nnz_per_class: int = 10, alpha: float = 0.99, val_fraction: float = 0.2,
+                 batch_size: int = 256, device: Any = None, seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None, progress: bool = True):
+        self.backbone = backbone
+        self.clip = clip
+        self.concepts = concepts
+        self.class_names = class_names
+        self.template = template
+        self.max_length = max_length
+        self.class_similarity_cutoff = class_similarity_cutoff
+        self.concept_similarity_cutoff = concept_similarity_cutoff
+        self.clip_cutoff = clip_cutoff
+        self.interpretability_cutoff = interpretability_cutoff
+        self.proj_steps = proj_steps
+        self.proj_lr = proj_lr
+        self.val_every = val_every
+        self.nnz_per_class = nnz_per_class
+        self.alpha = alpha
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.progress = progress
+
+    # -- fitting --------------------------------------------------------------------------------
+    def _check_setup(self) -> tuple[list[str], list[str]]:
+        if not isinstance(self.backbone, nn.Module):
+            raise TypeError(f"`backbone` must be a torch.nn.Module; got {describe(self.backbone)}.")
+        concepts = [str(c) for c in self.concepts] if isinstance(self.concepts, (list, tuple)) else None
+        if not concepts:
+            raise ValueError(f"`concepts` must be a non-empty list of strings; got {describe(self.concepts)}.")
+        classes = [str(c) for c in self.class_names] if isinstance(self.class_names, (list, tuple)) else None
+        if not classes or len(classes) < 2:
+            raise ValueError(f"`class_names` must list at least two classes; got {describe(self.class_names)}.")
+        check_int(self.proj_steps, "proj_steps", minimum=1)
+        check_int(self.val_every, "val_every", minimum=1)
+        check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.seed, "seed", minimum=0)
+        return concepts, classes
+
+    def _labels(self, labels: Any, n: int, name: str, n_classes: int) -> torch.Tensor:
+        labels = check_labels(as_tensor(labels, name), name)
+        if labels.shape[0] != n:
+            raise ValueError(f"`{name}` has {labels.shape[0]} entries for {n} images.")
+        if int(labels.max()) >= n_classes:
+            raise ValueError(f"`{name}` has class {int(labels.max())} but `class_names` lists {n_classes}.")
+        return labels
+
+    def fit(self, images: Any, labels: Any, val_images: Any = None,
+            val_labels: Any = None) -> LabelFreeCBM:
+        """Fit on images ``(N, 3, H, W)`` and class labels ``(N,)`` (no concept labels)."""
+        _, classes = self._check_setup()
+        if self.clip is None:
+            raise ValueError("`clip` is required to fit a LabelFreeCBM.")
+        clip = ClipEncoders.wrap(self.clip)
+        images = check_images(images, "images")
+        labels = self._labels(labels, len(images), "labels", len(classes))
+        if val_images is None:
+            n_val = int(round(float(self.val_fraction) * len(images)))
+            if not 1 <= n_val < len(images):
+                raise ValueError(f"`val_fraction`={self.val_fraction} leaves no validation or no "
+                                 f"training images out of {len(images)}; pass `val_images`.")
+            order = torch.as_tensor(make_rng(self.seed).permutation(len(images)))
+            val_images, val_labels = images[order[:n_val]], labels[order[:n_val]]
+            images, labels = images[order[n_val:]], labels[order[n_val:]]
+        else:
+            val_images = check_images(val_images, "val_images")
+            val_labels = self._labels(val_labels, len(val_images), "val_labels", len(classes))
+        feats = {}
+        for part, imgs in (("train", images), ("val", val_images)):
+            feats[part] = (self.features(imgs), clip.image_embeddings(imgs, progress=self.progress))
+        return self.fit_from_embeddings(feats["train"][0], feats["train"][1], labels,
+                                        feats["val"][0], feats["val"][1], val_labels)
+
+    def fit_from_embeddings(self, features: torch.Tensor, clip_image_emb: torch.Tensor,
+                            labels: Any, val_features: torch.Tensor, val_clip_image_emb: torch.Tensor,
+                            val_labels: Any) -> LabelFreeCBM:
+        """Fit from cached backbone features ``(N, d)`` and CLIP image embeddings ``(N, D)``."""
+        concepts, classes = self._check_setup()
+        if self.clip is None:
+            raise ValueError("`clip` is required to fit a LabelFreeCBM.")
+        clip = ClipEncoders.wrap(self.clip)
+        labels = self._labels(labels, len(features), "labels", len(classes))
+        val_labels = self._labels(val_labels, len(val_features), "val_labels", len(classes))
+        device = resolve_device(self.device)
+        concept_emb = clip.text_embeddings(concepts, template=self.template, cache_dir=self.cache_dir)
+        class_emb = clip.text_embeddings(classes, template=self.template, cache_dir=self.cache_dir)
+        removed = filter_by_text(concepts, classes, concept_emb, class_emb, max_length=self.max_length,
+                                 class_cutoff=self.class_similarity_cutoff,
+                                 concept_cutoff=self.concept_similarity_cutoff)
+        clip_emb = torch.nn.functional.normalize(clip_image_emb.float(), dim=1)
+        val_clip_emb = torch.nn.functional.normalize(val_clip_image_emb.float(), dim=1)
+        target = clip_similarity(clip_emb, concept_emb)
+        val_target = clip_similarity(val_clip_emb, concept_emb)
+        activation = top5_activation(target)
+        for i, concept in enumerate(concepts):
+            if concept not in removed and float(activation[i]) <= self.clip_cutoff:
+                removed[concept] = (f"weakly activated: mean top-5 CLIP similarity "
+                                    f"{float(activation[i]):.3f} <= clip_cutoff {self.clip_cutoff}")
+        keep = [i for i, c in enumerate(concepts) if c not in removed]
+        self._require(keep, removed, "after the text filters and the CLIP activation cutoff")
+        X, X_val = features.float().to(device), val_features.float().to(device)
+        T, T_val = target[:, keep].to(device), val_target[:, keep].to(device)
+        weight, steps = self._train_projection(X, T, X_val, T_val)
+        with torch.no_grad():
+            similarity = cubed_cosine_similarity(T_val, X_val @ weight.T).cpu()
+        for local, i in enumerate(keep):
+            if float(similarity[local]) <= self.interpretability_cutoff:
+                removed[concepts[i]] = (f"not interpretable: validation cos^3 similarity "
+                                        f"{float(similarity[local]):.3f} <= {self.interpretability_cutoff}")
+        final = [local for local, i in enumerate(keep) if concepts[i] not in removed]
+        self._require(final, removed, "after the interpretability cutoff")
+        weight = weight[final]
+        with torch.no_grad():
+            acts = X @ weight.T
+            mean, std = acts.mean(0), acts.std(0)
+            std = torch.where(std > 0, std, torch.ones_like(std))
+            Z = ((acts - mean) / std).double()
+            Z_val = ((X_val @ weight.T - mean) / std).double()
+        fit, path = elastic_net_path(Z, labels.to(device), len(classes), int(self.nnz_per_class),
+                                     alpha=float(self.alpha))
+        self.concepts_ = [concepts[keep[local]] for local in final]
+        self.removed_ = removed
+        self.projection_ = weight.cpu()
+        self.proj_mean_, self.proj_std_ = mean.cpu(), std.cpu()
+        self.concept_similarity_ = similarity[final]
+        self.weight_, self.bias_ = fit.weight.float().cpu(), fit.bias.float().cpu()
+        self.lam_ = fit.lam
+        self.path_ = path
+        self.proj_steps_ = steps
+        self.classes_ = classes
+        val_pred = (Z_val @ fit.weight.T + fit.bias).argmax(1).cpu()
+        self.val_accuracy_ = float((val_pred == val_labels).double().mean())
+        return self
+
+    @staticmethod
+    def _require(kept: list[int], removed: dict[str, str], when: str) -> None:
+        if not kept:
+            reasons = "; ".join(f"{c!r}: {r}" for c, r in list(removed.items())[:8])
+            raise ValueError(f"no concept is left {when}. Reasons: {reasons}. Loosen `clip_cutoff` / "
+                             f"`interpretability_cutoff` or supply more concepts.")
+
+    def _train_projection(self, X: torch.Tensor, T: torch.Tensor, X_val: torch.Tensor,
+                          T_val: torch.Tensor) -> tuple[torch.Tensor, int]:
+        with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else []):
+            torch.manual_seed(int(self.seed))
+            layer = nn.Linear(X.shape[1], T.shape[1], bias=False).to(X.device)
+        opt = torch.optim.Adam(layer.parameters(), lr=float(self.proj_lr))
+        best_loss, best_weight, step = float("inf"), layer.weight.detach().clone(), 0
+        bar = tqdm(range(int(self.proj_steps)), disable=not self.progress, desc="concept projection",
+                   leave=False)
+        for step in bar:
+            if step % int(self.val_every) == 0 or step == int(self.proj_steps) - 1:
+                with torch.no_grad():
+                    val_loss = float(-cubed_cosine_similarity(T_val, layer(X_val)).mean())
+                if val_loss >= best_loss:
+                    break  # the reference stops at the first worsening
+                best_loss, best_weight = val_loss, layer.weight.detach().clone()
+                bar.set_postfix(val=f"{-val_loss:.4f}")
+            opt.zero_grad(set_to_none=True)
+            loss = -cubed_cosine_similarity(T, layer(X)).mean()
+            loss.backward()
+            opt.step()
+        bar.close()
+        return best_weight, step
+
+    # -- inference ------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weight_"):
+            raise ValueError("this LabelFreeCBM is not fitted yet; call fit(images, labels) first.")
+
+    def features(self, images: Any) -> torch.Tensor:
+        """Backbone features ``(N, d)`` of images ``(N, 3, H, W)``."""
+        images = check_images(images, "images")
+        return backbone_features(self.backbone, images, batch_size=int(self.batch_size),
+                                 device=resolve_device(self.device), progress=bool(self.progress))
+
+    def transform(self, images: Any) -> torch.Tensor:
+        """Standardised concept activations ``(N, K)`` (the bottleneck)."""
+        self._check_fitted()
+        return (self.features(images) @ self.projection_.T - self.proj_mean_) / self.proj_std_
+
+    def decision_function(self, images: Any) -> torch.Tensor:
+        """Class logits ``(N, C)``."""
+        return self.transform(images) @ self.weight_.T + self.bias_
+
+    def predict(self, images: Any) -> torch.Tensor:
+        return self.decision_function(images).argmax(1)
+
+    def predict_proba(self, images: Any) -> torch.Tensor:
+        return torch.softmax(self.decision_function(images), dim=1)
+
+    def top_concepts(self, class_index: int, n: int = 5) -> list[tuple[str, float]]:
+        """The ``n`` concepts with the largest positive weight for a class: ``[(name, weight)]``."""
+        self._check_fitted()
+        class_index = check_int(class_index, "class_index", minimum=0, maximum=len(self.classes_) - 1)
+        row = self.weight_[class_index]
+        order = torch.argsort(row, descending=True, stable=True)[:check_int(n, "n", minimum=1)]
+        return [(self.concepts_[j], float(row[j])) for j in order.tolist() if float(row[j]) > 0]
+
+    @property
+    def nnz_per_class_(self) -> np.ndarray:
+        self._check_fitted()
+        return nnz_per_class(self.weight_)
+
+    # -- save / load ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted bottleneck and head (not the backbone or CLIP) to ``.safetensors``."""
+        self._check_fitted()
+        params = {k: v for k, v in self.get_params(deep=False).items()
+                  if k not in ("backbone", "clip", "concepts", "class_names", "device", "cache_dir")}
+        tensors = {"projection": self.projection_, "proj_mean": self.proj_mean_,
+                   "proj_std": self.proj_std_, "concept_similarity": self.concept_similarity_,
+                   "weight": self.weight_, "bias": self.bias_}
+        meta = {"params": params, "concepts": list(self.concepts), "class_names": self.classes_,
+                "concepts_": self.concepts_, "removed_": self.removed_, "lam_": self.lam_,
+                "path_": self.path_, "val_accuracy_": self.val_accuracy_, "proj_steps_": self.proj_steps_}
+        return save_file(path, tensors, meta, kind=KIND, version=FORMAT_VERSION)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backbone: nn.Module, clip: Any = None) -> LabelFreeCBM:
+        """Load a model written by :meth:`save`; pass the same ``backbone`` it was fitted with."""
+        tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
+        try:
+            model = cls(backbone, clip, meta["concepts"], meta["class_names"], **meta["params"])
+            for key in ("concepts_", "removed_", "lam_", "path_", "val_accuracy_", "proj_steps_"):
+                setattr(model, key, meta[key])
+            model.classes_ = list(meta["class_names"])
+            model.projection_ = tensors["projection"]
+            model.proj_mean_, model.proj_std_ = tensors["proj_mean"], tensors["proj_std"]
+            model.concept_similarity_ = tensors["concept_similarity"]
+            model.weight_, model.bias_ = tensors["weight"], tensors["bias"]
+        except (KeyError, TypeError) as err:
+            raise FormatError(f"`path` {str(path)!r} is missing part of a LabelFreeCBM: {err}") from err
+        return model
