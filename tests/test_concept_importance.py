@@ -385,3 +385,26 @@ def test_affine_head_without_gradients_uses_forward_coefficients():
     beta = exact_beta(codes, components, head, 1)
     np.testing.assert_allclose(result.per_input, beta ** 2 / (beta ** 2).sum(1, keepdims=True),
                                atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_with_the_project_concept_bank():
+    """End to end with conceptkit's own ConceptBank (NMF codes per position, as CRAFT/ICE)."""
+    concepts = pytest.importorskip("conceptkit.concepts")
+    from conceptkit.extraction import Provenance
+
+    codes, components, acts = planted(n=24, k=4, channels=10)
+    acts = acts.abs()
+    rows = acts.permute(0, 2, 3, 1).reshape(-1, 10)
+    provenance = Provenance(kind="image", image_ids=np.arange(len(rows)),
+                            boxes=np.zeros((len(rows), 4)), source_size=(8, 8))
+    bank = concepts.bank_from_activations(concepts.NMF(4, random_state=0), rows, provenance)
+    head = pooled_linear(10)
+    fast = run(head, acts, bank, seed=0, fast_path=True)
+    generic = run(head, acts, bank, seed=0, fast_path=False)
+    assert np.abs(fast.per_input - generic.per_input).max() <= 1e-5
+    exact = run(head, acts, bank, method="closed_form")
+    assert np.abs(fast.importances - exact.importances).mean() < 0.02
+    gradient = run(head, acts, bank, method="gradient_input")
+    occluded = run(head, acts, bank, method="occlusion")
+    np.testing.assert_allclose(gradient.per_input, occluded.per_input, atol=1e-5)
