@@ -1,0 +1,145 @@
+"""The index page linking every class page, and writing a whole multi-class report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .._validation import check_int, describe
+from ._colors import concept_hex_colors
+from ._data import ClassReport, IndexEntry
+from ._html import Picture, data_uri, document, esc, format_number, png_size, section, table
+from ._images import concept_overlay, png_bytes, shrink
+from ._jsonio import write_json
+from ._write import FORMAT_VERSION, class_slug, write_class_report
+
+INDEX_KIND = "conceptkit.report_index"
+THUMBNAIL_SIDE = 160
+
+
+def index_entry(report: ClassReport, page: str | os.PathLike,
+                out_dir: str | os.PathLike | None = None, *, n_top: int = 3,
+                thumbnail_concepts: int = 3) -> IndexEntry:
+    """The index row of ``report``, whose page was written to ``page``.
+
+    ``page`` is stored relative to ``out_dir`` (the index's folder; default: the parent of the
+    class folder). The thumbnail is the first shown image with its top ``thumbnail_concepts``
+    concepts painted on (CRAFT overlay), at most 160 pixels a side.
+    """
+    if not isinstance(report, ClassReport):
+        raise TypeError(f"`report` must be a ClassReport; got {describe(report)}.")
+    if not isinstance(page, (str, os.PathLike)):
+        raise TypeError(f"`page` must be a path; got {describe(page)}.")
+    n_top = check_int(n_top, "n_top", minimum=1)
+    thumbnail_concepts = check_int(thumbnail_concepts, "thumbnail_concepts", minimum=1)
+    page = Path(page)
+    base = Path(out_dir) if out_dir is not None else page.parent.parent
+    link = Path(os.path.relpath(page.resolve(), base.resolve())).as_posix()
+    image = shrink(report.images[:1], THUMBNAIL_SIDE)
+    painted = concept_overlay(image, report.maps[:1], n_concepts=thumbnail_concepts)[0]
+    return IndexEntry(class_id=report.class_id, class_name=report.class_name,
+                      method=report.method, n_images=int(report.per_image_importance.shape[0]),
+                      top_concepts=[(c.label, c.importance) for c in report.concepts[:n_top]],
+                      page=link, thumbnail=painted.transpose(2, 0, 1))
+
+
+def _thumbnail(entry: IndexEntry, number: int) -> Picture | None:
+    if entry.thumbnail is None:
+        return None
+    png = png_bytes(entry.thumbnail.transpose(1, 2, 0))
+    name = f"thumbnails/{number:03d}-{class_slug(entry.class_id, entry.class_name)}.png"
+    return Picture(f"thumb-{number}", f"class {entry.class_id}", png, name, "")
+
+
+def _row(entry: IndexEntry, thumb: Picture | None) -> list[tuple[str, str]]:
+    link = esc(entry.page)
+    if thumb is not None:
+        width, height = png_size(thumb.png)
+        picture = (f'<a href="{link}"><img class="thumb" src="{data_uri(thumb.png)}" '
+                   f'width="{width}" height="{height}" alt="{esc(entry.class_name)}" '
+                   f'data-file="{esc(thumb.filename)}"></a>')
+    else:
+        picture = '<span class="small">—</span>'
+    colors = concept_hex_colors(len(entry.top_concepts))
+    tops = "".join(f'<li><span class="swatch" style="background:{colors[i]}"></span>'
+                   f"{esc(label)}: {format_number(value)}</li>"
+                   for i, (label, value) in enumerate(entry.top_concepts))
+    return [(picture, ""), (str(entry.class_id), "num"),
+            (f'<a href="{link}">{esc(entry.class_name)}</a>', ""), (esc(entry.method), ""),
+            (str(entry.n_images), "num"), (f'<ul class="tops">{tops}</ul>', "")]
+
+
+def write_index(entries: Sequence[IndexEntry], out_dir: str | os.PathLike, *,
+                title: str = "conceptkit report") -> Path:
+    """Write ``out_dir/index.html`` (summary table linking every class page) and ``index.json``.
+
+    Thumbnails are embedded as PNG data URIs and also written to ``out_dir/thumbnails/``.
+    Returns the path of ``index.html``.
+    """
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence) or not entries:
+        raise TypeError(f"`entries` must be a non-empty list of IndexEntry; got {describe(entries)}.")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, IndexEntry):
+            hint = " (make one with index_entry(report, page))" if isinstance(entry, ClassReport) else ""
+            raise TypeError(f"`entries[{i}]` must be an IndexEntry{hint}; got {describe(entry)}.")
+    if not isinstance(title, str):
+        raise TypeError(f"`title` must be a str; got {describe(title)}.")
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"`out_dir` must be a path; got {describe(out_dir)}.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    thumbs = [_thumbnail(entry, i) for i, entry in enumerate(entries)]
+    if any(thumbs):
+        (out_dir / "thumbnails").mkdir(exist_ok=True)
+    for thumb in thumbs:
+        if thumb is not None:
+            (out_dir / thumb.filename).write_bytes(thumb.png)
+    rows = [_row(entry, thumb) for entry, thumb in zip(entries, thumbs)]
+    total = sum(entry.n_images for entry in entries)
+    body = "\n".join([
+        f"<header>\n<h1>{esc(title)}</h1>\n<p class=\"meta\"><b>{len(entries)}</b> classes · "
+        f"<b>{total}</b> images · <a href=\"index.json\">index.json</a></p>\n</header>",
+        section("classes", "Classes", table(["", "class id", "class", "method", "images",
+                                             "top concepts (importance)"], rows, "index")),
+        "<footer>Written by conceptkit. Each class page has its own report.json.</footer>",
+    ])
+    page = out_dir / "index.html"
+    page.write_text(document(title, body), encoding="utf-8")
+    write_json(out_dir / "index.json", {
+        "kind": INDEX_KIND, "format_version": FORMAT_VERSION, "title": title,
+        "n_classes": len(entries), "n_images": total,
+        "classes": [{"class_id": e.class_id, "class_name": e.class_name, "method": e.method,
+                     "n_images": e.n_images, "page": e.page,
+                     "thumbnail": t.filename if t is not None else None,
+                     "top_concepts": [{"label": label, "importance": value}
+                                      for label, value in e.top_concepts]}
+                    for e, t in zip(entries, thumbs)],
+    })
+    return page
+
+
+def write_reports(reports: Sequence[ClassReport], out_dir: str | os.PathLike, *,
+                  title: str = "conceptkit report", progress: bool = False,
+                  **options: Any) -> Path:
+    """Write every class page (linked back to the index) and the index; return the index path.
+
+    ``options`` go to :func:`write_class_report` (``dpi``, ``embedding``, ...).
+    """
+    if isinstance(reports, ClassReport) or not isinstance(reports, Sequence) or not reports:
+        raise TypeError(f"`reports` must be a non-empty list of ClassReport; got {describe(reports)}.")
+    for i, report in enumerate(reports):
+        if not isinstance(report, ClassReport):
+            raise TypeError(f"`reports[{i}]` must be a ClassReport; got {describe(report)}.")
+    slugs = [class_slug(r.class_id, r.class_name) for r in reports]
+    if len(set(slugs)) != len(slugs):
+        twice = sorted({s for s in slugs if slugs.count(s) > 1})
+        raise ValueError(f"`reports` holds several reports for the same class folder: {twice}.")
+    entries = []
+    for report in tqdm(reports, disable=not progress, desc="report"):
+        page = write_class_report(report, out_dir, index_link="../index.html", **options)
+        entries.append(index_entry(report, page, out_dir))
+    return write_index(entries, out_dir, title=title)

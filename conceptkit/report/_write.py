@@ -1,0 +1,249 @@
+"""One class's page: figures, ``index.html`` (self-contained), PNG files and ``report.json``."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validation import check_choice, check_float, check_int, describe
+from ._colors import concept_hex_colors
+from ._data import ClassReport
+from ._figures import (
+    DEFAULT_DPI,
+    figure_png,
+    plot_concept_overlays,
+    plot_exemplar_grid,
+    plot_importances,
+)
+from ._html import (
+    Picture,
+    direction,
+    document,
+    esc,
+    figure_block,
+    format_number,
+    section,
+    swatch,
+    table,
+)
+from ._images import OVERLAY_MODES
+from ._jsonio import json_ready, write_json
+from ._structure import (
+    COOCCURRENCE_MEASURES,
+    EMBEDDINGS,
+    concept_cooccurrence,
+    plot_cooccurrence,
+    plot_strategic_clusters,
+    strategic_embedding,
+)
+
+REPORT_KIND = "conceptkit.class_report"
+FORMAT_VERSION = 1
+
+
+def class_slug(class_id: int, class_name: str) -> str:
+    """Folder name of a class page: ``class-<id>-<name in lowercase ASCII with dashes>``."""
+    name = re.sub(r"[^a-z0-9]+", "-", class_name.lower()).strip("-")[:40].strip("-")
+    return f"class-{class_id}" + (f"-{name}" if name else "")
+
+
+def _options(dpi: Any, embedding: Any, cooccurrence: Any, quantile: Any, n_overlay_concepts: Any,
+             percentile: Any, overlay_mode: Any, seed: Any) -> dict[str, Any]:
+    percentile = check_float(percentile, "percentile", minimum=0.0)
+    if percentile >= 100:
+        raise ValueError(f"`percentile` must be below 100; got {percentile}.")
+    return {
+        "dpi": check_int(dpi, "dpi", minimum=10),
+        "embedding": check_choice(embedding, "embedding", EMBEDDINGS),
+        "cooccurrence": check_choice(cooccurrence, "cooccurrence", COOCCURRENCE_MEASURES),
+        "quantile": check_float(quantile, "quantile", minimum=0.0, maximum=1.0),
+        "n_overlay_concepts": check_int(n_overlay_concepts, "n_overlay_concepts", minimum=1),
+        "percentile": percentile,
+        "overlay_mode": check_choice(overlay_mode, "overlay_mode", OVERLAY_MODES),
+        "seed": check_int(seed, "seed", minimum=0),
+    }
+
+
+def _render(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], dict[str, Any]]:
+    labels, dpi = report.labels, opts["dpi"]
+    k = report.n_concepts
+    m = min(opts["n_overlay_concepts"], k)
+    coords, used = strategic_embedding(report.per_image_importance, opts["embedding"], opts["seed"])
+    winners = report.per_image_importance.argmax(axis=1)
+    matrix = concept_cooccurrence(report.codes, opts["cooccurrence"], opts["quantile"])
+    method = "t-SNE" if used == "tsne" else "PCA"
+    n_all = report.per_image_importance.shape[0]
+    presence = ("Pearson correlation between concept codes" if opts["cooccurrence"] == "correlation"
+                else f"Jaccard index of top-{1 - opts['quantile']:.0%} presence")
+    pictures = [
+        Picture("importance", "Concept importance", figure_png(plot_importances(
+            report.importances, labels, [c.ci_low for c in report.concepts],
+            [c.ci_high for c in report.concepts]), dpi), "importance.png",
+            f"Class-level {report.importance_method} importance of each concept; error bars span "
+            f"the confidence interval where one is known."),
+        Picture("exemplars", "Concept exemplars", figure_png(plot_exemplar_grid(
+            [c.exemplars for c in report.concepts], labels, report.importances), dpi),
+            "exemplars.png", "Top exemplars of each concept (rows in importance order)."),
+        Picture("overlays", "Concept attribution maps", figure_png(plot_concept_overlays(
+            report.images, report.maps, labels, image_ids=report.image_ids, n_concepts=m,
+            percentile=opts["percentile"], mode=opts["overlay_mode"]), dpi), "overlays.png",
+            f"Where the top {m} concepts sit in {report.images.shape[0]} class images: each map is "
+            f"zeroed below its {format_number(opts['percentile'])}th percentile and painted in its "
+            f"concept's colour."),
+        Picture("clusters", "Strategic cluster graph", figure_png(plot_strategic_clusters(
+            report.per_image_importance, labels, coords=coords, method=used), dpi),
+            "clusters.png",
+            f"Each of the {n_all} images placed by a {method} embedding of its per-concept "
+            f"importances and coloured by its most important concept."),
+        Picture("cooccurrence", "Concept co-occurrence", figure_png(plot_cooccurrence(
+            report.codes, labels, measure=opts["cooccurrence"], quantile=opts["quantile"]), dpi),
+            "cooccurrence.png",
+            f"{presence} over {report.codes.shape[0]} fitted rows; grey cells are undefined."),
+    ]
+    structure = {
+        "strategic_clusters": {"method": used, "seed": opts["seed"], "coords": coords,
+                               "top_concept": [int(w) for w in winners],
+                               "counts": np.bincount(winners, minlength=k)},
+        "cooccurrence": {"measure": opts["cooccurrence"], "quantile": opts["quantile"],
+                         "matrix": matrix},
+        "overlays": {"n_concepts": m, "percentile": opts["percentile"],
+                     "mode": opts["overlay_mode"]},
+    }
+    return pictures, structure
+
+
+def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, Any],
+             colors: list[str]) -> dict[str, Any]:
+    concepts = [{"rank": rank + 1, "index": c.index, "label": c.label, "color": colors[rank],
+                 "importance": c.importance, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                 "exemplar_sources": c.exemplar_sources, "extra": c.extra}
+                for rank, c in enumerate(report.concepts)]
+    return {
+        "kind": REPORT_KIND, "format_version": FORMAT_VERSION,
+        "class_id": report.class_id, "class_name": report.class_name, "method": report.method,
+        "importance_method": report.importance_method, "layer": report.layer,
+        "model_name": report.model_name, "n_concepts": report.n_concepts,
+        "n_images": int(report.per_image_importance.shape[0]),
+        "n_code_rows": int(report.codes.shape[0]),
+        "shown_image_ids": report.image_ids, "concepts": concepts, "metrics": report.metrics,
+        "notes": report.notes, "timings": report.timings,
+        "timings_total": float(sum(report.timings.values())),
+        **structure,
+        "figures": {p.key: p.filename for p in pictures},
+    }
+
+
+def _extra_text(extra: dict) -> str:
+    parts = []
+    for key, value in extra.items():
+        if isinstance(value, (int, float, np.integer, np.floating)) or value is None:
+            shown = format_number(value)
+        elif isinstance(value, str):
+            shown = value
+        else:
+            import json
+
+            shown = json.dumps(json_ready(value), ensure_ascii=False)
+        parts.append(f"{esc(key)}: {esc(shown)}")
+    return "<br>".join(parts)
+
+
+def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
+          index_link: str | None) -> str:
+    title = f"Class {report.class_id} · {report.class_name}"
+    meta = (f'<p class="meta">model <b>{esc(report.model_name)}</b> · layer '
+            f'<b><code>{esc(report.layer)}</code></b> · concepts <b>{esc(report.method)}</b> · '
+            f'importance <b>{esc(report.importance_method)}</b> · '
+            f'<b>{report.per_image_importance.shape[0]}</b> images · '
+            f'<b>{report.n_concepts}</b> concepts</p>')
+    links = [f'<a href="{esc(index_link)}">← all classes</a>'] if index_link else []
+    links += [f'<a href="#{p.key}">{esc(p.title)}</a>' for p in pictures]
+    links += ['<a href="#metrics">Metrics</a>', '<a href="report.json">report.json</a>']
+    header = f"<header>\n<h1>{esc(title)}</h1>\n{meta}\n<nav>{''.join(links)}</nav>\n</header>"
+    rows = [[(str(rank + 1), "num"), (swatch(colors[rank]) + esc(c.label), ""),
+             (str(c.index), "num"), (format_number(c.importance), "num"),
+             (format_number(c.ci_low), "num"), (format_number(c.ci_high), "num"),
+             (esc(", ".join(str(s) for s in c.exemplar_sources)), "small"),
+             (_extra_text(c.extra), "")]
+            for rank, c in enumerate(report.concepts)]
+    concepts = table(["rank", "concept", "bank index", "importance", "CI low", "CI high",
+                      "exemplar source images", "details"], rows, "concepts")
+    parts = [header, section("concepts", "Concepts", concepts)]
+    parts += [section(p.key, p.title, figure_block(p)) for p in pictures]
+    metric_rows = [[(esc(group), ""), (esc(name), ""), (format_number(entry["value"]), "num"),
+                    (direction(entry["higher_is_better"]), "dir")]
+                   for group, entries in report.metrics.items() for name, entry in entries.items()]
+    parts.append(section("metrics", "Metrics", table(["group", "metric", "value", "direction"],
+                                                     metric_rows, "metrics")
+                         if metric_rows else '<p class="small">No metrics were given.</p>'))
+    if report.notes:
+        items = "".join(f"<li>{esc(line)}</li>" for line in report.notes)
+        parts.append(section("notes", "Notes", f'<ul class="notes">{items}</ul>'))
+    if report.timings:
+        timing_rows = [[(esc(stage), ""), (format_number(seconds), "num")]
+                       for stage, seconds in report.timings.items()]
+        timing_rows.append([("<b>total</b>", ""),
+                            (format_number(float(sum(report.timings.values()))), "num")])
+        parts.append(section("timings", "Timings", table(["stage", "seconds"], timing_rows,
+                                                         "timings")))
+    files = ", ".join(f'<a href="{esc(p.filename)}">{esc(p.filename)}</a>' for p in pictures)
+    parts.append(f'<footer>Written by conceptkit. Numbers: <a href="report.json">report.json</a>'
+                 f'; figures: {files}.</footer>')
+    return document(title, "\n".join(parts))
+
+
+def write_class_report(report: ClassReport, out_dir: str | os.PathLike, *,
+                       dpi: int = DEFAULT_DPI, embedding: str = "auto",
+                       cooccurrence: str = "correlation", quantile: float = 0.9,
+                       n_overlay_concepts: int = 5, percentile: float = 90.0,
+                       overlay_mode: str = "alpha", seed: int = 0,
+                       index_link: str | None = None) -> Path:
+    """Write one class's report into ``out_dir/<slug>/`` and return the page path.
+
+    The folder receives ``index.html`` (self-contained: figures embedded as PNG data URIs),
+    the same figures as PNG files, and ``report.json`` with every number the page shows.
+
+    Parameters
+    ----------
+    report : ClassReport
+        What to show.
+    out_dir : path
+        Parent folder; the page goes to ``out_dir/class-<id>-<name>/index.html``.
+    dpi : int
+        Resolution of the figures.
+    embedding : {"auto", "pca", "tsne"}
+        Strategic cluster graph embedding (see :func:`strategic_embedding`).
+    cooccurrence : {"correlation", "jaccard"}
+        Co-occurrence measure; ``quantile`` sets the Jaccard presence threshold.
+    n_overlay_concepts, percentile, overlay_mode
+        Concept overlays: how many concepts, per-concept threshold, ``"alpha"`` or ``"argmax"``.
+    seed : int
+        Seed of the t-SNE embedding.
+    index_link : str, optional
+        Link back to an index page, relative to the class page (e.g. ``"../index.html"``).
+    """
+    if not isinstance(report, ClassReport):
+        raise TypeError(f"`report` must be a ClassReport; got {describe(report)}.")
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"`out_dir` must be a path; got {describe(out_dir)}.")
+    if index_link is not None and not isinstance(index_link, str):
+        raise TypeError(f"`index_link` must be a str or None; got {describe(index_link)}.")
+    opts = _options(dpi, embedding, cooccurrence, quantile, n_overlay_concepts, percentile,
+                    overlay_mode, seed)
+    folder = Path(out_dir) / class_slug(report.class_id, report.class_name)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"`out_dir` holds a file {str(folder)!r} where the class folder "
+                                 f"should go.")
+    pictures, structure = _render(report, opts)
+    colors = concept_hex_colors(report.n_concepts)
+    folder.mkdir(parents=True, exist_ok=True)
+    for picture in pictures:
+        (folder / picture.filename).write_bytes(picture.png)
+    write_json(folder / "report.json", _payload(report, pictures, structure, colors))
+    page = folder / "index.html"
+    page.write_text(_page(report, pictures, colors, index_link), encoding="utf-8")
+    return page
