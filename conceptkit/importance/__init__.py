@@ -1,20 +1,50 @@
-"""How much each concept drives a class logit: Sobol indices, concept importance, metrics."""
+"""How much each concept drives a class score.
 
+- Generic Sobol indices of a vectorised function on ``[0, 1]^d``: :func:`sobol_indices`, with the
+  samplers (:data:`SAMPLERS`), the replicated design and its SALib layout, and the total- and
+  first-order estimators.
+- Concept importance of a head ``h`` over a concept bank: :func:`concept_importance` (Sobol with an
+  exact fast path for affine heads, closed form, gradient x input, integrated gradients,
+  occlusion, RISE) returning a :class:`ConceptImportance`.
+- TCAV: concept activation vectors, directional derivatives and significance tests.
+- Fidelity metrics of importances: :mod:`conceptkit.importance.metrics` (C-Deletion, C-Insertion,
+  C-μFidelity).
+"""
+
+from . import metrics
+from ._cav import CAV, compute_cav, directional_derivatives
 from ._concept import METHODS, ConceptImportance, concept_importance
 from ._design import SAMPLERS, replicated_design, to_salib_layout
 from ._estimators import FIRST_ORDER_ESTIMATORS, TOTAL_ORDER_ESTIMATORS
 from ._sobol import SobolResult, estimate_sobol, sobol_indices
+from ._tcav import TCAVResult, correct_p_values, tcav
+from ._tcav_sources import concept_sets_from_codes, tcav_from_bank, tcav_images
+from .metrics import CDeletion, CInsertion, CMuFidelity, MetricResult
 
 __all__ = [
+    "CAV",
+    "CDeletion",
+    "CInsertion",
+    "CMuFidelity",
+    "ConceptImportance",
     "FIRST_ORDER_ESTIMATORS",
     "METHODS",
+    "MetricResult",
     "SAMPLERS",
-    "TOTAL_ORDER_ESTIMATORS",
-    "ConceptImportance",
     "SobolResult",
+    "TCAVResult",
+    "TOTAL_ORDER_ESTIMATORS",
+    "compute_cav",
     "concept_importance",
+    "concept_sets_from_codes",
+    "correct_p_values",
+    "directional_derivatives",
     "estimate_sobol",
+    "metrics",
     "replicated_design",
     "sobol_indices",
+    "tcav",
+    "tcav_from_bank",
+    "tcav_images",
     "to_salib_layout",
 ]
