@@ -196,8 +196,7 @@ def plot_cooccurrence(codes: Any, labels: list[str] | None = None, colors: list 
         cmap, low, high, bar = "viridis", 0.0, 1.0, f"Jaccard of top {1 - quantile:.0%} presence"
     from matplotlib import colormaps
 
-    palette = colormaps[cmap].copy()
-    palette.set_bad("0.85")
+    palette = colormaps[cmap].with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=palette, vmin=low, vmax=high)
     fig.colorbar(image, ax=ax, shrink=0.8).set_label(bar, fontsize=8)
     ax.set_xticks(range(k))
