@@ -373,6 +373,21 @@ def test_nonlinear_or_non_differentiable_heads_are_refused_where_needed():
     assert run(frozen, acts, bank, method="occlusion").per_input.shape == (4, 5)
 
 
+def test_large_offset_does_not_hide_a_nonlinear_head():
+    codes, components, acts = planted(n=10, k=4, channels=8)
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3), nn.Tanh())
+
+    def offset_head(x):
+        return 1000.0 + 0.05 * inner(3 * x)
+
+    bank = OrthoBank(components)
+    assert run(offset_head, acts, bank, seed=0).params["fast_path"] is False
+    with pytest.raises(ValueError, match="affine"):
+        run(offset_head, acts, bank, method="closed_form")
+    assert run(lambda x: 1000.0 + inner[:3](x), acts, bank, seed=0).params["fast_path"] is True
+
+
 def test_affine_head_without_gradients_uses_forward_coefficients():
     codes, components, acts = planted(n=10, k=4, channels=8)
     head = pooled_linear(8)

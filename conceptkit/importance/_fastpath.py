@@ -9,8 +9,8 @@ closed form ``beta_ij^2 / sum_j beta_ij^2`` for independent, identically distrib
 Affinity is decided numerically, never from the module's structure: on a few real inputs,
 random masks ``m1``, ``m2`` in ``[0, 1]^k`` must satisfy
 ``h(A(a m1 + (1 - a) m2)) = a h(A(m1)) + (1 - a) h(A(m2))`` and
-``h(A(l m1)) = l h(A(m1)) + (1 - l) h(A(0))`` up to a relative tolerance (``1e-4`` for float32
-heads, ``1e-9`` for float64). The coefficients are then checked once more against ``h`` on the
+``h(A(l m1)) = l h(A(m1)) + (1 - l) h(A(0))`` up to ``1e-4`` (float32 heads; ``1e-9`` for
+float64) of the range of the probed scores, plus rounding at the scores' magnitude. The coefficients are then checked once more against ``h`` on the
 probe masks, which also catches a head whose autograd graph does not match its forward pass; in
 that case ``beta`` is recomputed from forward passes (``k + 1`` per input).
 """
@@ -62,8 +62,12 @@ class AffineHead:
 
 
 def _tolerance(problem: ConceptProblem, values: np.ndarray) -> float:
-    rtol = 1e-9 if problem.codes.dtype == torch.float64 else 1e-4
-    return rtol * max(float(np.abs(values).max()), 1e-12)
+    # Relative to how much the score moves between probes (not to its level, so that a large
+    # constant offset cannot hide a nonlinearity), plus the rounding of the head's dtype.
+    float64 = problem.codes.dtype == torch.float64
+    rtol = 1e-9 if float64 else 1e-4
+    eps = float(np.finfo(np.float64 if float64 else np.float32).eps)
+    return rtol * float(np.ptp(values)) + 4 * eps * float(np.abs(values).max()) + 1e-30
 
 
 def _probe(problem: ConceptProblem, rng: np.random.Generator):
