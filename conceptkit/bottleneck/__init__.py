@@ -2,27 +2,33 @@
 
 Public names::
 
-    ConceptBottleneckModel, CBMOutput, train_cbm, TrainHistory, StageHistory,
-    intervene, intervention_curve, InterventionCurve,
-    evaluate_cbm, CBMEvaluation, leakage_score, LeakageReport
+    supervised   ConceptBottleneckModel, CBMOutput, SpatialProbe, train_cbm, TrainHistory, StageHistory,
+                 intervene, intervention_curve, InterventionCurve,
+                 evaluate_cbm, CBMEvaluation, leakage_score, LeakageReport
+    label-free   LabelFreeCBM, ClipEncoders, ClipLike
+    post-hoc     PosthocCBM, ConceptBank
 """
 
 from ._clip import ClipEncoders, ClipLike
 from ._intervene import InterventionCurve, intervene, intervention_curve
 from ._label_free import LabelFreeCBM
 from ._metrics import CBMEvaluation, LeakageReport, evaluate_cbm, leakage_score
-from ._model import CBMOutput, ConceptBottleneckModel
+from ._model import CBMOutput, ConceptBottleneckModel, SpatialProbe
+from ._posthoc import ConceptBank, PosthocCBM
 from ._train import StageHistory, TrainHistory, train_cbm
 
 __all__ = [
     "ClipEncoders",
     "ClipLike",
+    "ConceptBank",
     "LabelFreeCBM",
     "CBMEvaluation",
     "CBMOutput",
     "ConceptBottleneckModel",
     "InterventionCurve",
     "LeakageReport",
+    "PosthocCBM",
+    "SpatialProbe",
     "StageHistory",
     "TrainHistory",
     "evaluate_cbm",

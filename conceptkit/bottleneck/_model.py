@@ -42,6 +42,49 @@ class CBMOutput(NamedTuple):
     class_logits: torch.Tensor
 
 
+class SpatialProbe(nn.Module):
+    """A linear concept detector applied at every position of a feature map, then pooled.
+
+    ``(N, C, h, w)`` maps → 1×1 convolution to ``n_concepts`` channels → global max (or mean)
+    pool → ``(N, n_concepts)`` logits. On frozen convolutional features it asks "does the concept
+    appear anywhere?", which a linear probe on average-pooled features cannot express for small
+    parts. ``(N, C)`` feature vectors are accepted too (treated as 1×1 maps).
+    """
+
+    def __init__(self, in_channels: int, n_concepts: int, pool: str = "max"):
+        super().__init__()
+        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
+        self.n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
+        self.pool = check_choice(pool, "pool", ("max", "mean"))
+        self.conv = nn.Conv2d(self.in_channels, self.n_concepts, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            x = x[:, :, None, None]
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SpatialProbe expects (N, {self.in_channels}, h, w) maps or "
+                             f"(N, {self.in_channels}) features; got shape {tuple(x.shape)}.")
+        scores = self.conv(x)
+        return scores.amax((2, 3)) if self.pool == "max" else scores.mean((2, 3))
+
+
+def _encoder_spec(encoder: nn.Module) -> dict[str, Any] | None:
+    """Architecture of the encoders :meth:`ConceptBottleneckModel.load` can rebuild by itself."""
+    if type(encoder) is nn.Linear:
+        return {"type": "linear", "in_features": encoder.in_features,
+                "out_features": encoder.out_features, "bias": encoder.bias is not None}
+    if type(encoder) is SpatialProbe:
+        return {"type": "spatial_probe", "in_channels": encoder.in_channels,
+                "n_concepts": encoder.n_concepts, "pool": encoder.pool}
+    return None
+
+
+def _build_encoder(spec: dict[str, Any]) -> nn.Module:
+    if spec["type"] == "linear":
+        return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
+    return SpatialProbe(spec["in_channels"], spec["n_concepts"], spec["pool"])
+
+
 def _names(names: Any, count: int, label: str, arg: str) -> list[str]:
     if names is None:
         return [f"{label}_{i}" for i in range(count)]
@@ -187,16 +230,12 @@ class ConceptBottleneckModel(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model (state dict + architecture config) to one ``.safetensors`` file.
 
-        The concept encoder's weights are stored; its architecture is not (it is arbitrary user
-        code). :meth:`load` therefore needs an encoder of the same architecture, except for an
-        ``nn.Linear`` encoder, which is rebuilt from its stored shape.
+        The concept encoder's weights are stored; its architecture is stored only for the known
+        encoders ``nn.Linear`` and :class:`SpatialProbe`, which :meth:`load` rebuilds by itself.
+        Any other encoder is arbitrary user code: :meth:`load` then needs a freshly built encoder
+        of the same architecture.
         """
-        encoder_spec = None
-        if type(self.concept_encoder) is nn.Linear:
-            enc = self.concept_encoder
-            encoder_spec = {"type": "linear", "in_features": enc.in_features,
-                            "out_features": enc.out_features, "bias": enc.bias is not None}
-        meta = {"config": self.config(), "encoder": encoder_spec,
+        meta = {"config": self.config(), "encoder": _encoder_spec(self.concept_encoder),
                 "encoder_class": type(self.concept_encoder).__name__, "trained_mode": self.trained_mode}
         return save_file(path, dict(self.state_dict()), meta, kind=KIND, version=FORMAT_VERSION)
 
@@ -211,12 +250,15 @@ class ConceptBottleneckModel(nn.Module):
         except (KeyError, TypeError) as err:
             raise FormatError(f"`path` {str(path)!r} lacks the model configuration.") from err
         if concept_encoder is None:
-            if not spec or spec.get("type") != "linear":
+            if not spec:
                 raise ValueError(
                     f"`concept_encoder` is required: {str(path)!r} was saved with a "
                     f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
                     f"freshly built encoder of the same architecture.")
-            concept_encoder = nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
+            try:
+                concept_encoder = _build_encoder(spec)
+            except (KeyError, TypeError, ValueError) as err:
+                raise FormatError(f"`path` {str(path)!r} has a corrupted encoder spec.") from err
         model = cls(concept_encoder, config.pop("n_concepts"), config.pop("n_classes"), **config)
         try:
             result = model.load_state_dict(dict(tensors), strict=False)

@@ -1,0 +1,333 @@
+"""Post-hoc concept bottleneck models (Yuksekgonul et al., ICLR 2023).
+
+A frozen backbone's embeddings ``e`` are projected on a :class:`ConceptBank` — concept activation
+vectors from linear SVMs, or CLIP text embeddings — as signed margins ``(v·e + b)/‖v‖``; a sparse
+elastic-net logistic head (``SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam,
+l1_ratio=0.99)``) reads the margins. The hybrid PCBM-h adds a residual linear layer on the
+embedding, ``logits = W·margins + W_res·e``, with only ``W_res`` trained (Adam, lr 0.01,
+20 epochs, ``CE + 1e-3·mean(W_res²)``).
+
+Margins are standardised with their training mean and standard deviation before the head
+(``standardize=True``): ``SGDClassifier`` is scale-sensitive and raw margins of CLIP text banks
+are tiny. With ``standardize=False`` the head reads raw margins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import SGDClassifier
+from sklearn.svm import SVC
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import (
+    check_float,
+    check_int,
+    check_matrix,
+    describe,
+    make_rng,
+    resolve_device,
+    to_numpy,
+)
+from ..io import FormatError, load_file, save_file
+from ._clip import ClipEncoders
+from ._data import as_tensor, check_labels
+from ._label_free import backbone_features
+
+KIND = "posthoc_cbm"
+FORMAT_VERSION = 1
+
+
+class ConceptBank:
+    """Concept directions ``vectors (K, d)`` with ``intercepts (K,)`` and ``names``.
+
+    ``margins(e) = (e · v_k + b_k) / ‖v_k‖`` is the signed distance of ``e`` to concept ``k``'s
+    decision hyperplane. ``accuracy`` holds each CAV's held-out SVM accuracy (NaN when unknown).
+    """
+
+    def __init__(self, vectors: Any, intercepts: Any, names: list[str], accuracy: Any = None):
+        vectors = np.asarray(check_matrix(to_numpy(vectors), "vectors"), dtype=np.float64)
+        intercepts = np.asarray(to_numpy(intercepts), dtype=np.float64).reshape(-1)
+        if intercepts.shape[0] != vectors.shape[0] or len(names) != vectors.shape[0]:
+            raise ValueError(f"`vectors` has {vectors.shape[0]} rows but `intercepts` has "
+                             f"{intercepts.shape[0]} and `names` {len(names)}.")
+        norms = np.linalg.norm(vectors, axis=1)
+        if not (norms > 0).all():
+            raise ValueError(f"concept vector(s) {np.flatnonzero(norms == 0).tolist()} are zero.")
+        self.vectors, self.intercepts, self.names = vectors, intercepts, [str(n) for n in names]
+        self.accuracy = (np.full(len(names), np.nan) if accuracy is None
+                         else np.asarray(accuracy, dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def margins(self, embeddings: Any) -> np.ndarray:
+        """Signed margins ``(N, K)`` of embeddings ``(N, d)``."""
+        emb = np.asarray(check_matrix(to_numpy(embeddings), "embeddings",
+                                      columns=self.vectors.shape[1]), dtype=np.float64)
+        return (emb @ self.vectors.T + self.intercepts) / np.linalg.norm(self.vectors, axis=1)
+
+    @classmethod
+    def from_examples(cls, positives: Mapping[str, Any], negatives: Any, *, C: float = 0.1,
+                      n_samples: int = 50, seed: int = 0) -> ConceptBank:
+        """One linear SVM (``SVC(kernel="linear", C)``) per concept: its examples vs negatives.
+
+        Parameters
+        ----------
+        positives : dict of name -> array (n_i, d)
+            Embeddings of examples showing each concept.
+        negatives : array (m, d) or dict of name -> array
+            Embeddings without the concept (one shared pool, or one pool per concept).
+        C : float
+            SVM regularisation (the reference sweeps 1e-3 .. 10).
+        n_samples : int
+            Examples drawn (seeded) per side for training; up to ``n_samples`` of the remaining
+            ones per side measure the held-out ``accuracy``.
+        """
+        C = check_float(C, "C", minimum=0.0, strict_minimum=True)
+        n_samples = check_int(n_samples, "n_samples", minimum=2)
+        rng = make_rng(seed)
+        if not isinstance(positives, Mapping) or not positives:
+            raise TypeError(f"`positives` must be a non-empty dict name -> embeddings; got {describe(positives)}.")
+        vectors, intercepts, accuracy = [], [], []
+        for name, pos in positives.items():
+            neg = negatives[name] if isinstance(negatives, Mapping) else negatives
+            pos = np.asarray(check_matrix(to_numpy(pos), f"positives[{name!r}]", min_rows=2), np.float64)
+            neg = np.asarray(check_matrix(to_numpy(neg), f"negatives for {name!r}", min_rows=2,
+                                          columns=pos.shape[1]), np.float64)
+            pos, neg = pos[rng.permutation(len(pos))], neg[rng.permutation(len(neg))]
+            n_pos, n_neg = min(n_samples, len(pos)), min(n_samples, len(neg))
+            X = np.concatenate([pos[:n_pos], neg[:n_neg]])
+            y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+            svm = SVC(kernel="linear", C=C).fit(X, y)
+            vectors.append(svm.coef_[0])
+            intercepts.append(svm.intercept_[0])
+            held_x = np.concatenate([pos[n_pos:n_pos + n_samples], neg[n_neg:n_neg + n_samples]])
+            held_y = np.r_[np.ones(len(pos[n_pos:n_pos + n_samples])), np.zeros(len(neg[n_neg:n_neg + n_samples]))]
+            accuracy.append(float((svm.predict(held_x) == held_y).mean()) if len(held_y) else np.nan)
+        return cls(np.stack(vectors), np.array(intercepts), list(positives), accuracy)
+
+    @classmethod
+    def from_concept_labels(cls, embeddings: Any, concepts: Any, names: list[str], *,
+                            C: float = 0.1, n_samples: int = 50, seed: int = 0) -> ConceptBank:
+        """CAVs from embeddings ``(N, d)`` and 0/1 concept labels ``(N, K)``: for each concept,
+        examples with it against examples without it (see :meth:`from_examples`)."""
+        emb = np.asarray(check_matrix(to_numpy(embeddings), "embeddings"), np.float64)
+        labels = np.asarray(to_numpy(concepts)) >= 0.5
+        if labels.ndim != 2 or labels.shape != (len(emb), len(names)):
+            raise ValueError(f"`concepts` must have shape (N, K) = ({len(emb)}, {len(names)}); "
+                             f"got {tuple(labels.shape)}.")
+        positives = {n: emb[labels[:, k]] for k, n in enumerate(names)}
+        negatives = {n: emb[~labels[:, k]] for k, n in enumerate(names)}
+        return cls.from_examples(positives, negatives, C=C, n_samples=n_samples, seed=seed)
+
+    @classmethod
+    def from_clip_text(cls, clip: Any, names: list[str], *, template: str = "{}",
+                       cache_dir: str | os.PathLike | None = None) -> ConceptBank:
+        """Normalised CLIP text embeddings of ``names`` as concept vectors, intercept 0."""
+        emb = ClipEncoders.wrap(clip).text_embeddings(names, template=template, cache_dir=cache_dir)
+        return cls(emb.double().numpy(), np.zeros(len(names)), list(names))
+
+
+class PosthocCBM(BaseEstimator):
+    """Post-hoc CBM (PCBM), optionally hybrid (PCBM-h); see the module notes.
+
+    Parameters
+    ----------
+    concept_bank : ConceptBank
+    backbone : nn.Module, optional
+        Maps images to embeddings; without it, :meth:`fit` / :meth:`predict` take embeddings.
+    lam, l1_ratio, max_iter : float, float, int
+        ``SGDClassifier`` settings (reference: lam 1e-5, l1_ratio 0.99, max_iter 10000).
+    residual : bool
+        Train the PCBM-h residual ``W_res`` after the sparse head.
+    residual_epochs, residual_lr, residual_penalty, batch_size
+        PCBM-h training (reference: 20 epochs, Adam lr 0.01, penalty 1e-3, batch 64).
+    standardize : bool
+        Standardise margins before the head (see module notes).
+
+    Fitted attributes: ``coef_ (C, K)``, ``intercept_ (C,)``, ``classes_``, ``margin_mean_``,
+    ``margin_std_``, and for PCBM-h ``residual_weight_ (C, d)``, ``residual_bias_ (C,)``.
+    """
+
+    def __init__(self, concept_bank: ConceptBank, backbone: nn.Module | None = None, *,
+                 lam: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 10000,
+                 residual: bool = False, residual_epochs: int = 20, residual_lr: float = 0.01,
+                 residual_penalty: float = 1e-3, batch_size: int = 64, standardize: bool = True,
+                 seed: int = 0, device: Any = None, progress: bool = True):
+        self.concept_bank = concept_bank
+        self.backbone = backbone
+        self.lam = lam
+        self.l1_ratio = l1_ratio
+        self.max_iter = max_iter
+        self.residual = residual
+        self.residual_epochs = residual_epochs
+        self.residual_lr = residual_lr
+        self.residual_penalty = residual_penalty
+        self.batch_size = batch_size
+        self.standardize = standardize
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    def embed(self, X: Any) -> np.ndarray:
+        """Embeddings ``(N, d)``: ``X`` itself, or the backbone's features of images ``X``."""
+        if isinstance(X, (torch.Tensor, np.ndarray)) and X.ndim == 4:
+            if self.backbone is None:
+                raise ValueError("`X` holds images (N, C, H, W) but this PosthocCBM has no "
+                                 "`backbone`; pass embeddings (N, d) or set `backbone`.")
+            X = backbone_features(self.backbone, as_tensor(X, "X").float(),
+                                  batch_size=max(int(self.batch_size), 64),
+                                  device=resolve_device(self.device), progress=bool(self.progress))
+        return np.asarray(check_matrix(to_numpy(X), "X"), dtype=np.float64)
+
+    def _head_inputs(self, emb: np.ndarray) -> np.ndarray:
+        return (self.concept_bank.margins(emb) - self.margin_mean_) / self.margin_std_
+
+    def fit(self, X: Any, y: Any) -> PosthocCBM:
+        """Fit the sparse head (and the residual for PCBM-h) on embeddings or images ``X``."""
+        if not isinstance(self.concept_bank, ConceptBank):
+            raise TypeError(f"`concept_bank` must be a ConceptBank; got {describe(self.concept_bank)}.")
+        lam = check_float(self.lam, "lam", minimum=0.0, strict_minimum=True)
+        l1_ratio = check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+        emb = self.embed(X)
+        labels = check_labels(as_tensor(y, "y"), "y").numpy()
+        if len(labels) != len(emb):
+            raise ValueError(f"`y` has {len(labels)} labels for {len(emb)} examples.")
+        margins = self.concept_bank.margins(emb)
+        if self.standardize:
+            self.margin_mean_, std = margins.mean(0), margins.std(0)
+            self.margin_std_ = np.where(std > 0, std, 1.0)
+        else:
+            self.margin_mean_, self.margin_std_ = np.zeros(margins.shape[1]), np.ones(margins.shape[1])
+        head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam, l1_ratio=l1_ratio,
+                             max_iter=check_int(self.max_iter, "max_iter", minimum=1),
+                             random_state=check_int(self.seed, "seed", minimum=0))
+        head.fit(self._head_inputs(emb), labels)
+        self.head_ = head
+        self.coef_, self.intercept_, self.classes_ = _full_coef(head)
+        self.residual_weight_ = self.residual_bias_ = None
+        if self.residual:
+            self._fit_residual(emb, labels)
+        return self
+
+    def _fit_residual(self, emb: np.ndarray, labels: np.ndarray) -> None:
+        device = resolve_device(self.device)
+        inputs = torch.as_tensor(emb, dtype=torch.float32, device=device)
+        base = torch.as_tensor(self._bottleneck_logits(emb), dtype=torch.float32, device=device)
+        index = {c: i for i, c in enumerate(self.classes_)}
+        target = torch.as_tensor([index[v] for v in labels], device=device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(self.seed))
+            layer = nn.Linear(emb.shape[1], len(self.classes_)).to(device)
+            generator = torch.Generator().manual_seed(int(self.seed))
+            opt = torch.optim.Adam(layer.parameters(), lr=check_float(self.residual_lr, "residual_lr",
+                                                                      minimum=0.0, strict_minimum=True))
+            batch = check_int(self.batch_size, "batch_size", minimum=1)
+            penalty = check_float(self.residual_penalty, "residual_penalty", minimum=0.0)
+            epochs = check_int(self.residual_epochs, "residual_epochs", minimum=1)
+            for _ in tqdm(range(epochs), disable=not self.progress, desc="PCBM-h residual", leave=False):
+                order = torch.randperm(len(inputs), generator=generator).to(device)
+                for start in range(0, len(order), batch):
+                    idx = order[start:start + batch]
+                    logits = base[idx] + layer(inputs[idx])
+                    loss = nn.functional.cross_entropy(logits, target[idx]) \
+                        + penalty * layer.weight.pow(2).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        self.residual_weight_ = layer.weight.detach().cpu().double().numpy()
+        self.residual_bias_ = layer.bias.detach().cpu().double().numpy()
+
+    def _bottleneck_logits(self, emb: np.ndarray) -> np.ndarray:
+        return self._head_inputs(emb) @ self.coef_.T + self.intercept_
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise ValueError("this PosthocCBM is not fitted yet; call fit(X, y) first.")
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Class logits ``(N, C)`` (the residual term included for PCBM-h)."""
+        self._check_fitted()
+        emb = self.embed(X)
+        logits = self._bottleneck_logits(emb)
+        if self.residual_weight_ is not None:
+            logits = logits + emb @ self.residual_weight_.T + self.residual_bias_
+        return logits
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(self.classes_)[self.decision_function(X).argmax(1)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        logits = self.decision_function(X)
+        logits = logits - logits.max(1, keepdims=True)
+        prob = np.exp(logits)
+        return prob / prob.sum(1, keepdims=True)
+
+    def top_concepts(self, class_index: int, n: int = 5) -> list[tuple[str, float]]:
+        """The ``n`` concepts with the largest positive weight for a class: ``[(name, weight)]``."""
+        self._check_fitted()
+        row = self.coef_[check_int(class_index, "class_index", minimum=0, maximum=len(self.classes_) - 1)]
+        order = np.argsort(-row, kind="stable")[:check_int(n, "n", minimum=1)]
+        return [(self.concept_bank.names[j], float(row[j])) for j in order if row[j] > 0]
+
+    # -- save / load ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write bank, head (``coef_``/``intercept_`` arrays, never pickle) and residual."""
+        self._check_fitted()
+        bank = self.concept_bank
+        params = {k: v for k, v in self.get_params(deep=False).items()
+                  if k not in ("concept_bank", "backbone", "device")}
+        tensors = {"bank_vectors": bank.vectors, "bank_intercepts": bank.intercepts,
+                   "bank_accuracy": bank.accuracy, "coef": self.coef_, "intercept": self.intercept_,
+                   "margin_mean": self.margin_mean_, "margin_std": self.margin_std_,
+                   "residual_weight": self.residual_weight_, "residual_bias": self.residual_bias_}
+        meta = {"params": params, "bank_names": bank.names, "classes": np.asarray(self.classes_).tolist()}
+        return save_file(path, tensors, meta, kind=KIND, version=FORMAT_VERSION)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backbone: nn.Module | None = None) -> PosthocCBM:
+        """Load a model written by :meth:`save` (``head_`` is rebuilt from its arrays)."""
+        tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
+        try:
+            arr = {k: v.double().numpy() for k, v in tensors.items()}
+            bank = ConceptBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
+                               arr["bank_accuracy"])
+            model = cls(bank, backbone, **meta["params"])
+            model.coef_, model.intercept_ = arr["coef"], arr["intercept"]
+            model.classes_ = np.asarray(meta["classes"])
+            model.margin_mean_, model.margin_std_ = arr["margin_mean"], arr["margin_std"]
+            model.residual_weight_ = arr.get("residual_weight")
+            model.residual_bias_ = arr.get("residual_bias")
+        except (KeyError, TypeError) as err:
+            raise FormatError(f"`path` {str(path)!r} is missing part of a PosthocCBM: {err}") from err
+        model.head_ = _rebuild_head(model)
+        return model
+
+
+def _full_coef(head: SGDClassifier) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``coef_`` as ``(C, K)`` even for two classes (sklearn stores one row: class 1 vs 0)."""
+    coef, intercept = head.coef_.astype(np.float64), head.intercept_.astype(np.float64)
+    if coef.shape[0] == 1:  # binary: logits (0, w·x + b) give the same softmax as sklearn
+        coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
+        intercept = np.r_[0.0, intercept[0]]
+    return coef, intercept, head.classes_
+
+
+def _rebuild_head(model: PosthocCBM) -> SGDClassifier:
+    head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=float(model.lam),
+                         l1_ratio=float(model.l1_ratio), max_iter=int(model.max_iter),
+                         random_state=int(model.seed))
+    coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 2:
+        coef, intercept = (coef[1] - coef[0])[None], np.r_[intercept[1] - intercept[0]]
+    head.coef_, head.intercept_, head.classes_ = coef, intercept, model.classes_
+    head.n_features_in_ = coef.shape[1]
+    return head
