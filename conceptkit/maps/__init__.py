@@ -4,6 +4,7 @@ ground-truth masks."""
 from ._localisation import (
     LOCALISATION_METRICS,
     ConceptMatch,
+    localisation_table,
     mask_iou,
     match_concepts,
     pointing_game,
@@ -23,6 +24,7 @@ __all__ = [
     "coefficient_maps",
     "differentiable_codes",
     "gradient_maps",
+    "localisation_table",
     "mask_iou",
     "match_concepts",
     "pointing_game",

@@ -68,6 +68,51 @@ LOCALISATION_METRICS = {"pointing_game": pointing_game, "relevance_mass": releva
                         "iou": mask_iou}
 
 
+def _as_numpy(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def localisation_table(maps, masks, present=None, metric: str = "pointing_game") -> np.ndarray:
+    """Score ``(k, G)`` of every discovered concept against every ground-truth concept.
+
+    Parameters
+    ----------
+    maps
+        ``(N, k, H, W)`` concept maps of N images.
+    masks
+        ``(N, G, H, W)`` ground-truth masks of G concepts.
+    present
+        ``(N, G)`` presence; default: a mask is non-empty. Only images where the ground-truth
+        concept is present count for it (NaN where it is present nowhere).
+    metric
+        ``"pointing_game"``, ``"relevance_mass"`` or ``"iou"`` (mean over images).
+    """
+    if metric not in LOCALISATION_METRICS:
+        raise ValueError(f"`metric` must be one of {list(LOCALISATION_METRICS)}; got {metric!r}.")
+    fn = LOCALISATION_METRICS[metric]
+    maps, masks = _as_numpy(maps), _as_numpy(masks)
+    if (maps.ndim != 4 or masks.ndim != 4 or maps.shape[0] != masks.shape[0]
+            or maps.shape[2:] != masks.shape[2:]):
+        raise ValueError(f"`maps` (N, k, H, W) and `masks` (N, G, H, W) must agree on N, H, W; "
+                         f"got {maps.shape} and {masks.shape}.")
+    if present is None:
+        present = masks.reshape(masks.shape[0], masks.shape[1], -1).any(-1)
+    else:
+        present = _as_numpy(present)
+        if present.shape != masks.shape[:2]:
+            raise ValueError(f"`present` must be (N, G) = {masks.shape[:2]}; got {describe(present)}.")
+        present = present.astype(bool)
+    table = np.full((maps.shape[1], masks.shape[1]), np.nan)
+    for g in range(masks.shape[1]):
+        rows = np.flatnonzero(present[:, g])
+        if rows.size == 0:
+            continue
+        for j in range(maps.shape[1]):
+            values = fn(maps[rows, j], masks[rows, g])
+            table[j, g] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+    return table
+
+
 @dataclass(frozen=True)
 class ConceptMatch:
     """Best discovered concept for a ground-truth concept, and how well it localises it."""
@@ -82,43 +127,18 @@ class ConceptMatch:
 def match_concepts(maps, masks, present=None, metric: str = "pointing_game") -> list[ConceptMatch]:
     """For every ground-truth concept, the discovered concept whose maps localise it best.
 
-    Parameters
-    ----------
-    maps
-        ``(N, k, H, W)`` concept maps of N images.
-    masks
-        ``(N, G, H, W)`` ground-truth masks of G concepts.
-    present
-        ``(N, G)`` presence; default: a mask is non-empty. Only images where the ground-truth
-        concept is present count for it.
-    metric
-        ``"pointing_game"``, ``"relevance_mass"`` or ``"iou"`` (mean over images).
+    Parameters are those of :func:`localisation_table`; ground-truth concepts present in no image
+    are left out.
     """
-    if metric not in LOCALISATION_METRICS:
-        raise ValueError(f"`metric` must be one of {list(LOCALISATION_METRICS)}; got {metric!r}.")
-    fn = LOCALISATION_METRICS[metric]
-    maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
-    masks = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
-    if maps.ndim != 4 or masks.ndim != 4 or maps.shape[0] != masks.shape[0] or maps.shape[2:] != masks.shape[2:]:
-        raise ValueError(f"`maps` (N, k, H, W) and `masks` (N, G, H, W) must agree on N, H, W; got "
-                         f"{maps.shape} and {masks.shape}.")
-    if present is None:
-        present = masks.reshape(masks.shape[0], masks.shape[1], -1).any(-1)
-    else:
-        present = present.detach().cpu().numpy() if isinstance(present, torch.Tensor) else np.asarray(present)
-        if present.shape != masks.shape[:2]:
-            raise ValueError(f"`present` must be (N, G) = {masks.shape[:2]}; got {describe(present)}.")
-        present = present.astype(bool)
+    table = localisation_table(maps, masks, present, metric)
+    masks_np = _as_numpy(masks)
+    present_np = (masks_np.reshape(masks_np.shape[0], masks_np.shape[1], -1).any(-1)
+                  if present is None else _as_numpy(present).astype(bool))
     matches = []
-    for g in range(masks.shape[1]):
-        rows = np.flatnonzero(present[:, g])
-        if rows.size == 0:
+    for g in range(table.shape[1]):
+        if np.all(np.isnan(table[:, g])):
             continue
-        scores = []
-        for j in range(maps.shape[1]):
-            values = fn(maps[rows, j], masks[rows, g])
-            scores.append(float(np.nanmean(values)) if np.isfinite(values).any() else 0.0)
-        best = int(np.argmax(scores))
-        matches.append(ConceptMatch(truth=g, concept=best, score=float(scores[best]), metric=metric,
-                                    n_images=int(rows.size)))
+        best = int(np.nanargmax(table[:, g]))
+        matches.append(ConceptMatch(truth=g, concept=best, score=float(table[best, g]),
+                                    metric=metric, n_images=int(present_np[:, g].sum())))
     return matches
