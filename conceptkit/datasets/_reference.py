@@ -1,0 +1,113 @@
+"""The reference CNN trained on the concept dataset, and its shipped weights."""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import check_int
+from ..io import load_file
+
+WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "reference_cnn.safetensors"
+WEIGHTS_KIND = "reference_cnn"
+WEIGHTS_VERSION = 1
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=False)]
+
+
+class ReferenceCNN(nn.Module):
+    """A small CNN for the concept dataset: four conv blocks, global average pool, linear head.
+
+    ``forward(x)`` is exactly ``fc(flatten(pool(block4(block3(block2(block1(x)))))))``: a pure
+    sequence of the registered children, so the model can be cut between any two of them.
+    ``block4`` ends in a ReLU, so its activations are non-negative (ready for NMF). For a 64 px
+    input the feature maps are 32, 16, 8 and 8 pixels wide after ``block1`` .. ``block4``.
+
+    Inputs are images in ``[0, 1]`` (no normalisation), shape ``(N, 3, H, W)``.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of output logits.
+    width : int
+        Channels of ``block1``; later blocks use ``2 * width`` and ``4 * width``.
+    """
+
+    def __init__(self, n_classes: int = 6, width: int = 16) -> None:
+        super().__init__()
+        n_classes = check_int(n_classes, "n_classes", minimum=2)
+        width = check_int(width, "width", minimum=1)
+        self.n_classes = n_classes
+        self.width = width
+        self.block1 = nn.Sequential(*_conv_bn_relu(3, width), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(*_conv_bn_relu(width, 2 * width), nn.MaxPool2d(2))
+        self.block3 = nn.Sequential(*_conv_bn_relu(2 * width, 4 * width),
+                                    *_conv_bn_relu(4 * width, 4 * width), nn.MaxPool2d(2))
+        self.block4 = nn.Sequential(*_conv_bn_relu(4 * width, 4 * width))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.block4(self.block3(self.block2(self.block1(x)))))))
+
+
+@lru_cache(maxsize=4)
+def _read_weights(path: str, mtime: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    # Cached per (path, modification time): loading is cheap, but tests and notebooks call it often.
+    return load_file(path, kind=WEIGHTS_KIND, version=WEIGHTS_VERSION)
+
+
+def _load(path: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path) if path is not None else WEIGHTS_PATH
+    if not path.exists():
+        hint = (" Recreate them with `python -m conceptkit.datasets.train_reference`."
+                if path == WEIGHTS_PATH else "")
+        raise FileNotFoundError(f"reference CNN weights not found at {str(path)!r}.{hint}")
+    tensors, meta = _read_weights(str(path), path.stat().st_mtime)
+    return {k: v.clone() for k, v in tensors.items()}, copy.deepcopy(meta)
+
+
+def reference_model(pretrained: bool = True, path: str | os.PathLike | None = None) -> ReferenceCNN:
+    """The reference CNN, in eval mode, with the weights shipped in the package.
+
+    Parameters
+    ----------
+    pretrained : bool
+        Load the trained weights; with False the model is freshly (randomly) initialised with the
+        shipped architecture.
+    path : path, optional
+        Weights written by ``python -m conceptkit.datasets.train_reference --out PATH``; default
+        the weights shipped with conceptkit.
+    """
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"`pretrained` must be True or False; got {pretrained!r}.")
+    if not pretrained:
+        return ReferenceCNN().eval()
+    state, meta = _load(path)
+    model = ReferenceCNN(**meta["architecture"])
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def reference_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What the shipped weights record: architecture, dataset and training settings, accuracy.
+
+    Keys include ``"architecture"``, ``"dataset"``, ``"training"``, ``"test_accuracy"``
+    (``{"spurious_free": ..., "with_spurious": ...}``) and ``"spurious_cue_effect"``.
+    """
+    return _load(path)[1]
+
+
+def reference_accuracy(path: str | os.PathLike | None = None) -> float:
+    """Held-out accuracy of the shipped model on the spurious-free test split, as recorded."""
+    return float(reference_info(path)["test_accuracy"]["spurious_free"])
