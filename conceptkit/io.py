@@ -60,8 +60,9 @@ def save_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, 
     for key, value in tensors.items():
         if value is None:
             continue
-        tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
-        body[key] = tensor.detach().cpu().contiguous()
+        if not isinstance(value, torch.Tensor):
+            value = torch.from_numpy(np.array(value))  # np.array copies: no shared storage
+        body[key] = value.detach().cpu().contiguous().clone()
     header = {"format": FORMAT_NAME, "kind": kind, "format_version": int(version), "meta": _jsonable(meta)}
     tmp = path.with_name(path.name + ".tmp")
     _save(body, str(tmp), metadata={FORMAT_NAME: json.dumps(header)})
