@@ -1,0 +1,245 @@
+"""A self-contained HTML report for one concept bottleneck model.
+
+``write_cbm_report`` writes into ``out_dir``:
+
+- ``index.html`` — one page with every figure embedded (base64 PNG) and the key numbers, so the
+  file can be mailed or opened anywhere on its own;
+- ``weights.png`` (class × concept head weights), ``concept_accuracy.png`` (per-concept
+  accuracy and F1), ``interventions.png`` (task accuracy vs concepts intervened, mean ± std);
+- ``metrics.json`` — every number shown, and more (curves, losses, per-concept metrics).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import describe
+from ._intervene import InterventionCurve
+from ._metrics import CBMEvaluation, LeakageReport
+from ._model import ConceptBottleneckModel
+from ._train import TrainHistory
+
+
+def concept_class_weights(model: ConceptBottleneckModel,
+                          concepts: torch.Tensor | None = None) -> np.ndarray:
+    """How each concept moves each class logit: ``(n_classes, n_concepts)``.
+
+    For a linear head, its weight matrix. For an MLP head, the Jacobian of the class logits with
+    respect to the bottleneck averaged over ``concepts`` (bottleneck values ``(N, k)``; default a
+    single point at 0.5 for sigmoid bottlenecks, the calibrated midpoint for logit ones).
+    """
+    if model.head_kind == "linear":
+        return model.head.weight.detach().cpu().double().numpy()
+    if concepts is None:
+        concepts = model.true_to_bottleneck(torch.full((1, model.n_concepts), 0.5))
+    values = concepts.detach().to(model.intervention_low).clone().requires_grad_(True)
+    jac = []
+    with torch.enable_grad():
+        logits = model.predict_from_concepts(values)
+        for c in range(model.n_classes):
+            (grad,) = torch.autograd.grad(logits[:, c].sum(), values, retain_graph=True)
+            jac.append(grad.mean(0))
+    return torch.stack(jac).detach().cpu().double().numpy()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None  # JSON has no NaN
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _figures(out: Path, model: ConceptBottleneckModel, weights: np.ndarray,
+             evaluation: CBMEvaluation, curves: Mapping[str, InterventionCurve]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    k, n_classes = model.n_concepts, model.n_classes
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 1.2 + 0.45 * n_classes))
+    bound = float(np.abs(weights).max()) or 1.0
+    image = ax.imshow(weights, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(k), model.concept_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n_classes), model.class_names, fontsize=8)
+    for (i, j), w in np.ndenumerate(weights):
+        ax.text(j, i, f"{w:.1f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, label="weight")
+    ax.set_title("Head weights (class × concept)")
+    fig.tight_layout()
+    paths["weights"] = out / "weights.png"
+    fig.savefig(paths["weights"], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * k, 3.6))
+    x = np.arange(k)
+    ax.bar(x - 0.2, evaluation.per_concept_accuracy, width=0.4, label="accuracy")
+    ax.bar(x + 0.2, evaluation.per_concept_f1, width=0.4, label="F1")
+    ax.set_xticks(x, model.concept_names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test score")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Per-concept quality (mean accuracy {evaluation.concept_accuracy:.3f})")
+    fig.tight_layout()
+    paths["concept_accuracy"] = out / "concept_accuracy.png"
+    fig.savefig(paths["concept_accuracy"], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for policy, curve in curves.items():
+        ax.plot(curve.n_intervened, curve.accuracy_mean, marker="o", markersize=3,
+                label=f"{policy} (area {curve.area:.3f})")
+        ax.fill_between(curve.n_intervened, curve.accuracy_mean - curve.accuracy_std,
+                        curve.accuracy_mean + curve.accuracy_std, alpha=0.2)
+    ax.set_xlabel("concept groups intervened")
+    ax.set_ylabel("task accuracy")
+    ax.set_title("Test-time interventions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths["interventions"] = out / "interventions.png"
+    fig.savefig(paths["interventions"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
+                     evaluation: CBMEvaluation, curves: Mapping[str, InterventionCurve], *,
+                     history: TrainHistory | None = None, leakage: LeakageReport | None = None,
+                     weights: np.ndarray | None = None, extra: Mapping[str, Any] | None = None,
+                     title: str = "Concept bottleneck model") -> Path:
+    """Write ``index.html``, the PNG figures and ``metrics.json`` into ``out_dir``.
+
+    Parameters
+    ----------
+    model : ConceptBottleneckModel
+    evaluation : CBMEvaluation
+        Test-split metrics from :func:`evaluate_cbm`.
+    curves : dict of policy -> InterventionCurve
+    history, leakage : optional
+        Training history and leakage report, included when given.
+    weights : np.ndarray, optional
+        ``(n_classes, n_concepts)`` to show; default :func:`concept_class_weights`.
+    extra : dict, optional
+        More JSON-able numbers or settings (shown in the page and stored in the JSON).
+
+    Returns
+    -------
+    Path of ``index.html``.
+    """
+    if not isinstance(model, ConceptBottleneckModel):
+        raise TypeError(f"`model` must be a ConceptBottleneckModel; got {describe(model)}.")
+    if not isinstance(evaluation, CBMEvaluation):
+        raise TypeError(f"`evaluation` must be a CBMEvaluation; got {describe(evaluation)}.")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"`out_dir` {str(out)!r} exists and is not a directory.")
+    out.mkdir(parents=True, exist_ok=True)
+    weights = concept_class_weights(model) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (model.n_classes, model.n_concepts):
+        raise ValueError(f"`weights` must have shape ({model.n_classes}, {model.n_concepts}); "
+                         f"got {weights.shape}.")
+    paths = _figures(out, model, weights, evaluation, curves)
+
+    numbers: dict[str, Any] = {
+        "title": title, "config": model.config(), "trained_mode": model.trained_mode,
+        "evaluation": {"task_accuracy": evaluation.task_accuracy,
+                       "concept_accuracy": evaluation.concept_accuracy,
+                       "n_examples": evaluation.n_examples,
+                       "per_concept": {name: {"accuracy": evaluation.per_concept_accuracy[j],
+                                              "f1": evaluation.per_concept_f1[j],
+                                              "auc": evaluation.per_concept_auc[j]}
+                                       for j, name in enumerate(model.concept_names)}},
+        "interventions": {policy: {"n_intervened": c.n_intervened, "accuracy_mean": c.accuracy_mean,
+                                   "accuracy_std": c.accuracy_std, "area": c.area,
+                                   "groups": [list(g) for g in c.groups]}
+                          for policy, c in curves.items()},
+        "head_weights": weights,
+        "intervention_values": {"low": model.intervention_low, "high": model.intervention_high},
+    }
+    if history is not None:
+        numbers["history"] = {"mode": history.mode, "seconds": history.seconds, "seed": history.seed,
+                              "concept_loss_weight": history.concept_loss_weight,
+                              "pos_weight": history.pos_weight, "n_train": history.n_train,
+                              "n_val": history.n_val, "val_source": history.val_source,
+                              "stages": [{"stage": s.stage, "train_loss": s.train_loss,
+                                          "val_loss": s.val_loss, "best_epoch": s.best_epoch,
+                                          "stopped_early": s.stopped_early} for s in history.stages]}
+    if leakage is not None:
+        numbers["leakage"] = {"soft_accuracy": leakage.soft_accuracy,
+                              "hard_accuracy": leakage.hard_accuracy,
+                              "true_accuracy": leakage.true_accuracy, "leakage": leakage.leakage}
+    if extra:
+        numbers["extra"] = dict(extra)
+    numbers = _jsonable(numbers)
+    (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
+    page = out / "index.html"
+    page.write_text(_html(title, numbers, paths))
+    return page
+
+
+def _html(title: str, numbers: dict[str, Any], paths: dict[str, Path]) -> str:
+    esc = html.escape
+
+    def img(key: str, alt: str) -> str:
+        data = base64.b64encode(paths[key].read_bytes()).decode("ascii")
+        return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"><figcaption>{esc(alt)}</figcaption></figure>'
+
+    def fmt(value: Any) -> str:
+        return "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else esc(str(value)))
+
+    ev = numbers["evaluation"]
+    rows = [("mode", numbers.get("trained_mode")), ("bottleneck", numbers["config"]["bottleneck"]),
+            ("head", numbers["config"]["head"]), ("test examples", ev["n_examples"]),
+            ("task accuracy", ev["task_accuracy"]), ("concept accuracy", ev["concept_accuracy"])]
+    for policy, curve in numbers["interventions"].items():
+        rows.append((f"intervention area ({policy})", curve["area"]))
+        rows.append((f"accuracy, all concepts intervened ({policy})", curve["accuracy_mean"][-1]))
+    if "leakage" in numbers:
+        rows += [(f"leakage: {k}", v) for k, v in numbers["leakage"].items()]
+    if "history" in numbers:
+        rows.append(("training seconds", numbers["history"]["seconds"]))
+    for key, value in (numbers.get("extra") or {}).items():
+        if isinstance(value, (int, float, str)) or value is None:
+            rows.append((key, value))
+    table = "\n".join(f"<tr><th>{esc(str(k))}</th><td>{fmt(v)}</td></tr>" for k, v in rows)
+    concept_rows = "\n".join(
+        f"<tr><td>{esc(name)}</td><td>{fmt(m['accuracy'])}</td><td>{fmt(m['f1'])}</td>"
+        f"<td>{fmt(m['auc'])}</td></tr>" for name, m in ev["per_concept"].items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<h2>Summary</h2><table>{table}</table>
+<h2>Head weights</h2>{img("weights", "Class × concept weights of the head")}
+<h2>Concepts</h2>{img("concept_accuracy", "Per-concept accuracy and F1 on the test split")}
+<table><tr><th>concept</th><th>accuracy</th><th>F1</th><th>AUC</th></tr>{concept_rows}</table>
+<h2>Interventions</h2>{img("interventions", "Task accuracy as true concepts replace predicted ones")}
+<p>Every number is in <code>metrics.json</code> next to this page.</p>
+</body></html>
+"""
