@@ -141,7 +141,7 @@ def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_con
     m = min(n_concepts, maps.shape[1])
     rgb = resolve_colors(colors, m)
     maps = resize_maps(maps[:, :m], tuple(images.shape[2:]))
-    strength = np.zeros_like(maps)
+    strength = np.zeros(maps.shape, dtype=np.float64)
     for c in range(m):
         values = maps[:, c]
         top = float(values.max())
@@ -155,8 +155,8 @@ def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_con
         winner = strength.argmax(axis=1)
         best = np.take_along_axis(strength, winner[:, None], axis=1)[:, 0]
         alpha = (max_alpha * best)[..., None]
-        return (1 - alpha) * out + alpha * rgb[winner]
+        return np.clip((1 - alpha) * out + alpha * rgb[winner], 0.0, 1.0)
     for c in reversed(range(m)):  # least important first, so the most important ends on top
         alpha = (max_alpha * strength[:, c])[..., None]
         out = (1 - alpha) * out + alpha * rgb[c]
-    return out
+    return np.clip(out, 0.0, 1.0)  # float rounding may step past 1 by an ulp
