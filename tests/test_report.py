@@ -561,3 +561,14 @@ def test_invalid_concept_summary_and_writer_arguments(tmp_path):
     with pytest.raises(ValueError, match="`thumbnail` must be an array of shape"):
         IndexEntry(1, "a", "craft", 3, [("x", 0.1)], "a/index.html", np.zeros((8, 8)))
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_details_column_only_when_some_concept_has_extras(tmp_path):
+    report = make_report(n_all=10)
+    bare = make_report(n_all=10, concepts=[
+        ConceptSummary(c.index, c.label, c.importance, c.ci_low, c.ci_high, c.exemplars,
+                       c.exemplar_sources, {}) for c in report.concepts])
+    page = write_class_report(bare, tmp_path, embedding="pca")
+    concepts = next(t for t in parse(page).tables if t["class"] == "concepts")
+    assert [h[0] for h in concepts["rows"][0]][-1] == "exemplar source images"
+    assert all(len(row) == 7 for row in concepts["rows"])

@@ -170,8 +170,11 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
              (esc(", ".join(str(s) for s in c.exemplar_sources)), "small"),
              (_extra_text(c.extra), "")]
             for rank, c in enumerate(report.concepts)]
-    concepts = table(["rank", "concept", "bank index", "importance", "CI low", "CI high",
-                      "exemplar source images", "details"], rows, "concepts")
+    headers = ["rank", "concept", "bank index", "importance", "CI low", "CI high",
+               "exemplar source images", "details"]
+    if not any(c.extra for c in report.concepts):
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    concepts = table(headers, rows, "concepts")
     parts = [header, section("concepts", "Concepts", concepts)]
     parts += [section(p.key, p.title, figure_block(p)) for p in pictures]
     metric_rows = [[(esc(group), ""), (esc(name), ""), (format_number(entry["value"]), "num"),
