@@ -365,6 +365,14 @@ def test_exemplar_grid_rows_frames_and_labels():
     texts = [t.get_text() for t in fig.texts]
     assert texts == ["x\n0.9", "y\n0.5", "z\n0.1"]
     assert [to_rgb(t.get_color()) for t in fig.texts] == [tuple(c) for c in colours]
+    # Long labels fold into at most 3 lines of 24 characters; light colours darken for reading.
+    long_label = "a concept label much too long to fit left of its row of exemplars, really far too long"
+    light = concept_colors(12)[11]  # light orange from tab20
+    fig = plot_exemplar_grid(blocks[:1], [long_label], colors=[light])
+    lines = fig.texts[0].get_text().split("\n")
+    assert len(lines) == 3 and all(len(line) <= 24 for line in lines)
+    assert lines[-1].endswith("…") and long_label.startswith(" ".join(lines)[:-1])
+    assert np.allclose(to_rgb(fig.texts[0].get_color()), 0.6 * np.array(light))
     with pytest.raises(ValueError, match=r"`exemplars\[1\]`"):
         plot_exemplar_grid([blocks[0], rng.random((2, 20, 20))])
 

@@ -49,6 +49,14 @@ def concept_hex_colors(n: int) -> list[str]:
     return [to_hex(c) for c in concept_colors(n)]
 
 
+def readable(color: tuple[float, float, float] | np.ndarray) -> tuple[float, float, float]:
+    """``color`` darkened when too light to read as text on white (the light tab20 half)."""
+    r, g, b = (float(v) for v in color)
+    if 0.2126 * r + 0.7152 * g + 0.0722 * b <= 0.65:
+        return (r, g, b)
+    return (0.6 * r, 0.6 * g, 0.6 * b)
+
+
 def resolve_colors(colors: list | None, k: int) -> np.ndarray:
     """The ``(k, 3)`` RGB colours to draw ``k`` concepts with: ``colors`` or the palette."""
     if colors is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .._validation import check_int, describe, to_numpy
-from ._colors import resolve_colors
+from ._colors import readable, resolve_colors
 from ._images import concept_overlay, fit_within, shrink, to_hwc
 
 DEFAULT_DPI = 90
@@ -137,6 +138,15 @@ def plot_importances(importances: Any, labels: list[str] | None = None, ci_low: 
     return fig
 
 
+def _wrap_label(label: str, width: int = 24, lines: int = 3) -> str:
+    """A row label folded to fit left of the grid (at most ``lines`` lines, then an ellipsis)."""
+    folded = textwrap.wrap(label, width) or [""]
+    if len(folded) > lines:
+        folded = folded[:lines]
+        folded[-1] = folded[-1][: width - 1] + "…"
+    return "\n".join(folded)
+
+
 def _exemplar_strip(block: np.ndarray, ncols: int, cell: int, colour: np.ndarray) -> np.ndarray:
     """One row of the grid as pixels ``(cell + 2b, width, 3)``: exemplars framed in ``colour``."""
     border, gap = max(2, cell // 24), max(3, cell // 16)
@@ -215,9 +225,9 @@ def plot_exemplar_grid(exemplars: list, labels: list[str] | None = None, importa
             ax.text(0.02, 0.5, "no exemplars", ha="left", va="center", fontsize=8,
                     transform=ax.transAxes, color="0.4")
         box = ax.get_position()
-        text = names[r] if values is None else f"{names[r]}\n{values[r]:.4g}"
+        text = _wrap_label(names[r]) + ("" if values is None else f"\n{values[r]:.4g}")
         fig.text(box.x0 - 0.01, box.y0 + box.height / 2, text, ha="right", va="center",
-                 fontsize=8, color=rgb[r], fontweight="bold", wrap=True)
+                 fontsize=8, color=readable(rgb[r]), fontweight="bold")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
