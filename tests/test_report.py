@@ -334,6 +334,9 @@ def test_importance_bars_and_error_bars_equal_inputs():
         assert segment[:, 0] == pytest.approx([x, x])
         assert sorted(segment[:, 1]) == pytest.approx([lo, hi])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c", "d"]
+    long_label = "concept " + "x" * 40
+    ticks = plot_importances(importances[:1], [long_label]).axes[0].get_xticklabels()
+    assert ticks[0].get_text() == long_label[:27] + "…"
     with pytest.raises(ValueError, match="`ci_low`"):
         plot_importances(importances, ci_low=high, ci_high=low)
     with pytest.raises(ValueError, match="`importances`"):

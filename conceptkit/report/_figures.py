@@ -24,6 +24,9 @@ from ._colors import readable, resolve_colors
 from ._images import concept_overlay, fit_within, shrink, to_hwc
 
 DEFAULT_DPI = 90
+# Labels longer than this are cut in ticks and legends (the page's table shows them in full).
+TICK_CHARS = 28
+LEGEND_CHARS = 40
 
 
 def _close(fig: Figure) -> None:
@@ -129,13 +132,18 @@ def plot_importances(importances: Any, labels: list[str] | None = None, ci_low: 
                         capsize=4, label="confidence interval")
     ax.axhline(0.0, color="0.3", linewidth=0.8)
     ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=35 if k > 3 else 0, ha="right" if k > 3 else "center",
+    ax.set_xticklabels([shorten(n, TICK_CHARS) for n in names], rotation=35 if k > 3 else 0, ha="right" if k > 3 else "center",
                        fontsize=8)
     ax.set_ylabel("importance")
     ax.spines[["top", "right"]].set_visible(False)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def shorten(label: str, width: int) -> str:
+    """``label`` cut to ``width`` characters with an ellipsis (tick labels, legends)."""
+    return label if len(label) <= width else label[: width - 1].rstrip() + "…"
 
 
 def _wrap_label(label: str, width: int = 24, lines: int = 3) -> str:
@@ -273,7 +281,8 @@ def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = Non
             ax.imshow(painted[i], interpolation="bilinear")
             ax.set_title(f"image {image_ids[i]}" if image_ids is not None else f"image {i}",
                          fontsize=8)
-    handles = [Patch(facecolor=rgb[c], edgecolor="black", linewidth=0.5, label=names[c])
+    handles = [Patch(facecolor=rgb[c], edgecolor="black", linewidth=0.5,
+                     label=shorten(names[c], LEGEND_CHARS))
                for c in range(m)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(m, 3), fontsize=8,
                frameon=False)

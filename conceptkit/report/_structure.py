@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .._validation import check_choice, check_float, check_int, describe, to_numpy
-from ._colors import resolve_colors
-from ._figures import _labels
+from ._colors import readable, resolve_colors
+from ._figures import LEGEND_CHARS, TICK_CHARS, _labels, shorten
 
 EMBEDDINGS = ("auto", "pca", "tsne")
 COOCCURRENCE_MEASURES = ("correlation", "jaccard")
@@ -157,7 +157,8 @@ def plot_strategic_clusters(per_image_importance: Any, labels: list[str] | None 
     ax.scatter(coords[:, 0], coords[:, 1], c=point_colours, s=28, edgecolors="black",
                linewidths=0.4)
     handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor=rgb[c],
-                      markeredgecolor="black", markersize=7, label=f"{names[c]} ({counts[c]})")
+                      markeredgecolor="black", markersize=7,
+                      label=f"{shorten(names[c], LEGEND_CHARS)} ({counts[c]})")
                for c in range(k) if coloured[c] and counts[c] > 0]
     if (~coloured & (counts > 0)).any():
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor=_UNCOLOURED,
@@ -201,11 +202,12 @@ def plot_cooccurrence(codes: Any, labels: list[str] | None = None, colors: list 
     fig.colorbar(image, ax=ax, shrink=0.8).set_label(bar, fontsize=8)
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-    ax.set_yticklabels(names, fontsize=7)
+    ax.set_xticklabels([shorten(n, TICK_CHARS) for n in names], rotation=45, ha="right",
+                       fontsize=7)
+    ax.set_yticklabels([shorten(n, TICK_CHARS) for n in names], fontsize=7)
     for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
         for c, tick in enumerate(ticks):
-            tick.set_color(rgb[c])
+            tick.set_color(readable(rgb[c]))
     if annotate:
         for i in range(k):
             for j in range(k):
