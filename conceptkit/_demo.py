@@ -102,7 +102,8 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
                 "value": row[GT_METRIC], "higher_is_better": True}
             for gt, row in truth["per_truth"].items()}}
         entries.append(write_class_report(cc, out, labels=names, notes=notes,
-                                          extra_metrics=gt_metrics, return_entry=True))
+                                          extra_metrics=gt_metrics, return_entry=True,
+                                          index_link="../index.html"))
         summary.append((class_id, cc.class_name, truth))
     index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset")
 

@@ -254,7 +254,8 @@ class ConceptManager:
         from .report import write_index
 
         out_dir = Path(out_dir)
-        entries = [write_class_report(cc, out_dir, return_entry=True, **kwargs)
+        entries = [write_class_report(cc, out_dir, return_entry=True, index_link="../index.html",
+                                      **kwargs)
                    for cc in self.classes_.values()]
         return write_index(entries, out_dir)
 
@@ -298,7 +299,7 @@ def _metric(value: Any, higher_is_better: bool) -> dict[str, Any]:
 def write_class_report(cc: ClassConcepts, out_dir: str | os.PathLike, *, n_images: int = 6,
                        n_exemplars: int = 10, labels: dict[int, str] | None = None,
                        notes: list[str] | None = None, extra_metrics: dict | None = None,
-                       return_entry: bool = False) -> Any:
+                       return_entry: bool = False, index_link: str | None = None) -> Any:
     """Assemble the :class:`~conceptkit.report.ClassReport` of ``cc`` and write it."""
     from .report import ClassReport, ConceptSummary, index_entry
     from .report import write_class_report as render
@@ -336,7 +337,7 @@ def write_class_report(cc: ClassConcepts, out_dir: str | os.PathLike, *, n_image
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics, notes=list(notes or []),
         timings=dict(cc.timings))
-    page = render(report, out_dir)
+    page = render(report, out_dir, index_link=index_link)
     return index_entry(report, page, out_dir) if return_entry else page
 
 
