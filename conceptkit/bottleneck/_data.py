@@ -126,8 +126,10 @@ class CBMData:
                 idx = order[start:start + batch_size]
                 yield x[idx], c[idx], y[idx]
             return
-        loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle,
-                            generator=generator if shuffle else None, num_workers=0)
+        # our own permutation (not DataLoader's shuffle, which also draws a base seed from the
+        # generator): a Dataset and the same data as tensors then see the same batches
+        order = torch.randperm(n, generator=generator).tolist() if shuffle else None
+        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, num_workers=0)
         for x, c, y in loader:
             yield x.float(), c.float(), y.long()
 
