@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from sklearn.cluster import KMeans
 
@@ -46,8 +44,8 @@ class SemiNMF(Factorizer):
     ``fit`` alternates Ding et al.'s multiplicative update of the codes,
     ``U ← U ⊙ sqrt(([A Wᵀ]⁺ + U [W Wᵀ]⁻) / ([A Wᵀ]⁻ + U [W Wᵀ]⁺))``, with the exact
     least-squares dictionary ``W = (UᵀU)⁻¹ UᵀA``, starting from a k-means clustering (cluster
-    indicators + 0.2). It stops when the relative decrease of ``||A - U W||`` over an iteration is
-    below ``tol``. ``transform`` solves the same non-negative least-squares problem for ``U`` with
+    indicators + 0.2). Every 10 iterations it stops if ``||A - U W||`` decreased by less than
+    ``tol`` times its initial value (scikit-learn's rule for multiplicative updates). ``transform`` solves the same non-negative least-squares problem for ``U`` with
     ``W`` fixed, by deterministic HALS sweeps (its exact minimiser, which the multiplicative
     update approaches slowly).
 
@@ -105,8 +103,7 @@ class SemiNMF(Factorizer):
         tiny = torch.finfo(X.dtype).tiny
         Ut = _kmeans_codes(X, self.n_concepts, self.random_state)
         W = _least_squares_dictionary(X, Ut, self._ridge)
-        norm_a2 = float((X * X).sum())
-        previous = math.sqrt(kernels._squared_error(X, Ut, W, norm_a2))
+        error_init = previous = kernels.residual_norm(X, Ut, W)
         n_iter = 0
         while n_iter < self.max_iter:
             n_iter += 1
@@ -116,10 +113,11 @@ class SemiNMF(Factorizer):
             denominator = _negative(cross) + _positive(gram) @ Ut
             Ut.mul_(torch.sqrt(numerator / denominator.clamp(min=tiny)))
             W = _least_squares_dictionary(X, Ut, self._ridge)
-            error = math.sqrt(kernels._squared_error(X, Ut, W, norm_a2))
-            if previous == 0 or (previous - error) / max(previous, tiny) < self.tol:
-                break
-            previous = error
+            if n_iter % 10 == 0:
+                error = kernels.residual_norm(X, Ut, W)
+                if error_init == 0 or (previous - error) / error_init < self.tol:
+                    break
+                previous = error
         self.components_ = W.detach().cpu().numpy().copy()
         self.n_iter_ = int(n_iter)
         self.reconstruction_err_ = self._frobenius_error(X, Ut.T)

@@ -213,7 +213,8 @@ class SparseDictionary(Factorizer):
     alpha : float
         Sparsity penalty while fitting.
     positive_code : bool
-        Constrain codes to be non-negative (not available with ``"lars"``/``"omp"``).
+        Constrain codes to be non-negative (needs ``fit_algorithm="cd"`` and a
+        ``transform_algorithm`` other than ``"lars"``/``"omp"``).
     max_iter, tol : int, float
         Passed to DictionaryLearning.
     fit_algorithm : {"lars", "cd"}
@@ -251,6 +252,9 @@ class SparseDictionary(Factorizer):
             raise ValueError(f"`positive_code`=True is not available with `transform_algorithm`="
                              f"{self.transform_algorithm!r}; use 'lasso_lars', 'lasso_cd' or "
                              f"'threshold'.")
+        if self.positive_code and self.fit_algorithm == "lars":
+            raise ValueError("`positive_code`=True needs `fit_algorithm`='cd' (least-angle "
+                             "regression cannot constrain the sign of the codes).")
         _check_seed(self.random_state)
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
