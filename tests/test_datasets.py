@@ -251,11 +251,13 @@ def test_reference_cnn_is_a_pure_chain_of_children():
     names = [name for name, _ in net.named_children()]
     assert names == ["block1", "block2", "block3", "block4", "pool", "flatten", "fc"]
     x = torch.rand(2, 3, 64, 64)
-    h = x
-    for child in net.children():
-        h = child(h)
-    assert torch.allclose(h, net(x))
-    features = net.block4(net.block3(net.block2(net.block1(x))))
+    with torch.no_grad():
+        h = x
+        for child in net.children():
+            h = child(h)
+        assert torch.allclose(h, net(x))
+    with torch.no_grad():
+        features = net.block4(net.block3(net.block2(net.block1(x))))
     assert features.shape == (2, 16, 8, 8) and float(features.min()) >= 0.0
     assert isinstance(net.block4[-1], torch.nn.ReLU)
 
@@ -288,7 +290,7 @@ def test_reference_model_reaches_95_percent_on_fresh_spurious_free_data(model):
     info = reference_info()
     assert info["architecture"] == {"n_classes": 6, "width": model.width}
     assert info["dataset"]["class_names"] == list(CLASS_NAMES)
-    assert info["test_accuracy"]["with_spurious"] >= 0.95
+    assert info["test_accuracy_with_spurious"] >= 0.95
 
 
 def test_reference_model_uses_the_spurious_cue_more_than_a_distractor(model):
@@ -321,7 +323,7 @@ def test_training_is_deterministic_and_leaves_global_rng_alone():
     second, _ = train_reference_cnn(**settings)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
-    assert set(info["test_accuracy"]) == {"spurious_free", "with_spurious"}
+    assert 0.0 <= info["test_accuracy"] <= 1.0 and 0.0 <= info["test_accuracy_with_spurious"] <= 1.0
     assert len(info["history"]) == 1 and np.isfinite(info["history"][0]["train_loss"])
     with pytest.raises(ValueError, match="epochs"):
         train_reference_cnn(epochs=0)
@@ -330,7 +332,8 @@ def test_training_is_deterministic_and_leaves_global_rng_alone():
 def test_training_script_writes_loadable_weights(tmp_path, capsys):
     out = tmp_path / "cnn.safetensors"
     assert train_main(["--out", str(out), "--epochs", "1", "--n-per-class", "8",
-                       "--n-test-per-class", "2", "--width", "4", "--no-progress"]) == 0
+                       "--n-val-per-class", "2", "--n-test-per-class", "2", "--width", "4",
+                       "--no-progress"]) == 0
     net = reference_model(path=out)
     assert net.width == 4 and "held-out accuracy" in capsys.readouterr().out
     assert reference_info(out)["training"]["epochs"] == 1

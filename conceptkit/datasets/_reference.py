@@ -102,12 +102,14 @@ def reference_model(pretrained: bool = True, path: str | os.PathLike | None = No
 def reference_info(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """What the shipped weights record: architecture, dataset and training settings, accuracy.
 
-    Keys include ``"architecture"``, ``"dataset"``, ``"training"``, ``"test_accuracy"``
-    (``{"spurious_free": ..., "with_spurious": ...}``) and ``"spurious_cue_effect"``.
+    Keys include ``"architecture"``, ``"dataset"``, ``"training"``, ``"test_accuracy"`` (held out,
+    spurious-free test split), ``"test_accuracy_with_spurious"`` (test split with the cue
+    correlated), ``"spurious_cue_effect"`` and ``"distractor_control_effect"`` (see
+    :func:`spurious_cue_effect`).
     """
     return _load(path)[1]
 
 
 def reference_accuracy(path: str | os.PathLike | None = None) -> float:
     """Held-out accuracy of the shipped model on the spurious-free test split, as recorded."""
-    return float(reference_info(path)["test_accuracy"]["spurious_free"])
+    return float(reference_info(path)["test_accuracy"])

@@ -27,26 +27,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file to write")
     defaults = {name: p.default for name, p in inspect.signature(train_reference_cnn).parameters.items()}
-    for name, kind, text in [("epochs", int, "training epochs"), ("seed", int, "seed of data and model"),
-                             ("n_per_class", int, "training images per class"),
-                             ("n_test_per_class", int, "test images per class"),
-                             ("batch_size", int, "batch size"), ("lr", float, "Adam learning rate"),
-                             ("width", int, "channels of the first block")]:
+    options = [("epochs", int, "training epochs"), ("seed", int, "seed of data and model"),
+               ("n_per_class", int, "training images per class"),
+               ("n_val_per_class", int, "validation images per class"),
+               ("n_test_per_class", int, "test images per class"),
+               ("batch_size", int, "batch size"), ("lr", float, "Adam learning rate"),
+               ("width", int, "channels of the first block")]
+    for name, kind, text in options:
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults[name],
                             help=f"{text} (default {defaults[name]})")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     try:
-        model, info = train_reference_cnn(
-            epochs=args.epochs, seed=args.seed, n_per_class=args.n_per_class,
-            n_test_per_class=args.n_test_per_class, batch_size=args.batch_size, lr=args.lr,
-            width=args.width, progress=not args.no_progress)
+        model, info = train_reference_cnn(**{name: getattr(args, name) for name, _, _ in options},
+                                          progress=not args.no_progress)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     save_file(args.out, model.state_dict(), info, kind=WEIGHTS_KIND, version=WEIGHTS_VERSION)
-    accuracy = info["test_accuracy"]
     print(f"trained in {info['train_seconds']:.1f} s; held-out accuracy: spurious-free "
-          f"{accuracy['spurious_free']:.4f}, with the cue {accuracy['with_spurious']:.4f}")
+          f"{info['test_accuracy']:.4f}, with the cue {info['test_accuracy_with_spurious']:.4f}")
     print("spurious cue effect: " + json.dumps(info["spurious_cue_effect"], indent=1))
     print("control (a distractor drawn in): " + json.dumps(info["distractor_control_effect"], indent=1))
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
