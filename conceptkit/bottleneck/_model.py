@@ -165,8 +165,8 @@ class ConceptBottleneckModel(nn.Module):
         concepts = concepts.to(self.intervention_low.dtype)
         if self.bottleneck == "sigmoid":
             return concepts
-        low, high = self.intervention_low, self.intervention_high
-        return low + concepts * (high - low)
+        # this form gives exactly `low` at 0 and exactly `high` at 1
+        return self.intervention_low * (1 - concepts) + self.intervention_high * concepts
 
     def predict_from_concepts(self, concepts: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, n_classes)`` from bottleneck values ``(N, k)``."""
