@@ -9,8 +9,8 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .._validation import check_int, describe, make_rng
-from ._dataset import ConceptDataset
+from .._validation import check_int, make_rng
+from ._dataset import ConceptDataset, check_concept_dataset
 from ._generate import _CUE_SIZE, _NOISE_STD, _PART_SIZE, side_range
 from ._parts import PARTS, draw_part
 
@@ -45,9 +45,7 @@ def add_concept(dataset: ConceptDataset, concept: int, seed: int = 0,
     progress : bool
         Show a progress bar.
     """
-    if not isinstance(dataset, ConceptDataset):
-        raise TypeError(f"`dataset` must be a ConceptDataset from make_concept_dataset; got "
-                        f"{describe(dataset)}.")
+    dataset = check_concept_dataset(dataset)
     allowed = [*dataset.distractor_concepts, dataset.spurious_concept]
     concept = check_int(concept, "concept", minimum=0, maximum=dataset.n_concepts - 1)
     if concept not in allowed:

@@ -143,3 +143,11 @@ class ConceptDataset(torch.utils.data.Dataset):
             if len(rows):
                 rates[c] = rows.mean(0)
         return rates
+
+
+def check_concept_dataset(dataset: Any, name: str = "dataset") -> ConceptDataset:
+    """Return ``dataset`` if it is a :class:`ConceptDataset`, else raise naming ``name``."""
+    if not isinstance(dataset, ConceptDataset):
+        raise TypeError(f"`{name}` must be a ConceptDataset from make_concept_dataset; got "
+                        f"{describe(dataset)}.")
+    return dataset

@@ -11,18 +11,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state, seed_everything
-from .._validation import check_float, check_int, describe
+from .._validation import check_float, check_int
 from ._cue import add_concept
-from ._dataset import ConceptDataset
+from ._dataset import ConceptDataset, check_concept_dataset
 from ._generate import make_concept_dataset
 from ._reference import ReferenceCNN
-
-
-def _check_dataset(dataset: Any) -> ConceptDataset:
-    if not isinstance(dataset, ConceptDataset):
-        raise TypeError(f"`dataset` must be a ConceptDataset from make_concept_dataset; got "
-                        f"{describe(dataset)}.")
-    return dataset
 
 
 @torch.no_grad()
@@ -38,7 +31,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256
 
 def evaluate_accuracy(model: nn.Module, dataset: ConceptDataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on ``dataset``."""
-    dataset = _check_dataset(dataset)
+    dataset = check_concept_dataset(dataset)
     predictions = predict_logits(model, dataset.images, batch_size).argmax(1)
     return float((predictions == dataset.labels).float().mean())
 
@@ -63,7 +56,7 @@ def spurious_cue_effect(model: nn.Module, dataset: ConceptDataset, seed: int = 0
         other-class images) and ``spurious_margin_shift`` (mean rise of the logit of the spurious
         class minus the logit of the true class, on other-class images).
     """
-    dataset = _check_dataset(dataset)
+    dataset = check_concept_dataset(dataset)
     concept = dataset.spurious_concept if concept is None else concept
     with_cue = add_concept(dataset, concept, seed=seed)
     changed = (with_cue.concepts[:, concept] - dataset.concepts[:, concept]) > 0
