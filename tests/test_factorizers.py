@@ -496,3 +496,36 @@ def test_torch_solvers_on_gpu_match_cpu(nmf_data, solver):
     assert U.is_cuda
     assert gpu.reconstruction_err_ == pytest.approx(cpu.reconstruction_err_, rel=1e-3)
     assert matched_cosine(gpu.components_, cpu.components_) > 0.999
+
+
+# --------------------------------------------------------------------------- online NMF
+def test_partial_fit_streams_to_the_batch_solution():
+    A, parts = planted_nmf(n=1200, noise=0.02, seed=1)
+    batch = NMF(5, solver="torch_hals", random_state=0).fit(A)
+    online = NMF(5, solver="torch_hals", random_state=0)
+    for _ in range(2):  # two passes over twelve chunks
+        for chunk in np.split(A, 12):
+            online.partial_fit(chunk)
+    assert online.n_iter_ == 24 and online.n_samples_seen_ == 2 * len(A)
+    assert matched_cosine(online.components_, parts) >= 0.99
+    refit_error = np.linalg.norm(A - online.inverse_transform(online.transform(A)))
+    assert refit_error <= 1.01 * batch.reconstruction_err_
+    # the running estimate (codes as they were when each row was seen) tracks the true error
+    assert online.reconstruction_err_ / np.sqrt(2) == pytest.approx(refit_error, rel=0.05)
+    np.testing.assert_allclose(online.codes_gram_, online.codes_gram_.T, rtol=1e-12)
+    # a later batch fit starts afresh
+    online.fit(A)
+    assert not hasattr(online, "codes_gram_")
+
+
+def test_partial_fit_checks():
+    A, _ = planted_nmf()
+    with pytest.raises(ValueError, match="solver='torch_hals'"):
+        NMF(5, solver="cd").partial_fit(A)
+    with pytest.raises(ValueError, match="n_concepts`=5 is larger than the number of rows"):
+        NMF(5, solver="torch_hals").partial_fit(A[:3])
+    est = NMF(5, solver="torch_hals", random_state=0).partial_fit(A[:100])
+    with pytest.raises(ValueError, match="`A` must have 60 columns"):
+        est.partial_fit(A[:50, :20])
+    with pytest.raises(ValueError, match="SemiNMF"):
+        est.partial_fit(A[:50] - 10)

@@ -105,15 +105,8 @@ class Factorizer(BaseEstimator, abc.ABC):
         """Learn the dictionary from ``A (n, C)`` and return the codes ``U (n, k)``."""
         self._validate_params()
         X = self._check_input(A, "A", fitting=True)
-        k = self.n_concepts
-        n, c = X.shape
-        if k > n:
-            raise ValueError(f"`n_concepts`={k} is larger than the number of rows of `A` ({n}); "
-                             f"use at most {n} concepts or pass more activations.")
-        if k > c and not self.overcomplete:
-            raise ValueError(f"`n_concepts`={k} is larger than the number of features of `A` ({c}); "
-                             f"{type(self).__name__} needs n_concepts <= {c}.")
-        self.n_features_in_ = int(c)
+        self._check_n_concepts(X)
+        self.n_features_in_ = int(X.shape[1])
         U = self._fit(self._to_backend(X))
         return self._to_output(U, A)
 
@@ -163,6 +156,16 @@ class Factorizer(BaseEstimator, abc.ABC):
         return est
 
     # ------------------------------------------------------------------ helpers
+    def _check_n_concepts(self, X) -> None:
+        k = self.n_concepts
+        n, c = X.shape
+        if k > n:
+            raise ValueError(f"`n_concepts`={k} is larger than the number of rows of `A` ({n}); "
+                             f"use at most {n} concepts or pass more activations.")
+        if k > c and not self.overcomplete:
+            raise ValueError(f"`n_concepts`={k} is larger than the number of features of `A` ({c}); "
+                             f"{type(self).__name__} needs n_concepts <= {c}.")
+
     def _check_fitted(self) -> None:
         if getattr(self, "components_", None) is None:
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet: call `fit(A)` "

@@ -22,6 +22,7 @@ from . import _nmf_torch as kernels
 from ._base import Factorizer
 
 _INITS = ("nndsvda", "nndsvd", "nndsvdar", "random")
+_ONLINE_STATE = ("codes_gram_", "codes_cross_", "n_samples_seen_", "_squared_norm_seen")
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,64 @@ class NMF(Factorizer):
         self.components_ = _as_numpy(W)
         self.n_iter_ = int(n_iter)
         self.reconstruction_err_ = self._frobenius_error(X, U)
+        for name in _ONLINE_STATE:  # a batch fit starts the running statistics afresh
+            self.__dict__.pop(name, None)
         return U
+
+    def partial_fit(self, A, y: Any = None) -> NMF:
+        """Update the dictionary with one chunk of rows ``A (m, C)`` (online HALS).
+
+        Only for ``solver="torch_hals"``. The estimator keeps the sufficient statistics of every
+        row seen so far, ``codes_gram_ = Σ UᵀU (k, k)`` and ``codes_cross_ = Σ UᵀA (k, C)``
+        (float64). Each call encodes the chunk with the current dictionary (the non-negative
+        least squares of :meth:`transform`), adds its statistics and re-solves the dictionary
+        against all of them with HALS sweeps (online NMF in the manner of Mairal et al., 2010).
+        The first call, on an unfitted estimator, starts from a full HALS fit of its chunk
+        (which then needs at least ``n_concepts`` rows); a call after :meth:`fit` continues
+        from the fitted dictionary. ``n_iter_`` counts the calls, ``n_samples_seen_`` the rows,
+        and ``reconstruction_err_`` becomes the running estimate
+        ``sqrt(Σ||a||² - 2 <Σ UᵀA, W> + <Σ UᵀU, W Wᵀ>)`` over all rows seen, each with the codes
+        it received when it was seen.
+        """
+        self._validate_params()
+        if self.solver != "torch_hals":
+            raise ValueError(f"`partial_fit` needs solver='torch_hals' (online HALS); this NMF has "
+                             f"solver={self.solver!r}.")
+        first = getattr(self, "components_", None) is None
+        checked = self._check_input(A, "A", fitting=first)
+        if first:
+            self._check_n_concepts(checked)
+        X = self._to_backend(checked)
+        k, c = self.n_concepts, X.shape[1]
+        if first:  # a full HALS fit of the first chunk, so later chunks meet a sensible dictionary
+            _, W, _ = SOLVERS["torch_hals"].fit(self, X)
+            self.n_features_in_, self.n_iter_ = int(c), 0
+        else:
+            W = self._components_as(X).clone()
+            k = W.shape[0]
+        if getattr(self, "codes_gram_", None) is None:
+            self.codes_gram_, self.codes_cross_ = np.zeros((k, k)), np.zeros((k, c))
+            self.n_samples_seen_, self._squared_norm_seen = 0, 0.0
+        l1_U, l2_U, _, _ = _torch_reg(self, X)
+        Ut, _ = kernels.nnls_hals(X, W, max_iter=self.max_iter, tol=self.tol, l1=l1_U, l2=l2_U)
+        self.codes_gram_ = self.codes_gram_ + (Ut @ Ut.T).double().cpu().numpy()
+        self.codes_cross_ = self.codes_cross_ + (Ut @ X).double().cpu().numpy()
+        self.n_samples_seen_ += int(X.shape[0])
+        self._squared_norm_seen += float((X.double() ** 2).sum())
+        alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
+        _, _, l1_W, l2_W = kernels.regularization(self.n_samples_seen_, c, self.alpha_W, alpha_H,
+                                                  self.l1_ratio)
+        gram = torch.as_tensor(self.codes_gram_).to(device=X.device, dtype=X.dtype)
+        cross = torch.as_tensor(self.codes_cross_).to(device=X.device, dtype=X.dtype)
+        kernels.hals_sweeps(W, gram + l2_W * torch.eye(k, dtype=X.dtype, device=X.device),
+                            cross - l1_W, max_sweeps=self.max_iter, delta=self.tol)
+        self.components_ = _as_numpy(W)
+        W64 = self.components_.astype(np.float64)
+        squared = (self._squared_norm_seen - 2.0 * float((self.codes_cross_ * W64).sum())
+                   + float((self.codes_gram_ * (W64 @ W64.T)).sum()))
+        self.reconstruction_err_ = float(np.sqrt(max(squared, 0.0)))
+        self.n_iter_ += 1
+        return self
 
     def _transform(self, X):
         return SOLVERS[self.solver].transform(self, X, self._components_as(X))
