@@ -66,6 +66,9 @@ def save_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, 
     header = {"format": FORMAT_NAME, "kind": kind, "format_version": int(version), "meta": _jsonable(meta)}
     tmp = path.with_name(path.name + ".tmp")
     _save(body, str(tmp), metadata={FORMAT_NAME: json.dumps(header)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the writer creates the file 0600; give it normal permissions
     os.replace(tmp, path)
     return path
 
