@@ -8,7 +8,8 @@ objective and the regularisation follow scikit-learn's ``NMF`` (Frobenius loss):
 
 HALS is exact block coordinate descent on one concept row at a time, the same update that
 scikit-learn's ``cd`` solver applies element by element; it uses the same stopping rule (the sum of
-absolute projected gradients relative to its first value). Each outer iteration runs several cheap
+absolute projected gradients relative to its first value, here measured at the start of each block
+update rather than during the sweep). Each outer iteration runs several cheap
 inner sweeps on the precomputed Gram and cross products before paying for the next large matrix
 product (Gillis & Glineur, 2012, "Accelerated multiplicative updates and hierarchical ALS
 algorithms for nonnegative matrix factorization").
@@ -104,10 +105,12 @@ def random_init(A: torch.Tensor, k: int, rng: np.random.Generator) -> tuple[torc
     return avg * _draw(rng, (k, A.shape[0]), A).abs(), avg * _draw(rng, (k, A.shape[1]), A).abs()
 
 
-def initialize(A: torch.Tensor, k: int, init: str, rng: np.random.Generator):
-    if init == "random":
-        return random_init(A, k, rng)
-    return nndsvd_init(A, k, init, rng)
+def initialize(A: torch.Tensor, k: int, init: str,
+               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Starting ``(Ut (k, n), W (k, C))`` for ``init`` in {"random", "nndsvd", "nndsvda",
+    "nndsvdar"}, both C-contiguous so that each concept's block is one contiguous row."""
+    Ut, W = random_init(A, k, rng) if init == "random" else nndsvd_init(A, k, init, rng)
+    return Ut.contiguous(), W.contiguous()
 
 
 def violation(X: torch.Tensor, G: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
