@@ -112,6 +112,7 @@ def _figures(out: Path, model: ConceptBottleneckModel, weights: np.ndarray,
                 label=f"{policy} (area {curve.area:.3f})")
         ax.fill_between(curve.n_intervened, curve.accuracy_mean - curve.accuracy_std,
                         curve.accuracy_mean + curve.accuracy_std, alpha=0.2)
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("concept groups intervened")
     ax.set_ylabel("task accuracy")
     ax.set_title("Test-time interventions")
