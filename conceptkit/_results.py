@@ -151,6 +151,22 @@ class ClassConcepts:
         acts = explainer.activations(images)
         return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
 
+    def subconcepts(self, concept: int, layer: str, **kwargs: Any) -> Any:
+        """CRAFT's recursion: sub-concepts of ``concept`` at an earlier ``layer``.
+
+        A :class:`~conceptkit.ConceptTree`; ``kwargs`` go to
+        :func:`~conceptkit.decompose_concept` (``n_concepts``, ``depth``, ``importance`` ...).
+        """
+        from ._recursion import decompose_concept
+
+        explainer = self.explainer
+        if explainer is None or self.images is None:
+            raise ValueError("sub-concepts need the model and the class images; this explanation "
+                             "was loaded from disk without them. Run the explainer's `fit` again.")
+        for name in ("preprocess", "batch_size", "progress", "seed"):
+            kwargs.setdefault(name, getattr(explainer, name))
+        return decompose_concept(explainer.model, self.bank, self.images, concept, layer, **kwargs)
+
     def _require_explainer(self):
         if self.explainer is None:
             raise ValueError("computing maps of new images needs the model: this explanation was "
