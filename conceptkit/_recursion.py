@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._recursion_path import ParentCode, check_levels, previous_block
+from ._recursion_path import ParentCode, check_cuts, check_levels, previous_block
 from ._results import cut_examples
 from ._torchutils import model_device, model_dtype, preserved_model_state
 from ._validation import check_choice, check_images, check_int, describe
@@ -244,6 +244,7 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
         while len(levels) < depth:
             levels.append(previous_block(model, levels[-1]))
         check_levels(model, [parent_layer, *levels], example, child_layers is None)
+        check_cuts(model, [parent_layer, *levels])
         _expand(root, inputs, levels, model, settings)
     return root
 
@@ -258,14 +259,14 @@ def _expand(node: ConceptTree, inputs: torch.Tensor, levels: list[str], model: n
         settings.n_concepts, batch_size=settings.batch_size, progress=settings.progress,
         seed=settings.seed, preprocess=settings.preprocess)
     acts = extractor(inputs)
+    example = _prepare(inputs[:1], model, settings.preprocess)
+    code = ParentCode(model, layer, node.bank, node.concept, example, acts[:1])
     if settings.method == "ice":   # ICE factorizes these very maps: no second pass of g
         cells = positions(acts, image_size=tuple(inputs.shape[-2:]))
         sub_bank = bank_from_activations(discovery._factorizer(), cells.rows, cells.provenance,
                                          layer=layer, method="ice", params=discovery._params())
     else:
         sub_bank = discovery.fit(model, layer, inputs)
-    example = _prepare(inputs[:1], model, settings.preprocess)
-    code = ParentCode(model, layer, node.bank, node.concept, example, acts[:1])
     result = concept_importance(code, acts, sub_bank, 0, method=settings.importance,
                                 n_designs=settings.n_designs, seed=settings.seed,
                                 batch_size=settings.batch_size, progress=settings.progress)

@@ -176,6 +176,13 @@ def pool(output: Any, model: nn.Module) -> torch.Tensor:
     return output.reshape(output.shape[0], -1)
 
 
+def check_cuts(model: nn.Module, names: list[str]) -> None:
+    """Raise :class:`CutError` early when a skip connection crosses one of the levels on the
+    way to the level above it (traceable models; replayed ones are checked when they run)."""
+    for above, below in zip(names, names[1:]):
+        _fx_mid(model, below, above)
+
+
 def previous_block(model: nn.Module, name: str) -> str:
     """The previous sibling with parameters of ``name``, else of its parent, and so on."""
     modules = dict(model.named_modules())
