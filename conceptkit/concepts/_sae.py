@@ -28,7 +28,8 @@ class TopKSAE(Factorizer):
     rows are renormalised to unit norm after every optimiser step, so a code value is the length
     of its concept's contribution. ``bias_ (C,)`` is the learned pre-bias (initialised to the data
     mean); components are directions around it. The encoder starts tied to the decoder (its
-    transpose). Training minimises the mean squared reconstruction error.
+    transpose). Training minimises the mean squared reconstruction error. Computation and
+    outputs are float32.
 
     Parameters
     ----------
