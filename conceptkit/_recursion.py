@@ -218,7 +218,8 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
         n_inputs=check_int(n_inputs, "n_inputs", minimum=2),
         method=check_choice(method, "method", SUB_METHODS),
         importance=check_choice(importance, "importance", IMPORTANCE_METHODS),
-        n_designs=check_int(n_designs, "n_designs", minimum=1), seed=seed,
+        n_designs=check_int(n_designs, "n_designs", minimum=1),
+        seed=None if seed is None else check_int(seed, "seed", minimum=0),
         preprocess=preprocess, batch_size=check_int(batch_size, "batch_size", minimum=1),
         progress=bool(progress))
     _check_source(images, bank)

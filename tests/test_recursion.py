@@ -211,6 +211,35 @@ def test_ice_finds_the_same_colours(bank, images):
     assert by_colour[1] > by_colour[0] > by_colour[2]
 
 
+def test_inputs_are_cut_back_through_the_provenance(bank, images):
+    """Crops and segments come back exactly as the bank saw them (their pooled activations are
+    the bank's rows); a 1-pixel ICE cell comes back as a flat image of that pixel's colour."""
+    from conceptkit._recursion import _node_inputs
+    from conceptkit.concepts import ACE, ICE
+
+    model = planted_model()
+    ace = ACE(3, n_segments=(16,), min_cluster_size=0, seed=0, progress=False).fit(
+        model, "late", images[:8])
+    for parent, source in ((bank, images), (ace, images[:8])):
+        tree = decompose_concept(model, parent, source, 0, "early", n_concepts=2, n_inputs=6,
+                                 n_designs=8, seed=0, progress=False)
+        inputs = _node_inputs(tree, source)
+        assert inputs.shape == (tree.input_rows.size, 3, SIDE, SIDE)
+        pooled = ActivationExtractor(model, "late", reduce="mean", progress=False)(inputs)
+        np.testing.assert_allclose(pooled.numpy(), parent.activations[tree.input_rows].numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    ice = ICE(3, seed=0, progress=False).fit(model, "late", images[:4])
+    tree = decompose_concept(model, ice, images[:4], 0, "early", n_concepts=2, n_inputs=6,
+                             n_designs=8, seed=0, progress=False)
+    inputs = _node_inputs(tree, images[:4])
+    prov = ice.provenance
+    for row, image in zip(tree.input_rows, inputs):
+        y0, x0, _, _ = prov.boxes[row]
+        pixel = images[prov.image_ids[row], :, y0, x0]
+        np.testing.assert_allclose(image.numpy(), pixel[:, None, None].expand_as(image).numpy(),
+                                   atol=1e-6)
+
+
 def test_parent_code_is_the_planted_channel_on_every_path(bank, images):
     """f(A_early) = encode(pool(late(A)))[0] = mean(r + 2 g), whether the path is a Sequential
     graph cut, an fx graph cut of a custom forward, or a replay of an untraceable model."""
@@ -355,6 +384,8 @@ def test_bad_inputs(bank, images):
         ({}, dict(importance="shap"), ValueError, "`importance`"),
         ({}, dict(n_concepts=0), ValueError, "`n_concepts`"),
         ({}, dict(preprocess=3), TypeError, "`preprocess`"),
+        ({}, dict(seed=-1), ValueError, "`seed`"),
+        ({}, dict(seed=0.5), TypeError, "`seed`"),
         (dict(images=images[:, :, :16, :16]), {}, ValueError, "`images`"),
         (dict(images=images[:3]), {}, ValueError, "`images`"),
         (dict(bank="bank"), {}, TypeError, "`bank`"),
@@ -379,8 +410,8 @@ def test_bad_inputs(bank, images):
 # End to end on the reference dataset and CNN
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_reference_cnn_end_to_end():
+    """~15 s of CPU time (2 threads), so it runs with the fast tests."""
     from conceptkit.datasets import make_concept_dataset, reference_model
 
     model = reference_model()
