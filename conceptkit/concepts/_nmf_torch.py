@@ -166,7 +166,7 @@ def _inner_budget(k: int, other: int, cap: int, alpha: float = 0.5) -> int:
     return max(1, min(cap, int(1 + alpha * rho)))
 
 
-INNER_CAP = 4
+INNER_CAP = 3
 
 
 def fit_hals(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int, tol: float,
