@@ -24,8 +24,6 @@ from sklearn.exceptions import NotFittedError
 
 from .._validation import check_choice, check_int, check_matrix, resolve_device, to_numpy
 
-Array = "np.ndarray | torch.Tensor"
-
 #: Every concrete factorizer class, keyed by its class name (filled in by ``__init_subclass__``).
 FACTORIZERS: dict[str, type[Factorizer]] = {}
 
@@ -96,21 +94,21 @@ class Factorizer(BaseEstimator, abc.ABC):
         return X
 
     # ------------------------------------------------------------------ public API
-    def fit(self, A, y: Any = None) -> Factorizer:
+    def fit(self, A: np.ndarray | torch.Tensor, y: Any = None) -> Factorizer:
         """Learn the dictionary from activations ``A`` of shape ``(n, C)``; return ``self``."""
         self.fit_transform(A)
         return self
 
-    def fit_transform(self, A, y: Any = None):
+    def fit_transform(self, A: np.ndarray | torch.Tensor, y: Any = None) -> np.ndarray | torch.Tensor:
         """Learn the dictionary from ``A (n, C)`` and return the codes ``U (n, k)``."""
         self._validate_params()
         X = self._check_input(A, "A", fitting=True)
         self._check_n_concepts(X)
-        self.n_features_in_ = int(X.shape[1])
         U = self._fit(self._to_backend(X))
+        self.n_features_in_ = int(X.shape[1])
         return self._to_output(U, A)
 
-    def transform(self, A):
+    def transform(self, A: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Codes ``U (n, k)`` of ``A (n, C)`` with the fitted dictionary kept fixed.
 
         Deterministic: the same input always gives the same codes (no random restarts).
@@ -119,7 +117,7 @@ class Factorizer(BaseEstimator, abc.ABC):
         X = self._check_input(A, "A", fitting=False)
         return self._to_output(self._transform(self._to_backend(X)), A)
 
-    def inverse_transform(self, U):
+    def inverse_transform(self, U: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Reconstructed activations ``A_hat (n, C)`` from codes ``U (n, k)``."""
         self._check_fitted()
         k = self.components_.shape[0]

@@ -189,7 +189,7 @@ class NMF(Factorizer):
             self.__dict__.pop(name, None)
         return U
 
-    def partial_fit(self, A, y: Any = None) -> NMF:
+    def partial_fit(self, A: np.ndarray | torch.Tensor, y: Any = None) -> NMF:
         """Update the dictionary with one chunk of rows ``A (m, C)`` (online HALS).
 
         Only for ``solver="torch_hals"``. The estimator keeps the sufficient statistics of every

@@ -47,7 +47,7 @@ def _pair(A, A_hat) -> tuple[np.ndarray, np.ndarray]:
     return A, A_hat
 
 
-def relative_l2(A, A_hat) -> float:
+def relative_l2(A: np.ndarray | torch.Tensor, A_hat: np.ndarray | torch.Tensor) -> float:
     """Mean over rows of ``||a - â|| / ||a||`` for ``A, A_hat (n, C)``; 0 is perfect (lower better)."""
     A, A_hat = _pair(A, A_hat)
     if A.shape != A_hat.shape:
@@ -57,14 +57,14 @@ def relative_l2(A, A_hat) -> float:
     return float(np.mean(errors / np.maximum(norms, np.finfo(np.float64).tiny)))
 
 
-def sparsity_l0(U, eps: float = 1e-6) -> float:
+def sparsity_l0(U: np.ndarray | torch.Tensor, eps: float = 1e-6) -> float:
     """Fraction of entries of the codes ``U (n, k)`` with ``|u| > eps`` (lower is sparser)."""
     U = _matrix(U, "U")
     eps = check_float(eps, "eps", minimum=0.0)
     return float(np.mean(np.abs(U) > eps))
 
 
-def hoyer(U) -> float:
+def hoyer(U: np.ndarray | torch.Tensor) -> float:
     """Mean Hoyer sparsity of the rows of ``U (n, k)`` (or of one vector ``(k,)``), in [0, 1].
 
     ``(sqrt(k) - ||u||_1 / ||u||_2) / (sqrt(k) - 1)``: 1 for a one-hot row, 0 for a constant row
@@ -88,7 +88,7 @@ def _psd_sqrt(S: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
-def frechet_distance(A, A_hat) -> float:
+def frechet_distance(A: np.ndarray | torch.Tensor, A_hat: np.ndarray | torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to the rows of ``A (n, C)`` and ``A_hat (m, C)``.
 
     ``||μ1 - μ2||² + tr(Σ1 + Σ2 - 2 (Σ1^½ Σ2 Σ1^½)^½)`` (the squared 2-Wasserstein distance, as in
@@ -109,7 +109,8 @@ def frechet_distance(A, A_hat) -> float:
     return float(max(mean_gap + np.trace(S1) + np.trace(S2) - 2.0 * cross, 0.0))
 
 
-def matched_cosine(W1, W2, *, absolute: bool = False, return_pairs: bool = False):
+def matched_cosine(W1: np.ndarray | torch.Tensor, W2: np.ndarray | torch.Tensor, *, absolute: bool = False,
+                   return_pairs: bool = False) -> float | tuple[float, np.ndarray, np.ndarray]:
     """Mean cosine similarity of the rows of ``W1 (k1, C)`` and ``W2 (k2, C)`` after an optimal
     one-to-one matching (Hungarian algorithm, :func:`scipy.optimize.linear_sum_assignment`).
 
@@ -129,7 +130,7 @@ def matched_cosine(W1, W2, *, absolute: bool = False, return_pairs: bool = False
     return (score, rows, cols) if return_pairs else score
 
 
-def stability(factorizer: Factorizer, A, n_bootstrap: int = 5, subset: float = 0.8,
+def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap: int = 5, subset: float = 0.8,
               seed: int | None = None, *, absolute: bool | None = None,
               progress: bool = False) -> float:
     """Dictionary stability: refit clones of ``factorizer`` on random row subsets of ``A (n, C)``.
@@ -188,7 +189,7 @@ EXTRACTION_METRICS: dict[str, Metric] = {
 }
 
 
-def extraction_metrics(factorizer: Factorizer, A, metrics: Sequence[str] | None = None, *,
+def extraction_metrics(factorizer: Factorizer, A: np.ndarray | torch.Tensor, metrics: Sequence[str] | None = None, *,
                        n_bootstrap: int = 5, subset: float = 0.8, seed: int | None = 0,
                        progress: bool = False) -> dict[str, float]:
     """Evaluate a fitted ``factorizer`` on activations ``A (n, C)``.
