@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._recursion import ConceptTree, decompose_concept, plot_subconcepts, subconcept_examples
 from ._results import ClassConcepts
 from .pipeline import ConceptExplainer, ConceptManager
 
@@ -39,4 +40,5 @@ def load(path: str | os.PathLike) -> Any:
     return loaders[kind](path)
 
 
-__all__ = ["ClassConcepts", "ConceptExplainer", "ConceptManager", "__version__", "load"]
+__all__ = ["ClassConcepts", "ConceptExplainer", "ConceptManager", "ConceptTree", "__version__",
+           "decompose_concept", "load", "plot_subconcepts", "subconcept_examples"]

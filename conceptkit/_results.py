@@ -115,7 +115,7 @@ class ClassConcepts:
             return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
         return cut_examples(self.images, self.bank, rows, size), self.bank.provenance.image_ids[rows]
 
-    def concept_maps(self, images: torch.Tensor | None = None, kind: str = "coefficient",
+    def concept_maps(self, images: torch.Tensor | None = None, kind: str = "auto",
                      size: Any = None) -> torch.Tensor:
         """Concept attribution maps ``(N, k, H, W)``.
 
@@ -123,11 +123,18 @@ class ClassConcepts:
         new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
         position of the feature map), ``"gradient"`` (Grad-CAM of each concept coefficient) or
         ``"provenance"`` (the fitted crops' / segments' codes painted back; fitted images only).
+        ``"auto"`` (default) paints ACE's segments back for the fitted images — its k-means
+        centroids come from pooled segment patches, so encoding single positions with them is
+        not meaningful — and uses coefficient maps otherwise.
         """
         from .maps import coefficient_maps, gradient_maps, provenance_maps
 
-        if kind not in ("coefficient", "gradient", "provenance"):
-            raise ValueError(f"`kind` must be 'coefficient', 'gradient' or 'provenance'; got {kind!r}.")
+        kinds = ("auto", "coefficient", "gradient", "provenance")
+        if kind not in kinds:
+            raise ValueError(f"`kind` must be one of {kinds}; got {kind!r}.")
+        if kind == "auto":
+            use_segments = self.method == "ace" and images is None and self.images is not None
+            kind = "provenance" if use_segments else "coefficient"
         if kind == "provenance":
             if images is not None:
                 raise ValueError("`kind`='provenance' maps exist only for the fitted images; "

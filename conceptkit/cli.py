@@ -87,7 +87,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     return run_demo(out_dir=args.out, n_per_class=args.n_per_class, method=args.method,
-                    seed=args.seed, progress=not args.quiet)
+                    seed=args.seed, progress=not args.quiet, n_concepts=args.n_concepts)
 
 
 def _cmd_train_cbm(argv: list[str]) -> int:
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="explain every class of the ground-truth dataset")
     demo.add_argument("--out", default="conceptkit-demo")
     demo.add_argument("--n-per-class", type=int, default=60)
-    demo.add_argument("--method", default="craft", choices=["craft", "ice", "ace"])
+    demo.add_argument("--method", default="ice", choices=["craft", "ice", "ace"])
+    demo.add_argument("--n-concepts", type=int, default=10)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
 

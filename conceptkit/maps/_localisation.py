@@ -20,15 +20,28 @@ def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     return maps.astype(np.float64), masks.astype(bool)
 
 
-def pointing_game(maps, masks) -> np.ndarray:
+def _dilate(masks: np.ndarray, tolerance: int) -> np.ndarray:
+    """Grow boolean masks ``(N, H, W)`` by ``tolerance`` pixels (Chebyshev distance)."""
+    from scipy.ndimage import binary_dilation
+
+    structure = np.ones((1, 2 * tolerance + 1, 2 * tolerance + 1), dtype=bool)
+    return binary_dilation(masks, structure=structure)
+
+
+def pointing_game(maps, masks, tolerance: int = 0) -> np.ndarray:
     """Per image: 1.0 if the map's maximum falls inside the mask, else 0.0. ``(N,)``.
 
-    Images with an empty mask or a constant map get NaN (nothing to point at / no pointer).
+    ``tolerance`` counts a hit within that many pixels of the mask, as the original pointing
+    game (Zhang et al., 2016, 15 px at 224 px) does; hollow parts (rings) need it. Images with
+    an empty mask or a constant map get NaN (nothing to point at / no pointer).
     """
     maps, masks = _maps_and_masks(maps, masks)
+    empty = ~masks.reshape(masks.shape[0], -1).any(1)
+    if tolerance:
+        masks = _dilate(masks, int(tolerance))
     flat = maps.reshape(maps.shape[0], -1)
     hits = masks.reshape(masks.shape[0], -1)[np.arange(flat.shape[0]), flat.argmax(1)].astype(float)
-    hits[~masks.reshape(masks.shape[0], -1).any(1)] = np.nan
+    hits[empty] = np.nan
     hits[flat.max(1) <= flat.min(1)] = np.nan
     return hits
 
@@ -72,7 +85,8 @@ def _as_numpy(x):
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def localisation_table(maps, masks, present=None, metric: str = "pointing_game") -> np.ndarray:
+def localisation_table(maps, masks, present=None, metric: str = "pointing_game",
+                       **metric_kwargs) -> np.ndarray:
     """Score ``(k, G)`` of every discovered concept against every ground-truth concept.
 
     Parameters
@@ -86,10 +100,16 @@ def localisation_table(maps, masks, present=None, metric: str = "pointing_game")
         concept is present count for it (NaN where it is present nowhere).
     metric
         ``"pointing_game"``, ``"relevance_mass"`` or ``"iou"`` (mean over images).
+    metric_kwargs
+        Passed to the metric (e.g. ``tolerance`` for the pointing game).
     """
     if metric not in LOCALISATION_METRICS:
         raise ValueError(f"`metric` must be one of {list(LOCALISATION_METRICS)}; got {metric!r}.")
-    fn = LOCALISATION_METRICS[metric]
+    base = LOCALISATION_METRICS[metric]
+
+    def fn(m, g):
+        return base(m, g, **metric_kwargs)
+
     maps, masks = _as_numpy(maps), _as_numpy(masks)
     if (maps.ndim != 4 or masks.ndim != 4 or maps.shape[0] != masks.shape[0]
             or maps.shape[2:] != masks.shape[2:]):
@@ -124,13 +144,14 @@ class ConceptMatch:
     n_images: int
 
 
-def match_concepts(maps, masks, present=None, metric: str = "pointing_game") -> list[ConceptMatch]:
+def match_concepts(maps, masks, present=None, metric: str = "pointing_game",
+                   **metric_kwargs) -> list[ConceptMatch]:
     """For every ground-truth concept, the discovered concept whose maps localise it best.
 
     Parameters are those of :func:`localisation_table`; ground-truth concepts present in no image
     are left out.
     """
-    table = localisation_table(maps, masks, present, metric)
+    table = localisation_table(maps, masks, present, metric, **metric_kwargs)
     masks_np = _as_numpy(masks)
     present_np = (masks_np.reshape(masks_np.shape[0], masks_np.shape[1], -1).any(-1)
                   if present is None else _as_numpy(present).astype(bool))
