@@ -7,9 +7,12 @@ Objective, for inputs ``X (n, k)``, labels ``y (n,)``, weights ``W (C, k)`` and 
 (the intercept is not penalised). This is the GLM-SAGA objective of the label-free CBM, and equals
 scikit-learn's ``LogisticRegression(l1_ratio=α, C=1/(n λ))`` objective divided by ``C n``.
 
-The solver is FISTA with adaptive restart: a gradient step on the smooth part with step ``1/L``,
-``L = ½ λ_max(X̃ᵀX̃/n) + λ(1 − α)`` (``X̃ = [X, 1]``; ½ bounds the softmax Hessian), then the
-proximal soft-threshold ``sign(w)·max(|w| − step·λα, 0)`` on ``W``. Full batch, in torch, so it
+The solver is FISTA with backtracking and adaptive restart: a gradient step on the smooth part
+with step ``1/L``, then the proximal soft-threshold ``sign(w)·max(|w| − step·λα, 0)`` on ``W``.
+``L`` is found by backtracking (tried 20 % below the last accepted value, doubled until the
+quadratic upper model holds), capped by the global bound ``½ λ_max(X̃ᵀX̃/n) + λ(1 − α)``
+(``X̃ = [X, 1]``; ½ bounds the softmax Hessian), which always holds; near a saturated optimum the
+local curvature is far below that bound, so the steps are much longer. Full batch, in torch, so it
 runs on a GPU when the data is there. :func:`elastic_net_path` walks λ down a geometric grid from
 the smallest λ that zeroes every weight, warm-starting each fit, and keeps the densest solution
 with at most ``nnz_per_class`` non-zero weights in every class (LF-CBM counts |w| > 1e-5).
@@ -83,41 +86,58 @@ def fit_elastic_net(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float
         b = torch.log(counts / n)
     else:
         W, b = init[0].to(X).clone(), init[1].to(X).clone()
-    step = 1.0 / lipschitz_constant(X, lam, alpha)
-    threshold = step * lam * alpha
+    bound = lipschitz_constant(X, lam, alpha)
+    curvature = bound
     onehot = F.one_hot(y, n_classes).to(X.dtype)
-    W_prev, b_prev = W.clone(), b.clone()
+    ridge = lam * (1 - alpha)
+
+    def smooth(W_: torch.Tensor, b_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = X @ W_.T + b_
+        loss = (torch.logsumexp(logits, 1) - (logits * onehot).sum(1)).mean() + 0.5 * ridge * (W_ * W_).sum()
+        return loss, logits
+
     V, c = W.clone(), b.clone()  # extrapolated point
     t = 1.0
-    obj_prev = float("inf")
     converged = False
-    it = 0
-    for it in range(1, max_iter + 1):
-        prob = torch.softmax(X @ V.T + c, dim=1)
-        residual = (prob - onehot) / n
-        grad_W = residual.T @ X + lam * (1 - alpha) * V
+    n_iter = 0
+    while n_iter < max_iter:
+        n_iter += 1
+        loss_v, logits_v = smooth(V, c)
+        residual = (torch.softmax(logits_v, dim=1) - onehot) / n
+        grad_W = residual.T @ X + ridge * V
         grad_b = residual.sum(0)
-        W_new = V - step * grad_W
-        W_new = torch.sign(W_new) * (W_new.abs() - threshold).clamp_min(0)
-        b_new = c - step * grad_b
+        # backtracking (Beck & Teboulle) from a slightly smaller curvature than last time, so
+        # the step can grow where the softmax saturates; the global bound always passes
+        curvature = curvature * 0.8
+        while True:
+            step = 1.0 / curvature
+            W_new = V - step * grad_W
+            W_new = torch.sign(W_new) * (W_new.abs() - step * lam * alpha).clamp_min(0)
+            b_new = c - step * grad_b
+            dW, db = W_new - V, b_new - c
+            model = (loss_v + (grad_W * dW).sum() + (grad_b * db).sum()
+                     + 0.5 * curvature * ((dW * dW).sum() + (db * db).sum()))
+            if curvature >= bound or smooth(W_new, b_new)[0] <= model + 1e-12 * abs(float(loss_v)):
+                break
+            curvature = min(2 * curvature, bound)
         change = float(max((W_new - W).abs().max(), (b_new - b).abs().max()))
+        # gradient-based adaptive restart (O'Donoghue & Candès): drop the momentum when it
+        # points against the proximal-gradient step
+        restart = float(((V - W_new) * (W_new - W)).sum() + ((c - b_new) * (b_new - b)).sum()) > 0
         W_prev, b_prev, W, b = W, b, W_new, b_new
         if change <= tol * max(1.0, float(W.abs().max())):
             converged = True
             break
-        obj = _objective(X, y, W, b, lam, alpha) if it % 10 == 0 else obj_prev
-        if obj > obj_prev:  # adaptive restart (O'Donoghue & Candès): drop the momentum
+        if restart:
             t = 1.0
             V, c = W.clone(), b.clone()
-            obj_prev = obj
             continue
-        obj_prev = obj
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         momentum = (t - 1) / t_next
         V = W + momentum * (W - W_prev)
         c = b + momentum * (b - b_prev)
         t = t_next
-    return SparseFit(W, b, lam, it, converged, _objective(X, y, W, b, lam, alpha))
+    return SparseFit(W, b, lam, n_iter, converged, _objective(X, y, W, b, lam, alpha))
 
 
 def lambda_max(X: torch.Tensor, y: torch.Tensor, n_classes: int, alpha: float) -> float:
@@ -135,30 +155,40 @@ def nnz_per_class(weight: torch.Tensor) -> np.ndarray:
 
 
 def elastic_net_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, nnz_target: int, *,
-                     alpha: float = 0.99, n_lambdas: int = 40, min_ratio: float = 1e-4,
+                     alpha: float = 0.99, n_lambdas: int = 25, min_ratio: float = 1e-4,
                      n_bisect: int = 8, max_iter: int = 5000,
-                     tol: float = 1e-7) -> tuple[SparseFit, list[dict]]:
+                     tol: float = 1e-6) -> tuple[SparseFit, list[dict]]:
     """Fit down a λ path; return the densest fit with ≤ ``nnz_target`` weights in every class.
 
     λ walks a geometric grid from ``λ_max`` down to ``min_ratio · λ_max`` with warm starts until
     some class has more than ``nnz_target`` non-zero weights; then ``n_bisect`` bisection steps
     (in log λ) between the last admissible λ and that one move as close to the target as possible.
+    Like glmnet, the walk also ends once the fit is saturated — the deviance ratio
+    ``1 − CE/CE_null`` exceeds 0.999 or gains less than 1e-5 from one λ to the next — since
+    smaller penalties then only inflate the weights (on separable data, without bound).
 
     Returns
     -------
     fit : SparseFit
     path : list of dict
-        ``{"lam", "nnz_max", "nnz_total", "n_iter", "train_accuracy"}`` for each λ visited.
+        ``{"lam", "nnz_max", "nnz_total", "n_iter", "train_accuracy", "deviance_ratio"}`` for
+        each λ visited.
     """
     nnz_target = check_int(nnz_target, "nnz_per_class", minimum=1)
     path: list[dict] = []
+    null_loss = None
 
     def solve(lam: float, init: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[SparseFit, int]:
+        nonlocal null_loss
         fit = fit_elastic_net(X, y, n_classes, lam, alpha=alpha, max_iter=max_iter, tol=tol, init=init)
         counts = nnz_per_class(fit.weight)
-        accuracy = float(((X @ fit.weight.T + fit.bias).argmax(1) == y).double().mean())
+        logits = X @ fit.weight.T + fit.bias
+        loss = float(F.cross_entropy(logits, y))
+        null_loss = loss if null_loss is None else null_loss  # λ_max: intercepts only
         path.append({"lam": lam, "nnz_max": int(counts.max()), "nnz_total": int(counts.sum()),
-                     "n_iter": fit.n_iter, "train_accuracy": accuracy})
+                     "n_iter": fit.n_iter,
+                     "train_accuracy": float((logits.argmax(1) == y).double().mean()),
+                     "deviance_ratio": 1 - loss / null_loss if null_loss > 0 else 1.0})
         return fit, int(counts.max())
 
     grid = lambda_max(X, y, n_classes, alpha) * np.geomspace(1.0, min_ratio, n_lambdas)
@@ -171,6 +201,9 @@ def elastic_net_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, nnz_targe
             too_dense = float(lam)
             break
         best = fit
+        ratio, previous = path[-1]["deviance_ratio"], path[-2]["deviance_ratio"]
+        if ratio > 0.999 or ratio - previous < 1e-5:
+            break
     if too_dense is not None:
         low, high = np.log(too_dense), np.log(best.lam)
         for _ in range(n_bisect):
