@@ -107,6 +107,7 @@ def _load_open_clip(name: str, *, pretrained: str | None, device: torch.device,
             f"model='local-dir:/path' (open_clip_config.json + weights), or download once online "
             f"and then run with HF_HUB_OFFLINE=1 to use the cached copy.") from err
     model._conceptkit_name = name
+    model.eval()
     if pretrained is None:
         checkpoint = None  # random or config-dir weights: identified by hashing them
     elif os.path.isfile(pretrained):
@@ -136,6 +137,9 @@ class ClipEncoders:
         Where images and tokens are sent (default CPU).
     batch_size : int
         Images / texts per forward pass.
+    module : nn.Module, optional
+        The model behind the encoders: each call runs it in eval mode without gradients and
+        restores its flags afterwards.
     """
 
     def __init__(self, encode_image: Callable[[torch.Tensor], torch.Tensor],
@@ -194,7 +198,7 @@ class ClipEncoders:
         if tokenizer is None or not callable(tokenizer):
             raise TypeError("`tokenizer` is required with an open_clip model object: pass "
                             "open_clip.get_tokenizer(model_name).")
-        model = model.to(dev).eval()
+        model = model.to(dev)  # its train/eval flags are left alone: each call runs in eval mode
         if preprocess is not None:
             transform = _pil_transform(preprocess)
         else:
