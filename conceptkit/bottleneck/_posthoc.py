@@ -263,7 +263,8 @@ class PosthocCBM(BaseEstimator):
         return logits
 
     def predict(self, X: Any) -> np.ndarray:
-        return np.asarray(self.classes_)[self.decision_function(X).argmax(1)]
+        logits = self.decision_function(X)  # checks that the model is fitted
+        return np.asarray(self.classes_)[logits.argmax(1)]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         logits = self.decision_function(X)
