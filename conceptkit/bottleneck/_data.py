@@ -185,8 +185,8 @@ def as_cbm_data(data: Any, name: str, *, n_concepts: int | None = None,
     if n_concepts is not None and wrapped.n_concepts != n_concepts:
         raise ValueError(f"`{name}` has {wrapped.n_concepts} concept columns but the model has "
                          f"n_concepts={n_concepts}.")
-    if n_classes is not None and wrapped.tensors is not None:
-        top = int(wrapped.tensors[2].max())
+    if n_classes is not None:
+        top = int(wrapped.columns()[1].max())  # one pass over a Dataset, cached
         if top >= n_classes:
             raise ValueError(f"`{name}` has class label {top} but the model has n_classes={n_classes} "
                              f"(labels must lie in [0, {n_classes - 1}]).")

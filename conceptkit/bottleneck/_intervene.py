@@ -24,7 +24,7 @@ import torch
 from .._torchutils import preserved_model_state
 from .._validation import check_choice, check_int, describe, make_rng, to_numpy
 from ._data import as_cbm_data, as_inputs, as_tensor, check_concepts
-from ._model import CBMOutput, ConceptBottleneckModel
+from ._model import CBMOutput, ConceptBottleneckModel, check_cbm
 
 POLICIES = ("random", "uncertainty", "importance")
 
@@ -57,16 +57,6 @@ class InterventionCurve:
     area: float
 
 
-def _check_model(model: Any) -> ConceptBottleneckModel:
-    if not isinstance(model, ConceptBottleneckModel):
-        raise TypeError(f"`model` must be a ConceptBottleneckModel; got {describe(model)}.")
-    if not bool(model.calibrated):
-        raise ValueError("`model` has a logit bottleneck whose intervention values are not "
-                         "calibrated; train it with train_cbm or call "
-                         "model.calibrate_intervention(train_inputs) first.")
-    return model
-
-
 def _as_mask(mask: Any, shape: tuple[int, int]) -> torch.Tensor:
     mask = torch.as_tensor(to_numpy(mask) if not isinstance(mask, torch.Tensor) else mask)
     if mask.dtype != torch.bool:
@@ -97,7 +87,7 @@ def intervene(model: ConceptBottleneckModel, x: Any, concept_values: Any, mask: 
         ``concepts`` holds the bottleneck after replacement, ``class_logits`` the head's output on
         it; ``concept_logits`` are the encoder's unchanged predictions.
     """
-    model = _check_model(model)
+    model = check_cbm(model, calibrated=True)
     x = as_inputs(x, "x")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`x` must be a tensor of inputs (N, ...); got {describe(x)}.")
@@ -175,7 +165,7 @@ def intervention_curve(model: ConceptBottleneckModel, data: Any, *, policy: str 
     -------
     InterventionCurve
     """
-    model = _check_model(model)
+    model = check_cbm(model, calibrated=True)
     policy = check_choice(policy, "policy", POLICIES)
     n_trials = check_int(n_trials, "n_trials", minimum=1)
     rng = make_rng(seed)

@@ -12,9 +12,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .._validation import check_float, describe
+from .._validation import check_float
 from ._data import as_cbm_data
-from ._model import ConceptBottleneckModel
+from ._model import ConceptBottleneckModel, check_cbm
 
 
 @dataclass(frozen=True)
@@ -42,19 +42,13 @@ class CBMEvaluation:
     n_examples: int
 
 
-def _check_model(model: Any) -> ConceptBottleneckModel:
-    if not isinstance(model, ConceptBottleneckModel):
-        raise TypeError(f"`model` must be a ConceptBottleneckModel; got {describe(model)}.")
-    return model
-
-
 def evaluate_cbm(model: ConceptBottleneckModel, data: Any, *, batch_size: int = 256,
                  device: Any = None, progress: bool = False) -> CBMEvaluation:
     """Task accuracy and per-concept accuracy / F1 / AUC of ``model`` on ``data``.
 
     ``data`` is a tuple ``(x, concepts, labels)`` or a Dataset yielding ``(x, c, y)``.
     """
-    model = _check_model(model)
+    model = check_cbm(model)
     data = as_cbm_data(data, "data", n_concepts=model.n_concepts, n_classes=model.n_classes)
     out = model.predict_all(data, batch_size=batch_size, device=device, progress=progress)
     concepts, labels = data.columns()
@@ -117,7 +111,7 @@ def leakage_score(model: ConceptBottleneckModel, train_data: Any, test_data: Any
         Inverse L2 strength of the logistic probes (weak regularisation by default, so that
         the probes measure information content rather than a prior).
     """
-    model = _check_model(model)
+    model = check_cbm(model)
     C = check_float(C, "C", minimum=0.0, strict_minimum=True)
     parts = []
     for name, data in (("train_data", train_data), ("test_data", test_data)):

@@ -273,6 +273,17 @@ class ConceptBottleneckModel(nn.Module):
         return model
 
 
+def check_cbm(model: Any, *, calibrated: bool = False) -> ConceptBottleneckModel:
+    """``model`` if it is a ConceptBottleneckModel (with calibrated intervention values if asked)."""
+    if not isinstance(model, ConceptBottleneckModel):
+        raise TypeError(f"`model` must be a ConceptBottleneckModel; got {describe(model)}.")
+    if calibrated and not bool(model.calibrated):
+        raise ValueError("`model` has a logit bottleneck whose intervention values are not "
+                         "calibrated; train it with train_cbm or call "
+                         "model.calibrate_intervention(train_inputs) first.")
+    return model
+
+
 def pos_weight_from(concepts: torch.Tensor) -> torch.Tensor:
     """Per-concept positive weight ``n / n_pos - 1`` (Koh et al.; = n_neg / n_pos).
 

@@ -26,7 +26,7 @@ import torch
 from .._validation import describe
 from ._intervene import InterventionCurve
 from ._metrics import CBMEvaluation, LeakageReport
-from ._model import ConceptBottleneckModel
+from ._model import ConceptBottleneckModel, check_cbm
 from ._train import TrainHistory
 
 
@@ -148,8 +148,7 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
     -------
     Path of ``index.html``.
     """
-    if not isinstance(model, ConceptBottleneckModel):
-        raise TypeError(f"`model` must be a ConceptBottleneckModel; got {describe(model)}.")
+    model = check_cbm(model)
     if not isinstance(evaluation, CBMEvaluation):
         raise TypeError(f"`evaluation` must be a CBMEvaluation; got {describe(evaluation)}.")
     out = Path(out_dir)

@@ -36,9 +36,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import seed_everything
-from .._validation import check_choice, check_float, check_int, describe, resolve_device
+from .._validation import check_choice, check_float, check_int, resolve_device
 from ._data import Batch, CBMData, as_cbm_data
-from ._model import ConceptBottleneckModel, pos_weight_from
+from ._model import ConceptBottleneckModel, check_cbm, pos_weight_from
 
 MODES = ("independent", "sequential", "joint", "standard")
 OPTIMIZERS = ("adam", "sgd")
@@ -182,8 +182,7 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     -------
     TrainHistory
     """
-    if not isinstance(model, ConceptBottleneckModel):
-        raise TypeError(f"`model` must be a ConceptBottleneckModel; got {describe(model)}.")
+    model = check_cbm(model)
     mode = check_choice(mode, "mode", MODES)
     lam = check_float(concept_loss_weight, "concept_loss_weight", minimum=0.0)
     seed = check_int(seed, "seed", minimum=0)
@@ -206,13 +205,7 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
         val = as_cbm_data(val_data, "val_data", n_concepts=model.n_concepts,
                           n_classes=model.n_classes)
         val_source = "given"
-    train_concepts, train_labels = train.columns()
-    for name, part in (("train_data", train), ("val_data", val)):
-        top = int(part.columns()[1].max())
-        if top >= model.n_classes:
-            raise ValueError(f"`{name}` has class label {top} but the model has "
-                             f"n_classes={model.n_classes}.")
-    pos_weight = pos_weight_from(train_concepts).to(dev)
+    pos_weight = pos_weight_from(train.columns()[0]).to(dev)
     if mode == "standard":
         lam = 0.0
 
