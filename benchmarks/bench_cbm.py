@@ -3,7 +3,7 @@
 Part 1 — supervised CBMs (the ``conceptkit train-cbm`` defaults): the shipped reference CNN is
 frozen and cut at ``block3``; its maps are computed once for 300 / 60 / 150 images per class
 (train / val / test, seed 0) and a ``SpatialProbe`` is the concept encoder. Each of the four modes
-is trained (Adam lr 1e-2, batch 64, ≤ 60 epochs, patience 10) and scored on the test split: task
+is trained (Adam lr 1e-2, batch 128, ≤ 40 epochs, patience 10) and scored on the test split: task
 and concept accuracy, accuracy with every concept intervened, intervention-curve areas for the
 three policies, and leakage.
 
@@ -54,7 +54,7 @@ def supervised(sizes: dict[str, int], epochs: int) -> list[dict]:
         torch.manual_seed(0)
         model = ConceptBottleneckModel(SpatialProbe(data["train"][0].shape[1], 10), 10, 6)
         history = train_cbm(model, data["train"], data["val"], mode=mode, epochs=epochs, lr=1e-2,
-                            batch_size=64, patience=10, seed=0, progress=False)
+                            batch_size=128, patience=10, seed=0, progress=False)
         result = evaluate_cbm(model, data["test"])
         curves = {p: intervention_curve(model, data["test"], policy=p, n_trials=5, seed=0)
                   for p in ("random", "uncertainty", "importance")}
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     sizes = {"train": 60, "val": 20, "test": 50} if args.quick else {"train": 300, "val": 60, "test": 150}
-    results = {"supervised": supervised(sizes, epochs=15 if args.quick else 60),
+    results = {"supervised": supervised(sizes, epochs=15 if args.quick else 40),
                "posthoc": posthoc(60 if args.quick else 300, 50 if args.quick else 150),
                "solver": solver(2000 if args.quick else 10000, 50, 10, [1e-3, 1e-2])}
     print("\n| mode | train s | epochs | task acc | concept acc (min) | all intervened | "

@@ -43,12 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", choices=HEADS, default="linear")
     parser.add_argument("--concept-loss-weight", type=float, default=1.0,
                         help="λ of the joint loss CE + λ Σ BCE")
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-2,
                         help="Adam learning rate (1e-2 converges in far fewer epochs than 1e-3 on "
                              "the frozen features)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     parser.add_argument("--n-train", type=int, default=300, help="training images per class")
     parser.add_argument("--n-val", type=int, default=60, help="validation images per class")
