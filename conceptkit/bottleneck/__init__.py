@@ -7,6 +7,7 @@ Public names::
                  evaluate_cbm, CBMEvaluation, leakage_score, LeakageReport
     label-free   LabelFreeCBM, ClipEncoders, ClipLike
     post-hoc     PosthocCBM, ConceptBank
+    report       write_cbm_report, concept_class_weights
 """
 
 from ._clip import ClipEncoders, ClipLike
@@ -15,25 +16,28 @@ from ._label_free import LabelFreeCBM
 from ._metrics import CBMEvaluation, LeakageReport, evaluate_cbm, leakage_score
 from ._model import CBMOutput, ConceptBottleneckModel, SpatialProbe
 from ._posthoc import ConceptBank, PosthocCBM
+from ._report import concept_class_weights, write_cbm_report
 from ._train import StageHistory, TrainHistory, train_cbm
 
 __all__ = [
+    "CBMEvaluation",
+    "CBMOutput",
     "ClipEncoders",
     "ClipLike",
     "ConceptBank",
-    "LabelFreeCBM",
-    "CBMEvaluation",
-    "CBMOutput",
     "ConceptBottleneckModel",
     "InterventionCurve",
+    "LabelFreeCBM",
     "LeakageReport",
     "PosthocCBM",
     "SpatialProbe",
     "StageHistory",
     "TrainHistory",
+    "concept_class_weights",
     "evaluate_cbm",
     "intervene",
     "intervention_curve",
     "leakage_score",
     "train_cbm",
+    "write_cbm_report",
 ]
