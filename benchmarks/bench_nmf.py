@@ -17,6 +17,12 @@ Usage::
     python benchmarks/bench_nmf.py            # (5000 x 2048, k=25) and (20000 x 512, k=10)
     python benchmarks/bench_nmf.py --quick    # small problems, one repeat
     python benchmarks/bench_nmf.py --threads 1   # single-threaded (less sensitive to load)
+    python benchmarks/bench_nmf.py --omp-passive # sleeping OpenMP threads (shared machines)
+
+On a loaded machine (more runnable processes than cores) GNU OpenMP's default active wait makes
+torch's intra-op thread pool spin against the other processes; torch solvers then slow down far
+more than scikit-learn's OpenBLAS calls. ``--threads 1`` or ``--omp-passive`` removes that effect;
+the header line prints the load average at the start.
 """
 
 from __future__ import annotations
@@ -101,13 +107,17 @@ def worker(path: str, solver: str, k: int, device: str | None, threads: int | No
     return result
 
 
-def run_worker(path: Path, solver: str, k: int, device: str | None, threads: int | None) -> dict:
+def run_worker(path: Path, solver: str, k: int, device: str | None, threads: int | None,
+               passive: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(path), solver, str(k)]
+    env = dict(os.environ)
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     if device:
         cmd += ["--device", device]
     if threads:
         cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -130,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="device for the torch solvers (e.g. cuda)")
     parser.add_argument("--threads", type=int, default=None,
                         help="cap torch and BLAS/OpenMP threads in every worker (default: as is)")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="run workers with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep "
+                             "instead of spinning; matters on a loaded machine)")
     parser.add_argument("--worker", nargs=3, metavar=("DATA", "SOLVER", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -143,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     if "cd" not in solvers:
         solvers = ["cd"] + solvers
     threads = f"capped at {args.threads}" if args.threads else describe_threads()
+    if args.omp_passive:
+        threads += ", OMP_WAIT_POLICY=PASSIVE"
     print(f"# bench_nmf: {os.cpu_count()} CPUs, threads {threads}; torch device "
           f"{args.device or 'cpu'}; {repeats} repeat(s), median time; load average "
           f"{os.getloadavg()[0]:.1f}")
@@ -154,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
             for r in range(repeats):
                 order = solvers[r % len(solvers):] + solvers[:r % len(solvers)]
                 for solver in order:
-                    runs[solver].append(run_worker(path, solver, k, args.device, args.threads))
+                    runs[solver].append(run_worker(path, solver, k, args.device, args.threads,
+                                                   args.omp_passive))
             summary = {s: {"seconds": statistics.median(x["seconds"] for x in rs),
                            "cpu": statistics.median(x["cpu_seconds"] for x in rs),
                            "rel_error": rs[0]["rel_error"], "n_iter": rs[0]["n_iter"],
