@@ -104,7 +104,9 @@ class NMF(Factorizer):
     max_iter, tol : int, float
         Iteration cap and stopping tolerance (scikit-learn's defaults and meaning; the torch
         solvers use scikit-learn's stopping rule for the matching algorithm). ``transform`` uses
-        the same cap and tolerance for its non-negative least-squares solve.
+        the same cap and tolerance for its non-negative least-squares solve of the codes with
+        the dictionary fixed: scikit-learn's own for ``"cd"``/``"mu"``, deterministic HALS sweeps
+        from the clipped least-squares solution for the torch solvers.
     alpha_W, alpha_H, l1_ratio : float, float or "same", float
         Elastic-net penalties on the codes (``alpha_W``) and the dictionary (``alpha_H``), scaled
         by the data size exactly as in scikit-learn. CRAFT's TensorFlow twin used ``alpha_W=1e-2``.
@@ -112,9 +114,11 @@ class NMF(Factorizer):
         Clip negative activations to 0 before fitting/encoding. Off by default: negative input
         raises an error (use :class:`SemiNMF` for signed activations).
     random_state : int or None
-        Seed for the initialisation.
+        Seed for the initialisation (``None``: fresh randomness, as in scikit-learn).
     device : str, torch.device or None
         Torch solvers only; ``None`` computes where the input tensor lives (CPU for numpy).
+        On a CPU shared with other busy processes, torch's OpenMP threads spin while they wait;
+        ``OMP_WAIT_POLICY=PASSIVE`` in the environment (or ``torch.set_num_threads(1)``) avoids it.
     dtype : {"float32", "float64"}
         Torch solvers only: the compute and output dtype.
     verbose : bool
