@@ -203,7 +203,11 @@ class ClassConcepts:
                 return self.saved_metrics
             raise ValueError("metrics need the class activations; this explanation was loaded "
                              "from disk without them.")
-        return compute_metrics(self, stability=stability, seed=seed)
+        key = (bool(stability), seed)
+        cache = self.__dict__.setdefault("_metrics_cache", {})
+        if key not in cache:  # save() and report() both show the metrics: compute them once
+            cache[key] = compute_metrics(self, stability=stability, seed=seed)
+        return cache[key]
 
     def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
         """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""

@@ -47,7 +47,7 @@ class Normalize(nn.Module):
         return (x - self.mean.to(x)) / self.std.to(x)
 
 
-class OfflineWeightsError(RuntimeError):
+class OfflineWeightsError(ConnectionError):
     """Hub weights were requested but could not be downloaded."""
 
 
@@ -76,6 +76,18 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_weights(model: nn.Module, weights: str | os.PathLike, spec: str) -> None:
+    """Load a local weights file into ``model``; a file for another architecture is refused
+    with a message naming ``--weights``."""
+    state = load_state(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(f"`--weights` {str(weights)!r} does not fit {spec}: "
+                         f"{' '.join(first[:3])[:300]}") from err
+
+
 def _torchvision(name: str, weights: str | None) -> LoadedModel:
     import torchvision
 
@@ -92,7 +104,7 @@ def _torchvision(name: str, weights: str | None) -> LoadedModel:
     else:
         model = torchvision.models.get_model(name, weights=None)
         if weights is not None:
-            model.load_state_dict(load_state(weights))
+            load_weights(model, weights, f"torchvision:{name}")
     layer = "layer4" if hasattr(model, "layer4") else ("features" if hasattr(model, "features") else None)
     return LoadedModel(model.eval(), f"torchvision:{name}", 224, Normalize(IMAGENET_MEAN, IMAGENET_STD),
                        labels, layer)
@@ -110,7 +122,7 @@ def _timm(name: str, weights: str | None) -> LoadedModel:
             raise _offline_error(f"timm:{name}", err) from err
         raise
     if weights is not None and not pretrained:
-        model.load_state_dict(load_state(weights))
+        load_weights(model, weights, f"timm:{name}")
     config = resolve_data_config({}, model=model)
     size = int(config["input_size"][-1])
     layer = "layer4" if hasattr(model, "layer4") else ("bn2" if hasattr(model, "bn2") else None)
@@ -142,7 +154,7 @@ def load_model(spec: str, weights: str | None = None) -> LoadedModel:
     if spec == "reference":
         model = reference_model()
         if weights is not None:
-            model.load_state_dict(load_state(weights))
+            load_weights(model, weights, "the reference CNN")
         return LoadedModel(model, "reference CNN", 64, None, list(CLASS_NAMES), "block4")
     if spec == "efficientnet_lite0":
         from .datasets import efficientnet_lite0
