@@ -151,3 +151,15 @@ def test_encode_decode_layouts():
     assert isinstance(bank.encode(maps.numpy()), np.ndarray)
     with pytest.raises(ValueError, match="channels"):
         bank.encode(torch.rand(2, 7, 5, 6))
+
+
+def test_restrict_bank_slices_only_per_concept_arrays():
+    from conceptkit.concepts import PCAConcepts
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(50, 3)).astype(np.float32)  # C == k: mean_ (C,) must not be sliced
+    prov = Provenance("image", np.arange(50), np.zeros((50, 4)), (4, 4))
+    bank = bank_from_activations(PCAConcepts(3), acts, prov)
+    small = restrict_bank(bank, np.array([0, 2]))
+    assert np.array_equal(small.factorizer.mean_, bank.factorizer.mean_)
+    assert np.array_equal(small.factorizer.components_, bank.factorizer.components_[[0, 2]])

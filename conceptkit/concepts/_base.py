@@ -59,6 +59,8 @@ class Factorizer(BaseEstimator, abc.ABC):
     _state_arrays: ClassVar[tuple[str, ...]] = ("components_",)
     _state_info: ClassVar[tuple[str, ...]] = ("reconstruction_err_", "n_iter_", "n_features_in_")
     _optional_arrays: ClassVar[tuple[str, ...]] = ()
+    # Fitted arrays with one row per concept (sliced when concepts are dropped, e.g. by ACE).
+    _concept_arrays: ClassVar[tuple[str, ...]] = ("components_",)
     _negative_hint: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -240,9 +240,9 @@ def restrict_bank(bank: ConceptBank, keep: np.ndarray) -> ConceptBank:
     dictionary, and the codes of the fitted rows are recomputed with it."""
     keep = np.asarray(keep, dtype=np.int64)
     factorizer = bank.factorizer
-    k = bank.n_concepts
     arrays, info = factorizer.get_state()
-    sliced = {name: (a[keep] if a.ndim >= 1 and a.shape[0] == k else a) for name, a in arrays.items()}
+    per_concept = set(type(factorizer)._concept_arrays)
+    sliced = {name: (a[keep] if name in per_concept else a) for name, a in arrays.items()}
     params = factorizer.get_params(deep=False)
     params["n_concepts"] = int(keep.size)
     restricted = factorizer_from_state(type(factorizer).__name__, params, sliced, info)

@@ -64,6 +64,7 @@ class TopKSAE(Factorizer):
     overcomplete = True
     _state_arrays: ClassVar[tuple[str, ...]] = ("components_", "encoder_weight_", "encoder_bias_",
                                                 "bias_")
+    _concept_arrays: ClassVar[tuple[str, ...]] = ("components_", "encoder_weight_", "encoder_bias_")
 
     def __init__(self, n_concepts: int = 64, top_k: int | None = None, epochs: int = 20,
                  batch_size: int = 256, lr: float = 1e-3, random_state: int | None = None,

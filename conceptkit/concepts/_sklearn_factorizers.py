@@ -160,6 +160,7 @@ class ICAConcepts(_CenteredFactorizer):
     """
 
     _state_arrays: ClassVar[tuple[str, ...]] = ("components_", "mean_", "unmixing_")
+    _concept_arrays: ClassVar[tuple[str, ...]] = ("components_", "unmixing_")
 
     def __init__(self, n_concepts: int = 10, max_iter: int = 200, tol: float = 1e-4,
                  fun: str = "logcosh", random_state: int | None = None) -> None:
