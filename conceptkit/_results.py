@@ -63,6 +63,7 @@ class ClassConcepts:
     saved_metrics: dict[str, Any] | None = None
     saved_images: torch.Tensor | None = None
     explainer: Any = field(default=None, repr=False)
+    context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
 
     # ------------------------------------------------------------------ the public face
     @property

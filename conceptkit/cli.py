@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+#: ``--factorizer`` choices: signed activations (ViT/CLIP tokens) need ``semi_nmf`` or ``pca``.
+FACTORIZER_CHOICES = {"nmf": "NMF", "semi_nmf": "SemiNMF", "kmeans": "KMeansConcepts",
+                      "pca": "PCAConcepts", "ica": "ICAConcepts", "sparse": "SparseDictionary",
+                      "topk_sae": "TopKSAE"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -54,8 +58,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     images, files = load_images(args.images, size)
     name = args.class_name or (loaded.labels[args.class_id] if args.class_id < len(loaded.labels)
                                else f"class {args.class_id}")
+    factorizer = None
+    if args.factorizer is not None:
+        from .concepts import FACTORIZERS
+
+        factorizer = FACTORIZERS[FACTORIZER_CHOICES[args.factorizer]](n_concepts=args.n_concepts)
     explainer = ConceptExplainer(loaded.model, layer, n_concepts=args.n_concepts, method=args.method,
                                  importance=args.importance, patch_size=args.patch_size,
+                                 factorizer=factorizer,
                                  batch_size=args.batch_size, seed=args.seed,
                                  preprocess=loaded.preprocess, model_name=loaded.name,
                                  progress=not args.quiet)
@@ -143,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--method", default="craft", choices=["craft", "ice", "ace"])
     exp.add_argument("--importance", default="sobol")
     exp.add_argument("--n-concepts", type=int, default=10)
+    exp.add_argument("--factorizer", default=None, choices=sorted(FACTORIZER_CHOICES),
+                     help="replace the method's factorizer (semi_nmf for ViT/CLIP tokens)")
     exp.add_argument("--patch-size", type=int, default=None)
     exp.add_argument("--size", type=int, default=None, help="image size fed to the model")
     exp.add_argument("--batch-size", type=int, default=32)

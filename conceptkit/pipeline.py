@@ -22,7 +22,7 @@ from ._results import ClassConcepts
 from ._torchutils import model_device, preserved_model_state
 from ._validation import check_choice, check_images, check_int, describe
 from .concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, bank_from_activations
-from .extraction import ActivationExtractor, get_layer, positions, split_model
+from .extraction import ActivationExtractor, TokenHead, get_layer, positions, split_model
 from .importance import METHODS as IMPORTANCE_METHODS
 from .importance import concept_importance
 
@@ -93,6 +93,7 @@ class ConceptExplainer:
         self.method_kwargs = dict(method_kwargs or {})
         self.model_name = model_name or type(model).__name__
         self._h: nn.Module | None = None
+        self._token_layout: str | None = None  # set when the layer outputs transformer tokens
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -102,11 +103,25 @@ class ConceptExplainer:
             _, self._h = split_model(self.model, self.layer)
         return self._h
 
-    def activations(self, images: torch.Tensor) -> torch.Tensor:
-        """Feature maps ``(N, C, h, w)`` of ``images`` at the layer (one pass of ``g``)."""
-        return ActivationExtractor(self.model, self.layer, batch_size=self.batch_size,
-                                   device=self.device, progress=self.progress,
-                                   preprocess=self.preprocess)(images)
+    @property
+    def maps_head(self) -> nn.Module:
+        """``h`` taking feature maps: for transformer layers a :class:`TokenHead` that puts each
+        input's CLS/register tokens (its ``context``) back in front of the patch tokens."""
+        return TokenHead(self.h, self._token_layout) if self._token_layout else self.h
+
+    def activations(self, images: torch.Tensor, with_context: bool = False) -> Any:
+        """Feature maps ``(N, C, h, w)`` of ``images`` at the layer (one pass of ``g``).
+
+        Transformer tokens come back as maps of the patch tokens; with ``with_context=True`` the
+        dropped CLS/register tokens ``(N, P, C)`` (or None) are returned too.
+        """
+        extractor = ActivationExtractor(self.model, self.layer, batch_size=self.batch_size,
+                                        device=self.device, progress=self.progress,
+                                        preprocess=self.preprocess)
+        maps = extractor(images)
+        if extractor.prefix_ is not None:
+            self._token_layout = extractor.token_layout_
+        return (maps, extractor.prefix_) if with_context else maps
 
     def _discovery(self) -> Any:
         cls = DISCOVERY_METHODS[self.method]
@@ -147,11 +162,11 @@ class ConceptExplainer:
         class_id = check_int(class_id, "class_id", minimum=0)
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        h = self.h  # fails early, before any heavy work, when the cut is not valid
+        self.h  # noqa: B018 - split now: fails early, before any heavy work, on an invalid cut
         timings["split"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        acts = self.activations(images)
+        acts, context = self.activations(images, with_context=True)
         timings["activations"] = time.perf_counter() - start
         if acts.ndim not in (2, 4):
             raise ValueError(f"`layer` {self.layer!r} gives activations of shape "
@@ -162,10 +177,10 @@ class ConceptExplainer:
         timings["discovery"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        importance = concept_importance(h, acts, bank, class_id, method=self.importance,
-                                        n_designs=self.n_designs, seed=self.seed,
-                                        device=self.device, progress=self.progress,
-                                        **self._importance_options())
+        importance = concept_importance(self.maps_head, acts, bank, class_id,
+                                        method=self.importance, n_designs=self.n_designs,
+                                        seed=self.seed, device=self.device, progress=self.progress,
+                                        context=context, **self._importance_options())
         timings["importance"] = time.perf_counter() - start
         params = {"n_concepts": self.n_concepts, "method": self.method,
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
@@ -176,14 +191,10 @@ class ConceptExplainer:
                              bank=bank, importance=importance, images=images.detach().cpu(),
                              activations=acts, model_name=self.model_name, layer=self.layer,
                              method=self.method, params=params, timings=timings, image_ids=ids,
-                             explainer=self)
+                             explainer=self, context=context)
 
     def _importance_options(self) -> dict[str, Any]:
-        options = dict(self.importance_kwargs)
-        if self.importance != "sobol":
-            # n_designs only matters to Sobol; concept_importance accepts and ignores it.
-            pass
-        return options
+        return dict(self.importance_kwargs)
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 64,
@@ -282,11 +293,12 @@ def compute_metrics(cc: ClassConcepts, *, stability: bool = False, seed: int | N
         if stability:
             out["extraction"]["stability"] = _metric(
                 cm.stability(bank.factorizer, acts, seed=seed), True)
-    h = cc.explainer.h if cc.explainer is not None else None
+    h = cc.explainer.maps_head if cc.explainer is not None else None
     if h is not None and cc.activations is not None:
         per_input = cc.importance.per_input
         for metric in (CDeletion(), CInsertion(), CMuFidelity(seed=seed)):
-            result = metric.evaluate(h, cc.activations, bank, cc.class_id, per_input)
+            result = metric.evaluate(h, cc.activations, bank, cc.class_id, per_input,
+                                     context=cc.context)
             out["importance"][metric.name] = _metric(result.score, metric.higher_is_better)
     return out
 

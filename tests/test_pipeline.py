@@ -136,3 +136,26 @@ def test_invalid_cut_is_reported_before_any_work():
     explainer = conceptkit.ConceptExplainer(Residual(), "a", progress=False)
     with pytest.raises(CutError, match="skip connection"):
         explainer.fit(torch.rand(4, 3, 16, 16), 0)
+
+
+def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
+    import timm
+
+    from conceptkit.concepts import SemiNMF
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=3, num_classes=5).eval()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    before = snapshot(model)
+    explainer = conceptkit.ConceptExplainer(model, "blocks.1", n_concepts=3, patch_size=16,
+                                            factorizer=SemiNMF(3, random_state=0), seed=0,
+                                            progress=False)
+    cc = explainer.fit(images, 2)
+    assert snapshot(model) == before
+    maps, prefix = explainer.activations(images, with_context=True)
+    assert maps.shape == (6, 192, 2, 2) and prefix.shape == (6, 1, 192)
+    with torch.no_grad():  # the maps head with each input's own CLS token is the model itself
+        assert torch.allclose(explainer.maps_head(maps, prefix), model(images), atol=1e-5)
+    assert cc.importance.per_input.shape == (6, 3) and np.all(np.isfinite(cc.importances))
+    assert cc.concept_maps().shape == (6, 3, 32, 32)
+    assert cc.concept_maps(kind="gradient").shape == (6, 3, 32, 32)

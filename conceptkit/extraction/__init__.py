@@ -4,6 +4,7 @@ and cut images into the inputs of concept methods (crops, positions, segments)."
 from ._decompose import ACE_GREY, CropSet, PositionSet, SegmentSet, crops, positions, segments
 from ._extractor import (
     ActivationExtractor,
+    TokenHead,
     expected_in_channels,
     extract,
     infer_prefix_tokens,
@@ -24,6 +25,7 @@ __all__ = [
     "PositionSet",
     "Provenance",
     "SegmentSet",
+    "TokenHead",
     "check_split",
     "crops",
     "expected_in_channels",

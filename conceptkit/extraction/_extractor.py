@@ -72,6 +72,27 @@ def maps_to_tokens(maps: torch.Tensor, prefix: torch.Tensor | None = None) -> to
     return tokens
 
 
+class TokenHead(nn.Module):
+    """``h`` of a transformer cut, fed token *maps*: ``forward(maps, prefix)`` puts each input's
+    CLS/register tokens back in front of its patch tokens and runs ``h`` on the sequence.
+
+    Concept methods decompose only the patch tokens (as maps ``(N, C, h, w)``); the prefix tokens
+    of each input are kept as they are, passed as the per-input ``context`` of
+    :func:`conceptkit.importance.concept_importance`.
+    """
+
+    def __init__(self, h: nn.Module, layout: str = "NTC"):
+        super().__init__()
+        self.h = h
+        self.layout = layout
+
+    def forward(self, maps: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = maps_to_tokens(maps, prefix)
+        if self.layout == "TNC":
+            tokens = tokens.transpose(0, 1)
+        return self.h(tokens)
+
+
 def _batches(inputs: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int]:
     """Yield image batches from a tensor, a Dataset, a DataLoader, or a batch source."""
     if hasattr(inputs, "iter_batches") and hasattr(inputs, "__len__"):
@@ -158,6 +179,8 @@ class ActivationExtractor:
             raise TypeError(f"`preprocess` must be callable (batch -> batch); got {describe(preprocess)}.")
         self.preprocess = preprocess
         self.token_layout_: str | None = None
+        self.prefix_: torch.Tensor | None = None
+        self._prefix_batches: list[torch.Tensor] = []
 
     def _select(self, output: Any) -> torch.Tensor:
         if isinstance(output, (tuple, list)):
@@ -186,6 +209,7 @@ class ActivationExtractor:
         if prefix is None:
             prefix = infer_prefix_tokens(self.model, act.shape[1])
             self.prefix_tokens_ = prefix
+        self._prefix_batches.append(act[:, :prefix].detach().to(self.output_device))
         return tokens_to_maps(act, prefix)
 
     def __call__(self, inputs: Any) -> torch.Tensor:
@@ -198,6 +222,8 @@ class ActivationExtractor:
         dtype = model_dtype(self.model)
         outputs: list[torch.Tensor] = []
         captured: list[Any] = []
+        self._prefix_batches = []
+        self.prefix_ = None
 
         def hook(_module, _inputs, output):
             captured.append(output)
@@ -234,6 +260,9 @@ class ActivationExtractor:
                     self.model.to(original)
         if not outputs:
             raise ValueError("`inputs` is empty: no images to extract activations from.")
+        if self._prefix_batches:  # the CLS/register tokens dropped from token maps, (N, P, C)
+            self.prefix_ = torch.cat(self._prefix_batches)
+            self._prefix_batches = []
         return torch.cat(outputs)
 
     def _check_batch(self, batch: Any) -> torch.Tensor:

@@ -169,7 +169,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
                        memory_budget: int = DEFAULT_MEMORY_BUDGET,
                        seed: int | np.random.Generator | None = None, device: Any = None,
                        confidence: float | None = 0.95, progress: bool = True,
-                       **method_kwargs: Any) -> ConceptImportance:
+                       context: Any = None, **method_kwargs: Any) -> ConceptImportance:
     """Importance of each concept of ``bank`` for class ``class_id`` of the head ``h``.
 
     Only ``h`` runs, on reconstructions ``(U ⊙ m) · W`` of the class's activations, where
@@ -213,6 +213,9 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
         Level of the Student-t interval of the class-level mean over inputs.
     progress : bool
         Show a progress bar over calls of ``h``.
+    context : tensor of shape (n, ...) or None
+        An extra per-input argument: ``h`` is then called as ``h(activations, context)`` with
+        each input's own entry (a ViT's CLS/register tokens, which are not decomposed).
 
     Returns
     -------
@@ -239,7 +242,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     with model_guard(h):
         problem = prepare_problem(h, activations, bank, class_id, device=device,
                                   batch_size=batch_size, memory_budget=memory_budget,
-                                  progress=progress)
+                                  progress=progress, context=context)
         result = entry.run(problem, Seeds(seed), **options)
     low, high = _interval(result.per_input, confidence)
     params = {"seed": seed, "confidence": confidence, "n_inputs": problem.n_inputs,

@@ -52,6 +52,8 @@ class ConceptProblem:
     n_classes: int
     rows_per_chunk: int
     progress: bool
+    # Per-input extra argument of ``h`` (e.g. a ViT's CLS/register tokens): ``h(acts, context)``.
+    context: torch.Tensor | None = None
 
     @property
     def n_inputs(self) -> int:
@@ -71,8 +73,12 @@ class ConceptProblem:
         out = torch.matmul(rows, self.components).transpose(1, 2)
         return out.reshape(rows.shape[0], self.components.shape[1], *self.spatial)
 
-    def _head(self, rows: torch.Tensor) -> torch.Tensor:
-        logits = self.h(self.reconstruct(rows))
+    def _head(self, rows: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Class scores of reconstructions ``rows`` belonging to inputs ``inputs``."""
+        if self.context is None:
+            logits = self.h(self.reconstruct(rows))
+        else:
+            logits = self.h(self.reconstruct(rows), self.context[inputs])
         return logits[:, self.class_id]
 
     def _chunks(self, total: int, desc: str) -> Iterator[tuple[int, int]]:
@@ -105,7 +111,7 @@ class ConceptProblem:
                 rows = torch.arange(start, stop, device=self.device)
                 row_masks = flat_masks[rows % n_masks] if shared else flat_masks[start:stop]
                 codes = self.codes[index[rows // n_masks]] * row_masks[:, None, :]
-                out[start:stop] = self._head(codes)
+                out[start:stop] = self._head(codes, index[rows // n_masks])
         return out.cpu().numpy().astype(np.float64).reshape(len(index), n_masks)
 
     def gradients(self, inputs: np.ndarray, scales: np.ndarray,
@@ -125,7 +131,7 @@ class ConceptProblem:
                 codes = self.codes[index[start:stop]] * scales[start:stop, None, None]
                 codes.requires_grad_(True)
                 with torch.enable_grad():
-                    target = self._head(codes)
+                    target = self._head(codes, index[start:stop])
                     grad = None
                     if target.requires_grad:
                         (grad,) = torch.autograd.grad(target.sum(), codes, allow_unused=True)
@@ -162,10 +168,11 @@ def _components(bank: Any) -> torch.Tensor:
 def prepare_problem(h: Any, activations: Any, bank: Any, class_id: Any, *,
                     device: Any = None, batch_size: int | None = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                    progress: bool = True) -> ConceptProblem:
+                    progress: bool = True, context: Any = None) -> ConceptProblem:
     """Validate the inputs of a concept importance or metric call and encode the activations.
 
-    Must run inside :func:`model_guard` so that ``h`` is in eval mode.
+    Must run inside :func:`model_guard` so that ``h`` is in eval mode. ``context`` (one entry
+    per input along axis 0) is passed to ``h`` as a second argument with each input's rows.
     """
     if not callable(h):
         raise TypeError(f"`h` must be an nn.Module or a callable mapping activations to logits "
@@ -209,9 +216,15 @@ def prepare_problem(h: Any, activations: Any, bank: Any, class_id: Any, *,
     rows = max(1, memory_budget // bytes_per_row)
     if batch_size is not None:
         rows = min(rows, batch_size)
+    if context is not None:
+        context = _as_tensor(context, "context")
+        if context.ndim == 0 or context.shape[0] != acts.shape[0]:
+            raise ValueError(f"`context` must have one entry per input along axis 0 "
+                             f"({acts.shape[0]}); got shape {tuple(context.shape)}.")
+        context = context.to(device, dtype if context.is_floating_point() else context.dtype)
     problem = ConceptProblem(h=h, module=module, codes=codes, components=components,
                              spatial=spatial, class_id=-1, n_classes=-1, rows_per_chunk=rows,
-                             progress=bool(progress))
+                             progress=bool(progress), context=context)
     problem.n_classes = _probe_head(problem)
     problem.class_id = _check_class(class_id, problem.n_classes)
     return problem
@@ -221,7 +234,7 @@ def _probe_head(problem: ConceptProblem) -> int:
     sample = problem.reconstruct(problem.codes[:1])
     try:
         with torch.no_grad():
-            out = problem.h(sample)
+            out = problem.h(sample) if problem.context is None else problem.h(sample, problem.context[:1])
     except Exception as err:   # a user's head failing on our input: say what we passed
         raise ValueError(f"`h` failed on reconstructed activations of shape "
                          f"{tuple(sample.shape)}: {type(err).__name__}: {err}") from err

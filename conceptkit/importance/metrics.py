@@ -68,12 +68,12 @@ class ConceptMetric:
         self.progress = progress
 
     def __call__(self, h: Any, activations: Any, bank: Any, class_id: int,
-                 importances: Any) -> float:
+                 importances: Any, context: Any = None) -> float:
         """The metric's score (see :meth:`evaluate` for the parameters)."""
-        return self.evaluate(h, activations, bank, class_id, importances).score
+        return self.evaluate(h, activations, bank, class_id, importances, context).score
 
     def evaluate(self, h: Any, activations: Any, bank: Any, class_id: int,
-                 importances: Any) -> MetricResult:
+                 importances: Any, context: Any = None) -> MetricResult:
         """Score ``importances`` of the concepts of ``bank`` for class ``class_id`` of ``h``.
 
         Parameters
@@ -84,6 +84,8 @@ class ConceptMetric:
         bank : object with ``components`` (k, C) and ``encode(activations)``
         class_id : int
         importances : array of shape (k,) or (n, k), or a ConceptImportance
+        context : tensor (n, ...) or None
+            Per-input extra argument of ``h`` (see :func:`concept_importance`).
 
         Returns
         -------
@@ -92,7 +94,8 @@ class ConceptMetric:
         with model_guard(h):
             problem = prepare_problem(h, activations, bank, class_id, device=self.device,
                                       batch_size=self.batch_size,
-                                      memory_budget=self.memory_budget, progress=self.progress)
+                                      memory_budget=self.memory_budget, progress=self.progress,
+                                      context=context)
             values = _check_importances(importances, problem.n_inputs, problem.n_concepts)
             per_input, curves = self._evaluate(problem, values)
         return MetricResult(score=float(per_input.mean()), per_input=per_input, curves=curves,

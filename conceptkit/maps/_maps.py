@@ -23,7 +23,7 @@ from torch import nn
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_images, describe
 from ..concepts import ConceptBank
-from ..extraction import get_layer
+from ..extraction import get_layer, infer_prefix_tokens, tokens_to_maps
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -83,6 +83,15 @@ def differentiable_codes(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tenso
     return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1)
 
 
+def _as_maps(output: torch.Tensor, n: int, model: nn.Module) -> torch.Tensor:
+    """Layer output as feature maps: transformer tokens become patch-token maps."""
+    if output.ndim != 3:
+        return output
+    if output.shape[0] != n and output.shape[1] == n:
+        output = output.transpose(0, 1)
+    return tokens_to_maps(output, infer_prefix_tokens(model, output.shape[1]))
+
+
 def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
                   map_layer: str | None = None, image_size: Any = None, batch_size: int = 32,
                   preprocess: Any = None, mode: str = "bilinear") -> torch.Tensor:
@@ -120,16 +129,17 @@ def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
                 with torch.enable_grad():
                     batch = batch.detach().requires_grad_(True)  # gradients flow even if frozen
                     model(batch)
-                    acts = store["concept"]
+                    acts = _as_maps(store["concept"], batch.shape[0], model)
                     pooled = acts.mean(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
                     codes = differentiable_codes(bank, pooled.float())
-                    fmap = store["map"]
+                    raw = store["map"]
+                    fmap = _as_maps(raw.detach(), batch.shape[0], model)
                     maps = []
                     for j in range(bank.n_concepts):
-                        grad = torch.autograd.grad(codes[:, j].sum(), fmap, retain_graph=True,
+                        grad = torch.autograd.grad(codes[:, j].sum(), raw, retain_graph=True,
                                                    allow_unused=True)[0]
-                        if grad is None:
-                            grad = torch.zeros_like(fmap)
+                        grad = (torch.zeros_like(fmap) if grad is None
+                                else _as_maps(grad, batch.shape[0], model))
                         alpha = grad.mean(dim=(2, 3), keepdim=True)
                         maps.append(torch.relu((alpha * fmap).sum(1)))
             finally:
