@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import io
-from ._validation import check_int
+from ._validation import check_images, check_int
 from .concepts import ConceptBank
 from .importance import ConceptImportance
 
@@ -133,6 +133,8 @@ class ClassConcepts:
         kinds = ("auto", "coefficient", "gradient", "provenance")
         if kind not in kinds:
             raise ValueError(f"`kind` must be one of {kinds}; got {kind!r}.")
+        if images is not None:
+            images = check_images(images, "images")
         if kind == "auto":
             use_segments = self.method == "ace" and images is None and self.images is not None
             kind = "provenance" if use_segments else "coefficient"

@@ -244,7 +244,11 @@ class ConceptManager:
         ex = self.explainer
         if labels is None:
             labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress)
-        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f"
+                                               and not np.array_equal(labels, np.round(labels))):
+            raise TypeError(f"`labels` must hold integer class indices; got {describe(labels)}.")
+        labels = labels.astype(np.int64)
         if labels.shape != (images.shape[0],):
             raise ValueError(f"`labels` must have one entry per image ({images.shape[0]}); got "
                              f"shape {labels.shape}.")

@@ -117,6 +117,10 @@ class ConceptBank:
             raise ValueError(f"`activations` have {activations.shape[axis]} channels (axis {axis}) but "
                              f"the concepts were fitted on {self.n_features} channels at layer "
                              f"{self.layer!r}.")
+        finite = (torch.isfinite(activations).all() if isinstance(activations, torch.Tensor)
+                  else np.isfinite(activations).all())
+        if not bool(finite):
+            raise ValueError("`activations` contains NaN or Inf values.")
 
     def top_rows(self, concept: int, n: int = 10) -> np.ndarray:
         """Indices of the ``n`` fitted rows where ``concept`` is most present (highest code)."""

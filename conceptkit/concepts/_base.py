@@ -123,6 +123,7 @@ class Factorizer(BaseEstimator, abc.ABC):
         """Reconstructed activations ``A_hat (n, C)`` from codes ``U (n, k)``."""
         self._check_fitted()
         k = self.components_.shape[0]
+        _check_real(U, "U")
         checked = check_matrix(U, "U", columns=k)
         return self._to_output(self._inverse_transform(self._to_backend(checked)), U)
 
@@ -172,6 +173,7 @@ class Factorizer(BaseEstimator, abc.ABC):
                                  f"(or `fit_transform`) before `transform`/`inverse_transform`.")
 
     def _check_input(self, A, name: str, *, fitting: bool):
+        _check_real(A, name)
         columns = None if fitting else int(self.n_features_in_)
         X = check_matrix(A, name, columns=columns)
         X = self._prepare_input(X)
@@ -223,6 +225,19 @@ class Factorizer(BaseEstimator, abc.ABC):
             block = X[start:start + 4096] - self._inverse_transform(U[start:start + 4096])
             total += float((block * block).sum())
         return float(np.sqrt(total))
+
+
+def _check_real(A: Any, name: str) -> None:
+    """Refuse complex, string and object arrays (a cast to float would drop or garble them)."""
+    if isinstance(A, torch.Tensor):
+        bad = A.is_complex()
+    elif isinstance(A, np.ndarray):
+        bad = A.dtype.kind not in "biuf"
+    else:
+        return
+    if bad:
+        raise TypeError(f"`{name}` must hold real numbers (float or integer activations); got dtype "
+                        f"{A.dtype}.")
 
 
 def _plain(value: Any) -> Any:

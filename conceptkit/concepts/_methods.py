@@ -32,6 +32,7 @@ def bank_from_activations(factorizer: Factorizer, activations: np.ndarray | torc
     if len(provenance) != activations.shape[0]:
         raise ValueError(f"`provenance` has {len(provenance)} rows but `activations` has "
                          f"{activations.shape[0]}.")
+    _check_rows(factorizer, activations, provenance, layer)
     codes = factorizer.fit_transform(activations)
     acts = torch.as_tensor(np.asarray(activations)) if isinstance(activations, np.ndarray) else activations
     return ConceptBank(components=factorizer.components_, codes=torch.as_tensor(np.asarray(codes)
@@ -39,6 +40,26 @@ def bank_from_activations(factorizer: Factorizer, activations: np.ndarray | torc
                        provenance=provenance, layer=layer, method=method, params=params or {},
                        factorizer=factorizer,
                        activations=acts.detach().cpu().float() if keep_activations else None)
+
+
+_ROW_NOUNS = {"crop": "crops", "position": "feature-map positions", "segment": "segments"}
+
+
+def _check_rows(factorizer: Factorizer, activations: Any, provenance: Provenance, layer: str) -> None:
+    """Say what went wrong in the method's terms (crops, layer) rather than the factorizer's."""
+    noun = _ROW_NOUNS.get(provenance.kind, "rows")
+    k, n = factorizer.get_params().get("n_concepts"), int(activations.shape[0])
+    if isinstance(k, int) and k > n:
+        raise ValueError(f"`n_concepts`={k} is larger than the number of {noun} to factorize ({n}); "
+                         f"use at most {n} concepts or pass more images.")
+    if factorizer.requires_nonnegative and not getattr(factorizer, "relu", False):
+        low = float(activations.min())
+        if low < 0:
+            raise ValueError(
+                f"the activations at `layer` {layer!r} have negative values (min {low:.4g}), but "
+                f"{type(factorizer).__name__} needs non-negative activations: pick a layer after a "
+                f"ReLU, pass factorizer=SemiNMF(k) for signed activations (ViT/CLIP tokens), or "
+                f"factorizer=NMF(k, relu=True) to clip negatives to 0.")
 
 
 class _DiscoveryMethod:
@@ -213,8 +234,9 @@ class ACE(_DiscoveryMethod):
         keep = ace_keep_clusters(bank.codes.argmax(1).numpy(), seg.provenance.image_ids,
                                  bank.n_concepts, images.shape[0], self.min_cluster_size)
         if keep.size == 0:
-            raise ValueError(f"ACE kept no cluster: every cluster came from too few images or had "
-                             f"at most `min_cluster_size`={self.min_cluster_size} members. Pass more "
+            raise ValueError(f"ACE kept no cluster: every cluster came from too few of the "
+                             f"{images.shape[0]} `images` or had at most "
+                             f"`min_cluster_size`={self.min_cluster_size} members. Pass more "
                              f"images or lower `min_cluster_size`.")
         return restrict_bank(bank, keep)
 

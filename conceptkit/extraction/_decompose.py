@@ -241,6 +241,9 @@ def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
     if len(compactness) != len(n_segments):
         raise ValueError(f"`compactness` must be a number or one value per resolution "
                          f"({len(n_segments)}); got {list(compactness)}.")
+    compactness = [check_float(c, "compactness", minimum=0.0, strict_minimum=True)
+                   for c in compactness]
+    sigma = check_float(sigma, "sigma", minimum=0.0)
     check_float(min_area, "min_area", minimum=0.0, maximum=1.0)
     check_float(max_jaccard, "max_jaccard", minimum=0.0, maximum=1.0)
     n, _, height, width = images.shape

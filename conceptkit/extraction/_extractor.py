@@ -219,6 +219,11 @@ class ActivationExtractor:
         batches, total = _batches(inputs, self.batch_size)
         original = model_device(self.model)
         device = self.device or original
+        if "meta" in (original.type, device.type):
+            culprit = "model" if original.type == "meta" else "device"
+            raise ValueError(f"`{culprit}` is on the 'meta' device, which holds shapes but no data: "
+                             f"activations cannot be computed there. Materialise the model's "
+                             f"weights first (model.to_empty(device='cpu') and load_state_dict).")
         dtype = model_dtype(self.model)
         outputs: list[torch.Tensor] = []
         captured: list[Any] = []

@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from .._torchutils import preserved_model_state
+from .._validation import describe
 from ._layers import get_layer
 
 
@@ -329,15 +330,19 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     g.split_layer = layer_name  # type: ignore[attr-defined]
     h.split_layer = layer_name  # type: ignore[attr-defined]
     if example_input is not None:
-        check_split(model, g, h, example_input)
+        check_split(model, g, h, example_input, name="example_input")
     return g, h
 
 
 def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
-                atol: float = 1e-5, rtol: float = 1e-4) -> float:
+                atol: float = 1e-5, rtol: float = 1e-4, *, name: str = "x") -> float:
     """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError."""
     with preserved_model_state(model), torch.no_grad():
-        expected = model(x)
+        try:
+            expected = model(x)
+        except Exception as err:  # a user's model failing on the example: say which input
+            raise ValueError(f"`{name}` of {describe(x)} cannot be run through "
+                             f"{type(model).__name__}: {type(err).__name__}: {err}") from err
         got = h(g(x))
     if isinstance(expected, (tuple, list)):
         expected, got = expected[0], got[0]

@@ -21,6 +21,9 @@ from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_int, describe, resolve_device
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
+_NON_FINITE_HEAD = ("`h` returned NaN or Inf values on concept-masked reconstructions of the "
+                    "activations; the importances would be NaN. Check `h` (e.g. a log or division "
+                    "of an activation that masking can drive to 0).")
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -112,6 +115,8 @@ class ConceptProblem:
                 row_masks = flat_masks[rows % n_masks] if shared else flat_masks[start:stop]
                 codes = self.codes[index[rows // n_masks]] * row_masks[:, None, :]
                 out[start:stop] = self._head(codes, index[rows // n_masks])
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(_NON_FINITE_HEAD)
         return out.cpu().numpy().astype(np.float64).reshape(len(index), n_masks)
 
     def gradients(self, inputs: np.ndarray, scales: np.ndarray,
@@ -140,6 +145,8 @@ class ConceptProblem:
                         "`h` is not differentiable with respect to its input activations (its "
                         "output carries no gradient to them); use method='sobol', 'occlusion' "
                         "or 'rise', which only need forward passes.")
+                if not bool(torch.isfinite(grad).all()):
+                    raise ValueError(_NON_FINITE_HEAD.replace("values", "gradients"))
                 yield start, stop, grad
         finally:
             for p, flag in zip(params, frozen):

@@ -17,7 +17,10 @@ def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"`maps` and `masks` must both be (N, H, W); got {maps.shape} and {masks.shape}.")
     if maps.shape != masks.shape:
         raise ValueError(f"`maps` {maps.shape} and `masks` {masks.shape} must have the same shape.")
-    return maps.astype(np.float64), masks.astype(bool)
+    maps = maps.astype(np.float64)
+    if not np.isfinite(maps).all():
+        raise ValueError("`maps` contains NaN or Inf values.")
+    return maps, masks.astype(bool)
 
 
 def _dilate(masks: np.ndarray, tolerance: int) -> np.ndarray:

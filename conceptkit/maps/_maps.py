@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._torchutils import model_device, preserved_model_state
-from .._validation import check_choice, check_images, describe
+from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction import get_layer, infer_prefix_tokens, tokens_to_maps
 
@@ -54,11 +54,23 @@ def coefficient_maps(bank: ConceptBank, activations: Any, image_size: Any = None
     if activations.ndim != 4:
         raise ValueError(f"`activations` must be feature maps (N, C, h, w); got shape "
                          f"{tuple(activations.shape)}.")
+    size = _image_size(image_size)
     codes = torch.as_tensor(bank.encode(activations.detach().cpu().float())).float()
-    if image_size is None:
+    if size is None:
         return codes
-    size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(image_size)
     return upsample(codes, size, mode)
+
+
+def _image_size(image_size: Any, name: str = "image_size") -> tuple[int, int] | None:
+    """``None``, an int side or an ``(H, W)`` pair, as a checked pair of positive ints."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        return check_int(image_size[0], name, minimum=1), check_int(image_size[1], name, minimum=1)
+    if isinstance(image_size, (tuple, list, str)):
+        raise TypeError(f"`{name}` must be an int or a pair (H, W); got {describe(image_size)}.")
+    side = check_int(image_size, name, minimum=1)
+    return side, side
 
 
 def differentiable_codes(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor:
@@ -103,10 +115,10 @@ def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
     of ``∂u_j/∂F_c``, upsampled to ``image_size`` (default: the image size).
     """
     images = check_images(images, "images")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     _, concept_module = get_layer(model, bank.layer, "bank.layer")
     _, map_module = get_layer(model, map_layer or bank.layer, "map_layer")
-    size = tuple(images.shape[-2:]) if image_size is None else (
-        (int(image_size),) * 2 if isinstance(image_size, int) else tuple(image_size))
+    size = _image_size(image_size) or tuple(images.shape[-2:])
     device = model_device(model)
     out = []
     with preserved_model_state(model):
@@ -157,7 +169,8 @@ def provenance_maps(bank: ConceptBank, n_images: int | None = None, reduce: str 
     """
     check_choice(reduce, "reduce", ["mean", "max"])
     prov = bank.provenance
-    n = int(prov.image_ids.max()) + 1 if n_images is None else int(n_images)
+    needed = int(prov.image_ids.max()) + 1
+    n = needed if n_images is None else check_int(n_images, "n_images", minimum=needed)
     height, width = prov.source_size
     codes = bank.codes.numpy().astype(np.float32)
     k = codes.shape[1]
