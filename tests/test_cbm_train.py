@@ -108,16 +108,17 @@ def test_joint_loss_sums_weighted_balanced_bce_over_concepts():
 
 def test_same_seed_same_model_and_global_rng_untouched():
     states = []
+    short = {**FAST, "epochs": 4}  # determinism needs no convergence
     for _ in range(2):
         model = fresh_model()
         before = torch.random.get_rng_state()
-        train_cbm(model, TRAIN, VAL, mode="joint", seed=3, **FAST)
+        train_cbm(model, TRAIN, VAL, mode="joint", seed=3, **short)
         assert torch.equal(before, torch.random.get_rng_state())
         states.append(model.state_dict())
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
     other = fresh_model()
-    train_cbm(other, TRAIN, VAL, mode="joint", seed=4, **FAST)
+    train_cbm(other, TRAIN, VAL, mode="joint", seed=4, **short)
     assert not torch.equal(other.head.weight, states[0]["head.weight"])
 
 
@@ -171,8 +172,8 @@ def test_dataset_input_matches_tensor_input():
 
 def test_sgd_optimizer_and_frozen_encoder():
     model = fresh_model()
-    history = train_cbm(model, TRAIN, VAL, mode="joint", optimizer="sgd", epochs=20, lr=0.05,
-                        progress=False)
+    history = train_cbm(model, TRAIN, VAL, mode="joint", optimizer="sgd", epochs=5, lr=0.05,
+                        batch_size=128, progress=False)
     assert history.stages[0].val_loss[-1] < history.stages[0].val_loss[0]
     frozen = fresh_model()
     frozen.concept_encoder.requires_grad_(False)
