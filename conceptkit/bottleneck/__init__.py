@@ -12,12 +12,16 @@ Public names::
 
 from ._clip import ClipEncoders, ClipLike
 from ._intervene import InterventionCurve, intervene, intervention_curve
-from ._label_free import LabelFreeCBM
+from ._label_free import LabelFreeCBM, load_needs_backbone
 from ._metrics import CBMEvaluation, LeakageReport, evaluate_cbm, leakage_score
 from ._model import CBMOutput, ConceptBottleneckModel, SpatialProbe
 from ._posthoc import ConceptBank, PosthocCBM
 from ._report import concept_class_weights, write_cbm_report
 from ._train import StageHistory, TrainHistory, train_cbm
+
+#: Loaders of the CBM kinds for :func:`conceptkit.load`, keyed by the saved file's kind.
+LOADERS = {"concept_bottleneck_model": ConceptBottleneckModel.load, "posthoc_cbm": PosthocCBM.load,
+           "label_free_cbm": load_needs_backbone}
 
 __all__ = [
     "CBMEvaluation",

@@ -24,7 +24,7 @@ import torch
 from .._torchutils import preserved_model_state
 from .._validation import check_choice, check_int, describe, make_rng, to_numpy
 from ._data import as_cbm_data, as_inputs, as_tensor, check_concepts
-from ._model import CBMOutput, ConceptBottleneckModel, check_cbm
+from ._model import CBMOutput, ConceptBottleneckModel, check_cbm, check_inputs
 
 POLICIES = ("random", "uncertainty", "importance")
 
@@ -96,6 +96,7 @@ def intervene(model: ConceptBottleneckModel, x: Any, concept_values: Any, mask: 
         raise ValueError(f"`concept_values` must have shape (N, n_concepts) = "
                          f"({x.shape[0]}, {model.n_concepts}); got {tuple(concepts.shape)}.")
     mask = _as_mask(mask, tuple(concepts.shape))
+    check_inputs(model, x, "x")
     with preserved_model_state(model), torch.no_grad():
         device = model.intervention_low.device
         out = model(x.to(device))

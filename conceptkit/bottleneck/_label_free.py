@@ -344,3 +344,10 @@ class LabelFreeCBM(BaseEstimator):
         except (KeyError, TypeError) as err:
             raise FormatError(f"`path` {str(path)!r} is missing part of a LabelFreeCBM: {err}") from err
         return model
+
+
+def load_needs_backbone(path: str | os.PathLike) -> LabelFreeCBM:
+    """``conceptkit.load`` entry for label-free CBMs, which cannot be rebuilt without a backbone."""
+    load_file(path, kind=KIND, version=FORMAT_VERSION)  # a damaged file is reported as such first
+    raise ValueError(f"`path` {str(path)!r} holds a LabelFreeCBM, whose backbone is not saved with "
+                     f"it: load it with conceptkit.bottleneck.LabelFreeCBM.load(path, backbone).")

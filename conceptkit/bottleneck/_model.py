@@ -273,6 +273,17 @@ class ConceptBottleneckModel(nn.Module):
         return model
 
 
+def check_inputs(model: ConceptBottleneckModel, x: torch.Tensor, name: str) -> None:
+    """Run the concept encoder on two rows of ``x``; a failure becomes an error naming ``name``."""
+    try:
+        with preserved_model_state(model), torch.no_grad():
+            model.encode(x[:2].to(model_device(model)))
+    except Exception as err:  # the user's encoder failing on our input: say which input
+        raise ValueError(f"`{name}` does not fit the model: its inputs of shape "
+                         f"{tuple(x.shape[1:])} (per example) fail in the concept encoder "
+                         f"{type(model.concept_encoder).__name__}: {type(err).__name__}: {err}") from err
+
+
 def check_cbm(model: Any, *, calibrated: bool = False) -> ConceptBottleneckModel:
     """``model`` if it is a ConceptBottleneckModel (with calibrated intervention values if asked)."""
     if not isinstance(model, ConceptBottleneckModel):

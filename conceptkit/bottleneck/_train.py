@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .._torchutils import seed_everything
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ._data import Batch, CBMData, as_cbm_data
-from ._model import ConceptBottleneckModel, check_cbm, pos_weight_from
+from ._model import ConceptBottleneckModel, check_cbm, check_inputs, pos_weight_from
 
 MODES = ("independent", "sequential", "joint", "standard")
 OPTIMIZERS = ("adam", "sgd")
@@ -205,6 +205,9 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
         val = as_cbm_data(val_data, "val_data", n_concepts=model.n_concepts,
                           n_classes=model.n_classes)
         val_source = "given"
+    val_name = "train_data" if val_data is None else "val_data"
+    for part, part_name in ((train, "train_data"), (val, val_name)):
+        check_inputs(model, next(part.batches(2))[0], part_name)
     pos_weight = pos_weight_from(train.columns()[0]).to(dev)
     if mode == "standard":
         lam = 0.0

@@ -97,10 +97,12 @@ class ActivationStore:
                                     f"(no manifest.json).")
         try:
             self.manifest = json.loads(manifest.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"`path` {str(self.path)!r}: manifest.json is corrupted.") from err
-        if self.manifest.get("format") != STORE_FORMAT or self.manifest.get("version") != STORE_VERSION:
+        if (not isinstance(self.manifest, dict) or self.manifest.get("format") != STORE_FORMAT
+                or self.manifest.get("version") != STORE_VERSION):
             raise ValueError(f"`path` {str(self.path)!r}: not a version-{STORE_VERSION} activation store.")
+        _check_manifest(self.path, self.manifest)
         missing = [c["file"] for c in self.manifest["chunks"] if not (self.path / c["file"]).exists()]
         if missing or len(self.manifest["chunks"]) != self.manifest["n_chunks"]:
             raise ValueError(f"`path` {str(self.path)!r} is incomplete: missing chunks "
@@ -125,7 +127,20 @@ class ActivationStore:
     def chunk(self, index: int) -> np.ndarray:
         """Chunk ``index`` as a read-only memory-mapped array (no pickle)."""
         entry = self.manifest["chunks"][index]
-        return np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
+        try:
+            array = np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is damaged or not a "
+                             f"plain numeric array ({err}); delete it and rerun the extraction to "
+                             f"recompute it.") from err
+        features = int(array.shape[1]) if array.ndim >= 2 else 1
+        if (array.shape[0] != entry["rows"] or features != self.n_features
+                or array.dtype.kind not in "biuf"):
+            raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
+                             f"shape {array.shape} and dtype {array.dtype}, but the manifest declares "
+                             f"{entry['rows']} rows of {self.n_features} features; delete the chunk "
+                             f"and rerun the extraction.")
+        return array
 
     def iter_chunks(self, progress: bool = False) -> Iterator[np.ndarray]:
         """Every chunk in order, memory-mapped."""
@@ -154,6 +169,21 @@ class ActivationStore:
     def read(self) -> np.ndarray:
         """All rows in memory (only for stores that fit)."""
         return np.concatenate([np.asarray(c) for c in self.iter_chunks()])
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """Refuse manifests whose entries are malformed or point outside the store directory."""
+    chunks = manifest.get("chunks")
+    ok = (isinstance(chunks, list) and isinstance(manifest.get("n_chunks"), int)
+          and isinstance(manifest.get("n_features"), int))
+    for entry in chunks if ok else []:
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if (not isinstance(file, str) or Path(file).name != file or file in ("", ".", "..")
+                or not isinstance(entry.get("rows"), int)):
+            ok = False
+            break
+    if not ok:
+        raise ValueError(f"`path` {str(path)!r}: manifest.json is corrupted (malformed chunk list).")
 
 
 def shard_chunks(n_chunks: int, rank: int, world_size: int) -> list[int]:
