@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import seed_everything
+from .._torchutils import model_device, seed_everything
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ._data import Batch, CBMData, as_cbm_data
 from ._model import ConceptBottleneckModel, check_cbm, check_inputs, pos_weight_from
@@ -213,11 +213,21 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
         lam = 0.0
 
     start = time.perf_counter()
+    original_device = model_device(model)
+    flags = [(m, m.training) for m in model.modules()]
     model.to(dev)
     fork_devices = [dev] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        stages = _train_stages(model, mode, lam, train, val, pos_weight, cfg)
+    try:
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            stages = _train_stages(model, mode, lam, train, val, pos_weight, cfg)
+    except BaseException:
+        # a failure midway: the weights may be partly trained, but the flags and the device are
+        # given back as the user set them
+        for module, flag in flags:
+            module.training = flag
+        model.to(original_device)
+        raise
     model.eval()
     model.trained_mode = mode
     return TrainHistory(mode=mode, stages=tuple(stages), concept_loss_weight=lam,

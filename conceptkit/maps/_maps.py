@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._torchutils import model_device, preserved_model_state
+from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction import get_layer, infer_prefix_tokens, tokens_to_maps
@@ -139,7 +139,8 @@ def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
                        concept_module.register_forward_hook(keep_concept)]
             try:
                 with torch.enable_grad():
-                    batch = batch.detach().requires_grad_(True)  # gradients flow even if frozen
+                    # the model's dtype, as ActivationExtractor; gradients flow even if frozen
+                    batch = batch.detach().to(model_dtype(model)).requires_grad_(True)
                     model(batch)
                     acts = _as_maps(store["concept"], batch.shape[0], model)
                     pooled = acts.mean(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
