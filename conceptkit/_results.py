@@ -147,7 +147,7 @@ class ClassConcepts:
         if images is None and self.activations is not None and kind == "coefficient":
             if size is None and self.images is not None:
                 size = tuple(self.images.shape[-2:])
-            return coefficient_maps(self.bank, self.activations, size)
+            return self._fitted_coefficient_maps(size)
         if images is None:
             if self.images is None:
                 if self.saved_maps is not None and kind == "coefficient":
@@ -160,6 +160,43 @@ class ClassConcepts:
                                  image_size=size, batch_size=explainer.batch_size)
         acts = explainer.activations(images)
         return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
+
+    # ------------------------------------------------------------------ computed once
+    def _class_codes(self) -> torch.Tensor:
+        """Codes of the class activations, ``bank.encode(activations)`` ``(N, k, h, w)`` or
+        ``(N, k)``, computed once and shared by importance, metrics, maps, report and save."""
+        if self.activations is None:
+            raise ValueError("this explanation was loaded without its activations; codes of the "
+                             "class images need the model (`attach`, then `concept_maps(images)`).")
+        cache = self.__dict__.get("_codes_cache")
+        # Keyed by identity: replacing `bank` or `activations` recomputes the codes.
+        if cache is None or cache[0] is not self.bank or cache[1] is not self.activations:
+            codes = torch.as_tensor(self.bank.encode(self.activations))
+            cache = (self.bank, self.activations, codes)
+            self.__dict__["_codes_cache"] = cache
+        return cache[2]
+
+    def _bank_with_codes(self) -> Any:
+        """The bank, with the class activations' codes already known (see :class:`KnownCodes`)."""
+        return KnownCodes(self.bank, self.activations, self._class_codes())
+
+    def _fitted_coefficient_maps(self, size: Any, n_images: int | None = None) -> torch.Tensor:
+        from .maps import coefficient_maps
+
+        if self.activations.ndim != 4:  # the maps module says what it needs
+            return coefficient_maps(self.bank, self.activations[:n_images], size)
+        codes = self._class_codes()[:n_images].float()
+        maps = codes if size is None else _resize(codes, size)
+        # Never hand out the cached codes themselves: the caller may write into the maps.
+        return maps.clone() if maps.data_ptr() == codes.data_ptr() else maps
+
+    def _shown_maps(self, n_images: int) -> torch.Tensor:
+        """``concept_maps()[:n_images]`` without computing the maps of the other images."""
+        auto_coefficient = self.method != "ace" or self.images is None
+        if self.activations is not None and auto_coefficient:
+            size = None if self.images is None else tuple(self.images.shape[-2:])
+            return self._fitted_coefficient_maps(size, n_images)
+        return self.concept_maps()[:n_images]
 
     def subconcepts(self, concept: int, layer: str, **kwargs: Any) -> Any:
         """CRAFT's recursion: sub-concepts of ``concept`` at an earlier ``layer``.
@@ -237,7 +274,7 @@ class ClassConcepts:
         if self.images is not None:
             shown = self.images[:n_images]
             tensors["images"] = _to_uint8(shown)
-            tensors["maps"] = self.concept_maps()[:n_images].to(torch.float16)
+            tensors["maps"] = self._shown_maps(n_images).to(torch.float16)
             for c in range(self.n_concepts):
                 ex, ids = self.top_examples(c, n_exemplars, size=min(64, self.images.shape[-1]))
                 tensors[f"exemplars.{c}"] = _to_uint8(ex)
@@ -292,6 +329,33 @@ class ClassConcepts:
             return result
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
+
+
+class KnownCodes:
+    """A concept bank whose ``encode`` of one activation tensor is already known.
+
+    Importance and every importance metric start with ``bank.encode(activations)`` of the same
+    class activations; handing them this view of the bank makes that encoding happen once.
+    ``encode`` of that very tensor object returns the stored codes, anything else is encoded by
+    the bank; every other attribute is the bank's.
+    """
+
+    def __init__(self, bank: ConceptBank, activations: torch.Tensor, codes: torch.Tensor):
+        self._bank = bank
+        self._activations = activations
+        self._codes = codes
+
+    @property
+    def components(self) -> torch.Tensor:
+        return self._bank.components
+
+    def encode(self, activations: Any) -> Any:
+        if activations is self._activations:
+            return self._codes
+        return self._bank.encode(activations)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bank, name)
 
 
 def _resize(maps: torch.Tensor, size: Any) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._results import ClassConcepts
+from ._results import ClassConcepts, KnownCodes
 from ._torchutils import model_device, preserved_model_state
 from ._validation import check_choice, check_images, check_int, describe
 from .concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, bank_from_activations
@@ -177,8 +177,11 @@ class ConceptExplainer:
         timings["discovery"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        importance = concept_importance(self.maps_head, acts, bank, class_id,
-                                        method=self.importance, n_designs=self.n_designs,
+        # The class activations are encoded once; importance, metrics, maps, report and save
+        # reuse these codes (KnownCodes) instead of re-running the factorizer's solver.
+        codes = torch.as_tensor(bank.encode(acts))
+        importance = concept_importance(self.maps_head, acts, KnownCodes(bank, acts, codes),
+                                        class_id, method=self.importance, n_designs=self.n_designs,
                                         seed=self.seed, device=self.device, progress=self.progress,
                                         context=context, **self._importance_options())
         timings["importance"] = time.perf_counter() - start
@@ -187,11 +190,13 @@ class ConceptExplainer:
                   "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
                   "n_images": int(images.shape[0])}
         ids = np.arange(images.shape[0]) if image_ids is None else np.asarray(image_ids)
-        return ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
-                             bank=bank, importance=importance, images=images.detach().cpu(),
-                             activations=acts, model_name=self.model_name, layer=self.layer,
-                             method=self.method, params=params, timings=timings, image_ids=ids,
-                             explainer=self, context=context)
+        result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
+                               bank=bank, importance=importance, images=images.detach().cpu(),
+                               activations=acts, model_name=self.model_name, layer=self.layer,
+                               method=self.method, params=params, timings=timings, image_ids=ids,
+                               explainer=self, context=context)
+        result.__dict__["_codes_cache"] = (bank, acts, codes)
+        return result
 
     def _importance_options(self) -> dict[str, Any]:
         return dict(self.importance_kwargs)
@@ -300,8 +305,9 @@ def compute_metrics(cc: ClassConcepts, *, stability: bool = False, seed: int | N
     h = cc.explainer.maps_head if cc.explainer is not None else None
     if h is not None and cc.activations is not None:
         per_input = cc.importance.per_input
+        known = cc._bank_with_codes()  # one encoding of the class activations for all metrics
         for metric in (CDeletion(), CInsertion(), CMuFidelity(seed=seed)):
-            result = metric.evaluate(h, cc.activations, bank, cc.class_id, per_input,
+            result = metric.evaluate(h, cc.activations, known, cc.class_id, per_input,
                                      context=cc.context)
             out["importance"][metric.name] = _metric(result.score, metric.higher_is_better)
     return out
@@ -334,7 +340,7 @@ def write_class_report(cc: ClassConcepts, out_dir: str | os.PathLike, *, n_image
                                        exemplar_sources=[int(i) for i in ids], extra={}))
     if cc.images is not None:
         shown = cc.images[:n_images]
-        maps = cc.concept_maps()[:n_images]
+        maps = cc._shown_maps(n_images)
     else:
         shown = cc.saved_images[:n_images]
         maps = cc.saved_maps[:n_images].float()

@@ -7,6 +7,8 @@ device in float32 or float64.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,17 +42,41 @@ def _sklearn_kwargs(est: NMF) -> dict:
                 verbose=int(bool(est.verbose)))
 
 
+#: scikit-learn's solvers alternate BLAS products of size ``n x C x k`` with single-threaded
+#: Cython updates. Below this many multiply-adds per product, a second BLAS thread saves at most a
+#: millisecond per product, while on a busy machine (or next to torch's own thread pool) its
+#: synchronisation costs ~15 ms per product: NMF of (8000, 64), k = 10, took 5.1 s with two
+#: OpenBLAS threads and 0.27 s with one at load average 6 (benchmarks/bench_pipeline.py).
+SINGLE_THREAD_PRODUCT = 3e7
+
+
+@functools.lru_cache(maxsize=1)
+def _threadpool_controller():
+    from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+
+    return ThreadpoolController()  # inspecting the loaded libraries once costs ~1 ms
+
+
+def _blas_threads(X: np.ndarray, k: int):
+    """One BLAS thread for small products (see :data:`SINGLE_THREAD_PRODUCT`), else as is."""
+    if float(X.shape[0]) * X.shape[1] * k > SINGLE_THREAD_PRODUCT:
+        return contextlib.nullcontext()
+    return _threadpool_controller().limit(limits=1, user_api="blas")
+
+
 def _sklearn_fit(est: NMF, X: np.ndarray):
-    U, W, n_iter = non_negative_factorization(
-        X, n_components=est.n_concepts, init=est.init, update_H=True,
-        random_state=est.random_state, **_sklearn_kwargs(est))
+    with _blas_threads(X, est.n_concepts):
+        U, W, n_iter = non_negative_factorization(
+            X, n_components=est.n_concepts, init=est.init, update_H=True,
+            random_state=est.random_state, **_sklearn_kwargs(est))
     return U, W, n_iter
 
 
 def _sklearn_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
     # update_H=False starts from zeros ("cd") or a constant ("mu"): deterministic.
-    U, _, _ = non_negative_factorization(X, H=W, n_components=W.shape[0], update_H=False,
-                                         **_sklearn_kwargs(est))
+    with _blas_threads(X, W.shape[0]):
+        U, _, _ = non_negative_factorization(X, H=W, n_components=W.shape[0], update_H=False,
+                                             **_sklearn_kwargs(est))
     return U
 
 
