@@ -15,6 +15,7 @@ from ._nmf import NMF
 from ._sae import TopKSAE
 from ._seminmf import SemiNMF
 from ._sklearn_factorizers import ICAConcepts, KMeansConcepts, PCAConcepts, SparseDictionary
+from ._streaming import fit_streaming, streaming_error, transform_streaming, write_codes
 
 __all__ = [
     "ACE",
@@ -33,6 +34,10 @@ __all__ = [
     "ace_keep_clusters",
     "bank_from_activations",
     "factorizer_from_state",
+    "fit_streaming",
     "metrics",
     "restrict_bank",
+    "streaming_error",
+    "transform_streaming",
+    "write_codes",
 ]

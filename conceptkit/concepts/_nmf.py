@@ -215,8 +215,7 @@ class NMF(Factorizer):
         self.components_ = _as_numpy(W)
         self.n_iter_ = int(n_iter)
         self.reconstruction_err_ = self._frobenius_error(X, U)
-        for name in _ONLINE_STATE:  # a batch fit starts the running statistics afresh
-            self.__dict__.pop(name, None)
+        self._forget_online_statistics()  # a batch fit starts the running statistics afresh
         return U
 
     def partial_fit(self, A: np.ndarray | torch.Tensor, y: Any = None) -> NMF:
@@ -273,6 +272,12 @@ class NMF(Factorizer):
         self.reconstruction_err_ = float(np.sqrt(max(squared, 0.0)))
         self.n_iter_ += 1
         return self
+
+    def _forget_online_statistics(self) -> None:
+        """Drop the running statistics of :meth:`partial_fit`; the dictionary stays (a new pass
+        over the data then accumulates codes from the current dictionary only)."""
+        for name in _ONLINE_STATE:
+            self.__dict__.pop(name, None)
 
     def _transform(self, X):
         return SOLVERS[self.solver].transform(self, X, self._components_as(X))

@@ -3,6 +3,7 @@ segments (ACE). Each returns the inputs and their :class:`Provenance`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,11 @@ from .._validation import check_float, check_images, check_int, describe
 from ._provenance import Provenance
 
 ACE_GREY = 117.0 / 255.0  # ACE's `average_image_value` (117) in [0, 1] pixel units
+
+
+def _finite(images: torch.Tensor) -> bool:
+    # A finite sum proves every entry finite; only an overflowing sum needs the full scan.
+    return bool(torch.isfinite(images.sum())) or bool(torch.isfinite(images).all())
 
 
 def _pair(size: int | Sequence[int] | None, name: str) -> tuple[int, int] | None:
@@ -58,6 +64,11 @@ class CropSet:
     def iter_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(self), batch_size):
             yield self.batch(np.arange(start, min(start + batch_size, len(self))))
+
+    def all_finite(self) -> bool:
+        """Whether every crop is finite, read once from the source images (bilinear resizing of
+        finite pixels stays finite), so batch consumers need not scan each resized batch."""
+        return _finite(self.source)
 
     @property
     def images(self) -> torch.Tensor:
@@ -183,6 +194,11 @@ class SegmentSet:
     def iter_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(self), batch_size):
             yield self.batch(np.arange(start, min(start + batch_size, len(self))))
+
+    def all_finite(self) -> bool:
+        """Whether every patch is finite: finite source pixels and fill value (a patch blends
+        them with mask weights in [0, 1])."""
+        return math.isfinite(float(self.fill)) and _finite(self.source)
 
     @property
     def images(self) -> torch.Tensor:

@@ -214,8 +214,13 @@ class ActivationExtractor:
 
     def __call__(self, inputs: Any) -> torch.Tensor:
         """Activations for ``inputs``: ``(N, C, h, w)`` for conv layers and token maps, else as is."""
+        channels = expected_in_channels(self.model)
         if isinstance(inputs, (torch.Tensor, np.ndarray)):
-            inputs = check_images(inputs, "inputs", channels=expected_in_channels(self.model))
+            inputs = check_images(inputs, "inputs", channels=channels)
+        # Batches already known finite (slices of a checked tensor, crops or segments of finite
+        # images) get only the cheap structural checks, not a NaN scan of every batch.
+        finite = isinstance(inputs, torch.Tensor) or (
+            callable(getattr(inputs, "all_finite", None)) and bool(inputs.all_finite()))
         batches, total = _batches(inputs, self.batch_size)
         original = model_device(self.model)
         device = self.device or original
@@ -244,7 +249,7 @@ class ActivationExtractor:
                 with context:
                     for batch in tqdm(batches, total=total, disable=not self.progress,
                                       desc=f"activations @ {self.layer}", leave=False):
-                        batch = self._check_batch(batch)
+                        batch = self._check_batch(batch, channels, finite)
                         if self.preprocess is not None:
                             batch = self.preprocess(batch)
                         captured.clear()
@@ -270,10 +275,14 @@ class ActivationExtractor:
             self._prefix_batches = []
         return torch.cat(outputs)
 
-    def _check_batch(self, batch: Any) -> torch.Tensor:
+    @staticmethod
+    def _check_batch(batch: Any, channels: int | None, finite: bool) -> torch.Tensor:
         if not isinstance(batch, torch.Tensor):
             raise TypeError(f"batches must be image tensors (B, C, H, W); got {describe(batch)}.")
-        return check_images(batch, "inputs", channels=expected_in_channels(self.model))
+        if (finite and batch.ndim == 4 and batch.shape[0] > 0 and batch.is_floating_point()
+                and (channels is None or batch.shape[1] == channels)):
+            return batch
+        return check_images(batch, "inputs", channels=channels)
 
 
 def extract(model: nn.Module, layer: str | nn.Module, inputs: Any, **kwargs: Any) -> torch.Tensor:
