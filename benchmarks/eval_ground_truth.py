@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="craft,ice,ace")
     parser.add_argument("--importances", default="sobol,gradient_input")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="30 images per class, CRAFT and ICE")
+    parser.add_argument("--quick", action="store_true", help="30 images per class; ACE left out (it takes most of the time)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
