@@ -327,7 +327,7 @@ class ClassConcepts:
             if per_input.shape[1] != k:
                 raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
             return result
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
 
 

@@ -335,6 +335,8 @@ class LabelFreeCBM(BaseEstimator):
     @classmethod
     def load(cls, path: str | os.PathLike, backbone: nn.Module, clip: Any = None) -> LabelFreeCBM:
         """Load a model written by :meth:`save`; pass the same ``backbone`` it was fitted with."""
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"`backbone` must be a torch.nn.Module; got {describe(backbone)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         try:
             model = cls(backbone, clip, meta["concepts"], meta["class_names"], **meta["params"])
@@ -345,9 +347,31 @@ class LabelFreeCBM(BaseEstimator):
             model.proj_mean_, model.proj_std_ = tensors["proj_mean"], tensors["proj_std"]
             model.concept_similarity_ = tensors["concept_similarity"]
             model.weight_, model.bias_ = tensors["weight"], tensors["bias"]
-        except (KeyError, TypeError) as err:
-            raise FormatError(f"`path` {str(path)!r} is missing part of a LabelFreeCBM: {err}") from err
+            model._check_loaded()
+        except (KeyError, TypeError, ValueError) as err:
+            raise FormatError(f"`path` {str(path)!r} is missing part of a LabelFreeCBM or holds "
+                              f"inconsistent parts: {err}") from err
         return model
+
+    def _check_loaded(self) -> None:
+        """Refuse a loaded state whose settings or arrays do not fit together."""
+        self._check_setup()
+        names = self.concepts_
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
+            raise ValueError(f"concepts_ must be a non-empty list of names; got {describe(names)}.")
+        k, n_classes = len(names), len(self.classes_)
+        shapes = {"projection": (self.projection_, (k, None)), "proj_mean": (self.proj_mean_, (k,)),
+                  "proj_std": (self.proj_std_, (k,)), "weight": (self.weight_, (n_classes, k)),
+                  "bias": (self.bias_, (n_classes,)),
+                  "concept_similarity": (self.concept_similarity_, (k,))}
+        for name, (tensor, shape) in shapes.items():
+            if (tensor.ndim != len(shape) or any(s is not None and t != s
+                                                 for t, s in zip(tensor.shape, shape))
+                    or not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all())):
+                raise ValueError(f"{name} must be a finite float tensor of shape {shape}; got "
+                                 f"{describe(tensor)}.")
+        if not bool((self.proj_std_ > 0).all()):
+            raise ValueError("proj_std must be positive.")
 
 
 def load_needs_backbone(path: str | os.PathLike) -> LabelFreeCBM:

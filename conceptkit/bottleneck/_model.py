@@ -243,33 +243,47 @@ class ConceptBottleneckModel(nn.Module):
     def load(cls, path: str | os.PathLike,
              concept_encoder: nn.Module | None = None) -> ConceptBottleneckModel:
         """Load a model written by :meth:`save`; ``concept_encoder`` must match the saved one."""
+        if concept_encoder is not None and not isinstance(concept_encoder, nn.Module):
+            raise TypeError(f"`concept_encoder` must be a torch.nn.Module; got "
+                            f"{describe(concept_encoder)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         try:
             config = dict(meta["config"])
             spec = meta.get("encoder")
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise FormatError(f"`path` {str(path)!r} lacks the model configuration.") from err
-        if concept_encoder is None:
+        given = concept_encoder is not None
+        if not given:
             if not spec:
                 raise ValueError(
-                    f"`concept_encoder` is required: {str(path)!r} was saved with a "
+                    f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
                     f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
                     f"freshly built encoder of the same architecture.")
             try:
                 concept_encoder = _build_encoder(spec)
-            except (KeyError, TypeError, ValueError) as err:
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
                 raise FormatError(f"`path` {str(path)!r} has a corrupted encoder spec.") from err
-        model = cls(concept_encoder, config.pop("n_concepts"), config.pop("n_classes"), **config)
+        try:
+            model = cls(concept_encoder, config.pop("n_concepts"), config.pop("n_classes"), **config)
+            trained_mode = meta.get("trained_mode")
+            if trained_mode is not None and not isinstance(trained_mode, str):
+                raise TypeError(f"trained_mode {trained_mode!r}")
+        except (KeyError, TypeError, ValueError) as err:
+            raise FormatError(f"`path` {str(path)!r} has a corrupted model configuration: "
+                              f"{err}") from err
+        # a mismatch is the user's encoder's fault if they gave one, the file's otherwise
+        culprit = (f"`concept_encoder` does not match the saved model in `path` {str(path)!r}"
+                   if given else f"`path` {str(path)!r} holds weights that do not match its own "
+                                 f"architecture (a damaged file)")
+        error = ValueError if given else FormatError
         try:
             result = model.load_state_dict(dict(tensors), strict=False)
         except RuntimeError as err:  # shape mismatches
-            raise ValueError(f"`concept_encoder` does not match the saved model in {str(path)!r}: "
-                             f"{str(err).splitlines()[-1].strip()}") from err
+            raise error(f"{culprit}: {str(err).splitlines()[-1].strip()}") from err
         if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"`concept_encoder` does not match the saved model in {str(path)!r}: missing "
-                f"{list(result.missing_keys)[:5]}, unexpected {list(result.unexpected_keys)[:5]}.")
-        model.trained_mode = meta.get("trained_mode")
+            raise error(f"{culprit}: missing {list(result.missing_keys)[:5]}, unexpected "
+                        f"{list(result.unexpected_keys)[:5]}.")
+        model.trained_mode = trained_mode
         return model
 
 

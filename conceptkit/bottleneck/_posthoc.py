@@ -307,10 +307,39 @@ class PosthocCBM(BaseEstimator):
             model.margin_mean_, model.margin_std_ = arr["margin_mean"], arr["margin_std"]
             model.residual_weight_ = arr.get("residual_weight")
             model.residual_bias_ = arr.get("residual_bias")
-        except (KeyError, TypeError) as err:
-            raise FormatError(f"`path` {str(path)!r} is missing part of a PosthocCBM: {err}") from err
-        model.head_ = _rebuild_head(model)
+            model._check_loaded()
+            model.head_ = _rebuild_head(model)
+        except (KeyError, TypeError, ValueError) as err:
+            raise FormatError(f"`path` {str(path)!r} is missing part of a PosthocCBM or holds "
+                              f"inconsistent parts: {err}") from err
         return model
+
+    def _check_loaded(self) -> None:
+        """Refuse a loaded state whose settings or arrays do not fit together."""
+        check_float(self.lam, "lam", minimum=0.0, strict_minimum=True)
+        check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+        for name in ("max_iter", "batch_size", "residual_epochs"):
+            check_int(getattr(self, name), name, minimum=1)
+        check_int(self.seed, "seed", minimum=0)
+        classes = np.asarray(self.classes_)
+        if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "iub":
+            raise ValueError(f"classes must list at least two class labels; got {describe(classes)}.")
+        k, d = self.concept_bank.vectors.shape
+        n_classes = len(classes)
+        shapes = {"coef": (self.coef_, (n_classes, k)), "intercept": (self.intercept_, (n_classes,)),
+                  "margin_mean": (self.margin_mean_, (k,)), "margin_std": (self.margin_std_, (k,)),
+                  "residual_weight": (self.residual_weight_, (n_classes, d)),
+                  "residual_bias": (self.residual_bias_, (n_classes,))}
+        for name, (array, shape) in shapes.items():
+            if array is None and name.startswith("residual"):
+                continue
+            if array is None or array.shape != shape or not np.isfinite(array).all():
+                raise ValueError(f"{name} must be a finite array of shape {shape}; got "
+                                 f"{describe(array)}.")
+        if (self.residual_weight_ is None) != (self.residual_bias_ is None):
+            raise ValueError("residual_weight and residual_bias must be saved together.")
+        if not (self.margin_std_ > 0).all():
+            raise ValueError("margin_std must be positive.")
 
 
 def _full_coef(head: SGDClassifier) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

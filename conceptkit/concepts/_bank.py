@@ -157,11 +157,47 @@ class ConceptBank:
         f_arrays = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("factorizer.")}
         factorizer = factorizer_from_state(f_meta["name"], f_meta["params"], f_arrays, f_meta["info"])
         prov_arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("provenance.")}
-        provenance = Provenance.from_state(prov_arrays, meta["provenance"])
-        return cls(components=tensors["components"], codes=tensors["codes"], provenance=provenance,
+        try:
+            provenance = Provenance.from_state(prov_arrays, meta["provenance"])
+        except (IndexError, KeyError, TypeError, AttributeError, OverflowError) as err:
+            raise ValueError(f"corrupted provenance ({type(err).__name__}: {err})") from err
+        bank = cls(components=tensors["components"], codes=tensors["codes"], provenance=provenance,
                    layer=meta["layer"], method=meta["method"], params=meta["params"],
                    factorizer=factorizer, activations=tensors.get("activations"),
                    concept_ids=tensors["concept_ids"].numpy(), extra=meta.get("extra", {}))
+        bank._check_consistency()
+        return bank
+
+    def _check_consistency(self) -> None:
+        """Refuse a rebuilt bank whose parts disagree (a tampered or damaged state)."""
+        k, c = self.components.shape
+        n = self.codes.shape[0]
+        problems = []
+        if self.codes.ndim != 2 or self.codes.shape[1] != k:
+            problems.append(f"codes {tuple(self.codes.shape)} for {k} concepts")
+        if self.concept_ids.shape != (k,):
+            problems.append(f"concept_ids {self.concept_ids.shape} for {k} concepts")
+        if np.asarray(self.factorizer.components_).shape != (k, c):
+            problems.append(f"factorizer dictionary {np.asarray(self.factorizer.components_).shape}")
+        if len(self.provenance) != n or self.provenance.boxes.shape != (n, 4):
+            problems.append(f"provenance of {len(self.provenance)} rows for {n} codes")
+        if self.activations is not None and tuple(self.activations.shape) != (n, c):
+            problems.append(f"activations {tuple(self.activations.shape)}")
+        if not (bool(torch.isfinite(self.components).all()) and bool(torch.isfinite(self.codes).all())):
+            problems.append("NaN or Inf in the components or codes")
+        if not (isinstance(self.layer, str) and isinstance(self.method, str)
+                and isinstance(self.params, dict) and isinstance(self.extra, dict)):
+            problems.append("layer, method, params or extra of the wrong type")
+        if not problems:
+            try:  # the dictionary must be able to encode: one row of it, back to finite codes
+                codes = np.asarray(self.factorizer.transform(self.components[:1].numpy()))
+            except Exception as err:  # noqa: BLE001 - any failure means a broken factorizer state
+                problems.append(f"the factorizer cannot encode ({type(err).__name__}: {err})")
+            else:
+                if codes.shape != (1, k) or not np.isfinite(codes).all():
+                    problems.append("the factorizer's codes are not finite")
+        if problems:
+            raise ValueError("inconsistent ConceptBank state: " + "; ".join(problems) + ".")
 
     def save(self, path: str | os.PathLike, *, include_activations: bool = False) -> str:
         """Write the bank to one ``.safetensors`` file (tensors + JSON metadata, no pickle)."""
@@ -174,7 +210,7 @@ class ConceptBank:
         tensors, meta = io.load_file(path, kind=BANK_KIND, version=BANK_VERSION)
         try:
             return cls.from_state(tensors, meta)
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptBank: {err}") from err
 
 

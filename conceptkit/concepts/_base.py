@@ -154,7 +154,35 @@ class Factorizer(BaseEstimator, abc.ABC):
                 setattr(est, name, value)
         if "n_features_in_" not in info:
             est.n_features_in_ = int(est.components_.shape[1])
+        est._check_state()
         return est
+
+    def _check_state(self) -> None:
+        """Refuse a rebuilt state whose parameters or arrays do not fit together."""
+        self._validate_params()
+        W = np.asarray(self.components_)
+        if W.ndim != 2 or 0 in W.shape:
+            raise ValueError(f"`components_` must be a non-empty (k, C) matrix; got shape {W.shape}.")
+        k, c = W.shape
+        if self.n_concepts != k:
+            raise ValueError(f"`n_concepts`={self.n_concepts} but `components_` has {k} rows.")
+        if not isinstance(self.n_features_in_, int) or self.n_features_in_ != c:
+            raise ValueError(f"`n_features_in_`={self.n_features_in_!r} but `components_` has {c} "
+                             f"columns.")
+        for name in self._state_arrays:
+            array = getattr(self, name, None)
+            if array is None:
+                continue
+            array = np.asarray(array)
+            if array.ndim == 2:
+                expected = (k, c)
+            else:
+                expected = (k,) if name in self._concept_arrays else (c,)
+            if array.shape != expected or array.dtype.kind not in "biuf":
+                raise ValueError(f"`{name}` must be a numeric array of shape {expected}; got shape "
+                                 f"{array.shape} and dtype {array.dtype}.")
+            if not np.isfinite(array).all():
+                raise ValueError(f"`{name}` contains NaN or Inf values.")
 
     # ------------------------------------------------------------------ helpers
     def _check_n_concepts(self, X) -> None:
