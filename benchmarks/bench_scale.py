@@ -7,11 +7,13 @@ from its own seeded generator, so the store never exists in memory). Then, each 
 (``VmHWM``: anonymous and file-backed pages, so memory-mapped chunks count) is read at its end:
 
 - **streaming**: ``fit_streaming(NMF(k, solver="torch_hals"), store, seed=0)`` — online HALS over
-  every row, started from a batch fit of a uniform sample, then one more pass for the exact
-  reconstruction error of every row;
-- **in-memory sample**: the usual alternative when the rows do not fit, ``NMF(k,
-  solver="torch_hals").fit`` on a uniform 100,000-row sample loaded into memory; its dictionary is
-  then scored on every row of the store the same way (``streaming_error``).
+  every row, started from a batch fit of a uniform sample (``--solver cd``: scikit-learn's
+  ``MiniBatchNMF``);
+- **in-memory sample**: the usual alternative when the rows do not fit, ``NMF(k, solver=...).fit``
+  on a uniform 100,000-row sample loaded into memory.
+
+Both dictionaries are then scored the same way on every row of the store
+(:func:`~conceptkit.concepts.streaming_error`, one more pass, timed separately).
 
 Printed per comparison: both wall times and their ratio, both peak RSS, and the relative
 reconstruction error ``||A - U W||_F / ||A||_F`` over the whole store of both dictionaries, plus the
@@ -87,7 +89,7 @@ def write_synthetic_store(path: Path, n_rows: int, features: int, k: int, chunk_
 
 # ------------------------------------------------------------------------------ workers
 def worker(mode: str, store_path: str, k: int, batch_rows: int, sample_rows: int,
-           epochs: int) -> dict:
+           epochs: int, solver: str) -> dict:
     """Runs in a fresh process: one fit, its error over the whole store, its peak RSS."""
     import warnings
 
@@ -104,11 +106,11 @@ def worker(mode: str, store_path: str, k: int, batch_rows: int, sample_rows: int
     base_kb = _status_kb("VmRSS")
     start = time.perf_counter()
     if mode == "stream":
-        est = fit_streaming(NMF(k, solver="torch_hals"), store, epochs=epochs,
+        est = fit_streaming(NMF(k, solver=solver), store, epochs=epochs,
                             batch_rows=batch_rows, seed=SEED, error=False, progress=False)
     else:
         sample = RowSource(store).sample(sample_rows, np.random.default_rng(SEED))
-        est = NMF(k, solver="torch_hals", random_state=SEED).fit(sample)
+        est = NMF(k, solver=solver, random_state=SEED).fit(sample)
         del sample
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -124,7 +126,7 @@ def worker(mode: str, store_path: str, k: int, batch_rows: int, sample_rows: int
 def run_worker(mode: str, store: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, str(store), "--k", str(args.k),
            "--batch-rows", str(args.batch_rows), "--sample-rows", str(args.sample_rows),
-           "--epochs", str(args.epochs)]
+           "--epochs", str(args.epochs), "--solver", args.solver]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode != 0:
         raise RuntimeError(f"worker {mode} failed:\n{out.stderr[-3000:]}")
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-rows", type=int, default=None,
                         help="rows of the in-memory comparison fit (100,000)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--solver", default="torch_hals",
+                        help="NMF solver of both fits: torch_hals (online HALS) or cd/mu "
+                             "(scikit-learn's MiniBatchNMF for the streaming fit)")
     parser.add_argument("--dir", default=None, help="where to write the store (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the store")
     parser.add_argument("--omp-active", action="store_true", help="leave OMP_WAIT_POLICY alone")
@@ -152,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         mode, store = args.worker
         print(json.dumps(worker(mode, store, args.k, args.batch_rows, args.sample_rows,
-                                args.epochs)))
+                                args.epochs, args.solver)))
         return 0
 
     n_rows = args.rows or (100_000 if args.quick else 1_000_000)
     size_gb = n_rows * args.features * 4 / 1e9
     print(f"# bench_scale: {os.cpu_count()} CPUs, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; store {n_rows:,} x {args.features} "
-          f"float32 ({size_gb:.2f} GB), k={args.k}, chunks of {args.chunk_rows:,} rows, blocks of "
-          f"{args.batch_rows:,}, {args.epochs} epoch(s); load average {os.getloadavg()[0]:.1f}")
+          f"float32 ({size_gb:.2f} GB), k={args.k}, NMF solver {args.solver}, chunks of "
+          f"{args.chunk_rows:,} rows, blocks of {args.batch_rows:,}, {args.epochs} epoch(s); load "
+          f"average {os.getloadavg()[0]:.1f}")
     root = Path(tempfile.mkdtemp(prefix="conceptkit-scale-", dir=args.dir))
     store = root / "store"
     try:
