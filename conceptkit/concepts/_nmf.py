@@ -57,11 +57,16 @@ def _threadpool_controller():
     return ThreadpoolController()  # inspecting the loaded libraries once costs ~1 ms
 
 
+def single_blas_thread():
+    """Context manager: numpy's BLAS/LAPACK on one thread (torch's own threads are untouched)."""
+    return _threadpool_controller().limit(limits=1, user_api="blas")
+
+
 def _blas_threads(X: np.ndarray, k: int):
     """One BLAS thread for small products (see :data:`SINGLE_THREAD_PRODUCT`), else as is."""
     if float(X.shape[0]) * X.shape[1] * k > SINGLE_THREAD_PRODUCT:
         return contextlib.nullcontext()
-    return _threadpool_controller().limit(limits=1, user_api="blas")
+    return single_blas_thread()
 
 
 def _sklearn_fit(est: NMF, X: np.ndarray):

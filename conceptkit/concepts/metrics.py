@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_float, check_int, check_matrix, make_rng, to_numpy
 from ._base import Factorizer
+from ._nmf import single_blas_thread
 
 __all__ = ["EXTRACTION_METRICS", "Metric", "extraction_metrics", "frechet_distance", "hoyer",
            "matched_cosine", "relative_l2", "sparsity_l0", "stability"]
@@ -130,8 +131,11 @@ def frechet_distance(A: np.ndarray | torch.Tensor, A_hat: np.ndarray | torch.Ten
         middle = root1 @ (centred2.T @ centred2 / (A_hat.shape[0] - 1)) @ root1
         cross = float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum())
     else:
-        F1, F2 = _covariance_factor(centred1), _covariance_factor(centred2)
-        cross = float(np.linalg.svd(F2 @ F1.T, compute_uv=False).sum())
+        # At most an (m, n) SVD with m or n <= C: milliseconds on one thread, while a second
+        # OpenBLAS thread waiting for a busy core made it take ~1 s in bench_pipeline.py.
+        with single_blas_thread():
+            F1, F2 = _covariance_factor(centred1), _covariance_factor(centred2)
+            cross = float(np.linalg.svd(F2 @ F1.T, compute_uv=False).sum())
     return float(max(mean_gap + trace1 + trace2 - 2.0 * cross, 0.0))
 
 
