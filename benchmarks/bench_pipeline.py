@@ -34,8 +34,8 @@ OpenMP threads sleep while idle (``OMP_WAIT_POLICY=PASSIVE``, set here before to
 several times and make timings meaningless.
 
 Run: ``python benchmarks/bench_pipeline.py [--quick] [--cases reference,efficientnet]
-[--repeats 3] [--profile out.prof]``. Full run: about 8 minutes on 2 CPU cores; ``--quick`` (100
-images, 8 views, one repeat): about 1 minute.
+[--repeats 3] [--profile out.prof]``. Full run: about 13 minutes on 2 shared CPU cores (reference
+3 min, EfficientNet 10 min); ``--quick`` (100 images, 8 views, one repeat): about 1 minute.
 """
 
 from __future__ import annotations
@@ -200,7 +200,8 @@ def _stage(samples: list[Sample], name: str) -> float:
     return statistics.median(s.stages.get(name, 0.0) for s in samples)
 
 
-def line(what: str, base_name: str, base: list[Sample], ours_name: str, ours: list[Sample]) -> str:
+def line(what: str, base_name: str, base: list[Sample], ours_name: str, ours: list[Sample],
+         quick: bool = False) -> str:
     """One comparison. Repeats are paired (the runs of one repeat are adjacent in time), so the
     median of the per-repeat ratios cancels load that drifts between repeats; the ratio of the
     fastest runs and of the CPU times are printed as two more views of the same question."""
@@ -209,6 +210,8 @@ def line(what: str, base_name: str, base: list[Sample], ours_name: str, ours: li
     paired = statistics.median(o.wall / b.wall for o, b in zip(ours, base))
     fastest = min(s.wall for s in ours) / min(s.wall for s in base)
     verdict = "met" if paired <= TARGET else "MISSED"
+    if quick:  # the target is set at realistic class sizes; fixed costs weigh more here
+        verdict += " (--quick sizes)"
     return (f"{what} | {base_name} {b_wall:.2f} s | {ours_name} {o_wall:.2f} s | ratio "
             f"{paired:.2f}x (fastest runs {fastest:.2f}x, CPU time {o_cpu:.1f} s vs {b_cpu:.1f} s: "
             f"{o_cpu / b_cpu:.2f}x) | peak RSS +{max(s.peak_mb for s in ours):.0f} MB vs "
@@ -237,7 +240,8 @@ def profile(case: Case, solver: str, path: str, top: int = 25) -> None:
     stats.sort_stats("tottime").print_stats(top)
 
 
-def run_case(case: Case, solvers: list[str], repeats: int, profile_path: str | None) -> None:
+def run_case(case: Case, solvers: list[str], repeats: int, profile_path: str | None,
+             quick: bool = False) -> None:
     g, _ = split_model(case.model, case.layer)
     g.eval()
     batches = bare_inputs(case)
@@ -271,7 +275,7 @@ def run_case(case: Case, solvers: list[str], repeats: int, profile_path: str | N
             f"{case.images.shape[0]} images), k={N_CONCEPTS}")
     for solver in solvers:
         label = "pipeline (default NMF cd)" if solver == "cd" else f"pipeline (NMF {solver})"
-        print(line(what, "bare g", runs["bare"], label, runs[solver]))
+        print(line(what, "bare g", runs["bare"], label, runs[solver], quick))
         print(breakdown(runs[solver], statistics.median(split_runs["crops"]),
                         statistics.median(split_runs["images"])))
     sys.stdout.flush()
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--cases: unknown case {name!r}; choose from {sorted(builders)}")
         case = builders[name]()
         suffix = None if args.profile is None else f"{args.profile}.{name}"
-        run_case(case, solvers, repeats, suffix)
+        run_case(case, solvers, repeats, suffix, args.quick)
     print(f"# load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
