@@ -353,3 +353,19 @@ def test_mutated_stores_are_refused_or_consistent(files, how, data):
         _check_store(extraction.ActivationStore(store))
     except (ValueError, FileNotFoundError) as err:
         assert "`path`" in str(err) and str(store) in str(err), f"unclear error: {err!r}"
+
+
+def test_checked_states_still_round_trip(tmp_path):
+    """The state checks refuse only broken states: a sparse autoencoder bank restricted to fewer
+    concepts than its top_k (as ACE's cluster filter can do) saves, loads and encodes the same."""
+    from conceptkit.extraction import Provenance
+
+    rows = np.abs(np.random.default_rng(0).normal(size=(40, 6)))
+    provenance = Provenance("image", np.arange(40), np.zeros((40, 4)), (8, 8))
+    bank = concepts.bank_from_activations(concepts.TopKSAE(8, top_k=4, epochs=2, random_state=0),
+                                          rows, provenance)
+    restricted = concepts.restrict_bank(bank, np.array([1, 5]))
+    loaded = concepts.ConceptBank.load(restricted.save(tmp_path / "sae.safetensors"))
+    assert loaded.n_concepts == 2
+    np.testing.assert_array_equal(loaded.encode(rows), restricted.encode(rows))
+    np.testing.assert_array_equal(loaded.codes.numpy(), restricted.codes.numpy())

@@ -267,6 +267,8 @@ def restrict_bank(bank: ConceptBank, keep: np.ndarray) -> ConceptBank:
     sliced = {name: (a[keep] if name in per_concept else a) for name, a in arrays.items()}
     params = factorizer.get_params(deep=False)
     params["n_concepts"] = int(keep.size)
+    if isinstance(params.get("top_k"), int):  # a sparse autoencoder keeps at most every concept
+        params["top_k"] = min(params["top_k"], int(keep.size))
     restricted = factorizer_from_state(type(factorizer).__name__, params, sliced, info)
     codes = (restricted.transform(bank.activations) if bank.activations is not None
              else bank.codes[:, keep])
