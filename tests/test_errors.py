@@ -177,7 +177,7 @@ class Context:
         if not path.exists():
             shutil.copytree(self.store(), path)
             manifest = json.loads((path / "manifest.json").read_text())
-            manifest["chunks"][0]["file"] = "../bank.safetensors"
+            manifest["chunks"][0]["file"] = f"../{self.bank_file.name}"  # an existing file
             (path / "manifest.json").write_text(json.dumps(manifest))
         return path
 
