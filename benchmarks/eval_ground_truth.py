@@ -16,10 +16,11 @@ the ground-truth concept masks:
   same test images with the cue drawn in (the counterfactual), plus the model-level
   :func:`~conceptkit.datasets.spurious_cue_effect`.
 
-Maps are ``ClassConcepts.concept_maps()`` (``kind="auto"``: coefficient maps for CRAFT and ICE,
-ACE's segments painted back). CRAFT is also scored with *scale-matched* coefficient maps: its
-concepts are learnt on crops enlarged ``image / patch_size`` times (3.6x at 64 px), so the image is
-enlarged by the same factor before its feature map is encoded (:func:`scale_matched_maps`).
+Maps are ``ClassConcepts.concept_maps()`` (``kind="auto"``: coefficient maps for ICE, ACE's
+segments painted back, and for CRAFT *scale-matched* coefficient maps: its concepts are learnt on
+crops enlarged ``image / patch_size`` times (3.6x at 64 px), so the image is enlarged by the same
+factor before its feature map is encoded). CRAFT is also scored with plain coefficient maps, which
+miss some parts.
 
 Run: ``python benchmarks/eval_ground_truth.py [--n-per-class 60] [--methods craft,ice,ace]
 [--importances sobol,gradient_input] [--seed 0] [--quick] [--json results.json]``.
@@ -34,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from conceptkit import ClassConcepts, ConceptExplainer
 from conceptkit.datasets import (
@@ -45,7 +45,7 @@ from conceptkit.datasets import (
     spurious_cue_effect,
 )
 from conceptkit.importance import ConceptImportance, concept_importance
-from conceptkit.maps import coefficient_maps, localisation_table
+from conceptkit.maps import localisation_table
 
 LAYER = "block4"
 N_CONCEPTS = 10
@@ -78,31 +78,27 @@ def fit_class(model: torch.nn.Module, data: ConceptDataset, class_id: int, metho
 
 
 def scale_matched_maps(cc: ClassConcepts) -> torch.Tensor:
-    """CRAFT coefficient maps ``(N, k, H, W)`` with the image at the scale of the crops.
+    """CRAFT coefficient maps ``(N, k, H, W)`` with the image at the scale of the crops
+    (``ClassConcepts.concept_maps(kind="scale_matched")``, the library's default for CRAFT).
 
     CRAFT resizes each ``p``-pixel crop to the image side ``S`` before ``g``, so its concepts
-    describe parts enlarged ``S / p`` times. Encoding the feature map of the image enlarged by the
-    same factor compares like with like; the maps are then resized back to ``(H, W)``.
+    describe parts enlarged ``S / p`` times; encoding the feature map of the image enlarged by the
+    same factor compares like with like.
     """
-    patch = cc.bank.params.get("patch_size")
-    if cc.method != "craft" or not patch:
+    if cc.method != "craft" or not cc.bank.params.get("patch_size"):
         raise ValueError(f"scale-matched maps need a CRAFT explanation; got method {cc.method!r}.")
-    height, width = cc.images.shape[-2:]
-    zoom = min(height, width) / float(patch)
-    big = F.interpolate(cc.images, size=(round(height * zoom), round(width * zoom)),
-                        mode="bilinear", align_corners=False)
-    return coefficient_maps(cc.bank, cc.explainer.activations(big), (height, width))
+    return cc.concept_maps(kind="scale_matched")
 
 
 def map_kinds(method: str) -> tuple[str, ...]:
-    """The maps scored for a method: the default ones, and scale-matched ones for CRAFT."""
-    return ("auto", "scale_matched") if method == "craft" else ("auto",)
+    """The maps scored for a method: the default ones, and for CRAFT both plain coefficient maps
+    and the scale-matched ones (its default)."""
+    return ("coefficient", "scale_matched") if method == "craft" else ("auto",)
 
 
 def concept_maps(cc: ClassConcepts, kind: str) -> torch.Tensor:
-    """``(N, k, H, W)`` maps of the fitted images: ``"auto"`` (the library default) or
-    ``"scale_matched"`` (CRAFT only)."""
-    return scale_matched_maps(cc) if kind == "scale_matched" else cc.concept_maps()
+    """``(N, k, H, W)`` maps of the fitted images of kind ``kind`` (see ``map_kinds``)."""
+    return scale_matched_maps(cc) if kind == "scale_matched" else cc.concept_maps(kind=kind)
 
 
 def localisation_tables(maps: torch.Tensor, data: ConceptDataset,
@@ -262,7 +258,8 @@ def print_report(results: dict[str, Any], importance_methods: list[str]) -> None
     for method, entry in results["methods"].items():
         seconds = entry["seconds"]
         for kind, classes in entry["maps"].items():
-            label = "default maps" if kind == "auto" else "scale-matched maps"
+            label = {"auto": "default maps", "coefficient": "coefficient maps",
+                     "scale_matched": "scale-matched maps, the default"}[kind]
             print(f"\n== {method.upper()} ({label}) — fit {seconds['fit']:.1f} s, other importances "
                   f"{seconds['importance']:.1f} s, maps + scores {seconds['maps'][kind]:.1f} s")
             header = "".join(f" | top {m:<24}" for m in importance_methods)

@@ -124,20 +124,24 @@ class ClassConcepts:
         new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
         position of the feature map), ``"gradient"`` (Grad-CAM of each concept coefficient) or
         ``"provenance"`` (the fitted crops' / segments' codes painted back; fitted images only).
-        ``"auto"`` (default) paints ACE's segments back for the fitted images — its k-means
-        centroids come from pooled segment patches, so encoding single positions with them is
-        not meaningful — and uses coefficient maps otherwise.
+        ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
+        patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
+        segments back for the fitted images — its k-means centroids come from pooled segment
+        patches, so encoding single positions with them is not meaningful — uses scale-matched
+        maps for CRAFT on convolutional layers (on the ground-truth dataset they localise every
+        causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
         """
         from .maps import coefficient_maps, gradient_maps, provenance_maps
 
-        kinds = ("auto", "coefficient", "gradient", "provenance")
+        kinds = ("auto", "coefficient", "gradient", "provenance", "scale_matched")
         if kind not in kinds:
             raise ValueError(f"`kind` must be one of {kinds}; got {kind!r}.")
         if images is not None:
             images = check_images(images, "images")
         if kind == "auto":
-            use_segments = self.method == "ace" and images is None and self.images is not None
-            kind = "provenance" if use_segments else "coefficient"
+            kind = self._auto_kind(images)
+        if kind == "scale_matched":
+            return self._scale_matched(self.images if images is None else images, size)
         if kind == "provenance":
             if images is not None:
                 raise ValueError("`kind`='provenance' maps exist only for the fitted images; "
@@ -190,10 +194,37 @@ class ClassConcepts:
         # Never hand out the cached codes themselves: the caller may write into the maps.
         return maps.clone() if maps.data_ptr() == codes.data_ptr() else maps
 
+    def _auto_kind(self, images: torch.Tensor | None) -> str:
+        fitted = images is None and self.images is not None
+        if self.method == "ace" and fitted:
+            return "provenance"
+        explainer = self.explainer
+        if (self.method == "craft" and explainer is not None and explainer._token_layout is None
+                and (images is not None or self.images is not None)
+                and self.bank.params.get("patch_size") and self._spatial_layer()):
+            return "scale_matched"
+        return "coefficient"
+
+    def _spatial_layer(self) -> bool:
+        return self.activations is None or self.activations.ndim == 4
+
+    def _scale_matched(self, images: torch.Tensor | None, size: Any) -> torch.Tensor:
+        from .maps import scale_matched_maps
+
+        if images is None:
+            raise ValueError("this explanation was loaded without images; pass `images`.")
+        explainer = self._require_explainer()
+        zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
+        maps = scale_matched_maps(explainer.model, self.bank, images, zoom,
+                                  preprocess=explainer.preprocess, batch_size=explainer.batch_size)
+        return maps if size is None else _resize(maps, size)
+
     def _shown_maps(self, n_images: int) -> torch.Tensor:
         """``concept_maps()[:n_images]`` without computing the maps of the other images."""
-        auto_coefficient = self.method != "ace" or self.images is None
-        if self.activations is not None and auto_coefficient:
+        kind = self._auto_kind(None)
+        if kind == "scale_matched":
+            return self._scale_matched(self.images[:n_images], None)
+        if self.activations is not None and kind == "coefficient":
             size = None if self.images is None else tuple(self.images.shape[-2:])
             return self._fitted_coefficient_maps(size, n_images)
         return self.concept_maps()[:n_images]

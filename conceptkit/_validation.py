@@ -105,6 +105,9 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
             f"`{name}` must be a torch.Tensor or numpy array of shape (N, C, H, W); "
             f"got {describe(images)}."
         )
+    if images.device.type == "meta":
+        raise ValueError(f"`{name}` is on the 'meta' device, which holds shapes but no data; pass "
+                         f"images with values (on the CPU or a GPU).")
     if images.ndim != 4:
         extra = " (a single image? add a batch axis with images[None])" if images.ndim == 3 else ""
         raise ValueError(

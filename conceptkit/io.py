@@ -166,7 +166,12 @@ def peek_kind(path: str | os.PathLike) -> tuple[str, int]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
-    header, _ = _read_header(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"`path` {str(path)!r} is a directory, not a saved conceptkit file.")
+    try:
+        header, _ = _read_header(path)
+    except PermissionError as err:
+        raise PermissionError(f"`path` {str(path)!r} cannot be read: permission denied.") from err
     meta_raw = header.get("__metadata__", {}) or {}
     try:
         info = json.loads(meta_raw[FORMAT_NAME])

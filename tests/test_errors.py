@@ -229,12 +229,6 @@ def float_images(n: int = 2, channels: int = 3, size: int = 32, fill: float | No
 # The table
 # ---------------------------------------------------------------------------------------------
 
-PENDING_META = ("needs `check_images` (conceptkit/_validation.py) to refuse tensors on the 'meta' "
-                "device before reading their values")
-PENDING_PEEK = ("needs `io.peek_kind` (conceptkit/io.py) to refuse directories like `io.load_file` "
-                "does")
-
-
 def _nan_head(activations: torch.Tensor) -> torch.Tensor:
     return torch.full((activations.shape[0], 3), float("nan"))
 
@@ -286,7 +280,7 @@ ROWS: list[Row] = [
     R("extract-meta-images", "extraction.ActivationExtractor",
       "images on another device than the model (the data-less `meta` device)",
       lambda c: extraction.ActivationExtractor(c.model, "block2", progress=False)(meta_images()),
-      ValueError, "`inputs`", pending=PENDING_META),
+      ValueError, "`inputs`"),
     R("extract-meta-model", "extraction.ActivationExtractor",
       "model on another device than the images (a `meta` model without weights)",
       lambda c: extraction.ActivationExtractor(small_cnn().to("meta"), "block2", progress=False)(c.images),
@@ -483,7 +477,7 @@ ROWS: list[Row] = [
       extraction.CutError, "`layer`"),
     R("explainer-meta-images", "ConceptExplainer.fit", "images on the `meta` device",
       lambda c: conceptkit.ConceptExplainer(c.model, "block2", progress=False).fit(meta_images(), 0),
-      ValueError, "`images`", pending=PENDING_META),
+      ValueError, "`images`"),
     R("manager-labels", "ConceptManager.fit", "one label too few",
       lambda c: conceptkit.ConceptManager(c.model, "block2", progress=False).fit(c.images, np.zeros(5)),
       ValueError, "`labels`"),
@@ -502,7 +496,7 @@ ROWS: list[Row] = [
     R("load-missing", "conceptkit.load", "a path that does not exist",
       lambda c: conceptkit.load(c.root / "nothing.safetensors"), FileNotFoundError, "`path`"),
     R("load-directory", "conceptkit.load", "a directory instead of a file",
-      lambda c: conceptkit.load(c.root), IsADirectoryError, "`path`", pending=PENDING_PEEK),
+      lambda c: conceptkit.load(c.root), IsADirectoryError, "`path`"),
     R("load-version", "conceptkit.load", "a file from another format version",
       lambda c: conceptkit.load(c.bank_file_with_version(2)), io.FormatError, "`path`"),
     R("load-truncated", "conceptkit.load", "a truncated explanation",

@@ -136,3 +136,25 @@ def test_match_concepts_picks_the_right_concept():
     matches = match_concepts(maps, masks)
     assert [(m.truth, m.concept) for m in matches] == [(0, 2), (1, 0)]
     assert all(m.score == 1.0 for m in matches)
+
+
+def test_scale_matched_maps_encode_the_enlarged_image():
+    from conceptkit.extraction import ActivationExtractor
+    from conceptkit.maps import scale_matched_maps, upsample
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 12, 3, stride=2, padding=1),
+                          nn.ReLU()).eval()
+    images = torch.rand(2, 3, 16, 16)
+    acts = ActivationExtractor(model, "3", progress=False)(torch.rand(20, 3, 16, 16))
+    rows = acts.permute(0, 2, 3, 1).reshape(-1, 12).numpy()
+    prov = Provenance("image", np.arange(rows.shape[0]), np.zeros((rows.shape[0], 4)), (16, 16))
+    bank = bank_from_activations(NMF(3, random_state=0), rows, prov, layer="3")
+    maps = scale_matched_maps(model, bank, images, 2.0)
+    big = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    expected = upsample(torch.as_tensor(bank.encode(ActivationExtractor(model, "3", progress=False)(big))),
+                        (16, 16))
+    assert maps.shape == (2, 3, 16, 16)
+    assert torch.allclose(maps, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="`zoom`"):
+        scale_matched_maps(model, bank, images, 0.0)

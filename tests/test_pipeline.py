@@ -159,3 +159,14 @@ def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
     assert cc.importance.per_input.shape == (6, 3) and np.all(np.isfinite(cc.importances))
     assert cc.concept_maps().shape == (6, 3, 32, 32)
     assert cc.concept_maps(kind="gradient").shape == (6, 3, 32, 32)
+
+
+def test_craft_maps_default_to_scale_matched(fitted):
+    from conceptkit.maps import scale_matched_maps
+
+    model, images, cc = fitted
+    zoom = 32 / cc.bank.params["patch_size"]
+    expected = scale_matched_maps(model, cc.bank, images[:2], zoom)
+    assert torch.allclose(cc.concept_maps(images[:2]), expected, atol=1e-6)
+    assert torch.allclose(cc.concept_maps()[:2], expected, atol=1e-5)
+    assert cc.concept_maps(kind="coefficient").shape == (16, 4, 32, 32)

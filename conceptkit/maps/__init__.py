@@ -15,6 +15,7 @@ from ._maps import (
     differentiable_codes,
     gradient_maps,
     provenance_maps,
+    scale_matched_maps,
     upsample,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "pointing_game",
     "provenance_maps",
     "relevance_mass",
+    "scale_matched_maps",
     "upsample",
 ]

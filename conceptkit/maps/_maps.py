@@ -206,3 +206,28 @@ def provenance_maps(bank: ConceptBank, n_images: int | None = None, reduce: str 
     if reduce == "mean":
         total = total / np.maximum(count, 1.0)
     return torch.from_numpy(total)
+
+
+def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor, zoom: float,
+                       *, preprocess: Any = None, batch_size: int = 32,
+                       mode: str = "bilinear") -> torch.Tensor:
+    """Coefficient maps ``(N, k, H, W)`` computed on the images enlarged ``zoom`` times.
+
+    CRAFT resizes each ``p``-pixel crop to the image side ``S`` before ``g``, so its concepts
+    describe parts enlarged ``S / p`` times. Encoding the feature map of the image enlarged by
+    the same factor compares like with like (on the ground-truth dataset this fixes the parts
+    that plain coefficient maps miss); the maps are resized back to the image size. Costs one
+    pass of ``g`` over ``zoom²`` times more pixels; needs a model that accepts larger inputs
+    (convolutional networks; not ViTs with a fixed position embedding).
+    """
+    from ..extraction import ActivationExtractor
+
+    images = check_images(images, "images")
+    if not np.isfinite(zoom) or zoom <= 0:
+        raise ValueError(f"`zoom` must be a positive number; got {zoom}.")
+    height, width = images.shape[-2:]
+    big = F.interpolate(images.float(), size=(round(height * zoom), round(width * zoom)),
+                        mode="bilinear", align_corners=False)
+    acts = ActivationExtractor(model, bank.layer, batch_size=batch_size, progress=False,
+                               preprocess=preprocess)(big)
+    return coefficient_maps(bank, acts, (height, width), mode)
