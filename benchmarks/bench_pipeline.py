@@ -59,6 +59,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from conceptkit import ConceptExplainer  # noqa: E402
 from conceptkit.concepts import NMF  # noqa: E402
@@ -149,15 +150,33 @@ def efficientnet_case(n_views: int) -> Case:
                 f"{n_views} views of 'coffee', 224 px, class {bundle.labels[class_id]!r}")
 
 
-def bare_inputs(case: Case) -> list[torch.Tensor]:
-    """Exactly what ``g`` sees in the pipeline: resized crops, then the images, preprocessed."""
+def maps_kind(case: Case) -> str:
+    """The kind of map ``concept_maps()`` gives by default for this case (fitted on 4 images)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = ConceptExplainer(case.model, case.layer, n_concepts=N_CONCEPTS, seed=SEED,
+                                  preprocess=case.preprocess, progress=False).fit(
+                                      case.images[:4], case.class_id)
+    auto = getattr(result, "_auto_kind", None)
+    return auto(None) if callable(auto) else "coefficient"
+
+
+def bare_inputs(case: Case, kind: str) -> dict[str, list[torch.Tensor]]:
+    """Exactly what ``g`` sees in the pipeline, cut, resized and preprocessed beforehand: the
+    crops, the class images, and for scale-matched maps (CRAFT's default on convolutional
+    layers) the class images enlarged by image side / patch size."""
     patch = default_patch_size(case.images.shape[-2:])
-    crop_set = crops(case.images, patch)
-    batches = list(crop_set.iter_batches(BATCH_SIZE))
-    batches += [case.images[i:i + BATCH_SIZE] for i in range(0, case.images.shape[0], BATCH_SIZE)]
+    groups = {"crops": list(crops(case.images, patch).iter_batches(BATCH_SIZE)),
+              "images": [case.images[i:i + BATCH_SIZE]
+                         for i in range(0, case.images.shape[0], BATCH_SIZE)]}
+    if kind == "scale_matched":
+        side = case.images.shape[-1]
+        size = round(side * min(case.images.shape[-2:]) / patch)
+        groups["enlarged images"] = [F.interpolate(b, size=(size, size), mode="bilinear",
+                                                   align_corners=False) for b in groups["images"]]
     if case.preprocess is not None:
-        batches = [case.preprocess(b) for b in batches]
-    return [b.contiguous() for b in batches]
+        groups = {name: [case.preprocess(b) for b in batches] for name, batches in groups.items()}
+    return {name: [b.contiguous() for b in batches] for name, batches in groups.items()}
 
 
 def bare_g(g: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, float]:
@@ -219,13 +238,15 @@ def line(what: str, base_name: str, base: list[Sample], ours_name: str, ours: li
             f"{[round(s.wall, 2) for s in ours]} vs {[round(s.wall, 2) for s in base]})")
 
 
-def breakdown(samples: list[Sample], g_crops: float, g_images: float) -> str:
+def breakdown(samples: list[Sample], bare: dict[str, float]) -> str:
     names = ("split", "activations", "discovery", "importance", "maps", "metrics", "report", "save")
     parts = [f"{name} {_stage(samples, name):.2f}" for name in names]
-    rest = _stage(samples, "discovery") - g_crops
-    return (f"    stages (median s): {' | '.join(parts)}; bare g: crops {g_crops:.2f}, images "
-            f"{g_images:.2f} -> discovery beyond g {rest:.2f} (crop cutting + NMF, "
-            f"{_stage(samples, 'nmf_iterations'):.0f} NMF iterations)")
+    beyond = _stage(samples, "discovery") - bare["crops"]
+    maps = _stage(samples, "maps") - bare.get("enlarged images", 0.0)
+    return (f"    stages (median s): {' | '.join(parts)}; bare g: "
+            f"{', '.join(f'{name} {value:.2f}' for name, value in bare.items())} -> beyond g: "
+            f"discovery {beyond:.2f} (crop cutting + NMF, "
+            f"{_stage(samples, 'nmf_iterations'):.0f} NMF iterations), maps {maps:.2f}")
 
 
 def profile(case: Case, solver: str, path: str, top: int = 25) -> None:
@@ -244,8 +265,10 @@ def run_case(case: Case, solvers: list[str], repeats: int, profile_path: str | N
              quick: bool = False) -> None:
     g, _ = split_model(case.model, case.layer)
     g.eval()
-    batches = bare_inputs(case)
-    n_crops = sum(b.shape[0] for b in batches) - case.images.shape[0]
+    kind = maps_kind(case)
+    groups = bare_inputs(case, kind)
+    batches = [b for group in groups.values() for b in group]
+    n_crops = sum(b.shape[0] for b in groups["crops"])
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: imports, allocator, kernels
         small = Case(case.name, case.model, case.layer, case.images[:4], case.class_id,
                      case.preprocess, case.description)
@@ -253,31 +276,30 @@ def run_case(case: Case, solvers: list[str], repeats: int, profile_path: str | N
             pipeline(small, solver, Path(tmp))
         bare_g(g, batches[:1])
     runs: dict[str, list[Sample]] = {"bare": [], **{s: [] for s in solvers}}
-    split_runs: dict[str, list[float]] = {"crops": [], "images": []}
-    n_crop_batches = len(batches) - -(-case.images.shape[0] // BATCH_SIZE)
+    split_runs: dict[str, list[float]] = {name: [] for name in groups}
     for r in range(repeats):
         order = ["bare", *solvers]
         order = order[r % len(order):] + order[:r % len(order)]
         for name in order:
             if name == "bare":
                 runs[name].append(measure(lambda: bare_g(g, batches)))
-                start = time.perf_counter()  # the split of the bare time, for the breakdown
-                bare_g(g, batches[:n_crop_batches])
-                split_runs["crops"].append(time.perf_counter() - start)
-                start = time.perf_counter()
-                bare_g(g, batches[n_crop_batches:])
-                split_runs["images"].append(time.perf_counter() - start)
+                for group, group_batches in groups.items():  # the split, for the breakdown
+                    start = time.perf_counter()
+                    bare_g(g, group_batches)
+                    split_runs[group].append(time.perf_counter() - start)
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     runs[name].append(measure(lambda solver=name, out=Path(tmp): pipeline(
                         case, solver, out)))
+    enlarged = (f" + {case.images.shape[0]} images enlarged for {kind.replace('_', '-')} maps"
+                if "enlarged images" in groups else "")
     what = (f"{case.name} @ {case.layer}, {case.description} ({n_crops} crops + "
-            f"{case.images.shape[0]} images), k={N_CONCEPTS}")
+            f"{case.images.shape[0]} images{enlarged}), k={N_CONCEPTS}")
     for solver in solvers:
         label = "pipeline (default NMF cd)" if solver == "cd" else f"pipeline (NMF {solver})"
         print(line(what, "bare g", runs["bare"], label, runs[solver], quick))
-        print(breakdown(runs[solver], statistics.median(split_runs["crops"]),
-                        statistics.median(split_runs["images"])))
+        print(breakdown(runs[solver], {name: statistics.median(values)
+                                       for name, values in split_runs.items()}))
     sys.stdout.flush()
     if profile_path:
         profile(case, solvers[0], profile_path)

@@ -209,21 +209,51 @@ class ClassConcepts:
         return self.activations is None or self.activations.ndim == 4
 
     def _scale_matched(self, images: torch.Tensor | None, size: Any) -> torch.Tensor:
-        from .maps import scale_matched_maps
+        from .maps import scale_matched_maps, upsample
 
         if images is None:
             raise ValueError("this explanation was loaded without images; pass `images`.")
+        if images is self.images:  # the fitted images: one pass of g, codes kept for reuse
+            maps = upsample(self._scale_matched_codes(images.shape[0]), tuple(images.shape[-2:]))
+            return maps if size is None else _resize(maps, size)
         explainer = self._require_explainer()
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
         maps = scale_matched_maps(explainer.model, self.bank, images, zoom,
                                   preprocess=explainer.preprocess, batch_size=explainer.batch_size)
         return maps if size is None else _resize(maps, size)
 
+    def _scale_matched_codes(self, n_images: int) -> torch.Tensor:
+        """Codes ``(n, k, h', w')`` of the first ``n_images`` fitted images enlarged to the crops'
+        scale: exactly what :func:`~conceptkit.maps.scale_matched_maps` computes before it
+        resizes, but the enlarged images are made batch by batch (never all at once) and the
+        codes are kept, so that ``concept_maps()``, ``report`` and ``save`` run ``g`` over the
+        enlarged images once between them."""
+        from .extraction import ActivationExtractor
+
+        cache = self.__dict__.get("_scale_cache")
+        if (cache is not None and cache[0] is self.bank and cache[1] is self.images
+                and cache[2].shape[0] >= n_images):
+            return cache[2][:n_images]
+        explainer = self._require_explainer()
+        images = self.images[:n_images]
+        zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
+        size = (round(images.shape[-2] * zoom), round(images.shape[-1] * zoom))
+        acts = ActivationExtractor(explainer.model, self.bank.layer,
+                                   batch_size=explainer.batch_size, progress=False,
+                                   preprocess=explainer.preprocess)(_Enlarged(images, size))
+        codes = torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).float()
+        self.__dict__["_scale_cache"] = (self.bank, self.images, codes)
+        return codes
+
     def _shown_maps(self, n_images: int) -> torch.Tensor:
         """``concept_maps()[:n_images]`` without computing the maps of the other images."""
+        from .maps import upsample
+
         kind = self._auto_kind(None)
         if kind == "scale_matched":
-            return self._scale_matched(self.images[:n_images], None)
+            n_images = min(n_images, self.images.shape[0])
+            return upsample(self._scale_matched_codes(n_images)[:n_images],
+                            tuple(self.images.shape[-2:]))
         if self.activations is not None and kind == "coefficient":
             size = None if self.images is None else tuple(self.images.shape[-2:])
             return self._fitted_coefficient_maps(size, n_images)
@@ -360,6 +390,29 @@ class ClassConcepts:
             return result
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
+
+
+class _Enlarged:
+    """Images resized to ``size`` (bilinear, as :func:`~conceptkit.maps.scale_matched_maps`),
+    produced batch by batch for :class:`~conceptkit.extraction.ActivationExtractor`."""
+
+    def __init__(self, images: torch.Tensor, size: tuple[int, int]):
+        self.images = images
+        self.size = size
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def iter_batches(self, batch_size: int):
+        import torch.nn.functional as F
+
+        for start in range(0, len(self), batch_size):
+            yield F.interpolate(self.images[start:start + batch_size].float(), size=self.size,
+                                mode="bilinear", align_corners=False)
+
+    def all_finite(self) -> bool:
+        # Bilinear resizing of finite pixels stays finite: one check of the source images.
+        return bool(torch.isfinite(self.images.sum())) or bool(torch.isfinite(self.images).all())
 
 
 class KnownCodes:

@@ -13,7 +13,7 @@ from conceptkit.concepts import _nmf as nmf_module
 from conceptkit.concepts.metrics import frechet_distance
 from conceptkit.extraction import ActivationExtractor, CropSet, crops
 from conceptkit.importance.metrics import CDeletion, CInsertion, CMuFidelity
-from conceptkit.maps import coefficient_maps
+from conceptkit.maps import coefficient_maps, scale_matched_maps
 
 
 def _model():
@@ -57,16 +57,47 @@ def test_class_activations_are_encoded_once(tmp_path, monkeypatch):
 def test_shared_codes_give_the_same_maps_and_metrics(fitted):
     cc = fitted
     size = tuple(cc.images.shape[-2:])
-    maps = cc.concept_maps()
+    maps = cc.concept_maps(kind="coefficient")
     torch.testing.assert_close(maps, coefficient_maps(cc.bank, cc.activations, size), rtol=0, atol=0)
-    torch.testing.assert_close(cc._shown_maps(5), maps[:5], rtol=0, atol=0)
     maps.zero_()  # the caller owns what it gets: the shared codes are untouched
-    assert cc.concept_maps().abs().sum() > 0
+    assert cc.concept_maps(kind="coefficient").abs().sum() > 0
     per_input = cc.importance.per_input
     metrics = cc.metrics()["importance"]
     for metric in (CDeletion(), CInsertion(), CMuFidelity(seed=0)):
         plain = metric(cc.explainer.h, cc.activations, cc.bank, cc.class_id, per_input)
         assert metrics[metric.name]["value"] == pytest.approx(plain, rel=1e-12, abs=1e-12)
+
+
+def test_scale_matched_maps_run_g_once_for_maps_report_and_save(tmp_path, monkeypatch):
+    """CRAFT's default maps enlarge the class images: one pass of g over them, shared."""
+    from conceptkit import _results
+
+    images = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    model = _model()
+    cc = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False).fit(images, 0)
+    passes = []
+    original = _results._Enlarged.iter_batches
+
+    def spy(self, batch_size):
+        passes.append(len(self))
+        return original(self, batch_size)
+
+    monkeypatch.setattr(_results._Enlarged, "iter_batches", spy)
+    maps = cc.concept_maps()
+    zoom = 32 / cc.bank.params["patch_size"]
+    torch.testing.assert_close(maps, scale_matched_maps(model, cc.bank, images, zoom), rtol=0, atol=1e-6)
+    torch.testing.assert_close(cc._shown_maps(4), maps[:4], rtol=0, atol=0)
+    maps.zero_()
+    assert cc.concept_maps().abs().sum() > 0
+    cc.report(tmp_path / "report")
+    cc.save(tmp_path / "class.safetensors")
+    assert passes == [9]
+    # without concept_maps() first, report and save share the pass over the shown images
+    fresh = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False).fit(images, 0)
+    passes.clear()
+    fresh.report(tmp_path / "again", n_images=6)
+    fresh.save(tmp_path / "again.safetensors", n_images=5)
+    assert passes == [6]
 
 
 def test_replacing_the_bank_recomputes_the_codes(fitted):
