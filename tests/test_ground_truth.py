@@ -183,7 +183,7 @@ def test_command_line_writes_json(tmp_path, capsys):
     assert gt.main(["--n-per-class", "4", "--methods", "craft", "--importances", "sobol",
                     "--json", str(path)]) == 0
     printed = capsys.readouterr().out
-    assert "CRAFT (scale-matched maps)" in printed and "top concept is causal: sobol" in printed
+    assert "CRAFT (scale-matched maps, the default)" in printed and "top concept is causal: sobol" in printed
     saved = json.loads(path.read_text())
     assert saved["setting"]["n_per_class"] == 4 and saved["setting"]["tolerance_px"] == 4
     assert len(saved["methods"]["craft"]["maps"]["scale_matched"]) == 6
