@@ -162,18 +162,20 @@ def maps_kind(case: Case) -> str:
 
 
 def bare_inputs(case: Case, kind: str) -> dict[str, list[torch.Tensor]]:
-    """Exactly what ``g`` sees in the pipeline, cut, resized and preprocessed beforehand: the
-    crops, the class images, and for scale-matched maps (CRAFT's default on convolutional
-    layers) the class images enlarged by image side / patch size."""
+    """Exactly what ``g`` sees in the pipeline, cut, resized and preprocessed beforehand, in the
+    same batches: the crops, the class images, and for scale-matched maps (CRAFT's default on
+    convolutional layers) the class images enlarged by image side / patch size."""
     patch = default_patch_size(case.images.shape[-2:])
     groups = {"crops": list(crops(case.images, patch).iter_batches(BATCH_SIZE)),
               "images": [case.images[i:i + BATCH_SIZE]
                          for i in range(0, case.images.shape[0], BATCH_SIZE)]}
-    if kind == "scale_matched":
-        side = case.images.shape[-1]
-        size = round(side * min(case.images.shape[-2:]) / patch)
-        groups["enlarged images"] = [F.interpolate(b, size=(size, size), mode="bilinear",
-                                                   align_corners=False) for b in groups["images"]]
+    if kind == "scale_matched":  # batches of as many pixels as the others, as the pipeline
+        zoom = min(case.images.shape[-2:]) / patch
+        size = round(case.images.shape[-1] * zoom)
+        step = max(1, int(BATCH_SIZE / max(zoom * zoom, 1.0)))
+        groups["enlarged images"] = [
+            F.interpolate(case.images[i:i + step], size=(size, size), mode="bilinear",
+                          align_corners=False) for i in range(0, case.images.shape[0], step)]
     if case.preprocess is not None:
         groups = {name: [case.preprocess(b) for b in batches] for name, batches in groups.items()}
     return {name: [b.contiguous() for b in batches] for name, batches in groups.items()}
