@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from _nets import two_block_cnn
 from threadpoolctl import threadpool_info
-from torch import nn
 
 import conceptkit
 from conceptkit.concepts import NMF
@@ -17,14 +17,7 @@ from conceptkit.maps import coefficient_maps, scale_matched_maps
 
 
 def _model():
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("block1", nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
-    model.add_module("block2", nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()))
-    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
-    model.add_module("flatten", nn.Flatten())
-    model.add_module("fc", nn.Linear(24, 4))
-    return model.eval()
+    return two_block_cnn()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _nets import two_block_cnn
 from torch import nn
 
 import conceptkit
@@ -12,14 +13,7 @@ from conceptkit.extraction import CutError
 
 
 def _model():
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("block1", nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
-    model.add_module("block2", nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()))
-    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
-    model.add_module("flatten", nn.Flatten())
-    model.add_module("fc", nn.Linear(24, 4))
-    return model.eval()
+    return two_block_cnn()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._json import json_ready
 from .._validation import describe
 from ._intervene import InterventionCurve
 from ._metrics import CBMEvaluation, LeakageReport
@@ -50,23 +50,6 @@ def concept_class_weights(model: ConceptBottleneckModel,
             (grad,) = torch.autograd.grad(logits[:, c].sum(), values, retain_graph=True)
             jac.append(grad.mean(0))
     return torch.stack(jac).detach().cpu().double().numpy()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None  # JSON has no NaN
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _figures(out: Path, model: ConceptBottleneckModel, weights: np.ndarray,
@@ -191,7 +174,7 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
                               "true_accuracy": leakage.true_accuracy, "leakage": leakage.leakage}
     if extra:
         numbers["extra"] = dict(extra)
-    numbers = _jsonable(numbers)
+    numbers = json_ready(numbers)
     (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
     page = out / "index.html"
     page.write_text(_html(title, numbers, paths))
