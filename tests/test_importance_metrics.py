@@ -132,6 +132,43 @@ def test_accepts_concept_importance_results_and_nonlinear_heads():
     assert CDeletion()(mlp, acts, bank, 1, result) < CDeletion()(mlp, acts, bank, 1, -result.per_input)
 
 
+class CountingHead(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("make_metric", [CDeletion, CInsertion, lambda **kw: CMuFidelity(seed=0, **kw)])
+def test_fast_path_gives_the_metric_of_h_itself(make_metric):
+    # An affine head is collapsed to one vector per input: same values as running h on every
+    # masked reconstruction, with a few probing passes of h instead of one per mask and input.
+    head, acts, bank, beta, _ = linear_setup(n=30)
+    importances = beta + np.random.default_rng(2).normal(scale=0.3, size=beta.shape)
+    counted = CountingHead(head)
+    fast = make_metric().evaluate(counted, acts, bank, 1, importances)
+    fast_rows, counted.rows = counted.rows, 0
+    slow = make_metric(fast_path=False).evaluate(counted, acts, bank, 1, importances)
+    np.testing.assert_allclose(fast.per_input, slow.per_input, atol=1e-5)
+    if slow.curves is not None:
+        np.testing.assert_allclose(fast.curves, slow.curves, atol=1e-5)
+    assert fast_rows < 100 < counted.rows
+    # A nonlinear head is never collapsed: "auto" falls back to h, True refuses it.
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8), nn.Tanh(),
+                        nn.Linear(8, 3))
+    auto = make_metric().evaluate(mlp, acts, bank, 1, importances)
+    off = make_metric(fast_path=False).evaluate(mlp, acts, bank, 1, importances)
+    np.testing.assert_array_equal(auto.per_input, off.per_input)
+    with pytest.raises(ValueError, match="fast_path=True.*affine"):
+        make_metric(fast_path=True)(mlp, acts, bank, 1, importances)
+    with pytest.raises(ValueError, match="fast_path"):
+        make_metric(fast_path="yes")(head, acts, bank, 1, importances)
+
+
 def test_errors_name_the_argument():
     head, acts, bank, beta, _ = linear_setup(n=5, k=4)
     with pytest.raises(ValueError, match=r"importances.*\(4,\).*\(5, 4\)"):

@@ -14,6 +14,11 @@ Every metric is one class with a ``higher_is_better`` flag and the same call::
 ``importances`` is either ``(k,)`` (one class-level order for every input), ``(n, k)`` (one
 order per input) or a :class:`~conceptkit.importance.ConceptImportance` (its ``per_input``).
 The score is ``h``'s output for ``class_id`` (the class logit for a classifier head).
+
+A head that is affine in its input activations (checked numerically, as for Sobol importance) is
+collapsed to one vector per input (``fast_path="auto"``, the default): every masked score is then
+a ``k``-vector product instead of a pass of ``h`` over a reconstruction, with the same values up
+to float rounding (tests/test_importance_metrics.py).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from scipy.stats import rankdata
 from .._validation import check_float, check_int, describe, to_numpy
 from ._attribution import Seeds, input_groups
 from ._engine import DEFAULT_MEMORY_BUDGET, ConceptProblem, model_guard, prepare_problem
+from ._fastpath import AffineHead, fit_affine
 
 __all__ = ["CDeletion", "CInsertion", "CMuFidelity", "ConceptMetric", "MetricResult"]
 
@@ -61,11 +67,12 @@ class ConceptMetric:
 
     def __init__(self, *, batch_size: int | None = None,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, device: Any = None,
-                 progress: bool = False):
+                 progress: bool = False, fast_path: bool | str = "auto"):
         self.batch_size = batch_size
         self.memory_budget = memory_budget
         self.device = device
         self.progress = progress
+        self.fast_path = fast_path
 
     def __call__(self, h: Any, activations: Any, bank: Any, class_id: int,
                  importances: Any, context: Any = None) -> float:
@@ -97,7 +104,7 @@ class ConceptMetric:
                                       memory_budget=self.memory_budget, progress=self.progress,
                                       context=context)
             values = _check_importances(importances, problem.n_inputs, problem.n_concepts)
-            per_input, curves = self._evaluate(problem, values)
+            per_input, curves = self._evaluate(_scorer(problem, self.fast_path), values)
         return MetricResult(score=float(per_input.mean()), per_input=per_input, curves=curves,
                             higher_is_better=self.higher_is_better, name=self.name)
 
@@ -108,6 +115,34 @@ class ConceptMetric:
     def __repr__(self) -> str:
         items = ", ".join(f"{key}={value!r}" for key, value in vars(self).items())
         return f"{type(self).__name__}({items})"
+
+
+class _AffineScores:
+    """The part of a :class:`ConceptProblem` the metrics use, scored by an affine collapse."""
+
+    def __init__(self, problem: ConceptProblem, head: AffineHead):
+        self.n_inputs, self.n_concepts = problem.n_inputs, problem.n_concepts
+        self.head = head
+
+    def scores(self, masks: np.ndarray, inputs: np.ndarray | None = None,
+               desc: str = "") -> np.ndarray:
+        return self.head.scores(np.asarray(masks, dtype=np.float64), inputs)
+
+
+def _scorer(problem: ConceptProblem, fast_path: Any) -> ConceptProblem | _AffineScores:
+    if fast_path not in ("auto", True, False):
+        raise ValueError(f"`fast_path` must be 'auto', True or False; got {fast_path!r}.")
+    if fast_path is False:
+        return problem
+    # The probe's random masks come from a fixed stream: the metric stays deterministic.
+    head = fit_affine(problem, np.random.default_rng(0))
+    if head is None:
+        if fast_path is True:
+            raise ValueError("fast_path=True needs a head `h` that is affine in its input "
+                             "activations; this `h` failed the affinity check. Use "
+                             "fast_path='auto'.")
+        return problem
+    return _AffineScores(problem, head)
 
 
 def _check_importances(importances: Any, n_inputs: int, n_concepts: int) -> np.ndarray:
@@ -195,9 +230,9 @@ class CMuFidelity(ConceptMetric):
     def __init__(self, n_samples: int = 200, subset_fraction: float = 0.2, *,
                  seed: int | None = None, batch_size: int | None = None,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, device: Any = None,
-                 progress: bool = False):
+                 progress: bool = False, fast_path: bool | str = "auto"):
         super().__init__(batch_size=batch_size, memory_budget=memory_budget, device=device,
-                         progress=progress)
+                         progress=progress, fast_path=fast_path)
         self.n_samples = n_samples
         self.subset_fraction = subset_fraction
         self.seed = seed
