@@ -114,8 +114,9 @@ def _cd_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
         for t in range(k):
             grad = G[t] @ Ut - R[t]
             column = Ut[t]
-            projected = torch.where(column == 0, grad.clamp(max=0), grad)
-            violation += float(projected.abs().sum(dtype=torch.float64))
+            # |projected gradient|: |grad| where the code is positive, max(-grad, 0) at zero codes
+            # (summed in the input's precision, as scikit-learn does)
+            violation += float(torch.where(column > 0, grad.abs(), grad.neg().clamp_(min=0)).sum())
             if hess[t] != 0:
                 column.sub_(grad / hess[t]).clamp_(min=0)
         if violation_init is None:
