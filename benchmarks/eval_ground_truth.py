@@ -294,7 +294,9 @@ def print_report(results: dict[str, Any], importance_methods: list[str]) -> None
     for method, kinds in results["spurious"].items():
         for kind, entry in kinds.items():
             rate = entry["cue_rate"]
-            print(f"   {method} ({'default' if kind == 'auto' else 'scale-matched'} maps): cue concept "
+            label = {"auto": "default", "coefficient": "coefficient",
+                     "scale_matched": "scale-matched"}.get(kind, kind)
+            print(f"   {method} ({label} maps): cue concept "
                   f"c{entry['concept']} (PG {entry['pointing_game']:.2f}); cue in "
                   f"{rate['train']:.0%} train / {rate['test']:.0%} test / "
                   f"{rate['test_with_cue']:.0%} test+cue images")
