@@ -60,6 +60,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _proc import status_kb  # noqa: E402
 
 from conceptkit import ConceptExplainer  # noqa: E402
 from conceptkit.concepts import NMF  # noqa: E402
@@ -73,14 +74,6 @@ SEED = 0
 
 
 # ------------------------------------------------------------------------------ measurement
-def _rss_kb(field_name: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field_name):
-                return int(line.split()[1])
-    return 0
-
-
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -109,12 +102,12 @@ def measure(fn: Callable[[], dict[str, float] | None]) -> Sample:
 
     gc.collect()
     _reset_peak()
-    base = _rss_kb("VmRSS")
+    base = status_kb("VmRSS")
     cpu = _cpu_seconds()
     start = time.perf_counter()
     stages = fn() or {}
     wall = time.perf_counter() - start
-    return Sample(wall, _cpu_seconds() - cpu, max(_rss_kb("VmHWM") - base, 0) / 1024, stages)
+    return Sample(wall, _cpu_seconds() - cpu, max(status_kb("VmHWM") - base, 0) / 1024, stages)
 
 
 # ------------------------------------------------------------------------------ cases

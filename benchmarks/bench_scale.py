@@ -41,19 +41,12 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _proc import status_kb  # noqa: E402
 
 TARGET_GB = 1.5
 SEED = 0
 #: Scale of the non-negative noise |N(0, 1)|: 10 % of the rows' standard deviation (2.9 at k = 16).
 NOISE = 0.3
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 # ------------------------------------------------------------------------------ the store
@@ -103,7 +96,7 @@ def worker(mode: str, store_path: str, k: int, batch_rows: int, sample_rows: int
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     store = ActivationStore(store_path)
-    base_kb = _status_kb("VmRSS")
+    base_kb = status_kb("VmRSS")
     start = time.perf_counter()
     if mode == "stream":
         est = fit_streaming(NMF(k, solver=solver), store, epochs=epochs,
@@ -119,7 +112,7 @@ def worker(mode: str, store_path: str, k: int, batch_rows: int, sample_rows: int
     parts = planted_parts(k, store.n_features)
     return {"mode": mode, "seconds": fit_seconds, "error_seconds": error_seconds,
             "rel_error": residual / norm, "matched_cosine": matched_cosine(est.components_, parts),
-            "peak_mb": _status_kb("VmHWM") / 1024, "base_mb": base_kb / 1024,
+            "peak_mb": status_kb("VmHWM") / 1024, "base_mb": base_kb / 1024,
             "torch_threads": torch.get_num_threads()}
 
 

@@ -120,20 +120,25 @@ def _check_layout(path: Path, header: dict, data_start: int) -> None:
             raise FormatError(f"`path` {str(path)!r}: tensors overlap in the file; it was tampered with.")
 
 
+def _header_of(path: Path) -> tuple[dict, int]:
+    """The safetensors header of an existing, readable file, with clear errors otherwise."""
+    if not path.exists():
+        raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise IsADirectoryError(f"`path` {str(path)!r} is a directory, not a saved conceptkit file.")
+    try:
+        return _read_header(path)
+    except PermissionError as err:
+        raise PermissionError(f"`path` {str(path)!r} cannot be read: permission denied.") from err
+
+
 def load_file(path: str | os.PathLike, *, kind: str, version: int) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a file written by :func:`save_file`; check its kind and format version."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file as _load
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
-    if path.is_dir():
-        raise IsADirectoryError(f"`path` {str(path)!r} is a directory, not a saved conceptkit file.")
-    try:
-        header, data_start = _read_header(path)
-    except PermissionError as err:
-        raise PermissionError(f"`path` {str(path)!r} cannot be read: permission denied.") from err
+    header, data_start = _header_of(path)
     meta_raw = header.get("__metadata__", {}) or {}
     if not isinstance(meta_raw, dict) or FORMAT_NAME not in meta_raw:
         raise FormatError(f"`path` {str(path)!r} is a safetensors file but not a conceptkit save "
@@ -164,14 +169,7 @@ def load_file(path: str | os.PathLike, *, kind: str, version: int) -> tuple[dict
 def peek_kind(path: str | os.PathLike) -> tuple[str, int]:
     """Return ``(kind, format_version)`` of a saved file without loading its tensors."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
-    if path.is_dir():
-        raise IsADirectoryError(f"`path` {str(path)!r} is a directory, not a saved conceptkit file.")
-    try:
-        header, _ = _read_header(path)
-    except PermissionError as err:
-        raise PermissionError(f"`path` {str(path)!r} cannot be read: permission denied.") from err
+    header, _ = _header_of(path)
     meta_raw = header.get("__metadata__", {}) or {}
     try:
         info = json.loads(meta_raw[FORMAT_NAME])

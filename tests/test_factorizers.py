@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _shared import planted_nmf
 from scipy.optimize import nnls
 from scipy.special import softmax
 from sklearn.base import clone
@@ -35,16 +36,6 @@ TORCH_SOLVERS = [name for name, solver in SOLVERS.items() if solver.backend == "
 
 
 # --------------------------------------------------------------------------- synthetic data
-def planted_nmf(n=400, c=60, k=5, noise=0.1, seed=0):
-    """Non-negative low-rank data plus non-negative noise; returns (A float32, true parts)."""
-    rng = np.random.default_rng(seed)
-    parts = rng.exponential(1.0, (k, c)) * (rng.random((k, c)) < 0.4)
-    codes = rng.exponential(1.0, (n, k)) * (rng.random((n, k)) < 0.6)
-    A = codes @ parts
-    A = A + noise * A.std() * np.abs(rng.standard_normal(A.shape))
-    return A.astype(np.float32), parts
-
-
 def sparse_codes(rng, n, k, active, low=0.5, high=2.0, signed=False):
     codes = np.zeros((n, k))
     index = np.argsort(rng.random((n, k)), axis=1)[:, :active]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from _nets import two_block_cnn
+from _shared import two_block_cnn
 from threadpoolctl import threadpool_info
 
 import conceptkit

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _nets import two_block_cnn
+from _shared import two_block_cnn
 from torch import nn
 
 import conceptkit

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _shared import planted_nmf
 from sklearn.exceptions import NotFittedError
 
 from conceptkit.concepts import (
@@ -20,13 +21,7 @@ K = 6
 
 
 def planted(n=12_000, c=48, k=K, noise=0.05, seed=0):
-    """Non-negative rank-k rows plus a little non-negative noise; the planted parts."""
-    rng = np.random.default_rng(seed)
-    parts = rng.exponential(1.0, (k, c)) * (rng.random((k, c)) < 0.4)
-    codes = rng.exponential(1.0, (n, k)) * (rng.random((n, k)) < 0.6)
-    A = codes @ parts
-    A = A + noise * A.std() * np.abs(rng.standard_normal(A.shape))
-    return A.astype(np.float32), parts
+    return planted_nmf(n, c, k, noise, seed)
 
 
 def make_store(path, A, chunk_size=1500, layout="pooled"):
