@@ -94,7 +94,8 @@ def _cd_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
     update of one component is the same for all rows at once. Unlike scikit-learn, which
     recomputes ``X @ W.T`` (``n x C x k``) at every sweep although it cannot change, this computes
     it once; a sweep then costs ``n x k x k``. Results agree with scikit-learn to rounding
-    (tests/test_factorizers.py); the CRAFT maps of 500 images went from 1.7 s to ~0.1 s.
+    (tests/test_factorizers.py). 4.2x faster than scikit-learn on 128,000 x 256 rows, k = 10;
+    the two encodes of the reference CNN's class pipeline went from 1.69 s to 1.05 s.
     """
     dtype = torch.float64 if X.dtype == np.float64 else torch.float32
     A = torch.from_numpy(np.ascontiguousarray(X)).to(dtype)
