@@ -437,6 +437,10 @@ ROWS: list[Row] = [
                                        c.images, 0, progress=False), TypeError, "`class_images`"),
     R("cdeletion-importances", "importance.CDeletion", "importances of the wrong length",
       lambda c: importance.CDeletion()(c.split[1], c.activations, c.bank, 0, np.ones(5)), ValueError, "`importances`"),
+    R("cmufidelity-fast-path", "importance.CMuFidelity", "fast_path='yes' (not 'auto', True or False)",
+      lambda c: importance.CMuFidelity(fast_path="yes")(c.split[1], c.activations, c.bank, 0,
+                                                       np.ones(len(c.bank.components))),
+      ValueError, "`fast_path`"),
     # -- maps --------------------------------------------------------------------------------
     R("coefficient-maps-rank", "maps.coefficient_maps", "pooled activations (N, C)",
       lambda c: maps.coefficient_maps(c.bank, torch.rand(3, 12)), ValueError, "`activations`"),
