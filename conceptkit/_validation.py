@@ -81,7 +81,7 @@ def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
     return close
 
 
-def _finite(x: np.ndarray | torch.Tensor) -> bool:
+def all_finite(x: np.ndarray | torch.Tensor) -> bool:
     """Whether every value is finite. For tensors: a finite sum proves it (~20x faster on CPU than
     ``isfinite(x).all()``, which first writes a boolean tensor as large as ``x``: 0.3 s of the
     reference CNN's class pipeline); when the sum is not finite (a NaN, an Inf, or an overflow of
@@ -137,7 +137,7 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
         raise ValueError(
             f"`{name}` must be at least {min_size}x{min_size} pixels; got {tuple(images.shape[2:])}."
         )
-    if not _finite(images):
+    if not all_finite(images):
         raise ValueError(f"`{name}` contains NaN or Inf values.")
     return images
 
@@ -164,7 +164,7 @@ def check_matrix(x: Any, name: str, *, min_rows: int = 1, nonnegative: bool = Fa
             x = x.float()
         else:
             x = x.astype(np.float64)
-    if not _finite(x):
+    if not all_finite(x):
         raise ValueError(f"`{name}` contains NaN or Inf values.")
     if nonnegative:
         low = float(x.min())
@@ -213,5 +213,3 @@ def resolve_device(device: Any, name: str = "device") -> torch.device:
         raise ValueError(f"`{name}` is {device!r} but CUDA is not available on this machine.")
     return dev
 
-
-all_finite = _finite

@@ -235,6 +235,18 @@ def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+def _damage_at(info: Any, path: tuple, delete: bool, draw_value) -> None:
+    """Delete the entry at ``path`` inside ``info`` (when ``delete`` and its parent is a dict) or
+    replace it with ``draw_value()``."""
+    parent = info
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw_value()
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10**12) | st.floats(allow_nan=True)
     | st.text(max_size=8),
@@ -283,13 +295,7 @@ def _mutate(data: bytes, draw) -> bytes:
     info = json.loads(header["__metadata__"]["conceptkit"])
     paths = _paths(info)
     path = draw(st.sampled_from(paths))
-    parent = info
-    for key in path[:-1]:
-        parent = parent[key]
-    if how == "metadata_delete" and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = draw(JSON_VALUES)
+    _damage_at(info, path, how == "metadata_delete", lambda: draw(JSON_VALUES))
     header["__metadata__"]["conceptkit"] = json.dumps(info)
     return _join(header, body)
 
@@ -332,13 +338,7 @@ def test_mutated_stores_are_refused_or_consistent(files, how, data):
     elif how in ("manifest_value", "manifest_delete"):
         info = json.loads(manifest.read_text())
         path = data.draw(st.sampled_from(_paths(info)))
-        parent = info
-        for key in path[:-1]:
-            parent = parent[key]
-        if how == "manifest_delete" and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = data.draw(JSON_VALUES)
+        _damage_at(info, path, how == "manifest_delete", lambda: data.draw(JSON_VALUES))
         manifest.write_text(json.dumps(info))
     elif how == "chunk_bytes":
         raw = bytearray(chunk.read_bytes())

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, model_dtype, preserved_model_state
-from .._validation import check_int, describe, resolve_device
+from .._validation import all_finite, check_int, describe, resolve_device
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 _NON_FINITE_HEAD = ("`h` returned NaN or Inf values on concept-masked reconstructions of the "
@@ -35,10 +35,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
-    if not x.is_floating_point() or x.numel() == 0:
-        return
-    # A finite sum proves every entry finite; only an overflowing sum needs the full check.
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise ValueError(f"`{name}` contains NaN or Inf values.")
 
 
