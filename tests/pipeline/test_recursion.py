@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 import conceptkit
-from conceptkit._recursion import (
+from conceptkit.pipeline._recursion import (
     ConceptTree,
     decompose_concept,
     plot_subconcepts,
     subconcept_examples,
 )
-from conceptkit._recursion_path import ParentCode
+from conceptkit.pipeline._recursion_path import ParentCode
 from conceptkit.concepts import NMF, ConceptBank, factorizer_from_state
 from conceptkit.extraction import ActivationExtractor, CutError, crops
 
@@ -214,7 +214,7 @@ def test_ice_finds_the_same_colours(bank, images):
 def test_inputs_are_cut_back_through_the_provenance(bank, images):
     """Crops and segments come back exactly as the bank saw them (their pooled activations are
     the bank's rows); a 1-pixel ICE cell comes back as a flat image of that pixel's colour."""
-    from conceptkit._recursion import _node_inputs
+    from conceptkit.pipeline._recursion import _node_inputs
     from conceptkit.concepts import ACE, ICE
 
     model = planted_model()
