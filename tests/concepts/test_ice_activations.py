@@ -1,12 +1,11 @@
 """ICE on feature maps already computed: the same bank as from the images, settings honoured."""
 
 import torch
+from _shared import two_block_cnn
 
 import conceptkit
 from conceptkit.concepts import ICE
 from conceptkit.extraction import ActivationExtractor
-
-from _shared import two_block_cnn
 
 
 def _images(n=6):

@@ -5,11 +5,10 @@ import sys
 
 import pytest
 import torch
+from _shared import two_block_cnn
 
 import conceptkit
 import conceptkit.maps
-
-from _shared import two_block_cnn
 
 
 @pytest.fixture(scope="module")
