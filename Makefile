@@ -29,10 +29,15 @@ venv: install
 demo: install
 	$(PY) -m conceptkit demo
 
+# The browser tests need headless Chromium: .ci/ensure-chromium installs Debian's `chromium` when
+# it is missing and this user can (root + apt-get); otherwise those tests skip with a reason in
+# the summary (with CI=true they fail).
 test: install
+	@bash .ci/ensure-chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: install
+	@bash .ci/ensure-chromium
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: install

@@ -25,3 +25,31 @@ def planted_nmf(n: int = 400, c: int = 60, k: int = 5, noise: float = 0.1, seed:
     A = codes @ parts
     A = A + noise * A.std() * np.abs(rng.standard_normal(A.shape))
     return A.astype(np.float32), parts
+
+
+BROWSER_NAMES = ("chromium", "chromium-browser")
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def chromium_decision(path: str | None, ci: str | None) -> tuple[str, str]:
+    """What the browser tests do: ``("run", executable)``, ``("skip", reason)`` or
+    ``("fail", reason)``.
+
+    ``path`` is the ``PATH`` to search and ``ci`` the value of the ``CI`` environment variable.
+    Without Chromium the tests skip with a reason shown in the pytest summary, except in CI
+    (``CI`` set to anything but empty/0/false/no/off), where a missing browser fails them so that
+    a CI without a browser is noticed.
+    """
+    import shutil
+
+    for name in BROWSER_NAMES:
+        found = shutil.which(name, path=path)
+        if found:
+            return "run", found
+    where = f"CI (CI={ci})" if ci is not None and ci.strip().lower() not in _FALSE else None
+    reason = ("headless Chromium is not installed (no `chromium` or `chromium-browser` on PATH); "
+              "install it with `apt-get install -y chromium` (`make test` does so when run as root "
+              "on Debian/Ubuntu)")
+    if where:
+        return "fail", f"{reason}. The browser tests must run in {where}."
+    return "skip", f"{reason}, or deselect these tests with `-m 'not browser'`."

@@ -28,3 +28,20 @@ def model_snapshot(model: torch.nn.Module) -> dict:
 @pytest.fixture
 def snapshot():
     return model_snapshot
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of headless Chromium for browser tests (mark them ``@pytest.mark.browser``).
+
+    Missing browser: the test skips with the reason in the summary (``-ra``), or fails when
+    ``CI`` is set (see :func:`_shared.chromium_decision`).
+    """
+    from _shared import chromium_decision
+
+    action, detail = chromium_decision(os.environ.get("PATH"), os.environ.get("CI"))
+    if action == "fail":
+        pytest.fail(detail)
+    if action == "skip":
+        pytest.skip(detail)
+    return detail

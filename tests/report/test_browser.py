@@ -1,13 +1,13 @@
 """The written report opened in headless Chromium: every image decodes and the page renders.
 
-Needs Debian's ``chromium`` (``apt-get install chromium``); without it these tests fail (they do
-not skip), so that a CI without a browser is noticed.
+Needs Debian's ``chromium`` (``apt-get install chromium``; ``make test`` installs it when it can).
+Without it these tests skip with the reason in the summary, except in CI (``CI=true``), where they
+fail so that a CI without a browser is noticed (the ``chromium`` fixture of ``conftest.py``).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -33,19 +33,9 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail("headless Chromium is required for the report browser test but `chromium` is not "
-                "on PATH; install it with `apt-get install -y chromium` (Debian) or deselect "
-                "with `-m 'not browser'`.")
-
-
-def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def run_chromium(chromium: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--no-first-run", f"--user-data-dir={profile}", *args]
     try:
@@ -75,9 +65,9 @@ def checked_copy(page: Path) -> Path:
 
 @pytest.mark.parametrize("page, expected_images", [("index.html", 2),
                                                     ("class-7-dogs-wolves/index.html", 5)])
-def test_every_image_of_the_page_loads(report_dir, tmp_path, page, expected_images):
+def test_every_image_of_the_page_loads(chromium, report_dir, tmp_path, page, expected_images):
     copy = checked_copy(report_dir / page)
-    dom = run_chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom",
+    dom = run_chromium(chromium, tmp_path, "--virtual-time-budget=10000", "--dump-dom",
                        copy.as_uri()).stdout
     title = re.search(r"<title>(.*?)</title>", dom)
     assert title, f"no <title> in the DOM dump:\n{dom[:500]}"
@@ -88,10 +78,10 @@ def test_every_image_of_the_page_loads(report_dir, tmp_path, page, expected_imag
             assert (report_dir / folder / "index.html").is_file()
 
 
-def test_screenshot_of_class_page_is_not_blank(report_dir, tmp_path):
+def test_screenshot_of_class_page_is_not_blank(chromium, report_dir, tmp_path):
     shot = tmp_path / "class.png"
     page = report_dir / "class-0-cats" / "index.html"
-    run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000",
+    run_chromium(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000",
                  "--hide-scrollbars", page.as_uri())
     with Image.open(shot) as image:
         assert image.size == (1280, 2000)
