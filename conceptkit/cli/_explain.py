@@ -15,7 +15,7 @@ FACTORIZER_CHOICES = {"nmf": "NMF", "semi_nmf": "SemiNMF", "kmeans": "KMeansConc
 
 def explain_main(args: argparse.Namespace) -> int:
     from ..models import load as load_model
-    from ..pipeline import ConceptExplainer
+    from ..pipeline import DISCOVERY_METHODS, ConceptExplainer
 
     loaded = load_model(args.model, args.weights)
     layer = args.layer or loaded.layer
@@ -26,11 +26,14 @@ def explain_main(args: argparse.Namespace) -> int:
     name = args.class_name or (loaded.class_names[args.class_id] if args.class_id < len(loaded.class_names)
                                else f"class {args.class_id}")
     factorizer = None
+    n_concepts = args.n_concepts
     if args.factorizer is not None:
         from ..concepts import FACTORIZERS
 
-        factorizer = FACTORIZERS[FACTORIZER_CHOICES[args.factorizer]](n_concepts=args.n_concepts)
-    explainer = ConceptExplainer(loaded.model, layer, n_concepts=args.n_concepts, method=args.method,
+        k = n_concepts if n_concepts is not None else DISCOVERY_METHODS[args.method].default_concepts
+        factorizer = FACTORIZERS[FACTORIZER_CHOICES[args.factorizer]](n_concepts=k)
+        n_concepts = None  # the factorizer carries it
+    explainer = ConceptExplainer(loaded.model, layer, n_concepts=n_concepts, method=args.method,
                                  importance=args.importance, patch_size=args.patch_size,
                                  factorizer=factorizer,
                                  batch_size=args.batch_size, seed=args.seed,

@@ -62,6 +62,34 @@ def _check_rows(factorizer: Factorizer, activations: Any, provenance: Provenance
                 f"factorizer=NMF(k, relu=True) to clip negatives to 0.")
 
 
+def configured_factorizer(factorizer: Any, n_concepts: int | None, seed: int | None) -> Factorizer:
+    """A clone of the user's ``factorizer`` with ``n_concepts`` and ``seed`` applied.
+
+    ``n_concepts=None`` keeps the factorizer's ``n_concepts``; a different value from the
+    factorizer's is refused (the two cannot both be meant). ``seed`` sets ``random_state`` on the
+    clone when the factorizer has one and it is unset (``None``); a ``random_state`` the user set
+    is kept. The user's object is never changed.
+    """
+    if not isinstance(factorizer, Factorizer):
+        raise TypeError(f"`factorizer` must be a conceptkit Factorizer (NMF, SemiNMF, "
+                        f"KMeansConcepts, ...); got {describe(factorizer)}.")
+    params = factorizer.get_params(deep=False)
+    own = params.get("n_concepts")
+    est = clone(factorizer)  # never mutate the user's object
+    if n_concepts is not None:
+        n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
+        if own is not None and own != n_concepts:
+            raise ValueError(
+                f"`n_concepts`={n_concepts} contradicts `factorizer`={type(factorizer).__name__}"
+                f"(n_concepts={own}): give the number of concepts once, either as n_concepts "
+                f"(leave the factorizer's at its value) or in the factorizer (leave n_concepts "
+                f"unset).")
+        est.set_params(n_concepts=n_concepts)
+    if seed is not None and "random_state" in params and params["random_state"] is None:
+        est.set_params(random_state=check_int(seed, "seed", minimum=0))
+    return est
+
+
 class _DiscoveryMethod:
     """Shared plumbing: validation, the factorizer, the extractor."""
 
@@ -87,17 +115,18 @@ class _DiscoveryMethod:
         return NMF(n_concepts=k, random_state=self.seed)
 
     def _factorizer(self) -> Factorizer:
+        """The factorizer to fit: the default one, or a clone of the user's.
+
+        ``n_concepts=None`` means the factorizer's own ``n_concepts`` (or the method's default when
+        there is no factorizer); both given and different is an error rather than one silently
+        winning. ``seed`` reaches a user factorizer whose ``random_state`` is unset, on the clone:
+        the user's object is never changed.
+        """
         if self.factorizer is None:
             k = self.default_concepts if self.n_concepts is None else check_int(
                 self.n_concepts, "n_concepts", minimum=1)
             return self._default_factorizer(k)
-        if not isinstance(self.factorizer, Factorizer):
-            raise TypeError(f"`factorizer` must be a conceptkit Factorizer (NMF, SemiNMF, "
-                            f"KMeansConcepts, ...); got {describe(self.factorizer)}.")
-        est = clone(self.factorizer)  # never mutate the user's object
-        if self.n_concepts is not None:
-            est.set_params(n_concepts=check_int(self.n_concepts, "n_concepts", minimum=1))
-        return est
+        return configured_factorizer(self.factorizer, self.n_concepts, self.seed)
 
     def _extractor(self, model: nn.Module, layer: str, reduce: str | None) -> ActivationExtractor:
         return ActivationExtractor(model, layer, batch_size=self.batch_size, device=self.device,
@@ -110,6 +139,7 @@ class _DiscoveryMethod:
 
     def _bank(self, factorizer: Factorizer, activations: torch.Tensor, provenance: Provenance,
               layer: str, **extra: Any) -> ConceptBank:
+        extra.setdefault("n_concepts", factorizer.get_params().get("n_concepts"))
         return bank_from_activations(factorizer, activations, provenance, layer=layer,
                                      method=self.method, params=self._params(**extra),
                                      keep_activations=self.keep_activations)
@@ -121,14 +151,16 @@ class CRAFT(_DiscoveryMethod):
     Parameters
     ----------
     n_concepts
-        Number of concepts (default 10, as the CRAFT README).
+        Number of concepts. Default (None): the ``factorizer``'s ``n_concepts`` when one is given,
+        else 10 (as the CRAFT README). Giving both with different values is an error.
     patch_size
         Crop side in pixels. Default: 64/224 of the image side, CRAFT's 64 px for 224-px images.
     stride
         Default ``int(0.8 * patch_size)``.
     factorizer
         Any :class:`Factorizer`; default ``NMF(n_concepts)`` with scikit-learn's defaults (solver
-        ``cd``, init ``nndsvda``, tol 1e-4, 200 iterations), as the CRAFT torch reference.
+        ``cd``, init ``nndsvda``, tol 1e-4, 200 iterations), as the CRAFT torch reference. A
+        given factorizer is cloned; ``seed`` sets the clone's ``random_state`` when it is unset.
     preprocess
         Callable applied to crop batches before the model (normalisation), so crops are cut from
         raw images.
@@ -136,7 +168,7 @@ class CRAFT(_DiscoveryMethod):
 
     method = "craft"
 
-    def __init__(self, n_concepts: int | None = 10, *, patch_size: int | None = None,
+    def __init__(self, n_concepts: int | None = None, *, patch_size: int | None = None,
                  stride: int | None = None, factorizer: Factorizer | None = None,
                  batch_size: int = 64, device: Any = None, progress: bool = True,
                  seed: int | None = None, preprocess: Callable | None = None,
@@ -201,7 +233,8 @@ class ACE(_DiscoveryMethod):
     Parameters
     ----------
     n_concepts
-        Number of k-means clusters before filtering (ACE: 25).
+        Number of k-means clusters before filtering. Default (None): the ``factorizer``'s
+        ``n_concepts`` when one is given, else 25 (ACE).
     n_segments, compactness, sigma
         SLIC settings per resolution (ACE: 15, 50, 80; 20; 1).
     min_cluster_size
@@ -212,7 +245,7 @@ class ACE(_DiscoveryMethod):
     method = "ace"
     default_concepts = 25
 
-    def __init__(self, n_concepts: int | None = 25, *, n_segments: Sequence[int] = (15, 50, 80),
+    def __init__(self, n_concepts: int | None = None, *, n_segments: Sequence[int] = (15, 50, 80),
                  compactness: float = 20.0, sigma: float = 1.0, min_cluster_size: int = 20,
                  fill: float = ACE_GREY, factorizer: Factorizer | None = None, batch_size: int = 64,
                  device: Any = None, progress: bool = True, seed: int | None = None,

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer
+from ..concepts._methods import configured_factorizer
 from ..extraction import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
@@ -39,7 +40,9 @@ class ConceptExplainer:
     layer
         Dotted name of the layer to explain at (e.g. the last conv block before pooling).
     n_concepts
-        Number of concepts (ACE: k-means clusters before filtering).
+        Number of concepts (ACE: k-means clusters before filtering). Default (None): the
+        ``factorizer``'s ``n_concepts`` when one is given, else 10 (ACE: 25). Giving both with
+        different values is an error.
     method
         ``"craft"`` (crops + NMF), ``"ice"`` (every position + NMF) or ``"ace"`` (segments +
         k-means).
@@ -49,11 +52,13 @@ class ConceptExplainer:
     patch_size
         CRAFT crop size (default 64/224 of the image side).
     factorizer
-        Replace the method's factorizer (e.g. ``SemiNMF(10)`` for signed activations).
+        Replace the method's factorizer (e.g. ``SemiNMF(10)`` for signed activations). It is
+        cloned, never changed; its ``n_concepts`` is used when ``n_concepts`` is not given.
     batch_size, device, progress
         Batching of ``g``, where to run, progress bars.
     seed
-        Seeds the factorizer and the importance designs.
+        Seeds the factorizer (a given factorizer's ``random_state`` when it is unset) and the
+        importance designs.
     preprocess
         Callable applied to image batches before the model (normalisation); images themselves
         stay in [0, 1] so that crops, segments and figures are cut from the raw pixels.
@@ -65,7 +70,7 @@ class ConceptExplainer:
         Name shown in reports.
     """
 
-    def __init__(self, model: nn.Module, layer: str, n_concepts: int = 10, method: str = "craft",
+    def __init__(self, model: nn.Module, layer: str, n_concepts: int | None = None, method: str = "craft",
                  importance: str = "sobol", *, patch_size: int | None = None,
                  factorizer: Factorizer | None = None, batch_size: int = 64, device: Any = None,
                  seed: int | None = None, progress: bool = True, preprocess: Callable | None = None,
@@ -75,10 +80,13 @@ class ConceptExplainer:
             raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
         self.model = model
         self.layer, _ = get_layer(model, layer)
-        self.n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
+        self.n_concepts = (None if n_concepts is None
+                           else check_int(n_concepts, "n_concepts", minimum=1))
         self.method = check_choice(method, "method", DISCOVERY_METHODS)
         self.importance = check_choice(importance, "importance", IMPORTANCE_METHODS)
         self.patch_size = patch_size
+        if factorizer is not None:  # a wrong type or two different k: say so now, not after g
+            configured_factorizer(factorizer, self.n_concepts, seed)
         self.factorizer = factorizer
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.device = device
@@ -184,7 +192,7 @@ class ConceptExplainer:
                                         seed=self.seed, device=self.device, progress=self.progress,
                                         context=context, **self.importance_kwargs)
         timings["importance"] = time.perf_counter() - start
-        params = {"n_concepts": self.n_concepts, "method": self.method,
+        params = {"n_concepts": bank.params.get("n_concepts", self.n_concepts), "method": self.method,
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
                   "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
                   "n_images": int(images.shape[0])}

@@ -1,0 +1,72 @@
+"""A user's factorizer: its number of concepts is used, a contradiction is refused, ``seed``
+reaches it when its ``random_state`` is unset, and the user's object is never changed."""
+
+import numpy as np
+import pytest
+import torch
+from _shared import two_block_cnn
+
+import conceptkit
+from conceptkit.concepts import ACE, CRAFT, ICE, NMF, KMeansConcepts, SemiNMF
+
+IMAGES = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def explain(factorizer, seed=0, **kwargs):
+    explainer = conceptkit.ConceptExplainer(two_block_cnn(), "block2", factorizer=factorizer,
+                                            seed=seed, progress=False, n_designs=8, **kwargs)
+    return explainer.fit(IMAGES, 1)
+
+
+def test_k_comes_from_the_factorizer():
+    result = explain(SemiNMF(4))
+    assert result.n_concepts == 4 and result.components.shape == (4, 24)
+    assert isinstance(result.bank.factorizer, SemiNMF)
+    assert result.params["n_concepts"] == 4
+
+
+def test_default_is_ten_without_a_factorizer():
+    result = explain(None)
+    assert result.n_concepts == 10 and result.params["n_concepts"] == 10
+
+
+def test_same_k_twice_is_fine():
+    assert explain(SemiNMF(3), n_concepts=3).n_concepts == 3
+
+
+def test_contradicting_k_is_refused_before_any_work():
+    with pytest.raises(ValueError, match=r"`n_concepts`=6 contradicts `factorizer`=SemiNMF\(n_concepts=4\)"):
+        conceptkit.ConceptExplainer(two_block_cnn(), "block2", n_concepts=6, factorizer=SemiNMF(4))
+    with pytest.raises(ValueError, match="contradicts"):
+        CRAFT(6, factorizer=NMF(4), progress=False).fit(two_block_cnn(), "block2", IMAGES)
+
+
+def test_seed_reaches_an_unseeded_factorizer_without_changing_it():
+    user = SemiNMF(4)
+    first, second = explain(user, seed=5), explain(user, seed=5)
+    assert torch.equal(first.components, second.components)
+    assert first.bank.factorizer.random_state == 5
+    assert user.random_state is None and not hasattr(user, "components_")
+    other = explain(user, seed=6)
+    assert not torch.allclose(other.components, first.components)
+
+
+def test_a_random_state_the_user_set_wins_over_seed():
+    a = explain(SemiNMF(4, random_state=11), seed=0)
+    b = explain(SemiNMF(4, random_state=11), seed=1)
+    assert a.bank.factorizer.random_state == 11
+    assert torch.equal(a.components, b.components)
+
+
+@pytest.mark.parametrize("method, factorizer, k", [
+    (ICE, NMF(3), 3), (CRAFT, NMF(5, max_iter=50), 5), (ACE, KMeansConcepts(4), None)])
+def test_discovery_methods_take_k_and_seed_from_the_same_rule(method, factorizer, k):
+    kwargs = {"min_cluster_size": 0, "n_segments": (6,)} if method is ACE else {}
+    banks = [method(factorizer=factorizer, seed=2, progress=False, **kwargs).fit(
+        two_block_cnn(), "block2", IMAGES) for _ in range(2)]
+    assert banks[0].factorizer.random_state == 2 and factorizer.random_state is None
+    np.testing.assert_array_equal(banks[0].components.numpy(), banks[1].components.numpy())
+    if k is not None:
+        assert banks[0].n_concepts == k
+    else:  # ACE keeps the clusters that pass its rule, out of the factorizer's 4
+        assert banks[0].params["n_concepts"] == 4 and banks[0].n_concepts <= 4
