@@ -99,12 +99,40 @@ def all_finite(x: np.ndarray | torch.Tensor) -> bool:
     return bool(np.isfinite(x).all())
 
 
+#: Pixel colours may overshoot [0, 1] by this much (float error of resizing) and still count as
+#: pixels; more is a mistake (0-255 values, normalised tensors) and is refused.
+PIXEL_TOLERANCE = 1e-3
+
+
+def check_pixel_range(images: torch.Tensor, name: str = "images") -> None:
+    """Refuse images whose values are not colours in [0, 1] (up to :data:`PIXEL_TOLERANCE`).
+
+    The one rule for every image that a concept explanation cuts crops, positions or segments
+    from and shows in figures (CRAFT, ICE, ACE, the pipeline): raw pixels in [0, 1], with any
+    normalisation given separately as ``preprocess``. The error says what the values look like.
+    """
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if low >= -PIXEL_TOLERANCE and high <= 1 + PIXEL_TOLERANCE:
+        return
+    if low >= 0 and high <= 255:
+        guess = "they look like 0-255 values: divide by 255 (images.float() / 255)"
+    elif low < 0:
+        guess = ("they look normalised (mean/std): pass the raw images in [0, 1] and give the "
+                 "normalisation as `preprocess=` (a conceptkit.models bundle carries it)")
+    else:
+        guess = "rescale them to [0, 1]"
+    raise ValueError(f"`{name}` must hold pixel colours in [0, 1]; got values in "
+                     f"[{low:.4g}, {high:.4g}]: {guess}. Crops, positions and segments are cut "
+                     f"from these raw pixels and the report shows them.")
+
+
 def check_images(images: Any, name: str = "images", *, channels: int | None = None,
-                 min_size: int = 1) -> torch.Tensor:
+                 min_size: int = 1, pixels: bool = False) -> torch.Tensor:
     """Validate a batch of images ``(N, C, H, W)`` and return it as a float tensor.
 
     A single image ``(C, H, W)`` is rejected rather than silently batched: the caller has to say
-    what they mean. Integer images are rejected too, because their range is ambiguous.
+    what they mean. Integer images are rejected too, because their range is ambiguous. With
+    ``pixels=True`` the values must be colours in [0, 1] (:func:`check_pixel_range`).
     """
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
@@ -139,6 +167,8 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
         )
     if not all_finite(images):
         raise ValueError(f"`{name}` contains NaN or Inf values.")
+    if pixels:
+        check_pixel_range(images, name)
     return images
 
 

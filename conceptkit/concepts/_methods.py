@@ -181,7 +181,7 @@ class CRAFT(_DiscoveryMethod):
 
     def fit(self, model: nn.Module, layer: str, images: torch.Tensor) -> ConceptBank:
         """Discover concepts in ``images (N, C, H, W)`` at ``layer`` of ``model``."""
-        images = check_images(images, "images")
+        images = check_images(images, "images", pixels=True)
         factorizer = self._factorizer()
         patch = self.patch_size or default_patch_size(images.shape[-2:])
         crop_set = crops(images, patch, self.stride)
@@ -202,7 +202,7 @@ class ICE(_DiscoveryMethod):
 
     def fit(self, model: nn.Module, layer: str, images: torch.Tensor) -> ConceptBank:
         """Discover concepts in ``images (N, C, H, W)`` at ``layer`` of ``model``."""
-        images = check_images(images, "images")
+        images = check_images(images, "images", pixels=True)
         factorizer = self._factorizer()
         maps = self._extractor(model, layer, None)(images)
         return self._fit_maps(factorizer, maps, layer, tuple(images.shape[-2:]))
@@ -266,7 +266,7 @@ class ACE(_DiscoveryMethod):
 
     def fit(self, model: nn.Module, layer: str, images: torch.Tensor) -> ConceptBank:
         """Discover concepts in ``images (N, 3, H, W)`` (RGB in [0, 1]) at ``layer`` of ``model``."""
-        images = check_images(images, "images", channels=3)
+        images = check_images(images, "images", channels=3, pixels=True)
         check_int(self.min_cluster_size, "min_cluster_size", minimum=0)
         factorizer = self._factorizer()
         seg = segments(images, self.n_segments, self.compactness, self.sigma, fill=self.fill,

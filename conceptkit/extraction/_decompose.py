@@ -241,11 +241,7 @@ def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
     """
     from skimage.segmentation import slic
 
-    images = check_images(images, "images", channels=3)
-    if float(images.min()) < -1e-6 or float(images.max()) > 1 + 1e-6:
-        raise ValueError(f"`images` must be RGB in [0, 1] for SLIC; got values in "
-                         f"[{float(images.min()):.3g}, {float(images.max()):.3g}]. Segment the raw "
-                         f"images and normalise the patches afterwards.")
+    images = check_images(images, "images", channels=3, pixels=True)  # SLIC works on colours
     n_segments = [check_int(s, "n_segments", minimum=2) for s in np.atleast_1d(n_segments)]
     if isinstance(compactness, (int, float)):
         compactness = [float(compactness)] * len(n_segments)

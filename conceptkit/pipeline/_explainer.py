@@ -23,6 +23,8 @@ from ..concepts._methods import configured_factorizer
 from ..extraction import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
+from ..models import ModelBundle
+from ..models._candidates import as_bundle, class_index, missing_layer_message
 from ._handle import ModelAtLayer
 from ._result import ClassConcepts, KnownCodes
 
@@ -36,9 +38,14 @@ class ConceptExplainer:
     Parameters
     ----------
     model
-        A trained classifier; left exactly as found after every call.
+        A trained classifier (left exactly as found after every call), or a
+        :class:`~conceptkit.models.ModelBundle` from :func:`conceptkit.models.load` (also the
+        object of :func:`conceptkit.datasets.efficientnet_lite0`): its model, preprocessing,
+        default layer, class names and name are used unless given here.
     layer
         Dotted name of the layer to explain at (e.g. the last conv block before pooling).
+        Optional with a bundle that knows a default layer; otherwise the error lists likely
+        layers.
     n_concepts
         Number of concepts (ACE: k-means clusters before filtering). Default (None): the
         ``factorizer``'s ``n_concepts`` when one is given, else 10 (ACE: 25). Giving both with
@@ -61,23 +68,40 @@ class ConceptExplainer:
         importance designs.
     preprocess
         Callable applied to image batches before the model (normalisation); images themselves
-        stay in [0, 1] so that crops, segments and figures are cut from the raw pixels.
+        must be pixel colours in [0, 1] (checked: crops, segments and figures are cut from the
+        raw pixels). Default: the bundle's, else none.
     n_designs
         Sobol designs per input (32, as CRAFT).
     importance_kwargs, method_kwargs
         Extra arguments for :func:`~conceptkit.importance.concept_importance` and the method.
     model_name
-        Name shown in reports.
+        Name shown in reports (default: the bundle's name, else the model's class name).
+    class_names
+        Class names by output index, used when :meth:`fit` gets no ``class_name`` and to accept
+        a class given by name (default: the bundle's).
     """
 
-    def __init__(self, model: nn.Module, layer: str, n_concepts: int | None = None, method: str = "craft",
+    def __init__(self, model: nn.Module | ModelBundle, layer: str | None = None,
+                 n_concepts: int | None = None, method: str = "craft",
                  importance: str = "sobol", *, patch_size: int | None = None,
                  factorizer: Factorizer | None = None, batch_size: int = 64, device: Any = None,
                  seed: int | None = None, progress: bool = True, preprocess: Callable | None = None,
                  n_designs: int = 32, importance_kwargs: dict | None = None,
-                 method_kwargs: dict | None = None, model_name: str | None = None):
+                 method_kwargs: dict | None = None, model_name: str | None = None,
+                 class_names: list[str] | None = None):
+        bundle = as_bundle(model)
+        if bundle is not None:
+            model = bundle.model
+            layer = bundle.layer if layer is None else layer
+            preprocess = bundle.preprocess if preprocess is None else preprocess
+            model_name = model_name or bundle.name
+            class_names = list(bundle.class_names) if class_names is None else class_names
         if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
+            raise TypeError(f"`model` must be a torch.nn.Module or a conceptkit.models bundle "
+                            f"(conceptkit.models.load(name)); got {describe(model)}.")
+        if layer is None:
+            size = bundle.input_size if bundle is not None else 224
+            raise ValueError(missing_layer_message(model, size))
         self.model = model
         self.layer, _ = get_layer(model, layer)
         self.n_concepts = (None if n_concepts is None
@@ -99,6 +123,10 @@ class ConceptExplainer:
         self.importance_kwargs = dict(importance_kwargs or {})
         self.method_kwargs = dict(method_kwargs or {})
         self.model_name = model_name or type(model).__name__
+        if class_names is not None and (isinstance(class_names, str) or not all(
+                isinstance(c, str) for c in class_names)):
+            raise TypeError(f"`class_names` must be a list of str; got {describe(class_names)}.")
+        self.class_names = None if class_names is None else list(class_names)
         self._handle: ModelAtLayer | None = None
 
     # ------------------------------------------------------------------ building blocks
@@ -152,20 +180,25 @@ class ConceptExplainer:
         return method.fit(self.model, self.layer, images)
 
     # ------------------------------------------------------------------ the whole class
-    def fit(self, images: torch.Tensor, class_id: int, class_name: str | None = None,
+    def fit(self, images: torch.Tensor, class_id: int | str, class_name: str | None = None,
             image_ids: Any = None) -> ClassConcepts:
         """Explain class ``class_id`` from its images ``(N, 3, H, W)`` (values in [0, 1]).
+
+        ``class_id`` is an output index, or a class name when the explainer knows the class
+        names (a bundle's, or ``class_names``); ``class_name`` defaults to that name.
 
         Returns
         -------
         ClassConcepts
             Concepts, importances with confidence intervals, and what the report needs.
         """
-        images = check_images(images, "images")
+        images = check_images(images, "images", pixels=True)
         if images.shape[0] < 2:
             raise ValueError(f"`images` has {images.shape[0]} image; a class explanation needs at "
                              f"least 2 images (CRAFT advises hundreds).")
-        class_id = check_int(class_id, "class_id", minimum=0)
+        class_id = class_index(class_id, self.class_names or [])
+        if class_name is None and self.class_names and class_id < len(self.class_names):
+            class_name = self.class_names[class_id]
         timings: dict[str, float] = {}
         start = time.perf_counter()
         handle = self.model_at_layer

@@ -42,7 +42,7 @@ class ConceptManager:
 
     def fit(self, images: torch.Tensor, labels: Any = None, classes: Any = None) -> dict[int, ClassConcepts]:
         """Explain every class (or the listed ``classes``); returns ``{class_id: ClassConcepts}``."""
-        images = check_images(images, "images")
+        images = check_images(images, "images", pixels=True)
         ex = self.explainer
         if labels is None:
             labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress)

@@ -208,7 +208,7 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
         raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
     if not isinstance(bank, ConceptBank):
         raise TypeError(f"`bank` must be a conceptkit ConceptBank; got {describe(bank)}.")
-    images = check_images(images, "images")
+    images = check_images(images, "images", pixels=True)
     concept = check_int(concept, "concept", minimum=0, maximum=bank.n_concepts - 1)
     depth = check_int(depth, "depth", minimum=1)
     if preprocess is not None and not callable(preprocess):
@@ -346,7 +346,7 @@ def subconcept_examples(node: ConceptTree, images: torch.Tensor, n: int = 10,
     root = node
     while root.parent is not None:
         root = root.parent
-    images = check_images(images, "images")
+    images = check_images(images, "images", pixels=True)
     _check_source(images, root.bank)
     inputs = _node_inputs(node, images)
     return [cut_examples(inputs, node.sub_bank, node.sub_bank.top_rows(j, n), size)

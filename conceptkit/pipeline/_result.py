@@ -152,7 +152,7 @@ class ClassConcepts:
         if kind not in MAP_KINDS:
             raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
         if images is not None:
-            images = check_images(images, "images")
+            images = check_images(images, "images", pixels=True)
         if kind == "auto":
             kind = self._auto_kind(images)
         if kind == "scale_matched":
