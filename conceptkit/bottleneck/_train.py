@@ -27,21 +27,28 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._reprs import dataclass_repr
 from .._torchutils import model_device, seed_everything
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ._data import Batch, CBMData, as_cbm_data
+from ._metrics import evaluate_cbm
 from ._model import ConceptBottleneckModel, check_cbm, check_inputs, pos_weight_from
 
 MODES = ("independent", "sequential", "joint", "standard")
 OPTIMIZERS = ("adam", "sgd")
+#: A stage that ends at the epoch limit warns when its validation loss fell by more than this
+#: share over its last FALLING_EPOCHS epochs.
+FALLING_EPOCHS = 5
+FALLING_RELATIVE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,37 @@ class StageHistory:
     def epochs_run(self) -> int:
         return len(self.train_loss)
 
+    @property
+    def still_improving(self) -> bool:
+        """The stage ran out of epochs while its validation loss was still falling: its best
+        epoch was the last one and the loss fell by more than 0.1 % over the last 5 epochs
+        (a creep below that is a plateau). More epochs would likely help."""
+        if self.stopped_early or self.best_epoch != self.epochs_run - 1:
+            return False
+        first = self.val_loss[-min(FALLING_EPOCHS, self.epochs_run)]
+        return first - self.val_loss[-1] > FALLING_RELATIVE * abs(first)
+
+    def describe(self) -> str:
+        """One line: epochs, why it stopped, the best validation loss."""
+        if self.stopped_early:
+            why = "stopped early (no better validation loss for `patience` epochs)"
+        elif self.still_improving:
+            why = "stopped at the epoch limit while the validation loss was still falling"
+        else:
+            why = "stopped at the epoch limit"
+        return (f"stage {self.stage}: {self.epochs_run} epochs, {why}; best epoch "
+                f"{self.best_epoch + 1}, validation loss {self.val_loss[self.best_epoch]:.4g}")
+
 
 @dataclass(frozen=True)
 class TrainHistory:
-    """What :func:`train_cbm` did: per-stage loss curves and the settings that matter."""
+    """What :func:`train_cbm` did: per-stage loss curves, the accuracies of the trained model on
+    its training and validation data, and the settings that matter.
+
+    ``accuracies`` is ``{"train": {"task": a, "concepts": b}, "val": {...}}`` (task top-1
+    accuracy and Koh's concept accuracy, see :func:`evaluate_cbm`); :meth:`summary` prints it
+    all in a few lines.
+    """
 
     mode: str
     stages: tuple[StageHistory, ...]
@@ -72,6 +106,20 @@ class TrainHistory:
     val_source: str
     seed: int
     seconds: float
+    accuracies: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few readable lines: the data, each stage, the accuracies."""
+        source = "split from train_data" if self.val_source == "split" else "val_data"
+        lines = [f"{self.mode} CBM: {self.n_train} training / {self.n_val} validation examples "
+                 f"({source}), seed {self.seed}, {self.seconds:.1f} s"]
+        lines += [f"  {stage.describe()}" for stage in self.stages]
+        for split in ("train", "val"):
+            if split in self.accuracies:
+                acc = self.accuracies[split]
+                lines.append(f"  {'training' if split == 'train' else 'validation'} accuracy: "
+                             f"task {acc['task']:.3f}, concepts {acc['concepts']:.3f}")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -230,10 +278,24 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
         raise
     model.eval()
     model.trained_mode = mode
+    seconds = time.perf_counter() - start
+    for stage in stages:
+        if stage.still_improving:
+            tail = stage.val_loss[-min(FALLING_EPOCHS, stage.epochs_run):]
+            warnings.warn(
+                f"train_cbm: the {stage.stage!r} stage stopped at the epoch limit (epochs="
+                f"{cfg.epochs}) while its validation loss was still falling ({tail[0]:.4g} -> "
+                f"{tail[-1]:.4g} over its last {len(tail)} epochs); the model is likely "
+                f"under-trained: pass a larger `epochs` (early stopping ends training when the "
+                f"loss stops improving).", UserWarning, stacklevel=2)
+    accuracies = {}
+    for split, part in (("train", train), ("val", val)):
+        scores = evaluate_cbm(model, part, batch_size=max(cfg.batch_size, 256), device=dev)
+        accuracies[split] = {"task": scores.task_accuracy, "concepts": scores.concept_accuracy}
     return TrainHistory(mode=mode, stages=tuple(stages), concept_loss_weight=lam,
                         pos_weight=tuple(float(w) for w in pos_weight.cpu()),
                         n_train=len(train), n_val=len(val), val_source=val_source, seed=seed,
-                        seconds=time.perf_counter() - start)
+                        seconds=seconds, accuracies=accuracies)
 
 
 def _train_stages(model: ConceptBottleneckModel, mode: str, lam: float, train: CBMData,
@@ -277,3 +339,8 @@ def _train_stages(model: ConceptBottleneckModel, mode: str, lam: float, train: C
 
     stages.append(_fit_stage("head", model.head, head_loss, head_inputs(train), head_inputs(val), cfg))
     return stages
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+StageHistory.__repr__ = dataclass_repr  # type: ignore[method-assign]
+TrainHistory.__repr__ = dataclass_repr  # type: ignore[method-assign]
