@@ -23,6 +23,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from .._reprs import dataclass_repr
 from .._validation import check_choice, check_float, check_int, describe, make_rng
 from ._cav import CLASSIFIERS, SPACES, activation_features, fit_cav, logit_gradients
 
@@ -59,6 +60,7 @@ class TCAVResult:
     correction: str
     classifier: str
     space: str
+    notes: tuple[str, ...] = ()
 
     @property
     def n_runs(self) -> int:
@@ -104,6 +106,7 @@ class TCAVResult:
             "classifier": self.classifier,
             "space": self.space,
             "concepts": concepts,
+            "notes": list(self.notes),
             "random": {
                 "scores": self.random_scores.tolist(),
                 "magnitudes": self.random_magnitudes.tolist(),
@@ -133,6 +136,7 @@ class TCAVResult:
             f"{self.random_scores.std():.3f}  {self.random_magnitudes.mean():+.3e}  "
             f"{self.random_cav_accuracies.mean():.3f}"
         )
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -311,6 +315,9 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         random_magnitudes[run] = derivatives.mean()
         random_accuracies[run] = cav.accuracy
 
+    notes = same_sign_notes(scores, random_scores, gradients.shape[0])
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     p_values = np.array([_two_sided_p_value(scores[j], random_scores, test)
                          for j in range(len(names))])
     corrected = correct_p_values(p_values, correction)
@@ -320,4 +327,25 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         random_magnitudes=random_magnitudes, random_cav_accuracies=random_accuracies,
         p_values=p_values, p_values_corrected=corrected, significant=corrected < alpha,
         alpha=alpha, test=test, correction=correction, classifier=classifier, space=space,
+        notes=tuple(notes),
     )
+
+
+def same_sign_notes(scores: np.ndarray, random_scores: np.ndarray, n_inputs: int) -> list[str]:
+    """A note when every CAV (concept and random) gives all class inputs directional derivatives
+    of one sign, so that every score is 0 or 1 (and the random baseline decides significance)."""
+    every = np.concatenate([np.ravel(scores), np.ravel(random_scores)])
+    if n_inputs < 2 or not np.isin(every, (0.0, 1.0)).all():
+        return []
+    return [f"degenerate TCAV: for every CAV, all {n_inputs} class inputs have directional "
+            f"derivatives of the same sign, so every TCAV score is 0 or 1 and significance is "
+            f"decided by how often random CAVs point the same way. The class logit's gradient "
+            f"has the same direction for every input, as at a layer followed only by pooling "
+            f"and an affine head (the gradient is the head's weight row whatever the input). "
+            f"Use an earlier layer, where the rest of the model is non-linear (e.g. the block "
+            f"before the last), or compare the magnitudes (mean directional derivatives) rather "
+            f"than the scores."]
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+TCAVResult.__repr__ = dataclass_repr  # type: ignore[method-assign]
