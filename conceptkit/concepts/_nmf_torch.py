@@ -25,6 +25,8 @@ import math
 import numpy as np
 import torch
 
+from ._progress import iteration
+
 EPSILON = float(np.finfo(np.float32).eps)
 
 
@@ -192,6 +194,7 @@ def fit_hals(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: in
         value = float(total)
         if violation_init is None:
             violation_init = value
+        iteration(n_iter)
         if verbose:
             print(f"torch_hals iteration {n_iter}: violation {value / max(violation_init, 1e-300):.3e}")
         if violation_init == 0 or value / violation_init <= tol:
@@ -230,6 +233,7 @@ def fit_mu(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int,
         if l2_W > 0:
             denominator += l2_W * W
         W.mul_(numerator.div_(denominator.clamp_(min=EPSILON)))
+        iteration(n_iter)
         if tol > 0 and n_iter % 10 == 0:
             error = residual_norm(A, Ut, W)
             if verbose:

@@ -155,14 +155,17 @@ class ActivationExtractor:
     preprocess
         Optional callable applied to every batch before the model (e.g. normalisation), so that
         crops and segments can be cut from raw [0, 1] images.
+    desc
+        Label of the progress bar (default ``"activations @ <layer>"``).
     """
 
     def __init__(self, model: nn.Module, layer: str | nn.Module, batch_size: int = 64,
                  device: Any = None, progress: bool = True, tokens: str = "auto",
                  prefix_tokens: int | None = None, output_index: int | None = None,
                  grad: bool = False, output_device: Any = "cpu", reduce: str | None = None,
-                 preprocess: Any = None):
+                 preprocess: Any = None, desc: str | None = None):
         self.layer, self._module = get_layer(model, layer)
+        self.desc = desc
         self.model = model
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.device = None if device is None else resolve_device(device)
@@ -245,7 +248,8 @@ class ActivationExtractor:
                 context = torch.enable_grad() if self.grad else torch.no_grad()
                 with context:
                     for batch in tqdm(batches, total=total, disable=not self.progress,
-                                      desc=f"activations @ {self.layer}", leave=False):
+                                      desc=self.desc or f"activations @ {self.layer}",
+                                      leave=False):
                         batch = self._check_batch(batch, channels, finite)
                         if self.preprocess is not None:
                             batch = self.preprocess(batch)

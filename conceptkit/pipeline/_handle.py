@@ -55,7 +55,7 @@ class ModelAtLayer:
         return TokenHead(self.h, self.token_layout) if self.token_layout else self.h
 
     def activations(self, images: torch.Tensor, with_context: bool = False, *,
-                    progress: bool | None = None) -> Any:
+                    progress: bool | None = None, desc: str | None = None) -> Any:
         """Feature maps ``(N, C, h, w)`` of ``images`` at the layer (one pass of ``g``).
 
         Transformer tokens come back as maps of the patch tokens; with ``with_context=True`` the
@@ -63,7 +63,8 @@ class ModelAtLayer:
         """
         extractor = ActivationExtractor(
             self.model, self.layer, batch_size=self.batch_size, device=self.device,
-            progress=self.progress if progress is None else progress, preprocess=self.preprocess)
+            progress=self.progress if progress is None else progress, preprocess=self.preprocess,
+            desc=desc)
         maps = extractor(images)
         if extractor.prefix_ is not None:
             self.token_layout = extractor.token_layout_
