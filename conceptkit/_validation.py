@@ -172,6 +172,45 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
     return images
 
 
+def check_image_ids(ids: Any, n: int, name: str = "image_ids") -> np.ndarray:
+    """One unique id per image: integers or strings (e.g. file names).
+
+    ``None`` gives the positions ``0 .. n-1``. Returns an int64 array, or a str array for string
+    ids; a mix of both, duplicates, empty strings or a wrong count raise naming ``name``.
+    """
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+        raise TypeError(f"`{name}` must be a list of ints or of strings (one per image); "
+                        f"got {describe(ids)}.")
+    values = list(np.asarray(ids, dtype=object).ravel()) if isinstance(ids, np.ndarray) else list(ids)
+    if len(values) != n:
+        raise ValueError(f"`{name}` has {len(values)} entries but there are {n} images; give one "
+                         f"id per image.")
+    if all(isinstance(v, str) for v in values):
+        if any(not v.strip() for v in values):
+            raise ValueError(f"`{name}` holds an empty string; every image needs a name.")
+        out = np.asarray(values, dtype=str)
+    elif all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        out = np.asarray(values, dtype=np.int64)
+    else:
+        kinds = sorted({type(v).__name__ for v in values})
+        raise TypeError(f"`{name}` must be all ints or all strings (e.g. file names); got "
+                        f"{', '.join(kinds)}.")
+    unique, counts = np.unique(out, return_counts=True)
+    if (counts > 1).any():
+        twice = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in unique[counts > 1][:3])
+        raise ValueError(f"`{name}` must be unique; {twice} appear(s) more than once.")
+    return out
+
+
+def id_list(ids: Any) -> list:
+    """Image ids as plain ints or strs (JSON, tables, figure titles)."""
+    return [v.item() if hasattr(v, "item") else v for v in np.asarray(ids).ravel()]
+
+
 def check_matrix(x: Any, name: str, *, min_rows: int = 1, nonnegative: bool = False,
                  columns: int | None = None, hint_negative: str = "") -> np.ndarray | torch.Tensor:
     """Validate a 2-D float matrix ``(n, C)`` (numpy or torch) and return it unchanged in type."""

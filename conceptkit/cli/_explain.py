@@ -3,28 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-from ._images import load_images
+from ._images import file_ids, load_images
 
 #: ``--factorizer`` choices: signed activations (ViT/CLIP tokens) need ``semi_nmf`` or ``pca``.
 FACTORIZER_CHOICES = {"nmf": "NMF", "semi_nmf": "SemiNMF", "kmeans": "KMeansConcepts",
                       "pca": "PCAConcepts", "ica": "ICAConcepts", "sparse": "SparseDictionary",
                       "topk_sae": "TopKSAE"}
 
+#: Python argument names in error messages, and the ``explain`` options that set them.
+_FLAGS = {"n_concepts": "--n-concepts", "layer": "--layer", "patch_size": "--patch-size",
+          "batch_size": "--batch-size", "images": "--images", "class_id": "--class",
+          "method": "--method", "importance": "--importance", "seed": "--seed"}
+
+
+def command_line_terms(message: str) -> str:
+    """An error message of the Python API in ``conceptkit explain`` terms: argument names become
+    options (`` `n_concepts` `` → `` `--n-concepts` ``), factorizer calls become
+    ``--factorizer`` choices."""
+    for name, flag in _FLAGS.items():
+        message = message.replace(f"`{name}`", f"`{flag}`")
+    by_class = {cls: choice for choice, cls in FACTORIZER_CHOICES.items()}
+    return re.sub(r"factorizer=(\w+)\([^)]*\)",
+                  lambda m: f"`--factorizer {by_class[m.group(1)]}`" if m.group(1) in by_class
+                  else m.group(0), message)
+
 
 def explain_main(args: argparse.Namespace) -> int:
+    from ..concepts._methods import NegativeActivationsError
     from ..models import load as load_model
+    from ..models._candidates import class_index, missing_layer_message
     from ..pipeline import DISCOVERY_METHODS, ConceptExplainer
 
     loaded = load_model(args.model, args.weights)
-    layer = args.layer or loaded.layer
-    if layer is None:
-        raise SystemExit("error: `--layer` is required for this model (no default layer known).")
-    size = args.size or loaded.input_size
-    images, files = load_images(args.images, size)
-    name = args.class_name or (loaded.class_names[args.class_id] if args.class_id < len(loaded.class_names)
-                               else f"class {args.class_id}")
+    if args.layer is None and loaded.layer is None:
+        raise ValueError(missing_layer_message(loaded.model, loaded.input_size, "`--layer`")
+                         + " Pass one with --layer NAME.")
+    # A class name is resolved before any image is read: a typo fails at once.
+    class_id = class_index(args.class_id, loaded.class_names, "`--class`")
+    name = args.class_name or (loaded.class_names[class_id] if class_id < len(loaded.class_names)
+                               else None)
+    images, files = load_images(args.images, args.size or loaded.input_size)
     factorizer = None
     n_concepts = args.n_concepts
     if args.factorizer is not None:
@@ -33,19 +54,27 @@ def explain_main(args: argparse.Namespace) -> int:
         k = n_concepts if n_concepts is not None else DISCOVERY_METHODS[args.method].default_concepts
         factorizer = FACTORIZERS[FACTORIZER_CHOICES[args.factorizer]](n_concepts=k)
         n_concepts = None  # the factorizer carries it
-    explainer = ConceptExplainer(loaded.model, layer, n_concepts=n_concepts, method=args.method,
-                                 importance=args.importance, patch_size=args.patch_size,
-                                 factorizer=factorizer,
-                                 batch_size=args.batch_size, seed=args.seed,
-                                 preprocess=loaded.preprocess, model_name=loaded.name,
-                                 progress=not args.quiet)
-    result = explainer.fit(images, args.class_id, name)
+    try:
+        explainer = ConceptExplainer(loaded, args.layer, n_concepts=n_concepts, method=args.method,
+                                     importance=args.importance, patch_size=args.patch_size,
+                                     factorizer=factorizer, batch_size=args.batch_size,
+                                     seed=args.seed, progress=not args.quiet)
+        result = explainer.fit(images, class_id, name, image_ids=file_ids(files))
+    except NegativeActivationsError as err:
+        raise ValueError(err.command_line()) from err
+    except ValueError as err:
+        raise ValueError(command_line_terms(str(err))) from err
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved = result.save(out / "explanation.safetensors")
     page = result.report(out)
-    print(f"explained {len(files)} images of {name!r} at {layer} of {loaded.name}")
-    for rank, c in enumerate(result.ranking[:5]):
-        print(f"  #{rank + 1} concept {int(c)}: importance {result.importances[c]:.3f}")
+    named = result.class_name.strip().lower() not in ("", f"class {class_id}")
+    what = f"{result.class_name!r} (class {class_id})" if named else f"class {class_id}"
+    print(f"explained {len(files)} images of {what} at {explainer.layer} of {loaded.name}")
+    print("concepts, most important first:")
+    for c in result.ranking[:5]:
+        _, sources = result.top_examples(int(c), 3)
+        print(f"  {result.concept_label(int(c))}: importance {result.importances[c]:.3f}; "
+              f"top exemplars from {', '.join(str(s) for s in sources)}")
     print(f"saved {saved}\nreport {page}")
     return 0

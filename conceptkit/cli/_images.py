@@ -37,3 +37,10 @@ def load_images(pattern: str, size: int) -> tuple[torch.Tensor, list[str]]:
         except OSError as err:
             raise OSError(f"`--images`: cannot read {file!r}: {err}") from err
     return torch.stack(out), files
+
+
+def file_ids(files: list[str]) -> list[str]:
+    """Short unique names of image files: the file name, or the path when two names collide
+    (a glob over several folders)."""
+    names = [Path(f).name for f in files]
+    return names if len(set(names)) == len(names) else [str(Path(f)) for f in files]

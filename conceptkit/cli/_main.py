@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--weights", default=None, help="local weights file (or DEFAULT/pretrained/tag online)")
     exp.add_argument("--layer", default=None)
     exp.add_argument("--images", required=True, help="a directory or a glob")
-    exp.add_argument("--class", dest="class_id", type=int, required=True)
+    exp.add_argument("--class", dest="class_id", required=True,
+                     help="the class to explain: an output index, or a class name of the model "
+                          "(e.g. 'espresso', 'tiger cat'; close matches are suggested)")
     exp.add_argument("--class-name", default=None)
     exp.add_argument("--out", required=True)
     exp.add_argument("--method", default="craft", choices=["craft", "ice", "ace"])

@@ -20,12 +20,18 @@ from ..extraction import ActivationExtractor, Provenance, crops, positions, segm
 from ..extraction._decompose import ACE_GREY
 from ._bank import ConceptBank
 from ._base import Factorizer, factorizer_from_state
+from ._progress import fit_progress
 
 
 def bank_from_activations(factorizer: Factorizer, activations: np.ndarray | torch.Tensor,
                           provenance: Provenance, *, layer: str = "", method: str = "custom",
-                          params: dict | None = None, keep_activations: bool = True) -> ConceptBank:
-    """Fit ``factorizer`` on rows ``(n, C)`` with known provenance and wrap it in a bank."""
+                          params: dict | None = None, keep_activations: bool = True,
+                          progress: bool = False) -> ConceptBank:
+    """Fit ``factorizer`` on rows ``(n, C)`` with known provenance and wrap it in a bank.
+
+    ``progress`` shows a bar during the fit: iterations for the torch NMF solvers, elapsed time
+    for solvers that report nothing (scikit-learn's).
+    """
     if not isinstance(factorizer, Factorizer):
         raise TypeError(f"`factorizer` must be a conceptkit Factorizer (NMF, SemiNMF, ...); "
                         f"got {describe(factorizer)}.")
@@ -33,7 +39,8 @@ def bank_from_activations(factorizer: Factorizer, activations: np.ndarray | torc
         raise ValueError(f"`provenance` has {len(provenance)} rows but `activations` has "
                          f"{activations.shape[0]}.")
     _check_rows(factorizer, activations, provenance, layer)
-    codes = factorizer.fit_transform(activations)
+    with fit_progress(factorizer, tuple(activations.shape), progress):
+        codes = factorizer.fit_transform(activations)
     acts = torch.as_tensor(np.asarray(activations)) if isinstance(activations, np.ndarray) else activations
     return ConceptBank(components=factorizer.components_, codes=torch.as_tensor(np.asarray(codes)
                        if isinstance(codes, np.ndarray) else codes.cpu()),
@@ -52,14 +59,43 @@ def _check_rows(factorizer: Factorizer, activations: Any, provenance: Provenance
     if isinstance(k, int) and k > n:
         raise ValueError(f"`n_concepts`={k} is larger than the number of {noun} to factorize ({n}); "
                          f"use at most {n} concepts or pass more images.")
+    check_sign(factorizer, activations, layer)
+
+
+class NegativeActivationsError(ValueError):
+    """A factorizer that needs non-negative input (NMF) met negative activations at ``layer``.
+
+    ``str(err)`` speaks Python (``factorizer=SemiNMF(k)``); :meth:`command_line` says the same
+    with the ``conceptkit explain`` options.
+    """
+
+    def __init__(self, layer: str, minimum: float, factorizer: str, n_images: int | None = None):
+        self.layer, self.minimum, self.factorizer, self.n_images = layer, minimum, factorizer, n_images
+        super().__init__(self._text("`layer`", "pass factorizer=SemiNMF(k) for signed activations "
+                                               "(ViT/CLIP tokens), or factorizer=NMF(k, relu=True) "
+                                               "to clip negatives to 0"))
+
+    def _text(self, layer_flag: str, alternatives: str) -> str:
+        when = ("" if self.n_images is None else
+                f" (found on the first image, before extracting all {self.n_images})")
+        return (f"the activations at {layer_flag} {self.layer!r} have negative values (min "
+                f"{self.minimum:.4g}){when}, but {self.factorizer} needs non-negative activations: "
+                f"pick a layer after a ReLU, {alternatives}.")
+
+    def command_line(self) -> str:
+        """The message in ``conceptkit explain`` terms."""
+        return self._text("`--layer`", "or pass `--factorizer semi_nmf` for signed activations "
+                                       "(ViT/CLIP tokens)")
+
+
+def check_sign(factorizer: Factorizer, activations: Any, layer: str,
+               n_images: int | None = None) -> None:
+    """Raise :class:`NegativeActivationsError` when ``factorizer`` needs non-negative input and
+    ``activations`` have negative values (a factorizer with ``relu=True`` clips them itself)."""
     if factorizer.requires_nonnegative and not getattr(factorizer, "relu", False):
         low = float(activations.min())
         if low < 0:
-            raise ValueError(
-                f"the activations at `layer` {layer!r} have negative values (min {low:.4g}), but "
-                f"{type(factorizer).__name__} needs non-negative activations: pick a layer after a "
-                f"ReLU, pass factorizer=SemiNMF(k) for signed activations (ViT/CLIP tokens), or "
-                f"factorizer=NMF(k, relu=True) to clip negatives to 0.")
+            raise NegativeActivationsError(layer, low, type(factorizer).__name__, n_images)
 
 
 def configured_factorizer(factorizer: Any, n_concepts: int | None, seed: int | None) -> Factorizer:
@@ -128,9 +164,34 @@ class _DiscoveryMethod:
             return self._default_factorizer(k)
         return configured_factorizer(self.factorizer, self.n_concepts, self.seed)
 
-    def _extractor(self, model: nn.Module, layer: str, reduce: str | None) -> ActivationExtractor:
+    def _extractor(self, model: nn.Module, layer: str, reduce: str | None,
+                   progress: bool | None = None, desc: str | None = None) -> ActivationExtractor:
         return ActivationExtractor(model, layer, batch_size=self.batch_size, device=self.device,
-                                   progress=self.progress, reduce=reduce, preprocess=self.preprocess)
+                                   progress=self.progress if progress is None else progress,
+                                   reduce=reduce, preprocess=self.preprocess, desc=desc)
+
+    def _rows(self, model: nn.Module, layer: str, images: torch.Tensor,
+              progress: bool | None = None) -> tuple[torch.Tensor, Provenance, dict]:
+        """The activations ``(n, C)`` of the method's inputs, their provenance, extra params."""
+        raise NotImplementedError
+
+    def check_first_image(self, model: nn.Module, layer: str, images: torch.Tensor) -> None:
+        """Run the method on the first image only and check that the factorizer can take its
+        rows (NMF needs non-negative activations), so that a layer with negative activations
+        fails in seconds rather than after the whole extraction."""
+        factorizer = self._factorizer()
+        if not factorizer.requires_nonnegative or getattr(factorizer, "relu", False):
+            return
+        rows = self._rows(model, layer, images[:1], progress=False)[0]
+        check_sign(factorizer, rows, layer, n_images=int(images.shape[0]))
+
+    def _fit_rows(self, model: nn.Module, layer: str, images: torch.Tensor,
+                  probe: bool) -> ConceptBank:
+        factorizer = self._factorizer()
+        if probe and images.shape[0] > 1:
+            self.check_first_image(model, layer, images)
+        acts, provenance, extra = self._rows(model, layer, images)
+        return self._bank(factorizer, acts, provenance, layer, **extra)
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         params = {"n_concepts": self.n_concepts, "batch_size": self.batch_size, "seed": self.seed}
@@ -142,7 +203,8 @@ class _DiscoveryMethod:
         extra.setdefault("n_concepts", factorizer.get_params().get("n_concepts"))
         return bank_from_activations(factorizer, activations, provenance, layer=layer,
                                      method=self.method, params=self._params(**extra),
-                                     keep_activations=self.keep_activations)
+                                     keep_activations=self.keep_activations,
+                                     progress=self.progress)
 
 
 class CRAFT(_DiscoveryMethod):
@@ -179,15 +241,23 @@ class CRAFT(_DiscoveryMethod):
         self.patch_size = patch_size
         self.stride = stride
 
-    def fit(self, model: nn.Module, layer: str, images: torch.Tensor) -> ConceptBank:
-        """Discover concepts in ``images (N, C, H, W)`` at ``layer`` of ``model``."""
+    def fit(self, model: nn.Module, layer: str, images: torch.Tensor, *,
+            probe: bool = True) -> ConceptBank:
+        """Discover concepts in ``images (N, C, H, W)`` (colours in [0, 1]) at ``layer``.
+
+        With ``probe`` (default), the first image's crops are checked first (see
+        :meth:`check_first_image`).
+        """
         images = check_images(images, "images", pixels=True)
-        factorizer = self._factorizer()
+        return self._fit_rows(model, layer, images, probe)
+
+    def _rows(self, model, layer, images, progress=None):
         patch = self.patch_size or default_patch_size(images.shape[-2:])
         crop_set = crops(images, patch, self.stride)
-        acts = self._extractor(model, layer, "mean")(crop_set)
-        return self._bank(factorizer, acts, crop_set.provenance, layer, patch_size=crop_set.patch_size,
-                          stride=crop_set.stride)
+        acts = self._extractor(model, layer, "mean", progress,
+                               desc=f"g on {len(crop_set)} crops @ {layer}")(crop_set)
+        return acts, crop_set.provenance, {"patch_size": crop_set.patch_size,
+                                           "stride": crop_set.stride}
 
 
 def default_patch_size(size: Sequence[int]) -> int:
@@ -200,26 +270,35 @@ class ICE(_DiscoveryMethod):
 
     method = "ice"
 
-    def fit(self, model: nn.Module, layer: str, images: torch.Tensor) -> ConceptBank:
-        """Discover concepts in ``images (N, C, H, W)`` at ``layer`` of ``model``."""
+    def fit(self, model: nn.Module, layer: str, images: torch.Tensor, *,
+            probe: bool = True) -> ConceptBank:
+        """Discover concepts in ``images (N, C, H, W)`` (colours in [0, 1]) at ``layer``.
+
+        With ``probe`` (default), the first image is checked first (see
+        :meth:`check_first_image`).
+        """
         images = check_images(images, "images", pixels=True)
-        factorizer = self._factorizer()
-        maps = self._extractor(model, layer, None)(images)
-        return self._fit_maps(factorizer, maps, layer, tuple(images.shape[-2:]))
+        return self._fit_rows(model, layer, images, probe)
+
+    def _rows(self, model, layer, images, progress=None):
+        maps = self._extractor(model, layer, None, progress,
+                               desc=f"g on {images.shape[0]} images @ {layer}")(images)
+        rows = self._positions(maps, layer, tuple(images.shape[-2:]))
+        return rows.rows, rows.provenance, {}
+
+    @staticmethod
+    def _positions(maps: torch.Tensor, layer: str, image_size: Sequence[int] | None) -> Any:
+        if maps.ndim != 4:
+            raise ValueError(f"ICE needs spatial feature maps at `layer` {layer!r}; it returns "
+                             f"shape {tuple(maps.shape)}. Choose a convolutional/transformer block.")
+        return positions(maps, image_size=None if image_size is None else tuple(image_size))
 
     def fit_activations(self, maps: torch.Tensor, layer: str,
                         image_size: Sequence[int] | None = None) -> ConceptBank:
         """Discover concepts in feature maps ``(N, C, h, w)`` already computed at ``layer``
         (no pass of ``g``); ``image_size`` is the source images' ``(H, W)`` for provenance."""
-        return self._fit_maps(self._factorizer(), maps, layer, image_size)
-
-    def _fit_maps(self, factorizer: Factorizer, maps: torch.Tensor, layer: str,
-                  image_size: Sequence[int] | None) -> ConceptBank:
-        if maps.ndim != 4:
-            raise ValueError(f"ICE needs spatial feature maps at `layer` {layer!r}; it returns "
-                             f"shape {tuple(maps.shape)}. Choose a convolutional/transformer block.")
-        rows = positions(maps, image_size=None if image_size is None else tuple(image_size))
-        return self._bank(factorizer, rows.rows, rows.provenance, layer)
+        rows = self._positions(maps, layer, image_size)
+        return self._bank(self._factorizer(), rows.rows, rows.provenance, layer)
 
 
 class ACE(_DiscoveryMethod):
@@ -264,17 +343,27 @@ class ACE(_DiscoveryMethod):
 
         return KMeansConcepts(n_concepts=k, random_state=self.seed)
 
-    def fit(self, model: nn.Module, layer: str, images: torch.Tensor) -> ConceptBank:
-        """Discover concepts in ``images (N, 3, H, W)`` (RGB in [0, 1]) at ``layer`` of ``model``."""
+    def _rows(self, model, layer, images, progress=None):
+        progress = self.progress if progress is None else progress
+        seg = segments(images, self.n_segments, self.compactness, self.sigma, fill=self.fill,
+                       progress=progress)
+        acts = self._extractor(model, layer, "mean", progress,
+                               desc=f"g on {len(seg)} segments @ {layer}")(seg)
+        return acts, seg.provenance, {"n_segments": list(self.n_segments),
+                                      "compactness": self.compactness,
+                                      "min_cluster_size": self.min_cluster_size}
+
+    def fit(self, model: nn.Module, layer: str, images: torch.Tensor, *,
+            probe: bool = True) -> ConceptBank:
+        """Discover concepts in ``images (N, 3, H, W)`` (RGB in [0, 1]) at ``layer`` of ``model``.
+
+        With ``probe`` and a factorizer that needs non-negative input, the first image is
+        checked first (see :meth:`check_first_image`).
+        """
         images = check_images(images, "images", channels=3, pixels=True)
         check_int(self.min_cluster_size, "min_cluster_size", minimum=0)
-        factorizer = self._factorizer()
-        seg = segments(images, self.n_segments, self.compactness, self.sigma, fill=self.fill,
-                       progress=self.progress)
-        acts = self._extractor(model, layer, "mean")(seg)
-        bank = self._bank(factorizer, acts, seg.provenance, layer, n_segments=list(self.n_segments),
-                          compactness=self.compactness, min_cluster_size=self.min_cluster_size)
-        keep = ace_keep_clusters(bank.codes.argmax(1).numpy(), seg.provenance.image_ids,
+        bank = self._fit_rows(model, layer, images, probe)
+        keep = ace_keep_clusters(bank.codes.argmax(1).numpy(), bank.provenance.image_ids,
                                  bank.n_concepts, images.shape[0], self.min_cluster_size)
         if keep.size == 0:
             raise ValueError(f"ACE kept no cluster: every cluster came from too few of the "

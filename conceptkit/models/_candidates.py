@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._load import ModelBundle, Normalize
+from ._load import ModelBundle, from_pretrained
 
 
 def likely_layers(model: nn.Module, input_size: int = 224, n: int = 5,
@@ -83,10 +83,7 @@ def as_bundle(value: Any) -> ModelBundle | None:
     model = getattr(value, "model", None)
     if (isinstance(model, nn.Module) and hasattr(value, "mean") and hasattr(value, "std")
             and hasattr(value, "labels") and hasattr(value, "input_size")):
-        layer = "bn2" if hasattr(model, "bn2") else None
-        return ModelBundle(model, str(getattr(value, "name", type(model).__name__)),
-                           int(value.input_size), Normalize(value.mean, value.std),
-                           list(value.labels), layer)
+        return from_pretrained(value)
     return None
 
 

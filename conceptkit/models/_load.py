@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._reprs import dataclass_repr
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -163,6 +165,13 @@ def _open_clip(name: str, weights: str | None) -> ModelBundle:
     return ModelBundle(visual.eval(), f"open_clip:{name}", int(size), Normalize(mean, std), [], layer)
 
 
+def from_pretrained(pretrained: Any) -> ModelBundle:
+    """The bundle of :func:`conceptkit.datasets.efficientnet_lite0`'s object (model, mean/std,
+    labels, input size), explained at ``bn2``, its last feature map before pooling."""
+    return ModelBundle(pretrained.model, "EfficientNet-Lite0 (ImageNet)", int(pretrained.input_size),
+                       Normalize(pretrained.mean, pretrained.std), list(pretrained.labels), "bn2")
+
+
 def load(spec: str, weights: str | None = None) -> ModelBundle:
     """Load the model named ``spec`` (see the module docstring) with optional local ``weights``.
 
@@ -178,12 +187,14 @@ def load(spec: str, weights: str | None = None) -> ModelBundle:
     if spec == "efficientnet_lite0":
         from ..datasets import efficientnet_lite0
 
-        bundle = efficientnet_lite0()
-        return ModelBundle(bundle.model, "EfficientNet-Lite0 (ImageNet)", 224,
-                           Normalize(bundle.mean, bundle.std), list(bundle.labels), "bn2")
+        return from_pretrained(efficientnet_lite0())
     family, _, name = spec.partition(":")
     loaders = {"torchvision": _torchvision, "timm": _timm, "open_clip": _open_clip}
     if family not in loaders or not name:
         raise ValueError(f"`--model` must be 'reference', 'efficientnet_lite0', 'torchvision:NAME', "
                          f"'timm:NAME' or 'open_clip:NAME'; got {spec!r}.")
     return loaders[family](name, weights)
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+ModelBundle.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state
-from .._validation import check_choice, check_images, check_int, describe
+from .._validation import check_choice, check_image_ids, check_images, check_int, describe
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer
 from ..concepts._methods import configured_factorizer
 from ..extraction import get_layer
@@ -173,11 +173,18 @@ class ConceptExplainer:
 
         For ICE, ``activations`` (the images' feature maps) are reused instead of running ``g``.
         """
-        method = self._discovery()
+        return self._discover(self._discovery(), images, activations, probe=True)
+
+    def _discover(self, method: Any, images: torch.Tensor, activations: torch.Tensor | None,
+                  probe: bool) -> ConceptBank:
         if self.method == "ice":
-            maps = self.activations(images) if activations is None else activations
-            return method.fit_activations(maps, self.layer, image_size=tuple(images.shape[-2:]))
-        return method.fit(self.model, self.layer, images)
+            if activations is None:
+                if probe:
+                    method.check_first_image(self.model, self.layer, images)
+                activations = self.activations(images)
+            return method.fit_activations(activations, self.layer,
+                                          image_size=tuple(images.shape[-2:]))
+        return method.fit(self.model, self.layer, images, probe=probe)
 
     # ------------------------------------------------------------------ the whole class
     def fit(self, images: torch.Tensor, class_id: int | str, class_name: str | None = None,
@@ -186,6 +193,8 @@ class ConceptExplainer:
 
         ``class_id`` is an output index, or a class name when the explainer knows the class
         names (a bundle's, or ``class_names``); ``class_name`` defaults to that name.
+        ``image_ids`` names each image (unique ints or strings such as file names; default the
+        positions 0..N-1); reports, saved files and :meth:`ClassConcepts.top_examples` show them.
 
         Returns
         -------
@@ -193,6 +202,7 @@ class ConceptExplainer:
             Concepts, importances with confidence intervals, and what the report needs.
         """
         images = check_images(images, "images", pixels=True)
+        ids = check_image_ids(image_ids, images.shape[0])
         if images.shape[0] < 2:
             raise ValueError(f"`images` has {images.shape[0]} image; a class explanation needs at "
                              f"least 2 images (CRAFT advises hundreds).")
@@ -203,17 +213,22 @@ class ConceptExplainer:
         start = time.perf_counter()
         handle = self.model_at_layer
         handle.h  # noqa: B018 - split now: fails early, before any heavy work, on an invalid cut
+        method = self._discovery()
+        # The method on the first image only: a layer the factorizer cannot take (negative
+        # activations for NMF) fails now, not after the whole extraction.
+        method.check_first_image(self.model, self.layer, images)
         timings["split"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        acts, context = handle.activations(images, with_context=True)
+        acts, context = handle.activations(images, with_context=True,
+                                           desc=f"g on {images.shape[0]} class images @ {self.layer}")
         timings["activations"] = time.perf_counter() - start
         if acts.ndim not in (2, 4):
             raise ValueError(f"`layer` {self.layer!r} gives activations of shape "
                              f"{tuple(acts.shape)}; conceptkit needs (N, C, h, w) or (N, C).")
 
         start = time.perf_counter()
-        bank = self.discover(images, acts)
+        bank = self._discover(method, images, acts, probe=False)
         timings["discovery"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -229,7 +244,6 @@ class ConceptExplainer:
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
                   "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
                   "n_images": int(images.shape[0])}
-        ids = np.arange(images.shape[0]) if image_ids is None else np.asarray(image_ids)
         result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
                                bank=bank, importance=importance, images=images.detach().cpu(),
                                activations=acts, model_name=self.model_name, layer=self.layer,

@@ -17,7 +17,7 @@ from conceptkit.cli import main
 from conceptkit.datasets import make_concept_dataset, photo_views, sample_photos
 
 FAST = ["--n-concepts", "3", "--batch-size", "8", "--quiet"]
-RANKED = re.compile(r"#(\d+) concept (\d+): importance ([-0-9.]+)")
+RANKED = re.compile(r"^  (concept (\d+)): importance ([-0-9.]+); top exemplars from ", re.M)
 
 
 def write_pngs(images: torch.Tensor, folder: Path) -> Path:
@@ -74,7 +74,8 @@ def test_explain_reference(shape_images, tmp_path, capsys):
                           tmp_path / "out", capsys)
     assert result.class_id == 2 and result.layer == "block4"
     assert result.class_name == "green triangle + yellow ring"
-    assert "explained 6 images of 'green triangle + yellow ring' at block4 of reference CNN" in out
+    assert ("explained 6 images of 'green triangle + yellow ring' (class 2) at block4 of "
+            "reference CNN") in out
     assert result.components.shape == (3, 64)  # block4 of the reference CNN has 64 channels
 
 
@@ -85,7 +86,7 @@ def test_explain_efficientnet_lite0(coffee_images, tmp_path, capsys):
     assert result.class_name == "espresso" and result.layer == "bn2"
     assert result.components.shape == (3, 1280)
     assert (result.components >= 0).all()  # NMF of ReLU6 activations
-    assert "explained 4 images of 'espresso' at bn2 of EfficientNet-Lite0 (ImageNet)" in out
+    assert "explained 4 images of 'espresso' (class 967) at bn2 of EfficientNet-Lite0 (ImageNet)" in out
 
 
 @pytest.mark.parametrize("model, channels", [("torchvision:resnet18", 512), ("timm:resnet18", 512)])
@@ -94,7 +95,7 @@ def test_explain_random_init_models(model, channels, shape_images, tmp_path, cap
                            "--size", "64"], tmp_path / "out", capsys)
     assert result.layer == "layer4" and result.components.shape == (3, channels)
     assert result.model_name == model
-    assert f"explained 6 images of 'class 3' at layer4 of {model}" in out
+    assert f"explained 6 images of class 3 at layer4 of {model}" in out
 
 
 @pytest.mark.slow

@@ -1,0 +1,90 @@
+"""``conceptkit explain`` features: classes by name, file names as image ids, errors in the
+command line's own terms (options, not Python arguments), likely layers when none is known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import conceptkit
+from conceptkit.cli import main
+from conceptkit.cli._explain import command_line_terms
+from conceptkit.datasets import make_concept_dataset
+
+FAST = ["--n-concepts", "3", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def shape_images(tmp_path_factory) -> Path:
+    data = make_concept_dataset(6, seed=0)
+    folder = tmp_path_factory.mktemp("shapes")
+    for i, image in enumerate(data.images[data.labels == 2]):
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"photo_{i:02d}.png")
+    return folder
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["explain", *args, *FAST])
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+def test_class_by_name_and_file_names_everywhere(shape_images, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, printed, err = run(["--model", "reference", "--images", str(shape_images), "--class",
+                              "Green Triangle + Yellow Ring", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "explained 6 images of 'green triangle + yellow ring' (class 2)" in printed
+    files = {f"photo_{i:02d}.png" for i in range(6)}
+    # The printed ranking names the source files of each concept's top exemplars.
+    assert "top exemplars from photo_0" in printed
+    report = json.loads((out / "class-2-green-triangle-yellow-ring" / "report.json").read_text())
+    assert set(report["shown_image_ids"]) == files
+    for concept in report["concepts"]:
+        assert concept["exemplar_sources"] and set(concept["exemplar_sources"]) <= files
+    html = (out / "class-2-green-triangle-yellow-ring" / "index.html").read_text()
+    assert "photo_03.png" in html
+    saved = conceptkit.load(out / "explanation.safetensors")
+    assert set(saved.image_ids.tolist()) == files
+    _, sources = saved.top_examples(int(saved.ranking[0]), 3)
+    assert set(sources.tolist()) <= files
+
+
+def test_a_typo_in_the_class_name_suggests_close_names(shape_images, tmp_path, capsys):
+    code, _, err = run(["--model", "reference", "--images", str(shape_images), "--class",
+                        "green triangel + yellow ring", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert "`--class` 'green triangel + yellow ring' is not a class name" in err
+    assert "Did you mean 'green triangle + yellow ring'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nmf_on_signed_activations_speaks_command_line(shape_images, tmp_path, capsys):
+    # block4.0 is the convolution before batch norm and ReLU: signed activations.
+    code, _, err = run(["--model", "reference", "--layer", "block4.0", "--images",
+                        str(shape_images), "--class", "2", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert "`--factorizer semi_nmf`" in err and "`--layer` 'block4.0'" in err
+    assert "found on the first image, before extracting all 6" in err
+    assert "SemiNMF(k)" not in err and "factorizer=" not in err
+
+
+def test_missing_layer_lists_likely_layers(shape_images, tmp_path, capsys):
+    code, _, err = run(["--model", "timm:vit_tiny_patch16_224", "--images", str(shape_images),
+                        "--class", "0", "--size", "224", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert "`--layer` is required for VisionTransformer" in err
+    assert "'norm', 'blocks', 'patch_embed'" in err and "--layer NAME" in err
+
+
+def test_python_argument_names_become_options():
+    assert command_line_terms("`n_concepts`=50 is larger than the number of crops (48)") == \
+        "`--n-concepts`=50 is larger than the number of crops (48)"
+    assert command_line_terms("pass factorizer=SemiNMF(k) or factorizer=NMF(k, relu=True)") == \
+        "pass `--factorizer semi_nmf` or `--factorizer nmf`"
+    assert command_line_terms("`patch_size` must be >= 4") == "`--patch-size` must be >= 4"

@@ -1,0 +1,62 @@
+"""A layer with negative activations fails on the first image, before the whole extraction
+(seconds, not the minute a ViT takes): the methods and the pipeline check a one-image probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _shared import two_block_cnn
+
+import conceptkit
+from conceptkit.concepts import CRAFT, ICE, NMF, SemiNMF
+from conceptkit.concepts._methods import NegativeActivationsError
+from conceptkit.extraction import ActivationExtractor
+
+IMAGES = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+SIGNED = "block2.0"  # the convolution before the ReLU
+
+
+@pytest.fixture
+def extracted(monkeypatch):
+    """How many inputs each pass of g saw."""
+    sizes: list[int] = []
+    original = ActivationExtractor.__call__
+
+    def spy(self, inputs):
+        sizes.append(len(inputs))
+        return original(self, inputs)
+
+    monkeypatch.setattr(ActivationExtractor, "__call__", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("method, first_image_rows", [(CRAFT(3, patch_size=16, progress=False), 4),
+                                                      (ICE(3, progress=False), 1)])
+def test_methods_stop_after_the_first_image(method, first_image_rows, extracted):
+    with pytest.raises(NegativeActivationsError, match="found on the first image, before "
+                                                       "extracting all 6"):
+        method.fit(two_block_cnn(), SIGNED, IMAGES)
+    assert extracted == [first_image_rows]
+
+
+def test_pipeline_stops_before_the_class_images_are_extracted(extracted):
+    explainer = conceptkit.ConceptExplainer(two_block_cnn(), SIGNED, n_concepts=3, patch_size=16,
+                                            progress=False)
+    with pytest.raises(ValueError, match=r"factorizer=SemiNMF\(k\)") as caught:
+        explainer.fit(IMAGES, 0)
+    assert isinstance(caught.value, NegativeActivationsError)
+    assert extracted == [4]  # one image's crops; never the 6 class images or their 24 crops
+
+
+@pytest.mark.parametrize("factorizer", [SemiNMF(3), NMF(3, relu=True)])
+def test_factorizers_that_take_signed_input_skip_the_probe(factorizer, extracted):
+    bank = CRAFT(factorizer=factorizer, patch_size=16, progress=False, seed=0).fit(
+        two_block_cnn(), SIGNED, IMAGES)
+    assert bank.n_concepts == 3 and extracted == [24]
+
+
+def test_the_message_has_a_command_line_twin():
+    err = NegativeActivationsError("blocks.11", -2.5, "NMF", n_images=40)
+    assert "factorizer=SemiNMF(k)" in str(err) and "`layer` 'blocks.11'" in str(err)
+    assert "`--factorizer semi_nmf`" in err.command_line()
+    assert "`--layer` 'blocks.11'" in err.command_line() and "SemiNMF" not in err.command_line()
