@@ -195,7 +195,7 @@ def pipeline(case: Case, solver: str, out_dir: Path) -> dict[str, float]:
         stages["fit"] = time.perf_counter() - start
         for name, call in (("maps", lambda: result.concept_maps()),
                            # computed once and cached: the report (and save) reuse them
-                           ("metrics", lambda: result.metrics()),
+                           ("metrics", lambda: result.compute_metrics()),
                            ("report", lambda: result.report(out_dir / "report")),
                            ("save", lambda: result.save(out_dir / "class.safetensors"))):
             start = time.perf_counter()

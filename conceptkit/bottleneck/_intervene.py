@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._reprs import dataclass_repr
 from .._torchutils import preserved_model_state
 from .._validation import check_choice, check_int, describe, make_rng, to_numpy
 from ._data import as_cbm_data, as_inputs, as_tensor, check_concepts
@@ -205,3 +206,7 @@ def intervention_curve(model: ConceptBottleneckModel, data: Any, *, policy: str 
     return InterventionCurve(n_intervened=x_axis, accuracy_mean=mean,
                              accuracy_std=accuracies.std(0), accuracies=accuracies, policy=policy,
                              groups=tuple(tuple(g) for g in groups), area=area)
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+InterventionCurve.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .._reprs import dataclass_repr
 from .._validation import check_float
 from ._data import as_cbm_data
 from ._model import ConceptBottleneckModel, check_cbm
@@ -126,3 +127,8 @@ def leakage_score(model: ConceptBottleneckModel, train_data: Any, test_data: Any
            for key in ("soft", "hard", "true")}
     return LeakageReport(soft_accuracy=acc["soft"], hard_accuracy=acc["hard"],
                          true_accuracy=acc["true"], leakage=acc["soft"] - acc["hard"])
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+CBMEvaluation.__repr__ = dataclass_repr  # type: ignore[method-assign]
+LeakageReport.__repr__ = dataclass_repr  # type: ignore[method-assign]

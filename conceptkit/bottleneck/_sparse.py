@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._reprs import dataclass_repr
 from .._validation import check_float, check_int
 
 NNZ_THRESHOLD = 1e-5
@@ -214,3 +215,7 @@ def elastic_net_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, nnz_targe
             else:
                 best, high = fit, np.log(middle)
     return best, path
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+SparseFit.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._reprs import dataclass_repr
 from .._validation import all_finite, describe, to_numpy
 from ..extraction import Provenance
 from ._base import Factorizer, factorizer_from_state
@@ -222,3 +223,7 @@ def _json_params(params: dict[str, Any]) -> dict[str, Any]:
             value = str(value)
         out[key] = value
     return out
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+ConceptBank.__repr__ = dataclass_repr  # type: ignore[method-assign]

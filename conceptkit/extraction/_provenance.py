@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._reprs import dataclass_repr
+
 KINDS = ("crop", "position", "segment", "image")
 
 
@@ -111,3 +113,7 @@ class Provenance:
                    source_size=tuple(info["source_size"]), cells=get("cells"),
                    grid=None if grid is None else tuple(grid), label_maps=get("label_maps"),
                    segment_refs=get("segment_refs"), extra=dict(info.get("extra") or {}))
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+Provenance.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -30,6 +30,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._reprs import dataclass_repr
 from .._torchutils import model_device, model_dtype
 from .._validation import (
     check_choice,
@@ -350,3 +351,7 @@ def directional_derivatives(h: Any, activations: Any, cav: CAV, class_id: int, *
                          f"{gradients.shape[1]} in {cav.space!r} space "
                          f"(shape {tuple(activations.shape)}).")
     return gradients @ cav.vector
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+CAV.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .._reprs import dataclass_repr
 from .._validation import check_choice, check_float, check_int, describe
 from ._attribution import (
     MethodOutput,
@@ -250,3 +251,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     return ConceptImportance(per_input=result.per_input, importances=result.per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method=method, class_id=problem.class_id,
                              params=params)
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+ConceptImportance.__repr__ = dataclass_repr  # type: ignore[method-assign]

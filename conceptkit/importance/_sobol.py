@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._reprs import dataclass_repr
 from .._validation import check_choice, check_float, check_int, describe, make_rng, to_numpy
 from ._design import replicated_design, sample_ab
 from ._estimators import ORDERS, bootstrap_interval, check_estimator, estimate
@@ -159,3 +160,7 @@ def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int
     low, high = bootstrap_interval(outputs, n_vars, function, include_b, confidence,
                                    n_bootstrap, rng)
     return SobolResult(indices=indices, ci_low=low, ci_high=high, confidence=confidence)
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+SobolResult.__repr__ = dataclass_repr  # type: ignore[method-assign]

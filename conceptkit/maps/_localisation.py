@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._reprs import dataclass_repr
 from .._validation import check_float, describe
 
 
@@ -166,3 +167,7 @@ def match_concepts(maps, masks, present=None, metric: str = "pointing_game",
         matches.append(ConceptMatch(truth=g, concept=best, score=float(table[best, g]),
                                     metric=metric, n_images=int(present_np[:, g].sum())))
     return matches
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+ConceptMatch.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import id_list
+
 
 def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict]:
     """Extraction metrics of the bank and importance metrics of the importances."""
@@ -60,13 +62,22 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
     labels = labels or {}
     ci_low = cc.ci_low if cc.ci_low is not None else np.full(k, np.nan)
     ci_high = cc.ci_high if cc.ci_high is not None else np.full(k, np.nan)
+    def label(c: int) -> str:
+        return labels.get(int(c), cc.concept_label(int(c)))
+
+    duplicates: dict[int, list[str]] = {}
+    for pair in cc.near_duplicates():
+        i, j = pair["concepts"]
+        duplicates.setdefault(i, []).append(label(j))
+        duplicates.setdefault(j, []).append(label(i))
     concepts = []
     for c in order:
         ex, ids = cc.top_examples(int(c), n_exemplars, size=min(64, _side(cc)))
-        concepts.append(ConceptSummary(index=int(c), label=labels.get(int(c), f"concept {int(c)}"),
+        extra = {"near-duplicate of": ", ".join(duplicates[int(c)])} if int(c) in duplicates else {}
+        concepts.append(ConceptSummary(index=int(c), label=label(c),
                                        importance=float(cc.importances[c]), ci_low=float(ci_low[c]),
                                        ci_high=float(ci_high[c]), exemplars=ex.numpy(),
-                                       exemplar_sources=[int(i) for i in ids], extra={}))
+                                       exemplar_sources=id_list(ids), extra=extra))
     if cc.images is not None:
         shown = cc.images[:n_images]
         maps = cc._shown_maps(n_images)
@@ -74,7 +85,7 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
         shown = cc.saved_images[:n_images]
         maps = cc.saved_maps[:n_images].float()
     try:
-        metrics = cc.metrics()
+        metrics = cc.compute_metrics()
     except ValueError:
         metrics = {}
     if extra_metrics:
@@ -83,10 +94,11 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
         class_id=int(cc.class_id), class_name=cc.class_name, method=cc.method,
         importance_method=cc.importance.method, layer=cc.layer, model_name=cc.model_name,
         concepts=concepts, images=shown.numpy(),
-        image_ids=[int(i) for i in (cc.image_ids[:n_images] if cc.image_ids is not None
-                                    else range(shown.shape[0]))],
+        image_ids=id_list(cc.image_ids[:n_images] if cc.image_ids is not None
+                          else range(shown.shape[0])),
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
-        codes=cc.bank.codes.numpy()[:, order], metrics=metrics, notes=list(notes or []),
+        codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
+        notes=[*cc.notes(), *(notes or [])],
         timings=dict(cc.timings))
     page = render(report, out_dir, index_link=index_link)
     return index_entry(report, page, out_dir) if return_entry else page

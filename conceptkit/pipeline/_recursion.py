@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._reprs import dataclass_repr
 from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import CRAFT, ICE, ConceptBank
@@ -367,3 +368,7 @@ def plot_subconcepts(node: ConceptTree, images: torch.Tensor, n: int = 8) -> Any
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+ConceptTree.__repr__ = dataclass_repr  # type: ignore[method-assign]

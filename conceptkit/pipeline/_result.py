@@ -12,12 +12,13 @@ import torch
 
 from .. import io
 from .._validation import all_finite as _all_finite
-from .._validation import check_images, check_int
+from .._validation import check_image_ids, check_images, check_int, id_list
 from ..concepts import ConceptBank
 from ..importance import ConceptImportance
 from ..maps import MAP_KINDS, choose_map_kind
 from ._examples import cut_examples
 from ._handle import ModelAtLayer
+from ._notes import MetricsTable
 
 RESULT_KIND = "ClassConcepts"
 RESULT_VERSION = 1
@@ -118,7 +119,8 @@ class ClassConcepts:
         -------
         (examples, image_ids)
             ``examples (n, 3, s, s)`` cut from the source images through the bank's provenance
-            (resized to ``size``, default the crop's own size), and each one's source image id.
+            (resized to ``size``, default the crop's own size), and each one's source image id
+            (the ``image_ids`` given to ``fit``, e.g. file names; positions by default).
         """
         concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
         n = check_int(n, "n", minimum=1)
@@ -130,14 +132,25 @@ class ClassConcepts:
                                  "only available for the concepts saved with it.")
             stack = saved[concept][:n]
             return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
-        return cut_examples(self.images, self.bank, rows, size), self.bank.provenance.image_ids[rows]
+        return cut_examples(self.images, self.bank, rows, size), self._ids_of(
+            self.bank.provenance.image_ids[rows])
+
+    def _ids_of(self, positions: np.ndarray) -> np.ndarray:
+        """The image ids of positions in the fitted images."""
+        ids = self.image_ids
+        if ids is None or self.images is None or len(ids) != self.images.shape[0]:
+            return positions
+        return ids[positions]
 
     def concept_maps(self, images: torch.Tensor | None = None, kind: str = "auto",
                      size: Any = None) -> torch.Tensor:
         """Concept attribution maps ``(N, k, H, W)``.
 
         With ``images=None``, the maps of the class images the explanation was fitted on (no
-        new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
+        new pass of ``g`` for coefficient maps). After :func:`conceptkit.load` the fitted images
+        are gone: ``concept_maps()`` then returns the maps saved with the file, those of the
+        first ``n_images`` images only (8 by default, see :meth:`save`; ``repr`` says how many),
+        and other images need the model (:meth:`attach`, then ``concept_maps(images)``). ``kind``: ``"coefficient"`` (encode every
         position of the feature map), ``"gradient"`` (Grad-CAM of each concept coefficient) or
         ``"provenance"`` (the fitted crops' / segments' codes painted back; fitted images only).
         ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
@@ -307,12 +320,19 @@ class ClassConcepts:
                                            batch_size=batch_size, device=device, progress=False)
         return self
 
-    def metrics(self, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict[str, Any]]:
-        """Extraction and importance metrics, each with its direction.
+    @property
+    def metrics(self) -> MetricsTable:
+        """Extraction and importance metrics, each with its direction (computed on first access,
+        then kept): ``{"extraction": {name: {"value", "higher_is_better"}}, "importance":
+        {...}}``. A loaded explanation returns the metrics saved with it. A property, as
+        ``ClassReport.metrics``; :meth:`compute_metrics` takes other settings."""
+        return MetricsTable(self.compute_metrics(), self)
 
-        ``{"extraction": {name: {"value", "higher_is_better"}}, "importance": {...}}``.
-        Importance metrics need the class activations (not kept after loading).
-        """
+    def compute_metrics(self, *, stability: bool = False,
+                        seed: int | None = 0) -> dict[str, dict[str, Any]]:
+        """The :attr:`metrics`, with the extraction ``stability`` (refits the factorizer on
+        bootstrap samples, slow) when asked. Importance metrics need the class activations (not
+        kept after loading)."""
         from ._assemble import compute_metrics
 
         if self.activations is None:
@@ -325,6 +345,33 @@ class ClassConcepts:
         if key not in cache:  # save() and report() both show the metrics: compute them once
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
+
+    def concept_label(self, concept: int) -> str:
+        """How reports, figures and the command line name concept ``concept`` (its index in
+        :attr:`importances`, :attr:`components` and the maps): ``"concept 8"``."""
+        return f"concept {int(concept)}"
+
+    def near_duplicates(self, correlation: float = 0.95, shared: float = 0.8,
+                        n_exemplars: int = 10) -> list[dict[str, Any]]:
+        """Pairs of concepts that look like one concept: codes correlated at least
+        ``correlation`` over the fitted rows, or at least ``shared`` of their top
+        ``n_exemplars`` exemplars in common. Each pair is ``{"concepts": (i, j), "correlation",
+        "shared_exemplars", "n_exemplars"}``; the report flags them."""
+        from ._notes import near_duplicates
+
+        return near_duplicates(self.bank, correlation, shared, n_exemplars)
+
+    def notes(self) -> list[str]:
+        """What the report says in words: near-duplicate concepts, Sobol total indices above 1,
+        confidence intervals that start below 0."""
+        from ._notes import class_notes
+
+        return class_notes(self)
+
+    def __repr__(self) -> str:
+        from ._notes import result_repr
+
+        return result_repr(self)
 
     def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
         """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
@@ -347,7 +394,7 @@ class ClassConcepts:
         if imp.ci_low is not None:
             tensors["importance.ci_low"] = np.asarray(imp.ci_low, dtype=np.float64)
             tensors["importance.ci_high"] = np.asarray(imp.ci_high, dtype=np.float64)
-        exemplar_ids: list[list[int]] = []
+        exemplar_ids: list[list] = []
         if self.images is not None:
             shown = self.images[:n_images]
             tensors["images"] = _to_uint8(shown)
@@ -355,11 +402,11 @@ class ClassConcepts:
             for c in range(self.n_concepts):
                 ex, ids = self.top_examples(c, n_exemplars, size=min(64, self.images.shape[-1]))
                 tensors[f"exemplars.{c}"] = _to_uint8(ex)
-                exemplar_ids.append([int(i) for i in ids])
+                exemplar_ids.append(id_list(ids))
         elif self.saved_maps is not None:
             tensors["maps"] = self.saved_maps.to(torch.float16)
         try:
-            metrics = self.metrics()
+            metrics = self.compute_metrics()
         except ValueError:
             metrics = self.saved_metrics or {}
         meta_all = {
@@ -368,8 +415,9 @@ class ClassConcepts:
             "params": self.params, "timings": self.timings, "metrics": metrics,
             "importance": {"method": imp.method, "class_id": int(imp.class_id), "params": imp.params,
                            "has_ci": imp.ci_low is not None},
-            "exemplar_ids": exemplar_ids or self.bank.extra.get("exemplar_ids", []),
-            "image_ids": [] if self.image_ids is None else [int(i) for i in self.image_ids[:n_images]],
+            "exemplar_ids": exemplar_ids or [id_list(ids) for ids in
+                                             self.bank.extra.get("exemplar_ids", [])],
+            "image_ids": [] if self.image_ids is None else id_list(self.image_ids[:n_images]),
         }
         return str(io.save_file(path, tensors, meta_all, kind=RESULT_KIND, version=RESULT_VERSION))
 
@@ -384,7 +432,14 @@ class ClassConcepts:
             exemplars = [tensors[f"exemplars.{c}"] for c in range(k) if f"exemplars.{c}" in tensors]
             if len(exemplars) == k:
                 bank.extra["exemplars"] = exemplars
-            bank.extra["exemplar_ids"] = meta.get("exemplar_ids", [])
+            exemplar_ids = meta.get("exemplar_ids", [])
+            if not isinstance(exemplar_ids, list):
+                raise TypeError("exemplar_ids must be a list")
+            bank.extra["exemplar_ids"] = [_ids_with_repeats(ids, f"exemplar_ids[{c}]")
+                                          for c, ids in enumerate(exemplar_ids)]
+            saved_ids = meta.get("image_ids", [])
+            if not isinstance(saved_ids, list):
+                raise TypeError("image_ids must be a list")
             imp_meta = meta["importance"]
             per_input = tensors["importance.per_input"].numpy()
             importance = ConceptImportance(
@@ -398,7 +453,7 @@ class ClassConcepts:
                          bank=bank, importance=importance, images=None, activations=None,
                          model_name=meta["model_name"], layer=meta["layer"], method=meta["method"],
                          params=meta["params"], timings=meta["timings"],
-                         image_ids=np.asarray(meta.get("image_ids", []), dtype=np.int64),
+                         image_ids=check_image_ids(saved_ids, len(saved_ids)),
                          saved_maps=tensors.get("maps"), saved_metrics=meta.get("metrics"),
                          saved_images=None if images is None else images.float() / 255.0)
             if per_input.shape[1] != k:
@@ -406,6 +461,17 @@ class ClassConcepts:
             return result
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
+
+
+def _ids_with_repeats(ids: Any, name: str) -> np.ndarray:
+    """Exemplar source ids (one image may give several exemplars): all ints or all strings."""
+    if not isinstance(ids, list):
+        raise TypeError(f"{name} must be a list")
+    if all(isinstance(v, str) for v in ids):
+        return np.asarray(ids, dtype=str)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
+        return np.asarray(ids, dtype=np.int64)
+    raise TypeError(f"{name} must hold ints or strings")
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:

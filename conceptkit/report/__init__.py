@@ -14,6 +14,7 @@ from ._figures import (
     plot_importances,
     save_figure,
 )
+from ._heatmaps import plot_concept_heatmaps
 from ._images import concept_overlay
 from ._index import index_entry, write_index, write_reports
 from ._structure import (
@@ -37,6 +38,7 @@ __all__ = [
     "figure_png",
     "index_entry",
     "json_ready",
+    "plot_concept_heatmaps",
     "plot_concept_overlays",
     "plot_cooccurrence",
     "plot_exemplar_grid",

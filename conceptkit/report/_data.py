@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._reprs import dataclass_repr
 from .._validation import check_float, check_int, describe, to_numpy
 
 # Colour values may overshoot [0, 1] by float error after resizing; more than this is a mistake
@@ -55,15 +56,17 @@ def _pictures(value: Any, name: str, shape_text: str, allow_empty: bool) -> np.n
     return np.clip(array, 0.0, 1.0)
 
 
-def _int_list(value: Any, name: str, length: int, length_text: str) -> list[int]:
+def _id_list(value: Any, name: str, length: int, length_text: str) -> list[int | str]:
+    """Image ids: ints (positions, dataset rows) or strings (file names)."""
     if isinstance(value, (np.ndarray, torch.Tensor)):
         value = to_numpy(value).tolist()
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"`{name}` must be a list of ints; got {describe(value)}.")
+        raise TypeError(f"`{name}` must be a list of ints or strings; got {describe(value)}.")
     if len(value) != length:
         raise ValueError(f"`{name}` has {len(value)} entries but {length_text} has {length}; "
                          f"give one id per row.")
-    return [check_int(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    return [v if isinstance(v, str) else check_int(v, f"{name}[{i}]")
+            for i, v in enumerate(value)]
 
 
 def _optional_float(value: Any, name: str) -> float:
@@ -132,8 +135,8 @@ class ConceptSummary:
         Confidence interval of ``importance``; NaN (or None) when unknown.
     exemplars : array ``(n_ex, 3, h, w)``
         Top crops / segments / patches, colours in [0, 1]; ``n_ex`` may be 0.
-    exemplar_sources : list of int
-        Source image id of each exemplar.
+    exemplar_sources : list of int or str
+        Source image id of each exemplar (a position, a dataset row or a file name).
     extra : dict
         Any further numbers to show (JSON-compatible values).
     """
@@ -144,7 +147,7 @@ class ConceptSummary:
     ci_low: float
     ci_high: float
     exemplars: np.ndarray
-    exemplar_sources: list[int]
+    exemplar_sources: list[int | str]
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,7 +164,7 @@ class ConceptSummary:
         put(self, "ci_high", high)
         exemplars = _pictures(self.exemplars, "exemplars", "(n_ex, 3, h, w)", allow_empty=True)
         put(self, "exemplars", exemplars)
-        put(self, "exemplar_sources", _int_list(self.exemplar_sources, "exemplar_sources",
+        put(self, "exemplar_sources", _id_list(self.exemplar_sources, "exemplar_sources",
                                                 exemplars.shape[0], "`exemplars` axis 0"))
         put(self, "extra", _mapping(self.extra, "extra"))
 
@@ -178,8 +181,8 @@ class ClassReport:
         In importance order, most important first; ``k = len(concepts)``.
     images : array ``(N, 3, H, W)``
         A few class images to show, colours in [0, 1].
-    image_ids : list of int
-        Id of each shown image (length ``N``).
+    image_ids : list of int or str
+        Id of each shown image (length ``N``): a position, a dataset row or a file name.
     maps : array ``(N, k, h, w)``
         Concept attribution maps of ``images``; resized to ``(H, W)`` for display when smaller.
     per_image_importance : array ``(n_all, k)``
@@ -203,7 +206,7 @@ class ClassReport:
     model_name: str
     concepts: list[ConceptSummary]
     images: np.ndarray
-    image_ids: list[int]
+    image_ids: list[int | str]
     maps: np.ndarray
     per_image_importance: np.ndarray
     codes: np.ndarray
@@ -228,7 +231,7 @@ class ClassReport:
         images = _pictures(self.images, "images", "(N, 3, H, W)", allow_empty=False)
         put(self, "images", images)
         n = images.shape[0]
-        put(self, "image_ids", _int_list(self.image_ids, "image_ids", n, "`images` axis 0"))
+        put(self, "image_ids", _id_list(self.image_ids, "image_ids", n, "`images` axis 0"))
         maps = _array(self.maps, "maps", 4, "(N, k, H, W)")
         if maps.shape[0] != n:
             raise ValueError(f"`maps` has {maps.shape[0]} images in axis 0 but `images` has {n}; "
@@ -322,3 +325,9 @@ class IndexEntry:
                                  f"got {describe(thumb)}.")
             put(self, "thumbnail", _pictures(to_numpy(thumb)[None], "thumbnail", "(3, h, w)",
                                              allow_empty=False)[0])
+
+
+# Short reprs: shapes of arrays, not their values (print(result) stays readable).
+ConceptSummary.__repr__ = dataclass_repr  # type: ignore[method-assign]
+ClassReport.__repr__ = dataclass_repr  # type: ignore[method-assign]
+IndexEntry.__repr__ = dataclass_repr  # type: ignore[method-assign]

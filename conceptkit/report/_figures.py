@@ -141,6 +141,12 @@ def plot_importances(importances: Any, labels: list[str] | None = None, ci_low: 
     return fig
 
 
+def image_title(image_id: int | str, width: int = 28) -> str:
+    """How a figure names an image: ``image 3`` for a position or row, the (shortened) file name
+    for a string id."""
+    return shorten(image_id, width) if isinstance(image_id, str) else f"image {image_id}"
+
+
 def shorten(label: str, width: int) -> str:
     """``label`` cut to ``width`` characters with an ellipsis (tick labels, legends)."""
     return label if len(label) <= width else label[: width - 1].rstrip() + "…"
@@ -242,7 +248,7 @@ def plot_exemplar_grid(exemplars: list, labels: list[str] | None = None, importa
 
 
 def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = None,
-                          colors: list | None = None, *, image_ids: list[int] | None = None,
+                          colors: list | None = None, *, image_ids: list | None = None,
                           n_concepts: int = 5, percentile: float = 90.0, mode: str = "alpha",
                           max_alpha: float = 0.6, max_side: int = 224, ncols: int = 4,
                           title: str | None = None) -> Figure:
@@ -279,8 +285,7 @@ def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = Non
         ax.axis("off")
         if i < n:
             ax.imshow(painted[i], interpolation="bilinear")
-            ax.set_title(f"image {image_ids[i]}" if image_ids is not None else f"image {i}",
-                         fontsize=8)
+            ax.set_title(image_title(image_ids[i] if image_ids is not None else i), fontsize=8)
     handles = [Patch(facecolor=rgb[c], edgecolor="black", linewidth=0.5,
                      label=shorten(names[c], LEGEND_CHARS))
                for c in range(m)]

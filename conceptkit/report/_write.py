@@ -21,6 +21,7 @@ from ._figures import (
     plot_exemplar_grid,
     plot_importances,
 )
+from ._heatmaps import plot_concept_heatmaps
 from ._html import (
     Picture,
     direction,
@@ -46,10 +47,23 @@ REPORT_KIND = "conceptkit.class_report"
 FORMAT_VERSION = 1
 
 
+def _named(class_id: int, class_name: str) -> bool:
+    """Whether ``class_name`` says more than the id (``"class 2"`` for class 2 does not)."""
+    return class_name.strip().lower() not in ("", f"class {class_id}")
+
+
 def class_slug(class_id: int, class_name: str) -> str:
-    """Folder name of a class page: ``class-<id>-<name in lowercase ASCII with dashes>``."""
+    """Folder name of a class page: ``class-<id>-<name in lowercase ASCII with dashes>``
+    (``class-<id>`` when the class has no name of its own)."""
+    if not _named(class_id, class_name):
+        return f"class-{class_id}"
     name = re.sub(r"[^a-z0-9]+", "-", class_name.lower()).strip("-")[:40].strip("-")
     return f"class-{class_id}" + (f"-{name}" if name else "")
+
+
+def class_title(class_id: int, class_name: str) -> str:
+    """``Class 967 · espresso``, or ``Class 2`` for a class without a name of its own."""
+    return f"Class {class_id} · {class_name}" if _named(class_id, class_name) else f"Class {class_id}"
 
 
 def _options(dpi: Any, embedding: Any, cooccurrence: Any, quantile: Any, n_overlay_concepts: Any,
@@ -82,7 +96,7 @@ def _render(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], d
         coords, used = embedding.result()
     n_all = report.per_image_importance.shape[0]
     method = "t-SNE" if used == "tsne" else "PCA"
-    pictures.insert(3, Picture(
+    pictures.insert(4, Picture(
         "clusters", "Strategic cluster graph", figure_png(plot_strategic_clusters(
             report.per_image_importance, labels, coords=coords, method=used), dpi),
         "clusters.png",
@@ -123,6 +137,13 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
             f"Where the top {m} concepts sit in {report.images.shape[0]} class images: each map is "
             f"zeroed below its {format_number(opts['percentile'])}th percentile and painted in its "
             f"concept's colour."),
+        Picture("heatmaps", "Where each concept sits", figure_png(plot_concept_heatmaps(
+            report.images, report.maps, labels, image_ids=report.image_ids, n_concepts=m,
+            percentile=opts["percentile"]), dpi), "heatmaps.png",
+            f"One row per concept (the top {m}), one column per image: the concept's map in its "
+            f"colour, scaled by the concept's maximum over these {report.images.shape[0]} images, "
+            f"with a contour around the values above its {format_number(opts['percentile'])}th "
+            f"percentile."),
         Picture("cooccurrence", "Concept co-occurrence", figure_png(plot_cooccurrence(
             report.codes, labels, measure=opts["cooccurrence"], quantile=opts["quantile"]), dpi),
             "cooccurrence.png",
@@ -169,7 +190,7 @@ def _extra_text(extra: dict) -> str:
 
 def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
           index_link: str | None) -> str:
-    title = f"Class {report.class_id} · {report.class_name}"
+    title = class_title(report.class_id, report.class_name)
     meta = (f'<p class="meta">model <b>{esc(report.model_name)}</b> · layer '
             f'<b><code>{esc(report.layer)}</code></b> · concepts <b>{esc(report.method)}</b> · '
             f'importance <b>{esc(report.importance_method)}</b> · '
@@ -189,6 +210,10 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
                "exemplar source images", "details"]
     if not any(c.extra for c in report.concepts):
         headers, rows = headers[:-1], [row[:-1] for row in rows]
+    if all(c.label == f"concept {c.index}" for c in report.concepts):
+        # The label already is the bank index: one name per concept, not two numbers.
+        headers = headers[:2] + headers[3:]
+        rows = [row[:2] + row[3:] for row in rows]
     concepts = table(headers, rows, "concepts")
     parts = [header, section("concepts", "Concepts", concepts)]
     parts += [section(p.key, p.title, figure_block(p)) for p in pictures]

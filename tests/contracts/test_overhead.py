@@ -40,7 +40,7 @@ def test_class_activations_are_encoded_once(tmp_path, monkeypatch):
     monkeypatch.setattr(NMF, "transform", spy)
     cc = explainer.fit(images, 2)
     cc.concept_maps()
-    cc.metrics()
+    cc.metrics  # noqa: B018 - computed on first access
     cc.report(tmp_path / "report")
     cc.save(tmp_path / "class.safetensors")
     positions = 10 * 16 * 16  # every position of the class images' feature maps
@@ -55,7 +55,7 @@ def test_shared_codes_give_the_same_maps_and_metrics(fitted):
     maps.zero_()  # the caller owns what it gets: the shared codes are untouched
     assert cc.concept_maps(kind="coefficient").abs().sum() > 0
     per_input = cc.importance.per_input
-    metrics = cc.metrics()["importance"]
+    metrics = cc.metrics["importance"]
     for metric in (CDeletion(), CInsertion(), CMuFidelity(seed=0)):
         plain = metric(cc.model_at_layer.h, cc.activations, cc.bank, cc.class_id, per_input)
         assert metrics[metric.name]["value"] == pytest.approx(plain, rel=1e-12, abs=1e-12)

@@ -64,7 +64,7 @@ def checked_copy(page: Path) -> Path:
 
 
 @pytest.mark.parametrize("page, expected_images", [("index.html", 2),
-                                                    ("class-7-dogs-wolves/index.html", 5)])
+                                                    ("class-7-dogs-wolves/index.html", 6)])
 def test_every_image_of_the_page_loads(chromium, report_dir, tmp_path, page, expected_images):
     copy = checked_copy(report_dir / page)
     dom = run_chromium(chromium, tmp_path, "--virtual-time-budget=10000", "--dump-dom",

@@ -45,7 +45,8 @@ SHAPE_COLOURS = [(0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.95, 0.8, 
                  (0.6, 0.1, 0.8)]
 LABELS = ["red square (IoU 0.61)", "green square", "blue <b>square</b> & co", "yellow square",
           "purple square"]
-FIGURES = ["importance.png", "exemplars.png", "overlays.png", "clusters.png", "cooccurrence.png"]
+FIGURES = ["importance.png", "exemplars.png", "overlays.png", "heatmaps.png", "clusters.png",
+           "cooccurrence.png"]
 
 
 def make_report(class_id: int = 3, class_name: str = "Red squares", *, n_shown: int = 4,

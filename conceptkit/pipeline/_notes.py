@@ -1,0 +1,135 @@
+"""What an explanation should tell its reader in words: concepts that look like one concept,
+importances that need a sentence to be read right, and a short summary for ``repr``.
+
+Functions take a :class:`~conceptkit.ClassConcepts` by duck typing (no import cycle).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+#: Two concepts whose codes correlate at least this much over the fitted rows are flagged.
+DUPLICATE_CORRELATION = 0.95
+#: ... or that share at least this fraction of their top exemplars.
+DUPLICATE_SHARED_EXEMPLARS = 0.8
+#: Top exemplars compared.
+DUPLICATE_EXEMPLARS = 10
+
+
+def near_duplicates(bank: Any, correlation: float = DUPLICATE_CORRELATION,
+                    shared: float = DUPLICATE_SHARED_EXEMPLARS,
+                    n_exemplars: int = DUPLICATE_EXEMPLARS) -> list[dict[str, Any]]:
+    """Pairs of concepts that look like one: Pearson correlation of their codes over the
+    fitted rows ``>= correlation``, or at least ``shared`` of their top ``n_exemplars`` rows in
+    common. Each pair: ``{"concepts": (i, j), "correlation": r, "shared_exemplars": s,
+    "n_exemplars": n}`` (``r`` is None for a constant code column)."""
+    codes = np.asarray(bank.codes, dtype=np.float64)
+    k = codes.shape[1]
+    if k < 2 or codes.shape[0] < 2:
+        return []
+    centred = codes - codes.mean(axis=0)
+    norms = np.sqrt((centred ** 2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (centred.T @ centred) / np.outer(norms, norms)
+    n = min(n_exemplars, codes.shape[0])
+    tops = [set(np.argsort(-codes[:, c], kind="stable")[:n].tolist()) for c in range(k)]
+    pairs = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            r = float(corr[i, j]) if norms[i] > 0 and norms[j] > 0 else None
+            common = len(tops[i] & tops[j])
+            if (r is not None and r >= correlation) or common >= shared * n:
+                pairs.append({"concepts": (i, j), "correlation": r, "shared_exemplars": common,
+                              "n_exemplars": n})
+    return pairs
+
+
+def duplicate_sentence(pair: dict[str, Any], label: Any) -> str:
+    i, j = pair["concepts"]
+    r = pair["correlation"]
+    how = [] if r is None else [f"their codes correlate at r = {r:.2f}"]
+    how.append(f"they share {pair['shared_exemplars']} of their top {pair['n_exemplars']} "
+               f"exemplars")
+    return (f"{label(i)} and {label(j)} look like one concept: {' and '.join(how)}. Read them "
+            f"together (or fit fewer concepts).")
+
+
+def importance_notes(importance: Any, label: Any, n_images: int) -> list[str]:
+    """Sentences for Sobol total indices above 1 and intervals that start below 0."""
+    notes = []
+    values = np.asarray(importance.importances, dtype=np.float64)
+    params = importance.params or {}
+    total = importance.method == "sobol" and params.get("order", "total") == "total"
+    above = np.flatnonzero(values > 1.0)
+    if total and above.size:
+        names = _enumerate([f"{label(int(c))} ({values[c]:.3g})" for c in above])
+        notes.append(
+            f"Total Sobol index above 1 for {names}. A concept's true total index is at most 1 "
+            f"(its share of the class logit's variance, interactions included); the excess is "
+            f"estimation error of the {params.get('n_designs', '?')} designs per image. Read it as "
+            f"'carries (nearly) all of the variance'; more designs (n_designs) shrink the error.")
+    low = importance.ci_low
+    if low is not None:
+        below = np.flatnonzero(np.asarray(low, dtype=np.float64) < 0)
+        if below.size:
+            names = _enumerate([label(int(c)) for c in below])
+            never = " (total Sobol indices themselves are never negative)" if total else ""
+            subject = (f"The confidence interval of {names} starts" if below.size == 1 else
+                       f"The confidence intervals of {names} start")
+            notes.append(
+                f"{subject} below 0: over these {n_images} images the mean importance cannot be "
+                f"told from 0{never}. The interval is a Student-t interval of the per-image "
+                f"values.")
+    return notes
+
+
+def _enumerate(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def class_notes(cc: Any) -> list[str]:
+    """Every note of an explanation: near-duplicate concepts, then importance notes."""
+    notes = [duplicate_sentence(pair, cc.concept_label) for pair in cc.near_duplicates()]
+    n_images = int(cc.importance.per_input.shape[0])
+    return notes + importance_notes(cc.importance, cc.concept_label, n_images)
+
+
+def result_repr(cc: Any) -> str:
+    """A few lines: what was explained, how, the top concepts, what is held in memory."""
+    order = cc.ranking[:3]
+    top = ", ".join(f"{cc.concept_label(int(c))} {cc.importances[c]:.3g}" for c in order)
+    more = ", ..." if cc.n_concepts > 3 else ""
+    if cc.images is not None:
+        held = f"{cc.images.shape[0]} fitted images in memory"
+    else:
+        n_saved = 0 if cc.saved_maps is None else int(cc.saved_maps.shape[0])
+        held = (f"loaded from a file: concept_maps() returns the maps of the {n_saved} saved "
+                f"images only")
+    return (f"ClassConcepts(class {cc.class_id} {cc.class_name!r}, {cc.n_concepts} concepts, "
+            f"{cc.method} at {cc.layer!r} of {cc.model_name}, {cc.importance.method} importance;"
+            f" top: {top}{more}; {held})")
+
+
+class MetricsTable(dict):
+    """The metrics of an explanation, a plain dict.
+
+    It is also callable, for code written when ``metrics`` was a method: ``result.metrics()``
+    still works (with a :class:`DeprecationWarning`) and so does
+    ``result.metrics(stability=True)``, which calls :meth:`ClassConcepts.compute_metrics`.
+    """
+
+    def __init__(self, values: dict, owner: Any = None):
+        super().__init__(values)
+        self._owner = owner
+
+    def __call__(self, **kwargs: Any) -> dict:
+        warnings.warn("`ClassConcepts.metrics` is a property now (like `ClassReport.metrics`): "
+                      "write `result.metrics`, or `result.compute_metrics(stability=..., "
+                      "seed=...)` for other settings; calling it is removed in 0.3.",
+                      DeprecationWarning, stacklevel=2)
+        if kwargs and self._owner is not None:
+            return self._owner.compute_metrics(**kwargs)
+        return self
