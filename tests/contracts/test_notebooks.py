@@ -17,7 +17,7 @@ nbclient = pytest.importorskip("nbclient")
 import conceptkit  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "03_tcav.ipynb"]
 NUMBER = r"([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)"
 IMPORTANCE_LINE = re.compile(rf"^\s*concept (\d+): {NUMBER} \[{NUMBER}, {NUMBER}\]$", re.M)
 
@@ -144,6 +144,9 @@ def test_real_model_notebook_runs(kernel_path, tmp_path):
         low = float(re.search(r"bn2 activations: \(2, 1280, 7, 7\), min ([-0-9.]+)", text).group(1))
         assert low >= 0.0
         assert "class 967 ('espresso'); 12 views (3, 224, 224)" in text
+        # The explainer took the bundle: its layer, normalisation, class name and model name.
+        assert re.search(r"ClassConcepts\(class 967 'espresso', 6 concepts, craft at 'bn2' of "
+                         r"EfficientNet-Lite0 \(ImageNet\)", text)
         mean_p = float(re.search(r"p\(espresso\) per view: min [0-9.]+, mean ([0-9.]+)", text).group(1))
         assert mean_p > 0.5
         printed = printed_importances(text)
@@ -158,3 +161,19 @@ def test_real_model_notebook_runs(kernel_path, tmp_path):
         assert values.max() > 2 * np.median(values)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_tcav_notebook_runs(kernel_path, tmp_path):
+    nb = execute("03_tcav.ipynb", tmp_path)
+    text = text_of(nb)
+    # block4 (pooling + linear head after it): every score 0 or 1, and conceptkit says so.
+    assert "warning: degenerate TCAV" in text and "Use an earlier layer" in text
+    block3 = text.split("TCAV for class 0")[2]  # the second summary: block3
+    scores = {name: float(value) for name, value, _ in
+              re.findall(r"^(\w[\w ]*?)\s+([0-9.]+) (causal|shortcut cue|)$", block3, re.M)}
+    assert len(scores) == 10
+    # The planted answer: class 0 is red disk + blue square; the magenta square was its cue.
+    assert scores["red disk"] >= 0.9 and scores["blue square"] >= 0.9
+    assert re.search(r"^red disk\s+1\.000 .* yes$", block3, re.M)
+    others = [v for k, v in scores.items() if k not in ("red disk", "blue square", "magenta square")]
+    assert max(others) < 0.5
