@@ -26,7 +26,7 @@ def check_model(model: Any) -> nn.Module:
 
 
 def check_masks(masks: Any, images: torch.Tensor | None = None, name: str = "masks",
-                n_images: int | None = None) -> torch.Tensor:
+                n_images: int | None = None, other: str = "`images`") -> torch.Tensor:
     """Part masks ``(N, P, H, W)`` as a bool tensor; N (and H, W) must agree with ``images``."""
     if isinstance(masks, np.ndarray):
         masks = torch.from_numpy(np.ascontiguousarray(masks))
@@ -49,7 +49,7 @@ def check_masks(masks: Any, images: torch.Tensor | None = None, name: str = "mas
             raise TypeError(f"`{name}` must be boolean; got dtype {masks.dtype}.")
     expected_n = images.shape[0] if images is not None else n_images
     if expected_n is not None and masks.shape[0] != expected_n:
-        raise ValueError(f"`{name}` has {masks.shape[0]} images but `images` has {expected_n}; "
+        raise ValueError(f"`{name}` has {masks.shape[0]} images but {other} has {expected_n}; "
                          f"pass one (P, H, W) stack of masks per image.")
     if images is not None and tuple(masks.shape[-2:]) != tuple(images.shape[-2:]):
         raise ValueError(f"`{name}` is {tuple(masks.shape[-2:])} pixels but `images` are "

@@ -186,7 +186,7 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     """
     if isinstance(result, (torch.Tensor, np.ndarray)):
         masks = check_masks(masks, None if images is None else checked_images(images),
-                            n_images=result.shape[0])
+                            n_images=result.shape[0], other="the maps")
         maps = checked_maps(result, masks)
     else:
         images = checked_images(images)
