@@ -23,14 +23,14 @@ BIAS = np.array([0.1, -0.1])
 
 
 def planted_images(n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``images (n, 3, 24, 24)`` and ``masks (n, 3, 24, 24)``; every part shown in >= 3 images
-    and absent from >= 1."""
+    """``images (n, 3, 24, 24)`` and ``masks (n, 3, 24, 24)``; every part shown in images 0..5
+    (>= 3 of the even and of the odd ones) and absent from image 6."""
     rng = np.random.default_rng(seed)
     images = np.full((n, 3, SIDE, SIDE), BACKGROUND)
     masks = np.zeros((n, 3, SIDE, SIDE), dtype=bool)
     present = rng.random((n, 3)) < 0.75
-    present[:3] = True
-    present[3, :] = False
+    present[:6] = True
+    present[6, :] = False
     cells = ((0, 0), (0, 12), (12, 0))  # red top-left, green top-right, blue bottom-left
     for i in range(n):
         for p in range(3):
