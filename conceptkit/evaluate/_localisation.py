@@ -50,6 +50,8 @@ class Localisation:
     quantile : float
         The IoU threshold: a map's pixels at or above this quantile of the image.
     part_names : tuple of str or None
+    maps : tensor (N, k, H, W)
+        The maps that were scored (at the masks' size), kept for the deletion curves.
     """
 
     per_image: dict
