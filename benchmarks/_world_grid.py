@@ -40,7 +40,7 @@ KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
          "ace": ("provenance", "coefficient", "gradient")}
 BASELINE = "reference-craft"
 #: Columns of the summary, and whether higher is better.
-METRICS = {"top_on_most_relied": True, "top_pointing": True, "relied_pointing": True,
+METRICS = {"top_on_most_relied": True, "top_reliance_ratio": True, "top_pointing": True, "relied_pointing": True,
            "relied_auc": True, "spearman": True, "kendall": True, "deletion_area": False}
 #: Issue 13's bar, per world (mean over classes and seeds).
 BAR = {"top_on_most_relied": 1.0, "top_pointing": 0.95, "spearman": 0.8}
@@ -153,7 +153,7 @@ def _auto_kind(cc, maps: dict[str, torch.Tensor]) -> str | None:
 
 
 def score_class(model, world, data, class_id, methods, importance_methods, n_concepts, seed,
-                fill, deletion, notes) -> list[dict]:
+                fill, deletion, notes, reliance_floor=0.0) -> list[dict]:
     """Every configuration's row for one class of one world and seed."""
     rows_index = np.flatnonzero(np.asarray(data.labels) == class_id)
     images, masks = data.images[rows_index], data.masks[rows_index]
@@ -167,7 +167,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         result = faithfulness(SimpleNamespace(importances=np.asarray(importances), class_id=class_id),
                               model, images, masks, names, reliance=measured, localisation=located,
                               deletion=deletion, preprocess=getattr(world, "preprocess", None),
-                              progress=False)
+                              reliance_floor=reliance_floor, progress=False)
         row = class_row(result, class_id, data.class_names[class_id], causal)
         out.append({"config": label, "method": method, "importance": importance, "kind": kind,
                     "default": default, **row})
@@ -195,7 +195,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
 
 
 def run_grid(worlds, seeds, methods, importance_methods, n_per_class, n_concepts, split, fill,
-             deletion, classes=None, log=print) -> dict[str, Any]:
+             deletion, classes=None, log=print, reliance_floor=0.0) -> dict[str, Any]:
     records, notes, seconds = [], set(), {}
     for name, world in worlds:
         start = time.perf_counter()
@@ -206,7 +206,7 @@ def run_grid(worlds, seeds, methods, importance_methods, n_per_class, n_concepts
             for class_id in wanted:
                 t0 = time.perf_counter()
                 rows = score_class(model, world, data, class_id, methods, importance_methods,
-                                   n_concepts, seed, fill, deletion, notes)
+                                   n_concepts, seed, fill, deletion, notes, reliance_floor)
                 for row in rows:
                     row.update(world=name, seed=seed)
                 records.extend(rows)
@@ -255,7 +255,7 @@ def print_grid(results: dict[str, Any], setting: dict[str, Any]) -> None:
     worlds = list(dict.fromkeys(r["world"] for r in results["records"]))
     print(f"\n# Worlds: {', '.join(worlds)}; seeds {setting['seeds']}; {setting['n_per_class']} "
           f"{setting['split']} images per class; {setting['n_concepts']} concepts; fill "
-          f"{setting['fill']!r}. * = the map kind 'auto' resolves to; the library default is "
+          f"{setting['fill']!r}; reliance floor {setting.get('reliance_floor', 0.0)}. * = the map kind 'auto' resolves to; the library default is "
           f"craft / sobol / *.")
     print("# Each cell: mean over worlds (worst world). Bar (every world): top on most relied "
           "1.00, top PG >= 0.95, Spearman >= 0.80.")

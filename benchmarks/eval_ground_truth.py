@@ -32,7 +32,8 @@ the mean and the worst world of each metric (see ``benchmarks/_world_grid.py``).
 ``shapes`` come from ``conceptkit.datasets.load_world`` (imported lazily; without it only
 ``shapes`` runs). Run: ``python benchmarks/eval_ground_truth.py --worlds all [--seeds 0,1,2]
 [--n-per-class 30] [--methods craft,ice,ace] [--importances sobol,gradient_input,occlusion]
-[--n-concepts 10] [--split test] [--fill median] [--classes 0,4] [--no-deletion] [--quick]
+[--n-concepts 10] [--split test] [--fill median] [--classes 0,4] [--no-deletion]
+[--reliance-floor 0.0] [--quick]
 [--markdown] [--json grid.json]``.
 """
 
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--fill", default="median")
     grid.add_argument("--classes", default=None, help="comma-separated class ids (default all)")
     grid.add_argument("--no-deletion", action="store_true", help="skip the deletion curves")
+    grid.add_argument("--reliance-floor", type=float, default=0.0,
+                      help="reliance within +-this counts as 0 in the correlations")
     grid.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
     if args.worlds:
@@ -384,11 +387,12 @@ def _main_grid(args: argparse.Namespace) -> int:
     setting = {"worlds": args.worlds, "seeds": seeds, "n_per_class": n_per_class,
                "n_concepts": args.n_concepts, "split": args.split, "fill": args.fill,
                "methods": methods, "importances": importances, "classes": classes,
-               "deletion": not args.no_deletion}
+               "deletion": not args.no_deletion, "reliance_floor": args.reliance_floor}
     start = time.perf_counter()
     worlds = grid.resolve_worlds(args.worlds)
     results = grid.run_grid(worlds, seeds, methods, importances, n_per_class, args.n_concepts,
-                            args.split, args.fill, not args.no_deletion, classes, log=print)
+                            args.split, args.fill, not args.no_deletion, classes, log=print,
+                            reliance_floor=args.reliance_floor)
     results["setting"] = setting
     grid.print_grid(results, setting)
     if args.markdown:

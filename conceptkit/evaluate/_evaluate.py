@@ -20,6 +20,7 @@ from ._inputs import check_masks, checked_images, part_label
 METRIC_COLUMNS: dict[str, bool] = {
     "top_on_most_relied": True,
     "top_on_causal": True,
+    "top_reliance_ratio": True,
     "top_pointing": True,
     "relied_pointing": True,
     "relied_relevance_mass": True,
@@ -37,6 +38,8 @@ COLUMN_HELP = {
     "top_part": "the part the most important concept sits on",
     "top_on_most_relied": "the most important concept sits on the most relied-on part",
     "top_on_causal": "the most important concept sits on a designed causal part",
+    "top_reliance_ratio": "reliance of the top concept's part / reliance of the most relied-on "
+                          "part (1: on it or on a part as needed; 0: on the background)",
     "top_pointing": "pointing game of the most important concept on the most relied-on part",
     "relied_pointing": "best pointing game of any concept on the most relied-on part",
     "relied_relevance_mass": "relevance mass of that best concept on that part",
@@ -208,7 +211,8 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
              split: str = "test", kind: str = "auto", fill: str | Callable = "median",
              measure: str = "probability", deletion: bool = True, removal: str = "pixels",
              tolerance: int | None = None, quantile: float = 0.9, min_images: int = 3,
-             assign_threshold: float = 0.5, blur_sigma: float | None = None,
+             assign_threshold: float = 0.5, reliance_floor: float = 0.0,
+             blur_sigma: float | None = None,
              preprocess: Callable | None = None, batch_size: int = 64, device: Any = None,
              progress: bool = True) -> Evaluation:
     """Score an explanation of one or many classes against a world's ground truth.
@@ -232,7 +236,7 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
         The world's sample. When a class's sampled images are the very images its explanation
         was fitted on (same seed and split as the fit), the fitted maps are used.
     kind, fill, measure, deletion, removal, tolerance, quantile, min_images, assign_threshold,
-    blur_sigma, batch_size, device, progress
+    reliance_floor, blur_sigma, batch_size, device, progress
         See :func:`faithfulness`.
     preprocess : callable, optional
         Default: the explanation's own (``explainer.preprocess``).
@@ -258,8 +262,9 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
                               kind=kind, fill=fill, measure=measure, deletion=deletion,
                               removal=removal, tolerance=tolerance, quantile=quantile,
                               min_images=min_images, assign_threshold=assign_threshold,
-                              blur_sigma=blur_sigma, preprocess=pre, batch_size=batch_size,
-                              device=device, progress=progress)
+                              reliance_floor=reliance_floor, blur_sigma=blur_sigma,
+                              preprocess=pre, batch_size=batch_size, device=device,
+                              progress=progress)
         details[class_id] = result
         rows.append(class_row(result, class_id, _class_name(cc, data, class_id),
                               _causal(data, class_id)))
@@ -268,7 +273,7 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
                 "removal": removal if deletion else None,
                 "tolerance": next(iter(details.values())).localisation.tolerance,
                 "quantile": quantile, "min_images": min_images,
-                "assign_threshold": assign_threshold}
+                "assign_threshold": assign_threshold, "reliance_floor": reliance_floor}
     return Evaluation(rows=tuple(rows), details=details, settings=settings)
 
 
@@ -310,6 +315,9 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
         "designed_causal": None if causal is None else [part_label(g, names) for g in causal],
     }
     best = int(loc.best_concept[most]) if most >= 0 else -1
+    values = rel.values(result.measure)
+    row["top_reliance_ratio"] = (num((values[top_part] if top_part >= 0 else 0.0) / values[most])
+                                 if most >= 0 and values[most] > 0 else None)
     row["top_pointing"] = num(loc.pointing_game[top, most]) if most >= 0 else None
     for metric, column in (("pointing_game", "relied_pointing"),
                            ("relevance_mass", "relied_relevance_mass"), ("iou", "relied_iou"),

@@ -105,7 +105,7 @@ class Faithfulness:
         The part each concept sits on (``-1``: background).
     concept_reliance : ndarray (k,)
         The measured reliance (``Reliance.expected`` in ``measure``) of each concept's part;
-        0 for a concept on the background.
+        0 for a concept on the background (and for parts within ``reliance_floor`` of 0).
     measure : str
     class_id : int
     deletion : DeletionCurves or None
@@ -162,9 +162,9 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                  measure: str = "probability", deletion: bool = True, removal: str = "pixels",
                  reliance: Reliance | None = None, localisation: Localisation | None = None,
                  tolerance: int | None = None, quantile: float = 0.9, min_images: int = 3,
-                 assign_threshold: float = 0.5, blur_sigma: float | None = None,
-                 preprocess: Callable | None = None, batch_size: int = 64, device: Any = None,
-                 progress: bool = True) -> Faithfulness:
+                 assign_threshold: float = 0.5, reliance_floor: float = 0.0,
+                 blur_sigma: float | None = None, preprocess: Callable | None = None,
+                 batch_size: int = 64, device: Any = None, progress: bool = True) -> Faithfulness:
     """Rank correlation between concept importance and the reliance of the part each concept
     sits on, and deletion curves.
 
@@ -185,6 +185,10 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
         How parts (and, for the deletion curve, concepts) are painted out (:func:`reliance`).
     measure : str
         ``"probability"`` (default) or ``"logit"``: the class score used throughout.
+    reliance_floor : float
+        A part whose reliance lies within ``±reliance_floor`` counts as 0 (not relied on) in
+        the correlations, so that noise-level drops (distractors: ~0.003 on the shapes world)
+        do not rank concepts; default 0: every drop counts as measured.
     deletion : bool
         Also compute the deletion curves.
     removal : str
@@ -231,7 +235,9 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                          f"{localisation.n_concepts} concepts.")
     parts = localisation.concept_parts
     part_reliance = reliance.values(measure)
+    reliance_floor = check_float(reliance_floor, "reliance_floor", minimum=0.0)
     concept_reliance = np.where(parts >= 0, part_reliance[np.maximum(parts, 0)], 0.0)
+    concept_reliance = np.where(np.abs(concept_reliance) <= reliance_floor, 0.0, concept_reliance)
     spearman, kendall = rank_correlations(importances, concept_reliance)
     notes = []
     if not np.isfinite(spearman):

@@ -71,6 +71,10 @@ def test_planted_world_table():
     assert (cool["most_relied_part"], cool["top_part"]) == ("blue square", "red square")
     assert not cool["top_on_most_relied"] and not cool["top_on_causal"]
     assert cool["top_pointing"] == 0.0 and cool["relied_pointing"] == pytest.approx(1.0)
+    assert warm["top_reliance_ratio"] == pytest.approx(1.0)
+    logit = result.details[1].reliance.expected_logit          # red < 0 < blue for class 1
+    assert cool["top_reliance_ratio"] == pytest.approx(logit[0] / logit[2])
+    assert cool["top_reliance_ratio"] < 0
     assert cool["spearman"] == pytest.approx(-0.8) and cool["kendall"] == pytest.approx(-2 / 3)
     assert result.summary["top_on_most_relied"] == 0.5
     assert result.summary["spearman"] == pytest.approx(0.1)
@@ -142,5 +146,6 @@ def test_shapes_world_end_to_end(snapshot):
     assert summary["top_on_most_relied"] == 1.0 and summary["top_on_causal"] == 1.0
     assert result.worst["top_pointing"] >= 0.85
     assert summary["relied_auc"] >= 0.8 and summary["causal_pointing"] >= 0.7
+    assert summary["top_reliance_ratio"] == pytest.approx(1.0)
     assert summary["spearman"] >= 0.2
     assert 0.0 < summary["deletion_area"] < 0.45

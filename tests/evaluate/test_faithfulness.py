@@ -92,6 +92,19 @@ def test_correlations_match_scipy_on_a_partial_order(world):
     assert result.spearman == pytest.approx(0.2) and result.kendall == pytest.approx(0.0, abs=1e-12)
 
 
+def test_reliance_floor_zeroes_small_reliance(world):
+    _, images, masks, _ = world
+    drops = closed_reliance(images, masks)      # red, green (small, > 0), blue (< 0)
+    floor = (abs(drops[1]) + min(abs(drops[0]), abs(drops[2]))) / 2   # above green only
+    importances = [0.9, 0.5, 0.1, 0.3]
+    result = run(world, importances, deletion=False, reliance_floor=floor)
+    truth = [drops[0], 0.0, drops[2], 0.0]
+    np.testing.assert_allclose(result.concept_reliance, truth, atol=1e-6)
+    assert result.spearman == pytest.approx(stats.spearmanr(importances, truth).statistic)
+    with pytest.raises(ValueError, match="reliance_floor"):
+        run(world, importances, deletion=False, reliance_floor=-1.0)
+
+
 def test_deletion_curves_match_the_closed_form(world):
     _, images, masks, maps = world
     importances = np.array([0.1, 0.9, 0.3, 0.5])         # order: green, background, blue, red
