@@ -41,7 +41,8 @@ KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
 BASELINE = "reference-craft"
 #: Columns of the summary, and whether higher is better.
 METRICS = {"top_on_most_relied": True, "top_reliance_ratio": True, "top_pointing": True, "relied_pointing": True,
-           "relied_auc": True, "spearman": True, "kendall": True, "deletion_area": False}
+           "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
+           "deletion_area": False}
 #: Issue 13's bar, per world (mean over classes and seeds).
 BAR = {"top_on_most_relied": 1.0, "top_pointing": 0.95, "spearman": 0.8}
 

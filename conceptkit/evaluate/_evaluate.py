@@ -29,6 +29,8 @@ METRIC_COLUMNS: dict[str, bool] = {
     "causal_pointing": True,
     "spearman": True,
     "kendall": True,
+    "part_spearman": True,
+    "part_kendall": True,
     "deletion_area": False,
 }
 
@@ -48,6 +50,9 @@ COLUMN_HELP = {
     "causal_pointing": "mean over designed causal parts of the best concept's pointing game",
     "spearman": "Spearman's rho of importance vs reliance of each concept's part",
     "kendall": "Kendall's tau-b of the same",
+    "part_spearman": "Spearman's rho over parts: summed importance of a part's concepts vs its "
+                     "reliance",
+    "part_kendall": "Kendall's tau-b of the same",
     "deletion_area": "area between the concept and part deletion curves (lower is better)",
 }
 
@@ -328,5 +333,7 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
                                              for g in shown])) if shown else None)
     row["spearman"] = num(result.spearman)
     row["kendall"] = num(result.kendall)
+    row["part_spearman"] = num(result.part_spearman)
+    row["part_kendall"] = num(result.part_kendall)
     row["deletion_area"] = None if result.deletion is None else num(result.deletion.area_between)
     return row

@@ -106,6 +106,12 @@ class Faithfulness:
     concept_reliance : ndarray (k,)
         The measured reliance (``Reliance.expected`` in ``measure``) of each concept's part;
         0 for a concept on the background (and for parts within ``reliance_floor`` of 0).
+    part_spearman, part_kendall : float
+        The same over the parts shown in at least one image, between each part's importance
+        (the sum of the importances of the concepts sitting on it; 0 if none) and its reliance:
+        unlike the concept-level statistics, several concepts on one part (duplicates of a large
+        dictionary) count once.
+    part_importances : ndarray (P,)
     measure : str
     class_id : int
     deletion : DeletionCurves or None
@@ -119,6 +125,9 @@ class Faithfulness:
     importances: np.ndarray
     concept_parts: np.ndarray
     concept_reliance: np.ndarray
+    part_spearman: float
+    part_kendall: float
+    part_importances: np.ndarray
     measure: str
     class_id: int
     deletion: DeletionCurves | None
@@ -132,6 +141,8 @@ class Faithfulness:
         names = self.reliance.part_names
         return {"class_id": self.class_id, "measure": self.measure,
                 "spearman": num(self.spearman), "kendall": num(self.kendall),
+                "part_spearman": num(self.part_spearman), "part_kendall": num(self.part_kendall),
+                "part_importances": [float(v) for v in self.part_importances],
                 "importances": [float(v) for v in self.importances],
                 "concept_parts": [int(p) for p in self.concept_parts],
                 "concept_part_names": [part_label(int(p), names) for p in self.concept_parts],
@@ -239,11 +250,19 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     concept_reliance = np.where(parts >= 0, part_reliance[np.maximum(parts, 0)], 0.0)
     concept_reliance = np.where(np.abs(concept_reliance) <= reliance_floor, 0.0, concept_reliance)
     spearman, kendall = rank_correlations(importances, concept_reliance)
+    part_importances = np.zeros(reliance.present.shape[1])
+    np.add.at(part_importances, parts[parts >= 0], importances[parts >= 0])
+    shown = reliance.n_present > 0
+    floored = np.where(np.abs(part_reliance) <= reliance_floor, 0.0, part_reliance)
+    part_spearman, part_kendall = rank_correlations(part_importances[shown], floored[shown])
     notes = []
     if not np.isfinite(spearman):
         what = ("every concept has the same importance" if np.ptp(importances) == 0 else
                 "every concept sits on parts of equal reliance (or on the background)")
         notes.append(f"faithfulness is undefined (NaN): {what}.")
+    if not np.isfinite(part_spearman):
+        notes.append("part-level faithfulness is undefined (NaN): no concept sits on a shown "
+                     "part, or the shown parts are equally relied on.")
     curves = None
     if deletion:
         filler = Fill(fill, images, blur_sigma)
@@ -252,7 +271,8 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                            device, progress)
     return Faithfulness(spearman=spearman, kendall=kendall, importances=importances,
                         concept_parts=parts.copy(), concept_reliance=concept_reliance,
-                        measure=measure, class_id=class_id, deletion=curves, reliance=reliance,
+                        part_spearman=part_spearman, part_kendall=part_kendall,
+                        part_importances=part_importances, measure=measure, class_id=class_id, deletion=curves, reliance=reliance,
                         localisation=localisation, notes=tuple(notes))
 
 

@@ -65,7 +65,8 @@ def test_planted_world_table():
         "warm", "red square", "red square")
     assert warm["top_on_most_relied"] and warm["top_on_causal"]
     for column in ("top_pointing", "relied_pointing", "relied_relevance_mass", "relied_iou",
-                   "relied_auc", "causal_pointing", "spearman", "kendall"):
+                   "relied_auc", "causal_pointing", "spearman", "kendall", "part_spearman",
+                   "part_kendall"):
         assert warm[column] == pytest.approx(1.0), column
     # class 1 relies most on blue, but its top concept sits on red (not even a causal part)
     assert (cool["most_relied_part"], cool["top_part"]) == ("blue square", "red square")

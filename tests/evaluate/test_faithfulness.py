@@ -92,6 +92,21 @@ def test_correlations_match_scipy_on_a_partial_order(world):
     assert result.spearman == pytest.approx(0.2) and result.kendall == pytest.approx(0.0, abs=1e-12)
 
 
+def test_duplicate_concepts_count_once_at_part_level(world):
+    model, images, masks, _ = world
+    m = masks.float()
+    maps = torch.stack([m[:, 0], m[:, 0], m[:, 1], m[:, 2]], 1)   # two concepts on red
+    importances = [0.5, 0.05, 0.3, 0.1]
+    result = faithfulness(PlantedExplanation(maps, importances), model, images, masks,
+                          measure="logit", deletion=False, progress=False)
+    drops = closed_reliance(images, masks)
+    concept_truth = [drops[0], drops[0], drops[1], drops[2]]
+    assert result.spearman == pytest.approx(stats.spearmanr(importances, concept_truth).statistic)
+    assert result.spearman < 0.8                          # the weak duplicate breaks the order
+    np.testing.assert_allclose(result.part_importances, [0.55, 0.3, 0.1])
+    assert result.part_spearman == pytest.approx(1.0) and result.part_kendall == pytest.approx(1.0)
+
+
 def test_reliance_floor_zeroes_small_reliance(world):
     _, images, masks, _ = world
     drops = closed_reliance(images, masks)      # red, green (small, > 0), blue (< 0)
