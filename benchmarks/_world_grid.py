@@ -130,7 +130,7 @@ def fit(model, world, images, class_id, method, n_concepts, seed) -> tuple[Any, 
 def importances_of(cc, method: str, seed: int, **kwargs) -> np.ndarray:
     if method == "sobol" and not kwargs:
         return cc.importances  # the fit scored it with this seed
-    result = concept_importance(cc.explainer.maps_head, cc.activations, cc._bank_with_codes(),
+    result = concept_importance(cc.model_at_layer.maps_head, cc.activations, cc._bank_with_codes(),
                                 cc.class_id, method=method, seed=seed, progress=False,
                                 context=cc.context, **kwargs)
     return result.importances

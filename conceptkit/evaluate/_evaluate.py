@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_int, describe
 from ._faithfulness import Faithfulness, faithfulness
-from ._inputs import check_masks, checked_images, part_label
+from ._inputs import check_masks, checked_images, model_at_layer_of, part_label
 
 #: Table columns scored per class, and whether higher is better (summarised over classes).
 METRIC_COLUMNS: dict[str, bool] = {
@@ -244,7 +244,7 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
     reliance_floor, blur_sigma, batch_size, device, progress
         See :func:`faithfulness`.
     preprocess : callable, optional
-        Default: the explanation's own (``explainer.preprocess``).
+        Default: the explanation's own (``model_at_layer.preprocess``).
 
     Returns
     -------
@@ -261,7 +261,7 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
             raise ValueError(f"the data has no image of class {class_id}, which `explanation` "
                              f"explains; evaluate on data that has it.")
         pre = preprocess if preprocess is not None else getattr(
-            getattr(cc, "explainer", None), "preprocess", None)
+            model_at_layer_of(cc), "preprocess", None)
         images, masks = data.images[index], data.masks[index]
         result = faithfulness(cc, model, images, masks, data.part_names, class_id=class_id,
                               kind=kind, fill=fill, measure=measure, deletion=deletion,

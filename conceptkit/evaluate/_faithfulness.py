@@ -32,6 +32,7 @@ from ._inputs import (
     class_id_of,
     class_scores,
     importances_of,
+    model_at_layer_of,
     part_label,
     run_device,
 )
@@ -183,7 +184,7 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     ----------
     result : explanation
         Has ``importances (k,)``, ``concept_maps(images, kind=...)`` and ``class_id`` (a
-        ClassConcepts). ``removal="activations"`` also needs ``bank`` and ``explainer``.
+        ClassConcepts). ``removal="activations"`` also needs ``bank`` and ``model_at_layer``.
     model : nn.Module
         The explained model (left as found).
     images, masks, part_names
@@ -343,11 +344,11 @@ def _deletion(result, model, images, masks, importances, reliance, localisation,
 
 def _activation_deletion(result, images, order, class_id, pick, batch_size, progress) -> list:
     """Class score as concept contributions ``u_j ⊗ w_j`` are subtracted from the activations."""
-    bank, explainer = getattr(result, "bank", None), getattr(result, "explainer", None)
+    bank, explainer = getattr(result, "bank", None), model_at_layer_of(result)
     if bank is None or explainer is None or not hasattr(explainer, "maps_head"):
         raise ValueError("`removal`='activations' needs an explanation with its concept bank and "
-                         "its explainer (a ClassConcepts fitted in this session); use "
-                         "removal='pixels'.")
+                         "its model (`model_at_layer`: a ClassConcepts fitted in this session, "
+                         "or loaded and attached); use removal='pixels'.")
     fitted = getattr(result, "images", None)
     if (isinstance(fitted, torch.Tensor) and fitted.shape == images.shape
             and torch.equal(fitted.cpu(), images.cpu()) and result.activations is not None):

@@ -165,3 +165,13 @@ def class_id_of(result: Any, class_id: Any) -> int:
 
 def checked_images(images: Any) -> torch.Tensor:
     return check_images(images, "images")
+
+
+def model_at_layer_of(result: Any) -> Any:
+    """The explanation's handle on its model (``model_at_layer``: ``model``, ``maps_head``,
+    ``activations(images, with_context=...)``, ``preprocess``), or None. Objects without that
+    attribute may offer the same as ``explainer``."""
+    handle = getattr(result, "model_at_layer", None)
+    if handle is None and not hasattr(type(result), "model_at_layer"):
+        handle = getattr(result, "explainer", None)
+    return handle

@@ -11,7 +11,7 @@ import pytest
 import torch
 from _evaluate_planted import PART_NAMES, ColourMeanNet, PlantedExplanation, planted_images
 
-from conceptkit.evaluate import METRIC_COLUMNS, Evaluation, evaluate
+from conceptkit.evaluate import METRIC_COLUMNS, Evaluation, evaluate, faithfulness
 
 
 class PlantedWorld:
@@ -148,5 +148,23 @@ def test_shapes_world_end_to_end(snapshot):
     assert result.worst["top_pointing"] >= 0.85
     assert summary["relied_auc"] >= 0.8 and summary["causal_pointing"] >= 0.7
     assert summary["top_reliance_ratio"] == pytest.approx(1.0)
+
+    # Removing concepts from the activations: the reference CNN's head after block4 is global
+    # average pooling and a linear layer, so removing the concepts S lowers the class logit by
+    # exactly sum over S of fc_c . mean_positions(u_j w_j).
+    cc = manager.classes_[4]
+    rows = data.class_indices(4)
+    curves = faithfulness(cc, model, data.images[rows], data.masks[rows], measure="logit",
+                          removal="activations", progress=False).deletion
+    acts = cc.activations.double()
+    codes = torch.as_tensor(cc.bank.encode(cc.activations)).double()
+    weight = model.fc.weight[4].detach().double()
+    contributions = codes.mean((2, 3)) * (cc.bank.components.double() @ weight)   # (N, k)
+    logit = acts.mean((2, 3)) @ weight + float(model.fc.bias[4].detach())
+    expected = [float(logit.mean())]
+    for j in curves.concept_order:
+        logit = logit - contributions[:, int(j)]
+        expected.append(float(logit.mean()))
+    np.testing.assert_allclose(curves.concept_curve, expected, atol=1e-4)
     assert summary["spearman"] >= 0.2
     assert 0.0 < summary["deletion_area"] < 0.45

@@ -164,7 +164,7 @@ def test_removing_concept_contributions_from_activations():
             return (acts, None) if with_context else acts
 
     planted = PlantedExplanation(masks.float(), [0.2, 0.7, 0.4])
-    planted.bank, planted.explainer, planted.activations = Bank(), Explainer(), None
+    planted.bank, planted.model_at_layer, planted.activations = Bank(), Explainer(), None
     result = faithfulness(planted, model, images, masks, removal="activations", measure="logit",
                           progress=False)
     means = images.double().mean((2, 3)).numpy()
