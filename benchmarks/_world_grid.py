@@ -177,7 +177,13 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         cc, note = fit(model, world, images, class_id, method, n_concepts, seed)
         if note:
             notes.add(f"{method}: {note}")
-        maps = {kind: cc.concept_maps(kind=kind) for kind in KINDS[method]}
+        maps = {}
+        for kind in KINDS[method]:
+            try:  # e.g. scale-matched maps need a model that takes enlarged images (not a ViT)
+                maps[kind] = cc.concept_maps(kind=kind)
+            except (ValueError, RuntimeError) as err:
+                notes.add(f"{method} {kind} maps failed on {getattr(world, 'name', 'a world')}: "
+                          f"{str(err).splitlines()[0][:120]}")
         auto = _auto_kind(cc, maps)
         scores = {name: importances_of(cc, name, seed) for name in importance_methods}
         for kind, values in maps.items():
