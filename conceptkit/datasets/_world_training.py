@@ -83,7 +83,8 @@ def _versions() -> dict[str, str]:
 
 
 def train_world_model(world: str, arch: str | None = None, *, epochs: int | None = None, seed: int = 0,
-                      n_per_class: int | None = None, n_test_per_class: int = 250,
+                      n_per_class: int | None = None, n_val_per_class: int = 50,
+                      n_test_per_class: int = 250,
                       lr: float | None = None, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Train a world's model, deterministically for a seed on the CPU (one thread).
 
@@ -115,6 +116,7 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
                             "n_per_class", minimum=1)
     lr = check_float(settings["lr"] if lr is None else lr, "lr", minimum=0.0, strict_minimum=True)
     seed = check_int(seed, "seed", minimum=0)
+    n_val_per_class = check_int(n_val_per_class, "n_val_per_class", minimum=1)
     n_test_per_class = check_int(n_test_per_class, "n_test_per_class", minimum=1)
     batch_size, warmup = settings["batch_size"], settings["warmup_epochs"]
     started, started_cpu = time.perf_counter(), time.process_time()
@@ -134,7 +136,7 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         loss_fn = nn.CrossEntropyLoss()
-        val = the_world.sample(50, seed=seed, split="val")
+        val = the_world.sample(n_val_per_class, seed=seed, split="val")
         history = []
         for epoch in range(epochs):
             train = the_world.sample(n_per_class, seed=seed * 1000 + epoch, split="train")

@@ -125,7 +125,7 @@ def test_scales_parts_vary_more_than_threefold():
         sides = []
         for i in np.flatnonzero(data.concepts[:, k].numpy()):
             rows, cols = np.nonzero(data.masks[i, k].numpy())
-            sides.append(max(rows.ptp(), cols.ptp()) + 1)
+            sides.append(max(np.ptp(rows), np.ptp(cols)) + 1)
         assert max(sides) / min(sides) >= 3.0, (k, min(sides), max(sides))
 
 
@@ -200,7 +200,8 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize("arch", ["resnet", "vit"])
 def test_training_is_deterministic(arch):
-    runs = [train_world_model("textures", arch, epochs=1, n_per_class=6, n_test_per_class=2,
+    runs = [train_world_model("textures", arch, epochs=1, n_per_class=6, n_val_per_class=2,
+                              n_test_per_class=2,
                               progress=False) for _ in range(2)]
     (first, info), (second, _) = runs
     for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
