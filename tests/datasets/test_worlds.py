@@ -200,7 +200,7 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize("arch", ["resnet", "vit"])
 def test_training_is_deterministic(arch):
-    runs = [train_world_model("textures", arch, epochs=1, n_per_class=6, n_val_per_class=2,
+    runs = [train_world_model("scales", arch, epochs=1, n_per_class=6, n_val_per_class=2,
                               n_test_per_class=2,
                               progress=False) for _ in range(2)]
     (first, info), (second, _) = runs
