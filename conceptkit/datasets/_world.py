@@ -211,7 +211,7 @@ _TABLE: dict[str, tuple[Any, str, tuple[ModelSpec, ...]]] = {
         "Four classes of coloured shapes whose size varies log-uniformly from 9 to 30 px; class c "
         "is the joint presence of parts c and c+1 mod 4 (red disk, blue triangle, green ring, "
         "yellow cross); three distractors share a colour with a causal part (red square, blue bar, "
-        "yellow diamond)."), (_RESNET, _VIT)),
+        "yellow diamond)."), (_RESNET,)),
     "context": (_context, (
         "Four classes defined by a spatial relation: the red disk above or below the blue square "
         "or the green triangle (every image shows the disk and one partner, with a 3-row gap); "

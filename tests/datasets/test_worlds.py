@@ -198,9 +198,9 @@ def test_bad_arguments_are_named():
         add_concept(world.sample(1), 4)
 
 
-@pytest.mark.parametrize("arch", ["resnet", "vit"])
-def test_training_is_deterministic(arch):
-    runs = [train_world_model("scales", arch, epochs=1, n_per_class=6, n_val_per_class=2,
+@pytest.mark.parametrize("name,arch", [("scales", "resnet"), ("context", "vit")])
+def test_training_is_deterministic(name, arch):
+    runs = [train_world_model(name, arch, epochs=1, n_per_class=6, n_val_per_class=2,
                               n_test_per_class=2,
                               progress=False) for _ in range(2)]
     (first, info), (second, _) = runs
