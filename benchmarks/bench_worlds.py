@@ -50,11 +50,12 @@ def main() -> int:
                 logits = torch.cat([model(data.images[i:i + 256]) for i in range(0, len(data), 256)])
             accuracy = float((logits.argmax(1) == data.labels).float().mean())
             info = world.info(arch)
-            seconds = info.get("train_cpu_seconds", info.get("train_seconds"))
+            seconds = (f"{info['train_cpu_seconds']} s CPU" if "train_cpu_seconds" in info
+                       else f"{info.get('train_seconds', '?')} s wall")
             size = world.spec(arch).weights_path(name).stat().st_size
             rows.append(f"| {name} | {arch} | `{world.layers[arch]}` | {100 * accuracy:.2f} % | "
                         f"{n_parameters(model):,} | {size / 1e6:.2f} MB | "
-                        f"{seconds if seconds is not None else '?'} s | {np.median(timings):.2f} s |")
+                        f"{seconds} | {np.median(timings):.2f} s |")
             drops = part_reliance(model, data)
             for c, parts in enumerate(world.class_parts):
                 causal = ", ".join(f"{world.part_names[k]} {drops[c, k]:.2f}" for k in parts)
@@ -62,7 +63,7 @@ def main() -> int:
                 top = max(others, key=lambda k: drops[c, k]) if others else None
                 other = f"{world.part_names[top]} {drops[c, top]:.2f}" if top is not None else "-"
                 reliance.append(f"| {name} | {arch} | {world.class_names[c]} | {causal} | {other} |")
-    print("\n| world | arch | layer | held-out accuracy | parameters | weights | training (CPU) | "
+    print("\n| world | arch | layer | held-out accuracy | parameters | weights | training | "
           "100 images/class drawn in |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
