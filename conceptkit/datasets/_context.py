@@ -9,8 +9,10 @@ The rules (exact, and the ones the tests check):
   of their classes; neither alone decides a class (the disk is in all of them, and each partner
   appears in two classes that differ only by the relation).
 * The two boxes are placed as an upper and a lower box (their rows never overlap), left-right at
-  random; which one holds the disk is the class. So the position of either part alone says
-  little: each part is as often in the upper box as in the lower one, over the whole world.
+  random; which one holds the disk is the class. Over the whole world each part is as often in
+  the upper box as in the lower one, but in a bounded image the height of one part alone still
+  tells the relation for most images (about 85 % with a middle-row threshold); the others need
+  the relation itself.
 * The yellow ring and the purple cross are distractors, each drawn with probability
   ``DISTRACTOR_RATE`` independently of the class, anywhere free.
 * Parts are 10-16 px wide at 64 px, never overlap, and are fully visible.
