@@ -30,7 +30,8 @@ class ConceptDataset(torch.utils.data.Dataset):
     concept_names, class_names : list of str
         Short human-readable names (the concept names work as text prompts).
     class_concepts : list of list of int
-        The causal concepts of each class: the class is defined by their joint presence.
+        The causal concepts of each class: the class is defined by their joint presence (in the
+        ``context`` world, by a spatial relation between them).
     distractor_concepts : list of int
         Concepts drawn independently of the class.
     spurious_concept, spurious_class : int
@@ -118,7 +119,9 @@ class ConceptDataset(torch.utils.data.Dataset):
         """A multi-line, human-readable description: classes, concept rates, the spurious cue."""
         has_cue = self.spurious_concept >= 0
         names = self.concept_names
-        lines = [repr(self), "", "Classes (defined by the joint presence of their causal concepts):"]
+        rule = ("by the joint presence of their causal concepts" if self.world != "context"
+                else "by a relation between their causal concepts")
+        lines = [repr(self), "", f"Classes (defined {rule}):"]
         for c, class_name in enumerate(self.class_names):
             causal = ", ".join(f"{k}:{names[k]}" for k in self.class_concepts[c])
             lines.append(f"  {c}: {class_name:<40s} n={int((self.labels == c).sum()):<5d} causal = {causal}")
