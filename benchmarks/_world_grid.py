@@ -33,8 +33,8 @@ from conceptkit import ConceptExplainer
 from conceptkit.evaluate import class_row, faithfulness, localisation, reliance
 from conceptkit.importance import concept_importance
 
-#: Map kinds scored per discovery method ("auto" is whichever of them it resolves to; it is
-#: marked with * in the tables).
+#: Map kinds scored per discovery method; "auto" rows repeat whichever of them the library's
+#: default resolves to in each world (``auto_kind`` in the records).
 KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
          "ice": ("coefficient", "gradient", "provenance"),
          "ace": ("provenance", "coefficient", "gradient")}
@@ -80,8 +80,40 @@ def world_names() -> list[str] | None:
     return None
 
 
+class WorldAt:
+    """A world with one of its shipped architectures (``world.model(arch=...)``, its layer)."""
+
+    def __init__(self, world: Any, arch: str):
+        self.world, self.arch = world, arch
+        self.name = f"{world.name}/{arch}"
+        self.layer = world.layers[arch]
+        self.architecture = arch
+
+    def sample(self, n_per_class: int, seed: int = 0, split: str = "test"):
+        return self.world.sample(n_per_class, seed=seed, split=split)
+
+    def model(self):
+        return self.world.model(arch=self.arch)
+
+
+def _with_architectures(name: str, world: Any) -> list[tuple[str, Any]]:
+    """One entry per shipped architecture (``name:arch`` picks one)."""
+    arch = None
+    if ":" in name:
+        name, arch = name.split(":", 1)
+    archs = tuple(getattr(world, "architectures", ()) or ())
+    if arch is not None:
+        if arch not in archs:
+            raise SystemExit(f"world {name!r} has no architecture {arch!r}; it has {list(archs)}.")
+        return [(f"{name}/{arch}", WorldAt(world, arch))]
+    if len(archs) > 1:
+        return [(f"{name}/{a}", WorldAt(world, a)) for a in archs]
+    return [(name, world)]
+
+
 def resolve_worlds(spec: str, log=print) -> list[tuple[str, Any]]:
-    """``[(name, world)]`` for ``spec`` (``"all"`` or comma-separated names)."""
+    """``[(name, world)]`` for ``spec`` (``"all"`` or comma-separated names, ``name:arch`` for
+    one architecture; a world shipping several architectures gives one entry per architecture)."""
     import conceptkit.datasets as datasets
 
     load = getattr(datasets, "load_world", None)
@@ -97,7 +129,7 @@ def resolve_worlds(spec: str, log=print) -> list[tuple[str, Any]]:
     out = []
     for name in wanted:
         if load is not None:
-            out.append((name, load(name)))
+            out.extend(_with_architectures(name, load(name.split(":", 1)[0])))
         elif name == "shapes":
             out.append((name, ShapesWorld()))
         else:
@@ -181,7 +213,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         for kind in KINDS[method]:
             try:  # e.g. scale-matched maps need a model that takes enlarged images (not a ViT)
                 maps[kind] = cc.concept_maps(kind=kind)
-            except (ValueError, RuntimeError) as err:
+            except Exception as err:  # noqa: BLE001 - recorded and printed as a note
                 notes.add(f"{method} {kind} maps failed on {getattr(world, 'name', 'a world')}: "
                           f"{str(err).splitlines()[0][:120]}")
         auto = _auto_kind(cc, maps)
@@ -189,9 +221,11 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         for kind, values in maps.items():
             located = localisation(values, images, masks, names)
             for name, values_imp in scores.items():
-                star = "*" if kind == auto else ""
-                add(f"{method} / {name} / {kind}{star}", method, name, kind, values_imp, located,
-                    method == "craft" and name == "sobol" and kind == auto)
+                add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)
+                if kind == auto:  # the library's choice, which may differ between worlds
+                    out.append({**out[-1], "config": f"{method} / {name} / auto", "kind": "auto",
+                                "auto_kind": kind,
+                                "default": method == "craft" and name == "sobol"})
         if method == "craft":
             reference = importances_of(cc, "sobol", seed, sampler="halton_unscrambled",
                                        shared_design=True, n_designs=32)
@@ -262,8 +296,8 @@ def print_grid(results: dict[str, Any], setting: dict[str, Any]) -> None:
     worlds = list(dict.fromkeys(r["world"] for r in results["records"]))
     print(f"\n# Worlds: {', '.join(worlds)}; seeds {setting['seeds']}; {setting['n_per_class']} "
           f"{setting['split']} images per class; {setting['n_concepts']} concepts; fill "
-          f"{setting['fill']!r}; reliance floor {setting.get('reliance_floor', 0.0)}. * = the map kind 'auto' resolves to; the library default is "
-          f"craft / sobol / *.")
+          f"{setting['fill']!r}; reliance floor {setting.get('reliance_floor', 0.0)}. 'auto' rows "
+          f"repeat the kind the library picks in each world; the default is craft / sobol / auto.")
     print("# Each cell: mean over worlds (worst world). Bar (every world): top on most relied "
           "1.00, top PG >= 0.95, Spearman >= 0.80.")
     header = " | ".join(f"{m:<15}" for m in METRICS)
@@ -273,8 +307,14 @@ def print_grid(results: dict[str, Any], setting: dict[str, Any]) -> None:
                            for m in METRICS)
         mark = " (default)" if entry["default"] else ""
         print(f"{(config + mark):<58} | {cells} | {'met' if entry['meets_bar'] else 'no'}")
+    auto = {}
+    for r in results["records"]:
+        if r["kind"] == "auto":
+            auto.setdefault(r["method"], {})[r["world"]] = r["auto_kind"]
+    for method, kinds in auto.items():
+        print(f"# auto maps of {method}: " + ", ".join(f"{w} {k}" for w, k in kinds.items()))
     if len(worlds) > 1:
-        print("\n# Worst world per metric (default configuration):")
+        print("# Worst world per metric (default configuration):")
         for entry in summary.values():
             if entry["default"]:
                 print("  " + ", ".join(f"{m}: {entry['worst_world'][m]}" for m in METRICS))

@@ -47,10 +47,16 @@ def test_summary_is_the_mean_over_worlds_and_the_worst_world():
 
 
 def test_worlds_are_resolved_lazily():
-    if grid.world_names() is None:      # before the worlds land: shapes only, others refused
-        assert [name for name, _ in grid.resolve_worlds("all", log=lambda _: None)] == ["shapes"]
+    names = grid.world_names()
+    resolved = [name for name, _ in grid.resolve_worlds("all", log=lambda _: None)]
+    if names is None:      # without load_world: shapes only, other worlds refused
+        assert resolved == ["shapes"]
         with pytest.raises(SystemExit, match="load_world"):
             grid.resolve_worlds("textures")
+    else:                  # one entry per world (and per architecture where several ship)
+        assert {name.split("/")[0] for name in resolved} == set(names)
+        with pytest.raises(SystemExit, match="no architecture"):
+            grid.resolve_worlds("shapes:transformer")
     worlds = grid.resolve_worlds("shapes")
     assert worlds[0][0] == "shapes" and hasattr(worlds[0][1], "sample")
 
@@ -61,13 +67,17 @@ def test_tiny_grid_run_writes_json(tmp_path, capsys):
                     "--importances", "sobol,occlusion", "--classes", "4", "--n-concepts", "4",
                     "--json", str(path)]) == 0
     printed = capsys.readouterr().out
-    assert "ice / sobol / coefficient*" in printed and "Bar (every world)" in printed
+    assert "ice / sobol / auto" in printed and "Bar (every world)" in printed
+    assert "auto maps of ice: shapes coefficient" in printed
     saved = json.loads(path.read_text())
     configs = {r["config"] for r in saved["records"]}
-    assert configs == {f"ice / {i} / {k}{'*' if k == 'coefficient' else ''}"
-                       for i in ("sobol", "occlusion") for k in grid.KINDS["ice"]}
+    assert configs == {f"ice / {i} / {k}" for i in ("sobol", "occlusion")
+                       for k in (*grid.KINDS["ice"], "auto")}
     for row in saved["records"]:
         assert row["world"] == "shapes" and row["class_id"] == 4 and row["n_images"] == 6
-    entry = saved["summary"]["ice / sobol / coefficient*"]
-    rows = [r for r in saved["records"] if r["config"] == "ice / sobol / coefficient*"]
-    assert entry["mean"]["top_pointing"] == pytest.approx(rows[0]["top_pointing"])
+    by_config = {r["config"]: r for r in saved["records"]}
+    auto, plain = by_config["ice / sobol / auto"], by_config["ice / sobol / coefficient"]
+    assert auto["auto_kind"] == "coefficient"
+    assert all(auto[m] == plain[m] for m in grid.METRICS)
+    entry = saved["summary"]["ice / sobol / auto"]
+    assert entry["mean"]["top_pointing"] == pytest.approx(auto["top_pointing"])
