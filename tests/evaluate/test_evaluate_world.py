@@ -12,6 +12,7 @@ import torch
 from _evaluate_planted import PART_NAMES, ColourMeanNet, PlantedExplanation, planted_images
 
 from conceptkit.evaluate import METRIC_COLUMNS, Evaluation, evaluate, faithfulness
+from conceptkit.evaluate import reliance as evaluate_reliance
 
 
 class PlantedWorld:
@@ -168,3 +169,20 @@ def test_shapes_world_end_to_end(snapshot):
     np.testing.assert_allclose(curves.concept_curve, expected, atol=1e-4)
     assert summary["spearman"] >= 0.2
     assert 0.0 < summary["deletion_area"] < 0.45
+
+
+def test_reliance_agrees_with_the_worlds_training_record():
+    """Two independent implementations of the same measure: conceptkit.datasets records each
+    world model's reliance (median fill, true-class probability, mean over the images showing the
+    part) with its own code; evaluate.reliance().mean must give the same numbers."""
+    from conceptkit.datasets import load_world
+    from conceptkit.datasets._world_training import part_reliance
+
+    world = load_world("textures")
+    model, data = world.model(), world.sample(4, seed=5, split="test")
+    record = part_reliance(model, data)
+    for class_id in range(data.n_classes):
+        rows = data.class_indices(class_id)
+        ours = evaluate_reliance(model, data.images[rows], data.masks[rows], class_id,
+                                 progress=False)
+        np.testing.assert_allclose(ours.mean, record[class_id], atol=1e-5, equal_nan=True)
