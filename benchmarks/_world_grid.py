@@ -266,6 +266,7 @@ def _mean(values) -> float | None:
 def summarise(records: list[dict]) -> dict[str, dict]:
     """Per configuration: per-world means of each metric, their mean and the worst world."""
     out: dict[str, dict] = {}
+    every_world = list(dict.fromkeys(r["world"] for r in records))
     for config in dict.fromkeys(r["config"] for r in records):
         mine = [r for r in records if r["config"] == config]
         worlds = list(dict.fromkeys(r["world"] for r in mine))
@@ -281,7 +282,10 @@ def summarise(records: list[dict]) -> dict[str, dict]:
                 entry["worst"][metric], entry["worst_world"][metric] = values[world], world
             else:
                 entry["worst"][metric] = entry["worst_world"][metric] = None
-        entry["meets_bar"] = all(
+        # A configuration that could not run on a world (scale-matched maps on a ViT) does not
+        # meet the bar: its means cover fewer worlds (listed in "missing_worlds").
+        entry["missing_worlds"] = [w for w in every_world if w not in per_world]
+        entry["meets_bar"] = not entry["missing_worlds"] and all(
             v[m] is not None and v[m] >= bar for v in per_world.values() for m, bar in BAR.items())
         out[config] = entry
     return out
@@ -306,6 +310,8 @@ def print_grid(results: dict[str, Any], setting: dict[str, Any]) -> None:
         cells = " | ".join(f"{_fmt(entry['mean'][m])} ({_fmt(entry['worst'][m]).strip()})".ljust(15)
                            for m in METRICS)
         mark = " (default)" if entry["default"] else ""
+        if entry["missing_worlds"]:
+            mark += f" [not on {', '.join(entry['missing_worlds'])}]"
         print(f"{(config + mark):<58} | {cells} | {'met' if entry['meets_bar'] else 'no'}")
     auto = {}
     for r in results["records"]:

@@ -43,6 +43,11 @@ def test_summary_is_the_mean_over_worlds_and_the_worst_world():
     assert a["mean"]["top_on_most_relied"] == pytest.approx(0.5)
     assert not a["meets_bar"]
     assert summary["b"]["mean"]["spearman"] is None and not summary["b"]["meets_bar"]
+    assert summary["b"]["missing_worlds"] == ["w1"] and summary["a"]["missing_worlds"] == []
+    perfect = [record(w, "c", spearman=0.9, top_pointing=1.0, top_on_most_relied=True)
+               for w in ("w1", "w2")]
+    assert grid.summarise(perfect)["c"]["meets_bar"]
+    assert not grid.summarise(perfect + [record("w3", "d")])["c"]["meets_bar"]
     assert "| **a** (default) |" in grid.markdown({"summary": summary})
 
 
