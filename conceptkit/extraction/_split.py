@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .._torchutils import preserved_model_state
+from .._torchutils import capture_output, preserved_model_state
 from .._validation import describe
 from ._layers import get_layer
 
@@ -182,10 +182,6 @@ def _fx_split(model: nn.Module, layer: str, layer_module: nn.Module) -> tuple[nn
 # Strategy 3: replay with hooks (generic fallback)
 # ---------------------------------------------------------------------------------------------
 
-class _Stop(Exception):
-    pass
-
-
 class ReplayG(nn.Module):
     """Run ``model`` until ``layer`` and return its output (the rest of the forward is skipped)."""
 
@@ -197,23 +193,11 @@ class ReplayG(nn.Module):
         self.input_shape: tuple[int, ...] | None = None
 
     def forward(self, x: torch.Tensor) -> Any:
-        captured: list[Any] = []
-
-        def hook(_module, _inputs, output):
-            captured.append(output)
-            raise _Stop
-
-        handle = self._layer_module[0].register_forward_hook(hook)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
+        output = capture_output(self.model, self._layer_module[0], x)
+        if output is None:
             raise CutError(f"`layer` {self.layer!r} was not called during the forward pass.")
         self.input_shape = tuple(x.shape[1:])
-        return captured[0]
+        return output
 
 
 class ReplayH(nn.Module):

@@ -16,13 +16,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .._torchutils import capture_output
 from ..concepts import ConceptBank
 from ..extraction import CutError, get_layer, infer_prefix_tokens
 from ..maps import differentiable_codes
-
-
-class _Stop(Exception):
-    """Raised by our hook once the parent layer has run: the rest of the model is not needed."""
 
 
 class _LeafTracer(fx.Tracer):
@@ -105,7 +102,7 @@ class ParentCode(nn.Module):
                     raise CutError(f"`layer` {layer!r} is not a valid cut on the way to "
                                    f"`bank.layer` {bank.layer!r}: the parent layer also depends on "
                                    f"values computed before `layer`.")
-            expected = _capture(model, self._modules_at[1], example)
+            expected = capture_output(model, self._modules_at[1], example)
         if not _close(got, expected):
             raise CutError(f"running the model from `layer` {layer!r} does not reproduce its "
                            f"activations at `bank.layer` {bank.layer!r}; choose another layer.")
@@ -113,46 +110,16 @@ class ParentCode(nn.Module):
     def _parent_output(self, acts: torch.Tensor, dummy: torch.Tensor | None = None) -> Any:
         if self.mid is not None:
             return self.mid(acts)
-        captured: list[Any] = []
-
-        def stop(_module, _inputs, output):
-            captured.append(output)
-            raise _Stop
-
-        handles = [self._modules_at[1].register_forward_hook(stop),
-                   self._modules_at[0].register_forward_hook(lambda *_: acts)]
         if dummy is None:
             dummy = torch.zeros((acts.shape[0], *self._input_shape), dtype=acts.dtype,
                                 device=acts.device)
-        try:
-            self.model(dummy)
-        except _Stop:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        return captured[0] if captured else None
+        # the earlier layer's output replaced by `acts`, the forward stopped at the parent layer
+        return capture_output(self.model, self._modules_at[1], dummy,
+                              replace={self._modules_at[0]: acts})
 
     def forward(self, acts: torch.Tensor) -> torch.Tensor:
         pooled = pool(self._parent_output(acts), self.model)
         return differentiable_codes(self._bank, pooled)[:, self._concept:self._concept + 1]
-
-
-def _capture(model: nn.Module, module: nn.Module, batch: torch.Tensor) -> Any:
-    captured: list[Any] = []
-
-    def stop(_module, _inputs, output):
-        captured.append(output)
-        raise _Stop
-
-    handle = module.register_forward_hook(stop)
-    try:
-        model(batch)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured[0] if captured else None
 
 
 def _close(a: Any, b: Any) -> bool:
