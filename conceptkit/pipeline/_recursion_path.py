@@ -13,58 +13,29 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from .._torchutils import capture_output
 from ..concepts import ConceptBank
 from ..extraction import CutError, get_layer, infer_prefix_tokens
+from ..extraction._split import NotInGraph, graph_cuts
 from ..maps import differentiable_codes
 
 
-class _LeafTracer(fx.Tracer):
-    def __init__(self, leaves: tuple[nn.Module, ...]):
-        super().__init__()
-        self._leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return any(m is leaf for leaf in self._leaves) or super().is_leaf_module(m, module_qualified_name)
-
-
 def _fx_mid(model: nn.Module, layer: str, target: str) -> nn.Module | None:
-    """A GraphModule from ``layer``'s output to ``target``'s output, or None when the model
-    cannot be traced with both as single calls."""
-    modules = (get_layer(model, layer)[1], get_layer(model, target)[1])
+    """The part of the model from ``layer``'s output to ``target``'s output (one torch.fx cut,
+    :func:`~conceptkit.extraction._split.graph_cuts`), or None when the model cannot be traced
+    with both as single calls (it is replayed instead). A skip connection that crosses ``layer``
+    on the way raises :class:`CutError`."""
     try:
-        graph = _LeafTracer(modules).trace(model)
+        (mid,) = graph_cuts(model, [(layer, target)])
+    except NotInGraph:
+        return None
+    except CutError:
+        raise
     except Exception:  # noqa: BLE001 - untraceable models are replayed instead
         return None
-    starts = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
-    ends = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
-    if len(starts) != 1 or len(ends) != 1:
-        return None
-    start, first_input = starts[0], next(iter(graph.nodes))
-    needed: set[fx.Node] = set()
-    stack = [ends[0]]
-    while stack:
-        node = stack.pop()
-        if node is start or node in needed:
-            continue
-        if node.op == "placeholder":
-            if node is first_input:
-                raise CutError(f"`layer` {layer!r} is not a valid cut on the way to `bank.layer` "
-                               f"{target!r}: a skip connection (or another path) carries values "
-                               f"computed before `layer` to the parent layer.")
-            return None
-        needed.add(node)
-        stack.extend(node.all_input_nodes)
-    mid = fx.Graph()
-    env = {start: mid.placeholder("activations")}
-    for node in graph.nodes:   # graph order is a topological order
-        if node in needed:
-            env[node] = mid.node_copy(node, lambda n: env[n])
-    mid.output(env[ends[0]])
-    return fx.GraphModule(model, mid, class_name="Mid")
+    return mid
 
 
 class ParentCode(nn.Module):
