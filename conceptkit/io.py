@@ -30,7 +30,7 @@ class FormatError(ValueError):
 def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:
     """``value`` as plain JSON types: dicts with string keys, lists, numbers, strings, None.
 
-    Arrays and tensors become (nested) lists and numpy scalars plain numbers. With
+    Arrays and tensors become (nested) lists, numpy scalars plain numbers and devices strings. With
     ``finite=True`` (reports) NaN and infinities become ``None`` so that the output is strict
     JSON; ``finite=False`` keeps them (file metadata, read back by Python's ``json``). Values of
     any other type raise a ``TypeError`` with ``strict=True`` and become ``str(value)`` otherwise.
@@ -55,8 +55,13 @@ def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:
         return value
     if isinstance(value, Path):
         return value.as_posix() if not strict else str(value)
+    if isinstance(value, torch.device):
+        return str(value)
     if strict:
-        raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata: {value!r}")
+        hint = ""
+        if isinstance(value, (np.random.Generator, np.random.RandomState, torch.Generator)):
+            hint = " (a random generator cannot be saved: pass an int seed instead)"
+        raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata{hint}: {value!r}")
     return str(value)
 
 

@@ -143,7 +143,8 @@ class ConceptBank:
             tensors["activations"] = self.activations
         meta = {"layer": self.layer, "method": self.method, "params": self.params, "extra": self.extra,
                 "factorizer": {"name": type(self.factorizer).__name__,
-                               "params": _json_params(self.factorizer.get_params(deep=False)),
+                               "params": io.json_ready(self.factorizer.get_params(deep=False),
+                                                       strict=True, finite=False),
                                "info": f_info},
                 "provenance": p_info}
         return tensors, meta
@@ -211,14 +212,3 @@ class ConceptBank:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptBank: {err}") from err
 
-
-def _json_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, (np.random.Generator, np.random.RandomState)):
-            raise ValueError(f"cannot save a factorizer whose `{key}` is a random generator; use an "
-                             f"int seed.")
-        if isinstance(value, torch.device):
-            value = str(value)
-        out[key] = value
-    return out

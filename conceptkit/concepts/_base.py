@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from .._validation import check_choice, check_int, check_matrix, resolve_device, to_numpy
+from ..io import json_ready
 
 #: Every concrete factorizer class, keyed by its class name (filled in by ``__init_subclass__``).
 FACTORIZERS: dict[str, type[Factorizer]] = {}
@@ -133,8 +134,8 @@ class Factorizer(BaseEstimator, abc.ABC):
         self._check_fitted()
         arrays = {name: np.asarray(getattr(self, name)) for name in self._state_arrays
                   if getattr(self, name, None) is not None}
-        info = {name: _plain(getattr(self, name)) for name in self._state_info
-                if hasattr(self, name)}
+        info = {name: json_ready(getattr(self, name), strict=True, finite=False)
+                for name in self._state_info if hasattr(self, name)}
         return arrays, info
 
     @classmethod
@@ -266,16 +267,6 @@ def _check_real(A: Any, name: str) -> None:
     if bad:
         raise TypeError(f"`{name}` must hold real numbers (float or integer activations); got dtype "
                         f"{A.dtype}.")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    return value
 
 
 def factorizer_from_state(name: str, params: dict, arrays: dict, info: dict) -> Factorizer:
