@@ -9,10 +9,12 @@ unpickles and never executes code. The JSON carries ``kind`` (what was saved) an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,27 @@ _MAX_HEADER = 100 * 1024 * 1024  # a header larger than this is certainly not ou
 
 class FormatError(ValueError):
     """A file is not a valid conceptkit save (wrong kind, version, truncated or tampered)."""
+
+
+#: What rebuilding an object from the parts of a damaged file raises: missing keys, parts of the
+#: wrong type, shape or value, out-of-range indices and numbers.
+DAMAGE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+@contextlib.contextmanager
+def loading(path: str | os.PathLike, what: str,
+            also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """The one loader wrapper: errors raised while an object is rebuilt from the file at
+    ``path`` become a :class:`FormatError` naming the file (``"`path` ... is not a valid
+    {what}: ..."``). Every conceptkit loader rebuilds its object inside this block, so that a
+    tampered file is always reported the same way. ``also`` adds error types of that loader
+    (``RuntimeError`` of ``load_state_dict`` for weights files)."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except DAMAGE_ERRORS + tuple(also) as err:
+        raise FormatError(f"`path` {str(path)!r} is not a valid {what}: {err}") from err
 
 
 def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .._torchutils import on_device, preserved_model_state
 from .._validation import check_images, check_int, describe, make_rng, resolve_device
-from ..io import FormatError, load_file, save_file
+from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders, clip_similarity
 from ._concept_filter import filter_by_text, top5_activation
 from ._data import as_tensor, check_labels
@@ -334,7 +334,7 @@ class LabelFreeCBM(BaseEstimator):
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"`backbone` must be a torch.nn.Module; got {describe(backbone)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
-        try:
+        with loading(path, "LabelFreeCBM"):
             model = cls(backbone, clip, meta["concepts"], meta["class_names"], **meta["params"])
             for key in ("concepts_", "removed_", "lam_", "path_", "val_accuracy_", "proj_steps_"):
                 setattr(model, key, meta[key])
@@ -344,9 +344,6 @@ class LabelFreeCBM(BaseEstimator):
             model.concept_similarity_ = tensors["concept_similarity"]
             model.weight_, model.bias_ = tensors["weight"], tensors["bias"]
             model._check_loaded()
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} is missing part of a LabelFreeCBM or holds "
-                              f"inconsistent parts: {err}") from err
         return model
 
     def _check_loaded(self) -> None:

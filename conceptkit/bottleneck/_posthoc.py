@@ -36,7 +36,7 @@ from .._validation import (
     resolve_device,
     to_numpy,
 )
-from ..io import FormatError, load_file, save_file
+from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders
 from ._data import as_tensor, check_labels
 from ._label_free import backbone_features
@@ -297,7 +297,7 @@ class PosthocCBM(BaseEstimator):
     def load(cls, path: str | os.PathLike, backbone: nn.Module | None = None) -> PosthocCBM:
         """Load a model written by :meth:`save` (``head_`` is rebuilt from its arrays)."""
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
-        try:
+        with loading(path, "PosthocCBM"):
             arr = {k: v.double().numpy() for k, v in tensors.items()}
             bank = ConceptBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
                                arr["bank_accuracy"])
@@ -309,9 +309,6 @@ class PosthocCBM(BaseEstimator):
             model.residual_bias_ = arr.get("residual_bias")
             model._check_loaded()
             model.head_ = _rebuild_head(model)
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} is missing part of a PosthocCBM or holds "
-                              f"inconsistent parts: {err}") from err
         return model
 
     def _check_loaded(self) -> None:

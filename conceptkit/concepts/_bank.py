@@ -207,8 +207,6 @@ class ConceptBank:
     def load(cls, path: str | os.PathLike) -> ConceptBank:
         """Read a bank written by :meth:`save`; never unpickles or executes code."""
         tensors, meta = io.load_file(path, kind=BANK_KIND, version=BANK_VERSION)
-        try:
+        with io.loading(path, "ConceptBank"):
             return cls.from_state(tensors, meta)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-            raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptBank: {err}") from err
 

@@ -377,7 +377,7 @@ class ClassConcepts:
     def load(cls, path: str | os.PathLike) -> ClassConcepts:
         """Read a file written by :meth:`save` (no pickle, no code execution)."""
         tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
-        try:
+        with io.loading(path, "ClassConcepts file"):
             bank_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
             bank = ConceptBank.from_state(bank_tensors, meta["bank"])
             k = bank.n_concepts
@@ -404,8 +404,6 @@ class ClassConcepts:
             if per_input.shape[1] != k:
                 raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
             return result
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-            raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:
