@@ -15,7 +15,7 @@ import numpy as np
 
 def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict]:
     """Extraction metrics of the bank and importance metrics of the importances."""
-    from ..concepts import metrics as cm
+    from ..concepts.metrics import EXTRACTION_METRICS
     from ..importance.metrics import CDeletion, CInsertion, CMuFidelity
 
     bank = cc.bank
@@ -24,13 +24,11 @@ def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -
         acts = bank.activations.numpy()
         recon = np.asarray(bank.decode(bank.codes.numpy()))
         codes = bank.codes.numpy()
-        out["extraction"]["relative_l2"] = _metric(cm.relative_l2(acts, recon), False)
-        out["extraction"]["sparsity_l0"] = _metric(cm.sparsity_l0(codes), False)
-        out["extraction"]["hoyer"] = _metric(cm.hoyer(codes), True)
-        out["extraction"]["frechet_distance"] = _metric(cm.frechet_distance(acts, recon), False)
-        if stability:
-            out["extraction"]["stability"] = _metric(
-                cm.stability(bank.factorizer, acts, seed=seed), True)
+        for name, metric in EXTRACTION_METRICS.items():
+            if metric.inputs == "refit" and not stability:
+                continue  # refits the factorizer several times: only when asked
+            value = metric.evaluate(acts, recon, codes, bank.factorizer, seed=seed)
+            out["extraction"][name] = _metric(value, metric.higher_is_better)
     h = cc.model_at_layer.maps_head if cc.model_at_layer is not None else None
     if h is not None and cc.activations is not None:
         per_input = cc.importance.per_input
