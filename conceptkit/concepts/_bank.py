@@ -97,6 +97,30 @@ class ConceptBank:
             return np.ascontiguousarray(codes.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
         raise ValueError(f"`activations` must be (n, C) or (N, C, h, w); got shape {tuple(activations.shape)}.")
 
+    def encode_differentiable(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Codes ``(n, k)`` of activations ``(n, C)`` that gradients flow through.
+
+        The values equal ``encode(pooled)``. Their gradient is the implicit gradient of the
+        encoding at its solution: for non-negative codes (NMF-like), the least-squares problem
+        restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained
+        codes, the least-squares pseudo-inverse. Gradient maps and CRAFT's recursion differentiate
+        image-level codes through it.
+        """
+        if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2:
+            raise TypeError(f"`pooled` must be a torch.Tensor of shape (n, C); got {describe(pooled)}.")
+        W = self.components.to(pooled)
+        with torch.no_grad():
+            fixed = torch.as_tensor(self.encode(pooled.detach().cpu())).to(pooled)
+        if not getattr(self.factorizer, "nonnegative_codes", False):
+            offset = pooled.detach() - fixed @ W
+            return torch.linalg.lstsq(W.T, (pooled - offset).T).solution.T
+        active = (fixed > 0).to(pooled)
+        gram = W @ W.T
+        eye = torch.eye(W.shape[0], dtype=pooled.dtype, device=pooled.device)
+        system = active[:, :, None] * gram[None] * active[:, None, :] + (1 - active)[:, :, None] * eye
+        rhs = active * (pooled @ W.T)
+        return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1)
+
     def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Reconstructed activations from codes: ``(n, k)`` → ``(n, C)``; ``(N, k, h, w)`` → ``(N, C, h, w)``."""
         if not isinstance(codes, (np.ndarray, torch.Tensor)):

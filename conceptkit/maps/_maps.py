@@ -6,7 +6,8 @@ Three kinds of map:
   concept dictionary fixed, ``(N, k, h, w)``, upsampled to the image (CRAFT, ICE);
 * **gradient maps** — Grad-CAM of each image-level concept coefficient with respect to a feature
   map (the layer itself or an earlier one); the coefficient is differentiated implicitly through
-  the non-negative least-squares encoding (see :func:`differentiable_codes`);
+  the non-negative least-squares encoding (see
+  :meth:`~conceptkit.concepts.ConceptBank.encode_differentiable`);
 * **provenance maps** — the codes of the crops / segments / cells a bank was fitted on, painted
   back onto their source images through their provenance.
 """
@@ -73,28 +74,6 @@ def _image_size(image_size: Any, name: str = "image_size") -> tuple[int, int] | 
     return side, side
 
 
-def differentiable_codes(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor:
-    """Image-level codes ``(N, k)`` of pooled activations ``(N, C)``, differentiable.
-
-    The codes equal ``bank.encode(pooled)``. Their gradient is the implicit gradient of the
-    encoding at its solution: for non-negative codes (NMF-like), the least-squares problem
-    restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained
-    codes, the least-squares pseudo-inverse.
-    """
-    W = bank.components.to(pooled)
-    with torch.no_grad():
-        fixed = torch.as_tensor(bank.encode(pooled.detach().cpu())).to(pooled)
-    if not getattr(bank.factorizer, "nonnegative_codes", False):
-        offset = pooled.detach() - fixed @ W
-        return torch.linalg.lstsq(W.T, (pooled - offset).T).solution.T
-    active = (fixed > 0).to(pooled)
-    gram = W @ W.T
-    eye = torch.eye(W.shape[0], dtype=pooled.dtype, device=pooled.device)
-    system = active[:, :, None] * gram[None] * active[:, None, :] + (1 - active)[:, :, None] * eye
-    rhs = active * (pooled @ W.T)
-    return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1)
-
-
 def _as_maps(output: torch.Tensor, n: int, model: nn.Module) -> torch.Tensor:
     """Layer output as feature maps: transformer tokens become patch-token maps."""
     if output.ndim != 3:
@@ -144,7 +123,7 @@ def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
                     model(batch)
                     acts = _as_maps(store["concept"], batch.shape[0], model)
                     pooled = acts.mean(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
-                    codes = differentiable_codes(bank, pooled.float())
+                    codes = bank.encode_differentiable(pooled.float())
                     raw = store["map"]
                     fmap = _as_maps(raw.detach(), batch.shape[0], model)
                     maps = []

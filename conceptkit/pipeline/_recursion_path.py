@@ -19,7 +19,6 @@ from .._torchutils import capture_output
 from ..concepts import ConceptBank
 from ..extraction import CutError, get_layer, infer_prefix_tokens
 from ..extraction._split import NotInGraph, graph_cuts
-from ..maps import differentiable_codes
 
 
 def _fx_mid(model: nn.Module, layer: str, target: str) -> nn.Module | None:
@@ -90,7 +89,7 @@ class ParentCode(nn.Module):
 
     def forward(self, acts: torch.Tensor) -> torch.Tensor:
         pooled = pool(self._parent_output(acts), self.model)
-        return differentiable_codes(self._bank, pooled)[:, self._concept:self._concept + 1]
+        return self._bank.encode_differentiable(pooled)[:, self._concept:self._concept + 1]
 
 
 def _close(a: Any, b: Any) -> bool:

@@ -14,7 +14,8 @@ import pytest
 import conceptkit
 
 ROOT = Path(conceptkit.__file__).resolve().parent
-SHARED = {"conceptkit._validation", "conceptkit._torchutils", "conceptkit.io"}
+SHARED = {"conceptkit._validation", "conceptkit._torchutils", "conceptkit._deprecation",
+          "conceptkit.io"}
 
 
 def _module_name(path: Path) -> str:
