@@ -2,6 +2,7 @@
 
 The report renders what it is handed (a :class:`ClassReport` per class) and computes no
 explanation itself: the pipeline assembles the numbers, this package draws them.
+:func:`write_page` writes any other self-contained page in the same style (the CBM report).
 """
 
 from ..io import json_ready
@@ -14,6 +15,7 @@ from ._figures import (
     plot_importances,
     save_figure,
 )
+from ._html import PageTable, Picture, write_page
 from ._images import concept_overlay
 from ._index import index_entry, write_index, write_reports
 from ._structure import (
@@ -29,6 +31,8 @@ __all__ = [
     "ClassReport",
     "ConceptSummary",
     "IndexEntry",
+    "PageTable",
+    "Picture",
     "class_slug",
     "concept_colors",
     "concept_cooccurrence",
@@ -47,5 +51,6 @@ __all__ = [
     "top_concepts",
     "write_class_report",
     "write_index",
+    "write_page",
     "write_reports",
 ]
