@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import SGDClassifier
-from sklearn.svm import SVC
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -36,6 +35,7 @@ from .._validation import (
     resolve_device,
     to_numpy,
 )
+from ..concepts._cav import fit_boundary
 from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders
 from ._data import as_tensor, check_labels
@@ -79,6 +79,9 @@ class ConceptBank:
                       n_samples: int = 50, seed: int = 0) -> ConceptBank:
         """One linear SVM (``SVC(kernel="linear", C)``) per concept: its examples vs negatives.
 
+        The fit is :func:`conceptkit.concepts._cav.fit_boundary`, the one CAV fit of conceptkit
+        (TCAV's CAVs use it too): unit-norm vectors, intercepts scaled alike.
+
         Parameters
         ----------
         positives : dict of name -> array (n_i, d)
@@ -104,14 +107,12 @@ class ConceptBank:
                                           columns=pos.shape[1]), np.float64)
             pos, neg = pos[rng.permutation(len(pos))], neg[rng.permutation(len(neg))]
             n_pos, n_neg = min(n_samples, len(pos)), min(n_samples, len(neg))
-            X = np.concatenate([pos[:n_pos], neg[:n_neg]])
-            y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
-            svm = SVC(kernel="linear", C=C).fit(X, y)
-            vectors.append(svm.coef_[0])
-            intercepts.append(svm.intercept_[0])
-            held_x = np.concatenate([pos[n_pos:n_pos + n_samples], neg[n_neg:n_neg + n_samples]])
-            held_y = np.r_[np.ones(len(pos[n_pos:n_pos + n_samples])), np.zeros(len(neg[n_neg:n_neg + n_samples]))]
-            accuracy.append(float((svm.predict(held_x) == held_y).mean()) if len(held_y) else np.nan)
+            cav = fit_boundary(pos[:n_pos], neg[:n_neg], pos[n_pos:n_pos + n_samples],
+                               neg[n_neg:n_neg + n_samples], classifier="svm", space="pooled",
+                               C=C, what=f"the CAV of {name!r}")
+            vectors.append(cav.vector)
+            intercepts.append(cav.intercept)
+            accuracy.append(cav.accuracy)
         return cls(np.stack(vectors), np.array(intercepts), list(positives), accuracy)
 
     @classmethod

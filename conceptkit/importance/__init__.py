@@ -11,8 +11,9 @@
   C-μFidelity).
 """
 
+from ..concepts._cav import CAV, compute_cav
 from . import metrics
-from ._cav import CAV, compute_cav, directional_derivatives
+from ._cav import directional_derivatives
 from ._concept import METHODS, ConceptImportance, concept_importance
 from ._design import SAMPLERS, replicated_design, to_salib_layout
 from ._estimators import FIRST_ORDER_ESTIMATORS, TOTAL_ORDER_ESTIMATORS
