@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-ArrayLike = "np.ndarray | torch.Tensor"
-
 
 def describe(value: Any) -> str:
     """A short description of ``value`` for error messages: type, shape and dtype."""
@@ -181,15 +179,6 @@ def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def like(result: np.ndarray | torch.Tensor, template: np.ndarray | torch.Tensor):
-    """Return ``result`` in the container type (and, for torch, device) of ``template``."""
-    if isinstance(template, torch.Tensor):
-        if isinstance(result, torch.Tensor):
-            return result.to(template.device)
-        return torch.from_numpy(np.ascontiguousarray(result)).to(template.device)
-    return to_numpy(result)
 
 
 def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
