@@ -29,7 +29,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from conceptkit.bottleneck import (
-    ConceptBank,
+    CAVBank,
     ConceptBottleneckModel,
     PosthocCBM,
     SpatialProbe,
@@ -77,7 +77,7 @@ def posthoc(n_train: int, n_test: int) -> dict:
     with torch.no_grad():
         emb, emb_test = backbone(train.images).numpy(), backbone(test.images).numpy()
     start = time.perf_counter()
-    bank = ConceptBank.from_concept_labels(emb, train.concepts, list(train.concept_names), n_samples=50)
+    bank = CAVBank.from_concept_labels(emb, train.concepts, list(train.concept_names), n_samples=50)
     plain = PosthocCBM(bank, lam=1e-2, progress=False).fit(emb, train.labels)
     hybrid = PosthocCBM(bank, lam=1e-2, residual=True, progress=False).fit(emb, train.labels)
     y = test.labels.numpy()

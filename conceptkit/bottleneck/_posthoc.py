@@ -1,6 +1,6 @@
 """Post-hoc concept bottleneck models (Yuksekgonul et al., ICLR 2023).
 
-A frozen backbone's embeddings ``e`` are projected on a :class:`ConceptBank` — concept activation
+A frozen backbone's embeddings ``e`` are projected on a :class:`CAVBank` — concept activation
 vectors from linear SVMs, or CLIP text embeddings — as signed margins ``(v·e + b)/‖v‖``; a sparse
 elastic-net logistic head (``SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam,
 l1_ratio=0.99)``) reads the margins. The hybrid PCBM-h adds a residual linear layer on the
@@ -45,7 +45,7 @@ KIND = "posthoc_cbm"
 FORMAT_VERSION = 1
 
 
-class ConceptBank:
+class CAVBank:
     """Concept directions ``vectors (K, d)`` with ``intercepts (K,)`` and ``names``.
 
     ``margins(e) = (e · v_k + b_k) / ‖v_k‖`` is the signed distance of ``e`` to concept ``k``'s
@@ -76,7 +76,7 @@ class ConceptBank:
 
     @classmethod
     def from_examples(cls, positives: Mapping[str, Any], negatives: Any, *, C: float = 0.1,
-                      n_samples: int = 50, seed: int = 0) -> ConceptBank:
+                      n_samples: int = 50, seed: int = 0) -> CAVBank:
         """One linear SVM (``SVC(kernel="linear", C)``) per concept: its examples vs negatives.
 
         The fit is :func:`conceptkit.concepts._cav.fit_boundary`, the one CAV fit of conceptkit
@@ -117,7 +117,7 @@ class ConceptBank:
 
     @classmethod
     def from_concept_labels(cls, embeddings: Any, concepts: Any, names: list[str], *,
-                            C: float = 0.1, n_samples: int = 50, seed: int = 0) -> ConceptBank:
+                            C: float = 0.1, n_samples: int = 50, seed: int = 0) -> CAVBank:
         """CAVs from embeddings ``(N, d)`` and 0/1 concept labels ``(N, K)``: for each concept,
         examples with it against examples without it (see :meth:`from_examples`)."""
         emb = np.asarray(check_matrix(to_numpy(embeddings), "embeddings"), np.float64)
@@ -131,7 +131,7 @@ class ConceptBank:
 
     @classmethod
     def from_clip_text(cls, clip: Any, names: list[str], *, template: str = "{}",
-                       cache_dir: str | os.PathLike | None = None) -> ConceptBank:
+                       cache_dir: str | os.PathLike | None = None) -> CAVBank:
         """Normalised CLIP text embeddings of ``names`` as concept vectors, intercept 0."""
         emb = ClipEncoders.wrap(clip).text_embeddings(names, template=template, cache_dir=cache_dir)
         return cls(emb.double().numpy(), np.zeros(len(names)), list(names))
@@ -142,7 +142,7 @@ class PosthocCBM(BaseEstimator):
 
     Parameters
     ----------
-    concept_bank : ConceptBank
+    concept_bank : CAVBank
     backbone : nn.Module, optional
         Maps images to embeddings; without it, :meth:`fit` / :meth:`predict` take embeddings.
     lam, l1_ratio, max_iter : float, float, int
@@ -158,7 +158,7 @@ class PosthocCBM(BaseEstimator):
     ``margin_std_``, and for PCBM-h ``residual_weight_ (C, d)``, ``residual_bias_ (C,)``.
     """
 
-    def __init__(self, concept_bank: ConceptBank, backbone: nn.Module | None = None, *,
+    def __init__(self, concept_bank: CAVBank, backbone: nn.Module | None = None, *,
                  lam: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 10000,
                  residual: bool = False, residual_epochs: int = 20, residual_lr: float = 0.01,
                  residual_penalty: float = 1e-3, batch_size: int = 64, standardize: bool = True,
@@ -194,8 +194,8 @@ class PosthocCBM(BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> PosthocCBM:
         """Fit the sparse head (and the residual for PCBM-h) on embeddings or images ``X``."""
-        if not isinstance(self.concept_bank, ConceptBank):
-            raise TypeError(f"`concept_bank` must be a ConceptBank; got {describe(self.concept_bank)}.")
+        if not isinstance(self.concept_bank, CAVBank):
+            raise TypeError(f"`concept_bank` must be a CAVBank; got {describe(self.concept_bank)}.")
         lam = check_float(self.lam, "lam", minimum=0.0, strict_minimum=True)
         l1_ratio = check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
         emb = self.embed(X)
@@ -300,7 +300,7 @@ class PosthocCBM(BaseEstimator):
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         with loading(path, "PosthocCBM"):
             arr = {k: v.double().numpy() for k, v in tensors.items()}
-            bank = ConceptBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
+            bank = CAVBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
                                arr["bank_accuracy"])
             model = cls(bank, backbone, **meta["params"])
             model.coef_, model.intercept_ = arr["coef"], arr["intercept"]

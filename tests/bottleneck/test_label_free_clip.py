@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conceptkit.bottleneck import ClipEncoders, ConceptBank, LabelFreeCBM, PosthocCBM
+from conceptkit.bottleneck import CAVBank, ClipEncoders, LabelFreeCBM, PosthocCBM
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -172,7 +172,7 @@ def test_label_free_and_posthoc_plumbing_with_a_tiny_open_clip(tiny_clip):
     assert lf.nnz_per_class_.max() <= 2
 
     clip = ClipEncoders.from_open_clip(model, tokenizer)
-    bank = ConceptBank.from_clip_text(clip, concepts)
+    bank = CAVBank.from_clip_text(clip, concepts)
     np.testing.assert_allclose(np.linalg.norm(bank.vectors, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(bank.intercepts, 0.0)
     embeddings = clip.image_embeddings(images)

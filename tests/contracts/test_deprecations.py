@@ -26,3 +26,13 @@ def test_maps_differentiable_codes_moved_to_the_bank():
     with pytest.warns(DeprecationWarning, match="encode_differentiable"):
         old = conceptkit.maps.differentiable_codes
     torch.testing.assert_close(old(bank, pooled), bank.encode_differentiable(pooled))
+
+
+def test_bottleneck_concept_bank_is_now_cav_bank():
+    import conceptkit.bottleneck as bottleneck
+
+    with pytest.warns(DeprecationWarning, match="CAVBank"):
+        old = bottleneck.ConceptBank
+    assert old is bottleneck.CAVBank
+    with pytest.warns(DeprecationWarning):
+        from conceptkit.bottleneck import ConceptBank  # noqa: F401 - the old import keeps working

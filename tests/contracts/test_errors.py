@@ -544,7 +544,7 @@ ROWS: list[Row] = [
     R("intervention-policy", "bottleneck.intervention_curve", "unknown policy",
       lambda c: bottleneck.intervention_curve(c.cbm, c.cbm_data, policy="greedy"), ValueError, "`policy`"),
     R("posthoc-not-fitted", "bottleneck.PosthocCBM.predict", "predict before fit",
-      lambda c: bottleneck.PosthocCBM(bottleneck.ConceptBank(np.eye(3), np.zeros(3), ["a", "b", "c"]))
+      lambda c: bottleneck.PosthocCBM(bottleneck.CAVBank(np.eye(3), np.zeros(3), ["a", "b", "c"]))
       .predict(np.ones((2, 3))), ValueError, "fit(X, y)"),
     R("label-free-labels", "bottleneck.LabelFreeCBM.fit", "labels of another length than the images",
       lambda c: bottleneck.LabelFreeCBM(c.model, _FakeClip(), ["red", "round"], ["a", "b"], progress=False)

@@ -425,7 +425,7 @@ def test_label_free_backbone(fuse):
 def test_posthoc_backbone(fuse):
     net = backbone()
     net.trip.arm(fuse)
-    bank = bottleneck.ConceptBank(np.eye(6)[:3], np.zeros(3), ["a", "b", "c"])
+    bank = bottleneck.CAVBank(np.eye(6)[:3], np.zeros(3), ["a", "b", "c"])
     pcbm = bottleneck.PosthocCBM(bank, net, batch_size=4, max_iter=50, progress=False)
     x, _, y = cbm_data(80)  # embeddings are computed 64 images at a time: two batches
     run(net, lambda: pcbm.fit(x, y), fails=bool(fuse))

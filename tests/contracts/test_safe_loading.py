@@ -111,7 +111,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     cbm = bottleneck.ConceptBottleneckModel(nn.Linear(8, 4), 4, 3, head="mlp", hidden=6)
     out["cbm"] = Path(cbm.save(root / "cbm.safetensors"))
     out["label_free"] = Path(_label_free().save(root / "label_free.safetensors"))
-    cav_bank = bottleneck.ConceptBank(np.eye(5)[:3] + 0.1, np.zeros(3), ["a", "b", "c"])
+    cav_bank = bottleneck.CAVBank(np.eye(5)[:3] + 0.1, np.zeros(3), ["a", "b", "c"])
     rng = np.random.default_rng(0)
     posthoc = bottleneck.PosthocCBM(cav_bank, max_iter=20, progress=False).fit(
         rng.normal(size=(30, 5)), np.arange(30) % 3)
