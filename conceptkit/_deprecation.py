@@ -55,16 +55,20 @@ def renamed_arguments(**renames: str) -> Callable[[F], F]:
     return decorate
 
 
-def module_getattr(module: str, moved: dict[str, tuple[str, str]]) -> Callable[[str], Any]:
+def module_getattr(module: str, moved: dict[str, tuple[str, ...]]) -> Callable[[str], Any]:
     """A module ``__getattr__`` for names that left ``module``'s face.
 
-    ``moved`` maps each old name to ``(module where it lives now, its name there)``; reaching it
-    through ``module`` warns and returns it.
+    ``moved`` maps each old name to ``(module where it lives now, its name there)``, optionally
+    with a third item saying what to use instead; reaching it through ``module`` warns and
+    returns it. A name kept under the same name in a private module of ``module`` is plumbing
+    that left the public face.
     """
     def __getattr__(name: str) -> Any:
         if name in moved:
-            target, attribute = moved[name]
-            if attribute == name and target.startswith(module + "._"):
+            target, attribute, *instead = moved[name]
+            if instead:
+                warn_deprecated(f"{module}.{name}", instead[0], stacklevel=3)
+            elif attribute == name and target.startswith(module + "._"):
                 warnings.warn(f"{module}.{name} is internal plumbing and left the public names of "
                               f"{module}; reaching it there is deprecated and stops working in "
                               f"conceptkit {REMOVED_IN} (it stays in {target}, which is private).",

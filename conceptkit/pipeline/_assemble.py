@@ -45,13 +45,17 @@ def _metric(value: Any, higher_is_better: bool) -> dict[str, Any]:
     return {"value": value if np.isfinite(value) else None, "higher_is_better": bool(higher_is_better)}
 
 
-def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6,
-                       n_exemplars: int = 10, labels: dict[int, str] | None = None,
-                       notes: list[str] | None = None, extra_metrics: dict | None = None,
-                       return_entry: bool = False, index_link: str | None = None) -> Any:
-    """Assemble the :class:`~conceptkit.report.ClassReport` of ``cc`` and write it."""
-    from ..report import ClassReport, ConceptSummary, index_entry
-    from ..report import write_class_report as render
+def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
+                       labels: dict[int, str] | None = None, notes: list[str] | None = None,
+                       extra_metrics: dict | None = None) -> Any:
+    """The :class:`~conceptkit.report.ClassReport` of ``cc``: what its report page shows.
+
+    ``n_images`` class images with their concept maps, ``n_exemplars`` exemplars per concept,
+    concept ``labels`` (default ``"concept <i>"``), ``notes`` and ``extra_metrics`` (a group of
+    metrics in the report's ``{group: {name: {"value", "higher_is_better"}}}`` form) added to the
+    explanation's own metrics. :func:`conceptkit.report.write_class_report` draws it.
+    """
+    from ..report import ClassReport, ConceptSummary
 
     order = cc.ranking
     k = cc.n_concepts
@@ -77,7 +81,7 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
         metrics = {}
     if extra_metrics:
         metrics = {**metrics, **extra_metrics}
-    report = ClassReport(
+    return ClassReport(
         class_id=int(cc.class_id), class_name=cc.class_name, method=cc.method,
         importance_method=cc.importance.method, layer=cc.layer, model_name=cc.model_name,
         concepts=concepts, images=shown.numpy(),
@@ -86,6 +90,17 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics, notes=list(notes or []),
         timings=dict(cc.timings))
+
+
+def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: bool = False,
+                       index_link: str | None = None, **build_options: Any) -> Any:
+    """Deprecated in 0.2 (reached as ``conceptkit.pipeline.write_class_report``): use
+    ``ClassConcepts.report`` or :func:`build_class_report` with
+    :func:`conceptkit.report.write_class_report`. Returns the page, or the index entry."""
+    from ..report import index_entry
+    from ..report import write_class_report as render
+
+    report = build_class_report(cc, **build_options)
     page = render(report, out_dir, index_link=index_link)
     return index_entry(report, page, out_dir) if return_entry else page
 

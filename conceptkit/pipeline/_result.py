@@ -326,11 +326,23 @@ class ClassConcepts:
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
 
-    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
-        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
-        from ._assemble import write_class_report
+    def report(self, out_dir: str | os.PathLike, *, n_images: int = 6, n_exemplars: int = 10,
+               labels: dict[int, str] | None = None, notes: list[str] | None = None,
+               extra_metrics: dict | None = None, index_link: str | None = None,
+               **render_options: Any) -> str:
+        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path.
 
-        return str(write_class_report(self, out_dir, **kwargs))
+        The page is assembled by :func:`~conceptkit.pipeline.build_class_report` (``n_images``,
+        ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``) and drawn by
+        :func:`conceptkit.report.write_class_report` (``index_link`` and ``render_options``:
+        ``dpi``, ``embedding``, ...).
+        """
+        from ..report import write_class_report
+        from ._assemble import build_class_report
+
+        report = build_class_report(self, n_images=n_images, n_exemplars=n_exemplars,
+                                    labels=labels, notes=notes, extra_metrics=extra_metrics)
+        return str(write_class_report(report, out_dir, index_link=index_link, **render_options))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:

@@ -3,6 +3,8 @@
 The rest of the test suite uses the new names only; this module is where the old ones are called.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -36,3 +38,31 @@ def test_bottleneck_concept_bank_is_now_cav_bank():
     assert old is bottleneck.CAVBank
     with pytest.warns(DeprecationWarning):
         from conceptkit.bottleneck import ConceptBank  # noqa: F401 - the old import keeps working
+
+
+@pytest.fixture(scope="module")
+def explanation():
+    """A small CRAFT explanation of the reference CNN (class 0)."""
+    import conceptkit
+    from conceptkit.datasets import make_concept_dataset, reference_model
+
+    data = make_concept_dataset(4, image_size=32, seed=0)
+    images = data.images[data.labels == 0]
+    explainer = conceptkit.ConceptExplainer(reference_model(), "block4", n_concepts=3,
+                                            patch_size=16, seed=0, progress=False, n_designs=8)
+    return explainer.fit(images, 0)
+
+
+def test_pipeline_write_class_report_and_compute_metrics_left_the_face(explanation, tmp_path):
+    import conceptkit.pipeline as pipeline
+    from conceptkit.report import IndexEntry
+
+    with pytest.warns(DeprecationWarning, match="build_class_report"):
+        old = pipeline.write_class_report
+    old_page = old(explanation, tmp_path / "old", n_exemplars=2).read_text()
+    new_page = Path(explanation.report(tmp_path / "new", n_exemplars=2)).read_text()
+    assert old_page == new_page
+    assert isinstance(old(explanation, tmp_path / "b", return_entry=True), IndexEntry)
+    with pytest.warns(DeprecationWarning, match="plumbing"):
+        compute_metrics = pipeline.compute_metrics
+    assert compute_metrics(explanation)["extraction"] == explanation.metrics()["extraction"]
