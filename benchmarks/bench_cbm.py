@@ -77,9 +77,10 @@ def posthoc(n_train: int, n_test: int) -> dict:
     with torch.no_grad():
         emb, emb_test = backbone(train.images).numpy(), backbone(test.images).numpy()
     start = time.perf_counter()
-    bank = CAVBank.from_concept_labels(emb, train.concepts, list(train.concept_names), n_samples=50)
-    plain = PosthocCBM(bank, lam=1e-2, progress=False).fit(emb, train.labels)
-    hybrid = PosthocCBM(bank, lam=1e-2, residual=True, progress=False).fit(emb, train.labels)
+    bank = CAVBank.from_concept_labels(emb, train.concepts, list(train.concept_names), n_samples=50,
+                                       seed=0)
+    plain = PosthocCBM(bank, lam=1e-2, seed=0, progress=False).fit(emb, train.labels)
+    hybrid = PosthocCBM(bank, lam=1e-2, residual=True, seed=0, progress=False).fit(emb, train.labels)
     y = test.labels.numpy()
     return {"seconds": time.perf_counter() - start, "cav_accuracy": bank.accuracy.tolist(),
             "pcbm_accuracy": float((plain.predict(emb_test) == y).mean()),

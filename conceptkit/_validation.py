@@ -190,6 +190,17 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def resolve_seed(seed: int | None, name: str = "seed") -> int:
+    """An int seed: ``seed`` itself (checked), or one drawn from fresh entropy for ``None``.
+
+    For code that needs an int (torch generators, scikit-learn's ``random_state``) but must not
+    fall back on a global random state when the user asked for fresh randomness.
+    """
+    if seed is None:
+        return int(np.random.default_rng().integers(2**31 - 1))
+    return check_int(seed, name, minimum=0)
+
+
 def resolve_device(device: Any, name: str = "device") -> torch.device:
     """Turn ``None`` / str / torch.device into a torch.device, with a clear error."""
     if device is None:

@@ -33,7 +33,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import on_device, preserved_model_state
-from .._validation import check_images, check_int, describe, make_rng, resolve_device
+from .._validation import (
+    check_images,
+    check_int,
+    describe,
+    make_rng,
+    resolve_device,
+    resolve_seed,
+)
 from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders, clip_similarity
 from ._concept_filter import filter_by_text, top5_activation
@@ -90,8 +97,8 @@ class LabelFreeCBM(BaseEstimator):
         Prompt template for concept texts (``"{}"``: the bare concept, as the reference).
     nnz_per_class : int
         Most non-zero head weights per class.
-    seed : int
-        Seeds the projection initialisation and the validation split.
+    seed : int or None
+        Seeds the projection initialisation and the validation split (``None``: fresh entropy).
     cache_dir : path, optional
         Where text embeddings are cached on disk (safetensors).
 
@@ -108,7 +115,7 @@ class LabelFreeCBM(BaseEstimator):
                  clip_cutoff: float = 0.25, interpretability_cutoff: float = 0.45,
                  proj_steps: int = 1000, proj_lr: float = 1e-3, val_every: int = 50,
                  nnz_per_class: int = 10, alpha: float = 0.99, val_fraction: float = 0.2,
-                 batch_size: int = 256, device: Any = None, seed: int = 0,
+                 batch_size: int = 256, device: Any = None, seed: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = True):
         self.backbone = backbone
         self.clip = clip
@@ -146,7 +153,8 @@ class LabelFreeCBM(BaseEstimator):
         check_int(self.val_every, "val_every", minimum=1)
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
         check_int(self.batch_size, "batch_size", minimum=1)
-        check_int(self.seed, "seed", minimum=0)
+        if self.seed is not None:
+            check_int(self.seed, "seed", minimum=0)
         return concepts, classes
 
     def _labels(self, labels: Any, n: int, name: str, n_classes: int) -> torch.Tensor:
@@ -254,7 +262,7 @@ class LabelFreeCBM(BaseEstimator):
     def _train_projection(self, X: torch.Tensor, T: torch.Tensor, X_val: torch.Tensor,
                           T_val: torch.Tensor) -> tuple[torch.Tensor, int]:
         with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else []):
-            torch.manual_seed(int(self.seed))
+            torch.manual_seed(resolve_seed(self.seed))
             layer = nn.Linear(X.shape[1], T.shape[1], bias=False).to(X.device)
         opt = torch.optim.Adam(layer.parameters(), lr=float(self.proj_lr))
         best_loss, best_weight, step = float("inf"), layer.weight.detach().clone(), 0

@@ -33,6 +33,7 @@ from .._validation import (
     describe,
     make_rng,
     resolve_device,
+    resolve_seed,
     to_numpy,
 )
 from ..concepts._cav import fit_boundary
@@ -76,7 +77,7 @@ class CAVBank:
 
     @classmethod
     def from_examples(cls, positives: Mapping[str, Any], negatives: Any, *, C: float = 0.1,
-                      n_samples: int = 50, seed: int = 0) -> CAVBank:
+                      n_samples: int = 50, seed: int | None = None) -> CAVBank:
         """One linear SVM (``SVC(kernel="linear", C)``) per concept: its examples vs negatives.
 
         The fit is :func:`conceptkit.concepts._cav.fit_boundary`, the one CAV fit of conceptkit
@@ -93,6 +94,8 @@ class CAVBank:
         n_samples : int
             Examples drawn (seeded) per side for training; up to ``n_samples`` of the remaining
             ones per side measure the held-out ``accuracy``.
+        seed : int or None
+            Seeds the draws (``None``: fresh entropy).
         """
         C = check_float(C, "C", minimum=0.0, strict_minimum=True)
         n_samples = check_int(n_samples, "n_samples", minimum=2)
@@ -117,7 +120,8 @@ class CAVBank:
 
     @classmethod
     def from_concept_labels(cls, embeddings: Any, concepts: Any, names: list[str], *,
-                            C: float = 0.1, n_samples: int = 50, seed: int = 0) -> CAVBank:
+                            C: float = 0.1, n_samples: int = 50,
+                            seed: int | None = None) -> CAVBank:
         """CAVs from embeddings ``(N, d)`` and 0/1 concept labels ``(N, K)``: for each concept,
         examples with it against examples without it (see :meth:`from_examples`)."""
         emb = np.asarray(check_matrix(to_numpy(embeddings), "embeddings"), np.float64)
@@ -153,6 +157,8 @@ class PosthocCBM(BaseEstimator):
         PCBM-h training (reference: 20 epochs, Adam lr 0.01, penalty 1e-3, batch 64).
     standardize : bool
         Standardise margins before the head (see module notes).
+    seed : int or None
+        Seeds the head's SGD and the PCBM-h residual layer (``None``: fresh entropy).
 
     Fitted attributes: ``coef_ (C, K)``, ``intercept_ (C,)``, ``classes_``, ``margin_mean_``,
     ``margin_std_``, and for PCBM-h ``residual_weight_ (C, d)``, ``residual_bias_ (C,)``.
@@ -162,7 +168,7 @@ class PosthocCBM(BaseEstimator):
                  lam: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 10000,
                  residual: bool = False, residual_epochs: int = 20, residual_lr: float = 0.01,
                  residual_penalty: float = 1e-3, batch_size: int = 64, standardize: bool = True,
-                 seed: int = 0, device: Any = None, progress: bool = True):
+                 seed: int | None = None, device: Any = None, progress: bool = True):
         self.concept_bank = concept_bank
         self.backbone = backbone
         self.lam = lam
@@ -208,27 +214,28 @@ class PosthocCBM(BaseEstimator):
             self.margin_std_ = np.where(std > 0, std, 1.0)
         else:
             self.margin_mean_, self.margin_std_ = np.zeros(margins.shape[1]), np.ones(margins.shape[1])
+        seed = resolve_seed(self.seed)  # one int for the head and the residual, even for None
         head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam, l1_ratio=l1_ratio,
                              max_iter=check_int(self.max_iter, "max_iter", minimum=1),
-                             random_state=check_int(self.seed, "seed", minimum=0))
+                             random_state=seed)
         head.fit(self._head_inputs(emb), labels)
         self.head_ = head
         self.coef_, self.intercept_, self.classes_ = _full_coef(head)
         self.residual_weight_ = self.residual_bias_ = None
         if self.residual:
-            self._fit_residual(emb, labels)
+            self._fit_residual(emb, labels, seed)
         return self
 
-    def _fit_residual(self, emb: np.ndarray, labels: np.ndarray) -> None:
+    def _fit_residual(self, emb: np.ndarray, labels: np.ndarray, seed: int) -> None:
         device = resolve_device(self.device)
         inputs = torch.as_tensor(emb, dtype=torch.float32, device=device)
         base = torch.as_tensor(self._bottleneck_logits(emb), dtype=torch.float32, device=device)
         index = {c: i for i, c in enumerate(self.classes_)}
         target = torch.as_tensor([index[v] for v in labels], device=device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(self.seed))
+            torch.manual_seed(seed)
             layer = nn.Linear(emb.shape[1], len(self.classes_)).to(device)
-            generator = torch.Generator().manual_seed(int(self.seed))
+            generator = torch.Generator().manual_seed(seed)
             opt = torch.optim.Adam(layer.parameters(), lr=check_float(self.residual_lr, "residual_lr",
                                                                       minimum=0.0, strict_minimum=True))
             batch = check_int(self.batch_size, "batch_size", minimum=1)
@@ -318,7 +325,8 @@ class PosthocCBM(BaseEstimator):
         check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
         for name in ("max_iter", "batch_size", "residual_epochs"):
             check_int(getattr(self, name), name, minimum=1)
-        check_int(self.seed, "seed", minimum=0)
+        if self.seed is not None:
+            check_int(self.seed, "seed", minimum=0)
         classes = np.asarray(self.classes_)
         if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "iub":
             raise ValueError(f"classes must list at least two class labels; got {describe(classes)}.")
@@ -352,7 +360,7 @@ def _full_coef(head: SGDClassifier) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def _rebuild_head(model: PosthocCBM) -> SGDClassifier:
     head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=float(model.lam),
                          l1_ratio=float(model.l1_ratio), max_iter=int(model.max_iter),
-                         random_state=int(model.seed))
+                         random_state=model.seed)
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 2:
         coef, intercept = (coef[1] - coef[0])[None], np.r_[intercept[1] - intercept[0]]

@@ -162,12 +162,13 @@ def matched_cosine(W1: np.ndarray | torch.Tensor, W2: np.ndarray | torch.Tensor,
 
 
 def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap: int = 5, subset: float = 0.8,
-              seed: int | None = None, *, absolute: bool | None = None,
+              seed: int | None = 0, *, absolute: bool | None = None,
               progress: bool = False) -> float:
     """Dictionary stability: refit clones of ``factorizer`` on random row subsets of ``A (n, C)``.
 
     Each of ``n_bootstrap`` clones is fitted on ``round(subset * n)`` rows drawn without
-    replacement (``seed`` picks the rows; the factorizer keeps its own ``random_state``); every pair
+    replacement (``seed`` picks the rows, 0 by default so that a metric of a fitted factorizer
+    repeats; the factorizer keeps its own ``random_state``); every pair
     of dictionaries is matched with :func:`matched_cosine` and the mean matched cosine is returned
     (1 = the same concepts every time; higher is better). ``absolute=None`` ignores signs exactly
     when the factorizer's codes may be negative (PCA, ICA, signed sparse codes).

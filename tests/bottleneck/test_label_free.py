@@ -191,7 +191,7 @@ def reference_setup():
     unrelated = ["wooden table", "blue sky", "a photo of a dog", "a very long concept description here"]
     candidates = list(train.concept_names) + unrelated + ["a red disk", train.class_names[0]]
     model = LabelFreeCBM(backbone, clip, candidates, list(train.class_names), nnz_per_class=4,
-                         progress=False)
+                         seed=0, progress=False)
     model.fit(train.images, train.labels, splits["val"].images, splits["val"].labels)
     return model, splits, clip
 

@@ -47,7 +47,7 @@ def test_cavs_are_linear_svms_on_the_examples():
     x, concepts, _ = synthetic(120, 0)
     pos, neg = x[concepts[:, 0] == 1], x[concepts[:, 0] == 0]
     # n_samples above the counts: every example is used, so the SVM is fully determined
-    bank = CAVBank.from_examples({"c0": pos}, neg, C=0.1, n_samples=1000)
+    bank = CAVBank.from_examples({"c0": pos}, neg, C=0.1, n_samples=1000, seed=0)
     svm = SVC(kernel="linear", C=0.1).fit(np.concatenate([pos, neg]),
                                           np.r_[np.ones(len(pos)), np.zeros(len(neg))])
     # same problem; libsvm stops at tol=1e-3, and the example order (shuffled by the bank)
@@ -75,7 +75,7 @@ def test_cavs_from_concept_labels_separate_the_concepts():
 def fitted():
     x, concepts, labels = synthetic(900, 3)
     bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=100, seed=0)
-    model = PosthocCBM(bank, lam=1e-2, progress=False).fit(x, labels)
+    model = PosthocCBM(bank, lam=1e-2, seed=0, progress=False).fit(x, labels)
     return model, bank, (x, labels)
 
 
@@ -104,9 +104,9 @@ def test_posthoc_cbm_finds_the_causal_concepts(fitted):
 def test_hybrid_residual_recovers_what_the_bank_misses():
     """The bank only has class 0's concepts: PCBM cannot tell classes 1 and 2 apart, PCBM-h can."""
     x, concepts, labels = synthetic(900, 5)
-    partial = CAVBank.from_concept_labels(x, concepts[:, :2], NAMES[:2], n_samples=100)
-    pcbm = PosthocCBM(partial, lam=1e-2, progress=False).fit(x, labels)
-    hybrid = PosthocCBM(partial, lam=1e-2, residual=True, progress=False).fit(x, labels)
+    partial = CAVBank.from_concept_labels(x, concepts[:, :2], NAMES[:2], n_samples=100, seed=0)
+    pcbm = PosthocCBM(partial, lam=1e-2, seed=0, progress=False).fit(x, labels)
+    hybrid = PosthocCBM(partial, lam=1e-2, residual=True, seed=0, progress=False).fit(x, labels)
     x_test, _, y_test = synthetic(400, 6)
     plain_acc = (pcbm.predict(x_test) == y_test).mean()
     hybrid_acc = (hybrid.predict(x_test) == y_test).mean()
@@ -124,8 +124,9 @@ def test_save_load_round_trip(tmp_path, n_classes):
     x, concepts, labels = synthetic(600, 7)
     keep = labels < n_classes
     x, concepts, labels = x[keep], concepts[keep], labels[keep]
-    bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=60)
-    model = PosthocCBM(bank, lam=1e-3, residual=True, residual_epochs=3, progress=False).fit(x, labels)
+    bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=60, seed=0)
+    model = PosthocCBM(bank, lam=1e-3, residual=True, residual_epochs=3, seed=0,
+                       progress=False).fit(x, labels)
     loaded = PosthocCBM.load(model.save(tmp_path / "pcbm.safetensors"))
     np.testing.assert_allclose(loaded.decision_function(x), model.decision_function(x))
     z = model._head_inputs(x)
@@ -157,8 +158,9 @@ def test_posthoc_cbm_on_the_reference_dataset():
     with torch.no_grad():
         embeddings = backbone(train.images)
     bank = CAVBank.from_concept_labels(embeddings, train.concepts, list(train.concept_names),
-                                           n_samples=50)
+                                       n_samples=50, seed=0)
     causal = sorted({j for pair in train.class_concepts for j in pair})
     assert bank.accuracy[causal].min() >= 0.95  # the CNN encodes every causal concept linearly
-    model = PosthocCBM(bank, backbone, lam=1e-2, progress=False).fit(train.images, train.labels)
+    model = PosthocCBM(bank, backbone, lam=1e-2, seed=0, progress=False).fit(train.images,
+                                                                           train.labels)
     assert (model.predict(test.images) == test.labels.numpy()).mean() >= 0.95
