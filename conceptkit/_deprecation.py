@@ -79,3 +79,13 @@ def module_getattr(module: str, moved: dict[str, tuple[str, ...]]) -> Callable[[
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def current_names(params: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """Saved constructor arguments under their current names: files written before a rename
+    load without a warning (``renamed`` maps old names to new ones)."""
+    out = dict(params)
+    for old, new in renamed.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out

@@ -2,7 +2,7 @@
 
 A frozen backbone's embeddings ``e`` are projected on a :class:`CAVBank` — concept activation
 vectors from linear SVMs, or CLIP text embeddings — as signed margins ``(v·e + b)/‖v‖``; a sparse
-elastic-net logistic head (``SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam,
+elastic-net logistic head (``SGDClassifier(loss="log_loss", penalty="elasticnet", alpha,
 l1_ratio=0.99)``) reads the margins. The hybrid PCBM-h adds a residual linear layer on the
 embedding, ``logits = W·margins + W_res·e``, with only ``W_res`` trained (Adam, lr 0.01,
 20 epochs, ``CE + 1e-3·mean(W_res²)``).
@@ -26,6 +26,7 @@ from sklearn.linear_model import SGDClassifier
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._deprecation import current_names, renamed_arguments
 from .._validation import (
     check_float,
     check_int,
@@ -141,6 +142,11 @@ class CAVBank:
         return cls(emb.double().numpy(), np.zeros(len(names)), list(names))
 
 
+#: Arguments renamed in 0.2 (old name -> new name): accepted with a warning, and read silently
+#: from files written by 0.1.
+RENAMED_PARAMS = {"lam": "alpha"}
+
+
 class PosthocCBM(BaseEstimator):
     """Post-hoc CBM (PCBM), optionally hybrid (PCBM-h); see the module notes.
 
@@ -149,8 +155,9 @@ class PosthocCBM(BaseEstimator):
     concept_bank : CAVBank
     backbone : nn.Module, optional
         Maps images to embeddings; without it, :meth:`fit` / :meth:`predict` take embeddings.
-    lam, l1_ratio, max_iter : float, float, int
-        ``SGDClassifier`` settings (reference: lam 1e-5, l1_ratio 0.99, max_iter 10000).
+    alpha, l1_ratio, max_iter : float, float, int
+        ``SGDClassifier`` settings: penalty strength, L1 share, iterations (reference: 1e-5,
+        0.99, 10000).
     residual : bool
         Train the PCBM-h residual ``W_res`` after the sparse head.
     residual_epochs, residual_lr, residual_penalty, batch_size
@@ -164,14 +171,15 @@ class PosthocCBM(BaseEstimator):
     ``margin_std_``, and for PCBM-h ``residual_weight_ (C, d)``, ``residual_bias_ (C,)``.
     """
 
+    @renamed_arguments(**RENAMED_PARAMS)
     def __init__(self, concept_bank: CAVBank, backbone: nn.Module | None = None, *,
-                 lam: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 10000,
+                 alpha: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 10000,
                  residual: bool = False, residual_epochs: int = 20, residual_lr: float = 0.01,
                  residual_penalty: float = 1e-3, batch_size: int = 64, standardize: bool = True,
                  seed: int | None = None, device: Any = None, progress: bool = True):
         self.concept_bank = concept_bank
         self.backbone = backbone
-        self.lam = lam
+        self.alpha = alpha
         self.l1_ratio = l1_ratio
         self.max_iter = max_iter
         self.residual = residual
@@ -202,7 +210,7 @@ class PosthocCBM(BaseEstimator):
         """Fit the sparse head (and the residual for PCBM-h) on embeddings or images ``X``."""
         if not isinstance(self.concept_bank, CAVBank):
             raise TypeError(f"`concept_bank` must be a CAVBank; got {describe(self.concept_bank)}.")
-        lam = check_float(self.lam, "lam", minimum=0.0, strict_minimum=True)
+        alpha = check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
         l1_ratio = check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
         emb = self.embed(X)
         labels = check_labels(as_tensor(y, "y"), "y").numpy()
@@ -215,7 +223,7 @@ class PosthocCBM(BaseEstimator):
         else:
             self.margin_mean_, self.margin_std_ = np.zeros(margins.shape[1]), np.ones(margins.shape[1])
         seed = resolve_seed(self.seed)  # one int for the head and the residual, even for None
-        head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam, l1_ratio=l1_ratio,
+        head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=alpha, l1_ratio=l1_ratio,
                              max_iter=check_int(self.max_iter, "max_iter", minimum=1),
                              random_state=seed)
         head.fit(self._head_inputs(emb), labels)
@@ -309,7 +317,7 @@ class PosthocCBM(BaseEstimator):
             arr = {k: v.double().numpy() for k, v in tensors.items()}
             bank = CAVBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
                                arr["bank_accuracy"])
-            model = cls(bank, backbone, **meta["params"])
+            model = cls(bank, backbone, **current_names(meta["params"], RENAMED_PARAMS))
             model.coef_, model.intercept_ = arr["coef"], arr["intercept"]
             model.classes_ = np.asarray(meta["classes"])
             model.margin_mean_, model.margin_std_ = arr["margin_mean"], arr["margin_std"]
@@ -321,7 +329,7 @@ class PosthocCBM(BaseEstimator):
 
     def _check_loaded(self) -> None:
         """Refuse a loaded state whose settings or arrays do not fit together."""
-        check_float(self.lam, "lam", minimum=0.0, strict_minimum=True)
+        check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
         check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
         for name in ("max_iter", "batch_size", "residual_epochs"):
             check_int(getattr(self, name), name, minimum=1)
@@ -358,7 +366,7 @@ def _full_coef(head: SGDClassifier) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _rebuild_head(model: PosthocCBM) -> SGDClassifier:
-    head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=float(model.lam),
+    head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=float(model.alpha),
                          l1_ratio=float(model.l1_ratio), max_iter=int(model.max_iter),
                          random_state=model.seed)
     coef, intercept = model.coef_, model.intercept_

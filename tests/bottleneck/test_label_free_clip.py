@@ -176,5 +176,5 @@ def test_label_free_and_posthoc_plumbing_with_a_tiny_open_clip(tiny_clip):
     np.testing.assert_allclose(np.linalg.norm(bank.vectors, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(bank.intercepts, 0.0)
     embeddings = clip.image_embeddings(images)
-    pcbm = PosthocCBM(bank, lam=1e-3, seed=0, progress=False).fit(embeddings, labels)
+    pcbm = PosthocCBM(bank, alpha=1e-3, seed=0, progress=False).fit(embeddings, labels)
     assert pcbm.predict(embeddings).shape == (60,)

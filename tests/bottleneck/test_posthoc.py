@@ -75,7 +75,7 @@ def test_cavs_from_concept_labels_separate_the_concepts():
 def fitted():
     x, concepts, labels = synthetic(900, 3)
     bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=100, seed=0)
-    model = PosthocCBM(bank, lam=1e-2, seed=0, progress=False).fit(x, labels)
+    model = PosthocCBM(bank, alpha=1e-2, seed=0, progress=False).fit(x, labels)
     return model, bank, (x, labels)
 
 
@@ -105,8 +105,8 @@ def test_hybrid_residual_recovers_what_the_bank_misses():
     """The bank only has class 0's concepts: PCBM cannot tell classes 1 and 2 apart, PCBM-h can."""
     x, concepts, labels = synthetic(900, 5)
     partial = CAVBank.from_concept_labels(x, concepts[:, :2], NAMES[:2], n_samples=100, seed=0)
-    pcbm = PosthocCBM(partial, lam=1e-2, seed=0, progress=False).fit(x, labels)
-    hybrid = PosthocCBM(partial, lam=1e-2, residual=True, seed=0, progress=False).fit(x, labels)
+    pcbm = PosthocCBM(partial, alpha=1e-2, seed=0, progress=False).fit(x, labels)
+    hybrid = PosthocCBM(partial, alpha=1e-2, residual=True, seed=0, progress=False).fit(x, labels)
     x_test, _, y_test = synthetic(400, 6)
     plain_acc = (pcbm.predict(x_test) == y_test).mean()
     hybrid_acc = (hybrid.predict(x_test) == y_test).mean()
@@ -125,7 +125,7 @@ def test_save_load_round_trip(tmp_path, n_classes):
     keep = labels < n_classes
     x, concepts, labels = x[keep], concepts[keep], labels[keep]
     bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=60, seed=0)
-    model = PosthocCBM(bank, lam=1e-3, residual=True, residual_epochs=3, seed=0,
+    model = PosthocCBM(bank, alpha=1e-3, residual=True, residual_epochs=3, seed=0,
                        progress=False).fit(x, labels)
     loaded = PosthocCBM.load(model.save(tmp_path / "pcbm.safetensors"))
     np.testing.assert_allclose(loaded.decision_function(x), model.decision_function(x))
@@ -161,6 +161,6 @@ def test_posthoc_cbm_on_the_reference_dataset():
                                        n_samples=50, seed=0)
     causal = sorted({j for pair in train.class_concepts for j in pair})
     assert bank.accuracy[causal].min() >= 0.95  # the CNN encodes every causal concept linearly
-    model = PosthocCBM(bank, backbone, lam=1e-2, seed=0, progress=False).fit(train.images,
+    model = PosthocCBM(bank, backbone, alpha=1e-2, seed=0, progress=False).fit(train.images,
                                                                            train.labels)
     assert (model.predict(test.images) == test.labels.numpy()).mean() >= 0.95

@@ -66,3 +66,34 @@ def test_pipeline_write_class_report_and_compute_metrics_left_the_face(explanati
     with pytest.warns(DeprecationWarning, match="plumbing"):
         compute_metrics = pipeline.compute_metrics
     assert compute_metrics(explanation)["extraction"] == explanation.metrics()["extraction"]
+
+
+def test_elastic_net_arguments_follow_scikit_learn(tmp_path):
+    """PosthocCBM's strength `lam` is `alpha`; LabelFreeCBM's mix `alpha` is `l1_ratio`; files
+    saved with the old names load under the new ones without a warning."""
+    import warnings
+
+    from conceptkit.bottleneck import CAVBank, LabelFreeCBM, PosthocCBM
+    from conceptkit.io import load_file, save_file
+
+    bank = CAVBank(np.eye(4)[:2] + 0.1, np.zeros(2), ["a", "b"])
+    with pytest.warns(DeprecationWarning, match="`lam` of PosthocCBM"):
+        model = PosthocCBM(bank, lam=1e-3)
+    assert model.alpha == 1e-3 and "lam" not in model.get_params()
+    with pytest.raises(TypeError, match="both"):
+        PosthocCBM(bank, lam=1e-3, alpha=1e-2)
+    with pytest.warns(DeprecationWarning, match="`alpha` of LabelFreeCBM"):
+        lf = LabelFreeCBM(torch.nn.Identity(), None, ["x"], ["a", "b"], alpha=0.5)
+    assert lf.l1_ratio == 0.5
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)), rng.integers(0, 2, 40)
+    path = PosthocCBM(bank, alpha=1e-3, max_iter=50, seed=0, progress=False).fit(x, y).save(
+        tmp_path / "new.safetensors")
+    tensors, meta = load_file(path, kind="posthoc_cbm", version=1)
+    meta["params"]["lam"] = meta["params"].pop("alpha")  # as 0.1 wrote it
+    save_file(tmp_path / "old.safetensors", tensors, meta, kind="posthoc_cbm", version=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = PosthocCBM.load(tmp_path / "old.safetensors")
+    assert old.alpha == 1e-3
