@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._deprecation import renamed_arguments
 from .._validation import all_finite, describe, to_numpy
 from ..extraction import Provenance
 from ._base import Factorizer, factorizer_from_state
@@ -144,15 +145,17 @@ class ConceptBank:
         if not all_finite(activations):
             raise ValueError("`activations` contains NaN or Inf values.")
 
-    def top_rows(self, concept: int, n: int = 10) -> np.ndarray:
-        """Indices of the ``n`` fitted rows where ``concept`` is most present (highest code)."""
+    @renamed_arguments(n="n_rows")
+    def top_rows(self, concept: int, n_rows: int = 10) -> np.ndarray:
+        """Indices of the ``n_rows`` fitted rows where ``concept`` is most present (highest
+        code)."""
         if not 0 <= int(concept) < self.n_concepts:
             raise ValueError(f"`concept` must be in [0, {self.n_concepts}); got {concept}.")
         codes = self.codes[:, int(concept)].numpy()
         # Ties (hard k-means codes) are broken by how well the row aligns with the concept.
         tie = (self.activations.numpy() @ self.components[int(concept)].numpy()
                if self.activations is not None else np.zeros_like(codes))
-        return np.lexsort((-tie, -codes))[:n]
+        return np.lexsort((-tie, -codes))[:n_rows]
 
     # ------------------------------------------------------------------ persistence
     def to_state(self, *, include_activations: bool = False) -> tuple[dict[str, Any], dict]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._deprecation import renamed_arguments
 from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
@@ -35,9 +36,12 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``(N, k, h, w)`` maps to ``size`` (bilinear by default, like CRAFT's resize)."""
+@renamed_arguments(size="image_size")
+def upsample(maps: torch.Tensor, image_size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``(N, k, h, w)`` maps to ``image_size`` ``(H, W)`` (bilinear by default, like
+    CRAFT's resize)."""
     check_choice(mode, "mode", ["bilinear", "bicubic", "nearest"])
+    size = image_size
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     kwargs = {} if mode == "nearest" else {"align_corners": False}

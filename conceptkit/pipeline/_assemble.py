@@ -64,7 +64,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     ci_high = cc.ci_high if cc.ci_high is not None else np.full(k, np.nan)
     concepts = []
     for c in order:
-        ex, ids = cc.top_examples(int(c), n_exemplars, size=min(64, _side(cc)))
+        ex, ids = cc.top_examples(int(c), n_exemplars, image_size=min(64, _side(cc)))
         concepts.append(ConceptSummary(index=int(c), label=labels.get(int(c), f"concept {int(c)}"),
                                        importance=float(cc.importances[c]), ci_low=float(ci_low[c]),
                                        ci_high=float(ci_high[c]), exemplars=ex.numpy(),

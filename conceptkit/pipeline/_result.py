@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._deprecation import renamed_arguments
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int
 from ..concepts import ConceptBank
@@ -111,17 +112,20 @@ class ClassConcepts:
         """Concepts from most to least important."""
         return self.importance.ranking
 
-    def top_examples(self, concept: int, n: int = 10, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """The ``n`` crops / segments / cells where ``concept`` is most present.
+    @renamed_arguments(n="n_exemplars", size="image_size")
+    def top_examples(self, concept: int, n_exemplars: int = 10,
+                     image_size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The ``n_exemplars`` crops / segments / cells where ``concept`` is most present.
 
         Returns
         -------
         (examples, image_ids)
-            ``examples (n, 3, s, s)`` cut from the source images through the bank's provenance
-            (resized to ``size``, default the crop's own size), and each one's source image id.
+            ``examples (n_exemplars, 3, s, s)`` cut from the source images through the bank's
+            provenance (resized to ``image_size``, default the crop's own size), and each one's
+            source image id.
         """
         concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
-        n = check_int(n, "n", minimum=1)
+        n = check_int(n_exemplars, "n_exemplars", minimum=1)
         rows = self.bank.top_rows(concept, n)
         saved = self.bank.extra.get("exemplars")
         if self.images is None:
@@ -130,11 +134,13 @@ class ClassConcepts:
                                  "only available for the concepts saved with it.")
             stack = saved[concept][:n]
             return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
-        return cut_examples(self.images, self.bank, rows, size), self.bank.provenance.image_ids[rows]
+        return (cut_examples(self.images, self.bank, rows, image_size),
+                self.bank.provenance.image_ids[rows])
 
+    @renamed_arguments(size="image_size")
     def concept_maps(self, images: torch.Tensor | None = None, kind: str = "auto",
-                     size: Any = None) -> torch.Tensor:
-        """Concept attribution maps ``(N, k, H, W)``.
+                     image_size: Any = None) -> torch.Tensor:
+        """Concept attribution maps ``(N, k, H, W)``, at ``image_size`` (default: the images').
 
         With ``images=None``, the maps of the class images the explanation was fitted on (no
         new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
@@ -148,6 +154,8 @@ class ClassConcepts:
         causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
         """
         from ..maps import coefficient_maps, gradient_maps, provenance_maps
+
+        size = image_size
 
         if kind not in MAP_KINDS:
             raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
@@ -365,7 +373,7 @@ class ClassConcepts:
             tensors["images"] = _to_uint8(shown)
             tensors["maps"] = self._shown_maps(n_images).to(torch.float16)
             for c in range(self.n_concepts):
-                ex, ids = self.top_examples(c, n_exemplars, size=min(64, self.images.shape[-1]))
+                ex, ids = self.top_examples(c, n_exemplars, image_size=min(64, self.images.shape[-1]))
                 tensors[f"exemplars.{c}"] = _to_uint8(ex)
                 exemplar_ids.append([int(i) for i in ids])
         elif self.saved_maps is not None:

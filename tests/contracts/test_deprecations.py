@@ -97,3 +97,52 @@ def test_elastic_net_arguments_follow_scikit_learn(tmp_path):
         warnings.simplefilter("error")
         old = PosthocCBM.load(tmp_path / "old.safetensors")
     assert old.alpha == 1e-3
+
+
+def test_size_and_count_arguments(explanation):
+    """`size`/`output_size` -> `image_size`; bare `n`, `n_top`, `max_exemplars`,
+    `thumbnail_concepts` -> `n_<what is counted>`."""
+    from conceptkit.bottleneck import CAVBank, PosthocCBM
+    from conceptkit.datasets import photo_views, sample_photos
+    from conceptkit.extraction import crops
+    from conceptkit.maps import upsample
+    from conceptkit.report import concept_colors, concept_hex_colors, plot_exemplar_grid
+
+    cc = explanation
+    new, ids = cc.top_examples(0, n_exemplars=2, image_size=16)
+    with pytest.warns(DeprecationWarning, match="`n` of ClassConcepts.top_examples"):
+        old, old_ids = cc.top_examples(0, n=2, size=16)
+    torch.testing.assert_close(old, new)
+    np.testing.assert_array_equal(old_ids, ids)
+    with pytest.warns(DeprecationWarning, match="`size`"):
+        torch.testing.assert_close(cc.concept_maps(size=8), cc.concept_maps(image_size=8))
+    with pytest.warns(DeprecationWarning, match="`n` of ConceptBank.top_rows"):
+        np.testing.assert_array_equal(cc.bank.top_rows(0, n=3), cc.bank.top_rows(0, n_rows=3))
+    images = torch.rand(2, 3, 16, 16)
+    with pytest.warns(DeprecationWarning, match="`output_size` of crops"):
+        old_crops = crops(images, 8, output_size=12)
+    assert old_crops.image_size == (12, 12)
+    with pytest.warns(DeprecationWarning, match="CropSet.output_size"):
+        assert old_crops.output_size == (12, 12)
+    maps = torch.rand(1, 2, 4, 4)
+    with pytest.warns(DeprecationWarning):
+        torch.testing.assert_close(upsample(maps, size=(8, 8)), upsample(maps, image_size=(8, 8)))
+    with pytest.warns(DeprecationWarning):
+        assert sample_photos(size=16, names=["coffee"])["coffee"].shape == (3, 16, 16)
+    photo = torch.rand(3, 32, 32)
+    with pytest.warns(DeprecationWarning):
+        torch.testing.assert_close(photo_views(photo, 2, size=16, seed=1),
+                                   photo_views(photo, 2, image_size=16, seed=1))
+    with pytest.warns(DeprecationWarning):
+        assert concept_colors(n=3) == concept_colors(n_concepts=3)
+    with pytest.warns(DeprecationWarning):
+        assert concept_hex_colors(n=2) == concept_hex_colors(2)
+    with pytest.warns(DeprecationWarning, match="max_exemplars"):
+        plot_exemplar_grid([np.random.default_rng(0).random((3, 3, 8, 8))], max_exemplars=2)
+
+    bank = CAVBank(np.eye(4)[:2] + 0.1, np.zeros(2), ["a", "b"])
+    rng = np.random.default_rng(0)
+    model = PosthocCBM(bank, max_iter=50, seed=0, progress=False).fit(
+        rng.normal(size=(40, 4)), rng.integers(0, 2, 40))
+    with pytest.warns(DeprecationWarning, match="`n` of PosthocCBM.top_concepts"):
+        assert model.top_concepts(0, n=1) == model.top_concepts(0, n_concepts=1)

@@ -128,7 +128,7 @@ def test_crops_of_non_finite_images_are_still_refused():
     good = crops(images, 8)
     bad_source = images.clone()
     bad_source[1, 0, 3, 3] = float("nan")
-    bad = CropSet(bad_source, good.provenance, good.patch_size, good.stride, good.output_size)
+    bad = CropSet(bad_source, good.provenance, good.patch_size, good.stride, good.image_size)
     assert good.all_finite() and not bad.all_finite()
     extractor = ActivationExtractor(_model(), "block2", progress=False)
     assert extractor(good).shape[0] == len(good)

@@ -131,7 +131,7 @@ def test_crops_match_craft_unfold_and_resize():
 
 
 def test_crops_non_square_and_errors():
-    cs = crops(torch.rand(2, 3, 40, 64), 20, stride=10, output_size=32)
+    cs = crops(torch.rand(2, 3, 40, 64), 20, stride=10, image_size=32)
     assert cs.images.shape == (2 * 3 * 5, 3, 32, 32)
     with pytest.raises(ValueError, match="patch_size"):
         crops(torch.rand(1, 3, 32, 32), 40)
