@@ -146,3 +146,17 @@ def test_size_and_count_arguments(explanation):
         rng.normal(size=(40, 4)), rng.integers(0, 2, 40))
     with pytest.warns(DeprecationWarning, match="`n` of PosthocCBM.top_concepts"):
         assert model.top_concepts(0, n=1) == model.top_concepts(0, n_concepts=1)
+
+
+def test_rise_counts_its_masks_in_n_samples():
+    from conceptkit.importance import concept_importance
+
+    bank = _bank()
+    head = torch.nn.Linear(6, 2)
+    with pytest.warns(DeprecationWarning, match="`n_masks`"):
+        old = concept_importance(head, bank.activations[:3], bank, 1, "rise", n_masks=16, seed=0,
+                                 progress=False)
+    new = concept_importance(head, bank.activations[:3], bank, 1, "rise", n_samples=16, seed=0,
+                             progress=False)
+    np.testing.assert_array_equal(old.per_input, new.per_input)
+    assert new.params["n_samples"] == 16
