@@ -22,6 +22,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from .._deprecation import current_names
 from .._validation import check_choice, check_int, check_matrix, resolve_device, to_numpy
 from ..io import json_ready
 
@@ -63,6 +64,8 @@ class Factorizer(BaseEstimator, abc.ABC):
     # Fitted arrays with one row per concept (sliced when concepts are dropped, e.g. by ACE).
     _concept_arrays: ClassVar[tuple[str, ...]] = ("components_",)
     _negative_hint: ClassVar[str] = ""
+    # Constructor arguments renamed since a file could be saved (old -> new): read silently.
+    _renamed_params: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -141,7 +144,7 @@ class Factorizer(BaseEstimator, abc.ABC):
     @classmethod
     def from_state(cls, params: dict, arrays: dict, info: dict) -> Factorizer:
         """Rebuild a fitted factorizer from ``get_params()`` and ``get_state()`` output."""
-        est = cls(**params)
+        est = cls(**current_names(params, cls._renamed_params))
         required = [name for name in cls._state_arrays
                     if name not in arrays and name not in cls._optional_arrays]
         if required:

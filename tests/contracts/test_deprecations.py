@@ -160,3 +160,22 @@ def test_rise_counts_its_masks_in_n_samples():
                              progress=False)
     np.testing.assert_array_equal(old.per_input, new.per_input)
     assert new.params["n_samples"] == 16
+
+
+def test_nmf_verbose_is_progress(tmp_path):
+    import warnings
+
+    from conceptkit.concepts import NMF, ConceptBank
+    from conceptkit.io import load_file, save_file
+
+    with pytest.warns(DeprecationWarning, match="`verbose` of NMF"):
+        assert NMF(3, verbose=True).progress is True
+    bank = _bank()
+    path = bank.save(tmp_path / "bank.safetensors")
+    tensors, meta = load_file(path, kind="ConceptBank", version=1)
+    meta["factorizer"]["params"]["verbose"] = meta["factorizer"]["params"].pop("progress")
+    save_file(tmp_path / "old.safetensors", tensors, meta, kind="ConceptBank", version=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a bank saved by 0.1 loads without a warning
+        old = ConceptBank.load(tmp_path / "old.safetensors")
+    assert old.factorizer.progress is False
