@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._deprecation import renamed_arguments
+from .._deprecation import renamed_arguments, warn_deprecated
 from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
@@ -48,13 +48,28 @@ def upsample(maps: torch.Tensor, image_size: tuple[int, int], mode: str = "bilin
     return F.interpolate(maps.float(), size=tuple(size), mode=mode, **kwargs)
 
 
-def coefficient_maps(bank: ConceptBank, activations: Any, image_size: Any = None,
+def _is_bank(value: Any) -> bool:
+    return hasattr(value, "encode") and hasattr(value, "components")
+
+
+def _data_then_bank(data: Any, bank: Any, call: str, data_name: str) -> tuple[Any, Any]:
+    """``(data, bank)``, also from the 0.1 order ``(bank, data)`` (with a warning)."""
+    if _is_bank(data) and not _is_bank(bank):
+        warn_deprecated(f"{call}(..., bank, {data_name}) (the 0.1 argument order)",
+                        f"{call}(..., {data_name}, bank): the data comes before the concepts, "
+                        f"as in concept_importance(h, activations, bank)", stacklevel=4)
+        return bank, data
+    return data, bank
+
+
+def coefficient_maps(activations: Any, bank: ConceptBank, image_size: Any = None,
                      mode: str = "bilinear") -> torch.Tensor:
     """Concept coefficient maps ``(N, k, H, W)`` from feature maps ``(N, C, h, w)``.
 
     Every position is encoded with the bank's dictionary fixed (``bank.encode``); the
     ``(N, k, h, w)`` result is upsampled to ``image_size`` (default: left at ``(h, w)``).
     """
+    activations, bank = _data_then_bank(activations, bank, "coefficient_maps", "activations")
     activations = _as_tensor(activations, "activations")
     if activations.ndim != 4:
         raise ValueError(f"`activations` must be feature maps (N, C, h, w); got shape "
@@ -87,7 +102,7 @@ def _as_maps(output: torch.Tensor, n: int, model: nn.Module) -> torch.Tensor:
     return tokens_to_maps(output, infer_prefix_tokens(model, output.shape[1]))
 
 
-def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
+def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
                   map_layer: str | None = None, image_size: Any = None, batch_size: int = 32,
                   preprocess: Any = None, mode: str = "bilinear", device: Any = None) -> torch.Tensor:
     """Grad-CAM maps ``(N, k, H, W)`` of each concept's image-level coefficient.
@@ -98,6 +113,7 @@ def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
     of ``∂u_j/∂F_c``, upsampled to ``image_size`` (default: the image size). ``device``: where
     the model runs (default: where it is; moved back afterwards).
     """
+    images, bank = _data_then_bank(images, bank, "gradient_maps", "images")
     images = check_images(images, "images")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     _, concept_module = get_layer(model, bank.layer, "bank.layer")
@@ -191,7 +207,7 @@ def provenance_maps(bank: ConceptBank, n_images: int | None = None, reduce: str 
     return torch.from_numpy(total)
 
 
-def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor, zoom: float,
+def scale_matched_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, zoom: float,
                        *, preprocess: Any = None, batch_size: int = 32,
                        mode: str = "bilinear", device: Any = None) -> torch.Tensor:
     """Coefficient maps ``(N, k, H, W)`` computed on the images enlarged ``zoom`` times.
@@ -205,6 +221,7 @@ def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor
     """
     from ..extraction import ActivationExtractor
 
+    images, bank = _data_then_bank(images, bank, "scale_matched_maps", "images")
     images = check_images(images, "images")
     if not np.isfinite(zoom) or zoom <= 0:
         raise ValueError(f"`zoom` must be a positive number; got {zoom}.")
@@ -213,4 +230,4 @@ def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor
                         mode="bilinear", align_corners=False)
     acts = ActivationExtractor(model, bank.layer, batch_size=batch_size, progress=False,
                                preprocess=preprocess, device=device)(big)
-    return coefficient_maps(bank, acts, (height, width), mode)
+    return coefficient_maps(acts, bank, (height, width), mode)

@@ -183,11 +183,11 @@ class ClassConcepts:
             images = self.images
         handle = self._require_model()
         if kind == "gradient":
-            return gradient_maps(handle.model, self.bank, images, preprocess=handle.preprocess,
+            return gradient_maps(handle.model, images, self.bank, preprocess=handle.preprocess,
                                  image_size=size, batch_size=handle.batch_size,
                                  device=handle.device)
         acts = handle.activations(images)
-        return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
+        return coefficient_maps(acts, self.bank, size or tuple(images.shape[-2:]))
 
     # ------------------------------------------------------------------ computed once
     def _class_codes(self) -> torch.Tensor:
@@ -212,7 +212,7 @@ class ClassConcepts:
         from ..maps import coefficient_maps
 
         if self.activations.ndim != 4:  # the maps module says what it needs
-            return coefficient_maps(self.bank, self.activations[:n_images], size)
+            return coefficient_maps(self.activations[:n_images], self.bank, size)
         codes = self._class_codes()[:n_images].float()
         maps = codes if size is None else _resize(codes, size)
         # Never hand out the cached codes themselves: the caller may write into the maps.
@@ -239,7 +239,7 @@ class ClassConcepts:
             return maps if size is None else _resize(maps, size)
         handle = self._require_model()
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
-        maps = scale_matched_maps(handle.model, self.bank, images, zoom,
+        maps = scale_matched_maps(handle.model, images, self.bank, zoom,
                                   preprocess=handle.preprocess, device=handle.device,
                                   batch_size=_enlarged_batch(handle.batch_size, zoom))
         return maps if size is None else _resize(maps, size)

@@ -179,3 +179,33 @@ def test_nmf_verbose_is_progress(tmp_path):
         warnings.simplefilter("error")  # a bank saved by 0.1 loads without a warning
         old = ConceptBank.load(tmp_path / "old.safetensors")
     assert old.factorizer.progress is False
+
+
+def test_maps_take_the_data_before_the_bank():
+    from conceptkit.maps import coefficient_maps, gradient_maps, scale_matched_maps
+
+    class TwoLayer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+            self.act = torch.nn.ReLU()
+            self.head = torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.head(self.act(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = TwoLayer().eval()
+    bank = _bank()
+    bank.layer = "act"
+    acts = torch.rand(2, 6, 3, 3)
+    with pytest.warns(DeprecationWarning, match="argument order"):
+        old = coefficient_maps(bank, acts)
+    torch.testing.assert_close(old, coefficient_maps(acts, bank))
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.warns(DeprecationWarning, match="argument order"):
+        old = gradient_maps(model, bank, images)
+    torch.testing.assert_close(old, gradient_maps(model, images, bank))
+    with pytest.warns(DeprecationWarning, match="argument order"):
+        old = scale_matched_maps(model, bank, images, 2.0)
+    torch.testing.assert_close(old, scale_matched_maps(model, images, bank, 2.0))

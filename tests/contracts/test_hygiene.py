@@ -254,7 +254,7 @@ def test_tcav_images(fuse):
 def test_gradient_maps(fuse, bank):
     model = cnn()
     model.trip_g.arm(fuse)
-    run(model, lambda: maps.gradient_maps(model, bank, images(), map_layer="block1", batch_size=2),
+    run(model, lambda: maps.gradient_maps(model, images(), bank, map_layer="block1", batch_size=2),
         fails=bool(fuse))
 
 

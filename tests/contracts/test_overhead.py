@@ -51,7 +51,7 @@ def test_shared_codes_give_the_same_maps_and_metrics(fitted):
     cc = fitted
     size = tuple(cc.images.shape[-2:])
     maps = cc.concept_maps(kind="coefficient")
-    torch.testing.assert_close(maps, coefficient_maps(cc.bank, cc.activations, size), rtol=0, atol=0)
+    torch.testing.assert_close(maps, coefficient_maps(cc.activations, cc.bank, size), rtol=0, atol=0)
     maps.zero_()  # the caller owns what it gets: the shared codes are untouched
     assert cc.concept_maps(kind="coefficient").abs().sum() > 0
     per_input = cc.importance.per_input
@@ -78,7 +78,7 @@ def test_scale_matched_maps_run_g_once_for_maps_report_and_save(tmp_path, monkey
     monkeypatch.setattr(_results._Enlarged, "iter_batches", spy)
     maps = cc.concept_maps()
     zoom = 32 / cc.bank.params["patch_size"]
-    torch.testing.assert_close(maps, scale_matched_maps(model, cc.bank, images, zoom), rtol=0, atol=1e-6)
+    torch.testing.assert_close(maps, scale_matched_maps(model, images, cc.bank, zoom), rtol=0, atol=1e-6)
     torch.testing.assert_close(cc._shown_maps(4), maps[:4], rtol=0, atol=0)
     maps.zero_()
     assert cc.concept_maps().abs().sum() > 0
