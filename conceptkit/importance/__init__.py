@@ -17,7 +17,7 @@ from ._cav import directional_derivatives
 from ._concept import METHODS, ConceptImportance, concept_importance
 from ._design import SAMPLERS, replicated_design, to_salib_layout
 from ._estimators import FIRST_ORDER_ESTIMATORS, TOTAL_ORDER_ESTIMATORS
-from ._sobol import SobolResult, estimate_sobol, sobol_indices
+from ._sobol import SobolResult, estimate_sobol, sobol_indices, sobol_indices_with_ci
 from ._tcav import TCAVResult, correct_p_values, tcav
 from ._tcav_sources import concept_sets_from_codes, tcav_from_bank, tcav_images
 from .metrics import CDeletion, CInsertion, CMuFidelity, MetricResult
@@ -44,6 +44,7 @@ __all__ = [
     "metrics",
     "replicated_design",
     "sobol_indices",
+    "sobol_indices_with_ci",
     "tcav",
     "tcav_from_bank",
     "tcav_images",

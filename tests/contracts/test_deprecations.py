@@ -209,3 +209,19 @@ def test_maps_take_the_data_before_the_bank():
     with pytest.warns(DeprecationWarning, match="argument order"):
         old = scale_matched_maps(model, bank, images, 2.0)
     torch.testing.assert_close(old, scale_matched_maps(model, images, bank, 2.0))
+
+
+def test_sobol_indices_returns_one_type():
+    from conceptkit.importance import SobolResult, sobol_indices, sobol_indices_with_ci
+
+    def f(x):
+        return x[:, 0] + 2 * x[:, 1]
+
+    plain = sobol_indices(f, 2, 64, seed=0)
+    assert isinstance(plain, np.ndarray)
+    with pytest.warns(DeprecationWarning, match="sobol_indices_with_ci"):
+        old = sobol_indices(f, 2, 64, seed=0, confidence=0.9)
+    new = sobol_indices_with_ci(f, 2, 64, seed=0, confidence=0.9)
+    assert isinstance(old, SobolResult)
+    np.testing.assert_array_equal(old.ci_low, new.ci_low)
+    np.testing.assert_array_equal(new.indices, plain)
