@@ -25,7 +25,8 @@ from .._deprecation import renamed_arguments, warn_deprecated
 from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
-from ..extraction import get_layer, infer_prefix_tokens, tokens_to_maps
+from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
+from ..extraction._layers import get_layer
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:

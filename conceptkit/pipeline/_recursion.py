@@ -28,7 +28,8 @@ from .._deprecation import renamed_arguments
 from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import CRAFT, ICE, ConceptBank
-from ..extraction import ActivationExtractor, CropSet, SegmentSet, get_layer
+from ..extraction import ActivationExtractor, CropSet, SegmentSet
+from ..extraction._layers import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
 from ._examples import cut_examples

@@ -17,7 +17,9 @@ from torch import nn
 
 from .._torchutils import capture_output
 from ..concepts import ConceptBank
-from ..extraction import CutError, get_layer, infer_prefix_tokens
+from ..extraction import CutError
+from ..extraction._extractor import infer_prefix_tokens
+from ..extraction._layers import get_layer
 from ..extraction._split import NotInGraph, graph_cuts
 
 

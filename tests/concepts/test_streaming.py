@@ -15,7 +15,8 @@ from conceptkit.concepts import (
     write_codes,
 )
 from conceptkit.concepts.metrics import matched_cosine
-from conceptkit.extraction import ActivationStore, finalize_store, write_chunks
+from conceptkit.extraction import ActivationStore
+from conceptkit.extraction._store import finalize_store, write_chunks
 
 K = 6
 

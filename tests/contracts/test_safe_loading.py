@@ -30,6 +30,7 @@ from torch import nn
 
 import conceptkit
 from conceptkit import bottleneck, concepts, extraction, io
+from conceptkit.concepts._methods import restrict_bank
 
 # CONCEPTKIT_FUZZ=800 runs a longer, randomised campaign (the CI default is short and fixed).
 FUZZ = int(os.environ.get("CONCEPTKIT_FUZZ", "0"))
@@ -364,7 +365,7 @@ def test_checked_states_still_round_trip(tmp_path):
     provenance = Provenance("image", np.arange(40), np.zeros((40, 4)), (8, 8))
     bank = concepts.bank_from_activations(concepts.TopKSAE(8, top_k=4, epochs=2, random_state=0),
                                           rows, provenance)
-    restricted = concepts.restrict_bank(bank, np.array([1, 5]))
+    restricted = restrict_bank(bank, np.array([1, 5]))
     loaded = concepts.ConceptBank.load(restricted.save(tmp_path / "sae.safetensors"))
     assert loaded.n_concepts == 2
     np.testing.assert_array_equal(loaded.encode(rows), restricted.encode(rows))

@@ -7,15 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conceptkit.extraction import (
-    ActivationExtractor,
-    crops,
-    maps_to_tokens,
-    positions,
-    segments,
-    split_model,
-    tokens_to_maps,
-)
+from conceptkit.extraction import ActivationExtractor, crops, positions, segments, split_model
+from conceptkit.extraction._extractor import maps_to_tokens, tokens_to_maps
 
 
 def _cnn():

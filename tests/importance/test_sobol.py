@@ -16,9 +16,8 @@ from conceptkit.importance import (
     replicated_design,
     sobol_indices,
     sobol_indices_with_ci,
-    to_salib_layout,
 )
-from conceptkit.importance._design import sample_ab
+from conceptkit.importance._design import sample_ab, to_salib_layout
 
 ISHIGAMI_A, ISHIGAMI_B = 7.0, 0.1
 

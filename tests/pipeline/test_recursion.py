@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 import conceptkit
-from conceptkit.concepts import NMF, ConceptBank, factorizer_from_state
+from conceptkit.concepts import NMF, ConceptBank
+from conceptkit.concepts._base import factorizer_from_state
 from conceptkit.extraction import ActivationExtractor, CutError, crops
 from conceptkit.pipeline._recursion import (
     ConceptTree,

@@ -18,17 +18,16 @@ from _shared import LABELS, make_report
 from matplotlib.colors import to_rgb
 from PIL import Image
 
+from conceptkit.io import json_ready
 from conceptkit.report import (
     ConceptSummary,
     IndexEntry,
-    class_slug,
     concept_colors,
     concept_cooccurrence,
     concept_hex_colors,
     concept_overlay,
     figure_png,
     index_entry,
-    json_ready,
     plot_concept_overlays,
     plot_cooccurrence,
     plot_exemplar_grid,
@@ -40,6 +39,7 @@ from conceptkit.report import (
     write_index,
     write_reports,
 )
+from conceptkit.report._write import class_slug
 
 FIGURES = ["importance.png", "exemplars.png", "overlays.png", "clusters.png", "cooccurrence.png"]
 
