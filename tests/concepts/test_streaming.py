@@ -1,4 +1,5 @@
-"""Streaming concept discovery over an on-disk activation store (issue 7, target 5)."""
+"""Streaming concept discovery over an on-disk activation store: streaming NMF, streaming codes
+and reconstruction error, codes written to a store."""
 
 import numpy as np
 import pytest
