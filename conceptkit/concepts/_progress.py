@@ -38,8 +38,8 @@ def _counts_iterations(factorizer: Any) -> bool:
 @contextlib.contextmanager
 def fit_progress(factorizer: Any, shape: tuple[int, ...], enabled: bool) -> Iterator[None]:
     """Show a bar while ``factorizer`` is fitted on rows of ``shape`` (when ``enabled``)."""
-    if not enabled:
-        yield
+    if not enabled or getattr(factorizer, "progress", False) is True:
+        yield  # off, or the factorizer shows its own bar (NMF(progress=True))
         return
     name = type(factorizer).__name__
     size = " x ".join(str(int(s)) for s in shape)

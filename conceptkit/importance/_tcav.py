@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .._reprs import dataclass_repr
 from .._validation import check_choice, check_float, check_int, describe, make_rng
-from ._cav import CLASSIFIERS, SPACES, activation_features, fit_cav, logit_gradients
+from ..concepts._cav import CLASSIFIERS, SPACES, activation_features, fit_cav
+from ._cav import logit_gradients
 
 TESTS = ("ttest_ind", "welch", "ttest_rel")
 CORRECTIONS = ("bonferroni", "holm", "none")

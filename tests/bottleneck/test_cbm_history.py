@@ -38,7 +38,7 @@ def train(**kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cbm = model()
-        history = train_cbm(cbm, TRAIN, VAL, mode="joint", batch_size=128, progress=False,
+        history = train_cbm(cbm, TRAIN, VAL, mode="joint", batch_size=128, progress=False, seed=0,
                             **kwargs)
     falling = [w for w in caught if "still falling" in str(w.message)]
     return cbm, history, falling
