@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("explain", help="explain one class of a model on a folder of images")
     exp.add_argument("--model", required=True,
-                     help="reference | efficientnet_lite0 | torchvision:NAME | timm:NAME | open_clip:NAME")
+                     help="reference | efficientnet_lite0 | world:NAME[:ARCH] (shapes, textures, scales, "
+                          "context) | torchvision:NAME | timm:NAME | open_clip:NAME")
     exp.add_argument("--weights", default=None, help="local weights file (or DEFAULT/pretrained/tag online)")
     exp.add_argument("--layer", default=None)
     exp.add_argument("--images", required=True, help="a directory or a glob")

@@ -1,5 +1,6 @@
 """Load a model by name, with its preprocessing, class names and a default layer:
-``reference``, ``efficientnet_lite0``, ``torchvision:NAME``, ``timm:NAME``, ``open_clip:NAME``.
+``reference``, ``efficientnet_lite0``, ``world:NAME[:ARCH]`` (the models of the ground-truth
+worlds), ``torchvision:NAME``, ``timm:NAME``, ``open_clip:NAME``.
 
 Weights come from a local file (``--weights PATH``: safetensors, or a torch checkpoint read with
 ``weights_only=True``), from a package that ships them (the reference CNN, EfficientNet-Lite0),
@@ -189,11 +190,30 @@ def load(spec: str, weights: str | None = None) -> ModelBundle:
 
         return from_pretrained(efficientnet_lite0())
     family, _, name = spec.partition(":")
+    if family == "world" and name:
+        return _world(name, weights)
     loaders = {"torchvision": _torchvision, "timm": _timm, "open_clip": _open_clip}
     if family not in loaders or not name:
-        raise ValueError(f"`--model` must be 'reference', 'efficientnet_lite0', 'torchvision:NAME', "
+        raise ValueError(f"`--model` must be 'reference', 'efficientnet_lite0', 'world:NAME' (a "
+                         f"ground-truth world: shapes, textures, scales, context; "
+                         f"'world:NAME:ARCH' for another of its models), 'torchvision:NAME', "
                          f"'timm:NAME' or 'open_clip:NAME'; got {spec!r}.")
     return loaders[family](name, weights)
+
+
+def _world(spec: str, weights: str | None) -> ModelBundle:
+    """The model trained on a ground-truth world (``textures`` or ``textures:resnet``), with the
+    world's class names and layer; the worlds' models take images in [0, 1] as they are."""
+    from ..datasets import load_world
+
+    name, _, arch = spec.partition(":")
+    world = load_world(name)
+    arch = arch or world.architecture
+    model = world.model(arch)
+    if weights is not None:
+        load_weights(model, weights, f"world:{name}:{arch}")
+    return ModelBundle(model, f"{name} world {arch}", int(world.image_size), None,
+                       list(world.class_names), world.spec(arch).layer)
 
 
 # Short reprs: shapes of arrays, not their values (print(result) stays readable).

@@ -88,3 +88,12 @@ def test_python_argument_names_become_options():
     assert command_line_terms("pass factorizer=SemiNMF(k) or factorizer=NMF(k, relu=True)") == \
         "pass `--factorizer semi_nmf` or `--factorizer nmf`"
     assert command_line_terms("`patch_size` must be >= 4") == "`--patch-size` must be >= 4"
+
+
+def test_world_models_by_name_with_their_class_names(shape_images, tmp_path, capsys):
+    bundle = conceptkit.models.load("world:textures")
+    assert bundle.layer == "layer3" and bundle.preprocess is None
+    assert bundle.class_names[1] == "checkerboard + dots"
+    code, _, err = run(["--model", "world:textures", "--images", str(shape_images), "--class",
+                        "checkerbord + dots", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "Did you mean 'checkerboard + dots'" in err

@@ -98,3 +98,14 @@ def test_float_error_of_resizing_is_tolerated():
     images = IMAGES.clone()
     images[0, 0, 0, 0], images[1, 0, 0, 0] = 1.0005, -0.0005
     assert CRAFT(3, progress=False, seed=0).fit(two_block_cnn(), "block2", images).n_concepts == 3
+
+
+def test_world_bundle_explains_a_class_by_name():
+    from conceptkit.datasets import load_world
+
+    world = load_world("textures")
+    data = world.sample(n_per_class=3, seed=0)
+    explainer = explain(load("world:textures"), n_concepts=3)
+    result = explainer.fit(data.images[data.labels == 1], "checkerboard + dots")
+    assert result.class_id == 1 and result.class_name == "checkerboard + dots"
+    assert result.layer == world.layer and result.model_name == "textures world resnet"
