@@ -8,8 +8,9 @@
 class names and name in one); :func:`likely_layers` lists the layers worth explaining.
 """
 
+from ._bundle import ModelBundle, Normalize
 from ._candidates import likely_layers
-from ._load import ModelBundle, Normalize, OfflineWeightsError, load, load_state, load_weights
+from ._load import OfflineWeightsError, load, load_state, load_weights
 
 __all__ = ["ModelBundle", "Normalize", "OfflineWeightsError", "likely_layers", "load", "load_state",
            "load_weights"]

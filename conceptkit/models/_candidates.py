@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._load import ModelBundle, from_pretrained
+from ._bundle import ModelBundle, from_pretrained
 
 
 def likely_layers(model: nn.Module, input_size: int = 224, n: int = 5,

@@ -12,58 +12,12 @@ fails offline raises an error that says how to pass a local file instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .._reprs import dataclass_repr
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ModelBundle:
-    """A model ready to explain, as :func:`load` returns it.
-
-    Attributes
-    ----------
-    model : nn.Module
-        The classifier (or visual tower), in eval mode.
-    name : str
-        The name shown in reports.
-    input_size : int
-        The image side the model expects, in pixels.
-    preprocess : callable or None
-        Applied to image batches in [0, 1] before the model (normalisation).
-    class_names : list of str
-        Output names (empty when unknown).
-    layer : str or None
-        A sensible default layer to explain (None when unknown).
-    """
-
-    model: nn.Module
-    name: str
-    input_size: int
-    preprocess: Callable[[torch.Tensor], torch.Tensor] | None
-    class_names: list[str] = field(default_factory=list)
-    layer: str | None = None
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel, for image batches in [0, 1]."""
-
-    def __init__(self, mean: Any, std: Any):
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x)) / self.std.to(x)
+from ._bundle import IMAGENET_MEAN, IMAGENET_STD, ModelBundle, Normalize, from_pretrained
 
 
 class OfflineWeightsError(ConnectionError):
@@ -166,13 +120,6 @@ def _open_clip(name: str, weights: str | None) -> ModelBundle:
     return ModelBundle(visual.eval(), f"open_clip:{name}", int(size), Normalize(mean, std), [], layer)
 
 
-def from_pretrained(pretrained: Any) -> ModelBundle:
-    """The bundle of :func:`conceptkit.datasets.efficientnet_lite0`'s object (model, mean/std,
-    labels, input size), explained at ``bn2``, its last feature map before pooling."""
-    return ModelBundle(pretrained.model, "EfficientNet-Lite0 (ImageNet)", int(pretrained.input_size),
-                       Normalize(pretrained.mean, pretrained.std), list(pretrained.labels), "bn2")
-
-
 def load(spec: str, weights: str | None = None) -> ModelBundle:
     """Load the model named ``spec`` (see the module docstring) with optional local ``weights``.
 
@@ -215,6 +162,3 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
     return ModelBundle(model, f"{name} world {arch}", int(world.image_size), None,
                        list(world.class_names), world.spec(arch).layer)
 
-
-# Short reprs: shapes of arrays, not their values (print(result) stays readable).
-ModelBundle.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -23,7 +23,7 @@ from ..concepts._methods import configured_factorizer
 from ..extraction._layers import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
-from ..models import ModelBundle
+from ..models._bundle import ModelBundle
 from ..models._candidates import as_bundle, class_index, missing_layer_message
 from ._handle import ModelAtLayer
 from ._result import ClassConcepts, KnownCodes

@@ -137,7 +137,7 @@ def test_weights_from_local_safetensors(shape_images, tmp_path, capsys, monkeypa
     explain(["--model", "torchvision:resnet18", "--weights", str(path), "--images",
              str(shape_images), "--class", "1", "--size", "64"], tmp_path / "out", capsys)
     assert len(seen) == 1
-    loaded = seen[0].state_dict()
+    loaded = getattr(seen[0], "model", seen[0]).state_dict()  # the bundle carries the model
     assert loaded.keys() == state.keys()
     for name, tensor in state.items():
         assert torch.equal(loaded[name], tensor), name
