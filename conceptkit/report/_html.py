@@ -39,6 +39,7 @@ th { background: var(--soft); font-weight: 600; }
 tbody tr:nth-child(even) td { background: #fbfcfd; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.dir { text-align: center; }
+td.label { white-space: nowrap; }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
           border: 1px solid rgba(0,0,0,.35); margin-right: 6px; vertical-align: -1px; }
 .small { font-size: 12px; color: var(--muted); }

@@ -200,7 +200,7 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
     links += [f'<a href="#{p.key}">{esc(p.title)}</a>' for p in pictures]
     links += ['<a href="#metrics">Metrics</a>', '<a href="report.json">report.json</a>']
     header = f"<header>\n<h1>{esc(title)}</h1>\n{meta}\n<nav>{''.join(links)}</nav>\n</header>"
-    rows = [[(str(rank + 1), "num"), (swatch(colors[rank]) + esc(c.label), ""),
+    rows = [[(str(rank + 1), "num"), (swatch(colors[rank]) + esc(c.label), "label" if len(c.label) <= 24 else ""),
              (str(c.index), "num"), (format_number(c.importance), "num"),
              (format_number(c.ci_low), "num"), (format_number(c.ci_high), "num"),
              (esc(", ".join(str(s) for s in c.exemplar_sources)), "small"),
