@@ -32,7 +32,7 @@ def command_line_terms(message: str) -> str:
 
 
 def explain_main(args: argparse.Namespace) -> int:
-    from ..concepts._methods import NegativeActivationsError
+    from ..concepts._checks import NegativeActivationsError
     from ..models import load as load_model
     from ..models._candidates import class_index, missing_layer_message
     from ..pipeline import DISCOVERY_METHODS, ConceptExplainer

@@ -11,6 +11,7 @@ from .._deprecation import module_getattr
 from . import metrics
 from ._bank import ConceptBank
 from ._base import FACTORIZERS, Factorizer
+from ._checks import NegativeActivationsError
 from ._methods import ACE, CRAFT, ICE, bank_from_activations
 from ._nmf import NMF
 from ._sae import TopKSAE
@@ -28,6 +29,7 @@ __all__ = [
     "ICE",
     "KMeansConcepts",
     "NMF",
+    "NegativeActivationsError",
     "PCAConcepts",
     "SemiNMF",
     "SparseDictionary",

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_image_ids, check_images, check_int, describe
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer
-from ..concepts._methods import configured_factorizer
+from ..concepts._checks import configured_factorizer
 from ..extraction._layers import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance

@@ -9,7 +9,7 @@ from _shared import two_block_cnn
 
 import conceptkit
 from conceptkit.concepts import CRAFT, ICE, NMF, SemiNMF
-from conceptkit.concepts._methods import NegativeActivationsError
+from conceptkit.concepts._checks import NegativeActivationsError
 from conceptkit.extraction import ActivationExtractor
 
 IMAGES = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
