@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -34,6 +35,9 @@ def kernel_path(tmp_path_factory):
         "display_name": "Python 3 (conceptkit tests)", "language": "python"}))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JUPYTER_PATH", str(root))
+        # The kernel imports this checkout's conceptkit, whatever the venv's install points at.
+        patch.setenv("PYTHONPATH", os.pathsep.join(
+            p for p in (str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")) if p))
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setenv("MPLBACKEND", "Agg")
         yield root
