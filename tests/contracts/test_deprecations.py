@@ -110,8 +110,10 @@ def test_size_and_count_arguments(explanation):
 
     cc = explanation
     new, ids = cc.top_examples(0, n_exemplars=2, image_size=16)
-    with pytest.warns(DeprecationWarning, match="`n` of ClassConcepts.top_examples"):
+    with pytest.warns(DeprecationWarning) as record:
         old, old_ids = cc.top_examples(0, n=2, size=16)
+    messages = " ".join(str(w.message) for w in record)
+    assert "`n` of ClassConcepts.top_examples" in messages and "`size`" in messages
     torch.testing.assert_close(old, new)
     np.testing.assert_array_equal(old_ids, ids)
     with pytest.warns(DeprecationWarning, match="`size`"):
