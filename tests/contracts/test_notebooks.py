@@ -166,6 +166,13 @@ KIND_LINE = re.compile(rf"^(auto|coefficient|gradient)\s+(\d+)\s+(.+?)\s+{NUMBER
 SPEARMAN_LINE = re.compile(rf"^class (\d+): spearman {NUMBER}, kendall", re.M)
 
 
+def stdout_of(nb) -> str:
+    """What the code cells printed, exactly: the kernel flushes stdout in chunks (a line and its
+    newline may arrive apart), so the chunks are joined as they came, without separators."""
+    return "".join(output["text"] for cell in nb.cells for output in cell.get("outputs", [])
+                   if output["output_type"] == "stream" and output["name"] == "stdout")
+
+
 def printed_reliance(text: str) -> dict[int, dict[str, float]]:
     """``{class: {part: expected drop}}`` from the notebook's reliance listing."""
     out: dict[int, dict[str, float]] = {}
@@ -188,7 +195,7 @@ def test_evaluate_notebook_03_runs(kernel_path, tmp_path):
     from conceptkit.evaluate import METRIC_COLUMNS, reliance
 
     nb = execute("03_evaluate.ipynb", tmp_path)
-    text = text_of(nb)
+    text = stdout_of(nb)
     printed = printed_reliance(text)
     assert sorted(printed) == [0, 1]
     # The printed reliance is what evaluate.reliance measures on the same sample, every part
