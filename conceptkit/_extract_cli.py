@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from .extraction import ActivationExtractor
-from .extraction._store import LAYOUTS, finalize_store, shard_chunks, slice_inputs, write_chunks
+from .extraction._store import LAYOUTS, shard_chunks, slice_inputs
+from .extraction._store_write import finalize_store, write_chunks
 
 
 def _dist_env() -> tuple[int, int, int]:

@@ -14,7 +14,8 @@ from ._extractor import (
 from ._layers import get_layer, layer_names
 from ._provenance import Provenance
 from ._split import CutError, check_split, split_model
-from ._store import ActivationStore, finalize_store, write_chunks, write_store
+from ._store import ActivationStore
+from ._store_write import finalize_store, write_chunks, write_store
 
 __all__ = [
     "ACE_GREY",

@@ -4,6 +4,7 @@ Layout of a store directory::
 
     manifest.json          {"format": "conceptkit-activation-store", "version": 1, "n_inputs",
                             "chunk_size", "n_chunks", "layout", "n_features", "dtype",
+                            "fingerprint": {...},
                             "chunks": [{"index", "file", "rows", "inputs": [start, stop]}, ...]}
     chunk-000000.npy       rows of inputs [0, chunk_size)
     chunk-000001.npy       ...
@@ -11,10 +12,21 @@ Layout of a store directory::
 Chunk ``i`` always holds the activations of inputs ``[i·chunk_size, (i+1)·chunk_size)``, so a
 chunk's content does not depend on who wrote it or when: a rerun after a crash skips every chunk
 file that exists and recomputes only the missing ones, and shards written by several processes
-merge into the same store a single process would write. Each chunk is written to a temporary
-name and renamed when complete (an atomic rename), so a killed run never leaves a half-written
-chunk under a final name. Chunks are plain ``.npy`` files read with ``allow_pickle=False`` and
-memory-mapped, so reading never executes code and never loads the whole store into memory.
+merge into the same store a single process would write.
+
+A rerun may skip existing chunks only if they were computed from the same things, so the
+manifest carries a *fingerprint* of everything that determines the content (model weights,
+layer, preprocessing, inputs, number of inputs, chunk size, layout, dtype). The first writer
+creates the manifest with an empty chunk list before computing anything; a later run with
+another fingerprint is refused with an error that names what differs (pass ``overwrite=True``,
+``--overwrite`` on the command line, to replace the store).
+
+Each file is written to a temporary file created exclusively (``O_EXCL``, a random name, so a
+planted symlink is never followed) and renamed when complete, so a killed run never leaves a
+half-written chunk under a final name; a failed write (a full disk) removes its temporary file
+and raises an ``OSError`` naming the store. Chunks are plain ``.npy`` files read with
+``allow_pickle=False`` and memory-mapped, so reading never executes code and never loads the
+whole store into memory; a chunk that is a symbolic link is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +34,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,33 +44,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import check_choice, check_int
+from .._validation import check_int
 
 STORE_FORMAT = "conceptkit-activation-store"
 STORE_VERSION = 1
 LAYOUTS = ("pooled", "positions", "maps")
+MANIFEST = "manifest.json"
+_CHUNK = re.compile(r"chunk-(\d{6,})\.npy")
+_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+_FIELDS = {"model": "model weights", "layer": "layer", "preprocess": "preprocessing",
+           "inputs": "inputs", "n_inputs": "number of inputs", "chunk_size": "chunk size",
+           "layout": "layout", "model_dtype": "model dtype", "settings": "extractor settings",
+           "extractor": "extractor"}
 
 
 def chunk_name(index: int) -> str:
     return f"chunk-{index:06d}.npy"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def to_layout(activations: torch.Tensor, layout: str) -> np.ndarray:
@@ -91,22 +93,18 @@ class ActivationStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        manifest = self.path / "manifest.json"
-        if not manifest.exists():
+        self.manifest = read_manifest(self.path)
+        if self.manifest is None:
             raise FileNotFoundError(f"`path` {str(self.path)!r} is not an activation store "
-                                    f"(no manifest.json).")
-        try:
-            self.manifest = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"`path` {str(self.path)!r}: manifest.json is corrupted.") from err
-        if (not isinstance(self.manifest, dict) or self.manifest.get("format") != STORE_FORMAT
-                or self.manifest.get("version") != STORE_VERSION):
-            raise ValueError(f"`path` {str(self.path)!r}: not a version-{STORE_VERSION} activation store.")
+                                    f"(no {MANIFEST}).")
         _check_manifest(self.path, self.manifest)
-        missing = [c["file"] for c in self.manifest["chunks"] if not (self.path / c["file"]).exists()]
-        if missing or len(self.manifest["chunks"]) != self.manifest["n_chunks"]:
+        chunks = self.manifest["chunks"]
+        missing = [c["file"] for c in chunks if not (self.path / c["file"]).exists()]
+        if missing or len(chunks) != self.manifest["n_chunks"]:
             raise ValueError(f"`path` {str(self.path)!r} is incomplete: missing chunks "
                              f"{missing[:5] or 'in manifest'}; rerun the extraction to finish it.")
+        for entry in chunks:
+            _check_chunk_file(self.path, self.path / entry["file"])
 
     @property
     def n_rows(self) -> int:
@@ -127,19 +125,21 @@ class ActivationStore:
     def chunk(self, index: int) -> np.ndarray:
         """Chunk ``index`` as a read-only memory-mapped array (no pickle)."""
         entry = self.manifest["chunks"][index]
+        file = self.path / entry["file"]
+        _check_chunk_file(self.path, file)
         try:
-            array = np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
         except Exception as err:  # noqa: BLE001 - numpy's parser fails in many ways on a bad header
             raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is damaged or not a "
                              f"plain numeric array ({err}); delete it and rerun the extraction to "
                              f"recompute it.") from err
-        features = int(array.shape[1]) if array.ndim >= 2 else 1
-        if (array.shape[0] != entry["rows"] or features != self.n_features
-                or array.dtype.kind not in "biuf"):
+        flat = self.manifest["layout"] != "maps"
+        if (array.ndim < 2 or (flat and array.ndim != 2) or array.shape[0] != entry["rows"]
+                or array.shape[1] != self.n_features or str(array.dtype) != self.manifest["dtype"]):
             raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
                              f"shape {array.shape} and dtype {array.dtype}, but the manifest declares "
-                             f"{entry['rows']} rows of {self.n_features} features; delete the chunk "
-                             f"and rerun the extraction.")
+                             f"{entry['rows']} rows of {self.n_features} features of "
+                             f"{self.manifest['dtype']}; delete the chunk and rerun the extraction.")
         return array
 
     def iter_chunks(self, progress: bool = False) -> Iterator[np.ndarray]:
@@ -171,76 +171,81 @@ class ActivationStore:
         return np.concatenate([np.asarray(c) for c in self.iter_chunks()])
 
 
+def read_manifest(path: Path) -> dict | None:
+    """The parsed manifest of the store at ``path`` (None when there is none)."""
+    file = path / MANIFEST
+    if file.is_symlink():
+        raise ValueError(f"`path` {str(path)!r}: {MANIFEST} is a symbolic link; a store's files "
+                         f"must be regular files inside it.")
+    if not file.exists():
+        return None
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # JSONDecodeError, huge ints
+        raise ValueError(f"`path` {str(path)!r}: {MANIFEST} is corrupted.") from err
+    if (not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT
+            or manifest.get("version") != STORE_VERSION):
+        raise ValueError(f"`path` {str(path)!r}: not a version-{STORE_VERSION} activation store.")
+    return manifest
+
+
+def _count(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _check_manifest(path: Path, manifest: dict) -> None:
-    """Refuse manifests whose entries are malformed or point outside the store directory."""
+    """Refuse manifests that are malformed, disagree with themselves, or point outside the store.
+
+    Chunk ``i`` must be entry ``i``, named ``chunk-i``, holding inputs ``[i·chunk_size, ...)``: a
+    duplicated, swapped, repeated or missing entry is refused, as are row counts that disagree
+    with the layout (``positions`` rows are the same number of positions for every input).
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"`path` {str(path)!r}: {MANIFEST} is corrupted ({why}); rerun the "
+                          f"extraction with overwrite=True to rewrite the store.")
+
+    n_inputs, chunk_size = manifest.get("n_inputs"), manifest.get("chunk_size")
     chunks = manifest.get("chunks")
-    ok = (isinstance(chunks, list) and isinstance(manifest.get("n_chunks"), int)
-          and isinstance(manifest.get("n_features"), int))
-    for entry in chunks if ok else []:
-        file = entry.get("file") if isinstance(entry, dict) else None
-        if (not isinstance(file, str) or Path(file).name != file or file in ("", ".", "..")
-                or not isinstance(entry.get("rows"), int)):
-            ok = False
-            break
-    if not ok:
-        raise ValueError(f"`path` {str(path)!r}: manifest.json is corrupted (malformed chunk list).")
+    if not (_count(n_inputs, 1) and _count(chunk_size, 1) and _count(manifest.get("n_features"), 1)
+            and isinstance(chunks, list)):
+        raise bad("malformed n_inputs, chunk_size, n_features or chunk list")
+    plan = StorePlan(n_inputs, chunk_size)
+    if manifest.get("n_chunks") != plan.n_chunks or len(chunks) > plan.n_chunks:
+        raise bad(f"{n_inputs} inputs in chunks of {chunk_size} make {plan.n_chunks} chunks, "
+                  f"not {manifest.get('n_chunks')!r}")
+    if manifest.get("layout") not in LAYOUTS or manifest.get("dtype") not in _DTYPES:
+        raise bad(f"unknown layout {manifest.get('layout')!r} or dtype {manifest.get('dtype')!r}")
+    if not isinstance(manifest.get("fingerprint", {}), dict):
+        raise bad("malformed fingerprint")
+    per_input = None
+    for index, entry in enumerate(chunks):
+        start, stop = plan.inputs(index)
+        if (not isinstance(entry, dict) or entry.get("index") != index
+                or entry.get("file") != chunk_name(index) or entry.get("inputs") != [start, stop]
+                or not _count(entry.get("rows"), 0)):
+            raise bad(f"entry {index} is not chunk {index} of inputs [{start}, {stop}): chunks "
+                      f"duplicated, swapped, repeated or malformed")
+        rows = entry["rows"]
+        if manifest["layout"] == "positions" and rows % (stop - start) == 0 and rows:
+            per_input = rows // (stop - start) if per_input is None else per_input
+            ok = rows == per_input * (stop - start)
+        else:
+            ok = rows == stop - start
+        if not ok:
+            raise bad(f"chunk {index} declares {rows} rows for {stop - start} inputs in layout "
+                      f"{manifest['layout']!r}")
+
+
+def _check_chunk_file(path: Path, file: Path) -> None:
+    if file.is_symlink() or (file.exists() and not file.is_file()):
+        raise ValueError(f"`path` {str(path)!r}: chunk {file.name!r} is a symbolic link or not a "
+                         f"regular file; a store's chunks must be files inside it. Delete it and "
+                         f"rerun the extraction.")
 
 
 def shard_chunks(n_chunks: int, rank: int, world_size: int) -> list[int]:
     """The chunk indices rank ``rank`` of ``world_size`` computes (round robin)."""
     return [i for i in range(n_chunks) if i % world_size == rank]
-
-
-def _manifest(plan: StorePlan, layout: str, n_features: int, dtype: str, chunks: list[dict],
-              meta: dict) -> dict:
-    return {"format": STORE_FORMAT, "version": STORE_VERSION, "n_inputs": plan.n_inputs,
-            "chunk_size": plan.chunk_size, "n_chunks": plan.n_chunks, "layout": layout,
-            "n_features": n_features, "dtype": dtype, "chunks": chunks, "meta": meta}
-
-
-def write_chunks(compute: Callable[[int, int], torch.Tensor], n_inputs: int, path: str | os.PathLike,
-                 *, chunk_size: int = 1024, layout: str = "pooled", indices: list[int] | None = None,
-                 progress: bool = True) -> list[int]:
-    """Compute and write the chunks of ``indices`` (default all) that do not exist yet.
-
-    ``compute(start, stop)`` returns the activations of inputs ``[start, stop)``. Returns the
-    indices of the chunks this call computed (the rest already existed and were skipped).
-    """
-    check_choice(layout, "layout", LAYOUTS)
-    plan = StorePlan(check_int(n_inputs, "n_inputs", minimum=1), check_int(chunk_size, "chunk_size", minimum=1))
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    todo = list(range(plan.n_chunks)) if indices is None else list(indices)
-    written = []
-    for index in tqdm(todo, disable=not progress, desc="store chunks", leave=False):
-        target = path / chunk_name(index)
-        if target.exists():
-            continue
-        start, stop = plan.inputs(index)
-        rows = to_layout(compute(start, stop), layout)
-        _atomic_save_npy(target, np.ascontiguousarray(rows))
-        written.append(index)
-    return written
-
-
-def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
-                   meta: dict | None = None) -> ActivationStore:
-    """Write ``manifest.json`` once every chunk exists (reads only the chunks' headers)."""
-    plan = StorePlan(n_inputs, chunk_size)
-    path = Path(path)
-    chunks, n_features, dtype = [], None, None
-    for index in range(plan.n_chunks):
-        file = path / chunk_name(index)
-        if not file.exists():
-            raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} is missing.")
-        array = np.load(file, mmap_mode="r", allow_pickle=False)
-        n_features = int(array.shape[1]) if array.ndim >= 2 else 1
-        dtype = str(array.dtype)
-        chunks.append({"index": index, "file": file.name, "rows": int(array.shape[0]),
-                       "inputs": list(plan.inputs(index))})
-    manifest = _manifest(plan, layout, n_features or 0, dtype or "float32", chunks, meta or {})
-    _atomic_write_bytes(path / "manifest.json", json.dumps(manifest, indent=1).encode())
-    return ActivationStore(path)
 
 
 def slice_inputs(inputs: Any, start: int, stop: int) -> torch.Tensor:
@@ -251,18 +256,3 @@ def slice_inputs(inputs: Any, start: int, stop: int) -> torch.Tensor:
     return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
 
 
-def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_size: int = 1024,
-                layout: str = "pooled", progress: bool = True, meta: dict | None = None) -> ActivationStore:
-    """Extract activations of ``inputs`` chunk by chunk into a resumable store at ``path``.
-
-    ``extractor`` is an :class:`ActivationExtractor` (or any callable ``images -> activations``);
-    ``inputs`` is a tensor ``(N, C, H, W)`` or anything indexable by slices with a length (a
-    Dataset of images). Rerunning after an interruption computes only the missing chunks.
-    """
-    n = len(inputs)
-
-    def compute(start: int, stop: int) -> torch.Tensor:
-        return extractor(slice_inputs(inputs, start, stop))
-
-    write_chunks(compute, n, path, chunk_size=chunk_size, layout=layout, progress=progress)
-    return finalize_store(path, n, chunk_size=chunk_size, layout=layout, meta=meta)

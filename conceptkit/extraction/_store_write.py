@@ -1,0 +1,275 @@
+"""Writing an activation store: the fingerprinted manifest, exclusive temporary files, chunks.
+
+See :mod:`conceptkit.extraction._store` for the layout and the guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._validation import check_choice, check_int
+from ._fingerprint import extractor_identity, inputs_identity
+from ._store import (
+    _CHUNK,
+    _FIELDS,
+    LAYOUTS,
+    MANIFEST,
+    STORE_FORMAT,
+    STORE_VERSION,
+    ActivationStore,
+    StorePlan,
+    _check_chunk_file,
+    chunk_name,
+    read_manifest,
+    slice_inputs,
+    to_layout,
+)
+
+
+def _write_file(target: Path, write: Callable[[BinaryIO], None], *, store: Path,
+                exclusive: bool = False) -> bool:
+    """Write ``target`` through a temporary file created with ``O_EXCL`` and a random name.
+
+    The temporary file is renamed over ``target`` when complete (``exclusive``: linked to it
+    only if ``target`` does not exist yet; returns False when it did). Any failure removes the
+    temporary file; an ``OSError`` (a full disk, a read-only directory) names the store.
+    """
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; store files are normal files
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not exclusive:
+            os.replace(tmp, target)
+            tmp = None
+            return True
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: check, then rename
+            if target.exists() or target.is_symlink():
+                return False
+            os.replace(tmp, target)
+            tmp = None
+        return True
+    except OSError as err:
+        if isinstance(err, FileExistsError):
+            raise
+        reason = err.strerror or str(err)
+        raise OSError(err.errno or errno.EIO, f"cannot write {target.name!r} into the activation "
+                      f"store {str(store)!r}: {reason}") from err
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _save_npy(target: Path, array: np.ndarray, store: Path) -> None:
+    _write_file(target, lambda fh: np.save(fh, array, allow_pickle=False), store=store)
+
+
+def _manifest(plan: StorePlan, layout: str, n_features: int, dtype: str, chunks: list[dict],
+              meta: dict, fingerprint: dict) -> dict:
+    return {"format": STORE_FORMAT, "version": STORE_VERSION, "n_inputs": plan.n_inputs,
+            "chunk_size": plan.chunk_size, "n_chunks": plan.n_chunks, "layout": layout,
+            "n_features": n_features, "dtype": dtype, "fingerprint": fingerprint,
+            "chunks": chunks, "meta": meta}
+
+
+def _write_manifest(path: Path, manifest: dict, *, exclusive: bool = False) -> bool:
+    data = json.dumps(manifest, indent=1).encode()
+    return _write_file(path / MANIFEST, lambda fh: fh.write(data), store=path, exclusive=exclusive)
+
+
+def _differences(old: Any, new: dict) -> list[str]:
+    if not isinstance(old, dict):
+        return ["everything (the store was written without a fingerprint)"]
+    keys = [key for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)]
+    out = []
+    for key in keys:
+        name = _FIELDS.get(key, key)
+        if isinstance(new.get(key), int) or key in ("layer", "layout", "model_dtype"):
+            out.append(f"{name} ({old.get(key)!r} in the store, {new.get(key)!r} now)")
+        else:
+            out.append(name)
+    return out
+
+
+def _stale(path: Path, why: str) -> ValueError:
+    return ValueError(f"`path` {str(path)!r} already holds {why}; its chunks cannot be reused. "
+                      f"Pass overwrite=True (on the command line --overwrite) to replace the "
+                      f"store, or choose another directory.")
+
+
+def clear_store(path: str | os.PathLike) -> None:
+    """Delete a store's own files (manifest, chunks, temporary files); nothing else."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    for item in path.iterdir():
+        name = item.name
+        ours = (name == MANIFEST or _CHUNK.fullmatch(name) is not None
+                or (name.endswith(".tmp") and (name.startswith(".chunk-")
+                                               or name.startswith(f".{MANIFEST}."))))
+        if ours and (item.is_symlink() or item.is_file()):
+            item.unlink()
+
+
+def prepare_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
+                  fingerprint: dict | None = None, overwrite: bool = False) -> dict:
+    """Create the store directory and its pending manifest, or check the existing one.
+
+    Returns the full fingerprint. A directory that holds chunks of another extraction (another
+    fingerprint, or chunks without a manifest) is refused unless ``overwrite`` is true, in which
+    case the store's own files are deleted first.
+    """
+    check_choice(layout, "layout", LAYOUTS)
+    plan = StorePlan(check_int(n_inputs, "n_inputs", minimum=1),
+                     check_int(chunk_size, "chunk_size", minimum=1))
+    if fingerprint is not None and not isinstance(fingerprint, dict):
+        raise TypeError(f"`fingerprint` must be a dict of JSON values; got {type(fingerprint).__name__}.")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"`path` {str(path)!r} is a file; an activation store is a "
+                                 f"directory. Choose a directory name.")
+    full = {**(fingerprint or {}), "n_inputs": plan.n_inputs, "chunk_size": plan.chunk_size,
+            "layout": layout}
+    full = json.loads(json.dumps(full))  # compare what a manifest stores (lists, not tuples)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create the activation store {str(path)!r}: "
+                      f"{err.strerror or err}") from err
+    if overwrite:
+        clear_store(path)
+    pending = _manifest(plan, layout, 0, "float32", [], {}, full)
+    for _ in range(3):  # another writer may replace the manifest between our steps
+        try:
+            existing = read_manifest(path)
+        except ValueError as err:
+            raise _stale(path, f"a damaged store ({err})") from err
+        if existing is not None:
+            old = existing.get("fingerprint")
+            if old != full:
+                raise _stale(path, "an activation store written with another "
+                             + ", ".join(_differences(old, full)))
+            return full
+        if any(_CHUNK.fullmatch(item.name) for item in path.iterdir()):
+            raise _stale(path, "chunk files without a manifest (their origin is unknown)")
+        if _write_manifest(path, pending, exclusive=True):
+            return full
+    raise OSError(errno.EBUSY, f"the activation store {str(path)!r} keeps changing while it is "
+                  f"being prepared; is another extraction writing it?")
+
+
+def write_chunks(compute: Callable[[int, int], torch.Tensor], n_inputs: int, path: str | os.PathLike,
+                 *, chunk_size: int = 1024, layout: str = "pooled", indices: list[int] | None = None,
+                 progress: bool = True, fingerprint: dict | None = None,
+                 overwrite: bool = False) -> list[int]:
+    """Compute and write the chunks of ``indices`` (default all) that do not exist yet.
+
+    ``compute(start, stop)`` returns the activations of inputs ``[start, stop)``. Returns the
+    indices of the chunks this call computed (the rest already existed and were skipped).
+    ``fingerprint`` (a dict of JSON values) identifies what ``compute`` computes; with the
+    number of inputs, the chunk size and the layout it is recorded in the manifest, and a store
+    with another fingerprint is refused unless ``overwrite`` is true (see :func:`prepare_store`).
+    """
+    path = Path(path)
+    prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout, fingerprint=fingerprint,
+                  overwrite=overwrite)
+    plan = StorePlan(n_inputs, chunk_size)
+    todo = list(range(plan.n_chunks)) if indices is None else list(indices)
+    written = []
+    for index in tqdm(todo, disable=not progress, desc="store chunks", leave=False):
+        target = path / chunk_name(index)
+        _check_chunk_file(path, target)
+        if target.exists():
+            continue
+        start, stop = plan.inputs(index)
+        rows = to_layout(compute(start, stop), layout)
+        _save_npy(target, np.ascontiguousarray(rows), path)
+        written.append(index)
+    return written
+
+
+def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
+                   meta: dict | None = None, fingerprint: dict | None = None) -> ActivationStore:
+    """Write ``manifest.json`` once every chunk exists (reads only the chunks' headers).
+
+    The fingerprint recorded by :func:`write_chunks` is kept; ``fingerprint``, when given, must
+    match it, and so must ``n_inputs``, ``chunk_size`` and ``layout``.
+    """
+    path = Path(path)
+    full = prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout,
+                         fingerprint=fingerprint if fingerprint is not None else
+                         _recorded(path))
+    plan = StorePlan(n_inputs, chunk_size)
+    chunks, n_features, dtype = [], None, None
+    for index in range(plan.n_chunks):
+        file = path / chunk_name(index)
+        _check_chunk_file(path, file)
+        if not file.exists():
+            raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} is missing.")
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+        features = int(array.shape[1]) if array.ndim >= 2 else 1
+        if (n_features, dtype) not in ((None, None), (features, str(array.dtype))):
+            raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} holds {features} "
+                             f"features of {array.dtype}, the chunks before it {n_features} of "
+                             f"{dtype}.")
+        n_features, dtype = features, str(array.dtype)
+        chunks.append({"index": index, "file": file.name, "rows": int(array.shape[0]),
+                       "inputs": list(plan.inputs(index))})
+    manifest = _manifest(plan, layout, n_features or 0, dtype or "float32", chunks, meta or {}, full)
+    _write_manifest(path, manifest)
+    return ActivationStore(path)
+
+
+def _recorded(path: Path) -> dict | None:
+    """The fingerprint recorded in a store's manifest, less the structural fields."""
+    manifest = read_manifest(path) if path.is_dir() else None
+    recorded = manifest.get("fingerprint") if manifest else None
+    if not isinstance(recorded, dict):
+        return None
+    return {k: v for k, v in recorded.items() if k not in ("n_inputs", "chunk_size", "layout")}
+
+
+def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_size: int = 1024,
+                layout: str = "pooled", progress: bool = True, meta: dict | None = None,
+                overwrite: bool = False) -> ActivationStore:
+    """Extract activations of ``inputs`` chunk by chunk into a resumable store at ``path``.
+
+    ``extractor`` is an :class:`ActivationExtractor` (or any callable ``images -> activations``);
+    ``inputs`` is a tensor ``(N, C, H, W)`` or anything indexable by slices with a length (a
+    Dataset of images). Rerunning after an interruption computes only the missing chunks; a
+    rerun with another model, layer, preprocessing, inputs, ``N``, ``chunk_size`` or ``layout``
+    is refused (the manifest's fingerprint differs) unless ``overwrite`` is true, which replaces
+    the store. A Dataset is identified by its ``fingerprint`` attribute when it has one, else by
+    its type, length and first, middle and last items.
+    """
+    n = len(inputs)
+    fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
+
+    def compute(start: int, stop: int) -> torch.Tensor:
+        return extractor(slice_inputs(inputs, start, stop))
+
+    write_chunks(compute, n, path, chunk_size=chunk_size, layout=layout, progress=progress,
+                 fingerprint=fingerprint, overwrite=overwrite)
+    return finalize_store(path, n, chunk_size=chunk_size, layout=layout, meta=meta)
