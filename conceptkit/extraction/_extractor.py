@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,8 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe, resolve_device
-from ._layers import get_layer
+from ._layers import get_layer, unwrap_model
+from ._sizes import is_size_error, too_small_error
 
 
 class _Stop(Exception):
@@ -164,6 +166,7 @@ class ActivationExtractor:
                  preprocess: Any = None):
         self.layer, self._module = get_layer(model, layer)
         self.model = model
+        self._inner = unwrap_model(model)[0]  # DataParallel / torch.compile: run what they wrap
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.device = None if device is None else resolve_device(device)
         self.progress = bool(progress)
@@ -254,9 +257,16 @@ class ActivationExtractor:
                             batch = self.preprocess(batch)
                         captured.clear()
                         try:
-                            self.model(batch.to(device=device, dtype=dtype))
+                            self._inner(batch.to(device=device, dtype=dtype))
                         except _Stop:
                             pass
+                        except Exception as err:
+                            if is_size_error(err):
+                                raise too_small_error(
+                                    err, functools.partial(self._run_to_layer, device, dtype), batch,
+                                    "inputs", f"{type(self._inner).__name__} up to `layer` "
+                                    f"{self.layer!r}") from err
+                            raise
                         if not captured:
                             raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
                                                f"forward pass of {type(self.model).__name__}.")
@@ -274,6 +284,13 @@ class ActivationExtractor:
             self.prefix_ = torch.cat(self._prefix_batches)
             self._prefix_batches = []
         return torch.cat(outputs)
+
+    def _run_to_layer(self, device: torch.device, dtype: torch.dtype, batch: torch.Tensor) -> None:
+        """The forward pass up to the layer (our hook, registered by the caller, stops it)."""
+        try:
+            self._inner(batch.to(device=device, dtype=dtype))
+        except _Stop:
+            pass
 
     @staticmethod
     def _check_batch(batch: Any, channels: int | None, finite: bool) -> torch.Tensor:

@@ -26,7 +26,8 @@ from torch import nn
 
 from .._torchutils import preserved_model_state
 from .._validation import describe
-from ._layers import get_layer
+from ._layers import get_layer, unwrap_model
+from ._sizes import is_size_error, too_small_error
 
 
 class CutError(ValueError):
@@ -302,6 +303,7 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     if strategy not in ("auto", "sequential", "fx", "replay"):
         raise ValueError(f"`strategy` must be 'auto', 'sequential', 'fx' or 'replay'; got {strategy!r}.")
     layer_name, layer_module = get_layer(model, layer)
+    model = unwrap_model(model)[0]  # DataParallel / DDP / torch.compile compute what they wrap
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError("`example_input` must be a torch.Tensor batch of model inputs.")
 
@@ -341,6 +343,8 @@ def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
         try:
             expected = model(x)
         except Exception as err:  # a user's model failing on the example: say which input
+            if is_size_error(err):
+                raise too_small_error(err, model, x, name, type(model).__name__) from err
             raise ValueError(f"`{name}` of {describe(x)} cannot be run through "
                              f"{type(model).__name__}: {type(err).__name__}: {err}") from err
         got = h(g(x))
