@@ -253,12 +253,13 @@ class ConceptBottleneckModel(nn.Module):
         except (KeyError, TypeError, ValueError) as err:
             raise FormatError(f"`path` {str(path)!r} lacks the model configuration.") from err
         given = concept_encoder is not None
+        if not given and not spec:
+            raise ValueError(
+                f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
+                f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
+                f"freshly built encoder of the same architecture.")
+        _check_declared(path, config, spec, tensors, given)
         if not given:
-            if not spec:
-                raise ValueError(
-                    f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
-                    f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
-                    f"freshly built encoder of the same architecture.")
             try:
                 concept_encoder = _build_encoder(spec)
             except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -285,6 +286,42 @@ class ConceptBottleneckModel(nn.Module):
                         f"{list(result.unexpected_keys)[:5]}.")
         model.trained_mode = trained_mode
         return model
+
+
+def _check_declared(path: Any, config: dict, spec: Any, tensors: dict[str, torch.Tensor],
+                    given: bool) -> None:
+    """Compare the architecture a file declares with the tensors it holds, before building it.
+
+    A 1 KB file may declare a 50000 x 40000 encoder: the model is first built on the ``meta``
+    device (no memory), after the declared widths are bounded by the number of values stored,
+    and its parameter shapes must equal the stored tensors' shapes.
+    """
+    stored = sum(int(t.numel()) for t in tensors.values())
+    for key in ("n_concepts", "n_classes", "hidden"):
+        value = config.get(key)
+        if isinstance(value, int) and value > max(stored, 2):
+            raise FormatError(f"`path` {str(path)!r} declares {key}={value} but stores only "
+                              f"{stored} values: a damaged or tampered file.")
+    try:
+        with torch.device("meta"):
+            encoder = nn.Identity() if given else _build_encoder(spec)
+            rest = {k: v for k, v in config.items() if k not in ("n_concepts", "n_classes")}
+            skeleton = ConceptBottleneckModel(encoder, config["n_concepts"], config["n_classes"], **rest)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted model configuration: "
+                          f"{err}") from err
+
+    def shapes(items: Any) -> dict[str, tuple[int, ...]]:
+        return {key: tuple(value.shape) for key, value in items
+                if not (given and key.startswith("concept_encoder."))}
+
+    expected, found = shapes(skeleton.state_dict().items()), shapes(tensors.items())
+    if expected != found:
+        wrong = sorted(key for key in set(expected) | set(found) if expected.get(key) != found.get(key))
+        details = ", ".join(f"{key}: declared {expected.get(key)}, stored {found.get(key)}"
+                            for key in wrong[:4])
+        raise FormatError(f"`path` {str(path)!r} declares an architecture that does not match the "
+                          f"tensors it holds ({details}): a damaged or tampered file.")
 
 
 def check_inputs(model: ConceptBottleneckModel, x: torch.Tensor, name: str) -> None:

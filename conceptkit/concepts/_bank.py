@@ -188,7 +188,7 @@ class ConceptBank:
             problems.append("layer, method, params or extra of the wrong type")
         if not problems:
             try:  # the dictionary must be able to encode: one row of it, back to finite codes
-                codes = np.asarray(self.factorizer.transform(self.components[:1].numpy()))
+                codes = np.asarray(_bounded(self.factorizer).transform(self.components[:1].numpy()))
             except Exception as err:  # noqa: BLE001 - any failure means a broken factorizer state
                 problems.append(f"the factorizer cannot encode ({type(err).__name__}: {err})")
             else:
@@ -210,6 +210,33 @@ class ConceptBank:
             return cls.from_state(tensors, meta)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptBank: {err}") from err
+
+
+_PROBE_ITERATIONS = 20
+
+
+def _bounded(factorizer: Factorizer) -> Factorizer:
+    """A shallow copy of ``factorizer`` whose iterative solvers stop after a few iterations.
+
+    The load-time check encodes one row to see that the state works; its cost must not depend
+    on the solver settings stored in the file (``tol=0, max_iter=10**7`` would run for minutes).
+    """
+    import copy
+    import warnings
+
+    probe = copy.copy(factorizer)
+    for name in ("max_iter", "transform_max_iter"):
+        value = getattr(probe, name, None)
+        if isinstance(value, int) and value > _PROBE_ITERATIONS:
+            setattr(probe, name, _PROBE_ITERATIONS)
+
+    class _Quiet:  # the capped solve may not converge: its warnings are not the user's concern
+        def transform(self, rows):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return probe.transform(rows)
+
+    return _Quiet()  # type: ignore[return-value]
 
 
 def _json_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_int
+from ..io import FormatError, parse_json
 
 STORE_FORMAT = "conceptkit-activation-store"
 STORE_VERSION = 1
@@ -101,7 +102,7 @@ class ActivationStore:
         chunks = self.manifest["chunks"]
         missing = [c["file"] for c in chunks if not (self.path / c["file"]).exists()]
         if missing or len(chunks) != self.manifest["n_chunks"]:
-            raise ValueError(f"`path` {str(self.path)!r} is incomplete: missing chunks "
+            raise FormatError(f"`path` {str(self.path)!r} is incomplete: missing chunks "
                              f"{missing[:5] or 'in manifest'}; rerun the extraction to finish it.")
         for entry in chunks:
             _check_chunk_file(self.path, self.path / entry["file"])
@@ -130,13 +131,13 @@ class ActivationStore:
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
         except Exception as err:  # noqa: BLE001 - numpy's parser fails in many ways on a bad header
-            raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is damaged or not a "
+            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is damaged or not a "
                              f"plain numeric array ({err}); delete it and rerun the extraction to "
                              f"recompute it.") from err
         flat = self.manifest["layout"] != "maps"
         if (array.ndim < 2 or (flat and array.ndim != 2) or array.shape[0] != entry["rows"]
                 or array.shape[1] != self.n_features or str(array.dtype) != self.manifest["dtype"]):
-            raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
+            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
                              f"shape {array.shape} and dtype {array.dtype}, but the manifest declares "
                              f"{entry['rows']} rows of {self.n_features} features of "
                              f"{self.manifest['dtype']}; delete the chunk and rerun the extraction.")
@@ -175,18 +176,31 @@ def read_manifest(path: Path) -> dict | None:
     """The parsed manifest of the store at ``path`` (None when there is none)."""
     file = path / MANIFEST
     if file.is_symlink():
-        raise ValueError(f"`path` {str(path)!r}: {MANIFEST} is a symbolic link; a store's files "
+        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} is a symbolic link; a store's files "
                          f"must be regular files inside it.")
     if not file.exists():
         return None
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # JSONDecodeError, huge ints
-        raise ValueError(f"`path` {str(path)!r}: {MANIFEST} is corrupted.") from err
+        manifest = parse_json(file.read_bytes(), path, MANIFEST)
+    except FormatError as err:
+        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} is corrupted ({err}).") from err
     if (not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT
             or manifest.get("version") != STORE_VERSION):
-        raise ValueError(f"`path` {str(path)!r}: not a version-{STORE_VERSION} activation store.")
+        raise FormatError(f"`path` {str(path)!r}: not a version-{STORE_VERSION} activation store.")
+    if "digest" in manifest and manifest["digest"] != manifest_digest(manifest):
+        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} was edited or damaged after it was "
+                          f"written (its digest does not match); rerun the extraction with "
+                          f"overwrite=True to rewrite the store.")
     return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """BLAKE2b of a manifest's canonical JSON without its ``digest`` entry."""
+    import hashlib
+
+    plain = {key: value for key, value in manifest.items() if key != "digest"}
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _count(value: Any, minimum: int) -> bool:
@@ -200,8 +214,8 @@ def _check_manifest(path: Path, manifest: dict) -> None:
     duplicated, swapped, repeated or missing entry is refused, as are row counts that disagree
     with the layout (``positions`` rows are the same number of positions for every input).
     """
-    def bad(why: str) -> ValueError:
-        return ValueError(f"`path` {str(path)!r}: {MANIFEST} is corrupted ({why}); rerun the "
+    def bad(why: str) -> FormatError:
+        return FormatError(f"`path` {str(path)!r}: {MANIFEST} is corrupted ({why}); rerun the "
                           f"extraction with overwrite=True to rewrite the store.")
 
     n_inputs, chunk_size = manifest.get("n_inputs"), manifest.get("chunk_size")
@@ -238,7 +252,7 @@ def _check_manifest(path: Path, manifest: dict) -> None:
 
 def _check_chunk_file(path: Path, file: Path) -> None:
     if file.is_symlink() or (file.exists() and not file.is_file()):
-        raise ValueError(f"`path` {str(path)!r}: chunk {file.name!r} is a symbolic link or not a "
+        raise FormatError(f"`path` {str(path)!r}: chunk {file.name!r} is a symbolic link or not a "
                          f"regular file; a store's chunks must be files inside it. Delete it and "
                          f"rerun the extraction.")
 

@@ -5,11 +5,9 @@ See :mod:`conceptkit.extraction._store` for the layout and the guarantees.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int
+from ..io import write_atomic
 from ._fingerprint import extractor_identity, inputs_identity
 from ._store import (
     _CHUNK,
@@ -31,6 +30,7 @@ from ._store import (
     StorePlan,
     _check_chunk_file,
     chunk_name,
+    manifest_digest,
     read_manifest,
     slice_inputs,
     to_layout,
@@ -39,47 +39,9 @@ from ._store import (
 
 def _write_file(target: Path, write: Callable[[BinaryIO], None], *, store: Path,
                 exclusive: bool = False) -> bool:
-    """Write ``target`` through a temporary file created with ``O_EXCL`` and a random name.
-
-    The temporary file is renamed over ``target`` when complete (``exclusive``: linked to it
-    only if ``target`` does not exist yet; returns False when it did). Any failure removes the
-    temporary file; an ``OSError`` (a full disk, a read-only directory) names the store.
-    """
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        umask = os.umask(0)
-        os.umask(umask)
-        with contextlib.suppress(OSError):
-            os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; store files are normal files
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if not exclusive:
-            os.replace(tmp, target)
-            tmp = None
-            return True
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            return False
-        except OSError:  # a file system without hard links: check, then rename
-            if target.exists() or target.is_symlink():
-                return False
-            os.replace(tmp, target)
-            tmp = None
-        return True
-    except OSError as err:
-        if isinstance(err, FileExistsError):
-            raise
-        reason = err.strerror or str(err)
-        raise OSError(err.errno or errno.EIO, f"cannot write {target.name!r} into the activation "
-                      f"store {str(store)!r}: {reason}") from err
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    """:func:`conceptkit.io.write_atomic` with errors that name the store."""
+    return write_atomic(target, write, exclusive=exclusive,
+                        where=f"{target.name!r} into the activation store {str(store)!r}")
 
 
 def _save_npy(target: Path, array: np.ndarray, store: Path) -> None:
@@ -95,6 +57,7 @@ def _manifest(plan: StorePlan, layout: str, n_features: int, dtype: str, chunks:
 
 
 def _write_manifest(path: Path, manifest: dict, *, exclusive: bool = False) -> bool:
+    manifest = {**manifest, "digest": manifest_digest(manifest)}
     data = json.dumps(manifest, indent=1).encode()
     return _write_file(path / MANIFEST, lambda fh: fh.write(data), store=path, exclusive=exclusive)
 

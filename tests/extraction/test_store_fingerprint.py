@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from conceptkit.extraction import ActivationExtractor, ActivationStore, write_chunks, write_store
+from conceptkit.extraction._store import manifest_digest
+from conceptkit.io import FormatError
 
 
 def _model(seed: int = 0) -> nn.Sequential:
@@ -129,10 +131,20 @@ def store(tmp_path):
     return path
 
 
-def _edit(path, edit):
+def _edit(path, edit, sign=True):
+    """Edit the manifest; ``sign`` recomputes its digest, as a deliberate forger would, so that
+    the consistency checks behind the digest are exercised too."""
     manifest = json.loads((path / "manifest.json").read_text())
     edit(manifest)
+    if sign:
+        manifest["digest"] = manifest_digest(manifest)
     (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_edited_manifest_is_refused_by_its_digest(store):
+    _edit(store, lambda m: m["meta"].update(note="edited"), sign=False)
+    with pytest.raises(FormatError, match="edited or damaged"):
+        ActivationStore(store)
 
 
 def _swap(m):
@@ -167,7 +179,7 @@ MANIFEST_EDITS = {"swapped": _swap, "swapped-files": _swap_files, "repeated": _r
 @pytest.mark.parametrize("edit", sorted(MANIFEST_EDITS))
 def test_inconsistent_manifests_are_refused(store, edit):
     _edit(store, MANIFEST_EDITS[edit])
-    with pytest.raises(ValueError, match="`path`") as err:
+    with pytest.raises(FormatError, match="`path`") as err:
         ActivationStore(store).read()
     assert str(store) in str(err.value)
 
