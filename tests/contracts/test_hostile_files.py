@@ -122,3 +122,51 @@ def test_an_altered_file_is_refused_by_its_digest(files):
     _refused(concepts.ConceptBank.load, path, "does not match the digest")
     signed = forge(files["bank"], files["root"] / "re-signed.safetensors", edit)
     assert concepts.ConceptBank.load(signed).components.shape == (3, 6)  # a forger's file loads
+
+
+@pytest.fixture(scope="module")
+def explanation_file(files):
+    import conceptkit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 3)).eval()
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = conceptkit.ConceptExplainer(model, "1", n_concepts=3, method="ice", seed=0,
+                                         n_designs=4, progress=False).fit(images, 1)
+    return Path_(result.save(files["root"] / "explanation.safetensors", n_images=2, n_exemplars=2))
+
+
+def _maps_k7(info, tensors):
+    tensors["maps"] = torch.zeros(2, 7, 16, 16, dtype=torch.float16)
+
+
+def _ci_length(info, tensors):
+    tensors["importance.ci_low"] = tensors["importance.ci_low"][:2].clone()
+
+
+def _exemplar_ids(info, tensors):
+    info["meta"]["exemplar_ids"][1] = info["meta"]["exemplar_ids"][1][:1]
+
+
+def _maps_images(info, tensors):
+    tensors["maps"] = tensors["maps"][:1].clone()
+
+
+def _no_exemplars(info, tensors):
+    del tensors["exemplars.2"]
+
+
+INCONSISTENT = {"maps-k7": (_maps_k7, "maps of shape"), "ci-length": (_ci_length, "confidence"),
+                "exemplar-ids": (_exemplar_ids, "exemplars of concept 1"),
+                "maps-images": (_maps_images, "for images of shape"),
+                "some-exemplars": (_no_exemplars, "exemplars of some concepts")}
+
+
+@pytest.mark.parametrize("case", sorted(INCONSISTENT))
+def test_explanations_whose_parts_disagree_are_refused_at_load(explanation_file, case):
+    import conceptkit
+
+    edit, match = INCONSISTENT[case]
+    path = forge(explanation_file, explanation_file.with_name(f"{case}.safetensors"), edit)
+    _refused(conceptkit.load, path, match)
