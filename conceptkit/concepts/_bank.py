@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
-from .._validation import all_finite, describe, to_numpy
+from .._validation import all_finite, check_not_meta, describe, to_numpy
 from ..extraction import Provenance
 from ._base import Factorizer, factorizer_from_state
 
@@ -82,6 +82,7 @@ class ConceptBank:
         """
         if not isinstance(activations, (np.ndarray, torch.Tensor)):
             raise TypeError(f"`activations` must be a numpy array or torch.Tensor; got {describe(activations)}.")
+        check_not_meta(activations, "activations")
         if activations.ndim == 2:
             self._check_channels(activations, 1)
             return self.factorizer.transform(activations)

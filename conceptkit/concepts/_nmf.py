@@ -212,6 +212,7 @@ class NMF(Factorizer):
     """
 
     requires_nonnegative = True
+    _rescalable = True  # codes unchanged when A and W are scaled together
     nonnegative_codes = True
     signed_components = False
     _negative_hint = ("NMF needs non-negative activations: use SemiNMF for signed activations "

@@ -73,6 +73,7 @@ class SemiNMF(Factorizer):
     n_iter_, n_features_in_ : int
     """
 
+    _rescalable = True  # codes unchanged when A and W are scaled together
     nonnegative_codes = True
     signed_components = True
     _ridge = 1e-8  # relative ridge on UᵀU: keeps the solve defined when a concept dies

@@ -11,6 +11,7 @@ from ._extractor import (
     maps_to_tokens,
     tokens_to_maps,
 )
+from ._heads import SelectOutput, select_output
 from ._layers import get_layer, layer_names
 from ._provenance import Provenance
 from ._split import CutError, check_split, split_model
@@ -25,6 +26,7 @@ __all__ = [
     "CutError",
     "PositionSet",
     "Provenance",
+    "SelectOutput",
     "SegmentSet",
     "TokenHead",
     "check_split",
@@ -38,6 +40,7 @@ __all__ = [
     "maps_to_tokens",
     "positions",
     "segments",
+    "select_output",
     "split_model",
     "tokens_to_maps",
     "write_chunks",

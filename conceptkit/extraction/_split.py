@@ -26,6 +26,7 @@ from torch import nn
 
 from .._torchutils import preserved_model_state
 from .._validation import describe
+from ._heads import guard_input
 from ._layers import get_layer, unwrap_model
 from ._sizes import is_size_error, too_small_error
 
@@ -272,7 +273,7 @@ def _close(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torch.Tensor | None = None,
-                strategy: str = "auto") -> tuple[nn.Module, nn.Module]:
+                strategy: str = "auto", input_name: str = "example_input") -> tuple[nn.Module, nn.Module]:
     """Split ``model`` at ``layer`` into ``g`` and ``h`` with ``h(g(x)) == model(x)``.
 
     Parameters
@@ -288,6 +289,8 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     strategy
         ``"auto"`` (default: sequential, then torch.fx graph cut, then replay), or one of
         ``"sequential"``, ``"fx"``, ``"replay"``.
+    input_name
+        How errors about ``example_input`` name it (the pipeline passes ``"images"``).
 
     Returns
     -------
@@ -329,16 +332,23 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
             result = (g, ReplayH(model, layer_name, layer_module, g, shape))
 
     g, h = result
+    # h must never write into the activations it is given (an in-place ReLU right after the
+    # cut would clip them); the replay runs the whole model, whose functional calls are unseen
+    h = guard_input(h, always=isinstance(h, ReplayH))
     g.split_layer = layer_name  # type: ignore[attr-defined]
     h.split_layer = layer_name  # type: ignore[attr-defined]
     if example_input is not None:
-        check_split(model, g, h, example_input, name="example_input")
+        check_split(model, g, h, example_input, name=input_name)
     return g, h
 
 
 def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
-                atol: float = 1e-5, rtol: float = 1e-4, *, name: str = "x") -> float:
-    """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError."""
+                atol: float | None = None, rtol: float | None = None, *, name: str = "x") -> float:
+    """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError.
+
+    The tolerances default to ``atol=1e-5, rtol=1e-4``, and ``1e-2`` each for float16 and
+    bfloat16 outputs.
+    """
     with preserved_model_state(model), torch.no_grad():
         try:
             expected = model(x)
@@ -352,6 +362,12 @@ def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
         expected, got = expected[0], got[0]
     if not isinstance(expected, torch.Tensor):
         return 0.0
+    half = expected.dtype in (torch.float16, torch.bfloat16)
+    atol = (1e-2 if half else 1e-5) if atol is None else atol
+    rtol = (1e-2 if half else 1e-4) if rtol is None else rtol
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        raise CutError(f"the split does not reproduce the model: h(g(x)) gives {describe(got)}, "
+                       f"model(x) a tensor of shape {tuple(expected.shape)}.")
     diff = float((expected - got).abs().max()) if expected.numel() else 0.0
     if not torch.allclose(expected, got, atol=atol, rtol=rtol):
         raise CutError(f"the split does not reproduce the model: max |h(g(x)) - model(x)| = {diff:.3g}.")

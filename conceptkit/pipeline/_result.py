@@ -299,11 +299,13 @@ class ClassConcepts:
         return self.model_at_layer
 
     def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
-               device: Any = None) -> ClassConcepts:
+               device: Any = None, output: int | str | None = None) -> ClassConcepts:
         """Re-attach ``model`` (cut at this explanation's layer) to a loaded explanation, so that
-        maps of new images can be computed; returns ``self``."""
+        maps of new images can be computed; returns ``self``. ``output`` picks the logits out of
+        a tuple or dict output, as in :class:`~conceptkit.ConceptExplainer`."""
         self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
-                                           batch_size=batch_size, device=device, progress=False)
+                                           batch_size=batch_size, device=device, progress=False,
+                                           output=output)
         return self
 
     def metrics(self, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict[str, Any]]:
