@@ -297,7 +297,9 @@ def _check_declared(path: Any, config: dict, spec: Any, tensors: dict[str, torch
     and its parameter shapes must equal the stored tensors' shapes.
     """
     stored = sum(int(t.numel()) for t in tensors.values())
-    for key in ("n_concepts", "n_classes", "hidden"):
+    widths = ("n_concepts", "n_classes", "hidden") if config.get("head") == "mlp" else (
+        "n_concepts", "n_classes")  # a linear head has no hidden layer: its width is unused
+    for key in widths:
         value = config.get(key)
         if isinstance(value, int) and value > max(stored, 2):
             raise FormatError(f"`path` {str(path)!r} declares {key}={value} but stores only "

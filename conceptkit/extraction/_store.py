@@ -180,10 +180,7 @@ def read_manifest(path: Path) -> dict | None:
                          f"must be regular files inside it.")
     if not file.exists():
         return None
-    try:
-        manifest = parse_json(file.read_bytes(), path, MANIFEST)
-    except FormatError as err:
-        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} is corrupted ({err}).") from err
+    manifest = parse_json(file.read_bytes(), path, MANIFEST)  # FormatErrors name the store
     if (not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT
             or manifest.get("version") != STORE_VERSION):
         raise FormatError(f"`path` {str(path)!r}: not a version-{STORE_VERSION} activation store.")

@@ -132,8 +132,8 @@ def prepare_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, la
         if existing is not None:
             old = existing.get("fingerprint")
             if old != full:
-                raise _stale(path, "an activation store written with another "
-                             + ", ".join(_differences(old, full)))
+                raise _stale(path, "the activation store of another extraction (it differs in "
+                             + ", ".join(_differences(old, full)) + ")")
             return full
         if any(_CHUNK.fullmatch(item.name) for item in path.iterdir()):
             raise _stale(path, "chunk files without a manifest (their origin is unknown)")

@@ -579,6 +579,12 @@ ROWS: list[Row] = [
 ]
 
 
+# Rows of the second reliability round (issue 15), kept in their own module.
+from _errors_reliability import rows as _reliability_rows  # noqa: E402
+
+ROWS += _reliability_rows(R, cli, CLIError)
+
+
 class _FakeClip:
     """A CLIP stand-in: the row fails on the labels before any embedding is computed."""
 
