@@ -18,6 +18,7 @@ from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import describe
 from ..extraction import ActivationExtractor, TokenHead, get_layer, select_output, split_model
 from ..extraction._heads import describe_output, pick_output
+from ..extraction._layers import unwrap_model
 
 
 class ModelAtLayer:
@@ -78,7 +79,7 @@ class ModelAtLayer:
         """Fail before any heavy work when the model's output is not the logits tensor (and
         ``output`` does not say where the logits are)."""
         with preserved_model_state(self.model), torch.no_grad():
-            out = self.model(example)
+            out = unwrap_model(self.model)[0](example)  # never compile a torch.compile model
         if self.output is not None:
             out = pick_output(out, self.output)
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
