@@ -24,8 +24,14 @@ import torch
 
 from ..extraction import ActivationExtractor
 from ..extraction._fingerprint import extractor_identity, inputs_identity
-from ..extraction._store import LAYOUTS, shard_chunks, slice_inputs
-from ..extraction._store_write import finalize_store, prepare_store, write_chunks
+from ..extraction._store import (
+    LAYOUTS,
+    finalize_store,
+    prepare_store,
+    shard_chunks,
+    slice_inputs,
+    write_chunks,
+)
 from ._checks import CommandError, check_counts, check_out_dir
 
 

@@ -1,269 +1,245 @@
-"""An on-disk activation store: fixed-size chunks plus a JSON manifest.
+"""Writing an activation store: the fingerprinted manifest, exclusive temporary files, chunks.
 
-Layout of a store directory::
-
-    manifest.json          {"format": "conceptkit-activation-store", "version": 1, "n_inputs",
-                            "chunk_size", "n_chunks", "layout", "n_features", "dtype",
-                            "fingerprint": {...},
-                            "chunks": [{"index", "file", "rows", "inputs": [start, stop]}, ...]}
-    chunk-000000.npy       rows of inputs [0, chunk_size)
-    chunk-000001.npy       ...
-
-Chunk ``i`` always holds the activations of inputs ``[i·chunk_size, (i+1)·chunk_size)``, so a
-chunk's content does not depend on who wrote it or when: a rerun after a crash skips every chunk
-file that exists and recomputes only the missing ones, and shards written by several processes
-merge into the same store a single process would write.
-
-A rerun may skip existing chunks only if they were computed from the same things, so the
-manifest carries a *fingerprint* of everything that determines the content (model weights,
-layer, preprocessing, inputs, number of inputs, chunk size, layout, dtype). The first writer
-creates the manifest with an empty chunk list before computing anything; a later run with
-another fingerprint is refused with an error that names what differs (pass ``overwrite=True``,
-``--overwrite`` on the command line, to replace the store).
-
-Each file is written to a temporary file created exclusively (``O_EXCL``, a random name, so a
-planted symlink is never followed) and renamed when complete, so a killed run never leaves a
-half-written chunk under a final name; a failed write (a full disk) removes its temporary file
-and raises an ``OSError`` naming the store. Chunks are plain ``.npy`` files read with
-``allow_pickle=False`` and memory-mapped, so reading never executes code and never loads the
-whole store into memory; a chunk that is a symbolic link is refused.
+See :mod:`conceptkit.extraction._store_read` for the layout and the guarantees; this module is
+also the one import path for everything about stores (it re-exports the reading side).
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import math
 import os
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import check_int
-from ..io import FormatError, parse_json
+from .._validation import check_choice, check_int
+from ..io import write_atomic
+from ._fingerprint import extractor_identity, inputs_identity
+from ._store_read import (
+    _CHUNK,
+    _FIELDS,
+    LAYOUTS,
+    MANIFEST,
+    STORE_FORMAT,
+    STORE_VERSION,
+    ActivationStore,
+    StorePlan,
+    _check_chunk_file,
+    chunk_name,
+    manifest_digest,
+    read_manifest,
+    shard_chunks,
+    slice_inputs,
+    to_layout,
+)
 
-STORE_FORMAT = "conceptkit-activation-store"
-STORE_VERSION = 1
-LAYOUTS = ("pooled", "positions", "maps")
-MANIFEST = "manifest.json"
-_CHUNK = re.compile(r"chunk-(\d{6,})\.npy")
-_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
-_FIELDS = {"model": "model weights", "layer": "layer", "preprocess": "preprocessing",
-           "inputs": "inputs", "n_inputs": "number of inputs", "chunk_size": "chunk size",
-           "layout": "layout", "model_dtype": "model dtype", "settings": "extractor settings",
-           "extractor": "extractor"}
-
-
-def chunk_name(index: int) -> str:
-    return f"chunk-{index:06d}.npy"
-
-
-def to_layout(activations: torch.Tensor, layout: str) -> np.ndarray:
-    """Rows to store: ``pooled`` ``(n, C)``, ``positions`` ``(n·h·w, C)``, ``maps`` as is."""
-    if layout == "maps" or activations.ndim == 2:
-        return activations.detach().cpu().numpy()
-    if layout == "pooled":
-        return activations.mean(dim=tuple(range(2, activations.ndim))).detach().cpu().numpy()
-    n, c = activations.shape[:2]
-    return activations.reshape(n, c, -1).transpose(1, 2).reshape(-1, c).detach().cpu().numpy()
+__all__ = ["LAYOUTS", "MANIFEST", "STORE_FORMAT", "STORE_VERSION", "ActivationStore", "StorePlan",
+           "chunk_name", "clear_store", "finalize_store", "manifest_digest", "prepare_store",
+           "read_manifest", "shard_chunks", "slice_inputs", "to_layout", "write_chunks",
+           "write_store"]
 
 
-@dataclass
-class StorePlan:
-    """Which inputs go into which chunk."""
-
-    n_inputs: int
-    chunk_size: int
-
-    @property
-    def n_chunks(self) -> int:
-        return math.ceil(self.n_inputs / self.chunk_size)
-
-    def inputs(self, index: int) -> tuple[int, int]:
-        start = index * self.chunk_size
-        return start, min(start + self.chunk_size, self.n_inputs)
+def _write_file(target: Path, write: Callable[[BinaryIO], None], *, store: Path,
+                exclusive: bool = False) -> bool:
+    """:func:`conceptkit.io.write_atomic` with errors that name the store."""
+    return write_atomic(target, write, exclusive=exclusive,
+                        where=f"{target.name!r} into the activation store {str(store)!r}")
 
 
-class ActivationStore:
-    """Read access to a store directory written by :func:`write_store`."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        if self.manifest is None:
-            raise FileNotFoundError(f"`path` {str(self.path)!r} is not an activation store "
-                                    f"(no {MANIFEST}).")
-        _check_manifest(self.path, self.manifest)
-        chunks = self.manifest["chunks"]
-        missing = [c["file"] for c in chunks if not (self.path / c["file"]).exists()]
-        if missing or len(chunks) != self.manifest["n_chunks"]:
-            raise FormatError(f"`path` {str(self.path)!r} is incomplete: missing chunks "
-                             f"{missing[:5] or 'in manifest'}; rerun the extraction to finish it.")
-        for entry in chunks:
-            _check_chunk_file(self.path, self.path / entry["file"])
-
-    @property
-    def n_rows(self) -> int:
-        """Total number of stored rows."""
-        return int(sum(c["rows"] for c in self.manifest["chunks"]))
-
-    @property
-    def n_features(self) -> int:
-        return int(self.manifest["n_features"])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.n_rows, self.n_features
-
-    def __len__(self) -> int:
-        return self.n_rows
-
-    def chunk(self, index: int) -> np.ndarray:
-        """Chunk ``index`` as a read-only memory-mapped array (no pickle)."""
-        entry = self.manifest["chunks"][index]
-        file = self.path / entry["file"]
-        _check_chunk_file(self.path, file)
-        try:
-            array = np.load(file, mmap_mode="r", allow_pickle=False)
-        except Exception as err:  # noqa: BLE001 - numpy's parser fails in many ways on a bad header
-            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is damaged or not a "
-                             f"plain numeric array ({err}); delete it and rerun the extraction to "
-                             f"recompute it.") from err
-        flat = self.manifest["layout"] != "maps"
-        if (array.ndim < 2 or (flat and array.ndim != 2) or array.shape[0] != entry["rows"]
-                or array.shape[1] != self.n_features or str(array.dtype) != self.manifest["dtype"]):
-            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
-                             f"shape {array.shape} and dtype {array.dtype}, but the manifest declares "
-                             f"{entry['rows']} rows of {self.n_features} features of "
-                             f"{self.manifest['dtype']}; delete the chunk and rerun the extraction.")
-        return array
-
-    def iter_chunks(self, progress: bool = False) -> Iterator[np.ndarray]:
-        """Every chunk in order, memory-mapped."""
-        for index in tqdm(range(len(self.manifest["chunks"])), disable=not progress,
-                          desc="store chunks", leave=False):
-            yield self.chunk(index)
-
-    def iter_batches(self, batch_rows: int, progress: bool = False) -> Iterator[np.ndarray]:
-        """Row blocks of at most ``batch_rows`` rows, crossing chunk boundaries."""
-        batch_rows = check_int(batch_rows, "batch_rows", minimum=1)
-        pending: list[np.ndarray] = []
-        count = 0
-        for chunk in self.iter_chunks(progress):
-            start = 0
-            while start < chunk.shape[0]:
-                take = min(batch_rows - count, chunk.shape[0] - start)
-                pending.append(np.asarray(chunk[start:start + take]))
-                count += take
-                start += take
-                if count == batch_rows:
-                    yield np.concatenate(pending)
-                    pending, count = [], 0
-        if pending:
-            yield np.concatenate(pending)
-
-    def read(self) -> np.ndarray:
-        """All rows in memory (only for stores that fit)."""
-        return np.concatenate([np.asarray(c) for c in self.iter_chunks()])
+def _save_npy(target: Path, array: np.ndarray, store: Path) -> None:
+    _write_file(target, lambda fh: np.save(fh, array, allow_pickle=False), store=store)
 
 
-def read_manifest(path: Path) -> dict | None:
-    """The parsed manifest of the store at ``path`` (None when there is none)."""
-    file = path / MANIFEST
-    if file.is_symlink():
-        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} is a symbolic link; a store's files "
-                         f"must be regular files inside it.")
-    if not file.exists():
-        return None
-    manifest = parse_json(file.read_bytes(), path, MANIFEST)  # FormatErrors name the store
-    if (not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT
-            or manifest.get("version") != STORE_VERSION):
-        raise FormatError(f"`path` {str(path)!r}: not a version-{STORE_VERSION} activation store.")
-    if "digest" in manifest and manifest["digest"] != manifest_digest(manifest):
-        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} was edited or damaged after it was "
-                          f"written (its digest does not match); rerun the extraction with "
-                          f"overwrite=True to rewrite the store.")
-    return manifest
+def _manifest(plan: StorePlan, layout: str, n_features: int, dtype: str, chunks: list[dict],
+              meta: dict, fingerprint: dict) -> dict:
+    return {"format": STORE_FORMAT, "version": STORE_VERSION, "n_inputs": plan.n_inputs,
+            "chunk_size": plan.chunk_size, "n_chunks": plan.n_chunks, "layout": layout,
+            "n_features": n_features, "dtype": dtype, "fingerprint": fingerprint,
+            "chunks": chunks, "meta": meta}
 
 
-def manifest_digest(manifest: dict) -> str:
-    """BLAKE2b of a manifest's canonical JSON without its ``digest`` entry."""
-    import hashlib
-
-    plain = {key: value for key, value in manifest.items() if key != "digest"}
-    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+def _write_manifest(path: Path, manifest: dict, *, exclusive: bool = False) -> bool:
+    manifest = {**manifest, "digest": manifest_digest(manifest)}
+    data = json.dumps(manifest, indent=1).encode()
+    return _write_file(path / MANIFEST, lambda fh: fh.write(data), store=path, exclusive=exclusive)
 
 
-def _count(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _check_manifest(path: Path, manifest: dict) -> None:
-    """Refuse manifests that are malformed, disagree with themselves, or point outside the store.
-
-    Chunk ``i`` must be entry ``i``, named ``chunk-i``, holding inputs ``[i·chunk_size, ...)``: a
-    duplicated, swapped, repeated or missing entry is refused, as are row counts that disagree
-    with the layout (``positions`` rows are the same number of positions for every input).
-    """
-    def bad(why: str) -> FormatError:
-        return FormatError(f"`path` {str(path)!r}: {MANIFEST} is corrupted ({why}); rerun the "
-                          f"extraction with overwrite=True to rewrite the store.")
-
-    n_inputs, chunk_size = manifest.get("n_inputs"), manifest.get("chunk_size")
-    chunks = manifest.get("chunks")
-    if not (_count(n_inputs, 1) and _count(chunk_size, 1) and _count(manifest.get("n_features"), 1)
-            and isinstance(chunks, list)):
-        raise bad("malformed n_inputs, chunk_size, n_features or chunk list")
-    plan = StorePlan(n_inputs, chunk_size)
-    if manifest.get("n_chunks") != plan.n_chunks or len(chunks) > plan.n_chunks:
-        raise bad(f"{n_inputs} inputs in chunks of {chunk_size} make {plan.n_chunks} chunks, "
-                  f"not {manifest.get('n_chunks')!r}")
-    if manifest.get("layout") not in LAYOUTS or manifest.get("dtype") not in _DTYPES:
-        raise bad(f"unknown layout {manifest.get('layout')!r} or dtype {manifest.get('dtype')!r}")
-    if not isinstance(manifest.get("fingerprint", {}), dict):
-        raise bad("malformed fingerprint")
-    per_input = None
-    for index, entry in enumerate(chunks):
-        start, stop = plan.inputs(index)
-        if (not isinstance(entry, dict) or entry.get("index") != index
-                or entry.get("file") != chunk_name(index) or entry.get("inputs") != [start, stop]
-                or not _count(entry.get("rows"), 0)):
-            raise bad(f"entry {index} is not chunk {index} of inputs [{start}, {stop}): chunks "
-                      f"duplicated, swapped, repeated or malformed")
-        rows = entry["rows"]
-        if manifest["layout"] == "positions" and rows % (stop - start) == 0 and rows:
-            per_input = rows // (stop - start) if per_input is None else per_input
-            ok = rows == per_input * (stop - start)
+def _differences(old: Any, new: dict) -> list[str]:
+    if not isinstance(old, dict):
+        return ["everything (the store was written without a fingerprint)"]
+    keys = [key for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)]
+    out = []
+    for key in keys:
+        name = _FIELDS.get(key, key)
+        if isinstance(new.get(key), int) or key in ("layer", "layout", "model_dtype"):
+            out.append(f"{name} ({old.get(key)!r} in the store, {new.get(key)!r} now)")
         else:
-            ok = rows == stop - start
-        if not ok:
-            raise bad(f"chunk {index} declares {rows} rows for {stop - start} inputs in layout "
-                      f"{manifest['layout']!r}")
+            out.append(name)
+    return out
 
 
-def _check_chunk_file(path: Path, file: Path) -> None:
-    if file.is_symlink() or (file.exists() and not file.is_file()):
-        raise FormatError(f"`path` {str(path)!r}: chunk {file.name!r} is a symbolic link or not a "
-                         f"regular file; a store's chunks must be files inside it. Delete it and "
-                         f"rerun the extraction.")
+def _stale(path: Path, why: str) -> ValueError:
+    return ValueError(f"`path` {str(path)!r} already holds {why}; its chunks cannot be reused. "
+                      f"Pass overwrite=True (on the command line --overwrite) to replace the "
+                      f"store, or choose another directory.")
 
 
-def shard_chunks(n_chunks: int, rank: int, world_size: int) -> list[int]:
-    """The chunk indices rank ``rank`` of ``world_size`` computes (round robin)."""
-    return [i for i in range(n_chunks) if i % world_size == rank]
+def clear_store(path: str | os.PathLike) -> None:
+    """Delete a store's own files (manifest, chunks, temporary files); nothing else."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    for item in path.iterdir():
+        name = item.name
+        ours = (name == MANIFEST or _CHUNK.fullmatch(name) is not None
+                or (name.endswith(".tmp") and (name.startswith(".chunk-")
+                                               or name.startswith(f".{MANIFEST}."))))
+        if ours and (item.is_symlink() or item.is_file()):
+            item.unlink()
 
 
-def slice_inputs(inputs: Any, start: int, stop: int) -> torch.Tensor:
-    """Images ``[start, stop)`` of a tensor or of a Dataset yielding images or (image, ...)."""
-    if isinstance(inputs, (torch.Tensor, np.ndarray)):
-        return torch.as_tensor(inputs[start:stop])
-    items = [inputs[i] for i in range(start, stop)]
-    return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+def prepare_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
+                  fingerprint: dict | None = None, overwrite: bool = False) -> dict:
+    """Create the store directory and its pending manifest, or check the existing one.
+
+    Returns the full fingerprint. A directory that holds chunks of another extraction (another
+    fingerprint, or chunks without a manifest) is refused unless ``overwrite`` is true, in which
+    case the store's own files are deleted first.
+    """
+    check_choice(layout, "layout", LAYOUTS)
+    plan = StorePlan(check_int(n_inputs, "n_inputs", minimum=1),
+                     check_int(chunk_size, "chunk_size", minimum=1))
+    if fingerprint is not None and not isinstance(fingerprint, dict):
+        raise TypeError(f"`fingerprint` must be a dict of JSON values; got {type(fingerprint).__name__}.")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"`path` {str(path)!r} is a file; an activation store is a "
+                                 f"directory. Choose a directory name.")
+    full = {**(fingerprint or {}), "n_inputs": plan.n_inputs, "chunk_size": plan.chunk_size,
+            "layout": layout}
+    full = json.loads(json.dumps(full))  # compare what a manifest stores (lists, not tuples)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create the activation store {str(path)!r}: "
+                      f"{err.strerror or err}") from err
+    if overwrite:
+        clear_store(path)
+    pending = _manifest(plan, layout, 0, "float32", [], {}, full)
+    for _ in range(3):  # another writer may replace the manifest between our steps
+        try:
+            existing = read_manifest(path)
+        except ValueError as err:
+            raise _stale(path, f"a damaged store ({err})") from err
+        if existing is not None:
+            old = existing.get("fingerprint")
+            if old != full:
+                raise _stale(path, "the activation store of another extraction (it differs in "
+                             + ", ".join(_differences(old, full)) + ")")
+            return full
+        if any(_CHUNK.fullmatch(item.name) for item in path.iterdir()):
+            raise _stale(path, "chunk files without a manifest (their origin is unknown)")
+        if _write_manifest(path, pending, exclusive=True):
+            return full
+    raise OSError(errno.EBUSY, f"the activation store {str(path)!r} keeps changing while it is "
+                  f"being prepared; is another extraction writing it?")
 
 
+def write_chunks(compute: Callable[[int, int], torch.Tensor], n_inputs: int, path: str | os.PathLike,
+                 *, chunk_size: int = 1024, layout: str = "pooled", indices: list[int] | None = None,
+                 progress: bool = True, fingerprint: dict | None = None,
+                 overwrite: bool = False) -> list[int]:
+    """Compute and write the chunks of ``indices`` (default all) that do not exist yet.
+
+    ``compute(start, stop)`` returns the activations of inputs ``[start, stop)``. Returns the
+    indices of the chunks this call computed (the rest already existed and were skipped).
+    ``fingerprint`` (a dict of JSON values) identifies what ``compute`` computes; with the
+    number of inputs, the chunk size and the layout it is recorded in the manifest, and a store
+    with another fingerprint is refused unless ``overwrite`` is true (see :func:`prepare_store`).
+    """
+    path = Path(path)
+    prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout, fingerprint=fingerprint,
+                  overwrite=overwrite)
+    plan = StorePlan(n_inputs, chunk_size)
+    todo = list(range(plan.n_chunks)) if indices is None else list(indices)
+    written = []
+    for index in tqdm(todo, disable=not progress, desc="store chunks", leave=False):
+        target = path / chunk_name(index)
+        _check_chunk_file(path, target)
+        if target.exists():
+            continue
+        start, stop = plan.inputs(index)
+        rows = to_layout(compute(start, stop), layout)
+        _save_npy(target, np.ascontiguousarray(rows), path)
+        written.append(index)
+    return written
+
+
+def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
+                   meta: dict | None = None, fingerprint: dict | None = None) -> ActivationStore:
+    """Write ``manifest.json`` once every chunk exists (reads only the chunks' headers).
+
+    The fingerprint recorded by :func:`write_chunks` is kept; ``fingerprint``, when given, must
+    match it, and so must ``n_inputs``, ``chunk_size`` and ``layout``.
+    """
+    path = Path(path)
+    full = prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout,
+                         fingerprint=fingerprint if fingerprint is not None else
+                         _recorded(path))
+    plan = StorePlan(n_inputs, chunk_size)
+    chunks, n_features, dtype = [], None, None
+    for index in range(plan.n_chunks):
+        file = path / chunk_name(index)
+        _check_chunk_file(path, file)
+        if not file.exists():
+            raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} is missing.")
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+        features = int(array.shape[1]) if array.ndim >= 2 else 1
+        if (n_features, dtype) not in ((None, None), (features, str(array.dtype))):
+            raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} holds {features} "
+                             f"features of {array.dtype}, the chunks before it {n_features} of "
+                             f"{dtype}.")
+        n_features, dtype = features, str(array.dtype)
+        chunks.append({"index": index, "file": file.name, "rows": int(array.shape[0]),
+                       "inputs": list(plan.inputs(index))})
+    manifest = _manifest(plan, layout, n_features or 0, dtype or "float32", chunks, meta or {}, full)
+    _write_manifest(path, manifest)
+    return ActivationStore(path)
+
+
+def _recorded(path: Path) -> dict | None:
+    """The fingerprint recorded in a store's manifest, less the structural fields."""
+    manifest = read_manifest(path) if path.is_dir() else None
+    recorded = manifest.get("fingerprint") if manifest else None
+    if not isinstance(recorded, dict):
+        return None
+    return {k: v for k, v in recorded.items() if k not in ("n_inputs", "chunk_size", "layout")}
+
+
+def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_size: int = 1024,
+                layout: str = "pooled", progress: bool = True, meta: dict | None = None,
+                overwrite: bool = False) -> ActivationStore:
+    """Extract activations of ``inputs`` chunk by chunk into a resumable store at ``path``.
+
+    ``extractor`` is an :class:`ActivationExtractor` (or any callable ``images -> activations``);
+    ``inputs`` is a tensor ``(N, C, H, W)`` or anything indexable by slices with a length (a
+    Dataset of images). Rerunning after an interruption computes only the missing chunks; a
+    rerun with another model, layer, preprocessing, inputs, ``N``, ``chunk_size`` or ``layout``
+    is refused (the manifest's fingerprint differs) unless ``overwrite`` is true, which replaces
+    the store. A Dataset is identified by its ``fingerprint`` attribute when it has one, else by
+    its type, length and first, middle and last items.
+    """
+    n = len(inputs)
+    fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
+
+    def compute(start: int, stop: int) -> torch.Tensor:
+        return extractor(slice_inputs(inputs, start, stop))
+
+    write_chunks(compute, n, path, chunk_size=chunk_size, layout=layout, progress=progress,
+                 fingerprint=fingerprint, overwrite=overwrite)
+    return finalize_store(path, n, chunk_size=chunk_size, layout=layout, meta=meta)

@@ -16,9 +16,10 @@ from torch import nn
 
 from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import describe
-from ..extraction import ActivationExtractor, TokenHead, get_layer, select_output, split_model
+from ..extraction import ActivationExtractor, select_output, split_model
+from ..extraction._extractor import TokenHead
 from ..extraction._heads import describe_output, pick_output
-from ..extraction._layers import unwrap_model
+from ..extraction._layers import get_layer, unwrap_model
 
 
 class ModelAtLayer:

@@ -35,7 +35,7 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         tensors["images"] = _to_uint8(cc.images[:n_images])
         tensors["maps"] = cc._shown_maps(n_images).to(torch.float16)
         for c in range(cc.n_concepts):
-            ex, ids = cc.top_examples(c, n_exemplars, size=min(64, cc.images.shape[-1]))
+            ex, ids = cc.top_examples(c, n_exemplars, image_size=min(64, cc.images.shape[-1]))
             tensors[f"exemplars.{c}"] = _to_uint8(ex)
             exemplar_ids.append([int(i) for i in ids])
     else:  # a loaded explanation: what it was loaded with

@@ -24,6 +24,7 @@ from torch import nn
 
 import conceptkit
 from conceptkit import bottleneck, concepts, extraction, importance, io
+from conceptkit.extraction._store import manifest_digest, write_chunks
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -64,8 +65,6 @@ def _other_weights(c):
 
 
 def _edited_store(c, name: str, edit: Callable[[dict], None], sign: bool = True) -> Path:
-    from conceptkit.extraction._store import manifest_digest
-
     path = _fresh_store(c, f"edited-{name}")
     manifest = json.loads((path / "manifest.json").read_text())
     edit(manifest)
@@ -422,8 +421,8 @@ def rows(R: Callable[..., Any], cli: Callable[..., Any], CLIError: type) -> list
         R("store-path-is-file", ws, "a store path that is a file",
           lambda c: extraction.write_store(_extractor(c), c.images, _file_not_dir(c), progress=False),
           NotADirectoryError, "`path`"),
-        R("store-fingerprint-type", "extraction.write_chunks", "a fingerprint that is not a dict",
-          lambda c: extraction.write_chunks(lambda s, e: torch.ones(e - s, 2), 4, c.root / "fp",
+        R("store-fingerprint-type", "extraction._store.write_chunks", "a fingerprint that is not a dict",
+          lambda c: write_chunks(lambda s, e: torch.ones(e - s, 2), 4, c.root / "fp",
                                             fingerprint=["model"], progress=False),
           TypeError, "`fingerprint`"),
         R("store-swapped-chunks", AS, "a manifest with two chunk entries swapped",

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from conceptkit.extraction import ActivationExtractor, ActivationStore, write_chunks, write_store
-from conceptkit.extraction._store import manifest_digest
+from conceptkit.extraction import ActivationExtractor, ActivationStore, write_store
+from conceptkit.extraction._store import manifest_digest, write_chunks
 from conceptkit.io import FormatError
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import conceptkit
-from conceptkit.extraction import ActivationExtractor, get_layer, layer_names, split_model
+from conceptkit.extraction import ActivationExtractor, layer_names, split_model
+from conceptkit.extraction._layers import get_layer
 
 
 def _model() -> nn.Sequential:

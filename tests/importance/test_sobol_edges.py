@@ -35,7 +35,7 @@ def test_huge_and_tiny_outputs_give_the_indices_of_the_function(scale):
     scaled = importance.sobol_indices(lambda x: scale * _linear(x), 3, 128, seed=0)
     np.testing.assert_allclose(scaled, reference, rtol=1e-12, atol=1e-15)
     assert reference[0] > 0.8 and reference[2] == 0.0
-    with_ci = importance.sobol_indices(lambda x: scale * _linear(x), 3, 128, seed=0, confidence=0.9,
-                                       n_bootstrap=20)
+    with_ci = importance.sobol_indices_with_ci(lambda x: scale * _linear(x), 3, 128, seed=0,
+                                               confidence=0.9, n_bootstrap=20)
     assert np.isfinite(with_ci.ci_low).all() and np.isfinite(with_ci.ci_high).all()
     assert with_ci.ci_low[0] > 0.5

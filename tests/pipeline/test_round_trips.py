@@ -62,8 +62,8 @@ def test_a_loaded_explanation_does_what_a_fresh_one_does(explained):
     np.testing.assert_array_equal(loaded.ci_low, fresh.ci_low)
     side = min(64, IMAGES.shape[-1])
     for c in range(fresh.n_concepts):
-        ex, ids = fresh.top_examples(c, 3, size=side)
-        got, got_ids = loaded.top_examples(c, 3, size=side)
+        ex, ids = fresh.top_examples(c, 3, image_size=side)
+        got, got_ids = loaded.top_examples(c, 3, image_size=side)
         np.testing.assert_array_equal(got_ids, ids)
         # the saved crops are the fresh ones in uint8
         np.testing.assert_allclose(got.numpy(), ex.numpy(), atol=0.5 / 255 + 1e-6)
