@@ -9,6 +9,7 @@ return a :class:`ConceptBank`.
 
 from . import metrics
 from ._bank import ConceptBank
+from ._distributed import fit_distributed
 from ._base import FACTORIZERS, Factorizer, factorizer_from_state
 from ._methods import ACE, CRAFT, ICE, ace_keep_clusters, bank_from_activations, restrict_bank
 from ._nmf import NMF
@@ -34,6 +35,7 @@ __all__ = [
     "ace_keep_clusters",
     "bank_from_activations",
     "factorizer_from_state",
+    "fit_distributed",
     "fit_streaming",
     "metrics",
     "restrict_bank",
