@@ -9,8 +9,8 @@ return a :class:`ConceptBank`.
 
 from . import metrics
 from ._bank import ConceptBank
-from ._distributed import fit_distributed
 from ._base import FACTORIZERS, Factorizer, factorizer_from_state
+from ._distributed import fit_distributed
 from ._methods import ACE, CRAFT, ICE, ace_keep_clusters, bank_from_activations, restrict_bank
 from ._nmf import NMF
 from ._sae import TopKSAE
