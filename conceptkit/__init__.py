@@ -1,6 +1,7 @@
 """conceptkit — explain vision models with human-readable concepts.
 
 The faces: :class:`ConceptExplainer` (one class), :class:`ConceptManager` (many classes),
+:class:`ConceptAtlas` (one dictionary shared by all classes),
 :class:`ClassConcepts` (the result) and :func:`load` (read any saved conceptkit file without
 pickle). The subpackages hold the parts: ``extraction``, ``concepts``, ``importance``, ``maps``,
 ``bottleneck``, ``report`` and ``datasets``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._atlas import ConceptAtlas
 from ._recursion import ConceptTree, decompose_concept, plot_subconcepts, subconcept_examples
 from ._results import ClassConcepts
 from .pipeline import ConceptExplainer, ConceptManager
@@ -28,7 +30,8 @@ def load(path: str | os.PathLike) -> Any:
     from .concepts import ConceptBank
 
     kind, _ = io.peek_kind(path)
-    loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load}
+    loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load,
+               "ConceptAtlas": ConceptAtlas.load}
     try:
         from .bottleneck import LOADERS as CBM_LOADERS  # CBM kinds register their loaders
         loaders.update(CBM_LOADERS)
@@ -40,5 +43,5 @@ def load(path: str | os.PathLike) -> Any:
     return loaders[kind](path)
 
 
-__all__ = ["ClassConcepts", "ConceptExplainer", "ConceptManager", "ConceptTree", "__version__",
+__all__ = ["ClassConcepts", "ConceptAtlas", "ConceptExplainer", "ConceptManager", "ConceptTree", "__version__",
            "decompose_concept", "load", "plot_subconcepts", "subconcept_examples"]

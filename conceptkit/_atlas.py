@@ -97,12 +97,19 @@ class ConceptAtlas:
 
     # ------------------------------------------------------------------ fitting
     @property
-    def model(self) -> nn.Module:
-        return self.explainer.model
+    def model(self) -> nn.Module | None:
+        return None if self.explainer is None else self.explainer.model
 
     @property
     def layer(self) -> str:
-        return self.explainer.layer
+        return self._saved_layer if self.explainer is None else self.explainer.layer
+
+    def _require_model(self, what: str) -> Any:
+        if self.explainer is None:
+            raise RuntimeError(f"`{what}` needs the model, and this atlas was loaded without one: "
+                               f"use `ConceptAtlas.load(path, model=...)` (or "
+                               f"`conceptkit.load(path)` then set it by loading with a model).")
+        return self.explainer
 
     @property
     def n_concepts(self) -> int:
@@ -230,7 +237,7 @@ class ConceptAtlas:
         contribution to that margin by removing it from the reconstruction (see
         :class:`ConfusionExplanation`). ``shared`` marks concepts important to both classes.
         """
-        data, ex = self._data(), self.explainer
+        data, ex = self._data(), self._require_model("explain_confusion")
         imp = self.importance
         ra, rb = imp.row(a), imp.row(b)
         if a == b:
@@ -313,7 +320,7 @@ class ConceptAtlas:
         from ._validation import check_images
 
         images = check_images(images, "images")
-        acts = self.explainer.activations(images)
+        acts = self._require_model("concept_maps").activations(images)
         return _upsampled(self._data().bank.encode(acts), tuple(images.shape[-2:]))
 
     # ------------------------------------------------------------------ outputs

@@ -4,6 +4,7 @@ The report renders what it is handed (a :class:`ClassReport` per class) and comp
 explanation itself: the pipeline assembles the numbers, this package draws them.
 """
 
+from ._atlas import AtlasReport, write_atlas_report
 from ._colors import concept_colors, concept_hex_colors
 from ._data import ClassReport, ConceptSummary, IndexEntry
 from ._figures import (
@@ -26,6 +27,7 @@ from ._structure import (
 from ._write import class_slug, write_class_report
 
 __all__ = [
+    "AtlasReport",
     "ClassReport",
     "ConceptSummary",
     "IndexEntry",
@@ -45,6 +47,7 @@ __all__ = [
     "save_figure",
     "strategic_embedding",
     "top_concepts",
+    "write_atlas_report",
     "write_class_report",
     "write_index",
     "write_reports",
