@@ -200,7 +200,7 @@ def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
     scores, logits = [], []
     for index in tqdm(range(len(store.manifest["chunks"])), disable=not ex.progress,
                       desc="atlas: codes and logits", leave=False):
-        maps = np.asarray(store.chunk(index), dtype=np.float32)
+        maps = np.array(store.chunk(index), dtype=np.float32)  # a writable copy
         scores.append(np.asarray(bank.encode(maps)).mean(axis=(2, 3)))
         logits.append(head_logits(ex.maps_head, torch.from_numpy(maps), None, ex.batch_size))
     meta_size = store.manifest.get("meta", {}).get("image_size")
