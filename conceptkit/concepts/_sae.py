@@ -79,6 +79,9 @@ class TopKSAE(Factorizer):
         at most 100,000 rows.
     tol : float
         Relative decrease of the epoch loss below which training stops (0: run every epoch).
+    decay : float
+        Fraction of the planned steps (``epochs`` epochs) over which the learning rate decays
+        linearly to 0 at the end of training (0: constant learning rate).
     random_state : int or None
         Seed of the initial dictionary and of the minibatch order: the same seed gives the same
         model on the CPU.
@@ -119,7 +122,7 @@ class TopKSAE(Factorizer):
     def __init__(self, n_concepts: int = 64, top_k: int | None = None, epochs: int = 20,
                  batch_size: int = 256, lr: float = 1e-3, activation: str = "topk",
                  aux_k: int | None = None, aux_coef: float = 1 / 32, dead_rows: int | None = None,
-                 tol: float = 1e-4, random_state: int | None = None,
+                 tol: float = 1e-4, decay: float = 0.2, random_state: int | None = None,
                  device: str | torch.device | None = None, distributed: bool = True,
                  progress: bool = False) -> None:
         self.n_concepts = n_concepts
@@ -132,6 +135,7 @@ class TopKSAE(Factorizer):
         self.aux_coef = aux_coef
         self.dead_rows = dead_rows
         self.tol = tol
+        self.decay = decay
         self.random_state = random_state
         self.device = device
         self.distributed = distributed
@@ -159,6 +163,7 @@ class TopKSAE(Factorizer):
         if self.dead_rows is not None:
             check_int(self.dead_rows, "dead_rows", minimum=1)
         check_float(self.tol, "tol", minimum=0.0)
+        check_float(self.decay, "decay", minimum=0.0, maximum=1.0)
         if self.random_state is not None:
             check_int(self.random_state, "random_state", minimum=0)
 
@@ -183,6 +188,8 @@ class TopKSAE(Factorizer):
         params = [decoder, encoder, encoder_bias, bias]
         variance = float(((X.double() - mean) ** 2).sum(dim=1).mean()) or 1.0
         optimizer = torch.optim.Adam(params, lr=self.lr)
+        planned = self.epochs * math.ceil(n / self.batch_size)
+        decay_from = planned * (1.0 - self.decay)
         order_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         rank, world = distributed_world() if self.distributed else (0, 1)
         since_fired = torch.zeros(k, dtype=torch.long, device=X.device)
@@ -207,6 +214,10 @@ class TopKSAE(Factorizer):
                     loss.backward()
                     if world > 1:
                         fired = all_reduce_grads(params, fired)
+                    if steps >= decay_from:  # linear decay to 0 over the last `decay` of steps
+                        for group in optimizer.param_groups:
+                            group["lr"] = self.lr * max(planned - steps, 1) / max(
+                                planned - decay_from, 1)
                     optimizer.step()
                     with torch.no_grad():
                         decoder.div_(decoder.norm(dim=1, keepdim=True).clamp(min=1e-12))
