@@ -100,8 +100,8 @@ def fit_distributed(factorizer: Any, source: Any, *, max_iter: int = 50, tol: fl
     -------
     NMF
         ``factorizer`` with ``components_``, ``reconstruction_err_`` (exact, over every row, for
-        the codes of the last pass), ``n_iter_``, ``n_samples_seen_`` and ``n_features_in_``;
-        identical on every rank.
+        the codes of the last pass), ``data_norm_`` (``||A||_F``, for the relative error),
+        ``n_iter_``, ``n_samples_seen_`` and ``n_features_in_``; identical on every rank.
     """
     from . import _nmf_torch as kernels
     from ._nmf import NMF
@@ -181,6 +181,7 @@ def fit_distributed(factorizer: Any, source: Any, *, max_iter: int = 50, tol: fl
     est.n_iter_ = int(n_iter)
     est.n_samples_seen_ = seen
     est.reconstruction_err_ = float(error)
+    est.data_norm_ = math.sqrt(squared_norm)
     return est
 
 
