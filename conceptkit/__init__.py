@@ -4,7 +4,7 @@ The faces: :class:`ConceptExplainer` (one class), :class:`ConceptManager` (many 
 :class:`ConceptAtlas` (one dictionary shared by all classes),
 :class:`ClassConcepts` (the result) and :func:`load` (read any saved conceptkit file without
 pickle). The subpackages hold the parts: ``extraction``, ``concepts``, ``importance``, ``maps``,
-``bottleneck``, ``report`` and ``datasets``.
+``report``, ``pipeline``, ``bottleneck``, ``models``, ``datasets`` and ``cli``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._atlas import ConceptAtlas
-from ._recursion import ConceptTree, decompose_concept, plot_subconcepts, subconcept_examples
-from ._results import ClassConcepts
-from .pipeline import ConceptExplainer, ConceptManager
+from .pipeline import (
+    ClassConcepts,
+    ConceptAtlas,
+    ConceptExplainer,
+    ConceptManager,
+    ConceptTree,
+    decompose_concept,
+    plot_subconcepts,
+    subconcept_examples,
+)
 
 __version__ = "0.1.0"
 
@@ -30,13 +36,10 @@ def load(path: str | os.PathLike) -> Any:
     from .concepts import ConceptBank
 
     kind, _ = io.peek_kind(path)
+    from .bottleneck import LOADERS as CBM_LOADERS  # CBM kinds register their loaders
+
     loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load,
-               "ConceptAtlas": ConceptAtlas.load}
-    try:
-        from .bottleneck import LOADERS as CBM_LOADERS  # CBM kinds register their loaders
-        loaders.update(CBM_LOADERS)
-    except ImportError:
-        pass
+               "ConceptAtlas": ConceptAtlas.load, **CBM_LOADERS}
     if kind not in loaders:
         raise io.FormatError(f"`path` {str(path)!r} holds a {kind!r}, which this version of "
                              f"conceptkit cannot load (known: {sorted(loaders)}).")

