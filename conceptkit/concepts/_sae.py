@@ -122,7 +122,7 @@ class TopKSAE(Factorizer):
     def __init__(self, n_concepts: int = 64, top_k: int | None = None, epochs: int = 20,
                  batch_size: int = 256, lr: float = 1e-3, activation: str = "topk",
                  aux_k: int | None = None, aux_coef: float = 1 / 32, dead_rows: int | None = None,
-                 tol: float = 1e-4, decay: float = 0.2, random_state: int | None = None,
+                 tol: float = 1e-4, decay: float = 0.0, random_state: int | None = None,
                  device: str | torch.device | None = None, distributed: bool = True,
                  progress: bool = False) -> None:
         self.n_concepts = n_concepts
