@@ -155,7 +155,8 @@ def reliance(model, world, batch: int = 256) -> np.ndarray:
     return out
 
 
-def bench_world(n_per_class: int, device: str, n_concepts: int, threshold: float = 0.1) -> None:
+def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | None = None,
+                threshold: float = 0.1) -> None:
     from conceptkit import ConceptAtlas
     from conceptkit.datasets import CONCEPT_NAMES, make_concept_dataset, reference_model
     from conceptkit.extraction import ActivationExtractor
@@ -171,8 +172,11 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, threshold: float
         atlas = ConceptAtlas(model, "block4", n_concepts, method="ice", seed=0, progress=False,
                              device=device, class_names=world.class_names).fit(world)
         fit_time = time.perf_counter() - start
-        atlas.report(Path(tmp) / "report")
+        index = atlas.report(Path(tmp) / "report")
         total = time.perf_counter() - start
+        if figure:
+            Path(figure).parent.mkdir(parents=True, exist_ok=True)
+            Path(figure).write_bytes((index.parent / "heatmap.png").read_bytes())
     print(f"atlas of {len(world.labels)} images (ICE, k={n_concepts}, Sobol; fit + importance + report) vs "
           f"bare g | {g_time:.2f} s | {total:.2f} s (fit+importance {fit_time:.2f} s) | "
           f"{total / g_time:.1f}x overhead")
@@ -227,6 +231,7 @@ def main() -> int:
     parser.add_argument("--only", choices=["store", "world"], default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-concepts", type=int, default=12, help="atlas size (world part)")
+    parser.add_argument("--figure", default=None, help="copy the world atlas heatmap here (PNG)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -238,7 +243,7 @@ def main() -> int:
         else:
             bench_store(1_000_000, 50_000, 5, args.device)
     if args.only in (None, "world"):
-        bench_world(60 if args.quick else 500, args.device, args.n_concepts)
+        bench_world(60 if args.quick else 500, args.device, args.n_concepts, args.figure)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# load average at the end {load:.1f}")
     return 0
