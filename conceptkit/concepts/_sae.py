@@ -229,7 +229,7 @@ class TopKSAE(Factorizer):
                     total += float(loss.detach())  # this rank's share of the batch loss
                     steps += 1
                 curve.append(_reduce_scalar(total, world) / math.ceil(n / self.batch_size))
-                if len(curve) > 1 and curve[-2] - curve[-1] < self.tol * abs(curve[-2]):
+                if self.tol > 0 and len(curve) > 1 and curve[-2] - curve[-1] < self.tol * abs(curve[-2]):
                     converged = True
                     break
         for name, param in zip(("components_", "encoder_weight_", "encoder_bias_", "bias_"), params):
