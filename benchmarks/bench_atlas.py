@@ -73,9 +73,10 @@ def store_worker(store: str, out: str, passes: int, device: str) -> None:
     seconds = time.perf_counter() - start
     if rank == 0:
         np.save(out + ".npy", est.components_)
-    print(json.dumps({"rank": rank, "seconds": seconds, "peak_rss_mb": status_kb("VmHWM") / 1024,
-                      "relative_error": est.reconstruction_err_ / est.data_norm_,
-                      "passes": est.n_iter_}), flush=True)
+    # One file per rank: two ranks printing to one pipe can interleave their lines.
+    Path(f"{out}.rank{rank}.json").write_text(json.dumps(
+        {"rank": rank, "seconds": seconds, "peak_rss_mb": status_kb("VmHWM") / 1024,
+         "relative_error": est.reconstruction_err_ / est.data_norm_, "passes": est.n_iter_}))
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -87,14 +88,15 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _run(command: list[str]) -> list[dict]:
+def _run(command: list[str], out: str) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(path.read_text()) for path in sorted(Path(out).parent.glob(
+        Path(out).name + ".rank*.json"))]
 
 
 def bench_store(n_rows: int, chunk_rows: int, passes: int, device: str) -> None:
@@ -105,10 +107,10 @@ def bench_store(n_rows: int, chunk_rows: int, passes: int, device: str) -> None:
         print(f"# store {n_rows} x 512 float32 ({n_rows * 512 * 4 / 1e9:.2f} GB, "
               f"{-(-n_rows // chunk_rows)} chunks) written in {time.perf_counter() - start:.1f} s")
         me = [sys.executable, str(Path(__file__).resolve()), "--worker", str(store)]
-        one = _run(me + [str(Path(tmp) / "one"), str(passes), device])
+        one = _run(me + [str(Path(tmp) / "one"), str(passes), device], str(Path(tmp) / "one"))
         two = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
                     "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_port()}",
-                    *me[1:], str(Path(tmp) / "two"), str(passes), device])
+                    *me[1:], str(Path(tmp) / "two"), str(passes), device], str(Path(tmp) / "two"))
         W1, W2 = np.load(Path(tmp) / "one.npy"), np.load(Path(tmp) / "two.npy")
     diff = float(np.abs(W1 - W2).max() / np.abs(W1).max())
     t1, t2 = one[0]["seconds"], max(r["seconds"] for r in two)
