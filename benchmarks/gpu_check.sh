@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One short GPU run for issue 17 (the lead runs it on the device machine; < 8 min on one H200:
-# the four steps are capped at 120 + 90 + 110 + 120 s, a missing venv at 240 s more).
+# the four steps are capped at 100 + 90 + 90 + 120 s, installing a missing venv at 60 s).
 # Writes everything under $OUT/ (default ./gpu_out): the environment, the CUDA tests that skip
 # on CPU, bench_nmf, bench_pipeline --quick and bench_atlas --device cuda.
 # Usage: OUT=/path bash benchmarks/gpu_check.sh
@@ -32,10 +32,10 @@ fi
 if ! $PY -c "import torch, conceptkit" > /dev/null 2>&1; then
   log "no python with torch+conceptkit; trying: python3 -m venv .venv && pip install -e .[dev]"
   if timeout 20 python3 -m pip download --no-deps --dest /tmp/probe-pip pip > /dev/null 2>&1; then
-    python3 -m venv .venv && timeout 240 .venv/bin/pip install -q -e ".[dev]" > "$OUT/pip.txt" 2>&1
+    python3 -m venv .venv && timeout 60 .venv/bin/pip install -q -e ".[dev]" > "$OUT/pip.txt" 2>&1
     PY=.venv/bin/python
     if ! $PY -c "import torch, conceptkit" > /dev/null 2>&1; then
-      log "pip install -e .[dev] did not finish in 240 s or failed (see pip.txt): stopping"
+      log "pip install -e .[dev] did not finish in 60 s or failed (see pip.txt): stopping"
       exit 2
     fi
   else
@@ -59,10 +59,10 @@ fi
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 # 2. The CUDA tests that skip on CPU (every test whose name mentions cuda or gpu).
-step cuda_tests 120 $PY -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/concepts
+step cuda_tests 100 $PY -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/concepts
 # 3. NMF solvers on the GPU (quick problems), the whole-class pipeline, the atlas.
 step bench_nmf 90 $PY benchmarks/bench_nmf.py --quick --device cuda
-step bench_pipeline 110 $PY benchmarks/bench_pipeline.py --quick
+step bench_pipeline 90 $PY benchmarks/bench_pipeline.py --quick
 step bench_atlas 120 $PY benchmarks/bench_atlas.py --quick --device cuda
 log "done (status $status); outputs in $OUT"
 exit $status
