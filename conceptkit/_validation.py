@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-ArrayLike = "np.ndarray | torch.Tensor"
-
 
 def describe(value: Any) -> str:
     """A short description of ``value`` for error messages: type, shape and dtype."""
@@ -183,15 +181,6 @@ def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(x)
 
 
-def like(result: np.ndarray | torch.Tensor, template: np.ndarray | torch.Tensor):
-    """Return ``result`` in the container type (and, for torch, device) of ``template``."""
-    if isinstance(template, torch.Tensor):
-        if isinstance(result, torch.Tensor):
-            return result.to(template.device)
-        return torch.from_numpy(np.ascontiguousarray(result)).to(template.device)
-    return to_numpy(result)
-
-
 def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """A numpy Generator from an int seed, a Generator, or None (fresh entropy)."""
     if isinstance(seed, np.random.Generator):
@@ -199,6 +188,17 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     if seed is not None:
         check_int(seed, "seed", minimum=0)
     return np.random.default_rng(seed)
+
+
+def resolve_seed(seed: int | None, name: str = "seed") -> int:
+    """An int seed: ``seed`` itself (checked), or one drawn from fresh entropy for ``None``.
+
+    For code that needs an int (torch generators, scikit-learn's ``random_state``) but must not
+    fall back on a global random state when the user asked for fresh randomness.
+    """
+    if seed is None:
+        return int(np.random.default_rng().integers(2**31 - 1))
+    return check_int(seed, name, minimum=0)
 
 
 def resolve_device(device: Any, name: str = "device") -> torch.device:

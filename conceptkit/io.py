@@ -9,10 +9,12 @@ unpickles and never executes code. The JSON carries ``kind`` (what was saved) an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,31 @@ class FormatError(ValueError):
     """A file is not a valid conceptkit save (wrong kind, version, truncated or tampered)."""
 
 
+#: What rebuilding an object from the parts of a damaged file raises: missing keys, parts of the
+#: wrong type, shape or value, out-of-range indices and numbers.
+DAMAGE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+@contextlib.contextmanager
+def loading(path: str | os.PathLike, what: str,
+            also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """The one loader wrapper: errors raised while an object is rebuilt from the file at
+    ``path`` become a :class:`FormatError` naming the file (``"`path` ... is not a valid
+    {what}: ..."``). Every conceptkit loader rebuilds its object inside this block, so that a
+    tampered file is always reported the same way. ``also`` adds error types of that loader
+    (``RuntimeError`` of ``load_state_dict`` for weights files)."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except DAMAGE_ERRORS + tuple(also) as err:
+        raise FormatError(f"`path` {str(path)!r} is not a valid {what}: {err}") from err
+
+
 def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:
     """``value`` as plain JSON types: dicts with string keys, lists, numbers, strings, None.
 
-    Arrays and tensors become (nested) lists and numpy scalars plain numbers. With
+    Arrays and tensors become (nested) lists, numpy scalars plain numbers and devices strings. With
     ``finite=True`` (reports) NaN and infinities become ``None`` so that the output is strict
     JSON; ``finite=False`` keeps them (file metadata, read back by Python's ``json``). Values of
     any other type raise a ``TypeError`` with ``strict=True`` and become ``str(value)`` otherwise.
@@ -55,8 +78,13 @@ def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:
         return value
     if isinstance(value, Path):
         return value.as_posix() if not strict else str(value)
+    if isinstance(value, torch.device):
+        return str(value)
     if strict:
-        raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata: {value!r}")
+        hint = ""
+        if isinstance(value, (np.random.Generator, np.random.RandomState, torch.Generator)):
+            hint = " (a random generator cannot be saved: pass an int seed instead)"
+        raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata{hint}: {value!r}")
     return str(value)
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe, resolve_device
-from ..io import FormatError, load_file, save_file
+from ..io import FormatError, load_file, loading, save_file
 from ._data import as_inputs, iter_inputs, n_rows
 
 KIND = "concept_bottleneck_model"
@@ -247,11 +247,9 @@ class ConceptBottleneckModel(nn.Module):
             raise TypeError(f"`concept_encoder` must be a torch.nn.Module; got "
                             f"{describe(concept_encoder)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
-        try:
+        with loading(path, "ConceptBottleneckModel (model configuration)"):
             config = dict(meta["config"])
             spec = meta.get("encoder")
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} lacks the model configuration.") from err
         given = concept_encoder is not None
         if not given:
             if not spec:
@@ -259,18 +257,13 @@ class ConceptBottleneckModel(nn.Module):
                     f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
                     f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
                     f"freshly built encoder of the same architecture.")
-            try:
+            with loading(path, "ConceptBottleneckModel (encoder spec)"):
                 concept_encoder = _build_encoder(spec)
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
-                raise FormatError(f"`path` {str(path)!r} has a corrupted encoder spec.") from err
-        try:
+        with loading(path, "ConceptBottleneckModel (model configuration)"):
             model = cls(concept_encoder, config.pop("n_concepts"), config.pop("n_classes"), **config)
             trained_mode = meta.get("trained_mode")
             if trained_mode is not None and not isinstance(trained_mode, str):
                 raise TypeError(f"trained_mode {trained_mode!r}")
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} has a corrupted model configuration: "
-                              f"{err}") from err
         # a mismatch is the user's encoder's fault if they gave one, the file's otherwise
         culprit = (f"`concept_encoder` does not match the saved model in `path` {str(path)!r}"
                    if given else f"`path` {str(path)!r} holds weights that do not match its own "

@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._deprecation import renamed_arguments
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def load_images(pattern: str, size: int) -> tuple[torch.Tensor, list[str]]:
-    """Images from a directory or a glob, resized (shorter side) and centre-cropped to ``size``."""
+@renamed_arguments(size="image_size")
+def load_images(pattern: str, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Images from a directory or a glob, resized (shorter side) and centre-cropped to
+    ``image_size``."""
     from PIL import Image
 
     path = Path(pattern)
@@ -23,6 +27,7 @@ def load_images(pattern: str, size: int) -> tuple[torch.Tensor, list[str]]:
     if not files:
         raise FileNotFoundError(f"`--images` {pattern!r} matches no image file "
                                 f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    size = image_size
     out = []
     for file in files:
         try:

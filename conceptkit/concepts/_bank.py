@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._deprecation import renamed_arguments
 from .._validation import all_finite, describe, to_numpy
 from ..extraction import Provenance
 from ._base import Factorizer, factorizer_from_state
@@ -97,6 +98,30 @@ class ConceptBank:
             return np.ascontiguousarray(codes.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
         raise ValueError(f"`activations` must be (n, C) or (N, C, h, w); got shape {tuple(activations.shape)}.")
 
+    def encode_differentiable(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Codes ``(n, k)`` of activations ``(n, C)`` that gradients flow through.
+
+        The values equal ``encode(pooled)``. Their gradient is the implicit gradient of the
+        encoding at its solution: for non-negative codes (NMF-like), the least-squares problem
+        restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained
+        codes, the least-squares pseudo-inverse. Gradient maps and CRAFT's recursion differentiate
+        image-level codes through it.
+        """
+        if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2:
+            raise TypeError(f"`pooled` must be a torch.Tensor of shape (n, C); got {describe(pooled)}.")
+        W = self.components.to(pooled)
+        with torch.no_grad():
+            fixed = torch.as_tensor(self.encode(pooled.detach().cpu())).to(pooled)
+        if not getattr(self.factorizer, "nonnegative_codes", False):
+            offset = pooled.detach() - fixed @ W
+            return torch.linalg.lstsq(W.T, (pooled - offset).T).solution.T
+        active = (fixed > 0).to(pooled)
+        gram = W @ W.T
+        eye = torch.eye(W.shape[0], dtype=pooled.dtype, device=pooled.device)
+        system = active[:, :, None] * gram[None] * active[:, None, :] + (1 - active)[:, :, None] * eye
+        rhs = active * (pooled @ W.T)
+        return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1)
+
     def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Reconstructed activations from codes: ``(n, k)`` → ``(n, C)``; ``(N, k, h, w)`` → ``(N, C, h, w)``."""
         if not isinstance(codes, (np.ndarray, torch.Tensor)):
@@ -120,15 +145,17 @@ class ConceptBank:
         if not all_finite(activations):
             raise ValueError("`activations` contains NaN or Inf values.")
 
-    def top_rows(self, concept: int, n: int = 10) -> np.ndarray:
-        """Indices of the ``n`` fitted rows where ``concept`` is most present (highest code)."""
+    @renamed_arguments(n="n_rows")
+    def top_rows(self, concept: int, n_rows: int = 10) -> np.ndarray:
+        """Indices of the ``n_rows`` fitted rows where ``concept`` is most present (highest
+        code)."""
         if not 0 <= int(concept) < self.n_concepts:
             raise ValueError(f"`concept` must be in [0, {self.n_concepts}); got {concept}.")
         codes = self.codes[:, int(concept)].numpy()
         # Ties (hard k-means codes) are broken by how well the row aligns with the concept.
         tie = (self.activations.numpy() @ self.components[int(concept)].numpy()
                if self.activations is not None else np.zeros_like(codes))
-        return np.lexsort((-tie, -codes))[:n]
+        return np.lexsort((-tie, -codes))[:n_rows]
 
     # ------------------------------------------------------------------ persistence
     def to_state(self, *, include_activations: bool = False) -> tuple[dict[str, Any], dict]:
@@ -143,7 +170,8 @@ class ConceptBank:
             tensors["activations"] = self.activations
         meta = {"layer": self.layer, "method": self.method, "params": self.params, "extra": self.extra,
                 "factorizer": {"name": type(self.factorizer).__name__,
-                               "params": _json_params(self.factorizer.get_params(deep=False)),
+                               "params": io.json_ready(self.factorizer.get_params(deep=False),
+                                                       strict=True, finite=False),
                                "info": f_info},
                 "provenance": p_info}
         return tensors, meta
@@ -206,19 +234,6 @@ class ConceptBank:
     def load(cls, path: str | os.PathLike) -> ConceptBank:
         """Read a bank written by :meth:`save`; never unpickles or executes code."""
         tensors, meta = io.load_file(path, kind=BANK_KIND, version=BANK_VERSION)
-        try:
+        with io.loading(path, "ConceptBank"):
             return cls.from_state(tensors, meta)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-            raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptBank: {err}") from err
 
-
-def _json_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, (np.random.Generator, np.random.RandomState)):
-            raise ValueError(f"cannot save a factorizer whose `{key}` is a random generator; use an "
-                             f"int seed.")
-        if isinstance(value, torch.device):
-            value = str(value)
-        out[key] = value
-    return out

@@ -22,7 +22,9 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from .._deprecation import current_names
 from .._validation import check_choice, check_int, check_matrix, resolve_device, to_numpy
+from ..io import json_ready
 
 #: Every concrete factorizer class, keyed by its class name (filled in by ``__init_subclass__``).
 FACTORIZERS: dict[str, type[Factorizer]] = {}
@@ -62,6 +64,8 @@ class Factorizer(BaseEstimator, abc.ABC):
     # Fitted arrays with one row per concept (sliced when concepts are dropped, e.g. by ACE).
     _concept_arrays: ClassVar[tuple[str, ...]] = ("components_",)
     _negative_hint: ClassVar[str] = ""
+    # Constructor arguments renamed since a file could be saved (old -> new): read silently.
+    _renamed_params: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -133,14 +137,14 @@ class Factorizer(BaseEstimator, abc.ABC):
         self._check_fitted()
         arrays = {name: np.asarray(getattr(self, name)) for name in self._state_arrays
                   if getattr(self, name, None) is not None}
-        info = {name: _plain(getattr(self, name)) for name in self._state_info
-                if hasattr(self, name)}
+        info = {name: json_ready(getattr(self, name), strict=True, finite=False)
+                for name in self._state_info if hasattr(self, name)}
         return arrays, info
 
     @classmethod
     def from_state(cls, params: dict, arrays: dict, info: dict) -> Factorizer:
         """Rebuild a fitted factorizer from ``get_params()`` and ``get_state()`` output."""
-        est = cls(**params)
+        est = cls(**current_names(params, cls._renamed_params))
         required = [name for name in cls._state_arrays
                     if name not in arrays and name not in cls._optional_arrays]
         if required:
@@ -266,16 +270,6 @@ def _check_real(A: Any, name: str) -> None:
     if bad:
         raise TypeError(f"`{name}` must hold real numbers (float or integer activations); got dtype "
                         f"{A.dtype}.")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    return value
 
 
 def factorizer_from_state(name: str, params: dict, arrays: dict, info: dict) -> Factorizer:

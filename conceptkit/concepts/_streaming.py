@@ -364,7 +364,8 @@ def write_codes(factorizer: Factorizer, source: Any, path: str | os.PathLike, *,
     coefficient maps ``(n, k, h, w)`` for a ``"maps"`` store), written atomically; a rerun after an
     interruption encodes only the missing chunks. Returns the new store.
     """
-    from ..extraction import ActivationStore, finalize_store, write_chunks
+    from ..extraction import ActivationStore
+    from ..extraction._store import finalize_store, write_chunks
 
     rows = RowSource(source)
     if rows.store is None:

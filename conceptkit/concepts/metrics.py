@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,12 +165,13 @@ def matched_cosine(W1: np.ndarray | torch.Tensor, W2: np.ndarray | torch.Tensor,
 
 
 def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap: int = 5, subset: float = 0.8,
-              seed: int | None = None, *, absolute: bool | None = None,
+              seed: int | None = 0, *, absolute: bool | None = None,
               progress: bool = False) -> float:
     """Dictionary stability: refit clones of ``factorizer`` on random row subsets of ``A (n, C)``.
 
     Each of ``n_bootstrap`` clones is fitted on ``round(subset * n)`` rows drawn without
-    replacement (``seed`` picks the rows; the factorizer keeps its own ``random_state``); every pair
+    replacement (``seed`` picks the rows, 0 by default so that a metric of a fitted factorizer
+    repeats; the factorizer keeps its own ``random_state``); every pair
     of dictionaries is matched with :func:`matched_cosine` and the mean matched cosine is returned
     (1 = the same concepts every time; higher is better). ``absolute=None`` ignores signs exactly
     when the factorizer's codes may be negative (PCA, ICA, signed sparse codes).
@@ -248,6 +250,16 @@ class Metric:
     def __call__(self, *args, **kwargs) -> float:
         return self.func(*args, **kwargs)
 
+    def evaluate(self, A: Any, A_hat: Any, U: Any, factorizer: Factorizer,
+                 **refit_kwargs: Any) -> float:
+        """The metric from what it may need: activations ``A``, their reconstruction ``A_hat``,
+        the codes ``U`` and the factorizer (``refit_kwargs`` go to refit metrics only)."""
+        if self.inputs == "reconstruction":
+            return self.func(A, A_hat)
+        if self.inputs == "codes":
+            return self.func(U)
+        return self.func(factorizer, A, **refit_kwargs)
+
 
 EXTRACTION_METRICS: dict[str, Metric] = {
     "relative_l2": Metric("relative_l2", relative_l2, False, "reconstruction"),
@@ -281,14 +293,7 @@ def extraction_metrics(factorizer: Factorizer, A: np.ndarray | torch.Tensor, met
         check_choice(name, "metrics", list(EXTRACTION_METRICS))
     U = factorizer.transform(A)
     A_hat = factorizer.inverse_transform(U)
-    results = {}
-    for name in names:
-        metric = EXTRACTION_METRICS[name]
-        if metric.inputs == "reconstruction":
-            results[name] = metric(A, A_hat)
-        elif metric.inputs == "codes":
-            results[name] = metric(U)
-        else:
-            results[name] = metric(factorizer, A, n_bootstrap=n_bootstrap, subset=subset,
-                                   seed=seed, progress=progress)
-    return results
+    return {name: EXTRACTION_METRICS[name].evaluate(A, A_hat, U, factorizer,
+                                                    n_bootstrap=n_bootstrap, subset=subset,
+                                                    seed=seed, progress=progress)
+            for name in names}

@@ -166,9 +166,12 @@ def _field(data: Any, *names: str) -> Any:
 def _as_data(data: Any) -> _Data:
     images, labels, masks = (_field(data, "images"), _field(data, "labels"),
                              _field(data, "masks"))
-    if images is None or labels is None or masks is None:
-        raise TypeError(f"the data must have `images` (N, 3, H, W), `labels` (N,) and `masks` "
-                        f"(N, P, H, W) (a ConceptDataset, a World's sample, or a dict); got "
+    missing = [name for name, value in (("images", images), ("labels", labels),
+                                        ("masks", masks)) if value is None]
+    if missing:
+        raise TypeError(f"`world` must give data with `images` (N, 3, H, W), `labels` (N,) and "
+                        f"part `masks` (N, P, H, W) (a ConceptDataset, a World's sample, or a "
+                        f"dict); its data has no {' or '.join(f'`{n}`' for n in missing)}: got "
                         f"{describe(data)}.")
     images = checked_images(images)
     masks = check_masks(masks, images, name="data.masks")
@@ -189,13 +192,23 @@ def _classes(explanation: Any) -> dict[int, Any]:
         explanation = explanation.classes_
     if isinstance(explanation, Mapping):
         out = {int(c): cc for c, cc in explanation.items()}
-    elif isinstance(explanation, (list, tuple)):
+    elif isinstance(explanation, (list, tuple)) and all(hasattr(cc, "class_id")
+                                                        for cc in explanation):
         out = {int(cc.class_id): cc for cc in explanation}
     else:
         out = {}
     if not out:
+        what = ("an explanation without `importances`" if hasattr(explanation, "class_id")
+                else describe(explanation))
         raise TypeError(f"`explanation` must be a ClassConcepts, a fitted ConceptManager, or a "
-                        f"non-empty dict {{class_id: ClassConcepts}}; got {describe(explanation)}.")
+                        f"non-empty dict {{class_id: ClassConcepts}}; got {what}.")
+    for class_id, cc in out.items():
+        lacking = [name for name in ("importances", "concept_maps") if not hasattr(cc, name)]
+        if lacking:
+            raise TypeError(f"`explanation` for class {class_id} has no "
+                            f"{' or '.join(f'`{n}`' for n in lacking)}: every class needs "
+                            f"importances (k,) and concept_maps(images, kind=...), as a "
+                            f"ClassConcepts has; got {describe(cc)}.")
     return dict(sorted(out.items()))
 
 

@@ -236,7 +236,8 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                                     batch_size=batch_size, device=device, progress=progress)
     _check_given(reliance, Reliance, "reliance", masks.shape[:2])
     if reliance.class_id != class_id:
-        raise ValueError(f"`reliance` was measured for class {reliance.class_id}, not {class_id}.")
+        raise ValueError(f"`reliance` was measured for class {reliance.class_id}, not "
+                         f"{class_id}; measure it for class {class_id} or pass reliance=None.")
     if localisation is None:
         localisation = locate(result, images, masks, names, kind=kind, tolerance=tolerance,
                               quantile=quantile, min_images=min_images,

@@ -87,7 +87,8 @@ def check_preprocess(preprocess: Any) -> Callable | None:
 def check_class_id(class_id: Any, n_outputs: int | None = None) -> int:
     class_id = check_int(class_id, "class_id", minimum=0)
     if n_outputs is not None and class_id >= n_outputs:
-        raise ValueError(f"`class_id` is {class_id} but the model has {n_outputs} outputs.")
+        raise ValueError(f"`class_id` is {class_id} but the model has {n_outputs} outputs; "
+                         f"expected a class in 0..{n_outputs - 1}.")
     return class_id
 
 
@@ -112,8 +113,7 @@ def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
         if preprocess is not None:
             batch = preprocess(batch)
         out = _logits(model(batch)).float()
-        if class_id >= out.shape[1]:
-            raise ValueError(f"`class_id` is {class_id} but the model has {out.shape[1]} outputs.")
+        check_class_id(class_id, out.shape[1])
         prob = (torch.sigmoid(out[:, 0]) if out.shape[1] == 1
                 else torch.softmax(out, dim=1)[:, class_id])
         probabilities.append(prob.cpu().double())

@@ -110,18 +110,20 @@ def concept_maps_of(result: Any, images: torch.Tensor | None, kind: str = "auto"
     return torch.as_tensor(maps)
 
 
-def checked_maps(maps: Any, masks: torch.Tensor) -> torch.Tensor:
-    """Maps ``(N, k, H, W)`` as float tensors at the masks' size (resized bilinearly if not)."""
+def checked_maps(maps: Any, masks: torch.Tensor, name: str = "`result`") -> torch.Tensor:
+    """Maps ``(N, k, H, W)`` as float tensors at the masks' size (resized bilinearly if not);
+    ``name`` says where they came from in messages."""
     if isinstance(maps, np.ndarray):
         maps = torch.from_numpy(np.ascontiguousarray(maps))
     if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
-        raise ValueError(f"concept maps must be (N, k, H, W); got {describe(maps)}.")
+        raise ValueError(f"{name} must be concept maps of shape (N, k, H, W) (one map per image "
+                         f"and concept); got {describe(maps)}.")
     if maps.shape[0] != masks.shape[0]:
-        raise ValueError(f"concept maps are of {maps.shape[0]} images but `masks` of "
-                         f"{masks.shape[0]}.")
+        raise ValueError(f"{name} holds maps of {maps.shape[0]} images but `masks` has "
+                         f"{masks.shape[0]}; pass the masks of the same images.")
     maps = maps.detach().cpu().float()
     if not bool(torch.isfinite(maps).all()):
-        raise ValueError("concept maps contain NaN or Inf values.")
+        raise ValueError(f"{name} contains NaN or Inf concept-map values.")
     return upsample(maps, tuple(masks.shape[-2:]))
 
 
@@ -188,12 +190,13 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     """
     if isinstance(result, (torch.Tensor, np.ndarray)):
         masks = check_masks(masks, None if images is None else checked_images(images),
-                            n_images=result.shape[0], other="the maps")
+                            n_images=result.shape[0], other="`result` (the concept maps)")
         maps = checked_maps(result, masks)
     else:
         images = checked_images(images)
         masks = check_masks(masks, images)
-        maps = checked_maps(concept_maps_of(result, images, kind), masks)
+        maps = checked_maps(concept_maps_of(result, images, kind), masks,
+                            name=f"`result.concept_maps(images, kind={kind!r})`")
     names = check_part_names(part_names, masks.shape[1])
     side = int(min(masks.shape[-2:]))
     tolerance = default_tolerance(side) if tolerance is None else check_int(

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .._deprecation import warn_deprecated
 from .._validation import check_choice, check_float, check_int, describe
 from ._attribution import (
     MethodOutput,
@@ -115,6 +116,7 @@ def _sobol(problem: ConceptProblem, seeds: Seeds, *, n_designs: int, estimator: 
 class _Method:
     run: Callable[..., MethodOutput]
     options: dict                     # extra keyword arguments and their checks
+    renamed: dict = field(default_factory=dict)  # old option name -> new (warns, for 0.2)
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -139,7 +141,8 @@ METHODS: dict[str, _Method] = {
     "gradient_input": _Method(gradient_input, {}),
     "integrated_gradients": _Method(integrated_gradients, {"steps": _check_positive_int}),
     "occlusion": _Method(occlusion, {}),
-    "rise": _Method(rise, {"n_masks": _check_positive_int, "probability": _check_open_unit}),
+    "rise": _Method(rise, {"n_samples": _check_positive_int, "probability": _check_open_unit},
+                    renamed={"n_masks": "n_samples"}),
 }
 
 
@@ -192,7 +195,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     method : str
         ``"sobol"`` (total Sobol index, default), ``"closed_form"`` (exact total index of an
         affine ``h``), ``"gradient_input"``, ``"integrated_gradients"`` (kwarg ``steps=50``),
-        ``"occlusion"`` or ``"rise"`` (kwargs ``n_masks=1000``, ``probability=0.5``).
+        ``"occlusion"`` or ``"rise"`` (kwargs ``n_samples=1000`` masks, ``probability=0.5``).
     n_designs, estimator, sampler, shared_design, fast_path
         Sobol settings (ignored by other methods). ``n_designs`` base points per input (a power
         of two for Sobol' samplers). ``shared_design=False`` scrambles an independent design per
@@ -223,6 +226,13 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     """
     check_choice(method, "method", METHODS)
     entry = METHODS[method]
+    for old, new in entry.renamed.items():
+        if old in method_kwargs:
+            if new in method_kwargs:
+                raise TypeError(f"got both `{old}` (its deprecated name) and `{new}` for "
+                                f"method={method!r}; pass only `{new}`.")
+            warn_deprecated(f"the {method!r} option `{old}` of concept_importance()", f"`{new}`")
+            method_kwargs[new] = method_kwargs.pop(old)
     unknown = sorted(set(method_kwargs) - set(entry.options))
     if unknown:
         accepted = ", ".join(entry.options) or "none"

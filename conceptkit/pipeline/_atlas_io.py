@@ -100,7 +100,7 @@ def _params(factorizer: Any) -> dict:
 
 def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
     """The parts of a saved atlas (:class:`FormatError` on a file that is not one)."""
-    from ..concepts import factorizer_from_state
+    from ..concepts._base import factorizer_from_state
 
     tensors, meta = io.load_file(path, kind=ATLAS_KIND, version=ATLAS_VERSION)
     try:

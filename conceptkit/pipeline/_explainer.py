@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer
-from ..extraction import get_layer
+from ..extraction._layers import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
 from ._handle import ModelAtLayer

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..extraction import ActivationExtractor, TokenHead, get_layer, split_model
+from ..extraction import ActivationExtractor, split_model
+from ..extraction._extractor import TokenHead
+from ..extraction._layers import get_layer
 
 
 class ModelAtLayer:

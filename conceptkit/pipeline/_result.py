@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._deprecation import renamed_arguments
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int
 from ..concepts import ConceptBank
@@ -111,17 +112,20 @@ class ClassConcepts:
         """Concepts from most to least important."""
         return self.importance.ranking
 
-    def top_examples(self, concept: int, n: int = 10, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """The ``n`` crops / segments / cells where ``concept`` is most present.
+    @renamed_arguments(n="n_exemplars", size="image_size")
+    def top_examples(self, concept: int, n_exemplars: int = 10,
+                     image_size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The ``n_exemplars`` crops / segments / cells where ``concept`` is most present.
 
         Returns
         -------
         (examples, image_ids)
-            ``examples (n, 3, s, s)`` cut from the source images through the bank's provenance
-            (resized to ``size``, default the crop's own size), and each one's source image id.
+            ``examples (n_exemplars, 3, s, s)`` cut from the source images through the bank's
+            provenance (resized to ``image_size``, default the crop's own size), and each one's
+            source image id.
         """
         concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
-        n = check_int(n, "n", minimum=1)
+        n = check_int(n_exemplars, "n_exemplars", minimum=1)
         rows = self.bank.top_rows(concept, n)
         saved = self.bank.extra.get("exemplars")
         if self.images is None:
@@ -130,11 +134,13 @@ class ClassConcepts:
                                  "only available for the concepts saved with it.")
             stack = saved[concept][:n]
             return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
-        return cut_examples(self.images, self.bank, rows, size), self.bank.provenance.image_ids[rows]
+        return (cut_examples(self.images, self.bank, rows, image_size),
+                self.bank.provenance.image_ids[rows])
 
+    @renamed_arguments(size="image_size")
     def concept_maps(self, images: torch.Tensor | None = None, kind: str = "auto",
-                     size: Any = None) -> torch.Tensor:
-        """Concept attribution maps ``(N, k, H, W)``.
+                     image_size: Any = None) -> torch.Tensor:
+        """Concept attribution maps ``(N, k, H, W)``, at ``image_size`` (default: the images').
 
         With ``images=None``, the maps of the class images the explanation was fitted on (no
         new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
@@ -148,6 +154,8 @@ class ClassConcepts:
         causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
         """
         from ..maps import coefficient_maps, gradient_maps, provenance_maps
+
+        size = image_size
 
         if kind not in MAP_KINDS:
             raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
@@ -175,11 +183,11 @@ class ClassConcepts:
             images = self.images
         handle = self._require_model()
         if kind == "gradient":
-            return gradient_maps(handle.model, self.bank, images, preprocess=handle.preprocess,
+            return gradient_maps(handle.model, images, self.bank, preprocess=handle.preprocess,
                                  image_size=size, batch_size=handle.batch_size,
                                  device=handle.device)
         acts = handle.activations(images)
-        return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
+        return coefficient_maps(acts, self.bank, size or tuple(images.shape[-2:]))
 
     # ------------------------------------------------------------------ computed once
     def _class_codes(self) -> torch.Tensor:
@@ -204,7 +212,7 @@ class ClassConcepts:
         from ..maps import coefficient_maps
 
         if self.activations.ndim != 4:  # the maps module says what it needs
-            return coefficient_maps(self.bank, self.activations[:n_images], size)
+            return coefficient_maps(self.activations[:n_images], self.bank, size)
         codes = self._class_codes()[:n_images].float()
         maps = codes if size is None else _resize(codes, size)
         # Never hand out the cached codes themselves: the caller may write into the maps.
@@ -231,7 +239,7 @@ class ClassConcepts:
             return maps if size is None else _resize(maps, size)
         handle = self._require_model()
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
-        maps = scale_matched_maps(handle.model, self.bank, images, zoom,
+        maps = scale_matched_maps(handle.model, images, self.bank, zoom,
                                   preprocess=handle.preprocess, device=handle.device,
                                   batch_size=_enlarged_batch(handle.batch_size, zoom))
         return maps if size is None else _resize(maps, size)
@@ -326,11 +334,23 @@ class ClassConcepts:
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
 
-    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
-        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
-        from ._assemble import write_class_report
+    def report(self, out_dir: str | os.PathLike, *, n_images: int = 6, n_exemplars: int = 10,
+               labels: dict[int, str] | None = None, notes: list[str] | None = None,
+               extra_metrics: dict | None = None, index_link: str | None = None,
+               **render_options: Any) -> str:
+        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path.
 
-        return str(write_class_report(self, out_dir, **kwargs))
+        The page is assembled by :func:`~conceptkit.pipeline.build_class_report` (``n_images``,
+        ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``) and drawn by
+        :func:`conceptkit.report.write_class_report` (``index_link`` and ``render_options``:
+        ``dpi``, ``embedding``, ...).
+        """
+        from ..report import write_class_report
+        from ._assemble import build_class_report
+
+        report = build_class_report(self, n_images=n_images, n_exemplars=n_exemplars,
+                                    labels=labels, notes=notes, extra_metrics=extra_metrics)
+        return str(write_class_report(report, out_dir, index_link=index_link, **render_options))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
@@ -353,7 +373,7 @@ class ClassConcepts:
             tensors["images"] = _to_uint8(shown)
             tensors["maps"] = self._shown_maps(n_images).to(torch.float16)
             for c in range(self.n_concepts):
-                ex, ids = self.top_examples(c, n_exemplars, size=min(64, self.images.shape[-1]))
+                ex, ids = self.top_examples(c, n_exemplars, image_size=min(64, self.images.shape[-1]))
                 tensors[f"exemplars.{c}"] = _to_uint8(ex)
                 exemplar_ids.append([int(i) for i in ids])
         elif self.saved_maps is not None:
@@ -377,7 +397,7 @@ class ClassConcepts:
     def load(cls, path: str | os.PathLike) -> ClassConcepts:
         """Read a file written by :meth:`save` (no pickle, no code execution)."""
         tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
-        try:
+        with io.loading(path, "ClassConcepts file"):
             bank_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
             bank = ConceptBank.from_state(bank_tensors, meta["bank"])
             k = bank.n_concepts
@@ -404,8 +424,6 @@ class ClassConcepts:
             if per_input.shape[1] != k:
                 raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
             return result
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-            raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:

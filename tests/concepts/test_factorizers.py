@@ -27,8 +27,8 @@ from conceptkit.concepts import (
     SemiNMF,
     SparseDictionary,
     TopKSAE,
-    factorizer_from_state,
 )
+from conceptkit.concepts._base import factorizer_from_state
 from conceptkit.concepts._nmf import SOLVERS
 from conceptkit.concepts.metrics import matched_cosine
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conceptkit.concepts import TopKSAE, factorizer_from_state
+from conceptkit.concepts import TopKSAE
+from conceptkit.concepts._base import factorizer_from_state
 from conceptkit.concepts.metrics import dead_codes
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 import conceptkit
 from conceptkit import bottleneck, concepts, extraction, io
+from conceptkit.concepts._methods import restrict_bank
 
 # CONCEPTKIT_FUZZ=800 runs a longer, randomised campaign (the CI default is short and fixed).
 FUZZ = int(os.environ.get("CONCEPTKIT_FUZZ", "0"))
@@ -111,7 +112,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     cbm = bottleneck.ConceptBottleneckModel(nn.Linear(8, 4), 4, 3, head="mlp", hidden=6)
     out["cbm"] = Path(cbm.save(root / "cbm.safetensors"))
     out["label_free"] = Path(_label_free().save(root / "label_free.safetensors"))
-    cav_bank = bottleneck.ConceptBank(np.eye(5)[:3] + 0.1, np.zeros(3), ["a", "b", "c"])
+    cav_bank = bottleneck.CAVBank(np.eye(5)[:3] + 0.1, np.zeros(3), ["a", "b", "c"])
     rng = np.random.default_rng(0)
     posthoc = bottleneck.PosthocCBM(cav_bank, max_iter=20, progress=False).fit(
         rng.normal(size=(30, 5)), np.arange(30) % 3)
@@ -133,7 +134,7 @@ def _label_free() -> bottleneck.LabelFreeCBM:
     model.proj_mean_, model.proj_std_ = torch.zeros(2), torch.ones(2)
     model.concept_similarity_ = torch.tensor([0.6, 0.7])
     model.weight_, model.bias_ = torch.randn(2, 2, generator=gen), torch.zeros(2)
-    model.lam_, model.path_, model.val_accuracy_, model.proj_steps_ = 0.01, [], 0.5, 10
+    model.alpha_, model.path_, model.val_accuracy_, model.proj_steps_ = 0.01, [], 0.5, 10
     model.classes_ = ["a", "b"]
     return model
 
@@ -364,7 +365,7 @@ def test_checked_states_still_round_trip(tmp_path):
     provenance = Provenance("image", np.arange(40), np.zeros((40, 4)), (8, 8))
     bank = concepts.bank_from_activations(concepts.TopKSAE(8, top_k=4, epochs=2, random_state=0),
                                           rows, provenance)
-    restricted = concepts.restrict_bank(bank, np.array([1, 5]))
+    restricted = restrict_bank(bank, np.array([1, 5]))
     loaded = concepts.ConceptBank.load(restricted.save(tmp_path / "sae.safetensors"))
     assert loaded.n_concepts == 2
     np.testing.assert_array_equal(loaded.encode(rows), restricted.encode(rows))

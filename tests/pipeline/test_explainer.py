@@ -160,7 +160,7 @@ def test_craft_maps_default_to_scale_matched(fitted):
 
     model, images, cc = fitted
     zoom = 32 / cc.bank.params["patch_size"]
-    expected = scale_matched_maps(model, cc.bank, images[:2], zoom)
+    expected = scale_matched_maps(model, images[:2], cc.bank, zoom)
     assert torch.allclose(cc.concept_maps(images[:2]), expected, atol=1e-6)
     assert torch.allclose(cc.concept_maps()[:2], expected, atol=1e-5)
     assert cc.concept_maps(kind="coefficient").shape == (16, 4, 32, 32)

@@ -18,17 +18,16 @@ from _shared import LABELS, make_report
 from matplotlib.colors import to_rgb
 from PIL import Image
 
+from conceptkit.io import json_ready
 from conceptkit.report import (
     ConceptSummary,
     IndexEntry,
-    class_slug,
     concept_colors,
     concept_cooccurrence,
     concept_hex_colors,
     concept_overlay,
     figure_png,
     index_entry,
-    json_ready,
     plot_concept_overlays,
     plot_cooccurrence,
     plot_exemplar_grid,
@@ -40,6 +39,7 @@ from conceptkit.report import (
     write_index,
     write_reports,
 )
+from conceptkit.report._write import class_slug
 
 FIGURES = ["importance.png", "exemplars.png", "overlays.png", "clusters.png", "cooccurrence.png"]
 
@@ -526,3 +526,22 @@ def test_details_column_only_when_some_concept_has_extras(tmp_path):
     concepts = next(t for t in parse(page).tables if t["class"] == "concepts")
     assert [h[0] for h in concepts["rows"][0]][-1] == "exemplar source images"
     assert all(len(row) == 7 for row in concepts["rows"])
+
+
+def test_write_page_embeds_pictures_writes_their_files_and_escapes_text(tmp_path):
+    from conceptkit.report import PageTable, Picture, write_page
+
+    fig = matplotlib.figure.Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    png = figure_png(fig, 30)
+    page = write_page(tmp_path / "p", "A <title>", [
+        ("Numbers", [PageTable(["name", "value"], [["<b>", 0.123456], ["missing", None]])]),
+        ("Figure", [Picture("f", "F", png, "f.png", "a caption"), "a & b"]),
+    ])
+    text = page.read_text()
+    assert (tmp_path / "p" / "f.png").read_bytes() == png
+    assert text.count("data:image/png;base64,") == 1 and base64.b64encode(png).decode() in text
+    assert "A &lt;title&gt;" in text and "&lt;b&gt;" in text and "a &amp; b" in text
+    assert '<td class="num">0.1235</td>' in text and '<td class="num">—</td>' in text
+    with pytest.raises(TypeError, match="Picture, a PageTable or a str"):
+        write_page(tmp_path / "q", "t", [("s", [3])])
