@@ -59,7 +59,7 @@ fi
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
 # 2. The CUDA tests that skip on CPU (every test whose name mentions cuda or gpu).
-step cuda_tests 100 $PY -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/concepts
+step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider -rs -k "cuda or gpu" tests/concepts tests/pipeline/test_result_devices.py tests/extraction tests/importance
 # 3. NMF solvers on the GPU (quick problems), the whole-class pipeline, the atlas.
 step bench_nmf 90 $PY benchmarks/bench_nmf.py --quick --device cuda
 step bench_pipeline 90 $PY benchmarks/bench_pipeline.py --quick
