@@ -189,11 +189,14 @@ class Context:
     def store_with_manifest_escape(self) -> Path:
         import json
 
+        from conceptkit.extraction._store import manifest_digest
+
         path = self.root / "store-escape"
         if not path.exists():
             shutil.copytree(self.store(), path)
             manifest = json.loads((path / "manifest.json").read_text())
             manifest["chunks"][0]["file"] = f"../{self.bank_file.name}"  # an existing file
+            manifest["digest"] = manifest_digest(manifest)  # a forged, consistent digest
             (path / "manifest.json").write_text(json.dumps(manifest))
         return path
 
@@ -642,6 +645,12 @@ ROWS: list[Row] = [
       lambda c: cli("report", str(c.root / "missing.safetensors"), "--out", str(c.root / "r")),
       CLIError, "`path`"),
 ]
+
+
+# Rows of the second reliability round (issue 15), kept in their own module.
+from _errors_reliability import rows as _reliability_rows  # noqa: E402
+
+ROWS += _reliability_rows(R, cli, CLIError)
 
 
 class _FakeClip:
