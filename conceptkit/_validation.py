@@ -97,6 +97,14 @@ def all_finite(x: np.ndarray | torch.Tensor) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def check_not_meta(x: Any, name: str) -> None:
+    """Refuse a tensor on the ``meta`` device (shapes without values) with an error naming it."""
+    if isinstance(x, torch.Tensor) and x.device.type == "meta":
+        raise ValueError(f"`{name}` is on the 'meta' device, which holds shapes but no data; pass "
+                         f"a tensor with values (on the CPU or a GPU), e.g. computed by a model "
+                         f"whose weights are loaded.")
+
+
 def check_images(images: Any, name: str = "images", *, channels: int | None = None,
                  min_size: int = 1) -> torch.Tensor:
     """Validate a batch of images ``(N, C, H, W)`` and return it as a float tensor.
@@ -148,6 +156,7 @@ def check_matrix(x: Any, name: str, *, min_rows: int = 1, nonnegative: bool = Fa
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise TypeError(f"`{name}` must be a numpy array or torch.Tensor of shape (n, C); "
                         f"got {describe(x)}.")
+    check_not_meta(x, name)
     if x.ndim != 2:
         raise ValueError(f"`{name}` must be 2-D (n_samples, n_features); got shape {tuple(x.shape)}.")
     if x.shape[0] < min_rows:

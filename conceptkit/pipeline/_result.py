@@ -23,10 +23,6 @@ RESULT_KIND = "ClassConcepts"
 RESULT_VERSION = 1
 
 
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 @dataclass
 class ClassConcepts:
     """The concepts of one class, their importances and what the report needs.
@@ -70,6 +66,8 @@ class ClassConcepts:
     saved_maps: torch.Tensor | None = None
     saved_metrics: dict[str, Any] | None = None
     saved_images: torch.Tensor | None = None
+    saved_exemplars: list[torch.Tensor] | None = field(default=None, repr=False)  # uint8, per concept
+    saved_exemplar_ids: list[list[int]] | None = field(default=None, repr=False)
     model_at_layer: ModelAtLayer | None = field(default=None, repr=False)
     context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
 
@@ -124,14 +122,15 @@ class ClassConcepts:
         """
         concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
         n = check_int(n_exemplars, "n_exemplars", minimum=1)
-        rows = self.bank.top_rows(concept, n)
-        saved = self.bank.extra.get("exemplars")
         if self.images is None:
-            if saved is None:
+            if self.saved_exemplars is None:
                 raise ValueError("this explanation was loaded without its images; exemplars are "
                                  "only available for the concepts saved with it.")
-            stack = saved[concept][:n]
-            return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
+            stack = self.saved_exemplars[concept][:n].float() / 255.0
+            if image_size is not None and tuple(stack.shape[-2:]) != (int(image_size),) * 2:
+                stack = _resize(stack, image_size).clamp(0, 1)
+            return stack, np.asarray(self.saved_exemplar_ids[concept][:n], dtype=np.int64)
+        rows = self.bank.top_rows(concept, n)
         return (cut_examples(self.images, self.bank, rows, image_size),
                 self.bank.provenance.image_ids[rows])
 
@@ -306,11 +305,13 @@ class ClassConcepts:
         return self.model_at_layer
 
     def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
-               device: Any = None) -> ClassConcepts:
+               device: Any = None, output: int | str | None = None) -> ClassConcepts:
         """Re-attach ``model`` (cut at this explanation's layer) to a loaded explanation, so that
-        maps of new images can be computed; returns ``self``."""
+        maps of new images can be computed; returns ``self``. ``output`` picks the logits out of
+        a tuple or dict output, as in :class:`~conceptkit.ConceptExplainer`."""
         self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
-                                           batch_size=batch_size, device=device, progress=False)
+                                           batch_size=batch_size, device=device, progress=False,
+                                           output=output)
         return self
 
     def metrics(self, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict[str, Any]]:
@@ -354,74 +355,29 @@ class ClassConcepts:
     def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
         """Save to one ``.safetensors`` file (tensors + JSON; loads without pickle).
 
-        The bank, the importances, the metrics, a few class images with their concept maps and
-        the top exemplars of every concept are stored, so that a report can be rebuilt from the
-        file alone.
+        The bank, the importances, the metrics, ``n_images`` class images with their concept maps
+        and the top ``n_exemplars`` exemplars of every concept are stored (images as uint8
+        tensors, maps as float16), so that a report can be rebuilt from the file alone. A loaded
+        explanation saves what it was loaded with: the file equals the one it came from.
         """
-        tensors, meta = self.bank.to_state()
-        tensors = {f"bank.{k}": v for k, v in tensors.items()}
-        imp = self.importance
-        tensors["importance.per_input"] = np.asarray(imp.per_input, dtype=np.float64)
-        if imp.ci_low is not None:
-            tensors["importance.ci_low"] = np.asarray(imp.ci_low, dtype=np.float64)
-            tensors["importance.ci_high"] = np.asarray(imp.ci_high, dtype=np.float64)
-        exemplar_ids: list[list[int]] = []
-        if self.images is not None:
-            shown = self.images[:n_images]
-            tensors["images"] = _to_uint8(shown)
-            tensors["maps"] = self._shown_maps(n_images).to(torch.float16)
-            for c in range(self.n_concepts):
-                ex, ids = self.top_examples(c, n_exemplars, image_size=min(64, self.images.shape[-1]))
-                tensors[f"exemplars.{c}"] = _to_uint8(ex)
-                exemplar_ids.append([int(i) for i in ids])
-        elif self.saved_maps is not None:
-            tensors["maps"] = self.saved_maps.to(torch.float16)
-        try:
-            metrics = self.metrics()
-        except ValueError:
-            metrics = self.saved_metrics or {}
-        meta_all = {
-            "bank": meta, "class_id": int(self.class_id), "class_name": self.class_name,
-            "model_name": self.model_name, "layer": self.layer, "method": self.method,
-            "params": self.params, "timings": self.timings, "metrics": metrics,
-            "importance": {"method": imp.method, "class_id": int(imp.class_id), "params": imp.params,
-                           "has_ci": imp.ci_low is not None},
-            "exemplar_ids": exemplar_ids or self.bank.extra.get("exemplar_ids", []),
-            "image_ids": [] if self.image_ids is None else [int(i) for i in self.image_ids[:n_images]],
-        }
-        return str(io.save_file(path, tensors, meta_all, kind=RESULT_KIND, version=RESULT_VERSION))
+        from ._persist import result_state
+
+        tensors, meta = result_state(self, n_images=check_int(n_images, "n_images", minimum=0),
+                                     n_exemplars=check_int(n_exemplars, "n_exemplars", minimum=1))
+        return str(io.save_file(path, tensors, meta, kind=RESULT_KIND, version=RESULT_VERSION))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClassConcepts:
-        """Read a file written by :meth:`save` (no pickle, no code execution)."""
+        """Read a file written by :meth:`save` (no pickle, no code execution).
+
+        Parts that disagree with each other (maps or intervals for another number of concepts,
+        exemplars without their ids) are refused here, with a FormatError naming the file.
+        """
+        from ._persist import result_from_state
+
         tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
         with io.loading(path, "ClassConcepts file"):
-            bank_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
-            bank = ConceptBank.from_state(bank_tensors, meta["bank"])
-            k = bank.n_concepts
-            exemplars = [tensors[f"exemplars.{c}"] for c in range(k) if f"exemplars.{c}" in tensors]
-            if len(exemplars) == k:
-                bank.extra["exemplars"] = exemplars
-            bank.extra["exemplar_ids"] = meta.get("exemplar_ids", [])
-            imp_meta = meta["importance"]
-            per_input = tensors["importance.per_input"].numpy()
-            importance = ConceptImportance(
-                per_input=per_input, importances=per_input.mean(axis=0),
-                ci_low=tensors["importance.ci_low"].numpy() if imp_meta["has_ci"] else None,
-                ci_high=tensors["importance.ci_high"].numpy() if imp_meta["has_ci"] else None,
-                method=imp_meta["method"], class_id=int(imp_meta["class_id"]),
-                params=imp_meta["params"])
-            images = tensors.get("images")
-            result = cls(class_id=int(meta["class_id"]), class_name=str(meta["class_name"]),
-                         bank=bank, importance=importance, images=None, activations=None,
-                         model_name=meta["model_name"], layer=meta["layer"], method=meta["method"],
-                         params=meta["params"], timings=meta["timings"],
-                         image_ids=np.asarray(meta.get("image_ids", []), dtype=np.int64),
-                         saved_maps=tensors.get("maps"), saved_metrics=meta.get("metrics"),
-                         saved_images=None if images is None else images.float() / 255.0)
-            if per_input.shape[1] != k:
-                raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
-            return result
+            return result_from_state(cls, tensors, meta)
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:
