@@ -276,7 +276,28 @@ def prepare_problem(h: Any, activations: Any, bank: Any, class_id: Any, *,
                              score=score)
     problem.n_classes = _probe_head(problem)
     problem.class_id = _check_class(class_id, problem.n_classes)
+    _check_sensitive(problem)
     return problem
+
+
+def _check_sensitive(problem: ConceptProblem, n_probe: int = 8) -> None:
+    """Refuse a problem whose every importance would be exactly 0 (no silent zeros): codes that
+    are all zero, or a class score that removing every concept leaves bit-for-bit unchanged."""
+    active = torch.nonzero(problem.codes.abs().amax(dim=(1, 2)) > 0).flatten()
+    if active.numel() == 0:
+        raise ValueError("`bank.encode(activations)` is zero for every input: no concept is "
+                         "present in these activations, so every importance would be 0. Check "
+                         "that the activations come from the layer the bank was fitted at.")
+    inputs = active[:n_probe].cpu().numpy()
+    k = problem.n_concepts
+    y = problem.scores(np.stack([np.ones(k), np.zeros(k)]), inputs, desc="sensitivity probe")
+    if np.array_equal(y[:, 0], y[:, 1]):
+        raise ValueError(
+            f"the class score of `h` (class {problem.class_id}) is exactly the same with every "
+            f"concept removed from the activations as with all of them (on {len(inputs)} inputs), "
+            "so every importance would be 0: these activations do not reach the output. A "
+            "CLS-pooled transformer explained at its last block is the usual cause (its head "
+            "reads only the CLS token, never the patch tokens); explain at an earlier block.")
 
 
 def _probe_head(problem: ConceptProblem) -> int:

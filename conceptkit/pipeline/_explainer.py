@@ -171,6 +171,8 @@ class ConceptExplainer:
             raise ValueError(f"`layer` {self.layer!r} gives activations of shape "
                              f"{tuple(acts.shape)}; conceptkit needs (N, C, h, w) or (N, C).")
 
+        _check_reaches_output(handle, acts, context, images)
+
         start = time.perf_counter()
         bank = self.discover(images, acts)
         timings["discovery"] = time.perf_counter() - start
@@ -197,6 +199,24 @@ class ConceptExplainer:
         result.__dict__["_codes_cache"] = (bank, acts, codes)
         return result
 
+
+
+def _check_reaches_output(handle: ModelAtLayer, acts: torch.Tensor, context: Any,
+                          images: torch.Tensor) -> None:
+    """Refuse a layer whose activations cannot change the output (every importance would be
+    exactly 0), naming the nearest earlier layer that works."""
+    if handle.reaches_output(acts, context):
+        return
+    what = ("patch tokens" if context is not None else "activations")
+    why = (" The head reads only the CLS token (a CLS-pooled transformer at its last block): "
+           "the patch tokens the concepts describe are never used after this layer."
+           if context is not None else "")
+    nearest = handle.nearest_reaching_layer(images[:4])
+    fix = (f" The nearest earlier layer whose {what} do reach the output is {nearest!r}: pass "
+           f"layer={nearest!r}." if nearest else " Explain at an earlier layer.")
+    raise ValueError(f"`layer` {handle.layer!r}: its {what} do not reach the model's output "
+                     f"(replacing them leaves every logit unchanged on the probe batch), so every "
+                     f"concept importance would be exactly 0.{why}{fix}")
 
 
 def _frozen(handle: ModelAtLayer) -> ModelAtLayer:
