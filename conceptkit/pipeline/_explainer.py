@@ -23,6 +23,7 @@ from ..extraction import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
 from ._handle import ModelAtLayer
+from ._pixel import PIXEL_METHODS, pixel_ablation
 from ._result import ClassConcepts, KnownCodes
 
 #: Discovery methods by name.
@@ -77,7 +78,8 @@ class ConceptExplainer:
         self.layer, _ = get_layer(model, layer)
         self.n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
         self.method = check_choice(method, "method", DISCOVERY_METHODS)
-        self.importance = check_choice(importance, "importance", IMPORTANCE_METHODS)
+        self.importance = check_choice(importance, "importance",
+                                       (*IMPORTANCE_METHODS, *PIXEL_METHODS))
         self.patch_size = patch_size
         self.factorizer = factorizer
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -181,10 +183,13 @@ class ConceptExplainer:
         # The class activations are encoded once; importance, metrics, maps, report and save
         # reuse these codes (KnownCodes) instead of re-running the factorizer's solver.
         codes = torch.as_tensor(bank.encode(acts))
-        importance = concept_importance(handle.maps_head, acts, KnownCodes(bank, acts, codes),
-                                        class_id, method=self.importance, n_designs=self.n_designs,
-                                        seed=self.seed, device=self.device, progress=self.progress,
-                                        context=context, **self.importance_kwargs)
+        importance = None
+        if self.importance not in PIXEL_METHODS:
+            importance = concept_importance(
+                handle.maps_head, acts, KnownCodes(bank, acts, codes), class_id,
+                method=self.importance, n_designs=self.n_designs, seed=self.seed,
+                device=self.device, progress=self.progress, context=context,
+                **self.importance_kwargs)
         timings["importance"] = time.perf_counter() - start
         params = {"n_concepts": self.n_concepts, "method": self.method,
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
@@ -197,7 +202,24 @@ class ConceptExplainer:
                                method=self.method, params=params, timings=timings, image_ids=ids,
                                model_at_layer=_frozen(handle), context=context)
         result.__dict__["_codes_cache"] = (bank, acts, codes)
+        if importance is None:  # pixel space: the maps first, then the painted images
+            start = time.perf_counter()
+            result.importance = self._pixel_importance(result, images, class_id)
+            timings["importance"] = time.perf_counter() - start
         return result
+
+    def _pixel_importance(self, result: ClassConcepts, images: torch.Tensor,
+                          class_id: int) -> Any:
+        unknown = sorted(set(self.importance_kwargs) - {"quantile", "confidence"})
+        if unknown:
+            raise TypeError(f"unexpected importance_kwargs {unknown} for "
+                            f"importance={self.importance!r}; accepted: quantile, confidence.")
+        kind = result._auto_kind(None)
+        maps = result.concept_maps(kind=kind)
+        return pixel_ablation(self.model, images, maps, class_id, preprocess=self.preprocess,
+                              batch_size=self.batch_size, device=self.device,
+                              progress=self.progress, params={"maps": kind},
+                              **self.importance_kwargs)
 
 
 
