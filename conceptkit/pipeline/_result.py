@@ -326,11 +326,34 @@ class ClassConcepts:
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
 
-    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
-        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
+    def trust(self, *, n_seeds: int = 3, seed: int = 0, ground_truth: Any = None) -> dict[str, Any]:
+        """How far to trust this explanation: each concept's stability across ``n_seeds`` other
+        factorizer seeds (Hungarian-matched dictionary cosine), the confidence-interval widths
+        and which ranked pairs they leave unresolved, near-duplicate concepts, notes, and — with
+        ``ground_truth=(images, masks, part_names)`` — the evaluation row against the part masks
+        (:mod:`conceptkit.pipeline._trust`)."""
+        from ._trust import trust
+
+        key = (n_seeds, seed)
+        cache = self.__dict__.setdefault("_trust_cache", {})
+        if ground_truth is not None:
+            return trust(self, n_seeds=n_seeds, seed=seed, ground_truth=ground_truth)
+        if key not in cache:
+            cache[key] = trust(self, n_seeds=n_seeds, seed=seed)
+        return cache[key]
+
+    def report(self, out_dir: str | os.PathLike, *, trust: bool | dict = False,
+               **kwargs: Any) -> str:
+        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path.
+
+        ``trust=True`` adds :meth:`trust` (stability across seeds, interval overlaps, near
+        duplicates) to the page; a dict from :meth:`trust` (e.g. with ``ground_truth``) is shown
+        as it is.
+        """
         from ._assemble import write_class_report
 
-        return str(write_class_report(self, out_dir, **kwargs))
+        summary = self.trust() if trust is True else (trust or None)
+        return str(write_class_report(self, out_dir, trust=summary, **kwargs))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
