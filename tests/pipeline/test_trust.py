@@ -98,4 +98,4 @@ def test_report_shows_the_trust_summary(tmp_path):
 
     saved = json.loads((Path(page).parent / "report.json").read_text(encoding="utf-8"))
     assert saved["metrics"]["trust"]["mean stability across seeds"]["value"] == pytest.approx(
-        summary["stability"]["mean"])
+        cc.trust()["stability"]["mean"])
