@@ -28,7 +28,7 @@ def tiny_vit(global_pool: str = "token"):
 
 
 def explainer(model, layer):
-    return ConceptExplainer(model, layer, n_concepts=3, method="ice",
+    return ConceptExplainer(model, layer, n_concepts=3, method="ice", importance="sobol",
                             factorizer=SemiNMF(3, random_state=0), seed=0, progress=False)
 
 
