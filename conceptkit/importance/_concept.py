@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .._deprecation import warn_deprecated
 from .._validation import check_choice, check_float, check_int, describe
 from ._attribution import (
     MethodOutput,
@@ -123,6 +124,7 @@ class _Method:
     options: dict                     # extra keyword arguments and their checks
     residual: bool = False            # default of ``residual`` (see concept_importance)
     score: str = "logit"              # default of ``score``
+    renamed: dict = field(default_factory=dict)  # old option name -> new (warns, for 0.2)
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -150,7 +152,8 @@ METHODS: dict[str, _Method] = {
     # Image-level concept ablation: occlusion of one concept at every position of the real
     # activation (residual kept), read as the drop of the class probability.
     "ablation": _Method(occlusion, {}, residual=True, score="probability"),
-    "rise": _Method(rise, {"n_masks": _check_positive_int, "probability": _check_open_unit}),
+    "rise": _Method(rise, {"n_samples": _check_positive_int, "probability": _check_open_unit},
+                    renamed={"n_masks": "n_samples"}),
 }
 
 
@@ -204,7 +207,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     method : str
         ``"sobol"`` (total Sobol index, default), ``"closed_form"`` (exact total index of an
         affine ``h``), ``"gradient_input"``, ``"integrated_gradients"`` (kwarg ``steps=50``),
-        ``"occlusion"``, ``"rise"`` (kwargs ``n_masks=1000``, ``probability=0.5``) or
+        ``"occlusion"``, ``"rise"`` (kwargs ``n_samples=1000`` masks, ``probability=0.5``) or
         ``"ablation"``: image-level concept ablation, the drop of the class probability when
         concept ``j``'s contribution ``u_j w_j`` is removed from every position of each
         input's real activation (occlusion with ``residual=True, score="probability"``; signed:
@@ -248,6 +251,13 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     """
     check_choice(method, "method", METHODS)
     entry = METHODS[method]
+    for old, new in entry.renamed.items():
+        if old in method_kwargs:
+            if new in method_kwargs:
+                raise TypeError(f"got both `{old}` (its deprecated name) and `{new}` for "
+                                f"method={method!r}; pass only `{new}`.")
+            warn_deprecated(f"the {method!r} option `{old}` of concept_importance()", f"`{new}`")
+            method_kwargs[new] = method_kwargs.pop(old)
     unknown = sorted(set(method_kwargs) - set(entry.options))
     if unknown:
         accepted = ", ".join(entry.options) or "none"

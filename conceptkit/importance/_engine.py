@@ -27,7 +27,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
-from .._validation import all_finite, check_choice, check_int, describe, resolve_device
+from .._validation import (
+    all_finite,
+    check_choice,
+    check_int,
+    check_not_meta,
+    describe,
+    resolve_device,
+)
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 #: What is read from ``h``'s output: the class logit or the class probability.
@@ -42,6 +49,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(x)}.")
+    check_not_meta(x, name)
     return x.detach()
 
 
@@ -309,7 +317,14 @@ def _probe_head(problem: ConceptProblem) -> int:
     except Exception as err:   # a user's head failing on our input: say what we passed
         raise ValueError(f"`h` failed on reconstructed activations of shape "
                          f"{tuple(sample.shape)}: {type(err).__name__}: {err}") from err
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+    if not isinstance(out, torch.Tensor):
+        from ..extraction._heads import describe_output
+
+        raise ValueError(f"`h` (the model after the layer) must return class logits (n, "
+                         f"n_classes), but it returns {describe_output(out)} (the pipeline: "
+                         f"ConceptExplainer(..., output=...); elsewhere: "
+                         f"h = conceptkit.extraction.select_output(h, key)).")
+    if out.ndim != 2 or out.shape[0] != 1:
         raise ValueError(f"`h` must return logits of shape (n, n_classes); for input of shape "
                          f"{tuple(sample.shape)} it returned {describe(out)}.")
     return int(out.shape[1])

@@ -43,7 +43,8 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_float, check_int, describe, make_rng
-from ._cav import CLASSIFIERS, SPACES, activation_features, fit_cav, logit_gradients
+from ..concepts._cav import CLASSIFIERS, SPACES, activation_features, fit_cav
+from ._cav import logit_gradients
 
 TESTS = ("ttest_ind", "welch", "ttest_rel")
 CORRECTIONS = ("bonferroni", "holm", "none")

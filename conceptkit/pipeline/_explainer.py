@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer
-from ..extraction import get_layer
+from ..extraction._layers import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
 from ._handle import ModelAtLayer
@@ -84,6 +84,10 @@ class ConceptExplainer:
         Extra arguments for :func:`~conceptkit.importance.concept_importance` and the method.
     model_name
         Name shown in reports.
+    output
+        For models that return a tuple, list or dict rather than the logits tensor: the index
+        or key of the class logits (``output="logits"`` for Hugging Face models, ``output=0``
+        for ``(logits, aux)``).
     """
 
     def __init__(self, model: nn.Module, layer: str, n_concepts: int = 10, method: str = "craft",
@@ -91,7 +95,8 @@ class ConceptExplainer:
                  factorizer: Factorizer | None = None, batch_size: int = 64, device: Any = None,
                  seed: int | None = None, progress: bool = True, preprocess: Callable | None = None,
                  n_designs: int = 32, importance_kwargs: dict | None = None,
-                 method_kwargs: dict | None = None, model_name: str | None = None):
+                 method_kwargs: dict | None = None, model_name: str | None = None,
+                 output: int | str | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
         self.model = model
@@ -115,6 +120,10 @@ class ConceptExplainer:
         self.importance_kwargs = dict(importance_kwargs or {})
         self.method_kwargs = dict(method_kwargs or {})
         self.model_name = model_name or type(model).__name__
+        if output is not None and (not isinstance(output, (int, str)) or isinstance(output, bool)):
+            raise TypeError(f"`output` must be an int index or a str key of the model's output; "
+                            f"got {describe(output)}.")
+        self.output = output
         self._handle: ModelAtLayer | None = None
 
     # ------------------------------------------------------------------ building blocks
@@ -122,8 +131,9 @@ class ConceptExplainer:
     def model_at_layer(self) -> ModelAtLayer:
         """The model cut at ``layer`` with the explainer's current settings (split once)."""
         handle = self._handle
-        if handle is None or handle.model is not self.model or handle.layer != self.layer:
-            handle = self._handle = ModelAtLayer(self.model, self.layer)
+        if (handle is None or handle.model is not self.model or handle.layer != self.layer
+                or handle.output != self.output):
+            handle = self._handle = ModelAtLayer(self.model, self.layer, output=self.output)
         handle.preprocess, handle.batch_size = self.preprocess, self.batch_size
         handle.device, handle.progress = self.device, self.progress
         return handle
@@ -185,7 +195,7 @@ class ConceptExplainer:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         handle = self.model_at_layer
-        handle.h  # noqa: B018 - split now: fails early, before any heavy work, on an invalid cut
+        handle.prepare(images)  # split now: fails early, before any heavy work, on an invalid cut
         timings["split"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -281,7 +291,7 @@ def _frozen(handle: ModelAtLayer) -> ModelAtLayer:
     change how an explanation it already returned runs the model (the split ``h`` is shared)."""
     copy = ModelAtLayer(handle.model, handle.layer, preprocess=handle.preprocess,
                         batch_size=handle.batch_size, device=handle.device,
-                        progress=handle.progress)
+                        progress=handle.progress, output=handle.output)
     copy.token_layout, copy._h = handle.token_layout, handle._h
     return copy
 

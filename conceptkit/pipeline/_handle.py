@@ -14,8 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._torchutils import preserved_model_state
-from ..extraction import ActivationExtractor, TokenHead, get_layer, split_model
+from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._validation import describe
+from ..extraction import ActivationExtractor, select_output, split_model
+from ..extraction._extractor import TokenHead
+from ..extraction._heads import describe_output, pick_output
+from ..extraction._layers import get_layer, unwrap_model
 
 
 class ModelAtLayer:
@@ -29,12 +33,16 @@ class ModelAtLayer:
         Callable applied to image batches (in [0, 1]) before the model.
     batch_size, device, progress
         Batching of ``g``, where to run (None: the model's device), progress bars.
+    output
+        For models returning a tuple, list or dict: the index or key of the class logits.
     """
 
     def __init__(self, model: nn.Module, layer: str, *, preprocess: Callable | None = None,
-                 batch_size: int = 64, device: Any = None, progress: bool = True):
+                 batch_size: int = 64, device: Any = None, progress: bool = True,
+                 output: int | str | None = None):
         self.model = model
         self.layer, _ = get_layer(model, layer)
+        self.output = output
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.device = device
@@ -46,8 +54,40 @@ class ModelAtLayer:
     def h(self) -> nn.Module:
         """The part of the model after the layer (activations → logits), split once."""
         if self._h is None:
-            _, self._h = split_model(self.model, self.layer)
+            self._h = self._selected(split_model(self.model, self.layer)[1])
         return self._h
+
+    def _selected(self, h: nn.Module) -> nn.Module:
+        return h if self.output is None else select_output(h, self.output)
+
+    def prepare(self, images: torch.Tensor) -> nn.Module:
+        """Split the model with two of ``images`` as example input and return ``h``.
+
+        The example checks ``h(g(x)) == model(x)``, tells the generic (replay) split the input
+        shape, and turns images too small for the model into an error naming the smallest size.
+        """
+        if self._h is None:
+            example = images[:2]
+            if self.preprocess is not None:
+                example = self.preprocess(example)
+            example = example.to(device=model_device(self.model), dtype=model_dtype(self.model))
+            _, h = split_model(self.model, self.layer, example_input=example, input_name="images")
+            self._check_output(example[:1])
+            self._h = self._selected(h)
+        return self._h
+
+    def _check_output(self, example: torch.Tensor) -> None:
+        """Fail before any heavy work when the model's output is not the logits tensor (and
+        ``output`` does not say where the logits are)."""
+        with preserved_model_state(self.model), torch.no_grad():
+            out = unwrap_model(self.model)[0](example)  # never compile a torch.compile model
+        if self.output is not None:
+            out = pick_output(out, self.output)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            what = describe_output(out) if self.output is None else describe(out)
+            raise ValueError(f"`output`: the model must give class logits (N, n_classes) to be "
+                             f"explained, but it returns {what}"
+                             f"{'' if self.output is None else f' at output={self.output!r}'}.")
 
     @property
     def maps_head(self) -> nn.Module:

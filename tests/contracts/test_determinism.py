@@ -70,7 +70,7 @@ explanation = conceptkit.ConceptExplainer(model, "3", n_concepts=4, method="craf
 arrays["explainer.importances"] = explanation.importances
 arrays["explainer.per_input"] = explanation.importance.per_input
 arrays["explainer.maps"] = explanation.concept_maps().numpy()
-arrays["coefficient_maps"] = maps.coefficient_maps(explanation.bank, explanation.activations, 32).numpy()
+arrays["coefficient_maps"] = maps.coefficient_maps(explanation.activations, explanation.bank, 32).numpy()
 
 h = explanation.model_at_layer.h
 for method in ("sobol", "rise"):

@@ -1,4 +1,6 @@
-"""Overhead removed from the whole-class pipeline (issue 7, target 2) keeps the results exact."""
+"""The whole-class pipeline computes shared work once (codes, maps, metrics, the enlarged images' pass
+of g) and single-threads small BLAS products, and its results stay exactly those of the plain
+computation."""
 
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ def test_shared_codes_give_the_same_maps_and_metrics(fitted):
     cc = fitted
     size = tuple(cc.images.shape[-2:])
     maps = cc.concept_maps(kind="coefficient")
-    torch.testing.assert_close(maps, coefficient_maps(cc.bank, cc.activations, size), rtol=0, atol=0)
+    torch.testing.assert_close(maps, coefficient_maps(cc.activations, cc.bank, size), rtol=0, atol=0)
     maps.zero_()  # the caller owns what it gets: the shared codes are untouched
     assert cc.concept_maps(kind="coefficient").abs().sum() > 0
     per_input = cc.importance.per_input
@@ -81,7 +83,7 @@ def test_scale_matched_maps_run_g_once_and_default_maps_need_no_enlarged_pass(tm
     monkeypatch.setattr(_results._Enlarged, "iter_batches", spy)
     maps = cc.concept_maps(kind="scale_matched")
     zoom = 32 / cc.bank.params["patch_size"]
-    torch.testing.assert_close(maps, scale_matched_maps(model, cc.bank, images, zoom), rtol=0, atol=1e-6)
+    torch.testing.assert_close(maps, scale_matched_maps(model, images, cc.bank, zoom), rtol=0, atol=1e-6)
     maps.zero_()
     assert cc.concept_maps(kind="scale_matched").abs().sum() > 0
     cc.report(tmp_path / "report")
@@ -130,7 +132,7 @@ def test_crops_of_non_finite_images_are_still_refused():
     good = crops(images, 8)
     bad_source = images.clone()
     bad_source[1, 0, 3, 3] = float("nan")
-    bad = CropSet(bad_source, good.provenance, good.patch_size, good.stride, good.output_size)
+    bad = CropSet(bad_source, good.provenance, good.patch_size, good.stride, good.image_size)
     assert good.all_finite() and not bad.all_finite()
     extractor = ActivationExtractor(_model(), "block2", progress=False)
     assert extractor(good).shape[0] == len(good)

@@ -21,12 +21,8 @@ from scipy import stats
 from sklearn.linear_model import SGDClassifier
 from torch import nn
 
-from conceptkit.importance._cav import (
-    CAV,
-    balanced_split,
-    compute_cav,
-    directional_derivatives,
-)
+from conceptkit.concepts._cav import CAV, balanced_split, compute_cav
+from conceptkit.importance import directional_derivatives
 from conceptkit.importance._tcav import (
     CLASSIC_TCAV,
     TCAVResult,

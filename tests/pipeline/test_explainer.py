@@ -161,11 +161,11 @@ def test_craft_maps_default_to_coefficient_maps(fitted):
     from conceptkit.maps import coefficient_maps, scale_matched_maps
 
     model, images, cc = fitted
-    expected = coefficient_maps(cc.bank, cc.activations[:2], (32, 32))
+    expected = coefficient_maps(cc.activations[:2], cc.bank, (32, 32))
     # (the fitted maps reuse the codes computed at fit time: the same solve, to its tolerance)
     assert torch.allclose(cc.concept_maps(images[:2]), expected, atol=1e-3)
     assert torch.allclose(cc.concept_maps()[:2], expected, atol=1e-3)
     zoom = 32 / cc.bank.params["patch_size"]   # scale-matched maps on request
     assert torch.allclose(cc.concept_maps(images[:2], kind="scale_matched"),
-                          scale_matched_maps(model, cc.bank, images[:2], zoom), atol=1e-6)
+                          scale_matched_maps(model, images[:2], cc.bank, zoom), atol=1e-6)
     assert cc.concept_maps(kind="coefficient").shape == (16, 4, 32, 32)
