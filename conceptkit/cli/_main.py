@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--class-name", default=None)
     exp.add_argument("--out", required=True)
     exp.add_argument("--method", default="craft", choices=["craft", "ice", "ace"])
-    exp.add_argument("--importance", default="sobol")
+    exp.add_argument("--importance", default="pixel_ablation")
     exp.add_argument("--n-concepts", type=int, default=10)
     exp.add_argument("--factorizer", default=None, choices=sorted(FACTORIZER_CHOICES),
                      help="replace the method's factorizer (semi_nmf for ViT/CLIP tokens)")

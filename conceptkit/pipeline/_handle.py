@@ -110,5 +110,40 @@ class ModelAtLayer:
             self.token_layout = extractor.token_layout_
         return (maps, extractor.prefix_) if with_context else maps
 
+    def reaches_output(self, acts: torch.Tensor, context: torch.Tensor | None,
+                       n_probe: int = 4) -> bool:
+        """Whether the layer's activations (for transformers: the patch tokens, with each
+        input's CLS/register tokens held as they are) can change the model's output.
+
+        Checked on the first ``n_probe`` inputs: the output of ``h`` on the activations is
+        compared with its output on activations replaced by other values (zeros, then the
+        activations reversed in order); unchanged logits on both mean they never reach it.
+        """
+        head = self.maps_head
+        probe = acts[:n_probe].to(next(iter(self.model.parameters()), acts).device)
+        extra = () if context is None else (context[:n_probe].to(probe.device),)
+        changed = (torch.zeros_like(probe), probe.flip(0) + 1.0)
+        with preserved_model_state(self.model), torch.no_grad():
+            base = head(probe, *extra)
+            return any(not torch.equal(head(other, *extra), base) for other in changed)
+
+    def nearest_reaching_layer(self, images: torch.Tensor) -> str | None:
+        """The closest earlier sibling layer (``blocks.2`` → ``blocks.1`` → ...) whose
+        activations reach the output on ``images``, or None."""
+        parent, _, index = self.layer.rpartition(".")
+        if not index.isdigit():
+            return None
+        modules = dict(self.model.named_modules())
+        for i in range(int(index) - 1, -1, -1):
+            name = f"{parent}.{i}" if parent else str(i)
+            if name not in modules:
+                continue
+            other = ModelAtLayer(self.model, name, preprocess=self.preprocess,
+                                 batch_size=self.batch_size, device=self.device, progress=False)
+            acts, context = other.activations(images, with_context=True)
+            if other.reaches_output(acts, context):
+                return name
+        return None
+
     def __repr__(self) -> str:
         return f"ModelAtLayer(model={type(self.model).__name__}, layer={self.layer!r})"

@@ -146,9 +146,9 @@ class ClassConcepts:
         ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
         patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
         segments back for the fitted images — its k-means centroids come from pooled segment
-        patches, so encoding single positions with them is not meaningful — uses scale-matched
-        maps for CRAFT on convolutional layers (on the ground-truth dataset they localise every
-        causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
+        patches, so encoding single positions with them is not meaningful — and gives
+        coefficient maps otherwise (chosen on the four ground-truth worlds; see
+        :func:`conceptkit.maps.choose_map_kind` for the numbers).
         """
         from ..maps import coefficient_maps, gradient_maps, provenance_maps
 
@@ -333,22 +333,41 @@ class ClassConcepts:
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
 
+    def trust(self, *, n_seeds: int = 3, seed: int = 0, ground_truth: Any = None) -> dict[str, Any]:
+        """How far to trust this explanation: each concept's stability across ``n_seeds`` other
+        factorizer seeds (Hungarian-matched dictionary cosine), the confidence-interval widths
+        and which ranked pairs they leave unresolved, near-duplicate concepts, notes, and — with
+        ``ground_truth=(images, masks, part_names)`` — the evaluation row against the part masks
+        (:mod:`conceptkit.pipeline._trust`)."""
+        from ._trust import trust
+
+        key = (n_seeds, seed)
+        cache = self.__dict__.setdefault("_trust_cache", {})
+        if ground_truth is not None:
+            return trust(self, n_seeds=n_seeds, seed=seed, ground_truth=ground_truth)
+        if key not in cache:
+            cache[key] = trust(self, n_seeds=n_seeds, seed=seed)
+        return cache[key]
+
     def report(self, out_dir: str | os.PathLike, *, n_images: int = 6, n_exemplars: int = 10,
                labels: dict[int, str] | None = None, notes: list[str] | None = None,
                extra_metrics: dict | None = None, index_link: str | None = None,
-               **render_options: Any) -> str:
+               trust: bool | dict = False, **render_options: Any) -> str:
         """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path.
 
         The page is assembled by :func:`~conceptkit.pipeline.build_class_report` (``n_images``,
         ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``) and drawn by
         :func:`conceptkit.report.write_class_report` (``index_link`` and ``render_options``:
-        ``dpi``, ``embedding``, ...).
+        ``dpi``, ``embedding``, ...). ``trust=True`` adds :meth:`trust` (stability across
+        seeds, interval overlaps, near duplicates) to the page; a dict from :meth:`trust` (e.g.
+        with ``ground_truth``) is shown as it is.
         """
         from ..report import write_class_report
         from ._assemble import build_class_report
 
         report = build_class_report(self, n_images=n_images, n_exemplars=n_exemplars,
-                                    labels=labels, notes=notes, extra_metrics=extra_metrics)
+                                    labels=labels, notes=notes, extra_metrics=extra_metrics,
+                                    trust=self.trust() if trust is True else (trust or None))
         return str(write_class_report(report, out_dir, index_link=index_link, **render_options))
 
     # ------------------------------------------------------------------ persistence
