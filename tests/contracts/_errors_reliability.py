@@ -288,7 +288,7 @@ def _label_free_model() -> bottleneck.LabelFreeCBM:
     model.proj_mean_, model.proj_std_ = torch.zeros(2), torch.ones(2)
     model.concept_similarity_ = torch.tensor([0.6, 0.7])
     model.weight_, model.bias_ = torch.randn(2, 2, generator=gen), torch.zeros(2)
-    model.lam_, model.path_, model.val_accuracy_, model.proj_steps_ = 0.01, [], 0.5, 10
+    model.alpha_, model.path_, model.val_accuracy_, model.proj_steps_ = 0.01, [], 0.5, 10
     model.classes_ = ["a", "b"]
     return model
 
