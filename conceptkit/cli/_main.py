@@ -45,6 +45,12 @@ def _cmd_extract(argv: list[str]) -> int:
     return extract_main(argv)
 
 
+def _cmd_atlas(argv: list[str]) -> int:
+    from ._atlas import atlas_main
+
+    return atlas_main(argv)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -102,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("extract", help="(sharded) activation extraction to an on-disk store",
                    add_help=False)
+    sub.add_parser("atlas", help="one concept dictionary for all classes, from a store "
+                   "(see atlas --help; runs under torchrun)", add_help=False)
 
     bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/)")
     bench.add_argument("--quick", action="store_true")
@@ -118,6 +126,14 @@ def _run(argv: list[str]) -> int:
         return _cmd_train_cbm(argv[1:])
     if argv and argv[0] == "extract":
         return _cmd_extract(argv[1:])
+    if argv and argv[0] == "atlas":
+        try:
+            return _cmd_atlas(argv[1:])
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            if os.environ.get("CONCEPTKIT_DEBUG"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     check_counts(args, COUNTS)
     if args.command != "bench":

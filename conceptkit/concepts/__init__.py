@@ -11,6 +11,7 @@ from .._deprecation import module_getattr
 from . import metrics
 from ._bank import ConceptBank
 from ._base import FACTORIZERS, Factorizer
+from ._distributed import fit_distributed
 from ._methods import ACE, CRAFT, ICE, bank_from_activations
 from ._nmf import NMF
 from ._sae import TopKSAE
@@ -33,6 +34,7 @@ __all__ = [
     "SparseDictionary",
     "TopKSAE",
     "bank_from_activations",
+    "fit_distributed",
     "fit_streaming",
     "metrics",
     "streaming_error",

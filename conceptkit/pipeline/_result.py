@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
-from .._deprecation import renamed_arguments
+from .._deprecation import renamed_arguments, warn_deprecated
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int
 from ..concepts import ConceptBank
@@ -76,9 +75,8 @@ class ClassConcepts:
     @property
     def explainer(self) -> ModelAtLayer | None:
         """Deprecated alias of :attr:`model_at_layer` (removed in 0.3)."""
-        warnings.warn("`ClassConcepts.explainer` is deprecated; use `model_at_layer` (it has "
-                      "`model`, `h`, `activations(images)`, `preprocess`, `batch_size`).",
-                      DeprecationWarning, stacklevel=2)
+        warn_deprecated("ClassConcepts.explainer", "model_at_layer (it has `model`, `h`, "
+                        "`activations(images)`, `preprocess`, `batch_size`)")
         return self.model_at_layer
 
     @property

@@ -259,3 +259,8 @@ def test_plumbing_left_the_faces_but_still_imports(face, name, home):
     assert value is getattr(importlib.import_module(home), name)
     with pytest.raises(AttributeError, match="no attribute"):
         module.no_such_name  # noqa: B018 - an unknown name still fails plainly
+
+
+def test_class_concepts_explainer_is_model_at_layer(explanation):
+    with pytest.warns(DeprecationWarning, match="model_at_layer"):
+        assert explanation.explainer is explanation.model_at_layer

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch import nn
 
 import conceptkit
 from conceptkit import bottleneck, concepts, extraction, importance, io, maps
+from conceptkit import evaluate as ev
 from conceptkit.concepts import metrics as concept_metrics
 from conceptkit.datasets import make_concept_dataset
 
@@ -97,6 +99,20 @@ class Context:
     def explanation(self) -> conceptkit.ClassConcepts:
         return conceptkit.ConceptExplainer(self.model, "block2", n_concepts=3, method="ice", seed=0,
                                            progress=False).fit(self.images, 1)
+
+    @functools.cached_property
+    def part_masks(self) -> torch.Tensor:
+        """Two parts per image: the top-left and the bottom-right corner, (6, 2, 32, 32)."""
+        masks = torch.zeros(6, 2, 32, 32, dtype=torch.bool)
+        masks[:, 0, :10, :10] = True
+        masks[:, 1, 20:, 20:] = True
+        return masks
+
+    def part_data(self, **fields) -> dict:
+        """A (model, data) world for ``evaluate``: images, labels 0, 1, 2, part masks."""
+        data = {"images": self.images, "labels": np.arange(6) % 3, "masks": self.part_masks}
+        data.update(fields)
+        return {k: v for k, v in data.items() if v is not None}
 
     @functools.cached_property
     def nmf(self) -> concepts.NMF:
@@ -518,6 +534,58 @@ ROWS: list[Row] = [
     R("decompose-concept-range", "conceptkit.decompose_concept", "a concept index out of range",
       lambda c: conceptkit.decompose_concept(c.model, c.bank, c.images, 9, "block1", progress=False),
       ValueError, "`concept`"),
+    # -- evaluate ----------------------------------------------------------------------------
+    R("evaluate-masks-rank", "evaluate.reliance", "masks (N, H, W) without the part axis",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks[:, 0], 1), ValueError, "`masks`"),
+    R("evaluate-masks-size", "evaluate.reliance", "masks drawn at another size than the images",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks[..., :16, :16], 1), ValueError, "`masks`"),
+    R("evaluate-masks-count", "evaluate.reliance", "masks of fewer images than `images`",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks[:4], 1), ValueError, "`masks`"),
+    R("evaluate-masks-values", "evaluate.reliance", "soft masks (values other than 0 and 1)",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks.float() * 0.5, 1), ValueError, "`masks`"),
+    R("evaluate-masks-list", "evaluate.reliance", "masks as nested lists",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks.tolist(), 1), TypeError, "`masks`"),
+    R("evaluate-class-range", "evaluate.reliance", "class_id beyond the model's outputs",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 5, progress=False), ValueError, "`class_id`"),
+    R("evaluate-fill", "evaluate.reliance", "an unknown fill (a typo)",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 1, fill="grey"), ValueError, "`fill`"),
+    R("evaluate-fill-shape", "evaluate.reliance", "a fill callable returning another shape",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 1, fill=lambda x: x[:, :1], progress=False),
+      ValueError, "`fill`"),
+    R("evaluate-part-names", "evaluate.reliance", "fewer part names than parts",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 1, part_names=["corner"]),
+      ValueError, "`part_names`"),
+    R("localisation-maps-rank", "evaluate.localisation", "maps (N, H, W) instead of (N, k, H, W)",
+      lambda c: ev.localisation(torch.rand(6, 8, 8), None, c.part_masks), ValueError, "`result`"),
+    R("localisation-maps-count", "evaluate.localisation", "maps of other images than the masks",
+      lambda c: ev.localisation(torch.rand(4, 3, 8, 8), None, c.part_masks), ValueError, "`result`"),
+    R("localisation-quantile", "evaluate.localisation", "quantile as a percentile (90)",
+      lambda c: ev.localisation(c.explanation, c.images, c.part_masks, quantile=90), ValueError, "`quantile`"),
+    R("faithfulness-no-importances", "evaluate.faithfulness", "an explanation without importances",
+      lambda c: ev.faithfulness(SimpleNamespace(class_id=1, concept_maps=c.explanation.concept_maps),
+                                c.model, c.images, c.part_masks), TypeError, "`result`"),
+    R("faithfulness-nan-importances", "evaluate.faithfulness", "NaN importances",
+      lambda c: ev.faithfulness(SimpleNamespace(class_id=1, importances=[np.nan, 1.0, 2.0],
+                                                concept_maps=c.explanation.concept_maps),
+                                c.model, c.images, c.part_masks), ValueError, "`result.importances`"),
+    R("faithfulness-reliance-class", "evaluate.faithfulness", "a reliance measured for another class",
+      lambda c: ev.faithfulness(c.explanation, c.model, c.images, c.part_masks,
+                                reliance=ev.reliance(c.model, c.images, c.part_masks, 0, progress=False),
+                                progress=False), ValueError, "`reliance`"),
+    R("faithfulness-removal", "evaluate.faithfulness", "an unknown removal (a typo)",
+      lambda c: ev.faithfulness(c.explanation, c.model, c.images, c.part_masks, removal="erase"),
+      ValueError, "`removal`"),
+    R("evaluate-world-no-masks", "evaluate.evaluate", "a (model, data) world whose data has no masks",
+      lambda c: ev.evaluate(c.explanation, (c.model, c.part_data(masks=None)), progress=False),
+      TypeError, "`world`"),
+    R("evaluate-not-a-world", "evaluate.evaluate", "a dataset instead of a World or (model, data)",
+      lambda c: ev.evaluate(c.explanation, c.part_data(), progress=False), TypeError, "`world`"),
+    R("evaluate-no-importances", "evaluate.evaluate", "a class explanation without importances",
+      lambda c: ev.evaluate({1: SimpleNamespace(class_id=1, concept_maps=c.explanation.concept_maps)},
+                            (c.model, c.part_data()), progress=False), TypeError, "`explanation`"),
+    R("evaluate-class-absent", "evaluate.evaluate", "data without an image of the explained class",
+      lambda c: ev.evaluate(c.explanation, (c.model, c.part_data(labels=np.zeros(6, int))),
+                            progress=False), ValueError, "`explanation`"),
     # -- bottleneck --------------------------------------------------------------------------
     R("cbm-one-class", "bottleneck.ConceptBottleneckModel", "n_classes=1",
       lambda c: bottleneck.ConceptBottleneckModel(nn.Linear(8, 4), 4, 1), ValueError, "`n_classes`"),

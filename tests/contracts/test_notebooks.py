@@ -17,7 +17,7 @@ nbclient = pytest.importorskip("nbclient")
 import conceptkit  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "03_evaluate.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "03_evaluate.ipynb", "04_atlas.ipynb"]
 NUMBER = r"([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)"
 IMPORTANCE_LINE = re.compile(rf"^\s*concept (\d+): {NUMBER} \[{NUMBER}, {NUMBER}\]$", re.M)
 
@@ -229,3 +229,25 @@ def test_evaluate_notebook_03_runs(kernel_path, tmp_path):
     assert len(markdown_rows(text, "**mean**")) == 2  # the textures and the shapes tables
     assert "own data, class 1: most relied-on" in text
     assert n_images(nb) >= 2  # the reliance bars, the maps by kind
+
+
+def test_atlas_notebook_runs(kernel_path, tmp_path):
+    nb = execute("04_atlas.ipynb", tmp_path)
+    text = text_of(nb)
+    out = output_dir(text)
+    try:
+        atlas = conceptkit.load(out / "atlas.safetensors")
+        assert "importance table: (6, 12)" in text
+        # The printed top importances are those of the saved atlas.
+        for row, name in enumerate(atlas.importance.class_names):
+            line = re.search(rf"^{re.escape(name)}\s+(.*)$", text, re.M).group(1)
+            for j, value in re.findall(r"C(\d+)=([0-9.]+)", line):
+                assert float(value) == pytest.approx(atlas.importance.values[row, int(j)], abs=1e-3)
+        a, b, _ = atlas.most_confused_pairs(1)[0]
+        shared = [f"C{s['concept']}" for s in atlas.shared_concepts(a, b)]
+        assert f"shared concepts: {shared}" in text
+        assert "importances identical after loading: True" in text
+        assert (out / "report" / "index.html").is_file() and n_images(nb) >= 1
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+

@@ -186,3 +186,15 @@ def test_reliance_agrees_with_the_worlds_training_record():
         ours = evaluate_reliance(model, data.images[rows], data.masks[rows], class_id,
                                  progress=False)
         np.testing.assert_allclose(ours.mean, record[class_id], atol=1e-5, equal_nan=True)
+
+
+def test_class_names_placeholder_gives_way_to_the_worlds():
+    """A fit without ``class_name`` is named "class 0"; the world's name for the class wins over
+    that placeholder, a name the user gave wins over the world's."""
+    world = PlantedWorld()
+    data = world.sample(8)
+    explanations = planted_explanations(data, BOTH)
+    explanations[0].class_name = "class 0"
+    explanations[1].class_name = "my cool class"
+    result = evaluate(explanations, world, n_per_class=8, deletion=False, progress=False)
+    assert [row["class_name"] for row in result.table] == ["warm", "my cool class"]
