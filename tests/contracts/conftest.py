@@ -1,12 +1,13 @@
+"""Helpers of the contract suites, registered by path (``--import-mode=importlib`` puts no test
+folder on ``sys.path``): ``_forge`` (forged saved files) and ``_errors_reliability`` (rows of
+the bad-input matrix)."""
+
 import importlib.util
 import os
 import sys
 
 
 def _register(name: str) -> None:
-    """The contract suites import their helpers ``_forge`` and ``_errors_reliability`` by module
-    name; with ``--import-mode=importlib`` no test folder is on ``sys.path``, so they are
-    registered by path (as tests/conftest.py registers ``_shared``)."""
     if name in sys.modules:
         return
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
@@ -16,5 +17,5 @@ def _register(name: str) -> None:
     spec.loader.exec_module(module)
 
 
-_register("_forge")                # before _errors_reliability, which imports it
+_register("_forge")
 _register("_errors_reliability")
