@@ -240,7 +240,10 @@ def run(worlds, n_class, n_examples, n_runs, seed, variants=None, log=print) -> 
                                                  data["randoms"], seed=seed)
                                  for c in data["classes"]]
         timing["captum"] = time.perf_counter() - t0
+        tokens = data["classes"][0]["activations"].ndim == 3
         for label, kwargs in variants.items():
+            if tokens and kwargs.get("space") == "pooled":
+                continue   # transformer tokens: pooled space needs maps; flat space is the one
             t0 = time.perf_counter()
             per_variant[label] = [conceptkit_variant(data["h"], c, data["concepts"],
                                                      data["randoms"], seed, **kwargs)
@@ -251,6 +254,7 @@ def run(worlds, n_class, n_examples, n_runs, seed, variants=None, log=print) -> 
                          for label, v in per_variant.items()}
         results[name]["_classes"] = [{"class_id": c["class_id"], "causal": c["causal"],
                                       "reliance": c["reliance"]} for c in data["classes"]]
+        print_table({name: results[name]})
     return results
 
 
