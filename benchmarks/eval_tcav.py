@@ -13,10 +13,13 @@ Protocol, per world (``conceptkit.datasets.load_world``; the shapes world alone 
 - the model's layer: ``world.layer``.
 
 A (class, part) pair is **causal** when the part is one of the class's designed causal parts
-(``class_concepts``). A pair is **flagged** when TCAV calls it significant *and* its mean score is
-above the random-vs-random mean (the concept direction raises the class logit); the two-sided
-count (either direction) is printed too. Hits = flagged causal pairs / causal pairs; false
-positives = flagged non-causal pairs / non-causal pairs. The issue's bar: every causal pair
+(``class_concepts``), and **relied on** when painting the part out of the class images drops the
+class probability by at least ``RELIED`` (0.1) on average (``conceptkit.evaluate.reliance``,
+median fill): the models do not use every designed part. A pair is **flagged** when TCAV calls it
+significant *and* its statistic is above the baseline's (the concept direction raises the class
+logit); the two-sided count (either direction) is printed too. Hits = flagged causal pairs the
+model relies on / those pairs; "unused" = flagged causal pairs the model does not rely on;
+false positives = flagged non-causal pairs / non-causal pairs. The issue's bar: every causal pair
 flagged, at most 1 in 10 non-causal ones, on every world.
 
 Variants scored on the same activations and gradients:
@@ -27,8 +30,9 @@ Variants scored on the same activations and gradients:
   has a positive dot product with it (``sign_count``); experimental sets ``[concept, random_i]``
   and ``[random_0, random_i]`` for ``i = 1..n_runs``; ``scipy.stats.ttest_ind`` of the two lists,
   Bonferroni over the parts (``p * n_parts < 0.05``);
-- ``conceptkit`` variants: :func:`conceptkit.importance.tcav` with ``space`` flat or pooled and
-  the statistic/test given in the label.
+- ``conceptkit`` variants: :func:`conceptkit.importance.tcav` in flat or pooled space, with its
+  default (specific) protocol and with ``CLASSIC_TCAV`` (the TCAV paper's: sign count, SGD CAVs,
+  random-vs-random baseline, two-sided test).
 
 Run: ``python benchmarks/eval_tcav.py [--worlds all] [--n-class 40] [--n-examples 40]
 [--n-runs 10] [--seed 0] [--json tcav.json]``.
@@ -49,10 +53,11 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import train_test_split
 
 from conceptkit.extraction import ActivationExtractor, split_model
-from conceptkit.importance import tcav
+from conceptkit.importance import CLASSIC_TCAV, tcav
 from conceptkit.importance._cav import logit_gradients
 
 NOISE_STD = 0.025  # the worlds' pixel noise (conceptkit.datasets._generate._NOISE_STD)
+RELIED = 0.1       # relied on: the class probability drops by at least this without the part
 
 
 # ----------------------------------------------------------------------------- worlds and images
@@ -122,14 +127,20 @@ def world_activations(world: Any, n_class: int, n_examples: int, n_runs: int, se
         if shown < n_examples:
             continue   # a part too rare in the pool (e.g. a spurious cue) is not tested
         concepts[name] = extractor(concept_images(pool, part, n_examples, rng))
+    from conceptkit.evaluate import reliance
+
     _, h = split_model(model, layer)
     classes = []
     for class_id in range(len(test.class_names)):
         rows = np.flatnonzero(test.labels.numpy() == class_id)
         acts = extractor(test.images[rows])
         grads = logit_gradients(h, acts, class_id, space="flat", progress=False)
+        measured = reliance(model, test.images[rows], test.masks[rows], class_id, "median",
+                            preprocess=preprocess, progress=False).expected
         classes.append({"class_id": class_id, "activations": acts, "flat_gradients": grads,
-                        "causal": [test.concept_names[g] for g in test.class_concepts[class_id]]})
+                        "causal": [test.concept_names[g] for g in test.class_concepts[class_id]],
+                        "reliance": {n: float(v) for n, v in zip(test.concept_names, measured)
+                                     if np.isfinite(v)}})
     return {"h": h, "classes": classes, "concepts": concepts, "randoms": randoms,
             "class_names": list(test.class_names)}
 
@@ -172,8 +183,10 @@ def captum_protocol(gradients: np.ndarray, concepts: dict[str, np.ndarray],
 # ----------------------------------------------------------------------------- conceptkit variants
 
 VARIANTS: dict[str, dict] = {
+    "conceptkit pooled (default)": {"space": "pooled"},
     "conceptkit flat": {"space": "flat"},
-    "conceptkit pooled": {"space": "pooled"},
+    "conceptkit pooled, classic": {"space": "pooled", **CLASSIC_TCAV},
+    "conceptkit flat, classic": {"space": "flat", **CLASSIC_TCAV},
 }
 
 
@@ -193,17 +206,23 @@ def conceptkit_variant(h, cls: dict, concepts: dict, randoms: list, seed: int, *
 
 
 def count(per_class: list[dict], classes: list[dict]) -> dict:
-    hits = causal = fp = noncausal = fp_two = 0
+    hits = causal = unused = n_unused = fp = noncausal = fp_two = designed = 0
     for verdicts, cls in zip(per_class, classes):
         for name, entry in verdicts.items():
             if name in cls["causal"]:
-                causal += 1
-                hits += entry["positive"]
+                designed += entry["positive"]
+                if cls["reliance"].get(name, 0.0) >= RELIED:
+                    causal += 1
+                    hits += entry["positive"]
+                else:
+                    n_unused += 1
+                    unused += entry["positive"]
             else:
                 noncausal += 1
                 fp += entry["positive"]
                 fp_two += entry["significant"]
-    return {"hits": hits, "causal": causal, "false_positives": fp, "non_causal": noncausal,
+    return {"hits": hits, "causal": causal, "unused_flagged": unused, "unused": n_unused,
+            "designed_flagged": designed, "false_positives": fp, "non_causal": noncausal,
             "significant_either_way": fp_two}
 
 
@@ -221,7 +240,10 @@ def run(worlds, n_class, n_examples, n_runs, seed, variants=None, log=print) -> 
                                                  data["randoms"], seed=seed)
                                  for c in data["classes"]]
         timing["captum"] = time.perf_counter() - t0
+        tokens = data["classes"][0]["activations"].ndim == 3
         for label, kwargs in variants.items():
+            if tokens and kwargs.get("space") == "pooled":
+                continue   # transformer tokens: pooled space needs maps; flat space is the one
             t0 = time.perf_counter()
             per_variant[label] = [conceptkit_variant(data["h"], c, data["concepts"],
                                                      data["randoms"], seed, **kwargs)
@@ -230,22 +252,24 @@ def run(worlds, n_class, n_examples, n_runs, seed, variants=None, log=print) -> 
         results[name] = {label: {"counts": count(v, data["classes"]), "per_class": v,
                                  "seconds": timing[label]}
                          for label, v in per_variant.items()}
-        results[name]["_classes"] = [{"class_id": c["class_id"], "causal": c["causal"]}
-                                     for c in data["classes"]]
+        results[name]["_classes"] = [{"class_id": c["class_id"], "causal": c["causal"],
+                                      "reliance": c["reliance"]} for c in data["classes"]]
+        print_table({name: results[name]})
     return results
 
 
 def print_table(results: dict) -> None:
-    print(f"{'world':<10} {'variant':<28} {'hits':>8} {'false pos.':>12} {'(either sign)':>14} "
-          f"{'seconds':>8}")
+    print(f"{'world':<9} {'variant':<28} {'hits (relied)':>13} {'unused':>7} {'false pos.':>11} "
+          f"{'(either sign)':>13} {'seconds':>8}")
     for world, entry in results.items():
         for label, value in entry.items():
             if label.startswith("_"):
                 continue
             c = value["counts"]
-            print(f"{world:<10} {label:<28} {c['hits']:>3}/{c['causal']:<4} "
-                  f"{c['false_positives']:>5}/{c['non_causal']:<6} "
-                  f"{c['significant_either_way']:>8}/{c['non_causal']:<5} {value['seconds']:>8.1f}")
+            print(f"{world:<9} {label:<28} {c['hits']:>8}/{c['causal']:<4} "
+                  f"{c['unused_flagged']:>3}/{c['unused']:<3} {c['false_positives']:>5}/"
+                  f"{c['non_causal']:<5} {c['significant_either_way']:>7}/{c['non_causal']:<5} "
+                  f"{value['seconds']:>8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

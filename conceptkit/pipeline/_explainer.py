@@ -207,7 +207,8 @@ class ConceptExplainer:
 
         _check_reaches_output(handle, acts, context, images)
         if self.importance in PIXEL_METHODS:  # h is not probed before discovery: check now
-            _check_class_output(self.model, images[:1], class_id, self.preprocess)
+            with handle.whole_model() as forward:
+                _check_class_output(forward(images[:1]), class_id)
 
         start = time.perf_counter()
         bank = self.discover(images, acts)
@@ -250,19 +251,14 @@ class ConceptExplainer:
                             f"importance={self.importance!r}; accepted: quantile, confidence.")
         kind = result._auto_kind(None)
         maps = result.concept_maps(kind=kind)
-        return pixel_ablation(self.model, images, maps, class_id, preprocess=self.preprocess,
-                              batch_size=self.batch_size, device=self.device,
-                              progress=self.progress, params={"maps": kind},
-                              **self.importance_kwargs)
+        with result.model_at_layer.whole_model() as forward:
+            return pixel_ablation(forward, images, maps, class_id, batch_size=self.batch_size,
+                                  progress=self.progress, params={"maps": kind},
+                                  **self.importance_kwargs)
 
 
 
-def _check_class_output(model: nn.Module, image: torch.Tensor, class_id: int,
-                        preprocess: Callable | None) -> None:
-    with preserved_model_state(model), torch.no_grad():
-        batch = image.to(model_device(model))
-        out = model(preprocess(batch) if preprocess is not None else batch)
-    out = out[0] if isinstance(out, (tuple, list)) else out
+def _check_class_output(out: torch.Tensor, class_id: int) -> None:
     if class_id >= out.shape[1]:
         raise ValueError(f"`class_id` must be in [0, {out.shape[1] - 1}]: the model returns "
                          f"{out.shape[1]} classes; got {class_id}.")

@@ -8,13 +8,14 @@ returns; a loaded explanation gets one from :meth:`~conceptkit.ClassConcepts.att
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
 from .._validation import describe
 from ..extraction import ActivationExtractor, select_output, split_model
 from ..extraction._extractor import TokenHead
@@ -109,6 +110,29 @@ class ModelAtLayer:
         if extractor.prefix_ is not None:
             self.token_layout = extractor.token_layout_
         return (maps, extractor.prefix_) if with_context else maps
+
+    @contextlib.contextmanager
+    def whole_model(self):
+        """Yield ``forward(images) -> logits (B, n_classes)`` running the whole model on image
+        batches in [0, 1]: preprocessing, the model's dtype, ``device`` (the model is moved there
+        for the block and back), the ``output`` selection; eval mode, no gradients, every flag
+        restored afterwards."""
+        model = unwrap_model(self.model)[0]  # never compile a torch.compile model
+
+        with preserved_model_state(self.model), on_device(self.model, self.device) as where, \
+                torch.no_grad():
+            dtype = model_dtype(self.model)
+
+            def forward(images: torch.Tensor) -> torch.Tensor:
+                batch = images.to(device=where)
+                if self.preprocess is not None:
+                    batch = self.preprocess(batch)
+                out = model(batch.to(dtype=dtype))
+                if self.output is not None:
+                    return pick_output(out, self.output)
+                return out[0] if isinstance(out, (tuple, list)) else out
+
+            yield forward
 
     def reaches_output(self, acts: torch.Tensor, context: torch.Tensor | None,
                        n_probe: int = 4) -> bool:

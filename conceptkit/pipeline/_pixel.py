@@ -18,6 +18,7 @@ included, which the activation-space methods hold fixed). An image where the con
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state
+from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_float
 from ..importance import ConceptImportance
 
@@ -49,6 +50,28 @@ def concept_regions(maps: torch.Tensor, quantile: float) -> torch.Tensor:
     return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
 
 
+@contextlib.contextmanager
+def _runner(model: Any, preprocess: Callable | None, device: Any):
+    if not isinstance(model, nn.Module):
+        if preprocess is not None or device is not None:
+            raise ValueError("pass `preprocess` and `device` with a module, not with a forward "
+                             "callable (which runs them itself).")
+        with torch.no_grad():
+            yield model
+        return
+    with preserved_model_state(model), on_device(model, device) as where, torch.no_grad():
+        dtype = model_dtype(model)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            batch = images.to(device=where)
+            if preprocess is not None:
+                batch = preprocess(batch)
+            out = model(batch.to(dtype=dtype))
+            return out[0] if isinstance(out, (tuple, list)) else out
+
+        yield forward
+
+
 def student_interval(per_input: np.ndarray, confidence: float | None):
     """The Student-t interval of the mean over inputs (NaN for one input; None, None without a
     confidence level), as :func:`~conceptkit.importance.concept_importance` reports it."""
@@ -64,19 +87,21 @@ def student_interval(per_input: np.ndarray, confidence: float | None):
     return mean - half, mean + half
 
 
-def _probabilities(model: nn.Module, images: torch.Tensor, class_id: int,
-                   preprocess: Callable | None, device: torch.device) -> torch.Tensor:
-    batch = images.to(device)
-    logits = model(preprocess(batch) if preprocess is not None else batch)
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
+def _probabilities(forward: Callable, images: torch.Tensor, class_id: int) -> torch.Tensor:
+    logits = forward(images)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f"pixel_ablation: the model must return class logits (N, n_classes); "
+                         f"got {type(logits).__name__}.")
+    if class_id >= logits.shape[1]:
+        raise ValueError(f"`class_id` must be in [0, {logits.shape[1] - 1}]: the model returns "
+                         f"{logits.shape[1]} classes; got {class_id}.")
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0]).double().cpu()
     return torch.softmax(logits.double(), dim=1)[:, class_id].cpu()
 
 
-def pixel_ablation(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, class_id: int, *,
-                   quantile: float = 0.9, preprocess: Callable | None = None,
+def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torch.Tensor,
+                   class_id: int, *, quantile: float = 0.9, preprocess: Callable | None = None,
                    batch_size: int = 64, device: Any = None, confidence: float | None = 0.95,
                    progress: bool = True, params: dict | None = None) -> ConceptImportance:
     """Importance of each concept as the class-probability drop when its region is painted out.
@@ -84,7 +109,9 @@ def pixel_ablation(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, c
     Parameters
     ----------
     model
-        The whole classifier (images → logits); left as found.
+        The whole classifier (images → logits), left as found; or a callable ``forward(images)``
+        that already runs it (preprocessing, device and output selection included: then
+        ``preprocess`` and ``device`` must be None).
     images
         ``(N, 3, H, W)`` in [0, 1], the images the maps belong to.
     maps
@@ -106,11 +133,10 @@ def pixel_ablation(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, c
                          f"{tuple(images.shape)}.")
     regions = concept_regions(maps, quantile).cpu()
     n, k = regions.shape[:2]
-    where = torch.device(device) if device is not None else model_device(model)
     per_input = np.zeros((n, k))
-    with preserved_model_state(model), torch.no_grad():
-        base = torch.cat([_probabilities(model, images[s:s + batch_size], class_id, preprocess,
-                                         where) for s in range(0, n, batch_size)]).numpy()
+    with _runner(model, preprocess, device) as forward:
+        base = torch.cat([_probabilities(forward, images[s:s + batch_size], class_id)
+                          for s in range(0, n, batch_size)]).numpy()
         pairs = [(i, j) for j in range(k) for i in range(n) if bool(regions[i, j].any())]
         for start in tqdm(range(0, len(pairs), batch_size), desc="pixel ablation",
                           disable=not progress, leave=False):
@@ -119,7 +145,7 @@ def pixel_ablation(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, c
             masks = torch.stack([regions[i, j] for i, j in chunk])[:, None]
             batch = images[rows]
             painted = torch.where(masks, median_fill(batch), batch)
-            scores = _probabilities(model, painted, class_id, preprocess, where).numpy()
+            scores = _probabilities(forward, painted, class_id).numpy()
             for (i, j), score in zip(chunk, scores):
                 per_input[i, j] = base[i] - score
     if not regions.any():
