@@ -22,6 +22,7 @@ most relied-on part for every class, its pointing game >= 0.95, Spearman >= 0.8.
 
 from __future__ import annotations
 
+import inspect
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +33,10 @@ import torch
 from conceptkit import ConceptExplainer
 from conceptkit.evaluate import class_row, faithfulness, localisation, reliance
 from conceptkit.importance import concept_importance
+from conceptkit.pipeline._pixel import PIXEL_METHODS, pixel_ablation
+
+#: The library's default importance (what the "(default)" rows use).
+DEFAULT_IMPORTANCE = inspect.signature(ConceptExplainer).parameters["importance"].default
 
 #: Map kinds scored per discovery method; "auto" rows repeat whichever of them the library's
 #: default resolves to in each world (``auto_kind`` in the records).
@@ -217,15 +222,23 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                 notes.add(f"{method} {kind} maps failed on {getattr(world, 'name', 'a world')}: "
                           f"{str(err).splitlines()[0][:120]}")
         auto = _auto_kind(cc, maps)
-        scores = {name: importances_of(cc, name, seed) for name in importance_methods}
+        scores = {name: importances_of(cc, name, seed) for name in importance_methods
+                  if name not in PIXEL_METHODS}
         for kind, values in maps.items():
             located = localisation(values, images, masks, names)
-            for name, values_imp in scores.items():
+            if any(name in PIXEL_METHODS for name in importance_methods):
+                # pixel ablation paints each concept's region out of the images: it depends on
+                # the map kind, so it is computed once per kind
+                scores["pixel_ablation"] = pixel_ablation(
+                    model, images, values, class_id, preprocess=getattr(world, "preprocess", None),
+                    progress=False).importances
+            for name in importance_methods:
+                values_imp = scores[name]
                 add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)
                 if kind == auto:  # the library's choice, which may differ between worlds
                     out.append({**out[-1], "config": f"{method} / {name} / auto", "kind": "auto",
                                 "auto_kind": kind,
-                                "default": method == "craft" and name == "sobol"})
+                                "default": method == "craft" and name == DEFAULT_IMPORTANCE})
         if method == "craft":
             reference = importances_of(cc, "sobol", seed, sampler="halton_unscrambled",
                                        shared_design=True, n_designs=32)
@@ -301,7 +314,8 @@ def print_grid(results: dict[str, Any], setting: dict[str, Any]) -> None:
     print(f"\n# Worlds: {', '.join(worlds)}; seeds {setting['seeds']}; {setting['n_per_class']} "
           f"{setting['split']} images per class; {setting['n_concepts']} concepts; fill "
           f"{setting['fill']!r}; reliance floor {setting.get('reliance_floor', 0.0)}. 'auto' rows "
-          f"repeat the kind the library picks in each world; the default is craft / sobol / auto.")
+          f"repeat the kind the library picks in each world; the default is craft / "
+          f"{DEFAULT_IMPORTANCE} / auto.")
     print("# Each cell: mean over worlds (worst world). Bar (every world): top on most relied "
           "1.00, top PG >= 0.95, Spearman >= 0.80.")
     header = " | ".join(f"{m:<15}" for m in METRICS)

@@ -31,7 +31,7 @@ discovery method x importance method x map kind on every ground-truth world with
 the mean and the worst world of each metric (see ``benchmarks/_world_grid.py``). Worlds other than
 ``shapes`` come from ``conceptkit.datasets.load_world`` (imported lazily; without it only
 ``shapes`` runs). Run: ``python benchmarks/eval_ground_truth.py --worlds all [--seeds 0,1,2]
-[--n-per-class 30] [--methods craft,ice,ace] [--importances sobol,gradient_input,occlusion]
+[--n-per-class 30] [--methods craft,ice,ace] [--importances sobol,gradient_input,ablation,pixel_ablation]
 [--n-concepts 10] [--split test] [--fill median] [--classes 0,4] [--no-deletion]
 [--reliance-floor 0.0] [--quick]
 [--markdown] [--json grid.json]``.
@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="images per class (default 60; 30 with --worlds)")
     parser.add_argument("--methods", default="craft,ice,ace")
     parser.add_argument("--importances", default=None,
-                        help="default sobol,gradient_input (with --worlds also occlusion)")
+                        help="default sobol,gradient_input (with --worlds: sobol,gradient_input,"
+                             "ablation,pixel_ablation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="30 images per class; ACE left out (it takes most of the time)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
@@ -381,7 +382,7 @@ def _main_grid(args: argparse.Namespace) -> int:
     if args.quick:
         n_per_class, seeds = min(n_per_class, 20), seeds[:1]
         methods = [m for m in methods if m != "ace"] or ["ice"]
-    importances = (args.importances or "sobol,gradient_input,occlusion").split(",")
+    importances = (args.importances or "sobol,gradient_input,ablation,pixel_ablation").split(",")
     classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
     torch.set_num_threads(min(2, torch.get_num_threads()))
     setting = {"worlds": args.worlds, "seeds": seeds, "n_per_class": n_per_class,

@@ -8,6 +8,9 @@ name still works in 0.2 and warns; 0.3 removes them. The three kinds of old name
   ``__getattr__``, which warns and returns the object from where it lives now;
 - anything else (a changed argument order, an option that moved to a new function) calls
   :func:`warn_deprecated` where it detects the old use.
+
+Files saved by 0.1 store constructor arguments under their old names; loaders map them with
+:func:`current_names`, silently (the user did nothing wrong).
 """
 
 from __future__ import annotations

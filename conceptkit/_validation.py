@@ -123,6 +123,13 @@ def check_pixel_range(images: torch.Tensor, name: str = "images") -> None:
                      f"[{low:.4g}, {high:.4g}]: {guess}. Crops, positions and segments are cut "
                      f"from these raw pixels and the report shows them.")
 
+def check_not_meta(x: Any, name: str) -> None:
+    """Refuse a tensor on the ``meta`` device (shapes without values) with an error naming it."""
+    if isinstance(x, torch.Tensor) and x.device.type == "meta":
+        raise ValueError(f"`{name}` is on the 'meta' device, which holds shapes but no data; pass "
+                         f"a tensor with values (on the CPU or a GPU), e.g. computed by a model "
+                         f"whose weights are loaded.")
+
 
 def check_images(images: Any, name: str = "images", *, channels: int | None = None,
                  min_size: int = 1, pixels: bool = False) -> torch.Tensor:
@@ -217,6 +224,7 @@ def check_matrix(x: Any, name: str, *, min_rows: int = 1, nonnegative: bool = Fa
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise TypeError(f"`{name}` must be a numpy array or torch.Tensor of shape (n, C); "
                         f"got {describe(x)}.")
+    check_not_meta(x, name)
     if x.ndim != 2:
         raise ValueError(f"`{name}` must be 2-D (n_samples, n_features); got shape {tuple(x.shape)}.")
     if x.shape[0] < min_rows:

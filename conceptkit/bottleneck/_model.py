@@ -251,12 +251,13 @@ class ConceptBottleneckModel(nn.Module):
             config = dict(meta["config"])
             spec = meta.get("encoder")
         given = concept_encoder is not None
+        if not given and not spec:
+            raise ValueError(
+                f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
+                f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
+                f"freshly built encoder of the same architecture.")
+        _check_declared(path, config, spec, tensors, given)
         if not given:
-            if not spec:
-                raise ValueError(
-                    f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
-                    f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
-                    f"freshly built encoder of the same architecture.")
             with loading(path, "ConceptBottleneckModel (encoder spec)"):
                 concept_encoder = _build_encoder(spec)
         with loading(path, "ConceptBottleneckModel (model configuration)"):
@@ -278,6 +279,44 @@ class ConceptBottleneckModel(nn.Module):
                         f"{list(result.unexpected_keys)[:5]}.")
         model.trained_mode = trained_mode
         return model
+
+
+def _check_declared(path: Any, config: dict, spec: Any, tensors: dict[str, torch.Tensor],
+                    given: bool) -> None:
+    """Compare the architecture a file declares with the tensors it holds, before building it.
+
+    A 1 KB file may declare a 50000 x 40000 encoder: the model is first built on the ``meta``
+    device (no memory), after the declared widths are bounded by the number of values stored,
+    and its parameter shapes must equal the stored tensors' shapes.
+    """
+    stored = sum(int(t.numel()) for t in tensors.values())
+    widths = ("n_concepts", "n_classes", "hidden") if config.get("head") == "mlp" else (
+        "n_concepts", "n_classes")  # a linear head has no hidden layer: its width is unused
+    for key in widths:
+        value = config.get(key)
+        if isinstance(value, int) and value > max(stored, 2):
+            raise FormatError(f"`path` {str(path)!r} declares {key}={value} but stores only "
+                              f"{stored} values: a damaged or tampered file.")
+    try:
+        with torch.device("meta"):
+            encoder = nn.Identity() if given else _build_encoder(spec)
+            rest = {k: v for k, v in config.items() if k not in ("n_concepts", "n_classes")}
+            skeleton = ConceptBottleneckModel(encoder, config["n_concepts"], config["n_classes"], **rest)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted model configuration: "
+                          f"{err}") from err
+
+    def shapes(items: Any) -> dict[str, tuple[int, ...]]:
+        return {key: tuple(value.shape) for key, value in items
+                if not (given and key.startswith("concept_encoder."))}
+
+    expected, found = shapes(skeleton.state_dict().items()), shapes(tensors.items())
+    if expected != found:
+        wrong = sorted(key for key in set(expected) | set(found) if expected.get(key) != found.get(key))
+        details = ", ".join(f"{key}: declared {expected.get(key)}, stored {found.get(key)}"
+                            for key in wrong[:4])
+        raise FormatError(f"`path` {str(path)!r} declares an architecture that does not match the "
+                          f"tensors it holds ({details}): a damaged or tampered file.")
 
 
 def check_inputs(model: ConceptBottleneckModel, x: torch.Tensor, name: str) -> None:

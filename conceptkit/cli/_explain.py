@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from ._checks import CommandError
 from ._images import file_ids, load_images
 
 #: ``--factorizer`` choices: signed activations (ViT/CLIP tokens) need ``semi_nmf`` or ``pca``.
@@ -39,13 +40,14 @@ def explain_main(args: argparse.Namespace) -> int:
 
     loaded = load_model(args.model, args.weights)
     if args.layer is None and loaded.layer is None:
-        raise ValueError(missing_layer_message(loaded.model, loaded.input_size, "`--layer`")
-                         + " Pass one with --layer NAME.")
+        raise CommandError(missing_layer_message(loaded.model, loaded.input_size, "`--layer`")
+                           + " Pass one with --layer NAME.")
     # A class name is resolved before any image is read: a typo fails at once.
     class_id = class_index(args.class_id, loaded.class_names, "`--class`")
     name = args.class_name or (loaded.class_names[class_id] if class_id < len(loaded.class_names)
                                else None)
-    images, files = load_images(args.images, args.size or loaded.input_size)
+    size = args.size if args.size is not None else loaded.input_size
+    images, files = load_images(args.images, size)
     factorizer = None
     n_concepts = args.n_concepts
     if args.factorizer is not None:

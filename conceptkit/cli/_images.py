@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,16 @@ def load_images(pattern: str, image_size: int) -> tuple[torch.Tensor, list[str]]
     out = []
     for file in files:
         try:
-            with Image.open(file) as img:
-                img = img.convert("RGB")
-                scale = size / min(img.size)
-                img = img.resize((max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))),
-                                 Image.BICUBIC)
-                left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
-                img = img.crop((left, top, left + size, top + size))
-                out.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
-        except OSError as err:
-            raise OSError(f"`--images`: cannot read {file!r}: {err}") from err
+            with warnings.catch_warnings():
+                # an image above PIL's pixel limit is a decompression-bomb warning (an error
+                # above twice the limit): either way it is refused, naming the file
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = _read(file, size)
+        except (OSError, ValueError, SyntaxError, EOFError, ZeroDivisionError,
+                Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as err:
+            raise OSError(f"`--images`: cannot read {file!r}: {type(err).__name__}: {err}") from err
+        out.append(img)
     return torch.stack(out), files
 
 
@@ -49,3 +50,16 @@ def file_ids(files: list[str]) -> list[str]:
     (a glob over several folders)."""
     names = [Path(f).name for f in files]
     return names if len(set(names)) == len(names) else [str(Path(f)) for f in files]
+
+def _read(file: str, size: int) -> torch.Tensor:
+    """One image file, resized (shorter side) and centre-cropped to ``size``, in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(file) as img:
+        img = img.convert("RGB")
+        scale = size / min(img.size)
+        img = img.resize((max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))),
+                         Image.BICUBIC)
+        left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)

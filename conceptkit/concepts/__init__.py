@@ -12,6 +12,7 @@ from . import metrics
 from ._bank import ConceptBank
 from ._base import FACTORIZERS, Factorizer
 from ._checks import NegativeActivationsError
+from ._distributed import fit_distributed
 from ._methods import ACE, CRAFT, ICE, bank_from_activations
 from ._nmf import NMF
 from ._sae import TopKSAE
@@ -35,6 +36,7 @@ __all__ = [
     "SparseDictionary",
     "TopKSAE",
     "bank_from_activations",
+    "fit_distributed",
     "fit_streaming",
     "metrics",
     "streaming_error",

@@ -12,7 +12,7 @@ import torch
 from .. import io
 from .._deprecation import renamed_arguments
 from .._reprs import dataclass_repr
-from .._validation import all_finite, describe, to_numpy
+from .._validation import all_finite, check_not_meta, describe, to_numpy
 from ..extraction import Provenance
 from ._base import Factorizer, factorizer_from_state
 
@@ -84,6 +84,7 @@ class ConceptBank:
         """
         if not isinstance(activations, (np.ndarray, torch.Tensor)):
             raise TypeError(f"`activations` must be a numpy array or torch.Tensor; got {describe(activations)}.")
+        check_not_meta(activations, "activations")
         if activations.ndim == 2:
             self._check_channels(activations, 1)
             return self.factorizer.transform(activations)
@@ -217,7 +218,7 @@ class ConceptBank:
             problems.append("layer, method, params or extra of the wrong type")
         if not problems:
             try:  # the dictionary must be able to encode: one row of it, back to finite codes
-                codes = np.asarray(self.factorizer.transform(self.components[:1].numpy()))
+                codes = np.asarray(_bounded(self.factorizer).transform(self.components[:1].numpy()))
             except Exception as err:  # noqa: BLE001 - any failure means a broken factorizer state
                 problems.append(f"the factorizer cannot encode ({type(err).__name__}: {err})")
             else:
@@ -237,6 +238,33 @@ class ConceptBank:
         tensors, meta = io.load_file(path, kind=BANK_KIND, version=BANK_VERSION)
         with io.loading(path, "ConceptBank"):
             return cls.from_state(tensors, meta)
+
+
+_PROBE_ITERATIONS = 20
+
+
+def _bounded(factorizer: Factorizer) -> Factorizer:
+    """A shallow copy of ``factorizer`` whose iterative solvers stop after a few iterations.
+
+    The load-time check encodes one row to see that the state works; its cost must not depend
+    on the solver settings stored in the file (``tol=0, max_iter=10**7`` would run for minutes).
+    """
+    import copy
+    import warnings
+
+    probe = copy.copy(factorizer)
+    for name in ("max_iter", "transform_max_iter"):
+        value = getattr(probe, name, None)
+        if isinstance(value, int) and value > _PROBE_ITERATIONS:
+            setattr(probe, name, _PROBE_ITERATIONS)
+
+    class _Quiet:  # the capped solve may not converge: its warnings are not the user's concern
+        def transform(self, rows):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return probe.transform(rows)
+
+    return _Quiet()  # type: ignore[return-value]
 
 
 # Short reprs: shapes of arrays, not their values (print(result) stays readable).

@@ -214,6 +214,7 @@ class NMF(Factorizer):
     """
 
     requires_nonnegative = True
+    _rescalable = True  # codes unchanged when A and W are scaled together
     nonnegative_codes = True
     signed_components = False
     _renamed_params = {"verbose": "progress"}  # 0.2

@@ -20,6 +20,7 @@ seed gives the same initialisation on every device.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -217,10 +218,44 @@ def residual_norm(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, block: int
     return math.sqrt(total)
 
 
+def _flush_enabled() -> bool:
+    """Whether this thread already flushes subnormal floats to zero (probed, not tracked)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def flushed_denormals(device: torch.device):
+    """Flush subnormal floats to zero on the CPU while the block runs, then restore the state.
+
+    Multiplicative updates drive vanishing codes through the subnormal range (below 1.2e-38 in
+    float32), where x86 arithmetic is 10-100x slower per operation; flushing them to zero removes
+    the 3-8x slowdown of a whole fit and changes nothing that is not already below any tolerance.
+    """
+    if torch.device(device).type != "cpu" or _flush_enabled():
+        yield
+        return
+    changed = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
 def fit_mu(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int, tol: float,
-           reg: tuple[float, float, float, float], progress: bool = False):
+           reg: tuple[float, float, float, float], progress: bool = False,
+           flush_denormals: bool = True):
     """Lee & Seung multiplicative updates (Frobenius), scikit-learn's rule and stopping test.
-    ``progress`` shows a bar over iterations with the reconstruction error."""
+    ``progress`` shows a bar over iterations with the reconstruction error. Subnormal values are
+    flushed to zero during the fit (see :func:`flushed_denormals`) unless
+    ``flush_denormals=False``."""
+    context = flushed_denormals(A.device) if flush_denormals else contextlib.nullcontext()
+    with context:
+        return _mu_loop(A, Ut, W, max_iter=max_iter, tol=tol, reg=reg, progress=progress)
+
+
+def _mu_loop(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int, tol: float,
+             reg: tuple[float, float, float, float], progress: bool) -> int:
     l1_U, l2_U, l1_W, l2_W = reg
     error_init = previous = residual_norm(A, Ut, W)
     n_iter = 0

@@ -296,8 +296,10 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
 
 
 def _class_name(cc: Any, data: _Data, class_id: int) -> str:
+    """The explanation's class name, unless it is only the placeholder ``"class {id}"`` (a fit
+    without ``class_name``) and the data names its classes."""
     name = getattr(cc, "class_name", None)
-    if name:
+    if name and str(name) != f"class {class_id}":
         return str(name)
     if data.class_names is not None and class_id < len(data.class_names):
         return str(data.class_names[class_id])

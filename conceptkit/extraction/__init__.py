@@ -4,6 +4,7 @@ and cut images into the inputs of concept methods (crops, positions, segments)."
 from .._deprecation import module_getattr
 from ._decompose import CropSet, PositionSet, SegmentSet, crops, positions, segments
 from ._extractor import ActivationExtractor, extract
+from ._heads import select_output
 from ._layers import layer_names
 from ._provenance import Provenance
 from ._split import CutError, check_split, split_model
@@ -23,6 +24,7 @@ __all__ = [
     "layer_names",
     "positions",
     "segments",
+    "select_output",
     "split_model",
     "write_store",
 ]

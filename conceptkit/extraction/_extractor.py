@@ -20,7 +20,8 @@ from .._torchutils import (
     preserved_model_state,
 )
 from .._validation import check_choice, check_images, check_int, describe, resolve_device
-from ._layers import get_layer
+from ._layers import get_layer, unwrap_model
+from ._sizes import is_size_error, too_small_error
 
 
 def expected_in_channels(model: nn.Module) -> int | None:
@@ -169,6 +170,7 @@ class ActivationExtractor:
         self.layer, self._module = get_layer(model, layer)
         self.desc = desc
         self.model = model
+        self._inner = unwrap_model(model)[0]  # DataParallel / torch.compile: run what they wrap
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.device = None if device is None else resolve_device(device)
         self.progress = bool(progress)
@@ -246,8 +248,19 @@ class ActivationExtractor:
                     batch = self._check_batch(batch, channels, finite)
                     if self.preprocess is not None:
                         batch = self.preprocess(batch)
-                    output = capture_output(self.model, self._module,
-                                            batch.to(device=device, dtype=dtype))
+
+                    def run(x: torch.Tensor) -> Any:
+                        return capture_output(self._inner, self._module,
+                                              x.to(device=device, dtype=dtype))
+
+                    try:
+                        output = run(batch)
+                    except Exception as err:
+                        if is_size_error(err):
+                            raise too_small_error(
+                                err, run, batch, "inputs", f"{type(self._inner).__name__} up to "
+                                f"`layer` {self.layer!r}") from err
+                        raise
                     if output is None:
                         raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
                                            f"forward pass of {type(self.model).__name__}.")

@@ -26,7 +26,9 @@ from torch import nn
 
 from .._torchutils import capture_output, preserved_model_state
 from .._validation import describe
-from ._layers import get_layer
+from ._heads import guard_input
+from ._layers import get_layer, unwrap_model
+from ._sizes import is_size_error, too_small_error
 
 
 class CutError(ValueError):
@@ -287,7 +289,7 @@ def _close(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torch.Tensor | None = None,
-                strategy: str = "auto") -> tuple[nn.Module, nn.Module]:
+                strategy: str = "auto", input_name: str = "example_input") -> tuple[nn.Module, nn.Module]:
     """Split ``model`` at ``layer`` into ``g`` and ``h`` with ``h(g(x)) == model(x)``.
 
     Parameters
@@ -303,6 +305,8 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     strategy
         ``"auto"`` (default: sequential, then torch.fx graph cut, then replay), or one of
         ``"sequential"``, ``"fx"``, ``"replay"``.
+    input_name
+        How errors about ``example_input`` name it (the pipeline passes ``"images"``).
 
     Returns
     -------
@@ -318,6 +322,7 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     if strategy not in ("auto", "sequential", "fx", "replay"):
         raise ValueError(f"`strategy` must be 'auto', 'sequential', 'fx' or 'replay'; got {strategy!r}.")
     layer_name, layer_module = get_layer(model, layer)
+    model = unwrap_model(model)[0]  # DataParallel / DDP / torch.compile compute what they wrap
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError("`example_input` must be a torch.Tensor batch of model inputs.")
 
@@ -343,20 +348,29 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
             result = (g, ReplayH(model, layer_name, layer_module, g, shape))
 
     g, h = result
+    # h must never write into the activations it is given (an in-place ReLU right after the
+    # cut would clip them); the replay runs the whole model, whose functional calls are unseen
+    h = guard_input(h, always=isinstance(h, ReplayH))
     g.split_layer = layer_name  # type: ignore[attr-defined]
     h.split_layer = layer_name  # type: ignore[attr-defined]
     if example_input is not None:
-        check_split(model, g, h, example_input, name="example_input")
+        check_split(model, g, h, example_input, name=input_name)
     return g, h
 
 
 def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
-                atol: float = 1e-5, rtol: float = 1e-4, *, name: str = "x") -> float:
-    """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError."""
+                atol: float | None = None, rtol: float | None = None, *, name: str = "x") -> float:
+    """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError.
+
+    The tolerances default to ``atol=1e-5, rtol=1e-4``, and ``1e-2`` each for float16 and
+    bfloat16 outputs.
+    """
     with preserved_model_state(model), torch.no_grad():
         try:
             expected = model(x)
         except Exception as err:  # a user's model failing on the example: say which input
+            if is_size_error(err):
+                raise too_small_error(err, model, x, name, type(model).__name__) from err
             raise ValueError(f"`{name}` of {describe(x)} cannot be run through "
                              f"{type(model).__name__}: {type(err).__name__}: {err}") from err
         got = h(g(x))
@@ -364,6 +378,12 @@ def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
         expected, got = expected[0], got[0]
     if not isinstance(expected, torch.Tensor):
         return 0.0
+    half = expected.dtype in (torch.float16, torch.bfloat16)
+    atol = (1e-2 if half else 1e-5) if atol is None else atol
+    rtol = (1e-2 if half else 1e-4) if rtol is None else rtol
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        raise CutError(f"the split does not reproduce the model: h(g(x)) gives {describe(got)}, "
+                       f"model(x) a tensor of shape {tuple(expected.shape)}.")
     diff = float((expected - got).abs().max()) if expected.numel() else 0.0
     if not torch.allclose(expected, got, atol=atol, rtol=rtol):
         raise CutError(f"the split does not reproduce the model: max |h(g(x)) - model(x)| = {diff:.3g}.")

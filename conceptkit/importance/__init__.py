@@ -6,7 +6,8 @@
 - Concept importance of a head ``h`` over a concept bank: :func:`concept_importance` (Sobol with an
   exact fast path for affine heads, closed form, gradient x input, integrated gradients,
   occlusion, RISE) returning a :class:`ConceptImportance`.
-- TCAV: concept activation vectors, directional derivatives and significance tests.
+- TCAV: concept activation vectors, directional derivatives and significance tests (a specific
+  protocol by default; :data:`CLASSIC_TCAV` for the TCAV paper's and Captum's).
 - Fidelity metrics of importances: :mod:`conceptkit.importance.metrics` (C-Deletion, C-Insertion,
   C-μFidelity).
 """
@@ -19,12 +20,13 @@ from ._concept import METHODS, ConceptImportance, concept_importance
 from ._design import SAMPLERS, replicated_design
 from ._estimators import FIRST_ORDER_ESTIMATORS, TOTAL_ORDER_ESTIMATORS
 from ._sobol import SobolResult, estimate_sobol, sobol_indices, sobol_indices_with_ci
-from ._tcav import TCAVResult, correct_p_values, tcav
+from ._tcav import CLASSIC_TCAV, TCAVResult, correct_p_values, tcav
 from ._tcav_sources import concept_sets_from_codes, tcav_from_bank, tcav_images
 from .metrics import CDeletion, CInsertion, CMuFidelity, MetricResult
 
 __all__ = [
     "CAV",
+    "CLASSIC_TCAV",
     "CDeletion",
     "CInsertion",
     "CMuFidelity",

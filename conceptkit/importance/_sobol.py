@@ -76,14 +76,20 @@ def estimate_sobol(outputs: Any, n_vars: int, *, order: str = "total",
     return estimate(outputs, n_vars, function, include_b)
 
 
-def _evaluate(func: Callable, points: np.ndarray, batch_size: int | None) -> np.ndarray:
+def _evaluate(func: Callable, points: np.ndarray,
+              batch_size: int | None) -> tuple[np.ndarray, np.dtype]:
+    """Outputs (float64) and the precision ``func`` computed them in (its float dtype)."""
     step = len(points) if batch_size is None else batch_size
     values = []
+    precision = np.dtype(np.float64)
     for start in range(0, len(points), step):
         chunk = points[start:start + step]
         out = func(chunk)
         try:
-            out = to_numpy(out).astype(np.float64)
+            out = to_numpy(out)
+            if np.issubdtype(out.dtype, np.floating) and out.dtype.itemsize < precision.itemsize:
+                precision = out.dtype
+            out = out.astype(np.float64)
         except (TypeError, ValueError) as err:
             raise TypeError(f"`func` must return an array of shape ({len(chunk)},); got "
                             f"{describe(out)}.") from err
@@ -93,7 +99,7 @@ def _evaluate(func: Callable, points: np.ndarray, batch_size: int | None) -> np.
         if not np.all(np.isfinite(out)):
             raise ValueError("`func` returned NaN or Inf values.")
         values.append(out)
-    return np.concatenate(values)
+    return np.concatenate(values), precision
 
 
 def _run(func: Callable, n_vars: int, n_designs: int, estimator: str, order: str, sampler: str,
@@ -110,9 +116,9 @@ def _run(func: Callable, n_vars: int, n_designs: int, estimator: str, order: str
     a, b = sample_ab(n_designs, n_vars, sampler, rng)
     include_b = order == "first"
     points = replicated_design(a, b, include_b=include_b)
-    outputs = _evaluate(func, points, batch_size)
-    indices = estimate(outputs, n_vars, function, include_b)
-    return indices, outputs, function, include_b, rng, n_vars
+    outputs, precision = _evaluate(func, points, batch_size)
+    indices = estimate(outputs, n_vars, function, include_b, precision)
+    return indices, outputs, function, include_b, rng, n_vars, precision
 
 
 def _check_interval(confidence: Any, n_bootstrap: Any) -> tuple[float, int]:
@@ -210,10 +216,10 @@ def sobol_indices_with_ci(func: Callable[[np.ndarray], Any], n_vars: int, n_desi
     SobolResult
     """
     confidence, n_bootstrap = _check_interval(confidence, n_bootstrap)
-    indices, outputs, function, include_b, rng, n_vars = _run(
+    indices, outputs, function, include_b, rng, n_vars, precision = _run(
         func, n_vars, n_designs, estimator, order, sampler, seed, batch_size)
     low, high = bootstrap_interval(outputs, n_vars, function, include_b, confidence,
-                                   n_bootstrap, rng)
+                                   n_bootstrap, rng, precision)
     return SobolResult(indices=indices, ci_low=low, ci_high=high, confidence=confidence)
 
 

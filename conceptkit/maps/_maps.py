@@ -26,7 +26,7 @@ from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
-from ..extraction._layers import get_layer
+from ..extraction._layers import get_layer, unwrap_model
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -141,7 +141,7 @@ def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
                 with torch.enable_grad():
                     # the model's dtype, as ActivationExtractor; gradients flow even if frozen
                     batch = batch.detach().to(model_dtype(model)).requires_grad_(True)
-                    model(batch)
+                    unwrap_model(model)[0](batch)  # DataParallel: hooks are on the wrapped model
                     acts = _as_maps(store["concept"], batch.shape[0], model)
                     pooled = acts.mean(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
                     codes = bank.encode_differentiable(pooled.float())

@@ -8,10 +8,15 @@
 - :class:`ModelAtLayer` — a model cut at a layer with the settings used to run it.
 - :func:`build_class_report` — the :class:`~conceptkit.report.ClassReport` of an explanation
   (what ``ClassConcepts.report`` draws with :func:`conceptkit.report.write_class_report`).
+- :class:`ConceptAtlas` — one concept dictionary for all classes: importance table, shared
+  concepts, confusions explained by concepts, concept search; streamed from a store and fitted
+  across torch.distributed ranks.
 """
 
 from .._deprecation import module_getattr
 from ._assemble import build_class_report
+from ._atlas import ConceptAtlas
+from ._atlas_results import AtlasImportance, ConceptSearch, ConfusionExplanation
 from ._explainer import DISCOVERY_METHODS, ConceptExplainer, predict_labels
 from ._handle import ModelAtLayer
 from ._manager import ConceptManager
@@ -19,6 +24,10 @@ from ._recursion import ConceptTree, decompose_concept, plot_subconcepts, subcon
 from ._result import ClassConcepts
 
 __all__ = [
+    "AtlasImportance",
+    "ConceptAtlas",
+    "ConceptSearch",
+    "ConfusionExplanation",
     "DISCOVERY_METHODS",
     "ClassConcepts",
     "ConceptExplainer",

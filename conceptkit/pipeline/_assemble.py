@@ -49,13 +49,15 @@ def _metric(value: Any, higher_is_better: bool) -> dict[str, Any]:
 
 def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
                        labels: dict[int, str] | None = None, notes: list[str] | None = None,
-                       extra_metrics: dict | None = None) -> Any:
+                       extra_metrics: dict | None = None, trust: dict | None = None) -> Any:
     """The :class:`~conceptkit.report.ClassReport` of ``cc``: what its report page shows.
 
     ``n_images`` class images with their concept maps, ``n_exemplars`` exemplars per concept,
     concept ``labels`` (default ``"concept <i>"``), ``notes`` and ``extra_metrics`` (a group of
     metrics in the report's ``{group: {name: {"value", "higher_is_better"}}}`` form) added to the
-    explanation's own metrics. :func:`conceptkit.report.write_class_report` draws it.
+    explanation's own metrics. ``trust`` (from ``cc.trust()``) adds each concept's stability
+    across seeds, a "trust" group of metrics and the trust notes.
+    :func:`conceptkit.report.write_class_report` draws it.
     """
     from ..report import ClassReport, ConceptSummary
 
@@ -73,10 +75,13 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         i, j = pair["concepts"]
         duplicates.setdefault(i, []).append(label(j))
         duplicates.setdefault(j, []).append(label(i))
+    stability = (trust or {}).get("stability", {}).get("per_concept")
     concepts = []
     for c in order:
         ex, ids = cc.top_examples(int(c), n_exemplars, image_size=min(64, _side(cc)))
         extra = {"near-duplicate of": ", ".join(duplicates[int(c)])} if int(c) in duplicates else {}
+        if stability is not None:
+            extra["stability across seeds"] = f"{stability[c]:.2f}"
         concepts.append(ConceptSummary(index=int(c), label=label(c),
                                        importance=float(cc.importances[c]), ci_low=float(ci_low[c]),
                                        ci_high=float(ci_high[c]), exemplars=ex.numpy(),
@@ -93,6 +98,10 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         metrics = {}
     if extra_metrics:
         metrics = {**metrics, **extra_metrics}
+    notes = list(notes or [])
+    if trust is not None:
+        metrics = {**metrics, "trust": _trust_metrics(trust)}
+        notes += [f"Trust: {note}" for note in trust.get("notes", [])]
     return ClassReport(
         class_id=int(cc.class_id), class_name=cc.class_name, method=cc.method,
         importance_method=cc.importance.method, layer=cc.layer, model_name=cc.model_name,
@@ -101,7 +110,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
                           else range(shown.shape[0])),
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
-        notes=[*cc.notes(), *(notes or [])],
+        notes=[*cc.notes(), *notes],
         timings=dict(cc.timings))
 
 
@@ -116,6 +125,21 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: boo
     report = build_class_report(cc, **build_options)
     page = render(report, out_dir, index_link=index_link)
     return index_entry(report, page, out_dir) if return_entry else page
+
+
+def _trust_metrics(trust: dict) -> dict[str, dict]:
+    out = {}
+    if trust["stability"].get("mean") is not None:
+        out["mean stability across seeds"] = _metric(trust["stability"]["mean"], True)
+    separated = trust["intervals"].get("top_separated")
+    if separated is not None:
+        out["top concept separated (1 = yes)"] = _metric(float(separated), True)
+    out["unresolved ranked pairs"] = _metric(len(trust["intervals"]["unresolved_pairs"]), False)
+    out["near-duplicate pairs"] = _metric(len(trust["near_duplicates"]), False)
+    for key, value in (trust.get("evaluation") or {}).items():
+        if isinstance(value, (bool, int, float)):
+            out[f"ground truth: {key}"] = _metric(float(value), key != "deletion_area")
+    return out
 
 
 def _side(cc: Any) -> int:

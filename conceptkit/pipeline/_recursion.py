@@ -30,7 +30,7 @@ from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import CRAFT, ICE, ConceptBank
 from ..extraction import ActivationExtractor, CropSet, SegmentSet
-from ..extraction._layers import get_layer
+from ..extraction._layers import get_layer, unwrap_model
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
 from ._examples import cut_examples
@@ -229,6 +229,7 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
         progress=bool(progress))
     _check_source(images, bank)
     parent_layer, _ = get_layer(model, bank.layer, "bank.layer")
+    model = unwrap_model(model)[0]  # DataParallel / torch.compile: hooks go on what they wrap
     levels = [get_layer(model, layer, "layer")[0]]
     if child_layers is not None:
         if isinstance(child_layers, str) or not isinstance(child_layers, Sequence):

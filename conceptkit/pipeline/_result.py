@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._deprecation import renamed_arguments
+from .. import io
+from .._deprecation import renamed_arguments, warn_deprecated
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int
 from ..concepts import ConceptBank
@@ -20,6 +20,9 @@ from ..maps import MAP_KINDS, choose_map_kind
 from ._examples import cut_examples
 from ._handle import ModelAtLayer
 from ._notes import MetricsTable
+
+RESULT_KIND = "ClassConcepts"
+RESULT_VERSION = 1
 
 
 @dataclass
@@ -65,6 +68,8 @@ class ClassConcepts:
     saved_maps: torch.Tensor | None = None
     saved_metrics: dict[str, Any] | None = None
     saved_images: torch.Tensor | None = None
+    saved_exemplars: list[torch.Tensor] | None = field(default=None, repr=False)  # uint8, per concept
+    saved_exemplar_ids: list[np.ndarray] | None = field(default=None, repr=False)
     model_at_layer: ModelAtLayer | None = field(default=None, repr=False)
     context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
 
@@ -72,9 +77,8 @@ class ClassConcepts:
     @property
     def explainer(self) -> ModelAtLayer | None:
         """Deprecated alias of :attr:`model_at_layer` (removed in 0.3)."""
-        warnings.warn("`ClassConcepts.explainer` is deprecated; use `model_at_layer` (it has "
-                      "`model`, `h`, `activations(images)`, `preprocess`, `batch_size`).",
-                      DeprecationWarning, stacklevel=2)
+        warn_deprecated("ClassConcepts.explainer", "model_at_layer (it has `model`, `h`, "
+                        "`activations(images)`, `preprocess`, `batch_size`)")
         return self.model_at_layer
 
     @property
@@ -121,14 +125,15 @@ class ClassConcepts:
         """
         concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
         n = check_int(n_exemplars, "n_exemplars", minimum=1)
-        rows = self.bank.top_rows(concept, n)
-        saved = self.bank.extra.get("exemplars")
         if self.images is None:
-            if saved is None:
+            if self.saved_exemplars is None:
                 raise ValueError("this explanation was loaded without its images; exemplars are "
                                  "only available for the concepts saved with it.")
-            stack = saved[concept][:n]
-            return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
+            stack = self.saved_exemplars[concept][:n].float() / 255.0
+            if image_size is not None and tuple(stack.shape[-2:]) != (int(image_size),) * 2:
+                stack = _resize(stack, image_size).clamp(0, 1)
+            return stack, np.asarray(self.saved_exemplar_ids[concept][:n])
+        rows = self.bank.top_rows(concept, n)
         return (cut_examples(self.images, self.bank, rows, image_size),
                 self._ids_of(self.bank.provenance.image_ids[rows]))
 
@@ -154,9 +159,9 @@ class ClassConcepts:
         ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
         patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
         segments back for the fitted images — its k-means centroids come from pooled segment
-        patches, so encoding single positions with them is not meaningful — uses scale-matched
-        maps for CRAFT on convolutional layers (on the ground-truth dataset they localise every
-        causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
+        patches, so encoding single positions with them is not meaningful — and gives
+        coefficient maps otherwise (chosen on the four ground-truth worlds; see
+        :func:`conceptkit.maps.choose_map_kind` for the numbers).
         """
         from ..maps import coefficient_maps, gradient_maps, provenance_maps
 
@@ -313,11 +318,13 @@ class ClassConcepts:
         return self.model_at_layer
 
     def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
-               device: Any = None) -> ClassConcepts:
+               device: Any = None, output: int | str | None = None) -> ClassConcepts:
         """Re-attach ``model`` (cut at this explanation's layer) to a loaded explanation, so that
-        maps of new images can be computed; returns ``self``."""
+        maps of new images can be computed; returns ``self``. ``output`` picks the logits out of
+        a tuple or dict output, as in :class:`~conceptkit.ConceptExplainer`."""
         self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
-                                           batch_size=batch_size, device=device, progress=False)
+                                           batch_size=batch_size, device=device, progress=False,
+                                           output=output)
         return self
 
     @property
@@ -373,42 +380,70 @@ class ClassConcepts:
 
         return result_repr(self)
 
+    def trust(self, *, n_seeds: int = 3, seed: int = 0, ground_truth: Any = None) -> dict[str, Any]:
+        """How far to trust this explanation: each concept's stability across ``n_seeds`` other
+        factorizer seeds (Hungarian-matched dictionary cosine), the confidence-interval widths
+        and which ranked pairs they leave unresolved, near-duplicate concepts, notes, and — with
+        ``ground_truth=(images, masks, part_names)`` — the evaluation row against the part masks
+        (:mod:`conceptkit.pipeline._trust`)."""
+        from ._trust import trust
+
+        key = (n_seeds, seed)
+        cache = self.__dict__.setdefault("_trust_cache", {})
+        if ground_truth is not None:
+            return trust(self, n_seeds=n_seeds, seed=seed, ground_truth=ground_truth)
+        if key not in cache:
+            cache[key] = trust(self, n_seeds=n_seeds, seed=seed)
+        return cache[key]
+
     def report(self, out_dir: str | os.PathLike, *, n_images: int = 6, n_exemplars: int = 10,
                labels: dict[int, str] | None = None, notes: list[str] | None = None,
                extra_metrics: dict | None = None, index_link: str | None = None,
-               **render_options: Any) -> str:
+               trust: bool | dict = False, **render_options: Any) -> str:
         """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path.
 
         The page is assembled by :func:`~conceptkit.pipeline.build_class_report` (``n_images``,
         ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``) and drawn by
         :func:`conceptkit.report.write_class_report` (``index_link`` and ``render_options``:
-        ``dpi``, ``embedding``, ...).
+        ``dpi``, ``embedding``, ...). ``trust=True`` adds :meth:`trust` (stability across
+        seeds, interval overlaps, near duplicates) to the page; a dict from :meth:`trust` (e.g.
+        with ``ground_truth``) is shown as it is.
         """
         from ..report import write_class_report
         from ._assemble import build_class_report
 
         report = build_class_report(self, n_images=n_images, n_exemplars=n_exemplars,
-                                    labels=labels, notes=notes, extra_metrics=extra_metrics)
+                                    labels=labels, notes=notes, extra_metrics=extra_metrics,
+                                    trust=self.trust() if trust is True else (trust or None))
         return str(write_class_report(report, out_dir, index_link=index_link, **render_options))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
         """Save to one ``.safetensors`` file (tensors + JSON; loads without pickle).
 
-        The bank, the importances, the metrics, the first ``n_images`` class images with their
-        concept maps and the top ``n_exemplars`` exemplars of every concept are stored, so that
-        a report can be rebuilt from the file alone.
+        The bank, the importances, the metrics, ``n_images`` class images with their concept maps
+        and the top ``n_exemplars`` exemplars of every concept are stored (images as uint8
+        tensors, maps as float16), so that a report can be rebuilt from the file alone. A loaded
+        explanation saves what it was loaded with: the file equals the one it came from.
         """
-        from ._persist import save_result
+        from ._persist import result_state
 
-        return save_result(self, path, n_images=n_images, n_exemplars=n_exemplars)
+        tensors, meta = result_state(self, n_images=check_int(n_images, "n_images", minimum=0),
+                                     n_exemplars=check_int(n_exemplars, "n_exemplars", minimum=1))
+        return str(io.save_file(path, tensors, meta, kind=RESULT_KIND, version=RESULT_VERSION))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClassConcepts:
-        """Read a file written by :meth:`save` (no pickle, no code execution)."""
-        from ._persist import load_result
+        """Read a file written by :meth:`save` (no pickle, no code execution).
 
-        return load_result(cls, path)
+        Parts that disagree with each other (maps or intervals for another number of concepts,
+        exemplars without their ids) are refused here, with a FormatError naming the file.
+        """
+        from ._persist import result_from_state
+
+        tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
+        with io.loading(path, "ClassConcepts file"):
+            return result_from_state(cls, tensors, meta)
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:

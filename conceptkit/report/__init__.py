@@ -6,6 +6,7 @@ explanation itself: the pipeline assembles the numbers, this package draws them.
 """
 
 from .._deprecation import module_getattr
+from ._atlas import AtlasReport, write_atlas_report
 from ._colors import concept_colors, concept_hex_colors
 from ._data import ClassReport, ConceptSummary, IndexEntry
 from ._figures import (
@@ -29,6 +30,7 @@ from ._structure import (
 from ._write import write_class_report
 
 __all__ = [
+    "AtlasReport",
     "ClassReport",
     "ConceptSummary",
     "IndexEntry",
@@ -49,6 +51,7 @@ __all__ = [
     "save_figure",
     "strategic_embedding",
     "top_concepts",
+    "write_atlas_report",
     "write_class_report",
     "write_index",
     "write_page",

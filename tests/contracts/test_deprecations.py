@@ -110,8 +110,10 @@ def test_size_and_count_arguments(explanation):
 
     cc = explanation
     new, ids = cc.top_examples(0, n_exemplars=2, image_size=16)
-    with pytest.warns(DeprecationWarning, match="`n` of ClassConcepts.top_examples"):
+    with pytest.warns(DeprecationWarning) as record:
         old, old_ids = cc.top_examples(0, n=2, size=16)
+    messages = " ".join(str(w.message) for w in record)
+    assert "`n` of ClassConcepts.top_examples" in messages and "`size`" in messages
     torch.testing.assert_close(old, new)
     np.testing.assert_array_equal(old_ids, ids)
     with pytest.warns(DeprecationWarning, match="`size`"):
@@ -259,3 +261,8 @@ def test_plumbing_left_the_faces_but_still_imports(face, name, home):
     assert value is getattr(importlib.import_module(home), name)
     with pytest.raises(AttributeError, match="no attribute"):
         module.no_such_name  # noqa: B018 - an unknown name still fails plainly
+
+
+def test_class_concepts_explainer_is_model_at_layer(explanation):
+    with pytest.warns(DeprecationWarning, match="model_at_layer"):
+        assert explanation.explainer is explanation.model_at_layer

@@ -18,7 +18,8 @@ nbclient = pytest.importorskip("nbclient")
 import conceptkit  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "03_evaluate.ipynb", "04_tcav.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "03_evaluate.ipynb", "04_atlas.ipynb",
+         "06_tcav.ipynb"]
 NUMBER = r"([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)"
 IMPORTANCE_LINE = re.compile(rf"^\s*concept (\d+): {NUMBER} \[{NUMBER}, {NUMBER}\]$", re.M)
 
@@ -173,6 +174,13 @@ KIND_LINE = re.compile(rf"^(auto|coefficient|gradient)\s+(\d+)\s+(.+?)\s+{NUMBER
 SPEARMAN_LINE = re.compile(rf"^class (\d+): spearman {NUMBER}, kendall", re.M)
 
 
+def stdout_of(nb) -> str:
+    """What the code cells printed, exactly: the kernel flushes stdout in chunks (a line and its
+    newline may arrive apart), so the chunks are joined as they came, without separators."""
+    return "".join(output["text"] for cell in nb.cells for output in cell.get("outputs", [])
+                   if output["output_type"] == "stream" and output["name"] == "stdout")
+
+
 def printed_reliance(text: str) -> dict[int, dict[str, float]]:
     """``{class: {part: expected drop}}`` from the notebook's reliance listing."""
     out: dict[int, dict[str, float]] = {}
@@ -195,7 +203,7 @@ def test_evaluate_notebook_03_runs(kernel_path, tmp_path):
     from conceptkit.evaluate import METRIC_COLUMNS, reliance
 
     nb = execute("03_evaluate.ipynb", tmp_path)
-    text = text_of(nb)
+    text = stdout_of(nb)
     printed = printed_reliance(text)
     assert sorted(printed) == [0, 1]
     # The printed reliance is what evaluate.reliance measures on the same sample, every part
@@ -239,7 +247,7 @@ def test_evaluate_notebook_03_runs(kernel_path, tmp_path):
 
 
 def test_tcav_notebook_runs(kernel_path, tmp_path):
-    nb = execute("04_tcav.ipynb", tmp_path)
+    nb = execute("06_tcav.ipynb", tmp_path)
     text = text_of(nb)
     # block4 (pooling + linear head after it): every score 0 or 1, and conceptkit says so.
     assert "warning: degenerate TCAV" in text and "Use an earlier layer" in text
@@ -252,3 +260,24 @@ def test_tcav_notebook_runs(kernel_path, tmp_path):
     assert re.search(r"^red disk\s+1\.000 .* yes$", block3, re.M)
     others = [v for k, v in scores.items() if k not in ("red disk", "blue square", "magenta square")]
     assert max(others) < 0.5
+
+def test_atlas_notebook_runs(kernel_path, tmp_path):
+    nb = execute("04_atlas.ipynb", tmp_path)
+    text = text_of(nb)
+    out = output_dir(text)
+    try:
+        atlas = conceptkit.load(out / "atlas.safetensors")
+        assert "importance table: (6, 12)" in text
+        # The printed top importances are those of the saved atlas.
+        for row, name in enumerate(atlas.importance.class_names):
+            line = re.search(rf"^{re.escape(name)}\s+(.*)$", text, re.M).group(1)
+            for j, value in re.findall(r"C(\d+)=([0-9.]+)", line):
+                assert float(value) == pytest.approx(atlas.importance.values[row, int(j)], abs=1e-3)
+        a, b, _ = atlas.most_confused_pairs(1)[0]
+        shared = [f"C{s['concept']}" for s in atlas.shared_concepts(a, b)]
+        assert f"shared concepts: {shared}" in text
+        assert "importances identical after loading: True" in text
+        assert (out / "report" / "index.html").is_file() and n_images(nb) >= 1
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+

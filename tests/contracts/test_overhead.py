@@ -63,13 +63,16 @@ def test_shared_codes_give_the_same_maps_and_metrics(fitted):
         assert metrics[metric.name]["value"] == pytest.approx(plain, rel=1e-12, abs=1e-12)
 
 
-def test_scale_matched_maps_run_g_once_for_maps_report_and_save(tmp_path, monkeypatch):
-    """CRAFT's default maps enlarge the class images: one pass of g over them, shared."""
+def test_scale_matched_maps_run_g_once_and_default_maps_need_no_enlarged_pass(tmp_path,
+                                                                            monkeypatch):
+    """Scale-matched maps enlarge the class images: one pass of g over them, kept for later
+    calls; the default (coefficient) maps of report and save reuse the fitted codes instead."""
     from conceptkit.pipeline import _result as _results
 
     images = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     model = _model()
-    cc = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False).fit(images, 0)
+    cc = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False,
+                                     importance="sobol").fit(images, 0)
     passes = []
     original = _results._Enlarged.iter_batches
 
@@ -78,21 +81,20 @@ def test_scale_matched_maps_run_g_once_for_maps_report_and_save(tmp_path, monkey
         return original(self, batch_size)
 
     monkeypatch.setattr(_results._Enlarged, "iter_batches", spy)
-    maps = cc.concept_maps()
+    maps = cc.concept_maps(kind="scale_matched")
     zoom = 32 / cc.bank.params["patch_size"]
     torch.testing.assert_close(maps, scale_matched_maps(model, images, cc.bank, zoom), rtol=0, atol=1e-6)
-    torch.testing.assert_close(cc._shown_maps(4), maps[:4], rtol=0, atol=0)
     maps.zero_()
-    assert cc.concept_maps().abs().sum() > 0
+    assert cc.concept_maps(kind="scale_matched").abs().sum() > 0
     cc.report(tmp_path / "report")
     cc.save(tmp_path / "class.safetensors")
     assert passes == [9]
-    # without concept_maps() first, report and save share the pass over the shown images
-    fresh = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False).fit(images, 0)
+    fresh = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False,
+                                        importance="sobol").fit(images, 0)
     passes.clear()
     fresh.report(tmp_path / "again", n_images=6)
     fresh.save(tmp_path / "again.safetensors", n_images=5)
-    assert passes == [6]
+    assert passes == []
 
 
 def test_replacing_the_bank_recomputes_the_codes(fitted):

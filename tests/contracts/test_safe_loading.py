@@ -356,6 +356,91 @@ def test_mutated_stores_are_refused_or_consistent(files, how, data):
         assert "`path`" in str(err) and str(store) in str(err), f"unclear error: {err!r}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Equal or FormatError, within bounds: every saved file carries a digest of its content, so a
+# mutation either leaves the content as saved (the file loads to an object that saves to the
+# very same bytes) or is refused with a FormatError naming the file; every store manifest carries
+# a digest too. Each load must finish within SECONDS and must not raise the process's peak
+# memory by more than MEMORY_MB.
+# ---------------------------------------------------------------------------------------------
+
+SECONDS = 5.0
+MEMORY_MB = 256
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _bounded(load: Callable[[], Any]) -> Any:
+    """``load()``'s result, or its FormatError; checks the time and memory bounds either way."""
+    import time
+
+    peak, start = _peak_mb(), time.perf_counter()
+    try:
+        return load()
+    except io.FormatError as err:
+        return err
+    finally:
+        assert time.perf_counter() - start < SECONDS, "a load took longer than the bound"
+        assert _peak_mb() - peak < MEMORY_MB, "a load raised the peak memory beyond the bound"
+
+
+def _saved_bytes(kind: str, obj: Any, path: Path) -> bytes:
+    obj.save(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+@settings(SETTINGS, max_examples=2 * SETTINGS.max_examples)
+@given(st.data())
+def test_mutated_files_load_equal_or_raise_format_error(kind, files, data):
+    loader = LOADERS[kind][0]
+    mutated = _mutate(files[kind].read_bytes(), data.draw)
+    path = files[kind].with_name(f"equal-{kind}.safetensors")
+    path.write_bytes(mutated)
+    result = _bounded(lambda: loader(path))
+    if isinstance(result, io.FormatError):
+        assert "`path`" in str(result) and str(path) in str(result), f"unclear error: {result!r}"
+        return
+    original = loader(files[kind])
+    assert (_saved_bytes(kind, result, path.with_name(f"resaved-{kind}.safetensors"))
+            == _saved_bytes(kind, original, path.with_name(f"original-{kind}.safetensors"))), (
+        f"a mutated {kind} file loaded to another object without a FormatError")
+
+
+@SETTINGS
+@given(how=st.sampled_from(["manifest_bytes", "manifest_value", "manifest_delete",
+                            "manifest_truncate"]), data=st.data())
+def test_mutated_manifests_load_equal_or_raise_format_error(files, how, data):
+    store = files["store"].with_name("equal-store")
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(files["store"], store)
+    manifest = store / "manifest.json"
+    raw = manifest.read_bytes()
+    if how == "manifest_bytes":
+        flipped = bytearray(raw)
+        flipped[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+        manifest.write_bytes(bytes(flipped))
+    elif how == "manifest_truncate":
+        manifest.write_bytes(raw[:data.draw(st.integers(0, len(raw) - 1))])
+    else:
+        info = json.loads(raw)
+        path = data.draw(st.sampled_from(_paths(info)))
+        _damage_at(info, path, how == "manifest_delete", lambda: data.draw(JSON_VALUES))
+        manifest.write_text(json.dumps(info))
+    result = _bounded(lambda: extraction.ActivationStore(store))
+    if isinstance(result, io.FormatError):
+        assert "`path`" in str(result) and str(store) in str(result), f"unclear error: {result!r}"
+        return
+    original = extraction.ActivationStore(files["store"])
+    assert {k: v for k, v in result.manifest.items() if k != "digest"} == {
+        k: v for k, v in original.manifest.items() if k != "digest"}
+    np.testing.assert_array_equal(result.read(), original.read())
+
+
 def test_checked_states_still_round_trip(tmp_path):
     """The state checks refuse only broken states: a sparse autoencoder bank restricted to fewer
     concepts than its top_k (as ACE's cluster filter can do) saves, loads and encodes the same."""
