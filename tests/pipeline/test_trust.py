@@ -69,7 +69,8 @@ def test_trust_notes_say_what_is_shaky():
     cc = types.SimpleNamespace(
         bank=bank, importance=importance(np.linspace(0.5, 0.1, 8), np.linspace(0.3, 0.0, 8),
                                          np.linspace(0.7, 0.2, 8)),
-        near_duplicates=lambda: [(1, 4, 0.99)])
+        near_duplicates=lambda: [{"concepts": (1, 4), "correlation": 0.99,
+                                  "shared_exemplars": 3, "n_exemplars": 10}])
     summary = trust(cc, n_seeds=2)
     text = " ".join(summary["notes"])
     assert "change with the seed" in text and "overlaps the second" in text
