@@ -260,6 +260,9 @@ def test_tcav_notebook_runs(kernel_path, tmp_path):
     assert re.search(r"^red disk\s+1\.000 .* yes$", block3, re.M)
     others = [v for k, v in scores.items() if k not in ("red disk", "blue square", "magenta square")]
     assert max(others) < 0.5
+    # The default protocol (magnitudes against a random concept) works at block4 itself.
+    assert ("significant at block4 (default protocol): ['red disk', 'blue square', "
+            "'magenta square']") in text
 
 def test_atlas_notebook_runs(kernel_path, tmp_path):
     nb = execute("04_atlas.ipynb", tmp_path)
