@@ -123,7 +123,7 @@ def class_importances(cc: ClassConcepts, methods: list[str], seed: int = 0,
             out[method] = cc.importance  # the fit already scored it with this seed
             continue
         acts = cc.activations if activations is None else activations
-        out[method] = concept_importance(cc.explainer.h, acts, cc.bank, cc.class_id,
+        out[method] = concept_importance(cc.model_at_layer.h, acts, cc.bank, cc.class_id,
                                          method=method, seed=seed, progress=False)
     return out
 
@@ -177,8 +177,8 @@ def spurious_summary(cc: ClassConcepts, pg: np.ndarray, train_cue_rate: float,
     class_test = test.subset(class_rows(test, cc.class_id))
     with_cue = add_concept(class_test, cue, seed=seed)
     sets = {"train": (cc.activations, None),
-            "test": (cc.explainer.activations(class_test.images), class_test),
-            "test_with_cue": (cc.explainer.activations(with_cue.images), with_cue)}
+            "test": (cc.model_at_layer.activations(class_test.images), class_test),
+            "test_with_cue": (cc.model_at_layer.activations(with_cue.images), with_cue)}
     out: dict[str, Any] = {"concept": j, "pointing_game": float(pg[j, cue]), "importance": {}}
     for method in importance_methods:
         rows = {}

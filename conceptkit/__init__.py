@@ -3,7 +3,7 @@
 The faces: :class:`ConceptExplainer` (one class), :class:`ConceptManager` (many classes),
 :class:`ClassConcepts` (the result) and :func:`load` (read any saved conceptkit file without
 pickle). The subpackages hold the parts: ``extraction``, ``concepts``, ``importance``, ``maps``,
-``bottleneck``, ``report`` and ``datasets``.
+``report``, ``pipeline``, ``bottleneck``, ``models``, ``datasets`` and ``cli``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._recursion import ConceptTree, decompose_concept, plot_subconcepts, subconcept_examples
-from ._results import ClassConcepts
-from .pipeline import ConceptExplainer, ConceptManager
+from .pipeline import (
+    ClassConcepts,
+    ConceptExplainer,
+    ConceptManager,
+    ConceptTree,
+    decompose_concept,
+    plot_subconcepts,
+    subconcept_examples,
+)
 
 __version__ = "0.1.0"
 
@@ -28,12 +34,9 @@ def load(path: str | os.PathLike) -> Any:
     from .concepts import ConceptBank
 
     kind, _ = io.peek_kind(path)
-    loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load}
-    try:
-        from .bottleneck import LOADERS as CBM_LOADERS  # CBM kinds register their loaders
-        loaders.update(CBM_LOADERS)
-    except ImportError:
-        pass
+    from .bottleneck import LOADERS as CBM_LOADERS  # CBM kinds register their loaders
+
+    loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load, **CBM_LOADERS}
     if kind not in loaders:
         raise io.FormatError(f"`path` {str(path)!r} holds a {kind!r}, which this version of "
                              f"conceptkit cannot load (known: {sorted(loaders)}).")

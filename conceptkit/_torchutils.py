@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
+
+from ._validation import resolve_device
 
 
 def _hook_dicts(module: nn.Module):
@@ -58,6 +61,22 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: Any = None) -> Iterator[torch.device]:
+    """Run a block with ``model`` on ``device`` (None: where it already is) and move it back
+    afterwards, also when the block raises; yields the device the block runs on."""
+    original = model_device(model)
+    target = original if device is None else resolve_device(device)
+    moved = target != original
+    try:
+        if moved:
+            model.to(target)
+        yield target
+    finally:
+        if moved:
+            model.to(original)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -10,6 +10,7 @@ unpickles and never executes code. The JSON carries ``kind`` (what was saved) an
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -26,24 +27,46 @@ class FormatError(ValueError):
     """A file is not a valid conceptkit save (wrong kind, version, truncated or tampered)."""
 
 
-def _jsonable(value: Any) -> Any:
+def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:
+    """``value`` as plain JSON types: dicts with string keys, lists, numbers, strings, None.
+
+    Arrays and tensors become (nested) lists and numpy scalars plain numbers. With
+    ``finite=True`` (reports) NaN and infinities become ``None`` so that the output is strict
+    JSON; ``finite=False`` keeps them (file metadata, read back by Python's ``json``). Values of
+    any other type raise a ``TypeError`` with ``strict=True`` and become ``str(value)`` otherwise.
+    """
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(key): json_ready(item, strict=strict, finite=finite)
+                for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+        return [json_ready(item, strict=strict, finite=finite) for item in value]
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist(), strict=strict, finite=finite)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) or not finite else None
+    if value is None or isinstance(value, str):
         return value
-    raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata: {value!r}")
+    if isinstance(value, Path):
+        return value.as_posix() if not strict else str(value)
+    if strict:
+        raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata: {value!r}")
+    return str(value)
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """Write ``payload`` as indented UTF-8 JSON; non-finite numbers become ``null``
+    (``allow_nan=False`` guarantees the file is valid JSON)."""
+    path = Path(path)
+    text = json.dumps(json_ready(payload), indent=2, ensure_ascii=False, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
 
 
 def save_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any], *,
@@ -63,7 +86,7 @@ def save_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, 
         if not isinstance(value, torch.Tensor):
             value = torch.from_numpy(np.array(value))  # np.array copies: no shared storage
         body[key] = value.detach().cpu().contiguous().clone()
-    header = {"format": FORMAT_NAME, "kind": kind, "format_version": int(version), "meta": _jsonable(meta)}
+    header = {"format": FORMAT_NAME, "kind": kind, "format_version": int(version), "meta": json_ready(meta, strict=True, finite=False)}
     tmp = path.with_name(path.name + ".tmp")
     _save(body, str(tmp), metadata={FORMAT_NAME: json.dumps(header)})
     umask = os.umask(0)

@@ -1,4 +1,8 @@
 import os
+import sys
+
+# Test modules in every folder import the helpers of tests/_shared.py by name.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

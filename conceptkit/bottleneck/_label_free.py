@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state
+from .._torchutils import on_device, preserved_model_state
 from .._validation import check_images, check_int, describe, make_rng, resolve_device
 from ..io import FormatError, load_file, save_file
 from ._clip import ClipEncoders, clip_similarity
@@ -59,21 +59,17 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, *, batch_size: 
                       device: torch.device, progress: bool) -> torch.Tensor:
     """Backbone outputs ``(N, d)``; spatial maps ``(N, C, h, w)`` are average-pooled."""
     out = []
-    original = model_device(backbone)
-    with preserved_model_state(backbone), torch.no_grad():
-        try:
-            backbone.to(device)
-            for start in tqdm(range(0, len(images), batch_size), disable=not progress,
-                              desc="backbone features", leave=False):
-                feats = backbone(images[start:start + batch_size].to(device))
-                if isinstance(feats, torch.Tensor) and feats.ndim == 4:
-                    feats = feats.mean((2, 3))
-                if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
-                    raise ValueError(f"`backbone` must return features (N, d) or maps (N, C, h, w); "
-                                     f"it returned {describe(feats)}.")
-                out.append(feats.float().cpu())
-        finally:
-            backbone.to(original)  # the user's backbone stays where it was
+    # the user's backbone stays where it was
+    with preserved_model_state(backbone), on_device(backbone, device), torch.no_grad():
+        for start in tqdm(range(0, len(images), batch_size), disable=not progress,
+                          desc="backbone features", leave=False):
+            feats = backbone(images[start:start + batch_size].to(device))
+            if isinstance(feats, torch.Tensor) and feats.ndim == 4:
+                feats = feats.mean((2, 3))
+            if not isinstance(feats, torch.Tensor) or feats.ndim != 2:
+                raise ValueError(f"`backbone` must return features (N, d) or maps (N, C, h, w); "
+                                 f"it returned {describe(feats)}.")
+            out.append(feats.float().cpu())
     return torch.cat(out)
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._json import json_ready
 from .._validation import describe
+from ..io import json_ready
 from ._intervene import InterventionCurve
 from ._metrics import CBMEvaluation, LeakageReport
 from ._model import ConceptBottleneckModel, check_cbm

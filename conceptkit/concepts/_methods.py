@@ -173,10 +173,20 @@ class ICE(_DiscoveryMethod):
         images = check_images(images, "images")
         factorizer = self._factorizer()
         maps = self._extractor(model, layer, None)(images)
+        return self._fit_maps(factorizer, maps, layer, tuple(images.shape[-2:]))
+
+    def fit_activations(self, maps: torch.Tensor, layer: str,
+                        image_size: Sequence[int] | None = None) -> ConceptBank:
+        """Discover concepts in feature maps ``(N, C, h, w)`` already computed at ``layer``
+        (no pass of ``g``); ``image_size`` is the source images' ``(H, W)`` for provenance."""
+        return self._fit_maps(self._factorizer(), maps, layer, image_size)
+
+    def _fit_maps(self, factorizer: Factorizer, maps: torch.Tensor, layer: str,
+                  image_size: Sequence[int] | None) -> ConceptBank:
         if maps.ndim != 4:
             raise ValueError(f"ICE needs spatial feature maps at `layer` {layer!r}; it returns "
                              f"shape {tuple(maps.shape)}. Choose a convolutional/transformer block.")
-        rows = positions(maps, image_size=tuple(images.shape[-2:]))
+        rows = positions(maps, image_size=None if image_size is None else tuple(image_size))
         return self._bank(factorizer, rows.rows, rows.provenance, layer)
 
 
@@ -217,7 +227,7 @@ class ACE(_DiscoveryMethod):
         self.fill = fill
 
     def _default_factorizer(self, k: int) -> Factorizer:
-        from . import KMeansConcepts
+        from ._sklearn_factorizers import KMeansConcepts
 
         return KMeansConcepts(n_concepts=k, random_state=self.seed)
 

@@ -305,7 +305,9 @@ class NMF(Factorizer):
             self.n_samples_seen_, self._squared_norm_seen = 0, 0.0
         l1_U, l2_U, _, _ = _torch_reg(self, X)
         Ut, _ = kernels.nnls_hals(X, W, max_iter=self.max_iter, tol=self.tol, l1=l1_U, l2=l2_U)
-        self.codes_gram_ = self.codes_gram_ + (Ut @ Ut.T).double().cpu().numpy()
+        gram = (Ut @ Ut.T).double().cpu().numpy()
+        # BLAS need not give a bitwise-symmetric product in float32: symmetrise exactly
+        self.codes_gram_ = self.codes_gram_ + (gram + gram.T) / 2
         self.codes_cross_ = self.codes_cross_ + (Ut @ X).double().cpu().numpy()
         self.n_samples_seen_ += int(X.shape[0])
         self._squared_norm_seen += float((X.double() ** 2).sum())

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe, resolve_device
 from ._layers import get_layer
 
@@ -239,12 +239,9 @@ class ActivationExtractor:
             captured.append(output)
             raise _Stop
 
-        with preserved_model_state(self.model):
+        with preserved_model_state(self.model), on_device(self.model, device):
             handle = self._module.register_forward_hook(hook)
-            moved = device != original
             try:
-                if moved:
-                    self.model.to(device)
                 context = torch.enable_grad() if self.grad else torch.no_grad()
                 with context:
                     for batch in tqdm(batches, total=total, disable=not self.progress,
@@ -266,8 +263,6 @@ class ActivationExtractor:
                         outputs.append(act if self.grad else act.detach().to(self.output_device))
             finally:
                 handle.remove()
-                if moved:
-                    self.model.to(original)
         if not outputs:
             raise ValueError("`inputs` is empty: no images to extract activations from.")
         if self._prefix_batches:  # the CLS/register tokens dropped from token maps, (N, P, C)

@@ -18,7 +18,6 @@ Activations that are already vectors ``(n, D)`` are used as they are in either s
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._torchutils import model_device, model_dtype
 from .._validation import (
     check_choice,
     check_float,
@@ -41,6 +40,7 @@ from .._validation import (
     resolve_device,
     to_numpy,
 )
+from ._engine import model_guard
 
 SPACES = ("pooled", "flat")
 CLASSIFIERS = ("sgd", "logistic", "mean_difference")
@@ -273,33 +273,28 @@ def logit_gradients(h: Any, activations: Any, class_id: int, *, space: str = "po
     if not torch.isfinite(activations.float()).all():
         raise ValueError(f"`{name}` contains NaN or Inf values.")
     is_module = isinstance(h, nn.Module)
-    original = model_device(h) if is_module else activations.device
-    device = resolve_device(original if device is None else device)
-    dtype = model_dtype(h) if is_module else (
-        activations.dtype if activations.is_floating_point() else torch.float32)
-    guard = preserved_model_state(h) if is_module else contextlib.nullcontext()
-    moved = is_module and device != original
+    if is_module:
+        dtype = model_dtype(h)
+    else:
+        dtype = activations.dtype if activations.is_floating_point() else torch.float32
+        device = resolve_device(activations.device if device is None else device)
     chunks = []
-    with guard, torch.enable_grad():
-        try:
-            if is_module:
-                if moved:
-                    h.to(device)  # moved back in `finally`, like ActivationExtractor does
-                for parameter in h.parameters():
-                    parameter.requires_grad_(False)  # only input gradients are needed
-            starts = range(0, activations.shape[0], batch_size)
-            for start in tqdm(starts, desc="logit gradients", disable=not progress, leave=False):
-                batch = activations[start:start + batch_size].to(device=device, dtype=dtype)
-                batch = batch.detach().requires_grad_(True)
-                logits = h(batch)
-                _check_logits(logits, batch.shape[0], class_id)
-                (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch)
-                if grad.ndim == 4 and space == "pooled":
-                    grad = grad.sum(dim=(2, 3))
-                chunks.append(grad.reshape(grad.shape[0], -1).detach().to("cpu", torch.float64))
-        finally:
-            if moved:
-                h.to(original)
+    # modules: eval mode, flags restored, moved to `device` and back (see model_guard)
+    with model_guard(h, device), torch.enable_grad():
+        if is_module:
+            device = model_device(h)
+            for parameter in h.parameters():
+                parameter.requires_grad_(False)  # only input gradients are needed
+        starts = range(0, activations.shape[0], batch_size)
+        for start in tqdm(starts, desc="logit gradients", disable=not progress, leave=False):
+            batch = activations[start:start + batch_size].to(device=device, dtype=dtype)
+            batch = batch.detach().requires_grad_(True)
+            logits = h(batch)
+            _check_logits(logits, batch.shape[0], class_id)
+            (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch)
+            if grad.ndim == 4 and space == "pooled":
+                grad = grad.sum(dim=(2, 3))
+            chunks.append(grad.reshape(grad.shape[0], -1).detach().to("cpu", torch.float64))
     return torch.cat(chunks).numpy()
 
 

@@ -239,7 +239,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     if confidence is not None:
         confidence = _check_open_unit(confidence, "confidence")
     seed = _check_seed(seed)
-    with model_guard(h):
+    with model_guard(h, device):
         problem = prepare_problem(h, activations, bank, class_id, device=device,
                                   batch_size=batch_size, memory_budget=memory_budget,
                                   progress=progress, context=context)

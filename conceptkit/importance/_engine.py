@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
 from .._validation import all_finite, check_int, describe, resolve_device
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
@@ -150,9 +150,15 @@ class ConceptProblem:
                 p.requires_grad_(flag)
 
 
-def model_guard(h: Any):
-    """``preserved_model_state`` for modules (eval mode, flags restored); a no-op otherwise."""
-    return preserved_model_state(h) if isinstance(h, nn.Module) else contextlib.nullcontext()
+@contextlib.contextmanager
+def model_guard(h: Any, device: Any = None):
+    """For modules: eval mode and every flag restored (``preserved_model_state``), and ``h`` on
+    ``device`` for the block (moved back afterwards); a no-op for plain callables."""
+    if not isinstance(h, nn.Module):
+        yield
+        return
+    with preserved_model_state(h), on_device(h, device):
+        yield
 
 
 def _components(bank: Any) -> torch.Tensor:

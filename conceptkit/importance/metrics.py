@@ -98,7 +98,7 @@ class ConceptMetric:
         -------
         MetricResult
         """
-        with model_guard(h):
+        with model_guard(h, self.device):
             problem = prepare_problem(h, activations, bank, class_id, device=self.device,
                                       batch_size=self.batch_size,
                                       memory_budget=self.memory_budget, progress=self.progress,

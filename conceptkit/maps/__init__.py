@@ -1,6 +1,7 @@
 """Concept attribution maps (where each concept sits in each image) and their agreement with
 ground-truth masks."""
 
+from ._kinds import MAP_KINDS, choose_map_kind
 from ._localisation import (
     LOCALISATION_METRICS,
     ConceptMatch,
@@ -21,7 +22,9 @@ from ._maps import (
 
 __all__ = [
     "LOCALISATION_METRICS",
+    "MAP_KINDS",
     "ConceptMatch",
+    "choose_map_kind",
     "coefficient_maps",
     "differentiable_codes",
     "gradient_maps",

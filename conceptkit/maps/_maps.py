@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction import get_layer, infer_prefix_tokens, tokens_to_maps
@@ -106,22 +106,22 @@ def _as_maps(output: torch.Tensor, n: int, model: nn.Module) -> torch.Tensor:
 
 def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
                   map_layer: str | None = None, image_size: Any = None, batch_size: int = 32,
-                  preprocess: Any = None, mode: str = "bilinear") -> torch.Tensor:
+                  preprocess: Any = None, mode: str = "bilinear", device: Any = None) -> torch.Tensor:
     """Grad-CAM maps ``(N, k, H, W)`` of each concept's image-level coefficient.
 
     For concept ``j``, the coefficient ``u_j`` of the image's pooled activations at
     ``bank.layer`` is differentiated with respect to the feature map ``F`` of ``map_layer``
     (default: ``bank.layer``); the map is ``ReLU(Σ_c α_c F_c)`` with ``α_c`` the spatial mean
-    of ``∂u_j/∂F_c``, upsampled to ``image_size`` (default: the image size).
+    of ``∂u_j/∂F_c``, upsampled to ``image_size`` (default: the image size). ``device``: where
+    the model runs (default: where it is; moved back afterwards).
     """
     images = check_images(images, "images")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     _, concept_module = get_layer(model, bank.layer, "bank.layer")
     _, map_module = get_layer(model, map_layer or bank.layer, "map_layer")
     size = _image_size(image_size) or tuple(images.shape[-2:])
-    device = model_device(model)
     out = []
-    with preserved_model_state(model):
+    with preserved_model_state(model), on_device(model, device) as device:
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].to(device)
             if preprocess is not None:
@@ -210,7 +210,7 @@ def provenance_maps(bank: ConceptBank, n_images: int | None = None, reduce: str 
 
 def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor, zoom: float,
                        *, preprocess: Any = None, batch_size: int = 32,
-                       mode: str = "bilinear") -> torch.Tensor:
+                       mode: str = "bilinear", device: Any = None) -> torch.Tensor:
     """Coefficient maps ``(N, k, H, W)`` computed on the images enlarged ``zoom`` times.
 
     CRAFT resizes each ``p``-pixel crop to the image side ``S`` before ``g``, so its concepts
@@ -229,5 +229,5 @@ def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor
     big = F.interpolate(images.float(), size=(round(height * zoom), round(width * zoom)),
                         mode="bilinear", align_corners=False)
     acts = ActivationExtractor(model, bank.layer, batch_size=batch_size, progress=False,
-                               preprocess=preprocess)(big)
+                               preprocess=preprocess, device=device)(big)
     return coefficient_maps(bank, acts, (height, width), mode)

@@ -4,6 +4,7 @@ The report renders what it is handed (a :class:`ClassReport` per class) and comp
 explanation itself: the pipeline assembles the numbers, this package draws them.
 """
 
+from ..io import json_ready
 from ._colors import concept_colors, concept_hex_colors
 from ._data import ClassReport, ConceptSummary, IndexEntry
 from ._figures import (
@@ -15,7 +16,6 @@ from ._figures import (
 )
 from ._images import concept_overlay
 from ._index import index_entry, write_index, write_reports
-from ._jsonio import json_ready
 from ._structure import (
     concept_cooccurrence,
     plot_cooccurrence,

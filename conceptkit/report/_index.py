@@ -10,11 +10,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .._validation import check_int, describe
+from ..io import write_json
 from ._colors import concept_hex_colors
 from ._data import ClassReport, IndexEntry
 from ._html import Picture, data_uri, document, esc, format_number, png_size, section, table
 from ._images import concept_overlay, png_bytes, shrink
-from ._jsonio import write_json
 from ._write import FORMAT_VERSION, class_slug, write_class_report
 
 INDEX_KIND = "conceptkit.report_index"

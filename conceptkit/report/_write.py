@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_choice, check_float, check_int, describe
+from ..io import json_ready, write_json
 from ._colors import concept_hex_colors
 from ._data import ClassReport
 from ._figures import (
@@ -32,7 +33,6 @@ from ._html import (
     table,
 )
 from ._images import OVERLAY_MODES
-from ._jsonio import json_ready, write_json
 from ._structure import (
     COOCCURRENCE_MEASURES,
     EMBEDDINGS,

@@ -29,7 +29,7 @@ def _label_concepts(table: np.ndarray, names: list[str], threshold: float = 0.5)
 
 def explain_class_with_truth(cc, data, rows: np.ndarray) -> dict:
     """Ground-truth agreement of one class's concepts (maps of the class images vs masks)."""
-    from .maps import localisation_table
+    from ..maps import localisation_table
 
     maps = cc.concept_maps()
     tolerance = max(1, round(GT_TOLERANCE * maps.shape[-1]))
@@ -57,15 +57,15 @@ def explain_class_with_truth(cc, data, rows: np.ndarray) -> dict:
 def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: str = "ice",
              seed: int = 0, progress: bool = True, n_concepts: int = 10) -> int:
     """Run the demo; return a process exit status."""
-    from .datasets import (
+    from ..datasets import (
         evaluate_accuracy,
         make_concept_dataset,
         reference_info,
         reference_model,
     )
-    from .extraction import ActivationExtractor
-    from .pipeline import ConceptManager, write_class_report
-    from .report import write_index
+    from ..extraction import ActivationExtractor
+    from ..pipeline import ConceptManager, write_class_report
+    from ..report import write_index
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -128,8 +128,8 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
 
 def _efficientnet_section() -> None:
     """EfficientNet-Lite0 (ImageNet, offline) on the photos shipped with scikit-image/-learn."""
-    from .datasets import efficientnet_lite0, sample_photos
-    from .extraction import ActivationExtractor
+    from ..datasets import efficientnet_lite0, sample_photos
+    from ..extraction import ActivationExtractor
 
     try:
         bundle = efficientnet_lite0()

@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .concepts import ConceptBank
-from .extraction import CutError, get_layer, infer_prefix_tokens
-from .maps import differentiable_codes
+from ..concepts import ConceptBank
+from ..extraction import CutError, get_layer, infer_prefix_tokens
+from ..maps import differentiable_codes
 
 
 class _Stop(Exception):

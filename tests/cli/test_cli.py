@@ -145,7 +145,7 @@ def test_weights_from_local_safetensors(shape_images, tmp_path, capsys, monkeypa
 
 
 def test_weights_from_local_torch_checkpoint(tmp_path):
-    from conceptkit._zoo import load_model
+    from conceptkit.models import load as load_model
 
     state = _random_resnet18_state(seed=3)
     path = tmp_path / "resnet18.pth"

@@ -1,5 +1,5 @@
-"""Load a model by name for the command line: ``reference``, ``efficientnet_lite0``,
-``torchvision:NAME``, ``timm:NAME``, ``open_clip:NAME``.
+"""Load a model by name, with its preprocessing, class names and a default layer:
+``reference``, ``efficientnet_lite0``, ``torchvision:NAME``, ``timm:NAME``, ``open_clip:NAME``.
 
 Weights come from a local file (``--weights PATH``: safetensors, or a torch checkpoint read with
 ``weights_only=True``), from a package that ships them (the reference CNN, EfficientNet-Lite0),
@@ -24,15 +24,31 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
-class LoadedModel:
-    """A model ready to explain: the module, its preprocessing and its class names."""
+class ModelBundle:
+    """A model ready to explain, as :func:`load` returns it.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The classifier (or visual tower), in eval mode.
+    name : str
+        The name shown in reports.
+    input_size : int
+        The image side the model expects, in pixels.
+    preprocess : callable or None
+        Applied to image batches in [0, 1] before the model (normalisation).
+    class_names : list of str
+        Output names (empty when unknown).
+    layer : str or None
+        A sensible default layer to explain (None when unknown).
+    """
 
     model: nn.Module
     name: str
     input_size: int
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None
-    labels: list[str] = field(default_factory=list)
-    default_layer: str | None = None
+    class_names: list[str] = field(default_factory=list)
+    layer: str | None = None
 
 
 class Normalize(nn.Module):
@@ -88,7 +104,7 @@ def load_weights(model: nn.Module, weights: str | os.PathLike, spec: str) -> Non
                          f"{' '.join(first[:3])[:300]}") from err
 
 
-def _torchvision(name: str, weights: str | None) -> LoadedModel:
+def _torchvision(name: str, weights: str | None) -> ModelBundle:
     import torchvision
 
     if name not in torchvision.models.list_models():
@@ -106,11 +122,11 @@ def _torchvision(name: str, weights: str | None) -> LoadedModel:
         if weights is not None:
             load_weights(model, weights, f"torchvision:{name}")
     layer = "layer4" if hasattr(model, "layer4") else ("features" if hasattr(model, "features") else None)
-    return LoadedModel(model.eval(), f"torchvision:{name}", 224, Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    return ModelBundle(model.eval(), f"torchvision:{name}", 224, Normalize(IMAGENET_MEAN, IMAGENET_STD),
                        labels, layer)
 
 
-def _timm(name: str, weights: str | None) -> LoadedModel:
+def _timm(name: str, weights: str | None) -> ModelBundle:
     import timm
     from timm.data import resolve_data_config
 
@@ -126,11 +142,11 @@ def _timm(name: str, weights: str | None) -> LoadedModel:
     config = resolve_data_config({}, model=model)
     size = int(config["input_size"][-1])
     layer = "layer4" if hasattr(model, "layer4") else ("bn2" if hasattr(model, "bn2") else None)
-    return LoadedModel(model.eval(), f"timm:{name}", size, Normalize(config["mean"], config["std"]),
+    return ModelBundle(model.eval(), f"timm:{name}", size, Normalize(config["mean"], config["std"]),
                        [], layer)
 
 
-def _open_clip(name: str, weights: str | None) -> LoadedModel:
+def _open_clip(name: str, weights: str | None) -> ModelBundle:
     import open_clip
 
     try:
@@ -144,23 +160,26 @@ def _open_clip(name: str, weights: str | None) -> LoadedModel:
     mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
     std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
     layer = "layer4" if hasattr(visual, "layer4") else None
-    return LoadedModel(visual.eval(), f"open_clip:{name}", int(size), Normalize(mean, std), [], layer)
+    return ModelBundle(visual.eval(), f"open_clip:{name}", int(size), Normalize(mean, std), [], layer)
 
 
-def load_model(spec: str, weights: str | None = None) -> LoadedModel:
-    """Load ``spec`` (see module docstring) with optional ``weights``."""
-    from .datasets import CLASS_NAMES, reference_model
+def load(spec: str, weights: str | None = None) -> ModelBundle:
+    """Load the model named ``spec`` (see the module docstring) with optional local ``weights``.
+
+    Returns a :class:`ModelBundle`: model, preprocessing, class names and a default layer.
+    """
+    from ..datasets import CLASS_NAMES, reference_model
 
     if spec == "reference":
         model = reference_model()
         if weights is not None:
             load_weights(model, weights, "the reference CNN")
-        return LoadedModel(model, "reference CNN", 64, None, list(CLASS_NAMES), "block4")
+        return ModelBundle(model, "reference CNN", 64, None, list(CLASS_NAMES), "block4")
     if spec == "efficientnet_lite0":
-        from .datasets import efficientnet_lite0
+        from ..datasets import efficientnet_lite0
 
         bundle = efficientnet_lite0()
-        return LoadedModel(bundle.model, "EfficientNet-Lite0 (ImageNet)", 224,
+        return ModelBundle(bundle.model, "EfficientNet-Lite0 (ImageNet)", 224,
                            Normalize(bundle.mean, bundle.std), list(bundle.labels), "bn2")
     family, _, name = spec.partition(":")
     loaders = {"torchvision": _torchvision, "timm": _timm, "open_clip": _open_clip}

@@ -268,7 +268,7 @@ def test_concept_explainer(fuse):
 
 
 def test_concept_explainer_fails_in_importance(monkeypatch):
-    fail_later(monkeypatch, "conceptkit.pipeline.concept_importance")
+    fail_later(monkeypatch, "conceptkit.pipeline._explainer.concept_importance")
     model = cnn()
     explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False)
     run(model, lambda: explainer.fit(images(), 1), fails=True)
@@ -305,7 +305,7 @@ def test_class_concepts_maps_of_new_images(kind):
 @pytest.mark.parametrize("fail", [False, True])
 def test_decompose_concept(fail, monkeypatch, bank):
     if fail:
-        fail_later(monkeypatch, "conceptkit._recursion.concept_importance")
+        fail_later(monkeypatch, "conceptkit.pipeline._recursion.concept_importance")
     model = cnn()
     run(model, lambda: conceptkit.decompose_concept(model, bank, images(), 0, "block1", n_concepts=2,
                                                     n_inputs=4, n_designs=8, seed=0,

@@ -9,7 +9,7 @@ The parent coefficient of an input, as a function of its activations ``A`` at th
 is ``f(A) = encode(pool(mid(A)))[concept]``: ``mid`` runs the model from the earlier layer to the
 parent's layer, ``pool`` averages over space (patch tokens for transformers) and ``encode`` is the
 parent bank's encoding, differentiable through its active set so that gradient methods work too
-(:mod:`conceptkit._recursion_path`).
+(:mod:`conceptkit.pipeline._recursion_path`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._torchutils import model_device, model_dtype, preserved_model_state
+from .._validation import check_choice, check_images, check_int, describe
+from ..concepts import CRAFT, ICE, ConceptBank
+from ..extraction import ActivationExtractor, CropSet, SegmentSet, get_layer
+from ..importance import METHODS as IMPORTANCE_METHODS
+from ..importance import ConceptImportance, concept_importance
+from ._examples import cut_examples
 from ._recursion_path import ParentCode, check_cuts, check_levels, previous_block
-from ._results import cut_examples
-from ._torchutils import model_device, model_dtype, preserved_model_state
-from ._validation import check_choice, check_images, check_int, describe
-from .concepts import CRAFT, ICE, ConceptBank, bank_from_activations
-from .extraction import ActivationExtractor, CropSet, SegmentSet, get_layer, positions
-from .importance import METHODS as IMPORTANCE_METHODS
-from .importance import ConceptImportance, concept_importance
 
 __all__ = ["ConceptTree", "decompose_concept", "plot_subconcepts", "subconcept_examples"]
 
@@ -263,9 +263,7 @@ def _expand(node: ConceptTree, inputs: torch.Tensor, levels: list[str], model: n
     example = _prepare(inputs[:1], model, settings.preprocess)
     code = ParentCode(model, layer, node.bank, node.concept, example, acts[:1])
     if settings.method == "ice":   # ICE factorizes these very maps: no second pass of g
-        cells = positions(acts, image_size=tuple(inputs.shape[-2:]))
-        sub_bank = bank_from_activations(discovery._factorizer(), cells.rows, cells.provenance,
-                                         layer=layer, method="ice", params=discovery._params())
+        sub_bank = discovery.fit_activations(acts, layer, image_size=tuple(inputs.shape[-2:]))
     else:
         sub_bank = discovery.fit(model, layer, inputs)
     result = concept_importance(code, acts, sub_bank, 0, method=settings.importance,
@@ -357,7 +355,7 @@ def subconcept_examples(node: ConceptTree, images: torch.Tensor, n: int = 10,
 
 def plot_subconcepts(node: ConceptTree, images: torch.Tensor, n: int = 8) -> Any:
     """A matplotlib figure: one row of top exemplars per sub-concept, most important first."""
-    from .report import plot_exemplar_grid
+    from ..report import plot_exemplar_grid
 
     examples = subconcept_examples(node, images, n)
     order = node.importance.ranking

@@ -1,89 +1,20 @@
-"""Command line: ``conceptkit demo | explain | report | train-cbm | extract | bench``."""
+"""The parser of the ``conceptkit`` command and the dispatch to each command."""
 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+from ._explain import FACTORIZER_CHOICES
 
-#: ``--factorizer`` choices: signed activations (ViT/CLIP tokens) need ``semi_nmf`` or ``pca``.
-FACTORIZER_CHOICES = {"nmf": "NMF", "semi_nmf": "SemiNMF", "kmeans": "KMeansConcepts",
-                      "pca": "PCAConcepts", "ica": "ICAConcepts", "sparse": "SparseDictionary",
-                      "topk_sae": "TopKSAE"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-def load_images(pattern: str, size: int) -> tuple[torch.Tensor, list[str]]:
-    """Images from a directory or a glob, resized (shorter side) and centre-cropped to ``size``."""
-    from PIL import Image
-
-    path = Path(pattern)
-    if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        files = sorted(f for f in glob.glob(pattern) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"`--images` {pattern!r} matches no image file "
-                                f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
-    out = []
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                img = img.convert("RGB")
-                scale = size / min(img.size)
-                img = img.resize((max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))),
-                                 Image.BICUBIC)
-                left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
-                img = img.crop((left, top, left + size, top + size))
-                out.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
-        except OSError as err:
-            raise OSError(f"`--images`: cannot read {file!r}: {err}") from err
-    return torch.stack(out), files
-
-
-def _cmd_explain(args: argparse.Namespace) -> int:
-    from ._zoo import load_model
-    from .pipeline import ConceptExplainer
-
-    loaded = load_model(args.model, args.weights)
-    layer = args.layer or loaded.default_layer
-    if layer is None:
-        raise SystemExit("error: `--layer` is required for this model (no default layer known).")
-    size = args.size or loaded.input_size
-    images, files = load_images(args.images, size)
-    name = args.class_name or (loaded.labels[args.class_id] if args.class_id < len(loaded.labels)
-                               else f"class {args.class_id}")
-    factorizer = None
-    if args.factorizer is not None:
-        from .concepts import FACTORIZERS
-
-        factorizer = FACTORIZERS[FACTORIZER_CHOICES[args.factorizer]](n_concepts=args.n_concepts)
-    explainer = ConceptExplainer(loaded.model, layer, n_concepts=args.n_concepts, method=args.method,
-                                 importance=args.importance, patch_size=args.patch_size,
-                                 factorizer=factorizer,
-                                 batch_size=args.batch_size, seed=args.seed,
-                                 preprocess=loaded.preprocess, model_name=loaded.name,
-                                 progress=not args.quiet)
-    result = explainer.fit(images, args.class_id, name)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = result.save(out / "explanation.safetensors")
-    page = result.report(out)
-    print(f"explained {len(files)} images of {name!r} at {layer} of {loaded.name}")
-    for rank, c in enumerate(result.ranking[:5]):
-        print(f"  #{rank + 1} concept {int(c)}: importance {result.importances[c]:.3f}")
-    print(f"saved {saved}\nreport {page}")
-    return 0
+PROGRAM_DESCRIPTION = "Command line: conceptkit demo | explain | report | train-cbm | extract | bench."
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from . import load
-    from ._results import ClassConcepts
+    from .. import load
+    from ..pipeline import ClassConcepts
 
     result = load(args.saved)
     if not isinstance(result, ClassConcepts):
@@ -101,13 +32,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_cbm(argv: list[str]) -> int:
-    from .bottleneck._cli import train_cbm_main
+    from ._train_cbm import train_cbm_main
 
     return train_cbm_main(argv)
 
 
 def _cmd_extract(argv: list[str]) -> int:
-    from ._extract_cli import extract_main
+    from ._extract import extract_main
 
     return extract_main(argv)
 
@@ -115,7 +46,7 @@ def _cmd_extract(argv: list[str]) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
     scripts = sorted(root.glob("bench_*.py"))
     if not scripts:
         raise SystemExit(f"error: no benchmarks found in {root} (run from a source checkout).")
@@ -130,7 +61,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="conceptkit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="conceptkit", description=PROGRAM_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="explain every class of the ground-truth dataset")
@@ -185,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "extract":
         return _cmd_extract(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"demo": _cmd_demo, "explain": _cmd_explain, "report": _cmd_report, "bench": _cmd_bench}
+    from ._explain import explain_main
+
+    commands = {"demo": _cmd_demo, "explain": explain_main, "report": _cmd_report, "bench": _cmd_bench}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as err:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import io
-from ._validation import all_finite as _all_finite
-from ._validation import check_images, check_int
-from .concepts import ConceptBank
-from .importance import ConceptImportance
+from .. import io
+from .._validation import all_finite as _all_finite
+from .._validation import check_images, check_int
+from ..concepts import ConceptBank
+from ..importance import ConceptImportance
+from ..maps import MAP_KINDS, choose_map_kind
+from ._examples import cut_examples
+from ._handle import ModelAtLayer
 
 RESULT_KIND = "ClassConcepts"
 RESULT_VERSION = 1
@@ -46,6 +50,9 @@ class ClassConcepts:
         The explainer's settings (JSON-able).
     timings
         Seconds spent per stage.
+    model_at_layer
+        The model cut at the layer, with its preprocessing and batching (None after loading
+        until :meth:`attach`): what maps of new images, metrics and sub-concepts run.
     """
 
     class_id: int
@@ -63,10 +70,18 @@ class ClassConcepts:
     saved_maps: torch.Tensor | None = None
     saved_metrics: dict[str, Any] | None = None
     saved_images: torch.Tensor | None = None
-    explainer: Any = field(default=None, repr=False)
+    model_at_layer: ModelAtLayer | None = field(default=None, repr=False)
     context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
 
     # ------------------------------------------------------------------ the public face
+    @property
+    def explainer(self) -> ModelAtLayer | None:
+        """Deprecated alias of :attr:`model_at_layer` (removed in 0.3)."""
+        warnings.warn("`ClassConcepts.explainer` is deprecated; use `model_at_layer` (it has "
+                      "`model`, `h`, `activations(images)`, `preprocess`, `batch_size`).",
+                      DeprecationWarning, stacklevel=2)
+        return self.model_at_layer
+
     @property
     def importances(self) -> np.ndarray:
         """Class-level importance of each concept ``(k,)``."""
@@ -132,11 +147,10 @@ class ClassConcepts:
         maps for CRAFT on convolutional layers (on the ground-truth dataset they localise every
         causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
         """
-        from .maps import coefficient_maps, gradient_maps, provenance_maps
+        from ..maps import coefficient_maps, gradient_maps, provenance_maps
 
-        kinds = ("auto", "coefficient", "gradient", "provenance", "scale_matched")
-        if kind not in kinds:
-            raise ValueError(f"`kind` must be one of {kinds}; got {kind!r}.")
+        if kind not in MAP_KINDS:
+            raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
         if images is not None:
             images = check_images(images, "images")
         if kind == "auto":
@@ -159,11 +173,12 @@ class ClassConcepts:
                     return self.saved_maps.float()
                 raise ValueError("this explanation was loaded without images; pass `images`.")
             images = self.images
-        explainer = self._require_explainer()
+        handle = self._require_model()
         if kind == "gradient":
-            return gradient_maps(explainer.model, self.bank, images, preprocess=explainer.preprocess,
-                                 image_size=size, batch_size=explainer.batch_size)
-        acts = explainer.activations(images)
+            return gradient_maps(handle.model, self.bank, images, preprocess=handle.preprocess,
+                                 image_size=size, batch_size=handle.batch_size,
+                                 device=handle.device)
+        acts = handle.activations(images)
         return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
 
     # ------------------------------------------------------------------ computed once
@@ -186,7 +201,7 @@ class ClassConcepts:
         return KnownCodes(self.bank, self.activations, self._class_codes())
 
     def _fitted_coefficient_maps(self, size: Any, n_images: int | None = None) -> torch.Tensor:
-        from .maps import coefficient_maps
+        from ..maps import coefficient_maps
 
         if self.activations.ndim != 4:  # the maps module says what it needs
             return coefficient_maps(self.bank, self.activations[:n_images], size)
@@ -196,32 +211,29 @@ class ClassConcepts:
         return maps.clone() if maps.data_ptr() == codes.data_ptr() else maps
 
     def _auto_kind(self, images: torch.Tensor | None) -> str:
-        fitted = images is None and self.images is not None
-        if self.method == "ace" and fitted:
-            return "provenance"
-        explainer = self.explainer
-        if (self.method == "craft" and explainer is not None and explainer._token_layout is None
-                and (images is not None or self.images is not None)
-                and self.bank.params.get("patch_size") and self._spatial_layer()):
-            return "scale_matched"
-        return "coefficient"
+        handle = self.model_at_layer
+        return choose_map_kind(
+            self.method, fitted=images is None and self.images is not None,
+            has_images=images is not None or self.images is not None,
+            tokens=handle is None or handle.token_layout is not None,
+            patch_size=self.bank.params.get("patch_size"), spatial=self._spatial_layer())
 
     def _spatial_layer(self) -> bool:
         return self.activations is None or self.activations.ndim == 4
 
     def _scale_matched(self, images: torch.Tensor | None, size: Any) -> torch.Tensor:
-        from .maps import scale_matched_maps, upsample
+        from ..maps import scale_matched_maps, upsample
 
         if images is None:
             raise ValueError("this explanation was loaded without images; pass `images`.")
         if images is self.images:  # the fitted images: one pass of g, codes kept for reuse
             maps = upsample(self._scale_matched_codes(images.shape[0]), tuple(images.shape[-2:]))
             return maps if size is None else _resize(maps, size)
-        explainer = self._require_explainer()
+        handle = self._require_model()
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
-        maps = scale_matched_maps(explainer.model, self.bank, images, zoom,
-                                  preprocess=explainer.preprocess,
-                                  batch_size=_enlarged_batch(explainer.batch_size, zoom))
+        maps = scale_matched_maps(handle.model, self.bank, images, zoom,
+                                  preprocess=handle.preprocess, device=handle.device,
+                                  batch_size=_enlarged_batch(handle.batch_size, zoom))
         return maps if size is None else _resize(maps, size)
 
     def _scale_matched_codes(self, n_images: int) -> torch.Tensor:
@@ -230,27 +242,27 @@ class ClassConcepts:
         resizes, but the enlarged images are made batch by batch (never all at once) and the
         codes are kept, so that ``concept_maps()``, ``report`` and ``save`` run ``g`` over the
         enlarged images once between them."""
-        from .extraction import ActivationExtractor
+        from ..extraction import ActivationExtractor
 
         cache = self.__dict__.get("_scale_cache")
         if (cache is not None and cache[0] is self.bank and cache[1] is self.images
                 and cache[2].shape[0] >= n_images):
             return cache[2][:n_images]
-        explainer = self._require_explainer()
+        handle = self._require_model()
         images = self.images[:n_images]
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
         size = (round(images.shape[-2] * zoom), round(images.shape[-1] * zoom))
-        acts = ActivationExtractor(explainer.model, self.bank.layer,
-                                   batch_size=_enlarged_batch(explainer.batch_size, zoom),
-                                   progress=False,
-                                   preprocess=explainer.preprocess)(_Enlarged(images, size))
+        acts = ActivationExtractor(handle.model, self.bank.layer,
+                                   batch_size=_enlarged_batch(handle.batch_size, zoom),
+                                   progress=False, device=handle.device,
+                                   preprocess=handle.preprocess)(_Enlarged(images, size))
         codes = torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).float()
         self.__dict__["_scale_cache"] = (self.bank, self.images, codes)
         return codes
 
     def _shown_maps(self, n_images: int) -> torch.Tensor:
         """``concept_maps()[:n_images]`` without computing the maps of the other images."""
-        from .maps import upsample
+        from ..maps import upsample
 
         kind = self._auto_kind(None)
         if kind == "scale_matched":
@@ -267,31 +279,32 @@ class ClassConcepts:
 
         A :class:`~conceptkit.ConceptTree`; ``kwargs`` go to
         :func:`~conceptkit.decompose_concept` (``n_concepts``, ``depth``, ``importance`` ...).
+        The seed defaults to the explanation's.
         """
         from ._recursion import decompose_concept
 
-        explainer = self.explainer
-        if explainer is None or self.images is None:
+        handle = self.model_at_layer
+        if handle is None or self.images is None:
             raise ValueError("sub-concepts need the model and the class images; this explanation "
                              "was loaded from disk without them. Run the explainer's `fit` again.")
-        for name in ("preprocess", "batch_size", "progress", "seed"):
-            kwargs.setdefault(name, getattr(explainer, name))
-        return decompose_concept(explainer.model, self.bank, self.images, concept, layer, **kwargs)
+        kwargs.setdefault("preprocess", handle.preprocess)
+        kwargs.setdefault("batch_size", handle.batch_size)
+        kwargs.setdefault("progress", handle.progress)
+        kwargs.setdefault("seed", self.params.get("seed"))
+        return decompose_concept(handle.model, self.bank, self.images, concept, layer, **kwargs)
 
-    def _require_explainer(self):
-        if self.explainer is None:
+    def _require_model(self) -> ModelAtLayer:
+        if self.model_at_layer is None:
             raise ValueError("computing maps of new images needs the model: this explanation was "
                              "loaded from disk. Re-attach it with `attach(model)`.")
-        return self.explainer
+        return self.model_at_layer
 
     def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
                device: Any = None) -> ClassConcepts:
-        """Re-attach a model to a loaded explanation (for maps of new images)."""
-        from .pipeline import ConceptExplainer
-
-        self.explainer = ConceptExplainer(model, self.layer, n_concepts=self.n_concepts,
-                                          method=self.method, preprocess=preprocess,
-                                          batch_size=batch_size, device=device, progress=False)
+        """Re-attach ``model`` (cut at this explanation's layer) to a loaded explanation, so that
+        maps of new images can be computed; returns ``self``."""
+        self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
+                                           batch_size=batch_size, device=device, progress=False)
         return self
 
     def metrics(self, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict[str, Any]]:
@@ -300,7 +313,7 @@ class ClassConcepts:
         ``{"extraction": {name: {"value", "higher_is_better"}}, "importance": {...}}``.
         Importance metrics need the class activations (not kept after loading).
         """
-        from .pipeline import compute_metrics
+        from ._assemble import compute_metrics
 
         if self.activations is None:
             if self.saved_metrics is not None:
@@ -315,7 +328,7 @@ class ClassConcepts:
 
     def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
         """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
-        from .pipeline import write_class_report
+        from ._assemble import write_class_report
 
         return str(write_class_report(self, out_dir, **kwargs))
 
@@ -453,29 +466,7 @@ class KnownCodes:
 
 
 def _resize(maps: torch.Tensor, size: Any) -> torch.Tensor:
-    from .maps import upsample
+    from ..maps import upsample
 
     size = (int(size), int(size)) if isinstance(size, int) else tuple(size)
     return upsample(maps, size)
-
-
-def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
-                 size: int | None = None) -> torch.Tensor:
-    """Cut the pixel boxes of ``rows`` from their source images; segments get ACE's grey
-    outside their mask. Every example is resized to ``size`` (default: the first box's size)."""
-    import torch.nn.functional as F
-
-    prov = bank.provenance
-    out = []
-    fill = float(prov.extra.get("fill", 117 / 255))
-    for row in rows:
-        image = images[prov.image_ids[row]].float()
-        y0, x0, y1, x1 = prov.boxes[row]
-        patch = image[:, y0:y1, x0:x1]
-        if prov.kind == "segment":
-            mask = torch.from_numpy(prov.masks([row])[0][y0:y1, x0:x1])
-            patch = torch.where(mask, patch, torch.full_like(patch, fill))
-        side = size or max(y1 - y0, x1 - x0)
-        out.append(F.interpolate(patch[None], size=(side, side), mode="bilinear",
-                                 align_corners=False)[0])
-    return torch.stack(out).clamp(0, 1)

@@ -13,8 +13,8 @@ from conceptkit.bottleneck import (
     intervention_curve,
     train_cbm,
 )
-from conceptkit.bottleneck._cli import train_cbm_main
 from conceptkit.bottleneck._report import concept_class_weights, write_cbm_report
+from conceptkit.cli._train_cbm import train_cbm_main
 from conceptkit.datasets import make_concept_dataset, reference_model
 from conceptkit.extraction import ActivationExtractor
 

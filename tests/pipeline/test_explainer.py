@@ -32,7 +32,7 @@ def test_fit_gives_importances_maps_and_examples(fitted):
     # the head is affine after pooling: Sobol used the exact fast path and agrees with the closed form
     assert cc.importance.params["fast_path"] is True
     closed = conceptkit.importance.concept_importance(
-        cc.explainer.h, cc.activations, cc.bank, 2, method="closed_form", progress=False)
+        cc.model_at_layer.h, cc.activations, cc.bank, 2, method="closed_form", progress=False)
     assert np.abs(closed.importances - cc.importances).mean() < 0.03
     maps = cc.concept_maps()
     assert maps.shape == (16, 4, 32, 32)

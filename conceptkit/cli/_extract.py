@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .extraction import ActivationExtractor
-from .extraction._store import LAYOUTS, finalize_store, shard_chunks, slice_inputs, write_chunks
+from ..extraction import ActivationExtractor
+from ..extraction._store import LAYOUTS, finalize_store, shard_chunks, slice_inputs, write_chunks
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -31,19 +31,19 @@ def _dist_env() -> tuple[int, int, int]:
 
 def _load_inputs(args: argparse.Namespace, size: int) -> Any:
     if args.concept_dataset is not None:
-        from .datasets import make_concept_dataset
+        from ..datasets import make_concept_dataset
 
         return make_concept_dataset(args.concept_dataset, seed=args.seed, split=args.split).images
     if args.images is None:
         raise SystemExit("error: give `--images DIR_OR_GLOB` or `--concept-dataset N_PER_CLASS`.")
-    from .cli import load_images
+    from ._images import load_images
 
     return load_images(args.images, size)[0]
 
 
 def extract_main(argv: list[str]) -> int:
     """``conceptkit extract``: write activations of a model at a layer into a store."""
-    from ._zoo import load_model
+    from ..models import load as load_model
 
     parser = argparse.ArgumentParser(prog="conceptkit extract", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +73,7 @@ def extract_main(argv: list[str]) -> int:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         loaded = load_model(args.model, args.weights)
-        layer = args.layer or loaded.default_layer
+        layer = args.layer or loaded.layer
         if layer is None:
             raise SystemExit("error: `--layer` is required for this model.")
         inputs = _load_inputs(args, args.size or loaded.input_size)

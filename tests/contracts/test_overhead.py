@@ -57,13 +57,13 @@ def test_shared_codes_give_the_same_maps_and_metrics(fitted):
     per_input = cc.importance.per_input
     metrics = cc.metrics()["importance"]
     for metric in (CDeletion(), CInsertion(), CMuFidelity(seed=0)):
-        plain = metric(cc.explainer.h, cc.activations, cc.bank, cc.class_id, per_input)
+        plain = metric(cc.model_at_layer.h, cc.activations, cc.bank, cc.class_id, per_input)
         assert metrics[metric.name]["value"] == pytest.approx(plain, rel=1e-12, abs=1e-12)
 
 
 def test_scale_matched_maps_run_g_once_for_maps_report_and_save(tmp_path, monkeypatch):
     """CRAFT's default maps enlarge the class images: one pass of g over them, shared."""
-    from conceptkit import _results
+    from conceptkit.pipeline import _result as _results
 
     images = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     model = _model()
@@ -97,7 +97,7 @@ def test_replacing_the_bank_recomputes_the_codes(fitted):
     cc = fitted
     first = cc._class_codes()
     assert cc._class_codes() is first
-    refit = conceptkit.ConceptExplainer(cc.explainer.model, "block2", n_concepts=2, seed=1,
+    refit = conceptkit.ConceptExplainer(cc.model_at_layer.model, "block2", n_concepts=2, seed=1,
                                         progress=False).fit(cc.images, 1)
     import dataclasses
 

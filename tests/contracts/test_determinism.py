@@ -72,7 +72,7 @@ arrays["explainer.per_input"] = explanation.importance.per_input
 arrays["explainer.maps"] = explanation.concept_maps().numpy()
 arrays["coefficient_maps"] = maps.coefficient_maps(explanation.bank, explanation.activations, 32).numpy()
 
-h = explanation.explainer.h
+h = explanation.model_at_layer.h
 for method in ("sobol", "rise"):
     result = importance.concept_importance(lambda a: h(a) ** 2, explanation.activations,
                                            explanation.bank, 1, method=method, n_designs=16,

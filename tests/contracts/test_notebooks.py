@@ -16,7 +16,7 @@ nbclient = pytest.importorskip("nbclient")
 
 import conceptkit  # noqa: E402
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb"]
 NUMBER = r"([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)"
 IMPORTANCE_LINE = re.compile(rf"^\s*concept (\d+): {NUMBER} \[{NUMBER}, {NUMBER}\]$", re.M)

@@ -21,15 +21,15 @@ import torch
 from torch import nn
 
 import conceptkit
-from conceptkit._recursion import (
+from conceptkit.concepts import NMF, ConceptBank, factorizer_from_state
+from conceptkit.extraction import ActivationExtractor, CutError, crops
+from conceptkit.pipeline._recursion import (
     ConceptTree,
     decompose_concept,
     plot_subconcepts,
     subconcept_examples,
 )
-from conceptkit._recursion_path import ParentCode
-from conceptkit.concepts import NMF, ConceptBank, factorizer_from_state
-from conceptkit.extraction import ActivationExtractor, CutError, crops
+from conceptkit.pipeline._recursion_path import ParentCode
 
 RED, GREEN, BLUE = np.eye(3)
 PARENT_WEIGHTS = np.array([1.0, 2.0, 0.0])   # late channel 0 = red + 2 green
@@ -214,8 +214,8 @@ def test_ice_finds_the_same_colours(bank, images):
 def test_inputs_are_cut_back_through_the_provenance(bank, images):
     """Crops and segments come back exactly as the bank saw them (their pooled activations are
     the bank's rows); a 1-pixel ICE cell comes back as a flat image of that pixel's colour."""
-    from conceptkit._recursion import _node_inputs
     from conceptkit.concepts import ACE, ICE
+    from conceptkit.pipeline._recursion import _node_inputs
 
     model = planted_model()
     ace = ACE(3, n_segments=(16,), min_cluster_size=0, seed=0, progress=False).fit(

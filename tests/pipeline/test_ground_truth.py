@@ -19,7 +19,7 @@ import torch
 from conceptkit.datasets import make_concept_dataset, reference_model
 from conceptkit.importance import ConceptImportance
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_ground_truth.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_ground_truth.py"
 _SPEC = importlib.util.spec_from_file_location("eval_ground_truth", _PATH)
 gt = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(gt)

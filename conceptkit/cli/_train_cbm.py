@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._intervene import POLICIES, intervention_curve
-from ._metrics import evaluate_cbm, leakage_score
-from ._model import BOTTLENECKS, HEADS, ConceptBottleneckModel, SpatialProbe
-from ._report import write_cbm_report
-from ._train import MODES, OPTIMIZERS, train_cbm
+from ..bottleneck._intervene import POLICIES, intervention_curve
+from ..bottleneck._metrics import evaluate_cbm, leakage_score
+from ..bottleneck._model import BOTTLENECKS, HEADS, ConceptBottleneckModel, SpatialProbe
+from ..bottleneck._report import write_cbm_report
+from ..bottleneck._train import MODES, OPTIMIZERS, train_cbm
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ that names the argument at fault, and an exception raised by conceptkit's own co
 traceback that ends inside torch, scikit-learn or scipy). The same table is what
 ``docs/errors.md`` shows; ``test_doc_lists_every_row`` checks that the page is in sync, and
 
-    python tests/test_errors.py
+    python tests/contracts/test_errors.py
 
 rewrites the page from the table (run it after changing a row or a message).
 """
@@ -33,7 +33,7 @@ from conceptkit.concepts import metrics as concept_metrics
 from conceptkit.datasets import make_concept_dataset
 
 PACKAGE_DIR = Path(conceptkit.__file__).resolve().parent
-DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -691,9 +691,9 @@ HEADER = """# Errors: what bad input gives
 conceptkit validates its inputs at every public entry point, so a mistake is reported by the
 function you called, with the argument at fault named in the message, never as a traceback from
 deep inside torch, scikit-learn or scipy, and never as a silently wrong result. The table below
-is the bad-input matrix of `tests/test_errors.py`: every row is a test that makes the call and
+is the bad-input matrix of `tests/contracts/test_errors.py`: every row is a test that makes the call and
 checks the exception type, that the message names the argument, and that the error is raised
-by conceptkit itself. The page is generated from that table (`python tests/test_errors.py`), and
+by conceptkit itself. The page is generated from that table (`python tests/contracts/test_errors.py`), and
 a test checks that it matches what the code says. `<tmp>` stands for the test's temporary
 directory.
 
@@ -706,7 +706,7 @@ with status 2 and print `error: <message>` (set `CONCEPTKIT_DEBUG=1` for the tra
 - **A model in train mode.** Every entry point that runs your model switches it to eval mode
   for the call (dropout off, batch-norm running statistics used and not updated) and restores
   every submodule's training flag afterwards, also when the call raises. Results equal those of
-  the model in eval mode (`tests/test_hygiene.py`).
+  the model in eval mode (`tests/contracts/test_hygiene.py`).
 - **Images on another device than the model.** Images (and activations) are moved batch by
   batch to the device of the model (or of the head `h`), and results come back on the CPU, so a
   CPU tensor and a CUDA model (or the reverse) just work (CI has no GPU, so this is exercised
@@ -714,7 +714,7 @@ with status 2 and print `error: <message>` (set `CONCEPTKIT_DEBUG=1` for the tra
   naming the argument (rows `extract-meta-*`, `explainer-meta-images`).
 - **Saved files never execute code.** Loading parses a JSON header and copies raw tensor
   buffers; a pickle renamed `.safetensors` is refused (`bank-load-pickle`). See
-  `tests/test_safe_loading.py`.
+  `tests/contracts/test_safe_loading.py`.
 
 ## The bad-input matrix
 
@@ -730,18 +730,18 @@ def render_doc(ctx: Context) -> str:
 
 
 def test_doc_lists_every_row(ctx: Context, outcomes):
-    assert DOC.is_file(), "docs/errors.md is missing: run `python tests/test_errors.py`"
+    assert DOC.is_file(), "docs/errors.md is missing: run `python tests/contracts/test_errors.py`"
     text = DOC.read_text()
     lines = {line.split("|")[1].strip(): line for line in text.splitlines()
              if line.startswith("| ") and not line.startswith("| id ")}
     for row in ROWS:
         result = outcome_of(row, ctx, outcomes)
-        assert row.id in lines, f"docs/errors.md has no row {row.id!r}: run `python tests/test_errors.py`"
+        assert row.id in lines, f"docs/errors.md has no row {row.id!r}: run `python tests/contracts/test_errors.py`"
         line = lines[row.id]
         assert f"`{type(result.error).__name__}`" in line
         prefix = _cell(result.message)[:PREFIX]
         assert prefix in line, (f"docs/errors.md shows another message for {row.id!r}; expected it to "
-                                f"start with {prefix!r}. Run `python tests/test_errors.py`.")
+                                f"start with {prefix!r}. Run `python tests/contracts/test_errors.py`.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""The pipeline: one object that explains a class, and a manager over many classes.
+
+``ConceptExplainer(model, layer).fit(images, class_id)`` cuts the class's images into the
+method's inputs (CRAFT crops, ICE positions, ACE segments), runs ``g`` once over them,
+factorizes, then scores each concept by re-running only ``h`` on reconstructed activations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import model_device, preserved_model_state
+from .._validation import check_choice, check_images, check_int, describe
+from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer
+from ..extraction import get_layer
+from ..importance import METHODS as IMPORTANCE_METHODS
+from ..importance import concept_importance
+from ._handle import ModelAtLayer
+from ._result import ClassConcepts, KnownCodes
+
+#: Discovery methods by name.
+DISCOVERY_METHODS: dict[str, type] = {"craft": CRAFT, "ice": ICE, "ace": ACE}
+
+
+class ConceptExplainer:
+    """Explain one class of ``model`` with concepts found at ``layer``.
+
+    Parameters
+    ----------
+    model
+        A trained classifier; left exactly as found after every call.
+    layer
+        Dotted name of the layer to explain at (e.g. the last conv block before pooling).
+    n_concepts
+        Number of concepts (ACE: k-means clusters before filtering).
+    method
+        ``"craft"`` (crops + NMF), ``"ice"`` (every position + NMF) or ``"ace"`` (segments +
+        k-means).
+    importance
+        ``"sobol"`` (default), ``"closed_form"``, ``"gradient_input"``,
+        ``"integrated_gradients"``, ``"occlusion"`` or ``"rise"``.
+    patch_size
+        CRAFT crop size (default 64/224 of the image side).
+    factorizer
+        Replace the method's factorizer (e.g. ``SemiNMF(10)`` for signed activations).
+    batch_size, device, progress
+        Batching of ``g``, where to run, progress bars.
+    seed
+        Seeds the factorizer and the importance designs.
+    preprocess
+        Callable applied to image batches before the model (normalisation); images themselves
+        stay in [0, 1] so that crops, segments and figures are cut from the raw pixels.
+    n_designs
+        Sobol designs per input (32, as CRAFT).
+    importance_kwargs, method_kwargs
+        Extra arguments for :func:`~conceptkit.importance.concept_importance` and the method.
+    model_name
+        Name shown in reports.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, n_concepts: int = 10, method: str = "craft",
+                 importance: str = "sobol", *, patch_size: int | None = None,
+                 factorizer: Factorizer | None = None, batch_size: int = 64, device: Any = None,
+                 seed: int | None = None, progress: bool = True, preprocess: Callable | None = None,
+                 n_designs: int = 32, importance_kwargs: dict | None = None,
+                 method_kwargs: dict | None = None, model_name: str | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
+        self.model = model
+        self.layer, _ = get_layer(model, layer)
+        self.n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
+        self.method = check_choice(method, "method", DISCOVERY_METHODS)
+        self.importance = check_choice(importance, "importance", IMPORTANCE_METHODS)
+        self.patch_size = patch_size
+        self.factorizer = factorizer
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.device = device
+        self.seed = seed
+        self.progress = bool(progress)
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"`preprocess` must be callable; got {describe(preprocess)}.")
+        self.preprocess = preprocess
+        self.n_designs = check_int(n_designs, "n_designs", minimum=1)
+        self.importance_kwargs = dict(importance_kwargs or {})
+        self.method_kwargs = dict(method_kwargs or {})
+        self.model_name = model_name or type(model).__name__
+        self._handle: ModelAtLayer | None = None
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def model_at_layer(self) -> ModelAtLayer:
+        """The model cut at ``layer`` with the explainer's current settings (split once)."""
+        handle = self._handle
+        if handle is None or handle.model is not self.model or handle.layer != self.layer:
+            handle = self._handle = ModelAtLayer(self.model, self.layer)
+        handle.preprocess, handle.batch_size = self.preprocess, self.batch_size
+        handle.device, handle.progress = self.device, self.progress
+        return handle
+
+    @property
+    def h(self) -> nn.Module:
+        """The part of the model after ``layer`` (activations → logits)."""
+        return self.model_at_layer.h
+
+    @property
+    def maps_head(self) -> nn.Module:
+        """``h`` taking feature maps: for transformer layers a :class:`TokenHead` that puts each
+        input's CLS/register tokens (its ``context``) back in front of the patch tokens."""
+        return self.model_at_layer.maps_head
+
+    def activations(self, images: torch.Tensor, with_context: bool = False) -> Any:
+        """Feature maps ``(N, C, h, w)`` of ``images`` at the layer (one pass of ``g``).
+
+        Transformer tokens come back as maps of the patch tokens; with ``with_context=True`` the
+        dropped CLS/register tokens ``(N, P, C)`` (or None) are returned too.
+        """
+        return self.model_at_layer.activations(images, with_context)
+
+    def _discovery(self) -> Any:
+        cls = DISCOVERY_METHODS[self.method]
+        kwargs = dict(factorizer=self.factorizer, batch_size=self.batch_size, device=self.device,
+                      progress=self.progress, seed=self.seed, preprocess=self.preprocess)
+        if self.method == "craft":
+            kwargs["patch_size"] = self.patch_size
+        kwargs.update(self.method_kwargs)
+        return cls(self.n_concepts, **kwargs)
+
+    def discover(self, images: torch.Tensor, activations: torch.Tensor | None = None) -> ConceptBank:
+        """Concept discovery only: a :class:`ConceptBank` of ``images``.
+
+        For ICE, ``activations`` (the images' feature maps) are reused instead of running ``g``.
+        """
+        method = self._discovery()
+        if self.method == "ice":
+            maps = self.activations(images) if activations is None else activations
+            return method.fit_activations(maps, self.layer, image_size=tuple(images.shape[-2:]))
+        return method.fit(self.model, self.layer, images)
+
+    # ------------------------------------------------------------------ the whole class
+    def fit(self, images: torch.Tensor, class_id: int, class_name: str | None = None,
+            image_ids: Any = None) -> ClassConcepts:
+        """Explain class ``class_id`` from its images ``(N, 3, H, W)`` (values in [0, 1]).
+
+        Returns
+        -------
+        ClassConcepts
+            Concepts, importances with confidence intervals, and what the report needs.
+        """
+        images = check_images(images, "images")
+        if images.shape[0] < 2:
+            raise ValueError(f"`images` has {images.shape[0]} image; a class explanation needs at "
+                             f"least 2 images (CRAFT advises hundreds).")
+        class_id = check_int(class_id, "class_id", minimum=0)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        handle = self.model_at_layer
+        handle.h  # noqa: B018 - split now: fails early, before any heavy work, on an invalid cut
+        timings["split"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        acts, context = handle.activations(images, with_context=True)
+        timings["activations"] = time.perf_counter() - start
+        if acts.ndim not in (2, 4):
+            raise ValueError(f"`layer` {self.layer!r} gives activations of shape "
+                             f"{tuple(acts.shape)}; conceptkit needs (N, C, h, w) or (N, C).")
+
+        start = time.perf_counter()
+        bank = self.discover(images, acts)
+        timings["discovery"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        # The class activations are encoded once; importance, metrics, maps, report and save
+        # reuse these codes (KnownCodes) instead of re-running the factorizer's solver.
+        codes = torch.as_tensor(bank.encode(acts))
+        importance = concept_importance(handle.maps_head, acts, KnownCodes(bank, acts, codes),
+                                        class_id, method=self.importance, n_designs=self.n_designs,
+                                        seed=self.seed, device=self.device, progress=self.progress,
+                                        context=context, **self.importance_kwargs)
+        timings["importance"] = time.perf_counter() - start
+        params = {"n_concepts": self.n_concepts, "method": self.method,
+                  "importance": self.importance, "patch_size": bank.params.get("patch_size"),
+                  "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
+                  "n_images": int(images.shape[0])}
+        ids = np.arange(images.shape[0]) if image_ids is None else np.asarray(image_ids)
+        result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
+                               bank=bank, importance=importance, images=images.detach().cpu(),
+                               activations=acts, model_name=self.model_name, layer=self.layer,
+                               method=self.method, params=params, timings=timings, image_ids=ids,
+                               model_at_layer=_frozen(handle), context=context)
+        result.__dict__["_codes_cache"] = (bank, acts, codes)
+        return result
+
+
+
+def _frozen(handle: ModelAtLayer) -> ModelAtLayer:
+    """A copy of ``handle`` for one result: later changes to the explainer's settings must not
+    change how an explanation it already returned runs the model (the split ``h`` is shared)."""
+    copy = ModelAtLayer(handle.model, handle.layer, preprocess=handle.preprocess,
+                        batch_size=handle.batch_size, device=handle.device,
+                        progress=handle.progress)
+    copy.token_layout, copy._h = handle.token_layout, handle._h
+    return copy
+
+
+def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 64,
+                   preprocess: Callable | None = None, progress: bool = True) -> np.ndarray:
+    """The model's predicted class for every image (argmax of the output)."""
+    device = model_device(model)
+    out = []
+    with preserved_model_state(model), torch.no_grad():
+        for start in tqdm(range(0, images.shape[0], batch_size), disable=not progress,
+                          desc="predictions", leave=False):
+            batch = images[start:start + batch_size].to(device)
+            if preprocess is not None:
+                batch = preprocess(batch)
+            logits = model(batch)
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            out.append(logits.argmax(1).cpu())
+    return torch.cat(out).numpy()
+
+

@@ -1,0 +1,77 @@
+"""ConceptManager: one explanation per class, grouped by label or by the model's prediction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import check_images, check_int, describe
+from ._assemble import write_class_report
+from ._explainer import ConceptExplainer, predict_labels
+from ._result import ClassConcepts
+
+
+class ConceptManager:
+    """One :class:`ConceptExplainer` per class.
+
+    ``fit(images, labels)`` groups the images by label — or, when ``labels`` is None, by the
+    model's own prediction (as xplique's CraftManager) — and explains every class.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, *, class_names: dict[int, str] | list[str] | None = None,
+                 min_images: int = 2, **explainer_kwargs: Any):
+        self.explainer = ConceptExplainer(model, layer, **explainer_kwargs)
+        self.class_names = class_names
+        self.min_images = check_int(min_images, "min_images", minimum=2)
+        self.classes_: dict[int, ClassConcepts] = {}
+        self.labels_: np.ndarray | None = None
+
+    def _name(self, class_id: int) -> str:
+        names = self.class_names
+        if names is None:
+            return f"class {class_id}"
+        if isinstance(names, dict):
+            return str(names.get(class_id, f"class {class_id}"))
+        return str(names[class_id]) if class_id < len(names) else f"class {class_id}"
+
+    def fit(self, images: torch.Tensor, labels: Any = None, classes: Any = None) -> dict[int, ClassConcepts]:
+        """Explain every class (or the listed ``classes``); returns ``{class_id: ClassConcepts}``."""
+        images = check_images(images, "images")
+        ex = self.explainer
+        if labels is None:
+            labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress)
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f"
+                                               and not np.array_equal(labels, np.round(labels))):
+            raise TypeError(f"`labels` must hold integer class indices; got {describe(labels)}.")
+        labels = labels.astype(np.int64)
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"`labels` must have one entry per image ({images.shape[0]}); got "
+                             f"shape {labels.shape}.")
+        self.labels_ = labels
+        wanted = np.unique(labels) if classes is None else np.asarray(list(classes), dtype=np.int64)
+        for class_id in tqdm(wanted, disable=not ex.progress, desc="classes"):
+            rows = np.flatnonzero(labels == class_id)
+            if rows.size < self.min_images:
+                continue
+            self.classes_[int(class_id)] = ex.fit(images[rows], int(class_id), self._name(int(class_id)),
+                                                  image_ids=rows)
+        if not self.classes_:
+            raise ValueError(f"no class has at least `min_images`={self.min_images} images.")
+        return self.classes_
+
+    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write every class's report and an index page; return the index path."""
+        from ..report import write_index
+
+        out_dir = Path(out_dir)
+        entries = [write_class_report(cc, out_dir, return_entry=True, index_link="../index.html",
+                                      **kwargs)
+                   for cc in self.classes_.values()]
+        return write_index(entries, out_dir)
