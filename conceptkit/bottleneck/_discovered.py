@@ -143,8 +143,8 @@ class DiscoveredCBM(BaseEstimator):
                                  f"{describe(self.names)}.")
             labels = [str(n) for n in self.names]
         self.names_ = labels
-        sources = [s for _, _, s in blocks if getattr(s, "explainer", None) is not None]
-        explainer = sources[0].explainer if sources else None
+        sources = [s for _, _, s in blocks if getattr(s, "model_at_layer", None) is not None]
+        explainer = sources[0].model_at_layer if sources else None
         self.model_ = self.model if self.model is not None else (
             None if explainer is None else explainer.model)
         self.preprocess_ = self.preprocess if self.preprocess is not None else (

@@ -6,6 +6,9 @@
   :func:`name_by_clip` (CLIP-Dissect: soft-WPMI or cos³ against a vocabulary) and
   :func:`name_by_classes` (the classes a concept pushes most through ``h``).
 - :class:`ConceptNames` / :class:`ConceptName`: the result, one frozen record per concept.
+- :func:`visualize_concept` / :class:`ConceptVisualization`: MACO feature visualisation of a
+  concept (phase-only optimisation under the user's images' magnitude spectrum) with its
+  transparency map.
 - :func:`vocabulary`: offline word lists (ImageNet class names, ImageNet-21k lemmas).
 - :func:`soft_wpmi`, :func:`cos_cubed`, :func:`iou_table`, :func:`activation_auc`: the scores.
 """
@@ -13,6 +16,7 @@
 from ._api import METHODS, name_by_classes, name_by_clip, name_by_masks, name_concepts
 from ._clip import cos_cubed, soft_wpmi
 from ._dissect import iou_table
+from ._maco import ConceptVisualization, visualize_concept
 from ._table import ConceptName, ConceptNames
 from ._trust import activation_auc
 from ._vocab import VOCABULARIES, vocabulary
@@ -22,6 +26,7 @@ __all__ = [
     "VOCABULARIES",
     "ConceptName",
     "ConceptNames",
+    "ConceptVisualization",
     "activation_auc",
     "cos_cubed",
     "iou_table",
@@ -30,5 +35,6 @@ __all__ = [
     "name_by_masks",
     "name_concepts",
     "soft_wpmi",
+    "visualize_concept",
     "vocabulary",
 ]

@@ -25,8 +25,9 @@ def _table(method: str, scores: np.ndarray, candidates: list[str], *, score_name
            min_score: float | None, n_runner_ups: int, params: dict[str, Any],
            summaries: np.ndarray | None = None, targets: dict[str, np.ndarray] | None = None,
            descriptions: list[str | None] | None = None,
-           allowed: np.ndarray | None = None) -> ConceptNames:
-    """Names from a ``(k, M)`` score table over ``candidates`` (higher is better)."""
+           allowed: np.ndarray | None = None, positive_only: bool = False) -> ConceptNames:
+    """Names from a ``(k, M)`` score table over ``candidates`` (higher is better); with
+    ``positive_only`` the runner-ups leave out candidates scoring 0 or less (IoU 0: no overlap)."""
     n_runner_ups = check_int(n_runner_ups, "n_runner_ups", minimum=0)
     scores = np.asarray(scores, dtype=np.float64)
     ranked = np.where(allowed[None, :], scores, -np.inf) if allowed is not None else scores
@@ -40,8 +41,8 @@ def _table(method: str, scores: np.ndarray, candidates: list[str], *, score_name
         names.append(candidates[best] if keep else None)
         best_scores.append(value)
         glosses.append(None if descriptions is None or not keep else descriptions[best])
-        others.append(tuple((candidates[int(i)], float(scores[j, int(i)]))
-                            for i in order[1:1 + n_runner_ups]))
+        rest = [int(i) for i in order[1:] if not positive_only or scores[j, int(i)] > 0]
+        others.append(tuple((candidates[i], float(scores[j, i])) for i in rest[:n_runner_ups]))
     trust = ([None] * len(names) if summaries is None or not targets
              else trust_scores(summaries, names, targets))
     entries = tuple(ConceptName(concept=j, name=names[j], score=best_scores[j],
@@ -115,7 +116,7 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
               "min_score": min_score, "class_images_only": probe is not full}
     return _table("dissect", table, list(probe.part_names), score_name=SCORES["dissect"],
                   min_score=min_score, n_runner_ups=n_runner_ups, params=params,
-                  summaries=summaries, targets=full.targets())
+                  summaries=summaries, targets=full.targets(), positive_only=True)
 
 
 def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "imagenet",
@@ -237,9 +238,9 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
             raise ValueError("`images` is required with a ConceptBank or an explanation loaded "
                              "without its activations.")
         acts, context = result.activations, result.context
-        if result.explainer is None:
+        if result.model_at_layer is None:
             raise ValueError("naming by classes needs the model: call `attach(model)` first.")
-        h = result.explainer.maps_head
+        h = result.model_at_layer.maps_head
     else:
         from .._validation import check_images
         from ..extraction import ActivationExtractor

@@ -118,7 +118,7 @@ class ConceptSource:
         elif hasattr(concepts, "bank") and hasattr(concepts, "concept_maps"):
             self.result = concepts  # a ClassConcepts: it knows its model and map kind
             self.bank = concepts.bank
-            explainer = getattr(concepts, "explainer", None)
+            explainer = getattr(concepts, "model_at_layer", None)
             if model is not None:
                 raise ValueError("`model` is only for a bare ConceptBank; an explanation uses its "
                                  "own model (re-attach one with `attach(model)`).")
@@ -148,8 +148,8 @@ class ConceptSource:
 
     def activations(self, images: torch.Tensor) -> torch.Tensor:
         """Feature maps ``(N, C, h, w)`` (or ``(N, C)``) of ``images`` at the bank's layer."""
-        if self.result is not None and self.result.explainer is not None:
-            return self.result.explainer.activations(images)
+        if self.result is not None and self.result.model_at_layer is not None:
+            return self.result.model_at_layer.activations(images, progress=self.progress)
         model = self.require_model("computing activations of probe images")
         return ActivationExtractor(model, self.bank.layer, batch_size=self.batch_size,
                                    progress=self.progress, preprocess=self.preprocess)(images)
@@ -157,8 +157,8 @@ class ConceptSource:
     def crop_codes(self, crop_set: Any) -> np.ndarray:
         """Concept codes ``(M, k)`` of crops: ``g`` on each resized crop, spatial mean, encode
         (exactly how CRAFT's own crops were coded)."""
-        if self.result is not None and self.result.explainer is not None:
-            explainer = self.result.explainer
+        if self.result is not None and self.result.model_at_layer is not None:
+            explainer = self.result.model_at_layer
             extractor = ActivationExtractor(explainer.model, self.bank.layer,
                                             batch_size=explainer.batch_size, device=explainer.device,
                                             progress=self.progress, reduce="mean",

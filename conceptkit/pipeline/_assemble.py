@@ -54,19 +54,27 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
     """Assemble the :class:`~conceptkit.report.ClassReport` of ``cc`` and write it."""
     from ..report import ClassReport, ConceptSummary, index_entry
     from ..report import write_class_report as render
+    from ._naming import name_details, visualization_picture
 
     order = cc.ranking
     k = cc.n_concepts
     labels = labels or {}
     ci_low = cc.ci_low if cc.ci_low is not None else np.full(k, np.nan)
     ci_high = cc.ci_high if cc.ci_high is not None else np.full(k, np.nan)
+    names = getattr(cc, "names", None)
+    shown_labels = cc.labels
+    visualizations = getattr(cc, "visualizations", {})
     concepts = []
     for c in order:
         ex, ids = cc.top_examples(int(c), n_exemplars, size=min(64, _side(cc)))
-        concepts.append(ConceptSummary(index=int(c), label=labels.get(int(c), f"concept {int(c)}"),
+        extra = {} if names is None else name_details(names[int(c)], names.score_name)
+        vis = visualizations.get(int(c))
+        concepts.append(ConceptSummary(index=int(c), label=labels.get(int(c), shown_labels[int(c)]),
                                        importance=float(cc.importances[c]), ci_low=float(ci_low[c]),
                                        ci_high=float(ci_high[c]), exemplars=ex.numpy(),
-                                       exemplar_sources=[int(i) for i in ids], extra={}))
+                                       exemplar_sources=[int(i) for i in ids], extra=extra,
+                                       visualization=None if vis is None
+                                       else visualization_picture(vis)))
     if cc.images is not None:
         shown = cc.images[:n_images]
         maps = cc._shown_maps(n_images)
@@ -86,10 +94,21 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
         image_ids=[int(i) for i in (cc.image_ids[:n_images] if cc.image_ids is not None
                                     else range(shown.shape[0]))],
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
-        codes=cc.bank.codes.numpy()[:, order], metrics=metrics, notes=list(notes or []),
-        timings=dict(cc.timings))
+        codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
+        notes=list(notes or []) + _naming_notes(names), timings=dict(cc.timings))
     page = render(report, out_dir, index_link=index_link)
     return index_entry(report, page, out_dir) if return_entry else page
+
+
+def _naming_notes(names: Any) -> list[str]:
+    """One line saying how the concepts were named (nothing when they were not)."""
+    if names is None:
+        return []
+    settings = ", ".join(f"{k}={v}" for k, v in names.params.items()
+                         if isinstance(v, (int, float, str, bool)))
+    return [f"Concept names: method {names.method!r}, score = {names.score_name}, trust = AUC of "
+            f"the concept's activation on probe inputs showing the named thing vs the others "
+            f"(CoSy-style); {settings}."]
 
 
 def _side(cc: Any) -> int:

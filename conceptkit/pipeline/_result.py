@@ -18,6 +18,7 @@ from ..importance import ConceptImportance
 from ..maps import MAP_KINDS, choose_map_kind
 from ._examples import cut_examples
 from ._handle import ModelAtLayer
+from ._naming import concept_labels, load_names, names_state, resolve_concept
 
 RESULT_KIND = "ClassConcepts"
 RESULT_VERSION = 1
@@ -53,6 +54,11 @@ class ClassConcepts:
     model_at_layer
         The model cut at the layer, with its preprocessing and batching (None after loading
         until :meth:`attach`): what maps of new images, metrics and sub-concepts run.
+    names
+        The :class:`~conceptkit.naming.ConceptNames` set by :meth:`name_concepts` (None: the
+        concepts keep their index).
+    visualizations
+        ``{concept: ConceptVisualization}`` made by :meth:`visualize`.
     """
 
     class_id: int
@@ -72,6 +78,8 @@ class ClassConcepts:
     saved_images: torch.Tensor | None = None
     model_at_layer: ModelAtLayer | None = field(default=None, repr=False)
     context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
+    names: Any = None
+    visualizations: dict[int, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ the public face
     @property
@@ -111,8 +119,53 @@ class ClassConcepts:
         """Concepts from most to least important."""
         return self.importance.ranking
 
-    def top_examples(self, concept: int, n: int = 10, size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """The ``n`` crops / segments / cells where ``concept`` is most present.
+    @property
+    def labels(self) -> list[str]:
+        """A label per concept: its name (after :meth:`name_concepts`) or ``"concept j"``."""
+        return concept_labels(self.names, self.n_concepts)
+
+    def name_concepts(self, method: str = "dissect", *args: Any, **kwargs: Any) -> Any:
+        """Name the concepts and keep the names (saved, shown in reports and figures).
+
+        ``method``: ``"dissect"`` (probe images with part masks), ``"clip"`` (a CLIP model and a
+        vocabulary) or ``"classes"`` (the classes each concept pushes through ``h``); the other
+        arguments go to :func:`conceptkit.naming.name_concepts`. Returns the
+        :class:`~conceptkit.naming.ConceptNames`; concepts given no name keep their index.
+        """
+        from ..naming import name_concepts
+
+        self.names = name_concepts(self, method, *args, **kwargs)
+        return self.names
+
+    def visualize(self, concept: int | str, *, steps: int = 256, size: int | None = None,
+                  seed: int = 0, progress: bool | None = None, **kwargs: Any) -> Any:
+        """MACO feature visualisation of ``concept`` (an index or a name), kept for the report.
+
+        The magnitude spectrum and colours come from the class images; ``kwargs`` go to
+        :func:`conceptkit.naming.visualize_concept` (``n_crops``, ``crop_fraction``, ``noise``,
+        ``learning_rate``). Returns a :class:`~conceptkit.naming.ConceptVisualization` (image and
+        transparency map).
+        """
+        from ..naming import visualize_concept
+
+        concept = resolve_concept(self, concept)
+        model = self._require_model()
+        images = self.images if self.images is not None else self.saved_images
+        if images is None:
+            raise ValueError("a visualisation needs images for its magnitude spectrum; this "
+                             "explanation holds none.")
+        vis = visualize_concept(model.model, self.bank, concept, images, steps=steps, size=size,
+                                input_size=int(min(images.shape[-2:])),
+                                preprocess=model.preprocess, seed=seed,
+                                progress=model.progress if progress is None else progress,
+                                **kwargs)
+        self.visualizations[concept] = vis
+        return vis
+
+    def top_examples(self, concept: int | str, n: int = 10,
+                     size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The ``n`` crops / segments / cells where ``concept`` (an index, or a name given by
+        :meth:`name_concepts`) is most present.
 
         Returns
         -------
@@ -120,7 +173,7 @@ class ClassConcepts:
             ``examples (n, 3, s, s)`` cut from the source images through the bank's provenance
             (resized to ``size``, default the crop's own size), and each one's source image id.
         """
-        concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
+        concept = resolve_concept(self, concept)
         n = check_int(n, "n", minimum=1)
         rows = self.bank.top_rows(concept, n)
         saved = self.bank.extra.get("exemplars")
@@ -371,6 +424,9 @@ class ClassConcepts:
             "exemplar_ids": exemplar_ids or self.bank.extra.get("exemplar_ids", []),
             "image_ids": [] if self.image_ids is None else [int(i) for i in self.image_ids[:n_images]],
         }
+        named_tensors, named_meta = names_state(self)
+        tensors.update(named_tensors)
+        meta_all.update(named_meta)
         return str(io.save_file(path, tensors, meta_all, kind=RESULT_KIND, version=RESULT_VERSION))
 
     @classmethod
@@ -403,6 +459,7 @@ class ClassConcepts:
                          saved_images=None if images is None else images.float() / 255.0)
             if per_input.shape[1] != k:
                 raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
+            result.names, result.visualizations = load_names(tensors, meta, k)
             return result
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err

@@ -136,6 +136,9 @@ class ConceptSummary:
         Source image id of each exemplar.
     extra : dict
         Any further numbers to show (JSON-compatible values).
+    visualization : array ``(n, 3, h, w)``, optional
+        Pictures of the concept made for it (e.g. a feature visualisation and its masked
+        version), colours in [0, 1].
     """
 
     index: int
@@ -146,6 +149,7 @@ class ConceptSummary:
     exemplars: np.ndarray
     exemplar_sources: list[int]
     extra: dict = field(default_factory=dict)
+    visualization: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -164,6 +168,9 @@ class ConceptSummary:
         put(self, "exemplar_sources", _int_list(self.exemplar_sources, "exemplar_sources",
                                                 exemplars.shape[0], "`exemplars` axis 0"))
         put(self, "extra", _mapping(self.extra, "extra"))
+        if self.visualization is not None:
+            put(self, "visualization", _pictures(self.visualization, "visualization",
+                                                 "(n, 3, h, w)", allow_empty=False))
 
 
 @dataclass(frozen=True, eq=False)
