@@ -36,7 +36,8 @@ def test_visualisation_beats_the_best_crops(explained):
     with torch.no_grad():
         crop_codes = crop_coefficients(model, cc.bank, crops)[:, concept]
     best = float(cc.bank.codes[:, concept].max())
-XX
+    # the bank's own codes, up to the resizing of the exemplars
+    assert float(crop_codes.max()) == pytest.approx(best, rel=1e-2)
     vis = cc.visualize(concept, steps=64, seed=0, progress=False)
     assert cc.visualizations[concept] is vis
     assert vis.image.shape == (3, 112, 112) and vis.transparency.shape == (112, 112)
