@@ -46,6 +46,9 @@ def add_concept(dataset: ConceptDataset, concept: int, seed: int = 0,
         Show a progress bar.
     """
     dataset = check_concept_dataset(dataset)
+    if dataset.world != "shapes":
+        raise ValueError(f"`dataset` must come from make_concept_dataset (the shapes world); got "
+                         f"images of the {dataset.world!r} world, whose parts add_concept cannot draw.")
     allowed = [*dataset.distractor_concepts, dataset.spurious_concept]
     concept = check_int(concept, "concept", minimum=0, maximum=dataset.n_concepts - 1)
     if concept not in allowed:

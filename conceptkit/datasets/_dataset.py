@@ -13,7 +13,7 @@ from .._validation import check_int, describe
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ConceptDataset(torch.utils.data.Dataset):
-    """Images whose concepts are known exactly, from :func:`make_concept_dataset`.
+    """Images whose concepts are known exactly, from :func:`make_concept_dataset` or a world.
 
     Indexing gives ``(image, label)`` pairs, so the dataset plugs into a ``DataLoader``.
 
@@ -30,17 +30,23 @@ class ConceptDataset(torch.utils.data.Dataset):
     concept_names, class_names : list of str
         Short human-readable names (the concept names work as text prompts).
     class_concepts : list of list of int
-        The causal concepts of each class: the class is defined by their joint presence.
+        The causal concepts of each class: the class is defined by their joint presence (in the
+        ``context`` world, by a spatial relation between them).
     distractor_concepts : list of int
         Concepts drawn independently of the class.
     spurious_concept, spurious_class : int
-        The shortcut cue and the class it is correlated with when ``spurious`` is True.
+        The shortcut cue and the class it is correlated with when ``spurious`` is True; ``-1``
+        in a world without a cue.
     spurious : bool
-        Whether the cue is correlated with ``spurious_class`` in this dataset.
+        Whether the cue is correlated with ``spurious_class`` in this dataset (always False in a
+        world without a cue).
     split : str
         ``"train"``, ``"val"`` or ``"test"``.
     seed : int
         The seed the dataset was generated from.
+    world : str
+        The world that drew the images (``"shapes"`` for :func:`make_concept_dataset`; see
+        :func:`conceptkit.datasets.load_world`).
     """
 
     images: torch.Tensor
@@ -56,6 +62,7 @@ class ConceptDataset(torch.utils.data.Dataset):
     spurious: bool
     split: str
     seed: int
+    world: str = "shapes"
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -65,7 +72,8 @@ class ConceptDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         size = tuple(self.images.shape[2:])
-        return (f"ConceptDataset(split={self.split!r}, seed={self.seed}, n_images={len(self)}, "
+        world = "" if self.world == "shapes" else f"world={self.world!r}, "
+        return (f"ConceptDataset({world}split={self.split!r}, seed={self.seed}, n_images={len(self)}, "
                 f"image_size={size}, n_classes={len(self.class_names)}, "
                 f"n_concepts={len(self.concept_names)}, spurious={self.spurious})")
 
@@ -109,8 +117,11 @@ class ConceptDataset(torch.utils.data.Dataset):
 
     def summary(self) -> str:
         """A multi-line, human-readable description: classes, concept rates, the spurious cue."""
+        has_cue = self.spurious_concept >= 0
         names = self.concept_names
-        lines = [repr(self), "", "Classes (defined by the joint presence of their causal concepts):"]
+        rule = ("by the joint presence of their causal concepts" if self.world != "context"
+                else "by a relation between their causal concepts")
+        lines = [repr(self), "", f"Classes (defined {rule}):"]
         for c, class_name in enumerate(self.class_names):
             causal = ", ".join(f"{k}:{names[k]}" for k in self.class_concepts[c])
             lines.append(f"  {c}: {class_name:<40s} n={int((self.labels == c).sum()):<5d} causal = {causal}")
@@ -120,10 +131,12 @@ class ConceptDataset(torch.utils.data.Dataset):
         lines.append("  " + " " * (width + 6) + " ".join(f"{c:>5d}" for c in range(self.n_classes)))
         rates = self.concept_rates()
         for k, name in enumerate(names):
-            role = ("spurious" if k == self.spurious_concept
+            role = ("spurious" if has_cue and k == self.spurious_concept
                     else "distract" if k in self.distractor_concepts else "causal")
             row = " ".join(f"{float(r):5.2f}" for r in rates[:, k])
             lines.append(f"  {name:<{width}s} {role[:5]:5s} {row}")
+        if not has_cue:
+            return "\n".join(lines)
         cue = rates[:, self.spurious_concept]
         others = [float(cue[c]) for c in range(self.n_classes) if c != self.spurious_class]
         lines.append("")

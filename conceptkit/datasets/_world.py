@@ -1,0 +1,256 @@
+"""Ground-truth worlds: a generator of images with known parts, and models trained on it.
+
+:func:`load_world` gives a :class:`World`; ``world.sample(...)`` draws a
+:class:`ConceptDataset` (images, labels, per-part masks) and ``world.model()`` loads the shipped
+weights of a model trained on that world (safetensors, never pickle).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_int
+from ..io import load_file
+from . import _context, _generate, _scales, _textures
+from ._architectures import build_model
+from ._dataset import ConceptDataset
+from ._parts import CONCEPT_NAMES
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WORLD_WEIGHTS_KIND = "world_model"
+WORLD_WEIGHTS_VERSION = 1
+WORLDS: tuple[str, ...] = ("shapes", "textures", "scales", "context")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained model of a world: architecture, its settings, the layer to explain, training."""
+
+    architecture: str
+    config: dict[str, Any]
+    layer: str
+    training: dict[str, Any]
+
+    def weights_path(self, world: str) -> Path:
+        if world == "shapes":
+            from ._reference import WEIGHTS_PATH
+
+            return WEIGHTS_PATH
+        return WEIGHTS_DIR / f"{world}_{self.architecture}.safetensors"
+
+    def train_command(self, world: str) -> str:
+        if world == "shapes":
+            return "python -m conceptkit.datasets.train_reference"
+        return f"python -m conceptkit.datasets.train_world --world {world} --arch {self.architecture}"
+
+
+@dataclass(frozen=True, eq=False)
+class World:
+    """A ground-truth world: how its images are drawn, what defines each class, its models.
+
+    Attributes
+    ----------
+    name : str
+        One of :data:`WORLDS`.
+    architecture : str
+        Architecture of the default model: ``"cnn"``, ``"resnet"`` or ``"vit"``.
+    layer : str
+        Default layer to explain on the default model, a dotted module name that
+        :func:`conceptkit.extraction.split_model` cuts.
+    class_names, part_names : list of str
+        Human-readable names (``part_names`` are the ``concept_names`` of sampled datasets).
+    class_parts : list of list of int
+        The causal parts of each class (the class rule is stated in ``description``).
+    distractor_parts : list of int
+        Parts drawn independently of the class.
+    description : str
+        The world's rules in words.
+    architectures : tuple of str
+        Every architecture with shipped weights; the first is the default.
+    layers, train_commands : dict
+        Per architecture: the layer to explain and the command that reproduces its weights.
+    image_size : int
+        Side of the square images in pixels.
+    """
+
+    name: str
+    architecture: str
+    layer: str
+    class_names: list[str]
+    part_names: list[str]
+    class_parts: list[list[int]]
+    distractor_parts: list[int]
+    description: str
+    architectures: tuple[str, ...]
+    layers: dict[str, str]
+    train_commands: dict[str, str]
+    image_size: int = 64
+    _generate: Callable[..., ConceptDataset] = field(default=None, repr=False)  # type: ignore[assignment]
+    _specs: dict[str, ModelSpec] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def n_parts(self) -> int:
+        """Number of parts (concepts with masks)."""
+        return len(self.part_names)
+
+    @property
+    def train_command(self) -> str:
+        """The shell command that reproduces the default model's weights."""
+        return self.train_commands[self.architecture]
+
+    def sample(self, n_per_class: int = 60, seed: int = 0, split: str = "test",
+               progress: bool = False) -> ConceptDataset:
+        """Draw ``n_per_class`` images of every class (ordered by class), with their masks.
+
+        The same ``(n_per_class, seed, split)`` gives bit-identical tensors; each split draws from
+        its own random stream, so splits never share images. In the shapes world the spurious cue
+        is correlated with its class in the ``"train"`` and ``"val"`` splits only (as in
+        :func:`make_concept_dataset`); the other worlds have no cue.
+        """
+        n_per_class = check_int(n_per_class, "n_per_class", minimum=1)
+        seed = check_int(seed, "seed", minimum=0)
+        split = check_choice(split, "split", SPLITS)
+        if not isinstance(progress, bool):
+            raise TypeError(f"`progress` must be True or False; got {progress!r}.")
+        return self._generate(n_per_class, seed=seed, split=split, progress=progress)
+
+    def spec(self, arch: str | None = None) -> ModelSpec:
+        """The :class:`ModelSpec` of ``arch`` (default: the world's default architecture)."""
+        arch = self.architecture if arch is None else check_choice(arch, "arch", self.architectures)
+        return self._specs[arch]
+
+    def model(self, arch: str | None = None, pretrained: bool = True) -> nn.Module:
+        """The model trained on this world, in eval mode, loaded from the shipped safetensors.
+
+        Parameters
+        ----------
+        arch : str, optional
+            One of :attr:`architectures`; default :attr:`architecture`.
+        pretrained : bool
+            With False, a freshly (randomly) initialised model of the same architecture.
+        """
+        if not isinstance(pretrained, bool):
+            raise TypeError(f"`pretrained` must be True or False; got {pretrained!r}.")
+        spec = self.spec(arch)
+        if self.name == "shapes":
+            from ._reference import reference_model
+
+            return reference_model(pretrained=pretrained)
+        if not pretrained:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return build_model(spec.architecture, dict(spec.config)).eval()
+        state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
+        model = build_model(meta["architecture"], meta["config"])
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+    def info(self, arch: str | None = None) -> dict[str, Any]:
+        """What the shipped weights record: settings, held-out accuracy, part reliance, timing."""
+        spec = self.spec(arch)
+        if self.name == "shapes":
+            from ._reference import reference_info
+
+            return reference_info()
+        return _load(spec.weights_path(self.name), spec.train_command(self.name))[1]
+
+
+@lru_cache(maxsize=8)
+def _read(path: str, mtime: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    return load_file(path, kind=WORLD_WEIGHTS_KIND, version=WORLD_WEIGHTS_VERSION)
+
+
+def _load(path: Path, command: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"world model weights not found at {str(path)!r}. Recreate them "
+                                f"with `{command}`.")
+    tensors, meta = _read(str(path), path.stat().st_mtime)
+    return {k: v.clone() for k, v in tensors.items()}, copy.deepcopy(meta)
+
+
+def _shapes_generate(n_per_class: int, seed: int, split: str, progress: bool) -> ConceptDataset:
+    return _generate.make_concept_dataset(n_per_class, 64, seed=seed, split=split, progress=progress)
+
+
+_RESNET = ModelSpec("resnet", {"n_classes": 4, "width": 16, "n_blocks": 1}, "layer3",
+                    {"epochs": 8, "n_per_class": 500, "lr": 3e-3, "weight_decay": 1e-4,
+                     "batch_size": 64, "warmup_epochs": 0})
+_VIT = ModelSpec("vit", {"n_classes": 4, "embed_dim": 64, "depth": 4, "num_heads": 4,
+                         "patch_size": 8, "mlp_ratio": 2.0, "image_size": 64}, "blocks.2",
+                 {"epochs": 20, "n_per_class": 500, "lr": 1e-3, "weight_decay": 0.05,
+                  "batch_size": 64, "warmup_epochs": 1})
+
+# name -> (module or constants, description, specs in order: the first is the default)
+_TABLE: dict[str, tuple[Any, str, tuple[ModelSpec, ...]]] = {
+    "shapes": (None, (
+        "Six classes of coloured shapes and textured squares; class c is the joint presence of "
+        "parts c and c+1 mod 6 (a cycle); three distractors; a magenta square correlated with "
+        "class 0 in the train/val splits (the spurious cue); parts 12-22 px. Model: the reference "
+        "CNN."), (ModelSpec("cnn", {"n_classes": 6, "width": 16}, "block4", {}),)),
+    "textures": (_textures, (
+        "Four classes defined by textured blobs of one shared outline and colour distribution "
+        "(no shape or colour cue); class c is the joint presence of textures c and c+1 mod 4 "
+        "(stripes, checkerboard, dots, zigzag); three distractor textures; blobs 18-26 px."),
+        (_RESNET,)),
+    "scales": (_scales, (
+        "Four classes of coloured shapes whose size varies log-uniformly from 9 to 30 px; class c "
+        "is the joint presence of parts c and c+1 mod 4 (red disk, blue triangle, green ring, "
+        "yellow cross); three distractors share a colour with a causal part (red square, blue bar, "
+        "yellow diamond)."), (_RESNET,)),
+    "context": (_context, (
+        "Four classes defined by a spatial relation: the red disk above or below the blue square "
+        "or the green triangle (every image shows the disk and one partner, with a 3-row gap); "
+        "two distractors (yellow ring, purple cross); parts 10-16 px."), (_VIT,)),
+}
+
+
+def load_world(name: str) -> World:
+    """The ground-truth world ``name`` (one of :data:`WORLDS`), a fresh :class:`World` each call.
+
+    Examples
+    --------
+    >>> world = load_world("textures")
+    >>> data = world.sample(n_per_class=20, seed=1)        # doctest: +SKIP
+    >>> model = world.model()                               # doctest: +SKIP
+    """
+    name = check_choice(name, "name", WORLDS)
+    module, description, specs = _TABLE[name]
+    if name == "shapes":
+        generate = _shapes_generate
+        class_names, part_names = list(_generate.CLASS_NAMES), list(CONCEPT_NAMES)
+        class_parts = [list(p) for p in _generate.CLASS_CONCEPTS]
+        distractors = list(_generate.DISTRACTOR_CONCEPTS)
+    else:
+        generate = getattr(module, f"make_{name}")
+        class_names, part_names = list(module.CLASS_NAMES), list(module.PART_NAMES)
+        class_parts = [list(p) for p in module.CLASS_PARTS]
+        distractors = list(module.DISTRACTOR_PARTS)
+    specs_by_arch = {s.architecture: s for s in specs}
+    return World(
+        name=name, architecture=specs[0].architecture, layer=specs[0].layer,
+        class_names=class_names, part_names=part_names, class_parts=class_parts,
+        distractor_parts=distractors, description=description,
+        architectures=tuple(specs_by_arch), layers={a: s.layer for a, s in specs_by_arch.items()},
+        train_commands={a: s.train_command(name) for a, s in specs_by_arch.items()},
+        _generate=generate, _specs=specs_by_arch)
+
+
+def world_weights_path(name: str, arch: str | None = None) -> str:
+    """Path of the shipped weights of world ``name`` and architecture ``arch``."""
+    world = load_world(name)
+    return os.fspath(world.spec(arch).weights_path(world.name))

@@ -1,0 +1,228 @@
+"""The ground-truth worlds: determinism, masks, class rules, shipped models, safe loading, cuts."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conceptkit.datasets import (
+    WORLDS,
+    World,
+    _context,
+    _reference,
+    _world,
+    add_concept,
+    load_world,
+    make_concept_dataset,
+    reference_model,
+    train_world_model,
+)
+from conceptkit.datasets._world_training import part_reliance
+from conceptkit.extraction import split_model
+
+MODELS = [(name, arch) for name in WORLDS for arch in load_world(name).architectures]
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return {name: load_world(name).sample(12, seed=3, split="train") for name in WORLDS}
+
+
+def test_registry_lists_four_kinds_and_fields_agree():
+    assert set(WORLDS) >= {"shapes", "textures", "scales", "context"}
+    kinds = set()
+    for name in WORLDS:
+        world = load_world(name)
+        assert isinstance(world, World) and world.name == name
+        assert world.architecture == world.architectures[0]
+        assert world.layer == world.layers[world.architecture]
+        assert world.train_command == world.train_commands[world.architecture]
+        assert len(world.class_parts) == world.n_classes
+        causal = {k for parts in world.class_parts for k in parts}
+        assert not causal & set(world.distractor_parts)
+        assert max(causal | set(world.distractor_parts)) < world.n_parts
+        kinds |= set(world.architectures)
+    assert {"cnn", "resnet", "vit"} <= kinds
+    with pytest.raises(ValueError, match="name"):
+        load_world("nope")
+    with pytest.raises(ValueError, match="arch"):
+        load_world("textures").model(arch="transformer")
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_sample_is_deterministic_and_differs_across_seeds_and_splits(name, samples):
+    world = load_world(name)
+    again = world.sample(12, seed=3, split="train")
+    first = samples[name]
+    assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
+    assert torch.equal(first.labels, again.labels)
+    other_seed = world.sample(12, seed=4, split="train")
+    other_split = world.sample(12, seed=3, split="test")
+    assert (first.images - other_seed.images).abs().mean() > 0.05
+    assert (first.images - other_split.images).abs().mean() > 0.05
+    assert first.images.dtype == torch.float32 and first.images.shape == (12 * world.n_classes, 3, 64, 64)
+    assert 0.0 <= float(first.images.min()) and float(first.images.max()) <= 1.0
+    assert first.concept_names == world.part_names and first.class_names == world.class_names
+    assert first.class_concepts == world.class_parts
+    assert first.distractor_concepts == world.distractor_parts
+    assert first.world == name
+
+
+def test_shapes_world_is_the_existing_dataset_and_model():
+    world = load_world("shapes")
+    data = world.sample(5, seed=2, split="val")
+    reference = make_concept_dataset(5, 64, seed=2, split="val")
+    assert torch.equal(data.images, reference.images) and torch.equal(data.masks, reference.masks)
+    assert data.spurious_concept == 9 and data.spurious
+    ours, theirs = world.model(), reference_model()
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_masks_are_the_drawn_parts(name, samples):
+    data = samples[name]
+    drawn = data.masks.flatten(2).any(2)
+    assert torch.equal(drawn, data.concepts > 0)  # a mask is non-empty exactly for drawn parts
+    assert data.masks.shape[2:] == data.images.shape[2:]
+    # Parts never overlap, so each mask is the visible footprint of its part.
+    assert int(data.masks.sum(1).max()) == 1
+    # A mask covers painted pixels: they stand out from the image's median (about the background).
+    median = data.images.flatten(2).median(2).values[:, :, None]
+    for i in range(0, len(data), 7):
+        for k in np.flatnonzero(data.concepts[i].numpy()):
+            inside = data.images[i][:, data.masks[i, k]]
+            assert inside.shape[1] >= 20
+            assert float((inside - median[i]).abs().amax(0).mean()) > 0.15, (i, k)
+    if name != "shapes":
+        assert data.spurious_concept == -1 and data.spurious_class == -1 and not data.spurious
+        assert "Spurious" not in data.summary()
+
+
+@pytest.mark.parametrize("name", ["shapes", "textures", "scales"])
+def test_labels_follow_joint_presence_rule(name, samples):
+    data = samples[name]
+    for i in range(len(data)):
+        shown = set(np.flatnonzero(data.concepts[i].numpy()).tolist())
+        matching = [c for c, parts in enumerate(data.class_concepts) if set(parts) <= shown]
+        assert matching == [int(data.labels[i])]
+
+
+def test_context_labels_follow_the_relation(samples):
+    data = samples["context"]
+    rules = [_context.relation_of(data.masks[i].numpy()) for i in range(len(data))]
+    assert rules == data.labels.tolist()
+    # Neither part alone tells the class: the disk is in every image, each partner in two classes.
+    assert bool(data.concepts[:, _context.DISK].all())
+    for partner in (1, 2):
+        classes = set(data.labels[data.concepts[:, partner] > 0].tolist())
+        assert len(classes) == 2
+
+
+def test_scales_parts_vary_more_than_threefold():
+    data = load_world("scales").sample(40, seed=5)
+    for k in {k for parts in data.class_concepts for k in parts}:
+        sides = []
+        for i in np.flatnonzero(data.concepts[:, k].numpy()):
+            rows, cols = np.nonzero(data.masks[i, k].numpy())
+            sides.append(max(np.ptp(rows), np.ptp(cols)) + 1)
+        assert max(sides) / min(sides) >= 3.0, (k, min(sides), max(sides))
+
+
+def test_textures_share_one_outline_and_colour_distribution():
+    data = load_world("textures").sample(40, seed=6)
+    areas, brightness = [], []
+    for k in range(data.n_concepts):
+        shown = data.concepts[:, k] > 0
+        masks = data.masks[shown, k]
+        areas.append(float(masks.flatten(1).sum(1).float().mean()))
+        pixels = data.images[shown].permute(1, 0, 2, 3)[:, masks]
+        brightness.append(float(pixels.max(0).values.mean()))
+    assert max(areas) / min(areas) < 1.2  # no texture is told apart by its size
+    assert max(brightness) - min(brightness) < 0.25
+
+
+@pytest.mark.parametrize("name,arch", MODELS)
+def test_shipped_model_is_accurate_on_a_fresh_seed(name, arch):
+    world = load_world(name)
+    model = world.model(arch)
+    assert not model.training
+    data = world.sample(20, seed=777, split="test")
+    with torch.no_grad():
+        accuracy = float((model(data.images).argmax(1) == data.labels).float().mean())
+    assert accuracy >= 0.95, (name, arch, accuracy)
+    if name != "shapes":
+        info = world.info(arch)
+        assert info["test_accuracy"] >= 0.95 and info["architecture"] == arch
+        record = json.loads(world.spec(arch).weights_path(name).with_suffix(".json").read_text())
+        assert record["test_accuracy"] == info["test_accuracy"]
+        assert record["file_bytes"] < 5e6
+
+
+@pytest.mark.parametrize("name,arch", MODELS)
+def test_layer_splits_exactly(name, arch):
+    world = load_world(name)
+    model = world.model(arch)
+    x = world.sample(2, seed=8).images
+    g, h = split_model(model, world.layers[arch], example_input=x)
+    with torch.no_grad():
+        assert torch.allclose(h(g(x)), model(x), atol=1e-5)
+
+
+def test_loading_weights_never_unpickles(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were unpickled")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    _world._read.cache_clear()
+    _reference._read_weights.cache_clear()
+    for name, arch in MODELS:
+        assert load_world(name).model(arch) is not None
+
+
+def test_missing_weights_name_the_training_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(_world, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="train_world --world textures"):
+        load_world("textures").model()
+
+
+def test_bad_arguments_are_named():
+    world = load_world("textures")
+    with pytest.raises(ValueError, match="n_per_class"):
+        world.sample(0)
+    with pytest.raises(ValueError, match="split"):
+        world.sample(2, split="training")
+    with pytest.raises(ValueError, match="dataset"):
+        add_concept(world.sample(1), 4)
+
+
+@pytest.mark.parametrize("name,arch", [("scales", "resnet"), ("context", "vit")])
+def test_training_is_deterministic(name, arch):
+    runs = [train_world_model(name, arch, epochs=1, n_per_class=6, n_val_per_class=2,
+                              n_test_per_class=2,
+                              progress=False) for _ in range(2)]
+    (first, info), (second, _) = runs
+    for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert info["architecture"] == arch and len(info["history"]) == 1
+    assert torch.get_num_threads() >= 1 and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_part_reliance_of_a_model_that_reads_one_part():
+    data = load_world("context").sample(6, seed=9)
+    red = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+
+    class RedCounter(torch.nn.Module):
+        # Class-0 logit grows with the number of red-disk pixels; the others are constant.
+        def forward(self, x):
+            close = ((x - red).abs().amax(1) < 0.2).flatten(1).float().sum(1)
+            return torch.stack([close / 20.0, *[torch.zeros_like(close)] * 3], 1)
+
+    drops = part_reliance(RedCounter(), data)
+    assert drops[0, _context.DISK] > 0.3  # painting out the disk drops class 0's probability
+    assert np.allclose(drops[0, 1:3][~np.isnan(drops[0, 1:3])], 0.0, atol=1e-6)
+    assert drops[1, _context.DISK] < -0.05  # for other classes, removing red raises their share
