@@ -1,7 +1,9 @@
-"""Are discovered concepts named right? Naming measured against the ground-truth world.
+"""Are discovered concepts named right? Naming measured against the ground-truth worlds.
 
-For every class of the ground-truth dataset, CRAFT (10 concepts, reference CNN at ``block4``)
-is fitted on the class's train images. For each of the class's two causal parts, its
+For every class of a ground-truth world (``conceptkit.datasets.load_world``: shapes, textures,
+scales, context), CRAFT (10 concepts; the world's model and layer; Semi-NMF for the ViT of
+``context``, whose tokens are signed) is fitted on the class's train images. For each of the
+class's causal parts, its
 *best-matching concept* is the one whose maps localise it best on those train images (mean
 per-image IoU of the map above its 90th percentile, ``conceptkit.maps.match_concepts``) — a
 criterion that does not look at the probe set or at any name. The part is *named right* when
@@ -16,9 +18,10 @@ that concept's name is the part's name:
   counts with the share of its pixels inside the crop). The vocabulary is the ten part names plus
   open_clip's 1000 ImageNet class names as distractors.
 - ``classes``: :func:`conceptkit.naming.name_by_classes`; "right" when the named class (the
-  explained class left out) contains the part — the only other class that does.
+  explained class left out) has the part among its causal parts.
 
-Run: ``python benchmarks/eval_naming.py [--seeds 0 1 2] [--n-train 30] [--n-probe 30]``.
+Run: ``python benchmarks/eval_naming.py [--worlds shapes textures scales context]
+[--seeds 0 1 2] [--n-train 30] [--n-probe 30] [--variants]``.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import conceptkit  # noqa: E402
-from conceptkit.datasets import make_concept_dataset, reference_model  # noqa: E402
+from conceptkit.concepts import SemiNMF  # noqa: E402
+from conceptkit.datasets import WORLDS, load_world  # noqa: E402
 from conceptkit.extraction import crops  # noqa: E402
 from conceptkit.maps import match_concepts  # noqa: E402
 from conceptkit.naming import name_concepts, vocabulary  # noqa: E402
 
-LAYER = "block4"
 N_CONCEPTS = 10
 
 
@@ -98,27 +101,32 @@ class OracleClip:
         return torch.stack(rows)
 
 
-def setup(seed: int, n_train: int, n_probe: int):
-    train = make_concept_dataset(n_train, seed=seed, split="train")
-    probe = make_concept_dataset(n_probe, seed=seed, split="test", spurious=False)
-    explainer = conceptkit.ConceptExplainer(reference_model(), LAYER, n_concepts=N_CONCEPTS,
-                                            seed=seed, progress=False)
-    return train, probe, explainer
+def setup(world_name: str, seed: int, n_train: int, n_probe: int):
+    world = load_world(world_name)
+    train = world.sample(n_train, seed=seed, split="train")
+    probe = world.sample(n_probe, seed=seed, split="test")
+    # ViT tokens are signed: Semi-NMF (NMF needs non-negative activations)
+    factorizer = SemiNMF(N_CONCEPTS, random_state=seed) if world.architecture == "vit" else None
+    explainer = conceptkit.ConceptExplainer(world.model(), world.layer, n_concepts=N_CONCEPTS,
+                                            factorizer=factorizer, seed=seed, progress=False,
+                                            importance="gradient_input")
+    return world, train, probe, explainer
 
 
 def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
-             clip_variants: dict | None = None, methods=("dissect", "clip", "classes")) -> list[dict]:
+             clip_variants: dict | None = None, methods=("dissect", "clip", "classes"),
+             world: str = "shapes") -> list[dict]:
     """One row per (class, causal part): the best-matching concept and what each method named it."""
-    train, probe, explainer = setup(seed, n_train, n_probe)
+    world_, train, probe, explainer = setup(world, seed, n_train, n_probe)
     clip = OracleClip([probe])
     words = list(probe.concept_names) + vocabulary("imagenet")
     variants = clip_variants if clip_variants is not None else {"clip": {}}
     rows = []
-    for c in (range(train.n_classes) if classes is None else classes):
+    for c in (range(world_.n_classes) if classes is None else classes):
         index = train.class_indices(c)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cc = explainer.fit(train.images[index], c, train.class_names[c])
+            cc = explainer.fit(train.images[index], c, world_.class_names[c])
         matches = match_concepts(cc.concept_maps(), train.masks[index], train.concepts[index],
                                  metric="iou")
         named, seconds = {}, {}
@@ -127,26 +135,31 @@ def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
             named["dissect"] = name_concepts(cc, "dissect", probe)
             seconds["dissect"] = time.perf_counter() - start
         if "clip" in methods:
-            clip.add_crops(probe, cc.bank.params["patch_size"])
+            patch = cc.bank.params.get("patch_size")
+            if patch:
+                clip.add_crops(probe, patch)
             for label, kwargs in variants.items():
                 start = time.perf_counter()
                 named[label] = name_concepts(cc, "clip", probe, clip, vocabulary=words, **kwargs)
                 seconds[label] = time.perf_counter() - start
         if "classes" in methods:
             start = time.perf_counter()
-            named["classes"] = name_concepts(cc, "classes", class_names=list(train.class_names),
+            named["classes"] = name_concepts(cc, "classes", class_names=list(world_.class_names),
                                              probe=probe)
             seconds["classes"] = time.perf_counter() - start
         for match in matches:
-            if match.truth not in train.class_concepts[c]:
+            if match.truth not in world_.class_parts[c]:
                 continue
-            part = train.concept_names[match.truth]
-            row = {"seed": seed, "class": c, "part": part, "concept": match.concept,
+            part = world_.part_names[match.truth]
+            row = {"world": world, "seed": seed, "class": c, "part": part, "concept": match.concept,
                    "localisation_iou": match.score, "seconds": seconds}
             for label, names in named.items():
                 entry = names[match.concept]
-                right = (part in (entry.name or "").split(" + ") if label == "classes"
-                         else entry.name == part)
+                if label == "classes":   # the named class is another class with this part
+                    right = entry.name in world_.class_names and match.truth in \
+                        world_.class_parts[world_.class_names.index(entry.name)]
+                else:
+                    right = entry.name == part
                 row[label] = {"name": entry.name, "score": entry.score, "trust": entry.trust,
                               "right": bool(right)}
             rows.append(row)
@@ -175,6 +188,7 @@ def _cell(entry: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--worlds", nargs="+", default=["shapes"], choices=list(WORLDS))
     parser.add_argument("--n-train", type=int, default=30)
     parser.add_argument("--n-probe", type=int, default=30)
     parser.add_argument("--variants", action="store_true",
@@ -191,17 +205,24 @@ def main(argv: list[str] | None = None) -> int:
         })
     rows = []
     start = time.perf_counter()
-    for seed in args.seeds:
-        rows += evaluate(seed, args.n_train, args.n_probe, clip_variants=variants)
-    print(f"{len(rows)} causal parts ({len(args.seeds)} seed(s) x 6 classes x 2), "
-          f"{time.perf_counter() - start:.0f} s")
+    for world in args.worlds:
+        for seed in args.seeds:
+            rows += evaluate(seed, args.n_train, args.n_probe, clip_variants=variants, world=world)
+    print(f"{len(rows)} (class, causal part) pairs: worlds {', '.join(args.worlds)}, "
+          f"seeds {args.seeds}; {time.perf_counter() - start:.0f} s")
     for row in rows:
         cells = "  ".join(f"{k}={_cell(row[k])}" for k in row
                           if isinstance(row[k], dict) and "right" in row[k])
-        print(f"seed {row['seed']} class {row['class']} {row['part']:<19} concept {row['concept']}"
+        print(f"{row['world']} seed {row['seed']} class {row['class']} {row['part']:<19} "
+              f"concept {row['concept']}"
               f" (loc. IoU {row['localisation_iou']:.2f}): {cells}")
+    for world in args.worlds:
+        for label, s in summarise([r for r in rows if r["world"] == world]).items():
+            print(f"{world:<9} {label:<34} named right {s['right']}/{s['total']} "
+                  f"({100 * s['rate']:.0f} %), mean score when right "
+                  f"{s['mean_score_when_right']:.3f}, mean trust {s['mean_trust']:.3f}")
     for label, s in summarise(rows).items():
-        print(f"{label:<34} named right {s['right']}/{s['total']} ({100 * s['rate']:.0f} %), "
+        print(f"all       {label:<34} named right {s['right']}/{s['total']} ({100 * s['rate']:.0f} %), "
               f"mean score when right {s['mean_score_when_right']:.3f}, mean trust "
               f"{s['mean_trust']:.3f}")
     return 0

@@ -37,12 +37,18 @@ def explain_main(args: argparse.Namespace) -> int:
                                  preprocess=loaded.preprocess, model_name=loaded.name,
                                  progress=not args.quiet)
     result = explainer.fit(images, args.class_id, name)
+    if args.name_with or args.visualize:
+        from ._naming import name_and_visualize
+
+        name_and_visualize(result, args, loaded, size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved = result.save(out / "explanation.safetensors")
     page = result.report(out)
     print(f"explained {len(files)} images of {name!r} at {layer} of {loaded.name}")
+    labels = result.labels
     for rank, c in enumerate(result.ranking[:5]):
-        print(f"  #{rank + 1} concept {int(c)}: importance {result.importances[c]:.3f}")
+        named = "" if labels[int(c)] == f"concept {int(c)}" else f" ({labels[int(c)]})"
+        print(f"  #{rank + 1} concept {int(c)}{named}: importance {result.importances[c]:.3f}")
     print(f"saved {saved}\nreport {page}")
     return 0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ._explain import FACTORIZER_CHOICES
+from ._naming import add_naming_arguments
 
 PROGRAM_DESCRIPTION = "Command line: conceptkit demo | explain | report | train-cbm | extract | bench."
 
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--batch-size", type=int, default=32)
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--quiet", action="store_true")
+    add_naming_arguments(exp)
 
     rep = sub.add_parser("report", help="write the report of a saved explanation")
     rep.add_argument("saved")
