@@ -9,10 +9,14 @@ training mean and standard deviation. A sparse multinomial logistic head (the el
 :mod:`._sparse`, ``alpha`` = L1 share 0.99) driven to at most ``nnz_per_class`` non-zero weights
 per class predicts the class, as in the label-free CBM.
 
-Names come from :mod:`conceptkit.naming` (names stored on the explanations are picked up; pass
-``names`` otherwise). Interventions replace standardised coefficients by "true" values: presence
-0 / 1 maps to each concept's 5th / 95th training percentile, as Koh et al. do for logit
-bottlenecks.
+Names come from :mod:`conceptkit.naming` (names stored on the explanations are picked up, with
+their trust scores; pass ``names`` otherwise). The bottleneck uses every concept on every image,
+so name the concepts over the whole probe set (``class_images_only=False``): a concept named in
+its own class's images can respond to another part in other classes' images. Interventions
+replace standardised coefficients by "true" values: presence 0 / 1 maps to each concept's 5th /
+95th training percentile, as Koh et al. do for logit bottlenecks; :meth:`true_concepts` maps
+ground-truth part presence onto the concepts named after the parts, optionally only those whose
+name is trusted (``min_trust``, the naming's AUC).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import check_choice, check_images, check_int, describe, make_rng
+from .._validation import check_choice, check_float, check_images, check_int, describe, make_rng
 from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
 from ..io import FormatError, load_file, save_file
@@ -42,12 +46,13 @@ FORMAT_VERSION = 1
 POOLINGS = ("mean", "max")
 
 
-def _labels_of(source: Any) -> list[str] | None:
-    """Names stored on an explanation (``ClassConcepts.names``), if any."""
+def _labels_of(source: Any) -> tuple[list[str], list[float]] | None:
+    """Names stored on an explanation (``ClassConcepts.names``) and their trust, if any."""
     names = getattr(source, "names", None)
     if names is None:
         return None
-    return list(names.labels()) if hasattr(names, "labels") else [str(n) for n in names]
+    trust = [np.nan if getattr(e, "trust", None) is None else float(e.trust) for e in names]
+    return list(names.labels()), trust
 
 
 def concept_blocks(concepts: Any) -> list[tuple[ConceptBank, str, Any]]:
@@ -103,7 +108,7 @@ class DiscoveredCBM(BaseEstimator):
 
     Fitted attributes: ``weight_ (n_classes, K)``, ``bias_``, ``coef_mean_`` / ``coef_std_``
     ``(K,)``, ``intervention_low_`` / ``intervention_high_`` ``(K,)``, ``lam_``, ``path_``,
-    ``n_classes_``, ``names_``.
+    ``n_classes_``, ``names_``, ``trust_`` (the names' trust scores, NaN where unknown).
     """
 
     def __init__(self, concepts: Any, model: nn.Module | None = None, *,
@@ -131,18 +136,23 @@ class DiscoveredCBM(BaseEstimator):
         self.banks_ = [bank for bank, _, _ in blocks]
         self.layer_ = layers.pop()
         labels: list[str] = []
+        trust: list[float] = []
         for bank, prefix, source in blocks:
             stored = _labels_of(source)
-            if stored is not None and len(stored) == bank.n_concepts:
-                labels += stored
+            if stored is not None and len(stored[0]) == bank.n_concepts:
+                labels += stored[0]
+                trust += stored[1]
             else:
                 labels += [f"{prefix} concept {j}".strip() for j in range(bank.n_concepts)]
+                trust += [np.nan] * bank.n_concepts
         if self.names is not None:
             if not isinstance(self.names, (list, tuple)) or len(self.names) != len(labels):
                 raise ValueError(f"`names` must list one name per concept ({len(labels)}); got "
                                  f"{describe(self.names)}.")
             labels = [str(n) for n in self.names]
+            trust = [np.nan] * len(labels)
         self.names_ = labels
+        self.trust_ = np.asarray(trust, dtype=np.float64)
         sources = [s for _, _, s in blocks if getattr(s, "model_at_layer", None) is not None]
         explainer = sources[0].model_at_layer if sources else None
         self.model_ = self.model if self.model is not None else (
@@ -257,14 +267,18 @@ class DiscoveredCBM(BaseEstimator):
         p = check_concepts(as_tensor(concept_values, "concept_values"), "concept_values")
         return self.intervention_low_ * (1 - p) + self.intervention_high_ * p
 
-    def true_concepts(self, presence: Any, part_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def true_concepts(self, presence: Any, part_names: list[str],
+                      min_trust: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """True values of the named concepts from ground-truth part presence.
 
         ``presence (N, G)`` of parts ``part_names``; a concept whose name is a part's name gets
-        that part's presence. Returns ``(concept_values (N, K), mask (K,))``, mask True for the
-        concepts that found their part.
+        that part's presence. With ``min_trust``, only concepts whose name's trust score (AUC,
+        from the naming) reaches it are kept. Returns ``(concept_values (N, K), mask (K,))``,
+        mask True for the concepts that found their part.
         """
         self._check_fitted()
+        if min_trust is not None:
+            min_trust = check_float(min_trust, "min_trust", minimum=0.0, maximum=1.0)
         presence = check_concepts(as_tensor(presence, "presence"), "presence")
         if presence.shape[1] != len(part_names):
             raise ValueError(f"`presence` has {presence.shape[1]} columns for {len(part_names)} "
@@ -273,7 +287,8 @@ class DiscoveredCBM(BaseEstimator):
         values = torch.zeros(presence.shape[0], self.n_concepts)
         mask = torch.zeros(self.n_concepts, dtype=torch.bool)
         for j, name in enumerate(self.names_):
-            if name in index:
+            trusted = min_trust is None or (np.isfinite(self.trust_[j]) and self.trust_[j] >= min_trust)
+            if name in index and trusted:
                 values[:, j] = presence[:, index[name]]
                 mask[j] = True
         return values, mask
@@ -350,7 +365,8 @@ class DiscoveredCBM(BaseEstimator):
         tensors: dict[str, Any] = {"weight": self.weight_, "bias": self.bias_,
                                    "coef_mean": self.coef_mean_, "coef_std": self.coef_std_,
                                    "intervention_low": self.intervention_low_,
-                                   "intervention_high": self.intervention_high_}
+                                   "intervention_high": self.intervention_high_,
+                                   "trust": torch.as_tensor(self.trust_)}
         banks = []
         for i, bank in enumerate(self.banks_):
             bank_tensors, bank_meta = bank.to_state()
@@ -380,6 +396,9 @@ class DiscoveredCBM(BaseEstimator):
                          pooling=params["pooling"], batch_size=params["batch_size"], progress=False)
             model_._setup()
             model_.n_classes_, model_.lam_, model_.path_ = int(meta["n_classes"]), float(meta["lam"]), meta["path"]
+            model_.trust_ = tensors["trust"].double().numpy()
+            if model_.trust_.shape != (model_.n_concepts,):
+                raise ValueError(f"trust must have one value per concept; got {describe(model_.trust_)}")
             for name in ("weight", "bias", "coef_mean", "coef_std", "intervention_low",
                          "intervention_high"):
                 setattr(model_, f"{name}_", tensors[name].float())
