@@ -14,7 +14,10 @@ square crops (side a random fraction in ``crop_fraction`` of the image), resizes
 model's input, adds Gaussian noise, and takes a NAdam step on ``φ`` that raises the concept's
 coefficient at the layer: the concept's code of the crop's spatially averaged activations —
 exactly how CRAFT codes its crops — differentiated through the non-negative least-squares
-encoding (:func:`conceptkit.maps.differentiable_codes`).
+encoding (:func:`conceptkit.maps.differentiable_codes`). Where the concept is inactive (code 0,
+no gradient: a random start on a real network), the objective is the coefficient it would take
+on the residual instead (:func:`signed_coefficients`), which is negative there and meets the code
+where the concept switches on.
 
 The transparency map accumulates ``|∂ objective / ∂ image|`` over all steps (summed over colour
 channels, scaled to [0, 1]): where the visualisation matters to the concept.
@@ -114,6 +117,26 @@ def crop_coefficients(model: nn.Module, bank: ConceptBank, crops: torch.Tensor,
     from ..maps import differentiable_codes
 
     return differentiable_codes(bank, crop_activations(model, bank.layer, crops, preprocess))
+
+
+def signed_coefficients(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor:
+    """The concepts' codes ``(n, k)`` where they are active, and below zero where they are not.
+
+    An inactive non-negative code (0) has no gradient, so an optimisation that starts where the
+    concept is absent would never move. Where concept ``j`` is inactive, this gives instead the
+    coefficient it would take on the residual, ``w_j · (a − u W) / ‖w_j‖²`` — at most 0 there (the
+    NNLS optimality condition), 0 where the concept is about to become active (so the two pieces
+    meet), and differentiable: raising it is what brings the concept in.
+    """
+    from ..maps import differentiable_codes
+
+    codes = differentiable_codes(bank, pooled)
+    if not getattr(bank.factorizer, "nonnegative_codes", False):
+        return codes
+    W = bank.components.to(pooled)
+    residual = pooled - codes @ W
+    would_be = (residual @ W.T) / (W * W).sum(1).clamp_min(1e-12)
+    return torch.where(codes.detach() > 0, codes, would_be)
 
 
 def crop_activations(model: nn.Module, layer: str, crops: torch.Tensor,
@@ -233,7 +256,8 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
             crops = _random_crops(image, n_crops, fraction, input_size, generator)
             if noise > 0:
                 crops = crops + noise * torch.randn(crops.shape, generator=generator).to(device)
-            codes = crop_coefficients(model, bank, crops, preprocess)[:, concept]
+            pooled = crop_activations(model, bank.layer, crops, preprocess)
+            codes = signed_coefficients(bank, pooled)[:, concept]
             objective = codes.mean()
             optimiser.zero_grad(set_to_none=True)
             (-objective).backward()

@@ -34,6 +34,25 @@ def resolve_concept(cc: Any, concept: Any) -> int:
     return check_int(concept, "concept", minimum=0, maximum=cc.n_concepts - 1)
 
 
+def visualize(cc: Any, concept: Any, *, steps: int, size: int | None, seed: int,
+              progress: bool | None, **kwargs: Any) -> Any:
+    """:meth:`ClassConcepts.visualize`: MACO with the class images' spectrum, kept on ``cc``."""
+    from ..naming import visualize_concept
+
+    concept = resolve_concept(cc, concept)
+    model = cc._require_model()
+    images = cc.images if cc.images is not None else cc.saved_images
+    if images is None:
+        raise ValueError("a visualisation needs images for its magnitude spectrum; this "
+                         "explanation holds none.")
+    vis = visualize_concept(model.model, cc.bank, concept, images, steps=steps, size=size,
+                            input_size=int(min(images.shape[-2:])), preprocess=model.preprocess,
+                            seed=seed, progress=model.progress if progress is None else progress,
+                            **kwargs)
+    cc.visualizations[concept] = vis
+    return vis
+
+
 def name_details(entry: Any, score_name: str) -> dict[str, Any]:
     """What the report shows beside a name: score, trust, runner-ups, definition."""
     details: dict[str, Any] = {f"name score ({score_name})": entry.score,

@@ -18,7 +18,7 @@ from ..importance import ConceptImportance
 from ..maps import MAP_KINDS, choose_map_kind
 from ._examples import cut_examples
 from ._handle import ModelAtLayer
-from ._naming import concept_labels, load_names, names_state, resolve_concept
+from ._naming import concept_labels, load_names, names_state, resolve_concept, visualize
 
 RESULT_KIND = "ClassConcepts"
 RESULT_VERSION = 1
@@ -146,21 +146,8 @@ class ClassConcepts:
         ``learning_rate``). Returns a :class:`~conceptkit.naming.ConceptVisualization` (image and
         transparency map).
         """
-        from ..naming import visualize_concept
-
-        concept = resolve_concept(self, concept)
-        model = self._require_model()
-        images = self.images if self.images is not None else self.saved_images
-        if images is None:
-            raise ValueError("a visualisation needs images for its magnitude spectrum; this "
-                             "explanation holds none.")
-        vis = visualize_concept(model.model, self.bank, concept, images, steps=steps, size=size,
-                                input_size=int(min(images.shape[-2:])),
-                                preprocess=model.preprocess, seed=seed,
-                                progress=model.progress if progress is None else progress,
-                                **kwargs)
-        self.visualizations[concept] = vis
-        return vis
+        return visualize(self, concept, steps=steps, size=size, seed=seed, progress=progress,
+                         **kwargs)
 
     def top_examples(self, concept: int | str, n: int = 10,
                      size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
