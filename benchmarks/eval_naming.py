@@ -7,7 +7,8 @@ class's causal parts, its
 *best-matching concept* is the one whose maps localise it best on those train images (mean
 per-image IoU of the map above its 90th percentile, ``conceptkit.maps.match_concepts``) — a
 criterion that does not look at the probe set or at any name. The part is *named right* when
-that concept's name is the part's name:
+that concept's name is the part's name (``dissect_probe_match``: the same, with the part's
+best-matching concept taken on the held-out class images of the probe instead):
 
 - ``dissect``: :func:`conceptkit.naming.name_by_masks` on probe images with part masks (a test
   split of the world), with its IoU and trust (AUC);
@@ -129,6 +130,10 @@ def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
             cc = explainer.fit(train.images[index], c, world_.class_names[c])
         matches = match_concepts(cc.concept_maps(), train.masks[index], train.concepts[index],
                                  metric="iou")
+        held_out = probe.class_indices(c)
+        probe_matches = {m.truth: m.concept for m in match_concepts(
+            cc.concept_maps(probe.images[held_out]), probe.masks[held_out],
+            probe.concepts[held_out], metric="iou")}
         named, seconds = {}, {}
         if "dissect" in methods:
             start = time.perf_counter()
@@ -153,6 +158,10 @@ def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
             part = world_.part_names[match.truth]
             row = {"world": world, "seed": seed, "class": c, "part": part, "concept": match.concept,
                    "localisation_iou": match.score, "seconds": seconds}
+            if "dissect" in named:  # the part's best match on the held-out class images instead
+                entry = named["dissect"][probe_matches.get(match.truth, match.concept)]
+                row["dissect_probe_match"] = {"name": entry.name, "score": entry.score,
+                                              "trust": entry.trust, "right": entry.name == part}
             for label, names in named.items():
                 entry = names[match.concept]
                 if label == "classes":   # the named class is another class with this part
