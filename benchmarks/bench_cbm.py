@@ -29,7 +29,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from conceptkit.bottleneck import (
-    ConceptBank,
+    CAVBank,
     ConceptBottleneckModel,
     PosthocCBM,
     SpatialProbe,
@@ -77,34 +77,35 @@ def posthoc(n_train: int, n_test: int) -> dict:
     with torch.no_grad():
         emb, emb_test = backbone(train.images).numpy(), backbone(test.images).numpy()
     start = time.perf_counter()
-    bank = ConceptBank.from_concept_labels(emb, train.concepts, list(train.concept_names), n_samples=50)
-    plain = PosthocCBM(bank, lam=1e-2, progress=False).fit(emb, train.labels)
-    hybrid = PosthocCBM(bank, lam=1e-2, residual=True, progress=False).fit(emb, train.labels)
+    bank = CAVBank.from_concept_labels(emb, train.concepts, list(train.concept_names), n_samples=50,
+                                       seed=0)
+    plain = PosthocCBM(bank, alpha=1e-2, seed=0, progress=False).fit(emb, train.labels)
+    hybrid = PosthocCBM(bank, alpha=1e-2, residual=True, seed=0, progress=False).fit(emb, train.labels)
     y = test.labels.numpy()
     return {"seconds": time.perf_counter() - start, "cav_accuracy": bank.accuracy.tolist(),
             "pcbm_accuracy": float((plain.predict(emb_test) == y).mean()),
             "pcbm_h_accuracy": float((hybrid.predict(emb_test) == y).mean())}
 
 
-def solver(n: int, k: int, n_classes: int, lams: list[float]) -> list[dict]:
+def solver(n: int, k: int, n_classes: int, alphas: list[float]) -> list[dict]:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, k))
     weights = rng.normal(size=(n_classes, k)) * (rng.random((n_classes, k)) < 0.2) * 2
     y = (X @ weights.T + rng.gumbel(size=(n, n_classes))).argmax(1)
     Xt, yt = torch.tensor(X), torch.tensor(y)
     rows = []
-    for lam in lams:
+    for alpha in alphas:
         start = time.perf_counter()
-        fit = fit_elastic_net(Xt, yt, n_classes, lam, tol=1e-8, max_iter=20000)
+        fit = fit_elastic_net(Xt, yt, n_classes, alpha, tol=1e-8, max_iter=20000)
         ours = time.perf_counter() - start
         start = time.perf_counter()
-        sk = LogisticRegression(l1_ratio=0.99, C=1 / (n * lam), solver="saga", tol=1e-8,
+        sk = LogisticRegression(l1_ratio=0.99, C=1 / (n * alpha), solver="saga", tol=1e-8,
                                 max_iter=100000).fit(X, y)
         theirs = time.perf_counter() - start
         W, b = torch.tensor(sk.coef_), torch.tensor(sk.intercept_)
         sk_obj = float(torch.nn.functional.cross_entropy(Xt @ W.T + b, yt)
-                       + lam * (0.99 * W.abs().sum() + 0.005 * (W * W).sum()))
-        rows.append({"lam": lam, "ours_seconds": ours, "ours_iterations": fit.n_iter,
+                       + alpha * (0.99 * W.abs().sum() + 0.005 * (W * W).sum()))
+        rows.append({"alpha": alpha, "ours_seconds": ours, "ours_iterations": fit.n_iter,
                      "sklearn_seconds": theirs, "objective_gap": fit.objective - sk_obj,
                      "nnz_ours": int(nnz_per_class(fit.weight).sum()),
                      "nnz_sklearn": int(nnz_per_class(W).sum())})
@@ -130,10 +131,10 @@ def main() -> None:
     p = results["posthoc"]
     print(f"\nPCBM test accuracy {p['pcbm_accuracy']:.4f}, PCBM-h {p['pcbm_h_accuracy']:.4f} "
           f"({p['seconds']:.1f} s); CAV held-out accuracy {np.round(p['cav_accuracy'], 3).tolist()}")
-    print("\n| λ | ours s (iterations) | sklearn saga s | objective gap (ours − sklearn) | NNZ ours / sklearn |"
+    print("\n| alpha | ours s (iterations) | sklearn saga s | objective gap (ours − sklearn) | NNZ ours / sklearn |"
           "\n|---|---|---|---|---|")
     for r in results["solver"]:
-        print(f"| {r['lam']:g} | {r['ours_seconds']:.2f} ({r['ours_iterations']}) | "
+        print(f"| {r['alpha']:g} | {r['ours_seconds']:.2f} ({r['ours_iterations']}) | "
               f"{r['sklearn_seconds']:.2f} | {r['objective_gap']:.2e} | {r['nnz_ours']} / {r['nnz_sklearn']} |")
     if args.json:
         with open(args.json, "w") as fh:

@@ -58,7 +58,7 @@ def efficientnet(steps: int) -> dict:
     from conceptkit.datasets import efficientnet_lite0, photo_views, sample_photos
 
     bundle = efficientnet_lite0()
-    views = photo_views(sample_photos(names=["coffee"])["coffee"], 8, size=224, seed=0)
+    views = photo_views(sample_photos(names=["coffee"])["coffee"], 8, image_size=224, seed=0)
     explainer = conceptkit.ConceptExplainer(bundle.model, "bn2", n_concepts=4, seed=0,
                                             progress=False, preprocess=bundle.normalize,
                                             importance="gradient_input", method="ice",
@@ -70,7 +70,7 @@ def efficientnet(steps: int) -> dict:
     vis = visualize_concept(bundle.model, cc.bank, 0, views, steps=steps,
                             preprocess=bundle.normalize, seed=0, progress=False)
     seconds = time.perf_counter() - start
-    return {"size": vis.params["size"], "steps": steps, "seconds": seconds,
+    return {"size": vis.params["image_size"], "steps": steps, "seconds": seconds,
             "seconds_per_step": seconds / steps}
 
 

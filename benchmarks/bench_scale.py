@@ -1,7 +1,7 @@
 """Benchmark: concept discovery over 1,000,000 x 512 float32 activations (2 GB) in bounded memory.
 
 A synthetic activation store is written chunk by chunk with
-:func:`conceptkit.extraction.write_chunks` (non-negative rank-``k`` rows, sparse exponential codes
+:func:`conceptkit.extraction._store.write_chunks` (non-negative rank-``k`` rows, sparse exponential codes
 and parts, plus non-negative noise of 10 % of the rows' standard deviation; every chunk is drawn
 from its own seeded generator, so the store never exists in memory). Then, each in a **fresh subprocess** whose peak resident memory
 (``VmHWM``: anonymous and file-backed pages, so memory-mapped chunks count) is read at its end:
@@ -69,7 +69,7 @@ def synthetic_rows(start: int, stop: int, parts: np.ndarray, seed: int = SEED) -
 def write_synthetic_store(path: Path, n_rows: int, features: int, k: int, chunk_rows: int) -> float:
     import torch
 
-    from conceptkit.extraction import finalize_store, write_chunks
+    from conceptkit.extraction._store import finalize_store, write_chunks
 
     parts = planted_parts(k, features)
     start = time.perf_counter()

@@ -24,6 +24,17 @@ miss some parts.
 
 Run: ``python benchmarks/eval_ground_truth.py [--n-per-class 60] [--methods craft,ice,ace]
 [--importances sobol,gradient_input] [--seed 0] [--quick] [--json results.json]``.
+
+**World grid (issue 13).** ``--worlds all`` (or ``--worlds shapes,...``) instead scores every
+discovery method x importance method x map kind on every ground-truth world with
+:mod:`conceptkit.evaluate`, over ``--seeds``, plus a reference-CRAFT-style baseline, and prints
+the mean and the worst world of each metric (see ``benchmarks/_world_grid.py``). Worlds other than
+``shapes`` come from ``conceptkit.datasets.load_world`` (imported lazily; without it only
+``shapes`` runs). Run: ``python benchmarks/eval_ground_truth.py --worlds all [--seeds 0,1,2]
+[--n-per-class 30] [--methods craft,ice,ace] [--importances sobol,gradient_input,ablation,pixel_ablation]
+[--n-concepts 10] [--split test] [--fill median] [--classes 0,4] [--no-deletion]
+[--reliance-floor 0.0] [--quick]
+[--markdown] [--json grid.json]``.
 """
 
 from __future__ import annotations
@@ -313,14 +324,32 @@ def print_report(results: dict[str, Any], importance_methods: list[str]) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-per-class", type=int, default=60)
+    parser.add_argument("--n-per-class", type=int, default=None,
+                        help="images per class (default 60; 30 with --worlds)")
     parser.add_argument("--methods", default="craft,ice,ace")
-    parser.add_argument("--importances", default="sobol,gradient_input")
+    parser.add_argument("--importances", default=None,
+                        help="default sobol,gradient_input (with --worlds: sobol,gradient_input,"
+                             "ablation,pixel_ablation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="30 images per class; ACE left out (it takes most of the time)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--progress", action="store_true")
+    grid = parser.add_argument_group("world grid (issue 13)")
+    grid.add_argument("--worlds", default=None, help="'all' or comma-separated world names")
+    grid.add_argument("--seeds", default="0,1,2")
+    grid.add_argument("--n-concepts", type=int, default=N_CONCEPTS)
+    grid.add_argument("--split", default="test")
+    grid.add_argument("--fill", default="median")
+    grid.add_argument("--classes", default=None, help="comma-separated class ids (default all)")
+    grid.add_argument("--no-deletion", action="store_true", help="skip the deletion curves")
+    grid.add_argument("--reliance-floor", type=float, default=0.0,
+                      help="reliance within +-this counts as 0 in the correlations")
+    grid.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
+    if args.worlds:
+        return _main_grid(args)
+    args.n_per_class = args.n_per_class or 60
+    args.importances = args.importances or "sobol,gradient_input"
     methods = args.methods.split(",")
     if args.quick:
         args.n_per_class = 30
@@ -333,6 +362,43 @@ def main(argv: list[str] | None = None) -> int:
     results["seconds"] = time.perf_counter() - start
     print_report(results, importance_methods)
     print(f"\nTotal {results['seconds']:.0f} s.")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=1, default=float)
+    return 0
+
+
+def _main_grid(args: argparse.Namespace) -> int:
+    """``--worlds``: the issue-13 grid (``benchmarks/_world_grid.py``)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _world_grid as grid
+
+    methods = args.methods.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    n_per_class = args.n_per_class or 30
+    if args.quick:
+        n_per_class, seeds = min(n_per_class, 20), seeds[:1]
+        methods = [m for m in methods if m != "ace"] or ["ice"]
+    importances = (args.importances or "sobol,gradient_input,ablation,pixel_ablation").split(",")
+    classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    setting = {"worlds": args.worlds, "seeds": seeds, "n_per_class": n_per_class,
+               "n_concepts": args.n_concepts, "split": args.split, "fill": args.fill,
+               "methods": methods, "importances": importances, "classes": classes,
+               "deletion": not args.no_deletion, "reliance_floor": args.reliance_floor}
+    start = time.perf_counter()
+    worlds = grid.resolve_worlds(args.worlds)
+    results = grid.run_grid(worlds, seeds, methods, importances, n_per_class, args.n_concepts,
+                            args.split, args.fill, not args.no_deletion, classes, log=print,
+                            reliance_floor=args.reliance_floor)
+    results["setting"] = setting
+    grid.print_grid(results, setting)
+    if args.markdown:
+        print("\n" + grid.markdown(results))
+    print(f"\nTotal {time.perf_counter() - start:.0f} s.")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=1, default=float)

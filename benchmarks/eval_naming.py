@@ -73,7 +73,7 @@ class OracleClip:
 
     def add_crops(self, dataset, patch_size: int, stride: int | None = None) -> None:
         """Know the crops :func:`conceptkit.extraction.crops` cuts from ``dataset``'s images."""
-        cut = crops(dataset.images, patch_size, stride, output_size=patch_size)
+        cut = crops(dataset.images, patch_size, stride, image_size=patch_size)
         prov = cut.provenance
         total = dataset.masks.flatten(2).sum(-1).float().clamp_min(1)
         for row in range(len(cut)):
@@ -116,8 +116,11 @@ def setup(world_name: str, seed: int, n_train: int, n_probe: int):
 
 def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
              clip_variants: dict | None = None, methods=("dissect", "clip", "classes"),
-             world: str = "shapes") -> list[dict]:
-    """One row per (class, causal part): the best-matching concept and what each method named it."""
+             world: str = "shapes", kind: str = "auto") -> list[dict]:
+    """One row per (class, causal part): the best-matching concept and what each method named it.
+
+    ``kind``: the concept maps (``ClassConcepts.concept_maps(kind=)``) that pick each part's
+    best-matching concept and that dissection compares with the masks."""
     world_, train, probe, explainer = setup(world, seed, n_train, n_probe)
     clip = OracleClip([probe])
     words = list(probe.concept_names) + vocabulary("imagenet")
@@ -128,16 +131,16 @@ def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cc = explainer.fit(train.images[index], c, world_.class_names[c])
-        matches = match_concepts(cc.concept_maps(), train.masks[index], train.concepts[index],
+        matches = match_concepts(cc.concept_maps(kind=kind), train.masks[index], train.concepts[index],
                                  metric="iou")
         held_out = probe.class_indices(c)
         probe_matches = {m.truth: m.concept for m in match_concepts(
-            cc.concept_maps(probe.images[held_out]), probe.masks[held_out],
+            cc.concept_maps(probe.images[held_out], kind=kind), probe.masks[held_out],
             probe.concepts[held_out], metric="iou")}
         named, seconds = {}, {}
         if "dissect" in methods:
             start = time.perf_counter()
-            named["dissect"] = name_concepts(cc, "dissect", probe)
+            named["dissect"] = name_concepts(cc, "dissect", probe, kind=kind)
             seconds["dissect"] = time.perf_counter() - start
         if "clip" in methods:
             patch = cc.bank.params.get("patch_size")
@@ -200,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worlds", nargs="+", default=["shapes"], choices=list(WORLDS))
     parser.add_argument("--n-train", type=int, default=30)
     parser.add_argument("--n-probe", type=int, default=30)
+    parser.add_argument("--kind", default="auto",
+                        help="concept maps for the matching and dissection: auto (the library "
+                             "default), coefficient, scale_matched (CRAFT on CNNs), gradient")
     parser.add_argument("--variants", action="store_true",
                         help="also run the CLIP variants (reference top_k / prior, cos3, whole images)")
     args = parser.parse_args(argv)
@@ -216,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for world in args.worlds:
         for seed in args.seeds:
-            rows += evaluate(seed, args.n_train, args.n_probe, clip_variants=variants, world=world)
+            rows += evaluate(seed, args.n_train, args.n_probe, clip_variants=variants, world=world,
+                             kind=args.kind)
     print(f"{len(rows)} (class, causal part) pairs: worlds {', '.join(args.worlds)}, "
-          f"seeds {args.seeds}; {time.perf_counter() - start:.0f} s")
+          f"seeds {args.seeds}, maps {args.kind}; {time.perf_counter() - start:.0f} s")
     for row in rows:
         cells = "  ".join(f"{k}={_cell(row[k])}" for k in row
                           if isinstance(row[k], dict) and "right" in row[k])

@@ -1,6 +1,7 @@
 """conceptkit — explain vision models with human-readable concepts.
 
 The faces: :class:`ConceptExplainer` (one class), :class:`ConceptManager` (many classes),
+:class:`ConceptAtlas` (one dictionary shared by all classes),
 :class:`ClassConcepts` (the result) and :func:`load` (read any saved conceptkit file without
 pickle). The subpackages hold the parts: ``extraction``, ``concepts``, ``importance``, ``maps``,
 ``report``, ``pipeline``, ``bottleneck``, ``models``, ``datasets`` and ``cli``.
@@ -13,6 +14,7 @@ from typing import Any
 
 from .pipeline import (
     ClassConcepts,
+    ConceptAtlas,
     ConceptExplainer,
     ConceptManager,
     ConceptTree,
@@ -36,12 +38,13 @@ def load(path: str | os.PathLike) -> Any:
     kind, _ = io.peek_kind(path)
     from .bottleneck import LOADERS as CBM_LOADERS  # CBM kinds register their loaders
 
-    loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load, **CBM_LOADERS}
+    loaders = {"ClassConcepts": ClassConcepts.load, "ConceptBank": ConceptBank.load,
+               "ConceptAtlas": ConceptAtlas.load, **CBM_LOADERS}
     if kind not in loaders:
         raise io.FormatError(f"`path` {str(path)!r} holds a {kind!r}, which this version of "
                              f"conceptkit cannot load (known: {sorted(loaders)}).")
     return loaders[kind](path)
 
 
-__all__ = ["ClassConcepts", "ConceptExplainer", "ConceptManager", "ConceptTree", "__version__",
+__all__ = ["ClassConcepts", "ConceptAtlas", "ConceptExplainer", "ConceptManager", "ConceptTree", "__version__",
            "decompose_concept", "load", "plot_subconcepts", "subconcept_examples"]

@@ -5,6 +5,9 @@ records the training flag of every submodule and the ``requires_grad`` flag of e
 and restores both on exit — also when the call raises midway. Hooks that we register are removed
 by the code that registers them (in ``finally`` blocks); this guard additionally removes any
 forward hook that appeared during the call and is still attached.
+
+:func:`capture_output` is the one way conceptkit reads a layer's output: a forward hook records
+it and stops the forward pass there, so the rest of the model never runs.
 """
 
 from __future__ import annotations
@@ -77,6 +80,37 @@ def on_device(model: nn.Module, device: Any = None) -> Iterator[torch.device]:
     finally:
         if moved:
             model.to(original)
+
+
+class _StopForward(Exception):
+    """Raised by :func:`capture_output`'s hook once the watched module has run."""
+
+
+def capture_output(model: nn.Module, module: nn.Module, inputs: Any, *,
+                   replace: dict[nn.Module, Any] | None = None) -> Any:
+    """The output of ``module`` when ``model(inputs)`` runs; the forward pass stops there.
+
+    ``replace`` maps other modules to outputs that stand in for theirs (replaying a model from
+    an earlier layer's activations). Returns ``None`` when ``module`` never ran. The hooks are
+    removed afterwards, also when the model raises.
+    """
+    captured: list[Any] = []
+
+    def stop(_module, _inputs, output):
+        captured.append(output)
+        raise _StopForward
+
+    handles = [module.register_forward_hook(stop)]
+    for other, output in (replace or {}).items():
+        handles.append(other.register_forward_hook(lambda *_, output=output: output))
+    try:
+        model(inputs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured[0] if captured else None
 
 
 def seed_everything(seed: int) -> torch.Generator:

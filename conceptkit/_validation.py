@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-ArrayLike = "np.ndarray | torch.Tensor"
-
 
 def describe(value: Any) -> str:
     """A short description of ``value`` for error messages: type, shape and dtype."""
@@ -99,6 +97,14 @@ def all_finite(x: np.ndarray | torch.Tensor) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def check_not_meta(x: Any, name: str) -> None:
+    """Refuse a tensor on the ``meta`` device (shapes without values) with an error naming it."""
+    if isinstance(x, torch.Tensor) and x.device.type == "meta":
+        raise ValueError(f"`{name}` is on the 'meta' device, which holds shapes but no data; pass "
+                         f"a tensor with values (on the CPU or a GPU), e.g. computed by a model "
+                         f"whose weights are loaded.")
+
+
 def check_images(images: Any, name: str = "images", *, channels: int | None = None,
                  min_size: int = 1) -> torch.Tensor:
     """Validate a batch of images ``(N, C, H, W)`` and return it as a float tensor.
@@ -150,6 +156,7 @@ def check_matrix(x: Any, name: str, *, min_rows: int = 1, nonnegative: bool = Fa
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise TypeError(f"`{name}` must be a numpy array or torch.Tensor of shape (n, C); "
                         f"got {describe(x)}.")
+    check_not_meta(x, name)
     if x.ndim != 2:
         raise ValueError(f"`{name}` must be 2-D (n_samples, n_features); got shape {tuple(x.shape)}.")
     if x.shape[0] < min_rows:
@@ -183,15 +190,6 @@ def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(x)
 
 
-def like(result: np.ndarray | torch.Tensor, template: np.ndarray | torch.Tensor):
-    """Return ``result`` in the container type (and, for torch, device) of ``template``."""
-    if isinstance(template, torch.Tensor):
-        if isinstance(result, torch.Tensor):
-            return result.to(template.device)
-        return torch.from_numpy(np.ascontiguousarray(result)).to(template.device)
-    return to_numpy(result)
-
-
 def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     """A numpy Generator from an int seed, a Generator, or None (fresh entropy)."""
     if isinstance(seed, np.random.Generator):
@@ -199,6 +197,17 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     if seed is not None:
         check_int(seed, "seed", minimum=0)
     return np.random.default_rng(seed)
+
+
+def resolve_seed(seed: int | None, name: str = "seed") -> int:
+    """An int seed: ``seed`` itself (checked), or one drawn from fresh entropy for ``None``.
+
+    For code that needs an int (torch generators, scikit-learn's ``random_state``) but must not
+    fall back on a global random state when the user asked for fresh randomness.
+    """
+    if seed is None:
+        return int(np.random.default_rng().integers(2**31 - 1))
+    return check_int(seed, name, minimum=0)
 
 
 def resolve_device(device: Any, name: str = "device") -> torch.device:

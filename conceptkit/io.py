@@ -9,10 +9,15 @@ unpickles and never executes code. The JSON carries ``kind`` (what was saved) an
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import math
 import os
+import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +32,31 @@ class FormatError(ValueError):
     """A file is not a valid conceptkit save (wrong kind, version, truncated or tampered)."""
 
 
+#: What rebuilding an object from the parts of a damaged file raises: missing keys, parts of the
+#: wrong type, shape or value, out-of-range indices and numbers.
+DAMAGE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+@contextlib.contextmanager
+def loading(path: str | os.PathLike, what: str,
+            also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """The one loader wrapper: errors raised while an object is rebuilt from the file at
+    ``path`` become a :class:`FormatError` naming the file (``"`path` ... is not a valid
+    {what}: ..."``). Every conceptkit loader rebuilds its object inside this block, so that a
+    tampered file is always reported the same way. ``also`` adds error types of that loader
+    (``RuntimeError`` of ``load_state_dict`` for weights files)."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except DAMAGE_ERRORS + tuple(also) as err:
+        raise FormatError(f"`path` {str(path)!r} is not a valid {what}: {err}") from err
+
+
 def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:
     """``value`` as plain JSON types: dicts with string keys, lists, numbers, strings, None.
 
-    Arrays and tensors become (nested) lists and numpy scalars plain numbers. With
+    Arrays and tensors become (nested) lists, numpy scalars plain numbers and devices strings. With
     ``finite=True`` (reports) NaN and infinities become ``None`` so that the output is strict
     JSON; ``finite=False`` keeps them (file metadata, read back by Python's ``json``). Values of
     any other type raise a ``TypeError`` with ``strict=True`` and become ``str(value)`` otherwise.
@@ -55,8 +81,13 @@ def json_ready(value: Any, *, strict: bool = False, finite: bool = True) -> Any:
         return value
     if isinstance(value, Path):
         return value.as_posix() if not strict else str(value)
+    if isinstance(value, torch.device):
+        return str(value)
     if strict:
-        raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata: {value!r}")
+        hint = ""
+        if isinstance(value, (np.random.Generator, np.random.RandomState, torch.Generator)):
+            hint = " (a random generator cannot be saved: pass an int seed instead)"
+        raise TypeError(f"cannot store a {type(value).__name__} in JSON metadata{hint}: {value!r}")
     return str(value)
 
 
@@ -69,16 +100,128 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
+def as_path(path: Any, name: str = "path") -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or a clear error for bytes and other types."""
+    if isinstance(path, (bytes, bytearray)):
+        raise TypeError(f"`{name}` is a bytes path ({bytes(path)[:60]!r}); pass a str, e.g. "
+                        f"os.fsdecode(path).")
+    try:
+        return Path(path)
+    except TypeError as err:
+        raise TypeError(f"`{name}` must be a str or os.PathLike file path; got "
+                        f"{type(path).__name__}.") from err
+
+
+def resolve_target(path: Path, name: str = "path") -> Path:
+    """The file a path names: a symbolic link is followed to the file it points to (saving
+    replaces that file and keeps the link); a link loop is a clear ``OSError``."""
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # "Symlink loop" (RuntimeError before Python 3.13)
+        raise OSError(errno.ELOOP, f"`{name}` {str(path)!r} is a symbolic link loop (it points, "
+                      f"through links, back to itself); remove or fix the link.") from err
+
+
+def write_atomic(target: Path, write: Any, *, where: str, exclusive: bool = False,
+                 mode: int | None = None) -> bool:
+    """Write ``target`` through a temporary file in its directory, then rename it into place.
+
+    The temporary file is created with ``O_EXCL`` under a random name (a planted symlink is never
+    followed); ``write(fh)`` fills it; it gets permission bits ``mode`` (default: a new file's
+    under the umask) and replaces ``target`` (``exclusive``: is linked to ``target`` only when
+    no file of that name exists, returning False otherwise). Any failure removes the temporary
+    file; an ``OSError`` (a full disk, a read-only directory) is re-raised with ``where`` (the
+    destination, as the user knows it) and the reason, keeping its errno.
+    """
+    import contextlib
+    import tempfile
+
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, mode)  # mkstemp creates 0600
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not exclusive:
+            os.replace(tmp, target)
+            tmp = None
+            return True
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: check, then rename
+            if target.exists() or target.is_symlink():
+                return False
+            os.replace(tmp, target)
+            tmp = None
+        return True
+    except OSError as err:
+        if isinstance(err, FileExistsError):
+            raise
+        raise OSError(err.errno or errno.EIO, f"cannot write {where}: "
+                      f"{err.strerror or err}") from err
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _content_digest(info: dict, body: dict[str, torch.Tensor]) -> str:
+    """BLAKE2b of the metadata (canonical JSON, without the digest) and every tensor's name,
+    dtype, shape and bytes: a loaded file whose digest differs was damaged or edited."""
+    digest = hashlib.blake2b(digest_size=16)
+    plain = {key: value for key, value in info.items() if key != "digest"}
+    digest.update(json.dumps(plain, sort_keys=True, separators=(",", ":")).encode())
+    for key in sorted(body):
+        tensor = body[key].detach().cpu().contiguous()
+        digest.update(f"|{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.view(torch.int16)
+        digest.update(memoryview(tensor.reshape(-1).numpy()).cast("B"))
+    return digest.hexdigest()
+
+
 def save_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, Any], *,
               kind: str, version: int) -> Path:
-    """Write ``tensors`` and JSON ``meta`` to ``path`` atomically (temp file + rename)."""
-    from safetensors.torch import save_file as _save
+    """Write ``tensors`` and JSON ``meta`` to ``path`` atomically (temp file + rename).
 
-    path = Path(path)
+    An existing file is replaced only if it may be written: a read-only file is refused (a
+    ``PermissionError``), a replaced file keeps its permission bits, and a symbolic link is
+    followed (the file it points to is replaced, the link stays). A read-only directory or a
+    full disk gives an ``OSError`` naming ``path``, and leaves no temporary file behind.
+    """
+    import stat
+
+    from safetensors.torch import save as _serialise
+
+    path = as_path(path)
     if path.exists() and path.is_dir():
         raise IsADirectoryError(f"`path` {str(path)!r} is a directory; give a file name such as "
                                 f"'{path / (kind + '.safetensors')}'.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    target = resolve_target(path)
+    mode = None
+    if target.exists():
+        current = stat.S_IMODE(target.stat().st_mode)
+        if not os.access(target, os.W_OK) or not current & 0o222:
+            raise PermissionError(errno.EACCES, f"`path` {str(path)!r} is read-only; conceptkit "
+                                  f"does not replace it. Make it writable (chmod u+w) or choose "
+                                  f"another file name.")
+        mode = current
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create the folder of `path` {str(path)!r}: "
+                      f"{err.strerror or err}") from err
     body = {}
     for key, value in tensors.items():
         if value is None:
@@ -86,14 +229,46 @@ def save_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, 
         if not isinstance(value, torch.Tensor):
             value = torch.from_numpy(np.array(value))  # np.array copies: no shared storage
         body[key] = value.detach().cpu().contiguous().clone()
-    header = {"format": FORMAT_NAME, "kind": kind, "format_version": int(version), "meta": json_ready(meta, strict=True, finite=False)}
-    tmp = path.with_name(path.name + ".tmp")
-    _save(body, str(tmp), metadata={FORMAT_NAME: json.dumps(header)})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # the writer creates the file 0600; give it normal permissions
-    os.replace(tmp, path)
+    header = {"format": FORMAT_NAME, "kind": kind, "format_version": int(version),
+              "meta": json_ready(meta, strict=True, finite=False)}
+    header["digest"] = _content_digest(header, body)
+    data = _serialise(body, metadata={FORMAT_NAME: json.dumps(header)})
+    write_atomic(target, lambda fh: fh.write(data), where=f"`path` {str(path)!r}", mode=mode)
     return path
+
+
+_MAX_DEPTH = 64  # JSON nesting deeper than this is not something conceptkit writes
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_LONG_INTEGER = re.compile(r"(?<![\d.])\d{20,}(?![\d.eE])")  # digits of a float do not count
+
+
+def parse_json(raw: bytes | str, path: Path, what: str) -> Any:
+    """Parse JSON from a file; anything malformed, nested deeper than 64 levels or holding an
+    integer of more than 19 digits becomes a :class:`FormatError` naming the file (never a
+    RecursionError or a ValueError about integer digits). The checks are regular expressions
+    and a numpy scan, linear in the text's length."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as err:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {what} (not UTF-8).") from err
+    bare = _STRING.sub('""', text)  # what is left outside strings: numbers, brackets, literals
+    codes = np.frombuffer(bare.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    opened = (codes == 91) | (codes == 123)   # '[' '{'
+    brackets = np.flatnonzero(opened | (codes == 93) | (codes == 125))  # and ']' '}'
+    steps = np.where(opened[brackets], 1, -1)
+    if brackets.size > _MAX_DEPTH and int(np.cumsum(steps).max()) > _MAX_DEPTH:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {what}: JSON nested more than "
+                          f"{_MAX_DEPTH} levels deep.")
+    if _LONG_INTEGER.search(bare):
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {what}: an integer of 20 or "
+                          f"more digits.")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError, TypeError) as err:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {what} (not valid JSON: "
+                          f"{type(err).__name__}).") from err
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
@@ -108,10 +283,7 @@ def _read_header(path: Path) -> tuple[dict, int]:
             raise FormatError(f"`path` {str(path)!r} is truncated or not a safetensors file: its header "
                               f"claims {n} bytes but the file has {size}.")
         raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FormatError(f"`path` {str(path)!r} has a corrupted header (not valid JSON).") from err
+    header = parse_json(raw, path, "header")
     if not isinstance(header, dict):
         raise FormatError(f"`path` {str(path)!r} has a corrupted header (not a JSON object).")
     return header, 8 + n
@@ -128,11 +300,13 @@ def _check_layout(path: Path, header: dict, data_start: int) -> None:
             continue
         try:
             dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            count = int(np.prod(shape)) if len(shape) else 1
-            nbytes = count * sizes[dtype]
+            if not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+                raise TypeError("non-integer shape")
+            nbytes = math.prod(shape) * sizes[dtype]  # Python ints: no overflow
         except (KeyError, TypeError, ValueError) as err:
             raise FormatError(f"`path` {str(path)!r}: tensor {key!r} has a malformed header entry.") from err
-        if any(int(s) < 0 for s in shape) or not (0 <= start <= end <= body) or end - start != nbytes:
+        if (any(s < 0 for s in shape) or not all(isinstance(v, int) for v in (start, end))
+                or not (0 <= start <= end <= body) or end - start != nbytes):
             raise FormatError(f"`path` {str(path)!r}: the header of tensor {key!r} does not match the "
                               f"file (offsets {start}..{end}, {nbytes} bytes expected, body {body}); "
                               f"the file is truncated or was tampered with.")
@@ -145,6 +319,7 @@ def _check_layout(path: Path, header: dict, data_start: int) -> None:
 
 def _header_of(path: Path) -> tuple[dict, int]:
     """The safetensors header of an existing, readable file, with clear errors otherwise."""
+    path = resolve_target(path)
     if not path.exists():
         raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
     if path.is_dir():
@@ -160,16 +335,15 @@ def load_file(path: str | os.PathLike, *, kind: str, version: int) -> tuple[dict
     from safetensors import SafetensorError
     from safetensors.torch import load_file as _load
 
-    path = Path(path)
+    path = as_path(path)
     header, data_start = _header_of(path)
     meta_raw = header.get("__metadata__", {}) or {}
     if not isinstance(meta_raw, dict) or FORMAT_NAME not in meta_raw:
         raise FormatError(f"`path` {str(path)!r} is a safetensors file but not a conceptkit save "
                           f"(no '{FORMAT_NAME}' metadata).")
-    try:
-        info = json.loads(meta_raw[FORMAT_NAME])
-    except (TypeError, json.JSONDecodeError) as err:
-        raise FormatError(f"`path` {str(path)!r} has corrupted conceptkit metadata.") from err
+    if not isinstance(meta_raw[FORMAT_NAME], str):
+        raise FormatError(f"`path` {str(path)!r} has corrupted conceptkit metadata.")
+    info = parse_json(meta_raw[FORMAT_NAME], path, "conceptkit metadata")
     if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
         raise FormatError(f"`path` {str(path)!r} has corrupted conceptkit metadata.")
     if info.get("kind") != kind:
@@ -186,16 +360,19 @@ def load_file(path: str | os.PathLike, *, kind: str, version: int) -> tuple[dict
     meta = info.get("meta", {})
     if not isinstance(meta, dict):
         raise FormatError(f"`path` {str(path)!r} has corrupted conceptkit metadata.")
+    if "digest" in info and info["digest"] != _content_digest(info, tensors):
+        raise FormatError(f"`path` {str(path)!r} is damaged: its content does not match the "
+                          f"digest written with it (the file was altered after it was saved).")
     return tensors, meta
 
 
 def peek_kind(path: str | os.PathLike) -> tuple[str, int]:
     """Return ``(kind, format_version)`` of a saved file without loading its tensors."""
-    path = Path(path)
+    path = as_path(path)
     header, _ = _header_of(path)
     meta_raw = header.get("__metadata__", {}) or {}
     try:
-        info = json.loads(meta_raw[FORMAT_NAME])
+        info = parse_json(meta_raw[FORMAT_NAME], path, "conceptkit metadata")
         return str(info["kind"]), int(info["format_version"])
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise FormatError(f"`path` {str(path)!r} is not a conceptkit save.") from err

@@ -42,7 +42,7 @@ def figure(result, visualisations: dict, path: Path, n_crops: int = 4, dpi: int 
                             bottom=0.01, wspace=0.05, hspace=0.12)
     rank = {int(c): r for r, c in enumerate(result.ranking)}
     for r, concept in enumerate(rows):
-        crops, _ = result.top_examples(concept, n_crops, size=160)
+        crops, _ = result.top_examples(concept, n_crops, image_size=160)
         vis = visualisations[concept]
         pictures = [c.permute(1, 2, 0).numpy() for c in crops]
         pictures += [vis.image.permute(1, 2, 0).numpy(), vis.masked().permute(1, 2, 0).numpy()]

@@ -68,7 +68,7 @@ def explain(bundle, photo_name: str, label: str, args: argparse.Namespace):
     """Fit CRAFT on ``args.n_views`` views of one photo; return the explanation and its views."""
     class_id = class_index(bundle.labels, label)
     photo = sample_photos(names=[photo_name])[photo_name]
-    views = photo_views(photo, args.n_views, size=bundle.input_size, seed=args.seed)
+    views = photo_views(photo, args.n_views, image_size=bundle.input_size, seed=args.seed)
     with torch.no_grad():
         probabilities = bundle.model(bundle.normalize(views)).softmax(1)[:, class_id]
     print(f"\n== {label!r} (ImageNet class {class_id}) from {args.n_views} views of skimage/sklearn "
@@ -112,7 +112,7 @@ def readme_figure(result, path: Path, n_top: int = 4, n_exemplars: int = 5, dpi:
     grid = fig.add_gridspec(n_top, 3, width_ratios=[2.35, 1.3, 1.3], left=0.075, right=0.99,
                             top=0.87, bottom=0.12, wspace=0.12, hspace=0.06)
     for r in range(n_top):
-        crops, _ = result.top_examples(int(order[r]), n_exemplars, size=96)
+        crops, _ = result.top_examples(int(order[r]), n_exemplars, image_size=96)
         strip = _strip(crops.numpy(), colors[r])
         ax = fig.add_subplot(grid[r, 0])
         ax.imshow(strip)

@@ -1,8 +1,13 @@
-"""Models and data shared by several test modules (pytest puts this folder on ``sys.path``)."""
+"""Models and data shared by several test modules (tests/conftest.py registers this module as
+``_shared``)."""
+
+import math
 
 import numpy as np
 import torch
 from torch import nn
+
+from conceptkit.report import ClassReport, ConceptSummary
 
 
 def two_block_cnn() -> nn.Sequential:
@@ -25,3 +30,65 @@ def planted_nmf(n: int = 400, c: int = 60, k: int = 5, noise: float = 0.1, seed:
     A = codes @ parts
     A = A + noise * A.std() * np.abs(rng.standard_normal(A.shape))
     return A.astype(np.float32), parts
+
+
+# --- a synthetic class report (report and browser tests) ----------------------------------------
+
+SHAPE_COLOURS = [(0.9, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.9), (0.95, 0.8, 0.1),
+                 (0.6, 0.1, 0.8)]
+LABELS = ["red square (IoU 0.61)", "green square", "blue <b>square</b> & co", "yellow square",
+          "purple square"]
+
+
+def make_report(class_id: int = 3, class_name: str = "Red squares", *, n_shown: int = 4,
+                n_all: int = 60, side: int = 64, seed: int = 0, **changes) -> ClassReport:
+    """A :class:`~conceptkit.report.ClassReport` of coloured squares on grey: concept ``c`` is
+    the square of colour ``c``; its map is the square's mask averaged to 8 x 8 (a
+    feature-map-sized map); its exemplars are crops of the square. Images ``i`` has top concept
+    ``i % k``; code column 1 follows column 0."""
+    rng = np.random.default_rng(seed)
+    k, cell = len(SHAPE_COLOURS), side // 4
+    images = 0.5 + 0.04 * rng.standard_normal((n_shown, 3, side, side))
+    masks = np.zeros((n_shown, k, side, side))
+    crops: list[list[np.ndarray]] = [[] for _ in range(k)]
+    sources: list[list[int]] = [[] for _ in range(k)]
+    for i in range(n_shown):
+        for c in range(k):
+            if c != i % k and rng.random() < 0.4:
+                continue
+            y, x = rng.integers(0, side - cell, size=2)
+            images[i, :, y:y + cell, x:x + cell] = np.asarray(SHAPE_COLOURS[c])[:, None, None]
+            masks[i, c, y:y + cell, x:x + cell] = 1.0
+            crops[c].append(images[i, :, y:y + cell, x:x + cell].copy())
+            sources[c].append(100 + i)
+    images = np.clip(images, 0, 1).astype(np.float32)
+    maps = masks.reshape(n_shown, k, 8, side // 8, 8, side // 8).mean(axis=(3, 5))
+    importances = np.array([0.41, 0.252, 0.1534, 0.0987, 0.045678])
+    concepts = []
+    for c in range(k):
+        exemplars = np.stack(crops[c]) if crops[c] else np.zeros((0, 3, cell, cell))
+        known = c < k - 1  # the last concept has no confidence interval
+        concepts.append(ConceptSummary(
+            index=(c * 3) % k, label=LABELS[c], importance=float(importances[c]),
+            ci_low=float(importances[c] - 0.031) if known else math.nan,
+            ci_high=float(importances[c] + 0.0275) if known else None,
+            exemplars=exemplars, exemplar_sources=sources[c],
+            extra={"matched_iou": 0.61234 - 0.1 * c, "ground_truth": f"shape {c}"}))
+    top = np.arange(n_all) % k
+    per_image = 0.1 * rng.random((n_all, k))
+    per_image[np.arange(n_all), top] += 1.0
+    codes = rng.random((200, k))
+    codes[:, 1] = 0.9 * codes[:, 0] + 0.1 * rng.random(200)
+    fields = dict(
+        class_id=class_id, class_name=class_name, method="craft", importance_method="sobol",
+        layer="layer4.1", model_name="resnet18", concepts=concepts, images=images,
+        image_ids=[100 + i for i in range(n_shown)], maps=maps, per_image_importance=per_image,
+        codes=codes,
+        metrics={"extraction": {"relative_l2": {"value": 0.123456, "higher_is_better": False},
+                                "hoyer": {"value": 0.56789, "higher_is_better": True}},
+                 "importance": {"c_deletion": {"value": None, "higher_is_better": False},
+                                "raw_score": 3.14159}},
+        notes=["the <watermark> cue looks spurious"],
+        timings={"extract": 1.25, "factorize": 0.5, "importance": 2.0625})
+    fields.update(changes)
+    return ClassReport(**fields)

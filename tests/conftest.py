@@ -1,8 +1,23 @@
+import importlib.util
 import os
 import sys
 
-# Test modules in every folder import the helpers of tests/_shared.py by name.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+def _register_shared_helpers() -> None:
+    """Test modules in every folder import the helpers of tests/_shared.py as ``_shared``.
+
+    The module is registered by path rather than by putting tests/ on ``sys.path``: the test
+    folders are named like the package's subpackages, and on the path a folder such as
+    tests/bottleneck would shadow real packages of that name (pandas imports ``bottleneck``).
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_shared.py")
+    spec = importlib.util.spec_from_file_location("_shared", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_shared"] = module
+    spec.loader.exec_module(module)
+
+
+_register_shared_helpers()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

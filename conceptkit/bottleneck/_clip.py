@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .._torchutils import preserved_model_state
 from .._validation import check_images, check_int, close_names, describe, resolve_device
-from ..io import FormatError, load_file, save_file
+from ..io import FormatError, load_file, loading, save_file
 
 TEXT_CACHE_KIND = "clip_text_embeddings"
 TEXT_CACHE_VERSION = 1
@@ -301,11 +301,12 @@ class ClipEncoders:
             return None
         try:
             tensors, meta = load_file(path, kind=TEXT_CACHE_KIND, version=TEXT_CACHE_VERSION)
+            with loading(path, "text-embedding cache entry"):
+                if meta.get("key") != list(key) or meta.get("texts") != texts:
+                    return None
+                return tensors["embeddings"].float()
         except FormatError:
             return None  # an unreadable cache entry is recomputed and overwritten
-        if meta.get("key") != list(key) or meta.get("texts") != texts:
-            return None
-        return tensors["embeddings"].float()
 
 
 def clip_similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

@@ -133,9 +133,6 @@ class CBMData:
         for x, c, y in loader:
             yield x.float(), c.float(), y.long()
 
-    def n_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
-
     def columns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The concept matrix ``(N, k)`` and the labels ``(N,)`` (one pass over a Dataset)."""
         if self._columns is None:

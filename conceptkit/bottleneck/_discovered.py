@@ -6,7 +6,7 @@ fixed. An image's bottleneck is its *concept coefficients*: its activations at t
 (one pass of ``g``), every position encoded with each bank's dictionary and averaged over the
 positions (``pooling="mean"``; ``"max"`` takes the strongest position), standardised with the
 training mean and standard deviation. A sparse multinomial logistic head (the elastic net of
-:mod:`._sparse`, ``alpha`` = L1 share 0.99) driven to at most ``nnz_per_class`` non-zero weights
+:mod:`._sparse`, ``l1_ratio`` = L1 share 0.99) driven to at most ``nnz_per_class`` non-zero weights
 per class predicts the class, as in the label-free CBM.
 
 Names come from :mod:`conceptkit.naming` (names stored on the explanations are picked up, with
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .._validation import check_choice, check_float, check_images, check_int, describe, make_rng
 from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
-from ..io import FormatError, load_file, save_file
+from ..io import load_file, loading, save_file
 from ._data import as_tensor, check_concepts, check_labels
 from ._intervene import InterventionCurve
 from ._model import CBMOutput
@@ -99,27 +99,28 @@ class DiscoveredCBM(BaseEstimator):
         (``ClassConcepts.name_concepts``), else ``"class c concept j"``.
     nnz_per_class : int
         Most non-zero head weights per class.
-    alpha : float
-        L1 share of the elastic net.
+    l1_ratio : float
+        L1 share of the elastic net (its strength ``alpha_`` is picked along a path, as in
+        :class:`LabelFreeCBM`).
     pooling : {"mean", "max"}
         How an image's coefficient maps become one coefficient per concept.
     preprocess : callable, optional
         Input normalisation of the model (default the explanations' own).
 
     Fitted attributes: ``weight_ (n_classes, K)``, ``bias_``, ``coef_mean_`` / ``coef_std_``
-    ``(K,)``, ``intervention_low_`` / ``intervention_high_`` ``(K,)``, ``lam_``, ``path_``,
+    ``(K,)``, ``intervention_low_`` / ``intervention_high_`` ``(K,)``, ``alpha_``, ``path_``,
     ``n_classes_``, ``names_``, ``trust_`` (the names' trust scores, NaN where unknown).
     """
 
     def __init__(self, concepts: Any, model: nn.Module | None = None, *,
-                 names: list[str] | None = None, nnz_per_class: int = 10, alpha: float = 0.99,
+                 names: list[str] | None = None, nnz_per_class: int = 10, l1_ratio: float = 0.99,
                  pooling: str = "mean", preprocess: Callable | None = None,
                  batch_size: int = 64, device: Any = None, progress: bool = True):
         self.concepts = concepts
         self.model = model
         self.names = names
         self.nnz_per_class = nnz_per_class
-        self.alpha = alpha
+        self.l1_ratio = l1_ratio
         self.pooling = pooling
         self.preprocess = preprocess
         self.batch_size = batch_size
@@ -220,10 +221,10 @@ class DiscoveredCBM(BaseEstimator):
         if n_classes < 2:
             raise ValueError("`labels` must hold at least two classes.")
         fit, path = elastic_net_path(Z, labels, n_classes, int(self.nnz_per_class),
-                                     alpha=float(self.alpha))
+                                     l1_ratio=float(self.l1_ratio))
         self.coef_mean_, self.coef_std_ = mean, std
         self.weight_, self.bias_ = fit.weight.float(), fit.bias.float()
-        self.lam_, self.path_, self.n_classes_ = float(fit.lam), path, n_classes
+        self.alpha_, self.path_, self.n_classes_ = float(fit.alpha), path, n_classes
         self.intervention_low_ = torch.quantile(Z.float(), 0.05, dim=0)
         self.intervention_high_ = torch.quantile(Z.float(), 0.95, dim=0)
         return self
@@ -247,12 +248,13 @@ class DiscoveredCBM(BaseEstimator):
     def predict_proba(self, images: Any = None, *, activations: Any = None) -> torch.Tensor:
         return torch.softmax(self.decision_function(images, activations=activations), dim=1)
 
-    def top_concepts(self, class_index: int, n: int = 5) -> list[tuple[str, float]]:
-        """The ``n`` concepts with the largest positive weight for a class: ``[(name, weight)]``."""
+    def top_concepts(self, class_index: int, n_concepts: int = 5) -> list[tuple[str, float]]:
+        """The ``n_concepts`` concepts with the largest positive weight for a class:
+        ``[(name, weight)]``."""
         self._check_fitted()
         row = self.weight_[check_int(class_index, "class_index", minimum=0,
                                      maximum=self.n_classes_ - 1)]
-        order = torch.argsort(row, descending=True, stable=True)[:check_int(n, "n", minimum=1)]
+        order = torch.argsort(row, descending=True, stable=True)[:check_int(n_concepts, "n_concepts", minimum=1)]
         return [(self.names_[j], float(row[j])) for j in order.tolist() if float(row[j]) > 0]
 
     @property
@@ -373,8 +375,9 @@ class DiscoveredCBM(BaseEstimator):
             tensors.update({f"bank{i}.{k}": v for k, v in bank_tensors.items()})
             banks.append(bank_meta)
         meta = {"banks": banks, "names": self.names_, "layer": self.layer_,
-                "n_classes": self.n_classes_, "lam": self.lam_, "path": self.path_,
-                "params": {"nnz_per_class": int(self.nnz_per_class), "alpha": float(self.alpha),
+                "n_classes": self.n_classes_, "alpha_": self.alpha_, "path": self.path_,
+                "params": {"nnz_per_class": int(self.nnz_per_class),
+                           "l1_ratio": float(self.l1_ratio),
                            "pooling": self.pooling, "batch_size": int(self.batch_size)}}
         return save_file(path, tensors, meta, kind=KIND, version=FORMAT_VERSION)
 
@@ -384,7 +387,7 @@ class DiscoveredCBM(BaseEstimator):
         """Read a model written by :meth:`save`; pass (or later :meth:`attach`) the network to
         predict from images — activations work without it."""
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
-        try:
+        with loading(path, "DiscoveredCBM file"):
             banks = []
             for i, bank_meta in enumerate(meta["banks"]):
                 prefix = f"bank{i}."
@@ -392,10 +395,11 @@ class DiscoveredCBM(BaseEstimator):
                 banks.append(ConceptBank.from_state(part, bank_meta))
             params = meta["params"]
             model_ = cls(banks, model, names=list(meta["names"]), preprocess=preprocess,
-                         nnz_per_class=params["nnz_per_class"], alpha=params["alpha"],
+                         nnz_per_class=params["nnz_per_class"], l1_ratio=params["l1_ratio"],
                          pooling=params["pooling"], batch_size=params["batch_size"], progress=False)
             model_._setup()
-            model_.n_classes_, model_.lam_, model_.path_ = int(meta["n_classes"]), float(meta["lam"]), meta["path"]
+            model_.n_classes_, model_.alpha_ = int(meta["n_classes"]), float(meta["alpha_"])
+            model_.path_ = meta["path"]
             model_.trust_ = tensors["trust"].double().numpy()
             if model_.trust_.shape != (model_.n_concepts,):
                 raise ValueError(f"trust must have one value per concept; got {describe(model_.trust_)}")
@@ -403,17 +407,15 @@ class DiscoveredCBM(BaseEstimator):
                          "intervention_high"):
                 setattr(model_, f"{name}_", tensors[name].float())
             model_._check_loaded()
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
-            raise FormatError(f"`path` {str(path)!r} is missing part of a DiscoveredCBM or holds "
-                              f"inconsistent parts: {err}") from err
         return model_
 
     def _check_loaded(self) -> None:
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
         check_int(self.batch_size, "batch_size", minimum=1)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
-                or not 0 <= float(self.alpha) <= 1:
-            raise ValueError(f"alpha must be a number in [0, 1]; got {describe(self.alpha)}.")
+        check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+        check_float(self.alpha_, "alpha_", minimum=0.0)
+        if not isinstance(self.path_, list):
+            raise ValueError(f"path must be a list; got {describe(self.path_)}.")
         k, n_classes = self.n_concepts, self.n_classes_
         shapes = {"weight": (n_classes, k), "bias": (n_classes,), "coef_mean": (k,),
                   "coef_std": (k,), "intervention_low": (k,), "intervention_high": (k,)}

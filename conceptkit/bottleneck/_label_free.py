@@ -32,9 +32,17 @@ from sklearn.base import BaseEstimator
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._deprecation import current_names, renamed_arguments, warn_deprecated
 from .._torchutils import on_device, preserved_model_state
-from .._validation import check_images, check_int, describe, make_rng, resolve_device
-from ..io import FormatError, load_file, save_file
+from .._validation import (
+    check_images,
+    check_int,
+    describe,
+    make_rng,
+    resolve_device,
+    resolve_seed,
+)
+from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders, clip_similarity
 from ._concept_filter import filter_by_text, top5_activation
 from ._data import as_tensor, check_labels
@@ -73,6 +81,11 @@ def backbone_features(backbone: nn.Module, images: torch.Tensor, *, batch_size: 
     return torch.cat(out)
 
 
+#: Arguments renamed in 0.2 (old name -> new name): accepted with a warning, and read silently
+#: from files written by 0.1.
+RENAMED_PARAMS = {"alpha": "l1_ratio"}
+
+
 class LabelFreeCBM(BaseEstimator):
     """Label-free CBM: CLIP-supervised concept projection + sparse linear head.
 
@@ -90,8 +103,11 @@ class LabelFreeCBM(BaseEstimator):
         Prompt template for concept texts (``"{}"``: the bare concept, as the reference).
     nnz_per_class : int
         Most non-zero head weights per class.
-    seed : int
-        Seeds the projection initialisation and the validation split.
+    l1_ratio : float
+        L1 share of the head's elastic-net penalty (0.99, the reference); its strength ``alpha_``
+        is picked along a path so that each class keeps at most ``nnz_per_class`` weights.
+    seed : int or None
+        Seeds the projection initialisation and the validation split (``None``: fresh entropy).
     cache_dir : path, optional
         Where text embeddings are cached on disk (safetensors).
 
@@ -99,16 +115,18 @@ class LabelFreeCBM(BaseEstimator):
     -----------------
     concepts_ (kept concepts), removed_ ({concept: reason}), projection_ ``(K, d)``,
     proj_mean_, proj_std_ ``(K,)``, concept_similarity_ ``(K,)`` (validation cos³),
-    weight_ ``(C, K)``, bias_ ``(C,)``, lam_, path_, val_accuracy_, proj_steps_.
+    weight_ ``(C, K)``, bias_ ``(C,)``, alpha_ (the head's penalty strength, picked along the
+    path), path_, val_accuracy_, proj_steps_.
     """
 
+    @renamed_arguments(**RENAMED_PARAMS)
     def __init__(self, backbone: nn.Module, clip: Any, concepts: list[str], class_names: list[str],
                  *, template: str = "{}", max_length: int = 30,
                  class_similarity_cutoff: float = 0.85, concept_similarity_cutoff: float = 0.9,
                  clip_cutoff: float = 0.25, interpretability_cutoff: float = 0.45,
                  proj_steps: int = 1000, proj_lr: float = 1e-3, val_every: int = 50,
-                 nnz_per_class: int = 10, alpha: float = 0.99, val_fraction: float = 0.2,
-                 batch_size: int = 256, device: Any = None, seed: int = 0,
+                 nnz_per_class: int = 10, l1_ratio: float = 0.99, val_fraction: float = 0.2,
+                 batch_size: int = 256, device: Any = None, seed: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = True):
         self.backbone = backbone
         self.clip = clip
@@ -124,7 +142,7 @@ class LabelFreeCBM(BaseEstimator):
         self.proj_lr = proj_lr
         self.val_every = val_every
         self.nnz_per_class = nnz_per_class
-        self.alpha = alpha
+        self.l1_ratio = l1_ratio
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.device = device
@@ -146,7 +164,8 @@ class LabelFreeCBM(BaseEstimator):
         check_int(self.val_every, "val_every", minimum=1)
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
         check_int(self.batch_size, "batch_size", minimum=1)
-        check_int(self.seed, "seed", minimum=0)
+        if self.seed is not None:
+            check_int(self.seed, "seed", minimum=0)
         return concepts, classes
 
     def _labels(self, labels: Any, n: int, name: str, n_classes: int) -> torch.Tensor:
@@ -229,14 +248,14 @@ class LabelFreeCBM(BaseEstimator):
             Z = ((acts - mean) / std).double()
             Z_val = ((X_val @ weight.T - mean) / std).double()
         fit, path = elastic_net_path(Z, labels.to(device), len(classes), int(self.nnz_per_class),
-                                     alpha=float(self.alpha))
+                                     l1_ratio=float(self.l1_ratio))
         self.concepts_ = [concepts[keep[local]] for local in final]
         self.removed_ = removed
         self.projection_ = weight.cpu()
         self.proj_mean_, self.proj_std_ = mean.cpu(), std.cpu()
         self.concept_similarity_ = similarity[final]
         self.weight_, self.bias_ = fit.weight.float().cpu(), fit.bias.float().cpu()
-        self.lam_ = fit.lam
+        self.alpha_ = fit.alpha
         self.path_ = path
         self.proj_steps_ = steps
         self.classes_ = classes
@@ -254,7 +273,7 @@ class LabelFreeCBM(BaseEstimator):
     def _train_projection(self, X: torch.Tensor, T: torch.Tensor, X_val: torch.Tensor,
                           T_val: torch.Tensor) -> tuple[torch.Tensor, int]:
         with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else []):
-            torch.manual_seed(int(self.seed))
+            torch.manual_seed(resolve_seed(self.seed))
             layer = nn.Linear(X.shape[1], T.shape[1], bias=False).to(X.device)
         opt = torch.optim.Adam(layer.parameters(), lr=float(self.proj_lr))
         best_loss, best_weight, step = float("inf"), layer.weight.detach().clone(), 0
@@ -274,6 +293,12 @@ class LabelFreeCBM(BaseEstimator):
             opt.step()
         bar.close()
         return best_weight, step
+
+    @property
+    def lam_(self) -> float:
+        """Deprecated name of :attr:`alpha_` (the head's penalty strength)."""
+        warn_deprecated("LabelFreeCBM.lam_", "alpha_")
+        return self.alpha_
 
     # -- inference ------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -301,12 +326,14 @@ class LabelFreeCBM(BaseEstimator):
     def predict_proba(self, images: Any) -> torch.Tensor:
         return torch.softmax(self.decision_function(images), dim=1)
 
-    def top_concepts(self, class_index: int, n: int = 5) -> list[tuple[str, float]]:
-        """The ``n`` concepts with the largest positive weight for a class: ``[(name, weight)]``."""
+    @renamed_arguments(n="n_concepts")
+    def top_concepts(self, class_index: int, n_concepts: int = 5) -> list[tuple[str, float]]:
+        """The ``n_concepts`` concepts with the largest positive weight for the class in row
+        ``class_index`` of ``classes_``: ``[(name, weight)]``."""
         self._check_fitted()
         class_index = check_int(class_index, "class_index", minimum=0, maximum=len(self.classes_) - 1)
         row = self.weight_[class_index]
-        order = torch.argsort(row, descending=True, stable=True)[:check_int(n, "n", minimum=1)]
+        order = torch.argsort(row, descending=True, stable=True)[:check_int(n_concepts, "n_concepts", minimum=1)]
         return [(self.concepts_[j], float(row[j])) for j in order.tolist() if float(row[j]) > 0]
 
     @property
@@ -324,7 +351,8 @@ class LabelFreeCBM(BaseEstimator):
                    "proj_std": self.proj_std_, "concept_similarity": self.concept_similarity_,
                    "weight": self.weight_, "bias": self.bias_}
         meta = {"params": params, "concepts": list(self.concepts), "class_names": self.classes_,
-                "concepts_": self.concepts_, "removed_": self.removed_, "lam_": self.lam_,
+                "concepts_": self.concepts_, "removed_": self.removed_,
+                "lam_": self.alpha_,  # the 0.1 file key of alpha_, kept: same format version
                 "path_": self.path_, "val_accuracy_": self.val_accuracy_, "proj_steps_": self.proj_steps_}
         return save_file(path, tensors, meta, kind=KIND, version=FORMAT_VERSION)
 
@@ -334,19 +362,18 @@ class LabelFreeCBM(BaseEstimator):
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"`backbone` must be a torch.nn.Module; got {describe(backbone)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
-        try:
-            model = cls(backbone, clip, meta["concepts"], meta["class_names"], **meta["params"])
-            for key in ("concepts_", "removed_", "lam_", "path_", "val_accuracy_", "proj_steps_"):
+        with loading(path, "LabelFreeCBM"):
+            model = cls(backbone, clip, meta["concepts"], meta["class_names"],
+                        **current_names(meta["params"], RENAMED_PARAMS))
+            for key in ("concepts_", "removed_", "path_", "val_accuracy_", "proj_steps_"):
                 setattr(model, key, meta[key])
+            model.alpha_ = meta["lam_"]
             model.classes_ = list(meta["class_names"])
             model.projection_ = tensors["projection"]
             model.proj_mean_, model.proj_std_ = tensors["proj_mean"], tensors["proj_std"]
             model.concept_similarity_ = tensors["concept_similarity"]
             model.weight_, model.bias_ = tensors["weight"], tensors["bias"]
             model._check_loaded()
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} is missing part of a LabelFreeCBM or holds "
-                              f"inconsistent parts: {err}") from err
         return model
 
     def _check_loaded(self) -> None:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe, resolve_device
-from ..io import FormatError, load_file, save_file
+from ..io import FormatError, load_file, loading, save_file
 from ._data import as_inputs, iter_inputs, n_rows
 
 KIND = "concept_bottleneck_model"
@@ -247,30 +247,24 @@ class ConceptBottleneckModel(nn.Module):
             raise TypeError(f"`concept_encoder` must be a torch.nn.Module; got "
                             f"{describe(concept_encoder)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
-        try:
+        with loading(path, "ConceptBottleneckModel (model configuration)"):
             config = dict(meta["config"])
             spec = meta.get("encoder")
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} lacks the model configuration.") from err
         given = concept_encoder is not None
+        if not given and not spec:
+            raise ValueError(
+                f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
+                f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
+                f"freshly built encoder of the same architecture.")
+        _check_declared(path, config, spec, tensors, given)
         if not given:
-            if not spec:
-                raise ValueError(
-                    f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "
-                    f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
-                    f"freshly built encoder of the same architecture.")
-            try:
+            with loading(path, "ConceptBottleneckModel (encoder spec)"):
                 concept_encoder = _build_encoder(spec)
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
-                raise FormatError(f"`path` {str(path)!r} has a corrupted encoder spec.") from err
-        try:
+        with loading(path, "ConceptBottleneckModel (model configuration)"):
             model = cls(concept_encoder, config.pop("n_concepts"), config.pop("n_classes"), **config)
             trained_mode = meta.get("trained_mode")
             if trained_mode is not None and not isinstance(trained_mode, str):
                 raise TypeError(f"trained_mode {trained_mode!r}")
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} has a corrupted model configuration: "
-                              f"{err}") from err
         # a mismatch is the user's encoder's fault if they gave one, the file's otherwise
         culprit = (f"`concept_encoder` does not match the saved model in `path` {str(path)!r}"
                    if given else f"`path` {str(path)!r} holds weights that do not match its own "
@@ -285,6 +279,44 @@ class ConceptBottleneckModel(nn.Module):
                         f"{list(result.unexpected_keys)[:5]}.")
         model.trained_mode = trained_mode
         return model
+
+
+def _check_declared(path: Any, config: dict, spec: Any, tensors: dict[str, torch.Tensor],
+                    given: bool) -> None:
+    """Compare the architecture a file declares with the tensors it holds, before building it.
+
+    A 1 KB file may declare a 50000 x 40000 encoder: the model is first built on the ``meta``
+    device (no memory), after the declared widths are bounded by the number of values stored,
+    and its parameter shapes must equal the stored tensors' shapes.
+    """
+    stored = sum(int(t.numel()) for t in tensors.values())
+    widths = ("n_concepts", "n_classes", "hidden") if config.get("head") == "mlp" else (
+        "n_concepts", "n_classes")  # a linear head has no hidden layer: its width is unused
+    for key in widths:
+        value = config.get(key)
+        if isinstance(value, int) and value > max(stored, 2):
+            raise FormatError(f"`path` {str(path)!r} declares {key}={value} but stores only "
+                              f"{stored} values: a damaged or tampered file.")
+    try:
+        with torch.device("meta"):
+            encoder = nn.Identity() if given else _build_encoder(spec)
+            rest = {k: v for k, v in config.items() if k not in ("n_concepts", "n_classes")}
+            skeleton = ConceptBottleneckModel(encoder, config["n_concepts"], config["n_classes"], **rest)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted model configuration: "
+                          f"{err}") from err
+
+    def shapes(items: Any) -> dict[str, tuple[int, ...]]:
+        return {key: tuple(value.shape) for key, value in items
+                if not (given and key.startswith("concept_encoder."))}
+
+    expected, found = shapes(skeleton.state_dict().items()), shapes(tensors.items())
+    if expected != found:
+        wrong = sorted(key for key in set(expected) | set(found) if expected.get(key) != found.get(key))
+        details = ", ".join(f"{key}: declared {expected.get(key)}, stored {found.get(key)}"
+                            for key in wrong[:4])
+        raise FormatError(f"`path` {str(path)!r} declares an architecture that does not match the "
+                          f"tensors it holds ({details}): a damaged or tampered file.")
 
 
 def check_inputs(model: ConceptBottleneckModel, x: torch.Tensor, name: str) -> None:

@@ -1,8 +1,8 @@
 """Post-hoc concept bottleneck models (Yuksekgonul et al., ICLR 2023).
 
-A frozen backbone's embeddings ``e`` are projected on a :class:`ConceptBank` — concept activation
+A frozen backbone's embeddings ``e`` are projected on a :class:`CAVBank` — concept activation
 vectors from linear SVMs, or CLIP text embeddings — as signed margins ``(v·e + b)/‖v‖``; a sparse
-elastic-net logistic head (``SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam,
+elastic-net logistic head (``SGDClassifier(loss="log_loss", penalty="elasticnet", alpha,
 l1_ratio=0.99)``) reads the margins. The hybrid PCBM-h adds a residual linear layer on the
 embedding, ``logits = W·margins + W_res·e``, with only ``W_res`` trained (Adam, lr 0.01,
 20 epochs, ``CE + 1e-3·mean(W_res²)``).
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import SGDClassifier
-from sklearn.svm import SVC
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._deprecation import current_names, renamed_arguments
 from .._validation import (
     check_float,
     check_int,
@@ -34,9 +34,11 @@ from .._validation import (
     describe,
     make_rng,
     resolve_device,
+    resolve_seed,
     to_numpy,
 )
-from ..io import FormatError, load_file, save_file
+from ..concepts._cav import fit_boundary
+from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders
 from ._data import as_tensor, check_labels
 from ._label_free import backbone_features
@@ -45,7 +47,7 @@ KIND = "posthoc_cbm"
 FORMAT_VERSION = 1
 
 
-class ConceptBank:
+class CAVBank:
     """Concept directions ``vectors (K, d)`` with ``intercepts (K,)`` and ``names``.
 
     ``margins(e) = (e · v_k + b_k) / ‖v_k‖`` is the signed distance of ``e`` to concept ``k``'s
@@ -76,8 +78,11 @@ class ConceptBank:
 
     @classmethod
     def from_examples(cls, positives: Mapping[str, Any], negatives: Any, *, C: float = 0.1,
-                      n_samples: int = 50, seed: int = 0) -> ConceptBank:
+                      n_samples: int = 50, seed: int | None = None) -> CAVBank:
         """One linear SVM (``SVC(kernel="linear", C)``) per concept: its examples vs negatives.
+
+        The fit is :func:`conceptkit.concepts._cav.fit_boundary`, the one CAV fit of conceptkit
+        (TCAV's CAVs use it too): unit-norm vectors, intercepts scaled alike.
 
         Parameters
         ----------
@@ -90,6 +95,8 @@ class ConceptBank:
         n_samples : int
             Examples drawn (seeded) per side for training; up to ``n_samples`` of the remaining
             ones per side measure the held-out ``accuracy``.
+        seed : int or None
+            Seeds the draws (``None``: fresh entropy).
         """
         C = check_float(C, "C", minimum=0.0, strict_minimum=True)
         n_samples = check_int(n_samples, "n_samples", minimum=2)
@@ -104,19 +111,18 @@ class ConceptBank:
                                           columns=pos.shape[1]), np.float64)
             pos, neg = pos[rng.permutation(len(pos))], neg[rng.permutation(len(neg))]
             n_pos, n_neg = min(n_samples, len(pos)), min(n_samples, len(neg))
-            X = np.concatenate([pos[:n_pos], neg[:n_neg]])
-            y = np.r_[np.ones(n_pos), np.zeros(n_neg)]
-            svm = SVC(kernel="linear", C=C).fit(X, y)
-            vectors.append(svm.coef_[0])
-            intercepts.append(svm.intercept_[0])
-            held_x = np.concatenate([pos[n_pos:n_pos + n_samples], neg[n_neg:n_neg + n_samples]])
-            held_y = np.r_[np.ones(len(pos[n_pos:n_pos + n_samples])), np.zeros(len(neg[n_neg:n_neg + n_samples]))]
-            accuracy.append(float((svm.predict(held_x) == held_y).mean()) if len(held_y) else np.nan)
+            cav = fit_boundary(pos[:n_pos], neg[:n_neg], pos[n_pos:n_pos + n_samples],
+                               neg[n_neg:n_neg + n_samples], classifier="svm", space="pooled",
+                               C=C, what=f"the CAV of {name!r}")
+            vectors.append(cav.vector)
+            intercepts.append(cav.intercept)
+            accuracy.append(cav.accuracy)
         return cls(np.stack(vectors), np.array(intercepts), list(positives), accuracy)
 
     @classmethod
     def from_concept_labels(cls, embeddings: Any, concepts: Any, names: list[str], *,
-                            C: float = 0.1, n_samples: int = 50, seed: int = 0) -> ConceptBank:
+                            C: float = 0.1, n_samples: int = 50,
+                            seed: int | None = None) -> CAVBank:
         """CAVs from embeddings ``(N, d)`` and 0/1 concept labels ``(N, K)``: for each concept,
         examples with it against examples without it (see :meth:`from_examples`)."""
         emb = np.asarray(check_matrix(to_numpy(embeddings), "embeddings"), np.float64)
@@ -130,10 +136,15 @@ class ConceptBank:
 
     @classmethod
     def from_clip_text(cls, clip: Any, names: list[str], *, template: str = "{}",
-                       cache_dir: str | os.PathLike | None = None) -> ConceptBank:
+                       cache_dir: str | os.PathLike | None = None) -> CAVBank:
         """Normalised CLIP text embeddings of ``names`` as concept vectors, intercept 0."""
         emb = ClipEncoders.wrap(clip).text_embeddings(names, template=template, cache_dir=cache_dir)
         return cls(emb.double().numpy(), np.zeros(len(names)), list(names))
+
+
+#: Arguments renamed in 0.2 (old name -> new name): accepted with a warning, and read silently
+#: from files written by 0.1.
+RENAMED_PARAMS = {"lam": "alpha"}
 
 
 class PosthocCBM(BaseEstimator):
@@ -141,30 +152,34 @@ class PosthocCBM(BaseEstimator):
 
     Parameters
     ----------
-    concept_bank : ConceptBank
+    concept_bank : CAVBank
     backbone : nn.Module, optional
         Maps images to embeddings; without it, :meth:`fit` / :meth:`predict` take embeddings.
-    lam, l1_ratio, max_iter : float, float, int
-        ``SGDClassifier`` settings (reference: lam 1e-5, l1_ratio 0.99, max_iter 10000).
+    alpha, l1_ratio, max_iter : float, float, int
+        ``SGDClassifier`` settings: penalty strength, L1 share, iterations (reference: 1e-5,
+        0.99, 10000).
     residual : bool
         Train the PCBM-h residual ``W_res`` after the sparse head.
     residual_epochs, residual_lr, residual_penalty, batch_size
         PCBM-h training (reference: 20 epochs, Adam lr 0.01, penalty 1e-3, batch 64).
     standardize : bool
         Standardise margins before the head (see module notes).
+    seed : int or None
+        Seeds the head's SGD and the PCBM-h residual layer (``None``: fresh entropy).
 
     Fitted attributes: ``coef_ (C, K)``, ``intercept_ (C,)``, ``classes_``, ``margin_mean_``,
     ``margin_std_``, and for PCBM-h ``residual_weight_ (C, d)``, ``residual_bias_ (C,)``.
     """
 
-    def __init__(self, concept_bank: ConceptBank, backbone: nn.Module | None = None, *,
-                 lam: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 10000,
+    @renamed_arguments(**RENAMED_PARAMS)
+    def __init__(self, concept_bank: CAVBank, backbone: nn.Module | None = None, *,
+                 alpha: float = 1e-5, l1_ratio: float = 0.99, max_iter: int = 10000,
                  residual: bool = False, residual_epochs: int = 20, residual_lr: float = 0.01,
                  residual_penalty: float = 1e-3, batch_size: int = 64, standardize: bool = True,
-                 seed: int = 0, device: Any = None, progress: bool = True):
+                 seed: int | None = None, device: Any = None, progress: bool = True):
         self.concept_bank = concept_bank
         self.backbone = backbone
-        self.lam = lam
+        self.alpha = alpha
         self.l1_ratio = l1_ratio
         self.max_iter = max_iter
         self.residual = residual
@@ -193,9 +208,9 @@ class PosthocCBM(BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> PosthocCBM:
         """Fit the sparse head (and the residual for PCBM-h) on embeddings or images ``X``."""
-        if not isinstance(self.concept_bank, ConceptBank):
-            raise TypeError(f"`concept_bank` must be a ConceptBank; got {describe(self.concept_bank)}.")
-        lam = check_float(self.lam, "lam", minimum=0.0, strict_minimum=True)
+        if not isinstance(self.concept_bank, CAVBank):
+            raise TypeError(f"`concept_bank` must be a CAVBank; got {describe(self.concept_bank)}.")
+        alpha = check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
         l1_ratio = check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
         emb = self.embed(X)
         labels = check_labels(as_tensor(y, "y"), "y").numpy()
@@ -207,27 +222,28 @@ class PosthocCBM(BaseEstimator):
             self.margin_std_ = np.where(std > 0, std, 1.0)
         else:
             self.margin_mean_, self.margin_std_ = np.zeros(margins.shape[1]), np.ones(margins.shape[1])
-        head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=lam, l1_ratio=l1_ratio,
+        seed = resolve_seed(self.seed)  # one int for the head and the residual, even for None
+        head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=alpha, l1_ratio=l1_ratio,
                              max_iter=check_int(self.max_iter, "max_iter", minimum=1),
-                             random_state=check_int(self.seed, "seed", minimum=0))
+                             random_state=seed)
         head.fit(self._head_inputs(emb), labels)
         self.head_ = head
         self.coef_, self.intercept_, self.classes_ = _full_coef(head)
         self.residual_weight_ = self.residual_bias_ = None
         if self.residual:
-            self._fit_residual(emb, labels)
+            self._fit_residual(emb, labels, seed)
         return self
 
-    def _fit_residual(self, emb: np.ndarray, labels: np.ndarray) -> None:
+    def _fit_residual(self, emb: np.ndarray, labels: np.ndarray, seed: int) -> None:
         device = resolve_device(self.device)
         inputs = torch.as_tensor(emb, dtype=torch.float32, device=device)
         base = torch.as_tensor(self._bottleneck_logits(emb), dtype=torch.float32, device=device)
         index = {c: i for i, c in enumerate(self.classes_)}
         target = torch.as_tensor([index[v] for v in labels], device=device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(self.seed))
+            torch.manual_seed(seed)
             layer = nn.Linear(emb.shape[1], len(self.classes_)).to(device)
-            generator = torch.Generator().manual_seed(int(self.seed))
+            generator = torch.Generator().manual_seed(seed)
             opt = torch.optim.Adam(layer.parameters(), lr=check_float(self.residual_lr, "residual_lr",
                                                                       minimum=0.0, strict_minimum=True))
             batch = check_int(self.batch_size, "batch_size", minimum=1)
@@ -272,11 +288,13 @@ class PosthocCBM(BaseEstimator):
         prob = np.exp(logits)
         return prob / prob.sum(1, keepdims=True)
 
-    def top_concepts(self, class_index: int, n: int = 5) -> list[tuple[str, float]]:
-        """The ``n`` concepts with the largest positive weight for a class: ``[(name, weight)]``."""
+    @renamed_arguments(n="n_concepts")
+    def top_concepts(self, class_index: int, n_concepts: int = 5) -> list[tuple[str, float]]:
+        """The ``n_concepts`` concepts with the largest positive weight for the class in row
+        ``class_index`` of ``classes_``: ``[(name, weight)]``."""
         self._check_fitted()
         row = self.coef_[check_int(class_index, "class_index", minimum=0, maximum=len(self.classes_) - 1)]
-        order = np.argsort(-row, kind="stable")[:check_int(n, "n", minimum=1)]
+        order = np.argsort(-row, kind="stable")[:check_int(n_concepts, "n_concepts", minimum=1)]
         return [(self.concept_bank.names[j], float(row[j])) for j in order if row[j] > 0]
 
     # -- save / load ----------------------------------------------------------------------------
@@ -297,11 +315,11 @@ class PosthocCBM(BaseEstimator):
     def load(cls, path: str | os.PathLike, backbone: nn.Module | None = None) -> PosthocCBM:
         """Load a model written by :meth:`save` (``head_`` is rebuilt from its arrays)."""
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
-        try:
+        with loading(path, "PosthocCBM"):
             arr = {k: v.double().numpy() for k, v in tensors.items()}
-            bank = ConceptBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
+            bank = CAVBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
                                arr["bank_accuracy"])
-            model = cls(bank, backbone, **meta["params"])
+            model = cls(bank, backbone, **current_names(meta["params"], RENAMED_PARAMS))
             model.coef_, model.intercept_ = arr["coef"], arr["intercept"]
             model.classes_ = np.asarray(meta["classes"])
             model.margin_mean_, model.margin_std_ = arr["margin_mean"], arr["margin_std"]
@@ -309,18 +327,16 @@ class PosthocCBM(BaseEstimator):
             model.residual_bias_ = arr.get("residual_bias")
             model._check_loaded()
             model.head_ = _rebuild_head(model)
-        except (KeyError, TypeError, ValueError) as err:
-            raise FormatError(f"`path` {str(path)!r} is missing part of a PosthocCBM or holds "
-                              f"inconsistent parts: {err}") from err
         return model
 
     def _check_loaded(self) -> None:
         """Refuse a loaded state whose settings or arrays do not fit together."""
-        check_float(self.lam, "lam", minimum=0.0, strict_minimum=True)
+        check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
         check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
         for name in ("max_iter", "batch_size", "residual_epochs"):
             check_int(getattr(self, name), name, minimum=1)
-        check_int(self.seed, "seed", minimum=0)
+        if self.seed is not None:
+            check_int(self.seed, "seed", minimum=0)
         classes = np.asarray(self.classes_)
         if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "iub":
             raise ValueError(f"classes must list at least two class labels; got {describe(classes)}.")
@@ -352,9 +368,9 @@ def _full_coef(head: SGDClassifier) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _rebuild_head(model: PosthocCBM) -> SGDClassifier:
-    head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=float(model.lam),
+    head = SGDClassifier(loss="log_loss", penalty="elasticnet", alpha=float(model.alpha),
                          l1_ratio=float(model.l1_ratio), max_iter=int(model.max_iter),
-                         random_state=int(model.seed))
+                         random_state=model.seed)
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 2:
         coef, intercept = (coef[1] - coef[0])[None], np.r_[intercept[1] - intercept[0]]

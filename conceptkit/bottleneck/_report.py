@@ -3,7 +3,8 @@
 ``write_cbm_report`` writes into ``out_dir``:
 
 - ``index.html`` — one page with every figure embedded (base64 PNG) and the key numbers, so the
-  file can be mailed or opened anywhere on its own;
+  file can be mailed or opened anywhere on its own (written by :func:`conceptkit.report.write_page`,
+  the pages of the explanation reports' style);
 - ``weights.png`` (class × concept head weights), ``concept_accuracy.png`` (per-concept
   accuracy and F1), ``interventions.png`` (task accuracy vs concepts intervened, mean ± std);
 - ``metrics.json`` — every number shown, and more (curves, losses, per-concept metrics).
@@ -11,9 +12,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,11 +21,13 @@ import numpy as np
 import torch
 
 from .._validation import describe
-from ..io import json_ready
+from ..io import json_ready, write_json
 from ._intervene import InterventionCurve
 from ._metrics import CBMEvaluation, LeakageReport
 from ._model import ConceptBottleneckModel, check_cbm
 from ._train import TrainHistory
+
+DPI = 120
 
 
 def concept_class_weights(model: ConceptBottleneckModel,
@@ -52,14 +52,16 @@ def concept_class_weights(model: ConceptBottleneckModel,
     return torch.stack(jac).detach().cpu().double().numpy()
 
 
-def _figures(out: Path, model: ConceptBottleneckModel, weights: np.ndarray,
-             evaluation: CBMEvaluation, curves: Mapping[str, InterventionCurve]) -> dict[str, Path]:
+def _figures(model: ConceptBottleneckModel, weights: np.ndarray, evaluation: CBMEvaluation,
+             curves: Mapping[str, InterventionCurve]) -> dict[str, Any]:
     import matplotlib
+
+    from ..report import Picture, figure_png
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    paths = {}
+    pictures = {}
     k, n_classes = model.n_concepts, model.n_classes
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 1.2 + 0.45 * n_classes))
     bound = float(np.abs(weights).max()) or 1.0
@@ -71,9 +73,8 @@ def _figures(out: Path, model: ConceptBottleneckModel, weights: np.ndarray,
     fig.colorbar(image, ax=ax, label="weight")
     ax.set_title("Head weights (class × concept)")
     fig.tight_layout()
-    paths["weights"] = out / "weights.png"
-    fig.savefig(paths["weights"], dpi=120)
-    plt.close(fig)
+    pictures["weights"] = Picture("weights", "Head weights", figure_png(fig, DPI), "weights.png",
+                                  "Class × concept weights of the head")
 
     fig, ax = plt.subplots(figsize=(1.5 + 0.5 * k, 3.6))
     x = np.arange(k)
@@ -85,9 +86,9 @@ def _figures(out: Path, model: ConceptBottleneckModel, weights: np.ndarray,
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"Per-concept quality (mean accuracy {evaluation.concept_accuracy:.3f})")
     fig.tight_layout()
-    paths["concept_accuracy"] = out / "concept_accuracy.png"
-    fig.savefig(paths["concept_accuracy"], dpi=120)
-    plt.close(fig)
+    pictures["concept_accuracy"] = Picture(
+        "concept_accuracy", "Concept quality", figure_png(fig, DPI), "concept_accuracy.png",
+        "Per-concept accuracy and F1 on the test split")
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for policy, curve in curves.items():
@@ -101,10 +102,10 @@ def _figures(out: Path, model: ConceptBottleneckModel, weights: np.ndarray,
     ax.set_title("Test-time interventions")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths["interventions"] = out / "interventions.png"
-    fig.savefig(paths["interventions"], dpi=120)
-    plt.close(fig)
-    return paths
+    pictures["interventions"] = Picture(
+        "interventions", "Interventions", figure_png(fig, DPI), "interventions.png",
+        "Task accuracy as true concepts replace predicted ones")
+    return pictures
 
 
 def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
@@ -142,7 +143,7 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
     if weights.shape != (model.n_classes, model.n_concepts):
         raise ValueError(f"`weights` must have shape ({model.n_classes}, {model.n_concepts}); "
                          f"got {weights.shape}.")
-    paths = _figures(out, model, weights, evaluation, curves)
+    pictures = _figures(model, weights, evaluation, curves)
 
     numbers: dict[str, Any] = {
         "title": title, "config": model.config(), "trained_mode": model.trained_mode,
@@ -175,21 +176,12 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
     if extra:
         numbers["extra"] = dict(extra)
     numbers = json_ready(numbers)
-    (out / "metrics.json").write_text(json.dumps(numbers, indent=2))
-    page = out / "index.html"
-    page.write_text(_html(title, numbers, paths))
-    return page
+    write_json(out / "metrics.json", numbers)
+    return _page(out, title, numbers, pictures)
 
 
-def _html(title: str, numbers: dict[str, Any], paths: dict[str, Path]) -> str:
-    esc = html.escape
-
-    def img(key: str, alt: str) -> str:
-        data = base64.b64encode(paths[key].read_bytes()).decode("ascii")
-        return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"><figcaption>{esc(alt)}</figcaption></figure>'
-
-    def fmt(value: Any) -> str:
-        return "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else esc(str(value)))
+def _page(out: Path, title: str, numbers: dict[str, Any], pictures: dict[str, Any]) -> Path:
+    from ..report import PageTable, write_page  # matplotlib is imported only to write reports
 
     ev = numbers["evaluation"]
     rows = [("mode", numbers.get("trained_mode")), ("bottleneck", numbers["config"]["bottleneck"]),
@@ -205,24 +197,12 @@ def _html(title: str, numbers: dict[str, Any], paths: dict[str, Path]) -> str:
     for key, value in (numbers.get("extra") or {}).items():
         if isinstance(value, (int, float, str)) or value is None:
             rows.append((key, value))
-    table = "\n".join(f"<tr><th>{esc(str(k))}</th><td>{fmt(v)}</td></tr>" for k, v in rows)
-    concept_rows = "\n".join(
-        f"<tr><td>{esc(name)}</td><td>{fmt(m['accuracy'])}</td><td>{fmt(m['f1'])}</td>"
-        f"<td>{fmt(m['auc'])}</td></tr>" for name, m in ev["per_concept"].items())
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
-</style></head><body>
-<h1>{esc(title)}</h1>
-<h2>Summary</h2><table>{table}</table>
-<h2>Head weights</h2>{img("weights", "Class × concept weights of the head")}
-<h2>Concepts</h2>{img("concept_accuracy", "Per-concept accuracy and F1 on the test split")}
-<table><tr><th>concept</th><th>accuracy</th><th>F1</th><th>AUC</th></tr>{concept_rows}</table>
-<h2>Interventions</h2>{img("interventions", "Task accuracy as true concepts replace predicted ones")}
-<p>Every number is in <code>metrics.json</code> next to this page.</p>
-</body></html>
-"""
+    concepts = PageTable(["concept", "accuracy", "F1", "AUC"],
+                         [[name, m["accuracy"], m["f1"], m["auc"]]
+                          for name, m in ev["per_concept"].items()])
+    return write_page(out, title, [
+        ("Summary", [PageTable(["", "value"], [list(row) for row in rows])]),
+        ("Head weights", [pictures["weights"]]),
+        ("Concepts", [pictures["concept_accuracy"], concepts]),
+        ("Interventions", [pictures["interventions"]]),
+    ], footer="Written by conceptkit. Every number is in metrics.json next to this page.")

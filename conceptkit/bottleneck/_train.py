@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, seed_everything
-from .._validation import check_choice, check_float, check_int, resolve_device
+from .._validation import check_choice, check_float, check_int, resolve_device, resolve_seed
 from ._data import Batch, CBMData, as_cbm_data
 from ._model import ConceptBottleneckModel, check_cbm, check_inputs, pos_weight_from
 
@@ -153,7 +153,8 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
               mode: str = "joint", concept_loss_weight: float = 1.0, epochs: int = 100,
               lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 4e-5,
               patience: int = 10, optimizer: str = "adam", val_fraction: float = 0.2,
-              seed: int = 0, device: Any = None, progress: bool = True) -> TrainHistory:
+              seed: int | None = None, device: Any = None,
+              progress: bool = True) -> TrainHistory:
     """Train ``model`` in place in one of Koh et al.'s modes (see the module notes).
 
     Parameters
@@ -172,9 +173,10 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
         Maximum epochs per stage; stop after ``patience`` epochs without a better val loss.
     lr, weight_decay, batch_size, optimizer
         Optimiser settings (``"adam"`` or ``"sgd"`` with momentum 0.9).
-    seed : int
+    seed : int or None
         Seeds shuffling, the validation split and in-model randomness (dropout); the global
         torch RNG state is restored afterwards. Same seed, same model → same result on CPU.
+        ``None`` draws a fresh seed, recorded in the history's ``seed``.
     device : str or torch.device, optional
         Where to train (default: CPU).
 
@@ -185,7 +187,7 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     model = check_cbm(model)
     mode = check_choice(mode, "mode", MODES)
     lam = check_float(concept_loss_weight, "concept_loss_weight", minimum=0.0)
-    seed = check_int(seed, "seed", minimum=0)
+    seed = resolve_seed(seed)
     val_fraction = check_float(val_fraction, "val_fraction", minimum=0.0, maximum=1.0,
                                strict_minimum=True)
     dev = resolve_device(device)

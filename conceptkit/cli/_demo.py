@@ -64,8 +64,8 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
         reference_model,
     )
     from ..extraction import ActivationExtractor
-    from ..pipeline import ConceptManager, write_class_report
-    from ..report import write_index
+    from ..pipeline import ConceptManager, build_class_report
+    from ..report import index_entry, write_class_report, write_index
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -106,9 +106,9 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
             f"{gt} ({'causal' if row['causal'] else 'spurious'})": {
                 "value": row[GT_METRIC], "higher_is_better": True}
             for gt, row in truth["per_truth"].items()}}
-        entries.append(write_class_report(cc, out, labels=names, notes=notes,
-                                          extra_metrics=gt_metrics, return_entry=True,
-                                          index_link="../index.html"))
+        report = build_class_report(cc, labels=names, notes=notes, extra_metrics=gt_metrics)
+        page = write_class_report(report, out, index_link="../index.html")
+        entries.append(index_entry(report, page, out))
         summary.append((class_id, cc.class_name, truth))
     index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._checks import CommandError
 from ._images import load_images
 
 #: ``--factorizer`` choices: signed activations (ViT/CLIP tokens) need ``semi_nmf`` or ``pca``.
@@ -20,8 +21,8 @@ def explain_main(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.weights)
     layer = args.layer or loaded.layer
     if layer is None:
-        raise SystemExit("error: `--layer` is required for this model (no default layer known).")
-    size = args.size or loaded.input_size
+        raise CommandError("`--layer` is required for this model (no default layer known).")
+    size = args.size if args.size is not None else loaded.input_size
     images, files = load_images(args.images, size)
     name = args.class_name or (loaded.class_names[args.class_id] if args.class_id < len(loaded.class_names)
                                else f"class {args.class_id}")

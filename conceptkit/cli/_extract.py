@@ -9,7 +9,9 @@ The same command scales out unchanged: on a GPU node ``torchrun --nproc_per_node
 rank its own GPU (``--device cuda`` picks ``cuda:LOCAL_RANK`` and the NCCL backend), and on
 several nodes ``torchrun --nnodes=M --node_rank=R --rdzv_endpoint=HOST:PORT ...`` with the store
 on a shared file system. Ranks only synchronise at the final barrier, so a killed run is resumed
-by rerunning the same command: existing chunks are skipped.
+by rerunning the same command: existing chunks are skipped. A rerun with another model, layer,
+weights, inputs, chunk size or layout is refused (the store's fingerprint differs);
+``--overwrite`` replaces the store.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from typing import Any
 import torch
 
 from ..extraction import ActivationExtractor
-from ..extraction._store import LAYOUTS, finalize_store, shard_chunks, slice_inputs, write_chunks
+from ..extraction._fingerprint import extractor_identity, inputs_identity
+from ..extraction._store import (
+    LAYOUTS,
+    finalize_store,
+    prepare_store,
+    shard_chunks,
+    slice_inputs,
+    write_chunks,
+)
+from ._checks import CommandError, check_counts, check_out_dir
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -35,7 +46,7 @@ def _load_inputs(args: argparse.Namespace, size: int) -> Any:
 
         return make_concept_dataset(args.concept_dataset, seed=args.seed, split=args.split).images
     if args.images is None:
-        raise SystemExit("error: give `--images DIR_OR_GLOB` or `--concept-dataset N_PER_CLASS`.")
+        raise CommandError("give `--images DIR_OR_GLOB` or `--concept-dataset N_PER_CLASS`.")
     from ._images import load_images
 
     return load_images(args.images, size)[0]
@@ -61,8 +72,13 @@ def extract_main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda uses cuda:LOCAL_RANK)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a store written by another extraction (another model, "
+                             "layer, inputs, chunk size or layout) instead of refusing")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    check_counts(args, {"chunk_size": 1, "batch_size": 1, "size": 1, "concept_dataset": 1})
+    check_out_dir(args.out)
 
     rank, world, local_rank = _dist_env()
     distributed = world > 1
@@ -75,22 +91,29 @@ def extract_main(argv: list[str]) -> int:
         loaded = load_model(args.model, args.weights)
         layer = args.layer or loaded.layer
         if layer is None:
-            raise SystemExit("error: `--layer` is required for this model.")
-        inputs = _load_inputs(args, args.size or loaded.input_size)
+            raise CommandError("`--layer` is required for this model.")
+        inputs = _load_inputs(args, args.size if args.size is not None else loaded.input_size)
         loaded.model.to(device)
         extractor = ActivationExtractor(loaded.model, layer, batch_size=args.batch_size,
                                         progress=False, preprocess=loaded.preprocess)
         n = len(inputs)
         n_chunks = -(-n // args.chunk_size)
         mine = shard_chunks(n_chunks, rank, world)
+        fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
+        if args.overwrite and rank == 0:  # one rank clears the old store, then all write
+            prepare_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
+                          fingerprint=fingerprint, overwrite=True)
+        if distributed:
+            dist.barrier()
         done = write_chunks(lambda s, e: extractor(slice_inputs(inputs, s, e)), n, args.out,
                             chunk_size=args.chunk_size, layout=args.layout, indices=mine,
-                            progress=not args.quiet and rank == 0)
+                            progress=not args.quiet and rank == 0, fingerprint=fingerprint)
         if distributed:
             dist.barrier()
         if rank == 0:
             store = finalize_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
-                                   meta={"model": args.model, "layer": layer, "world_size": world})
+                                   meta={"model": args.model, "layer": layer, "world_size": world},
+                                   fingerprint=fingerprint)
             print(f"store {args.out}: {store.n_rows} rows x {store.n_features} features in "
                   f"{len(store.manifest['chunks'])} chunks (this rank computed {len(done)})")
         if distributed:

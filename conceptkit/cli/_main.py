@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from ._checks import CommandError, check_counts, check_out_dir
 from ._explain import FACTORIZER_CHOICES
-from ._naming import add_naming_arguments
+from ._naming import add_naming_arguments, check_naming_arguments
 
 PROGRAM_DESCRIPTION = "Command line: conceptkit demo | explain | report | train-cbm | extract | bench."
 
@@ -19,7 +20,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     result = load(args.saved)
     if not isinstance(result, ClassConcepts):
-        raise SystemExit(f"error: {args.saved!r} holds a {type(result).__name__}, not an explanation.")
+        raise CommandError(f"`path` {args.saved!r} holds a {type(result).__name__}, not an "
+                           f"explanation.")
     page = result.report(args.out)
     print(f"report {page}")
     return 0
@@ -44,13 +46,19 @@ def _cmd_extract(argv: list[str]) -> int:
     return extract_main(argv)
 
 
+def _cmd_atlas(argv: list[str]) -> int:
+    from ._atlas import atlas_main
+
+    return atlas_main(argv)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
     root = Path(__file__).resolve().parents[2] / "benchmarks"
     scripts = sorted(root.glob("bench_*.py"))
     if not scripts:
-        raise SystemExit(f"error: no benchmarks found in {root} (run from a source checkout).")
+        raise CommandError(f"no benchmarks found in {root} (run from a source checkout).")
     failed = 0
     for script in scripts:
         if args.only and args.only not in script.name:
@@ -83,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--class-name", default=None)
     exp.add_argument("--out", required=True)
     exp.add_argument("--method", default="craft", choices=["craft", "ice", "ace"])
-    exp.add_argument("--importance", default="sobol")
+    exp.add_argument("--importance", default="pixel_ablation")
     exp.add_argument("--n-concepts", type=int, default=10)
     exp.add_argument("--factorizer", default=None, choices=sorted(FACTORIZER_CHOICES),
                      help="replace the method's factorizer (semi_nmf for ViT/CLIP tokens)")
@@ -102,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("extract", help="(sharded) activation extraction to an on-disk store",
                    add_help=False)
+    sub.add_parser("atlas", help="one concept dictionary for all classes, from a store "
+                   "(see atlas --help; runs under torchrun)", add_help=False)
 
     bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/)")
     bench.add_argument("--quick", action="store_true")
@@ -109,24 +119,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``conceptkit`` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("MPLBACKEND", "Agg")
+#: Arguments that count something, and their smallest value (checked before any work).
+COUNTS = {"n_per_class": 1, "n_concepts": 1, "patch_size": 1, "size": 1, "batch_size": 1,
+          "visualize_steps": 1}
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] == "train-cbm":
         return _cmd_train_cbm(argv[1:])
     if argv and argv[0] == "extract":
         return _cmd_extract(argv[1:])
+    if argv and argv[0] == "atlas":
+        try:
+            return _cmd_atlas(argv[1:])
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            if os.environ.get("CONCEPTKIT_DEBUG"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
+    check_counts(args, COUNTS)
+    if args.command != "bench":
+        check_out_dir(args.out)
+    if args.command == "explain":
+        check_naming_arguments(args)
     from ._explain import explain_main
 
     commands = {"demo": _cmd_demo, "explain": explain_main, "report": _cmd_report, "bench": _cmd_bench}
+    return commands[args.command](args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``conceptkit`` command.
+
+    A user error (a bad argument, a missing or damaged file, images that cannot be read) is
+    printed as one ``error: ...`` line with exit status 2, as argparse does for its own checks;
+    ``CONCEPTKIT_DEBUG=1`` shows the traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
     try:
-        return commands[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+        return _run(argv)
+    except (ValueError, TypeError, OSError) as err:  # FormatError is a ValueError
         if os.environ.get("CONCEPTKIT_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

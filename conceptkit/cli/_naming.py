@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._checks import CommandError
+
 PROBE_IMAGES_PER_CLASS = 20
 
 
@@ -31,13 +33,32 @@ def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--visualize-steps", type=int, default=128)
 
 
+def check_naming_arguments(args: argparse.Namespace) -> None:
+    """Refuse inconsistent naming options before any work (one ``error:`` line, status 2)."""
+    from ..datasets import WORLDS
+
+    if args.name_with == "dissect" and args.probe not in WORLDS:
+        raise CommandError(f"`--probe` must name a ground-truth world for --name-with dissect "
+                           f"({', '.join(WORLDS)}); got {args.probe!r}.")
+    if args.name_with == "clip":
+        if not args.clip:
+            raise CommandError("`--clip` (an open_clip model name) is required with "
+                               "--name-with clip.")
+        if args.vocabulary not in ("imagenet", "imagenet21k") \
+                and not Path(args.vocabulary).is_file():
+            raise CommandError(f"`--vocabulary` {args.vocabulary!r} is neither 'imagenet', "
+                               f"'imagenet21k' nor a text file.")
+    if args.name_with != "clip" and (args.clip or args.clip_weights):
+        raise CommandError("`--clip` and `--clip-weights` go with --name-with clip.")
+
+
 def _vocabulary(text: str) -> Any:
     if text in ("imagenet", "imagenet21k"):
         return text
     path = Path(text)
     if not path.is_file():
-        raise FileNotFoundError(f"`--vocabulary` {text!r} is neither 'imagenet', 'imagenet21k' "
-                                f"nor a text file.")
+        raise CommandError(f"`--vocabulary` {text!r} is neither 'imagenet', 'imagenet21k' "
+                           f"nor a text file.")
     words = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     return [w for w in words if w]
 
@@ -49,7 +70,7 @@ def name_and_visualize(result: Any, args: argparse.Namespace, loaded: Any, size:
         from ..datasets import WORLDS, load_world
 
         if args.probe not in WORLDS:
-            raise ValueError(f"`--probe` must name a ground-truth world for --name-with dissect "
+            raise CommandError(f"`--probe` must name a ground-truth world for --name-with dissect "
                              f"({', '.join(WORLDS)}); got {args.probe!r}.")
         probe = load_world(args.probe).sample(PROBE_IMAGES_PER_CLASS, seed=args.seed, split="test")
         result.name_concepts("dissect", probe, progress=progress)
@@ -58,7 +79,8 @@ def name_and_visualize(result: Any, args: argparse.Namespace, loaded: Any, size:
         from ._images import load_images
 
         if not args.clip:
-            raise ValueError("`--clip` (an open_clip model name) is required with --name-with clip.")
+            raise CommandError("`--clip` (an open_clip model name) is required with "
+                               "--name-with clip.")
         encoders = ClipEncoders.from_open_clip(args.clip, pretrained=args.clip_weights)
         probe = result.images if args.probe is None else load_images(args.probe, size)[0]
         result.name_concepts("clip", probe, encoders, vocabulary=_vocabulary(args.vocabulary),
@@ -71,8 +93,6 @@ def name_and_visualize(result: Any, args: argparse.Namespace, loaded: Any, size:
     if result.names is not None:
         print(result.names)
     if args.visualize:
-        if args.visualize_steps < 1:
-            raise ValueError(f"`--visualize-steps` must be >= 1; got {args.visualize_steps}.")
         for c in result.ranking:
             result.visualize(int(c), steps=args.visualize_steps, seed=args.seed, progress=progress)
 

@@ -28,6 +28,7 @@ from ..bottleneck._metrics import evaluate_cbm, leakage_score
 from ..bottleneck._model import BOTTLENECKS, HEADS, ConceptBottleneckModel, SpatialProbe
 from ..bottleneck._report import write_cbm_report
 from ..bottleneck._train import MODES, OPTIMIZERS, train_cbm
+from ._checks import check_counts, check_out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +88,9 @@ def _encoder_and_inputs(args: argparse.Namespace, splits: dict, n_concepts: int)
 def train_cbm_main(argv: list[str]) -> int:
     """Entry point of ``conceptkit train-cbm``; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    check_counts(args, {"epochs": 1, "patience": 0, "batch_size": 1, "n_train": 1, "n_val": 1,
+                        "n_test": 1, "image_size": 1, "trials": 1})
+    check_out_dir(args.out)
     from ..datasets import make_concept_dataset
 
     start = time.perf_counter()

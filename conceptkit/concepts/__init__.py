@@ -7,10 +7,12 @@ Every factorizer follows one scikit-learn style contract (:class:`Factorizer`): 
 return a :class:`ConceptBank`.
 """
 
+from .._deprecation import module_getattr
 from . import metrics
 from ._bank import ConceptBank
-from ._base import FACTORIZERS, Factorizer, factorizer_from_state
-from ._methods import ACE, CRAFT, ICE, ace_keep_clusters, bank_from_activations, restrict_bank
+from ._base import FACTORIZERS, Factorizer
+from ._distributed import fit_distributed
+from ._methods import ACE, CRAFT, ICE, bank_from_activations
 from ._nmf import NMF
 from ._sae import TopKSAE
 from ._seminmf import SemiNMF
@@ -31,13 +33,18 @@ __all__ = [
     "SemiNMF",
     "SparseDictionary",
     "TopKSAE",
-    "ace_keep_clusters",
     "bank_from_activations",
-    "factorizer_from_state",
+    "fit_distributed",
     "fit_streaming",
     "metrics",
-    "restrict_bank",
     "streaming_error",
     "transform_streaming",
     "write_codes",
 ]
+
+# plumbing that left the face in 0.2 (still importable from its private module)
+__getattr__ = module_getattr(__name__, {
+    "ace_keep_clusters": ("conceptkit.concepts._methods", "ace_keep_clusters"),
+    "factorizer_from_state": ("conceptkit.concepts._base", "factorizer_from_state"),
+    "restrict_bank": ("conceptkit.concepts._methods", "restrict_bank"),
+})

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from .. import io
-from .._validation import all_finite, describe, to_numpy
+from .._deprecation import renamed_arguments
+from .._validation import all_finite, check_not_meta, describe, to_numpy
 from ..extraction import Provenance
 from ._base import Factorizer, factorizer_from_state
 
@@ -82,6 +83,7 @@ class ConceptBank:
         """
         if not isinstance(activations, (np.ndarray, torch.Tensor)):
             raise TypeError(f"`activations` must be a numpy array or torch.Tensor; got {describe(activations)}.")
+        check_not_meta(activations, "activations")
         if activations.ndim == 2:
             self._check_channels(activations, 1)
             return self.factorizer.transform(activations)
@@ -96,6 +98,30 @@ class ConceptBank:
             codes = self.factorizer.transform(rows)
             return np.ascontiguousarray(codes.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
         raise ValueError(f"`activations` must be (n, C) or (N, C, h, w); got shape {tuple(activations.shape)}.")
+
+    def encode_differentiable(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Codes ``(n, k)`` of activations ``(n, C)`` that gradients flow through.
+
+        The values equal ``encode(pooled)``. Their gradient is the implicit gradient of the
+        encoding at its solution: for non-negative codes (NMF-like), the least-squares problem
+        restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained
+        codes, the least-squares pseudo-inverse. Gradient maps and CRAFT's recursion differentiate
+        image-level codes through it.
+        """
+        if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2:
+            raise TypeError(f"`pooled` must be a torch.Tensor of shape (n, C); got {describe(pooled)}.")
+        W = self.components.to(pooled)
+        with torch.no_grad():
+            fixed = torch.as_tensor(self.encode(pooled.detach().cpu())).to(pooled)
+        if not getattr(self.factorizer, "nonnegative_codes", False):
+            offset = pooled.detach() - fixed @ W
+            return torch.linalg.lstsq(W.T, (pooled - offset).T).solution.T
+        active = (fixed > 0).to(pooled)
+        gram = W @ W.T
+        eye = torch.eye(W.shape[0], dtype=pooled.dtype, device=pooled.device)
+        system = active[:, :, None] * gram[None] * active[:, None, :] + (1 - active)[:, :, None] * eye
+        rhs = active * (pooled @ W.T)
+        return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1)
 
     def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Reconstructed activations from codes: ``(n, k)`` → ``(n, C)``; ``(N, k, h, w)`` → ``(N, C, h, w)``."""
@@ -120,15 +146,17 @@ class ConceptBank:
         if not all_finite(activations):
             raise ValueError("`activations` contains NaN or Inf values.")
 
-    def top_rows(self, concept: int, n: int = 10) -> np.ndarray:
-        """Indices of the ``n`` fitted rows where ``concept`` is most present (highest code)."""
+    @renamed_arguments(n="n_rows")
+    def top_rows(self, concept: int, n_rows: int = 10) -> np.ndarray:
+        """Indices of the ``n_rows`` fitted rows where ``concept`` is most present (highest
+        code)."""
         if not 0 <= int(concept) < self.n_concepts:
             raise ValueError(f"`concept` must be in [0, {self.n_concepts}); got {concept}.")
         codes = self.codes[:, int(concept)].numpy()
         # Ties (hard k-means codes) are broken by how well the row aligns with the concept.
         tie = (self.activations.numpy() @ self.components[int(concept)].numpy()
                if self.activations is not None else np.zeros_like(codes))
-        return np.lexsort((-tie, -codes))[:n]
+        return np.lexsort((-tie, -codes))[:n_rows]
 
     # ------------------------------------------------------------------ persistence
     def to_state(self, *, include_activations: bool = False) -> tuple[dict[str, Any], dict]:
@@ -143,7 +171,8 @@ class ConceptBank:
             tensors["activations"] = self.activations
         meta = {"layer": self.layer, "method": self.method, "params": self.params, "extra": self.extra,
                 "factorizer": {"name": type(self.factorizer).__name__,
-                               "params": _json_params(self.factorizer.get_params(deep=False)),
+                               "params": io.json_ready(self.factorizer.get_params(deep=False),
+                                                       strict=True, finite=False),
                                "info": f_info},
                 "provenance": p_info}
         return tensors, meta
@@ -188,7 +217,7 @@ class ConceptBank:
             problems.append("layer, method, params or extra of the wrong type")
         if not problems:
             try:  # the dictionary must be able to encode: one row of it, back to finite codes
-                codes = np.asarray(self.factorizer.transform(self.components[:1].numpy()))
+                codes = np.asarray(_bounded(self.factorizer).transform(self.components[:1].numpy()))
             except Exception as err:  # noqa: BLE001 - any failure means a broken factorizer state
                 problems.append(f"the factorizer cannot encode ({type(err).__name__}: {err})")
             else:
@@ -206,19 +235,32 @@ class ConceptBank:
     def load(cls, path: str | os.PathLike) -> ConceptBank:
         """Read a bank written by :meth:`save`; never unpickles or executes code."""
         tensors, meta = io.load_file(path, kind=BANK_KIND, version=BANK_VERSION)
-        try:
+        with io.loading(path, "ConceptBank"):
             return cls.from_state(tensors, meta)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-            raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptBank: {err}") from err
 
 
-def _json_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, (np.random.Generator, np.random.RandomState)):
-            raise ValueError(f"cannot save a factorizer whose `{key}` is a random generator; use an "
-                             f"int seed.")
-        if isinstance(value, torch.device):
-            value = str(value)
-        out[key] = value
-    return out
+_PROBE_ITERATIONS = 20
+
+
+def _bounded(factorizer: Factorizer) -> Factorizer:
+    """A shallow copy of ``factorizer`` whose iterative solvers stop after a few iterations.
+
+    The load-time check encodes one row to see that the state works; its cost must not depend
+    on the solver settings stored in the file (``tol=0, max_iter=10**7`` would run for minutes).
+    """
+    import copy
+    import warnings
+
+    probe = copy.copy(factorizer)
+    for name in ("max_iter", "transform_max_iter"):
+        value = getattr(probe, name, None)
+        if isinstance(value, int) and value > _PROBE_ITERATIONS:
+            setattr(probe, name, _PROBE_ITERATIONS)
+
+    class _Quiet:  # the capped solve may not converge: its warnings are not the user's concern
+        def transform(self, rows):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return probe.transform(rows)
+
+    return _Quiet()  # type: ignore[return-value]

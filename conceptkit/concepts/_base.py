@@ -15,6 +15,8 @@ numpy arrays on the CPU so that they can be saved, compared and inspected anywhe
 from __future__ import annotations
 
 import abc
+import copy
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +24,9 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from .._deprecation import current_names
 from .._validation import check_choice, check_int, check_matrix, resolve_device, to_numpy
+from ..io import json_ready
 
 #: Every concrete factorizer class, keyed by its class name (filled in by ``__init_subclass__``).
 FACTORIZERS: dict[str, type[Factorizer]] = {}
@@ -62,6 +66,12 @@ class Factorizer(BaseEstimator, abc.ABC):
     # Fitted arrays with one row per concept (sliced when concepts are dropped, e.g. by ACE).
     _concept_arrays: ClassVar[tuple[str, ...]] = ("components_",)
     _negative_hint: ClassVar[str] = ""
+    # ``A ≈ U W`` solved by an iterative solver whose codes do not change when ``A`` and the
+    # dictionary are scaled together: inputs too large for the compute dtype (their squares
+    # would overflow to Inf and the factors to NaN) are rescaled before solving.
+    _rescalable: ClassVar[bool] = False
+    # Constructor arguments renamed since a file could be saved (old -> new): read silently.
+    _renamed_params: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -106,7 +116,19 @@ class Factorizer(BaseEstimator, abc.ABC):
         self._validate_params()
         X = self._check_input(A, "A", fitting=True)
         self._check_n_concepts(X)
-        U = self._fit(self._to_backend(X))
+        scale = self._overflow_scale(X)
+        if scale == 1.0:
+            U = self._fit(self._to_backend(X))
+        else:  # fit A / s (exact: s is a power of two), then give the dictionary the scale back
+            U = self._fit(self._to_backend(X / scale))
+            components = np.asarray(self.components_) * scale
+            if not np.isfinite(components).all():
+                raise ValueError(f"`A` has values up to {scale:.3g}: the dictionary fitted to "
+                                 f"them overflows {components.dtype}; pass dtype='float64' or "
+                                 f"divide `A` by its maximum first.")
+            self.components_ = components
+            if isinstance(getattr(self, "reconstruction_err_", None), float):
+                self.reconstruction_err_ *= scale
         self.n_features_in_ = int(X.shape[1])
         return self._to_output(U, A)
 
@@ -117,7 +139,41 @@ class Factorizer(BaseEstimator, abc.ABC):
         """
         self._check_fitted()
         X = self._check_input(A, "A", fitting=False)
-        return self._to_output(self._transform(self._to_backend(X)), A)
+        scale = self._overflow_scale(X, np.asarray(self.components_))
+        if scale == 1.0:
+            return self._to_output(self._transform(self._to_backend(X)), A)
+        # the codes of A with W are those of A / s with W / s: solve the rescaled problem
+        scaled = copy.copy(self)
+        scaled.components_ = np.asarray(self.components_) / scale
+        return self._to_output(scaled._transform(self._to_backend(X / scale)), A)
+
+    def _overflow_scale(self, X, W: np.ndarray | None = None) -> float:
+        """1, or the power of two that brings ``X`` (and ``W``) to at most 1 when their squares,
+        summed over the matrix, could overflow the compute dtype (or the values not fit in it). Only for solvers that allow it
+        (see ``_rescalable``); a regularised solve is refused, its penalty is not scale-free."""
+        if not self._rescalable or X.shape[0] == 0:
+            return 1.0
+        compute = self._to_backend(X[:1]).dtype  # the solver's dtype (float32 by default)
+        largest = float(torch.finfo(compute).max if isinstance(compute, torch.dtype)
+                        else np.finfo(compute).max)
+        peak = float(X.abs().max()) if isinstance(X, torch.Tensor) else float(np.abs(X).max())
+        if W is not None and W.size:
+            peak = max(peak, float(np.abs(W).max()))
+        limit = math.sqrt(largest / (16.0 * X.shape[0] * X.shape[1]))
+        if not peak > limit:
+            return 1.0
+        if peak > largest / 16.0:
+            raise ValueError(f"`A` has values up to {peak:.3g}, beyond what the {compute} solver "
+                             f"can hold (its largest number is {largest:.3g}); pass "
+                             f"dtype='float64' or divide `A` by its maximum first.")
+        penalties = {name: getattr(self, name) for name in ("alpha_W", "alpha_H", "alpha")
+                     if isinstance(getattr(self, name, None), (int, float))
+                     and getattr(self, name) > 0}
+        if penalties:
+            raise ValueError(f"`A` has values up to {peak:.3g}, too large for the {compute} solver "
+                             f"(their squares overflow), and the penalties {penalties} do not "
+                             f"allow rescaling it exactly: divide `A` by its maximum first.")
+        return 2.0 ** math.ceil(math.log2(peak))
 
     def inverse_transform(self, U: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Reconstructed activations ``A_hat (n, C)`` from codes ``U (n, k)``."""
@@ -133,14 +189,14 @@ class Factorizer(BaseEstimator, abc.ABC):
         self._check_fitted()
         arrays = {name: np.asarray(getattr(self, name)) for name in self._state_arrays
                   if getattr(self, name, None) is not None}
-        info = {name: _plain(getattr(self, name)) for name in self._state_info
-                if hasattr(self, name)}
+        info = {name: json_ready(getattr(self, name), strict=True, finite=False)
+                for name in self._state_info if hasattr(self, name)}
         return arrays, info
 
     @classmethod
     def from_state(cls, params: dict, arrays: dict, info: dict) -> Factorizer:
         """Rebuild a fitted factorizer from ``get_params()`` and ``get_state()`` output."""
-        est = cls(**params)
+        est = cls(**current_names(params, cls._renamed_params))
         required = [name for name in cls._state_arrays
                     if name not in arrays and name not in cls._optional_arrays]
         if required:
@@ -266,16 +322,6 @@ def _check_real(A: Any, name: str) -> None:
     if bad:
         raise TypeError(f"`{name}` must hold real numbers (float or integer activations); got dtype "
                         f"{A.dtype}.")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    return value
 
 
 def factorizer_from_state(name: str, params: dict, arrays: dict, info: dict) -> Factorizer:

@@ -19,6 +19,7 @@ import torch
 from sklearn.decomposition import non_negative_factorization
 from sklearn.exceptions import ConvergenceWarning
 
+from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_int, make_rng
 from . import _nmf_torch as kernels
 from ._base import Factorizer
@@ -39,7 +40,7 @@ class _Solver:
 def _sklearn_kwargs(est: NMF) -> dict:
     return dict(solver=est.solver, beta_loss="frobenius", tol=est.tol, max_iter=est.max_iter,
                 alpha_W=est.alpha_W, alpha_H=est.alpha_H, l1_ratio=est.l1_ratio,
-                verbose=int(bool(est.verbose)))
+                verbose=int(bool(est.progress)))
 
 
 #: scikit-learn's solvers alternate BLAS products of size ``n x C x k`` with single-threaded
@@ -141,7 +142,7 @@ def _torch_fit(fit_loop):
         init = est.init if est.init is not None else "nndsvda"
         Ut, W = kernels.initialize(X, est.n_concepts, init, make_rng(est.random_state))
         n_iter = fit_loop(X, Ut, W, max_iter=est.max_iter, tol=est.tol, reg=_torch_reg(est, X),
-                          verbose=bool(est.verbose))
+                          progress=bool(est.progress))
         if n_iter == est.max_iter and est.tol > 0:
             warnings.warn(f"NMF solver {est.solver!r} reached max_iter={est.max_iter} before "
                           f"converging to tol={est.tol}; increase `max_iter`.",
@@ -198,8 +199,9 @@ class NMF(Factorizer):
         ``OMP_WAIT_POLICY=PASSIVE`` in the environment (or ``torch.set_num_threads(1)``) avoids it.
     dtype : {"float32", "float64"}
         Torch solvers only: the compute and output dtype.
-    verbose : bool
-        Print the progress of the solver.
+    progress : bool
+        Show the solver's progress: a bar over iterations for the torch solvers, scikit-learn's
+        own per-iteration lines for ``"cd"`` and ``"mu"``. Was ``verbose``.
 
     Attributes
     ----------
@@ -212,16 +214,19 @@ class NMF(Factorizer):
     """
 
     requires_nonnegative = True
+    _rescalable = True  # codes unchanged when A and W are scaled together
     nonnegative_codes = True
     signed_components = False
+    _renamed_params = {"verbose": "progress"}  # 0.2
     _negative_hint = ("NMF needs non-negative activations: use SemiNMF for signed activations "
                       "(ViT/CLIP tokens), or pass relu=True to clip negatives to 0 explicitly.")
 
+    @renamed_arguments(verbose="progress")
     def __init__(self, n_concepts: int = 10, solver: str = "cd", init: str | None = None,
                  max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0,
                  alpha_H: float | str = "same", l1_ratio: float = 0.0, relu: bool = False,
                  random_state: int | None = None, device: str | torch.device | None = None,
-                 dtype: str = "float32", verbose: bool = False) -> None:
+                 dtype: str = "float32", progress: bool = False) -> None:
         self.n_concepts = n_concepts
         self.solver = solver
         self.init = init
@@ -234,7 +239,7 @@ class NMF(Factorizer):
         self.random_state = random_state
         self.device = device
         self.dtype = dtype
-        self.verbose = verbose
+        self.progress = progress
 
     @property
     def _backend(self) -> str:

@@ -20,10 +20,12 @@ seed gives the same initialisation on every device.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 EPSILON = float(np.finfo(np.float32).eps)
 
@@ -170,8 +172,9 @@ INNER_CAP = 3
 
 
 def fit_hals(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int, tol: float,
-             reg: tuple[float, float, float, float], verbose: bool = False):
-    """Alternate HALS blocks on ``Ut`` and ``W`` in place; return the number of iterations."""
+             reg: tuple[float, float, float, float], progress: bool = False):
+    """Alternate HALS blocks on ``Ut`` and ``W`` in place; return the number of iterations.
+    ``progress`` shows a bar over iterations with the relative violation."""
     l1_U, l2_U, l1_W, l2_W = reg
     k, n = Ut.shape
     c = W.shape[1]
@@ -179,8 +182,10 @@ def fit_hals(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: in
     eye = torch.eye(k, dtype=A.dtype, device=A.device)
     violation_init = None
     n_iter = 0
+    bar = tqdm(total=max_iter, disable=not progress, desc="NMF torch_hals", leave=False)
     while n_iter < max_iter:
         n_iter += 1
+        bar.update(1)
         G = W @ W.T + l2_U * eye
         R = W @ A.T - l1_U
         total = violation(Ut, G, R)
@@ -192,10 +197,11 @@ def fit_hals(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: in
         value = float(total)
         if violation_init is None:
             violation_init = value
-        if verbose:
-            print(f"torch_hals iteration {n_iter}: violation {value / max(violation_init, 1e-300):.3e}")
+        if progress:
+            bar.set_postfix(violation=f"{value / max(violation_init, 1e-300):.3e}")
         if violation_init == 0 or value / violation_init <= tol:
             break
+    bar.close()
     return n_iter
 
 
@@ -209,13 +215,50 @@ def residual_norm(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, block: int
     return math.sqrt(total)
 
 
+def _flush_enabled() -> bool:
+    """Whether this thread already flushes subnormal floats to zero (probed, not tracked)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def flushed_denormals(device: torch.device):
+    """Flush subnormal floats to zero on the CPU while the block runs, then restore the state.
+
+    Multiplicative updates drive vanishing codes through the subnormal range (below 1.2e-38 in
+    float32), where x86 arithmetic is 10-100x slower per operation; flushing them to zero removes
+    the 3-8x slowdown of a whole fit and changes nothing that is not already below any tolerance.
+    """
+    if torch.device(device).type != "cpu" or _flush_enabled():
+        yield
+        return
+    changed = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
+
+
 def fit_mu(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int, tol: float,
-           reg: tuple[float, float, float, float], verbose: bool = False):
-    """Lee & Seung multiplicative updates (Frobenius), scikit-learn's rule and stopping test."""
+           reg: tuple[float, float, float, float], progress: bool = False,
+           flush_denormals: bool = True):
+    """Lee & Seung multiplicative updates (Frobenius), scikit-learn's rule and stopping test.
+    ``progress`` shows a bar over iterations with the reconstruction error. Subnormal values are
+    flushed to zero during the fit (see :func:`flushed_denormals`) unless
+    ``flush_denormals=False``."""
+    context = flushed_denormals(A.device) if flush_denormals else contextlib.nullcontext()
+    with context:
+        return _mu_loop(A, Ut, W, max_iter=max_iter, tol=tol, reg=reg, progress=progress)
+
+
+def _mu_loop(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int, tol: float,
+             reg: tuple[float, float, float, float], progress: bool) -> int:
     l1_U, l2_U, l1_W, l2_W = reg
     error_init = previous = residual_norm(A, Ut, W)
     n_iter = 0
+    bar = tqdm(total=max_iter, disable=not progress, desc="NMF torch_mu", leave=False)
     for n_iter in range(1, max_iter + 1):
+        bar.update(1)
         numerator = W @ A.T
         denominator = (W @ W.T) @ Ut
         if l1_U > 0:
@@ -232,11 +275,12 @@ def fit_mu(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int,
         W.mul_(numerator.div_(denominator.clamp_(min=EPSILON)))
         if tol > 0 and n_iter % 10 == 0:
             error = residual_norm(A, Ut, W)
-            if verbose:
-                print(f"torch_mu iteration {n_iter}: error {error:.6g}")
+            if progress:
+                bar.set_postfix(error=f"{error:.6g}")
             if error_init == 0 or (previous - error) / error_init < tol:
                 break
             previous = error
+    bar.close()
     return n_iter
 
 

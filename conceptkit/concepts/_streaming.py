@@ -364,7 +364,9 @@ def write_codes(factorizer: Factorizer, source: Any, path: str | os.PathLike, *,
     coefficient maps ``(n, k, h, w)`` for a ``"maps"`` store), written atomically; a rerun after an
     interruption encodes only the missing chunks. Returns the new store.
     """
-    from ..extraction import ActivationStore, finalize_store, write_chunks
+    from ..extraction import ActivationStore
+    from ..extraction._fingerprint import tensor_digest
+    from ..extraction._store import finalize_store, write_chunks
 
     rows = RowSource(source)
     if rows.store is None:
@@ -381,8 +383,14 @@ def write_codes(factorizer: Factorizer, source: Any, path: str | os.PathLike, *,
         codes = next(transform_streaming(factorizer, [store.chunk(index)], batch_rows=batch_rows))
         return torch.from_numpy(codes)
 
+    # the codes depend on the source rows and the fitted factorizer: a rerun with either changed
+    # must not resume from the old chunks
+    state = {key: tensor_digest(np.asarray(value)) for key, value in sorted(vars(factorizer).items())
+             if key.endswith("_") and isinstance(value, (np.ndarray, torch.Tensor))}
+    fingerprint = {"codes_of": manifest.get("fingerprint") or str(store.path),
+                   "factorizer": type(factorizer).__name__, "state": state}
     write_chunks(compute, int(manifest["n_inputs"]), path, chunk_size=chunk_size, layout=layout,
-                 progress=progress)
+                 progress=progress, fingerprint=fingerprint)
     meta = {"codes_of": str(store.path), "factorizer": type(factorizer).__name__,
             "source_layout": manifest["layout"]}
     return finalize_store(path, int(manifest["n_inputs"]), chunk_size=chunk_size, layout=layout,

@@ -12,6 +12,9 @@ name                      better              what it measures
 ``frechet_distance``      lower               Gaussian Fréchet (squared W2) distance of A vs Â
 ``stability``             higher              mean Hungarian-matched cosine between dictionaries
                                               fitted on random subsets of the rows
+``dead_codes``            lower               fraction of concepts whose code is zero on every row
+``seed_stability``        higher              Hungarian-matched cosine between the dictionaries of
+                                              two fits with different seeds on the same rows
 ========================  ==================  =====================================================
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +35,8 @@ from .._validation import check_choice, check_float, check_int, check_matrix, ma
 from ._base import Factorizer
 from ._nmf import single_blas_thread
 
-__all__ = ["EXTRACTION_METRICS", "Metric", "extraction_metrics", "frechet_distance", "hoyer",
-           "matched_cosine", "relative_l2", "sparsity_l0", "stability"]
+__all__ = ["EXTRACTION_METRICS", "Metric", "dead_codes", "extraction_metrics", "frechet_distance",
+           "hoyer", "matched_cosine", "relative_l2", "seed_stability", "sparsity_l0", "stability"]
 
 
 def _matrix(x, name: str, **kwargs) -> np.ndarray:
@@ -161,12 +165,13 @@ def matched_cosine(W1: np.ndarray | torch.Tensor, W2: np.ndarray | torch.Tensor,
 
 
 def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap: int = 5, subset: float = 0.8,
-              seed: int | None = None, *, absolute: bool | None = None,
+              seed: int | None = 0, *, absolute: bool | None = None,
               progress: bool = False) -> float:
     """Dictionary stability: refit clones of ``factorizer`` on random row subsets of ``A (n, C)``.
 
     Each of ``n_bootstrap`` clones is fitted on ``round(subset * n)`` rows drawn without
-    replacement (``seed`` picks the rows; the factorizer keeps its own ``random_state``); every pair
+    replacement (``seed`` picks the rows, 0 by default so that a metric of a fitted factorizer
+    repeats; the factorizer keeps its own ``random_state``); every pair
     of dictionaries is matched with :func:`matched_cosine` and the mean matched cosine is returned
     (1 = the same concepts every time; higher is better). ``absolute=None`` ignores signs exactly
     when the factorizer's codes may be negative (PCA, ICA, signed sparse codes).
@@ -193,6 +198,42 @@ def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap:
     return float(np.mean(scores))
 
 
+def dead_codes(U: np.ndarray | torch.Tensor, eps: float = 0.0, *, count: bool = False) -> float:
+    """Fraction of the ``k`` concepts whose code ``|u| <= eps`` on every row of ``U (n, k)``.
+
+    A dead concept never takes part in a reconstruction (sparse autoencoders lose latents this
+    way). ``count=True`` returns the number of dead concepts instead of the fraction.
+    """
+    U = _matrix(U, "U")
+    eps = check_float(eps, "eps", minimum=0.0)
+    dead = int(np.sum(np.abs(U).max(axis=0) <= eps))
+    return float(dead) if count else dead / U.shape[1]
+
+
+def seed_stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, seeds: Sequence[int] = (0, 1),
+                   *, absolute: bool | None = None, progress: bool = False, **_: object) -> float:
+    """Cross-seed stability: mean Hungarian-matched cosine between the dictionaries of clones of
+    ``factorizer`` fitted on all of ``A`` with ``random_state`` set to each of ``seeds``.
+
+    With the default two seeds this is the matched cosine between two runs; with more, the mean
+    over every pair (1 = the same concepts whatever the seed; higher is better). Factorizers
+    without a random state (PCA) give 1. ``absolute=None`` ignores signs when codes may be
+    negative. Extra keyword arguments of :func:`extraction_metrics` are accepted and ignored.
+    """
+    if not isinstance(factorizer, Factorizer):
+        raise TypeError(f"`factorizer` must be a conceptkit Factorizer; got {type(factorizer).__name__}.")
+    seeds = [check_int(s, "seeds", minimum=0) for s in seeds]
+    if len(seeds) < 2:
+        raise ValueError(f"`seeds` needs at least 2 seeds to compare runs; got {seeds}.")
+    A = check_matrix(A, "A", min_rows=2)
+    if absolute is None:
+        absolute = not factorizer.nonnegative_codes
+    dictionaries = [clone(factorizer).set_params(random_state=s).fit(A).components_
+                    for s in tqdm(seeds, desc="seed stability", disable=not progress)]
+    return float(np.mean([matched_cosine(a, b, absolute=absolute)
+                          for a, b in itertools.combinations(dictionaries, 2)]))
+
+
 @dataclass(frozen=True)
 class Metric:
     """One extraction metric: its function, direction and what it is computed from.
@@ -209,6 +250,16 @@ class Metric:
     def __call__(self, *args, **kwargs) -> float:
         return self.func(*args, **kwargs)
 
+    def evaluate(self, A: Any, A_hat: Any, U: Any, factorizer: Factorizer,
+                 **refit_kwargs: Any) -> float:
+        """The metric from what it may need: activations ``A``, their reconstruction ``A_hat``,
+        the codes ``U`` and the factorizer (``refit_kwargs`` go to refit metrics only)."""
+        if self.inputs == "reconstruction":
+            return self.func(A, A_hat)
+        if self.inputs == "codes":
+            return self.func(U)
+        return self.func(factorizer, A, **refit_kwargs)
+
 
 EXTRACTION_METRICS: dict[str, Metric] = {
     "relative_l2": Metric("relative_l2", relative_l2, False, "reconstruction"),
@@ -216,6 +267,8 @@ EXTRACTION_METRICS: dict[str, Metric] = {
     "hoyer": Metric("hoyer", hoyer, True, "codes"),
     "frechet_distance": Metric("frechet_distance", frechet_distance, False, "reconstruction"),
     "stability": Metric("stability", stability, True, "refit"),
+    "dead_codes": Metric("dead_codes", dead_codes, False, "codes"),
+    "seed_stability": Metric("seed_stability", seed_stability, True, "refit"),
 }
 
 
@@ -240,14 +293,7 @@ def extraction_metrics(factorizer: Factorizer, A: np.ndarray | torch.Tensor, met
         check_choice(name, "metrics", list(EXTRACTION_METRICS))
     U = factorizer.transform(A)
     A_hat = factorizer.inverse_transform(U)
-    results = {}
-    for name in names:
-        metric = EXTRACTION_METRICS[name]
-        if metric.inputs == "reconstruction":
-            results[name] = metric(A, A_hat)
-        elif metric.inputs == "codes":
-            results[name] = metric(U)
-        else:
-            results[name] = metric(factorizer, A, n_bootstrap=n_bootstrap, subset=subset,
-                                   seed=seed, progress=progress)
-    return results
+    return {name: EXTRACTION_METRICS[name].evaluate(A, A_hat, U, factorizer,
+                                                    n_bootstrap=n_bootstrap, subset=subset,
+                                                    seed=seed, progress=progress)
+            for name in names}

@@ -9,6 +9,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from .._deprecation import renamed_arguments
 from .._validation import check_float, check_images, check_int, close_names, make_rng
 
 
@@ -65,14 +66,17 @@ def _square(image: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(image, [size, size]).clamp(0.0, 1.0)
 
 
-def sample_photos(size: int | None = None, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+@renamed_arguments(size="image_size")
+def sample_photos(image_size: int | None = None,
+                  names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Photos bundled with scikit-image and scikit-learn, loaded offline.
 
     Parameters
     ----------
-    size : int, optional
-        If given, each photo's shorter side is resized to ``size`` and the centre square kept, so
-        every photo is ``(3, size, size)``; otherwise photos keep their own size.
+    image_size : int, optional
+        If given, each photo's shorter side is resized to ``image_size`` and the centre square
+        kept, so every photo is ``(3, image_size, image_size)``; otherwise photos keep their own
+        size.
     names : sequence of str, optional
         Which photos (default all of ``PHOTO_NAMES``: chelsea, coffee, astronaut, rocket,
         motorcycle, brick, grass, gravel, china, flower). Grayscale textures come back as RGB.
@@ -82,8 +86,7 @@ def sample_photos(size: int | None = None, names: Sequence[str] | None = None) -
     dict
         Name → float tensor ``(3, H, W)`` in [0, 1].
     """
-    if size is not None:
-        size = check_int(size, "size", minimum=8)
+    size = None if image_size is None else check_int(image_size, "image_size", minimum=8)
     if names is None:
         names = PHOTO_NAMES
     elif isinstance(names, str):
@@ -101,7 +104,8 @@ def sample_photos(size: int | None = None, names: Sequence[str] | None = None) -
     return photos
 
 
-def photo_views(photo: torch.Tensor, n_views: int, size: int = 224, seed: int = 0,
+@renamed_arguments(size="image_size")
+def photo_views(photo: torch.Tensor, n_views: int, image_size: int = 224, seed: int = 0,
                 scale: tuple[float, float] = (0.25, 1.0), jitter: float = 0.1) -> torch.Tensor:
     """Random augmented views of one photo: the image set for explaining a model on a photo.
 
@@ -115,7 +119,7 @@ def photo_views(photo: torch.Tensor, n_views: int, size: int = 224, seed: int = 
         ``(3, H, W)`` float in [0, 1].
     n_views : int
         Number of views.
-    size : int
+    image_size : int
         Side of the square views.
     seed : int
         Seed: the same seed gives identical views.
@@ -123,14 +127,14 @@ def photo_views(photo: torch.Tensor, n_views: int, size: int = 224, seed: int = 
     Returns
     -------
     torch.Tensor
-        ``(n_views, 3, size, size)`` float in [0, 1].
+        ``(n_views, 3, image_size, image_size)`` float in [0, 1].
     """
     if not isinstance(photo, (torch.Tensor, np.ndarray)) or photo.ndim != 3:
         shape = tuple(photo.shape) if hasattr(photo, "shape") else type(photo).__name__
         raise ValueError(f"`photo` must be one image (3, H, W); got {shape}.")
     photo = check_images(photo[None], "photo", channels=3, min_size=2)[0]
     n_views = check_int(n_views, "n_views", minimum=1)
-    size = check_int(size, "size", minimum=8)
+    size = check_int(image_size, "image_size", minimum=8)
     jitter = check_float(jitter, "jitter", minimum=0.0, maximum=1.0)
     if (not isinstance(scale, (tuple, list)) or len(scale) != 2
             or not 0 < float(scale[0]) <= float(scale[1]) <= 1):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._validation import check_int
-from ..io import load_file
+from ..io import load_file, loading
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "reference_cnn.safetensors"
 WEIGHTS_KIND = "reference_cnn"
@@ -94,8 +94,9 @@ def reference_model(pretrained: bool = True, path: str | os.PathLike | None = No
     if not pretrained:
         return ReferenceCNN().eval()
     state, meta = _load(path)
-    model = ReferenceCNN(**meta["architecture"])
-    model.load_state_dict(state, strict=True)
+    with loading(path or WEIGHTS_PATH, "reference CNN weights file", also=(RuntimeError,)):
+        model = ReferenceCNN(**meta["architecture"])
+        model.load_state_dict(state, strict=True)
     return model.eval()
 
 

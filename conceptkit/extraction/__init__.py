@@ -1,23 +1,16 @@
 """Activation extraction: split a model into ``g`` and ``h``, collect activations at a layer,
 and cut images into the inputs of concept methods (crops, positions, segments)."""
 
-from ._decompose import ACE_GREY, CropSet, PositionSet, SegmentSet, crops, positions, segments
-from ._extractor import (
-    ActivationExtractor,
-    TokenHead,
-    expected_in_channels,
-    extract,
-    infer_prefix_tokens,
-    maps_to_tokens,
-    tokens_to_maps,
-)
-from ._layers import get_layer, layer_names
+from .._deprecation import module_getattr
+from ._decompose import CropSet, PositionSet, SegmentSet, crops, positions, segments
+from ._extractor import ActivationExtractor, extract
+from ._heads import select_output
+from ._layers import layer_names
 from ._provenance import Provenance
 from ._split import CutError, check_split, split_model
-from ._store import ActivationStore, finalize_store, write_chunks, write_store
+from ._store import ActivationStore, write_store
 
 __all__ = [
-    "ACE_GREY",
     "ActivationExtractor",
     "ActivationStore",
     "CropSet",
@@ -25,20 +18,26 @@ __all__ = [
     "PositionSet",
     "Provenance",
     "SegmentSet",
-    "TokenHead",
     "check_split",
     "crops",
-    "expected_in_channels",
     "extract",
-    "finalize_store",
-    "get_layer",
-    "infer_prefix_tokens",
     "layer_names",
-    "maps_to_tokens",
     "positions",
     "segments",
+    "select_output",
     "split_model",
-    "tokens_to_maps",
-    "write_chunks",
     "write_store",
 ]
+
+# plumbing that left the face in 0.2 (still importable from its private module)
+__getattr__ = module_getattr(__name__, {
+    "ACE_GREY": ("conceptkit.extraction._decompose", "ACE_GREY"),
+    "TokenHead": ("conceptkit.extraction._extractor", "TokenHead"),
+    "expected_in_channels": ("conceptkit.extraction._extractor", "expected_in_channels"),
+    "infer_prefix_tokens": ("conceptkit.extraction._extractor", "infer_prefix_tokens"),
+    "maps_to_tokens": ("conceptkit.extraction._extractor", "maps_to_tokens"),
+    "tokens_to_maps": ("conceptkit.extraction._extractor", "tokens_to_maps"),
+    "get_layer": ("conceptkit.extraction._layers", "get_layer"),
+    "write_chunks": ("conceptkit.extraction._store", "write_chunks"),
+    "finalize_store": ("conceptkit.extraction._store", "finalize_store"),
+})

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments, warn_deprecated
 from .._validation import all_finite, check_float, check_images, check_int, describe
 from ._provenance import Provenance
 
@@ -31,7 +32,8 @@ def _pair(size: int | Sequence[int] | None, name: str) -> tuple[int, int] | None
 
 @dataclass
 class CropSet:
-    """Square patches of a batch of images, resized to ``output_size`` on demand.
+    """Square patches of a batch of images, resized to ``image_size`` (the size of the images
+    the model then sees) on demand.
 
     Crops are produced batch by batch (:meth:`iter_batches`) so that thousands of 224-px crops
     never sit in memory at once; :attr:`images` materialises all of them.
@@ -41,20 +43,20 @@ class CropSet:
     provenance: Provenance
     patch_size: int
     stride: int
-    output_size: tuple[int, int]
+    image_size: tuple[int, int]
 
     def __len__(self) -> int:
         return len(self.provenance)
 
     def batch(self, rows: np.ndarray) -> torch.Tensor:
-        """Resized crops ``(len(rows), C, *output_size)`` for the given row indices."""
+        """Resized crops ``(len(rows), C, *image_size)`` for the given row indices."""
         boxes = self.provenance.boxes[rows]
         ids = self.provenance.image_ids[rows]
         patches = torch.stack([self.source[i, :, y0:y1, x0:x1]
                                for i, (y0, x0, y1, x1) in zip(ids, boxes)])
-        if tuple(patches.shape[-2:]) == self.output_size:
+        if tuple(patches.shape[-2:]) == self.image_size:
             return patches
-        return F.interpolate(patches, size=self.output_size, mode="bilinear", align_corners=False)
+        return F.interpolate(patches, size=self.image_size, mode="bilinear", align_corners=False)
 
     def iter_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for start in range(0, len(self), batch_size):
@@ -67,12 +69,19 @@ class CropSet:
 
     @property
     def images(self) -> torch.Tensor:
-        """All crops ``(M, C, *output_size)`` (memory: M·C·H·W floats)."""
+        """All crops ``(M, C, *image_size)`` (memory: M·C·H·W floats)."""
         return self.batch(np.arange(len(self)))
 
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """Deprecated name of :attr:`image_size`."""
+        warn_deprecated(f"{type(self).__name__}.output_size", "image_size")
+        return self.image_size
 
+
+@renamed_arguments(output_size="image_size")
 def crops(images: torch.Tensor, patch_size: int, stride: int | None = None,
-          output_size: int | Sequence[int] | None = None) -> CropSet:
+          image_size: int | Sequence[int] | None = None) -> CropSet:
     """Cut each image into square patches (CRAFT).
 
     Parameters
@@ -84,9 +93,9 @@ def crops(images: torch.Tensor, patch_size: int, stride: int | None = None,
     stride
         Step between patches; default ``int(0.8 * patch_size)`` as in CRAFT. Patches that would
         cross the border are not taken (like ``torch.nn.functional.unfold``).
-    output_size
-        Size the patches are resized to before ``g``; default ``(H, W)`` for square images and
-        ``(min(H, W),) * 2`` otherwise.
+    image_size
+        Size the patches are resized to before ``g`` (an int side or ``(H, W)``); default
+        ``(H, W)`` for square images and ``(min(H, W),) * 2`` otherwise. Was ``output_size``.
 
     Returns
     -------
@@ -100,7 +109,7 @@ def crops(images: torch.Tensor, patch_size: int, stride: int | None = None,
         raise ValueError(f"`patch_size` {patch_size} is larger than the images ({height}x{width}); "
                          f"use at most {min(height, width)}.")
     stride = max(1, int(0.8 * patch_size)) if stride is None else check_int(stride, "stride", minimum=1)
-    out = _pair(output_size, "output_size")
+    out = _pair(image_size, "image_size")
     if out is None:
         out = (height, width) if height == width else (min(height, width),) * 2
     ys = np.arange(0, height - patch_size + 1, stride)
@@ -159,14 +168,14 @@ class SegmentSet:
 
     source: torch.Tensor
     provenance: Provenance
-    output_size: tuple[int, int]
+    image_size: tuple[int, int]
     fill: float
 
     def __len__(self) -> int:
         return len(self.provenance)
 
     def batch(self, rows: np.ndarray) -> torch.Tensor:
-        """Segment patches ``(len(rows), C, *output_size)``: box crop, grey outside the mask.
+        """Segment patches ``(len(rows), C, *image_size)``: box crop, grey outside the mask.
 
         Resizing uses ``torchvision.ops.roi_align`` (bilinear, batched) on the image and on the
         mask, then blends with the fill value, instead of ACE's per-patch PIL bicubic resize.
@@ -182,8 +191,8 @@ class SegmentSet:
                               boxes[:, [1, 0, 3, 2]]], 1)
         rois_mask = torch.cat([torch.arange(len(rows), dtype=self.source.dtype)[:, None],
                                boxes[:, [1, 0, 3, 2]]], 1)
-        pixels = roi_align(self.source, rois_img, self.output_size, 1.0, 2, aligned=True)
-        weight = roi_align(masks, rois_mask, self.output_size, 1.0, 2, aligned=True).clamp(0, 1)
+        pixels = roi_align(self.source, rois_img, self.image_size, 1.0, 2, aligned=True)
+        weight = roi_align(masks, rois_mask, self.image_size, 1.0, 2, aligned=True).clamp(0, 1)
         return pixels * weight + self.fill * (1.0 - weight)
 
     def iter_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
@@ -197,8 +206,14 @@ class SegmentSet:
 
     @property
     def images(self) -> torch.Tensor:
-        """All segment patches ``(M, C, *output_size)``."""
+        """All segment patches ``(M, C, *image_size)``."""
         return self.batch(np.arange(len(self)))
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """Deprecated name of :attr:`image_size`."""
+        warn_deprecated(f"{type(self).__name__}.output_size", "image_size")
+        return self.image_size
 
 
 def _dedupe(masks: np.ndarray, min_area: int, max_jaccard: float) -> list[int]:
@@ -218,9 +233,10 @@ def _dedupe(masks: np.ndarray, min_area: int, max_jaccard: float) -> list[int]:
     return kept
 
 
+@renamed_arguments(output_size="image_size")
 def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
              compactness: float | Sequence[float] = 20.0, sigma: float = 1.0,
-             output_size: int | Sequence[int] | None = None, min_area: float = 0.001,
+             image_size: int | Sequence[int] | None = None, min_area: float = 0.001,
              max_jaccard: float = 0.5, fill: float = ACE_GREY, progress: bool = True) -> SegmentSet:
     """Multi-resolution SLIC superpixels (ACE).
 
@@ -230,8 +246,8 @@ def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
         ``(N, 3, H, W)`` RGB images in [0, 1] (SLIC works in Lab colour space).
     n_segments, compactness, sigma
         SLIC settings per resolution (ACE defaults: 15, 50, 80 segments, compactness 20, σ 1).
-    output_size
-        Size of the segment patches fed to ``g``; default the image size.
+    image_size
+        Size of the segment patches fed to ``g``; default the image size. Was ``output_size``.
     min_area
         Segments with at most this fraction of the image area are dropped (ACE: 0.1 %).
     max_jaccard
@@ -258,7 +274,7 @@ def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
     check_float(min_area, "min_area", minimum=0.0, maximum=1.0)
     check_float(max_jaccard, "max_jaccard", minimum=0.0, maximum=1.0)
     n, _, height, width = images.shape
-    out = _pair(output_size, "output_size") or (height, width)
+    out = _pair(image_size, "image_size") or (height, width)
     label_maps = np.zeros((n, len(n_segments), height, width), dtype=np.int16)
     ids, boxes, refs = [], [], []
     pixels = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)

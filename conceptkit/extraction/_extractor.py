@@ -12,13 +12,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
+from .._torchutils import (
+    capture_output,
+    model_device,
+    model_dtype,
+    on_device,
+    preserved_model_state,
+)
 from .._validation import check_choice, check_images, check_int, describe, resolve_device
-from ._layers import get_layer
-
-
-class _Stop(Exception):
-    """Raised by our hook to skip the rest of the forward pass once the layer has run."""
+from ._layers import get_layer, unwrap_model
+from ._sizes import is_size_error, too_small_error
 
 
 def expected_in_channels(model: nn.Module) -> int | None:
@@ -164,6 +167,7 @@ class ActivationExtractor:
                  preprocess: Any = None):
         self.layer, self._module = get_layer(model, layer)
         self.model = model
+        self._inner = unwrap_model(model)[0]  # DataParallel / torch.compile: run what they wrap
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.device = None if device is None else resolve_device(device)
         self.progress = bool(progress)
@@ -231,38 +235,36 @@ class ActivationExtractor:
                              f"weights first (model.to_empty(device='cpu') and load_state_dict).")
         dtype = model_dtype(self.model)
         outputs: list[torch.Tensor] = []
-        captured: list[Any] = []
         self._prefix_batches = []
         self.prefix_ = None
-
-        def hook(_module, _inputs, output):
-            captured.append(output)
-            raise _Stop
-
         with preserved_model_state(self.model), on_device(self.model, device):
-            handle = self._module.register_forward_hook(hook)
-            try:
-                context = torch.enable_grad() if self.grad else torch.no_grad()
-                with context:
-                    for batch in tqdm(batches, total=total, disable=not self.progress,
-                                      desc=f"activations @ {self.layer}", leave=False):
-                        batch = self._check_batch(batch, channels, finite)
-                        if self.preprocess is not None:
-                            batch = self.preprocess(batch)
-                        captured.clear()
-                        try:
-                            self.model(batch.to(device=device, dtype=dtype))
-                        except _Stop:
-                            pass
-                        if not captured:
-                            raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
-                                               f"forward pass of {type(self.model).__name__}.")
-                        act = self._to_layout(self._select(captured[0]), batch.shape[0])
-                        if self.reduce == "mean" and act.ndim > 2:
-                            act = act.mean(dim=tuple(range(2, act.ndim)))
-                        outputs.append(act if self.grad else act.detach().to(self.output_device))
-            finally:
-                handle.remove()
+            context = torch.enable_grad() if self.grad else torch.no_grad()
+            with context:
+                for batch in tqdm(batches, total=total, disable=not self.progress,
+                                  desc=f"activations @ {self.layer}", leave=False):
+                    batch = self._check_batch(batch, channels, finite)
+                    if self.preprocess is not None:
+                        batch = self.preprocess(batch)
+
+                    def run(x: torch.Tensor) -> Any:
+                        return capture_output(self._inner, self._module,
+                                              x.to(device=device, dtype=dtype))
+
+                    try:
+                        output = run(batch)
+                    except Exception as err:
+                        if is_size_error(err):
+                            raise too_small_error(
+                                err, run, batch, "inputs", f"{type(self._inner).__name__} up to "
+                                f"`layer` {self.layer!r}") from err
+                        raise
+                    if output is None:
+                        raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
+                                           f"forward pass of {type(self.model).__name__}.")
+                    act = self._to_layout(self._select(output), batch.shape[0])
+                    if self.reduce == "mean" and act.ndim > 2:
+                        act = act.mean(dim=tuple(range(2, act.ndim)))
+                    outputs.append(act if self.grad else act.detach().to(self.output_device))
         if not outputs:
             raise ValueError("`inputs` is empty: no images to extract activations from.")
         if self._prefix_batches:  # the CLS/register tokens dropped from token maps, (N, P, C)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 KINDS = ("crop", "position", "segment", "image")
+_MAX_SIDE = 1 << 16  # a loaded provenance declaring larger images is damaged
 
 
 @dataclass
@@ -107,7 +108,44 @@ class Provenance:
             return None if value is None else np.asarray(value)
 
         grid = info.get("grid")
-        return cls(kind=info["kind"], image_ids=get("image_ids"), boxes=get("boxes"),
-                   source_size=tuple(info["source_size"]), cells=get("cells"),
-                   grid=None if grid is None else tuple(grid), label_maps=get("label_maps"),
-                   segment_refs=get("segment_refs"), extra=dict(info.get("extra") or {}))
+        result = cls(kind=info["kind"], image_ids=get("image_ids"), boxes=get("boxes"),
+                     source_size=tuple(info["source_size"]), cells=get("cells"),
+                     grid=None if grid is None else tuple(grid), label_maps=get("label_maps"),
+                     segment_refs=get("segment_refs"), extra=dict(info.get("extra") or {}))
+        result._check_state()
+        return result
+
+    def _check_state(self) -> None:
+        """Refuse a rebuilt provenance whose parts disagree (what a loaded file declares must
+        fit the arrays it holds: masks are allocated from ``source_size``)."""
+        height, width = self.source_size
+        n = len(self)
+        problems = []
+        if not (0 < height <= _MAX_SIDE and 0 < width <= _MAX_SIDE):
+            problems.append(f"source_size {self.source_size} outside [1, {_MAX_SIDE}]")
+        boxes = self.boxes
+        if boxes.shape != (n, 4) or (n and (
+                (boxes[:, :2] < 0).any() or (boxes[:, 2:] < boxes[:, :2]).any()
+                or (boxes[:, 2] > height).any() or (boxes[:, 3] > width).any())):
+            problems.append("boxes outside the source images")
+        if n and self.image_ids.min() < 0:
+            problems.append("negative image ids")
+        if self.label_maps is not None:
+            maps, refs = self.label_maps, self.segment_refs
+            if maps.ndim != 4 or tuple(maps.shape[2:]) != (height, width):
+                problems.append(f"label maps {maps.shape} for images of {self.source_size}")
+            elif (refs is None or refs.shape != (n, 2)
+                  or (n and ((refs < 0).any() or (refs[:, 0] >= maps.shape[1]).any()
+                             or self.image_ids.max() >= maps.shape[0]))):
+                problems.append("segment references outside the label maps")
+        if self.grid is not None:
+            grid = tuple(int(g) for g in self.grid)
+            cells = self.cells
+            if len(grid) != 2 or not all(0 < g <= _MAX_SIDE for g in grid):
+                problems.append(f"grid {self.grid}")
+            elif cells is not None and (cells.shape != (n, 2) or (n and (
+                    (cells < 0).any() or (cells[:, 0] >= grid[0]).any()
+                    or (cells[:, 1] >= grid[1]).any()))):
+                problems.append("cells outside the grid")
+        if problems:
+            raise ValueError("inconsistent provenance: " + "; ".join(problems))

@@ -24,9 +24,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .._torchutils import preserved_model_state
+from .._torchutils import capture_output, preserved_model_state
 from .._validation import describe
-from ._layers import get_layer
+from ._heads import guard_input
+from ._layers import get_layer, unwrap_model
+from ._sizes import is_size_error, too_small_error
 
 
 class CutError(ValueError):
@@ -75,24 +77,28 @@ def _timm_tracer_options() -> tuple[list[type], list[Any]]:
 
 
 class _CutTracer(fx.Tracer):
-    def __init__(self, layer_module: nn.Module, extra_leaves: list[type], autowrap: list[Any]):
+    def __init__(self, leaves: tuple[nn.Module, ...], extra_leaves: list[type], autowrap: list[Any]):
         super().__init__(autowrap_functions=tuple(autowrap))
-        self._layer_module = layer_module
+        self._leaves = leaves
         self._extra_leaves = tuple(extra_leaves)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if m is self._layer_module:
+        if any(m is leaf for leaf in self._leaves):
             return True
         if self._extra_leaves and isinstance(m, self._extra_leaves):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
+class NotInGraph(CutError):
+    """A module to cut at is not called exactly once in the traced graph."""
+
+
 def _depends_on_input(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
     """Whether ``node`` depends on the model input (the first placeholder).
 
     Further placeholders are optional forward arguments with defaults (timm's ``attn_mask``);
-    they are copied into ``h`` as optional arguments too.
+    they are copied into the cut as optional arguments too.
     """
     if node in memo:
         return memo[node]
@@ -109,82 +115,106 @@ def _depends_on_input(node: fx.Node, memo: dict[fx.Node, bool]) -> bool:
     return result
 
 
-def _fx_split(model: nn.Module, layer: str, layer_module: nn.Module) -> tuple[nn.Module, nn.Module]:
-    leaves, autowrap = _timm_tracer_options()
-    tracer = _CutTracer(layer_module, leaves, autowrap)
-    graph = tracer.trace(model)
+def _call_node(graph: fx.Graph, name: str, model: nn.Module) -> fx.Node:
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == name]
+    if not calls:
+        raise NotInGraph(f"`layer` {name!r} is never called in {type(model).__name__}.forward, so "
+                         f"the model cannot be cut there.")
+    if len(calls) > 1:
+        raise NotInGraph(f"`layer` {name!r} is called {len(calls)} times in "
+                         f"{type(model).__name__}.forward (a shared/reused layer); there is no "
+                         f"single point to cut. Choose a layer that is used once.")
+    return calls[0]
+
+
+def graph_cuts(model: nn.Module, cuts: list[tuple[str | None, str | None]]) -> list[fx.GraphModule]:
+    """Parts of ``model`` cut from its torch.fx graph: one per ``(start, end)`` pair.
+
+    A part runs from the output of module ``start`` (``None``: the model input) to the output of
+    module ``end`` (``None``: the model output); every node between the two in the graph's order
+    is kept. The model is traced once, with every named module kept as a leaf. Values computed
+    before ``start`` that do not depend on the input (parameters, buffers, values derived from
+    them, optional forward arguments) are recomputed in the part.
+
+    Raises
+    ------
+    NotInGraph
+        A named module is not called exactly once in the graph (a :class:`CutError`).
+    CutError
+        A value computed from the input before ``start`` is used in the part: a skip connection
+        crosses ``start``. Exceptions of the tracer itself (untraceable models) propagate.
+    """
+    names = list(dict.fromkeys(n for pair in cuts for n in pair if n is not None))
+    extra, autowrap = _timm_tracer_options()
+    leaves = tuple(get_layer(model, name)[1] for name in names)
+    graph = _CutTracer(leaves, extra, autowrap).trace(model)
     nodes = list(graph.nodes)
-    cut_nodes = [n for n in nodes if n.op == "call_module" and n.target == layer]
-    if not cut_nodes:
-        raise CutError(f"`layer` {layer!r} is never called in {type(model).__name__}.forward, so the "
-                       f"model cannot be cut there.")
-    if len(cut_nodes) > 1:
-        raise CutError(f"`layer` {layer!r} is called {len(cut_nodes)} times in "
-                       f"{type(model).__name__}.forward (a shared/reused layer); there is no single "
-                       f"point to cut. Choose a layer that is used once.")
-    cut = cut_nodes[0]
-    position = nodes.index(cut)
-    before, after = nodes[:position + 1], nodes[position + 1:]
-    before_set = set(before)
-    memo: dict[fx.Node, bool] = {}
-    crossing = []
-    constants = []
-    for node in after:
-        for arg in node.all_input_nodes:
-            if arg in before_set and arg is not cut:
-                if _depends_on_input(arg, memo):
-                    crossing.append((arg, node))
-                elif arg not in constants:
-                    constants.append(arg)
-    if crossing:
-        value, user = crossing[0]
-        raise CutError(
-            f"`layer` {layer!r} is not a valid cut of {type(model).__name__}: the value {value.name!r} "
-            f"(computed before the layer) is used after it by {user.name!r} — a skip connection or "
-            f"other path crosses the layer, so h cannot be computed from the layer's activations "
-            f"alone. Cut at the output of the enclosing block instead (e.g. the residual block "
-            f"that contains {layer!r})."
-        )
-    if any(n.op == "output" for n in before):
-        raise CutError(f"`layer` {layer!r} comes after the model output; nothing to cut.")
+    position = {node: i for i, node in enumerate(nodes)}
+    at = {name: _call_node(graph, name, model) for name in names}
+    parts = []
+    for start, end in cuts:
+        begin = position[at[start]] + 1 if start is not None else 0
+        stop = position[at[end]] + 1 if end is not None else len(nodes)
+        if stop <= begin:
+            raise CutError(f"`layer` {start!r} runs after {end!r} in {type(model).__name__}.forward; "
+                           f"there is nothing to cut between them.")
+        parts.append(_part(model, nodes, nodes[begin:stop], at.get(start), at.get(end), start, end))
+    return parts
 
-    g_graph = fx.Graph()
+
+def _part(model: nn.Module, nodes: list[fx.Node], part: list[fx.Node], start: fx.Node | None,
+          end: fx.Node | None, start_name: str | None, end_name: str | None) -> fx.GraphModule:
+    graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    for node in before:
-        env[node] = g_graph.node_copy(node, lambda n: env[n])
-    g_graph.output(env[cut])
+    if start is not None:
+        env[start] = graph.placeholder("activations")
+        before = set(nodes[:nodes.index(start)])
+        memo: dict[fx.Node, bool] = {}
+        constants: list[fx.Node] = []
+        for node in part:
+            for arg in node.all_input_nodes:
+                if arg not in before:
+                    continue
+                if _depends_on_input(arg, memo):
+                    where = "" if end_name is None else f" on the way to {end_name!r}"
+                    after = "h" if end_name is None else repr(end_name)
+                    raise CutError(
+                        f"`layer` {start_name!r} is not a valid cut of {type(model).__name__}"
+                        f"{where}: the value {arg.name!r} (computed before the layer) is used after "
+                        f"it by {node.name!r} — a skip connection or other path crosses the layer, "
+                        f"so {after} cannot be computed from the layer's activations alone. "
+                        f"Cut at the output of the enclosing block instead (e.g. the residual block "
+                        f"that contains {start_name!r}).")
+                if arg not in constants:
+                    constants.append(arg)
+        needed: list[fx.Node] = []
 
-    h_graph = fx.Graph()
-    env_h: dict[fx.Node, fx.Node] = {cut: h_graph.placeholder("activations")}
-    # Constants computed before the cut (parameters, buffers, derived values) are recomputed in h.
-    needed: list[fx.Node] = []
+        def collect(node: fx.Node) -> None:
+            if node in env or node in needed:
+                return
+            for arg in node.all_input_nodes:
+                collect(arg)
+            needed.append(node)
 
-    def collect(node: fx.Node) -> None:
-        if node in env_h or node in needed:
-            return
-        for arg in node.all_input_nodes:
-            collect(arg)
-        needed.append(node)
+        for node in constants:
+            collect(node)
+        for node in needed:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    for node in part:
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    if end is not None:
+        graph.output(env[end])
+    role = "G" if start is None else "H" if end is None else "Part"
+    return fx.GraphModule(model, graph, class_name=role)
 
-    for node in constants:
-        collect(node)
-    for node in needed:
-        env_h[node] = h_graph.node_copy(node, lambda n: env_h[n])
-    for node in after:
-        env_h[node] = h_graph.node_copy(node, lambda n: env_h[n])
 
-    g = fx.GraphModule(model, g_graph, class_name="G")
-    h = fx.GraphModule(model, h_graph, class_name="H")
-    return g, h
+def _fx_split(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
+    return tuple(graph_cuts(model, [(None, layer), (layer, None)]))
 
 
 # ---------------------------------------------------------------------------------------------
 # Strategy 3: replay with hooks (generic fallback)
 # ---------------------------------------------------------------------------------------------
-
-class _Stop(Exception):
-    pass
-
 
 class ReplayG(nn.Module):
     """Run ``model`` until ``layer`` and return its output (the rest of the forward is skipped)."""
@@ -197,23 +227,11 @@ class ReplayG(nn.Module):
         self.input_shape: tuple[int, ...] | None = None
 
     def forward(self, x: torch.Tensor) -> Any:
-        captured: list[Any] = []
-
-        def hook(_module, _inputs, output):
-            captured.append(output)
-            raise _Stop
-
-        handle = self._layer_module[0].register_forward_hook(hook)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
+        output = capture_output(self.model, self._layer_module[0], x)
+        if output is None:
             raise CutError(f"`layer` {self.layer!r} was not called during the forward pass.")
         self.input_shape = tuple(x.shape[1:])
-        return captured[0]
+        return output
 
 
 class ReplayH(nn.Module):
@@ -271,7 +289,7 @@ def _close(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torch.Tensor | None = None,
-                strategy: str = "auto") -> tuple[nn.Module, nn.Module]:
+                strategy: str = "auto", input_name: str = "example_input") -> tuple[nn.Module, nn.Module]:
     """Split ``model`` at ``layer`` into ``g`` and ``h`` with ``h(g(x)) == model(x)``.
 
     Parameters
@@ -287,6 +305,8 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     strategy
         ``"auto"`` (default: sequential, then torch.fx graph cut, then replay), or one of
         ``"sequential"``, ``"fx"``, ``"replay"``.
+    input_name
+        How errors about ``example_input`` name it (the pipeline passes ``"images"``).
 
     Returns
     -------
@@ -302,6 +322,7 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     if strategy not in ("auto", "sequential", "fx", "replay"):
         raise ValueError(f"`strategy` must be 'auto', 'sequential', 'fx' or 'replay'; got {strategy!r}.")
     layer_name, layer_module = get_layer(model, layer)
+    model = unwrap_model(model)[0]  # DataParallel / DDP / torch.compile compute what they wrap
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError("`example_input` must be a torch.Tensor batch of model inputs.")
 
@@ -314,7 +335,7 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
                                f"containers; use strategy='auto'.")
         if result is None and strategy in ("auto", "fx"):
             try:
-                result = _fx_split(model, layer_name, layer_module)
+                result = _fx_split(model, layer_name)
             except CutError:
                 raise
             except Exception as err:  # noqa: BLE001 - untraceable models fall back to replay
@@ -327,20 +348,29 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
             result = (g, ReplayH(model, layer_name, layer_module, g, shape))
 
     g, h = result
+    # h must never write into the activations it is given (an in-place ReLU right after the
+    # cut would clip them); the replay runs the whole model, whose functional calls are unseen
+    h = guard_input(h, always=isinstance(h, ReplayH))
     g.split_layer = layer_name  # type: ignore[attr-defined]
     h.split_layer = layer_name  # type: ignore[attr-defined]
     if example_input is not None:
-        check_split(model, g, h, example_input, name="example_input")
+        check_split(model, g, h, example_input, name=input_name)
     return g, h
 
 
 def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
-                atol: float = 1e-5, rtol: float = 1e-4, *, name: str = "x") -> float:
-    """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError."""
+                atol: float | None = None, rtol: float | None = None, *, name: str = "x") -> float:
+    """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError.
+
+    The tolerances default to ``atol=1e-5, rtol=1e-4``, and ``1e-2`` each for float16 and
+    bfloat16 outputs.
+    """
     with preserved_model_state(model), torch.no_grad():
         try:
             expected = model(x)
         except Exception as err:  # a user's model failing on the example: say which input
+            if is_size_error(err):
+                raise too_small_error(err, model, x, name, type(model).__name__) from err
             raise ValueError(f"`{name}` of {describe(x)} cannot be run through "
                              f"{type(model).__name__}: {type(err).__name__}: {err}") from err
         got = h(g(x))
@@ -348,6 +378,12 @@ def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
         expected, got = expected[0], got[0]
     if not isinstance(expected, torch.Tensor):
         return 0.0
+    half = expected.dtype in (torch.float16, torch.bfloat16)
+    atol = (1e-2 if half else 1e-5) if atol is None else atol
+    rtol = (1e-2 if half else 1e-4) if rtol is None else rtol
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        raise CutError(f"the split does not reproduce the model: h(g(x)) gives {describe(got)}, "
+                       f"model(x) a tensor of shape {tuple(expected.shape)}.")
     diff = float((expected - got).abs().max()) if expected.numel() else 0.0
     if not torch.allclose(expected, got, atol=atol, rtol=rtol):
         raise CutError(f"the split does not reproduce the model: max |h(g(x)) - model(x)| = {diff:.3g}.")

@@ -1,268 +1,245 @@
-"""An on-disk activation store: fixed-size chunks plus a JSON manifest.
+"""Writing an activation store: the fingerprinted manifest, exclusive temporary files, chunks.
 
-Layout of a store directory::
-
-    manifest.json          {"format": "conceptkit-activation-store", "version": 1, "n_inputs",
-                            "chunk_size", "n_chunks", "layout", "n_features", "dtype",
-                            "chunks": [{"index", "file", "rows", "inputs": [start, stop]}, ...]}
-    chunk-000000.npy       rows of inputs [0, chunk_size)
-    chunk-000001.npy       ...
-
-Chunk ``i`` always holds the activations of inputs ``[i·chunk_size, (i+1)·chunk_size)``, so a
-chunk's content does not depend on who wrote it or when: a rerun after a crash skips every chunk
-file that exists and recomputes only the missing ones, and shards written by several processes
-merge into the same store a single process would write. Each chunk is written to a temporary
-name and renamed when complete (an atomic rename), so a killed run never leaves a half-written
-chunk under a final name. Chunks are plain ``.npy`` files read with ``allow_pickle=False`` and
-memory-mapped, so reading never executes code and never loads the whole store into memory.
+See :mod:`conceptkit.extraction._store_read` for the layout and the guarantees; this module is
+also the one import path for everything about stores (it re-exports the reading side).
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import math
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int
+from ..io import write_atomic
+from ._fingerprint import extractor_identity, inputs_identity
+from ._store_read import (
+    _CHUNK,
+    _FIELDS,
+    LAYOUTS,
+    MANIFEST,
+    STORE_FORMAT,
+    STORE_VERSION,
+    ActivationStore,
+    StorePlan,
+    _check_chunk_file,
+    chunk_name,
+    manifest_digest,
+    read_manifest,
+    shard_chunks,
+    slice_inputs,
+    to_layout,
+)
 
-STORE_FORMAT = "conceptkit-activation-store"
-STORE_VERSION = 1
-LAYOUTS = ("pooled", "positions", "maps")
-
-
-def chunk_name(index: int) -> str:
-    return f"chunk-{index:06d}.npy"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+__all__ = ["LAYOUTS", "MANIFEST", "STORE_FORMAT", "STORE_VERSION", "ActivationStore", "StorePlan",
+           "chunk_name", "clear_store", "finalize_store", "manifest_digest", "prepare_store",
+           "read_manifest", "shard_chunks", "slice_inputs", "to_layout", "write_chunks",
+           "write_store"]
 
 
-def to_layout(activations: torch.Tensor, layout: str) -> np.ndarray:
-    """Rows to store: ``pooled`` ``(n, C)``, ``positions`` ``(n·h·w, C)``, ``maps`` as is."""
-    if layout == "maps" or activations.ndim == 2:
-        return activations.detach().cpu().numpy()
-    if layout == "pooled":
-        return activations.mean(dim=tuple(range(2, activations.ndim))).detach().cpu().numpy()
-    n, c = activations.shape[:2]
-    return activations.reshape(n, c, -1).transpose(1, 2).reshape(-1, c).detach().cpu().numpy()
+def _write_file(target: Path, write: Callable[[BinaryIO], None], *, store: Path,
+                exclusive: bool = False) -> bool:
+    """:func:`conceptkit.io.write_atomic` with errors that name the store."""
+    return write_atomic(target, write, exclusive=exclusive,
+                        where=f"{target.name!r} into the activation store {str(store)!r}")
 
 
-@dataclass
-class StorePlan:
-    """Which inputs go into which chunk."""
-
-    n_inputs: int
-    chunk_size: int
-
-    @property
-    def n_chunks(self) -> int:
-        return math.ceil(self.n_inputs / self.chunk_size)
-
-    def inputs(self, index: int) -> tuple[int, int]:
-        start = index * self.chunk_size
-        return start, min(start + self.chunk_size, self.n_inputs)
-
-
-class ActivationStore:
-    """Read access to a store directory written by :func:`write_store`."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        manifest = self.path / "manifest.json"
-        if not manifest.exists():
-            raise FileNotFoundError(f"`path` {str(self.path)!r} is not an activation store "
-                                    f"(no manifest.json).")
-        try:
-            self.manifest = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"`path` {str(self.path)!r}: manifest.json is corrupted.") from err
-        if (not isinstance(self.manifest, dict) or self.manifest.get("format") != STORE_FORMAT
-                or self.manifest.get("version") != STORE_VERSION):
-            raise ValueError(f"`path` {str(self.path)!r}: not a version-{STORE_VERSION} activation store.")
-        _check_manifest(self.path, self.manifest)
-        missing = [c["file"] for c in self.manifest["chunks"] if not (self.path / c["file"]).exists()]
-        if missing or len(self.manifest["chunks"]) != self.manifest["n_chunks"]:
-            raise ValueError(f"`path` {str(self.path)!r} is incomplete: missing chunks "
-                             f"{missing[:5] or 'in manifest'}; rerun the extraction to finish it.")
-
-    @property
-    def n_rows(self) -> int:
-        """Total number of stored rows."""
-        return int(sum(c["rows"] for c in self.manifest["chunks"]))
-
-    @property
-    def n_features(self) -> int:
-        return int(self.manifest["n_features"])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.n_rows, self.n_features
-
-    def __len__(self) -> int:
-        return self.n_rows
-
-    def chunk(self, index: int) -> np.ndarray:
-        """Chunk ``index`` as a read-only memory-mapped array (no pickle)."""
-        entry = self.manifest["chunks"][index]
-        try:
-            array = np.load(self.path / entry["file"], mmap_mode="r", allow_pickle=False)
-        except Exception as err:  # noqa: BLE001 - numpy's parser fails in many ways on a bad header
-            raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is damaged or not a "
-                             f"plain numeric array ({err}); delete it and rerun the extraction to "
-                             f"recompute it.") from err
-        features = int(array.shape[1]) if array.ndim >= 2 else 1
-        if (array.shape[0] != entry["rows"] or features != self.n_features
-                or array.dtype.kind not in "biuf"):
-            raise ValueError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
-                             f"shape {array.shape} and dtype {array.dtype}, but the manifest declares "
-                             f"{entry['rows']} rows of {self.n_features} features; delete the chunk "
-                             f"and rerun the extraction.")
-        return array
-
-    def iter_chunks(self, progress: bool = False) -> Iterator[np.ndarray]:
-        """Every chunk in order, memory-mapped."""
-        for index in tqdm(range(len(self.manifest["chunks"])), disable=not progress,
-                          desc="store chunks", leave=False):
-            yield self.chunk(index)
-
-    def iter_batches(self, batch_rows: int, progress: bool = False) -> Iterator[np.ndarray]:
-        """Row blocks of at most ``batch_rows`` rows, crossing chunk boundaries."""
-        batch_rows = check_int(batch_rows, "batch_rows", minimum=1)
-        pending: list[np.ndarray] = []
-        count = 0
-        for chunk in self.iter_chunks(progress):
-            start = 0
-            while start < chunk.shape[0]:
-                take = min(batch_rows - count, chunk.shape[0] - start)
-                pending.append(np.asarray(chunk[start:start + take]))
-                count += take
-                start += take
-                if count == batch_rows:
-                    yield np.concatenate(pending)
-                    pending, count = [], 0
-        if pending:
-            yield np.concatenate(pending)
-
-    def read(self) -> np.ndarray:
-        """All rows in memory (only for stores that fit)."""
-        return np.concatenate([np.asarray(c) for c in self.iter_chunks()])
-
-
-def _check_manifest(path: Path, manifest: dict) -> None:
-    """Refuse manifests whose entries are malformed or point outside the store directory."""
-    chunks = manifest.get("chunks")
-    ok = (isinstance(chunks, list) and isinstance(manifest.get("n_chunks"), int)
-          and isinstance(manifest.get("n_features"), int))
-    for entry in chunks if ok else []:
-        file = entry.get("file") if isinstance(entry, dict) else None
-        if (not isinstance(file, str) or Path(file).name != file or file in ("", ".", "..")
-                or not isinstance(entry.get("rows"), int)):
-            ok = False
-            break
-    if not ok:
-        raise ValueError(f"`path` {str(path)!r}: manifest.json is corrupted (malformed chunk list).")
-
-
-def shard_chunks(n_chunks: int, rank: int, world_size: int) -> list[int]:
-    """The chunk indices rank ``rank`` of ``world_size`` computes (round robin)."""
-    return [i for i in range(n_chunks) if i % world_size == rank]
+def _save_npy(target: Path, array: np.ndarray, store: Path) -> None:
+    _write_file(target, lambda fh: np.save(fh, array, allow_pickle=False), store=store)
 
 
 def _manifest(plan: StorePlan, layout: str, n_features: int, dtype: str, chunks: list[dict],
-              meta: dict) -> dict:
+              meta: dict, fingerprint: dict) -> dict:
     return {"format": STORE_FORMAT, "version": STORE_VERSION, "n_inputs": plan.n_inputs,
             "chunk_size": plan.chunk_size, "n_chunks": plan.n_chunks, "layout": layout,
-            "n_features": n_features, "dtype": dtype, "chunks": chunks, "meta": meta}
+            "n_features": n_features, "dtype": dtype, "fingerprint": fingerprint,
+            "chunks": chunks, "meta": meta}
+
+
+def _write_manifest(path: Path, manifest: dict, *, exclusive: bool = False) -> bool:
+    manifest = {**manifest, "digest": manifest_digest(manifest)}
+    data = json.dumps(manifest, indent=1).encode()
+    return _write_file(path / MANIFEST, lambda fh: fh.write(data), store=path, exclusive=exclusive)
+
+
+def _differences(old: Any, new: dict) -> list[str]:
+    if not isinstance(old, dict):
+        return ["everything (the store was written without a fingerprint)"]
+    keys = [key for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)]
+    out = []
+    for key in keys:
+        name = _FIELDS.get(key, key)
+        if isinstance(new.get(key), int) or key in ("layer", "layout", "model_dtype"):
+            out.append(f"{name} ({old.get(key)!r} in the store, {new.get(key)!r} now)")
+        else:
+            out.append(name)
+    return out
+
+
+def _stale(path: Path, why: str) -> ValueError:
+    return ValueError(f"`path` {str(path)!r} already holds {why}; its chunks cannot be reused. "
+                      f"Pass overwrite=True (on the command line --overwrite) to replace the "
+                      f"store, or choose another directory.")
+
+
+def clear_store(path: str | os.PathLike) -> None:
+    """Delete a store's own files (manifest, chunks, temporary files); nothing else."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    for item in path.iterdir():
+        name = item.name
+        ours = (name == MANIFEST or _CHUNK.fullmatch(name) is not None
+                or (name.endswith(".tmp") and (name.startswith(".chunk-")
+                                               or name.startswith(f".{MANIFEST}."))))
+        if ours and (item.is_symlink() or item.is_file()):
+            item.unlink()
+
+
+def prepare_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
+                  fingerprint: dict | None = None, overwrite: bool = False) -> dict:
+    """Create the store directory and its pending manifest, or check the existing one.
+
+    Returns the full fingerprint. A directory that holds chunks of another extraction (another
+    fingerprint, or chunks without a manifest) is refused unless ``overwrite`` is true, in which
+    case the store's own files are deleted first.
+    """
+    check_choice(layout, "layout", LAYOUTS)
+    plan = StorePlan(check_int(n_inputs, "n_inputs", minimum=1),
+                     check_int(chunk_size, "chunk_size", minimum=1))
+    if fingerprint is not None and not isinstance(fingerprint, dict):
+        raise TypeError(f"`fingerprint` must be a dict of JSON values; got {type(fingerprint).__name__}.")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"`path` {str(path)!r} is a file; an activation store is a "
+                                 f"directory. Choose a directory name.")
+    full = {**(fingerprint or {}), "n_inputs": plan.n_inputs, "chunk_size": plan.chunk_size,
+            "layout": layout}
+    full = json.loads(json.dumps(full))  # compare what a manifest stores (lists, not tuples)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot create the activation store {str(path)!r}: "
+                      f"{err.strerror or err}") from err
+    if overwrite:
+        clear_store(path)
+    pending = _manifest(plan, layout, 0, "float32", [], {}, full)
+    for _ in range(3):  # another writer may replace the manifest between our steps
+        try:
+            existing = read_manifest(path)
+        except ValueError as err:
+            raise _stale(path, f"a damaged store ({err})") from err
+        if existing is not None:
+            old = existing.get("fingerprint")
+            if old != full:
+                raise _stale(path, "the activation store of another extraction (it differs in "
+                             + ", ".join(_differences(old, full)) + ")")
+            return full
+        if any(_CHUNK.fullmatch(item.name) for item in path.iterdir()):
+            raise _stale(path, "chunk files without a manifest (their origin is unknown)")
+        if _write_manifest(path, pending, exclusive=True):
+            return full
+    raise OSError(errno.EBUSY, f"the activation store {str(path)!r} keeps changing while it is "
+                  f"being prepared; is another extraction writing it?")
 
 
 def write_chunks(compute: Callable[[int, int], torch.Tensor], n_inputs: int, path: str | os.PathLike,
                  *, chunk_size: int = 1024, layout: str = "pooled", indices: list[int] | None = None,
-                 progress: bool = True) -> list[int]:
+                 progress: bool = True, fingerprint: dict | None = None,
+                 overwrite: bool = False) -> list[int]:
     """Compute and write the chunks of ``indices`` (default all) that do not exist yet.
 
     ``compute(start, stop)`` returns the activations of inputs ``[start, stop)``. Returns the
     indices of the chunks this call computed (the rest already existed and were skipped).
+    ``fingerprint`` (a dict of JSON values) identifies what ``compute`` computes; with the
+    number of inputs, the chunk size and the layout it is recorded in the manifest, and a store
+    with another fingerprint is refused unless ``overwrite`` is true (see :func:`prepare_store`).
     """
-    check_choice(layout, "layout", LAYOUTS)
-    plan = StorePlan(check_int(n_inputs, "n_inputs", minimum=1), check_int(chunk_size, "chunk_size", minimum=1))
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout, fingerprint=fingerprint,
+                  overwrite=overwrite)
+    plan = StorePlan(n_inputs, chunk_size)
     todo = list(range(plan.n_chunks)) if indices is None else list(indices)
     written = []
     for index in tqdm(todo, disable=not progress, desc="store chunks", leave=False):
         target = path / chunk_name(index)
+        _check_chunk_file(path, target)
         if target.exists():
             continue
         start, stop = plan.inputs(index)
         rows = to_layout(compute(start, stop), layout)
-        _atomic_save_npy(target, np.ascontiguousarray(rows))
+        _save_npy(target, np.ascontiguousarray(rows), path)
         written.append(index)
     return written
 
 
 def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
-                   meta: dict | None = None) -> ActivationStore:
-    """Write ``manifest.json`` once every chunk exists (reads only the chunks' headers)."""
-    plan = StorePlan(n_inputs, chunk_size)
+                   meta: dict | None = None, fingerprint: dict | None = None) -> ActivationStore:
+    """Write ``manifest.json`` once every chunk exists (reads only the chunks' headers).
+
+    The fingerprint recorded by :func:`write_chunks` is kept; ``fingerprint``, when given, must
+    match it, and so must ``n_inputs``, ``chunk_size`` and ``layout``.
+    """
     path = Path(path)
+    full = prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout,
+                         fingerprint=fingerprint if fingerprint is not None else
+                         _recorded(path))
+    plan = StorePlan(n_inputs, chunk_size)
     chunks, n_features, dtype = [], None, None
     for index in range(plan.n_chunks):
         file = path / chunk_name(index)
+        _check_chunk_file(path, file)
         if not file.exists():
             raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} is missing.")
         array = np.load(file, mmap_mode="r", allow_pickle=False)
-        n_features = int(array.shape[1]) if array.ndim >= 2 else 1
-        dtype = str(array.dtype)
+        features = int(array.shape[1]) if array.ndim >= 2 else 1
+        if (n_features, dtype) not in ((None, None), (features, str(array.dtype))):
+            raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} holds {features} "
+                             f"features of {array.dtype}, the chunks before it {n_features} of "
+                             f"{dtype}.")
+        n_features, dtype = features, str(array.dtype)
         chunks.append({"index": index, "file": file.name, "rows": int(array.shape[0]),
                        "inputs": list(plan.inputs(index))})
-    manifest = _manifest(plan, layout, n_features or 0, dtype or "float32", chunks, meta or {})
-    _atomic_write_bytes(path / "manifest.json", json.dumps(manifest, indent=1).encode())
+    manifest = _manifest(plan, layout, n_features or 0, dtype or "float32", chunks, meta or {}, full)
+    _write_manifest(path, manifest)
     return ActivationStore(path)
 
 
-def slice_inputs(inputs: Any, start: int, stop: int) -> torch.Tensor:
-    """Images ``[start, stop)`` of a tensor or of a Dataset yielding images or (image, ...)."""
-    if isinstance(inputs, (torch.Tensor, np.ndarray)):
-        return torch.as_tensor(inputs[start:stop])
-    items = [inputs[i] for i in range(start, stop)]
-    return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+def _recorded(path: Path) -> dict | None:
+    """The fingerprint recorded in a store's manifest, less the structural fields."""
+    manifest = read_manifest(path) if path.is_dir() else None
+    recorded = manifest.get("fingerprint") if manifest else None
+    if not isinstance(recorded, dict):
+        return None
+    return {k: v for k, v in recorded.items() if k not in ("n_inputs", "chunk_size", "layout")}
 
 
 def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_size: int = 1024,
-                layout: str = "pooled", progress: bool = True, meta: dict | None = None) -> ActivationStore:
+                layout: str = "pooled", progress: bool = True, meta: dict | None = None,
+                overwrite: bool = False) -> ActivationStore:
     """Extract activations of ``inputs`` chunk by chunk into a resumable store at ``path``.
 
     ``extractor`` is an :class:`ActivationExtractor` (or any callable ``images -> activations``);
     ``inputs`` is a tensor ``(N, C, H, W)`` or anything indexable by slices with a length (a
-    Dataset of images). Rerunning after an interruption computes only the missing chunks.
+    Dataset of images). Rerunning after an interruption computes only the missing chunks; a
+    rerun with another model, layer, preprocessing, inputs, ``N``, ``chunk_size`` or ``layout``
+    is refused (the manifest's fingerprint differs) unless ``overwrite`` is true, which replaces
+    the store. A Dataset is identified by its ``fingerprint`` attribute when it has one, else by
+    its type, length and first, middle and last items.
     """
     n = len(inputs)
+    fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
 
     def compute(start: int, stop: int) -> torch.Tensor:
         return extractor(slice_inputs(inputs, start, stop))
 
-    write_chunks(compute, n, path, chunk_size=chunk_size, layout=layout, progress=progress)
+    write_chunks(compute, n, path, chunk_size=chunk_size, layout=layout, progress=progress,
+                 fingerprint=fingerprint, overwrite=overwrite)
     return finalize_store(path, n, chunk_size=chunk_size, layout=layout, meta=meta)

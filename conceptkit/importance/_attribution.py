@@ -88,9 +88,9 @@ def occlusion(problem: ConceptProblem, seeds: Seeds) -> MethodOutput:
     return MethodOutput(y[:, :1] - y[:, 1:], {})
 
 
-def rise(problem: ConceptProblem, seeds: Seeds, n_masks: int = 1000,
+def rise(problem: ConceptProblem, seeds: Seeds, n_samples: int = 1000,
          probability: float = 0.5) -> MethodOutput:
-    """RISE on concepts with a centred score, independent binary masks per input.
+    """RISE on concepts with a centred score, ``n_samples`` independent binary masks per input.
 
     Each concept is kept with ``probability`` ``p``. The standard RISE saliency ``E[y m_j] / p``
     is reduced by its value for an uninformative concept, ``E[y]``, and scaled by ``1 / (1 - p)``;
@@ -100,14 +100,14 @@ def rise(problem: ConceptProblem, seeds: Seeds, n_masks: int = 1000,
     """
     k = problem.n_concepts
     out = np.empty((problem.n_inputs, k))
-    for group in input_groups(problem.n_inputs, n_masks * k * 8):
-        masks = np.stack([(seeds.input_rng(i).random((n_masks, k)) < probability)
+    for group in input_groups(problem.n_inputs, n_samples * k * 8):
+        masks = np.stack([(seeds.input_rng(i).random((n_samples, k)) < probability)
                           for i in group]).astype(np.float64)
         y = problem.scores(masks, group, desc="rise")
         centred = y - y.mean(axis=1, keepdims=True)
         out[group] = np.einsum("im,imk->ik", centred, masks) / (
-            n_masks * probability * (1.0 - probability))
-    return MethodOutput(out, {"n_masks": n_masks, "probability": probability})
+            n_samples * probability * (1.0 - probability))
+    return MethodOutput(out, {"n_samples": n_samples, "probability": probability})
 
 
 def closed_form(problem: ConceptProblem, seeds: Seeds) -> MethodOutput:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .._deprecation import warn_deprecated
 from .._validation import check_choice, check_float, check_int, describe
 from ._attribution import (
     MethodOutput,
@@ -22,7 +23,13 @@ from ._attribution import (
     rise,
 )
 from ._design import check_sampler, replicated_design
-from ._engine import DEFAULT_MEMORY_BUDGET, ConceptProblem, model_guard, prepare_problem
+from ._engine import (
+    DEFAULT_MEMORY_BUDGET,
+    SCORES,
+    ConceptProblem,
+    model_guard,
+    prepare_problem,
+)
 from ._estimators import check_estimator, estimate
 from ._fastpath import fit_affine
 
@@ -115,6 +122,9 @@ def _sobol(problem: ConceptProblem, seeds: Seeds, *, n_designs: int, estimator: 
 class _Method:
     run: Callable[..., MethodOutput]
     options: dict                     # extra keyword arguments and their checks
+    residual: bool = False            # default of ``residual`` (see concept_importance)
+    score: str = "logit"              # default of ``score``
+    renamed: dict = field(default_factory=dict)  # old option name -> new (warns, for 0.2)
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -139,7 +149,11 @@ METHODS: dict[str, _Method] = {
     "gradient_input": _Method(gradient_input, {}),
     "integrated_gradients": _Method(integrated_gradients, {"steps": _check_positive_int}),
     "occlusion": _Method(occlusion, {}),
-    "rise": _Method(rise, {"n_masks": _check_positive_int, "probability": _check_open_unit}),
+    # Image-level concept ablation: occlusion of one concept at every position of the real
+    # activation (residual kept), read as the drop of the class probability.
+    "ablation": _Method(occlusion, {}, residual=True, score="probability"),
+    "rise": _Method(rise, {"n_samples": _check_positive_int, "probability": _check_open_unit},
+                    renamed={"n_masks": "n_samples"}),
 }
 
 
@@ -169,7 +183,8 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
                        memory_budget: int = DEFAULT_MEMORY_BUDGET,
                        seed: int | np.random.Generator | None = None, device: Any = None,
                        confidence: float | None = 0.95, progress: bool = True,
-                       context: Any = None, **method_kwargs: Any) -> ConceptImportance:
+                       context: Any = None, residual: bool | None = None,
+                       score: str | None = None, **method_kwargs: Any) -> ConceptImportance:
     """Importance of each concept of ``bank`` for class ``class_id`` of the head ``h``.
 
     Only ``h`` runs, on reconstructions ``(U ⊙ m) · W`` of the class's activations, where
@@ -192,7 +207,11 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     method : str
         ``"sobol"`` (total Sobol index, default), ``"closed_form"`` (exact total index of an
         affine ``h``), ``"gradient_input"``, ``"integrated_gradients"`` (kwarg ``steps=50``),
-        ``"occlusion"`` or ``"rise"`` (kwargs ``n_masks=1000``, ``probability=0.5``).
+        ``"occlusion"``, ``"rise"`` (kwargs ``n_samples=1000`` masks, ``probability=0.5``) or
+        ``"ablation"``: image-level concept ablation, the drop of the class probability when
+        concept ``j``'s contribution ``u_j w_j`` is removed from every position of each
+        input's real activation (occlusion with ``residual=True, score="probability"``; signed:
+        a concept whose removal raises the class probability gets a negative importance).
     n_designs, estimator, sampler, shared_design, fast_path
         Sobol settings (ignored by other methods). ``n_designs`` base points per input (a power
         of two for Sobol' samplers). ``shared_design=False`` scrambles an independent design per
@@ -216,6 +235,15 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     context : tensor of shape (n, ...) or None
         An extra per-input argument: ``h`` is then called as ``h(activations, context)`` with
         each input's own entry (a ViT's CLS/register tokens, which are not decomposed).
+    residual : bool or None
+        Keep each input's reconstruction residual ``A - U W``: ``h`` then sees
+        ``(U ⊙ m) W + (A - U W)``, which is the real activation when no concept is masked, so
+        only the masked concepts' contributions change. False: ``h`` sees ``(U ⊙ m) W`` (CRAFT).
+        None: the method's default (True for ``"ablation"``, False otherwise).
+    score : {"logit", "probability"} or None
+        Read the class logit or the class softmax probability (sigmoid for one output) from
+        ``h``. None: the method's default (``"probability"`` for ``"ablation"``, the logit
+        otherwise). The exact fast path and ``"closed_form"`` need the logit of an affine head.
 
     Returns
     -------
@@ -223,6 +251,13 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     """
     check_choice(method, "method", METHODS)
     entry = METHODS[method]
+    for old, new in entry.renamed.items():
+        if old in method_kwargs:
+            if new in method_kwargs:
+                raise TypeError(f"got both `{old}` (its deprecated name) and `{new}` for "
+                                f"method={method!r}; pass only `{new}`.")
+            warn_deprecated(f"the {method!r} option `{old}` of concept_importance()", f"`{new}`")
+            method_kwargs[new] = method_kwargs.pop(old)
     unknown = sorted(set(method_kwargs) - set(entry.options))
     if unknown:
         accepted = ", ".join(entry.options) or "none"
@@ -239,14 +274,20 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     if confidence is not None:
         confidence = _check_open_unit(confidence, "confidence")
     seed = _check_seed(seed)
+    residual = entry.residual if residual is None else residual
+    if not isinstance(residual, bool):
+        raise TypeError(f"`residual` must be True, False or None; got {describe(residual)}.")
+    score = entry.score if score is None else check_choice(score, "score", SCORES)
     with model_guard(h, device):
         problem = prepare_problem(h, activations, bank, class_id, device=device,
                                   batch_size=batch_size, memory_budget=memory_budget,
-                                  progress=progress, context=context)
+                                  progress=progress, context=context, residual=residual,
+                                  score=score)
         result = entry.run(problem, Seeds(seed), **options)
     low, high = _interval(result.per_input, confidence)
     params = {"seed": seed, "confidence": confidence, "n_inputs": problem.n_inputs,
-              "n_concepts": problem.n_concepts, **result.info}
+              "n_concepts": problem.n_concepts, "residual": residual, "score": score,
+              **result.info}
     return ConceptImportance(per_input=result.per_input, importances=result.per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method=method, class_id=problem.class_id,
                              params=params)

@@ -3,6 +3,15 @@
 This is the only place that calls ``h`` for concept importance and the concept metrics. Codes
 are kept as ``(n, P, k)`` with ``P`` the number of spatial positions (``P = 1`` for 2-D cuts); a
 mask value multiplies a concept's code at every position, as in CRAFT.
+
+Two settings change what ``h`` sees and what is read from it:
+
+- ``residual=True`` adds each input's reconstruction residual ``R = A - U W`` back, so the head
+  sees ``(U ⊙ m) W + R``: with every mask at 1 that is exactly the real activation ``A``, and
+  masking concept ``j`` removes only its contribution ``u_j w_j`` (image-level concept ablation);
+  without it the head sees the reconstruction ``U W`` only (CRAFT).
+- ``score="probability"`` reads the class's softmax probability (a sigmoid for one output)
+  instead of its logit: the quantity the model's measured reliance on a part is defined with.
 """
 
 from __future__ import annotations
@@ -18,9 +27,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
-from .._validation import all_finite, check_int, describe, resolve_device
+from .._validation import (
+    all_finite,
+    check_choice,
+    check_int,
+    check_not_meta,
+    describe,
+    resolve_device,
+)
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
+#: What is read from ``h``'s output: the class logit or the class probability.
+SCORES = ("logit", "probability")
 _NON_FINITE_HEAD = ("`h` returned NaN or Inf values on concept-masked reconstructions of the "
                     "activations; the importances would be NaN. Check `h` (e.g. a log or division "
                     "of an activation that masking can drive to 0).")
@@ -31,6 +49,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(x)}.")
+    check_not_meta(x, name)
     return x.detach()
 
 
@@ -54,6 +73,9 @@ class ConceptProblem:
     progress: bool
     # Per-input extra argument of ``h`` (e.g. a ViT's CLS/register tokens): ``h(acts, context)``.
     context: torch.Tensor | None = None
+    # (n, P, C) activations minus their reconstruction, added back when set (``residual=True``).
+    residual: torch.Tensor | None = None
+    score: str = "logit"
 
     @property
     def n_inputs(self) -> int:
@@ -67,19 +89,31 @@ class ConceptProblem:
     def device(self) -> torch.device:
         return self.codes.device
 
-    def reconstruct(self, rows: torch.Tensor) -> torch.Tensor:
-        """Activations ``(R, C, *spatial)`` from codes ``(R, P, k)``."""
+    def reconstruct(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Activations ``(R, C, *spatial)`` from codes ``(R, P, k)`` of inputs ``inputs`` (plus
+        their residual when the problem keeps it)."""
         # One GEMM (R P, k) @ (k, C); viewed as (R, C, h, w) the result is channels_last.
-        out = torch.matmul(rows, self.components).transpose(1, 2)
+        out = torch.matmul(rows, self.components)
+        if self.residual is not None:
+            out = out + self.residual[inputs]
+        out = out.transpose(1, 2)
         return out.reshape(rows.shape[0], self.components.shape[1], *self.spatial)
+
+    def read_score(self, logits: torch.Tensor) -> torch.Tensor:
+        """The class score of ``h``'s output ``(R, n_classes)``: logit or probability."""
+        if self.score == "logit":
+            return logits[:, self.class_id]
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits[:, 0])
+        return torch.softmax(logits, dim=1)[:, self.class_id]
 
     def _head(self, rows: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Class scores of reconstructions ``rows`` belonging to inputs ``inputs``."""
         if self.context is None:
-            logits = self.h(self.reconstruct(rows))
+            logits = self.h(self.reconstruct(rows, inputs))
         else:
-            logits = self.h(self.reconstruct(rows), self.context[inputs])
-        return logits[:, self.class_id]
+            logits = self.h(self.reconstruct(rows, inputs), self.context[inputs])
+        return self.read_score(logits)
 
     def _chunks(self, total: int, desc: str) -> Iterator[tuple[int, int]]:
         bar = tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
@@ -178,12 +212,17 @@ def _components(bank: Any) -> torch.Tensor:
 def prepare_problem(h: Any, activations: Any, bank: Any, class_id: Any, *,
                     device: Any = None, batch_size: int | None = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                    progress: bool = True, context: Any = None) -> ConceptProblem:
+                    progress: bool = True, context: Any = None, residual: bool = False,
+                    score: str = "logit") -> ConceptProblem:
     """Validate the inputs of a concept importance or metric call and encode the activations.
 
     Must run inside :func:`model_guard` so that ``h`` is in eval mode. ``context`` (one entry
     per input along axis 0) is passed to ``h`` as a second argument with each input's rows.
+    ``residual`` and ``score``: see the module docstring.
     """
+    check_choice(score, "score", SCORES)
+    if not isinstance(residual, bool):
+        raise TypeError(f"`residual` must be True or False; got {describe(residual)}.")
     if not callable(h):
         raise TypeError(f"`h` must be an nn.Module or a callable mapping activations to logits "
                         f"(n, n_classes); got {describe(h)}.")
@@ -232,23 +271,60 @@ def prepare_problem(h: Any, activations: Any, bank: Any, class_id: Any, *,
             raise ValueError(f"`context` must have one entry per input along axis 0 "
                              f"({acts.shape[0]}); got shape {tuple(context.shape)}.")
         context = context.to(device, dtype if context.is_floating_point() else context.dtype)
+    rest = None
+    if residual:
+        flat = acts.to(device, dtype).reshape(acts.shape[0], n_channels, -1).transpose(1, 2)
+        rest = (flat - torch.matmul(codes, components)).contiguous()
+        if not all_finite(rest):
+            raise ValueError("the reconstruction residual `activations - codes @ components` "
+                             "contains NaN or Inf values; check the bank.")
     problem = ConceptProblem(h=h, module=module, codes=codes, components=components,
                              spatial=spatial, class_id=-1, n_classes=-1, rows_per_chunk=rows,
-                             progress=bool(progress), context=context)
+                             progress=bool(progress), context=context, residual=rest,
+                             score=score)
     problem.n_classes = _probe_head(problem)
     problem.class_id = _check_class(class_id, problem.n_classes)
+    _check_sensitive(problem)
     return problem
 
 
+def _check_sensitive(problem: ConceptProblem, n_probe: int = 8) -> None:
+    """Refuse a problem whose every importance would be exactly 0 (no silent zeros): codes that
+    are all zero, or a class score that removing every concept leaves bit-for-bit unchanged."""
+    active = torch.nonzero(problem.codes.abs().amax(dim=(1, 2)) > 0).flatten()
+    if active.numel() == 0:
+        raise ValueError("`bank.encode(activations)` is zero for every input: no concept is "
+                         "present in these activations, so every importance would be 0. Check "
+                         "that the activations come from the layer the bank was fitted at.")
+    inputs = active[:n_probe].cpu().numpy()
+    k = problem.n_concepts
+    y = problem.scores(np.stack([np.ones(k), np.zeros(k)]), inputs, desc="sensitivity probe")
+    if np.array_equal(y[:, 0], y[:, 1]):
+        raise ValueError(
+            f"the class score of `h` (class {problem.class_id}) is exactly the same with every "
+            f"concept removed from the activations as with all of them (on {len(inputs)} inputs), "
+            "so every importance would be 0: these activations do not reach the output. A "
+            "CLS-pooled transformer explained at its last block is the usual cause (its head "
+            "reads only the CLS token, never the patch tokens); explain at an earlier block.")
+
+
 def _probe_head(problem: ConceptProblem) -> int:
-    sample = problem.reconstruct(problem.codes[:1])
+    sample = problem.reconstruct(problem.codes[:1], torch.zeros(1, dtype=torch.long,
+                                                                device=problem.device))
     try:
         with torch.no_grad():
             out = problem.h(sample) if problem.context is None else problem.h(sample, problem.context[:1])
     except Exception as err:   # a user's head failing on our input: say what we passed
         raise ValueError(f"`h` failed on reconstructed activations of shape "
                          f"{tuple(sample.shape)}: {type(err).__name__}: {err}") from err
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+    if not isinstance(out, torch.Tensor):
+        from ..extraction._heads import describe_output
+
+        raise ValueError(f"`h` (the model after the layer) must return class logits (n, "
+                         f"n_classes), but it returns {describe_output(out)} (the pipeline: "
+                         f"ConceptExplainer(..., output=...); elsewhere: "
+                         f"h = conceptkit.extraction.select_output(h, key)).")
+    if out.ndim != 2 or out.shape[0] != 1:
         raise ValueError(f"`h` must return logits of shape (n, n_classes); for input of shape "
                          f"{tuple(sample.shape)} it returned {describe(out)}.")
     return int(out.shape[1])

@@ -12,7 +12,12 @@ Conventions
 - The variance ``V`` of the output is taken over ``[f(A); f(B)]`` with ``ddof=0`` when ``B`` was
   evaluated (SALib's convention), and over ``f(A)`` with ``ddof=1`` otherwise (CRAFT/xplique).
 - An output whose variance is at rounding level (below ``(16 eps)^2`` times its mean square, with
-  ``eps`` the machine epsilon of the input dtype) is constant: all of its indices are 0.
+  ``eps`` the machine epsilon of the precision the outputs were computed in, float32 for a
+  float32 model even when the values are handed over as float64) is constant: all of its
+  indices are 0.
+- Every index is a ratio of second moments, so ``y`` is first divided by a power of two at least
+  its largest magnitude: outputs around ``1e160`` give the indices of outputs around 1, instead
+  of squares that overflow to Inf.
 """
 
 from __future__ import annotations
@@ -41,10 +46,18 @@ def _eps(dtype: np.dtype) -> float:
         np.finfo(np.float64).eps)
 
 
-def split_outputs(y: np.ndarray, n_vars: int, include_b: bool) -> Outputs:
-    """Split block-ordered outputs ``(..., M)`` into ``A``, ``B``, ``C`` blocks (see module doc)."""
-    eps = _eps(np.asarray(y).dtype)
+def split_outputs(y: np.ndarray, n_vars: int, include_b: bool,
+                  precision: np.dtype | None = None) -> Outputs:
+    """Split block-ordered outputs ``(..., M)`` into ``A``, ``B``, ``C`` blocks (see module doc).
+
+    ``precision``: the dtype the outputs were computed in (default: their own dtype).
+    """
+    eps = _eps(np.dtype(precision) if precision is not None else np.asarray(y).dtype)
     y = np.asarray(y, dtype=np.float64)
+    peak = np.max(np.abs(y), axis=-1, keepdims=True) if y.shape[-1] else np.ones(y.shape[:-1] + (1,))
+    with np.errstate(divide="ignore"):
+        scale = np.where(peak > 0, np.exp2(np.ceil(np.log2(np.where(peak > 0, peak, 1.0)))), 1.0)
+    y = y / scale  # exact (a power of two): the indices are scale-free, the squares now finite
     n_blocks = n_vars + (2 if include_b else 1)
     if y.shape[-1] % n_blocks:
         raise ValueError(f"outputs must have N * {n_blocks} values along the last axis for "
@@ -139,16 +152,18 @@ def check_estimator(order: str, estimator: str) -> Estimator:
     return table[estimator]
 
 
-def estimate(y: np.ndarray, n_vars: int, estimator: Estimator, include_b: bool) -> np.ndarray:
-    """Indices ``(..., d)`` from block-ordered outputs ``(..., M)``; 0 for a constant output."""
-    outputs = split_outputs(y, n_vars, include_b)
+def estimate(y: np.ndarray, n_vars: int, estimator: Estimator, include_b: bool,
+             precision: np.dtype | None = None) -> np.ndarray:
+    """Indices ``(..., d)`` from block-ordered outputs ``(..., M)``; 0 for a constant output
+    (constant up to the rounding of ``precision``, default the outputs' dtype)."""
+    outputs = split_outputs(y, n_vars, include_b, precision)
     indices = estimator(outputs)
     return np.where(outputs.constant, 0.0, indices)
 
 
 def bootstrap_interval(y: np.ndarray, n_vars: int, estimator: Estimator, include_b: bool,
-                       confidence: float, n_bootstrap: int,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                       confidence: float, n_bootstrap: int, rng: np.random.Generator,
+                       precision: np.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of the indices, resampling the base rows ``j`` of the design.
 
     Each resample draws ``N`` base rows with replacement and keeps, for each, its ``A``, ``B`` and
@@ -164,7 +179,7 @@ def bootstrap_interval(y: np.ndarray, n_vars: int, estimator: Estimator, include
     for start in range(0, n_bootstrap, 16):   # 16 resamples at a time bounds the memory
         index = (offsets[None, :, None] + rows[start:start + 16, None, :]).reshape(
             len(rows[start:start + 16]), -1)
-        samples.append(estimate(y[..., index], n_vars, estimator, include_b))
+        samples.append(estimate(y[..., index], n_vars, estimator, include_b, precision))
     samples = np.concatenate(samples, axis=-2)          # (..., n_bootstrap, d)
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(samples, [tail, 1.0 - tail], axis=-2)

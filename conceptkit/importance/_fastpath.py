@@ -29,17 +29,24 @@ N_PROBE_INPUTS = 8
 
 @dataclass(frozen=True)
 class AffineHead:
-    """``y_i(m) = intercept + m @ beta[i]`` for every input ``i``."""
+    """``y_i(m) = intercept[i] + m @ beta[i]`` for every input ``i``.
+
+    The intercept is shared by every input unless the problem keeps the reconstruction residual,
+    which shifts each input's score by a constant of its own.
+    """
 
     beta: np.ndarray       # (n, k) float64
-    intercept: float
+    intercept: np.ndarray  # (n,) float64
+
+    def _intercept(self, inputs: np.ndarray | None) -> np.ndarray:
+        return (self.intercept if inputs is None else self.intercept[inputs])[:, None]
 
     def scores(self, masks: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
         """Class scores ``(n_sel, M)`` for masks ``(M, k)`` or ``(n_sel, M, k)``."""
         beta = self.beta if inputs is None else self.beta[inputs]
         if masks.ndim == 2:
-            return self.intercept + beta @ masks.T
-        return self.intercept + np.einsum("imk,ik->im", masks, beta)
+            return self._intercept(inputs) + beta @ masks.T
+        return self._intercept(inputs) + np.einsum("imk,ik->im", masks, beta)
 
     def design_scores(self, a: np.ndarray, b: np.ndarray, include_b: bool,
                       inputs: np.ndarray | None = None) -> np.ndarray:
@@ -58,7 +65,7 @@ class AffineHead:
         if include_b:
             blocks.append(np.einsum("ink,ik->in", b, beta))
         blocks.append(f_c.reshape(len(beta), -1))
-        return self.intercept + np.concatenate(blocks, axis=-1)
+        return self._intercept(inputs) + np.concatenate(blocks, axis=-1)
 
 
 def _tolerance(problem: ConceptProblem, values: np.ndarray) -> float:
@@ -90,9 +97,9 @@ def _beta_from_gradient(problem: ConceptProblem) -> np.ndarray | None:
     return (problem.codes.double() * grad).sum(1).cpu().numpy()
 
 
-def _beta_from_forward(problem: ConceptProblem, intercept: float) -> np.ndarray:
+def _beta_from_forward(problem: ConceptProblem, intercept: np.ndarray) -> np.ndarray:
     masks = np.eye(problem.n_concepts)
-    return problem.scores(masks, desc="affine coefficients") - intercept
+    return problem.scores(masks, desc="affine coefficients") - intercept[:, None]
 
 
 def fit_affine(problem: ConceptProblem, rng: np.random.Generator) -> AffineHead | None:
@@ -104,7 +111,10 @@ def fit_affine(problem: ConceptProblem, rng: np.random.Generator) -> AffineHead 
     scaled_error = np.abs(y[:, 3] - (scale * y[:, 0] + (1 - scale) * y[:, 4]))
     if max(mixed_error.max(), scaled_error.max()) > tol:
         return None
-    intercept = float(y[:, 4].mean())
+    if problem.residual is None:
+        intercept = np.full(problem.n_inputs, float(y[:, 4].mean()))
+    else:  # each input's residual moves its score by a constant: one pass per input finds it
+        intercept = problem.scores(np.zeros((1, problem.n_concepts)), desc="intercepts")[:, 0]
     beta = _beta_from_gradient(problem)
     for attempt in ("gradient", "forward"):
         if attempt == "forward":

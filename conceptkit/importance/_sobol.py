@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._deprecation import warn_deprecated
 from .._validation import check_choice, check_float, check_int, describe, make_rng, to_numpy
 from ._design import replicated_design, sample_ab
 from ._estimators import ORDERS, bootstrap_interval, check_estimator, estimate
@@ -17,8 +18,7 @@ from ._estimators import ORDERS, bootstrap_interval, check_estimator, estimate
 class SobolResult:
     """Sobol indices with a bootstrap confidence interval.
 
-    Returned by :func:`sobol_indices` when ``confidence`` is given. ``np.asarray(result)`` gives
-    ``result.indices``.
+    Returned by :func:`sobol_indices_with_ci`. ``np.asarray(result)`` gives ``result.indices``.
 
     Attributes
     ----------
@@ -75,14 +75,20 @@ def estimate_sobol(outputs: Any, n_vars: int, *, order: str = "total",
     return estimate(outputs, n_vars, function, include_b)
 
 
-def _evaluate(func: Callable, points: np.ndarray, batch_size: int | None) -> np.ndarray:
+def _evaluate(func: Callable, points: np.ndarray,
+              batch_size: int | None) -> tuple[np.ndarray, np.dtype]:
+    """Outputs (float64) and the precision ``func`` computed them in (its float dtype)."""
     step = len(points) if batch_size is None else batch_size
     values = []
+    precision = np.dtype(np.float64)
     for start in range(0, len(points), step):
         chunk = points[start:start + step]
         out = func(chunk)
         try:
-            out = to_numpy(out).astype(np.float64)
+            out = to_numpy(out)
+            if np.issubdtype(out.dtype, np.floating) and out.dtype.itemsize < precision.itemsize:
+                precision = out.dtype
+            out = out.astype(np.float64)
         except (TypeError, ValueError) as err:
             raise TypeError(f"`func` must return an array of shape ({len(chunk)},); got "
                             f"{describe(out)}.") from err
@@ -92,19 +98,47 @@ def _evaluate(func: Callable, points: np.ndarray, batch_size: int | None) -> np.
         if not np.all(np.isfinite(out)):
             raise ValueError("`func` returned NaN or Inf values.")
         values.append(out)
-    return np.concatenate(values)
+    return np.concatenate(values), precision
+
+
+def _run(func: Callable, n_vars: int, n_designs: int, estimator: str, order: str, sampler: str,
+         seed: Any, batch_size: int | None):
+    """Checks, design, evaluation and point estimates shared by the two public functions."""
+    if not callable(func):
+        raise TypeError(f"`func` must be callable; got {describe(func)}.")
+    n_vars = check_int(n_vars, "n_vars", minimum=1)
+    check_choice(order, "order", ORDERS)
+    function = check_estimator(order, estimator)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+    rng = make_rng(seed)
+    a, b = sample_ab(n_designs, n_vars, sampler, rng)
+    include_b = order == "first"
+    points = replicated_design(a, b, include_b=include_b)
+    outputs, precision = _evaluate(func, points, batch_size)
+    indices = estimate(outputs, n_vars, function, include_b, precision)
+    return indices, outputs, function, include_b, rng, n_vars, precision
+
+
+def _check_interval(confidence: Any, n_bootstrap: Any) -> tuple[float, int]:
+    confidence = check_float(confidence, "confidence", minimum=0.0, maximum=1.0,
+                             strict_minimum=True)
+    if confidence >= 1.0:
+        raise ValueError(f"`confidence` must be < 1; got {confidence}.")
+    return confidence, check_int(n_bootstrap, "n_bootstrap", minimum=2)
 
 
 def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int = 1024,
                   estimator: str = "jansen", order: str = "total", sampler: str = "sobol",
                   seed: int | np.random.Generator | None = None,
                   confidence: float | None = None, n_bootstrap: int = 100,
-                  batch_size: int | None = None) -> np.ndarray | SobolResult:
+                  batch_size: int | None = None) -> np.ndarray:
     """Sobol sensitivity indices of a function of ``n_vars`` independent uniform variables.
 
     ``func`` is evaluated on a replicated design ``[A; (B;) C_1; ...; C_d]``: ``N (d + 1)``
     points for total-order indices (``f(B)`` is never needed there) and ``N (d + 2)`` for
     first-order indices. Inputs on another box are obtained by rescaling inside ``func``.
+    :func:`sobol_indices_with_ci` adds a bootstrap confidence interval.
 
     Parameters
     ----------
@@ -122,10 +156,55 @@ def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int
         A key of :data:`SAMPLERS`: ``"sobol"`` (scrambled, default), ``"sobol_unscrambled"``,
         ``"halton"``, ``"halton_unscrambled"``, ``"lhs"``, ``"random"``.
     seed : int, Generator or None
-        Seeds the scramble and the bootstrap; the same seed gives the same result.
-    confidence : float or None
-        If given (for example 0.95), also compute a percentile bootstrap interval over the base
-        rows (``n_bootstrap`` resamples) and return a :class:`SobolResult`.
+        Seeds the scramble (and the bootstrap); the same seed gives the same result.
+    confidence, n_bootstrap
+        Deprecated (0.2): with ``confidence``, this function returned a :class:`SobolResult`;
+        call :func:`sobol_indices_with_ci` instead.
+    batch_size : int or None
+        Evaluate ``func`` on at most this many points per call (all at once by default).
+
+    Returns
+    -------
+    ndarray of shape (d,)
+    """
+    if confidence is not None:
+        warn_deprecated("sobol_indices(..., confidence=...) (which returned a SobolResult)",
+                        "sobol_indices_with_ci(...), which always returns one")
+        return sobol_indices_with_ci(func, n_vars, n_designs, estimator, order, sampler, seed,
+                                     confidence=confidence, n_bootstrap=n_bootstrap,
+                                     batch_size=batch_size)
+    return _run(func, n_vars, n_designs, estimator, order, sampler, seed, batch_size)[0]
+
+
+def sobol_indices_with_ci(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int = 1024,
+                          estimator: str = "jansen", order: str = "total",
+                          sampler: str = "sobol", seed: int | np.random.Generator | None = None,
+                          *, confidence: float = 0.95, n_bootstrap: int = 100,
+                          batch_size: int | None = None) -> SobolResult:
+    """Sobol indices (as :func:`sobol_indices`) with a percentile bootstrap interval.
+
+    The interval resamples the base rows of the design ``n_bootstrap`` times; the point
+    estimates are those of :func:`sobol_indices` with the same arguments.
+
+    Parameters
+    ----------
+    func : callable
+        Vectorised: maps points ``(M, d)`` in ``[0, 1]^d`` to outputs ``(M,)`` (numpy or torch).
+    n_vars : int
+        Number of variables ``d``.
+    n_designs : int
+        Number ``N`` of base points; a power of two for Sobol' samplers.
+    estimator : str
+        Total order: ``"jansen"`` (default), ``"homma"``, ``"saltelli"``, ``"janon"``, ``"glen"``.
+        First order: ``"saltelli"`` (Saltelli 2010, as SALib) or ``"jansen"``.
+    order : {"total", "first"}
+    sampler : str
+        A key of :data:`SAMPLERS`: ``"sobol"`` (scrambled, default), ``"sobol_unscrambled"``,
+        ``"halton"``, ``"halton_unscrambled"``, ``"lhs"``, ``"random"``.
+    seed : int, Generator or None
+        Seeds the scramble (and the bootstrap); the same seed gives the same result.
+    confidence : float
+        Level of the interval, for example 0.95.
     n_bootstrap : int
         Number of bootstrap resamples.
     batch_size : int or None
@@ -133,29 +212,11 @@ def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int
 
     Returns
     -------
-    ndarray of shape (d,), or :class:`SobolResult` when ``confidence`` is given.
+    SobolResult
     """
-    if not callable(func):
-        raise TypeError(f"`func` must be callable; got {describe(func)}.")
-    n_vars = check_int(n_vars, "n_vars", minimum=1)
-    check_choice(order, "order", ORDERS)
-    function = check_estimator(order, estimator)
-    if confidence is not None:
-        confidence = check_float(confidence, "confidence", minimum=0.0, maximum=1.0,
-                                 strict_minimum=True)
-        if confidence >= 1.0:
-            raise ValueError(f"`confidence` must be < 1; got {confidence}.")
-        n_bootstrap = check_int(n_bootstrap, "n_bootstrap", minimum=2)
-    if batch_size is not None:
-        batch_size = check_int(batch_size, "batch_size", minimum=1)
-    rng = make_rng(seed)
-    a, b = sample_ab(n_designs, n_vars, sampler, rng)
-    include_b = order == "first"
-    points = replicated_design(a, b, include_b=include_b)
-    outputs = _evaluate(func, points, batch_size)
-    indices = estimate(outputs, n_vars, function, include_b)
-    if confidence is None:
-        return indices
+    confidence, n_bootstrap = _check_interval(confidence, n_bootstrap)
+    indices, outputs, function, include_b, rng, n_vars, precision = _run(
+        func, n_vars, n_designs, estimator, order, sampler, seed, batch_size)
     low, high = bootstrap_interval(outputs, n_vars, function, include_b, confidence,
-                                   n_bootstrap, rng)
+                                   n_bootstrap, rng, precision)
     return SobolResult(indices=indices, ci_low=low, ci_high=high, confidence=confidence)

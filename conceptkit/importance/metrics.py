@@ -221,14 +221,15 @@ class CMuFidelity(ConceptMetric):
     ``U(0, 1) > 0.2``). The per-input score is the Spearman correlation between
     ``sum_{j in S} importance_j`` and ``y(u) - y(u without S)`` (0 when either is constant); the
     metric is its mean over inputs. **Higher is better**; exact attributions of an affine head
-    score 1.
+    score 1. ``seed`` draws the subsets (0 by default: the metric of given importances repeats;
+    ``None`` for fresh entropy).
     """
 
     name = "c_mu_fidelity"
     higher_is_better = True
 
     def __init__(self, n_samples: int = 200, subset_fraction: float = 0.2, *,
-                 seed: int | None = None, batch_size: int | None = None,
+                 seed: int | None = 0, batch_size: int | None = None,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, device: Any = None,
                  progress: bool = False, fast_path: bool | str = "auto"):
         super().__init__(batch_size=batch_size, memory_budget=memory_budget, device=device,

@@ -13,7 +13,6 @@ from ._localisation import (
 )
 from ._maps import (
     coefficient_maps,
-    differentiable_codes,
     gradient_maps,
     provenance_maps,
     scale_matched_maps,
@@ -26,7 +25,6 @@ __all__ = [
     "ConceptMatch",
     "choose_map_kind",
     "coefficient_maps",
-    "differentiable_codes",
     "gradient_maps",
     "localisation_table",
     "mask_iou",
@@ -37,3 +35,17 @@ __all__ = [
     "scale_matched_maps",
     "upsample",
 ]
+
+
+def _differentiable_codes(bank, pooled):
+    return bank.encode_differentiable(pooled)
+
+
+def __getattr__(name: str):
+    if name == "differentiable_codes":
+        from .._deprecation import warn_deprecated
+
+        warn_deprecated("conceptkit.maps.differentiable_codes(bank, pooled)",
+                        "bank.encode_differentiable(pooled)")
+        return _differentiable_codes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,11 +27,17 @@ def choose_map_kind(method: str, *, fitted: bool, has_images: bool, tokens: bool
 
     ACE's k-means centroids come from pooled segment patches, so encoding single positions with
     them is not meaningful: its fitted images get their segments' codes painted back
-    (``"provenance"``). CRAFT on a convolutional layer gets ``"scale_matched"`` maps (the image
-    enlarged to the crops' scale); everything else gets ``"coefficient"`` maps.
+    (``"provenance"``). Everything else, CRAFT included, gets ``"coefficient"`` maps.
+
+    Why coefficient maps for CRAFT (issue 13): chosen on the four ground-truth worlds
+    (``benchmarks/eval_ground_truth.py --worlds all``, 3 seeds, BENCHMARKS.md). Scale-matched maps
+    (the image enlarged to the crops' scale) localise the small parts of the shapes world best
+    (pointing game of the best concept on the most relied-on part 0.98 vs 0.80), but they fail on
+    the textures world (0.56 vs 0.99) and cannot run on a fixed-size ViT; coefficient maps have
+    the best mean and the best worst world of the kinds that run everywhere (gradient maps are
+    within noise of them and cost a backward pass per concept). ``kind="scale_matched"`` is still
+    there for images whose parts are much smaller than the crops.
     """
     if method == "ace" and fitted:
         return "provenance"
-    if method == "craft" and not tokens and has_images and patch_size and spatial:
-        return "scale_matched"
     return "coefficient"

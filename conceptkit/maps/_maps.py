@@ -6,7 +6,8 @@ Three kinds of map:
   concept dictionary fixed, ``(N, k, h, w)``, upsampled to the image (CRAFT, ICE);
 * **gradient maps** — Grad-CAM of each image-level concept coefficient with respect to a feature
   map (the layer itself or an earlier one); the coefficient is differentiated implicitly through
-  the non-negative least-squares encoding (see :func:`differentiable_codes`);
+  the non-negative least-squares encoding (see
+  :meth:`~conceptkit.concepts.ConceptBank.encode_differentiable`);
 * **provenance maps** — the codes of the crops / segments / cells a bank was fitted on, painted
   back onto their source images through their provenance.
 """
@@ -20,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._deprecation import renamed_arguments, warn_deprecated
 from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
-from ..extraction import get_layer, infer_prefix_tokens, tokens_to_maps
+from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
+from ..extraction._layers import get_layer, unwrap_model
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -34,22 +37,40 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return x
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``(N, k, h, w)`` maps to ``size`` (bilinear by default, like CRAFT's resize)."""
+@renamed_arguments(size="image_size")
+def upsample(maps: torch.Tensor, image_size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``(N, k, h, w)`` maps to ``image_size`` ``(H, W)`` (bilinear by default, like
+    CRAFT's resize)."""
     check_choice(mode, "mode", ["bilinear", "bicubic", "nearest"])
+    size = image_size
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     return F.interpolate(maps.float(), size=tuple(size), mode=mode, **kwargs)
 
 
-def coefficient_maps(bank: ConceptBank, activations: Any, image_size: Any = None,
+def _is_bank(value: Any) -> bool:
+    return hasattr(value, "encode") and hasattr(value, "components")
+
+
+def _data_then_bank(data: Any, bank: Any, call: str, data_name: str) -> tuple[Any, Any]:
+    """``(data, bank)``, also from the 0.1 order ``(bank, data)`` (with a warning)."""
+    if _is_bank(data) and not _is_bank(bank):
+        warn_deprecated(f"{call}(..., bank, {data_name}) (the 0.1 argument order)",
+                        f"{call}(..., {data_name}, bank): the data comes before the concepts, "
+                        f"as in concept_importance(h, activations, bank)", stacklevel=4)
+        return bank, data
+    return data, bank
+
+
+def coefficient_maps(activations: Any, bank: ConceptBank, image_size: Any = None,
                      mode: str = "bilinear") -> torch.Tensor:
     """Concept coefficient maps ``(N, k, H, W)`` from feature maps ``(N, C, h, w)``.
 
     Every position is encoded with the bank's dictionary fixed (``bank.encode``); the
     ``(N, k, h, w)`` result is upsampled to ``image_size`` (default: left at ``(h, w)``).
     """
+    activations, bank = _data_then_bank(activations, bank, "coefficient_maps", "activations")
     activations = _as_tensor(activations, "activations")
     if activations.ndim != 4:
         raise ValueError(f"`activations` must be feature maps (N, C, h, w); got shape "
@@ -73,28 +94,6 @@ def _image_size(image_size: Any, name: str = "image_size") -> tuple[int, int] | 
     return side, side
 
 
-def differentiable_codes(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor:
-    """Image-level codes ``(N, k)`` of pooled activations ``(N, C)``, differentiable.
-
-    The codes equal ``bank.encode(pooled)``. Their gradient is the implicit gradient of the
-    encoding at its solution: for non-negative codes (NMF-like), the least-squares problem
-    restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained
-    codes, the least-squares pseudo-inverse.
-    """
-    W = bank.components.to(pooled)
-    with torch.no_grad():
-        fixed = torch.as_tensor(bank.encode(pooled.detach().cpu())).to(pooled)
-    if not getattr(bank.factorizer, "nonnegative_codes", False):
-        offset = pooled.detach() - fixed @ W
-        return torch.linalg.lstsq(W.T, (pooled - offset).T).solution.T
-    active = (fixed > 0).to(pooled)
-    gram = W @ W.T
-    eye = torch.eye(W.shape[0], dtype=pooled.dtype, device=pooled.device)
-    system = active[:, :, None] * gram[None] * active[:, None, :] + (1 - active)[:, :, None] * eye
-    rhs = active * (pooled @ W.T)
-    return torch.linalg.solve(system, rhs.unsqueeze(-1)).squeeze(-1)
-
-
 def _as_maps(output: torch.Tensor, n: int, model: nn.Module) -> torch.Tensor:
     """Layer output as feature maps: transformer tokens become patch-token maps."""
     if output.ndim != 3:
@@ -104,7 +103,7 @@ def _as_maps(output: torch.Tensor, n: int, model: nn.Module) -> torch.Tensor:
     return tokens_to_maps(output, infer_prefix_tokens(model, output.shape[1]))
 
 
-def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
+def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
                   map_layer: str | None = None, image_size: Any = None, batch_size: int = 32,
                   preprocess: Any = None, mode: str = "bilinear", device: Any = None) -> torch.Tensor:
     """Grad-CAM maps ``(N, k, H, W)`` of each concept's image-level coefficient.
@@ -115,6 +114,7 @@ def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
     of ``∂u_j/∂F_c``, upsampled to ``image_size`` (default: the image size). ``device``: where
     the model runs (default: where it is; moved back afterwards).
     """
+    images, bank = _data_then_bank(images, bank, "gradient_maps", "images")
     images = check_images(images, "images")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     _, concept_module = get_layer(model, bank.layer, "bank.layer")
@@ -141,10 +141,10 @@ def gradient_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
                 with torch.enable_grad():
                     # the model's dtype, as ActivationExtractor; gradients flow even if frozen
                     batch = batch.detach().to(model_dtype(model)).requires_grad_(True)
-                    model(batch)
+                    unwrap_model(model)[0](batch)  # DataParallel: hooks are on the wrapped model
                     acts = _as_maps(store["concept"], batch.shape[0], model)
                     pooled = acts.mean(dim=tuple(range(2, acts.ndim))) if acts.ndim > 2 else acts
-                    codes = differentiable_codes(bank, pooled.float())
+                    codes = bank.encode_differentiable(pooled.float())
                     raw = store["map"]
                     fmap = _as_maps(raw.detach(), batch.shape[0], model)
                     maps = []
@@ -208,7 +208,7 @@ def provenance_maps(bank: ConceptBank, n_images: int | None = None, reduce: str 
     return torch.from_numpy(total)
 
 
-def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor, zoom: float,
+def scale_matched_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, zoom: float,
                        *, preprocess: Any = None, batch_size: int = 32,
                        mode: str = "bilinear", device: Any = None) -> torch.Tensor:
     """Coefficient maps ``(N, k, H, W)`` computed on the images enlarged ``zoom`` times.
@@ -222,6 +222,7 @@ def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor
     """
     from ..extraction import ActivationExtractor
 
+    images, bank = _data_then_bank(images, bank, "scale_matched_maps", "images")
     images = check_images(images, "images")
     if not np.isfinite(zoom) or zoom <= 0:
         raise ValueError(f"`zoom` must be a positive number; got {zoom}.")
@@ -230,4 +231,4 @@ def scale_matched_maps(model: nn.Module, bank: ConceptBank, images: torch.Tensor
                         mode="bilinear", align_corners=False)
     acts = ActivationExtractor(model, bank.layer, batch_size=batch_size, progress=False,
                                preprocess=preprocess, device=device)(big)
-    return coefficient_maps(bank, acts, (height, width), mode)
+    return coefficient_maps(acts, bank, (height, width), mode)

@@ -71,8 +71,8 @@ def _class_rows(source: ConceptSource, probe: Probe, class_images_only: bool | N
 def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
                   preprocess: Callable | None = None, quantile: Any = "auto",
                   class_images_only: bool | None = None, min_score: float | None = 0.04,
-                  summary: str = "max", n_runner_ups: int = 3, batch_size: int = 64,
-                  progress: bool = False) -> ConceptNames:
+                  summary: str = "max", kind: str = "auto", n_runner_ups: int = 3,
+                  batch_size: int = 64, progress: bool = False) -> ConceptNames:
     """Network Dissection: name each concept after the part whose masks its maps match best.
 
     Parameters
@@ -93,6 +93,11 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
         Below this IoU the concept stays unnamed (0.04, the paper's detector threshold).
     summary : {"max", "mean"}
         Image-level activation used for the trust score (AUC of images with the part vs without).
+    kind : str
+        The concept maps compared with the masks, as ``ClassConcepts.concept_maps(kind=)``:
+        ``"auto"`` (the explanation's default, coefficient maps for CRAFT) or e.g.
+        ``"scale_matched"`` (CRAFT: the probe image enlarged to the crops' scale), which
+        localises parts much smaller than the crops better. A bare bank: coefficient maps.
 
     Returns
     -------
@@ -106,13 +111,13 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
     probe = _class_rows(source, full, class_images_only)
     if min_score is not None:
         min_score = check_float(min_score, "min_score")
-    maps = full_maps = source.maps(full.images)
+    maps = full_maps = source.maps(full.images, kind)
     if probe is not full:
         maps = full_maps[torch.as_tensor(probe.rows)]
     table, used = dissect_scores(maps, probe, quantile)
     # trust: the whole probe, so that images without the part are there to compare with
     summaries = source.summaries(full.images, summary, maps=full_maps)
-    params = {"quantile": used, "n_probe_images": len(probe), "summary": summary,
+    params = {"quantile": used, "n_probe_images": len(probe), "summary": summary, "kind": kind,
               "min_score": min_score, "class_images_only": probe is not full}
     return _table("dissect", table, list(probe.part_names), score_name=SCORES["dissect"],
                   min_score=min_score, n_runner_ups=n_runner_ups, params=params,
@@ -226,7 +231,8 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
     min_score : float, optional
         A concept whose best gain is not above this stays unnamed (0: it pushes no class up).
     """
-    from ..extraction import TokenHead, split_model
+    from ..extraction import split_model
+    from ..extraction._extractor import TokenHead
 
     source = ConceptSource(concepts, model, preprocess=preprocess, batch_size=batch_size,
                            progress=progress)

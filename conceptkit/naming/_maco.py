@@ -14,7 +14,7 @@ square crops (side a random fraction in ``crop_fraction`` of the image), resizes
 model's input, adds Gaussian noise, and takes a NAdam step on ``φ`` that raises the concept's
 coefficient at the layer: the concept's code of the crop's spatially averaged activations —
 exactly how CRAFT codes its crops — differentiated through the non-negative least-squares
-encoding (:func:`conceptkit.maps.differentiable_codes`). Where the concept is inactive (code 0,
+encoding (:meth:`ConceptBank.encode_differentiable <conceptkit.concepts.ConceptBank.encode_differentiable>`). Where the concept is inactive (code 0,
 no gradient: a random start on a real network), the objective is the coefficient it would take
 on the residual instead (:func:`signed_coefficients`), which is negative there and meets the code
 where the concept switches on.
@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state
+from .._torchutils import capture_output, on_device, preserved_model_state
 from .._validation import check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
-from ..extraction import get_layer, infer_prefix_tokens, tokens_to_maps
+from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
+from ..extraction._layers import get_layer
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,14 @@ class ConceptVisualization:
     Attributes
     ----------
     image : torch.Tensor
-        ``(3, size, size)`` in [0, 1].
+        ``(3, image_size, image_size)`` in [0, 1].
     transparency : torch.Tensor
-        ``(size, size)`` in [0, 1]: accumulated gradient magnitude (where the image matters).
+        ``(image_size, image_size)`` in [0, 1]: accumulated gradient magnitude (where the image matters).
     concept : int
     objective : np.ndarray
         ``(steps,)`` the concept's mean coefficient over each step's crops.
     params : dict
-        Settings used (steps, size, crops, noise, learning rate, seed).
+        Settings used (steps, image_size, crops, noise, learning rate, seed).
     """
 
     image: torch.Tensor
@@ -114,9 +115,7 @@ def _pooled(output: Any, n: int, model: nn.Module) -> torch.Tensor:
 def crop_coefficients(model: nn.Module, bank: ConceptBank, crops: torch.Tensor,
                       preprocess: Callable | None = None) -> torch.Tensor:
     """Differentiable codes ``(n, k)`` of crops already at the model's input size."""
-    from ..maps import differentiable_codes
-
-    return differentiable_codes(bank, crop_activations(model, bank.layer, crops, preprocess))
+    return bank.encode_differentiable(crop_activations(model, bank.layer, crops, preprocess))
 
 
 def signed_coefficients(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor:
@@ -128,9 +127,7 @@ def signed_coefficients(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor
     NNLS optimality condition), 0 where the concept is about to become active (so the two pieces
     meet), and differentiable: raising it is what brings the concept in.
     """
-    from ..maps import differentiable_codes
-
-    codes = differentiable_codes(bank, pooled)
+    codes = bank.encode_differentiable(pooled)
     if not getattr(bank.factorizer, "nonnegative_codes", False):
         return codes
     W = bank.components.to(pooled)
@@ -143,24 +140,10 @@ def crop_activations(model: nn.Module, layer: str, crops: torch.Tensor,
                      preprocess: Callable | None = None) -> torch.Tensor:
     """Spatially averaged activations ``(n, C)`` at ``layer`` of crops at the model's input size."""
     _, module = get_layer(model, layer, "bank.layer")
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(_m, _i, output):
-        store["out"] = output
-        raise _Stop
-
-    handle = module.register_forward_hook(keep)
-    try:
-        model(preprocess(crops) if preprocess is not None else crops)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return _pooled(store["out"], crops.shape[0], model).float()
-
-
-class _Stop(Exception):
-    """Ends the forward pass once the layer's output is captured (``h`` is not needed)."""
+    output = capture_output(model, module, preprocess(crops) if preprocess is not None else crops)
+    if output is None:
+        raise ValueError(f"the layer {layer!r} never ran in the model's forward pass.")
+    return _pooled(output, crops.shape[0], model).float()
 
 
 def _random_crops(image: torch.Tensor, n: int, fraction: tuple[float, float], out: int,
@@ -178,10 +161,11 @@ def _random_crops(image: torch.Tensor, n: int, fraction: tuple[float, float], ou
 
 
 def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images: torch.Tensor, *,
-                      steps: int = 256, size: int | None = None, input_size: int | None = None,
-                      n_crops: int = 6, crop_fraction: tuple[float, float] = (0.5, 0.7),
-                      noise: float = 0.05, learning_rate: float = 1.0,
-                      preprocess: Callable | None = None, seed: int = 0,
+                      steps: int = 256, image_size: int | None = None,
+                      input_size: int | None = None, n_crops: int = 6,
+                      crop_fraction: tuple[float, float] = (0.5, 0.7), noise: float = 0.05,
+                      learning_rate: float = 1.0, preprocess: Callable | None = None,
+                      seed: int = 0, device: Any = None,
                       progress: bool = True) -> ConceptVisualization:
     """MACO visualisation of ``concept`` of ``bank`` (see the module notes).
 
@@ -197,7 +181,7 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
         statistics constrain the visualisation.
     steps : int
         Optimisation steps (horama: 1000).
-    size : int, optional
+    image_size : int, optional
         Side of the visualisation in pixels; default ``input_size / mean(crop_fraction)``
         (rounded up to a multiple of 8), so that a crop is about the model's input: the model
         sees the visualisation at its own scale (horama: 1280 px for 224-px inputs). Smaller
@@ -205,14 +189,20 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
     input_size : int, optional
         Side of the model's input the crops are resized to (default: the images' side).
     n_crops, crop_fraction, noise : int, (float, float), float
-        Crops per step, their side as a fraction of ``size``, Gaussian noise std added to them
+        Crops per step, their side as a fraction of ``image_size``, Gaussian noise std added to them
         (horama's defaults: 6, (0.20, 0.25), 0.05).
     learning_rate : float
         NAdam step on the phase (1.0, as horama).
     preprocess : callable, optional
         Input normalisation applied to the crops (images stay in [0, 1]).
     seed : int
-        Seeds the initial phase, the crops and the noise.
+        Seeds the initial phase, the crops and the noise (0 by default: the same concept always
+        gives the same picture).
+    device : str or torch.device, optional
+        Where the optimisation runs (None: where the model is); the model is moved there for the
+        call and back afterwards.
+    progress : bool
+        A tqdm bar over the steps.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
@@ -229,16 +219,26 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
         raise ValueError(f"`crop_fraction` must be a pair (low, high) with 0 < low <= high <= 1; "
                          f"got {crop_fraction!r}.")
     fraction = (float(crop_fraction[0]), float(crop_fraction[1]))
-    if size is None:
-        size = int(np.ceil(input_size / (0.5 * (fraction[0] + fraction[1])) / 8) * 8)
-    size = check_int(size, "size", minimum=8)
+    if image_size is None:
+        image_size = int(np.ceil(input_size / (0.5 * (fraction[0] + fraction[1])) / 8) * 8)
+    size = check_int(image_size, "image_size", minimum=8)
     noise = check_float(noise, "noise", minimum=0.0)
     learning_rate = check_float(learning_rate, "learning_rate", minimum=0.0, strict_minimum=True)
     seed = check_int(seed, "seed", minimum=0)
     if preprocess is not None and not callable(preprocess):
         raise TypeError(f"`preprocess` must be callable; got {describe(preprocess)}.")
 
-    device = model_device(model)
+    with on_device(model, device) as where:
+        return _optimise(model, bank, concept, images, steps=steps, size=size,
+                         input_size=input_size, n_crops=n_crops, fraction=fraction, noise=noise,
+                         learning_rate=learning_rate, preprocess=preprocess, seed=seed,
+                         device=where, progress=progress)
+
+
+def _optimise(model: nn.Module, bank: ConceptBank, concept: int, images: torch.Tensor, *,
+              steps: int, size: int, input_size: int, n_crops: int, fraction: tuple[float, float],
+              noise: float, learning_rate: float, preprocess: Callable | None, seed: int,
+              device: torch.device, progress: bool) -> ConceptVisualization:
     colours = colour_matrix(images.cpu()).to(device)
     magnitude = magnitude_spectrum(images.cpu(), size, colours.cpu()).to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -270,7 +270,7 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
         final = _image(phase.detach(), magnitude, colours, size).cpu()
     peak = float(transparency.max())
     transparency = (transparency / peak if peak > 0 else transparency).cpu()
-    params = {"steps": steps, "size": size, "input_size": input_size, "n_crops": n_crops,
+    params = {"steps": steps, "image_size": size, "input_size": input_size, "n_crops": n_crops,
               "crop_fraction": list(fraction), "noise": noise, "learning_rate": learning_rate,
               "seed": seed, "n_spectrum_images": int(images.shape[0])}
     return ConceptVisualization(final, transparency, concept, history, params)

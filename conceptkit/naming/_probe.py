@@ -171,18 +171,23 @@ class ConceptSource:
         acts = extractor(crop_set)
         return torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).double().numpy()
 
-    def maps(self, images: torch.Tensor) -> torch.Tensor:
-        """Concept maps ``(N, k, H, W)`` at the images' size (the explanation's default kind)."""
+    def maps(self, images: torch.Tensor, kind: str = "auto") -> torch.Tensor:
+        """Concept maps ``(N, k, H, W)`` at the images' size (``kind``: a map kind of
+        ``ClassConcepts.concept_maps``; ``"auto"``: the explanation's default; a bare bank has
+        coefficient maps)."""
         if self.result is not None:
             self.require_model("concept maps of probe images")
-            return self.result.concept_maps(images).float()
+            return self.result.concept_maps(images, kind=kind).float()
+        if kind not in ("auto", "coefficient"):
+            raise ValueError(f"`kind` {kind!r} needs a ClassConcepts; a ConceptBank with its model "
+                             f"gives coefficient maps only (kind='auto' or 'coefficient').")
         from ..maps import coefficient_maps
 
         acts = self.activations(images)
         if acts.ndim != 4:
             raise ValueError(f"concept maps need spatial activations (N, C, h, w) at layer "
                              f"{self.bank.layer!r}; got shape {tuple(acts.shape)}.")
-        return coefficient_maps(self.bank, acts, tuple(images.shape[-2:])).float()
+        return coefficient_maps(acts, self.bank, tuple(images.shape[-2:])).float()
 
     def summaries(self, images: torch.Tensor, summary: str = "mean",
                   maps: torch.Tensor | None = None) -> np.ndarray:
@@ -198,7 +203,7 @@ class ConceptSource:
                 else:
                     from ..maps import coefficient_maps
 
-                    maps = coefficient_maps(self.bank, acts).float()
+                    maps = coefficient_maps(acts, self.bank).float()
             if flat_layer:
                 acts = self.activations(images)
                 return torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).double().numpy()
@@ -232,7 +237,7 @@ def crop_probe(probe: Probe, patch_size: int, stride: int | None = None,
     from ..extraction import crops
 
     crop_set = crops(probe.images, patch_size, stride)
-    raw = crops(probe.images, patch_size, crop_set.stride, output_size=patch_size)
+    raw = crops(probe.images, patch_size, crop_set.stride, image_size=patch_size)
     prov = crop_set.provenance
     ids = prov.image_ids
     targets: dict[str, np.ndarray] = {}

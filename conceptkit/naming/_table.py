@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._validation import describe
+from ..io import json_ready
 
 #: What each method's score measures (the table's column header).
 SCORES = {"dissect": "IoU", "clip": "soft-WPMI", "clip_cos3": "cos^3", "classes": "logit gain"}
@@ -133,7 +134,8 @@ class ConceptNames(Sequence):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, stored in saved explanations and reports."""
-        return {"method": self.method, "score_name": self.score_name, "params": self.params,
+        return {"method": self.method, "score_name": self.score_name,
+                "params": json_ready(self.params),
                 "entries": [e.to_dict() for e in self.entries]}
 
     @classmethod

@@ -6,9 +6,17 @@
 - :class:`ClassConcepts` — the result: importances, maps, exemplars, report, save/load.
 - :func:`decompose_concept` / :class:`ConceptTree` — CRAFT's recursive sub-concepts.
 - :class:`ModelAtLayer` — a model cut at a layer with the settings used to run it.
+- :func:`build_class_report` — the :class:`~conceptkit.report.ClassReport` of an explanation
+  (what ``ClassConcepts.report`` draws with :func:`conceptkit.report.write_class_report`).
+- :class:`ConceptAtlas` — one concept dictionary for all classes: importance table, shared
+  concepts, confusions explained by concepts, concept search; streamed from a store and fitted
+  across torch.distributed ranks.
 """
 
-from ._assemble import compute_metrics, write_class_report
+from .._deprecation import module_getattr
+from ._assemble import build_class_report
+from ._atlas import ConceptAtlas
+from ._atlas_results import AtlasImportance, ConceptSearch, ConfusionExplanation
 from ._explainer import DISCOVERY_METHODS, ConceptExplainer, predict_labels
 from ._handle import ModelAtLayer
 from ._manager import ConceptManager
@@ -16,16 +24,28 @@ from ._recursion import ConceptTree, decompose_concept, plot_subconcepts, subcon
 from ._result import ClassConcepts
 
 __all__ = [
+    "AtlasImportance",
+    "ConceptAtlas",
+    "ConceptSearch",
+    "ConfusionExplanation",
     "DISCOVERY_METHODS",
     "ClassConcepts",
     "ConceptExplainer",
     "ConceptManager",
     "ConceptTree",
     "ModelAtLayer",
-    "compute_metrics",
+    "build_class_report",
     "decompose_concept",
     "plot_subconcepts",
     "predict_labels",
     "subconcept_examples",
-    "write_class_report",
 ]
+
+__getattr__ = module_getattr(__name__, {
+    # plumbing: ClassConcepts.metrics() is the call
+    "compute_metrics": ("conceptkit.pipeline._assemble", "compute_metrics"),
+    # renamed in 0.2 (report.write_class_report draws a ClassReport; this assembled one)
+    "write_class_report": ("conceptkit.pipeline._assemble", "write_class_report",
+                           "ClassConcepts.report(out_dir), or conceptkit.pipeline."
+                           "build_class_report with conceptkit.report.write_class_report"),
+})

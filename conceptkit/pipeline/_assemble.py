@@ -15,7 +15,7 @@ import numpy as np
 
 def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict]:
     """Extraction metrics of the bank and importance metrics of the importances."""
-    from ..concepts import metrics as cm
+    from ..concepts.metrics import EXTRACTION_METRICS
     from ..importance.metrics import CDeletion, CInsertion, CMuFidelity
 
     bank = cc.bank
@@ -24,13 +24,11 @@ def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -
         acts = bank.activations.numpy()
         recon = np.asarray(bank.decode(bank.codes.numpy()))
         codes = bank.codes.numpy()
-        out["extraction"]["relative_l2"] = _metric(cm.relative_l2(acts, recon), False)
-        out["extraction"]["sparsity_l0"] = _metric(cm.sparsity_l0(codes), False)
-        out["extraction"]["hoyer"] = _metric(cm.hoyer(codes), True)
-        out["extraction"]["frechet_distance"] = _metric(cm.frechet_distance(acts, recon), False)
-        if stability:
-            out["extraction"]["stability"] = _metric(
-                cm.stability(bank.factorizer, acts, seed=seed), True)
+        for name, metric in EXTRACTION_METRICS.items():
+            if metric.inputs == "refit" and not stability:
+                continue  # refits the factorizer several times: only when asked
+            value = metric.evaluate(acts, recon, codes, bank.factorizer, seed=seed)
+            out["extraction"][name] = _metric(value, metric.higher_is_better)
     h = cc.model_at_layer.maps_head if cc.model_at_layer is not None else None
     if h is not None and cc.activations is not None:
         per_input = cc.importance.per_input
@@ -47,13 +45,21 @@ def _metric(value: Any, higher_is_better: bool) -> dict[str, Any]:
     return {"value": value if np.isfinite(value) else None, "higher_is_better": bool(higher_is_better)}
 
 
-def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6,
-                       n_exemplars: int = 10, labels: dict[int, str] | None = None,
-                       notes: list[str] | None = None, extra_metrics: dict | None = None,
-                       return_entry: bool = False, index_link: str | None = None) -> Any:
-    """Assemble the :class:`~conceptkit.report.ClassReport` of ``cc`` and write it."""
-    from ..report import ClassReport, ConceptSummary, index_entry
-    from ..report import write_class_report as render
+def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
+                       labels: dict[int, str] | None = None, notes: list[str] | None = None,
+                       extra_metrics: dict | None = None, trust: dict | None = None) -> Any:
+    """The :class:`~conceptkit.report.ClassReport` of ``cc``: what its report page shows.
+
+    ``n_images`` class images with their concept maps, ``n_exemplars`` exemplars per concept,
+    concept ``labels`` (default: the concept's name after ``cc.name_concepts``, else
+    ``"concept <i>"``), ``notes`` and ``extra_metrics`` (a group of
+    metrics in the report's ``{group: {name: {"value", "higher_is_better"}}}`` form) added to the
+    explanation's own metrics. ``trust`` (from ``cc.trust()``) adds each concept's stability
+    across seeds, a "trust" group of metrics and the trust notes. Names (with their scores,
+    runner-ups and naming trust) and MACO visualisations kept on ``cc`` are shown too.
+    :func:`conceptkit.report.write_class_report` draws it.
+    """
+    from ..report import ClassReport, ConceptSummary
     from ._naming import name_details, visualization_picture
 
     order = cc.ranking
@@ -61,13 +67,16 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
     labels = labels or {}
     ci_low = cc.ci_low if cc.ci_low is not None else np.full(k, np.nan)
     ci_high = cc.ci_high if cc.ci_high is not None else np.full(k, np.nan)
+    stability = (trust or {}).get("stability", {}).get("per_concept")
     names = getattr(cc, "names", None)
     shown_labels = cc.labels
     visualizations = getattr(cc, "visualizations", {})
     concepts = []
     for c in order:
-        ex, ids = cc.top_examples(int(c), n_exemplars, size=min(64, _side(cc)))
+        ex, ids = cc.top_examples(int(c), n_exemplars, image_size=min(64, _side(cc)))
         extra = {} if names is None else name_details(names[int(c)], names.score_name)
+        if stability is not None:
+            extra["stability across seeds"] = f"{stability[c]:.2f}"
         vis = visualizations.get(int(c))
         concepts.append(ConceptSummary(index=int(c), label=labels.get(int(c), shown_labels[int(c)]),
                                        importance=float(cc.importances[c]), ci_low=float(ci_low[c]),
@@ -87,17 +96,47 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, n_images: int = 6
         metrics = {}
     if extra_metrics:
         metrics = {**metrics, **extra_metrics}
-    report = ClassReport(
+    notes = list(notes or []) + _naming_notes(getattr(cc, "names", None))
+    if trust is not None:
+        metrics = {**metrics, "trust": _trust_metrics(trust)}
+        notes += [f"Trust: {note}" for note in trust.get("notes", [])]
+    return ClassReport(
         class_id=int(cc.class_id), class_name=cc.class_name, method=cc.method,
         importance_method=cc.importance.method, layer=cc.layer, model_name=cc.model_name,
         concepts=concepts, images=shown.numpy(),
         image_ids=[int(i) for i in (cc.image_ids[:n_images] if cc.image_ids is not None
                                     else range(shown.shape[0]))],
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
-        codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
-        notes=list(notes or []) + _naming_notes(names), timings=dict(cc.timings))
+        codes=cc.bank.codes.numpy()[:, order], metrics=metrics, notes=notes,
+        timings=dict(cc.timings))
+
+
+def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: bool = False,
+                       index_link: str | None = None, **build_options: Any) -> Any:
+    """Deprecated in 0.2 (reached as ``conceptkit.pipeline.write_class_report``): use
+    ``ClassConcepts.report`` or :func:`build_class_report` with
+    :func:`conceptkit.report.write_class_report`. Returns the page, or the index entry."""
+    from ..report import index_entry
+    from ..report import write_class_report as render
+
+    report = build_class_report(cc, **build_options)
     page = render(report, out_dir, index_link=index_link)
     return index_entry(report, page, out_dir) if return_entry else page
+
+
+def _trust_metrics(trust: dict) -> dict[str, dict]:
+    out = {}
+    if trust["stability"].get("mean") is not None:
+        out["mean stability across seeds"] = _metric(trust["stability"]["mean"], True)
+    separated = trust["intervals"].get("top_separated")
+    if separated is not None:
+        out["top concept separated (1 = yes)"] = _metric(float(separated), True)
+    out["unresolved ranked pairs"] = _metric(len(trust["intervals"]["unresolved_pairs"]), False)
+    out["near-duplicate pairs"] = _metric(len(trust["near_duplicates"]), False)
+    for key, value in (trust.get("evaluation") or {}).items():
+        if isinstance(value, (bool, int, float)):
+            out[f"ground truth: {key}"] = _metric(float(value), key != "deletion_area")
+    return out
 
 
 def _naming_notes(names: Any) -> list[str]:

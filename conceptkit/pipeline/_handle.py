@@ -8,13 +8,19 @@ returns; a loaded explanation gets one from :meth:`~conceptkit.ClassConcepts.att
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..extraction import ActivationExtractor, TokenHead, get_layer, split_model
+from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
+from .._validation import describe
+from ..extraction import ActivationExtractor, select_output, split_model
+from ..extraction._extractor import TokenHead
+from ..extraction._heads import describe_output, pick_output
+from ..extraction._layers import get_layer, unwrap_model
 
 
 class ModelAtLayer:
@@ -28,12 +34,16 @@ class ModelAtLayer:
         Callable applied to image batches (in [0, 1]) before the model.
     batch_size, device, progress
         Batching of ``g``, where to run (None: the model's device), progress bars.
+    output
+        For models returning a tuple, list or dict: the index or key of the class logits.
     """
 
     def __init__(self, model: nn.Module, layer: str, *, preprocess: Callable | None = None,
-                 batch_size: int = 64, device: Any = None, progress: bool = True):
+                 batch_size: int = 64, device: Any = None, progress: bool = True,
+                 output: int | str | None = None):
         self.model = model
         self.layer, _ = get_layer(model, layer)
+        self.output = output
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.device = device
@@ -45,8 +55,40 @@ class ModelAtLayer:
     def h(self) -> nn.Module:
         """The part of the model after the layer (activations → logits), split once."""
         if self._h is None:
-            _, self._h = split_model(self.model, self.layer)
+            self._h = self._selected(split_model(self.model, self.layer)[1])
         return self._h
+
+    def _selected(self, h: nn.Module) -> nn.Module:
+        return h if self.output is None else select_output(h, self.output)
+
+    def prepare(self, images: torch.Tensor) -> nn.Module:
+        """Split the model with two of ``images`` as example input and return ``h``.
+
+        The example checks ``h(g(x)) == model(x)``, tells the generic (replay) split the input
+        shape, and turns images too small for the model into an error naming the smallest size.
+        """
+        if self._h is None:
+            example = images[:2]
+            if self.preprocess is not None:
+                example = self.preprocess(example)
+            example = example.to(device=model_device(self.model), dtype=model_dtype(self.model))
+            _, h = split_model(self.model, self.layer, example_input=example, input_name="images")
+            self._check_output(example[:1])
+            self._h = self._selected(h)
+        return self._h
+
+    def _check_output(self, example: torch.Tensor) -> None:
+        """Fail before any heavy work when the model's output is not the logits tensor (and
+        ``output`` does not say where the logits are)."""
+        with preserved_model_state(self.model), torch.no_grad():
+            out = unwrap_model(self.model)[0](example)  # never compile a torch.compile model
+        if self.output is not None:
+            out = pick_output(out, self.output)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            what = describe_output(out) if self.output is None else describe(out)
+            raise ValueError(f"`output`: the model must give class logits (N, n_classes) to be "
+                             f"explained, but it returns {what}"
+                             f"{'' if self.output is None else f' at output={self.output!r}'}.")
 
     @property
     def maps_head(self) -> nn.Module:
@@ -68,6 +110,64 @@ class ModelAtLayer:
         if extractor.prefix_ is not None:
             self.token_layout = extractor.token_layout_
         return (maps, extractor.prefix_) if with_context else maps
+
+    @contextlib.contextmanager
+    def whole_model(self):
+        """Yield ``forward(images) -> logits (B, n_classes)`` running the whole model on image
+        batches in [0, 1]: preprocessing, the model's dtype, ``device`` (the model is moved there
+        for the block and back), the ``output`` selection; eval mode, no gradients, every flag
+        restored afterwards."""
+        model = unwrap_model(self.model)[0]  # never compile a torch.compile model
+
+        with preserved_model_state(self.model), on_device(self.model, self.device) as where, \
+                torch.no_grad():
+            dtype = model_dtype(self.model)
+
+            def forward(images: torch.Tensor) -> torch.Tensor:
+                batch = images.to(device=where)
+                if self.preprocess is not None:
+                    batch = self.preprocess(batch)
+                out = model(batch.to(dtype=dtype))
+                if self.output is not None:
+                    return pick_output(out, self.output)
+                return out[0] if isinstance(out, (tuple, list)) else out
+
+            yield forward
+
+    def reaches_output(self, acts: torch.Tensor, context: torch.Tensor | None,
+                       n_probe: int = 4) -> bool:
+        """Whether the layer's activations (for transformers: the patch tokens, with each
+        input's CLS/register tokens held as they are) can change the model's output.
+
+        Checked on the first ``n_probe`` inputs: the output of ``h`` on the activations is
+        compared with its output on activations replaced by other values (zeros, then the
+        activations reversed in order); unchanged logits on both mean they never reach it.
+        """
+        head = self.maps_head
+        probe = acts[:n_probe].to(next(iter(self.model.parameters()), acts).device)
+        extra = () if context is None else (context[:n_probe].to(probe.device),)
+        changed = (torch.zeros_like(probe), probe.flip(0) + 1.0)
+        with preserved_model_state(self.model), torch.no_grad():
+            base = head(probe, *extra)
+            return any(not torch.equal(head(other, *extra), base) for other in changed)
+
+    def nearest_reaching_layer(self, images: torch.Tensor) -> str | None:
+        """The closest earlier sibling layer (``blocks.2`` → ``blocks.1`` → ...) whose
+        activations reach the output on ``images``, or None."""
+        parent, _, index = self.layer.rpartition(".")
+        if not index.isdigit():
+            return None
+        modules = dict(self.model.named_modules())
+        for i in range(int(index) - 1, -1, -1):
+            name = f"{parent}.{i}" if parent else str(i)
+            if name not in modules:
+                continue
+            other = ModelAtLayer(self.model, name, preprocess=self.preprocess,
+                                 batch_size=self.batch_size, device=self.device, progress=False)
+            acts, context = other.activations(images, with_context=True)
+            if other.reaches_output(acts, context):
+                return name
+        return None
 
     def __repr__(self) -> str:
         return f"ModelAtLayer(model={type(self.model).__name__}, layer={self.layer!r})"

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_images, check_int, describe
-from ._assemble import write_class_report
+from ._assemble import build_class_report
 from ._explainer import ConceptExplainer, predict_labels
 from ._result import ClassConcepts
 
@@ -67,11 +67,17 @@ class ConceptManager:
         return self.classes_
 
     def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
-        """Write every class's report and an index page; return the index path."""
-        from ..report import write_index
+        """Write every class's report and an index page; return the index path.
+
+        ``kwargs`` go to :func:`~conceptkit.pipeline.build_class_report` (``n_images``,
+        ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``).
+        """
+        from ..report import index_entry, write_class_report, write_index
 
         out_dir = Path(out_dir)
-        entries = [write_class_report(cc, out_dir, return_entry=True, index_link="../index.html",
-                                      **kwargs)
-                   for cc in self.classes_.values()]
+        entries = []
+        for cc in self.classes_.values():
+            report = build_class_report(cc, **kwargs)
+            page = write_class_report(report, out_dir, index_link="../index.html")
+            entries.append(index_entry(report, page, out_dir))
         return write_index(entries, out_dir)

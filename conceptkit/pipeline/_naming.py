@@ -34,7 +34,7 @@ def resolve_concept(cc: Any, concept: Any) -> int:
     return check_int(concept, "concept", minimum=0, maximum=cc.n_concepts - 1)
 
 
-def visualize(cc: Any, concept: Any, *, steps: int, size: int | None, seed: int,
+def visualize(cc: Any, concept: Any, *, steps: int, image_size: int | None, seed: int,
               progress: bool | None, **kwargs: Any) -> Any:
     """:meth:`ClassConcepts.visualize`: MACO with the class images' spectrum, kept on ``cc``."""
     from ..naming import visualize_concept
@@ -45,8 +45,10 @@ def visualize(cc: Any, concept: Any, *, steps: int, size: int | None, seed: int,
     if images is None:
         raise ValueError("a visualisation needs images for its magnitude spectrum; this "
                          "explanation holds none.")
-    vis = visualize_concept(model.model, cc.bank, concept, images, steps=steps, size=size,
-                            input_size=int(min(images.shape[-2:])), preprocess=model.preprocess,
+    kwargs.setdefault("device", model.device)
+    vis = visualize_concept(model.model, cc.bank, concept, images, steps=steps,
+                            image_size=image_size, input_size=int(min(images.shape[-2:])),
+                            preprocess=model.preprocess,
                             seed=seed, progress=model.progress if progress is None else progress,
                             **kwargs)
     cc.visualizations[concept] = vis
@@ -99,6 +101,10 @@ def load_names(tensors: dict[str, torch.Tensor], meta: dict[str, Any], k: int) -
     stored = meta.get("visualizations") or {}
     if not isinstance(stored, dict):
         raise ValueError(f"visualizations must be a dict; got {describe(stored)}")
+    listed = {f"visualization.{key}.{part}" for key in stored for part in ("image", "transparency")}
+    stray = sorted(key for key in tensors if key.startswith("visualization.") and key not in listed)
+    if stray:
+        raise ValueError(f"visualisation tensors {stray} that the metadata does not list")
     for key, info in stored.items():
         c = int(key)
         if not 0 <= c < k:

@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments
 from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import CRAFT, ICE, ConceptBank
-from ..extraction import ActivationExtractor, CropSet, SegmentSet, get_layer
+from ..extraction import ActivationExtractor, CropSet, SegmentSet
+from ..extraction._layers import get_layer, unwrap_model
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
 from ._examples import cut_examples
@@ -93,9 +95,11 @@ class ConceptTree:
         for child in self.children:
             yield from child.nodes()
 
-    def to_dict(self, n_top: int = 10) -> dict[str, Any]:
-        """A JSON-serialisable summary: layers, importances, top input image ids per node."""
-        n_top = check_int(n_top, "n_top", minimum=1)
+    @renamed_arguments(n_top="n_images")
+    def to_dict(self, n_images: int = 10) -> dict[str, Any]:
+        """A JSON-serialisable summary: layers, importances and the ids of the ``n_images``
+        top input images of every node."""
+        n_top = check_int(n_images, "n_images", minimum=1)
         out: dict[str, Any] = {
             "concept": int(self.concept), "layer": self.layer,
             "importance": None if self.importance_for_parent is None else _finite(self.importance_for_parent),
@@ -224,6 +228,7 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
         progress=bool(progress))
     _check_source(images, bank)
     parent_layer, _ = get_layer(model, bank.layer, "bank.layer")
+    model = unwrap_model(model)[0]  # DataParallel / torch.compile: hooks go on what they wrap
     levels = [get_layer(model, layer, "layer")[0]]
     if child_layers is not None:
         if isinstance(child_layers, str) or not isinstance(child_layers, Sequence):
@@ -330,38 +335,41 @@ def _node_inputs(node: ConceptTree, images: torch.Tensor) -> torch.Tensor:
     return _cut_inputs(source, node.bank, node.input_rows)
 
 
-def subconcept_examples(node: ConceptTree, images: torch.Tensor, n: int = 10,
-                        size: int | None = None) -> list[torch.Tensor]:
-    """The top ``n`` crops / cells of every sub-concept of ``node``.
+@renamed_arguments(n="n_exemplars", size="image_size")
+def subconcept_examples(node: ConceptTree, images: torch.Tensor, n_exemplars: int = 10,
+                        image_size: int | None = None) -> list[torch.Tensor]:
+    """The top ``n_exemplars`` crops / cells of every sub-concept of ``node``.
 
     ``images`` are the images given to :func:`decompose_concept`. Returns one tensor
-    ``(n_j, C, s, s)`` per sub-concept (``n_j <= n``), cut from the node's inputs and resized to
-    ``size`` (default the crop's own size).
+    ``(n_j, C, s, s)`` per sub-concept (``n_j <= n_exemplars``), cut from the node's inputs and
+    resized to ``image_size`` (default the crop's own size).
     """
     if not isinstance(node, ConceptTree):
         raise TypeError(f"`node` must be a ConceptTree; got {describe(node)}.")
     if node.sub_bank is None:
         raise ValueError("`node` is a leaf: it has no sub-concepts.")
-    n = check_int(n, "n", minimum=1)
+    n = check_int(n_exemplars, "n_exemplars", minimum=1)
     root = node
     while root.parent is not None:
         root = root.parent
     images = check_images(images, "images")
     _check_source(images, root.bank)
     inputs = _node_inputs(node, images)
-    return [cut_examples(inputs, node.sub_bank, node.sub_bank.top_rows(j, n), size)
+    return [cut_examples(inputs, node.sub_bank, node.sub_bank.top_rows(j, n), image_size)
             for j in range(node.sub_bank.n_concepts)]
 
 
-def plot_subconcepts(node: ConceptTree, images: torch.Tensor, n: int = 8) -> Any:
-    """A matplotlib figure: one row of top exemplars per sub-concept, most important first."""
+@renamed_arguments(n="n_exemplars")
+def plot_subconcepts(node: ConceptTree, images: torch.Tensor, n_exemplars: int = 8) -> Any:
+    """A matplotlib figure: one row of ``n_exemplars`` top exemplars per sub-concept, most
+    important first."""
     from ..report import plot_exemplar_grid
 
-    examples = subconcept_examples(node, images, n)
+    examples = subconcept_examples(node, images, n_exemplars)
     order = node.importance.ranking
     labels = [f"sub-concept {j} @ {node.sub_layer}" for j in order]
     return plot_exemplar_grid([examples[j] for j in order], labels,
-                              node.importance.importances[order], max_exemplars=n,
+                              node.importance.importances[order], n_exemplars=n_exemplars,
                               title=f"concept {node.concept} @ {node.layer}")
 
 

@@ -13,61 +13,30 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.fx as fx
 from torch import nn
 
+from .._torchutils import capture_output
 from ..concepts import ConceptBank
-from ..extraction import CutError, get_layer, infer_prefix_tokens
-from ..maps import differentiable_codes
-
-
-class _Stop(Exception):
-    """Raised by our hook once the parent layer has run: the rest of the model is not needed."""
-
-
-class _LeafTracer(fx.Tracer):
-    def __init__(self, leaves: tuple[nn.Module, ...]):
-        super().__init__()
-        self._leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return any(m is leaf for leaf in self._leaves) or super().is_leaf_module(m, module_qualified_name)
+from ..extraction import CutError
+from ..extraction._extractor import infer_prefix_tokens
+from ..extraction._layers import get_layer
+from ..extraction._split import NotInGraph, graph_cuts
 
 
 def _fx_mid(model: nn.Module, layer: str, target: str) -> nn.Module | None:
-    """A GraphModule from ``layer``'s output to ``target``'s output, or None when the model
-    cannot be traced with both as single calls."""
-    modules = (get_layer(model, layer)[1], get_layer(model, target)[1])
+    """The part of the model from ``layer``'s output to ``target``'s output (one torch.fx cut,
+    :func:`~conceptkit.extraction._split.graph_cuts`), or None when the model cannot be traced
+    with both as single calls (it is replayed instead). A skip connection that crosses ``layer``
+    on the way raises :class:`CutError`."""
     try:
-        graph = _LeafTracer(modules).trace(model)
+        (mid,) = graph_cuts(model, [(layer, target)])
+    except NotInGraph:
+        return None
+    except CutError:
+        raise
     except Exception:  # noqa: BLE001 - untraceable models are replayed instead
         return None
-    starts = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
-    ends = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
-    if len(starts) != 1 or len(ends) != 1:
-        return None
-    start, first_input = starts[0], next(iter(graph.nodes))
-    needed: set[fx.Node] = set()
-    stack = [ends[0]]
-    while stack:
-        node = stack.pop()
-        if node is start or node in needed:
-            continue
-        if node.op == "placeholder":
-            if node is first_input:
-                raise CutError(f"`layer` {layer!r} is not a valid cut on the way to `bank.layer` "
-                               f"{target!r}: a skip connection (or another path) carries values "
-                               f"computed before `layer` to the parent layer.")
-            return None
-        needed.add(node)
-        stack.extend(node.all_input_nodes)
-    mid = fx.Graph()
-    env = {start: mid.placeholder("activations")}
-    for node in graph.nodes:   # graph order is a topological order
-        if node in needed:
-            env[node] = mid.node_copy(node, lambda n: env[n])
-    mid.output(env[ends[0]])
-    return fx.GraphModule(model, mid, class_name="Mid")
+    return mid
 
 
 class ParentCode(nn.Module):
@@ -105,7 +74,7 @@ class ParentCode(nn.Module):
                     raise CutError(f"`layer` {layer!r} is not a valid cut on the way to "
                                    f"`bank.layer` {bank.layer!r}: the parent layer also depends on "
                                    f"values computed before `layer`.")
-            expected = _capture(model, self._modules_at[1], example)
+            expected = capture_output(model, self._modules_at[1], example)
         if not _close(got, expected):
             raise CutError(f"running the model from `layer` {layer!r} does not reproduce its "
                            f"activations at `bank.layer` {bank.layer!r}; choose another layer.")
@@ -113,46 +82,16 @@ class ParentCode(nn.Module):
     def _parent_output(self, acts: torch.Tensor, dummy: torch.Tensor | None = None) -> Any:
         if self.mid is not None:
             return self.mid(acts)
-        captured: list[Any] = []
-
-        def stop(_module, _inputs, output):
-            captured.append(output)
-            raise _Stop
-
-        handles = [self._modules_at[1].register_forward_hook(stop),
-                   self._modules_at[0].register_forward_hook(lambda *_: acts)]
         if dummy is None:
             dummy = torch.zeros((acts.shape[0], *self._input_shape), dtype=acts.dtype,
                                 device=acts.device)
-        try:
-            self.model(dummy)
-        except _Stop:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        return captured[0] if captured else None
+        # the earlier layer's output replaced by `acts`, the forward stopped at the parent layer
+        return capture_output(self.model, self._modules_at[1], dummy,
+                              replace={self._modules_at[0]: acts})
 
     def forward(self, acts: torch.Tensor) -> torch.Tensor:
         pooled = pool(self._parent_output(acts), self.model)
-        return differentiable_codes(self._bank, pooled)[:, self._concept:self._concept + 1]
-
-
-def _capture(model: nn.Module, module: nn.Module, batch: torch.Tensor) -> Any:
-    captured: list[Any] = []
-
-    def stop(_module, _inputs, output):
-        captured.append(output)
-        raise _Stop
-
-    handle = module.register_forward_hook(stop)
-    try:
-        model(batch)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured[0] if captured else None
+        return self._bank.encode_differentiable(pooled)[:, self._concept:self._concept + 1]
 
 
 def _close(a: Any, b: Any) -> bool:

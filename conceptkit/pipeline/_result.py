@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._deprecation import renamed_arguments, warn_deprecated
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int
 from ..concepts import ConceptBank
@@ -18,14 +18,10 @@ from ..importance import ConceptImportance
 from ..maps import MAP_KINDS, choose_map_kind
 from ._examples import cut_examples
 from ._handle import ModelAtLayer
-from ._naming import concept_labels, load_names, names_state, resolve_concept, visualize
+from ._naming import concept_labels, resolve_concept, visualize
 
 RESULT_KIND = "ClassConcepts"
 RESULT_VERSION = 1
-
-
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 @dataclass
@@ -76,6 +72,8 @@ class ClassConcepts:
     saved_maps: torch.Tensor | None = None
     saved_metrics: dict[str, Any] | None = None
     saved_images: torch.Tensor | None = None
+    saved_exemplars: list[torch.Tensor] | None = field(default=None, repr=False)  # uint8, per concept
+    saved_exemplar_ids: list[list[int]] | None = field(default=None, repr=False)
     model_at_layer: ModelAtLayer | None = field(default=None, repr=False)
     context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
     names: Any = None
@@ -85,9 +83,8 @@ class ClassConcepts:
     @property
     def explainer(self) -> ModelAtLayer | None:
         """Deprecated alias of :attr:`model_at_layer` (removed in 0.3)."""
-        warnings.warn("`ClassConcepts.explainer` is deprecated; use `model_at_layer` (it has "
-                      "`model`, `h`, `activations(images)`, `preprocess`, `batch_size`).",
-                      DeprecationWarning, stacklevel=2)
+        warn_deprecated("ClassConcepts.explainer", "model_at_layer (it has `model`, `h`, "
+                        "`activations(images)`, `preprocess`, `batch_size`)")
         return self.model_at_layer
 
     @property
@@ -137,7 +134,7 @@ class ClassConcepts:
         self.names = name_concepts(self, method, *args, **kwargs)
         return self.names
 
-    def visualize(self, concept: int | str, *, steps: int = 256, size: int | None = None,
+    def visualize(self, concept: int | str, *, steps: int = 256, image_size: int | None = None,
                   seed: int = 0, progress: bool | None = None, **kwargs: Any) -> Any:
         """MACO feature visualisation of ``concept`` (an index or a name), kept for the report.
 
@@ -146,35 +143,40 @@ class ClassConcepts:
         ``learning_rate``). Returns a :class:`~conceptkit.naming.ConceptVisualization` (image and
         transparency map).
         """
-        return visualize(self, concept, steps=steps, size=size, seed=seed, progress=progress,
-                         **kwargs)
+        return visualize(self, concept, steps=steps, image_size=image_size, seed=seed,
+                         progress=progress, **kwargs)
 
-    def top_examples(self, concept: int | str, n: int = 10,
-                     size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """The ``n`` crops / segments / cells where ``concept`` (an index, or a name given by
-        :meth:`name_concepts`) is most present.
+    @renamed_arguments(n="n_exemplars", size="image_size")
+    def top_examples(self, concept: int | str, n_exemplars: int = 10,
+                     image_size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """The ``n_exemplars`` crops / segments / cells where ``concept`` (an index, or a name
+        given by :meth:`name_concepts`) is most present.
 
         Returns
         -------
         (examples, image_ids)
-            ``examples (n, 3, s, s)`` cut from the source images through the bank's provenance
-            (resized to ``size``, default the crop's own size), and each one's source image id.
+            ``examples (n_exemplars, 3, s, s)`` cut from the source images through the bank's
+            provenance (resized to ``image_size``, default the crop's own size), and each one's
+            source image id.
         """
         concept = resolve_concept(self, concept)
-        n = check_int(n, "n", minimum=1)
-        rows = self.bank.top_rows(concept, n)
-        saved = self.bank.extra.get("exemplars")
+        n = check_int(n_exemplars, "n_exemplars", minimum=1)
         if self.images is None:
-            if saved is None:
+            if self.saved_exemplars is None:
                 raise ValueError("this explanation was loaded without its images; exemplars are "
                                  "only available for the concepts saved with it.")
-            stack = saved[concept][:n]
-            return stack.float() / 255.0, np.asarray(self.bank.extra["exemplar_ids"][concept][:n])
-        return cut_examples(self.images, self.bank, rows, size), self.bank.provenance.image_ids[rows]
+            stack = self.saved_exemplars[concept][:n].float() / 255.0
+            if image_size is not None and tuple(stack.shape[-2:]) != (int(image_size),) * 2:
+                stack = _resize(stack, image_size).clamp(0, 1)
+            return stack, np.asarray(self.saved_exemplar_ids[concept][:n], dtype=np.int64)
+        rows = self.bank.top_rows(concept, n)
+        return (cut_examples(self.images, self.bank, rows, image_size),
+                self.bank.provenance.image_ids[rows])
 
+    @renamed_arguments(size="image_size")
     def concept_maps(self, images: torch.Tensor | None = None, kind: str = "auto",
-                     size: Any = None) -> torch.Tensor:
-        """Concept attribution maps ``(N, k, H, W)``.
+                     image_size: Any = None) -> torch.Tensor:
+        """Concept attribution maps ``(N, k, H, W)``, at ``image_size`` (default: the images').
 
         With ``images=None``, the maps of the class images the explanation was fitted on (no
         new pass of ``g`` for coefficient maps). ``kind``: ``"coefficient"`` (encode every
@@ -183,11 +185,13 @@ class ClassConcepts:
         ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
         patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
         segments back for the fitted images — its k-means centroids come from pooled segment
-        patches, so encoding single positions with them is not meaningful — uses scale-matched
-        maps for CRAFT on convolutional layers (on the ground-truth dataset they localise every
-        causal part; plain coefficient maps miss the checkerboard) and coefficient maps otherwise.
+        patches, so encoding single positions with them is not meaningful — and gives
+        coefficient maps otherwise (chosen on the four ground-truth worlds; see
+        :func:`conceptkit.maps.choose_map_kind` for the numbers).
         """
         from ..maps import coefficient_maps, gradient_maps, provenance_maps
+
+        size = image_size
 
         if kind not in MAP_KINDS:
             raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
@@ -215,11 +219,11 @@ class ClassConcepts:
             images = self.images
         handle = self._require_model()
         if kind == "gradient":
-            return gradient_maps(handle.model, self.bank, images, preprocess=handle.preprocess,
+            return gradient_maps(handle.model, images, self.bank, preprocess=handle.preprocess,
                                  image_size=size, batch_size=handle.batch_size,
                                  device=handle.device)
         acts = handle.activations(images)
-        return coefficient_maps(self.bank, acts, size or tuple(images.shape[-2:]))
+        return coefficient_maps(acts, self.bank, size or tuple(images.shape[-2:]))
 
     # ------------------------------------------------------------------ computed once
     def _class_codes(self) -> torch.Tensor:
@@ -244,7 +248,7 @@ class ClassConcepts:
         from ..maps import coefficient_maps
 
         if self.activations.ndim != 4:  # the maps module says what it needs
-            return coefficient_maps(self.bank, self.activations[:n_images], size)
+            return coefficient_maps(self.activations[:n_images], self.bank, size)
         codes = self._class_codes()[:n_images].float()
         maps = codes if size is None else _resize(codes, size)
         # Never hand out the cached codes themselves: the caller may write into the maps.
@@ -271,7 +275,7 @@ class ClassConcepts:
             return maps if size is None else _resize(maps, size)
         handle = self._require_model()
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
-        maps = scale_matched_maps(handle.model, self.bank, images, zoom,
+        maps = scale_matched_maps(handle.model, images, self.bank, zoom,
                                   preprocess=handle.preprocess, device=handle.device,
                                   batch_size=_enlarged_batch(handle.batch_size, zoom))
         return maps if size is None else _resize(maps, size)
@@ -340,11 +344,13 @@ class ClassConcepts:
         return self.model_at_layer
 
     def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
-               device: Any = None) -> ClassConcepts:
+               device: Any = None, output: int | str | None = None) -> ClassConcepts:
         """Re-attach ``model`` (cut at this explanation's layer) to a loaded explanation, so that
-        maps of new images can be computed; returns ``self``."""
+        maps of new images can be computed; returns ``self``. ``output`` picks the logits out of
+        a tuple or dict output, as in :class:`~conceptkit.ConceptExplainer`."""
         self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
-                                           batch_size=batch_size, device=device, progress=False)
+                                           batch_size=batch_size, device=device, progress=False,
+                                           output=output)
         return self
 
     def metrics(self, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict[str, Any]]:
@@ -366,90 +372,70 @@ class ClassConcepts:
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
 
-    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> str:
-        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path."""
-        from ._assemble import write_class_report
+    def trust(self, *, n_seeds: int = 3, seed: int = 0, ground_truth: Any = None) -> dict[str, Any]:
+        """How far to trust this explanation: each concept's stability across ``n_seeds`` other
+        factorizer seeds (Hungarian-matched dictionary cosine), the confidence-interval widths
+        and which ranked pairs they leave unresolved, near-duplicate concepts, notes, and — with
+        ``ground_truth=(images, masks, part_names)`` — the evaluation row against the part masks
+        (:mod:`conceptkit.pipeline._trust`)."""
+        from ._trust import trust
 
-        return str(write_class_report(self, out_dir, **kwargs))
+        key = (n_seeds, seed)
+        cache = self.__dict__.setdefault("_trust_cache", {})
+        if ground_truth is not None:
+            return trust(self, n_seeds=n_seeds, seed=seed, ground_truth=ground_truth)
+        if key not in cache:
+            cache[key] = trust(self, n_seeds=n_seeds, seed=seed)
+        return cache[key]
+
+    def report(self, out_dir: str | os.PathLike, *, n_images: int = 6, n_exemplars: int = 10,
+               labels: dict[int, str] | None = None, notes: list[str] | None = None,
+               extra_metrics: dict | None = None, index_link: str | None = None,
+               trust: bool | dict = False, **render_options: Any) -> str:
+        """Write this class's HTML/PNG/JSON report into ``out_dir``; return the page path.
+
+        The page is assembled by :func:`~conceptkit.pipeline.build_class_report` (``n_images``,
+        ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``) and drawn by
+        :func:`conceptkit.report.write_class_report` (``index_link`` and ``render_options``:
+        ``dpi``, ``embedding``, ...). ``trust=True`` adds :meth:`trust` (stability across
+        seeds, interval overlaps, near duplicates) to the page; a dict from :meth:`trust` (e.g.
+        with ``ground_truth``) is shown as it is.
+        """
+        from ..report import write_class_report
+        from ._assemble import build_class_report
+
+        report = build_class_report(self, n_images=n_images, n_exemplars=n_exemplars,
+                                    labels=labels, notes=notes, extra_metrics=extra_metrics,
+                                    trust=self.trust() if trust is True else (trust or None))
+        return str(write_class_report(report, out_dir, index_link=index_link, **render_options))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
         """Save to one ``.safetensors`` file (tensors + JSON; loads without pickle).
 
-        The bank, the importances, the metrics, a few class images with their concept maps and
-        the top exemplars of every concept are stored, so that a report can be rebuilt from the
-        file alone.
+        The bank, the importances, the metrics, ``n_images`` class images with their concept maps
+        and the top ``n_exemplars`` exemplars of every concept are stored (images as uint8
+        tensors, maps as float16), so that a report can be rebuilt from the file alone. A loaded
+        explanation saves what it was loaded with: the file equals the one it came from.
         """
-        tensors, meta = self.bank.to_state()
-        tensors = {f"bank.{k}": v for k, v in tensors.items()}
-        imp = self.importance
-        tensors["importance.per_input"] = np.asarray(imp.per_input, dtype=np.float64)
-        if imp.ci_low is not None:
-            tensors["importance.ci_low"] = np.asarray(imp.ci_low, dtype=np.float64)
-            tensors["importance.ci_high"] = np.asarray(imp.ci_high, dtype=np.float64)
-        exemplar_ids: list[list[int]] = []
-        if self.images is not None:
-            shown = self.images[:n_images]
-            tensors["images"] = _to_uint8(shown)
-            tensors["maps"] = self._shown_maps(n_images).to(torch.float16)
-            for c in range(self.n_concepts):
-                ex, ids = self.top_examples(c, n_exemplars, size=min(64, self.images.shape[-1]))
-                tensors[f"exemplars.{c}"] = _to_uint8(ex)
-                exemplar_ids.append([int(i) for i in ids])
-        elif self.saved_maps is not None:
-            tensors["maps"] = self.saved_maps.to(torch.float16)
-        try:
-            metrics = self.metrics()
-        except ValueError:
-            metrics = self.saved_metrics or {}
-        meta_all = {
-            "bank": meta, "class_id": int(self.class_id), "class_name": self.class_name,
-            "model_name": self.model_name, "layer": self.layer, "method": self.method,
-            "params": self.params, "timings": self.timings, "metrics": metrics,
-            "importance": {"method": imp.method, "class_id": int(imp.class_id), "params": imp.params,
-                           "has_ci": imp.ci_low is not None},
-            "exemplar_ids": exemplar_ids or self.bank.extra.get("exemplar_ids", []),
-            "image_ids": [] if self.image_ids is None else [int(i) for i in self.image_ids[:n_images]],
-        }
-        named_tensors, named_meta = names_state(self)
-        tensors.update(named_tensors)
-        meta_all.update(named_meta)
-        return str(io.save_file(path, tensors, meta_all, kind=RESULT_KIND, version=RESULT_VERSION))
+        from ._persist import result_state
+
+        tensors, meta = result_state(self, n_images=check_int(n_images, "n_images", minimum=0),
+                                     n_exemplars=check_int(n_exemplars, "n_exemplars", minimum=1))
+        return str(io.save_file(path, tensors, meta, kind=RESULT_KIND, version=RESULT_VERSION))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClassConcepts:
-        """Read a file written by :meth:`save` (no pickle, no code execution)."""
+        """Read a file written by :meth:`save` (no pickle, no code execution).
+
+        Parts that disagree with each other (maps or intervals for another number of concepts,
+        exemplars without their ids) are refused here, with a FormatError naming the file.
+        """
+        from ._persist import result_from_state
+
         tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
-        try:
-            bank_tensors = {k[5:]: v for k, v in tensors.items() if k.startswith("bank.")}
-            bank = ConceptBank.from_state(bank_tensors, meta["bank"])
-            k = bank.n_concepts
-            exemplars = [tensors[f"exemplars.{c}"] for c in range(k) if f"exemplars.{c}" in tensors]
-            if len(exemplars) == k:
-                bank.extra["exemplars"] = exemplars
-            bank.extra["exemplar_ids"] = meta.get("exemplar_ids", [])
-            imp_meta = meta["importance"]
-            per_input = tensors["importance.per_input"].numpy()
-            importance = ConceptImportance(
-                per_input=per_input, importances=per_input.mean(axis=0),
-                ci_low=tensors["importance.ci_low"].numpy() if imp_meta["has_ci"] else None,
-                ci_high=tensors["importance.ci_high"].numpy() if imp_meta["has_ci"] else None,
-                method=imp_meta["method"], class_id=int(imp_meta["class_id"]),
-                params=imp_meta["params"])
-            images = tensors.get("images")
-            result = cls(class_id=int(meta["class_id"]), class_name=str(meta["class_name"]),
-                         bank=bank, importance=importance, images=None, activations=None,
-                         model_name=meta["model_name"], layer=meta["layer"], method=meta["method"],
-                         params=meta["params"], timings=meta["timings"],
-                         image_ids=np.asarray(meta.get("image_ids", []), dtype=np.int64),
-                         saved_maps=tensors.get("maps"), saved_metrics=meta.get("metrics"),
-                         saved_images=None if images is None else images.float() / 255.0)
-            if per_input.shape[1] != k:
-                raise ValueError(f"importances have {per_input.shape[1]} concepts, the bank {k}")
-            result.names, result.visualizations = load_names(tensors, meta, k)
-            return result
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-            raise io.FormatError(f"`path` {str(path)!r} is not a valid ClassConcepts file: {err}") from err
+        with io.loading(path, "ClassConcepts file"):
+            return result_from_state(cls, tensors, meta)
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:

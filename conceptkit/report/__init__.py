@@ -2,9 +2,11 @@
 
 The report renders what it is handed (a :class:`ClassReport` per class) and computes no
 explanation itself: the pipeline assembles the numbers, this package draws them.
+:func:`write_page` writes any other self-contained page in the same style (the CBM report).
 """
 
-from ..io import json_ready
+from .._deprecation import module_getattr
+from ._atlas import AtlasReport, write_atlas_report
 from ._colors import concept_colors, concept_hex_colors
 from ._data import ClassReport, ConceptSummary, IndexEntry
 from ._figures import (
@@ -14,6 +16,7 @@ from ._figures import (
     plot_importances,
     save_figure,
 )
+from ._html import PageTable, Picture, write_page
 from ._images import concept_overlay
 from ._index import index_entry, write_index, write_reports
 from ._structure import (
@@ -23,20 +26,21 @@ from ._structure import (
     strategic_embedding,
     top_concepts,
 )
-from ._write import class_slug, write_class_report
+from ._write import write_class_report
 
 __all__ = [
+    "AtlasReport",
     "ClassReport",
     "ConceptSummary",
     "IndexEntry",
-    "class_slug",
+    "PageTable",
+    "Picture",
     "concept_colors",
     "concept_cooccurrence",
     "concept_hex_colors",
     "concept_overlay",
     "figure_png",
     "index_entry",
-    "json_ready",
     "plot_concept_overlays",
     "plot_cooccurrence",
     "plot_exemplar_grid",
@@ -45,7 +49,16 @@ __all__ = [
     "save_figure",
     "strategic_embedding",
     "top_concepts",
+    "write_atlas_report",
     "write_class_report",
     "write_index",
+    "write_page",
     "write_reports",
 ]
+
+# plumbing that left the face in 0.2 (still importable from where it lives)
+__getattr__ = module_getattr(__name__, {
+    "class_slug": ("conceptkit.report._write", "class_slug"),
+    "json_ready": ("conceptkit.io", "json_ready",
+                   "conceptkit.io.json_ready (the one JSON converter lives in io)"),
+})

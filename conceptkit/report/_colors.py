@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import to_hex, to_rgb
 
+from .._deprecation import renamed_arguments
 from .._validation import check_int
 
 _GOLDEN = 0.618033988749895
@@ -30,13 +31,14 @@ def _base_palette() -> list[tuple[float, float, float]]:
 _PALETTE = _base_palette()
 
 
-def concept_colors(n: int) -> list[tuple[float, float, float]]:
-    """The RGB colours (floats in [0, 1]) of the first ``n`` concepts, in rank order.
+@renamed_arguments(n="n_concepts")
+def concept_colors(n_concepts: int) -> list[tuple[float, float, float]]:
+    """The RGB colours (floats in [0, 1]) of the first ``n_concepts`` concepts, in rank order.
 
-    Colour ``i`` never depends on ``n``: ``concept_colors(3)`` is a prefix of
+    Colour ``i`` never depends on ``n_concepts``: ``concept_colors(3)`` is a prefix of
     ``concept_colors(12)``.
     """
-    n = check_int(n, "n", minimum=0)
+    n = check_int(n_concepts, "n_concepts", minimum=0)
     colours = list(_PALETTE[:n])
     for i in range(len(_PALETTE), n):
         hue = ((i - len(_PALETTE)) * _GOLDEN) % 1.0
@@ -44,9 +46,10 @@ def concept_colors(n: int) -> list[tuple[float, float, float]]:
     return colours
 
 
-def concept_hex_colors(n: int) -> list[str]:
+@renamed_arguments(n="n_concepts")
+def concept_hex_colors(n_concepts: int) -> list[str]:
     """:func:`concept_colors` as ``"#rrggbb"`` strings (for HTML)."""
-    return [to_hex(c) for c in concept_colors(n)]
+    return [to_hex(c) for c in concept_colors(n_concepts)]
 
 
 def readable(color: tuple[float, float, float] | np.ndarray) -> tuple[float, float, float]:

@@ -19,6 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from .._deprecation import renamed_arguments
 from .._validation import check_int, describe, to_numpy
 from ._colors import readable, resolve_colors
 from ._images import concept_overlay, fit_within, shrink, to_hwc
@@ -171,8 +172,9 @@ def _exemplar_strip(block: np.ndarray, ncols: int, cell: int, colour: np.ndarray
     return strip
 
 
+@renamed_arguments(max_exemplars="n_exemplars")
 def plot_exemplar_grid(exemplars: list, labels: list[str] | None = None, importances: Any = None,
-                       colors: list | None = None, *, max_exemplars: int = 8,
+                       colors: list | None = None, *, n_exemplars: int = 8,
                        max_side: int = 96, title: str | None = None) -> Figure:
     """Top exemplars of every concept: one row per concept, a coloured frame per concept.
 
@@ -190,8 +192,8 @@ def plot_exemplar_grid(exemplars: list, labels: list[str] | None = None, importa
         Shown under each label.
     colors : list of matplotlib colours, optional
         Frame colour per concept; default :func:`concept_colors`.
-    max_exemplars : int
-        Columns (first exemplars of each row).
+    n_exemplars : int
+        Columns: the first ``n_exemplars`` exemplars of each row are shown.
     max_side : int
         Exemplars are resized to fit a square cell of at most this many pixels (smaller when
         every exemplar is smaller).
@@ -214,7 +216,7 @@ def plot_exemplar_grid(exemplars: list, labels: list[str] | None = None, importa
     names = _labels(labels, k)
     values = None if importances is None else _vector(importances, "importances", k)
     rgb = resolve_colors(colors, k)
-    max_exemplars = check_int(max_exemplars, "max_exemplars", minimum=1)
+    max_exemplars = check_int(n_exemplars, "n_exemplars", minimum=1)
     max_side = check_int(max_side, "max_side", minimum=8)
     ncols = max(1, min(max_exemplars, max(r.shape[0] for r in rows)))
     sides = [max(r.shape[2:]) for r in rows if r.shape[0]]

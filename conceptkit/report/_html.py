@@ -1,7 +1,8 @@
-"""HTML of the class pages and the index: self-contained pages with inline CSS.
+"""The one HTML writer: self-contained pages with inline CSS and figures embedded as PNG.
 
-Every text that comes from data is escaped; every number goes through :func:`format_number`, so
-that what a page shows can be checked against ``report.json``.
+The class pages, the index and :func:`write_page` (any other page: the CBM report) are built from
+these parts. Every text that comes from data is escaped; every number goes through
+:func:`format_number`, so that what a page shows can be checked against its JSON file.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import base64
 import html
 import math
 import numbers
+import os
+import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CSS = """
@@ -130,3 +135,57 @@ def document(title: str, body: str) -> str:
 
 def section(anchor: str, heading: str, content: str) -> str:
     return f'<section id="{esc(anchor)}">\n<h2>{esc(heading)}</h2>\n{content}\n</section>'
+
+
+@dataclass(frozen=True)
+class PageTable:
+    """A table of :func:`write_page`: column ``headers`` and ``rows`` of cells.
+
+    Numbers are shown as :func:`format_number` shows them (right-aligned), anything else as
+    escaped text.
+    """
+
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+def _cell(value: Any) -> tuple[str, str]:
+    if value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        return format_number(value), "num"
+    return esc(value), ""
+
+
+def _anchor(heading: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-") or "section"
+
+
+def write_page(out_dir: str | os.PathLike, title: str,
+               sections: Sequence[tuple[str, Sequence[Picture | PageTable | str]]], *,
+               footer: str = "Written by conceptkit.", filename: str = "index.html") -> Path:
+    """Write one self-contained page into ``out_dir`` and return its path.
+
+    ``sections`` are ``(heading, blocks)``; a block is a :class:`Picture` (embedded as a PNG
+    data URI and also written next to the page as ``picture.filename``), a :class:`PageTable`
+    or a paragraph of text. The page uses the class pages' style and needs no network.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"<header>\n<h1>{esc(title)}</h1>\n</header>"]
+    for heading, blocks in sections:
+        content = []
+        for block in blocks:
+            if isinstance(block, Picture):
+                (out / block.filename).write_bytes(block.png)
+                content.append(figure_block(block))
+            elif isinstance(block, PageTable):
+                content.append(table(block.headers, [[_cell(v) for v in row] for row in block.rows]))
+            elif isinstance(block, str):
+                content.append(f"<p>{esc(block)}</p>")
+            else:
+                raise TypeError(f"a block of section {heading!r} must be a Picture, a PageTable or "
+                                f"a str; got {type(block).__name__}.")
+        parts.append(section(_anchor(heading), heading, "\n".join(content)))
+    parts.append(f"<footer>{esc(footer)}</footer>")
+    page = out / filename
+    page.write_text(document(title, "\n".join(parts)), encoding="utf-8")
+    return page

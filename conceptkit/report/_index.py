@@ -9,6 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments
 from .._validation import check_int, describe
 from ..io import write_json
 from ._colors import concept_hex_colors
@@ -21,21 +22,23 @@ INDEX_KIND = "conceptkit.report_index"
 THUMBNAIL_SIDE = 160
 
 
+@renamed_arguments(n_top="n_top_concepts", thumbnail_concepts="n_thumbnail_concepts")
 def index_entry(report: ClassReport, page: str | os.PathLike,
-                out_dir: str | os.PathLike | None = None, *, n_top: int = 3,
-                thumbnail_concepts: int = 3) -> IndexEntry:
+                out_dir: str | os.PathLike | None = None, *, n_top_concepts: int = 3,
+                n_thumbnail_concepts: int = 3) -> IndexEntry:
     """The index row of ``report``, whose page was written to ``page``.
 
     ``page`` is stored relative to ``out_dir`` (the index's folder; default: the parent of the
-    class folder). The thumbnail is the first shown image with its top ``thumbnail_concepts``
-    concepts painted on (CRAFT overlay), at most 160 pixels a side.
+    class folder). The row lists the ``n_top_concepts`` most important concepts; the thumbnail is
+    the first shown image with its top ``n_thumbnail_concepts`` concepts painted on (CRAFT
+    overlay), at most 160 pixels a side.
     """
     if not isinstance(report, ClassReport):
         raise TypeError(f"`report` must be a ClassReport; got {describe(report)}.")
     if not isinstance(page, (str, os.PathLike)):
         raise TypeError(f"`page` must be a path; got {describe(page)}.")
-    n_top = check_int(n_top, "n_top", minimum=1)
-    thumbnail_concepts = check_int(thumbnail_concepts, "thumbnail_concepts", minimum=1)
+    n_top = check_int(n_top_concepts, "n_top_concepts", minimum=1)
+    thumbnail_concepts = check_int(n_thumbnail_concepts, "n_thumbnail_concepts", minimum=1)
     page = Path(page)
     base = Path(out_dir) if out_dir is not None else page.parent.parent
     link = Path(os.path.relpath(page.resolve(), base.resolve())).as_posix()

@@ -133,7 +133,7 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
                  else np.zeros((0, 3, 8, 8), dtype=np.float32) for c in report.concepts]
         pictures.append(Picture(
             "visualizations", "Concept visualisations", figure_png(plot_exemplar_grid(
-                shown, labels, report.importances, max_exemplars=2, max_side=192), dpi),
+                shown, labels, report.importances, n_exemplars=2, max_side=192), dpi),
             "visualizations.png",
             "Feature visualisation (MACO) of each visualised concept: an image optimised to raise "
             "the concept's coefficient, then the same image faded where its transparency map (the "

@@ -37,7 +37,7 @@ def fresh_model(bottleneck="sigmoid", seed=0, encoder=None):
     return ConceptBottleneckModel(encoder or nn.Linear(DIM, K), K, N_CLASSES, bottleneck=bottleneck)
 
 
-FAST = dict(epochs=20, lr=2e-2, batch_size=128, progress=False)
+FAST = dict(epochs=20, lr=2e-2, batch_size=128, seed=0, progress=False)
 
 
 @pytest.mark.parametrize("mode", ["independent", "sequential", "joint"])
@@ -108,23 +108,24 @@ def test_joint_loss_sums_weighted_balanced_bce_over_concepts():
 
 def test_same_seed_same_model_and_global_rng_untouched():
     states = []
-    short = {**FAST, "epochs": 4}  # determinism needs no convergence
+    short = {**FAST, "epochs": 4, "seed": 3}  # determinism needs no convergence
     for _ in range(2):
         model = fresh_model()
         before = torch.random.get_rng_state()
-        train_cbm(model, TRAIN, VAL, mode="joint", seed=3, **short)
+        train_cbm(model, TRAIN, VAL, mode="joint", **short)
         assert torch.equal(before, torch.random.get_rng_state())
         states.append(model.state_dict())
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
     other = fresh_model()
-    train_cbm(other, TRAIN, VAL, mode="joint", seed=4, **short)
+    train_cbm(other, TRAIN, VAL, mode="joint", **{**short, "seed": 4})
     assert not torch.equal(other.head.weight, states[0]["head.weight"])
 
 
 def test_without_val_data_a_seeded_fraction_is_held_out():
     model = fresh_model()
-    history = train_cbm(model, TRAIN, mode="joint", val_fraction=0.25, epochs=2, progress=False)
+    history = train_cbm(model, TRAIN, mode="joint", val_fraction=0.25, epochs=2, seed=0,
+                        progress=False)
     assert history.val_source == "split"
     assert history.n_val == 150 and history.n_train == 450
     # the held-out rows are not used for the positive weights: they come from the 450 rows only
@@ -136,7 +137,7 @@ def test_early_stopping_restores_the_best_epoch():
     model = fresh_model()
     small_noisy = synthetic(30, 5, noise=2.0)  # overfits quickly: the val loss turns up
     history = train_cbm(model, small_noisy, VAL, mode="joint", epochs=300, patience=3, lr=0.05,
-                        batch_size=32, progress=False)
+                        batch_size=32, seed=0, progress=False)
     stage = history.stages[0]
     assert stage.stopped_early
     assert stage.best_epoch == int(np.argmin(stage.val_loss))
@@ -164,8 +165,9 @@ class TripleDataset(Dataset):
 
 def test_dataset_input_matches_tensor_input():
     a, b = fresh_model(), fresh_model()
-    train_cbm(a, TRAIN, VAL, mode="sequential", epochs=3, progress=False)
-    train_cbm(b, TripleDataset(TRAIN), TripleDataset(VAL), mode="sequential", epochs=3, progress=False)
+    train_cbm(a, TRAIN, VAL, mode="sequential", epochs=3, seed=0, progress=False)
+    train_cbm(b, TripleDataset(TRAIN), TripleDataset(VAL), mode="sequential", epochs=3, seed=0,
+              progress=False)
     for key, value in a.state_dict().items():
         torch.testing.assert_close(value, b.state_dict()[key], rtol=1e-5, atol=1e-6)
 
@@ -173,12 +175,23 @@ def test_dataset_input_matches_tensor_input():
 def test_sgd_optimizer_and_frozen_encoder():
     model = fresh_model()
     history = train_cbm(model, TRAIN, VAL, mode="joint", optimizer="sgd", epochs=5, lr=0.05,
-                        batch_size=128, progress=False)
+                        batch_size=128, seed=0, progress=False)
     assert history.stages[0].val_loss[-1] < history.stages[0].val_loss[0]
     frozen = fresh_model()
     frozen.concept_encoder.requires_grad_(False)
     before = frozen.concept_encoder.weight.clone()
-    train_cbm(frozen, TRAIN, VAL, mode="joint", epochs=2, progress=False)
+    train_cbm(frozen, TRAIN, VAL, mode="joint", epochs=2, seed=0, progress=False)
     torch.testing.assert_close(frozen.concept_encoder.weight, before, rtol=0, atol=0)
     with pytest.raises(ValueError, match="nothing to train"):
-        train_cbm(frozen, TRAIN, VAL, mode="sequential", epochs=2, progress=False)
+        train_cbm(frozen, TRAIN, VAL, mode="sequential", epochs=2, seed=0, progress=False)
+
+
+def test_no_seed_draws_one_and_records_it_so_the_run_can_be_repeated():
+    first = fresh_model()
+    history = train_cbm(first, TRAIN, mode="joint", val_fraction=0.25, epochs=2, progress=False)
+    assert isinstance(history.seed, int) and history.seed >= 0
+    again = fresh_model()
+    train_cbm(again, TRAIN, mode="joint", val_fraction=0.25, epochs=2, seed=history.seed,
+              progress=False)
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

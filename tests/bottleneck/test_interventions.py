@@ -39,7 +39,8 @@ def noisy_model(request):
     train, val, test = synthetic(600, 0, 3.0), synthetic(200, 1, 3.0), synthetic(300, 2, 3.0)
     torch.manual_seed(0)
     model = ConceptBottleneckModel(nn.Linear(DIM, K), K, N_CLASSES, bottleneck=request.param)
-    train_cbm(model, train, val, mode="independent", epochs=20, lr=2e-2, batch_size=128, progress=False)
+    train_cbm(model, train, val, mode="independent", epochs=20, lr=2e-2, batch_size=128,
+              seed=0, progress=False)
     return model, test
 
 

@@ -1,4 +1,5 @@
-"""Label-free CBM: filters, cos³ projection, elastic-net solver and the recovered bottleneck.
+"""Label-free CBM: filters, cos³ projection and the recovered bottleneck (its elastic-net solver:
+test_sparse.py).
 
 The end-to-end check uses a CLIP stand-in built from the reference dataset's concept labels:
 an image embeds as ``P · concepts(image) + noise`` (``P`` orthonormal concept directions), the
@@ -11,80 +12,12 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from conceptkit.bottleneck import ClipEncoders, LabelFreeCBM
 from conceptkit.bottleneck._concept_filter import filter_by_text, top5_activation
 from conceptkit.bottleneck._label_free import cubed_cosine_similarity
-from conceptkit.bottleneck._sparse import (
-    elastic_net_path,
-    fit_elastic_net,
-    lambda_max,
-    nnz_per_class,
-)
 from conceptkit.datasets import make_concept_dataset, reference_model
 from conceptkit.extraction import split_model
-
-# -- elastic-net solver ---------------------------------------------------------------------------
-
-
-def _glm_problem(n=400, k=10, n_classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, k))
-    true_w = rng.normal(size=(n_classes, k)) * (rng.random((n_classes, k)) < 0.3) * 2
-    y = (X @ true_w.T + rng.gumbel(size=(n, n_classes))).argmax(1)
-    return torch.tensor(X), torch.tensor(y)
-
-
-def _objective(X, y, W, b, lam, alpha=0.99):
-    ce = torch.nn.functional.cross_entropy(X @ W.T + b, y)
-    return float(ce + lam * (alpha * W.abs().sum() + 0.5 * (1 - alpha) * (W * W).sum()))
-
-
-@pytest.mark.parametrize("lam", [3e-3, 3e-2])
-def test_elastic_net_matches_sklearn_saga(lam):
-    X, y = _glm_problem()
-    fit = fit_elastic_net(X, y, 3, lam, alpha=0.99, tol=1e-10, max_iter=20000)
-    assert fit.converged
-    sk = LogisticRegression(l1_ratio=0.99, C=1 / (len(y) * lam), solver="saga", tol=1e-10,
-                            max_iter=100000).fit(X.numpy(), y.numpy())
-    W_sk, b_sk = torch.tensor(sk.coef_), torch.tensor(sk.intercept_)
-    assert fit.objective == pytest.approx(_objective(X, y, W_sk, b_sk, lam), rel=1e-7)
-    np.testing.assert_allclose(fit.weight.numpy(), sk.coef_, atol=1e-4)
-    np.testing.assert_array_equal(nnz_per_class(fit.weight), nnz_per_class(W_sk))
-
-
-def test_elastic_net_solution_satisfies_kkt():
-    X, y = _glm_problem(seed=1)
-    lam, alpha = 1e-2, 0.99
-    fit = fit_elastic_net(X, y, 3, lam, alpha=alpha, tol=1e-11, max_iter=50000)
-    W, b = fit.weight, fit.bias
-    prob = torch.softmax(X @ W.T + b, 1)
-    residual = (prob - torch.nn.functional.one_hot(y, 3)) / len(y)
-    grad = residual.T @ X + lam * (1 - alpha) * W
-    active = W.abs() > 1e-8
-    np.testing.assert_allclose(grad[active], -lam * alpha * torch.sign(W[active]), atol=1e-6)
-    assert float(grad[~active].abs().max()) <= lam * alpha + 1e-6
-    np.testing.assert_allclose(residual.sum(0), 0, atol=1e-8)  # unpenalised intercepts
-
-
-def test_lambda_max_is_the_smallest_all_zero_penalty():
-    X, y = _glm_problem(seed=2)
-    top = lambda_max(X, y, 3, 0.99)
-    assert nnz_per_class(fit_elastic_net(X, y, 3, top * 1.001, tol=1e-9).weight).sum() == 0
-    assert nnz_per_class(fit_elastic_net(X, y, 3, top * 0.9, tol=1e-9).weight).sum() > 0
-
-
-@pytest.mark.parametrize("target", [1, 3])
-def test_path_returns_the_densest_fit_within_the_target(target):
-    X, y = _glm_problem(seed=3)
-    fit, path = elastic_net_path(X, y, 3, target)
-    counts = nnz_per_class(fit.weight)
-    assert counts.max() <= target
-    assert counts.max() == target  # the bisection gets to the target on this problem
-    admissible = [p["lam"] for p in path if p["nnz_max"] <= target]
-    assert fit.lam == min(admissible)
-
 
 # -- cos³ similarity and filters -------------------------------------------------------------------
 
@@ -191,7 +124,7 @@ def reference_setup():
     unrelated = ["wooden table", "blue sky", "a photo of a dog", "a very long concept description here"]
     candidates = list(train.concept_names) + unrelated + ["a red disk", train.class_names[0]]
     model = LabelFreeCBM(backbone, clip, candidates, list(train.class_names), nnz_per_class=4,
-                         progress=False)
+                         seed=0, progress=False)
     model.fit(train.images, train.labels, splits["val"].images, splits["val"].labels)
     return model, splits, clip
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conceptkit.bottleneck import ClipEncoders, ConceptBank, LabelFreeCBM, PosthocCBM
+from conceptkit.bottleneck import CAVBank, ClipEncoders, LabelFreeCBM, PosthocCBM
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -165,16 +165,16 @@ def test_label_free_and_posthoc_plumbing_with_a_tiny_open_clip(tiny_clip):
     lf = LabelFreeCBM(backbone, (model, tokenizer), concepts, ["one", "two", "three"],
                       clip_cutoff=-1.0, interpretability_cutoff=-1.0, class_similarity_cutoff=1.01,
                       concept_similarity_cutoff=1.01, proj_steps=60, nnz_per_class=2,
-                      progress=False)
+                      seed=0, progress=False)
     lf.fit(images, labels)
     assert lf.concepts_ == concepts
     assert lf.predict(images).shape == (60,)
     assert lf.nnz_per_class_.max() <= 2
 
     clip = ClipEncoders.from_open_clip(model, tokenizer)
-    bank = ConceptBank.from_clip_text(clip, concepts)
+    bank = CAVBank.from_clip_text(clip, concepts)
     np.testing.assert_allclose(np.linalg.norm(bank.vectors, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(bank.intercepts, 0.0)
     embeddings = clip.image_embeddings(images)
-    pcbm = PosthocCBM(bank, lam=1e-3, progress=False).fit(embeddings, labels)
+    pcbm = PosthocCBM(bank, alpha=1e-3, seed=0, progress=False).fit(embeddings, labels)
     assert pcbm.predict(embeddings).shape == (60,)

@@ -6,7 +6,7 @@ import torch
 from sklearn.linear_model import SGDClassifier
 from sklearn.svm import SVC
 
-from conceptkit.bottleneck import ConceptBank, PosthocCBM
+from conceptkit.bottleneck import CAVBank, PosthocCBM
 from conceptkit.datasets import make_concept_dataset, reference_model
 from conceptkit.extraction import split_model
 from conceptkit.io import FormatError
@@ -32,22 +32,22 @@ NAMES = [f"concept {j}" for j in range(K)]
 def test_margins_are_signed_distances_to_the_hyperplanes():
     rng = np.random.default_rng(0)
     vectors, intercepts, emb = rng.normal(size=(3, 5)), rng.normal(size=3), rng.normal(size=(4, 5))
-    bank = ConceptBank(vectors, intercepts, ["a", "b", "c"])
+    bank = CAVBank(vectors, intercepts, ["a", "b", "c"])
     expected = [[(e @ v + b) / np.linalg.norm(v) for v, b in zip(vectors, intercepts)] for e in emb]
     np.testing.assert_allclose(bank.margins(emb), expected)
     with pytest.raises(ValueError, match="5 columns"):
         bank.margins(rng.normal(size=(2, 4)))
     with pytest.raises(ValueError, match="zero"):
-        ConceptBank(np.zeros((1, 5)), [0.0], ["z"])
+        CAVBank(np.zeros((1, 5)), [0.0], ["z"])
     with pytest.raises(ValueError, match="names"):
-        ConceptBank(vectors, intercepts, ["a"])
+        CAVBank(vectors, intercepts, ["a"])
 
 
 def test_cavs_are_linear_svms_on_the_examples():
     x, concepts, _ = synthetic(120, 0)
     pos, neg = x[concepts[:, 0] == 1], x[concepts[:, 0] == 0]
     # n_samples above the counts: every example is used, so the SVM is fully determined
-    bank = ConceptBank.from_examples({"c0": pos}, neg, C=0.1, n_samples=1000)
+    bank = CAVBank.from_examples({"c0": pos}, neg, C=0.1, n_samples=1000, seed=0)
     svm = SVC(kernel="linear", C=0.1).fit(np.concatenate([pos, neg]),
                                           np.r_[np.ones(len(pos)), np.zeros(len(neg))])
     # same problem; libsvm stops at tol=1e-3, and the example order (shuffled by the bank)
@@ -61,21 +61,21 @@ def test_cavs_are_linear_svms_on_the_examples():
 
 def test_cavs_from_concept_labels_separate_the_concepts():
     x, concepts, _ = synthetic(600, 1)
-    bank = ConceptBank.from_concept_labels(x, concepts, NAMES, n_samples=50, seed=0)
+    bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=50, seed=0)
     assert bank.names == NAMES
     assert bank.accuracy.min() >= 0.9  # held-out accuracy of each SVM
     x_test, c_test, _ = synthetic(300, 2)
     predicted = bank.margins(x_test) > 0
     assert (predicted == (c_test == 1)).mean() >= 0.9
     with pytest.raises(ValueError, match=r"\(N, K\)"):
-        ConceptBank.from_concept_labels(x, concepts[:, :3], NAMES)
+        CAVBank.from_concept_labels(x, concepts[:, :3], NAMES)
 
 
 @pytest.fixture(scope="module")
 def fitted():
     x, concepts, labels = synthetic(900, 3)
-    bank = ConceptBank.from_concept_labels(x, concepts, NAMES, n_samples=100, seed=0)
-    model = PosthocCBM(bank, lam=1e-2, progress=False).fit(x, labels)
+    bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=100, seed=0)
+    model = PosthocCBM(bank, alpha=1e-2, seed=0, progress=False).fit(x, labels)
     return model, bank, (x, labels)
 
 
@@ -104,9 +104,9 @@ def test_posthoc_cbm_finds_the_causal_concepts(fitted):
 def test_hybrid_residual_recovers_what_the_bank_misses():
     """The bank only has class 0's concepts: PCBM cannot tell classes 1 and 2 apart, PCBM-h can."""
     x, concepts, labels = synthetic(900, 5)
-    partial = ConceptBank.from_concept_labels(x, concepts[:, :2], NAMES[:2], n_samples=100)
-    pcbm = PosthocCBM(partial, lam=1e-2, progress=False).fit(x, labels)
-    hybrid = PosthocCBM(partial, lam=1e-2, residual=True, progress=False).fit(x, labels)
+    partial = CAVBank.from_concept_labels(x, concepts[:, :2], NAMES[:2], n_samples=100, seed=0)
+    pcbm = PosthocCBM(partial, alpha=1e-2, seed=0, progress=False).fit(x, labels)
+    hybrid = PosthocCBM(partial, alpha=1e-2, residual=True, seed=0, progress=False).fit(x, labels)
     x_test, _, y_test = synthetic(400, 6)
     plain_acc = (pcbm.predict(x_test) == y_test).mean()
     hybrid_acc = (hybrid.predict(x_test) == y_test).mean()
@@ -124,8 +124,9 @@ def test_save_load_round_trip(tmp_path, n_classes):
     x, concepts, labels = synthetic(600, 7)
     keep = labels < n_classes
     x, concepts, labels = x[keep], concepts[keep], labels[keep]
-    bank = ConceptBank.from_concept_labels(x, concepts, NAMES, n_samples=60)
-    model = PosthocCBM(bank, lam=1e-3, residual=True, residual_epochs=3, progress=False).fit(x, labels)
+    bank = CAVBank.from_concept_labels(x, concepts, NAMES, n_samples=60, seed=0)
+    model = PosthocCBM(bank, alpha=1e-3, residual=True, residual_epochs=3, seed=0,
+                       progress=False).fit(x, labels)
     loaded = PosthocCBM.load(model.save(tmp_path / "pcbm.safetensors"))
     np.testing.assert_allclose(loaded.decision_function(x), model.decision_function(x))
     z = model._head_inputs(x)
@@ -145,7 +146,7 @@ def test_images_need_a_backbone_and_unfitted_models_refuse(fitted):
         model.predict(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match="not fitted"):
         PosthocCBM(bank).predict(np.zeros((1, DIM)))
-    with pytest.raises(TypeError, match="ConceptBank"):
+    with pytest.raises(TypeError, match="CAVBank"):
         PosthocCBM("bank").fit(np.zeros((4, DIM)), [0, 1, 0, 1])
 
 
@@ -156,9 +157,10 @@ def test_posthoc_cbm_on_the_reference_dataset():
     test = make_concept_dataset(40, seed=0, split="test")
     with torch.no_grad():
         embeddings = backbone(train.images)
-    bank = ConceptBank.from_concept_labels(embeddings, train.concepts, list(train.concept_names),
-                                           n_samples=50)
+    bank = CAVBank.from_concept_labels(embeddings, train.concepts, list(train.concept_names),
+                                       n_samples=50, seed=0)
     causal = sorted({j for pair in train.class_concepts for j in pair})
     assert bank.accuracy[causal].min() >= 0.95  # the CNN encodes every causal concept linearly
-    model = PosthocCBM(bank, backbone, lam=1e-2, progress=False).fit(train.images, train.labels)
+    model = PosthocCBM(bank, backbone, alpha=1e-2, seed=0, progress=False).fit(train.images,
+                                                                           train.labels)
     assert (model.predict(test.images) == test.labels.numpy()).mean() >= 0.95

@@ -38,7 +38,7 @@ def shape_images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def coffee_images(tmp_path_factory) -> Path:
     """Four 224 px views of the skimage coffee photo."""
-    views = photo_views(sample_photos(names=["coffee"])["coffee"], 4, size=224, seed=0)
+    views = photo_views(sample_photos(names=["coffee"])["coffee"], 4, image_size=224, seed=0)
     return write_pngs(views, tmp_path_factory.mktemp("coffee"))
 
 

@@ -72,9 +72,14 @@ def test_explain_names_by_classes(class_images, tmp_path, capsys):
     (["--name-with", "dissect"], "--probe"),
     (["--name-with", "dissect", "--probe", "mars"], "--probe"),
     (["--name-with", "clip"], "--clip"),
+    (["--name-with", "clip", "--clip", "ViT-B-32", "--vocabulary", "nowhere.txt"], "--vocabulary"),
+    (["--clip", "ViT-B-32"], "--name-with clip"),
+    (["--visualize", "--visualize-steps", "0"], "--visualize-steps"),
 ])
 def test_naming_arguments_are_checked(extra, message, class_images, tmp_path, capsys):
     code = main(["explain", "--model", "reference", "--images", str(class_images), "--class", "2",
                  "--out", str(tmp_path / "bad"), *extra, *FAST])
     assert code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "bad").exists()  # refused before any work

@@ -88,7 +88,7 @@ def test_report_from_python_with_mlp_head(tmp_path):
     concepts = (x[:, :4] > 0).float()
     labels = (concepts[:, 0] + concepts[:, 1]).long()
     model = ConceptBottleneckModel(nn.Linear(5, 4), 4, 3, head="mlp")
-    train_cbm(model, (x, concepts, labels), mode="joint", epochs=3, progress=False)
+    train_cbm(model, (x, concepts, labels), mode="joint", epochs=3, seed=0, progress=False)
     result = evaluate_cbm(model, (x, concepts, labels))
     curves = {"random": intervention_curve(model, (x, concepts, labels), n_trials=2)}
     page = write_cbm_report(tmp_path / "r", model, result, curves, extra={"note": "unit test"})

@@ -161,7 +161,8 @@ def test_stability_validates():
 # --------------------------------------------------------------------------- the registry
 def test_registry_directions():
     expected = {"relative_l2": False, "sparsity_l0": False, "hoyer": True,
-                "frechet_distance": False, "stability": True}
+                "frechet_distance": False, "stability": True, "dead_codes": False,
+                "seed_stability": True}
     assert {name: m.higher_is_better for name, m in EXTRACTION_METRICS.items()} == expected
 
 

@@ -13,10 +13,9 @@ from conceptkit.concepts import (
     ConceptBank,
     KMeansConcepts,
     SemiNMF,
-    ace_keep_clusters,
     bank_from_activations,
-    restrict_bank,
 )
+from conceptkit.concepts._methods import ace_keep_clusters, restrict_bank
 from conceptkit.extraction import Provenance
 from conceptkit.io import FormatError
 

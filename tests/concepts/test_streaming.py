@@ -1,4 +1,5 @@
-"""Streaming concept discovery over an on-disk activation store (issue 7, target 5)."""
+"""Streaming concept discovery over an on-disk activation store: streaming NMF, streaming codes
+and reconstruction error, codes written to a store."""
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from conceptkit.concepts import (
     write_codes,
 )
 from conceptkit.concepts.metrics import matched_cosine
-from conceptkit.extraction import ActivationStore, finalize_store, write_chunks
+from conceptkit.extraction import ActivationStore
+from conceptkit.extraction._store import finalize_store, write_chunks
 
 K = 6
 

@@ -66,11 +66,14 @@ for name, est in {"nmf_hals": concepts.NMF(4, solver="torch_hals", random_state=
     arrays[name + ".components"] = est.components_
 
 explanation = conceptkit.ConceptExplainer(model, "3", n_concepts=4, method="craft", seed=seed,
-                                          n_designs=16, progress=False).fit(images, 1)
+                                          importance="sobol", n_designs=16,
+                                          progress=False).fit(images, 1)
+arrays["explainer.pixel_ablation"] = conceptkit.ConceptExplainer(
+    model, "3", n_concepts=4, method="craft", seed=seed, progress=False).fit(images, 1).importances
 arrays["explainer.importances"] = explanation.importances
 arrays["explainer.per_input"] = explanation.importance.per_input
 arrays["explainer.maps"] = explanation.concept_maps().numpy()
-arrays["coefficient_maps"] = maps.coefficient_maps(explanation.bank, explanation.activations, 32).numpy()
+arrays["coefficient_maps"] = maps.coefficient_maps(explanation.activations, explanation.bank, 32).numpy()
 
 h = explanation.model_at_layer.h
 for method in ("sobol", "rise"):
@@ -92,7 +95,7 @@ randoms = torch.rand(40, 12, 16, 16, generator=torch.Generator().manual_seed(2))
 tcav = importance.tcav(h, explanation.activations, sets, randoms, 1, n_runs=10, seed=seed,
                        progress=False)
 arrays["tcav.scores"] = tcav.scores
-arrays["tcav.random"] = tcav.random_scores
+arrays["tcav.random"] = tcav.random_magnitudes  # the default protocol tests magnitudes
 
 gen = torch.Generator().manual_seed(3)
 x = torch.randn(60, 10, generator=gen)

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch import nn
 
 import conceptkit
 from conceptkit import bottleneck, concepts, extraction, importance, io, maps
+from conceptkit import evaluate as ev
 from conceptkit.concepts import metrics as concept_metrics
 from conceptkit.datasets import make_concept_dataset
 
@@ -97,6 +99,20 @@ class Context:
     def explanation(self) -> conceptkit.ClassConcepts:
         return conceptkit.ConceptExplainer(self.model, "block2", n_concepts=3, method="ice", seed=0,
                                            progress=False).fit(self.images, 1)
+
+    @functools.cached_property
+    def part_masks(self) -> torch.Tensor:
+        """Two parts per image: the top-left and the bottom-right corner, (6, 2, 32, 32)."""
+        masks = torch.zeros(6, 2, 32, 32, dtype=torch.bool)
+        masks[:, 0, :10, :10] = True
+        masks[:, 1, 20:, 20:] = True
+        return masks
+
+    def part_data(self, **fields) -> dict:
+        """A (model, data) world for ``evaluate``: images, labels 0, 1, 2, part masks."""
+        data = {"images": self.images, "labels": np.arange(6) % 3, "masks": self.part_masks}
+        data.update(fields)
+        return {k: v for k, v in data.items() if v is not None}
 
     @functools.cached_property
     def nmf(self) -> concepts.NMF:
@@ -173,11 +189,14 @@ class Context:
     def store_with_manifest_escape(self) -> Path:
         import json
 
+        from conceptkit.extraction._store import manifest_digest
+
         path = self.root / "store-escape"
         if not path.exists():
             shutil.copytree(self.store(), path)
             manifest = json.loads((path / "manifest.json").read_text())
             manifest["chunks"][0]["file"] = f"../{self.bank_file.name}"  # an existing file
+            manifest["digest"] = manifest_digest(manifest)  # a forged, consistent digest
             (path / "manifest.json").write_text(json.dumps(manifest))
         return path
 
@@ -443,21 +462,21 @@ ROWS: list[Row] = [
       ValueError, "`fast_path`"),
     # -- maps --------------------------------------------------------------------------------
     R("coefficient-maps-rank", "maps.coefficient_maps", "pooled activations (N, C)",
-      lambda c: maps.coefficient_maps(c.bank, torch.rand(3, 12)), ValueError, "`activations`"),
+      lambda c: maps.coefficient_maps(torch.rand(3, 12), c.bank), ValueError, "`activations`"),
     R("coefficient-maps-channels", "maps.coefficient_maps", "feature maps of another layer",
-      lambda c: maps.coefficient_maps(c.bank, torch.rand(3, 8, 4, 4)), ValueError, "`activations`"),
+      lambda c: maps.coefficient_maps(torch.rand(3, 8, 4, 4), c.bank), ValueError, "`activations`"),
     R("coefficient-maps-size", "maps.coefficient_maps", "a negative image_size",
-      lambda c: maps.coefficient_maps(c.bank, c.activations, image_size=-1), ValueError, "`image_size`"),
+      lambda c: maps.coefficient_maps(c.activations, c.bank, image_size=-1), ValueError, "`image_size`"),
     R("coefficient-maps-size-type", "maps.coefficient_maps", "image_size given as a string",
-      lambda c: maps.coefficient_maps(c.bank, c.activations, image_size="big"), TypeError, "`image_size`"),
+      lambda c: maps.coefficient_maps(c.activations, c.bank, image_size="big"), TypeError, "`image_size`"),
     R("gradient-maps-batch", "maps.gradient_maps", "batch_size=0",
-      lambda c: maps.gradient_maps(c.model, c.bank, c.images, batch_size=0), ValueError, "`batch_size`"),
+      lambda c: maps.gradient_maps(c.model, c.images, c.bank, batch_size=0), ValueError, "`batch_size`"),
     R("provenance-maps-images", "maps.provenance_maps", "n_images smaller than the bank's source images",
       lambda c: maps.provenance_maps(c.bank, n_images=0), ValueError, "`n_images`"),
     R("pointing-game-nan", "maps.pointing_game", "NaN in the maps",
       lambda c: maps.pointing_game(np.full((2, 8, 8), np.nan), np.ones((2, 8, 8))), ValueError, "`maps`"),
     R("gradient-maps-layer", "maps.gradient_maps", "unknown map_layer",
-      lambda c: maps.gradient_maps(c.model, c.bank, c.images, map_layer="block9"), ValueError, "`map_layer`"),
+      lambda c: maps.gradient_maps(c.model, c.images, c.bank, map_layer="block9"), ValueError, "`map_layer`"),
     R("pointing-game-shapes", "maps.pointing_game", "maps and masks of different shapes",
       lambda c: maps.pointing_game(np.ones((2, 8, 8)), np.ones((2, 4, 4))), ValueError, "`masks`"),
     R("mask-iou-quantile", "maps.mask_iou", "quantile outside [0, 1]",
@@ -515,6 +534,58 @@ ROWS: list[Row] = [
     R("decompose-concept-range", "conceptkit.decompose_concept", "a concept index out of range",
       lambda c: conceptkit.decompose_concept(c.model, c.bank, c.images, 9, "block1", progress=False),
       ValueError, "`concept`"),
+    # -- evaluate ----------------------------------------------------------------------------
+    R("evaluate-masks-rank", "evaluate.reliance", "masks (N, H, W) without the part axis",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks[:, 0], 1), ValueError, "`masks`"),
+    R("evaluate-masks-size", "evaluate.reliance", "masks drawn at another size than the images",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks[..., :16, :16], 1), ValueError, "`masks`"),
+    R("evaluate-masks-count", "evaluate.reliance", "masks of fewer images than `images`",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks[:4], 1), ValueError, "`masks`"),
+    R("evaluate-masks-values", "evaluate.reliance", "soft masks (values other than 0 and 1)",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks.float() * 0.5, 1), ValueError, "`masks`"),
+    R("evaluate-masks-list", "evaluate.reliance", "masks as nested lists",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks.tolist(), 1), TypeError, "`masks`"),
+    R("evaluate-class-range", "evaluate.reliance", "class_id beyond the model's outputs",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 5, progress=False), ValueError, "`class_id`"),
+    R("evaluate-fill", "evaluate.reliance", "an unknown fill (a typo)",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 1, fill="grey"), ValueError, "`fill`"),
+    R("evaluate-fill-shape", "evaluate.reliance", "a fill callable returning another shape",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 1, fill=lambda x: x[:, :1], progress=False),
+      ValueError, "`fill`"),
+    R("evaluate-part-names", "evaluate.reliance", "fewer part names than parts",
+      lambda c: ev.reliance(c.model, c.images, c.part_masks, 1, part_names=["corner"]),
+      ValueError, "`part_names`"),
+    R("localisation-maps-rank", "evaluate.localisation", "maps (N, H, W) instead of (N, k, H, W)",
+      lambda c: ev.localisation(torch.rand(6, 8, 8), None, c.part_masks), ValueError, "`result`"),
+    R("localisation-maps-count", "evaluate.localisation", "maps of other images than the masks",
+      lambda c: ev.localisation(torch.rand(4, 3, 8, 8), None, c.part_masks), ValueError, "`result`"),
+    R("localisation-quantile", "evaluate.localisation", "quantile as a percentile (90)",
+      lambda c: ev.localisation(c.explanation, c.images, c.part_masks, quantile=90), ValueError, "`quantile`"),
+    R("faithfulness-no-importances", "evaluate.faithfulness", "an explanation without importances",
+      lambda c: ev.faithfulness(SimpleNamespace(class_id=1, concept_maps=c.explanation.concept_maps),
+                                c.model, c.images, c.part_masks), TypeError, "`result`"),
+    R("faithfulness-nan-importances", "evaluate.faithfulness", "NaN importances",
+      lambda c: ev.faithfulness(SimpleNamespace(class_id=1, importances=[np.nan, 1.0, 2.0],
+                                                concept_maps=c.explanation.concept_maps),
+                                c.model, c.images, c.part_masks), ValueError, "`result.importances`"),
+    R("faithfulness-reliance-class", "evaluate.faithfulness", "a reliance measured for another class",
+      lambda c: ev.faithfulness(c.explanation, c.model, c.images, c.part_masks,
+                                reliance=ev.reliance(c.model, c.images, c.part_masks, 0, progress=False),
+                                progress=False), ValueError, "`reliance`"),
+    R("faithfulness-removal", "evaluate.faithfulness", "an unknown removal (a typo)",
+      lambda c: ev.faithfulness(c.explanation, c.model, c.images, c.part_masks, removal="erase"),
+      ValueError, "`removal`"),
+    R("evaluate-world-no-masks", "evaluate.evaluate", "a (model, data) world whose data has no masks",
+      lambda c: ev.evaluate(c.explanation, (c.model, c.part_data(masks=None)), progress=False),
+      TypeError, "`world`"),
+    R("evaluate-not-a-world", "evaluate.evaluate", "a dataset instead of a World or (model, data)",
+      lambda c: ev.evaluate(c.explanation, c.part_data(), progress=False), TypeError, "`world`"),
+    R("evaluate-no-importances", "evaluate.evaluate", "a class explanation without importances",
+      lambda c: ev.evaluate({1: SimpleNamespace(class_id=1, concept_maps=c.explanation.concept_maps)},
+                            (c.model, c.part_data()), progress=False), TypeError, "`explanation`"),
+    R("evaluate-class-absent", "evaluate.evaluate", "data without an image of the explained class",
+      lambda c: ev.evaluate(c.explanation, (c.model, c.part_data(labels=np.zeros(6, int))),
+                            progress=False), ValueError, "`explanation`"),
     # -- bottleneck --------------------------------------------------------------------------
     R("cbm-one-class", "bottleneck.ConceptBottleneckModel", "n_classes=1",
       lambda c: bottleneck.ConceptBottleneckModel(nn.Linear(8, 4), 4, 1), ValueError, "`n_classes`"),
@@ -544,7 +615,7 @@ ROWS: list[Row] = [
     R("intervention-policy", "bottleneck.intervention_curve", "unknown policy",
       lambda c: bottleneck.intervention_curve(c.cbm, c.cbm_data, policy="greedy"), ValueError, "`policy`"),
     R("posthoc-not-fitted", "bottleneck.PosthocCBM.predict", "predict before fit",
-      lambda c: bottleneck.PosthocCBM(bottleneck.ConceptBank(np.eye(3), np.zeros(3), ["a", "b", "c"]))
+      lambda c: bottleneck.PosthocCBM(bottleneck.CAVBank(np.eye(3), np.zeros(3), ["a", "b", "c"]))
       .predict(np.ones((2, 3))), ValueError, "fit(X, y)"),
     R("label-free-labels", "bottleneck.LabelFreeCBM.fit", "labels of another length than the images",
       lambda c: bottleneck.LabelFreeCBM(c.model, _FakeClip(), ["red", "round"], ["a", "b"], progress=False)
@@ -574,6 +645,12 @@ ROWS: list[Row] = [
       lambda c: cli("report", str(c.root / "missing.safetensors"), "--out", str(c.root / "r")),
       CLIError, "`path`"),
 ]
+
+
+# Rows of the second reliability round (issue 15), kept in their own module.
+from _errors_reliability import rows as _reliability_rows  # noqa: E402
+
+ROWS += _reliability_rows(R, cli, CLIError)
 
 
 class _FakeClip:

@@ -254,7 +254,7 @@ def test_tcav_images(fuse):
 def test_gradient_maps(fuse, bank):
     model = cnn()
     model.trip_g.arm(fuse)
-    run(model, lambda: maps.gradient_maps(model, bank, images(), map_layer="block1", batch_size=2),
+    run(model, lambda: maps.gradient_maps(model, images(), bank, map_layer="block1", batch_size=2),
         fails=bool(fuse))
 
 
@@ -425,7 +425,7 @@ def test_label_free_backbone(fuse):
 def test_posthoc_backbone(fuse):
     net = backbone()
     net.trip.arm(fuse)
-    bank = bottleneck.ConceptBank(np.eye(6)[:3], np.zeros(3), ["a", "b", "c"])
+    bank = bottleneck.CAVBank(np.eye(6)[:3], np.zeros(3), ["a", "b", "c"])
     pcbm = bottleneck.PosthocCBM(bank, net, batch_size=4, max_iter=50, progress=False)
     x, _, y = cbm_data(80)  # embeddings are computed 64 images at a time: two batches
     run(net, lambda: pcbm.fit(x, y), fails=bool(fuse))

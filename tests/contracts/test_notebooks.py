@@ -17,7 +17,8 @@ nbclient = pytest.importorskip("nbclient")
 import conceptkit  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "05_naming.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "03_evaluate.ipynb", "04_atlas.ipynb",
+         "05_naming.ipynb"]
 NUMBER = r"([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)"
 IMPORTANCE_LINE = re.compile(rf"^\s*concept (\d+): {NUMBER} \[{NUMBER}, {NUMBER}\]$", re.M)
 
@@ -156,6 +157,105 @@ def test_real_model_notebook_runs(kernel_path, tmp_path):
         # a clear share, not a uniform spread.
         values = np.array([v for v, _, _ in printed.values()])
         assert values.max() > 2 * np.median(values)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+RELIANCE_HEADER = re.compile(r"^class (\d+) '[^']*': probability drop", re.M)
+RELIANCE_LINE = re.compile(rf"^  reliance (.+?)\s+(causal|distractor)\s+{NUMBER}$", re.M)
+KIND_LINE = re.compile(rf"^(auto|coefficient|gradient)\s+(\d+)\s+(.+?)\s+{NUMBER}\s+{NUMBER}$", re.M)
+SPEARMAN_LINE = re.compile(rf"^class (\d+): spearman {NUMBER}, kendall", re.M)
+
+
+def stdout_of(nb) -> str:
+    """What the code cells printed, exactly: the kernel flushes stdout in chunks (a line and its
+    newline may arrive apart), so the chunks are joined as they came, without separators."""
+    return "".join(output["text"] for cell in nb.cells for output in cell.get("outputs", [])
+                   if output["output_type"] == "stream" and output["name"] == "stdout")
+
+
+def printed_reliance(text: str) -> dict[int, dict[str, float]]:
+    """``{class: {part: expected drop}}`` from the notebook's reliance listing."""
+    out: dict[int, dict[str, float]] = {}
+    headers = list(RELIANCE_HEADER.finditer(text))
+    for i, header in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+        block = text[header.end():end].split("\n\n")[0]
+        out[int(header.group(1))] = {name: float(v) for name, _, v in RELIANCE_LINE.findall(block)}
+    return out
+
+
+def markdown_rows(text: str, first_cell: str) -> list[list[str]]:
+    """The cells of every Markdown table row starting with ``first_cell``."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def test_evaluate_notebook_03_runs(kernel_path, tmp_path):
+    from conceptkit.datasets import load_world
+    from conceptkit.evaluate import METRIC_COLUMNS, reliance
+
+    nb = execute("03_evaluate.ipynb", tmp_path)
+    text = stdout_of(nb)
+    printed = printed_reliance(text)
+    assert sorted(printed) == [0, 1]
+    # The printed reliance is what evaluate.reliance measures on the same sample, every part
+    # shown in the class's images listed, every value finite.
+    world = load_world("textures")
+    data = world.sample(n_per_class=16, seed=0, split="test")
+    model = world.model()
+    for c, values in printed.items():
+        rows = data.labels == c
+        rel = reliance(model, data.images[rows], data.masks[rows], c,
+                       part_names=world.part_names, progress=False)
+        assert set(values) == {world.part_names[p] for p in rel.ranking()}
+        for p in rel.ranking():
+            assert np.isfinite(values[world.part_names[p]])
+            assert values[world.part_names[p]] == pytest.approx(rel.expected[p], abs=6e-4)
+    # What the notebook's prose says: the model leans on one designed texture of class 0
+    # (checkerboard) and hardly on the other (stripes).
+    assert printed[0]["checkerboard"] > printed[0]["stripes"] + 0.2
+    assert printed[0]["stripes"] < 0.1
+    # The map-kind table: three kinds x two classes, scores in range.
+    kinds = KIND_LINE.findall(text)
+    assert sorted((k, int(c)) for k, c, *_ in kinds) == sorted(
+        (k, c) for k in ("auto", "coefficient", "gradient") for c in (0, 1))
+    for _, _, _, pointing, rho in kinds:
+        assert 0.0 <= float(pointing) <= 1.0 and -1.0 <= float(rho) <= 1.0
+    # evaluate() reproduces the per-function results on the same images (default maps): the
+    # most relied-on part is the top of the reliance listing and the Spearman column is the
+    # one faithfulness printed.
+    spearman = {int(c): float(v) for c, v in SPEARMAN_LINE.findall(text)}
+    column = 3 + list(METRIC_COLUMNS).index("spearman")
+    for c in (0, 1):
+        (row,) = markdown_rows(text, f"{c} {world.class_names[c]} |")[:1]
+        top_part = max(printed[c], key=printed[c].get)
+        assert row[1].startswith(f"{top_part} (")
+        assert float(row[column]) == pytest.approx(spearman[c], abs=0.011)
+        auto = next(float(r) for k, cc, _, _, r in kinds if k == "auto" and int(cc) == c)
+        assert auto == pytest.approx(spearman[c], abs=0.011)
+    assert len(markdown_rows(text, "**mean**")) == 2  # the textures and the shapes tables
+    assert "own data, class 1: most relied-on" in text
+    assert n_images(nb) >= 2  # the reliance bars, the maps by kind
+
+
+def test_atlas_notebook_runs(kernel_path, tmp_path):
+    nb = execute("04_atlas.ipynb", tmp_path)
+    text = text_of(nb)
+    out = output_dir(text)
+    try:
+        atlas = conceptkit.load(out / "atlas.safetensors")
+        assert "importance table: (6, 12)" in text
+        # The printed top importances are those of the saved atlas.
+        for row, name in enumerate(atlas.importance.class_names):
+            line = re.search(rf"^{re.escape(name)}\s+(.*)$", text, re.M).group(1)
+            for j, value in re.findall(r"C(\d+)=([0-9.]+)", line):
+                assert float(value) == pytest.approx(atlas.importance.values[row, int(j)], abs=1e-3)
+        a, b, _ = atlas.most_confused_pairs(1)[0]
+        shared = [f"C{s['concept']}" for s in atlas.shared_concepts(a, b)]
+        assert f"shared concepts: {shared}" in text
+        assert "importances identical after loading: True" in text
+        assert (out / "report" / "index.html").is_file() and n_images(nb) >= 1
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

@@ -1,4 +1,6 @@
-"""Overhead removed from the whole-class pipeline (issue 7, target 2) keeps the results exact."""
+"""The whole-class pipeline computes shared work once (codes, maps, metrics, the enlarged images' pass
+of g) and single-threads small BLAS products, and its results stay exactly those of the plain
+computation."""
 
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ def test_shared_codes_give_the_same_maps_and_metrics(fitted):
     cc = fitted
     size = tuple(cc.images.shape[-2:])
     maps = cc.concept_maps(kind="coefficient")
-    torch.testing.assert_close(maps, coefficient_maps(cc.bank, cc.activations, size), rtol=0, atol=0)
+    torch.testing.assert_close(maps, coefficient_maps(cc.activations, cc.bank, size), rtol=0, atol=0)
     maps.zero_()  # the caller owns what it gets: the shared codes are untouched
     assert cc.concept_maps(kind="coefficient").abs().sum() > 0
     per_input = cc.importance.per_input
@@ -61,13 +63,16 @@ def test_shared_codes_give_the_same_maps_and_metrics(fitted):
         assert metrics[metric.name]["value"] == pytest.approx(plain, rel=1e-12, abs=1e-12)
 
 
-def test_scale_matched_maps_run_g_once_for_maps_report_and_save(tmp_path, monkeypatch):
-    """CRAFT's default maps enlarge the class images: one pass of g over them, shared."""
+def test_scale_matched_maps_run_g_once_and_default_maps_need_no_enlarged_pass(tmp_path,
+                                                                            monkeypatch):
+    """Scale-matched maps enlarge the class images: one pass of g over them, kept for later
+    calls; the default (coefficient) maps of report and save reuse the fitted codes instead."""
     from conceptkit.pipeline import _result as _results
 
     images = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     model = _model()
-    cc = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False).fit(images, 0)
+    cc = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False,
+                                     importance="sobol").fit(images, 0)
     passes = []
     original = _results._Enlarged.iter_batches
 
@@ -76,21 +81,20 @@ def test_scale_matched_maps_run_g_once_for_maps_report_and_save(tmp_path, monkey
         return original(self, batch_size)
 
     monkeypatch.setattr(_results._Enlarged, "iter_batches", spy)
-    maps = cc.concept_maps()
+    maps = cc.concept_maps(kind="scale_matched")
     zoom = 32 / cc.bank.params["patch_size"]
-    torch.testing.assert_close(maps, scale_matched_maps(model, cc.bank, images, zoom), rtol=0, atol=1e-6)
-    torch.testing.assert_close(cc._shown_maps(4), maps[:4], rtol=0, atol=0)
+    torch.testing.assert_close(maps, scale_matched_maps(model, images, cc.bank, zoom), rtol=0, atol=1e-6)
     maps.zero_()
-    assert cc.concept_maps().abs().sum() > 0
+    assert cc.concept_maps(kind="scale_matched").abs().sum() > 0
     cc.report(tmp_path / "report")
     cc.save(tmp_path / "class.safetensors")
     assert passes == [9]
-    # without concept_maps() first, report and save share the pass over the shown images
-    fresh = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False).fit(images, 0)
+    fresh = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False,
+                                        importance="sobol").fit(images, 0)
     passes.clear()
     fresh.report(tmp_path / "again", n_images=6)
     fresh.save(tmp_path / "again.safetensors", n_images=5)
-    assert passes == [6]
+    assert passes == []
 
 
 def test_replacing_the_bank_recomputes_the_codes(fitted):
@@ -128,7 +132,7 @@ def test_crops_of_non_finite_images_are_still_refused():
     good = crops(images, 8)
     bad_source = images.clone()
     bad_source[1, 0, 3, 3] = float("nan")
-    bad = CropSet(bad_source, good.provenance, good.patch_size, good.stride, good.output_size)
+    bad = CropSet(bad_source, good.provenance, good.patch_size, good.stride, good.image_size)
     assert good.all_finite() and not bad.all_finite()
     extractor = ActivationExtractor(_model(), "block2", progress=False)
     assert extractor(good).shape[0] == len(good)

@@ -30,6 +30,7 @@ from torch import nn
 
 import conceptkit
 from conceptkit import bottleneck, concepts, extraction, io
+from conceptkit.concepts._methods import restrict_bank
 
 # CONCEPTKIT_FUZZ=800 runs a longer, randomised campaign (the CI default is short and fixed).
 FUZZ = int(os.environ.get("CONCEPTKIT_FUZZ", "0"))
@@ -85,6 +86,22 @@ def _check_posthoc(model: bottleneck.PosthocCBM) -> None:
     assert logits.shape == (2, len(model.classes_))
 
 
+def _check_named(result: conceptkit.ClassConcepts) -> None:
+    _check_explanation(result)
+    k = result.bank.n_concepts
+    assert result.names is not None and len(result.names) == k
+    for c, vis in result.visualizations.items():
+        assert 0 <= c < k and vis.image.shape[0] == 3
+        assert tuple(vis.transparency.shape) == tuple(vis.image.shape[1:])
+
+
+def _check_discovered(model: bottleneck.DiscoveredCBM) -> None:
+    k = model.n_concepts
+    assert len(model.names_) == k and model.trust_.shape == (k,)
+    logits = model.decision_function(activations=torch.rand(2, 8, 12, 12))
+    assert logits.shape == (2, model.n_classes_)
+
+
 def _check_store(store: extraction.ActivationStore) -> None:
     rows = store.read()
     assert rows.shape == store.shape
@@ -107,11 +124,18 @@ def files(tmp_path_factory) -> dict[str, Path]:
                                               n_designs=8, progress=False).fit(images, 1)
     out["explanation"] = Path(explanation.save(root / "explanation.safetensors", n_images=2,
                                                n_exemplars=2))
+    explanation.name_concepts("classes", class_names=["a", "b", "c"])
+    explanation.visualize(0, steps=2, image_size=16, progress=False)
+    out["named_explanation"] = Path(explanation.save(root / "named.safetensors", n_images=2,
+                                                     n_exemplars=2))
+    discovered = bottleneck.DiscoveredCBM(explanation, nnz_per_class=2, progress=False).fit(
+        images, torch.tensor([0, 1, 2, 0]))
+    out["discovered_cbm"] = Path(discovered.save(root / "discovered.safetensors"))
     torch.manual_seed(0)
     cbm = bottleneck.ConceptBottleneckModel(nn.Linear(8, 4), 4, 3, head="mlp", hidden=6)
     out["cbm"] = Path(cbm.save(root / "cbm.safetensors"))
     out["label_free"] = Path(_label_free().save(root / "label_free.safetensors"))
-    cav_bank = bottleneck.ConceptBank(np.eye(5)[:3] + 0.1, np.zeros(3), ["a", "b", "c"])
+    cav_bank = bottleneck.CAVBank(np.eye(5)[:3] + 0.1, np.zeros(3), ["a", "b", "c"])
     rng = np.random.default_rng(0)
     posthoc = bottleneck.PosthocCBM(cav_bank, max_iter=20, progress=False).fit(
         rng.normal(size=(30, 5)), np.arange(30) % 3)
@@ -133,7 +157,7 @@ def _label_free() -> bottleneck.LabelFreeCBM:
     model.proj_mean_, model.proj_std_ = torch.zeros(2), torch.ones(2)
     model.concept_similarity_ = torch.tensor([0.6, 0.7])
     model.weight_, model.bias_ = torch.randn(2, 2, generator=gen), torch.zeros(2)
-    model.lam_, model.path_, model.val_accuracy_, model.proj_steps_ = 0.01, [], 0.5, 10
+    model.alpha_, model.path_, model.val_accuracy_, model.proj_steps_ = 0.01, [], 0.5, 10
     model.classes_ = ["a", "b"]
     return model
 
@@ -141,6 +165,8 @@ def _label_free() -> bottleneck.LabelFreeCBM:
 LOADERS: dict[str, tuple[Callable[[Path], Any], Callable[[Any], None]]] = {
     "bank": (concepts.ConceptBank.load, _check_bank),
     "explanation": (conceptkit.load, _check_explanation),
+    "named_explanation": (conceptkit.load, _check_named),
+    "discovered_cbm": (bottleneck.DiscoveredCBM.load, _check_discovered),
     "cbm": (bottleneck.ConceptBottleneckModel.load, _check_cbm),
     "label_free": (lambda path: bottleneck.LabelFreeCBM.load(path, Backbone()), _check_label_free),
     "posthoc": (bottleneck.PosthocCBM.load, _check_posthoc),
@@ -355,6 +381,91 @@ def test_mutated_stores_are_refused_or_consistent(files, how, data):
         assert "`path`" in str(err) and str(store) in str(err), f"unclear error: {err!r}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Equal or FormatError, within bounds: every saved file carries a digest of its content, so a
+# mutation either leaves the content as saved (the file loads to an object that saves to the
+# very same bytes) or is refused with a FormatError naming the file; every store manifest carries
+# a digest too. Each load must finish within SECONDS and must not raise the process's peak
+# memory by more than MEMORY_MB.
+# ---------------------------------------------------------------------------------------------
+
+SECONDS = 5.0
+MEMORY_MB = 256
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _bounded(load: Callable[[], Any]) -> Any:
+    """``load()``'s result, or its FormatError; checks the time and memory bounds either way."""
+    import time
+
+    peak, start = _peak_mb(), time.perf_counter()
+    try:
+        return load()
+    except io.FormatError as err:
+        return err
+    finally:
+        assert time.perf_counter() - start < SECONDS, "a load took longer than the bound"
+        assert _peak_mb() - peak < MEMORY_MB, "a load raised the peak memory beyond the bound"
+
+
+def _saved_bytes(kind: str, obj: Any, path: Path) -> bytes:
+    obj.save(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+@settings(SETTINGS, max_examples=2 * SETTINGS.max_examples)
+@given(st.data())
+def test_mutated_files_load_equal_or_raise_format_error(kind, files, data):
+    loader = LOADERS[kind][0]
+    mutated = _mutate(files[kind].read_bytes(), data.draw)
+    path = files[kind].with_name(f"equal-{kind}.safetensors")
+    path.write_bytes(mutated)
+    result = _bounded(lambda: loader(path))
+    if isinstance(result, io.FormatError):
+        assert "`path`" in str(result) and str(path) in str(result), f"unclear error: {result!r}"
+        return
+    original = loader(files[kind])
+    assert (_saved_bytes(kind, result, path.with_name(f"resaved-{kind}.safetensors"))
+            == _saved_bytes(kind, original, path.with_name(f"original-{kind}.safetensors"))), (
+        f"a mutated {kind} file loaded to another object without a FormatError")
+
+
+@SETTINGS
+@given(how=st.sampled_from(["manifest_bytes", "manifest_value", "manifest_delete",
+                            "manifest_truncate"]), data=st.data())
+def test_mutated_manifests_load_equal_or_raise_format_error(files, how, data):
+    store = files["store"].with_name("equal-store")
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(files["store"], store)
+    manifest = store / "manifest.json"
+    raw = manifest.read_bytes()
+    if how == "manifest_bytes":
+        flipped = bytearray(raw)
+        flipped[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+        manifest.write_bytes(bytes(flipped))
+    elif how == "manifest_truncate":
+        manifest.write_bytes(raw[:data.draw(st.integers(0, len(raw) - 1))])
+    else:
+        info = json.loads(raw)
+        path = data.draw(st.sampled_from(_paths(info)))
+        _damage_at(info, path, how == "manifest_delete", lambda: data.draw(JSON_VALUES))
+        manifest.write_text(json.dumps(info))
+    result = _bounded(lambda: extraction.ActivationStore(store))
+    if isinstance(result, io.FormatError):
+        assert "`path`" in str(result) and str(store) in str(result), f"unclear error: {result!r}"
+        return
+    original = extraction.ActivationStore(files["store"])
+    assert {k: v for k, v in result.manifest.items() if k != "digest"} == {
+        k: v for k, v in original.manifest.items() if k != "digest"}
+    np.testing.assert_array_equal(result.read(), original.read())
+
+
 def test_checked_states_still_round_trip(tmp_path):
     """The state checks refuse only broken states: a sparse autoencoder bank restricted to fewer
     concepts than its top_k (as ACE's cluster filter can do) saves, loads and encodes the same."""
@@ -364,7 +475,7 @@ def test_checked_states_still_round_trip(tmp_path):
     provenance = Provenance("image", np.arange(40), np.zeros((40, 4)), (8, 8))
     bank = concepts.bank_from_activations(concepts.TopKSAE(8, top_k=4, epochs=2, random_state=0),
                                           rows, provenance)
-    restricted = concepts.restrict_bank(bank, np.array([1, 5]))
+    restricted = restrict_bank(bank, np.array([1, 5]))
     loaded = concepts.ConceptBank.load(restricted.save(tmp_path / "sae.safetensors"))
     assert loaded.n_concepts == 2
     np.testing.assert_array_equal(loaded.encode(rows), restricted.encode(rows))

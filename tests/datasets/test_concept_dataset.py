@@ -37,7 +37,7 @@ def train_set() -> ConceptDataset:
 
 
 @pytest.fixture(scope="module")
-def test_set() -> ConceptDataset:
+def heldout_set() -> ConceptDataset:
     return make_concept_dataset(200, seed=0, split="test")
 
 
@@ -73,9 +73,9 @@ def test_same_seed_gives_identical_tensors_and_other_seeds_differ():
     assert not torch.equal(a.masks, c.masks)
 
 
-def test_splits_never_share_an_image(train_set, test_set):
+def test_splits_never_share_an_image(train_set, heldout_set):
     val = make_concept_dataset(200, seed=0, split="val")
-    sets = [{d.images[i].numpy().tobytes() for i in range(len(d))} for d in (train_set, val, test_set)]
+    sets = [{d.images[i].numpy().tobytes() for i in range(len(d))} for d in (train_set, val, heldout_set)]
     assert all(len(s) == 6 * 200 for s in sets)  # no duplicates inside a split either
     assert not sets[0] & sets[1] and not sets[0] & sets[2] and not sets[1] & sets[2]
 
@@ -119,8 +119,8 @@ def test_textures_alternate_dark_and_light(train_set):
         assert 0.2 < float((values > 0.5).float().mean()) < 0.8
 
 
-def test_every_image_follows_its_class_definition(train_set, test_set):
-    for ds in (train_set, test_set):
+def test_every_image_follows_its_class_definition(train_set, heldout_set):
+    for ds in (train_set, heldout_set):
         present = ds.concepts.bool()
         causal = sorted({k for pair in ds.class_concepts for k in pair})
         for i in range(len(ds)):
@@ -147,8 +147,8 @@ def test_no_single_concept_decides_a_class(train_set):
         assert sum(k in pair for pair in train_set.class_concepts) == 2
 
 
-def test_distractor_extra_and_spurious_rates(train_set, test_set):
-    for ds in (train_set, test_set):
+def test_distractor_extra_and_spurious_rates(train_set, heldout_set):
+    for ds in (train_set, heldout_set):
         rates = ds.concept_rates()
         for k in ds.distractor_concepts:
             assert abs(float(ds.concepts[:, k].mean()) - gen.DISTRACTOR_RATE) < 0.05
@@ -161,8 +161,8 @@ def test_distractor_extra_and_spurious_rates(train_set, test_set):
     others = [c for c in range(6) if c != cls]
     assert abs(float(train_rates[cls]) - 0.9) < 0.07
     assert abs(float(train_rates[others].mean()) - 0.05) < 0.03
-    test_rates = test_set.concept_rates()[:, cue]
-    assert not test_set.spurious
+    test_rates = heldout_set.concept_rates()[:, cue]
+    assert not heldout_set.spurious
     assert float((test_rates - 0.05).abs().max()) < 0.06
 
 
@@ -225,8 +225,8 @@ def test_bad_input_names_the_argument(kwargs, error, pattern):
         make_concept_dataset(**kwargs)
 
 
-def test_add_concept_draws_only_the_new_part(test_set):
-    ds = test_set.subset(range(0, 1200, 20))
+def test_add_concept_draws_only_the_new_part(heldout_set):
+    ds = heldout_set.subset(range(0, 1200, 20))
     cue = ds.spurious_concept
     out = add_concept(ds, cue, seed=1)
     assert bool(out.concepts[:, cue].all())

@@ -111,7 +111,7 @@ def test_photos_load_offline_as_rgb_floats(monkeypatch):
 
 
 def test_photos_resized_to_squares_and_unknown_names():
-    small = sample_photos(size=64, names=["china", "rocket"])
+    small = sample_photos(image_size=64, names=["china", "rocket"])
     assert list(small) == ["china", "rocket"]
     assert all(image.shape == (3, 64, 64) for image in small.values())
     with pytest.raises(ValueError, match="'coffee'"):
@@ -122,11 +122,11 @@ def test_photos_resized_to_squares_and_unknown_names():
 
 def test_photo_views_are_deterministic_varied_augmentations(photos):
     photo = photos["coffee"]
-    views = photo_views(photo, 8, size=96, seed=3)
+    views = photo_views(photo, 8, image_size=96, seed=3)
     assert views.shape == (8, 3, 96, 96)
     assert 0.0 <= float(views.min()) and float(views.max()) <= 1.0
-    assert torch.equal(views, photo_views(photo, 8, size=96, seed=3))
-    assert not torch.equal(views, photo_views(photo, 8, size=96, seed=4))
+    assert torch.equal(views, photo_views(photo, 8, image_size=96, seed=3))
+    assert not torch.equal(views, photo_views(photo, 8, image_size=96, seed=4))
     flat = views.flatten(1)
     assert float(torch.cdist(flat, flat).add(torch.eye(8) * 1e9).min()) > 1.0  # views all differ
     # A view keeps the photo's colours: its mean colour stays near the photo's.

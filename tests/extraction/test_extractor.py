@@ -7,15 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conceptkit.extraction import (
-    ActivationExtractor,
-    crops,
-    maps_to_tokens,
-    positions,
-    segments,
-    split_model,
-    tokens_to_maps,
-)
+from conceptkit.extraction import ActivationExtractor, crops, positions, segments, split_model
+from conceptkit.extraction._extractor import maps_to_tokens, tokens_to_maps
 
 
 def _cnn():
@@ -131,7 +124,7 @@ def test_crops_match_craft_unfold_and_resize():
 
 
 def test_crops_non_square_and_errors():
-    cs = crops(torch.rand(2, 3, 40, 64), 20, stride=10, output_size=32)
+    cs = crops(torch.rand(2, 3, 40, 64), 20, stride=10, image_size=32)
     assert cs.images.shape == (2 * 3 * 5, 3, 32, 32)
     with pytest.raises(ValueError, match="patch_size"):
         crops(torch.rand(1, 3, 32, 32), 40)

@@ -7,13 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from conceptkit.extraction import (
-    ActivationExtractor,
-    ActivationStore,
-    finalize_store,
-    write_chunks,
-    write_store,
-)
+from conceptkit.extraction import ActivationExtractor, ActivationStore, write_store
+from conceptkit.extraction._store import finalize_store, write_chunks
 
 
 def _model():

@@ -122,7 +122,7 @@ def test_rise_estimates_beta_for_affine_head():
     codes, components, acts = planted(n=20)
     head, bank = pooled_linear(16), OrthoBank(components)
     beta = exact_beta(codes, components, head, 1)
-    result = run(head, acts, bank, method="rise", n_masks=4000, seed=0)
+    result = run(head, acts, bank, method="rise", n_samples=4000, seed=0)
     assert np.abs(result.per_input - beta).max() < 0.1 * np.abs(beta).max()
     assert np.abs(result.importances - beta.mean(0)).max() < 0.02 * np.abs(beta).max()
 
@@ -243,7 +243,7 @@ def test_sobol_is_permutation_equivariant_in_distribution():
 @pytest.mark.parametrize("method", ["sobol", "rise"])
 def test_seeded_results_are_reproducible(method):
     head, acts, bank = gated_setup([0.5, 1.0, 2.0, 0.8, 0.3], n=10)
-    extra = {"n_masks": 64} if method == "rise" else {}
+    extra = {"n_samples": 64} if method == "rise" else {}
     first = run(head, acts, bank, method=method, seed=5, **extra)
     again = run(head, acts, bank, method=method, seed=5, **extra)
     other = run(head, acts, bank, method=method, seed=6, **extra)

@@ -15,9 +15,9 @@ from conceptkit.importance import (
     estimate_sobol,
     replicated_design,
     sobol_indices,
-    to_salib_layout,
+    sobol_indices_with_ci,
 )
-from conceptkit.importance._design import sample_ab
+from conceptkit.importance._design import sample_ab, to_salib_layout
 
 ISHIGAMI_A, ISHIGAMI_B = 7.0, 0.1
 
@@ -175,14 +175,14 @@ def test_total_order_never_evaluates_b():
 
 def test_confidence_interval_brackets_estimate_and_truth():
     _, total = ishigami_analytic()
-    result = sobol_indices(ishigami, 3, n_designs=1024, seed=0, confidence=0.95)
+    result = sobol_indices_with_ci(ishigami, 3, n_designs=1024, seed=0, confidence=0.95)
     assert isinstance(result, SobolResult)
     np.testing.assert_array_equal(np.asarray(result),
                                   sobol_indices(ishigami, 3, n_designs=1024, seed=0))
     assert np.all(result.ci_low <= result.indices) and np.all(result.indices <= result.ci_high)
     assert np.all(result.ci_low <= total) and np.all(total <= result.ci_high)
     assert np.all(result.ci_high - result.ci_low < 0.3)
-    again = sobol_indices(ishigami, 3, n_designs=1024, seed=0, confidence=0.95)
+    again = sobol_indices_with_ci(ishigami, 3, n_designs=1024, seed=0, confidence=0.95)
     np.testing.assert_array_equal(again.ci_low, result.ci_low)
 
 
@@ -268,7 +268,7 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="n_vars"):
         sobol_indices(ishigami, 0)
     with pytest.raises(ValueError, match="confidence"):
-        sobol_indices(ishigami, 3, confidence=1.5)
+        sobol_indices_with_ci(ishigami, 3, confidence=1.5)
     with pytest.raises(ValueError, match="include_b"):
         estimate_sobol(np.zeros(32 * 4), 3, order="first", include_b=False)
     with pytest.raises(ValueError, match="N \\* 5"):

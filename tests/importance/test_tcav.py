@@ -21,13 +21,15 @@ from scipy import stats
 from sklearn.linear_model import SGDClassifier
 from torch import nn
 
-from conceptkit.importance._cav import (
-    CAV,
-    balanced_split,
-    compute_cav,
-    directional_derivatives,
+from conceptkit.concepts._cav import CAV, balanced_split, compute_cav
+from conceptkit.importance import directional_derivatives
+from conceptkit.importance._tcav import (
+    CLASSIC_TCAV,
+    TCAVResult,
+    _random_runs,
+    correct_p_values,
+    tcav,
 )
-from conceptkit.importance._tcav import TCAVResult, _random_runs, correct_p_values, tcav
 from conceptkit.importance._tcav_sources import (
     concept_sets_from_codes,
     tcav_from_bank,
@@ -85,7 +87,7 @@ def planted():
 @pytest.fixture(scope="module")
 def planted_result(planted):
     return tcav(PlantedHead(), planted["class"], planted["concepts"], planted["randoms"], 0,
-                n_runs=20, seed=0, progress=False)
+                n_runs=20, seed=0, progress=False, **CLASSIC_TCAV)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def test_p_values_are_scipy_ttest_with_bonferroni(planted_result):
 def test_other_tests_match_scipy(planted, test, reference):
     result = tcav(PlantedHead(), planted["class"], {"d2": planted["concepts"]["d2"]},
                   planted["randoms"], 0, n_runs=10, test=test, correction="none", seed=1,
-                  progress=False)
+                  progress=False, **CLASSIC_TCAV)
     assert result.p_values[0] == pytest.approx(reference(result.scores[0], result.random_scores))
     np.testing.assert_array_equal(result.p_values, result.p_values_corrected)
 
@@ -300,7 +302,7 @@ def test_constant_scores_give_exact_p_values(planted):
 
     concepts = {"d1": planted["concepts"]["d1"], "minus_d1": planted["concepts"]["minus_d1"]}
     result = tcav(head, planted["class"], concepts, planted["randoms"], 0, n_runs=10, seed=0,
-                  progress=False)
+                  progress=False, **CLASSIC_TCAV)
     np.testing.assert_array_equal(result.scores[0], 1.0)
     np.testing.assert_array_equal(result.scores[1], 0.0)
     assert set(np.unique(result.random_scores)) <= {0.0, 1.0}
@@ -392,7 +394,7 @@ def test_tcav_images_with_tiny_cnn():
                 "green": tinted(gen, 20, 1)}
     randoms = tinted(gen, 200)
     result = tcav_images(model, "features", class_images, concepts, randoms, 0, n_runs=10,
-                         seed=0, progress=False, batch_size=16)
+                         seed=0, progress=False, batch_size=16, **CLASSIC_TCAV)
     mean = dict(zip(result.concept_names, result.mean_scores))
     significant = dict(zip(result.concept_names, result.significant))
     assert mean["red"] >= 0.95 and significant["red"]
@@ -403,7 +405,8 @@ def test_tcav_images_with_tiny_cnn():
     with torch.no_grad():
         by_hand = tcav(model.head, model.features(class_images),
                        {k: model.features(v) for k, v in concepts.items()},
-                       model.features(randoms), 0, n_runs=10, seed=0, progress=False)
+                       model.features(randoms), 0, n_runs=10, seed=0, progress=False,
+                       **CLASSIC_TCAV)
     np.testing.assert_allclose(result.scores, by_hand.scores)
     np.testing.assert_allclose(result.p_values, by_hand.p_values)
 
@@ -466,4 +469,61 @@ def test_bad_input_raises_clear_errors(planted):
                     torch.rand(8, 3, 8, 8), 0, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean call warns about nothing
+        tcav(head, cls, {"d1": concepts["d1"]}, randoms, 0, n_runs=10, progress=False, seed=0,
+             baseline="random")
+    with pytest.raises(ValueError, match="baseline='concepts'.*at least 2 concept sets"):
         tcav(head, cls, {"d1": concepts["d1"]}, randoms, 0, n_runs=10, progress=False, seed=0)
+    with pytest.raises(ValueError, match="`statistic` must be one of"):
+        tcav(head, cls, concepts, randoms, 0, statistic="mean", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# The default protocol is specific: a difference every concept set shares is not a concept
+# --------------------------------------------------------------------------------------------
+
+class ConfoundedHead(nn.Module):
+    """Class 0 rises along d1 and *falls* along ``u`` ("busy": random images carry +u, concept
+    images -u, like a lone object on a plain background versus busy scenes); ``d2`` and ``v``
+    are ignored. A linear head: every input has the same gradient."""
+
+    def forward(self, a):
+        pooled = a.mean((2, 3))
+        logit = pooled @ torch.tensor(2 * D1 - U, dtype=a.dtype)
+        return torch.stack([logit, -logit], dim=1)
+
+
+@pytest.fixture(scope="module")
+def confounded():
+    rng = np.random.default_rng(7)
+    lone = -1.5 * U                                     # what every concept image shares
+    return {"class": maps(rng, 40),
+            "concepts": {"d1": maps(rng, 40, 2 * D1 + lone), "d2": maps(rng, 40, 2 * D2 + lone),
+                         "v": maps(rng, 40, 2 * V + lone)},
+            "randoms": [maps(rng, 40, 1.5 * U) for _ in range(11)]}
+
+
+def test_classic_protocol_flags_a_concept_the_head_ignores(confounded):
+    result = tcav(ConfoundedHead(), confounded["class"], confounded["concepts"],
+                  confounded["randoms"], 0, n_runs=10, seed=0, progress=False, **CLASSIC_TCAV)
+    flagged = dict(zip(result.concept_names, result.significant & (result.mean_scores > 0.5)))
+    # d2 and v only share the "lone object" direction, which lowers -u: every sign count is 1.
+    np.testing.assert_array_equal(result.scores, 1.0)
+    assert flagged == {"d1": True, "d2": True, "v": True}
+
+
+def test_default_protocol_flags_only_the_concept_the_head_uses(confounded):
+    result = tcav(ConfoundedHead(), confounded["class"], confounded["concepts"],
+                  confounded["randoms"], 0, n_runs=10, seed=0, progress=False)
+    assert (result.statistic, result.baseline, result.alternative, result.classifier) == (
+        "magnitude", "concepts", "greater", "mean_difference")
+    assert dict(zip(result.concept_names, result.significant)) == {"d1": True, "d2": False,
+                                                                   "v": False}
+    # The tested statistic is the mean directional derivative (the same for every input here).
+    assert result.mean_magnitudes[0] > result.random_magnitudes.mean() > 0
+    assert result.mean_magnitudes[1] < result.random_magnitudes.mean()
+    expected = [stats.ttest_ind(result.magnitudes[j], result.random_magnitudes,
+                                alternative="greater").pvalue for j in range(3)]
+    np.testing.assert_allclose(result.p_values, expected, rtol=1e-10)
+    np.testing.assert_allclose(result.p_values_corrected, np.minimum(3 * np.array(expected), 1))
+    assert "random concept" in result.summary().splitlines()[-1]
+    assert result.to_dict()["baseline"] == "concepts"

@@ -32,7 +32,7 @@ def test_visualisation_beats_the_best_crops(explained):
     cc = explained
     model = cc.model_at_layer.model
     concept = int(cc.ranking[0])
-    crops, _ = cc.top_examples(concept, 10, size=64)
+    crops, _ = cc.top_examples(concept, 10, image_size=64)
     with torch.no_grad():
         crop_codes = crop_coefficients(model, cc.bank, crops)[:, concept]
     best = float(cc.bank.codes[:, concept].max())
@@ -59,9 +59,9 @@ def test_seeded_and_leaves_the_model_as_found(explained, snapshot):
     before = snapshot(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     images = cc.images[:6]
-    a = visualize_concept(model, cc.bank, 1, images, steps=3, size=64, seed=3, progress=False)
-    b = visualize_concept(model, cc.bank, 1, images, steps=3, size=64, seed=3, progress=False)
-    c = visualize_concept(model, cc.bank, 1, images, steps=3, size=64, seed=4, progress=False)
+    a = visualize_concept(model, cc.bank, 1, images, steps=3, image_size=64, seed=3, progress=False)
+    b = visualize_concept(model, cc.bank, 1, images, steps=3, image_size=64, seed=3, progress=False)
+    c = visualize_concept(model, cc.bank, 1, images, steps=3, image_size=64, seed=4, progress=False)
     assert torch.equal(a.image, b.image) and torch.equal(a.transparency, b.transparency)
     assert not torch.equal(a.image, c.image)
     assert snapshot(model) == before
@@ -96,7 +96,7 @@ def test_spectrum_and_colours_come_from_the_images():
 ])
 def test_bad_arguments_are_named(explained, kwargs, match):
     cc = explained
-    args = {"concept": 0, "steps": 2, "size": 32}
+    args = {"concept": 0, "steps": 2, "image_size": 32}
     args.update(kwargs)
     concept = args.pop("concept")
     with pytest.raises((TypeError, ValueError), match=match):

@@ -122,7 +122,7 @@ def test_clip_plumbing_with_a_tiny_random_open_clip(world, tmp_path):
     assert names.params["clip"].startswith("open_clip:") and len(names) == 4
     assert list(tmp_path.glob("text-*.safetensors"))
     # by hand: mean coefficient map per image, normalised CLIP embeddings, soft-WPMI
-    acts = coefficient_maps(cc.bank, cc.model_at_layer.activations(probe.images)).mean((2, 3))
+    acts = coefficient_maps(cc.model_at_layer.activations(probe.images), cc.bank).mean((2, 3))
     with torch.no_grad():
         mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)

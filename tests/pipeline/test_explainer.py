@@ -20,7 +20,9 @@ def _model():
 def fitted():
     model = _model()
     images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=4, seed=0, progress=False)
+    # Sobol (not the default pixel ablation): these tests check its plumbing and fast path.
+    explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=4, seed=0, progress=False,
+                                            importance="sobol")
     return model, images, explainer.fit(images, 2, "two")
 
 
@@ -155,12 +157,15 @@ def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
     assert cc.concept_maps(kind="gradient").shape == (6, 3, 32, 32)
 
 
-def test_craft_maps_default_to_scale_matched(fitted):
-    from conceptkit.maps import scale_matched_maps
+def test_craft_maps_default_to_coefficient_maps(fitted):
+    from conceptkit.maps import coefficient_maps, scale_matched_maps
 
     model, images, cc = fitted
-    zoom = 32 / cc.bank.params["patch_size"]
-    expected = scale_matched_maps(model, cc.bank, images[:2], zoom)
-    assert torch.allclose(cc.concept_maps(images[:2]), expected, atol=1e-6)
-    assert torch.allclose(cc.concept_maps()[:2], expected, atol=1e-5)
+    expected = coefficient_maps(cc.activations[:2], cc.bank, (32, 32))
+    # (the fitted maps reuse the codes computed at fit time: the same solve, to its tolerance)
+    assert torch.allclose(cc.concept_maps(images[:2]), expected, atol=1e-3)
+    assert torch.allclose(cc.concept_maps()[:2], expected, atol=1e-3)
+    zoom = 32 / cc.bank.params["patch_size"]   # scale-matched maps on request
+    assert torch.allclose(cc.concept_maps(images[:2], kind="scale_matched"),
+                          scale_matched_maps(model, images[:2], cc.bank, zoom), atol=1e-6)
     assert cc.concept_maps(kind="coefficient").shape == (16, 4, 32, 32)

@@ -1,4 +1,5 @@
-"""Acceptance of issues 3 and 4 on the ground-truth dataset and the reference CNN.
+"""Discovered concepts localise the true parts, and the important ones are the causal parts, on the
+ground-truth dataset and the reference CNN.
 
 The evaluation itself lives in ``benchmarks/eval_ground_truth.py`` (what BENCHMARKS.md reports);
 these tests run it at a smaller setting (30 train images per class, CRAFT and ICE, seed 0) and
@@ -112,7 +113,7 @@ def test_tolerance_and_scale_matched_maps_need_craft():
     assert gt.map_kinds("ice") == ("auto",)
 
 
-# ----------------------------------------------------------------------------- issue 3: discovery
+# ----------------------------------------------------------------------------- discovery: localisation
 
 def test_ice_localises_every_causal_concept_of_every_class(quick):
     # Measured (30 per class, seeds 0-4): lowest pointing game 0.60-0.87; relevance mass of the
@@ -137,7 +138,7 @@ def test_craft_localises_causal_concepts_with_scale_matched_maps(quick):
     assert r_default["causal_localised"][0] >= 9
 
 
-# ----------------------------------------------------------------------------- issue 4: importance
+# ----------------------------------------------------------------------------- importance: the causal parts
 
 def test_top_concept_localises_a_causal_concept(quick):
     # Measured (30 per class, seeds 0-4): ICE 5/6 (6/6 at seed 1; the miss is class 5, or the

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 import conceptkit
-from conceptkit.concepts import NMF, ConceptBank, factorizer_from_state
+from conceptkit.concepts import NMF, ConceptBank
+from conceptkit.concepts._base import factorizer_from_state
 from conceptkit.extraction import ActivationExtractor, CutError, crops
 from conceptkit.pipeline._recursion import (
     ConceptTree,
@@ -292,7 +293,7 @@ def test_depth_two_tree_shape_and_json(bank, images):
     assert sum(len(child.children) for child in tree.children) >= 6
     assert len(list(tree.nodes())) == 1 + 3 + sum(len(c.children) for c in tree.children)
 
-    summary = tree.to_dict(n_top=5)
+    summary = tree.to_dict(n_images=5)
     assert json.loads(json.dumps(summary)) == summary
     assert summary["layer"] == "late" and summary["sub_layer"] == "early"
     assert summary["sub_importance"]["importances"] == pytest.approx(list(tree.importance.importances))
@@ -304,7 +305,7 @@ def test_depth_two_tree_shape_and_json(bank, images):
     assert "concept 0 @ late" in text.splitlines()[0] and "@ stem" in text
 
     explicit = run(model, bank, images, depth=2, n_inputs=12, n_designs=8, child_layers=["stem"])
-    assert explicit.to_dict(n_top=5) == summary
+    assert explicit.to_dict(n_images=5) == summary
 
 
 def test_same_seed_same_tree(bank, images):
@@ -319,14 +320,14 @@ def test_same_seed_same_tree(bank, images):
 
 def test_subconcept_examples_show_their_colour(bank, images):
     tree = run(planted_model(), bank, images)
-    examples = subconcept_examples(tree, images, n=6)
+    examples = subconcept_examples(tree, images, n_exemplars=6)
     colours = colour_of(tree.sub_bank.components.numpy())
     assert len(examples) == 3
     for block, colour in zip(examples, colours):
         assert block.shape[0] == 6 and block.shape[1] == 3
         mean = block.mean(dim=(0, 2, 3))
         assert int(mean.argmax()) == colour   # the top crops of the green sub-concept are green
-    figure = plot_subconcepts(tree, images, n=4)
+    figure = plot_subconcepts(tree, images, n_exemplars=4)
     assert len(figure.axes) == 3
     with pytest.raises(ValueError, match="leaf"):
         subconcept_examples(tree.children[0], images)

@@ -52,3 +52,19 @@ def test_load_does_not_hide_an_import_error(fitted, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "conceptkit.bottleneck", None)  # importing it now fails
     with pytest.raises(ImportError):
         conceptkit.load(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_explainer_leaves_a_cpu_model_on_the_cpu_and_matches_cpu():
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = two_block_cnn()
+    results = {}
+    for device in ("cpu", "cuda"):
+        explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0,
+                                                progress=False, device=device, n_designs=8)
+        result = explainer.fit(images, class_id=1)
+        maps = result.concept_maps(images[:2], kind="gradient")
+        results[device] = (result.importances, maps)
+        assert next(model.parameters()).device.type == "cpu"
+    assert abs(results["cpu"][0] - results["cuda"][0]).max() < 1e-3
+    torch.testing.assert_close(results["cpu"][1], results["cuda"][1], atol=1e-4, rtol=1e-3)

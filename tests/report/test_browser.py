@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import make_report
 from PIL import Image
-from test_report import make_report
 
 from conceptkit.report import write_reports
 

@@ -1,0 +1,355 @@
+"""The world grid of ``eval_ground_truth.py --worlds ...`` (issue 13): every discovery method x
+importance method x map kind, on every ground-truth world, over seeds, scored with
+:mod:`conceptkit.evaluate` — plus a reference-CRAFT-style baseline.
+
+Per world, seed and class: ``world.sample(n_per_class, seed=seed, split=split)`` gives the images;
+each method is fitted on the class's images (``ConceptExplainer(model, world.layer, n_concepts,
+method, importance="sobol", seed=seed)``); the other importances are computed on the same bank
+and activations; every map kind of the fitted images is scored. The model's reliance on each
+part is measured once per class (the fill is ``--fill``), the localisation once per map kind, so
+importance methods differ only in their ranking. Rows are :func:`conceptkit.evaluate.class_row`.
+
+The **reference-CRAFT-style baseline** (``reference-craft``) uses the CRAFT bank, maps that are
+the crop-level NMF coefficients of every position resized to the image (bilinear) and zeroed
+below each concept's 90th percentile over all images (as the reference notebook shows them),
+and Sobol importance with one shared, unscrambled Halton design for all images (CRAFT's sampler,
+``sampler="halton_unscrambled", shared_design=True``, 32 designs, Jansen estimator).
+
+Summary per configuration: for each metric the mean over classes and seeds in each world, then
+the mean over worlds and the worst world. Issue 13's bar (every world): the top concept on the
+most relied-on part for every class, its pointing game >= 0.95, Spearman >= 0.8.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from conceptkit import ConceptExplainer
+from conceptkit.evaluate import class_row, faithfulness, localisation, reliance
+from conceptkit.importance import concept_importance
+from conceptkit.pipeline._pixel import PIXEL_METHODS, pixel_ablation
+
+#: The library's default importance (what the "(default)" rows use).
+DEFAULT_IMPORTANCE = inspect.signature(ConceptExplainer).parameters["importance"].default
+
+#: Map kinds scored per discovery method; "auto" rows repeat whichever of them the library's
+#: default resolves to in each world (``auto_kind`` in the records).
+KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
+         "ice": ("coefficient", "gradient", "provenance"),
+         "ace": ("provenance", "coefficient", "gradient")}
+BASELINE = "reference-craft"
+#: Columns of the summary, and whether higher is better.
+METRICS = {"top_on_most_relied": True, "top_reliance_ratio": True, "top_pointing": True, "relied_pointing": True,
+           "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
+           "deletion_area": False}
+#: Issue 13's bar, per world (mean over classes and seeds).
+BAR = {"top_on_most_relied": 1.0, "top_pointing": 0.95, "spearman": 0.8}
+
+
+class ShapesWorld:
+    """The shapes world (``make_concept_dataset`` + ``reference_model``) behind the World
+    interface, for when ``conceptkit.datasets.load_world`` does not exist yet."""
+
+    name = "shapes"
+    layer = "block4"
+    architecture = "cnn"
+
+    def sample(self, n_per_class: int, seed: int = 0, split: str = "test"):
+        from conceptkit.datasets import make_concept_dataset
+
+        return make_concept_dataset(n_per_class, seed=seed, split=split)
+
+    def model(self):
+        from conceptkit.datasets import reference_model
+
+        return reference_model()
+
+
+def world_names() -> list[str] | None:
+    """Names of every shipped world, or None when ``load_world`` does not exist yet."""
+    import conceptkit.datasets as datasets
+
+    if not hasattr(datasets, "load_world"):
+        return None
+    for attribute in ("WORLD_NAMES", "WORLDS", "list_worlds", "world_names"):
+        value = getattr(datasets, attribute, None)
+        if value is not None:
+            value = value() if callable(value) else value
+            return list(value.keys() if isinstance(value, dict) else value)
+    return None
+
+
+class WorldAt:
+    """A world with one of its shipped architectures (``world.model(arch=...)``, its layer)."""
+
+    def __init__(self, world: Any, arch: str):
+        self.world, self.arch = world, arch
+        self.name = f"{world.name}/{arch}"
+        self.layer = world.layers[arch]
+        self.architecture = arch
+
+    def sample(self, n_per_class: int, seed: int = 0, split: str = "test"):
+        return self.world.sample(n_per_class, seed=seed, split=split)
+
+    def model(self):
+        return self.world.model(arch=self.arch)
+
+
+def _with_architectures(name: str, world: Any) -> list[tuple[str, Any]]:
+    """One entry per shipped architecture (``name:arch`` picks one)."""
+    arch = None
+    if ":" in name:
+        name, arch = name.split(":", 1)
+    archs = tuple(getattr(world, "architectures", ()) or ())
+    if arch is not None:
+        if arch not in archs:
+            raise SystemExit(f"world {name!r} has no architecture {arch!r}; it has {list(archs)}.")
+        return [(f"{name}/{arch}", WorldAt(world, arch))]
+    if len(archs) > 1:
+        return [(f"{name}/{a}", WorldAt(world, a)) for a in archs]
+    return [(name, world)]
+
+
+def resolve_worlds(spec: str, log=print) -> list[tuple[str, Any]]:
+    """``[(name, world)]`` for ``spec`` (``"all"`` or comma-separated names, ``name:arch`` for
+    one architecture; a world shipping several architectures gives one entry per architecture)."""
+    import conceptkit.datasets as datasets
+
+    load = getattr(datasets, "load_world", None)
+    names = world_names()
+    if spec == "all":
+        if load is None or names is None:
+            log("# conceptkit.datasets.load_world is not available yet (the worlds of issue 13 "
+                "are not merged): scoring the shapes world only.")
+            return [("shapes", ShapesWorld())]
+        wanted = names
+    else:
+        wanted = [name.strip() for name in spec.split(",") if name.strip()]
+    out = []
+    for name in wanted:
+        if load is not None:
+            out.extend(_with_architectures(name, load(name.split(":", 1)[0])))
+        elif name == "shapes":
+            out.append((name, ShapesWorld()))
+        else:
+            raise SystemExit(f"world {name!r} needs conceptkit.datasets.load_world, which this "
+                             f"checkout does not have yet (only 'shapes' works without it).")
+    return out
+
+
+def _model(world: Any) -> torch.nn.Module:
+    model = world.model
+    return model() if callable(model) and not isinstance(model, torch.nn.Module) else model
+
+
+def fit(model, world, images, class_id, method, n_concepts, seed) -> tuple[Any, str | None]:
+    """Explain one class; signed activations (ViT tokens) get SemiNMF, seeded, with a note."""
+    kwargs = dict(n_concepts=n_concepts, method=method, importance="sobol", seed=seed,
+                  progress=False, preprocess=getattr(world, "preprocess", None))
+    try:
+        return ConceptExplainer(model, world.layer, **kwargs).fit(images, class_id), None
+    except ValueError as err:
+        if method == "ace" or "negative" not in str(err):
+            raise
+    from conceptkit.concepts import SemiNMF
+
+    explainer = ConceptExplainer(model, world.layer, factorizer=SemiNMF(n_concepts, random_state=seed),
+                                 **kwargs)
+    return explainer.fit(images, class_id), "signed activations: SemiNMF"
+
+
+def importances_of(cc, method: str, seed: int, **kwargs) -> np.ndarray:
+    if method == "sobol" and not kwargs:
+        return cc.importances  # the fit scored it with this seed
+    result = concept_importance(cc.model_at_layer.maps_head, cc.activations, cc._bank_with_codes(),
+                                cc.class_id, method=method, seed=seed, progress=False,
+                                context=cc.context, **kwargs)
+    return result.importances
+
+
+def baseline_maps(cc) -> torch.Tensor:
+    """Crop-level coefficients of every position resized to the image, zeroed below each
+    concept's 90th percentile over all images (the reference notebook's display)."""
+    maps = cc.concept_maps(kind="coefficient")
+    flat = maps.transpose(0, 1).reshape(maps.shape[1], -1)
+    cut = torch.quantile(flat.double(), 0.9, dim=1).float()
+    return torch.where(maps >= cut[None, :, None, None], maps, torch.zeros_like(maps))
+
+
+def _auto_kind(cc, maps: dict[str, torch.Tensor]) -> str | None:
+    auto = cc.concept_maps(kind="auto")
+    for kind, values in maps.items():
+        if values.shape == auto.shape and torch.equal(values, auto):
+            return kind
+    return None
+
+
+def score_class(model, world, data, class_id, methods, importance_methods, n_concepts, seed,
+                fill, deletion, notes, reliance_floor=0.0) -> list[dict]:
+    """Every configuration's row for one class of one world and seed."""
+    rows_index = np.flatnonzero(np.asarray(data.labels) == class_id)
+    images, masks = data.images[rows_index], data.masks[rows_index]
+    names = list(data.concept_names)
+    causal = [int(g) for g in data.class_concepts[class_id]]
+    measured = reliance(model, images, masks, class_id, fill, part_names=names,
+                        preprocess=getattr(world, "preprocess", None), progress=False)
+    out = []
+
+    def add(label, method, importance, kind, importances, located, default):
+        result = faithfulness(SimpleNamespace(importances=np.asarray(importances), class_id=class_id),
+                              model, images, masks, names, reliance=measured, localisation=located,
+                              deletion=deletion, preprocess=getattr(world, "preprocess", None),
+                              reliance_floor=reliance_floor, progress=False)
+        row = class_row(result, class_id, data.class_names[class_id], causal)
+        out.append({"config": label, "method": method, "importance": importance, "kind": kind,
+                    "default": default, **row})
+
+    for method in methods:
+        cc, note = fit(model, world, images, class_id, method, n_concepts, seed)
+        if note:
+            notes.add(f"{method}: {note}")
+        maps = {}
+        for kind in KINDS[method]:
+            try:  # e.g. scale-matched maps need a model that takes enlarged images (not a ViT)
+                maps[kind] = cc.concept_maps(kind=kind)
+            except Exception as err:  # noqa: BLE001 - recorded and printed as a note
+                notes.add(f"{method} {kind} maps failed on {getattr(world, 'name', 'a world')}: "
+                          f"{str(err).splitlines()[0][:120]}")
+        auto = _auto_kind(cc, maps)
+        scores = {name: importances_of(cc, name, seed) for name in importance_methods
+                  if name not in PIXEL_METHODS}
+        for kind, values in maps.items():
+            located = localisation(values, images, masks, names)
+            if any(name in PIXEL_METHODS for name in importance_methods):
+                # pixel ablation paints each concept's region out of the images: it depends on
+                # the map kind, so it is computed once per kind
+                scores["pixel_ablation"] = pixel_ablation(
+                    model, images, values, class_id, preprocess=getattr(world, "preprocess", None),
+                    progress=False).importances
+            for name in importance_methods:
+                values_imp = scores[name]
+                add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)
+                if kind == auto:  # the library's choice, which may differ between worlds
+                    out.append({**out[-1], "config": f"{method} / {name} / auto", "kind": "auto",
+                                "auto_kind": kind,
+                                "default": method == "craft" and name == DEFAULT_IMPORTANCE})
+        if method == "craft":
+            reference = importances_of(cc, "sobol", seed, sampler="halton_unscrambled",
+                                       shared_design=True, n_designs=32)
+            add(f"{BASELINE} / sobol-halton-shared / crop coefficients", BASELINE,
+                "sobol (shared Halton)", "crop coefficients", reference,
+                localisation(baseline_maps(cc), images, masks, names), False)
+    return out
+
+
+def run_grid(worlds, seeds, methods, importance_methods, n_per_class, n_concepts, split, fill,
+             deletion, classes=None, log=print, reliance_floor=0.0) -> dict[str, Any]:
+    records, notes, seconds = [], set(), {}
+    for name, world in worlds:
+        start = time.perf_counter()
+        model = _model(world)
+        for seed in seeds:
+            data = world.sample(n_per_class, seed=seed, split=split)
+            wanted = range(len(data.class_names)) if classes is None else classes
+            for class_id in wanted:
+                t0 = time.perf_counter()
+                rows = score_class(model, world, data, class_id, methods, importance_methods,
+                                   n_concepts, seed, fill, deletion, notes, reliance_floor)
+                for row in rows:
+                    row.update(world=name, seed=seed)
+                records.extend(rows)
+                log(f"  {name} seed {seed} class {class_id}: {len(rows)} configurations, "
+                    f"{time.perf_counter() - t0:.1f} s")
+        seconds[name] = time.perf_counter() - start
+    return {"records": records, "notes": sorted(notes), "seconds": seconds,
+            "summary": summarise(records)}
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(records: list[dict]) -> dict[str, dict]:
+    """Per configuration: per-world means of each metric, their mean and the worst world."""
+    out: dict[str, dict] = {}
+    every_world = list(dict.fromkeys(r["world"] for r in records))
+    for config in dict.fromkeys(r["config"] for r in records):
+        mine = [r for r in records if r["config"] == config]
+        worlds = list(dict.fromkeys(r["world"] for r in mine))
+        per_world = {w: {m: _mean(r[m] for r in mine if r["world"] == w) for m in METRICS}
+                     for w in worlds}
+        entry = {"default": mine[0]["default"], "per_world": per_world, "mean": {}, "worst": {},
+                 "worst_world": {}}
+        for metric, higher in METRICS.items():
+            values = {w: v[metric] for w, v in per_world.items() if v[metric] is not None}
+            entry["mean"][metric] = _mean(values.values())
+            if values:
+                world = (min if higher else max)(values, key=values.get)
+                entry["worst"][metric], entry["worst_world"][metric] = values[world], world
+            else:
+                entry["worst"][metric] = entry["worst_world"][metric] = None
+        # A configuration that could not run on a world (scale-matched maps on a ViT) does not
+        # meet the bar: its means cover fewer worlds (listed in "missing_worlds").
+        entry["missing_worlds"] = [w for w in every_world if w not in per_world]
+        entry["meets_bar"] = not entry["missing_worlds"] and all(
+            v[m] is not None and v[m] >= bar for v in per_world.values() for m, bar in BAR.items())
+        out[config] = entry
+    return out
+
+
+def _fmt(value) -> str:
+    return "  –  " if value is None else f"{value:5.2f}"
+
+
+def print_grid(results: dict[str, Any], setting: dict[str, Any]) -> None:
+    summary = results["summary"]
+    worlds = list(dict.fromkeys(r["world"] for r in results["records"]))
+    print(f"\n# Worlds: {', '.join(worlds)}; seeds {setting['seeds']}; {setting['n_per_class']} "
+          f"{setting['split']} images per class; {setting['n_concepts']} concepts; fill "
+          f"{setting['fill']!r}; reliance floor {setting.get('reliance_floor', 0.0)}. 'auto' rows "
+          f"repeat the kind the library picks in each world; the default is craft / "
+          f"{DEFAULT_IMPORTANCE} / auto.")
+    print("# Each cell: mean over worlds (worst world). Bar (every world): top on most relied "
+          "1.00, top PG >= 0.95, Spearman >= 0.80.")
+    header = " | ".join(f"{m:<15}" for m in METRICS)
+    print(f"{'configuration':<58} | {header} | bar")
+    for config, entry in summary.items():
+        cells = " | ".join(f"{_fmt(entry['mean'][m])} ({_fmt(entry['worst'][m]).strip()})".ljust(15)
+                           for m in METRICS)
+        mark = " (default)" if entry["default"] else ""
+        if entry["missing_worlds"]:
+            mark += f" [not on {', '.join(entry['missing_worlds'])}]"
+        print(f"{(config + mark):<58} | {cells} | {'met' if entry['meets_bar'] else 'no'}")
+    auto = {}
+    for r in results["records"]:
+        if r["kind"] == "auto":
+            auto.setdefault(r["method"], {})[r["world"]] = r["auto_kind"]
+    for method, kinds in auto.items():
+        print(f"# auto maps of {method}: " + ", ".join(f"{w} {k}" for w, k in kinds.items()))
+    if len(worlds) > 1:
+        print("# Worst world per metric (default configuration):")
+        for entry in summary.values():
+            if entry["default"]:
+                print("  " + ", ".join(f"{m}: {entry['worst_world'][m]}" for m in METRICS))
+    for note in results["notes"]:
+        print(f"# note: {note}")
+    print("# seconds per world: " + ", ".join(f"{w} {s:.0f}" for w, s in results["seconds"].items()))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The summary as a Markdown table (for BENCHMARKS.md)."""
+    lines = ["| configuration | " + " | ".join(METRICS) + " | bar |",
+             "|---|" + "---|" * (len(METRICS) + 1)]
+    for config, entry in results["summary"].items():
+        cells = [f"{_fmt(entry['mean'][m]).strip()} ({_fmt(entry['worst'][m]).strip()})"
+                 for m in METRICS]
+        name = f"**{config}** (default)" if entry["default"] else config
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'met' if entry['meets_bar'] else 'no'} |")
+    return "\n".join(lines)

@@ -1,0 +1,263 @@
+"""Concept atlas benchmarks (issue 17).
+
+1. ``store``: NMF of a 1,000,000 x 512 activation store (planted rank-32 rows, float32, 20
+   memory-mapped chunks) by :func:`conceptkit.concepts.fit_distributed`, in 1 process and in 2
+   gloo processes (``torch.distributed.run``, one thread each): time ratio, equality of the
+   dictionaries, peak RSS of every rank (target <= 1.5 GB each).
+2. ``world``: the whole atlas (fit + importance + report) on the shapes world with 6 x 500 images
+   against the bare forward pass of ``g`` it needs (overhead ratio), and the ground-truth checks:
+   the model's reliance on every part measured by painting the part out, each part's best
+   concept (pointing game of its maps), whether that concept is important to exactly the classes
+   that rely on the part, ``explain_confusion`` on the most confused pair, and ``top_images``
+   precision@20.
+
+Usage::
+
+    python benchmarks/bench_atlas.py [--quick] [--only store|world] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _proc import status_kb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RSS_TARGET_MB = 1536
+
+
+# ------------------------------------------------------------------------------ store
+def make_store(path: Path, n_rows: int, n_features: int, chunk_rows: int, rank: int = 32) -> None:
+    from conceptkit.extraction import finalize_store, write_chunks
+
+    rng = np.random.default_rng(0)
+    parts = (rng.exponential(1.0, (rank, n_features)) * (rng.random((rank, n_features)) < 0.3))
+    parts = parts.astype(np.float32)
+
+    def compute(start: int, stop: int) -> torch.Tensor:
+        local = np.random.default_rng(start)
+        codes = (local.exponential(1.0, (stop - start, rank))
+                 * (local.random((stop - start, rank)) < 0.2)).astype(np.float32)
+        rows = codes @ parts + 0.05 * np.abs(local.standard_normal((stop - start, n_features),
+                                                                    dtype=np.float32))
+        return torch.from_numpy(rows)
+
+    write_chunks(compute, n_rows, path, chunk_size=chunk_rows, layout="pooled", progress=False)
+    finalize_store(path, n_rows, chunk_size=chunk_rows, layout="pooled")
+
+
+def store_worker(store: str, out: str, passes: int, device: str) -> None:
+    """One rank of the store benchmark (run by this script in a subprocess)."""
+    torch.set_num_threads(1)
+    from conceptkit.concepts import NMF, fit_distributed
+
+    if "RANK" in os.environ:
+        torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    start = time.perf_counter()
+    est = fit_distributed(NMF(32, solver="torch_hals", device=device), store, max_iter=passes,
+                          tol=0.0, batch_rows=16384, init_rows=20000, seed=0, progress=False)
+    seconds = time.perf_counter() - start
+    if rank == 0:
+        np.save(out + ".npy", est.components_)
+    # One file per rank: two ranks printing to one pipe can interleave their lines.
+    Path(f"{out}.rank{rank}.json").write_text(json.dumps(
+        {"rank": rank, "seconds": seconds, "peak_rss_mb": status_kb("VmHWM") / 1024,
+         "relative_error": est.reconstruction_err_ / est.data_norm_, "passes": est.n_iter_}))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(command: list[str], out: str) -> list[dict]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return [json.loads(path.read_text()) for path in sorted(Path(out).parent.glob(
+        Path(out).name + ".rank*.json"))]
+
+
+def bench_store(n_rows: int, chunk_rows: int, passes: int, device: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        start = time.perf_counter()
+        make_store(store, n_rows, 512, chunk_rows)
+        print(f"# store {n_rows} x 512 float32 ({n_rows * 512 * 4 / 1e9:.2f} GB, "
+              f"{-(-n_rows // chunk_rows)} chunks) written in {time.perf_counter() - start:.1f} s")
+        me = [sys.executable, str(Path(__file__).resolve()), "--worker", str(store)]
+        one = _run(me + [str(Path(tmp) / "one"), str(passes), device], str(Path(tmp) / "one"))
+        two = _run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                    "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_port()}",
+                    *me[1:], str(Path(tmp) / "two"), str(passes), device], str(Path(tmp) / "two"))
+        W1, W2 = np.load(Path(tmp) / "one.npy"), np.load(Path(tmp) / "two.npy")
+    diff = float(np.abs(W1 - W2).max() / np.abs(W1).max())
+    t1, t2 = one[0]["seconds"], max(r["seconds"] for r in two)
+    rss = [one[0]["peak_rss_mb"]] + [r["peak_rss_mb"] for r in sorted(two, key=lambda r: r["rank"])]
+    met = max(rss) <= RSS_TARGET_MB and diff <= 1e-5
+    print(f"NMF k=32 of {n_rows}x512 store, {passes} passes, 1 rank vs 2 gloo ranks | "
+          f"{t1:.1f} s | {t2:.1f} s | {t1 / t2:.2f}x | peak RSS per rank (MB) "
+          f"{', '.join(f'{v:.0f}' for v in rss)} | max |W1-W2|/max|W| {diff:.1e} | "
+          f"relative error {one[0]['relative_error']:.4f} | "
+          f"target (RSS <= {RSS_TARGET_MB} MB, equal to 1e-5): {'met' if met else 'MISSED'}")
+
+
+# ------------------------------------------------------------------------------ world
+def paint_out(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Each masked part replaced by the mean colour of a 3-px ring around it (the backgrounds
+    are smooth gradients, so this is the local background)."""
+    import torch.nn.functional as F
+
+    m = masks.float()[:, None]
+    ring = (F.max_pool2d(m, 7, stride=1, padding=3) - m).clamp(min=0)
+    fill = (images * ring).sum((2, 3), keepdim=True) / ring.sum((2, 3), keepdim=True).clamp(min=1)
+    return images * (1 - m) + fill * m
+
+
+def reliance(model, world, batch: int = 256) -> np.ndarray:
+    """``R[c, p]``: mean drop of P(class c) on images of class c that show part p, when p is
+    painted out (NaN where no such image)."""
+    probs = lambda x: torch.cat([model(x[s:s + batch]).softmax(1)  # noqa: E731
+                                 for s in range(0, len(x), batch)])
+    labels, concepts = world.labels.numpy(), world.concepts.numpy()
+    out = np.full((6, concepts.shape[1]), np.nan)
+    with torch.no_grad():
+        base = probs(world.images)
+        for p in range(concepts.shape[1]):
+            rows = np.flatnonzero(concepts[:, p] > 0)
+            if rows.size == 0:
+                continue
+            painted = probs(paint_out(world.images[rows], world.masks[rows, p]))
+            for c in range(6):
+                mine = labels[rows] == c
+                if mine.sum() >= 5:
+                    idx = torch.as_tensor(rows[mine])
+                    out[c, p] = float((base[idx, c] - painted[torch.as_tensor(np.flatnonzero(mine)), c]).mean())
+    return out
+
+
+def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | None = None,
+                threshold: float = 0.1) -> None:
+    from conceptkit import ConceptAtlas
+    from conceptkit.datasets import CONCEPT_NAMES, make_concept_dataset, reference_model
+    from conceptkit.extraction import ActivationExtractor
+    from conceptkit.maps import localisation_table
+
+    world = make_concept_dataset(n_per_class, seed=0, split="test")
+    model = reference_model().to(device)
+    g_start = time.perf_counter()
+    ActivationExtractor(model, "block4", batch_size=64, device=device, progress=False)(world.images)
+    g_time = time.perf_counter() - g_start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        atlas = ConceptAtlas(model, "block4", n_concepts, method="ice", seed=0, progress=False,
+                             device=device, class_names=world.class_names).fit(world)
+        fit_time = time.perf_counter() - start
+        index = atlas.report(Path(tmp) / "report")
+        total = time.perf_counter() - start
+        if figure:
+            Path(figure).parent.mkdir(parents=True, exist_ok=True)
+            Path(figure).write_bytes((index.parent / "heatmap.png").read_bytes())
+    print(f"atlas of {len(world.labels)} images (ICE, k={n_concepts}, Sobol; fit + importance + report) vs "
+          f"bare g | {g_time:.2f} s | {total:.2f} s (fit+importance {fit_time:.2f} s) | "
+          f"{total / g_time:.1f}x overhead")
+
+    # ---- ground truth
+    R = reliance(model.cpu(), world)
+    used = np.nan_to_num(R, nan=0.0) >= threshold
+    maps = atlas.concept_maps(world.images)
+    table = localisation_table(maps, world.masks, world.concepts, "pointing_game")  # (k, G)
+    important = atlas.importance.important()
+    concepts = world.concepts.numpy()
+    print(f"# reliance R[c, p] = drop of P(c) when part p is painted out (threshold {threshold}):")
+    for c in range(6):
+        print("#  class " + world.class_names[c].ljust(34) + " ".join(
+            f"{CONCEPT_NAMES[p][:10]}={R[c, p]:+.2f}" for p in range(R.shape[1])
+            if np.isfinite(R[c, p]) and abs(R[c, p]) >= 0.02))
+    hits = 0
+    parts = sorted({p for pair in world.class_concepts for p in pair})
+    chosen = []
+    from sklearn.metrics import roc_auc_score
+
+    scores = atlas.data_.scores
+    for p in parts:
+        # The part's concept: the one whose per-image presence best tells images with the part
+        # from images without it (ROC AUC); the pointing game of its maps is shown beside.
+        auc = np.array([roc_auc_score(concepts[:, p] > 0, scores[:, j])
+                        for j in range(scores.shape[1])])
+        j = int(np.argmax(auc))
+        chosen.append(j)
+        relied = set(np.flatnonzero(used[:, p]).tolist())
+        found = set(np.flatnonzero(important[:, j]).tolist())
+        top = atlas.top_images(j, 20, with_maps=False)
+        precision = float(concepts[top.image_ids, p].mean())
+        ok = relied == found
+        hits += ok
+        print(f"part {CONCEPT_NAMES[p]:<18} | concept C{j} (AUC {auc[j]:.3f}, pointing "
+              f"{table[j, p]:.2f}) | "
+              f"classes relying {sorted(relied)} | classes where important {sorted(found)} | "
+              f"{'match' if ok else 'DIFFERENT'} | precision@20 {precision:.2f}")
+    distinct = len(set(chosen)) == len(chosen)
+    a, b, probability = atlas.most_confused_pairs(1)[0]
+    result = atlas.explain_confusion(a, b)
+    shared_parts = set(world.class_concepts[a]) & set(world.class_concepts[b])
+    named = [p for p in shared_parts if chosen[parts.index(p)] == result.top] if shared_parts else []
+    print(f"parts recovered (importance classes == reliance classes): {hits}/{len(parts)}; one "
+          f"distinct concept per part: {distinct}")
+    print(f"most confused pair {world.class_names[a]} -> {world.class_names[b]} (mean P {probability:.3f}, "
+          f"{result.n_confused}/{len(result.image_ids)} misclassified): top concept C{result.top} "
+          f"contributes {result.contributions[result.top]:+.3f} to the margin, shared by both "
+          f"classes: {bool(result.shared[result.top])}; it is the concept of the classes' common "
+          f"part: {bool(named)}")
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        store_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["store", "world"], default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n-concepts", type=int, default=12, help="atlas size (world part)")
+    parser.add_argument("--figure", default=None, help="copy the world atlas heatmap here (PNG)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# bench_atlas: {os.cpu_count()} CPUs, torch {torch.__version__}, device "
+          f"{args.device}, load average {load:.1f}")
+    if args.only in (None, "store"):
+        if args.quick:
+            bench_store(100_000, 10_000, 3, args.device)
+        else:
+            bench_store(1_000_000, 50_000, 5, args.device)
+    if args.only in (None, "world"):
+        bench_world(60 if args.quick else 500, args.device, args.n_concepts, args.figure)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# load average at the end {load:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""``conceptkit atlas``: one concept dictionary for every class, from an activation store.
+
+Single process::
+
+    conceptkit atlas --store acts/ --model reference --labels labels.npy --out atlas/
+
+Across processes (each rank reads its share of the store's chunks; the sufficient statistics of
+the NMF are all-reduced, so every rank holds the same dictionary; rank 0 then scores the classes
+and writes the outputs)::
+
+    torchrun --nproc_per_node=2 -m conceptkit atlas --store acts/ --model reference ...
+
+The store must hold feature maps (``conceptkit extract ... --layout maps``). Writes
+``OUT/atlas.safetensors`` (read it with :func:`conceptkit.load`) and the report in
+``OUT/report/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _dist_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _labels(spec: str | None) -> np.ndarray | None:
+    if spec is None:
+        return None
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"`--labels` {spec!r} is not a file; give a .npy array or a text "
+                                f"file with one class index per stored image.")
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    return np.loadtxt(path, dtype=np.int64, ndmin=1)
+
+
+def atlas_main(argv: list[str]) -> int:
+    """Parse ``argv`` and build the atlas of a store."""
+    from ..concepts import NMF, fit_distributed
+    from ..extraction import ActivationStore
+    from ..models import load as load_model
+    from ..pipeline import ConceptAtlas
+
+    parser = argparse.ArgumentParser(prog="conceptkit atlas", description=__doc__.split("\n")[0])
+    parser.add_argument("--store", required=True, help="activation store of feature maps")
+    parser.add_argument("--model", required=True, help="reference, efficientnet_lite0, timm:NAME, ...")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--layer", default=None, help="default: the store's layer")
+    parser.add_argument("--labels", default=None, help=".npy or text file (default: store meta)")
+    parser.add_argument("--n-concepts", type=int, default=20)
+    parser.add_argument("--importance", default="sobol")
+    parser.add_argument("--max-iter", type=int, default=50, help="passes over the store")
+    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--batch-rows", type=int, default=65536)
+    parser.add_argument("--max-inputs-per-class", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    rank, world = _dist_env()
+    distributed = world > 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    try:
+        store = ActivationStore(args.store)
+        loaded = load_model(args.model, args.weights)
+        layer = args.layer or store.manifest.get("meta", {}).get("layer") or loaded.layer
+        if layer is None:
+            raise ValueError("`--layer` is required: the store does not record its layer.")
+        options = {"max_iter": args.max_iter, "tol": args.tol, "batch_rows": args.batch_rows}
+        start = time.perf_counter()
+        if rank != 0:  # the same collective calls as rank 0's fit, then nothing else
+            fit_distributed(NMF(args.n_concepts, solver="torch_hals", random_state=args.seed),
+                            store, seed=args.seed, progress=False, **options)
+        else:
+            atlas = ConceptAtlas(loaded.model, layer, args.n_concepts, method="ice",
+                                 importance=args.importance, seed=args.seed,
+                                 class_names=loaded.class_names or None,
+                                 max_inputs_per_class=args.max_inputs_per_class,
+                                 progress=not args.quiet, preprocess=None,
+                                 model_name=loaded.name)
+            atlas.fit(store, _labels(args.labels), store_options=options)
+            out = Path(args.out)
+            path = atlas.save(out / "atlas.safetensors")
+            index = None if args.no_report else atlas.report(out / "report")
+            fitted = atlas.data_.bank.factorizer
+            print(f"atlas of {store.n_rows} rows ({len(atlas.data_.labels)} images, "
+                  f"{len(atlas.importance.classes)} classes) over {world} rank(s): "
+                  f"{atlas.n_concepts} concepts, {fitted.n_iter_} passes, relative error "
+                  f"{fitted.reconstruction_err_ / max(fitted.data_norm_, 1e-300):.4f}, "
+                  f"{time.perf_counter() - start:.1f} s")
+            print(f"saved {path}" + ("" if index is None else f"; report {index}"))
+        if distributed:
+            dist.barrier()
+    finally:
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,354 @@
+"""One table for a whole world: every explained class scored against ground truth."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import check_int, describe
+from ._faithfulness import Faithfulness, faithfulness
+from ._inputs import check_masks, checked_images, model_at_layer_of, part_label
+
+#: Table columns scored per class, and whether higher is better (summarised over classes).
+METRIC_COLUMNS: dict[str, bool] = {
+    "top_on_most_relied": True,
+    "top_on_causal": True,
+    "top_reliance_ratio": True,
+    "top_pointing": True,
+    "relied_pointing": True,
+    "relied_relevance_mass": True,
+    "relied_iou": True,
+    "relied_auc": True,
+    "causal_pointing": True,
+    "spearman": True,
+    "kendall": True,
+    "part_spearman": True,
+    "part_kendall": True,
+    "deletion_area": False,
+}
+
+#: Column meanings (for ``to_markdown`` and the docs).
+COLUMN_HELP = {
+    "most_relied_part": "the part whose painting-out lowers the class score most (measured)",
+    "top_part": "the part the most important concept sits on",
+    "top_on_most_relied": "the most important concept sits on the most relied-on part",
+    "top_on_causal": "the most important concept sits on a designed causal part",
+    "top_reliance_ratio": "reliance of the top concept's part / reliance of the most relied-on "
+                          "part (1: on it or on a part as needed; 0: on the background)",
+    "top_pointing": "pointing game of the most important concept on the most relied-on part",
+    "relied_pointing": "best pointing game of any concept on the most relied-on part",
+    "relied_relevance_mass": "relevance mass of that best concept on that part",
+    "relied_iou": "IoU of that best concept on that part",
+    "relied_auc": "ROC-AUC of that best concept on that part",
+    "causal_pointing": "mean over designed causal parts of the best concept's pointing game",
+    "spearman": "Spearman's rho of importance vs reliance of each concept's part",
+    "kendall": "Kendall's tau-b of the same",
+    "part_spearman": "Spearman's rho over parts: summed importance of a part's concepts vs its "
+                     "reliance",
+    "part_kendall": "Kendall's tau-b of the same",
+    "deletion_area": "area between the concept and part deletion curves (lower is better)",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """An explanation scored against ground truth, one row per class.
+
+    Attributes
+    ----------
+    rows : tuple of dict
+        One dict per class (see :attr:`table`).
+    details : dict of int -> Faithfulness
+        Per class the full results (``.reliance``, ``.localisation``, ``.deletion``).
+    settings : dict
+        How the evaluation was run.
+    """
+
+    rows: tuple[dict, ...]
+    details: dict = field(repr=False)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def table(self) -> list[dict]:
+        """Rows per class: ``class_id, class_name, n_images, n_concepts, most_relied_part,
+        most_relied_drop, top_concept, top_part`` and the metric columns of
+        :data:`METRIC_COLUMNS` (None where undefined)."""
+        return [dict(row) for row in self.rows]
+
+    @property
+    def summary(self) -> dict[str, float | None]:
+        """Mean of each metric column over classes (booleans: the fraction of classes; classes
+        where a value is undefined are left out)."""
+        return {name: _reduce([row[name] for row in self.rows], np.mean)
+                for name in METRIC_COLUMNS}
+
+    @property
+    def worst(self) -> dict[str, float | None]:
+        """The worst class's value of each metric column (min, or max where lower is better)."""
+        return {name: _reduce([row[name] for row in self.rows], np.min if better else np.max)
+                for name, better in METRIC_COLUMNS.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible: settings, table, summary, worst, and per-class details."""
+        return {"settings": dict(self.settings), "table": self.table, "summary": self.summary,
+                "worst": self.worst,
+                "details": {str(c): f.to_dict() for c, f in self.details.items()}}
+
+    def to_markdown(self, digits: int = 2) -> str:
+        """The table as Markdown, with a mean and a worst row."""
+        columns = ["class", "most relied-on part", "top concept on", *METRIC_COLUMNS]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in self.rows:
+            cells = [f"{row['class_id']} {row['class_name']}",
+                     f"{row['most_relied_part']} ({_fmt(row['most_relied_drop'], digits)})",
+                     f"c{row['top_concept']} {row['top_part']}"]
+            cells += [_fmt(row[name], digits) for name in METRIC_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+        for label, values in (("mean", self.summary), ("worst", self.worst)):
+            cells = [f"**{label}**", "", ""] + [_fmt(values[name], digits) for name in METRIC_COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        s = self.summary
+        shown = ", ".join(f"{name}={_fmt(s[name], 3)}" for name in
+                          ("top_on_most_relied", "top_pointing", "relied_pointing", "spearman",
+                           "kendall", "deletion_area"))
+        return f"Evaluation(n_classes={len(self.rows)}, mean: {shown})"
+
+    def __str__(self) -> str:
+        return f"{self!r}\n{self.to_markdown()}"
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _reduce(values: list, how: Callable) -> float | None:
+    numbers = [float(v) for v in values if v is not None and not
+               (isinstance(v, float) and math.isnan(v))]
+    return float(how(numbers)) if numbers else None
+
+
+# ------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class _Data:
+    images: torch.Tensor
+    labels: np.ndarray
+    masks: torch.Tensor
+    part_names: tuple[str, ...] | None
+    class_names: list | None
+    class_concepts: list | None
+
+
+def _field(data: Any, *names: str) -> Any:
+    for name in names:
+        if isinstance(data, Mapping) and name in data:
+            return data[name]
+        if not isinstance(data, Mapping) and hasattr(data, name):
+            return getattr(data, name)
+    return None
+
+
+def _as_data(data: Any) -> _Data:
+    images, labels, masks = (_field(data, "images"), _field(data, "labels"),
+                             _field(data, "masks"))
+    missing = [name for name, value in (("images", images), ("labels", labels),
+                                        ("masks", masks)) if value is None]
+    if missing:
+        raise TypeError(f"`world` must give data with `images` (N, 3, H, W), `labels` (N,) and "
+                        f"part `masks` (N, P, H, W) (a ConceptDataset, a World's sample, or a "
+                        f"dict); its data has no {' or '.join(f'`{n}`' for n in missing)}: got "
+                        f"{describe(data)}.")
+    images = checked_images(images)
+    masks = check_masks(masks, images, name="data.masks")
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
+        raise ValueError(f"`data.labels` must hold one integer class per image "
+                         f"({images.shape[0]}); got {describe(labels)}.")
+    names = _field(data, "part_names", "concept_names")
+    return _Data(images, labels.astype(np.int64), masks,
+                 None if names is None else tuple(str(n) for n in names),
+                 _field(data, "class_names"), _field(data, "class_concepts"))
+
+
+def _classes(explanation: Any) -> dict[int, Any]:
+    if hasattr(explanation, "importances") and hasattr(explanation, "class_id"):
+        return {int(explanation.class_id): explanation}
+    if hasattr(explanation, "classes_") and isinstance(explanation.classes_, Mapping):
+        explanation = explanation.classes_
+    if isinstance(explanation, Mapping):
+        out = {int(c): cc for c, cc in explanation.items()}
+    elif isinstance(explanation, (list, tuple)) and all(hasattr(cc, "class_id")
+                                                        for cc in explanation):
+        out = {int(cc.class_id): cc for cc in explanation}
+    else:
+        out = {}
+    if not out:
+        what = ("an explanation without `importances`" if hasattr(explanation, "class_id")
+                else describe(explanation))
+        raise TypeError(f"`explanation` must be a ClassConcepts, a fitted ConceptManager, or a "
+                        f"non-empty dict {{class_id: ClassConcepts}}; got {what}.")
+    for class_id, cc in out.items():
+        lacking = [name for name in ("importances", "concept_maps") if not hasattr(cc, name)]
+        if lacking:
+            raise TypeError(f"`explanation` for class {class_id} has no "
+                            f"{' or '.join(f'`{n}`' for n in lacking)}: every class needs "
+                            f"importances (k,) and concept_maps(images, kind=...), as a "
+                            f"ClassConcepts has; got {describe(cc)}.")
+    return dict(sorted(out.items()))
+
+
+def _model_and_data(world: Any, n_per_class: int, seed: int, split: str) -> tuple[nn.Module, Any]:
+    if isinstance(world, (tuple, list)) and len(world) == 2:
+        return world[0], world[1]
+    if hasattr(world, "sample") and hasattr(world, "model"):
+        model = world.model
+        model = model() if callable(model) and not isinstance(model, nn.Module) else model
+        return model, world.sample(n_per_class, seed=seed, split=split)
+    raise TypeError(f"`world` must be a World (with `sample` and `model`, from "
+                    f"conceptkit.datasets.load_world) or a pair (model, data) where data has "
+                    f"images, labels and part masks; got {describe(world)}.")
+
+
+# ------------------------------------------------------------------------------- evaluate
+def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int = 0,
+             split: str = "test", kind: str = "auto", fill: str | Callable = "median",
+             measure: str = "probability", deletion: bool = True, removal: str = "pixels",
+             tolerance: int | None = None, quantile: float = 0.9, min_images: int = 3,
+             assign_threshold: float = 0.5, reliance_floor: float = 0.0,
+             blur_sigma: float | None = None,
+             preprocess: Callable | None = None, batch_size: int = 64, device: Any = None,
+             progress: bool = True) -> Evaluation:
+    """Score an explanation of one or many classes against a world's ground truth.
+
+    For each explained class, on the images of that class: the model's measured
+    :func:`reliance` on each part, the :func:`localisation` of every concept, and the
+    :func:`faithfulness` of the importances; summarised in one row per class.
+
+    Parameters
+    ----------
+    explanation : ClassConcepts, ConceptManager or dict
+        One class's explanation, a fitted manager, or ``{class_id: explanation}``.
+    world : World or (model, data)
+        A world from ``conceptkit.datasets.load_world`` (``world.sample(n_per_class, seed=...,
+        split=...)`` supplies the images, ``world.model()`` the model), or a pair of a model and
+        data with ``images (N, 3, H, W)``, ``labels (N,)``, part ``masks (N, P, H, W)`` and
+        optionally ``concept_names`` (or ``part_names``), ``class_names`` and
+        ``class_concepts`` (the designed causal parts of each class) — any dataset with part
+        masks works.
+    n_per_class, seed, split
+        The world's sample. When a class's sampled images are the very images its explanation
+        was fitted on (same seed and split as the fit), the fitted maps are used.
+    kind, fill, measure, deletion, removal, tolerance, quantile, min_images, assign_threshold,
+    reliance_floor, blur_sigma, batch_size, device, progress
+        See :func:`faithfulness`.
+    preprocess : callable, optional
+        Default: the explanation's own (``model_at_layer.preprocess``).
+
+    Returns
+    -------
+    Evaluation
+    """
+    classes = _classes(explanation)
+    n_per_class = check_int(n_per_class, "n_per_class", minimum=1)
+    model, data = _model_and_data(world, n_per_class, seed, split)
+    data = _as_data(data)
+    rows, details = [], {}
+    for class_id, cc in tqdm(classes.items(), disable=not progress, desc="classes"):
+        index = np.flatnonzero(data.labels == class_id)
+        if index.size == 0:
+            raise ValueError(f"the data has no image of class {class_id}, which `explanation` "
+                             f"explains; evaluate on data that has it.")
+        pre = preprocess if preprocess is not None else getattr(
+            model_at_layer_of(cc), "preprocess", None)
+        images, masks = data.images[index], data.masks[index]
+        result = faithfulness(cc, model, images, masks, data.part_names, class_id=class_id,
+                              kind=kind, fill=fill, measure=measure, deletion=deletion,
+                              removal=removal, tolerance=tolerance, quantile=quantile,
+                              min_images=min_images, assign_threshold=assign_threshold,
+                              reliance_floor=reliance_floor, blur_sigma=blur_sigma,
+                              preprocess=pre, batch_size=batch_size, device=device,
+                              progress=progress)
+        details[class_id] = result
+        rows.append(class_row(result, class_id, _class_name(cc, data, class_id),
+                              _causal(data, class_id)))
+    settings = {"n_per_class": n_per_class, "seed": seed, "split": split, "kind": kind,
+                "fill": next(iter(details.values())).reliance.fill, "measure": measure,
+                "removal": removal if deletion else None,
+                "tolerance": next(iter(details.values())).localisation.tolerance,
+                "quantile": quantile, "min_images": min_images,
+                "assign_threshold": assign_threshold, "reliance_floor": reliance_floor}
+    return Evaluation(rows=tuple(rows), details=details, settings=settings)
+
+
+def _class_name(cc: Any, data: _Data, class_id: int) -> str:
+    """The explanation's class name, unless it is only the placeholder ``"class {id}"`` (a fit
+    without ``class_name``) and the data names its classes."""
+    name = getattr(cc, "class_name", None)
+    if name and str(name) != f"class {class_id}":
+        return str(name)
+    if data.class_names is not None and class_id < len(data.class_names):
+        return str(data.class_names[class_id])
+    return f"class {class_id}"
+
+
+def _causal(data: _Data, class_id: int) -> list[int] | None:
+    if data.class_concepts is None or class_id >= len(data.class_concepts):
+        return None
+    return [int(g) for g in data.class_concepts[class_id]]
+
+
+def class_row(result: Faithfulness, class_id: int, class_name: str,
+              causal: list[int] | None = None) -> dict[str, Any]:
+    """The table row of one class from its :class:`Faithfulness` (see :attr:`Evaluation.table`)."""
+    rel, loc = result.reliance, result.localisation
+    names = rel.part_names
+    most = rel.most_relied(result.measure)
+    top = int(np.argsort(-result.importances, kind="stable")[0])
+    top_part = int(loc.concept_parts[top])
+
+    def num(value: float) -> float | None:
+        return float(value) if np.isfinite(value) else None
+
+    row: dict[str, Any] = {
+        "class_id": int(class_id), "class_name": class_name,
+        "n_images": int(rel.present.shape[0]), "n_concepts": int(result.importances.size),
+        "most_relied_part": part_label(most, names),
+        "most_relied_drop": num(rel.values(result.measure)[most]) if most >= 0 else None,
+        "top_concept": top, "top_part": part_label(top_part, names),
+        "top_on_most_relied": bool(most >= 0 and top_part == most),
+        "top_on_causal": None if causal is None else bool(top_part in causal),
+        "designed_causal": None if causal is None else [part_label(g, names) for g in causal],
+    }
+    best = int(loc.best_concept[most]) if most >= 0 else -1
+    values = rel.values(result.measure)
+    row["top_reliance_ratio"] = (num((values[top_part] if top_part >= 0 else 0.0) / values[most])
+                                 if most >= 0 and values[most] > 0 else None)
+    row["top_pointing"] = num(loc.pointing_game[top, most]) if most >= 0 else None
+    for metric, column in (("pointing_game", "relied_pointing"),
+                           ("relevance_mass", "relied_relevance_mass"), ("iou", "relied_iou"),
+                           ("auc", "relied_auc")):
+        row[column] = num(loc.score(metric)[best, most]) if best >= 0 else None
+    shown = [g for g in (causal or []) if loc.best_concept[g] >= 0]
+    row["causal_pointing"] = (float(np.mean([loc.pointing_game[loc.best_concept[g], g]
+                                             for g in shown])) if shown else None)
+    row["spearman"] = num(result.spearman)
+    row["kendall"] = num(result.kendall)
+    row["part_spearman"] = num(result.part_spearman)
+    row["part_kendall"] = num(result.part_kendall)
+    row["deletion_area"] = None if result.deletion is None else num(result.deletion.area_between)
+    return row

@@ -1,0 +1,386 @@
+"""Does an explanation's importance ranking follow what the model really relies on?
+
+Each concept is given the part it sits on (:func:`localisation`), and that part's measured
+reliance (:func:`reliance`); the rank correlation of importance and reliance over the class's
+concepts is the faithfulness. A deletion curve compares removing concepts in importance order
+with removing parts in reliance order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import model_device, preserved_model_state
+from .._validation import check_choice, check_float, check_int, describe
+from ._fill import Fill, paint
+from ._inputs import (
+    check_masks,
+    check_measure,
+    check_model,
+    check_part_names,
+    check_preprocess,
+    checked_images,
+    class_id_of,
+    class_scores,
+    importances_of,
+    model_at_layer_of,
+    part_label,
+    run_device,
+)
+from ._localisation import Localisation
+from ._localisation import localisation as locate
+from ._reliance import Reliance
+from ._reliance import reliance as measure_reliance
+
+#: How a concept is removed for the deletion curve.
+REMOVALS = ("pixels", "activations")
+
+
+@dataclass(frozen=True, eq=False)
+class DeletionCurves:
+    """Mean class score as concepts (importance order) or parts (reliance order) are removed.
+
+    Attributes
+    ----------
+    removal : str
+        ``"pixels"`` (a concept's high-map pixels painted out) or ``"activations"`` (its
+        contribution subtracted from the layer's activations).
+    measure : str
+        ``"probability"`` or ``"logit"``.
+    concept_order, part_order : ndarray of int
+        The removal orders (most important / most relied-on first).
+    concept_curve : ndarray (k + 1,)
+        Mean class score after removing the first ``s`` concepts, ``s = 0 .. k``.
+    part_curve : ndarray (P' + 1,)
+        The same for the ``P'`` parts shown in at least one image.
+    concept_area, part_area : float
+        Normalised areas under the curves (see :attr:`area_between`).
+    area_between : float
+        ``concept_area − part_area``: both curves on steps ``s / S``, ``S = max(k, P')``, a curve
+        staying at its last value once everything is removed, integrated by the trapezoid
+        rule over [0, 1]. 0: concepts in importance order destroy the class score as fast as
+        parts in reliance order; positive: slower (the ranking is less faithful).
+    """
+
+    removal: str
+    measure: str
+    concept_order: np.ndarray
+    part_order: np.ndarray
+    concept_curve: np.ndarray
+    part_curve: np.ndarray
+    concept_area: float
+    part_area: float
+    area_between: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removal": self.removal, "measure": self.measure,
+                "concept_order": [int(i) for i in self.concept_order],
+                "part_order": [int(i) for i in self.part_order],
+                "concept_curve": [float(v) for v in self.concept_curve],
+                "part_curve": [float(v) for v in self.part_curve],
+                "concept_area": self.concept_area, "part_area": self.part_area,
+                "area_between": self.area_between}
+
+
+@dataclass(frozen=True, eq=False)
+class Faithfulness:
+    """Agreement of an explanation's concept importances with the model's measured reliance.
+
+    Attributes
+    ----------
+    spearman, kendall : float
+        Spearman's rho and Kendall's tau-b (``scipy.stats``; ties get average ranks) between
+        ``importances`` and ``concept_reliance`` over the ``k`` concepts. NaN when either is
+        constant (every concept on the background, say): see ``notes``.
+    importances : ndarray (k,)
+    concept_parts : ndarray (k,) of int
+        The part each concept sits on (``-1``: background).
+    concept_reliance : ndarray (k,)
+        The measured reliance (``Reliance.expected`` in ``measure``) of each concept's part;
+        0 for a concept on the background (and for parts within ``reliance_floor`` of 0).
+    part_spearman, part_kendall : float
+        The same over the parts shown in at least one image, between each part's importance
+        (the sum of the importances of the concepts sitting on it; 0 if none) and its reliance:
+        unlike the concept-level statistics, several concepts on one part (duplicates of a large
+        dictionary) count once.
+    part_importances : ndarray (P,)
+    measure : str
+    class_id : int
+    deletion : DeletionCurves or None
+    reliance : Reliance
+    localisation : Localisation
+    notes : tuple of str
+    """
+
+    spearman: float
+    kendall: float
+    importances: np.ndarray
+    concept_parts: np.ndarray
+    concept_reliance: np.ndarray
+    part_spearman: float
+    part_kendall: float
+    part_importances: np.ndarray
+    measure: str
+    class_id: int
+    deletion: DeletionCurves | None
+    reliance: Reliance = field(repr=False)
+    localisation: Localisation = field(repr=False)
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(v: float) -> float | None:
+            return float(v) if np.isfinite(v) else None
+        names = self.reliance.part_names
+        return {"class_id": self.class_id, "measure": self.measure,
+                "spearman": num(self.spearman), "kendall": num(self.kendall),
+                "part_spearman": num(self.part_spearman), "part_kendall": num(self.part_kendall),
+                "part_importances": [float(v) for v in self.part_importances],
+                "importances": [float(v) for v in self.importances],
+                "concept_parts": [int(p) for p in self.concept_parts],
+                "concept_part_names": [part_label(int(p), names) for p in self.concept_parts],
+                "concept_reliance": [float(v) for v in self.concept_reliance],
+                "deletion": None if self.deletion is None else self.deletion.to_dict(),
+                "notes": list(self.notes)}
+
+    def __repr__(self) -> str:
+        area = ("" if self.deletion is None
+                else f", deletion area between {self.deletion.area_between:+.3f}")
+        return (f"Faithfulness(class_id={self.class_id}, spearman={self.spearman:.3f}, "
+                f"kendall={self.kendall:.3f}{area})")
+
+
+def rank_correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho and Kendall's tau-b of ``x`` and ``y`` (NaN when either is constant)."""
+    if np.ptp(x) == 0 or np.ptp(y) == 0 or x.size < 2:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return (float(stats.spearmanr(x, y).statistic),
+                float(stats.kendalltau(x, y).statistic))
+
+
+def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
+                 part_names: Sequence[str] | None = None, *, class_id: int | None = None,
+                 kind: str = "auto", fill: str | Callable = "median",
+                 measure: str = "probability", deletion: bool = True, removal: str = "pixels",
+                 reliance: Reliance | None = None, localisation: Localisation | None = None,
+                 tolerance: int | None = None, quantile: float = 0.9, min_images: int = 3,
+                 assign_threshold: float = 0.5, reliance_floor: float = 0.0,
+                 blur_sigma: float | None = None, preprocess: Callable | None = None,
+                 batch_size: int = 64, device: Any = None, progress: bool = True) -> Faithfulness:
+    """Rank correlation between concept importance and the reliance of the part each concept
+    sits on, and deletion curves.
+
+    Parameters
+    ----------
+    result : explanation
+        Has ``importances (k,)``, ``concept_maps(images, kind=...)`` and ``class_id`` (a
+        ClassConcepts). ``removal="activations"`` also needs ``bank`` and ``model_at_layer``.
+    model : nn.Module
+        The explained model (left as found).
+    images, masks, part_names
+        Images ``(N, 3, H, W)`` in [0, 1] and part masks ``(N, P, H, W)``.
+    class_id : int, optional
+        Default ``result.class_id``.
+    kind, tolerance, quantile, min_images, assign_threshold
+        Passed to :func:`localisation` (which part each concept sits on).
+    fill, blur_sigma
+        How parts (and, for the deletion curve, concepts) are painted out (:func:`reliance`).
+    measure : str
+        ``"probability"`` (default) or ``"logit"``: the class score used throughout.
+    reliance_floor : float
+        A part whose reliance lies within ``±reliance_floor`` counts as 0 (not relied on) in
+        the correlations, so that noise-level drops (distractors: ~0.003 on the shapes world)
+        do not rank concepts; default 0: every drop counts as measured.
+    deletion : bool
+        Also compute the deletion curves.
+    removal : str
+        ``"pixels"`` (default): removing concept ``j`` paints out, in every image, the pixels
+        where its map is at or above the ``quantile`` of all its map values over all images and
+        positive (CRAFT's display threshold, per concept); removed regions accumulate.
+        ``"activations"``: removing ``j`` subtracts ``u_j ⊗ w_j`` (its code times its
+        dictionary row) from the layer's activations, the reconstruction residual kept, and the
+        head is re-run. Parts are always removed as pixels.
+    reliance, localisation : optional
+        Results already computed for these images (then not recomputed).
+    preprocess, batch_size, device, progress
+        As for :func:`reliance`.
+
+    Returns
+    -------
+    Faithfulness
+    """
+    model = check_model(model)
+    images = checked_images(images)
+    masks = check_masks(masks, images)
+    importances = importances_of(result)
+    class_id = class_id_of(result, class_id)
+    names = check_part_names(part_names, masks.shape[1])
+    measure = check_measure(measure)
+    removal = check_choice(removal, "removal", REMOVALS)
+    preprocess = check_preprocess(preprocess)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
+    if reliance is None:
+        reliance = measure_reliance(model, images, masks, class_id, fill, part_names=names,
+                                    preprocess=preprocess, blur_sigma=blur_sigma,
+                                    batch_size=batch_size, device=device, progress=progress)
+    _check_given(reliance, Reliance, "reliance", masks.shape[:2])
+    if reliance.class_id != class_id:
+        raise ValueError(f"`reliance` was measured for class {reliance.class_id}, not "
+                         f"{class_id}; measure it for class {class_id} or pass reliance=None.")
+    if localisation is None:
+        localisation = locate(result, images, masks, names, kind=kind, tolerance=tolerance,
+                              quantile=quantile, min_images=min_images,
+                              assign_threshold=assign_threshold)
+    _check_given(localisation, Localisation, "localisation", None)
+    if localisation.n_concepts != importances.size:
+        raise ValueError(f"`result` has {importances.size} importances but its maps show "
+                         f"{localisation.n_concepts} concepts.")
+    parts = localisation.concept_parts
+    part_reliance = reliance.values(measure)
+    reliance_floor = check_float(reliance_floor, "reliance_floor", minimum=0.0)
+    concept_reliance = np.where(parts >= 0, part_reliance[np.maximum(parts, 0)], 0.0)
+    concept_reliance = np.where(np.abs(concept_reliance) <= reliance_floor, 0.0, concept_reliance)
+    spearman, kendall = rank_correlations(importances, concept_reliance)
+    part_importances = np.zeros(reliance.present.shape[1])
+    np.add.at(part_importances, parts[parts >= 0], importances[parts >= 0])
+    shown = reliance.n_present > 0
+    floored = np.where(np.abs(part_reliance) <= reliance_floor, 0.0, part_reliance)
+    part_spearman, part_kendall = rank_correlations(part_importances[shown], floored[shown])
+    notes = []
+    if not np.isfinite(spearman):
+        what = ("every concept has the same importance" if np.ptp(importances) == 0 else
+                "every concept sits on parts of equal reliance (or on the background)")
+        notes.append(f"faithfulness is undefined (NaN): {what}.")
+    if not np.isfinite(part_spearman):
+        notes.append("part-level faithfulness is undefined (NaN): no concept sits on a shown "
+                     "part, or the shown parts are equally relied on.")
+    curves = None
+    if deletion:
+        filler = Fill(fill, images, blur_sigma)
+        curves = _deletion(result, model, images, masks, importances, reliance, localisation,
+                           filler, class_id, measure, removal, quantile, preprocess, batch_size,
+                           device, progress)
+    return Faithfulness(spearman=spearman, kendall=kendall, importances=importances,
+                        concept_parts=parts.copy(), concept_reliance=concept_reliance,
+                        part_spearman=part_spearman, part_kendall=part_kendall,
+                        part_importances=part_importances, measure=measure, class_id=class_id, deletion=curves, reliance=reliance,
+                        localisation=localisation, notes=tuple(notes))
+
+
+def _check_given(value: Any, cls: type, name: str, shape: tuple | None) -> None:
+    if not isinstance(value, cls):
+        raise TypeError(f"`{name}` must be a {cls.__name__} (from conceptkit.evaluate.{name}) or "
+                        f"None; got {describe(value)}.")
+    if shape is not None and tuple(value.present.shape) != tuple(shape):
+        raise ValueError(f"`{name}` covers {value.present.shape} (images, parts) but `masks` has "
+                         f"{tuple(shape)}; measure it on the same images.")
+
+
+def concept_regions(maps: torch.Tensor, quantile: float) -> torch.Tensor:
+    """``(N, k, H, W)`` bool: where each concept's map is positive and at or above the
+    ``quantile`` of all its values over all images."""
+    flat = maps.transpose(0, 1).reshape(maps.shape[1], -1).double().numpy()
+    cut = torch.from_numpy(np.quantile(flat, quantile, axis=1)).to(maps.dtype)
+    return (maps >= cut[None, :, None, None]) & (maps > 0)
+
+
+def _area(curve: np.ndarray, steps: int) -> float:
+    full = np.concatenate([curve, np.full(steps + 1 - curve.size, curve[-1])])
+    return float(((full[1:] + full[:-1]) / 2).sum() / steps) if steps else float(full[0])
+
+
+def _deletion(result, model, images, masks, importances, reliance, localisation, filler,
+              class_id, measure, removal, quantile, preprocess, batch_size, device,
+              progress) -> DeletionCurves:
+    concept_order = np.argsort(-importances, kind="stable")
+    part_order = reliance.ranking(measure)
+    pick = 0 if measure == "probability" else 1
+    with preserved_model_state(model), torch.no_grad():
+        where = run_device(model, device)
+
+        def score_regions(regions: torch.Tensor) -> float:
+            painted = paint(images, regions, filler)
+            scores = class_scores(model, painted, class_id, preprocess=preprocess, device=where,
+                                  batch_size=batch_size)
+            return float(scores[pick].mean())
+
+        base = class_scores(model, images, class_id, preprocess=preprocess, device=where,
+                            batch_size=batch_size)
+        part_curve = [float(base[pick].mean())]
+        removed = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
+        for p in tqdm(part_order, disable=not progress, desc="deletion (parts)", leave=False):
+            removed |= masks[:, int(p)]
+            part_curve.append(score_regions(removed))
+        if removal == "pixels":
+            regions = concept_regions(localisation.maps, quantile)
+            concept_curve = [part_curve[0]]
+            removed = torch.zeros_like(removed)
+            for j in tqdm(concept_order, disable=not progress, desc="deletion (concepts)",
+                          leave=False):
+                removed |= regions[:, int(j)]
+                concept_curve.append(score_regions(removed))
+    if removal == "activations":
+        concept_curve = _activation_deletion(result, images, concept_order, class_id, pick,
+                                             batch_size, progress)
+    concept_curve = np.asarray(concept_curve)
+    part_curve = np.asarray(part_curve)
+    steps = max(concept_curve.size, part_curve.size) - 1
+    concept_area, part_area = _area(concept_curve, steps), _area(part_curve, steps)
+    return DeletionCurves(removal=removal, measure=measure, concept_order=concept_order,
+                          part_order=part_order, concept_curve=concept_curve,
+                          part_curve=part_curve, concept_area=concept_area, part_area=part_area,
+                          area_between=concept_area - part_area)
+
+
+def _activation_deletion(result, images, order, class_id, pick, batch_size, progress) -> list:
+    """Class score as concept contributions ``u_j ⊗ w_j`` are subtracted from the activations."""
+    bank, explainer = getattr(result, "bank", None), model_at_layer_of(result)
+    if bank is None or explainer is None or not hasattr(explainer, "maps_head"):
+        raise ValueError("`removal`='activations' needs an explanation with its concept bank and "
+                         "its model (`model_at_layer`: a ClassConcepts fitted in this session, "
+                         "or loaded and attached); use removal='pixels'.")
+    fitted = getattr(result, "images", None)
+    if (isinstance(fitted, torch.Tensor) and fitted.shape == images.shape
+            and torch.equal(fitted.cpu(), images.cpu()) and result.activations is not None):
+        acts, context = result.activations, getattr(result, "context", None)
+    else:
+        acts, context = explainer.activations(images, with_context=True)
+    acts = torch.as_tensor(acts).float()
+    codes = torch.as_tensor(bank.encode(acts)).float()
+    components = torch.as_tensor(bank.components).float()
+    head = explainer.maps_head
+    device = model_device(explainer.model)
+    keep = torch.ones(codes.shape[1])
+    curve = []
+    with preserved_model_state(explainer.model), torch.no_grad():
+        for step in tqdm(range(len(order) + 1), disable=not progress,
+                         desc="deletion (concepts)", leave=False):
+            if step:
+                keep[int(order[step - 1])] = 0.0
+            scores = []
+            for start in range(0, acts.shape[0], batch_size):
+                a = acts[start:start + batch_size]
+                u = codes[start:start + batch_size] * (1 - keep).view(1, -1, *[1] * (codes.ndim - 2))
+                removed = (torch.einsum("nk...,kc->nc...", u, components) if u.ndim > 2
+                           else u @ components)
+                args = [(a - removed).to(device)]
+                if context is not None:
+                    args.append(context[start:start + batch_size].to(device))
+                out = head(*args)
+                out = (out[0] if isinstance(out, (tuple, list)) else out).float()
+                prob = (torch.sigmoid(out[:, 0]) if out.shape[1] == 1
+                        else torch.softmax(out, 1)[:, class_id])
+                scores.append((prob if pick == 0 else out[:, class_id]).cpu().double())
+            curve.append(float(torch.cat(scores).mean()))
+    return curve

@@ -1,0 +1,88 @@
+"""What painted-out pixels are replaced with (the *fill*), and painting itself.
+
+A part is removed from an image by replacing its pixels with the fill image's pixels:
+``x' = x ⊙ (1 − m) + f(x) ⊙ m``. The fills:
+
+- ``"median"`` — each image's own per-channel median colour (on images with a plain or
+  textured background, the background colour: the part disappears into the background);
+- ``"blur"`` — the image blurred with a Gaussian of standard deviation ``blur_sigma`` pixels
+  (default: the image side / 10): the part's shape and texture go, its average colour stays;
+- ``"mean"`` — the mean colour of all the images evaluated (one colour per channel);
+- ``"zero"`` — zeros (black in [0, 1] pixel space);
+- a callable ``fill(images) -> (B, 3, H, W)`` tensor, called on batches of images in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .._validation import check_float, describe
+
+FILLS = ("median", "blur", "mean", "zero")
+
+
+class Fill:
+    """A checked fill: call it on a batch ``(B, C, H, W)`` to get the replacement pixels."""
+
+    def __init__(self, fill: Any, images: torch.Tensor, blur_sigma: float | None = None):
+        if callable(fill):
+            self.name = getattr(fill, "__name__", type(fill).__name__)
+            self._user = fill
+        elif isinstance(fill, str) and fill in FILLS:
+            self.name = fill
+            self._user = None
+        else:
+            raise ValueError(f"`fill` must be one of {list(FILLS)} or a callable "
+                             f"fill(images) -> images; got {describe(fill)}.")
+        side = max(images.shape[-2:])
+        if blur_sigma is None:
+            blur_sigma = side / 10.0
+        self.blur_sigma = check_float(blur_sigma, "blur_sigma", minimum=0.0, strict_minimum=True)
+        # The dataset mean is taken once over every image evaluated, not per batch.
+        self._mean = images.float().mean(dim=(0, 2, 3)) if self.name == "mean" else None
+
+    def describe(self) -> str:
+        return f"blur (sigma {self.blur_sigma:g} px)" if self.name == "blur" else self.name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self._user is not None:
+            out = self._user(images)
+            if not isinstance(out, torch.Tensor) or out.shape != images.shape:
+                raise ValueError(f"`fill` must return a tensor of the shape of its input "
+                                 f"{tuple(images.shape)}; got {describe(out)}.")
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError("`fill` returned NaN or Inf values.")
+            return out.to(images)
+        if self.name == "zero":
+            return torch.zeros_like(images)
+        if self.name == "mean":
+            return self._mean.to(images)[None, :, None, None].expand_as(images)
+        if self.name == "median":
+            colour = images.flatten(2).median(dim=-1).values  # lower middle value when even
+            return colour[:, :, None, None].expand_as(images)
+        return gaussian_blur(images, self.blur_sigma)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` images, reflecting at the borders; the kernel
+    reaches ``3 sigma`` (at most the image side − 1)."""
+    height, width = images.shape[-2:]
+    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    channels = images.shape[1]
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def paint(images: torch.Tensor, regions: torch.Tensor, fill: Callable) -> torch.Tensor:
+    """Images ``(B, C, H, W)`` with the pixels of ``regions`` ``(B, H, W)`` replaced by the fill."""
+    regions = regions[:, None].to(images.device)
+    return torch.where(regions, fill(images), images)

@@ -1,0 +1,177 @@
+"""Checks and small helpers shared by the evaluation functions: part masks, part names, the class
+score of a model, and the duck-typed pieces of an explanation (importances, maps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import model_device
+from .._validation import check_choice, check_images, check_int, describe, resolve_device
+
+#: What a class score is measured in: the class probability (softmax; sigmoid for one output) or
+#: the class logit.
+MEASURES = ("probability", "logit")
+
+
+def check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
+    return model
+
+
+def check_masks(masks: Any, images: torch.Tensor | None = None, name: str = "masks",
+                n_images: int | None = None, other: str = "`images`") -> torch.Tensor:
+    """Part masks ``(N, P, H, W)`` as a bool tensor; N (and H, W) must agree with ``images``."""
+    if isinstance(masks, np.ndarray):
+        masks = torch.from_numpy(np.ascontiguousarray(masks))
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor or numpy array of shape (N, P, H, W) "
+                        f"(one boolean mask per image and part); got {describe(masks)}.")
+    if masks.ndim != 4:
+        hint = " (one part? add the part axis with masks[:, None])" if masks.ndim == 3 else ""
+        raise ValueError(f"`{name}` must have 4 dimensions (N, P, H, W); got shape "
+                         f"{tuple(masks.shape)}{hint}.")
+    if masks.dtype != torch.bool:
+        if masks.is_floating_point() or masks.dtype in (torch.uint8, torch.int8, torch.int16,
+                                                        torch.int32, torch.int64):
+            values = torch.unique(masks)
+            if not bool(((values == 0) | (values == 1)).all()):
+                raise ValueError(f"`{name}` must be boolean (or hold only 0 and 1); got values "
+                                 f"{values[:6].tolist()}{'...' if values.numel() > 6 else ''}.")
+            masks = masks != 0
+        else:
+            raise TypeError(f"`{name}` must be boolean; got dtype {masks.dtype}.")
+    expected_n = images.shape[0] if images is not None else n_images
+    if expected_n is not None and masks.shape[0] != expected_n:
+        raise ValueError(f"`{name}` has {masks.shape[0]} images but {other} has {expected_n}; "
+                         f"pass one (P, H, W) stack of masks per image.")
+    if images is not None and tuple(masks.shape[-2:]) != tuple(images.shape[-2:]):
+        raise ValueError(f"`{name}` is {tuple(masks.shape[-2:])} pixels but `images` are "
+                         f"{tuple(images.shape[-2:])}; masks must be drawn at the image size.")
+    if masks.shape[1] == 0:
+        raise ValueError(f"`{name}` has no parts (shape {tuple(masks.shape)}).")
+    return masks.cpu()
+
+
+def check_part_names(part_names: Any, n_parts: int) -> tuple[str, ...] | None:
+    if part_names is None:
+        return None
+    if isinstance(part_names, str) or not isinstance(part_names, Sequence):
+        raise TypeError(f"`part_names` must be a sequence of {n_parts} strings; got "
+                        f"{describe(part_names)}.")
+    names = tuple(str(name) for name in part_names)
+    if len(names) != n_parts:
+        raise ValueError(f"`part_names` has {len(names)} names but `masks` has {n_parts} parts.")
+    return names
+
+
+def part_label(part: int, part_names: tuple[str, ...] | None) -> str:
+    """A readable name of part ``part`` (``-1``: background, i.e. no part)."""
+    if part < 0:
+        return "background"
+    return part_names[part] if part_names is not None else f"part {part}"
+
+
+def check_preprocess(preprocess: Any) -> Callable | None:
+    if preprocess is not None and not callable(preprocess):
+        raise TypeError(f"`preprocess` must be callable or None; got {describe(preprocess)}.")
+    return preprocess
+
+
+def check_class_id(class_id: Any, n_outputs: int | None = None) -> int:
+    class_id = check_int(class_id, "class_id", minimum=0)
+    if n_outputs is not None and class_id >= n_outputs:
+        raise ValueError(f"`class_id` is {class_id} but the model has {n_outputs} outputs; "
+                         f"expected a class in 0..{n_outputs - 1}.")
+    return class_id
+
+
+def _logits(output: Any) -> torch.Tensor:
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        raise ValueError(f"the model must return logits of shape (N, n_classes); got "
+                         f"{describe(output)}.")
+    return output
+
+
+def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
+                 preprocess: Callable | None, device: torch.device, batch_size: int,
+                 progress: bool = False, desc: str = "class scores") -> tuple[np.ndarray, np.ndarray]:
+    """Class probability and class logit ``(N,)`` each, for images in [0, 1] (the caller holds the
+    model in eval mode under ``torch.no_grad``)."""
+    probabilities, logits = [], []
+    starts = range(0, images.shape[0], batch_size)
+    for start in tqdm(starts, disable=not progress, desc=desc, leave=False):
+        batch = images[start:start + batch_size].to(device)
+        if preprocess is not None:
+            batch = preprocess(batch)
+        out = _logits(model(batch)).float()
+        check_class_id(class_id, out.shape[1])
+        prob = (torch.sigmoid(out[:, 0]) if out.shape[1] == 1
+                else torch.softmax(out, dim=1)[:, class_id])
+        probabilities.append(prob.cpu().double())
+        logits.append(out[:, class_id].cpu().double())
+    return torch.cat(probabilities).numpy(), torch.cat(logits).numpy()
+
+
+def run_device(model: nn.Module, device: Any) -> torch.device:
+    """Where the model runs: ``device`` if given (the model must already be there), else the
+    device of its parameters. The model is never moved."""
+    if device is None:
+        return model_device(model)
+    device = resolve_device(device)
+    here = model_device(model)
+    if here.type != device.type or (device.index is not None and here.index != device.index):
+        raise ValueError(f"`device` is {device} but the model's parameters are on {here}; "
+                         f"move the model yourself (conceptkit leaves it where it is) or pass "
+                         f"device=None.")
+    return device
+
+
+def check_measure(measure: Any) -> str:
+    return check_choice(measure, "measure", MEASURES)
+
+
+def importances_of(result: Any) -> np.ndarray:
+    """The class-level importances ``(k,)`` of an explanation (its ``importances`` attribute)."""
+    if not hasattr(result, "importances"):
+        raise TypeError(f"`result` must be an explanation with `importances` (k,) and "
+                        f"`concept_maps(images, kind=...)`, such as a ClassConcepts; got "
+                        f"{describe(result)}.")
+    values = np.asarray(result.importances, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"`result.importances` must be a non-empty vector (k,); got shape "
+                         f"{values.shape}.")
+    if not np.isfinite(values).all():
+        raise ValueError("`result.importances` contains NaN or Inf values.")
+    return values
+
+
+def class_id_of(result: Any, class_id: Any) -> int:
+    if class_id is None:
+        class_id = getattr(result, "class_id", None)
+        if class_id is None:
+            raise ValueError("`class_id` is None and `result` has no `class_id`; pass the class "
+                             "whose score the explanation explains.")
+    return check_class_id(class_id)
+
+
+def checked_images(images: Any) -> torch.Tensor:
+    return check_images(images, "images")
+
+
+def model_at_layer_of(result: Any) -> Any:
+    """The explanation's handle on its model (``model_at_layer``: ``model``, ``maps_head``,
+    ``activations(images, with_context=...)``, ``preprocess``), or None. Objects without that
+    attribute may offer the same as ``explainer``."""
+    handle = getattr(result, "model_at_layer", None)
+    if handle is None and not hasattr(type(result), "model_at_layer"):
+        handle = getattr(result, "explainer", None)
+    return handle

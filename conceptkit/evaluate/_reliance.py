@@ -1,0 +1,194 @@
+"""The model's measured reliance on each part: how much the class score drops when the part's
+pixels are painted out of the images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import preserved_model_state
+from .._validation import check_int
+from ._fill import Fill, paint
+from ._inputs import (
+    check_class_id,
+    check_masks,
+    check_model,
+    check_part_names,
+    check_preprocess,
+    checked_images,
+    class_scores,
+    part_label,
+    run_device,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Reliance:
+    """Measured reliance of a model's class score on each of ``P`` parts in ``N`` images.
+
+    A drop is ``score(image) − score(image with the part painted out)``: positive when the
+    part supports the class. NaN marks an image where the part is absent (nothing to paint).
+
+    Attributes
+    ----------
+    per_image : ndarray (N, P)
+        Drop of the class probability, NaN where the part is absent.
+    mean : ndarray (P,)
+        Mean of ``per_image`` over the images where the part is present (NaN if it is present
+        in none).
+    expected : ndarray (P,)
+        Mean over *all* images, a part's absence counting as a drop of 0: how much the class
+        score of these images depends on the part. Rankings use this.
+    per_image_logit, mean_logit, expected_logit
+        The same for the class logit.
+    base_probability, base_logit : ndarray (N,)
+        The scores of the untouched images.
+    present : ndarray (N, P) of bool
+        Whether each part is present (its mask is not empty).
+    class_id : int
+    fill : str
+        The fill the parts were painted with.
+    part_names : tuple of str or None
+    """
+
+    per_image: np.ndarray
+    mean: np.ndarray
+    expected: np.ndarray
+    per_image_logit: np.ndarray
+    mean_logit: np.ndarray
+    expected_logit: np.ndarray
+    base_probability: np.ndarray
+    base_logit: np.ndarray
+    present: np.ndarray
+    class_id: int
+    fill: str
+    part_names: tuple[str, ...] | None = None
+
+    @property
+    def n_present(self) -> np.ndarray:
+        """Number of images showing each part ``(P,)``."""
+        return self.present.sum(0)
+
+    def values(self, measure: str = "probability") -> np.ndarray:
+        """``expected`` (``measure="probability"``) or ``expected_logit`` ``(P,)``."""
+        return self.expected if measure == "probability" else self.expected_logit
+
+    def ranking(self, measure: str = "probability") -> np.ndarray:
+        """Parts present in at least one image, from most to least relied on (by ``expected``;
+        ties keep part order)."""
+        values = self.values(measure)
+        shown = np.flatnonzero(self.n_present > 0)
+        return shown[np.argsort(-values[shown], kind="stable")]
+
+    def most_relied(self, measure: str = "probability") -> int:
+        """The part whose removal lowers the class score the most (``-1`` if no part is shown)."""
+        ranking = self.ranking(measure)
+        return int(ranking[0]) if ranking.size else -1
+
+    def name(self, part: int) -> str:
+        return part_label(part, self.part_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible summary (NaN becomes None)."""
+        return {"class_id": self.class_id, "fill": self.fill,
+                "part_names": list(self.part_names) if self.part_names else None,
+                "n_present": [int(n) for n in self.n_present],
+                "mean": _clean(self.mean), "expected": _clean(self.expected),
+                "mean_logit": _clean(self.mean_logit),
+                "expected_logit": _clean(self.expected_logit)}
+
+    def __repr__(self) -> str:
+        order = self.ranking()
+        shown = ", ".join(f"{self.name(int(p))} {self.expected[p]:+.3f}" for p in order[:5])
+        return (f"Reliance(class_id={self.class_id}, n_images={self.present.shape[0]}, "
+                f"fill={self.fill!r}, expected probability drop: {shown}"
+                f"{', ...' if order.size > 5 else ''})")
+
+
+def _clean(values: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.ravel(values)]
+
+
+def reliance(model: nn.Module, images: Any, masks: Any, class_id: int, fill: str | Callable = "median",
+             *, part_names: Sequence[str] | None = None, preprocess: Callable | None = None,
+             blur_sigma: float | None = None, batch_size: int = 64, device: Any = None,
+             progress: bool = True) -> Reliance:
+    """Measure how much ``model``'s score for ``class_id`` relies on each part.
+
+    Each part is painted out of each image that shows it, one part at a time, and the drop of
+    the class probability and of the class logit is recorded.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (left exactly as found: modes, grad flags, hooks, device).
+    images : tensor (N, 3, H, W)
+        Images in [0, 1] (``preprocess`` is applied after painting).
+    masks : tensor (N, P, H, W) of bool
+        One mask per image and part; an empty mask means the part is absent.
+    class_id : int
+        The class whose score is measured.
+    fill : str or callable
+        ``"median"`` (default: each image's median colour), ``"blur"`` (Gaussian blur of the
+        image, ``blur_sigma`` px, default side / 10), ``"mean"`` (mean colour of all ``images``),
+        ``"zero"``, or ``fill(images) -> images`` giving the replacement pixels of a batch.
+    part_names : sequence of str, optional
+        A name per part, kept in the result.
+    preprocess : callable, optional
+        Applied to image batches before the model (e.g. normalisation).
+    batch_size : int
+        Images per forward pass.
+    device : str or torch.device, optional
+        Where the model is (default: where its parameters are); the model is never moved.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Reliance
+    """
+    model = check_model(model)
+    images = checked_images(images)
+    masks = check_masks(masks, images)
+    class_id = check_class_id(class_id)
+    names = check_part_names(part_names, masks.shape[1])
+    preprocess = check_preprocess(preprocess)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    filler = Fill(fill, images, blur_sigma)
+    present = masks.flatten(2).any(-1).numpy()
+    pairs = np.argwhere(present)  # (image, part) of every part to paint out
+    with preserved_model_state(model), torch.no_grad():
+        where = run_device(model, device)
+        base_p, base_l = class_scores(model, images, class_id, preprocess=preprocess,
+                                      device=where, batch_size=batch_size)
+        drop_p = np.full(present.shape, np.nan)
+        drop_l = np.full(present.shape, np.nan)
+        starts = range(0, len(pairs), batch_size)
+        for start in tqdm(starts, disable=not progress, desc="reliance", leave=False):
+            chunk = pairs[start:start + batch_size]
+            rows = torch.as_tensor(chunk[:, 0])
+            painted = paint(images[rows], masks[rows, torch.as_tensor(chunk[:, 1])], filler)
+            prob, logit = class_scores(model, painted, class_id, preprocess=preprocess,
+                                       device=where, batch_size=batch_size)
+            drop_p[chunk[:, 0], chunk[:, 1]] = base_p[chunk[:, 0]] - prob
+            drop_l[chunk[:, 0], chunk[:, 1]] = base_l[chunk[:, 0]] - logit
+    return Reliance(per_image=drop_p, mean=_mean_present(drop_p, present),
+                    expected=np.nan_to_num(drop_p, nan=0.0).mean(0),
+                    per_image_logit=drop_l, mean_logit=_mean_present(drop_l, present),
+                    expected_logit=np.nan_to_num(drop_l, nan=0.0).mean(0),
+                    base_probability=base_p, base_logit=base_l, present=present,
+                    class_id=class_id, fill=filler.describe(), part_names=names)
+
+
+def _mean_present(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    counts = present.sum(0)
+    total = np.nan_to_num(values, nan=0.0).sum(0)
+    out = np.full(values.shape[1], np.nan)
+    out[counts > 0] = total[counts > 0] / counts[counts > 0]
+    return out

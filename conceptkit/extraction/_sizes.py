@@ -1,0 +1,76 @@
+"""Images too small for a model: find the smallest size it accepts and say so.
+
+A convolutional network fails on tiny inputs deep inside torch ("Output size is too small",
+"Kernel size can't be greater than actual input size"). When a forward pass fails that way,
+:func:`too_small_error` probes the model with blank single images of growing square sizes
+(doubling, then bisection: about twenty passes of one image, on the error path only) and returns
+an error that names the argument, the images' size and the smallest size that runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+_SIZE_MESSAGES = ("output size is too small", "kernel size can't be greater",
+                  "input size per channel", "padding size should be less",
+                  "expected input with shape", "doesn't match model", "input image size")
+_LIMIT = 4096
+
+
+def is_size_error(err: BaseException) -> bool:
+    """Whether ``err`` is torch's complaint about an input too small for a layer."""
+    text = str(err).lower()
+    return isinstance(err, (RuntimeError, ValueError, AssertionError)) and any(
+        message in text for message in _SIZE_MESSAGES)
+
+
+def _runs(run: Callable[[torch.Tensor], object], template: torch.Tensor, side: int) -> bool:
+    blank = torch.zeros((1, template.shape[1], side, side), dtype=template.dtype,
+                        device=template.device)
+    try:
+        with torch.no_grad():
+            run(blank)
+    except Exception as err:  # noqa: BLE001 - any failure at this size counts as "does not run"
+        if is_size_error(err):
+            return False
+        raise
+    return True
+
+
+def minimum_side(run: Callable[[torch.Tensor], object], template: torch.Tensor) -> int | None:
+    """The smallest square side (up to 4096) at which ``run`` accepts one blank image shaped
+    like ``template`` (N, C, H, W); None when no size up to the limit runs."""
+    low = max(int(min(template.shape[-2:])), 1)  # the shorter side is known to be too small
+    high = low
+    try:
+        while True:
+            high = min(2 * high, _LIMIT)
+            if _runs(run, template, high):
+                break
+            if high >= _LIMIT:
+                return None
+            low = high
+        while high - low > 1:
+            middle = (low + high) // 2
+            if _runs(run, template, middle):
+                high = middle
+            else:
+                low = middle
+    except Exception:  # noqa: BLE001 - another failure while probing: no size to report
+        return None
+    return high
+
+
+def too_small_error(err: BaseException, run: Callable[[torch.Tensor], object],
+                    images: torch.Tensor, name: str, what: str) -> ValueError:
+    """A ValueError naming ``name``, the images' size and the smallest size ``what`` accepts."""
+    height, width = (int(s) for s in images.shape[-2:])
+    side = minimum_side(run, images)
+    need = (f"It runs on images of at least {side}x{side} pixels" if side is not None
+            else "No square size up to 4096 pixels runs either")
+    return ValueError(f"`{name}` of {height}x{width} pixels are too small for {what}: "
+                      f"{type(err).__name__}: {str(err).rstrip('.')}. {need}; resize the images (CRAFT crops and "
+                      f"ACE segments are resized to the image size, so `patch_size` must be at "
+                      f"most the image side and does not change this minimum).")

@@ -1,0 +1,269 @@
+"""An on-disk activation store: fixed-size chunks plus a JSON manifest.
+
+Layout of a store directory::
+
+    manifest.json          {"format": "conceptkit-activation-store", "version": 1, "n_inputs",
+                            "chunk_size", "n_chunks", "layout", "n_features", "dtype",
+                            "fingerprint": {...},
+                            "chunks": [{"index", "file", "rows", "inputs": [start, stop]}, ...]}
+    chunk-000000.npy       rows of inputs [0, chunk_size)
+    chunk-000001.npy       ...
+
+Chunk ``i`` always holds the activations of inputs ``[i·chunk_size, (i+1)·chunk_size)``, so a
+chunk's content does not depend on who wrote it or when: a rerun after a crash skips every chunk
+file that exists and recomputes only the missing ones, and shards written by several processes
+merge into the same store a single process would write.
+
+A rerun may skip existing chunks only if they were computed from the same things, so the
+manifest carries a *fingerprint* of everything that determines the content (model weights,
+layer, preprocessing, inputs, number of inputs, chunk size, layout, dtype). The first writer
+creates the manifest with an empty chunk list before computing anything; a later run with
+another fingerprint is refused with an error that names what differs (pass ``overwrite=True``,
+``--overwrite`` on the command line, to replace the store).
+
+Each file is written to a temporary file created exclusively (``O_EXCL``, a random name, so a
+planted symlink is never followed) and renamed when complete, so a killed run never leaves a
+half-written chunk under a final name; a failed write (a full disk) removes its temporary file
+and raises an ``OSError`` naming the store. Chunks are plain ``.npy`` files read with
+``allow_pickle=False`` and memory-mapped, so reading never executes code and never loads the
+whole store into memory; a chunk that is a symbolic link is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._validation import check_int
+from ..io import FormatError, parse_json
+
+STORE_FORMAT = "conceptkit-activation-store"
+STORE_VERSION = 1
+LAYOUTS = ("pooled", "positions", "maps")
+MANIFEST = "manifest.json"
+_CHUNK = re.compile(r"chunk-(\d{6,})\.npy")
+_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+_FIELDS = {"model": "model weights", "layer": "layer", "preprocess": "preprocessing",
+           "inputs": "inputs", "n_inputs": "number of inputs", "chunk_size": "chunk size",
+           "layout": "layout", "model_dtype": "model dtype", "settings": "extractor settings",
+           "extractor": "extractor"}
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk-{index:06d}.npy"
+
+
+def to_layout(activations: torch.Tensor, layout: str) -> np.ndarray:
+    """Rows to store: ``pooled`` ``(n, C)``, ``positions`` ``(n·h·w, C)``, ``maps`` as is."""
+    if layout == "maps" or activations.ndim == 2:
+        return activations.detach().cpu().numpy()
+    if layout == "pooled":
+        return activations.mean(dim=tuple(range(2, activations.ndim))).detach().cpu().numpy()
+    n, c = activations.shape[:2]
+    return activations.reshape(n, c, -1).transpose(1, 2).reshape(-1, c).detach().cpu().numpy()
+
+
+@dataclass
+class StorePlan:
+    """Which inputs go into which chunk."""
+
+    n_inputs: int
+    chunk_size: int
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n_inputs / self.chunk_size)
+
+    def inputs(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.n_inputs)
+
+
+class ActivationStore:
+    """Read access to a store directory written by :func:`write_store`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        if self.manifest is None:
+            raise FileNotFoundError(f"`path` {str(self.path)!r} is not an activation store "
+                                    f"(no {MANIFEST}).")
+        _check_manifest(self.path, self.manifest)
+        chunks = self.manifest["chunks"]
+        missing = [c["file"] for c in chunks if not (self.path / c["file"]).exists()]
+        if missing or len(chunks) != self.manifest["n_chunks"]:
+            raise FormatError(f"`path` {str(self.path)!r} is incomplete: missing chunks "
+                             f"{missing[:5] or 'in manifest'}; rerun the extraction to finish it.")
+        for entry in chunks:
+            _check_chunk_file(self.path, self.path / entry["file"])
+
+    @property
+    def n_rows(self) -> int:
+        """Total number of stored rows."""
+        return int(sum(c["rows"] for c in self.manifest["chunks"]))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.manifest["n_features"])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.n_features
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def chunk(self, index: int) -> np.ndarray:
+        """Chunk ``index`` as a read-only memory-mapped array (no pickle)."""
+        entry = self.manifest["chunks"][index]
+        file = self.path / entry["file"]
+        _check_chunk_file(self.path, file)
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except Exception as err:  # noqa: BLE001 - numpy's parser fails in many ways on a bad header
+            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is damaged or not a "
+                             f"plain numeric array ({err}); delete it and rerun the extraction to "
+                             f"recompute it.") from err
+        flat = self.manifest["layout"] != "maps"
+        if (array.ndim < 2 or (flat and array.ndim != 2) or array.shape[0] != entry["rows"]
+                or array.shape[1] != self.n_features or str(array.dtype) != self.manifest["dtype"]):
+            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
+                             f"shape {array.shape} and dtype {array.dtype}, but the manifest declares "
+                             f"{entry['rows']} rows of {self.n_features} features of "
+                             f"{self.manifest['dtype']}; delete the chunk and rerun the extraction.")
+        return array
+
+    def iter_chunks(self, progress: bool = False) -> Iterator[np.ndarray]:
+        """Every chunk in order, memory-mapped."""
+        for index in tqdm(range(len(self.manifest["chunks"])), disable=not progress,
+                          desc="store chunks", leave=False):
+            yield self.chunk(index)
+
+    def iter_batches(self, batch_rows: int, progress: bool = False) -> Iterator[np.ndarray]:
+        """Row blocks of at most ``batch_rows`` rows, crossing chunk boundaries."""
+        batch_rows = check_int(batch_rows, "batch_rows", minimum=1)
+        pending: list[np.ndarray] = []
+        count = 0
+        for chunk in self.iter_chunks(progress):
+            start = 0
+            while start < chunk.shape[0]:
+                take = min(batch_rows - count, chunk.shape[0] - start)
+                pending.append(np.asarray(chunk[start:start + take]))
+                count += take
+                start += take
+                if count == batch_rows:
+                    yield np.concatenate(pending)
+                    pending, count = [], 0
+        if pending:
+            yield np.concatenate(pending)
+
+    def read(self) -> np.ndarray:
+        """All rows in memory (only for stores that fit)."""
+        return np.concatenate([np.asarray(c) for c in self.iter_chunks()])
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The parsed manifest of the store at ``path`` (None when there is none)."""
+    file = path / MANIFEST
+    if file.is_symlink():
+        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} is a symbolic link; a store's files "
+                         f"must be regular files inside it.")
+    if not file.exists():
+        return None
+    manifest = parse_json(file.read_bytes(), path, MANIFEST)  # FormatErrors name the store
+    if (not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT
+            or manifest.get("version") != STORE_VERSION):
+        raise FormatError(f"`path` {str(path)!r}: not a version-{STORE_VERSION} activation store.")
+    if "digest" in manifest and manifest["digest"] != manifest_digest(manifest):
+        raise FormatError(f"`path` {str(path)!r}: {MANIFEST} was edited or damaged after it was "
+                          f"written (its digest does not match); rerun the extraction with "
+                          f"overwrite=True to rewrite the store.")
+    return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """BLAKE2b of a manifest's canonical JSON without its ``digest`` entry."""
+    import hashlib
+
+    plain = {key: value for key, value in manifest.items() if key != "digest"}
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _count(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """Refuse manifests that are malformed, disagree with themselves, or point outside the store.
+
+    Chunk ``i`` must be entry ``i``, named ``chunk-i``, holding inputs ``[i·chunk_size, ...)``: a
+    duplicated, swapped, repeated or missing entry is refused, as are row counts that disagree
+    with the layout (``positions`` rows are the same number of positions for every input).
+    """
+    def bad(why: str) -> FormatError:
+        return FormatError(f"`path` {str(path)!r}: {MANIFEST} is corrupted ({why}); rerun the "
+                          f"extraction with overwrite=True to rewrite the store.")
+
+    n_inputs, chunk_size = manifest.get("n_inputs"), manifest.get("chunk_size")
+    chunks = manifest.get("chunks")
+    if not (_count(n_inputs, 1) and _count(chunk_size, 1) and _count(manifest.get("n_features"), 1)
+            and isinstance(chunks, list)):
+        raise bad("malformed n_inputs, chunk_size, n_features or chunk list")
+    plan = StorePlan(n_inputs, chunk_size)
+    if manifest.get("n_chunks") != plan.n_chunks or len(chunks) > plan.n_chunks:
+        raise bad(f"{n_inputs} inputs in chunks of {chunk_size} make {plan.n_chunks} chunks, "
+                  f"not {manifest.get('n_chunks')!r}")
+    if manifest.get("layout") not in LAYOUTS or manifest.get("dtype") not in _DTYPES:
+        raise bad(f"unknown layout {manifest.get('layout')!r} or dtype {manifest.get('dtype')!r}")
+    if not isinstance(manifest.get("fingerprint", {}), dict):
+        raise bad("malformed fingerprint")
+    per_input = None
+    for index, entry in enumerate(chunks):
+        start, stop = plan.inputs(index)
+        if (not isinstance(entry, dict) or entry.get("index") != index
+                or entry.get("file") != chunk_name(index) or entry.get("inputs") != [start, stop]
+                or not _count(entry.get("rows"), 0)):
+            raise bad(f"entry {index} is not chunk {index} of inputs [{start}, {stop}): chunks "
+                      f"duplicated, swapped, repeated or malformed")
+        rows = entry["rows"]
+        if manifest["layout"] == "positions" and rows % (stop - start) == 0 and rows:
+            per_input = rows // (stop - start) if per_input is None else per_input
+            ok = rows == per_input * (stop - start)
+        else:
+            ok = rows == stop - start
+        if not ok:
+            raise bad(f"chunk {index} declares {rows} rows for {stop - start} inputs in layout "
+                      f"{manifest['layout']!r}")
+
+
+def _check_chunk_file(path: Path, file: Path) -> None:
+    if file.is_symlink() or (file.exists() and not file.is_file()):
+        raise FormatError(f"`path` {str(path)!r}: chunk {file.name!r} is a symbolic link or not a "
+                         f"regular file; a store's chunks must be files inside it. Delete it and "
+                         f"rerun the extraction.")
+
+
+def shard_chunks(n_chunks: int, rank: int, world_size: int) -> list[int]:
+    """The chunk indices rank ``rank`` of ``world_size`` computes (round robin)."""
+    return [i for i in range(n_chunks) if i % world_size == rank]
+
+
+def slice_inputs(inputs: Any, start: int, stop: int) -> torch.Tensor:
+    """Images ``[start, stop)`` of a tensor or of a Dataset yielding images or (image, ...)."""
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        return torch.as_tensor(inputs[start:stop])
+    items = [inputs[i] for i in range(start, stop)]
+    return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+
+

@@ -1,0 +1,388 @@
+"""The concept atlas: ONE concept dictionary for every class of a model.
+
+Per-class explanations cannot say which concepts classes share (concept 3 of one class and
+concept 5 of another are unrelated vectors). The atlas learns one dictionary over the activations
+of all classes (Fel et al., NeurIPS 2023, "holistic" CRAFT), scores every concept for every class
+with the per-class importance methods on the shared codes, and answers whole-model questions:
+which concepts two classes share, why the model confuses two classes, which images of the whole
+dataset carry a concept. The activations come from images in memory or from an on-disk
+:class:`~conceptkit.extraction.ActivationStore` (``"maps"`` layout) streamed chunk by chunk; with
+:mod:`torch.distributed` initialised, the dictionary of a store is fitted across the ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import check_choice, check_float, check_int, describe
+from ..concepts import Factorizer
+from ..importance import METHODS as IMPORTANCE_METHODS
+from ..importance import concept_importance
+from ._atlas_data import AtlasData, class_labels, from_images, from_store, head_logits
+from ._atlas_results import (
+    AtlasImportance,
+    ConceptSearch,
+    ConfusionExplanation,
+    _t_interval,
+    margin_contributions,
+)
+from ._result import KnownCodes
+
+ATLAS_METHODS = ("craft", "ice")
+
+
+class ConceptAtlas:
+    """One concept dictionary for all classes of ``model`` at ``layer``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier; left as found after every call.
+    layer : str
+        Dotted name of the layer to explain at.
+    n_concepts : int
+        Size of the shared dictionary.
+    method : {"craft", "ice"}
+        ``"craft"`` fits the dictionary on the pooled activations of random crops of every
+        image (CRAFT); ``"ice"`` on every spatial position of every image's feature map (ICE).
+        Both encode whole feature maps for importance, maps and search.
+    factorizer : Factorizer or None
+        The dictionary learner (default: the method's NMF; for a store ``NMF(solver="torch_hals")``,
+        fitted by :func:`~conceptkit.concepts.fit_distributed`).
+    importance : str
+        Per-class importance method (:data:`conceptkit.importance.METHODS`; default ``"sobol"``).
+    seed : int or None
+        Seeds the factorizer, the crops and the importance designs.
+    class_names : list or dict or None
+        Names of the classes for reports.
+    max_inputs_per_class : int or None
+        At most this many images of each class go into its importance (spread evenly over the
+        class); None uses all.
+    batch_size, device, progress, preprocess, patch_size, n_designs, importance_kwargs,
+    method_kwargs, model_name
+        As for :class:`~conceptkit.ConceptExplainer`.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, n_concepts: int = 20, method: str = "craft",
+                 *, factorizer: Factorizer | None = None, importance: str = "sobol",
+                 seed: int | None = None, class_names: Any = None,
+                 max_inputs_per_class: int | None = 512, batch_size: int = 64, device: Any = None,
+                 progress: bool = True, preprocess: Any = None, patch_size: int | None = None,
+                 n_designs: int = 32, importance_kwargs: dict | None = None,
+                 method_kwargs: dict | None = None, model_name: str | None = None) -> None:
+        from ._explainer import ConceptExplainer
+
+        self.method = check_choice(method, "method", ATLAS_METHODS)
+        check_choice(importance, "importance", IMPORTANCE_METHODS)
+        if factorizer is not None and not isinstance(factorizer, Factorizer):
+            raise TypeError(f"`factorizer` must be a conceptkit Factorizer (NMF, SemiNMF, TopKSAE, "
+                            f"...); got {describe(factorizer)}.")
+        self.explainer = ConceptExplainer(
+            model, layer, n_concepts, method, importance, patch_size=patch_size,
+            factorizer=factorizer, batch_size=batch_size, device=device, seed=seed,
+            progress=progress, preprocess=preprocess, n_designs=n_designs,
+            importance_kwargs=importance_kwargs, method_kwargs=method_kwargs, model_name=model_name)
+        self.class_names = class_names
+        self.max_inputs_per_class = (None if max_inputs_per_class is None else
+                                     check_int(max_inputs_per_class, "max_inputs_per_class",
+                                               minimum=2))
+        self.data_: AtlasData | None = None
+        self.importance_: AtlasImportance | None = None
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def model(self) -> nn.Module | None:
+        return None if self.explainer is None else self.explainer.model
+
+    @property
+    def layer(self) -> str:
+        return self._saved_layer if self.explainer is None else self.explainer.layer
+
+    def _require_model(self, what: str) -> Any:
+        if self.explainer is None:
+            raise RuntimeError(f"`{what}` needs the model, and this atlas was loaded without one: "
+                               f"use `ConceptAtlas.load(path, model=...)` (or "
+                               f"`conceptkit.load(path)` then set it by loading with a model).")
+        return self.explainer
+
+    @property
+    def n_concepts(self) -> int:
+        return self._data().n_concepts if self.data_ is not None else self.explainer.n_concepts
+
+    def fit(self, data: Any, labels: Any = None, *, store_options: dict | None = None) -> ConceptAtlas:
+        """Learn the shared dictionary and every class's concept importances; returns ``self``.
+
+        Parameters
+        ----------
+        data : tensor (N, 3, H, W), Dataset, ActivationStore or store path
+            Images in [0, 1] (a Dataset yields ``(image, label, ...)`` or has ``images`` and
+            ``labels`` tensors, such as :class:`~conceptkit.datasets.ConceptDataset`), or a
+            ``"maps"`` activation store of those images.
+        labels : array of int (N,) or None
+            Class of each image; None takes the dataset's labels, the store's
+            ``meta["labels"]``, or else the model's predictions.
+        store_options : dict or None
+            Keyword arguments for :func:`~conceptkit.concepts.fit_distributed` (``max_iter``,
+            ``tol``, ``batch_rows``, ``init_rows``) when ``data`` is a store.
+        """
+        from ..extraction import ActivationStore
+
+        ex = self.explainer
+        if isinstance(data, (str, os.PathLike, ActivationStore)):
+            self.data_ = from_store(ex, data, labels, store_options or {})
+        else:
+            self.data_ = from_images(ex, data, labels)
+        self.importance_ = self._importance()
+        return self
+
+    def _data(self) -> AtlasData:
+        if self.data_ is None:
+            raise RuntimeError("This ConceptAtlas is not fitted yet: call `fit(images, labels)` "
+                               "(or `fit(store)`) first.")
+        return self.data_
+
+    def _importance(self) -> AtlasImportance:
+        ex, data = self.explainer, self._data()
+        rows, lows, highs, classes = [], [], [], []
+        for class_id in tqdm(data.classes, desc="importance per class", disable=not ex.progress):
+            ids = _spread(np.flatnonzero(data.labels == class_id), self.max_inputs_per_class)
+            acts, context = data.activations(ids)
+            codes = data.bank.encode(acts)
+            result = concept_importance(ex.maps_head, acts, KnownCodes(data.bank, acts, codes),
+                                        int(class_id), method=ex.importance,
+                                        n_designs=ex.n_designs, seed=ex.seed, device=ex.device,
+                                        progress=False, context=context, **ex.importance_kwargs)
+            rows.append(result.importances)
+            lows.append(result.ci_low if result.ci_low is not None else result.importances * np.nan)
+            highs.append(result.ci_high if result.ci_high is not None else result.importances * np.nan)
+            classes.append(int(class_id))
+        return AtlasImportance(values=np.asarray(rows, dtype=np.float64),
+                               ci_low=np.asarray(lows, dtype=np.float64),
+                               ci_high=np.asarray(highs, dtype=np.float64), classes=classes,
+                               class_names=[self.class_name(c) for c in classes],
+                               method=ex.importance,
+                               params={"n_designs": ex.n_designs, "seed": ex.seed,
+                                       "max_inputs_per_class": self.max_inputs_per_class})
+
+    # ------------------------------------------------------------------ questions
+    @property
+    def importance(self) -> AtlasImportance:
+        """Classes × concepts importance with confidence intervals (:class:`AtlasImportance`)."""
+        if self.importance_ is None:
+            self._data()
+        return self.importance_
+
+    def class_name(self, class_id: int) -> str:
+        names = self.class_names
+        if isinstance(names, dict):
+            return str(names.get(int(class_id), f"class {class_id}"))
+        if names is not None and 0 <= int(class_id) < len(names):
+            return str(names[int(class_id)])
+        return f"class {class_id}"
+
+    def shared_concepts(self, a: int, b: int, relative: float = 0.25) -> list[dict]:
+        """Concepts important to both classes ``a`` and ``b``, most shared first.
+
+        A concept is important to a class when its importance is at least ``relative`` times the
+        class's largest (and its interval excludes 0); concepts are ranked by the smaller of
+        their two relative importances.
+        """
+        imp = self.importance
+        relative = check_float(relative, "relative", minimum=0.0, maximum=1.0)
+        ra, rb = imp.row(a), imp.row(b)
+        both = imp.important(relative)[[ra, rb]].all(axis=0)
+        norm = imp.normalized()
+        strength = np.minimum(norm[ra], norm[rb])
+        order = [int(j) for j in np.argsort(-strength, kind="stable") if both[j]]
+        return [{"concept": j, "importance_a": float(imp.values[ra, j]),
+                 "importance_b": float(imp.values[rb, j]), "shared_strength": float(strength[j])}
+                for j in order]
+
+    def confusion_matrix(self) -> np.ndarray:
+        """``(n_classes, n_classes)`` mean softmax probability of class ``b`` (column) on the
+        images of class ``a`` (row), over the fitted classes; the diagonal is the accuracy-like
+        self-probability. Soft, so near-confusions count even when no image is misclassified."""
+        data = self._data()
+        probs = torch.from_numpy(data.logits).double().softmax(1).numpy()
+        classes = data.classes
+        return np.array([[probs[data.labels == a][:, b].mean() for b in classes] for a in classes])
+
+    def most_confused_pairs(self, n: int = 5) -> list[tuple[int, int, float]]:
+        """The ``n`` ordered class pairs ``(a, b)`` with the largest mean probability of ``b`` on
+        images of ``a`` (see :meth:`confusion_matrix`)."""
+        matrix = self.confusion_matrix()
+        np.fill_diagonal(matrix, -np.inf)
+        classes = self._data().classes
+        order = np.argsort(-matrix, axis=None, kind="stable")[:check_int(n, "n", minimum=1)]
+        pairs = [np.unravel_index(i, matrix.shape) for i in order]
+        return [(int(classes[i]), int(classes[j]), float(matrix[i, j])) for i, j in pairs
+                if np.isfinite(matrix[i, j])]
+
+    def explain_confusion(self, a: int, b: int, images: torch.Tensor | None = None, *,
+                          min_images: int = 10, n_examples: int = 6,
+                          relative: float = 0.25) -> ConfusionExplanation:
+        """Which concepts push images of class ``a`` towards class ``b``.
+
+        Uses ``images`` (all taken to be of class ``a``) or else the fitted images of ``a``;
+        selects those the model classifies as ``b`` (or, when fewer than ``min_images`` are, the
+        ``min_images`` with the largest margin ``logit_b - logit_a``) and measures each concept's
+        contribution to that margin by removing it from the reconstruction (see
+        :class:`ConfusionExplanation`). ``shared`` marks concepts important to both classes.
+        """
+        data, ex = self._data(), self._require_model("explain_confusion")
+        imp = self.importance
+        ra, rb = imp.row(a), imp.row(b)
+        if a == b:
+            raise ValueError(f"`a` and `b` must be two different classes; got {a} twice.")
+        min_images = check_int(min_images, "min_images", minimum=1)
+        if images is None:
+            ids = np.flatnonzero(data.labels == a)
+            margins = data.logits[ids, b] - data.logits[ids, a]
+            source_images = data.images
+        else:
+            from .._validation import check_images
+
+            source_images = check_images(images, "images")
+            ids = np.arange(source_images.shape[0])
+            acts_all, ctx_all = ex.activations(source_images, with_context=True)
+            logits = head_logits(ex.maps_head, acts_all, ctx_all, ex.batch_size)
+            margins = logits[:, b] - logits[:, a]
+        confused = margins > 0
+        if confused.sum() >= min_images:
+            chosen = np.flatnonzero(confused)
+        else:
+            chosen = np.argsort(-margins, kind="stable")[:min_images]
+        selected = ids[chosen]
+        if images is None:
+            acts, context = data.activations(selected)
+        else:
+            acts = acts_all[torch.as_tensor(chosen)]
+            context = None if ctx_all is None else ctx_all[torch.as_tensor(chosen)]
+        if context is not None:
+            raise NotImplementedError("explain_confusion does not support transformer layers "
+                                      "with CLS/register tokens yet; choose a convolutional layer.")
+        codes = torch.as_tensor(np.asarray(data.bank.encode(acts))).float()
+        head = ex.maps_head
+        recon_margin, per_image = margin_contributions(
+            lambda x: torch.from_numpy(head_logits(head, x, None, x.shape[0])),
+            codes, _decoder(data.bank), a, b, batch_size=max(1, ex.batch_size // 4))
+        mean = per_image.mean(axis=0)
+        low, high = _t_interval(per_image)
+        important = imp.important(relative)
+        shared = important[ra] & important[rb]
+        examples = None
+        if source_images is not None:
+            examples = source_images[torch.as_tensor(selected[np.argsort(-margins[chosen],
+                                                                          kind="stable")][:n_examples])]
+        return ConfusionExplanation(a=int(a), b=int(b),
+                                    concepts=np.argsort(-mean, kind="stable"), contributions=mean,
+                                    ci_low=low, ci_high=high, per_image=per_image,
+                                    image_ids=selected, margins=margins[chosen],
+                                    reconstructed_margins=recon_margin,
+                                    n_confused=int((margins[chosen] > 0).sum()), shared=shared,
+                                    images=examples)
+
+    def top_images(self, concept: int, n: int = 20, classes: Any = None, *,
+                   with_maps: bool = True) -> ConceptSearch:
+        """The ``n`` fitted images where ``concept`` is most present (largest mean code over the
+        feature map), optionally only among images of ``classes``; with the images (when the
+        atlas holds them) and their concept maps upsampled to the image size."""
+        data = self._data()
+        concept = check_int(concept, "concept", minimum=0, maximum=data.n_concepts - 1)
+        n = check_int(n, "n", minimum=1)
+        pool = np.arange(len(data.labels))
+        if classes is not None:
+            wanted = np.asarray(list(np.atleast_1d(classes)), dtype=np.int64)
+            pool = pool[np.isin(data.labels, wanted)]
+            if pool.size == 0:
+                raise ValueError(f"`classes` {wanted.tolist()} match no fitted image; fitted "
+                                 f"classes: {data.classes}.")
+        scores = data.scores[pool, concept]
+        best = pool[np.argsort(-scores, kind="stable")[:n]]
+        images = None if data.images is None else data.images[torch.as_tensor(best)]
+        maps = None
+        if with_maps:
+            acts, _ = data.activations(best)
+            maps = _upsampled(data.bank.encode(acts), data.image_size)[:, concept]
+        return ConceptSearch(concept=concept, image_ids=best, scores=data.scores[best, concept],
+                             labels=data.labels[best], images=images, maps=maps)
+
+    def concept_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Maps ``(N, k, H, W)`` of every shared concept on ``images`` (one pass of ``g``)."""
+        from .._validation import check_images
+
+        images = check_images(images, "images")
+        acts = self._require_model("concept_maps").activations(images)
+        return _upsampled(self._data().bank.encode(acts), tuple(images.shape[-2:]))
+
+    # ------------------------------------------------------------------ outputs
+    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write the atlas report (index, concept pages); returns the index path."""
+        from ._atlas_io import write_atlas_report
+
+        return write_atlas_report(self, out_dir, **kwargs)
+
+    def save(self, path: str | os.PathLike, *, n_exemplars: int = 8) -> str:
+        """Save to one ``.safetensors`` file (no pickle); read back with :func:`conceptkit.load`."""
+        from ._atlas_io import save_atlas
+
+        return save_atlas(self, path, n_exemplars=n_exemplars)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Any:
+        """Read a saved atlas; with ``model`` it can also explain new images.
+
+        A loaded atlas answers ``importance``, ``shared_concepts``, ``most_confused_pairs``,
+        ``top_images(..., with_maps=False)`` and writes its report from the saved exemplars;
+        ``explain_confusion`` and ``concept_maps`` need ``model``.
+        """
+        from ._atlas_io import read_atlas
+
+        parts = read_atlas(path)
+        k = parts["data"].n_concepts
+        if model is not None:
+            atlas = cls(model, parts["layer"], k, parts["method"], factorizer=parts["factorizer"],
+                        importance=parts["importance"].method, progress=False)
+        else:
+            atlas = cls.__new__(cls)
+            atlas.explainer = None
+            atlas.method = parts["method"]
+            atlas.max_inputs_per_class = None
+            atlas._saved_layer = parts["layer"]
+        atlas.class_names = parts["class_names"]
+        atlas.data_ = parts["data"]
+        atlas.importance_ = parts["importance"]
+        atlas.concept_names_ = parts["concept_names"]
+        atlas.saved_exemplars_ = parts["exemplars"]
+        atlas.saved_confusions_ = parts["confusions"]
+        return atlas
+
+
+def _spread(ids: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``ids``, evenly spaced (deterministic)."""
+    if limit is None or ids.size <= limit:
+        return ids
+    return ids[np.linspace(0, ids.size - 1, limit).round().astype(np.int64)]
+
+
+def _decoder(bank: Any):
+    def decode(codes: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(bank.decode(codes.numpy()))).float()
+    return decode
+
+
+def _upsampled(codes: Any, size: tuple[int, int] | None) -> torch.Tensor:
+    from ..maps import upsample
+
+    codes = torch.as_tensor(np.asarray(codes)).float()
+    return codes if size is None else upsample(codes, tuple(size))
+
+
+__all__ = ["ATLAS_METHODS", "ConceptAtlas", "class_labels"]

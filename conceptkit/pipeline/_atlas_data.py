@@ -1,0 +1,213 @@
+"""The data behind a concept atlas: images in memory or an activation store, one dictionary,
+per-image concept scores and logits (what every atlas question is answered from)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import model_device, preserved_model_state
+from .._validation import check_images, describe
+from ..concepts import Factorizer
+
+
+class DictionaryBank:
+    """A fitted factorizer seen as a concept bank: ``components``, ``encode``, ``decode``.
+
+    Encodes rows ``(n, C)`` and feature maps ``(N, C, h, w)`` position by position, as
+    :class:`~conceptkit.concepts.ConceptBank` does, for dictionaries fitted on a store (no
+    per-row provenance) or read back from a saved atlas.
+    """
+
+    def __init__(self, factorizer: Factorizer, layer: str = "", method: str = "ice"):
+        self.factorizer = factorizer
+        self.layer = layer
+        self.method = method
+        self.components = torch.as_tensor(np.asarray(factorizer.components_)).float()
+
+    @property
+    def n_concepts(self) -> int:
+        return int(self.components.shape[0])
+
+    def encode(self, activations: Any) -> Any:
+        if activations.ndim == 2:
+            return self.factorizer.transform(activations)
+        n, c, h, w = activations.shape
+        if isinstance(activations, torch.Tensor):
+            rows = activations.permute(0, 2, 3, 1).reshape(-1, c)
+            return self.factorizer.transform(rows).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        rows = np.ascontiguousarray(np.asarray(activations).transpose(0, 2, 3, 1).reshape(-1, c))
+        codes = np.asarray(self.factorizer.transform(rows))
+        return np.ascontiguousarray(codes.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+
+    def decode(self, codes: Any) -> Any:
+        if codes.ndim == 2:
+            return self.factorizer.inverse_transform(codes)
+        n, k, h, w = codes.shape
+        rows = np.ascontiguousarray(np.asarray(codes).transpose(0, 2, 3, 1).reshape(-1, k))
+        flat = np.asarray(self.factorizer.inverse_transform(rows))
+        return np.ascontiguousarray(flat.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+
+
+@dataclass(eq=False)
+class AtlasData:
+    """Everything fitted: the dictionary (``bank``), labels, logits and concept scores of every
+    image, and access to the activations (in memory, from the store, or none once loaded)."""
+
+    bank: Any
+    labels: np.ndarray
+    classes: list[int]
+    logits: np.ndarray
+    scores: np.ndarray  # (N, k): mean code of each concept over the image's feature map
+    images: torch.Tensor | None
+    image_size: tuple[int, int] | None
+    acts: torch.Tensor | None = None
+    context: torch.Tensor | None = None
+    store: Any = None
+
+    @property
+    def n_concepts(self) -> int:
+        return int(self.bank.components.shape[0])
+
+    def activations(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feature maps (and transformer context) of images ``ids``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.acts is not None:
+            index = torch.as_tensor(ids)
+            return self.acts[index], None if self.context is None else self.context[index]
+        if self.store is not None:
+            size = int(self.store.manifest["chunk_size"])
+            parts = []
+            for chunk in np.unique(ids // size):
+                mine = ids[ids // size == chunk]
+                parts.append((mine, np.asarray(self.store.chunk(int(chunk))[mine - chunk * size])))
+            return torch.from_numpy(np.ascontiguousarray(_reorder(parts, ids))).float(), None
+        raise RuntimeError("This atlas holds no activations (it was loaded from a file): pass the "
+                           "model to `ConceptAtlas.load(path, model=...)` and refit, or use "
+                           "`top_images(..., with_maps=False)`.")
+
+
+def _reorder(parts: list[tuple[np.ndarray, np.ndarray]], ids: np.ndarray) -> np.ndarray:
+    """Rows gathered chunk by chunk, put back in the order of ``ids``."""
+    gathered_ids = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    position = {int(i): n for n, i in enumerate(gathered_ids)}
+    return rows[[position[int(i)] for i in ids]]
+
+
+def class_labels(labels: Any, n: int) -> np.ndarray:
+    """Integer class labels, one per image, with a clear error otherwise."""
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f"
+                                           and not np.array_equal(labels, np.round(labels))):
+        raise TypeError(f"`labels` must hold integer class indices; got {describe(labels)}.")
+    if labels.shape != (n,):
+        raise ValueError(f"`labels` must have one entry per image ({n}); got shape {labels.shape}.")
+    if n and labels.min() < 0:
+        raise ValueError(f"`labels` must be class indices >= 0; got {int(labels.min())}.")
+    return labels.astype(np.int64)
+
+
+def _fitted_classes(labels: np.ndarray) -> list[int]:
+    values, counts = np.unique(labels, return_counts=True)
+    classes = [int(v) for v, c in zip(values, counts) if c >= 2]
+    if len(classes) < 2:
+        raise ValueError(f"an atlas needs at least 2 classes with 2 images or more; `labels` has "
+                         f"{dict(zip(values.tolist(), counts.tolist()))}.")
+    return classes
+
+
+def head_logits(head: Any, acts: torch.Tensor, context: Any, batch_size: int) -> np.ndarray:
+    """Logits of ``head`` on activations ``(N, C, h, w)``, in batches, the head left as found."""
+    module = head if isinstance(head, nn.Module) else None
+    device = model_device(module) if module is not None else torch.device("cpu")
+    guard = preserved_model_state(module) if module is not None else contextlib.nullcontext()
+    out = []
+    with guard, torch.no_grad():
+        for s in range(0, acts.shape[0], batch_size):
+            x = torch.as_tensor(acts[s:s + batch_size]).float().to(device)
+            y = head(x) if context is None else head(x, context[s:s + batch_size].to(device))
+            out.append((y[0] if isinstance(y, (tuple, list)) else y).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def _images_and_labels(data: Any, labels: Any) -> tuple[torch.Tensor, Any]:
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.Tensor):
+        if hasattr(data, "images") and hasattr(data, "labels"):
+            return data.images, data.labels if labels is None else labels
+        items = [data[i] for i in range(len(data))]
+        images = torch.stack([torch.as_tensor(item[0]) for item in items])
+        if labels is None and isinstance(items[0], (tuple, list)) and len(items[0]) > 1:
+            labels = [int(item[1]) for item in items]
+        return images, labels
+    return data, labels
+
+
+def from_images(ex: Any, data: Any, labels: Any) -> AtlasData:
+    """Fit the shared dictionary on images in memory (one pass of ``g``)."""
+    from ._explainer import predict_labels
+
+    images, labels = _images_and_labels(data, labels)
+    images = check_images(images, "images")
+    if labels is None:
+        labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress)
+    labels = class_labels(labels, images.shape[0])
+    classes = _fitted_classes(labels)
+    acts, context = ex.activations(images, with_context=True)
+    if acts.ndim != 4:
+        raise ValueError(f"`layer` {ex.layer!r} gives activations of shape {tuple(acts.shape)}; "
+                         f"the atlas needs feature maps (N, C, h, w).")
+    bank = ex.discover(images, acts)
+    codes = torch.as_tensor(np.asarray(bank.encode(acts))).float()
+    scores = codes.mean(dim=(2, 3)).numpy().astype(np.float64)
+    logits = head_logits(ex.maps_head, acts, context, ex.batch_size)
+    return AtlasData(bank=bank, labels=labels, classes=classes, logits=logits, scores=scores,
+                     images=images.detach().cpu(), image_size=tuple(images.shape[-2:]),
+                     acts=acts, context=context)
+
+
+def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
+    """Fit the shared dictionary on a ``"maps"`` activation store, streamed (and across the
+    ranks of an initialised torch.distributed group)."""
+    from ..concepts import NMF, fit_distributed
+    from ..extraction import ActivationStore
+
+    store = source if isinstance(source, ActivationStore) else ActivationStore(os.fspath(source))
+    layout = store.manifest["layout"]
+    if layout != "maps":
+        raise ValueError(f"the atlas needs a store of feature maps (layout 'maps', one (C, h, w) "
+                         f"map per image); this store has layout {layout!r}. Extract with "
+                         f"`--layout maps`.")
+    n = int(store.manifest["n_inputs"])
+    if labels is None:
+        labels = store.manifest.get("meta", {}).get("labels")
+        if labels is None:
+            raise ValueError("`labels` is required for a store whose manifest has no "
+                             "meta['labels']: pass one class index per stored image.")
+    labels = class_labels(labels, n)
+    classes = _fitted_classes(labels)
+    factorizer = ex.factorizer if ex.factorizer is not None else NMF(
+        ex.n_concepts, solver="torch_hals", random_state=ex.seed)
+    fit_distributed(factorizer, store, seed=ex.seed, progress=ex.progress, **options)
+    bank = DictionaryBank(factorizer, layer=ex.layer, method=ex.method)
+    scores, logits = [], []
+    for index in tqdm(range(len(store.manifest["chunks"])), disable=not ex.progress,
+                      desc="atlas: codes and logits", leave=False):
+        maps = np.array(store.chunk(index), dtype=np.float32)  # a writable copy
+        scores.append(np.asarray(bank.encode(maps)).mean(axis=(2, 3)))
+        logits.append(head_logits(ex.maps_head, torch.from_numpy(maps), None, ex.batch_size))
+    meta_size = store.manifest.get("meta", {}).get("image_size")
+    return AtlasData(bank=bank, labels=labels, classes=classes, logits=np.concatenate(logits),
+                     scores=np.concatenate(scores).astype(np.float64), images=None,
+                     image_size=None if meta_size is None else tuple(meta_size), store=store)
+
+
+__all__ = ["AtlasData", "DictionaryBank", "class_labels", "from_images", "from_store",
+           "head_logits"]

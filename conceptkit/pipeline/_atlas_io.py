@@ -1,0 +1,163 @@
+"""Saving, loading and reporting a :class:`~conceptkit.ConceptAtlas` (safetensors + JSON)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import io
+from ._atlas_data import AtlasData, DictionaryBank
+from ._atlas_results import AtlasImportance
+
+ATLAS_KIND = "ConceptAtlas"
+ATLAS_VERSION = 1
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def concept_names(atlas: Any) -> list[str]:
+    names = getattr(atlas, "concept_names_", None)
+    k = atlas._data().n_concepts
+    if names is not None and len(names) == k:
+        return [str(n) for n in names]
+    return [f"C{j}" for j in range(k)]
+
+
+def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
+    """Per concept: top images (uint8), their maps (float16), labels and image ids."""
+    saved = getattr(atlas, "saved_exemplars_", None)
+    data = atlas._data()
+    if data.images is None and data.store is None and saved is not None:
+        return saved
+    images, maps, labels, ids = [], [], [], []
+    for j in range(data.n_concepts):
+        found = atlas.top_images(j, n, with_maps=data.images is not None or data.store is not None)
+        if found.images is None:  # a store: no pixels, the maps alone
+            side = found.maps.shape[-1] if found.maps is not None else 8
+            images.append(torch.full((len(found.image_ids), 3, side, side), 127, dtype=torch.uint8))
+        else:
+            images.append(_to_uint8(found.images))
+        maps.append((found.maps if found.maps is not None
+                     else torch.zeros(len(found.image_ids), 8, 8)).to(torch.float16))
+        labels.append(np.asarray(found.labels, dtype=np.int64))
+        ids.append(np.asarray(found.image_ids, dtype=np.int64))
+    return images, maps, labels, ids
+
+
+def confusions(atlas: Any, n: int) -> list[dict]:
+    saved = getattr(atlas, "saved_confusions_", None)
+    if getattr(atlas, "explainer", None) is None and saved is not None:
+        return saved[:n]
+    out = []
+    for a, b, probability in atlas.most_confused_pairs(n):
+        item = atlas.explain_confusion(a, b).to_dict()
+        item["probability"] = probability
+        out.append(item)
+    return out
+
+
+def save_atlas(atlas: Any, path: str | os.PathLike, *, n_exemplars: int = 8,
+               n_confusions: int = 5) -> str:
+    data = atlas._data()
+    imp = atlas.importance
+    factorizer = data.bank.factorizer
+    arrays, info = factorizer.get_state()
+    tensors: dict[str, Any] = {f"factorizer.{k}": v for k, v in arrays.items()}
+    tensors.update({"labels": data.labels, "logits": data.logits, "scores": data.scores,
+                    "importance.values": imp.values, "importance.ci_low": imp.ci_low,
+                    "importance.ci_high": imp.ci_high})
+    images, maps, labels, ids = exemplars(atlas, n_exemplars)
+    for j in range(data.n_concepts):
+        tensors[f"exemplars.{j}.images"] = images[j]
+        tensors[f"exemplars.{j}.maps"] = maps[j]
+        tensors[f"exemplars.{j}.labels"] = labels[j]
+        tensors[f"exemplars.{j}.ids"] = ids[j]
+    meta = {"factorizer": {"name": type(factorizer).__name__, "params": _params(factorizer),
+                           "info": info},
+            "layer": atlas.layer, "method": atlas.method, "classes": data.classes,
+            "class_names": imp.class_names, "importance": {"method": imp.method,
+                                                           "params": imp.params},
+            "image_size": None if data.image_size is None else list(data.image_size),
+            "concept_names": concept_names(atlas), "confusions": confusions(atlas, n_confusions)}
+    return str(io.save_file(path, tensors, meta, kind=ATLAS_KIND, version=ATLAS_VERSION))
+
+
+def _params(factorizer: Any) -> dict:
+    params = {}
+    for key, value in factorizer.get_params().items():
+        if isinstance(value, torch.device):
+            value = str(value)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            params[key] = value
+    return params
+
+
+def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
+    """The parts of a saved atlas (:class:`FormatError` on a file that is not one)."""
+    from ..concepts._base import factorizer_from_state
+
+    tensors, meta = io.load_file(path, kind=ATLAS_KIND, version=ATLAS_VERSION)
+    try:
+        spec = meta["factorizer"]
+        arrays = {k[len("factorizer."):]: v.numpy() for k, v in tensors.items()
+                  if k.startswith("factorizer.")}
+        factorizer = factorizer_from_state(spec["name"], spec["params"], arrays, spec["info"])
+        classes = [int(c) for c in meta["classes"]]
+        k = int(factorizer.components_.shape[0])
+        labels = tensors["labels"].numpy().astype(np.int64)
+        data = AtlasData(bank=DictionaryBank(factorizer, meta["layer"], meta["method"]),
+                         labels=labels, classes=classes,
+                         logits=tensors["logits"].double().numpy(),
+                         scores=tensors["scores"].double().numpy(), images=None,
+                         image_size=None if meta["image_size"] is None else tuple(meta["image_size"]))
+        values = tensors["importance.values"].double().numpy()
+        if values.shape != (len(classes), k) or data.scores.shape != (len(labels), k):
+            raise ValueError(f"importance {values.shape} / scores {data.scores.shape} do not fit "
+                             f"{len(classes)} classes, {len(labels)} images and {k} concepts")
+        importance = AtlasImportance(values=values,
+                                     ci_low=tensors["importance.ci_low"].double().numpy(),
+                                     ci_high=tensors["importance.ci_high"].double().numpy(),
+                                     classes=classes, class_names=list(meta["class_names"]),
+                                     method=meta["importance"]["method"],
+                                     params=meta["importance"]["params"])
+        saved = ([tensors[f"exemplars.{j}.images"] for j in range(k)],
+                 [tensors[f"exemplars.{j}.maps"] for j in range(k)],
+                 [tensors[f"exemplars.{j}.labels"].numpy() for j in range(k)],
+                 [tensors[f"exemplars.{j}.ids"].numpy() for j in range(k)])
+        return {"factorizer": factorizer, "data": data, "importance": importance,
+                "layer": str(meta["layer"]), "method": str(meta["method"]),
+                "class_names": {c: str(n) for c, n in zip(classes, meta["class_names"])},
+                "concept_names": [str(n) for n in meta["concept_names"]],
+                "exemplars": saved, "confusions": list(meta["confusions"])}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptAtlas file: {err}") from err
+
+
+def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: int = 12,
+                       n_confusions: int = 5, title: str | None = None,
+                       class_pages: dict | None = None, relative: float = 0.25,
+                       dpi: int = 100) -> Path:
+    """Assemble the numbers of ``atlas`` and write its report (see :mod:`conceptkit.report`)."""
+    from ..report import AtlasReport
+    from ..report import write_atlas_report as render
+
+    data = atlas._data()
+    imp = atlas.importance
+    images, maps, labels, _ = exemplars(atlas, n_exemplars)
+    report = AtlasReport(
+        title=title or f"Concept atlas of {atlas.layer}", class_ids=list(imp.classes),
+        class_names=list(imp.class_names), importance=imp.values, ci_low=imp.ci_low,
+        ci_high=imp.ci_high, important=imp.important(relative), concept_names=concept_names(atlas),
+        exemplars=[im.float().numpy() / 255.0 for im in images],
+        exemplar_maps=[m.float().numpy() for m in maps], exemplar_labels=labels,
+        confusions=confusions(atlas, n_confusions),
+        meta={"layer": atlas.layer, "method": atlas.method, "concepts": data.n_concepts,
+              "images": len(data.labels), "importance": imp.method},
+        class_pages=dict(class_pages or {}))
+    return render(report, out_dir, dpi=dpi)

@@ -1,0 +1,152 @@
+"""What a :class:`~conceptkit.ConceptAtlas` returns: the class × concept importance table,
+concept searches, and confusions explained concept by concept."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+
+def _t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t interval of the mean over axis 0 (NaN with fewer than two rows)."""
+    n = values.shape[0]
+    mean = values.mean(axis=0)
+    if n < 2:
+        nan = np.full_like(mean, np.nan, dtype=np.float64)
+        return nan, nan.copy()
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(axis=0, ddof=1) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+@dataclass(frozen=True, eq=False)
+class AtlasImportance:
+    """Importance of every shared concept for every class: ``(n_classes, k)`` with intervals.
+
+    Row ``i`` is class ``classes[i]``; each row comes from the per-class importance method of the
+    pipeline (:func:`~conceptkit.importance.concept_importance`) run on that class's images with
+    the atlas's one dictionary. ``ci_low`` / ``ci_high`` are the Student-t intervals of the
+    class-level mean over the class's inputs.
+    """
+
+    values: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    classes: list[int]
+    class_names: list[str]
+    method: str
+    params: dict = field(default_factory=dict)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.values, dtype=dtype)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.values.shape)
+
+    def row(self, class_id: int) -> int:
+        """Row index of ``class_id``; a clear error for a class that was not fitted."""
+        try:
+            return self.classes.index(int(class_id))
+        except ValueError:
+            raise ValueError(f"class {class_id} is not in the atlas; fitted classes: "
+                             f"{self.classes}.") from None
+
+    def normalized(self) -> np.ndarray:
+        """Each class's importances divided by that class's largest one (rows in [0, 1])."""
+        top = np.abs(self.values).max(axis=1, keepdims=True)
+        return np.divide(self.values, top, out=np.zeros_like(self.values), where=top > 0)
+
+    def important(self, relative: float = 0.25) -> np.ndarray:
+        """Boolean ``(n_classes, k)``: concept ``j`` matters to class ``c`` when its importance
+        is at least ``relative`` times the class's largest and its interval excludes 0."""
+        low = np.nan_to_num(self.ci_low, nan=0.0)
+        return (self.normalized() >= relative) & (low > 0)
+
+    def to_dict(self) -> dict:
+        clean = lambda a: [[None if not math.isfinite(v) else float(v) for v in r] for r in a]  # noqa: E731
+        return {"values": clean(self.values), "ci_low": clean(self.ci_low),
+                "ci_high": clean(self.ci_high), "classes": list(self.classes),
+                "class_names": list(self.class_names), "method": self.method,
+                "params": dict(self.params)}
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptSearch:
+    """The images where one concept is most present (``top_images``)."""
+
+    concept: int
+    image_ids: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    images: torch.Tensor | None
+    maps: torch.Tensor | None
+
+
+@dataclass(frozen=True, eq=False)
+class ConfusionExplanation:
+    """Why images of class ``a`` drift towards class ``b``, concept by concept.
+
+    ``contributions[j]`` is the mean over the selected images of the drop of the logit margin
+    ``logit_b - logit_a`` when concept ``j`` is removed from the reconstruction
+    ``(U ⊙ m) · W`` (positive: the concept pushes the images towards ``b``), with a Student-t
+    interval. The selected images are those of ``a`` that the model classifies as ``b``, or, when
+    fewer than ``min_images`` are, the ``min_images`` images of ``a`` with the largest margin
+    (the near-confusions).
+    """
+
+    a: int
+    b: int
+    concepts: np.ndarray  # concept indices, largest contribution first
+    contributions: np.ndarray  # (k,) in concept order
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    per_image: np.ndarray  # (n_selected, k)
+    image_ids: np.ndarray  # indices of the selected images (in the fitted data or `images`)
+    margins: np.ndarray  # true margin logit_b - logit_a of the selected images
+    reconstructed_margins: np.ndarray  # the same margin on the reconstruction (U · W)
+    n_confused: int  # how many selected images the model actually classifies as b
+    shared: np.ndarray  # (k,) bool: concept important to both a and b
+    images: torch.Tensor | None = None
+
+    @property
+    def top(self) -> int:
+        """The concept that pushes ``a`` towards ``b`` the most."""
+        return int(self.concepts[0])
+
+    def to_dict(self, n: int = 5) -> dict:
+        return {"a": self.a, "b": self.b, "n_images": int(len(self.image_ids)),
+                "n_confused": int(self.n_confused),
+                "mean_margin": float(np.mean(self.margins)),
+                "concepts": [{"concept": int(j), "contribution": float(self.contributions[j]),
+                              "ci_low": _finite(self.ci_low[j]), "ci_high": _finite(self.ci_high[j]),
+                              "shared": bool(self.shared[j])} for j in self.concepts[:n]],
+                "image_ids": [int(i) for i in self.image_ids]}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def margin_contributions(h: Any, codes: torch.Tensor, decode: Any, a: int, b: int,
+                         batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(margins (n,), contributions (n, k))`` of concept codes ``(n, k, ...)``: the margin
+    ``logit_b - logit_a`` of ``h(decode(codes))`` and its drop when each concept is zeroed."""
+    n, k = codes.shape[:2]
+    base, drops = [], []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            U = codes[start:start + batch_size]
+            m = U.shape[0]
+            masked = U.unsqueeze(1).repeat(1, k + 1, *([1] * (U.ndim - 1)))
+            index = torch.arange(k)
+            masked[:, index + 1, index] = 0  # variant j + 1 drops concept j; variant 0 keeps all
+            logits = h(decode(masked.reshape(m * (k + 1), *U.shape[1:])))
+            margin = (logits[:, b] - logits[:, a]).reshape(m, k + 1).double()
+            base.append(margin[:, 0])
+            drops.append(margin[:, :1] - margin[:, 1:])
+    return torch.cat(base).cpu().numpy(), torch.cat(drops).cpu().numpy()

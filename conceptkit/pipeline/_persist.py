@@ -1,0 +1,144 @@
+"""What a :class:`~conceptkit.ClassConcepts` file holds, and the checks a loaded one must pass.
+
+Saving a fresh explanation stores the first ``n_images`` class images (uint8) with their concept
+maps (float16) and the top exemplars of every concept (uint8 tensors, one ``(m, 3, s, s)`` stack
+per concept; never JSON lists). A loaded explanation has no class images or activations, only
+these saved parts, and saves exactly them again: ``load -> save`` writes the file it came from.
+Concept names and MACO visualisations, when the explanation has them, are stored beside
+(:mod:`._naming`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..concepts import ConceptBank
+from ..importance import ConceptImportance
+from ._naming import load_names, names_state
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str, Any], dict]:
+    """Tensors and JSON metadata of ``cc`` (a ClassConcepts, fresh or loaded)."""
+    tensors, bank_meta = cc.bank.to_state()
+    tensors = {f"bank.{k}": v for k, v in tensors.items()}
+    imp = cc.importance
+    tensors["importance.per_input"] = np.asarray(imp.per_input, dtype=np.float64)
+    if imp.ci_low is not None:
+        tensors["importance.ci_low"] = np.asarray(imp.ci_low, dtype=np.float64)
+        tensors["importance.ci_high"] = np.asarray(imp.ci_high, dtype=np.float64)
+    exemplar_ids: list[list[int]] = []
+    if cc.images is not None:
+        tensors["images"] = _to_uint8(cc.images[:n_images])
+        tensors["maps"] = cc._shown_maps(n_images).to(torch.float16)
+        for c in range(cc.n_concepts):
+            ex, ids = cc.top_examples(c, n_exemplars, image_size=min(64, cc.images.shape[-1]))
+            tensors[f"exemplars.{c}"] = _to_uint8(ex)
+            exemplar_ids.append([int(i) for i in ids])
+    else:  # a loaded explanation: what it was loaded with
+        if cc.saved_images is not None:
+            tensors["images"] = _to_uint8(cc.saved_images[:n_images])
+        if cc.saved_maps is not None:
+            tensors["maps"] = cc.saved_maps[:n_images].to(torch.float16)
+        for c, stack in enumerate(cc.saved_exemplars or []):
+            tensors[f"exemplars.{c}"] = stack[:n_exemplars].to(torch.uint8)
+            exemplar_ids.append([int(i) for i in cc.saved_exemplar_ids[c][:n_exemplars]])
+    try:
+        metrics = cc.metrics()
+    except ValueError:
+        metrics = cc.saved_metrics or {}
+    meta = {
+        "bank": bank_meta, "class_id": int(cc.class_id), "class_name": cc.class_name,
+        "model_name": cc.model_name, "layer": cc.layer, "method": cc.method,
+        "params": cc.params, "timings": cc.timings, "metrics": metrics,
+        "importance": {"method": imp.method, "class_id": int(imp.class_id), "params": imp.params,
+                       "has_ci": imp.ci_low is not None},
+        "exemplar_ids": exemplar_ids,
+        "image_ids": [] if cc.image_ids is None else [int(i) for i in cc.image_ids[:n_images]],
+    }
+    named_tensors, named_meta = names_state(cc)  # names and MACO pictures, when there are any
+    tensors.update(named_tensors)
+    meta.update(named_meta)
+    return tensors, meta
+
+
+def _check(condition: bool, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)
+
+
+def _int(value: Any, name: str) -> int:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+           f"{name} must be a non-negative integer; got {value!r}")
+    return int(value)
+
+
+def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -> Any:
+    """A loaded ClassConcepts; ``ValueError`` (and friends) when its parts disagree."""
+    bank = ConceptBank.from_state({k[5:]: v for k, v in tensors.items() if k.startswith("bank.")},
+                                  meta["bank"])
+    k = bank.n_concepts
+    imp_meta = meta["importance"]
+    _check(isinstance(imp_meta, dict) and isinstance(imp_meta.get("has_ci"), bool),
+           "malformed importance metadata")
+    per_input = tensors["importance.per_input"].numpy()
+    _check(per_input.ndim == 2 and per_input.shape[1] == k and per_input.shape[0] > 0
+           and bool(np.isfinite(per_input).all()),
+           f"importances of shape {per_input.shape} for {k} concepts")
+    ci = [None, None]
+    if imp_meta["has_ci"]:
+        ci = [tensors["importance.ci_low"].numpy(), tensors["importance.ci_high"].numpy()]
+        _check(all(c.shape == (k,) for c in ci),
+               f"confidence intervals of shapes {[c.shape for c in ci]} for {k} concepts")
+    importance = ConceptImportance(
+        per_input=per_input, importances=per_input.mean(axis=0), ci_low=ci[0], ci_high=ci[1],
+        method=imp_meta["method"], class_id=_int(imp_meta["class_id"], "importance class_id"),
+        params=imp_meta["params"])
+    images, maps = tensors.get("images"), tensors.get("maps")
+    if images is not None:
+        _check(images.ndim == 4 and images.dtype == torch.uint8,
+               f"images of shape {tuple(images.shape)} and dtype {images.dtype}")
+    if maps is not None:
+        _check(maps.ndim == 4 and maps.shape[1] == k and maps.is_floating_point(),
+               f"maps of shape {tuple(maps.shape)} for {k} concepts")
+        _check(images is None or (maps.shape[0] == images.shape[0]
+                                  and maps.shape[2:] == images.shape[2:]),
+               f"maps of shape {tuple(maps.shape)} for images of shape "
+               f"{None if images is None else tuple(images.shape)}")
+    image_ids = meta.get("image_ids", [])
+    _check(isinstance(image_ids, list) and all(isinstance(i, int) for i in image_ids)
+           and (images is None or len(image_ids) in (0, images.shape[0])),
+           "image_ids that do not match the images")
+    exemplars = [tensors.get(f"exemplars.{c}") for c in range(k)]
+    ids = meta.get("exemplar_ids", [])
+    extra = [key for key in tensors if key.startswith("exemplars.")
+             and key not in {f"exemplars.{c}" for c in range(k)}]
+    if all(e is None for e in exemplars) and not extra:
+        exemplars = ids = None
+        _check(meta.get("exemplar_ids", []) == [], "exemplar ids without exemplars")
+    else:
+        _check(not extra and all(e is not None for e in exemplars), "exemplars of some concepts only")
+        _check(isinstance(ids, list) and len(ids) == k, f"exemplar ids for {len(ids)} of {k} concepts")
+        for c, (stack, row) in enumerate(zip(exemplars, ids)):
+            _check(stack.ndim == 4 and stack.dtype == torch.uint8 and isinstance(row, list)
+                   and len(row) == stack.shape[0] and all(isinstance(i, int) for i in row),
+                   f"exemplars of concept {c}: {tuple(stack.shape)} with ids {row!r}")
+    _check(isinstance(meta["params"], dict) and isinstance(meta["timings"], dict),
+           "params or timings of the wrong type")
+    metrics = meta.get("metrics")
+    _check(metrics is None or isinstance(metrics, dict), "metrics of the wrong type")
+    names, visualizations = load_names(tensors, meta, k)
+    return cls(class_id=_int(meta["class_id"], "class_id"), class_name=str(meta["class_name"]),
+               bank=bank, importance=importance, images=None, activations=None,
+               model_name=str(meta["model_name"]), layer=str(meta["layer"]),
+               method=str(meta["method"]), params=meta["params"], timings=meta["timings"],
+               image_ids=np.asarray(image_ids, dtype=np.int64), saved_maps=maps,
+               saved_metrics=metrics, saved_exemplars=exemplars, saved_exemplar_ids=ids,
+               saved_images=None if images is None else images.float() / 255.0,
+               names=names, visualizations=visualizations)

@@ -1,0 +1,161 @@
+"""Concept importance measured in pixel space: paint each concept's region out of the images.
+
+``importance="pixel_ablation"`` of :class:`~conceptkit.ConceptExplainer` scores concept ``j`` of
+image ``i`` by the drop of the class probability when the pixels where the concept's map is high
+are painted with the image's median colour:
+
+``I_ij = s_c(x_i) - s_c(x_i with R_ij painted out)``, ``R_ij = {A_ij >= Q_j} ∩ {A_ij > 0}``,
+
+where ``A_ij`` is the concept's map of the image (the explanation's default map kind, resized to
+the image), ``Q_j`` the ``quantile`` (0.9: the top decile, CRAFT's display threshold) of all of
+concept ``j``'s map values over all the images, and ``s_c`` the softmax probability of the class.
+The whole model runs on the painted images, so what it measures is what the model does without
+the concept's pixels — the same kind of evidence as ``conceptkit.evaluate.reliance`` on
+ground-truth parts — with every layer after the painting recomputed (a transformer's CLS token
+included, which the activation-space methods hold fixed). An image where the concept is absent
+(an empty region) scores exactly 0 without a pass of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._torchutils import model_dtype, on_device, preserved_model_state
+from .._validation import check_float
+from ..importance import ConceptImportance
+
+#: Importance methods of the explainer that run on pixels rather than on activations.
+PIXEL_METHODS = ("pixel_ablation",)
+
+
+def median_fill(images: torch.Tensor) -> torch.Tensor:
+    """Each image's per-channel median colour, ``(B, C, 1, 1)`` (``torch.median``: the lower
+    middle value for an even pixel count)."""
+    return images.flatten(2).median(dim=2).values[..., None, None]
+
+
+def concept_regions(maps: torch.Tensor, quantile: float) -> torch.Tensor:
+    """``(N, k, H, W)`` bool: where each concept's map is positive and at or above the
+    ``quantile`` of all of that concept's values over all images."""
+    flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double().cpu().numpy()
+    cut = torch.from_numpy(np.quantile(flat, quantile, axis=1)).to(maps.dtype)
+    return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
+
+
+@contextlib.contextmanager
+def _runner(model: Any, preprocess: Callable | None, device: Any):
+    if not isinstance(model, nn.Module):
+        if preprocess is not None or device is not None:
+            raise ValueError("pass `preprocess` and `device` with a module, not with a forward "
+                             "callable (which runs them itself).")
+        with torch.no_grad():
+            yield model
+        return
+    with preserved_model_state(model), on_device(model, device) as where, torch.no_grad():
+        dtype = model_dtype(model)
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            batch = images.to(device=where)
+            if preprocess is not None:
+                batch = preprocess(batch)
+            out = model(batch.to(dtype=dtype))
+            return out[0] if isinstance(out, (tuple, list)) else out
+
+        yield forward
+
+
+def student_interval(per_input: np.ndarray, confidence: float | None):
+    """The Student-t interval of the mean over inputs (NaN for one input; None, None without a
+    confidence level), as :func:`~conceptkit.importance.concept_importance` reports it."""
+    if confidence is None:
+        return None, None
+    n = per_input.shape[0]
+    if n < 2:
+        nan = np.full(per_input.shape[1], np.nan)
+        return nan, nan.copy()
+    half = (stats.t.ppf((1 + confidence) / 2, n - 1) * per_input.std(axis=0, ddof=1)
+            / np.sqrt(n))
+    mean = per_input.mean(axis=0)
+    return mean - half, mean + half
+
+
+def _probabilities(forward: Callable, images: torch.Tensor, class_id: int) -> torch.Tensor:
+    logits = forward(images)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f"pixel_ablation: the model must return class logits (N, n_classes); "
+                         f"got {type(logits).__name__}.")
+    if class_id >= logits.shape[1]:
+        raise ValueError(f"`class_id` must be in [0, {logits.shape[1] - 1}]: the model returns "
+                         f"{logits.shape[1]} classes; got {class_id}.")
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0]).double().cpu()
+    return torch.softmax(logits.double(), dim=1)[:, class_id].cpu()
+
+
+def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torch.Tensor,
+                   class_id: int, *, quantile: float = 0.9, preprocess: Callable | None = None,
+                   batch_size: int = 64, device: Any = None, confidence: float | None = 0.95,
+                   progress: bool = True, params: dict | None = None) -> ConceptImportance:
+    """Importance of each concept as the class-probability drop when its region is painted out.
+
+    Parameters
+    ----------
+    model
+        The whole classifier (images → logits), left as found; or a callable ``forward(images)``
+        that already runs it (preprocessing, device and output selection included: then
+        ``preprocess`` and ``device`` must be None).
+    images
+        ``(N, 3, H, W)`` in [0, 1], the images the maps belong to.
+    maps
+        ``(N, k, H, W)`` concept maps at the images' size.
+    class_id
+        The class whose probability is read.
+    quantile
+        Each concept's region is where its map is at or above this quantile of all its values.
+    preprocess, batch_size, device, progress
+        As for the explainer.
+    confidence
+        Level of the Student-t interval of the class-level mean over images (None: none).
+    params
+        Extra entries for the result's ``params``.
+    """
+    quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
+    if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"`maps` {tuple(maps.shape)} must be (N, k, H, W) for images "
+                         f"{tuple(images.shape)}.")
+    regions = concept_regions(maps, quantile).cpu()
+    n, k = regions.shape[:2]
+    per_input = np.zeros((n, k))
+    with _runner(model, preprocess, device) as forward:
+        base = torch.cat([_probabilities(forward, images[s:s + batch_size], class_id)
+                          for s in range(0, n, batch_size)]).numpy()
+        pairs = [(i, j) for j in range(k) for i in range(n) if bool(regions[i, j].any())]
+        for start in tqdm(range(0, len(pairs), batch_size), desc="pixel ablation",
+                          disable=not progress, leave=False):
+            chunk = pairs[start:start + batch_size]
+            rows = torch.tensor([i for i, _ in chunk])
+            masks = torch.stack([regions[i, j] for i, j in chunk])[:, None]
+            batch = images[rows]
+            painted = torch.where(masks, median_fill(batch), batch)
+            scores = _probabilities(forward, painted, class_id).numpy()
+            for (i, j), score in zip(chunk, scores):
+                per_input[i, j] = base[i] - score
+    if not regions.any():
+        raise ValueError("pixel_ablation: no concept map is positive anywhere, so no pixel can be "
+                         "painted out and every importance would be 0. Signed codes (SemiNMF on "
+                         "transformer tokens) can do this; use an activation-space importance "
+                         "such as 'ablation' or 'sobol'.")
+    low, high = student_interval(per_input, confidence)
+    info = {"quantile": quantile, "fill": "median", "score": "probability", "n_inputs": n,
+            "n_concepts": k, "confidence": confidence, **(params or {})}
+    return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
+                             ci_low=low, ci_high=high, method="pixel_ablation",
+                             class_id=int(class_id), params=info)

@@ -1,0 +1,279 @@
+"""The atlas report: one dictionary for all classes, drawn as an index, concept pages and class
+pages that link to each other.
+
+It renders an :class:`AtlasReport` that the pipeline assembles and computes no explanation
+itself. Pages: ``index.html`` (the clustered class × concept importance heatmap, the graph of
+classes linked by shared concepts, the most confused class pairs with the concepts that explain
+them), ``concepts/concept-<j>.html`` (exemplars across classes, which classes use the concept,
+its maps) and ``classes/class-<c>.html`` (the class's concepts, linked both ways); plus
+``atlas.json`` with every number shown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy.cluster.hierarchy import leaves_list, linkage
+
+from ._figures import figure_png
+from ._html import Picture, document, esc, figure_block, format_number, section, table
+from ._images import png_bytes, to_hwc
+
+
+@dataclass
+class AtlasReport:
+    """The numbers and pictures of an atlas report.
+
+    ``importance``/``ci_low``/``ci_high`` are ``(n_classes, k)``; ``important`` the boolean
+    matrix of concepts that matter to each class; ``exemplars[j]`` ``(m, 3, H, W)`` images in
+    [0, 1] with ``exemplar_maps[j]`` ``(m, H, W)`` and ``exemplar_labels[j]`` ``(m,)``;
+    ``confusions`` a list of dicts ``{"a", "b", "probability", "concepts": [{"concept",
+    "contribution", "shared"}...], "n_images", "n_confused"}``; ``class_pages`` optional links
+    from class ids to existing per-class report pages (relative to the report folder).
+    """
+
+    title: str
+    class_ids: list[int]
+    class_names: list[str]
+    importance: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    important: np.ndarray
+    concept_names: list[str]
+    exemplars: list[np.ndarray]
+    exemplar_maps: list[np.ndarray]
+    exemplar_labels: list[np.ndarray]
+    confusions: list[dict]
+    meta: dict = field(default_factory=dict)
+    class_pages: dict = field(default_factory=dict)
+
+
+def _order(matrix: np.ndarray) -> np.ndarray:
+    """Leaf order of an average-linkage clustering of the rows (identity for < 3 rows)."""
+    if matrix.shape[0] < 3 or not np.isfinite(matrix).all():
+        return np.arange(matrix.shape[0])
+    return leaves_list(linkage(matrix, method="average", metric="euclidean"))
+
+
+def _normalized(values: np.ndarray) -> np.ndarray:
+    top = np.abs(values).max(axis=1, keepdims=True)
+    return np.divide(values, top, out=np.zeros_like(values, dtype=np.float64), where=top > 0)
+
+
+def heatmap_figure(report: AtlasReport, dpi: int = 100) -> tuple[bytes, list[int], list[int]]:
+    """The class × concept heatmap (rows and columns clustered); returns PNG and the orders."""
+    norm = _normalized(np.asarray(report.importance, dtype=np.float64))
+    rows, cols = _order(norm), _order(norm.T)
+    n_classes, k = norm.shape
+    fig = Figure(figsize=(max(5.0, 0.45 * k + 3.0), max(3.0, 0.4 * n_classes + 1.6)))
+    ax = fig.add_subplot()
+    image = ax.imshow(norm[np.ix_(rows, cols)], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(k), [report.concept_names[j] for j in cols], rotation=60, ha="right",
+                  fontsize=8)
+    ax.set_yticks(range(n_classes), [report.class_names[i] for i in rows], fontsize=8)
+    for r, i in enumerate(rows):
+        for c, j in enumerate(cols):
+            if report.important[i, j]:
+                ax.text(c, r, "●", ha="center", va="center", color="white", fontsize=7)
+    fig.colorbar(image, ax=ax, label="importance / class max")
+    ax.set_title("Concept importance per class (● = important)", fontsize=10)
+    fig.tight_layout()
+    return figure_png(fig, dpi=dpi), [int(i) for i in rows], [int(j) for j in cols]
+
+
+def graph_figure(report: AtlasReport, dpi: int = 100) -> bytes:
+    """Classes on a circle, linked by the concepts important to both (width = how many)."""
+    important = np.asarray(report.important, dtype=bool)
+    n = important.shape[0]
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + np.pi / 2
+    xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    fig = Figure(figsize=(5.5, 5.5))
+    ax = fig.add_subplot()
+    for i in range(n):
+        for j in range(i + 1, n):
+            shared = np.flatnonzero(important[i] & important[j])
+            if shared.size:
+                ax.plot(*xy[[i, j]].T, color="#0969da", linewidth=1.5 * shared.size, alpha=0.6,
+                        zorder=1)
+                mid = xy[[i, j]].mean(axis=0)
+                ax.text(*mid, ", ".join(report.concept_names[s] for s in shared), fontsize=7,
+                        ha="center", va="center", color="#0a3069",
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+    ax.scatter(*xy.T, s=500, color="#f6f8fa", edgecolor="#1f2328", zorder=2)
+    for i in range(n):
+        ax.text(*(xy[i] * 1.22), report.class_names[i], ha="center", va="center", fontsize=8)
+    ax.set_xlim(-1.6, 1.6)
+    ax.set_ylim(-1.5, 1.5)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title("Classes linked by shared important concepts", fontsize=10)
+    return figure_png(fig, dpi=dpi)
+
+
+def exemplar_figure(images: np.ndarray, maps: np.ndarray, *, columns: int = 6,
+                    gap: int = 4) -> bytes:
+    """Exemplar images with the concept's map blended in (jet colours), tiled into one PNG.
+
+    Drawn with numpy and encoded once (no matplotlib axes): a concept page costs milliseconds.
+    """
+    from matplotlib import colormaps
+
+    m, _, height, width = images.shape
+    columns = max(1, min(columns, m))
+    rows = max(1, int(np.ceil(m / columns)))
+    canvas = np.ones((rows * (height + gap) + gap, columns * (width + gap) + gap, 3))
+    jet = colormaps["jet"]
+    for index in range(m):
+        heat = np.asarray(maps[index], dtype=np.float64)
+        span = float(heat.max() - heat.min()) or 1.0
+        colour = jet((heat - heat.min()) / span)[..., :3]
+        tile = 0.55 * to_hwc(images[index]) + 0.45 * colour
+        r, c = divmod(index, columns)
+        top, left = gap + r * (height + gap), gap + c * (width + gap)
+        canvas[top:top + height, left:left + width] = tile
+    return png_bytes(canvas)
+
+
+def _concept_link(report: AtlasReport, j: int, prefix: str) -> str:
+    return f'<a href="{prefix}concepts/concept-{j}.html">{esc(report.concept_names[j])}</a>'
+
+
+def _class_link(report: AtlasReport, row: int, prefix: str) -> str:
+    return (f'<a href="{prefix}classes/class-{report.class_ids[row]}.html">'
+            f'{esc(report.class_names[row])}</a>')
+
+
+def _picture(key: str, title: str, png: bytes, filename: str, caption: str) -> Picture:
+    return Picture(key=key, title=title, png=png, filename=filename, caption=caption)
+
+
+def _write_png(folder: Path, picture: Picture) -> None:
+    (folder / picture.filename).write_bytes(picture.png)
+
+
+def _index_page(report: AtlasReport, heat: Picture, graph: Picture, out: Path) -> str:
+    meta = "".join(f"<b>{esc(k)}</b>: {esc(v)} &nbsp; " for k, v in report.meta.items())
+    confusion_rows = []
+    for item in report.confusions:
+        a, b = report.class_ids.index(item["a"]), report.class_ids.index(item["b"])
+        concepts = ", ".join(
+            f'{_concept_link(report, c["concept"], "")} ({format_number(c["contribution"])}'
+            f'{", shared" if c["shared"] else ""})' for c in item["concepts"][:3])
+        confusion_rows.append([(_class_link(report, a, ""), ""), (_class_link(report, b, ""), ""),
+                               (format_number(item["probability"]), "num"),
+                               (f'{item["n_confused"]}/{item["n_images"]}', "num"),
+                               (concepts, "")])
+    concept_rows = []
+    for j in range(len(report.concept_names)):
+        users = [_class_link(report, r, "") for r in np.flatnonzero(report.important[:, j])]
+        concept_rows.append([(_concept_link(report, j, ""), ""),
+                             (", ".join(users) or '<span class="small">none</span>', "")])
+    class_rows = []
+    for r in range(len(report.class_names)):
+        own = report.class_pages.get(report.class_ids[r])
+        link = f'<a href="{esc(own)}">class report</a>' if own else ""
+        class_rows.append([(_class_link(report, r, ""), ""), (link, "")])
+    body = (f"<h1>{esc(report.title)}</h1><p class=\"meta\">{meta}</p>"
+            + section("heatmap", "Class × concept importance", figure_block(heat))
+            + section("graph", "Classes that share concepts", figure_block(graph))
+            + section("confusions", "Most confused class pairs",
+                      table(["images of", "drift to", "mean P(to)", "misclassified",
+                             "concepts pushing (contribution to logit margin)"], confusion_rows))
+            + section("concepts", "Concepts", table(["concept", "important to"], concept_rows))
+            + section("classes", "Classes", table(["class", "per-class report"], class_rows))
+            + "<footer>conceptkit atlas report</footer>")
+    return document(report.title, body)
+
+
+def _concept_page(report: AtlasReport, j: int, picture: Picture) -> str:
+    rows = []
+    for r in np.argsort(-report.importance[:, j], kind="stable"):
+        rows.append([(_class_link(report, r, "../"), ""),
+                     (format_number(report.importance[r, j]), "num"),
+                     (f"[{format_number(report.ci_low[r, j])}, {format_number(report.ci_high[r, j])}]", "num"),
+                     ("yes" if report.important[r, j] else "", "")])
+    name = report.concept_names[j]
+    body = (f'<nav><a href="../index.html">atlas index</a></nav><h1>Concept {esc(name)}</h1>'
+            + section("exemplars", "Where it is most present (all classes)", figure_block(picture))
+            + section("classes", "Which classes use it",
+                      table(["class", "importance", "95% CI", "important"], rows)))
+    return document(f"{report.title}: {name}", body)
+
+
+def _class_page(report: AtlasReport, r: int) -> str:
+    order = np.argsort(-report.importance[r], kind="stable")
+    rows = []
+    for j in order:
+        others = [_class_link(report, o, "../") for o in np.flatnonzero(report.important[:, j])
+                  if o != r]
+        rows.append([(_concept_link(report, j, "../"), ""),
+                     (format_number(report.importance[r, j]), "num"),
+                     (f"[{format_number(report.ci_low[r, j])}, {format_number(report.ci_high[r, j])}]", "num"),
+                     ("yes" if report.important[r, j] else "", ""),
+                     (", ".join(others) if report.important[r, j] else "", "")])
+    own = report.class_pages.get(report.class_ids[r])
+    link = f' · <a href="../{esc(own)}">per-class report</a>' if own else ""
+    body = (f'<nav><a href="../index.html">atlas index</a>{link}</nav>'
+            f"<h1>{esc(report.class_names[r])}</h1>"
+            + section("concepts", "Its concepts in the shared dictionary",
+                      table(["concept", "importance", "95% CI", "important", "shared with"], rows)))
+    return document(f"{report.title}: {report.class_names[r]}", body)
+
+
+def write_atlas_report(report: AtlasReport, out_dir: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write the atlas report to ``out_dir``; returns the path of ``index.html``."""
+    out = Path(out_dir)
+    for folder in (out, out / "concepts", out / "classes"):
+        folder.mkdir(parents=True, exist_ok=True)
+    png, rows, cols = heatmap_figure(report, dpi)
+    heat = _picture("heatmap", "Class × concept importance", png, "heatmap.png",
+                    "Importance of each concept for each class, divided by the class's largest; "
+                    "rows and columns ordered by hierarchical clustering")
+    graph = _picture("graph", "Shared concepts", graph_figure(report, dpi), "graph.png",
+                     "An edge joins two classes that share an important concept")
+    for picture in (heat, graph):
+        _write_png(out, picture)
+    (out / "index.html").write_text(_index_page(report, heat, graph, out), encoding="utf-8")
+    for j in range(len(report.concept_names)):
+        labels = report.exemplar_labels[j]
+        captions = [report.class_names[report.class_ids.index(int(c))]
+                    if int(c) in report.class_ids else f"class {int(c)}" for c in labels]
+        picture = _picture(f"concept-{j}", report.concept_names[j],
+                           exemplar_figure(report.exemplars[j], report.exemplar_maps[j]),
+                           f"concept-{j}.png", "Top images across the dataset with the concept's "
+                           "map, left to right: " + ", ".join(captions))
+        _write_png(out / "concepts", picture)
+        (out / "concepts" / f"concept-{j}.html").write_text(_concept_page(report, j, picture),
+                                                           encoding="utf-8")
+    for r in range(len(report.class_ids)):
+        (out / "classes" / f"class-{report.class_ids[r]}.html").write_text(
+            _class_page(report, r), encoding="utf-8")
+    payload = {"title": report.title, "classes": report.class_ids,
+               "class_names": report.class_names, "concept_names": report.concept_names,
+               "importance": np.asarray(report.importance).tolist(),
+               "ci_low": np.nan_to_num(report.ci_low, nan=0.0).tolist(),
+               "ci_high": np.nan_to_num(report.ci_high, nan=0.0).tolist(),
+               "important": np.asarray(report.important).tolist(), "row_order": rows,
+               "column_order": cols, "confusions": report.confusions, "meta": report.meta}
+    (out / "atlas.json").write_text(json.dumps(_plain(payload), indent=1), encoding="utf-8")
+    return out / "index.html"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value

@@ -1,0 +1,118 @@
+"""The command line's contract: every command turns a user error into one ``error: ...`` line
+and exit status 2 before doing any work (counts of 0, an ``--out`` that is a file, unreadable
+images named with their path), and ``extract`` refuses to resume a store of another extraction
+unless ``--overwrite`` is given."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conceptkit.cli import main
+from conceptkit.extraction import ActivationStore
+
+
+def _error(argv, capsys, seconds: float = 20.0) -> str:
+    start = time.perf_counter()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert time.perf_counter() - start < seconds  # refused before any real work
+    return err
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a directory")
+    return path
+
+
+def _explain(images, out, *extra):
+    return ["explain", "--model", "reference", "--images", str(images), "--class", "0",
+            "--out", str(out), "--quiet", *extra]
+
+
+def _extract(out, *extra):
+    return ["extract", "--model", "reference", "--layer", "block3", "--concept-dataset", "2",
+            "--chunk-size", "4", "--quiet", "--out", str(out), *extra]
+
+
+COUNTS = {"explain --size 0": ("size", lambda i, t: _explain(i, t / "o", "--size", "0")),
+          "explain --n-concepts 0": ("n-concepts", lambda i, t: _explain(i, t / "o", "--n-concepts", "0")),
+          "explain --batch-size 0": ("batch-size", lambda i, t: _explain(i, t / "o", "--batch-size", "0")),
+          "demo --n-per-class 0": ("n-per-class", lambda i, t: ["demo", "--n-per-class", "0",
+                                                                 "--out", str(t / "o")]),
+          "extract --chunk-size 0": ("chunk-size", lambda i, t: _extract(t / "s", "--chunk-size", "0")),
+          "extract --size 0": ("size", lambda i, t: _extract(t / "s", "--size", "0")),
+          "train-cbm --epochs 0": ("epochs", lambda i, t: ["train-cbm", "--epochs", "0",
+                                                           "--out", str(t / "o")])}
+
+
+@pytest.mark.parametrize("case", sorted(COUNTS))
+def test_counts_of_zero_are_refused(case, images, tmp_path, capsys):
+    flag, argv = COUNTS[case]
+    err = _error(argv(images, tmp_path), capsys)
+    assert f"`--{flag}` must be at least" in err
+
+
+OUT_IS_A_FILE = {"explain": lambda i, f: _explain(i, f),
+                 "report": lambda i, f: ["report", str(f), "--out", str(f)],
+                 "demo": lambda i, f: ["demo", "--out", str(f)],
+                 "extract": lambda i, f: _extract(f),
+                 "train-cbm": lambda i, f: ["train-cbm", "--out", str(f)],
+                 "under-a-file": lambda i, f: _explain(i, f / "sub")}
+
+
+@pytest.mark.parametrize("command", sorted(OUT_IS_A_FILE))
+def test_an_out_that_is_a_file_is_refused_before_any_work(command, images, a_file, capsys):
+    err = _error(OUT_IS_A_FILE[command](images, a_file), capsys, seconds=5.0)
+    assert "`--out`" in err and str(a_file) in err
+    assert a_file.read_text() == "not a directory"
+
+
+def test_a_decompression_bomb_is_named_with_its_path(images, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40x40 images are now "bombs"
+    err = _error(_explain(images, tmp_path / "o"), capsys)
+    assert "`--images`: cannot read" in err and "0.png" in err and "DecompressionBomb" in err
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"GIF89a" + b"\x01" * 30])
+def test_corrupt_images_are_named_with_their_path(data, images, tmp_path, capsys):
+    (images / "1.png").write_bytes(data)
+    err = _error(_explain(images, tmp_path / "o"), capsys)
+    assert "cannot read" in err and "1.png" in err
+
+
+def test_errors_inside_extract_and_train_cbm_are_one_line(tmp_path, capsys):
+    err = _error(_extract(tmp_path / "s", "--layer", "block9"), capsys, seconds=60)
+    assert "`layer` 'block9' is not a submodule" in err
+    err = _error(["extract", "--model", "reference", "--out", str(tmp_path / "s")], capsys)
+    assert "--images" in err
+
+
+def test_extract_refuses_a_stale_store_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "store"
+    assert main(_extract(out)) == 0
+    capsys.readouterr()
+    first = ActivationStore(out).read()
+    err = _error(_extract(out, "--layer", "block4"), capsys, seconds=120)
+    assert "--overwrite" in err and "layer ('block3' in the store, 'block4' now)" in err
+    np.testing.assert_array_equal(ActivationStore(out).read(), first)  # untouched
+    assert main(_extract(out, "--layer", "block4", "--overwrite")) == 0
+    store = ActivationStore(out)
+    assert store.n_features == 64 and store.manifest["fingerprint"]["layer"] == "block4"

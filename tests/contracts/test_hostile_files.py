@@ -1,0 +1,172 @@
+"""Hostile files within bounds: whatever a file declares, loading it costs time and memory in
+proportion to the file, and a file whose parts disagree is refused with a FormatError that
+names it, at load time."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from _forge import forge, raw_metadata
+from torch import nn
+
+from conceptkit import bottleneck, concepts, io
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    cbm = bottleneck.ConceptBottleneckModel(nn.Linear(8, 4), 4, 3, head="mlp", hidden=5)
+    rng = np.random.default_rng(0)
+    A = np.abs(rng.normal(size=(30, 6)))
+    from conceptkit.extraction import Provenance
+
+    provenance = Provenance("crop", np.arange(30) % 5, np.tile([0, 0, 8, 8], (30, 1)), (16, 16))
+    bank = concepts.bank_from_activations(concepts.NMF(3, random_state=0), A, provenance)
+    return {"root": root, "cbm": Path_(cbm.save(root / "cbm.safetensors")),
+            "bank": Path_(bank.save(root / "bank.safetensors"))}
+
+
+def Path_(value):
+    from pathlib import Path
+
+    return Path(value)
+
+
+def _refused(load, path, match, seconds=3.0):
+    start = time.perf_counter()
+    with pytest.raises(io.FormatError, match=match) as err:
+        load(path)
+    assert time.perf_counter() - start < seconds
+    assert str(path) in str(err.value)
+    return err.value
+
+
+def test_a_declared_huge_encoder_is_refused_before_it_is_built(files, monkeypatch):
+    def edit(info, tensors):
+        info["meta"]["encoder"] = {"type": "linear", "in_features": 50000, "out_features": 40000,
+                                   "bias": True}
+
+    path = forge(files["cbm"], files["root"] / "huge-encoder.safetensors", edit)
+    assert path.stat().st_size < 4096
+    built = []
+    real = nn.Linear.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.weight.device.type != "meta":
+            built.append(self.weight.numel())
+
+    monkeypatch.setattr(nn.Linear, "__init__", spy)
+    _refused(bottleneck.ConceptBottleneckModel.load, path,
+             r"concept_encoder.weight: declared \(40000, 50000\), stored \(4, 8\)")
+    assert built == []  # nothing allocated for real
+
+
+@pytest.mark.parametrize("key,value", [("n_concepts", 10**9), ("hidden", 10**12), ("n_classes", 7)])
+def test_declared_widths_must_match_the_stored_tensors(files, key, value):
+    path = forge(files["cbm"], files["root"] / f"width-{key}.safetensors",
+                 lambda info, tensors: info["meta"]["config"].update({key: value}))
+    _refused(bottleneck.ConceptBottleneckModel.load, path, "declares|model configuration")
+
+
+def test_the_load_check_does_not_run_the_files_solver_settings(files):
+    def edit(info, tensors):
+        info["meta"]["factorizer"]["params"].update(tol=0.0, max_iter=10**7)
+
+    path = forge(files["bank"], files["root"] / "slow-solver.safetensors", edit)
+    start = time.perf_counter()
+    bank = concepts.ConceptBank.load(path)
+    assert time.perf_counter() - start < 3.0
+    assert bank.factorizer.max_iter == 10**7  # the user's setting is kept for later use
+
+
+@pytest.mark.parametrize("case", ["deep", "digits", "deep-tensors"])
+def test_malformed_json_headers_are_format_errors(files, case):
+    target = files["root"] / f"json-{case}.safetensors"
+    if case == "deep":
+        path = raw_metadata(files["bank"], target, "[" * 100_000 + "]" * 100_000)
+        match = "nested more than 64"
+    elif case == "digits":
+        path = raw_metadata(files["bank"], target,
+                            '{"format": "conceptkit", "kind": "ConceptBank", "format_version": '
+                            + "1" * 5000 + "}")
+        match = "integer of 20 or more digits"
+    else:  # the safetensors header itself, outside the conceptkit metadata
+        import struct
+
+        text = ('{"__metadata__": {"x": "y"}, "a": ' + "[" * 50_000 + "]" * 50_000 + "}").encode()
+        target.write_bytes(struct.pack("<Q", len(text)) + text)
+        path, match = target, "nested more than 64"
+    _refused(concepts.ConceptBank.load, path, match)
+    with pytest.raises(io.FormatError):
+        io.peek_kind(path)
+
+
+def test_provenance_that_does_not_fit_its_arrays_is_refused(files):
+    def edit(info, tensors):
+        info["meta"]["provenance"]["source_size"] = [10**9, 10**9]
+
+    path = forge(files["bank"], files["root"] / "huge-images.safetensors", edit)
+    _refused(concepts.ConceptBank.load, path, "source_size")
+
+
+def test_an_altered_file_is_refused_by_its_digest(files):
+    def edit(info, tensors):
+        tensors["components"] = tensors["components"] * 1.5  # still consistent, but not saved so
+
+    path = forge(files["bank"], files["root"] / "altered.safetensors", edit, sign=False)
+    _refused(concepts.ConceptBank.load, path, "does not match the digest")
+    signed = forge(files["bank"], files["root"] / "re-signed.safetensors", edit)
+    assert concepts.ConceptBank.load(signed).components.shape == (3, 6)  # a forger's file loads
+
+
+@pytest.fixture(scope="module")
+def explanation_file(files):
+    import conceptkit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 3)).eval()
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = conceptkit.ConceptExplainer(model, "1", n_concepts=3, method="ice", seed=0,
+                                         n_designs=4, progress=False).fit(images, 1)
+    return Path_(result.save(files["root"] / "explanation.safetensors", n_images=2, n_exemplars=2))
+
+
+def _maps_k7(info, tensors):
+    tensors["maps"] = torch.zeros(2, 7, 16, 16, dtype=torch.float16)
+
+
+def _ci_length(info, tensors):
+    tensors["importance.ci_low"] = tensors["importance.ci_low"][:2].clone()
+
+
+def _exemplar_ids(info, tensors):
+    info["meta"]["exemplar_ids"][1] = info["meta"]["exemplar_ids"][1][:1]
+
+
+def _maps_images(info, tensors):
+    tensors["maps"] = tensors["maps"][:1].clone()
+
+
+def _no_exemplars(info, tensors):
+    del tensors["exemplars.2"]
+
+
+INCONSISTENT = {"maps-k7": (_maps_k7, "maps of shape"), "ci-length": (_ci_length, "confidence"),
+                "exemplar-ids": (_exemplar_ids, "exemplars of concept 1"),
+                "maps-images": (_maps_images, "for images of shape"),
+                "some-exemplars": (_no_exemplars, "exemplars of some concepts")}
+
+
+@pytest.mark.parametrize("case", sorted(INCONSISTENT))
+def test_explanations_whose_parts_disagree_are_refused_at_load(explanation_file, case):
+    import conceptkit
+
+    edit, match = INCONSISTENT[case]
+    path = forge(explanation_file, explanation_file.with_name(f"{case}.safetensors"), edit)
+    _refused(conceptkit.load, path, match)

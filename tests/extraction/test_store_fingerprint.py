@@ -1,0 +1,262 @@
+"""Stores that cannot go stale: a rerun resumes only an extraction of the same things, manifests
+that disagree with themselves are refused, files are written exclusively and a full disk leaves
+nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conceptkit.extraction import ActivationExtractor, ActivationStore, write_store
+from conceptkit.extraction._store import manifest_digest, write_chunks
+from conceptkit.io import FormatError
+
+
+def _model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2)).eval()
+
+
+IMAGES = torch.rand(7, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+
+
+def _extractor(model=None, layer="1", **kwargs):
+    return ActivationExtractor(model or _model(), layer, batch_size=4, progress=False, **kwargs)
+
+
+def _fresh(tmp_path, name, extractor, images, **kwargs):
+    return write_store(extractor, images, tmp_path / name, progress=False, **kwargs).read()
+
+
+def _double(x):
+    return x * 2
+
+
+def _half(x):
+    return x / 2
+
+
+CHANGES = {
+    "layer": (lambda: _extractor(layer="3"), IMAGES, {}, "layer ('1' in the store, '3' now)"),
+    "inputs": (_extractor, IMAGES.flip(0), {}, "inputs"),
+    "n_inputs": (_extractor, IMAGES[:5], {}, "number of inputs (7 in the store, 5 now)"),
+    "chunk_size": (_extractor, IMAGES, {"chunk_size": 2}, "chunk size (3 in the store, 2 now)"),
+    "layout": (_extractor, IMAGES, {"layout": "positions"}, "layout ('pooled' in the store"),
+    "weights": (lambda: _extractor(_model(seed=1)), IMAGES, {}, "model weights"),
+    "preprocess": (lambda: _extractor(preprocess=_half), IMAGES, {}, "preprocessing"),
+    "dtype": (lambda: _extractor(_model().double()), IMAGES, {}, "model dtype"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_rerun_of_another_extraction_is_refused_then_overwritten(tmp_path, change):
+    path = tmp_path / "store"
+    write_store(_extractor(preprocess=_double), IMAGES, path, chunk_size=3, progress=False)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    make, images, kwargs, names = CHANGES[change]
+    kwargs = {"chunk_size": 3, **kwargs}
+    extractor = make()
+    if change != "preprocess" and extractor.preprocess is None:
+        extractor.preprocess = _double
+    with pytest.raises(ValueError, match="overwrite=True") as err:
+        write_store(extractor, images, path, progress=False, **kwargs)
+    assert names in str(err.value) and str(path) in str(err.value)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # nothing touched
+    store = write_store(extractor, images, path, progress=False, overwrite=True, **kwargs)
+    expected = _fresh(tmp_path, "fresh", extractor, images, **kwargs)
+    np.testing.assert_array_equal(store.read(), expected)
+    assert store.manifest["fingerprint"]["n_inputs"] == len(images)
+
+
+def test_the_same_extraction_resumes_without_recomputing(tmp_path):
+    path = tmp_path / "store"
+    write_store(_extractor(preprocess=_double), IMAGES, path, chunk_size=3, progress=False)
+    (path / "chunk-000001.npy").unlink()
+    calls = []
+
+    class Counting(ActivationExtractor):
+        def __call__(self, inputs):
+            calls.append(len(inputs))
+            return super().__call__(inputs)
+
+    # a new extractor object, a new model object with equal weights, an equal function: the same
+    store = write_store(Counting(_model(), "1", batch_size=4, progress=False, preprocess=_double),
+                        IMAGES.clone(), path, chunk_size=3, progress=False)
+    assert calls == [3]  # only the missing chunk
+    np.testing.assert_array_equal(
+        store.read(), _fresh(tmp_path, "fresh", _extractor(preprocess=_double), IMAGES, chunk_size=3))
+
+
+def test_chunks_without_a_manifest_are_refused(tmp_path):
+    write_chunks(lambda s, e: torch.ones(e - s, 2), 4, tmp_path, chunk_size=2, progress=False)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="origin is unknown.*overwrite=True"):
+        write_chunks(lambda s, e: torch.ones(e - s, 2), 4, tmp_path, chunk_size=2, progress=False)
+
+
+def test_a_dataset_is_identified_by_its_fingerprint(tmp_path):
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, images, version):
+            self.images, self.fingerprint = images, version
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i], 0
+
+    path = tmp_path / "store"
+    write_store(_extractor(), Images(IMAGES, "v1"), path, chunk_size=3, progress=False)
+    write_store(_extractor(), Images(IMAGES, "v1"), path, chunk_size=3, progress=False)
+    with pytest.raises(ValueError, match="inputs"):
+        write_store(_extractor(), Images(IMAGES, "v2"), path, chunk_size=3, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests that disagree with themselves
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "store"
+    write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False)
+    return path
+
+
+def _edit(path, edit, sign=True):
+    """Edit the manifest; ``sign`` recomputes its digest, as a deliberate forger would, so that
+    the consistency checks behind the digest are exercised too."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    if sign:
+        manifest["digest"] = manifest_digest(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_edited_manifest_is_refused_by_its_digest(store):
+    _edit(store, lambda m: m["meta"].update(note="edited"), sign=False)
+    with pytest.raises(FormatError, match="edited or damaged"):
+        ActivationStore(store)
+
+
+def _swap(m):
+    m["chunks"][0], m["chunks"][1] = m["chunks"][1], m["chunks"][0]
+
+
+def _swap_files(m):
+    m["chunks"][0]["file"], m["chunks"][1]["file"] = m["chunks"][1]["file"], m["chunks"][0]["file"]
+
+
+def _repeat(m):
+    m["chunks"][1] = dict(m["chunks"][0])
+
+
+def _duplicate(m):
+    m["chunks"].insert(1, dict(m["chunks"][0]))
+    m["n_chunks"] += 1
+
+
+def _rows(m):
+    m["layout"] = "positions"  # positions over pooled rows: 3 rows for 3 inputs are 1 position
+    m["chunks"][2]["rows"] = 2   # ... but the last chunk's single input cannot have 2
+
+
+MANIFEST_EDITS = {"swapped": _swap, "swapped-files": _swap_files, "repeated": _repeat,
+                  "duplicated": _duplicate, "rows": _rows,
+                  "bool-count": lambda m: m.update(n_inputs=True),
+                  "dtype": lambda m: m.update(dtype="object"),
+                  "n_chunks": lambda m: m.update(n_chunks=2)}
+
+
+@pytest.mark.parametrize("edit", sorted(MANIFEST_EDITS))
+def test_inconsistent_manifests_are_refused(store, edit):
+    _edit(store, MANIFEST_EDITS[edit])
+    with pytest.raises(FormatError, match="`path`") as err:
+        ActivationStore(store).read()
+    assert str(store) in str(err.value)
+
+
+def test_a_chunk_dtype_other_than_the_manifests_is_refused(store):
+    _edit(store, lambda m: m.update(dtype="float64"))
+    with pytest.raises(ValueError, match="float64"):
+        ActivationStore(store).read()
+
+
+def test_symlinked_chunks_are_refused(store, tmp_path):
+    outside = tmp_path / "outside.npy"
+    os.replace(store / "chunk-000001.npy", outside)
+    (store / "chunk-000001.npy").symlink_to(outside)
+    with pytest.raises(ValueError, match="symbolic link"):
+        ActivationStore(store)
+    with pytest.raises(ValueError, match="symbolic link"):  # a resume does not trust it either
+        write_store(_extractor(), IMAGES, store, chunk_size=3, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exclusive temporary files; a full disk
+# ---------------------------------------------------------------------------------------------
+
+def test_temporary_files_never_follow_a_planted_symlink(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    path.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = ["planted1", "planted2"]
+    for name in planted:  # every name the writer could pick first is a symlink to the victim
+        for target in ("manifest.json", "chunk-000000.npy", "chunk-000001.npy", "chunk-000002.npy"):
+            (path / f".{target}.{name}.tmp").symlink_to(victim)
+
+    def names():
+        yield from planted
+        while True:
+            yield from (f"fresh{i}" for i in range(10**6))
+
+    candidates = names()
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: candidates)
+    store = write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False)
+    assert victim.read_text() == "precious"
+    assert store.shape == (7, 4)
+
+
+@pytest.mark.parametrize("fail", ["chunk", "manifest"])
+def test_a_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch, fail):
+    path = tmp_path / "store"
+    real_save = np.save
+
+    def full_disk_save(fh, array, **kwargs):
+        fh.write(b"\x93NUMPY partial")  # part of the file reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_disk_fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fail == "chunk":
+        monkeypatch.setattr(np, "save", full_disk_save)
+    else:
+        monkeypatch.setattr(os, "fsync", full_disk_fsync)
+    with pytest.raises(OSError) as err:
+        write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False)
+    assert err.value.errno == errno.ENOSPC
+    assert str(path) in str(err.value) and "No space left" in str(err.value)
+    left = sorted(p.name for p in path.iterdir())
+    assert left == (["manifest.json"] if fail == "chunk" else [])  # the pending manifest only
+    monkeypatch.setattr(np, "save", real_save)
+    monkeypatch.undo()
+    store = write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False)  # resumes
+    assert store.shape == (7, 4)
+
+
+def test_a_store_path_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "store"
+    file.write_text("notes")
+    with pytest.raises(NotADirectoryError, match="`path`.*is a file"):
+        write_store(_extractor(), IMAGES, file, progress=False)
+    assert file.read_text() == "notes"

@@ -1,0 +1,162 @@
+"""ConceptAtlas: one dictionary for all classes of the shapes world, questions answered from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import conceptkit
+from conceptkit import ConceptAtlas, io
+from conceptkit.datasets import make_concept_dataset, reference_model
+from conceptkit.extraction import ActivationExtractor, finalize_store, write_chunks
+from conceptkit.importance import concept_importance
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_concept_dataset(12, seed=3, split="test")
+
+
+@pytest.fixture(scope="module")
+def fitted(world):
+    model = reference_model()
+    atlas = ConceptAtlas(model, "block4", 10, method="ice", importance="closed_form", seed=0,
+                         progress=False, class_names=world.class_names)
+    return atlas.fit(world)
+
+
+def test_one_dictionary_and_the_per_class_importance_it_wraps(fitted, world):
+    data = fitted.data_
+    assert fitted.importance.shape == (6, 10) and data.scores.shape == (72, 10)
+    # Row c is exactly the pipeline's importance of class c on the shared codes.
+    rows = np.flatnonzero(world.labels.numpy() == 2)
+    acts = data.acts[torch.as_tensor(rows)]
+    direct = concept_importance(fitted.explainer.maps_head, acts, data.bank, 2,
+                                method="closed_form", progress=False)
+    np.testing.assert_allclose(fitted.importance.values[2], direct.importances, rtol=1e-5,
+                               atol=1e-8)
+    np.testing.assert_allclose(fitted.importance.ci_low[2], direct.ci_low, rtol=1e-5, atol=1e-8)
+    # Every class relies on something; the model's logits are recorded for every image.
+    assert fitted.importance.important().any(axis=1).all()
+    with torch.no_grad():
+        logits = reference_model()(world.images[:5]).double().numpy()
+    np.testing.assert_allclose(data.logits[:5], logits, rtol=1e-4, atol=1e-4)
+
+
+def test_the_top_concept_of_a_class_is_found_on_its_causal_parts(fitted, world):
+    # The shapes world: class c is drawn with parts c and c + 1 (mod 6).
+    concepts = world.concepts.numpy()
+    for class_id in range(6):
+        top = int(np.argmax(fitted.importance.values[class_id]))
+        found = fitted.top_images(top, 10, with_maps=False)
+        parts = world.class_concepts[class_id]
+        carried = concepts[found.image_ids][:, parts].max(axis=1)
+        assert carried.mean() >= 0.8, (class_id, top, carried)
+
+
+def test_explain_confusion_is_the_margin_drop_of_removing_each_concept(fitted):
+    a, b, probability = fitted.most_confused_pairs(1)[0]
+    assert 0 < probability < 1
+    result = fitted.explain_confusion(a, b, min_images=4)
+    assert len(result.image_ids) >= 4 and result.per_image.shape == (len(result.image_ids), 10)
+    # Recompute one image's numbers by hand.
+    data, head = fitted.data_, fitted.explainer.maps_head
+    acts, _ = data.activations(result.image_ids[:1])
+    codes = torch.as_tensor(np.asarray(data.bank.encode(acts))).float()
+    with torch.no_grad():
+        def margin(U):
+            recon = torch.as_tensor(np.asarray(data.bank.decode(U.numpy()))).float()
+            out = head(recon)
+            return float(out[0, b] - out[0, a])
+        base = margin(codes)
+        j = result.top
+        dropped = codes.clone()
+        dropped[:, j] = 0
+        assert result.per_image[0, j] == pytest.approx(base - margin(dropped), rel=1e-4, abs=1e-5)
+    assert result.reconstructed_margins[0] == pytest.approx(base, rel=1e-4, abs=1e-5)
+    assert result.contributions[result.top] == result.contributions.max()
+    assert result.shared.dtype == bool and result.images.shape[0] <= 6
+    shared = fitted.shared_concepts(a, b)
+    assert [s["concept"] for s in shared] == [j for j in np.flatnonzero(result.shared)
+                                              if j in {s["concept"] for s in shared}]
+
+
+def test_concept_maps_and_search_with_maps(fitted, world):
+    maps = fitted.concept_maps(world.images[:3])
+    assert maps.shape == (3, 10, 64, 64) and float(maps.min()) >= 0
+    found = fitted.top_images(4, 5, classes=[1, 2])
+    assert set(found.labels.tolist()) <= {1, 2} and found.maps.shape == (5, 64, 64)
+    assert np.all(np.diff(found.scores) <= 0)
+    with pytest.raises(ValueError, match="classes"):
+        fitted.top_images(0, 3, classes=[42])
+
+
+def test_save_load_roundtrip_and_tampering(fitted, tmp_path):
+    path = fitted.save(tmp_path / "atlas.safetensors")
+    back = conceptkit.load(path)
+    np.testing.assert_array_equal(back.importance.values, fitted.importance.values)
+    np.testing.assert_array_equal(back.data_.scores, fitted.data_.scores)
+    a, b, _ = fitted.most_confused_pairs(1)[0]
+    assert back.shared_concepts(a, b) == fitted.shared_concepts(a, b)
+    assert back.most_confused_pairs(2) == fitted.most_confused_pairs(2)
+    with pytest.raises(RuntimeError, match="model"):
+        back.explain_confusion(a, b)
+    raw = bytearray(open(path, "rb").read())
+    raw[-40:] = b"\x00" * 40
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw[: len(raw) - 7]))
+    with pytest.raises(io.FormatError):
+        conceptkit.load(bad)
+
+
+def test_fit_from_a_maps_store_streams_the_dictionary(world, tmp_path):
+    model = reference_model()
+    extractor = ActivationExtractor(model, "block4", batch_size=32, progress=False)
+    images = world.images[::2]
+    labels = world.labels.numpy()[::2]
+    write_chunks(lambda s, e: extractor(images[s:e]), len(images), tmp_path / "store",
+                 chunk_size=10, layout="maps", progress=False)
+    store = finalize_store(tmp_path / "store", len(images), chunk_size=10, layout="maps",
+                           meta={"labels": labels.tolist()})
+    atlas = ConceptAtlas(model, "block4", 6, method="ice", importance="closed_form", seed=0,
+                         progress=False).fit(store, store_options={"max_iter": 20})
+    assert atlas.importance.shape == (6, 6) and atlas.data_.images is None
+    acts = extractor(images)
+    np.testing.assert_allclose(atlas.data_.activations(np.array([7, 3]))[0].numpy(),
+                               acts[[7, 3]].numpy(), rtol=1e-6)
+    codes = np.asarray(atlas.data_.bank.encode(acts.numpy())).mean(axis=(2, 3))
+    # Codes are NNLS solves stopped at the solver tolerance, per chunk here, all at once there.
+    np.testing.assert_allclose(atlas.data_.scores, codes, rtol=1e-2, atol=1e-4)
+    with pytest.raises(ValueError, match="labels"):
+        ConceptAtlas(model, "block4", 4, method="ice", progress=False).fit(
+            finalize_store(tmp_path / "store", len(images), chunk_size=10, layout="maps"))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"method": "ace"}, "method"),
+                                           ({"importance": "shapley"}, "importance"),
+                                           ({"factorizer": "nmf"}, "factorizer")])
+def test_bad_options_are_named(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ConceptAtlas(reference_model(), "block4", 4, **kwargs)
+
+
+def test_bad_labels_and_model_left_as_found(world, snapshot):
+    model = reference_model().train()
+    before = snapshot(model)
+    atlas = ConceptAtlas(model, "block4", 4, method="ice", importance="closed_form",
+                         progress=False)
+    with pytest.raises(ValueError, match="labels"):
+        atlas.fit(world.images[:10], labels=np.zeros(9, dtype=int))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        atlas.fit(world.images[:10], labels=np.zeros(10, dtype=int))
+    atlas.fit(world.images[::6], labels=world.labels[::6])
+    assert snapshot(model) == before

@@ -1,0 +1,101 @@
+"""How far to trust an explanation: stability across seeds, interval overlaps, notes."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from conceptkit.concepts import NMF, KMeansConcepts
+from conceptkit.importance import ConceptImportance
+from conceptkit.pipeline._trust import STABLE, concept_stability, interval_overlaps, trust
+
+
+def planted_rows(n=300, c=20, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    parts = np.eye(k, c) * 3 + 0.05 * rng.random((k, c))
+    codes = rng.exponential(1.0, (n, k)) * (rng.random((n, k)) < 0.5)
+    return (codes @ parts).astype(np.float32)
+
+
+def bank_of(factorizer, rows):
+    fitted = factorizer.fit(rows)
+    return types.SimpleNamespace(factorizer=fitted, activations=rows,
+                                 components=np.asarray(fitted.components_))
+
+
+def test_planted_concepts_are_stable_and_noise_clusters_are_not():
+    stable = concept_stability(bank_of(NMF(4, random_state=0), planted_rows()), n_seeds=3)
+    assert stable["mean"] > 0.99 and min(stable["per_concept"]) > STABLE
+    assert len(stable["seeds"]) == 3 and stable["subset"] == 0.8
+    # 8 k-means centroids of isotropic noise move with the seed and the sample.
+    noise = np.random.default_rng(1).normal(size=(300, 20)).astype(np.float32)
+    shaky = concept_stability(bank_of(KMeansConcepts(8, random_state=0), noise), n_seeds=3)
+    assert shaky["mean"] < stable["mean"] - 0.05
+    assert min(shaky["per_concept"]) < STABLE
+
+
+def test_matched_cosine_by_hand_for_a_refit_equal_to_the_bank():
+    rows = planted_rows(seed=2)
+    bank = bank_of(NMF(4, random_state=0), rows)
+    result = concept_stability(bank, n_seeds=1, seed=5)
+    refit = NMF(4, random_state=1005).fit(rows[np.sort(np.random.default_rng(1005).choice(
+        300, 240, replace=False))]).components_
+    a = bank.components / np.linalg.norm(bank.components, axis=1, keepdims=True)
+    b = refit / np.linalg.norm(refit, axis=1, keepdims=True)
+    best = (a @ b.T).max(axis=1)      # for well-separated concepts the matching is the argmax
+    np.testing.assert_allclose(result["per_concept"], best, rtol=1e-6)
+
+
+def importance(values, low, high):
+    values = np.asarray(values, dtype=float)
+    return ConceptImportance(per_input=values[None], importances=values, ci_low=np.asarray(low),
+                             ci_high=np.asarray(high), method="given", class_id=0)
+
+
+def test_interval_overlaps():
+    imp = importance([0.5, 0.1, 0.3], [0.4, 0.0, 0.25], [0.6, 0.2, 0.35])
+    out = interval_overlaps(imp)
+    np.testing.assert_allclose(out["width"], [0.2, 0.2, 0.1])
+    assert out["top_separated"] is True and out["unresolved_pairs"] == []
+    close = interval_overlaps(importance([0.5, 0.1, 0.45], [0.4, 0.0, 0.3], [0.6, 0.2, 0.6]))
+    assert close["top_separated"] is False and close["unresolved_pairs"] == [(0, 2)]
+
+
+def test_trust_notes_say_what_is_shaky():
+    noise = np.random.default_rng(1).normal(size=(300, 20)).astype(np.float32)
+    bank = bank_of(KMeansConcepts(8, random_state=0), noise)
+    cc = types.SimpleNamespace(
+        bank=bank, importance=importance(np.linspace(0.5, 0.1, 8), np.linspace(0.3, 0.0, 8),
+                                         np.linspace(0.7, 0.2, 8)),
+        near_duplicates=lambda: [(1, 4, 0.99)])
+    summary = trust(cc, n_seeds=2)
+    text = " ".join(summary["notes"])
+    assert "change with the seed" in text and "overlaps the second" in text
+    assert "near-duplicate concepts: [(1, 4)]" in text
+    assert summary["evaluation"] is None
+    with pytest.raises(ValueError, match="n_seeds"):
+        trust(cc, n_seeds=0)
+
+
+def test_report_shows_the_trust_summary(tmp_path):
+    import json
+
+    from conceptkit import ConceptExplainer
+    from conceptkit.datasets import make_concept_dataset, reference_model
+
+    data = make_concept_dataset(6, seed=0)
+    rows = np.flatnonzero(data.labels.numpy() == 1)
+    cc = ConceptExplainer(reference_model(), "block4", n_concepts=3, method="ice", seed=0,
+                          progress=False).fit(data.images[rows], 1)
+    summary = cc.trust(n_seeds=2)
+    assert cc.trust(n_seeds=2) is summary                       # computed once
+    page = cc.report(tmp_path, trust=True)
+    text = open(page, encoding="utf-8").read()
+    assert "stability across seeds" in text and "Trust:" in text
+    from pathlib import Path
+
+    saved = json.loads((Path(page).parent / "report.json").read_text(encoding="utf-8"))
+    assert saved["metrics"]["trust"]["mean stability across seeds"]["value"] == pytest.approx(
+        cc.trust()["stability"]["mean"])
