@@ -255,7 +255,8 @@ def _nan_head(activations: torch.Tensor) -> torch.Tensor:
 def _sqrt_head(activations: torch.Tensor) -> torch.Tensor:
     # the gradient of sqrt at 0 is infinite: masking a concept to 0 gives Inf
     pooled = activations.mean(dim=(2, 3))
-    return torch.sqrt(pooled[:, :3] - pooled[:, :3].detach())
+    # (the value stays pooled[:, :3], so the head does reach the output)
+    return pooled[:, :3] + torch.sqrt(pooled[:, :3] - pooled[:, :3].detach())
 
 
 @dataclass(frozen=True)
@@ -448,7 +449,8 @@ ROWS: list[Row] = [
     R("cav-dims", "importance.compute_cav", "concept and random sets from different layers",
       lambda c: importance.compute_cav(torch.rand(6, 12), torch.rand(6, 8)), ValueError, "`random_activations`"),
     R("tcav-class-range", "importance.tcav", "class_id outside the head's outputs",
-      lambda c: importance.tcav(c.split[1], c.activations, {"a": c.activations[:3]},
+      lambda c: importance.tcav(c.split[1], c.activations, {"a": c.activations[:3],
+                                                          "b": c.activations[3:6]},
                                 torch.rand(20, 12, 16, 16), 9, n_runs=10, progress=False),
       ValueError, "`class_id`"),
     R("tcav-images-uint8", "importance.tcav_images", "integer class images",

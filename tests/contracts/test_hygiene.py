@@ -241,7 +241,7 @@ def test_tcav_images(fuse):
     model = cnn()
     model.trip_g.arm(fuse)
     pictures = images(12)
-    run(model, lambda: importance.tcav_images(model, "block2", pictures[:4], {"a": pictures[4:8]},
+    run(model, lambda: importance.tcav_images(model, "block2", pictures[:4], {"a": pictures[4:8], "b": pictures[8:12]},
                                               pictures[4:], 1, n_runs=10, seed=0, progress=False),
         fails=bool(fuse))
 
@@ -267,10 +267,15 @@ def test_concept_explainer(fuse):
     run(model, lambda: explainer.fit(images(), 1), fails=bool(fuse))
 
 
-def test_concept_explainer_fails_in_importance(monkeypatch):
-    fail_later(monkeypatch, "conceptkit.pipeline._explainer.concept_importance")
+@pytest.mark.parametrize("method, target", [
+    ("sobol", "conceptkit.pipeline._explainer.concept_importance"),
+    ("pixel_ablation", "conceptkit.pipeline._pixel.median_fill"),  # inside the whole-model run
+])
+def test_concept_explainer_fails_in_importance(monkeypatch, method, target):
+    fail_later(monkeypatch, target)
     model = cnn()
-    explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False)
+    explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0,
+                                            importance=method, progress=False)
     run(model, lambda: explainer.fit(images(), 1), fails=True)
 
 

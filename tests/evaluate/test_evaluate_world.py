@@ -123,11 +123,12 @@ def test_bad_worlds_and_explanations():
 
 def test_shapes_world_end_to_end(snapshot):
     """CRAFT on the shapes world (test split: no spurious cue), 20 images per class, k=5, two
-    classes, default settings. Measured at seed 0 (and seeds 1, 2 in brackets): reliance on the
-    designed causal parts 0.45-0.80 (min 0.44, 0.45), on every other part |drop| <= 0.003
-    (0.03, 0.02); top concept on the most relied-on part 2/2 (2/2, 2/2), its pointing game 0.95
-    (1.00, 1.00); relied-on part's best ROC-AUC 0.93 (0.88, 0.90); Spearman mean 0.36 (0.42,
-    0.18); deletion area between the curves 0.29 (0.28, 0.25)."""
+    classes, default settings (pixel-ablation importance, coefficient maps). Measured at seed 0
+    (and seeds 1, 2 in brackets): the top concept sits on a designed causal part in 2/2 classes
+    (2/2, 2/2) — in one of them on the part relied on second most, whose reliance is close to the
+    first (top reliance ratio 0.97 (0.94, 0.99)); relied-on part's best ROC-AUC 0.91 (0.93, 0.89);
+    causal pointing 0.74 (0.76, 0.80); Spearman 0.79 (0.39, 0.88); deletion area 0.32 (0.33,
+    0.32). Reliance on the causal parts 0.45-0.80, on every other part |drop| <= 0.003."""
     from conceptkit import ConceptManager
     from conceptkit.datasets import make_concept_dataset, reference_model
 
@@ -145,10 +146,9 @@ def test_shapes_world_end_to_end(snapshot):
         assert detail.reliance.expected[causal].min() > 0.35
         assert np.abs(detail.reliance.expected[others]).max() < 0.05
     summary = result.summary
-    assert summary["top_on_most_relied"] == 1.0 and summary["top_on_causal"] == 1.0
-    assert result.worst["top_pointing"] >= 0.85
-    assert summary["relied_auc"] >= 0.8 and summary["causal_pointing"] >= 0.7
-    assert summary["top_reliance_ratio"] == pytest.approx(1.0)
+    assert summary["top_on_causal"] == 1.0 and summary["top_on_most_relied"] >= 0.5
+    assert summary["top_reliance_ratio"] >= 0.9
+    assert summary["relied_auc"] >= 0.85 and summary["causal_pointing"] >= 0.7
 
     # Removing concepts from the activations: the reference CNN's head after block4 is global
     # average pooling and a linear layer, so removing the concepts S lowers the class logit by
@@ -167,7 +167,7 @@ def test_shapes_world_end_to_end(snapshot):
         logit = logit - contributions[:, int(j)]
         expected.append(float(logit.mean()))
     np.testing.assert_allclose(curves.concept_curve, expected, atol=1e-4)
-    assert summary["spearman"] >= 0.2
+    assert summary["spearman"] >= 0.6
     assert 0.0 < summary["deletion_area"] < 0.45
 
 
