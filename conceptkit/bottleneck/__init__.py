@@ -7,11 +7,13 @@ Public names::
                  evaluate_cbm, CBMEvaluation, leakage_score, LeakageReport
     label-free   LabelFreeCBM, ClipEncoders, ClipLike
     post-hoc     PosthocCBM, CAVBank (concept activation vectors: the post-hoc CBM's concepts)
+    discovered   DiscoveredCBM (a bottleneck of CRAFT / ICE / ACE concepts)
     report       write_cbm_report, concept_class_weights
 """
 
 from .._deprecation import module_getattr
 from ._clip import ClipEncoders, ClipLike
+from ._discovered import DiscoveredCBM
 from ._intervene import InterventionCurve, intervene, intervention_curve
 from ._label_free import LabelFreeCBM, load_needs_backbone
 from ._metrics import CBMEvaluation, LeakageReport, evaluate_cbm, leakage_score
@@ -22,7 +24,7 @@ from ._train import StageHistory, TrainHistory, train_cbm
 
 #: Loaders of the CBM kinds for :func:`conceptkit.load`, keyed by the saved file's kind.
 LOADERS = {"concept_bottleneck_model": ConceptBottleneckModel.load, "posthoc_cbm": PosthocCBM.load,
-           "label_free_cbm": load_needs_backbone}
+           "label_free_cbm": load_needs_backbone, "discovered_cbm": DiscoveredCBM.load}
 
 __all__ = [
     "CAVBank",
@@ -31,6 +33,7 @@ __all__ = [
     "ClipEncoders",
     "ClipLike",
     "ConceptBottleneckModel",
+    "DiscoveredCBM",
     "InterventionCurve",
     "LabelFreeCBM",
     "LeakageReport",

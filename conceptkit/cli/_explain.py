@@ -66,6 +66,10 @@ def explain_main(args: argparse.Namespace) -> int:
         raise ValueError(err.command_line()) from err
     except ValueError as err:
         raise ValueError(command_line_terms(str(err))) from err
+    if args.name_with or args.visualize:
+        from ._naming import name_and_visualize
+
+        name_and_visualize(result, args, loaded, size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved = result.save(out / "explanation.safetensors")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._checks import CommandError, check_counts, check_out_dir
 from ._explain import FACTORIZER_CHOICES
+from ._naming import add_naming_arguments, check_naming_arguments
 
 PROGRAM_DESCRIPTION = "Command line: conceptkit demo | explain | report | train-cbm | extract | bench."
 
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--batch-size", type=int, default=32)
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--quiet", action="store_true")
+    add_naming_arguments(exp)
 
     rep = sub.add_parser("report", help="write the report of a saved explanation")
     rep.add_argument("saved")
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Arguments that count something, and their smallest value (checked before any work).
-COUNTS = {"n_per_class": 1, "n_concepts": 1, "patch_size": 1, "size": 1, "batch_size": 1}
+COUNTS = {"n_per_class": 1, "n_concepts": 1, "patch_size": 1, "size": 1, "batch_size": 1,
+          "visualize_steps": 1}
 
 
 def _run(argv: list[str]) -> int:
@@ -142,6 +145,8 @@ def _run(argv: list[str]) -> int:
     check_counts(args, COUNTS)
     if args.command != "bench":
         check_out_dir(args.out)
+    if args.command == "explain":
+        check_naming_arguments(args)
     from ._explain import explain_main
 
     commands = {"demo": _cmd_demo, "explain": explain_main, "report": _cmd_report, "bench": _cmd_bench}

@@ -53,13 +53,16 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     """The :class:`~conceptkit.report.ClassReport` of ``cc``: what its report page shows.
 
     ``n_images`` class images with their concept maps, ``n_exemplars`` exemplars per concept,
-    concept ``labels`` (default ``"concept <i>"``), ``notes`` and ``extra_metrics`` (a group of
+    concept ``labels`` (default: the concept's name after ``cc.name_concepts``, else
+    ``"concept <i>"``), ``notes`` and ``extra_metrics`` (a group of
     metrics in the report's ``{group: {name: {"value", "higher_is_better"}}}`` form) added to the
     explanation's own metrics. ``trust`` (from ``cc.trust()``) adds each concept's stability
-    across seeds, a "trust" group of metrics and the trust notes.
+    across seeds, a "trust" group of metrics and the trust notes. Names (with their scores,
+    runner-ups and naming trust) and MACO visualisations kept on ``cc`` are shown too.
     :func:`conceptkit.report.write_class_report` draws it.
     """
     from ..report import ClassReport, ConceptSummary
+    from ._naming import name_details, visualization_picture
 
     order = cc.ranking
     k = cc.n_concepts
@@ -76,16 +79,23 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         duplicates.setdefault(i, []).append(label(j))
         duplicates.setdefault(j, []).append(label(i))
     stability = (trust or {}).get("stability", {}).get("per_concept")
+    names = getattr(cc, "names", None)
+    visualizations = getattr(cc, "visualizations", {})
     concepts = []
     for c in order:
         ex, ids = cc.top_examples(int(c), n_exemplars, image_size=min(64, _side(cc)))
-        extra = {"near-duplicate of": ", ".join(duplicates[int(c)])} if int(c) in duplicates else {}
+        extra = {} if names is None else name_details(names[int(c)], names.score_name)
+        if int(c) in duplicates:
+            extra["near-duplicate of"] = ", ".join(duplicates[int(c)])
         if stability is not None:
             extra["stability across seeds"] = f"{stability[c]:.2f}"
+        vis = visualizations.get(int(c))
         concepts.append(ConceptSummary(index=int(c), label=label(c),
                                        importance=float(cc.importances[c]), ci_low=float(ci_low[c]),
                                        ci_high=float(ci_high[c]), exemplars=ex.numpy(),
-                                       exemplar_sources=id_list(ids), extra=extra))
+                                       exemplar_sources=id_list(ids), extra=extra,
+                                       visualization=None if vis is None
+                                       else visualization_picture(vis)))
     if cc.images is not None:
         shown = cc.images[:n_images]
         maps = cc._shown_maps(n_images)
@@ -98,7 +108,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         metrics = {}
     if extra_metrics:
         metrics = {**metrics, **extra_metrics}
-    notes = list(notes or [])
+    notes = list(notes or []) + _naming_notes(getattr(cc, "names", None))
     if trust is not None:
         metrics = {**metrics, "trust": _trust_metrics(trust)}
         notes += [f"Trust: {note}" for note in trust.get("notes", [])]
@@ -140,6 +150,17 @@ def _trust_metrics(trust: dict) -> dict[str, dict]:
         if isinstance(value, (bool, int, float)):
             out[f"ground truth: {key}"] = _metric(float(value), key != "deletion_area")
     return out
+
+
+def _naming_notes(names: Any) -> list[str]:
+    """One line saying how the concepts were named (nothing when they were not)."""
+    if names is None:
+        return []
+    settings = ", ".join(f"{k}={v}" for k, v in names.params.items()
+                         if isinstance(v, (int, float, str, bool)))
+    return [f"Concept names: method {names.method!r}, score = {names.score_name}, trust = AUC of "
+            f"the concept's activation on probe inputs showing the named thing vs the others "
+            f"(CoSy-style); {settings}."]
 
 
 def _side(cc: Any) -> int:

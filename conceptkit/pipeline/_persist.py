@@ -4,6 +4,8 @@ Saving a fresh explanation stores the first ``n_images`` class images (uint8) wi
 maps (float16) and the top exemplars of every concept (uint8 tensors, one ``(m, 3, s, s)`` stack
 per concept; never JSON lists). A loaded explanation has no class images or activations, only
 these saved parts, and saves exactly them again: ``load -> save`` writes the file it came from.
+Concept names and MACO visualisations, when the explanation has them, are stored beside
+(:mod:`._naming`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from .._validation import id_list
 from ..concepts import ConceptBank
 from ..importance import ConceptImportance
+from ._naming import load_names, names_state
 
 
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -60,6 +63,9 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         "exemplar_ids": exemplar_ids,
         "image_ids": [] if cc.image_ids is None else id_list(cc.image_ids[:n_images]),
     }
+    named_tensors, named_meta = names_state(cc)  # names and MACO pictures, when there are any
+    tensors.update(named_tensors)
+    meta.update(named_meta)
     return tensors, meta
 
 
@@ -129,6 +135,7 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
            "params or timings of the wrong type")
     metrics = meta.get("metrics")
     _check(metrics is None or isinstance(metrics, dict), "metrics of the wrong type")
+    names, visualizations = load_names(tensors, meta, k)
     return cls(class_id=_int(meta["class_id"], "class_id"), class_name=str(meta["class_name"]),
                bank=bank, importance=importance, images=None, activations=None,
                model_name=str(meta["model_name"]), layer=str(meta["layer"]),
@@ -136,7 +143,8 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
                image_ids=_id_array(image_ids), saved_maps=maps, saved_metrics=metrics,
                saved_exemplars=exemplars,
                saved_exemplar_ids=None if ids is None else [_id_array(row) for row in ids],
-               saved_images=None if images is None else images.float() / 255.0)
+               saved_images=None if images is None else images.float() / 255.0,
+               names=names, visualizations=visualizations)
 
 
 def _ids_kind(ids: list) -> type | None:

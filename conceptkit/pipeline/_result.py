@@ -19,6 +19,7 @@ from ..importance import ConceptImportance
 from ..maps import MAP_KINDS, choose_map_kind
 from ._examples import cut_examples
 from ._handle import ModelAtLayer
+from ._naming import concept_labels, resolve_concept, visualize
 from ._notes import MetricsTable
 
 RESULT_KIND = "ClassConcepts"
@@ -51,6 +52,11 @@ class ClassConcepts:
     model_at_layer
         The model cut at the layer, with its preprocessing and batching (None after loading
         until :meth:`attach`): what maps of new images, metrics and sub-concepts run.
+    names
+        The :class:`~conceptkit.naming.ConceptNames` set by :meth:`name_concepts` (None: the
+        concepts keep their index).
+    visualizations
+        ``{concept: ConceptVisualization}`` made by :meth:`visualize`.
     """
 
     class_id: int
@@ -72,6 +78,8 @@ class ClassConcepts:
     saved_exemplar_ids: list[np.ndarray] | None = field(default=None, repr=False)
     model_at_layer: ModelAtLayer | None = field(default=None, repr=False)
     context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
+    names: Any = None
+    visualizations: dict[int, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ the public face
     @property
@@ -110,10 +118,41 @@ class ClassConcepts:
         """Concepts from most to least important."""
         return self.importance.ranking
 
+    @property
+    def labels(self) -> list[str]:
+        """A label per concept: its name (after :meth:`name_concepts`) or ``"concept j"``."""
+        return concept_labels(self.names, self.n_concepts)
+
+    def name_concepts(self, method: str = "dissect", *args: Any, **kwargs: Any) -> Any:
+        """Name the concepts and keep the names (saved, shown in reports and figures).
+
+        ``method``: ``"dissect"`` (probe images with part masks), ``"clip"`` (a CLIP model and a
+        vocabulary) or ``"classes"`` (the classes each concept pushes through ``h``); the other
+        arguments go to :func:`conceptkit.naming.name_concepts`. Returns the
+        :class:`~conceptkit.naming.ConceptNames`; concepts given no name keep their index.
+        """
+        from ..naming import name_concepts
+
+        self.names = name_concepts(self, method, *args, **kwargs)
+        return self.names
+
+    def visualize(self, concept: int | str, *, steps: int = 256, image_size: int | None = None,
+                  seed: int = 0, progress: bool | None = None, **kwargs: Any) -> Any:
+        """MACO feature visualisation of ``concept`` (an index or a name), kept for the report.
+
+        The magnitude spectrum and colours come from the class images; ``kwargs`` go to
+        :func:`conceptkit.naming.visualize_concept` (``n_crops``, ``crop_fraction``, ``noise``,
+        ``learning_rate``). Returns a :class:`~conceptkit.naming.ConceptVisualization` (image and
+        transparency map).
+        """
+        return visualize(self, concept, steps=steps, image_size=image_size, seed=seed,
+                         progress=progress, **kwargs)
+
     @renamed_arguments(n="n_exemplars", size="image_size")
-    def top_examples(self, concept: int, n_exemplars: int = 10,
+    def top_examples(self, concept: int | str, n_exemplars: int = 10,
                      image_size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        """The ``n_exemplars`` crops / segments / cells where ``concept`` is most present.
+        """The ``n_exemplars`` crops / segments / cells where ``concept`` (an index, or a name
+        given by :meth:`name_concepts`) is most present.
 
         Returns
         -------
@@ -123,7 +162,7 @@ class ClassConcepts:
             source image id (the ``image_ids`` given to ``fit``, e.g. file names; positions by
             default).
         """
-        concept = check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)
+        concept = resolve_concept(self, concept)
         n = check_int(n_exemplars, "n_exemplars", minimum=1)
         if self.images is None:
             if self.saved_exemplars is None:
@@ -355,8 +394,9 @@ class ClassConcepts:
 
     def concept_label(self, concept: int) -> str:
         """How reports, figures and the command line name concept ``concept`` (its index in
-        :attr:`importances`, :attr:`components` and the maps): ``"concept 8"``."""
-        return f"concept {int(concept)}"
+        :attr:`importances`, :attr:`components` and the maps): its name after
+        :meth:`name_concepts`, else ``"concept 8"`` (one entry of :attr:`labels`)."""
+        return self.labels[check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)]
 
     def near_duplicates(self, correlation: float = 0.95, shared: float = 0.8,
                         n_exemplars: int = 10) -> list[dict[str, Any]]:

@@ -139,6 +139,9 @@ class ConceptSummary:
         Source image id of each exemplar (a position, a dataset row or a file name).
     extra : dict
         Any further numbers to show (JSON-compatible values).
+    visualization : array ``(n, 3, h, w)``, optional
+        Pictures of the concept made for it (e.g. a feature visualisation and its masked
+        version), colours in [0, 1].
     """
 
     index: int
@@ -149,6 +152,7 @@ class ConceptSummary:
     exemplars: np.ndarray
     exemplar_sources: list[int | str]
     extra: dict = field(default_factory=dict)
+    visualization: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -167,6 +171,9 @@ class ConceptSummary:
         put(self, "exemplar_sources", _id_list(self.exemplar_sources, "exemplar_sources",
                                                 exemplars.shape[0], "`exemplars` axis 0"))
         put(self, "extra", _mapping(self.extra, "extra"))
+        if self.visualization is not None:
+            put(self, "visualization", _pictures(self.visualization, "visualization",
+                                                 "(n, 3, h, w)", allow_empty=False))
 
 
 @dataclass(frozen=True, eq=False)

@@ -149,6 +149,16 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
             "cooccurrence.png",
             f"{presence} over {report.codes.shape[0]} fitted rows; grey cells are undefined."),
     ]
+    if any(c.visualization is not None for c in report.concepts):
+        shown = [c.visualization if c.visualization is not None
+                 else np.zeros((0, 3, 8, 8), dtype=np.float32) for c in report.concepts]
+        pictures.append(Picture(
+            "visualizations", "Concept visualisations", figure_png(plot_exemplar_grid(
+                shown, labels, report.importances, n_exemplars=2, max_side=192), dpi),
+            "visualizations.png",
+            "Feature visualisation (MACO) of each visualised concept: an image optimised to raise "
+            "the concept's coefficient, then the same image faded where its transparency map (the "
+            "accumulated gradient) is low."))
     return pictures, matrix
 
 
@@ -156,7 +166,8 @@ def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, 
              colors: list[str]) -> dict[str, Any]:
     concepts = [{"rank": rank + 1, "index": c.index, "label": c.label, "color": colors[rank],
                  "importance": c.importance, "ci_low": c.ci_low, "ci_high": c.ci_high,
-                 "exemplar_sources": c.exemplar_sources, "extra": c.extra}
+                 "exemplar_sources": c.exemplar_sources, "extra": c.extra,
+                 "visualized": c.visualization is not None}
                 for rank, c in enumerate(report.concepts)]
     return {
         "kind": REPORT_KIND, "format_version": FORMAT_VERSION,

@@ -19,7 +19,7 @@ import conceptkit  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["01_quickstart.ipynb", "02_real_model.ipynb", "03_evaluate.ipynb", "04_atlas.ipynb",
-         "06_tcav.ipynb"]
+         "05_naming.ipynb", "06_tcav.ipynb"]
 NUMBER = r"([-+]?[0-9.]+(?:e[-+]?[0-9]+)?)"
 IMPORTANCE_LINE = re.compile(rf"^\s*concept (\d+): {NUMBER} \[{NUMBER}, {NUMBER}\]$", re.M)
 
@@ -284,3 +284,23 @@ def test_atlas_notebook_runs(kernel_path, tmp_path):
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
+
+def test_naming_notebook_runs(kernel_path, tmp_path):
+    nb = execute("05_naming.ipynb", tmp_path)
+    text = text_of(nb)
+    # dissection names the class's two causal parts, with a perfect trust score
+    for part in ("green triangle", "yellow ring"):
+        assert re.search(rf"^\s+\d+\s+{part}\s+[0-9.]+\s+1\.00", text, re.M), part
+    low, high = (float(v) for v in re.search(r"coefficient over the optimisation ([0-9.]+) -> "
+                                              r"([0-9.]+)", text).groups())
+    assert high > low
+    reference = float(re.search(r"reference CNN accuracy: ([0-9.]+)%", text).group(1))
+    cbm = float(re.search(r"discovered-concept CBM accuracy: ([0-9.]+)% with at most (\d+)",
+                          text).group(1))
+    assert cbm >= reference - 2.0
+    assert int(re.search(r"with at most (\d+) concepts per class", text).group(1)) <= 10
+    noisy = float(re.search(r"noisy images: CBM accuracy ([0-9.]+)%", text).group(1))
+    trusted = float(re.search(r"\(min trust 0\.9\) set to their true values: accuracy ([0-9.]+)%",
+                              text).group(1))
+    assert trusted >= noisy + 10.0
+    assert n_images(nb) >= 2

@@ -86,6 +86,22 @@ def _check_posthoc(model: bottleneck.PosthocCBM) -> None:
     assert logits.shape == (2, len(model.classes_))
 
 
+def _check_named(result: conceptkit.ClassConcepts) -> None:
+    _check_explanation(result)
+    k = result.bank.n_concepts
+    assert result.names is not None and len(result.names) == k
+    for c, vis in result.visualizations.items():
+        assert 0 <= c < k and vis.image.shape[0] == 3
+        assert tuple(vis.transparency.shape) == tuple(vis.image.shape[1:])
+
+
+def _check_discovered(model: bottleneck.DiscoveredCBM) -> None:
+    k = model.n_concepts
+    assert len(model.names_) == k and model.trust_.shape == (k,)
+    logits = model.decision_function(activations=torch.rand(2, 8, 12, 12))
+    assert logits.shape == (2, model.n_classes_)
+
+
 def _check_store(store: extraction.ActivationStore) -> None:
     rows = store.read()
     assert rows.shape == store.shape
@@ -108,6 +124,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
                                               n_designs=8, progress=False).fit(images, 1)
     out["explanation"] = Path(explanation.save(root / "explanation.safetensors", n_images=2,
                                                n_exemplars=2))
+    explanation.name_concepts("classes", class_names=["a", "b", "c"])
+    explanation.visualize(0, steps=2, image_size=16, progress=False)
+    out["named_explanation"] = Path(explanation.save(root / "named.safetensors", n_images=2,
+                                                     n_exemplars=2))
+    discovered = bottleneck.DiscoveredCBM(explanation, nnz_per_class=2, progress=False).fit(
+        images, torch.tensor([0, 1, 2, 0]))
+    out["discovered_cbm"] = Path(discovered.save(root / "discovered.safetensors"))
     torch.manual_seed(0)
     cbm = bottleneck.ConceptBottleneckModel(nn.Linear(8, 4), 4, 3, head="mlp", hidden=6)
     out["cbm"] = Path(cbm.save(root / "cbm.safetensors"))
@@ -142,6 +165,8 @@ def _label_free() -> bottleneck.LabelFreeCBM:
 LOADERS: dict[str, tuple[Callable[[Path], Any], Callable[[Any], None]]] = {
     "bank": (concepts.ConceptBank.load, _check_bank),
     "explanation": (conceptkit.load, _check_explanation),
+    "named_explanation": (conceptkit.load, _check_named),
+    "discovered_cbm": (bottleneck.DiscoveredCBM.load, _check_discovered),
     "cbm": (bottleneck.ConceptBottleneckModel.load, _check_cbm),
     "label_free": (lambda path: bottleneck.LabelFreeCBM.load(path, Backbone()), _check_label_free),
     "posthoc": (bottleneck.PosthocCBM.load, _check_posthoc),

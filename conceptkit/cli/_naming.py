@@ -1,0 +1,108 @@
+"""``conceptkit explain --name-with ... --visualize``: name and draw an explanation's concepts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._checks import CommandError
+
+PROBE_IMAGES_PER_CLASS = 20
+
+
+def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
+    """The naming and visualisation options of ``conceptkit explain``."""
+    parser.add_argument("--name-with", default=None, choices=["dissect", "clip", "classes"],
+                        help="name the concepts: dissect (part masks of a ground-truth world, "
+                             "--probe WORLD), clip (an open_clip model, --clip NAME) or classes "
+                             "(the classes each concept pushes)")
+    parser.add_argument("--probe", default=None,
+                        help="dissect: a ground-truth world (shapes, textures, scales, context); "
+                             "clip: a folder or glob of probe images (default: the class images)")
+    parser.add_argument("--clip", default=None,
+                        help="open_clip model name for --name-with clip (e.g. ViT-B-32) or "
+                             "local-dir:/path")
+    parser.add_argument("--clip-weights", default=None,
+                        help="local open_clip checkpoint file (offline) or a pretrained tag")
+    parser.add_argument("--vocabulary", default="imagenet",
+                        help="clip: imagenet | imagenet21k | a text file with one word per line")
+    parser.add_argument("--visualize", action="store_true",
+                        help="draw every concept with MACO for the report (slow: ~steps x 6 "
+                             "forward/backward passes per concept)")
+    parser.add_argument("--visualize-steps", type=int, default=128)
+
+
+def check_naming_arguments(args: argparse.Namespace) -> None:
+    """Refuse inconsistent naming options before any work (one ``error:`` line, status 2)."""
+    from ..datasets import WORLDS
+
+    if args.name_with == "dissect" and args.probe not in WORLDS:
+        raise CommandError(f"`--probe` must name a ground-truth world for --name-with dissect "
+                           f"({', '.join(WORLDS)}); got {args.probe!r}.")
+    if args.name_with == "clip":
+        if not args.clip:
+            raise CommandError("`--clip` (an open_clip model name) is required with "
+                               "--name-with clip.")
+        if args.vocabulary not in ("imagenet", "imagenet21k") \
+                and not Path(args.vocabulary).is_file():
+            raise CommandError(f"`--vocabulary` {args.vocabulary!r} is neither 'imagenet', "
+                               f"'imagenet21k' nor a text file.")
+    if args.name_with != "clip" and (args.clip or args.clip_weights):
+        raise CommandError("`--clip` and `--clip-weights` go with --name-with clip.")
+
+
+def _vocabulary(text: str) -> Any:
+    if text in ("imagenet", "imagenet21k"):
+        return text
+    path = Path(text)
+    if not path.is_file():
+        raise CommandError(f"`--vocabulary` {text!r} is neither 'imagenet', 'imagenet21k' "
+                           f"nor a text file.")
+    words = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [w for w in words if w]
+
+
+def name_and_visualize(result: Any, args: argparse.Namespace, loaded: Any, size: int) -> None:
+    """Run the naming / visualisation the arguments ask for on ``result`` (in place)."""
+    progress = not args.quiet
+    if args.name_with == "dissect":
+        from ..datasets import WORLDS, load_world
+
+        if args.probe not in WORLDS:
+            raise CommandError(f"`--probe` must name a ground-truth world for --name-with dissect "
+                             f"({', '.join(WORLDS)}); got {args.probe!r}.")
+        probe = load_world(args.probe).sample(PROBE_IMAGES_PER_CLASS, seed=args.seed, split="test")
+        result.name_concepts("dissect", probe, progress=progress)
+    elif args.name_with == "clip":
+        from ..bottleneck import ClipEncoders
+        from ._images import load_images
+
+        if not args.clip:
+            raise CommandError("`--clip` (an open_clip model name) is required with "
+                               "--name-with clip.")
+        encoders = ClipEncoders.from_open_clip(args.clip, pretrained=args.clip_weights)
+        probe = result.images if args.probe is None else load_images(args.probe, size)[0]
+        result.name_concepts("clip", probe, encoders, vocabulary=_vocabulary(args.vocabulary),
+                             progress=progress)
+    elif args.name_with == "classes":
+        names = loaded.class_names if len(loaded.class_names) else None
+        n_outputs = _n_outputs(result)
+        result.name_concepts("classes", class_names=names if names and len(names) == n_outputs
+                             else None, progress=progress)
+    if result.names is not None:
+        print(result.names)
+    if args.visualize:
+        for c in result.ranking:
+            result.visualize(int(c), steps=args.visualize_steps, seed=args.seed, progress=progress)
+
+
+def _n_outputs(result: Any) -> int:
+    import torch
+
+    handle = result.model_at_layer
+    with torch.no_grad():
+        acts = result.activations[:1]
+        context = None if result.context is None else result.context[:1]
+        out = handle.maps_head(acts) if context is None else handle.maps_head(acts, context)
+    return int(out.shape[-1])

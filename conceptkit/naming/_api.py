@@ -1,0 +1,305 @@
+"""``name_concepts`` and the three ways of naming: by masks, by CLIP, by the model's classes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_float, check_int, describe
+from ._classes import default_class_names, excluded_classes, logit_gains
+from ._clip import SIMILARITIES, cos_cubed, soft_wpmi
+from ._dissect import dissect_scores
+from ._probe import SUMMARIES, ConceptSource, Probe, as_probe, crop_probe
+from ._table import SCORES, ConceptName, ConceptNames
+from ._trust import trust_scores
+from ._vocab import vocabulary as resolve_vocabulary
+
+METHODS = ("dissect", "clip", "classes")
+
+
+def _table(method: str, scores: np.ndarray, candidates: list[str], *, score_name: str,
+           min_score: float | None, n_runner_ups: int, params: dict[str, Any],
+           summaries: np.ndarray | None = None, targets: dict[str, np.ndarray] | None = None,
+           descriptions: list[str | None] | None = None,
+           allowed: np.ndarray | None = None, positive_only: bool = False) -> ConceptNames:
+    """Names from a ``(k, M)`` score table over ``candidates`` (higher is better); with
+    ``positive_only`` the runner-ups leave out candidates scoring 0 or less (IoU 0: no overlap)."""
+    n_runner_ups = check_int(n_runner_ups, "n_runner_ups", minimum=0)
+    scores = np.asarray(scores, dtype=np.float64)
+    ranked = np.where(allowed[None, :], scores, -np.inf) if allowed is not None else scores
+    names, best_scores, others, glosses = [], [], [], []
+    for j in range(scores.shape[0]):
+        order = np.argsort(-ranked[j], kind="stable")
+        order = order[np.isfinite(ranked[j, order])]
+        best = int(order[0])
+        value = float(scores[j, best])
+        keep = min_score is None or value > min_score
+        names.append(candidates[best] if keep else None)
+        best_scores.append(value)
+        glosses.append(None if descriptions is None or not keep else descriptions[best])
+        rest = [int(i) for i in order[1:] if not positive_only or scores[j, int(i)] > 0]
+        others.append(tuple((candidates[i], float(scores[j, i])) for i in rest[:n_runner_ups]))
+    trust = ([None] * len(names) if summaries is None or not targets
+             else trust_scores(summaries, names, targets))
+    entries = tuple(ConceptName(concept=j, name=names[j], score=best_scores[j],
+                                runner_ups=others[j], trust=trust[j], description=glosses[j])
+                    for j in range(len(names)))
+    return ConceptNames(method=method, entries=entries, score_name=score_name, params=params)
+
+
+def _class_rows(source: ConceptSource, probe: Probe, class_images_only: bool | None) -> Probe:
+    """The probe images of the explained class (see ``class_images_only``)."""
+    if class_images_only is None:
+        class_images_only = source.class_id is not None and probe.labels is not None \
+            and bool((probe.labels == source.class_id).any())
+    if not class_images_only:
+        return probe
+    if source.class_id is None or probe.labels is None:
+        raise ValueError("`class_images_only=True` needs a class explanation and a probe with "
+                         "class labels (a ConceptDataset).")
+    rows = np.flatnonzero(probe.labels == source.class_id)
+    if rows.size == 0:
+        raise ValueError(f"the probe has no image of class {source.class_id}; pass "
+                         f"class_images_only=False or a probe that has some.")
+    return probe.subset(rows)
+
+
+def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
+                  preprocess: Callable | None = None, quantile: Any = "auto",
+                  class_images_only: bool | None = None, min_score: float | None = 0.04,
+                  summary: str = "max", kind: str = "auto", n_runner_ups: int = 3,
+                  batch_size: int = 64, progress: bool = False) -> ConceptNames:
+    """Network Dissection: name each concept after the part whose masks its maps match best.
+
+    Parameters
+    ----------
+    concepts : ClassConcepts or ConceptBank
+        A class explanation (with its model attached), or a bank with ``model``.
+    probe : ConceptDataset or (images, masks, names)
+        Probe images with part masks ``(N, G, H, W)`` and the G part names.
+    model, preprocess : optional
+        The model (and its input normalisation) for a bare ConceptBank.
+    quantile : float or "auto"
+        Top fraction of each concept's probe pixels kept as its binary map (the paper: 0.005);
+        ``"auto"``: the parts' mean pixel share in the probe (see :mod:`._dissect`).
+    class_images_only : bool, optional
+        Probe only the images of the explained class (default: yes for a class explanation when
+        the probe has labels and images of that class — its concepts describe that class).
+    min_score : float, optional
+        Below this IoU the concept stays unnamed (0.04, the paper's detector threshold).
+    summary : {"max", "mean"}
+        Image-level activation used for the trust score (AUC of images with the part vs without).
+    kind : str
+        The concept maps compared with the masks, as ``ClassConcepts.concept_maps(kind=)``:
+        ``"auto"`` (the explanation's default, coefficient maps for CRAFT) or e.g.
+        ``"scale_matched"`` (CRAFT: the probe image enlarged to the crops' scale), which
+        localises parts much smaller than the crops better. A bare bank: coefficient maps.
+
+    Returns
+    -------
+    ConceptNames
+        Score = IoU; trust = AUC on the probe.
+    """
+    source = ConceptSource(concepts, model, preprocess=preprocess, batch_size=batch_size,
+                           progress=progress)
+    summary = check_choice(summary, "summary", SUMMARIES)
+    full = as_probe(probe, need_masks=True)
+    probe = _class_rows(source, full, class_images_only)
+    if min_score is not None:
+        min_score = check_float(min_score, "min_score")
+    maps = full_maps = source.maps(full.images, kind)
+    if probe is not full:
+        maps = full_maps[torch.as_tensor(probe.rows)]
+    table, used = dissect_scores(maps, probe, quantile)
+    # trust: the whole probe, so that images without the part are there to compare with
+    summaries = source.summaries(full.images, summary, maps=full_maps)
+    params = {"quantile": used, "n_probe_images": len(probe), "summary": summary, "kind": kind,
+              "min_score": min_score, "class_images_only": probe is not full}
+    return _table("dissect", table, list(probe.part_names), score_name=SCORES["dissect"],
+                  min_score=min_score, n_runner_ups=n_runner_ups, params=params,
+                  summaries=summaries, targets=full.targets(), positive_only=True)
+
+
+def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "imagenet",
+                 similarity: str = "soft_wpmi", template: str = "{}",
+                 model: nn.Module | None = None, preprocess: Callable | None = None,
+                 patch_size: Any = "auto", stride: int | None = None,
+                 class_images_only: bool | None = None, summary: str = "mean",
+                 min_score: float | None = None, n_runner_ups: int = 3,
+                 cache_dir: Any = None, batch_size: int = 64, progress: bool = False,
+                 **similarity_kwargs: Any) -> ConceptNames:
+    """CLIP-Dissect: name each concept by the word whose CLIP similarities follow its activations.
+
+    Parameters
+    ----------
+    concepts : ClassConcepts or ConceptBank
+        All concepts are named together (soft-WPMI's word prior is taken over them).
+    probe : images (N, 3, H, W) or ConceptDataset
+        Probe images; a ConceptDataset also gives the trust scores (AUC) of part and class names.
+    clip : ClipEncoders, (open_clip model, tokenizer) or any object with ``encode_image`` and
+        ``encode_text(list[str])``.
+    vocabulary : "imagenet", "imagenet21k" or list of str
+        Candidate names (see :func:`vocabulary`).
+    similarity : {"soft_wpmi", "cos3"}
+        soft-WPMI (CLIP-Dissect's; ``top_k``, ``a=10``, ``lam=1``, ``prior`` via
+        ``similarity_kwargs``, see :func:`soft_wpmi`) or cubed cosine.
+    template : str
+        Prompt for each word, e.g. ``"a photo of a {}"`` (default: the bare word).
+    patch_size : int, None or "auto"
+        Probe with square crops of this side (stride ``stride``, default 0.8 of it) instead of
+        whole images: each crop's concept code is CRAFT's (``g`` on the resized crop, spatial
+        mean, encode) and CLIP sees the crop. ``"auto"``: the bank's patch size for CRAFT
+        concepts, which describe crops; whole images otherwise.
+    class_images_only : bool, optional
+        Probe only the explained class's images (default: as :func:`name_by_masks`). Off, the
+        concepts of one class are also judged by what they respond to in other classes' images,
+        which is often a different part than the one they stand for in their class.
+    summary : {"mean", "max"}
+        Image-level activation of a concept (CLIP-Dissect uses the mean of a conv map).
+    """
+    from ..bottleneck import ClipEncoders  # the CLIP adapter and its text-embedding cache
+
+    source = ConceptSource(concepts, model, preprocess=preprocess, batch_size=batch_size,
+                           progress=progress)
+    similarity = check_choice(similarity, "similarity", SIMILARITIES)
+    summary = check_choice(summary, "summary", SUMMARIES)
+    words = resolve_vocabulary(vocabulary)
+    encoders = ClipEncoders.wrap(clip)
+    probe = _class_rows(source, as_probe(probe), class_images_only)
+    if patch_size == "auto":
+        patch_size = source.bank.params.get("patch_size") if source.bank.method == "craft" else None
+    if patch_size is not None:
+        cut = crop_probe(probe, check_int(patch_size, "patch_size", minimum=1), stride)
+        activations = torch.as_tensor(source.crop_codes(cut.crops))
+        image_emb = encoders.image_embeddings(cut.raw.images, progress=progress)
+        targets = cut.targets
+    else:
+        activations = torch.as_tensor(source.summaries(probe.images, summary))
+        image_emb = encoders.image_embeddings(probe.images, progress=progress)
+        targets = probe.targets()
+    if activations.shape[0] < 2:
+        raise ValueError(f"`probe` gives {activations.shape[0]} image; CLIP naming needs several.")
+    text_emb = encoders.text_embeddings(words, template=template, cache_dir=cache_dir)
+    sims = image_emb.double() @ text_emb.double().T
+    if similarity == "soft_wpmi":
+        if (source.n_concepts < 2 and similarity_kwargs.get("prior") == "concepts"
+                and similarity_kwargs.get("lam", 1.0) != 0):
+            raise ValueError("soft-WPMI's word prior is taken over the concepts named together; "
+                             "with one concept every score is 0. Use similarity='cos3' or lam=0.")
+        table = soft_wpmi(sims, activations, **similarity_kwargs)
+    else:
+        if similarity_kwargs:
+            raise TypeError(f"similarity='cos3' takes no extra arguments; got "
+                            f"{sorted(similarity_kwargs)}.")
+        table = cos_cubed(sims, activations)
+    params = {"similarity": similarity, "template": template, "n_words": len(words),
+              "vocabulary": vocabulary if isinstance(vocabulary, str) else "user list",
+              "summary": summary, "n_probe_images": len(probe), "clip": encoders.model_id,
+              "patch_size": patch_size, "n_probe_inputs": int(activations.shape[0]),
+              **{k: v for k, v in similarity_kwargs.items() if isinstance(v, (int, float))}}
+    score_name = SCORES["clip"] if similarity == "soft_wpmi" else SCORES["clip_cos3"]
+    return _table("clip", table.numpy(), words, score_name=score_name, min_score=min_score,
+                  n_runner_ups=n_runner_ups, params=params,
+                  summaries=activations.numpy(), targets=targets)
+
+
+def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | None = None,
+                    preprocess: Callable | None = None, class_names: list[str] | None = None,
+                    exclude: Any = "own", probe: Any = None, summary: str = "max",
+                    min_score: float | None = 0.0, n_runner_ups: int = 3,
+                    batch_size: int = 64, progress: bool = False) -> ConceptNames:
+    """Name each concept by the classes its direction pushes most through ``h``.
+
+    Parameters
+    ----------
+    concepts : ClassConcepts or ConceptBank
+    images : (N, 3, H, W), optional
+        Images whose activations the concept is added back to; default the explanation's own
+        class images (required with a ConceptBank).
+    class_names : list of str, optional
+        One per model output; default ImageNet's for 1000 outputs (with timm's WordNet
+        definitions as descriptions), ``"class i"`` otherwise.
+    exclude : "own", None or list of int
+        Classes never given as names; ``"own"`` leaves out the explained class.
+    probe : ConceptDataset, optional
+        Labelled probe images for the trust score: AUC of the concept's activation on images of
+        the named class vs the others.
+    min_score : float, optional
+        A concept whose best gain is not above this stays unnamed (0: it pushes no class up).
+    """
+    from ..extraction import split_model
+    from ..extraction._extractor import TokenHead
+
+    source = ConceptSource(concepts, model, preprocess=preprocess, batch_size=batch_size,
+                           progress=progress)
+    summary = check_choice(summary, "summary", SUMMARIES)
+    context = None
+    if images is None:
+        result = source.result
+        if result is None or result.activations is None:
+            raise ValueError("`images` is required with a ConceptBank or an explanation loaded "
+                             "without its activations.")
+        acts, context = result.activations, result.context
+        if result.model_at_layer is None:
+            raise ValueError("naming by classes needs the model: call `attach(model)` first.")
+        h = result.model_at_layer.maps_head
+    else:
+        from .._validation import check_images
+        from ..extraction import ActivationExtractor
+
+        images = check_images(images, "images", channels=3)
+        net = source.require_model("naming by classes")
+        extractor = ActivationExtractor(net, source.bank.layer, batch_size=batch_size,
+                                        progress=progress, preprocess=preprocess
+                                        if source.result is None else source.preprocess)
+        acts = extractor(images)
+        _, h = split_model(net, source.bank.layer)
+        if extractor.prefix_ is not None:
+            h, context = TokenHead(h, extractor.token_layout_), extractor.prefix_
+    codes = torch.as_tensor(source.bank.encode(acts.detach().cpu().float())).float()
+    gains = logit_gains(h, acts.detach().cpu(), codes, source.bank.components, context=context,
+                        batch_size=batch_size, progress=progress)
+    n_classes = gains.shape[1]
+    if class_names is None:
+        names, descriptions = default_class_names(n_classes)
+    else:
+        if not isinstance(class_names, (list, tuple)) or len(class_names) != n_classes:
+            raise ValueError(f"`class_names` must list one name per model output ({n_classes}); "
+                             f"got {describe(class_names)}.")
+        names, descriptions = [str(c) for c in class_names], None
+    left_out = excluded_classes(exclude, source.class_id, n_classes)
+    allowed = np.array([c not in left_out for c in range(n_classes)])
+    if not allowed.any():
+        raise ValueError("`exclude` leaves no class to name concepts after.")
+    summaries = targets = None
+    if probe is not None:
+        probe = as_probe(probe)
+        summaries = source.summaries(probe.images, summary)
+        targets = {names[c]: probe.labels == c for c in range(n_classes)} \
+            if probe.labels is not None else None
+    if min_score is not None:
+        min_score = check_float(min_score, "min_score")
+    params = {"n_images": int(acts.shape[0]), "excluded": sorted(left_out), "summary": summary}
+    return _table("classes", gains, names, score_name=SCORES["classes"], min_score=min_score,
+                  n_runner_ups=n_runner_ups, params=params, summaries=summaries, targets=targets,
+                  descriptions=descriptions, allowed=allowed)
+
+
+_NAMERS = {"dissect": name_by_masks, "clip": name_by_clip, "classes": name_by_classes}
+
+
+def name_concepts(concepts: Any, method: str = "dissect", *args: Any, **kwargs: Any) -> ConceptNames:
+    """Name the concepts of an explanation (or of a bank with its model).
+
+    ``method``: ``"dissect"`` (:func:`name_by_masks`: probe images with part masks),
+    ``"clip"`` (:func:`name_by_clip`: CLIP-Dissect over a vocabulary) or ``"classes"``
+    (:func:`name_by_classes`: the classes the concept pushes through ``h``). The other arguments
+    go to that function. Every name comes with a score, runner-ups and, where the probe set has
+    labels or masks for it, a CoSy-style trust score (AUC).
+    """
+    method = check_choice(method, "method", METHODS)
+    return _NAMERS[method](concepts, *args, **kwargs)

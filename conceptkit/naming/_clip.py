@@ -1,0 +1,80 @@
+"""Naming with CLIP: CLIP-Dissect (Oikarinen & Weng, ICLR 2023) for discovered concepts.
+
+Inputs are ``P (N, M)``, the cosine similarities of N probe images with M words (normalised CLIP
+embeddings), and ``A (N, K)``, one activation per image for each of the K concepts named together.
+
+**soft-WPMI** (the paper's best): the words' probabilities per image ``softmax(a · P)`` over the
+vocabulary; each concept's ``top_k`` most activating images each belong to its "concept set" with
+a probability falling linearly from ``p_start`` to ``p_end`` by rank; then::
+
+    log p(w | k) = Σ_{i in top_k} log(1 + p_i (softmax_i(w) − 1) + min_prob)
+    log p(w)     = logsumexp_k log p(w | k) − log K
+    score(k, w)  = log p(w | k) − lam · log p(w)
+
+``log p(w)`` (``prior="concepts"``, the reference) is taken over the concepts named together. It
+suits a layer's hundreds of units; over a bank of ten concepts it saturates: a word that only one
+concept's top inputs show scores ``log K`` however weakly they show it (ties), and a word that two
+redundant concepts share is pushed down for both. ``prior="probe"`` (the default here) compares
+with ``top_k`` random probe inputs instead — the same set likelihood at the mean in-set
+probability::
+
+    log p(w) = top_k · mean_{i in probe} log(1 + p̄ (softmax_i(w) − 1) + min_prob)
+
+so the score is how much more likely the word makes the concept's top inputs than chance.
+
+**cos³**: centre ``A`` and ``P`` over the images, cube elementwise, normalise every column, and take
+the cosine of each concept's column with each word's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._validation import check_float, check_int
+
+SIMILARITIES = ("soft_wpmi", "cos3")
+
+
+def default_top_k(n_inputs: int) -> int:
+    """CLIP-Dissect's 100 top images for probes of 2000 inputs or more, 5 % of smaller probes
+    (at least 5): 100 of a few hundred crops is no longer the top of anything."""
+    return int(min(100, max(5, round(0.05 * n_inputs))))
+
+
+def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int | None = None,
+              a: float = 10.0, lam: float = 1.0, min_prob: float = 1e-7, p_start: float = 0.998,
+              p_end: float = 0.97, prior: str = "probe") -> torch.Tensor:
+    """Soft weighted pointwise mutual information ``(K, M)`` (see the module notes).
+
+    ``top_k``: default :func:`default_top_k`; capped at the number of probe inputs. ``prior``:
+    ``"probe"`` (over random sets of ``top_k`` probe inputs) or ``"concepts"`` (the reference:
+    over the concepts named together); see the module notes.
+    """
+    n = clip_sims.shape[0]
+    top_k = default_top_k(n) if top_k is None else min(check_int(top_k, "top_k", minimum=1), n)
+    a = check_float(a, "a", minimum=0.0, strict_minimum=True)
+    lam = check_float(lam, "lam", minimum=0.0)
+    probs = torch.softmax(a * clip_sims.double(), dim=1)                    # (N, M)
+    top = torch.topk(activations.double(), top_k, dim=0).indices             # (top_k, K)
+    in_set = torch.linspace(p_start, p_end, top_k + 1, dtype=torch.float64)[:top_k, None, None]
+    chosen = probs[top]                                                      # (top_k, K, M)
+    log_given = torch.log(1 + in_set * (chosen - 1) + min_prob).sum(0)      # (K, M)
+    if prior == "concepts":
+        log_word = torch.logsumexp(log_given, dim=0, keepdim=True) - np.log(log_given.shape[0])
+    elif prior == "probe":
+        mean_in = in_set.mean()
+        log_word = top_k * torch.log(1 + mean_in * (probs - 1) + min_prob).mean(0, keepdim=True)
+    else:
+        raise ValueError(f"`prior` must be 'concepts' or 'probe'; got {prior!r}.")
+    return log_given - lam * log_word
+
+
+def cos_cubed(clip_sims: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Cubed-cosine similarity ``(K, M)`` of concept activations and word similarities."""
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        x = (x - x.mean(0, keepdim=True)) ** 3
+        return x / x.norm(dim=0, keepdim=True).clamp_min(1e-300)
+
+    return prepare(activations).T @ prepare(clip_sims)

@@ -1,0 +1,255 @@
+"""What naming works on: the concepts (an explanation, or a bank with its model) and a probe set.
+
+:class:`ConceptSource` hides the difference between a ``ClassConcepts`` (it knows its model,
+preprocessing and map kind) and a bare :class:`~conceptkit.concepts.ConceptBank` handed with a
+model. :class:`Probe` holds the probe images with whatever annotations exist: part masks (for
+``"dissect"``), per-image part presence and class labels (for the trust score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_images, check_int, describe
+from ..concepts import ConceptBank
+from ..extraction import ActivationExtractor
+
+SUMMARIES = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Probe images and their annotations (any of them may be missing).
+
+    ``masks (N, G, H, W)`` bool and ``part_names`` (G) for dissection; ``presence (N, G)`` bool,
+    whether each named part is in each image; ``labels (N,)`` int and ``class_names`` for class
+    labels.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor | None = None
+    part_names: tuple[str, ...] = ()
+    presence: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    rows: np.ndarray | None = None  # set by subset(): the rows of the probe it was taken from
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, rows: np.ndarray) -> Probe:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return Probe(self.images[index], None if self.masks is None else self.masks[index],
+                     self.part_names, None if self.presence is None else self.presence[rows],
+                     None if self.labels is None else self.labels[rows], self.class_names,
+                     np.asarray(rows))
+
+    def targets(self) -> dict[str, np.ndarray]:
+        """Every name the probe can check, with the images that show it: ``{name: (N,) bool}``.
+
+        Part names come first; a class name that equals a part name does not replace it.
+        """
+        out: dict[str, np.ndarray] = {}
+        if self.presence is not None:
+            for g, name in enumerate(self.part_names):
+                out[name] = self.presence[:, g].astype(bool)
+        if self.labels is not None:
+            for c, name in enumerate(self.class_names):
+                out.setdefault(name, self.labels == c)
+        return out
+
+
+def as_probe(probe: Any, name: str = "probe", *, need_masks: bool = False) -> Probe:
+    """Accept a ConceptDataset (duck-typed), a ``(images, masks, names)`` tuple or bare images."""
+    if isinstance(probe, Probe):
+        return probe
+    if all(hasattr(probe, a) for a in ("images", "masks", "concept_names", "labels")):
+        images = check_images(probe.images, f"{name}.images", channels=3)
+        masks = torch.as_tensor(probe.masks).bool()
+        presence = masks.flatten(2).any(-1).numpy()
+        if getattr(probe, "concepts", None) is not None:
+            presence = torch.as_tensor(probe.concepts).numpy() >= 0.5
+        return Probe(images, masks, tuple(map(str, probe.concept_names)), presence,
+                     torch.as_tensor(probe.labels).long().numpy(),
+                     tuple(map(str, getattr(probe, "class_names", ()))))
+    if isinstance(probe, (tuple, list)) and len(probe) == 3:
+        images = check_images(probe[0], f"{name}[0] (images)", channels=3)
+        masks = probe[1]
+        if isinstance(masks, np.ndarray):
+            masks = torch.from_numpy(masks)
+        if not isinstance(masks, torch.Tensor) or masks.ndim != 4 \
+                or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[2:]:
+            raise ValueError(f"`{name}[1]` (masks) must be (N, G, H, W) with the images' N, H and "
+                             f"W {tuple(images.shape[:1]) + tuple(images.shape[2:])}; got "
+                             f"{describe(masks)}.")
+        names = probe[2]
+        if isinstance(names, str) or not isinstance(names, Sequence) \
+                or len(names) != masks.shape[1] or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"`{name}[2]` (names) must list one string per mask channel "
+                             f"({masks.shape[1]}); got {describe(names)}.")
+        masks = masks.bool()
+        return Probe(images, masks, tuple(names), masks.flatten(2).any(-1).numpy())
+    if need_masks:
+        raise TypeError(f"`{name}` must be a ConceptDataset (e.g. make_concept_dataset(...)) or a "
+                        f"tuple (images (N, 3, H, W), masks (N, G, H, W), names [G]); got "
+                        f"{describe(probe)}.")
+    return Probe(check_images(probe, name, channels=3))
+
+
+class ConceptSource:
+    """Concept maps and activations of images, for an explanation or a bank with its model."""
+
+    def __init__(self, concepts: Any, model: nn.Module | None = None, *,
+                 preprocess: Callable | None = None, batch_size: int = 64,
+                 progress: bool = False) -> None:
+        self.result = None
+        if isinstance(concepts, ConceptBank):
+            self.bank = concepts
+            if model is not None and not isinstance(model, nn.Module):
+                raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
+            self.model = model
+            self.preprocess = preprocess
+        elif hasattr(concepts, "bank") and hasattr(concepts, "concept_maps"):
+            self.result = concepts  # a ClassConcepts: it knows its model and map kind
+            self.bank = concepts.bank
+            explainer = getattr(concepts, "model_at_layer", None)
+            if model is not None:
+                raise ValueError("`model` is only for a bare ConceptBank; an explanation uses its "
+                                 "own model (re-attach one with `attach(model)`).")
+            self.model = None if explainer is None else explainer.model
+            self.preprocess = None if explainer is None else explainer.preprocess
+        else:
+            raise TypeError(f"`concepts` must be a ClassConcepts or a ConceptBank (with `model`); "
+                            f"got {describe(concepts)}.")
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.progress = bool(progress)
+
+    @property
+    def n_concepts(self) -> int:
+        return self.bank.n_concepts
+
+    @property
+    def class_id(self) -> int | None:
+        return None if self.result is None else int(self.result.class_id)
+
+    def require_model(self, what: str) -> nn.Module:
+        if self.model is None:
+            if self.result is not None:
+                raise ValueError(f"{what} needs the model, and this explanation was loaded from "
+                                 f"disk without it: call `attach(model)` first.")
+            raise ValueError(f"{what} needs the model: pass `model=` with a ConceptBank.")
+        return self.model
+
+    def activations(self, images: torch.Tensor) -> torch.Tensor:
+        """Feature maps ``(N, C, h, w)`` (or ``(N, C)``) of ``images`` at the bank's layer."""
+        if self.result is not None and self.result.model_at_layer is not None:
+            return self.result.model_at_layer.activations(images, progress=self.progress)
+        model = self.require_model("computing activations of probe images")
+        return ActivationExtractor(model, self.bank.layer, batch_size=self.batch_size,
+                                   progress=self.progress, preprocess=self.preprocess)(images)
+
+    def crop_codes(self, crop_set: Any) -> np.ndarray:
+        """Concept codes ``(M, k)`` of crops: ``g`` on each resized crop, spatial mean, encode
+        (exactly how CRAFT's own crops were coded)."""
+        if self.result is not None and self.result.model_at_layer is not None:
+            explainer = self.result.model_at_layer
+            extractor = ActivationExtractor(explainer.model, self.bank.layer,
+                                            batch_size=explainer.batch_size, device=explainer.device,
+                                            progress=self.progress, reduce="mean",
+                                            preprocess=explainer.preprocess)
+        else:
+            model = self.require_model("concept codes of probe crops")
+            extractor = ActivationExtractor(model, self.bank.layer, batch_size=self.batch_size,
+                                            progress=self.progress, reduce="mean",
+                                            preprocess=self.preprocess)
+        acts = extractor(crop_set)
+        return torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).double().numpy()
+
+    def maps(self, images: torch.Tensor, kind: str = "auto") -> torch.Tensor:
+        """Concept maps ``(N, k, H, W)`` at the images' size (``kind``: a map kind of
+        ``ClassConcepts.concept_maps``; ``"auto"``: the explanation's default; a bare bank has
+        coefficient maps)."""
+        if self.result is not None:
+            self.require_model("concept maps of probe images")
+            return self.result.concept_maps(images, kind=kind).float()
+        if kind not in ("auto", "coefficient"):
+            raise ValueError(f"`kind` {kind!r} needs a ClassConcepts; a ConceptBank with its model "
+                             f"gives coefficient maps only (kind='auto' or 'coefficient').")
+        from ..maps import coefficient_maps
+
+        acts = self.activations(images)
+        if acts.ndim != 4:
+            raise ValueError(f"concept maps need spatial activations (N, C, h, w) at layer "
+                             f"{self.bank.layer!r}; got shape {tuple(acts.shape)}.")
+        return coefficient_maps(acts, self.bank, tuple(images.shape[-2:])).float()
+
+    def summaries(self, images: torch.Tensor, summary: str = "mean",
+                  maps: torch.Tensor | None = None) -> np.ndarray:
+        """One activation per image and concept ``(N, k)``: the spatial mean or max of its map
+        (the image-level codes when the layer has no spatial axes)."""
+        if maps is None:
+            flat_layer = (self.result is not None and self.result.activations is not None
+                          and self.result.activations.ndim == 2)
+            if self.result is None:
+                acts = self.activations(images)
+                if acts.ndim == 2:
+                    flat_layer = True
+                else:
+                    from ..maps import coefficient_maps
+
+                    maps = coefficient_maps(acts, self.bank).float()
+            if flat_layer:
+                acts = self.activations(images)
+                return torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).double().numpy()
+            if maps is None:
+                maps = self.maps(images)
+        flat = maps.flatten(2)
+        values = flat.mean(-1) if summary == "mean" else flat.amax(-1)
+        return values.double().numpy()
+
+
+@dataclass(frozen=True)
+class CropProbe:
+    """Square crops of probe images (CRAFT's decomposition), with what the probe knows of them.
+
+    ``crops`` resizes to the model's input for the activations; ``raw`` keeps each crop at its own
+    size for CLIP. A part counts as present in a crop when at least ``min_part_share`` of its
+    pixels in that image lie inside the crop.
+    """
+
+    crops: Any                      # extraction.CropSet, resized to the image size
+    raw: Any                        # the same crops at their own size
+    targets: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+def crop_probe(probe: Probe, patch_size: int, stride: int | None = None,
+               min_part_share: float = 0.5) -> CropProbe:
+    """Cut the probe images into crops and carry their part presence and class labels."""
+    from ..extraction import crops
+
+    crop_set = crops(probe.images, patch_size, stride)
+    raw = crops(probe.images, patch_size, crop_set.stride, image_size=patch_size)
+    prov = crop_set.provenance
+    ids = prov.image_ids
+    targets: dict[str, np.ndarray] = {}
+    if probe.masks is not None:
+        masks = probe.masks
+        total = masks.flatten(2).sum(-1).double()                               # (N, G)
+        inside = torch.stack([masks[i, :, y0:y1, x0:x1].flatten(1).sum(-1)
+                              for i, (y0, x0, y1, x1) in zip(ids, prov.boxes)]).double()
+        share = (inside / total[torch.as_tensor(ids)].clamp_min(1)).numpy()
+        for g, name in enumerate(probe.part_names):
+            targets[name] = share[:, g] >= min_part_share
+    if probe.labels is not None:
+        for c, name in enumerate(probe.class_names):
+            targets.setdefault(name, probe.labels[ids] == c)
+    return CropProbe(crop_set, raw, targets)

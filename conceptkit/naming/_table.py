@@ -1,0 +1,172 @@
+"""The result of naming: one small frozen record per concept, and a table of them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._validation import describe
+from ..io import json_ready
+
+#: What each method's score measures (the table's column header).
+SCORES = {"dissect": "IoU", "clip": "soft-WPMI", "clip_cos3": "cos^3", "classes": "logit gain"}
+
+
+@dataclass(frozen=True)
+class ConceptName:
+    """The name given to one concept, how well it fits and how much to trust it.
+
+    Attributes
+    ----------
+    concept : int
+        Index of the concept in its bank.
+    name : str or None
+        The best-scoring name; None when no candidate reached the method's ``min_score``
+        (the concept keeps its index, see :attr:`label`).
+    score : float
+        The best candidate's score (IoU for ``"dissect"``, soft-WPMI or cos³ for ``"clip"``, mean
+        logit gain for ``"classes"``), whether or not it was kept as the name.
+    runner_ups : tuple of (str, float)
+        The next best candidates with their scores, best first.
+    trust : float or None
+        CoSy-style AUC: how well the concept's activation separates probe images that contain the
+        named thing from those that do not (0.5 = chance, 1 = perfect). None when the probe set
+        has no labels or masks for the name.
+    description : str or None
+        A longer gloss where one is known (the WordNet definition of an ImageNet class).
+    """
+
+    concept: int
+    name: str | None
+    score: float
+    runner_ups: tuple[tuple[str, float], ...] = ()
+    trust: float | None = None
+    description: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name, or ``"concept <index>"`` for an unnamed concept."""
+        return self.name if self.name is not None else f"concept {self.concept}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (NaN and infinite numbers become None)."""
+        return {"concept": int(self.concept), "name": self.name, "score": _finite(self.score),
+                "runner_ups": [[str(n), _finite(s)] for n, s in self.runner_ups],
+                "trust": _finite(self.trust), "description": self.description}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConceptName:
+        """Inverse of :meth:`to_dict`; raises ValueError on a malformed record."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a concept name record must be a dict; got {describe(data)}.")
+        try:
+            name = data["name"]
+            description = data.get("description")
+            if name is not None and not isinstance(name, str):
+                raise ValueError(f"name must be a string or null; got {describe(name)}")
+            if description is not None and not isinstance(description, str):
+                raise ValueError(f"description must be a string or null; got {describe(description)}")
+            runner_ups = tuple((str(n), _number(s)) for n, s in data.get("runner_ups", []))
+            trust = data.get("trust")
+            return cls(concept=int(data["concept"]), name=name, score=_number(data["score"]),
+                       runner_ups=runner_ups, trust=None if trust is None else _number(trust),
+                       description=description)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed concept name record {data!r}: {err}") from err
+
+
+@dataclass(frozen=True)
+class ConceptNames(Sequence):
+    """Names of the concepts of one bank, indexed by concept.
+
+    ``names[j]`` is the :class:`ConceptName` of concept ``j``; :meth:`labels` gives a display
+    label per concept; ``repr`` is a readable table (name, score, trust, runner-ups).
+
+    Attributes
+    ----------
+    method : str
+        ``"dissect"``, ``"clip"`` or ``"classes"``.
+    entries : tuple of ConceptName
+        One per concept, in concept order.
+    score_name : str
+        What the score measures (``"IoU"``, ``"soft-WPMI"``, ``"cos^3"``, ``"logit gain"``).
+    params : dict
+        The settings the names were computed with (JSON-able).
+    """
+
+    method: str
+    entries: tuple[ConceptName, ...]
+    score_name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for j, entry in enumerate(self.entries):
+            if entry.concept != j:
+                raise ValueError(f"entries must be in concept order; entry {j} is concept "
+                                 f"{entry.concept}.")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.entries[index]
+
+    def __iter__(self) -> Iterator[ConceptName]:
+        return iter(self.entries)
+
+    def labels(self) -> list[str]:
+        """One display label per concept: its name, or ``"concept <index>"`` if unnamed."""
+        return [entry.label for entry in self.entries]
+
+    def __repr__(self) -> str:
+        width = max([len(e.label) for e in self.entries] + [7])
+        lines = [f"ConceptNames(method={self.method!r}, {len(self)} concepts, score = "
+                 f"{self.score_name}, trust = AUC on the probe set)",
+                 f"  {'#':>3}  {'name':<{width}}  {'score':>8}  {'trust':>5}  runner-ups"]
+        for e in self.entries:
+            trust = "  -  " if e.trust is None else f"{e.trust:5.2f}"
+            others = ", ".join(f"{n} ({_short(s)})" for n, s in e.runner_ups[:3])
+            lines.append(f"  {e.concept:>3}  {e.label:<{width}}  {_short(e.score):>8}  {trust}  "
+                         f"{others}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored in saved explanations and reports."""
+        return {"method": self.method, "score_name": self.score_name,
+                "params": json_ready(self.params),
+                "entries": [e.to_dict() for e in self.entries]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ConceptNames:
+        """Inverse of :meth:`to_dict`; raises ValueError on malformed input."""
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+            raise ValueError(f"concept names must be a dict with a list of entries; got "
+                             f"{describe(data)}.")
+        params = data.get("params", {})
+        if not isinstance(params, dict):
+            raise ValueError(f"concept names params must be a dict; got {describe(params)}.")
+        return cls(method=str(data["method"]), score_name=str(data.get("score_name", "")),
+                   entries=tuple(ConceptName.from_dict(e) for e in data["entries"]), params=params)
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {describe(value)}")
+    return float(value)
+
+
+def _short(value: float) -> str:
+    if value is None or not math.isfinite(value):
+        return "nan"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.3g}"
