@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._reprs import dataclass_repr
 from .._torchutils import capture_output, on_device, preserved_model_state
 from .._validation import check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
@@ -274,3 +275,7 @@ def _optimise(model: nn.Module, bank: ConceptBank, concept: int, images: torch.T
               "crop_fraction": list(fraction), "noise": noise, "learning_rate": learning_rate,
               "seed": seed, "n_spectrum_images": int(images.shape[0])}
     return ConceptVisualization(final, transparency, concept, history, params)
+
+
+# Short reprs: shapes of arrays, not their values (print(vis) stays readable).
+ConceptVisualization.__repr__ = dataclass_repr  # type: ignore[method-assign]

@@ -49,6 +49,9 @@ EXPECTED = {
     "More activations than memory: the store, streaming NMF, torchrun": [r"\(25, 64\)"],
     "TCAV: does a concept you name matter?": [r"red disk\s+1\.000 ± 0\.000 .* yes",
                                               r"blue square\s+1\.000 ± 0\.000 .* yes"],
+    "Concepts in words and pictures": [r"green triangle\s+0\.\d+\s+1\.00",
+                                       r"yellow ring\s+0\.\d+\s+1\.00",
+                                       r"ConceptVisualization\(image=tensor\(3, 112, 112\)"],
     "Concept bottleneck models": [r"joint CBM: 240 training / 240 validation examples",
                                   r"validation accuracy: task (0\.9\d\d|1\.000)"],
 }
