@@ -16,7 +16,8 @@ A (class, part) pair is **causal** when the part is one of the class's designed 
 (``class_concepts``), and **relied on** when painting the part out of the class images drops the
 class probability by at least ``RELIED`` (0.1) on average (``conceptkit.evaluate.reliance``,
 median fill): the models do not use every designed part. A pair is **flagged** when TCAV calls it
-significant *and* its statistic is above the baseline's (the concept direction raises the class
+significant *and* its tested statistic (sign count, or the mean directional derivative with the
+default ``statistic="magnitude"``) is above the baseline's (the concept direction raises the class
 logit); the two-sided count (either direction) is printed too. Hits = flagged causal pairs the
 model relies on / those pairs; "unused" = flagged causal pairs the model does not rely on;
 false positives = flagged non-causal pairs / non-causal pairs. The issue's bar: every causal pair
@@ -195,13 +196,20 @@ def conceptkit_variant(h, cls: dict, concepts: dict, randoms: list, seed: int, *
         warnings.simplefilter("ignore")
         result = tcav(h, cls["activations"], concepts, randoms[1:] + randoms[:1], cls["class_id"],
                       n_runs=len(randoms) - 1, seed=seed, progress=False, **kwargs)
-    random_mean = float(result.random_scores.mean())
+    # the direction is judged on the statistic that was tested: behind a linear head every sign
+    # count is 0 or 1 for the concept and the baseline alike, so with the default (magnitude)
+    # protocol "sign count above the baseline's" would reject significant, class-raising concepts
+    magnitude = result.statistic == "magnitude"
+    tested = result.mean_magnitudes if magnitude else result.mean_scores
+    random_mean = float((result.random_magnitudes if magnitude else result.random_scores).mean())
     out = {}
     for j, name in enumerate(result.concept_names):
         significant = bool(result.significant[j])
         out[name] = {"mean": float(result.mean_scores[j]), "p": float(result.p_values_corrected[j]),
-                     "significant": significant,
-                     "positive": significant and bool(result.mean_scores[j] > random_mean)}
+                     "magnitude": float(result.mean_magnitudes[j]),
+                     "random_magnitude": float(result.random_magnitudes.mean()),
+                     "statistic": result.statistic, "significant": significant,
+                     "positive": significant and bool(tested[j] > random_mean)}
     return out
 
 
