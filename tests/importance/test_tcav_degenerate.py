@@ -1,6 +1,7 @@
 """TCAV at a layer followed only by pooling and an affine head is degenerate: the class logit's
 gradient is the head's weight row for every input, so every directional derivative of a CAV has
-one sign and scores are 0 or 1. conceptkit warns and says which layer helps."""
+one sign and scores are 0 or 1. With the sign-count statistic (CLASSIC_TCAV) conceptkit warns and
+says which layer helps; the default statistic (magnitudes) does not degenerate and does not warn."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import torch
 from _shared import two_block_cnn
 
 from conceptkit.extraction import ActivationExtractor, split_model
-from conceptkit.importance import tcav
+from conceptkit.importance import CLASSIC_TCAV, tcav
 
 
 def activations(model, layer, images):
     return ActivationExtractor(model, layer, progress=False)(images)
 
 
-def run(layer: str):
+def run(layer: str, **protocol):
     model = two_block_cnn()
     g = torch.Generator().manual_seed(0)
     images = torch.rand(24, 3, 32, 32, generator=g)
@@ -31,12 +32,12 @@ def run(layer: str):
         result = tcav(h, activations(model, layer, images),
                       {"dark": activations(model, layer, dark)},
                       activations(model, layer, pool), class_id=1, n_runs=10, seed=0,
-                      progress=False)
+                      progress=False, **protocol)
     return result, [w for w in caught if "degenerate TCAV" in str(w.message)]
 
 
 def test_pooling_and_affine_head_warns_and_names_the_fix():
-    result, caught = run("block2")  # block2 -> global average pooling -> Linear
+    result, caught = run("block2", **CLASSIC_TCAV)  # block2 -> global average pooling -> Linear
     assert np.isin(result.scores, (0.0, 1.0)).all()
     assert np.isin(result.random_scores, (0.0, 1.0)).all()
     assert len(caught) == 1
@@ -44,6 +45,13 @@ def test_pooling_and_affine_head_warns_and_names_the_fix():
     assert "every TCAV score is 0 or 1" in message and "Use an earlier layer" in message
     assert result.notes and "note: degenerate TCAV" in result.summary()
     assert result.to_dict()["notes"] == list(result.notes)
+
+
+def test_the_default_statistic_does_not_degenerate_there():
+    result, caught = run("block2", baseline="random")  # magnitudes, one concept set
+    assert np.isin(result.scores, (0.0, 1.0)).all()      # the sign counts still are 0 or 1 ...
+    assert not caught and result.notes == ()             # ... but magnitudes are tested: no note
+    assert len(np.unique(np.round(result.magnitudes, 12))) > 2
 
 
 class ProductHead(torch.nn.Module):
@@ -70,7 +78,7 @@ def test_a_non_linear_rest_does_not_warn():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = tcav(ProductHead(8), acts, {"shifted": concept}, pool, class_id=1, n_runs=10,
-                      seed=0, progress=False)
+                      seed=0, progress=False, **CLASSIC_TCAV)
     assert not [w for w in caught if "degenerate TCAV" in str(w.message)]
     assert result.notes == ()
     assert not np.isin(np.concatenate([result.scores.ravel(), result.random_scores]),
