@@ -6,6 +6,8 @@
 - :class:`ClassConcepts` — the result: importances, maps, exemplars, report, save/load.
 - :func:`decompose_concept` / :class:`ConceptTree` — CRAFT's recursive sub-concepts.
 - :class:`ModelAtLayer` — a model cut at a layer with the settings used to run it.
+- :func:`pixel_ablation` — the default importance: each concept's map region painted out of the
+  images, the drop of the class probability with the whole model re-run.
 - :func:`build_class_report` — the :class:`~conceptkit.report.ClassReport` of an explanation
   (what ``ClassConcepts.report`` draws with :func:`conceptkit.report.write_class_report`).
 - :class:`ConceptAtlas` — one concept dictionary for all classes: importance table, shared
@@ -20,6 +22,7 @@ from ._atlas_results import AtlasImportance, ConceptSearch, ConfusionExplanation
 from ._explainer import DISCOVERY_METHODS, ConceptExplainer, predict_labels
 from ._handle import ModelAtLayer
 from ._manager import ConceptManager
+from ._pixel import pixel_ablation
 from ._recursion import ConceptTree, decompose_concept, plot_subconcepts, subconcept_examples
 from ._result import ClassConcepts
 
@@ -36,6 +39,7 @@ __all__ = [
     "ModelAtLayer",
     "build_class_report",
     "decompose_concept",
+    "pixel_ablation",
     "plot_subconcepts",
     "predict_labels",
     "subconcept_examples",
