@@ -12,7 +12,7 @@ import numpy as np
 
 from .._validation import check_choice, check_float, check_int, describe
 from ..io import json_ready, write_json
-from ._colors import concept_hex_colors
+from ._colors import concept_colors, concept_hex_colors
 from ._data import ClassReport
 from ._figures import (
     DEFAULT_DPI,
@@ -150,11 +150,14 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
             f"{presence} over {report.codes.shape[0]} fitted rows; grey cells are undefined."),
     ]
     if any(c.visualization is not None for c in report.concepts):
-        shown = [c.visualization if c.visualization is not None
-                 else np.zeros((0, 3, 8, 8), dtype=np.float32) for c in report.concepts]
+        # only the visualised concepts, each in the colour it has in every other figure
+        keep = [i for i, c in enumerate(report.concepts) if c.visualization is not None]
+        palette = concept_colors(len(report.concepts))
         pictures.append(Picture(
             "visualizations", "Concept visualisations", figure_png(plot_exemplar_grid(
-                shown, labels, report.importances, n_exemplars=2, max_side=192), dpi),
+                [report.concepts[i].visualization for i in keep], [labels[i] for i in keep],
+                np.asarray(report.importances)[keep], [palette[i] for i in keep],
+                n_exemplars=2, max_side=192), dpi),
             "visualizations.png",
             "Feature visualisation (MACO) of each visualised concept: an image optimised to raise "
             "the concept's coefficient, then the same image faded where its transparency map (the "
