@@ -164,12 +164,15 @@ def _check_seed(seed: Any) -> int | None:
     return None if seed is None else check_int(seed, "seed", minimum=0)
 
 
-def _interval(per_input: np.ndarray, confidence: float | None):
+def student_interval(per_input: np.ndarray, confidence: float | None):
+    """The Student-t interval of the mean over axis 0 (the inputs): NaN with fewer than two
+    inputs; ``(None, None)`` without a confidence level. The one interval of concept importance,
+    pixel ablation and the atlas."""
     if confidence is None:
         return None, None
     n = per_input.shape[0]
     if n < 2:
-        nan = np.full(per_input.shape[1], np.nan)
+        nan = np.full(per_input.shape[1:], np.nan)
         return nan, nan.copy()
     half = (stats.t.ppf((1 + confidence) / 2, n - 1) * per_input.std(axis=0, ddof=1)
             / math.sqrt(n))
@@ -285,7 +288,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
                                   progress=progress, context=context, residual=residual,
                                   score=score)
         result = entry.run(problem, Seeds(seed), **options)
-    low, high = _interval(result.per_input, confidence)
+    low, high = student_interval(result.per_input, confidence)
     params = {"seed": seed, "confidence": confidence, "n_inputs": problem.n_inputs,
               "n_concepts": problem.n_concepts, "residual": residual, "score": score,
               **result.info}

@@ -25,12 +25,12 @@ from .._validation import check_choice, check_float, check_int, describe
 from ..concepts import Factorizer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
+from ..importance._concept import student_interval
 from ._atlas_data import AtlasData, class_labels, from_images, from_store, head_logits
 from ._atlas_results import (
     AtlasImportance,
     ConceptSearch,
     ConfusionExplanation,
-    _t_interval,
     margin_contributions,
 )
 from ._result import KnownCodes
@@ -274,7 +274,7 @@ class ConceptAtlas:
             lambda x: torch.from_numpy(head_logits(head, x, None, x.shape[0])),
             codes, _decoder(data.bank), a, b, batch_size=max(1, ex.batch_size // 4))
         mean = per_image.mean(axis=0)
-        low, high = _t_interval(per_image)
+        low, high = student_interval(per_image, 0.95)
         important = imp.important(relative)
         shared = important[ra] & important[rb]
         examples = None

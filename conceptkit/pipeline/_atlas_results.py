@@ -9,18 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
-
-
-def _t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Student-t interval of the mean over axis 0 (NaN with fewer than two rows)."""
-    n = values.shape[0]
-    mean = values.mean(axis=0)
-    if n < 2:
-        nan = np.full_like(mean, np.nan, dtype=np.float64)
-        return nan, nan.copy()
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(axis=0, ddof=1) / math.sqrt(n)
-    return mean - half, mean + half
 
 
 @dataclass(frozen=True, eq=False)

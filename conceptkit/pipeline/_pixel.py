@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_float
 from ..importance import ConceptImportance
+from ..importance._concept import student_interval
 
 #: Importance methods of the explainer that run on pixels rather than on activations.
 PIXEL_METHODS = ("pixel_ablation",)
@@ -70,21 +70,6 @@ def _runner(model: Any, preprocess: Callable | None, device: Any):
             return out[0] if isinstance(out, (tuple, list)) else out
 
         yield forward
-
-
-def student_interval(per_input: np.ndarray, confidence: float | None):
-    """The Student-t interval of the mean over inputs (NaN for one input; None, None without a
-    confidence level), as :func:`~conceptkit.importance.concept_importance` reports it."""
-    if confidence is None:
-        return None, None
-    n = per_input.shape[0]
-    if n < 2:
-        nan = np.full(per_input.shape[1], np.nan)
-        return nan, nan.copy()
-    half = (stats.t.ppf((1 + confidence) / 2, n - 1) * per_input.std(axis=0, ddof=1)
-            / np.sqrt(n))
-    mean = per_input.mean(axis=0)
-    return mean - half, mean + half
 
 
 def _probabilities(forward: Callable, images: torch.Tensor, class_id: int) -> torch.Tensor:
