@@ -141,7 +141,8 @@ def reliance(model, world, batch: int = 256) -> np.ndarray:
     probs = lambda x: torch.cat([model(x[s:s + batch]).softmax(1)  # noqa: E731
                                  for s in range(0, len(x), batch)])
     labels, concepts = world.labels.numpy(), world.concepts.numpy()
-    out = np.full((6, concepts.shape[1]), np.nan)
+    n_classes = int(world.n_classes)
+    out = np.full((n_classes, concepts.shape[1]), np.nan)
     with torch.no_grad():
         base = probs(world.images)
         for p in range(concepts.shape[1]):
@@ -149,7 +150,7 @@ def reliance(model, world, batch: int = 256) -> np.ndarray:
             if rows.size == 0:
                 continue
             painted = probs(paint_out(world.images[rows], world.masks[rows, p]))
-            for c in range(6):
+            for c in range(n_classes):
                 mine = labels[rows] == c
                 if mine.sum() >= 5:
                     idx = torch.as_tensor(rows[mine])
@@ -158,28 +159,36 @@ def reliance(model, world, batch: int = 256) -> np.ndarray:
 
 
 def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | None = None,
-                threshold: float = 0.1) -> None:
+                threshold: float = 0.1, world_name: str = "shapes") -> None:
     from conceptkit import ConceptAtlas
-    from conceptkit.datasets import CONCEPT_NAMES, make_concept_dataset, reference_model
+    from conceptkit.concepts import SemiNMF
+    from conceptkit.datasets import load_world
     from conceptkit.extraction import ActivationExtractor
     from conceptkit.maps import localisation_table
 
-    world = make_concept_dataset(n_per_class, seed=0, split="test")
-    model = reference_model().to(device)
+    shipped = load_world(world_name)
+    world = shipped.sample(n_per_class, seed=0, split="test")
+    CONCEPT_NAMES = list(world.concept_names)  # noqa: N806 - the parts' names
+    model, layer = shipped.model().to(device), shipped.layer
     g_start = time.perf_counter()
-    ActivationExtractor(model, "block4", batch_size=64, device=device, progress=False)(world.images)
+    acts = ActivationExtractor(model, layer, batch_size=64, device=device,
+                               progress=False)(world.images)
     g_time = time.perf_counter() - g_start
+    # signed activations (the ViT's tokens) need a signed factorizer, as the explainer's ICE uses
+    factorizer = SemiNMF(n_concepts, random_state=0) if float(acts.min()) < 0 else None
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        atlas = ConceptAtlas(model, "block4", n_concepts, method="ice", seed=0, progress=False,
-                             device=device, class_names=world.class_names).fit(world)
+        atlas = ConceptAtlas(model, layer, n_concepts, method="ice", seed=0, progress=False,
+                             device=device, class_names=world.class_names,
+                             factorizer=factorizer).fit(world)
         fit_time = time.perf_counter() - start
         index = atlas.report(Path(tmp) / "report")
         total = time.perf_counter() - start
         if figure:
             Path(figure).parent.mkdir(parents=True, exist_ok=True)
             Path(figure).write_bytes((index.parent / "heatmap.png").read_bytes())
-    print(f"atlas of {len(world.labels)} images (ICE, k={n_concepts}, Sobol; fit + importance + report) vs "
+    print(f"{world_name}: atlas of {len(world.labels)} images at {layer} (ICE, k={n_concepts}, "
+          f"{'SemiNMF' if factorizer is not None else 'NMF'}, Sobol; fit + importance + report) vs "
           f"bare g | {g_time:.2f} s | {total:.2f} s (fit+importance {fit_time:.2f} s) | "
           f"{total / g_time:.1f}x overhead")
 
@@ -191,7 +200,7 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
     important = atlas.importance.important()
     concepts = world.concepts.numpy()
     print(f"# reliance R[c, p] = drop of P(c) when part p is painted out (threshold {threshold}):")
-    for c in range(6):
+    for c in range(int(world.n_classes)):
         print("#  class " + world.class_names[c].ljust(34) + " ".join(
             f"{CONCEPT_NAMES[p][:10]}={R[c, p]:+.2f}" for p in range(R.shape[1])
             if np.isfinite(R[c, p]) and abs(R[c, p]) >= 0.02))
@@ -242,6 +251,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-concepts", type=int, default=12, help="atlas size (world part)")
     parser.add_argument("--figure", default=None, help="copy the world atlas heatmap here (PNG)")
+    parser.add_argument("--world", default="shapes",
+                        help="ground-truth world(s) of the world part: a name, comma-separated "
+                             "names or 'all' (conceptkit.datasets.WORLDS)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -253,7 +265,12 @@ def main() -> int:
         else:
             bench_store(1_000_000, 50_000, 5, args.device)
     if args.only in (None, "world"):
-        bench_world(60 if args.quick else 500, args.device, args.n_concepts, args.figure)
+        from conceptkit.datasets import WORLDS
+
+        names = list(WORLDS) if args.world == "all" else args.world.split(",")
+        for name in names:
+            bench_world(60 if args.quick else 500, args.device, args.n_concepts,
+                        args.figure if name == "shapes" else None, world_name=name)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# load average at the end {load:.1f}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,25 @@ def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
     return images, maps, labels, ids
 
 
-def confusions(atlas: Any, n: int) -> list[dict]:
+#: What the report and the file say when the confusions cannot be explained at this layer.
+NO_CONFUSIONS = ("not explained: explain_confusion does not support transformer layers with "
+                 "CLS/register tokens yet")
+
+
+def confusions(atlas: Any, n: int) -> list[dict] | None:
+    """The ``n`` most confused class pairs explained by concepts; None (with a warning) where
+    :meth:`ConceptAtlas.explain_confusion` cannot run (transformer layers)."""
     saved = getattr(atlas, "saved_confusions_", None)
     if getattr(atlas, "explainer", None) is None and saved is not None:
         return saved[:n]
     out = []
     for a, b, probability in atlas.most_confused_pairs(n):
-        item = atlas.explain_confusion(a, b).to_dict()
+        try:
+            item = atlas.explain_confusion(a, b).to_dict()
+        except NotImplementedError as err:
+            warnings.warn(f"the atlas report holds no confusions: {err}", UserWarning,
+                          stacklevel=3)
+            return None
         item["probability"] = probability
         out.append(item)
     return out
@@ -84,7 +97,7 @@ def save_atlas(atlas: Any, path: str | os.PathLike, *, n_exemplars: int = 8,
             "class_names": imp.class_names, "importance": {"method": imp.method,
                                                            "params": imp.params},
             "image_size": None if data.image_size is None else list(data.image_size),
-            "concept_names": concept_names(atlas), "confusions": confusions(atlas, n_confusions)}
+            "concept_names": concept_names(atlas), "confusions": confusions(atlas, n_confusions) or []}
     return str(io.save_file(path, tensors, meta, kind=ATLAS_KIND, version=ATLAS_VERSION))
 
 
@@ -150,14 +163,17 @@ def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: i
     data = atlas._data()
     imp = atlas.importance
     images, maps, labels, _ = exemplars(atlas, n_exemplars)
+    explained = confusions(atlas, n_confusions)
+    meta = {"layer": atlas.layer, "method": atlas.method, "concepts": data.n_concepts,
+            "images": len(data.labels), "importance": imp.method}
+    if explained is None:
+        meta["confusions"] = NO_CONFUSIONS
     report = AtlasReport(
         title=title or f"Concept atlas of {atlas.layer}", class_ids=list(imp.classes),
         class_names=list(imp.class_names), importance=imp.values, ci_low=imp.ci_low,
         ci_high=imp.ci_high, important=imp.important(relative), concept_names=concept_names(atlas),
         exemplars=[im.float().numpy() / 255.0 for im in images],
         exemplar_maps=[m.float().numpy() for m in maps], exemplar_labels=labels,
-        confusions=confusions(atlas, n_confusions),
-        meta={"layer": atlas.layer, "method": atlas.method, "concepts": data.n_concepts,
-              "images": len(data.labels), "importance": imp.method},
+        confusions=explained or [], meta=meta,
         class_pages=dict(class_pages or {}))
     return render(report, out_dir, dpi=dpi)

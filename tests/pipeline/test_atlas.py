@@ -160,3 +160,28 @@ def test_bad_labels_and_model_left_as_found(world, snapshot):
         atlas.fit(world.images[:10], labels=np.zeros(10, dtype=int))
     atlas.fit(world.images[::6], labels=world.labels[::6])
     assert snapshot(model) == before
+
+
+def test_a_transformer_atlas_reports_without_confusions_and_says_so(tmp_path):
+    """explain_confusion cannot yet run at a ViT block (CLS context): the report is still written,
+    warns, and its header says the confusions are not explained (it crashed before)."""
+    import json
+
+    from conceptkit.concepts import SemiNMF
+    from conceptkit.datasets import small_vit
+
+    torch.manual_seed(0)
+    model = small_vit(n_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
+    images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(12) % 3
+    atlas = ConceptAtlas(model, "blocks.0", 4, method="ice", factorizer=SemiNMF(4, random_state=0),
+                         importance="gradient_input", seed=0, progress=False)
+    atlas.fit(images, labels)
+    with pytest.raises(NotImplementedError, match="transformer layers"):
+        atlas.explain_confusion(0, 1)
+    with pytest.warns(UserWarning, match="no confusions"):
+        index = atlas.report(tmp_path / "report")
+    data = json.loads((index.parent / "atlas.json").read_text())
+    assert data["confusions"] == []
+    assert data["meta"]["confusions"].startswith("not explained")
+    assert "not explained" in index.read_text()
