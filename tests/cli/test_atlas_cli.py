@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from _shared import run_torchrun
 
 import conceptkit
 
@@ -45,7 +46,7 @@ def test_atlas_command_single_and_torchrun_agree(tmp_path):
                          text=True)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "over 1 rank(s)" in one.stdout
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+    two = run_torchrun([sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
                           "--nproc_per_node=2", "--master_addr=127.0.0.1",
                           f"--master_port={_port()}", "-m", "conceptkit", *common,
                           "--out", str(tmp_path / "two")], env=_env(), timeout=300,

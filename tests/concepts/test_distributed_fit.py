@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from _shared import planted_nmf
+from _shared import planted_nmf, run_torchrun
 
 from conceptkit.concepts import NMF, fit_distributed
 from conceptkit.extraction import ActivationStore, finalize_store, write_chunks
@@ -47,6 +47,9 @@ SCRIPT = textwrap.dedent("""
     results["sae_codes"] = np.asarray(sae.transform(A))
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     np.savez(f"{out}_{rank}.npz", **results)
+    if torch.distributed.is_initialized():  # every rank leaves the group together
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 """)
 
 
@@ -83,7 +86,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script),
            str(tmp_path / "store"), str(tmp_path / "double")]
-    double = subprocess.run(cmd, env=_env(), timeout=300, capture_output=True, text=True)
+    double = run_torchrun(cmd, env=_env(), timeout=300, capture_output=True, text=True)
     assert double.returncode == 0, double.stderr[-3000:]
     one = np.load(tmp_path / "single_0.npz")
     for rank in (0, 1):

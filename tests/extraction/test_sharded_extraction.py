@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from _shared import run_torchrun
 
 from conceptkit.extraction import ActivationStore
 
@@ -36,7 +37,7 @@ def test_sharded_store_equals_single_process(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
            "-m", "conceptkit", "extract", *ARGS, "--out", str(sharded)]
-    result = subprocess.run(cmd, env=_env(), timeout=300, capture_output=True, text=True)
+    result = run_torchrun(cmd, env=_env(), timeout=300, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = ActivationStore(single), ActivationStore(sharded)
     assert a.shape == b.shape == (24, 64)  # 6 classes x 4 images, block4 has 64 channels
