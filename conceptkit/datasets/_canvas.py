@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ._dataset import ConceptDataset
-from ._generate import _NOISE_STD, SPLITS, _backgrounds
+from ._generate import _NOISE_STD, SPLITS, _backgrounds, free_positions
 
 __all__ = ["SPLITS", "backgrounds", "blob", "finish", "local_grid", "place_boxes", "split_rng"]
 
@@ -70,13 +70,7 @@ def _try_boxes(sides: list[int], image_size: int, rng: np.random.Generator,
         for _ in range(8):
             tops = rng.integers(0, image_size - side + 1, size=tries)
             lefts = rng.integers(0, image_size - side + 1, size=tries)
-            if boxes:
-                p = np.asarray(boxes)
-                apart = ((tops[:, None] + side + 1 <= p[:, 0]) | (p[:, 0] + p[:, 2] + 1 <= tops[:, None])
-                         | (lefts[:, None] + side + 1 <= p[:, 1]) | (p[:, 1] + p[:, 2] + 1 <= lefts[:, None]))
-                free = apart.all(axis=1)
-            else:
-                free = np.ones(tries, dtype=bool)
+            free = free_positions(tops, lefts, side, boxes)
             if free.any():
                 j = int(np.argmax(free))
                 boxes.append((int(tops[j]), int(lefts[j]), side))

@@ -90,6 +90,19 @@ def _backgrounds(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return ends[:, None, None, 0, :] * (1 - t) + ends[:, None, None, 1, :] * t
 
 
+def free_positions(tops: np.ndarray, lefts: np.ndarray, side: int,
+                   boxes: list[tuple[int, int, int]]) -> np.ndarray:
+    """Which candidate squares ``(tops[i], lefts[i], side)`` keep a one-pixel gap to every box
+    ``(top, left, side)`` already placed."""
+    if not boxes:
+        return np.ones(len(tops), dtype=bool)
+    placed = np.asarray(boxes)
+    p_top, p_left, p_side = placed[:, 0], placed[:, 1], placed[:, 2]
+    apart = ((tops[:, None] + side + 1 <= p_top) | (p_top + p_side + 1 <= tops[:, None])
+             | (lefts[:, None] + side + 1 <= p_left) | (p_left + p_side + 1 <= lefts[:, None]))
+    return apart.all(axis=1)
+
+
 def _place_boxes(sizes: list[int], image_size: int, min_sizes: list[int],
                  rng: np.random.Generator, tries: int = 64) -> list[tuple[int, int, int]]:
     """Non-overlapping boxes ``(top, left, side)`` for parts of the given sides.
@@ -103,14 +116,7 @@ def _place_boxes(sizes: list[int], image_size: int, min_sizes: list[int],
         for _ in range(200):
             tops = rng.integers(0, image_size - side + 1, size=tries)
             lefts = rng.integers(0, image_size - side + 1, size=tries)
-            if boxes:
-                placed = np.asarray(boxes)
-                p_top, p_left, p_side = placed[:, 0], placed[:, 1], placed[:, 2]
-                apart = ((tops[:, None] + side + 1 <= p_top) | (p_top + p_side + 1 <= tops[:, None])
-                         | (lefts[:, None] + side + 1 <= p_left) | (p_left + p_side + 1 <= lefts[:, None]))
-                free = apart.all(axis=1)
-            else:
-                free = np.ones(tries, dtype=bool)
+            free = free_positions(tops, lefts, side, boxes)
             if free.any():
                 j = int(np.argmax(free))
                 boxes.append((int(tops[j]), int(lefts[j]), side))
