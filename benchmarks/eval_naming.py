@@ -148,7 +148,8 @@ def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
                 clip.add_crops(probe, patch)
             for label, kwargs in variants.items():
                 start = time.perf_counter()
-                named[label] = name_concepts(cc, "clip", probe, clip, vocabulary=words, **kwargs)
+                named[label] = name_concepts(cc, "clip", probe, clip, vocabulary=words,
+                                             **{"kind": kind, **kwargs})
                 seconds[label] = time.perf_counter() - start
         if "classes" in methods:
             start = time.perf_counter()
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"clip": {}}
     if args.variants:
         variants.update({
+            "clip_resized_crops": {"crop_activation": "resized"},
             "clip_ref_topk100_concept_prior": {"top_k": 100, "prior": "concepts"},
             "clip_concept_prior": {"prior": "concepts"},
             "clip_cos3": {"similarity": "cos3"},

@@ -128,6 +128,7 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
                  similarity: str = "soft_wpmi", template: str = "{}",
                  model: nn.Module | None = None, preprocess: Callable | None = None,
                  patch_size: Any = "auto", stride: int | None = None,
+                 crop_activation: str = "map", kind: str = "auto",
                  class_images_only: bool | None = None, summary: str = "mean",
                  min_score: float | None = None, n_runner_ups: int = 3,
                  cache_dir: Any = None, batch_size: int = 64, progress: bool = False,
@@ -151,9 +152,21 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         Prompt for each word, e.g. ``"a photo of a {}"`` (default: the bare word).
     patch_size : int, None or "auto"
         Probe with square crops of this side (stride ``stride``, default 0.8 of it) instead of
-        whole images: each crop's concept code is CRAFT's (``g`` on the resized crop, spatial
-        mean, encode) and CLIP sees the crop. ``"auto"``: the bank's patch size for CRAFT
-        concepts, which describe crops; whole images otherwise.
+        whole images; CLIP sees each crop. ``"auto"``: the bank's patch size for CRAFT concepts,
+        which describe crops; whole images otherwise.
+    crop_activation : {"map", "resized"}
+        A crop's concept activation. ``"map"`` (default): the mean of the concept's map (``kind``)
+        over the crop's box, the map computed on the whole probe image — the concept at the scale
+        it was found. ``"resized"``: CRAFT's code of the crop (``g`` on the crop resized to the
+        model's input, spatial mean, encode). Why ``"map"``: resizing magnifies the crop (×3.5
+        for CRAFT's default crops of 64-pixel images), and a concept found at the image's scale can
+        fire on magnified background; on the textures world the zigzag concept's 24 most active
+        resized crops held almost no zigzag. With the synthetic CLIP of
+        ``benchmarks/eval_naming.py``, ``"map"`` names 8/8 causal parts right on textures and on
+        scales, ``"resized"`` 4/8 and 6/8 (BENCHMARKS.md, "Naming").
+    kind : str
+        Map kind for ``crop_activation="map"`` (a kind of ``ClassConcepts.concept_maps``;
+        ``"auto"``: the explanation's default).
     class_images_only : bool, optional
         Probe only the explained class's images (default: as :func:`name_by_masks`). Off, the
         concepts of one class are also judged by what they respond to in other classes' images,
@@ -167,6 +180,7 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
                            progress=progress)
     similarity = check_choice(similarity, "similarity", SIMILARITIES)
     summary = check_choice(summary, "summary", SUMMARIES)
+    crop_activation = check_choice(crop_activation, "crop_activation", CROP_ACTIVATIONS)
     words = resolve_vocabulary(vocabulary)
     encoders = ClipEncoders.wrap(clip)
     probe = _class_rows(source, as_probe(probe), class_images_only)
@@ -174,7 +188,11 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         patch_size = source.bank.params.get("patch_size") if source.bank.method == "craft" else None
     if patch_size is not None:
         cut = crop_probe(probe, check_int(patch_size, "patch_size", minimum=1), stride)
-        activations = torch.as_tensor(source.crop_codes(cut.crops))
+        if crop_activation == "map":
+            activations = torch.as_tensor(source.crop_map_means(probe.images, cut.crops, kind,
+                                                                batch_size=batch_size))
+        else:
+            activations = torch.as_tensor(source.crop_codes(cut.crops))
         image_emb = encoders.image_embeddings(cut.raw.images, progress=progress)
         targets = cut.targets
     else:
@@ -200,6 +218,7 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
               "vocabulary": vocabulary if isinstance(vocabulary, str) else "user list",
               "summary": summary, "n_probe_images": len(probe), "clip": encoders.model_id,
               "patch_size": patch_size, "n_probe_inputs": int(activations.shape[0]),
+              "crop_activation": crop_activation if patch_size is not None else None,
               **{k: v for k, v in similarity_kwargs.items() if isinstance(v, (int, float))}}
     score_name = SCORES["clip"] if similarity == "soft_wpmi" else SCORES["clip_cos3"]
     return _table("clip", table.numpy(), words, score_name=score_name, min_score=min_score,
@@ -288,6 +307,9 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
                   n_runner_ups=n_runner_ups, params=params, summaries=summaries, targets=targets,
                   descriptions=descriptions, allowed=allowed)
 
+
+#: How :func:`name_by_clip` reads a crop's concept activation.
+CROP_ACTIVATIONS = ("map", "resized")
 
 _NAMERS = {"dissect": name_by_masks, "clip": name_by_clip, "classes": name_by_classes}
 

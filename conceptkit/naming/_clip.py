@@ -52,7 +52,7 @@ def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int 
     over the concepts named together); see the module notes.
     """
     n = clip_sims.shape[0]
-    top_k = default_top_k(n) if top_k is None else min(check_int(top_k, "top_k", minimum=1), n)
+    top_k = min(default_top_k(n) if top_k is None else check_int(top_k, "top_k", minimum=1), n)
     a = check_float(a, "a", minimum=0.0, strict_minimum=True)
     lam = check_float(lam, "lam", minimum=0.0)
     probs = torch.softmax(a * clip_sims.double(), dim=1)                    # (N, M)

@@ -171,6 +171,22 @@ class ConceptSource:
         acts = extractor(crop_set)
         return torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).double().numpy()
 
+    def crop_map_means(self, images: torch.Tensor, crop_set: Any, kind: str = "auto",
+                       batch_size: int = 64) -> np.ndarray:
+        """Concept activations ``(M, k)`` of crops read from the whole images' maps: the mean of
+        each concept's map (computed on the probe image, at the scale the concept was found)
+        over the crop's box."""
+        prov = crop_set.provenance
+        ids = np.asarray(prov.image_ids)
+        out = np.zeros((len(ids), self.n_concepts))
+        for start in range(0, images.shape[0], batch_size):
+            stop = min(start + batch_size, images.shape[0])
+            maps = self.maps(images[start:stop], kind=kind).double()
+            for row in np.flatnonzero((ids >= start) & (ids < stop)):
+                y0, x0, y1, x1 = (int(v) for v in prov.boxes[row])
+                out[row] = maps[ids[row] - start, :, y0:y1, x0:x1].mean((-2, -1)).numpy()
+        return out
+
     def maps(self, images: torch.Tensor, kind: str = "auto") -> torch.Tensor:
         """Concept maps ``(N, k, H, W)`` at the images' size (``kind``: a map kind of
         ``ClassConcepts.concept_maps``; ``"auto"``: the explanation's default; a bare bank has

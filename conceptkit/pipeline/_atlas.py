@@ -12,6 +12,7 @@ dataset carry a concept. The activations come from images in memory or from an o
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,12 @@ from ._atlas_results import (
     ConfusionExplanation,
     margin_contributions,
 )
+from ._pixel import PIXEL_METHODS, pixel_ablation
 from ._result import KnownCodes
 
 ATLAS_METHODS = ("craft", "ice")
+#: Importance methods of the atlas: "auto", pixel ablation and the activation-space methods.
+ATLAS_IMPORTANCES = ("auto", *PIXEL_METHODS, *IMPORTANCE_METHODS)
 
 
 class ConceptAtlas:
@@ -57,7 +61,14 @@ class ConceptAtlas:
         The dictionary learner (default: the method's NMF; for a store ``NMF(solver="torch_hals")``,
         fitted by :func:`~conceptkit.concepts.fit_distributed`).
     importance : str
-        Per-class importance method (:data:`conceptkit.importance.METHODS`; default ``"sobol"``).
+        Per-class importance method: ``"auto"`` (default), ``"pixel_ablation"`` or one of
+        :data:`conceptkit.importance.METHODS`. ``"auto"`` is ``"pixel_ablation"`` when the atlas is
+        fitted on images (each concept's region, the top decile of its map, painted out of the
+        class's images, the whole model re-run: the class-probability drop, the per-class
+        explainer's default) and ``"sobol"`` when it is fitted on an activation store, which holds
+        no pixels. Why: on the four shipped ground-truth worlds the classes for which a concept is
+        important under pixel ablation are the classes whose model relies on its part far more often
+        than under Sobol (``BENCHMARKS.md``, "Concept atlas"). ``importance.method`` says which ran.
     seed : int or None
         Seeds the factorizer, the crops and the importance designs.
     class_names : list or dict or None
@@ -71,7 +82,7 @@ class ConceptAtlas:
     """
 
     def __init__(self, model: nn.Module, layer: str, n_concepts: int = 20, method: str = "craft",
-                 *, factorizer: Factorizer | None = None, importance: str = "sobol",
+                 *, factorizer: Factorizer | None = None, importance: str = "auto",
                  seed: int | None = None, class_names: Any = None,
                  max_inputs_per_class: int | None = 512, batch_size: int = 64, device: Any = None,
                  progress: bool = True, preprocess: Any = None, patch_size: int | None = None,
@@ -80,12 +91,13 @@ class ConceptAtlas:
         from ._explainer import ConceptExplainer
 
         self.method = check_choice(method, "method", ATLAS_METHODS)
-        check_choice(importance, "importance", IMPORTANCE_METHODS)
+        self.importance_method = check_choice(importance, "importance", ATLAS_IMPORTANCES)
         if factorizer is not None and not isinstance(factorizer, Factorizer):
             raise TypeError(f"`factorizer` must be a conceptkit Factorizer (NMF, SemiNMF, TopKSAE, "
                             f"...); got {describe(factorizer)}.")
         self.explainer = ConceptExplainer(
-            model, layer, n_concepts, method, importance, patch_size=patch_size,
+            model, layer, n_concepts, method, "sobol" if importance == "auto" else importance,
+            patch_size=patch_size,
             factorizer=factorizer, batch_size=batch_size, device=device, seed=seed,
             progress=progress, preprocess=preprocess, n_designs=n_designs,
             importance_kwargs=importance_kwargs, method_kwargs=method_kwargs, model_name=model_name)
@@ -136,6 +148,10 @@ class ConceptAtlas:
 
         ex = self.explainer
         if isinstance(data, (str, os.PathLike, ActivationStore)):
+            if self.importance_method in PIXEL_METHODS:
+                raise ValueError(f"importance={self.importance_method!r} paints concepts out of "
+                                 f"images, and an activation store holds none; fit on the images "
+                                 f"or choose importance='auto' (Sobol on a store) or 'sobol'.")
             self.data_ = from_store(ex, data, labels, store_options or {})
         else:
             self.data_ = from_images(ex, data, labels)
@@ -148,28 +164,72 @@ class ConceptAtlas:
                                "(or `fit(store)`) first.")
         return self.data_
 
+    def _resolved_importance(self) -> str:
+        if self.importance_method != "auto":
+            return self.importance_method
+        return "pixel_ablation" if self._data().images is not None else "sobol"
+
+    def _map_thresholds(self, quantile: float, batch: int = 256) -> np.ndarray:
+        """Each concept's region threshold for pixel ablation: the ``quantile`` of its map values
+        over every fitted image (one threshold for all classes, as Network Dissection takes a
+        unit's quantile over the whole dataset), so that a class whose images do not show a
+        concept gets an empty region rather than the concept's weakest top decile. Estimated on
+        every 4th row and column of the maps at the images' size (deterministic)."""
+        data = self._data()
+        quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
+        samples = []
+        for start in range(0, len(data.labels), batch):
+            acts, _ = data.activations(np.arange(start, min(start + batch, len(data.labels))))
+            maps = _upsampled(data.bank.encode(acts), data.image_size)
+            samples.append(maps[:, :, ::4, ::4].transpose(0, 1).reshape(maps.shape[1], -1))
+        values = torch.cat(samples, dim=1).double().numpy()
+        return np.quantile(values, quantile, axis=1)
+
     def _importance(self) -> AtlasImportance:
         ex, data = self.explainer, self._data()
+        method = self._resolved_importance()
         rows, lows, highs, classes = [], [], [], []
-        for class_id in tqdm(data.classes, desc="importance per class", disable=not ex.progress):
-            ids = _spread(np.flatnonzero(data.labels == class_id), self.max_inputs_per_class)
-            acts, context = data.activations(ids)
-            codes = data.bank.encode(acts)
-            result = concept_importance(ex.maps_head, acts, KnownCodes(data.bank, acts, codes),
-                                        int(class_id), method=ex.importance,
-                                        n_designs=ex.n_designs, seed=ex.seed, device=ex.device,
-                                        progress=False, context=context, **ex.importance_kwargs)
-            rows.append(result.importances)
-            lows.append(result.ci_low if result.ci_low is not None else result.importances * np.nan)
-            highs.append(result.ci_high if result.ci_high is not None else result.importances * np.nan)
-            classes.append(int(class_id))
+        pixels = ex.model_at_layer.whole_model() if method in PIXEL_METHODS else contextlib.nullcontext()
+        unknown = sorted(set(ex.importance_kwargs) - {"quantile", "confidence"})
+        if method in PIXEL_METHODS and unknown:
+            raise TypeError(f"unexpected importance_kwargs {unknown} for importance={method!r}; "
+                            f"accepted: quantile, confidence.")
+        cut = self._map_thresholds(ex.importance_kwargs.get("quantile", 0.9)) \
+            if method in PIXEL_METHODS else None
+        with pixels as forward:
+            for class_id in tqdm(data.classes, desc="importance per class",
+                                 disable=not ex.progress):
+                ids = _spread(np.flatnonzero(data.labels == class_id), self.max_inputs_per_class)
+                acts, context = data.activations(ids)
+                codes = data.bank.encode(acts)
+                if method in PIXEL_METHODS:
+                    maps = _upsampled(codes, data.image_size)
+                    result = pixel_ablation(forward, data.images[torch.as_tensor(ids)], maps,
+                                            int(class_id), batch_size=ex.batch_size,
+                                            progress=False, thresholds=cut,
+                                            params={"maps": "coefficient",
+                                                    "regions": "quantile over all fitted images"},
+                                            **ex.importance_kwargs)
+                else:
+                    result = concept_importance(ex.maps_head, acts,
+                                                KnownCodes(data.bank, acts, codes), int(class_id),
+                                                method=method, n_designs=ex.n_designs,
+                                                seed=ex.seed, device=ex.device, progress=False,
+                                                context=context, **ex.importance_kwargs)
+                rows.append(result.importances)
+                lows.append(result.ci_low if result.ci_low is not None
+                            else result.importances * np.nan)
+                highs.append(result.ci_high if result.ci_high is not None
+                             else result.importances * np.nan)
+                classes.append(int(class_id))
         return AtlasImportance(values=np.asarray(rows, dtype=np.float64),
                                ci_low=np.asarray(lows, dtype=np.float64),
                                ci_high=np.asarray(highs, dtype=np.float64), classes=classes,
                                class_names=[self.class_name(c) for c in classes],
-                               method=ex.importance,
+                               method=method,
                                params={"n_designs": ex.n_designs, "seed": ex.seed,
-                                       "max_inputs_per_class": self.max_inputs_per_class})
+                                       "max_inputs_per_class": self.max_inputs_per_class,
+                                       "requested": self.importance_method})
 
     # ------------------------------------------------------------------ questions
     @property
@@ -187,17 +247,23 @@ class ConceptAtlas:
             return str(names[int(class_id)])
         return f"class {class_id}"
 
-    def shared_concepts(self, a: int, b: int, relative: float = 0.25) -> list[dict]:
+    def shared_concepts(self, a: int, b: int, relative: float | None = None,
+                        minimum: float | None = None) -> list[dict]:
         """Concepts important to both classes ``a`` and ``b``, most shared first.
 
-        A concept is important to a class when its importance is at least ``relative`` times the
-        class's largest (and its interval excludes 0); concepts are ranked by the smaller of
-        their two relative importances.
+        A concept is important to a class by :meth:`AtlasImportance.important` (by default: a
+        class-probability drop of at least 0.1 under pixel ablation, else at least 0.25 times the
+        class's largest importance; its interval excluding 0 in both cases; ``relative`` and
+        ``minimum`` override the rule). Concepts are ranked by the smaller of their two relative
+        importances.
         """
         imp = self.importance
-        relative = check_float(relative, "relative", minimum=0.0, maximum=1.0)
+        if relative is not None:
+            relative = check_float(relative, "relative", minimum=0.0, maximum=1.0)
+        if minimum is not None:
+            minimum = check_float(minimum, "minimum")
         ra, rb = imp.row(a), imp.row(b)
-        both = imp.important(relative)[[ra, rb]].all(axis=0)
+        both = imp.important(relative, minimum)[[ra, rb]].all(axis=0)
         norm = imp.normalized()
         strength = np.minimum(norm[ra], norm[rb])
         order = [int(j) for j in np.argsort(-strength, kind="stable") if both[j]]
@@ -227,7 +293,8 @@ class ConceptAtlas:
 
     def explain_confusion(self, a: int, b: int, images: torch.Tensor | None = None, *,
                           min_images: int = 10, n_examples: int = 6,
-                          relative: float = 0.25) -> ConfusionExplanation:
+                          relative: float | None = None,
+                          minimum: float | None = None) -> ConfusionExplanation:
         """Which concepts push images of class ``a`` towards class ``b``.
 
         Uses ``images`` (all taken to be of class ``a``) or else the fitted images of ``a``;
@@ -265,17 +332,15 @@ class ConceptAtlas:
         else:
             acts = acts_all[torch.as_tensor(chosen)]
             context = None if ctx_all is None else ctx_all[torch.as_tensor(chosen)]
-        if context is not None:
-            raise NotImplementedError("explain_confusion does not support transformer layers "
-                                      "with CLS/register tokens yet; choose a convolutional layer.")
         codes = torch.as_tensor(np.asarray(data.bank.encode(acts))).float()
         head = ex.maps_head
         recon_margin, per_image = margin_contributions(
-            lambda x: torch.from_numpy(head_logits(head, x, None, x.shape[0])),
-            codes, _decoder(data.bank), a, b, batch_size=max(1, ex.batch_size // 4))
+            lambda x, ctx=None: torch.from_numpy(head_logits(head, x, ctx, x.shape[0])),
+            codes, _decoder(data.bank), a, b, batch_size=max(1, ex.batch_size // 4),
+            context=context)
         mean = per_image.mean(axis=0)
         low, high = student_interval(per_image, 0.95)
-        important = imp.important(relative)
+        important = imp.important(relative, minimum)
         shared = important[ra] & important[rb]
         examples = None
         if source_images is not None:

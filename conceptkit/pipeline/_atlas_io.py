@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +50,14 @@ def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
     return images, maps, labels, ids
 
 
-#: What the report and the file say when the confusions cannot be explained at this layer.
-NO_CONFUSIONS = ("not explained: explain_confusion does not support transformer layers with "
-                 "CLS/register tokens yet")
-
-
-def confusions(atlas: Any, n: int) -> list[dict] | None:
-    """The ``n`` most confused class pairs explained by concepts; None (with a warning) where
-    :meth:`ConceptAtlas.explain_confusion` cannot run (transformer layers)."""
+def confusions(atlas: Any, n: int) -> list[dict]:
+    """The ``n`` most confused class pairs explained by concepts."""
     saved = getattr(atlas, "saved_confusions_", None)
     if getattr(atlas, "explainer", None) is None and saved is not None:
         return saved[:n]
     out = []
     for a, b, probability in atlas.most_confused_pairs(n):
-        try:
-            item = atlas.explain_confusion(a, b).to_dict()
-        except NotImplementedError as err:
-            warnings.warn(f"the atlas report holds no confusions: {err}", UserWarning,
-                          stacklevel=3)
-            return None
+        item = atlas.explain_confusion(a, b).to_dict()
         item["probability"] = probability
         out.append(item)
     return out
@@ -154,8 +142,8 @@ def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: int = 12,
                        n_confusions: int = 5, title: str | None = None,
-                       class_pages: dict | None = None, relative: float = 0.25,
-                       dpi: int = 100) -> Path:
+                       class_pages: dict | None = None, relative: float | None = None,
+                       minimum: float | None = None, dpi: int = 100) -> Path:
     """Assemble the numbers of ``atlas`` and write its report (see :mod:`conceptkit.report`)."""
     from ..report import AtlasReport
     from ..report import write_atlas_report as render
@@ -166,14 +154,12 @@ def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: i
     explained = confusions(atlas, n_confusions)
     meta = {"layer": atlas.layer, "method": atlas.method, "concepts": data.n_concepts,
             "images": len(data.labels), "importance": imp.method}
-    if explained is None:
-        meta["confusions"] = NO_CONFUSIONS
     report = AtlasReport(
         title=title or f"Concept atlas of {atlas.layer}", class_ids=list(imp.classes),
         class_names=list(imp.class_names), importance=imp.values, ci_low=imp.ci_low,
-        ci_high=imp.ci_high, important=imp.important(relative), concept_names=concept_names(atlas),
+        ci_high=imp.ci_high, important=imp.important(relative, minimum), concept_names=concept_names(atlas),
         exemplars=[im.float().numpy() / 255.0 for im in images],
         exemplar_maps=[m.float().numpy() for m in maps], exemplar_labels=labels,
-        confusions=explained or [], meta=meta,
+        confusions=explained, meta=meta,
         class_pages=dict(class_pages or {}))
     return render(report, out_dir, dpi=dpi)

@@ -11,6 +11,12 @@ import numpy as np
 import torch
 
 
+#: Default rules of :meth:`AtlasImportance.important`: the smallest mean class-probability drop
+#: (pixel ablation) and the smallest fraction of the class's largest importance (other methods).
+PIXEL_MINIMUM = 0.1
+RELATIVE_DEFAULT = 0.25
+
+
 @dataclass(frozen=True, eq=False)
 class AtlasImportance:
     """Importance of every shared concept for every class: ``(n_classes, k)`` with intervals.
@@ -49,11 +55,30 @@ class AtlasImportance:
         top = np.abs(self.values).max(axis=1, keepdims=True)
         return np.divide(self.values, top, out=np.zeros_like(self.values), where=top > 0)
 
-    def important(self, relative: float = 0.25) -> np.ndarray:
-        """Boolean ``(n_classes, k)``: concept ``j`` matters to class ``c`` when its importance
-        is at least ``relative`` times the class's largest and its interval excludes 0."""
+    def important(self, relative: float | None = None,
+                  minimum: float | None = None) -> np.ndarray:
+        """Boolean ``(n_classes, k)``: does concept ``j`` matter to class ``c``?
+
+        Always: its interval excludes 0 (lower bound > 0). Then, by default, the rule that fits
+        the importance's units. Pixel ablation is a drop of the class probability, so a concept
+        matters when painting it out costs the class at least ``minimum`` = 0.1 on average — the
+        same threshold at which ``conceptkit.evaluate`` and the atlas benchmark say a class relies
+        on a part. The other methods have no absolute scale (Sobol indices are shares of the
+        variance), so a concept matters when its importance is at least ``relative`` = 0.25 times
+        the class's largest. Passing ``relative`` and/or ``minimum`` applies exactly those.
+        """
         low = np.nan_to_num(self.ci_low, nan=0.0)
-        return (self.normalized() >= relative) & (low > 0)
+        keep = low > 0
+        if relative is None and minimum is None:
+            if self.method == "pixel_ablation":
+                minimum = PIXEL_MINIMUM
+            else:
+                relative = RELATIVE_DEFAULT
+        if relative is not None:
+            keep &= self.normalized() >= float(relative)
+        if minimum is not None:
+            keep &= self.values >= float(minimum)
+        return keep
 
     def to_dict(self) -> dict:
         clean = lambda a: [[None if not math.isfinite(v) else float(v) for v in r] for r in a]  # noqa: E731
@@ -121,9 +146,13 @@ def _finite(value: float) -> float | None:
 
 
 def margin_contributions(h: Any, codes: torch.Tensor, decode: Any, a: int, b: int,
-                         batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                         batch_size: int = 256,
+                         context: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(margins (n,), contributions (n, k))`` of concept codes ``(n, k, ...)``: the margin
-    ``logit_b - logit_a`` of ``h(decode(codes))`` and its drop when each concept is zeroed."""
+    ``logit_b - logit_a`` of ``h(decode(codes))`` and its drop when each concept is zeroed.
+
+    With ``context`` (a transformer's CLS/register tokens ``(n, P, C)``), ``h`` is called as
+    ``h(x, context)``, each image's tokens held at their values for all its variants."""
     n, k = codes.shape[:2]
     base, drops = [], []
     with torch.no_grad():
@@ -133,7 +162,11 @@ def margin_contributions(h: Any, codes: torch.Tensor, decode: Any, a: int, b: in
             masked = U.unsqueeze(1).repeat(1, k + 1, *([1] * (U.ndim - 1)))
             index = torch.arange(k)
             masked[:, index + 1, index] = 0  # variant j + 1 drops concept j; variant 0 keeps all
-            logits = h(decode(masked.reshape(m * (k + 1), *U.shape[1:])))
+            x = decode(masked.reshape(m * (k + 1), *U.shape[1:]))
+            if context is None:
+                logits = h(x)
+            else:
+                logits = h(x, context[start:start + batch_size].repeat_interleave(k + 1, dim=0))
             margin = (logits[:, b] - logits[:, a]).reshape(m, k + 1).double()
             base.append(margin[:, 0])
             drops.append(margin[:, :1] - margin[:, 1:])

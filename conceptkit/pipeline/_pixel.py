@@ -42,11 +42,19 @@ def median_fill(images: torch.Tensor) -> torch.Tensor:
     return images.flatten(2).median(dim=2).values[..., None, None]
 
 
-def concept_regions(maps: torch.Tensor, quantile: float) -> torch.Tensor:
-    """``(N, k, H, W)`` bool: where each concept's map is positive and at or above the
-    ``quantile`` of all of that concept's values over all images."""
-    flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double().cpu().numpy()
-    cut = torch.from_numpy(np.quantile(flat, quantile, axis=1)).to(maps.dtype)
+def concept_regions(maps: torch.Tensor, quantile: float,
+                    thresholds: Any = None) -> torch.Tensor:
+    """``(N, k, H, W)`` bool: where each concept's map is positive and at or above its
+    threshold — given (``thresholds``, one value per concept), or else the ``quantile`` of all
+    of that concept's values over these images."""
+    if thresholds is None:
+        flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double().cpu().numpy()
+        cut = torch.from_numpy(np.quantile(flat, quantile, axis=1)).to(maps.dtype)
+    else:
+        cut = torch.as_tensor(np.asarray(thresholds, dtype=np.float64)).to(maps.dtype).reshape(-1)
+        if cut.numel() != maps.shape[1]:
+            raise ValueError(f"`thresholds` must hold one value per concept ({maps.shape[1]}); "
+                             f"got {cut.numel()}.")
     return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
 
 
@@ -88,7 +96,8 @@ def _probabilities(forward: Callable, images: torch.Tensor, class_id: int) -> to
 def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torch.Tensor,
                    class_id: int, *, quantile: float = 0.9, preprocess: Callable | None = None,
                    batch_size: int = 64, device: Any = None, confidence: float | None = 0.95,
-                   progress: bool = True, params: dict | None = None) -> ConceptImportance:
+                   progress: bool = True, params: dict | None = None,
+                   thresholds: Any = None) -> ConceptImportance:
     """Importance of each concept as the class-probability drop when its region is painted out.
 
     Parameters
@@ -104,7 +113,12 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     class_id
         The class whose probability is read.
     quantile
-        Each concept's region is where its map is at or above this quantile of all its values.
+        Each concept's region is where its map is at or above this quantile of all its values
+        over ``images``.
+    thresholds
+        One map value per concept to use instead of the quantile over ``images`` — e.g. the
+        quantile over a whole dataset, so that a concept absent from these images has an empty
+        region (the atlas does this) rather than its top decile wherever it is weakest.
     preprocess, batch_size, device, progress
         As for the explainer.
     confidence
@@ -116,7 +130,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"`maps` {tuple(maps.shape)} must be (N, k, H, W) for images "
                          f"{tuple(images.shape)}.")
-    regions = concept_regions(maps, quantile).cpu()
+    regions = concept_regions(maps, quantile, thresholds).cpu()
     n, k = regions.shape[:2]
     per_input = np.zeros((n, k))
     with _runner(model, preprocess, device) as forward:
@@ -139,7 +153,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
                          "transformer tokens) can do this; use an activation-space importance "
                          "such as 'ablation' or 'sobol'.")
     low, high = student_interval(per_input, confidence)
-    info = {"quantile": quantile, "fill": "median", "score": "probability", "n_inputs": n,
+    info = {"quantile": quantile, "thresholds": "given" if thresholds is not None else "images",
+            "fill": "median", "score": "probability", "n_inputs": n,
             "n_concepts": k, "confidence": confidence, **(params or {})}
     return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method="pixel_ablation",

@@ -141,6 +141,48 @@ def test_fit_from_a_maps_store_streams_the_dictionary(world, tmp_path):
             finalize_store(tmp_path / "store", len(images), chunk_size=10, layout="maps"))
 
 
+def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world, tmp_path):
+    """``importance="auto"``: with images, row c is exactly ``pixel_ablation`` of class c's images
+    painted where the atlas's own maps are in their top decile over all fitted images; important() then means a mean
+    drop of P(class) >= 0.1 with the interval above 0. A store has no pixels: auto runs Sobol and
+    an explicit pixel_ablation is refused before any fitting."""
+    from conceptkit.pipeline import pixel_ablation
+
+    model = reference_model()
+    images, labels = world.images[::2], world.labels[::2]
+    atlas = ConceptAtlas(model, "block4", 6, method="ice", seed=0, progress=False)
+    atlas.fit(images, labels)
+    imp = atlas.importance
+    assert imp.method == "pixel_ablation" and imp.params["requested"] == "auto"
+    # One region threshold per concept for every class: its maps' top decile over all the
+    # fitted images (sampled on every 4th row and column), not over one class's images.
+    all_maps = atlas.concept_maps(images)
+    sample = all_maps[:, :, ::4, ::4].transpose(0, 1).reshape(6, -1).double().numpy()
+    cut = np.quantile(sample, 0.9, axis=1)
+    np.testing.assert_allclose(atlas._map_thresholds(0.9), cut, rtol=1e-5, atol=1e-7)
+    rows = np.flatnonzero(labels.numpy() == 3)
+    direct = pixel_ablation(model, images[rows], all_maps[rows], 3, progress=False,
+                            thresholds=cut)
+    np.testing.assert_allclose(imp.values[imp.row(3)], direct.importances, atol=1e-6)
+    np.testing.assert_allclose(imp.ci_low[imp.row(3)], direct.ci_low, atol=1e-6)
+    expected = (imp.values >= 0.1) & (np.nan_to_num(imp.ci_low) > 0)
+    np.testing.assert_array_equal(imp.important(), expected)
+    np.testing.assert_array_equal(imp.important(relative=0.5),
+                                  (imp.normalized() >= 0.5) & (np.nan_to_num(imp.ci_low) > 0))
+
+    extractor = ActivationExtractor(model, "block4", batch_size=32, progress=False)
+    write_chunks(lambda s, e: extractor(images[s:e]), len(images), tmp_path / "store",
+                 chunk_size=12, layout="maps", progress=False)
+    store = finalize_store(tmp_path / "store", len(images), chunk_size=12, layout="maps",
+                           meta={"labels": labels.tolist()})
+    with pytest.raises(ValueError, match="importance='pixel_ablation'.*store"):
+        ConceptAtlas(model, "block4", 4, method="ice", importance="pixel_ablation",
+                     progress=False).fit(store)
+    on_store = ConceptAtlas(model, "block4", 4, method="ice", seed=0, progress=False)
+    on_store.fit(store, store_options={"max_iter": 5})
+    assert on_store.importance.method == "sobol"
+
+
 @pytest.mark.parametrize("kwargs, match", [({"method": "ace"}, "method"),
                                            ({"importance": "shapley"}, "importance"),
                                            ({"factorizer": "nmf"}, "factorizer")])
@@ -162,9 +204,10 @@ def test_bad_labels_and_model_left_as_found(world, snapshot):
     assert snapshot(model) == before
 
 
-def test_a_transformer_atlas_reports_without_confusions_and_says_so(tmp_path):
-    """explain_confusion cannot yet run at a ViT block (CLS context): the report is still written,
-    warns, and its header says the confusions are not explained (it crashed before)."""
+def test_a_transformer_atlas_explains_confusions_with_the_cls_token_held(tmp_path):
+    """At a ViT block the confusion margin is decomposed with each image's CLS token held at its
+    value: every contribution equals the margin drop computed by hand through ``h(x, cls)``, and
+    the report carries the confusions (it crashed, then left them out, before)."""
     import json
 
     from conceptkit.concepts import SemiNMF
@@ -177,11 +220,27 @@ def test_a_transformer_atlas_reports_without_confusions_and_says_so(tmp_path):
     atlas = ConceptAtlas(model, "blocks.0", 4, method="ice", factorizer=SemiNMF(4, random_state=0),
                          importance="gradient_input", seed=0, progress=False)
     atlas.fit(images, labels)
-    with pytest.raises(NotImplementedError, match="transformer layers"):
-        atlas.explain_confusion(0, 1)
-    with pytest.warns(UserWarning, match="no confusions"):
-        index = atlas.report(tmp_path / "report")
-    data = json.loads((index.parent / "atlas.json").read_text())
-    assert data["confusions"] == []
-    assert data["meta"]["confusions"].startswith("not explained")
-    assert "not explained" in index.read_text()
+    result = atlas.explain_confusion(0, 1, min_images=3)
+    data = atlas.data_
+    acts, context = data.activations(result.image_ids)
+    assert context is not None
+    codes = torch.as_tensor(np.asarray(data.bank.encode(acts))).float()
+    head = atlas.explainer.maps_head
+
+    def margin(c: torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(data.bank.decode(c))).float()
+        with torch.no_grad():
+            logits = head(x, context).double()
+        return (logits[:, 1] - logits[:, 0]).numpy()
+
+    full = margin(codes)
+    np.testing.assert_allclose(result.reconstructed_margins, full, rtol=1e-5, atol=1e-5)
+    for j in range(4):
+        dropped = codes.clone()
+        dropped[:, j] = 0
+        np.testing.assert_allclose(result.per_image[:, j], full - margin(dropped),
+                                   rtol=1e-4, atol=1e-5)
+    index = atlas.report(tmp_path / "report")
+    saved = json.loads((index.parent / "atlas.json").read_text())
+    assert len(saved["confusions"]) > 0
+    assert "confusions" not in saved["meta"]
