@@ -201,6 +201,7 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
     # pointing game with conceptkit.evaluate's tolerance (1/16 of the side: 4 px at 64 px)
     table = localisation_table(maps, world.masks, world.concepts, "pointing_game",
                                tolerance=default_tolerance(int(world.images.shape[-1])))  # (k, G)
+    overlap = localisation_table(maps, world.masks, world.concepts, "iou")  # (k, G)
     important = atlas.importance.important()
     concepts = world.concepts.numpy()
     print(f"# reliance R[c, p] = drop of P(c) when part p is painted out (threshold {threshold}):")
@@ -215,11 +216,12 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
 
     scores = atlas.data_.scores
     for p in parts:
-        # The part's concept: the one that sits on it — the best pointing game of its maps on the
-        # part, as conceptkit.evaluate decides where a concept sits (>= 0.5, else not found). The
-        # ROC AUC of its per-image presence (images with vs without the part) is shown beside;
-        # it is undefined where every image shows the part.
-        j = int(np.argmax(table[:, p]))
+        # The part's concept: the one whose maps overlap the part best — mean IoU of the map's
+        # top decile with the part's mask (conceptkit.maps.match_concepts, as eval_naming picks
+        # a part's best-matching concept). It must also point at the part (pointing game >= 0.5,
+        # conceptkit.evaluate's tolerance). The ROC AUC of its per-image presence (images with vs
+        # without the part) is shown beside; it is undefined where every image shows the part.
+        j = int(np.nanargmax(overlap[:, p]))
         with_part = concepts[:, p] > 0
         auc = (roc_auc_score(with_part, scores[:, j]) if 0 < with_part.sum() < len(with_part)
                else float("nan"))
@@ -230,7 +232,8 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
         precision = float(concepts[top.image_ids, p].mean())
         ok = relied == found and table[j, p] >= 0.5
         hits += ok
-        print(f"part {CONCEPT_NAMES[p]:<18} | concept C{j} (pointing {table[j, p]:.2f}, AUC "
+        print(f"part {CONCEPT_NAMES[p]:<18} | concept C{j} (IoU {overlap[j, p]:.2f}, pointing "
+              f"{table[j, p]:.2f}, AUC "
               f"{auc:.3f}) | "
               f"classes relying {sorted(relied)} | classes where important {sorted(found)} | "
               f"{'match' if ok else 'DIFFERENT'} | precision@20 {precision:.2f}")

@@ -2,7 +2,8 @@
 
 The evaluation lives in ``benchmarks/eval_naming.py`` (what BENCHMARKS.md reports, 3 seeds): with
 scale-matched maps (the shapes world's parts are much smaller than CRAFT's crops) dissect 35/36,
-clip 36/36; with the library's default maps (coefficient) dissect 34/36, clip 27/36. Here two
+clip 36/36; with the library's default maps (coefficient) dissect 34/36, clip 34/36 (27/36 before
+CLIP's crop activations were read from the image's maps). Here two
 classes run in the quick test and all six in the slow one, both with scale-matched maps.
 """
 
