@@ -223,15 +223,18 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                           f"{str(err).splitlines()[0][:120]}")
         auto = _auto_kind(cc, maps)
         scores = {name: importances_of(cc, name, seed) for name in importance_methods
-                  if name not in PIXEL_METHODS}
+                  if name not in PIXEL_METHODS and name != "pixel_ablation_logit"}
         for kind, values in maps.items():
             located = localisation(values, images, masks, names)
-            if any(name in PIXEL_METHODS for name in importance_methods):
+            for name in importance_methods:
                 # pixel ablation paints each concept's region out of the images: it depends on
-                # the map kind, so it is computed once per kind
-                scores["pixel_ablation"] = pixel_ablation(
-                    model, images, values, class_id, preprocess=getattr(world, "preprocess", None),
-                    progress=False).importances
+                # the map kind, so it is computed once per kind ("pixel_ablation_logit": the
+                # drop of the class logit instead of its probability)
+                if name in PIXEL_METHODS or name == "pixel_ablation_logit":
+                    scores[name] = pixel_ablation(
+                        model, images, values, class_id,
+                        preprocess=getattr(world, "preprocess", None), progress=False,
+                        score="logit" if name.endswith("_logit") else "probability").importances
             for name in importance_methods:
                 values_imp = scores[name]
                 add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)

@@ -190,10 +190,10 @@ class ConceptAtlas:
         method = self._resolved_importance()
         rows, lows, highs, classes = [], [], [], []
         pixels = ex.model_at_layer.whole_model() if method in PIXEL_METHODS else contextlib.nullcontext()
-        unknown = sorted(set(ex.importance_kwargs) - {"quantile", "confidence"})
+        unknown = sorted(set(ex.importance_kwargs) - {"quantile", "confidence", "score"})
         if method in PIXEL_METHODS and unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for importance={method!r}; "
-                            f"accepted: quantile, confidence.")
+                            f"accepted: quantile, confidence, score.")
         cut = self._map_thresholds(ex.importance_kwargs.get("quantile", 0.9)) \
             if method in PIXEL_METHODS else None
         with pixels as forward:

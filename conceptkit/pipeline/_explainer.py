@@ -305,10 +305,10 @@ class ConceptExplainer:
 
     def _pixel_importance(self, result: ClassConcepts, images: torch.Tensor,
                           class_id: int) -> Any:
-        unknown = sorted(set(self.importance_kwargs) - {"quantile", "confidence"})
+        unknown = sorted(set(self.importance_kwargs) - {"quantile", "confidence", "score"})
         if unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for "
-                            f"importance={self.importance!r}; accepted: quantile, confidence.")
+                            f"importance={self.importance!r}; accepted: quantile, confidence, score.")
         kind = result._auto_kind(None)
         maps = result.concept_maps(kind=kind)
         with result.model_at_layer.whole_model() as forward:

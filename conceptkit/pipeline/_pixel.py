@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_dtype, on_device, preserved_model_state
-from .._validation import check_float
+from .._validation import check_choice, check_float
 from ..importance import ConceptImportance
 from ..importance._concept import student_interval
 
@@ -80,7 +80,8 @@ def _runner(model: Any, preprocess: Callable | None, device: Any):
         yield forward
 
 
-def _probabilities(forward: Callable, images: torch.Tensor, class_id: int) -> torch.Tensor:
+def _probabilities(forward: Callable, images: torch.Tensor, class_id: int,
+                   score: str = "probability") -> torch.Tensor:
     logits = forward(images)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError(f"pixel_ablation: the model must return class logits (N, n_classes); "
@@ -88,6 +89,8 @@ def _probabilities(forward: Callable, images: torch.Tensor, class_id: int) -> to
     if class_id >= logits.shape[1]:
         raise ValueError(f"`class_id` must be in [0, {logits.shape[1] - 1}]: the model returns "
                          f"{logits.shape[1]} classes; got {class_id}.")
+    if score == "logit":
+        return logits[:, 0 if logits.shape[1] == 1 else class_id].double().cpu()
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0]).double().cpu()
     return torch.softmax(logits.double(), dim=1)[:, class_id].cpu()
@@ -97,7 +100,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
                    class_id: int, *, quantile: float = 0.9, preprocess: Callable | None = None,
                    batch_size: int = 64, device: Any = None, confidence: float | None = 0.95,
                    progress: bool = True, params: dict | None = None,
-                   thresholds: Any = None) -> ConceptImportance:
+                   thresholds: Any = None, score: str = "probability") -> ConceptImportance:
     """Importance of each concept as the class-probability drop when its region is painted out.
 
     Parameters
@@ -115,6 +118,10 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     quantile
         Each concept's region is where its map is at or above this quantile of all its values
         over ``images``.
+    score
+        ``"probability"`` (default): the drop of the class's softmax probability (sigmoid for one
+        output); ``"logit"``: the drop of its logit, which does not saturate when several regions
+        each remove the class entirely.
     thresholds
         One map value per concept to use instead of the quantile over ``images`` — e.g. the
         quantile over a whole dataset, so that a concept absent from these images has an empty
@@ -127,6 +134,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
         Extra entries for the result's ``params``.
     """
     quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
+    score = check_choice(score, "score", ("probability", "logit"))
     if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"`maps` {tuple(maps.shape)} must be (N, k, H, W) for images "
                          f"{tuple(images.shape)}.")
@@ -134,7 +142,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     n, k = regions.shape[:2]
     per_input = np.zeros((n, k))
     with _runner(model, preprocess, device) as forward:
-        base = torch.cat([_probabilities(forward, images[s:s + batch_size], class_id)
+        base = torch.cat([_probabilities(forward, images[s:s + batch_size], class_id, score)
                           for s in range(0, n, batch_size)]).numpy()
         pairs = [(i, j) for j in range(k) for i in range(n) if bool(regions[i, j].any())]
         for start in tqdm(range(0, len(pairs), batch_size), desc="pixel ablation",
@@ -144,9 +152,9 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
             masks = torch.stack([regions[i, j] for i, j in chunk])[:, None]
             batch = images[rows]
             painted = torch.where(masks, median_fill(batch), batch)
-            scores = _probabilities(forward, painted, class_id).numpy()
-            for (i, j), score in zip(chunk, scores):
-                per_input[i, j] = base[i] - score
+            scores = _probabilities(forward, painted, class_id, score).numpy()
+            for (i, j), value in zip(chunk, scores):
+                per_input[i, j] = base[i] - value
     if not regions.any():
         raise ValueError("pixel_ablation: no concept map is positive anywhere, so no pixel can be "
                          "painted out and every importance would be 0. Signed codes (SemiNMF on "
@@ -154,7 +162,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
                          "such as 'ablation' or 'sobol'.")
     low, high = student_interval(per_input, confidence)
     info = {"quantile": quantile, "thresholds": "given" if thresholds is not None else "images",
-            "fill": "median", "score": "probability", "n_inputs": n,
+            "fill": "median", "score": score, "n_inputs": n,
             "n_concepts": k, "confidence": confidence, **(params or {})}
     return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method="pixel_ablation",

@@ -63,6 +63,28 @@ def test_probability_drop_by_hand():
     assert np.all(result.ci_low <= result.importances) and np.all(result.importances <= result.ci_high)
 
 
+def test_logit_drop_and_given_thresholds_by_hand():
+    """``score="logit"``: the drop of the class logit itself (here linear in the mean red minus
+    mean blue). ``thresholds``: one cut per concept replaces the quantile over these images — a
+    cut above every value of concept 0 leaves it no region and an importance of exactly 0."""
+    images, maps = images_with_parts()
+    model = RedVsBlue()
+    result = pixel_ablation(model, images, maps, 0, progress=False, score="logit")
+    fill = median_fill(images)
+    painted = images.clone()
+    painted[:, :, 2:6, 2:6] = fill.expand_as(images)[:, :, 2:6, 2:6]
+    with torch.no_grad():
+        expected = (model(images)[:, 0] - model(painted)[:, 0]).double().numpy()
+    np.testing.assert_allclose(result.per_input[:, 0], expected, rtol=1e-5, atol=1e-6)
+    assert result.params["score"] == "logit"
+    cut = pixel_ablation(model, images, maps, 0, progress=False, thresholds=[5.0, 0.5, 0.5])
+    assert np.all(cut.per_input[:, 0] == 0) and np.all(cut.per_input[:, 1] != 0)
+    with pytest.raises(ValueError, match="thresholds"):
+        pixel_ablation(model, images, maps, 0, progress=False, thresholds=[1.0, 1.0])
+    with pytest.raises(ValueError, match="score"):
+        pixel_ablation(model, images, maps, 0, progress=False, score="margin")
+
+
 def test_nothing_to_paint_is_an_error_not_zeros():
     images, maps = images_with_parts()
     with pytest.raises(ValueError, match="no concept map is positive"):
