@@ -81,7 +81,11 @@ class ConceptExplainer:
         every world). Sobol's total index is unsigned (a concept that lowers the class ranks as
         high as one that raises it) and sees only the reconstruction ``U W`` through ``h``; pixel
         ablation is signed and runs the whole model, so a ViT's CLS token is recomputed rather
-        than held fixed.
+        than held fixed. Its ``importance_kwargs``: ``quantile`` (0.9), ``confidence`` (0.95),
+        ``score`` (``"probability"``, or ``"logit"``: the class logit's drop, which does not
+        saturate when several regions each remove the class; one seed on the four worlds, it
+        raises CRAFT's top-on-most-relied from 0.83 to 0.90 but lowers ICE's from 0.90 to 0.79,
+        so it is not the default).
     patch_size
         CRAFT crop size (default 64/224 of the image side).
     factorizer
