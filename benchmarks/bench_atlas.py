@@ -164,8 +164,8 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
     from conceptkit import ConceptAtlas
     from conceptkit.concepts import SemiNMF
     from conceptkit.datasets import load_world
-    from conceptkit.extraction import ActivationExtractor
     from conceptkit.evaluate import default_tolerance
+    from conceptkit.extraction import ActivationExtractor
     from conceptkit.maps import localisation_table
 
     shipped = load_world(world_name)

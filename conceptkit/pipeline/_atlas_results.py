@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-
 #: Default rules of :meth:`AtlasImportance.important`: the smallest mean class-probability drop
 #: (pixel ablation) and the smallest fraction of the class's largest importance (other methods).
 PIXEL_MINIMUM = 0.1
