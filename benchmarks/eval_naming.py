@@ -102,13 +102,14 @@ class OracleClip:
         return torch.stack(rows)
 
 
-def setup(world_name: str, seed: int, n_train: int, n_probe: int):
+def setup(world_name: str, seed: int, n_train: int, n_probe: int, method: str = "craft"):
     world = load_world(world_name)
     train = world.sample(n_train, seed=seed, split="train")
     probe = world.sample(n_probe, seed=seed, split="test")
     # ViT tokens are signed: Semi-NMF (NMF needs non-negative activations)
     factorizer = SemiNMF(N_CONCEPTS, random_state=seed) if world.architecture == "vit" else None
     explainer = conceptkit.ConceptExplainer(world.model(), world.layer, n_concepts=N_CONCEPTS,
+                                            method=method,
                                             factorizer=factorizer, seed=seed, progress=False,
                                             importance="gradient_input")
     return world, train, probe, explainer
@@ -116,12 +117,12 @@ def setup(world_name: str, seed: int, n_train: int, n_probe: int):
 
 def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
              clip_variants: dict | None = None, methods=("dissect", "clip", "classes"),
-             world: str = "shapes", kind: str = "auto") -> list[dict]:
+             world: str = "shapes", kind: str = "auto", method: str = "craft") -> list[dict]:
     """One row per (class, causal part): the best-matching concept and what each method named it.
 
     ``kind``: the concept maps (``ClassConcepts.concept_maps(kind=)``) that pick each part's
     best-matching concept and that dissection compares with the masks."""
-    world_, train, probe, explainer = setup(world, seed, n_train, n_probe)
+    world_, train, probe, explainer = setup(world, seed, n_train, n_probe, method)
     clip = OracleClip([probe])
     words = list(probe.concept_names) + vocabulary("imagenet")
     variants = clip_variants if clip_variants is not None else {"clip": {}}
@@ -144,6 +145,10 @@ def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
             seconds["dissect"] = time.perf_counter() - start
         if "clip" in methods:
             patch = cc.bank.params.get("patch_size")
+            if not patch and cc.bank.method == "ice":  # name_by_clip's crops for ICE concepts
+                from conceptkit.concepts._methods import default_patch_size
+
+                patch = default_patch_size(probe.images.shape[-2:])
             if patch:
                 clip.add_crops(probe, patch)
             for label, kwargs in variants.items():
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", default="auto",
                         help="concept maps for the matching and dissection: auto (the library "
                              "default), coefficient, scale_matched (CRAFT on CNNs), gradient")
+    parser.add_argument("--method", default="craft", choices=["craft", "ice", "ace"],
+                        help="discovery method of the explanations that are named")
     parser.add_argument("--variants", action="store_true",
                         help="also run the CLIP variants (reference top_k / prior, cos3, whole images)")
     args = parser.parse_args(argv)
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     for world in args.worlds:
         for seed in args.seeds:
             rows += evaluate(seed, args.n_train, args.n_probe, clip_variants=variants, world=world,
-                             kind=args.kind)
+                             kind=args.kind, method=args.method)
     print(f"{len(rows)} (class, causal part) pairs: worlds {', '.join(args.worlds)}, "
           f"seeds {args.seeds}, maps {args.kind}; {time.perf_counter() - start:.0f} s")
     for row in rows:

@@ -153,7 +153,10 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
     patch_size : int, None or "auto"
         Probe with square crops of this side (stride ``stride``, default 0.8 of it) instead of
         whole images; CLIP sees each crop. ``"auto"``: the bank's patch size for CRAFT concepts,
-        which describe crops; whole images otherwise.
+        which describe crops; CRAFT's default crop (64/224 of the side) for ICE concepts with
+        ``crop_activation="map"`` (one position's concept seen in a crop, not among a whole
+        image's parts: on the context world ICE's causal parts are named right 7/8 from crops
+        against 2/8 from whole images); whole images otherwise.
     crop_activation : {"map", "resized"}
         A crop's concept activation. ``"map"`` (default): the mean of the concept's map (``kind``)
         over the crop's box, the map computed on the whole probe image — the concept at the scale
@@ -185,7 +188,14 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
     encoders = ClipEncoders.wrap(clip)
     probe = _class_rows(source, as_probe(probe), class_images_only)
     if patch_size == "auto":
-        patch_size = source.bank.params.get("patch_size") if source.bank.method == "craft" else None
+        if source.bank.method == "craft":
+            patch_size = source.bank.params.get("patch_size")
+        elif source.bank.method == "ice" and crop_activation == "map":
+            from ..concepts._methods import default_patch_size
+
+            patch_size = default_patch_size(probe.images.shape[-2:])
+        else:
+            patch_size = None
     if patch_size is not None:
         cut = crop_probe(probe, check_int(patch_size, "patch_size", minimum=1), stride)
         if crop_activation == "map":
