@@ -93,3 +93,24 @@ def test_soft_wpmi_default_top_k_is_capped_at_a_small_probe():
     sims, acts = torch.rand(4, 6, generator=gen), torch.rand(4, 3, generator=gen)
     np.testing.assert_allclose(soft_wpmi(sims, acts).numpy(),
                                soft_wpmi(sims, acts, top_k=4).numpy())
+
+
+def test_ice_concepts_are_named_from_crops_of_crafts_default_size():
+    """ICE has no crops of its own; read from the maps, its concepts are named from crops of
+    CRAFT's default size (64/224 of the side: 18 px here), and from whole images when the crops'
+    resized codes are asked for (ICE has no crop codes)."""
+    train = make_concept_dataset(12, seed=0, split="train")
+    probe = make_concept_dataset(4, seed=1, split="test")
+    rows = train.class_indices(1)
+    cc = ConceptExplainer(reference_model(), "block4", n_concepts=5, method="ice", seed=0,
+                          progress=False, importance="gradient_input").fit(train.images[rows], 1)
+    clip = ev.OracleClip([probe])
+    clip.add_crops(probe, 18)
+    words = list(probe.concept_names)
+    names = name_by_clip(cc, probe, clip, vocabulary=words, class_images_only=False)
+    assert names.params["patch_size"] == 18 and names.params["crop_activation"] == "map"
+    assert names.params["n_probe_inputs"] > len(probe.images)
+    whole = name_by_clip(cc, probe, clip, vocabulary=words, class_images_only=False,
+                         crop_activation="resized")
+    assert whole.params["patch_size"] is None
+    assert whole.params["n_probe_inputs"] == len(probe.images)
