@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import conceptkit
-from conceptkit import bottleneck, concepts, extraction, importance, io, maps
+from conceptkit import bottleneck, concepts, extraction, importance, io, maps, naming, pipeline
 from conceptkit import evaluate as ev
 from conceptkit.concepts import metrics as concept_metrics
 from conceptkit.datasets import make_concept_dataset
@@ -657,6 +657,19 @@ ROWS: list[Row] = [
     # -- datasets and command line -----------------------------------------------------------
     R("dataset-size", "datasets.make_concept_dataset", "image_size below the minimum",
       lambda c: make_concept_dataset(2, image_size=8), ValueError, "`image_size`"),
+    # -- pixel ablation, the atlas, naming ---------------------------------------------------
+    R("pixel-score", "pipeline.pixel_ablation", "an unknown score ('margin')",
+      lambda c: pipeline.pixel_ablation(c.model, c.images, torch.rand(6, 2, 32, 32), 0,
+                                                   score="margin", progress=False),
+      ValueError, "`score`"),
+    R("pixel-thresholds", "pipeline.pixel_ablation", "one threshold for two concepts",
+      lambda c: pipeline.pixel_ablation(c.model, c.images, torch.rand(6, 2, 32, 32), 0,
+                                                   thresholds=[0.5], progress=False),
+      ValueError, "`thresholds`"),
+    R("clip-crop-activation", "naming.name_by_clip", "an unknown crop_activation ('pooled')",
+      lambda c: naming.name_by_clip(c.explanation, c.images, _FakeClip(),
+                                               vocabulary=["a", "b"], crop_activation="pooled"),
+      ValueError, "`crop_activation`"),
     R("cli-no-images", "conceptkit explain (CLI)", "an image folder without images",
       lambda c: cli("explain", "--model", "reference", "--images", str(c.image_folder("empty", {})),
                     "--class", "0", "--out", str(c.root / "out")), CLIError, "`--images`"),
