@@ -48,6 +48,8 @@ BASELINE = "reference-craft"
 METRICS = {"top_on_most_relied": True, "top_reliance_ratio": True, "top_pointing": True, "relied_pointing": True,
            "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
            "deletion_area": False}
+#: Variants of pixel ablation the grid can score by name (keyword arguments of pixel_ablation).
+PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"}}
 #: Issue 13's bar, per world (mean over classes and seeds).
 BAR = {"top_on_most_relied": 1.0, "top_pointing": 0.95, "spearman": 0.8}
 
@@ -223,18 +225,18 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                           f"{str(err).splitlines()[0][:120]}")
         auto = _auto_kind(cc, maps)
         scores = {name: importances_of(cc, name, seed) for name in importance_methods
-                  if name not in PIXEL_METHODS and name != "pixel_ablation_logit"}
+                  if name not in PIXEL_METHODS and name not in PIXEL_VARIANTS}
         for kind, values in maps.items():
             located = localisation(values, images, masks, names)
             for name in importance_methods:
                 # pixel ablation paints each concept's region out of the images: it depends on
                 # the map kind, so it is computed once per kind ("pixel_ablation_logit": the
                 # drop of the class logit instead of its probability)
-                if name in PIXEL_METHODS or name == "pixel_ablation_logit":
+                if name in PIXEL_METHODS or name in PIXEL_VARIANTS:
                     scores[name] = pixel_ablation(
                         model, images, values, class_id,
                         preprocess=getattr(world, "preprocess", None), progress=False,
-                        score="logit" if name.endswith("_logit") else "probability").importances
+                        **PIXEL_VARIANTS.get(name, {})).importances
             for name in importance_methods:
                 values_imp = scores[name]
                 add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)
