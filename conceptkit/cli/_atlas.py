@@ -56,7 +56,8 @@ def atlas_main(argv: list[str]) -> int:
     parser.add_argument("--layer", default=None, help="default: the store's layer")
     parser.add_argument("--labels", default=None, help=".npy or text file (default: store meta)")
     parser.add_argument("--n-concepts", type=int, default=20)
-    parser.add_argument("--importance", default="sobol")
+    parser.add_argument("--importance", default="auto",
+                        help="auto (Sobol: a store holds no pixels), sobol, gradient_input, ...")
     parser.add_argument("--max-iter", type=int, default=50, help="passes over the store")
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--batch-rows", type=int, default=65536)

@@ -50,6 +50,24 @@ def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
     return images, maps, labels, ids
 
 
+def important_rule(method: str, relative: float | None, minimum: float | None) -> str:
+    """The rule of :meth:`AtlasImportance.important` in words, for the report's header."""
+    from ._atlas_results import PIXEL_MINIMUM, RELATIVE_DEFAULT
+
+    if relative is None and minimum is None:
+        if method == "pixel_ablation":
+            minimum = PIXEL_MINIMUM
+        else:
+            relative = RELATIVE_DEFAULT
+    parts = []
+    if minimum is not None:
+        unit = "the mean drop of P(class)" if method == "pixel_ablation" else "the importance"
+        parts.append(f"{unit} is at least {minimum:g}")
+    if relative is not None:
+        parts.append(f"it is at least {relative:g} of the class's largest")
+    return " and ".join(parts) + ", with the 95 % interval above 0"
+
+
 def confusions(atlas: Any, n: int) -> list[dict]:
     """The ``n`` most confused class pairs explained by concepts."""
     saved = getattr(atlas, "saved_confusions_", None)
@@ -153,7 +171,8 @@ def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: i
     images, maps, labels, _ = exemplars(atlas, n_exemplars)
     explained = confusions(atlas, n_confusions)
     meta = {"layer": atlas.layer, "method": atlas.method, "concepts": data.n_concepts,
-            "images": len(data.labels), "importance": imp.method}
+            "images": len(data.labels), "importance": imp.method,
+            "important when": important_rule(imp.method, relative, minimum)}
     report = AtlasReport(
         title=title or f"Concept atlas of {atlas.layer}", class_ids=list(imp.classes),
         class_names=list(imp.class_names), importance=imp.values, ci_low=imp.ci_low,

@@ -244,3 +244,19 @@ def test_a_transformer_atlas_explains_confusions_with_the_cls_token_held(tmp_pat
     saved = json.loads((index.parent / "atlas.json").read_text())
     assert len(saved["confusions"]) > 0
     assert "confusions" not in saved["meta"]
+
+
+def test_the_report_header_says_when_a_concept_is_important(fitted, tmp_path):
+    """The rule behind the heatmap's dots is in the page: relative for Sobol-like methods, the
+    probability drop for pixel ablation."""
+    from conceptkit.pipeline._atlas_io import important_rule
+
+    import html
+
+    index = fitted.report(tmp_path / "report")
+    assert "at least 0.25 of the class's largest" in html.unescape(index.read_text())
+    assert important_rule("pixel_ablation", None, None) == (
+        "the mean drop of P(class) is at least 0.1, with the 95 % interval above 0")
+    assert important_rule("sobol", 0.5, 0.01) == (
+        "the importance is at least 0.01 and it is at least 0.5 of the class's largest, "
+        "with the 95 % interval above 0")
