@@ -249,9 +249,9 @@ def test_a_transformer_atlas_explains_confusions_with_the_cls_token_held(tmp_pat
 def test_the_report_header_says_when_a_concept_is_important(fitted, tmp_path):
     """The rule behind the heatmap's dots is in the page: relative for Sobol-like methods, the
     probability drop for pixel ablation."""
-    from conceptkit.pipeline._atlas_io import important_rule
-
     import html
+
+    from conceptkit.pipeline._atlas_io import important_rule
 
     index = fitted.report(tmp_path / "report")
     assert "at least 0.25 of the class's largest" in html.unescape(index.read_text())
