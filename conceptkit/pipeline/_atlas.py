@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .._validation import check_choice, check_float, check_int, describe
 from ..concepts import Factorizer
 from ..importance import METHODS as IMPORTANCE_METHODS
-from ..importance import concept_importance
+from ..importance import ConceptImportance, concept_importance
 from ..importance._concept import student_interval
 from ._atlas_data import AtlasData, class_labels, from_images, from_store, head_logits
 from ._atlas_results import (
@@ -169,27 +169,61 @@ class ConceptAtlas:
             return self.importance_method
         return "pixel_ablation" if self._data().images is not None else "sobol"
 
-    def _map_thresholds(self, quantile: float, batch: int = 256) -> np.ndarray:
+    def _map_thresholds(self, quantile: float, batch: int = 32,
+                        max_values: int = 2_000_000) -> np.ndarray:
         """Each concept's region threshold for pixel ablation: the ``quantile`` of its map values
-        over every fitted image (one threshold for all classes, as Network Dissection takes a
+        over the fitted images (one threshold for all classes, as Network Dissection takes a
         unit's quantile over the whole dataset), so that a class whose images do not show a
         concept gets an empty region rather than the concept's weakest top decile. Estimated on
-        every 4th row and column of the maps at the images' size (deterministic)."""
+        every 4th row and column of the maps at the images' size, over at most ``max_values``
+        values per concept (evenly spaced images beyond that; deterministic)."""
         data = self._data()
         quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
+        height, width = data.image_size
+        per_image = -(-height // 4) * -(-width // 4)
+        n = len(data.labels)
+        ids = np.arange(n)
+        if n * per_image > max_values:
+            ids = np.unique(np.linspace(0, n - 1, max(1, max_values // per_image)).astype(np.int64))
         samples = []
-        for start in range(0, len(data.labels), batch):
-            acts, _ = data.activations(np.arange(start, min(start + batch, len(data.labels))))
+        for start in range(0, len(ids), batch):
+            acts, _ = data.activations(ids[start:start + batch])
             maps = _upsampled(data.bank.encode(acts), data.image_size)
             samples.append(maps[:, :, ::4, ::4].transpose(0, 1).reshape(maps.shape[1], -1))
         values = torch.cat(samples, dim=1).double().numpy()
         return np.quantile(values, quantile, axis=1)
 
+    def _pixel_importance(self, forward: Any, class_id: int, ids: np.ndarray, cut: np.ndarray,
+                          chunk: int = 32) -> ConceptImportance:
+        """Pixel ablation of one class's images, in chunks of images so that the maps at the
+        images' size never all sit in memory; the interval is over all the class's images."""
+        ex, data = self.explainer, self._data()
+        kwargs = dict(ex.importance_kwargs)
+        confidence = kwargs.pop("confidence", 0.95)
+        parts, info = [], {}
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            acts, _ = data.activations(part)
+            maps = _upsampled(data.bank.encode(acts), data.image_size)
+            result = pixel_ablation(forward, data.images[torch.as_tensor(part)], maps,
+                                    int(class_id), batch_size=ex.batch_size, progress=False,
+                                    thresholds=cut, confidence=None, **kwargs)
+            parts.append(result.per_input)
+            info = result.params
+        per_input = np.concatenate(parts)
+        low, high = student_interval(per_input, confidence)
+        params = {**info, "n_inputs": int(per_input.shape[0]), "confidence": confidence,
+                  "maps": "coefficient", "regions": "quantile over the fitted images"}
+        return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
+                                 ci_low=low, ci_high=high, method="pixel_ablation",
+                                 class_id=int(class_id), params=params)
+
     def _importance(self) -> AtlasImportance:
         ex, data = self.explainer, self._data()
         method = self._resolved_importance()
         rows, lows, highs, classes = [], [], [], []
-        pixels = ex.model_at_layer.whole_model() if method in PIXEL_METHODS else contextlib.nullcontext()
+        pixels = (ex.model_at_layer.whole_model() if method in PIXEL_METHODS
+                  else contextlib.nullcontext())
         unknown = sorted(set(ex.importance_kwargs) - {"quantile", "confidence", "score"})
         if method in PIXEL_METHODS and unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for importance={method!r}; "
@@ -200,17 +234,11 @@ class ConceptAtlas:
             for class_id in tqdm(data.classes, desc="importance per class",
                                  disable=not ex.progress):
                 ids = _spread(np.flatnonzero(data.labels == class_id), self.max_inputs_per_class)
-                acts, context = data.activations(ids)
-                codes = data.bank.encode(acts)
                 if method in PIXEL_METHODS:
-                    maps = _upsampled(codes, data.image_size)
-                    result = pixel_ablation(forward, data.images[torch.as_tensor(ids)], maps,
-                                            int(class_id), batch_size=ex.batch_size,
-                                            progress=False, thresholds=cut,
-                                            params={"maps": "coefficient",
-                                                    "regions": "quantile over all fitted images"},
-                                            **ex.importance_kwargs)
+                    result = self._pixel_importance(forward, int(class_id), ids, cut)
                 else:
+                    acts, context = data.activations(ids)
+                    codes = data.bank.encode(acts)
                     result = concept_importance(ex.maps_head, acts,
                                                 KnownCodes(data.bank, acts, codes), int(class_id),
                                                 method=method, n_designs=ex.n_designs,

@@ -165,6 +165,18 @@ def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world,
                             thresholds=cut)
     np.testing.assert_allclose(imp.values[imp.row(3)], direct.importances, atol=1e-6)
     np.testing.assert_allclose(imp.ci_low[imp.row(3)], direct.ci_low, atol=1e-6)
+    # In chunks of 2 images (the maps of a chunk at a time), the same numbers and interval.
+    ids = np.flatnonzero(labels.numpy() == 3)
+    with atlas.explainer.model_at_layer.whole_model() as forward:
+        chunked = atlas._pixel_importance(forward, 3, ids, cut, chunk=2)
+    np.testing.assert_allclose(chunked.importances, direct.importances, atol=1e-9)
+    np.testing.assert_allclose(chunked.ci_high, direct.ci_high, atol=1e-9)
+    # Past max_values the thresholds come from evenly spaced images (every 4th row and column).
+    few = atlas._map_thresholds(0.9, max_values=4 * 256)    # 4 images of 16 x 16 samples
+    spaced = np.unique(np.linspace(0, len(images) - 1, 4).astype(np.int64))
+    np.testing.assert_allclose(few, np.quantile(all_maps[spaced][:, :, ::4, ::4].transpose(0, 1)
+                                                .reshape(6, -1).double().numpy(), 0.9, axis=1),
+                               rtol=1e-3, atol=1e-6)   # codes solved in other batches: NNLS tolerance
     expected = (imp.values >= 0.1) & (np.nan_to_num(imp.ci_low) > 0)
     np.testing.assert_array_equal(imp.important(), expected)
     np.testing.assert_array_equal(imp.important(relative=0.5),
