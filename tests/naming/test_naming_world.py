@@ -120,8 +120,9 @@ def test_clip_plumbing_with_a_tiny_random_open_clip(world, tmp_path):
     cc = ConceptExplainer(model, "block4", n_concepts=4, method="ice", seed=0, progress=False,
                           importance="gradient_input").fit(train.images[rows], 4)
     words = list(train.concept_names) + ["espresso", "cup"]
+    # whole images (patch_size=None): ICE concepts are otherwise named from crops
     names = name_by_clip(cc, probe, (tiny, tokenizer), vocabulary=words, cache_dir=tmp_path,
-                         class_images_only=False)
+                         class_images_only=False, patch_size=None)
     assert names.params["clip"].startswith("open_clip:") and len(names) == 4
     assert list(tmp_path.glob("text-*.safetensors"))
     # by hand: mean coefficient map per image, normalised CLIP embeddings, soft-WPMI
@@ -136,7 +137,8 @@ def test_clip_plumbing_with_a_tiny_random_open_clip(world, tmp_path):
     assert [e.name for e in names] == [words[i] for i in table.argmax(1).tolist()]
     np.testing.assert_allclose([e.score for e in names], table.max(1).values.numpy(), rtol=1e-4)
     encoders = ClipEncoders.from_open_clip(tiny, tokenizer)
-    again = name_by_clip(cc, probe, encoders, vocabulary=words, class_images_only=False)
+    again = name_by_clip(cc, probe, encoders, vocabulary=words, class_images_only=False,
+                         patch_size=None)
     assert [e.name for e in again] == [e.name for e in names]
 
 
