@@ -128,7 +128,7 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
                  similarity: str = "soft_wpmi", template: str = "{}",
                  model: nn.Module | None = None, preprocess: Callable | None = None,
                  patch_size: Any = "auto", stride: int | None = None,
-                 crop_activation: str = "map", kind: str = "auto",
+                 crop_activation: str = "auto", kind: str = "auto",
                  class_images_only: bool | None = None, summary: str = "mean",
                  min_score: float | None = None, n_runner_ups: int = 3,
                  cache_dir: Any = None, batch_size: int = 64, progress: bool = False,
@@ -157,11 +157,13 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         ``crop_activation="map"`` (one position's concept seen in a crop, not among a whole
         image's parts: on the context world ICE's causal parts are named right 7/8 from crops
         against 2/8 from whole images); whole images otherwise.
-    crop_activation : {"map", "resized"}
-        A crop's concept activation. ``"map"`` (default): the mean of the concept's map (``kind``)
-        over the crop's box, the map computed on the whole probe image — the concept at the scale
-        it was found. ``"resized"``: CRAFT's code of the crop (``g`` on the crop resized to the
-        model's input, spatial mean, encode). Why ``"map"``: resizing magnifies the crop (×3.5
+    crop_activation : {"auto", "map", "resized"}
+        A crop's concept activation. ``"map"``: the mean of the concept's map (``kind``) over the
+        crop's box, the map computed on the whole probe image — the concept at the scale it was
+        found. ``"resized"``: CRAFT's code of the crop (``g`` on the crop resized to the model's
+        input, spatial mean, encode). ``"auto"`` (default): ``"map"`` where the layer gives
+        feature maps, ``"resized"`` where it does not (pooled or token-less layers have no
+        maps); ``params["crop_activation"]`` records which ran. Why ``"map"``: resizing magnifies the crop (×3.5
         for CRAFT's default crops of 64-pixel images), and a concept found at the image's scale can
         fire on magnified background; on the textures world the zigzag concept's 24 most active
         resized crops held almost no zigzag. With the synthetic CLIP of
@@ -187,6 +189,12 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
     words = resolve_vocabulary(vocabulary)
     encoders = ClipEncoders.wrap(clip)
     probe = _class_rows(source, as_probe(probe), class_images_only)
+    if crop_activation == "auto":
+        crop_activation = "map" if source.spatial(probe.images) else "resized"
+    elif crop_activation == "map" and patch_size is not None and not source.spatial(probe.images):
+        raise ValueError(f"`crop_activation`='map' reads crops from the concepts' maps, but layer "
+                         f"{source.bank.layer!r} gives no spatial feature maps (its activations "
+                         f"are (N, C)); use crop_activation='resized' or 'auto'.")
     if patch_size == "auto":
         if source.bank.method == "craft":
             patch_size = source.bank.params.get("patch_size")
@@ -319,7 +327,7 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
 
 
 #: How :func:`name_by_clip` reads a crop's concept activation.
-CROP_ACTIVATIONS = ("map", "resized")
+CROP_ACTIVATIONS = ("auto", "map", "resized")
 
 _NAMERS = {"dissect": name_by_masks, "clip": name_by_clip, "classes": name_by_classes}
 

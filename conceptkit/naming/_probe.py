@@ -171,6 +171,12 @@ class ConceptSource:
         acts = extractor(crop_set)
         return torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).double().numpy()
 
+    def spatial(self, images: torch.Tensor) -> bool:
+        """Whether the bank's layer gives feature maps ``(N, C, h, w)`` (so concepts have maps)."""
+        if self.result is not None and self.result.activations is not None:
+            return self.result.activations.ndim == 4
+        return self.activations(images[:1]).ndim == 4
+
     def crop_map_means(self, images: torch.Tensor, crop_set: Any, kind: str = "auto",
                        batch_size: int = 64) -> np.ndarray:
         """Concept activations ``(M, k)`` of crops read from the whole images' maps: the mean of

@@ -1,6 +1,6 @@
 """CLIP naming on crops: a crop's concept activation read from the whole image's map.
 
-``name_by_clip(crop_activation="map")`` (default) gives each crop the mean of the concept's map,
+``name_by_clip(crop_activation="map")`` (the default where the layer has maps) gives each crop the mean of the concept's map,
 computed on the probe image, over the crop's box; ``"resized"`` is CRAFT's code of the crop resized
 to the model's input. On the textures world the resized crops of the zigzag concept hold almost no
 zigzag (the magnified background fires it), so CLIP-Dissect named it after an ImageNet word; the
@@ -114,3 +114,22 @@ def test_ice_concepts_are_named_from_crops_of_crafts_default_size():
                          crop_activation="resized")
     assert whole.params["patch_size"] is None
     assert whole.params["n_probe_inputs"] == len(probe.images)
+
+
+def test_a_pooled_layer_has_no_maps_so_crops_use_their_resized_codes():
+    """CRAFT at ``flatten`` (activations (N, C), no maps): ``crop_activation="auto"`` reads the
+    crops' own codes and says so; asking for maps there is an error naming the layer's shape."""
+    train = make_concept_dataset(8, seed=0, split="train")
+    probe = make_concept_dataset(3, seed=1, split="test")
+    rows = train.class_indices(2)
+    cc = ConceptExplainer(reference_model(), "flatten", method="craft", n_concepts=3, seed=0,
+                          progress=False, importance="gradient_input").fit(train.images[rows], 2)
+    patch = cc.bank.params["patch_size"]
+    clip = ev.OracleClip([probe])
+    clip.add_crops(probe, patch)
+    words = list(probe.concept_names)
+    names = name_by_clip(cc, probe, clip, vocabulary=words, class_images_only=False)
+    assert names.params["crop_activation"] == "resized" and names.params["patch_size"] == patch
+    with pytest.raises(ValueError, match="crop_activation.*no spatial feature maps"):
+        name_by_clip(cc, probe, clip, vocabulary=words, class_images_only=False,
+                     crop_activation="map")
