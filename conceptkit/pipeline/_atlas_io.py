@@ -52,13 +52,9 @@ def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
 
 def important_rule(method: str, relative: float | None, minimum: float | None) -> str:
     """The rule of :meth:`AtlasImportance.important` in words, for the report's header."""
-    from ._atlas_results import PIXEL_MINIMUM, RELATIVE_DEFAULT
+    from ._atlas_results import important_rule as rule
 
-    if relative is None and minimum is None:
-        if method == "pixel_ablation":
-            minimum = PIXEL_MINIMUM
-        else:
-            relative = RELATIVE_DEFAULT
+    relative, minimum = rule(method, relative, minimum)
     parts = []
     if minimum is not None:
         unit = "the mean drop of P(class)" if method == "pixel_ablation" else "the importance"

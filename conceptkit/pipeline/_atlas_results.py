@@ -16,6 +16,17 @@ PIXEL_MINIMUM = 0.1
 RELATIVE_DEFAULT = 0.25
 
 
+def important_rule(method: str, relative: float | None,
+                   minimum: float | None) -> tuple[float | None, float | None]:
+    """``(relative, minimum)`` of :meth:`AtlasImportance.important`: as given, or when both are
+    None the default for ``method`` (a probability drop for pixel ablation, else relative)."""
+    if relative is None and minimum is None:
+        if method == "pixel_ablation":
+            return None, PIXEL_MINIMUM
+        return RELATIVE_DEFAULT, None
+    return relative, minimum
+
+
 @dataclass(frozen=True, eq=False)
 class AtlasImportance:
     """Importance of every shared concept for every class: ``(n_classes, k)`` with intervals.
@@ -68,11 +79,7 @@ class AtlasImportance:
         """
         low = np.nan_to_num(self.ci_low, nan=0.0)
         keep = low > 0
-        if relative is None and minimum is None:
-            if self.method == "pixel_ablation":
-                minimum = PIXEL_MINIMUM
-            else:
-                relative = RELATIVE_DEFAULT
+        relative, minimum = important_rule(self.method, relative, minimum)
         if relative is not None:
             keep &= self.normalized() >= float(relative)
         if minimum is not None:
