@@ -45,11 +45,29 @@ KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
          "ace": ("provenance", "coefficient", "gradient")}
 BASELINE = "reference-craft"
 #: Columns of the summary, and whether higher is better.
-METRICS = {"top_on_most_relied": True, "top_reliance_ratio": True, "top_pointing": True, "relied_pointing": True,
-           "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
+METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_reliance_ratio": True,
+           "top_pointing": True, "relied_pointing": True, "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
            "deletion_area": False}
-#: Variants of pixel ablation the grid can score by name (keyword arguments of pixel_ablation).
-PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"}}
+#: Variants of pixel ablation the grid can score by name: keyword arguments of pixel_ablation,
+#: or "half"/"third" for regions where a concept's map reaches that fraction of its 99th
+#: percentile over the class's images (a region that follows the map's own scale, not a decile).
+PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"},
+                  "pixel_ablation_q95": {"quantile": 0.95},
+                  "pixel_ablation_q97": {"quantile": 0.97},
+                  "pixel_ablation_q80": {"quantile": 0.8},
+                  "pixel_ablation_half": "half",
+                  "pixel_ablation_third": "third"}
+
+
+def _variant_kwargs(name: str, maps: torch.Tensor) -> dict:
+    """pixel_ablation's keyword arguments for the grid's importance ``name``."""
+    spec = PIXEL_VARIANTS.get(name, {})
+    if isinstance(spec, dict):
+        return spec
+    fraction = {"half": 0.5, "third": 1 / 3}[spec]
+    flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double()
+    sample = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(0))[:200_000]
+    return {"thresholds": (fraction * torch.quantile(flat[:, sample], 0.99, dim=1)).numpy()}
 #: Issue 13's bar, per world (mean over classes and seeds).
 BAR = {"top_on_most_relied": 1.0, "top_pointing": 0.95, "spearman": 0.8}
 
@@ -236,7 +254,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                     scores[name] = pixel_ablation(
                         model, images, values, class_id,
                         preprocess=getattr(world, "preprocess", None), progress=False,
-                        **PIXEL_VARIANTS.get(name, {})).importances
+                        **_variant_kwargs(name, values)).importances
             for name in importance_methods:
                 values_imp = scores[name]
                 add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)

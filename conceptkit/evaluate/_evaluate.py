@@ -19,6 +19,7 @@ from ._inputs import check_masks, checked_images, model_at_layer_of, part_label
 #: Table columns scored per class, and whether higher is better (summarised over classes).
 METRIC_COLUMNS: dict[str, bool] = {
     "top_on_most_relied": True,
+    "top_on_most_relied_parts": True,
     "top_on_causal": True,
     "top_reliance_ratio": True,
     "top_pointing": True,
@@ -39,6 +40,9 @@ COLUMN_HELP = {
     "most_relied_part": "the part whose painting-out lowers the class score most (measured)",
     "top_part": "the part the most important concept sits on",
     "top_on_most_relied": "the most important concept sits on the most relied-on part",
+    "most_relied_parts": "the most relied-on part and the parts these images cannot tell apart "
+                         "from it (paired Student-t, 95 %)",
+    "top_on_most_relied_parts": "the most important concept sits on one of most_relied_parts",
     "top_on_causal": "the most important concept sits on a designed causal part",
     "top_reliance_ratio": "reliance of the top concept's part / reliance of the most relied-on "
                           "part (1: on it or on a part as needed; 0: on the background)",
@@ -318,6 +322,7 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
     rel, loc = result.reliance, result.localisation
     names = rel.part_names
     most = rel.most_relied(result.measure)
+    tied = rel.most_relied_parts(result.measure)
     top = int(np.argsort(-result.importances, kind="stable")[0])
     top_part = int(loc.concept_parts[top])
 
@@ -331,6 +336,8 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
         "most_relied_drop": num(rel.values(result.measure)[most]) if most >= 0 else None,
         "top_concept": top, "top_part": part_label(top_part, names),
         "top_on_most_relied": bool(most >= 0 and top_part == most),
+        "most_relied_parts": [part_label(int(p), names) for p in tied],
+        "top_on_most_relied_parts": bool(top_part in set(tied.tolist())),
         "top_on_causal": None if causal is None else bool(top_part in causal),
         "designed_causal": None if causal is None else [part_label(g, names) for g in causal],
     }

@@ -13,7 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import preserved_model_state
-from .._validation import check_int
+from .._validation import check_float, check_int
+from ..importance._concept import student_interval
 from ._fill import Fill, paint
 from ._inputs import (
     check_class_id,
@@ -90,6 +91,26 @@ class Reliance:
         """The part whose removal lowers the class score the most (``-1`` if no part is shown)."""
         ranking = self.ranking(measure)
         return int(ranking[0]) if ranking.size else -1
+
+    def most_relied_parts(self, measure: str = "probability",
+                          confidence: float = 0.95) -> np.ndarray:
+        """The most relied-on part and every part not measurably less relied on, most first.
+
+        Part ``p`` ties with the most relied-on part ``m`` when the Student-t ``confidence``
+        interval of the mean paired difference ``Δs_im − Δs_ip`` over all ``N`` images (an
+        absent part counting 0, as in ``expected``) reaches 0: these images cannot tell which
+        of the two the model relies on more (with one image: only an equal drop ties). Empty if
+        no part is shown."""
+        confidence = check_float(confidence, "confidence", minimum=0.0, maximum=1.0)
+        most = self.most_relied(measure)
+        if most < 0:
+            return np.zeros(0, dtype=int)
+        drops = np.nan_to_num(self.per_image if measure == "probability" else self.per_image_logit)
+        others = self.ranking(measure)[1:]
+        diff = drops[:, [most]] - drops[:, others]
+        low = student_interval(diff, confidence)[0] if diff.shape[0] > 1 else diff.mean(0)
+        tied = [most] + [int(p) for p, bound in zip(others, low) if bound <= 0]
+        return np.asarray(tied, dtype=int)
 
     def name(self, part: int) -> str:
         return part_label(part, self.part_names)
@@ -192,3 +213,4 @@ def _mean_present(values: np.ndarray, present: np.ndarray) -> np.ndarray:
     out = np.full(values.shape[1], np.nan)
     out[counts > 0] = total[counts > 0] / counts[counts > 0]
     return out
+

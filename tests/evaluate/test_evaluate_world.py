@@ -72,6 +72,9 @@ def test_planted_world_table():
     # class 1 relies most on blue, but its top concept sits on red (not even a causal part)
     assert (cool["most_relied_part"], cool["top_part"]) == ("blue square", "red square")
     assert not cool["top_on_most_relied"] and not cool["top_on_causal"]
+    # the planted reliances are far apart: no part ties with the most relied-on one
+    assert warm["most_relied_parts"] == ["red square"] and warm["top_on_most_relied_parts"]
+    assert cool["most_relied_parts"] == ["blue square"] and not cool["top_on_most_relied_parts"]
     assert cool["top_pointing"] == 0.0 and cool["relied_pointing"] == pytest.approx(1.0)
     assert warm["top_reliance_ratio"] == pytest.approx(1.0)
     logit = result.details[1].reliance.expected_logit          # red < 0 < blue for class 1

@@ -14,7 +14,7 @@ from _evaluate_planted import (
     planted_images,
     softmax_prob,
 )
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from conceptkit.evaluate import Reliance, gaussian_blur, reliance
 
@@ -133,3 +133,46 @@ def test_bad_inputs(world, kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         reliance(**args)
+
+
+def planted_reliance(per_image: np.ndarray) -> Reliance:
+    """A Reliance whose per-image probability drops are given (NaN: part absent)."""
+    present = ~np.isnan(per_image)
+    n = per_image.shape[0]
+    expected = np.where(present, per_image, 0.0).mean(0)
+    mean = np.array([per_image[present[:, p], p].mean() if present[:, p].any() else np.nan
+                     for p in range(per_image.shape[1])])
+    return Reliance(per_image=per_image, mean=mean, expected=expected,
+                    per_image_logit=per_image, mean_logit=mean, expected_logit=expected,
+                    base_probability=np.ones(n), base_logit=np.zeros(n), present=present,
+                    class_id=0, fill="median", part_names=("a", "b", "c", "d"))
+
+
+def test_most_relied_parts_separate_only_what_the_images_can(world):
+    model, images, masks = world
+    # planted weights: red 3, green 1 for class 0, so red is relied on more in every image
+    zero = reliance(model, images, masks, 0, "zero", part_names=PART_NAMES, progress=False)
+    assert list(zero.most_relied_parts()) == [0]
+    rng = np.random.default_rng(0)
+    a = 0.5 + 0.05 * rng.standard_normal(40)
+    drops = np.stack([a, a - 0.01 + 0.05 * rng.standard_normal(40),  # b: a near tie with a
+                      a - 0.3 + 0.01 * rng.standard_normal(40),      # c: clearly less
+                      np.where(np.arange(40) < 20, a, np.nan)], 1)   # d: absent half the time
+    result = planted_reliance(drops)
+    most = result.most_relied()
+    expect = [most]
+    for part in result.ranking()[1:]:  # the decision against scipy's paired interval
+        diff = np.nan_to_num(drops[:, most]) - np.nan_to_num(drops[:, part])
+        low, _ = stats.t.interval(0.95, diff.size - 1, loc=diff.mean(), scale=stats.sem(diff))
+        if low <= 0:
+            expect.append(int(part))
+    assert set(expect) == {0, 1}  # the planted near tie ties, the others do not (d counts 0 when absent)
+    assert list(result.most_relied_parts()) == expect
+    assert list(result.most_relied_parts(confidence=0.0)) == [most]  # no interval: the maximum
+    assert set(result.most_relied_parts(confidence=1.0)) == {0, 1, 2, 3}
+    single = planted_reliance(drops[:1])
+    # one image, no interval: only an equal drop ties (d shows a's drop in image 0)
+    assert drops[0, 0] == drops[0, 3] and drops[0, 1] != drops[0, 0]
+    assert sorted(single.most_relied_parts()) == [0, 3]
+    with pytest.raises(ValueError, match="confidence"):
+        result.most_relied_parts(confidence=1.5)
