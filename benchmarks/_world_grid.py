@@ -46,7 +46,7 @@ KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
 BASELINE = "reference-craft"
 #: Columns of the summary, and whether higher is better.
 METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_reliance_ratio": True,
-           "top_pointing": True, "relied_pointing": True, "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
+           "top_pointing": True, "top_pointing_parts": True, "relied_pointing": True, "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
            "deletion_area": False}
 #: Variants of pixel ablation the grid can score by name: keyword arguments of pixel_ablation,
 #: or "half"/"third" for regions where a concept's map reaches that fraction of its 99th

@@ -23,6 +23,7 @@ METRIC_COLUMNS: dict[str, bool] = {
     "top_on_causal": True,
     "top_reliance_ratio": True,
     "top_pointing": True,
+    "top_pointing_parts": True,
     "relied_pointing": True,
     "relied_relevance_mass": True,
     "relied_iou": True,
@@ -47,6 +48,8 @@ COLUMN_HELP = {
     "top_reliance_ratio": "reliance of the top concept's part / reliance of the most relied-on "
                           "part (1: on it or on a part as needed; 0: on the background)",
     "top_pointing": "pointing game of the most important concept on the most relied-on part",
+    "top_pointing_parts": "best pointing game of the most important concept on any of "
+                          "most_relied_parts",
     "relied_pointing": "best pointing game of any concept on the most relied-on part",
     "relied_relevance_mass": "relevance mass of that best concept on that part",
     "relied_iou": "IoU of that best concept on that part",
@@ -346,6 +349,9 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
     row["top_reliance_ratio"] = (num((values[top_part] if top_part >= 0 else 0.0) / values[most])
                                  if most >= 0 and values[most] > 0 else None)
     row["top_pointing"] = num(loc.pointing_game[top, most]) if most >= 0 else None
+    row["top_pointing_parts"] = (num(np.nanmax(loc.pointing_game[top, tied]))
+                                 if tied.size and np.isfinite(loc.pointing_game[top, tied]).any()
+                                 else None)
     for metric, column in (("pointing_game", "relied_pointing"),
                            ("relevance_mass", "relied_relevance_mass"), ("iou", "relied_iou"),
                            ("auc", "relied_auc")):
