@@ -46,7 +46,9 @@ KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
 BASELINE = "reference-craft"
 #: Columns of the summary, and whether higher is better.
 METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_reliance_ratio": True,
-           "top_pointing": True, "top_pointing_parts": True, "relied_pointing": True, "relied_auc": True, "spearman": True, "kendall": True, "part_spearman": True,
+           "top_pointing": True, "top_pointing_parts": True, "relied_pointing": True,
+           "relied_auc": True, "spearman": True, "kendall": True, "spearman_significant": True,
+           "part_spearman": True,
            "deletion_area": False}
 #: Variants of pixel ablation the grid can score by name: keyword arguments of pixel_ablation,
 #: or "half"/"third" for regions where a concept's map reaches that fraction of its 99th
@@ -56,7 +58,22 @@ PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"},
                   "pixel_ablation_q97": {"quantile": 0.97},
                   "pixel_ablation_q80": {"quantile": 0.8},
                   "pixel_ablation_half": "half",
-                  "pixel_ablation_third": "third"}
+                  "pixel_ablation_third": "third",
+                  "pixel_ablation_peak": "peak"}
+
+
+def _variant_maps(name: str, maps: torch.Tensor) -> torch.Tensor:
+    """The maps pixel ablation paints from: for "peak", each image's map divided by its own
+    maximum, and zero where that maximum is below the concept's top decile over the images
+    (absent), so that the region is where the map reaches half of its peak in that image."""
+    if PIXEL_VARIANTS.get(name) != "peak":
+        return maps
+    flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double()
+    sample = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(0))[:200_000]
+    cut = torch.quantile(flat[:, sample], 0.9, dim=1).to(maps.dtype)
+    peak = maps.flatten(2).amax(2)[..., None, None]
+    present = peak >= cut[None, :, None, None]
+    return torch.where(present, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
 
 
 def _variant_kwargs(name: str, maps: torch.Tensor) -> dict:
@@ -64,6 +81,8 @@ def _variant_kwargs(name: str, maps: torch.Tensor) -> dict:
     spec = PIXEL_VARIANTS.get(name, {})
     if isinstance(spec, dict):
         return spec
+    if spec == "peak":
+        return {"thresholds": np.full(maps.shape[1], 0.5)}
     fraction = {"half": 0.5, "third": 1 / 3}[spec]
     flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double()
     sample = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(0))[:200_000]
@@ -252,7 +271,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                 # drop of the class logit instead of its probability)
                 if name in PIXEL_METHODS or name in PIXEL_VARIANTS:
                     scores[name] = pixel_ablation(
-                        model, images, values, class_id,
+                        model, images, _variant_maps(name, values), class_id,
                         preprocess=getattr(world, "preprocess", None), progress=False,
                         **_variant_kwargs(name, values)).importances
             for name in importance_methods:

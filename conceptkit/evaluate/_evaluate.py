@@ -31,6 +31,7 @@ METRIC_COLUMNS: dict[str, bool] = {
     "causal_pointing": True,
     "spearman": True,
     "kendall": True,
+    "spearman_significant": True,
     "part_spearman": True,
     "part_kendall": True,
     "deletion_area": False,
@@ -57,6 +58,7 @@ COLUMN_HELP = {
     "causal_pointing": "mean over designed causal parts of the best concept's pointing game",
     "spearman": "Spearman's rho of importance vs reliance of each concept's part",
     "kendall": "Kendall's tau-b of the same",
+    "spearman_significant": "spearman with reliances the images cannot tell from 0 set to 0",
     "part_spearman": "Spearman's rho over parts: summed importance of a part's concepts vs its "
                      "reliance",
     "part_kendall": "Kendall's tau-b of the same",
@@ -361,6 +363,7 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
                                              for g in shown])) if shown else None)
     row["spearman"] = num(result.spearman)
     row["kendall"] = num(result.kendall)
+    row["spearman_significant"] = num(result.spearman_significant)
     row["part_spearman"] = num(result.part_spearman)
     row["part_kendall"] = num(result.part_kendall)
     row["deletion_area"] = None if result.deletion is None else num(result.deletion.area_between)

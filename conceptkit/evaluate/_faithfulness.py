@@ -101,6 +101,10 @@ class Faithfulness:
         Spearman's rho and Kendall's tau-b (``scipy.stats``; ties get average ranks) between
         ``importances`` and ``concept_reliance`` over the ``k`` concepts. NaN when either is
         constant (every concept on the background, say): see ``notes``.
+    spearman_significant : float
+        ``spearman`` with the reliance of every part that the images cannot tell from 0
+        (:meth:`Reliance.significant`, 95 %) set to 0: noise-level drops of distractors do not
+        rank the concepts sitting on them.
     importances : ndarray (k,)
     concept_parts : ndarray (k,) of int
         The part each concept sits on (``-1``: background).
@@ -135,6 +139,7 @@ class Faithfulness:
     reliance: Reliance = field(repr=False)
     localisation: Localisation = field(repr=False)
     notes: tuple[str, ...] = ()
+    spearman_significant: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
@@ -142,6 +147,7 @@ class Faithfulness:
         names = self.reliance.part_names
         return {"class_id": self.class_id, "measure": self.measure,
                 "spearman": num(self.spearman), "kendall": num(self.kendall),
+                "spearman_significant": num(self.spearman_significant),
                 "part_spearman": num(self.part_spearman), "part_kendall": num(self.part_kendall),
                 "part_importances": [float(v) for v in self.part_importances],
                 "importances": [float(v) for v in self.importances],
@@ -252,6 +258,12 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     concept_reliance = np.where(parts >= 0, part_reliance[np.maximum(parts, 0)], 0.0)
     concept_reliance = np.where(np.abs(concept_reliance) <= reliance_floor, 0.0, concept_reliance)
     spearman, kendall = rank_correlations(importances, concept_reliance)
+    # the same with every reliance these images cannot tell from 0 set to 0, so that the order
+    # of noise-level drops (distractors, the background) does not rank concepts
+    significant = reliance.significant(measure)
+    on_significant = (parts >= 0) & significant[np.maximum(parts, 0)]
+    spearman_significant = rank_correlations(importances,
+                                             np.where(on_significant, concept_reliance, 0.0))[0]
     part_importances = np.zeros(reliance.present.shape[1])
     np.add.at(part_importances, parts[parts >= 0], importances[parts >= 0])
     shown = reliance.n_present > 0
@@ -275,7 +287,8 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                         concept_parts=parts.copy(), concept_reliance=concept_reliance,
                         part_spearman=part_spearman, part_kendall=part_kendall,
                         part_importances=part_importances, measure=measure, class_id=class_id, deletion=curves, reliance=reliance,
-                        localisation=localisation, notes=tuple(notes))
+                        localisation=localisation, notes=tuple(notes),
+                        spearman_significant=spearman_significant)
 
 
 def _check_given(value: Any, cls: type, name: str, shape: tuple | None) -> None:

@@ -112,6 +112,19 @@ class Reliance:
         tied = [most] + [int(p) for p, bound in zip(others, low) if bound <= 0]
         return np.asarray(tied, dtype=int)
 
+    def significant(self, measure: str = "probability", confidence: float = 0.95) -> np.ndarray:
+        """``(P,)`` bool: parts whose reliance these images can tell from 0 — the Student-t
+        ``confidence`` interval of the mean drop over all ``N`` images (an absent part counting
+        0, as in ``expected``) excludes 0. False for a part shown in no image; with one image,
+        any non-zero drop."""
+        confidence = check_float(confidence, "confidence", minimum=0.0, maximum=1.0)
+        drops = np.nan_to_num(self.per_image if measure == "probability" else self.per_image_logit)
+        if drops.shape[0] > 1:
+            low, high = student_interval(drops, confidence)
+        else:
+            low = high = drops.mean(0)
+        return (self.n_present > 0) & ((low > 0) | (high < 0))
+
     def name(self, part: int) -> str:
         return part_label(part, self.part_names)
 

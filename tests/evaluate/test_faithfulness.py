@@ -223,3 +223,37 @@ def test_explanation_without_importances_is_refused(world):
     bad = PlantedExplanation(torch.zeros(12, 1, 24, 24), [np.nan])
     with pytest.raises(ValueError, match="NaN"):
         faithfulness(bad, model, images, masks, progress=False)
+
+
+def test_spearman_significant_zeroes_what_the_images_cannot_tell_from_zero(world):
+    from conceptkit.evaluate import Reliance
+    _, images, masks, _ = world
+    rng = np.random.default_rng(1)
+    n = images.shape[0]
+    present = masks.flatten(2).any(-1).numpy()
+    drops = np.stack([0.6 + 0.05 * rng.standard_normal(n),     # red: relied on
+                      0.02 * rng.standard_normal(n),           # green: noise around 0
+                      -0.3 + 0.05 * rng.standard_normal(n)], 1)  # blue: consistently negative
+    drops = np.where(present, drops, np.nan)
+    expected = np.nan_to_num(drops).mean(0)
+    given = Reliance(per_image=drops, mean=np.nanmean(drops, 0), expected=expected,
+                     per_image_logit=drops, mean_logit=np.nanmean(drops, 0),
+                     expected_logit=expected, base_probability=np.ones(n), base_logit=np.zeros(n),
+                     present=present, class_id=0, fill="median", part_names=PART_NAMES)
+    # the same decision by scipy: the t interval of the mean drop (absent = 0) excludes 0
+    sig = []
+    for p in range(3):
+        column = np.nan_to_num(drops[:, p])
+        low, high = stats.t.interval(0.95, n - 1, loc=column.mean(), scale=stats.sem(column))
+        sig.append(bool(low > 0 or high < 0))
+    assert sig == [True, False, True]
+    assert given.significant().tolist() == sig
+    importances = [0.9, 0.1, 0.5, 0.3]   # red, green, blue, background
+    result = run(world, importances, deletion=False, reliance=given, measure="probability")
+    truth = [expected[0], expected[1], expected[2], 0.0]
+    assert result.spearman == pytest.approx(stats.spearmanr(importances, truth).statistic)
+    zeroed = [expected[0], 0.0, expected[2], 0.0]
+    assert result.spearman_significant == pytest.approx(
+        stats.spearmanr(importances, zeroed).statistic)
+    assert result.spearman_significant != pytest.approx(result.spearman)
+    assert result.to_dict()["spearman_significant"] == pytest.approx(result.spearman_significant)
