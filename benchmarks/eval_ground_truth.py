@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--fill", default="median")
     grid.add_argument("--classes", default=None, help="comma-separated class ids (default all)")
     grid.add_argument("--no-deletion", action="store_true", help="skip the deletion curves")
+    grid.add_argument("--extra-kinds", default="",
+                      help="comma-separated map kinds outside the library to score too "
+                           "(pixel_gradient)")
     grid.add_argument("--reliance-floor", type=float, default=0.0,
                       help="reliance within +-this counts as 0 in the correlations")
     grid.add_argument("--markdown", action="store_true", help="also print a Markdown table")
@@ -384,16 +387,23 @@ def _main_grid(args: argparse.Namespace) -> int:
         methods = [m for m in methods if m != "ace"] or ["ice"]
     importances = (args.importances or "sobol,gradient_input,ablation,pixel_ablation").split(",")
     classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    extra_kinds = [k for k in args.extra_kinds.split(",") if k]
+    unknown = sorted(set(extra_kinds) - set(grid.EXTRA_KINDS))
+    if unknown:
+        print(f"error: --extra-kinds: unknown {unknown}; choose from {list(grid.EXTRA_KINDS)}",
+              file=sys.stderr)
+        return 2
     torch.set_num_threads(min(2, torch.get_num_threads()))
     setting = {"worlds": args.worlds, "seeds": seeds, "n_per_class": n_per_class,
                "n_concepts": args.n_concepts, "split": args.split, "fill": args.fill,
                "methods": methods, "importances": importances, "classes": classes,
-               "deletion": not args.no_deletion, "reliance_floor": args.reliance_floor}
+               "deletion": not args.no_deletion, "reliance_floor": args.reliance_floor,
+               "extra_kinds": extra_kinds}
     start = time.perf_counter()
     worlds = grid.resolve_worlds(args.worlds)
     results = grid.run_grid(worlds, seeds, methods, importances, n_per_class, args.n_concepts,
                             args.split, args.fill, not args.no_deletion, classes, log=print,
-                            reliance_floor=args.reliance_floor)
+                            reliance_floor=args.reliance_floor, extra_kinds=extra_kinds)
     results["setting"] = setting
     grid.print_grid(results, setting)
     if args.markdown:
