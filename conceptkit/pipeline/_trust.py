@@ -24,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.base import clone
 
 from .._validation import check_int
+from ._notes import _enumerate
 
 #: A concept whose mean matched cosine across seeds is below this is flagged as unstable.
 STABLE = 0.9
@@ -140,6 +141,13 @@ def _notes(summary: dict[str, Any]) -> list[str]:
         notes.append(f"near-duplicate concepts: {summary['near_duplicates']}.")
     evaluation = summary["evaluation"]
     if evaluation is not None and evaluation.get("top_on_most_relied") is False:
-        notes.append("against the ground truth, the top concept is NOT on the part the model "
-                     "relies on most.")
+        tied = evaluation.get("most_relied_parts") or []
+        if evaluation.get("top_on_most_relied_parts"):
+            notes.append(f"against the ground truth, the top concept sits on "
+                         f"{evaluation['top_part']}, which these images cannot tell apart from "
+                         f"the part the model relies on most ({evaluation['most_relied_part']}): "
+                         f"the model relies on {_enumerate(tied)} alike.")
+        else:
+            notes.append("against the ground truth, the top concept is NOT on the part the model "
+                         "relies on most.")
     return notes

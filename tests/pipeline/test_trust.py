@@ -100,3 +100,21 @@ def test_report_shows_the_trust_summary(tmp_path):
     saved = json.loads((Path(page).parent / "report.json").read_text(encoding="utf-8"))
     assert saved["metrics"]["trust"]["mean stability across seeds"]["value"] == pytest.approx(
         cc.trust()["stability"]["mean"])
+
+
+def test_ground_truth_notes_tell_a_tie_from_a_miss():
+    from conceptkit.pipeline._trust import _notes
+
+    quiet = {"stability": {"per_concept": None, "note": None},
+             "intervals": {"top_separated": True, "unresolved_pairs": []}, "near_duplicates": []}
+    row = {"top_on_most_relied": False, "top_part": "striped patch",
+           "most_relied_part": "checkerboard patch",
+           "most_relied_parts": ["checkerboard patch", "striped patch"],
+           "top_on_most_relied_parts": True}
+    (tie,) = _notes({**quiet, "evaluation": row})
+    assert "cannot tell apart" in tie and "checkerboard patch and striped patch alike" in tie
+    assert "NOT" not in tie
+    miss = {**row, "most_relied_parts": ["checkerboard patch"], "top_on_most_relied_parts": False}
+    (text,) = _notes({**quiet, "evaluation": miss})
+    assert "NOT on the part the model relies on most" in text
+    assert _notes({**quiet, "evaluation": {**row, "top_on_most_relied": True}}) == []
