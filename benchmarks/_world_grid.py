@@ -51,8 +51,7 @@ BASELINE = "reference-craft"
 METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_reliance_ratio": True,
            "top_pointing": True, "top_pointing_parts": True, "relied_pointing": True,
            "relied_auc": True, "spearman": True, "kendall": True, "spearman_significant": True,
-           "part_spearman": True,
-           "deletion_area": False}
+           "spearman_ceiling": True, "part_spearman": True, "deletion_area": False}
 #: Variants of pixel ablation the grid can score by name: keyword arguments of pixel_ablation,
 #: or "half"/"third" for regions where a concept's map reaches that fraction of its 99th
 #: percentile over the class's images (a region that follows the map's own scale, not a decile).
@@ -99,6 +98,19 @@ def pixel_gradient_maps(model, cc, images, preprocess=None, sigma=2.0, batch_siz
                 handle.remove()
             out.append(gaussian_blur(torch.stack(maps, 1).detach(), sigma))
     return torch.cat(out)
+
+
+def spearman_ceiling(concept_reliance: np.ndarray) -> float | None:
+    """The largest Spearman any importance *without ties* can reach against these concept
+    reliances: that of the reliances with their ties broken (several concepts on the background
+    or on one part share a reliance, and a strict ranking of them counts against it)."""
+    from scipy import stats
+
+    values = np.asarray(concept_reliance, dtype=float)
+    if np.ptp(values) == 0:
+        return None
+    strict = stats.rankdata(values, method="ordinal")
+    return float(stats.spearmanr(values, strict).statistic)
 
 
 def _variant_maps(name: str, maps: torch.Tensor) -> torch.Tensor:
@@ -285,6 +297,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                               deletion=deletion, preprocess=getattr(world, "preprocess", None),
                               reliance_floor=reliance_floor, progress=False)
         row = class_row(result, class_id, data.class_names[class_id], causal)
+        row["spearman_ceiling"] = spearman_ceiling(result.concept_reliance)
         out.append({"config": label, "method": method, "importance": importance, "kind": kind,
                     "default": default, **row})
 
