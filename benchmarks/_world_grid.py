@@ -68,11 +68,11 @@ def pixel_gradient_maps(model, cc, images, preprocess=None, sigma=2.0, batch_siz
     """Experimental map kind: per pixel, the first-order drop of each concept's image-level code
     when the pixel is painted with the image's median colour, ``ReLU(∂u_j/∂x · (x − m))``
     summed over colour channels and blurred (Gaussian, ``sigma`` px)."""
+    from conceptkit._torchutils import median_colour as median_fill
     from conceptkit._torchutils import preserved_model_state
     from conceptkit.evaluate import gaussian_blur
     from conceptkit.extraction._layers import get_layer
     from conceptkit.maps._maps import _as_maps
-    from conceptkit.pipeline._pixel import median_fill
 
     bank = cc.bank
     _, module = get_layer(model, bank.layer, "bank.layer")

@@ -13,10 +13,12 @@ it and stops the forward pass there, so the rest of the model never runs.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._validation import resolve_device
@@ -118,3 +120,23 @@ def seed_everything(seed: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     return gen
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` images, reflecting at the borders; the kernel
+    reaches ``3 sigma`` (at most the image side − 1)."""
+    height, width = images.shape[-2:]
+    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    channels = images.shape[1]
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def median_colour(images: torch.Tensor) -> torch.Tensor:
+    """Each image's per-channel median colour, ``(B, C, 1, 1)`` (``torch.median``: the lower
+    middle value for an even pixel count): the fill of pixel ablation and of pixel maps."""
+    return images.flatten(2).median(dim=2).values[..., None, None]

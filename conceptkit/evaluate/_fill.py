@@ -14,13 +14,12 @@ A part is removed from an image by replacing its pixels with the fill image's pi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from .._torchutils import gaussian_blur
 from .._validation import check_float, describe
 
 FILLS = ("median", "blur", "mean", "zero")
@@ -66,20 +65,6 @@ class Fill:
             colour = images.flatten(2).median(dim=-1).values  # lower middle value when even
             return colour[:, :, None, None].expand_as(images)
         return gaussian_blur(images, self.blur_sigma)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, C, H, W)`` images, reflecting at the borders; the kernel
-    reaches ``3 sigma`` (at most the image side − 1)."""
-    height, width = images.shape[-2:]
-    radius = max(1, min(math.ceil(3 * sigma), height - 1, width - 1))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(images.dtype)
-    channels = images.shape[1]
-    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def paint(images: torch.Tensor, regions: torch.Tensor, fill: Callable) -> torch.Tensor:

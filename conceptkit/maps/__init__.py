@@ -14,6 +14,7 @@ from ._localisation import (
 from ._maps import (
     coefficient_maps,
     gradient_maps,
+    pixel_maps,
     provenance_maps,
     scale_matched_maps,
     upsample,
@@ -29,6 +30,7 @@ __all__ = [
     "localisation_table",
     "mask_iou",
     "match_concepts",
+    "pixel_maps",
     "pointing_game",
     "provenance_maps",
     "relevance_mass",

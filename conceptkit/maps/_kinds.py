@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: Every map kind an explanation can compute (``"auto"`` picks one with :func:`choose_map_kind`).
-MAP_KINDS = ("auto", "coefficient", "gradient", "provenance", "scale_matched")
+MAP_KINDS = ("auto", "coefficient", "gradient", "pixel", "provenance", "scale_matched")
 
 
 def choose_map_kind(method: str, *, fitted: bool, has_images: bool, tokens: bool,

@@ -27,19 +27,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_dtype, on_device, preserved_model_state
+from .._torchutils import median_colour, model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_float
 from ..importance import ConceptImportance
 from ..importance._concept import student_interval
 
 #: Importance methods of the explainer that run on pixels rather than on activations.
 PIXEL_METHODS = ("pixel_ablation",)
-
-
-def median_fill(images: torch.Tensor) -> torch.Tensor:
-    """Each image's per-channel median colour, ``(B, C, 1, 1)`` (``torch.median``: the lower
-    middle value for an even pixel count)."""
-    return images.flatten(2).median(dim=2).values[..., None, None]
 
 
 def concept_regions(maps: torch.Tensor, quantile: float,
@@ -151,7 +145,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
             rows = torch.tensor([i for i, _ in chunk])
             masks = torch.stack([regions[i, j] for i, j in chunk])[:, None]
             batch = images[rows]
-            painted = torch.where(masks, median_fill(batch), batch)
+            painted = torch.where(masks, median_colour(batch), batch)
             scores = _probabilities(forward, painted, class_id, score).numpy()
             for (i, j), value in zip(chunk, scores):
                 per_input[i, j] = base[i] - value

@@ -193,7 +193,9 @@ class ClassConcepts:
         are gone: ``concept_maps()`` then returns the maps saved with the file, those of the
         first ``n_images`` images only (8 by default, see :meth:`save`; ``repr`` says how many),
         and other images need the model (:meth:`attach`, then ``concept_maps(images)``). ``kind``: ``"coefficient"`` (encode every
-        position of the feature map), ``"gradient"`` (Grad-CAM of each concept coefficient) or
+        position of the feature map), ``"gradient"`` (Grad-CAM of each concept coefficient),
+        ``"pixel"`` (at the images' resolution: the first-order drop of each concept's code when
+        a pixel is painted out, blurred; :func:`conceptkit.maps.pixel_maps`) or
         ``"provenance"`` (the fitted crops' / segments' codes painted back; fitted images only).
         ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
         patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
@@ -202,7 +204,7 @@ class ClassConcepts:
         coefficient maps otherwise (chosen on the four ground-truth worlds; see
         :func:`conceptkit.maps.choose_map_kind` for the numbers).
         """
-        from ..maps import coefficient_maps, gradient_maps, provenance_maps
+        from ..maps import coefficient_maps, gradient_maps, pixel_maps, provenance_maps
 
         size = image_size
 
@@ -231,6 +233,9 @@ class ClassConcepts:
                 raise ValueError("this explanation was loaded without images; pass `images`.")
             images = self.images
         handle = self._require_model()
+        if kind == "pixel":
+            return pixel_maps(handle.model, images, self.bank, preprocess=handle.preprocess,
+                              image_size=size, batch_size=handle.batch_size, device=handle.device)
         if kind == "gradient":
             return gradient_maps(handle.model, images, self.bank, preprocess=handle.preprocess,
                                  image_size=size, batch_size=handle.batch_size,

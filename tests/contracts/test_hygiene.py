@@ -259,6 +259,13 @@ def test_gradient_maps(fuse, bank):
 
 
 @pytest.mark.parametrize("fuse", [FUSES_OFF, 2])
+def test_pixel_maps(fuse, bank):
+    model = cnn()
+    model.trip_g.arm(fuse)
+    run(model, lambda: maps.pixel_maps(model, images(), bank, batch_size=2), fails=bool(fuse))
+
+
+@pytest.mark.parametrize("fuse", [FUSES_OFF, 2])
 def test_concept_explainer(fuse):
     model = cnn()
     model.trip_h.arm(fuse)  # fails while h scores the concepts, after g has run
@@ -269,7 +276,7 @@ def test_concept_explainer(fuse):
 
 @pytest.mark.parametrize("method, target", [
     ("sobol", "conceptkit.pipeline._explainer.concept_importance"),
-    ("pixel_ablation", "conceptkit.pipeline._pixel.median_fill"),  # inside the whole-model run
+    ("pixel_ablation", "conceptkit.pipeline._pixel.median_colour"),  # inside the whole-model run
 ])
 def test_concept_explainer_fails_in_importance(monkeypatch, method, target):
     fail_later(monkeypatch, target)

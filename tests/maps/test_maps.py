@@ -5,13 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from conceptkit.concepts import NMF, ConceptBank, bank_from_activations
+from conceptkit import ConceptExplainer
+from conceptkit.concepts import NMF, ConceptBank, SemiNMF, bank_from_activations
+from conceptkit.evaluate import gaussian_blur
 from conceptkit.extraction import Provenance, crops
 from conceptkit.maps import (
     coefficient_maps,
     gradient_maps,
     mask_iou,
     match_concepts,
+    pixel_maps,
     pointing_game,
     provenance_maps,
     relevance_mass,
@@ -140,3 +143,78 @@ def test_scale_matched_maps_encode_the_enlarged_image():
     assert torch.allclose(maps, expected, atol=1e-6)
     with pytest.raises(ValueError, match="`zoom`"):
         scale_matched_maps(model, images, bank, 0.0)
+
+
+# --------------------------------------------------------------- pixel maps
+# The first-order drop of each concept's image-level code when a pixel is painted out.
+
+def planted_bank():
+    """Identity dictionary on the planted model's 3 channels: codes = pooled activations."""
+    prov = Provenance("image", np.arange(3), np.zeros((3, 4)), (8, 8))
+    bank = ConceptBank(components=torch.eye(3), codes=torch.eye(3), provenance=prov, layer="act",
+                       method="custom", params={}, factorizer=NMF(3).fit(np.eye(3) + 1e-3))
+    bank.factorizer.components_ = np.eye(3, dtype=np.float32)
+    return bank
+
+
+def test_closed_form_on_the_planted_model(snapshot):
+    # act = ReLU(x) = x for x > 0, and with an identity dictionary u_j = mean_p x_j(p), so
+    # du_j / dx_c(p) = [j = c] / (H W) and map_j = blur(ReLU(x_j - median_j)) / (H W)
+    model = _Planted().train()
+    images = 0.05 + 0.9 * torch.rand(2, 3, 16, 12, generator=torch.Generator().manual_seed(0))
+    before = snapshot(model)
+    maps = pixel_maps(model, images, planted_bank(), sigma=1.5)
+    assert snapshot(model) == before and model.training
+    median = images.flatten(2).median(dim=2).values[..., None, None]
+    expected = gaussian_blur(torch.relu(images - median) / (16 * 12), 1.5)
+    assert maps.shape == (2, 3, 16, 12)
+    torch.testing.assert_close(maps, expected, atol=1e-7, rtol=1e-4)
+    # the default sigma is the image side / 32; image_size resizes
+    default = pixel_maps(model, images, planted_bank())
+    torch.testing.assert_close(default, gaussian_blur(torch.relu(images - median) / 192, 0.5),
+                               atol=1e-7, rtol=1e-4)
+    assert pixel_maps(model, images, planted_bank(), image_size=8).shape == (2, 3, 8, 8)
+    # batches are independent
+    torch.testing.assert_close(pixel_maps(model, images, planted_bank(), sigma=1.5, batch_size=1),
+                               maps)
+
+
+def test_a_planted_dot_is_found_at_its_pixel():
+    model = _Planted().eval()
+    image = torch.full((1, 3, 16, 16), 0.05)
+    image[0, 0, 3, 4] = 1.0   # a red dot
+    image[0, 2, 12, 9] = 1.0  # a blue dot
+    maps = pixel_maps(model, image, planted_bank())
+    assert np.unravel_index(int(maps[0, 0].argmax()), (16, 16)) == (3, 4)
+    assert np.unravel_index(int(maps[0, 2].argmax()), (16, 16)) == (12, 9)
+    assert float(maps[0, 1].max()) == 0.0   # green is nowhere above its median
+
+
+@pytest.mark.parametrize("sigma", [0, -1.0, "2", True])
+def test_bad_sigma(sigma):
+    with pytest.raises(ValueError, match="sigma"):
+        pixel_maps(_Planted(), torch.rand(1, 3, 8, 8), planted_bank(), sigma=sigma)
+
+
+def test_explanation_maps_of_kind_pixel_on_a_cnn_and_a_vit():
+    from conceptkit.datasets import make_concept_dataset, reference_model
+
+    data = make_concept_dataset(4, seed=0)
+    rows = np.flatnonzero(data.labels.numpy() == 1)
+    cc = ConceptExplainer(reference_model(), "block4", n_concepts=3, method="ice", seed=0,
+                          importance="sobol", progress=False).fit(data.images[rows], 1)
+    maps = cc.concept_maps(kind="pixel")
+    assert maps.shape == (len(rows), 3, 64, 64) and maps.min() >= 0 and maps.max() > 0
+    torch.testing.assert_close(cc.concept_maps(data.images[rows[:2]], kind="pixel"), maps[:2])
+
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=3).eval()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    token = ConceptExplainer(vit, "blocks.1", n_concepts=3, method="ice", importance="sobol",
+                             factorizer=SemiNMF(3, random_state=0), seed=0,
+                             progress=False).fit(images, 0)
+    vit_maps = token.concept_maps(kind="pixel")
+    assert vit_maps.shape == (6, 3, 32, 32) and torch.isfinite(vit_maps).all()
+    assert vit_maps.max() > 0

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from conceptkit import ConceptExplainer
+from conceptkit._torchutils import median_colour as median_fill
 from conceptkit.datasets import make_concept_dataset, reference_model
-from conceptkit.pipeline._pixel import concept_regions, median_fill, pixel_ablation
+from conceptkit.pipeline._pixel import concept_regions, pixel_ablation
 
 
 class RedVsBlue(nn.Module):
