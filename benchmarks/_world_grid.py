@@ -40,12 +40,12 @@ DEFAULT_IMPORTANCE = inspect.signature(ConceptExplainer).parameters["importance"
 
 #: Map kinds scored per discovery method; "auto" rows repeat whichever of them the library's
 #: default resolves to in each world (``auto_kind`` in the records).
-KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched"),
-         "ice": ("coefficient", "gradient", "provenance"),
+KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched", "pixel"),
+         "ice": ("coefficient", "gradient", "provenance", "pixel"),
          "ace": ("provenance", "coefficient", "gradient")}
-#: Map kinds that are not in the library, scored only when asked for (``--extra-kinds``):
-#: ``pixel_gradient`` (:func:`pixel_gradient_maps`).
-EXTRA_KINDS = ("pixel_gradient",)
+#: Map kinds that are not in the library, scored only when asked for (``--extra-kinds``); none
+#: at present (the pixel-resolution maps tried this way became the library's ``kind="pixel"``).
+EXTRA_KINDS: tuple[str, ...] = ()
 BASELINE = "reference-craft"
 #: Columns of the summary, and whether higher is better.
 METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_reliance_ratio": True,
@@ -62,42 +62,6 @@ PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"},
                   "pixel_ablation_half": "half",
                   "pixel_ablation_third": "third",
                   "pixel_ablation_peak": "peak"}
-
-
-def pixel_gradient_maps(model, cc, images, preprocess=None, sigma=2.0, batch_size=32):
-    """Experimental map kind: per pixel, the first-order drop of each concept's image-level code
-    when the pixel is painted with the image's median colour, ``ReLU(∂u_j/∂x · (x − m))``
-    summed over colour channels and blurred (Gaussian, ``sigma`` px)."""
-    from conceptkit._torchutils import median_colour as median_fill
-    from conceptkit._torchutils import preserved_model_state
-    from conceptkit.evaluate import gaussian_blur
-    from conceptkit.extraction._layers import get_layer
-    from conceptkit.maps._maps import _as_maps
-
-    bank = cc.bank
-    _, module = get_layer(model, bank.layer, "bank.layer")
-    out = []
-    with preserved_model_state(model):
-        model.eval()
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].detach().clone().requires_grad_(True)
-            store = {}
-            handle = module.register_forward_hook(
-                lambda _m, _i, o, store=store: store.__setitem__("a", o))
-            try:
-                with torch.enable_grad():
-                    model(preprocess(x) if preprocess is not None else x)
-                    acts = _as_maps(store["a"], x.shape[0], model)
-                    codes = bank.encode_differentiable(acts.mean(dim=(2, 3)).float())
-                    delta = (x - median_fill(x)).detach()
-                    maps = []
-                    for j in range(bank.n_concepts):
-                        grad = torch.autograd.grad(codes[:, j].sum(), x, retain_graph=True)[0]
-                        maps.append(torch.relu((grad * delta).sum(1)))
-            finally:
-                handle.remove()
-            out.append(gaussian_blur(torch.stack(maps, 1).detach(), sigma))
-    return torch.cat(out)
 
 
 def spearman_ceiling(concept_reliance: np.ndarray) -> float | None:
@@ -308,8 +272,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         maps = {}
         for kind in KINDS[method] + tuple(extra_kinds):
             try:  # e.g. scale-matched maps need a model that takes enlarged images (not a ViT)
-                maps[kind] = (pixel_gradient_maps(model, cc, images, getattr(world, "preprocess", None))
-                              if kind == "pixel_gradient" else cc.concept_maps(kind=kind))
+                maps[kind] = cc.concept_maps(kind=kind)
             except Exception as err:  # noqa: BLE001 - recorded and printed as a note
                 notes.add(f"{method} {kind} maps failed on {getattr(world, 'name', 'a world')}: "
                           f"{str(err).splitlines()[0][:120]}")

@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--no-deletion", action="store_true", help="skip the deletion curves")
     grid.add_argument("--extra-kinds", default="",
                       help="comma-separated map kinds outside the library to score too "
-                           "(pixel_gradient)")
+                           "(_world_grid.EXTRA_KINDS)")
     grid.add_argument("--reliance-floor", type=float, default=0.0,
                       help="reliance within +-this counts as 0 in the correlations")
     grid.add_argument("--markdown", action="store_true", help="also print a Markdown table")

@@ -86,3 +86,14 @@ def test_tiny_grid_run_writes_json(tmp_path, capsys):
     assert all(auto[m] == plain[m] for m in grid.METRICS)
     entry = saved["summary"]["ice / sobol / auto"]
     assert entry["mean"]["top_pointing"] == pytest.approx(auto["top_pointing"])
+
+
+def test_spearman_ceiling_closed_form():
+    import numpy as np
+
+    # ranks (ties averaged): 10, 9 and 4.5 eight times against 10, 9, ..., 1 once the ties are
+    # broken: covariance 40.5, variances 40.5 and 82.5
+    values = np.array([0.79, 0.008] + [0.0] * 8)
+    assert grid.spearman_ceiling(values) == pytest.approx(40.5 / np.sqrt(40.5 * 82.5))
+    assert grid.spearman_ceiling(np.array([0.9, 0.5, 0.3, 0.1])) == pytest.approx(1.0)
+    assert grid.spearman_ceiling(np.zeros(5)) is None
