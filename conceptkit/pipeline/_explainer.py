@@ -85,7 +85,10 @@ class ConceptExplainer:
         ``score`` (``"probability"``, or ``"logit"``: the class logit's drop, which does not
         saturate when several regions each remove the class; one seed on the four worlds, it
         raises CRAFT's top-on-most-relied from 0.83 to 0.90 but lowers ICE's from 0.90 to 0.79,
-        so it is not the default).
+        so it is not the default), ``kind``: the map kind whose regions are painted (default
+        ``"auto"``, the explanation's default maps; e.g. ``"pixel"``, the pixel-resolution maps
+        that localise best with ICE on the CNN worlds — see BENCHMARKS.md; the kind used is in
+        ``importance.params["maps"]``, and ``concept_maps(kind=...)`` shows the same maps).
     patch_size
         CRAFT crop size (default 64/224 of the image side).
     factorizer
@@ -309,16 +312,18 @@ class ConceptExplainer:
 
     def _pixel_importance(self, result: ClassConcepts, images: torch.Tensor,
                           class_id: int) -> Any:
-        unknown = sorted(set(self.importance_kwargs) - {"quantile", "confidence", "score"})
+        options = dict(self.importance_kwargs)
+        unknown = sorted(set(options) - {"quantile", "confidence", "score", "kind"})
         if unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for "
-                            f"importance={self.importance!r}; accepted: quantile, confidence, score.")
-        kind = result._auto_kind(None)
+                            f"importance={self.importance!r}; accepted: quantile, confidence, "
+                            f"score, kind.")
+        kind = options.pop("kind", "auto")
+        kind = result._auto_kind(None) if kind == "auto" else kind
         maps = result.concept_maps(kind=kind)
         with result.model_at_layer.whole_model() as forward:
             return pixel_ablation(forward, images, maps, class_id, batch_size=self.batch_size,
-                                  progress=self.progress, params={"maps": kind},
-                                  **self.importance_kwargs)
+                                  progress=self.progress, params={"maps": kind}, **options)
 
 
 

@@ -110,3 +110,23 @@ def test_explainer_with_pixel_ablation_on_the_reference_cnn():
         ConceptExplainer(model, "block4", n_concepts=4, method="ice", importance="pixel_ablation",
                          importance_kwargs={"n_designs": 4}, progress=False).fit(
             data.images[rows], 0)
+
+
+def test_explainer_paints_the_regions_of_the_map_kind_asked_for():
+    data = make_concept_dataset(6, seed=0)
+    rows = np.flatnonzero(data.labels.numpy() == 0)
+    model = reference_model()
+    result = ConceptExplainer(model, "block4", n_concepts=4, method="ice", seed=0,
+                              importance_kwargs={"kind": "pixel"}, progress=False).fit(
+        data.images[rows], 0)
+    assert result.importance.params["maps"] == "pixel"
+    by_hand = pixel_ablation(model, data.images[rows], result.concept_maps(kind="pixel"), 0,
+                             progress=False)
+    np.testing.assert_allclose(result.importances, by_hand.importances, rtol=1e-6, atol=1e-9)
+    coefficient = result.concept_maps(kind="coefficient")
+    other = pixel_ablation(model, data.images[rows], coefficient, 0, progress=False)
+    assert not np.allclose(other.importances, by_hand.importances)   # the kind mattered
+    with pytest.raises(ValueError, match="kind"):
+        ConceptExplainer(model, "block4", n_concepts=4, method="ice", seed=0,
+                         importance_kwargs={"kind": "heat"}, progress=False).fit(
+            data.images[rows], 0)
