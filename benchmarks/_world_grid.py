@@ -83,9 +83,7 @@ def _variant_maps(name: str, maps: torch.Tensor) -> torch.Tensor:
     (absent), so that the region is where the map reaches half of its peak in that image."""
     if PIXEL_VARIANTS.get(name) != "peak":
         return maps
-    flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double()
-    sample = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(0))[:200_000]
-    cut = torch.quantile(flat[:, sample], 0.9, dim=1).to(maps.dtype)
+    cut = _sampled_quantile(maps, 0.9).to(maps.dtype)
     peak = maps.flatten(2).amax(2)[..., None, None]
     present = peak >= cut[None, :, None, None]
     return torch.where(present, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
@@ -99,9 +97,15 @@ def _variant_kwargs(name: str, maps: torch.Tensor) -> dict:
     if spec == "peak":
         return {"thresholds": np.full(maps.shape[1], 0.5)}
     fraction = {"half": 0.5, "third": 1 / 3}[spec]
+    return {"thresholds": (fraction * _sampled_quantile(maps, 0.99)).numpy()}
+
+
+def _sampled_quantile(maps: torch.Tensor, q: float) -> torch.Tensor:
+    """Each concept's ``q`` quantile over at most 200 000 of its map values ``(k,)`` (a seeded
+    sample: ``torch.quantile`` refuses inputs of more than 2**24 values)."""
     flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double()
     sample = torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(0))[:200_000]
-    return {"thresholds": (fraction * torch.quantile(flat[:, sample], 0.99, dim=1)).numpy()}
+    return torch.quantile(flat[:, sample], q, dim=1)
 #: Issue 13's bar, per world (mean over classes and seeds).
 BAR = {"top_on_most_relied": 1.0, "top_pointing": 0.95, "spearman": 0.8}
 
