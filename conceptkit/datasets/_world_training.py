@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._torchutils import median_colour
 from .._validation import check_float, check_int
 from ._architectures import build_model, n_parameters
 from ._dataset import ConceptDataset, check_concept_dataset
@@ -50,7 +51,7 @@ def part_reliance(model: nn.Module, dataset: ConceptDataset, batch_size: int = 2
     images, labels = dataset.images, dataset.labels
     rows = torch.arange(len(labels))
     before = predict_logits(model, images, batch_size).softmax(1)[rows, labels]
-    median = images.flatten(2).median(dim=2).values[:, :, None, None]
+    median = median_colour(images)
     drops = np.full((dataset.n_classes, dataset.n_concepts), np.nan)
     for k in range(dataset.n_concepts):
         shown = dataset.concepts[:, k] > 0

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._torchutils import gaussian_blur
+from .._torchutils import gaussian_blur, median_colour
 from .._validation import check_float, describe
 
 FILLS = ("median", "blur", "mean", "zero")
@@ -62,8 +62,7 @@ class Fill:
         if self.name == "mean":
             return self._mean.to(images)[None, :, None, None].expand_as(images)
         if self.name == "median":
-            colour = images.flatten(2).median(dim=-1).values  # lower middle value when even
-            return colour[:, :, None, None].expand_as(images)
+            return median_colour(images).expand_as(images)  # lower middle value when even
         return gaussian_blur(images, self.blur_sigma)
 
 
