@@ -92,6 +92,11 @@ class Reliance:
         ranking = self.ranking(measure)
         return int(ranking[0]) if ranking.size else -1
 
+    def _drops(self, measure: str) -> np.ndarray:
+        """Per-image drops ``(N, P)`` in ``measure`` with an absent part counting 0 (the terms
+        of ``expected``)."""
+        return np.nan_to_num(self.per_image if measure == "probability" else self.per_image_logit)
+
     def most_relied_parts(self, measure: str = "probability",
                           confidence: float = 0.95) -> np.ndarray:
         """The most relied-on part and every part not measurably less relied on, most first.
@@ -105,7 +110,7 @@ class Reliance:
         most = self.most_relied(measure)
         if most < 0:
             return np.zeros(0, dtype=int)
-        drops = np.nan_to_num(self.per_image if measure == "probability" else self.per_image_logit)
+        drops = self._drops(measure)
         others = self.ranking(measure)[1:]
         diff = drops[:, [most]] - drops[:, others]
         low = student_interval(diff, confidence)[0] if diff.shape[0] > 1 else diff.mean(0)
@@ -118,7 +123,7 @@ class Reliance:
         0, as in ``expected``) excludes 0. False for a part shown in no image; with one image,
         any non-zero drop."""
         confidence = check_float(confidence, "confidence", minimum=0.0, maximum=1.0)
-        drops = np.nan_to_num(self.per_image if measure == "probability" else self.per_image_logit)
+        drops = self._drops(measure)
         if drops.shape[0] > 1:
             low, high = student_interval(drops, confidence)
         else:
@@ -226,4 +231,3 @@ def _mean_present(values: np.ndarray, present: np.ndarray) -> np.ndarray:
     out = np.full(values.shape[1], np.nan)
     out[counts > 0] = total[counts > 0] / counts[counts > 0]
     return out
-

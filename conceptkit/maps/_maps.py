@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._deprecation import renamed_arguments, warn_deprecated
-from .._torchutils import model_dtype, on_device, preserved_model_state
+from .._torchutils import (
+    gaussian_blur,
+    median_colour,
+    model_dtype,
+    on_device,
+    preserved_model_state,
+)
 from .._validation import check_choice, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
@@ -184,8 +190,6 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
     maps, which stay the default. ``device``: where the model runs (default: where it is; moved
     back afterwards).
     """
-    from .._torchutils import gaussian_blur, median_colour
-
     images, bank = _data_then_bank(images, bank, "pixel_maps", "images")
     images = check_images(images, "images", pixels=True)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
