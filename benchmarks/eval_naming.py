@@ -117,7 +117,7 @@ def setup(world_name: str, seed: int, n_train: int, n_probe: int, method: str = 
 
 def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
              clip_variants: dict | None = None, methods=("dissect", "clip", "classes"),
-             world: str = "shapes", kind: str = "auto", method: str = "craft") -> list[dict]:
+             world: str = "shapes", kind: str = "coefficient", method: str = "craft") -> list[dict]:
     """One row per (class, causal part): the best-matching concept and what each method named it.
 
     ``kind``: the concept maps (``ClassConcepts.concept_maps(kind=)``) that pick each part's
@@ -209,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worlds", nargs="+", default=["shapes"], choices=list(WORLDS))
     parser.add_argument("--n-train", type=int, default=30)
     parser.add_argument("--n-probe", type=int, default=30)
-    parser.add_argument("--kind", default="auto",
-                        help="concept maps for the matching and dissection: auto (the library "
-                             "default), coefficient, scale_matched (CRAFT on CNNs), gradient")
+    parser.add_argument("--kind", default="coefficient",
+                        help="concept maps for the matching and dissection: coefficient (the naming "
+                             "default), auto (the explanation's display default), scale_matched, gradient")
     parser.add_argument("--method", default="craft", choices=["craft", "ice", "ace"],
                         help="discovery method of the explanations that are named")
     parser.add_argument("--variants", action="store_true",

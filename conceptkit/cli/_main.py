@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. 'espresso', 'tiger cat'; close matches are suggested)")
     exp.add_argument("--class-name", default=None)
     exp.add_argument("--out", required=True)
-    exp.add_argument("--method", default="craft", choices=["craft", "ice", "ace"])
+    exp.add_argument("--method", default="ice", choices=["craft", "ice", "ace"])
     exp.add_argument("--importance", default="pixel_ablation")
     exp.add_argument("--n-concepts", type=int, default=None,
                      help="number of concepts (default 10; ACE: 25 clusters before filtering)")

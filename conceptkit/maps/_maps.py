@@ -139,7 +139,7 @@ def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
                 store["map"] = output
 
             def keep_concept(_m, _i, output, store=store):
-                store["concept"] = output
+                store["concept"] = output.clone()  # an in-place op after the cut would change it
 
             handles = [map_module.register_forward_hook(keep_map),
                        concept_module.register_forward_hook(keep_concept)]
@@ -207,7 +207,7 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
             store: dict[str, torch.Tensor] = {}
 
             def keep(_m, _i, output, store=store):
-                store["concept"] = output
+                store["concept"] = output.clone()  # an in-place op after the cut would change it
 
             handle = concept_module.register_forward_hook(keep)
             try:

@@ -71,7 +71,7 @@ def _class_rows(source: ConceptSource, probe: Probe, class_images_only: bool | N
 def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
                   preprocess: Callable | None = None, quantile: Any = "auto",
                   class_images_only: bool | None = None, min_score: float | None = 0.04,
-                  summary: str = "max", kind: str = "auto", n_runner_ups: int = 3,
+                  summary: str = "max", kind: str = "coefficient", n_runner_ups: int = 3,
                   batch_size: int = 64, progress: bool = False) -> ConceptNames:
     """Network Dissection: name each concept after the part whose masks its maps match best.
 
@@ -95,7 +95,9 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
         Image-level activation used for the trust score (AUC of images with the part vs without).
     kind : str
         The concept maps compared with the masks, as ``ClassConcepts.concept_maps(kind=)``:
-        ``"auto"`` (the explanation's default, coefficient maps for CRAFT) or e.g.
+        ``"coefficient"`` (default: the concept's activation map, as network dissection reads a
+        unit's; the kind the naming benchmarks were measured with), ``"auto"`` (the
+        explanation's display default, pixel maps for CRAFT and ICE) or e.g.
         ``"scale_matched"`` (CRAFT: the probe image enlarged to the crops' scale), which
         localises parts much smaller than the crops better. A bare bank: coefficient maps.
 
@@ -128,7 +130,7 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
                  similarity: str = "soft_wpmi", template: str = "{}",
                  model: nn.Module | None = None, preprocess: Callable | None = None,
                  patch_size: Any = "auto", stride: int | None = None,
-                 crop_activation: str = "auto", kind: str = "auto",
+                 crop_activation: str = "auto", kind: str = "coefficient",
                  class_images_only: bool | None = None, summary: str = "mean",
                  min_score: float | None = None, n_runner_ups: int = 3,
                  cache_dir: Any = None, batch_size: int = 64, progress: bool = False,
@@ -171,7 +173,8 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         scales, ``"resized"`` 4/8 and 6/8 (BENCHMARKS.md, "Naming").
     kind : str
         Map kind for ``crop_activation="map"`` (a kind of ``ClassConcepts.concept_maps``;
-        ``"auto"``: the explanation's default).
+        default ``"coefficient"``, as for :func:`name_by_masks`; ``"auto"``: the explanation's
+        display default).
     class_images_only : bool, optional
         Probe only the explained class's images (default: as :func:`name_by_masks`). Off, the
         concepts of one class are also judged by what they respond to in other classes' images,
@@ -214,7 +217,7 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         image_emb = encoders.image_embeddings(cut.raw.images, progress=progress)
         targets = cut.targets
     else:
-        activations = torch.as_tensor(source.summaries(probe.images, summary))
+        activations = torch.as_tensor(source.summaries(probe.images, summary, kind=kind))
         image_emb = encoders.image_embeddings(probe.images, progress=progress)
         targets = probe.targets()
     if activations.shape[0] < 2:

@@ -177,7 +177,7 @@ class ConceptSource:
             return self.result.activations.ndim == 4
         return self.activations(images[:1]).ndim == 4
 
-    def crop_map_means(self, images: torch.Tensor, crop_set: Any, kind: str = "auto",
+    def crop_map_means(self, images: torch.Tensor, crop_set: Any, kind: str = "coefficient",
                        batch_size: int = 64) -> np.ndarray:
         """Concept activations ``(M, k)`` of crops read from the whole images' maps: the mean of
         each concept's map (computed on the probe image, at the scale the concept was found)
@@ -193,7 +193,7 @@ class ConceptSource:
                 out[row] = maps[ids[row] - start, :, y0:y1, x0:x1].mean((-2, -1)).numpy()
         return out
 
-    def maps(self, images: torch.Tensor, kind: str = "auto") -> torch.Tensor:
+    def maps(self, images: torch.Tensor, kind: str = "coefficient") -> torch.Tensor:
         """Concept maps ``(N, k, H, W)`` at the images' size (``kind``: a map kind of
         ``ClassConcepts.concept_maps``; ``"auto"``: the explanation's default; a bare bank has
         coefficient maps)."""
@@ -212,9 +212,9 @@ class ConceptSource:
         return coefficient_maps(acts, self.bank, tuple(images.shape[-2:])).float()
 
     def summaries(self, images: torch.Tensor, summary: str = "mean",
-                  maps: torch.Tensor | None = None) -> np.ndarray:
+                  maps: torch.Tensor | None = None, kind: str = "coefficient") -> np.ndarray:
         """One activation per image and concept ``(N, k)``: the spatial mean or max of its map
-        (the image-level codes when the layer has no spatial axes)."""
+        of ``kind`` (the image-level codes when the layer has no spatial axes)."""
         if maps is None:
             flat_layer = (self.result is not None and self.result.activations is not None
                           and self.result.activations.ndim == 2)
@@ -230,7 +230,7 @@ class ConceptSource:
                 acts = self.activations(images)
                 return torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).double().numpy()
             if maps is None:
-                maps = self.maps(images)
+                maps = self.maps(images, kind)
         flat = maps.flatten(2)
         values = flat.mean(-1) if summary == "mean" else flat.amax(-1)
         return values.double().numpy()

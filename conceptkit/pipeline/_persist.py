@@ -18,6 +18,7 @@ import torch
 from .._validation import id_list
 from ..concepts import ConceptBank
 from ..importance import ConceptImportance
+from ..maps import MAP_KINDS
 from ._naming import load_names, names_state
 
 
@@ -35,9 +36,11 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         tensors["importance.ci_low"] = np.asarray(imp.ci_low, dtype=np.float64)
         tensors["importance.ci_high"] = np.asarray(imp.ci_high, dtype=np.float64)
     exemplar_ids: list[list] = []
+    maps_kind = cc.saved_maps_kind
     if cc.images is not None:
         tensors["images"] = _to_uint8(cc.images[:n_images])
         tensors["maps"] = cc._shown_maps(n_images).to(torch.float16)
+        maps_kind = cc._auto_kind(None)
         for c in range(cc.n_concepts):
             ex, ids = cc.top_examples(c, n_exemplars, image_size=min(64, cc.images.shape[-1]))
             tensors[f"exemplars.{c}"] = _to_uint8(ex)
@@ -60,7 +63,7 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         "params": cc.params, "timings": cc.timings, "metrics": metrics,
         "importance": {"method": imp.method, "class_id": int(imp.class_id), "params": imp.params,
                        "has_ci": imp.ci_low is not None},
-        "exemplar_ids": exemplar_ids,
+        "exemplar_ids": exemplar_ids, "maps_kind": maps_kind,
         "image_ids": [] if cc.image_ids is None else id_list(cc.image_ids[:n_images]),
     }
     named_tensors, named_meta = names_state(cc)  # names and MACO pictures, when there are any
@@ -135,12 +138,15 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
            "params or timings of the wrong type")
     metrics = meta.get("metrics")
     _check(metrics is None or isinstance(metrics, dict), "metrics of the wrong type")
+    maps_kind = meta.get("maps_kind", "coefficient")  # files before 0.2 saved coefficient maps
+    _check(maps_kind in MAP_KINDS and maps_kind != "auto", f"maps of unknown kind {maps_kind!r}")
     names, visualizations = load_names(tensors, meta, k)
     return cls(class_id=_int(meta["class_id"], "class_id"), class_name=str(meta["class_name"]),
                bank=bank, importance=importance, images=None, activations=None,
                model_name=str(meta["model_name"]), layer=str(meta["layer"]),
                method=str(meta["method"]), params=meta["params"], timings=meta["timings"],
-               image_ids=_id_array(image_ids), saved_maps=maps, saved_metrics=metrics,
+               image_ids=_id_array(image_ids), saved_maps=maps, saved_maps_kind=str(maps_kind),
+               saved_metrics=metrics,
                saved_exemplars=exemplars,
                saved_exemplar_ids=None if ids is None else [_id_array(row) for row in ids],
                saved_images=None if images is None else images.float() / 255.0,

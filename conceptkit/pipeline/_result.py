@@ -72,6 +72,7 @@ class ClassConcepts:
     timings: dict[str, float] = field(default_factory=dict)
     image_ids: np.ndarray | None = None
     saved_maps: torch.Tensor | None = None
+    saved_maps_kind: str = "coefficient"  # the map kind of saved_maps (files before 0.2: coefficient)
     saved_metrics: dict[str, Any] | None = None
     saved_images: torch.Tensor | None = None
     saved_exemplars: list[torch.Tensor] | None = field(default=None, repr=False)  # uint8, per concept
@@ -212,6 +213,9 @@ class ClassConcepts:
             raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
         if images is not None:
             images = check_images(images, "images", pixels=True)
+        if (images is None and self.images is None and self.saved_maps is not None
+                and kind in ("auto", self.saved_maps_kind)):
+            return self.saved_maps.float()  # loaded from a file: the maps saved with it
         if kind == "auto":
             kind = self._auto_kind(images)
         if kind == "scale_matched":
@@ -228,9 +232,13 @@ class ClassConcepts:
             return self._fitted_coefficient_maps(size)
         if images is None:
             if self.images is None:
-                if self.saved_maps is not None and kind == "coefficient":
-                    return self.saved_maps.float()
-                raise ValueError("this explanation was loaded without images; pass `images`.")
+                saved = ("" if self.saved_maps is None
+                         else f" (its saved maps are of kind {self.saved_maps_kind!r})")
+                raise ValueError(f"this explanation was loaded without images{saved}; pass "
+                                 f"`images` for maps of kind {kind!r}.")
+            if kind == "pixel":
+                maps = self._fitted_pixel_maps(self.images.shape[0])
+                return maps if size is None else _resize(maps, size)
             images = self.images
         handle = self._require_model()
         if kind == "pixel":
@@ -334,7 +342,30 @@ class ClassConcepts:
         if self.activations is not None and kind == "coefficient":
             size = None if self.images is None else tuple(self.images.shape[-2:])
             return self._fitted_coefficient_maps(size, n_images)
+        if kind == "pixel" and self.images is not None:
+            return self._fitted_pixel_maps(n_images)
         return self.concept_maps()[:n_images]
+
+    def _fitted_pixel_maps(self, n_images: int) -> torch.Tensor:
+        """Pixel maps of the first ``n_images`` fitted images, computed once (each costs a
+        backward pass per concept) and kept while ``bank``, ``images`` and the attached model
+        stay the same objects; a copy is returned."""
+        from ..maps import pixel_maps
+
+        n_images = min(n_images, self.images.shape[0])
+        handle = self._require_model()
+        key = (self.bank, self.images, handle)
+        cache = self.__dict__.get("_pixel_cache")
+        if cache is None or any(a is not b for a, b in zip(cache[0], key)):
+            cache = (key, torch.zeros(0))
+        done = cache[1].shape[0]
+        if done < n_images:
+            more = pixel_maps(handle.model, self.images[done:n_images], self.bank,
+                              preprocess=handle.preprocess, batch_size=handle.batch_size,
+                              device=handle.device)
+            cache = (key, more if done == 0 else torch.cat([cache[1], more]))
+            self.__dict__["_pixel_cache"] = cache
+        return cache[1][:n_images].clone()
 
     def subconcepts(self, concept: int, layer: str, **kwargs: Any) -> Any:
         """CRAFT's recursion: sub-concepts of ``concept`` at an earlier ``layer``.

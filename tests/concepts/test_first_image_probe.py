@@ -41,7 +41,7 @@ def test_methods_stop_after_the_first_image(method, first_image_rows, extracted)
 
 def test_pipeline_stops_before_the_class_images_are_extracted(extracted):
     explainer = conceptkit.ConceptExplainer(two_block_cnn(), SIGNED, n_concepts=3, patch_size=16,
-                                            progress=False)
+                                            method="craft", progress=False)
     with pytest.raises(ValueError, match=r"factorizer=SemiNMF\(k\)") as caught:
         explainer.fit(IMAGES, 0)
     assert isinstance(caught.value, NegativeActivationsError)

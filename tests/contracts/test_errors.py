@@ -512,7 +512,7 @@ ROWS: list[Row] = [
     R("explainer-one-image", "ConceptExplainer.fit", "a class with one image",
       lambda c: conceptkit.ConceptExplainer(c.model, "block2", progress=False).fit(c.images[:1], 0),
       ValueError, "`images`"),
-    R("explainer-negative", "ConceptExplainer.fit", "CRAFT (NMF) at a layer with negative activations",
+    R("explainer-negative", "ConceptExplainer.fit", "NMF (ICE, the default) at a layer with negative activations",
       lambda c: conceptkit.ConceptExplainer(c.model, "block2.0", n_concepts=2, progress=False).fit(c.images, 0),
       ValueError, "`layer`"),
     R("explainer-class-range", "ConceptExplainer.fit", "class_id outside the model's outputs",

@@ -170,7 +170,7 @@ def test_real_model_notebook_runs(kernel_path, tmp_path):
 
 RELIANCE_HEADER = re.compile(r"^class (\d+) '[^']*': probability drop", re.M)
 RELIANCE_LINE = re.compile(rf"^  reliance (.+?)\s+(causal|distractor)\s+{NUMBER}$", re.M)
-KIND_LINE = re.compile(rf"^(auto|coefficient|gradient)\s+(\d+)\s+(.+?)\s+{NUMBER}\s+{NUMBER}$", re.M)
+KIND_LINE = re.compile(rf"^(auto|coefficient|gradient|pixel)\s+(\d+)\s+(.+?)\s+{NUMBER}\s+{NUMBER}$", re.M)
 SPEARMAN_LINE = re.compile(rf"^class (\d+): spearman {NUMBER}, kendall", re.M)
 
 
@@ -223,10 +223,10 @@ def test_evaluate_notebook_03_runs(kernel_path, tmp_path):
     # (checkerboard) and hardly on the other (stripes).
     assert printed[0]["checkerboard"] > printed[0]["stripes"] + 0.2
     assert printed[0]["stripes"] < 0.1
-    # The map-kind table: three kinds x two classes, scores in range.
+    # The map-kind table: four kinds x two classes, scores in range.
     kinds = KIND_LINE.findall(text)
     assert sorted((k, int(c)) for k, c, *_ in kinds) == sorted(
-        (k, c) for k in ("auto", "coefficient", "gradient") for c in (0, 1))
+        (k, c) for k in ("auto", "coefficient", "gradient", "pixel") for c in (0, 1))
     for _, _, _, pointing, rho in kinds:
         assert 0.0 <= float(pointing) <= 1.0 and -1.0 <= float(rho) <= 1.0
     # evaluate() reproduces the per-function results on the same images (default maps): the

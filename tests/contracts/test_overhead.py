@@ -72,7 +72,7 @@ def test_scale_matched_maps_run_g_once_and_default_maps_need_no_enlarged_pass(tm
     images = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     model = _model()
     cc = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False,
-                                     importance="sobol").fit(images, 0)
+                                     method="craft", importance="sobol").fit(images, 0)
     passes = []
     original = _results._Enlarged.iter_batches
 
@@ -90,11 +90,45 @@ def test_scale_matched_maps_run_g_once_and_default_maps_need_no_enlarged_pass(tm
     cc.save(tmp_path / "class.safetensors")
     assert passes == [9]
     fresh = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0, progress=False,
-                                        importance="sobol").fit(images, 0)
+                                        method="craft", importance="sobol").fit(images, 0)
     passes.clear()
     fresh.report(tmp_path / "again", n_images=6)
     fresh.save(tmp_path / "again.safetensors", n_images=5)
     assert passes == []
+
+
+def test_pixel_maps_of_the_fitted_images_are_computed_once(tmp_path, monkeypatch):
+    """The default maps (pixel maps: a backward pass per concept) of the class images are
+    computed once, by pixel ablation during the fit, and reused by maps, report and save; a new
+    bank or new images recompute them."""
+    import conceptkit.maps as maps_module
+
+    images = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    seen = []
+    original = maps_module.pixel_maps
+
+    def spy(model, batch, bank, **kwargs):
+        seen.append(batch.shape[0])
+        return original(model, batch, bank, **kwargs)
+
+    monkeypatch.setattr(maps_module, "pixel_maps", spy)
+    cc = conceptkit.ConceptExplainer(_model(), "block2", n_concepts=3, seed=0,
+                                     progress=False).fit(images, 0)
+    assert cc.importance.params["maps"] == "pixel" and seen == [7]
+    first = cc.concept_maps()
+    first.zero_()  # the caller owns what it gets: the kept maps are untouched
+    assert cc.concept_maps().abs().sum() > 0
+    cc.report(tmp_path / "report", n_images=4)
+    cc.save(tmp_path / "class.safetensors", n_images=3)
+    assert seen == [7]
+    torch.testing.assert_close(cc.concept_maps(), original(cc.model_at_layer.model, images,
+                                                           cc.bank), rtol=0, atol=0)
+    import dataclasses
+
+    other = dataclasses.replace(cc, bank=conceptkit.ConceptExplainer(
+        _model(), "block2", n_concepts=2, seed=1, progress=False).fit(images, 0).bank)
+    seen.clear()
+    assert other.concept_maps().shape[1] == 2 and seen == [7]
 
 
 def test_replacing_the_bank_recomputes_the_codes(fitted):

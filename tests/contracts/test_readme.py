@@ -45,7 +45,7 @@ EXPECTED = {
     "In Python": [r"ClassConcepts\(class 2 'green triangle \+ yellow ring', 8 concepts",
                   r"out/class-2-green-triangle-yellow-ring/index\.html"],
     "Your own model: bundles, class names, file names": [
-        r"ClassConcepts\(class 967 'espresso', 5 concepts, craft at 'bn2' of EfficientNet-Lite0"],
+        r"ClassConcepts\(class 967 'espresso', 5 concepts, ice at 'bn2' of EfficientNet-Lite0"],
     "More activations than memory: the store, streaming NMF, torchrun": [r"\(25, 64\)"],
     "TCAV: does a concept you name matter?": [r"red disk\s+1\.000 ± 0\.000 .* yes",
                                               r"blue square\s+1\.000 ± 0\.000 .* yes"],

@@ -73,16 +73,21 @@ def test_tiny_grid_run_writes_json(tmp_path, capsys):
                     "--json", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "ice / sobol / auto" in printed and "Bar (every world)" in printed
-    assert "auto maps of ice: shapes coefficient" in printed
+    assert "auto maps of ice: shapes pixel" in printed and "shortfall" in printed
     saved = json.loads(path.read_text())
+    # the shortfall from the bar, by hand from the per-world means
+    entry = saved["summary"]["ice / sobol / auto"]
+    means = entry["per_world"]["shapes"]
+    expected = sum(max(0.0, bar - means[m]) for m, bar in grid.BAR.items())
+    assert entry["shortfall"] == pytest.approx(expected) == pytest.approx(entry["worst_shortfall"])
     configs = {r["config"] for r in saved["records"]}
     assert configs == {f"ice / {i} / {k}" for i in ("sobol", "occlusion")
                        for k in (*grid.KINDS["ice"], "auto")}
     for row in saved["records"]:
         assert row["world"] == "shapes" and row["class_id"] == 4 and row["n_images"] == 6
     by_config = {r["config"]: r for r in saved["records"]}
-    auto, plain = by_config["ice / sobol / auto"], by_config["ice / sobol / coefficient"]
-    assert auto["auto_kind"] == "coefficient"
+    auto, plain = by_config["ice / sobol / auto"], by_config["ice / sobol / pixel"]
+    assert auto["auto_kind"] == "pixel"
     assert all(auto[m] == plain[m] for m in grid.METRICS)
     entry = saved["summary"]["ice / sobol / auto"]
     assert entry["mean"]["top_pointing"] == pytest.approx(auto["top_pointing"])

@@ -34,8 +34,8 @@ def explained():
     train = make_concept_dataset(12, seed=0, split="train")
     probe = make_concept_dataset(4, seed=1, split="test")
     rows = train.class_indices(2)
-    cc = ConceptExplainer(reference_model(), "block4", n_concepts=5, seed=0, progress=False,
-                          importance="gradient_input").fit(train.images[rows], 2)
+    cc = ConceptExplainer(reference_model(), "block4", n_concepts=5, method="craft", seed=0,
+                          progress=False, importance="gradient_input").fit(train.images[rows], 2)
     return cc, probe
 
 

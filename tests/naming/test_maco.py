@@ -23,8 +23,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 def explained():
     train = make_concept_dataset(30, seed=0, split="train")
     rows = train.class_indices(0)
-    cc = ConceptExplainer(reference_model(), "block4", n_concepts=10, seed=0, progress=False,
-                          importance="gradient_input").fit(train.images[rows], 0)
+    cc = ConceptExplainer(reference_model(), "block4", n_concepts=10, method="craft", seed=0,
+                          progress=False, importance="gradient_input").fit(train.images[rows], 0)
     return cc
 
 

@@ -69,7 +69,7 @@ def test_classes_names_the_other_class_that_shares_the_part(world):
     pushes most is the other class with its part: class 1 for the triangle, class 3 for the ring."""
     train, probe, model = world
     rows = train.class_indices(2)
-    cc = ConceptExplainer(model, "block4", n_concepts=6, seed=0, progress=False,
+    cc = ConceptExplainer(model, "block4", n_concepts=6, method="craft", seed=0, progress=False,
                           importance="gradient_input").fit(train.images[rows], 2)
     dissect = name_by_masks(cc, probe, kind="scale_matched")  # small parts: see BENCHMARKS.md
     classes = name_by_classes(cc, class_names=list(train.class_names), probe=probe)

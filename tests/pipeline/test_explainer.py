@@ -22,7 +22,7 @@ def fitted():
     images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     # Sobol (not the default pixel ablation): these tests check its plumbing and fast path.
     explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=4, seed=0, progress=False,
-                                            importance="sobol")
+                                            method="craft", importance="sobol")
     return model, images, explainer.fit(images, 2, "two")
 
 
@@ -72,6 +72,43 @@ def test_save_load_report_round_trip(fitted, tmp_path):
     data = json.loads(report_json.read_text())
     shown = sorted(c["importance"] for c in data["concepts"])
     assert np.allclose(shown, np.sort(cc.importances))
+
+
+def test_saved_maps_keep_their_kind(fitted, tmp_path):
+    """A file records the kind of its saved maps (pixel maps, the default); after loading,
+    concept_maps() serves them for "auto" or that kind, and names the kind when asked for
+    another; a file without the record (before 0.2) holds coefficient maps; a tampered kind is a
+    FormatError."""
+    from conceptkit import io
+
+    _, _, cc = fitted
+    path = cc.save(tmp_path / "cc.safetensors", n_images=4)
+    again = conceptkit.load(path)
+    assert again.saved_maps_kind == "pixel"
+    torch.testing.assert_close(again.concept_maps(kind="pixel"), again.concept_maps())
+    torch.testing.assert_close(again.concept_maps(), cc.concept_maps()[:4].half().float())
+    with pytest.raises(ValueError, match="saved maps are of kind 'pixel'"):
+        again.concept_maps(kind="coefficient")
+    assert io.load_file(again.save(tmp_path / "again.safetensors"), kind="ClassConcepts",
+                        version=1)[1]["maps_kind"] == "pixel"
+    tensors, meta = io.load_file(path, kind="ClassConcepts", version=1)
+    del meta["maps_kind"]
+    io.save_file(tmp_path / "old.safetensors", tensors, meta, kind="ClassConcepts", version=1)
+    old = conceptkit.load(tmp_path / "old.safetensors")
+    assert old.saved_maps_kind == "coefficient"
+    torch.testing.assert_close(old.concept_maps(kind="coefficient"), again.concept_maps())
+    for bad in ("auto", "heat", 3):
+        meta["maps_kind"] = bad
+        io.save_file(tmp_path / "bad.safetensors", tensors, meta, kind="ClassConcepts", version=1)
+        with pytest.raises(io.FormatError, match="maps of unknown kind"):
+            conceptkit.load(tmp_path / "bad.safetensors")
+
+
+def test_patch_size_is_refused_without_craft():
+    with pytest.raises(ValueError, match="`patch_size` is the side of CRAFT's crops"):
+        conceptkit.ConceptExplainer(_model(), "block2", n_concepts=2, patch_size=16)
+    with pytest.raises(ValueError, match="method='ace' does not crop"):
+        conceptkit.ConceptExplainer(_model(), "block2", method="ace", patch_size=16)
 
 
 def test_manager_groups_by_prediction_without_labels(tmp_path):
@@ -144,7 +181,7 @@ def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     before = snapshot(model)
     explainer = conceptkit.ConceptExplainer(model, "blocks.1", n_concepts=3, patch_size=16,
-                                            factorizer=SemiNMF(3, random_state=0), seed=0,
+                                            method="craft", factorizer=SemiNMF(3, random_state=0), seed=0,
                                             progress=False)
     cc = explainer.fit(images, 2)
     assert snapshot(model) == before
@@ -157,14 +194,18 @@ def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
     assert cc.concept_maps(kind="gradient").shape == (6, 3, 32, 32)
 
 
-def test_craft_maps_default_to_coefficient_maps(fitted):
-    from conceptkit.maps import coefficient_maps, scale_matched_maps
+def test_craft_maps_default_to_pixel_maps(fitted):
+    from conceptkit.maps import coefficient_maps, pixel_maps, scale_matched_maps
 
     model, images, cc = fitted
+    pixel = pixel_maps(model, images[:2], cc.bank)
+    assert torch.allclose(cc.concept_maps(images[:2]), pixel, atol=1e-6)
+    assert torch.allclose(cc.concept_maps()[:2], pixel, atol=1e-6)
+    assert torch.allclose(cc.concept_maps(images[:2], kind="pixel"), pixel, atol=1e-6)
     expected = coefficient_maps(cc.activations[:2], cc.bank, (32, 32))
     # (the fitted maps reuse the codes computed at fit time: the same solve, to its tolerance)
-    assert torch.allclose(cc.concept_maps(images[:2]), expected, atol=1e-3)
-    assert torch.allclose(cc.concept_maps()[:2], expected, atol=1e-3)
+    assert torch.allclose(cc.concept_maps(images[:2], kind="coefficient"), expected, atol=1e-3)
+    assert torch.allclose(cc.concept_maps(kind="coefficient")[:2], expected, atol=1e-3)
     zoom = 32 / cc.bank.params["patch_size"]   # scale-matched maps on request
     assert torch.allclose(cc.concept_maps(images[:2], kind="scale_matched"),
                           scale_matched_maps(model, images[:2], cc.bank, zoom), atol=1e-6)

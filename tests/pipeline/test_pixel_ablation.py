@@ -103,7 +103,7 @@ def test_explainer_with_pixel_ablation_on_the_reference_cnn():
         data.images[rows], 0)
     assert model.training
     assert result.importance.method == "pixel_ablation"
-    assert result.importance.params["maps"] == "coefficient"
+    assert result.importance.params["maps"] == "pixel"   # the default maps
     assert result.importance.per_input.shape == (len(rows), 4)
     assert np.all(np.isfinite(result.importances)) and np.abs(result.importances).max() > 0.01
     with pytest.raises(TypeError, match="quantile"):
@@ -117,14 +117,14 @@ def test_explainer_paints_the_regions_of_the_map_kind_asked_for():
     rows = np.flatnonzero(data.labels.numpy() == 0)
     model = reference_model()
     result = ConceptExplainer(model, "block4", n_concepts=4, method="ice", seed=0,
-                              importance_kwargs={"kind": "pixel"}, progress=False).fit(
+                              importance_kwargs={"kind": "coefficient"}, progress=False).fit(
         data.images[rows], 0)
-    assert result.importance.params["maps"] == "pixel"
-    by_hand = pixel_ablation(model, data.images[rows], result.concept_maps(kind="pixel"), 0,
-                             progress=False)
+    assert result.importance.params["maps"] == "coefficient"
+    by_hand = pixel_ablation(model, data.images[rows], result.concept_maps(kind="coefficient"),
+                             0, progress=False)
     np.testing.assert_allclose(result.importances, by_hand.importances, rtol=1e-6, atol=1e-9)
-    coefficient = result.concept_maps(kind="coefficient")
-    other = pixel_ablation(model, data.images[rows], coefficient, 0, progress=False)
+    pixel = result.concept_maps(kind="pixel")
+    other = pixel_ablation(model, data.images[rows], pixel, 0, progress=False)
     assert not np.allclose(other.importances, by_hand.importances)   # the kind mattered
     with pytest.raises(ValueError, match="kind"):
         ConceptExplainer(model, "block4", n_concepts=4, method="ice", seed=0,

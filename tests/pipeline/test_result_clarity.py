@@ -113,7 +113,7 @@ def test_heatmap_grid_has_a_row_per_concept_and_a_column_per_image():
 
 def test_reprs_are_short_and_say_what_is_held(fitted, tmp_path):
     text = repr(fitted)
-    assert text.startswith("ClassConcepts(class 2 'class 2', 4 concepts, craft at 'block2'")
+    assert text.startswith("ClassConcepts(class 2 'class 2', 4 concepts, ice at 'block2'")
     assert "8 fitted images in memory" in text and "tensor(" not in text and len(text) < 400
     assert "per_input=array(8, 4) float64" in repr(fitted.importance)
     assert len(repr(fitted.bank)) < 400

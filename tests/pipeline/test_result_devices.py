@@ -15,7 +15,8 @@ import conceptkit.maps
 def fitted():
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     explainer = conceptkit.ConceptExplainer(two_block_cnn(), "block2", n_concepts=3, seed=0,
-                                            progress=False, device="cpu:0", n_designs=8)
+                                            method="craft", progress=False, device="cpu:0",
+                                            n_designs=8)
     return explainer.fit(images, class_id=1), images
 
 

@@ -94,7 +94,10 @@ def test_report_shows_the_trust_summary(tmp_path):
     assert cc.trust(n_seeds=2) is summary                       # computed once
     page = cc.report(tmp_path, trust=True)
     text = open(page, encoding="utf-8").read()
-    assert "stability across seeds" in text and "Trust:" in text
+    assert "stability across seeds" in text
+    # every note of the summary is on the page, marked as a trust note
+    assert all(f"Trust: {note}"[:60] in text for note in summary["notes"])
+    assert ("Trust:" in text) == bool(summary["notes"])
     from pathlib import Path
 
     saved = json.loads((Path(page).parent / "report.json").read_text(encoding="utf-8"))
