@@ -157,9 +157,9 @@ class ConceptExplainer:
         self.importance = check_choice(importance, "importance",
                                        (*IMPORTANCE_METHODS, *PIXEL_METHODS))
         if patch_size is not None and self.method != "craft":
-            raise ValueError(f"`patch_size` is the side of CRAFT's crops; method={self.method!r} "
-                             f"does not crop. Pass method='craft' with it, or leave patch_size "
-                             f"out.")
+            raise ValueError(f"`patch_size` is the side of CRAFT's crops; `method` "
+                             f"{self.method!r} does not crop. Pass `method` 'craft' with it, or "
+                             f"leave `patch_size` out.")
         self.patch_size = patch_size
         if factorizer is not None:  # a wrong type or two different k: say so now, not after g
             configured_factorizer(factorizer, self.n_concepts, seed)

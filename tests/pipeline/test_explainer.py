@@ -107,7 +107,7 @@ def test_saved_maps_keep_their_kind(fitted, tmp_path):
 def test_patch_size_is_refused_without_craft():
     with pytest.raises(ValueError, match="`patch_size` is the side of CRAFT's crops"):
         conceptkit.ConceptExplainer(_model(), "block2", n_concepts=2, patch_size=16)
-    with pytest.raises(ValueError, match="method='ace' does not crop"):
+    with pytest.raises(ValueError, match="`method` 'ace' does not crop"):
         conceptkit.ConceptExplainer(_model(), "block2", method="ace", patch_size=16)
 
 
