@@ -31,8 +31,8 @@ from conceptkit.naming._maco import _random_crops, crop_coefficients  # noqa: E4
 def reference_cnn(steps: int, classes: list[int]) -> list[dict]:
     model = reference_model()
     train = make_concept_dataset(30, seed=0, split="train")
-    explainer = conceptkit.ConceptExplainer(model, "block4", n_concepts=10, seed=0, progress=False,
-                                            importance="gradient_input")
+    explainer = conceptkit.ConceptExplainer(model, "block4", n_concepts=10, method="craft", seed=0,
+                                            progress=False, importance="gradient_input")
     rows = []
     for c in classes:
         with warnings.catch_warnings():

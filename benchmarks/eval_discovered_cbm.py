@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     fit_set = make_concept_dataset(100, seed=args.seed + 1, split="train", spurious=False)
     probe = make_concept_dataset(10, seed=args.seed + 2, split="val", spurious=False)
     test = make_concept_dataset(args.n_test, seed=args.seed, split="test", spurious=False)
-    manager = conceptkit.ConceptManager(model, "block4", n_concepts=10, seed=args.seed,
-                                        progress=False, importance="gradient_input")
+    manager = conceptkit.ConceptManager(model, "block4", n_concepts=10, method="craft",
+                                        seed=args.seed, progress=False,
+                                        importance="gradient_input")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         manager.fit(discover.images, discover.labels)
