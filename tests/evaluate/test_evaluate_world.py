@@ -127,14 +127,15 @@ def test_bad_worlds_and_explanations():
 
 
 def test_shapes_world_end_to_end(snapshot):
-    """CRAFT on the shapes world (test split: no spurious cue), 20 images per class, k=5, two
-    classes, default settings (pixel-ablation importance, coefficient maps). Measured at seed 0
-    (and seeds 1, 2 in brackets): the top concept sits on a designed causal part in 2/2 classes
-    (2/2, 2/2) — in one of them on the part relied on second most, whose reliance is close to the
-    first (top reliance ratio 0.97 (0.94, 0.99)) and not measurably below it (seed 0: both in
-    ``most_relied_parts``); relied-on part's best ROC-AUC 0.91 (0.93, 0.89);
-    causal pointing 0.74 (0.76, 0.80); Spearman 0.79 (0.39, 0.88); deletion area 0.32 (0.33,
-    0.32). Reliance on the causal parts 0.45-0.80, on every other part |drop| <= 0.003."""
+    """The shapes world (test split: no spurious cue), 20 images per class, k=5, two classes,
+    default settings (ICE, pixel-ablation importance, pixel maps). Measured at seed 0 (and seeds
+    1, 2 in brackets): the top concept sits on a designed causal part in 2/2 classes (2/2, 2/2)
+    — at seed 0 in one of them on the part relied on second most, whose reliance is close to the
+    first (top reliance ratio 0.97 (1.00, 1.00)) and not measurably below it (both in
+    ``most_relied_parts``); top pointing on those parts 1.00 (1.00, 1.00); relied-on part's best
+    ROC-AUC 0.99 (0.99, 0.99); causal pointing 1.00 (1.00, 1.00); Spearman 0.65 (0.90, 0.71);
+    deletion area 0.03 (0.03, 0.05). Reliance on the causal parts 0.45-0.80, on every other
+    part |drop| <= 0.003."""
     from conceptkit import ConceptManager
     from conceptkit.datasets import make_concept_dataset, reference_model
 
@@ -154,12 +155,12 @@ def test_shapes_world_end_to_end(snapshot):
     summary = result.summary
     assert summary["top_on_causal"] == 1.0 and summary["top_on_most_relied"] >= 0.5
     # class 4's two causal parts are relied on alike: 20 images cannot tell which is first, and
-    # the top concept sits on one of them (measured: both classes, top pointing there 0.8)
+    # the top concept sits on one of them (measured: top pointing there 1.00)
     assert [row["most_relied_parts"] for row in result.rows] == [
         ["red disk"], ["checkerboard patch", "striped patch"]]
-    assert summary["top_on_most_relied_parts"] == 1.0 and summary["top_pointing_parts"] >= 0.7
+    assert summary["top_on_most_relied_parts"] == 1.0 and summary["top_pointing_parts"] >= 0.9
     assert summary["top_reliance_ratio"] >= 0.9
-    assert summary["relied_auc"] >= 0.85 and summary["causal_pointing"] >= 0.7
+    assert summary["relied_auc"] >= 0.95 and summary["causal_pointing"] >= 0.9
 
     # Removing concepts from the activations: the reference CNN's head after block4 is global
     # average pooling and a linear layer, so removing the concepts S lowers the class logit by
@@ -179,7 +180,7 @@ def test_shapes_world_end_to_end(snapshot):
         expected.append(float(logit.mean()))
     np.testing.assert_allclose(curves.concept_curve, expected, atol=1e-4)
     assert summary["spearman"] >= 0.6
-    assert 0.0 < summary["deletion_area"] < 0.45
+    assert 0.0 < summary["deletion_area"] < 0.15
 
 
 def test_reliance_agrees_with_the_worlds_training_record():
@@ -209,3 +210,26 @@ def test_class_names_placeholder_gives_way_to_the_worlds():
     explanations[1].class_name = "my cool class"
     result = evaluate(explanations, world, n_per_class=8, deletion=False, progress=False)
     assert [row["class_name"] for row in result.table] == ["warm", "my cool class"]
+
+
+def test_default_explanation_on_the_scales_world():
+    """The library's defaults (ICE, pixel ablation, pixel maps, 10 concepts) on the scales world,
+    30 test images per class, seeds 0, 1, 2 — the one world where they meet issue 13's bar on the
+    grid's three-seed means. Measured: top concept on the most relied-on part 1.00 in every seed;
+    its pointing game 0.975 / 1.00 / 0.875; Spearman 0.866 / 0.856 / 0.863."""
+    import conceptkit
+    from conceptkit.datasets import load_world
+
+    world = load_world("scales")
+    model = world.model()
+    pointing = []
+    for seed in (0, 1, 2):
+        data = world.sample(30, seed=seed, split="test")
+        manager = conceptkit.ConceptManager(model, world.layer, seed=seed, progress=False)
+        manager.fit(data.images, data.labels)
+        summary = evaluate(manager, world, n_per_class=30, seed=seed, deletion=False,
+                           progress=False).summary
+        assert summary["top_on_most_relied"] == 1.0, (seed, summary)
+        assert summary["spearman"] >= 0.8, (seed, summary)
+        pointing.append(summary["top_pointing"])
+    assert np.mean(pointing) >= 0.9, pointing
