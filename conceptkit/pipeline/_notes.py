@@ -71,6 +71,14 @@ def importance_notes(importance: Any, label: Any, n_images: int) -> list[str]:
             f"(its share of the class logit's variance, interactions included); the excess is "
             f"estimation error of the {params.get('n_designs', '?')} designs per image. Read it as "
             f"'carries (nearly) all of the variance'; more designs (n_designs) shrink the error.")
+    empty = [int(c) for c in params.get("no_region") or []]
+    if empty:
+        names = _enumerate([label(c) for c in empty])
+        verb = "has" if len(empty) == 1 else "have"
+        notes.append(
+            f"{names} {verb} no region in any of these {n_images} images (the map is nowhere "
+            f"positive and at or above its threshold), so nothing was painted out: the "
+            f"importance 0 is not a measurement. Read it as 'not found in these images'.")
     low = importance.ci_low
     if low is not None:
         below = np.flatnonzero(np.asarray(low, dtype=np.float64) < 0)

@@ -155,9 +155,12 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
                          "transformer tokens) can do this; use an activation-space importance "
                          "such as 'ablation' or 'sobol'.")
     low, high = student_interval(per_input, confidence)
+    # concepts whose region is empty in every image: their 0 is not a measurement (the notes
+    # of an explanation say so)
+    no_region = [int(j) for j in np.flatnonzero(~regions.flatten(2).any(2).any(0).numpy())]
     info = {"quantile": quantile, "thresholds": "given" if thresholds is not None else "images",
             "fill": "median", "score": score, "n_inputs": n,
-            "n_concepts": k, "confidence": confidence, **(params or {})}
+            "n_concepts": k, "confidence": confidence, "no_region": no_region, **(params or {})}
     return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method="pixel_ablation",
                              class_id=int(class_id), params=info)

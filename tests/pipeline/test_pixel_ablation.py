@@ -61,6 +61,14 @@ def test_probability_drop_by_hand():
     np.testing.assert_allclose(result.per_input, expected, rtol=1e-5, atol=1e-7)
     assert result.importances[0] > 0 > result.importances[1] and result.importances[2] == 0
     assert result.method == "pixel_ablation" and result.params["quantile"] == 0.9
+    # concept 2 has no region anywhere: its 0 is recorded and said, not passed off as measured
+    from conceptkit.pipeline._notes import importance_notes
+
+    assert result.params["no_region"] == [2]
+    said = importance_notes(result, lambda c: f"concept {c}", 6)
+    assert any(n.startswith("concept 2 has no region in any of these 6 images") for n in said)
+    assert not any("no region" in n for n in importance_notes(
+        pixel_ablation(model, images, maps[:, :2], 0, progress=False), str, 6))
     assert np.all(result.ci_low <= result.importances) and np.all(result.importances <= result.ci_high)
 
 
