@@ -19,9 +19,24 @@ def _env():
     return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
 
-def _run(out, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "conceptkit", "extract", *ARGS, "--out", str(out)],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+# The whole extraction takes about 0.1 s once the model is loaded, faster than a poll loop on a
+# busy machine can catch it (CI once saw all 30 chunks written before the kill). The interrupted
+# runs therefore write slowly: each chunk's ``np.save`` sleeps first, inside the open temporary
+# file, so kills land between chunks and in the middle of writes alike.
+SLOW = ("import runpy, sys, time, numpy\n"
+        "save = numpy.save\n"
+        "def slow_save(*args, **kwargs):\n"
+        "    time.sleep(0.1)\n"
+        "    return save(*args, **kwargs)\n"
+        "numpy.save = slow_save\n"
+        "sys.argv = ['conceptkit', *sys.argv[1:]]\n"
+        "runpy.run_module('conceptkit', run_name='__main__')\n")
+
+
+def _run(out, *, slow=False):
+    head = [sys.executable, "-c", SLOW] if slow else [sys.executable, "-m", "conceptkit"]
+    return subprocess.Popen([*head, "extract", *ARGS, "--out", str(out)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _chunks(path):
@@ -39,7 +54,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     kills = 0
     for _ in range(3):  # kill at random points, several times
         target = len(_chunks(interrupted)) + int(rng.integers(1, 6))
-        proc = _run(interrupted)
+        proc = _run(interrupted, slow=True)
         deadline = time.time() + 300
         while proc.poll() is None and len(_chunks(interrupted)) < target and time.time() < deadline:
             time.sleep(0.01)
