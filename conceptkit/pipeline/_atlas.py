@@ -34,8 +34,13 @@ from ._atlas_results import (
     ConfusionExplanation,
     margin_contributions,
 )
-from ._pixel import PIXEL_METHODS, pixel_ablation
+from ._pixel import PIXEL_METHODS, check_quantiles, pixel_ablation
 from ._result import KnownCodes
+
+#: The atlas's pixel-ablation region: each concept's top decile over the whole dataset, one size
+#: (measured in BENCHMARKS.md, "Concept atlas"); the per-class explainer averages four sizes
+#: (``_pixel.REGION_QUANTILES``). ``importance_kwargs={"quantile": ...}`` sets either.
+ATLAS_QUANTILE = 0.9
 
 ATLAS_METHODS = ("craft", "ice")
 #: Importance methods of the atlas: "auto", pixel ablation and the activation-space methods.
@@ -63,9 +68,11 @@ class ConceptAtlas:
     importance : str
         Per-class importance method: ``"auto"`` (default), ``"pixel_ablation"`` or one of
         :data:`conceptkit.importance.METHODS`. ``"auto"`` is ``"pixel_ablation"`` when the atlas is
-        fitted on images (each concept's region, the top decile of its map, painted out of the
-        class's images, the whole model re-run: the class-probability drop, the per-class
-        explainer's default) and ``"sobol"`` when it is fitted on an activation store, which holds
+        fitted on images (each concept's region, the top decile of its map over the whole
+        dataset, painted out of the class's images, the whole model re-run: the class-probability
+        drop; the per-class explainer's default method, which averages four region sizes where
+        the atlas paints one, as measured in "Concept atlas"; ``importance_kwargs={"quantile":
+        ...}`` sets it) and ``"sobol"`` when it is fitted on an activation store, which holds
         no pixels. Why: on the four shipped ground-truth worlds the classes for which a concept is
         important under pixel ablation are the classes whose model relies on its part far more often
         than under Sobol (``BENCHMARKS.md``, "Concept atlas"). ``importance.method`` says which ran.
@@ -169,7 +176,7 @@ class ConceptAtlas:
             return self.importance_method
         return "pixel_ablation" if self._data().images is not None else "sobol"
 
-    def _map_thresholds(self, quantile: float, batch: int = 32,
+    def _map_thresholds(self, quantile: Any, batch: int = 32,
                         max_values: int = 2_000_000) -> np.ndarray:
         """Each concept's region threshold for pixel ablation: the ``quantile`` of its map values
         over the fitted images (one threshold for all classes, as Network Dissection takes a
@@ -178,7 +185,7 @@ class ConceptAtlas:
         every 4th row and column of the maps at the images' size, over at most ``max_values``
         values per concept (evenly spaced images beyond that; deterministic)."""
         data = self._data()
-        quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
+        quantiles = check_quantiles(quantile)
         height, width = data.image_size
         per_image = -(-height // 4) * -(-width // 4)
         n = len(data.labels)
@@ -191,14 +198,15 @@ class ConceptAtlas:
             maps = _upsampled(data.bank.encode(acts), data.image_size)
             samples.append(maps[:, :, ::4, ::4].transpose(0, 1).reshape(maps.shape[1], -1))
         values = torch.cat(samples, dim=1).double().numpy()
-        return np.quantile(values, quantile, axis=1)
+        cuts = np.quantile(values, list(quantiles), axis=1)  # (len(quantiles), k)
+        return cuts[0] if len(quantiles) == 1 else cuts
 
     def _pixel_importance(self, forward: Any, class_id: int, ids: np.ndarray, cut: np.ndarray,
                           chunk: int = 32) -> ConceptImportance:
         """Pixel ablation of one class's images, in chunks of images so that the maps at the
         images' size never all sit in memory; the interval is over all the class's images."""
         ex, data = self.explainer, self._data()
-        kwargs = dict(ex.importance_kwargs)
+        kwargs = {"quantile": ATLAS_QUANTILE, **ex.importance_kwargs}
         confidence = kwargs.pop("confidence", 0.95)
         parts, info = [], {}
         for start in range(0, len(ids), chunk):
@@ -228,7 +236,7 @@ class ConceptAtlas:
         if method in PIXEL_METHODS and unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for importance={method!r}; "
                             f"accepted: quantile, confidence, score.")
-        cut = self._map_thresholds(ex.importance_kwargs.get("quantile", 0.9)) \
+        cut = self._map_thresholds(ex.importance_kwargs.get("quantile", ATLAS_QUANTILE)) \
             if method in PIXEL_METHODS else None
         with pixels as forward:
             for class_id in tqdm(data.classes, desc="importance per class",

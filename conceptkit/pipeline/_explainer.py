@@ -73,9 +73,11 @@ class ConceptExplainer:
         0.89 against CRAFT's 1.58, see :func:`conceptkit.maps.choose_map_kind`). CRAFT's
         concepts are learned on crops and ICE's on the positions the maps are read from.
     importance
-        ``"pixel_ablation"`` (default): each concept's region (the top decile of its map) painted
-        out of every image with the image's median colour, scored as the drop of the class
-        probability with the whole model re-run. Or an activation-space method of
+        ``"pixel_ablation"`` (default): each concept's region painted out of every image with
+        the image's median colour, scored as the drop of the class probability with the whole
+        model re-run, averaged over four region sizes (the top 10 %, 7.5 %, 5 % and 2.5 % of
+        the concept's map values: the area over its perturbation curve,
+        :func:`conceptkit.pipeline.pixel_ablation`). Or an activation-space method of
         :func:`~conceptkit.importance.concept_importance`: ``"sobol"`` (CRAFT's),
         ``"ablation"``, ``"closed_form"``, ``"gradient_input"``, ``"integrated_gradients"``,
         ``"occlusion"`` or ``"rise"``.
@@ -89,7 +91,12 @@ class ConceptExplainer:
         every world). Sobol's total index is unsigned (a concept that lowers the class ranks as
         high as one that raises it) and sees only the reconstruction ``U W`` through ``h``; pixel
         ablation is signed and runs the whole model, so a ViT's CLS token is recomputed rather
-        than held fixed. Its ``importance_kwargs``: ``quantile`` (0.9), ``confidence`` (0.95),
+        than held fixed. Four region sizes rather than one cut (the top decile, the earlier rule):
+        on the four worlds over five seeds the total shortfall from the bar falls from 1.08 to
+        0.81 (textures: top on most relied 0.95 → 1.00, its pointing game 0.83 → 0.95), while
+        any one cut swings from world to world (the top 5 % alone: 1.54). Its
+        ``importance_kwargs``: ``quantile`` (default ``(0.9, 0.925, 0.95, 0.975)``; one number
+        paints one region), ``confidence`` (0.95),
         ``score`` (``"probability"``, or ``"logit"``: the class logit's drop, which does not
         saturate when several regions each remove the class; one seed on the four worlds, it
         raises CRAFT's top-on-most-relied from 0.83 to 0.90 but lowers ICE's from 0.90 to 0.79,

@@ -160,9 +160,12 @@ def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world,
     sample = all_maps[:, :, ::4, ::4].transpose(0, 1).reshape(6, -1).double().numpy()
     cut = np.quantile(sample, 0.9, axis=1)
     np.testing.assert_allclose(atlas._map_thresholds(0.9), cut, rtol=1e-5, atol=1e-7)
+    # several region sizes (importance_kwargs={"quantile": (...)}): one row of cuts per size
+    np.testing.assert_allclose(atlas._map_thresholds((0.9, 0.95)),
+                               np.quantile(sample, [0.9, 0.95], axis=1), rtol=1e-5, atol=1e-7)
     rows = np.flatnonzero(labels.numpy() == 3)
     direct = pixel_ablation(model, images[rows], all_maps[rows], 3, progress=False,
-                            thresholds=cut)
+                            thresholds=cut, quantile=0.9)
     np.testing.assert_allclose(imp.values[imp.row(3)], direct.importances, atol=1e-6)
     np.testing.assert_allclose(imp.ci_low[imp.row(3)], direct.ci_low, atol=1e-6)
     # In chunks of 2 images (the maps of a chunk at a time), the same numbers and interval.

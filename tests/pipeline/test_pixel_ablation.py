@@ -49,7 +49,7 @@ def test_regions_are_the_top_quantile_of_each_concept_over_all_images():
 def test_probability_drop_by_hand():
     images, maps = images_with_parts()
     model = RedVsBlue()
-    result = pixel_ablation(model, images, maps, 0, progress=False, batch_size=4)
+    result = pixel_ablation(model, images, maps, 0, progress=False, batch_size=4, quantile=0.9)
     fill = median_fill(images)
     expected = np.zeros((6, 3))
     with torch.no_grad():
@@ -72,13 +72,39 @@ def test_probability_drop_by_hand():
     assert np.all(result.ci_low <= result.importances) and np.all(result.importances <= result.ci_high)
 
 
+def test_the_default_averages_the_drops_of_four_region_sizes():
+    """Default regions: the top 10 %, 7.5 %, 5 % and 2.5 % of each concept's map values, and the
+    mean of the four drops. Concept 0 covers 6.25 % of the pixels, twice as strong in the first
+    three images (3.125 %): its top 2.5 % is the square of those three images only, so the last
+    three images keep their square at one size of four and score 3/4 of its drop."""
+    images, maps = images_with_parts()
+    model = RedVsBlue()
+    result = pixel_ablation(model, images, maps, 0, progress=False)
+    assert result.params["quantile"] == [0.9, 0.925, 0.95, 0.975]
+    full = pixel_ablation(model, images, maps, 0, progress=False, quantile=0.9).per_input[:, 0]
+    np.testing.assert_allclose(result.per_input[:3, 0], full[:3], rtol=1e-9)
+    np.testing.assert_allclose(result.per_input[3:, 0], 0.75 * full[3:], rtol=1e-9)
+    singles = [pixel_ablation(model, images, maps, 0, progress=False, quantile=q).per_input
+               for q in (0.9, 0.925, 0.95, 0.975)]
+    np.testing.assert_allclose(result.per_input, np.mean(singles, axis=0), rtol=1e-9, atol=1e-12)
+    # given thresholds: one row per region size
+    rows = np.array([[0.5, 0.5, 0.5]] * 3 + [[5.0, 0.5, 0.5]])
+    given = pixel_ablation(model, images, maps, 0, progress=False, thresholds=rows)
+    np.testing.assert_allclose(given.per_input[:, 0], 0.75 * full, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"`thresholds` must hold one row of 3 values"):
+        pixel_ablation(model, images, maps, 0, progress=False, thresholds=[0.5, 0.5, 0.5])
+    for bad in ([], [0.9, 1.5], "high"):
+        with pytest.raises((ValueError, TypeError), match="quantile"):
+            pixel_ablation(model, images, maps, 0, progress=False, quantile=bad)
+
+
 def test_logit_drop_and_given_thresholds_by_hand():
     """``score="logit"``: the drop of the class logit itself (here linear in the mean red minus
     mean blue). ``thresholds``: one cut per concept replaces the quantile over these images — a
     cut above every value of concept 0 leaves it no region and an importance of exactly 0."""
     images, maps = images_with_parts()
     model = RedVsBlue()
-    result = pixel_ablation(model, images, maps, 0, progress=False, score="logit")
+    result = pixel_ablation(model, images, maps, 0, progress=False, score="logit", quantile=0.9)
     fill = median_fill(images)
     painted = images.clone()
     painted[:, :, 2:6, 2:6] = fill.expand_as(images)[:, :, 2:6, 2:6]
@@ -86,10 +112,12 @@ def test_logit_drop_and_given_thresholds_by_hand():
         expected = (model(images)[:, 0] - model(painted)[:, 0]).double().numpy()
     np.testing.assert_allclose(result.per_input[:, 0], expected, rtol=1e-5, atol=1e-6)
     assert result.params["score"] == "logit"
-    cut = pixel_ablation(model, images, maps, 0, progress=False, thresholds=[5.0, 0.5, 0.5])
+    cut = pixel_ablation(model, images, maps, 0, progress=False, thresholds=[5.0, 0.5, 0.5],
+                         quantile=0.9)
     assert np.all(cut.per_input[:, 0] == 0) and np.all(cut.per_input[:, 1] != 0)
     with pytest.raises(ValueError, match="thresholds"):
-        pixel_ablation(model, images, maps, 0, progress=False, thresholds=[1.0, 1.0])
+        pixel_ablation(model, images, maps, 0, progress=False, thresholds=[1.0, 1.0],
+                       quantile=0.9)
     with pytest.raises(ValueError, match="score"):
         pixel_ablation(model, images, maps, 0, progress=False, score="margin")
 

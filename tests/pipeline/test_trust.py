@@ -81,6 +81,7 @@ def test_trust_notes_say_what_is_shaky():
 
 
 def test_report_shows_the_trust_summary(tmp_path):
+    import html
     import json
 
     from conceptkit import ConceptExplainer
@@ -95,8 +96,8 @@ def test_report_shows_the_trust_summary(tmp_path):
     page = cc.report(tmp_path, trust=True)
     text = open(page, encoding="utf-8").read()
     assert "stability across seeds" in text
-    # every note of the summary is on the page, marked as a trust note
-    assert all(f"Trust: {note}"[:60] in text for note in summary["notes"])
+    # every note of the summary is on the page (HTML-escaped), marked as a trust note
+    assert all(html.escape(f"Trust: {note}")[:60] in text for note in summary["notes"])
     assert ("Trust:" in text) == bool(summary["notes"])
     from pathlib import Path
 
