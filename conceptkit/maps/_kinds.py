@@ -36,12 +36,14 @@ def choose_map_kind(method: str, *, fitted: bool, has_images: bool, tokens: bool
     meets the issue's bar (on every world: the top concept on the most relied-on part for every
     class, its pointing game >= 0.95, Spearman >= 0.8), so the rule is the smallest total
     shortfall from that bar, summed over worlds and the three metrics. With pixel ablation as
-    the importance, pixel maps have the smallest with both NMF methods (ICE 0.89, CRAFT 1.58,
-    against 1.34 and 1.89 with coefficient maps) and the smallest worst-world shortfall (0.65
-    and 0.64 against 0.98 and 0.77; on the ViT alone 0.65 against 0.97 with ICE): their top concept sits on the most relied-on part in 0.96
-    of the class fits with ICE (0.89 with coefficient maps) because the explained layers are
-    8 x 8 grids on 64-px images and coefficient maps spill a part onto its neighbours. They
-    rank the ViT's concepts worse (Spearman 0.42 against 0.49 with ICE). Scale-matched maps
+    the importance (its regions then the top decile), pixel maps have the smallest with both
+    NMF methods (ICE 0.89, CRAFT 1.58, against 1.34 and 1.89 with coefficient maps) and the
+    smallest worst-world shortfall (0.65 and 0.64 against 0.98 and 0.77; on the ViT alone 0.65
+    against 0.97 with ICE): their top concept sits on the most relied-on part in 0.96 of the
+    class fits with ICE (0.89 with coefficient maps) because the explained layers are 8 x 8
+    grids on 64-px images and coefficient maps spill a part onto its neighbours. They rank the
+    ViT's concepts worse (Spearman 0.42 against 0.49 with ICE). With pixel ablation's regions
+    now four sizes, ICE's shortfall is 0.69 with pixel maps and 1.50 with coefficient maps. Scale-matched maps
     fail on the textures world and cannot run on a fixed-size ViT; gradient maps are within
     noise of coefficient maps.
     """

@@ -67,10 +67,10 @@ class ConceptExplainer:
 
         Why ``"ice"`` (issue 13): on the four ground-truth worlds (three seeds, BENCHMARKS.md),
         with pixel ablation and the default pixel maps, ICE's top concept sits on the part the
-        model relies on most in 0.96 of the class fits (CRAFT 0.93), with pointing game 0.88 on
-        it (0.85) and Spearman 0.73 between importance and measured reliance (0.57). Both miss
+        model relies on most in 0.98 of the class fits (CRAFT 0.92), with pointing game 0.91 on
+        it (0.84) and Spearman 0.74 between importance and measured reliance (0.58). Both miss
         the issue's bar (Spearman >= 0.8 on every world); ICE is the nearer (total shortfall
-        0.89 against CRAFT's 1.58, see :func:`conceptkit.maps.choose_map_kind`). CRAFT's
+        0.69 against CRAFT's 1.63, see :func:`conceptkit.maps.choose_map_kind`). CRAFT's
         concepts are learned on crops and ICE's on the positions the maps are read from.
     importance
         ``"pixel_ablation"`` (default): each concept's region painted out of every image with
