@@ -39,7 +39,7 @@ ACE_LIMITATION = (
     "the pointing game of its best concept on the part the model relies on most is 0.59 on "
     "average (0.40 on the worst world) with its default (segment) maps, against 0.96 (0.87) "
     "for the default ICE with pixel maps and 0.92 (0.86) for CRAFT with them, and its top "
-    "concept sits on that part for 0.50 of the classes (none on textures), against 0.96 for "
+    "concept sits on that part for 0.50 of the classes (none on textures), against 0.98 for "
     "ICE. Read its maps with care, or use method='ice' (the default) or 'craft'.")
 
 
