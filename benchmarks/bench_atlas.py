@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -160,7 +161,7 @@ def reliance(model, world, batch: int = 256) -> np.ndarray:
 
 def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | None = None,
                 threshold: float = 0.1, world_name: str = "shapes", importance: str = "auto",
-                seed: int = 0) -> None:
+                seed: int = 0, quantile: Any = None) -> None:
     from conceptkit import ConceptAtlas
     from conceptkit.concepts import SemiNMF
     from conceptkit.datasets import load_world
@@ -182,7 +183,9 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
         start = time.perf_counter()
         atlas = ConceptAtlas(model, layer, n_concepts, method="ice", seed=seed, progress=False,
                              device=device, class_names=world.class_names, importance=importance,
-                             factorizer=factorizer).fit(world)
+                             factorizer=factorizer,
+                             importance_kwargs=None if quantile is None else {"quantile": quantile}
+                             ).fit(world)
         fit_time = time.perf_counter() - start
         index = atlas.report(Path(tmp) / "report")
         total = time.perf_counter() - start
@@ -269,6 +272,9 @@ def main() -> int:
                              "names or 'all' (conceptkit.datasets.WORLDS)")
     parser.add_argument("--importance", default="auto", help="the atlas's importance method")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the world part")
+    parser.add_argument("--quantile", default=None,
+                        help="pixel ablation's region quantile(s), comma-separated (default: the "
+                             "atlas's, the top decile over the dataset)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -288,7 +294,9 @@ def main() -> int:
                 print(f"## world {name}, seed {seed}")
                 bench_world(60 if args.quick else 500, args.device, args.n_concepts,
                             args.figure if name == "shapes" and seed == 0 else None,
-                            world_name=name, importance=args.importance, seed=seed)
+                            world_name=name, importance=args.importance, seed=seed,
+                            quantile=None if args.quantile is None else
+                            tuple(float(q) for q in args.quantile.split(",")))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# load average at the end {load:.1f}")
     return 0
