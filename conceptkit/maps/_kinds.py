@@ -43,9 +43,9 @@ def choose_map_kind(method: str, *, fitted: bool, has_images: bool, tokens: bool
     class fits with ICE (0.89 with coefficient maps) because the explained layers are 8 x 8
     grids on 64-px images and coefficient maps spill a part onto its neighbours. They rank the
     ViT's concepts worse (Spearman 0.42 against 0.49 with ICE). With pixel ablation's regions
-    now four sizes, ICE's shortfall is 0.69 with pixel maps and 1.50 with coefficient maps. Scale-matched maps
-    fail on the textures world and cannot run on a fixed-size ViT; gradient maps are within
-    noise of coefficient maps.
+    now four sizes, ICE's shortfall is 0.69 with pixel maps and 1.50 with coefficient maps.
+    Scale-matched maps fail on the textures world and cannot run on a fixed-size ViT; gradient
+    maps are within noise of coefficient maps.
     """
     if method == "ace" and fitted:
         return "provenance"

@@ -49,6 +49,8 @@ REGION_QUANTILES = (0.9, 0.925, 0.95, 0.975)
 
 def check_quantiles(quantile: Any) -> tuple[float, ...]:
     """``quantile`` (one number or a non-empty sequence of them, each in [0, 1]) as a tuple."""
+    if isinstance(quantile, np.ndarray) and quantile.ndim == 1:
+        quantile = [float(q) for q in quantile]
     if isinstance(quantile, (list, tuple)):
         if not quantile:
             raise ValueError("`quantile` must be a number in [0, 1] or a non-empty sequence of "

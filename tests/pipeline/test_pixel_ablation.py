@@ -87,6 +87,9 @@ def test_the_default_averages_the_drops_of_four_region_sizes():
     singles = [pixel_ablation(model, images, maps, 0, progress=False, quantile=q).per_input
                for q in (0.9, 0.925, 0.95, 0.975)]
     np.testing.assert_allclose(result.per_input, np.mean(singles, axis=0), rtol=1e-9, atol=1e-12)
+    as_array = pixel_ablation(model, images, maps, 0, progress=False,
+                              quantile=np.array([0.9, 0.925, 0.95, 0.975]))
+    np.testing.assert_array_equal(as_array.per_input, result.per_input)
     # given thresholds: one row per region size
     rows = np.array([[0.5, 0.5, 0.5]] * 3 + [[5.0, 0.5, 0.5]])
     given = pixel_ablation(model, images, maps, 0, progress=False, thresholds=rows)
