@@ -7,7 +7,7 @@
 - :func:`decompose_concept` / :class:`ConceptTree` — CRAFT's recursive sub-concepts.
 - :class:`ModelAtLayer` — a model cut at a layer with the settings used to run it.
 - :func:`pixel_ablation` — the default importance: each concept's map region painted out of the
-  images, the drop of the class probability with the whole model re-run.
+  images at four sizes, the mean drop of the class probability with the whole model re-run.
 - :func:`build_class_report` — the :class:`~conceptkit.report.ClassReport` of an explanation
   (what ``ClassConcepts.report`` draws with :func:`conceptkit.report.write_class_report`).
 - :class:`ConceptAtlas` — one concept dictionary for all classes: importance table, shared
