@@ -58,10 +58,13 @@ class ConceptAtlas:
         Dotted name of the layer to explain at.
     n_concepts : int
         Size of the shared dictionary.
-    method : {"craft", "ice"}
-        ``"craft"`` fits the dictionary on the pooled activations of random crops of every
-        image (CRAFT); ``"ice"`` on every spatial position of every image's feature map (ICE).
-        Both encode whole feature maps for importance, maps and search.
+    method : {"ice", "craft"}
+        ``"ice"`` (default) fits the dictionary on every spatial position of every image's
+        feature map (ICE); ``"craft"`` on the pooled activations of random crops of every image
+        (CRAFT). Both encode whole feature maps for importance, maps and search. ICE is the
+        default because it is what the atlas was measured with on the ground-truth worlds
+        (BENCHMARKS.md, "Concept atlas") and what the per-class explainer and ``conceptkit
+        atlas`` use.
     factorizer : Factorizer or None
         The dictionary learner (default: the method's NMF; for a store ``NMF(solver="torch_hals")``,
         fitted by :func:`~conceptkit.concepts.fit_distributed`).
@@ -88,7 +91,7 @@ class ConceptAtlas:
         As for :class:`~conceptkit.ConceptExplainer`.
     """
 
-    def __init__(self, model: nn.Module, layer: str, n_concepts: int = 20, method: str = "craft",
+    def __init__(self, model: nn.Module, layer: str, n_concepts: int = 20, method: str = "ice",
                  *, factorizer: Factorizer | None = None, importance: str = "auto",
                  seed: int | None = None, class_names: Any = None,
                  max_inputs_per_class: int | None = 512, batch_size: int = 64, device: Any = None,
