@@ -179,6 +179,10 @@ class ConceptAtlas:
             return self.importance_method
         return "pixel_ablation" if self._data().images is not None else "sobol"
 
+    def _region_quantile(self) -> Any:
+        """Pixel ablation's region quantile(s): the user's, else :data:`ATLAS_QUANTILE`."""
+        return self.explainer.importance_kwargs.get("quantile", ATLAS_QUANTILE)
+
     def _map_thresholds(self, quantile: Any, batch: int = 32,
                         max_values: int = 2_000_000) -> np.ndarray:
         """Each concept's region threshold for pixel ablation: the ``quantile`` of its map values
@@ -209,7 +213,7 @@ class ConceptAtlas:
         """Pixel ablation of one class's images, in chunks of images so that the maps at the
         images' size never all sit in memory; the interval is over all the class's images."""
         ex, data = self.explainer, self._data()
-        kwargs = {"quantile": ATLAS_QUANTILE, **ex.importance_kwargs}
+        kwargs = {**ex.importance_kwargs, "quantile": self._region_quantile()}
         confidence = kwargs.pop("confidence", 0.95)
         parts, info = [], {}
         for start in range(0, len(ids), chunk):
@@ -239,7 +243,7 @@ class ConceptAtlas:
         if method in PIXEL_METHODS and unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for importance={method!r}; "
                             f"accepted: quantile, confidence, score.")
-        cut = self._map_thresholds(ex.importance_kwargs.get("quantile", ATLAS_QUANTILE)) \
+        cut = self._map_thresholds(self._region_quantile()) \
             if method in PIXEL_METHODS else None
         with pixels as forward:
             for class_id in tqdm(data.classes, desc="importance per class",

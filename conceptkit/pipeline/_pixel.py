@@ -75,10 +75,13 @@ def concept_regions(maps: torch.Tensor, quantile: float,
     return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
 
 
-def _threshold_rows(thresholds: Any, n_quantiles: int, k: int) -> list:
-    """One row of thresholds (or None: the quantile over the images) per region size."""
+def _threshold_rows(thresholds: Any, quantiles: tuple[float, ...], maps: torch.Tensor) -> list:
+    """One row of per-concept thresholds per region size: the given ``thresholds``, or else
+    the ``quantiles`` of each concept's values over ``maps`` (one pass over the values)."""
+    n_quantiles, k = len(quantiles), maps.shape[1]
     if thresholds is None:
-        return [None] * n_quantiles
+        flat = maps.detach().transpose(0, 1).reshape(k, -1).double().cpu().numpy()
+        return list(np.quantile(flat, list(quantiles), axis=1))
     values = np.asarray(thresholds, dtype=np.float64)
     if values.ndim == 1 and n_quantiles == 1:
         return [values]
@@ -171,7 +174,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"`maps` {tuple(maps.shape)} must be (N, k, H, W) for images "
                          f"{tuple(images.shape)}.")
-    cuts = _threshold_rows(thresholds, len(quantiles), maps.shape[1])
+    cuts = _threshold_rows(thresholds, quantiles, maps)
     sizes = [concept_regions(maps, q, cut).cpu() for q, cut in zip(quantiles, cuts)]
     n, k = sizes[0].shape[:2]
     per_input = np.zeros((n, k))
