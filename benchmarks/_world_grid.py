@@ -168,24 +168,25 @@ class WorldAt:
         return self.world.model(arch=self.arch)
 
 
-def _with_architectures(name: str, world: Any) -> list[tuple[str, Any]]:
-    """One entry per shipped architecture (``name:arch`` picks one)."""
+def _with_architectures(name: str, world: Any, every: bool = False) -> list[tuple[str, Any]]:
+    """``name:arch`` picks one architecture; a bare name the world's default model (named
+    ``name``), or, with ``every``, each shipped one (the others named ``name/arch``)."""
     arch = None
     if ":" in name:
         name, arch = name.split(":", 1)
     archs = tuple(getattr(world, "architectures", ()) or ())
-    if arch is not None:
-        if arch not in archs:
-            raise SystemExit(f"world {name!r} has no architecture {arch!r}; it has {list(archs)}.")
-        return [(f"{name}/{arch}", WorldAt(world, arch))]
-    if len(archs) > 1:
-        return [(f"{name}/{a}", WorldAt(world, a)) for a in archs]
-    return [(name, world)]
+    if arch is not None and arch not in archs:
+        raise SystemExit(f"world {name!r} has no architecture {arch!r}; it has {list(archs)}.")
+    default = archs[0] if archs else None
+    wanted = [arch] if arch is not None else (list(archs) if every and archs else [default])
+    return [(name if a == default else f"{name}/{a}",
+             world if a == default else WorldAt(world, a)) for a in wanted]
 
 
 def resolve_worlds(spec: str, log=print) -> list[tuple[str, Any]]:
-    """``[(name, world)]`` for ``spec`` (``"all"`` or comma-separated names, ``name:arch`` for
-    one architecture; a world shipping several architectures gives one entry per architecture)."""
+    """``[(name, world)]`` for ``spec``: ``"all"`` (every world, one entry per shipped
+    architecture) or comma-separated names (a world's default model; ``name:arch`` for another
+    architecture)."""
     import conceptkit.datasets as datasets
 
     load = getattr(datasets, "load_world", None)
@@ -201,7 +202,7 @@ def resolve_worlds(spec: str, log=print) -> list[tuple[str, Any]]:
     out = []
     for name in wanted:
         if load is not None:
-            out.extend(_with_architectures(name, load(name.split(":", 1)[0])))
+            out.extend(_with_architectures(name, load(name.split(":", 1)[0]), every=spec == "all"))
         elif name == "shapes":
             out.append((name, ShapesWorld()))
         else:

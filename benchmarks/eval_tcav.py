@@ -35,7 +35,7 @@ Variants scored on the same activations and gradients:
   default (specific) protocol and with ``CLASSIC_TCAV`` (the TCAV paper's: sign count, SGD CAVs,
   random-vs-random baseline, two-sided test).
 
-Run: ``python benchmarks/eval_tcav.py [--worlds all] [--n-class 40] [--n-examples 40]
+Run: ``python benchmarks/eval_tcav.py [--worlds all | shapes:vit,...] [--n-class 40] [--n-examples 40]
 [--n-runs 10] [--seed 0] [--json tcav.json]``.
 """
 
@@ -82,7 +82,12 @@ def load_worlds(spec: str) -> list[tuple[str, Any]]:
     if load is None:
         return [("shapes", _ShapesWorld())]
     names = list(datasets.WORLDS) if spec == "all" else [s.strip() for s in spec.split(",")]
-    return [(name, load(name)) for name in names]
+    out = []
+    for name in names:   # "name:arch" for one architecture; "all" gives every shipped one
+        from _world_grid import _with_architectures
+
+        out.extend(_with_architectures(name, load(name.split(":", 1)[0]), every=spec == "all"))
+    return out
 
 
 def backgrounds(n: int, size: int, rng: np.random.Generator) -> torch.Tensor:

@@ -41,15 +41,19 @@ class ModelSpec:
     layer: str
     training: dict[str, Any]
 
+    def is_reference(self, world: str) -> bool:
+        """Whether this is the shapes world's reference CNN (its own module, weights, trainer)."""
+        return world == "shapes" and self.architecture == "cnn"
+
     def weights_path(self, world: str) -> Path:
-        if world == "shapes":
+        if self.is_reference(world):
             from ._reference import WEIGHTS_PATH
 
             return WEIGHTS_PATH
         return WEIGHTS_DIR / f"{world}_{self.architecture}.safetensors"
 
     def train_command(self, world: str) -> str:
-        if world == "shapes":
+        if self.is_reference(world):
             return "python -m conceptkit.datasets.train_reference"
         return f"python -m conceptkit.datasets.train_world --world {world} --arch {self.architecture}"
 
@@ -147,7 +151,7 @@ class World:
         if not isinstance(pretrained, bool):
             raise TypeError(f"`pretrained` must be True or False; got {pretrained!r}.")
         spec = self.spec(arch)
-        if self.name == "shapes":
+        if spec.is_reference(self.name):
             from ._reference import reference_model
 
             return reference_model(pretrained=pretrained)
@@ -163,7 +167,7 @@ class World:
     def info(self, arch: str | None = None) -> dict[str, Any]:
         """What the shipped weights record: settings, held-out accuracy, part reliance, timing."""
         spec = self.spec(arch)
-        if self.name == "shapes":
+        if spec.is_reference(self.name):
             from ._reference import reference_info
 
             return reference_info()
@@ -194,6 +198,10 @@ _VIT = ModelSpec("vit", {"n_classes": 4, "embed_dim": 64, "depth": 4, "num_heads
                          "patch_size": 8, "mlp_ratio": 2.0, "image_size": 64}, "blocks.2",
                  {"epochs": 20, "n_per_class": 500, "lr": 1e-3, "weight_decay": 0.05,
                   "batch_size": 64, "warmup_epochs": 1})
+# The same ViT on the shapes world (six classes): a transformer on a world whose classes are the
+# joint presence of parts, so that a ViT's explanations are measured apart from the context
+# world's relations.
+_SHAPES_VIT = ModelSpec("vit", {**_VIT.config, "n_classes": 6}, _VIT.layer, dict(_VIT.training))
 
 # name -> (module or constants, description, specs in order: the first is the default)
 _TABLE: dict[str, tuple[Any, str, tuple[ModelSpec, ...]]] = {
@@ -201,7 +209,8 @@ _TABLE: dict[str, tuple[Any, str, tuple[ModelSpec, ...]]] = {
         "Six classes of coloured shapes and textured squares; class c is the joint presence of "
         "parts c and c+1 mod 6 (a cycle); three distractors; a magenta square correlated with "
         "class 0 in the train/val splits (the spurious cue); parts 12-22 px. Model: the reference "
-        "CNN."), (ModelSpec("cnn", {"n_classes": 6, "width": 16}, "block4", {}),)),
+        "CNN (default) and a small ViT."),
+        (ModelSpec("cnn", {"n_classes": 6, "width": 16}, "block4", {}), _SHAPES_VIT)),
     "textures": (_textures, (
         "Four classes defined by textured blobs of one shared outline and colour distribution "
         "(no shape or colour cue); class c is the joint presence of textures c and c+1 mod 4 "

@@ -108,9 +108,10 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
         does not).
     """
     the_world = load_world(world)
-    if the_world.name == "shapes":
-        raise ValueError("`world` 'shapes' is trained by `python -m conceptkit.datasets.train_reference`.")
     spec = the_world.spec(arch)
+    if spec.is_reference(the_world.name):
+        raise ValueError("the shapes world's CNN (`world` 'shapes', `arch` 'cnn') is trained by "
+                         "`python -m conceptkit.datasets.train_reference`.")
     settings = dict(spec.training)
     epochs = check_int(settings["epochs"] if epochs is None else epochs, "epochs", minimum=1)
     n_per_class = check_int(settings["n_per_class"] if n_per_class is None else n_per_class,

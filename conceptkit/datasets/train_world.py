@@ -6,7 +6,8 @@ Trains the model deterministically on the CPU (one thread, deterministic algorit
 training images every epoch), reports the held-out accuracy on a test split of another seed and
 how much the model relies on each part, and saves the weights with that record as one
 ``.safetensors`` file (no pickle) plus the record as a ``.json`` file beside it. The shapes world's
-CNN is trained by ``python -m conceptkit.datasets.train_reference``; ``--world shapes`` runs it.
+CNN is trained by ``python -m conceptkit.datasets.train_reference``; ``--world shapes`` (with no
+``--arch`` or ``--arch cnn``) runs it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of data and model (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    if args.world == "shapes":
+    if args.world == "shapes" and args.arch in (None, "cnn"):
         from . import train_reference
 
         extra = ["--out", str(args.out)] if args.out is not None else []

@@ -97,7 +97,8 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
         The concept maps compared with the masks, as ``ClassConcepts.concept_maps(kind=)``:
         ``"coefficient"`` (default: the concept's activation map, as network dissection reads a
         unit's; the kind the naming benchmarks were measured with), ``"auto"`` (the
-        explanation's display default, pixel maps for CRAFT and ICE) or e.g.
+        explanation's display default: pixel maps for CRAFT and ICE on convolutional layers,
+        coefficient maps on transformer tokens) or e.g.
         ``"scale_matched"`` (CRAFT: the probe image enlarged to the crops' scale), which
         localises parts much smaller than the crops better. A bare bank: coefficient maps.
 

@@ -282,6 +282,11 @@ class ClassConcepts:
 
     def _auto_kind(self, images: torch.Tensor | None) -> str:
         handle = self.model_at_layer
+        if handle is not None and handle.token_layout is None and handle._h is None \
+                and images is not None:
+            # A model attached to a loaded explanation has not run yet: one image tells whether
+            # the layer gives transformer tokens (the choice of kind depends on it).
+            handle.activations(images[:1], progress=False)
         return choose_map_kind(
             self.method, fitted=images is None and self.images is not None,
             has_images=images is not None or self.images is not None,

@@ -153,7 +153,7 @@ def test_shipped_model_is_accurate_on_a_fresh_seed(name, arch):
     with torch.no_grad():
         accuracy = float((model(data.images).argmax(1) == data.labels).float().mean())
     assert accuracy >= 0.95, (name, arch, accuracy)
-    if name != "shapes":
+    if not world.spec(arch).is_reference(name):
         info = world.info(arch)
         assert info["test_accuracy"] >= 0.95 and info["architecture"] == arch
         record = json.loads(world.spec(arch).weights_path(name).with_suffix(".json").read_text())
@@ -210,6 +210,21 @@ def test_training_is_deterministic(name, arch):
         assert torch.equal(a, b), k
     assert info["architecture"] == arch and len(info["history"]) == 1
     assert torch.get_num_threads() >= 1 and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_shapes_world_trains_its_vit_here_and_its_cnn_elsewhere():
+    model, info = train_world_model("shapes", "vit", epochs=1, n_per_class=3, n_val_per_class=1,
+                                    n_test_per_class=1, progress=False)
+    assert info["world"] == "shapes" and info["architecture"] == "vit"
+    with torch.no_grad():
+        assert model(load_world("shapes").sample(1).images).shape == (6, 6)
+    assert set(info["reliance"]) == set(load_world("shapes").class_names)
+    with pytest.raises(ValueError, match="train_reference"):
+        train_world_model("shapes", "cnn", epochs=1, progress=False)
+    world = load_world("shapes")
+    assert world.train_commands == {
+        "cnn": "python -m conceptkit.datasets.train_reference",
+        "vit": "python -m conceptkit.datasets.train_world --world shapes --arch vit"}
 
 
 def test_part_reliance_of_a_model_that_reads_one_part():

@@ -62,6 +62,11 @@ def test_worlds_are_resolved_lazily():
         assert {name.split("/")[0] for name in resolved} == set(names)
         with pytest.raises(SystemExit, match="no architecture"):
             grid.resolve_worlds("shapes:transformer")
+        assert "shapes/vit" in resolved and "shapes" in resolved
+        assert [name for name, _ in grid.resolve_worlds("shapes:vit,context")] == [
+            "shapes/vit", "context"]
+        vit = dict(grid.resolve_worlds("shapes:vit"))["shapes/vit"]
+        assert vit.layer == "blocks.2" and vit.model().__class__.__name__ == "VisionTransformer"
     worlds = grid.resolve_worlds("shapes")
     assert worlds[0][0] == "shapes" and hasattr(worlds[0][1], "sample")
 

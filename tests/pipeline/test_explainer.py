@@ -192,6 +192,35 @@ def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
     assert cc.importance.per_input.shape == (6, 3) and np.all(np.isfinite(cc.importances))
     assert cc.concept_maps().shape == (6, 3, 32, 32)
     assert cc.concept_maps(kind="gradient").shape == (6, 3, 32, 32)
+    # on transformer tokens the default maps are the tokens' own codes (coefficient maps)
+    from conceptkit.maps import coefficient_maps
+
+    expected = coefficient_maps(maps, cc.bank, (32, 32))
+    assert torch.allclose(cc.concept_maps(), expected, atol=1e-3)
+    assert torch.allclose(cc.concept_maps(images[:2]), expected[:2], atol=1e-3)
+    assert not torch.allclose(cc.concept_maps(images[:2], kind="pixel"), expected[:2], atol=1e-3)
+
+
+def test_a_loaded_explanation_finds_out_that_its_layer_gives_tokens(tmp_path):
+    """Loaded, the layer's kind is unknown; attached to a ViT and shown new images, one image
+    tells that the layer gives tokens, and the default maps are coefficient maps."""
+    import timm
+
+    from conceptkit.concepts import SemiNMF
+    from conceptkit.maps import coefficient_maps
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=3, num_classes=5).eval()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    explainer = conceptkit.ConceptExplainer(model, "blocks.1", n_concepts=3, method="ice",
+                                            factorizer=SemiNMF(3, random_state=0), seed=0,
+                                            progress=False)
+    cc = explainer.fit(images, 2)
+    path = cc.save(tmp_path / "vit.safetensors")
+    loaded = conceptkit.load(path)
+    loaded.attach(model)
+    expected = coefficient_maps(explainer.activations(images[:3]), cc.bank, (32, 32))
+    assert torch.allclose(loaded.concept_maps(images[:3]), expected, atol=1e-3)
 
 
 def test_craft_maps_default_to_pixel_maps(fitted):
