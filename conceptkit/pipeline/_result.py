@@ -201,9 +201,10 @@ class ClassConcepts:
         ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
         patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
         segments back for the fitted images — its k-means centroids come from pooled segment
-        patches, so encoding single positions with them is not meaningful — and gives
-        coefficient maps otherwise (chosen on the four ground-truth worlds; see
-        :func:`conceptkit.maps.choose_map_kind` for the numbers).
+        patches, so encoding single positions with them is not meaningful — and gives pixel
+        maps on convolutional layers and coefficient maps on transformer tokens or without a
+        model (chosen on the ground-truth worlds; see :func:`conceptkit.maps.choose_map_kind`
+        for the numbers).
         """
         from ..maps import coefficient_maps, gradient_maps, pixel_maps, provenance_maps
 
