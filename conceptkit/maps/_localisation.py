@@ -37,7 +37,11 @@ def pointing_game(maps, masks, tolerance: int = 0) -> np.ndarray:
 
     ``tolerance`` counts a hit within that many pixels of the mask, as the original pointing
     game (Zhang et al., 2016, 15 px at 224 px) does; hollow parts (rings) need it. Images with
-    an empty mask or a constant map get NaN (nothing to point at / no pointer).
+    an empty mask, a constant map or a map with no positive value get NaN (nothing to point at
+    / no pointer). The last matters for signed maps (SemiNMF codes of transformer tokens): a
+    concept whose code is negative everywhere in an image is absent from it, and the least
+    negative pixel is not evidence of where it is (as :func:`relevance_mass`, which counts
+    positive mass only).
     """
     maps, masks = _maps_and_masks(maps, masks)
     empty = ~masks.reshape(masks.shape[0], -1).any(1)
@@ -46,7 +50,7 @@ def pointing_game(maps, masks, tolerance: int = 0) -> np.ndarray:
     flat = maps.reshape(maps.shape[0], -1)
     hits = masks.reshape(masks.shape[0], -1)[np.arange(flat.shape[0]), flat.argmax(1)].astype(float)
     hits[empty] = np.nan
-    hits[flat.max(1) <= flat.min(1)] = np.nan
+    hits[(flat.max(1) <= flat.min(1)) | (flat.max(1) <= 0)] = np.nan
     return hits
 
 

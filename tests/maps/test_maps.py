@@ -106,6 +106,14 @@ def test_localisation_metrics_closed_form():
     assert iou[0] == pytest.approx(1 / 4) and iou[1] == 0.0
     with pytest.raises(ValueError, match="same shape"):
         pointing_game(maps, masks[:, :2])
+    # a signed map with no positive value (a concept absent from the image) has no pointer,
+    # whatever its least negative pixel; a constant map neither
+    signed = maps - 5.0
+    assert np.isnan(pointing_game(signed, masks)).all()
+    assert np.isnan(relevance_mass(signed, masks)).all()
+    signed[1, 0, 1] = 0.5        # positive evidence inside the mask: a hit again
+    assert np.allclose(pointing_game(signed, masks), [np.nan, 1, np.nan], equal_nan=True)
+    assert np.isnan(pointing_game(np.full((1, 4, 4), 2.0), masks[:1]))[0]
 
 
 def test_match_concepts_picks_the_right_concept():
