@@ -99,9 +99,11 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     if cc.images is not None:
         shown = cc.images[:n_images]
         maps = cc._shown_maps(n_images)
+        maps_kind = cc._auto_kind(None)
     else:
         shown = cc.saved_images[:n_images]
         maps = cc.saved_maps[:n_images].float()
+        maps_kind = cc.saved_maps_kind or ""
     try:
         metrics = cc.compute_metrics()
     except ValueError:
@@ -121,7 +123,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
         notes=[*cc.notes(), *notes],
-        timings=dict(cc.timings))
+        timings=dict(cc.timings), maps_kind=maps_kind)
 
 
 def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: bool = False,

@@ -203,6 +203,9 @@ class ClassReport:
         Free text lines.
     timings : dict
         Seconds per stage.
+    maps_kind : str
+        The kind of ``maps`` (``"pixel"``, ``"coefficient"``, ...), named in their caption and
+        in ``report.json``; ``""`` if unknown.
     """
 
     class_id: int
@@ -220,12 +223,15 @@ class ClassReport:
     metrics: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    maps_kind: str = ""
 
     def __post_init__(self) -> None:
         put = object.__setattr__
         put(self, "class_id", check_int(self.class_id, "class_id"))
         for name in ("class_name", "method", "importance_method", "layer", "model_name"):
             put(self, name, _string(getattr(self, name), name))
+        if not isinstance(self.maps_kind, str):
+            raise TypeError(f"`maps_kind` must be a str; got {describe(self.maps_kind)}.")
         concepts = self.concepts
         if not isinstance(concepts, (list, tuple)) or not concepts:
             raise ValueError(f"`concepts` must be a non-empty list of ConceptSummary; "

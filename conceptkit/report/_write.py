@@ -134,7 +134,8 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
         Picture("overlays", "Concept attribution maps", figure_png(plot_concept_overlays(
             report.images, report.maps, labels, image_ids=report.image_ids, n_concepts=m,
             percentile=opts["percentile"], mode=opts["overlay_mode"]), dpi), "overlays.png",
-            f"Where the top {m} concepts sit in {report.images.shape[0]} class images: each map is "
+            f"Where the top {m} concepts sit in {report.images.shape[0]} class images"
+            f"{_kind_words(report.maps_kind)}: each map is "
             f"zeroed below its {format_number(opts['percentile'])}th percentile and painted in its "
             f"concept's colour."),
         Picture("heatmaps", "Where each concept sits", figure_png(plot_concept_heatmaps(
@@ -176,7 +177,8 @@ def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, 
         "kind": REPORT_KIND, "format_version": FORMAT_VERSION,
         "class_id": report.class_id, "class_name": report.class_name, "method": report.method,
         "importance_method": report.importance_method, "layer": report.layer,
-        "model_name": report.model_name, "n_concepts": report.n_concepts,
+        "model_name": report.model_name, "maps_kind": report.maps_kind or None,
+        "n_concepts": report.n_concepts,
         "n_images": int(report.per_image_importance.shape[0]),
         "n_code_rows": int(report.codes.shape[0]),
         "shown_image_ids": report.image_ids, "concepts": concepts, "metrics": report.metrics,
@@ -185,6 +187,22 @@ def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, 
         **structure,
         "figures": {p.key: p.filename for p in pictures},
     }
+
+
+#: How each map kind is described in the maps' caption.
+MAP_KIND_WORDS = {
+    "pixel": "pixel maps: how much painting each pixel out lowers the concept",
+    "coefficient": "coefficient maps: the concept's code at each position of the layer",
+    "gradient": "gradient maps: Grad-CAM of the concept's code",
+    "provenance": "provenance maps: the codes of the fitted crops or segments painted back",
+    "scale_matched": "scale-matched maps: codes of the image enlarged to the crops' scale",
+}
+
+
+def _kind_words(kind: str) -> str:
+    if not kind:
+        return ""
+    return f" ({MAP_KIND_WORDS.get(kind, f'{kind} maps')})"
 
 
 def _extra_text(extra: dict) -> str:

@@ -1,6 +1,7 @@
 """ConceptExplainer / ConceptManager / ClassConcepts on a small in-test CNN."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +73,10 @@ def test_save_load_report_round_trip(fitted, tmp_path):
     data = json.loads(report_json.read_text())
     shown = sorted(c["importance"] for c in data["concepts"])
     assert np.allclose(shown, np.sort(cc.importances))
+    # the saved maps' kind (pixel maps on this CNN) is named in report.json and the caption
+    assert data["maps_kind"] == "pixel"
+    page = report_json.with_name("index.html").read_text()
+    assert "(pixel maps: how much painting each pixel out lowers the concept)" in page
 
 
 def test_saved_maps_keep_their_kind(fitted, tmp_path):
@@ -171,7 +176,7 @@ def test_invalid_cut_is_reported_before_any_work():
         explainer.fit(torch.rand(4, 3, 16, 16), 0)
 
 
-def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
+def test_transformer_layer_keeps_each_inputs_cls_token(snapshot, tmp_path):
     import timm
 
     from conceptkit.concepts import SemiNMF
@@ -199,6 +204,8 @@ def test_transformer_layer_keeps_each_inputs_cls_token(snapshot):
     assert torch.allclose(cc.concept_maps(), expected, atol=1e-3)
     assert torch.allclose(cc.concept_maps(images[:2]), expected[:2], atol=1e-3)
     assert not torch.allclose(cc.concept_maps(images[:2], kind="pixel"), expected[:2], atol=1e-3)
+    page = cc.report(tmp_path / "vit-report")
+    assert json.loads(Path(page).with_name("report.json").read_text())["maps_kind"] == "coefficient"
 
 
 def test_a_loaded_explanation_finds_out_that_its_layer_gives_tokens(tmp_path):
