@@ -169,10 +169,12 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
     from conceptkit.extraction import ActivationExtractor
     from conceptkit.maps import localisation_table
 
-    shipped = load_world(world_name)
+    name, _, arch = world_name.partition(":")   # "shapes:vit": another shipped architecture
+    shipped = load_world(name)
+    arch = arch or shipped.architecture
     world = shipped.sample(n_per_class, seed=seed, split="test")
     CONCEPT_NAMES = list(world.concept_names)  # noqa: N806 - the parts' names
-    model, layer = shipped.model().to(device), shipped.layer
+    model, layer = shipped.model(arch).to(device), shipped.layers[arch]
     g_start = time.perf_counter()
     acts = ActivationExtractor(model, layer, batch_size=64, device=device,
                                progress=False)(world.images)
@@ -269,7 +271,8 @@ def main() -> int:
     parser.add_argument("--figure", default=None, help="copy the world atlas heatmap here (PNG)")
     parser.add_argument("--world", default="shapes",
                         help="ground-truth world(s) of the world part: a name, comma-separated "
-                             "names or 'all' (conceptkit.datasets.WORLDS)")
+                             "names or 'all' (conceptkit.datasets.WORLDS); name:arch for another "
+                             "shipped model, e.g. shapes:vit")
     parser.add_argument("--importance", default="auto", help="the atlas's importance method")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the world part")
     parser.add_argument("--quantile", default=None,
