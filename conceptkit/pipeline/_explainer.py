@@ -376,7 +376,7 @@ def _frozen(handle: ModelAtLayer) -> ModelAtLayer:
     copy = ModelAtLayer(handle.model, handle.layer, preprocess=handle.preprocess,
                         batch_size=handle.batch_size, device=handle.device,
                         progress=handle.progress, output=handle.output)
-    copy.token_layout, copy._h = handle.token_layout, handle._h
+    copy.token_layout, copy._h, copy._ran = handle.token_layout, handle._h, handle._ran
     return copy
 
 

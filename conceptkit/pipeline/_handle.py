@@ -50,6 +50,12 @@ class ModelAtLayer:
         self.progress = progress
         self.token_layout: str | None = None  # "NTC"/"TNC" once the layer gave transformer tokens
         self._h: nn.Module | None = None
+        self._ran = False  # the layer has given activations (token_layout is then known)
+
+    @property
+    def has_run(self) -> bool:
+        """Whether the model has been split or run at the layer (so ``token_layout`` is known)."""
+        return self._ran or self._h is not None or self.token_layout is not None
 
     @property
     def h(self) -> nn.Module:
@@ -108,6 +114,7 @@ class ModelAtLayer:
             progress=self.progress if progress is None else progress, preprocess=self.preprocess,
             desc=desc)
         maps = extractor(images)
+        self._ran = True
         if extractor.prefix_ is not None:
             self.token_layout = extractor.token_layout_
         return (maps, extractor.prefix_) if with_context else maps

@@ -283,8 +283,7 @@ class ClassConcepts:
 
     def _auto_kind(self, images: torch.Tensor | None) -> str:
         handle = self.model_at_layer
-        if handle is not None and handle.token_layout is None and handle._h is None \
-                and images is not None:
+        if handle is not None and not handle.has_run and images is not None:
             # A model attached to a loaded explanation has not run yet: one image tells whether
             # the layer gives transformer tokens (the choice of kind depends on it).
             handle.activations(images[:1], progress=False)
