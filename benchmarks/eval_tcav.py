@@ -81,13 +81,10 @@ def load_worlds(spec: str) -> list[tuple[str, Any]]:
     load = getattr(datasets, "load_world", None)
     if load is None:
         return [("shapes", _ShapesWorld())]
-    names = list(datasets.WORLDS) if spec == "all" else [s.strip() for s in spec.split(",")]
-    out = []
-    for name in names:   # "name:arch" for one architecture; "all" gives every shipped one
-        from _world_grid import _with_architectures
+    from _world_grid import resolve_worlds
 
-        out.extend(_with_architectures(name, load(name.split(":", 1)[0]), every=spec == "all"))
-    return out
+    # "name:arch" for one architecture; "all": every shipped one
+    return resolve_worlds(spec, log=lambda _: None)
 
 
 def backgrounds(n: int, size: int, rng: np.random.Generator) -> torch.Tensor:
