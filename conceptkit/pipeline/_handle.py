@@ -54,8 +54,9 @@ class ModelAtLayer:
 
     @property
     def has_run(self) -> bool:
-        """Whether the model has been split or run at the layer (so ``token_layout`` is known)."""
-        return self._ran or self._h is not None or self.token_layout is not None
+        """Whether the layer has given activations, so that ``token_layout`` is known (splitting
+        the model alone does not tell)."""
+        return self._ran
 
     @property
     def h(self) -> nn.Module:

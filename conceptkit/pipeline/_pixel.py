@@ -59,22 +59,6 @@ def check_quantiles(quantile: Any) -> tuple[float, ...]:
     return (check_float(quantile, "quantile", minimum=0.0, maximum=1.0),)
 
 
-def concept_regions(maps: torch.Tensor, quantile: float,
-                    thresholds: Any = None) -> torch.Tensor:
-    """``(N, k, H, W)`` bool: where each concept's map is positive and at or above its
-    threshold — given (``thresholds``, one value per concept), or else the ``quantile`` of all
-    of that concept's values over these images."""
-    if thresholds is None:
-        flat = maps.detach().transpose(0, 1).reshape(maps.shape[1], -1).double().cpu().numpy()
-        cut = torch.from_numpy(np.quantile(flat, quantile, axis=1)).to(maps.dtype)
-    else:
-        cut = torch.as_tensor(np.asarray(thresholds, dtype=np.float64)).to(maps.dtype).reshape(-1)
-        if cut.numel() != maps.shape[1]:
-            raise ValueError(f"`thresholds` must hold one value per concept ({maps.shape[1]}); "
-                             f"got {cut.numel()}.")
-    return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
-
-
 def _threshold_rows(thresholds: Any, quantiles: tuple[float, ...], maps: torch.Tensor) -> list:
     """One row of per-concept thresholds per region size: the given ``thresholds``, or else
     the ``quantiles`` of each concept's values over ``maps`` (one pass over the values)."""
@@ -89,6 +73,20 @@ def _threshold_rows(thresholds: Any, quantiles: tuple[float, ...], maps: torch.T
         raise ValueError(f"`thresholds` must hold one row of {k} values (one per concept) per "
                          f"quantile, shape ({n_quantiles}, {k}); got shape {values.shape}.")
     return list(values)
+
+
+def concept_regions(maps: torch.Tensor, quantile: float,
+                    thresholds: Any = None) -> torch.Tensor:
+    """``(N, k, H, W)`` bool: where each concept's map is positive and at or above its
+    threshold — given (``thresholds``, one value per concept), or else the ``quantile`` of all
+    of that concept's values over these images."""
+    if thresholds is None:
+        thresholds = _threshold_rows(None, (quantile,), maps)[0]
+    cut = torch.as_tensor(np.asarray(thresholds, dtype=np.float64)).to(maps.dtype).reshape(-1)
+    if cut.numel() != maps.shape[1]:
+        raise ValueError(f"`thresholds` must hold one value per concept ({maps.shape[1]}); "
+                         f"got {cut.numel()}.")
+    return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
 
 
 @contextlib.contextmanager
@@ -203,8 +201,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     # concepts whose region is empty in every image: their 0 is not a measurement (the notes
     # of an explanation say so)
     no_region = [int(j) for j in np.flatnonzero(~present.any(0).numpy())]
-    info = {"quantile": quantiles[0] if len(quantiles) == 1 else list(quantiles), "thresholds": "given" if thresholds is not None else "images",
-            "fill": "median", "score": score, "n_inputs": n,
+    info = {"quantile": quantiles[0] if len(quantiles) == 1 else list(quantiles),
+            "thresholds": "given" if thresholds is not None else "images", "fill": "median", "score": score, "n_inputs": n,
             "n_concepts": k, "confidence": confidence, "no_region": no_region, **(params or {})}
     return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method="pixel_ablation",
