@@ -42,6 +42,9 @@ COLUMN_HELP = {
     "most_relied_part": "the part whose painting-out lowers the class score most (measured)",
     "top_part": "the part the most important concept sits on",
     "top_on_most_relied": "the most important concept sits on the most relied-on part",
+    "most_relied_significant": "the most relied-on part's drop is above 0 and these images can "
+                               "tell it from 0; if not, the model relies on no single part and "
+                               "the columns that read that part say little",
     "most_relied_parts": "the most relied-on part and the parts these images cannot tell apart "
                          "from it (paired Student-t, 95 %)",
     "top_on_most_relied_parts": "the most important concept sits on one of most_relied_parts",
@@ -87,8 +90,10 @@ class Evaluation:
     @property
     def table(self) -> list[dict]:
         """Rows per class: ``class_id, class_name, n_images, n_concepts, most_relied_part,
-        most_relied_drop, top_concept, top_part`` and the metric columns of
-        :data:`METRIC_COLUMNS` (None where undefined)."""
+        most_relied_drop, most_relied_significant, top_concept, top_part`` and the metric
+        columns of :data:`METRIC_COLUMNS` (None where undefined). A row whose
+        ``most_relied_significant`` is False has no part the model measurably relies on; its
+        Markdown row says "not told from 0"."""
         return [dict(row) for row in self.rows]
 
     @property
@@ -116,7 +121,8 @@ class Evaluation:
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in self.rows:
             cells = [f"{row['class_id']} {row['class_name']}",
-                     f"{row['most_relied_part']} ({_fmt(row['most_relied_drop'], digits)})",
+                     f"{row['most_relied_part']} ({_fmt(row['most_relied_drop'], digits)}"
+                     f"{'' if row['most_relied_significant'] else ', not told from 0'})",
                      f"c{row['top_concept']} {row['top_part']}"]
             cells += [_fmt(row[name], digits) for name in METRIC_COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
@@ -339,6 +345,10 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
         "n_images": int(rel.present.shape[0]), "n_concepts": int(result.importances.size),
         "most_relied_part": part_label(most, names),
         "most_relied_drop": num(rel.values(result.measure)[most]) if most >= 0 else None,
+        # a most relied-on part whose drop these images cannot tell from 0 (or is not a drop)
+        # is noise: the model relies on no single part, and the columns that read it say little
+        "most_relied_significant": bool(most >= 0 and rel.values(result.measure)[most] > 0
+                                        and rel.significant(result.measure)[most]),
         "top_concept": top, "top_part": part_label(top_part, names),
         "top_on_most_relied": bool(most >= 0 and top_part == most),
         "most_relied_parts": [part_label(int(p), names) for p in tied],

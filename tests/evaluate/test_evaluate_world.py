@@ -277,3 +277,25 @@ def test_default_maps_of_a_vit_sit_on_the_parts_pixel_maps_do_not():
     auto, pixel = summaries["auto"], summaries["pixel"]
     assert auto["top_on_most_relied_parts"] == 1.0 and auto["top_pointing_parts"] >= 0.95
     assert pixel["top_on_most_relied_parts"] <= 0.5 and pixel["relied_pointing"] <= 0.6
+
+
+def test_a_class_that_relies_on_no_single_part_is_marked():
+    """The shapes ViT tells class 4 (the two textured patches) by the absence of a coloured
+    pair: painting out either patch leaves it (measured drops within +-0.01 of 0), so its "most
+    relied-on part" is noise and the row says so; class 0 relies on both its shapes (0.98, 1.00)."""
+    import conceptkit
+    from conceptkit.concepts import SemiNMF
+    from conceptkit.datasets import load_world
+
+    world = load_world("shapes")
+    model, layer = world.model("vit"), world.layers["vit"]
+    data = world.sample(20, seed=0, split="test")
+    fits = {c: conceptkit.ConceptExplainer(model, layer, factorizer=SemiNMF(4, random_state=0),
+                                           seed=0, progress=False).fit(data.images[data.labels == c], c)
+            for c in (0, 4)}
+    result = evaluate(fits, (model, data), deletion=False, progress=False)
+    rows = {row["class_id"]: row for row in result.rows}
+    assert rows[0]["most_relied_significant"] and rows[0]["most_relied_drop"] > 0.9
+    assert not rows[4]["most_relied_significant"] and abs(rows[4]["most_relied_drop"]) < 0.02
+    text = result.to_markdown()
+    assert text.count("not told from 0") == 1 and "| 4 striped patch + checkerboard patch" in text
