@@ -217,19 +217,14 @@ def _model(world: Any) -> torch.nn.Module:
 
 
 def fit(model, world, images, class_id, method, n_concepts, seed) -> tuple[Any, str | None]:
-    """Explain one class; signed activations (ViT tokens) get SemiNMF, seeded, with a note."""
-    kwargs = dict(n_concepts=n_concepts, method=method, importance="sobol", seed=seed,
-                  progress=False, preprocess=getattr(world, "preprocess", None))
-    try:
-        return ConceptExplainer(model, world.layer, **kwargs).fit(images, class_id), None
-    except ValueError as err:
-        if method == "ace" or "negative" not in str(err):
-            raise
-    from conceptkit.concepts import SemiNMF
-
-    explainer = ConceptExplainer(model, world.layer, factorizer=SemiNMF(n_concepts, random_state=seed),
-                                 **kwargs)
-    return explainer.fit(images, class_id), "signed activations: SemiNMF"
+    """Explain one class with the explainer's defaults; transformer tokens get SemiNMF (seeded,
+    the explainer's default there), which the note records."""
+    explainer = ConceptExplainer(model, world.layer, n_concepts=n_concepts, method=method,
+                                 importance="sobol", seed=seed, progress=False,
+                                 preprocess=getattr(world, "preprocess", None))
+    cc = explainer.fit(images, class_id)
+    signed = cc.params.get("factorizer") == "SemiNMF"
+    return cc, "transformer tokens: SemiNMF (the default there)" if signed else None
 
 
 def importances_of(cc, method: str, seed: int, **kwargs) -> np.ndarray:

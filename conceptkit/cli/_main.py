@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--n-concepts", type=int, default=None,
                      help="number of concepts (default 10; ACE: 25 clusters before filtering)")
     exp.add_argument("--factorizer", default=None, choices=sorted(FACTORIZER_CHOICES),
-                     help="replace the method's factorizer (semi_nmf for ViT/CLIP tokens)")
+                     help="replace the method's factorizer (default: nmf; semi_nmf at a layer that "
+                          "gives ViT/CLIP tokens)")
     exp.add_argument("--patch-size", type=int, default=None)
     exp.add_argument("--size", type=int, default=None, help="image size fed to the model")
     exp.add_argument("--batch-size", type=int, default=32)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_image_ids, check_images, check_int, describe
-from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer
+from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, SemiNMF
 from ..concepts._checks import configured_factorizer
 from ..extraction._layers import get_layer
 from ..importance import METHODS as IMPORTANCE_METHODS
@@ -41,6 +41,11 @@ ACE_LIMITATION = (
     "for the default ICE with pixel maps and 0.92 (0.86) for CRAFT with them, and its top "
     "concept sits on that part for 0.50 of the classes (none on textures), against 0.98 for "
     "ICE. Read its maps with care, or use method='ice' (the default) or 'craft'.")
+
+
+def _factorizer_name(bank: Any) -> str | None:
+    factorizer = getattr(bank, "factorizer", None)
+    return None if factorizer is None else type(factorizer).__name__
 
 
 class ConceptExplainer:
@@ -107,8 +112,14 @@ class ConceptExplainer:
     patch_size
         CRAFT crop size (default 64/224 of the image side); an error with another method.
     factorizer
-        Replace the method's factorizer (e.g. ``SemiNMF(10)`` for signed activations). It is
-        cloned, never changed; its ``n_concepts`` is used when ``n_concepts`` is not given.
+        Replace the method's factorizer (e.g. ``NMF(10, relu=True)``). It is cloned, never
+        changed; its ``n_concepts`` is used when ``n_concepts`` is not given. Default (None):
+        the method's own (NMF for ICE and CRAFT, k-means for ACE), except that ICE and CRAFT
+        at a layer that gives transformer tokens use :class:`~conceptkit.concepts.SemiNMF`
+        (seeded by ``seed``): tokens are signed, which NMF refuses, and SemiNMF is the
+        factorizer every ViT number in BENCHMARKS.md was measured with. The layer's kind is
+        found by running one image when nothing has run yet; the result's ``params`` and
+        ``bank.factorizer`` name the factorizer used.
     batch_size, device, progress
         Batching of ``g``, where to run, progress bars.
     seed
@@ -224,9 +235,19 @@ class ConceptExplainer:
         """
         return self.model_at_layer.activations(images, with_context)
 
-    def _discovery(self) -> Any:
+    def _default_factorizer(self, images: torch.Tensor | None) -> Factorizer | None:
+        """The user's factorizer; else None (the method's NMF), or SemiNMF when ICE or CRAFT
+        explains transformer tokens (run one of ``images`` to find out if nothing has run)."""
+        if self.factorizer is not None or self.method == "ace" or images is None:
+            return self.factorizer
+        if not self.model_at_layer.layer_gives_tokens(images):
+            return None
+        return SemiNMF(self.n_concepts or 10, random_state=self.seed)
+
+    def _discovery(self, images: torch.Tensor | None = None) -> Any:
         cls = DISCOVERY_METHODS[self.method]
-        kwargs = dict(factorizer=self.factorizer, batch_size=self.batch_size, device=self.device,
+        kwargs = dict(factorizer=self._default_factorizer(images), batch_size=self.batch_size,
+                      device=self.device,
                       progress=self.progress, seed=self.seed, preprocess=self.preprocess)
         if self.method == "craft":
             kwargs["patch_size"] = self.patch_size
@@ -238,7 +259,7 @@ class ConceptExplainer:
 
         For ICE, ``activations`` (the images' feature maps) are reused instead of running ``g``.
         """
-        return self._discover(self._discovery(), images, activations, probe=True)
+        return self._discover(self._discovery(images), images, activations, probe=True)
 
     def _discover(self, method: Any, images: torch.Tensor, activations: torch.Tensor | None,
                   probe: bool) -> ConceptBank:
@@ -278,7 +299,7 @@ class ConceptExplainer:
         start = time.perf_counter()
         handle = self.model_at_layer
         handle.prepare(images)  # split now: fails early, before any heavy work, on an invalid cut
-        method = self._discovery()
+        method = self._discovery(images)
         # The method on the first image only: a layer the factorizer cannot take (negative
         # activations for NMF) fails now, not after the whole extraction.
         method.check_first_image(self.model, self.layer, images)
@@ -316,7 +337,8 @@ class ConceptExplainer:
         params = {"n_concepts": bank.params.get("n_concepts", self.n_concepts), "method": self.method,
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
                   "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
-                  "n_images": int(images.shape[0])}
+                  "n_images": int(images.shape[0]),
+                  "factorizer": _factorizer_name(bank)}
         result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
                                bank=bank, importance=importance, images=images.detach().cpu(),
                                activations=acts, model_name=self.model_name, layer=self.layer,

@@ -51,6 +51,7 @@ class ModelAtLayer:
         self.token_layout: str | None = None  # "NTC"/"TNC" once the layer gave transformer tokens
         self._h: nn.Module | None = None
         self._ran = False  # the layer has given activations (token_layout is then known)
+        self.gives_tokens: bool | None = None  # the layer's output is 3-D, seen by prepare()
 
     @property
     def has_run(self) -> bool:
@@ -86,9 +87,23 @@ class ModelAtLayer:
 
     def _check_output(self, example: torch.Tensor) -> None:
         """Fail before any heavy work when the model's output is not the logits tensor (and
-        ``output`` does not say where the logits are)."""
-        with preserved_model_state(self.model), torch.no_grad():
-            out = unwrap_model(self.model)[0](example)  # never compile a torch.compile model
+        ``output`` does not say where the logits are); note on the way whether the layer gives
+        transformer tokens (``gives_tokens``)."""
+        seen: list[bool] = []
+
+        def note_kind(_module, _inputs, output):
+            first = output[0] if isinstance(output, (tuple, list)) and output else output
+            seen.append(isinstance(first, torch.Tensor) and first.ndim == 3)
+
+        _, module = get_layer(self.model, self.layer)
+        hook = module.register_forward_hook(note_kind)
+        try:
+            with preserved_model_state(self.model), torch.no_grad():
+                out = unwrap_model(self.model)[0](example)  # never compile a torch.compile model
+        finally:
+            hook.remove()
+        if seen:  # the layer's kind, for the default factorizer, without another pass of g
+            self.gives_tokens = seen[0]
         if self.output is not None:
             out = pick_output(out, self.output)
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
@@ -96,6 +111,16 @@ class ModelAtLayer:
             raise ValueError(f"`output`: the model must give class logits (N, n_classes) to be "
                              f"explained, but it returns {what}"
                              f"{'' if self.output is None else f' at output={self.output!r}'}.")
+
+    def layer_gives_tokens(self, images: torch.Tensor) -> bool:
+        """Whether the layer outputs transformer tokens: known once it has run or the model was
+        prepared, else found by running the first of ``images``."""
+        if self.has_run:
+            return self.token_layout is not None
+        if self.gives_tokens is None:
+            self.activations(images[:1], progress=False)
+            return self.token_layout is not None
+        return self.gives_tokens
 
     @property
     def maps_head(self) -> nn.Module:

@@ -250,13 +250,12 @@ def test_default_explanation_meets_the_bar(name):
 
 def test_default_maps_of_a_vit_sit_on_the_parts_pixel_maps_do_not():
     """Why ``kind="auto"`` is coefficient maps on transformer tokens: on the shapes world's ViT
-    (seed 0, classes 0-2, 30 test images each, SemiNMF on the signed tokens) the default
-    explanation's top concept sits on a most relied-on part of every class and points at it
-    (measured 0.967, 1.000, 1.000), while pixel maps of the same concepts, differentiated
-    through attention, point at distractors (measured: top concept on a most relied-on part in
+    (seed 0, classes 0-2, 30 test images each) the default explanation (no factorizer given:
+    SemiNMF, the default on tokens) has its top concept on a most relied-on part of every class,
+    pointing at it (measured 0.967, 1.000, 1.000), while pixel maps of the same concepts,
+    differentiated through attention, point at distractors (measured: top concept on a most relied-on part in
     1 class of 3, pointing 0.333 / 0.567 / 0.900; the best concept's 0.44 on average)."""
     import conceptkit
-    from conceptkit.concepts import SemiNMF
     from conceptkit.datasets import load_world
 
     world = load_world("shapes")
@@ -267,8 +266,8 @@ def test_default_maps_of_a_vit_sit_on_the_parts_pixel_maps_do_not():
         fits = {}
         for c in (0, 1, 2):
             rows = data.labels == c
-            explainer = conceptkit.ConceptExplainer(
-                model, layer, factorizer=SemiNMF(10, random_state=0), seed=0, progress=False,
+            explainer = conceptkit.ConceptExplainer(  # the default factorizer: SemiNMF here
+                model, layer, seed=0, progress=False,
                 importance_kwargs=None if kind == "auto" else {"kind": "pixel"})
             fits[c] = explainer.fit(data.images[rows], c)
         assert fits[0].importance.params["maps"] == ("coefficient" if kind == "auto" else "pixel")

@@ -70,3 +70,53 @@ def test_discovery_methods_take_k_and_seed_from_the_same_rule(method, factorizer
         assert banks[0].n_concepts == k
     else:  # ACE keeps the clusters that pass its rule, out of the factorizer's 4
         assert banks[0].params["n_concepts"] == 4 and banks[0].n_concepts <= 4
+
+
+def _tiny_vit():
+    from conceptkit.datasets import small_vit
+
+    torch.manual_seed(0)
+    return small_vit(n_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
+
+
+VIT_IMAGES = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("method", ["ice", "craft"])
+def test_without_a_factorizer_transformer_tokens_get_seeded_seminmf(method):
+    """Tokens are signed and NMF refuses them, so with no factorizer ICE and CRAFT use SemiNMF
+    seeded by ``seed``: exactly the explanation that passing SemiNMF(k, random_state=seed)
+    gives, and the result names it. The layer's kind is read while the model is prepared."""
+    model = _tiny_vit()
+    fits = [conceptkit.ConceptExplainer(model, "blocks.0", 3, method, seed=5, progress=False,
+                                        factorizer=factorizer).fit(VIT_IMAGES, 1)
+            for factorizer in (None, SemiNMF(3, random_state=5))]
+    default, given = fits
+    assert isinstance(default.bank.factorizer, SemiNMF)
+    assert default.bank.factorizer.random_state == 5
+    assert default.params["factorizer"] == "SemiNMF" == given.params["factorizer"]
+    assert torch.equal(torch.as_tensor(default.components), torch.as_tensor(given.components))
+    np.testing.assert_array_equal(default.importances, given.importances)
+    # the same default through discover() alone, which has not prepared the model
+    bank = conceptkit.ConceptExplainer(model, "blocks.0", 3, method, seed=5,
+                                       progress=False).discover(VIT_IMAGES)
+    assert isinstance(bank.factorizer, SemiNMF)
+    assert torch.equal(torch.as_tensor(bank.components), torch.as_tensor(given.components))
+
+
+def test_convolutional_layers_keep_nmf_and_a_users_nmf_on_tokens_is_still_refused():
+    from conceptkit.concepts._checks import NegativeActivationsError
+
+    assert explain(None).params["factorizer"] == "NMF"
+    explainer = conceptkit.ConceptExplainer(_tiny_vit(), "blocks.0", 3, factorizer=NMF(3),
+                                            progress=False)
+    with pytest.raises(NegativeActivationsError, match="factorizer=SemiNMF"):
+        explainer.fit(VIT_IMAGES, 1)
+
+
+def test_an_atlas_of_transformer_tokens_defaults_to_seminmf():
+    labels = torch.arange(6) % 3
+    atlas = conceptkit.ConceptAtlas(_tiny_vit(), "blocks.0", 3, method="ice",
+                                    importance="gradient_input", seed=0, progress=False)
+    atlas.fit(VIT_IMAGES, labels)
+    assert isinstance(atlas.data_.bank.factorizer, SemiNMF)
