@@ -338,7 +338,8 @@ class ConceptExplainer:
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
                   "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
                   "n_images": int(images.shape[0]),
-                  "factorizer": _factorizer_name(bank)}
+                  "factorizer": _factorizer_name(bank),
+                  "layer_gives_tokens": handle.token_layout is not None}
         result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
                                bank=bank, importance=importance, images=images.detach().cpu(),
                                activations=acts, model_name=self.model_name, layer=self.layer,

@@ -98,11 +98,29 @@ def _enumerate(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+#: What the ground-truth worlds measured for explanations of transformer tokens (issue 13;
+#: BENCHMARKS.md, "A second ViT world": ICE with SemiNMF, coefficient maps, pixel ablation, the
+#: shapes and context worlds' ViTs, three seeds each), said on every explanation of tokens.
+TOKEN_LIMITATION = (
+    "This layer gives transformer tokens. On conceptkit's two ViT ground-truth worlds the "
+    "default explanation put the top concept on a part the model relies on most in 0.89 and "
+    "1.00 of the classes (parts whose reliance the images cannot tell apart count alike), "
+    "pointing at it in 0.83 and 0.93 of the images; but its order of the other concepts "
+    "followed the model's measured reliance only weakly (Spearman 0.47 and 0.53, against "
+    "0.76-0.90 on the convolutional worlds). Trust the top concept more than the ranking of "
+    "the rest (BENCHMARKS.md).")
+
+
 def class_notes(cc: Any) -> list[str]:
-    """Every note of an explanation: near-duplicate concepts, then importance notes."""
+    """Every note of an explanation: near-duplicate concepts, importance notes, then what the
+    ground-truth worlds measured for explanations of transformer tokens (when the layer gives
+    them)."""
     notes = [duplicate_sentence(pair, cc.concept_label) for pair in cc.near_duplicates()]
     n_images = int(cc.importance.per_input.shape[0])
-    return notes + importance_notes(cc.importance, cc.concept_label, n_images)
+    notes += importance_notes(cc.importance, cc.concept_label, n_images)
+    if (cc.params or {}).get("layer_gives_tokens"):
+        notes.append(TOKEN_LIMITATION)
+    return notes
 
 
 def result_repr(cc: Any) -> str:

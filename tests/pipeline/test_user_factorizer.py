@@ -120,3 +120,20 @@ def test_an_atlas_of_transformer_tokens_defaults_to_seminmf():
                                     importance="gradient_input", seed=0, progress=False)
     atlas.fit(VIT_IMAGES, labels)
     assert isinstance(atlas.data_.bank.factorizer, SemiNMF)
+
+
+def test_an_explanation_of_tokens_says_what_the_vit_worlds_measured(tmp_path):
+    """The ViT worlds' measured limits are told on every explanation of tokens (notes, report,
+    after a save and load), and on no explanation of a convolutional layer."""
+    from conceptkit.pipeline._notes import TOKEN_LIMITATION
+
+    vit = conceptkit.ConceptExplainer(_tiny_vit(), "blocks.0", 3, seed=0,
+                                      progress=False).fit(VIT_IMAGES, 1)
+    assert vit.params["layer_gives_tokens"] and TOKEN_LIMITATION in vit.notes()
+    assert "Spearman 0.47 and 0.53" in TOKEN_LIMITATION
+    loaded = conceptkit.load(vit.save(tmp_path / "vit.safetensors"))
+    assert TOKEN_LIMITATION in loaded.notes()
+    page = vit.report(tmp_path / "report", n_images=2)
+    assert "This layer gives transformer tokens." in open(page, encoding="utf-8").read()
+    cnn = explain(None)
+    assert cnn.params["layer_gives_tokens"] is False and TOKEN_LIMITATION not in cnn.notes()
