@@ -32,7 +32,9 @@ def iteration(n_iter: int) -> None:
 
 
 def _counts_iterations(factorizer: Any) -> bool:
-    return str(getattr(factorizer, "solver", "")).startswith("torch_")
+    """The factorizer calls :func:`iteration` (the torch NMF solvers, SemiNMF)."""
+    return (bool(getattr(factorizer, "_reports_iterations", False))
+            or str(getattr(factorizer, "solver", "")).startswith("torch_"))
 
 
 @contextlib.contextmanager

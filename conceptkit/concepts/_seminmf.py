@@ -11,6 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from .._validation import check_choice, check_float, check_int
 from . import _nmf_torch as kernels
 from ._base import Factorizer
+from ._progress import iteration
 
 _SOLVERS = ("hals", "mu")
 _CHECK_EVERY = 5  # iterations between two exact error evaluations (one n x C x k product each)
@@ -87,6 +88,7 @@ class SemiNMF(Factorizer):
     """
 
     _rescalable = True  # codes unchanged when A and W are scaled together
+    _reports_iterations = True  # a progress bar counts fit's iterations (_progress.iteration)
     nonnegative_codes = True
     signed_components = True
     _ridge = 1e-8  # relative ridge on UᵀU: keeps the solve defined when a concept dies
@@ -127,6 +129,7 @@ class SemiNMF(Factorizer):
                 n_iter += 1
                 update(X, Ut, W)
                 W = _least_squares_dictionary(X, Ut, self._ridge)
+                iteration(n_iter)
                 if n_iter % _CHECK_EVERY == 0 or n_iter == self.max_iter:
                     error = kernels.residual_norm(X, Ut, W)
                     converged = error == 0 or (previous - error) < self.tol * previous

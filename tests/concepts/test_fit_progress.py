@@ -9,7 +9,7 @@ import torch
 from _shared import planted_nmf, two_block_cnn
 
 import conceptkit
-from conceptkit.concepts import NMF, KMeansConcepts, bank_from_activations
+from conceptkit.concepts import NMF, KMeansConcepts, SemiNMF, bank_from_activations
 
 
 def bars(text: str) -> list[str]:
@@ -35,6 +35,16 @@ def test_torch_solver_bar_counts_iterations(capsys):
     shown = [b for b in bars(err) if b.startswith("NMF fit (torch_hals, k=4, 300 x 30)")]
     assert shown and "iterations, stops early once converged" in shown[-1]
     assert f"{n_iter}/150" in shown[-1]
+
+
+def test_seminmf_bar_counts_its_iterations(capsys):
+    """SemiNMF is the default on transformer tokens: its bar counts its own iterations (it
+    claimed to be a scikit-learn solver with no progress)."""
+    bank, err = fit(SemiNMF(4, max_iter=400, random_state=0), capsys)
+    n_iter = bank.factorizer.n_iter_
+    shown = [b for b in bars(err) if b.startswith("SemiNMF fit (hals, k=4, 300 x 30)")]
+    assert shown and "iterations, stops early once converged" in shown[-1], err
+    assert f"{n_iter}/400" in shown[-1] and "scikit-learn" not in err
 
 
 def test_solver_without_callback_gets_a_timer_not_a_fake_count(capsys):
