@@ -44,8 +44,9 @@ DEFAULT_METHOD = inspect.signature(ConceptExplainer).parameters["method"].defaul
 
 #: Map kinds scored per discovery method; "auto" rows repeat whichever of them the library's
 #: default resolves to in each world (``auto_kind`` in the records).
-KINDS = {"craft": ("coefficient", "gradient", "provenance", "scale_matched", "pixel"),
-         "ice": ("coefficient", "gradient", "provenance", "pixel"),
+KINDS = {"craft": ("coefficient", "dominant", "gradient", "provenance", "scale_matched",
+                   "pixel"),
+         "ice": ("coefficient", "dominant", "gradient", "provenance", "pixel"),
          "ace": ("provenance", "coefficient", "gradient")}
 #: Map kinds that are not in the library, scored only when asked for (``--extra-kinds``); none
 #: at present (the pixel-resolution maps tried this way became the library's ``kind="pixel"``).
@@ -62,6 +63,7 @@ METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_re
 #: or "half"/"third" for regions where a concept's map reaches that fraction of its 99th
 #: percentile over the class's images (a region that follows the map's own scale, not a decile).
 PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"},
+                  "pixel_ablation_dominant": "dominant_regions",
                   "pixel_ablation_q93": {"quantile": 0.93},
                   "pixel_ablation_q95": {"quantile": 0.95},
                   "pixel_ablation_q97": {"quantile": 0.97},
@@ -103,6 +105,8 @@ def _variant_kwargs(name: str, maps: torch.Tensor) -> dict:
     spec = PIXEL_VARIANTS.get(name, {})
     if isinstance(spec, dict):
         return spec
+    if spec == "dominant_regions":  # the default four sizes, painted from the dominant maps
+        return {}
     if spec == "peak":
         return {"thresholds": np.full(maps.shape[1], 0.5), "quantile": 0.9}
     fraction = {"half": 0.5, "third": 1 / 3}[spec]
@@ -295,8 +299,11 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                 # the map kind, so it is computed once per kind ("pixel_ablation_logit": the
                 # drop of the class logit instead of its probability)
                 if name in PIXEL_METHODS or name in PIXEL_VARIANTS:
+                    painted = values
+                    if PIXEL_VARIANTS.get(name) == "dominant_regions":  # scored on every kind
+                        painted = maps.get("dominant", values)
                     scores[name] = pixel_ablation(
-                        model, images, _variant_maps(name, values), class_id,
+                        model, images, _variant_maps(name, painted), class_id,
                         preprocess=getattr(world, "preprocess", None), progress=False,
                         **_variant_kwargs(name, values)).importances
             for name in importance_methods:

@@ -13,6 +13,8 @@ from ._localisation import (
 )
 from ._maps import (
     coefficient_maps,
+    concept_scales,
+    dominant_maps,
     gradient_maps,
     pixel_maps,
     provenance_maps,
@@ -26,6 +28,8 @@ __all__ = [
     "ConceptMatch",
     "choose_map_kind",
     "coefficient_maps",
+    "concept_scales",
+    "dominant_maps",
     "gradient_maps",
     "localisation_table",
     "mask_iou",

@@ -199,14 +199,18 @@ class ClassConcepts:
         a pixel is painted out, blurred; :func:`conceptkit.maps.pixel_maps`) or
         ``"provenance"`` (the fitted crops' / segments' codes painted back; fitted images only).
         ``"scale_matched"`` (CRAFT: coefficient maps of the images enlarged by image side ÷
-        patch size, the scale its concepts were learned at). ``"auto"`` (default) paints ACE's
+        patch size, the scale its concepts were learned at). ``"dominant"``: coefficient maps
+        that keep, at each position, only the concept strongest there relative to its 99th
+        percentile over the fitted codes (:func:`conceptkit.maps.dominant_maps`; on tokens
+        they rank concepts better and point worse, BENCHMARKS.md). ``"auto"`` (default) paints ACE's
         segments back for the fitted images — its k-means centroids come from pooled segment
         patches, so encoding single positions with them is not meaningful — and gives pixel
         maps on convolutional layers and coefficient maps on transformer tokens or without a
         model (chosen on the ground-truth worlds; see :func:`conceptkit.maps.choose_map_kind`
         for the numbers).
         """
-        from ..maps import coefficient_maps, gradient_maps, pixel_maps, provenance_maps
+        from ..maps import (coefficient_maps, dominant_maps, gradient_maps, pixel_maps,
+                            provenance_maps)
 
         size = image_size
 
@@ -227,9 +231,11 @@ class ClassConcepts:
                                  "pass images=None.")
             maps = provenance_maps(self.bank, n_images=None if self.images is None else self.images.shape[0])
             return maps if size is None else _resize(maps, size)
-        if images is None and self.activations is not None and kind == "coefficient":
+        if images is None and self.activations is not None and kind in ("coefficient", "dominant"):
             if size is None and self.images is not None:
                 size = tuple(self.images.shape[-2:])
+            if kind == "dominant":
+                return self._fitted_dominant_maps(size)
             return self._fitted_coefficient_maps(size)
         if images is None:
             if self.images is None:
@@ -250,6 +256,8 @@ class ClassConcepts:
                                  image_size=size, batch_size=handle.batch_size,
                                  device=handle.device)
         acts = handle.activations(images)
+        if kind == "dominant":
+            return dominant_maps(acts, self.bank, size or tuple(images.shape[-2:]))
         return coefficient_maps(acts, self.bank, size or tuple(images.shape[-2:]))
 
     # ------------------------------------------------------------------ computed once
@@ -280,6 +288,16 @@ class ClassConcepts:
         maps = codes if size is None else _resize(codes, size)
         # Never hand out the cached codes themselves: the caller may write into the maps.
         return maps.clone() if maps.data_ptr() == codes.data_ptr() else maps
+
+    def _fitted_dominant_maps(self, size: Any, n_images: int | None = None) -> torch.Tensor:
+        from ..maps._maps import _keep_dominant
+
+        if self.activations.ndim != 4:  # the maps module says what it needs
+            from ..maps import dominant_maps
+
+            return dominant_maps(self.activations[:n_images], self.bank, size)
+        return _keep_dominant(self._class_codes()[:n_images].float(), self.bank,
+                              None if size is None else tuple(size), None)
 
     def _auto_kind(self, images: torch.Tensor | None) -> str:
         handle = self.model_at_layer
@@ -344,8 +362,10 @@ class ClassConcepts:
             n_images = min(n_images, self.images.shape[0])
             return upsample(self._scale_matched_codes(n_images)[:n_images],
                             tuple(self.images.shape[-2:]))
-        if self.activations is not None and kind == "coefficient":
+        if self.activations is not None and kind in ("coefficient", "dominant"):
             size = None if self.images is None else tuple(self.images.shape[-2:])
+            if kind == "dominant":
+                return self._fitted_dominant_maps(size, n_images)
             return self._fitted_coefficient_maps(size, n_images)
         if kind == "pixel" and self.images is not None:
             return self._fitted_pixel_maps(n_images)

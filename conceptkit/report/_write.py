@@ -193,6 +193,8 @@ def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, 
 MAP_KIND_WORDS = {
     "pixel": "pixel maps: how much painting each pixel out lowers the concept",
     "coefficient": "coefficient maps: the concept's code at each position of the layer",
+    "dominant": ("dominant-concept maps: the concept's code at each position of the layer "
+                 "where, relative to each concept's scale, it is the strongest concept"),
     "gradient": "gradient maps: Grad-CAM of the concept's code",
     "provenance": "provenance maps: the codes of the fitted crops or segments painted back",
     "scale_matched": "scale-matched maps: codes of the image enlarged to the crops' scale",

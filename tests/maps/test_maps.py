@@ -226,3 +226,30 @@ def test_explanation_maps_of_kind_pixel_on_a_cnn_and_a_vit():
     vit_maps = token.concept_maps(kind="pixel")
     assert vit_maps.shape == (6, 3, 32, 32) and torch.isfinite(vit_maps).all()
     assert vit_maps.max() > 0
+
+
+def test_dominant_maps_keep_the_strongest_concept_at_each_position_by_hand():
+    """Each concept's code is divided by its 99th percentile over the bank's fitted codes; at
+    each position only the concept with the largest ratio keeps its code. Checked element by
+    element against the coefficient maps, with the scales computed by numpy."""
+    from conceptkit.maps import concept_scales, dominant_maps
+
+    bank = _bank()
+    acts = torch.rand(3, 12, 4, 5, generator=torch.Generator().manual_seed(2))
+    codes = coefficient_maps(acts, bank).numpy()
+    scales = np.percentile(bank.codes.numpy(), 99, axis=0)
+    np.testing.assert_allclose(concept_scales(bank.codes).numpy(), scales, rtol=1e-5)
+    maps = dominant_maps(acts, bank).numpy()
+    winner = (codes / scales[None, :, None, None]).argmax(axis=1)
+    for n in range(3):
+        for y in range(4):
+            for x in range(5):
+                expected = np.zeros(codes.shape[1])
+                expected[winner[n, y, x]] = codes[n, winner[n, y, x], y, x]
+                np.testing.assert_allclose(maps[n, :, y, x], expected, rtol=1e-5, atol=1e-7)
+    # given scales are used as they are; a concept's own maximum is a scale too
+    flat = dominant_maps(acts, bank, scales=np.ones(codes.shape[1])).numpy()
+    np.testing.assert_array_equal(flat.argmax(axis=1), codes.argmax(axis=1))
+    assert dominant_maps(acts, bank, image_size=(8, 10)).shape == (3, codes.shape[1], 8, 10)
+    with pytest.raises(ValueError, match="`scales` must hold 4 positive values"):
+        dominant_maps(acts, bank, scales=[1.0, 0.0, 1.0, 1.0])

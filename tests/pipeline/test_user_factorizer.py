@@ -137,3 +137,24 @@ def test_an_explanation_of_tokens_says_what_the_vit_worlds_measured(tmp_path):
     assert "This layer gives transformer tokens." in open(page, encoding="utf-8").read()
     cnn = explain(None)
     assert cnn.params["layer_gives_tokens"] is False and TOKEN_LIMITATION not in cnn.notes()
+
+
+def test_dominant_maps_of_an_explanation_of_tokens():
+    """``kind="dominant"`` keeps each position for its strongest concept (relative to the
+    bank's fitted codes): the fitted images' maps, new images' maps and the maps module agree,
+    and every position has one concept with a positive code at most."""
+    from conceptkit.maps import dominant_maps
+
+    model = _tiny_vit()
+    explainer = conceptkit.ConceptExplainer(model, "blocks.0", 3, seed=0, progress=False)
+    cc = explainer.fit(VIT_IMAGES, 1)
+    fitted = cc.concept_maps(kind="dominant", image_size=(8, 8))
+    assert cc.concept_maps().shape == (6, 3, 64, 64)
+    expected = dominant_maps(cc.activations, cc.bank)
+    # the codes cached at fit time and a fresh encoding differ by solver tolerance only, which
+    # can move the winner where two concepts tie
+    assert (fitted - expected).abs().gt(1e-3).float().mean() < 0.02
+    assert int((fitted > 0).sum(dim=1).max()) <= 1
+    new = cc.concept_maps(VIT_IMAGES[:2], kind="dominant")
+    assert new.shape == (2, 3, 64, 64)
+    assert (new - dominant_maps(cc.activations[:2], cc.bank, (64, 64))).abs().gt(1e-3).float().mean() < 0.02
