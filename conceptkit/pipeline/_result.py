@@ -209,8 +209,13 @@ class ClassConcepts:
         model (chosen on the ground-truth worlds; see :func:`conceptkit.maps.choose_map_kind`
         for the numbers).
         """
-        from ..maps import (coefficient_maps, dominant_maps, gradient_maps, pixel_maps,
-                            provenance_maps)
+        from ..maps import (
+            coefficient_maps,
+            dominant_maps,
+            gradient_maps,
+            pixel_maps,
+            provenance_maps,
+        )
 
         size = image_size
 
