@@ -27,6 +27,8 @@ from ..concepts import Factorizer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
 from ..importance._concept import student_interval
+from ..maps import concept_scales
+from ..maps._maps import _keep_dominant
 from ._atlas_data import AtlasData, class_labels, from_images, from_store, head_logits
 from ._atlas_results import (
     AtlasImportance,
@@ -184,6 +186,34 @@ class ConceptAtlas:
         """Pixel ablation's region quantile(s): the user's, else :data:`ATLAS_QUANTILE`."""
         return self.explainer.importance_kwargs.get("quantile", ATLAS_QUANTILE)
 
+    def _region_kind(self) -> str:
+        """The maps whose regions pixel ablation paints: ``"dominant"`` at a layer that gives
+        transformer tokens, else ``"coefficient"``.
+
+        Why (issue 13; BENCHMARKS.md, "Concept atlas"): a region is each concept's top decile
+        over the whole dataset, so in the images of a class that lacks the concept it falls
+        wherever the concept's code is highest. SemiNMF codes of tokens are dense (every concept
+        positive at every token), so there it falls on the parts that other concepts explain,
+        and concepts became important to classes that never show them. Keeping each position
+        for its strongest concept (:func:`conceptkit.maps.dominant_maps`) brought the parts of
+        the shapes ViT whose concept is important to exactly the classes that rely on them from
+        0/6, 1/6, 1/6 to 4/6, 5/6, 5/6 (seeds 0-2; context ViT 0/3 to 1/3, 1/3, 0/3). On the
+        CNN worlds, whose NMF codes are sparse, it was no better (shapes 5/6 against 6/6,
+        textures 3/4 against 3/4, seed 0)."""
+        handle = self.explainer.model_at_layer
+        return "dominant" if handle.has_run and handle.token_layout is not None else "coefficient"
+
+    def _region_maps(self, acts: Any) -> torch.Tensor:
+        """The maps of :meth:`_region_kind` for ``acts``, at the images' size."""
+        data = self._data()
+        codes = torch.as_tensor(np.asarray(data.bank.encode(acts))).float()
+        if self._region_kind() == "coefficient":
+            return _upsampled(codes, data.image_size)
+        scales = self.__dict__.get("_region_scales")
+        if scales is None or scales[0] is not data.bank:
+            scales = self.__dict__["_region_scales"] = (data.bank, concept_scales(data.bank.codes))
+        return _keep_dominant(codes, data.bank, tuple(data.image_size), scales[1])
+
     def _map_thresholds(self, quantile: Any, batch: int = 32,
                         max_values: int = 2_000_000) -> np.ndarray:
         """Each concept's region threshold for pixel ablation: the ``quantile`` of its map values
@@ -203,7 +233,7 @@ class ConceptAtlas:
         samples = []
         for start in range(0, len(ids), batch):
             acts, _ = data.activations(ids[start:start + batch])
-            maps = _upsampled(data.bank.encode(acts), data.image_size)
+            maps = self._region_maps(acts)
             samples.append(maps[:, :, ::4, ::4].transpose(0, 1).reshape(maps.shape[1], -1))
         values = torch.cat(samples, dim=1).double().numpy()
         cuts = np.quantile(values, list(quantiles), axis=1)  # (len(quantiles), k)
@@ -220,7 +250,7 @@ class ConceptAtlas:
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
             acts, _ = data.activations(part)
-            maps = _upsampled(data.bank.encode(acts), data.image_size)
+            maps = self._region_maps(acts)
             result = pixel_ablation(forward, data.images[torch.as_tensor(part)], maps,
                                     int(class_id), batch_size=ex.batch_size, progress=False,
                                     thresholds=cut, confidence=None, **kwargs)
@@ -229,7 +259,7 @@ class ConceptAtlas:
         per_input = np.concatenate(parts)
         low, high = student_interval(per_input, confidence)
         params = {**info, "n_inputs": int(per_input.shape[0]), "confidence": confidence,
-                  "maps": "coefficient", "regions": "quantile over the fitted images"}
+                  "maps": self._region_kind(), "regions": "quantile over the fitted images"}
         return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                                  ci_low=low, ci_high=high, method="pixel_ablation",
                                  class_id=int(class_id), params=params)
@@ -273,7 +303,9 @@ class ConceptAtlas:
                                method=method,
                                params={"n_designs": ex.n_designs, "seed": ex.seed,
                                        "max_inputs_per_class": self.max_inputs_per_class,
-                                       "requested": self.importance_method})
+                                       "requested": self.importance_method,
+                                       **({"maps": self._region_kind()}
+                                          if method in PIXEL_METHODS else {})})
 
     # ------------------------------------------------------------------ questions
     @property

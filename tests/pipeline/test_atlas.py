@@ -154,6 +154,7 @@ def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world,
     atlas.fit(images, labels)
     imp = atlas.importance
     assert imp.method == "pixel_ablation" and imp.params["requested"] == "auto"
+    assert imp.params["maps"] == "coefficient"  # a convolutional layer: the codes themselves
     # One region threshold per concept for every class: its maps' top decile over all the
     # fitted images (sampled on every 4th row and column), not over one class's images.
     all_maps = atlas.concept_maps(images)
@@ -275,3 +276,32 @@ def test_the_report_header_says_when_a_concept_is_important(fitted, tmp_path):
     assert important_rule("sobol", 0.5, 0.01) == (
         "the importance is at least 0.01 and it is at least 0.5 of the class's largest, "
         "with the 95 % interval above 0")
+
+
+def test_a_transformer_atlas_paints_the_regions_of_dominant_maps():
+    """At a layer that gives tokens the atlas's regions are cut from dominant-concept maps
+    (each position kept for its strongest concept, scaled by the 99th percentile of the fitted
+    codes): the thresholds are their top decile over every fitted image, and a class's
+    importance is pixel ablation of those maps with those thresholds."""
+    from conceptkit.datasets import small_vit
+    from conceptkit.maps import concept_scales, dominant_maps
+    from conceptkit.pipeline import pixel_ablation
+
+    torch.manual_seed(0)
+    model = small_vit(n_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
+    images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(12) % 3
+    atlas = ConceptAtlas(model, "blocks.0", 4, method="ice", seed=0, progress=False)
+    atlas.fit(images, labels)
+    imp = atlas.importance
+    assert imp.method == "pixel_ablation" and imp.params["maps"] == "dominant"
+    bank = atlas.data_.bank
+    acts = atlas.explainer.activations(images)
+    maps = dominant_maps(acts, bank, (64, 64), scales=concept_scales(bank.codes))
+    sample = maps[:, :, ::4, ::4].transpose(0, 1).reshape(4, -1).double().numpy()
+    cut = np.quantile(sample, 0.9, axis=1)
+    np.testing.assert_allclose(atlas._map_thresholds(0.9), cut, rtol=1e-4, atol=1e-6)
+    rows = np.flatnonzero(labels.numpy() == 1)
+    direct = pixel_ablation(model, images[rows], maps[rows], 1, progress=False,
+                            thresholds=cut, quantile=0.9)
+    np.testing.assert_allclose(imp.values[imp.row(1)], direct.importances, atol=1e-5)
