@@ -115,10 +115,12 @@ def dominant_maps(activations: Any, bank: ConceptBank, image_size: Any = None,
     Why: SemiNMF codes of transformer tokens are dense (every concept is positive at every
     position, because the non-negative codes must also rebuild what all tokens share), so a
     concept's raw code is high on tokens that another concept explains, and its map and its
-    top-quantile regions spill onto other parts. On conceptkit's two ViT worlds (five seeds,
-    BENCHMARKS.md) these maps lowered the shortfall from issue 13's bar from 1.85 to 1.50.
-    NMF codes of ReLU feature maps are sparse already, and there keeping one concept per
-    position cuts parts that several concepts share (measured worse on the CNN worlds).
+    top-quantile regions spill onto other parts. :class:`~conceptkit.ConceptAtlas` paints the
+    regions of these maps on tokens (the shapes ViT's parts right 4-5 of 6 per seed, against
+    0-1 with the codes themselves). For one class they rank concepts better on the ViT worlds
+    but point worse once parts of equal reliance count alike, so they are not the default
+    there (:func:`choose_map_kind`; BENCHMARKS.md). NMF codes of ReLU feature maps are sparse
+    already, and keeping one concept per position cuts parts that several concepts share.
     """
     activations, bank = _data_then_bank(activations, bank, "dominant_maps", "activations")
     activations = _as_tensor(activations, "activations")

@@ -294,14 +294,15 @@ class ClassConcepts:
         # Never hand out the cached codes themselves: the caller may write into the maps.
         return maps.clone() if maps.data_ptr() == codes.data_ptr() else maps
 
-    def _fitted_dominant_maps(self, size: Any, n_images: int | None = None) -> torch.Tensor:
+    def _fitted_dominant_maps(self, size: Any) -> torch.Tensor:
+        """Dominant-concept maps of the fitted images from the codes computed once."""
         from ..maps._maps import _keep_dominant
 
         if self.activations.ndim != 4:  # the maps module says what it needs
             from ..maps import dominant_maps
 
-            return dominant_maps(self.activations[:n_images], self.bank, size)
-        return _keep_dominant(self._class_codes()[:n_images].float(), self.bank,
+            return dominant_maps(self.activations, self.bank, size)
+        return _keep_dominant(self._class_codes().float(), self.bank,
                               None if size is None else tuple(size), None)
 
     def _auto_kind(self, images: torch.Tensor | None) -> str:
@@ -367,10 +368,8 @@ class ClassConcepts:
             n_images = min(n_images, self.images.shape[0])
             return upsample(self._scale_matched_codes(n_images)[:n_images],
                             tuple(self.images.shape[-2:]))
-        if self.activations is not None and kind in ("coefficient", "dominant"):
+        if self.activations is not None and kind == "coefficient":
             size = None if self.images is None else tuple(self.images.shape[-2:])
-            if kind == "dominant":
-                return self._fitted_dominant_maps(size, n_images)
             return self._fitted_coefficient_maps(size, n_images)
         if kind == "pixel" and self.images is not None:
             return self._fitted_pixel_maps(n_images)
