@@ -122,14 +122,8 @@ def dominant_maps(activations: Any, bank: ConceptBank, image_size: Any = None,
     there (:func:`choose_map_kind`; BENCHMARKS.md). NMF codes of ReLU feature maps are sparse
     already, and keeping one concept per position cuts parts that several concepts share.
     """
-    activations, bank = _data_then_bank(activations, bank, "dominant_maps", "activations")
-    activations = _as_tensor(activations, "activations")
-    if activations.ndim != 4:
-        raise ValueError(f"`activations` must be feature maps (N, C, h, w); got shape "
-                         f"{tuple(activations.shape)}.")
     size = _image_size(image_size)
-    codes = torch.as_tensor(bank.encode(activations.detach().cpu().float())).float()
-    return _keep_dominant(codes, bank, size, scales, mode)
+    return _keep_dominant(coefficient_maps(activations, bank), bank, size, scales, mode)
 
 
 def _keep_dominant(codes: torch.Tensor, bank: Any, size: tuple[int, int] | None, scales: Any,
