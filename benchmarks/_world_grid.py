@@ -105,8 +105,6 @@ def _variant_kwargs(name: str, maps: torch.Tensor) -> dict:
     spec = PIXEL_VARIANTS.get(name, {})
     if isinstance(spec, dict):
         return spec
-    if spec == "dominant_regions":  # the default four sizes, painted from the dominant maps
-        return {}
     if spec == "peak":
         return {"thresholds": np.full(maps.shape[1], 0.5), "quantile": 0.9}
     fraction = {"half": 0.5, "third": 1 / 3}[spec]
@@ -292,21 +290,31 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         auto = _auto_kind(cc, maps)
         scores = {name: importances_of(cc, name, seed) for name in importance_methods
                   if name not in PIXEL_METHODS and name not in PIXEL_VARIANTS}
+        # regions painted from the dominant maps whatever maps are scored: computed once, and
+        # left out (with a note) for a method without dominant maps rather than faked
+        fixed = [name for name in importance_methods
+                 if PIXEL_VARIANTS.get(name) == "dominant_regions"]
+        scored = list(importance_methods)
+        for name in fixed:
+            if "dominant" not in maps:
+                notes.add(f"{method}: {name} skipped (no dominant maps)")
+                scored.remove(name)
+                continue
+            scores[name] = pixel_ablation(
+                model, images, maps["dominant"], class_id,
+                preprocess=getattr(world, "preprocess", None), progress=False).importances
         for kind, values in maps.items():
             located = localisation(values, images, masks, names)
-            for name in importance_methods:
+            for name in scored:
                 # pixel ablation paints each concept's region out of the images: it depends on
                 # the map kind, so it is computed once per kind ("pixel_ablation_logit": the
                 # drop of the class logit instead of its probability)
-                if name in PIXEL_METHODS or name in PIXEL_VARIANTS:
-                    painted = values
-                    if PIXEL_VARIANTS.get(name) == "dominant_regions":  # scored on every kind
-                        painted = maps.get("dominant", values)
+                if (name in PIXEL_METHODS or name in PIXEL_VARIANTS) and name not in fixed:
                     scores[name] = pixel_ablation(
-                        model, images, _variant_maps(name, painted), class_id,
+                        model, images, _variant_maps(name, values), class_id,
                         preprocess=getattr(world, "preprocess", None), progress=False,
                         **_variant_kwargs(name, values)).importances
-            for name in importance_methods:
+            for name in scored:
                 values_imp = scores[name]
                 add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)
                 if kind == auto:  # the library's choice, which may differ between worlds
