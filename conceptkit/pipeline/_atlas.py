@@ -246,7 +246,7 @@ class ConceptAtlas:
         ex, data = self.explainer, self._data()
         kwargs = {**ex.importance_kwargs, "quantile": self._region_quantile()}
         confidence = kwargs.pop("confidence", 0.95)
-        parts, info = [], {}
+        parts, info, empty = [], {}, None
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
             acts, _ = data.activations(part)
@@ -256,9 +256,13 @@ class ConceptAtlas:
                                     thresholds=cut, confidence=None, **kwargs)
             parts.append(result.per_input)
             info = result.params
+            # a concept has no region in the class when it has none in any chunk
+            chunk_empty = set(result.params["no_region"])
+            empty = chunk_empty if empty is None else empty & chunk_empty
         per_input = np.concatenate(parts)
         low, high = student_interval(per_input, confidence)
-        params = {**info, "n_inputs": int(per_input.shape[0]), "confidence": confidence,
+        params = {**info, "no_region": sorted(empty or ()),
+                  "n_inputs": int(per_input.shape[0]), "confidence": confidence,
                   "maps": self._region_kind(), "regions": "quantile over the fitted images"}
         return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                                  ci_low=low, ci_high=high, method="pixel_ablation",
@@ -267,7 +271,7 @@ class ConceptAtlas:
     def _importance(self) -> AtlasImportance:
         ex, data = self.explainer, self._data()
         method = self._resolved_importance()
-        rows, lows, highs, classes = [], [], [], []
+        rows, lows, highs, classes, no_region = [], [], [], [], []
         pixels = (ex.model_at_layer.whole_model() if method in PIXEL_METHODS
                   else contextlib.nullcontext())
         unknown = sorted(set(ex.importance_kwargs) - {"quantile", "confidence", "score"})
@@ -291,6 +295,7 @@ class ConceptAtlas:
                                                 seed=ex.seed, device=ex.device, progress=False,
                                                 context=context, **ex.importance_kwargs)
                 rows.append(result.importances)
+                no_region.append(list(result.params.get("no_region", [])))
                 lows.append(result.ci_low if result.ci_low is not None
                             else result.importances * np.nan)
                 highs.append(result.ci_high if result.ci_high is not None
@@ -304,7 +309,10 @@ class ConceptAtlas:
                                params={"n_designs": ex.n_designs, "seed": ex.seed,
                                        "max_inputs_per_class": self.max_inputs_per_class,
                                        "requested": self.importance_method,
-                                       **({"maps": self._region_kind()}
+                                       **({"maps": self._region_kind(),
+                                           # per class (rows): concepts with no region in any
+                                           # of its images, whose 0 means "not in this class"
+                                           "no_region": no_region}
                                           if method in PIXEL_METHODS else {})})
 
     # ------------------------------------------------------------------ questions

@@ -192,7 +192,10 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
             for (_, i, j), value in zip(chunk, scores):
                 per_input[i, j] += (base[i] - value) / len(sizes)
     present = torch.stack([regions.flatten(2).any(2) for regions in sizes]).any(0)  # (n, k)
-    if not present.any():
+    # maps nowhere positive cannot mean anything (signed codes); regions that are empty only
+    # because given thresholds (e.g. a whole dataset's) lie above these images' maps are a
+    # measurement ("not in these images"), which `no_region` records
+    if not present.any() and not bool((maps > 0).any()):
         raise ValueError("pixel_ablation: no concept map is positive anywhere, so no pixel can be "
                          "painted out and every importance would be 0. Signed codes (SemiNMF on "
                          "transformer tokens) can do this; use an activation-space importance "

@@ -175,6 +175,13 @@ def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world,
         chunked = atlas._pixel_importance(forward, 3, ids, cut, chunk=2)
     np.testing.assert_allclose(chunked.importances, direct.importances, atol=1e-9)
     np.testing.assert_allclose(chunked.ci_high, direct.ci_high, atol=1e-9)
+    # no_region covers the whole class, not the last chunk; and a chunk where no concept reaches
+    # the dataset's cut (here: cuts above every value but concept 0's) is measured, not refused
+    assert chunked.params["no_region"] == direct.params["no_region"]
+    assert imp.params["no_region"][imp.row(3)] == direct.params["no_region"]
+    with atlas.explainer.model_at_layer.whole_model() as forward:
+        lone = atlas._pixel_importance(forward, 3, ids, np.full(6, np.inf), chunk=1)
+    assert lone.params["no_region"] == [0, 1, 2, 3, 4, 5] and np.all(lone.per_input == 0)
     # Past max_values the thresholds come from evenly spaced images (every 4th row and column).
     few = atlas._map_thresholds(0.9, max_values=4 * 256)    # 4 images of 16 x 16 samples
     spaced = np.unique(np.linspace(0, len(images) - 1, 4).astype(np.int64))

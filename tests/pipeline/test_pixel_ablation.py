@@ -133,6 +133,20 @@ def test_nothing_to_paint_is_an_error_not_zeros():
         pixel_ablation(RedVsBlue(), images, maps[:, :, :8], 0, progress=False)
 
 
+def test_given_thresholds_above_every_value_are_a_measurement_not_an_error():
+    """The atlas paints regions cut at a whole dataset's quantiles: a chunk of images in which
+    no concept reaches its cut is measured as 'not in these images' (zeros, every concept in
+    ``no_region``), not refused; maps nowhere positive are refused with or without thresholds."""
+    images, maps = images_with_parts()
+    result = pixel_ablation(RedVsBlue(), images, maps, 0, progress=False,
+                            thresholds=[9.0, 9.0, 9.0], quantile=0.9)
+    assert np.all(result.per_input == 0)
+    assert result.params["no_region"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="no concept map is positive"):
+        pixel_ablation(RedVsBlue(), images, -maps.abs() - 1, 0, progress=False,
+                       thresholds=[-9.0, -9.0, -9.0], quantile=0.9)
+
+
 def test_explainer_with_pixel_ablation_on_the_reference_cnn():
     data = make_concept_dataset(6, seed=0)
     rows = np.flatnonzero(data.labels.numpy() == 0)
