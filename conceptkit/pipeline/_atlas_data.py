@@ -173,6 +173,24 @@ def from_images(ex: Any, data: Any, labels: Any) -> AtlasData:
                      acts=acts, context=context)
 
 
+def _check_head_reads_store(ex: Any, store: Any) -> None:
+    """Run the rest of the model on one stored map before anything is fitted. A store of a
+    transformer layer holds its patch tokens as maps, without the CLS/register tokens that the
+    rest of the model reads; that head cannot take them, and torch would fail deep inside it
+    (or, after the factorizer, NMF would refuse the signed tokens and suggest a SemiNMF that a
+    store cannot fit)."""
+    first = np.array(store.chunk(0)[:1], dtype=np.float32)
+    try:
+        head_logits(ex.maps_head, torch.from_numpy(first), None, 1)
+    except Exception as err:  # noqa: BLE001 - re-raised with what to do instead
+        raise ValueError(
+            f"the rest of the model after {ex.layer!r} cannot read this store's maps "
+            f"{tuple(first.shape[1:])} ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
+            f"A store of a transformer layer holds only its patch tokens, without the CLS/register "
+            f"tokens that the rest of the model needs, so an atlas cannot be fitted on it: fit on "
+            f"the images instead (`atlas.fit(images, labels)`), which keeps those tokens.") from None
+
+
 def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
     """Fit the shared dictionary on a ``"maps"`` activation store, streamed (and across the
     ranks of an initialised torch.distributed group)."""
@@ -193,6 +211,7 @@ def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
                              "meta['labels']: pass one class index per stored image.")
     labels = class_labels(labels, n)
     classes = _fitted_classes(labels)
+    _check_head_reads_store(ex, store)
     factorizer = ex.factorizer if ex.factorizer is not None else NMF(
         ex.n_concepts, solver="torch_hals", random_state=ex.seed)
     fit_distributed(factorizer, store, seed=ex.seed, progress=ex.progress, **options)

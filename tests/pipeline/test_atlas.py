@@ -312,3 +312,22 @@ def test_a_transformer_atlas_paints_the_regions_of_dominant_maps():
     direct = pixel_ablation(model, images[rows], maps[rows], 1, progress=False,
                             thresholds=cut, quantile=0.9)
     np.testing.assert_allclose(imp.values[imp.row(1)], direct.importances, atol=1e-5)
+
+
+def test_a_store_of_transformer_tokens_is_refused_before_fitting(tmp_path):
+    """A store of a ViT layer holds the patch tokens as maps, without the CLS token the rest of
+    the model reads: the atlas says so (and to fit on the images) before any factorizer runs,
+    instead of torch's LayerNorm shape error or NMF's advice to use a SemiNMF a store cannot fit."""
+    from conceptkit.datasets import load_world
+    from conceptkit.extraction import write_store
+
+    world = load_world("shapes")
+    model = world.model(arch="vit")
+    data = world.sample(2, seed=0, split="test")
+    extractor = ActivationExtractor(model, world.layers["vit"], progress=False)
+    write_store(extractor, data.images, tmp_path / "store", chunk_size=8, layout="maps",
+                progress=False, meta={"labels": data.labels.tolist()})
+    atlas = ConceptAtlas(model, world.layers["vit"], 4, method="ice", seed=0, progress=False)
+    with pytest.raises(ValueError, match="CLS/register tokens.*fit on the images"):
+        atlas.fit(tmp_path / "store")
+    assert atlas.data_ is None and not model.training
