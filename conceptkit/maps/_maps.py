@@ -29,7 +29,7 @@ from .._torchutils import (
     on_device,
     preserved_model_state,
 )
-from .._validation import check_choice, check_images, check_int, describe
+from .._validation import check_choice, check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
 from ..extraction._layers import get_layer, unwrap_model
@@ -96,6 +96,13 @@ def concept_scales(codes: Any, percentile: float = DOMINANT_PERCENTILE) -> torch
     """Each concept's ``percentile`` of its codes ``(n, k)`` (rows) or ``(N, k, h, w)`` (maps),
     shape ``(k,)``; a concept that is never positive gets scale 1 (its codes stay 0 or below)."""
     codes = _as_tensor(codes, "codes").detach().float()
+    if codes.ndim not in (2, 4) or codes.shape[0] == 0 or codes.shape[1] == 0:
+        raise ValueError(f"`codes` must be rows (n, k) or maps (N, k, h, w) with at least one "
+                         f"input and one concept; got shape {tuple(codes.shape)}.")
+    if not bool(torch.isfinite(codes).all()):
+        raise ValueError("`codes` contains NaN or Inf values; a concept's scale would be "
+                         "meaningless.")
+    percentile = check_float(percentile, "percentile", minimum=0.0, maximum=100.0)
     k = codes.shape[1]
     flat = codes.transpose(0, 1).reshape(k, -1) if codes.ndim == 4 else codes.T.reshape(k, -1)
     scales = torch.quantile(flat.double(), percentile / 100.0, dim=1).float()
