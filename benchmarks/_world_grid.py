@@ -219,14 +219,15 @@ def _model(world: Any) -> torch.nn.Module:
 
 
 def fit(model, world, images, class_id, method, n_concepts, seed) -> tuple[Any, str | None]:
-    """Explain one class with the explainer's defaults; transformer tokens get SemiNMF (seeded,
-    the explainer's default there), which the note records."""
+    """Explain one class with the explainer's defaults; transformer tokens get the explainer's
+    token factorizer (seeded), which the note records."""
     explainer = ConceptExplainer(model, world.layer, n_concepts=n_concepts, method=method,
                                  importance="sobol", seed=seed, progress=False,
                                  preprocess=getattr(world, "preprocess", None))
     cc = explainer.fit(images, class_id)
-    signed = cc.params.get("factorizer") == "SemiNMF"
-    return cc, "transformer tokens: SemiNMF (the default there)" if signed else None
+    tokens = bool(cc.params.get("layer_gives_tokens"))
+    return cc, (f"transformer tokens: {cc.params.get('factorizer')} (the default there)"
+                if tokens else None)
 
 
 def importances_of(cc, method: str, seed: int, **kwargs) -> np.ndarray:

@@ -1,7 +1,8 @@
 """A progress bar for one factorizer fit, honest about what it can see.
 
-The torch NMF solvers report each outer iteration (:func:`iteration`), so their bar counts
-iterations up to ``max_iter`` (a fit that converges stops before the end, and the bar says so).
+The torch NMF solvers and SemiNMF report each outer iteration (:func:`iteration`), so their bar
+counts iterations up to ``max_iter``, and TopKSAE its epochs up to ``epochs`` (a fit that
+converges stops before the end, and the bar says so).
 scikit-learn's solvers (NMF ``cd``/``mu``, k-means, PCA, ...) take no callback: their bar is a
 timer that shows the elapsed seconds of the fit and nothing else.
 """
@@ -32,7 +33,8 @@ def iteration(n_iter: int) -> None:
 
 
 def _counts_iterations(factorizer: Any) -> bool:
-    """The factorizer calls :func:`iteration` (the torch NMF solvers, SemiNMF)."""
+    """The factorizer calls :func:`iteration` (the torch NMF solvers, SemiNMF; TopKSAE after
+    each epoch)."""
     return (bool(getattr(factorizer, "_reports_iterations", False))
             or str(getattr(factorizer, "solver", "")).startswith("torch_"))
 
@@ -47,10 +49,13 @@ def fit_progress(factorizer: Any, shape: tuple[int, ...], enabled: bool) -> Iter
     size = " x ".join(str(int(s)) for s in shape)
     k = getattr(factorizer, "n_concepts", "?")
     if _counts_iterations(factorizer):
-        max_iter = int(factorizer.max_iter)
-        bar = tqdm(total=max_iter, leave=False, unit="it",
-                   desc=f"{name} fit ({factorizer.solver}, k={k}, {size}): iterations, stops "
-                        f"early once converged")
+        epochs = getattr(factorizer, "max_iter", None) is None  # TopKSAE counts epochs
+        total = int(factorizer.epochs if epochs else factorizer.max_iter)
+        unit = "epoch" if epochs else "it"
+        solver = getattr(factorizer, "solver", None) or "torch Adam"
+        bar = tqdm(total=total, leave=False, unit=unit,
+                   desc=f"{name} fit ({solver}, k={k}, {size}): "
+                        f"{'epochs' if epochs else 'iterations'}, stops early once converged")
 
         def report(n_iter: int) -> None:
             bar.update(n_iter - bar.n)

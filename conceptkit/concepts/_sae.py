@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .._validation import check_choice, check_float, check_int, make_rng
 from ._base import Factorizer
 from ._distributed import all_reduce_grads, distributed_world
+from ._progress import iteration
 
 _BLOCK = 8192  # rows encoded at once outside training
 _ACTIVATIONS = ("topk", "batchtopk")
@@ -113,6 +114,7 @@ class TopKSAE(Factorizer):
     nonnegative_codes = True
     signed_components = True
     overcomplete = True
+    _reports_iterations = True  # a progress bar counts fit's epochs (_progress.iteration)
     _state_arrays: ClassVar[tuple[str, ...]] = ("components_", "encoder_weight_", "encoder_bias_",
                                                 "bias_")
     _concept_arrays: ClassVar[tuple[str, ...]] = ("components_", "encoder_weight_", "encoder_bias_")
@@ -229,6 +231,7 @@ class TopKSAE(Factorizer):
                     total += float(loss.detach())  # this rank's share of the batch loss
                     steps += 1
                 curve.append(_reduce_scalar(total, world) / math.ceil(n / self.batch_size))
+                iteration(len(curve))
                 if self.tol > 0 and len(curve) > 1 and curve[-2] - curve[-1] < self.tol * abs(curve[-2]):
                     converged = True
                     break

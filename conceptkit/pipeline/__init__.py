@@ -19,7 +19,7 @@ from .._deprecation import module_getattr
 from ._assemble import build_class_report
 from ._atlas import ConceptAtlas
 from ._atlas_results import AtlasImportance, ConceptSearch, ConfusionExplanation
-from ._explainer import DISCOVERY_METHODS, ConceptExplainer, predict_labels
+from ._explainer import DISCOVERY_METHODS, ConceptExplainer, predict_labels, token_factorizer
 from ._handle import ModelAtLayer
 from ._manager import ConceptManager
 from ._pixel import pixel_ablation
@@ -43,6 +43,7 @@ __all__ = [
     "plot_subconcepts",
     "predict_labels",
     "subconcept_examples",
+    "token_factorizer",
 ]
 
 __getattr__ = module_getattr(__name__, {

@@ -9,7 +9,7 @@ import torch
 from _shared import planted_nmf, two_block_cnn
 
 import conceptkit
-from conceptkit.concepts import NMF, KMeansConcepts, SemiNMF, bank_from_activations
+from conceptkit.concepts import NMF, KMeansConcepts, SemiNMF, TopKSAE, bank_from_activations
 
 
 def bars(text: str) -> list[str]:
@@ -45,6 +45,17 @@ def test_seminmf_bar_counts_its_iterations(capsys):
     shown = [b for b in bars(err) if b.startswith("SemiNMF fit (hals, k=4, 300 x 30)")]
     assert shown and "iterations, stops early once converged" in shown[-1], err
     assert f"{n_iter}/400" in shown[-1] and "scikit-learn" not in err
+
+
+def test_topksae_bar_counts_its_epochs(capsys):
+    """TopKSAE (the default on transformer tokens) trains by epochs: its bar counts them (it
+    claimed to be a scikit-learn solver with no progress)."""
+    bank, err = fit(TopKSAE(4, top_k=2, epochs=300, batch_size=64, random_state=0), capsys)
+    n_epochs = bank.factorizer.n_epochs_
+    shown = [b for b in bars(err) if b.startswith("TopKSAE fit (torch Adam, k=4, 300 x 30)")]
+    assert shown and "epochs, stops early once converged" in shown[-1], err
+    assert f"{n_epochs}/300" in shown[-1] and "scikit-learn" not in err
+    assert n_epochs < 300   # converged: the bar stopped before the end
 
 
 def test_solver_without_callback_gets_a_timer_not_a_fake_count(capsys):

@@ -7,7 +7,7 @@ import torch
 from _shared import two_block_cnn
 
 import conceptkit
-from conceptkit.concepts import ACE, CRAFT, ICE, NMF, KMeansConcepts, SemiNMF
+from conceptkit.concepts import ACE, CRAFT, ICE, NMF, KMeansConcepts, SemiNMF, TopKSAE
 
 IMAGES = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
@@ -83,25 +83,36 @@ VIT_IMAGES = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1)
 
 
 @pytest.mark.parametrize("method", ["ice", "craft"])
-def test_without_a_factorizer_transformer_tokens_get_seeded_seminmf(method):
-    """Tokens are signed and NMF refuses them, so with no factorizer ICE and CRAFT use SemiNMF
-    seeded by ``seed``: exactly the explanation that passing SemiNMF(k, random_state=seed)
-    gives, and the result names it. The layer's kind is read while the model is prepared."""
+def test_without_a_factorizer_transformer_tokens_get_the_seeded_token_factorizer(method):
+    """Tokens are signed and NMF refuses them, so with no factorizer ICE and CRAFT use a top-k
+    sparse autoencoder seeded by ``seed`` (``token_factorizer``): exactly the explanation that
+    passing ``TopKSAE(k, top_k=min(2, k), epochs=200, batch_size=64, random_state=seed,
+    distributed=False)`` gives, and the result names it. The layer's kind is read while the
+    model is prepared."""
     model = _tiny_vit()
+    given_factorizer = TopKSAE(3, top_k=2, epochs=200, batch_size=64, random_state=5,
+                               distributed=False)
     fits = [conceptkit.ConceptExplainer(model, "blocks.0", 3, method, seed=5, progress=False,
                                         factorizer=factorizer).fit(VIT_IMAGES, 1)
-            for factorizer in (None, SemiNMF(3, random_state=5))]
+            for factorizer in (None, given_factorizer)]
     default, given = fits
-    assert isinstance(default.bank.factorizer, SemiNMF)
-    assert default.bank.factorizer.random_state == 5
-    assert default.params["factorizer"] == "SemiNMF" == given.params["factorizer"]
+    assert isinstance(default.bank.factorizer, TopKSAE)
+    assert default.bank.factorizer.random_state == 5 and default.bank.factorizer.top_k == 2
+    assert default.params["factorizer"] == "TopKSAE" == given.params["factorizer"]
     assert torch.equal(torch.as_tensor(default.components), torch.as_tensor(given.components))
     np.testing.assert_array_equal(default.importances, given.importances)
     # the same default through discover() alone, which has not prepared the model
     bank = conceptkit.ConceptExplainer(model, "blocks.0", 3, method, seed=5,
                                        progress=False).discover(VIT_IMAGES)
-    assert isinstance(bank.factorizer, SemiNMF)
+    assert isinstance(bank.factorizer, TopKSAE)
     assert torch.equal(torch.as_tensor(bank.components), torch.as_tensor(given.components))
+    # one concept: it is the one active
+    assert conceptkit.pipeline.token_factorizer(1, 0).top_k == 1
+    # minibatches of 64 as measured (one class: 30 images x 64 tokens), at most 30 per epoch
+    # beyond that (an atlas of 3,000 images x 64 tokens: 6,400 rows each)
+    sizes = [conceptkit.pipeline.token_factorizer(10, 0, n_rows=n).batch_size
+             for n in (None, 96, 1920, 192_000)]
+    assert sizes == [64, 64, 64, 6400]
 
 
 def test_convolutional_layers_keep_nmf_and_a_users_nmf_on_tokens_is_still_refused():
@@ -114,12 +125,12 @@ def test_convolutional_layers_keep_nmf_and_a_users_nmf_on_tokens_is_still_refuse
         explainer.fit(VIT_IMAGES, 1)
 
 
-def test_an_atlas_of_transformer_tokens_defaults_to_seminmf():
+def test_an_atlas_of_transformer_tokens_defaults_to_the_token_factorizer():
     labels = torch.arange(6) % 3
     atlas = conceptkit.ConceptAtlas(_tiny_vit(), "blocks.0", 3, method="ice",
                                     importance="gradient_input", seed=0, progress=False)
     atlas.fit(VIT_IMAGES, labels)
-    assert isinstance(atlas.data_.bank.factorizer, SemiNMF)
+    assert isinstance(atlas.data_.bank.factorizer, TopKSAE)
 
 
 def test_an_explanation_of_tokens_says_what_the_vit_worlds_measured(tmp_path):
