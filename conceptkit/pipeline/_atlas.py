@@ -188,20 +188,32 @@ class ConceptAtlas:
 
     def _region_kind(self) -> str:
         """The maps whose regions pixel ablation paints: ``"dominant"`` at a layer that gives
-        transformer tokens, else ``"coefficient"``.
+        transformer tokens when the fitted codes are dense (more than half of them positive,
+        as SemiNMF's are), else ``"coefficient"``.
 
         Why (issue 13; BENCHMARKS.md, "Concept atlas"): a region is each concept's top decile
         over the whole dataset, so in the images of a class that lacks the concept it falls
         wherever the concept's code is highest. SemiNMF codes of tokens are dense (every concept
-        positive at every token), so there it falls on the parts that other concepts explain,
-        and concepts became important to classes that never show them. Keeping each position
+        positive at every token), so there it fell on the parts that other concepts explain,
+        and concepts became important to classes that never show them; keeping each position
         for its strongest concept (:func:`conceptkit.maps.dominant_maps`) brought the parts of
         the shapes ViT whose concept is important to exactly the classes that rely on them from
-        0/6, 1/6, 1/6 to 4/6, 5/6, 5/6 (seeds 0-2; context ViT 0/3 to 1/3, 1/3, 0/3). On the
-        CNN worlds, whose NMF codes are sparse, it was no better (shapes 5/6 against 6/6,
-        textures 3/4 against 3/4, seed 0)."""
+        0/6, 1/6, 1/6 to 4/6, 5/6, 5/6 (seeds 0-2; context ViT 0/3 to 1/3, 1/3, 0/3). The
+        default factorizer of tokens (:func:`~conceptkit.pipeline.token_factorizer`) gives
+        sparse codes, and with it the codes' own regions do best: 4/6, 6/6, 4/6 and 2/3, 1/3,
+        3/3 (dominant regions 3/6, 6/6, 3/6 and 2/3, 1/3, 2/3). On the CNN worlds, whose NMF
+        codes are sparse, dominant regions were no better (shapes 5/6 against 6/6, textures 3/4
+        against 3/4, seed 0)."""
         handle = self.explainer.model_at_layer
-        return "dominant" if handle.has_run and handle.token_layout is not None else "coefficient"
+        if not (handle.has_run and handle.token_layout is not None):
+            return "coefficient"
+        bank = self._data().bank
+        known = self.__dict__.get("_region_kind_of")
+        if known is None or known[0] is not bank:   # once per fitted dictionary
+            codes = getattr(bank, "codes", None)
+            dense = codes is not None and float((torch.as_tensor(codes) > 0).float().mean()) > 0.5
+            known = self.__dict__["_region_kind_of"] = (bank, "dominant" if dense else "coefficient")
+        return known[1]
 
     def _region_maps(self, acts: Any) -> torch.Tensor:
         """The maps of :meth:`_region_kind` for ``acts``, at the images' size."""

@@ -285,11 +285,14 @@ def test_the_report_header_says_when_a_concept_is_important(fitted, tmp_path):
         "with the 95 % interval above 0")
 
 
-def test_a_transformer_atlas_paints_the_regions_of_dominant_maps():
-    """At a layer that gives tokens the atlas's regions are cut from dominant-concept maps
-    (each position kept for its strongest concept, scaled by the 99th percentile of the fitted
-    codes): the thresholds are their top decile over every fitted image, and a class's
-    importance is pixel ablation of those maps with those thresholds."""
+def test_a_transformer_atlas_with_dense_codes_paints_the_regions_of_dominant_maps():
+    """At a layer that gives tokens, with dense codes (SemiNMF: more than half positive), the
+    atlas's regions are cut from dominant-concept maps (each position kept for its strongest
+    concept, scaled by the 99th percentile of the fitted codes): the thresholds are their top
+    decile over every fitted image, and a class's importance is pixel ablation of those maps
+    with those thresholds. The default factorizer of tokens gives sparse codes: their own
+    regions."""
+    from conceptkit.concepts import SemiNMF
     from conceptkit.datasets import small_vit
     from conceptkit.maps import concept_scales, dominant_maps
     from conceptkit.pipeline import pixel_ablation
@@ -298,8 +301,14 @@ def test_a_transformer_atlas_paints_the_regions_of_dominant_maps():
     model = small_vit(n_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
     images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(12) % 3
-    atlas = ConceptAtlas(model, "blocks.0", 4, method="ice", seed=0, progress=False)
+    sparse = ConceptAtlas(model, "blocks.0", 4, method="ice", seed=0, progress=False,
+                          importance="gradient_input").fit(images, labels)
+    assert float((sparse.data_.bank.codes > 0).float().mean()) <= 0.5
+    assert sparse._region_kind() == "coefficient"
+    atlas = ConceptAtlas(model, "blocks.0", 4, method="ice", seed=0, progress=False,
+                         factorizer=SemiNMF(4, random_state=0))
     atlas.fit(images, labels)
+    assert float((atlas.data_.bank.codes > 0).float().mean()) > 0.5
     imp = atlas.importance
     assert imp.method == "pixel_ablation" and imp.params["maps"] == "dominant"
     bank = atlas.data_.bank
