@@ -68,8 +68,9 @@ class ConceptAtlas:
         (BENCHMARKS.md, "Concept atlas") and what the per-class explainer and ``conceptkit
         atlas`` use.
     factorizer : Factorizer or None
-        The dictionary learner (default: the method's NMF, or SemiNMF on transformer tokens as
-        in :class:`ConceptExplainer`; for a store ``NMF(solver="torch_hals")``, fitted by
+        The dictionary learner (default: the method's NMF, or on transformer tokens the
+        sparse autoencoder of :func:`~conceptkit.pipeline.token_factorizer`, as in
+        :class:`ConceptExplainer`; for a store ``NMF(solver="torch_hals")``, fitted by
         :func:`~conceptkit.concepts.fit_distributed`).
     importance : str
         Per-class importance method: ``"auto"`` (default), ``"pixel_ablation"`` or one of
