@@ -59,8 +59,8 @@ def token_factorizer(n_concepts: int, seed: int | None, n_rows: int | None = Non
     pixel ablation of those regions ranks concepts poorly. The autoencoder's bias holds the
     shared part and its codes are sparse. ICE, coefficient maps, pixel ablation, 10 concepts,
     seeds 0-4 of the two ViT worlds (BENCHMARKS.md): Spearman with the measured reliance 0.62
-    against 0.44 (shapes ViT) and 0.74 against 0.53 (context ViT, seeds 0-2 for SemiNMF); top
-    concept on the most relied-on part 0.70 against 0.70 and 0.95 against 0.67. ``top_k`` 1, 2
+    against 0.44 (shapes ViT) and 0.74 against 0.56 (context ViT); top concept on the most
+    relied-on part 0.70 against 0.70 and 0.95 against 0.65. ``top_k`` 1, 2
     and 3 were measured; 2 has the smallest shortfall from issue 13's bar over both worlds
     (3 was best on seeds 0-2 alone, 2 on 3-4). Seeded by ``seed`` (the same seed gives the
     same concepts on the CPU); trained on this process's rows only (``distributed=False``).
@@ -268,8 +268,9 @@ class ConceptExplainer:
         return self.model_at_layer.activations(images, with_context)
 
     def _default_factorizer(self, images: torch.Tensor | None) -> Factorizer | None:
-        """The user's factorizer; else None (the method's NMF), or :func:`token_factorizer` when ICE or CRAFT
-        explains transformer tokens (run one of ``images`` to find out if nothing has run)."""
+        """The user's factorizer; else None (the method's NMF), or :func:`token_factorizer`
+        when ICE or CRAFT explains transformer tokens (run one of ``images`` to find out if
+        nothing has run)."""
         if self.factorizer is not None or self.method == "ace" or images is None:
             return self.factorizer
         if not self.model_at_layer.layer_gives_tokens(images):
