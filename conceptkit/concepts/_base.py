@@ -52,12 +52,17 @@ class Factorizer(BaseEstimator, abc.ABC):
         The dictionary rows may have negative entries.
     overcomplete : bool
         ``n_concepts`` may exceed the number of features (sparse dictionaries, SAEs).
+    selects_codes : bool
+        Encoding keeps a few concepts of each row and sets the others exactly to 0 (the top-k
+        autoencoder). An image's code is then the mean of its positions' codes,
+        not the code of its mean activation (gradient and pixel maps differentiate that mean).
     """
 
     requires_nonnegative: ClassVar[bool] = False
     nonnegative_codes: ClassVar[bool] = False
     signed_components: ClassVar[bool] = True
     overcomplete: ClassVar[bool] = False
+    selects_codes: ClassVar[bool] = False
 
     # Fitted attributes saved by get_state: arrays go to the tensor body, the rest to JSON.
     _state_arrays: ClassVar[tuple[str, ...]] = ("components_",)

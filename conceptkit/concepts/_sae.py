@@ -114,6 +114,7 @@ class TopKSAE(Factorizer):
     nonnegative_codes = True
     signed_components = True
     overcomplete = True
+    selects_codes = True  # top-k: the rest of each row is exactly 0
     _reports_iterations = True  # a progress bar counts fit's epochs (_progress.iteration)
     _state_arrays: ClassVar[tuple[str, ...]] = ("components_", "encoder_weight_", "encoder_bias_",
                                                 "bias_")
@@ -262,6 +263,18 @@ class TopKSAE(Factorizer):
             else:
                 blocks.append(_topk_codes(pre, top_k))
         return torch.cat(blocks)
+
+    def _preactivation(self, X: torch.Tensor) -> torch.Tensor:
+        """``(X - bias_) encoder_weight_ᵀ + encoder_bias_``, with gradient."""
+        encoder, encoder_bias = self._array("encoder_weight_", X), self._array("encoder_bias_", X)
+        return (X - self._array("bias_", X)) @ encoder.T + encoder_bias
+
+    def _differentiable_transform(self, X: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Codes equal to ``codes`` (this model's codes of ``X``, computed without gradient)
+        whose gradient is the encoder's: the pre-activation where a code is positive, 0
+        elsewhere (the top-k selection is piecewise constant)."""
+        pre = self._preactivation(X)
+        return torch.where(codes > 0, pre, torch.zeros_like(pre))
 
     @torch.no_grad()
     def _inverse_transform(self, U: torch.Tensor) -> torch.Tensor:

@@ -126,11 +126,21 @@ def signed_coefficients(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor
     concept is absent would never move. Where concept ``j`` is inactive, this gives instead the
     coefficient it would take on the residual, ``w_j · (a − u W) / ‖w_j‖²`` — at most 0 there (the
     NNLS optimality condition), 0 where the concept is about to become active (so the two pieces
-    meet), and differentiable: raising it is what brings the concept in.
+    meet), and differentiable: raising it is what brings the concept in. A top-k autoencoder's
+    inactive concept gets its encoder pre-activation minus the smallest code its row keeps.
     """
     codes = bank.encode_differentiable(pooled)
     if not getattr(bank.factorizer, "nonnegative_codes", False):
         return codes
+    preactivation = getattr(bank.factorizer, "_preactivation", None)
+    if preactivation is not None:
+        # an explicit top-k encoder: an inactive concept's pre-activation minus the smallest
+        # code kept in its row (at most 0; raising it is what brings the concept in)
+        pre = preactivation(pooled)
+        active = codes.detach() > 0
+        kept = torch.where(active, pre.detach(), torch.full_like(pre, float("inf"))).amin(1)
+        bar = torch.where(torch.isfinite(kept), kept, torch.zeros_like(kept)).clamp_min(0)
+        return torch.where(active, codes, pre - bar[:, None])
     W = bank.components.to(pooled)
     residual = pooled - codes @ W
     would_be = (residual @ W.T) / (W * W).sum(1).clamp_min(1e-12)

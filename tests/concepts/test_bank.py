@@ -31,3 +31,34 @@ def test_encode_differentiable_equals_encode_and_has_the_implicit_gradient():
         minus[0, c] = max(minus[0, c] - eps, 0.0)
         finite.append((bank.encode(plus)[0, 1] - bank.encode(minus)[0, 1]) / (plus[0, c] - minus[0, c]))
     assert np.allclose(grad, finite, atol=2e-3 * np.abs(grad).max())
+
+
+def test_encode_differentiable_of_a_sparse_autoencoder_has_its_encoders_gradient():
+    """A top-k autoencoder's codes are its encoder's ReLU pre-activations on the kept concepts:
+    the differentiable codes equal ``encode`` and their gradient is the encoder's row on the
+    kept concepts, 0 on the others (checked by finite differences away from the top-k
+    boundary)."""
+    from conceptkit.concepts import TopKSAE
+
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(400, 12)).astype(np.float32)
+    sae = TopKSAE(6, top_k=2, epochs=3, random_state=0).fit(A)
+    prov = Provenance("image", np.arange(400), np.zeros((400, 4)), (8, 8))
+    bank = bank_from_activations(sae, A, prov)
+    x = torch.tensor(A[:5], dtype=torch.float64, requires_grad=True)
+    u = bank.encode_differentiable(x)
+    np.testing.assert_allclose(u.detach().numpy(), bank.encode(A[:5]), atol=1e-5)
+    kept = np.flatnonzero(u[0].detach().numpy() > 0)
+    assert kept.size == 2
+    for j in range(6):
+        grad = torch.autograd.grad(u[0, j], x, retain_graph=True)[0][0].numpy()
+        if j in kept:
+            np.testing.assert_allclose(grad, sae.encoder_weight_[j], rtol=1e-5, atol=1e-6)
+            eps = 1e-3
+            plus, minus = A[:1].copy(), A[:1].copy()
+            plus[0, 3] += eps
+            minus[0, 3] -= eps
+            finite = (bank.encode(plus)[0, j] - bank.encode(minus)[0, j]) / (2 * eps)
+            assert abs(finite - grad[3]) < 1e-2 * max(abs(grad[3]), 1e-3)
+        else:
+            assert not grad.any()

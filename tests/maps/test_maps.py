@@ -253,3 +253,44 @@ def test_dominant_maps_keep_the_strongest_concept_at_each_position_by_hand():
     assert dominant_maps(acts, bank, image_size=(8, 10)).shape == (3, codes.shape[1], 8, 10)
     with pytest.raises(ValueError, match="`scales` must hold 4 positive values"):
         dominant_maps(acts, bank, scales=[1.0, 0.0, 1.0, 1.0])
+
+
+def _selecting_bank():
+    """A top-1 autoencoder with the identity as encoder and dictionary on the planted model's
+    3 channels: each position keeps its strongest channel."""
+    from conceptkit.concepts import TopKSAE
+
+    sae = TopKSAE(3, top_k=1, epochs=1, random_state=0).fit(np.eye(3, dtype=np.float32) + 0.1)
+    for name in ("components_", "encoder_weight_"):
+        setattr(sae, name, np.eye(3, dtype=np.float32))
+    sae.encoder_bias_ = np.zeros(3, dtype=np.float32)
+    sae.bias_ = np.zeros(3, dtype=np.float32)
+    prov = Provenance("image", np.arange(3), np.zeros((3, 4)), (8, 8))
+    return ConceptBank(components=torch.eye(3), codes=torch.eye(3), provenance=prov, layer="act",
+                       method="custom", params={}, factorizer=sae)
+
+
+def test_maps_of_a_selecting_factorizer_differentiate_the_mean_of_position_codes():
+    """A top-k code of the image's mean activation keeps only the image's strongest concept, so
+    a small blue dot on a reddish image would get an all-zero map. Image codes are the mean of
+    the positions' codes instead (``_image_codes``), and the dot is found at its pixel."""
+    from conceptkit.maps._maps import _image_codes as image_codes
+
+    bank = _selecting_bank()
+    acts = torch.zeros(1, 3, 4, 4)
+    acts[0, 0] = 0.5          # red everywhere
+    acts[0, 2, 1, 2] = 2.0    # a blue cell: its strongest channel
+    codes = image_codes(bank, acts)
+    position_codes = bank.encode(acts)  # (1, 3, 4, 4), one concept per position
+    torch.testing.assert_close(codes, position_codes.mean(dim=(2, 3)))
+    assert codes[0, 2] == pytest.approx(2.0 / 16) and codes[0, 0] == pytest.approx(0.5 * 15 / 16)
+    pooled = torch.as_tensor(bank.encode(acts.mean(dim=(2, 3))))
+    assert pooled[0, 2] == 0  # what the mean activation's code would have said
+
+    model = _Planted().eval()
+    image = torch.full((1, 3, 16, 16), 0.05)
+    image[0, 0] = 0.5         # a red image
+    image[0, 2, 12, 9] = 1.0  # with a blue dot, the strongest channel at its pixel only
+    for maps in (pixel_maps(model, image, bank), gradient_maps(model, image, bank)):
+        assert float(maps[0, 2].max()) > 0
+        assert np.unravel_index(int(maps[0, 2].argmax()), (16, 16)) == (12, 9)

@@ -104,3 +104,32 @@ def test_bad_arguments_are_named(explained, kwargs, match):
                           **args)
     with pytest.raises(TypeError, match="bank"):
         visualize_concept(cc.model_at_layer.model, "bank", 0, cc.images[:4])
+
+
+def test_signed_coefficients_of_a_top_k_autoencoder():
+    """Kept concepts keep their code (the encoder's pre-activation); an inactive one gets its
+    pre-activation minus the smallest code kept in its row: at most 0, with the encoder's
+    gradient, so raising it is what brings the concept in."""
+    from conceptkit.concepts import TopKSAE, bank_from_activations
+    from conceptkit.extraction import Provenance
+    from conceptkit.naming._maco import signed_coefficients
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(300, 8)).astype(np.float32)
+    sae = TopKSAE(5, top_k=2, epochs=3, random_state=0).fit(A)
+    bank = bank_from_activations(sae, A, Provenance("image", np.arange(300), np.zeros((300, 4)),
+                                                    (8, 8)))
+    x = torch.tensor(A[:6], requires_grad=True)
+    signed = signed_coefficients(bank, x)
+    codes = torch.as_tensor(bank.encode(A[:6]))
+    pre = (x.detach() - torch.as_tensor(sae.bias_)) @ torch.as_tensor(sae.encoder_weight_).T \
+        + torch.as_tensor(sae.encoder_bias_)
+    on = codes > 0
+    torch.testing.assert_close(signed[on].detach(), codes[on])
+    smallest = torch.where(on, codes, torch.inf).amin(1, keepdim=True)
+    expected_off = (pre - smallest).expand_as(pre)[~on]
+    torch.testing.assert_close(signed[~on].detach(), expected_off)
+    assert (signed[~on] <= 1e-6).all()
+    row, col = map(int, torch.nonzero(~on)[0])
+    grad = torch.autograd.grad(signed[row, col], x)[0][row]
+    torch.testing.assert_close(grad, torch.as_tensor(sae.encoder_weight_[col]))
