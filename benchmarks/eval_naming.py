@@ -102,12 +102,15 @@ class OracleClip:
         return torch.stack(rows)
 
 
-def setup(world_name: str, seed: int, n_train: int, n_probe: int, method: str = "craft"):
+def setup(world_name: str, seed: int, n_train: int, n_probe: int, method: str = "craft",
+          seminmf_on_tokens: bool = False):
     world = load_world(world_name)
     train = world.sample(n_train, seed=seed, split="train")
     probe = world.sample(n_probe, seed=seed, split="test")
-    # ViT tokens are signed: Semi-NMF (NMF needs non-negative activations)
-    factorizer = SemiNMF(N_CONCEPTS, random_state=seed) if world.architecture == "vit" else None
+    # ViT tokens get the library's default (conceptkit.pipeline.token_factorizer, a top-k
+    # autoencoder); --seminmf-on-tokens reproduces the rows measured with Semi-NMF before it
+    factorizer = (SemiNMF(N_CONCEPTS, random_state=seed)
+                  if seminmf_on_tokens and world.architecture == "vit" else None)
     explainer = conceptkit.ConceptExplainer(world.model(), world.layer, n_concepts=N_CONCEPTS,
                                             method=method,
                                             factorizer=factorizer, seed=seed, progress=False,
@@ -117,12 +120,14 @@ def setup(world_name: str, seed: int, n_train: int, n_probe: int, method: str = 
 
 def evaluate(seed: int = 0, n_train: int = 30, n_probe: int = 30, classes=None,
              clip_variants: dict | None = None, methods=("dissect", "clip", "classes"),
-             world: str = "shapes", kind: str = "coefficient", method: str = "craft") -> list[dict]:
+             world: str = "shapes", kind: str = "coefficient", method: str = "craft",
+             seminmf_on_tokens: bool = False) -> list[dict]:
     """One row per (class, causal part): the best-matching concept and what each method named it.
 
     ``kind``: the concept maps (``ClassConcepts.concept_maps(kind=)``) that pick each part's
     best-matching concept and that dissection compares with the masks."""
-    world_, train, probe, explainer = setup(world, seed, n_train, n_probe, method)
+    world_, train, probe, explainer = setup(world, seed, n_train, n_probe, method,
+                                            seminmf_on_tokens)
     clip = OracleClip([probe])
     words = list(probe.concept_names) + vocabulary("imagenet")
     variants = clip_variants if clip_variants is not None else {"clip": {}}
@@ -214,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                              "default), auto (the explanation's display default), scale_matched, gradient")
     parser.add_argument("--method", default="craft", choices=["craft", "ice", "ace"],
                         help="discovery method of the explanations that are named")
+    parser.add_argument("--seminmf-on-tokens", action="store_true",
+                        help="explain ViT tokens with Semi-NMF (the default before the top-k "
+                             "autoencoder), as the earlier rows in BENCHMARKS.md were measured")
     parser.add_argument("--variants", action="store_true",
                         help="also run the CLIP variants (reference top_k / prior, cos3, whole images)")
     args = parser.parse_args(argv)
@@ -232,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     for world in args.worlds:
         for seed in args.seeds:
             rows += evaluate(seed, args.n_train, args.n_probe, clip_variants=variants, world=world,
-                             kind=args.kind, method=args.method)
+                             kind=args.kind, method=args.method,
+                             seminmf_on_tokens=args.seminmf_on_tokens)
     print(f"{len(rows)} (class, causal part) pairs: worlds {', '.join(args.worlds)}, "
           f"seeds {args.seeds}, maps {args.kind}; {time.perf_counter() - start:.0f} s")
     for row in rows:

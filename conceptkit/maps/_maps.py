@@ -178,8 +178,8 @@ def _image_codes(bank: ConceptBank, acts: torch.Tensor) -> torch.Tensor:
     top-k autoencoder keeps each row's few strongest concepts and sets the rest exactly to 0),
     the mean over positions of each position's code. A selecting encoder applied to the
     averaged row keeps that row's few strongest concepts only, so every other concept would be
-    0 in the image, with no gradient, wherever it is present (on the shapes ViT, 58 % of the
-    (image, concept) pairs whose coefficient map is positive got an all-zero map that way)."""
+    0 in the image, with no gradient, even where it is present (on a class of the shapes ViT,
+    58 % of all (image, concept) maps were all zero for a concept present in the image)."""
     if acts.ndim <= 2:
         return bank.encode_differentiable(acts.float())
     if getattr(bank.factorizer, "selects_codes", False):
@@ -272,8 +272,10 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
     (:func:`choose_map_kind`). On transformer tokens they are not: attention mixes every patch
     into every token, and on a ViT trained on the shapes world they point at distractors the
     model ignores (the top concept on the most relied-on part in 0.22 of the class fits, against
-    0.72 with coefficient maps). ``device``: where the model runs (default: where it is; moved
-    back afterwards).
+    0.72 with coefficient maps, with SemiNMF concepts; with the default top-k autoencoder on the
+    two ViT worlds 0.77 against 0.82, Spearman 0.55 against 0.68). A factorizer that selects
+    codes (``selects_codes``) gets the mean of its positions' codes as each image's code.
+    ``device``: where the model runs (default: where it is; moved back afterwards).
     """
     images, bank = _data_then_bank(images, bank, "pixel_maps", "images")
     images = check_images(images, "images", pixels=True)
