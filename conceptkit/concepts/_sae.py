@@ -16,6 +16,8 @@ from ._progress import iteration
 
 _BLOCK = 8192  # rows encoded at once outside training
 _ACTIVATIONS = ("topk", "batchtopk")
+AUTO_BATCH = 64      # batch_size="auto": rows per minibatch up to AUTO_BATCH * AUTO_BATCHES rows,
+AUTO_BATCHES = 30    # then at most AUTO_BATCHES minibatches per epoch
 
 
 def _topk_codes(pre: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -68,8 +70,12 @@ class TopKSAE(Factorizer):
         Dictionary size ``k`` (may exceed both ``C`` and the number of rows).
     top_k : int or None
         Active concepts per row; ``None`` → ``max(n_concepts // 10, 1)``.
-    epochs, batch_size, lr : int, int, float
-        Most passes over the data, minibatch size, Adam learning rate.
+    epochs, lr : int, float
+        Most passes over the data, Adam learning rate.
+    batch_size : int or "auto"
+        Minibatch size. ``"auto"``: ``max(64, ceil(rows / 30))``, 64 rows up to 1,920 rows and
+        at most 30 minibatches an epoch beyond, so a fit on many rows (an atlas's thousands of
+        images) takes no more steps than one class's.
     activation : {"topk", "batchtopk"}
     aux_k : int or None
         Dead codes used per row by the auxiliary loss; ``None`` → ``2 * top_k``.
@@ -123,7 +129,7 @@ class TopKSAE(Factorizer):
         "threshold_", "dead_codes_", "n_epochs_", "converged_", "loss_curve_")
 
     def __init__(self, n_concepts: int = 64, top_k: int | None = None, epochs: int = 20,
-                 batch_size: int = 256, lr: float = 1e-3, activation: str = "topk",
+                 batch_size: int | str = 256, lr: float = 1e-3, activation: str = "topk",
                  aux_k: int | None = None, aux_coef: float = 1 / 32, dead_rows: int | None = None,
                  tol: float = 1e-4, decay: float = 0.0, random_state: int | None = None,
                  device: str | torch.device | None = None, distributed: bool = True,
@@ -157,7 +163,12 @@ class TopKSAE(Factorizer):
         if self.top_k is not None:
             check_int(self.top_k, "top_k", minimum=1, maximum=self.n_concepts)
         check_int(self.epochs, "epochs", minimum=1)
-        check_int(self.batch_size, "batch_size", minimum=1)
+        if isinstance(self.batch_size, str):
+            if self.batch_size != "auto":
+                raise ValueError(f"`batch_size` must be a positive int or 'auto'; got "
+                                 f"{self.batch_size!r}.")
+        else:
+            check_int(self.batch_size, "batch_size", minimum=1)
         check_float(self.lr, "lr", minimum=0.0, strict_minimum=True)
         check_choice(self.activation, "activation", _ACTIVATIONS)
         if self.aux_k is not None:
@@ -172,6 +183,12 @@ class TopKSAE(Factorizer):
 
     def _check_n_concepts(self, X) -> None:
         """An autoencoder's dictionary may be larger than the number of rows and features."""
+
+    def _rows_per_batch(self, n: int) -> int:
+        """The minibatch size for ``n`` training rows (``batch_size``, resolved)."""
+        if self.batch_size == "auto":
+            return max(AUTO_BATCH, math.ceil(n / AUTO_BATCHES))
+        return int(self.batch_size)
 
     def _fit(self, X: torch.Tensor) -> torch.Tensor:
         rng = make_rng(self.random_state)
@@ -191,7 +208,8 @@ class TopKSAE(Factorizer):
         params = [decoder, encoder, encoder_bias, bias]
         variance = float(((X.double() - mean) ** 2).sum(dim=1).mean()) or 1.0
         optimizer = torch.optim.Adam(params, lr=self.lr)
-        planned = self.epochs * math.ceil(n / self.batch_size)
+        batch_size = self._rows_per_batch(n)
+        planned = self.epochs * math.ceil(n / batch_size)
         decay_from = planned * (1.0 - self.decay)
         order_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         rank, world = distributed_world() if self.distributed else (0, 1)
@@ -201,7 +219,7 @@ class TopKSAE(Factorizer):
         with torch.enable_grad():
             for _ in tqdm(range(self.epochs), desc="TopKSAE", disable=not self.progress):
                 total = 0.0
-                for idx in torch.randperm(n, generator=order_gen).split(self.batch_size):
+                for idx in torch.randperm(n, generator=order_gen).split(batch_size):
                     rows = idx[rank::world]  # this rank's share of the global minibatch
                     batch = X[rows.to(X.device)]
                     pre = (batch - bias) @ encoder.T + encoder_bias
@@ -231,7 +249,7 @@ class TopKSAE(Factorizer):
                         threshold = smallest if steps == 0 else 0.99 * threshold + 0.01 * smallest
                     total += float(loss.detach())  # this rank's share of the batch loss
                     steps += 1
-                curve.append(_reduce_scalar(total, world) / math.ceil(n / self.batch_size))
+                curve.append(_reduce_scalar(total, world) / math.ceil(n / batch_size))
                 iteration(len(curve))
                 if self.tol > 0 and len(curve) > 1 and curve[-2] - curve[-1] < self.tol * abs(curve[-2]):
                     converged = True

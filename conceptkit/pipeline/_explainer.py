@@ -65,11 +65,13 @@ def token_factorizer(n_concepts: int, seed: int | None, n_rows: int | None = Non
     (3 was best on seeds 0-2 alone, 2 on 3-4). Seeded by ``seed`` (the same seed gives the
     same concepts on the CPU); trained on this process's rows only (``distributed=False``).
 
-    Minibatches of 64 rows (what was measured: one class of 30 images, 1,920 tokens), larger
-    when ``n_rows`` (the number of rows it will be fitted on) asks for more than 30 of them per
-    epoch, so that an atlas of thousands of images takes at most 30 steps per epoch too.
+    Minibatches of 64 rows (what was measured: one class of 30 images, 1,920 tokens for ICE,
+    480 crops for CRAFT), larger when the fit has more than 30 of them per epoch, so that an
+    atlas of thousands of images takes at most 30 steps per epoch too (``batch_size="auto"``,
+    resolved when it is fitted; given ``n_rows``, the rows it will be fitted on, the size is
+    fixed now).
     """
-    batch = 64 if n_rows is None else max(64, math.ceil(n_rows / 30))
+    batch: int | str = "auto" if n_rows is None else max(64, math.ceil(n_rows / 30))
     return TopKSAE(n_concepts, top_k=min(TOKEN_TOP_K, n_concepts), epochs=200, batch_size=batch,
                    random_state=seed, distributed=False)
 
@@ -301,11 +303,6 @@ class ConceptExplainer:
                 if probe:
                     method.check_first_image(self.model, self.layer, images)
                 activations = self.activations(images)
-            if self.factorizer is None and isinstance(method.factorizer, TopKSAE):
-                # the default on tokens: its minibatches grow with the positions it is fitted on
-                rows = activations.shape[0] * math.prod(activations.shape[2:])
-                method.factorizer = token_factorizer(method.factorizer.n_concepts, self.seed,
-                                                     n_rows=rows)
             return method.fit_activations(activations, self.layer,
                                           image_size=tuple(images.shape[-2:]))
         return method.fit(self.model, self.layer, images, probe=probe)

@@ -269,6 +269,10 @@ def test_bad_parameters_are_named(nmf_data):
         NMF(5, l1_ratio=2.0).fit(A)
     with pytest.raises(ValueError, match="`top_k`"):
         TopKSAE(4, top_k=5).fit(A)
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int or 'auto'"):
+        TopKSAE(4, batch_size="big").fit(A)
+    with pytest.raises(ValueError, match="`batch_size`"):
+        TopKSAE(4, batch_size=0).fit(A)
     with pytest.raises(ValueError, match="`codes`"):
         KMeansConcepts(4, codes="fuzzy").fit(A)
     with pytest.raises(ValueError, match="`positive_code`"):
@@ -395,6 +399,19 @@ def test_topk_sae_recovers_planted_directions():
     assert est.n_iter_ == 30 * int(np.ceil(2000 / 256))
     assert TopKSAE(25).set_params(n_concepts=25)._k_active == 2
     assert TopKSAE(5)._k_active == 1
+
+
+def test_topk_sae_auto_batch_size_takes_at_most_30_minibatches_an_epoch():
+    """``batch_size="auto"``: 64 rows up to 1,920 rows (the same fit as ``batch_size=64``),
+    then ceil(rows / 30), so the steps per epoch stop growing with the rows."""
+    A = np.random.default_rng(0).standard_normal((3000, 6)).astype(np.float32)
+    small = TopKSAE(4, top_k=1, epochs=2, batch_size="auto", random_state=0, tol=0).fit(A[:640])
+    given = TopKSAE(4, top_k=1, epochs=2, batch_size=64, random_state=0, tol=0).fit(A[:640])
+    np.testing.assert_array_equal(small.components_, given.components_)
+    assert small.n_iter_ == 2 * 10
+    large = TopKSAE(4, top_k=1, epochs=2, batch_size="auto", random_state=0, tol=0).fit(A)
+    assert large.n_iter_ == 2 * 30  # 3,000 rows in minibatches of 100
+    assert large.get_params()["batch_size"] == "auto"
 
 
 def test_topk_sae_is_deterministic_given_seed():

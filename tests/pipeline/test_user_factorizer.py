@@ -109,10 +109,14 @@ def test_without_a_factorizer_transformer_tokens_get_the_seeded_token_factorizer
     # one concept: it is the one active
     assert conceptkit.pipeline.token_factorizer(1, 0).top_k == 1
     # minibatches of 64 as measured (one class: 30 images x 64 tokens), at most 30 per epoch
-    # beyond that (an atlas of 3,000 images x 64 tokens: 6,400 rows each)
+    # beyond that (an atlas of 3,000 images x 64 tokens: 6,400 rows each), resolved at fit time
+    # unless the rows are given
+    assert conceptkit.pipeline.token_factorizer(10, 0).batch_size == "auto"
     sizes = [conceptkit.pipeline.token_factorizer(10, 0, n_rows=n).batch_size
-             for n in (None, 96, 1920, 192_000)]
-    assert sizes == [64, 64, 64, 6400]
+             for n in (96, 1920, 192_000)]
+    assert sizes == [64, 64, 6400]
+    auto = TopKSAE(3, batch_size="auto")
+    assert [auto._rows_per_batch(n) for n in (96, 1920, 1921, 192_000)] == [64, 64, 65, 6400]
 
 
 def test_convolutional_layers_keep_nmf_and_a_users_nmf_on_tokens_is_still_refused():
