@@ -47,7 +47,7 @@ DEFAULT_METHOD = inspect.signature(ConceptExplainer).parameters["method"].defaul
 KINDS = {"craft": ("coefficient", "dominant", "gradient", "provenance", "scale_matched",
                    "pixel"),
          "ice": ("coefficient", "dominant", "gradient", "provenance", "pixel"),
-         "ace": ("provenance", "coefficient", "gradient")}
+         "ace": ("provenance", "coefficient", "gradient", "pixel")}
 #: Map kinds that are not in the library, scored only when asked for (``--extra-kinds``); none
 #: at present (the pixel-resolution maps tried this way became the library's ``kind="pixel"``).
 EXTRA_KINDS: tuple[str, ...] = ()

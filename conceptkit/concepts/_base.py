@@ -54,7 +54,7 @@ class Factorizer(BaseEstimator, abc.ABC):
         ``n_concepts`` may exceed the number of features (sparse dictionaries, SAEs).
     selects_codes : bool
         Encoding keeps a few concepts of each row and sets the others exactly to 0 (the top-k
-        autoencoder). An image's code is then the mean of its positions' codes,
+        autoencoder, hard k-means). An image's code is then the mean of its positions' codes,
         not the code of its mean activation (gradient and pixel maps differentiate that mean).
     """
 

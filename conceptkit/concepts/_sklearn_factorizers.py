@@ -59,6 +59,12 @@ class KMeansConcepts(Factorizer):
     overcomplete = True
     _state_info: ClassVar[tuple[str, ...]] = Factorizer._state_info + ("temperature_",)
 
+    @property
+    def selects_codes(self) -> bool:  # type: ignore[override]
+        """Hard codes keep one concept per row (see :class:`Factorizer`): ACE's gradient and
+        pixel maps read an image's code as the mean of its positions' codes."""
+        return self.codes == "hard"
+
     def __init__(self, n_concepts: int = 25, codes: str = "hard", temperature: float | None = None,
                  n_init: int = 10, max_iter: int = 300, random_state: int | None = None) -> None:
         self.n_concepts = n_concepts

@@ -294,3 +294,28 @@ def test_maps_of_a_selecting_factorizer_differentiate_the_mean_of_position_codes
     for maps in (pixel_maps(model, image, bank), gradient_maps(model, image, bank)):
         assert float(maps[0, 2].max()) > 0
         assert np.unravel_index(int(maps[0, 2].argmax()), (16, 16)) == (12, 9)
+
+
+def test_maps_of_hard_k_means_concepts_read_each_position():
+    """Hard k-means (ACE's factorizer) assigns a row to one centroid, so the image's mean
+    activation would keep one concept and every other map would be all zero (92 % of ACE's
+    gradient maps on a shapes class were). Its image codes are the mean of its positions' codes
+    too: the blue dot's concept is found at its pixel."""
+    from conceptkit.concepts import KMeansConcepts
+
+    assert KMeansConcepts(3).selects_codes and not KMeansConcepts(3, codes="soft").selects_codes
+    centroids = np.array([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 1.0]], dtype=np.float32)
+    km = KMeansConcepts(3, n_init=1, random_state=0).fit(np.repeat(centroids, 4, axis=0))
+    km.components_ = centroids
+    prov = Provenance("image", np.arange(3), np.zeros((3, 4)), (8, 8))
+    bank = ConceptBank(components=torch.from_numpy(centroids), codes=torch.eye(3),
+                       provenance=prov, layer="act", method="custom", params={}, factorizer=km)
+    model = _Planted().eval()
+    image = torch.zeros(1, 3, 16, 16)
+    image[0, 0] = 0.5          # a red image: every position nearest the red centroid
+    image[0, 2, 12, 9] = 1.0   # but this one, nearest the blue centroid
+    pooled = torch.as_tensor(bank.encode(image.mean(dim=(2, 3))))
+    assert pooled[0].tolist() == [1.0, 0.0, 0.0]  # the mean activation: red only
+    for maps in (pixel_maps(model, image, bank), gradient_maps(model, image, bank)):
+        assert float(maps[0, 2].max()) > 0
+        assert np.unravel_index(int(maps[0, 2].argmax()), (16, 16)) == (12, 9)
