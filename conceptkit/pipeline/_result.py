@@ -202,12 +202,10 @@ class ClassConcepts:
         patch size, the scale its concepts were learned at). ``"dominant"``: coefficient maps
         that keep, at each position, only the concept strongest there relative to its 99th
         percentile over the fitted codes (:func:`conceptkit.maps.dominant_maps`; on tokens
-        they rank concepts better and point worse, BENCHMARKS.md). ``"auto"`` (default) paints ACE's
-        segments back for the fitted images — its k-means centroids come from pooled segment
-        patches, so encoding single positions with them is not meaningful — and gives pixel
-        maps on convolutional layers and coefficient maps on transformer tokens or without a
-        model (chosen on the ground-truth worlds; see :func:`conceptkit.maps.choose_map_kind`
-        for the numbers).
+        they rank concepts better and point worse, BENCHMARKS.md). ``"auto"`` (default) gives
+        pixel maps on convolutional layers (and for ACE on any layer) and coefficient maps on
+        transformer tokens or without images (chosen on the ground-truth worlds; see
+        :func:`conceptkit.maps.choose_map_kind` for the numbers).
         """
         from ..maps import (
             coefficient_maps,
