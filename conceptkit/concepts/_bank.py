@@ -104,7 +104,8 @@ class ConceptBank:
         """Codes ``(n, k)`` of activations ``(n, C)`` that gradients flow through.
 
         The values equal ``encode(pooled)``. A factorizer with an explicit encoder (a sparse
-        autoencoder) gives that encoder's gradient. Otherwise the gradient is the implicit
+        autoencoder, k-means) gives that encoder's gradient (:class:`~conceptkit.concepts.KMeansConcepts`:
+        the softmax's, or for hard codes the assigned centroid's least-squares coefficient's). Otherwise the gradient is the implicit
         gradient of the encoding at its solution: for non-negative codes (NMF-like), the
         least-squares problem
         restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, DictionaryLearning, FastICA, sparse_encode
 from sklearn.metrics.pairwise import euclidean_distances
@@ -58,6 +59,18 @@ class KMeansConcepts(Factorizer):
     signed_components = True
     overcomplete = True
     _state_info: ClassVar[tuple[str, ...]] = Factorizer._state_info + ("temperature_",)
+
+    def _differentiable_transform(self, X: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Codes equal to ``codes`` (these k-means codes of ``X``) that gradients flow through:
+        soft codes are the softmax itself; a hard code (piecewise constant) carries the gradient
+        of its centroid's least-squares coefficient ``c_j · x / ‖c_j‖²``."""
+        centroids = torch.as_tensor(self.components_).to(X)
+        if self.codes == "soft":
+            sq = ((X * X).sum(1, keepdim=True) - 2 * X @ centroids.T
+                  + (centroids * centroids).sum(1)[None])
+            return torch.softmax(-sq / self.temperature_, dim=1)
+        coef = (X @ centroids.T) / (centroids * centroids).sum(1).clamp_min(1e-12)
+        return codes + (codes > 0).to(X) * (coef - coef.detach())
 
     @property
     def selects_codes(self) -> bool:  # type: ignore[override]

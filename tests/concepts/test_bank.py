@@ -62,3 +62,34 @@ def test_encode_differentiable_of_a_sparse_autoencoder_has_its_encoders_gradient
             assert abs(finite - grad[3]) < 1e-2 * max(abs(grad[3]), 1e-3)
         else:
             assert not grad.any()
+
+
+def test_encode_differentiable_of_k_means_equals_its_codes():
+    """Hard k-means codes are one-hot (1 for the nearest centroid) and carry the gradient of that
+    centroid's least-squares coefficient; soft codes are the softmax, with its own gradient
+    (finite differences)."""
+    from conceptkit.concepts import KMeansConcepts
+
+    rng = np.random.default_rng(2)
+    A = (rng.normal(size=(200, 5)) + 3 * rng.integers(0, 2, size=(200, 1))).astype(np.float32)
+    prov = Provenance("image", np.arange(200), np.zeros((200, 4)), (8, 8))
+    for codes in ("hard", "soft"):
+        bank = bank_from_activations(KMeansConcepts(3, codes=codes, n_init=2, random_state=0),
+                                     A, prov)
+        x = torch.tensor(A[:4], dtype=torch.float64, requires_grad=True)
+        u = bank.encode_differentiable(x)
+        np.testing.assert_allclose(u.detach().numpy(), bank.encode(A[:4]), atol=1e-5)
+        j = int(np.argmax(bank.encode(A[:1])[0]))
+        grad = torch.autograd.grad(u[0, j], x)[0][0].numpy()
+        centroid = bank.factorizer.components_[j].astype(np.float64)
+        if codes == "hard":
+            np.testing.assert_allclose(grad, centroid / (centroid @ centroid), rtol=1e-5)
+        else:
+            eps = 1e-3
+            finite = []
+            for c in range(5):
+                plus, minus = A[:1].astype(np.float64).copy(), A[:1].astype(np.float64).copy()
+                plus[0, c] += eps
+                minus[0, c] -= eps
+                finite.append((bank.encode(plus)[0, j] - bank.encode(minus)[0, j]) / (2 * eps))
+            np.testing.assert_allclose(grad, finite, atol=1e-3 + 1e-2 * np.abs(grad).max())
