@@ -269,13 +269,11 @@ class TopKSAE(Factorizer):
 
     @torch.no_grad()
     def _transform(self, X: torch.Tensor) -> torch.Tensor:
-        encoder, encoder_bias = self._array("encoder_weight_", X), self._array("encoder_bias_", X)
-        bias = self._array("bias_", X)
-        top_k = min(self._k_active, encoder.shape[0])
+        top_k = min(self._k_active, self.encoder_weight_.shape[0])
         threshold = float(getattr(self, "threshold_", 0.0) or 0.0)
         blocks = []
         for s in range(0, X.shape[0], _BLOCK):
-            pre = (X[s:s + _BLOCK] - bias) @ encoder.T + encoder_bias
+            pre = self._preactivation(X[s:s + _BLOCK])
             if self.activation == "batchtopk":
                 blocks.append(torch.where(pre > threshold, pre, torch.zeros_like(pre)).clamp(min=0))
             else:
