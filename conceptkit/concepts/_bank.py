@@ -103,23 +103,23 @@ class ConceptBank:
     def encode_differentiable(self, pooled: torch.Tensor) -> torch.Tensor:
         """Codes ``(n, k)`` of activations ``(n, C)`` that gradients flow through.
 
-        The values equal ``encode(pooled)``. A factorizer with an explicit encoder (a sparse
-        autoencoder, k-means) gives that encoder's gradient (:class:`~conceptkit.concepts.KMeansConcepts`:
-        the softmax's, or for hard codes the assigned centroid's least-squares coefficient's). Otherwise the gradient is the implicit
-        gradient of the encoding at its solution: for non-negative codes (NMF-like), the
-        least-squares problem
-        restricted to each row's active set ``S`` (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained
-        codes, the least-squares pseudo-inverse. Gradient maps and CRAFT's recursion differentiate
+        The values equal ``encode(pooled)``. A factorizer with an explicit encoder gives that
+        encoder's gradient (a sparse autoencoder's; k-means: the softmax's, or for hard codes
+        the assigned centroid's least-squares coefficient's). Otherwise the gradient is the
+        implicit gradient of the encoding at its solution: for non-negative codes (NMF-like),
+        the least-squares problem restricted to each row's active set ``S``
+        (``u_S = (W_S W_Sᵀ)⁻¹ W_S a``); for unconstrained codes, the least-squares
+        pseudo-inverse. Gradient maps and CRAFT's recursion differentiate
         image-level codes through it.
         """
         if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2:
             raise TypeError(f"`pooled` must be a torch.Tensor of shape (n, C); got {describe(pooled)}.")
-        W = self.components.to(pooled)
         with torch.no_grad():
             fixed = torch.as_tensor(self.encode(pooled.detach().cpu())).to(pooled)
         own = getattr(self.factorizer, "_differentiable_transform", None)
-        if own is not None:  # an explicit encoder (a sparse autoencoder): its own gradient
+        if own is not None:  # an explicit encoder (autoencoder, k-means): its own gradient
             return own(pooled, fixed)
+        W = self.components.to(pooled)
         if not getattr(self.factorizer, "nonnegative_codes", False):
             offset = pooled.detach() - fixed @ W
             return torch.linalg.lstsq(W.T, (pooled - offset).T).solution.T

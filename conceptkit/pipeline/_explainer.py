@@ -7,7 +7,6 @@ factorizes, then scores each concept by re-running only ``h`` on reconstructed a
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -71,9 +70,11 @@ def token_factorizer(n_concepts: int, seed: int | None, n_rows: int | None = Non
     resolved when it is fitted; given ``n_rows``, the rows it will be fitted on, the size is
     fixed now).
     """
-    batch: int | str = "auto" if n_rows is None else max(64, math.ceil(n_rows / 30))
-    return TopKSAE(n_concepts, top_k=min(TOKEN_TOP_K, n_concepts), epochs=200, batch_size=batch,
-                   random_state=seed, distributed=False)
+    sae = TopKSAE(n_concepts, top_k=min(TOKEN_TOP_K, n_concepts), epochs=200, batch_size="auto",
+                  random_state=seed, distributed=False)
+    if n_rows is not None:
+        sae.batch_size = sae._rows_per_batch(n_rows)  # the "auto" rule, resolved now
+    return sae
 
 
 def _factorizer_name(bank: Any) -> str | None:
