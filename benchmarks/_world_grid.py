@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -155,27 +156,38 @@ def world_names() -> list[str] | None:
 
 
 class WorldAt:
-    """A world with one of its shipped architectures (``world.model(arch=...)``, its layer)."""
+    """A world with one of its shipped architectures (``world.model(arch=...)``, its layer), or
+    with a model file trained for it (``weights``: ``train_world --out PATH``; its layer is the
+    one the file records)."""
 
-    def __init__(self, world: Any, arch: str):
-        self.world, self.arch = world, arch
-        self.name = f"{world.name}/{arch}"
-        self.layer = world.layers[arch]
+    def __init__(self, world: Any, arch: str, weights: str | None = None):
+        self.world, self.arch, self.weights = world, arch, weights
+        self.name = f"{world.name}/{arch}" + (f"@{Path(weights).name}" if weights else "")
+        self.layer = world.info(arch, weights=weights)["layer"] if weights else world.layers[arch]
         self.architecture = arch
 
     def sample(self, n_per_class: int, seed: int = 0, split: str = "test"):
         return self.world.sample(n_per_class, seed=seed, split=split)
 
     def model(self):
+        if self.weights:
+            return self.world.model(arch=self.arch, weights=self.weights)
         return self.world.model(arch=self.arch)
 
 
 def _with_architectures(name: str, world: Any, every: bool = False) -> list[tuple[str, Any]]:
     """``name:arch`` picks one architecture; a bare name the world's default model (named
-    ``name``), or, with ``every``, each shipped one (the others named ``name/arch``)."""
-    arch = None
+    ``name``), or, with ``every``, each shipped one (the others named ``name/arch``);
+    ``name:arch@PATH`` a model file trained for the world (``train_world --out PATH``), which
+    need not be one it ships (named ``name/arch@FILE``)."""
+    arch, weights = None, None
     if ":" in name:
         name, arch = name.split(":", 1)
+        if "@" in arch:
+            arch, weights = arch.split("@", 1)
+            if not Path(weights).is_file():
+                raise SystemExit(f"no model file at {weights!r} (world {name!r}).")
+            return [(f"{name}/{arch}@{Path(weights).name}", WorldAt(world, arch, weights))]
     archs = tuple(getattr(world, "architectures", ()) or ())
     if arch is not None and arch not in archs:
         raise SystemExit(f"world {name!r} has no architecture {arch!r}; it has {list(archs)}.")

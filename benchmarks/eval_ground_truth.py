@@ -335,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--progress", action="store_true")
     grid = parser.add_argument_group("world grid (issue 13)")
-    grid.add_argument("--worlds", default=None, help="'all' or comma-separated world names")
+    grid.add_argument("--worlds", default=None, help="'all' or comma-separated world names "
+                      "(name:arch for another shipped model, name:arch@PATH for a model file "
+                      "from train_world --out)")
     grid.add_argument("--seeds", default="0,1,2")
     grid.add_argument("--n-concepts", type=int, default=N_CONCEPTS)
     grid.add_argument("--split", default="test")

@@ -138,7 +138,40 @@ class World:
         arch = self.architecture if arch is None else check_choice(arch, "arch", self.architectures)
         return self._specs[arch]
 
-    def model(self, arch: str | None = None, pretrained: bool = True) -> nn.Module:
+    def training_spec(self, arch: str | None = None,
+                      config: dict[str, Any] | None = None) -> ModelSpec:
+        """The :class:`ModelSpec` to train ``arch`` on this world with: the shipped model's
+        settings, or, for an architecture this world does not ship (``"resnet"`` or ``"vit"``),
+        the settings of that architecture in the other worlds with this world's class count;
+        ``config`` overrides architecture settings (e.g. ``{"patch_size": 4}``)."""
+        if config is not None and not isinstance(config, dict):
+            raise TypeError(f"`config` must be a dict of architecture settings or None; got "
+                            f"{type(config).__name__}.")
+        if arch is None or arch in self.architectures:
+            spec = self.spec(arch)
+        else:
+            arch = check_choice(arch, "arch", tuple(_GENERIC))
+            generic = _GENERIC[arch]
+            spec = ModelSpec(arch, {**generic.config, "n_classes": self.n_classes}, generic.layer,
+                             dict(generic.training))
+        if config:
+            unknown = sorted(set(config) - set(spec.config) - {"n_classes"})
+            if unknown or config.get("n_classes", self.n_classes) != self.n_classes:
+                raise ValueError(f"`config` may set {sorted(set(spec.config) - {'n_classes'})} "
+                                 f"of the {spec.architecture!r} architecture (n_classes is the "
+                                 f"world's); got {sorted(config)}.")
+            spec = ModelSpec(spec.architecture, {**spec.config, **config}, spec.layer,
+                             dict(spec.training))
+        return spec
+
+    def shipped(self, arch: str | None, config: dict[str, Any] | None = None) -> bool:
+        """Whether training ``arch`` with ``config`` reproduces a shipped model of this world."""
+        if arch is not None and arch not in self.architectures:
+            return False
+        return dict(self.training_spec(arch, config).config) == dict(self.spec(arch).config)
+
+    def model(self, arch: str | None = None, pretrained: bool = True,
+              weights: str | os.PathLike | None = None) -> nn.Module:
         """The model trained on this world, in eval mode, loaded from the shipped safetensors.
 
         Parameters
@@ -147,31 +180,60 @@ class World:
             One of :attr:`architectures`; default :attr:`architecture`.
         pretrained : bool
             With False, a freshly (randomly) initialised model of the same architecture.
+        weights : path, optional
+            A file written by ``python -m conceptkit.datasets.train_world --out PATH`` for this
+            world (e.g. an architecture or settings it does not ship), loaded instead of the
+            shipped weights; its architecture and settings are read from the file
+            (:meth:`info` with ``weights`` gives its layer and record).
         """
         if not isinstance(pretrained, bool):
             raise TypeError(f"`pretrained` must be True or False; got {pretrained!r}.")
-        spec = self.spec(arch)
-        if spec.is_reference(self.name):
-            from ._reference import reference_model
+        if weights is not None:
+            if not pretrained:
+                raise ValueError("pass `weights` with pretrained=True (a file is a trained model).")
+            state, meta = self._weights_file(weights, arch)
+        else:
+            spec = self.spec(arch)
+            if spec.is_reference(self.name):
+                from ._reference import reference_model
 
-            return reference_model(pretrained=pretrained)
-        if not pretrained:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                return build_model(spec.architecture, dict(spec.config)).eval()
-        state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
+                return reference_model(pretrained=pretrained)
+            if not pretrained:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    return build_model(spec.architecture, dict(spec.config)).eval()
+            state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
         model = build_model(meta["architecture"], meta["config"])
         model.load_state_dict(state, strict=True)
         return model.eval()
 
-    def info(self, arch: str | None = None) -> dict[str, Any]:
-        """What the shipped weights record: settings, held-out accuracy, part reliance, timing."""
+    def info(self, arch: str | None = None,
+             weights: str | os.PathLike | None = None) -> dict[str, Any]:
+        """What the shipped weights (or the file ``weights``) record: settings, layer, held-out
+        accuracy, part reliance, timing."""
+        if weights is not None:
+            return self._weights_file(weights, arch)[1]
         spec = self.spec(arch)
         if spec.is_reference(self.name):
             from ._reference import reference_info
 
             return reference_info()
         return _load(spec.weights_path(self.name), spec.train_command(self.name))[1]
+
+    def _weights_file(self, weights: Any, arch: str | None) -> tuple[dict[str, torch.Tensor],
+                                                                    dict[str, Any]]:
+        if not isinstance(weights, (str, os.PathLike)):
+            raise TypeError(f"`weights` must be a path or None; got {type(weights).__name__}.")
+        path = Path(weights)
+        state, meta = _load(path, f"python -m conceptkit.datasets.train_world --world {self.name} "
+                                  f"--arch ARCH --out {os.fspath(path)}")
+        if meta.get("world") != self.name:
+            raise ValueError(f"`weights` {os.fspath(path)!r} holds a model of the world "
+                             f"{meta.get('world')!r}, not of {self.name!r}.")
+        if arch is not None and meta.get("architecture") != arch:
+            raise ValueError(f"`weights` {os.fspath(path)!r} holds a {meta.get('architecture')!r} "
+                             f"model, not `arch` {arch!r}.")
+        return state, meta
 
 
 @lru_cache(maxsize=8)
@@ -202,6 +264,9 @@ _VIT = ModelSpec("vit", {"n_classes": 4, "embed_dim": 64, "depth": 4, "num_heads
 # joint presence of parts, so that a ViT's explanations are measured apart from the context
 # world's relations.
 _SHAPES_VIT = ModelSpec("vit", {**_VIT.config, "n_classes": 6}, _VIT.layer, dict(_VIT.training))
+
+# the settings of an architecture a world does not ship (train_world --arch ... --out PATH)
+_GENERIC: dict[str, ModelSpec] = {"resnet": _RESNET, "vit": _VIT}
 
 # name -> (module or constants, description, specs in order: the first is the default)
 _TABLE: dict[str, tuple[Any, str, tuple[ModelSpec, ...]]] = {

@@ -86,7 +86,8 @@ def _versions() -> dict[str, str]:
 def train_world_model(world: str, arch: str | None = None, *, epochs: int | None = None, seed: int = 0,
                       n_per_class: int | None = None, n_val_per_class: int = 50,
                       n_test_per_class: int = 250,
-                      lr: float | None = None, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+                      lr: float | None = None, progress: bool = True,
+                      config: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train a world's model, deterministically for a seed on the CPU (one thread).
 
     Every epoch draws fresh training images (``world.sample(n_per_class, seed=seed * 1000 + epoch,
@@ -94,6 +95,11 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
     cosine decay, random horizontal flips (they keep every class rule). The held-out accuracy is
     measured on ``world.sample(n_test_per_class, seed=seed + 1, split="test")``, a split and seed
     no training image comes from.
+
+    ``arch`` may also be an architecture the world does not ship (``"resnet"`` or ``"vit"``, with
+    the settings it has in the other worlds), and ``config`` overrides architecture settings
+    (``World.training_spec``): a model to check explanations on that the defaults were not
+    chosen on. Such a model is saved elsewhere and loaded with ``world.model(weights=PATH)``.
 
     Returns
     -------
@@ -105,10 +111,10 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
         drop of the true-class probability when each part is painted out, per class; see
         :func:`part_reliance`), ``history``, ``train_seconds`` (wall clock) and
         ``train_cpu_seconds`` (CPU time: the wall clock grows with the machine's load, this
-        does not).
+        does not), ``shipped`` (whether these are a shipped model's settings).
     """
     the_world = load_world(world)
-    spec = the_world.spec(arch)
+    spec = the_world.training_spec(arch, config)
     if spec.is_reference(the_world.name):
         raise ValueError("the shapes world's CNN (`world` 'shapes', `arch` 'cnn') is trained by "
                          "`python -m conceptkit.datasets.train_reference`.")
@@ -191,5 +197,6 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
         "reliance_fill": "per-image channel median",
         "history": history, "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
+        "shipped": the_world.shipped(arch, config),
     }
     return model, info

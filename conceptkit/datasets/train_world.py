@@ -8,6 +8,13 @@ how much the model relies on each part, and saves the weights with that record a
 ``.safetensors`` file (no pickle) plus the record as a ``.json`` file beside it. The shapes world's
 CNN is trained by ``python -m conceptkit.datasets.train_reference``; ``--world shapes`` (with no
 ``--arch`` or ``--arch cnn``) runs it.
+
+An architecture the world does not ship, or other architecture settings, train a model to check
+explanations on that the defaults were not chosen on; it must go elsewhere (``--out``) and loads
+with ``world.model(weights=PATH)``:
+
+    python -m conceptkit.datasets.train_world --world textures --arch vit \
+        --config patch_size=4 --epochs 60 --out textures_vit_p4.safetensors
 """
 
 from __future__ import annotations
@@ -26,7 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conceptkit.datasets.train_world",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", required=True, choices=WORLDS, help="the world to train on")
-    parser.add_argument("--arch", default=None, help="architecture (default: the world's default)")
+    parser.add_argument("--arch", default=None, help="architecture (default: the world's default); "
+                        "'resnet' or 'vit' also where the world does not ship it (with --out)")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="an architecture setting (JSON value), e.g. patch_size=4; repeatable; "
+                        "needs --out")
     parser.add_argument("--out", type=Path, default=None, help="weights file to write "
                         "(default: the shipped file of that world and architecture)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the world's)")
@@ -45,11 +56,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._world_training import train_world_model
 
     world = load_world(args.world)
+    config = {}
+    for item in args.config:
+        key, sep, value = item.partition("=")
+        try:
+            config[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep or not key.strip():
+            parser.error(f"--config takes KEY=VALUE with a JSON value (e.g. patch_size=4); "
+                         f"got {item!r}.")
     try:
-        spec = world.spec(args.arch)
+        spec = world.training_spec(args.arch, config or None)
+        if args.out is None and not world.shipped(args.arch, config or None):
+            raise ValueError(f"the {args.world!r} world ships no {spec.architecture!r} model with "
+                             f"these settings: pass --out PATH (the shipped weights stay as they "
+                             f"are).")
         model, info = train_world_model(args.world, args.arch, epochs=args.epochs, seed=args.seed,
                                         n_per_class=args.n_per_class, lr=args.lr,
-                                        progress=not args.no_progress)
+                                        progress=not args.no_progress, config=config or None)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     out = args.out if args.out is not None else spec.weights_path(world.name)

@@ -227,6 +227,50 @@ def test_shapes_world_trains_its_vit_here_and_its_cnn_elsewhere():
         "vit": "python -m conceptkit.datasets.train_world --world shapes --arch vit"}
 
 
+def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
+    from conceptkit.datasets import train_world
+    from conceptkit.io import save_file
+
+    world = load_world("textures")
+    assert world.architectures == ("resnet",)
+    model, info = train_world_model("textures", "vit", epochs=1, n_per_class=2, n_val_per_class=1,
+                                    n_test_per_class=1, config={"patch_size": 16}, progress=False)
+    assert info["config"]["patch_size"] == 16 and info["config"]["n_classes"] == 4
+    assert info["layer"] == "blocks.2" and info["shipped"] is False
+    path = tmp_path / "textures_vit_p16.safetensors"
+    save_file(path, model.state_dict(), info, kind=_world.WORLD_WEIGHTS_KIND,
+              version=_world.WORLD_WEIGHTS_VERSION)
+    loaded = world.model(weights=path)
+    assert loaded.patch_embed.patch_size == (16, 16) and not loaded.training
+    images = world.sample(1).images
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+    assert world.info(weights=path)["layer"] == "blocks.2"
+    with pytest.raises(ValueError, match="world 'textures', not of 'scales'"):
+        load_world("scales").model(weights=path)
+    with pytest.raises(ValueError, match="not `arch` 'resnet'"):
+        world.model("resnet", weights=path)
+    # the shipped model's own settings are "shipped"; another setting or architecture is not
+    assert world.shipped("resnet") and not world.shipped("resnet", {"width": 8})
+    assert not world.shipped("vit")
+    with pytest.raises(ValueError, match="`config` may set"):
+        world.training_spec("vit", {"patch": 4})
+    with pytest.raises(ValueError, match="`config` may set"):
+        world.training_spec("vit", {"n_classes": 3})
+    with pytest.raises(ValueError, match="arch"):
+        world.training_spec("cnn")
+    # the command line keeps shipped weights as they are: another model needs --out
+    for argv, message in ((["--arch", "vit"], "--out"),
+                          (["--config", "width=8"], "--out"),
+                          (["--config", "width"], "KEY=VALUE"),
+                          (["--arch", "vit", "--config", "depth=2", "--config", "heads=1",
+                            "--out", str(tmp_path / "x.safetensors")], "`config` may set")):
+        with pytest.raises(SystemExit) as stop:
+            train_world.main(["--world", "textures", "--no-progress", *argv])
+        assert stop.value.code == 2 and message in capsys.readouterr().err, argv
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_part_reliance_of_a_model_that_reads_one_part():
     data = load_world("context").sample(6, seed=9)
     red = torch.tensor([0.9, 0.1, 0.1])[:, None, None]

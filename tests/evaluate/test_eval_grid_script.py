@@ -71,6 +71,25 @@ def test_worlds_are_resolved_lazily():
     assert worlds[0][0] == "shapes" and hasattr(worlds[0][1], "sample")
 
 
+def test_a_model_file_is_scored_as_its_own_world(tmp_path):
+    if grid.world_names() is None:
+        pytest.skip("needs conceptkit.datasets.load_world")
+    from conceptkit.datasets import _world, train_world_model
+    from conceptkit.io import save_file
+
+    model, info = train_world_model("textures", "vit", epochs=1, n_per_class=1, n_val_per_class=1,
+                                    n_test_per_class=1, config={"patch_size": 16}, progress=False)
+    path = tmp_path / "tv.safetensors"
+    save_file(path, model.state_dict(), info, kind=_world.WORLD_WEIGHTS_KIND,
+              version=_world.WORLD_WEIGHTS_VERSION)
+    [(name, world)] = grid.resolve_worlds(f"textures:vit@{path}")
+    assert name == "textures/vit@tv.safetensors" and world.layer == "blocks.2"
+    assert world.model().patch_embed.patch_size == (16, 16)
+    assert world.sample(1).images.shape == (4, 3, 64, 64)
+    with pytest.raises(SystemExit, match="no model file"):
+        grid.resolve_worlds(f"textures:vit@{tmp_path / 'missing.safetensors'}")
+
+
 def test_tiny_grid_run_writes_json(tmp_path, capsys):
     path = tmp_path / "grid.json"
     assert gt.main(["--worlds", "shapes", "--seeds", "0", "--n-per-class", "6", "--methods", "ice",
