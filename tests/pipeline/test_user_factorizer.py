@@ -145,7 +145,7 @@ def test_an_explanation_of_tokens_says_what_the_vit_worlds_measured(tmp_path):
     vit = conceptkit.ConceptExplainer(_tiny_vit(), "blocks.0", 3, seed=0,
                                       progress=False).fit(VIT_IMAGES, 1)
     assert vit.params["layer_gives_tokens"] and TOKEN_LIMITATION in vit.notes()
-    assert "Spearman 0.62 and 0.74" in TOKEN_LIMITATION
+    assert "Spearman 0.62 and 0.74" in TOKEN_LIMITATION and "0.67 of the classes" in TOKEN_LIMITATION
     loaded = conceptkit.load(vit.save(tmp_path / "vit.safetensors"))
     assert TOKEN_LIMITATION in loaded.notes()
     page = vit.report(tmp_path / "report", n_images=2)
