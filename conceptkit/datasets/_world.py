@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_int
-from ..io import load_file
+from ..io import FormatError, load_file
 from . import _context, _generate, _scales, _textures
-from ._architectures import build_model
+from ._architectures import ARCHITECTURES, build_model
 from ._dataset import ConceptDataset
 from ._parts import CONCEPT_NAMES
 
@@ -192,17 +192,30 @@ class World:
             if not pretrained:
                 raise ValueError("pass `weights` with pretrained=True (a file is a trained model).")
             state, meta = self._weights_file(weights, arch)
-        else:
-            spec = self.spec(arch)
-            if spec.is_reference(self.name):
-                from ._reference import reference_model
+            try:
+                # the record's settings are checked against the tensors on the meta device
+                # first, so a tampered record cannot make this allocate a model of any size
+                with torch.device("meta"):
+                    shapes = {k: tuple(v.shape) for k, v in
+                              build_model(meta["architecture"], dict(meta["config"])).state_dict().items()}
+                if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+                    raise ValueError("its tensors are not the ones its settings make")
+                model = build_model(meta["architecture"], dict(meta["config"]))
+                model.load_state_dict(state, strict=True)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise FormatError(f"`weights` {os.fspath(weights)!r} does not hold a model its "
+                                  f"record describes: {err}") from None
+            return model.eval()
+        spec = self.spec(arch)
+        if spec.is_reference(self.name):
+            from ._reference import reference_model
 
-                return reference_model(pretrained=pretrained)
-            if not pretrained:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    return build_model(spec.architecture, dict(spec.config)).eval()
-            state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
+            return reference_model(pretrained=pretrained)
+        if not pretrained:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return build_model(spec.architecture, dict(spec.config)).eval()
+        state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
         model = build_model(meta["architecture"], meta["config"])
         model.load_state_dict(state, strict=True)
         return model.eval()
@@ -227,6 +240,10 @@ class World:
         path = Path(weights)
         state, meta = _load(path, f"python -m conceptkit.datasets.train_world --world {self.name} "
                                   f"--arch ARCH --out {os.fspath(path)}")
+        if (meta.get("architecture") not in ARCHITECTURES or not isinstance(meta.get("config"), dict)
+                or not isinstance(meta.get("layer"), str)):
+            raise FormatError(f"`weights` {os.fspath(path)!r} is not a world model file: its record "
+                              f"lacks an architecture, settings or layer.")
         if meta.get("world") != self.name:
             raise ValueError(f"`weights` {os.fspath(path)!r} holds a model of the world "
                              f"{meta.get('world')!r}, not of {self.name!r}.")

@@ -250,6 +250,17 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
         load_world("scales").model(weights=path)
     with pytest.raises(ValueError, match="not `arch` 'resnet'"):
         world.model("resnet", weights=path)
+    # a record that does not describe its tensors is refused before a model of its size is made
+    from conceptkit.io import FormatError
+
+    for name, record in (("big", {**info, "config": {**info["config"], "embed_dim": 4096}}),
+                         ("odd", {**info, "config": {**info["config"], "heads": 2}}),
+                         ("nolayer", {k: v for k, v in info.items() if k != "layer"})):
+        bad = tmp_path / f"{name}.safetensors"
+        save_file(bad, model.state_dict(), record, kind=_world.WORLD_WEIGHTS_KIND,
+                  version=_world.WORLD_WEIGHTS_VERSION)
+        with pytest.raises(FormatError, match="weights"):
+            world.model(weights=bad)
     # the shipped model's own settings are "shipped"; another setting or architecture is not
     assert world.shipped("resnet") and not world.shipped("resnet", {"width": 8})
     assert not world.shipped("vit")
