@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,6 +281,20 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
             train_world.main(["--world", "textures", "--no-progress", *argv])
         assert stop.value.code == 2 and message in capsys.readouterr().err, argv
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_held_out_textures_vit_of_the_benchmarks_loads_and_is_accurate():
+    # benchmarks/models/: a model the defaults were not chosen on (BENCHMARKS.md), not shipped
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "models" / "textures_vit_p4.safetensors"
+    world = load_world("textures")
+    info = world.info(weights=path)
+    assert info["config"]["patch_size"] == 4 and info["training"]["epochs"] == 120
+    assert info["test_accuracy"] >= 0.95 and info["shipped"] is False
+    assert info["reliance"]["stripes + checkerboard"]["stripes"] < 0.05   # it ignores the stripes
+    data = world.sample(50, seed=7)
+    with torch.no_grad():
+        accuracy = float((world.model(weights=path)(data.images).argmax(1) == data.labels).float().mean())
+    assert accuracy >= 0.93, accuracy
 
 
 def test_part_reliance_of_a_model_that_reads_one_part():
