@@ -60,10 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in args.config:
         key, sep, value = item.partition("=")
         try:
+            if not sep or not key.strip():
+                raise ValueError(item)
             config[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            sep = ""
-        if not sep or not key.strip():
+        except ValueError:  # json.JSONDecodeError is one
             parser.error(f"--config takes KEY=VALUE with a JSON value (e.g. patch_size=4); "
                          f"got {item!r}.")
     try:
