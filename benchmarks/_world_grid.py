@@ -187,7 +187,8 @@ def _with_architectures(name: str, world: Any, every: bool = False) -> list[tupl
             arch, weights = arch.split("@", 1)
             if not Path(weights).is_file():
                 raise SystemExit(f"no model file at {weights!r} (world {name!r}).")
-            return [(f"{name}/{arch}@{Path(weights).name}", WorldAt(world, arch, weights))]
+            at = WorldAt(world, arch, weights)
+            return [(at.name, at)]
     archs = tuple(getattr(world, "architectures", ()) or ())
     if arch is not None and arch not in archs:
         raise SystemExit(f"world {name!r} has no architecture {arch!r}; it has {list(archs)}.")

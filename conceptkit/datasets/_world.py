@@ -192,30 +192,17 @@ class World:
             if not pretrained:
                 raise ValueError("pass `weights` with pretrained=True (a file is a trained model).")
             state, meta = self._weights_file(weights, arch)
-            try:
-                # the record's settings are checked against the tensors on the meta device
-                # first, so a tampered record cannot make this allocate a model of any size
-                with torch.device("meta"):
-                    shapes = {k: tuple(v.shape) for k, v in
-                              build_model(meta["architecture"], dict(meta["config"])).state_dict().items()}
-                if shapes != {k: tuple(v.shape) for k, v in state.items()}:
-                    raise ValueError("its tensors are not the ones its settings make")
-                model = build_model(meta["architecture"], dict(meta["config"]))
-                model.load_state_dict(state, strict=True)
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise FormatError(f"`weights` {os.fspath(weights)!r} does not hold a model its "
-                                  f"record describes: {err}") from None
-            return model.eval()
-        spec = self.spec(arch)
-        if spec.is_reference(self.name):
-            from ._reference import reference_model
+        else:
+            spec = self.spec(arch)
+            if spec.is_reference(self.name):
+                from ._reference import reference_model
 
-            return reference_model(pretrained=pretrained)
-        if not pretrained:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                return build_model(spec.architecture, dict(spec.config)).eval()
-        state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
+                return reference_model(pretrained=pretrained)
+            if not pretrained:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    return build_model(spec.architecture, dict(spec.config)).eval()
+            state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
         model = build_model(meta["architecture"], meta["config"])
         model.load_state_dict(state, strict=True)
         return model.eval()
@@ -250,6 +237,17 @@ class World:
         if arch is not None and meta.get("architecture") != arch:
             raise ValueError(f"`weights` {os.fspath(path)!r} holds a {meta.get('architecture')!r} "
                              f"model, not `arch` {arch!r}.")
+        try:
+            # the record's settings are checked against the tensors on the meta device, so a
+            # tampered record cannot make :meth:`model` allocate a model of any size
+            with torch.device("meta"):
+                made = build_model(meta["architecture"], dict(meta["config"])).state_dict()
+            if {k: tuple(v.shape) for k, v in made.items()} != {k: tuple(v.shape)
+                                                                 for k, v in state.items()}:
+                raise ValueError("its tensors are not the ones its settings make")
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise FormatError(f"`weights` {os.fspath(path)!r} does not hold a model its record "
+                              f"describes: {err}") from None
         return state, meta
 
 
