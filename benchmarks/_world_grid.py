@@ -48,7 +48,11 @@ DEFAULT_METHOD = inspect.signature(ConceptExplainer).parameters["method"].defaul
 KINDS = {"craft": ("coefficient", "dominant", "gradient", "provenance", "scale_matched",
                    "pixel"),
          "ice": ("coefficient", "dominant", "gradient", "provenance", "pixel"),
-         "ace": ("provenance", "coefficient", "gradient", "pixel")}
+         "ace": ("provenance", "coefficient", "gradient", "pixel"),
+         # ICE on the CLS token of each window (tokens="cls"): transformer worlds only
+         "ice_cls": ("coefficient", "dominant", "provenance")}
+#: grid method -> the explainer's (method, tokens)
+EXPLAINER_METHODS = {"ice_cls": ("ice", "cls")}
 #: Map kinds that are not in the library, scored only when asked for (``--extra-kinds``); none
 #: at present (the pixel-resolution maps tried this way became the library's ``kind="pixel"``).
 EXTRA_KINDS: tuple[str, ...] = ()
@@ -234,8 +238,10 @@ def _model(world: Any) -> torch.nn.Module:
 def fit(model, world, images, class_id, method, n_concepts, seed) -> tuple[Any, str | None]:
     """Explain one class with the explainer's defaults; transformer tokens get the explainer's
     token factorizer (seeded), which the note records."""
+    method, tokens = EXPLAINER_METHODS.get(method, (method, "patches"))
     explainer = ConceptExplainer(model, world.layer, n_concepts=n_concepts, method=method,
-                                 importance="sobol", seed=seed, progress=False,
+                                 importance="sobol" if tokens == "patches" else "pixel_ablation",
+                                 seed=seed, progress=False, tokens=tokens,
                                  preprocess=getattr(world, "preprocess", None))
     cc = explainer.fit(images, class_id)
     tokens = bool(cc.params.get("layer_gives_tokens"))
@@ -302,13 +308,18 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                 notes.add(f"{method} {kind} maps failed on {getattr(world, 'name', 'a world')}: "
                           f"{str(err).splitlines()[0][:120]}")
         auto = _auto_kind(cc, maps)
-        scores = {name: importances_of(cc, name, seed) for name in importance_methods
-                  if name not in PIXEL_METHODS and name not in PIXEL_VARIANTS}
+        through_h = [name for name in importance_methods
+                     if name not in PIXEL_METHODS and name not in PIXEL_VARIANTS]
+        if method in EXPLAINER_METHODS and through_h:  # no h reads CLS feature maps
+            notes.add(f"{method}: {', '.join(through_h)} skipped (pixel importances only)")
+        scores = {name: importances_of(cc, name, seed) for name in through_h
+                  if method not in EXPLAINER_METHODS}
         # regions painted from the dominant maps whatever maps are scored: computed once, and
         # left out (with a note) for a method without dominant maps rather than faked
         fixed = [name for name in importance_methods
                  if PIXEL_VARIANTS.get(name) == "dominant_regions"]
-        scored = list(importance_methods)
+        scored = [name for name in importance_methods
+                  if name in scores or name in PIXEL_METHODS or name in PIXEL_VARIANTS]
         for name in fixed:
             if "dominant" not in maps:
                 notes.add(f"{method}: {name} skipped (no dominant maps)")

@@ -9,6 +9,7 @@ from ._layers import layer_names
 from ._provenance import Provenance
 from ._split import CutError, check_split, split_model
 from ._store import ActivationStore, write_store
+from ._windows import cls_windows
 
 __all__ = [
     "ActivationExtractor",
@@ -19,6 +20,7 @@ __all__ = [
     "Provenance",
     "SegmentSet",
     "check_split",
+    "cls_windows",
     "crops",
     "extract",
     "layer_names",

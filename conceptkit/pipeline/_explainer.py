@@ -22,6 +22,7 @@ from .._validation import check_choice, check_image_ids, check_images, check_int
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, TopKSAE
 from ..concepts._checks import configured_factorizer
 from ..extraction._layers import get_layer
+from ..extraction._windows import default_window
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
 from ..models._bundle import ModelBundle
@@ -177,6 +178,21 @@ class ConceptExplainer:
         For models that return a tuple, list or dict rather than the logits tensor: the index
         or key of the class logits (``output="logits"`` for Hugging Face models, ``output=0``
         for ``(logits, aux)``).
+    tokens
+        What ICE factorizes at a transformer layer. ``"patches"`` (default): the patch tokens.
+        ``"cls"``: the CLS token of every window of the image shown alone — for each patch
+        cell, the image painted with its median colour outside a ``window`` × ``window`` square
+        around the cell (:func:`conceptkit.extraction.cls_windows`) — a feature map of what
+        the token the head reads sees there. Use it when the patch tokens do not carry what the
+        model recognises (a textures ViT: its top concept sits on the part the model relies on
+        most in 1.00 of the classes against 0.50 with patch tokens, BENCHMARKS.md) and at the
+        last block of a CLS-pooled transformer, whose patch tokens never reach the output.
+        Costs one forward pass per window (the token grid's size per image). Needs
+        ``method="ice"`` and a pixel importance (``"pixel_ablation"``); maps are coefficient
+        or dominant maps.
+    window
+        Side in pixels of the windows of ``tokens="cls"`` (default: a quarter of the shorter
+        image side).
     """
 
     def __init__(self, model: nn.Module | ModelBundle, layer: str | None = None,
@@ -186,7 +202,8 @@ class ConceptExplainer:
                  seed: int | None = None, progress: bool = True, preprocess: Callable | None = None,
                  n_designs: int = 32, importance_kwargs: dict | None = None,
                  method_kwargs: dict | None = None, model_name: str | None = None,
-                 class_names: list[str] | None = None, output: int | str | None = None):
+                 class_names: list[str] | None = None, output: int | str | None = None,
+                 tokens: str = "patches", window: int | None = None):
         bundle = as_bundle(model)
         if bundle is not None:
             model = bundle.model
@@ -237,6 +254,10 @@ class ConceptExplainer:
             raise TypeError(f"`output` must be an int index or a str key of the model's output; "
                             f"got {describe(output)}.")
         self.output = output
+        self.tokens = check_choice(tokens, "tokens", TOKEN_READS)
+        self.window = _check_window(window, self.tokens)
+        if self.tokens == "cls":
+            _check_cls_settings(self.method, self.importance)
         self._handle: ModelAtLayer | None = None
 
     # ------------------------------------------------------------------ building blocks
@@ -245,8 +266,10 @@ class ConceptExplainer:
         """The model cut at ``layer`` with the explainer's current settings (split once)."""
         handle = self._handle
         if (handle is None or handle.model is not self.model or handle.layer != self.layer
-                or handle.output != self.output):
-            handle = self._handle = ModelAtLayer(self.model, self.layer, output=self.output)
+                or handle.output != self.output or handle.tokens != self.tokens
+                or handle.window != self.window):
+            handle = self._handle = ModelAtLayer(self.model, self.layer, output=self.output,
+                                                 tokens=self.tokens, window=self.window)
         handle.preprocess, handle.batch_size = self.preprocess, self.batch_size
         handle.device, handle.progress = self.device, self.progress
         return handle
@@ -349,7 +372,8 @@ class ConceptExplainer:
             raise ValueError(f"`layer` {self.layer!r} gives activations of shape "
                              f"{tuple(acts.shape)}; conceptkit needs (N, C, h, w) or (N, C).")
 
-        _check_reaches_output(handle, acts, context, images)
+        if self.tokens == "patches":  # the CLS token is what the head reads: it reaches it
+            _check_reaches_output(handle, acts, context, images)
         if self.importance in PIXEL_METHODS:  # h is not probed before discovery: check now
             with handle.whole_model() as forward:
                 _check_class_output(forward(images[:1]), class_id)
@@ -375,7 +399,10 @@ class ConceptExplainer:
                   "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
                   "n_images": int(images.shape[0]),
                   "factorizer": _factorizer_name(bank),
-                  "layer_gives_tokens": handle.token_layout is not None}
+                  "layer_gives_tokens": handle.token_layout is not None, "tokens": self.tokens}
+        if self.tokens == "cls":
+            params["window"] = (self.window if self.window is not None
+                                else default_window(tuple(images.shape[-2:])))
         result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
                                bank=bank, importance=importance, images=images.detach().cpu(),
                                activations=acts, model_name=self.model_name, layer=self.layer,
@@ -405,6 +432,33 @@ class ConceptExplainer:
 
 
 
+#: What ICE reads at a transformer layer (``ConceptExplainer(tokens=...)``).
+TOKEN_READS = ("patches", "cls")
+
+
+def _check_window(window: Any, tokens: str) -> int | None:
+    if window is None:
+        return None
+    if tokens != "cls":
+        raise ValueError("`window` is the side of the windows whose CLS token is read with "
+                         "tokens='cls'; pass tokens='cls' with it, or leave `window` out.")
+    return check_int(window, "window", minimum=1)
+
+
+def _check_cls_settings(method: str, importance: str) -> None:
+    """tokens='cls' gives ICE feature maps of CLS tokens: no ``h`` takes them, so only the
+    importances that re-run the whole model on painted images apply."""
+    if method != "ice":
+        raise ValueError(f"`tokens`='cls' reads the CLS token of windows of each image as a "
+                         f"feature map, which ICE factorizes; `method` {method!r} does not. Pass "
+                         f"method='ice' with it.")
+    if importance not in PIXEL_METHODS:
+        raise ValueError(f"`importance` {importance!r} perturbs the layer's patch tokens through "
+                         f"the rest of the model, which never reads the CLS feature maps of "
+                         f"tokens='cls'; pass importance='pixel_ablation' (it paints concept "
+                         f"regions out of the images and re-runs the whole model).")
+
+
 def _check_class_output(out: torch.Tensor, class_id: int) -> None:
     if class_id >= out.shape[1]:
         raise ValueError(f"`class_id` must be in [0, {out.shape[1] - 1}]: the model returns "
@@ -424,6 +478,9 @@ def _check_reaches_output(handle: ModelAtLayer, acts: torch.Tensor, context: Any
     nearest = handle.nearest_reaching_layer(images[:4])
     fix = (f" The nearest earlier layer whose {what} do reach the output is {nearest!r}: pass "
            f"layer={nearest!r}." if nearest else " Explain at an earlier layer.")
+    if context is not None:
+        fix += (" Or explain this layer through the CLS token the head reads: tokens='cls' "
+                "(ICE on the CLS token of each window of the image).")
     raise ValueError(f"`layer` {handle.layer!r}: its {what} do not reach the model's output "
                      f"(replacing them leaves every logit unchanged on the probe batch), so every "
                      f"concept importance would be exactly 0.{why}{fix}")
@@ -434,7 +491,8 @@ def _frozen(handle: ModelAtLayer) -> ModelAtLayer:
     change how an explanation it already returned runs the model (the split ``h`` is shared)."""
     copy = ModelAtLayer(handle.model, handle.layer, preprocess=handle.preprocess,
                         batch_size=handle.batch_size, device=handle.device,
-                        progress=handle.progress, output=handle.output)
+                        progress=handle.progress, output=handle.output, tokens=handle.tokens,
+                        window=handle.window)
     copy.token_layout, copy._h, copy._ran = handle.token_layout, handle._h, handle._ran
     return copy
 

@@ -36,12 +36,19 @@ class ModelAtLayer:
         Batching of ``g``, where to run (None: the model's device), progress bars.
     output
         For models returning a tuple, list or dict: the index or key of the class logits.
+    tokens, window
+        What :meth:`activations` reads at a transformer layer: ``"patches"`` (the patch tokens)
+        or ``"cls"`` (the CLS token of each window of side ``window`` shown alone,
+        :func:`conceptkit.extraction.cls_windows`).
     """
 
     def __init__(self, model: nn.Module, layer: str, *, preprocess: Callable | None = None,
                  batch_size: int = 64, device: Any = None, progress: bool = True,
-                 output: int | str | None = None):
+                 output: int | str | None = None, tokens: str = "patches",
+                 window: int | None = None):
         self.model = model
+        self.tokens = tokens
+        self.window = window
         self.layer, _ = get_layer(model, layer)
         self.output = output
         self.preprocess = preprocess
@@ -118,7 +125,7 @@ class ModelAtLayer:
         if self.has_run:
             return self.token_layout is not None
         if self.gives_tokens is None:
-            self.activations(images[:1], progress=False)
+            self._patch_activations(images[:1], progress=False)
             return self.token_layout is not None
         return self.gives_tokens
 
@@ -133,8 +140,24 @@ class ModelAtLayer:
         """Feature maps ``(N, C, h, w)`` of ``images`` at the layer (one pass of ``g``).
 
         Transformer tokens come back as maps of the patch tokens; with ``with_context=True`` the
-        dropped CLS/register tokens ``(N, P, C)`` (or None) are returned too.
+        dropped CLS/register tokens ``(N, P, C)`` (or None) are returned too. With
+        ``tokens="cls"`` the maps are :func:`~conceptkit.extraction.cls_windows` (one pass of
+        ``g`` per window) and the context is None.
         """
+        if self.tokens == "cls":
+            from ..extraction._windows import cls_windows
+
+            if not self._ran:  # the token layout, from one image's patch tokens
+                self._patch_activations(images[:1], progress=False)
+            maps = cls_windows(self.model, self.layer, images, window=self.window,
+                               batch_size=self.batch_size, device=self.device,
+                               preprocess=self.preprocess,
+                               progress=self.progress if progress is None else progress)
+            return (maps, None) if with_context else maps
+        return self._patch_activations(images, with_context, progress=progress, desc=desc)
+
+    def _patch_activations(self, images: torch.Tensor, with_context: bool = False, *,
+                           progress: bool | None = None, desc: str | None = None) -> Any:
         extractor = ActivationExtractor(
             self.model, self.layer, batch_size=self.batch_size, device=self.device,
             progress=self.progress if progress is None else progress, preprocess=self.preprocess,

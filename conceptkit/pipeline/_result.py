@@ -226,6 +226,10 @@ class ClassConcepts:
             return self.saved_maps.float()  # loaded from a file: the maps saved with it
         if kind == "auto":
             kind = self._auto_kind(images)
+        if self.params.get("tokens") == "cls" and kind in ("gradient", "pixel", "scale_matched"):
+            raise ValueError(f"`kind` {kind!r} differentiates the layer's patch tokens; this "
+                             f"explanation's concepts are of CLS tokens (tokens='cls'), whose "
+                             f"maps are of kind 'coefficient', 'dominant' or 'provenance'.")
         if kind == "scale_matched":
             return self._scale_matched(self.images if images is None else images, size)
         if kind == "provenance":
@@ -426,7 +430,9 @@ class ClassConcepts:
         a tuple or dict output, as in :class:`~conceptkit.ConceptExplainer`."""
         self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
                                            batch_size=batch_size, device=device, progress=False,
-                                           output=output)
+                                           output=output,
+                                           tokens=self.params.get("tokens", "patches"),
+                                           window=self.params.get("window"))
         return self
 
     @property

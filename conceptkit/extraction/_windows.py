@@ -1,0 +1,91 @@
+"""The CLS token of each window of an image shown alone: a feature map a transformer reads.
+
+A CLS-pooled transformer decides from its CLS token. Its patch tokens need not say what covers
+them (on a textures ViT with 4 px patches a linear probe of the texture under a token reads
+0.28-0.35 at every block, chance 0.17; BENCHMARKS.md), so concepts factorized from patch tokens
+can miss what the model sees. :func:`cls_windows` asks the CLS token instead: for every cell of
+the token grid it paints everything but a window around the cell with the image's median colour
+and keeps the CLS token the layer gives for that image. The result has the shape of a feature
+map, so ICE, coefficient maps and pixel ablation take it as they take patch tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._validation import check_images, check_int
+from ._extractor import ActivationExtractor
+
+
+def window_boxes(image_size: tuple[int, int], grid: tuple[int, int],
+                 window: int) -> torch.Tensor:
+    """Pixel boxes ``(h*w, 4)`` ``[y0, x0, y1, x1]`` (end exclusive) of the windows of side
+    ``window`` centred on the cells of a ``grid`` laid over an image of ``image_size``, clipped
+    to the image, in row-major order."""
+    height, width = image_size
+    rows, cols = grid
+    boxes = []
+    for i in range(rows):
+        cy = (i + 0.5) * height / rows
+        for j in range(cols):
+            cx = (j + 0.5) * width / cols
+            y0, x0 = int(round(cy - window / 2)), int(round(cx - window / 2))
+            boxes.append([max(0, y0), max(0, x0), min(height, y0 + window),
+                          min(width, x0 + window)])
+    return torch.tensor(boxes, dtype=torch.long)
+
+
+def default_window(image_size: tuple[int, int]) -> int:
+    """A quarter of the shorter image side (16 px on 64 px images)."""
+    return max(1, min(image_size) // 4)
+
+
+def cls_windows(model: nn.Module, layer: str, images: torch.Tensor, *,
+                window: int | None = None, batch_size: int = 64, device: Any = None,
+                preprocess: Callable | None = None, progress: bool = True) -> torch.Tensor:
+    """CLS-token feature maps ``(N, C, h, w)`` of ``images`` at a transformer ``layer``.
+
+    Position ``(i, j)`` holds the CLS token (the first prefix token) that ``layer`` gives when
+    the image shows only the ``window`` × ``window`` pixel square centred on patch cell
+    ``(i, j)`` (clipped to the image), the rest painted with the image's per-channel median
+    colour (``evaluate.reliance``'s default fill). ``(h, w)`` is the layer's patch-token grid.
+    ``window`` defaults to a quarter of the shorter image side (:func:`default_window`).
+
+    One forward pass per cell and image (``N·h·w`` images in batches of ``batch_size``); the
+    model is left as found. Raises ``ValueError`` when ``layer`` gives no prefix (CLS) token:
+    a convolutional layer, or a transformer pooled without a CLS token.
+    """
+    images = check_images(images, "images", pixels=True)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    window = default_window(size) if window is None else check_int(
+        window, "window", minimum=1, maximum=2 * max(size))
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    extractor = ActivationExtractor(model, layer, batch_size=batch_size, device=device,
+                                    progress=False, preprocess=preprocess)
+    probe = extractor(images[:1])
+    if extractor.prefix_ is None or extractor.prefix_.shape[1] == 0:
+        raise ValueError(f"`layer` {layer!r} gives no CLS token (activations of shape "
+                         f"{tuple(probe.shape)} without prefix tokens): the CLS path needs a "
+                         f"transformer layer whose tokens start with a CLS token. Read the patch "
+                         f"tokens instead (tokens='patches').")
+    grid = (int(probe.shape[-2]), int(probe.shape[-1]))
+    boxes = window_boxes(size, grid, window)
+    keep = torch.zeros(len(boxes), 1, *size, dtype=images.dtype)
+    for b, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        keep[b, :, y0:y1, x0:x1] = 1
+    out = torch.empty(images.shape[0], extractor.prefix_.shape[-1], *grid)
+    per_image = len(boxes)
+    for n in tqdm(range(images.shape[0]), disable=not progress, leave=False,
+                  desc=f"CLS of {per_image} windows per image @ {layer}"):
+        image = images[n:n + 1]
+        fill = image.flatten(2).median(-1).values[:, :, None, None]
+        painted = image * keep + fill * (1 - keep)
+        extractor(painted)
+        cls = extractor.prefix_[:, 0].float().cpu()  # (per_image, C)
+        out[n] = cls.T.reshape(-1, *grid)
+    return out
