@@ -40,6 +40,17 @@ def window_boxes(image_size: tuple[int, int], grid: tuple[int, int],
     return torch.tensor(boxes, dtype=torch.long)
 
 
+def refuse_cls_concepts(bank: Any, what: str) -> None:
+    """Raise when ``bank`` holds concepts of CLS feature maps (``tokens="cls"``): ``what``
+    reads the layer's patch tokens, which those concepts do not describe."""
+    params = getattr(bank, "params", None) or {}
+    if params.get("tokens") == "cls":
+        raise ValueError(f"{what} reads the patch tokens of layer {getattr(bank, 'layer', '')!r}; "
+                         f"these concepts are of CLS tokens (an explanation with tokens='cls'). "
+                         f"Use the explanation's coefficient or dominant maps "
+                         f"(`concept_maps(images)`), or explain with tokens='patches'.")
+
+
 def default_window(image_size: tuple[int, int]) -> int:
     """A quarter of the shorter image side (16 px on 64 px images)."""
     return max(1, min(image_size) // 4)

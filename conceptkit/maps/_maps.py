@@ -33,6 +33,7 @@ from .._validation import check_choice, check_float, check_images, check_int, de
 from ..concepts import ConceptBank
 from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
 from ..extraction._layers import get_layer, unwrap_model
+from ..extraction._windows import refuse_cls_concepts
 
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -201,6 +202,7 @@ def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
     the model runs (default: where it is; moved back afterwards).
     """
     images, bank = _data_then_bank(images, bank, "gradient_maps", "images")
+    refuse_cls_concepts(bank, "gradient_maps")
     images = check_images(images, "images")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     _, concept_module = get_layer(model, bank.layer, "bank.layer")
@@ -278,6 +280,7 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
     ``device``: where the model runs (default: where it is; moved back afterwards).
     """
     images, bank = _data_then_bank(images, bank, "pixel_maps", "images")
+    refuse_cls_concepts(bank, "pixel_maps")
     images = check_images(images, "images", pixels=True)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     height, width = images.shape[-2:]
@@ -379,6 +382,7 @@ def scale_matched_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank
     from ..extraction import ActivationExtractor
 
     images, bank = _data_then_bank(images, bank, "scale_matched_maps", "images")
+    refuse_cls_concepts(bank, "scale_matched_maps")
     images = check_images(images, "images")
     if not np.isfinite(zoom) or zoom <= 0:
         raise ValueError(f"`zoom` must be a positive number; got {zoom}.")

@@ -41,6 +41,7 @@ from .._validation import check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
 from ..extraction._layers import get_layer
+from ..extraction._windows import refuse_cls_concepts
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
     progress : bool
         A tqdm bar over the steps.
     """
+    refuse_cls_concepts(bank, "visualize_concept")
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
     if not isinstance(bank, ConceptBank):

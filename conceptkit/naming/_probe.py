@@ -19,6 +19,7 @@ from torch import nn
 from .._validation import check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
+from ..extraction._windows import refuse_cls_concepts
 
 SUMMARIES = ("mean", "max")
 
@@ -127,6 +128,7 @@ class ConceptSource:
         else:
             raise TypeError(f"`concepts` must be a ClassConcepts or a ConceptBank (with `model`); "
                             f"got {describe(concepts)}.")
+        refuse_cls_concepts(self.bank, "naming")
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.progress = bool(progress)
 

@@ -31,7 +31,9 @@ def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -
                 continue  # refits the factorizer several times: only when asked
             value = metric.evaluate(acts, recon, codes, bank.factorizer, seed=seed)
             out["extraction"][name] = _metric(value, metric.higher_is_better)
-    h = cc.model_at_layer.maps_head if cc.model_at_layer is not None else None
+    # no part of the model reads the CLS feature maps of tokens="cls": no metrics through h
+    h = (cc.model_at_layer.maps_head
+         if cc.model_at_layer is not None and cc.params.get("tokens") != "cls" else None)
     if h is not None and cc.activations is not None:
         per_input = cc.importance.per_input
         known = cc._bank_with_codes()  # one encoding of the class activations for all metrics

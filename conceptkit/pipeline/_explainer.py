@@ -380,6 +380,9 @@ class ConceptExplainer:
 
         start = time.perf_counter()
         bank = self._discover(method, images, acts, probe=False)
+        if self.tokens == "cls":  # the bank says what its concepts are of (naming, maps refuse it)
+            bank.params.update(tokens="cls", window=self.window if self.window is not None
+                               else default_window(tuple(images.shape[-2:])))
         timings["discovery"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -133,6 +133,10 @@ class ModelAtLayer:
     def maps_head(self) -> nn.Module:
         """``h`` taking feature maps: for transformer layers a :class:`TokenHead` that puts each
         input's CLS/register tokens (its ``context``) back in front of the patch tokens."""
+        if self.tokens == "cls":
+            raise ValueError("no part of the model reads the CLS feature maps of tokens='cls' "
+                             "(the rest of the model takes patch tokens): importances and "
+                             "metrics through `h` do not apply; pixel ablation does.")
         return TokenHead(self.h, self.token_layout) if self.token_layout else self.h
 
     def activations(self, images: torch.Tensor, with_context: bool = False, *,

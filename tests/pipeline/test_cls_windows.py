@@ -140,3 +140,24 @@ def test_the_shapes_vit_last_block_through_its_cls_token_finds_what_the_class_re
     located = localisation(result.concept_maps(), images, masks, list(data.concept_names))
     causal = [int(p) for p in data.class_concepts[0]]
     assert max(float(located.pointing_game[top, p]) for p in causal) >= 0.9
+
+
+def test_what_reads_patch_tokens_refuses_cls_concepts(images):
+    """Naming, MACO, gradient and pixel maps and importances through ``h`` read the layer's
+    patch tokens: given concepts of CLS tokens they say so instead of mixing the two spaces."""
+    from conceptkit.maps import gradient_maps, pixel_maps
+    from conceptkit.naming import name_by_classes
+
+    model = tiny_vit()
+    result = ConceptExplainer(model, "blocks.1", n_concepts=3, tokens="cls", window=12, seed=0,
+                              progress=False).fit(images, 0)
+    assert result.bank.params["tokens"] == "cls"
+    for call in (lambda: gradient_maps(model, images, result.bank),
+                 lambda: pixel_maps(model, images, result.bank),
+                 lambda: name_by_classes(result)):
+        with pytest.raises(ValueError, match="CLS tokens"):
+            call()
+    with pytest.raises(ValueError, match="pixel ablation"):
+        result.model_at_layer.maps_head
+    assert result.metrics["importance"] == {}  # none through h; the extraction metrics stay
+    assert result.metrics["extraction"]
