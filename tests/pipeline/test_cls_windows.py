@@ -158,6 +158,6 @@ def test_what_reads_patch_tokens_refuses_cls_concepts(images):
         with pytest.raises(ValueError, match="CLS tokens"):
             call()
     with pytest.raises(ValueError, match="pixel ablation"):
-        result.model_at_layer.maps_head
+        _ = result.model_at_layer.maps_head
     assert result.metrics["importance"] == {}  # none through h; the extraction metrics stay
     assert result.metrics["extraction"]
