@@ -128,7 +128,8 @@ class ConceptSource:
         else:
             raise TypeError(f"`concepts` must be a ClassConcepts or a ConceptBank (with `model`); "
                             f"got {describe(concepts)}.")
-        refuse_cls_concepts(self.bank, "naming")
+        if self.result is None:  # a bare bank: its layer's patch tokens would be encoded
+            refuse_cls_concepts(self.bank, "naming a ConceptBank with its model")
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.progress = bool(progress)
 
@@ -159,6 +160,7 @@ class ConceptSource:
     def crop_codes(self, crop_set: Any) -> np.ndarray:
         """Concept codes ``(M, k)`` of crops: ``g`` on each resized crop, spatial mean, encode
         (exactly how CRAFT's own crops were coded)."""
+        refuse_cls_concepts(self.bank, "coding crops")
         if self.result is not None and self.result.model_at_layer is not None:
             explainer = self.result.model_at_layer
             extractor = ActivationExtractor(explainer.model, self.bank.layer,

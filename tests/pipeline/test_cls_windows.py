@@ -146,18 +146,31 @@ def test_what_reads_patch_tokens_refuses_cls_concepts(images):
     """Naming, MACO, gradient and pixel maps and importances through ``h`` read the layer's
     patch tokens: given concepts of CLS tokens they say so instead of mixing the two spaces."""
     from conceptkit.maps import gradient_maps, pixel_maps
-    from conceptkit.naming import name_by_classes
+    from conceptkit.naming import name_by_classes, name_by_masks
 
     model = tiny_vit()
     result = ConceptExplainer(model, "blocks.1", n_concepts=3, tokens="cls", window=12, seed=0,
                               progress=False).fit(images, 0)
     assert result.bank.params["tokens"] == "cls"
+    masks = torch.zeros(6, 2, 32, 32, dtype=torch.bool)
+    masks[:, 0, :16], masks[:, 1, 16:] = True, True
+    probe = (images, masks, ["top", "bottom"])
     for call in (lambda: gradient_maps(model, images, result.bank),
                  lambda: pixel_maps(model, images, result.bank),
-                 lambda: name_by_classes(result)):
+                 lambda: name_by_masks(result.bank, probe, model=model)):
         with pytest.raises(ValueError, match="CLS tokens"):
             call()
-    with pytest.raises(ValueError, match="pixel ablation"):
-        _ = result.model_at_layer.maps_head
+    for call in (lambda: name_by_classes(result), lambda: result.model_at_layer.maps_head):
+        with pytest.raises(ValueError, match="pixel ablation"):
+            call()
+    # naming an explanation reads its own (CLS) maps: it works
+    from conceptkit.naming._dissect import dissect_scores
+    from conceptkit.naming._probe import as_probe
+
+    named = name_by_masks(result, probe, min_score=None, quantile=0.2, class_images_only=False)
+    table, _ = dissect_scores(result.concept_maps().float(), as_probe(probe, need_masks=True), 0.2)
+    assert len(named) == 3
+    for entry in named:
+        assert entry.score == pytest.approx(table[entry.concept].max())
     assert result.metrics["importance"] == {}  # none through h; the extraction metrics stay
     assert result.metrics["extraction"]
