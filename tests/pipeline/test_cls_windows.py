@@ -85,6 +85,9 @@ def test_the_last_block_of_a_cls_pooled_vit_is_explained_through_its_cls_token(i
                                  seed=0, progress=False)
     result = explainer.fit(images, 0)
     assert result.params["tokens"] == "cls" and result.params["window"] == 12
+    from conceptkit.pipeline._notes import CLS_NOTE, TOKEN_LIMITATION
+
+    assert CLS_NOTE in result.notes() and TOKEN_LIMITATION not in result.notes()
     # an untrained model's probabilities barely move; never exactly 0 as patch tokens would be
     assert np.all(np.isfinite(result.importances)) and np.abs(result.importances).min() > 0
     fitted = result.concept_maps()
@@ -99,6 +102,7 @@ def test_the_last_block_of_a_cls_pooled_vit_is_explained_through_its_cls_token(i
     result.save(path)
     loaded = load(path)
     assert loaded.params["tokens"] == "cls" and loaded.params["window"] == 12
+    assert CLS_NOTE in loaded.notes()
     torch.testing.assert_close(loaded.attach(model).concept_maps(images), fitted)
     with pytest.raises(ValueError, match="CLS tokens.*'coefficient'"):
         result.concept_maps(kind="pixel")
