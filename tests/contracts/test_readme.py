@@ -53,7 +53,8 @@ EXPECTED = {
                                        r"yellow ring\s+0\.\d+\s+1\.00",
                                        r"ConceptVisualization\(image=tensor\(3, 112, 112\)"],
     "Transformers: ViT and CLIP tokens": [r"TopKSAE coefficient",
-                                          r"This layer gives transformer tokens\."],
+                                          r"This layer gives transformer tokens\.",
+                                          r"cls 16 0\.[5-9]\d"],
     "Concept bottleneck models": [r"joint CBM: 240 training / 240 validation examples",
                                   r"validation accuracy: task (0\.9\d\d|1\.000)"],
 }
