@@ -17,7 +17,8 @@ FACTORIZER_CHOICES = {"nmf": "NMF", "semi_nmf": "SemiNMF", "kmeans": "KMeansConc
 #: Python argument names in error messages, and the ``explain`` options that set them.
 _FLAGS = {"n_concepts": "--n-concepts", "layer": "--layer", "patch_size": "--patch-size",
           "batch_size": "--batch-size", "images": "--images", "class_id": "--class",
-          "method": "--method", "importance": "--importance", "seed": "--seed"}
+          "method": "--method", "importance": "--importance", "seed": "--seed",
+          "tokens": "--tokens", "window": "--window"}
 
 
 def command_line_terms(message: str) -> str:
@@ -26,6 +27,7 @@ def command_line_terms(message: str) -> str:
     ``--factorizer`` choices."""
     for name, flag in _FLAGS.items():
         message = message.replace(f"`{name}`", f"`{flag}`")
+        message = re.sub(rf"\b{name}='([^']*)'", rf"{flag} \1", message)
     by_class = {cls: choice for choice, cls in FACTORIZER_CHOICES.items()}
     return re.sub(r"factorizer=(\w+)\([^)]*\)",
                   lambda m: f"`--factorizer {by_class[m.group(1)]}`" if m.group(1) in by_class
@@ -60,7 +62,8 @@ def explain_main(args: argparse.Namespace) -> int:
         explainer = ConceptExplainer(loaded, args.layer, n_concepts=n_concepts, method=args.method,
                                      importance=args.importance, patch_size=args.patch_size,
                                      factorizer=factorizer, batch_size=args.batch_size,
-                                     seed=args.seed, progress=not args.quiet)
+                                     seed=args.seed, progress=not args.quiet,
+                                     tokens=args.tokens, window=args.window)
         result = explainer.fit(images, class_id, name, image_ids=file_ids(files))
     except NegativeActivationsError as err:
         raise ValueError(err.command_line()) from err

@@ -107,3 +107,29 @@ def test_world_models_by_name_with_their_class_names(shape_images, tmp_path, cap
     code, _, err = run(["--model", "world:textures", "--images", str(shape_images), "--class",
                         "checkerbord + dots", "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "Did you mean 'checkerboard + dots'" in err
+
+
+def test_a_vit_last_block_through_its_cls_token_from_the_command_line(tmp_path, capsys):
+    """``--tokens cls`` explains the shapes ViT's last block (its patch tokens are refused there,
+    with an error that now points to ``--tokens cls``); settings the path cannot honour are one
+    ``error:`` line in the command line's terms."""
+    from conceptkit.datasets import load_world
+
+    data = load_world("shapes").sample(6, seed=0, split="test")
+    folder = tmp_path / "class0"
+    folder.mkdir()
+    for i, image in enumerate(data.images[data.labels == 0]):
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{i}.png")
+    common = ["--model", "world:shapes:vit", "--layer", "blocks.3", "--images", str(folder),
+              "--class", "0"]
+    code, _, err = run([*common, "--out", str(tmp_path / "patches")], capsys)
+    assert code == 2 and "--tokens cls" in err and "--layer blocks.2" in err
+    code, printed, err = run([*common, "--tokens", "cls", "--out", str(tmp_path / "cls")], capsys)
+    assert code == 0, err
+    saved = conceptkit.load(tmp_path / "cls" / "explanation.safetensors")
+    assert saved.params["tokens"] == "cls" and saved.params["window"] == 16
+    assert saved.importances.max() > 0.5  # a region whose removal takes the class away
+    code, _, err = run([*common, "--tokens", "cls", "--importance", "sobol", "--out",
+                        str(tmp_path / "x")], capsys)
+    assert code == 2 and err.count("error:") == 1 and "--importance pixel_ablation" in err
