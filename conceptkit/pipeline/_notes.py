@@ -114,7 +114,7 @@ TOKEN_LIMITATION = (
     "the most relied-on texture in only 0.67 of the classes and the Spearman was 0.29: concepts "
     "of the tokens cannot point at what the tokens do not hold (BENCHMARKS.md). Explaining "
     "through the CLS token instead (tokens='cls') put it there in 1.00 of the classes of that "
-    "world's 95.8 % ViT (Spearman 0.70, against 0.50 and 0.21 here) and did a little worse on "
+    "world's 95.8 % ViT (Spearman 0.70, against 0.50 and 0.24 here) and did a little worse on "
     "the two ViT worlds; try it when the top concept does not sit on anything the model "
     "could use.")
 
@@ -126,7 +126,7 @@ CLS_NOTE = (
     "(seeds 0-2) the top concept sat on the part the model relies on most in 0.61, 0.92 and "
     "1.00 of the classes (shapes, context, and a textures ViT whose patch tokens barely "
     "encode the texture), against 0.78, 0.92 and 0.50 with patch tokens; Spearman with the "
-    "measured reliance 0.68, 0.63 and 0.70 against 0.64, 0.74 and 0.21 (BENCHMARKS.md).")
+    "measured reliance 0.68, 0.63 and 0.70 against 0.64, 0.74 and 0.24 (BENCHMARKS.md).")
 
 
 def class_notes(cc: Any) -> list[str]:
