@@ -115,7 +115,7 @@ TOKEN_LIMITATION = (
     "of the tokens cannot point at what the tokens do not hold (BENCHMARKS.md). Explaining "
     "through the CLS token instead (tokens='cls') put it there in 1.00 of the classes of that "
     "world's 95.8 % ViT (Spearman 0.71, against 0.50 and 0.15 here; seeds 0-4) and, over the "
-    "three ViT models, fell short of issue 13's bar by less (0.99 against 2.52); it costs a "
+    "three ViT models, fell short of issue 13's bar by less (1.01 against 2.52); it costs a "
     "forward pass per patch of every image and only pixel ablation scores it. Try it when the "
     "top concept does not sit on anything the model could use.")
 
