@@ -238,10 +238,10 @@ def _model(world: Any) -> torch.nn.Module:
 def fit(model, world, images, class_id, method, n_concepts, seed) -> tuple[Any, str | None]:
     """Explain one class with the explainer's defaults; transformer tokens get the explainer's
     token factorizer (seeded), which the note records."""
-    method, tokens = EXPLAINER_METHODS.get(method, (method, "patches"))
+    method, read = EXPLAINER_METHODS.get(method, (method, "patches"))
     explainer = ConceptExplainer(model, world.layer, n_concepts=n_concepts, method=method,
-                                 importance="sobol" if tokens == "patches" else "pixel_ablation",
-                                 seed=seed, progress=False, tokens=tokens,
+                                 importance="sobol" if read == "patches" else "pixel_ablation",
+                                 seed=seed, progress=False, tokens=read,
                                  preprocess=getattr(world, "preprocess", None))
     cc = explainer.fit(images, class_id)
     tokens = bool(cc.params.get("layer_gives_tokens"))

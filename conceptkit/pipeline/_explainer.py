@@ -404,8 +404,7 @@ class ConceptExplainer:
                   "factorizer": _factorizer_name(bank),
                   "layer_gives_tokens": handle.token_layout is not None, "tokens": self.tokens}
         if self.tokens == "cls":
-            params["window"] = (self.window if self.window is not None
-                                else default_window(tuple(images.shape[-2:])))
+            params["window"] = bank.params["window"]
         result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
                                bank=bank, importance=importance, images=images.detach().cpu(),
                                activations=acts, model_name=self.model_name, layer=self.layer,
