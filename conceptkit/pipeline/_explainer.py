@@ -374,6 +374,11 @@ class ConceptExplainer:
 
         if self.tokens == "patches":  # the CLS token is what the head reads: it reaches it
             _check_reaches_output(handle, acts, context, images)
+        elif bool((acts == acts[..., :1, :1]).all()):
+            raise ValueError(f"`window` {self.window}: every window covers the whole image, so "
+                             f"every position holds the image's own CLS token and no concept "
+                             f"could say where anything is; pass a smaller window (default "
+                             f"{default_window(tuple(images.shape[-2:]))} px).")
         if self.importance in PIXEL_METHODS:  # h is not probed before discovery: check now
             with handle.whole_model() as forward:
                 _check_class_output(forward(images[:1]), class_id)

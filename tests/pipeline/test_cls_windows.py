@@ -178,3 +178,11 @@ def test_what_reads_patch_tokens_refuses_cls_concepts(images):
         assert entry.score == pytest.approx(table[entry.concept].max())
     assert result.metrics["importance"] == {}  # none through h; the extraction metrics stay
     assert result.metrics["extraction"]
+
+
+def test_a_window_covering_the_whole_image_from_every_cell_is_refused(images):
+    """Every position would be the same CLS token: flat maps, every concept region the whole
+    image, importances that cannot mean anything. An error naming `window` instead."""
+    with pytest.raises(ValueError, match=r"`window` 64: every window covers the whole image"):
+        ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, tokens="cls", window=64, seed=0,
+                         progress=False).fit(images, 0)
