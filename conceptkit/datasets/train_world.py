@@ -13,8 +13,8 @@ An architecture the world does not ship, or other architecture settings, train a
 explanations on that the defaults were not chosen on; it must go elsewhere (``--out``) and loads
 with ``world.model(weights=PATH)``:
 
-    python -m conceptkit.datasets.train_world --world textures --arch vit \
-        --config patch_size=4 --epochs 60 --out textures_vit_p4.safetensors
+    python -m conceptkit.datasets.train_world --world scales --arch vit \
+        --config patch_size=4 --epochs 60 --out scales_vit_p4.safetensors
 """
 
 from __future__ import annotations

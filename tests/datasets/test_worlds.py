@@ -152,8 +152,8 @@ def test_shipped_model_is_accurate_on_a_fresh_seed(name, arch):
     assert not model.training
     data = world.sample(20, seed=777, split="test")
     with torch.no_grad():
-        accuracy = float((model(data.images).argmax(1) == data.labels).float().mean())
-    assert accuracy >= 0.95, (name, arch, accuracy)
+        correct = int((model(data.images).argmax(1) == data.labels).sum())
+    assert correct >= 0.95 * len(data.labels), (name, arch, correct, len(data.labels))
     if not world.spec(arch).is_reference(name):
         info = world.info(arch)
         assert info["test_accuracy"] >= 0.95 and info["architecture"] == arch
@@ -232,13 +232,13 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
     from conceptkit.datasets import train_world
     from conceptkit.io import save_file
 
-    world = load_world("textures")
+    world = load_world("scales")
     assert world.architectures == ("resnet",)
-    model, info = train_world_model("textures", "vit", epochs=1, n_per_class=2, n_val_per_class=1,
+    model, info = train_world_model("scales", "vit", epochs=1, n_per_class=2, n_val_per_class=1,
                                     n_test_per_class=1, config={"patch_size": 16}, progress=False)
     assert info["config"]["patch_size"] == 16 and info["config"]["n_classes"] == 4
     assert info["layer"] == "blocks.2" and info["shipped"] is False
-    path = tmp_path / "textures_vit_p16.safetensors"
+    path = tmp_path / "scales_vit_p16.safetensors"
     save_file(path, model.state_dict(), info, kind=_world.WORLD_WEIGHTS_KIND,
               version=_world.WORLD_WEIGHTS_VERSION)
     loaded = world.model(weights=path)
@@ -247,8 +247,8 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(loaded(images), model(images))
     assert world.info(weights=path)["layer"] == "blocks.2"
-    with pytest.raises(ValueError, match="world 'textures', not of 'scales'"):
-        load_world("scales").model(weights=path)
+    with pytest.raises(ValueError, match="world 'scales', not of 'textures'"):
+        load_world("textures").model(weights=path)
     with pytest.raises(ValueError, match="not `arch` 'resnet'"):
         world.model("resnet", weights=path)
     # a record that does not describe its tensors is refused before a model of its size is made
@@ -278,22 +278,24 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
                           (["--arch", "vit", "--config", "depth=2", "--config", "heads=1",
                             "--out", str(tmp_path / "x.safetensors")], "`config` may set")):
         with pytest.raises(SystemExit) as stop:
-            train_world.main(["--world", "textures", "--no-progress", *argv])
+            train_world.main(["--world", "scales", "--no-progress", *argv])
         assert stop.value.code == 2 and message in capsys.readouterr().err, argv
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_the_held_out_textures_vit_of_the_benchmarks_loads_and_is_accurate():
-    # benchmarks/models/: a model the defaults were not chosen on (BENCHMARKS.md), not shipped
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "models" / "textures_vit_p4.safetensors"
+def test_the_textures_vit_is_the_one_its_settings_record():
+    # the textures world's ViT (4 px patches, 120 epochs): its patch tokens do not hold the
+    # textures; like the held-out ViT it ignores one designed texture
     world = load_world("textures")
-    info = world.info(weights=path)
-    assert info["config"]["patch_size"] == 4 and info["training"]["epochs"] == 120
-    assert info["test_accuracy"] >= 0.95 and info["shipped"] is False
+    assert world.architectures == ("resnet", "vit") and world.layers["vit"] == "blocks.2"
+    info = world.info("vit")
+    assert info["config"] == dict(world.spec("vit").config) and info["config"]["patch_size"] == 4
+    assert info["training"]["epochs"] == world.spec("vit").training["epochs"] == 120
+    assert info["shipped"] is True and world.shipped("vit") and not world.shipped("vit", {"patch_size": 8})
     assert info["reliance"]["stripes + checkerboard"]["stripes"] < 0.05   # it ignores the stripes
     data = world.sample(50, seed=7)
     with torch.no_grad():
-        accuracy = float((world.model(weights=path)(data.images).argmax(1) == data.labels).float().mean())
+        accuracy = float((world.model("vit")(data.images).argmax(1) == data.labels).float().mean())
     assert accuracy >= 0.93, accuracy
 
 
