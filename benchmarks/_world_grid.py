@@ -51,8 +51,12 @@ KINDS = {"craft": ("coefficient", "dominant", "gradient", "provenance", "scale_m
          "ace": ("provenance", "coefficient", "gradient", "pixel"),
          # ICE on the CLS token of each window (tokens="cls"): transformer worlds only
          "ice_cls": ("coefficient", "dominant", "provenance")}
-#: grid method -> the explainer's (method, tokens)
+#: grid method -> the explainer's (method, tokens); the others read patch tokens
 EXPLAINER_METHODS = {"ice_cls": ("ice", "cls")}
+#: The library's default explanation, as a row of its own: ICE with ``tokens="auto"``, which
+#: reads the CLS token on a transformer that classifies from it (the grid's ``ice_cls`` rows
+#: there) and the layer's activations elsewhere (the ``ice`` rows).
+DEFAULT_CONFIG = f"library default: {DEFAULT_METHOD}, tokens auto / {DEFAULT_IMPORTANCE} / auto"
 #: Map kinds that are not in the library, scored only when asked for (``--extra-kinds``); none
 #: at present (the pixel-resolution maps tried this way became the library's ``kind="pixel"``).
 EXTRA_KINDS: tuple[str, ...] = ()
@@ -238,7 +242,7 @@ def _model(world: Any) -> torch.nn.Module:
 def fit(model, world, images, class_id, method, n_concepts, seed) -> tuple[Any, str | None]:
     """Explain one class with the explainer's defaults; transformer tokens get the explainer's
     token factorizer (seeded), which the note records."""
-    method, read = EXPLAINER_METHODS.get(method, (method, "patches"))
+    method, read = EXPLAINER_METHODS.get(method, (method, "patches"))  # "ice" = patch tokens
     explainer = ConceptExplainer(model, world.layer, n_concepts=n_concepts, method=method,
                                  importance="sobol" if read == "patches" else "pixel_ablation",
                                  seed=seed, progress=False, tokens=read,
@@ -285,6 +289,14 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
     measured = reliance(model, images, masks, class_id, fill, part_names=names,
                         preprocess=getattr(world, "preprocess", None), progress=False)
     out = []
+    # which grid method the library's default is in this world (tokens="auto" resolved)
+    default_read = ConceptExplainer(model, world.layer, progress=False,
+                                    preprocess=getattr(world, "preprocess", None)).reads(images)
+    default_method = next((m for m, (_, read) in EXPLAINER_METHODS.items() if read == default_read),
+                          DEFAULT_METHOD)
+    if default_method not in methods:
+        notes.add(f"{getattr(world, 'name', 'a world')}: the library default reads "
+                  f"{default_read!r} there (grid method {default_method!r}, not run): no default row")
 
     def add(label, method, importance, kind, importances, located, default):
         result = faithfulness(SimpleNamespace(importances=np.asarray(importances), class_id=class_id),
@@ -344,8 +356,10 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                 add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)
                 if kind == auto:  # the library's choice, which may differ between worlds
                     out.append({**out[-1], "config": f"{method} / {name} / auto", "kind": "auto",
-                                "auto_kind": kind,
-                                "default": method == DEFAULT_METHOD and name == DEFAULT_IMPORTANCE})
+                                "auto_kind": kind, "default": False})
+                    if method == default_method and name == DEFAULT_IMPORTANCE:
+                        out.append({**out[-1], "config": DEFAULT_CONFIG, "method": method,
+                                    "default": True})
         if method == "craft":
             reference = importances_of(cc, "sobol", seed, sampler="halton_unscrambled",
                                        shared_design=True, n_designs=32)
@@ -432,8 +446,9 @@ def print_grid(results: dict[str, Any], setting: dict[str, Any]) -> None:
     print(f"\n# Worlds: {', '.join(worlds)}; seeds {setting['seeds']}; {setting['n_per_class']} "
           f"{setting['split']} images per class; {setting['n_concepts']} concepts; fill "
           f"{setting['fill']!r}; reliance floor {setting.get('reliance_floor', 0.0)}. 'auto' rows "
-          f"repeat the kind the library picks in each world; the default is {DEFAULT_METHOD} / "
-          f"{DEFAULT_IMPORTANCE} / auto.")
+          f"repeat the kind the library picks in each world; the default is {DEFAULT_METHOD} "
+          f"(tokens auto: {' and '.join(EXPLAINER_METHODS)} rows on transformers that classify "
+          f"from their CLS token) / {DEFAULT_IMPORTANCE} / auto.")
     print("# Each cell: mean over worlds (worst world). Bar (every world): top on most relied "
           "1.00, top PG >= 0.95, Spearman >= 0.80.")
     header = " | ".join(f"{m:<15}" for m in (*METRICS, "shortfall"))

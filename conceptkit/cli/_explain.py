@@ -58,12 +58,15 @@ def explain_main(args: argparse.Namespace) -> int:
         k = n_concepts if n_concepts is not None else DISCOVERY_METHODS[args.method].default_concepts
         factorizer = FACTORIZERS[FACTORIZER_CHOICES[args.factorizer]](n_concepts=k)
         n_concepts = None  # the factorizer carries it
+    tokens = args.tokens
+    if tokens == "auto" and (args.visualize or args.name_with == "classes"):
+        tokens = "patches"  # MACO pictures and naming by classes run h on patch-token concepts
     try:
         explainer = ConceptExplainer(loaded, args.layer, n_concepts=n_concepts, method=args.method,
                                      importance=args.importance, patch_size=args.patch_size,
                                      factorizer=factorizer, batch_size=args.batch_size,
                                      seed=args.seed, progress=not args.quiet,
-                                     tokens=args.tokens, window=args.window)
+                                     tokens=tokens, window=args.window)
         result = explainer.fit(images, class_id, name, image_ids=file_ids(files))
     except NegativeActivationsError as err:
         raise ValueError(err.command_line()) from err

@@ -101,12 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the method's factorizer (default: nmf; semi_nmf at a layer that "
                           "gives ViT/CLIP tokens)")
     exp.add_argument("--patch-size", type=int, default=None)
-    exp.add_argument("--tokens", default="patches",
-                     help="at a transformer layer: 'patches' (ICE on the patch tokens) or 'cls' "
-                          "(ICE on the CLS token of each window of the image shown alone)")
+    exp.add_argument("--tokens", default="auto", choices=["auto", "patches", "cls"],
+                     help="at a transformer layer: 'patches' (ICE on the patch tokens), 'cls' "
+                          "(ICE on the CLS token of each window of the image shown alone) or "
+                          "'auto' (default: 'cls' where the model classifies from its CLS token "
+                          "and the explanation is ICE with pixel ablation, except with "
+                          "--visualize or --name-with classes, which need the patch tokens)")
     exp.add_argument("--window", type=int, default=None,
-                     help="with --tokens cls: window side in pixels (default: a quarter of the "
-                          "image side)")
+                     help="where the CLS token is read: window side in pixels (default: a "
+                          "quarter of the image side)")
     exp.add_argument("--size", type=int, default=None, help="image size fed to the model")
     exp.add_argument("--batch-size", type=int, default=32)
     exp.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,7 @@ from ._layers import layer_names
 from ._provenance import Provenance
 from ._split import CutError, check_split, split_model
 from ._store import ActivationStore, write_store
-from ._windows import cls_windows
+from ._windows import cls_windows, head_reads_cls
 
 __all__ = [
     "ActivationExtractor",
@@ -23,6 +23,7 @@ __all__ = [
     "cls_windows",
     "crops",
     "extract",
+    "head_reads_cls",
     "layer_names",
     "positions",
     "segments",

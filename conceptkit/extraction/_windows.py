@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_images, check_int
 from ._extractor import ActivationExtractor
+from ._layers import get_layer
 
 
 def window_boxes(image_size: tuple[int, int], grid: tuple[int, int],
@@ -49,6 +50,42 @@ def refuse_cls_concepts(bank: Any, what: str) -> None:
                          f"these concepts are of CLS tokens (an explanation with tokens='cls'). "
                          f"Use the explanation's coefficient or dominant maps "
                          f"(`concept_maps(images)`), or explain with tokens='patches'.")
+
+
+def head_reads_cls(model: nn.Module, layer: str) -> bool:
+    """Whether the transformer that holds ``layer`` classifies from its CLS token alone.
+
+    Read from the deepest module around ``layer`` that says how it pools: timm's
+    ``VisionTransformer`` (``global_pool == "token"`` with a ``cls_token``), open_clip's
+    (``pool_type == "tok"``), torchvision's ``VisionTransformer`` (always its class token) and
+    Hugging Face's ``ViTForImageClassification`` / ``DeiTForImageClassification``. False for
+    every other model (average- or attention-pooled transformers, CNNs, unknown kinds).
+    """
+    layer = get_layer(model, layer)[0]
+    around = [module for name, module in model.named_modules()
+              if name == "" or layer == name or layer.startswith(name + ".")]
+    for module in reversed(around):
+        verdict = _pools_cls(module)
+        if verdict is not None:
+            return verdict
+    return False
+
+
+def _pools_cls(module: nn.Module) -> bool | None:
+    """True / False when ``module`` is a transformer that does / does not classify from its CLS
+    token; None when it does not say."""
+    pool = getattr(module, "global_pool", None)
+    if isinstance(pool, str) and hasattr(module, "cls_token"):  # timm
+        return pool == "token" and getattr(module, "cls_token", None) is not None
+    pool = getattr(module, "pool_type", None)
+    if isinstance(pool, str) and hasattr(module, "class_embedding"):  # open_clip
+        return pool == "tok"
+    kind = type(module).__name__
+    if kind == "VisionTransformer" and hasattr(module, "class_token") and hasattr(module, "heads"):
+        return True  # torchvision: x[:, 0] -> heads
+    if kind in ("ViTForImageClassification", "DeiTForImageClassification"):
+        return True  # Hugging Face: the classifier reads sequence_output[:, 0]
+    return None
 
 
 def default_window(image_size: tuple[int, int]) -> int:

@@ -22,7 +22,7 @@ from .._validation import check_choice, check_image_ids, check_images, check_int
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, TopKSAE
 from ..concepts._checks import configured_factorizer
 from ..extraction._layers import get_layer
-from ..extraction._windows import default_window
+from ..extraction._windows import default_window, head_reads_cls
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
 from ..models._bundle import ModelBundle
@@ -179,20 +179,30 @@ class ConceptExplainer:
         or key of the class logits (``output="logits"`` for Hugging Face models, ``output=0``
         for ``(logits, aux)``).
     tokens
-        What ICE factorizes at a transformer layer. ``"patches"`` (default): the patch tokens.
+        What ICE factorizes at a transformer layer. ``"auto"`` (default): ``"cls"`` where the
+        transformer holding ``layer`` classifies from its CLS token
+        (:func:`~conceptkit.extraction.head_reads_cls`: timm ``global_pool="token"``,
+        torchvision's and Hugging Face's ViTs, open_clip ``pool_type="tok"``) and the
+        explanation is ICE with a pixel importance (the defaults); ``"patches"`` otherwise (and
+        on convolutional layers, where it changes nothing). :meth:`reads` resolves it; the
+        result's ``params["tokens"]`` says which was read. ``"patches"``: the patch tokens.
         ``"cls"``: the CLS token of every window of the image shown alone — for each patch
         cell, the image painted with its median colour outside a ``window`` × ``window`` square
         around the cell (:func:`conceptkit.extraction.cls_windows`) — a feature map of what
-        the token the head reads sees there. Use it when the patch tokens do not carry what the
-        model recognises (a textures ViT: its top concept sits on the part the model relies on
-        most in 1.00 of the classes against 0.50 with patch tokens, BENCHMARKS.md) and at the
-        last block of a CLS-pooled transformer, whose patch tokens never reach the output.
-        Costs one forward pass per window (the token grid's size per image). Needs
-        ``method="ice"`` and a pixel importance (``"pixel_ablation"``); maps are coefficient
-        or dominant maps.
+        the token the head reads sees there.
+        Why ``"cls"`` where the head reads it: on the three ViT ground-truth worlds (seeds 0-4,
+        BENCHMARKS.md) it misses issue 13's bar by 1.01 in all (worst world 0.58) against 2.52
+        (1.61) with patch tokens; on the textures ViT, whose patch tokens barely encode the
+        texture, the top concept sits on the part the model relies on most in 1.00 of the
+        classes against 0.50. It also explains the last block of a CLS-pooled transformer,
+        whose patch tokens never reach the output. What it costs: one forward pass per window
+        (the token grid's size per image), maps as coarse as the windows, pixel ablation as the
+        only importance, and no gradient or pixel maps, MACO pictures or naming by classes
+        (they need the patch tokens: pass ``tokens="patches"`` for them). Explicit ``"cls"``
+        needs ``method="ice"`` and a pixel importance.
     window
-        Side in pixels of the windows of ``tokens="cls"`` (default: a quarter of the shorter
-        image side).
+        Side in pixels of the windows when the CLS token is read (default: a quarter of the
+        shorter image side); an error where the patch tokens are read.
     """
 
     def __init__(self, model: nn.Module | ModelBundle, layer: str | None = None,
@@ -203,7 +213,7 @@ class ConceptExplainer:
                  n_designs: int = 32, importance_kwargs: dict | None = None,
                  method_kwargs: dict | None = None, model_name: str | None = None,
                  class_names: list[str] | None = None, output: int | str | None = None,
-                 tokens: str = "patches", window: int | None = None):
+                 tokens: str = "auto", window: int | None = None):
         bundle = as_bundle(model)
         if bundle is not None:
             model = bundle.model
@@ -259,17 +269,57 @@ class ConceptExplainer:
         if self.tokens == "cls":
             _check_cls_settings(self.method, self.importance)
         self._handle: ModelAtLayer | None = None
+        self._read: tuple[Any, str] | None = None  # (the settings it was resolved for, read)
 
     # ------------------------------------------------------------------ building blocks
     @property
     def model_at_layer(self) -> ModelAtLayer:
-        """The model cut at ``layer`` with the explainer's current settings (split once)."""
+        """The model cut at ``layer`` with the explainer's current settings (split once); it
+        reads what :meth:`reads` last resolved (``tokens="auto"`` unresolved: patch tokens)."""
+        return self._handle_reading(self._current_read())
+
+    def _settings(self) -> tuple:
+        return (id(self.model), self.layer, self.output, self.method, self.importance, self.tokens)
+
+    def _current_read(self) -> str:
+        if self.tokens != "auto":
+            return self.tokens
+        if self._read is not None and self._read[0] == self._settings():
+            return self._read[1]
+        return "patches"
+
+    def reads(self, images: torch.Tensor) -> str:
+        """What ICE reads at the layer with these settings: ``"patches"`` or ``"cls"`` (see
+        ``tokens``); ``tokens="auto"`` is resolved here, running the first of ``images`` when the
+        layer has not run yet (whether it gives tokens, and a CLS token among them)."""
+        if self.tokens != "auto":
+            return self.tokens
+        if self._read is not None and self._read[0] == self._settings():
+            return self._read[1]
+        read = "patches"
+        if (self.method == "ice" and self.importance in PIXEL_METHODS
+                and head_reads_cls(self.model, self.layer)):
+            handle = self._handle_reading("patches")
+            if handle.n_prefix is None:
+                handle._patch_activations(images[:1], progress=False)
+            if handle.token_layout is not None and handle.n_prefix:
+                read = "cls"
+        self._read = (self._settings(), read)
+        if read == "patches" and self.window is not None:
+            raise ValueError("`window` is the side of the windows whose CLS token is read; "
+                             "tokens='auto' reads the patch tokens here (the explanation is not "
+                             "ICE with a pixel importance at a layer of a transformer that "
+                             "classifies from its CLS token). Leave `window` out, or pass "
+                             "tokens='cls'.")
+        return read
+
+    def _handle_reading(self, read: str) -> ModelAtLayer:
         handle = self._handle
         if (handle is None or handle.model is not self.model or handle.layer != self.layer
-                or handle.output != self.output or handle.tokens != self.tokens
+                or handle.output != self.output or handle.tokens != read
                 or handle.window != self.window):
             handle = self._handle = ModelAtLayer(self.model, self.layer, output=self.output,
-                                                 tokens=self.tokens, window=self.window)
+                                                 tokens=read, window=self.window)
         handle.preprocess, handle.batch_size = self.preprocess, self.batch_size
         handle.device, handle.progress = self.device, self.progress
         return handle
@@ -289,8 +339,12 @@ class ConceptExplainer:
         """Feature maps ``(N, C, h, w)`` of ``images`` at the layer (one pass of ``g``).
 
         Transformer tokens come back as maps of the patch tokens; with ``with_context=True`` the
-        dropped CLS/register tokens ``(N, P, C)`` (or None) are returned too.
+        dropped CLS/register tokens ``(N, P, C)`` (or None) are returned too. Where ICE reads
+        the CLS token (:meth:`reads`), the maps are those of
+        :func:`~conceptkit.extraction.cls_windows` and the context is None.
         """
+        images = check_images(images, "images", pixels=True)
+        self.reads(images)
         return self.model_at_layer.activations(images, with_context)
 
     def _default_factorizer(self, images: torch.Tensor | None) -> Factorizer | None:
@@ -318,7 +372,17 @@ class ConceptExplainer:
 
         For ICE, ``activations`` (the images' feature maps) are reused instead of running ``g``.
         """
-        return self._discover(self._discovery(images), images, activations, probe=True)
+        images = check_images(images, "images", pixels=True)
+        read = self.reads(images)
+        bank = self._discover(self._discovery(images), images, activations, probe=True)
+        if read == "cls":
+            self._mark_cls(bank, images)
+        return bank
+
+    def _mark_cls(self, bank: ConceptBank, images: torch.Tensor) -> None:
+        """The bank says what its concepts are of (naming and maps refuse patch-token uses)."""
+        bank.params.update(tokens="cls", window=self.window if self.window is not None
+                           else default_window(tuple(images.shape[-2:])))
 
     def _discover(self, method: Any, images: torch.Tensor, activations: torch.Tensor | None,
                   probe: bool) -> ConceptBank:
@@ -356,6 +420,7 @@ class ConceptExplainer:
             class_name = self.class_names[class_id]
         timings: dict[str, float] = {}
         start = time.perf_counter()
+        read = self.reads(images)
         handle = self.model_at_layer
         handle.prepare(images)  # split now: fails early, before any heavy work, on an invalid cut
         method = self._discovery(images)
@@ -372,7 +437,7 @@ class ConceptExplainer:
             raise ValueError(f"`layer` {self.layer!r} gives activations of shape "
                              f"{tuple(acts.shape)}; conceptkit needs (N, C, h, w) or (N, C).")
 
-        if self.tokens == "patches":  # the CLS token is what the head reads: it reaches it
+        if read == "patches":  # the CLS token is what the head reads: it reaches it
             _check_reaches_output(handle, acts, context, images)
         elif bool((acts == acts[..., :1, :1]).all()):
             raise ValueError(f"`window` {self.window}: every window covers the whole image, so "
@@ -385,9 +450,8 @@ class ConceptExplainer:
 
         start = time.perf_counter()
         bank = self._discover(method, images, acts, probe=False)
-        if self.tokens == "cls":  # the bank says what its concepts are of (naming, maps refuse it)
-            bank.params.update(tokens="cls", window=self.window if self.window is not None
-                               else default_window(tuple(images.shape[-2:])))
+        if read == "cls":
+            self._mark_cls(bank, images)
         timings["discovery"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -407,8 +471,8 @@ class ConceptExplainer:
                   "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
                   "n_images": int(images.shape[0]),
                   "factorizer": _factorizer_name(bank),
-                  "layer_gives_tokens": handle.token_layout is not None, "tokens": self.tokens}
-        if self.tokens == "cls":
+                  "layer_gives_tokens": handle.token_layout is not None, "tokens": read}
+        if read == "cls":
             params["window"] = bank.params["window"]
         result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
                                bank=bank, importance=importance, images=images.detach().cpu(),
@@ -440,13 +504,13 @@ class ConceptExplainer:
 
 
 #: What ICE reads at a transformer layer (``ConceptExplainer(tokens=...)``).
-TOKEN_READS = ("patches", "cls")
+TOKEN_READS = ("auto", "patches", "cls")
 
 
 def _check_window(window: Any, tokens: str) -> int | None:
     if window is None:
         return None
-    if tokens != "cls":
+    if tokens == "patches":
         raise ValueError("`window` is the side of the windows whose CLS token is read with "
                          "tokens='cls'; pass tokens='cls' with it, or leave `window` out.")
     return check_int(window, "window", minimum=1)

@@ -59,6 +59,7 @@ class ModelAtLayer:
         self._h: nn.Module | None = None
         self._ran = False  # the layer has given activations (token_layout is then known)
         self.gives_tokens: bool | None = None  # the layer's output is 3-D, seen by prepare()
+        self.n_prefix: int | None = None  # CLS/register tokens before the patch tokens, once run
 
     @property
     def has_run(self) -> bool:
@@ -168,6 +169,7 @@ class ModelAtLayer:
             desc=desc)
         maps = extractor(images)
         self._ran = True
+        self.n_prefix = 0 if extractor.prefix_ is None else int(extractor.prefix_.shape[1])
         if extractor.prefix_ is not None:
             self.token_layout = extractor.token_layout_
         return (maps, extractor.prefix_) if with_context else maps

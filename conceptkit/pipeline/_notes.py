@@ -98,32 +98,35 @@ def _enumerate(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-#: What the ground-truth worlds measured for explanations of transformer tokens (issue 13;
+#: What the ground-truth worlds measured for explanations of patch tokens (issue 13;
 #: BENCHMARKS.md, "A sparse autoencoder on transformer tokens": ICE with the token factorizer,
-#: coefficient maps, pixel ablation, the shapes and context worlds' ViTs, seeds 0-4; and "A
-#: textures ViT the defaults were not chosen on", seeds 0-2), said on every explanation of tokens.
+#: coefficient maps, pixel ablation, the shapes and context worlds' ViTs, seeds 0-4; "A textures
+#: ViT the defaults were not chosen on", seeds 0-2; "Through the CLS token", seeds 0-4), said on
+#: every explanation of patch tokens.
 TOKEN_LIMITATION = (
-    "This layer gives transformer tokens. On conceptkit's two ViT ground-truth worlds the "
-    "default explanation put the top concept on a part the model relies on most in 0.90 and "
-    "1.00 of the classes (parts whose reliance the images cannot tell apart count alike), "
-    "pointing at it in 0.88 and 0.95 of the images; its order of the other concepts followed "
-    "the model's measured reliance less closely than on convolutional layers (Spearman 0.62 "
-    "and 0.74, against 0.76-0.90 on the convolutional worlds). Trust the top concept more than "
-    "the ranking of the rest. On a textures ViT the defaults were not chosen on, whose patch "
-    "tokens barely encode which texture they show (the CLS token does), the top concept was on "
-    "the most relied-on texture in only 0.67 of the classes and the Spearman was 0.29: concepts "
-    "of the tokens cannot point at what the tokens do not hold (BENCHMARKS.md). Explaining "
-    "through the CLS token instead (tokens='cls') put it there in 1.00 of the classes of that "
-    "world's 95.8 % ViT (Spearman 0.71, against 0.50 and 0.15 here; seeds 0-4) and, over the "
-    "three ViT models, fell short of issue 13's bar by less (1.01 against 2.52); it costs a "
-    "forward pass per patch of every image and only pixel ablation scores it. Try it when the "
-    "top concept does not sit on anything the model could use.")
+    "This layer gives transformer tokens. This explanation read the patch tokens. On "
+    "conceptkit's shapes and context ViT worlds, explanations of patch tokens put the top "
+    "concept on a part the model relies on most in 0.90 and 1.00 of the classes (parts whose "
+    "reliance the images cannot tell apart count alike), pointing at it in 0.88 and 0.95 of "
+    "the images; their order of the other concepts followed the model's measured reliance less "
+    "closely than on convolutional layers (Spearman 0.62 and 0.74, against 0.76-0.90 on the "
+    "convolutional worlds). Trust the top concept more than the ranking of the rest. On the "
+    "textures world's ViT, whose patch tokens barely encode which texture they show (the CLS "
+    "token does), the top concept was on the most relied-on texture in only 0.67 of the "
+    "classes and the Spearman was 0.29: concepts of the tokens cannot point at what the tokens "
+    "do not hold (BENCHMARKS.md). Explaining through the CLS token instead put it there in "
+    "1.00 of the classes of that world (Spearman 0.71, against 0.50 and 0.15; seeds 0-4) and, "
+    "over the three ViT worlds, fell short of issue 13's bar by less (1.01 against 2.52). It "
+    "is what tokens='auto' (the default) reads on a transformer that classifies from its CLS "
+    "token when the explanation is ICE with pixel ablation; pass tokens='cls' to ask for it.")
 
 #: The note on every explanation made with ``tokens="cls"``.
 CLS_NOTE = (
     "These concepts are of the CLS token each window of the image gives when shown alone "
-    "(tokens='cls'): their maps are as coarse as the windows (a concept's code spreads over "
-    "its window), and only pixel ablation scores them. On the three ViT ground-truth models "
+    "(what tokens='auto', the default, reads on a transformer that classifies from its CLS "
+    "token): their maps are as coarse as the windows (a concept's code spreads over its "
+    "window), and only pixel ablation scores them; pass tokens='patches' for Sobol or gradient "
+    "importances, gradient or pixel maps, MACO pictures or naming by classes. On the three ViT ground-truth models "
     "(seeds 0-4) the top concept sat on the part the model relies on most in 0.73, 0.95 and "
     "1.00 of the classes (shapes, context, and a textures ViT whose patch tokens barely "
     "encode the texture), against 0.70, 0.95 and 0.50 with patch tokens; Spearman with the "

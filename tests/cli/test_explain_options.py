@@ -110,9 +110,10 @@ def test_world_models_by_name_with_their_class_names(shape_images, tmp_path, cap
 
 
 def test_a_vit_last_block_through_its_cls_token_from_the_command_line(tmp_path, capsys):
-    """``--tokens cls`` explains the shapes ViT's last block (its patch tokens are refused there,
-    with an error that now points to ``--tokens cls``); settings the path cannot honour are one
-    ``error:`` line in the command line's terms."""
+    """The shapes ViT's last block is explained through its CLS token by default (``--tokens
+    auto``) and with ``--tokens cls``; its patch tokens are refused there, with an error that
+    points to ``--tokens cls``; settings the path cannot honour are one ``error:`` line in the
+    command line's terms."""
     from conceptkit.datasets import load_world
 
     data = load_world("shapes").sample(6, seed=0, split="test")
@@ -123,13 +124,19 @@ def test_a_vit_last_block_through_its_cls_token_from_the_command_line(tmp_path, 
         Image.fromarray(pixels).save(folder / f"img_{i}.png")
     common = ["--model", "world:shapes:vit", "--layer", "blocks.3", "--images", str(folder),
               "--class", "0"]
-    code, _, err = run([*common, "--out", str(tmp_path / "patches")], capsys)
+    code, _, err = run([*common, "--tokens", "patches", "--out", str(tmp_path / "patches")],
+                       capsys)
     assert code == 2 and "--tokens cls" in err and "--layer blocks.2" in err
     code, printed, err = run([*common, "--tokens", "cls", "--out", str(tmp_path / "cls")], capsys)
     assert code == 0, err
     saved = conceptkit.load(tmp_path / "cls" / "explanation.safetensors")
     assert saved.params["tokens"] == "cls" and saved.params["window"] == 16
     assert saved.importances.max() > 0.5  # a region whose removal takes the class away
+    code, printed, err = run([*common, "--out", str(tmp_path / "auto")], capsys)
+    assert code == 0, err
+    by_default = conceptkit.load(tmp_path / "auto" / "explanation.safetensors")
+    assert by_default.params["tokens"] == "cls"
+    np.testing.assert_array_equal(by_default.importances, saved.importances)
     code, _, err = run([*common, "--tokens", "cls", "--importance", "sobol", "--out",
                         str(tmp_path / "x")], capsys)
     assert code == 2 and err.count("error:") == 1 and "--importance pixel_ablation" in err

@@ -250,8 +250,8 @@ def test_default_explanation_meets_the_bar(name):
 
 def test_default_maps_of_a_vit_sit_on_the_parts_and_rank_better_than_pixel_maps():
     """Why ``kind="auto"`` is coefficient maps on transformer tokens: on the shapes world's ViT
-    (seed 0, classes 0-2, 30 test images each) the default explanation (no factorizer given: the
-    token autoencoder) has its top concept on the most relied-on part of every class, pointing
+    (seed 0, classes 0-2, 30 test images each) the default explanation of its patch tokens (no
+    factorizer given: the token autoencoder) has its top concept on the most relied-on part of every class, pointing
     at it in every image, and ranks the concepts as the model relies on them (measured Spearman
     0.903). Pixel maps of the same concepts, differentiated through attention, find the parts
     too since their image codes are the mean of the tokens' codes (tie-aware top concept 3 of 3;
@@ -269,7 +269,7 @@ def test_default_maps_of_a_vit_sit_on_the_parts_and_rank_better_than_pixel_maps(
         for c in (0, 1, 2):
             rows = data.labels == c
             explainer = conceptkit.ConceptExplainer(  # the default factorizer: TopKSAE here
-                model, layer, seed=0, progress=False,
+                model, layer, seed=0, progress=False, tokens="patches",
                 importance_kwargs=None if kind == "auto" else {"kind": "pixel"})
             fits[c] = explainer.fit(data.images[rows], c)
         assert fits[0].importance.params["maps"] == ("coefficient" if kind == "auto" else "pixel")

@@ -110,14 +110,14 @@ def test_the_last_block_of_a_cls_pooled_vit_is_explained_through_its_cls_token(i
 
 def test_the_patch_token_error_at_the_last_block_points_to_the_cls_path(images):
     with pytest.raises(ValueError, match="tokens='cls'"):
-        ConceptExplainer(tiny_vit(), "blocks.2", n_concepts=3, seed=0,
+        ConceptExplainer(tiny_vit(), "blocks.2", n_concepts=3, seed=0, tokens="patches",
                          progress=False).fit(images, 0)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"tokens": "cls", "method": "craft"}, "method='ice'"),
     ({"tokens": "cls", "importance": "sobol"}, "importance='pixel_ablation'"),
-    ({"window": 12}, "tokens='cls'"),
+    ({"tokens": "patches", "window": 12}, "tokens='cls'"),
     ({"tokens": "cls", "window": 0}, "window"),
     ({"tokens": "CLS"}, "tokens"),
 ])
@@ -186,3 +186,70 @@ def test_a_window_covering_the_whole_image_from_every_cell_is_refused(images):
     with pytest.raises(ValueError, match=r"`window` 64: every window covers the whole image"):
         ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, tokens="cls", window=64, seed=0,
                          progress=False).fit(images, 0)
+
+
+def test_auto_reads_the_cls_token_where_the_head_reads_it_and_the_patch_tokens_elsewhere(images):
+    """``tokens="auto"`` (the default) is the CLS path for ICE with a pixel importance on a
+    transformer that classifies from its CLS token, giving the same explanation as
+    ``tokens="cls"``; the patch tokens for any other importance or method, for an average-pooled
+    transformer, and at a convolutional layer."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = tiny_vit()
+    auto = ConceptExplainer(model, "blocks.1", n_concepts=3, seed=0, progress=False)
+    assert auto.tokens == "auto" and auto.reads(images) == "cls"
+    by_default = auto.fit(images, 0)
+    asked = ConceptExplainer(model, "blocks.1", n_concepts=3, seed=0, tokens="cls",
+                             progress=False).fit(images, 0)
+    assert by_default.params["tokens"] == "cls" and by_default.params["window"] == 8
+    assert by_default.bank.params["tokens"] == "cls"
+    np.testing.assert_array_equal(by_default.importances, asked.importances)
+    torch.testing.assert_close(by_default.activations, asked.activations, rtol=0, atol=0)
+    for kwargs in ({"importance": "sobol"}, {"importance": "gradient_input"},
+                   {"method": "craft", "n_concepts": 2}):
+        explainer = ConceptExplainer(model, "blocks.1", seed=0, progress=False,
+                                     **{"n_concepts": 3, **kwargs})
+        assert explainer.reads(images) == "patches", kwargs
+    torch.manual_seed(0)
+    pooled = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+                               num_classes=3, global_pool="avg").eval()
+    result = ConceptExplainer(pooled, "blocks.1", n_concepts=3, seed=0,
+                              progress=False).fit(images, 0)
+    assert result.params["tokens"] == "patches" and result.params["layer_gives_tokens"]
+    # a window where the patch tokens are read cannot be honoured: an error naming it
+    with pytest.raises(ValueError, match="`window`.*tokens='cls'"):
+        ConceptExplainer(pooled, "blocks.1", n_concepts=3, window=8, progress=False).fit(images, 0)
+    # the resolution follows the settings when they change
+    auto.importance = "sobol"
+    assert auto.reads(images) == "patches"
+    auto.importance = "pixel_ablation"
+    assert auto.reads(images) == "cls"
+
+
+def test_head_reads_cls_knows_the_common_transformers():
+    import torchvision
+    from timm.models.vision_transformer import VisionTransformer
+    from torch import nn
+
+    from conceptkit.extraction import head_reads_cls
+
+    def vit(pool):
+        return VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2,
+                                 num_classes=3, global_pool=pool)
+
+    assert head_reads_cls(vit("token"), "blocks.0")
+    assert not head_reads_cls(vit("avg"), "blocks.0")
+    assert not head_reads_cls(VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2,
+                                                num_heads=2, num_classes=3, class_token=False,
+                                                global_pool="avg"), "blocks.0")
+    wrapped = nn.Sequential(nn.Identity(), vit("token"))  # e.g. a normalisation in front
+    assert head_reads_cls(wrapped, "1.blocks.0")
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                              num_heads=2, hidden_dim=16, mlp_dim=32,
+                                              num_classes=3)
+    assert head_reads_cls(tv, "encoder.layers.encoder_layer_0")
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    assert not head_reads_cls(cnn, "0")
+    with pytest.raises(ValueError, match="layer"):
+        head_reads_cls(cnn, "nope")

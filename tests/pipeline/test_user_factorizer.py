@@ -142,7 +142,7 @@ def test_an_explanation_of_tokens_says_what_the_vit_worlds_measured(tmp_path):
     after a save and load), and on no explanation of a convolutional layer."""
     from conceptkit.pipeline._notes import TOKEN_LIMITATION
 
-    vit = conceptkit.ConceptExplainer(_tiny_vit(), "blocks.0", 3, seed=0,
+    vit = conceptkit.ConceptExplainer(_tiny_vit(), "blocks.0", 3, seed=0, tokens="patches",
                                       progress=False).fit(VIT_IMAGES, 1)
     assert vit.params["layer_gives_tokens"] and TOKEN_LIMITATION in vit.notes()
     assert "Spearman 0.62 and 0.74" in TOKEN_LIMITATION and "0.67 of the classes" in TOKEN_LIMITATION
