@@ -188,6 +188,7 @@ def captum_protocol(gradients: np.ndarray, concepts: dict[str, np.ndarray],
 VARIANTS: dict[str, dict] = {
     "conceptkit pooled (default)": {"space": "pooled"},
     "conceptkit flat": {"space": "flat"},
+    "conceptkit cls": {"space": "cls"},
     "conceptkit pooled, classic": {"space": "pooled", **CLASSIC_TCAV},
     "conceptkit flat, classic": {"space": "flat", **CLASSIC_TCAV},
 }
@@ -254,6 +255,8 @@ def run(worlds, n_class, n_examples, n_runs, seed, variants=None, log=print) -> 
         for label, kwargs in variants.items():
             if tokens and kwargs.get("space") == "pooled":
                 continue   # transformer tokens: pooled space needs maps; flat space is the one
+            if not tokens and kwargs.get("space") == "cls":
+                continue   # cls space reads a transformer's CLS token
             t0 = time.perf_counter()
             per_variant[label] = [conceptkit_variant(data["h"], c, data["concepts"],
                                                      data["randoms"], seed, **kwargs)

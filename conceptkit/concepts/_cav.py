@@ -14,8 +14,11 @@ it makes concept sets of any spatial size comparable, and it keeps the classifie
 then applied at every position of the class activations (see
 :func:`conceptkit.importance.directional_derivatives`). ``space="flat"`` flattens maps to
 ``(n, C*h*w)`` in channel-major order, as tensorflow/tcav and Captum do; it requires every set to
-share the spatial size of the class activations. Activations that are already vectors ``(n, D)``
-are used as they are in either space.
+share the spatial size of the class activations. ``space="cls"`` takes transformer tokens
+``(n, T, C)`` (batch first, the CLS token first, as timm gives them) and keeps the CLS token: a
+CAV of what the token a CLS-pooled transformer classifies from holds, wherever the concept images
+show the concept; TCAV then moves only that token along it. Activations that are already vectors
+``(n, D)`` are used as they are in every space.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from sklearn.svm import SVC
 
 from .._validation import check_choice, check_float, describe, make_rng, to_numpy
 
-SPACES = ("pooled", "flat")
+SPACES = ("pooled", "flat", "cls")
 CLASSIFIERS = ("sgd", "logistic", "mean_difference")
 
 
@@ -74,6 +77,7 @@ def activation_features(activations: Any, name: str, space: str, *,
     """Validate a set of activations and return its rows in CAV space, float64 ``(n, D)``.
 
     Maps ``(n, C, h, w)`` are averaged over positions (``"pooled"``) or flattened (``"flat"``);
+    tokens ``(n, T, C)`` are flattened (``"flat"``) or give their first (CLS) token (``"cls"``);
     vectors ``(n, D)`` pass through unchanged. ``dim`` is the D that the caller expects.
     """
     if isinstance(activations, (list, tuple)):
@@ -85,7 +89,13 @@ def activation_features(activations: Any, name: str, space: str, *,
     array = to_numpy(activations)
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise TypeError(f"`{name}` must hold real numbers; got dtype {array.dtype}.")
-    if array.ndim == 4:
+    if space == "cls" and array.ndim != 2:
+        if array.ndim != 3:
+            raise ValueError(f"`{name}` has shape {array.shape}: cls space needs transformer "
+                             "tokens (n, T, C) whose first token is the CLS token, or vectors "
+                             "(n, D); use space='pooled' or 'flat' for maps.")
+        array = array[:, 0, :]
+    elif array.ndim == 4:
         if space == "pooled":
             array = array.mean(axis=(2, 3))
         else:
@@ -228,9 +238,10 @@ def compute_cav(concept_activations: Any, random_activations: Any, *, classifier
         linear SVM), the default of tensorflow/tcav and Captum. ``"logistic"``:
         ``LogisticRegression``. ``"mean_difference"``: the difference of the two training means,
         with the boundary at their midpoint (cheap and stable, as in FastCAV).
-    space : {"pooled", "flat"}
+    space : {"pooled", "flat", "cls"}
         ``"pooled"`` averages maps over positions, ``(n, C)``; ``"flat"`` flattens them,
-        ``(n, C*h*w)``. See the module notes.
+        ``(n, C*h*w)``; ``"cls"`` keeps the CLS token of transformer tokens ``(n, T, C)``,
+        ``(n, C)``. See the module notes.
     seed : int, np.random.Generator or None
         Drives the class balancing, the split and the SGD shuffling.
     test_size : float

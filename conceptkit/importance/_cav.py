@@ -43,6 +43,10 @@ def logit_gradients(h: Any, activations: Any, class_id: int, *, space: str = "po
     if activations.ndim not in (2, 4) and space == "pooled":
         raise ValueError(f"`{name}` must have shape (n, C, h, w) or (n, D) in pooled space; "
                          f"got shape {tuple(activations.shape)}.")
+    if activations.ndim not in (2, 3) and space == "cls":
+        raise ValueError(f"`{name}` must be transformer tokens (n, T, C) with the CLS token "
+                         f"first, or vectors (n, D), in cls space; got shape "
+                         f"{tuple(activations.shape)}.")
     if activations.ndim < 2 or activations.shape[0] == 0:
         raise ValueError(f"`{name}` must be a non-empty batch (n, ...); "
                          f"got shape {tuple(activations.shape)}.")
@@ -70,6 +74,8 @@ def logit_gradients(h: Any, activations: Any, class_id: int, *, space: str = "po
             (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch)
             if grad.ndim == 4 and space == "pooled":
                 grad = grad.sum(dim=(2, 3))
+            elif grad.ndim == 3 and space == "cls":
+                grad = grad[:, 0]  # moving the CLS token alone; the patch tokens stay
             chunks.append(grad.reshape(grad.shape[0], -1).detach().to("cpu", torch.float64))
     return torch.cat(chunks).numpy()
 

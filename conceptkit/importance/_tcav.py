@@ -279,7 +279,10 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         asks whether adding the concept *anywhere* (every position moves along the CAV) raises
         the class; flat space asks it for the concept *where the concept images show it*
         (positions matter; every set must share the class activations' spatial size). Transformer
-        tokens need flat space.
+        tokens need flat space or ``"cls"``: the CLS token of tokens ``(n, T, C)`` (timm's
+        layout), the CAV fitted on it and the logit differentiated with respect to it alone —
+        whether the concept, wherever the concept images show it, raises the class through the
+        token a CLS-pooled transformer classifies from.
     statistic : {"magnitude", "sign_count"}
         What is tested: the mean directional derivative (how much the logit rises along the
         CAV), or the fraction of class inputs where it rises (the TCAV score). Behind a linear

@@ -140,7 +140,8 @@ def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,
     Notes
     -----
     Transformer layers give tokens ``(N, T, C)``, which ``h`` takes as they are; use
-    ``space="flat"`` for them (pooled space needs maps ``(N, C, h, w)`` or vectors).
+    ``space="flat"`` or ``space="cls"`` for them (pooled space needs maps ``(N, C, h, w)`` or
+    vectors).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
@@ -154,7 +155,8 @@ def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,
     if class_activations.ndim == 3 and tcav_kwargs.get("space", "pooled") == "pooled":
         raise ValueError(f"`layer` {extractor.layer!r} gives tokens of shape "
                          f"{tuple(class_activations.shape)}; pooled space needs maps "
-                         "(N, C, h, w) or vectors (N, D). Pass space='flat'.")
+                         "(N, C, h, w) or vectors (N, D). Pass space='flat' (or 'cls' for "
+                         "the CLS token of a CLS-pooled transformer).")
     concepts = {name: _extract(extractor, images, f"concept_images[{name!r}]")
                 for name, images in concept_images.items()}
     if isinstance(random_images, (list, tuple)):

@@ -21,7 +21,7 @@ from scipy import stats
 from sklearn.linear_model import SGDClassifier
 from torch import nn
 
-from conceptkit.concepts._cav import CAV, balanced_split, compute_cav
+from conceptkit.concepts._cav import CAV, activation_features, balanced_split, compute_cav
 from conceptkit.importance import directional_derivatives
 from conceptkit.importance._tcav import (
     CLASSIC_TCAV,
@@ -201,6 +201,41 @@ def test_flat_directional_derivative_of_linear_head_is_closed_form():
     cav = compute_cav(maps(rng, 20, D1), maps(rng, 20), space="flat", seed=0)
     got = directional_derivatives(lambda a: a.flatten(1) @ matrix.T, activations, cav, 1)
     np.testing.assert_allclose(got, np.full(5, matrix[1].numpy() @ cav.vector), rtol=1e-10)
+
+
+def test_cls_space_reads_the_first_token_and_moves_it_alone():
+    """``space="cls"``: the CAV is fitted on the first (CLS) token of tokens ``(n, T, C)``, and
+    the directional derivative moves that token alone. Head: logit k = CLS token . a_k +
+    (mean of the other tokens) . b_k, so the derivative along v is a_k . v (closed form), and
+    a concept shown only in the other tokens gives a CAV of pure noise."""
+    rng = np.random.default_rng(12)
+    a, b = torch.tensor(rng.normal(size=(2, C))), torch.tensor(rng.normal(size=(2, C)))
+
+    def head(tokens):
+        return tokens[:, 0] @ a.T + tokens[:, 1:].mean(1) @ b.T
+
+    def tokens(n, cls_shift=0.0, patch_shift=0.0):
+        x = rng.normal(size=(n, 5, C))
+        x[:, 0] += cls_shift
+        x[:, 1:] += patch_shift
+        return x
+
+    cav = compute_cav(tokens(30, cls_shift=5 * D1), tokens(30), space="cls",
+                      classifier="mean_difference", seed=0)
+    assert cav.space == "cls" and cav.vector.shape == (C,) and cav.vector @ D1 > 0.9
+    assert cav.accuracy >= 0.95
+    got = directional_derivatives(head, tokens(6), cav, class_id=1)
+    np.testing.assert_allclose(got, np.full(6, float(a[1].numpy() @ cav.vector)), rtol=1e-10)
+    # what only the patch tokens show is not in the CLS token's space
+    elsewhere = compute_cav(tokens(30, patch_shift=5 * D1), tokens(30), space="cls",
+                            classifier="mean_difference", seed=0)
+    assert elsewhere.accuracy <= 0.7  # the CLS tokens of the two sets cannot be told apart
+    # vectors pass through; maps are refused with the reason
+    np.testing.assert_array_equal(activation_features(np.ones((3, C)), "x", "cls"), np.ones((3, C)))
+    with pytest.raises(ValueError, match="cls space needs transformer tokens"):
+        activation_features(maps(rng, 3), "x", "cls")
+    with pytest.raises(ValueError, match="in cls space"):
+        directional_derivatives(head, maps(rng, 3), cav, class_id=0)
 
 
 def test_directional_derivative_matches_finite_difference_and_restores_model():
