@@ -114,7 +114,8 @@ class ConceptAtlas:
             patch_size=patch_size,
             factorizer=factorizer, batch_size=batch_size, device=device, seed=seed,
             progress=progress, preprocess=preprocess, n_designs=n_designs,
-            importance_kwargs=importance_kwargs, method_kwargs=method_kwargs, model_name=model_name)
+            importance_kwargs=importance_kwargs, method_kwargs=method_kwargs, model_name=model_name,
+            tokens="patches")  # an atlas reads a transformer layer's patch tokens
         self.class_names = class_names
         self.max_inputs_per_class = (None if max_inputs_per_class is None else
                                      check_int(max_inputs_per_class, "max_inputs_per_class",

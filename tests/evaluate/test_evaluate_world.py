@@ -311,7 +311,7 @@ def test_the_default_explanation_of_the_textures_vit_reads_its_cls_token_and_fin
     recognises the textures in its CLS token, not in its patch tokens. On classes 0 and 1
     (seed 0, 12 test images each) the default explanation reads the CLS token and its top
     concept sits on the texture the model relies on most in both classes; the same
-    explanation of the patch tokens does not (measured in the comment below)."""
+    explanation of the patch tokens does not (measured numbers below)."""
     import conceptkit
     from conceptkit.datasets import load_world
 
@@ -327,5 +327,8 @@ def test_the_default_explanation_of_the_textures_vit_reads_its_cls_token_and_fin
         if tokens == "auto":
             assert {f.params["tokens"] for f in fits.values()} == {"cls"}
     cls, patches = summaries["auto"], summaries["patches"]
-    assert cls["top_on_most_relied"] == 1.0 and cls["top_pointing"] >= TEXTURES_VIT_CLS_POINTING
-    assert patches["top_on_most_relied"] <= 0.5
+    # measured: CLS 1.00 / 0.83 / 0.77 (top on most relied / top PG / Spearman), patch tokens
+    # 0.50 / 0.50 / 0.39
+    assert cls["top_on_most_relied"] == 1.0 and cls["top_pointing"] >= 0.8
+    assert cls["spearman"] >= 0.7
+    assert patches["top_on_most_relied"] <= 0.5 and patches["spearman"] <= 0.5
