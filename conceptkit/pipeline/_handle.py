@@ -137,7 +137,8 @@ class ModelAtLayer:
         if self.tokens == "cls":
             raise ValueError("no part of the model reads the CLS feature maps of tokens='cls' "
                              "(the rest of the model takes patch tokens): importances and "
-                             "metrics through `h` do not apply; pixel ablation does.")
+                             "metrics through `h` do not apply; pixel ablation does. For them, "
+                             "explain with tokens='patches'.")
         return TokenHead(self.h, self.token_layout) if self.token_layout else self.h
 
     def activations(self, images: torch.Tensor, with_context: bool = False, *,

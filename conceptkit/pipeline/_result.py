@@ -228,8 +228,10 @@ class ClassConcepts:
             kind = self._auto_kind(images)
         if self.params.get("tokens") == "cls" and kind in ("gradient", "pixel", "scale_matched"):
             raise ValueError(f"`kind` {kind!r} differentiates the layer's patch tokens; this "
-                             f"explanation's concepts are of CLS tokens (tokens='cls'), whose "
-                             f"maps are of kind 'coefficient', 'dominant' or 'provenance'.")
+                             f"explanation's concepts are of CLS tokens (tokens='cls', the "
+                             f"default on a transformer that classifies from its CLS token), "
+                             f"whose maps are of kind 'coefficient', 'dominant' or 'provenance'. "
+                             f"For {kind} maps, explain with tokens='patches'.")
         if kind == "scale_matched":
             return self._scale_matched(self.images if images is None else images, size)
         if kind == "provenance":
