@@ -15,11 +15,13 @@ def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
     import torch.nn.functional as F
 
     prov = bank.provenance
+    boxes = _window_boxes(bank) if prov.kind == "position" else None
+    boxes = prov.boxes if boxes is None else boxes
     out = []
     fill = float(prov.extra.get("fill", 117 / 255))
     for row in rows:
         image = images[prov.image_ids[row]].float()
-        y0, x0, y1, x1 = prov.boxes[row]
+        y0, x0, y1, x1 = boxes[row]
         patch = image[:, y0:y1, x0:x1]
         if prov.kind == "segment":
             mask = torch.from_numpy(prov.masks([row])[0][y0:y1, x0:x1])
@@ -28,3 +30,21 @@ def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
         out.append(F.interpolate(patch[None], size=(side, side), mode="bilinear",
                                  align_corners=False)[0])
     return torch.stack(out).clamp(0, 1)
+
+
+def _window_boxes(bank: ConceptBank) -> np.ndarray | None:
+    """For concepts of CLS tokens (``tokens="cls"``) the whole window each position's code was
+    read from, kept at its full size inside the image (the window, not the patch cell, is what
+    the code describes); None for other banks."""
+    params = getattr(bank, "params", None) or {}
+    prov = bank.provenance
+    if params.get("tokens") != "cls" or prov.cells is None or prov.grid is None:
+        return None
+    height, width = prov.source_size
+    rows, cols = prov.grid
+    window = min(int(params["window"]), height, width)
+    cy = (prov.cells[:, 0] + 0.5) * height / rows
+    cx = (prov.cells[:, 1] + 0.5) * width / cols
+    y0 = np.clip(np.round(cy - window / 2), 0, height - window).astype(np.int64)
+    x0 = np.clip(np.round(cx - window / 2), 0, width - window).astype(np.int64)
+    return np.stack([y0, x0, y0 + window, x0 + window], axis=1)

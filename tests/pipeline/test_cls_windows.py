@@ -253,3 +253,23 @@ def test_head_reads_cls_knows_the_common_transformers():
     assert not head_reads_cls(cnn, "0")
     with pytest.raises(ValueError, match="layer"):
         head_reads_cls(cnn, "nope")
+
+
+def test_exemplars_of_cls_concepts_show_the_window_the_code_was_read_from(images):
+    """A CLS-token position's code describes its whole window, so exemplars are the windows
+    (kept at full size inside the image), not the patch cells."""
+    result = ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, seed=0, tokens="cls",
+                              window=16, progress=False).fit(images, 0)
+    prov = result.bank.provenance
+    rows = result.bank.top_rows(0, 4)
+    examples, ids = result.top_examples(0, 4)
+    assert examples.shape == (4, 3, 16, 16)
+    for example, row in zip(examples, rows):
+        i, j = (int(v) for v in prov.cells[row])
+        y0 = min(max(round((i + 0.5) * 8 - 8), 0), 16)  # the window's centre, kept inside 32 px
+        x0 = min(max(round((j + 0.5) * 8 - 8), 0), 16)
+        source = images[prov.image_ids[row]][:, y0:y0 + 16, x0:x0 + 16]
+        torch.testing.assert_close(example, source, rtol=0, atol=1e-6)
+    patches = ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, seed=0, tokens="patches",
+                               progress=False).fit(images, 0)
+    assert patches.top_examples(0, 2)[0].shape[-1] == 8  # patch tokens: the cell
