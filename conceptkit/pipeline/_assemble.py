@@ -125,7 +125,8 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
         notes=[*cc.notes(), *notes],
-        timings=dict(cc.timings), maps_kind=maps_kind)
+        timings=dict(cc.timings), maps_kind=maps_kind,
+        maps_read="cls" if (cc.params or {}).get("tokens") == "cls" else "")
 
 
 def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: bool = False,

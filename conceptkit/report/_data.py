@@ -206,6 +206,10 @@ class ClassReport:
     maps_kind : str
         The kind of ``maps`` (``"pixel"``, ``"coefficient"``, ...), named in their caption and
         in ``report.json``; ``""`` if unknown.
+    maps_read : str
+        What each position of the maps holds: ``""`` (the layer's activations there) or
+        ``"cls"`` (the CLS token of the window around it, ``tokens="cls"``); said in the
+        maps' caption.
     """
 
     class_id: int
@@ -224,6 +228,7 @@ class ClassReport:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     maps_kind: str = ""
+    maps_read: str = ""
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -232,6 +237,8 @@ class ClassReport:
             put(self, name, _string(getattr(self, name), name))
         if not isinstance(self.maps_kind, str):
             raise TypeError(f"`maps_kind` must be a str; got {describe(self.maps_kind)}.")
+        if self.maps_read not in ("", "cls"):
+            raise ValueError(f"`maps_read` must be '' or 'cls'; got {describe(self.maps_read)}.")
         concepts = self.concepts
         if not isinstance(concepts, (list, tuple)) or not concepts:
             raise ValueError(f"`concepts` must be a non-empty list of ConceptSummary; "

@@ -135,7 +135,7 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
             report.images, report.maps, labels, image_ids=report.image_ids, n_concepts=m,
             percentile=opts["percentile"], mode=opts["overlay_mode"]), dpi), "overlays.png",
             f"Where the top {m} concepts sit in {report.images.shape[0]} class images"
-            f"{_kind_words(report.maps_kind)}: each map is "
+            f"{_kind_words(report.maps_kind, report.maps_read)}: each map is "
             f"zeroed below its {format_number(opts['percentile'])}th percentile and painted in its "
             f"concept's colour."),
         Picture("heatmaps", "Where each concept sits", figure_png(plot_concept_heatmaps(
@@ -178,6 +178,7 @@ def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, 
         "class_id": report.class_id, "class_name": report.class_name, "method": report.method,
         "importance_method": report.importance_method, "layer": report.layer,
         "model_name": report.model_name, "maps_kind": report.maps_kind or None,
+        "maps_read": report.maps_read or None,
         "n_concepts": report.n_concepts,
         "n_images": int(report.per_image_importance.shape[0]),
         "n_code_rows": int(report.codes.shape[0]),
@@ -201,10 +202,21 @@ MAP_KIND_WORDS = {
 }
 
 
-def _kind_words(kind: str) -> str:
+#: How map kinds read when each position holds the CLS token of the window around it.
+CLS_MAP_KIND_WORDS = {
+    "coefficient": ("coefficient maps: the concept's code in the CLS token of the image shown "
+                    "only in a window around each position"),
+    "dominant": ("dominant-concept maps: the concept's code in the CLS token of the window "
+                 "around each position where, relative to each concept's scale, it is the "
+                 "strongest concept"),
+}
+
+
+def _kind_words(kind: str, read: str = "") -> str:
     if not kind:
         return ""
-    return f" ({MAP_KIND_WORDS.get(kind, f'{kind} maps')})"
+    words = CLS_MAP_KIND_WORDS.get(kind) if read == "cls" else None
+    return f" ({words or MAP_KIND_WORDS.get(kind, f'{kind} maps')})"
 
 
 def _extra_text(extra: dict) -> str:

@@ -273,3 +273,23 @@ def test_exemplars_of_cls_concepts_show_the_window_the_code_was_read_from(images
     patches = ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, seed=0, tokens="patches",
                                progress=False).fit(images, 0)
     assert patches.top_examples(0, 2)[0].shape[-1] == 8  # patch tokens: the cell
+
+
+def test_the_report_of_cls_concepts_says_what_its_maps_hold(images, tmp_path):
+    import json
+
+    result = ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, seed=0, tokens="cls",
+                              progress=False).fit(images, 0)
+    page = result.report(tmp_path / "cls", n_images=2)
+    html = open(page, encoding="utf-8").read()
+    assert "code in the CLS token of the image shown only in a window" in html
+    data = json.loads((tmp_path / "cls" / "class-0" / "report.json").read_text())
+    assert data["maps_read"] == "cls" and data["maps_kind"] == "coefficient"
+    loaded = load(result.save(tmp_path / "cls.safetensors"))
+    assert "CLS token of the image" in open(loaded.report(tmp_path / "again", n_images=2),
+                                            encoding="utf-8").read()
+    patches = ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, seed=0, tokens="patches",
+                               progress=False).fit(images, 0)
+    html = open(patches.report(tmp_path / "patches", n_images=2), encoding="utf-8").read()
+    assert "CLS token of the image" not in html
+    assert "code at each position of the layer" in html
