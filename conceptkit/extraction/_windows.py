@@ -24,20 +24,24 @@ from ._layers import get_layer
 
 
 def window_boxes(image_size: tuple[int, int], grid: tuple[int, int],
-                 window: int) -> torch.Tensor:
+                 window: int, inside: bool = False) -> torch.Tensor:
     """Pixel boxes ``(h*w, 4)`` ``[y0, x0, y1, x1]`` (end exclusive) of the windows of side
     ``window`` centred on the cells of a ``grid`` laid over an image of ``image_size``, clipped
-    to the image, in row-major order."""
+    to the image, in row-major order. With ``inside=True`` a window that would cross the border
+    is moved inside instead, keeping its full size (at most the image's)."""
     height, width = image_size
     rows, cols = grid
+    side_y, side_x = (min(window, height), min(window, width)) if inside else (window, window)
     boxes = []
     for i in range(rows):
         cy = (i + 0.5) * height / rows
         for j in range(cols):
             cx = (j + 0.5) * width / cols
-            y0, x0 = int(round(cy - window / 2)), int(round(cx - window / 2))
-            boxes.append([max(0, y0), max(0, x0), min(height, y0 + window),
-                          min(width, x0 + window)])
+            y0, x0 = int(round(cy - side_y / 2)), int(round(cx - side_x / 2))
+            if inside:
+                y0, x0 = min(max(y0, 0), height - side_y), min(max(x0, 0), width - side_x)
+            boxes.append([max(0, y0), max(0, x0), min(height, y0 + side_y),
+                          min(width, x0 + side_x)])
     return torch.tensor(boxes, dtype=torch.long)
 
 

@@ -36,15 +36,11 @@ def _window_boxes(bank: ConceptBank) -> np.ndarray | None:
     """For concepts of CLS tokens (``tokens="cls"``) the whole window each position's code was
     read from, kept at its full size inside the image (the window, not the patch cell, is what
     the code describes); None for other banks."""
+    from ..extraction._windows import window_boxes
+
     params = getattr(bank, "params", None) or {}
     prov = bank.provenance
     if params.get("tokens") != "cls" or prov.cells is None or prov.grid is None:
         return None
-    height, width = prov.source_size
-    rows, cols = prov.grid
-    window = min(int(params["window"]), height, width)
-    cy = (prov.cells[:, 0] + 0.5) * height / rows
-    cx = (prov.cells[:, 1] + 0.5) * width / cols
-    y0 = np.clip(np.round(cy - window / 2), 0, height - window).astype(np.int64)
-    x0 = np.clip(np.round(cx - window / 2), 0, width - window).astype(np.int64)
-    return np.stack([y0, x0, y0 + window, x0 + window], axis=1)
+    boxes = window_boxes(prov.source_size, prov.grid, int(params["window"]), inside=True).numpy()
+    return boxes[prov.cells[:, 0] * prov.grid[1] + prov.cells[:, 1]]

@@ -281,21 +281,25 @@ class ConceptExplainer:
     def _settings(self) -> tuple:
         return (id(self.model), self.layer, self.output, self.method, self.importance, self.tokens)
 
-    def _current_read(self) -> str:
+    def _known_read(self) -> str | None:
+        """``tokens`` when it is not "auto", else its resolution for the current settings (None
+        before :meth:`reads` has resolved it)."""
         if self.tokens != "auto":
             return self.tokens
         if self._read is not None and self._read[0] == self._settings():
             return self._read[1]
-        return "patches"
+        return None
+
+    def _current_read(self) -> str:
+        return self._known_read() or "patches"
 
     def reads(self, images: torch.Tensor) -> str:
         """What ICE reads at the layer with these settings: ``"patches"`` or ``"cls"`` (see
         ``tokens``); ``tokens="auto"`` is resolved here, running the first of ``images`` when the
         layer has not run yet (whether it gives tokens, and a CLS token among them)."""
-        if self.tokens != "auto":
-            return self.tokens
-        if self._read is not None and self._read[0] == self._settings():
-            return self._read[1]
+        known = self._known_read()
+        if known is not None:
+            return known
         read = "patches"
         if (self.method == "ice" and self.importance in PIXEL_METHODS
                 and head_reads_cls(self.model, self.layer)):
@@ -318,8 +322,13 @@ class ConceptExplainer:
         if (handle is None or handle.model is not self.model or handle.layer != self.layer
                 or handle.output != self.output or handle.tokens != read
                 or handle.window != self.window):
-            handle = self._handle = ModelAtLayer(self.model, self.layer, output=self.output,
-                                                 tokens=read, window=self.window)
+            old, handle = handle, ModelAtLayer(self.model, self.layer, output=self.output,
+                                               tokens=read, window=self.window)
+            if (old is not None and old.model is self.model and old.layer == self.layer
+                    and old.output == self.output):  # what the layer is: known, not re-probed
+                handle._h, handle._ran, handle.gives_tokens = old._h, old._ran, old.gives_tokens
+                handle.token_layout, handle.n_prefix = old.token_layout, old.n_prefix
+            self._handle = handle
         handle.preprocess, handle.batch_size = self.preprocess, self.batch_size
         handle.device, handle.progress = self.device, self.progress
         return handle
