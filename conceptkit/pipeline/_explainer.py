@@ -297,19 +297,19 @@ class ConceptExplainer:
         """What ICE reads at the layer with these settings: ``"patches"`` or ``"cls"`` (see
         ``tokens``); ``tokens="auto"`` is resolved here, running the first of ``images`` when the
         layer has not run yet (whether it gives tokens, and a CLS token among them)."""
-        known = self._known_read()
-        if known is not None:
-            return known
-        read = "patches"
-        if (self.method == "ice" and self.importance in PIXEL_METHODS
-                and head_reads_cls(self.model, self.layer)):
-            handle = self._handle_reading("patches")
-            if handle.n_prefix is None:
-                handle._patch_activations(images[:1], progress=False)
-            if handle.token_layout is not None and handle.n_prefix:
-                read = "cls"
-        self._read = (self._settings(), read)
-        if read == "patches" and self.window is not None:
+        read = self._known_read()
+        if read is None:
+            read = "patches"
+            if (self.method == "ice" and self.importance in PIXEL_METHODS
+                    and head_reads_cls(self.model, self.layer)):
+                handle = self._handle_reading("patches")
+                if handle.n_prefix is None:
+                    handle._patch_activations(images[:1], progress=False)
+                if handle.token_layout is not None and handle.n_prefix:
+                    read = "cls"
+            self._read = (self._settings(), read)
+        # checked on every call: a resolution kept from an earlier call must not drop `window`
+        if self.tokens == "auto" and read == "patches" and self.window is not None:
             raise ValueError("`window` is the side of the windows whose CLS token is read; "
                              "tokens='auto' reads the patch tokens here (the explanation is not "
                              "ICE with a pixel importance at a layer of a transformer that "

@@ -219,6 +219,12 @@ def test_auto_reads_the_cls_token_where_the_head_reads_it_and_the_patch_tokens_e
     # a window where the patch tokens are read cannot be honoured: an error naming it
     with pytest.raises(ValueError, match="`window`.*tokens='cls'"):
         ConceptExplainer(pooled, "blocks.1", n_concepts=3, window=8, progress=False).fit(images, 0)
+    windowed = ConceptExplainer(pooled, "blocks.1", n_concepts=3, window=8, progress=False)
+    for _ in range(2):  # the resolution is kept; the refusal is not lost with it
+        with pytest.raises(ValueError, match="`window`"):
+            windowed.reads(images)
+    with pytest.raises(ValueError, match="`window`"):
+        windowed.fit(images, 0)
     # the resolution follows the settings when they change
     auto.importance = "sobol"
     assert auto.reads(images) == "patches"
