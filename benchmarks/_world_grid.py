@@ -289,6 +289,10 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
     measured = reliance(model, images, masks, class_id, fill, part_names=names,
                         preprocess=getattr(world, "preprocess", None), progress=False)
     out = []
+    if not measured.relies_on_a_part():
+        notes.add(f"{getattr(world, 'name', 'a world')} seed {seed} class {class_id}: no part's "
+                  f"painting-out moves the class probability measurably; the columns that read "
+                  f"reliance are undefined there and left out of the means")
     # which grid method the library's default is in this world (tokens="auto" resolved)
     default_read = ConceptExplainer(model, world.layer, progress=False,
                                     preprocess=getattr(world, "preprocess", None)).reads(images)
@@ -304,7 +308,8 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                               deletion=deletion, preprocess=getattr(world, "preprocess", None),
                               reliance_floor=reliance_floor, progress=False)
         row = class_row(result, class_id, data.class_names[class_id], causal)
-        row["spearman_ceiling"] = spearman_ceiling(result.concept_reliance)
+        row["spearman_ceiling"] = (spearman_ceiling(result.concept_reliance)
+                                   if row["most_relied_significant"] else None)
         out.append({"config": label, "method": method, "importance": importance, "kind": kind,
                     "default": default, **row})
 

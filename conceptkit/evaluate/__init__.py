@@ -15,7 +15,14 @@ Exact definitions: ``docs/evaluation.md``. Works on any explanation that has ``i
 ``class_id`` and ``concept_maps(images, kind=...)`` (a ``ClassConcepts``).
 """
 
-from ._evaluate import COLUMN_HELP, METRIC_COLUMNS, Evaluation, class_row, evaluate
+from ._evaluate import (
+    COLUMN_HELP,
+    METRIC_COLUMNS,
+    UNDEFINED_WITHOUT_RELIANCE,
+    Evaluation,
+    class_row,
+    evaluate,
+)
 from ._faithfulness import REMOVALS, DeletionCurves, Faithfulness, concept_regions, faithfulness
 from ._fill import FILLS, gaussian_blur
 from ._inputs import MEASURES
@@ -29,6 +36,7 @@ __all__ = [
     "METRICS",
     "METRIC_COLUMNS",
     "REMOVALS",
+    "UNDEFINED_WITHOUT_RELIANCE",
     "DeletionCurves",
     "Evaluation",
     "Faithfulness",

@@ -37,6 +37,16 @@ METRIC_COLUMNS: dict[str, bool] = {
     "deletion_area": False,
 }
 
+#: Columns that read the most relied-on part or rank concepts by the measured reliances:
+#: undefined (None, left out of ``summary`` and ``worst``) for a class whose most relied-on
+#: part's drop these images cannot tell from 0 (``most_relied_significant`` False). The columns
+#: of the designed causal parts (``top_on_causal``, ``causal_pointing``) are still scored.
+UNDEFINED_WITHOUT_RELIANCE = ("top_on_most_relied", "top_on_most_relied_parts",
+                              "top_reliance_ratio", "top_pointing", "top_pointing_parts",
+                              "relied_pointing", "relied_relevance_mass", "relied_iou",
+                              "relied_auc", "spearman", "kendall", "spearman_significant",
+                              "part_spearman", "part_kendall", "deletion_area")
+
 #: Column meanings (for ``to_markdown`` and the docs).
 COLUMN_HELP = {
     "most_relied_part": "the part whose painting-out lowers the class score most (measured)",
@@ -44,7 +54,8 @@ COLUMN_HELP = {
     "top_on_most_relied": "the most important concept sits on the most relied-on part",
     "most_relied_significant": "the most relied-on part's drop is above 0 and these images can "
                                "tell it from 0; if not, the model relies on no single part and "
-                               "the columns that read that part say little",
+                               "the columns that read that part or rank by reliance are left "
+                               "undefined",
     "most_relied_parts": "the most relied-on part and the parts these images cannot tell apart "
                          "from it (paired Student-t, 95 %)",
     "top_on_most_relied_parts": "the most important concept sits on one of most_relied_parts",
@@ -92,8 +103,10 @@ class Evaluation:
         """Rows per class: ``class_id, class_name, n_images, n_concepts, most_relied_part,
         most_relied_drop, most_relied_significant, top_concept, top_part`` and the metric
         columns of :data:`METRIC_COLUMNS` (None where undefined). A row whose
-        ``most_relied_significant`` is False has no part the model measurably relies on; its
-        Markdown row says "not told from 0"."""
+        ``most_relied_significant`` is False has no part the model measurably relies on: the
+        columns of :data:`UNDEFINED_WITHOUT_RELIANCE` are None there (left out of ``summary``
+        and ``worst``, which then judge only the classes the model measurably relies on a part
+        for) and its Markdown row says "not told from 0"."""
         return [dict(row) for row in self.rows]
 
     @property
@@ -136,7 +149,9 @@ class Evaluation:
         shown = ", ".join(f"{name}={_fmt(s[name], 3)}" for name in
                           ("top_on_most_relied", "top_pointing", "relied_pointing", "spearman",
                            "kendall", "deletion_area"))
-        return f"Evaluation(n_classes={len(self.rows)}, mean: {shown})"
+        unjudged = sum(not row["most_relied_significant"] for row in self.rows)
+        note = f", {unjudged} without a measurably relied-on part" if unjudged else ""
+        return f"Evaluation(n_classes={len(self.rows)}{note}, mean: {shown})"
 
     def __str__(self) -> str:
         return f"{self!r}\n{self.to_markdown()}"
@@ -346,9 +361,8 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
         "most_relied_part": part_label(most, names),
         "most_relied_drop": num(rel.values(result.measure)[most]) if most >= 0 else None,
         # a most relied-on part whose drop these images cannot tell from 0 (or is not a drop)
-        # is noise: the model relies on no single part, and the columns that read it say little
-        "most_relied_significant": bool(most >= 0 and rel.values(result.measure)[most] > 0
-                                        and rel.significant(result.measure)[most]),
+        # is noise: the model relies on no single part (see UNDEFINED_WITHOUT_RELIANCE)
+        "most_relied_significant": rel.relies_on_a_part(result.measure),
         "top_concept": top, "top_part": part_label(top_part, names),
         "top_on_most_relied": bool(most >= 0 and top_part == most),
         "most_relied_parts": [part_label(int(p), names) for p in tied],
@@ -377,4 +391,10 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
     row["part_spearman"] = num(result.part_spearman)
     row["part_kendall"] = num(result.part_kendall)
     row["deletion_area"] = None if result.deletion is None else num(result.deletion.area_between)
+    if not row["most_relied_significant"]:
+        # no part's painting-out moves the class score measurably: "the most relied-on part"
+        # is the largest of noise-level drops, and the columns that read it or rank concepts
+        # by these drops would score the explanation against noise
+        for column in UNDEFINED_WITHOUT_RELIANCE:
+            row[column] = None
     return row

@@ -130,6 +130,15 @@ class Reliance:
             low = high = drops.mean(0)
         return (self.n_present > 0) & ((low > 0) | (high < 0))
 
+    def relies_on_a_part(self, measure: str = "probability", confidence: float = 0.95) -> bool:
+        """Whether the most relied-on part's drop is above 0 and :meth:`significant` tells it
+        from 0. False when the model relies on no single part these images show (a class told
+        by either of two parts, or by the absence of others): the most relied-on part is then
+        the largest of noise-level drops."""
+        most = self.most_relied(measure)
+        return bool(most >= 0 and self.values(measure)[most] > 0
+                    and self.significant(measure, confidence)[most])
+
     def name(self, part: int) -> str:
         return part_label(part, self.part_names)
 

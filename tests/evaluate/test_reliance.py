@@ -176,3 +176,22 @@ def test_most_relied_parts_separate_only_what_the_images_can(world):
     assert sorted(single.most_relied_parts()) == [0, 3]
     with pytest.raises(ValueError, match="confidence"):
         result.most_relied_parts(confidence=1.5)
+
+
+def test_relies_on_a_part_only_when_the_largest_drop_is_told_from_zero():
+    rng = np.random.default_rng(1)
+    noise = 0.01 * rng.standard_normal((30, 3))
+    clear = planted_reliance(noise + np.array([0.4, 0.1, 0.0]))
+    assert clear.most_relied() == 0 and clear.relies_on_a_part()
+    # noise-level drops around 0 (a class told by either of two parts): the largest is noise
+    none = planted_reliance(noise)
+    low, high = stats.t.interval(0.95, 29, loc=noise.mean(0), scale=stats.sem(noise, axis=0))
+    most = none.most_relied()
+    assert low[most] <= 0 <= high[most]  # scipy agrees the largest mean drop is not told from 0
+    assert not none.relies_on_a_part()
+    # a drop told from 0 that is negative is not reliance either
+    assert not planted_reliance(noise - 0.3).relies_on_a_part()
+    # no part shown at all
+    assert not planted_reliance(np.full((5, 2), np.nan)).relies_on_a_part()
+    with pytest.raises(ValueError, match="confidence"):
+        clear.relies_on_a_part(confidence=2.0)
