@@ -140,7 +140,12 @@ def _notes(summary: dict[str, Any]) -> list[str]:
     if summary["near_duplicates"]:
         notes.append(f"near-duplicate concepts: {summary['near_duplicates']}.")
     evaluation = summary["evaluation"]
-    if evaluation is not None and evaluation.get("top_on_most_relied") is False:
+    if evaluation is not None and evaluation.get("most_relied_significant") is False:
+        notes.append("against the ground truth, painting out any one part leaves this class: the "
+                     "model relies on no single part these images show (the largest drop, "
+                     f"{evaluation.get('most_relied_part')}, is not told from 0), so the "
+                     "evaluation does not judge where the top concept sits.")
+    elif evaluation is not None and evaluation.get("top_on_most_relied") is False:
         tied = evaluation.get("most_relied_parts") or []
         if evaluation.get("top_on_most_relied_parts"):
             notes.append(f"against the ground truth, the top concept sits on "

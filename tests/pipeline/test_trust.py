@@ -122,3 +122,8 @@ def test_ground_truth_notes_tell_a_tie_from_a_miss():
     (text,) = _notes({**quiet, "evaluation": miss})
     assert "NOT on the part the model relies on most" in text
     assert _notes({**quiet, "evaluation": {**row, "top_on_most_relied": True}}) == []
+    # a class the model relies on no part for: the columns are undefined, and the note says why
+    unjudged = {**row, "most_relied_significant": False, "most_relied_part": "cyan diamond",
+                "top_on_most_relied": None, "top_on_most_relied_parts": None}
+    (why,) = _notes({**quiet, "evaluation": unjudged})
+    assert "relies on no single part" in why and "cyan diamond" in why and "NOT" not in why
