@@ -21,6 +21,9 @@ METRICS = ("pointing_game", "relevance_mass", "iou", "auc")
 #: Pointing-game tolerance as a fraction of the image side (4 px at 64 px, 14 px at 224 px; the
 #: original pointing game uses 15 px at 224 px).
 TOLERANCE_FRACTION = 1 / 16
+#: z of the Wilson interval that compares a concept's pointing games on parts shown in
+#: different numbers of images (95 %).
+WILSON_Z = 1.959963984540054
 
 
 def default_tolerance(image_size: int) -> int:
@@ -180,9 +183,12 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
         A part shown in fewer images cannot be the part a concept sits on (its scores are
         still reported).
     assign_threshold : float
-        A concept sits on the eligible part where its pointing game is highest (ties: the
-        higher relevance mass, then the lower part index) if that pointing game is at least
-        this; otherwise it sits on the background (``-1``).
+        A concept sits on the eligible part where the lower end of the 95 % Wilson interval
+        of its pointing game is highest (ties: the higher relevance mass, then the lower part
+        index) if that part's pointing game is at least this; otherwise it sits on the
+        background (``-1``). The bound weighs each pointing game by the number of images
+        behind it: a concept that points at a part in 3 of the 3 images showing it and at
+        another in 26 of 30 sits on the second.
 
     Returns
     -------
@@ -237,10 +243,12 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     for j in range(k):
         if not eligible.any():
             break
-        pg = np.where(eligible, tables["pointing_game"][j], -np.inf)
+        # parts compared by what their images support: the lower Wilson bound of the pointing
+        # game, so that 3 hits in 3 images do not outrank 26 in 30
+        bound = np.where(eligible, wilson_lower(tables["pointing_game"][j], counts), -np.inf)
         rm = np.where(eligible, tables["relevance_mass"][j], -np.inf)
-        p = _best(pg, rm)
-        if pg[p] >= assign_threshold:
+        p = _best(bound, rm)
+        if tables["pointing_game"][j, p] >= assign_threshold:
             parts[j] = p
     return Localisation(per_image=per_image, **tables, n_present=counts, best_concept=best,
                         concept_parts=parts, tolerance=tolerance, quantile=quantile,
@@ -254,6 +262,18 @@ def _mean_present(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)
         out[:, shown] = np.nanmean(values[:, :, shown], axis=0)
     return out
+
+
+def wilson_lower(rate: np.ndarray, n: np.ndarray, z: float = WILSON_Z) -> np.ndarray:
+    """Lower end of the Wilson score interval of a proportion ``rate`` observed over ``n``
+    trials (elementwise; NaN where ``n`` is 0). ``z`` 1.96: a 95 % interval."""
+    rate = np.asarray(rate, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = rate + z * z / (2 * n)
+        spread = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+        out = (centre - spread) / (1 + z * z / n)
+    return np.where(n > 0, out, np.nan)
 
 
 def _best(primary: np.ndarray, secondary: np.ndarray) -> int:

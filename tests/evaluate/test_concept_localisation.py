@@ -108,6 +108,50 @@ def test_min_images_and_threshold_decide_the_assignment():
     assert localisation(half, images, masks, assign_threshold=0.5).concept_parts.tolist() == [-1]
 
 
+def test_wilson_lower_matches_scipy():
+    from scipy.stats import binomtest
+
+    from conceptkit.evaluate._localisation import wilson_lower
+
+    hits_of = [(3, 3), (26, 30), (10, 10), (12, 30), (0, 5), (1, 1)]
+    ours = wilson_lower(np.array([h / n for h, n in hits_of]), np.array([n for _, n in hits_of]))
+    ref = [binomtest(h, n).proportion_ci(0.95, method="wilson").low for h, n in hits_of]
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    assert np.isnan(wilson_lower(np.array([0.5]), np.array([0])))[0]
+
+
+def test_a_pointing_game_over_few_images_does_not_outrank_one_over_many():
+    """The shapes ViT's case (class 2, seed 0): a concept points at the red disk in the 3
+    images that show it and at the green triangle in 26 of the 30 that show the triangle. By
+    the pointing game alone it would sit on the disk (1.00 > 0.87); by what the images
+    support (Wilson lower bounds 0.44 and 0.70) it sits on the triangle."""
+    n, size = 30, 16
+    masks = np.zeros((n, 3, size, size), dtype=bool)
+    masks[:, 0] = square(size, 1, 1, 4)            # part 0 (the triangle): every image
+    masks[:3, 1] = square(size, 10, 10, 4)         # part 1 (the disk): images 0..2 only
+    masks[10:20, 2] = square(size, 1, 10, 4)       # part 2: images 10..19
+    maps = np.zeros((n, 2, size, size))
+    maps[:, 0, 2, 2] = 1.0                          # concept 0 peaks on part 0 ...
+    maps[:3, 0, 2, 2] = 0.0
+    maps[:3, 0, 11, 11] = 1.0                       # ... except on part 1 where part 1 is shown
+    maps[26:, 0, 2, 2] = 0.0
+    maps[26:, 0, 14, 2] = 1.0                       # and nowhere on parts in images 26..29
+    result = localisation(maps[:, :1], None, masks, tolerance=0)
+    assert result.pointing_game[0, 1] == 1.0 and result.pointing_game[0, 0] == pytest.approx(23 / 30)
+    assert result.concept_parts.tolist() == [0]
+    # a part shown in 10 images and always pointed at still beats 10 hits in 30 (0.72 > 0.19)
+    maps[:, 1, 2, 2] = 1.0
+    maps[12:, 1, 2, 2] = 0.0
+    maps[12:, 1, 14, 2] = 1.0
+    maps[10:20, 1] = 0.0
+    maps[10:20, 1, 2, 11] = 1.0
+    result = localisation(maps, None, masks, tolerance=0)
+    assert result.pointing_game[1, 0] == pytest.approx(10 / 30)
+    assert result.pointing_game[1, 2] == 1.0 and result.concept_parts.tolist() == [0, 2]
+    # the threshold still reads the chosen part's own pointing game
+    assert localisation(maps, None, masks, tolerance=0, assign_threshold=0.8).concept_parts.tolist() == [-1, 2]
+
+
 def test_small_maps_are_resized_and_fitted_images_use_the_fitted_path():
     images, masks = planted_images(12, seed=0)
     coarse = torch.nn.functional.avg_pool2d(masks.float(), 4)        # (12, 3, 6, 6)
