@@ -166,7 +166,7 @@ class Faithfulness:
 
 def rank_correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Spearman's rho and Kendall's tau-b of ``x`` and ``y`` (NaN when either is constant)."""
-    if np.ptp(x) == 0 or np.ptp(y) == 0 or x.size < 2:
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

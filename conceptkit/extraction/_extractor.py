@@ -204,9 +204,16 @@ class ActivationExtractor:
             raise ValueError(f"`layer` {self.layer!r} returns {type(output).__name__}, not a tensor.")
         return output
 
-    def _to_layout(self, act: torch.Tensor, n: int) -> torch.Tensor:
+    def _to_layout(self, act: torch.Tensor, n: int, size: tuple | None = None) -> torch.Tensor:
         if act.ndim != 3 or self.tokens == "raw":
             return act
+        if size is not None and len(size) == 2 and size[0] != size[1]:
+            # token maps are square grids: the tokens of a non-square image (a transformer that
+            # takes any size) would be laid out on the wrong grid, silently
+            raise ValueError(f"images of {size[0]} x {size[1]} pixels reach `layer` "
+                             f"{self.layer!r} as transformer tokens, which conceptkit lays out "
+                             f"on a square grid: crop or resize the images to a square (e.g. "
+                             f"{min(size)} x {min(size)} pixels) before explaining them.")
         if act.shape[0] != n and act.shape[1] == n:  # sequence-first transformers (T, N, C)
             act = act.transpose(0, 1)
             self.token_layout_ = "TNC"
@@ -264,7 +271,8 @@ class ActivationExtractor:
                     if output is None:
                         raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
                                            f"forward pass of {type(self.model).__name__}.")
-                    act = self._to_layout(self._select(output), batch.shape[0])
+                    act = self._to_layout(self._select(output), batch.shape[0],
+                                          tuple(batch.shape[2:]) if batch.ndim == 4 else None)
                     if self.reduce == "mean" and act.ndim > 2:
                         act = act.mean(dim=tuple(range(2, act.ndim)))
                     outputs.append(act if self.grad else act.detach().to(self.output_device))

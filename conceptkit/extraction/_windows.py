@@ -24,24 +24,23 @@ from ._layers import get_layer
 
 
 def window_boxes(image_size: tuple[int, int], grid: tuple[int, int],
-                 window: int, inside: bool = False) -> torch.Tensor:
+                 window: int, clip: bool = True) -> torch.Tensor:
     """Pixel boxes ``(h*w, 4)`` ``[y0, x0, y1, x1]`` (end exclusive) of the windows of side
-    ``window`` centred on the cells of a ``grid`` laid over an image of ``image_size``, clipped
-    to the image, in row-major order. With ``inside=True`` a window that would cross the border
-    is moved inside instead, keeping its full size (at most the image's)."""
+    ``window`` centred on the cells of a ``grid`` laid over an image of ``image_size``, in
+    row-major order: clipped to the image, or with ``clip=False`` whole, reaching past the
+    border (coordinates below 0 or beyond the image)."""
     height, width = image_size
     rows, cols = grid
-    side_y, side_x = (min(window, height), min(window, width)) if inside else (window, window)
     boxes = []
     for i in range(rows):
         cy = (i + 0.5) * height / rows
         for j in range(cols):
             cx = (j + 0.5) * width / cols
-            y0, x0 = int(round(cy - side_y / 2)), int(round(cx - side_x / 2))
-            if inside:
-                y0, x0 = min(max(y0, 0), height - side_y), min(max(x0, 0), width - side_x)
-            boxes.append([max(0, y0), max(0, x0), min(height, y0 + side_y),
-                          min(width, x0 + side_x)])
+            y0, x0 = int(round(cy - window / 2)), int(round(cx - window / 2))
+            box = [y0, x0, y0 + window, x0 + window]
+            if clip:
+                box = [max(0, y0), max(0, x0), min(height, y0 + window), min(width, x0 + window)]
+            boxes.append(box)
     return torch.tensor(boxes, dtype=torch.long)
 
 

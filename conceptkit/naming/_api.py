@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_float, check_int, describe
+from ..extraction._windows import refuse_cls_concepts
 from ._classes import default_class_names, excluded_classes, logit_gains
 from ._clip import SIMILARITIES, cos_cubed, soft_wpmi
 from ._dissect import dissect_scores
@@ -293,6 +294,9 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
         from ..extraction import ActivationExtractor
 
         images = check_images(images, "images", channels=3)
+        # the layer's patch tokens of new images would be encoded with a dictionary of CLS
+        # tokens (an explanation with tokens="cls"): refused, as for a bare bank
+        refuse_cls_concepts(source.bank, "naming by classes with `images`")
         net = source.require_model("naming by classes")
         extractor = ActivationExtractor(net, source.bank.layer, batch_size=batch_size,
                                         progress=progress, preprocess=preprocess

@@ -15,8 +15,8 @@ def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
     import torch.nn.functional as F
 
     prov = bank.provenance
-    boxes = _window_boxes(bank) if prov.kind == "position" else None
-    boxes = prov.boxes if boxes is None else boxes
+    windows = _window_boxes(bank) if prov.kind == "position" else None
+    boxes = prov.boxes if windows is None else windows[0]
     out = []
     fill = float(prov.extra.get("fill", 117 / 255))
     for row in rows:
@@ -26,21 +26,32 @@ def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
         if prov.kind == "segment":
             mask = torch.from_numpy(prov.masks([row])[0][y0:y1, x0:x1])
             patch = torch.where(mask, patch, torch.full_like(patch, fill))
+        if windows is not None:  # a window cut by the border: what the CLS token saw, in place
+            wy0, wx0, wy1, wx1 = windows[1][row]
+            median = image.flatten(1).median(1).values[:, None, None]  # the window's surround
+            canvas = median.expand(-1, wy1 - wy0, wx1 - wx0).clone()
+            canvas[:, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = patch
+            patch, (y0, x0, y1, x1) = canvas, (wy0, wx0, wy1, wx1)
         side = size or max(y1 - y0, x1 - x0)
         out.append(F.interpolate(patch[None], size=(side, side), mode="bilinear",
                                  align_corners=False)[0])
     return torch.stack(out).clamp(0, 1)
 
 
-def _window_boxes(bank: ConceptBank) -> np.ndarray | None:
-    """For concepts of CLS tokens (``tokens="cls"``) the whole window each position's code was
-    read from, kept at its full size inside the image (the window, not the patch cell, is what
-    the code describes); None for other banks."""
+def _window_boxes(bank: ConceptBank) -> tuple[np.ndarray, np.ndarray] | None:
+    """For concepts of CLS tokens (``tokens="cls"``) the window each position's code was read
+    from (the window, not the patch cell, is what the code describes): per fitted row, the box
+    the CLS token saw (clipped to the image) and the whole window around it (which may reach
+    past the border, where the exemplar shows the image's median colour, as around the window
+    the token saw); None for other banks."""
     from ..extraction._windows import window_boxes
 
     params = getattr(bank, "params", None) or {}
     prov = bank.provenance
     if params.get("tokens") != "cls" or prov.cells is None or prov.grid is None:
         return None
-    boxes = window_boxes(prov.source_size, prov.grid, int(params["window"]), inside=True).numpy()
-    return boxes[prov.cells[:, 0] * prov.grid[1] + prov.cells[:, 1]]
+    window = int(params["window"])
+    index = prov.cells[:, 0] * prov.grid[1] + prov.cells[:, 1]
+    seen = window_boxes(prov.source_size, prov.grid, window).numpy()[index]
+    whole = window_boxes(prov.source_size, prov.grid, window, clip=False).numpy()[index]
+    return seen, whole

@@ -29,7 +29,7 @@ from ..models._bundle import ModelBundle
 from ..models._candidates import as_bundle, class_index, missing_layer_message
 from ._handle import ModelAtLayer
 from ._pixel import PIXEL_METHODS, pixel_ablation
-from ._result import ClassConcepts, KnownCodes
+from ._result import PATCH_TOKEN_KINDS, ClassConcepts, KnownCodes
 
 #: Discovery methods by name.
 DISCOVERY_METHODS: dict[str, type] = {"craft": CRAFT, "ice": ICE, "ace": ACE}
@@ -183,7 +183,8 @@ class ConceptExplainer:
         transformer holding ``layer`` classifies from its CLS token
         (:func:`~conceptkit.extraction.head_reads_cls`: timm ``global_pool="token"``,
         torchvision's and Hugging Face's ViTs, open_clip ``pool_type="tok"``) and the
-        explanation is ICE with a pixel importance (the defaults); ``"patches"`` otherwise (and
+        explanation is ICE with a pixel importance (the defaults) whose regions are not asked
+        of gradient or pixel maps (``importance_kwargs["kind"]``); ``"patches"`` otherwise (and
         on convolutional layers, where it changes nothing). :meth:`reads` resolves it; the
         result's ``params["tokens"]`` says which was read. ``"patches"``: the patch tokens.
         ``"cls"``: the CLS token of every window of the image shown alone — for each patch
@@ -279,7 +280,12 @@ class ConceptExplainer:
         return self._handle_reading(self._current_read())
 
     def _settings(self) -> tuple:
-        return (id(self.model), self.layer, self.output, self.method, self.importance, self.tokens)
+        return (id(self.model), self.layer, self.output, self.method, self.importance, self.tokens,
+                self._maps_asked())
+
+    def _maps_asked(self) -> Any:
+        """The map kind pixel ablation is asked to paint (``importance_kwargs["kind"]``)."""
+        return (self.importance_kwargs or {}).get("kind", "auto")
 
     def _known_read(self) -> str | None:
         """``tokens`` when it is not "auto", else its resolution for the current settings (None
@@ -297,10 +303,17 @@ class ConceptExplainer:
         """What ICE reads at the layer with these settings: ``"patches"`` or ``"cls"`` (see
         ``tokens``); ``tokens="auto"`` is resolved here, running the first of ``images`` when the
         layer has not run yet (whether it gives tokens, and a CLS token among them)."""
+        images = check_images(images, "images", pixels=True)
+        if self.tokens == "cls":  # settings may have changed since the explainer was made
+            _check_cls_settings(self.method, self.importance)
+        _check_window(self.window, self.tokens)
         read = self._known_read()
         if read is None:
             read = "patches"
+            # the CLS path where it can honour every setting: ICE, a pixel importance, and
+            # regions painted from maps a CLS explanation has (not gradient or pixel maps)
             if (self.method == "ice" and self.importance in PIXEL_METHODS
+                    and self._maps_asked() not in PATCH_TOKEN_KINDS
                     and head_reads_cls(self.model, self.layer)):
                 handle = self._handle_reading("patches")
                 if handle.n_prefix is None:

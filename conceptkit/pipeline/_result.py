@@ -24,6 +24,9 @@ from ._notes import MetricsTable
 
 RESULT_KIND = "ClassConcepts"
 RESULT_VERSION = 1
+#: Map kinds that differentiate the layer's patch tokens or enlarge the images: an explanation
+#: of CLS tokens (tokens="cls") has none of them.
+PATCH_TOKEN_KINDS = ("gradient", "pixel", "scale_matched")
 
 
 @dataclass
@@ -226,7 +229,7 @@ class ClassConcepts:
             return self.saved_maps.float()  # loaded from a file: the maps saved with it
         if kind == "auto":
             kind = self._auto_kind(images)
-        if self.params.get("tokens") == "cls" and kind in ("gradient", "pixel", "scale_matched"):
+        if self.params.get("tokens") == "cls" and kind in PATCH_TOKEN_KINDS:
             raise ValueError(f"`kind` {kind!r} differentiates the layer's patch tokens; this "
                              f"explanation's concepts are of CLS tokens (tokens='cls', the "
                              f"default on a transformer that classifies from its CLS token), "

@@ -257,3 +257,13 @@ def test_spearman_significant_zeroes_what_the_images_cannot_tell_from_zero(world
         stats.spearmanr(importances, zeroed).statistic)
     assert result.spearman_significant != pytest.approx(result.spearman)
     assert result.to_dict()["spearman_significant"] == pytest.approx(result.spearman_significant)
+
+
+def test_rank_correlations_of_nothing_are_nan():
+    """A class whose images show no part leaves no concept on a part: empty or single vectors
+    give NaN (no correlation), not numpy's error on an empty reduction."""
+    from conceptkit.evaluate._faithfulness import rank_correlations
+
+    for size in (0, 1):
+        rho, tau = rank_correlations(np.zeros(size), np.zeros(size))
+        assert np.isnan(rho) and np.isnan(tau)

@@ -161,7 +161,10 @@ def test_what_reads_patch_tokens_refuses_cls_concepts(images):
     probe = (images, masks, ["top", "bottom"])
     for call in (lambda: gradient_maps(model, images, result.bank),
                  lambda: pixel_maps(model, images, result.bank),
-                 lambda: name_by_masks(result.bank, probe, model=model)):
+                 lambda: name_by_masks(result.bank, probe, model=model),
+                 # new images' patch tokens would be encoded with the CLS dictionary
+                 lambda: name_by_classes(result, images=images),
+                 lambda: result.name_concepts("classes", images=images)):
         with pytest.raises(ValueError, match="CLS tokens"):
             call()
     for call in (lambda: name_by_classes(result), lambda: result.model_at_layer.maps_head):
@@ -230,6 +233,45 @@ def test_auto_reads_the_cls_token_where_the_head_reads_it_and_the_patch_tokens_e
     assert auto.reads(images) == "patches"
     auto.importance = "pixel_ablation"
     assert auto.reads(images) == "cls"
+    # regions asked of pixel or gradient maps, which a CLS explanation has not: patch tokens
+    auto.importance_kwargs = {"kind": "pixel"}
+    assert auto.reads(images) == "patches"
+    auto.importance_kwargs = {"kind": "coefficient"}
+    assert auto.reads(images) == "cls"
+    # reads() checks its images like fit does
+    with pytest.raises(ValueError, match="`images`.*0-255"):
+        auto.reads(images * 255)
+    # explicit tokens="cls" with settings changed after the explainer was made: refused at fit
+    changed = ConceptExplainer(model, "blocks.1", n_concepts=3, tokens="cls", seed=0,
+                               progress=False)
+    changed.method = "craft"
+    with pytest.raises(ValueError, match="`method` 'craft'"):
+        changed.fit(images, 0)
+    changed.method, changed.importance = "ice", "sobol"
+    with pytest.raises(ValueError, match="`importance` 'sobol'"):
+        changed.fit(images, 0)
+
+
+def test_non_square_images_at_a_token_layer_are_refused(images):
+    """Token maps are square grids: a transformer that takes any size (timm
+    ``dynamic_img_size``) gives 4 x 16 tokens for 32 x 128 images, which would be laid out
+    8 x 8, and 6 x 8 + CLS for 48 x 64 images, whose CLS token would be counted as a patch.
+    Both are errors naming the size and the fix, whatever is read."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+                              num_classes=3, global_pool="token", dynamic_img_size=True).eval()
+    for size in ((32, 128), (48, 64)):
+        wide = torch.nn.functional.interpolate(images, size=size, mode="bilinear")
+        for tokens in ("auto", "cls", "patches"):
+            with pytest.raises(ValueError, match=rf"images of {size[0]} x {size[1]} pixels.*square"):
+                ConceptExplainer(model, "blocks.1", n_concepts=3, tokens=tokens, seed=0,
+                                 progress=False).fit(wide, 0)
+    # square images of another size are explained
+    square = torch.nn.functional.interpolate(images, size=(48, 48), mode="bilinear")
+    result = ConceptExplainer(model, "blocks.1", n_concepts=3, seed=0, progress=False).fit(square, 0)
+    assert result.activations.shape[-2:] == (6, 6)
 
 
 def test_head_reads_cls_knows_the_common_transformers():
@@ -262,20 +304,28 @@ def test_head_reads_cls_knows_the_common_transformers():
 
 
 def test_exemplars_of_cls_concepts_show_the_window_the_code_was_read_from(images):
-    """A CLS-token position's code describes its whole window, so exemplars are the windows
-    (kept at full size inside the image), not the patch cells."""
+    """A CLS-token position's code describes its whole window, so exemplars are the windows,
+    not the patch cells: the pixels the CLS token saw, in place, and past the image's border
+    (a window around a border cell) the image's median colour, never pixels it did not see."""
     result = ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, seed=0, tokens="cls",
                               window=16, progress=False).fit(images, 0)
     prov = result.bank.provenance
-    rows = result.bank.top_rows(0, 4)
-    examples, ids = result.top_examples(0, 4)
-    assert examples.shape == (4, 3, 16, 16)
-    for example, row in zip(examples, rows):
-        i, j = (int(v) for v in prov.cells[row])
-        y0 = min(max(round((i + 0.5) * 8 - 8), 0), 16)  # the window's centre, kept inside 32 px
-        x0 = min(max(round((j + 0.5) * 8 - 8), 0), 16)
-        source = images[prov.image_ids[row]][:, y0:y0 + 16, x0:x0 + 16]
-        torch.testing.assert_close(example, source, rtol=0, atol=1e-6)
+    n_rows = len(prov.image_ids)
+    checked_border = 0
+    for concept in range(3):
+        rows = result.bank.top_rows(concept, n_rows)
+        examples, _ = result.top_examples(concept, n_rows)
+        assert examples.shape == (n_rows, 3, 16, 16)
+        for example, row in zip(examples, rows):
+            i, j = (int(v) for v in prov.cells[row])
+            y0, x0 = round((i + 0.5) * 8 - 8), round((j + 0.5) * 8 - 8)  # 8 px cells, 32 px
+            image = images[prov.image_ids[row]]
+            expected = image.flatten(1).median(1).values[:, None, None].expand(3, 16, 16).clone()
+            sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y0 + 16, 32), min(x0 + 16, 32)
+            expected[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
+            torch.testing.assert_close(example, expected, rtol=0, atol=1e-6)
+            checked_border += (y0 < 0 or x0 < 0)
+    assert checked_border > 0  # windows of border cells were among them
     patches = ConceptExplainer(tiny_vit(), "blocks.1", n_concepts=3, seed=0, tokens="patches",
                                progress=False).fit(images, 0)
     assert patches.top_examples(0, 2)[0].shape[-1] == 8  # patch tokens: the cell
