@@ -192,8 +192,8 @@ class ConceptExplainer:
         around the cell (:func:`conceptkit.extraction.cls_windows`) — a feature map of what
         the token the head reads sees there.
         Why ``"cls"`` where the head reads it: on the three ViT ground-truth worlds (seeds 0-4,
-        BENCHMARKS.md) it misses issue 13's bar by 1.00 in all (worst world 0.57) against 2.54
-        (1.61) with patch tokens; on the textures ViT, whose patch tokens barely encode the
+        BENCHMARKS.md) it misses issue 13's bar by 0.70 in all (worst world 0.30) against 2.33
+        (1.54) with patch tokens; on the textures ViT, whose patch tokens barely encode the
         texture, the top concept sits on the part the model relies on most in 1.00 of the
         classes against 0.50. It also explains the last block of a CLS-pooled transformer,
         whose patch tokens never reach the output. What it costs: one forward pass per window

@@ -116,7 +116,7 @@ TOKEN_LIMITATION = (
     "classes and the Spearman was 0.29: concepts of the tokens cannot point at what the tokens "
     "do not hold (BENCHMARKS.md). Explaining through the CLS token instead put it there in "
     "1.00 of the classes of that world (Spearman 0.71, against 0.50 and 0.15; seeds 0-4) and, "
-    "over the three ViT worlds, fell short of issue 13's bar by less (1.00 against 2.54). It "
+    "over the three ViT worlds, fell short of issue 13's bar by less (0.70 against 2.33). It "
     "is what tokens='auto' (the default) reads on a transformer that classifies from its CLS "
     "token when the explanation is ICE with pixel ablation; pass tokens='cls' to ask for it.")
 
