@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._torchutils import median_colour
 from .._validation import check_images, check_int
 from ._extractor import ActivationExtractor
 from ._layers import get_layer
@@ -134,7 +135,7 @@ def cls_windows(model: nn.Module, layer: str, images: torch.Tensor, *,
     for n in tqdm(range(images.shape[0]), disable=not progress, leave=False,
                   desc=f"CLS of {per_image} windows per image @ {layer}"):
         image = images[n:n + 1]
-        fill = image.flatten(2).median(-1).values[:, :, None, None]
+        fill = median_colour(image)
         painted = image * keep + fill * (1 - keep)
         extractor(painted)
         cls = extractor.prefix_[:, 0].float().cpu()  # (per_image, C)

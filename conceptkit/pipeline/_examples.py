@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._torchutils import median_colour
 from ..concepts import ConceptBank
 
 
@@ -28,8 +29,8 @@ def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
             patch = torch.where(mask, patch, torch.full_like(patch, fill))
         if windows is not None:  # a window cut by the border: what the CLS token saw, in place
             wy0, wx0, wy1, wx1 = windows[1][row]
-            median = image.flatten(1).median(1).values[:, None, None]  # the window's surround
-            canvas = median.expand(-1, wy1 - wy0, wx1 - wx0).clone()
+            surround = median_colour(image[None])[0]  # the fill around the window it saw
+            canvas = surround.expand(-1, wy1 - wy0, wx1 - wx0).clone()
             canvas[:, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = patch
             patch, (y0, x0, y1, x1) = canvas, (wy0, wx0, wy1, wx1)
         side = size or max(y1 - y0, x1 - x0)
