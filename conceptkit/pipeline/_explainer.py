@@ -303,7 +303,10 @@ class ConceptExplainer:
         """What ICE reads at the layer with these settings: ``"patches"`` or ``"cls"`` (see
         ``tokens``); ``tokens="auto"`` is resolved here, running the first of ``images`` when the
         layer has not run yet (whether it gives tokens, and a CLS token among them)."""
-        images = check_images(images, "images", pixels=True)
+        return self._resolve_read(check_images(images, "images", pixels=True))
+
+    def _resolve_read(self, images: torch.Tensor) -> str:
+        """:meth:`reads` for images already checked (the fitting paths check them first)."""
         if self.tokens == "cls":  # settings may have changed since the explainer was made
             _check_cls_settings(self.method, self.importance)
         _check_window(self.window, self.tokens)
@@ -366,7 +369,7 @@ class ConceptExplainer:
         :func:`~conceptkit.extraction.cls_windows` and the context is None.
         """
         images = check_images(images, "images", pixels=True)
-        self.reads(images)
+        self._resolve_read(images)
         return self.model_at_layer.activations(images, with_context)
 
     def _default_factorizer(self, images: torch.Tensor | None) -> Factorizer | None:
@@ -395,7 +398,7 @@ class ConceptExplainer:
         For ICE, ``activations`` (the images' feature maps) are reused instead of running ``g``.
         """
         images = check_images(images, "images", pixels=True)
-        read = self.reads(images)
+        read = self._resolve_read(images)
         bank = self._discover(self._discovery(images), images, activations, probe=True)
         if read == "cls":
             self._mark_cls(bank, images)
@@ -442,7 +445,7 @@ class ConceptExplainer:
             class_name = self.class_names[class_id]
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        read = self.reads(images)
+        read = self._resolve_read(images)
         handle = self.model_at_layer
         handle.prepare(images)  # split now: fails early, before any heavy work, on an invalid cut
         method = self._discovery(images)
