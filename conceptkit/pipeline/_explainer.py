@@ -452,6 +452,9 @@ class ConceptExplainer:
         # The method on the first image only: a layer the factorizer cannot take (negative
         # activations for NMF) fails now, not after the whole extraction.
         method.check_first_image(self.model, self.layer, images)
+        # An output the model does not have fails now, not after the (windowed) extraction.
+        with handle.whole_model() as forward:
+            _check_class_output(forward(images[:1]), class_id)
         timings["split"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -469,10 +472,6 @@ class ConceptExplainer:
                              f"every position holds the image's own CLS token and no concept "
                              f"could say where anything is; pass a smaller window (default "
                              f"{default_window(tuple(images.shape[-2:]))} px).")
-        if self.importance in PIXEL_METHODS:  # h is not probed before discovery: check now
-            with handle.whole_model() as forward:
-                _check_class_output(forward(images[:1]), class_id)
-
         start = time.perf_counter()
         bank = self._discover(method, images, acts, probe=False)
         if read == "cls":

@@ -349,3 +349,23 @@ def test_the_report_of_cls_concepts_says_what_its_maps_hold(images, tmp_path):
     html = open(patches.report(tmp_path / "patches", n_images=2), encoding="utf-8").read()
     assert "CLS token of the image" not in html
     assert "code at each position of the layer" in html
+
+
+def test_an_output_the_model_lacks_is_refused_before_the_windowed_extraction(images):
+    # the split's probe and one image name the problem; the windowed extraction would run the
+    # model once per window of every image (16 windows x 6 images here) before failing
+    model = tiny_vit()
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    try:
+        with pytest.raises(ValueError, match=r"`class_id` must be in \[0, 2\].*got 7"):
+            ConceptExplainer(model, "blocks.2", n_concepts=3, tokens="cls", window=12,
+                             progress=False).fit(images, 7)
+    finally:
+        hook.remove()
+    assert 0 < sum(calls) < 16  # not even one image's windows
+    assert not model._forward_pre_hooks
+    # the patch tokens with an importance through h are refused as early
+    with pytest.raises(ValueError, match=r"`class_id` must be in \[0, 2\].*got 3"):
+        ConceptExplainer(model, "blocks.1", n_concepts=3, tokens="patches",
+                         importance="gradient_input", progress=False).fit(images, 3)
