@@ -17,6 +17,8 @@ _SIZE_MESSAGES = ("output size is too small", "kernel size can't be greater",
                   "input size per channel", "padding size should be less",
                   "expected input with shape", "doesn't match model", "input image size")
 _LIMIT = 4096
+#: What the errors of :func:`too_small_error` say, for callers that re-word them in context.
+SIZE_ERROR_MARKS = ("pixels are too small for", "pixels do not fit")
 
 
 def is_size_error(err: BaseException) -> bool:
@@ -68,9 +70,15 @@ def too_small_error(err: BaseException, run: Callable[[torch.Tensor], object],
     """A ValueError naming ``name``, the images' size and the smallest size ``what`` accepts."""
     height, width = (int(s) for s in images.shape[-2:])
     side = minimum_side(run, images)
-    need = (f"It runs on images of at least {side}x{side} pixels" if side is not None
-            else "No square size up to 4096 pixels runs either")
-    return ValueError(f"`{name}` of {height}x{width} pixels are too small for {what}: "
-                      f"{type(err).__name__}: {str(err).rstrip('.')}. {need}; resize the images (CRAFT crops and "
-                      f"ACE segments are resized to the image size, so `patch_size` must be at "
-                      f"most the image side and does not change this minimum).")
+    cause = f"{type(err).__name__}: {str(err).rstrip('.')}"
+    if side is None:  # no larger size runs: not "too small", the model takes some other size
+        return ValueError(
+            f"`{name}` of {height}x{width} pixels do not fit {what}: {cause}. No square size "
+            f"from {min(height, width)} to {_LIMIT} pixels runs either: the model may take one "
+            f"fixed input size (a transformer with a fixed position embedding); resize the "
+            f"images to the size it was built for.")
+    return ValueError(f"`{name}` of {height}x{width} pixels are too small for {what}: {cause}. "
+                      f"It runs on images of at least {side}x{side} pixels; resize the images "
+                      f"(CRAFT crops and ACE segments are resized to the image size, so "
+                      f"`patch_size` must be at most the image side and does not change this "
+                      f"minimum).")

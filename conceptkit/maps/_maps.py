@@ -14,6 +14,8 @@ Three kinds of map:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from typing import Any
 
 import numpy as np
@@ -389,6 +391,27 @@ def scale_matched_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank
     height, width = images.shape[-2:]
     big = F.interpolate(images.float(), size=(round(height * zoom), round(width * zoom)),
                         mode="bilinear", align_corners=False)
-    acts = ActivationExtractor(model, bank.layer, batch_size=batch_size, progress=False,
-                               preprocess=preprocess, device=device)(big)
+    with enlarged_size_refused(zoom, (height, width), tuple(big.shape[-2:])):
+        acts = ActivationExtractor(model, bank.layer, batch_size=batch_size, progress=False,
+                                   preprocess=preprocess, device=device)(big)
     return coefficient_maps(acts, bank, (height, width), mode)
+
+
+@contextmanager
+def enlarged_size_refused(zoom: float, size: tuple[int, int], enlarged: tuple[int, int]):
+    """Re-raise the extractor's size error (images too small for the model, or a size it does
+    not take) as the scale-matched maps' own: the user's images are fine, the enlarged ones are
+    what the model refuses (a transformer with a fixed input size)."""
+    from ..extraction._sizes import SIZE_ERROR_MARKS
+
+    try:
+        yield
+    except ValueError as err:
+        if not any(mark in str(err) for mark in SIZE_ERROR_MARKS):
+            raise
+        cause = err.__cause__ if err.__cause__ is not None else err
+        raise ValueError(f"scale-matched maps run the model on the images enlarged {zoom:g} "
+                         f"times ({size[0]}x{size[1]} -> {enlarged[0]}x{enlarged[1]} pixels), "
+                         f"and this model does not take that size ({type(cause).__name__}: "
+                         f"{str(cause).rstrip('.')}). Use kind='coefficient' or kind='pixel' "
+                         f"maps instead.") from err

@@ -320,6 +320,7 @@ class ConceptExplainer:
                     and head_reads_cls(self.model, self.layer)):
                 handle = self._handle_reading("patches")
                 if handle.n_prefix is None:
+                    handle.prepare(images)  # the split, and sizes the model refuses, first
                     handle._patch_activations(images[:1], progress=False)
                 if handle.token_layout is not None and handle.n_prefix:
                     read = "cls"

@@ -349,6 +349,7 @@ class ClassConcepts:
         codes are kept, so that ``concept_maps()``, ``report`` and ``save`` run ``g`` over the
         enlarged images once between them."""
         from ..extraction import ActivationExtractor
+        from ..maps._maps import enlarged_size_refused
 
         cache = self.__dict__.get("_scale_cache")
         if (cache is not None and cache[0] is self.bank and cache[1] is self.images
@@ -358,10 +359,11 @@ class ClassConcepts:
         images = self.images[:n_images]
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
         size = (round(images.shape[-2] * zoom), round(images.shape[-1] * zoom))
-        acts = ActivationExtractor(handle.model, self.bank.layer,
-                                   batch_size=_enlarged_batch(handle.batch_size, zoom),
-                                   progress=False, device=handle.device,
-                                   preprocess=handle.preprocess)(_Enlarged(images, size))
+        with enlarged_size_refused(zoom, tuple(images.shape[-2:]), size):
+            acts = ActivationExtractor(handle.model, self.bank.layer,
+                                       batch_size=_enlarged_batch(handle.batch_size, zoom),
+                                       progress=False, device=handle.device,
+                                       preprocess=handle.preprocess)(_Enlarged(images, size))
         codes = torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).float()
         self.__dict__["_scale_cache"] = (self.bank, self.images, codes)
         return codes

@@ -36,6 +36,32 @@ def test_images_too_small_for_the_model_name_the_minimum(side):
             torch.rand(3, 3, side, side), 0)
 
 
+def test_a_model_of_one_fixed_size_is_not_said_to_want_larger_images():
+    """A ViT with a fixed position embedding refuses larger images as well as smaller ones: the
+    error does not call 48 px images "too small"; scale-matched maps (which enlarge the images)
+    say that the enlarged size is what the model refuses, and which kinds work."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3).eval()
+    with pytest.raises(ValueError, match=r"`images` of 48x48 pixels do not fit .* No square size "
+                                         r"from 48 to 4096 pixels runs either: the model may "
+                                         r"take one fixed input size"):
+        conceptkit.ConceptExplainer(vit, "blocks.0", n_concepts=2, progress=False).fit(
+            torch.rand(3, 3, 48, 48), 0)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    cc = conceptkit.ConceptExplainer(vit, "blocks.0", n_concepts=2, method="craft", patch_size=16,
+                                     tokens="patches", n_designs=4, seed=0,
+                                     progress=False).fit(images, 0)
+    message = (r"scale-matched maps run the model on the images enlarged 2 times \(32x32 -> "
+               r"64x64 pixels\), and this model does not take that size \(AssertionError: .*\)\. "
+               r"Use kind='coefficient' or kind='pixel'")
+    for new_images in (None, images[:2].clone()):  # the fitted images' cached path, and new ones
+        with pytest.raises(ValueError, match=message):
+            cc.concept_maps(new_images, kind="scale_matched")
+    assert cc.concept_maps(kind="coefficient").shape == (4, 2, 32, 32)
+
+
 def test_an_inplace_operation_after_the_cut_leaves_the_activations_alone():
     model = _features(inplace=True)
     g, h = split_model(model, "0")  # h starts with ReLU(inplace=True)
