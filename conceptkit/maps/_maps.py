@@ -15,7 +15,6 @@ Three kinds of map:
 from __future__ import annotations
 
 from contextlib import contextmanager
-
 from typing import Any
 
 import numpy as np
