@@ -17,8 +17,11 @@ _SIZE_MESSAGES = ("output size is too small", "kernel size can't be greater",
                   "input size per channel", "padding size should be less",
                   "expected input with shape", "doesn't match model", "input image size")
 _LIMIT = 4096
-#: What the errors of :func:`too_small_error` say, for callers that re-word them in context.
-SIZE_ERROR_MARKS = ("pixels are too small for", "pixels do not fit")
+
+
+class ImageSizeError(ValueError):
+    """Images of a size the model does not take (:func:`too_small_error`); a ``ValueError``, so
+    callers that re-word it in their own context can catch it alone."""
 
 
 def is_size_error(err: BaseException) -> bool:
@@ -66,18 +69,19 @@ def minimum_side(run: Callable[[torch.Tensor], object], template: torch.Tensor) 
 
 
 def too_small_error(err: BaseException, run: Callable[[torch.Tensor], object],
-                    images: torch.Tensor, name: str, what: str) -> ValueError:
-    """A ValueError naming ``name``, the images' size and the smallest size ``what`` accepts."""
+                    images: torch.Tensor, name: str, what: str) -> ImageSizeError:
+    """An :class:`ImageSizeError` naming ``name``, the images' size and the smallest size ``what``
+    accepts (or that no larger size runs)."""
     height, width = (int(s) for s in images.shape[-2:])
     side = minimum_side(run, images)
     cause = f"{type(err).__name__}: {str(err).rstrip('.')}"
     if side is None:  # no larger size runs: not "too small", the model takes some other size
-        return ValueError(
+        return ImageSizeError(
             f"`{name}` of {height}x{width} pixels do not fit {what}: {cause}. No square size "
             f"from {min(height, width)} to {_LIMIT} pixels runs either: the model may take one "
             f"fixed input size (a transformer with a fixed position embedding); resize the "
             f"images to the size it was built for.")
-    return ValueError(f"`{name}` of {height}x{width} pixels are too small for {what}: {cause}. "
+    return ImageSizeError(f"`{name}` of {height}x{width} pixels are too small for {what}: {cause}. "
                       f"It runs on images of at least {side}x{side} pixels; resize the images "
                       f"(CRAFT crops and ACE segments are resized to the image size, so "
                       f"`patch_size` must be at most the image side and does not change this "

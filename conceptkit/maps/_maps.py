@@ -401,13 +401,11 @@ def enlarged_size_refused(zoom: float, size: tuple[int, int], enlarged: tuple[in
     """Re-raise the extractor's size error (images too small for the model, or a size it does
     not take) as the scale-matched maps' own: the user's images are fine, the enlarged ones are
     what the model refuses (a transformer with a fixed input size)."""
-    from ..extraction._sizes import SIZE_ERROR_MARKS
+    from ..extraction._sizes import ImageSizeError
 
     try:
         yield
-    except ValueError as err:
-        if not any(mark in str(err) for mark in SIZE_ERROR_MARKS):
-            raise
+    except ImageSizeError as err:
         cause = err.__cause__ if err.__cause__ is not None else err
         raise ValueError(f"scale-matched maps run the model on the images enlarged {zoom:g} "
                          f"times ({size[0]}x{size[1]} -> {enlarged[0]}x{enlarged[1]} pixels), "
