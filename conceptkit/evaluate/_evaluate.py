@@ -212,7 +212,26 @@ def _as_data(data: Any) -> _Data:
     names = _field(data, "part_names", "concept_names")
     return _Data(images, labels.astype(np.int64), masks,
                  None if names is None else tuple(str(n) for n in names),
-                 _field(data, "class_names"), _field(data, "class_concepts"))
+                 _field(data, "class_names"),
+                 _check_class_concepts(_field(data, "class_concepts"), masks.shape[1]))
+
+
+def _check_class_concepts(class_concepts: Any, n_parts: int) -> list | None:
+    """Each class's designed causal parts as lists of part indices in ``[0, n_parts)``."""
+    if class_concepts is None:
+        return None
+    try:
+        out = [[int(g) for g in parts] for parts in class_concepts]
+    except (TypeError, ValueError):
+        raise TypeError(f"`data.class_concepts` must list, for each class, the indices of its "
+                        f"causal parts; got {describe(class_concepts)}.") from None
+    for class_id, parts in enumerate(out):
+        wrong = [g for g in parts if not 0 <= g < n_parts]
+        if wrong:
+            raise ValueError(f"`data.class_concepts[{class_id}]` holds part indices {wrong}; the "
+                             f"masks have {n_parts} parts, so each must be in [0, "
+                             f"{n_parts - 1}].")
+    return out
 
 
 def _classes(explanation: Any) -> dict[int, Any]:
@@ -239,6 +258,11 @@ def _classes(explanation: Any) -> dict[int, Any]:
                             f"{' or '.join(f'`{n}`' for n in lacking)}: every class needs "
                             f"importances (k,) and concept_maps(images, kind=...), as a "
                             f"ClassConcepts has; got {describe(cc)}.")
+        explained = getattr(cc, "class_id", None)
+        if explained is not None and int(explained) != class_id:
+            raise ValueError(f"`explanation` maps class {class_id} to an explanation of class "
+                             f"{int(explained)}; it would be scored on the other class's images. "
+                             f"Key each explanation by its own class_id.")
     return dict(sorted(out.items()))
 
 

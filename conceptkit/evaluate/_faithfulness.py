@@ -219,7 +219,9 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     reliance, localisation : optional
         Results already computed for these images (then not recomputed).
     preprocess, batch_size, device, progress
-        As for :func:`reliance`.
+        As for :func:`reliance`; ``preprocess`` defaults to the explanation's own (that of its
+        ``model_at_layer``), so that the parts are painted out of the images the model was
+        explained on, as :func:`evaluate` does.
 
     Returns
     -------
@@ -234,6 +236,8 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     measure = check_measure(measure)
     removal = check_choice(removal, "removal", REMOVALS)
     preprocess = check_preprocess(preprocess)
+    if preprocess is None:  # the explanation's own, as for its maps and evaluate()
+        preprocess = getattr(model_at_layer_of(result), "preprocess", None)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
     if reliance is None:
@@ -249,6 +253,10 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                               quantile=quantile, min_images=min_images,
                               assign_threshold=assign_threshold)
     _check_given(localisation, Localisation, "localisation", None)
+    located = tuple(localisation.per_image["pointing_game"].shape[::2])
+    if located != tuple(masks.shape[:2]):
+        raise ValueError(f"`localisation` covers {located} (images, parts) but `masks` has "
+                         f"{tuple(masks.shape[:2])}; compute it on the same images and masks.")
     if localisation.n_concepts != importances.size:
         raise ValueError(f"`result` has {importances.size} importances but its maps show "
                          f"{localisation.n_concepts} concepts.")
@@ -278,7 +286,10 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
         notes.append("part-level faithfulness is undefined (NaN): no concept sits on a shown "
                      "part, or the shown parts are equally relied on.")
     curves = None
-    if deletion:
+    if deletion and not shown.any():  # no part to remove: no curve to compare the concepts' with
+        notes.append("no deletion curves: no image shows any part, so there is no part curve "
+                     "to compare the concepts' curve with.")
+    elif deletion:
         filler = Fill(fill, images, blur_sigma)
         curves = _deletion(result, model, images, masks, importances, reliance, localisation,
                            filler, class_id, measure, removal, quantile, preprocess, batch_size,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device
+from .._torchutils import model_device, model_dtype
 from .._validation import check_choice, check_images, check_int, describe, resolve_device
 
 #: What a class score is measured in: the class probability (softmax; sigmoid for one output) or
@@ -107,13 +107,20 @@ def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
     """Class probability and class logit ``(N,)`` each, for images in [0, 1] (the caller holds the
     model in eval mode under ``torch.no_grad``)."""
     probabilities, logits = [], []
+    dtype = model_dtype(model)
     starts = range(0, images.shape[0], batch_size)
     for start in tqdm(starts, disable=not progress, desc=desc, leave=False):
         batch = images[start:start + batch_size].to(device)
         if preprocess is not None:
             batch = preprocess(batch)
-        out = _logits(model(batch)).float()
+        out = _logits(model(batch.to(dtype=dtype))).float()
         check_class_id(class_id, out.shape[1])
+        finite = torch.isfinite(out).all(dim=1)
+        if not bool(finite.all()):
+            raise ValueError(f"the model returned NaN or infinite logits for "
+                             f"{int((~finite).sum())} of {out.shape[0]} images: no drop can be "
+                             f"measured from them. Check the model on these images, and `fill`: "
+                             f"an image with a part painted out may be one it does not expect.")
         prob = (torch.sigmoid(out[:, 0]) if out.shape[1] == 1
                 else torch.softmax(out, dim=1)[:, class_id])
         probabilities.append(prob.cpu().double())
@@ -164,7 +171,7 @@ def class_id_of(result: Any, class_id: Any) -> int:
 
 
 def checked_images(images: Any) -> torch.Tensor:
-    return check_images(images, "images")
+    return check_images(images, "images", pixels=True)
 
 
 def model_at_layer_of(result: Any) -> Any:

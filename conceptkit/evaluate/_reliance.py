@@ -19,6 +19,7 @@ from ._fill import Fill, paint
 from ._inputs import (
     check_class_id,
     check_masks,
+    check_measure,
     check_model,
     check_part_names,
     check_preprocess,
@@ -78,7 +79,7 @@ class Reliance:
 
     def values(self, measure: str = "probability") -> np.ndarray:
         """``expected`` (``measure="probability"``) or ``expected_logit`` ``(P,)``."""
-        return self.expected if measure == "probability" else self.expected_logit
+        return self.expected if check_measure(measure) == "probability" else self.expected_logit
 
     def ranking(self, measure: str = "probability") -> np.ndarray:
         """Parts present in at least one image, from most to least relied on (by ``expected``;
@@ -95,7 +96,8 @@ class Reliance:
     def _drops(self, measure: str) -> np.ndarray:
         """Per-image drops ``(N, P)`` in ``measure`` with an absent part counting 0 (the terms
         of ``expected``)."""
-        return np.nan_to_num(self.per_image if measure == "probability" else self.per_image_logit)
+        return np.nan_to_num(self.per_image if check_measure(measure) == "probability"
+                             else self.per_image_logit)
 
     def most_relied_parts(self, measure: str = "probability",
                           confidence: float = 0.95) -> np.ndarray:

@@ -96,7 +96,8 @@ class TokenHead(nn.Module):
         return self.h(tokens)
 
 
-def _batches(inputs: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int]:
+def _batches(inputs: Any, batch_size: int,
+             name: str = "inputs") -> tuple[Iterator[torch.Tensor], int]:
     """Yield image batches from a tensor, a Dataset, a DataLoader, or a batch source."""
     if hasattr(inputs, "iter_batches") and hasattr(inputs, "__len__"):
         n = len(inputs)
@@ -109,7 +110,7 @@ def _batches(inputs: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int]
     if isinstance(inputs, Dataset):
         loader = DataLoader(inputs, batch_size=batch_size, shuffle=False)
         return (_first(b) for b in loader), len(loader)
-    raise TypeError(f"`inputs` must be a tensor (N, C, H, W), a torch Dataset or a DataLoader; "
+    raise TypeError(f"`{name}` must be a tensor (N, C, H, W), a torch Dataset or a DataLoader; "
                     f"got {describe(inputs)}.")
 
 
@@ -226,16 +227,18 @@ class ActivationExtractor:
         self._prefix_batches.append(act[:, :prefix].detach().to(self.output_device))
         return tokens_to_maps(act, prefix)
 
-    def __call__(self, inputs: Any) -> torch.Tensor:
-        """Activations for ``inputs``: ``(N, C, h, w)`` for conv layers and token maps, else as is."""
+    def __call__(self, inputs: Any, *, name: str = "inputs") -> torch.Tensor:
+        """Activations for ``inputs``: ``(N, C, h, w)`` for conv layers and token maps, else as is.
+
+        ``name`` is what errors about the inputs call them (a caller's own argument name)."""
         channels = expected_in_channels(self.model)
         if isinstance(inputs, (torch.Tensor, np.ndarray)):
-            inputs = check_images(inputs, "inputs", channels=channels)
+            inputs = check_images(inputs, name, channels=channels)
         # Batches already known finite (slices of a checked tensor, crops or segments of finite
         # images) get only the cheap structural checks, not a NaN scan of every batch.
         finite = isinstance(inputs, torch.Tensor) or (
             callable(getattr(inputs, "all_finite", None)) and bool(inputs.all_finite()))
-        batches, total = _batches(inputs, self.batch_size)
+        batches, total = _batches(inputs, self.batch_size, name)
         original = model_device(self.model)
         device = self.device or original
         if "meta" in (original.type, device.type):
@@ -252,7 +255,7 @@ class ActivationExtractor:
             with context:
                 for batch in tqdm(batches, total=total, disable=not self.progress,
                                   desc=self.desc or f"activations @ {self.layer}", leave=False):
-                    batch = self._check_batch(batch, channels, finite)
+                    batch = self._check_batch(batch, channels, finite, name)
                     if self.preprocess is not None:
                         batch = self.preprocess(batch)
 
@@ -265,7 +268,7 @@ class ActivationExtractor:
                     except Exception as err:
                         if is_size_error(err):
                             raise too_small_error(
-                                err, run, batch, "inputs", f"{type(self._inner).__name__} up to "
+                                err, run, batch, name, f"{type(self._inner).__name__} up to "
                                 f"`layer` {self.layer!r}") from err
                         raise
                     if output is None:
@@ -277,20 +280,21 @@ class ActivationExtractor:
                         act = act.mean(dim=tuple(range(2, act.ndim)))
                     outputs.append(act if self.grad else act.detach().to(self.output_device))
         if not outputs:
-            raise ValueError("`inputs` is empty: no images to extract activations from.")
+            raise ValueError(f"`{name}` is empty: no images to extract activations from.")
         if self._prefix_batches:  # the CLS/register tokens dropped from token maps, (N, P, C)
             self.prefix_ = torch.cat(self._prefix_batches)
             self._prefix_batches = []
         return torch.cat(outputs)
 
     @staticmethod
-    def _check_batch(batch: Any, channels: int | None, finite: bool) -> torch.Tensor:
+    def _check_batch(batch: Any, channels: int | None, finite: bool,
+                     name: str = "inputs") -> torch.Tensor:
         if not isinstance(batch, torch.Tensor):
             raise TypeError(f"batches must be image tensors (B, C, H, W); got {describe(batch)}.")
         if (finite and batch.ndim == 4 and batch.shape[0] > 0 and batch.is_floating_point()
                 and (channels is None or batch.shape[1] == channels)):
             return batch
-        return check_images(batch, "inputs", channels=channels)
+        return check_images(batch, name, channels=channels)
 
 
 def extract(model: nn.Module, layer: str | nn.Module, inputs: Any, **kwargs: Any) -> torch.Tensor:

@@ -347,6 +347,10 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
                          f"{len(concepts)}. Pass more concept sets or baseline='random'.")
     if random_set_size is None:
         random_set_size = max(f.shape[0] for f in features.values())
+    elif isinstance(random_sets, (list, tuple)):
+        raise ValueError("`random_set_size` sets the size of the sets drawn from one pool of "
+                         "random activations, but `random_sets` is a list of sets, each used "
+                         "whole; leave random_set_size out, or pass one pool array.")
     random_set_size = check_int(random_set_size, "random_set_size", minimum=2)
     rng = make_rng(seed)
     randoms = _random_runs(random_sets, n_runs, random_set_size, space, dim, rng)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_images, check_int, describe, to_numpy
+from .._validation import check_int, describe, to_numpy
 from ..extraction import ActivationExtractor, split_model
 from ._tcav import TCAVResult, tcav
 
@@ -103,9 +103,7 @@ def tcav_from_bank(h: Any, class_activations: Any, codes: Any, segment_activatio
 
 
 def _extract(extractor: Any, images: Any, name: str) -> torch.Tensor:
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        images = check_images(images, name)
-    return extractor(images)
+    return extractor(images, name=name)
 
 
 def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,

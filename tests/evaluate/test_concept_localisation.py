@@ -159,7 +159,7 @@ def test_small_maps_are_resized_and_fitted_images_use_the_fitted_path():
     assert result.maps.shape == (12, 3, 24, 24) and result.concept_parts.tolist() == [0, 1, 2]
     planted = PlantedExplanation(masks.float(), [3, 2, 1], images=images)
     localisation(planted, images, masks, kind="coefficient")
-    localisation(planted, images + 0.01, masks)
+    localisation(planted, images * 0.99, masks)  # other images, still pixels
     assert planted.calls == [("fitted", "coefficient"), ("new", "auto")]
 
 

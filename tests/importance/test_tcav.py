@@ -562,3 +562,25 @@ def test_default_protocol_flags_only_the_concept_the_head_uses(confounded):
     np.testing.assert_allclose(result.p_values_corrected, np.minimum(3 * np.array(expected), 1))
     assert "random concept" in result.summary().splitlines()[-1]
     assert result.to_dict()["baseline"] == "concepts"
+
+
+def test_random_set_size_is_refused_where_it_cannot_apply(planted):
+    # with a list of random sets each set is used whole; the size was validated, then ignored
+    with pytest.raises(ValueError, match="`random_set_size` sets the size of the sets drawn"):
+        tcav(PlantedHead(), planted["class"], planted["concepts"], planted["randoms"], 0,
+             n_runs=10, random_set_size=5, seed=0, progress=False)
+    drawn = tcav(PlantedHead(), planted["class"], planted["concepts"], planted["pool"], 0,
+                 n_runs=10, random_set_size=5, seed=0, progress=False)  # a pool: it applies
+    assert drawn.n_runs == 10
+
+
+def test_tcav_images_errors_name_the_image_set_at_fault():
+    gen = torch.Generator().manual_seed(0)
+    model = TinyCNN()
+    good = tinted(gen, 20, 0)
+    with pytest.raises(ValueError, match=r"`concept_images\['grey'\]` must have 3 channels"):
+        tcav_images(model, "features", tinted(gen, 8), {"red": good, "grey": good[:, :1]},
+                    tinted(gen, 60), 0, n_runs=10, seed=0, progress=False)
+    with pytest.raises(TypeError, match=r"`class_images` must be a tensor"):
+        tcav_images(model, "features", [good[0]], {"red": good, "blue": good}, tinted(gen, 60),
+                    0, n_runs=10, seed=0, progress=False)

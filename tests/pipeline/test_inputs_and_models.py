@@ -62,6 +62,15 @@ def test_a_model_of_one_fixed_size_is_not_said_to_want_larger_images():
     assert cc.concept_maps(kind="coefficient").shape == (4, 2, 32, 32)
 
 
+def test_scale_matched_maps_of_an_explanation_without_crops_say_why():
+    # ICE was fitted on no crops: a bare KeyError 'patch_size' before
+    cc = _explain(_features(), "1")
+    for images in (None, IMAGES[:2].clone()):
+        with pytest.raises(ValueError, match=r"kind='scale_matched' enlarges the images by image "
+                                             r"side / crop side.*method='ice'.*kind='pixel'"):
+            cc.concept_maps(images, kind="scale_matched")
+
+
 def test_an_inplace_operation_after_the_cut_leaves_the_activations_alone():
     model = _features(inplace=True)
     g, h = split_model(model, "0")  # h starts with ReLU(inplace=True)
