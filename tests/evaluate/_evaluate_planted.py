@@ -44,6 +44,15 @@ def planted_images(n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return torch.tensor(images, dtype=torch.float32), torch.from_numpy(masks)
 
 
+def planted_maps(masks: torch.Tensor) -> torch.Tensor:
+    """Maps ``(n, 4, 24, 24)`` of four concepts: 0, 1, 2 sit on the red, green and blue squares,
+    3 on the empty bottom-right quarter (background)."""
+    m = masks.float()
+    background = torch.zeros_like(m[:, 0])
+    background[:, 14:, 14:] = 1.0
+    return torch.stack([m[:, 0], m[:, 1], m[:, 2], background], 1)
+
+
 class ColourMeanNet(nn.Module):
     """Logits ``W · (mean colour of the image) + b`` as a small conv net."""
 

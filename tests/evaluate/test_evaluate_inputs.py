@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _evaluate_planted import PART_NAMES, ColourMeanNet, PlantedExplanation, planted_images
+from _evaluate_planted import (
+    PART_NAMES,
+    ColourMeanNet,
+    PlantedExplanation,
+    planted_images,
+    planted_maps,
+)
 from torch import nn
 
 from conceptkit.evaluate import evaluate, faithfulness, localisation, reliance
@@ -17,11 +23,7 @@ from conceptkit.evaluate import evaluate, faithfulness, localisation, reliance
 @pytest.fixture(scope="module")
 def world():
     images, masks = planted_images(12, seed=0)
-    m = masks.float()
-    background = torch.zeros_like(m[:, 0])
-    background[:, 14:, 14:] = 1.0
-    maps = torch.stack([m[:, 0], m[:, 1], m[:, 2], background], 1)
-    return images, masks, maps
+    return images, masks, planted_maps(masks)
 
 
 class Normalised(nn.Module):

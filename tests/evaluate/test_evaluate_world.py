@@ -9,7 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from _evaluate_planted import PART_NAMES, ColourMeanNet, PlantedExplanation, planted_images
+from _evaluate_planted import (
+    PART_NAMES,
+    ColourMeanNet,
+    PlantedExplanation,
+    planted_images,
+    planted_maps,
+)
 
 from conceptkit.evaluate import METRIC_COLUMNS, Evaluation, evaluate, faithfulness
 from conceptkit.evaluate import reliance as evaluate_reliance
@@ -38,11 +44,7 @@ def planted_explanations(data, importances):
     out = {}
     for class_id, values in importances.items():
         rows = data.labels.numpy() == class_id
-        m = data.masks[rows].float()
-        background = torch.zeros_like(m[:, 0])
-        background[:, 14:, 14:] = 1.0
-        maps = torch.stack([m[:, 0], m[:, 1], m[:, 2], background], 1)
-        out[class_id] = PlantedExplanation(maps, values, class_id)
+        out[class_id] = PlantedExplanation(planted_maps(data.masks[rows]), values, class_id)
     return out
 
 

@@ -16,6 +16,7 @@ from _evaluate_planted import (
     closed_logits,
     painted,
     planted_images,
+    planted_maps,
 )
 from scipy import stats
 
@@ -25,13 +26,7 @@ from conceptkit.evaluate import Faithfulness, faithfulness, localisation, relian
 @pytest.fixture(scope="module")
 def world():
     images, masks = planted_images(12, seed=0)
-    m = masks.float()
-    # concepts 0, 1, 2 sit on the red, green and blue squares; concept 3 on the empty
-    # bottom-right quarter (background)
-    background = torch.zeros_like(m[:, 0])
-    background[:, 14:, 14:] = 1.0
-    maps = torch.stack([m[:, 0], m[:, 1], m[:, 2], background], 1)
-    return ColourMeanNet(), images, masks, maps
+    return ColourMeanNet(), images, masks, planted_maps(masks)
 
 
 def closed_reliance(images, masks):
