@@ -7,6 +7,7 @@ from ._extractor import ActivationExtractor, extract
 from ._heads import select_output
 from ._layers import layer_names
 from ._provenance import Provenance
+from ._sizes import ImageSizeError
 from ._split import CutError, check_split, split_model
 from ._store import ActivationStore, write_store
 from ._windows import cls_windows, head_reads_cls
@@ -16,6 +17,7 @@ __all__ = [
     "ActivationStore",
     "CropSet",
     "CutError",
+    "ImageSizeError",
     "PositionSet",
     "Provenance",
     "SegmentSet",

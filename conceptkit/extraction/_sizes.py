@@ -20,8 +20,9 @@ _LIMIT = 4096
 
 
 class ImageSizeError(ValueError):
-    """Images of a size the model does not take (:func:`too_small_error`); a ``ValueError``, so
-    callers that re-word it in their own context can catch it alone."""
+    """Images of a size the model does not take: too small for it, or not the one size it takes
+    (a ``ValueError``; the message names the argument, the size, and the smallest size that runs
+    when there is one)."""
 
 
 def is_size_error(err: BaseException) -> bool:

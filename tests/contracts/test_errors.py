@@ -837,8 +837,9 @@ by conceptkit itself. The page is generated from that table (`python tests/contr
 a test checks that it matches what the code says. `<tmp>` stands for the test's temporary
 directory.
 
-`FormatError` is `conceptkit.io.FormatError`, a subclass of `ValueError`; `CutError` is
-`conceptkit.extraction.CutError`, also a `ValueError`. On the command line the same errors exit
+`FormatError` is `conceptkit.io.FormatError`, a subclass of `ValueError`; `CutError` and
+`ImageSizeError` (images of a size the model does not take) are `conceptkit.extraction.CutError`
+and `conceptkit.extraction.ImageSizeError`, also `ValueError`s. On the command line the same errors exit
 with status 2 and print `error: <message>` (set `CONCEPTKIT_DEBUG=1` for the traceback).
 
 ## Behaviour that is not an error
