@@ -102,10 +102,6 @@ def tcav_from_bank(h: Any, class_activations: Any, codes: Any, segment_activatio
     return tcav(h, class_activations, concepts, random_sets, class_id, **tcav_kwargs)
 
 
-def _extract(extractor: Any, images: Any, name: str) -> torch.Tensor:
-    return extractor(images, name=name)
-
-
 def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,
                 concept_images: Mapping[str, Any], random_images: Any, class_id: int, *,
                 batch_size: int = 32, device: Any = None, progress: bool = True,
@@ -149,18 +145,18 @@ def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,
     _, h = split_model(model, layer)
     extractor = ActivationExtractor(model, layer, batch_size=batch_size, device=device,
                                     progress=progress, tokens="raw")
-    class_activations = _extract(extractor, class_images, "class_images")
+    class_activations = extractor(class_images, name="class_images")
     if class_activations.ndim == 3 and tcav_kwargs.get("space", "pooled") == "pooled":
         raise ValueError(f"`layer` {extractor.layer!r} gives tokens of shape "
                          f"{tuple(class_activations.shape)}; pooled space needs maps "
                          "(N, C, h, w) or vectors (N, D). Pass space='flat' (or 'cls' for "
                          "the CLS token of a CLS-pooled transformer).")
-    concepts = {name: _extract(extractor, images, f"concept_images[{name!r}]")
+    concepts = {name: extractor(images, name=f"concept_images[{name!r}]")
                 for name, images in concept_images.items()}
     if isinstance(random_images, (list, tuple)):
-        randoms: Any = [_extract(extractor, images, f"random_images[{i}]")
+        randoms: Any = [extractor(images, name=f"random_images[{i}]")
                         for i, images in enumerate(random_images)]
     else:
-        randoms = _extract(extractor, random_images, "random_images")
+        randoms = extractor(random_images, name="random_images")
     return tcav(h, class_activations, concepts, randoms, class_id, batch_size=batch_size,
                 device=device, progress=progress, **tcav_kwargs)

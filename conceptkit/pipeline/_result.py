@@ -330,7 +330,7 @@ class ClassConcepts:
     def _scale_matched(self, images: torch.Tensor | None, size: Any) -> torch.Tensor:
         from ..maps import scale_matched_maps, upsample
 
-        self._check_crops("kind='scale_matched'")
+        self._check_crops()
         if images is None:
             raise ValueError("this explanation was loaded without images; pass `images`.")
         if images is self.images:  # the fitted images: one pass of g, codes kept for reuse
@@ -343,13 +343,13 @@ class ClassConcepts:
                                   batch_size=_enlarged_batch(handle.batch_size, zoom))
         return maps if size is None else _resize(maps, size)
 
-    def _check_crops(self, what: str) -> None:
+    def _check_crops(self) -> None:
         """Scale-matched maps enlarge the images by image side / CRAFT's crop side: refuse an
         explanation without crops (ICE, ACE) with the kinds that work."""
         if "patch_size" not in (self.bank.params or {}):
-            raise ValueError(f"{what} enlarges the images by image side / crop side, the scale "
-                             f"CRAFT's concepts were learned at; this explanation "
-                             f"(method={self.method!r}) was fitted on no crops. Use "
+            raise ValueError(f"kind='scale_matched' enlarges the images by image side / crop "
+                             f"side, the scale CRAFT's concepts were learned at; this "
+                             f"explanation (method={self.method!r}) was fitted on no crops. Use "
                              f"kind='pixel', 'coefficient' or 'gradient' maps.")
 
     def _scale_matched_codes(self, n_images: int) -> torch.Tensor:
