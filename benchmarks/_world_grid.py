@@ -70,8 +70,11 @@ METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_re
 #: ("pixel_ablation" itself averages the drops of four region sizes, the top 10 % to 2.5 % of
 #: each concept's map; "_q90" etc. paint one region, the library's default before that),
 #: or "half"/"third" for regions where a concept's map reaches that fraction of its 99th
-#: percentile over the class's images (a region that follows the map's own scale, not a decile).
+#: percentile over the class's images (a region that follows the map's own scale, not a decile);
+#: "pixel_ablation_alone" paints the map's regions without growing them to superpixels (the
+#: library's rule before regions grew, ``n_segments=None``).
 PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"},
+                  "pixel_ablation_alone": {"n_segments": None},
                   "pixel_ablation_dominant": "dominant_regions",
                   "pixel_ablation_q93": {"quantile": 0.93},
                   "pixel_ablation_q95": {"quantile": 0.95},
@@ -280,8 +283,10 @@ def _auto_kind(cc, maps: dict[str, torch.Tensor]) -> str | None:
 
 
 def score_class(model, world, data, class_id, methods, importance_methods, n_concepts, seed,
-                fill, deletion, notes, reliance_floor=0.0, extra_kinds=()) -> list[dict]:
-    """Every configuration's row for one class of one world and seed."""
+                fill, deletion, notes, reliance_floor=0.0, extra_kinds=(),
+                kinds=None) -> list[dict]:
+    """Every configuration's row for one class of one world and seed (``kinds``: only these
+    map kinds, "auto" for the one the library picks; None: every kind of each method)."""
     rows_index = np.flatnonzero(np.asarray(data.labels) == class_id)
     images, masks = data.images[rows_index], data.masks[rows_index]
     names = list(data.concept_names)
@@ -318,7 +323,10 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         if note:
             notes.add(f"{method}: {note}")
         maps = {}
-        for kind in KINDS[method] + tuple(extra_kinds):
+        wanted = KINDS[method] + tuple(extra_kinds)
+        if kinds is not None:
+            wanted = [k for k in wanted if k in kinds or ("auto" in kinds and k == cc._auto_kind(None))]
+        for kind in wanted:
             try:  # e.g. scale-matched maps need a model that takes enlarged images (not a ViT)
                 maps[kind] = cc.concept_maps(kind=kind)
             except Exception as err:  # noqa: BLE001 - recorded and printed as a note
@@ -376,7 +384,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
 
 def run_grid(worlds, seeds, methods, importance_methods, n_per_class, n_concepts, split, fill,
              deletion, classes=None, log=print, reliance_floor=0.0,
-             extra_kinds=()) -> dict[str, Any]:
+             extra_kinds=(), kinds=None) -> dict[str, Any]:
     records, notes, seconds = [], set(), {}
     for name, world in worlds:
         start = time.perf_counter()
@@ -388,7 +396,7 @@ def run_grid(worlds, seeds, methods, importance_methods, n_per_class, n_concepts
                 t0 = time.perf_counter()
                 rows = score_class(model, world, data, class_id, methods, importance_methods,
                                    n_concepts, seed, fill, deletion, notes, reliance_floor,
-                                   extra_kinds)
+                                   extra_kinds, kinds)
                 for row in rows:
                     row.update(world=name, seed=seed)
                 records.extend(rows)

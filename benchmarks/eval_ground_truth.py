@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--fill", default="median")
     grid.add_argument("--classes", default=None, help="comma-separated class ids (default all)")
     grid.add_argument("--no-deletion", action="store_true", help="skip the deletion curves")
+    grid.add_argument("--kinds", default=None,
+                      help="comma-separated map kinds to score (default every kind of each "
+                           "method; 'auto' is the one the library picks)")
     grid.add_argument("--extra-kinds", default="",
                       help="comma-separated map kinds outside the library to score too "
                            "(_world_grid.EXTRA_KINDS)")
@@ -390,6 +393,7 @@ def _main_grid(args: argparse.Namespace) -> int:
     importances = (args.importances or "sobol,gradient_input,ablation,pixel_ablation").split(",")
     classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
     extra_kinds = [k for k in args.extra_kinds.split(",") if k]
+    kinds = None if args.kinds is None else [k for k in args.kinds.split(",") if k]
     unknown = sorted(set(extra_kinds) - set(grid.EXTRA_KINDS))
     if unknown:
         print(f"error: --extra-kinds: unknown {unknown}; choose from {list(grid.EXTRA_KINDS)}",
@@ -400,12 +404,13 @@ def _main_grid(args: argparse.Namespace) -> int:
                "n_concepts": args.n_concepts, "split": args.split, "fill": args.fill,
                "methods": methods, "importances": importances, "classes": classes,
                "deletion": not args.no_deletion, "reliance_floor": args.reliance_floor,
-               "extra_kinds": extra_kinds}
+               "extra_kinds": extra_kinds, "kinds": kinds}
     start = time.perf_counter()
     worlds = grid.resolve_worlds(args.worlds)
     results = grid.run_grid(worlds, seeds, methods, importances, n_per_class, args.n_concepts,
                             args.split, args.fill, not args.no_deletion, classes, log=print,
-                            reliance_floor=args.reliance_floor, extra_kinds=extra_kinds)
+                            reliance_floor=args.reliance_floor, extra_kinds=extra_kinds,
+                            kinds=kinds)
     results["setting"] = setting
     grid.print_grid(results, setting)
     if args.markdown:

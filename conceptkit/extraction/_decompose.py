@@ -233,6 +233,20 @@ def _dedupe(masks: np.ndarray, min_area: int, max_jaccard: float) -> list[int]:
     return kept
 
 
+def slic_labels(pixels: np.ndarray, n_segments: int, compactness: float = 20.0,
+                sigma: float = 1.0) -> np.ndarray:
+    """SLIC superpixel labels ``(H, W)``, numbered from 0, of one ``(H, W, C)`` image in [0, 1]
+    (Lab colour space for three channels; one channel is read as grey levels)."""
+    from skimage.segmentation import slic
+
+    pixels = np.asarray(pixels, dtype=np.float64)
+    if pixels.shape[-1] == 1:
+        return slic(pixels[..., 0], n_segments=n_segments, compactness=compactness, sigma=sigma,
+                    start_label=0, channel_axis=None)
+    return slic(pixels, n_segments=n_segments, compactness=compactness, sigma=sigma,
+                start_label=0, channel_axis=-1)
+
+
 @renamed_arguments(output_size="image_size")
 def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
              compactness: float | Sequence[float] = 20.0, sigma: float = 1.0,
@@ -255,8 +269,6 @@ def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
     fill
         Value outside the segment (ACE's grey, 117/255).
     """
-    from skimage.segmentation import slic
-
     images = check_images(images, "images", channels=3, pixels=True)  # SLIC works on colours
     n_segments = [check_int(s, "n_segments", minimum=2) for s in np.atleast_1d(n_segments)]
     if isinstance(compactness, (int, float)):
@@ -277,8 +289,7 @@ def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
     for i in tqdm(range(n), disable=not progress, desc="SLIC segments", leave=False):
         candidates, cand_refs = [], []
         for r, (count, comp) in enumerate(zip(n_segments, compactness)):
-            labels = slic(pixels[i], n_segments=count, compactness=comp, sigma=sigma,
-                          start_label=0, channel_axis=-1)
+            labels = slic_labels(pixels[i], count, comp, sigma)
             label_maps[i, r] = labels
             for label in range(int(labels.max()) + 1):
                 candidates.append(labels == label)

@@ -43,6 +43,10 @@ from ._result import KnownCodes
 #: (measured in BENCHMARKS.md, "Concept atlas"); the per-class explainer averages four sizes
 #: (``_pixel.REGION_QUANTILES``). ``importance_kwargs={"quantile": ...}`` sets either.
 ATLAS_QUANTILE = 0.9
+#: The atlas paints the map's regions alone, as measured in "Concept atlas"; the per-class
+#: explainer grows them to the superpixels they mostly cover (``_pixel.N_SEGMENTS``).
+#: ``importance_kwargs={"n_segments": ...}`` sets either.
+ATLAS_N_SEGMENTS = None
 
 ATLAS_METHODS = ("craft", "ice")
 #: Importance methods of the atlas: "auto", pixel ablation and the activation-space methods.
@@ -78,8 +82,8 @@ class ConceptAtlas:
         fitted on images (each concept's region, the top decile of its map over the whole
         dataset, painted out of the class's images, the whole model re-run: the class-probability
         drop; the per-class explainer's default method, which averages four region sizes where
-        the atlas paints one, as measured in "Concept atlas"; ``importance_kwargs={"quantile":
-        ...}`` sets it) and ``"sobol"`` when it is fitted on an activation store, which holds
+        the atlas paints one and does not grow it to superpixels, as measured in "Concept
+        atlas"; ``importance_kwargs={"quantile": ..., "n_segments": ...}`` sets them) and ``"sobol"`` when it is fitted on an activation store, which holds
         no pixels. Why: on the four shipped ground-truth worlds the classes for which a concept is
         important under pixel ablation are the classes whose model relies on its part far more often
         than under Sobol (``BENCHMARKS.md``, "Concept atlas"). ``importance.method`` says which ran.
@@ -258,7 +262,8 @@ class ConceptAtlas:
         """Pixel ablation of one class's images, in chunks of images so that the maps at the
         images' size never all sit in memory; the interval is over all the class's images."""
         ex, data = self.explainer, self._data()
-        kwargs = {**ex.importance_kwargs, "quantile": self._region_quantile()}
+        kwargs = {"n_segments": ATLAS_N_SEGMENTS, **ex.importance_kwargs,
+                  "quantile": self._region_quantile()}
         confidence = kwargs.pop("confidence", 0.95)
         parts, info, empty = [], {}, None
         for start in range(0, len(ids), chunk):
@@ -288,10 +293,11 @@ class ConceptAtlas:
         rows, lows, highs, classes, no_region = [], [], [], [], []
         pixels = (ex.model_at_layer.whole_model() if method in PIXEL_METHODS
                   else contextlib.nullcontext())
-        unknown = sorted(set(ex.importance_kwargs) - {"quantile", "confidence", "score"})
+        unknown = sorted(set(ex.importance_kwargs)
+                         - {"quantile", "confidence", "score", "n_segments"})
         if method in PIXEL_METHODS and unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for importance={method!r}; "
-                            f"accepted: quantile, confidence, score.")
+                            f"accepted: quantile, confidence, score, n_segments.")
         cut = self._map_thresholds(self._region_quantile()) \
             if method in PIXEL_METHODS else None
         with pixels as forward:

@@ -514,11 +514,11 @@ class ConceptExplainer:
     def _pixel_importance(self, result: ClassConcepts, images: torch.Tensor,
                           class_id: int) -> Any:
         options = dict(self.importance_kwargs)
-        unknown = sorted(set(options) - {"quantile", "confidence", "score", "kind"})
+        unknown = sorted(set(options) - {"quantile", "confidence", "score", "kind", "n_segments"})
         if unknown:
             raise TypeError(f"unexpected importance_kwargs {unknown} for "
                             f"importance={self.importance!r}; accepted: quantile, confidence, "
-                            f"score, kind.")
+                            f"score, kind, n_segments.")
         kind = options.pop("kind", "auto")
         kind = result._auto_kind(None) if kind == "auto" else kind
         maps = result.concept_maps(kind=kind)

@@ -21,6 +21,14 @@ model does without the concept's pixels — the same kind of evidence as
 recomputed (a transformer's CLS token included, which the activation-space methods hold fixed).
 An image where the concept is absent (an empty region) scores exactly 0 without a pass of the
 model.
+
+Each region then grows to the image's SLIC superpixels (:data:`N_SEGMENTS`, about 50 per image,
+ACE's middle resolution) that it covers at least half of (:data:`SEGMENT_COVER`):
+``R'_ij(q) = R_ij(q) ∪ {S ∈ segments(x_i) : |R_ij(q) ∩ S| >= |S| / 2}``. A concept that covers
+most of an object then paints the object out, where the map's region alone left a rim the model
+still reads the object from; a region that touches a superpixel at its edge does not take it.
+``n_segments=None`` paints the map's region alone (the rule before 0.2.0; BENCHMARKS.md,
+"Regions grown to superpixels", compares the two on every world).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import median_colour, model_dtype, on_device, preserved_model_state
-from .._validation import check_choice, check_float
+from .._validation import check_choice, check_float, check_int
 from ..importance import ConceptImportance
 from ..importance._concept import student_interval
 
@@ -45,6 +53,11 @@ PIXEL_METHODS = ("pixel_ablation",)
 #: The default region sizes of pixel ablation: each concept's region is where its map is at or
 #: above these quantiles of its values, and the drops are averaged (see the module docstring).
 REGION_QUANTILES = (0.9, 0.925, 0.95, 0.975)
+#: The default number of SLIC superpixels per image that each region grows to (ACE's middle
+#: resolution; see the module docstring).
+N_SEGMENTS = 50
+#: A superpixel joins a concept's region when the region covers at least this fraction of it.
+SEGMENT_COVER = 0.5
 
 
 def check_quantiles(quantile: Any) -> tuple[float, ...]:
@@ -87,6 +100,36 @@ def concept_regions(maps: torch.Tensor, quantile: float,
         raise ValueError(f"`thresholds` must hold one value per concept ({maps.shape[1]}); "
                          f"got {cut.numel()}.")
     return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
+
+
+def superpixels(images: torch.Tensor, n_segments: int, progress: bool = False) -> torch.Tensor:
+    """``(N, H, W)`` int64: each image's SLIC superpixel labels (about ``n_segments`` of them,
+    ACE's compactness 20 and sigma 1), numbered from 0 in each image."""
+    from ..extraction._decompose import slic_labels
+
+    pixels = images.detach().permute(0, 2, 3, 1).double().cpu().numpy()
+    rows = [slic_labels(image, n_segments)
+            for image in tqdm(pixels, desc="superpixels", disable=not progress, leave=False)]
+    return torch.as_tensor(np.stack(rows).astype(np.int64))
+
+
+def grow_to_segments(regions: torch.Tensor, labels: torch.Tensor,
+                     cover: float = SEGMENT_COVER) -> torch.Tensor:
+    """``(N, k, H, W)`` bool: each region joined by every superpixel of its image (``labels``,
+    ``(N, H, W)``) that it covers at least ``cover`` of."""
+    n, k = regions.shape[:2]
+    grown = regions.clone()
+    for i in range(n):
+        if not bool(regions[i].any()):
+            continue
+        flat = labels[i].reshape(-1)
+        count = int(flat.max()) + 1
+        size = torch.bincount(flat, minlength=count).double()
+        hits = torch.zeros(k, count, dtype=torch.float64).index_add_(
+            1, flat, regions[i].reshape(k, -1).double())
+        joined = hits >= cover * size  # (k, count)
+        grown[i] |= joined[:, flat].reshape(regions.shape[1:])
+    return grown
 
 
 @contextlib.contextmanager
@@ -132,7 +175,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
                    preprocess: Callable | None = None,
                    batch_size: int = 64, device: Any = None, confidence: float | None = 0.95,
                    progress: bool = True, params: dict | None = None,
-                   thresholds: Any = None, score: str = "probability") -> ConceptImportance:
+                   thresholds: Any = None, score: str = "probability",
+                   n_segments: int | None = N_SEGMENTS) -> ConceptImportance:
     """Importance of each concept as the class-probability drop when its region is painted out.
 
     Parameters
@@ -155,6 +199,12 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
         ``"probability"`` (default): the drop of the class's softmax probability (sigmoid for one
         output); ``"logit"``: the drop of its logit, which does not saturate when several regions
         each remove the class entirely.
+    n_segments
+        Each region grows to the SLIC superpixels of its image (about this many per image) that
+        it covers at least half of (:data:`SEGMENT_COVER`), so that a concept on most of an
+        object paints the object out rather than a fragment the model still reads the object
+        from (default :data:`N_SEGMENTS`, 50, ACE's middle resolution). None paints the map's
+        region alone (the rule before 0.2.0).
     thresholds
         One map value per concept ``(k,)`` — or, with several quantiles, one row per quantile
         ``(len(quantile), k)`` — to use instead of the quantiles over ``images``: e.g. the
@@ -172,8 +222,13 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"`maps` {tuple(maps.shape)} must be (N, k, H, W) for images "
                          f"{tuple(images.shape)}.")
+    if n_segments is not None:
+        n_segments = check_int(n_segments, "n_segments", minimum=2)
     cuts = _threshold_rows(thresholds, quantiles, maps)
     sizes = [concept_regions(maps, q, cut).cpu() for q, cut in zip(quantiles, cuts)]
+    if n_segments is not None and any(bool(regions.any()) for regions in sizes):
+        labels = superpixels(images, n_segments, progress=progress)
+        sizes = [grow_to_segments(regions, labels) for regions in sizes]
     n, k = sizes[0].shape[:2]
     per_input = np.zeros((n, k))
     with _runner(model, preprocess, device) as forward:
@@ -205,7 +260,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     # of an explanation say so)
     no_region = [int(j) for j in np.flatnonzero(~present.any(0).numpy())]
     info = {"quantile": quantiles[0] if len(quantiles) == 1 else list(quantiles),
-            "thresholds": "given" if thresholds is not None else "images", "fill": "median", "score": score, "n_inputs": n,
+            "thresholds": "given" if thresholds is not None else "images", "fill": "median",
+            "score": score, "n_segments": n_segments, "n_inputs": n,
             "n_concepts": k, "confidence": confidence, "no_region": no_region, **(params or {})}
     return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method="pixel_ablation",

@@ -115,6 +115,15 @@ def test_tiny_grid_run_writes_json(tmp_path, capsys):
     assert all(auto[m] == plain[m] for m in grid.METRICS)
     entry = saved["summary"]["ice / sobol / auto"]
     assert entry["mean"]["top_pointing"] == pytest.approx(auto["top_pointing"])
+    # --kinds auto: only the kind the library picks (pixel maps here), with the same numbers
+    assert gt.main(["--worlds", "shapes", "--seeds", "0", "--n-per-class", "6", "--methods", "ice",
+                    "--importances", "sobol", "--classes", "4", "--n-concepts", "4",
+                    "--kinds", "auto", "--json", str(path)]) == 0
+    saved = json.loads(path.read_text())
+    assert saved["setting"]["kinds"] == ["auto"]
+    assert {r["config"] for r in saved["records"]} == {"ice / sobol / pixel", "ice / sobol / auto"}
+    again = {r["config"]: r for r in saved["records"]}["ice / sobol / auto"]
+    assert all(again[m] == auto[m] for m in grid.METRICS)
 
 
 def test_spearman_ceiling_closed_form():

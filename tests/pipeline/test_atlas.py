@@ -165,9 +165,13 @@ def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world,
     np.testing.assert_allclose(atlas._map_thresholds((0.9, 0.95)),
                                np.quantile(sample, [0.9, 0.95], axis=1), rtol=1e-5, atol=1e-7)
     rows = np.flatnonzero(labels.numpy() == 3)
+    # the atlas paints the map's regions alone (not grown to superpixels, as measured)
     direct = pixel_ablation(model, images[rows], all_maps[rows], 3, progress=False,
-                            thresholds=cut, quantile=0.9)
+                            thresholds=cut, quantile=0.9, n_segments=None)
     np.testing.assert_allclose(imp.values[imp.row(3)], direct.importances, atol=1e-6)
+    grown = pixel_ablation(model, images[rows], all_maps[rows], 3, progress=False,
+                           thresholds=cut, quantile=0.9)
+    assert not np.allclose(grown.importances, direct.importances, atol=1e-6)
     np.testing.assert_allclose(imp.ci_low[imp.row(3)], direct.ci_low, atol=1e-6)
     # In chunks of 2 images (the maps of a chunk at a time), the same numbers and interval.
     ids = np.flatnonzero(labels.numpy() == 3)
@@ -175,6 +179,12 @@ def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world,
         chunked = atlas._pixel_importance(forward, 3, ids, cut, chunk=2)
     np.testing.assert_allclose(chunked.importances, direct.importances, atol=1e-9)
     np.testing.assert_allclose(chunked.ci_high, direct.ci_high, atol=1e-9)
+    # importance_kwargs={"n_segments": 50} grows the regions as the per-class explainer does
+    atlas.explainer.importance_kwargs["n_segments"] = 50
+    with atlas.explainer.model_at_layer.whole_model() as forward:
+        chunked_grown = atlas._pixel_importance(forward, 3, ids, cut, chunk=2)
+    del atlas.explainer.importance_kwargs["n_segments"]
+    np.testing.assert_allclose(chunked_grown.importances, grown.importances, atol=1e-9)
     # no_region covers the whole class, not the last chunk; and a chunk where no concept reaches
     # the dataset's cut (here: cuts above every value but concept 0's) is measured, not refused
     assert chunked.params["no_region"] == direct.params["no_region"]
@@ -319,7 +329,7 @@ def test_a_transformer_atlas_with_dense_codes_paints_the_regions_of_dominant_map
     np.testing.assert_allclose(atlas._map_thresholds(0.9), cut, rtol=1e-4, atol=1e-6)
     rows = np.flatnonzero(labels.numpy() == 1)
     direct = pixel_ablation(model, images[rows], maps[rows], 1, progress=False,
-                            thresholds=cut, quantile=0.9)
+                            thresholds=cut, quantile=0.9, n_segments=None)
     np.testing.assert_allclose(imp.values[imp.row(1)], direct.importances, atol=1e-5)
 
 

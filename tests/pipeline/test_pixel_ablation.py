@@ -11,7 +11,12 @@ from torch import nn
 from conceptkit import ConceptExplainer
 from conceptkit._torchutils import median_colour as median_fill
 from conceptkit.datasets import make_concept_dataset, reference_model
-from conceptkit.pipeline._pixel import concept_regions, pixel_ablation
+from conceptkit.pipeline._pixel import (
+    concept_regions,
+    grow_to_segments,
+    pixel_ablation,
+    superpixels,
+)
 
 
 class RedVsBlue(nn.Module):
@@ -183,3 +188,90 @@ def test_explainer_paints_the_regions_of_the_map_kind_asked_for():
         ConceptExplainer(model, "block4", n_concepts=4, method="ice", seed=0,
                          importance_kwargs={"kind": "heat"}, progress=False).fit(
             data.images[rows], 0)
+
+
+def test_a_region_grows_to_the_superpixels_it_covers_at_least_half_of():
+    """By hand on planted labels: segment 0 (the left half, 8 pixels) is covered 5/8 and joins;
+    segment 1 (the right half) 3/8 and does not, so only its 3 pixels stay; a concept covering
+    exactly half of a segment takes it; an empty region stays empty."""
+    labels = torch.tensor([[0, 0, 1, 1]] * 4)[None]
+    regions = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
+    regions[0, 0, :, 0] = True                       # 4 pixels of segment 0
+    regions[0, 0, 0, 1] = True                       # a fifth
+    regions[0, 0, 1:4, 2] = True                     # 3 pixels of segment 1
+    regions[0, 1, :2, 2:] = True                     # exactly half of segment 1
+    grown = grow_to_segments(regions, labels)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:, :2] = True
+    expected[1:4, 2] = True
+    assert torch.equal(grown[0, 0], expected)
+    assert torch.equal(grown[0, 1], labels[0] == 1)
+    assert not grown[0, 2].any()
+    assert torch.equal(regions[0, 0].sum(), torch.tensor(8))     # the input is left as it was
+
+
+def disk_images(n=4, size=32, seed=0):
+    """Grey noisy images with a red disk; a map that covers the disk's left 60 %."""
+    gen = torch.Generator().manual_seed(seed)
+    images = 0.5 + 0.02 * torch.rand(n, 3, size, size, generator=gen)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disk = ((yy - 12) ** 2 + (xx - 14) ** 2) <= 25
+    for channel, value in enumerate((1.0, 0.1, 0.1)):
+        images[:, channel][:, disk] = value
+    maps = torch.zeros(n, 1, size, size)
+    maps[:, 0][:, disk & (xx <= 14)] = 1.0
+    return images, maps, disk
+
+
+def test_superpixels_are_scikit_images_slic_with_aces_settings():
+    from skimage.segmentation import slic
+
+    images, _, _ = disk_images()
+    labels = superpixels(images, 8)
+    for image, mine in zip(images, labels):
+        theirs = slic(image.permute(1, 2, 0).double().numpy(), n_segments=8, compactness=20.0,
+                      sigma=1.0, start_label=0, channel_axis=-1)
+        np.testing.assert_array_equal(mine.numpy(), theirs)
+    grey = superpixels(images[:, :1], 8)                   # one channel: read as grey levels
+    assert grey.shape == (4, 32, 32) and int(grey.min()) == 0
+
+
+def test_the_default_paints_each_region_grown_to_its_superpixels_by_hand():
+    """The default (``n_segments=50``) paints the map's region joined by the SLIC superpixels
+    it covers at least half of; ``n_segments=None`` the map's region alone. Both drops by hand,
+    with scikit-image's SLIC as the reference segmentation: on these images the grown region
+    takes more of the red disk, so the class loses more."""
+    from skimage.segmentation import slic
+
+    images, maps, disk = disk_images()
+    model = RedVsBlue()
+    fill = median_fill(images)
+
+    def drop(region):
+        painted = torch.where(region[:, None], fill, images)
+        with torch.no_grad():
+            return (torch.softmax(model(images), 1)[:, 0]
+                    - torch.softmax(model(painted), 1)[:, 0]).double().numpy()
+
+    raw = maps[:, 0] > 0
+    alone = pixel_ablation(model, images, maps, 0, progress=False, quantile=0.9, n_segments=None)
+    np.testing.assert_allclose(alone.per_input[:, 0], drop(raw), rtol=1e-6, atol=1e-9)
+    assert alone.params["n_segments"] is None
+
+    grown = torch.zeros_like(raw)
+    for i, image in enumerate(images):
+        labels = slic(image.permute(1, 2, 0).double().numpy(), n_segments=50, compactness=20.0,
+                      sigma=1.0, start_label=0, channel_axis=-1)
+        for label in np.unique(labels):
+            segment = torch.as_tensor(labels == label)
+            if (raw[i] & segment).sum() >= 0.5 * segment.sum():
+                grown[i] |= segment
+        grown[i] |= raw[i]
+    assert bool((grown & disk & ~raw).any())               # it did grow, on the disk
+    result = pixel_ablation(model, images, maps, 0, progress=False, quantile=0.9)
+    assert result.params["n_segments"] == 50
+    np.testing.assert_allclose(result.per_input[:, 0], drop(grown), rtol=1e-6, atol=1e-9)
+    assert np.all(result.per_input[:, 0] > alone.per_input[:, 0])
+    for bad in (1, 2.5, "50"):
+        with pytest.raises((ValueError, TypeError), match="n_segments"):
+            pixel_ablation(model, images, maps, 0, progress=False, n_segments=bad)
