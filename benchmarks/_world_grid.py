@@ -36,7 +36,7 @@ import torch
 from conceptkit import ConceptExplainer
 from conceptkit.evaluate import class_row, faithfulness, localisation, reliance
 from conceptkit.importance import concept_importance
-from conceptkit.pipeline._pixel import PIXEL_METHODS, pixel_ablation
+from conceptkit.pipeline._pixel import PIXEL_METHODS, default_segments, pixel_ablation
 
 #: The library's default importance (what the "(default)" rows use).
 DEFAULT_IMPORTANCE = inspect.signature(ConceptExplainer).parameters["importance"].default
@@ -71,10 +71,13 @@ METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_re
 #: each concept's map; "_q90" etc. paint one region, the library's default before that),
 #: or "half"/"third" for regions where a concept's map reaches that fraction of its 99th
 #: percentile over the class's images (a region that follows the map's own scale, not a decile);
-#: "pixel_ablation_alone" paints the map's regions without growing them to superpixels (the
-#: library's rule before regions grew, ``n_segments=None``).
+#: "pixel_ablation_alone" paints the map's regions without growing them to superpixels
+#: (``n_segments=None``: the library's rule on transformer tokens, and everywhere before regions
+#: grew), "pixel_ablation_grown" grows them (``n_segments=50``: the rule on feature maps);
+#: "pixel_ablation" itself follows the explainer (``_pixel.default_segments``).
 PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"},
                   "pixel_ablation_alone": {"n_segments": None},
+                  "pixel_ablation_grown": {"n_segments": 50},
                   "pixel_ablation_dominant": "dominant_regions",
                   "pixel_ablation_q93": {"quantile": 0.93},
                   "pixel_ablation_q95": {"quantile": 0.95},
@@ -351,7 +354,7 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                 scored.remove(name)
                 continue
             scores[name] = pixel_ablation(
-                model, images, maps["dominant"], class_id,
+                model, images, maps["dominant"], class_id, n_segments=default_segments(cc.params),
                 preprocess=getattr(world, "preprocess", None), progress=False).importances
         for kind, values in maps.items():
             located = localisation(values, images, masks, names)
@@ -360,10 +363,12 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
                 # the map kind, so it is computed once per kind ("pixel_ablation_logit": the
                 # drop of the class logit instead of its probability)
                 if (name in PIXEL_METHODS or name in PIXEL_VARIANTS) and name not in fixed:
+                    options = {"n_segments": default_segments(cc.params),
+                               **_variant_kwargs(name, values)}
                     scores[name] = pixel_ablation(
                         model, images, _variant_maps(name, values), class_id,
                         preprocess=getattr(world, "preprocess", None), progress=False,
-                        **_variant_kwargs(name, values)).importances
+                        **options).importances
             for name in scored:
                 values_imp = scores[name]
                 add(f"{method} / {name} / {kind}", method, name, kind, values_imp, located, False)

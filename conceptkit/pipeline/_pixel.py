@@ -27,8 +27,9 @@ ACE's middle resolution) that it covers at least half of (:data:`SEGMENT_COVER`)
 ``R'_ij(q) = R_ij(q) ∪ {S ∈ segments(x_i) : |R_ij(q) ∩ S| >= |S| / 2}``. A concept that covers
 most of an object then paints the object out, where the map's region alone left a rim the model
 still reads the object from; a region that touches a superpixel at its edge does not take it.
-``n_segments=None`` paints the map's region alone (the rule before 0.2.0; BENCHMARKS.md,
-"Regions grown to superpixels", compares the two on every world).
+``n_segments=None`` paints the map's region alone (the rule before 0.2.0, and the explainer's
+on transformer tokens, :func:`default_segments`; BENCHMARKS.md, "Regions grown to superpixels",
+compares the two on every world).
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ def concept_regions(maps: torch.Tensor, quantile: float,
         raise ValueError(f"`thresholds` must hold one value per concept ({maps.shape[1]}); "
                          f"got {cut.numel()}.")
     return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
+
+
+def default_segments(params: dict) -> int | None:
+    """The explainer's ``n_segments`` for an explanation with these ``params``:
+    :data:`N_SEGMENTS` on a convolutional layer's feature maps, None (the map's region alone)
+    on transformer tokens (CLS or patch), whose maps are blocks of the token grid."""
+    tokens = bool(params.get("layer_gives_tokens")) or params.get("tokens") == "cls"
+    return None if tokens else N_SEGMENTS
 
 
 def superpixels(images: torch.Tensor, n_segments: int, progress: bool = False) -> torch.Tensor:

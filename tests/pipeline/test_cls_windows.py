@@ -207,6 +207,12 @@ def test_auto_reads_the_cls_token_where_the_head_reads_it_and_the_patch_tokens_e
     assert by_default.params["tokens"] == "cls" and by_default.params["window"] == 8
     assert by_default.bank.params["tokens"] == "cls"
     np.testing.assert_array_equal(by_default.importances, asked.importances)
+    # on tokens pixel ablation paints the map's regions alone (not grown to superpixels), and
+    # a user's n_segments is honoured
+    assert by_default.importance.params["n_segments"] is None
+    grown = ConceptExplainer(model, "blocks.1", n_concepts=3, seed=0, progress=False,
+                             importance_kwargs={"n_segments": 8}).fit(images, 0)
+    assert grown.importance.params["n_segments"] == 8
     torch.testing.assert_close(by_default.activations, asked.activations, rtol=0, atol=0)
     for kwargs in ({"importance": "sobol"}, {"importance": "gradient_input"},
                    {"method": "craft", "n_concepts": 2}):

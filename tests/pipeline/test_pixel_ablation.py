@@ -162,6 +162,7 @@ def test_explainer_with_pixel_ablation_on_the_reference_cnn():
     assert model.training
     assert result.importance.method == "pixel_ablation"
     assert result.importance.params["maps"] == "pixel"   # the default maps
+    assert result.importance.params["n_segments"] == 50  # grown on a convolutional layer
     assert result.importance.per_input.shape == (len(rows), 4)
     assert np.all(np.isfinite(result.importances)) and np.abs(result.importances).max() > 0.01
     with pytest.raises(TypeError, match="quantile"):
