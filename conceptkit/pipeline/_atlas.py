@@ -44,7 +44,8 @@ from ._result import KnownCodes
 #: (``_pixel.REGION_QUANTILES``). ``importance_kwargs={"quantile": ...}`` sets either.
 ATLAS_QUANTILE = 0.9
 #: The atlas paints the map's regions alone, as measured in "Concept atlas"; the per-class
-#: explainer grows them to the superpixels they mostly cover (``_pixel.N_SEGMENTS``).
+#: explainer grows them to the superpixels they mostly cover on convolutional feature maps
+#: (``_pixel.default_segments``).
 #: ``importance_kwargs={"n_segments": ...}`` sets either.
 ATLAS_N_SEGMENTS = None
 
@@ -83,8 +84,8 @@ class ConceptAtlas:
         dataset, painted out of the class's images, the whole model re-run: the class-probability
         drop; the per-class explainer's default method, which averages four region sizes where
         the atlas paints one and does not grow it to superpixels, as measured in "Concept
-        atlas"; ``importance_kwargs={"quantile": ..., "n_segments": ...}`` sets them) and ``"sobol"`` when it is fitted on an activation store, which holds
-        no pixels. Why: on the four shipped ground-truth worlds the classes for which a concept is
+        atlas"; ``importance_kwargs={"quantile": ..., "n_segments": ...}`` sets them) and
+        ``"sobol"`` when it is fitted on an activation store, which holds no pixels. Why: on the four shipped ground-truth worlds the classes for which a concept is
         important under pixel ablation are the classes whose model relies on its part far more often
         than under Sobol (``BENCHMARKS.md``, "Concept atlas"). ``importance.method`` says which ran.
     seed : int or None

@@ -213,7 +213,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
         it covers at least half of (:data:`SEGMENT_COVER`), so that a concept on most of an
         object paints the object out rather than a fragment the model still reads the object
         from (default :data:`N_SEGMENTS`, 50, ACE's middle resolution). None paints the map's
-        region alone (the rule before 0.2.0).
+        region alone (the rule before 0.2.0; the explainer's on transformer tokens, see
+        :func:`default_segments`).
     thresholds
         One map value per concept ``(k,)`` — or, with several quantiles, one row per quantile
         ``(len(quantile), k)`` — to use instead of the quantiles over ``images``: e.g. the
