@@ -36,7 +36,12 @@ import torch
 from conceptkit import ConceptExplainer
 from conceptkit.evaluate import class_row, faithfulness, localisation, reliance
 from conceptkit.importance import concept_importance
-from conceptkit.pipeline._pixel import PIXEL_METHODS, default_segments, pixel_ablation
+from conceptkit.pipeline._pixel import (
+    N_SEGMENTS,
+    PIXEL_METHODS,
+    default_segments,
+    pixel_ablation,
+)
 
 #: The library's default importance (what the "(default)" rows use).
 DEFAULT_IMPORTANCE = inspect.signature(ConceptExplainer).parameters["importance"].default
@@ -77,7 +82,7 @@ METRICS = {"top_on_most_relied": True, "top_on_most_relied_parts": True, "top_re
 #: "pixel_ablation" itself follows the explainer (``_pixel.default_segments``).
 PIXEL_VARIANTS = {"pixel_ablation_logit": {"score": "logit"},
                   "pixel_ablation_alone": {"n_segments": None},
-                  "pixel_ablation_grown": {"n_segments": 50},
+                  "pixel_ablation_grown": {"n_segments": N_SEGMENTS},
                   "pixel_ablation_dominant": "dominant_regions",
                   "pixel_ablation_q93": {"quantile": 0.93},
                   "pixel_ablation_q95": {"quantile": 0.95},
@@ -328,7 +333,8 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
         maps = {}
         wanted = KINDS[method] + tuple(extra_kinds)
         if kinds is not None:
-            wanted = [k for k in wanted if k in kinds or ("auto" in kinds and k == cc._auto_kind(None))]
+            picked = cc._auto_kind(None) if "auto" in kinds else None
+            wanted = [k for k in wanted if k in kinds or k == picked]
         for kind in wanted:
             try:  # e.g. scale-matched maps need a model that takes enlarged images (not a ViT)
                 maps[kind] = cc.concept_maps(kind=kind)
