@@ -8,50 +8,41 @@ from pathlib import Path
 
 import numpy as np
 
+#: The demo's ground-truth scores come from :mod:`conceptkit.evaluate` (its default pointing-game
+#: tolerance, 1/16 of the image side: hollow parts such as the ring need it).
 GT_METRIC = "pointing_game"
-#: Pointing-game tolerance as a fraction of the image side (Zhang et al. use 15 px at 224 px);
-#: hollow parts such as the ring need it, since their centre is not part of their mask.
-GT_TOLERANCE = 1 / 16
 
 
-def _label_concepts(table: np.ndarray, names: list[str], threshold: float = 0.5) -> dict[int, str]:
-    """Name each discovered concept after the ground-truth concept it localises best."""
+def concept_labels(truth) -> dict[int, str]:
+    """Each concept named after the part it sits on (``Localisation.concept_parts``: the part
+    whose pointing game has the highest 95 % Wilson lower bound, shown in at least 3 images and
+    hit in at least half of them), with that pointing game; ``background`` otherwise."""
+    loc = truth.localisation
     labels = {}
-    for j in range(table.shape[0]):
-        row = np.nan_to_num(table[j], nan=-1.0)
-        g = int(np.argmax(row))
-        if row[g] >= threshold:
-            labels[j] = f"c{j}: {names[g]} ({row[g]:.2f})"
+    for j, part in enumerate(loc.concept_parts):
+        if part < 0:
+            labels[j] = f"c{j}: background"
         else:
-            labels[j] = f"c{j}: unmatched"
+            labels[j] = f"c{j}: {loc.part_names[part]} ({loc.pointing_game[j, part]:.2f})"
     return labels
 
 
-def explain_class_with_truth(cc, data, rows: np.ndarray) -> dict:
-    """Ground-truth agreement of one class's concepts (maps of the class images vs masks)."""
-    from ..maps import localisation_table
-
-    maps = cc.concept_maps()
-    tolerance = max(1, round(GT_TOLERANCE * maps.shape[-1]))
-    table = localisation_table(maps, data.masks[rows], data.concepts[rows], metric=GT_METRIC,
-                               tolerance=tolerance)
-    causal = list(data.class_concepts[cc.class_id])
-    per_truth = {}
-    for g in causal + [data.spurious_concept]:
-        if np.all(np.isnan(table[:, g])):
+def truth_of_class(cc, truth, causal: list[int], spurious: int) -> dict:
+    """What the demo prints and notes for one class: for each causal part and the spurious cue,
+    the model's measured reliance on it (class-probability drop when it is painted out), the
+    concept that localises it best, that concept's pointing game and its importance rank."""
+    loc, rel = truth.localisation, truth.reliance
+    drops = rel.values("probability")
+    per_part = {}
+    for g in list(causal) + [spurious]:
+        j = int(loc.best_concept[g])
+        if j < 0:  # no image of the class shows the part
             continue
-        j = int(np.nanargmax(table[:, g]))
-        rank = int(np.flatnonzero(cc.ranking == j)[0]) + 1
-        per_truth[data.concept_names[g]] = {"concept": j, GT_METRIC: float(table[j, g]),
-                                            "importance_rank": rank,
-                                            "causal": g in causal}
-    top = int(cc.ranking[0])
-    top_scores = np.nan_to_num(table[top], nan=-1.0)
-    top_truth = int(np.argmax(top_scores))
-    return {"table": table, "per_truth": per_truth, "top_concept": top,
-            "top_concept_truth": data.concept_names[top_truth],
-            "top_concept_score": float(top_scores[top_truth]),
-            "top_concept_is_causal": top_truth in causal and top_scores[top_truth] >= 0.5}
+        per_part[loc.part_names[g]] = {
+            "concept": j, GT_METRIC: float(loc.pointing_game[j, g]),
+            "importance_rank": int(np.flatnonzero(cc.ranking == j)[0]) + 1,
+            "reliance": float(drops[g]), "causal": g in causal}
+    return per_part
 
 
 def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: str = "ice",
@@ -63,8 +54,10 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
         reference_info,
         reference_model,
     )
+    from ..evaluate import evaluate
     from ..extraction import ActivationExtractor
     from ..pipeline import ConceptManager, build_class_report
+    from ..pipeline._trust import _notes as trust_notes
     from ..report import index_entry, write_class_report, write_index
 
     start = time.perf_counter()
@@ -85,45 +78,64 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
         print(f"   activations at {layer}: {shape}")
     _efficientnet_section()
 
-    print(f"\n== Explaining {len(data.class_names)} classes with {method.upper()} at block4")
+    print(f"\n== Explaining {len(data.class_names)} classes with {method.upper()} at block4 "
+          f"(the library's defaults), scored against the ground truth with conceptkit.evaluate")
     manager = ConceptManager(model, "block4", class_names=list(data.class_names),
-                             n_concepts=n_concepts, method=method, importance="sobol", seed=seed,
+                             n_concepts=n_concepts, method=method, seed=seed,
                              progress=progress, model_name="reference CNN")
     classes = manager.fit(data.images, data.labels)
-    labels_np = data.labels.numpy()
+    scores = evaluate(classes, (model, data), deletion=False, progress=progress)
+    rows = {row["class_id"]: row for row in scores.rows}
     entries, summary = [], []
     for class_id, cc in classes.items():
-        rows = np.flatnonzero(labels_np == class_id)
-        truth = explain_class_with_truth(cc, data, rows)
-        names = _label_concepts(truth["table"], list(data.concept_names))
-        notes = [f"Top concept c{truth['top_concept']} localises '{truth['top_concept_truth']}' "
-                 f"({GT_METRIC} {truth['top_concept_score']:.2f})."]
-        for gt, row in truth["per_truth"].items():
-            kind = "causal" if row["causal"] else "spurious cue"
-            notes.append(f"{kind} '{gt}': best concept c{row['concept']} ({GT_METRIC} "
-                         f"{row[GT_METRIC]:.2f}), importance rank {row['importance_rank']}.")
-        gt_metrics = {"ground_truth": {
-            f"{gt} ({'causal' if row['causal'] else 'spurious'})": {
-                "value": row[GT_METRIC], "higher_is_better": True}
-            for gt, row in truth["per_truth"].items()}}
-        report = build_class_report(cc, labels=names, notes=notes, extra_metrics=gt_metrics)
+        truth, row = scores.details[class_id], rows[class_id]
+        parts = truth_of_class(cc, truth, list(data.class_concepts[class_id]),
+                               data.spurious_concept)
+        relied = (f"The model relies most on '{row['most_relied_part']}'"
+                  if row["most_relied_significant"] else
+                  f"No part's painting-out moves the class probability measurably; the largest "
+                  f"drop is that of '{row['most_relied_part']}'")
+        notes = [f"{relied} (class probability drop {row['most_relied_drop']:.2f} when it is "
+                 f"painted out); the top concept c{row['top_concept']} sits on "
+                 f"'{row['top_part']}'."]
+        for name, part in parts.items():
+            kind = "causal" if part["causal"] else "spurious cue"
+            notes.append(f"{kind} '{name}': reliance {part['reliance']:.2f}; best concept "
+                         f"c{part['concept']} ({GT_METRIC} {part[GT_METRIC]:.2f}), importance "
+                         f"rank {part['importance_rank']}.")
+        trust = dict(cc.trust(seed=seed), evaluation=row)
+        trust["notes"] = trust_notes(trust)
+        report = build_class_report(cc, labels=concept_labels(truth), notes=notes, trust=trust)
         page = write_class_report(report, out, index_link="../index.html")
         entries.append(index_entry(report, page, out))
-        summary.append((class_id, cc.class_name, truth))
+        summary.append((class_id, cc.class_name, row, parts))
     index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset")
 
-    print(f"\n   {'class':<34} {'top concept':<22} {'causal concepts localised (' + GT_METRIC + ')'}")
-    for class_id, name, truth in summary:
-        causal = [f"{gt} {row[GT_METRIC]:.2f}" for gt, row in truth["per_truth"].items() if row["causal"]]
-        top = f"{truth['top_concept_truth']} {truth['top_concept_score']:.2f}"
-        print(f"   {class_id} {name:<32} {top:<22} {', '.join(causal)}")
-        spurious = [row for gt, row in truth["per_truth"].items() if not row["causal"]]
-        for row in spurious:
-            print(f"     spurious cue: concept c{row['concept']} ({GT_METRIC} {row[GT_METRIC]:.2f}), "
-                  f"importance rank {row['importance_rank']}")
+    print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<22} "
+          f"{'causal parts localised (' + GT_METRIC + ')'}")
+    for class_id, name, row, parts in summary:
+        causal = [f"{gt} {part[GT_METRIC]:.2f}" for gt, part in parts.items() if part["causal"]]
+        relied = f"{row['most_relied_part']} ({row['most_relied_drop']:.2f}" + (
+            ")" if row["most_relied_significant"] else ", not told from 0)")
+        top = f"c{row['top_concept']} {row['top_part']}"
+        print(f"   {class_id} {name:<35} {relied:<27} {top:<22} {', '.join(causal)}")
+        for part in parts.values():
+            if not part["causal"]:
+                print(f"     spurious cue: reliance {part['reliance']:.2f}; concept "
+                      f"c{part['concept']} ({GT_METRIC} {part[GT_METRIC]:.2f}), importance rank "
+                      f"{part['importance_rank']} of {n_concepts}")
+    mean = scores.summary
+    print(f"\n   against the ground truth (mean over classes): top concept on the most relied-on "
+          f"part {_fmt(mean['top_on_most_relied_parts'])}, its pointing game "
+          f"{_fmt(mean['top_pointing_parts'])}, Spearman of importance and reliance "
+          f"{_fmt(mean['spearman'])}")
     elapsed = time.perf_counter() - start
     print(f"\nDone in {elapsed:.0f} s. Open {index.resolve()} in a browser.")
     return 0
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def _efficientnet_section() -> None:

@@ -151,9 +151,13 @@ def _trust_metrics(trust: dict) -> dict[str, dict]:
         out["top concept separated (1 = yes)"] = _metric(float(separated), True)
     out["unresolved ranked pairs"] = _metric(len(trust["intervals"]["unresolved_pairs"]), False)
     out["near-duplicate pairs"] = _metric(len(trust["near_duplicates"]), False)
+    from ..evaluate import METRIC_COLUMNS  # evaluate sits above the pipeline
+
+    # the evaluation row's scores only: its identifiers (class_id, top_concept, n_images) and
+    # the drop of the most relied-on part are not scores with a better direction
     for key, value in (trust.get("evaluation") or {}).items():
-        if isinstance(value, (bool, int, float)):
-            out[f"ground truth: {key}"] = _metric(float(value), key != "deletion_area")
+        if key in METRIC_COLUMNS and isinstance(value, (bool, int, float)):
+            out[f"ground truth: {key}"] = _metric(float(value), METRIC_COLUMNS[key])
     return out
 
 

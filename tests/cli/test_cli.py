@@ -244,4 +244,28 @@ def test_demo(tmp_path, capsys):
     assert all(page.parent.name in index for page in pages)
     accuracy = re.search(r"held-out accuracy ([0-9.]+)%", printed)
     assert accuracy and float(accuracy.group(1)) >= 90.0
-    assert "causal concepts localised" in printed
+    assert "causal parts localised" in printed
+    # the demo runs the library's defaults and scores them with conceptkit.evaluate: every
+    # class line names the part the model relies on most (measured) and the top concept's part
+    from conceptkit.datasets import CLASS_NAMES, CONCEPT_NAMES
+
+    parts = "|".join(re.escape(name) for name in (*CONCEPT_NAMES, "background"))
+    for class_id, name in enumerate(CLASS_NAMES):
+        line = re.search(rf"^   {class_id} {re.escape(name)} +({parts}) \(([-0-9.]+)[,)].* "
+                         rf"c\d+ ({parts}) ", printed, re.M)
+        assert line, f"no summary line for class {class_id}"
+        assert -1.0 <= float(line.group(2)) <= 1.0
+    summary = re.search(r"top concept on the most relied-on part ([0-9.]+), its pointing game "
+                        r"([0-9.]+), Spearman of importance and reliance ([-0-9.]+)", printed)
+    assert summary and 0.0 <= float(summary.group(1)) <= 1.0
+    import json
+
+    for page in pages:
+        shown = json.loads((page.parent / "report.json").read_text(encoding="utf-8"))
+        assert shown["importance_method"] == "pixel_ablation" and shown["method"] == "ice"
+        assert "ground truth: spearman" in shown["metrics"]["trust"]
+        assert any(note.startswith(("The model relies most on", "No part's painting-out"))
+                   for note in shown["notes"])
+        # concepts are named after the part they sit on (evaluate's rule) or the background
+        assert all(re.fullmatch(r"c\d+: (background|.+ \([0-9.]+\))", c["label"])
+                   for c in shown["concepts"])

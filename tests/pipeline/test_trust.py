@@ -127,3 +127,34 @@ def test_ground_truth_notes_tell_a_tie_from_a_miss():
                 "top_on_most_relied": None, "top_on_most_relied_parts": None}
     (why,) = _notes({**quiet, "evaluation": unjudged})
     assert "relies on no single part" in why and "cyan diamond" in why and "NOT" not in why
+
+
+def test_report_shows_the_ground_truth_scores_and_not_the_rows_identifiers(tmp_path):
+    import json
+    from pathlib import Path
+
+    from conceptkit import ConceptExplainer
+    from conceptkit.datasets import make_concept_dataset, reference_model
+    from conceptkit.evaluate import METRIC_COLUMNS
+
+    data = make_concept_dataset(6, seed=0)
+    rows = np.flatnonzero(data.labels.numpy() == 1)
+    cc = ConceptExplainer(reference_model(), "block4", n_concepts=3, method="ice", seed=0,
+                          progress=False).fit(data.images[rows], 1)
+    summary = cc.trust(n_seeds=2, ground_truth=(data.images[rows], data.masks[rows],
+                                                list(data.concept_names)))
+    row = summary["evaluation"]
+    assert row["class_id"] == 1 and row["n_images"] == 6       # the row keeps its identifiers
+    page = cc.report(tmp_path, trust=summary)
+    shown = json.loads((Path(page).parent / "report.json").read_text(encoding="utf-8"))
+    scores = {name[len("ground truth: "):]: metric
+              for name, metric in shown["metrics"]["trust"].items()
+              if name.startswith("ground truth: ")}
+    # every numeric score of the row, with the evaluation's own better direction; identifiers
+    # (class_id, n_images, n_concepts, top_concept) and the raw drop are not scores
+    expected = {key for key, value in row.items()
+                if key in METRIC_COLUMNS and isinstance(value, (bool, int, float))}
+    assert set(scores) == expected and "spearman" in scores and "top_pointing" in scores
+    for key, metric in scores.items():
+        assert metric["value"] == pytest.approx(float(row[key]))
+        assert metric["higher_is_better"] is METRIC_COLUMNS[key]
