@@ -159,9 +159,17 @@ def reliance(model, world, batch: int = 256) -> np.ndarray:
     return out
 
 
+def _region_kwargs(quantile: Any, n_segments: Any) -> dict | None:
+    """The atlas's ``importance_kwargs`` for ``--quantile`` and ``--n-segments`` (None: its own)."""
+    kwargs = {} if quantile is None else {"quantile": quantile}
+    if n_segments != "default":
+        kwargs["n_segments"] = n_segments
+    return kwargs or None
+
+
 def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | None = None,
                 threshold: float = 0.1, world_name: str = "shapes", importance: str = "auto",
-                seed: int = 0, quantile: Any = None) -> None:
+                seed: int = 0, quantile: Any = None, n_segments: Any = "default") -> None:
     from conceptkit import ConceptAtlas
     from conceptkit.datasets import load_world
     from conceptkit.evaluate import default_tolerance
@@ -182,8 +190,7 @@ def bench_world(n_per_class: int, device: str, n_concepts: int, figure: str | No
         start = time.perf_counter()
         atlas = ConceptAtlas(model, layer, n_concepts, method="ice", seed=seed, progress=False,
                              device=device, class_names=world.class_names, importance=importance,
-                             importance_kwargs=None if quantile is None else {"quantile": quantile}
-                             ).fit(world)
+                             importance_kwargs=_region_kwargs(quantile, n_segments)).fit(world)
         fit_time = time.perf_counter() - start
         index = atlas.report(Path(tmp) / "report")
         total = time.perf_counter() - start
@@ -271,6 +278,10 @@ def main() -> int:
                              "shipped model, e.g. shapes:vit")
     parser.add_argument("--importance", default="auto", help="the atlas's importance method")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the world part")
+    parser.add_argument("--n-segments", default="default",
+                        help="pixel ablation's superpixels per image: a number grows each region "
+                             "to the superpixels it covers at least half of, 'none' paints the "
+                             "regions alone (default: the atlas's own, ATLAS_N_SEGMENTS)")
     parser.add_argument("--quantile", default=None,
                         help="pixel ablation's region quantile(s), comma-separated (default: the "
                              "atlas's, the top decile over the dataset)")
@@ -295,7 +306,10 @@ def main() -> int:
                             args.figure if name == "shapes" and seed == 0 else None,
                             world_name=name, importance=args.importance, seed=seed,
                             quantile=None if args.quantile is None else
-                            tuple(float(q) for q in args.quantile.split(",")))
+                            tuple(float(q) for q in args.quantile.split(",")),
+                            n_segments=(args.n_segments if args.n_segments == "default" else
+                                        None if args.n_segments == "none" else
+                                        int(args.n_segments)))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# load average at the end {load:.1f}")
     return 0
