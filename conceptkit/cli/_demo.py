@@ -16,14 +16,16 @@ GT_METRIC = "pointing_game"
 def concept_labels(truth) -> dict[int, str]:
     """Each concept named after the part it sits on (``Localisation.concept_parts``: the part
     whose pointing game has the highest 95 % Wilson lower bound, shown in at least 3 images and
-    hit in at least half of them), with that pointing game; ``background`` otherwise."""
+    hit in at least half of them), with that pointing game and the number of the class's images
+    showing the part (a spurious cue may be in only a few); ``background`` otherwise."""
     loc = truth.localisation
     labels = {}
     for j, part in enumerate(loc.concept_parts):
         if part < 0:
             labels[j] = f"c{j}: background"
         else:
-            labels[j] = f"c{j}: {loc.part_names[part]} ({loc.pointing_game[j, part]:.2f})"
+            labels[j] = (f"c{j}: {loc.part_names[part]} ({loc.pointing_game[j, part]:.2f} of "
+                         f"{int(loc.n_present[part])})")
     return labels
 
 

@@ -267,5 +267,5 @@ def test_demo(tmp_path, capsys):
         assert any(note.startswith(("The model relies most on", "No part's painting-out"))
                    for note in shown["notes"])
         # concepts are named after the part they sit on (evaluate's rule) or the background
-        assert all(re.fullmatch(r"c\d+: (background|.+ \([0-9.]+\))", c["label"])
+        assert all(re.fullmatch(r"c\d+: (background|.+ \([0-9.]+ of \d+\))", c["label"])
                    for c in shown["concepts"])
