@@ -355,33 +355,50 @@ def test_a_class_that_relies_on_no_single_part_is_marked():
 def test_the_default_explanation_of_the_textures_vit_reads_its_cls_token_and_finds_the_texture():
     """Why ``tokens="auto"`` reads the CLS token of a CLS-pooled ViT: the textures world's ViT
     recognises the textures in its CLS token, not in its patch tokens. On classes 0 and 1
-    (seed 0, 12 test images each) the default explanation reads the CLS token and its top
-    concept sits on a designed texture of both classes, on class 1 on the texture the model
-    relies on most (dots); the same explanation of the patch tokens puts class 0's top concept
-    on a distractor and points worse on class 1 (measured numbers below). Class 0's reliance
-    on its checkerboard (0.19) is not told from 0 by these 12 images, so the columns that read
-    it are undefined there."""
+    (12 test images each), for each of the factorizer seeds 0, 1 and 2, the default
+    explanation reads the CLS token; on class 1 its top concept sits on the texture the model
+    relies on most (dots) and points at it in every image, while the same explanation of the
+    patch tokens points worse and puts class 0's top concept on a distractor; on both classes
+    the concepts of the CLS path localise the designed textures better. Class 0's reliance on
+    its checkerboard (0.19) is not told from 0 by these 12 images, so the columns that read it
+    are undefined there.
+
+    Measured on two machines: one seed is not enough to hold a value to. Seed 0 alone gave a
+    class-1 Spearman of 0.81 on the machine the test was written on and 0.43 on an AMD EPYC
+    (the top-k autoencoder's training follows the CPU's float rounding); the claims below
+    hold for every seed on the EPYC, and the Spearman is asserted over the three seeds."""
     import conceptkit
     from conceptkit.datasets import load_world
 
     world = load_world("textures")
     model, layer = world.model("vit"), world.layers["vit"]
     data = world.sample(12, seed=0, split="test")
-    rows = {}
-    for tokens in ("auto", "patches"):
-        fits = {c: conceptkit.ConceptExplainer(model, layer, n_concepts=6, seed=0, tokens=tokens,
-                                               progress=False).fit(data.images[data.labels == c], c)
-                for c in (0, 1)}
-        result = evaluate(fits, (model, data), deletion=False, progress=False)
-        rows[tokens] = {row["class_id"]: row for row in result.rows}
-        if tokens == "auto":
-            assert {f.params["tokens"] for f in fits.values()} == {"cls"}
-    cls, patches = rows["auto"], rows["patches"]
-    # measured: class 0 top part checkerboard (CLS) / grid lines (patches); class 1 top on
-    # dots, pointing 1.00 (CLS) / 0.75 (patches), Spearman 0.81 (CLS)
-    assert not cls[0]["most_relied_significant"] and cls[0]["top_on_most_relied"] is None
-    assert cls[0]["top_part"] == "checkerboard" and cls[0]["top_on_causal"]
-    assert not patches[0]["top_on_causal"]
-    assert cls[1]["top_on_most_relied"] and cls[1]["top_pointing"] >= 0.95
-    assert cls[1]["spearman"] >= 0.7
-    assert patches[1]["top_pointing"] <= 0.8
+    spearman = {"auto": [], "patches": []}
+    for seed in (0, 1, 2):
+        rows = {}
+        for tokens in ("auto", "patches"):
+            fits = {c: conceptkit.ConceptExplainer(model, layer, n_concepts=6, seed=seed,
+                                                   tokens=tokens, progress=False).fit(
+                        data.images[data.labels == c], c)
+                    for c in (0, 1)}
+            result = evaluate(fits, (model, data), deletion=False, progress=False)
+            rows[tokens] = {row["class_id"]: row for row in result.rows}
+            if tokens == "auto":
+                assert {f.params["tokens"] for f in fits.values()} == {"cls"}
+            if rows[tokens][1]["spearman"] is not None:
+                spearman[tokens].append(rows[tokens][1]["spearman"])
+        cls, patches = rows["auto"], rows["patches"]
+        # measured on the EPYC, seeds 0 / 1 / 2: class 1 top on dots, pointing 1.00 in each
+        # (CLS) against 0.75 / 0.67 / 0.58 (patches); class 0's top concept on the grid lines
+        # in each (patches); causal pointing CLS 0.58 / 0.67 / 0.42 (class 0) and 0.92 / 0.88 /
+        # 0.88 (class 1) against 0.42 / 0.33 / 0.38 and 0.50 for the patch tokens
+        assert not cls[0]["most_relied_significant"] and cls[0]["top_on_most_relied"] is None
+        assert cls[1]["top_on_most_relied"] and cls[1]["top_pointing"] >= 0.95
+        assert patches[1]["top_pointing"] <= 0.8
+        assert not patches[0]["top_on_causal"]
+        for c in (0, 1):
+            assert cls[c]["causal_pointing"] > patches[c]["causal_pointing"], (seed, c)
+    # class 1's Spearman, CLS: 0.43 / 0.93 / 0.75 (mean 0.70); patch tokens: undefined (NaN,
+    # seed 0) / -0.17 / 0.65
+    assert np.mean(spearman["auto"]) >= 0.6
+    assert np.mean(spearman["auto"]) > np.mean(spearman["patches"]) + 0.2
