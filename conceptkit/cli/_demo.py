@@ -36,7 +36,7 @@ def truth_of_class(cc, truth, causal: list[int], spurious: int) -> dict:
     loc, rel = truth.localisation, truth.reliance
     drops = rel.values("probability")
     per_part = {}
-    for g in list(causal) + [spurious]:
+    for g in [*causal, spurious]:
         j = int(loc.best_concept[g])
         if j < 0:  # no image of the class shows the part
             continue
@@ -97,7 +97,7 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
                   if row["most_relied_significant"] else
                   f"No part's painting-out moves the class probability measurably; the largest "
                   f"drop is that of '{row['most_relied_part']}'")
-        notes = [f"{relied} (class probability drop {row['most_relied_drop']:.2f} when it is "
+        notes = [f"{relied} (class probability drop {_fmt(row['most_relied_drop'])} when it is "
                  f"painted out); the top concept c{row['top_concept']} sits on "
                  f"'{row['top_part']}'."]
         for name, part in parts.items():
@@ -117,7 +117,7 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
           f"{'causal parts localised (' + GT_METRIC + ')'}")
     for class_id, name, row, parts in summary:
         causal = [f"{gt} {part[GT_METRIC]:.2f}" for gt, part in parts.items() if part["causal"]]
-        relied = f"{row['most_relied_part']} ({row['most_relied_drop']:.2f}" + (
+        relied = f"{row['most_relied_part']} ({_fmt(row['most_relied_drop'])}" + (
             ")" if row["most_relied_significant"] else ", not told from 0)")
         top = f"c{row['top_concept']} {row['top_part']}"
         print(f"   {class_id} {name:<35} {relied:<27} {top:<22} {', '.join(causal)}")
