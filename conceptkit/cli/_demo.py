@@ -17,12 +17,13 @@ def concept_labels(truth) -> dict[int, str]:
     """Each concept named after the part it sits on (``Localisation.concept_parts``: the part
     whose pointing game has the highest 95 % Wilson lower bound, shown in at least 3 images and
     hit in at least half of them), with that pointing game and the number of the class's images
-    showing the part (a spurious cue may be in only a few); ``background`` otherwise."""
+    showing the part (a spurious cue may be in only a few); ``background`` otherwise, and
+    ``undetermined`` when no part is shown in enough of the class's images to tell."""
     loc = truth.localisation
     labels = {}
     for j, part in enumerate(loc.concept_parts):
         if part < 0:
-            labels[j] = f"c{j}: background"
+            labels[j] = f"c{j}: {loc.name(int(part))}"
         else:
             labels[j] = (f"c{j}: {loc.part_names[part]} ({loc.pointing_game[j, part]:.2f} of "
                          f"{int(loc.n_present[part])})")
@@ -128,8 +129,9 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
                       f"{part['importance_rank']} of {n_concepts}")
     mean = scores.summary
     print(f"\n   against the ground truth (mean over classes): top concept on the most relied-on "
-          f"part {_fmt(mean['top_on_most_relied_parts'])}, its pointing game "
-          f"{_fmt(mean['top_pointing_parts'])}, Spearman of importance and reliance "
+          f"part {_fmt(mean['top_on_most_relied'])} (on it or on a part these images cannot tell "
+          f"from it: {_fmt(mean['top_on_most_relied_parts'])}), its pointing game there "
+          f"{_fmt(mean['top_pointing'])}, Spearman of importance and reliance "
           f"{_fmt(mean['spearman'])}")
     elapsed = time.perf_counter() - start
     print(f"\nDone in {elapsed:.0f} s. Open {index.resolve()} in a browser.")

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_int, describe
 from ._faithfulness import Faithfulness, faithfulness
-from ._inputs import check_masks, checked_images, model_at_layer_of, part_label
+from ._inputs import UNDETERMINED, check_masks, checked_images, model_at_layer_of, part_label
 
 #: Table columns scored per class, and whether higher is better (summarised over classes).
 METRIC_COLUMNS: dict[str, bool] = {
@@ -47,10 +47,17 @@ UNDEFINED_WITHOUT_RELIANCE = ("top_on_most_relied", "top_on_most_relied_parts",
                               "relied_auc", "spearman", "kendall", "spearman_significant",
                               "part_spearman", "part_kendall", "deletion_area")
 
+#: Columns that read the part the top concept sits on: undefined (None) when no part is shown
+#: in enough of the class's images (``localisation``'s ``min_images``) to place any concept
+#: (``top_part`` "undetermined").
+UNDEFINED_WITHOUT_PLACEMENT = ("top_on_most_relied", "top_on_most_relied_parts", "top_on_causal",
+                               "top_reliance_ratio")
+
 #: Column meanings (for ``to_markdown`` and the docs).
 COLUMN_HELP = {
     "most_relied_part": "the part whose painting-out lowers the class score most (measured)",
-    "top_part": "the part the most important concept sits on",
+    "top_part": "the part the most important concept sits on ('undetermined' when no part is "
+                "shown in enough images to place a concept)",
     "top_on_most_relied": "the most important concept sits on the most relied-on part",
     "most_relied_significant": "the most relied-on part's drop is above 0 and these images can "
                                "tell it from 0; if not, the model relies on no single part and "
@@ -415,6 +422,11 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
     row["part_spearman"] = num(result.part_spearman)
     row["part_kendall"] = num(result.part_kendall)
     row["deletion_area"] = None if result.deletion is None else num(result.deletion.area_between)
+    if top_part == UNDETERMINED:
+        # no part is shown in enough of the class's images to say where any concept sits: the
+        # columns that read the top concept's part are undefined, not failures
+        for column in UNDEFINED_WITHOUT_PLACEMENT:
+            row[column] = None
     if not row["most_relied_significant"]:
         # no part's painting-out moves the class score measurably: "the most relied-on part"
         # is the largest of noise-level drops, and the columns that read it or rank concepts

@@ -23,6 +23,7 @@ from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe
 from ._fill import Fill, paint
 from ._inputs import (
+    UNDETERMINED,
     check_masks,
     check_measure,
     check_model,
@@ -107,7 +108,8 @@ class Faithfulness:
         rank the concepts sitting on them.
     importances : ndarray (k,)
     concept_parts : ndarray (k,) of int
-        The part each concept sits on (``-1``: background).
+        The part each concept sits on (``-1``: background; ``-2``: undetermined, no part shown
+        in enough images).
     concept_reliance : ndarray (k,)
         The measured reliance (``Reliance.expected`` in ``measure``) of each concept's part;
         0 for a concept on the background (and for parts within ``reliance_floor`` of 0).
@@ -280,6 +282,8 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     notes = []
     if not np.isfinite(spearman):
         what = ("every concept has the same importance" if np.ptp(importances) == 0 else
+                "no part is shown in enough images to place a concept on it (localisation's "
+                "`min_images`)" if (parts == UNDETERMINED).all() else
                 "every concept sits on parts of equal reliance (or on the background)")
         notes.append(f"faithfulness is undefined (NaN): {what}.")
     if not np.isfinite(part_spearman):

@@ -71,8 +71,17 @@ def check_part_names(part_names: Any, n_parts: int) -> tuple[str, ...] | None:
     return names
 
 
+#: ``Localisation.concept_parts`` of a concept on no part: its maps hit no eligible part.
+BACKGROUND = -1
+#: ``Localisation.concept_parts`` when no part is shown in enough images to place any concept.
+UNDETERMINED = -2
+
+
 def part_label(part: int, part_names: tuple[str, ...] | None) -> str:
-    """A readable name of part ``part`` (``-1``: background, i.e. no part)."""
+    """A readable name of part ``part`` (:data:`BACKGROUND`: no part; :data:`UNDETERMINED`:
+    too few images show any part to tell)."""
+    if part == UNDETERMINED:
+        return "undetermined"
     if part < 0:
         return "background"
     return part_names[part] if part_names is not None else f"part {part}"

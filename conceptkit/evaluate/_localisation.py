@@ -14,7 +14,14 @@ from scipy.stats import rankdata
 
 from .._validation import check_float, check_int, describe
 from ..maps import mask_iou, pointing_game, relevance_mass, upsample
-from ._inputs import check_masks, check_part_names, checked_images, part_label
+from ._inputs import (
+    BACKGROUND,
+    UNDETERMINED,
+    check_masks,
+    check_part_names,
+    checked_images,
+    part_label,
+)
 
 #: The per-image scores of a (concept, part) pair, all higher-is-better and in [0, 1].
 METRICS = ("pointing_game", "relevance_mass", "iou", "auc")
@@ -47,7 +54,9 @@ class Localisation:
     best_concept : ndarray (P,) of int
         For each part, the concept that localises it best (``-1`` if no image shows it).
     concept_parts : ndarray (k,) of int
-        For each concept, the part it sits on, ``-1`` for background (see :func:`localisation`).
+        For each concept, the part it sits on, ``-1`` for background, ``-2`` when no part is
+        shown in ``min_images`` images, so that no concept can be placed (see
+        :func:`localisation`).
     tolerance : int
         Pointing-game tolerance in pixels.
     quantile : float
@@ -181,7 +190,8 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
         IoU threshold quantile (CRAFT shows maps above their 90th percentile).
     min_images : int
         A part shown in fewer images cannot be the part a concept sits on (its scores are
-        still reported).
+        still reported). When no part is shown in this many images, every concept's part is
+        undetermined (``-2``), not the background.
     assign_threshold : float
         A concept sits on the eligible part where the lower end of the 95 % Wilson interval
         of its pointing game is highest (ties: the higher relevance mass, then the lower part
@@ -239,10 +249,10 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     for p in np.flatnonzero(counts > 0):
         best[p] = _best(tables["pointing_game"][:, p], tables["relevance_mass"][:, p])
     eligible = counts >= min_images
-    parts = np.full(k, -1)
-    for j in range(k):
-        if not eligible.any():
-            break
+    # with no part shown in min_images images nothing says where a concept sits: undetermined,
+    # not the background (which would read as a concept that misses every part)
+    parts = np.full(k, BACKGROUND if eligible.any() else UNDETERMINED)
+    for j in range(k if eligible.any() else 0):
         # parts compared by what their images support: the lower Wilson bound of the pointing
         # game, so that 3 hits in 3 images do not outrank 26 in 30
         bound = np.where(eligible, wilson_lower(tables["pointing_game"][j], counts), -np.inf)

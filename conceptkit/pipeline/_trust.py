@@ -145,6 +145,10 @@ def _notes(summary: dict[str, Any]) -> list[str]:
                      "model relies on no single part these images show (the largest drop, "
                      f"{evaluation.get('most_relied_part')}, is not told from 0), so the "
                      "evaluation does not judge where the top concept sits.")
+    elif evaluation is not None and evaluation.get("top_on_most_relied", False) is None:
+        notes.append("against the ground truth, no part is shown in enough of these images to "
+                     "say which part a concept sits on: the evaluation does not judge the top "
+                     "concept (fit more images of the class).")
     elif evaluation is not None and evaluation.get("top_on_most_relied") is False:
         tied = evaluation.get("most_relied_parts") or []
         if evaluation.get("top_on_most_relied_parts"):

@@ -108,6 +108,16 @@ def test_min_images_and_threshold_decide_the_assignment():
     assert localisation(half, images, masks, assign_threshold=0.5).concept_parts.tolist() == [-1]
 
 
+def test_too_few_images_of_every_part_leave_the_part_undetermined_not_background():
+    images, masks = planted_images(12, seed=0)
+    maps = masks.float()[:, [2]]                      # a perfect map of part 2
+    most = int(masks.flatten(2).any(-1).sum(0).max())  # images showing the most shown part
+    result = localisation(maps, images, masks, PART_NAMES, min_images=most + 1)
+    assert result.concept_parts.tolist() == [-2]      # not -1: nothing says it misses the parts
+    assert result.name(-2) == "undetermined" and "c0->undetermined" in repr(result)
+    assert result.pointing_game[0, 2] == 1.0          # still scored
+
+
 def test_wilson_lower_matches_scipy():
     from scipy.stats import binomtest
 

@@ -98,6 +98,25 @@ def test_planted_world_table():
     assert "spearman=0.100" in repr(result)
 
 
+def test_a_class_with_too_few_images_to_place_a_concept_is_undetermined_not_a_miss():
+    world = PlantedWorld()
+    data = world.sample(8, seed=3, split="val")        # 8 images per class: no part in 9 of them
+    result = evaluate(planted_explanations(data, BOTH), world, n_per_class=8, seed=3,
+                      split="val", measure="logit", min_images=9, progress=False)
+    for row in result.rows:
+        assert row["top_part"] == "undetermined"
+        for column in ("top_on_most_relied", "top_on_most_relied_parts", "top_on_causal",
+                       "top_reliance_ratio"):
+            assert row[column] is None, column
+        assert row["top_pointing"] is not None       # the pointing game itself is still measured
+    assert result.summary["top_on_most_relied"] is None   # left out, not averaged as 0
+    assert "enough images" in result.details[0].notes[0]
+    # with enough images the same explanations are placed (the planted table above)
+    placed = evaluate(planted_explanations(world.sample(8, seed=3, split="val"), BOTH), world,
+                      n_per_class=8, seed=3, split="val", measure="logit", progress=False)
+    assert placed.rows[0]["top_part"] == "red square"
+
+
 def test_model_and_data_pair_and_dict_data():
     world = PlantedWorld()
     data = world.sample(8)

@@ -127,6 +127,11 @@ def test_ground_truth_notes_tell_a_tie_from_a_miss():
                 "top_on_most_relied": None, "top_on_most_relied_parts": None}
     (why,) = _notes({**quiet, "evaluation": unjudged})
     assert "relies on no single part" in why and "cyan diamond" in why and "NOT" not in why
+    # too few images show any part to place a concept: undetermined, not a miss
+    unplaced = {**row, "most_relied_significant": True, "top_part": "undetermined",
+                "top_on_most_relied": None, "top_on_most_relied_parts": None}
+    (why,) = _notes({**quiet, "evaluation": unplaced})
+    assert "no part is shown in enough" in why and "NOT" not in why
 
 
 def test_report_shows_the_ground_truth_scores_and_not_the_rows_identifiers(tmp_path):
