@@ -48,6 +48,8 @@ ATLAS_QUANTILE = 0.9
 #: (``_pixel.default_segments``).
 #: ``importance_kwargs={"n_segments": ...}`` sets either.
 ATLAS_N_SEGMENTS = None
+#: Pixel-ablation settings the atlas's importance records in its ``params`` (and its file).
+PIXEL_SETTINGS = ("quantile", "thresholds", "fill", "score", "n_segments")
 
 ATLAS_METHODS = ("craft", "ice")
 #: Importance methods of the atlas: "auto", pixel ablation and the activation-space methods.
@@ -291,7 +293,7 @@ class ConceptAtlas:
     def _importance(self) -> AtlasImportance:
         ex, data = self.explainer, self._data()
         method = self._resolved_importance()
-        rows, lows, highs, classes, no_region = [], [], [], [], []
+        rows, lows, highs, classes, no_region, settings = [], [], [], [], [], {}
         pixels = (ex.model_at_layer.whole_model() if method in PIXEL_METHODS
                   else contextlib.nullcontext())
         unknown = sorted(set(ex.importance_kwargs)
@@ -307,6 +309,10 @@ class ConceptAtlas:
                 ids = _spread(np.flatnonzero(data.labels == class_id), self.max_inputs_per_class)
                 if method in PIXEL_METHODS:
                     result = self._pixel_importance(forward, int(class_id), ids, cut)
+                    # the rule that painted the regions, the same for every class: recorded
+                    # so that a saved atlas says which one ran
+                    settings = {key: result.params[key] for key in PIXEL_SETTINGS
+                                if key in result.params}
                 else:
                     acts, context = data.activations(ids)
                     codes = data.bank.encode(acts)
@@ -330,7 +336,7 @@ class ConceptAtlas:
                                params={"n_designs": ex.n_designs, "seed": ex.seed,
                                        "max_inputs_per_class": self.max_inputs_per_class,
                                        "requested": self.importance_method,
-                                       **({"maps": self._region_kind(),
+                                       **({**settings, "maps": self._region_kind(),
                                            # per class (rows): concepts with no region in any
                                            # of its images, whose 0 means "not in this class"
                                            "no_region": no_region}

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import median_colour, model_dtype, on_device, preserved_model_state
-from .._validation import check_choice, check_float, check_int
+from .._validation import check_choice, check_float, check_images, check_int
 from ..importance import ConceptImportance
 from ..importance._concept import student_interval
 
@@ -229,6 +229,10 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     """
     quantiles = check_quantiles(quantile)
     score = check_choice(score, "score", ("probability", "logit"))
+    # the regions are cut from the maps and painted on these pixels: a NaN map would empty a
+    # concept's region (its quantile is NaN) and read as "absent", 0-255 images paint nonsense
+    images = check_images(images, "images", pixels=True)
+    maps = check_images(maps, "maps")
     if maps.shape[0] != images.shape[0] or maps.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"`maps` {tuple(maps.shape)} must be (N, k, H, W) for images "
                          f"{tuple(images.shape)}.")

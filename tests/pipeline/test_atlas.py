@@ -105,6 +105,7 @@ def test_save_load_roundtrip_and_tampering(fitted, tmp_path):
     back = conceptkit.load(path)
     np.testing.assert_array_equal(back.importance.values, fitted.importance.values)
     np.testing.assert_array_equal(back.data_.scores, fitted.data_.scores)
+    assert back.importance.params == fitted.importance.params  # the rule that ran, with it
     a, b, _ = fitted.most_confused_pairs(1)[0]
     assert back.shared_concepts(a, b) == fitted.shared_concepts(a, b)
     assert back.most_confused_pairs(2) == fitted.most_confused_pairs(2)
@@ -155,6 +156,10 @@ def test_auto_importance_is_pixel_ablation_on_images_and_sobol_on_a_store(world,
     imp = atlas.importance
     assert imp.method == "pixel_ablation" and imp.params["requested"] == "auto"
     assert imp.params["maps"] == "coefficient"  # a convolutional layer: the codes themselves
+    # the rule that painted the regions is recorded (regions alone, the atlas's default)
+    assert imp.params["n_segments"] is None and imp.params["quantile"] == 0.9
+    assert imp.params["score"] == "probability" and imp.params["thresholds"] == "given"
+    assert conceptkit.load(atlas.save(tmp_path / "pixel.safetensors")).importance.params == imp.params
     # One region threshold per concept for every class: its maps' top decile over all the
     # fitted images (sampled on every 4th row and column), not over one class's images.
     all_maps = atlas.concept_maps(images)

@@ -138,6 +138,26 @@ def test_nothing_to_paint_is_an_error_not_zeros():
         pixel_ablation(RedVsBlue(), images, maps[:, :, :8], 0, progress=False)
 
 
+def test_images_and_maps_are_checked_before_any_region_or_superpixel():
+    images, maps = images_with_parts()
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    for n_segments in (None, 50):  # NaN importances without superpixels, scikit-image's error with
+        with pytest.raises(ValueError, match="`images` contains NaN"):
+            pixel_ablation(RedVsBlue(), bad, maps, 0, n_segments=n_segments, progress=False)
+    with pytest.raises(ValueError, match="`images` must hold pixel colours in \\[0, 1\\]"):
+        pixel_ablation(RedVsBlue(), images * 255, maps, 0, progress=False)
+    # a NaN in one map made that concept's quantile NaN: an empty region read as "absent", 0
+    nan_map = maps.clone()
+    nan_map[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="`maps` contains NaN"):
+        pixel_ablation(RedVsBlue(), images, nan_map, 0, progress=False)
+    # numpy arrays are taken as tensors are
+    result = pixel_ablation(RedVsBlue(), images.numpy(), maps.numpy(), 0, n_segments=None,
+                            progress=False)
+    assert result.importances[0] > 0
+
+
 def test_given_thresholds_above_every_value_are_a_measurement_not_an_error():
     """The atlas paints regions cut at a whole dataset's quantiles: a chunk of images in which
     no concept reaches its cut is measured as 'not in these images' (zeros, every concept in
