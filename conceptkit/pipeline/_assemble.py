@@ -66,6 +66,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     from ..report import ClassReport, ConceptSummary
     from ._naming import name_details, visualization_picture
 
+    _check_trust(trust)
     order = cc.ranking
     k = cc.n_concepts
     labels = labels or {}
@@ -142,6 +143,26 @@ def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: boo
     return index_entry(report, page, out_dir) if return_entry else page
 
 
+#: What a ``trust`` summary (``ClassConcepts.trust()``) holds, and of which type.
+TRUST_KEYS = {"stability": dict, "intervals": dict, "near_duplicates": list}
+
+
+def _check_trust(trust: Any) -> None:
+    """Refuse a ``trust`` that is not a summary from ``ClassConcepts.trust()``."""
+    if trust is None:
+        return
+    fix = "pass the summary `cc.trust()` returns (or leave `trust` out)"
+    if not isinstance(trust, dict):
+        raise TypeError(f"`trust` must be a dict from ClassConcepts.trust(); got "
+                        f"{type(trust).__name__} {trust!r:.40}: {fix}.")
+    wrong = [key for key, kind in TRUST_KEYS.items() if not isinstance(trust.get(key), kind)]
+    if wrong:
+        raise ValueError(f"`trust` lacks {', '.join(repr(k) for k in wrong)} (or has the wrong "
+                         f"type there): {fix}.")
+    if not isinstance(trust["intervals"].get("unresolved_pairs", []), list):
+        raise ValueError(f"`trust['intervals']['unresolved_pairs']` must be a list: {fix}.")
+
+
 def _trust_metrics(trust: dict) -> dict[str, dict]:
     out = {}
     if trust["stability"].get("mean") is not None:
@@ -149,14 +170,16 @@ def _trust_metrics(trust: dict) -> dict[str, dict]:
     separated = trust["intervals"].get("top_separated")
     if separated is not None:
         out["top concept separated (1 = yes)"] = _metric(float(separated), True)
-    out["unresolved ranked pairs"] = _metric(len(trust["intervals"]["unresolved_pairs"]), False)
+    out["unresolved ranked pairs"] = _metric(len(trust["intervals"].get("unresolved_pairs", [])),
+                                             False)
     out["near-duplicate pairs"] = _metric(len(trust["near_duplicates"]), False)
     from ..evaluate import METRIC_COLUMNS  # evaluate sits above the pipeline
 
     # the evaluation row's scores only: its identifiers (class_id, top_concept, n_images) and
     # the drop of the most relied-on part are not scores with a better direction
     for key, value in (trust.get("evaluation") or {}).items():
-        if key in METRIC_COLUMNS and isinstance(value, (bool, int, float)):
+        if key in METRIC_COLUMNS and isinstance(value, (bool, int, float, np.bool_, np.integer,
+                                                        np.floating)):
             out[f"ground truth: {key}"] = _metric(float(value), METRIC_COLUMNS[key])
     return out
 

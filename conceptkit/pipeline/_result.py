@@ -540,7 +540,8 @@ class ClassConcepts:
 
         report = build_class_report(self, n_images=n_images, n_exemplars=n_exemplars,
                                     labels=labels, notes=notes, extra_metrics=extra_metrics,
-                                    trust=self.trust() if trust is True else (trust or None))
+                                    trust=self.trust() if trust is True else
+                                    (None if trust is False or trust is None else trust))
         return str(write_class_report(report, out_dir, index_link=index_link, **render_options))
 
     # ------------------------------------------------------------------ persistence

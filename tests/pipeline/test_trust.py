@@ -141,6 +141,7 @@ def test_report_shows_the_ground_truth_scores_and_not_the_rows_identifiers(tmp_p
     from conceptkit import ConceptExplainer
     from conceptkit.datasets import make_concept_dataset, reference_model
     from conceptkit.evaluate import METRIC_COLUMNS
+    from conceptkit.pipeline import build_class_report
 
     data = make_concept_dataset(6, seed=0)
     rows = np.flatnonzero(data.labels.numpy() == 1)
@@ -163,3 +164,15 @@ def test_report_shows_the_ground_truth_scores_and_not_the_rows_identifiers(tmp_p
     for key, metric in scores.items():
         assert metric["value"] == pytest.approx(float(row[key]))
         assert metric["higher_is_better"] is METRIC_COLUMNS[key]
+    # numpy scalars (a user's own evaluation row) are scores too, not silently dropped
+    numpy_row = {**row, "spearman": np.float32(0.5), "top_on_most_relied": np.bool_(True),
+                 "top_pointing": np.float64(0.75)}
+    report = build_class_report(cc, trust={**summary, "evaluation": numpy_row})
+    trust_group = report.metrics["trust"]
+    assert trust_group["ground truth: spearman"]["value"] == pytest.approx(0.5)
+    assert trust_group["ground truth: top_on_most_relied"]["value"] == 1.0
+    # anything but a trust summary is refused naming `trust`, not a KeyError from inside
+    for bad, error in (("yes", TypeError), (1, TypeError), ({}, ValueError),
+                       ({**summary, "intervals": None}, ValueError)):
+        with pytest.raises(error, match="`trust`"):
+            cc.report(tmp_path / "bad", trust=bad)
