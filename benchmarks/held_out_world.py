@@ -41,14 +41,31 @@ Scoring is ``benchmarks/_world_grid.run_grid`` called exactly as ``eval_ground_t
 images per class, 10 concepts, fill ``median``, reliance floor 0, the row "library default: ...".
 TCAV: ``benchmarks/eval_tcav.run`` with its defaults (40 class images, 40 examples, 10 runs).
 
-Commands (one thread; about 2-3 min to train, ~1 min per seed to score on one core)::
+Commands (one thread; on this 2-core machine: training 115-180 s wall for the ResNet, 107 s for
+the CNN, bit-identical weights on a rerun; scoring 5 seeds ~75-85 s; TCAV 3 seeds ~2 min)::
 
-    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --preview /work/scratch/heldout/clutter.png
-    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --train [--arch resnet|cnn]
-    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --eval --seeds 0,1,2 \
-        --json benchmarks/results/issue13_held_out_world.json
+    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --stats \
+        --preview /work/scratch/heldout/clutter.png
+    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --train --arch resnet
+    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --train --arch cnn
+    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --arch resnet --reliance --eval \
+        --seeds 0,1,2,3,4 --json benchmarks/results/issue13_held_out_world.json
+    OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --arch cnn --reliance --eval \
+        --seeds 0,1,2,3,4 --json benchmarks/results/issue13_held_out_world_cnn.json
     OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --reliance --tcav --tcav-seeds 0,1,2 \
         --json benchmarks/results/issue13_held_out_world_tcav.json
+
+Results (``benchmarks/results/issue13_held_out_world*.json``; the training records are
+``..._train_resnet.json`` and ``..._train_cnn.json``): held-out accuracy 0.980 (ResNet) and
+0.983 (CNN). Both models treat class 1 (cyan cross + magenta triangle) as the class of images
+with neither the orange ring nor the lime disk: painting both of its parts out leaves 95-99 % of
+its images in class 1, so its parts' reliance is small (cross 0.13-0.18, triangle 0.03-0.12).
+The library default, mean over 4 classes x seeds 0-4 (ResNet / CNN): top concept on the most
+relied-on part 0.95 / 0.80 (tie-aware 0.95 / 0.95), its pointing game 0.91 / 0.82, Spearman
+0.79 / 0.72 (ceiling 0.93 / 0.94); every miss is in class 1. Bar not met. TCAV's default on the
+ResNet: 5/6 relied-on causal pairs in each of seeds 0-2 (the cyan cross of class 0 is never
+significant) and 1, 0, 1 false positives of 20 (the cyan ring in class 1). TCAV's concept images
+are ``eval_tcav``'s: the part pasted on a smooth gradient, not on this world's clutter.
 
 Weights go to ``/work/scratch/heldout/clutter_{arch}.safetensors`` (``--weights`` to change).
 """

@@ -36,7 +36,7 @@ from ._atlas_results import (
     ConfusionExplanation,
     margin_contributions,
 )
-from ._pixel import PIXEL_METHODS, check_quantiles, pixel_ablation
+from ._pixel import PIXEL_METHODS, check_pixel_options, check_quantiles, pixel_ablation
 from ._result import KnownCodes
 
 #: The atlas's pixel-ablation region: each concept's top decile over the whole dataset, one size
@@ -48,6 +48,8 @@ ATLAS_QUANTILE = 0.9
 #: (``_pixel.default_segments``).
 #: ``importance_kwargs={"n_segments": ...}`` sets either.
 ATLAS_N_SEGMENTS = None
+#: The ``importance_kwargs`` the atlas's pixel ablation takes.
+ATLAS_PIXEL_OPTIONS = ("quantile", "confidence", "score", "n_segments")
 #: Pixel-ablation settings the atlas's importance records in its ``params`` (and its file).
 PIXEL_SETTINGS = ("quantile", "thresholds", "fill", "score", "n_segments")
 
@@ -123,6 +125,9 @@ class ConceptAtlas:
             progress=progress, preprocess=preprocess, n_designs=n_designs,
             importance_kwargs=importance_kwargs, method_kwargs=method_kwargs, model_name=model_name,
             tokens="patches")  # an atlas reads a transformer layer's patch tokens
+        if self.importance_method in PIXEL_METHODS:  # the atlas's own options, checked now
+            check_pixel_options(self.explainer.importance_kwargs, ATLAS_PIXEL_OPTIONS,
+                                self.importance_method)
         self.class_names = class_names
         self.max_inputs_per_class = (None if max_inputs_per_class is None else
                                      check_int(max_inputs_per_class, "max_inputs_per_class",
@@ -296,11 +301,8 @@ class ConceptAtlas:
         rows, lows, highs, classes, no_region, settings = [], [], [], [], [], {}
         pixels = (ex.model_at_layer.whole_model() if method in PIXEL_METHODS
                   else contextlib.nullcontext())
-        unknown = sorted(set(ex.importance_kwargs)
-                         - {"quantile", "confidence", "score", "n_segments"})
-        if method in PIXEL_METHODS and unknown:
-            raise TypeError(f"unexpected importance_kwargs {unknown} for importance={method!r}; "
-                            f"accepted: quantile, confidence, score, n_segments.")
+        if method in PIXEL_METHODS:
+            check_pixel_options(ex.importance_kwargs, ATLAS_PIXEL_OPTIONS, method)
         cut = self._map_thresholds(self._region_quantile()) \
             if method in PIXEL_METHODS else None
         with pixels as forward:

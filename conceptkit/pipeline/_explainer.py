@@ -25,10 +25,11 @@ from ..extraction._layers import get_layer
 from ..extraction._windows import default_window, head_reads_cls
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
+from ..maps import MAP_KINDS
 from ..models._bundle import ModelBundle
 from ..models._candidates import as_bundle, class_index, missing_layer_message
 from ._handle import ModelAtLayer
-from ._pixel import PIXEL_METHODS, default_segments, pixel_ablation
+from ._pixel import PIXEL_METHODS, check_pixel_options, default_segments, pixel_ablation
 from ._result import PATCH_TOKEN_KINDS, ClassConcepts, KnownCodes
 
 #: Discovery methods by name.
@@ -265,6 +266,8 @@ class ConceptExplainer:
         self.preprocess = preprocess
         self.n_designs = check_int(n_designs, "n_designs", minimum=1)
         self.importance_kwargs = dict(importance_kwargs or {})
+        if self.importance in PIXEL_METHODS:  # a bad value now, not after the discovery
+            check_pixel_options(self.importance_kwargs, PIXEL_OPTIONS, self.importance, MAP_KINDS)
         self.method_kwargs = dict(method_kwargs or {})
         self.model_name = model_name or type(model).__name__
         if class_names is not None and (isinstance(class_names, str) or not all(
@@ -525,11 +528,7 @@ class ConceptExplainer:
     def _pixel_importance(self, result: ClassConcepts, images: torch.Tensor,
                           class_id: int) -> Any:
         options = dict(self.importance_kwargs)
-        unknown = sorted(set(options) - {"quantile", "confidence", "score", "kind", "n_segments"})
-        if unknown:
-            raise TypeError(f"unexpected importance_kwargs {unknown} for "
-                            f"importance={self.importance!r}; accepted: quantile, confidence, "
-                            f"score, kind, n_segments.")
+        check_pixel_options(options, PIXEL_OPTIONS, self.importance, MAP_KINDS)
         kind = options.pop("kind", "auto")
         kind = result._auto_kind(None) if kind == "auto" else kind
         options.setdefault("n_segments", default_segments(result.params))
@@ -539,6 +538,9 @@ class ConceptExplainer:
                                   progress=self.progress, params={"maps": kind}, **options)
 
 
+
+#: The ``importance_kwargs`` pixel ablation takes through the explainer.
+PIXEL_OPTIONS = ("quantile", "confidence", "score", "kind", "n_segments")
 
 #: What ICE reads at a transformer layer (``ConceptExplainer(tokens=...)``).
 TOKEN_READS = ("auto", "patches", "cls")

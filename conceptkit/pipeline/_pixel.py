@@ -73,6 +73,37 @@ def check_quantiles(quantile: Any) -> tuple[float, ...]:
     return (check_float(quantile, "quantile", minimum=0.0, maximum=1.0),)
 
 
+def check_confidence(confidence: Any) -> float | None:
+    """A confidence level strictly between 0 and 1, or None (no interval)."""
+    if confidence is None:
+        return None
+    value = check_float(confidence, "confidence", minimum=0.0, maximum=1.0)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"`confidence` must be strictly between 0 and 1 (e.g. 0.95) or None; "
+                         f"got {confidence!r}.")
+    return value
+
+
+def check_pixel_options(options: dict, accepted: tuple[str, ...], importance: str,
+                        kinds: tuple[str, ...] = ()) -> None:
+    """Check ``importance_kwargs`` of pixel ablation when they are given, not after discovery:
+    unknown keys, and each known value (``kinds``: the map kinds ``kind`` may name)."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"unexpected importance_kwargs {unknown} for importance={importance!r}; "
+                        f"accepted: {', '.join(accepted)}.")
+    checks = {"quantile": check_quantiles, "confidence": check_confidence,
+              "score": lambda v: check_choice(v, "score", ("probability", "logit")),
+              "n_segments": lambda v: None if v is None else check_int(v, "n_segments",
+                                                                      minimum=2),
+              "kind": lambda v: check_choice(v, "kind", kinds)}
+    for key, value in options.items():
+        try:
+            checks[key](value)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"importance_kwargs[{key!r}]: {err}") from None
+
+
 def _threshold_rows(thresholds: Any, quantiles: tuple[float, ...], maps: torch.Tensor) -> list:
     """One row of per-concept thresholds per region size: the given ``thresholds``, or else
     the ``quantiles`` of each concept's values over ``maps`` (one pass over the values)."""
@@ -229,6 +260,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     """
     quantiles = check_quantiles(quantile)
     score = check_choice(score, "score", ("probability", "logit"))
+    confidence = check_confidence(confidence)
     # the regions are cut from the maps and painted on these pixels: a NaN map would empty a
     # concept's region (its quantile is NaN) and read as "absent", 0-255 images paint nonsense
     images = check_images(images, "images", pixels=True)

@@ -296,3 +296,27 @@ def test_the_default_paints_each_region_grown_to_its_superpixels_by_hand():
     for bad in (1, 2.5, "50"):
         with pytest.raises((ValueError, TypeError), match="n_segments"):
             pixel_ablation(model, images, maps, 0, progress=False, n_segments=bad)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"n_segments": 0}, ValueError, r"importance_kwargs\['n_segments'\]: `n_segments` must be >= 2"),
+    ({"quantile": 1.5}, ValueError, r"importance_kwargs\['quantile'\]"),
+    ({"confidence": 2}, ValueError, r"importance_kwargs\['confidence'\]"),
+    ({"score": "odds"}, ValueError, r"importance_kwargs\['score'\]"),
+    ({"kind": "grad"}, ValueError, r"importance_kwargs\['kind'\]"),
+    ({"n_designs": 8}, TypeError, r"unexpected importance_kwargs \['n_designs'\]"),
+])
+def test_pixel_options_are_refused_when_given_not_after_discovery(options, error, match):
+    from conceptkit import ConceptAtlas
+
+    with pytest.raises(error, match=match):
+        ConceptExplainer(reference_model(), "block4", importance="pixel_ablation",
+                         importance_kwargs=options)
+    if "kind" not in options:  # the atlas takes the same options but for the map kind
+        with pytest.raises(error, match=match):
+            ConceptAtlas(reference_model(), "block4", 3, importance="pixel_ablation",
+                         importance_kwargs=options)
+    # the public function checks its confidence too (a level of 2 gave NaN intervals)
+    images, maps = images_with_parts()
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        pixel_ablation(RedVsBlue(), images, maps, 0, confidence=1.0, progress=False)
