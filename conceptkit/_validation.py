@@ -267,6 +267,16 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+#: Seeds are what numpy and scikit-learn take: integers in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """None (fresh randomness) or an integer seed in [0, :data:`MAX_SEED`], checked when given
+    rather than inside scikit-learn after the work before it."""
+    return None if seed is None else check_int(seed, name, minimum=0, maximum=MAX_SEED)
+
+
 def resolve_seed(seed: int | None, name: str = "seed") -> int:
     """An int seed: ``seed`` itself (checked), or one drawn from fresh entropy for ``None``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -24,6 +25,8 @@ def check_out_dir(out: str | None, flag: str = "--out") -> None:
     """``--out`` names a directory (created when missing): an existing file is refused."""
     if out is None:
         return
+    if not str(out).strip():
+        raise CommandError(f"`{flag}` is empty; give a directory (it is created when missing).")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise CommandError(f"`{flag}` {out!r} is a file; give a directory (it is created when "
@@ -31,3 +34,6 @@ def check_out_dir(out: str | None, flag: str = "--out") -> None:
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise CommandError(f"`{flag}` {out!r} lies under {str(parent)!r}, which is a file.")
+    if parent is not None and not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise CommandError(f"`{flag}` {out!r} cannot be created: {str(parent)!r} is not "
+                           f"writable. Give a directory you can write to.")

@@ -65,7 +65,11 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
 
     start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"`out_dir` {out_dir!r} cannot be created: {err.strerror or err}. Give "
+                         f"a directory you can write to.") from err
     data = make_concept_dataset(n_per_class, seed=seed, split="train")
     print("== The ground-truth concept dataset (train split: the spurious cue is on)")
     print(data.summary())

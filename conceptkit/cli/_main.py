@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .._validation import MAX_SEED
 from ._checks import CommandError, check_counts, check_out_dir
 from ._explain import FACTORIZER_CHOICES
 from ._naming import add_naming_arguments, check_naming_arguments
@@ -27,11 +28,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The demo's options, for errors the library raises naming its own arguments.
+DEMO_FLAGS = {"n_concepts": "--n-concepts", "seed": "--seed", "method": "--method",
+              "out_dir": "--out"}
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(out_dir=args.out, n_per_class=args.n_per_class, method=args.method,
-                    seed=args.seed, progress=not args.quiet, n_concepts=args.n_concepts)
+    check_counts(args, {"n_per_class": 2})  # a class of one image has nothing to factorize
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise CommandError(f"`--seed` must be an integer in [0, {MAX_SEED}]; got {args.seed}.")
+    try:
+        return run_demo(out_dir=args.out, n_per_class=args.n_per_class, method=args.method,
+                        seed=args.seed, progress=not args.quiet, n_concepts=args.n_concepts)
+    except (ValueError, TypeError) as err:  # in the demo's terms: its options, not Python's
+        message = str(err)
+        for name, flag in DEMO_FLAGS.items():
+            message = message.replace(f"`{name}`", f"`{flag}`")
+        raise CommandError(message) from err
 
 
 def _cmd_train_cbm(argv: list[str]) -> int:

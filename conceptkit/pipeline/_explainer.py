@@ -18,7 +18,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state
-from .._validation import check_choice, check_image_ids, check_images, check_int, describe
+from .._validation import (
+    check_choice,
+    check_image_ids,
+    check_images,
+    check_int,
+    check_seed,
+    describe,
+)
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, TopKSAE
 from ..concepts._checks import configured_factorizer
 from ..extraction._layers import get_layer
@@ -259,7 +266,7 @@ class ConceptExplainer:
         self.factorizer = factorizer
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.device = device
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.progress = bool(progress)
         if preprocess is not None and not callable(preprocess):
             raise TypeError(f"`preprocess` must be callable; got {describe(preprocess)}.")

@@ -233,6 +233,42 @@ def test_report_of_a_file_that_is_not_an_explanation(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error:")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--n-per-class", "1"], "`--n-per-class` must be at least 2"),
+    (["--seed", "99999999999"], "`--seed` must be an integer in [0, 4294967295]"),
+    (["--out", ""], "`--out` is empty"),
+])
+def test_demo_refuses_bad_options_before_any_work(argv, message, capsys, monkeypatch):
+    import conceptkit.datasets as datasets
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the demo started working before checking its options")
+
+    monkeypatch.setattr(datasets, "make_concept_dataset", no_work)
+    assert main(["demo", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and message in err
+
+
+def test_a_demo_directory_that_cannot_be_made_names_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    # the nearest existing parent is a file: refused before any work, naming --out
+    assert main(["demo", "--quiet", "--out", str(blocker / "sub" / "demo")]) == 2
+    assert "`--out`" in capsys.readouterr().err
+
+
+def test_library_errors_of_the_demo_name_its_options(capsys, monkeypatch):
+    import conceptkit.cli._demo as demo
+
+    def fails(**kwargs):
+        raise ValueError("`n_concepts`=500 is larger than the number of positions (192).")
+
+    monkeypatch.setattr(demo, "run_demo", fails)
+    assert main(["demo", "--quiet", "--n-concepts", "500"]) == 2
+    assert "error: `--n-concepts`=500 is larger" in capsys.readouterr().err
+
+
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--n-per-class", "12", "--out", str(out), "--quiet"]) == 0

@@ -152,3 +152,13 @@ def test_meta_tensors_are_refused_by_name():
                  lambda: bank.factorizer.transform(meta)):
         with pytest.raises(ValueError, match=r"`(activations|A)` is on the 'meta' device"):
             call()
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (2**32, ValueError), (1.5, TypeError),
+                                         ("0", TypeError)])
+def test_a_seed_numpy_cannot_take_is_refused_when_the_explainer_is_built(seed, error):
+    from conceptkit.datasets import reference_model
+
+    with pytest.raises(error, match="`seed`"):
+        conceptkit.ConceptExplainer(reference_model(), "block4", seed=seed)
+    assert conceptkit.ConceptExplainer(reference_model(), "block4", seed=2**32 - 1).seed == 2**32 - 1
