@@ -226,7 +226,9 @@ class World:
             raise TypeError(f"`weights` must be a path or None; got {type(weights).__name__}.")
         path = Path(weights)
         state, meta = _load(path, f"python -m conceptkit.datasets.train_world --world {self.name} "
-                                  f"--arch ARCH --out {os.fspath(path)}")
+                                  f"--arch ARCH --out {os.fspath(path)}" if self.name in WORLDS
+                            else "conceptkit.datasets.train_world_model(world, arch) and "
+                                 "conceptkit.io.save_file")
         if (meta.get("architecture") not in ARCHITECTURES or not isinstance(meta.get("config"), dict)
                 or not isinstance(meta.get("layer"), str)):
             raise FormatError(f"`weights` {os.fspath(path)!r} is not a world model file: its record "

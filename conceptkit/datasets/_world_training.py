@@ -83,7 +83,7 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": sys.version.split()[0]}
 
 
-def train_world_model(world: str, arch: str | None = None, *, epochs: int | None = None, seed: int = 0,
+def train_world_model(world: str | World, arch: str | None = None, *, epochs: int | None = None, seed: int = 0,
                       n_per_class: int | None = None, n_val_per_class: int = 50,
                       n_test_per_class: int = 250,
                       lr: float | None = None, progress: bool = True,
@@ -96,7 +96,9 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
     measured on ``world.sample(n_test_per_class, seed=seed + 1, split="test")``, a split and seed
     no training image comes from.
 
-    ``arch`` may also be an architecture the world does not ship (``"resnet"`` or ``"vit"``, with
+    ``world`` is a name of :data:`~conceptkit.datasets.WORLDS` or a :class:`World` itself (one
+    built for a check, which the library does not ship). ``arch`` may also be an architecture the
+    world does not ship (``"resnet"`` or ``"vit"``, with
     the settings it has in the other worlds), and ``config`` overrides architecture settings
     (``World.training_spec``): a model to check explanations on that the defaults were not
     chosen on. Such a model is saved elsewhere and loaded with ``world.model(weights=PATH)``.
@@ -113,7 +115,7 @@ def train_world_model(world: str, arch: str | None = None, *, epochs: int | None
         ``train_cpu_seconds`` (CPU time: the wall clock grows with the machine's load, this
         does not), ``shipped`` (whether these are a shipped model's settings).
     """
-    the_world = load_world(world)
+    the_world = world if isinstance(world, World) else load_world(world)
     spec = the_world.training_spec(arch, config)
     if spec.is_reference(the_world.name):
         raise ValueError("the shapes world's CNN (`world` 'shapes', `arch` 'cnn') is trained by "
