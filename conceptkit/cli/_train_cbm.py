@@ -73,22 +73,24 @@ def _encoder_and_inputs(args: argparse.Namespace, splits: dict, n_concepts: int)
         extractor = ActivationExtractor(reference, args.layer, batch_size=128, device=args.device,
                                         progress=not args.no_progress)
         inputs = {name: extractor(ds.images) for name, ds in splits.items()}
-        encoder = SpatialProbe(inputs["train"].shape[1], n_concepts)
+        with torch.random.fork_rng(devices=[]):  # the probe's initial weights follow --seed
+            torch.manual_seed(args.seed)
+            encoder = SpatialProbe(inputs["train"].shape[1], n_concepts)
         return encoder, inputs
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         fresh = type(reference)(**{k: getattr(reference, k) for k in ("n_classes", "width")})
-    trunk, _ = split_model(fresh, args.layer)
-    with torch.no_grad():
-        channels = trunk(splits["train"].images[:1]).shape[1]
-    encoder = nn.Sequential(trunk, SpatialProbe(channels, n_concepts))
+        trunk, _ = split_model(fresh, args.layer)
+        with torch.no_grad():
+            channels = trunk(splits["train"].images[:1]).shape[1]
+        encoder = nn.Sequential(trunk, SpatialProbe(channels, n_concepts))
     return encoder, {name: ds.images for name, ds in splits.items()}
 
 
 def train_cbm_main(argv: list[str]) -> int:
     """Entry point of ``conceptkit train-cbm``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    check_counts(args, {"epochs": 1, "patience": 0, "batch_size": 1, "n_train": 1, "n_val": 1,
+    check_counts(args, {"epochs": 1, "patience": 1, "batch_size": 1, "n_train": 1, "n_val": 1,
                         "n_test": 1, "image_size": 1, "trials": 1})
     check_out_dir(args.out)
     from ..datasets import make_concept_dataset

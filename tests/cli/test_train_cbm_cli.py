@@ -48,6 +48,23 @@ def test_train_cbm_cli_writes_model_report_and_consistent_numbers(tmp_path, caps
     assert "red disk" in page
 
 
+@pytest.mark.parametrize("features", ["frozen", "end2end"])
+def test_train_cbm_cli_gives_the_same_model_for_the_same_seed(tmp_path, features):
+    # the probe was built from the global random state: two runs with --seed 0 differed
+    tiny = ["--n-train", "3", "--n-val", "2", "--n-test", "2", "--image-size", "32", "--epochs",
+            "1", "--trials", "1", "--no-progress", "--features", features]
+    states = []
+    for run in ("a", "b"):
+        torch.manual_seed(len(run) * 7 if run == "a" else 12345)  # a different global state
+        assert train_cbm_main(["--out", str(tmp_path / run), *tiny]) == 0
+        from safetensors.torch import load_file
+
+        states.append(load_file(tmp_path / run / "cbm.safetensors"))
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
 def test_train_cbm_cli_end_to_end_features(tmp_path):
     out = tmp_path / "e2e"
     assert train_cbm_main(["--mode", "independent", "--features", "end2end", "--out", str(out),
