@@ -37,7 +37,7 @@ from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
 from ..io import load_file, loading, save_file
 from ._data import as_tensor, check_concepts, check_labels
-from ._intervene import InterventionCurve
+from ._intervene import InterventionCurve, _check_groups
 from ._model import CBMOutput
 from ._sparse import elastic_net_path, nnz_per_class
 
@@ -267,6 +267,9 @@ class DiscoveredCBM(BaseEstimator):
         """Presence in [0, 1] ``(N, K)`` → bottleneck values (5th / 95th training percentiles)."""
         self._check_fitted()
         p = check_concepts(as_tensor(concept_values, "concept_values"), "concept_values")
+        if p.ndim != 2 or p.shape[1] != self.n_concepts:  # a column would broadcast to all
+            raise ValueError(f"`concept_values` must have shape (N, {self.n_concepts}), one "
+                             f"column per concept; got {tuple(p.shape)}.")
         return self.intervention_low_ * (1 - p) + self.intervention_high_ * p
 
     def true_concepts(self, presence: Any, part_names: list[str],
@@ -304,6 +307,9 @@ class DiscoveredCBM(BaseEstimator):
         ``concepts`` after the replacement, ``class_logits`` the head on them.
         """
         Z = self.transform(images, activations=activations)
+        if mask is None:
+            raise TypeError(f"`mask` is required: booleans of shape {tuple(Z.shape)} or "
+                            f"({Z.shape[1]},), True where a concept is set to its true value.")
         mask = torch.as_tensor(np.asarray(mask))
         if mask.dtype != torch.bool or mask.shape not in (Z.shape, Z.shape[1:]):
             raise ValueError(f"`mask` must be boolean of shape {tuple(Z.shape)} or "
@@ -328,10 +334,17 @@ class DiscoveredCBM(BaseEstimator):
         check_choice(policy, "policy", ("random", "importance"))
         Z = self.transform(images, activations=activations)
         true = self.true_to_bottleneck(concept_values)
+        if true.shape != Z.shape:  # one row or one column would broadcast into a curve
+            raise ValueError(f"`concept_values` must have shape {tuple(Z.shape)} (one row per "
+                             f"image, one column per concept); got {tuple(true.shape)}.")
         labels = check_labels(as_tensor(labels, "labels"), "labels")
-        groups = [[j] for j in range(self.n_concepts)] if groups is None else \
-            [[check_int(j, "groups entry", minimum=0, maximum=self.n_concepts - 1) for j in g]
-             for g in groups]
+        if labels.shape != (Z.shape[0],):
+            raise ValueError(f"`labels` must hold one class per image ({Z.shape[0]}); got shape "
+                             f"{tuple(labels.shape)}.")
+        if int(labels.min()) < 0 or int(labels.max()) >= self.n_classes_:
+            raise ValueError(f"`labels` must be class indices in [0, {self.n_classes_ - 1}]; got "
+                             f"values in [{int(labels.min())}, {int(labels.max())}].")
+        groups = _check_groups(groups, self.n_concepts)
         membership = torch.zeros(len(groups), self.n_concepts, dtype=torch.bool)
         for g, members in enumerate(groups):
             membership[g, members] = True

@@ -77,6 +77,19 @@ def test_interventions_on_the_named_concepts_raise_accuracy(setup):
                                      groups=[[j] for j in np.flatnonzero(mask.numpy())],
                                      policy="importance")
     assert ordered.area >= curve.area - 0.02
+    # what would broadcast into a curve is refused, naming the argument
+    labels = test.labels
+    for kwargs, match in (({"labels": labels[:1]}, "`labels` must hold one class per image"),
+                          ({"labels": labels + 6}, "`labels` must be class indices"),
+                          ({"concept_values": values[:1]}, "`concept_values` must have shape"),
+                          ({"concept_values": values[:, :1]}, "`concept_values` must have shape"),
+                          ({"groups": [[0, 1], [1, 2]]}, "`groups` must not overlap"),
+                          ({"groups": [[]]}, "non-empty")):
+        call = {"activations": acts, "concept_values": values, "labels": labels, **kwargs}
+        with pytest.raises((ValueError, TypeError), match=match):
+            cbm.intervention_curve(**call)
+    with pytest.raises(TypeError, match="`mask` is required"):
+        cbm.intervene(activations=acts, concept_values=values)
 
 
 def test_save_and_conceptkit_load(setup, tmp_path):
