@@ -39,7 +39,7 @@ from ..io import load_file, loading, save_file
 from ._data import as_tensor, check_concepts, check_labels
 from ._intervene import InterventionCurve, _check_groups
 from ._model import CBMOutput
-from ._sparse import elastic_net_path, nnz_per_class
+from ._sparse import check_l1_ratio, elastic_net_path, nnz_per_class
 
 KIND = "discovered_cbm"
 FORMAT_VERSION = 1
@@ -210,6 +210,7 @@ class DiscoveredCBM(BaseEstimator):
         """Fit the sparse head on images (or their activations) and class labels ``(N,)``."""
         self._setup()
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
+        check_l1_ratio(self.l1_ratio)
         raw = self.coefficients(images, activations=activations)
         labels = check_labels(as_tensor(labels, "labels"), "labels")
         if labels.shape[0] != raw.shape[0]:
@@ -218,7 +219,7 @@ class DiscoveredCBM(BaseEstimator):
         std = torch.where(std > 0, std, torch.ones_like(std))
         Z = ((raw - mean) / std).double()
         n_classes = int(labels.max()) + 1
-        if n_classes < 2:
+        if n_classes < 2 or len(torch.unique(labels)) < 2:
             raise ValueError("`labels` must hold at least two classes.")
         fit, path = elastic_net_path(Z, labels, n_classes, int(self.nnz_per_class),
                                      l1_ratio=float(self.l1_ratio))
@@ -425,7 +426,7 @@ class DiscoveredCBM(BaseEstimator):
     def _check_loaded(self) -> None:
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
         check_int(self.batch_size, "batch_size", minimum=1)
-        check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+        check_l1_ratio(self.l1_ratio)
         check_float(self.alpha_, "alpha_", minimum=0.0)
         if not isinstance(self.path_, list):
             raise ValueError(f"path must be a list; got {describe(self.path_)}.")

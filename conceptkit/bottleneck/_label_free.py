@@ -35,8 +35,10 @@ from tqdm.auto import tqdm
 from .._deprecation import current_names, renamed_arguments, warn_deprecated
 from .._torchutils import on_device, preserved_model_state
 from .._validation import (
+    check_float,
     check_images,
     check_int,
+    check_seed,
     describe,
     make_rng,
     resolve_device,
@@ -46,7 +48,7 @@ from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders, clip_similarity
 from ._concept_filter import filter_by_text, top5_activation
 from ._data import as_tensor, check_labels
-from ._sparse import elastic_net_path, nnz_per_class
+from ._sparse import check_l1_ratio, elastic_net_path, nnz_per_class
 
 KIND = "label_free_cbm"
 FORMAT_VERSION = 1
@@ -165,8 +167,31 @@ class LabelFreeCBM(BaseEstimator):
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
         check_int(self.batch_size, "batch_size", minimum=1)
         if self.seed is not None:
-            check_int(self.seed, "seed", minimum=0)
+            check_seed(self.seed)
+        check_l1_ratio(self.l1_ratio)
+        check_float(self.proj_lr, "proj_lr", minimum=0.0, strict_minimum=True)
+        for name in ("class_similarity_cutoff", "concept_similarity_cutoff", "clip_cutoff",
+                     "interpretability_cutoff"):
+            check_float(getattr(self, name), name)
+        fraction = check_float(self.val_fraction, "val_fraction", minimum=0.0, maximum=1.0)
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"`val_fraction` must be strictly between 0 and 1; got "
+                             f"{self.val_fraction!r}.")
         return concepts, classes
+
+    @staticmethod
+    def _embeddings(values: Any, name: str, rows: int, width: int | None = None) -> torch.Tensor:
+        """A finite ``(rows, d)`` float tensor (``d == width`` when given), or an error naming it."""
+        values = as_tensor(values, name)
+        if values.ndim != 2 or values.shape[0] != rows:
+            raise ValueError(f"`{name}` must have shape ({rows}, d), one row per labelled image; got "
+                             f"{tuple(values.shape)}.")
+        if width is not None and values.shape[1] != width:
+            raise ValueError(f"`{name}` has {values.shape[1]} columns; the training ones have "
+                             f"{width}.")
+        if not torch.isfinite(values.float()).all():
+            raise ValueError(f"`{name}` contains NaN or Inf values.")
+        return values.float()
 
     def _labels(self, labels: Any, n: int, name: str, n_classes: int) -> torch.Tensor:
         labels = check_labels(as_tensor(labels, name), name)
@@ -210,8 +235,21 @@ class LabelFreeCBM(BaseEstimator):
         if self.clip is None:
             raise ValueError("`clip` is required to fit a LabelFreeCBM.")
         clip = ClipEncoders.wrap(self.clip)
-        labels = self._labels(labels, len(features), "labels", len(classes))
-        val_labels = self._labels(val_labels, len(val_features), "val_labels", len(classes))
+        labels = as_tensor(labels, "labels")
+        labels = self._labels(labels, labels.shape[0] if labels.ndim else -1, "labels",
+                              len(classes))
+        val_labels = as_tensor(val_labels, "val_labels")
+        val_labels = self._labels(val_labels, val_labels.shape[0] if val_labels.ndim else -1,
+                                  "val_labels", len(classes))
+        if len(torch.unique(labels)) < 2:
+            raise ValueError(f"`labels` hold one class ({int(labels[0])}); a classifier needs "
+                             f"images of at least two classes.")
+        features = self._embeddings(features, "features", len(labels))
+        clip_image_emb = self._embeddings(clip_image_emb, "clip_image_emb", len(labels))
+        val_features = self._embeddings(val_features, "val_features", len(val_labels),
+                                        features.shape[1])
+        val_clip_image_emb = self._embeddings(val_clip_image_emb, "val_clip_image_emb",
+                                              len(val_labels), clip_image_emb.shape[1])
         device = resolve_device(self.device)
         concept_emb = clip.text_embeddings(concepts, template=self.template, cache_dir=self.cache_dir)
         class_emb = clip.text_embeddings(classes, template=self.template, cache_dir=self.cache_dir)

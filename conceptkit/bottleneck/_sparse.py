@@ -23,6 +23,7 @@ with at most ``nnz_per_class`` non-zero weights in every class (LF-CBM counts |w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,6 +158,18 @@ def nnz_per_class(weight: torch.Tensor) -> np.ndarray:
     return (weight.abs() > NNZ_THRESHOLD).sum(1).cpu().numpy()
 
 
+def check_l1_ratio(l1_ratio: Any) -> float:
+    """The L1 share of the elastic net, in (0, 1]. The path starts at the smallest penalty that
+    zeroes every weight, which only an L1 part has: with ``l1_ratio`` 0 that start is infinite
+    and the head comes out all zeros."""
+    value = check_float(l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+    if value <= 0.0:
+        raise ValueError(f"`l1_ratio` must be in (0, 1]; got {l1_ratio!r}. The sparse head's path "
+                         f"needs an L1 part (with 0 every weight stays 0); for a nearly ridge "
+                         f"head use a small value such as 0.01.")
+    return value
+
+
 def elastic_net_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, nnz_target: int, *,
                      l1_ratio: float = 0.99, n_alphas: int = 25, min_ratio: float = 1e-4,
                      n_bisect: int = 8, max_iter: int = 5000,
@@ -178,6 +191,7 @@ def elastic_net_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, nnz_targe
         each α visited.
     """
     nnz_target = check_int(nnz_target, "nnz_per_class", minimum=1)
+    l1_ratio = check_l1_ratio(l1_ratio)
     path: list[dict] = []
     null_loss = None
 

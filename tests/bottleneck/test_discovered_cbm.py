@@ -136,3 +136,14 @@ def test_bad_arguments_are_named(setup, kwargs, match):
         DiscoveredCBM(progress=False, **args).fit(activations=acts["train"], labels=train.labels)
     with pytest.raises(ValueError, match="not fitted"):
         DiscoveredCBM(manager).predict(activations=acts["train"])
+
+
+def test_a_head_that_could_only_come_out_empty_is_refused(setup):
+    _, manager, _, train, _, acts = setup
+    # l1_ratio 0 gave weights of 1e-12 (a constant predictor); one class gave a trivial head
+    with pytest.raises(ValueError, match="`l1_ratio` must be in \\(0, 1\\]"):
+        DiscoveredCBM(manager, l1_ratio=0.0, progress=False).fit(activations=acts["train"],
+                                                                 labels=train.labels)
+    with pytest.raises(ValueError, match="at least two classes"):
+        DiscoveredCBM(manager, progress=False).fit(activations=acts["train"],
+                                                   labels=torch.ones_like(train.labels))

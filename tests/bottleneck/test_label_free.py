@@ -202,3 +202,32 @@ def test_label_free_cbm_argument_errors(reference_setup):
         clone(model).predict(train.images)
     with pytest.raises(ValueError, match="4 dimensions"):
         model.predict(train.images[0])
+
+
+def test_label_free_cbm_refuses_settings_and_embeddings_that_would_mislead(reference_setup):
+    model, splits, _ = reference_setup
+    train, val = splits["train"], splits["val"]
+    from sklearn.base import clone
+
+    feats, emb = _embeddings(model, train.images)
+    vfeats, vemb = _embeddings(model, val.images)
+    # l1_ratio 0 gave a head of exact zeros (a constant predictor) without a word
+    for setting, match in (({"l1_ratio": 0.0}, "`l1_ratio` must be in \\(0, 1\\]"),
+                           ({"proj_lr": -1.0}, "`proj_lr`"),
+                           ({"val_fraction": float("nan")}, "`val_fraction`"),
+                           ({"clip_cutoff": "x"}, "`clip_cutoff`")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            clone(model).set_params(**setting).fit_from_embeddings(
+                feats, emb, train.labels, vfeats, vemb, val.labels)
+    one_class = torch.zeros_like(train.labels)
+    bad_inputs = ((feats, emb[:-1], train.labels, vfeats, vemb, val.labels, "`clip_image_emb`"),
+                  (feats, emb, train.labels, vfeats[:, :-1], vemb, val.labels, "`val_features`"),
+                  (feats.numpy(), emb, train.labels, vfeats, vemb, val.labels, None),
+                  (feats * float("nan"), emb, train.labels, vfeats, vemb, val.labels, "NaN"),
+                  (feats, emb, one_class, vfeats, vemb, val.labels, "one class"))
+    for *args, match in bad_inputs:
+        if match is None:  # numpy arrays are taken as tensors are
+            clone(model).fit_from_embeddings(*args)
+            continue
+        with pytest.raises(ValueError, match=match):
+            clone(model).fit_from_embeddings(*args)
