@@ -296,6 +296,9 @@ def resolve_device(device: Any, name: str = "device") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"`{name}` must be a torch device such as 'cpu' or 'cuda:0'; got {device!r}.") from err
+    if dev.type == "meta":  # moving a model there and back would lose its weights
+        raise ValueError(f"`{name}` is 'meta', which holds shapes but no values: nothing can run "
+                         f"there. Use 'cpu' or a GPU such as 'cuda:0'.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`{name}` is {device!r} but CUDA is not available on this machine.")
     return dev

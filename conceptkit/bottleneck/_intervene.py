@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._reprs import dataclass_repr
-from .._torchutils import preserved_model_state
+from .._torchutils import on_device, preserved_model_state
 from .._validation import check_choice, check_int, describe, make_rng, to_numpy
 from ._data import as_cbm_data, as_inputs, as_tensor, check_concepts
 from ._model import CBMOutput, ConceptBottleneckModel, check_cbm, check_inputs
@@ -175,8 +175,7 @@ def intervention_curve(model: ConceptBottleneckModel, data: Any, *, policy: str 
     groups = _check_groups(groups, model.n_concepts)
     out = model.predict_all(data, batch_size=batch_size, device=device, progress=progress)
     concepts, labels = data.columns()
-    with preserved_model_state(model), torch.no_grad():
-        head_device = model.intervention_low.device  # predict_all left the model here
+    with preserved_model_state(model), on_device(model, device) as head_device, torch.no_grad():
         out = CBMOutput(*(t.to(head_device) for t in out))
         true_values = model.true_to_bottleneck(concepts.to(head_device))
         labels = labels.to(head_device)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state
-from .._validation import check_choice, check_float, check_int, describe, resolve_device
+from .._torchutils import model_device, on_device, preserved_model_state
+from .._validation import check_choice, check_float, check_int, describe
 from ..io import FormatError, load_file, loading, save_file
 from ._data import as_inputs, iter_inputs, n_rows
 
@@ -181,17 +181,17 @@ class ConceptBottleneckModel(nn.Module):
     @torch.no_grad()
     def predict_all(self, data: Any, *, batch_size: int = 256, device: Any = None,
                     progress: bool = False) -> CBMOutput:
-        """Run the model in eval mode over all inputs of ``data``; results on the CPU.
+        """Run the model in eval mode over all inputs of ``data``; results on the CPU. With
+        ``device`` the model runs there and is moved back afterwards.
 
         ``data`` is an input tensor ``(N, ...)``, a tuple ``(x, concepts, labels)`` or a Dataset
         yielding ``(x, c, y)``.
         """
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         data = as_inputs(data, "data")
-        dev = resolve_device(device) if device is not None else model_device(self)
         outs: list[CBMOutput] = []
-        with preserved_model_state(self):
-            self.to(dev)
+        # on `device` for the call only: the model goes back where it was, also on failure
+        with preserved_model_state(self), on_device(self, device) as dev:
             total = -(-n_rows(data) // batch_size)
             for x in tqdm(iter_inputs(data, batch_size), total=total, disable=not progress,
                           desc="CBM inference", leave=False):
@@ -247,6 +247,11 @@ class ConceptBottleneckModel(nn.Module):
             raise TypeError(f"`concept_encoder` must be a torch.nn.Module; got "
                             f"{describe(concept_encoder)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
+        broken = [name for name, t in tensors.items()
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if broken:  # a model whose weights are NaN would predict NaN without a word
+            raise FormatError(f"`path` {str(path)!r} holds non-finite values (NaN or Inf) in "
+                              f"{broken[:5]}: a damaged or edited file.")
         with loading(path, "ConceptBottleneckModel (model configuration)"):
             config = dict(meta["config"])
             spec = meta.get("encoder")

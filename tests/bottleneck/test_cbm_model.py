@@ -150,3 +150,31 @@ def test_training_data_is_validated_with_clear_messages():
         train_cbm(model, (x * float("nan"), c, y))
     with pytest.raises(TypeError, match="ConceptBottleneckModel"):
         train_cbm(nn.Linear(6, 3), (x, c, y))
+
+
+def test_a_file_with_non_finite_weights_is_refused(tmp_path):
+    model = _model()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")   # what an edited file would hold
+    path = model.save(tmp_path / "nan.safetensors")
+    with pytest.raises(FormatError, match="non-finite values"):
+        ConceptBottleneckModel.load(path)
+
+
+def test_predict_all_on_a_device_moves_the_model_back_even_on_failure():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # the meta device holds no values: moving the model there lost its weights; refused first
+    with pytest.raises(ValueError, match="`device` is 'meta'"):
+        model.predict_all(torch.randn(5, 6), device="meta")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    original = model.forward
+    model.forward = fails  # a failure after the move, on the device asked for
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.predict_all(torch.randn(5, 6), device="cpu")
+    model.forward = original
+    after = model.state_dict()
+    assert all(v.device.type == "cpu" and torch.equal(v, before[k]) for k, v in after.items())
