@@ -180,6 +180,12 @@ class DiscoveredCBM(BaseEstimator):
             raise ValueError("reading images needs the model: pass `model=` (or `attach(model)` "
                              "after loading), or give activations to `coefficients`.")
         images = check_images(images, "images")
+        if self.preprocess_ is None and getattr(self, "fitted_with_preprocess_", False):
+            raise ValueError("this model was fitted on images through a `preprocess` (e.g. a "
+                             "normalisation), which a file cannot hold: pass the same one to "
+                             "`DiscoveredCBM.load(path, model, preprocess=...)` or "
+                             "`attach(model, preprocess)`; without it the images would be read "
+                             "differently and the predictions would change.")
         return ActivationExtractor(self.model_, self.layer_, batch_size=int(self.batch_size),
                                    device=self.device, progress=bool(self.progress),
                                    preprocess=self.preprocess_)(images)
@@ -389,6 +395,8 @@ class DiscoveredCBM(BaseEstimator):
             tensors.update({f"bank{i}.{k}": v for k, v in bank_tensors.items()})
             banks.append(bank_meta)
         meta = {"banks": banks, "names": self.names_, "layer": self.layer_,
+                "preprocess": self.preprocess_ is not None
+                or bool(getattr(self, "fitted_with_preprocess_", False)),
                 "n_classes": self.n_classes_, "alpha_": self.alpha_, "path": self.path_,
                 "params": {"nnz_per_class": int(self.nnz_per_class),
                            "l1_ratio": float(self.l1_ratio),
@@ -414,6 +422,10 @@ class DiscoveredCBM(BaseEstimator):
             model_._setup()
             model_.n_classes_, model_.alpha_ = int(meta["n_classes"]), float(meta["alpha_"])
             model_.path_ = meta["path"]
+            needs = meta.get("preprocess", False)
+            if not isinstance(needs, bool):
+                raise TypeError(f"preprocess must be true or false; got {needs!r}")
+            model_.fitted_with_preprocess_ = needs
             model_.trust_ = tensors["trust"].double().numpy()
             if model_.trust_.shape != (model_.n_concepts,):
                 raise ValueError(f"trust must have one value per concept; got {describe(model_.trust_)}")

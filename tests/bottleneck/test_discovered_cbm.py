@@ -111,6 +111,24 @@ def test_save_and_conceptkit_load(setup, tmp_path):
         conceptkit.load(tmp_path / "bad.safetensors")
 
 
+def test_a_model_fitted_through_a_preprocess_needs_it_back_after_loading(setup, tmp_path):
+    model, manager, _, train, test, acts = setup
+
+    def brighter(x):  # any preprocessing the file cannot hold
+        return (x * 1.2).clamp(0, 1)
+
+    cbm = DiscoveredCBM(manager, model, preprocess=brighter, nnz_per_class=5, progress=False)
+    cbm.fit(train.images[:60], train.labels[:60])
+    path = cbm.save(tmp_path / "pre.safetensors")
+    bare = DiscoveredCBM.load(path, model)
+    with pytest.raises(ValueError, match="through a `preprocess`"):  # it predicted otherwise
+        bare.predict(test.images[:8])
+    again = DiscoveredCBM.load(path, model, preprocess=brighter)
+    assert torch.equal(again.decision_function(test.images[:8]), cbm.decision_function(test.images[:8]))
+    torch.testing.assert_close(bare.decision_function(activations=acts["test"][:8]),
+                               cbm.decision_function(activations=acts["test"][:8]))
+
+
 def test_one_class_and_a_bare_bank(setup):
     _, manager, _, train, test, acts = setup
     cc = manager.classes_[2]
