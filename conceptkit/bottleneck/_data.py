@@ -131,7 +131,13 @@ class CBMData:
         order = torch.randperm(n, generator=generator).tolist() if shuffle else None
         loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, num_workers=0)
         for x, c, y in loader:
-            yield x.float(), c.float(), y.long()
+            if y.is_floating_point():  # .long() would truncate 2.7 to class 2
+                raise TypeError(f"`{self.name}` labels must hold integer class indices; the "
+                                f"Dataset yields {y.dtype} values such as {float(y.flatten()[0])}.")
+            x = x.float()
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"`{self.name}` inputs (x) contain NaN or Inf values.")
+            yield x, c.float(), y.long()
 
     def columns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The concept matrix ``(N, k)`` and the labels ``(N,)`` (one pass over a Dataset)."""

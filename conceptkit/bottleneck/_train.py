@@ -26,6 +26,7 @@ of the best epoch. Validation never uses test data: without ``val_data`` a seede
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -180,6 +181,13 @@ def _fit_stage(stage: str, module: nn.Module, loss_fn: Callable[[Batch], torch.T
         with torch.no_grad():
             val_curve.append(mean_loss(val.batches(cfg.batch_size), step=False))
         bar.set_postfix(train=f"{train_curve[-1]:.4f}", val=f"{val_curve[-1]:.4f}")
+        if not (math.isfinite(train_curve[-1]) and math.isfinite(val_curve[-1])):
+            # a run that diverged would otherwise end on its best finite epoch without a word
+            raise ValueError(f"the {stage!r} stage diverged at epoch {epoch + 1}: its "
+                             f"{'training' if not math.isfinite(train_curve[-1]) else 'validation'}"
+                             f" loss is not finite (losses so far: train "
+                             f"{[round(v, 4) for v in train_curve]}, validation "
+                             f"{[round(v, 4) for v in val_curve]}); lower `lr`.")
         if val_curve[-1] < best:
             best, best_epoch, waited = val_curve[-1], epoch, 0
             best_state = copy.deepcopy(module.state_dict())

@@ -172,6 +172,26 @@ def test_dataset_input_matches_tensor_input():
         torch.testing.assert_close(value, b.state_dict()[key], rtol=1e-5, atol=1e-6)
 
 
+def test_a_dataset_of_float_labels_or_nan_inputs_is_refused_as_tensors_are():
+    x, c, y = TRAIN
+    # 2.7 became class 2 through the Dataset path (the tensor path refused float labels)
+    with pytest.raises(TypeError, match="labels must hold integer class indices"):
+        train_cbm(fresh_model(), TripleDataset((x, c, y.float() + 0.7)), TripleDataset(VAL),
+                  epochs=1, progress=False)
+    bad = x.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="contain NaN or Inf"):
+        train_cbm(fresh_model(), TripleDataset((bad, c, y)), TripleDataset(VAL), epochs=1,
+                  progress=False)
+
+
+def test_a_run_that_diverges_is_an_error_not_its_best_finite_epoch():
+    # lr 1e30: validation loss 5e30 in the first epoch, NaN after; it returned without a word
+    with pytest.raises(ValueError, match="diverged at epoch"):
+        train_cbm(fresh_model(), TRAIN, VAL, mode="joint", epochs=3, lr=1e30, seed=0,
+                  progress=False)
+
+
 def test_sgd_optimizer_and_frozen_encoder():
     model = fresh_model()
     history = train_cbm(model, TRAIN, VAL, mode="joint", optimizer="sgd", epochs=5, lr=0.05,
