@@ -285,7 +285,7 @@ def resolve_seed(seed: int | None, name: str = "seed") -> int:
     """
     if seed is None:
         return int(np.random.default_rng().integers(2**31 - 1))
-    return check_int(seed, name, minimum=0)
+    return check_int(seed, name, minimum=0, maximum=MAX_SEED)
 
 
 def resolve_device(device: Any, name: str = "device") -> torch.device:

@@ -208,6 +208,9 @@ class ConceptBottleneckModel(nn.Module):
         ``data`` in ``intervention_low`` / ``intervention_high``. Only the inputs of ``data`` are
         used (no labels). Returns ``self``.
         """
+        if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2:
+            raise ValueError(f"`percentiles` must be two numbers (low, high) in [0, 100]; got "
+                             f"{percentiles!r}.")
         low_q = check_float(percentiles[0], "percentiles[0]", minimum=0, maximum=100)
         high_q = check_float(percentiles[1], "percentiles[1]", minimum=0, maximum=100)
         if low_q >= high_q:

@@ -15,6 +15,7 @@ are tiny. With ``standardize=False`` the head reads raw margins.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,9 @@ class PosthocCBM(BaseEstimator):
         labels = check_labels(as_tensor(y, "y"), "y").numpy()
         if len(labels) != len(emb):
             raise ValueError(f"`y` has {len(labels)} labels for {len(emb)} examples.")
+        if len(np.unique(labels)) < 2:
+            raise ValueError(f"`y` holds one class ({int(labels[0])}); the head needs examples of "
+                             f"at least two classes.")
         margins = self.concept_bank.margins(emb)
         if self.standardize:
             self.margin_mean_, std = margins.mean(0), margins.std(0)
@@ -229,6 +233,10 @@ class PosthocCBM(BaseEstimator):
         head.fit(self._head_inputs(emb), labels)
         self.head_ = head
         self.coef_, self.intercept_, self.classes_ = _full_coef(head)
+        if not np.any(self.coef_):
+            warnings.warn(f"PosthocCBM: `alpha`={alpha:g} zeroed every concept weight, so the "
+                          f"head predicts from its intercept alone (a constant class); lower "
+                          f"`alpha`.", UserWarning, stacklevel=2)
         self.residual_weight_ = self.residual_bias_ = None
         if self.residual:
             self._fit_residual(emb, labels, seed)

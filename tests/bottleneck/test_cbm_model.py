@@ -178,3 +178,13 @@ def test_predict_all_on_a_device_moves_the_model_back_even_on_failure():
     model.forward = original
     after = model.state_dict()
     assert all(v.device.type == "cpu" and torch.equal(v, before[k]) for k, v in after.items())
+
+
+def test_calibration_percentiles_and_a_seed_numpy_cannot_take_are_refused_by_name():
+    model = _model(bottleneck="logits")
+    with pytest.raises(ValueError, match="`percentiles` must be two numbers"):  # IndexError before
+        model.calibrate_intervention(torch.randn(5, 6), percentiles=(5,))
+    x = torch.randn(20, 6)
+    data = (x, torch.rand(20, 4).round(), torch.arange(20) % 3)
+    with pytest.raises(ValueError, match="`seed` must be <= 4294967295"):  # an overflow before
+        train_cbm(_model(), data, data, epochs=1, seed=2**70, progress=False)

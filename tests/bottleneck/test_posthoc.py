@@ -150,6 +150,15 @@ def test_images_need_a_backbone_and_unfitted_models_refuse(fitted):
         PosthocCBM("bank").fit(np.zeros((4, DIM)), [0, 1, 0, 1])
 
 
+def test_a_head_that_can_only_predict_one_class_is_refused_or_flagged(fitted):
+    _, bank, _ = fitted
+    x, _, y = synthetic(60, seed=5)
+    with pytest.raises(ValueError, match="`y` holds one class"):  # sklearn's error before
+        PosthocCBM(bank).fit(x, np.zeros_like(y))
+    with pytest.warns(UserWarning, match="zeroed every concept weight"):
+        PosthocCBM(bank, alpha=10.0).fit(x, y)
+
+
 def test_posthoc_cbm_on_the_reference_dataset():
     """CAVs from the frozen reference CNN's pooled features, with images passed through it."""
     backbone, _ = split_model(reference_model(), "flatten")
