@@ -127,10 +127,19 @@ class CAVBank:
         """CAVs from embeddings ``(N, d)`` and 0/1 concept labels ``(N, K)``: for each concept,
         examples with it against examples without it (see :meth:`from_examples`)."""
         emb = np.asarray(check_matrix(to_numpy(embeddings), "embeddings"), np.float64)
-        labels = np.asarray(to_numpy(concepts)) >= 0.5
-        if labels.ndim != 2 or labels.shape != (len(emb), len(names)):
+        names = list(names)
+        if len(set(names)) != len(names):
+            raise ValueError(f"`names` must be unique (a concept per name); "
+                             f"{sorted({n for n in names if names.count(n) > 1})} repeat.")
+        values = np.asarray(to_numpy(concepts), dtype=np.float64)
+        if values.ndim != 2 or values.shape != (len(emb), len(names)):
             raise ValueError(f"`concepts` must have shape (N, K) = ({len(emb)}, {len(names)}); "
-                             f"got {tuple(labels.shape)}.")
+                             f"got {tuple(values.shape)}.")
+        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
+            # NaN read as "absent" and 3.0 as "present" before
+            raise ValueError("`concepts` must hold 0/1 labels (or presences in [0, 1]) without "
+                             "NaN; got values outside that.")
+        labels = values >= 0.5
         positives = {n: emb[labels[:, k]] for k, n in enumerate(names)}
         negatives = {n: emb[~labels[:, k]] for k, n in enumerate(names)}
         return cls.from_examples(positives, negatives, C=C, n_samples=n_samples, seed=seed)

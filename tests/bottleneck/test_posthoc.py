@@ -159,6 +159,15 @@ def test_a_head_that_can_only_predict_one_class_is_refused_or_flagged(fitted):
         PosthocCBM(bank, alpha=10.0).fit(x, y)
 
 
+def test_cavs_from_labels_refuse_nan_out_of_range_and_repeated_names():
+    x, concepts, _ = synthetic(60, seed=6)
+    for bad_concepts, names, match in ((np.where(concepts == 1, np.nan, concepts), NAMES, "NaN"),
+                                       (concepts * 3, NAMES, "0/1 labels"),
+                                       (concepts, NAMES[:-1] + NAMES[:1], "unique")):
+        with pytest.raises(ValueError, match=match):
+            CAVBank.from_concept_labels(x, bad_concepts, names, n_samples=10, seed=0)
+
+
 def test_posthoc_cbm_on_the_reference_dataset():
     """CAVs from the frozen reference CNN's pooled features, with images passed through it."""
     backbone, _ = split_model(reference_model(), "flatten")
