@@ -352,7 +352,12 @@ class LabelFreeCBM(BaseEstimator):
     def transform(self, images: Any) -> torch.Tensor:
         """Standardised concept activations ``(N, K)`` (the bottleneck)."""
         self._check_fitted()
-        return (self.features(images) @ self.projection_.T - self.proj_mean_) / self.proj_std_
+        features = self.features(images)
+        if features.ndim != 2 or features.shape[1] != self.projection_.shape[1]:
+            raise ValueError(f"`backbone` gives features of shape {tuple(features.shape)}, but "
+                             f"this model's projection reads {self.projection_.shape[1]} "
+                             f"features per image: pass the backbone it was fitted with.")
+        return (features @ self.projection_.T - self.proj_mean_) / self.proj_std_
 
     def decision_function(self, images: Any) -> torch.Tensor:
         """Class logits ``(N, C)``."""

@@ -12,6 +12,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from conceptkit.bottleneck import ClipEncoders, LabelFreeCBM
 from conceptkit.bottleneck._concept_filter import filter_by_text, top5_activation
@@ -172,6 +173,11 @@ def test_label_free_cbm_save_load_and_transform(reference_setup, tmp_path):
     np.testing.assert_allclose(acts.std(0).numpy(), 1, atol=1e-4)
     with pytest.raises(ValueError, match="clip` is required"):
         loaded.fit(test.images, test.labels)
+    # a backbone of another width: refused by name (a matmul shape error inside torch before)
+    other = LabelFreeCBM.load(tmp_path / "lf.safetensors", nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten()))  # 3 features (the colours), not 64
+    with pytest.raises(ValueError, match="`backbone` gives features of shape"):
+        other.predict(test.images[:4])
 
 
 def test_label_free_cbm_is_deterministic_and_clonable(reference_setup):
