@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._validation import MAX_SEED
 from ..bottleneck._intervene import POLICIES, intervention_curve
 from ..bottleneck._metrics import evaluate_cbm, leakage_score
 from ..bottleneck._model import BOTTLENECKS, HEADS, ConceptBottleneckModel, SpatialProbe
 from ..bottleneck._report import write_cbm_report
 from ..bottleneck._train import MODES, OPTIMIZERS, train_cbm
-from ._checks import check_counts, check_out_dir
+from ._checks import CommandError, check_counts, check_out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +95,11 @@ def train_cbm_main(argv: list[str]) -> int:
     check_counts(args, {"epochs": 1, "patience": 1, "batch_size": 1, "n_train": 1, "n_val": 1,
                         "n_test": 1, "image_size": 1, "trials": 1})
     check_out_dir(args.out)
+    # checked before the datasets are drawn, in the command's terms
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CommandError(f"`--lr` must be a positive number; got {args.lr}.")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise CommandError(f"`--seed` must be an integer in [0, {MAX_SEED}]; got {args.seed}.")
     from ..datasets import make_concept_dataset
 
     start = time.perf_counter()

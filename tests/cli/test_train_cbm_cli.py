@@ -81,6 +81,14 @@ def test_train_cbm_cli_rejects_bad_arguments(tmp_path, capsys):
         train_cbm_main(["--mode", "jiont", "--out", str(tmp_path)])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+    # values the library would refuse only after the datasets: refused first, naming the flag
+    from conceptkit.cli import main
+
+    for argv, flag in ((["--lr", "-1"], "`--lr`"), (["--patience", "0"], "`--patience`"),
+                       (["--seed", str(2**40)], "`--seed`")):
+        assert main(["train-cbm", "--out", str(tmp_path / "x"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and flag in err, err
 
 
 def test_mlp_head_weights_are_the_mean_jacobian():
