@@ -48,6 +48,15 @@ def _hash_tensors(module: nn.Module) -> str:
     return "weights-sha256:" + digest.hexdigest()[:32]
 
 
+def _weights_state(module: nn.Module | None) -> tuple | None:
+    """Where each weight lives and how often it was written in place (``Tensor._version``): it
+    changes when an optimiser step, ``load_state_dict`` or ``.data = ...`` touches a weight,
+    without hashing the weights."""
+    if module is None:
+        return None
+    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
 def _hash_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -158,6 +167,18 @@ class ClipEncoders:
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.module = module
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._weights_seen = _weights_state(module)
+
+    def _current_checkpoint(self) -> str | None:
+        """The checkpoint id, re-derived when the module's weights changed since it was taken
+        (fine-tuned in place, reloaded): the tag or hash given at wrapping then no longer names
+        these weights, and a cache keyed by it would serve another model's embeddings."""
+        if self.module is not None:
+            now = _weights_state(self.module)
+            if now != self._weights_seen:
+                self.checkpoint_id = _hash_tensors(self.module)
+                self._weights_seen = now
+        return self.checkpoint_id
 
     # -- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -272,11 +293,12 @@ class ClipEncoders:
         if "{}" not in template:
             raise ValueError(f"`template` must contain '{{}}' where the text goes; got {template!r}.")
         digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-        key = (self.model_id, str(self.checkpoint_id), template, digest)
+        checkpoint = self._current_checkpoint()
+        key = (self.model_id, str(checkpoint), template, digest)
         if key in self._text_cache:
             return self._text_cache[key].clone()
         path = None
-        if cache_dir is not None and self.checkpoint_id is not None:
+        if cache_dir is not None and checkpoint is not None:
             name = hashlib.sha256("\x00".join(key).encode()).hexdigest()[:32]
             path = Path(cache_dir) / f"text-{name}.safetensors"
             cached = self._read_cache(path, key, texts)

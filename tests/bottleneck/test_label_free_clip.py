@@ -146,6 +146,48 @@ def test_text_cache_in_memory_and_on_disk(tmp_path):
     assert fresh.text_calls == 1  # a damaged entry is recomputed
 
 
+class LinearClip(torch.nn.Module):
+    """A CLIP-like module whose text embedding is a linear layer on a bag of characters."""
+
+    def __init__(self, checkpoint_id="tag-v1"):
+        super().__init__()
+        self.checkpoint_id = checkpoint_id
+        self.text = torch.nn.Linear(26, 8)
+        self.text_calls = 0
+
+    def encode_image(self, images):
+        return images.flatten(1)[:, :8]
+
+    def encode_text(self, texts):
+        self.text_calls += 1
+        bags = torch.zeros(len(texts), 26)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if ch.isalpha():
+                    bags[i, ord(ch) - 97] += 1
+        return self.text(bags)
+
+
+def test_weights_changed_after_wrapping_never_read_the_old_cache(tmp_path):
+    torch.manual_seed(0)
+    model = LinearClip()
+    clip = ClipEncoders.wrap(model)
+    texts = ["red disk", "blue square"]
+    before = clip.text_embeddings(texts, cache_dir=tmp_path)
+    assert clip.text_embeddings(texts, cache_dir=tmp_path) is not None and model.text_calls == 1
+    with torch.no_grad():                      # fine-tuned in place after wrapping
+        model.text.weight.add_(1.0)
+    after = clip.text_embeddings(texts, cache_dir=tmp_path)
+    assert model.text_calls == 2                # recomputed, not the tag's cached embeddings
+    assert not torch.allclose(after, before)
+    with torch.no_grad():
+        expected = F.normalize(model.encode_text(texts), dim=1)
+    torch.testing.assert_close(after, expected)
+    assert clip.checkpoint_id.startswith("weights-sha256:")   # the tag no longer names them
+    clip.text_embeddings(texts, cache_dir=tmp_path)
+    assert model.text_calls == 3                # (the 3rd was the direct call) unchanged: cached
+
+
 def test_unidentified_weights_are_never_cached_on_disk(tmp_path):
     clip = ClipEncoders.wrap(CountingClip(checkpoint_id=None))
     clip.text_embeddings(["a"], cache_dir=tmp_path)
