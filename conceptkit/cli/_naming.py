@@ -48,8 +48,17 @@ def check_naming_arguments(args: argparse.Namespace) -> None:
                 and not Path(args.vocabulary).is_file():
             raise CommandError(f"`--vocabulary` {args.vocabulary!r} is neither 'imagenet', "
                                f"'imagenet21k' nor a text file.")
+        if not args.clip_weights and not args.clip.startswith("local-dir:"):
+            # open_clip then builds the architecture with random weights (and only logs it):
+            # names read from a random CLIP would mean nothing
+            raise CommandError(f"`--clip-weights` is required with --name-with clip: a local "
+                               f"checkpoint file or an open_clip pretrained tag for "
+                               f"{args.clip!r} (without it the model has random weights).")
     if args.name_with != "clip" and (args.clip or args.clip_weights):
         raise CommandError("`--clip` and `--clip-weights` go with --name-with clip.")
+    if args.probe is not None and args.name_with not in ("dissect", "clip"):
+        raise CommandError(f"`--probe` goes with --name-with dissect or clip; it would be "
+                           f"ignored with --name-with {args.name_with or '(none)'}.")
 
 
 def _vocabulary(text: str) -> Any:

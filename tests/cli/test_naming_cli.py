@@ -74,6 +74,10 @@ def test_explain_names_by_classes(class_images, tmp_path, capsys):
     (["--name-with", "clip"], "--clip"),
     (["--name-with", "clip", "--clip", "ViT-B-32", "--vocabulary", "nowhere.txt"], "--vocabulary"),
     (["--clip", "ViT-B-32"], "--name-with clip"),
+    # without weights open_clip builds a random CLIP (and only logs it): names would mean nothing
+    (["--name-with", "clip", "--clip", "ViT-B-32"], "--clip-weights"),
+    (["--name-with", "classes", "--probe", "shapes"], "--probe"),
+    (["--probe", "shapes"], "--probe"),
     (["--visualize", "--visualize-steps", "0"], "--visualize-steps"),
 ])
 def test_naming_arguments_are_checked(extra, message, class_images, tmp_path, capsys):
