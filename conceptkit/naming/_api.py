@@ -316,6 +316,10 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
             raise ValueError(f"`class_names` must list one name per model output ({n_classes}); "
                              f"got {describe(class_names)}.")
         names, descriptions = [str(c) for c in class_names], None
+        if len(set(names)) != len(names):  # a name would stand for two outputs
+            raise ValueError(f"`class_names` names "
+                             f"{sorted({n for n in names if names.count(n) > 1})} more than "
+                             f"once: a concept named so could not say which class it pushes.")
     left_out = excluded_classes(exclude, source.class_id, n_classes)
     allowed = np.array([c not in left_out for c in range(n_classes)])
     if not allowed.any():

@@ -66,36 +66,66 @@ class Probe:
         return out
 
 
+def _checked_masks(masks: Any, images: torch.Tensor, name: str) -> torch.Tensor:
+    """``(N, G, H, W)`` masks of 0/1 (or bool) values at the images' N, H and W, as bool."""
+    if isinstance(masks, np.ndarray):
+        masks = torch.from_numpy(masks)
+    if not isinstance(masks, torch.Tensor) or masks.ndim != 4 \
+            or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[2:]:
+        raise ValueError(f"`{name}` must be (N, G, H, W) with the images' N, H and W "
+                         f"{tuple(images.shape[:1]) + tuple(images.shape[2:])}; got "
+                         f"{describe(masks)}.")
+    if masks.dtype != torch.bool:
+        values = masks.float()
+        # .bool() would read NaN and every soft value as "in the part": each part would cover
+        # every pixel and every score would be 0
+        if not bool(((values == 0) | (values == 1)).all()):
+            raise ValueError(f"`{name}` must hold 0/1 (or bool) values; got values such as "
+                             f"{float(values[(values != 0) & (values != 1)][0])}. Threshold "
+                             f"soft masks first (e.g. masks > 0.5).")
+    return masks.bool()
+
+
+def _checked_names(names: Any, n: int, name: str) -> tuple[str, ...]:
+    """One non-empty, distinct string per channel: a name is how a concept gets its part."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or len(names) != n \
+            or not all(isinstance(x, str) for x in names):
+        raise ValueError(f"`{name}` must list one string per mask channel ({n}); got "
+                         f"{describe(names)}.")
+    if not all(x.strip() for x in names):
+        raise ValueError(f"`{name}` has an empty name; every part needs one.")
+    repeated = sorted({x for x in names if list(names).count(x) > 1})
+    if repeated:
+        raise ValueError(f"`{name}` names {repeated} more than once: a concept named so could not "
+                         f"say which part it found (and its trust would be another part's).")
+    return tuple(names)
+
+
 def as_probe(probe: Any, name: str = "probe", *, need_masks: bool = False) -> Probe:
     """Accept a ConceptDataset (duck-typed), a ``(images, masks, names)`` tuple or bare images."""
     if isinstance(probe, Probe):
         return probe
     if all(hasattr(probe, a) for a in ("images", "masks", "concept_names", "labels")):
         images = check_images(probe.images, f"{name}.images", channels=3)
-        masks = torch.as_tensor(probe.masks).bool()
+        masks = _checked_masks(probe.masks, images, f"{name}.masks")
+        names = _checked_names(list(map(str, probe.concept_names)), masks.shape[1],
+                               f"{name}.concept_names")
         presence = masks.flatten(2).any(-1).numpy()
         if getattr(probe, "concepts", None) is not None:
             presence = torch.as_tensor(probe.concepts).numpy() >= 0.5
-        return Probe(images, masks, tuple(map(str, probe.concept_names)), presence,
-                     torch.as_tensor(probe.labels).long().numpy(),
-                     tuple(map(str, getattr(probe, "class_names", ()))))
+        labels = torch.as_tensor(probe.labels)
+        if labels.shape != (images.shape[0],) or labels.is_floating_point():
+            raise ValueError(f"`{name}.labels` must hold one integer class per image "
+                             f"({images.shape[0]}); got {describe(labels)}.")
+        class_names = tuple(map(str, getattr(probe, "class_names", ())))
+        if len(set(class_names)) != len(class_names):
+            raise ValueError(f"`{name}.class_names` names a class more than once.")
+        return Probe(images, masks, names, presence, labels.long().numpy(), class_names)
     if isinstance(probe, (tuple, list)) and len(probe) == 3:
         images = check_images(probe[0], f"{name}[0] (images)", channels=3)
-        masks = probe[1]
-        if isinstance(masks, np.ndarray):
-            masks = torch.from_numpy(masks)
-        if not isinstance(masks, torch.Tensor) or masks.ndim != 4 \
-                or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[2:]:
-            raise ValueError(f"`{name}[1]` (masks) must be (N, G, H, W) with the images' N, H and "
-                             f"W {tuple(images.shape[:1]) + tuple(images.shape[2:])}; got "
-                             f"{describe(masks)}.")
-        names = probe[2]
-        if isinstance(names, str) or not isinstance(names, Sequence) \
-                or len(names) != masks.shape[1] or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"`{name}[2]` (names) must list one string per mask channel "
-                             f"({masks.shape[1]}); got {describe(names)}.")
-        masks = masks.bool()
-        return Probe(images, masks, tuple(names), masks.flatten(2).any(-1).numpy())
+        masks = _checked_masks(probe[1], images, f"{name}[1] (masks)")
+        names = _checked_names(probe[2], masks.shape[1], f"{name}[2] (names)")
+        return Probe(images, masks, names, masks.flatten(2).any(-1).numpy())
     if need_masks:
         raise TypeError(f"`{name}` must be a ConceptDataset (e.g. make_concept_dataset(...)) or a "
                         f"tuple (images (N, 3, H, W), masks (N, G, H, W), names [G]); got "

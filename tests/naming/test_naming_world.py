@@ -154,3 +154,37 @@ def test_ice_concepts_of_the_context_vit_are_named_right():
         assert row["dissect"]["right"], row
         assert row["clip"]["right"], row
         assert row["clip"]["trust"] > 0.75, row
+
+
+def test_probes_that_would_name_concepts_wrongly_are_refused(world):
+    """Repeated or empty part names, NaN or soft masks, a duck-typed dataset with masks of
+    another size or labels of another length, repeated class names: each gave names (or
+    all-zero scores) before; each is an error naming what is wrong."""
+    from types import SimpleNamespace
+
+    train, probe, model = world
+    rows = train.class_indices(2)
+    cc = ConceptExplainer(model, "block4", n_concepts=3, seed=0, progress=False,
+                          importance="gradient_input").fit(train.images[rows], 2)
+    images, masks, names = probe.images, probe.masks, list(probe.concept_names)
+    twice = names.copy()
+    twice[3] = twice[4]
+    empty = names.copy()
+    empty[3] = ""
+    nan_masks = masks.float()
+    nan_masks[0, 0, 0, 0] = float("nan")
+    for bad, match in (((images, masks, twice), "more than once"),
+                       ((images, masks, empty), "empty name"),
+                       ((images, nan_masks, names), "0/1"),
+                       ((images, masks.float() * 0.3 + 0.1, names), "0/1")):
+        with pytest.raises(ValueError, match=match):
+            name_by_masks(cc, bad)
+    small = SimpleNamespace(images=images, masks=masks[:, :, ::2, ::2], concepts=None,
+                            concept_names=names, labels=probe.labels, class_names=())
+    short = SimpleNamespace(images=images, masks=masks, concepts=None, concept_names=names,
+                            labels=probe.labels[:5], class_names=())
+    for bad, match in ((small, "probe.masks"), (short, "probe.labels")):
+        with pytest.raises(ValueError, match=match):
+            name_by_masks(cc, bad)
+    with pytest.raises(ValueError, match="more than once"):
+        name_by_classes(cc, class_names=["a", "a", "b", "c", "d", "e"])
