@@ -225,6 +225,12 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
     if activations.shape[0] < 2:
         raise ValueError(f"`probe` gives {activations.shape[0]} image; CLIP naming needs several.")
     text_emb = encoders.text_embeddings(words, template=template, cache_dir=cache_dir)
+    if image_emb.shape[1] != text_emb.shape[1]:
+        raise ValueError(f"`clip` gives image embeddings of width {image_emb.shape[1]} and text "
+                         f"embeddings of width {text_emb.shape[1]}; they must share one space.")
+    for what, emb in (("image", image_emb), ("text", text_emb)):
+        if not bool(torch.isfinite(emb).all()):  # a NaN row would name nothing, deep inside
+            raise ValueError(f"`clip` gives non-finite {what} embeddings (NaN or Inf).")
     sims = image_emb.double() @ text_emb.double().T
     if similarity == "soft_wpmi":
         if (source.n_concepts < 2 and similarity_kwargs.get("prior") == "concepts"

@@ -141,6 +141,22 @@ def test_clip_plumbing_with_a_tiny_random_open_clip(world, tmp_path):
                          patch_size=None)
     assert [e.name for e in again] == [e.name for e in names]
 
+    class Broken:  # a CLIP whose text space is not its image space, or that returns NaN
+        def __init__(self, width=8, nan=False):
+            self.width, self.nan = width, nan
+
+        def encode_image(self, images):
+            return images.flatten(1)[:, :8] * (float("nan") if self.nan else 1.0)
+
+        def encode_text(self, texts):
+            return torch.ones(len(texts), self.width) + torch.arange(len(texts))[:, None]
+
+    for clip, match in ((Broken(width=5), "width 8 and text embeddings of width 5"),
+                        (Broken(nan=True), "non-finite image embeddings")):
+        with pytest.raises(ValueError, match=match):
+            name_by_clip(cc, probe, clip, vocabulary=words, class_images_only=False,
+                         patch_size=None)
+
 
 def test_ice_concepts_of_the_context_vit_are_named_right():
     """The context world's ViT (signed tokens, SemiNMF): ICE concepts of classes 0 and 1 (red
