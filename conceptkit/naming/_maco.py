@@ -254,6 +254,12 @@ def _optimise(model: nn.Module, bank: ConceptBank, concept: int, images: torch.T
               device: torch.device, progress: bool) -> ConceptVisualization:
     colours = colour_matrix(images.cpu()).to(device)
     magnitude = magnitude_spectrum(images.cpu(), size, colours.cpu()).to(device)
+    if not bool(torch.isfinite(magnitude).all()) or float(magnitude.max()) <= 1e-6:
+        # MACO keeps the images' magnitude and optimises the phase: with no variation there is
+        # no magnitude, every phase gives the same flat picture
+        raise ValueError("`images` show no variation (every pixel one colour): their magnitude "
+                         "spectrum is zero, so MACO could only draw a flat picture. Give images "
+                         "of the class as they are.")
     generator = torch.Generator().manual_seed(seed)
     phase = ((torch.rand(magnitude.shape, generator=generator) * 2 - 1) * np.pi).to(device)
     phase.requires_grad_(True)

@@ -46,9 +46,9 @@ def visualize(cc: Any, concept: Any, *, steps: int, image_size: int | None, seed
         raise ValueError("a visualisation needs images for its magnitude spectrum; this "
                          "explanation holds none.")
     kwargs.setdefault("device", model.device)
+    kwargs.setdefault("input_size", int(min(images.shape[-2:])))  # the caller's, when given
     vis = visualize_concept(model.model, cc.bank, concept, images, steps=steps,
-                            image_size=image_size, input_size=int(min(images.shape[-2:])),
-                            preprocess=model.preprocess,
+                            image_size=image_size, preprocess=model.preprocess,
                             seed=seed, progress=model.progress if progress is None else progress,
                             **kwargs)
     cc.visualizations[concept] = vis

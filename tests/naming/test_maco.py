@@ -106,6 +106,17 @@ def test_bad_arguments_are_named(explained, kwargs, match):
         visualize_concept(cc.model_at_layer.model, "bank", 0, cc.images[:4])
 
 
+def test_flat_images_are_refused_and_the_explanation_passes_input_size_on(explained):
+    cc = explained
+    flat = torch.full((2, 3, 32, 32), 0.5)
+    with pytest.raises(ValueError, match="no variation"):  # a uniform grey picture before
+        visualize_concept(cc.model_at_layer.model, cc.bank, 0, flat, steps=2, image_size=32,
+                          progress=False)
+    # the docstring passes extra keywords on: input_size was given twice before (TypeError)
+    vis = cc.visualize(0, steps=2, image_size=32, input_size=48, progress=False)
+    assert vis.params["input_size"] == 48
+
+
 def test_signed_coefficients_of_a_top_k_autoencoder():
     """Kept concepts keep their code (the encoder's pre-activation); an inactive one gets its
     pre-activation minus the smallest code kept in its row: at most 0, with the encoder's
