@@ -68,13 +68,26 @@ class ConceptName:
                 raise ValueError(f"name must be a string or null; got {describe(name)}")
             if description is not None and not isinstance(description, str):
                 raise ValueError(f"description must be a string or null; got {describe(description)}")
-            runner_ups = tuple((str(n), _number(s)) for n, s in data.get("runner_ups", []))
+            if name is not None and not name.strip():
+                raise ValueError("name must not be empty")
+            if not all(isinstance(n, str) and n.strip() for n, _ in data.get("runner_ups", [])):
+                raise ValueError("runner-up names must be non-empty strings")
+            runner_ups = tuple((n, _number(s)) for n, s in data.get("runner_ups", []))
             trust = data.get("trust")
-            return cls(concept=int(data["concept"]), name=name, score=_number(data["score"]),
+            if trust is not None and not 0.0 <= _number(trust) <= 1.0:  # an AUC
+                raise ValueError(f"trust must be in [0, 1] or null; got {trust!r}")
+            concept = data["concept"]
+            if isinstance(concept, bool) or not isinstance(concept, int) or concept < 0:
+                raise ValueError(f"concept must be a concept index; got {concept!r}")
+            return cls(concept=concept, name=name, score=_number(data["score"]),
                        runner_ups=runner_ups, trust=None if trust is None else _number(trust),
                        description=description)
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed concept name record {data!r}: {err}") from err
+
+
+#: How concepts are named (``ConceptNames.method``).
+NAMING_METHODS = ("dissect", "clip", "classes")
 
 
 @dataclass(frozen=True)
@@ -147,8 +160,12 @@ class ConceptNames(Sequence):
         params = data.get("params", {})
         if not isinstance(params, dict):
             raise ValueError(f"concept names params must be a dict; got {describe(params)}.")
+        if data.get("method") not in NAMING_METHODS:
+            raise ValueError(f"concept names method must be one of {list(NAMING_METHODS)}; got "
+                             f"{data.get('method')!r}.")
+        entries = tuple(ConceptName.from_dict(e) for e in data["entries"])
         return cls(method=str(data["method"]), score_name=str(data.get("score_name", "")),
-                   entries=tuple(ConceptName.from_dict(e) for e in data["entries"]), params=params)
+                   entries=entries, params=params)
 
 
 def _finite(value: float | None) -> float | None:

@@ -138,3 +138,11 @@ def test_concept_names_table_round_trip_and_repr():
     with pytest.raises(ValueError, match="name"):
         ConceptNames.from_dict({"method": "dissect", "entries": [{"concept": 0, "name": 3,
                                                                    "score": 0.1}]})
+    # what an edited file may hold (its digest removed): each refused, none shown as is
+    good = {"concept": 0, "name": "red disk", "score": 0.1, "trust": 0.9, "runner_ups": []}
+    for change, match in (({"trust": 7.5}, "trust"), ({"name": ""}, "empty"),
+                          ({"concept": 0.7}, "concept"), ({"runner_ups": [[None, 0.1]]}, "runner")):
+        with pytest.raises(ValueError, match=match):
+            ConceptNames.from_dict({"method": "dissect", "entries": [{**good, **change}]})
+    with pytest.raises(ValueError, match="method"):
+        ConceptNames.from_dict({"method": "bogus", "entries": [good]})
