@@ -37,7 +37,15 @@ def resolve_quantile(quantile: Any, masks: torch.Tensor) -> float:
         return float(present.mean())
     if isinstance(quantile, str):
         raise ValueError(f"`quantile` must be a fraction in (0, 1) or 'auto'; got {quantile!r}.")
-    return check_float(quantile, "quantile", minimum=0.0, maximum=1.0, strict_minimum=True)
+    value = check_float(quantile, "quantile", minimum=0.0, maximum=1.0, strict_minimum=True)
+    if value >= 1.0:  # every pixel "on": a binary map that overlaps every part alike
+        raise ValueError(f"`quantile` must be a fraction below 1 (or 'auto'); got {quantile!r}.")
+    return value
+
+
+#: A part whose mask covers at least this share of every probe image covers whole images: any
+#: binary map overlaps it as much as another, so it cannot name a concept.
+WHOLE_IMAGE = 0.99
 
 
 def iou_table(maps: torch.Tensor, masks: torch.Tensor, quantile: float) -> np.ndarray:
@@ -70,5 +78,12 @@ def dissect_scores(maps: torch.Tensor, probe: Probe, quantile: Any) -> tuple[np.
     if tuple(maps.shape[-2:]) != tuple(probe.masks.shape[-2:]):
         maps = torch.nn.functional.interpolate(maps.float(), size=tuple(probe.masks.shape[-2:]),
                                                mode="bilinear", align_corners=False)
-    q = resolve_quantile(quantile, probe.masks)
-    return iou_table(maps, probe.masks, q), q
+    whole = probe.masks.flatten(2).float().mean(-1).amin(0) >= WHOLE_IMAGE   # (G,)
+    if bool(whole.all()):
+        raise ValueError("every part's mask covers whole probe images: no part can be located, "
+                         "so none can name a concept.")
+    # such a part would also inflate the automatic quantile; it is left out of both
+    q = resolve_quantile(quantile, probe.masks[:, ~whole])
+    table = iou_table(maps, probe.masks, q)
+    table[:, whole.numpy()] = 0.0
+    return table, q

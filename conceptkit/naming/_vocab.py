@@ -39,7 +39,11 @@ def vocabulary(name_or_words: Any) -> list[str]:
             or not all(isinstance(w, str) and w.strip() for w in name_or_words):
         raise TypeError(f"`vocabulary` must be 'imagenet', 'imagenet21k' or a non-empty list of "
                         f"non-empty strings; got {describe(name_or_words)}.")
-    return list(dict.fromkeys(w.strip() for w in name_or_words))
+    words = list(dict.fromkeys(w.strip() for w in name_or_words))
+    if len(words) < 2:  # the softmax over one word is 1: every concept named it, at score 0
+        raise ValueError(f"`vocabulary` must offer at least two distinct words to choose from; "
+                         f"got {words}.")
+    return words
 
 
 @lru_cache(maxsize=1)

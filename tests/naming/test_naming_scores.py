@@ -118,6 +118,8 @@ def test_vocabularies_offline():
     words = vocabulary("imagenet21k")
     assert len(words) == len(set(words)) == 20101
     assert vocabulary(["red disk", " red disk", "cup"]) == ["red disk", "cup"]
+    with pytest.raises(ValueError, match="at least two distinct words"):
+        vocabulary(["red disk", " red disk"])  # one word names every concept, at score 0
     with pytest.raises(ValueError, match="vocabulary"):
         vocabulary("imagenet22")
     with pytest.raises(TypeError, match="vocabulary"):

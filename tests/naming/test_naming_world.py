@@ -204,3 +204,13 @@ def test_probes_that_would_name_concepts_wrongly_are_refused(world):
             name_by_masks(cc, bad)
     with pytest.raises(ValueError, match="more than once"):
         name_by_classes(cc, class_names=["a", "a", "b", "c", "d", "e"])
+    # a part covering whole images overlapped every binary map alike and named every concept
+    whole = masks.clone()
+    whole[:, 0] = True
+    names_whole = name_by_masks(cc, (images, whole, names), class_images_only=False)
+    assert all(e.name != names[0] for e in names_whole)
+    assert names_whole.params["quantile"] == pytest.approx(
+        name_by_masks(cc, (images, masks[:, 1:], names[1:]),
+                      class_images_only=False).params["quantile"])
+    with pytest.raises(ValueError, match="`quantile` must be a fraction below 1"):
+        name_by_masks(cc, (images, masks, names), quantile=1.0)
