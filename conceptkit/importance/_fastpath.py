@@ -12,7 +12,10 @@ random masks ``m1``, ``m2`` in ``[0, 1]^k`` must satisfy
 ``h(A(l m1)) = l h(A(m1)) + (1 - l) h(A(0))`` up to ``1e-4`` (float32 heads; ``1e-9`` for
 float64) of the range of the probed scores, plus rounding at the scores' magnitude. The coefficients are then checked once more against ``h`` on the
 probe masks, which also catches a head whose autograd graph does not match its forward pass; in
-that case ``beta`` is recomputed from forward passes (``k + 1`` per input).
+that case ``beta`` is recomputed from forward passes (``k + 1`` per input). Last, the collapse
+must predict ``h`` on every input with all its concepts kept, so that an input the probe did
+not draw, and that ``h`` treats otherwise (saturates, say), is not given the affine inputs'
+importances.
 """
 
 from __future__ import annotations
@@ -123,5 +126,19 @@ def fit_affine(problem: ConceptProblem, rng: np.random.Generator) -> AffineHead 
             continue
         head = AffineHead(beta=beta, intercept=intercept)
         if np.abs(head.scores(masks, inputs) - y).max() <= tol:
-            return head
+            return head if _holds_on_every_input(problem, head, y) else None
     return None
+
+
+def _holds_on_every_input(problem: ConceptProblem, head: AffineHead, probed: np.ndarray) -> bool:
+    """Whether the collapse also predicts ``h`` on the inputs the probe did not draw.
+
+    The probe decides affinity on a few inputs; an input the head treats otherwise (one that
+    saturates it, say) would get the affine inputs' importances. Each input's own score, with
+    every concept kept, is checked against the collapse (no random draw, so the caller's random
+    stream is unchanged): one pass of ``h`` per input, against thousands for the estimator.
+    """
+    masks = np.ones((1, problem.n_concepts))
+    y = problem.scores(masks, desc="affinity on every input")            # (n, 1)
+    tol = _tolerance(problem, np.concatenate([probed.ravel(), y.ravel()]))
+    return bool(np.abs(head.scores(masks) - y).max() <= tol)

@@ -109,6 +109,43 @@ def test_closed_form_is_beta_squared_share():
                                atol=1e-6)
 
 
+class ClampedLinear(nn.Module):
+    """Affine while the class score stays within +-2, constant outside: affine on ordinary
+    inputs only."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.head = pooled_linear(channels)
+
+    def forward(self, x):
+        return torch.clamp(self.head(x), min=-2.0, max=2.0)
+
+
+def test_an_input_the_affinity_probe_missed_is_not_given_the_affine_importances():
+    # the probe draws at most 8 of the 40 inputs; the last one saturates the head (its codes
+    # are 10,000 times larger), so the head is constant there and no concept matters for it
+    codes, components, acts = planted()
+    acts = acts * 0.05
+    acts[-1] *= 10_000
+    head, bank = ClampedLinear(16), OrthoBank(components)
+    with torch.no_grad():
+        scores = head(acts)[:, 1]
+    assert scores[-1].abs() == 2.0 and scores[:-1].abs().max() < 2.0
+    from conceptkit.importance._attribution import Seeds
+
+    seed = next(s for s in range(20)   # a seed whose probe does not draw the last input
+                if 39 not in Seeds(s).probe_rng().choice(40, size=8, replace=False))
+    result = run(head, acts, bank, seed=seed)
+    assert result.params["fast_path"] is False          # it was True, with affine importances
+    generic = run(head, acts, bank, seed=seed, fast_path=False)
+    np.testing.assert_array_equal(result.per_input, generic.per_input)
+    # the saturated input's importances are not the affine ones (beta^2 shares)
+    beta = exact_beta(codes * 0.05, components, head.head, 1)[-1] * 10_000
+    assert not np.allclose(result.per_input[-1], beta ** 2 / (beta ** 2).sum(), atol=0.05)
+    with pytest.raises(ValueError, match="affine"):     # "exact", on a head that is not affine
+        run(head, acts, bank, method="closed_form", seed=seed)
+
+
 def test_gradient_input_occlusion_ig_equal_beta_for_affine_head():
     codes, components, acts = planted()
     head, bank = pooled_linear(16), OrthoBank(components)
