@@ -132,6 +132,12 @@ def _check_positive_int(value: Any, name: str) -> int:
     return check_int(value, name, minimum=1)
 
 
+def _check_two_or_more(value: Any, name: str) -> int:
+    # RISE's centred estimator compares masks that keep and drop a concept: with one mask
+    # every importance is exactly 0
+    return check_int(value, name, minimum=2)
+
+
 def _check_order(value: Any, name: str) -> str:
     return check_choice(value, name, ("total", "first"))
 
@@ -153,7 +159,7 @@ METHODS: dict[str, _Method] = {
     # Image-level concept ablation: occlusion of one concept at every position of the real
     # activation (residual kept), read as the drop of the class probability.
     "ablation": _Method(occlusion, {}, residual=True, score="probability"),
-    "rise": _Method(rise, {"n_samples": _check_positive_int, "probability": _check_open_unit},
+    "rise": _Method(rise, {"n_samples": _check_two_or_more, "probability": _check_open_unit},
                     renamed={"n_masks": "n_samples"}),
 }
 
@@ -161,7 +167,74 @@ METHODS: dict[str, _Method] = {
 def _check_seed(seed: Any) -> int | None:
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(2**63))
-    return None if seed is None else check_int(seed, "seed", minimum=0)
+    return None if seed is None else check_int(seed, "seed", minimum=0, maximum=2**32 - 1)
+
+
+#: Sobol's own settings of :func:`concept_importance` and their defaults: another method does
+#: not read them, so a value other than the default is refused there rather than ignored.
+SOBOL_SETTINGS = {"n_designs": 32, "estimator": "jansen", "sampler": "sobol",
+                  "shared_design": False, "fast_path": "auto"}
+#: Arguments of :func:`concept_importance` that a caller such as the explainer sets itself.
+OWN_ARGUMENTS = ("n_designs", "seed", "device", "progress", "context")
+
+
+def method_options(method: str, method_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The checked options of ``method`` (deprecated names renamed in ``method_kwargs``);
+    unknown ones are refused naming what the method accepts."""
+    check_choice(method, "method", METHODS)
+    entry = METHODS[method]
+    for old, new in entry.renamed.items():
+        if old in method_kwargs:
+            if new in method_kwargs:
+                raise TypeError(f"got both `{old}` (its deprecated name) and `{new}` for "
+                                f"method={method!r}; pass only `{new}`.")
+            warn_deprecated(f"the {method!r} option `{old}` of concept_importance()", f"`{new}`")
+            method_kwargs[new] = method_kwargs.pop(old)
+    unknown = sorted(set(method_kwargs) - set(entry.options))
+    if unknown:
+        accepted = ", ".join(entry.options) or "none"
+        raise TypeError(f"unexpected keyword argument(s) {unknown} for method={method!r}; "
+                        f"accepted: {accepted}.")
+    return {name: entry.options[name](value, name) for name, value in method_kwargs.items()}
+
+
+def sobol_designs(method: str, n_designs: int) -> dict[str, int]:
+    """``{"n_designs": n_designs}`` for Sobol, nothing for a method that draws no design: what a
+    caller holding one ``n_designs`` setting for every method passes on."""
+    return {"n_designs": n_designs} if method == "sobol" else {}
+
+
+def check_importance_kwargs(method: str, kwargs: dict[str, Any]) -> None:
+    """Check an explainer's ``importance_kwargs`` for ``method`` when it is built: keys the
+    explainer sets itself, options of another method and bad values are refused now, not after
+    the activations and the factorization."""
+    own = sorted(set(kwargs) & set(OWN_ARGUMENTS))
+    if own:
+        raise TypeError(f"`importance_kwargs` may not set {own}: the explainer passes its own "
+                        f"(give them to the explainer itself, e.g. ConceptExplainer(n_designs=...)).")
+    general = {"estimator", "sampler", "shared_design", "fast_path", "batch_size",
+               "memory_budget", "confidence", "residual", "score"}
+    rest = {k: v for k, v in kwargs.items() if k not in general}
+    try:
+        method_options(method, dict(rest))
+        _check_sobol_settings(method, {k: v for k, v in kwargs.items() if k in SOBOL_SETTINGS})
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"importance_kwargs: {err}") from None
+
+
+def _check_sobol_settings(method: str, settings: dict[str, Any]) -> None:
+    """Refuse Sobol's settings, other than their defaults, with another method (they would be
+    ignored), and check their values for Sobol."""
+    if method != "sobol":
+        given = sorted(k for k, v in settings.items()
+                       if not (v is SOBOL_SETTINGS[k] or v == SOBOL_SETTINGS[k]))
+        if given:
+            raise TypeError(f"{given} are Sobol settings; method={method!r} does not use them.")
+        return
+    fast_path = settings.get("fast_path", "auto")
+    if fast_path not in ("auto", True, False):
+        raise ValueError(f"`fast_path` must be 'auto', True or False; got {describe(fast_path)}.")
+    check_sampler(settings.get("sampler", "sobol"), settings.get("n_designs", 32))
 
 
 def student_interval(per_input: np.ndarray, confidence: float | None):
@@ -217,7 +290,8 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
         input's real activation (occlusion with ``residual=True, score="probability"``; signed:
         a concept whose removal raises the class probability gets a negative importance).
     n_designs, estimator, sampler, shared_design, fast_path
-        Sobol settings (ignored by other methods). ``n_designs`` base points per input (a power
+        Sobol settings (another method refuses a value other than the default rather than
+        ignore it). ``n_designs`` base points per input (a power
         of two for Sobol' samplers). ``shared_design=False`` scrambles an independent design per
         input (several times more accurate class-level importances at equal cost than one shared
         design); ``shared_design=True, sampler="halton_unscrambled"`` reproduces CRAFT.
@@ -253,24 +327,12 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     -------
     ConceptImportance
     """
-    check_choice(method, "method", METHODS)
+    options = method_options(method, method_kwargs)
     entry = METHODS[method]
-    for old, new in entry.renamed.items():
-        if old in method_kwargs:
-            if new in method_kwargs:
-                raise TypeError(f"got both `{old}` (its deprecated name) and `{new}` for "
-                                f"method={method!r}; pass only `{new}`.")
-            warn_deprecated(f"the {method!r} option `{old}` of concept_importance()", f"`{new}`")
-            method_kwargs[new] = method_kwargs.pop(old)
-    unknown = sorted(set(method_kwargs) - set(entry.options))
-    if unknown:
-        accepted = ", ".join(entry.options) or "none"
-        raise TypeError(f"unexpected keyword argument(s) {unknown} for method={method!r}; "
-                        f"accepted: {accepted}.")
-    options = {name: entry.options[name](value, name) for name, value in method_kwargs.items()}
+    _check_sobol_settings(method, {"n_designs": n_designs, "estimator": estimator,
+                                   "sampler": sampler, "shared_design": shared_design,
+                                   "fast_path": fast_path})
     if method == "sobol":
-        if fast_path not in ("auto", True, False):
-            raise ValueError(f"`fast_path` must be 'auto', True or False; got {describe(fast_path)}.")
         options.update(n_designs=n_designs, estimator=estimator, sampler=sampler,
                        shared_design=bool(shared_design), fast_path=fast_path)
         check_sampler(sampler, n_designs)

@@ -26,7 +26,7 @@ from .._validation import check_choice, check_float, check_int, describe
 from ..concepts import Factorizer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
-from ..importance._concept import student_interval
+from ..importance._concept import check_importance_kwargs, sobol_designs, student_interval
 from ..maps import concept_scales
 from ..maps._maps import _keep_dominant
 from ._atlas_data import AtlasData, class_labels, from_images, from_store, head_logits
@@ -123,11 +123,16 @@ class ConceptAtlas:
             patch_size=patch_size,
             factorizer=factorizer, batch_size=batch_size, device=device, seed=seed,
             progress=progress, preprocess=preprocess, n_designs=n_designs,
-            importance_kwargs=importance_kwargs, method_kwargs=method_kwargs, model_name=model_name,
+            method_kwargs=method_kwargs, model_name=model_name,
             tokens="patches")  # an atlas reads a transformer layer's patch tokens
+        # the atlas checks its own importance options: "auto" resolves only at fit (pixel
+        # ablation on images, Sobol on a store), so the explainer's own check cannot apply
+        self.explainer.importance_kwargs = dict(importance_kwargs or {})
         if self.importance_method in PIXEL_METHODS:  # the atlas's own options, checked now
             check_pixel_options(self.explainer.importance_kwargs, ATLAS_PIXEL_OPTIONS,
                                 self.importance_method)
+        elif self.importance_method != "auto":
+            check_importance_kwargs(self.importance_method, self.explainer.importance_kwargs)
         self.class_names = class_names
         self.max_inputs_per_class = (None if max_inputs_per_class is None else
                                      check_int(max_inputs_per_class, "max_inputs_per_class",
@@ -320,7 +325,8 @@ class ConceptAtlas:
                     codes = data.bank.encode(acts)
                     result = concept_importance(ex.maps_head, acts,
                                                 KnownCodes(data.bank, acts, codes), int(class_id),
-                                                method=method, n_designs=ex.n_designs,
+                                                method=method,
+                                                **sobol_designs(method, ex.n_designs),
                                                 seed=ex.seed, device=ex.device, progress=False,
                                                 context=context, **ex.importance_kwargs)
                 rows.append(result.importances)

@@ -32,6 +32,7 @@ from ..extraction._layers import get_layer
 from ..extraction._windows import default_window, head_reads_cls
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
+from ..importance._concept import check_importance_kwargs, sobol_designs
 from ..maps import MAP_KINDS
 from ..models._bundle import ModelBundle
 from ..models._candidates import as_bundle, class_index, missing_layer_message
@@ -275,6 +276,8 @@ class ConceptExplainer:
         self.importance_kwargs = dict(importance_kwargs or {})
         if self.importance in PIXEL_METHODS:  # a bad value now, not after the discovery
             check_pixel_options(self.importance_kwargs, PIXEL_OPTIONS, self.importance, MAP_KINDS)
+        else:
+            check_importance_kwargs(self.importance, self.importance_kwargs)
         self.method_kwargs = dict(method_kwargs or {})
         self.model_name = model_name or type(model).__name__
         if class_names is not None and (isinstance(class_names, str) or not all(
@@ -508,7 +511,8 @@ class ConceptExplainer:
         if self.importance not in PIXEL_METHODS:
             importance = concept_importance(
                 handle.maps_head, acts, KnownCodes(bank, acts, codes), class_id,
-                method=self.importance, n_designs=self.n_designs, seed=self.seed,
+                method=self.importance, **sobol_designs(self.importance, self.n_designs),
+                seed=self.seed,
                 device=self.device, progress=self.progress, context=context,
                 **self.importance_kwargs)
         timings["importance"] = time.perf_counter() - start

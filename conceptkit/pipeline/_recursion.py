@@ -33,6 +33,7 @@ from ..extraction import ActivationExtractor, CropSet, SegmentSet
 from ..extraction._layers import get_layer, unwrap_model
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
+from ..importance._concept import sobol_designs
 from ._examples import cut_examples
 from ._recursion_path import ParentCode, check_cuts, check_levels, previous_block
 
@@ -273,7 +274,8 @@ def _expand(node: ConceptTree, inputs: torch.Tensor, levels: list[str], model: n
     else:
         sub_bank = discovery.fit(model, layer, inputs)
     result = concept_importance(code, acts, sub_bank, 0, method=settings.importance,
-                                n_designs=settings.n_designs, seed=settings.seed,
+                                **sobol_designs(settings.importance, settings.n_designs),
+                                seed=settings.seed,
                                 batch_size=settings.batch_size, progress=settings.progress)
     node.sub_layer, node.sub_bank, node.importance = layer, sub_bank, result
     for j in tqdm(range(sub_bank.n_concepts), disable=not settings.progress or len(levels) == 1,

@@ -394,6 +394,41 @@ def test_errors_name_the_argument():
         run("head", acts, bank)
 
 
+def test_settings_another_method_would_ignore_are_refused():
+    codes, components, acts = planted(n=4, k=3, channels=8)
+    head, bank = pooled_linear(8, n_classes=5), OrthoBank(components)
+    # each ran and returned a result before: a typo or a Sobol setting silently ignored
+    for method, kwargs in (("occlusion", {"n_designs": 64}), ("rise", {"sampler": "sobl"}),
+                           ("integrated_gradients", {"estimator": "bogus"}),
+                           ("gradient_input", {"fast_path": "maybe"}),
+                           ("closed_form", {"shared_design": True})):
+        with pytest.raises(TypeError, match="Sobol settings"):
+            run(head, acts, bank, method=method, **kwargs)
+    # their defaults, as every caller passes them, are fine
+    run(head, acts, bank, method="occlusion", n_designs=32, sampler="sobol")
+    # RISE with one mask gave exactly 0 for every concept
+    with pytest.raises(ValueError, match="n_samples"):
+        run(head, acts, bank, method="rise", n_samples=1)
+    with pytest.raises(ValueError, match="seed"):
+        run(head, acts, bank, seed=2**40)
+
+
+def test_the_explainer_checks_its_importance_options_when_built():
+    from conceptkit import ConceptExplainer
+    from conceptkit.datasets import reference_model
+
+    model = reference_model()
+    for importance, kwargs, error, match in (
+            ("sobol", {"n_designs": 8}, TypeError, "may not set \\['n_designs'\\]"),
+            ("sobol", {"seed": 1}, TypeError, "may not set \\['seed'\\]"),
+            ("sobol", {"sampler": "sobl"}, ValueError, "sampler"),
+            ("rise", {"sampler": "halton"}, TypeError, "Sobol settings"),
+            ("occlusion", {"steps": 3}, TypeError, "unexpected keyword"),
+            ("integrated_gradients", {"steps": 0}, ValueError, "steps")):
+        with pytest.raises(error, match=match):  # at fit, after the discovery, before
+            ConceptExplainer(model, "block4", importance=importance, importance_kwargs=kwargs)
+
+
 def test_nonlinear_or_non_differentiable_heads_are_refused_where_needed():
     head, acts, bank = gated_setup([0.5, 1.0, 2.0, 0.8, 0.3], n=4)
     with pytest.raises(ValueError, match="affine"):

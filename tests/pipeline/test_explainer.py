@@ -136,8 +136,14 @@ def test_model_left_as_found_even_when_fit_fails(snapshot):
     model = _model().train()
     model.block1[0].weight.requires_grad_(False)
     before = snapshot(model)
+    # a bad option is refused when the explainer is built; one set afterwards fails in the
+    # importance stage, after g ran
+    with pytest.raises(ValueError, match="steps"):
+        conceptkit.ConceptExplainer(model, "block2", importance="integrated_gradients",
+                                    importance_kwargs={"steps": 0})
     explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, progress=False,
-                                            importance_kwargs={"steps": 0}, importance="integrated_gradients")
+                                            importance="integrated_gradients")
+    explainer.importance_kwargs = {"steps": 0}
     with pytest.raises(ValueError, match="steps"):
         explainer.fit(torch.rand(6, 3, 32, 32), 0)  # fails in the importance stage, after g ran
     assert snapshot(model) == before
