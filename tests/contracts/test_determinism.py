@@ -77,9 +77,10 @@ arrays["coefficient_maps"] = maps.coefficient_maps(explanation.activations, expl
 
 h = explanation.model_at_layer.h
 for method in ("sobol", "rise"):
+    designs = {"n_designs": 16} if method == "sobol" else {}  # RISE draws masks, not designs
     result = importance.concept_importance(lambda a: h(a) ** 2, explanation.activations,
-                                           explanation.bank, 1, method=method, n_designs=16,
-                                           seed=seed, progress=False)
+                                           explanation.bank, 1, method=method, seed=seed,
+                                           progress=False, **designs)
     arrays[f"importance.{method}"] = result.per_input
 
 
