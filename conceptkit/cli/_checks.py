@@ -21,6 +21,14 @@ def check_counts(args: argparse.Namespace, minimums: dict[str, int]) -> None:
             raise CommandError(f"`{flag}` must be at least {minimum}; got {value}.")
 
 
+def check_seed_flag(seed: int | None, flag: str = "--seed") -> None:
+    """A seed numpy and scikit-learn can take, checked before any work."""
+    from .._validation import MAX_SEED
+
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise CommandError(f"`{flag}` must be an integer in [0, {MAX_SEED}]; got {seed}.")
+
+
 def check_out_dir(out: str | None, flag: str = "--out") -> None:
     """``--out`` names a directory (created when missing): an existing file is refused."""
     if out is None:

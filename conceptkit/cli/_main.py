@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .._validation import MAX_SEED
-from ._checks import CommandError, check_counts, check_out_dir
+from ._checks import CommandError, check_counts, check_out_dir, check_seed_flag
 from ._explain import FACTORIZER_CHOICES
 from ._naming import add_naming_arguments, check_naming_arguments
 
@@ -37,8 +36,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     check_counts(args, {"n_per_class": 2})  # a class of one image has nothing to factorize
-    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
-        raise CommandError(f"`--seed` must be an integer in [0, {MAX_SEED}]; got {args.seed}.")
+    check_seed_flag(args.seed)
     try:
         return run_demo(out_dir=args.out, n_per_class=args.n_per_class, method=args.method,
                         seed=args.seed, progress=not args.quiet, n_concepts=args.n_concepts)

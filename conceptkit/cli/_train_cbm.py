@@ -24,13 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._validation import MAX_SEED
 from ..bottleneck._intervene import POLICIES, intervention_curve
 from ..bottleneck._metrics import evaluate_cbm, leakage_score
 from ..bottleneck._model import BOTTLENECKS, HEADS, ConceptBottleneckModel, SpatialProbe
 from ..bottleneck._report import write_cbm_report
 from ..bottleneck._train import MODES, OPTIMIZERS, train_cbm
-from ._checks import CommandError, check_counts, check_out_dir
+from ._checks import CommandError, check_counts, check_out_dir, check_seed_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,8 +97,7 @@ def train_cbm_main(argv: list[str]) -> int:
     # checked before the datasets are drawn, in the command's terms
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CommandError(f"`--lr` must be a positive number; got {args.lr}.")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise CommandError(f"`--seed` must be an integer in [0, {MAX_SEED}]; got {args.seed}.")
+    check_seed_flag(args.seed)
     from ..datasets import make_concept_dataset
 
     start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from scipy import stats
 
 from .._deprecation import warn_deprecated
 from .._reprs import dataclass_repr
-from .._validation import check_choice, check_float, check_int, describe
+from .._validation import check_choice, check_float, check_int, check_seed, describe
 from ._attribution import (
     MethodOutput,
     Seeds,
@@ -167,15 +168,20 @@ METHODS: dict[str, _Method] = {
 def _check_seed(seed: Any) -> int | None:
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(2**63))
-    return None if seed is None else check_int(seed, "seed", minimum=0, maximum=2**32 - 1)
+    return check_seed(seed)
 
 
-#: Sobol's own settings of :func:`concept_importance` and their defaults: another method does
-#: not read them, so a value other than the default is refused there rather than ignored.
-SOBOL_SETTINGS = {"n_designs": 32, "estimator": "jansen", "sampler": "sobol",
-                  "shared_design": False, "fast_path": "auto"}
+#: Sobol's own settings of :func:`concept_importance`: another method does not read them, so a
+#: value other than the default (read from its signature) is refused there rather than ignored.
+SOBOL_SETTINGS = ("n_designs", "estimator", "sampler", "shared_design", "fast_path")
 #: Arguments of :func:`concept_importance` that a caller such as the explainer sets itself.
 OWN_ARGUMENTS = ("n_designs", "seed", "device", "progress", "context")
+
+
+def _keyword_defaults() -> dict[str, Any]:
+    """The keyword arguments of :func:`concept_importance` and their defaults."""
+    return {name: p.default for name, p in inspect.signature(concept_importance).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def method_options(method: str, method_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -212,8 +218,7 @@ def check_importance_kwargs(method: str, kwargs: dict[str, Any]) -> None:
     if own:
         raise TypeError(f"`importance_kwargs` may not set {own}: the explainer passes its own "
                         f"(give them to the explainer itself, e.g. ConceptExplainer(n_designs=...)).")
-    general = {"estimator", "sampler", "shared_design", "fast_path", "batch_size",
-               "memory_budget", "confidence", "residual", "score"}
+    general = set(_keyword_defaults())  # concept_importance's own keywords, not the method's
     rest = {k: v for k, v in kwargs.items() if k not in general}
     try:
         method_options(method, dict(rest))
@@ -226,15 +231,17 @@ def _check_sobol_settings(method: str, settings: dict[str, Any]) -> None:
     """Refuse Sobol's settings, other than their defaults, with another method (they would be
     ignored), and check their values for Sobol."""
     if method != "sobol":
-        given = sorted(k for k, v in settings.items()
-                       if not (v is SOBOL_SETTINGS[k] or v == SOBOL_SETTINGS[k]))
+        defaults = _keyword_defaults()
+        given = sorted(k for k, v in settings.items() if not (v is defaults[k] or v == defaults[k]))
         if given:
             raise TypeError(f"{given} are Sobol settings; method={method!r} does not use them.")
         return
-    fast_path = settings.get("fast_path", "auto")
-    if fast_path not in ("auto", True, False):
-        raise ValueError(f"`fast_path` must be 'auto', True or False; got {describe(fast_path)}.")
-    check_sampler(settings.get("sampler", "sobol"), settings.get("n_designs", 32))
+    settings = {**{k: v for k, v in _keyword_defaults().items() if k in SOBOL_SETTINGS},
+                **settings}
+    if settings["fast_path"] not in ("auto", True, False):
+        raise ValueError(f"`fast_path` must be 'auto', True or False; got "
+                         f"{describe(settings['fast_path'])}.")
+    check_sampler(settings["sampler"], settings["n_designs"])
 
 
 def student_interval(per_input: np.ndarray, confidence: float | None):
@@ -335,7 +342,6 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     if method == "sobol":
         options.update(n_designs=n_designs, estimator=estimator, sampler=sampler,
                        shared_design=bool(shared_design), fast_path=fast_path)
-        check_sampler(sampler, n_designs)
         check_estimator(options.get("order", "total"), estimator)
     if confidence is not None:
         confidence = _check_open_unit(confidence, "confidence")

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from .._torchutils import median_colour, model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_float, check_images, check_int
 from ..importance import ConceptImportance
-from ..importance._concept import student_interval
+from ..importance._concept import _check_open_unit, student_interval
 
 #: Importance methods of the explainer that run on pixels rather than on activations.
 PIXEL_METHODS = ("pixel_ablation",)
@@ -74,14 +74,9 @@ def check_quantiles(quantile: Any) -> tuple[float, ...]:
 
 
 def check_confidence(confidence: Any) -> float | None:
-    """A confidence level strictly between 0 and 1, or None (no interval)."""
-    if confidence is None:
-        return None
-    value = check_float(confidence, "confidence", minimum=0.0, maximum=1.0)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"`confidence` must be strictly between 0 and 1 (e.g. 0.95) or None; "
-                         f"got {confidence!r}.")
-    return value
+    """A confidence level strictly between 0 and 1, or None (no interval), as concept
+    importance checks it."""
+    return None if confidence is None else _check_open_unit(confidence, "confidence")
 
 
 def check_pixel_options(options: dict, accepted: tuple[str, ...], importance: str,

@@ -318,5 +318,5 @@ def test_pixel_options_are_refused_when_given_not_after_discovery(options, error
                          importance_kwargs=options)
     # the public function checks its confidence too (a level of 2 gave NaN intervals)
     images, maps = images_with_parts()
-    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+    with pytest.raises(ValueError, match="`confidence` must be < 1"):
         pixel_ablation(RedVsBlue(), images, maps, 0, confidence=1.0, progress=False)
