@@ -13,7 +13,7 @@ from scipy import stats
 
 from .._deprecation import warn_deprecated
 from .._reprs import dataclass_repr
-from .._validation import check_choice, check_float, check_int, check_seed, describe
+from .._validation import check_choice, check_float, check_int, check_seed, describe, resolve_seed
 from ._attribution import (
     MethodOutput,
     Seeds,
@@ -311,6 +311,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
         Bytes of reconstructed activations per call of ``h`` (default 256 MiB).
     seed : int or None
         Seeds designs, masks and the affinity probe; the same seed gives the same result.
+        None draws one from fresh entropy; ``params["seed"]`` records the seed used either way.
     device : str, torch.device or None
         Where ``h`` runs; defaults to the device of ``h``'s parameters.
     confidence : float or None
@@ -346,6 +347,8 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     if confidence is not None:
         confidence = _check_open_unit(confidence, "confidence")
     seed = _check_seed(seed)
+    if seed is None:  # fresh randomness, recorded in ``params`` so that the run can be repeated
+        seed = resolve_seed(None)
     residual = entry.residual if residual is None else residual
     if not isinstance(residual, bool):
         raise TypeError(f"`residual` must be True, False or None; got {describe(residual)}.")

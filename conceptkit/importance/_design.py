@@ -145,7 +145,15 @@ def sample_ab(n_designs: int, n_vars: int, sampler: str = "sobol",
     """Draw the two base matrices ``A`` and ``B``, each ``(n_designs, n_vars)``, from one sample."""
     entry = check_sampler(sampler, n_designs)
     n_vars = check_int(n_vars, "n_vars", minimum=1)
-    points = entry.draw(n_designs, 2 * n_vars, rng if rng is not None else np.random.default_rng())
+    try:
+        points = entry.draw(n_designs, 2 * n_vars,
+                            rng if rng is not None else np.random.default_rng())
+    except MemoryError as err:  # numpy's own message names neither the argument nor the fix
+        raise MemoryError(
+            f"`n_designs`={n_designs} with {n_vars} variables needs a design of "
+            f"{n_designs * 2 * n_vars * 8 / 2**30:.3g} GiB (and the replicated design "
+            f"{n_vars + 2} times that), more memory than is free; lower `n_designs` (the "
+            f"default is 32 per input for concept importance, 1024 for sobol_indices).") from err
     return points[:, :n_vars], points[:, n_vars:]
 
 

@@ -176,6 +176,8 @@ class ConceptProblem:
                         "`h` is not differentiable with respect to its input activations (its "
                         "output carries no gradient to them); use method='sobol', 'occlusion' "
                         "or 'rise', which only need forward passes.")
+                if not bool(torch.isfinite(target).all()):
+                    raise ValueError(_NON_FINITE_HEAD)
                 if not bool(torch.isfinite(grad).all()):
                     raise ValueError(_NON_FINITE_HEAD.replace("values", "gradients"))
                 yield start, stop, grad
@@ -300,10 +302,15 @@ def _check_sensitive(problem: ConceptProblem, n_probe: int = 8) -> None:
     k = problem.n_concepts
     y = problem.scores(np.stack([np.ones(k), np.zeros(k)]), inputs, desc="sensitivity probe")
     if np.array_equal(y[:, 0], y[:, 1]):
+        # a head can score "all" and "none" alike and still respond to single concepts (one
+        # that reads a difference of two): removing each concept alone settles it
+        single = problem.scores(1.0 - np.eye(k), inputs, desc="sensitivity probe")
+        if not np.all(single == y[:, :1]):
+            return
         raise ValueError(
             f"the class score of `h` (class {problem.class_id}) is exactly the same with every "
-            f"concept removed from the activations as with all of them (on {len(inputs)} inputs), "
-            "so every importance would be 0: these activations do not reach the output. A "
+            f"concept removed from the activations, or any one of them, as with all of them (on "
+            f"{len(inputs)} inputs), so every importance would be 0: these activations do not reach the output. A "
             "CLS-pooled transformer explained at its last block is the usual cause (its head "
             "reads only the CLS token, never the patch tokens); explain at an earlier block.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from .._deprecation import warn_deprecated
 from .._reprs import dataclass_repr
 from .._validation import check_choice, check_float, check_int, describe, make_rng, to_numpy
 from ._design import replicated_design, sample_ab
-from ._estimators import ORDERS, bootstrap_interval, check_estimator, estimate
+from ._estimators import ORDERS, bootstrap_interval, check_estimator, estimate, split_outputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +119,10 @@ def _run(func: Callable, n_vars: int, n_designs: int, estimator: str, order: str
     points = replicated_design(a, b, include_b=include_b)
     outputs, precision = _evaluate(func, points, batch_size)
     indices = estimate(outputs, n_vars, function, include_b, precision)
+    if bool(split_outputs(outputs, n_vars, include_b, precision).constant.all()):
+        warnings.warn(f"`func` is constant on all {len(points)} design points (up to rounding): "
+                      f"there is no variance to share out, and every index is returned as 0. "
+                      f"Check that `func` reads its input.", RuntimeWarning, stacklevel=3)
     return indices, outputs, function, include_b, rng, n_vars, precision
 
 

@@ -495,3 +495,56 @@ def test_with_the_project_concept_bank():
     gradient = run(head, acts, bank, method="gradient_input")
     occluded = run(head, acts, bank, method="occlusion")
     np.testing.assert_allclose(gradient.per_input, occluded.per_input, atol=1e-5)
+
+
+def test_integrated_gradients_refuses_a_head_whose_values_are_nan_on_its_path():
+    """A head whose value is NaN where its gradient is finite (here: on activations scaled to
+    between 0.2 and 0.6 of their size, which only integrated gradients' path reaches; the
+    sensitivity probe sees scales 0 and 1) gave finite importances from the gradients alone;
+    the values are checked too."""
+    codes, components, activations = planted(n=6, k=3, channels=8)
+    linear = pooled_linear(8)
+    peak = activations.abs().amax(dim=(1, 2, 3))
+
+    def head(x):
+        out = linear(x)
+        ratio = (x.abs().amax(dim=(1, 2, 3)) / peak[: len(x)])[:, None]
+        inside = (ratio > 0.2) & (ratio < 0.6)
+        return torch.where(inside, torch.full_like(out, float("nan")), out)
+
+    with pytest.raises(ValueError, match="NaN or Inf values"):
+        concept_importance(head, activations, OrthoBank(components), class_id=0,
+                           method="integrated_gradients", batch_size=6)
+
+
+@pytest.mark.parametrize("method", ["sobol", "rise"])
+def test_seed_none_records_the_seed_drawn_so_the_run_can_be_repeated(method):
+    codes, components, activations = planted(n=4, k=3, channels=8)
+    head, bank = pooled_linear(8), OrthoBank(components)
+    kwargs = {"n_designs": 32, "fast_path": False} if method == "sobol" else {}
+    first = concept_importance(head, activations, bank, class_id=1, method=method, seed=None,
+                               **kwargs)
+    seed = first.params["seed"]
+    assert isinstance(seed, int) and 0 <= seed <= 2**32 - 1
+    again = concept_importance(head, activations, bank, class_id=1, method=method, seed=seed,
+                               **kwargs)
+    np.testing.assert_array_equal(again.per_input, first.per_input)
+
+
+def test_a_head_that_scores_all_and_none_alike_but_reads_single_concepts_is_explained():
+    """``y = (z_0 - z_1)^2`` on pooled codes: removing every concept and removing none give the
+    same score when z_0 = z_1, yet each concept alone moves it. The sensitivity check refused
+    such a head as one the activations "do not reach"; it now tries single concepts first."""
+    k, channels = 2, 6
+    components = torch.eye(k, channels)  # exact projections: "all" and "none" tie bit for bit
+    codes = torch.ones(5, k, 2, 2)
+    activations = torch.einsum("nkhw,kc->nchw", codes, components)
+
+    def head(x):
+        z = torch.einsum("nchw,kc->nk", x, components) / 4
+        return torch.stack([(z[:, 0] - z[:, 1]) ** 2, z.sum(1)], dim=1)
+
+    result = concept_importance(head, activations, OrthoBank(components), class_id=0,
+                                method="occlusion", progress=False)
+    # removing either concept alone raises y from 0 to 1: occlusion's importance is -1 each
+    np.testing.assert_allclose(result.importances, [-1.0, -1.0], atol=1e-6)
