@@ -48,6 +48,7 @@ def atlas_main(argv: list[str]) -> int:
     from ..extraction import ActivationStore
     from ..models import load as load_model
     from ..pipeline import ConceptAtlas
+    from ._checks import CommandError, check_counts, check_out_dir, check_seed_flag
 
     parser = argparse.ArgumentParser(prog="conceptkit atlas", description=__doc__.split("\n")[0])
     parser.add_argument("--store", required=True, help="activation store of feature maps")
@@ -67,6 +68,12 @@ def atlas_main(argv: list[str]) -> int:
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    check_counts(args, {"n_concepts": 1, "max_iter": 1, "batch_rows": 1,
+                        "max_inputs_per_class": 1})
+    check_seed_flag(args.seed)
+    if not args.tol >= 0 or not np.isfinite(args.tol):
+        raise CommandError(f"`--tol` must be a finite number >= 0; got {args.tol}.")
+    check_out_dir(args.out)
 
     rank, world = _dist_env()
     distributed = world > 1

@@ -76,10 +76,15 @@ def explain_main(args: argparse.Namespace) -> int:
         from ._naming import name_and_visualize
 
         name_and_visualize(result, args, loaded, size)
+    from ..report._outputs import owned_folder, record
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = result.save(out / "explanation.safetensors")
-    page = result.report(out)
+    # --out is this run's: the class folder of an earlier run with another --class is removed,
+    # not left beside this one (explanation.safetensors holds this run's class only)
+    with owned_folder(out):
+        saved = result.save(out / "explanation.safetensors")
+        record(saved)
+        page = result.report(out)
     named = result.class_name.strip().lower() not in ("", f"class {class_id}")
     what = f"{result.class_name!r} (class {class_id})" if named else f"class {class_id}"
     print(f"explained {len(files)} images of {what} at {explainer.layer} of {loaded.name}")

@@ -20,8 +20,7 @@ import argparse
 import os
 from typing import Any
 
-import torch
-
+from .._validation import resolve_device
 from ..extraction import ActivationExtractor
 from ..extraction._fingerprint import extractor_identity, inputs_identity
 from ..extraction._store import (
@@ -79,10 +78,14 @@ def extract_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     check_counts(args, {"chunk_size": 1, "batch_size": 1, "size": 1, "concept_dataset": 1})
     check_out_dir(args.out)
+    if args.concept_dataset is not None and args.images is not None:
+        raise CommandError("give `--images` or `--concept-dataset`, not both (the store holds "
+                           "one set of inputs).")
 
     rank, world, local_rank = _dist_env()
     distributed = world > 1
-    device = torch.device(f"cuda:{local_rank}") if args.device == "cuda" else torch.device(args.device)
+    device = resolve_device(f"cuda:{local_rank}" if args.device == "cuda" else args.device,
+                            "--device")
     if distributed:
         import torch.distributed as dist
 

@@ -11,6 +11,8 @@ import torch
 
 from .._deprecation import renamed_arguments
 
+#: The largest ``--size`` read: a 4096 px image is 200 MB as floats; models take 224-518 px.
+MAX_IMAGE_SIZE = 4096
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -29,6 +31,10 @@ def load_images(pattern: str, image_size: int) -> tuple[torch.Tensor, list[str]]
         raise FileNotFoundError(f"`--images` {pattern!r} matches no image file "
                                 f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
     size = image_size
+    if size > MAX_IMAGE_SIZE:
+        raise ValueError(f"`--size` is {size} pixels; at most {MAX_IMAGE_SIZE} is read (every "
+                         f"image becomes a 3 x {size} x {size} float tensor). Models take "
+                         f"224-518 px images; leave `--size` out to use the model's own.")
     out = []
     for file in files:
         try:
@@ -53,9 +59,19 @@ def file_ids(files: list[str]) -> list[str]:
 
 def _read(file: str, size: int) -> torch.Tensor:
     """One image file, resized (shorter side) and centre-cropped to ``size``, in [0, 1]."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(file) as img:
+        img = ImageOps.exif_transpose(img)  # a camera's "rotate on display" tag, as viewers do
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            # 16-bit or float greyscale: convert("RGB") clips every value above 255 to white
+            values = np.asarray(img, dtype=np.float64)
+            top = float(values.max()) if values.size else 0.0
+            ranges = (1.0, 255.0, 65535.0) if img.mode == "F" else (255.0, 65535.0)
+            peak = 65535.0 if img.mode.startswith("I;16") else next(
+                (r for r in ranges if top <= r), top)
+            img = Image.fromarray(np.clip(np.round(values / peak * 255.0), 0, 255)
+                                  .astype(np.uint8), mode="L")
         img = img.convert("RGB")
         scale = size / min(img.size)
         img = img.resize((max(size, round(img.size[0] * scale)), max(size, round(img.size[1] * scale))),

@@ -9,6 +9,7 @@ from typing import Any
 from ._checks import CommandError
 
 PROBE_IMAGES_PER_CLASS = 20
+DEFAULT_VISUALIZE_STEPS = 128
 
 
 def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,18 +26,32 @@ def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
                              "local-dir:/path")
     parser.add_argument("--clip-weights", default=None,
                         help="local open_clip checkpoint file (offline) or a pretrained tag")
-    parser.add_argument("--vocabulary", default="imagenet",
-                        help="clip: imagenet | imagenet21k | a text file with one word per line")
+    parser.add_argument("--vocabulary", default=None,
+                        help="clip: imagenet (default) | imagenet21k | a text file with one word "
+                             "per line")
     parser.add_argument("--visualize", action="store_true",
                         help="draw every concept with MACO for the report (slow: ~steps x 6 "
                              "forward/backward passes per concept)")
-    parser.add_argument("--visualize-steps", type=int, default=128)
+    parser.add_argument("--visualize-steps", type=int, default=None,
+                        help=f"MACO steps per concept with --visualize (default "
+                             f"{DEFAULT_VISUALIZE_STEPS})")
 
 
 def check_naming_arguments(args: argparse.Namespace) -> None:
     """Refuse inconsistent naming options before any work (one ``error:`` line, status 2)."""
     from ..datasets import WORLDS
 
+    # options of one mode given without it would be ignored: refused, like --probe below
+    if args.vocabulary is not None and args.name_with != "clip":
+        raise CommandError("`--vocabulary` goes with --name-with clip; it would be ignored "
+                           f"with --name-with {args.name_with or '(none)'}.")
+    if args.visualize_steps is not None and not args.visualize:
+        raise CommandError("`--visualize-steps` goes with --visualize; it would be ignored "
+                           "without it.")
+    if args.vocabulary is None:
+        args.vocabulary = "imagenet"
+    if args.visualize_steps is None:
+        args.visualize_steps = DEFAULT_VISUALIZE_STEPS
     if args.name_with == "dissect" and args.probe not in WORLDS:
         raise CommandError(f"`--probe` must name a ground-truth world for --name-with dissect "
                            f"({', '.join(WORLDS)}); got {args.probe!r}.")

@@ -219,6 +219,21 @@ class ConceptBank:
             problems.append(f"activations {tuple(self.activations.shape)}")
         if not (bool(torch.isfinite(self.components).all()) and bool(torch.isfinite(self.codes).all())):
             problems.append("NaN or Inf in the components or codes")
+        elif not problems:
+            # the bank's dictionary is the factorizer's (encode reads one, maps and gradients
+            # the other): they must agree, up to the float32 the bank keeps
+            own = np.asarray(self.factorizer.components_, dtype=np.float64)
+            mine = self.components.double().numpy()
+            if not np.allclose(mine, own, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(own).max())):
+                problems.append(f"components differ from the factorizer's dictionary (by up to "
+                                f"{np.abs(mine - own).max():.3g})")
+            if getattr(self.factorizer, "nonnegative_codes", False) and bool((self.codes < 0).any()):
+                problems.append(f"negative codes from a {type(self.factorizer).__name__}, whose "
+                                f"codes are non-negative")
+        ids = self.concept_ids
+        if ids.shape == (k,) and (ids.dtype.kind not in "iu" or (ids < 0).any()
+                                  or len(np.unique(ids)) != k):
+            problems.append("concept_ids that are not distinct non-negative integers")
         if not (isinstance(self.layer, str) and isinstance(self.method, str)
                 and isinstance(self.params, dict) and isinstance(self.extra, dict)):
             problems.append("layer, method, params or extra of the wrong type")

@@ -68,6 +68,12 @@ class Factorizer(BaseEstimator, abc.ABC):
     _state_arrays: ClassVar[tuple[str, ...]] = ("components_",)
     _state_info: ClassVar[tuple[str, ...]] = ("reconstruction_err_", "n_iter_", "n_features_in_")
     _optional_arrays: ClassVar[tuple[str, ...]] = ()
+    # Fitted scalars (in ``_state_info``) that must be finite and >= 0 (> 0 for the second)
+    _positive_info: ClassVar[tuple[str, ...]] = ()
+    _strictly_positive_info: ClassVar[tuple[str, ...]] = ()
+    # Saved state (arrays or scalars) of the dictionary as a whole, dropped when concepts are
+    # left out (restrict_bank)
+    _whole_dictionary_state: ClassVar[tuple[str, ...]] = ()
     # Fitted arrays with one row per concept (sliced when concepts are dropped, e.g. by ACE).
     _concept_arrays: ClassVar[tuple[str, ...]] = ("components_",)
     _negative_hint: ClassVar[str] = ""
@@ -120,6 +126,13 @@ class Factorizer(BaseEstimator, abc.ABC):
         """Learn the dictionary from ``A (n, C)`` and return the codes ``U (n, k)``."""
         self._validate_params()
         X = self._check_input(A, "A", fitting=True)
+        if not bool((X != 0).any()):
+            # every factorizer would return a dictionary of zeros (or NaN) without a word
+            raise ValueError(
+                f"`A` ({tuple(X.shape)}) is zero everywhere (after any clipping of negative "
+                f"values the factorizer does): there is nothing to factorize. A layer whose every "
+                f"activation is 0 on these inputs (dead units after a ReLU, or images that "
+                f"are all blank) is the usual cause; choose another layer or check the images.")
         self._check_n_concepts(X)
         scale = self._overflow_scale(X)
         if scale == 1.0:
@@ -235,15 +248,30 @@ class Factorizer(BaseEstimator, abc.ABC):
             if array is None:
                 continue
             array = np.asarray(array)
-            if array.ndim == 2:
-                expected = (k, c)
-            else:
-                expected = (k,) if name in self._concept_arrays else (c,)
+            expected = self._array_shape(name, array.ndim, k, c)
             if array.shape != expected or array.dtype.kind not in "biuf":
                 raise ValueError(f"`{name}` must be a numeric array of shape {expected}; got shape "
                                  f"{array.shape} and dtype {array.dtype}.")
             if not np.isfinite(array).all():
                 raise ValueError(f"`{name}` contains NaN or Inf values.")
+        if not self.signed_components and (W < 0).any():
+            raise ValueError(f"`components_` of a {type(self).__name__} must be non-negative; "
+                             f"its smallest value is {W.min():.3g}.")
+        for name in self._positive_info:
+            value = getattr(self, name, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0 and (value > 0 or name not in
+                                                             self._strictly_positive_info)):
+                sign = "> 0" if name in self._strictly_positive_info else ">= 0"
+                raise ValueError(f"`{name}` must be a finite number {sign}; got {value!r}.")
+
+    def _array_shape(self, name: str, ndim: int, k: int, c: int) -> tuple[int, ...]:
+        """The shape a saved array ``name`` must have for ``k`` concepts of ``c`` features."""
+        if ndim == 2:
+            return (k, c)
+        return (k,) if name in self._concept_arrays else (c,)
 
     # ------------------------------------------------------------------ helpers
     def _check_n_concepts(self, X) -> None:

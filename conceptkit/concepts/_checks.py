@@ -7,7 +7,7 @@ from typing import Any
 
 from sklearn.base import clone
 
-from .._validation import check_int, describe
+from .._validation import check_int, check_seed, describe
 from ._base import Factorizer
 
 
@@ -71,5 +71,5 @@ def configured_factorizer(factorizer: Any, n_concepts: int | None, seed: int | N
                 f"unset).")
         est.set_params(n_concepts=n_concepts)
     if seed is not None and "random_state" in params and params["random_state"] is None:
-        est.set_params(random_state=check_int(seed, "seed", minimum=0))
+        est.set_params(random_state=check_seed(seed, "seed"))
     return est

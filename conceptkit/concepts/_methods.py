@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_images, check_int, describe
+from .._validation import check_images, check_int, check_seed, describe
 from ..extraction import ActivationExtractor, Provenance, crops, positions, segments
 from ..extraction._decompose import ACE_GREY
 from ._bank import ConceptBank
@@ -77,7 +77,7 @@ class _DiscoveryMethod:
         self.batch_size = batch_size
         self.device = device
         self.progress = progress
-        self.seed = seed
+        self.seed = check_seed(seed, "seed")
         self.preprocess = preprocess
         self.keep_activations = keep_activations
 
@@ -174,7 +174,8 @@ class CRAFT(_DiscoveryMethod):
         super().__init__(n_concepts, factorizer=factorizer, batch_size=batch_size, device=device,
                          progress=progress, seed=seed, preprocess=preprocess,
                          keep_activations=keep_activations)
-        self.patch_size = patch_size
+        self.patch_size = None if patch_size is None else check_int(patch_size, "patch_size",
+                                                                     minimum=1)
         self.stride = stride
 
     def fit(self, model: nn.Module, layer: str, images: torch.Tensor, *,
@@ -188,7 +189,7 @@ class CRAFT(_DiscoveryMethod):
         return self._fit_rows(model, layer, images, probe)
 
     def _rows(self, model, layer, images, progress=None):
-        patch = self.patch_size or default_patch_size(images.shape[-2:])
+        patch = default_patch_size(images.shape[-2:]) if self.patch_size is None else self.patch_size
         crop_set = crops(images, patch, self.stride)
         acts = self._extractor(model, layer, "mean", progress,
                                desc=f"g on {len(crop_set)} crops @ {layer}")(crop_set)
@@ -332,7 +333,12 @@ def restrict_bank(bank: ConceptBank, keep: np.ndarray) -> ConceptBank:
     factorizer = bank.factorizer
     arrays, info = factorizer.get_state()
     per_concept = set(type(factorizer)._concept_arrays)
-    sliced = {name: (a[keep] if name in per_concept else a) for name, a in arrays.items()}
+    # state of the whole dictionary (an online fit's running statistics) does not survive
+    # leaving concepts out
+    dropped = set(type(factorizer)._whole_dictionary_state)
+    sliced = {name: (a[keep] if name in per_concept else a) for name, a in arrays.items()
+              if name not in dropped}
+    info = {name: value for name, value in info.items() if name not in dropped}
     params = factorizer.get_params(deep=False)
     params["n_concepts"] = int(keep.size)
     if isinstance(params.get("top_k"), int):  # a sparse autoencoder keeps at most every concept

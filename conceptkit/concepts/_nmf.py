@@ -20,7 +20,7 @@ from sklearn.decomposition import non_negative_factorization
 from sklearn.exceptions import ConvergenceWarning
 
 from .._deprecation import renamed_arguments
-from .._validation import check_choice, check_float, check_int, make_rng
+from .._validation import check_choice, check_float, check_int, check_seed, make_rng
 from . import _nmf_torch as kernels
 from ._base import Factorizer
 
@@ -218,6 +218,13 @@ class NMF(Factorizer):
     nonnegative_codes = True
     signed_components = False
     _renamed_params = {"verbose": "progress"}  # 0.2
+    # partial_fit's running statistics are saved too, so that an online fit continues after
+    # a round trip as it would have without one
+    _state_arrays = ("components_", "codes_gram_", "codes_cross_")
+    _optional_arrays = ("codes_gram_", "codes_cross_")
+    _state_info = Factorizer._state_info + ("n_samples_seen_", "_squared_norm_seen")
+    _positive_info = ("n_samples_seen_", "_squared_norm_seen")
+    _whole_dictionary_state = _ONLINE_STATE
     _negative_hint = ("NMF needs non-negative activations: use SemiNMF for signed activations "
                       "(ViT/CLIP tokens), or pass relu=True to clip negatives to 0 explicitly.")
 
@@ -256,8 +263,7 @@ class NMF(Factorizer):
         if self.alpha_H != "same":
             check_float(self.alpha_H, "alpha_H", minimum=0.0)
         check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
-        if self.random_state is not None:
-            check_int(self.random_state, "random_state", minimum=0)
+        check_seed(self.random_state, "random_state")
         self._compute_dtype()
 
     def _prepare_input(self, X):
@@ -330,6 +336,17 @@ class NMF(Factorizer):
         self.reconstruction_err_ = float(np.sqrt(max(squared, 0.0)))
         self.n_iter_ += 1
         return self
+
+    def _array_shape(self, name: str, ndim: int, k: int, c: int) -> tuple[int, ...]:
+        return (k, k) if name == "codes_gram_" else super()._array_shape(name, ndim, k, c)
+
+    def _check_state(self) -> None:
+        super()._check_state()
+        # n_samples_seen_ alone is legitimate (fit_streaming records it without the statistics)
+        online = [getattr(self, name, None) is not None for name in _ONLINE_STATE]
+        if any(online[:2] + online[3:]) and not all(online):
+            raise ValueError(f"partial_fit's running statistics {list(_ONLINE_STATE)} must be "
+                             f"saved all together or not at all.")
 
     def _forget_online_statistics(self) -> None:
         """Drop the running statistics of :meth:`partial_fit`; the dictionary stays (a new pass

@@ -127,6 +127,7 @@ class TopKSAE(Factorizer):
     _concept_arrays: ClassVar[tuple[str, ...]] = ("components_", "encoder_weight_", "encoder_bias_")
     _state_info: ClassVar[tuple[str, ...]] = Factorizer._state_info + (
         "threshold_", "dead_codes_", "n_epochs_", "converged_", "loss_curve_")
+    _positive_info: ClassVar[tuple[str, ...]] = ("threshold_",)
 
     def __init__(self, n_concepts: int = 64, top_k: int | None = None, epochs: int = 20,
                  batch_size: int | str = 256, lr: float = 1e-3, activation: str = "topk",

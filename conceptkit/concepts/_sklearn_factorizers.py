@@ -10,13 +10,12 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, DictionaryLearning, FastICA, sparse_encode
 from sklearn.metrics.pairwise import euclidean_distances
 
-from .._validation import check_choice, check_float, check_int
+from .._validation import check_choice, check_float, check_int, check_seed
 from ._base import Factorizer
 
 
 def _check_seed(random_state) -> None:
-    if random_state is not None:
-        check_int(random_state, "random_state", minimum=0)
+    check_seed(random_state, "random_state")
 
 
 def _flip_signs(rows: np.ndarray) -> np.ndarray:
@@ -59,6 +58,8 @@ class KMeansConcepts(Factorizer):
     signed_components = True
     overcomplete = True
     _state_info: ClassVar[tuple[str, ...]] = Factorizer._state_info + ("temperature_",)
+    _positive_info: ClassVar[tuple[str, ...]] = ("temperature_",)
+    _strictly_positive_info: ClassVar[tuple[str, ...]] = ("temperature_",)
 
     def _differentiable_transform(self, X: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Codes equal to ``codes`` (these k-means codes of ``X``) that gradients flow through:
@@ -145,6 +146,11 @@ class PCAConcepts(_CenteredFactorizer):
         Seed used when scikit-learn picks its randomized SVD for large inputs.
     """
 
+    _state_arrays: ClassVar[tuple[str, ...]] = ("components_", "mean_",
+                                                "explained_variance_ratio_")
+    _optional_arrays: ClassVar[tuple[str, ...]] = ("explained_variance_ratio_",)
+    _concept_arrays: ClassVar[tuple[str, ...]] = ("components_", "explained_variance_ratio_")
+
     def __init__(self, n_concepts: int = 10, random_state: int | None = None) -> None:
         self.n_concepts = n_concepts
         self.random_state = random_state
@@ -197,8 +203,24 @@ class ICAConcepts(_CenteredFactorizer):
         _check_seed(self.random_state)
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
+        if len(X) < 2:
+            raise ValueError(f"ICAConcepts needs at least 2 rows of `A` (it centres them); got "
+                             f"{len(X)}.")
         model = FastICA(n_components=self.n_concepts, fun=self.fun, max_iter=self.max_iter,
-                        tol=self.tol, whiten="unit-variance", random_state=self.random_state).fit(X)
+                        tol=self.tol, whiten="unit-variance", random_state=self.random_state)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            try:
+                model.fit(X)
+                failed = not np.isfinite(model.mixing_).all()
+            except ValueError as err:
+                if "NaN" not in str(err):
+                    raise
+                failed = True
+        if failed:  # whitening divided by a zero variance
+            raise ValueError(f"`A` varies in fewer than `n_concepts`={self.n_concepts} "
+                             f"independent directions (a constant layer, or rows that repeat), "
+                             f"so ICA cannot whiten it: use fewer concepts, more varied "
+                             f"activations, or PCAConcepts.")
         mixing = model.mixing_.T
         signs = _flip_signs(mixing)
         self.components_ = (mixing * signs[:, None]).astype(X.dtype)

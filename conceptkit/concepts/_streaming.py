@@ -357,12 +357,14 @@ def streaming_error(factorizer: Factorizer, source: Any, *, batch_rows: int = 65
 
 
 def write_codes(factorizer: Factorizer, source: Any, path: str | os.PathLike, *,
-                batch_rows: int = 65536, progress: bool = True) -> Any:
+                batch_rows: int = 65536, progress: bool = True, overwrite: bool = False) -> Any:
     """Encode an :class:`~conceptkit.extraction.ActivationStore` into a store of codes at ``path``.
 
     Chunk ``i`` of the new store holds the codes of chunk ``i`` of ``source`` (rows ``(m, k)``, or
     coefficient maps ``(n, k, h, w)`` for a ``"maps"`` store), written atomically; a rerun after an
-    interruption encodes only the missing chunks. Returns the new store.
+    interruption encodes only the missing chunks. A store at ``path`` written from other
+    activations, another fitted state or other settings of ``factorizer`` (``set_params``) is
+    refused unless ``overwrite`` is true. Returns the new store.
     """
     from ..extraction import ActivationStore
     from ..extraction._fingerprint import tensor_digest
@@ -383,14 +385,25 @@ def write_codes(factorizer: Factorizer, source: Any, path: str | os.PathLike, *,
         codes = next(transform_streaming(factorizer, [store.chunk(index)], batch_rows=batch_rows))
         return torch.from_numpy(codes)
 
-    # the codes depend on the source rows and the fitted factorizer: a rerun with either changed
-    # must not resume from the old chunks
-    state = {key: tensor_digest(np.asarray(value)) for key, value in sorted(vars(factorizer).items())
-             if key.endswith("_") and isinstance(value, (np.ndarray, torch.Tensor))}
+    # the codes depend on the source rows, the fitted state and the settings `transform` reads
+    # (hard or soft codes, a penalty, a solver): a rerun with any of them changed must not
+    # resume from the old chunks
+    state = {}
+    for key, value in sorted(vars(factorizer).items()):
+        if not key.endswith("_") or key.startswith("_"):
+            continue
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            state[key] = tensor_digest(np.asarray(value.detach().cpu() if isinstance(
+                value, torch.Tensor) else value))
+        elif isinstance(value, (bool, int, float, str, type(None), np.generic)):
+            state[key] = repr(value)
+    get_params = getattr(factorizer, "get_params", None)
+    params = ({key: repr(value) for key, value in sorted(get_params(deep=False).items())}
+              if callable(get_params) else {})
     fingerprint = {"codes_of": manifest.get("fingerprint") or str(store.path),
-                   "factorizer": type(factorizer).__name__, "state": state}
+                   "factorizer": type(factorizer).__name__, "state": state, "params": params}
     write_chunks(compute, int(manifest["n_inputs"]), path, chunk_size=chunk_size, layout=layout,
-                 progress=progress, fingerprint=fingerprint)
+                 progress=progress, fingerprint=fingerprint, overwrite=bool(overwrite))
     meta = {"codes_of": str(store.path), "factorizer": type(factorizer).__name__,
             "source_layout": manifest["layout"]}
     return finalize_store(path, int(manifest["n_inputs"]), chunk_size=chunk_size, layout=layout,

@@ -53,13 +53,20 @@ def _pair(A, A_hat) -> tuple[np.ndarray, np.ndarray]:
 
 
 def relative_l2(A: np.ndarray | torch.Tensor, A_hat: np.ndarray | torch.Tensor) -> float:
-    """Mean over rows of ``||a - â|| / ||a||`` for ``A, A_hat (n, C)``; 0 is perfect (lower better)."""
+    """Mean over rows of ``||a - â|| / ||a||`` for ``A, A_hat (n, C)``; 0 is perfect (lower better).
+
+    Rows of ``A`` that are zero (a dead position after a ReLU) have no relative error and are
+    left out of the mean (dividing by a zero norm gave values near 1e305).
+    """
     A, A_hat = _pair(A, A_hat)
     if A.shape != A_hat.shape:
         raise ValueError(f"`A` and `A_hat` must have the same shape; got {A.shape} and {A_hat.shape}.")
     norms = np.linalg.norm(A, axis=1)
     errors = np.linalg.norm(A - A_hat, axis=1)
-    return float(np.mean(errors / np.maximum(norms, np.finfo(np.float64).tiny)))
+    kept = norms > 0
+    if not kept.any():
+        raise ValueError("every row of `A` is zero: the relative error is undefined.")
+    return float(np.mean(errors[kept] / norms[kept]))
 
 
 def sparsity_l0(U: np.ndarray | torch.Tensor, eps: float = 1e-6) -> float:

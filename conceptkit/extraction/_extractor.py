@@ -177,7 +177,8 @@ class ActivationExtractor:
         self.progress = bool(progress)
         self.tokens = check_choice(tokens, "tokens", ["auto", "maps", "raw"])
         self.prefix_tokens = None if prefix_tokens is None else check_int(prefix_tokens, "prefix_tokens", minimum=0)
-        self.output_index = output_index
+        self.output_index = None if output_index is None else check_int(
+            output_index, "output_index", minimum=0)
         self.grad = bool(grad)
         self.output_device = resolve_device(output_device, "output_device")
         if reduce not in (None, "mean"):
@@ -198,6 +199,10 @@ class ActivationExtractor:
                 raise ValueError(f"`layer` {self.layer!r} returns a {type(output).__name__} of "
                                  f"{len(output)} elements with shapes {shapes}; pass "
                                  f"`output_index` to say which element to take (e.g. output_index=0).")
+            if self.output_index >= len(output):
+                raise ValueError(f"`output_index` is {self.output_index}, but `layer` "
+                                 f"{self.layer!r} returns a {type(output).__name__} of "
+                                 f"{len(output)} elements (indices 0 to {len(output) - 1}).")
             output = output[self.output_index]
         elif self.output_index is not None and self.output_index != 0:
             raise ValueError(f"`output_index` was given but `layer` {self.layer!r} returns a single tensor.")
@@ -205,7 +210,35 @@ class ActivationExtractor:
             raise ValueError(f"`layer` {self.layer!r} returns {type(output).__name__}, not a tensor.")
         return output
 
-    def _to_layout(self, act: torch.Tensor, n: int, size: tuple | None = None) -> torch.Tensor:
+    def _token_layout(self, act: torch.Tensor, n: int, probe: Any) -> str:
+        """``"NTC"`` (batch first) or ``"TNC"`` (sequence first), decided once per extractor.
+
+        A batch whose size equals the number of tokens reads both ways: the layout then comes
+        from an earlier batch, or from one image run alone (``probe``), never from a guess."""
+        first, second = act.shape[0] == n, act.shape[1] == n
+        if first != second:
+            seen = "NTC" if first else "TNC"
+            if self.token_layout_ is not None and seen != self.token_layout_:
+                raise ValueError(f"`layer` {self.layer!r} returned tokens of shape "
+                                 f"{tuple(act.shape)} for {n} images, laid out {seen} where "
+                                 f"earlier batches were {self.token_layout_}.")
+            self.token_layout_ = seen
+        elif not first:
+            raise ValueError(f"`layer` {self.layer!r} returned tokens of shape "
+                             f"{tuple(act.shape)} for a batch of {n} images: neither of its "
+                             f"first two axes is the batch.")
+        elif self.token_layout_ is None:  # (n, n, C): ambiguous; one image settles it
+            single = probe() if probe is not None and n > 1 else None
+            if single is None or single.ndim != 3 or (single.shape[0] == 1) == (single.shape[1] == 1):
+                raise ValueError(f"`layer` {self.layer!r} returned tokens of shape "
+                                 f"{tuple(act.shape)} for {n} images, which reads batch-first "
+                                 f"and sequence-first alike; use a `batch_size` other than "
+                                 f"{n}.")
+            self.token_layout_ = "NTC" if single.shape[0] == 1 else "TNC"
+        return self.token_layout_
+
+    def _to_layout(self, act: torch.Tensor, n: int, size: tuple | None = None,
+                   probe: Any = None) -> torch.Tensor:
         if act.ndim != 3 or self.tokens == "raw":
             return act
         if size is not None and len(size) == 2 and size[0] != size[1]:
@@ -215,11 +248,8 @@ class ActivationExtractor:
                              f"{self.layer!r} as transformer tokens, which conceptkit lays out "
                              f"on a square grid: crop or resize the images to a square (e.g. "
                              f"{min(size)} x {min(size)} pixels) before explaining them.")
-        if act.shape[0] != n and act.shape[1] == n:  # sequence-first transformers (T, N, C)
+        if self._token_layout(act, n, probe) == "TNC":  # sequence-first transformers (T, N, C)
             act = act.transpose(0, 1)
-            self.token_layout_ = "TNC"
-        else:
-            self.token_layout_ = "NTC"
         prefix = self.prefix_tokens
         if prefix is None:
             prefix = infer_prefix_tokens(self.model, act.shape[1])
@@ -272,10 +302,18 @@ class ActivationExtractor:
                                 f"`layer` {self.layer!r}") from err
                         raise
                     if output is None:
-                        raise RuntimeError(f"`layer` {self.layer!r} was not called during the "
+                        raise ValueError(f"`layer` {self.layer!r} was not called during the "
                                            f"forward pass of {type(self.model).__name__}.")
                     act = self._to_layout(self._select(output), batch.shape[0],
-                                          tuple(batch.shape[2:]) if batch.ndim == 4 else None)
+                                          tuple(batch.shape[2:]) if batch.ndim == 4 else None,
+                                          probe=lambda b=batch: self._select(run(b[:1])))
+                    if self.reduce == "mean" and act.ndim == 3 and self.tokens == "raw":
+                        raise ValueError(
+                            f"`reduce='mean'` averages over spatial axes, and `layer` "
+                            f"{self.layer!r} returns raw tokens {tuple(act.shape)} "
+                            f"(`tokens='raw'`), whose last axis is the channels: use "
+                            f"`tokens='auto'` (token maps, averaged over positions) or "
+                            f"`reduce=None`.")
                     if self.reduce == "mean" and act.ndim > 2:
                         act = act.mean(dim=tuple(range(2, act.ndim)))
                     outputs.append(act if self.grad else act.detach().to(self.output_device))

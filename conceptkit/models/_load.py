@@ -37,11 +37,19 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"`weights` {str(path)!r} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if not path.is_file():
+        raise ValueError(f"`weights` {str(path)!r} is not a file (a .safetensors file or a "
+                         f".pt/.pth state dict).")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - safetensors, pickle and zip errors alike
+        kind = "a .safetensors file" if path.suffix == ".safetensors" else "a torch state dict"
+        raise ValueError(f"`weights` {str(path)!r} cannot be read as {kind} "
+                         f"({type(err).__name__}: {str(err)[:200]}).") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

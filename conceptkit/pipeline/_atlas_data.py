@@ -191,6 +191,27 @@ def _check_head_reads_store(ex: Any, store: Any) -> None:
             f"the images instead (`atlas.fit(images, labels)`), which keeps those tokens.") from None
 
 
+def _check_store_is_of(ex: Any, store: Any) -> None:
+    """A store records the model (a digest of its weights) and the layer it was extracted
+    from; maps of another model or layer would be explained through this one's head without a
+    word (the shapes often agree: two layers of one width, the same network retrained)."""
+    from ..extraction._fingerprint import module_digest
+
+    fingerprint = store.manifest.get("fingerprint")
+    if not isinstance(fingerprint, dict) or "model" not in fingerprint:
+        return  # written by a plain callable: nothing recorded to compare
+    if fingerprint.get("layer") not in (None, str(ex.layer)):
+        raise ValueError(f"the store was extracted at layer {fingerprint['layer']!r}, not at "
+                         f"`layer` {ex.layer!r}: its maps are not this layer's. Use "
+                         f"layer={fingerprint['layer']!r} (on the command line, leave `--layer` "
+                         f"out), or extract a store at {ex.layer!r}.")
+    if fingerprint["model"] != module_digest(ex.model):
+        raise ValueError("the store was extracted from another model (other weights, or "
+                         "another architecture) than `model`: its maps are not this model's. "
+                         "Extract a store with this model (`conceptkit extract` with the same "
+                         "--model and --weights), or pass the model the store was written with.")
+
+
 def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
     """Fit the shared dictionary on a ``"maps"`` activation store, streamed (and across the
     ranks of an initialised torch.distributed group)."""
@@ -211,6 +232,7 @@ def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
                              "meta['labels']: pass one class index per stored image.")
     labels = class_labels(labels, n)
     classes = _fitted_classes(labels)
+    _check_store_is_of(ex, store)
     _check_head_reads_store(ex, store)
     factorizer = ex.factorizer if ex.factorizer is not None else NMF(
         ex.n_concepts, solver="torch_hals", random_state=ex.seed)

@@ -424,10 +424,31 @@ class ConceptExplainer:
         """
         images = check_images(images, "images", pixels=True)
         read = self._resolve_read(images)
+        if activations is not None:
+            activations = self._check_given_activations(images, activations)
         bank = self._discover(self._discovery(images), images, activations, probe=True)
         if read == "cls":
             self._mark_cls(bank, images)
         return bank
+
+    def _check_given_activations(self, images: torch.Tensor, activations: Any) -> torch.Tensor:
+        """``activations`` given to :meth:`discover`: ICE's feature maps of these very images
+        (what one image gives through ``g``, one row per image); other methods cut crops or
+        segments and would ignore them."""
+        if self.method != "ice":
+            raise ValueError(f"`activations` are reused by method='ice' only; method="
+                             f"{self.method!r} runs `g` on crops or segments of the images and "
+                             f"would ignore them: leave `activations` out.")
+        if not isinstance(activations, torch.Tensor):
+            raise TypeError(f"`activations` must be a tensor (N, C, h, w); got "
+                            f"{describe(activations)}.")
+        expected = tuple(self.activations(images[:1]).shape[1:])
+        if activations.ndim != 4 or len(activations) != len(images) or tuple(
+                activations.shape[1:]) != expected:
+            raise ValueError(f"`activations` must be the feature maps of `images` at layer "
+                             f"{self.layer!r}: shape ({len(images)}, {', '.join(map(str, expected))}); "
+                             f"got {tuple(activations.shape)}.")
+        return activations
 
     def _mark_cls(self, bank: ConceptBank, images: torch.Tensor) -> None:
         """The bank says what its concepts are of (naming and maps refuse patch-token uses)."""

@@ -73,11 +73,13 @@ class ConceptManager:
         ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``).
         """
         from ..report import index_entry, write_class_report, write_index
+        from ..report._outputs import owned_folder
 
         out_dir = Path(out_dir)
         entries = []
-        for cc in self.classes_.values():
-            report = build_class_report(cc, **kwargs)
-            page = write_class_report(report, out_dir, index_link="../index.html")
-            entries.append(index_entry(report, page, out_dir))
-        return write_index(entries, out_dir)
+        with owned_folder(out_dir):  # one run's index and class folders, no earlier run's
+            for cc in self.classes_.values():
+                report = build_class_report(cc, **kwargs)
+                page = write_class_report(report, out_dir, index_link="../index.html")
+                entries.append(index_entry(report, page, out_dir))
+            return write_index(entries, out_dir)

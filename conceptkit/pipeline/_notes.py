@@ -79,17 +79,31 @@ def importance_notes(importance: Any, label: Any, n_images: int) -> list[str]:
             f"{names} {verb} no region in any of these {n_images} images (the map is nowhere "
             f"positive and at or above its threshold), so nothing was painted out: the "
             f"importance 0 is not a measurement. Read it as 'not found in these images'.")
-    low = importance.ci_low
+    low, high = importance.ci_low, importance.ci_high
     if low is not None:
-        below = np.flatnonzero(np.asarray(low, dtype=np.float64) < 0)
+        low = np.asarray(low, dtype=np.float64)
+        upper = (np.full_like(low, np.inf) if high is None
+                 else np.asarray(high, dtype=np.float64))
+        negative = np.flatnonzero(upper < 0)  # the whole interval below 0
+        if negative.size:
+            names = _enumerate([label(int(c)) for c in negative])
+            subject = (f"The confidence interval of {names} lies" if negative.size == 1 else
+                       f"The confidence intervals of {names} lie")
+            notes.append(
+                f"{subject} wholly below 0: over these {n_images} images, removing "
+                f"{'this concept' if negative.size == 1 else 'each of these concepts'} "
+                f"raises the class score on average. It counts against the class, not for it "
+                f"(images of another class, or a concept the model reads as evidence for a "
+                f"rival class).")
+        below = np.flatnonzero((low < 0) & (upper >= 0))
         if below.size:
             names = _enumerate([label(int(c)) for c in below])
             never = " (total Sobol indices themselves are never negative)" if total else ""
             subject = (f"The confidence interval of {names} starts" if below.size == 1 else
                        f"The confidence intervals of {names} start")
             notes.append(
-                f"{subject} below 0: over these {n_images} images the mean importance cannot be "
-                f"told from 0{never}. The interval is a Student-t interval of the per-image "
+                f"{subject} below 0 and ends above it: over these {n_images} images the mean "
+                f"importance cannot be told from 0{never}. The interval is a Student-t interval of the per-image "
                 f"values.")
     return notes
 

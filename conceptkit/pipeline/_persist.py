@@ -39,7 +39,7 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
     maps_kind = cc.saved_maps_kind
     if cc.images is not None:
         tensors["images"] = _to_uint8(cc.images[:n_images])
-        tensors["maps"] = cc._shown_maps(n_images).to(torch.float16)
+        tensors["maps"] = _half(cc._shown_maps(n_images))
         maps_kind = cc._auto_kind(None)
         for c in range(cc.n_concepts):
             ex, ids = cc.top_examples(c, n_exemplars, image_size=min(64, cc.images.shape[-1]))
@@ -49,7 +49,7 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         if cc.saved_images is not None:
             tensors["images"] = _to_uint8(cc.saved_images[:n_images])
         if cc.saved_maps is not None:
-            tensors["maps"] = cc.saved_maps[:n_images].to(torch.float16)
+            tensors["maps"] = _half(cc.saved_maps[:n_images])
         for c, stack in enumerate(cc.saved_exemplars or []):
             tensors[f"exemplars.{c}"] = stack[:n_exemplars].to(torch.uint8)
             exemplar_ids.append(id_list(cc.saved_exemplar_ids[c][:n_exemplars]))
@@ -77,6 +77,13 @@ def _check(condition: bool, problem: str) -> None:
         raise ValueError(problem)
 
 
+def _half(maps: torch.Tensor) -> torch.Tensor:
+    """Maps as float16, saturated at its largest finite value (a map above 65504 would be
+    stored as Inf, which the loader refuses)."""
+    top = torch.finfo(torch.float16).max
+    return maps.float().clamp(-top, top).to(torch.float16)
+
+
 def _int(value: Any, name: str) -> int:
     _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
            f"{name} must be a non-negative integer; got {value!r}")
@@ -100,17 +107,22 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
         ci = [tensors["importance.ci_low"].numpy(), tensors["importance.ci_high"].numpy()]
         _check(all(c.shape == (k,) for c in ci),
                f"confidence intervals of shapes {[c.shape for c in ci]} for {k} concepts")
+        # NaN where one image gives no interval; never Inf, never a low bound above the high
+        _check(not any(bool(np.isinf(c).any()) for c in ci)
+               and not bool((ci[0] > ci[1]).any()),
+               "confidence intervals with infinite bounds or a low bound above the high")
     importance = ConceptImportance(
         per_input=per_input, importances=per_input.mean(axis=0), ci_low=ci[0], ci_high=ci[1],
         method=imp_meta["method"], class_id=_int(imp_meta["class_id"], "importance class_id"),
         params=imp_meta["params"])
     images, maps = tensors.get("images"), tensors.get("maps")
     if images is not None:
-        _check(images.ndim == 4 and images.dtype == torch.uint8,
-               f"images of shape {tuple(images.shape)} and dtype {images.dtype}")
+        _check(images.ndim == 4 and images.shape[1] == 3 and images.dtype == torch.uint8,
+               f"images of shape {tuple(images.shape)} and dtype {images.dtype} (RGB, uint8)")
     if maps is not None:
         _check(maps.ndim == 4 and maps.shape[1] == k and maps.is_floating_point(),
                f"maps of shape {tuple(maps.shape)} for {k} concepts")
+        _check(bool(torch.isfinite(maps).all()), "maps with NaN or Inf values")
         _check(images is None or (maps.shape[0] == images.shape[0]
                                   and maps.shape[2:] == images.shape[2:]),
                f"maps of shape {tuple(maps.shape)} for images of shape "
@@ -136,6 +148,8 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
                    f"exemplars of concept {c}: {tuple(stack.shape)} with ids {row!r}")
     _check(isinstance(meta["params"], dict) and isinstance(meta["timings"], dict),
            "params or timings of the wrong type")
+    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in meta["timings"].values()), "timings that are not numbers of seconds")
     metrics = meta.get("metrics")
     _check(metrics is None or isinstance(metrics, dict), "metrics of the wrong type")
     maps_kind = meta.get("maps_kind", "coefficient")  # files before 0.2 saved coefficient maps

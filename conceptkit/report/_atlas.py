@@ -24,6 +24,7 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from ._figures import figure_png
 from ._html import Picture, document, esc, figure_block, format_number, section, table
 from ._images import png_bytes, to_hwc
+from ._outputs import owned_folder, record
 
 
 @dataclass
@@ -155,6 +156,12 @@ def _picture(key: str, title: str, png: bytes, filename: str, caption: str) -> P
 
 def _write_png(folder: Path, picture: Picture) -> None:
     (folder / picture.filename).write_bytes(picture.png)
+    record(folder / picture.filename)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    record(path)
 
 
 def _index_page(report: AtlasReport, heat: Picture, graph: Picture, out: Path) -> str:
@@ -227,8 +234,15 @@ def _class_page(report: AtlasReport, r: int) -> str:
 
 
 def write_atlas_report(report: AtlasReport, out_dir: str | os.PathLike, *, dpi: int = 100) -> Path:
-    """Write the atlas report to ``out_dir``; returns the path of ``index.html``."""
-    out = Path(out_dir)
+    """Write the atlas report to ``out_dir``; returns the path of ``index.html``.
+
+    The folder is the report's own: pages of concepts or classes that an earlier run into it
+    wrote and this one does not (fewer concepts now) are removed."""
+    with owned_folder(out_dir):
+        return _write_atlas_report(report, Path(out_dir), dpi)
+
+
+def _write_atlas_report(report: AtlasReport, out: Path, dpi: int) -> Path:
     for folder in (out, out / "concepts", out / "classes"):
         folder.mkdir(parents=True, exist_ok=True)
     png, rows, cols = heatmap_figure(report, dpi)
@@ -239,7 +253,7 @@ def write_atlas_report(report: AtlasReport, out_dir: str | os.PathLike, *, dpi: 
                      "An edge joins two classes that share an important concept")
     for picture in (heat, graph):
         _write_png(out, picture)
-    (out / "index.html").write_text(_index_page(report, heat, graph, out), encoding="utf-8")
+    _write_text(out / "index.html", _index_page(report, heat, graph, out))
     for j in range(len(report.concept_names)):
         labels = report.exemplar_labels[j]
         captions = [report.class_names[report.class_ids.index(int(c))]
@@ -249,11 +263,9 @@ def write_atlas_report(report: AtlasReport, out_dir: str | os.PathLike, *, dpi: 
                            f"concept-{j}.png", "Top images across the dataset with the concept's "
                            "map, left to right: " + ", ".join(captions))
         _write_png(out / "concepts", picture)
-        (out / "concepts" / f"concept-{j}.html").write_text(_concept_page(report, j, picture),
-                                                           encoding="utf-8")
+        _write_text(out / "concepts" / f"concept-{j}.html", _concept_page(report, j, picture))
     for r in range(len(report.class_ids)):
-        (out / "classes" / f"class-{report.class_ids[r]}.html").write_text(
-            _class_page(report, r), encoding="utf-8")
+        _write_text(out / "classes" / f"class-{report.class_ids[r]}.html", _class_page(report, r))
     payload = {"title": report.title, "classes": report.class_ids,
                "class_names": report.class_names, "concept_names": report.concept_names,
                "importance": np.asarray(report.importance).tolist(),
@@ -261,7 +273,7 @@ def write_atlas_report(report: AtlasReport, out_dir: str | os.PathLike, *, dpi: 
                "ci_high": np.nan_to_num(report.ci_high, nan=0.0).tolist(),
                "important": np.asarray(report.important).tolist(), "row_order": rows,
                "column_order": cols, "confusions": report.confusions, "meta": report.meta}
-    (out / "atlas.json").write_text(json.dumps(_plain(payload), indent=1), encoding="utf-8")
+    _write_text(out / "atlas.json", json.dumps(_plain(payload), indent=1))
     return out / "index.html"
 
 

@@ -16,6 +16,7 @@ from ._colors import concept_hex_colors
 from ._data import ClassReport, IndexEntry
 from ._html import Picture, data_uri, document, esc, format_number, png_size, section, table
 from ._images import concept_overlay, png_bytes, shrink
+from ._outputs import owned_folder, record
 from ._write import FORMAT_VERSION, class_slug, write_class_report
 
 INDEX_KIND = "conceptkit.report_index"
@@ -101,6 +102,7 @@ def write_index(entries: Sequence[IndexEntry], out_dir: str | os.PathLike, *,
     for thumb in thumbs:
         if thumb is not None:
             (out_dir / thumb.filename).write_bytes(thumb.png)
+            record(out_dir / thumb.filename)
     rows = [_row(entry, thumb) for entry, thumb in zip(entries, thumbs)]
     total = sum(entry.n_images for entry in entries)
     body = "\n".join([
@@ -112,6 +114,8 @@ def write_index(entries: Sequence[IndexEntry], out_dir: str | os.PathLike, *,
     ])
     page = out_dir / "index.html"
     page.write_text(document(title, body), encoding="utf-8")
+    record(page)
+    record(out_dir / "index.json")
     write_json(out_dir / "index.json", {
         "kind": INDEX_KIND, "format_version": FORMAT_VERSION, "title": title,
         "n_classes": len(entries), "n_images": total,
@@ -142,7 +146,10 @@ def write_reports(reports: Sequence[ClassReport], out_dir: str | os.PathLike, *,
         twice = sorted({s for s in slugs if slugs.count(s) > 1})
         raise ValueError(f"`reports` holds several reports for the same class folder: {twice}.")
     entries = []
-    for report in tqdm(reports, disable=not progress, desc="report"):
-        page = write_class_report(report, out_dir, index_link="../index.html", **options)
-        entries.append(index_entry(report, page, out_dir))
-    return write_index(entries, out_dir, title=title)
+    # the index and its class folders are one run's: class folders of an earlier run into the
+    # same folder that this one does not write are removed (the index would not list them)
+    with owned_folder(out_dir):
+        for report in tqdm(reports, disable=not progress, desc="report"):
+            page = write_class_report(report, out_dir, index_link="../index.html", **options)
+            entries.append(index_entry(report, page, out_dir))
+        return write_index(entries, out_dir, title=title)

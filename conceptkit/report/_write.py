@@ -34,6 +34,7 @@ from ._html import (
     table,
 )
 from ._images import OVERLAY_MODES
+from ._outputs import owned_folder, record
 from ._structure import (
     COOCCURRENCE_MEASURES,
     EMBEDDINGS,
@@ -329,10 +330,15 @@ def write_class_report(report: ClassReport, out_dir: str | os.PathLike, *,
                                  f"should go.")
     pictures, structure = _render(report, opts)
     colors = concept_hex_colors(report.n_concepts)
-    folder.mkdir(parents=True, exist_ok=True)
-    for picture in pictures:
-        (folder / picture.filename).write_bytes(picture.png)
-    write_json(folder / "report.json", _payload(report, pictures, structure, colors))
-    page = folder / "index.html"
-    page.write_text(_page(report, pictures, colors, index_link), encoding="utf-8")
+    # the folder is this class page's own: a figure of an earlier run that this one does not
+    # draw (visualizations.png from a run with MACO pictures) is removed, not left beside it
+    with owned_folder(folder):
+        for picture in pictures:
+            (folder / picture.filename).write_bytes(picture.png)
+            record(folder / picture.filename)
+        write_json(folder / "report.json", _payload(report, pictures, structure, colors))
+        record(folder / "report.json")
+        page = folder / "index.html"
+        page.write_text(_page(report, pictures, colors, index_link), encoding="utf-8")
+        record(page)
     return page

@@ -75,3 +75,39 @@ def test_atlas_command_refuses_a_pooled_store(tmp_path, capsys):
                  "--out", str(tmp_path / "x")])
     assert code == 2
     assert "layout 'maps'" in capsys.readouterr().err
+
+
+def test_atlas_refuses_a_store_of_another_layer_or_model(tmp_path, capsys):
+    """The store's fingerprint records the model's weights and the layer; `atlas` used a store
+    of block4 with `--layer block3`, or with other weights, and exited 0."""
+    import torch
+
+    from conceptkit.cli import main
+    from conceptkit.models import load as load_model
+
+    store = tmp_path / "store"
+    assert main(["extract", "--model", "reference", "--layer", "block4", "--concept-dataset",
+                 "2", "--chunk-size", "4", "--layout", "maps", "--quiet",
+                 "--out", str(store)]) == 0
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.repeat(np.arange(6), 2))
+    common = ["atlas", "--store", str(store), "--model", "reference", "--labels", str(labels),
+              "--n-concepts", "3", "--max-iter", "2", "--no-report", "--quiet"]
+    capsys.readouterr()
+    assert main([*common, "--layer", "block3", "--out", str(tmp_path / "a")]) == 2
+    assert "extracted at layer 'block4'" in capsys.readouterr().err
+    model = load_model("reference").model
+    with torch.no_grad():
+        model.fc.weight.mul_(-1.0)  # another model of the same architecture and shapes
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "other.safetensors"))
+    assert main([*common, "--weights", str(tmp_path / "other.safetensors"),
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "another model" in capsys.readouterr().err
+    assert main([*common, "--n-concepts", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "`--n-concepts` must be at least 1" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main([*common, "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err

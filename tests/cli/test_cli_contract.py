@@ -116,3 +116,79 @@ def test_extract_refuses_a_stale_store_unless_overwrite(tmp_path, capsys):
     assert main(_extract(out, "--layer", "block4", "--overwrite")) == 0
     store = ActivationStore(out)
     assert store.n_features == 64 and store.manifest["fingerprint"]["layer"] == "block4"
+
+
+@pytest.mark.parametrize("content,suffix", [(b"notanimage", ".safetensors"), (b"notanimage", ".pt"),
+                                            (None, "")])
+def test_a_weights_file_that_is_not_one_is_an_error_line(content, suffix, images, tmp_path, capsys):
+    weights = tmp_path / f"bad{suffix}"
+    if content is None:
+        weights.mkdir()  # a folder
+    else:
+        weights.write_bytes(content)
+    err = _error(_explain(images, tmp_path / "o", "--weights", str(weights)), capsys)
+    assert "`weights`" in err and str(weights) in err
+
+
+@pytest.mark.parametrize("device", ["foo", "meta"])
+def test_extract_refuses_a_device_it_cannot_use(device, tmp_path, capsys):
+    err = _error(_extract(tmp_path / "s", "--device", device), capsys)
+    assert "--device" in err
+
+
+def test_a_size_beyond_any_model_is_refused_before_reading(images, tmp_path, capsys):
+    err = _error(_explain(images, tmp_path / "o", "--size", "100000"), capsys)
+    assert "--size" in err and "4096" in err
+
+
+def test_extract_refuses_two_sources_of_inputs(images, tmp_path, capsys):
+    err = _error(_extract(tmp_path / "s", "--images", str(images)), capsys)
+    assert "not both" in err
+
+
+def test_sixteen_bit_and_rotated_images_are_read_as_a_viewer_shows_them(tmp_path):
+    from conceptkit.cli._images import load_images
+
+    ramp = np.tile(np.linspace(0, 65535, 32), (32, 1)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")   # mode I;16: convert("RGB") made it white
+    deep = load_images(str(tmp_path / "deep.png"), 32)[0][0]
+    np.testing.assert_allclose(deep[0, 0].numpy(), np.round(np.linspace(0, 255, 32)) / 255,
+                               atol=1 / 255)
+    # a photo stored sideways with EXIF orientation 6 ("rotate 90 degrees clockwise to view")
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = 255                                # left half white as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    shown = load_images(str(tmp_path / "sideways.jpg"), 20)[0][0]
+    assert shown.shape == (3, 20, 20)
+    # rotated clockwise, the stored left half is the top half on screen
+    assert shown[:, :8].mean() > 0.9 and shown[:, 12:].mean() < 0.1
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--vocabulary", "words.txt"], "`--vocabulary` goes with --name-with clip"),
+    (["--name-with", "classes", "--vocabulary", "imagenet"], "`--vocabulary` goes with"),
+    (["--visualize-steps", "5"], "`--visualize-steps` goes with --visualize"),
+])
+def test_options_of_a_mode_not_asked_for_are_refused(extra, match, images, tmp_path, capsys):
+    err = _error(_explain(images, tmp_path / "o", *extra), capsys)
+    assert match in err
+
+
+def test_explain_into_the_same_out_keeps_only_this_runs_class(images, tmp_path, capsys):
+    """--class 0 then --class 1 into one --out left class-0's folder beside class-1's, while
+    explanation.safetensors held class 1 only."""
+    out = tmp_path / "o"
+    (out / "notes.txt").parent.mkdir(parents=True)
+    (out / "notes.txt").write_text("a user's own file")
+    base = ["explain", "--model", "reference", "--images", str(images), "--out", str(out),
+            "--quiet", "--n-concepts", "3"]
+    assert main([*base, "--class", "0"]) == 0
+    first = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(first) == 1 and first[0].startswith("class-0")
+    assert main([*base, "--class", "1"]) == 0
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 1 and folders[0].startswith("class-1"), folders
+    assert (out / "notes.txt").exists() and (out / "explanation.safetensors").exists()
+    capsys.readouterr()

@@ -52,6 +52,19 @@ def test_relative_l2_values():
         relative_l2(A, A[:, :3])
 
 
+def test_relative_l2_leaves_zero_rows_out():
+    """A zero row (a dead ReLU position) has no relative error; it was divided by the
+    smallest float and gave about 1e305."""
+    rng = np.random.default_rng(1)
+    A = np.abs(rng.standard_normal((20, 6)))
+    noise = 0.1 * rng.standard_normal(A.shape)
+    with_dead = np.vstack([A, np.zeros((3, 6))])
+    noisy = np.vstack([A + noise, 0.2 * np.ones((3, 6))])
+    assert relative_l2(with_dead, noisy) == pytest.approx(relative_l2(A, A + noise))
+    with pytest.raises(ValueError, match="every row of `A` is zero"):
+        relative_l2(np.zeros((4, 6)), np.ones((4, 6)))
+
+
 # --------------------------------------------------------------------------- sparsity
 def test_sparsity_l0_counts_active_codes():
     U = np.array([[0.0, 1.0, 0.0, 2.0], [1e-9, 0.0, 0.0, 0.0], [3.0, -1.0, 0.5, 0.0]])

@@ -32,3 +32,23 @@ def test_pipeline_ice_honours_keep_activations():
                                           ).discover(images)
     assert kept.activations is not None and dropped.activations is None
     torch.testing.assert_close(dropped.components, kept.components)
+
+
+def test_discover_checks_the_activations_it_is_given():
+    """``discover(images, activations=...)`` ignored them for CRAFT and ACE, and took ICE
+    activations of other images (another count, another layer's shape) without a word."""
+    import pytest
+
+    model, images = two_block_cnn(), _images()
+    maps = ActivationExtractor(model, "block2", progress=False)(images)
+    ice = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, method="ice", seed=0,
+                                      progress=False)
+    torch.testing.assert_close(ice.discover(images, activations=maps).components,
+                               ice.discover(images).components)
+    for wrong in (maps[:2], maps[:, :2], maps.mean((2, 3))):
+        with pytest.raises(ValueError, match="feature maps of `images`"):
+            ice.discover(images, activations=wrong)
+    craft = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, method="craft", seed=0,
+                                        progress=False)
+    with pytest.raises(ValueError, match="method='ice' only"):
+        craft.discover(images, activations=maps)

@@ -189,3 +189,23 @@ def test_bad_input(problem):
         fit_streaming(NMF(K), "/nonexistent/store")
     with pytest.raises(TypeError, match="to write a code store"):
         write_codes(NMF(K, solver="torch_hals").fit(A[:500]), [A], "/tmp/unused")
+
+
+def test_write_codes_refuses_chunks_written_under_other_settings(tmp_path):
+    """The store's fingerprint covered the fitted arrays only: after ``set_params(codes="soft")``
+    a rerun served the old hard codes. Other settings are another store now."""
+    from conceptkit.concepts import KMeansConcepts
+    from conceptkit.extraction import write_store
+
+    activations = torch.rand(40, 6, generator=torch.Generator().manual_seed(0))
+    store = write_store(lambda x: x, activations, tmp_path / "acts", chunk_size=10,
+                        progress=False)
+    kmeans = KMeansConcepts(3, codes="hard", random_state=0).fit(store.read())
+    hard = np.asarray(write_codes(kmeans, store, tmp_path / "codes", progress=False).read())
+    kmeans.set_params(codes="soft")
+    with pytest.raises(ValueError, match="overwrite=True"):
+        write_codes(kmeans, store, tmp_path / "codes", progress=False)
+    soft = np.asarray(write_codes(kmeans, store, tmp_path / "codes", progress=False,
+                                  overwrite=True).read())
+    np.testing.assert_allclose(soft, kmeans.transform(store.read()), rtol=1e-6)
+    assert not np.allclose(soft, hard)

@@ -116,7 +116,9 @@ def test_provenance_that_does_not_fit_its_arrays_is_refused(files):
 
 def test_an_altered_file_is_refused_by_its_digest(files):
     def edit(info, tensors):
-        tensors["components"] = tensors["components"] * 1.5  # still consistent, but not saved so
+        # still consistent (the bank's dictionary and its factorizer's alike), but not saved so
+        tensors["components"] = tensors["components"] * 1.5
+        tensors["factorizer.components_"] = tensors["factorizer.components_"] * 1.5
 
     path = forge(files["bank"], files["root"] / "altered.safetensors", edit, sign=False)
     _refused(concepts.ConceptBank.load, path, "does not match the digest")
@@ -157,7 +159,29 @@ def _no_exemplars(info, tensors):
     del tensors["exemplars.2"]
 
 
+def _grey_images(info, tensors):
+    tensors["images"] = tensors["images"][:, :1].clone()
+
+
+def _nan_maps(info, tensors):
+    tensors["maps"] = tensors["maps"].clone()
+    tensors["maps"][0, 0, 0, 0] = float("nan")
+
+
+def _infinite_ci(info, tensors):
+    tensors["importance.ci_high"] = tensors["importance.ci_high"].clone()
+    tensors["importance.ci_high"][0] = float("inf")
+
+
+def _text_timing(info, tensors):
+    info["meta"]["timings"]["total"] = "fast"
+
+
 INCONSISTENT = {"maps-k7": (_maps_k7, "maps of shape"), "ci-length": (_ci_length, "confidence"),
+                # each of these loaded, and failed later in the report without naming the file
+                "grey-images": (_grey_images, "RGB"), "nan-maps": (_nan_maps, "NaN"),
+                "infinite-ci": (_infinite_ci, "infinite bounds"),
+                "text-timing": (_text_timing, "timings"),
                 "exemplar-ids": (_exemplar_ids, "exemplars of concept 1"),
                 "maps-images": (_maps_images, "for images of shape"),
                 "some-exemplars": (_no_exemplars, "exemplars of some concepts")}
@@ -170,3 +194,44 @@ def test_explanations_whose_parts_disagree_are_refused_at_load(explanation_file,
     edit, match = INCONSISTENT[case]
     path = forge(explanation_file, explanation_file.with_name(f"{case}.safetensors"), edit)
     _refused(conceptkit.load, path, match)
+
+
+def _scale(name, factor, shift=0.0):
+    def edit(info, tensors):
+        tensors[name] = tensors[name] * factor + shift
+    return edit
+
+
+BANK_FORGERIES = {
+    # the bank's dictionary and its factorizer's disagree: encode reads one, maps the other
+    "components differ": (_scale("components", 5.0, 1.0), "components differ"),
+    "negative NMF codes": (_scale("codes", -1000.0), "negative codes"),
+    "negative NMF dictionary": (_scale("factorizer.components_", -1.0), "non-negative"),
+    "repeated concept ids": (lambda info, t: t.__setitem__("concept_ids", torch.tensor([4, -5, 4])),
+                             "concept_ids"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BANK_FORGERIES))
+def test_banks_whose_invariants_are_broken_are_refused(files, case):
+    edit, match = BANK_FORGERIES[case]
+    path = forge(files["bank"], files["root"] / f"bank-{case.replace(' ', '-')}.safetensors",
+                 edit)
+    _refused(concepts.ConceptBank.load, path, match)
+
+
+@pytest.mark.parametrize("value,match", [(-1.0, "temperature_"), (float("nan"), "temperature_")])
+def test_a_kmeans_bank_with_a_non_positive_temperature_is_refused(files, value, match):
+    from conceptkit.extraction import Provenance
+
+    rows = np.abs(np.random.default_rng(1).normal(size=(30, 6)))
+    provenance = Provenance("crop", np.arange(30) % 5, np.tile([0, 0, 8, 8], (30, 1)), (16, 16))
+    bank = concepts.bank_from_activations(
+        concepts.KMeansConcepts(3, codes="soft", random_state=0), rows, provenance)
+    source = Path_(bank.save(files["root"] / "kmeans.safetensors"))
+
+    def edit(info, tensors):
+        info["meta"]["factorizer"]["info"]["temperature_"] = value
+
+    _refused(concepts.ConceptBank.load,
+             forge(source, files["root"] / "kmeans-temperature.safetensors", edit), match)

@@ -88,8 +88,17 @@ def test_sobol_values_that_need_a_sentence():
     assert len(notes) == 2
     assert notes[0].startswith("Total Sobol index above 1 for concept 0 (1.07)")
     assert "at most 1" in notes[0] and "32 designs" in notes[0]
-    assert notes[1].startswith("The confidence interval of concept 2 starts below 0: over these "
-                               "12 images")
+    assert notes[1].startswith("The confidence interval of concept 2 starts below 0 and ends "
+                               "above it: over these 12 images")
+    # an interval wholly below 0 is not "cannot be told from 0": it says the concept counts
+    # against the class (the note said the opposite of the numbers)
+    against = types.SimpleNamespace(method="ablation", params={},
+                                    importances=np.array([0.3, -0.01]),
+                                    ci_low=np.array([0.2, -0.018]),
+                                    ci_high=np.array([0.4, -0.004]))
+    (note,) = importance_notes(against, label, 12)
+    assert note.startswith("The confidence interval of concept 1 lies wholly below 0")
+    assert "counts against the class" in note
     other = types.SimpleNamespace(method="gradient_input", params={},
                                   importances=np.array([1.5, 0.2]), ci_low=None, ci_high=None)
     assert importance_notes(other, label, 12) == []
