@@ -53,6 +53,21 @@ def preserved_model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterat
                         del d[key]
 
 
+def weights_state(module: nn.Module | None) -> tuple | None:
+    """Where each weight lives and how often it was written in place (``Tensor._version``): it
+    changes when an optimiser step, ``load_state_dict`` or ``.data = ...`` touches a weight,
+    without hashing the weights."""
+    if module is None:
+        return None
+    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
+def tensor_state(value: Any) -> tuple:
+    """An object's identity, and for a tensor its in-place writes (``_version``): what a cache
+    keyed on it must compare, so that ``images.mul_(0.5)`` is not served the old result."""
+    return (id(value), value._version if isinstance(value, torch.Tensor) else None)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for parameter-free modules)."""
     for tensor in list(model.parameters()) + list(model.buffers()):

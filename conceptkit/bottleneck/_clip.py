@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import preserved_model_state
+from .._torchutils import preserved_model_state, weights_state
 from .._validation import check_images, check_int, close_names, describe, resolve_device
 from ..io import FormatError, load_file, loading, save_file
 
@@ -46,15 +46,6 @@ def _hash_tensors(module: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return "weights-sha256:" + digest.hexdigest()[:32]
-
-
-def _weights_state(module: nn.Module | None) -> tuple | None:
-    """Where each weight lives and how often it was written in place (``Tensor._version``): it
-    changes when an optimiser step, ``load_state_dict`` or ``.data = ...`` touches a weight,
-    without hashing the weights."""
-    if module is None:
-        return None
-    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
 def _hash_file(path: str) -> str:
@@ -167,14 +158,14 @@ class ClipEncoders:
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.module = module
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
-        self._weights_seen = _weights_state(module)
+        self._weights_seen = weights_state(module)
 
     def _current_checkpoint(self) -> str | None:
         """The checkpoint id, re-derived when the module's weights changed since it was taken
         (fine-tuned in place, reloaded): the tag or hash given at wrapping then no longer names
         these weights, and a cache keyed by it would serve another model's embeddings."""
         if self.module is not None:
-            now = _weights_state(self.module)
+            now = weights_state(self.module)
             if now != self._weights_seen:
                 self.checkpoint_id = _hash_tensors(self.module)
                 self._weights_seen = now

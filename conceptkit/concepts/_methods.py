@@ -307,7 +307,9 @@ class ACE(_DiscoveryMethod):
                              f"{images.shape[0]} `images` or had at most "
                              f"`min_cluster_size`={self.min_cluster_size} members. Pass more "
                              f"images or lower `min_cluster_size`.")
-        return restrict_bank(bank, keep)
+        kept = restrict_bank(bank, keep)
+        kept.extra["clusters_found"] = int(bank.n_concepts)  # the report says how many left
+        return kept
 
 
 def ace_keep_clusters(assignments: np.ndarray, image_ids: np.ndarray, n_clusters: int,

@@ -94,6 +94,19 @@ def small_vit(n_classes: int = 4, embed_dim: int = 96, depth: int = 6, num_heads
     """
     from timm.models.vision_transformer import VisionTransformer
 
+    from .._validation import check_float, check_int
+
+    for name, value in (("n_classes", n_classes), ("embed_dim", embed_dim), ("depth", depth),
+                        ("num_heads", num_heads), ("patch_size", patch_size),
+                        ("image_size", image_size)):
+        check_int(value, name, minimum=1)
+    check_float(mlp_ratio, "mlp_ratio", minimum=0.0, strict_minimum=True)
+    if embed_dim % num_heads:
+        raise ValueError(f"`embed_dim` ({embed_dim}) must be a multiple of `num_heads` "
+                         f"({num_heads}).")
+    if image_size % patch_size:
+        raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` "
+                         f"({patch_size}).")
     return VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=3,
                              num_classes=n_classes, embed_dim=embed_dim, depth=depth,
                              num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True,

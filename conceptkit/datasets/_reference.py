@@ -92,6 +92,8 @@ def reference_model(pretrained: bool = True, path: str | os.PathLike | None = No
     if not isinstance(pretrained, bool):
         raise TypeError(f"`pretrained` must be True or False; got {pretrained!r}.")
     if not pretrained:
+        if path is not None:
+            raise ValueError("pass `path` with pretrained=True (a file is a trained model).")
         return ReferenceCNN().eval()
     state, meta = _load(path)
     with loading(path or WEIGHTS_PATH, "reference CNN weights file", also=(RuntimeError,)):

@@ -197,10 +197,13 @@ class World:
             if spec.is_reference(self.name):
                 from ._reference import reference_model
 
-                return reference_model(pretrained=pretrained)
-            if not pretrained:
+                if pretrained:
+                    return reference_model(pretrained=True)
+            if not pretrained:  # the same initial weights on every call, the global RNG left be
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
+                    if spec.is_reference(self.name):
+                        return reference_model(pretrained=False)
                     return build_model(spec.architecture, dict(spec.config)).eval()
             state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
         model = build_model(meta["architecture"], meta["config"])

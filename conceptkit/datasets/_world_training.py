@@ -28,12 +28,13 @@ def deterministic_cpu() -> Iterator[None]:
     """One thread and deterministic algorithms inside the block; the previous settings after."""
     threads = torch.get_num_threads()
     strict = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(strict)
+        torch.use_deterministic_algorithms(strict, warn_only=warn_only)
         torch.set_num_threads(threads)
 
 

@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help=f"{text} (default {defaults[name]})")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
+    if args.out.suffix != ".safetensors":
+        parser.error(f"--out must name a .safetensors file; got {str(args.out)!r}.")
     try:
         model, info = train_reference_cnn(**{name: getattr(args, name) for name, _, _ in options},
                                           progress=not args.no_progress)

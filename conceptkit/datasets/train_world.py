@@ -47,10 +47,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of data and model (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.suffix != ".safetensors":
+        # the record goes beside it as OUT.json: an OUT named .json would be overwritten by it
+        parser.error(f"--out must name a .safetensors file (its record is written beside it "
+                     f"as .json); got {str(args.out)!r}.")
     if args.world == "shapes" and args.arch in (None, "cnn"):
         from . import train_reference
 
         extra = ["--out", str(args.out)] if args.out is not None else []
+        for flag, value in (("--epochs", args.epochs), ("--n-per-class", args.n_per_class),
+                            ("--lr", args.lr)):
+            if value is not None:
+                extra += [flag, str(value)]
+        for item in args.config:  # the reference CNN has one setting: its width
+            key, sep, value = item.partition("=")
+            if key.strip() != "width" or not sep:
+                parser.error(f"the shapes world's CNN takes one setting, width=N; got "
+                             f"--config {item!r}.")
+            extra += ["--width", value.strip()]
         return train_reference.main([*extra, "--seed", str(args.seed)]
                                     + (["--no-progress"] if args.no_progress else []))
     from ._world_training import train_world_model

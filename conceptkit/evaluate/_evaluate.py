@@ -347,7 +347,11 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
         details[class_id] = result
         rows.append(class_row(result, class_id, _class_name(cc, data, class_id),
                               _causal(data, class_id)))
-    settings = {"n_per_class": n_per_class, "seed": seed, "split": split, "kind": kind,
+    sampled = not (isinstance(world, (tuple, list)) and len(world) == 2)
+    # n_per_class, seed and split draw a world's images; given data, they were not used
+    settings = {"n_per_class": n_per_class if sampled else None,
+                "seed": seed if sampled else None, "split": split if sampled else None,
+                "kind": kind,
                 "fill": next(iter(details.values())).reliance.fill, "measure": measure,
                 "removal": removal if deletion else None,
                 "tolerance": next(iter(details.values())).localisation.tolerance,

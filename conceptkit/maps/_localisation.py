@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._reprs import dataclass_repr
-from .._validation import check_float, describe
+from .._validation import check_float, check_int, describe
 
 
 def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
@@ -18,6 +18,8 @@ def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"`maps` and `masks` must both be (N, H, W); got {maps.shape} and {masks.shape}.")
     if maps.shape != masks.shape:
         raise ValueError(f"`maps` {maps.shape} and `masks` {masks.shape} must have the same shape.")
+    if maps.shape[0] == 0:
+        raise ValueError("`maps` and `masks` hold no image (N = 0).")
     maps = maps.astype(np.float64)
     if not np.isfinite(maps).all():
         raise ValueError("`maps` contains NaN or Inf values.")
@@ -44,9 +46,11 @@ def pointing_game(maps, masks, tolerance: int = 0) -> np.ndarray:
     positive mass only).
     """
     maps, masks = _maps_and_masks(maps, masks)
+    # a hit within `tolerance` pixels; beyond the image's size it changes nothing more
+    tolerance = min(check_int(tolerance, "tolerance", minimum=0), max(masks.shape[1:]))
     empty = ~masks.reshape(masks.shape[0], -1).any(1)
     if tolerance:
-        masks = _dilate(masks, int(tolerance))
+        masks = _dilate(masks, tolerance)
     flat = maps.reshape(maps.shape[0], -1)
     hits = masks.reshape(masks.shape[0], -1)[np.arange(flat.shape[0]), flat.argmax(1)].astype(float)
     hits[empty] = np.nan
@@ -69,13 +73,15 @@ def relevance_mass(maps, masks) -> np.ndarray:
 def mask_iou(maps, masks, quantile: float = 0.9) -> np.ndarray:
     """Per image: IoU between the mask and the map thresholded at its ``quantile`` ``(N,)``.
 
-    CRAFT displays maps above their 90th percentile; the same cut is the default here.
+    CRAFT displays maps above their 90th percentile; the same cut is the default here. Only
+    positive values count as the concept being there (as :func:`relevance_mass` and the
+    pointing game): a signed map's zeros are not turned on by one negative pixel elsewhere.
     """
     check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
     maps, masks = _maps_and_masks(maps, masks)
     flat = maps.reshape(maps.shape[0], -1)
     cut = np.quantile(flat, quantile, axis=1)
-    on = (flat >= cut[:, None]) & (flat > flat.min(1, keepdims=True))
+    on = (flat >= cut[:, None]) & (flat > flat.min(1, keepdims=True)) & (flat > 0)
     truth = masks.reshape(masks.shape[0], -1)
     inter = (on & truth).sum(1)
     union = (on | truth).sum(1)

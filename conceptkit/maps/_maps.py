@@ -52,7 +52,7 @@ def upsample(maps: torch.Tensor, image_size: tuple[int, int], mode: str = "bilin
     check_choice(mode, "mode", ["bilinear", "bicubic", "nearest"])
     size = image_size
     if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
+        return maps.float().clone()  # a new tensor either way: writing into it leaves `maps` be
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     return F.interpolate(maps.float(), size=tuple(size), mode=mode, **kwargs)
 
@@ -68,6 +68,9 @@ def _data_then_bank(data: Any, bank: Any, call: str, data_name: str) -> tuple[An
                         f"{call}(..., {data_name}, bank): the data comes before the concepts, "
                         f"as in concept_importance(h, activations, bank)", stacklevel=4)
         return bank, data
+    if not _is_bank(bank):
+        raise TypeError(f"`bank` must be a ConceptBank (with `encode` and `components`), as "
+                        f"returned by discovery; got {describe(bank)}.")
     return data, bank
 
 
@@ -285,9 +288,8 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
     images = check_images(images, "images", pixels=True)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     height, width = images.shape[-2:]
-    sigma = max(height, width) / 32 if sigma is None else sigma
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ValueError(f"`sigma` must be a positive number of pixels; got {sigma!r}.")
+    sigma = max(height, width) / 32 if sigma is None else check_float(
+        sigma, "sigma", minimum=0.0, strict_minimum=True)
     _, concept_module = get_layer(model, bank.layer, "bank.layer")
     size = _image_size(image_size)
     out = []
@@ -385,8 +387,7 @@ def scale_matched_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank
     images, bank = _data_then_bank(images, bank, "scale_matched_maps", "images")
     refuse_cls_concepts(bank, "scale_matched_maps")
     images = check_images(images, "images")
-    if not np.isfinite(zoom) or zoom <= 0:
-        raise ValueError(f"`zoom` must be a positive number; got {zoom}.")
+    zoom = check_float(zoom, "zoom", minimum=0.0, strict_minimum=True)
     height, width = images.shape[-2:]
     big = F.interpolate(images.float(), size=(round(height * zoom), round(width * zoom)),
                         mode="bilinear", align_corners=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,10 +51,15 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         kind = "a .safetensors file" if path.suffix == ".safetensors" else "a torch state dict"
         raise ValueError(f"`weights` {str(path)!r} cannot be read as {kind} "
                          f"({type(err).__name__}: {str(err)[:200]}).") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    for key in ("state_dict", "model"):  # training checkpoints: {"model": ..., "epoch": 3}
+        if isinstance(state, dict) and isinstance(state.get(key), dict) and all(
+                isinstance(v, torch.Tensor) for v in state[key].values()):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise ValueError(f"`weights` {str(path)!r} does not hold a state dict.")
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel
     return state
 
 
@@ -96,6 +102,8 @@ def _timm(name: str, weights: str | None) -> ModelBundle:
     from timm.data import resolve_data_config
 
     pretrained = weights is not None and weights.lower() == "pretrained"
+    if ":" not in name and not timm.is_model(name):  # a typo is not a network problem
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models().")
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as err:  # noqa: BLE001
@@ -135,15 +143,32 @@ def load(spec: str, weights: str | None = None) -> ModelBundle:
     """
     from ..datasets import CLASS_NAMES, reference_model
 
+    if not isinstance(spec, str):
+        raise TypeError(f"`--model` must be a model name such as 'reference' or "
+                        f"'timm:vit_tiny_patch16_224'; got {type(spec).__name__}.")
+    if weights is not None:
+        weights = check_weights_path(weights)
     if spec == "reference":
-        model = reference_model()
+        from ..io import FormatError
+
+        model = None
         if weights is not None:
-            load_weights(model, weights, "the reference CNN")
+            try:  # a file of train_reference records its architecture (e.g. --width 8)
+                model = reference_model(path=weights)
+            except FormatError:
+                model = None  # a plain state dict for the shipped architecture
+        if model is None:
+            model = reference_model()
+            if weights is not None:
+                load_weights(model, weights, "the reference CNN")
         return ModelBundle(model, "reference CNN", 64, None, list(CLASS_NAMES), "block4")
     if spec == "efficientnet_lite0":
         from ..datasets import efficientnet_lite0
 
-        return from_pretrained(efficientnet_lite0())
+        bundle = from_pretrained(efficientnet_lite0())
+        if weights is not None:  # a fine-tuned copy of the packaged network
+            load_weights(bundle.model, weights, "efficientnet_lite0")
+        return bundle
     family, _, name = spec.partition(":")
     if family == "world" and name:
         return _world(name, weights)
@@ -160,13 +185,37 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
     """The model trained on a ground-truth world (``textures`` or ``textures:resnet``), with the
     world's class names and layer; the worlds' models take images in [0, 1] as they are."""
     from ..datasets import load_world
+    from ..io import FormatError
 
     name, _, arch = spec.partition(":")
     world = load_world(name)
-    arch = arch or world.architecture
-    model = world.model(arch)
+    record = None
     if weights is not None:
-        load_weights(model, weights, f"world:{name}:{arch}")
+        check_weights_path(weights)
+        try:  # a file of train_world records its world, architecture, settings and layer
+            record = world.info(arch or None, weights=weights)
+        except FormatError:
+            record = None  # a plain state dict for the world's (or the named) architecture
+    if record is not None:  # the file says what it is (another world's file is refused)
+        model = world.model(arch or None, weights=weights)
+        arch, layer = record["architecture"], record["layer"]
+    else:
+        arch = arch or world.architecture
+        model = world.model(arch)
+        layer = world.spec(arch).layer
+        if weights is not None:
+            load_weights(model, weights, f"world:{name}:{arch}")
     return ModelBundle(model, f"{name} world {arch}", int(world.image_size), None,
-                       list(world.class_names), world.spec(arch).layer)
+                       list(world.class_names), layer)
+
+
+def check_weights_path(weights: Any) -> str:
+    """``weights`` as a path string: a str or os.PathLike (a number or other object is
+    refused, naming the argument)."""
+    if isinstance(weights, os.PathLike):
+        return os.fspath(weights)
+    if not isinstance(weights, str):
+        raise TypeError(f"`weights` must be a path (str or os.PathLike) or None; got "
+                        f"{type(weights).__name__}.")
+    return weights
 

@@ -33,7 +33,9 @@ def cut_examples(images: torch.Tensor, bank: ConceptBank, rows: np.ndarray,
             canvas = surround.expand(-1, wy1 - wy0, wx1 - wx0).clone()
             canvas[:, y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = patch
             patch, (y0, x0, y1, x1) = canvas, (wy0, wx0, wy1, wx1)
-        side = size or max(y1 - y0, x1 - x0)
+        if size is None:  # the first box's size for every example (ACE's segments differ)
+            size = max(y1 - y0, x1 - x0)
+        side = size
         out.append(F.interpolate(patch[None], size=(side, side), mode="bilinear",
                                  align_corners=False)[0])
     return torch.stack(out).clamp(0, 1)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state
+from .._torchutils import model_device, preserved_model_state, tensor_state
 from .._validation import (
     check_choice,
     check_image_ids,
@@ -550,7 +550,7 @@ class ConceptExplainer:
                                activations=acts, model_name=self.model_name, layer=self.layer,
                                method=self.method, params=params, timings=timings, image_ids=ids,
                                model_at_layer=_frozen(handle), context=context)
-        result.__dict__["_codes_cache"] = (bank, acts, codes)
+        result.__dict__["_codes_cache"] = ((result._bank_state(), tensor_state(acts)), codes)
         if importance is None:  # pixel space: the maps first, then the painted images
             start = time.perf_counter()
             result.importance = self._pixel_importance(result, images, class_id)

@@ -154,6 +154,11 @@ def class_notes(cc: Any) -> list[str]:
     notes = [duplicate_sentence(pair, cc.concept_label) for pair in cc.near_duplicates()]
     n_images = int(cc.importance.per_input.shape[0])
     notes += importance_notes(cc.importance, cc.concept_label, n_images)
+    found = (cc.bank.extra or {}).get("clusters_found")
+    if isinstance(found, int) and found > cc.n_concepts:
+        notes.append(f"ACE kept {cc.n_concepts} of the {found} clusters it found: the others "
+                     f"came from too few distinct images (ACE's outlier rule, "
+                     f"`min_cluster_size`), so this explanation has fewer concepts than asked.")
     if (cc.params or {}).get("tokens") == "cls":
         notes.append(CLS_NOTE)
     elif (cc.params or {}).get("layer_gives_tokens"):

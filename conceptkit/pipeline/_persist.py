@@ -10,6 +10,7 @@ Concept names and MACO visualisations, when the explanation has them, are stored
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
     maps_kind = cc.saved_maps_kind
     if cc.images is not None:
         tensors["images"] = _to_uint8(cc.images[:n_images])
-        tensors["maps"] = _half(cc._shown_maps(n_images))
+        _put_maps(tensors, cc._shown_maps(n_images))
         maps_kind = cc._auto_kind(None)
         for c in range(cc.n_concepts):
             ex, ids = cc.top_examples(c, n_exemplars, image_size=min(64, cc.images.shape[-1]))
@@ -49,7 +50,7 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         if cc.saved_images is not None:
             tensors["images"] = _to_uint8(cc.saved_images[:n_images])
         if cc.saved_maps is not None:
-            tensors["maps"] = _half(cc.saved_maps[:n_images])
+            _put_maps(tensors, cc.saved_maps[:n_images])
         for c, stack in enumerate(cc.saved_exemplars or []):
             tensors[f"exemplars.{c}"] = stack[:n_exemplars].to(torch.uint8)
             exemplar_ids.append(id_list(cc.saved_exemplar_ids[c][:n_exemplars]))
@@ -77,11 +78,28 @@ def _check(condition: bool, problem: str) -> None:
         raise ValueError(problem)
 
 
-def _half(maps: torch.Tensor) -> torch.Tensor:
-    """Maps as float16, saturated at its largest finite value (a map above 65504 would be
-    stored as Inf, which the loader refuses)."""
-    top = torch.finfo(torch.float16).max
-    return maps.float().clamp(-top, top).to(torch.float16)
+def _put_maps(tensors: dict, maps: torch.Tensor) -> None:
+    """Maps as float16 scaled to [-1, 1] per image and concept, with the scales (float32)
+    beside them: pixel maps at 224 px are around 1e-7, below float16's normal range (13 % of
+    pixels became 0 and arg-maxes moved), and maps above 65504 would have been Inf."""
+    maps = maps.detach().float().cpu()
+    scale = maps.abs().amax(dim=(2, 3)) if maps.numel() else torch.ones(maps.shape[:2])
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    tensors["maps"] = (maps / scale[:, :, None, None]).to(torch.float16)
+    tensors["maps.scale"] = scale
+
+
+def _read_maps(tensors: dict) -> torch.Tensor | None:
+    """The maps a file holds, in float32 (files before the scales: float16 as stored)."""
+    maps, scale = tensors.get("maps"), tensors.get("maps.scale")
+    if maps is None or scale is None:
+        _check(scale is None, "map scales without maps")
+        return maps
+    _check(maps.ndim == 4 and tuple(scale.shape) == tuple(maps.shape[:2])
+           and scale.is_floating_point() and bool(torch.isfinite(scale).all())
+           and bool((scale > 0).all()), f"map scales of shape {tuple(scale.shape)} for maps of "
+           f"shape {tuple(maps.shape)}")
+    return maps.float() * scale.float()[:, :, None, None]
 
 
 def _int(value: Any, name: str) -> int:
@@ -96,7 +114,9 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
                                   meta["bank"])
     k = bank.n_concepts
     imp_meta = meta["importance"]
-    _check(isinstance(imp_meta, dict) and isinstance(imp_meta.get("has_ci"), bool),
+    _check(isinstance(imp_meta, dict) and isinstance(imp_meta.get("has_ci"), bool)
+           and isinstance(imp_meta.get("method"), str)
+           and isinstance(imp_meta.get("params"), dict),
            "malformed importance metadata")
     per_input = tensors["importance.per_input"].numpy()
     _check(per_input.ndim == 2 and per_input.shape[1] == k and per_input.shape[0] > 0
@@ -115,7 +135,7 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
         per_input=per_input, importances=per_input.mean(axis=0), ci_low=ci[0], ci_high=ci[1],
         method=imp_meta["method"], class_id=_int(imp_meta["class_id"], "importance class_id"),
         params=imp_meta["params"])
-    images, maps = tensors.get("images"), tensors.get("maps")
+    images, maps = tensors.get("images"), _read_maps(tensors)
     if images is not None:
         _check(images.ndim == 4 and images.shape[1] == 3 and images.dtype == torch.uint8,
                f"images of shape {tuple(images.shape)} and dtype {images.dtype} (RGB, uint8)")
@@ -143,15 +163,19 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
         _check(not extra and all(e is not None for e in exemplars), "exemplars of some concepts only")
         _check(isinstance(ids, list) and len(ids) == k, f"exemplar ids for {len(ids)} of {k} concepts")
         for c, (stack, row) in enumerate(zip(exemplars, ids)):
-            _check(stack.ndim == 4 and stack.dtype == torch.uint8 and isinstance(row, list)
+            _check(stack.ndim == 4 and stack.shape[1] == 3 and stack.dtype == torch.uint8
+                   and isinstance(row, list)
                    and len(row) == stack.shape[0] and _ids_kind(row) is not None,
                    f"exemplars of concept {c}: {tuple(stack.shape)} with ids {row!r}")
     _check(isinstance(meta["params"], dict) and isinstance(meta["timings"], dict),
            "params or timings of the wrong type")
-    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool)
-               for v in meta["timings"].values()), "timings that are not numbers of seconds")
+    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               and v >= 0 for v in meta["timings"].values()),
+           "timings that are not numbers of seconds")
     metrics = meta.get("metrics")
-    _check(metrics is None or isinstance(metrics, dict), "metrics of the wrong type")
+    _check(metrics is None or (isinstance(metrics, dict)
+                               and all(isinstance(v, dict) for v in metrics.values())),
+           "metrics of the wrong type")
     maps_kind = meta.get("maps_kind", "coefficient")  # files before 0.2 saved coefficient maps
     _check(maps_kind in MAP_KINDS and maps_kind != "auto", f"maps of unknown kind {maps_kind!r}")
     names, visualizations = load_names(tensors, meta, k)

@@ -12,6 +12,7 @@ import torch
 
 from .. import io
 from .._deprecation import renamed_arguments, warn_deprecated
+from .._torchutils import tensor_state, weights_state
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int
 from ..concepts import ConceptBank
@@ -166,14 +167,21 @@ class ClassConcepts:
             source image id (the ``image_ids`` given to ``fit``, e.g. file names; positions by
             default).
         """
+        from ..maps._maps import _image_size
+
         concept = resolve_concept(self, concept)
         n = check_int(n_exemplars, "n_exemplars", minimum=1)
+        side = _image_size(image_size)
+        if side is not None and side[0] != side[1]:
+            raise ValueError(f"`image_size` of exemplars is one side (they are square); got "
+                             f"{image_size!r}.")
+        image_size = None if side is None else side[0]
         if self.images is None:
             if self.saved_exemplars is None:
                 raise ValueError("this explanation was loaded without its images; exemplars are "
                                  "only available for the concepts saved with it.")
             stack = self.saved_exemplars[concept][:n].float() / 255.0
-            if image_size is not None and tuple(stack.shape[-2:]) != (int(image_size),) * 2:
+            if image_size is not None and tuple(stack.shape[-2:]) != (image_size,) * 2:
                 stack = _resize(stack, image_size).clamp(0, 1)
             return stack, np.asarray(self.saved_exemplar_ids[concept][:n])
         rows = self.bank.top_rows(concept, n)
@@ -217,16 +225,20 @@ class ClassConcepts:
             pixel_maps,
             provenance_maps,
         )
+        from ..maps._maps import _image_size
 
-        size = image_size
+        size = _image_size(image_size)  # an int side or an (H, W) pair, checked here
 
         if kind not in MAP_KINDS:
             raise ValueError(f"`kind` must be one of {MAP_KINDS}; got {kind!r}.")
         if images is not None:
-            images = check_images(images, "images", pixels=True)
+            channels = None if self.images is None else int(self.images.shape[1])
+            images = check_images(images, "images", pixels=True, channels=channels)
         if (images is None and self.images is None and self.saved_maps is not None
                 and kind in ("auto", self.saved_maps_kind)):
-            return self.saved_maps.float()  # loaded from a file: the maps saved with it
+            saved = self.saved_maps.float()  # loaded from a file: the maps saved with it
+            return saved if size is None or tuple(saved.shape[-2:]) == size else _resize(
+                saved, size)
         if kind == "auto":
             kind = self._auto_kind(images)
         if self.params.get("tokens") == "cls" and kind in PATCH_TOKEN_KINDS:
@@ -260,6 +272,10 @@ class ClassConcepts:
                 return maps if size is None else _resize(maps, size)
             images = self.images
         handle = self._require_model()
+        if kind in ("pixel", "gradient") and images is not self.images:
+            # new images through the model's layer first: a size or channel count the model
+            # refuses is said here, not as a convolution's error inside the map
+            handle.activations(images[:1], progress=False)
         if kind == "pixel":
             return pixel_maps(handle.model, images, self.bank, preprocess=handle.preprocess,
                               image_size=size, batch_size=handle.batch_size, device=handle.device)
@@ -280,12 +296,40 @@ class ClassConcepts:
             raise ValueError("this explanation was loaded without its activations; codes of the "
                              "class images need the model (`attach`, then `concept_maps(images)`).")
         cache = self.__dict__.get("_codes_cache")
-        # Keyed by identity: replacing `bank` or `activations` recomputes the codes.
-        if cache is None or cache[0] is not self.bank or cache[1] is not self.activations:
+        # Keyed by identity and in-place writes: replacing or editing `bank` or `activations`
+        # recomputes the codes.
+        key = (self._bank_state(), tensor_state(self.activations))
+        if cache is None or cache[0] != key:
             codes = torch.as_tensor(self.bank.encode(self.activations))
-            cache = (self.bank, self.activations, codes)
+            cache = (key, codes)
             self.__dict__["_codes_cache"] = cache
-        return cache[2]
+        return cache[1]
+
+    def _cache_for(self, name: str) -> dict:
+        """The cache ``name`` of results computed from the current :meth:`_inputs_state`;
+        emptied when that state changes."""
+        state = self._inputs_state()
+        held = self.__dict__.get(name)
+        if held is None or held[0] != state:
+            held = (state, {})
+            self.__dict__[name] = held
+        return held[1]
+
+    def _inputs_state(self) -> tuple:
+        """What metrics and trust are computed from: a cache keyed on it notices a bank,
+        importance, activations or images replaced or written in place."""
+        return (self._bank_state(), id(self.importance), tensor_state(self.activations),
+                tensor_state(self.images))
+
+    def _bank_state(self) -> tuple:
+        """The bank's identity and the in-place writes to its dictionary."""
+        bank = self.bank
+        return (id(bank), tensor_state(getattr(bank, "components", None)),
+                id(getattr(bank, "factorizer", None)))
+
+    def _model_state(self) -> tuple:
+        handle = self.model_at_layer
+        return (id(handle), None if handle is None else weights_state(handle.model))
 
     def _bank_with_codes(self) -> Any:
         """The bank, with the class activations' codes already known (see :class:`KnownCodes`)."""
@@ -362,9 +406,9 @@ class ClassConcepts:
         from ..maps._maps import enlarged_size_refused
 
         cache = self.__dict__.get("_scale_cache")
-        if (cache is not None and cache[0] is self.bank and cache[1] is self.images
-                and cache[2].shape[0] >= n_images):
-            return cache[2][:n_images]
+        key = (self._bank_state(), tensor_state(self.images), self._model_state())
+        if cache is not None and cache[0] == key and cache[1].shape[0] >= n_images:
+            return cache[1][:n_images]
         handle = self._require_model()
         images = self.images[:n_images]
         zoom = min(images.shape[-2:]) / float(self.bank.params["patch_size"])
@@ -375,7 +419,7 @@ class ClassConcepts:
                                        progress=False, device=handle.device,
                                        preprocess=handle.preprocess)(_Enlarged(images, size))
         codes = torch.as_tensor(self.bank.encode(acts.detach().cpu().float())).float()
-        self.__dict__["_scale_cache"] = (self.bank, self.images, codes)
+        self.__dict__["_scale_cache"] = (key, codes)
         return codes
 
     def _shown_maps(self, n_images: int) -> torch.Tensor:
@@ -397,14 +441,14 @@ class ClassConcepts:
     def _fitted_pixel_maps(self, n_images: int) -> torch.Tensor:
         """Pixel maps of the first ``n_images`` fitted images, computed once (each costs a
         backward pass per concept) and kept while ``bank``, ``images`` and the attached model
-        stay the same objects; a copy is returned."""
+        stay the same objects, unwritten in place; a copy is returned."""
         from ..maps import pixel_maps
 
         n_images = min(n_images, self.images.shape[0])
         handle = self._require_model()
-        key = (self.bank, self.images, handle)
+        key = (self._bank_state(), tensor_state(self.images), self._model_state())
         cache = self.__dict__.get("_pixel_cache")
-        if cache is None or any(a is not b for a, b in zip(cache[0], key)):
+        if cache is None or cache[0] != key:
             cache = (key, torch.zeros(0))
         done = cache[1].shape[0]
         if done < n_images:
@@ -473,7 +517,7 @@ class ClassConcepts:
             raise ValueError("metrics need the class activations; this explanation was loaded "
                              "from disk without them.")
         key = (bool(stability), seed)
-        cache = self.__dict__.setdefault("_metrics_cache", {})
+        cache = self._cache_for("_metrics_cache")
         if key not in cache:  # save() and report() both show the metrics: compute them once
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
@@ -482,7 +526,7 @@ class ClassConcepts:
         """How reports, figures and the command line name concept ``concept`` (its index in
         :attr:`importances`, :attr:`components` and the maps): its name after
         :meth:`name_concepts`, else ``"concept 8"`` (one entry of :attr:`labels`)."""
-        return self.labels[check_int(concept, "concept", minimum=0, maximum=self.n_concepts - 1)]
+        return self.labels[resolve_concept(self, concept)]
 
     def near_duplicates(self, correlation: float = 0.95, shared: float = 0.8,
                         n_exemplars: int = 10) -> list[dict[str, Any]]:
@@ -515,7 +559,7 @@ class ClassConcepts:
         from ._trust import trust
 
         key = (n_seeds, seed)
-        cache = self.__dict__.setdefault("_trust_cache", {})
+        cache = self._cache_for("_trust_cache")
         if ground_truth is not None:
             return trust(self, n_seeds=n_seeds, seed=seed, ground_truth=ground_truth)
         if key not in cache:
@@ -632,6 +676,6 @@ class KnownCodes:
 
 def _resize(maps: torch.Tensor, size: Any) -> torch.Tensor:
     from ..maps import upsample
+    from ..maps._maps import _image_size
 
-    size = (int(size), int(size)) if isinstance(size, int) else tuple(size)
-    return upsample(maps, size)
+    return upsample(maps, _image_size(size))

@@ -192,3 +192,23 @@ def test_explain_into_the_same_out_keeps_only_this_runs_class(images, tmp_path, 
     assert len(folders) == 1 and folders[0].startswith("class-1"), folders
     assert (out / "notes.txt").exists() and (out / "explanation.safetensors").exists()
     capsys.readouterr()
+
+
+def test_model_loading_takes_paths_checkpoints_and_names_typos(tmp_path):
+    import torch
+
+    from conceptkit.datasets import reference_model
+    from conceptkit.models import load as load_model
+
+    state = reference_model().state_dict()
+    # a training checkpoint saved from DataParallel: {"model": {"module.<name>": ...}, "epoch"}
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3},
+               tmp_path / "ckpt.pt")
+    bundle = load_model("reference", weights=tmp_path / "ckpt.pt")  # a Path, not only a str
+    assert torch.equal(bundle.model.fc.weight, state["fc.weight"])
+    with pytest.raises(ValueError, match="unknown timm model 'resnet1800'"):
+        load_model("timm:resnet1800", weights="pretrained")  # a typo, not "offline"
+    with pytest.raises(TypeError, match="`weights`"):
+        load_model("reference", weights=5)
+    with pytest.raises(FileNotFoundError, match="`weights`"):
+        load_model("efficientnet_lite0", weights=tmp_path / "missing.pt")  # was ignored

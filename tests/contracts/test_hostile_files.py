@@ -153,6 +153,7 @@ def _exemplar_ids(info, tensors):
 
 def _maps_images(info, tensors):
     tensors["maps"] = tensors["maps"][:1].clone()
+    tensors["maps.scale"] = tensors["maps.scale"][:1].clone()
 
 
 def _no_exemplars(info, tensors):
@@ -177,11 +178,26 @@ def _text_timing(info, tensors):
     info["meta"]["timings"]["total"] = "fast"
 
 
+def _grey_exemplars(info, tensors):
+    tensors["exemplars.0"] = tensors["exemplars.0"][:, :1].clone()
+
+
+def _listed_params(info, tensors):
+    info["meta"]["importance"]["params"] = [1, 2]
+
+
+def _zero_scale(info, tensors):
+    tensors["maps.scale"] = torch.zeros_like(tensors["maps.scale"])
+
+
 INCONSISTENT = {"maps-k7": (_maps_k7, "maps of shape"), "ci-length": (_ci_length, "confidence"),
                 # each of these loaded, and failed later in the report without naming the file
                 "grey-images": (_grey_images, "RGB"), "nan-maps": (_nan_maps, "NaN"),
                 "infinite-ci": (_infinite_ci, "infinite bounds"),
                 "text-timing": (_text_timing, "timings"),
+                "grey-exemplars": (_grey_exemplars, "exemplars of concept 0"),
+                "listed-params": (_listed_params, "importance metadata"),
+                "zero-scale": (_zero_scale, "map scales"),
                 "exemplar-ids": (_exemplar_ids, "exemplars of concept 1"),
                 "maps-images": (_maps_images, "for images of shape"),
                 "some-exemplars": (_no_exemplars, "exemplars of some concepts")}

@@ -251,6 +251,18 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
         load_world("textures").model(weights=path)
     with pytest.raises(ValueError, match="not `arch` 'resnet'"):
         world.model("resnet", weights=path)
+    # models.load (and --model world:NAME --weights on the command line) reads the file's
+    # record too: it took the file as a state dict of the world's default architecture, and a
+    # file of another world loaded under this world's class names
+    from conceptkit.models import load as load_model
+
+    bundle = load_model("world:scales", weights=path)
+    assert bundle.layer == "blocks.2" and bundle.name == "scales world vit"
+    with torch.no_grad():
+        assert torch.equal(bundle.model(images), model(images))
+    assert load_model("world:scales:vit", weights=path).layer == "blocks.2"
+    with pytest.raises(ValueError, match="world 'scales', not of 'context'"):
+        load_model("world:context", weights=path)
     # a record that does not describe its tensors is refused before a model of its size is made
     from conceptkit.io import FormatError
 
@@ -276,7 +288,13 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
                           (["--config", "width=8"], "--out"),
                           (["--config", "width"], "KEY=VALUE"),
                           (["--arch", "vit", "--config", "depth=2", "--config", "heads=1",
-                            "--out", str(tmp_path / "x.safetensors")], "`config` may set")):
+                            "--out", str(tmp_path / "x.safetensors")], "`config` may set"),
+                          # the record goes beside the weights as .json: it overwrote them
+                          (["--arch", "vit", "--out", str(tmp_path / "x.json")], ".safetensors"),
+                          (["--arch", "vit", "--config", "embed_dim=66", "--out",
+                            str(tmp_path / "x.safetensors")], "multiple of `num_heads`"),
+                          (["--arch", "vit", "--config", "patch_size=0", "--out",
+                            str(tmp_path / "x.safetensors")], "patch_size")):
         with pytest.raises(SystemExit) as stop:
             train_world.main(["--world", "scales", "--no-progress", *argv])
         assert stop.value.code == 2 and message in capsys.readouterr().err, argv
@@ -313,3 +331,43 @@ def test_part_reliance_of_a_model_that_reads_one_part():
     assert drops[0, _context.DISK] > 0.3  # painting out the disk drops class 0's probability
     assert np.allclose(drops[0, 1:3][~np.isnan(drops[0, 1:3])], 0.0, atol=1e-6)
     assert drops[1, _context.DISK] < -0.05  # for other classes, removing red raises their share
+
+
+def test_train_world_forwards_the_shapes_cnns_options(monkeypatch):
+    """--world shapes runs train_reference; --epochs, --n-per-class, --lr and --config width
+    were dropped (a full default run, over the shipped weights without --out)."""
+    from conceptkit.datasets import train_reference, train_world
+
+    seen = []
+    monkeypatch.setattr(train_reference, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert train_world.main(["--world", "shapes", "--epochs", "1", "--n-per-class", "4",
+                             "--lr", "0.5", "--config", "width=8", "--out", "x.safetensors",
+                             "--no-progress"]) == 0
+    argv = seen[0]
+    pairs = dict(zip(argv[::2], argv[1::2]))
+    assert pairs["--epochs"] == "1" and pairs["--n-per-class"] == "4" and pairs["--lr"] == "0.5"
+    assert pairs["--width"] == "8" and pairs["--out"] == "x.safetensors"
+    with pytest.raises(SystemExit):
+        train_world.main(["--world", "shapes", "--config", "depth=2", "--out", "x.safetensors"])
+
+
+def test_an_untrained_shapes_cnn_is_the_same_on_every_call():
+    world = load_world("shapes")
+    torch.manual_seed(123)
+    first = world.model(pretrained=False)
+    torch.manual_seed(456)
+    second = world.model(pretrained=False)
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_deterministic_training_leaves_warn_only_as_it_was():
+    from conceptkit.datasets._world_training import deterministic_cpu
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with deterministic_cpu():
+            pass
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

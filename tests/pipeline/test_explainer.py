@@ -64,7 +64,10 @@ def test_save_load_report_round_trip(fitted, tmp_path):
     assert np.array_equal(again.ci_low, cc.ci_low)
     assert torch.equal(again.components, cc.components)
     assert again.class_name == "two" and again.layer == "block2"
-    assert torch.allclose(again.concept_maps(), cc.concept_maps()[:8].half().float())
+    # float16 scaled per image and concept: 1e-3 relative to each map's largest value
+    saved, fresh = again.concept_maps(), cc.concept_maps()[:8]
+    peak = fresh.abs().amax(dim=(2, 3), keepdim=True)
+    assert bool(((saved - fresh).abs() <= 1e-3 * peak).all())
     ex, _ = again.top_examples(0, 3)
     assert ex.shape[0] == 3
     again.report(tmp_path / "report")
