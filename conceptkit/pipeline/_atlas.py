@@ -179,15 +179,32 @@ class ConceptAtlas:
         from ..extraction import ActivationStore
 
         ex = self.explainer
-        if isinstance(data, (str, os.PathLike, ActivationStore)):
+        if ex is None:
+            raise RuntimeError("This atlas was loaded without its model: pass the model to "
+                               "`ConceptAtlas.load(path, model=...)` to fit it again.")
+        store = isinstance(data, (str, os.PathLike, ActivationStore))
+        if store:
             if self.importance_method in PIXEL_METHODS:
                 raise ValueError(f"importance={self.importance_method!r} paints concepts out of "
                                  f"images, and an activation store holds none; fit on the images "
                                  f"or choose importance='auto' (Sobol on a store) or 'sobol'.")
-            self.data_ = from_store(ex, data, labels, store_options or {})
-        else:
-            self.data_ = from_images(ex, data, labels)
-        self.importance_ = self._importance()
+            if self.method != "ice":
+                raise ValueError(f"method={self.method!r} cuts crops or segments out of images, "
+                                 f"and an activation store holds feature maps only: fit on the "
+                                 f"images, or use method='ice' (it factorizes the maps).")
+        elif store_options is not None:
+            raise ValueError("`store_options` set how a store is streamed; `data` is images. "
+                             "Leave `store_options` out.")
+        # a refit that fails leaves the atlas as it was, not half replaced
+        before = (self.data_, self.importance_, getattr(self, "concept_names_", None))
+        try:
+            self.data_ = (from_store(ex, data, labels, store_options or {}) if store
+                          else from_images(ex, data, labels))
+            self.importance_ = self._importance()
+            self.concept_names_ = None  # names of the last dictionary do not fit this one
+        except BaseException:
+            self.data_, self.importance_, self.concept_names_ = before
+            raise
         return self
 
     def _data(self) -> AtlasData:
@@ -425,6 +442,7 @@ class ConceptAtlas:
         data, ex = self._data(), self._require_model("explain_confusion")
         imp = self.importance
         ra, rb = imp.row(a), imp.row(b)
+        n_examples = check_int(n_examples, "n_examples", minimum=1)
         if a == b:
             raise ValueError(f"`a` and `b` must be two different classes; got {a} twice.")
         min_images = check_int(min_images, "min_images", minimum=1)
@@ -483,7 +501,8 @@ class ConceptAtlas:
         n = check_int(n, "n", minimum=1)
         pool = np.arange(len(data.labels))
         if classes is not None:
-            wanted = np.asarray(list(np.atleast_1d(classes)), dtype=np.int64)
+            wanted = np.asarray([check_int(c, "classes") for c in np.atleast_1d(classes)],
+                                dtype=np.int64)
             pool = pool[np.isin(data.labels, wanted)]
             if pool.size == 0:
                 raise ValueError(f"`classes` {wanted.tolist()} match no fitted image; fitted "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,9 +90,16 @@ class AtlasData:
                 mine = ids[ids // size == chunk]
                 parts.append((mine, np.asarray(self.store.chunk(int(chunk))[mine - chunk * size])))
             return torch.from_numpy(np.ascontiguousarray(_reorder(parts, ids))).float(), None
-        raise RuntimeError("This atlas holds no activations (it was loaded from a file): pass the "
-                           "model to `ConceptAtlas.load(path, model=...)` and refit, or use "
-                           "`top_images(..., with_maps=False)`.")
+        raise RuntimeError("This atlas holds no activations of its fitted images (it was "
+                           "loaded from a file): with the model given to `ConceptAtlas.load(path, "
+                           "model=...)`, pass new `images` (e.g. explain_confusion(a, b, "
+                           "images=...)) or refit; without it, use `top_images(..., "
+                           "with_maps=False)` and the saved confusions.")
+
+    @property
+    def holds_activations(self) -> bool:
+        """Whether the fitted images' activations can be read (in memory or from the store)."""
+        return self.acts is not None or self.store is not None
 
 
 def _reorder(parts: list[tuple[np.ndarray, np.ndarray]], ids: np.ndarray) -> np.ndarray:
@@ -121,7 +129,19 @@ def _fitted_classes(labels: np.ndarray) -> list[int]:
     if len(classes) < 2:
         raise ValueError(f"an atlas needs at least 2 classes with 2 images or more; `labels` has "
                          f"{dict(zip(values.tolist(), counts.tolist()))}.")
+    single = [int(v) for v, c in zip(values, counts) if c < 2]
+    if single:  # their images still shape the dictionary; the class gets no importance row
+        warnings.warn(f"the atlas scores no importance for class(es) {single}: one image each "
+                      f"(a class needs 2 for an interval).", UserWarning, stacklevel=3)
     return classes
+
+
+def _check_labels_fit_head(labels: np.ndarray, logits: np.ndarray) -> None:
+    """Labels must be outputs of the model: a label past its last logit names no class."""
+    n_outputs = logits.shape[1]
+    if labels.size and int(labels.max()) >= n_outputs:
+        raise ValueError(f"`labels` holds class {int(labels.max())}, but the model has "
+                         f"{n_outputs} outputs (classes 0 to {n_outputs - 1}).")
 
 
 def head_logits(head: Any, acts: torch.Tensor, context: Any, batch_size: int) -> np.ndarray:
@@ -164,16 +184,18 @@ def from_images(ex: Any, data: Any, labels: Any) -> AtlasData:
     if acts.ndim != 4:
         raise ValueError(f"`layer` {ex.layer!r} gives activations of shape {tuple(acts.shape)}; "
                          f"the atlas needs feature maps (N, C, h, w).")
-    bank = ex.discover(images, acts)
+    logits = head_logits(ex.maps_head, acts, context, ex.batch_size)
+    _check_labels_fit_head(labels, logits)  # before the dictionary is fitted
+    # ICE factorizes these very feature maps; CRAFT and ACE cut crops or segments instead
+    bank = ex.discover(images, acts if ex.method == "ice" else None)
     codes = torch.as_tensor(np.asarray(bank.encode(acts))).float()
     scores = codes.mean(dim=(2, 3)).numpy().astype(np.float64)
-    logits = head_logits(ex.maps_head, acts, context, ex.batch_size)
     return AtlasData(bank=bank, labels=labels, classes=classes, logits=logits, scores=scores,
                      images=images.detach().cpu(), image_size=tuple(images.shape[-2:]),
                      acts=acts, context=context)
 
 
-def _check_head_reads_store(ex: Any, store: Any) -> None:
+def _check_head_reads_store(ex: Any, store: Any) -> np.ndarray:
     """Run the rest of the model on one stored map before anything is fitted. A store of a
     transformer layer holds its patch tokens as maps, without the CLS/register tokens that the
     rest of the model reads; that head cannot take them, and torch would fail deep inside it
@@ -181,7 +203,7 @@ def _check_head_reads_store(ex: Any, store: Any) -> None:
     store cannot fit)."""
     first = np.array(store.chunk(0)[:1], dtype=np.float32)
     try:
-        head_logits(ex.maps_head, torch.from_numpy(first), None, 1)
+        return head_logits(ex.maps_head, torch.from_numpy(first), None, 1)
     except Exception as err:  # noqa: BLE001 - re-raised with what to do instead
         raise ValueError(
             f"the rest of the model after {ex.layer!r} cannot read this store's maps "
@@ -233,7 +255,7 @@ def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
     labels = class_labels(labels, n)
     classes = _fitted_classes(labels)
     _check_store_is_of(ex, store)
-    _check_head_reads_store(ex, store)
+    _check_labels_fit_head(labels, _check_head_reads_store(ex, store))
     factorizer = ex.factorizer if ex.factorizer is not None else NMF(
         ex.n_concepts, solver="torch_hals", random_state=ex.seed)
     fit_distributed(factorizer, store, seed=ex.seed, progress=ex.progress, **options)

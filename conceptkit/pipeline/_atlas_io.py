@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import io
+from .._validation import check_int
 from ._atlas_data import AtlasData, DictionaryBank
 from ._atlas_results import AtlasImportance
 
@@ -34,7 +35,8 @@ def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
     saved = getattr(atlas, "saved_exemplars_", None)
     data = atlas._data()
     if data.images is None and data.store is None and saved is not None:
-        return saved
+        # what the file holds, at most `n` per concept (it cannot show more than were saved)
+        return tuple([part[:n] for part in column] for column in saved)
     images, maps, labels, ids = [], [], [], []
     for j in range(data.n_concepts):
         found = atlas.top_images(j, n, with_maps=data.images is not None or data.store is not None)
@@ -66,8 +68,13 @@ def important_rule(method: str, relative: float | None, minimum: float | None) -
 
 def confusions(atlas: Any, n: int) -> list[dict]:
     """The ``n`` most confused class pairs explained by concepts."""
+    if n == 0:
+        return []
     saved = getattr(atlas, "saved_confusions_", None)
-    if getattr(atlas, "explainer", None) is None and saved is not None:
+    # a loaded atlas holds no activations of its fitted images, with or without its model:
+    # the confusions saved with it are what it can show
+    if saved is not None and (getattr(atlas, "explainer", None) is None
+                              or not atlas.data_.holds_activations):
         return saved[:n]
     out = []
     for a, b, probability in atlas.most_confused_pairs(n):
@@ -79,6 +86,8 @@ def confusions(atlas: Any, n: int) -> list[dict]:
 
 def save_atlas(atlas: Any, path: str | os.PathLike, *, n_exemplars: int = 8,
                n_confusions: int = 5) -> str:
+    n_exemplars = check_int(n_exemplars, "n_exemplars", minimum=1)
+    n_confusions = check_int(n_confusions, "n_confusions", minimum=0)
     data = atlas._data()
     imp = atlas.importance
     factorizer = data.bank.factorizer
@@ -162,6 +171,8 @@ def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: i
     from ..report import AtlasReport
     from ..report import write_atlas_report as render
 
+    n_exemplars = check_int(n_exemplars, "n_exemplars", minimum=1)
+    n_confusions = check_int(n_confusions, "n_confusions", minimum=0)
     data = atlas._data()
     imp = atlas.importance
     images, maps, labels, _ = exemplars(atlas, n_exemplars)

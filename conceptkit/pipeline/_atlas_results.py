@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import check_int
+
 #: Default rules of :meth:`AtlasImportance.important`: the smallest mean class-probability drop
 #: (pixel ablation) and the smallest fraction of the class's largest importance (other methods).
 PIXEL_MINIMUM = 0.1
@@ -54,8 +56,9 @@ class AtlasImportance:
 
     def row(self, class_id: int) -> int:
         """Row index of ``class_id``; a clear error for a class that was not fitted."""
+        class_id = check_int(class_id, "class_id")  # 0.5 or "a" named, not truncated
         try:
-            return self.classes.index(int(class_id))
+            return self.classes.index(class_id)
         except ValueError:
             raise ValueError(f"class {class_id} is not in the atlas; fitted classes: "
                              f"{self.classes}.") from None

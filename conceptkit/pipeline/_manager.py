@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +55,37 @@ class ConceptManager:
         if labels.shape != (images.shape[0],):
             raise ValueError(f"`labels` must have one entry per image ({images.shape[0]}); got "
                              f"shape {labels.shape}.")
-        self.labels_ = labels
-        wanted = np.unique(labels) if classes is None else np.asarray(list(classes), dtype=np.int64)
+        if labels.size and int(labels.min()) < 0:
+            raise ValueError(f"`labels` must be class indices >= 0; got {int(labels.min())}.")
+        if classes is None:
+            wanted = np.unique(labels)
+        else:
+            try:
+                wanted = np.asarray([check_int(c, "classes") for c in classes], dtype=np.int64)
+            except TypeError as err:
+                raise TypeError(f"`classes` must be a list of class indices; got "
+                                f"{describe(classes)}.") from err
+            missing = sorted(set(wanted.tolist()) - set(labels.tolist()))
+            if missing:
+                raise ValueError(f"`classes` {missing} have no image in `labels` (classes "
+                                 f"present: {sorted(set(labels.tolist()))}).")
+        fitted: dict[int, ClassConcepts] = {}  # a new fit replaces the last one's classes
+        few = []
         for class_id in tqdm(wanted, disable=not ex.progress, desc="classes"):
             rows = np.flatnonzero(labels == class_id)
             if rows.size < self.min_images:
+                few.append(f"{int(class_id)} ({rows.size})")
                 continue
-            self.classes_[int(class_id)] = ex.fit(images[rows], int(class_id), self._name(int(class_id)),
-                                                  image_ids=rows)
-        if not self.classes_:
+            fitted[int(class_id)] = ex.fit(images[rows], int(class_id), self._name(int(class_id)),
+                                           image_ids=rows)
+        if not fitted:
             raise ValueError(f"no class has at least `min_images`={self.min_images} images.")
+        if few:
+            warnings.warn(f"ConceptManager.fit left out {len(few)} class(es) with fewer than "
+                          f"`min_images`={self.min_images} images: {', '.join(few)}.",
+                          UserWarning, stacklevel=2)
+        self.labels_ = labels
+        self.classes_ = fitted
         return self.classes_
 
     def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
