@@ -856,6 +856,12 @@ with status 2 and print `error: <message>` (set `CONCEPTKIT_DEBUG=1` for the tra
 - **Saved files never execute code.** Loading parses a JSON header and copies raw tensor
   buffers; a pickle renamed `.safetensors` is refused (`bank-load-pickle`). See
   `tests/contracts/test_safe_loading.py`.
+- **Writing into a folder written before.** A folder conceptkit owns (a class page's folder,
+  an index with its class folders, the atlas report, `conceptkit explain --out`) keeps a list
+  of what it wrote (`.conceptkit-outputs.json`). A new run removes the files the previous run
+  wrote and this one did not (another class's folder, a figure it no longer draws), so the
+  folder never mixes two runs. Files conceptkit did not write are never touched
+  (`tests/report/test_owned_folders.py`).
 
 ## The bad-input matrix
 
