@@ -330,8 +330,10 @@ def _header_of(path: Path) -> tuple[dict, int]:
         raise PermissionError(f"`path` {str(path)!r} cannot be read: permission denied.") from err
 
 
-def load_file(path: str | os.PathLike, *, kind: str, version: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a file written by :func:`save_file`; check its kind and format version."""
+def load_file(path: str | os.PathLike, *, kind: str,
+              version: int | tuple[int, ...]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a file written by :func:`save_file`; check its kind and format version (one, or
+    a tuple of the versions this conceptkit reads, the newest last)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file as _load
 
@@ -348,9 +350,12 @@ def load_file(path: str | os.PathLike, *, kind: str, version: int) -> tuple[dict
         raise FormatError(f"`path` {str(path)!r} has corrupted conceptkit metadata.")
     if info.get("kind") != kind:
         raise FormatError(f"`path` {str(path)!r} holds a {info.get('kind')!r}, not a {kind!r}.")
-    if info.get("format_version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if info.get("format_version") not in versions or isinstance(info.get("format_version"), bool):
+        readable = (f"version {versions[0]}" if len(versions) == 1
+                    else f"versions {', '.join(map(str, versions))}")
         raise FormatError(f"`path` {str(path)!r} was written with {kind} format version "
-                          f"{info.get('format_version')!r}; this conceptkit reads version {version}. "
+                          f"{info.get('format_version')!r}; this conceptkit reads {readable}. "
                           f"Re-create it with this version of conceptkit.")
     _check_layout(path, header, data_start)
     try:

@@ -81,7 +81,7 @@ def explain_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     # --out is this run's: the class folder of an earlier run with another --class is removed,
     # not left beside this one (explanation.safetensors holds this run's class only)
-    with owned_folder(out):
+    with owned_folder(out, "conceptkit explain"):
         saved = result.save(out / "explanation.safetensors")
         record(saved)
         page = result.report(out)

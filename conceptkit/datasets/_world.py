@@ -191,6 +191,10 @@ class World:
         if weights is not None:
             if not pretrained:
                 raise ValueError("pass `weights` with pretrained=True (a file is a trained model).")
+            if self._reference_file(weights, arch):  # train_world --world shapes (a width)
+                from ._reference import reference_model
+
+                return reference_model(path=weights)
             state, meta = self._weights_file(weights, arch)
         else:
             spec = self.spec(arch)
@@ -222,6 +226,24 @@ class World:
 
             return reference_info()
         return _load(spec.weights_path(self.name), spec.train_command(self.name))[1]
+
+    def _reference_file(self, weights: Any, arch: str | None) -> bool:
+        """Whether ``weights`` is a reference-CNN file (``train_reference``, which ``train_world
+        --world shapes`` runs) for this world's reference architecture."""
+        from ..io import peek_kind
+        from ._reference import WEIGHTS_KIND
+
+        if not isinstance(weights, (str, os.PathLike)):
+            return False
+        try:
+            if not self.spec(arch).is_reference(self.name):
+                return False
+        except ValueError:  # an architecture the world does not ship: not the reference CNN
+            return False
+        try:
+            return peek_kind(weights)[0] == WEIGHTS_KIND
+        except (OSError, ValueError):
+            return False  # not a readable conceptkit file: _weights_file says why
 
     def _weights_file(self, weights: Any, arch: str | None) -> tuple[dict[str, torch.Tensor],
                                                                     dict[str, Any]]:

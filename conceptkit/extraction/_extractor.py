@@ -57,6 +57,45 @@ def _is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n
 
 
+class TokenLayout:
+    """Whether a module hands its transformer tokens on batch-first ``(N, T, C)`` or
+    sequence-first ``(T, N, C)`` (older open_clip ViTs), decided once and kept.
+
+    A batch of as many images as tokens reads both ways; its layout then comes from an earlier
+    batch, or from ``probe()`` (the module's output for one image), never from a guess.
+    """
+
+    def __init__(self, name: str = "layer"):
+        self.name = name
+        self.layout: str | None = None
+
+    def of(self, tokens: torch.Tensor, n: int, probe: Any = None) -> str:
+        first, second = tokens.shape[0] == n, tokens.shape[1] == n
+        if first != second:
+            seen = "NTC" if first else "TNC"
+            if self.layout is not None and seen != self.layout:
+                raise ValueError(f"{self.name} returned tokens of shape {tuple(tokens.shape)} for "
+                                 f"{n} images, laid out {seen} where earlier batches were "
+                                 f"{self.layout}.")
+            self.layout = seen
+        elif not first:
+            raise ValueError(f"{self.name} returned tokens of shape {tuple(tokens.shape)} for a "
+                             f"batch of {n} images: neither of its first two axes is the batch.")
+        elif self.layout is None:  # (n, n, C): ambiguous; one image settles it
+            single = probe() if probe is not None and n > 1 else None
+            if (single is None or single.ndim != 3
+                    or (single.shape[0] == 1) == (single.shape[1] == 1)):
+                raise ValueError(f"{self.name} returned tokens of shape {tuple(tokens.shape)} "
+                                 f"for {n} images, which reads batch-first and sequence-first "
+                                 f"alike; use a `batch_size` other than {n}.")
+            self.layout = "NTC" if single.shape[0] == 1 else "TNC"
+        return self.layout
+
+    def batch_first(self, tokens: torch.Tensor, n: int, probe: Any = None) -> torch.Tensor:
+        """``tokens`` as ``(N, T, C)``."""
+        return tokens.transpose(0, 1) if self.of(tokens, n, probe) == "TNC" else tokens
+
+
 def tokens_to_maps(tokens: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
     """``(N, T, C)`` transformer tokens → ``(N, C, h, w)`` maps without the prefix tokens."""
     patches = tokens[:, prefix_tokens:, :]
@@ -188,6 +227,7 @@ class ActivationExtractor:
             raise TypeError(f"`preprocess` must be callable (batch -> batch); got {describe(preprocess)}.")
         self.preprocess = preprocess
         self.token_layout_: str | None = None
+        self._layout = TokenLayout(f"`layer` {self.layer!r}")
         self.prefix_: torch.Tensor | None = None
         self._prefix_batches: list[torch.Tensor] = []
 
@@ -210,33 +250,6 @@ class ActivationExtractor:
             raise ValueError(f"`layer` {self.layer!r} returns {type(output).__name__}, not a tensor.")
         return output
 
-    def _token_layout(self, act: torch.Tensor, n: int, probe: Any) -> str:
-        """``"NTC"`` (batch first) or ``"TNC"`` (sequence first), decided once per extractor.
-
-        A batch whose size equals the number of tokens reads both ways: the layout then comes
-        from an earlier batch, or from one image run alone (``probe``), never from a guess."""
-        first, second = act.shape[0] == n, act.shape[1] == n
-        if first != second:
-            seen = "NTC" if first else "TNC"
-            if self.token_layout_ is not None and seen != self.token_layout_:
-                raise ValueError(f"`layer` {self.layer!r} returned tokens of shape "
-                                 f"{tuple(act.shape)} for {n} images, laid out {seen} where "
-                                 f"earlier batches were {self.token_layout_}.")
-            self.token_layout_ = seen
-        elif not first:
-            raise ValueError(f"`layer` {self.layer!r} returned tokens of shape "
-                             f"{tuple(act.shape)} for a batch of {n} images: neither of its "
-                             f"first two axes is the batch.")
-        elif self.token_layout_ is None:  # (n, n, C): ambiguous; one image settles it
-            single = probe() if probe is not None and n > 1 else None
-            if single is None or single.ndim != 3 or (single.shape[0] == 1) == (single.shape[1] == 1):
-                raise ValueError(f"`layer` {self.layer!r} returned tokens of shape "
-                                 f"{tuple(act.shape)} for {n} images, which reads batch-first "
-                                 f"and sequence-first alike; use a `batch_size` other than "
-                                 f"{n}.")
-            self.token_layout_ = "NTC" if single.shape[0] == 1 else "TNC"
-        return self.token_layout_
-
     def _to_layout(self, act: torch.Tensor, n: int, size: tuple | None = None,
                    probe: Any = None) -> torch.Tensor:
         if act.ndim != 3 or self.tokens == "raw":
@@ -248,8 +261,8 @@ class ActivationExtractor:
                              f"{self.layer!r} as transformer tokens, which conceptkit lays out "
                              f"on a square grid: crop or resize the images to a square (e.g. "
                              f"{min(size)} x {min(size)} pixels) before explaining them.")
-        if self._token_layout(act, n, probe) == "TNC":  # sequence-first transformers (T, N, C)
-            act = act.transpose(0, 1)
+        act = self._layout.batch_first(act, n, probe)  # sequence-first transformers (T, N, C)
+        self.token_layout_ = self._layout.layout
         prefix = self.prefix_tokens
         if prefix is None:
             prefix = infer_prefix_tokens(self.model, act.shape[1])

@@ -24,6 +24,7 @@ from torch import nn
 
 from .._deprecation import renamed_arguments, warn_deprecated
 from .._torchutils import (
+    capture_output,
     gaussian_blur,
     median_colour,
     model_dtype,
@@ -32,7 +33,7 @@ from .._torchutils import (
 )
 from .._validation import check_choice, check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
-from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
+from ..extraction._extractor import TokenLayout, infer_prefix_tokens, tokens_to_maps
 from ..extraction._layers import get_layer, unwrap_model
 from ..extraction._windows import refuse_cls_concepts
 
@@ -167,13 +168,26 @@ def _image_size(image_size: Any, name: str = "image_size") -> tuple[int, int] | 
     return side, side
 
 
-def _as_maps(output: torch.Tensor, n: int, model: nn.Module) -> torch.Tensor:
-    """Layer output as feature maps: transformer tokens become patch-token maps."""
+def _as_maps(output: torch.Tensor, n: int, model: nn.Module, layout: TokenLayout) -> torch.Tensor:
+    """Layer output as feature maps: transformer tokens become patch-token maps, laid out as
+    ``layout`` (decided once per call by :func:`_decided_layout`)."""
     if output.ndim != 3:
         return output
-    if output.shape[0] != n and output.shape[1] == n:
-        output = output.transpose(0, 1)
+    output = layout.batch_first(output, n)
     return tokens_to_maps(output, infer_prefix_tokens(model, output.shape[1]))
+
+
+def _decided_layout(model: nn.Module, module: nn.Module, first: torch.Tensor,
+                    name: str) -> TokenLayout:
+    """The token layout of ``module``, read off one input ``first`` (1, ...) before any batch
+    runs: a batch of as many images as tokens would read both ways."""
+    layout = TokenLayout(name)
+    with torch.no_grad():
+        out = capture_output(unwrap_model(model)[0], module, first.detach())
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if isinstance(out, torch.Tensor) and out.ndim == 3 and not (out.shape[0] == out.shape[1] == 1):
+        layout.of(out, 1)
+    return layout
 
 
 def _image_codes(bank: ConceptBank, acts: torch.Tensor) -> torch.Tensor:
@@ -214,6 +228,12 @@ def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
     size = _image_size(image_size) or tuple(images.shape[-2:])
     out = []
     with preserved_model_state(model), on_device(model, device) as device:
+        first = images[:1].to(device=device, dtype=model_dtype(model))
+        first = preprocess(first) if preprocess is not None else first
+        concept_layout = _decided_layout(model, concept_module, first,
+                                         f"`bank.layer` {bank.layer!r}")
+        map_layout = _decided_layout(model, map_module, first,
+                                     f"`map_layer` {map_layer or bank.layer!r}")
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].to(device)
             if preprocess is not None:
@@ -234,16 +254,17 @@ def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
                     # the model's dtype, as ActivationExtractor; gradients flow even if frozen
                     batch = batch.detach().to(model_dtype(model)).requires_grad_(True)
                     unwrap_model(model)[0](batch)  # DataParallel: hooks are on the wrapped model
-                    acts = _as_maps(store["concept"], batch.shape[0], model)
+                    n = batch.shape[0]
+                    acts = _as_maps(store["concept"], n, model, concept_layout)
                     codes = _image_codes(bank, acts)
                     raw = store["map"]
-                    fmap = _as_maps(raw.detach(), batch.shape[0], model)
+                    fmap = _as_maps(raw.detach(), n, model, map_layout)
                     maps = []
                     for j in range(bank.n_concepts):
                         grad = torch.autograd.grad(codes[:, j].sum(), raw, retain_graph=True,
                                                    allow_unused=True)[0]
                         grad = (torch.zeros_like(fmap) if grad is None
-                                else _as_maps(grad, batch.shape[0], model))
+                                else _as_maps(grad, n, model, map_layout))
                         alpha = grad.mean(dim=(2, 3), keepdim=True)
                         maps.append(torch.relu((alpha * fmap).sum(1)))
             finally:
@@ -294,6 +315,10 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
     size = _image_size(image_size)
     out = []
     with preserved_model_state(model), on_device(model, device) as device:
+        first = images[:1].to(device=device, dtype=model_dtype(model))
+        layout = _decided_layout(model, concept_module,
+                                 preprocess(first) if preprocess is not None else first,
+                                 f"`bank.layer` {bank.layer!r}")
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].detach().to(device=device,
                                                                  dtype=model_dtype(model))
@@ -306,8 +331,9 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
             try:
                 with torch.enable_grad():
                     batch = batch.requires_grad_(True)
-                    unwrap_model(model)[0](preprocess(batch) if preprocess is not None else batch)
-                    acts = _as_maps(store["concept"], batch.shape[0], model)
+                    ready = preprocess(batch) if preprocess is not None else batch
+                    unwrap_model(model)[0](ready)
+                    acts = _as_maps(store["concept"], batch.shape[0], model, layout)
                     codes = _image_codes(bank, acts)
                     delta = (batch - median_colour(batch)).detach()
                     maps = []

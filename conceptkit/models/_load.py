@@ -153,6 +153,7 @@ def load(spec: str, weights: str | None = None) -> ModelBundle:
 
         model = None
         if weights is not None:
+            existing_file(weights)
             try:  # a file of train_reference records its architecture (e.g. --width 8)
                 model = reference_model(path=weights)
             except FormatError:
@@ -191,11 +192,15 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
     world = load_world(name)
     record = None
     if weights is not None:
-        check_weights_path(weights)
-        try:  # a file of train_world records its world, architecture, settings and layer
-            record = world.info(arch or None, weights=weights)
-        except FormatError:
-            record = None  # a plain state dict for the world's (or the named) architecture
+        existing_file(check_weights_path(weights))
+        if world._reference_file(weights, arch or None):  # train_world --world shapes
+            record = {"architecture": world.spec(arch or None).architecture,
+                      "layer": world.spec(arch or None).layer}
+        else:
+            try:  # a file of train_world records its world, architecture, settings and layer
+                record = world.info(arch or None, weights=weights)
+            except FormatError:
+                record = None  # a plain state dict for the world's (or the named) architecture
     if record is not None:  # the file says what it is (another world's file is refused)
         model = world.model(arch or None, weights=weights)
         arch, layer = record["architecture"], record["layer"]
@@ -207,6 +212,17 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
             load_weights(model, weights, f"world:{name}:{arch}")
     return ModelBundle(model, f"{name} world {arch}", int(world.image_size), None,
                        list(world.class_names), layer)
+
+
+def existing_file(weights: str) -> Path:
+    """``weights`` as the path of an existing file, or an error naming ``weights``."""
+    path = Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"`weights` {str(path)!r} does not exist.")
+    if not path.is_file():
+        raise ValueError(f"`weights` {str(path)!r} is not a file (a .safetensors file or a "
+                         f".pt/.pth state dict).")
+    return path
 
 
 def check_weights_path(weights: Any) -> str:

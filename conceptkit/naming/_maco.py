@@ -39,7 +39,7 @@ from .._reprs import dataclass_repr
 from .._torchutils import capture_output, on_device, preserved_model_state
 from .._validation import check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
-from ..extraction._extractor import infer_prefix_tokens, tokens_to_maps
+from ..extraction._extractor import TokenLayout, infer_prefix_tokens, tokens_to_maps
 from ..extraction._layers import get_layer
 from ..extraction._windows import refuse_cls_concepts
 
@@ -103,13 +103,14 @@ def _image(phase: torch.Tensor, magnitude: torch.Tensor, colours: torch.Tensor,
     return torch.sigmoid(image)
 
 
-def _pooled(output: Any, n: int, model: nn.Module) -> torch.Tensor:
-    """Layer output → spatially averaged activations ``(n, C)``."""
+def _pooled(output: Any, n: int, model: nn.Module, probe: Any = None) -> torch.Tensor:
+    """Layer output → spatially averaged activations ``(n, C)``; ``probe`` gives the layer's
+    output for one input, which settles the token layout of a batch of as many inputs as
+    tokens."""
     if isinstance(output, (tuple, list)):
         output = output[0]
     if output.ndim == 3:  # transformer tokens: patch-token maps, as the explanation sees them
-        if output.shape[0] != n and output.shape[1] == n:
-            output = output.transpose(0, 1)
+        output = TokenLayout("the layer").batch_first(output, n, probe)
         output = tokens_to_maps(output, infer_prefix_tokens(model, output.shape[1]))
     return output.mean(dim=tuple(range(2, output.ndim))) if output.ndim > 2 else output
 
@@ -152,10 +153,17 @@ def crop_activations(model: nn.Module, layer: str, crops: torch.Tensor,
                      preprocess: Callable | None = None) -> torch.Tensor:
     """Spatially averaged activations ``(n, C)`` at ``layer`` of crops at the model's input size."""
     _, module = get_layer(model, layer, "bank.layer")
-    output = capture_output(model, module, preprocess(crops) if preprocess is not None else crops)
+    inputs = preprocess(crops) if preprocess is not None else crops
+    output = capture_output(model, module, inputs)
     if output is None:
         raise ValueError(f"the layer {layer!r} never ran in the model's forward pass.")
-    return _pooled(output, crops.shape[0], model).float()
+
+    def probe() -> torch.Tensor:
+        with torch.no_grad():
+            single = capture_output(model, module, inputs[:1].detach())
+        return single[0] if isinstance(single, (tuple, list)) else single
+
+    return _pooled(output, crops.shape[0], model, probe).float()
 
 
 def _random_crops(image: torch.Tensor, n: int, fraction: tuple[float, float], out: int,

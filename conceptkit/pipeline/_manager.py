@@ -99,7 +99,7 @@ class ConceptManager:
 
         out_dir = Path(out_dir)
         entries = []
-        with owned_folder(out_dir):  # one run's index and class folders, no earlier run's
+        with owned_folder(out_dir, "class index"):  # one run's index and class folders, no earlier run's
             for cc in self.classes_.values():
                 report = build_class_report(cc, **kwargs)
                 page = write_class_report(report, out_dir, index_link="../index.html")

@@ -24,7 +24,9 @@ from ._naming import concept_labels, resolve_concept, visualize
 from ._notes import MetricsTable
 
 RESULT_KIND = "ClassConcepts"
-RESULT_VERSION = 1
+#: 2: maps stored scaled per image and concept (``maps.scale``); 1 (read too): plain float16.
+RESULT_VERSION = 2
+RESULT_VERSIONS_READ = (1, 2)
 #: Map kinds that differentiate the layer's patch tokens or enlarge the images: an explanation
 #: of CLS tokens (tokens="cls") has none of them.
 PATCH_TOKEN_KINDS = ("gradient", "pixel", "scale_matched")
@@ -612,7 +614,7 @@ class ClassConcepts:
         """
         from ._persist import result_from_state
 
-        tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSION)
+        tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSIONS_READ)
         with io.loading(path, "ClassConcepts file"):
             return result_from_state(cls, tensors, meta)
 

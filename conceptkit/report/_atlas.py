@@ -238,7 +238,7 @@ def write_atlas_report(report: AtlasReport, out_dir: str | os.PathLike, *, dpi: 
 
     The folder is the report's own: pages of concepts or classes that an earlier run into it
     wrote and this one does not (fewer concepts now) are removed."""
-    with owned_folder(out_dir):
+    with owned_folder(out_dir, "atlas report"):
         return _write_atlas_report(report, Path(out_dir), dpi)
 
 

@@ -148,7 +148,7 @@ def write_reports(reports: Sequence[ClassReport], out_dir: str | os.PathLike, *,
     entries = []
     # the index and its class folders are one run's: class folders of an earlier run into the
     # same folder that this one does not write are removed (the index would not list them)
-    with owned_folder(out_dir):
+    with owned_folder(out_dir, "class index"):
         for report in tqdm(reports, disable=not progress, desc="report"):
             page = write_class_report(report, out_dir, index_link="../index.html", **options)
             entries.append(index_entry(report, page, out_dir))

@@ -1,12 +1,13 @@
 """Output folders that never mix in the files of an earlier run.
 
 A writer that owns a folder (a class page's folder, the atlas report, the folder of
-``conceptkit explain --out``) opens :func:`owned_folder` around its writes and calls
-:func:`record` for every file. On success, the folder's manifest (``MANIFEST``) lists what this
-run wrote; files that the previous run's manifest lists and this run did not write again are
-deleted (with folders left empty by that). Files the writer never wrote are never touched: a
-user's own notes in the folder stay, and a folder written before manifests existed is left as
-it is.
+``conceptkit explain --out``) opens :func:`owned_folder` around its writes, under its own name
+(``owner``), and calls :func:`record` for every file. On success, the folder's manifest
+(``MANIFEST``) lists, per owner, what its last run wrote; files that this owner's previous run
+listed and this run did not write again are deleted (with folders left empty by that). Other
+owners' files are never touched (a report written into the folder of ``conceptkit explain``
+leaves its ``explanation.safetensors`` be), nor files no writer wrote: a user's own notes stay,
+and a folder written before manifests existed is left as it is.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def record(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def owned_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Track the files written into ``folder`` in the block; on success remove the previous
-    run's files that were not written again, and write the new manifest."""
+def owned_folder(folder: str | os.PathLike, owner: str) -> Iterator[Path]:
+    """Track the files written into ``folder`` in the block; on success remove the files of
+    ``owner``'s previous run that were not written again, and update the manifest."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     root = folder.resolve()
@@ -43,10 +44,14 @@ def owned_folder(folder: str | os.PathLike) -> Iterator[Path]:
     finally:
         _OPEN.pop()
     # (only reached on success: an exception above skips the clean-up)
-    _remove_stale(root, written)
+    owners = _manifest(root)
+    others = {p for name, paths in owners.items() if name != owner for p in paths}
+    _remove_stale(root, set(owners.get(owner, [])) - others, written)
     manifest = root / MANIFEST
-    listed = sorted(p.relative_to(root).as_posix() for p in written if _inside(p, root))
-    manifest.write_text(json.dumps({"written": listed}, indent=0), encoding="utf-8")
+    owners[owner] = sorted(p for p in written if _inside(p, root))
+    listed = {name: [p.relative_to(root).as_posix() for p in paths]
+              for name, paths in sorted(owners.items())}
+    manifest.write_text(json.dumps({"written": listed}, indent=1), encoding="utf-8")
     if _OPEN:  # a folder inside another owned folder: its files (and manifest) are the outer's
         _OPEN[-1][1].update(written | {manifest})
 
@@ -59,25 +64,27 @@ def _inside(path: Path, root: Path) -> bool:
     return path != root
 
 
-def _previous(root: Path) -> list[Path]:
+def _manifest(root: Path) -> dict[str, list[Path]]:
+    """Per owner, the files its last run wrote (inside ``root`` only: a manifest edited to
+    point elsewhere deletes nothing there)."""
     try:
         data = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
-    names = data.get("written") if isinstance(data, dict) else None
-    if not isinstance(names, list):
-        return []
-    out = []
-    for name in names:
-        if isinstance(name, str) and name:
-            path = (root / name).resolve()
-            if _inside(path, root):  # a manifest edited to point elsewhere deletes nothing there
-                out.append(path)
+        return {}
+    owners = data.get("written") if isinstance(data, dict) else None
+    if not isinstance(owners, dict):
+        return {}
+    out: dict[str, list[Path]] = {}
+    for name, names in owners.items():
+        if not isinstance(name, str) or not isinstance(names, list):
+            continue
+        paths = [(root / n).resolve() for n in names if isinstance(n, str) and n]
+        out[name] = [p for p in paths if _inside(p, root)]
     return out
 
 
-def _remove_stale(root: Path, written: set[Path]) -> None:
-    for path in _previous(root):
+def _remove_stale(root: Path, previous: set[Path], written: set[Path]) -> None:
+    for path in sorted(previous):
         if path in written or not path.is_file() or path.is_symlink():
             continue
         path.unlink()

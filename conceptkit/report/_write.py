@@ -332,7 +332,7 @@ def write_class_report(report: ClassReport, out_dir: str | os.PathLike, *,
     colors = concept_hex_colors(report.n_concepts)
     # the folder is this class page's own: a figure of an earlier run that this one does not
     # draw (visualizations.png from a run with MACO pictures) is removed, not left beside it
-    with owned_folder(folder):
+    with owned_folder(folder, "class page"):
         for picture in pictures:
             (folder / picture.filename).write_bytes(picture.png)
             record(folder / picture.filename)

@@ -371,3 +371,27 @@ def test_deterministic_training_leaves_warn_only_as_it_was():
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_a_shapes_cnn_of_another_width_loads_as_the_shapes_worlds_model(tmp_path, capsys):
+    """train_world --world shapes --config width=8 writes a reference-CNN file; it loaded only
+    as models.load("reference"), not as the shapes world's model."""
+    from conceptkit.datasets import train_world
+    from conceptkit.models import load as load_model
+
+    path = tmp_path / "narrow.safetensors"
+    assert train_world.main(["--world", "shapes", "--config", "width=8", "--epochs", "1",
+                             "--n-per-class", "3", "--no-progress", "--out", str(path)]) == 0
+    capsys.readouterr()
+    model = load_world("shapes").model(weights=path)
+    bundle = load_model("world:shapes", weights=path)
+    assert bundle.layer == load_world("shapes").layer and bundle.name == "shapes world cnn"
+    for a, b in zip(model.state_dict().values(), bundle.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert model.state_dict()["fc.weight"].shape[1] != reference_state_width()
+
+
+def reference_state_width() -> int:
+    from conceptkit.datasets import reference_model
+
+    return reference_model().state_dict()["fc.weight"].shape[1]

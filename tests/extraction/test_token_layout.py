@@ -97,3 +97,29 @@ def test_output_index_is_checked(index, match):
 def test_a_layer_the_forward_pass_never_calls_is_a_value_error():
     with pytest.raises(ValueError, match="was not called"):
         ActivationExtractor(_TupleModel(), "unused", progress=False)(torch.rand(2, 3, 8, 8))
+
+
+def test_pixel_and_gradient_maps_of_a_sequence_first_model_at_an_ambiguous_batch_size():
+    """The maps guessed the layout per batch as the extractor did: with 17 images of 17 tokens
+    in one batch, a sequence-first model's maps were wrong (while its activations were right)."""
+    from conceptkit.concepts import ICE
+    from conceptkit.maps import gradient_maps, pixel_maps
+
+    torch.manual_seed(0)
+    sequence_first = _TinyViT(True)
+    batch_first = _TinyViT(False)
+    batch_first.load_state_dict(sequence_first.state_dict())
+    images = torch.rand(17, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    maps = ActivationExtractor(batch_first, "block", progress=False)(images)
+    bank = ICE(3, seed=0, progress=False, factorizer=_semi_nmf()).fit_activations(maps, "block")
+    for make in (pixel_maps, gradient_maps):
+        reference = make(batch_first, images, bank, batch_size=5)
+        for batch_size in (5, 17):
+            torch.testing.assert_close(make(sequence_first, images, bank, batch_size=batch_size),
+                                       reference)
+
+
+def _semi_nmf():
+    from conceptkit.concepts import SemiNMF
+
+    return SemiNMF(3, random_state=0)

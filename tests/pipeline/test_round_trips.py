@@ -126,3 +126,32 @@ def test_tiny_and_huge_maps_survive_a_round_trip(tmp_path):
         torch.testing.assert_close(back, maps, rtol=1e-3, atol=0.0)
         assert torch.equal(back.flatten(2).argmax(2), maps.flatten(2).argmax(2))
     del conceptkit
+
+
+def test_files_of_format_version_1_still_load_and_newer_ones_are_refused(explained, tmp_path):
+    """Scaled maps raised the explanation format to version 2 (version 1 readers would show
+    the scaled maps as they are); version 1 files, plain float16 maps, load as before."""
+    import sys
+
+    import conceptkit
+    from conceptkit.io import FormatError
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "contracts"))
+    from _forge import forge
+
+    path = explained[2]
+    fresh = conceptkit.load(path)
+
+    def as_version_1(info, tensors):
+        info["format_version"] = 1
+        scale = tensors.pop("maps.scale")
+        tensors["maps"] = (tensors["maps"].float() * scale[:, :, None, None]).half()
+
+    old = conceptkit.load(forge(path, tmp_path / "v1.safetensors", as_version_1))
+    torch.testing.assert_close(old.concept_maps(), fresh.concept_maps().half().float())
+
+    def as_version_3(info, tensors):
+        info["format_version"] = 3
+
+    with pytest.raises(FormatError, match="reads versions 1, 2"):
+        conceptkit.load(forge(path, tmp_path / "v3.safetensors", as_version_3))
