@@ -35,12 +35,7 @@ def _offline_error(what: str, err: Exception) -> OfflineWeightsError:
 
 def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a local ``.safetensors`` file or a torch checkpoint (no pickle code)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"`weights` {str(path)!r} does not exist.")
-    if not path.is_file():
-        raise ValueError(f"`weights` {str(path)!r} is not a file (a .safetensors file or a "
-                         f".pt/.pth state dict).")
+    path = existing_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -214,7 +209,7 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
                        list(world.class_names), layer)
 
 
-def existing_file(weights: str) -> Path:
+def existing_file(weights: str | os.PathLike) -> Path:
     """``weights`` as the path of an existing file, or an error naming ``weights``."""
     path = Path(weights)
     if not path.exists():
