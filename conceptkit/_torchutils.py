@@ -63,9 +63,21 @@ def weights_state(module: nn.Module | None) -> tuple | None:
 
 
 def tensor_state(value: Any) -> tuple:
-    """An object's identity, and for a tensor its in-place writes (``_version``): what a cache
-    keyed on it must compare, so that ``images.mul_(0.5)`` is not served the old result."""
-    return (id(value), value._version if isinstance(value, torch.Tensor) else None)
+    """The object itself, and for a tensor its in-place writes (``_version``): what a cache
+    keyed on it must compare (with :func:`same_state`), so that ``images.mul_(0.5)`` is not
+    served the old result. Holding the object, not its ``id``, keeps the id from being reused
+    by a new object while the cache lives."""
+    return (value, value._version if isinstance(value, torch.Tensor) else None)
+
+
+def same_state(a: Any, b: Any) -> bool:
+    """Whether two cache keys made of states agree: objects by identity, numbers and strings by
+    value, tuples item by item."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float, str, bool, type(None))) and type(a) is type(b):
+        return a == b
+    return a is b
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -12,7 +12,7 @@ import torch
 
 from .. import io
 from .._deprecation import renamed_arguments, warn_deprecated
-from .._torchutils import tensor_state, weights_state
+from .._torchutils import same_state, tensor_state, weights_state
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int
 from ..concepts import ConceptBank
@@ -301,7 +301,7 @@ class ClassConcepts:
         # Keyed by identity and in-place writes: replacing or editing `bank` or `activations`
         # recomputes the codes.
         key = (self._bank_state(), tensor_state(self.activations))
-        if cache is None or cache[0] != key:
+        if cache is None or not same_state(cache[0], key):
             codes = torch.as_tensor(self.bank.encode(self.activations))
             cache = (key, codes)
             self.__dict__["_codes_cache"] = cache
@@ -312,7 +312,7 @@ class ClassConcepts:
         emptied when that state changes."""
         state = self._inputs_state()
         held = self.__dict__.get(name)
-        if held is None or held[0] != state:
+        if held is None or not same_state(held[0], state):
             held = (state, {})
             self.__dict__[name] = held
         return held[1]
@@ -320,18 +320,18 @@ class ClassConcepts:
     def _inputs_state(self) -> tuple:
         """What metrics and trust are computed from: a cache keyed on it notices a bank,
         importance, activations or images replaced or written in place."""
-        return (self._bank_state(), id(self.importance), tensor_state(self.activations),
+        return (self._bank_state(), tensor_state(self.importance), tensor_state(self.activations),
                 tensor_state(self.images))
 
     def _bank_state(self) -> tuple:
         """The bank's identity and the in-place writes to its dictionary."""
         bank = self.bank
-        return (id(bank), tensor_state(getattr(bank, "components", None)),
-                id(getattr(bank, "factorizer", None)))
+        return (tensor_state(bank), tensor_state(getattr(bank, "components", None)),
+                tensor_state(getattr(bank, "factorizer", None)))
 
     def _model_state(self) -> tuple:
         handle = self.model_at_layer
-        return (id(handle), None if handle is None else weights_state(handle.model))
+        return (tensor_state(handle), None if handle is None else weights_state(handle.model))
 
     def _bank_with_codes(self) -> Any:
         """The bank, with the class activations' codes already known (see :class:`KnownCodes`)."""
@@ -409,7 +409,7 @@ class ClassConcepts:
 
         cache = self.__dict__.get("_scale_cache")
         key = (self._bank_state(), tensor_state(self.images), self._model_state())
-        if cache is not None and cache[0] == key and cache[1].shape[0] >= n_images:
+        if cache is not None and same_state(cache[0], key) and cache[1].shape[0] >= n_images:
             return cache[1][:n_images]
         handle = self._require_model()
         images = self.images[:n_images]
@@ -450,7 +450,7 @@ class ClassConcepts:
         handle = self._require_model()
         key = (self._bank_state(), tensor_state(self.images), self._model_state())
         cache = self.__dict__.get("_pixel_cache")
-        if cache is None or cache[0] != key:
+        if cache is None or not same_state(cache[0], key):
             cache = (key, torch.zeros(0))
         done = cache[1].shape[0]
         if done < n_images:

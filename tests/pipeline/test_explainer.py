@@ -98,16 +98,16 @@ def test_saved_maps_keep_their_kind(fitted, tmp_path):
     with pytest.raises(ValueError, match="saved maps are of kind 'pixel'"):
         again.concept_maps(kind="coefficient")
     assert io.load_file(again.save(tmp_path / "again.safetensors"), kind="ClassConcepts",
-                        version=1)[1]["maps_kind"] == "pixel"
-    tensors, meta = io.load_file(path, kind="ClassConcepts", version=1)
+                        version=2)[1]["maps_kind"] == "pixel"
+    tensors, meta = io.load_file(path, kind="ClassConcepts", version=2)
     del meta["maps_kind"]
-    io.save_file(tmp_path / "old.safetensors", tensors, meta, kind="ClassConcepts", version=1)
+    io.save_file(tmp_path / "old.safetensors", tensors, meta, kind="ClassConcepts", version=2)
     old = conceptkit.load(tmp_path / "old.safetensors")
     assert old.saved_maps_kind == "coefficient"
     torch.testing.assert_close(old.concept_maps(kind="coefficient"), again.concept_maps())
     for bad in ("auto", "heat", 3):
         meta["maps_kind"] = bad
-        io.save_file(tmp_path / "bad.safetensors", tensors, meta, kind="ClassConcepts", version=1)
+        io.save_file(tmp_path / "bad.safetensors", tensors, meta, kind="ClassConcepts", version=2)
         with pytest.raises(io.FormatError, match="maps of unknown kind"):
             conceptkit.load(tmp_path / "bad.safetensors")
 

@@ -72,14 +72,14 @@ def test_ambiguous_name_is_refused(named):
 def test_tampered_names_raise_format_error(named, tmp_path, damage):
     cc, _, _ = named
     path = cc.save(tmp_path / "ok.safetensors")
-    tensors, meta = io.load_file(path, kind="ClassConcepts", version=1)
+    tensors, meta = io.load_file(path, kind="ClassConcepts", version=2)
     if damage == "short":
         meta["names"]["entries"] = meta["names"]["entries"][:2]
     elif damage == "bad_record":
         meta["names"]["entries"][0]["score"] = "high"
     else:
         meta["visualizations"]["7"] = meta["visualizations"]["0"]
-    io.save_file(tmp_path / "bad.safetensors", tensors, meta, kind="ClassConcepts", version=1)
+    io.save_file(tmp_path / "bad.safetensors", tensors, meta, kind="ClassConcepts", version=2)
     with pytest.raises(io.FormatError):
         conceptkit.load(tmp_path / "bad.safetensors")
 
