@@ -343,8 +343,10 @@ class NMF(Factorizer):
     def _check_state(self) -> None:
         super()._check_state()
         # n_samples_seen_ alone is legitimate (fit_streaming records it without the statistics)
-        online = [getattr(self, name, None) is not None for name in _ONLINE_STATE]
-        if any(online[:2] + online[3:]) and not all(online):
+        statistics = [getattr(self, name, None) is not None for name in _ONLINE_STATE
+                      if name != "n_samples_seen_"]
+        if any(statistics) and not (all(statistics)
+                                    and getattr(self, "n_samples_seen_", None) is not None):
             raise ValueError(f"partial_fit's running statistics {list(_ONLINE_STATE)} must be "
                              f"saved all together or not at all.")
 

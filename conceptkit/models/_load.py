@@ -187,7 +187,7 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
     world = load_world(name)
     record = None
     if weights is not None:
-        existing_file(check_weights_path(weights))
+        existing_file(weights)  # load() has made it a path string
         if world._reference_file(weights, arch or None):  # train_world --world shapes
             record = {"architecture": world.spec(arch or None).architecture,
                       "layer": world.spec(arch or None).layer}

@@ -73,8 +73,7 @@ def confusions(atlas: Any, n: int) -> list[dict]:
     saved = getattr(atlas, "saved_confusions_", None)
     # a loaded atlas holds no activations of its fitted images, with or without its model:
     # the confusions saved with it are what it can show
-    if saved is not None and (getattr(atlas, "explainer", None) is None
-                              or not atlas.data_.holds_activations):
+    if saved is not None and not atlas._data().holds_activations:
         return saved[:n]
     out = []
     for a, b, probability in atlas.most_confused_pairs(n):

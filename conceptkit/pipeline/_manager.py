@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_images, check_int, describe
 from ._assemble import build_class_report
+from ._atlas_data import class_labels
 from ._explainer import ConceptExplainer, predict_labels
 from ._result import ClassConcepts
 
@@ -47,16 +48,7 @@ class ConceptManager:
         ex = self.explainer
         if labels is None:
             labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress)
-        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-        if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f"
-                                               and not np.array_equal(labels, np.round(labels))):
-            raise TypeError(f"`labels` must hold integer class indices; got {describe(labels)}.")
-        labels = labels.astype(np.int64)
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"`labels` must have one entry per image ({images.shape[0]}); got "
-                             f"shape {labels.shape}.")
-        if labels.size and int(labels.min()) < 0:
-            raise ValueError(f"`labels` must be class indices >= 0; got {int(labels.min())}.")
+        labels = class_labels(labels, images.shape[0])  # the atlas's check of class labels
         if classes is None:
             wanted = np.unique(labels)
         else:
