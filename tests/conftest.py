@@ -41,6 +41,16 @@ def model_snapshot(model: torch.nn.Module) -> dict:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Small sequential kernels: a second torch thread only waits for a busy core. Modules
+    that want it say ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def snapshot():
     return model_snapshot
 

@@ -17,14 +17,7 @@ from _shared import planted_nmf, run_torchrun
 from conceptkit.concepts import NMF, fit_distributed
 from conceptkit.extraction import ActivationStore, finalize_store, write_chunks
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small sequential kernels: a second torch thread only waits for a busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SCRIPT = textwrap.dedent("""
     import os, sys

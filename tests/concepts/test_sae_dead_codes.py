@@ -10,14 +10,7 @@ from conceptkit.concepts import TopKSAE
 from conceptkit.concepts._base import factorizer_from_state
 from conceptkit.concepts.metrics import dead_codes
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small sequential kernels: a second torch thread only waits for a busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(n=1500, c=24, k=6, active=2, seed=3):

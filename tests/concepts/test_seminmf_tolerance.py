@@ -6,19 +6,11 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from conceptkit.concepts import SemiNMF
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small sequential kernels: a second torch thread only waits for a busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def signed_rows(n=600, c=40, k=6, seed=0):

@@ -12,13 +12,7 @@ from conceptkit.datasets import make_concept_dataset, reference_model
 from conceptkit.extraction import ActivationExtractor, finalize_store, write_chunks
 from conceptkit.importance import concept_importance
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import conceptkit
 from conceptkit import ConceptAtlas, ConceptManager
 from conceptkit.datasets import make_concept_dataset, reference_model
 from conceptkit.extraction import ActivationExtractor, write_store
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
