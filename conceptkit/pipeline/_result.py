@@ -165,7 +165,9 @@ class ClassConcepts:
         -------
         (examples, image_ids)
             ``examples (n_exemplars, 3, s, s)`` cut from the source images through the bank's
-            provenance (resized to ``image_size``, default the crop's own size), and each one's
+            provenance (resized to ``image_size``, default the crop's own size; after
+            :func:`conceptkit.load`, the size they were saved at: 64 px, or the image side
+            when smaller; at most as many as were saved), and each one's
             source image id (the ``image_ids`` given to ``fit``, e.g. file names; positions by
             default).
         """
