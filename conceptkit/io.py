@@ -324,6 +324,9 @@ def _header_of(path: Path) -> tuple[dict, int]:
         raise FileNotFoundError(f"`path` {str(path)!r} does not exist.")
     if path.is_dir():
         raise IsADirectoryError(f"`path` {str(path)!r} is a directory, not a saved conceptkit file.")
+    if not path.is_file():  # a pipe or a device: opening it could wait forever
+        raise FormatError(f"`path` {str(path)!r} is not a regular file (a pipe, a socket or a "
+                          f"device); conceptkit reads saved files only.")
     try:
         return _read_header(path)
     except PermissionError as err:
@@ -379,5 +382,5 @@ def peek_kind(path: str | os.PathLike) -> tuple[str, int]:
     try:
         info = parse_json(meta_raw[FORMAT_NAME], path, "conceptkit metadata")
         return str(info["kind"]), int(info["format_version"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise FormatError(f"`path` {str(path)!r} is not a conceptkit save.") from err

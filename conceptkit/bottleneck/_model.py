@@ -79,6 +79,9 @@ def _encoder_spec(encoder: nn.Module) -> dict[str, Any] | None:
     return None
 
 
+_REBUILT_ENCODERS = ("Linear", "SpatialProbe")  # the classes _encoder_spec describes
+
+
 def _build_encoder(spec: dict[str, Any]) -> nn.Module:
     if spec["type"] == "linear":
         return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
@@ -259,6 +262,11 @@ class ConceptBottleneckModel(nn.Module):
             config = dict(meta["config"])
             spec = meta.get("encoder")
         given = concept_encoder is not None
+        if not given and not spec and meta.get("encoder_class") in _REBUILT_ENCODERS:
+            raise FormatError(f"`path` {str(path)!r} was saved with a "
+                              f"{meta.get('encoder_class')!r} encoder but its architecture, which "
+                              f"is always stored for that class, is missing: a damaged or edited "
+                              f"file.")
         if not given and not spec:
             raise ValueError(
                 f"`concept_encoder` is required: `path` {str(path)!r} was saved with a "

@@ -158,7 +158,7 @@ def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
                 "class_names": {c: str(n) for c, n in zip(classes, meta["class_names"])},
                 "concept_names": [str(n) for n in meta["concept_names"]],
                 "exemplars": saved, "confusions": list(meta["confusions"])}
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+    except io.DAMAGE_ERRORS as err:
         raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptAtlas file: {err}") from err
 
 

@@ -251,3 +251,27 @@ def test_a_kmeans_bank_with_a_non_positive_temperature_is_refused(files, value, 
 
     _refused(concepts.ConceptBank.load,
              forge(source, files["root"] / "kmeans-temperature.safetensors", edit), match)
+
+
+def test_an_infinite_format_version_is_a_format_error(files):
+    path = raw_metadata(files["bank"], files["root"] / "version-inf.safetensors",
+                        '{"format": "conceptkit", "kind": "ConceptBank", "format_version": 1e400}')
+    with pytest.raises(io.FormatError, match="not a conceptkit save"):
+        io.peek_kind(path)
+    _refused(concepts.ConceptBank.load, path, "format version")
+
+
+def test_a_pipe_is_refused_without_waiting_for_a_writer(files):
+    import os
+
+    fifo = files["root"] / "pipe.safetensors"
+    os.mkfifo(fifo)
+    _refused(concepts.ConceptBank.load, fifo, "not a regular file", seconds=2.0)
+    with pytest.raises(io.FormatError, match="not a regular file"):
+        io.peek_kind(fifo)
+
+
+def test_a_missing_spec_of_an_encoder_whose_spec_is_always_stored_is_damage(files):
+    path = forge(files["cbm"], files["root"] / "no-spec.safetensors",
+                 lambda info, tensors: info["meta"].pop("encoder"))
+    _refused(bottleneck.ConceptBottleneckModel.load, path, "'Linear' encoder but its architecture")

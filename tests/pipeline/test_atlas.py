@@ -111,6 +111,18 @@ def test_save_load_roundtrip_and_tampering(fitted, tmp_path):
     bad.write_bytes(bytes(raw[: len(raw) - 7]))
     with pytest.raises(io.FormatError):
         conceptkit.load(bad)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "contracts"))
+    from _forge import forge
+
+    def infinite_class(info, tensors):
+        info["meta"]["classes"][0] = float("inf")
+
+    forged = forge(Path(path), tmp_path / "forged.safetensors", infinite_class)
+    with pytest.raises(io.FormatError, match="not a valid ConceptAtlas file"):
+        conceptkit.load(forged)
 
 
 def test_fit_from_a_maps_store_streams_the_dictionary(world, tmp_path):
