@@ -54,12 +54,26 @@ def preserved_model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterat
 
 
 def weights_state(module: nn.Module | None) -> tuple | None:
-    """Where each weight lives and how often it was written in place (``Tensor._version``): it
-    changes when an optimiser step, ``load_state_dict`` or ``.data = ...`` touches a weight,
-    without hashing the weights."""
+    """Where each weight lives, how often it was written in place (``Tensor._version``: an
+    optimiser step, ``load_state_dict``) and a checksum of its values (its sum and its L2 norm,
+    in float64), which notices the edits made through ``.data``, invisible to the version
+    counter (``w.data.mul_(-1)``, a copy of other weights); two passes over the weights, no
+    hashing of their bytes."""
     if module is None:
         return None
-    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+    return tuple((t.data_ptr(), t._version, _checksum(t))
+                 for t in (*module.parameters(), *module.buffers()))
+
+
+def _checksum(tensor: torch.Tensor) -> tuple:
+    if tensor.device.type == "meta" or tensor.numel() == 0:
+        return ()
+    with torch.no_grad():
+        values = tensor.detach()
+        if not (values.is_floating_point() or values.is_complex()):
+            return (int(values.sum()),)
+        return (float(values.sum(dtype=torch.float64)),
+                float(torch.linalg.vector_norm(values, dtype=torch.float64)))
 
 
 def tensor_state(value: Any) -> tuple:

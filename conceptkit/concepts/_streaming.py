@@ -367,7 +367,7 @@ def write_codes(factorizer: Factorizer, source: Any, path: str | os.PathLike, *,
     refused unless ``overwrite`` is true. Returns the new store.
     """
     from ..extraction import ActivationStore
-    from ..extraction._fingerprint import tensor_digest
+    from ..extraction._fingerprint import estimator_identity
     from ..extraction._store import finalize_store, write_chunks
 
     rows = RowSource(source)
@@ -388,20 +388,9 @@ def write_codes(factorizer: Factorizer, source: Any, path: str | os.PathLike, *,
     # the codes depend on the source rows, the fitted state and the settings `transform` reads
     # (hard or soft codes, a penalty, a solver): a rerun with any of them changed must not
     # resume from the old chunks
-    state = {}
-    for key, value in sorted(vars(factorizer).items()):
-        if not key.endswith("_") or key.startswith("_"):
-            continue
-        if isinstance(value, (np.ndarray, torch.Tensor)):
-            state[key] = tensor_digest(np.asarray(value.detach().cpu() if isinstance(
-                value, torch.Tensor) else value))
-        elif isinstance(value, (bool, int, float, str, type(None), np.generic)):
-            state[key] = repr(value)
-    get_params = getattr(factorizer, "get_params", None)
-    params = ({key: repr(value) for key, value in sorted(get_params(deep=False).items())}
-              if callable(get_params) else {})
     fingerprint = {"codes_of": manifest.get("fingerprint") or str(store.path),
-                   "factorizer": type(factorizer).__name__, "state": state, "params": params}
+                   "factorizer": type(factorizer).__name__,
+                   "state": estimator_identity(factorizer)}
     write_chunks(compute, int(manifest["n_inputs"]), path, chunk_size=chunk_size, layout=layout,
                  progress=progress, fingerprint=fingerprint, overwrite=bool(overwrite))
     meta = {"codes_of": str(store.path), "factorizer": type(factorizer).__name__,

@@ -133,6 +133,22 @@ def _has_contents(cell: Any) -> bool:
     return True
 
 
+def estimator_identity(estimator: Any) -> str:
+    """A digest of an estimator's class, its settings (``get_params``) and its fitted state
+    (every public attribute ending in ``_``: arrays by their values, lists and dicts item by
+    item): what its ``transform`` reads, so that codes cached from it are not served after a
+    ``set_params``, a refit or an in-place edit of its dictionary."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{type(estimator).__module__}.{type(estimator).__qualname__}|".encode())
+    get_params = getattr(estimator, "get_params", None)
+    if callable(get_params):
+        digest.update(_describe(get_params(deep=False), 0).encode())
+    for key, value in sorted(vars(estimator).items()):
+        if key.endswith("_") and not key.startswith("_"):
+            digest.update(f"|{key}=".encode() + _describe(value, 0).encode())
+    return digest.hexdigest()
+
+
 def inputs_identity(inputs: Any) -> str:
     """A digest of a tensor of inputs, or the identity of a Dataset (see the module docstring)."""
     if isinstance(inputs, (torch.Tensor, np.ndarray)):

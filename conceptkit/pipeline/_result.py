@@ -326,10 +326,15 @@ class ClassConcepts:
                 tensor_state(self.images))
 
     def _bank_state(self) -> tuple:
-        """The bank's identity and the in-place writes to its dictionary."""
+        """The bank's identity, the in-place writes to its dictionary, and its factorizer's
+        settings and fitted state (a ``set_params`` or a refit changes the codes)."""
+        from ..extraction._fingerprint import estimator_identity
+
         bank = self.bank
+        factorizer = getattr(bank, "factorizer", None)
         return (tensor_state(bank), tensor_state(getattr(bank, "components", None)),
-                tensor_state(getattr(bank, "factorizer", None)))
+                tensor_state(factorizer),
+                None if factorizer is None else estimator_identity(factorizer))
 
     def _model_state(self) -> tuple:
         handle = self.model_at_layer

@@ -80,6 +80,18 @@ def test_maps_are_recomputed_after_in_place_changes(world):
     result.images.mul_(0.5)  # the fitted images, edited in place
     torch.testing.assert_close(result.concept_maps(kind="pixel"),
                                pixel_maps(model, result.images, result.bank))
+    model.block1[0].weight.data.mul_(-1.0)  # through `.data`: no version counter sees it
+    torch.testing.assert_close(result.concept_maps(kind="pixel"),
+                               pixel_maps(model, result.images, result.bank))
+
+
+def test_codes_and_maps_follow_the_factorizers_settings(world):
+    _, result = _fit(world)
+    before = result.concept_maps(kind="coefficient").clone()
+    result.bank.factorizer.set_params(alpha_W=50.0, l1_ratio=1.0)  # other codes, same objects
+    codes = torch.as_tensor(result.bank.encode(result.activations))
+    torch.testing.assert_close(result._class_codes(), codes)
+    assert not torch.allclose(result.concept_maps(kind="coefficient"), before)
 
 
 def test_metrics_and_trust_follow_a_replaced_bank(world):
