@@ -317,7 +317,14 @@ class ClipEncoders:
             with loading(path, "text-embedding cache entry"):
                 if meta.get("key") != list(key) or meta.get("texts") != texts:
                     return None
-                return tensors["embeddings"].float()
+                emb = tensors["embeddings"]
+            # what this method writes: one finite, unit-length row per text
+            if (emb.ndim != 2 or emb.shape[0] != len(texts) or not emb.is_floating_point()
+                    or not bool(torch.isfinite(emb).all())
+                    or not torch.allclose(emb.float().norm(dim=1), torch.ones(len(texts)),
+                                          atol=1e-3)):
+                return None
+            return emb.float()
         except FormatError:
             return None  # an unreadable cache entry is recomputed and overwritten
 

@@ -146,6 +146,27 @@ def test_text_cache_in_memory_and_on_disk(tmp_path):
     assert fresh.text_calls == 1  # a damaged entry is recomputed
 
 
+@pytest.mark.parametrize("bad", ["shape", "nan", "int", "not unit"])
+def test_a_re_signed_cache_entry_with_wrong_embeddings_is_recomputed(tmp_path, bad):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "contracts"))
+    from _forge import forge
+
+    texts = ["red disk", "blue square"]
+    good = ClipEncoders.wrap(CountingClip(checkpoint_id="v1")).text_embeddings(texts,
+                                                                               cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("*.safetensors")
+    value = {"shape": torch.zeros(5, 3), "nan": torch.full_like(good, float("nan")),
+             "int": torch.ones(good.shape, dtype=torch.int64), "not unit": good * 3}[bad]
+    forge(entry, entry, lambda info, tensors: tensors.update(embeddings=value))
+    clip = CountingClip(checkpoint_id="v1")
+    torch.testing.assert_close(ClipEncoders.wrap(clip).text_embeddings(texts, cache_dir=tmp_path),
+                               good)
+    assert clip.text_calls == 1  # not served: recomputed
+
+
 class LinearClip(torch.nn.Module):
     """A CLIP-like module whose text embedding is a linear layer on a bag of characters."""
 
