@@ -13,6 +13,7 @@ it and stops the forward pass there, so the rest of the model never runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -51,6 +52,17 @@ def preserved_model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterat
                 if len(d) != n_before:
                     for key in [k for k in d.keys() if k not in key_before]:
                         del d[key]
+
+
+def leaves_global_rng(function):
+    """Run ``function`` on a copy of torch's global CPU generator: a model's constructor draws
+    its initial weights from it, and building (then loading) a model must not move the caller's
+    random stream (docs/determinism.md)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return function(*args, **kwargs)
+    return wrapper
 
 
 def weights_state(module: nn.Module | None) -> tuple | None:

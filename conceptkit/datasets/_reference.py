@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._torchutils import leaves_global_rng
 from .._validation import check_int
 from ..io import load_file, loading
 
@@ -77,14 +78,16 @@ def _load(path: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], dict
     return {k: v.clone() for k, v in tensors.items()}, copy.deepcopy(meta)
 
 
+@leaves_global_rng
 def reference_model(pretrained: bool = True, path: str | os.PathLike | None = None) -> ReferenceCNN:
     """The reference CNN, in eval mode, with the weights shipped in the package.
 
     Parameters
     ----------
     pretrained : bool
-        Load the trained weights; with False the model is freshly (randomly) initialised with the
-        shipped architecture.
+        Load the trained weights; with False the model is freshly initialised with the shipped
+        architecture (the same initial weights on every call; torch's global generator is left
+        as it was in both cases).
     path : path, optional
         Weights written by ``python -m conceptkit.datasets.train_reference --out PATH``; default
         the weights shipped with conceptkit.
@@ -94,6 +97,7 @@ def reference_model(pretrained: bool = True, path: str | os.PathLike | None = No
     if not pretrained:
         if path is not None:
             raise ValueError("pass `path` with pretrained=True (a file is a trained model).")
+        torch.manual_seed(0)  # the same initial weights on every call (on a forked generator)
         return ReferenceCNN().eval()
     state, meta = _load(path)
     with loading(path or WEIGHTS_PATH, "reference CNN weights file", also=(RuntimeError,)):

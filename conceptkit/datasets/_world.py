@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._torchutils import leaves_global_rng
 from .._validation import check_choice, check_int
 from ..io import FormatError, load_file
 from . import _context, _generate, _scales, _textures
@@ -170,6 +171,7 @@ class World:
             return False
         return dict(self.training_spec(arch, config).config) == dict(self.spec(arch).config)
 
+    @leaves_global_rng
     def model(self, arch: str | None = None, pretrained: bool = True,
               weights: str | os.PathLike | None = None) -> nn.Module:
         """The model trained on this world, in eval mode, loaded from the shipped safetensors.

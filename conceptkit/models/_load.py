@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._torchutils import leaves_global_rng
 from ._bundle import IMAGENET_MEAN, IMAGENET_STD, ModelBundle, Normalize, from_pretrained
 
 
@@ -131,6 +132,7 @@ def _open_clip(name: str, weights: str | None) -> ModelBundle:
     return ModelBundle(visual.eval(), f"open_clip:{name}", int(size), Normalize(mean, std), [], layer)
 
 
+@leaves_global_rng
 def load(spec: str, weights: str | None = None) -> ModelBundle:
     """Load the model named ``spec`` (see the module docstring) with optional local ``weights``.
 

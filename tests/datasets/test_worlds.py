@@ -351,6 +351,28 @@ def test_train_world_forwards_the_shapes_cnns_options(monkeypatch):
         train_world.main(["--world", "shapes", "--config", "depth=2", "--out", "x.safetensors"])
 
 
+@pytest.mark.parametrize("make", ["world", "world-vit", "reference", "untrained reference",
+                                  "models.load"])
+def test_loading_a_shipped_model_leaves_the_global_generator_alone(make):
+    from conceptkit import models
+    from conceptkit.datasets import reference_model
+
+    build = {"world": lambda: load_world("shapes").model(),
+             "world-vit": lambda: load_world("context").model(),
+             "reference": reference_model,
+             "untrained reference": lambda: reference_model(pretrained=False),
+             "models.load": lambda: models.load("world:textures").model}[make]
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first = build()
+    assert torch.equal(torch.rand(4), expected)  # the caller's stream did not move
+    torch.manual_seed(7)
+    again = build()  # and the model does not depend on it
+    for a, b in zip(first.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_an_untrained_shapes_cnn_is_the_same_on_every_call():
     world = load_world("shapes")
     torch.manual_seed(123)
