@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import leaves_global_rng, preserved_model_state, weights_state
+from .._torchutils import (
+    leaves_global_rng,
+    model_device,
+    on_device,
+    preserved_model_state,
+    weights_state,
+)
 from .._validation import check_images, check_int, close_names, describe, resolve_device
 from ..io import FormatError, load_file, loading, save_file
 
@@ -135,12 +141,13 @@ class ClipEncoders:
         Identifies the weights (tag, file hash, weights hash). Without it the disk cache is off:
         a stale cache from other weights would silently give wrong embeddings.
     device : str or torch.device, optional
-        Where images and tokens are sent (default CPU).
+        Where images and tokens are sent and ``module`` runs (default: where ``module`` is, or
+        the CPU without one).
     batch_size : int
         Images / texts per forward pass.
     module : nn.Module, optional
-        The model behind the encoders: each call runs it in eval mode without gradients and
-        restores its flags afterwards.
+        The model behind the encoders: each call runs it in eval mode without gradients, on
+        ``device``, and restores its flags and its device afterwards.
     """
 
     def __init__(self, encode_image: Callable[[torch.Tensor], torch.Tensor],
@@ -155,7 +162,9 @@ class ClipEncoders:
         self.image_transform = image_transform
         self.model_id = str(model_id)
         self.checkpoint_id = checkpoint_id
-        self.device = resolve_device(device)
+        # with a module and no `device`: where the module is
+        self.device = (model_device(module) if device is None and isinstance(module, nn.Module)
+                       else resolve_device(device))
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.module = module
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
@@ -199,8 +208,8 @@ class ClipEncoders:
             Identifies the weights for the disk cache; default: the tag, the file's hash, or a
             hash of the model's weights.
         """
-        dev = resolve_device(device)
         if isinstance(model, str):
+            dev = resolve_device(device)
             model, tokenizer, loaded_id = _load_open_clip(model, pretrained=pretrained, device=dev,
                                                           cache_dir=cache_dir)
             checkpoint_id = checkpoint_id or loaded_id
@@ -211,7 +220,9 @@ class ClipEncoders:
         if tokenizer is None or not callable(tokenizer):
             raise TypeError("`tokenizer` is required with an open_clip model object: pass "
                             "open_clip.get_tokenizer(model_name).")
-        model = model.to(dev)  # its train/eval flags are left alone: each call runs in eval mode
+        # a user's model stays where it is: each call runs on `device` (default: the model's)
+        # and moves it back afterwards, in eval mode, its flags restored
+        dev = model_device(model) if device is None else resolve_device(device)
         if preprocess is not None:
             transform = _pil_transform(preprocess)
         else:
@@ -253,7 +264,8 @@ class ClipEncoders:
     # -- encoding -------------------------------------------------------------------------------
     def _run(self, fn: Callable, *args: Any) -> torch.Tensor:
         if self.module is not None:
-            with preserved_model_state(self.module), torch.no_grad():
+            with preserved_model_state(self.module), on_device(self.module, self.device), \
+                    torch.no_grad():
                 return fn(*args)
         with torch.no_grad():
             return fn(*args)

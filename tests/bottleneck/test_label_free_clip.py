@@ -241,3 +241,34 @@ def test_label_free_and_posthoc_plumbing_with_a_tiny_open_clip(tiny_clip):
     embeddings = clip.image_embeddings(images)
     pcbm = PosthocCBM(bank, alpha=1e-3, seed=0, progress=False).fit(embeddings, labels)
     assert pcbm.predict(embeddings).shape == (60,)
+
+
+def test_a_users_clip_model_is_not_moved_for_good(monkeypatch):
+    """No device given: the encoders run where the model is and never call ``.to`` on it (a
+    CUDA model used to come back on the CPU)."""
+    moves = []
+    real = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        moves.append(type(self).__name__)
+        return real(self, *args, **kwargs)
+
+    class TokenClip(torch.nn.Module):  # open_clip's interface: encode_text takes tokens
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(4, 4)
+
+        def encode_image(self, images):
+            return self.w(images.flatten(1)[:, :4])
+
+        def encode_text(self, tokens):
+            return self.w(tokens.float())
+
+    model = TokenClip()
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    clip = ClipEncoders.from_open_clip(model, lambda texts: torch.ones(len(texts), 4),
+                                       preprocess=lambda image: torch.rand(3, 8, 8))
+    assert clip.device == torch.device("cpu")
+    clip.image_embeddings(torch.rand(2, 3, 8, 8))
+    clip.text_embeddings(["a"])
+    assert moves == []
