@@ -30,6 +30,7 @@ from ._store_read import (
     ActivationStore,
     StorePlan,
     _check_chunk_file,
+    chunk_digest,
     chunk_name,
     manifest_digest,
     read_manifest,
@@ -206,7 +207,7 @@ def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, l
                              f"{dtype}.")
         n_features, dtype = features, str(array.dtype)
         chunks.append({"index": index, "file": file.name, "rows": int(array.shape[0]),
-                       "inputs": list(plan.inputs(index))})
+                       "inputs": list(plan.inputs(index)), "digest": chunk_digest(file)})
     manifest = _manifest(plan, layout, n_features or 0, dtype or "float32", chunks, meta or {}, full)
     _write_manifest(path, manifest)
     return ActivationStore(path)

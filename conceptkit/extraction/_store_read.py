@@ -128,6 +128,7 @@ class ActivationStore:
         entry = self.manifest["chunks"][index]
         file = self.path / entry["file"]
         _check_chunk_file(self.path, file)
+        self._check_digest(entry, file)
         try:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
         except Exception as err:  # noqa: BLE001 - numpy's parser fails in many ways on a bad header
@@ -135,6 +136,10 @@ class ActivationStore:
                              f"plain numeric array ({err}); delete it and rerun the extraction to "
                              f"recompute it.") from err
         flat = self.manifest["layout"] != "maps"
+        if not array.flags.c_contiguous:  # every chunk is written in C order
+            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} is stored in "
+                              f"Fortran order, which conceptkit never writes; the file was "
+                              f"altered. Delete it and rerun the extraction.")
         if (array.ndim < 2 or (flat and array.ndim != 2) or array.shape[0] != entry["rows"]
                 or array.shape[1] != self.n_features or str(array.dtype) != self.manifest["dtype"]):
             raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} holds an array of "
@@ -142,6 +147,24 @@ class ActivationStore:
                              f"{entry['rows']} rows of {self.n_features} features of "
                              f"{self.manifest['dtype']}; delete the chunk and rerun the extraction.")
         return array
+
+    def _check_digest(self, entry: dict, file: Path) -> None:
+        """Compare a chunk's bytes with the digest its manifest recorded (stores written before
+        chunks had digests have none), once per file state (size, modification time)."""
+        expected = entry.get("digest")
+        if expected is None:
+            return
+        stat = file.stat()
+        seen = self.__dict__.setdefault("_verified", {})
+        state = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if seen.get(entry["file"]) == state:
+            return
+        if chunk_digest(file) != expected:
+            raise FormatError(f"`path` {str(self.path)!r}: chunk {entry['file']!r} does not match "
+                              f"the digest its manifest recorded (it was altered, damaged or "
+                              f"swapped with another chunk after the store was written); rerun "
+                              f"the extraction with overwrite=True to rewrite the store.")
+        seen[entry["file"]] = state
 
     def iter_chunks(self, progress: bool = False) -> Iterator[np.ndarray]:
         """Every chunk in order, memory-mapped."""
@@ -191,6 +214,17 @@ def read_manifest(path: Path) -> dict | None:
     return manifest
 
 
+def chunk_digest(file: Path) -> str:
+    """BLAKE2b of a chunk file's bytes (header and data), read in 16 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def manifest_digest(manifest: dict) -> str:
     """BLAKE2b of a manifest's canonical JSON without its ``digest`` entry."""
     import hashlib
@@ -233,7 +267,8 @@ def _check_manifest(path: Path, manifest: dict) -> None:
         start, stop = plan.inputs(index)
         if (not isinstance(entry, dict) or entry.get("index") != index
                 or entry.get("file") != chunk_name(index) or entry.get("inputs") != [start, stop]
-                or not _count(entry.get("rows"), 0)):
+                or not _count(entry.get("rows"), 0)
+                or not isinstance(entry.get("digest", ""), str)):
             raise bad(f"entry {index} is not chunk {index} of inputs [{start}, {stop}): chunks "
                       f"duplicated, swapped, repeated or malformed")
         rows = entry["rows"]

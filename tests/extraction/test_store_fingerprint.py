@@ -184,6 +184,53 @@ def test_inconsistent_manifests_are_refused(store, edit):
     assert str(store) in str(err.value)
 
 
+def _flip_byte(store):
+    raw = bytearray((store / "chunk-000001.npy").read_bytes())
+    raw[-1] ^= 0xFF
+    (store / "chunk-000001.npy").write_bytes(bytes(raw))
+
+
+def _swap_chunks(store):
+    first, last = store / "chunk-000000.npy", store / "chunk-000001.npy"
+    a, b = first.read_bytes(), last.read_bytes()
+    first.write_bytes(b)
+    last.write_bytes(a)
+
+
+def _fortran(store):
+    file = store / "chunk-000001.npy"
+    file.write_bytes(file.read_bytes().replace(b"'fortran_order': False",
+                                               b"'fortran_order': True "))
+
+
+@pytest.mark.parametrize("tamper", [_flip_byte, _swap_chunks, _fortran])
+def test_altered_chunks_are_refused_by_their_digest(store, tamper):
+    assert all("digest" in entry for entry in ActivationStore(store).manifest["chunks"])
+    tamper(store)
+    with pytest.raises(FormatError, match="digest its manifest recorded"):
+        ActivationStore(store).read()
+    # a store written before chunks had digests still loads, but a Fortran-order chunk is not
+    # read as C order
+    _edit(store, lambda m: [entry.pop("digest") for entry in m["chunks"]])
+    if tamper is _fortran:
+        with pytest.raises(FormatError, match="Fortran order"):
+            ActivationStore(store).read()
+    else:
+        ActivationStore(store).read()
+
+
+def test_a_chunk_is_hashed_once_per_store_object(store, monkeypatch):
+    from conceptkit.extraction import _store_read
+
+    calls = []
+    real = _store_read.chunk_digest
+    monkeypatch.setattr(_store_read, "chunk_digest", lambda file: calls.append(file) or real(file))
+    opened = ActivationStore(store)
+    first = opened.read()
+    np.testing.assert_array_equal(opened.read(), first)
+    assert len(calls) == len(opened.manifest["chunks"])
+
+
 def test_a_chunk_dtype_other_than_the_manifests_is_refused(store):
     _edit(store, lambda m: m.update(dtype="float64"))
     with pytest.raises(ValueError, match="float64"):
