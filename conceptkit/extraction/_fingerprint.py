@@ -51,12 +51,18 @@ def tensor_digest(tensor: torch.Tensor | np.ndarray) -> str:
 
 
 def module_digest(module: nn.Module) -> str:
-    """A hex digest of a module's class and every parameter and buffer (names, shapes, values)."""
+    """A hex digest of a module's class and every parameter and buffer (names, shapes, values),
+    non-persistent buffers included (they change the output but not the ``state_dict``)."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{type(module).__module__}.{type(module).__qualname__}|".encode())
-    for name, tensor in module.state_dict(keep_vars=True).items():
+    state = module.state_dict(keep_vars=True)
+    for name, tensor in state.items():
         digest.update(name.encode() + b"|")
         if isinstance(tensor, torch.Tensor):
+            _update_tensor(digest, tensor)
+    for name, tensor in module.named_buffers(remove_duplicate=False):
+        if name not in state:  # only where there are any: other digests stay as they were
+            digest.update(b"non-persistent|" + name.encode() + b"|")
             _update_tensor(digest, tensor)
     return digest.hexdigest()
 
@@ -101,6 +107,7 @@ def _describe(value: Any, depth: int) -> str:
         cells = [cell.cell_contents for cell in (value.__closure__ or ()) if _has_contents(cell)]
         digest.update(_describe(cells, deeper).encode())
         digest.update(_describe(value.__defaults__ or (), deeper).encode())
+        digest.update(_describe(_globals_read(value, depth), deeper).encode())
         return f"function:{value.__module__}.{value.__qualname__}:{digest.hexdigest()}"
     if isinstance(value, (types.BuiltinFunctionType, types.ModuleType, type)):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value.__name__)}"
@@ -109,6 +116,24 @@ def _describe(value: Any, depth: int) -> str:
     if " at 0x" not in text:
         return f"object:{name}:{text}"
     return f"object:{name}:{_describe(getattr(value, '__dict__', {}), deeper)}"
+
+
+def _globals_read(function: types.FunctionType, depth: int) -> dict[str, Any]:
+    """The module globals a function's code names (a model, a scale, a helper function),
+    except modules and classes (named by ``_describe`` anyway). Below the second level a global
+    function is named, not described, so that helpers calling helpers stay cheap."""
+    names = function.__code__.co_names
+    found = {}
+    for name in names:
+        if name not in function.__globals__:
+            continue
+        value = function.__globals__[name]
+        if isinstance(value, (types.ModuleType, type)):
+            continue
+        if isinstance(value, types.FunctionType) and (depth >= 2 or value is function):
+            value = f"{value.__module__}.{value.__qualname__}"
+        found[name] = value
+    return found
 
 
 def _strip_addresses(text: str) -> str:

@@ -95,6 +95,56 @@ def test_the_same_extraction_resumes_without_recomputing(tmp_path):
         store.read(), _fresh(tmp_path, "fresh", _extractor(preprocess=_double), IMAGES, chunk_size=3))
 
 
+SCALE = 1.0
+
+
+def _scaled(x):
+    return x * SCALE
+
+
+class _Gain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("gain", torch.ones(1), persistent=False)
+
+    def forward(self, x):
+        return x * self.gain
+
+
+NET = _model()
+
+
+def _through_net(x):  # a plain callable extractor reaching its model through a global
+    return NET[:2](x)
+
+
+def test_what_a_state_dict_or_a_functions_code_does_not_show_is_still_compared(tmp_path,
+                                                                              monkeypatch):
+    # a non-persistent buffer changes the output but not the state_dict
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Gain()).eval()
+    write_store(_extractor(model), IMAGES, tmp_path / "buffer", chunk_size=3, progress=False)
+    model[1].gain.fill_(3.0)
+    with pytest.raises(ValueError, match="model weights"):
+        write_store(_extractor(model), IMAGES, tmp_path / "buffer", chunk_size=3, progress=False)
+    # a global a preprocessing function reads
+    write_store(_extractor(preprocess=_scaled), IMAGES, tmp_path / "global", chunk_size=3,
+                progress=False)
+    monkeypatch.setitem(_scaled.__globals__, "SCALE", 5.0)
+    with pytest.raises(ValueError, match="preprocessing"):
+        write_store(_extractor(preprocess=_scaled), IMAGES, tmp_path / "global", chunk_size=3,
+                    progress=False)
+    # a model a plain callable extractor reaches through a global
+    write_store(_through_net, IMAGES, tmp_path / "callable", chunk_size=3, progress=False)
+    with torch.no_grad():
+        NET[0].weight.mul_(10.0)
+    try:
+        with pytest.raises(ValueError, match="extractor"):
+            write_store(_through_net, IMAGES, tmp_path / "callable", chunk_size=3, progress=False)
+    finally:
+        with torch.no_grad():
+            NET[0].weight.div_(10.0)
+
+
 def test_chunks_without_a_manifest_are_refused(tmp_path):
     write_chunks(lambda s, e: torch.ones(e - s, 2), 4, tmp_path, chunk_size=2, progress=False)
     (tmp_path / "manifest.json").unlink()
