@@ -249,7 +249,21 @@ class ConceptBank:
             raise ValueError("inconsistent ConceptBank state: " + "; ".join(problems) + ".")
 
     def save(self, path: str | os.PathLike, *, include_activations: bool = False) -> str:
-        """Write the bank to one ``.safetensors`` file (tensors + JSON metadata, no pickle)."""
+        """Write the bank to one ``.safetensors`` file (tensors + JSON metadata, no pickle).
+
+        A bank whose factorizer was refitted after it was made (``fit``, ``partial_fit``) is
+        refused: its codes and components are the old dictionary's, and the file would not load.
+        """
+        own = np.asarray(self.factorizer.components_, dtype=np.float64)
+        mine = self.components.double().numpy()
+        if own.shape != mine.shape or not np.allclose(mine, own, rtol=1e-5,
+                                                      atol=1e-6 * max(1.0, np.abs(own).max())):
+            raise ValueError("this bank's factorizer was refitted after the bank was made (its "
+                             "dictionary is no longer the bank's components, and the codes are "
+                             "the old dictionary's); make a bank of the new dictionary and save "
+                             "that one: ConceptBank(components=factorizer.components_, "
+                             "codes=factorizer.transform(activations), provenance=..., layer=..., "
+                             "method=..., params=..., factorizer=factorizer).")
         tensors, meta = self.to_state(include_activations=include_activations)
         return str(io.save_file(path, tensors, meta, kind=BANK_KIND, version=BANK_VERSION))
 

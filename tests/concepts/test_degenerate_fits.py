@@ -103,3 +103,19 @@ def test_a_streamed_nmf_round_trips():
         again = type(est).from_state(est.get_params(), arrays, info)
         np.testing.assert_array_equal(again.components_, est.components_)
         assert again.n_samples_seen_ == est.n_samples_seen_ == 120
+
+
+def test_a_bank_whose_factorizer_was_refitted_is_not_saved(tmp_path):
+    """Saving wrote a file its own load refused (components differ from the dictionary)."""
+    from conceptkit.concepts import NMF, ConceptBank, bank_from_activations
+    from conceptkit.extraction import Provenance
+
+    rng = np.random.default_rng(0)
+    rows = rng.random((64, 16)).astype(np.float32)
+    provenance = Provenance("image", np.arange(64), np.tile([0, 0, 32, 32], (64, 1)), (32, 32))
+    bank = bank_from_activations(NMF(3, solver="torch_hals", random_state=0), rows, provenance)
+    ConceptBank.load(bank.save(tmp_path / "before.safetensors"))  # a consistent bank saves
+    bank.factorizer.partial_fit(rng.random((20, 16)).astype(np.float32))
+    with pytest.raises(ValueError, match="refitted after the bank was made"):
+        bank.save(tmp_path / "after.safetensors")
+    assert not (tmp_path / "after.safetensors").exists()
