@@ -358,6 +358,27 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     return g, h
 
 
+def run_example(model: nn.Module, x: torch.Tensor, name: str) -> Any:
+    """``model(x)`` (the caller sets eval mode and no_grad), with a failure turned into an error
+    naming ``name``: images too small (an :class:`ImageSizeError` with the smallest size that
+    runs), channels-last images, or whatever else the model refuses."""
+    try:
+        return model(x)
+    except Exception as err:  # a user's model failing on the example: say which input
+        if is_size_error(err):
+            raise too_small_error(err, model, x, name, type(model).__name__) from err
+        hint = ""
+        if x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+            hint = (f" The images look channels-last (N, H, W, C) = {tuple(x.shape)}; "
+                    f"conceptkit takes (N, C, H, W): pass {name}.permute(0, 3, 1, 2).")
+        elif x.ndim == 4 and x.shape[1] == 1 and "channel" in str(err):
+            hint = (f" The images have one channel; for a model of colour images pass "
+                    f"{name}.expand(-1, 3, -1, -1).")
+        raise ValueError(f"`{name}` (an example of shape {tuple(x.shape)}) cannot be run "
+                         f"through {type(model).__name__}: {type(err).__name__}: "
+                         f"{str(err).rstrip('.')}.{hint}") from err
+
+
 def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
                 atol: float | None = None, rtol: float | None = None, *, name: str = "x") -> float:
     """Check ``h(g(x)) == model(x)``; return the max absolute difference or raise CutError.
@@ -366,13 +387,7 @@ def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
     bfloat16 outputs.
     """
     with preserved_model_state(model), torch.no_grad():
-        try:
-            expected = model(x)
-        except Exception as err:  # a user's model failing on the example: say which input
-            if is_size_error(err):
-                raise too_small_error(err, model, x, name, type(model).__name__) from err
-            raise ValueError(f"`{name}` of {describe(x)} cannot be run through "
-                             f"{type(model).__name__}: {type(err).__name__}: {err}") from err
+        expected = run_example(model, x, name)
         got = h(g(x))
     if isinstance(expected, (tuple, list)):
         expected, got = expected[0], got[0]

@@ -25,6 +25,7 @@ from .._validation import (
     check_int,
     check_seed,
     describe,
+    resolve_seed,
 )
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, TopKSAE
 from ..concepts._checks import configured_factorizer
@@ -180,7 +181,8 @@ class ConceptExplainer:
         Batching of ``g``, where to run, progress bars.
     seed
         Seeds the factorizer (a given factorizer's ``random_state`` when it is unset) and the
-        importance designs.
+        importance designs. ``None``: each call draws one seed from fresh entropy for all of
+        them and records it in ``result.params["seed"]``; passing it back repeats the call.
     preprocess
         Callable applied to image batches before the model (normalisation); images themselves
         must be pixel colours in [0, 1] (checked: crops, segments and figures are cut from the
@@ -397,7 +399,7 @@ class ConceptExplainer:
         self._resolve_read(images)
         return self.model_at_layer.activations(images, with_context)
 
-    def _default_factorizer(self, images: torch.Tensor | None) -> Factorizer | None:
+    def _default_factorizer(self, images: torch.Tensor | None, seed: int | None) -> Factorizer | None:
         """The user's factorizer; else None (the method's NMF), or :func:`token_factorizer`
         when ICE or CRAFT explains transformer tokens (run one of ``images`` to find out if
         nothing has run)."""
@@ -405,13 +407,15 @@ class ConceptExplainer:
             return self.factorizer
         if not self.model_at_layer.layer_gives_tokens(images):
             return None
-        return token_factorizer(self.n_concepts or 10, self.seed)
+        return token_factorizer(self.n_concepts or 10, seed)
 
-    def _discovery(self, images: torch.Tensor | None = None) -> Any:
+    def _discovery(self, images: torch.Tensor | None, seed: int) -> Any:
+        """The discovery method, seeded with ``seed`` (``self.seed``, or the one a call with
+        ``seed=None`` drew once for everything it does)."""
         cls = DISCOVERY_METHODS[self.method]
-        kwargs = dict(factorizer=self._default_factorizer(images), batch_size=self.batch_size,
+        kwargs = dict(factorizer=self._default_factorizer(images, seed), batch_size=self.batch_size,
                       device=self.device,
-                      progress=self.progress, seed=self.seed, preprocess=self.preprocess)
+                      progress=self.progress, seed=seed, preprocess=self.preprocess)
         if self.method == "craft":
             kwargs["patch_size"] = self.patch_size
         kwargs.update(self.method_kwargs)
@@ -426,7 +430,8 @@ class ConceptExplainer:
         read = self._resolve_read(images)
         if activations is not None:
             activations = self._check_given_activations(images, activations)
-        bank = self._discover(self._discovery(images), images, activations, probe=True)
+        seed = resolve_seed(self.seed)  # None: drawn once, recorded in the bank's params
+        bank = self._discover(self._discovery(images, seed), images, activations, probe=True)
         if read == "cls":
             self._mark_cls(bank, images)
         return bank
@@ -494,7 +499,8 @@ class ConceptExplainer:
         read = self._resolve_read(images)
         handle = self.model_at_layer
         handle.prepare(images)  # split now: fails early, before any heavy work, on an invalid cut
-        method = self._discovery(images)
+        seed = resolve_seed(self.seed)  # None: drawn once for discovery and importance, recorded
+        method = self._discovery(images, seed)
         # The method on the first image only: a layer the factorizer cannot take (negative
         # activations for NMF) fails now, not after the whole extraction.
         method.check_first_image(self.model, self.layer, images)
@@ -533,13 +539,13 @@ class ConceptExplainer:
             importance = concept_importance(
                 handle.maps_head, acts, KnownCodes(bank, acts, codes), class_id,
                 method=self.importance, **sobol_designs(self.importance, self.n_designs),
-                seed=self.seed,
+                seed=seed,
                 device=self.device, progress=self.progress, context=context,
                 **self.importance_kwargs)
         timings["importance"] = time.perf_counter() - start
         params = {"n_concepts": bank.params.get("n_concepts", self.n_concepts), "method": self.method,
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
-                  "batch_size": self.batch_size, "seed": self.seed, "n_designs": self.n_designs,
+                  "batch_size": self.batch_size, "seed": seed, "n_designs": self.n_designs,
                   "n_images": int(images.shape[0]),
                   "factorizer": _factorizer_name(bank),
                   "layer_gives_tokens": handle.token_layout is not None, "tokens": read}

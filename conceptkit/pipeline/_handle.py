@@ -21,6 +21,7 @@ from ..extraction import ActivationExtractor, select_output, split_model
 from ..extraction._extractor import TokenHead
 from ..extraction._heads import describe_output, pick_output
 from ..extraction._layers import get_layer, unwrap_model
+from ..extraction._split import run_example
 
 
 class ModelAtLayer:
@@ -57,6 +58,7 @@ class ModelAtLayer:
         self.progress = progress
         self.token_layout: str | None = None  # "NTC"/"TNC" once the layer gave transformer tokens
         self._h: nn.Module | None = None
+        self._checked_shape: tuple | None = None  # the image shape the model was seen to take
         self._ran = False  # the layer has given activations (token_layout is then known)
         self.gives_tokens: bool | None = None  # the layer's output is 3-D, seen by prepare()
         self.n_prefix: int | None = None  # CLS/register tokens before the patch tokens, once run
@@ -83,15 +85,22 @@ class ModelAtLayer:
         The example checks ``h(g(x)) == model(x)``, tells the generic (replay) split the input
         shape, and turns images too small for the model into an error naming the smallest size.
         """
+        shape = tuple(images.shape[1:])
         if self._h is None:
-            example = images[:2]
-            if self.preprocess is not None:
-                example = self.preprocess(example)
-            example = example.to(device=model_device(self.model), dtype=model_dtype(self.model))
+            example = self._example(images[:2])
             _, h = split_model(self.model, self.layer, example_input=example, input_name="images")
             self._check_output(example[:1])
             self._h = self._selected(h)
+        elif shape != self._checked_shape:  # split on other images: these must run too
+            with preserved_model_state(self.model), torch.no_grad():
+                run_example(self.model, self._example(images[:1]), "images")
+        self._checked_shape = shape
         return self._h
+
+    def _example(self, images: torch.Tensor) -> torch.Tensor:
+        if self.preprocess is not None:
+            images = self.preprocess(images)
+        return images.to(device=model_device(self.model), dtype=model_dtype(self.model))
 
     def _check_output(self, example: torch.Tensor) -> None:
         """Fail before any heavy work when the model's output is not the logits tensor (and
