@@ -31,13 +31,21 @@ def filter_by_text(concepts: Sequence[str], class_names: Sequence[str], concept_
                    class_cutoff: float = 0.85, concept_cutoff: float = 0.9) -> dict[str, str]:
     """Reasons for dropping concepts on text alone: ``{concept: reason}`` (kept ones absent).
 
-    ``concept_emb (K, D)`` and ``class_emb (C, D)`` are L2-normalised text embeddings.
+    ``concept_emb (K, D)`` and ``class_emb (C, D)`` are L2-normalised text embeddings. A text
+    listed twice is one concept: its later copies are skipped (the first one is judged, and is
+    the one a reason is given for), never reported as a "duplicate of" itself.
     """
     removed: dict[str, str] = {}
     seen: dict[str, str] = {}
     class_keys = {_normalised_text(c): c for c in class_names}
     class_sim = concept_emb @ class_emb.T
+    first: dict[str, int] = {}
     for i, concept in enumerate(concepts):
+        first.setdefault(concept, i)
+    copies = {i for i, c in enumerate(concepts) if first[c] != i}  # exact later copies
+    for i, concept in enumerate(concepts):
+        if i in copies:
+            continue
         key = _normalised_text(concept)
         if key in seen:
             removed[concept] = f"duplicate of {seen[key]!r}"
@@ -52,7 +60,7 @@ def filter_by_text(concepts: Sequence[str], class_names: Sequence[str], concept_
                                     f"({float(class_sim[i, j]):.3f} >= {class_cutoff})")
         seen.setdefault(key, concept)
 
-    alive = [i for i, c in enumerate(concepts) if c not in removed]
+    alive = [i for i, c in enumerate(concepts) if c not in removed and i not in copies]
     if len(alive) > 1:
         sub = concept_emb[alive] @ concept_emb[alive].T
         sub.fill_diagonal_(float("-inf"))

@@ -23,6 +23,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 def as_tensor(value: Any, name: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":  # strings, objects, complex: torch has no such tensor
+            raise TypeError(f"`{name}` must hold numbers; got {describe(value)}.")
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(value)}.")
@@ -54,6 +56,15 @@ def check_labels(labels: torch.Tensor, name: str) -> torch.Tensor:
     if labels.numel() and int(labels.min()) < 0:
         raise ValueError(f"`{name}` must hold class indices >= 0; got {int(labels.min())}.")
     return labels
+
+
+def as_labels(value: Any, name: str) -> torch.Tensor:
+    """Class labels ``(N,)`` as a long tensor; names instead of indices are refused clearly."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "USO":
+        raise TypeError(f"`{name}` must hold integer class indices (0, 1, ...); got "
+                        f"{describe(value)}. Map class names to indices first, e.g. "
+                        f"`class_names, {name} = np.unique({name}, return_inverse=True)`.")
+    return check_labels(as_tensor(value, name), name)
 
 
 class CBMData:

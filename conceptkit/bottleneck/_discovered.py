@@ -39,7 +39,7 @@ from ..io import load_file, loading, save_file
 from ._data import as_tensor, check_concepts, check_labels
 from ._intervene import InterventionCurve, _check_groups
 from ._model import CBMOutput
-from ._sparse import check_l1_ratio, elastic_net_path, nnz_per_class
+from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
 
 KIND = "discovered_cbm"
 FORMAT_VERSION = 1
@@ -151,6 +151,10 @@ class DiscoveredCBM(BaseEstimator):
                 raise ValueError(f"`names` must list one name per concept ({len(labels)}); got "
                                  f"{describe(self.names)}.")
             labels = [str(n) for n in self.names]
+            repeated = sorted({n for n in labels if labels.count(n) > 1})
+            if repeated:  # the head's weights and the reports are read by name
+                raise ValueError(f"`names` must be unique (one name per concept); {repeated} "
+                                 f"repeat.")
             trust = [np.nan] * len(labels)
         self.names_ = labels
         self.trust_ = np.asarray(trust, dtype=np.float64)
@@ -216,6 +220,7 @@ class DiscoveredCBM(BaseEstimator):
         """Fit the sparse head on images (or their activations) and class labels ``(N,)``."""
         self._setup()
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)  # saved: load checks it as well
         check_l1_ratio(self.l1_ratio)
         raw = self.coefficients(images, activations=activations)
         labels = check_labels(as_tensor(labels, "labels"), "labels")
@@ -416,12 +421,25 @@ class DiscoveredCBM(BaseEstimator):
                 part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
                 banks.append(ConceptBank.from_state(part, bank_meta))
             params = meta["params"]
-            model_ = cls(banks, model, names=list(meta["names"]), preprocess=preprocess,
+            names = meta["names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise TypeError(f"names must be a list of strings; got {describe(names)}")
+            # names from a naming may repeat (only `names=` given by a user must be unique): set
+            # after _setup, which checks the given ones
+            model_ = cls(banks, model, names=None, preprocess=preprocess,
                          nnz_per_class=params["nnz_per_class"], l1_ratio=params["l1_ratio"],
                          pooling=params["pooling"], batch_size=params["batch_size"], progress=False)
             model_._setup()
-            model_.n_classes_, model_.alpha_ = int(meta["n_classes"]), float(meta["alpha_"])
-            model_.path_ = meta["path"]
+            if len(names) != model_.n_concepts:
+                raise ValueError(f"names must list one name per concept ({model_.n_concepts}); "
+                                 f"got {len(names)}")
+            model_.names = model_.names_ = names
+            if meta["layer"] != model_.layer_:
+                raise ValueError(f"layer {meta['layer']!r} is not the concepts' layer "
+                                 f"{model_.layer_!r}")
+            model_.n_classes_ = check_int(meta["n_classes"], "n_classes", minimum=2)
+            model_.alpha_ = check_float(meta["alpha_"], "alpha_", minimum=0.0)
+            model_.path_ = check_path(meta["path"])
             needs = meta.get("preprocess", False)
             if not isinstance(needs, bool):
                 raise TypeError(f"preprocess must be true or false; got {needs!r}")
@@ -440,8 +458,7 @@ class DiscoveredCBM(BaseEstimator):
         check_int(self.batch_size, "batch_size", minimum=1)
         check_l1_ratio(self.l1_ratio)
         check_float(self.alpha_, "alpha_", minimum=0.0)
-        if not isinstance(self.path_, list):
-            raise ValueError(f"path must be a list; got {describe(self.path_)}.")
+        check_path(self.path_)
         k, n_classes = self.n_concepts, self.n_classes_
         shapes = {"weight": (n_classes, k), "bias": (n_classes,), "coef_mean": (k,),
                   "coef_std": (k,), "intervention_low": (k,), "intervention_high": (k,)}

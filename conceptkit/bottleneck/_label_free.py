@@ -23,6 +23,7 @@ the training images is held out (the reference uses its test split here).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders, clip_similarity
 from ._concept_filter import filter_by_text, top5_activation
 from ._data import as_tensor, check_labels
-from ._sparse import check_l1_ratio, elastic_net_path, nnz_per_class
+from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
 
 KIND = "label_free_cbm"
 FORMAT_VERSION = 1
@@ -162,6 +163,8 @@ class LabelFreeCBM(BaseEstimator):
         classes = [str(c) for c in self.class_names] if isinstance(self.class_names, (list, tuple)) else None
         if not classes or len(classes) < 2:
             raise ValueError(f"`class_names` must list at least two classes; got {describe(self.class_names)}.")
+        check_int(self.max_length, "max_length", minimum=1)
+        check_template(self.template)
         check_int(self.proj_steps, "proj_steps", minimum=1)
         check_int(self.val_every, "val_every", minimum=1)
         check_int(self.nnz_per_class, "nnz_per_class", minimum=1)
@@ -234,6 +237,12 @@ class LabelFreeCBM(BaseEstimator):
         concepts, classes = self._check_setup()
         if self.clip is None:
             raise ValueError("`clip` is required to fit a LabelFreeCBM.")
+        repeated = sorted({c for c in concepts if concepts.count(c) > 1})
+        if repeated:  # filtered by text, both copies would go ("duplicate of itself")
+            warnings.warn(f"LabelFreeCBM: `concepts` lists {repeated[:8]} more than once; each "
+                          f"is kept once (its first occurrence) and the later copies are "
+                          f"dropped.", UserWarning, stacklevel=2)
+            concepts = list(dict.fromkeys(concepts))
         clip = ClipEncoders.wrap(self.clip)
         labels = as_tensor(labels, "labels")
         labels = self._labels(labels, labels.shape[0] if labels.ndim else -1, "labels",
@@ -406,12 +415,17 @@ class LabelFreeCBM(BaseEstimator):
             raise TypeError(f"`backbone` must be a torch.nn.Module; got {describe(backbone)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         with loading(path, "LabelFreeCBM"):
+            if not isinstance(meta["params"], dict):
+                raise TypeError(f"params must be a dict; got {describe(meta['params'])}")
             model = cls(backbone, clip, meta["concepts"], meta["class_names"],
                         **current_names(meta["params"], RENAMED_PARAMS))
             for key in ("concepts_", "removed_", "path_", "val_accuracy_", "proj_steps_"):
                 setattr(model, key, meta[key])
             model.alpha_ = meta["lam_"]
             model.classes_ = list(meta["class_names"])
+            # float16/float64 arrays are read as float32, as predictions compute (the checks
+            # below refuse integer ones)
+            tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
             model.projection_ = tensors["projection"]
             model.proj_mean_, model.proj_std_ = tensors["proj_mean"], tensors["proj_std"]
             model.concept_similarity_ = tensors["concept_similarity"]
@@ -421,10 +435,27 @@ class LabelFreeCBM(BaseEstimator):
 
     def _check_loaded(self) -> None:
         """Refuse a loaded state whose settings or arrays do not fit together."""
+        for key in ("concepts", "class_names"):  # saved as strings; _check_setup coerces
+            value = getattr(self, key)
+            if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+                raise TypeError(f"{key} must be a list of strings; got {describe(value)}.")
+        for key in ("template", "max_length"):
+            expected = {"template": str, "max_length": int}[key]
+            value = getattr(self, key)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise TypeError(f"{key} must be a {expected.__name__}; got {describe(value)}.")
         self._check_setup()
         names = self.concepts_
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
             raise ValueError(f"concepts_ must be a non-empty list of names; got {describe(names)}.")
+        removed = self.removed_
+        if not isinstance(removed, dict) or not all(isinstance(r, str) for r in removed.values()):
+            raise TypeError(f"removed_ must map concepts to reasons (strings); got "
+                            f"{describe(removed)}.")
+        check_float(self.alpha_, "lam_ (alpha_)", minimum=0.0)
+        check_float(self.val_accuracy_, "val_accuracy_", minimum=0.0, maximum=1.0)
+        check_int(self.proj_steps_, "proj_steps_", minimum=0)
+        check_path(self.path_, "path_")
         k, n_classes = len(names), len(self.classes_)
         shapes = {"projection": (self.projection_, (k, None)), "proj_mean": (self.proj_mean_, (k,)),
                   "proj_std": (self.proj_std_, (k,)), "weight": (self.weight_, (n_classes, k)),
@@ -438,6 +469,22 @@ class LabelFreeCBM(BaseEstimator):
                                  f"{describe(tensor)}.")
         if not bool((self.proj_std_ > 0).all()):
             raise ValueError("proj_std must be positive.")
+
+
+def check_template(template: Any) -> str:
+    """A prompt template with exactly one ``{}`` where the concept text goes."""
+    if not isinstance(template, str):
+        raise TypeError(f"`template` must be a string with one '{{}}' where the concept text goes "
+                        f"(e.g. 'a photo of {{}}'); got {describe(template)}.")
+    try:
+        ok = template.count("{}") == 1 and template.format("x") is not None
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"`template` must contain exactly one '{{}}' (where the concept text "
+                         f"goes) and no other braces (write '{{{{' / '}}}}' for literal ones); "
+                         f"got {template!r}.")
+    return template
 
 
 def load_needs_backbone(path: str | os.PathLike) -> LabelFreeCBM:

@@ -83,17 +83,31 @@ _REBUILT_ENCODERS = ("Linear", "SpatialProbe")  # the classes _encoder_spec desc
 
 
 def _build_encoder(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild an encoder from a file's spec; a spec of the wrong types raises (FormatError at
+    load) rather than being coerced (``bias="x"`` is truthy)."""
+    if not isinstance(spec, dict) or spec.get("type") not in ("linear", "spatial_probe"):
+        raise ValueError(f"encoder spec must be a dict of type 'linear' or 'spatial_probe'; got "
+                         f"{describe(spec)}")
     if spec["type"] == "linear":
-        return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
+        if not isinstance(spec["bias"], bool):
+            raise TypeError(f"encoder bias must be true or false; got {describe(spec['bias'])}")
+        return nn.Linear(check_int(spec["in_features"], "in_features", minimum=1),
+                         check_int(spec["out_features"], "out_features", minimum=1),
+                         bias=spec["bias"])
     return SpatialProbe(spec["in_channels"], spec["n_concepts"], spec["pool"])
 
 
 def _names(names: Any, count: int, label: str, arg: str) -> list[str]:
     if names is None:
         return [f"{label}_{i}" for i in range(count)]
+    if isinstance(names, str):
+        raise TypeError(f"`{arg}` must be a list of names; got {describe(names)}.")
     names = [str(n) for n in names]
     if len(names) != count:
         raise ValueError(f"`{arg}` has {len(names)} names but the model has {count}.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # reports key their metrics by name: a repeated one would be lost
+        raise ValueError(f"`{arg}` must be unique (one name per {label}); {repeated} repeat.")
     return names
 
 
@@ -261,6 +275,13 @@ class ConceptBottleneckModel(nn.Module):
         with loading(path, "ConceptBottleneckModel (model configuration)"):
             config = dict(meta["config"])
             spec = meta.get("encoder")
+            for key in ("concept_names", "class_names"):  # saved as strings: others are edits
+                names = config.get(key)
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise TypeError(f"{key} must be a list of strings; got {describe(names)}")
+            if not isinstance(meta.get("encoder_class"), str):
+                raise TypeError(f"encoder_class must be a string; got "
+                                f"{describe(meta.get('encoder_class'))}")
         given = concept_encoder is not None
         if not given and not spec and meta.get("encoder_class") in _REBUILT_ENCODERS:
             raise FormatError(f"`path` {str(path)!r} was saved with a "

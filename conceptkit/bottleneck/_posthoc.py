@@ -41,7 +41,7 @@ from .._validation import (
 from ..concepts._cav import fit_boundary
 from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders
-from ._data import as_tensor, check_labels
+from ._data import as_labels, as_tensor
 from ._label_free import backbone_features
 
 KIND = "posthoc_cbm"
@@ -58,15 +58,29 @@ class CAVBank:
     def __init__(self, vectors: Any, intercepts: Any, names: list[str], accuracy: Any = None):
         vectors = np.asarray(check_matrix(to_numpy(vectors), "vectors"), dtype=np.float64)
         intercepts = np.asarray(to_numpy(intercepts), dtype=np.float64).reshape(-1)
+        if isinstance(names, np.ndarray):
+            names = names.tolist()
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise TypeError(f"`names` must be a list of concept names; got {describe(names)}.")
         if intercepts.shape[0] != vectors.shape[0] or len(names) != vectors.shape[0]:
             raise ValueError(f"`vectors` has {vectors.shape[0]} rows but `intercepts` has "
                              f"{intercepts.shape[0]} and `names` {len(names)}.")
+        if not np.isfinite(intercepts).all():  # a NaN intercept makes every margin NaN
+            raise ValueError(f"`intercepts` must be finite; entries "
+                             f"{np.flatnonzero(~np.isfinite(intercepts)).tolist()} are NaN or Inf.")
+        names = [str(n) for n in names]
+        if len(set(names)) != len(names):  # reports and top_concepts key concepts by name
+            raise ValueError(f"`names` must be unique (a concept per name); "
+                             f"{sorted({n for n in names if names.count(n) > 1})} repeat.")
         norms = np.linalg.norm(vectors, axis=1)
         if not (norms > 0).all():
             raise ValueError(f"concept vector(s) {np.flatnonzero(norms == 0).tolist()} are zero.")
-        self.vectors, self.intercepts, self.names = vectors, intercepts, [str(n) for n in names]
+        self.vectors, self.intercepts, self.names = vectors, intercepts, names
         self.accuracy = (np.full(len(names), np.nan) if accuracy is None
-                         else np.asarray(accuracy, dtype=np.float64))
+                         else np.asarray(to_numpy(accuracy), dtype=np.float64).reshape(-1))
+        if self.accuracy.shape != (len(names),):
+            raise ValueError(f"`accuracy` must hold one value per concept ({len(names)}); got "
+                             f"{describe(accuracy)}.")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -104,6 +118,12 @@ class CAVBank:
         rng = make_rng(seed)
         if not isinstance(positives, Mapping) or not positives:
             raise TypeError(f"`positives` must be a non-empty dict name -> embeddings; got {describe(positives)}.")
+        if isinstance(negatives, Mapping):
+            missing = [name for name in positives if name not in negatives]
+            if missing:
+                raise ValueError(f"`negatives` is a dict but has no negative examples for the "
+                                 f"concept(s) {missing[:10]}: give one pool per concept of "
+                                 f"`positives`, or one shared array.")
         vectors, intercepts, accuracy = [], [], []
         for name, pos in positives.items():
             neg = negatives[name] if isinstance(negatives, Mapping) else negatives
@@ -216,14 +236,31 @@ class PosthocCBM(BaseEstimator):
     def _head_inputs(self, emb: np.ndarray) -> np.ndarray:
         return (self.concept_bank.margins(emb) - self.margin_mean_) / self.margin_std_
 
+    def _check_settings(self) -> None:
+        """The checks of :meth:`fit`, which :meth:`load` repeats on a file's settings: a model
+        that fits and saves can be loaded again."""
+        check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
+        check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+        for name in ("max_iter", "batch_size", "residual_epochs"):  # used or not, all saved
+            check_int(getattr(self, name), name, minimum=1)
+        check_float(self.residual_lr, "residual_lr", minimum=0.0, strict_minimum=True)
+        check_float(self.residual_penalty, "residual_penalty", minimum=0.0)
+        for name in ("residual", "standardize"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):  # "no" is truthy
+                raise TypeError(f"`{name}` must be True or False; got {describe(value)}.")
+        if self.seed is not None:
+            check_int(self.seed, "seed", minimum=0)
+
     def fit(self, X: Any, y: Any) -> PosthocCBM:
         """Fit the sparse head (and the residual for PCBM-h) on embeddings or images ``X``."""
         if not isinstance(self.concept_bank, CAVBank):
             raise TypeError(f"`concept_bank` must be a CAVBank; got {describe(self.concept_bank)}.")
+        self._check_settings()
         alpha = check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
         l1_ratio = check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
         emb = self.embed(X)
-        labels = check_labels(as_tensor(y, "y"), "y").numpy()
+        labels = as_labels(y, "y").numpy()
         if len(labels) != len(emb):
             raise ValueError(f"`y` has {len(labels)} labels for {len(emb)} examples.")
         if len(np.unique(labels)) < 2:
@@ -334,6 +371,11 @@ class PosthocCBM(BaseEstimator):
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         with loading(path, "PosthocCBM"):
             arr = {k: v.double().numpy() for k, v in tensors.items()}
+            names = meta["bank_names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise TypeError(f"bank_names must be a list of strings; got {describe(names)}")
+            if not isinstance(meta["params"], dict):
+                raise TypeError(f"params must be a dict; got {describe(meta['params'])}")
             bank = CAVBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
                                arr["bank_accuracy"])
             model = cls(bank, backbone, **current_names(meta["params"], RENAMED_PARAMS))
@@ -348,12 +390,7 @@ class PosthocCBM(BaseEstimator):
 
     def _check_loaded(self) -> None:
         """Refuse a loaded state whose settings or arrays do not fit together."""
-        check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
-        check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
-        for name in ("max_iter", "batch_size", "residual_epochs"):
-            check_int(getattr(self, name), name, minimum=1)
-        if self.seed is not None:
-            check_int(self.seed, "seed", minimum=0)
+        self._check_settings()
         classes = np.asarray(self.classes_)
         if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "iub":
             raise ValueError(f"classes must list at least two class labels; got {describe(classes)}.")
@@ -371,6 +408,9 @@ class PosthocCBM(BaseEstimator):
                                  f"{describe(array)}.")
         if (self.residual_weight_ is None) != (self.residual_bias_ is None):
             raise ValueError("residual_weight and residual_bias must be saved together.")
+        if bool(self.residual) != (self.residual_weight_ is not None):
+            raise ValueError(f"residual={self.residual} but the file "
+                             f"{'lacks' if self.residual else 'holds'} the residual layer.")
         if not (self.margin_std_ > 0).all():
             raise ValueError("margin_std must be positive.")
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .._reprs import dataclass_repr
-from .._validation import check_float, check_int
+from .._validation import check_float, check_int, describe
 
 NNZ_THRESHOLD = 1e-5
 
@@ -236,3 +236,25 @@ def elastic_net_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, nnz_targe
 
 # Short reprs: shapes of arrays, not their values (print(result) stays readable).
 SparseFit.__repr__ = dataclass_repr  # type: ignore[method-assign]
+
+
+def check_path(path: Any, name: str = "path") -> list[dict]:
+    """Check a saved α path (the ``path`` of :func:`elastic_net_path`): a list of dicts whose
+    numbers are finite and in range. Loaders raise this inside ``loading`` (a FormatError)."""
+    if not isinstance(path, list):
+        raise TypeError(f"{name} must be a list; got {describe(path)}.")
+    for i, step in enumerate(path):
+        if not isinstance(step, dict):
+            raise TypeError(f"{name}[{i}] must be a dict; got {describe(step)}.")
+        for key, value in step.items():
+            if key in ("nnz_max", "nnz_total", "n_iter"):
+                check_int(value, f"{name}[{i}][{key!r}]", minimum=0)
+            elif key == "alpha":
+                check_float(value, f"{name}[{i}][{key!r}]", minimum=0.0)
+            elif key == "train_accuracy":
+                check_float(value, f"{name}[{i}][{key!r}]", minimum=0.0, maximum=1.0)
+            elif key == "deviance_ratio":  # 1 - loss / null loss
+                check_float(value, f"{name}[{i}][{key!r}]", maximum=1.0)
+            else:
+                check_float(value, f"{name}[{i}][{key!r}]")
+    return path

@@ -205,6 +205,20 @@ def _fit_stage(stage: str, module: nn.Module, loss_fn: Callable[[Batch], torch.T
     return StageHistory(stage, tuple(train_curve), tuple(val_curve), best_epoch, stopped)
 
 
+def _check_classes(labels: torch.Tensor, n_classes: int) -> None:
+    """Refuse labels of one class (nothing to classify); warn about classes without examples."""
+    present = torch.unique(labels).tolist()
+    if len(present) < 2:
+        raise ValueError(f"`train_data` labels hold one class ({present[0] if present else None}); "
+                         f"a classifier needs examples of at least two classes.")
+    absent = sorted(set(range(n_classes)) - set(present))
+    if absent:
+        warnings.warn(f"train_cbm: `train_data` has no example of class(es) {absent[:20]} of the "
+                      f"model's n_classes={n_classes}: the head never sees them and will "
+                      f"(almost) never predict them; check the labels or `n_classes`.",
+                      UserWarning, stacklevel=3)
+
+
 def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = None, *,
               mode: str = "joint", concept_loss_weight: float = 1.0, epochs: int = 100,
               lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 4e-5,
@@ -256,6 +270,7 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
                     device=dev, generator=seed_everything(seed), progress=bool(progress))
     train = as_cbm_data(train_data, "train_data", n_concepts=model.n_concepts,
                         n_classes=model.n_classes)
+    _check_classes(train.columns()[1], model.n_classes)
     if val_data is None:
         train, val = train.split(val_fraction, seed)
         val_source = "split"

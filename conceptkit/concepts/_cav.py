@@ -262,5 +262,13 @@ def compute_cav(concept_activations: Any, random_activations: Any, *, classifier
     concept = activation_features(concept_activations, "concept_activations", space, min_rows=2)
     random = activation_features(random_activations, "random_activations", space,
                                  dim=concept.shape[1], min_rows=2)
-    return fit_cav(concept, random, classifier=classifier, space=space, test_size=test_size,
-                   rng=make_rng(seed))
+    cav = fit_cav(concept, random, classifier=classifier, space=space, test_size=test_size,
+                  rng=make_rng(seed))
+    if cav.accuracy <= 0.5:  # balanced held-out split: 0.5 is a coin flip
+        warnings.warn(f"compute_cav: the CAV's held-out accuracy is {cav.accuracy:.3f}, at or "
+                      f"below chance (0.5): the classifier cannot tell `concept_activations` "
+                      f"from `random_activations` at this layer (are they the same examples, or "
+                      f"is the concept absent here?), so the CAV's direction is noise. Use other "
+                      f"concept examples, more of them, or another layer.", UserWarning,
+                      stacklevel=2)
+    return cav

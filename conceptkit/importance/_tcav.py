@@ -396,9 +396,11 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         random_magnitudes[run] = derivatives.mean()
         random_accuracies[run] = cav.accuracy
 
-    # the sign-count statistic degenerates when every derivative has one sign; magnitudes do not
-    notes = (same_sign_notes(scores, random_scores, gradients.shape[0])
-             if statistic == "sign_count" else [])
+    # a zero gradient makes every derivative 0, whatever the statistic; the sign-count
+    # statistic also degenerates when every derivative has one sign, magnitudes do not
+    notes = zero_gradient_notes(gradients, class_id)
+    if not notes and statistic == "sign_count":
+        notes = same_sign_notes(scores, random_scores, gradients.shape[0])
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     tested, reference = ((magnitudes, random_magnitudes) if statistic == "magnitude"
@@ -416,6 +418,19 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
     )
 
 
+def zero_gradient_notes(gradients: np.ndarray, class_id: int) -> list[str]:
+    """A note when the class logit's gradient at the layer is zero for every class input (a dead
+    ReLU after the layer, a zero weight row): every directional derivative is then 0."""
+    if gradients.size == 0 or np.any(gradients != 0):
+        return []
+    return [f"degenerate TCAV: the gradient of class {class_id}'s logit at this layer is zero for "
+            f"all {gradients.shape[0]} class inputs, so every directional derivative, TCAV score "
+            f"and magnitude is 0 and TCAV cannot tell anything about this class here (no concept "
+            f"can be significant). The logit does not depend on this layer for these inputs "
+            f"(e.g. a dead ReLU or a zero weight row after it): check `class_id` and the model, "
+            f"or use another layer."]
+
+
 def same_sign_notes(scores: np.ndarray, random_scores: np.ndarray, n_inputs: int) -> list[str]:
     """A note when every CAV (concept and random) gives all class inputs directional derivatives
     of one sign, so that every score is 0 or 1 (and the random baseline decides significance)."""
@@ -423,7 +438,7 @@ def same_sign_notes(scores: np.ndarray, random_scores: np.ndarray, n_inputs: int
     if n_inputs < 2 or not np.isin(every, (0.0, 1.0)).all():
         return []
     return [f"degenerate TCAV: for every CAV, all {n_inputs} class inputs have directional "
-            f"derivatives of the same sign, so every TCAV score is 0 or 1 and significance is "
+            f"derivatives of the same sign (or zero), so every TCAV score is 0 or 1 and significance is "
             f"decided by how often random CAVs point the same way. The class logit's gradient "
             f"has the same direction for every input, as at a layer followed only by pooling "
             f"and an affine head (the gradient is the head's weight row whatever the input). "
