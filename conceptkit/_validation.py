@@ -142,9 +142,18 @@ def check_images(images: Any, name: str = "images", *, channels: int | None = No
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
+        how = ""
+        if isinstance(images, (list, tuple)) and images and hasattr(images[0], "getbands"):
+            how = (" Convert a list of PIL images of one size with torch.stack([torchvision."
+                   "transforms.functional.to_tensor(im.convert('RGB')) for im in images]).")
+        elif isinstance(images, str) or hasattr(images, "__fspath__"):  # a path
+            how = (" A path is not read: load the image files first, e.g. torch.stack([torchvision."
+                   "transforms.functional.to_tensor(PIL.Image.open(p).convert('RGB').resize((S, S)))"
+                   " for p in paths]), or give the folder to the command line (conceptkit explain "
+                   "--images DIR).")
         raise TypeError(
             f"`{name}` must be a torch.Tensor or numpy array of shape (N, C, H, W); "
-            f"got {describe(images)}."
+            f"got {describe(images)}.{how}"
         )
     if images.device.type == "meta":
         raise ValueError(f"`{name}` is on the 'meta' device, which holds shapes but no data; pass "

@@ -1,6 +1,6 @@
-"""The ``conceptkit`` command: ``demo | explain | report | train-cbm | extract | bench``.
+"""The ``conceptkit`` command: ``demo | explain | report | atlas | train-cbm | extract | bench``.
 
-One module per command (``_demo``, ``_explain``, ``_extract``, ``_train_cbm``), the parser and
+One module per command (``_demo``, ``_explain``, ``_atlas``, ``_extract``, ``_train_cbm``), the parser and
 dispatch in ``_main``, and the image loading they share in ``_images``.
 """
 

@@ -1,14 +1,16 @@
 """``conceptkit atlas``: one concept dictionary for every class, from an activation store.
 
-Single process::
+Single process, on a store of the concept dataset (``extract --concept-dataset`` records its
+labels; a store of ``--images`` needs ``--labels``, one class index per stored image)::
 
-    conceptkit atlas --store acts/ --model reference --labels labels.npy --out atlas/
+    conceptkit extract --model reference --concept-dataset 100 --layout maps --out acts-maps/
+    conceptkit atlas --store acts-maps/ --model reference --out atlas-run/
 
 Across processes (each rank reads its share of the store's chunks; the sufficient statistics of
 the NMF are all-reduced, so every rank holds the same dictionary; rank 0 then scores the classes
 and writes the outputs)::
 
-    torchrun --nproc_per_node=2 -m conceptkit atlas --store acts/ --model reference ...
+    torchrun --nproc_per_node=2 -m conceptkit atlas --store acts-maps/ --model reference ...
 
 The store must hold feature maps (``conceptkit extract ... --layout maps``). Writes
 ``OUT/atlas.safetensors`` (read it with :func:`conceptkit.load`) and the report in
@@ -46,16 +48,23 @@ def atlas_main(argv: list[str]) -> int:
     """Parse ``argv`` and build the atlas of a store."""
     from ..concepts import NMF, fit_distributed
     from ..extraction import ActivationStore
-    from ..models import load as load_model
     from ..pipeline import ConceptAtlas
-    from ._checks import CommandError, check_counts, check_out_dir, check_seed_flag
+    from ._checks import (
+        CommandError,
+        check_counts,
+        check_out_dir,
+        check_seed_flag,
+        load_model_flags,
+    )
 
     parser = argparse.ArgumentParser(prog="conceptkit atlas", description=__doc__.split("\n")[0])
     parser.add_argument("--store", required=True, help="activation store of feature maps")
     parser.add_argument("--model", required=True, help="reference, efficientnet_lite0, timm:NAME, ...")
     parser.add_argument("--weights", default=None)
     parser.add_argument("--layer", default=None, help="default: the store's layer")
-    parser.add_argument("--labels", default=None, help=".npy or text file (default: store meta)")
+    parser.add_argument("--labels", default=None,
+                        help=".npy or text file, one class index per stored image (default: the "
+                             "labels the store records; extract --concept-dataset records them)")
     parser.add_argument("--n-concepts", type=int, default=20)
     parser.add_argument("--importance", default="auto",
                         help="auto (Sobol: a store holds no pixels), sobol, gradient_input, ...")
@@ -83,7 +92,12 @@ def atlas_main(argv: list[str]) -> int:
         dist.init_process_group("gloo")
     try:
         store = ActivationStore(args.store)
-        loaded = load_model(args.model, args.weights)
+        if (args.labels is None and store.manifest.get("layout") == "maps"  # (else: say that)
+                and store.manifest.get("meta", {}).get("labels") is None):
+            raise CommandError(f"`--labels` is required: the store {args.store!r} records no "
+                               f"class labels (only `extract --concept-dataset` records them); "
+                               f"give a .npy or text file with one class index per stored image.")
+        loaded = load_model_flags(args.model, args.weights)
         layer = args.layer or store.manifest.get("meta", {}).get("layer") or loaded.layer
         if layer is None:
             raise ValueError("`--layer` is required: the store does not record its layer.")

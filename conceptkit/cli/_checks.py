@@ -5,10 +5,42 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 
 class CommandError(ValueError):
     """A user error on the command line: printed as one ``error: ...`` line, exit status 2."""
+
+
+#: Argument names of :func:`conceptkit.models.load` (and of the loaders it calls) in its errors,
+#: and the words a command line user reads instead: the flag they typed.
+_LOAD_TERMS = {"`weights`": "`--weights`", "`name`": "the world name in `--model`",
+               "`arch`": "the architecture in `--model`"}
+
+
+def load_model_flags(spec: str, weights: str | None) -> Any:
+    """:func:`conceptkit.models.load` for a command: an error names ``--model`` / ``--weights``
+    (the flags the user typed), not the Python arguments."""
+    from ..models import load
+
+    try:
+        return load(spec, weights)
+    except (ValueError, TypeError, OSError) as err:
+        message = str(err)
+        for name, flag in _LOAD_TERMS.items():
+            message = message.replace(name, flag)
+        if message == str(err):
+            raise
+        raise CommandError(message) from err
+
+
+def without_missing_options(message: str, more_images: str) -> str:
+    """Advice of a library error in a command's terms: ACE's ``min_cluster_size`` has no flag,
+    so "lower `min_cluster_size`" becomes what the command can do (``more_images``, the flag
+    that gives more images, or ``--method ice``)."""
+    return message.replace("Pass more images or lower `min_cluster_size`.",
+                           f"Pass more images ({more_images}) or use `--method ice` (ACE's "
+                           f"`min_cluster_size` has no option in this command).")
 
 
 def check_counts(args: argparse.Namespace, minimums: dict[str, int]) -> None:

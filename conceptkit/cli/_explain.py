@@ -6,10 +6,11 @@ import argparse
 import re
 from pathlib import Path
 
-from ._checks import CommandError
+from ._checks import CommandError, load_model_flags, without_missing_options
 from ._images import file_ids, load_images
 
-#: ``--factorizer`` choices: signed activations (ViT/CLIP tokens) need ``semi_nmf`` or ``pca``.
+#: ``--factorizer`` choices. Signed activations (ViT/CLIP tokens) need one that takes signs
+#: (``topk_sae``, the default there, ``semi_nmf``, ``pca``, ...): NMF refuses them.
 FACTORIZER_CHOICES = {"nmf": "NMF", "semi_nmf": "SemiNMF", "kmeans": "KMeansConcepts",
                       "pca": "PCAConcepts", "ica": "ICAConcepts", "sparse": "SparseDictionary",
                       "topk_sae": "TopKSAE"}
@@ -36,11 +37,10 @@ def command_line_terms(message: str) -> str:
 
 def explain_main(args: argparse.Namespace) -> int:
     from ..concepts._checks import NegativeActivationsError
-    from ..models import load as load_model
     from ..models._candidates import class_index, missing_layer_message
     from ..pipeline import DISCOVERY_METHODS, ConceptExplainer
 
-    loaded = load_model(args.model, args.weights)
+    loaded = load_model_flags(args.model, args.weights)
     if args.layer is None and loaded.layer is None:
         raise CommandError(missing_layer_message(loaded.model, loaded.input_size, "`--layer`")
                            + " Pass one with --layer NAME.")
@@ -71,7 +71,8 @@ def explain_main(args: argparse.Namespace) -> int:
     except NegativeActivationsError as err:
         raise ValueError(err.command_line()) from err
     except ValueError as err:
-        raise ValueError(command_line_terms(str(err))) from err
+        raise ValueError(without_missing_options(command_line_terms(str(err)),
+                                                 "`--images`")) from err
     if args.name_with or args.visualize:
         from ._naming import name_and_visualize
 

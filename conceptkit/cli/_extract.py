@@ -31,7 +31,7 @@ from ..extraction._store import (
     slice_inputs,
     write_chunks,
 )
-from ._checks import CommandError, check_counts, check_out_dir
+from ._checks import CommandError, check_counts, check_out_dir, load_model_flags
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -39,22 +39,23 @@ def _dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _load_inputs(args: argparse.Namespace, size: int) -> Any:
+def _load_inputs(args: argparse.Namespace, size: int) -> tuple[Any, list[int] | None]:
+    """The inputs, and their class labels where the command knows them (the concept dataset's:
+    recorded in the store's ``meta["labels"]``, which ``conceptkit atlas`` reads)."""
     if args.concept_dataset is not None:
         from ..datasets import make_concept_dataset
 
-        return make_concept_dataset(args.concept_dataset, seed=args.seed, split=args.split).images
+        data = make_concept_dataset(args.concept_dataset, seed=args.seed, split=args.split)
+        return data.images, [int(label) for label in data.labels]
     if args.images is None:
         raise CommandError("give `--images DIR_OR_GLOB` or `--concept-dataset N_PER_CLASS`.")
     from ._images import load_images
 
-    return load_images(args.images, size)[0]
+    return load_images(args.images, size)[0], None
 
 
 def extract_main(argv: list[str]) -> int:
     """``conceptkit extract``: write activations of a model at a layer into a store."""
-    from ..models import load as load_model
-
     parser = argparse.ArgumentParser(prog="conceptkit extract", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -62,7 +63,9 @@ def extract_main(argv: list[str]) -> int:
     parser.add_argument("--layer", default=None)
     parser.add_argument("--images", default=None, help="a directory or a glob of images")
     parser.add_argument("--concept-dataset", type=int, default=None,
-                        help="use the ground-truth concept dataset with this many images per class")
+                        help="use the ground-truth concept dataset with this many images per "
+                             "class (its class labels are recorded in the store, where "
+                             "`conceptkit atlas` reads them)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="store directory")
@@ -91,11 +94,12 @@ def extract_main(argv: list[str]) -> int:
 
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        loaded = load_model(args.model, args.weights)
+        loaded = load_model_flags(args.model, args.weights)
         layer = args.layer or loaded.layer
         if layer is None:
             raise CommandError("`--layer` is required for this model.")
-        inputs = _load_inputs(args, args.size if args.size is not None else loaded.input_size)
+        inputs, labels = _load_inputs(args, args.size if args.size is not None
+                                      else loaded.input_size)
         loaded.model.to(device)
         extractor = ActivationExtractor(loaded.model, layer, batch_size=args.batch_size,
                                         progress=False, preprocess=loaded.preprocess)
@@ -114,9 +118,11 @@ def extract_main(argv: list[str]) -> int:
         if distributed:
             dist.barrier()
         if rank == 0:
+            meta = {"model": args.model, "layer": layer, "world_size": world}
+            if labels is not None:  # one class index per stored input: atlas needs no --labels
+                meta["labels"] = labels
             store = finalize_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
-                                   meta={"model": args.model, "layer": layer, "world_size": world},
-                                   fingerprint=fingerprint)
+                                   meta=meta, fingerprint=fingerprint)
             print(f"store {args.out}: {store.n_rows} rows x {store.n_features} features in "
                   f"{len(store.manifest['chunks'])} chunks (this rank computed {len(done)})")
         if distributed:

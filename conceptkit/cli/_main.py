@@ -7,11 +7,20 @@ import os
 import sys
 from pathlib import Path
 
-from ._checks import CommandError, check_counts, check_out_dir, check_seed_flag
+from ._checks import (
+    CommandError,
+    check_counts,
+    check_out_dir,
+    check_seed_flag,
+    without_missing_options,
+)
 from ._explain import FACTORIZER_CHOICES
 from ._naming import add_naming_arguments, check_naming_arguments
 
-PROGRAM_DESCRIPTION = "Command line: conceptkit demo | explain | report | train-cbm | extract | bench."
+#: Every command, in the order ``--help`` lists them (README.md lists the same).
+COMMANDS = ("demo", "explain", "report", "atlas", "train-cbm", "extract", "bench")
+
+PROGRAM_DESCRIPTION = f"Command line: conceptkit {' | '.join(COMMANDS)}."
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -44,7 +53,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         message = str(err)
         for name, flag in DEMO_FLAGS.items():
             message = message.replace(f"`{name}`", f"`{flag}`")
-        raise CommandError(message) from err
+        raise CommandError(without_missing_options(message, "a larger `--n-per-class`")) from err
 
 
 def _cmd_train_cbm(argv: list[str]) -> int:
@@ -111,8 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--n-concepts", type=int, default=None,
                      help="number of concepts (default 10; ACE: 25 clusters before filtering)")
     exp.add_argument("--factorizer", default=None, choices=sorted(FACTORIZER_CHOICES),
-                     help="replace the method's factorizer (default: nmf; semi_nmf at a layer that "
-                          "gives ViT/CLIP tokens)")
+                     help="replace the method's factorizer (default: nmf for ice and craft, "
+                          "except topk_sae, a top-k sparse autoencoder with 2 concepts per "
+                          "token, at a layer that gives ViT/CLIP tokens; ace clusters with "
+                          "kmeans)")
     exp.add_argument("--patch-size", type=int, default=None)
     exp.add_argument("--tokens", default="auto", choices=["auto", "patches", "cls"],
                      help="at a transformer layer: 'patches' (ICE on the patch tokens), 'cls' "

@@ -98,6 +98,8 @@ def train_cbm_main(argv: list[str]) -> int:
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CommandError(f"`--lr` must be a positive number; got {args.lr}.")
     check_seed_flag(args.seed)
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise CommandError(f"`--weights` {args.weights!r} does not exist (or is not a file).")
     from ..datasets import make_concept_dataset
 
     start = time.perf_counter()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._deprecation import current_names, renamed_arguments
 from .._validation import check_int
 
 ARCHITECTURES = ("cnn", "resnet", "vit")
@@ -84,9 +85,17 @@ class SmallResNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x)))))))
 
 
-def small_vit(n_classes: int = 4, embed_dim: int = 96, depth: int = 6, num_heads: int = 4,
+#: Old names of :func:`small_vit`'s arguments, as records of saved world models (the shipped
+#: ViT weights included) and the world training specs still spell them: read silently.
+VIT_RENAMED = {"num_heads": "n_heads"}
+
+
+@renamed_arguments(**VIT_RENAMED)
+def small_vit(n_classes: int = 4, embed_dim: int = 96, depth: int = 6, n_heads: int = 4,
               patch_size: int = 8, mlp_ratio: float = 2.0, image_size: int = 64) -> nn.Module:
     """A small timm ``VisionTransformer`` with a CLS token and a CLS-pooled head.
+
+    ``n_heads`` attention heads per block (``num_heads`` before 0.2, deprecated).
 
     ``image_size / patch_size`` squared patch tokens plus the CLS token go through ``depth``
     blocks (``blocks.0`` .. ``blocks.{depth-1}``); the head reads the CLS token only
@@ -97,19 +106,19 @@ def small_vit(n_classes: int = 4, embed_dim: int = 96, depth: int = 6, num_heads
     from .._validation import check_float, check_int
 
     for name, value in (("n_classes", n_classes), ("embed_dim", embed_dim), ("depth", depth),
-                        ("num_heads", num_heads), ("patch_size", patch_size),
+                        ("n_heads", n_heads), ("patch_size", patch_size),
                         ("image_size", image_size)):
         check_int(value, name, minimum=1)
     check_float(mlp_ratio, "mlp_ratio", minimum=0.0, strict_minimum=True)
-    if embed_dim % num_heads:
-        raise ValueError(f"`embed_dim` ({embed_dim}) must be a multiple of `num_heads` "
-                         f"({num_heads}).")
+    if embed_dim % n_heads:
+        raise ValueError(f"`embed_dim` ({embed_dim}) must be a multiple of `n_heads` "
+                         f"({n_heads}).")
     if image_size % patch_size:
         raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` "
                          f"({patch_size}).")
     return VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=3,
                              num_classes=n_classes, embed_dim=embed_dim, depth=depth,
-                             num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True,
+                             num_heads=n_heads, mlp_ratio=mlp_ratio, class_token=True,
                              global_pool="token")
 
 
@@ -118,7 +127,18 @@ def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
     if architecture == "resnet":
         return SmallResNet(**config)
     if architecture == "vit":
-        return small_vit(**config)
+        # a record or spec written with the old key (the shipped ViT records) builds the same
+        # model, without a warning; an error then names the key as the record spells it
+        old_keys = {new: old for old, new in VIT_RENAMED.items() if old in config}
+        try:
+            return small_vit(**current_names(config, VIT_RENAMED))
+        except (ValueError, TypeError) as err:
+            message = str(err)
+            for new, old in old_keys.items():
+                message = message.replace(f"`{new}`", f"`{old}`")
+            if message == str(err):
+                raise
+            raise type(err)(message) from err
     if architecture == "cnn":
         from ._reference import ReferenceCNN
 

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._deprecation import renamed_arguments
 from ._bundle import ModelBundle, from_pretrained
 
 
-def likely_layers(model: nn.Module, input_size: int = 224, n: int = 5,
+@renamed_arguments(n="n_layers")
+def likely_layers(model: nn.Module, input_size: int = 224, n_layers: int = 5,
                   max_depth: int = 2) -> list[str]:
-    """The last ``n`` modules (at most ``max_depth`` dots deep) whose output is a feature map
+    """The last ``n_layers`` modules (at most ``max_depth`` dots deep) whose output is a feature map
     ``(N, C, h, w)`` with ``h, w > 1`` or transformer tokens ``(N, T, C)``, last first.
 
     The model runs once on a grey ``input_size`` image (no gradients, flags and hooks restored).
@@ -62,7 +64,7 @@ def likely_layers(model: nn.Module, input_size: int = 224, n: int = 5,
             kept = [other for other in kept if not other.startswith(name + ".")]
         if not any(name.startswith(other + ".") for other in kept):
             kept.append(name)
-    return kept[:n]
+    return kept[:n_layers]
 
 
 def missing_layer_message(model: nn.Module, input_size: int = 224, flag: str = "`layer`") -> str:
@@ -100,9 +102,14 @@ def class_index(value: Any, class_names: list[str], flag: str = "`class_id`") ->
         text = value.strip()
         if text.isdigit():
             return int(text)
+        if text.lstrip("+-").isdigit() and text not in class_names:  # "-1": a number, not a name
+            raise ValueError(f"{flag} must be a class index >= 0 or a class name; got {text}.")
         if not class_names:
+            where = ("" if flag.startswith("`--") else
+                     ", or pass the names by output index as `class_names=[...]` (e.g. "
+                     "ConceptExplainer(model, layer, class_names=names))")
             raise ValueError(f"{flag} {value!r} is a name, but this model has no class names; "
-                             f"give the class index instead.")
+                             f"give the class index instead{where}.")
         if text in class_names:
             return class_names.index(text)
         folded = [c.strip().lower() for c in class_names]

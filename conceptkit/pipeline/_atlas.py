@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_int, describe
 from ..concepts import Factorizer
 from ..importance import METHODS as IMPORTANCE_METHODS
@@ -416,13 +417,15 @@ class ConceptAtlas:
         classes = data.classes
         return np.array([[probs[data.labels == a][:, b].mean() for b in classes] for a in classes])
 
-    def most_confused_pairs(self, n: int = 5) -> list[tuple[int, int, float]]:
-        """The ``n`` ordered class pairs ``(a, b)`` with the largest mean probability of ``b`` on
-        images of ``a`` (see :meth:`confusion_matrix`)."""
+    @renamed_arguments(n="n_pairs")
+    def most_confused_pairs(self, n_pairs: int = 5) -> list[tuple[int, int, float]]:
+        """The ``n_pairs`` ordered class pairs ``(a, b)`` with the largest mean probability of
+        ``b`` on images of ``a`` (see :meth:`confusion_matrix`)."""
         matrix = self.confusion_matrix()
         np.fill_diagonal(matrix, -np.inf)
         classes = self._data().classes
-        order = np.argsort(-matrix, axis=None, kind="stable")[:check_int(n, "n", minimum=1)]
+        n_pairs = check_int(n_pairs, "n_pairs", minimum=1)
+        order = np.argsort(-matrix, axis=None, kind="stable")[:n_pairs]
         pairs = [np.unravel_index(i, matrix.shape) for i in order]
         return [(int(classes[i]), int(classes[j]), float(matrix[i, j])) for i, j in pairs
                 if np.isfinite(matrix[i, j])]
@@ -491,14 +494,15 @@ class ConceptAtlas:
                                     n_confused=int((margins[chosen] > 0).sum()), shared=shared,
                                     images=examples)
 
-    def top_images(self, concept: int, n: int = 20, classes: Any = None, *,
+    @renamed_arguments(n="n_images")
+    def top_images(self, concept: int, n_images: int = 20, classes: Any = None, *,
                    with_maps: bool = True) -> ConceptSearch:
-        """The ``n`` fitted images where ``concept`` is most present (largest mean code over the
-        feature map), optionally only among images of ``classes``; with the images (when the
-        atlas holds them) and their concept maps upsampled to the image size."""
+        """The ``n_images`` fitted images where ``concept`` is most present (largest mean code
+        over the feature map), optionally only among images of ``classes``; with the images
+        (when the atlas holds them) and their concept maps upsampled to the image size."""
         data = self._data()
         concept = check_int(concept, "concept", minimum=0, maximum=data.n_concepts - 1)
-        n = check_int(n, "n", minimum=1)
+        n = check_int(n_images, "n_images", minimum=1)
         pool = np.arange(len(data.labels))
         if classes is not None:
             wanted = np.asarray([check_int(c, "classes") for c in np.atleast_1d(classes)],

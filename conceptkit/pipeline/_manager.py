@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_images, check_int, describe
+from ..models._bundle import ModelBundle
 from ._assemble import build_class_report
 from ._atlas_data import class_labels
 from ._explainer import ConceptExplainer, predict_labels
@@ -23,13 +24,21 @@ class ConceptManager:
     """One :class:`ConceptExplainer` per class.
 
     ``fit(images, labels)`` groups the images by label — or, when ``labels`` is None, by the
-    model's own prediction (as xplique's CraftManager) — and explains every class.
+    model's own prediction (as xplique's CraftManager) — explains every class and returns
+    ``{class_id: ClassConcepts}`` (also kept in ``classes_``).
+
+    ``model`` and ``layer`` are taken as :class:`ConceptExplainer` takes them: a
+    :class:`~conceptkit.models.ModelBundle` (:func:`conceptkit.models.load`) gives its default
+    layer, preprocessing, name and class names unless they are given here. ``class_names`` (a
+    list by output index, or a dict ``{class_id: name}``) defaults to the bundle's.
     """
 
-    def __init__(self, model: nn.Module, layer: str, *, class_names: dict[int, str] | list[str] | None = None,
+    def __init__(self, model: nn.Module | ModelBundle, layer: str | None = None, *,
+                 class_names: dict[int, str] | list[str] | None = None,
                  min_images: int = 2, **explainer_kwargs: Any):
-        self.explainer = ConceptExplainer(model, layer, **explainer_kwargs)
-        self.class_names = class_names
+        self.explainer = ConceptExplainer(model, layer, **explainer_kwargs)  # reads a bundle
+        # the bundle's class names (the explainer took them) unless the caller gives some
+        self.class_names = self.explainer.class_names if class_names is None else class_names
         self.min_images = check_int(min_images, "min_images", minimum=2)
         self.classes_: dict[int, ClassConcepts] = {}
         self.labels_: np.ndarray | None = None

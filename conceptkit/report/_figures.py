@@ -249,14 +249,15 @@ def plot_exemplar_grid(exemplars: list, labels: list[str] | None = None, importa
     return fig
 
 
+@renamed_arguments(n_concepts="n_top_concepts")
 def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = None,
                           colors: list | None = None, *, image_ids: list | None = None,
-                          n_concepts: int = 5, percentile: float = 90.0, mode: str = "alpha",
+                          n_top_concepts: int = 5, percentile: float = 90.0, mode: str = "alpha",
                           max_alpha: float = 0.6, max_side: int = 224, ncols: int = 4,
                           title: str | None = None) -> Figure:
     """Concept attribution maps painted over their images, with a colour legend.
 
-    Images are downsampled to ``max_side`` first; see :func:`concept_overlay` for ``n_concepts``,
+    Images are downsampled to ``max_side`` first; see :func:`concept_overlay` for ``n_top_concepts``,
     ``percentile``, ``mode`` and ``max_alpha``. ``maps`` is ``(N, k, h, w)`` in concept order.
     """
     if not isinstance(images, (np.ndarray, torch.Tensor)) or images.ndim != 4:
@@ -267,11 +268,11 @@ def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = Non
     ncols = check_int(ncols, "ncols", minimum=1)
     k = int(maps.shape[1])
     names = _labels(labels, k)
-    n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
-    m = min(n_concepts, k)
+    n_top_concepts = check_int(n_top_concepts, "n_top_concepts", minimum=1)
+    m = min(n_top_concepts, k)
     rgb = resolve_colors(colors, m)
     small = shrink(np.asarray(to_numpy(images), dtype=np.float32), max_side)
-    painted = concept_overlay(small, maps, list(rgb), n_concepts=m, percentile=percentile,
+    painted = concept_overlay(small, maps, list(rgb), n_top_concepts=m, percentile=percentile,
                               mode=mode, max_alpha=max_alpha)
     n = painted.shape[0]
     if image_ids is not None and len(image_ids) != n:

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
+from .._deprecation import renamed_arguments
 from .._validation import check_float, check_int
 from ._colors import readable, resolve_colors
 from ._figures import _labels, _wrap_label, image_title
@@ -26,11 +27,12 @@ def heatmap_strength(maps: np.ndarray) -> np.ndarray:
     return np.divide(out, top, out=np.zeros_like(out), where=top > 0)
 
 
+@renamed_arguments(n_concepts="n_top_concepts")
 def plot_concept_heatmaps(images: Any, maps: Any, labels: list[str] | None = None,
                           colors: list | None = None, *, image_ids: list | None = None,
-                          n_concepts: int = 5, percentile: float = 90.0, max_side: int = 160,
+                          n_top_concepts: int = 5, percentile: float = 90.0, max_side: int = 160,
                           title: str | None = None) -> Figure:
-    """A grid of concept heatmaps: one row per concept (the first ``n_concepts``), one column
+    """A grid of concept heatmaps: one row per concept (the first ``n_top_concepts``), one column
     per image.
 
     Each panel shows the image in grey, the concept's map in the concept's colour (opacity
@@ -48,22 +50,22 @@ def plot_concept_heatmaps(images: Any, maps: Any, labels: list[str] | None = Non
         Concept labels and colours (default :func:`concept_colors`).
     image_ids : list, optional
         Column titles (ints: ``image 3``; strings: the file name).
-    n_concepts : int
-        Rows (the first concepts of ``maps``).
+    n_top_concepts : int
+        Rows (the first concepts of ``maps``; ``n_concepts`` before, deprecated).
     percentile : float
         Contour level per concept, in [0, 100).
     max_side : int
         Images are shrunk to at most this many pixels per side first.
     """
     images, maps = _check_pair(images, maps)
-    n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
+    n_top_concepts = check_int(n_top_concepts, "n_top_concepts", minimum=1)
     percentile = check_float(percentile, "percentile", minimum=0.0)
     if percentile >= 100:
         raise ValueError(f"`percentile` must be below 100; got {percentile}.")
     max_side = check_int(max_side, "max_side", minimum=8)
     k = int(maps.shape[1])
     names = _labels(labels, k)
-    m = min(n_concepts, k)
+    m = min(n_top_concepts, k)
     rgb = resolve_colors(colors, m)
     n = images.shape[0]
     if image_ids is not None and len(image_ids) != n:

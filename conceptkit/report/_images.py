@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_int, describe, to_numpy
 from ._colors import resolve_colors
 
@@ -99,10 +100,11 @@ def _check_pair(images: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(images, 0.0, 1.0), maps
 
 
-def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_concepts: int = 5,
+@renamed_arguments(n_concepts="n_top_concepts")
+def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_top_concepts: int = 5,
                     percentile: float = 90.0, mode: str = "alpha",
                     max_alpha: float = 0.6) -> np.ndarray:
-    """Paint the first ``n_concepts`` concept maps onto their images, one colour per concept.
+    """Paint the first ``n_top_concepts`` concept maps onto their images, one colour per concept.
 
     CRAFT's display: each concept's map is resized to the image, zeroed below its
     ``percentile``-th percentile over all given images, normalised by its maximum over all given
@@ -116,8 +118,8 @@ def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_con
         Concept maps in the concept order of ``colors`` (most important first).
     colors : list of matplotlib colours, optional
         One per concept; default :func:`concept_colors`.
-    n_concepts : int
-        How many concepts (the first ones) to paint.
+    n_top_concepts : int
+        How many concepts (the first ones) to paint (``n_concepts`` before, deprecated).
     percentile : float
         Per-concept threshold in [0, 100).
     mode : {"alpha", "argmax"}
@@ -132,13 +134,13 @@ def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_con
         Blended colours in [0, 1].
     """
     images, maps = _check_pair(images, maps)
-    n_concepts = check_int(n_concepts, "n_concepts", minimum=1)
+    n_top_concepts = check_int(n_top_concepts, "n_top_concepts", minimum=1)
     percentile = check_float(percentile, "percentile", minimum=0.0)
     if percentile >= 100:
         raise ValueError(f"`percentile` must be below 100; got {percentile}.")
     check_choice(mode, "mode", OVERLAY_MODES)
     max_alpha = check_float(max_alpha, "max_alpha", minimum=0.0, maximum=1.0)
-    m = min(n_concepts, maps.shape[1])
+    m = min(n_top_concepts, maps.shape[1])
     rgb = resolve_colors(colors, m)
     maps = resize_maps(maps[:, :m], tuple(images.shape[2:]))
     strength = np.zeros(maps.shape, dtype=np.float64)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_int, describe
 from ..io import json_ready, write_json
 from ._colors import concept_colors, concept_hex_colors
@@ -67,7 +68,7 @@ def class_title(class_id: int, class_name: str) -> str:
     return f"Class {class_id} · {class_name}" if _named(class_id, class_name) else f"Class {class_id}"
 
 
-def _options(dpi: Any, embedding: Any, cooccurrence: Any, quantile: Any, n_overlay_concepts: Any,
+def _options(dpi: Any, embedding: Any, cooccurrence: Any, quantile: Any, n_top_concepts: Any,
              percentile: Any, overlay_mode: Any, seed: Any) -> dict[str, Any]:
     percentile = check_float(percentile, "percentile", minimum=0.0)
     if percentile >= 100:
@@ -77,7 +78,7 @@ def _options(dpi: Any, embedding: Any, cooccurrence: Any, quantile: Any, n_overl
         "embedding": check_choice(embedding, "embedding", EMBEDDINGS),
         "cooccurrence": check_choice(cooccurrence, "cooccurrence", COOCCURRENCE_MEASURES),
         "quantile": check_float(quantile, "quantile", minimum=0.0, maximum=1.0),
-        "n_overlay_concepts": check_int(n_overlay_concepts, "n_overlay_concepts", minimum=1),
+        "n_top_concepts": check_int(n_top_concepts, "n_top_concepts", minimum=1),
         "percentile": percentile,
         "overlay_mode": check_choice(overlay_mode, "overlay_mode", OVERLAY_MODES),
         "seed": check_int(seed, "seed", minimum=0),
@@ -87,7 +88,7 @@ def _options(dpi: Any, embedding: Any, cooccurrence: Any, quantile: Any, n_overl
 def _render(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], dict[str, Any]]:
     labels, dpi = report.labels, opts["dpi"]
     k = report.n_concepts
-    m = min(opts["n_overlay_concepts"], k)
+    m = min(opts["n_top_concepts"], k)
     # The embedding (t-SNE: ~0.6 s for 500 images, mostly outside the GIL) runs in a worker
     # thread while the other figures are drawn; the result does not depend on it.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -119,7 +120,7 @@ def _render(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], d
 def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], Any]:
     """Every figure but the strategic cluster graph, and the co-occurrence matrix."""
     labels, dpi = report.labels, opts["dpi"]
-    m = min(opts["n_overlay_concepts"], report.n_concepts)
+    m = min(opts["n_top_concepts"], report.n_concepts)
     matrix = concept_cooccurrence(report.codes, opts["cooccurrence"], opts["quantile"])
     presence = ("Pearson correlation between concept codes" if opts["cooccurrence"] == "correlation"
                 else f"Jaccard index of top-{1 - opts['quantile']:.0%} presence")
@@ -133,14 +134,14 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
             [c.exemplars for c in report.concepts], labels, report.importances), dpi),
             "exemplars.png", "Top exemplars of each concept (rows in importance order)."),
         Picture("overlays", "Concept attribution maps", figure_png(plot_concept_overlays(
-            report.images, report.maps, labels, image_ids=report.image_ids, n_concepts=m,
+            report.images, report.maps, labels, image_ids=report.image_ids, n_top_concepts=m,
             percentile=opts["percentile"], mode=opts["overlay_mode"]), dpi), "overlays.png",
             f"Where the top {m} concepts sit in {report.images.shape[0]} class images"
             f"{_kind_words(report.maps_kind, report.maps_read)}: each map is "
             f"zeroed below its {format_number(opts['percentile'])}th percentile and painted in its "
             f"concept's colour."),
         Picture("heatmaps", "Where each concept sits", figure_png(plot_concept_heatmaps(
-            report.images, report.maps, labels, image_ids=report.image_ids, n_concepts=m,
+            report.images, report.maps, labels, image_ids=report.image_ids, n_top_concepts=m,
             percentile=opts["percentile"]), dpi), "heatmaps.png",
             f"One row per concept (the top {m}), one column per image: the concept's map in its "
             f"colour, scaled by the concept's maximum over these {report.images.shape[0]} images, "
@@ -286,10 +287,11 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
     return document(title, "\n".join(parts))
 
 
+@renamed_arguments(n_overlay_concepts="n_top_concepts")
 def write_class_report(report: ClassReport, out_dir: str | os.PathLike, *,
                        dpi: int = DEFAULT_DPI, embedding: str = "auto",
                        cooccurrence: str = "correlation", quantile: float = 0.9,
-                       n_overlay_concepts: int = 5, percentile: float = 90.0,
+                       n_top_concepts: int = 5, percentile: float = 90.0,
                        overlay_mode: str = "alpha", seed: int = 0,
                        index_link: str | None = None) -> Path:
     """Write one class's report into ``out_dir/<slug>/`` and return the page path.
@@ -309,8 +311,10 @@ def write_class_report(report: ClassReport, out_dir: str | os.PathLike, *,
         Strategic cluster graph embedding (see :func:`strategic_embedding`).
     cooccurrence : {"correlation", "jaccard"}
         Co-occurrence measure; ``quantile`` sets the Jaccard presence threshold.
-    n_overlay_concepts, percentile, overlay_mode
-        Concept overlays: how many concepts, per-concept threshold, ``"alpha"`` or ``"argmax"``.
+    n_top_concepts, percentile, overlay_mode
+        Concept overlays and heatmaps: how many concepts to show (the most important first;
+        ``n_overlay_concepts`` before, deprecated), per-concept threshold, ``"alpha"`` or
+        ``"argmax"``.
     seed : int
         Seed of the t-SNE embedding.
     index_link : str, optional
@@ -322,7 +326,7 @@ def write_class_report(report: ClassReport, out_dir: str | os.PathLike, *,
         raise TypeError(f"`out_dir` must be a path; got {describe(out_dir)}.")
     if index_link is not None and not isinstance(index_link, str):
         raise TypeError(f"`index_link` must be a str or None; got {describe(index_link)}.")
-    opts = _options(dpi, embedding, cooccurrence, quantile, n_overlay_concepts, percentile,
+    opts = _options(dpi, embedding, cooccurrence, quantile, n_top_concepts, percentile,
                     overlay_mode, seed)
     folder = Path(out_dir) / class_slug(report.class_id, report.class_name)
     if folder.exists() and not folder.is_dir():

@@ -127,7 +127,7 @@ def test_a_weights_file_that_is_not_one_is_an_error_line(content, suffix, images
     else:
         weights.write_bytes(content)
     err = _error(_explain(images, tmp_path / "o", "--weights", str(weights)), capsys)
-    assert "`weights`" in err and str(weights) in err
+    assert "`--weights`" in err and str(weights) in err
 
 
 @pytest.mark.parametrize("device", ["foo", "meta"])

@@ -251,7 +251,7 @@ def test_index_entry_matches_the_pipeline_call(written, tmp_path):
     assert entry.n_images == 60 and entry.top_concepts[0] == (LABELS[0], 0.41)
     assert entry.thumbnail.shape == (3, 64, 64)
     # The thumbnail is the first image with the top 3 concepts painted on.
-    expected = concept_overlay(report.images[:1], report.maps[:1], n_concepts=3)[0]
+    expected = concept_overlay(report.images[:1], report.maps[:1], n_top_concepts=3)[0]
     assert np.allclose(entry.thumbnail, expected.transpose(2, 0, 1), atol=1e-6)
     with pytest.raises(TypeError, match="index_entry"):
         write_index([report], tmp_path)
@@ -370,13 +370,13 @@ def test_overlay_stacking_and_argmax_modes():
 def test_overlay_figure_panels_and_legend(written):
     report, _ = written
     fig = plot_concept_overlays(report.images, report.maps, report.labels,
-                                image_ids=report.image_ids, n_concepts=3, ncols=3)
+                                image_ids=report.image_ids, n_top_concepts=3, ncols=3)
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 4
     assert [ax.get_title() for ax in shown] == [f"image {i}" for i in report.image_ids]
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == report.labels[:3]
-    expected = concept_overlay(report.images, report.maps, n_concepts=3)
+    expected = concept_overlay(report.images, report.maps, n_top_concepts=3)
     assert np.allclose(np.asarray(shown[1].images[0].get_array()), expected[1], atol=1e-6)
 
 
