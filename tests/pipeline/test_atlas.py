@@ -258,7 +258,7 @@ def test_a_transformer_atlas_explains_confusions_with_the_cls_token_held(tmp_pat
     from conceptkit.datasets import small_vit
 
     torch.manual_seed(0)
-    model = small_vit(n_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
+    model = small_vit(n_classes=3, embed_dim=32, depth=2, n_heads=2).eval()
     images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(12) % 3
     atlas = ConceptAtlas(model, "blocks.0", 4, method="ice", factorizer=SemiNMF(4, random_state=0),
@@ -319,7 +319,7 @@ def test_a_transformer_atlas_with_dense_codes_paints_the_regions_of_dominant_map
     from conceptkit.pipeline import pixel_ablation
 
     torch.manual_seed(0)
-    model = small_vit(n_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
+    model = small_vit(n_classes=3, embed_dim=32, depth=2, n_heads=2).eval()
     images = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(12) % 3
     sparse = ConceptAtlas(model, "blocks.0", 4, method="ice", seed=0, progress=False,

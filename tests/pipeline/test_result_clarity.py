@@ -109,7 +109,7 @@ def test_heatmap_grid_has_a_row_per_concept_and_a_column_per_image():
     images = rng.random((3, 3, 40, 40)).astype(np.float32)
     maps = rng.random((3, 4, 10, 10)).astype(np.float32)
     fig = plot_concept_heatmaps(images, maps, ["a", "b", "c", "d"], image_ids=["x.jpg", 7, 8],
-                                n_concepts=2)
+                                n_top_concepts=2)
     axes = fig.axes
     assert len(axes) == 2 * 3
     assert [ax.get_title() for ax in axes[:3]] == ["x.jpg", "image 7", "image 8"]

@@ -76,7 +76,7 @@ def _tiny_vit():
     from conceptkit.datasets import small_vit
 
     torch.manual_seed(0)
-    return small_vit(n_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
+    return small_vit(n_classes=3, embed_dim=32, depth=2, n_heads=2).eval()
 
 
 VIT_IMAGES = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
