@@ -9,27 +9,76 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 #: The demo's ground-truth scores come from :mod:`conceptkit.evaluate` (its default pointing-game
 #: tolerance, 1/16 of the image side: hollow parts such as the ring need it).
 GT_METRIC = "pointing_game"
 
 
-def concept_labels(truth) -> dict[int, str]:
+N_EXEMPLARS = 10  # the exemplars a class page shows per concept
+
+
+def exemplar_hits(cc, masks: torch.Tensor, part: int, n_exemplars: int = N_EXEMPLARS,
+                  concept: int = 0) -> tuple[int, int]:
+    """How many of ``concept``'s top ``n_exemplars`` exemplars (the fitted crops / cells / segments
+    the page shows) lie on ``part``: its mask covers at least a quarter of the exemplar's box.
+    ``masks (N, P, H, W)`` are the part masks of the class images ``cc`` was fitted on."""
+    rows = cc.bank.top_rows(concept, n_exemplars)
+    provenance = cc.bank.provenance
+    hits = 0
+    for row in rows:
+        y0, x0, y1, x1 = (int(v) for v in provenance.boxes[row])
+        inside = masks[int(provenance.image_ids[row]), part, y0:y1, x0:x1]
+        hits += int(inside.numel() > 0 and float(inside.float().mean()) >= 0.25)
+    return hits, len(rows)
+
+
+def concept_labels(truth, cc=None, masks: torch.Tensor | None = None) -> dict[int, str]:
     """Each concept named after the part it sits on (``Localisation.concept_parts``: the part
     whose pointing game has the highest 95 % Wilson lower bound, shown in at least 3 images and
-    hit in at least half of them), with that pointing game and the number of the class's images
-    showing the part (a spurious cue may be in only a few); ``background`` otherwise, and
+    hit in at least half of them), with that pointing game, the number of the class's images
+    showing the part (a spurious cue may be in only a few) and, given the explanation ``cc``
+    and the class images' part ``masks``, how many of the concept's exemplars lie on the part;
+    a name fewer than half of them support ends in ``?`` (the concept's map peaks on the part,
+    but what it responds to most is elsewhere). ``background`` when no part is pointed at, and
     ``undetermined`` when no part is shown in enough of the class's images to tell."""
     loc = truth.localisation
     labels = {}
     for j, part in enumerate(loc.concept_parts):
         if part < 0:
             labels[j] = f"c{j}: {loc.name(int(part))}"
-        else:
-            labels[j] = (f"c{j}: {loc.part_names[part]} ({loc.pointing_game[j, part]:.2f} of "
-                         f"{int(loc.n_present[part])})")
+            continue
+        name, shown = loc.part_names[part], f"PG {loc.pointing_game[j, part]:.2f}/{int(loc.n_present[part])}"
+        if cc is None or masks is None:
+            labels[j] = f"c{j}: {name} ({shown})"
+            continue
+        hits, count = exemplar_hits(cc, masks, int(part), concept=j)
+        doubt = "?" if 2 * hits < count else ""
+        labels[j] = f"c{j}: {name}{doubt} ({shown}, ex {hits}/{count})"
     return labels
+
+
+def shared_parts(truth, cc) -> list[str]:
+    """A note for each part that several concepts point at best: the part's share of the
+    class is split among them (the near-duplicate count, which compares exemplars, may be 0)."""
+    loc = truth.localisation
+    rank = {int(j): i + 1 for i, j in enumerate(cc.ranking)}
+    notes = []
+    for part in sorted({int(p) for p in loc.concept_parts if p >= 0}):
+        on = sorted((j for j, p in enumerate(loc.concept_parts) if p == part), key=rank.get)
+        if len(on) > 1:
+            listed = ", ".join(f"c{j} (rank {rank[j]})" for j in on)
+            notes.append(f"{len(on)} concepts point at '{loc.part_names[part]}' best: {listed}; "
+                         f"what the class owes to that part is split among them.")
+    return notes
+
+
+LABEL_LEGEND = ("Concept labels: the part a concept's map points at best; PG a/b: its pointing "
+                "game on that part over the b class images showing it; ex h/n: h of its n "
+                "exemplars lie on the part. A name ending in '?' is one its exemplars do not "
+                "support (fewer than half on the part): the map peaks on the part, but what the "
+                "concept responds to most is elsewhere.")
 
 
 @contextlib.contextmanager
@@ -125,15 +174,20 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
         notes = [f"{relied} (class probability drop {_fmt(row['most_relied_drop'])} when it is "
                  f"painted out); the top concept c{row['top_concept']} sits on "
                  f"'{row['top_part']}'."]
+        labels = concept_labels(truth, cc, data.masks[data.labels == class_id])
         for name, part in parts.items():
             kind = "causal" if part["causal"] else "spurious cue"
-            notes.append(f"{kind} '{name}': reliance {part['reliance']:.2f}; best concept "
-                         f"c{part['concept']} ({GT_METRIC} {part[GT_METRIC]:.2f}), importance "
-                         f"rank {part['importance_rank']}.")
+            notes.append(f"{kind} '{name}': reliance {part['reliance']:.2f}; the concept whose "
+                         f"map points at it best is c{part['concept']} ({GT_METRIC} "
+                         f"{part[GT_METRIC]:.2f}; labelled '{labels[part['concept']]}' by the part "
+                         f"it points at best), importance rank {part['importance_rank']}.")
+        notes.extend(shared_parts(truth, cc))
+        notes.append(LABEL_LEGEND)
         with counted_convergence(stopped):
             trust = dict(cc.trust(seed=seed), evaluation=row)
         trust["notes"] = trust_notes(trust)
-        report = build_class_report(cc, labels=concept_labels(truth), notes=notes, trust=trust)
+        report = build_class_report(cc, labels=labels, notes=notes, trust=trust,
+                                    n_exemplars=N_EXEMPLARS)
         page = write_class_report(report, out, index_link="../index.html")
         entries.append(index_entry(report, page, out))
         summary.append((class_id, cc.class_name, row, parts))

@@ -103,7 +103,7 @@ def _check_pair(images: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
 @renamed_arguments(n_concepts="n_top_concepts")
 def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_top_concepts: int = 5,
                     percentile: float = 90.0, mode: str = "alpha",
-                    max_alpha: float = 0.6) -> np.ndarray:
+                    max_alpha: float = 0.6, outline: bool = False) -> np.ndarray:
     """Paint the first ``n_top_concepts`` concept maps onto their images, one colour per concept.
 
     CRAFT's display: each concept's map is resized to the image, zeroed below its
@@ -127,6 +127,9 @@ def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_top
         only with the concept whose normalised value is highest there.
     max_alpha : float
         Opacity at a concept's maximum.
+    outline : bool
+        Also draw the edge of each concept's painted region in its colour, opaque (a concept
+        coloured like the object under it is then still seen; the most important on top).
 
     Returns
     -------
@@ -153,12 +156,23 @@ def concept_overlay(images: Any, maps: Any, colors: list | None = None, *, n_top
         keep = (values >= threshold) & (values > 0)
         strength[:, c] = np.where(keep, np.clip(values / top, 0.0, 1.0), 0.0)
     out = np.transpose(images, (0, 2, 3, 1)).astype(np.float64)
+    if not isinstance(outline, bool):
+        raise TypeError(f"`outline` must be True or False; got {outline!r}.")
     if mode == "argmax":
         winner = strength.argmax(axis=1)
         best = np.take_along_axis(strength, winner[:, None], axis=1)[:, 0]
         alpha = (max_alpha * best)[..., None]
-        return np.clip((1 - alpha) * out + alpha * rgb[winner], 0.0, 1.0)
-    for c in reversed(range(m)):  # least important first, so the most important ends on top
-        alpha = (max_alpha * strength[:, c])[..., None]
-        out = (1 - alpha) * out + alpha * rgb[c]
+        out = (1 - alpha) * out + alpha * rgb[winner]
+    else:
+        for c in reversed(range(m)):  # least important first, so the most important ends on top
+            alpha = (max_alpha * strength[:, c])[..., None]
+            out = (1 - alpha) * out + alpha * rgb[c]
+    if outline:
+        from scipy.ndimage import binary_erosion
+
+        for c in reversed(range(m)):
+            region = strength[:, c] > 0
+            edge = region & ~binary_erosion(region, structure=np.ones((1, 3, 3), bool),
+                                            border_value=0)
+            out[edge] = rgb[c]
     return np.clip(out, 0.0, 1.0)  # float rounding may step past 1 by an ulp

@@ -44,7 +44,8 @@ def index_entry(report: ClassReport, page: str | os.PathLike,
     base = Path(out_dir) if out_dir is not None else page.parent.parent
     link = Path(os.path.relpath(page.resolve(), base.resolve())).as_posix()
     image = shrink(report.images[:1], THUMBNAIL_SIDE)
-    painted = concept_overlay(image, report.maps[:1], n_top_concepts=thumbnail_concepts)[0]
+    painted = concept_overlay(image, report.maps[:1], n_top_concepts=thumbnail_concepts,
+                              outline=True)[0]
     return IndexEntry(class_id=report.class_id, class_name=report.class_name,
                       method=report.method, n_images=int(report.per_image_importance.shape[0]),
                       top_concepts=[(c.label, c.importance) for c in report.concepts[:n_top]],

@@ -304,6 +304,50 @@ def test_demo(tmp_path, capsys):
         assert "ground truth: spearman" in shown["metrics"]["trust"]
         assert any(note.startswith(("The model relies most on", "No part's painting-out"))
                    for note in shown["notes"])
-        # concepts are named after the part they sit on (evaluate's rule) or the background
-        assert all(re.fullmatch(r"c\d+: (background|.+ \([0-9.]+ of \d+\))", c["label"])
-                   for c in shown["concepts"])
+        # concepts are named after the part they sit on (evaluate's rule) or the background,
+        # with how many of their exemplars lie on it; the page says how to read the label
+        assert all(re.fullmatch(r"c\d+: (background|undetermined|.+ \(PG [0-9.]+/\d+, ex "
+                                r"\d+/\d+\))", c["label"]) for c in shown["concepts"])
+        assert any(note.startswith("Concept labels:") for note in shown["notes"])
+
+
+def test_demo_labels_count_the_exemplars_on_the_part():
+    """A concept's name ends in '?' when fewer than half of its exemplars lie on the part its
+    map points at best (the demo's labels contradicted their own exemplar crops)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from conceptkit.cli._demo import concept_labels, exemplar_hits
+
+    masks = torch.zeros(2, 2, 16, 16, dtype=torch.bool)
+    masks[0, 0, 0:8, 0:8] = True   # part 0 in image 0's top-left corner
+    masks[1, 1, 8:16, 8:16] = True  # part 1 in image 1's bottom-right corner
+    boxes = np.array([[0, 0, 8, 8], [0, 0, 4, 4], [8, 8, 16, 16], [0, 8, 8, 16]])
+    provenance = SimpleNamespace(boxes=boxes, image_ids=np.array([0, 0, 1, 0]))
+    top = {0: np.array([0, 1, 3]), 1: np.array([2, 3, 0, 1])}
+    bank = SimpleNamespace(provenance=provenance, top_rows=lambda c, n: top[c][:n])
+    cc = SimpleNamespace(bank=bank)
+    assert exemplar_hits(cc, masks, 0, concept=0) == (2, 3)
+    assert exemplar_hits(cc, masks, 1, concept=1) == (1, 4)
+    loc = SimpleNamespace(concept_parts=np.array([0, 1]), part_names=["disk", "ring"],
+                          pointing_game=np.array([[0.9, 0.0], [0.0, 0.8]]),
+                          n_present=np.array([5, 4]), name=lambda part: "background")
+    labels = concept_labels(SimpleNamespace(localisation=loc), cc, masks)
+    assert labels == {0: "c0: disk (PG 0.90/5, ex 2/3)", 1: "c1: ring? (PG 0.80/4, ex 1/4)"}
+
+
+def test_demo_notes_parts_that_several_concepts_point_at():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from conceptkit.cli._demo import shared_parts
+
+    loc = SimpleNamespace(concept_parts=np.array([0, 1, 0, -1, 0]),
+                          part_names=["red disk", "blue square"])
+    cc = SimpleNamespace(ranking=np.array([2, 1, 4, 0, 3]))
+    assert shared_parts(SimpleNamespace(localisation=loc), cc) == [
+        "3 concepts point at 'red disk' best: c2 (rank 1), c4 (rank 3), c0 (rank 4); what the "
+        "class owes to that part is split among them."]

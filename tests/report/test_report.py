@@ -250,8 +250,9 @@ def test_index_entry_matches_the_pipeline_call(written, tmp_path):
     assert entry.page == "class-3-red-squares/index.html"
     assert entry.n_images == 60 and entry.top_concepts[0] == (LABELS[0], 0.41)
     assert entry.thumbnail.shape == (3, 64, 64)
-    # The thumbnail is the first image with the top 3 concepts painted on.
-    expected = concept_overlay(report.images[:1], report.maps[:1], n_top_concepts=3)[0]
+    # The thumbnail is the first image with the top 3 concepts painted on, outlined.
+    expected = concept_overlay(report.images[:1], report.maps[:1], n_top_concepts=3,
+                               outline=True)[0]
     assert np.allclose(entry.thumbnail, expected.transpose(2, 0, 1), atol=1e-6)
     with pytest.raises(TypeError, match="index_entry"):
         write_index([report], tmp_path)
@@ -376,7 +377,7 @@ def test_overlay_figure_panels_and_legend(written):
     assert [ax.get_title() for ax in shown] == [f"image {i}" for i in report.image_ids]
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == report.labels[:3]
-    expected = concept_overlay(report.images, report.maps, n_top_concepts=3)
+    expected = concept_overlay(report.images, report.maps, n_top_concepts=3, outline=True)
     assert np.allclose(np.asarray(shown[1].images[0].get_array()), expected[1], atol=1e-6)
 
 
@@ -546,3 +547,19 @@ def test_write_page_embeds_pictures_writes_their_files_and_escapes_text(tmp_path
     assert '<td class="num">0.1235</td>' in text and '<td class="num">—</td>' in text
     with pytest.raises(TypeError, match="Picture, a PageTable or a str"):
         write_page(tmp_path / "q", "t", [("s", [3])])
+
+
+def test_overlay_outlines_each_region_in_its_colour():
+    image = np.full((1, 3, 8, 8), 0.5, dtype=np.float32)
+    maps = np.zeros((1, 1, 8, 8), dtype=np.float32)
+    maps[0, 0, 2:6, 2:6] = 1.0
+    red = (1.0, 0.0, 0.0)
+    plain = concept_overlay(image, maps, [red], percentile=50, max_alpha=0.5)[0]
+    lined = concept_overlay(image, maps, [red], percentile=50, max_alpha=0.5, outline=True)[0]
+    ring = np.zeros((8, 8), dtype=bool)
+    ring[2:6, 2:6] = True
+    ring[3:5, 3:5] = False
+    assert np.allclose(lined[ring], red)  # the region's edge, opaque
+    assert np.allclose(lined[~ring], plain[~ring])  # inside and outside: the blend as before
+    with pytest.raises(TypeError, match="outline"):
+        concept_overlay(image, maps, [red], outline="yes")
