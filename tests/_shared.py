@@ -142,3 +142,19 @@ def run_torchrun(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
         port = s.getsockname()[1]
     again = [f"--master_port={port}" if arg.startswith("--master_port=") else arg for arg in cmd]
     return subprocess.run(again, **kwargs)
+
+
+def cli_error(argv: list[str], capsys, seconds: float = 20.0) -> str:
+    """Run ``conceptkit argv`` and return its one ``error:`` line: exit status 2, one line on
+    stderr, refused within ``seconds`` (before any real work)."""
+    import time
+
+    from conceptkit.cli import main
+
+    start = time.perf_counter()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert time.perf_counter() - start < seconds
+    return err

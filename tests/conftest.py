@@ -3,21 +3,25 @@ import os
 import sys
 
 
-def _register_shared_helpers() -> None:
-    """Test modules in every folder import the helpers of tests/_shared.py as ``_shared``.
+def _register_shared_helpers(name: str, relative: str) -> None:
+    """Test modules in every folder import the helpers of tests/_shared.py as ``_shared`` and
+    the file forger of tests/contracts/_forge.py as ``_forge``.
 
-    The module is registered by path rather than by putting tests/ on ``sys.path``: the test
+    The modules are registered by path rather than by putting tests/ on ``sys.path``: the test
     folders are named like the package's subpackages, and on the path a folder such as
     tests/bottleneck would shadow real packages of that name (pandas imports ``bottleneck``).
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_shared.py")
-    spec = importlib.util.spec_from_file_location("_shared", path)
+    if name in sys.modules:
+        return
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relative)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["_shared"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
 
 
-_register_shared_helpers()
+_register_shared_helpers("_shared", "_shared.py")
+_register_shared_helpers("_forge", os.path.join("contracts", "_forge.py"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -148,10 +148,6 @@ def test_text_cache_in_memory_and_on_disk(tmp_path):
 
 @pytest.mark.parametrize("bad", ["shape", "nan", "int", "not unit"])
 def test_a_re_signed_cache_entry_with_wrong_embeddings_is_recomputed(tmp_path, bad):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "contracts"))
     from _forge import forge
 
     texts = ["red disk", "blue square"]

@@ -1,16 +1,13 @@
 """Regression tests of a review of the bottleneck models: settings, names and saved files that
 were accepted silently (or failed with a raw traceback) before."""
 
-import json
-import struct
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save
+from _forge import forge, set_meta
 
-from conceptkit import io
 from conceptkit.bottleneck import (
     CAVBank,
     ConceptBottleneckModel,
@@ -23,28 +20,6 @@ from conceptkit.bottleneck._concept_filter import filter_by_text
 from conceptkit.concepts import NMF, bank_from_activations
 from conceptkit.extraction import Provenance
 from conceptkit.io import FormatError
-
-
-def forge(source, target, edit):
-    """Copy a saved file with ``edit(info, tensors)`` applied and its digest re-signed, so that
-    the loader's own checks (not the digest) must catch the edit."""
-    data = source.read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    info = json.loads(json.loads(data[8:8 + n])["__metadata__"][io.FORMAT_NAME])
-    tensors = load_file(str(source))
-    edit(info, tensors)
-    info["digest"] = io._content_digest(info, tensors)
-    target.write_bytes(save(tensors, metadata={io.FORMAT_NAME: json.dumps(info)}))
-    return target
-
-
-def set_meta(*keys, value):
-    def edit(info, tensors):
-        node = info["meta"]
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = value
-    return edit
 
 
 # -- fixtures -------------------------------------------------------------------------------------

@@ -5,34 +5,13 @@ unless ``--overwrite`` is given."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
+from _shared import cli_error as _error
 from PIL import Image
 
 from conceptkit.cli import main
 from conceptkit.extraction import ActivationStore
-
-
-def _error(argv, capsys, seconds: float = 20.0) -> str:
-    start = time.perf_counter()
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    assert time.perf_counter() - start < seconds  # refused before any real work
-    return err
-
-
-@pytest.fixture
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
+from _shared import cli_error
 from PIL import Image
 
 from conceptkit.cli import build_parser, main
@@ -16,22 +16,8 @@ from conceptkit.cli import build_parser, main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _error(argv, capsys) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    return err
-
-
-@pytest.fixture
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return folder
+def _error(argv, capsys):  # some of these run a little work before the refusal
+    return cli_error(argv, capsys, seconds=300.0)
 
 
 def _explain(images, out, *extra):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _forge import forge, raw_metadata
+from _forge import forge, raw_metadata, set_meta
 from torch import nn
 
 import conceptkit
@@ -212,13 +212,6 @@ def _encoder(info, tensors):
                                "bias": True}
 
 
-def _set(path: tuple, value):
-    def edit(info, tensors):
-        target = info["meta"]
-        for key in path[:-1]:
-            target = target[key]
-        target[path[-1]] = value
-    return edit
 
 
 def _scale_tensor(name: str):
@@ -472,10 +465,10 @@ def rows(R: Callable[..., Any], cli: Callable[..., Any], CLIError: type) -> list
           FE, "`path`"),
         R("cbm-load-huge-width", "bottleneck.ConceptBottleneckModel.load", "n_concepts=10**9 declared",
           lambda c: bottleneck.ConceptBottleneckModel.load(
-              _forged(c, c.cbm_file, "width", _set(("config", "n_concepts"), 10**9))), FE, "`path`"),
+              _forged(c, c.cbm_file, "width", set_meta("config", "n_concepts", value=10**9))), FE, "`path`"),
         R("cbm-load-hidden", "bottleneck.ConceptBottleneckModel.load", "a head declared wider than stored",
           lambda c: bottleneck.ConceptBottleneckModel.load(
-              _forged(c, c.cbm_file, "hidden", _set(("config", "head"), "mlp"))), FE, "`path`"),
+              _forged(c, c.cbm_file, "hidden", set_meta("config", "head", value="mlp"))), FE, "`path`"),
         R("cbm-load-altered", "bottleneck.ConceptBottleneckModel.load", "weights altered after saving",
           lambda c: bottleneck.ConceptBottleneckModel.load(
               _forged(c, c.cbm_file, "cbm-altered", _scale_tensor("head.weight"), sign=False)),
@@ -492,11 +485,11 @@ def rows(R: Callable[..., Any], cli: Callable[..., Any], CLIError: type) -> list
           FE, "`path`"),
         R("bank-load-source-size", "concepts.ConceptBank.load", "provenance declaring 10**9-pixel images",
           lambda c: concepts.ConceptBank.load(
-              _forged(c, c.bank_file, "source-size", _set(("provenance", "source_size"), [10**9, 10**9]))),
+              _forged(c, c.bank_file, "source-size", set_meta("provenance", "source_size", value=[10**9, 10**9]))),
           FE, "`path`"),
         R("bank-load-factorizer-k", "concepts.ConceptBank.load", "a factorizer declaring another k",
           lambda c: concepts.ConceptBank.load(
-              _forged(c, c.bank_file, "factorizer-k", _set(("factorizer", "params", "n_concepts"), 7))),
+              _forged(c, c.bank_file, "factorizer-k", set_meta("factorizer", "params", "n_concepts", value=7))),
           FE, "`path`"),
         R("explanation-load-maps-k", "conceptkit.load", "maps for k=7 concepts in a k=3 explanation",
           lambda c: conceptkit.load(_forged(c, c.explanation_file, "maps-k", _maps_k)), FE, "`path`"),

@@ -35,3 +35,13 @@ def raw_metadata(source: Path, target: Path, text: str) -> Path:
     tensors = load_file(str(source))
     target.write_bytes(save(tensors, metadata={io.FORMAT_NAME: text}))
     return target
+
+
+def set_meta(*keys: str, value):
+    """An ``edit`` for :func:`forge` setting ``info["meta"][keys[0]][keys[1]]... = value``."""
+    def edit(info: dict, tensors: dict[str, torch.Tensor]) -> None:
+        node = info["meta"]
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return edit

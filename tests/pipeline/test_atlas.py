@@ -111,10 +111,8 @@ def test_save_load_roundtrip_and_tampering(fitted, tmp_path):
     bad.write_bytes(bytes(raw[: len(raw) - 7]))
     with pytest.raises(io.FormatError):
         conceptkit.load(bad)
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "contracts"))
     from _forge import forge
 
     def infinite_class(info, tensors):

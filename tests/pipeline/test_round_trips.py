@@ -131,13 +131,10 @@ def test_tiny_and_huge_maps_survive_a_round_trip(tmp_path):
 def test_files_of_format_version_1_still_load_and_newer_ones_are_refused(explained, tmp_path):
     """Scaled maps raised the explanation format to version 2 (version 1 readers would show
     the scaled maps as they are); version 1 files, plain float16 maps, load as before."""
-    import sys
+    from _forge import forge
 
     import conceptkit
     from conceptkit.io import FormatError
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "contracts"))
-    from _forge import forge
 
     path = explained[2]
     fresh = conceptkit.load(path)
