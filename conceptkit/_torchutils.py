@@ -73,19 +73,42 @@ def weights_state(module: nn.Module | None) -> tuple | None:
     hashing of their bytes."""
     if module is None:
         return None
-    return tuple((t.data_ptr(), t._version, _checksum(t))
+    return tuple((_pointer(t), t._version, _checksum(t))
                  for t in (*module.parameters(), *module.buffers()))
 
 
+def _pointer(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor.data_ptr()
+    except RuntimeError:  # sparse layouts have no single data pointer
+        return None
+
+
 def _checksum(tensor: torch.Tensor) -> tuple:
-    if tensor.device.type == "meta" or tensor.numel() == 0:
+    """Sum and L2 norm in float64 (complex: of the real and imaginary parts; integers: the sum);
+    NaN and infinite values are counted, not summed, so that the checksum equals itself.
+    Dtypes torch cannot reduce (quantized, float8) and meta tensors get none."""
+    if tensor.device.type == "meta" or tensor.numel() == 0 or tensor.is_quantized:
         return ()
-    with torch.no_grad():
-        values = tensor.detach()
-        if not (values.is_floating_point() or values.is_complex()):
-            return (int(values.sum()),)
-        return (float(values.sum(dtype=torch.float64)),
-                float(torch.linalg.vector_norm(values, dtype=torch.float64)))
+    try:
+        with torch.no_grad():
+            values = tensor.detach()
+            if values.layout == torch.sparse_coo:
+                values = values.coalesce().values()
+            elif values.layout != torch.strided:  # CSR, CSC, BSR, BSC
+                values = values.values()
+            if values.is_complex():
+                values = torch.view_as_real(values)
+            if not values.is_floating_point():
+                return (int(values.sum()),)
+            values = values.double()
+            finite = torch.isfinite(values)
+            values = torch.where(finite, values, torch.zeros((), dtype=values.dtype,
+                                                             device=values.device))
+            return (float(values.sum()), float(torch.linalg.vector_norm(values)),
+                    int((~finite).sum()))
+    except (RuntimeError, NotImplementedError, TypeError):  # a dtype torch cannot reduce
+        return ()
 
 
 def tensor_state(value: Any) -> tuple:
@@ -127,7 +150,7 @@ def on_device(model: nn.Module, device: Any = None) -> Iterator[torch.device]:
     afterwards, also when the block raises; yields the device the block runs on."""
     original = model_device(model)
     target = original if device is None else resolve_device(device)
-    moved = target != original
+    moved = target != original and not (target.type == original.type == "cpu")  # cpu:0 is cpu
     try:
         if moved:
             model.to(target)

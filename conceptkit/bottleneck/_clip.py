@@ -10,6 +10,7 @@ identified (a pretrained tag, a file hash, or a hash of the weights).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -262,24 +263,29 @@ class ClipEncoders:
                         f"got {describe(clip)}.")
 
     # -- encoding -------------------------------------------------------------------------------
-    def _run(self, fn: Callable, *args: Any) -> torch.Tensor:
-        if self.module is not None:
-            with preserved_model_state(self.module), on_device(self.module, self.device), \
-                    torch.no_grad():
-                return fn(*args)
-        with torch.no_grad():
-            return fn(*args)
+    @contextlib.contextmanager
+    def _running(self):
+        """One call's batches: the module (when there is one) in eval mode on ``device``, its
+        flags and its device restored afterwards (moved once per call, not per batch)."""
+        if self.module is None:
+            with torch.no_grad():
+                yield
+            return
+        with preserved_model_state(self.module), on_device(self.module, self.device), \
+                torch.no_grad():
+            yield
 
     def image_embeddings(self, images: torch.Tensor, *, progress: bool = False) -> torch.Tensor:
         """L2-normalised image embeddings ``(N, D)`` (float32, CPU) of images ``(N, 3, H, W)``."""
         images = check_images(images, "images", channels=3)
         out = []
-        for start in tqdm(range(0, len(images), self.batch_size), disable=not progress,
-                          desc="CLIP images", leave=False):
-            batch = images[start:start + self.batch_size].to(self.device)
-            if self.image_transform is not None:
-                batch = self.image_transform(batch)
-            out.append(self._checked(self._run(self._encode_image, batch), len(batch), "encode_image"))
+        with self._running():
+            for start in tqdm(range(0, len(images), self.batch_size), disable=not progress,
+                              desc="CLIP images", leave=False):
+                batch = images[start:start + self.batch_size].to(self.device)
+                if self.image_transform is not None:
+                    batch = self.image_transform(batch)
+                out.append(self._checked(self._encode_image(batch), len(batch), "encode_image"))
         return F.normalize(torch.cat(out), dim=1)
 
     def _checked(self, emb: Any, n: int, what: str) -> torch.Tensor:
@@ -311,9 +317,10 @@ class ClipEncoders:
                 return cached.clone()
         prompts = [template.format(t) for t in texts]
         out = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start:start + self.batch_size]
-            out.append(self._checked(self._run(self._encode_text, chunk), len(chunk), "encode_text"))
+        with self._running():
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = prompts[start:start + self.batch_size]
+                out.append(self._checked(self._encode_text(chunk), len(chunk), "encode_text"))
         emb = F.normalize(torch.cat(out), dim=1)
         self._text_cache[key] = emb
         if path is not None:

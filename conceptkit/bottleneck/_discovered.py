@@ -38,7 +38,7 @@ from ..extraction import ActivationExtractor
 from ..io import load_file, loading, save_file
 from ._data import as_tensor, check_concepts, check_labels
 from ._intervene import InterventionCurve, _check_groups
-from ._model import CBMOutput
+from ._model import CBMOutput, warn_repeated
 from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
 
 KIND = "discovered_cbm"
@@ -151,10 +151,7 @@ class DiscoveredCBM(BaseEstimator):
                 raise ValueError(f"`names` must list one name per concept ({len(labels)}); got "
                                  f"{describe(self.names)}.")
             labels = [str(n) for n in self.names]
-            repeated = sorted({n for n in labels if labels.count(n) > 1})
-            if repeated:  # the head's weights and the reports are read by name
-                raise ValueError(f"`names` must be unique (one name per concept); {repeated} "
-                                 f"repeat.")
+            warn_repeated(labels, "names", "concept")
             trust = [np.nan] * len(labels)
         self.names_ = labels
         self.trust_ = np.asarray(trust, dtype=np.float64)

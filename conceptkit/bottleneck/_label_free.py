@@ -476,8 +476,11 @@ def check_template(template: Any) -> str:
     if not isinstance(template, str):
         raise TypeError(f"`template` must be a string with one '{{}}' where the concept text goes "
                         f"(e.g. 'a photo of {{}}'); got {describe(template)}.")
-    try:
-        ok = template.count("{}") == 1 and template.format("x") is not None
+    import string
+
+    try:  # the replacement fields as str.format reads them ('{{' and '}}' are literal braces)
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        ok = fields == [""] and template.format("x") is not None
     except (IndexError, KeyError, ValueError):
         ok = False
     if not ok:

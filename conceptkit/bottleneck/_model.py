@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -105,10 +106,17 @@ def _names(names: Any, count: int, label: str, arg: str) -> list[str]:
     names = [str(n) for n in names]
     if len(names) != count:
         raise ValueError(f"`{arg}` has {len(names)} names but the model has {count}.")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:  # reports key their metrics by name: a repeated one would be lost
-        raise ValueError(f"`{arg}` must be unique (one name per {label}); {repeated} repeat.")
+    warn_repeated(names, arg, label)
     return names
+
+
+def warn_repeated(names: list[str], arg: str, label: str) -> None:
+    """Names may repeat (a naming step gives two concepts one name; files written so load),
+    but a user should know: a warning naming the argument and the repeats."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        warnings.warn(f"`{arg}` repeats {repeated}: several {label}s share a name (reports "
+                      f"tell them apart by their index).", UserWarning, stacklevel=3)
 
 
 class ConceptBottleneckModel(nn.Module):

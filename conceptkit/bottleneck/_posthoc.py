@@ -43,6 +43,7 @@ from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders
 from ._data import as_labels, as_tensor
 from ._label_free import backbone_features
+from ._model import warn_repeated
 
 KIND = "posthoc_cbm"
 FORMAT_VERSION = 1
@@ -69,9 +70,7 @@ class CAVBank:
             raise ValueError(f"`intercepts` must be finite; entries "
                              f"{np.flatnonzero(~np.isfinite(intercepts)).tolist()} are NaN or Inf.")
         names = [str(n) for n in names]
-        if len(set(names)) != len(names):  # reports and top_concepts key concepts by name
-            raise ValueError(f"`names` must be unique (a concept per name); "
-                             f"{sorted({n for n in names if names.count(n) > 1})} repeat.")
+        warn_repeated(names, "names", "concept")
         norms = np.linalg.norm(vectors, axis=1)
         if not (norms > 0).all():
             raise ValueError(f"concept vector(s) {np.flatnonzero(norms == 0).tolist()} are zero.")
@@ -247,7 +246,8 @@ class PosthocCBM(BaseEstimator):
         check_float(self.residual_penalty, "residual_penalty", minimum=0.0)
         for name in ("residual", "standardize"):
             value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)):  # "no" is truthy
+            if not (isinstance(value, (bool, np.bool_)) or (  # "no" is truthy; 0 and 1 are flags
+                    isinstance(value, (int, np.integer)) and value in (0, 1))):
                 raise TypeError(f"`{name}` must be True or False; got {describe(value)}.")
         if self.seed is not None:
             check_int(self.seed, "seed", minimum=0)

@@ -153,7 +153,7 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
                        "per_concept": {name: {"accuracy": evaluation.per_concept_accuracy[j],
                                               "f1": evaluation.per_concept_f1[j],
                                               "auc": evaluation.per_concept_auc[j]}
-                                       for j, name in enumerate(model.concept_names)}},
+                                       for j, name in enumerate(distinct(model.concept_names))}},
         "interventions": {policy: {"n_intervened": c.n_intervened, "accuracy_mean": c.accuracy_mean,
                                    "accuracy_std": c.accuracy_std, "area": c.area,
                                    "groups": [list(g) for g in c.groups]}
@@ -206,3 +206,9 @@ def _page(out: Path, title: str, numbers: dict[str, Any], pictures: dict[str, An
         ("Concepts", [pictures["concept_accuracy"], concepts]),
         ("Interventions", [pictures["interventions"]]),
     ], footer="Written by conceptkit. Every number is in metrics.json next to this page.")
+
+
+def distinct(names: list[str]) -> list[str]:
+    """Names as keys: a repeated name gets its concept's index (``"wing [2]"``), so that no
+    concept's numbers overwrite another's."""
+    return [f"{name} [{j}]" if names.count(name) > 1 else name for j, name in enumerate(names)]

@@ -22,7 +22,8 @@ N_EXEMPLARS = 10  # the exemplars a class page shows per concept
 def exemplar_hits(cc, masks: torch.Tensor, part: int, n_exemplars: int = N_EXEMPLARS,
                   concept: int = 0) -> tuple[int, int]:
     """How many of ``concept``'s top ``n_exemplars`` exemplars (the fitted crops / cells / segments
-    the page shows) lie on ``part``: its mask covers at least a quarter of the exemplar's box.
+    the page shows) lie on ``part``: its mask covers at least a quarter of the exemplar's box
+    (of a segment's own pixels).
     ``masks (N, P, H, W)`` are the part masks of the class images ``cc`` was fitted on."""
     rows = cc.bank.top_rows(concept, n_exemplars)
     provenance = cc.bank.provenance
@@ -30,6 +31,9 @@ def exemplar_hits(cc, masks: torch.Tensor, part: int, n_exemplars: int = N_EXEMP
     for row in rows:
         y0, x0, y1, x1 = (int(v) for v in provenance.boxes[row])
         inside = masks[int(provenance.image_ids[row]), part, y0:y1, x0:x1]
+        if provenance.kind == "segment":  # an ACE segment: its own pixels, not its box
+            own = torch.from_numpy(provenance.masks([row])[0][y0:y1, x0:x1])
+            inside = inside[own]
         hits += int(inside.numel() > 0 and float(inside.float().mean()) >= 0.25)
     return hits, len(rows)
 

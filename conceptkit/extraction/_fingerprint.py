@@ -14,6 +14,7 @@ its first, middle and last items.
 
 from __future__ import annotations
 
+import dis
 import functools
 import hashlib
 import types
@@ -50,9 +51,11 @@ def tensor_digest(tensor: torch.Tensor | np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def module_digest(module: nn.Module) -> str:
+def module_digest(module: nn.Module, *, state_dict_only: bool = False) -> str:
     """A hex digest of a module's class and every parameter and buffer (names, shapes, values),
-    non-persistent buffers included (they change the output but not the ``state_dict``)."""
+    non-persistent buffers included (they change the output but not the ``state_dict``).
+    ``state_dict_only``: the digest conceptkit wrote before it read non-persistent buffers
+    (the same for a model without any)."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{type(module).__module__}.{type(module).__qualname__}|".encode())
     state = module.state_dict(keep_vars=True)
@@ -60,7 +63,7 @@ def module_digest(module: nn.Module) -> str:
         digest.update(name.encode() + b"|")
         if isinstance(tensor, torch.Tensor):
             _update_tensor(digest, tensor)
-    for name, tensor in module.named_buffers(remove_duplicate=False):
+    for name, tensor in ([] if state_dict_only else module.named_buffers(remove_duplicate=False)):
         if name not in state:  # only where there are any: other digests stay as they were
             digest.update(b"non-persistent|" + name.encode() + b"|")
             _update_tensor(digest, tensor)
@@ -96,6 +99,8 @@ def _describe(value: Any, depth: int) -> str:
         return "{" + ",".join(f"{k}={v}" for k, v in items) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_describe(v, deeper) for v in value) + "]"
+    if isinstance(value, (set, frozenset)):  # in an order that is the same in every process
+        return "{" + ",".join(sorted(_describe(v, deeper) for v in value)) + "}"
     if isinstance(value, functools.partial):
         return (f"partial:{_describe(value.func, deeper)}:{_describe(value.args, deeper)}:"
                 f"{_describe(value.keywords, deeper)}")
@@ -107,7 +112,9 @@ def _describe(value: Any, depth: int) -> str:
         cells = [cell.cell_contents for cell in (value.__closure__ or ()) if _has_contents(cell)]
         digest.update(_describe(cells, deeper).encode())
         digest.update(_describe(value.__defaults__ or (), deeper).encode())
-        digest.update(_describe(_globals_read(value, depth), deeper).encode())
+        read = _globals_read(value, depth)
+        if read:  # only then: the digests of functions that read no global stay as they were
+            digest.update(_describe(read, deeper).encode())
         return f"function:{value.__module__}.{value.__qualname__}:{digest.hexdigest()}"
     if isinstance(value, (types.BuiltinFunctionType, types.ModuleType, type)):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value.__name__)}"
@@ -122,7 +129,8 @@ def _globals_read(function: types.FunctionType, depth: int) -> dict[str, Any]:
     """The module globals a function's code names (a model, a scale, a helper function),
     except modules and classes (named by ``_describe`` anyway). Below the second level a global
     function is named, not described, so that helpers calling helpers stay cheap."""
-    names = function.__code__.co_names
+    names = dict.fromkeys(ins.argval for ins in dis.get_instructions(function.__code__)
+                          if ins.opname == "LOAD_GLOBAL")  # not attribute names (x.DATA)
     found = {}
     for name in names:
         if name not in function.__globals__:

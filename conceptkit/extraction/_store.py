@@ -183,7 +183,8 @@ def write_chunks(compute: Callable[[int, int], torch.Tensor], n_inputs: int, pat
 
 def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
                    meta: dict | None = None, fingerprint: dict | None = None) -> ActivationStore:
-    """Write ``manifest.json`` once every chunk exists (reads only the chunks' headers).
+    """Write ``manifest.json`` once every chunk exists (reads each chunk's header, and its
+    bytes once for the digest the manifest records).
 
     The fingerprint recorded by :func:`write_chunks` is kept; ``fingerprint``, when given, must
     match it, and so must ``n_inputs``, ``chunk_size`` and ``layout``.

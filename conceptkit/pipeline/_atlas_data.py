@@ -227,7 +227,9 @@ def _check_store_is_of(ex: Any, store: Any) -> None:
                          f"`layer` {ex.layer!r}: its maps are not this layer's. Use "
                          f"layer={fingerprint['layer']!r} (on the command line, leave `--layer` "
                          f"out), or extract a store at {ex.layer!r}.")
-    if fingerprint["model"] != module_digest(ex.model):
+    # stores written before non-persistent buffers were read record the state_dict's digest
+    if fingerprint["model"] not in (module_digest(ex.model),
+                                    module_digest(ex.model, state_dict_only=True)):
         raise ValueError("the store was extracted from another model (other weights, or "
                          "another architecture) than `model`: its maps are not this model's. "
                          "Extract a store with this model (`conceptkit extract` with the same "

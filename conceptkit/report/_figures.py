@@ -254,12 +254,13 @@ def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = Non
                           colors: list | None = None, *, image_ids: list | None = None,
                           n_top_concepts: int = 5, percentile: float = 90.0, mode: str = "alpha",
                           max_alpha: float = 0.6, max_side: int = 224, ncols: int = 4,
-                          title: str | None = None) -> Figure:
+                          title: str | None = None, outline: bool = True) -> Figure:
     """Concept attribution maps painted over their images, each region outlined in its
     concept's colour, with a colour legend.
 
     Images are downsampled to ``max_side`` first; see :func:`concept_overlay` for ``n_top_concepts``,
-    ``percentile``, ``mode`` and ``max_alpha``. ``maps`` is ``(N, k, h, w)`` in concept order.
+    ``percentile``, ``mode``, ``max_alpha`` and ``outline`` (False: CRAFT's plain blend).
+    ``maps`` is ``(N, k, h, w)`` in concept order.
     """
     if not isinstance(images, (np.ndarray, torch.Tensor)) or images.ndim != 4:
         raise ValueError(f"`images` must be an array of shape (N, 3, H, W); got {describe(images)}.")
@@ -274,7 +275,7 @@ def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = Non
     rgb = resolve_colors(colors, m)
     small = shrink(np.asarray(to_numpy(images), dtype=np.float32), max_side)
     painted = concept_overlay(small, maps, list(rgb), n_top_concepts=m, percentile=percentile,
-                              mode=mode, max_alpha=max_alpha, outline=True)
+                              mode=mode, max_alpha=max_alpha, outline=outline)
     n = painted.shape[0]
     if image_ids is not None and len(image_ids) != n:
         raise ValueError(f"`image_ids` has {len(image_ids)} entries but `images` has {n}.")

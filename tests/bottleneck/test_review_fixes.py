@@ -175,24 +175,30 @@ def test_posthoc_file_with_a_nan_intercept_is_a_format_error(posthoc_file, tmp_p
 
 
 # -- 4: repeated names ----------------------------------------------------------------------------
-def test_repeated_names_are_refused_naming_the_argument():
-    with pytest.raises(ValueError, match=r"`concept_names` must be unique.*\['wing'\]"):
-        ConceptBottleneckModel(torch.nn.Linear(4, 3), 3, 2, concept_names=["wing", "beak", "wing"])
-    with pytest.raises(ValueError, match=r"`class_names` must be unique.*\['bird'\]"):
-        ConceptBottleneckModel(torch.nn.Linear(4, 3), 3, 2, class_names=["bird", "bird"])
-    with pytest.raises(ValueError, match=r"`names` must be unique.*\['a'\]"):
+def test_repeated_names_are_kept_with_a_warning_and_reports_lose_no_concept(tmp_path):
+    """Names may repeat (a naming gives two concepts one name; files written before load):
+    a warning names the argument, and the report keys repeated names by their index (its
+    metrics.json had kept one entry per name)."""
+    with pytest.warns(UserWarning, match=r"`concept_names` repeats \['wing'\]"):
+        model = ConceptBottleneckModel(torch.nn.Linear(4, 3), 3, 2,
+                                       concept_names=["wing", "beak", "wing"])
+    assert model.concept_names == ["wing", "beak", "wing"]
+    with pytest.warns(UserWarning, match=r"`names` repeats \['a'\]"):
         CAVBank(np.eye(3), np.zeros(3), ["a", "b", "a"])
     bank, acts, labels = discovered_setup()
-    with pytest.raises(ValueError, match=r"`names` must be unique.*\['p'\]"):
+    with pytest.warns(UserWarning, match=r"`names` repeats \['p'\]"):
         DiscoveredCBM(bank, names=["p", "q", "p"], progress=False).fit(activations=acts,
                                                                        labels=labels)
+    from conceptkit.bottleneck._report import distinct
+
+    assert distinct(["wing", "beak", "wing"]) == ["wing [0]", "beak", "wing [2]"]
 
 
-def test_repeated_names_in_a_file_are_a_format_error(cbm_file, tmp_path):
-    bad = forge(cbm_file, tmp_path / "bad.safetensors",
+def test_a_file_with_repeated_names_loads_as_written(cbm_file, tmp_path):
+    old = forge(cbm_file, tmp_path / "old.safetensors",
                 set_meta("config", "concept_names", value=["x", "y", "x"]))
-    with pytest.raises(FormatError, match="must be unique"):
-        ConceptBottleneckModel.load(bad)
+    with pytest.warns(UserWarning, match="repeats"):
+        assert ConceptBottleneckModel.load(old).concept_names == ["x", "y", "x"]
 
 
 # -- 6: wrong-typed metadata ----------------------------------------------------------------------
@@ -216,7 +222,7 @@ def test_cbm_file_round_trips(cbm_file):
     assert model.concept_encoder.bias is not None
 
 
-@pytest.mark.parametrize("key, value", [("residual", "no"), ("residual", 1), ("standardize", "x"),
+@pytest.mark.parametrize("key, value", [("residual", "no"), ("residual", 2), ("standardize", "x"),
                                         ("standardize", None), ("residual_lr", "x"),
                                         ("residual_lr", float("nan")), ("residual_lr", 0),
                                         ("residual_penalty", []), ("residual_penalty", -1),
@@ -349,6 +355,12 @@ def test_label_free_checks_max_length_and_template(kwargs, error, match):
 def test_label_free_template_with_one_placeholder_fits():
     model, _ = fit_label_free(template="a photo of {}")
     assert len(model.concepts_) >= 1
+    from conceptkit.bottleneck._label_free import check_template
+
+    # literal braces, as the error message says to write them, are not placeholders
+    assert check_template("{} {{}}") == "{} {{}}"
+    with pytest.raises(ValueError, match="exactly one"):
+        check_template("{0}")
 
 
 # -- 11: a dict of negatives without a concept ----------------------------------------------------

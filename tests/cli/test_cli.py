@@ -325,7 +325,7 @@ def test_demo_labels_count_the_exemplars_on_the_part():
     masks[0, 0, 0:8, 0:8] = True   # part 0 in image 0's top-left corner
     masks[1, 1, 8:16, 8:16] = True  # part 1 in image 1's bottom-right corner
     boxes = np.array([[0, 0, 8, 8], [0, 0, 4, 4], [8, 8, 16, 16], [0, 8, 8, 16]])
-    provenance = SimpleNamespace(boxes=boxes, image_ids=np.array([0, 0, 1, 0]))
+    provenance = SimpleNamespace(kind="position", boxes=boxes, image_ids=np.array([0, 0, 1, 0]))
     top = {0: np.array([0, 1, 3]), 1: np.array([2, 3, 0, 1])}
     bank = SimpleNamespace(provenance=provenance, top_rows=lambda c, n: top[c][:n])
     cc = SimpleNamespace(bank=bank)
@@ -351,3 +351,24 @@ def test_demo_notes_parts_that_several_concepts_point_at():
     assert shared_parts(SimpleNamespace(localisation=loc), cc) == [
         "3 concepts point at 'red disk' best: c2 (rank 1), c4 (rank 3), c0 (rank 4); what the "
         "class owes to that part is split among them."]
+
+
+def test_demo_labels_read_a_segments_own_pixels():
+    """An ACE exemplar is a segment: the part must cover a quarter of its pixels, not of its
+    bounding box."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from conceptkit.cli._demo import exemplar_hits
+
+    masks = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    masks[0, 0, 0:2, 0:8] = True  # the part: the top two rows
+    segment = np.zeros((8, 8), dtype=bool)
+    segment[4:8, 0:8] = True  # the segment: the bottom half; its box is the whole image
+    provenance = SimpleNamespace(kind="segment", boxes=np.array([[0, 0, 8, 8]]),
+                                 image_ids=np.array([0]), masks=lambda rows: [segment])
+    cc = SimpleNamespace(bank=SimpleNamespace(provenance=provenance,
+                                              top_rows=lambda c, n: np.array([0])))
+    assert exemplar_hits(cc, masks, 0) == (0, 1)  # by its box it would be 1 of 1 (a quarter)

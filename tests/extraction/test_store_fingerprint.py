@@ -357,3 +357,79 @@ def test_a_store_path_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(NotADirectoryError, match="`path`.*is a file"):
         write_store(_extractor(), IMAGES, file, progress=False)
     assert file.read_text() == "notes"
+
+
+def test_fingerprints_of_what_reads_no_global_are_those_written_before():
+    """Stores written before globals and non-persistent buffers were read must still resume:
+    a function that reads no module global, and a model without non-persistent buffers, keep
+    the digests of the earlier recipe (recomputed here as it was)."""
+    import hashlib
+
+    from conceptkit.extraction._fingerprint import (
+        _code_identity,
+        _describe,
+        _update_tensor,
+        callable_identity,
+        module_digest,
+    )
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(_code_identity(_double.__code__, 0).encode())
+    digest.update(_describe([], 1).encode())
+    digest.update(_describe((), 1).encode())
+    assert callable_identity(_double) == (f"function:{_double.__module__}."
+                                          f"{_double.__qualname__}:{digest.hexdigest()}")
+    model = _model()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{type(model).__module__}.{type(model).__qualname__}|".encode())
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        digest.update(name.encode() + b"|")
+        _update_tensor(digest, tensor)
+    assert module_digest(model) == digest.hexdigest()
+
+
+def test_a_global_set_or_an_attribute_name_does_not_unsettle_the_fingerprint():
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        from conceptkit.extraction._fingerprint import callable_identity
+        NAMES = {"cat", "dog", "bird", "fish", "horse", "cow", "owl"}
+        def reads_a_set(x):
+            return x * 2 if "cat" in NAMES else x
+        print(callable_identity(reads_a_set))
+    """)
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
+            for seed in ("1", "2", "3")}
+    assert len(runs) == 1  # the same in every process, whatever the hash seed
+
+    from conceptkit.extraction._fingerprint import _globals_read
+
+    def reads_an_attribute(x):
+        return x.IMAGES  # an attribute, not the module global of that name
+
+    assert "IMAGES" in globals() and _globals_read(reads_an_attribute, 0) == {}
+
+
+
+def test_the_atlas_takes_a_store_written_before_non_persistent_buffers_were_read(tmp_path):
+    import conceptkit
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Gain(), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    path = tmp_path / "maps"
+    write_store(_extractor(model, layer="2"), IMAGES, path, layout="maps", chunk_size=4,
+                progress=False)
+    from conceptkit.extraction._fingerprint import module_digest
+
+    legacy = module_digest(model, state_dict_only=True)
+    assert legacy != module_digest(model)  # the buffer is read now
+    _edit(path, lambda m: m["fingerprint"].update(model=legacy))  # as the earlier code wrote
+    labels = np.arange(len(IMAGES)) % 2
+    atlas = conceptkit.ConceptAtlas(model, "2", n_concepts=2, progress=False, seed=0)
+    atlas.fit(path, labels)  # was refused as "another model"
+    _edit(path, lambda m: m["fingerprint"].update(model="0" * 32))
+    with pytest.raises(ValueError, match="another model"):
+        conceptkit.ConceptAtlas(model, "2", n_concepts=2, progress=False, seed=0).fit(path, labels)
