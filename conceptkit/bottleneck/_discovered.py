@@ -421,8 +421,7 @@ class DiscoveredCBM(BaseEstimator):
             names = meta["names"]
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise TypeError(f"names must be a list of strings; got {describe(names)}")
-            # names from a naming may repeat (only `names=` given by a user must be unique): set
-            # after _setup, which checks the given ones
+            # the fitted names as saved (a naming's, or the user's), set after _setup
             model_ = cls(banks, model, names=None, preprocess=preprocess,
                          nnz_per_class=params["nnz_per_class"], l1_ratio=params["l1_ratio"],
                          pooling=params["pooling"], batch_size=params["batch_size"], progress=False)

@@ -257,8 +257,7 @@ class PosthocCBM(BaseEstimator):
         if not isinstance(self.concept_bank, CAVBank):
             raise TypeError(f"`concept_bank` must be a CAVBank; got {describe(self.concept_bank)}.")
         self._check_settings()
-        alpha = check_float(self.alpha, "alpha", minimum=0.0, strict_minimum=True)
-        l1_ratio = check_float(self.l1_ratio, "l1_ratio", minimum=0.0, maximum=1.0)
+        alpha, l1_ratio = float(self.alpha), float(self.l1_ratio)
         emb = self.embed(X)
         labels = as_labels(y, "y").numpy()
         if len(labels) != len(emb):
@@ -376,8 +375,8 @@ class PosthocCBM(BaseEstimator):
                 raise TypeError(f"bank_names must be a list of strings; got {describe(names)}")
             if not isinstance(meta["params"], dict):
                 raise TypeError(f"params must be a dict; got {describe(meta['params'])}")
-            bank = CAVBank(arr["bank_vectors"], arr["bank_intercepts"], meta["bank_names"],
-                               arr["bank_accuracy"])
+            bank = CAVBank(arr["bank_vectors"], arr["bank_intercepts"], names,
+                           arr["bank_accuracy"])
             model = cls(bank, backbone, **current_names(meta["params"], RENAMED_PARAMS))
             model.coef_, model.intercept_ = arr["coef"], arr["intercept"]
             model.classes_ = np.asarray(meta["classes"])
