@@ -150,7 +150,7 @@ def on_device(model: nn.Module, device: Any = None) -> Iterator[torch.device]:
     afterwards, also when the block raises; yields the device the block runs on."""
     original = model_device(model)
     target = original if device is None else resolve_device(device)
-    moved = target != original and not (target.type == original.type == "cpu")  # cpu:0 is cpu
+    moved = target != original
     try:
         if moved:
             model.to(target)
