@@ -205,12 +205,12 @@ class World:
 
                 if pretrained:
                     return reference_model(pretrained=True)
-            if not pretrained:  # the same initial weights on every call, the global RNG left be
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    if spec.is_reference(self.name):
-                        return reference_model(pretrained=False)
-                    return build_model(spec.architecture, dict(spec.config)).eval()
+            if not pretrained:  # the same initial weights on every call (on the generator
+                # this method forks, see @leaves_global_rng; the reference CNN seeds itself)
+                if spec.is_reference(self.name):
+                    return reference_model(pretrained=False)
+                torch.manual_seed(0)
+                return build_model(spec.architecture, dict(spec.config)).eval()
             state, meta = _load(spec.weights_path(self.name), spec.train_command(self.name))
         model = build_model(meta["architecture"], meta["config"])
         model.load_state_dict(state, strict=True)
