@@ -202,6 +202,17 @@ class ConceptBank:
         bank._check_consistency()
         return bank
 
+    def _dictionary_gap(self) -> float | None:
+        """How far the bank's components are from its factorizer's dictionary (``inf`` for
+        other shapes), or None when they agree up to the float32 the bank keeps."""
+        own = np.asarray(self.factorizer.components_, dtype=np.float64)
+        mine = self.components.double().numpy()
+        if own.shape != mine.shape:
+            return float("inf")
+        if np.allclose(mine, own, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(own).max())):
+            return None
+        return float(np.abs(mine - own).max())
+
     def _check_consistency(self) -> None:
         """Refuse a rebuilt bank whose parts disagree (a tampered or damaged state)."""
         k, c = self.components.shape
@@ -222,11 +233,10 @@ class ConceptBank:
         elif not problems:
             # the bank's dictionary is the factorizer's (encode reads one, maps and gradients
             # the other): they must agree, up to the float32 the bank keeps
-            own = np.asarray(self.factorizer.components_, dtype=np.float64)
-            mine = self.components.double().numpy()
-            if not np.allclose(mine, own, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(own).max())):
+            gap = self._dictionary_gap()
+            if gap is not None:
                 problems.append(f"components differ from the factorizer's dictionary (by up to "
-                                f"{np.abs(mine - own).max():.3g})")
+                                f"{gap:.3g})")
             if getattr(self.factorizer, "nonnegative_codes", False) and bool((self.codes < 0).any()):
                 problems.append(f"negative codes from a {type(self.factorizer).__name__}, whose "
                                 f"codes are non-negative")
@@ -254,10 +264,7 @@ class ConceptBank:
         A bank whose factorizer was refitted after it was made (``fit``, ``partial_fit``) is
         refused: its codes and components are the old dictionary's, and the file would not load.
         """
-        own = np.asarray(self.factorizer.components_, dtype=np.float64)
-        mine = self.components.double().numpy()
-        if own.shape != mine.shape or not np.allclose(mine, own, rtol=1e-5,
-                                                      atol=1e-6 * max(1.0, np.abs(own).max())):
+        if self._dictionary_gap() is not None:
             raise ValueError("this bank's factorizer was refitted after the bank was made (its "
                              "dictionary is no longer the bank's components, and the codes are "
                              "the old dictionary's); make a bank of the new dictionary and save "
