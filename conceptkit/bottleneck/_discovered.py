@@ -32,6 +32,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_images, check_int, describe, make_rng
 from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
@@ -257,13 +258,14 @@ class DiscoveredCBM(BaseEstimator):
     def predict_proba(self, images: Any = None, *, activations: Any = None) -> torch.Tensor:
         return torch.softmax(self.decision_function(images, activations=activations), dim=1)
 
-    def top_concepts(self, class_index: int, n_concepts: int = 5) -> list[tuple[str, float]]:
-        """The ``n_concepts`` concepts with the largest positive weight for a class:
+    @renamed_arguments(n_concepts="n_top_concepts")
+    def top_concepts(self, class_index: int, n_top_concepts: int = 5) -> list[tuple[str, float]]:
+        """The ``n_top_concepts`` concepts with the largest positive weight for a class:
         ``[(name, weight)]``."""
         self._check_fitted()
         row = self.weight_[check_int(class_index, "class_index", minimum=0,
                                      maximum=self.n_classes_ - 1)]
-        order = torch.argsort(row, descending=True, stable=True)[:check_int(n_concepts, "n_concepts", minimum=1)]
+        order = torch.argsort(row, descending=True, stable=True)[:check_int(n_top_concepts, "n_top_concepts", minimum=1)]
         return [(self.names_[j], float(row[j])) for j in order.tolist() if float(row[j]) > 0]
 
     @property

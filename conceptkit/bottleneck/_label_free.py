@@ -378,14 +378,14 @@ class LabelFreeCBM(BaseEstimator):
     def predict_proba(self, images: Any) -> torch.Tensor:
         return torch.softmax(self.decision_function(images), dim=1)
 
-    @renamed_arguments(n="n_concepts")
-    def top_concepts(self, class_index: int, n_concepts: int = 5) -> list[tuple[str, float]]:
-        """The ``n_concepts`` concepts with the largest positive weight for the class in row
+    @renamed_arguments(n="n_top_concepts", n_concepts="n_top_concepts")
+    def top_concepts(self, class_index: int, n_top_concepts: int = 5) -> list[tuple[str, float]]:
+        """The ``n_top_concepts`` concepts with the largest positive weight for the class in row
         ``class_index`` of ``classes_``: ``[(name, weight)]``."""
         self._check_fitted()
         class_index = check_int(class_index, "class_index", minimum=0, maximum=len(self.classes_) - 1)
         row = self.weight_[class_index]
-        order = torch.argsort(row, descending=True, stable=True)[:check_int(n_concepts, "n_concepts", minimum=1)]
+        order = torch.argsort(row, descending=True, stable=True)[:check_int(n_top_concepts, "n_top_concepts", minimum=1)]
         return [(self.concepts_[j], float(row[j])) for j in order.tolist() if float(row[j]) > 0]
 
     @property

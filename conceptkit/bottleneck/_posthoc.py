@@ -341,13 +341,13 @@ class PosthocCBM(BaseEstimator):
         prob = np.exp(logits)
         return prob / prob.sum(1, keepdims=True)
 
-    @renamed_arguments(n="n_concepts")
-    def top_concepts(self, class_index: int, n_concepts: int = 5) -> list[tuple[str, float]]:
-        """The ``n_concepts`` concepts with the largest positive weight for the class in row
+    @renamed_arguments(n="n_top_concepts", n_concepts="n_top_concepts")
+    def top_concepts(self, class_index: int, n_top_concepts: int = 5) -> list[tuple[str, float]]:
+        """The ``n_top_concepts`` concepts with the largest positive weight for the class in row
         ``class_index`` of ``classes_``: ``[(name, weight)]``."""
         self._check_fitted()
         row = self.coef_[check_int(class_index, "class_index", minimum=0, maximum=len(self.classes_) - 1)]
-        order = np.argsort(-row, kind="stable")[:check_int(n_concepts, "n_concepts", minimum=1)]
+        order = np.argsort(-row, kind="stable")[:check_int(n_top_concepts, "n_top_concepts", minimum=1)]
         return [(self.concept_bank.names[j], float(row[j])) for j in order if row[j] > 0]
 
     # -- save / load ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._deprecation import renamed_arguments
 from .._validation import check_int
 
 #: Default rules of :meth:`AtlasImportance.important`: the smallest mean class-probability drop
@@ -140,13 +141,17 @@ class ConfusionExplanation:
         """The concept that pushes ``a`` towards ``b`` the most."""
         return int(self.concepts[0])
 
-    def to_dict(self, n: int = 5) -> dict:
+    @renamed_arguments(n="n_top_concepts")
+    def to_dict(self, n_top_concepts: int = 5) -> dict:
+        """The pair, its images and its ``n_top_concepts`` largest contributions, as JSON
+        values."""
+        n_top_concepts = check_int(n_top_concepts, "n_top_concepts", minimum=1)
         return {"a": self.a, "b": self.b, "n_images": int(len(self.image_ids)),
                 "n_confused": int(self.n_confused),
                 "mean_margin": float(np.mean(self.margins)),
                 "concepts": [{"concept": int(j), "contribution": float(self.contributions[j]),
                               "ci_low": _finite(self.ci_low[j]), "ci_high": _finite(self.ci_high[j]),
-                              "shared": bool(self.shared[j])} for j in self.concepts[:n]],
+                              "shared": bool(self.shared[j])} for j in self.concepts[:n_top_concepts]],
                 "image_ids": [int(i) for i in self.image_ids]}
 
 

@@ -147,7 +147,7 @@ def test_size_and_count_arguments(explanation):
     model = PosthocCBM(bank, max_iter=50, seed=0, progress=False).fit(
         rng.normal(size=(40, 4)), rng.integers(0, 2, 40))
     with pytest.warns(DeprecationWarning, match="`n` of PosthocCBM.top_concepts"):
-        assert model.top_concepts(0, n=1) == model.top_concepts(0, n_concepts=1)
+        assert model.top_concepts(0, n=1) == model.top_concepts(0, n_top_concepts=1)
 
 
 def test_rise_counts_its_masks_in_n_samples():

@@ -94,3 +94,29 @@ def test_the_conventions_page_states_the_rule_for_concepts_shown():
     assert "is **`n_top_concepts`**" in text
     for name in ("n_pairs", "n_layers", "n_heads"):
         assert f"`{name}`" in text
+
+
+def test_a_confusion_counts_the_concepts_it_lists_with_n_top_concepts(atlas):
+    a, b = atlas.most_confused_pairs(n_pairs=1)[0][:2]
+    result = atlas.explain_confusion(a, b, min_images=1)
+    now, before = _same_with_old_name(result.to_dict, "n", "n_top_concepts", 2)
+    assert now == before and len(now["concepts"]) == 2
+    assert [c["concept"] for c in now["concepts"]] == [int(j) for j in result.concepts[:2]]
+    with pytest.raises(ValueError, match="`n_top_concepts`"):
+        result.to_dict(n_top_concepts=0)
+
+
+def test_the_cbms_count_the_top_concepts_they_return_with_n_top_concepts():
+    from conceptkit.bottleneck import CAVBank, PosthocCBM
+
+    rng = np.random.default_rng(0)
+    bank = CAVBank(np.eye(4)[:3] + 0.1, np.zeros(3), ["a", "b", "c"])
+    model = PosthocCBM(bank, max_iter=50, seed=0, progress=False).fit(
+        rng.normal(size=(40, 4)), rng.integers(0, 2, 40))
+    assert "n_top_concepts" in inspect.signature(model.top_concepts).parameters
+    for old in ("n", "n_concepts"):
+        now, before = _same_with_old_name(lambda **k: model.top_concepts(0, **k), old,
+                                          "n_top_concepts", 1)
+        assert now == before and len(now) <= 1
+    with pytest.raises(ValueError, match="`n_top_concepts`"):
+        model.top_concepts(0, n_top_concepts=0)
