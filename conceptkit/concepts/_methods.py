@@ -330,7 +330,10 @@ def ace_keep_clusters(assignments: np.ndarray, image_ids: np.ndarray, n_clusters
 
 def restrict_bank(bank: ConceptBank, keep: np.ndarray) -> ConceptBank:
     """A bank with only the concepts ``keep``; the factorizer is rebuilt with those rows of its
-    dictionary, and the codes of the fitted rows are recomputed with it."""
+    dictionary. The fitted rows keep the fit's codes of the kept concepts: a row that belonged
+    to a dropped concept (an ACE segment of an outlier cluster) belongs to none, whether or not
+    the bank kept its activations (re-encoding them moved such rows to the nearest kept
+    concept, so the codes depended on ``keep_activations``)."""
     keep = np.asarray(keep, dtype=np.int64)
     factorizer = bank.factorizer
     arrays, info = factorizer.get_state()
@@ -346,8 +349,7 @@ def restrict_bank(bank: ConceptBank, keep: np.ndarray) -> ConceptBank:
     if isinstance(params.get("top_k"), int):  # a sparse autoencoder keeps at most every concept
         params["top_k"] = min(params["top_k"], int(keep.size))
     restricted = factorizer_from_state(type(factorizer).__name__, params, sliced, info)
-    codes = (restricted.transform(bank.activations) if bank.activations is not None
-             else bank.codes[:, keep])
+    codes = bank.codes[:, keep]
     return ConceptBank(components=restricted.components_, codes=codes, provenance=bank.provenance,
                        layer=bank.layer, method=bank.method, params=bank.params,
                        factorizer=restricted, activations=bank.activations,

@@ -8,7 +8,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
-from .._validation import check_choice, check_float, check_int
+from .._validation import check_choice, check_float, check_int, check_seed
 from . import _nmf_torch as kernels
 from ._base import Factorizer
 from ._progress import iteration
@@ -114,8 +114,7 @@ class SemiNMF(Factorizer):
         check_int(self.max_iter, "max_iter", minimum=1)
         check_float(self.tol, "tol", minimum=0.0)
         check_choice(self.solver, "solver", _SOLVERS)
-        if self.random_state is not None:
-            check_int(self.random_state, "random_state", minimum=0)
+        check_seed(self.random_state, "random_state")  # numpy's bound too, before KMeans sees it
         self._compute_dtype()
 
     def _fit(self, X: torch.Tensor) -> torch.Tensor:

@@ -160,6 +160,11 @@ class PCAConcepts(_CenteredFactorizer):
         _check_seed(self.random_state)
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
+        if len(X) < 2 or not bool(np.any(X != X[:1])):
+            raise ValueError(f"`A` has no variance ({len(X)} row(s), all equal): PCA has no "
+                             f"direction to find, and the share of variance each concept "
+                             f"explains would be 0/0. Pass activations that vary (more images, "
+                             f"another layer).")
         model = PCA(n_components=self.n_concepts, random_state=self.random_state).fit(X)
         self.components_ = model.components_.astype(X.dtype)
         self.mean_ = model.mean_.astype(X.dtype)

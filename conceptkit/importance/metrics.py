@@ -23,6 +23,7 @@ to float rounding (tests/test_importance_metrics.py).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -242,10 +243,15 @@ class CMuFidelity(ConceptMetric):
         n_samples = check_int(self.n_samples, "n_samples", minimum=2)
         fraction = check_float(self.subset_fraction, "subset_fraction", minimum=0.0,
                                maximum=1.0, strict_minimum=True)
+        if fraction >= 1.0:
+            raise ValueError("`subset_fraction` must be < 1: at 1 every subset removes every "
+                             "concept, so the drops never vary and the correlation is undefined; "
+                             "got 1.0 (xplique's value is 0.2).")
         seed = None if self.seed is None else check_int(self.seed, "seed", minimum=0)
         seeds = Seeds(seed)
         k = problem.n_concepts
         per_input = np.empty(problem.n_inputs)
+        defined = np.zeros(problem.n_inputs, dtype=bool)
         weights = np.broadcast_to(importances, (problem.n_inputs, k))
         for group in input_groups(problem.n_inputs, (n_samples + 1) * k * 8):
             removed = np.stack([seeds.input_rng(i).random((n_samples, k)) < fraction
@@ -254,16 +260,25 @@ class CMuFidelity(ConceptMetric):
             y = problem.scores(masks, group, desc=self.name)
             drops = y[:, :1] - y[:, 1:]
             sums = np.einsum("gsk,gk->gs", removed.astype(np.float64), weights[group])
-            per_input[group] = _spearman_rows(sums, drops)
+            per_input[group], defined[group] = _spearman_rows(sums, drops)
+        if not defined.any():
+            warnings.warn(f"C-μFidelity is 0 on every input because it is undefined there: over "
+                          f"the {n_samples} random subsets (each concept removed with "
+                          f"probability `subset_fraction`={fraction:g}) either the summed "
+                          f"importances or the score drops never vary. With {k} concepts, pick "
+                          f"a `subset_fraction` that removes some but not all of them (0.2, "
+                          f"xplique's), and check that the class score depends on the concepts.",
+                          RuntimeWarning, stacklevel=4)
         return per_input, None
 
 
-def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row pair of ``x`` and ``y`` ``(g, S)``; 0 if one is constant."""
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spearman correlation of each row pair of ``x`` and ``y`` ``(g, S)`` (0 if one is
+    constant), and whether it is defined (neither row constant)."""
     rx = rankdata(x, axis=-1)
     ry = rankdata(y, axis=-1)
     rx -= rx.mean(axis=-1, keepdims=True)
     ry -= ry.mean(axis=-1, keepdims=True)
     denominator = np.sqrt((rx * rx).sum(axis=-1) * (ry * ry).sum(axis=-1))
-    return np.divide((rx * ry).sum(axis=-1), denominator, out=np.zeros(len(x)),
-                     where=denominator > 0)
+    return (np.divide((rx * ry).sum(axis=-1), denominator, out=np.zeros(len(x)),
+                      where=denominator > 0), denominator > 0)

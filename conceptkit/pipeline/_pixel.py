@@ -256,6 +256,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     quantiles = check_quantiles(quantile)
     score = check_choice(score, "score", ("probability", "logit"))
     confidence = check_confidence(confidence)
+    class_id = check_int(class_id, "class_id", minimum=0)  # -1 read the last class silently
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     # the regions are cut from the maps and painted on these pixels: a NaN map would empty a
     # concept's region (its quantile is NaN) and read as "absent", 0-255 images paint nonsense
     images = check_images(images, "images", pixels=True)

@@ -119,3 +119,18 @@ def test_a_bank_whose_factorizer_was_refitted_is_not_saved(tmp_path):
     with pytest.raises(ValueError, match="refitted after the bank was made"):
         bank.save(tmp_path / "after.safetensors")
     assert not (tmp_path / "after.safetensors").exists()
+
+
+def test_pca_on_constant_nonzero_activations_is_refused_at_fit():
+    """It fitted arbitrary axes with a NaN explained-variance ratio, and the bank it gave was
+    refused by its own loader; a copy of one row is still no variance to share out."""
+    with pytest.raises(ValueError, match="`A` has no variance"):
+        concepts.PCAConcepts(2).fit(np.full((10, 4), 3.0))
+    fitted = concepts.PCAConcepts(2).fit(np.random.default_rng(0).random((10, 4)))
+    assert np.isfinite(fitted.explained_variance_ratio_).all()
+
+
+def test_seminmf_refuses_a_seed_numpy_cannot_take_up_front():
+    """It failed inside scikit-learn's KMeans with a message about KMeans's parameters."""
+    with pytest.raises(ValueError, match="`random_state` must be <= 4294967295"):
+        concepts.SemiNMF(3, random_state=2**40).fit(np.random.default_rng(0).normal(size=(20, 6)))

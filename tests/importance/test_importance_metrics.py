@@ -104,9 +104,14 @@ def test_mu_fidelity_is_seeded_and_uses_subset_fraction():
     other = CMuFidelity(n_samples=50, seed=4).evaluate(head, acts, bank, 1, noise)
     np.testing.assert_array_equal(first.per_input, again.per_input)
     assert not np.array_equal(first.per_input, other.per_input)
-    # Removing everything (fraction -> 1) makes every subset equal: no correlation to measure.
-    full = CMuFidelity(n_samples=20, subset_fraction=1.0, seed=0)(head, acts, bank, 1, beta)
-    assert full == 0.0
+    # Removing everything (fraction 1) makes every subset equal: no correlation to measure, so
+    # the setting is refused (it returned 0.0 without a word); a fraction that never removes a
+    # concept in these draws gives 0 with a warning that it is undefined.
+    with pytest.raises(ValueError, match="`subset_fraction` must be < 1"):
+        CMuFidelity(n_samples=20, subset_fraction=1.0, seed=0)(head, acts, bank, 1, beta)
+    with pytest.warns(RuntimeWarning, match="undefined there"):
+        tiny = CMuFidelity(n_samples=20, subset_fraction=1e-9, seed=0)(head, acts, bank, 1, beta)
+    assert tiny == 0.0
 
 
 def test_spearman_rows_matches_scipy():
@@ -114,8 +119,11 @@ def test_spearman_rows_matches_scipy():
     x, y = rng.normal(size=(2, 6, 30))
     x[0, :5] = 1.0      # ties
     expected = [spearmanr(a, b).statistic for a, b in zip(x, y)]
-    np.testing.assert_allclose(_spearman_rows(x, y), expected, atol=1e-12)
-    assert _spearman_rows(np.ones((1, 5)), y[:1, :5])[0] == 0.0
+    values, defined = _spearman_rows(x, y)
+    np.testing.assert_allclose(values, expected, atol=1e-12)
+    assert defined.all()
+    values, defined = _spearman_rows(np.ones((1, 5)), y[:1, :5])
+    assert values[0] == 0.0 and not defined[0]
 
 
 def test_accepts_concept_importance_results_and_nonlinear_heads():

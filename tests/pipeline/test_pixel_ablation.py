@@ -320,3 +320,22 @@ def test_pixel_options_are_refused_when_given_not_after_discovery(options, error
     images, maps = images_with_parts()
     with pytest.raises(ValueError, match="`confidence` must be < 1"):
         pixel_ablation(RedVsBlue(), images, maps, 0, confidence=1.0, progress=False)
+
+
+@pytest.mark.parametrize("argument, value, error, message", [
+    ("class_id", -1, ValueError, "`class_id` must be >= 0"),
+    ("class_id", True, TypeError, "`class_id` must be an integer"),
+    ("class_id", 1.0, TypeError, "`class_id` must be an integer"),
+    ("class_id", "1", TypeError, "`class_id` must be an integer"),
+    ("batch_size", 0, ValueError, "`batch_size` must be >= 1"),
+    ("batch_size", -1, ValueError, "`batch_size` must be >= 1"),
+    ("batch_size", 2.5, TypeError, "`batch_size` must be an integer"),
+])
+def test_pixel_ablation_names_a_bad_class_id_or_batch_size(argument, value, error, message):
+    """-1 scored the last class silently; the others failed deep in numpy, torch or range()."""
+    images, maps = images_with_parts()
+    kwargs = {"class_id": 0, "batch_size": 4, argument: value}
+    class_id = kwargs.pop("class_id")
+    with pytest.raises(error, match=message):
+        pixel_ablation(RedVsBlue(), images, maps, class_id, progress=False, n_segments=None,
+                       **kwargs)
