@@ -8,8 +8,12 @@ anything else would mix the chunks of two different extractions.
 Digests are BLAKE2b over raw tensor bytes (with names, shapes and dtypes), so they cost one pass
 over the weights and, for tensor inputs, over the images; both are small next to the forward
 passes that fill the store. A Dataset is identified by its ``fingerprint`` attribute when it has
-one (a string or a method returning one) and otherwise by its type, its length and a digest of
-its first, middle and last items.
+one (a string or a method returning one); a dataset that lists its files (torchvision's
+``ImageFolder``: ``samples``) by every file's path, size and modification time, its transforms
+and a digest of three items; torch's ``Subset`` by its dataset's identity and its indices; any
+other Dataset by its type, its length and a digest of its first, middle and last items — which
+cannot see a change elsewhere, so :func:`~conceptkit.extraction.write_store` warns when it
+reuses chunks of such a store.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import dis
 import functools
 import hashlib
+import os
 import types
 from typing import Any
 
@@ -191,6 +196,45 @@ def inputs_identity(inputs: Any) -> str:
         own = own()
     if isinstance(own, str):
         return f"dataset:{type(inputs).__qualname__}:{own}"
+    kind = f"{type(inputs).__module__}.{type(inputs).__qualname__}"
+    subset = _subset_parts(inputs)
+    if subset is not None:  # torch's Subset: the dataset's identity and which of its items
+        dataset, indices = subset
+        return f"subset:{kind}:{inputs_identity(dataset)}:{_describe(indices, 0)}"
+    listing = file_listing(inputs)
+    if listing is not None:  # a folder dataset: every file, not three of its items
+        digest = hashlib.blake2b(digest_size=16)
+        for entry in listing:
+            path, rest = os.fspath(entry[0]), entry[1:]
+            try:
+                stat = os.stat(path)
+                state = f"{stat.st_size}:{stat.st_mtime_ns}"
+            except OSError:
+                state = "missing"
+            digest.update(f"{path}|{state}|{rest!r}\n".encode())
+        for name in ("transform", "target_transform", "transforms", "loader"):
+            digest.update(f"{name}={callable_identity(getattr(inputs, name, None))}|".encode())
+        digest.update(_sampled_items(inputs).encode())  # what a transform does to them
+        return f"files:{kind}:{len(inputs)}:{len(listing)}:{digest.hexdigest()}"
+    return f"dataset:{kind}:{len(inputs)}:{_sampled_items(inputs)}"
+
+
+def identity_is_sampled(inputs: Any) -> bool:
+    """Whether :func:`inputs_identity` reads only three items of ``inputs`` (a Dataset with no
+    ``fingerprint`` and no file listing), so that a change elsewhere goes unseen."""
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        return False
+    own = getattr(inputs, "fingerprint", None)
+    if isinstance(own() if callable(own) else own, str):
+        return False
+    subset = _subset_parts(inputs)
+    if subset is not None:
+        return identity_is_sampled(subset[0])
+    return file_listing(inputs) is None
+
+
+def _sampled_items(inputs: Any) -> str:
+    """A digest of a Dataset's first, middle and last items."""
     n = len(inputs)
     digest = hashlib.blake2b(digest_size=16)
     for index in sorted({0, n // 2, n - 1} if n else set()):
@@ -200,7 +244,25 @@ def inputs_identity(inputs: Any) -> str:
             _update_tensor(digest, torch.as_tensor(item))
         else:
             digest.update(repr(item).encode())
-    return f"dataset:{type(inputs).__module__}.{type(inputs).__qualname__}:{n}:{digest.hexdigest()}"
+    return digest.hexdigest()
+
+
+def _subset_parts(inputs: Any) -> tuple[Any, list[int]] | None:
+    if isinstance(inputs, torch.utils.data.Subset):
+        return inputs.dataset, [int(i) for i in inputs.indices]
+    return None
+
+
+def file_listing(inputs: Any) -> list | None:
+    """The ``(path, ...)`` entries of a dataset that lists its files, as torchvision's
+    ``ImageFolder`` / ``DatasetFolder`` do (``samples``, or ``imgs``); None otherwise."""
+    for name in ("samples", "imgs"):
+        listing = getattr(inputs, name, None)
+        if (isinstance(listing, (list, tuple)) and listing
+                and all(isinstance(entry, (list, tuple)) and entry
+                        and isinstance(entry[0], (str, os.PathLike)) for entry in listing)):
+            return list(listing)
+    return None
 
 
 def extractor_identity(extractor: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int
 from ..io import write_atomic
-from ._fingerprint import extractor_identity, inputs_identity
+from ._fingerprint import extractor_identity, identity_is_sampled, inputs_identity
 from ._store_read import (
     _CHUNK,
     _FIELDS,
@@ -233,8 +234,10 @@ def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_s
     Dataset of images). Rerunning after an interruption computes only the missing chunks; a
     rerun with another model, layer, preprocessing, inputs, ``N``, ``chunk_size`` or ``layout``
     is refused (the manifest's fingerprint differs) unless ``overwrite`` is true, which replaces
-    the store. A Dataset is identified by its ``fingerprint`` attribute when it has one, else by
-    its type, length and first, middle and last items.
+    the store. A Dataset is identified by its ``fingerprint`` attribute when it has one; a
+    folder dataset (torchvision's ``ImageFolder``) by every file's path, size and modification
+    time; any other Dataset by its type, length and first, middle and last items only, so
+    reusing chunks of such a store warns (give the Dataset a ``fingerprint`` to silence it).
     """
     n = len(inputs)
     fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
@@ -242,6 +245,15 @@ def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_s
     def compute(start: int, stop: int) -> torch.Tensor:
         return extractor(slice_inputs(inputs, start, stop))
 
-    write_chunks(compute, n, path, chunk_size=chunk_size, layout=layout, progress=progress,
-                 fingerprint=fingerprint, overwrite=overwrite)
+    written = write_chunks(compute, n, path, chunk_size=chunk_size, layout=layout,
+                           progress=progress, fingerprint=fingerprint, overwrite=overwrite)
+    reused = StorePlan(n, chunk_size).n_chunks - len(written)
+    if reused and identity_is_sampled(inputs):
+        warnings.warn(f"write_store reused {reused} chunk(s) already in {str(path)!r}: their "
+                      f"inputs match by the Dataset's type, length and first, middle and last "
+                      f"items only ({type(inputs).__qualname__} has no `fingerprint` and lists "
+                      f"no files), so a change to any other item would go unseen. Pass "
+                      f"overwrite=True after changing the data, or give the Dataset a "
+                      f"`fingerprint` attribute (a string that changes with its content).",
+                      UserWarning, stacklevel=2)
     return finalize_store(path, n, chunk_size=chunk_size, layout=layout, meta=meta)

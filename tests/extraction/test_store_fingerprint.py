@@ -170,6 +170,76 @@ def test_a_dataset_is_identified_by_its_fingerprint(tmp_path):
         write_store(_extractor(), Images(IMAGES, "v2"), path, chunk_size=3, progress=False)
 
 
+def _image_folder(root, images):
+    """A torchvision ImageFolder over PNG files of ``images`` (one class folder)."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import ToTensor
+
+    (root / "a").mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(array).save(root / "a" / f"{i}.png")
+    return ImageFolder(str(root), transform=ToTensor())
+
+
+def test_a_folder_dataset_is_identified_by_every_file(tmp_path):
+    """A file other than the first, middle and last replaced: the store used to resume from its
+    stale chunks (only three items were read); a folder dataset is identified by every file's
+    path, size and modification time now."""
+    import warnings
+
+    folder = _image_folder(tmp_path / "images", IMAGES)
+    path = tmp_path / "store"
+    first = write_store(_extractor(), folder, path, chunk_size=3, progress=False).read()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every file identified: a resume does not warn
+        again = type(folder)(folder.root, transform=folder.transform)  # the same files, re-listed
+        write_store(_extractor(), again, path, chunk_size=3, progress=False)
+    changed = IMAGES.clone()
+    changed[1] = 1 - changed[1]  # item 1: not the first, middle (3) or last (6)
+    folder = _image_folder(tmp_path / "images", changed)
+    stat = os.stat(folder.samples[1][0])
+    os.utime(folder.samples[1][0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="inputs"):
+        write_store(_extractor(), folder, path, chunk_size=3, progress=False)
+    fresh = write_store(_extractor(), folder, path, chunk_size=3, progress=False,
+                        overwrite=True).read()
+    assert not np.allclose(fresh[:3], first[:3])  # the chunk holding item 1 is recomputed
+    np.testing.assert_allclose(fresh[3:], first[3:])
+
+
+def test_a_subset_is_identified_by_its_dataset_and_indices(tmp_path):
+    from conceptkit.extraction._fingerprint import identity_is_sampled, inputs_identity
+
+    folder = _image_folder(tmp_path / "images", IMAGES)
+    one = torch.utils.data.Subset(folder, [0, 2, 4])
+    other = torch.utils.data.Subset(folder, [0, 3, 4])
+    assert inputs_identity(one) != inputs_identity(other)
+    assert not identity_is_sampled(one) and not identity_is_sampled(folder)
+
+
+def test_reusing_chunks_of_a_dataset_known_by_three_items_warns(tmp_path):
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i], 0
+
+    path = tmp_path / "store"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the first run computes every chunk: nothing to say
+        write_store(_extractor(), Images(IMAGES), path, chunk_size=3, progress=False)
+    with pytest.warns(UserWarning, match="reused 3 chunk.*first, middle and last.*fingerprint"):
+        write_store(_extractor(), Images(IMAGES), path, chunk_size=3, progress=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Manifests that disagree with themselves
 # ---------------------------------------------------------------------------------------------
