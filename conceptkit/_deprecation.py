@@ -44,11 +44,13 @@ def renamed_arguments(**renames: str) -> Callable[[F], F]:
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            for old, new in renames.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"{owner}() got both `{old}` (its deprecated name) and "
-                                        f"`{new}`; pass only `{new}`.")
+            for new in dict.fromkeys(renames.values()):  # each new name and its old ones
+                given = [old for old, to in renames.items() if to == new and old in kwargs]
+                if len(given) + (new in kwargs) > 1:
+                    names = " and ".join(f"`{name}`" for name in [*given, new] if name in kwargs)
+                    raise TypeError(f"{owner}() got {names}, names of one argument (the old "
+                                    f"ones are deprecated); pass only `{new}`.")
+                for old in given:
                     warn_deprecated(f"the argument `{old}` of {owner}()", f"`{new}`")
                     kwargs[new] = kwargs.pop(old)
             return func(*args, **kwargs)

@@ -120,12 +120,5 @@ def closed_form(problem: ConceptProblem, seeds: Seeds) -> MethodOutput:
             "affinity check. Use method='sobol' instead.")
     squares = affine.beta ** 2
     totals = squares.sum(axis=1, keepdims=True)
-    # The score's variance over uniform masks is sum(beta^2) / 12; below the rounding of the
-    # head's dtype (the rule the Sobol estimators apply to sampled scores) it is constant, and
-    # its betas are rounding noise rather than importances.
-    level = (affine.intercept[:, None] + affine.beta.sum(axis=1, keepdims=True) / 2) ** 2
-    mean_square = level + totals / 12
-    eps = float(np.finfo(problem.precision).eps)
-    varies = totals / 12 > (16.0 * eps) ** 2 * mean_square
     return MethodOutput(np.divide(squares, totals, out=np.zeros_like(squares),
-                                  where=varies & (totals > 0)), {"fast_path": True})
+                                  where=totals > 0), {"fast_path": True})

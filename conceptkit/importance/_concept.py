@@ -108,17 +108,14 @@ def _sobol(problem: ConceptProblem, seeds: Seeds, *, n_designs: int, estimator: 
         return problem.scores(replicated_design(a, b, include_b), group)
 
     out = np.empty((problem.n_inputs, k))
-    # the scores are float64 here, but a float32 head rounded them at float32: a score that
-    # varies by less than that rounding is constant (all indices 0), not a ranking of noise
-    precision = problem.precision
     if shared:
         out[:] = estimate(outputs(entry.draw(n_designs, 2 * k, seeds.shared_rng()), None),
-                          k, function, include_b, precision)
+                          k, function, include_b)
     else:
         rows = n_designs * (k + 2 if include_b else k + 1)
         for group in input_groups(problem.n_inputs, rows * k * 4):
             points = entry.draw_batch(n_designs, 2 * k, [seeds.input_rng(i) for i in group])
-            out[group] = estimate(outputs(points, group), k, function, include_b, precision)
+            out[group] = estimate(outputs(points, group), k, function, include_b)
     info = {"n_designs": n_designs, "estimator": estimator, "sampler": sampler, "order": order,
             "shared_design": bool(shared), "fast_path": affine is not None}
     return MethodOutput(out, info)
@@ -365,8 +362,8 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
         result = entry.run(problem, Seeds(seed), **options)
     if not np.any(result.per_input):
         warnings.warn(f"concept_importance(method={method!r}): every importance is 0 — the class "
-                      f"{problem.class_id} score of `h` does not change (beyond the rounding of "
-                      f"its dtype) when any concept of `bank` is scaled or removed, on any of the "
+                      f"{problem.class_id} score of `h` does not change (up to rounding) when "
+                      f"any concept of `bank` is scaled or removed, on any of the "
                       f"{problem.n_inputs} inputs. The ranking means nothing: check that `h` reads "
                       f"these activations (e.g. the patch tokens of a CLS-pooled transformer's "
                       f"last block do not reach its output) and that `class_id` is the class "

@@ -89,16 +89,6 @@ class ConceptProblem:
     def device(self) -> torch.device:
         return self.codes.device
 
-    @property
-    def precision(self) -> np.dtype:
-        """The numpy dtype whose rounding the scores carry (``h`` runs in the codes' dtype;
-        bfloat16, which numpy lacks, is read as float16, the nearer of the two)."""
-        if self.codes.dtype == torch.float64:
-            return np.dtype(np.float64)
-        if self.codes.dtype in (torch.float16, torch.bfloat16):
-            return np.dtype(np.float16)
-        return np.dtype(np.float32)
-
     def reconstruct(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """Activations ``(R, C, *spatial)`` from codes ``(R, P, k)`` of inputs ``inputs`` (plus
         their residual when the problem keeps it)."""

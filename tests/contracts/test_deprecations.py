@@ -80,7 +80,7 @@ def test_elastic_net_arguments_follow_scikit_learn(tmp_path):
     with pytest.warns(DeprecationWarning, match="`lam` of PosthocCBM"):
         model = PosthocCBM(bank, lam=1e-3)
     assert model.alpha == 1e-3 and "lam" not in model.get_params()
-    with pytest.raises(TypeError, match="both"):
+    with pytest.raises(TypeError, match="got `lam` and `alpha`.*pass only `alpha`"):
         PosthocCBM(bank, lam=1e-3, alpha=1e-2)
     with pytest.warns(DeprecationWarning, match="`alpha` of LabelFreeCBM"):
         lf = LabelFreeCBM(torch.nn.Identity(), None, ["x"], ["a", "b"], alpha=0.5)

@@ -120,3 +120,5 @@ def test_the_cbms_count_the_top_concepts_they_return_with_n_top_concepts():
         assert now == before and len(now) <= 1
     with pytest.raises(ValueError, match="`n_top_concepts`"):
         model.top_concepts(0, n_top_concepts=0)
+    with pytest.raises(TypeError, match="got `n` and `n_concepts`.*pass only `n_top_concepts`"):
+        model.top_concepts(0, n=1, n_concepts=1)  # it named `n_top_concepts`, never passed
