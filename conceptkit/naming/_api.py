@@ -13,7 +13,7 @@ from .._validation import check_choice, check_float, check_int, describe
 from ..extraction._windows import refuse_cls_concepts
 from ._classes import default_class_names, excluded_classes, logit_gains
 from ._clip import SIMILARITIES, cos_cubed, soft_wpmi
-from ._dissect import dissect_scores
+from ._dissect import SMALL_PART_SHARE, dissect
 from ._probe import SUMMARIES, ConceptSource, Probe, as_probe, crop_probe
 from ._table import SCORES, ConceptName, ConceptNames
 from ._trust import trust_scores
@@ -26,34 +26,61 @@ def _table(method: str, scores: np.ndarray, candidates: list[str], *, score_name
            min_score: float | None, n_runner_ups: int, params: dict[str, Any],
            summaries: np.ndarray | None = None, targets: dict[str, np.ndarray] | None = None,
            descriptions: list[str | None] | None = None,
-           allowed: np.ndarray | None = None, positive_only: bool = False) -> ConceptNames:
+           allowed: np.ndarray | None = None, positive_only: bool = False,
+           unnamed: dict[int, str] | None = None, shares: np.ndarray | None = None,
+           notes: list[str] | None = None) -> ConceptNames:
     """Names from a ``(k, M)`` score table over ``candidates`` (higher is better); with
-    ``positive_only`` the runner-ups leave out candidates scoring 0 or less (IoU 0: no overlap)."""
+    ``positive_only`` a best score of 0 or less names nothing and the runner-ups leave out
+    candidates scoring 0 or less (IoU 0: no overlap). ``unnamed``: concepts whose scores mean
+    nothing, with the reason (they get no name, a NaN score and no runner-ups; the reason goes
+    to the notes). ``shares``: ``(k, M)`` share of each concept's top pixels on each candidate
+    (``"dissect"``), recorded for the best one; a name resting on less than
+    :data:`SMALL_PART_SHARE` of them gets a note."""
     n_runner_ups = check_int(n_runner_ups, "n_runner_ups", minimum=0)
     scores = np.asarray(scores, dtype=np.float64)
     ranked = np.where(allowed[None, :], scores, -np.inf) if allowed is not None else scores
-    names, best_scores, others, glosses = [], [], [], []
+    unnamed = unnamed or {}
+    notes = list(notes or [])
+    names, best_scores, others, glosses, best_shares = [], [], [], [], []
     for j in range(scores.shape[0]):
+        if j in unnamed:
+            names.append(None)
+            best_scores.append(float("nan"))
+            glosses.append(None)
+            others.append(())
+            best_shares.append(None)
+            notes.append(f"concept {j} stays unnamed: {unnamed[j]}.")
+            continue
         order = np.argsort(-ranked[j], kind="stable")
         order = order[np.isfinite(ranked[j, order])]
         best = int(order[0])
         value = float(scores[j, best])
-        keep = min_score is None or value > min_score
+        keep = (min_score is None or value > min_score) and (not positive_only or value > 0)
         names.append(candidates[best] if keep else None)
         best_scores.append(value)
         glosses.append(None if descriptions is None or not keep else descriptions[best])
         rest = [int(i) for i in order[1:] if not positive_only or scores[j, int(i)] > 0]
         others.append(tuple((candidates[i], float(scores[j, i])) for i in rest[:n_runner_ups]))
+        best_shares.append(None if shares is None else float(shares[j, best]))
+        if keep and shares is not None and shares[j, best] < SMALL_PART_SHARE:
+            notes.append(f"concept {j} ({candidates[best]!r}, {score_name} {value:.3g}): only "
+                         f"{shares[j, best]:.0%} of its top pixels lie on the part, the rest "
+                         f"elsewhere; the name describes a small share of where it fires.")
     trust = ([None] * len(names) if summaries is None or not targets
              else trust_scores(summaries, names, targets))
     entries = tuple(ConceptName(concept=j, name=names[j], score=best_scores[j],
-                                runner_ups=others[j], trust=trust[j], description=glosses[j])
+                                runner_ups=others[j], trust=trust[j], description=glosses[j],
+                                part_share=best_shares[j])
                     for j in range(len(names)))
-    return ConceptNames(method=method, entries=entries, score_name=score_name, params=params)
+    return ConceptNames(method=method, entries=entries, score_name=score_name, params=params,
+                        notes=tuple(notes))
 
 
 def _class_rows(source: ConceptSource, probe: Probe, class_images_only: bool | None) -> Probe:
     """The probe images of the explained class (see ``class_images_only``)."""
+    if class_images_only is not None and not isinstance(class_images_only, (bool, np.bool_)):
+        raise TypeError(f"`class_images_only` must be True, False or None (decide from the "
+                        f"probe); got {describe(class_images_only)}.")
     if class_images_only is None:
         class_images_only = source.class_id is not None and probe.labels is not None \
             and bool((probe.labels == source.class_id).any())
@@ -72,8 +99,9 @@ def _class_rows(source: ConceptSource, probe: Probe, class_images_only: bool | N
 def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
                   preprocess: Callable | None = None, quantile: Any = "auto",
                   class_images_only: bool | None = None, min_score: float | None = 0.04,
-                  summary: str = "max", kind: str = "coefficient", n_runner_ups: int = 3,
-                  batch_size: int = 64, progress: bool = False) -> ConceptNames:
+                  min_images: int = 3, summary: str = "max", kind: str = "coefficient",
+                  n_runner_ups: int = 3, batch_size: int = 64,
+                  progress: bool = False) -> ConceptNames:
     """Network Dissection: name each concept after the part whose masks its maps match best.
 
     Parameters
@@ -92,6 +120,12 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
         the probe has labels and images of that class — its concepts describe that class).
     min_score : float, optional
         Below this IoU the concept stays unnamed (0.04, the paper's detector threshold).
+    min_images : int
+        A part shown in fewer probe images (of those probed) cannot name a concept, nor enter
+        the automatic quantile (3, as :func:`conceptkit.evaluate.localisation`): for a part
+        much smaller than the binary map, IoU is about the part's area over the map's, so a part
+        seen once can pass ``min_score`` with nearly all of the concept's top pixels elsewhere.
+        The notes list the parts left out.
     summary : {"max", "mean"}
         Image-level activation used for the trust score (AUC of images with the part vs without).
     kind : str
@@ -106,11 +140,13 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
     Returns
     -------
     ConceptNames
-        Score = IoU; trust = AUC on the probe.
+        Score = IoU; trust = AUC on the probe; ``part_share`` = the share of the concept's top
+        pixels on the named part (``notes`` flag shares below a quarter).
     """
     source = ConceptSource(concepts, model, preprocess=preprocess, batch_size=batch_size,
                            progress=progress)
     summary = check_choice(summary, "summary", SUMMARIES)
+    min_images = check_int(min_images, "min_images", minimum=1)
     full = as_probe(probe, need_masks=True)
     probe = _class_rows(source, full, class_images_only)
     if min_score is not None:
@@ -118,14 +154,23 @@ def name_by_masks(concepts: Any, probe: Any, *, model: nn.Module | None = None,
     maps = full_maps = source.maps(full.images, kind)
     if probe is not full:
         maps = full_maps[torch.as_tensor(probe.rows)]
-    table, used = dissect_scores(maps, probe, quantile)
+    found = dissect(maps, probe, quantile, min_images)
     # trust: the whole probe, so that images without the part are there to compare with
     summaries = source.summaries(full.images, summary, maps=full_maps)
-    params = {"quantile": used, "n_probe_images": len(probe), "summary": summary, "kind": kind,
-              "min_score": min_score, "class_images_only": probe is not full}
-    return _table("dissect", table, list(probe.part_names), score_name=SCORES["dissect"],
+    params = {"quantile": found.quantile, "n_probe_images": len(probe), "summary": summary,
+              "kind": kind, "min_score": min_score, "min_images": min_images,
+              "class_images_only": probe is not full}
+    rare = [f"{name} ({int(n)})" for name, n in zip(probe.part_names, found.shown)
+            if 0 < n < min_images]
+    notes = [] if not rare else [
+        f"parts shown in fewer than min_images={min_images} of the {len(probe)} probe images "
+        f"name no concept (images showing each): {', '.join(rare)}."]
+    unnamed = {int(j): "its map is constant over the probe images, so no pixel stands out"
+               for j in np.flatnonzero(found.constant)}
+    return _table("dissect", found.iou, list(probe.part_names), score_name=SCORES["dissect"],
                   min_score=min_score, n_runner_ups=n_runner_ups, params=params,
-                  summaries=summaries, targets=full.targets(), positive_only=True)
+                  summaries=summaries, targets=full.targets(), positive_only=True,
+                  allowed=found.allowed, unnamed=unnamed, shares=found.share, notes=notes)
 
 
 def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "imagenet",
@@ -224,6 +269,10 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         targets = probe.targets()
     if activations.shape[0] < 2:
         raise ValueError(f"`probe` gives {activations.shape[0]} image; CLIP naming needs several.")
+    if not bool(torch.isfinite(activations).all()):  # soft-WPMI's top inputs would mean nothing
+        bad = torch.nonzero(~torch.isfinite(activations).all(0)).flatten().tolist()
+        raise ValueError(f"the activations of concepts {bad} on the probe inputs hold NaN or "
+                         f"infinite values: check the model's activations on these images.")
     text_emb = encoders.text_embeddings(words, template=template, cache_dir=cache_dir)
     if image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(f"`clip` gives image embeddings of width {image_emb.shape[1]} and text "
@@ -250,9 +299,18 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
               "crop_activation": crop_activation if patch_size is not None else None,
               **{k: v for k, v in similarity_kwargs.items() if isinstance(v, (int, float))}}
     score_name = SCORES["clip"] if similarity == "soft_wpmi" else SCORES["clip_cos3"]
+    # a concept whose activation is the same on every probe input has no top inputs (soft-WPMI
+    # would take the first ones, cos³ scores every word 0 and names the first word)
+    values = activations.double()
+    spread = values.amax(0) - values.amin(0)
+    flat = spread <= 1e-12 * values.abs().amax(0)
+    what = "crop" if patch_size is not None else "image"
+    unnamed = {int(j): f"its activation is the same ({float(values[0, j]):.3g}) on all "
+                       f"{values.shape[0]} probe {what}s, so no {what} shows it more than another"
+               for j in torch.nonzero(flat).flatten().tolist()}
     return _table("clip", table.numpy(), words, score_name=score_name, min_score=min_score,
                   n_runner_ups=n_runner_ups, params=params,
-                  summaries=activations.numpy(), targets=targets)
+                  summaries=activations.numpy(), targets=targets, unnamed=unnamed)
 
 
 def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | None = None,

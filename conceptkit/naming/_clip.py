@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validation import check_float, check_int
+from .._validation import check_float, check_int, describe
 
 SIMILARITIES = ("soft_wpmi", "cos3")
 
@@ -42,6 +42,28 @@ def default_top_k(n_inputs: int) -> int:
     return int(min(100, max(5, round(0.05 * n_inputs))))
 
 
+def _checked_inputs(clip_sims: torch.Tensor, activations: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, M)`` similarities and ``(N, K)`` activations as finite float64 of the same N."""
+    out = []
+    for value, name, shape in ((clip_sims, "clip_sims", "(N images, M words)"),
+                               (activations, "activations", "(N images, K concepts)")):
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        if not isinstance(value, torch.Tensor) or value.ndim != 2 or value.dtype == torch.bool \
+                or value.is_complex():
+            raise ValueError(f"`{name}` must be a real matrix {shape}; got {describe(value)}.")
+        value = value.double()
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"`{name}` holds NaN or infinite values; a score over them means "
+                             f"nothing. Replace them (e.g. torch.nan_to_num) first.")
+        out.append(value)
+    if out[0].shape[0] != out[1].shape[0]:
+        raise ValueError(f"`clip_sims` has {out[0].shape[0]} rows and `activations` "
+                         f"{out[1].shape[0]}: both need one row per probe image.")
+    return out[0], out[1]
+
+
 def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int | None = None,
               a: float = 10.0, lam: float = 1.0, min_prob: float = 1e-7, p_start: float = 0.998,
               p_end: float = 0.97, prior: str = "probe") -> torch.Tensor:
@@ -49,14 +71,20 @@ def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int 
 
     ``top_k``: default :func:`default_top_k`; capped at the number of probe inputs. ``prior``:
     ``"probe"`` (over random sets of ``top_k`` probe inputs) or ``"concepts"`` (the reference:
-    over the concepts named together); see the module notes.
+    over the concepts named together); see the module notes. ``p_start`` and ``p_end`` are
+    probabilities (in [0, 1]) and ``min_prob`` > 0 keeps every logarithm finite.
     """
+    clip_sims, activations = _checked_inputs(clip_sims, activations)
     n = clip_sims.shape[0]
     top_k = min(default_top_k(n) if top_k is None else check_int(top_k, "top_k", minimum=1), n)
     a = check_float(a, "a", minimum=0.0, strict_minimum=True)
     lam = check_float(lam, "lam", minimum=0.0)
-    probs = torch.softmax(a * clip_sims.double(), dim=1)                    # (N, M)
-    top = torch.topk(activations.double(), top_k, dim=0).indices             # (top_k, K)
+    # outside [0, 1] an in-set probability makes 1 + p (softmax - 1) negative: NaN scores
+    p_start = check_float(p_start, "p_start", minimum=0.0, maximum=1.0)
+    p_end = check_float(p_end, "p_end", minimum=0.0, maximum=1.0)
+    min_prob = check_float(min_prob, "min_prob", minimum=0.0, strict_minimum=True)
+    probs = torch.softmax(a * clip_sims, dim=1)                              # (N, M)
+    top = torch.topk(activations, top_k, dim=0).indices                      # (top_k, K)
     in_set = torch.linspace(p_start, p_end, top_k + 1, dtype=torch.float64)[:top_k, None, None]
     chosen = probs[top]                                                      # (top_k, K, M)
     log_given = torch.log(1 + in_set * (chosen - 1) + min_prob).sum(0)      # (K, M)
@@ -72,6 +100,8 @@ def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int 
 
 def cos_cubed(clip_sims: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """Cubed-cosine similarity ``(K, M)`` of concept activations and word similarities."""
+    clip_sims, activations = _checked_inputs(clip_sims, activations)
+
     def prepare(x: torch.Tensor) -> torch.Tensor:
         x = x.double()
         x = (x - x.mean(0, keepdim=True)) ** 3

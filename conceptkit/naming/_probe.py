@@ -231,6 +231,12 @@ class ConceptSource:
         """Concept maps ``(N, k, H, W)`` at the images' size (``kind``: a map kind of
         ``ClassConcepts.concept_maps``; ``"auto"``: the explanation's default; a bare bank has
         coefficient maps)."""
+        if kind == "provenance":  # the result's message ("pass images=None") is not for naming
+            raise ValueError("`kind`='provenance' maps exist only for the explanation's own fitted "
+                             "images (its crops' codes painted back), not for probe images; "
+                             "name with a kind computed from any image: kind='coefficient' (the "
+                             "default), 'auto', 'dominant', 'gradient', 'pixel' or "
+                             "'scale_matched'.")
         if self.result is not None:
             self.require_model("concept maps of probe images")
             return self.result.concept_maps(images, kind=kind).float()

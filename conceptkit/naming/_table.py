@@ -36,6 +36,10 @@ class ConceptName:
         has no labels or masks for the name.
     description : str or None
         A longer gloss where one is known (the WordNet definition of an ImageNet class).
+    part_share : float or None
+        ``"dissect"`` only: the share of the concept's top pixels (its binary map over the probe)
+        that lie on the best candidate part. A name with a small share describes little of where
+        the concept fires; the table's ``notes`` say so. None for the other methods.
     """
 
     concept: int
@@ -44,6 +48,7 @@ class ConceptName:
     runner_ups: tuple[tuple[str, float], ...] = ()
     trust: float | None = None
     description: str | None = None
+    part_share: float | None = None
 
     @property
     def label(self) -> str:
@@ -54,7 +59,8 @@ class ConceptName:
         """JSON-able form (NaN and infinite numbers become None)."""
         return {"concept": int(self.concept), "name": self.name, "score": _finite(self.score),
                 "runner_ups": [[str(n), _finite(s)] for n, s in self.runner_ups],
-                "trust": _finite(self.trust), "description": self.description}
+                "trust": _finite(self.trust), "description": self.description,
+                "part_share": _finite(self.part_share)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConceptName:
@@ -76,12 +82,16 @@ class ConceptName:
             trust = data.get("trust")
             if trust is not None and not 0.0 <= _number(trust) <= 1.0:  # an AUC
                 raise ValueError(f"trust must be in [0, 1] or null; got {trust!r}")
+            share = data.get("part_share")
+            if share is not None and not 0.0 <= _number(share) <= 1.0:  # a share of pixels
+                raise ValueError(f"part_share must be in [0, 1] or null; got {share!r}")
             concept = data["concept"]
             if isinstance(concept, bool) or not isinstance(concept, int) or concept < 0:
                 raise ValueError(f"concept must be a concept index; got {concept!r}")
             return cls(concept=concept, name=name, score=_number(data["score"]),
                        runner_ups=runner_ups, trust=None if trust is None else _number(trust),
-                       description=description)
+                       description=description,
+                       part_share=None if share is None else _number(share))
         except (KeyError, TypeError) as err:
             raise ValueError(f"malformed concept name record {data!r}: {err}") from err
 
@@ -107,14 +117,22 @@ class ConceptNames(Sequence):
         What the score measures (``"IoU"``, ``"soft-WPMI"``, ``"cos^3"``, ``"logit gain"``).
     params : dict
         The settings the names were computed with (JSON-able).
+    notes : tuple of str
+        What the names cannot say, in words: parts that could not name a concept, concepts left
+        unnamed for a reason other than a low score, names resting on a small share of the
+        concept's top pixels. Shown by ``repr`` and in the report.
     """
 
     method: str
     entries: tuple[ConceptName, ...]
     score_name: str
     params: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.notes, str) or not all(isinstance(n, str) for n in self.notes):
+            raise ValueError(f"notes must be a sequence of str; got {describe(self.notes)}.")
+        object.__setattr__(self, "notes", tuple(self.notes))
         for j, entry in enumerate(self.entries):
             if entry.concept != j:
                 raise ValueError(f"entries must be in concept order; entry {j} is concept "
@@ -135,21 +153,27 @@ class ConceptNames(Sequence):
 
     def __repr__(self) -> str:
         width = max([len(e.label) for e in self.entries] + [7])
+        shares = any(e.part_share is not None for e in self.entries)
         lines = [f"ConceptNames(method={self.method!r}, {len(self)} concepts, score = "
-                 f"{self.score_name}, trust = AUC on the probe set)",
-                 f"  {'#':>3}  {'name':<{width}}  {'score':>8}  {'trust':>5}  runner-ups"]
+                 f"{self.score_name}, trust = AUC on the probe set"
+                 f"{', on part = share of the top pixels on the part' if shares else ''})",
+                 f"  {'#':>3}  {'name':<{width}}  {'score':>8}  {'trust':>5}  "
+                 f"{'on part  ' if shares else ''}runner-ups"]
         for e in self.entries:
             trust = "  -  " if e.trust is None else f"{e.trust:5.2f}"
+            share = "" if not shares else (
+                "   -     " if e.part_share is None else f"{e.part_share:7.0%}  ")
             others = ", ".join(f"{n} ({_short(s)})" for n, s in e.runner_ups[:3])
             lines.append(f"  {e.concept:>3}  {e.label:<{width}}  {_short(e.score):>8}  {trust}  "
-                         f"{others}")
+                         f"{share}{others}")
+        lines += [f"  note: {line}" for line in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, stored in saved explanations and reports."""
         return {"method": self.method, "score_name": self.score_name,
                 "params": json_ready(self.params),
-                "entries": [e.to_dict() for e in self.entries]}
+                "entries": [e.to_dict() for e in self.entries], "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, data: Any) -> ConceptNames:
@@ -163,9 +187,12 @@ class ConceptNames(Sequence):
         if data.get("method") not in NAMING_METHODS:
             raise ValueError(f"concept names method must be one of {list(NAMING_METHODS)}; got "
                              f"{data.get('method')!r}.")
+        notes = data.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError(f"concept names notes must be a list of str; got {describe(notes)}.")
         entries = tuple(ConceptName.from_dict(e) for e in data["entries"])
         return cls(method=str(data["method"]), score_name=str(data.get("score_name", "")),
-                   entries=entries, params=params)
+                   entries=entries, params=params, notes=tuple(notes))
 
 
 def _finite(value: float | None) -> float | None:

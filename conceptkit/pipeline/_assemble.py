@@ -64,6 +64,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     :func:`conceptkit.report.write_class_report` draws it.
     """
     from ..report import ClassReport, ConceptSummary
+    from ..report._figures import distinct_labels
     from ._naming import name_details, visualization_picture
 
     _check_trust(trust)
@@ -72,9 +73,12 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     labels = labels or {}
     ci_low = cc.ci_low if cc.ci_low is not None else np.full(k, np.nan)
     ci_high = cc.ci_high if cc.ci_high is not None else np.full(k, np.nan)
+    # a name given to several concepts gets each concept's index ("red disk [2]"), so that the
+    # legends and tables tell them apart
+    shown_labels = distinct_labels([labels.get(c, cc.concept_label(c)) for c in range(k)])
 
     def label(c: int) -> str:
-        return labels.get(int(c), cc.concept_label(int(c)))
+        return shown_labels[int(c)]
 
     duplicates: dict[int, list[str]] = {}
     for pair in cc.near_duplicates():
@@ -88,6 +92,9 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     for c in order:
         ex, ids = cc.top_examples(int(c), n_exemplars, image_size=min(64, _side(cc)))
         extra = {} if names is None else name_details(names[int(c)], names.score_name)
+        share = None if names is None or names[int(c)].name is None else names[int(c)].part_share
+        if share is not None:  # "dissect": how much of where the concept fires is the part
+            extra["top pixels on the named part"] = f"{share:.0%}"
         if int(c) in duplicates:
             extra["near-duplicate of"] = ", ".join(duplicates[int(c)])
         if stability is not None:
@@ -192,7 +199,8 @@ def _naming_notes(names: Any) -> list[str]:
                          if isinstance(v, (int, float, str, bool)))
     return [f"Concept names: method {names.method!r}, score = {names.score_name}, trust = AUC of "
             f"the concept's activation on probe inputs showing the named thing vs the others "
-            f"(CoSy-style); {settings}."]
+            f"(CoSy-style); {settings}.",
+            *(f"Concept names: {note}" for note in getattr(names, "notes", ()))]
 
 
 def _side(cc: Any) -> int:

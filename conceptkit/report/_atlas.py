@@ -63,26 +63,39 @@ def _order(matrix: np.ndarray) -> np.ndarray:
 
 
 def _normalized(values: np.ndarray) -> np.ndarray:
+    """Each class's importances divided by its largest absolute one: in [-1, 1], signs kept."""
     top = np.abs(values).max(axis=1, keepdims=True)
     return np.divide(values, top, out=np.zeros_like(values, dtype=np.float64), where=top > 0)
 
 
+#: The heatmap's colours: diverging and centred at 0, so that a concept that lowers a class's
+#: score (negative importance) is blue, not the colour of "no effect".
+HEATMAP_CMAP = "RdBu_r"
+
+
 def heatmap_figure(report: AtlasReport, dpi: int = 100) -> tuple[bytes, list[int], list[int]]:
-    """The class × concept heatmap (rows and columns clustered); returns PNG and the orders."""
+    """The class × concept heatmap (rows and columns clustered); returns PNG and the orders.
+
+    Each row is divided by the class's largest absolute importance and drawn on a diverging
+    scale from -1 (blue: the concept lowers the class's score) through 0 (white) to 1 (red)."""
     norm = _normalized(np.asarray(report.importance, dtype=np.float64))
     rows, cols = _order(norm), _order(norm.T)
     n_classes, k = norm.shape
     fig = Figure(figsize=(max(5.0, 0.45 * k + 3.0), max(3.0, 0.4 * n_classes + 1.6)))
     ax = fig.add_subplot()
-    image = ax.imshow(norm[np.ix_(rows, cols)], cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    shown = norm[np.ix_(rows, cols)]
+    image = ax.imshow(shown, cmap=HEATMAP_CMAP, vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(k), [report.concept_names[j] for j in cols], rotation=60, ha="right",
                   fontsize=8)
     ax.set_yticks(range(n_classes), [report.class_names[i] for i in rows], fontsize=8)
     for r, i in enumerate(rows):
         for c, j in enumerate(cols):
-            if report.important[i, j]:
-                ax.text(c, r, "●", ha="center", va="center", color="white", fontsize=7)
-    fig.colorbar(image, ax=ax, label="importance / class max")
+            if report.important[i, j]:  # readable on the dark ends and on the white middle
+                ax.text(c, r, "●", ha="center", va="center", fontsize=7,
+                        color="white" if abs(shown[r, c]) > 0.6 else "black")
+    bar = fig.colorbar(image, ax=ax, label="importance / class's max |importance|\n"
+                                           "blue < 0 (lowers the class) < red")
+    bar.set_ticks([-1, -0.5, 0, 0.5, 1])
     ax.set_title("Concept importance per class (● = important)", fontsize=10)
     fig.tight_layout()
     return figure_png(fig, dpi=dpi), [int(i) for i in rows], [int(j) for j in cols]
@@ -247,8 +260,10 @@ def _write_atlas_report(report: AtlasReport, out: Path, dpi: int) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     png, rows, cols = heatmap_figure(report, dpi)
     heat = _picture("heatmap", "Class × concept importance", png, "heatmap.png",
-                    "Importance of each concept for each class, divided by the class's largest; "
-                    "rows and columns ordered by hierarchical clustering")
+                    "Importance of each concept for each class, divided by the class's largest "
+                    "absolute importance: red raises the class's score, blue lowers it (a "
+                    "negative importance), white is no effect; rows and columns ordered by "
+                    "hierarchical clustering")
     graph = _picture("graph", "Shared concepts", graph_figure(report, dpi), "graph.png",
                      "An edge joins two classes that share an important concept")
     for picture in (heat, graph):

@@ -83,13 +83,23 @@ def _vector(value: Any, name: str, k: int | None = None, allow_nan: bool = False
 
 
 def _labels(labels: Any, k: int) -> list[str]:
+    """One label per concept; a label given more than once gets its position (``"wing [2]"``,
+    as the CBM report does), so that a legend tells its concepts apart."""
     if labels is None:
         return [f"concept {i}" for i in range(k)]
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
         raise TypeError(f"`labels` must be a list of str; got {describe(labels)}.")
     if len(labels) != k:
         raise ValueError(f"`labels` has {len(labels)} entries but there are {k} concepts.")
-    return [str(label) for label in labels]
+    return distinct_labels([str(label) for label in labels])
+
+
+def distinct_labels(labels: list[str], indices: list[int] | None = None) -> list[str]:
+    """``labels`` with every repeated one followed by its index (``indices[i]``, default its
+    position): ``["wing", "tail", "wing"]`` -> ``["wing [0]", "tail", "wing [2]"]``."""
+    indices = list(range(len(labels))) if indices is None else list(indices)
+    return [f"{label} [{j}]" if labels.count(label) > 1 else label
+            for j, label in zip(indices, labels)]
 
 
 def plot_importances(importances: Any, labels: list[str] | None = None, ci_low: Any = None,
