@@ -126,7 +126,8 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
     weights : np.ndarray, optional
         ``(n_classes, n_concepts)`` to show; default :func:`concept_class_weights`.
     extra : dict, optional
-        More JSON-able numbers or settings (shown in the page and stored in the JSON).
+        More JSON-able numbers or settings (stored in the JSON; a number or a string is a row of
+        the page's summary, a dict of them a table of its own, e.g. ``{"settings": {...}}``).
 
     Returns
     -------
@@ -168,7 +169,10 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
                               "n_val": history.n_val, "val_source": history.val_source,
                               "stages": [{"stage": s.stage, "train_loss": s.train_loss,
                                           "val_loss": s.val_loss, "best_epoch": s.best_epoch,
-                                          "stopped_early": s.stopped_early} for s in history.stages]}
+                                          "stopped_early": s.stopped_early,
+                                          "still_improving": s.still_improving,
+                                          "summary": s.describe()} for s in history.stages],
+                              "under_trained": list(history.under_trained)}
     if leakage is not None:
         numbers["leakage"] = {"soft_accuracy": leakage.soft_accuracy,
                               "hard_accuracy": leakage.hard_accuracy,
@@ -192,20 +196,55 @@ def _page(out: Path, title: str, numbers: dict[str, Any], pictures: dict[str, An
         rows.append((f"accuracy, all concepts intervened ({policy})", curve["accuracy_mean"][-1]))
     if "leakage" in numbers:
         rows += [(f"leakage: {k}", v) for k, v in numbers["leakage"].items()]
-    if "history" in numbers:
-        rows.append(("training seconds", numbers["history"]["seconds"]))
+    history = numbers.get("history")
+    if history is not None:
+        rows.append(("training seconds", history["seconds"]))
+    tables = []
     for key, value in (numbers.get("extra") or {}).items():
-        if isinstance(value, (int, float, str)) or value is None:
+        if _scalar(value):
             rows.append((key, value))
+        elif isinstance(value, Mapping):  # e.g. the command's settings: a table of their own
+            tables.append((str(key).replace("_", " ").capitalize(),
+                           [PageTable([str(key).replace("_", " "), "value"],
+                                      [[str(k), _shown(v)] for k, v in value.items()])]))
     concepts = PageTable(["concept", "accuracy", "F1", "AUC"],
                          [[name, m["accuracy"], m["f1"], m["auc"]]
                           for name, m in ev["per_concept"].items()])
-    return write_page(out, title, [
-        ("Summary", [PageTable(["", "value"], [list(row) for row in rows])]),
+    summary: list[Any] = []
+    if history is not None and history.get("under_trained"):
+        stages = ", ".join(repr(s) for s in history["under_trained"])
+        summary.append(f"Under-trained: the {stages} stage{'s' if len(history['under_trained']) > 1 else ''} "
+                       f"stopped at the epoch limit while the validation loss was still falling; "
+                       f"more epochs would likely give a better model (a larger `epochs`; "
+                       f"`--epochs` of conceptkit train-cbm). See Training.")
+    summary.append(PageTable(["", "value"], [list(row) for row in rows]))
+    sections = [
+        ("Summary", summary),
         ("Head weights", [pictures["weights"]]),
         ("Concepts", [pictures["concept_accuracy"], concepts]),
         ("Interventions", [pictures["interventions"]]),
-    ], footer="Written by conceptkit. Every number is in metrics.json next to this page.")
+    ]
+    if history is not None:
+        sections.append(("Training", [PageTable(
+            ["stage", "epochs", "best epoch", "best validation loss", "stopped", "still improving"],
+            [[s["stage"], len(s["train_loss"]), s["best_epoch"] + 1, s["val_loss"][s["best_epoch"]],
+              "early" if s["stopped_early"] else "at the epoch limit",
+              "yes" if s["still_improving"] else "no"] for s in history["stages"]])]))
+    return write_page(out, title, sections + tables,
+                      footer="Written by conceptkit. Every number is in metrics.json next to this page.")
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str)) or value is None
+
+
+def _shown(value: Any) -> Any:
+    """A setting as a table cell: numbers and text as they are, anything else as JSON."""
+    if _scalar(value):
+        return value
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
 
 
 def distinct(names: list[str]) -> list[str]:

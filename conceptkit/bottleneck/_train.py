@@ -93,6 +93,11 @@ class TrainHistory:
     """What :func:`train_cbm` did: per-stage loss curves, the accuracies of the trained model on
     its training and validation data, and the settings that matter.
 
+    ``concept_loss_weight`` is the λ the joint loss used (``0.0`` in mode ``"standard"``;
+    ``None`` in the modes whose losses have no such weight, ``"independent"`` and
+    ``"sequential"``). :attr:`under_trained` lists the stages that ran out of epochs while
+    their validation loss was still falling.
+
     ``accuracies`` is ``{"train": {"task": a, "concepts": b}, "val": {...}}`` (task top-1
     accuracy and Koh's concept accuracy, see :func:`evaluate_cbm`); :meth:`summary` prints it
     all in a few lines.
@@ -100,7 +105,7 @@ class TrainHistory:
 
     mode: str
     stages: tuple[StageHistory, ...]
-    concept_loss_weight: float
+    concept_loss_weight: float | None
     pos_weight: tuple[float, ...]
     n_train: int
     n_val: int
@@ -108,6 +113,12 @@ class TrainHistory:
     seed: int
     seconds: float
     accuracies: dict = field(default_factory=dict)
+
+    @property
+    def under_trained(self) -> tuple[str, ...]:
+        """The stages that stopped at the epoch limit while their validation loss was still
+        falling (:attr:`StageHistory.still_improving`): more epochs would likely help."""
+        return tuple(stage.stage for stage in self.stages if stage.still_improving)
 
     def summary(self) -> str:
         """A few readable lines: the data, each stage, the accuracies."""
@@ -220,7 +231,7 @@ def _check_classes(labels: torch.Tensor, n_classes: int) -> None:
 
 
 def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = None, *,
-              mode: str = "joint", concept_loss_weight: float = 1.0, epochs: int = 100,
+              mode: str = "joint", concept_loss_weight: float | None = None, epochs: int = 100,
               lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 4e-5,
               patience: int = 10, optimizer: str = "adam", val_fraction: float = 0.2,
               seed: int | None = None, device: Any = None,
@@ -237,8 +248,10 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
         ``labels``: ``(N,)``. Without ``val_data``, a seeded ``val_fraction`` of ``train_data``
         is held out for early stopping. Never pass the test split as ``val_data``.
     mode : {"independent", "sequential", "joint", "standard"}
-    concept_loss_weight : float
-        λ of the joint loss ``CE + λ Σ_j BCE_j``; ignored by the other modes (standard uses 0).
+    concept_loss_weight : float, optional
+        λ of the joint loss ``CE + λ Σ_j BCE_j`` (default 1). Mode ``"joint"`` only (``0`` is
+        also accepted with ``"standard"``, which is joint with λ = 0): the other modes have no
+        such weight, and a value given with them is an error rather than ignored.
     epochs, patience : int
         Maximum epochs per stage; stop after ``patience`` epochs without a better val loss.
     lr, weight_decay, batch_size, optimizer
@@ -256,7 +269,7 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     """
     model = check_cbm(model)
     mode = check_choice(mode, "mode", MODES)
-    lam = check_float(concept_loss_weight, "concept_loss_weight", minimum=0.0)
+    lam = _loss_weight(concept_loss_weight, mode)
     seed = resolve_seed(seed)
     val_fraction = check_float(val_fraction, "val_fraction", minimum=0.0, maximum=1.0,
                                strict_minimum=True)
@@ -282,8 +295,6 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     for part, part_name in ((train, "train_data"), (val, val_name)):
         check_inputs(model, next(part.batches(2))[0], part_name)
     pos_weight = pos_weight_from(train.columns()[0]).to(dev)
-    if mode == "standard":
-        lam = 0.0
 
     start = time.perf_counter()
     original_device = model_device(model)
@@ -293,7 +304,7 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     try:
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            stages = _train_stages(model, mode, lam, train, val, pos_weight, cfg)
+            stages = _train_stages(model, mode, lam or 0.0, train, val, pos_weight, cfg)
     except BaseException:
         # a failure midway: the weights may be partly trained, but the flags and the device are
         # given back as the user set them
@@ -321,6 +332,22 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
                         pos_weight=tuple(float(w) for w in pos_weight.cpu()),
                         n_train=len(train), n_val=len(val), val_source=val_source, seed=seed,
                         seconds=seconds, accuracies=accuracies)
+
+
+def _loss_weight(value: Any, mode: str) -> float | None:
+    """The λ of the joint loss that ``mode`` uses: ``value`` (default 1) in mode joint, 0 in
+    mode standard, ``None`` in the modes without a joint loss; a value the mode would ignore is
+    an error naming the argument."""
+    if value is None:
+        return {"joint": 1.0, "standard": 0.0}.get(mode)
+    lam = check_float(value, "concept_loss_weight", minimum=0.0)
+    if mode == "joint" or (mode == "standard" and lam == 0.0):
+        return lam
+    uses = ("is joint training without a concept loss (λ = 0)" if mode == "standard" else
+            "trains the concepts on their own loss, then the head: there is no joint loss")
+    raise ValueError(f"`concept_loss_weight`={lam:g} weighs the concept loss of mode='joint', "
+                     f"but mode={mode!r} {uses}, so it would be ignored. Leave "
+                     f"`concept_loss_weight` out, or use mode='joint'.")
 
 
 def _train_stages(model: ConceptBottleneckModel, mode: str, lam: float, train: CBMData,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -32,28 +33,79 @@ def _dist_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+#: Python argument names in the library's errors and warnings, and the options that set them.
+ATLAS_FLAGS = {"labels": "--labels", "importance": "--importance", "n_concepts": "--n-concepts",
+               "layer": "--layer", "seed": "--seed", "max_iter": "--max-iter", "tol": "--tol",
+               "batch_rows": "--batch-rows", "max_inputs_per_class": "--max-inputs-per-class"}
+
+#: The owner of the files ``atlas`` writes into ``--out`` (see ``conceptkit.report._outputs``).
+OWNER = "conceptkit atlas"
+
+
 def _labels(spec: str | None) -> np.ndarray | None:
+    from ._checks import CommandError
+
     if spec is None:
         return None
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"`--labels` {spec!r} is not a file; give a .npy array or a text "
                                 f"file with one class index per stored image.")
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (ValueError, OSError, EOFError) as err:
+        raise CommandError(f"`--labels` {spec!r} cannot be read as class indices ({str(err).rstrip('.')}); give a "
+                           f"text file with one integer class index per stored image (or per "
+                           f"line), or a .npy array of them.") from err
+
+
+def _fit_and_write(args: argparse.Namespace, loaded, layer: str, store, labels, options: dict,
+                   world: int, start: float) -> tuple[Path | None, str]:
+    """Rank 0's work: fit the atlas, save it and (unless ``--no-report``) write its report."""
+    from ..pipeline import ConceptAtlas
+    from ..report._outputs import MANIFEST, owned_folder, record
+    from ._checks import show_progress
+
+    atlas = ConceptAtlas(loaded.model, layer, args.n_concepts, method="ice",
+                         importance=args.importance, seed=args.seed,
+                         class_names=loaded.class_names or None,
+                         max_inputs_per_class=args.max_inputs_per_class,
+                         progress=show_progress(args.quiet), preprocess=None,
+                         model_name=loaded.name)
+    atlas.fit(store, labels, store_options=options)
+    out = Path(args.out)
+    # --out is this run's: the report an earlier run wrote there (gone with --no-report, or
+    # files the new report no longer writes) is removed, never a file conceptkit did not write
+    with owned_folder(out, OWNER):
+        path = atlas.save(out / "atlas.safetensors")
+        record(path)
+        index = None if args.no_report else atlas.report(out / "report")
+    fitted = atlas.data_.bank.factorizer
+    print(f"atlas of {store.n_rows} rows ({len(atlas.data_.labels)} images, "
+          f"{len(atlas.importance.classes)} classes) over {world} rank(s): "
+          f"{atlas.n_concepts} concepts, {fitted.n_iter_} passes, relative error "
+          f"{fitted.reconstruction_err_ / max(fitted.data_norm_, 1e-300):.4f}, "
+          f"{time.perf_counter() - start:.1f} s")
+    stale = out / "report" / "index.html"
+    if index is None and stale.is_file():  # a report this command has no record of writing
+        print(f"warning: {str(stale.parent)!r} holds the report of an earlier atlas, not of this "
+              f"one (`--out` has no record in {MANIFEST} that `conceptkit atlas` wrote it, so it "
+              f"is left be); remove that folder, or rerun without --no-report.", file=sys.stderr)
+    return index, path
 
 
 def atlas_main(argv: list[str]) -> int:
     """Parse ``argv`` and build the atlas of a store."""
     from ..concepts import NMF, fit_distributed
     from ..extraction import ActivationStore
-    from ..pipeline import ConceptAtlas
     from ._checks import (
         CommandError,
         check_counts,
         check_out_dir,
         check_seed_flag,
+        command_terms,
         load_model_flags,
     )
 
@@ -74,8 +126,11 @@ def atlas_main(argv: list[str]) -> int:
     parser.add_argument("--max-inputs-per-class", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--no-report", action="store_true")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--no-report", action="store_true",
+                        help="write no report (a report an earlier atlas run wrote into --out "
+                             "is removed: it would not describe this atlas)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (they are shown only when stderr is a terminal)")
     args = parser.parse_args(argv)
     check_counts(args, {"n_concepts": 1, "max_iter": 1, "batch_rows": 1,
                         "max_inputs_per_class": 1})
@@ -91,12 +146,14 @@ def atlas_main(argv: list[str]) -> int:
 
         dist.init_process_group("gloo")
     try:
-        store = ActivationStore(args.store)
+        with command_terms({"path": "--store"}):
+            store = ActivationStore(args.store)
         if (args.labels is None and store.manifest.get("layout") == "maps"  # (else: say that)
                 and store.manifest.get("meta", {}).get("labels") is None):
             raise CommandError(f"`--labels` is required: the store {args.store!r} records no "
                                f"class labels (only `extract --concept-dataset` records them); "
                                f"give a .npy or text file with one class index per stored image.")
+        labels = _labels(args.labels)  # a file that is no list of labels fails before any work
         loaded = load_model_flags(args.model, args.weights)
         layer = args.layer or store.manifest.get("meta", {}).get("layer") or loaded.layer
         if layer is None:
@@ -107,22 +164,9 @@ def atlas_main(argv: list[str]) -> int:
             fit_distributed(NMF(args.n_concepts, solver="torch_hals", random_state=args.seed),
                             store, seed=args.seed, progress=False, **options)
         else:
-            atlas = ConceptAtlas(loaded.model, layer, args.n_concepts, method="ice",
-                                 importance=args.importance, seed=args.seed,
-                                 class_names=loaded.class_names or None,
-                                 max_inputs_per_class=args.max_inputs_per_class,
-                                 progress=not args.quiet, preprocess=None,
-                                 model_name=loaded.name)
-            atlas.fit(store, _labels(args.labels), store_options=options)
-            out = Path(args.out)
-            path = atlas.save(out / "atlas.safetensors")
-            index = None if args.no_report else atlas.report(out / "report")
-            fitted = atlas.data_.bank.factorizer
-            print(f"atlas of {store.n_rows} rows ({len(atlas.data_.labels)} images, "
-                  f"{len(atlas.importance.classes)} classes) over {world} rank(s): "
-                  f"{atlas.n_concepts} concepts, {fitted.n_iter_} passes, relative error "
-                  f"{fitted.reconstruction_err_ / max(fitted.data_norm_, 1e-300):.4f}, "
-                  f"{time.perf_counter() - start:.1f} s")
+            with command_terms(ATLAS_FLAGS):
+                index, path = _fit_and_write(args, loaded, layer, store, labels, options, world,
+                                             start)
             print(f"saved {path}" + ("" if index is None else f"; report {index}"))
         if distributed:
             dist.barrier()

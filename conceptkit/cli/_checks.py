@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,67 @@ def load_model_flags(spec: str, weights: str | None) -> Any:
         raise CommandError(message) from err
 
 
+def command_line_terms(message: str, flags: Mapping[str, str]) -> str:
+    """A message of the Python API in a command's terms: each argument name of ``flags`` becomes
+    the option that sets it (`` `n_concepts` `` → `` `--n-concepts` ``, ``method='ice'`` →
+    ``--method ice``, ``epochs=40`` → ``--epochs 40``, ``n_concepts <= 64`` →
+    ``--n-concepts <= 64``)."""
+    for name, flag in flags.items():
+        message = message.replace(f"`{name}`", f"`{flag}`")
+        message = re.sub(rf"(?<![\w`-]){name}='([^']*)'", rf"{flag} \1", message)
+        message = re.sub(rf"(?<![\w`-]){name}=(-?\d[\w.+-]*)", rf"{flag} \1", message)
+        message = re.sub(rf"(?<![\w`-]){name}(?= ?(?:<=|>=|<|>) ?-?\d)", flag, message)
+    return message
+
+
+class _TermsWarningFormat:
+    """``warnings.formatwarning`` of a command: ``warning: <message in its terms>``, without the
+    file name and the source line of the library code that warned (they mean nothing to a user
+    of the command line)."""
+
+    def __init__(self, flags: Mapping[str, str]):
+        self.flags = flags
+
+    def __call__(self, message: Any, category: type, filename: str, lineno: int,
+                 line: str | None = None) -> str:
+        text = " ".join(command_line_terms(str(message), self.flags).split())
+        return f"warning: {text}\n"
+
+
+@contextlib.contextmanager
+def command_terms(flags: Mapping[str, str], more_images: str | None = None) -> Iterator[None]:
+    """Run a command's work: a ``ValueError``, ``TypeError`` or ``OSError`` of the library whose
+    message names its Python arguments becomes a :class:`CommandError` naming the command's
+    options instead (any other is raised as it is), and
+    a warning is printed as one ``warning: ...`` line in the same terms (no source line).
+    ``more_images`` is the option that gives more images, for ACE's advice (see
+    :func:`without_missing_options`)."""
+    original = warnings.formatwarning
+    warnings.formatwarning = _TermsWarningFormat(flags)
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as err:
+        message = command_line_terms(str(err), flags)
+        if more_images is not None:
+            message = without_missing_options(message, more_images)
+        if message == str(err):
+            raise
+        raise CommandError(message) from err
+    finally:
+        warnings.formatwarning = original
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars on the command line: not with ``--quiet``, and only when stderr is a
+    terminal (redrawn with carriage returns, a bar is noise in a log file)."""
+    if quiet:
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
+
+
 def without_missing_options(message: str, more_images: str) -> str:
     """Advice of a library error in a command's terms: ACE's ``min_cluster_size`` has no flag,
     so "lower `min_cluster_size`" becomes what the command can do (``more_images``, the flag
@@ -62,7 +128,9 @@ def check_seed_flag(seed: int | None, flag: str = "--seed") -> None:
 
 
 def check_out_dir(out: str | None, flag: str = "--out") -> None:
-    """``--out`` names a directory (created when missing): an existing file is refused."""
+    """``--out`` names a directory (created when missing) that can be written: an existing file
+    is refused, and so is a directory (existing, or the one its parent would hold) that cannot
+    be written, before any work."""
     if out is None:
         return
     if not str(out).strip():
@@ -74,6 +142,10 @@ def check_out_dir(out: str | None, flag: str = "--out") -> None:
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise CommandError(f"`{flag}` {out!r} lies under {str(parent)!r}, which is a file.")
-    if parent is not None and not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+    if path.exists():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CommandError(f"`{flag}` {out!r} is not writable; give a directory you can "
+                               f"write to.")
+    elif parent is not None and not os.access(parent, os.W_OK | os.X_OK):
         raise CommandError(f"`{flag}` {out!r} cannot be created: {str(parent)!r} is not "
                            f"writable. Give a directory you can write to.")

@@ -4,6 +4,7 @@ with how well each class's concepts match the ground-truth masks."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -104,7 +105,9 @@ def counted_convergence(counts: list[int]):
 def truth_of_class(cc, truth, causal: list[int], spurious: int) -> dict:
     """What the demo prints and notes for one class: for each causal part and the spurious cue,
     the model's measured reliance on it (class-probability drop when it is painted out), the
-    concept that localises it best, that concept's pointing game and its importance rank."""
+    concept that localises it best, that concept's pointing game and its importance rank.
+    ``concept`` is ``None`` (and the rank too) when no concept's map points at the part in any
+    image (the best pointing game is 0): no concept localises it."""
     loc, rel = truth.localisation, truth.reliance
     drops = rel.values("probability")
     per_part = {}
@@ -112,16 +115,58 @@ def truth_of_class(cc, truth, causal: list[int], spurious: int) -> dict:
         j = int(loc.best_concept[g])
         if j < 0:  # no image of the class shows the part
             continue
+        score = float(loc.pointing_game[j, g])
+        pointed = score > 0
         per_part[loc.part_names[g]] = {
-            "concept": j, GT_METRIC: float(loc.pointing_game[j, g]),
-            "importance_rank": int(np.flatnonzero(cc.ranking == j)[0]) + 1,
+            "concept": j if pointed else None, GT_METRIC: score,
+            "importance_rank": int(np.flatnonzero(cc.ranking == j)[0]) + 1 if pointed else None,
             "reliance": float(drops[g]), "causal": g in causal}
     return per_part
+
+
+def part_note(name: str, part: dict, labels: dict[int, str]) -> str:
+    """The class page's note on one causal part or the spurious cue (see :func:`truth_of_class`)."""
+    kind = "causal" if part["causal"] else "spurious cue"
+    head = f"{kind} '{name}': reliance {part['reliance']:.2f}; "
+    if part["concept"] is None:
+        return head + f"no concept's map points at it ({GT_METRIC} 0.00 for every concept)."
+    return (head + f"the concept whose map points at it best is c{part['concept']} ({GT_METRIC} "
+                   f"{part[GT_METRIC]:.2f}; labelled '{labels[part['concept']]}' by the part it "
+                   f"points at best), importance rank {part['importance_rank']}.")
+
+
+def cue_line(part: dict, n_concepts: int) -> str:
+    """The console's line on the spurious cue of a class that kept ``n_concepts`` concepts."""
+    head = f"spurious cue: reliance {part['reliance']:.2f}; "
+    if part["concept"] is None:
+        return head + f"no concept points at it ({GT_METRIC} 0.00 for each of {n_concepts})"
+    return (head + f"concept c{part['concept']} ({GT_METRIC} {part[GT_METRIC]:.2f}), importance "
+                   f"rank {part['importance_rank']} of {n_concepts}")
 
 
 def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: str = "ice",
              seed: int = 0, progress: bool = True, n_concepts: int = 10) -> int:
     """Run the demo; return a process exit status."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    # the topmost folder this run creates: removed again if the demo fails (ACE with too few
+    # images), so that a refused run leaves nothing behind; an existing folder is left be
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"`out_dir` {out_dir!r} cannot be created: {err.strerror or err}. Give "
+                         f"a directory you can write to.") from err
+    try:
+        return _run_demo(out, n_per_class, method, seed, progress, n_concepts, start)
+    except Exception:
+        if created is not None:  # only what this run created, and everything in it is its own
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: bool,
+              n_concepts: int, start: float) -> int:
     from ..datasets import (
         evaluate_accuracy,
         make_concept_dataset,
@@ -134,13 +179,6 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
     from ..pipeline._trust import _notes as trust_notes
     from ..report import index_entry, write_class_report, write_index
 
-    start = time.perf_counter()
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"`out_dir` {out_dir!r} cannot be created: {err.strerror or err}. Give "
-                         f"a directory you can write to.") from err
     data = make_concept_dataset(n_per_class, seed=seed, split="train")
     print("== The ground-truth concept dataset (train split: the spurious cue is on)")
     print(data.summary())
@@ -179,12 +217,7 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
                  f"painted out); the top concept c{row['top_concept']} sits on "
                  f"'{row['top_part']}'."]
         labels = concept_labels(truth, cc, data.masks[data.labels == class_id])
-        for name, part in parts.items():
-            kind = "causal" if part["causal"] else "spurious cue"
-            notes.append(f"{kind} '{name}': reliance {part['reliance']:.2f}; the concept whose "
-                         f"map points at it best is c{part['concept']} ({GT_METRIC} "
-                         f"{part[GT_METRIC]:.2f}; labelled '{labels[part['concept']]}' by the part "
-                         f"it points at best), importance rank {part['importance_rank']}.")
+        notes.extend(part_note(name, part, labels) for name, part in parts.items())
         notes.extend(shared_parts(truth, cc))
         notes.append(LABEL_LEGEND)
         with counted_convergence(stopped):
@@ -194,22 +227,20 @@ def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: st
                                     n_exemplars=N_EXEMPLARS)
         page = write_class_report(report, out, index_link="../index.html")
         entries.append(index_entry(report, page, out))
-        summary.append((class_id, cc.class_name, row, parts))
+        summary.append((class_id, cc.class_name, row, parts, cc.n_concepts))
     index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset")
 
     print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<22} "
           f"{'causal parts localised (' + GT_METRIC + ')'}")
-    for class_id, name, row, parts in summary:
+    for class_id, name, row, parts, kept in summary:
         causal = [f"{gt} {part[GT_METRIC]:.2f}" for gt, part in parts.items() if part["causal"]]
         relied = f"{row['most_relied_part']} ({_fmt(row['most_relied_drop'])}" + (
             ")" if row["most_relied_significant"] else ", not told from 0)")
         top = f"c{row['top_concept']} {row['top_part']}"
         print(f"   {class_id} {name:<35} {relied:<27} {top:<22} {', '.join(causal)}")
         for part in parts.values():
-            if not part["causal"]:
-                print(f"     spurious cue: reliance {part['reliance']:.2f}; concept "
-                      f"c{part['concept']} ({GT_METRIC} {part[GT_METRIC]:.2f}), importance rank "
-                      f"{part['importance_rank']} of {n_concepts}")
+            if not part["causal"]:  # (rank among the concepts this class kept: ACE drops some)
+                print(f"     {cue_line(part, kept)}")
     mean = scores.summary
     print(f"\n   against the ground truth (mean over classes): top concept on the most relied-on "
           f"part {_fmt(mean['top_on_most_relied'])} (on it or on a part these images cannot tell "

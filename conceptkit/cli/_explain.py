@@ -6,7 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
-from ._checks import CommandError, load_model_flags, without_missing_options
+from ._checks import CommandError, command_terms, load_model_flags, show_progress
+from ._checks import command_line_terms as _in_terms
 from ._images import file_ids, load_images
 
 #: ``--factorizer`` choices. Signed activations (ViT/CLIP tokens) need one that takes signs
@@ -26,9 +27,7 @@ def command_line_terms(message: str) -> str:
     """An error message of the Python API in ``conceptkit explain`` terms: argument names become
     options (`` `n_concepts` `` → `` `--n-concepts` ``), factorizer calls become
     ``--factorizer`` choices."""
-    for name, flag in _FLAGS.items():
-        message = message.replace(f"`{name}`", f"`{flag}`")
-        message = re.sub(rf"\b{name}='([^']*)'", rf"{flag} \1", message)
+    message = _in_terms(message, _FLAGS)
     by_class = {cls: choice for choice, cls in FACTORIZER_CHOICES.items()}
     return re.sub(r"factorizer=(\w+)\([^)]*\)",
                   lambda m: f"`--factorizer {by_class[m.group(1)]}`" if m.group(1) in by_class
@@ -36,6 +35,12 @@ def command_line_terms(message: str) -> str:
 
 
 def explain_main(args: argparse.Namespace) -> int:
+    """``conceptkit explain``: errors and warnings of the library in the command's terms."""
+    with command_terms(_FLAGS, "`--images`"):
+        return _explain(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
     from ..concepts._checks import NegativeActivationsError
     from ..models._candidates import class_index, missing_layer_message
     from ..pipeline import DISCOVERY_METHODS, ConceptExplainer
@@ -65,14 +70,13 @@ def explain_main(args: argparse.Namespace) -> int:
         explainer = ConceptExplainer(loaded, args.layer, n_concepts=n_concepts, method=args.method,
                                      importance=args.importance, patch_size=args.patch_size,
                                      factorizer=factorizer, batch_size=args.batch_size,
-                                     seed=args.seed, progress=not args.quiet,
+                                     seed=args.seed, progress=show_progress(args.quiet),
                                      tokens=tokens, window=args.window)
         result = explainer.fit(images, class_id, name, image_ids=file_ids(files))
     except NegativeActivationsError as err:
         raise ValueError(err.command_line()) from err
-    except ValueError as err:
-        raise ValueError(without_missing_options(command_line_terms(str(err)),
-                                                 "`--images`")) from err
+    except ValueError as err:  # (command_terms adds ACE's advice in the command's terms)
+        raise ValueError(command_line_terms(str(err))) from err
     if args.name_with or args.visualize:
         from ._naming import name_and_visualize
 

@@ -31,7 +31,17 @@ from ..extraction._store import (
     slice_inputs,
     write_chunks,
 )
-from ._checks import CommandError, check_counts, check_out_dir, load_model_flags
+from ._checks import (
+    CommandError,
+    check_counts,
+    check_out_dir,
+    check_seed_flag,
+    load_model_flags,
+    show_progress,
+)
+
+#: The splits of the concept dataset (``make_concept_dataset``'s ``split``).
+SPLITS = ("train", "val", "test")
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -45,7 +55,8 @@ def _load_inputs(args: argparse.Namespace, size: int) -> tuple[Any, list[int] | 
     if args.concept_dataset is not None:
         from ..datasets import make_concept_dataset
 
-        data = make_concept_dataset(args.concept_dataset, seed=args.seed, split=args.split)
+        data = make_concept_dataset(args.concept_dataset, seed=0 if args.seed is None else args.seed,
+                                    split="train" if args.split is None else args.split)
         return data.images, [int(label) for label in data.labels]
     if args.images is None:
         raise CommandError("give `--images DIR_OR_GLOB` or `--concept-dataset N_PER_CLASS`.")
@@ -66,8 +77,10 @@ def extract_main(argv: list[str]) -> int:
                         help="use the ground-truth concept dataset with this many images per "
                              "class (its class labels are recorded in the store, where "
                              "`conceptkit atlas` reads them)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default=None, choices=SPLITS,
+                        help="--concept-dataset only: the split drawn (default train)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="--concept-dataset only: the seed of the dataset (default 0)")
     parser.add_argument("--out", required=True, help="store directory")
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--layout", default="pooled", choices=list(LAYOUTS))
@@ -77,13 +90,21 @@ def extract_main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a store written by another extraction (another model, "
                              "layer, inputs, chunk size or layout) instead of refusing")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (it is shown only when stderr is a terminal)")
     args = parser.parse_args(argv)
     check_counts(args, {"chunk_size": 1, "batch_size": 1, "size": 1, "concept_dataset": 1})
     check_out_dir(args.out)
     if args.concept_dataset is not None and args.images is not None:
         raise CommandError("give `--images` or `--concept-dataset`, not both (the store holds "
                            "one set of inputs).")
+    given = [flag for flag, value in (("--split", args.split), ("--seed", args.seed))
+             if value is not None]
+    if given and args.concept_dataset is None:  # they choose the concept dataset's images
+        raise CommandError(f"`{given[0]}` goes with `--concept-dataset` (it chooses the "
+                           f"ground-truth images drawn); with `--images` it would be ignored. "
+                           f"Leave it out.")
+    check_seed_flag(args.seed)
 
     rank, world, local_rank = _dist_env()
     distributed = world > 1
@@ -114,7 +135,8 @@ def extract_main(argv: list[str]) -> int:
             dist.barrier()
         done = write_chunks(lambda s, e: extractor(slice_inputs(inputs, s, e)), n, args.out,
                             chunk_size=args.chunk_size, layout=args.layout, indices=mine,
-                            progress=not args.quiet and rank == 0, fingerprint=fingerprint)
+                            progress=show_progress(args.quiet) and rank == 0,
+                            fingerprint=fingerprint)
         if distributed:
             dist.barrier()
         if rank == 0:

@@ -12,7 +12,8 @@ from ._checks import (
     check_counts,
     check_out_dir,
     check_seed_flag,
-    without_missing_options,
+    command_terms,
+    show_progress,
 )
 from ._explain import FACTORIZER_CHOICES
 from ._naming import add_naming_arguments, check_naming_arguments
@@ -23,22 +24,28 @@ COMMANDS = ("demo", "explain", "report", "atlas", "train-cbm", "extract", "bench
 PROGRAM_DESCRIPTION = f"Command line: conceptkit {' | '.join(COMMANDS)}."
 
 
+#: The report's options, for errors the library raises naming its own arguments (the saved
+#: file is the positional argument ``path``, the name the library's errors use too).
+REPORT_FLAGS = {"out_dir": "--out"}
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .. import load
     from ..pipeline import ClassConcepts
 
-    result = load(args.saved)
-    if not isinstance(result, ClassConcepts):
-        raise CommandError(f"`path` {args.saved!r} holds a {type(result).__name__}, not an "
-                           f"explanation.")
-    page = result.report(args.out)
+    with command_terms(REPORT_FLAGS):
+        result = load(args.path)
+        if not isinstance(result, ClassConcepts):
+            raise CommandError(f"`path` {args.path!r} holds a {type(result).__name__}, not an "
+                               f"explanation.")
+        page = result.report(args.out)
     print(f"report {page}")
     return 0
 
 
 #: The demo's options, for errors the library raises naming its own arguments.
 DEMO_FLAGS = {"n_concepts": "--n-concepts", "seed": "--seed", "method": "--method",
-              "out_dir": "--out"}
+              "out_dir": "--out", "n_per_class": "--n-per-class"}
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -46,14 +53,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     check_counts(args, {"n_per_class": 2})  # a class of one image has nothing to factorize
     check_seed_flag(args.seed)
-    try:
+    # in the demo's terms: its options, not Python's
+    with command_terms(DEMO_FLAGS, "a larger `--n-per-class`"):
         return run_demo(out_dir=args.out, n_per_class=args.n_per_class, method=args.method,
-                        seed=args.seed, progress=not args.quiet, n_concepts=args.n_concepts)
-    except (ValueError, TypeError) as err:  # in the demo's terms: its options, not Python's
-        message = str(err)
-        for name, flag in DEMO_FLAGS.items():
-            message = message.replace(f"`{name}`", f"`{flag}`")
-        raise CommandError(without_missing_options(message, "a larger `--n-per-class`")) from err
+                        seed=args.seed, progress=show_progress(args.quiet),
+                        n_concepts=args.n_concepts)
 
 
 def _cmd_train_cbm(argv: list[str]) -> int:
@@ -81,10 +85,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     scripts = sorted(root.glob("bench_*.py"))
     if not scripts:
         raise CommandError(f"no benchmarks found in {root} (run from a source checkout).")
+    if args.only is not None:
+        chosen = [script for script in scripts if args.only in script.name]
+        if not chosen:
+            names = ", ".join(script.stem.removeprefix("bench_") for script in scripts)
+            raise CommandError(f"`--only` {args.only!r} matches no benchmark; the benchmarks "
+                               f"are {names}.")
+        scripts = chosen
     failed = 0
     for script in scripts:
-        if args.only and args.only not in script.name:
-            continue
         print(f"== {script.name}", flush=True)
         extra = ["--quick"] if args.quick else []
         failed += subprocess.call([sys.executable, str(script), *extra]) != 0
@@ -141,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_naming_arguments(exp)
 
     rep = sub.add_parser("report", help="write the report of a saved explanation")
-    rep.add_argument("saved")
+    rep.add_argument("path", help="a saved explanation (explanation.safetensors of explain)")
     rep.add_argument("--out", required=True)
 
     sub.add_parser("train-cbm", help="train a concept bottleneck model (see train-cbm --help)",
@@ -153,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/)")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--only", default=None, help="run only benchmarks whose name contains this")
+    bench.add_argument("--only", default=None,
+                       help="run only the benchmarks whose name contains this (e.g. cbm)")
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._checks import CommandError
+from ._checks import CommandError, show_progress
 
 PROBE_IMAGES_PER_CLASS = 20
 DEFAULT_VISUALIZE_STEPS = 128
@@ -89,7 +89,7 @@ def _vocabulary(text: str) -> Any:
 
 def name_and_visualize(result: Any, args: argparse.Namespace, loaded: Any, size: int) -> None:
     """Run the naming / visualisation the arguments ask for on ``result`` (in place)."""
-    progress = not args.quiet
+    progress = show_progress(args.quiet)
     if args.name_with == "dissect":
         from ..datasets import WORLDS, load_world
 

@@ -16,7 +16,6 @@ The datasets module is imported lazily: ``bottleneck`` itself never depends on `
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -29,7 +28,22 @@ from ..bottleneck._metrics import evaluate_cbm, leakage_score
 from ..bottleneck._model import BOTTLENECKS, HEADS, ConceptBottleneckModel, SpatialProbe
 from ..bottleneck._report import write_cbm_report
 from ..bottleneck._train import MODES, OPTIMIZERS, train_cbm
-from ._checks import CommandError, check_counts, check_out_dir, check_seed_flag
+from ._checks import (
+    CommandError,
+    check_counts,
+    check_out_dir,
+    check_seed_flag,
+    command_terms,
+    show_progress,
+)
+
+#: Python argument names in the library's errors and warnings, and the options that set them.
+TRAIN_CBM_FLAGS = {"concept_loss_weight": "--concept-loss-weight", "epochs": "--epochs",
+                   "lr": "--lr", "batch_size": "--batch-size", "patience": "--patience",
+                   "optimizer": "--optimizer", "seed": "--seed", "device": "--device",
+                   "layer": "--layer", "image_size": "--image-size", "mode": "--mode",
+                   "weights": "--weights", "n_trials": "--trials", "head": "--head",
+                   "bottleneck": "--bottleneck"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", default="block3", help="reference CNN layer to cut at")
     parser.add_argument("--bottleneck", choices=BOTTLENECKS, default="sigmoid")
     parser.add_argument("--head", choices=HEADS, default="linear")
-    parser.add_argument("--concept-loss-weight", type=float, default=1.0,
-                        help="λ of the joint loss CE + λ Σ BCE")
+    parser.add_argument("--concept-loss-weight", type=float, default=None,
+                        help="λ of the joint loss CE + λ Σ BCE (default 1; --mode joint only: "
+                             "the other modes have no such weight)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-2,
@@ -61,18 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, default=5, help="random intervention orders")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are shown only when stderr is a terminal)")
     return parser
 
 
-def _encoder_and_inputs(args: argparse.Namespace, splits: dict, n_concepts: int):
+def _encoder_and_inputs(args: argparse.Namespace, splits: dict, n_concepts: int,
+                        progress: bool):
     from ..datasets import reference_model
     from ..extraction import ActivationExtractor, split_model
 
     reference = reference_model(path=args.weights)
     if args.features == "frozen":
         extractor = ActivationExtractor(reference, args.layer, batch_size=128, device=args.device,
-                                        progress=not args.no_progress)
+                                        progress=progress)
         inputs = {name: extractor(ds.images) for name, ds in splits.items()}
         with torch.random.fork_rng(devices=[]):  # the probe's initial weights follow --seed
             torch.manual_seed(args.seed)
@@ -88,27 +105,57 @@ def _encoder_and_inputs(args: argparse.Namespace, splits: dict, n_concepts: int)
     return encoder, {name: ds.images for name, ds in splits.items()}
 
 
-def train_cbm_main(argv: list[str]) -> int:
-    """Entry point of ``conceptkit train-cbm``; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every option the datasets, the reference CNN or training would refuse, refused before the
+    datasets are drawn, naming the option."""
+    from .._validation import resolve_device
+    from ..datasets import reference_model
+    from ..datasets._generate import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+    from ..extraction._layers import get_layer
+
     check_counts(args, {"epochs": 1, "patience": 1, "batch_size": 1, "n_train": 1, "n_val": 1,
-                        "n_test": 1, "image_size": 1, "trials": 1})
+                        "n_test": 1, "trials": 1})  # (--image-size: its range, below)
     check_out_dir(args.out)
-    # checked before the datasets are drawn, in the command's terms
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CommandError(f"`--lr` must be a positive number; got {args.lr}.")
+    weight = args.concept_loss_weight
+    if weight is not None and args.mode != "joint":
+        raise CommandError(f"`--concept-loss-weight` weighs the concept loss of `--mode joint`; "
+                           f"`--mode {args.mode}` has no such weight and would ignore it. Leave "
+                           f"it out, or use `--mode joint`.")
+    if weight is not None and not (math.isfinite(weight) and weight >= 0):
+        raise CommandError(f"`--concept-loss-weight` must be a number >= 0; got {weight}.")
+    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
+        raise CommandError(f"`--image-size` must lie in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] "
+                           f"(pixels of the concept dataset's images); got {args.image_size}.")
     check_seed_flag(args.seed)
     if args.weights is not None and not Path(args.weights).is_file():
         raise CommandError(f"`--weights` {args.weights!r} does not exist (or is not a file).")
+    resolve_device(args.device, "--device")
+    with command_terms({"path": "--weights"}):  # (a damaged weights file)
+        reference = reference_model(path=args.weights)
+    get_layer(reference, args.layer, "--layer")
+
+
+def train_cbm_main(argv: list[str]) -> int:
+    """Entry point of ``conceptkit train-cbm``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    _check_arguments(args)  # before the datasets are drawn, in the command's terms
+    with command_terms(TRAIN_CBM_FLAGS):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from ..datasets import make_concept_dataset
 
+    progress = show_progress(args.no_progress)
     start = time.perf_counter()
     sizes = {"train": args.n_train, "val": args.n_val, "test": args.n_test}
     splits = {name: make_concept_dataset(n, image_size=args.image_size, seed=args.seed, split=name,
-                                         progress=not args.no_progress)
+                                         progress=progress)
               for name, n in sizes.items()}
     train_ds = splits["train"]
-    encoder, inputs = _encoder_and_inputs(args, splits, train_ds.n_concepts)
+    encoder, inputs = _encoder_and_inputs(args, splits, train_ds.n_concepts, progress)
     data = {name: (inputs[name], ds.concepts, ds.labels) for name, ds in splits.items()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
@@ -120,7 +167,7 @@ def train_cbm_main(argv: list[str]) -> int:
                         concept_loss_weight=args.concept_loss_weight, epochs=args.epochs,
                         lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                         optimizer=args.optimizer, seed=args.seed, device=args.device,
-                        progress=not args.no_progress)
+                        progress=progress)
     evaluation = evaluate_cbm(model, data["test"])
     curves = {policy: intervention_curve(model, data["test"], policy=policy, n_trials=args.trials,
                                          seed=args.seed) for policy in POLICIES}
@@ -128,9 +175,10 @@ def train_cbm_main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_path = model.save(out / "cbm.safetensors")
-    settings = {k: v for k, v in vars(args).items()}
+    # the options as used: the concept loss weight training applied (none outside joint)
+    settings = dict(vars(args), concept_loss_weight=history.concept_loss_weight)
     page = write_cbm_report(out, model, evaluation, curves, history=history, leakage=leakage,
-                            extra={"settings": json.dumps(settings), "total_seconds":
+                            extra={"settings": settings, "total_seconds":
                                    time.perf_counter() - start, "model_file": model_path.name},
                             title=f"CBM ({args.mode}, {args.features} features) on the concept dataset")
     print(f"mode={args.mode} features={args.features}: task accuracy {evaluation.task_accuracy:.4f}, "

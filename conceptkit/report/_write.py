@@ -122,6 +122,8 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
     labels, dpi = report.labels, opts["dpi"]
     m = min(opts["n_top_concepts"], report.n_concepts)
     matrix = concept_cooccurrence(report.codes, opts["cooccurrence"], opts["quantile"])
+    # every exemplar the report holds (the count its labels and table give), not the grid's 8
+    shown = max(1, max((len(c.exemplars) for c in report.concepts), default=0))
     presence = ("Pearson correlation between concept codes" if opts["cooccurrence"] == "correlation"
                 else f"Jaccard index of top-{1 - opts['quantile']:.0%} presence")
     pictures = [
@@ -131,8 +133,9 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
             f"Class-level {report.importance_method} importance of each concept; error bars span "
             f"the confidence interval where one is known."),
         Picture("exemplars", "Concept exemplars", figure_png(plot_exemplar_grid(
-            [c.exemplars for c in report.concepts], labels, report.importances), dpi),
-            "exemplars.png", "Top exemplars of each concept (rows in importance order)."),
+            [c.exemplars for c in report.concepts], labels, report.importances,
+            n_exemplars=shown), dpi),
+            "exemplars.png", f"Top {shown} exemplars of each concept (rows in importance order)."),
         Picture("overlays", "Concept attribution maps", figure_png(plot_concept_overlays(
             report.images, report.maps, labels, image_ids=report.image_ids, n_top_concepts=m,
             percentile=opts["percentile"], mode=opts["overlay_mode"]), dpi), "overlays.png",

@@ -54,9 +54,12 @@ def test_bottleneck_modes_learn_concepts_and_task(mode):
 
 def test_standard_mode_ignores_concepts():
     model = fresh_model()
-    history = train_cbm(model, TRAIN, VAL, mode="standard", concept_loss_weight=5.0, **FAST)
+    history = train_cbm(model, TRAIN, VAL, mode="standard", **FAST)
     result = evaluate_cbm(model, TEST)
     assert history.concept_loss_weight == 0.0
+    # a weight standard mode would ignore is refused, not recorded as 0 without a word
+    with pytest.raises(ValueError, match="`concept_loss_weight`=5 weighs the concept loss"):
+        train_cbm(fresh_model(), TRAIN, VAL, mode="standard", concept_loss_weight=5.0, **FAST)
     assert result.task_accuracy >= 0.97
     # the unsupervised bottleneck does not line up with the concept labels
     assert result.concept_accuracy < 0.9
