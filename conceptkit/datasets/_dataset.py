@@ -128,13 +128,13 @@ class ConceptDataset(torch.utils.data.Dataset):
         lines.append("")
         lines.append("Concept frequency per class (fraction of images showing the concept):")
         width = max(len(n) for n in names)
-        lines.append("  " + " " * (width + 6) + " ".join(f"{c:>5d}" for c in range(self.n_classes)))
+        lines.append("  " + " " * (width + 12) + " ".join(f"{c:>5d}" for c in range(self.n_classes)))
         rates = self.concept_rates()
         for k, name in enumerate(names):
             role = ("spurious" if has_cue and k == self.spurious_concept
-                    else "distract" if k in self.distractor_concepts else "causal")
+                    else "distractor" if k in self.distractor_concepts else "causal")
             row = " ".join(f"{float(r):5.2f}" for r in rates[:, k])
-            lines.append(f"  {name:<{width}s} {role[:5]:5s} {row}")
+            lines.append(f"  {name:<{width}s} {role:10s} {row}")
         if not has_cue:
             return "\n".join(lines)
         cue = rates[:, self.spurious_concept]

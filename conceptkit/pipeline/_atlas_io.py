@@ -30,6 +30,16 @@ def concept_names(atlas: Any) -> list[str]:
     return [f"C{j}" for j in range(k)]
 
 
+#: The grey an exemplar without pixels is drawn in (an atlas fitted on an activation store,
+#: which holds no images): saved so, and recognised by the report, which then shows the maps
+#: alone and says why.
+NO_PIXELS = 127
+
+
+def _has_pixels(images: list) -> bool:
+    return not all(bool((im == NO_PIXELS).all()) for im in images)
+
+
 def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
     """Per concept: top images (uint8), their maps (float16), labels and image ids."""
     saved = getattr(atlas, "saved_exemplars_", None)
@@ -42,7 +52,8 @@ def exemplars(atlas: Any, n: int) -> tuple[list, list, list, list]:
         found = atlas.top_images(j, n, with_maps=data.images is not None or data.store is not None)
         if found.images is None:  # a store: no pixels, the maps alone
             side = found.maps.shape[-1] if found.maps is not None else 8
-            images.append(torch.full((len(found.image_ids), 3, side, side), 127, dtype=torch.uint8))
+            images.append(torch.full((len(found.image_ids), 3, side, side), NO_PIXELS,
+                                     dtype=torch.uint8))
         else:
             images.append(_to_uint8(found.images))
         maps.append((found.maps if found.maps is not None
@@ -186,5 +197,5 @@ def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: i
         exemplars=[im.float().numpy() / 255.0 for im in images],
         exemplar_maps=[m.float().numpy() for m in maps], exemplar_labels=labels,
         confusions=explained, meta=meta,
-        class_pages=dict(class_pages or {}))
+        class_pages=dict(class_pages or {}), exemplar_pixels=_has_pixels(images))
     return render(report, out_dir, dpi=dpi)

@@ -36,7 +36,9 @@ class AtlasReport:
     [0, 1] with ``exemplar_maps[j]`` ``(m, H, W)`` and ``exemplar_labels[j]`` ``(m,)``;
     ``confusions`` a list of dicts ``{"a", "b", "probability", "concepts": [{"concept",
     "contribution", "shared"}...], "n_images", "n_confused"}``; ``class_pages`` optional links
-    from class ids to existing per-class report pages (relative to the report folder).
+    from class ids to existing per-class report pages (relative to the report folder);
+    ``exemplar_pixels`` False when the exemplars have no pixels (an atlas fitted on an
+    activation store): the pages then show the concept's feature-map cells alone and say so.
     """
 
     title: str
@@ -53,6 +55,7 @@ class AtlasReport:
     confusions: list[dict]
     meta: dict = field(default_factory=dict)
     class_pages: dict = field(default_factory=dict)
+    exemplar_pixels: bool = True
 
 
 def _order(matrix: np.ndarray) -> np.ndarray:
@@ -93,9 +96,10 @@ def heatmap_figure(report: AtlasReport, dpi: int = 100) -> tuple[bytes, list[int
             if report.important[i, j]:  # readable on the dark ends and on the white middle
                 ax.text(c, r, "●", ha="center", va="center", fontsize=7,
                         color="white" if abs(shown[r, c]) > 0.6 else "black")
-    bar = fig.colorbar(image, ax=ax, label="importance / class's max |importance|\n"
-                                           "blue < 0 (lowers the class) < red")
-    bar.set_ticks([-1, -0.5, 0, 0.5, 1])
+    bar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03)
+    bar.set_ticks([-1, -0.5, 0, 0.5, 1],
+                  labels=["-1 lowers", "-0.5", "0 none", "0.5", "1 raises"], fontsize=7)
+    bar.set_label("importance / class's max |importance|", fontsize=8)
     ax.set_title("Concept importance per class (● = important)", fontsize=10)
     fig.tight_layout()
     return figure_png(fig, dpi=dpi), [int(i) for i in rows], [int(j) for j in cols]
@@ -130,15 +134,23 @@ def graph_figure(report: AtlasReport, dpi: int = 100) -> bytes:
     return figure_png(fig, dpi=dpi)
 
 
+#: Exemplar tiles smaller than this are enlarged (nearest neighbour) to be seen at all.
+MIN_TILE = 64
+
+
 def exemplar_figure(images: np.ndarray, maps: np.ndarray, *, columns: int = 6,
-                    gap: int = 4) -> bytes:
-    """Exemplar images with the concept's map blended in (jet colours), tiled into one PNG.
+                    gap: int = 4, pixels: bool = True) -> bytes:
+    """Exemplar images with the concept's map blended in (jet colours), tiled into one PNG;
+    ``pixels=False``: the maps alone (there are no images to blend them with). Tiles smaller
+    than :data:`MIN_TILE` pixels are enlarged by a whole factor.
 
     Drawn with numpy and encoded once (no matplotlib axes): a concept page costs milliseconds.
     """
     from matplotlib import colormaps
 
     m, _, height, width = images.shape
+    scale = max(1, -(-MIN_TILE // max(1, min(height, width))))
+    height, width = height * scale, width * scale
     columns = max(1, min(columns, m))
     rows = max(1, int(np.ceil(m / columns)))
     canvas = np.ones((rows * (height + gap) + gap, columns * (width + gap) + gap, 3))
@@ -147,7 +159,9 @@ def exemplar_figure(images: np.ndarray, maps: np.ndarray, *, columns: int = 6,
         heat = np.asarray(maps[index], dtype=np.float64)
         span = float(heat.max() - heat.min()) or 1.0
         colour = jet((heat - heat.min()) / span)[..., :3]
-        tile = 0.55 * to_hwc(images[index]) + 0.45 * colour
+        colour = colour.repeat(scale, 0).repeat(scale, 1)
+        image = to_hwc(images[index]).repeat(scale, 0).repeat(scale, 1)
+        tile = 0.55 * image + 0.45 * colour if pixels else colour
         r, c = divmod(index, columns)
         top, left = gap + r * (height + gap), gap + c * (width + gap)
         canvas[top:top + height, left:left + width] = tile
@@ -198,7 +212,11 @@ def _index_page(report: AtlasReport, heat: Picture, graph: Picture, out: Path) -
     for r in range(len(report.class_names)):
         own = report.class_pages.get(report.class_ids[r])
         link = f'<a href="{esc(own)}">class report</a>' if own else ""
-        class_rows.append([(_class_link(report, r, ""), ""), (link, "")])
+        # the column only where some class has a page of its own (it was always empty from
+        # the command line, which writes none)
+        class_rows.append([(_class_link(report, r, ""), "")]
+                          + ([(link, "")] if report.class_pages else []))
+    class_header = ["class", "per-class report"] if report.class_pages else ["class"]
     body = (f"<h1>{esc(report.title)}</h1><p class=\"meta\">{meta}</p>"
             + section("heatmap", "Class × concept importance", figure_block(heat))
             + section("graph", "Classes that share concepts", figure_block(graph))
@@ -206,7 +224,7 @@ def _index_page(report: AtlasReport, heat: Picture, graph: Picture, out: Path) -
                       table(["images of", "drift to", "mean P(to)", "misclassified",
                              "concepts pushing (contribution to logit margin)"], confusion_rows))
             + section("concepts", "Concepts", table(["concept", "important to"], concept_rows))
-            + section("classes", "Classes", table(["class", "per-class report"], class_rows))
+            + section("classes", "Classes", table(class_header, class_rows))
             + "<footer>conceptkit atlas report</footer>")
     return document(report.title, body)
 
@@ -273,10 +291,15 @@ def _write_atlas_report(report: AtlasReport, out: Path, dpi: int) -> Path:
         labels = report.exemplar_labels[j]
         captions = [report.class_names[report.class_ids.index(int(c))]
                     if int(c) in report.class_ids else f"class {int(c)}" for c in labels]
+        what = ("Top images across the dataset with the concept's map, left to right: "
+                if report.exemplar_pixels else
+                "The concept's map (feature-map cells; the atlas was fitted on stored "
+                "activations, which hold no pixels to show) on the top images across the "
+                "dataset, left to right: ")
         picture = _picture(f"concept-{j}", report.concept_names[j],
-                           exemplar_figure(report.exemplars[j], report.exemplar_maps[j]),
-                           f"concept-{j}.png", "Top images across the dataset with the concept's "
-                           "map, left to right: " + ", ".join(captions))
+                           exemplar_figure(report.exemplars[j], report.exemplar_maps[j],
+                                           pixels=report.exemplar_pixels),
+                           f"concept-{j}.png", what + ", ".join(captions))
         _write_png(out / "concepts", picture)
         _write_text(out / "concepts" / f"concept-{j}.html", _concept_page(report, j, picture))
     for r in range(len(report.class_ids)):

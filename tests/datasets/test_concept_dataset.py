@@ -337,3 +337,11 @@ def test_training_script_writes_loadable_weights(tmp_path, capsys):
     net = reference_model(path=out)
     assert net.width == 4 and "held-out accuracy" in capsys.readouterr().out
     assert reference_info(out)["training"]["epochs"] == 1
+
+
+def test_the_summary_prints_each_concept_kind_whole():
+    """Kinds were cut to five letters ("causa", "distr", "spuri"; found by the CLI review)."""
+    text = make_concept_dataset(2, seed=0).summary()
+    for kind in ("causal", "distractor", "spurious"):
+        assert f" {kind} " in text
+    assert "distr " not in text and "causa " not in text

@@ -105,3 +105,33 @@ def test_pictures_decode_in_headless_chromium(atlas_and_report, tmp_path, page, 
     assert result.returncode == 0, result.stderr[-2000:]
     title = re.search(r"<title>(.*?)</title>", result.stdout)
     assert title and title.group(1) == f"images-loaded:{expected}/{expected}"
+
+
+def test_an_atlas_of_stored_activations_shows_its_maps_alone_and_says_why(tmp_path):
+    """A store holds no pixels: each exemplar was an 8x8 flat grey tile blended with its map
+    under the caption "Top images ... with the concept's map" (found by the second CLI
+    review). The maps are drawn alone, enlarged, and the caption says why; the index has no
+    always-empty "per-class report" column."""
+    from PIL import Image
+
+    from conceptkit.extraction import ActivationExtractor, write_store
+
+    world = make_concept_dataset(3, seed=5, split="test")
+    model = reference_model()
+    store = write_store(ActivationExtractor(model, "block4", progress=False), world.images,
+                        tmp_path / "store", layout="maps", progress=False)
+    atlas = ConceptAtlas(model, "block4", 4, method="ice", importance="closed_form", seed=0,
+                         progress=False).fit(store, labels=world.labels)
+    index = atlas.report(tmp_path / "report", n_exemplars=4)
+    page = (index.parent / "concepts" / "concept-0.html").read_text(encoding="utf-8")
+    assert "hold no pixels to show" in page and "Top images across" not in page
+    tiles = Image.open(index.parent / "concepts" / "concept-0.png")
+    assert min(tiles.size) >= 64  # 8x8 cells enlarged to be seen
+    pixels = np.asarray(tiles.convert("RGB")).reshape(-1, 3)
+    assert not (pixels == 127).all(axis=1).any()  # no grey placeholder blended in
+    assert "per-class report" not in index.read_text(encoding="utf-8")
+
+
+def test_the_index_lists_per_class_reports_only_when_there_are_some(atlas_and_report):
+    _, index = atlas_and_report
+    assert "per-class report" in index.read_text(encoding="utf-8")  # class_pages was given
