@@ -216,3 +216,108 @@ def median_colour(images: torch.Tensor) -> torch.Tensor:
     """Each image's per-channel median colour, ``(B, C, 1, 1)`` (``torch.median``: the lower
     middle value for an even pixel count): the fill of pixel ablation and of pixel maps."""
     return images.flatten(2).median(dim=2).values[..., None, None]
+
+
+#: Leaf modules that say which axis of their output holds the channels: the channel-first ones
+#: (convolutions, batch/group/instance norms) work on axis 1, the channel-last ones (linear
+#: layers, layer norms over one axis) on the last axis.
+_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                  nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                  nn.GroupNorm, nn.InstanceNorm2d)
+_CHANNEL_LAST = (nn.Linear, nn.LayerNorm)
+
+
+def channel_leaf(module: nn.Module, output: Any) -> tuple[str, int, tuple[int, ...]] | None:
+    """What a channel-bearing leaf module says of its ``output``: ``(axis, channels, shape)``
+    with ``axis`` ``"first"`` (convolutions, batch/group norms: channels on axis 1) or
+    ``"last"`` (linear layers, one-axis layer norms: channels on the last axis); None for any
+    other module or output. The channel count is read from the output's own shape, so a layer
+    norm that permutes its input (timm's ``LayerNorm2d``, normalising axis 1) is judged by
+    where its channels really are."""
+    if not isinstance(output, torch.Tensor) or output.ndim < 2:
+        return None
+    shape = tuple(output.shape)
+    if isinstance(module, _CHANNEL_FIRST):
+        channels = getattr(module, "out_channels", None) or getattr(module, "num_features", None) \
+            or getattr(module, "num_channels", None)
+        return ("first", int(channels), shape) if channels == shape[1] else None
+    if isinstance(module, nn.Linear):
+        return ("last", module.out_features, shape) if shape[-1] == module.out_features else None
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        channels = int(module.normalized_shape[0])
+        if shape[-1] == channels and shape[1] != channels:
+            return ("last", channels, shape)
+        if shape[1] == channels:  # a LayerNorm2d: channels on axis 1
+            return ("first", channels, shape)
+    return None
+
+
+@contextlib.contextmanager
+def watch_channels(model: nn.Module, module: nn.Module) -> Iterator[list]:
+    """Within the block, note what the last channel-bearing leaf module run before the first
+    output of ``module`` said (:func:`channel_leaf`): the yielded list gets it (or None) once
+    ``module`` has run. The hooks are removed afterwards; outputs are not changed. Register
+    this before a hook that stops the forward pass at ``module``."""
+    last: list[Any] = [None]
+    seen: list[Any] = []
+
+    def leaf(mod, _inputs, output):
+        said = channel_leaf(mod, output)
+        if said is not None:
+            last[0] = said
+
+    def note(_module, _inputs, _output):
+        if not seen:
+            seen.append(last[0])
+
+    handles = [m.register_forward_hook(leaf) for m in model.modules()
+               if isinstance(m, _CHANNEL_FIRST + _CHANNEL_LAST)]
+    handles.append(module.register_forward_hook(note))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _SecondCall(Exception):
+    """Raised by :func:`probe_layer`'s hook when the watched module runs a second time."""
+
+
+def probe_layer(model: nn.Module, module: nn.Module, inputs: Any) -> tuple[int, Any]:
+    """Run ``model(inputs)`` to the end and watch ``module``: how often it is called (0, 1 or
+    2 — the pass stops at a second call) and what the last channel-bearing leaf module run
+    before its first output said (:func:`channel_leaf`, or None).
+
+    A failure of the model after the first call of ``module`` counts as one call (nothing
+    later can be seen); a failure before it as none. Hooks are removed afterwards.
+    """
+    calls = [0]
+    last: list[Any] = [None]
+    seen: list[Any] = [None]
+
+    def leaf(mod, _inputs, output):
+        said = channel_leaf(mod, output)
+        if said is not None:
+            last[0] = said
+
+    def count(_module, _inputs, _output):
+        calls[0] += 1
+        if calls[0] == 1:
+            seen[0] = last[0]
+        else:
+            raise _SecondCall
+
+    handles = [m.register_forward_hook(leaf) for m in model.modules()
+               if isinstance(m, _CHANNEL_FIRST + _CHANNEL_LAST)]
+    handles.append(module.register_forward_hook(count))
+    try:
+        model(inputs)
+    except _SecondCall:
+        pass
+    except Exception:  # noqa: BLE001 - the probe only watches; the real pass reports failures
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls[0], seen[0]

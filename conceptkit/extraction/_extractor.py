@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,10 +19,17 @@ from .._torchutils import (
     model_dtype,
     on_device,
     preserved_model_state,
+    probe_layer,
+    watch_channels,
 )
 from .._validation import check_choice, check_images, check_int, describe, resolve_device
 from ._layers import get_layer, unwrap_model
+from ._layout import channels_last_error, is_channels_last
 from ._sizes import is_size_error, too_small_error
+
+#: How often a layer is called in a forward pass, by model, then by layer module and name:
+#: extractors made again and again for the same layer (crops, segments, windows) count once.
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def expected_in_channels(model: nn.Module) -> int | None:
@@ -230,15 +238,54 @@ class ActivationExtractor:
         self._layout = TokenLayout(f"`layer` {self.layer!r}")
         self.prefix_: torch.Tensor | None = None
         self._prefix_batches: list[torch.Tensor] = []
+        self._probed: Any = None  # what one full pass said of the layer (calls, channel axis)
+
+    def _probe(self, run_full: Any, batch: torch.Tensor, output: Any, evidence: Any) -> None:
+        """Once per extractor: refuse a layer called more than once in a forward pass (its
+        first call is not *the* layer's output; counted on the torch.fx graph, or by running
+        one image to the end of the model when it cannot be traced) and channels-last maps
+        (N, H, W, C), which would be read as (N, C, H, W) (``evidence``: what the last
+        channel-bearing module run before the layer said of its output)."""
+        if self._probed is None:
+            known = _PROBED.get(self._inner, {})
+            key = (id(self._module), type(self._module), self.layer)
+            if key not in known:  # once per model and layer, not per extractor
+                from ._split import count_calls
+
+                calls = count_calls(self._inner, self.layer)
+                if calls is None:
+                    with torch.no_grad():
+                        calls = run_full(batch[:1])[0]
+                known[key] = calls
+                try:
+                    _PROBED[self._inner] = known
+                except TypeError:  # a model that cannot be weakly referenced: not kept
+                    pass
+            self._probed = known[key]
+        if self._probed > 1:
+            raise ValueError(
+                f"`layer` {self.layer!r} is called more than once in one forward pass of "
+                f"{type(self._inner).__name__} (a shared or reused module): its activations "
+                f"are not one point of the model, and reading its first call would explain only "
+                f"part of it. Choose a layer that is used once (e.g. the block or container "
+                f"that calls it).")
+        if self.tokens == "raw" or not isinstance(output, torch.Tensor) or output.ndim != 4:
+            return
+        if is_channels_last(tuple(output.shape), evidence):
+            raise channels_last_error(self._inner, self.layer, tuple(output.shape))
 
     def _select(self, output: Any) -> torch.Tensor:
         if isinstance(output, (tuple, list)):
             if self.output_index is None:
                 shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
                           for o in output]
-                raise ValueError(f"`layer` {self.layer!r} returns a {type(output).__name__} of "
-                                 f"{len(output)} elements with shapes {shapes}; pass "
-                                 f"`output_index` to say which element to take (e.g. output_index=0).")
+                raise ValueError(
+                    f"`layer` {self.layer!r} returns a {type(output).__name__} of "
+                    f"{len(output)} elements with shapes {shapes}: ActivationExtractor and "
+                    f"extract take `output_index` to say which element to read (e.g. "
+                    f"output_index=0); ConceptExplainer and the concept methods need a layer "
+                    f"that returns one tensor: explain at a submodule of {self.layer!r} whose "
+                    f"output is that element, or at the next layer after it.")
             if self.output_index >= len(output):
                 raise ValueError(f"`output_index` is {self.output_index}, but `layer` "
                                  f"{self.layer!r} returns a {type(output).__name__} of "
@@ -307,7 +354,8 @@ class ActivationExtractor:
                                               x.to(device=device, dtype=dtype))
 
                     try:
-                        output = run(batch)
+                        with watch_channels(self._inner, self._module) as evidence:
+                            output = run(batch)
                     except Exception as err:
                         if is_size_error(err):
                             raise too_small_error(
@@ -317,7 +365,11 @@ class ActivationExtractor:
                     if output is None:
                         raise ValueError(f"`layer` {self.layer!r} was not called during the "
                                            f"forward pass of {type(self.model).__name__}.")
-                    act = self._to_layout(self._select(output), batch.shape[0],
+                    selected = self._select(output)
+                    self._probe(lambda x: probe_layer(self._inner, self._module,
+                                                      x.to(device=device, dtype=dtype)),
+                                batch, selected, evidence[0] if evidence else None)
+                    act = self._to_layout(selected, batch.shape[0],
                                           tuple(batch.shape[2:]) if batch.ndim == 4 else None,
                                           probe=lambda b=batch: self._select(run(b[:1])))
                     if self.reduce == "mean" and act.ndim == 3 and self.tokens == "raw":

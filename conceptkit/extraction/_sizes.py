@@ -9,13 +9,15 @@ an error that names the argument, the images' size and the smallest size that ru
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
 
 _SIZE_MESSAGES = ("output size is too small", "kernel size can't be greater",
                   "input size per channel", "padding size should be less",
-                  "expected input with shape", "doesn't match model", "input image size")
+                  "expected input with shape", "doesn't match model", "input image size",
+                  "divisible by patch size")
 _LIMIT = 4096
 
 
@@ -74,8 +76,18 @@ def too_small_error(err: BaseException, run: Callable[[torch.Tensor], object],
     """An :class:`ImageSizeError` naming ``name``, the images' size and the smallest size ``what``
     accepts (or that no larger size runs)."""
     height, width = (int(s) for s in images.shape[-2:])
-    side = minimum_side(run, images)
     cause = f"{type(err).__name__}: {str(err).rstrip('.')}"
+    patch = re.search(r"divisible by patch size \((\d+)", str(err))
+    if patch:  # timm's patch embedding: not a minimum, a multiple (probing would mislead)
+        step = int(patch.group(1))
+        sizes = sorted({max(step, side // step * step) for side in (height, width)}
+                       | {-(-side // step) * step for side in (height, width)})
+        return ImageSizeError(
+            f"`{name}` of {height}x{width} pixels do not fit {what}: {cause}. Its patch "
+            f"embedding takes image sides that are multiples of {step} pixels: crop or resize "
+            f"the images to such a size (e.g. {' or '.join(f'{s}x{s}' for s in sizes[:2])}), or "
+            f"build the timm model with dynamic_img_pad=True.")
+    side = minimum_side(run, images)
     if side is None:  # no larger size runs: not "too small", the model takes some other size
         return ImageSizeError(
             f"`{name}` of {height}x{width} pixels do not fit {what}: {cause}. No square size "

@@ -18,6 +18,7 @@ Three strategies, tried in order:
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -45,7 +46,9 @@ def _sequential_split(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Modul
     prefix: list[nn.Module] = []
     suffixes: list[list[nn.Module]] = []
     for part in parts:
-        if not isinstance(container, nn.Sequential):
+        # a subclass that overrides forward (a residual ``x + super().forward(x)``) does not
+        # compute its children one after the other: leave it to the graph cut
+        if not isinstance(container, nn.Sequential) or type(container).forward is not nn.Sequential.forward:
             return None
         names = list(container._modules.keys())
         if part not in names:
@@ -125,6 +128,23 @@ def _call_node(graph: fx.Graph, name: str, model: nn.Module) -> fx.Node:
                          f"{type(model).__name__}.forward (a shared/reused layer); there is no "
                          f"single point to cut. Choose a layer that is used once.")
     return calls[0]
+
+
+def count_calls(model: nn.Module, layer: str) -> int | None:
+    """How often ``model.forward`` calls ``layer``, read from a torch.fx trace in which only the
+    layer's ancestors are traced through (every other module is a leaf, so no module's own
+    code runs); None when the model cannot be traced so."""
+    ancestors = {""} | {".".join(layer.split(".")[:i]) for i in range(1, layer.count(".") + 1)}
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return name not in ancestors
+
+    try:
+        graph = _Tracer(autowrap_functions=tuple(_timm_tracer_options()[1])).trace(model)
+    except Exception:  # noqa: BLE001 - untraceable: the caller runs the model instead
+        return None
+    return sum(1 for n in graph.nodes if n.op == "call_module" and n.target == layer)
 
 
 def graph_cuts(model: nn.Module, cuts: list[tuple[str | None, str | None]]) -> list[fx.GraphModule]:
@@ -209,7 +229,48 @@ def _part(model: nn.Module, nodes: list[fx.Node], part: list[fx.Node], start: fx
 
 
 def _fx_split(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
-    return tuple(graph_cuts(model, [(None, layer), (layer, None)]))
+    g, h = graph_cuts(model, [(None, layer), (layer, None)])
+    indices = _indexed_input(h)
+    return g, (_WholeOutputHead(h, layer, indices) if indices else h)
+
+
+def _indexed_input(h: fx.GraphModule) -> list[int]:
+    """The int indices ``h`` reads its input at (``activations[0]``) when that is all it does
+    with it: the layer returns a tuple or list (a Hugging Face style block, ``(hidden,)``)."""
+    placeholder = next((n for n in h.graph.nodes if n.op == "placeholder"), None)
+    if placeholder is None or not placeholder.users:
+        return []
+    indices = []
+    for user in placeholder.users:
+        if not (user.op == "call_function" and user.target is operator.getitem
+                and user.args[0] is placeholder and isinstance(user.args[1], int)):
+            return []
+        indices.append(user.args[1])
+    return sorted(set(indices))
+
+
+class _WholeOutputHead(nn.Module):
+    """``h`` of a layer that returns a tuple: it takes the layer's whole output, as ``g``
+    returns it; given one tensor instead, a failure says so rather than torch's IndexError."""
+
+    def __init__(self, h: nn.Module, layer: str, indices: list[int]):
+        super().__init__()
+        self.h = h
+        self.layer = layer
+        self.indices = indices
+
+    def forward(self, activations: Any, *rest: Any) -> Any:
+        try:
+            return self.h(activations, *rest)
+        except Exception as err:
+            if not isinstance(activations, torch.Tensor):
+                raise
+            raise CutError(
+                f"`layer` {self.layer!r} returns a tuple (h reads its element"
+                f"{'s' if len(self.indices) > 1 else ''} {', '.join(map(str, self.indices))}), and "
+                f"h takes that whole output as g returns it, not one tensor of shape "
+                f"{tuple(activations.shape)}: call h(g(x)), or h((activations,)) for a layer "
+                f"that returns a 1-tuple ({type(err).__name__}: {str(err).splitlines()[0]}).") from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,10 +339,33 @@ class ReplayH(nn.Module):
 
 def _close(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return torch.allclose(a, b, rtol=1e-4, atol=1e-5)
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
-        return all(_close(x, y) for x, y in zip(a, b))
-    return a == b
+        return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if _is_mapping(a) and _is_mapping(b):  # dict outputs ({"logits": ...}): key by key
+        return list(a.keys()) == list(b.keys()) and all(_close(a[k], b[k]) for k in a.keys())
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - objects that do not compare: not known to be equal
+        return False
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, dict) or (hasattr(value, "keys") and callable(value.keys)
+                                       and hasattr(value, "__getitem__"))
+
+
+def _tensor_leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """``(path, leaf)`` for every leaf of a model output (tensors, tuples, lists, dicts)."""
+    if isinstance(value, torch.Tensor):
+        return [(path, value)]
+    if isinstance(value, (tuple, list)):
+        return [leaf for i, item in enumerate(value) for leaf in _tensor_leaves(item, f"{path}[{i}]")]
+    if _is_mapping(value):
+        return [leaf for key in value.keys() for leaf in _tensor_leaves(value[key], f"{path}[{key!r}]")]
+    return [(path, value)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +410,10 @@ def split_model(model: nn.Module, layer: str | nn.Module, *, example_input: torc
     if example_input is not None and not isinstance(example_input, torch.Tensor):
         raise TypeError("`example_input` must be a torch.Tensor batch of model inputs.")
 
-    with preserved_model_state(model, eval_mode=False):
+    # eval mode while splitting: torch.fx bakes `self.training` into the graph (dropout,
+    # stochastic depth, torchvision Swin's attention), and h must be the model in eval mode,
+    # deterministic, whatever mode the model is in now; the user's mode is restored afterwards
+    with preserved_model_state(model, eval_mode=True):
         result = None
         if strategy in ("auto", "sequential"):
             result = _sequential_split(model, layer_name)
@@ -386,21 +473,39 @@ def check_split(model: nn.Module, g: nn.Module, h: nn.Module, x: torch.Tensor,
     The tolerances default to ``atol=1e-5, rtol=1e-4``, and ``1e-2`` each for float16 and
     bfloat16 outputs.
     """
+    training = any(m.training for m in model.modules())
     with preserved_model_state(model), torch.no_grad():
         expected = run_example(model, x, name)
         got = h(g(x))
-    if isinstance(expected, (tuple, list)):
-        expected, got = expected[0], got[0]
-    if not isinstance(expected, torch.Tensor):
-        return 0.0
-    half = expected.dtype in (torch.float16, torch.bfloat16)
-    atol = (1e-2 if half else 1e-5) if atol is None else atol
-    rtol = (1e-2 if half else 1e-4) if rtol is None else rtol
-    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+    want, have = _tensor_leaves(expected), _tensor_leaves(got)
+    mode = (" The model is in training mode (compared in eval mode): a g or h built from it "
+            "in training mode runs dropout or stochastic depth; call model.eval() before "
+            "splitting." if training else "")
+    if [p for p, _ in want] != [p for p, _ in have]:
         raise CutError(f"the split does not reproduce the model: h(g(x)) gives {describe(got)}, "
-                       f"model(x) a tensor of shape {tuple(expected.shape)}.")
-    diff = float((expected - got).abs().max()) if expected.numel() else 0.0
-    if not torch.allclose(expected, got, atol=atol, rtol=rtol):
-        raise CutError(f"the split does not reproduce the model: max |h(g(x)) - model(x)| = {diff:.3g}.")
-    return diff
-
+                       f"model(x) {describe(expected)}.{mode}")
+    worst = 0.0
+    for path, (exp, out) in zip((p for p, _ in want), zip((v for _, v in want), (v for _, v in have))):
+        where = f" at output{path}" if path else ""
+        if not isinstance(exp, torch.Tensor):
+            if not _close(exp, out):
+                raise CutError(f"the split does not reproduce the model{where}: h(g(x)) gives "
+                               f"{describe(out)}, model(x) {describe(exp)}.{mode}")
+            continue
+        if not isinstance(out, torch.Tensor) or out.shape != exp.shape:
+            raise CutError(f"the split does not reproduce the model{where}: h(g(x)) gives "
+                           f"{describe(out)}, model(x) a tensor of shape {tuple(exp.shape)}.{mode}")
+        if not exp.is_floating_point() and not exp.is_complex():
+            if not torch.equal(exp, out):
+                raise CutError(f"the split does not reproduce the model{where}: h(g(x)) and "
+                               f"model(x) differ.{mode}")
+            continue
+        half = exp.dtype in (torch.float16, torch.bfloat16)
+        a_tol = (1e-2 if half else 1e-5) if atol is None else atol
+        r_tol = (1e-2 if half else 1e-4) if rtol is None else rtol
+        diff = float((exp - out.to(exp.dtype)).abs().max()) if exp.numel() else 0.0
+        if not torch.allclose(exp, out.to(exp.dtype), atol=a_tol, rtol=r_tol):
+            raise CutError(f"the split does not reproduce the model{where}: max |h(g(x)) - "
+                           f"model(x)| = {diff:.3g}.{mode}")
+        worst = max(worst, diff)
+    return worst

@@ -60,7 +60,8 @@ def head_reads_cls(model: nn.Module, layer: str) -> bool:
     """Whether the transformer that holds ``layer`` classifies from its CLS token alone.
 
     Read from the deepest module around ``layer`` that says how it pools: timm's
-    ``VisionTransformer`` (``global_pool == "token"`` with a ``cls_token``), open_clip's
+    ``VisionTransformer`` (``global_pool == "token"`` with a ``cls_token``; not its distilled
+    DeiT, whose head averages the CLS and distillation tokens' heads), open_clip's
     (``pool_type == "tok"``), torchvision's ``VisionTransformer`` (always its class token) and
     Hugging Face's ``ViTForImageClassification`` / ``DeiTForImageClassification``. False for
     every other model (average- or attention-pooled transformers, CNNs, unknown kinds).
@@ -79,6 +80,8 @@ def _pools_cls(module: nn.Module) -> bool | None:
     """True / False when ``module`` is a transformer that does / does not classify from its CLS
     token; None when it does not say."""
     pool = getattr(module, "global_pool", None)
+    if isinstance(pool, str) and getattr(module, "dist_token", None) is not None:
+        return False  # timm's distilled DeiT: its head averages the CLS and distillation heads
     if isinstance(pool, str) and hasattr(module, "cls_token"):  # timm
         return pool == "token" and getattr(module, "cls_token", None) is not None
     pool = getattr(module, "pool_type", None)
@@ -119,7 +122,7 @@ def cls_windows(model: nn.Module, layer: str, images: torch.Tensor, *,
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     extractor = ActivationExtractor(model, layer, batch_size=batch_size, device=device,
                                     progress=False, preprocess=preprocess)
-    probe = extractor(images[:1])
+    probe = extractor(images[:1], name="images")
     if extractor.prefix_ is None or extractor.prefix_.shape[1] == 0:
         raise ValueError(f"`layer` {layer!r} gives no CLS token (activations of shape "
                          f"{tuple(probe.shape)} without prefix tokens): the CLS path needs a "
@@ -137,7 +140,7 @@ def cls_windows(model: nn.Module, layer: str, images: torch.Tensor, *,
         image = images[n:n + 1]
         fill = median_colour(image)
         painted = image * keep + fill * (1 - keep)
-        extractor(painted)
+        extractor(painted, name="images")
         cls = extractor.prefix_[:, 0].float().cpu()  # (per_image, C)
         out[n] = cls.T.reshape(-1, *grid)
     return out

@@ -24,46 +24,70 @@ def likely_layers(model: nn.Module, input_size: int = 224, n_layers: int = 5,
     """The last ``n_layers`` modules (at most ``max_depth`` dots deep) whose output is a feature map
     ``(N, C, h, w)`` with ``h, w > 1`` or transformer tokens ``(N, T, C)``, last first.
 
-    The model runs once on a grey ``input_size`` image (no gradients, flags and hooks restored).
-    Returns ``[]`` when the model cannot run on such an image.
+    Channels-last maps ``(N, H, W, C)`` (Swin stages) are left out. A module whose output is
+    the very output of a listed module that contains it (a container's last child) is left
+    out too; its other descendants stay when they are the blocks (modules with children) of
+    an ``nn.Sequential`` (``features``, ``features.11``, ``features.10`` ...).
+    The model runs once on a grey ``input_size`` image in its own dtype and device (no
+    gradients, flags and hooks restored). Returns ``[]`` when the model cannot run on such an
+    image.
     """
-    from .._torchutils import model_device, preserved_model_state
+    from .._torchutils import channel_leaf, model_device, model_dtype, preserved_model_state
+    from ..extraction._layout import is_channels_last
 
-    seen: list[str] = []
+    seen: dict[str, torch.Tensor] = {}  # name -> its output, in the order the modules finished
+    last: list = [None]  # what the last channel-bearing leaf said of its output
     handles = []
+
+    def leaf(module, _inputs, output):
+        said = channel_leaf(module, output)
+        if said is not None:
+            last[0] = said
 
     def record(name: str):
         def hook(_module, _inputs, output):
             if isinstance(output, (tuple, list)) and output:
                 output = output[0]
-            if not isinstance(output, torch.Tensor):
+            if not isinstance(output, torch.Tensor) or name in seen:
                 return
-            spatial = output.ndim == 4 and min(output.shape[2:]) > 1
+            spatial = (output.ndim == 4 and min(output.shape[2:]) > 1
+                       and not is_channels_last(tuple(output.shape), last[0]))
             tokens = output.ndim == 3 and output.shape[1] > 1
-            if (spatial or tokens) and name not in seen:
-                seen.append(name)
+            if spatial or tokens:
+                seen[name] = output
         return hook
 
+    for module in model.modules():  # registered first: a leaf speaks before it is recorded
+        handles.append(module.register_forward_hook(leaf))
     for name, module in model.named_modules():
         if name and name.count(".") < max_depth and not isinstance(module, (nn.Dropout, nn.Identity)):
             handles.append(module.register_forward_hook(record(name)))
     try:
         with preserved_model_state(model), torch.no_grad():
-            device = model_device(model)
-            model(torch.full((1, 3, input_size, input_size), 0.5, device=device))
+            model(torch.full((1, 3, input_size, input_size), 0.5, device=model_device(model),
+                             dtype=model_dtype(model)))
     except Exception:  # noqa: BLE001 - a hint only: a model that does not run gets no list
         return []
     finally:
         for handle in handles:
             handle.remove()
-    # A module and its last child often give the same output: keep the outer (shorter) name.
-    ordered = list(reversed(seen))
+    # A container and its last child give the same output: keep the outer (shorter) name.
+    # Other descendants stay when they run one after the other in a sequential container (the
+    # stages of `features`, the blocks of `blocks`), not when they run side by side (the
+    # branches of an Inception block, concatenated: no one of them is a cut of the model).
+    modules = dict(model.named_modules())
     kept: list[str] = []
-    for name in ordered:
-        if any(other.startswith(name + ".") for other in kept):
-            kept = [other for other in kept if not other.startswith(name + ".")]
-        if not any(name.startswith(other + ".") for other in kept):
-            kept.append(name)
+    for name in reversed(list(seen)):
+        inside = [other for other in kept if name.startswith(other + ".")]
+        if any(seen[name] is seen[other] for other in inside):
+            continue
+        parent = modules.get(name.rpartition(".")[0])
+        if inside and (type(parent).forward is not nn.Sequential.forward
+                       or not any(True for _ in modules[name].children())):
+            continue  # side by side, or a single operation of a block (its conv, its norm)
+        kept = [other for other in kept
+                if not (other.startswith(name + ".") and seen[other] is seen[name])]
+        kept.append(name)
     return kept[:n_layers]
 
 

@@ -88,9 +88,21 @@ def _torchvision(name: str, weights: str | None) -> ModelBundle:
         model = torchvision.models.get_model(name, weights=None)
         if weights is not None:
             load_weights(model, weights, f"torchvision:{name}")
-    layer = "layer4" if hasattr(model, "layer4") else ("features" if hasattr(model, "features") else None)
     return ModelBundle(model.eval(), f"torchvision:{name}", 224, Normalize(IMAGENET_MEAN, IMAGENET_STD),
-                       labels, layer)
+                       labels, _torchvision_layer(model))
+
+
+def _torchvision_layer(model: nn.Module) -> str | None:
+    """The default layer of a torchvision model: ``layer4`` (ResNets), ``permute`` for the Swin
+    transformers (their ``features`` are channels-last (N, H, W, C); ``permute`` gives the
+    normalised last stage as (N, C, H, W)), else ``features`` (VGG, MobileNet, EfficientNet,
+    ConvNeXt, DenseNet ...)."""
+    if hasattr(model, "layer4"):
+        return "layer4"
+    permute = getattr(model, "permute", None)
+    if type(permute).__name__ == "Permute" and list(getattr(permute, "dims", [])) == [0, 3, 1, 2]:
+        return "permute"
+    return "features" if hasattr(model, "features") else None
 
 
 def _timm(name: str, weights: str | None) -> ModelBundle:

@@ -89,7 +89,7 @@ def test_missing_layer_lists_likely_layers(shape_images, tmp_path, capsys):
                         "--class", "0", "--size", "224", "--out", str(tmp_path / "out")], capsys)
     assert code == 2
     assert "`--layer` is required for VisionTransformer" in err
-    assert "'norm', 'blocks', 'patch_embed'" in err and "--layer NAME" in err
+    assert "'norm', 'blocks', 'blocks.10'" in err and "--layer NAME" in err
 
 
 def test_python_argument_names_become_options():
