@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import id_list
+from .._validation import check_int, id_list
 
 
 def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict]:
@@ -67,7 +67,13 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     from ..report._figures import distinct_labels
     from ._naming import name_details, visualization_picture
 
+    n_images = check_int(n_images, "n_images", minimum=1)
     _check_trust(trust)
+    if cc.images is None and (cc.saved_images is None or cc.saved_maps is None
+                              or cc.saved_images.shape[0] == 0):
+        raise ValueError("this explanation was loaded from a file saved without class images "
+                         "(`save(n_images=0)`): a report shows at least one image with its maps. "
+                         "Save the fitted explanation again with `n_images` >= 1.")
     order = cc.ranking
     k = cc.n_concepts
     labels = labels or {}

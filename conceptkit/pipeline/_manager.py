@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_images, check_int, describe
 from ..models._bundle import ModelBundle
-from ._assemble import build_class_report
+from ..models._candidates import class_index
 from ._atlas_data import class_labels
 from ._explainer import ConceptExplainer, predict_labels
 from ._result import ClassConcepts
@@ -30,12 +31,16 @@ class ConceptManager:
     ``model`` and ``layer`` are taken as :class:`ConceptExplainer` takes them: a
     :class:`~conceptkit.models.ModelBundle` (:func:`conceptkit.models.load`) gives its default
     layer, preprocessing, name and class names unless they are given here. ``class_names`` (a
-    list by output index, or a dict ``{class_id: name}``) defaults to the bundle's.
+    list by output index, or a dict ``{class_id: name}``) defaults to the bundle's; they reach
+    the explainer too (a dict as a list by output index, ``"class <i>"`` where it names no
+    class), so that classes can be given by name to :meth:`fit` and to ``explainer.fit``.
     """
 
     def __init__(self, model: nn.Module | ModelBundle, layer: str | None = None, *,
                  class_names: dict[int, str] | list[str] | None = None,
                  min_images: int = 2, **explainer_kwargs: Any):
+        if class_names is not None:
+            explainer_kwargs["class_names"] = _names_by_index(class_names)
         self.explainer = ConceptExplainer(model, layer, **explainer_kwargs)  # reads a bundle
         # the bundle's class names (the explainer took them) unless the caller gives some
         self.class_names = self.explainer.class_names if class_names is None else class_names
@@ -52,7 +57,8 @@ class ConceptManager:
         return str(names[class_id]) if class_id < len(names) else f"class {class_id}"
 
     def fit(self, images: torch.Tensor, labels: Any = None, classes: Any = None) -> dict[int, ClassConcepts]:
-        """Explain every class (or the listed ``classes``); returns ``{class_id: ClassConcepts}``."""
+        """Explain every class (or the listed ``classes``: class indices, or class names when
+        the manager knows them, each once); returns ``{class_id: ClassConcepts}``."""
         images = check_images(images, "images", pixels=True)
         ex = self.explainer
         if labels is None:
@@ -61,15 +67,13 @@ class ConceptManager:
         if classes is None:
             wanted = np.unique(labels)
         else:
-            try:
-                wanted = np.asarray([check_int(c, "classes") for c in classes], dtype=np.int64)
-            except TypeError as err:
-                raise TypeError(f"`classes` must be a list of class indices; got "
-                                f"{describe(classes)}.") from err
+            wanted = np.asarray(self._resolve_classes(classes), dtype=np.int64)
             missing = sorted(set(wanted.tolist()) - set(labels.tolist()))
             if missing:
                 raise ValueError(f"`classes` {missing} have no image in `labels` (classes "
                                  f"present: {sorted(set(labels.tolist()))}).")
+        if isinstance(self.class_names, dict):
+            _cover(ex, int(wanted.max()) if wanted.size else -1)
         fitted: dict[int, ClassConcepts] = {}  # a new fit replaces the last one's classes
         few = []
         for class_id in tqdm(wanted, disable=not ex.progress, desc="classes"):
@@ -89,20 +93,82 @@ class ConceptManager:
         self.classes_ = fitted
         return self.classes_
 
-    def report(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    def _resolve_classes(self, classes: Any) -> list[int]:
+        """``classes`` as class indices (names resolved as the explainer resolves a class
+        given by name); a class listed twice is refused."""
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Iterable):
+            raise TypeError(f"`classes` must be a list of class indices or names; got "
+                            f"{describe(classes)}.")
+        names = self.explainer.class_names or []
+        resolved: dict[int, Any] = {}
+        for value in classes:
+            if isinstance(value, str):
+                index = class_index(value, names, "`classes`")
+            else:
+                try:
+                    index = check_int(value, "classes", minimum=0)
+                except TypeError as err:
+                    raise TypeError(f"`classes` must be a list of class indices or names; got "
+                                    f"{describe(value)} in {describe(classes)}.") from err
+            if index in resolved:
+                raise ValueError(f"`classes` lists class {index} twice ({resolved[index]!r} and "
+                                 f"{value!r}); list each class once.")
+            resolved[index] = value
+        return list(resolved)
+
+    def report(self, out_dir: str | os.PathLike, *, title: str = "conceptkit report",
+               **kwargs: Any) -> Path:
         """Write every class's report and an index page; return the index path.
 
-        ``kwargs`` go to :func:`~conceptkit.pipeline.build_class_report` (``n_images``,
-        ``n_exemplars``, ``labels``, ``notes``, ``extra_metrics``).
+        ``kwargs`` are those of :meth:`ClassConcepts.report <conceptkit.ClassConcepts.report>`
+        for every class: ``n_images``, ``n_exemplars``, ``labels``, ``notes``,
+        ``extra_metrics``, ``trust=True`` (each class's own ``trust()``) and the drawing options
+        (``dpi``, ``embedding``, ...). The index page shows each class's notes (their count,
+        linked to the class page, and the notes folded).
         """
-        from ..report import index_entry, write_class_report, write_index
+        from ..report import index_entry, write_index
         from ..report._outputs import owned_folder
 
+        if not self.classes_:
+            raise ValueError("ConceptManager.report: no class has been explained yet; call "
+                             "`fit(images, labels)` first.")
+        if "index_link" in kwargs:
+            raise TypeError("ConceptManager.report sets `index_link` itself (each class page "
+                            "links back to the index); leave it out.")
+        trust = kwargs.get("trust", False)
+        if trust is not True and trust is not False and trust is not None:
+            raise TypeError(f"`trust` of ConceptManager.report must be True or False (True adds "
+                            f"each class's own trust()); got {describe(trust)}.")
         out_dir = Path(out_dir)
-        entries = []
+        entries, notes = [], []
         with owned_folder(out_dir, "class index"):  # one run's index and class folders, no earlier run's
             for cc in self.classes_.values():
-                report = build_class_report(cc, **kwargs)
-                page = write_class_report(report, out_dir, index_link="../index.html")
+                report, page = cc._write_report(out_dir, index_link="../index.html", **kwargs)
                 entries.append(index_entry(report, page, out_dir))
-            return write_index(entries, out_dir)
+                notes.append(report.notes)
+            return write_index(entries, out_dir, title=title, notes=notes)
+
+
+def _names_by_index(class_names: Any) -> list[str]:
+    """The manager's ``class_names`` as the explainer takes them: a list by output index (a
+    dict's gaps named ``"class <i>"``, as the manager names a class it has no name for)."""
+    if not isinstance(class_names, dict):
+        return class_names  # the explainer checks the list
+    for key, name in class_names.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or key < 0:
+            raise TypeError(f"`class_names` keys must be class indices >= 0; got {key!r}.")
+        if not isinstance(name, str):
+            raise TypeError(f"`class_names` values must be str; got {describe(name)} for class "
+                            f"{key}.")
+    size = max((int(key) + 1 for key in class_names), default=0)
+    return [str(class_names.get(i, f"class {i}")) for i in range(size)]
+
+
+def _cover(explainer: ConceptExplainer, class_id: int) -> None:
+    """Name classes up to ``class_id`` in the explainer's list of names, so that a class the
+    manager's dict of names does not reach is fitted (``"class <i>"``), not refused as out of
+    range."""
+    names = explainer.class_names
+    if names is not None and class_id >= len(names):
+        explainer.class_names = [*names, *(f"class {i}" for i in range(len(names),
+                                                                      class_id + 1))]

@@ -2,7 +2,8 @@
 
 Saving a fresh explanation stores the first ``n_images`` class images (uint8) with their concept
 maps (float16) and the top exemplars of every concept (uint8 tensors, one ``(m, 3, s, s)`` stack
-per concept; never JSON lists). A loaded explanation has no class images or activations, only
+per concept; never JSON lists), a digest of the model's weights and the identity of the
+preprocessing (``fitted_with``, compared by ``ClassConcepts.attach``). A loaded explanation has no class images or activations, only
 these saved parts, and saves exactly them again: ``load -> save`` writes the file it came from.
 Concept names and MACO visualisations, when the explanation has them, are stored beside
 (:mod:`._naming`).
@@ -29,6 +30,11 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str, Any], dict]:
     """Tensors and JSON metadata of ``cc`` (a ClassConcepts, fresh or loaded)."""
+    if int(cc.class_id) != int(cc.importance.class_id):  # the file would be refused on load
+        raise ValueError(f"`class_id` {cc.class_id} disagrees with `importance.class_id` "
+                         f"{cc.importance.class_id}: the importances were computed for class "
+                         f"{cc.importance.class_id}; explain class {cc.class_id} with the "
+                         f"explainer's `fit` instead of changing `class_id`.")
     tensors, bank_meta = cc.bank.to_state()
     tensors = {f"bank.{k}": v for k, v in tensors.items()}
     imp = cc.importance
@@ -67,10 +73,26 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         "exemplar_ids": exemplar_ids, "maps_kind": maps_kind,
         "image_ids": [] if cc.image_ids is None else id_list(cc.image_ids[:n_images]),
     }
+    # what attach() compares: the fitted model's weight digest and preprocessing identity (a
+    # loaded explanation keeps what its file recorded, nothing where it recorded nothing)
+    fitted = cc.fitted_with if cc.fitted_with is not None else fitted_identity(cc.model_at_layer)
+    if fitted:
+        meta["fitted_with"] = dict(fitted)
     named_tensors, named_meta = names_state(cc)  # names and MACO pictures, when there are any
     tensors.update(named_tensors)
     meta.update(named_meta)
     return tensors, meta
+
+
+def fitted_identity(handle: Any) -> dict[str, Any]:
+    """``{"model_digest", "preprocess"}`` of the model and preprocessing of ``handle`` (what a
+    saved file records, so that ``ClassConcepts.attach`` can compare); empty without one."""
+    from ..extraction._fingerprint import callable_identity, module_digest
+
+    if handle is None:
+        return {}
+    return {"model_digest": module_digest(handle.model),
+            "preprocess": callable_identity(handle.preprocess)}
 
 
 def _check(condition: bool, problem: str) -> None:
@@ -176,10 +198,19 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
     _check(metrics is None or (isinstance(metrics, dict)
                                and all(isinstance(v, dict) for v in metrics.values())),
            "metrics of the wrong type")
+    class_id = _int(meta["class_id"], "class_id")
+    _check(class_id == importance.class_id, f"class_id {class_id} but importances of class "
+           f"{importance.class_id}")
+    fitted_with = meta.get("fitted_with", {})  # files before it: unknown, attach checks nothing
+    _check(isinstance(fitted_with, dict) and set(fitted_with) <= {"model_digest", "preprocess"}
+           and isinstance(fitted_with.get("model_digest", ""), str)
+           and (fitted_with.get("preprocess") is None
+                or isinstance(fitted_with["preprocess"], str)),
+           f"malformed fitted_with metadata {fitted_with!r:.80}")
     maps_kind = meta.get("maps_kind", "coefficient")  # files before 0.2 saved coefficient maps
     _check(maps_kind in MAP_KINDS and maps_kind != "auto", f"maps of unknown kind {maps_kind!r}")
     names, visualizations = load_names(tensors, meta, k)
-    return cls(class_id=_int(meta["class_id"], "class_id"), class_name=str(meta["class_name"]),
+    return cls(class_id=class_id, class_name=str(meta["class_name"]),
                bank=bank, importance=importance, images=None, activations=None,
                model_name=str(meta["model_name"]), layer=str(meta["layer"]),
                method=str(meta["method"]), params=meta["params"], timings=meta["timings"],
@@ -188,7 +219,7 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
                saved_exemplars=exemplars,
                saved_exemplar_ids=None if ids is None else [_id_array(row) for row in ids],
                saved_images=None if images is None else images.float() / 255.0,
-               names=names, visualizations=visualizations)
+               names=names, visualizations=visualizations, fitted_with=dict(fitted_with))
 
 
 def _ids_kind(ids: list) -> type | None:

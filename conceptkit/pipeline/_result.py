@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +16,7 @@ from .. import io
 from .._deprecation import renamed_arguments, warn_deprecated
 from .._torchutils import same_state, tensor_state, weights_state
 from .._validation import all_finite as _all_finite
-from .._validation import check_images, check_int
+from .._validation import check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..importance import ConceptImportance
 from ..maps import MAP_KINDS, choose_map_kind
@@ -87,6 +89,9 @@ class ClassConcepts:
     context: torch.Tensor | None = field(default=None, repr=False)  # ViT CLS/register tokens
     names: Any = None
     visualizations: dict[int, Any] = field(default_factory=dict, repr=False)
+    # what a loaded explanation was fitted with: {"model_digest": str, "preprocess": str | None}
+    # (a key is absent where the file did not record it: unknown); None on a fresh explanation
+    fitted_with: dict[str, Any] | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ the public face
     @property
@@ -241,8 +246,11 @@ class ClassConcepts:
         if (images is None and self.images is None and self.saved_maps is not None
                 and kind in ("auto", self.saved_maps_kind)):
             saved = self.saved_maps.float()  # loaded from a file: the maps saved with it
-            return saved if size is None or tuple(saved.shape[-2:]) == size else _resize(
-                saved, size)
+            if size is not None and tuple(saved.shape[-2:]) != size:
+                return _resize(saved, size)
+            # a copy, as fresh maps are: writing into the returned maps never reaches the
+            # explanation (nor the file a later save writes)
+            return saved.clone() if saved.data_ptr() == self.saved_maps.data_ptr() else saved
         if kind == "auto":
             kind = self._auto_kind(images)
         if self.params.get("tokens") == "cls" and kind in PATCH_TOKEN_KINDS:
@@ -309,10 +317,10 @@ class ClassConcepts:
             self.__dict__["_codes_cache"] = cache
         return cache[1]
 
-    def _cache_for(self, name: str) -> dict:
-        """The cache ``name`` of results computed from the current :meth:`_inputs_state`;
-        emptied when that state changes."""
-        state = self._inputs_state()
+    def _cache_for(self, name: str, extra: tuple = ()) -> dict:
+        """The cache ``name`` of results computed from the current :meth:`_inputs_state` (and
+        ``extra``, more of what they depend on); emptied when that state changes."""
+        state = (self._inputs_state(), extra)
         held = self.__dict__.get(name)
         if held is None or not same_state(held[0], state):
             held = (state, {})
@@ -493,17 +501,77 @@ class ClassConcepts:
                              "loaded from disk. Re-attach it with `attach(model)`.")
         return self.model_at_layer
 
-    def attach(self, model: torch.nn.Module, preprocess: Any = None, batch_size: int = 64,
-               device: Any = None, output: int | str | None = None) -> ClassConcepts:
+    def attach(self, model: Any, preprocess: Any = None, batch_size: int = 64,
+               device: Any = None, output: int | str | None = None, *,
+               strict: bool = False) -> ClassConcepts:
         """Re-attach ``model`` (cut at this explanation's layer) to a loaded explanation, so that
         maps of new images can be computed; returns ``self``. ``output`` picks the logits out of
-        a tuple or dict output, as in :class:`~conceptkit.ConceptExplainer`."""
+        a tuple or dict output, as in :class:`~conceptkit.ConceptExplainer`.
+
+        ``model`` may be a :class:`~conceptkit.models.ModelBundle` (:func:`conceptkit.models.load`),
+        as :class:`~conceptkit.ConceptExplainer` takes it: its preprocessing is used unless
+        ``preprocess`` is given.
+
+        Files saved since 0.2 record a digest of the model's weights and the identity of the
+        preprocessing the explanation was fitted with; ``attach`` compares them with what it is
+        given and **warns** (a ``UserWarning`` naming what differs: the weights, the
+        preprocessing, or both) when they disagree — maps computed then are not those of the
+        fitted model. It warns rather than refuses by default because an identity can differ
+        while the computation is the same (an equivalent preprocessing written as another
+        function or transform, the same weights cast to another dtype); ``strict=True`` refuses
+        a mismatch with a ``ValueError`` instead. Files that recorded neither are attached
+        without a check (unknown is not a mismatch).
+        """
+        from ..models._candidates import as_bundle
+
+        bundle = as_bundle(model)
+        if bundle is not None:
+            model = bundle.model
+            preprocess = bundle.preprocess if preprocess is None else preprocess
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module or a conceptkit.models bundle "
+                            f"(conceptkit.models.load(name)); got {describe(model)}.")
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"`preprocess` must be callable; got {describe(preprocess)}.")
+        if not isinstance(strict, bool):
+            raise TypeError(f"`strict` must be a bool; got {describe(strict)}.")
+        differences = self._attach_differences(model, preprocess)
+        if differences:
+            message = (f"attach: {' and '.join(differences)}; maps, metrics and sub-concepts "
+                       f"computed now are not those of the fitted model. Attach the model and "
+                       f"the preprocessing the explanation was fitted with")
+            if strict:
+                raise ValueError(message + ".")
+            warnings.warn(message + " (strict=True refuses a mismatch).", UserWarning,
+                          stacklevel=2)
         self.model_at_layer = ModelAtLayer(model, self.layer, preprocess=preprocess,
                                            batch_size=batch_size, device=device, progress=False,
                                            output=output,
                                            tokens=self.params.get("tokens", "patches"),
                                            window=self.params.get("window"))
         return self
+
+    def _attach_differences(self, model: torch.nn.Module, preprocess: Any) -> list[str]:
+        """What differs between ``model``/``preprocess`` and what the explanation was fitted
+        with, as far as it is known (see :meth:`attach`)."""
+        from ..extraction._fingerprint import callable_identity, module_digest
+        from ._persist import fitted_identity
+
+        known = self.fitted_with
+        if known is None:  # a fresh explanation: the model it was fitted with
+            known = fitted_identity(self.model_at_layer)
+        differences = []
+        if "model_digest" in known and known["model_digest"] != module_digest(model):
+            differences.append("the model's weights differ from those the explanation was fitted "
+                               "with (another digest of the parameters and buffers: other "
+                               "values, shapes or dtype)")
+        if "preprocess" in known:
+            given = callable_identity(preprocess)
+            if given != known["preprocess"]:
+                differences.append(f"the preprocessing differs: fitted with "
+                                   f"{_short(known['preprocess'])}, attached with "
+                                   f"{_short(given)}")
+        return differences
 
     @property
     def metrics(self) -> MetricsTable:
@@ -517,16 +585,27 @@ class ClassConcepts:
                         seed: int | None = 0) -> dict[str, dict[str, Any]]:
         """The :attr:`metrics`, with the extraction ``stability`` (refits the factorizer on
         bootstrap samples, slow) when asked. Importance metrics need the class activations (not
-        kept after loading)."""
+        kept after loading). A loaded explanation returns the metrics saved with it; it cannot
+        compute ``stability`` (the factorized rows are not saved), and says so."""
         from ._assemble import compute_metrics
 
         if self.activations is None:
-            if self.saved_metrics is not None:
-                return self.saved_metrics
+            saved = self.saved_metrics
+            if stability and "stability" not in ((saved or {}).get("extraction") or {}):
+                raise ValueError("`stability`=True refits the factorizer on the factorized rows, "
+                                 "which a saved explanation does not keep (this one was loaded "
+                                 "from disk): compute it on a fitted explanation (the "
+                                 "explainer's `fit`), or leave `stability` out for the saved "
+                                 "metrics.")
+            if saved is not None:
+                return saved
             raise ValueError("metrics need the class activations; this explanation was loaded "
                              "from disk without them.")
         key = (bool(stability), seed)
-        cache = self._cache_for("_metrics_cache")
+        # importance metrics read the class logit through the model: another class_id, model,
+        # weights or context are other metrics
+        cache = self._cache_for("_metrics_cache", (
+            self.class_id, self._model_state(), tensor_state(self.context)))
         if key not in cache:  # save() and report() both show the metrics: compute them once
             cache[key] = compute_metrics(self, stability=stability, seed=seed)
         return cache[key]
@@ -588,14 +667,45 @@ class ClassConcepts:
         seeds, interval overlaps, near duplicates) to the page; a dict from :meth:`trust` (e.g.
         with ``ground_truth``) is shown as it is.
         """
+        return str(self._write_report(out_dir, n_images=n_images, n_exemplars=n_exemplars,
+                                      labels=labels, notes=notes, extra_metrics=extra_metrics,
+                                      index_link=index_link, trust=trust, **render_options)[1])
+
+    def _write_report(self, out_dir: str | os.PathLike, *, n_images: int = 6,
+                      n_exemplars: int = 10, labels: dict[int, str] | None = None,
+                      notes: list[str] | None = None, extra_metrics: dict | None = None,
+                      index_link: str | None = None, trust: bool | dict = False,
+                      **render_options: Any) -> tuple[Any, Any]:
+        """:meth:`report`, returning ``(ClassReport, page path)`` (what an index page needs)."""
         from ..report import write_class_report
+        from ..report._write import _options
         from ._assemble import build_class_report
 
+        # the drawing options are checked before the report is assembled: an unknown or bad
+        # option (`dpi=0`) is said at once, not after the maps and exemplars are computed
+        drawing = {name: param.default for name, param
+                   in inspect.signature(write_class_report).parameters.items()
+                   if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "index_link"}
+        unknown = sorted(set(render_options) - set(drawing) - {"n_overlay_concepts"})
+        if unknown:
+            raise TypeError(f"report() got unknown option(s) {unknown}; it takes n_images, "
+                            f"n_exemplars, labels, notes, extra_metrics, trust, index_link and "
+                            f"the drawing options {sorted(drawing)}.")
+        given = dict(render_options)
+        if "n_overlay_concepts" in given and "n_top_concepts" not in given:  # deprecated name
+            given["n_top_concepts"] = given["n_overlay_concepts"]
+        given.pop("n_overlay_concepts", None)
+        _options(**{**drawing, **given})
+        if trust is not True and trust is not False and trust is not None \
+                and not isinstance(trust, dict):
+            raise TypeError(f"`trust` must be True, False or a dict from `trust()`; got "
+                            f"{describe(trust)}.")
         report = build_class_report(self, n_images=n_images, n_exemplars=n_exemplars,
                                     labels=labels, notes=notes, extra_metrics=extra_metrics,
                                     trust=self.trust() if trust is True else
                                     (None if trust is False or trust is None else trust))
-        return str(write_class_report(report, out_dir, index_link=index_link, **render_options))
+        page = write_class_report(report, out_dir, index_link=index_link, **render_options)
+        return report, page
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, n_images: int = 8, n_exemplars: int = 12) -> str:
@@ -605,10 +715,18 @@ class ClassConcepts:
         and the top ``n_exemplars`` exemplars of every concept are stored (images as uint8
         tensors, maps as float16), so that a report can be rebuilt from the file alone. A loaded
         explanation saves what it was loaded with: the file equals the one it came from.
+        ``n_images`` is at least 1 (the report rebuilt from the file shows them). The file also
+        records a digest of the model's weights and the identity of the preprocessing, which
+        :meth:`attach` compares with what it is given.
         """
         from ._persist import result_state
 
-        tensors, meta = result_state(self, n_images=check_int(n_images, "n_images", minimum=0),
+        n_images = check_int(n_images, "n_images")
+        if n_images < 1:
+            raise ValueError(f"`n_images` must be >= 1: the file keeps that many class images "
+                             f"with their maps, and a report rebuilt from it needs at least one; "
+                             f"got {n_images}.")
+        tensors, meta = result_state(self, n_images=n_images,
                                      n_exemplars=check_int(n_exemplars, "n_exemplars", minimum=1))
         return str(io.save_file(path, tensors, meta, kind=RESULT_KIND, version=RESULT_VERSION))
 
@@ -624,6 +742,13 @@ class ClassConcepts:
         tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSIONS_READ)
         with io.loading(path, "ClassConcepts file"):
             return result_from_state(cls, tensors, meta)
+
+
+def _short(identity: str | None) -> str:
+    """A preprocessing identity as a message shows it."""
+    if identity is None:
+        return "no preprocessing"
+    return repr(identity if len(identity) <= 120 else identity[:117] + "...")
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:

@@ -60,7 +60,33 @@ def _thumbnail(entry: IndexEntry, number: int) -> Picture | None:
     return Picture(f"thumb-{number}", f"class {entry.class_id}", png, name, "")
 
 
-def _row(entry: IndexEntry, thumb: Picture | None) -> list[tuple[str, str]]:
+def _notes_cell(entry: IndexEntry, notes: list[str]) -> str:
+    """How many notes the class page has, linked to them, with the notes themselves folded."""
+    if not notes:
+        return '<span class="small">none</span>'
+    items = "".join(f"<li>{esc(line)}</li>" for line in notes)
+    count = f"{len(notes)} note{'s' if len(notes) != 1 else ''}"
+    return (f'<details><summary><a href="{esc(entry.page)}#notes">{count}</a></summary>'
+            f'<ul class="notes">{items}</ul></details>')
+
+
+def _check_notes(notes: Any, n: int) -> list[list[str]]:
+    """``notes``: one list of str per entry (the class page's notes), or None for none."""
+    if notes is None:
+        return [[] for _ in range(n)]
+    if isinstance(notes, (str, bytes)) or not isinstance(notes, Sequence) or len(notes) != n:
+        raise TypeError(f"`notes` must be one list of str per entry ({n}); got "
+                        f"{describe(notes)}.")
+    out = []
+    for i, lines in enumerate(notes):
+        if isinstance(lines, (str, bytes)) or not isinstance(lines, Sequence) \
+                or not all(isinstance(line, str) for line in lines):
+            raise TypeError(f"`notes[{i}]` must be a list of str; got {describe(lines)}.")
+        out.append(list(lines))
+    return out
+
+
+def _row(entry: IndexEntry, thumb: Picture | None, notes: list[str]) -> list[tuple[str, str]]:
     link = esc(entry.page)
     if thumb is not None:
         width, height = png_size(thumb.png)
@@ -75,15 +101,19 @@ def _row(entry: IndexEntry, thumb: Picture | None) -> list[tuple[str, str]]:
                    for i, (label, value) in enumerate(entry.top_concepts))
     return [(picture, ""), (str(entry.class_id), "num"),
             (f'<a href="{link}">{esc(entry.class_name)}</a>', ""), (esc(entry.method), ""),
-            (str(entry.n_images), "num"), (f'<ul class="tops">{tops}</ul>', "")]
+            (str(entry.n_images), "num"), (f'<ul class="tops">{tops}</ul>', ""),
+            (_notes_cell(entry, notes), "small")]
 
 
 def write_index(entries: Sequence[IndexEntry], out_dir: str | os.PathLike, *,
-                title: str = "conceptkit report") -> Path:
+                title: str = "conceptkit report",
+                notes: Sequence[Sequence[str]] | None = None) -> Path:
     """Write ``out_dir/index.html`` (summary table linking every class page) and ``index.json``.
 
     Thumbnails are embedded as PNG data URIs and also written to ``out_dir/thumbnails/``.
-    Returns the path of ``index.html``.
+    ``notes`` (one list per entry, e.g. each ``ClassReport.notes``) are shown in each class's
+    row (their count, linked to the class page's notes, and the notes folded) and written to
+    ``index.json``. Returns the path of ``index.html``.
     """
     if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence) or not entries:
         raise TypeError(f"`entries` must be a non-empty list of IndexEntry; got {describe(entries)}.")
@@ -95,6 +125,7 @@ def write_index(entries: Sequence[IndexEntry], out_dir: str | os.PathLike, *,
         raise TypeError(f"`title` must be a str; got {describe(title)}.")
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"`out_dir` must be a path; got {describe(out_dir)}.")
+    notes = _check_notes(notes, len(entries))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     thumbs = [_thumbnail(entry, i) for i, entry in enumerate(entries)]
@@ -104,13 +135,14 @@ def write_index(entries: Sequence[IndexEntry], out_dir: str | os.PathLike, *,
         if thumb is not None:
             (out_dir / thumb.filename).write_bytes(thumb.png)
             record(out_dir / thumb.filename)
-    rows = [_row(entry, thumb) for entry, thumb in zip(entries, thumbs)]
+    rows = [_row(entry, thumb, lines) for entry, thumb, lines in zip(entries, thumbs, notes)]
     total = sum(entry.n_images for entry in entries)
     body = "\n".join([
         f"<header>\n<h1>{esc(title)}</h1>\n<p class=\"meta\"><b>{len(entries)}</b> classes · "
         f"<b>{total}</b> images · <a href=\"index.json\">index.json</a></p>\n</header>",
         section("classes", "Classes", table(["", "class id", "class", "method", "images",
-                                             "top concepts (importance)"], rows, "index")),
+                                             "top concepts (importance)", "notes"], rows,
+                                            "index")),
         "<footer>Written by conceptkit. Each class page has its own report.json.</footer>",
     ])
     page = out_dir / "index.html"
@@ -124,8 +156,9 @@ def write_index(entries: Sequence[IndexEntry], out_dir: str | os.PathLike, *,
                      "n_images": e.n_images, "page": e.page,
                      "thumbnail": t.filename if t is not None else None,
                      "top_concepts": [{"label": label, "importance": value}
-                                      for label, value in e.top_concepts]}
-                    for e, t in zip(entries, thumbs)],
+                                      for label, value in e.top_concepts],
+                     "notes": lines}
+                    for e, t, lines in zip(entries, thumbs, notes)],
     })
     return page
 
@@ -153,4 +186,5 @@ def write_reports(reports: Sequence[ClassReport], out_dir: str | os.PathLike, *,
         for report in tqdm(reports, disable=not progress, desc="report"):
             page = write_class_report(report, out_dir, index_link="../index.html", **options)
             entries.append(index_entry(report, page, out_dir))
-        return write_index(entries, out_dir, title=title)
+        return write_index(entries, out_dir, title=title,
+                           notes=[report.notes for report in reports])

@@ -104,17 +104,31 @@ def _render(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], d
         "clusters.png",
         f"Each of the {n_all} images placed by a {method} embedding of its per-concept "
         f"importances and coloured by its most important concept."))
-    winners = report.per_image_importance.argmax(axis=1)
+    # The report's arrays are in importance order; report.json speaks of concepts by their
+    # index (the `index` of `concepts`, which indexes result.importances), as the page does.
+    winners = report.per_image_importance.argmax(axis=1)  # positions in importance order
+    index = [c.index for c in report.concepts]
+    axis = _index_axis(index)  # the concept of each row / column of counts and matrix
+    position = {concept: rank for rank, concept in enumerate(index)}
+    rows = [position[concept] for concept in axis] if len(position) == k else list(range(k))
+    counts = np.bincount(winners, minlength=k)[rows]
     structure = {
         "strategic_clusters": {"method": used, "seed": opts["seed"], "coords": coords,
-                               "top_concept": [int(w) for w in winners],
-                               "counts": np.bincount(winners, minlength=k)},
+                               "top_concept": [index[int(w)] for w in winners],
+                               "concepts": axis, "counts": counts},
         "cooccurrence": {"measure": opts["cooccurrence"], "quantile": opts["quantile"],
-                         "matrix": matrix},
+                         "concepts": axis, "matrix": np.asarray(matrix)[np.ix_(rows, rows)]},
         "overlays": {"n_concepts": m, "percentile": opts["percentile"],
                      "mode": opts["overlay_mode"]},
     }
     return pictures, structure
+
+
+def _index_axis(index: list[int]) -> list[int]:
+    """The concept indices in increasing order (each row / column of report.json's counts and
+    matrices is one concept, ``concepts[j]`` says which); report order when two concepts share
+    an index (a hand-made report), so that no row is lost."""
+    return sorted(index) if len(set(index)) == len(index) else list(index)
 
 
 def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], Any]:

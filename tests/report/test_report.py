@@ -175,10 +175,17 @@ def test_report_json_holds_every_number_of_the_page(written):
     assert data["timings_total"] == pytest.approx(3.8125)
     clusters = data["strategic_clusters"]
     assert clusters["method"] == "tsne"  # 60 images: t-SNE under "auto"
-    assert clusters["top_concept"] == (np.arange(60) % 5).tolist()
+    # concepts by their index (the report's arrays are in importance order: rank r is
+    # concept report.concepts[r].index), as README's "concept <i>" promises
+    index = [c.index for c in report.concepts]
+    assert index != sorted(index)
+    assert clusters["concepts"] == data["cooccurrence"]["concepts"] == sorted(index)
+    assert clusters["top_concept"] == [index[r] for r in np.arange(60) % 5]
     assert clusters["counts"] == [12] * 5
     matrix = np.array(data["cooccurrence"]["matrix"], dtype=float)
-    assert np.allclose(matrix, np.corrcoef(report.codes.T.astype(np.float64)), atol=1e-6)
+    by_rank = np.corrcoef(report.codes.T.astype(np.float64))
+    rank_of = np.argsort(index)  # the rank of concept 0, 1, ...
+    assert np.allclose(matrix, by_rank[np.ix_(rank_of, rank_of)], atol=1e-6)
     # Every number in every table of the page is a number of report.json (4 significant digits).
     numbers = json_numbers(data)
     shown = [cell for table in parse(page).tables for row in table["rows"] for cell in row
