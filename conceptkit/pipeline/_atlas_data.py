@@ -177,7 +177,8 @@ def from_images(ex: Any, data: Any, labels: Any) -> AtlasData:
     images, labels = _images_and_labels(data, labels)
     images = check_images(images, "images")
     if labels is None:
-        labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress)
+        labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress,
+                                output=ex.output)
     labels = class_labels(labels, images.shape[0])
     classes = _fitted_classes(labels)
     acts, context = ex.activations(images, with_context=True)

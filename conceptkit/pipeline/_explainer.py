@@ -552,7 +552,7 @@ class ConceptExplainer:
         if read == "cls":
             params["window"] = bank.params["window"]
         result = ClassConcepts(class_id=class_id, class_name=class_name or f"class {class_id}",
-                               bank=bank, importance=importance, images=images.detach().cpu(),
+                               bank=bank, importance=importance, images=images.detach().cpu().clone(),
                                activations=acts, model_name=self.model_name, layer=self.layer,
                                method=self.method, params=params, timings=timings, image_ids=ids,
                                model_at_layer=_frozen(handle), context=context)
@@ -646,8 +646,12 @@ def _frozen(handle: ModelAtLayer) -> ModelAtLayer:
 
 
 def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 64,
-                   preprocess: Callable | None = None, progress: bool = True) -> np.ndarray:
-    """The model's predicted class for every image (argmax of the output)."""
+                   preprocess: Callable | None = None, progress: bool = True,
+                   output: int | str | None = None) -> np.ndarray:
+    """The model's predicted class for every image (argmax of its logits: the output the
+    explainer's ``output`` names when the model returns several, else the first)."""
+    from ..extraction._heads import pick_output
+
     device = model_device(model)
     out = []
     with preserved_model_state(model), torch.no_grad():
@@ -657,7 +661,9 @@ def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 64,
             if preprocess is not None:
                 batch = preprocess(batch)
             logits = model(batch)
-            if isinstance(logits, (tuple, list)):
+            if output is not None:  # the head the explainer explains, not the first output
+                logits = pick_output(logits, output)
+            elif isinstance(logits, (tuple, list)):
                 logits = logits[0]
             out.append(logits.argmax(1).cpu())
     return torch.cat(out).numpy()

@@ -62,7 +62,8 @@ class ConceptManager:
         images = check_images(images, "images", pixels=True)
         ex = self.explainer
         if labels is None:
-            labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress)
+            labels = predict_labels(ex.model, images, ex.batch_size, ex.preprocess, ex.progress,
+                                    output=ex.output)
         labels = class_labels(labels, images.shape[0])  # the atlas's check of class labels
         if classes is None:
             wanted = np.unique(labels)

@@ -252,3 +252,37 @@ def test_manager_report_takes_trust_and_drawing_options_and_shows_notes(manager_
         assert row["notes"][:len(cc.notes()) + 1] == [*cc.notes(), "Checked by hand."]
         assert f'href="{row["page"]}#notes"' in html
         assert f'{len(row["notes"])} note' in html
+
+
+def test_the_manager_groups_images_by_the_output_it_explains_and_results_own_their_images():
+    """Without labels the manager grouped images by the model's first output whatever `output`
+    said; a result's images were the caller's tensor (an in-place write changed the
+    explanation). Found by the second review of the explanation result."""
+    import torch
+    from torch import nn
+
+    from conceptkit import ConceptManager
+    from conceptkit.datasets import make_concept_dataset, reference_model
+
+    class TwoHeads(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            y = self.m(x)
+            return -y, y
+
+    world = make_concept_dataset(4, seed=2, split="test")
+    model = TwoHeads(reference_model())
+    images = world.images.clone()
+    manager = ConceptManager(model, "m.block4", output=1, n_concepts=3, seed=0, progress=False,
+                             importance="gradient_input")
+    manager.fit(images, classes=[0])
+    with torch.no_grad():
+        expected = model(images)[1].argmax(1).numpy()
+    np.testing.assert_array_equal(manager.labels_, expected)
+    result = manager.classes_[0]
+    before = result.images.clone()
+    images.mul_(0)
+    torch.testing.assert_close(result.images, before)
