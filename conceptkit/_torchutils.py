@@ -293,31 +293,20 @@ def probe_layer(model: nn.Module, module: nn.Module, inputs: Any) -> tuple[int, 
     later can be seen); a failure before it as none. Hooks are removed afterwards.
     """
     calls = [0]
-    last: list[Any] = [None]
-    seen: list[Any] = [None]
-
-    def leaf(mod, _inputs, output):
-        said = channel_leaf(mod, output)
-        if said is not None:
-            last[0] = said
 
     def count(_module, _inputs, _output):
         calls[0] += 1
-        if calls[0] == 1:
-            seen[0] = last[0]
-        else:
+        if calls[0] > 1:
             raise _SecondCall
 
-    handles = [m.register_forward_hook(leaf) for m in model.modules()
-               if isinstance(m, _CHANNEL_FIRST + _CHANNEL_LAST)]
-    handles.append(module.register_forward_hook(count))
-    try:
-        model(inputs)
-    except _SecondCall:
-        pass
-    except Exception:  # noqa: BLE001 - the probe only watches; the real pass reports failures
-        pass
-    finally:
-        for handle in handles:
+    with watch_channels(model, module) as seen:  # registered first: it notes the first call
+        handle = module.register_forward_hook(count)
+        try:
+            model(inputs)
+        except _SecondCall:
+            pass
+        except Exception:  # noqa: BLE001 - the probe only watches; the real pass reports failures
+            pass
+        finally:
             handle.remove()
-    return calls[0], seen[0]
+    return calls[0], (seen[0] if seen else None)
