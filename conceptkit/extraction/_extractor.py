@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Iterator
@@ -238,7 +239,8 @@ class ActivationExtractor:
         self._layout = TokenLayout(f"`layer` {self.layer!r}")
         self.prefix_: torch.Tensor | None = None
         self._prefix_batches: list[torch.Tensor] = []
-        self._probed: Any = None  # what one full pass said of the layer (calls, channel axis)
+        self._probed: Any = None  # how often one forward pass calls the layer
+        self._channels_checked = False  # the layer's channel axis, checked on its first output
 
     def _probe(self, run_full: Any, batch: torch.Tensor, output: Any, evidence: Any) -> None:
         """Once per extractor: refuse a layer called more than once in a forward pass (its
@@ -269,10 +271,12 @@ class ActivationExtractor:
                 f"are not one point of the model, and reading its first call would explain only "
                 f"part of it. Choose a layer that is used once (e.g. the block or container "
                 f"that calls it).")
-        if self.tokens == "raw" or not isinstance(output, torch.Tensor) or output.ndim != 4:
+        if self._channels_checked:
             return
-        if is_channels_last(tuple(output.shape), evidence):
+        if (self.tokens != "raw" and isinstance(output, torch.Tensor) and output.ndim == 4
+                and is_channels_last(tuple(output.shape), evidence)):
             raise channels_last_error(self._inner, self.layer, tuple(output.shape))
+        self._channels_checked = True  # the layer's layout does not change between batches
 
     def _select(self, output: Any) -> torch.Tensor:
         if isinstance(output, (tuple, list)):
@@ -353,8 +357,12 @@ class ActivationExtractor:
                         return capture_output(self._inner, self._module,
                                               x.to(device=device, dtype=dtype))
 
+                    # the hooks on every channel-bearing module are needed for the first
+                    # output only, not on the hot path of every batch
+                    watch = (contextlib.nullcontext([]) if self._channels_checked
+                             else watch_channels(self._inner, self._module))
                     try:
-                        with watch_channels(self._inner, self._module) as evidence:
+                        with watch as evidence:
                             output = run(batch)
                     except Exception as err:
                         if is_size_error(err):
