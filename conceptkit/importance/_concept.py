@@ -211,6 +211,20 @@ def sobol_designs(method: str, n_designs: int) -> dict[str, int]:
     return {"n_designs": n_designs} if method == "sobol" else {}
 
 
+def designs_setting(n_designs: Any, method: str, default: int = 32) -> int | None:
+    """Check a caller's ``n_designs`` against the importance ``method`` it goes with: Sobol's
+    designs per input (``default`` when None), None for a method that draws no design. A value
+    given with such a method would be ignored, so it is refused."""
+    if n_designs is None:
+        return default if method == "sobol" else None
+    n_designs = check_int(n_designs, "n_designs", minimum=1)
+    if method != "sobol":
+        raise TypeError(f"`n_designs` sets how many Sobol designs score each input; "
+                        f"importance={method!r} draws none, so it would be ignored. Leave "
+                        f"`n_designs` out, or pass importance='sobol'.")
+    return n_designs
+
+
 def check_importance_kwargs(method: str, kwargs: dict[str, Any]) -> None:
     """Check an explainer's ``importance_kwargs`` for ``method`` when it is built: keys the
     explainer sets itself, options of another method and bad values are refused now, not after

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ class ConceptAtlas:
                  seed: int | None = None, class_names: Any = None,
                  max_inputs_per_class: int | None = 512, batch_size: int = 64, device: Any = None,
                  progress: bool = True, preprocess: Any = None, patch_size: int | None = None,
-                 n_designs: int = 32, importance_kwargs: dict | None = None,
+                 n_designs: int | None = None, importance_kwargs: dict | None = None,
                  method_kwargs: dict | None = None, model_name: str | None = None) -> None:
         from ._explainer import ConceptExplainer
 
@@ -126,6 +127,8 @@ class ConceptAtlas:
             progress=progress, preprocess=preprocess, n_designs=n_designs,
             method_kwargs=method_kwargs, model_name=model_name,
             tokens="patches")  # an atlas reads a transformer layer's patch tokens
+        # "auto" resolves only at fit: a given n_designs goes unused when it paints pixels
+        self._designs_given = n_designs is not None
         # the atlas checks its own importance options: "auto" resolves only at fit (pixel
         # ablation on images, Sobol on a store), so the explainer's own check cannot apply
         self.explainer.importance_kwargs = dict(importance_kwargs or {})
@@ -326,6 +329,11 @@ class ConceptAtlas:
                   else contextlib.nullcontext())
         if method in PIXEL_METHODS:
             check_pixel_options(ex.importance_kwargs, ATLAS_PIXEL_OPTIONS, method)
+            if getattr(self, "_designs_given", False):
+                warnings.warn("`n_designs` went unused: importance='auto' paints concepts out "
+                              "of the images (pixel ablation), which draws no Sobol design; it "
+                              "counts only on a store, or with importance='sobol'.",
+                              UserWarning, stacklevel=3)
         cut = self._map_thresholds(self._region_quantile()) \
             if method in PIXEL_METHODS else None
         with pixels as forward:
@@ -359,7 +367,7 @@ class ConceptAtlas:
                                ci_high=np.asarray(highs, dtype=np.float64), classes=classes,
                                class_names=[self.class_name(c) for c in classes],
                                method=method,
-                               params={"n_designs": ex.n_designs, "seed": ex.seed,
+                               params={"n_designs": ex.n_designs if method == "sobol" else None, "seed": ex.seed,
                                        "max_inputs_per_class": self.max_inputs_per_class,
                                        "requested": self.importance_method,
                                        **({**settings, "maps": self._region_kind(),

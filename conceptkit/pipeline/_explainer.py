@@ -33,7 +33,7 @@ from ..extraction._layers import get_layer
 from ..extraction._windows import default_window, head_reads_cls
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
-from ..importance._concept import check_importance_kwargs, sobol_designs
+from ..importance._concept import check_importance_kwargs, designs_setting, sobol_designs
 from ..maps import MAP_KINDS
 from ..models._bundle import ModelBundle
 from ..models._candidates import as_bundle, class_index, missing_layer_message
@@ -188,7 +188,8 @@ class ConceptExplainer:
         must be pixel colours in [0, 1] (checked: crops, segments and figures are cut from the
         raw pixels). Default: the bundle's, else none.
     n_designs
-        Sobol designs per input (32, as CRAFT).
+        Sobol designs per input (default 32, as CRAFT); only with ``importance="sobol"`` (the
+        other methods draw no design, so a value given with them is refused).
     importance_kwargs, method_kwargs
         Extra arguments for :func:`~conceptkit.importance.concept_importance` and the method.
     model_name
@@ -233,7 +234,7 @@ class ConceptExplainer:
                  importance: str = "pixel_ablation", *, patch_size: int | None = None,
                  factorizer: Factorizer | None = None, batch_size: int = 64, device: Any = None,
                  seed: int | None = None, progress: bool = True, preprocess: Callable | None = None,
-                 n_designs: int = 32, importance_kwargs: dict | None = None,
+                 n_designs: int | None = None, importance_kwargs: dict | None = None,
                  method_kwargs: dict | None = None, model_name: str | None = None,
                  class_names: list[str] | None = None, output: int | str | None = None,
                  tokens: str = "auto", window: int | None = None):
@@ -274,7 +275,7 @@ class ConceptExplainer:
         if preprocess is not None and not callable(preprocess):
             raise TypeError(f"`preprocess` must be callable; got {describe(preprocess)}.")
         self.preprocess = preprocess
-        self.n_designs = check_int(n_designs, "n_designs", minimum=1)
+        self.n_designs = designs_setting(n_designs, self.importance)
         self.importance_kwargs = dict(importance_kwargs or {})
         if self.importance in PIXEL_METHODS:  # a bad value now, not after the discovery
             check_pixel_options(self.importance_kwargs, PIXEL_OPTIONS, self.importance, MAP_KINDS)
@@ -294,7 +295,7 @@ class ConceptExplainer:
         self.tokens = check_choice(tokens, "tokens", TOKEN_READS)
         self.window = _check_window(window, self.tokens)
         if self.tokens == "cls":
-            _check_cls_settings(self.method, self.importance)
+            _check_cls_settings(self.method, self.importance, self._maps_asked())
         self._handle: ModelAtLayer | None = None
         self._read: tuple[Any, str] | None = None  # (the settings it was resolved for, read)
 
@@ -334,7 +335,7 @@ class ConceptExplainer:
     def _resolve_read(self, images: torch.Tensor) -> str:
         """:meth:`reads` for images already checked (the fitting paths check them first)."""
         if self.tokens == "cls":  # settings may have changed since the explainer was made
-            _check_cls_settings(self.method, self.importance)
+            _check_cls_settings(self.method, self.importance, self._maps_asked())
         _check_window(self.window, self.tokens)
         read = self._known_read()
         if read is None:
@@ -593,9 +594,10 @@ def _check_window(window: Any, tokens: str) -> int | None:
     return check_int(window, "window", minimum=1)
 
 
-def _check_cls_settings(method: str, importance: str) -> None:
+def _check_cls_settings(method: str, importance: str, maps: Any = "auto") -> None:
     """tokens='cls' gives ICE feature maps of CLS tokens: no ``h`` takes them, so only the
-    importances that re-run the whole model on painted images apply."""
+    importances that re-run the whole model on painted images apply, painting regions of maps
+    a CLS explanation has (``maps``: the pixel importance's ``kind``)."""
     if method != "ice":
         raise ValueError(f"`tokens`='cls' reads the CLS token of windows of each image as a "
                          f"feature map, which ICE factorizes; `method` {method!r} does not. Pass "
@@ -605,6 +607,11 @@ def _check_cls_settings(method: str, importance: str) -> None:
                          f"the rest of the model, which never reads the CLS feature maps of "
                          f"tokens='cls'; pass importance='pixel_ablation' (it paints concept "
                          f"regions out of the images and re-runs the whole model).")
+    if maps in PATCH_TOKEN_KINDS:
+        raise ValueError(f"importance_kwargs['kind'] {maps!r} paints regions of maps that "
+                         f"differentiate or re-crop the layer's patch tokens; the concepts of "
+                         f"tokens='cls' are of CLS tokens, whose maps are 'coefficient', "
+                         f"'dominant' or 'provenance'. Pass one of those, or tokens='patches'.")
 
 
 def _check_class_output(out: torch.Tensor, class_id: int) -> None:

@@ -33,7 +33,7 @@ from ..extraction import ActivationExtractor, CropSet, SegmentSet
 from ..extraction._layers import get_layer, unwrap_model
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
-from ..importance._concept import sobol_designs
+from ..importance._concept import designs_setting, sobol_designs
 from ._examples import cut_examples
 from ._recursion_path import ParentCode, check_cuts, check_levels, previous_block
 
@@ -147,7 +147,7 @@ class _Settings:
     n_inputs: int
     method: str
     importance: str
-    n_designs: int
+    n_designs: int | None
     seed: int | None
     preprocess: Callable | None
     batch_size: int
@@ -157,7 +157,7 @@ class _Settings:
 def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor, concept: int,
                       layer: str, *, n_concepts: int = 5, n_inputs: int = 64, depth: int = 1,
                       child_layers: Sequence[str] | None = None, method: str = "craft",
-                      importance: str = "sobol", n_designs: int = 32, seed: int | None = None,
+                      importance: str = "sobol", n_designs: int | None = None, seed: int | None = None,
                       preprocess: Callable | None = None, batch_size: int = 64,
                       progress: bool = True) -> ConceptTree:
     """Decompose concept ``concept`` of ``bank`` into sub-concepts at an earlier ``layer``.
@@ -194,8 +194,8 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
         Sub-concept discovery.
     importance : str
         Any method of :func:`conceptkit.importance.concept_importance` (default ``"sobol"``).
-    n_designs : int
-        Sobol designs per input.
+    n_designs : int, optional
+        Sobol designs per input (default 32); only with ``importance="sobol"``.
     seed : int, optional
         Seeds every factorization and importance design (the same seed gives the same tree).
     preprocess : callable, optional
@@ -224,7 +224,7 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
         n_inputs=check_int(n_inputs, "n_inputs", minimum=2),
         method=check_choice(method, "method", SUB_METHODS),
         importance=check_choice(importance, "importance", IMPORTANCE_METHODS),
-        n_designs=check_int(n_designs, "n_designs", minimum=1),
+        n_designs=designs_setting(n_designs, importance),
         seed=None if seed is None else check_int(seed, "seed", minimum=0),
         preprocess=preprocess, batch_size=check_int(batch_size, "batch_size", minimum=1),
         progress=bool(progress))

@@ -80,7 +80,7 @@ def test_no_bar_without_progress(capsys):
 def test_pipeline_bars_say_what_they_count(capsys):
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     conceptkit.ConceptExplainer(two_block_cnn(), "block2", n_concepts=3, patch_size=16, seed=0,
-                                method="craft", n_designs=8).fit(images, 1)
+                                method="craft").fit(images, 1)
     shown = bars(capsys.readouterr().err)
     descriptions = [b.split(":")[0] for b in shown]
     assert all(d.strip() for d in descriptions), shown  # no unlabelled bar

@@ -49,7 +49,7 @@ def explanation():
     data = make_concept_dataset(4, image_size=32, seed=0)
     images = data.images[data.labels == 0]
     explainer = conceptkit.ConceptExplainer(reference_model(), "block4", n_concepts=3, method="craft",
-                                            patch_size=16, seed=0, progress=False, n_designs=8)
+                                            patch_size=16, seed=0, progress=False)
     return explainer.fit(images, 0)
 
 

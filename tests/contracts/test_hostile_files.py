@@ -135,7 +135,7 @@ def explanation_file(files):
                           nn.Flatten(), nn.Linear(6, 3)).eval()
     images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     result = conceptkit.ConceptExplainer(model, "1", n_concepts=3, method="ice", seed=0,
-                                         n_designs=4, progress=False).fit(images, 1)
+                                         progress=False).fit(images, 1)
     return Path_(result.save(files["root"] / "explanation.safetensors", n_images=2, n_exemplars=2))
 
 

@@ -271,7 +271,7 @@ def test_concept_explainer(fuse):
     model = cnn()
     model.trip_h.arm(fuse)  # fails while h scores the concepts, after g has run
     explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, method="ice", seed=0,
-                                            n_designs=8, progress=False)
+                                            progress=False)
     run(model, lambda: explainer.fit(images(), 1), fails=bool(fuse))
 
 
@@ -289,7 +289,7 @@ def test_concept_explainer_fails_in_importance(monkeypatch, method, target):
 
 def test_train_mode_model_gives_eval_mode_explanation():
     explain = lambda model: conceptkit.ConceptExplainer(  # noqa: E731
-        model, "block2", n_concepts=3, method="ice", seed=0, n_designs=8, progress=False
+        model, "block2", n_concepts=3, method="ice", seed=0, progress=False
     ).fit(images(), 1)
     trained, reference = explain(cnn()), explain(cnn().eval())
     assert torch.equal(trained.components, reference.components)
@@ -301,7 +301,7 @@ def test_concept_manager(fuse):
     model = cnn()
     model.trip_g.arm(fuse)  # the second class fails
     manager = conceptkit.ConceptManager(model, "block2", n_concepts=2, method="ice", seed=0,
-                                        n_designs=8, progress=False)
+                                        progress=False)
     run(model, lambda: manager.fit(images(), np.array([0, 0, 0, 1, 1, 1])), fails=bool(fuse))
 
 
@@ -309,7 +309,7 @@ def test_concept_manager(fuse):
 def test_class_concepts_maps_of_new_images(kind):
     model = cnn()
     explanation = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, method="ice", seed=0,
-                                              n_designs=8, progress=False).fit(images(), 1)
+                                              progress=False).fit(images(), 1)
     run(model, lambda: explanation.concept_maps(images(2), kind=kind), fails=False)
     model.trip_g.arm(1)
     run(model, lambda: explanation.concept_maps(images(2), kind=kind), fails=True)

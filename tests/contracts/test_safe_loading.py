@@ -121,7 +121,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     bank = concepts.CRAFT(3, patch_size=12, seed=0, progress=False).fit(model, "3", images)
     out["bank"] = Path(bank.save(root / "bank.safetensors"))
     explanation = conceptkit.ConceptExplainer(model, "3", n_concepts=3, method="ice", seed=0,
-                                              n_designs=8, progress=False).fit(images, 1)
+                                              progress=False).fit(images, 1)
     out["explanation"] = Path(explanation.save(root / "explanation.safetensors", n_images=2,
                                                n_exemplars=2))
     explanation.name_concepts("classes", class_names=["a", "b", "c"])

@@ -222,7 +222,7 @@ def test_tuple_layer_errors_say_what_to_do():
         assert torch.allclose(h(g(x)), model(x), atol=1e-6)
         with pytest.raises(CutError, match=r"returns a tuple .* h\(g\(x\)\)"):
             h(g(x)[0])
-    explainer = ConceptExplainer(model, "blk", n_concepts=2, seed=0, progress=False, n_designs=4)
+    explainer = ConceptExplainer(model, "blk", n_concepts=2, seed=0, progress=False)
     with pytest.raises(ValueError, match="ConceptExplainer .* submodule of 'blk'"):
         explainer.fit(torch.rand(4, 3, 16, 16), 0)
 

@@ -31,7 +31,7 @@ IMAGES = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 def _explain(model, layer):
     return conceptkit.ConceptExplainer(model, layer, n_concepts=2, method="ice", seed=0,
-                                       n_designs=4, progress=False).fit(IMAGES, 1)
+                                       progress=False).fit(IMAGES, 1)
 
 
 WRAPPERS = {"DataParallel": nn.DataParallel, "compile": torch.compile}

@@ -23,7 +23,7 @@ def bundle() -> ModelBundle:
 
 def explain(model, **kwargs):
     kwargs.setdefault("n_concepts", 3)
-    return conceptkit.ConceptExplainer(model, seed=0, progress=False, n_designs=8, **kwargs)
+    return conceptkit.ConceptExplainer(model, seed=0, progress=False, **kwargs)
 
 
 def test_bundle_brings_model_preprocess_layer_names():

@@ -120,6 +120,9 @@ def test_the_patch_token_error_at_the_last_block_points_to_the_cls_path(images):
     ({"tokens": "patches", "window": 12}, "tokens='cls'"),
     ({"tokens": "cls", "window": 0}, "window"),
     ({"tokens": "CLS"}, "tokens"),
+    # refused when the explainer is made, not after the windowed extraction
+    ({"tokens": "cls", "importance_kwargs": {"kind": "gradient"}}, r"\['kind'\] 'gradient'"),
+    ({"tokens": "cls", "importance_kwargs": {"kind": "scale_matched"}}, "tokens='patches'"),
 ])
 def test_settings_the_cls_path_cannot_honour_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

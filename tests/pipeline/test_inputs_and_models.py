@@ -25,7 +25,7 @@ def _features(inplace: bool = False) -> nn.Sequential:
 
 def _explain(model, layer, **kwargs):
     return conceptkit.ConceptExplainer(model, layer, n_concepts=2, method="ice", seed=0,
-                                       n_designs=4, progress=False, **kwargs).fit(IMAGES, 1)
+                                       progress=False, **kwargs).fit(IMAGES, 1)
 
 
 @pytest.mark.parametrize("side", [1, 3])
@@ -51,7 +51,7 @@ def test_a_model_of_one_fixed_size_is_not_said_to_want_larger_images():
             torch.rand(3, 3, 48, 48), 0)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     cc = conceptkit.ConceptExplainer(vit, "blocks.0", n_concepts=2, method="craft", patch_size=16,
-                                     tokens="patches", n_designs=4, seed=0,
+                                     tokens="patches", seed=0,
                                      progress=False).fit(images, 0)
     message = (r"scale-matched maps run the model on the images enlarged 2 times \(32x32 -> "
                r"64x64 pixels\), and this model does not take that size \(AssertionError: .*\)\. "

@@ -336,8 +336,7 @@ def test_subconcept_examples_show_their_colour(bank, images):
 def test_class_concepts_subconcepts(images):
     model = planted_model()
     explanation = conceptkit.ConceptExplainer(model, "late", n_concepts=3, seed=0, progress=False,
-                                              method="craft", patch_size=PATCH,
-                                              n_designs=8).fit(images, 0)
+                                              method="craft", patch_size=PATCH).fit(images, 0)
     top = int(explanation.ranking[0])
     tree = explanation.subconcepts(top, "early", n_concepts=3, n_inputs=8, n_designs=8)
     direct = decompose_concept(model, explanation.bank, images, top, "early", n_concepts=3,

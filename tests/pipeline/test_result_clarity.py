@@ -25,7 +25,7 @@ IMAGES = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(6))
 @pytest.fixture(scope="module")
 def fitted():
     explainer = conceptkit.ConceptExplainer(two_block_cnn(), "block2", n_concepts=4, seed=0,
-                                            progress=False, n_designs=8)
+                                            progress=False)
     return explainer.fit(IMAGES, 2)
 
 

@@ -15,8 +15,7 @@ import conceptkit.maps
 def fitted():
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     explainer = conceptkit.ConceptExplainer(two_block_cnn(), "block2", n_concepts=3, seed=0,
-                                            method="craft", progress=False, device="cpu:0",
-                                            n_designs=8)
+                                            method="craft", progress=False, device="cpu:0")
     return explainer.fit(images, class_id=1), images
 
 
@@ -62,7 +61,7 @@ def test_cuda_explainer_leaves_a_cpu_model_on_the_cpu_and_matches_cpu():
     results = {}
     for device in ("cpu", "cuda"):
         explainer = conceptkit.ConceptExplainer(model, "block2", n_concepts=3, seed=0,
-                                                progress=False, device=device, n_designs=8)
+                                                progress=False, device=device)
         result = explainer.fit(images, class_id=1)
         maps = result.concept_maps(images[:2], kind="gradient")
         results[device] = (result.importances, maps)

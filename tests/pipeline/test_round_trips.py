@@ -28,8 +28,8 @@ METHOD_KWARGS = {"ace": {"n_segments": (4,), "min_cluster_size": 1}}
 def explained(request, tmp_path_factory):
     method = request.param
     fresh = conceptkit.ConceptExplainer(
-        two_block_cnn(), "block2", n_concepts=3, method=method, seed=0, n_designs=8,
-        progress=False, method_kwargs=METHOD_KWARGS.get(method)).fit(IMAGES, 1)
+        two_block_cnn(), "block2", n_concepts=3, method=method, seed=0, progress=False,
+        method_kwargs=METHOD_KWARGS.get(method)).fit(IMAGES, 1)
     root = tmp_path_factory.mktemp(f"round-trip-{method}")
     first = root / "first.safetensors"
     fresh.save(first, n_images=4, n_exemplars=3)

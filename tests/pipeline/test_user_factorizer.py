@@ -14,7 +14,7 @@ IMAGES = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
 def explain(factorizer, seed=0, **kwargs):
     explainer = conceptkit.ConceptExplainer(two_block_cnn(), "block2", factorizer=factorizer,
-                                            seed=seed, progress=False, n_designs=8, **kwargs)
+                                            seed=seed, progress=False, **kwargs)
     return explainer.fit(IMAGES, 1)
 
 
