@@ -46,6 +46,8 @@ def add_concept(dataset: ConceptDataset, concept: int, seed: int = 0,
         Show a progress bar.
     """
     dataset = check_concept_dataset(dataset)
+    if not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be True or False; got {progress!r}.")
     if dataset.world != "shapes":
         raise ValueError(f"`dataset` must come from make_concept_dataset (the shapes world); got "
                          f"images of the {dataset.world!r} world, whose parts add_concept cannot draw.")

@@ -13,9 +13,10 @@ The rules (exact, and the ones the tests check):
 * The spurious cue is drawn with probability ``SPURIOUS_RATE_IN_CLASS`` in images of
   ``SPURIOUS_CLASS`` and ``SPURIOUS_RATE_ELSEWHERE`` in the other classes when the cue is
   correlated (``spurious=True``), and with ``SPURIOUS_RATE_ELSEWHERE`` in every class otherwise.
-* Parts have random sizes (12-22 px at 64 px; the cue 8-12 px), random positions and never
-  overlap: boxes are placed by rejection sampling with a one-pixel gap, so every drawn part is
-  fully visible and its mask is exactly its footprint.
+* Parts have random sizes (box sides 12-22 px at 64 px; the cue 8-12 px), random positions and
+  never overlap: boxes are placed by rejection sampling with a one-pixel gap, so every drawn part
+  is fully visible and its mask is exactly its footprint. A part that finds no free spot shrinks
+  by 15 % down to three quarters of the smallest side (9 px; the cue 6 px).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int
-from ._dataset import ConceptDataset
+from ._dataset import ConceptDataset, check_dataset_memory
 from ._parts import CONCEPT_NAMES, PARTS, draw_part
 
 CLASS_CONCEPTS: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0))
@@ -168,6 +169,9 @@ def make_concept_dataset(n_per_class: int, image_size: int = 64, seed: int = 0,
     image_size = check_int(image_size, "image_size", minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE)
     seed = check_int(seed, "seed", minimum=0)
     split = check_choice(split, "split", SPLITS)
+    if not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be True or False; got {progress!r}.")
+    check_dataset_memory(n_per_class, len(CLASS_CONCEPTS), len(PARTS), image_size)
     if spurious is None:
         spurious = split != "test"
     elif not isinstance(spurious, (bool, np.bool_)):

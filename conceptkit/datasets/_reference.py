@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from .._torchutils import leaves_global_rng
-from .._validation import check_int
-from ..io import load_file, loading
+from .._validation import check_int, describe
+from ..io import FormatError, load_file, loading
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "reference_cnn.safetensors"
 WEIGHTS_KIND = "reference_cnn"
@@ -62,20 +62,54 @@ class ReferenceCNN(nn.Module):
         return self.fc(self.flatten(self.pool(self.block4(self.block3(self.block2(self.block1(x)))))))
 
 
+def file_key(path: Path) -> tuple[int, ...]:
+    """What a weights cache is keyed on besides the path: modification and change times in
+    nanoseconds, size, inode and device. A file replaced with its modification time kept (``cp
+    -p``, ``rsync -t``, ``os.utime``) still changes its change time, size or inode, so a cache
+    never serves the model that was there before."""
+    stat = path.stat()
+    return (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino, stat.st_dev)
+
+
 @lru_cache(maxsize=4)
-def _read_weights(path: str, mtime: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    # Cached per (path, modification time): loading is cheap, but tests and notebooks call it often.
+def _read_weights(path: str, key: tuple[int, ...]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    # Cached per (path, file_key): loading is cheap, but tests and notebooks call it often.
     return load_file(path, kind=WEIGHTS_KIND, version=WEIGHTS_VERSION)
 
 
 def _load(path: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike weights file, or None for the "
+                        f"shipped weights; got {describe(path)}.")
     path = Path(path) if path is not None else WEIGHTS_PATH
     if not path.exists():
         hint = (" Recreate them with `python -m conceptkit.datasets.train_reference`."
                 if path == WEIGHTS_PATH else "")
         raise FileNotFoundError(f"reference CNN weights not found at {str(path)!r}.{hint}")
-    tensors, meta = _read_weights(str(path), path.stat().st_mtime)
+    tensors, meta = _read_weights(str(path), file_key(path))
     return {k: v.clone() for k, v in tensors.items()}, copy.deepcopy(meta)
+
+
+def checked_architecture(path: str | os.PathLike, state: dict[str, torch.Tensor],
+                         meta: dict[str, Any], name: str = "path") -> dict[str, Any]:
+    """The record's ``architecture`` settings once they are known to make exactly the file's
+    tensors: the model is built on the meta device first, so that a tampered record cannot make
+    a loader allocate a model of any size; else a :class:`FormatError` naming the argument
+    ``name`` and the file."""
+    architecture = meta.get("architecture")
+    try:
+        if not isinstance(architecture, dict) or set(architecture) - {"n_classes", "width"}:
+            raise ValueError(f"its record's architecture must be a dict of n_classes and width; "
+                             f"got {architecture!r}")
+        with torch.device("meta"):
+            made = ReferenceCNN(**architecture).state_dict()
+        if {k: tuple(v.shape) for k, v in made.items()} != {k: tuple(v.shape)
+                                                             for k, v in state.items()}:
+            raise ValueError("its tensors are not the ones its architecture makes")
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise FormatError(f"`{name}` {os.fspath(path)!r} is not a valid reference CNN weights file: "
+                          f"{err}") from None
+    return dict(architecture)
 
 
 @leaves_global_rng
@@ -100,8 +134,9 @@ def reference_model(pretrained: bool = True, path: str | os.PathLike | None = No
         torch.manual_seed(0)  # the same initial weights on every call (on a forked generator)
         return ReferenceCNN().eval()
     state, meta = _load(path)
+    architecture = checked_architecture(path or WEIGHTS_PATH, state, meta)
     with loading(path or WEIGHTS_PATH, "reference CNN weights file", also=(RuntimeError,)):
-        model = ReferenceCNN(**meta["architecture"])
+        model = ReferenceCNN(**architecture)
         model.load_state_dict(state, strict=True)
     return model.eval()
 

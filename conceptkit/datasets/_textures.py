@@ -10,8 +10,9 @@ The rules (exact, and the ones the tests check):
   two causal textures are drawn.
 * The three other textures are distractors, each drawn with probability ``DISTRACTOR_RATE``
   independently of the class.
-* Patches are 18-26 px wide at 64 px, never overlap, and are fully visible: a part's mask is its
-  blob footprint.
+* Blob boxes have a side of 18-26 px at 64 px (down to 14 px when crowded); the blob inside
+  spans about 11-26 px (its radius is half the side divided by ``1 + Σ a_k``). Parts never
+  overlap and are fully visible: a part's mask is its blob footprint.
 """
 
 from __future__ import annotations

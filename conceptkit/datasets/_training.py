@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from typing import Any
@@ -106,7 +107,8 @@ def train_reference_cnn(epochs: int = 5, seed: int = 0, n_per_class: int = 500,
     info : dict
         JSON-ready record: ``architecture``, ``dataset``, ``training``, ``test_accuracy`` (on the
         spurious-free test split), ``test_accuracy_with_spurious``, ``spurious_cue_effect``,
-        ``distractor_control_effect``, ``history`` and ``train_seconds``.
+        ``distractor_control_effect``, ``history``, ``train_seconds`` and ``shipped`` (whether
+        every setting is the shipped model's, i.e. these defaults).
     """
     epochs = check_int(epochs, "epochs", minimum=1)
     seed = check_int(seed, "seed", minimum=0)
@@ -178,5 +180,14 @@ def train_reference_cnn(epochs: int = 5, seed: int = 0, n_per_class: int = 500,
             model, test_clean, seed=seed, concept=test_clean.distractor_concepts[1]),
         "history": history,
         "train_seconds": round(train_seconds, 1),
+        "shipped": all(given == _REFERENCE_DEFAULTS[name] for name, given in (
+            ("epochs", epochs), ("seed", seed), ("n_per_class", n_per_class),
+            ("n_val_per_class", n_val_per_class), ("n_test_per_class", n_test_per_class),
+            ("image_size", image_size), ("batch_size", batch_size), ("lr", lr), ("width", width))),
     }
     return model, info
+
+
+#: the settings of the shipped reference CNN: :func:`train_reference_cnn`'s defaults
+_REFERENCE_DEFAULTS = {name: p.default for name, p in
+                       inspect.signature(train_reference_cnn).parameters.items()}

@@ -23,7 +23,7 @@ from .._validation import check_choice, check_int
 from ..io import FormatError, load_file
 from . import _context, _generate, _scales, _textures
 from ._architectures import ARCHITECTURES, build_model
-from ._dataset import ConceptDataset
+from ._dataset import ConceptDataset, check_dataset_memory
 from ._parts import CONCEPT_NAMES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -52,6 +52,16 @@ class ModelSpec:
 
             return WEIGHTS_PATH
         return WEIGHTS_DIR / f"{world}_{self.architecture}.safetensors"
+
+    def trained_with(self, world: str) -> dict[str, Any]:
+        """The training settings the shipped weights were made with: ``epochs``,
+        ``n_per_class``, ``lr`` and ``seed`` (the train commands' defaults)."""
+        if self.is_reference(world):
+            from ._training import _REFERENCE_DEFAULTS
+
+            return {key: _REFERENCE_DEFAULTS[key] for key in ("epochs", "n_per_class", "lr", "seed")}
+        return {"epochs": self.training["epochs"], "n_per_class": self.training["n_per_class"],
+                "lr": self.training["lr"], "seed": 0}
 
     def train_command(self, world: str) -> str:
         if self.is_reference(world):
@@ -132,6 +142,7 @@ class World:
         split = check_choice(split, "split", SPLITS)
         if not isinstance(progress, bool):
             raise TypeError(f"`progress` must be True or False; got {progress!r}.")
+        check_dataset_memory(n_per_class, self.n_classes, self.n_parts, self.image_size)
         return self._generate(n_per_class, seed=seed, split=split, progress=progress)
 
     def spec(self, arch: str | None = None) -> ModelSpec:
@@ -165,11 +176,30 @@ class World:
                              dict(spec.training))
         return spec
 
-    def shipped(self, arch: str | None, config: dict[str, Any] | None = None) -> bool:
-        """Whether training ``arch`` with ``config`` reproduces a shipped model of this world."""
+    def shipped(self, arch: str | None, config: dict[str, Any] | None = None, *,
+                epochs: int | None = None, n_per_class: int | None = None,
+                lr: float | None = None, seed: int | None = 0) -> bool:
+        """Whether training ``arch`` with ``config`` and these training settings reproduces a
+        shipped model of this world: the same architecture settings and the same ``epochs``,
+        ``n_per_class``, ``lr`` and ``seed`` (``None``: the shipped model's setting)."""
+        return not self.unshipped_settings(arch, config, epochs=epochs, n_per_class=n_per_class,
+                                           lr=lr, seed=seed)
+
+    def unshipped_settings(self, arch: str | None, config: dict[str, Any] | None = None, *,
+                           epochs: int | None = None, n_per_class: int | None = None,
+                           lr: float | None = None, seed: int | None = 0) -> list[str]:
+        """What differs from a shipped model of this world, in words (empty: nothing does)."""
         if arch is not None and arch not in self.architectures:
-            return False
-        return dict(self.training_spec(arch, config).config) == dict(self.spec(arch).config)
+            return [f"arch={arch!r} (shipped: {', '.join(self.architectures)})"]
+        spec = self.spec(arch)
+        made = dict(self.training_spec(arch, config).config)
+        differ = [f"{key}={made.get(key)!r} (shipped {value!r})" for key, value in spec.config.items()
+                  if made.get(key) != value]
+        given = {"epochs": epochs, "n_per_class": n_per_class, "lr": lr, "seed": seed}
+        for key, value in spec.trained_with(self.name).items():
+            if given[key] is not None and given[key] != value:
+                differ.append(f"{key}={given[key]!r} (shipped {value!r})")
+        return differ
 
     @leaves_global_rng
     def model(self, arch: str | None = None, pretrained: bool = True,
@@ -196,6 +226,7 @@ class World:
             if self._reference_file(weights, arch):  # train_world --world shapes (a width)
                 from ._reference import reference_model
 
+                self._reference_record(weights)  # checked before the model is built
                 return reference_model(path=weights)
             state, meta = self._weights_file(weights, arch)
         else:
@@ -219,8 +250,13 @@ class World:
     def info(self, arch: str | None = None,
              weights: str | os.PathLike | None = None) -> dict[str, Any]:
         """What the shipped weights (or the file ``weights``) record: settings, layer, held-out
-        accuracy, part reliance, timing."""
+        accuracy, part reliance, versions, timing. The shapes world's CNN (and a file of
+        ``train_reference``) has the reference CNN's record instead (:func:`reference_info`:
+        architecture, dataset, training, accuracy, spurious-cue effects; no reliance, versions
+        or layer)."""
         if weights is not None:
+            if self._reference_file(weights, arch):  # what model(weights=...) loads, too
+                return self._reference_record(weights)
             return self._weights_file(weights, arch)[1]
         spec = self.spec(arch)
         if spec.is_reference(self.name):
@@ -247,6 +283,20 @@ class World:
         except (OSError, ValueError):
             return False  # not a readable conceptkit file: _weights_file says why
 
+    def _reference_record(self, weights: str | os.PathLike) -> dict[str, Any]:
+        """The record of a reference-CNN file, once its tensors are known to be what the record
+        describes (on the meta device) and the model to have this world's class count."""
+        from ._reference import _load as load_reference
+        from ._reference import checked_architecture
+
+        state, meta = load_reference(weights)
+        architecture = checked_architecture(weights, state, meta, "weights")
+        classes = architecture.get("n_classes", _default_classes("cnn"))
+        if classes != self.n_classes:
+            raise ValueError(f"`weights` {os.fspath(weights)!r} holds a model with {classes} "
+                             f"classes; the {self.name!r} world has {self.n_classes}.")
+        return meta
+
     def _weights_file(self, weights: Any, arch: str | None) -> tuple[dict[str, torch.Tensor],
                                                                     dict[str, Any]]:
         if not isinstance(weights, (str, os.PathLike)):
@@ -270,18 +320,37 @@ class World:
             # the record's settings are checked against the tensors on the meta device, so a
             # tampered record cannot make :meth:`model` allocate a model of any size
             with torch.device("meta"):
-                made = build_model(meta["architecture"], dict(meta["config"])).state_dict()
+                skeleton = build_model(meta["architecture"], dict(meta["config"]))
+            made = skeleton.state_dict()
             if {k: tuple(v.shape) for k, v in made.items()} != {k: tuple(v.shape)
                                                                  for k, v in state.items()}:
                 raise ValueError("its tensors are not the ones its settings make")
-        except (TypeError, ValueError, RuntimeError) as err:
+            if meta["layer"] not in dict(skeleton.named_modules()):
+                raise ValueError(f"its layer {meta['layer']!r} is not a module of the model")
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
             raise FormatError(f"`weights` {os.fspath(path)!r} does not hold a model its record "
                               f"describes: {err}") from None
+        classes = meta["config"].get("n_classes", _default_classes(meta["architecture"]))
+        if classes != self.n_classes:
+            raise ValueError(f"`weights` {os.fspath(path)!r} holds a model with {classes} "
+                             f"classes; the {self.name!r} world has {self.n_classes}.")
         return state, meta
 
 
+def _default_classes(architecture: str) -> int:
+    """The class count a model of ``architecture`` has when its settings do not give one."""
+    import inspect
+
+    from ._architectures import SmallResNet, small_vit
+    from ._reference import ReferenceCNN
+
+    builder = {"resnet": SmallResNet, "vit": small_vit, "cnn": ReferenceCNN}[architecture]
+    return inspect.signature(builder).parameters["n_classes"].default
+
+
 @lru_cache(maxsize=8)
-def _read(path: str, mtime: float) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read(path: str, key: tuple[int, ...]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    # keyed on the path and file_key (times in ns, size, inode): a replaced file is read again
     return load_file(path, kind=WORLD_WEIGHTS_KIND, version=WORLD_WEIGHTS_VERSION)
 
 
@@ -289,7 +358,9 @@ def _load(path: Path, command: str) -> tuple[dict[str, torch.Tensor], dict[str, 
     if not path.exists():
         raise FileNotFoundError(f"world model weights not found at {str(path)!r}. Recreate them "
                                 f"with `{command}`.")
-    tensors, meta = _read(str(path), path.stat().st_mtime)
+    from ._reference import file_key
+
+    tensors, meta = _read(str(path), file_key(path))
     return {k: v.clone() for k, v in tensors.items()}, copy.deepcopy(meta)
 
 
@@ -323,13 +394,15 @@ _TABLE: dict[str, tuple[Any, str, tuple[ModelSpec, ...]]] = {
     "shapes": (None, (
         "Six classes of coloured shapes and textured squares; class c is the joint presence of "
         "parts c and c+1 mod 6 (a cycle); three distractors; a magenta square correlated with "
-        "class 0 in the train/val splits (the spurious cue); parts 12-22 px. Model: the reference "
+        "class 0 in the train/val splits (the spurious cue); parts 12-22 px (down to 9 px when "
+        "crowded). Model: the reference "
         "CNN (default) and a small ViT."),
         (ModelSpec("cnn", {"n_classes": 6, "width": 16}, "block4", {}), _SHAPES_VIT)),
     "textures": (_textures, (
         "Four classes defined by textured blobs of one shared outline and colour distribution "
         "(no shape or colour cue); class c is the joint presence of textures c and c+1 mod 4 "
-        "(stripes, checkerboard, dots, zigzag); three distractor textures; blobs 18-26 px. "
+        "(stripes, checkerboard, dots, zigzag); three distractor textures; blobs in 18-26 px "
+        "boxes (14 px when crowded), 11-26 px across. "
         "Model: a small ResNet (default) and a small ViT with 4 px patches."),
         (_RESNET, _TEXTURES_VIT)),
     "scales": (_scales, (

@@ -22,6 +22,9 @@ from ._dataset import ConceptDataset, check_concept_dataset
 from ._training import evaluate_accuracy, predict_logits
 from ._world import World, load_world
 
+#: the validation and test images per class the shipped records were measured on
+_RECORD_DEFAULTS = (50, 250)
+
 
 @contextlib.contextmanager
 def deterministic_cpu() -> Iterator[None]:
@@ -114,7 +117,8 @@ def train_world_model(world: str | World, arch: str | None = None, *, epochs: in
         drop of the true-class probability when each part is painted out, per class; see
         :func:`part_reliance`), ``history``, ``train_seconds`` (wall clock) and
         ``train_cpu_seconds`` (CPU time: the wall clock grows with the machine's load, this
-        does not), ``shipped`` (whether these are a shipped model's settings).
+        does not), ``shipped`` (whether these are a shipped model's settings: its architecture
+        settings and its epochs, images per class, learning rate, seed and record sizes).
     """
     the_world = world if isinstance(world, World) else load_world(world)
     spec = the_world.training_spec(arch, config)
@@ -200,6 +204,10 @@ def train_world_model(world: str | World, arch: str | None = None, *, epochs: in
         "reliance_fill": "per-image channel median",
         "history": history, "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
-        "shipped": the_world.shipped(arch, config),
+        # the shipped model's settings, architecture and training both (a record written with
+        # other epochs or images is not the shipped model, whatever file it goes to)
+        "shipped": (the_world.shipped(arch, config, epochs=epochs, n_per_class=n_per_class, lr=lr,
+                                      seed=seed)
+                    and (n_val_per_class, n_test_per_class) == _RECORD_DEFAULTS),
     }
     return model, info

@@ -15,6 +15,10 @@ with ``world.model(weights=PATH)``:
 
     python -m conceptkit.datasets.train_world --world scales --arch vit \
         --config patch_size=4 --epochs 60 --out scales_vit_p4.safetensors
+
+Without ``--out`` the shipped file is rewritten, and only with the shipped settings: any other
+``--epochs``, ``--n-per-class``, ``--lr``, ``--seed`` or ``--config`` is refused unless ``--out``
+names a file outside the package's weights folder.
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..io import save_file
-from ._world import WORLD_WEIGHTS_KIND, WORLD_WEIGHTS_VERSION, WORLDS, load_world
+from ._world import WEIGHTS_DIR, WORLD_WEIGHTS_KIND, WORLD_WEIGHTS_VERSION, WORLDS, load_world
+
+
+def writes_shipped_weights(out: Path) -> bool:
+    """Whether ``out`` is a file in the package's folder of shipped weights."""
+    return out.resolve().parent == WEIGHTS_DIR.resolve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="an architecture setting (JSON value), e.g. patch_size=4; repeatable; "
                         "needs --out")
     parser.add_argument("--out", type=Path, default=None, help="weights file to write "
-                        "(default: the shipped file of that world and architecture)")
+                        "(default: the shipped file of that world and architecture, only with "
+                        "the shipped settings; other settings need --out)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the world's)")
     parser.add_argument("--n-per-class", type=int, default=None,
                         help="fresh training images per class per epoch (default: the world's)")
@@ -82,10 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"got {item!r}.")
     try:
         spec = world.training_spec(args.arch, config or None)
-        if args.out is None and not world.shipped(args.arch, config or None):
+        differ = world.unshipped_settings(args.arch, config or None, epochs=args.epochs,
+                                          n_per_class=args.n_per_class, lr=args.lr, seed=args.seed)
+        if differ and (args.out is None or writes_shipped_weights(args.out)):
             raise ValueError(f"the {args.world!r} world ships no {spec.architecture!r} model with "
-                             f"these settings: pass --out PATH (the shipped weights stay as they "
-                             f"are).")
+                             f"these settings ({', '.join(differ)}): pass --out PATH outside the "
+                             f"package's weights folder (the shipped weights stay as they are).")
+        if args.out is not None and writes_shipped_weights(args.out) and (
+                args.out.resolve() != spec.weights_path(world.name).resolve()):
+            raise ValueError(f"--out {str(args.out)!r} is another shipped weights file; write the "
+                             f"{args.world!r} {spec.architecture!r} model to "
+                             f"{str(spec.weights_path(world.name))!r} or outside the package.")
         model, info = train_world_model(args.world, args.arch, epochs=args.epochs, seed=args.seed,
                                         n_per_class=args.n_per_class, lr=args.lr,
                                         progress=not args.no_progress, config=config or None)
