@@ -209,10 +209,11 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
         truth, row = scores.details[class_id], rows[class_id]
         parts = truth_of_class(cc, truth, list(data.class_concepts[class_id]),
                                data.spurious_concept)
-        relied = (f"The model relies most on '{row['most_relied_part']}'"
+        most = row["most_relied_part"] or "no part (none is shown)"
+        relied = (f"The model relies most on '{most}'"
                   if row["most_relied_significant"] else
                   f"No part's painting-out moves the class probability measurably; the largest "
-                  f"drop is that of '{row['most_relied_part']}'")
+                  f"drop is that of '{most}'")
         notes = [f"{relied} (class probability drop {_fmt(row['most_relied_drop'])} when it is "
                  f"painted out); the top concept c{row['top_concept']} sits on "
                  f"'{row['top_part']}'."]
@@ -234,7 +235,7 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
           f"{'causal parts localised (' + GT_METRIC + ')'}")
     for class_id, name, row, parts, kept in summary:
         causal = [f"{gt} {part[GT_METRIC]:.2f}" for gt, part in parts.items() if part["causal"]]
-        relied = f"{row['most_relied_part']} ({_fmt(row['most_relied_drop'])}" + (
+        relied = f"{row['most_relied_part'] or 'none'} ({_fmt(row['most_relied_drop'])}" + (
             ")" if row["most_relied_significant"] else ", not told from 0)")
         top = f"c{row['top_concept']} {row['top_part']}"
         print(f"   {class_id} {name:<35} {relied:<27} {top:<22} {', '.join(causal)}")

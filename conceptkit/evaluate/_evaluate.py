@@ -13,8 +13,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._validation import check_int, describe
+from ..extraction._fingerprint import module_digest
 from ._faithfulness import Faithfulness, faithfulness
-from ._inputs import UNDETERMINED, check_masks, checked_images, model_at_layer_of, part_label
+from ._inputs import (
+    UNDETERMINED,
+    check_masks,
+    check_model,
+    checked_images,
+    model_at_layer_of,
+    part_label,
+)
 
 #: Table columns scored per class, and whether higher is better (summarised over classes).
 METRIC_COLUMNS: dict[str, bool] = {
@@ -55,7 +63,8 @@ UNDEFINED_WITHOUT_PLACEMENT = ("top_on_most_relied", "top_on_most_relied_parts",
 
 #: Column meanings (for ``to_markdown`` and the docs).
 COLUMN_HELP = {
-    "most_relied_part": "the part whose painting-out lowers the class score most (measured)",
+    "most_relied_part": "the part whose painting-out lowers the class score most (measured; "
+                        "None when no image shows any part)",
     "top_part": "the part the most important concept sits on ('undetermined' when no part is "
                 "shown in enough images to place a concept)",
     "top_on_most_relied": "the most important concept sits on the most relied-on part",
@@ -98,7 +107,8 @@ class Evaluation:
     details : dict of int -> Faithfulness
         Per class the full results (``.reliance``, ``.localisation``, ``.deletion``).
     settings : dict
-        How the evaluation was run.
+        How the evaluation was run; ``settings["model"]`` says which model was evaluated (the
+        explanation's own, the one given with the data, or ``world.model()``).
     """
 
     rows: tuple[dict, ...]
@@ -140,8 +150,9 @@ class Evaluation:
         columns = ["class", "most relied-on part", "top concept on", *METRIC_COLUMNS]
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in self.rows:
+            relied = "none" if row["most_relied_part"] is None else row["most_relied_part"]
             cells = [f"{row['class_id']} {row['class_name']}",
-                     f"{row['most_relied_part']} ({_fmt(row['most_relied_drop'], digits)}"
+                     f"{relied} ({_fmt(row['most_relied_drop'], digits)}"
                      f"{'' if row['most_relied_significant'] else ', not told from 0'})",
                      f"c{row['top_concept']} {row['top_part']}"]
             cells += [_fmt(row[name], digits) for name in METRIC_COLUMNS]
@@ -273,16 +284,60 @@ def _classes(explanation: Any) -> dict[int, Any]:
     return dict(sorted(out.items()))
 
 
-def _model_and_data(world: Any, n_per_class: int, seed: int, split: str) -> tuple[nn.Module, Any]:
+def _model_and_data(world: Any, n_per_class: int, seed: int,
+                    split: str) -> tuple[nn.Module | None, Any, Callable[[], nn.Module] | None]:
+    """The model a ``(model, data)`` pair gives (None for a World), the data, and for a World
+    the (cached) ``world.model()``: used only for explanations that carry no model."""
     if isinstance(world, (tuple, list)) and len(world) == 2:
-        return world[0], world[1]
+        return check_model(world[0]), world[1], None
     if hasattr(world, "sample") and hasattr(world, "model"):
-        model = world.model
-        model = model() if callable(model) and not isinstance(model, nn.Module) else model
-        return model, world.sample(n_per_class, seed=seed, split=split)
+        made: list[nn.Module] = []
+
+        def world_model() -> nn.Module:
+            if not made:
+                model = world.model
+                model = model() if callable(model) and not isinstance(model, nn.Module) else model
+                made.append(check_model(model))
+            return made[0]
+
+        return None, world.sample(n_per_class, seed=seed, split=split), world_model
     raise TypeError(f"`world` must be a World (with `sample` and `model`, from "
                     f"conceptkit.datasets.load_world) or a pair (model, data) where data has "
                     f"images, labels and part masks; got {describe(world)}.")
+
+
+def _class_model(cc: Any, class_id: int, given: nn.Module | None,
+                 world_model: Callable[[], nn.Module] | None) -> tuple[nn.Module, str]:
+    """The model class ``class_id`` is evaluated on, and how it was chosen (for ``settings``):
+    the model of a ``(model, data)`` pair (refused if the explanation's own has other weights),
+    else the explanation's own model, else (an explanation without one) ``world.model()``."""
+    own = getattr(model_at_layer_of(cc), "model", None)
+    own = own if isinstance(own, nn.Module) else None
+    if own is None and getattr(cc, "model_at_layer", False) is None:  # loaded, not attached
+        known = (getattr(cc, "fitted_with", None) or {}).get("model_digest")
+        candidate = given if given is not None else world_model()
+        where = "the model of `world`" if given is not None else "world.model()"
+        hint = ("the file records no digest of its weights, so nothing says which model that "
+                "is" if known is None else
+                f"{where} has the weights it was fitted with" if known == module_digest(candidate)
+                else f"{where} has other weights than the one it was fitted with")
+        raise ValueError(f"the explanation of class {class_id} has no model (loaded from disk "
+                         f"without `attach`): its concepts' maps of the evaluation images need "
+                         f"the model it explains, and its reliance must be measured on that "
+                         f"same model ({hint}). Attach it first: `explanation.attach(model, "
+                         f"preprocess)` with the model and preprocessing it was fitted with.")
+    if given is not None:
+        if own is not None and own is not given and module_digest(own) != module_digest(given):
+            raise ValueError(f"the model of `world` (model, data) is not the model the "
+                             f"explanation of class {class_id} was fitted on (other weights): "
+                             f"its reliance would be measured on another model than the one "
+                             f"its maps and importances come from. Pass the explanation's model "
+                             f"(`explanation.model_at_layer.model`) with the data.")
+        return given, f"given with the data ({type(given).__name__})"
+    if own is not None:
+        return own, f"the explanation's own ({type(own).__name__})"
+    model = world_model()
+    return model, f"world.model() ({type(model).__name__}; the explanation carries no model)"
 
 
 # ------------------------------------------------------------------------------- evaluate
@@ -306,11 +361,15 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
         One class's explanation, a fitted manager, or ``{class_id: explanation}``.
     world : World or (model, data)
         A world from ``conceptkit.datasets.load_world`` (``world.sample(n_per_class, seed=...,
-        split=...)`` supplies the images, ``world.model()`` the model), or a pair of a model and
+        split=...)`` supplies the images; the model is the explanation's own, its
+        ``model_at_layer.model``, and ``world.model()`` only for an explanation that carries
+        none), or a pair of a model and
         data with ``images (N, 3, H, W)``, ``labels (N,)``, part ``masks (N, P, H, W)`` and
         optionally ``concept_names`` (or ``part_names``), ``class_names`` and
         ``class_concepts`` (the designed causal parts of each class) — any dataset with part
-        masks works.
+        masks works. A pair's model must be the explanation's (the same weights). An
+        explanation loaded from disk and not attached to its model is refused (its maps of new
+        images need the model). ``settings["model"]`` says which model was used.
     n_per_class, seed, split
         The world's sample. When a class's sampled images are the very images its explanation
         was fitted on (same seed and split as the fit), the fitted maps are used.
@@ -326,7 +385,9 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
     """
     classes = _classes(explanation)
     n_per_class = check_int(n_per_class, "n_per_class", minimum=1)
-    model, data = _model_and_data(world, n_per_class, seed, split)
+    given, data, world_model = _model_and_data(world, n_per_class, seed, split)
+    models = {class_id: _class_model(cc, class_id, given, world_model)
+              for class_id, cc in classes.items()}  # checked before anything is measured
     data = _as_data(data)
     rows, details = [], {}
     for class_id, cc in tqdm(classes.items(), disable=not progress, desc="classes"):
@@ -334,6 +395,7 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
         if index.size == 0:
             raise ValueError(f"the data has no image of class {class_id}, which `explanation` "
                              f"explains; evaluate on data that has it.")
+        model = models[class_id][0]
         pre = preprocess if preprocess is not None else getattr(
             model_at_layer_of(cc), "preprocess", None)
         images, masks = data.images[index], data.masks[index]
@@ -356,8 +418,15 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
                 "removal": removal if deletion else None,
                 "tolerance": next(iter(details.values())).localisation.tolerance,
                 "quantile": quantile, "min_images": min_images,
-                "assign_threshold": assign_threshold, "reliance_floor": reliance_floor}
+                "assign_threshold": assign_threshold, "reliance_floor": reliance_floor,
+                "model": _models_used(models)}
     return Evaluation(rows=tuple(rows), details=details, settings=settings)
+
+
+def _models_used(models: dict[int, tuple[nn.Module, str]]) -> str | dict[str, str]:
+    """Which model was evaluated: one description, or one per class where they differ."""
+    described = {str(class_id): how for class_id, (_, how) in models.items()}
+    return next(iter(described.values())) if len(set(described.values())) == 1 else described
 
 
 def _class_name(cc: Any, data: _Data, class_id: int) -> str:
@@ -393,7 +462,8 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
     row: dict[str, Any] = {
         "class_id": int(class_id), "class_name": class_name,
         "n_images": int(rel.present.shape[0]), "n_concepts": int(result.importances.size),
-        "most_relied_part": part_label(most, names),
+        # no part shown: no part is relied on (not "background", which nothing measured)
+        "most_relied_part": part_label(most, names) if most >= 0 else None,
         "most_relied_drop": num(rel.values(result.measure)[most]) if most >= 0 else None,
         # a most relied-on part whose drop these images cannot tell from 0 (or is not a drop)
         # is noise: the model relies on no single part (see UNDEFINED_WITHOUT_RELIANCE)

@@ -8,6 +8,7 @@ with removing parts in reliance order.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe
-from ._fill import Fill, paint
+from ..extraction._fingerprint import callable_identity, module_digest
+from ._fill import FILLS, Fill, paint
 from ._inputs import (
     UNDETERMINED,
     check_masks,
@@ -178,11 +180,12 @@ def rank_correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                  part_names: Sequence[str] | None = None, *, class_id: int | None = None,
-                 kind: str = "auto", fill: str | Callable = "median",
+                 kind: str | None = None, fill: str | Callable | None = None,
                  measure: str = "probability", deletion: bool = True, removal: str = "pixels",
                  reliance: Reliance | None = None, localisation: Localisation | None = None,
-                 tolerance: int | None = None, quantile: float = 0.9, min_images: int = 3,
-                 assign_threshold: float = 0.5, reliance_floor: float = 0.0,
+                 tolerance: int | None = None, quantile: float | None = None,
+                 min_images: int | None = None, assign_threshold: float | None = None,
+                 reliance_floor: float = 0.0,
                  blur_sigma: float | None = None, preprocess: Callable | None = None,
                  batch_size: int = 64, device: Any = None, progress: bool = True) -> Faithfulness:
     """Rank correlation between concept importance and the reliance of the part each concept
@@ -194,15 +197,22 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
         Has ``importances (k,)``, ``concept_maps(images, kind=...)`` and ``class_id`` (a
         ClassConcepts). ``removal="activations"`` also needs ``bank`` and ``model_at_layer``.
     model : nn.Module
-        The explained model (left as found).
+        The explained model (left as found). With ``removal="activations"`` it must be the
+        explanation's own (``result.model_at_layer.model``, or one with the same weights), as
+        must ``preprocess``: the concepts' curve runs that model.
     images, masks, part_names
         Images ``(N, 3, H, W)`` in [0, 1] and part masks ``(N, P, H, W)``.
     class_id : int, optional
-        Default ``result.class_id``.
+        Default ``result.class_id``; another class than ``result.class_id`` is refused.
     kind, tolerance, quantile, min_images, assign_threshold
-        Passed to :func:`localisation` (which part each concept sits on).
+        Passed to :func:`localisation` (which part each concept sits on); None: its defaults
+        (``"auto"``, image side / 16, 0.9, 3, 0.5). ``quantile`` also cuts the concepts'
+        regions of ``removal="pixels"``. With a precomputed ``localisation`` the settings it was
+        computed with are used; passing one that differs is an error.
     fill, blur_sigma
-        How parts (and, for the deletion curve, concepts) are painted out (:func:`reliance`).
+        How parts (and, for the deletion curve, concepts) are painted out (:func:`reliance`);
+        None: ``"median"``. With a precomputed ``reliance`` the deletion curves paint with the
+        fill it was measured with; passing another is an error.
     measure : str
         ``"probability"`` (default) or ``"logit"``: the class score used throughout.
     reliance_floor : float
@@ -219,7 +229,8 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
         dictionary row) from the layer's activations, the reconstruction residual kept, and the
         head is re-run. Parts are always removed as pixels.
     reliance, localisation : optional
-        Results already computed for these images (then not recomputed).
+        Results already computed for these images (then not recomputed; their settings are
+        used, see ``fill`` and ``kind`` above).
     preprocess, batch_size, device, progress
         As for :func:`reliance`; ``preprocess`` defaults to the explanation's own (that of its
         ``model_at_layer``), so that the parts are painted out of the images the model was
@@ -238,23 +249,36 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     measure = check_measure(measure)
     removal = check_choice(removal, "removal", REMOVALS)
     preprocess = check_preprocess(preprocess)
+    own = model_at_layer_of(result)
     if preprocess is None:  # the explanation's own, as for its maps and evaluate()
-        preprocess = getattr(model_at_layer_of(result), "preprocess", None)
+        preprocess = getattr(own, "preprocess", None)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    quantile = check_float(quantile, "quantile", minimum=0.0, maximum=1.0)
+    deletion = bool(deletion)
+    if deletion and removal == "activations":  # before anything is measured
+        _check_activation_removal(result, own, model, preprocess)
     if reliance is None:
-        reliance = measure_reliance(model, images, masks, class_id, fill, part_names=names,
+        reliance = measure_reliance(model, images, masks, class_id,
+                                    "median" if fill is None else fill, part_names=names,
                                     preprocess=preprocess, blur_sigma=blur_sigma,
                                     batch_size=batch_size, device=device, progress=progress)
     _check_given(reliance, Reliance, "reliance", masks.shape[:2])
     if reliance.class_id != class_id:
         raise ValueError(f"`reliance` was measured for class {reliance.class_id}, not "
                          f"{class_id}; measure it for class {class_id} or pass reliance=None.")
+    fill_setting = _fill_setting(reliance, fill, blur_sigma, images, deletion)
     if localisation is None:
-        localisation = locate(result, images, masks, names, kind=kind, tolerance=tolerance,
-                              quantile=quantile, min_images=min_images,
-                              assign_threshold=assign_threshold)
-    _check_given(localisation, Localisation, "localisation", None)
+        localisation = locate(result, images, masks, names,
+                              kind="auto" if kind is None else kind, tolerance=tolerance,
+                              quantile=0.9 if quantile is None else quantile,
+                              min_images=3 if min_images is None else min_images,
+                              assign_threshold=0.5 if assign_threshold is None
+                              else assign_threshold)
+    else:
+        _check_given(localisation, Localisation, "localisation", None)
+        _check_localisation_settings(localisation, kind=kind, tolerance=tolerance,
+                                     quantile=quantile, min_images=min_images,
+                                     assign_threshold=assign_threshold)
+    quantile = localisation.quantile  # the concepts' regions are cut where they were located
     located = tuple(localisation.per_image["pointing_game"].shape[::2])
     if located != tuple(masks.shape[:2]):
         raise ValueError(f"`localisation` covers {located} (images, parts) but `masks` has "
@@ -294,16 +318,116 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
         notes.append("no deletion curves: no image shows any part, so there is no part curve "
                      "to compare the concepts' curve with.")
     elif deletion:
-        filler = Fill(fill, images, blur_sigma)
+        filler = Fill(fill_setting[0], images, fill_setting[1])
         curves = _deletion(result, model, images, masks, importances, reliance, localisation,
                            filler, class_id, measure, removal, quantile, preprocess, batch_size,
                            device, progress)
+        start_c, start_p = curves.concept_curve[0], curves.part_curve[0]
+        if not np.isclose(start_c, start_p, rtol=1e-3, atol=1e-4):
+            # both curves start from the untouched images: apart, they measure other models
+            notes.append(f"the deletion curves start from different class scores (concepts "
+                         f"{start_c:.4g}, parts {start_p:.4g}): the concepts' curve did not "
+                         f"run the same model and preprocessing as the parts', so "
+                         f"`area_between` compares two models.")
     return Faithfulness(spearman=spearman, kendall=kendall, importances=importances,
                         concept_parts=parts.copy(), concept_reliance=concept_reliance,
                         part_spearman=part_spearman, part_kendall=part_kendall,
                         part_importances=part_importances, measure=measure, class_id=class_id, deletion=curves, reliance=reliance,
                         localisation=localisation, notes=tuple(notes),
                         spearman_significant=spearman_significant)
+
+
+def _fill_setting(reliance: Reliance, fill: Any, blur_sigma: Any, images: torch.Tensor,
+                  deletion: bool) -> tuple | None:
+    """The ``(fill, blur_sigma)`` the deletion curves paint with: the fill ``reliance`` was
+    measured with (its parts' order comes from that fill), or ``fill`` if it is the same;
+    another is refused."""
+    recorded = reliance.fill_setting
+    if recorded is None:  # a hand-made Reliance: read its description
+        recorded = _parse_fill(reliance.fill)
+    if fill is None and blur_sigma is None:
+        if recorded is None and deletion:
+            raise ValueError(f"`reliance` was measured with the fill {reliance.fill!r}, which it "
+                             f"does not keep; pass that fill as `fill=` (the deletion curves "
+                             f"paint with it), or deletion=False.")
+        return recorded
+    if fill is None:
+        if recorded is None:
+            raise ValueError(f"`blur_sigma` is given but `fill` is not, and `reliance` does not "
+                             f"keep its fill ({reliance.fill!r}); pass `fill` too.")
+        fill = recorded[0]
+    asked = Fill(fill, images, blur_sigma)
+    if asked.describe() != reliance.fill:
+        raise ValueError(f"`fill` ({asked.describe()!r}) differs from the fill `reliance` was "
+                         f"measured with ({reliance.fill!r}): the deletion curves would paint "
+                         f"the parts otherwise than the reliance that orders them. Leave "
+                         f"`fill` and `blur_sigma` out (the reliance's fill is then used), or "
+                         f"pass reliance=None to measure it with this fill.")
+    return asked.setting
+
+
+def _parse_fill(described: str) -> tuple | None:
+    """``(fill, blur_sigma)`` from ``Reliance.fill`` (None for a callable's name)."""
+    if described in FILLS and described != "blur":
+        return described, None
+    match = re.fullmatch(r"blur \(sigma (\S+) px\)", str(described))
+    return ("blur", float(match.group(1))) if match else None
+
+
+def _check_localisation_settings(localisation: Localisation, **given: Any) -> None:
+    """Refuse a localisation setting that differs from the one ``localisation`` was computed
+    with (it would be silently unused)."""
+    checks = {"kind": lambda v: v,  # the explanation checks its map kinds
+              "tolerance": lambda v: check_int(v, "tolerance", minimum=0),
+              "quantile": lambda v: check_float(v, "quantile", minimum=0.0, maximum=1.0),
+              "min_images": lambda v: check_int(v, "min_images", minimum=1),
+              "assign_threshold": lambda v: check_float(v, "assign_threshold", minimum=0.0,
+                                                        maximum=1.0)}
+    for name, value in given.items():
+        if value is None:
+            continue
+        value = checks[name](value)
+        recorded = getattr(localisation, name, None)
+        if recorded is None or recorded != value:
+            was = ("does not record its" if recorded is None
+                   else f"was computed with {name}={recorded!r}, not")
+            raise ValueError(f"`{name}`={value!r} is a setting of the localisation, but the "
+                             f"`localisation` passed {was} {name}: it would not be used. Leave "
+                             f"`{name}` out (the given localisation's is used), or pass "
+                             f"localisation=None to compute it with {name}={value!r}.")
+
+
+def _check_activation_removal(result: Any, own: Any, model: nn.Module, preprocess: Any) -> None:
+    """``removal="activations"`` runs the explanation's own model on its activations: refuse
+    before anything is measured when it cannot, or when ``model``/``preprocess`` (which the
+    parts' curve runs) are not that model's."""
+    if getattr(result, "bank", None) is None or own is None:
+        raise ValueError("`removal`='activations' needs an explanation with its concept bank and "
+                         "its model (`model_at_layer`: a ClassConcepts fitted in this session, "
+                         "or loaded and attached); use removal='pixels'.")
+    if getattr(own, "tokens", None) == "cls":
+        raise ValueError("`removal`='activations' subtracts concepts from the layer's "
+                         "activations and re-runs the rest of the model, but this explanation "
+                         "reads the CLS token of image windows (tokens='cls'), which no part of "
+                         "the model takes; use removal='pixels' (or explain with "
+                         "tokens='patches').")
+    own_model = getattr(own, "model", None)
+    if own_model is not model and (not isinstance(own_model, nn.Module)
+                                   or module_digest(own_model) != module_digest(model)):
+        raise ValueError("`model` is not the explanation's model (`result.model_at_layer.model`, "
+                         "other weights): with `removal`='activations' the concepts' deletion "
+                         "curve runs the explanation's model and the parts' curve `model`, so "
+                         "they would start from different scores. Pass the explanation's model, "
+                         "or use removal='pixels'.")
+    own_preprocess = getattr(own, "preprocess", None)
+    if own_preprocess is not preprocess and (callable_identity(own_preprocess)
+                                             != callable_identity(preprocess)):
+        raise ValueError("`preprocess` differs from the explanation's own "
+                         "(`result.model_at_layer.preprocess`): with `removal`='activations' the "
+                         "concepts' deletion curve runs the explanation's preprocessing and the "
+                         "parts' curve `preprocess`, so they would start from different scores. "
+                         "Leave `preprocess` out (the explanation's is the default), or use "
+                         "removal='pixels'.")
 
 
 def _check_given(value: Any, cls: type, name: str, shape: tuple | None) -> None:
@@ -374,10 +498,12 @@ def _deletion(result, model, images, masks, importances, reliance, localisation,
 def _activation_deletion(result, images, order, class_id, pick, batch_size, progress) -> list:
     """Class score as concept contributions ``u_j ⊗ w_j`` are subtracted from the activations."""
     bank, explainer = getattr(result, "bank", None), model_at_layer_of(result)
-    if bank is None or explainer is None or not hasattr(explainer, "maps_head"):
-        raise ValueError("`removal`='activations' needs an explanation with its concept bank and "
-                         "its model (`model_at_layer`: a ClassConcepts fitted in this session, "
-                         "or loaded and attached); use removal='pixels'.")
+    try:
+        head = explainer.maps_head
+    except (AttributeError, ValueError) as error:  # a handle without a head on its maps
+        raise ValueError(f"`removal`='activations' needs the rest of the explanation's model "
+                         f"after its layer (`model_at_layer.maps_head`), which it has not: "
+                         f"{error} Use removal='pixels'.") from None
     fitted = getattr(result, "images", None)
     if (isinstance(fitted, torch.Tensor) and fitted.shape == images.shape
             and torch.equal(fitted.cpu(), images.cpu()) and result.activations is not None):
@@ -387,7 +513,6 @@ def _activation_deletion(result, images, order, class_id, pick, batch_size, prog
     acts = torch.as_tensor(acts).float()
     codes = torch.as_tensor(bank.encode(acts)).float()
     components = torch.as_tensor(bank.components).float()
-    head = explainer.maps_head
     device = model_device(explainer.model)
     keep = torch.ones(codes.shape[1])
     curve = []

@@ -38,10 +38,20 @@ class Fill:
         else:
             raise ValueError(f"`fill` must be one of {list(FILLS)} or a callable "
                              f"fill(images) -> images; got {describe(fill)}.")
+        if blur_sigma is not None and self.name != "blur":
+            raise ValueError(f"`blur_sigma` is the width of the \"blur\" fill, but `fill` is "
+                             f"{self.name!r}: pass fill=\"blur\" or leave `blur_sigma` out.")
+        if self.name == "blur" and min(images.shape[-2:]) < 2:
+            raise ValueError(f"`fill`=\"blur\" needs images of at least 2 x 2 pixels (the blur "
+                             f"reflects at the borders); these are "
+                             f"{images.shape[-2]} x {images.shape[-1]}: use fill=\"median\", "
+                             f"\"mean\", \"zero\" or a callable.")
         side = max(images.shape[-2:])
         if blur_sigma is None:
             blur_sigma = side / 10.0
         self.blur_sigma = check_float(blur_sigma, "blur_sigma", minimum=0.0, strict_minimum=True)
+        #: what was asked for, so that a later step (the deletion curves) can paint the same way
+        self.setting = (fill, self.blur_sigma if self.name == "blur" else None)
         # The dataset mean is taken once over every image evaluated, not per batch.
         self._mean = images.float().mean(dim=(0, 2, 3)) if self.name == "mean" else None
 

@@ -171,12 +171,21 @@ def importances_of(result: Any) -> np.ndarray:
 
 
 def class_id_of(result: Any, class_id: Any) -> int:
+    """``class_id``, or the explanation's own; a ``class_id`` other than the class ``result``
+    explains is refused (its concepts and importances are those of its own class)."""
+    explained = getattr(result, "class_id", None)
     if class_id is None:
-        class_id = getattr(result, "class_id", None)
-        if class_id is None:
+        if explained is None:
             raise ValueError("`class_id` is None and `result` has no `class_id`; pass the class "
                              "whose score the explanation explains.")
-    return check_class_id(class_id)
+        return check_class_id(explained)
+    class_id = check_class_id(class_id)
+    if explained is not None and check_class_id(explained) != class_id:
+        raise ValueError(f"`class_id` is {class_id} but `result` explains class "
+                         f"{int(explained)}: its concepts and importances would be scored "
+                         f"against another class's score. Leave `class_id` out (it defaults "
+                         f"to `result.class_id`) or pass the explanation of class {class_id}.")
+    return class_id
 
 
 def checked_images(images: Any) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from .._validation import check_float, check_int, describe
@@ -64,6 +65,9 @@ class Localisation:
     part_names : tuple of str or None
     maps : tensor (N, k, H, W)
         The maps that were scored (at the masks' size), kept for the deletion curves.
+    kind, min_images, assign_threshold
+        The settings :func:`localisation` ran with (``kind`` None when maps were given; all
+        None on a hand-made Localisation), compared by :func:`faithfulness` with its own.
     """
 
     per_image: dict
@@ -78,6 +82,9 @@ class Localisation:
     quantile: float
     part_names: tuple[str, ...] | None = None
     maps: torch.Tensor | None = field(default=None, repr=False)
+    kind: str | None = field(default=None, repr=False)
+    min_images: int | None = field(default=None, repr=False)
+    assign_threshold: float | None = field(default=None, repr=False)
 
     @property
     def n_concepts(self) -> int:
@@ -123,8 +130,10 @@ def concept_maps_of(result: Any, images: torch.Tensor | None, kind: str = "auto"
 
 
 def checked_maps(maps: Any, masks: torch.Tensor, name: str = "`result`") -> torch.Tensor:
-    """Maps ``(N, k, H, W)`` as float tensors at the masks' size (resized bilinearly if not);
-    ``name`` says where they came from in messages."""
+    """Maps ``(N, k, H, W)`` as float tensors at the masks' size; ``name`` says where they came
+    from in messages. Smaller maps are enlarged bilinearly; larger ones are first shrunk by area
+    averaging (each mask pixel gets the mean of the map pixels it covers), which keeps every
+    peak's mass where bilinear sampling would skip pixels between its sample points."""
     if isinstance(maps, np.ndarray):
         maps = torch.from_numpy(np.ascontiguousarray(maps))
     if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
@@ -133,10 +142,22 @@ def checked_maps(maps: Any, masks: torch.Tensor, name: str = "`result`") -> torc
     if maps.shape[0] != masks.shape[0]:
         raise ValueError(f"{name} holds maps of {maps.shape[0]} images but `masks` has "
                          f"{masks.shape[0]}; pass the masks of the same images.")
+    if maps.shape[1] == 0:
+        raise ValueError(f"{name} holds no concept map (shape {tuple(maps.shape)}): at least one "
+                         f"concept is needed, maps of shape (N, k >= 1, H, W).")
+    if maps.shape[2] == 0 or maps.shape[3] == 0:
+        raise ValueError(f"{name} holds empty maps (shape {tuple(maps.shape)}); expected maps "
+                         f"of at least 1 x 1 pixel.")
     maps = maps.detach().cpu().float()
     if not bool(torch.isfinite(maps).all()):
         raise ValueError(f"{name} contains NaN or Inf concept-map values.")
-    return upsample(maps, tuple(masks.shape[-2:]))
+    size = tuple(masks.shape[-2:])
+    if maps.shape[-2] > size[0] or maps.shape[-1] > size[1]:
+        # shrink by area averaging: bilinear sampling reads 4 pixels per output pixel and
+        # would drop a peak lying between its sample points
+        maps = F.adaptive_avg_pool2d(maps, (min(maps.shape[-2], size[0]),
+                                            min(maps.shape[-1], size[1])))
+    return upsample(maps, size)
 
 
 def roc_auc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -177,7 +198,8 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     ----------
     result : explanation or tensor (N, k, H, W)
         Anything with ``concept_maps(images, kind=...)`` (a ClassConcepts), or the maps
-        themselves (resized to the masks' size if they are smaller).
+        themselves (resized to the masks' size: enlarged bilinearly, shrunk by area
+        averaging).
     images : tensor (N, 3, H, W) or None
         The images (may be None when maps are passed).
     masks : tensor (N, P, H, W) of bool
@@ -204,7 +226,13 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     -------
     Localisation
     """
-    if isinstance(result, (torch.Tensor, np.ndarray)):
+    if not isinstance(result, (torch.Tensor, np.ndarray)) and not hasattr(result,
+                                                                          "concept_maps"):
+        raise TypeError(f"`result` must be an explanation with `concept_maps(images, kind=...)` "
+                        f"(e.g. a ClassConcepts) or concept maps as a tensor or array of shape "
+                        f"(N, k, H, W); got {describe(result)}.")
+    given_maps = isinstance(result, (torch.Tensor, np.ndarray))
+    if given_maps:
         masks = check_masks(masks, None if images is None else checked_images(images),
                             n_images=result.shape[0], other="`result` (the concept maps)")
         maps = checked_maps(result, masks)
@@ -262,7 +290,9 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
             parts[j] = p
     return Localisation(per_image=per_image, **tables, n_present=counts, best_concept=best,
                         concept_parts=parts, tolerance=tolerance, quantile=quantile,
-                        part_names=names, maps=maps)
+                        part_names=names, maps=maps,
+                        kind=None if given_maps else kind, min_images=min_images,
+                        assign_threshold=assign_threshold)
 
 
 def _mean_present(values: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ pixels are painted out of the images."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,9 @@ class Reliance:
     class_id: int
     fill: str
     part_names: tuple[str, ...] | None = None
+    #: ``(fill, blur_sigma)`` as given to :func:`reliance` (None on a hand-made Reliance):
+    #: :func:`faithfulness` paints its deletion curves with it when given this reliance.
+    fill_setting: tuple | None = field(default=None, repr=False)
 
     @property
     def n_present(self) -> np.ndarray:
@@ -107,8 +110,8 @@ class Reliance:
         interval of the mean paired difference ``Δs_im − Δs_ip`` over all ``N`` images (an
         absent part counting 0, as in ``expected``) reaches 0: these images cannot tell which
         of the two the model relies on more (with one image: only an equal drop ties). Empty if
-        no part is shown."""
-        confidence = check_float(confidence, "confidence", minimum=0.0, maximum=1.0)
+        no part is shown. ``confidence`` is in (0, 1)."""
+        confidence = check_confidence(confidence)
         most = self.most_relied(measure)
         if most < 0:
             return np.zeros(0, dtype=int)
@@ -122,21 +125,22 @@ class Reliance:
     def significant(self, measure: str = "probability", confidence: float = 0.95) -> np.ndarray:
         """``(P,)`` bool: parts whose reliance these images can tell from 0 — the Student-t
         ``confidence`` interval of the mean drop over all ``N`` images (an absent part counting
-        0, as in ``expected``) excludes 0. False for a part shown in no image; with one image,
-        any non-zero drop."""
-        confidence = check_float(confidence, "confidence", minimum=0.0, maximum=1.0)
+        0, as in ``expected``) excludes 0. False for a part shown in no image, and for every
+        part when there are fewer than 2 images: one image has no spread, so no drop can be told
+        from 0 (before, any non-zero drop of a single image counted). ``confidence`` is in
+        (0, 1)."""
+        confidence = check_confidence(confidence)
         drops = self._drops(measure)
-        if drops.shape[0] > 1:
-            low, high = student_interval(drops, confidence)
-        else:
-            low = high = drops.mean(0)
+        if drops.shape[0] < 2:  # no spread to tell a drop from 0 with
+            return np.zeros(drops.shape[1], dtype=bool)
+        low, high = student_interval(drops, confidence)
         return (self.n_present > 0) & ((low > 0) | (high < 0))
 
     def relies_on_a_part(self, measure: str = "probability", confidence: float = 0.95) -> bool:
         """Whether the most relied-on part's drop is above 0 and :meth:`significant` tells it
         from 0. False when the model relies on no single part these images show (a class told
         by either of two parts, or by the absence of others): the most relied-on part is then
-        the largest of noise-level drops."""
+        the largest of noise-level drops. Always False with fewer than 2 images."""
         most = self.most_relied(measure)
         return bool(most >= 0 and self.values(measure)[most] > 0
                     and self.significant(measure, confidence)[most])
@@ -159,6 +163,15 @@ class Reliance:
         return (f"Reliance(class_id={self.class_id}, n_images={self.present.shape[0]}, "
                 f"fill={self.fill!r}, expected probability drop: {shown}"
                 f"{', ...' if order.size > 5 else ''})")
+
+
+def check_confidence(confidence: Any) -> float:
+    """A confidence level strictly between 0 and 1 (0 gives an empty interval, 1 an infinite one)."""
+    confidence = check_float(confidence, "confidence")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must be strictly between 0 and 1 (e.g. 0.95 for a 95 % "
+                         f"interval); got {confidence}.")
+    return confidence
 
 
 def _clean(values: np.ndarray) -> list:
@@ -233,7 +246,8 @@ def reliance(model: nn.Module, images: Any, masks: Any, class_id: int, fill: str
                     per_image_logit=drop_l, mean_logit=_mean_present(drop_l, present),
                     expected_logit=np.nan_to_num(drop_l, nan=0.0).mean(0),
                     base_probability=base_p, base_logit=base_l, present=present,
-                    class_id=class_id, fill=filler.describe(), part_names=names)
+                    class_id=class_id, fill=filler.describe(), part_names=names,
+                    fill_setting=filler.setting)
 
 
 def _mean_present(values: np.ndarray, present: np.ndarray) -> np.ndarray:

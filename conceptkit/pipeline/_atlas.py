@@ -445,8 +445,10 @@ class ConceptAtlas:
         """Which concepts push images of class ``a`` towards class ``b``.
 
         Uses ``images`` (all taken to be of class ``a``) or else the fitted images of ``a``;
-        selects those the model classifies as ``b`` (or, when fewer than ``min_images`` are, the
-        ``min_images`` with the largest margin ``logit_b - logit_a``) and measures each concept's
+        selects those whose logit of ``b`` exceeds their logit of ``a`` (or, when fewer than
+        ``min_images`` do, the ``min_images`` with the largest margin ``logit_b - logit_a``,
+        although the model may classify none of them as ``b``; ``n_confused`` says how many
+        cross over) and measures each concept's
         contribution to that margin by removing it from the reconstruction (see
         :class:`ConfusionExplanation`). ``shared`` marks concepts important to both classes.
         """

@@ -117,9 +117,10 @@ class ConfusionExplanation:
     ``contributions[j]`` is the mean over the selected images of the drop of the logit margin
     ``logit_b - logit_a`` when concept ``j`` is removed from the reconstruction
     ``(U ⊙ m) · W`` (positive: the concept pushes the images towards ``b``), with a Student-t
-    interval. The selected images are those of ``a`` that the model classifies as ``b``, or, when
-    fewer than ``min_images`` are, the ``min_images`` images of ``a`` with the largest margin
-    (the near-confusions).
+    interval. The selected images are those of ``a`` whose logit of ``b`` exceeds their logit of
+    ``a`` (``n_confused`` of them), or, when fewer than ``min_images`` are, the ``min_images``
+    images of ``a`` with the largest margin (the near-confusions, which the model may still
+    classify as ``a``).
     """
 
     a: int

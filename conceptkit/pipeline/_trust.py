@@ -165,7 +165,8 @@ def _notes(summary: dict[str, Any]) -> list[str]:
     if evaluation is not None and evaluation.get("most_relied_significant") is False:
         notes.append("against the ground truth, painting out any one part leaves this class: the "
                      "model relies on no single part these images show (the largest drop, "
-                     f"{evaluation.get('most_relied_part')}, is not told from 0), so the "
+                     f"{evaluation.get('most_relied_part') or 'of no part shown'}, is not told "
+                     "from 0), so the "
                      "evaluation does not judge where the top concept sits.")
     elif evaluation is not None and evaluation.get("top_on_most_relied", False) is None:
         notes.append("against the ground truth, no part is shown in enough of these images to "

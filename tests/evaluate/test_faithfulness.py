@@ -191,9 +191,9 @@ def test_precomputed_reliance_and_localisation_are_reused(world):
     result = faithfulness(planted, model, images, masks, reliance=rel, localisation=loc,
                           deletion=False, progress=False)
     assert planted.calls == [] and result.reliance is rel and result.localisation is loc
-    with pytest.raises(ValueError, match="class 0, not 1"):
-        faithfulness(planted, model, images, masks, class_id=1, reliance=rel,
-                     localisation=loc, progress=False)
+    with pytest.raises(ValueError, match="class 0, not 1"):  # a reliance of another class
+        faithfulness(PlantedExplanation(maps, [0.9, 0.5, 0.1, 0.3], class_id=1), model, images,
+                     masks, reliance=rel, localisation=loc, progress=False)
     with pytest.raises(TypeError, match="Reliance"):
         faithfulness(planted, model, images, masks, reliance=loc, progress=False)
     with pytest.raises(ValueError, match="4 concepts"):

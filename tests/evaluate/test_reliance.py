@@ -168,8 +168,10 @@ def test_most_relied_parts_separate_only_what_the_images_can(world):
             expect.append(int(part))
     assert set(expect) == {0, 1}  # the planted near tie ties, the others do not (d counts 0 when absent)
     assert list(result.most_relied_parts()) == expect
-    assert list(result.most_relied_parts(confidence=0.0)) == [most]  # no interval: the maximum
-    assert set(result.most_relied_parts(confidence=1.0)) == {0, 1, 2, 3}
+    assert list(result.most_relied_parts(confidence=1e-6)) == [most]  # ~no interval: the maximum
+    for limit in (0.0, 1.0):  # no interval / an infinite one: refused, not a degenerate answer
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            result.most_relied_parts(confidence=limit)
     single = planted_reliance(drops[:1])
     # one image, no interval: only an equal drop ties (d shows a's drop in image 0)
     assert drops[0, 0] == drops[0, 3] and drops[0, 1] != drops[0, 0]
