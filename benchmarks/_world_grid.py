@@ -396,6 +396,17 @@ def score_class(model, world, data, class_id, methods, importance_methods, n_con
 def run_grid(worlds, seeds, methods, importance_methods, n_per_class, n_concepts, split, fill,
              deletion, classes=None, log=print, reliance_floor=0.0,
              extra_kinds=(), kinds=None) -> dict[str, Any]:
+    unknown = sorted(set(methods) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown grid methods {unknown}; choose from {list(KINDS)}")
+    unknown = sorted(set(extra_kinds) - set(EXTRA_KINDS))
+    if unknown:
+        raise ValueError(f"unknown extra kinds {unknown}; choose from {list(EXTRA_KINDS)}")
+    if kinds is not None:  # a kind no method has would give an empty table, not an error
+        known = {"auto", *extra_kinds, *(k for ks in KINDS.values() for k in ks)}
+        if not kinds or set(kinds) - known:
+            raise ValueError(f"unknown map kinds {sorted(set(kinds) - known) or kinds}; "
+                             f"choose from {sorted(known)}")
     records, notes, seconds = [], set(), {}
     for name, world in worlds:
         start = time.perf_counter()

@@ -12,24 +12,39 @@ pooling + Linear(512, 1000)), as in CRAFT's PyTorch notebook. All three paths us
 
 It also reports the accuracy target: mean absolute error of class-level importances against the
 closed form at 32 designs over 100 inputs, for one shared design vs an independent scramble per
-input. Run: ``python benchmarks/bench_importance.py [--quick] [--device cuda]``.
+input.
+
+OpenMP threads sleep while idle (``OMP_WAIT_POLICY=PASSIVE``, set here before torch loads, and
+inherited by the worker processes) unless ``--omp-active``: on a machine shared with other jobs,
+spin-waiting threads slow torch down by several times (the CRAFT-style loop, which makes many
+small calls, most of all) and make the ratios meaningless. ``--threads N`` caps torch's threads
+in every worker (default: torch's default). The header and the last line give the machine, the
+threads and the load average.
+
+Run: ``python benchmarks/bench_importance.py [--quick] [--threads 1] [--device cuda]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing
 import os
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor
+import sys
 
-import numpy as np
-import torch
-from scipy.stats import qmc
-from torch import nn
+if "--omp-active" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by libgomp when torch loads
 
-from conceptkit.importance import concept_importance
+import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import qmc  # noqa: E402
+from torch import nn  # noqa: E402
+
+from conceptkit.importance import concept_importance  # noqa: E402
 
 CLASS_ID = 7
 
@@ -128,6 +143,8 @@ VARIANTS = {
 
 def run_variant(name, args, repeats):
     """Time one variant in this (fresh) process; return median seconds, importances, peak MB."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     head, acts, bank = make_problem(args.n, args.k, args.channels, args.size, 1000, device)
     craft_design = dict(shared_design=True, sampler="halton_unscrambled", n_designs=args.designs,
@@ -154,7 +171,8 @@ def run_variant(name, args, repeats):
                 torch.cuda.synchronize()
             walls.append(time.perf_counter() - start)
             cpus.append(time.process_time() - start_cpu)
-    return float(np.median(walls)), float(np.median(cpus)), result, memory.peak_mb
+    return (float(np.median(walls)), float(np.median(cpus)), result, memory.peak_mb,
+            torch.get_num_threads())
 
 
 def speed(args):
@@ -167,19 +185,21 @@ def speed(args):
             results[name] = pool.submit(run_variant, name, args, repeats).result()
     shape = f"n={args.n} k={args.k} activations=({args.n}, {args.channels}, {args.size}, " \
             f"{args.size}) head=GAP+Linear({args.channels}, 1000) designs={args.designs}"
-    print(f"# speed on {args.device}, {torch.get_num_threads()} threads: {shape}")
+    threads = sorted({r[4] for r in results.values()})
+    print(f"# speed on {args.device}, torch {'/'.join(map(str, threads))} thread(s) in the workers: "
+          f"{shape}")
     print("# wall-clock seconds (CPU seconds of the process, which a loaded machine inflates less)")
     for first, second in [("craft_loop", "generic"), ("craft_loop", "fast_path"),
                           ("generic", "fast_path")]:
-        (w_a, c_a, a, mem_a), (w_b, c_b, b, mem_b) = results[first], results[second]
+        (w_a, c_a, a, mem_a, _), (w_b, c_b, b, mem_b, _) = results[first], results[second]
         print(f"{first + ' vs ' + second:24s} {w_a:8.3f} s ({c_a:8.3f}) vs {w_b:7.3f} s "
               f"({c_b:7.3f})  ratio {w_a / w_b:7.1f}x ({c_a / c_b:7.1f}x)  "
               f"max|diff| {np.abs(a - b).max():.1e}  peak {mem_a:6.1f} MB vs {mem_b:6.1f} MB")
     for name in ("fast_path_per_input", "closed_form"):
-        wall, cpu, _, peak = results[name]
+        wall, cpu, _, peak, _ = results[name]
         print(f"{name:24s} {wall:8.3f} s ({cpu:8.3f})  peak {peak:6.1f} MB  ({VARIANTS[name]})")
-    w_loop, c_loop, loop, _ = results["craft_loop"]
-    w_fast, c_fast, fast, _ = results["fast_path"]
+    w_loop, c_loop, loop, _, _ = results["craft_loop"]
+    w_fast, c_fast, fast, _, _ = results["fast_path"]
     ok = min(w_loop / w_fast, c_loop / c_fast) >= 100 and np.abs(loop - fast).max() <= 1e-5
     print(f"target fast_path >= 100x craft_loop with max|diff| <= 1e-5: {'met' if ok else 'MISSED'}")
 
@@ -220,11 +240,30 @@ def main():
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="n=50 and 3 accuracy datasets")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in every worker (default: torch's default)")
+    parser.add_argument("--omp-active", action="store_true",
+                        help="leave OMP_WAIT_POLICY alone (spinning OpenMP threads)")
     args = parser.parse_args()
+    for name in ("n", "k", "channels", "size", "designs", "reps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
     if args.quick:
         args.n, args.reps = 50, 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"# bench_importance: {platform.machine()}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__} {torch.get_num_threads()} thread(s), OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     speed(args)
     accuracy(args, torch.device(args.device))
+    print(f"# load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -150,9 +150,16 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(worker(path, solver, int(k), args.device, args.threads)))
         return
 
+    solvers = [s for s in args.solvers.split(",") if s]
+    unknown = [s for s in solvers if s not in SOLVERS]
+    if unknown or not solvers:
+        parser.error(f"--solvers: unknown {unknown or args.solvers!r}; choose from {SOLVERS}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1; got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1; got {args.threads}")
     problems = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
-    solvers = args.solvers.split(",")
     if "cd" not in solvers:
         solvers = ["cd"] + solvers
     threads = f"capped at {args.threads}" if args.threads else describe_threads()

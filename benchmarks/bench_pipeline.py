@@ -321,8 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (1 if args.quick else 3)
     n_images = args.n_images or (100 if args.quick else 500)
     n_views = args.n_views or (8 if args.quick else 32)
+    from conceptkit.concepts._nmf import SOLVERS
+
     solvers = [s for s in args.solvers.split(",") if s]
+    unknown = [s for s in solvers if s not in SOLVERS]
+    if unknown or not solvers:
+        parser.error(f"--solvers: unknown {unknown or args.solvers!r}; choose from "
+                     f"{list(SOLVERS)}")
     cases = [c for c in args.cases.split(",") if c]
+    known_cases = ("reference", "efficientnet")
+    if not cases or any(c not in known_cases for c in cases):
+        parser.error(f"--cases: unknown {[c for c in cases if c not in known_cases] or args.cases!r}"
+                     f"; choose from {list(known_cases)}")
+    for flag, value in (("--repeats", args.repeats), ("--n-images", args.n_images),
+                        ("--n-views", args.n_views)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1; got {value}")
     load = os.getloadavg()[0]
     print(f"# bench_pipeline: {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {repeats} repeat(s), "

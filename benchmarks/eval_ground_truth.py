@@ -34,7 +34,8 @@ the mean and the worst world of each metric (see ``benchmarks/_world_grid.py``).
 [--n-per-class 30] [--methods craft,ice,ace] [--importances sobol,gradient_input,ablation,pixel_ablation]
 [--n-concepts 10] [--split test] [--fill median] [--classes 0,4] [--no-deletion]
 [--reliance-floor 0.0] [--quick]
-[--markdown] [--json grid.json]``.
+[--markdown] [--json grid.json]``. ``--quick`` leaves ACE out and, with ``--worlds``, keeps at most
+20 images per class and the first seed (it prints what it dropped).
 """
 
 from __future__ import annotations
@@ -331,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="default sobol,gradient_input (with --worlds: sobol,gradient_input,"
                              "ablation,pixel_ablation)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="30 images per class; ACE left out (it takes most of the time)")
+    parser.add_argument("--quick", action="store_true",
+                        help="ACE left out (it takes most of the time); 30 images per class, or "
+                             "with --worlds at most 20 images per class and the first of "
+                             "--seeds only (what it drops is printed)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--progress", action="store_true")
     grid = parser.add_argument_group("world grid (issue 13)")
@@ -354,15 +358,23 @@ def main(argv: list[str] | None = None) -> int:
                       help="reliance within +-this counts as 0 in the correlations")
     grid.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
+    if args.n_per_class is not None and args.n_per_class < 1:
+        parser.error(f"--n-per-class must be >= 1; got {args.n_per_class}")
     if args.worlds:
-        return _main_grid(args)
+        return _main_grid(parser, args)
+    from conceptkit.importance._concept import METHODS as IMPORTANCE_METHODS
+    from conceptkit.pipeline._explainer import DISCOVERY_METHODS
+
     args.n_per_class = args.n_per_class or 60
     args.importances = args.importances or "sobol,gradient_input"
-    methods = args.methods.split(",")
+    methods = _names(parser, "--methods", args.methods, DISCOVERY_METHODS)
+    importance_methods = _names(parser, "--importances", args.importances, IMPORTANCE_METHODS)
     if args.quick:
-        args.n_per_class = 30
+        dropped = [m for m in methods if m == "ace"]
         methods = [m for m in methods if m != "ace"] or ["ice"]
-    importance_methods = args.importances.split(",")
+        print(f"# --quick: 30 images per class (asked: {args.n_per_class})"
+              + (f"; left out {dropped}" if dropped else "") + f"; methods {methods}")
+        args.n_per_class = 30
     torch.set_num_threads(min(2, torch.get_num_threads()))
     start = time.perf_counter()
     results = evaluate(args.n_per_class, tuple(methods), tuple(importance_methods), args.seed,
@@ -376,7 +388,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _main_grid(args: argparse.Namespace) -> int:
+def _names(parser: argparse.ArgumentParser, flag: str, value: str, choices) -> list[str]:
+    """The comma-separated names of ``value``, each one of ``choices`` (else ``parser.error``:
+    one line, exit 2, before any work)."""
+    names = [name for name in value.split(",") if name]
+    unknown = [name for name in names if name not in choices]
+    if unknown or not names:
+        parser.error(f"{flag}: unknown {unknown or value!r}; choose from {list(choices)}")
+    return names
+
+
+def _integers(parser: argparse.ArgumentParser, flag: str, value: str) -> list[int]:
+    try:
+        return [int(item) for item in value.split(",")]
+    except ValueError:
+        parser.error(f"{flag}: comma-separated integers expected; got {value!r}")
+
+
+def _main_grid(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``--worlds``: the issue-13 grid (``benchmarks/_world_grid.py``)."""
     import sys
     from pathlib import Path
@@ -384,21 +413,47 @@ def _main_grid(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _world_grid as grid
 
-    methods = args.methods.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    n_per_class = args.n_per_class or 30
-    if args.quick:
-        n_per_class, seeds = min(n_per_class, 20), seeds[:1]
-        methods = [m for m in methods if m != "ace"] or ["ice"]
-    importances = (args.importances or "sobol,gradient_input,ablation,pixel_ablation").split(",")
-    classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    from conceptkit.datasets._generate import SPLITS
+    from conceptkit.evaluate import FILLS
+    from conceptkit.importance._concept import METHODS as IMPORTANCE_METHODS
+
+    # every flag checked before any work: one line and exit 2 for a bad value
+    methods = _names(parser, "--methods", args.methods, grid.KINDS)
+    importances = _names(parser, "--importances",
+                         args.importances or "sobol,gradient_input,ablation,pixel_ablation",
+                         [*IMPORTANCE_METHODS, *grid.PIXEL_METHODS, *grid.PIXEL_VARIANTS])
+    seeds = _integers(parser, "--seeds", args.seeds)
+    classes = None if args.classes is None else _integers(parser, "--classes", args.classes)
+    if classes is not None and min(classes) < 0:
+        parser.error(f"--classes: class ids are >= 0; got {args.classes!r}")
     extra_kinds = [k for k in args.extra_kinds.split(",") if k]
-    kinds = None if args.kinds is None else [k for k in args.kinds.split(",") if k]
     unknown = sorted(set(extra_kinds) - set(grid.EXTRA_KINDS))
     if unknown:
-        print(f"error: --extra-kinds: unknown {unknown}; choose from {list(grid.EXTRA_KINDS)}",
-              file=sys.stderr)
-        return 2
+        parser.error(f"--extra-kinds: unknown {unknown}; choose from {list(grid.EXTRA_KINDS)}")
+    kinds = None if args.kinds is None else _names(
+        parser, "--kinds", args.kinds,
+        ["auto", *dict.fromkeys(k for ks in grid.KINDS.values() for k in ks), *extra_kinds])
+    if args.split not in SPLITS:
+        parser.error(f"--split: unknown {args.split!r}; choose from {list(SPLITS)}")
+    if args.fill not in FILLS:
+        parser.error(f"--fill: unknown {args.fill!r}; choose from {list(FILLS)}")
+    if args.n_concepts < 1:
+        parser.error(f"--n-concepts must be >= 1; got {args.n_concepts}")
+    known = grid.world_names()
+    if args.worlds != "all" and known is not None:
+        for spec in (w.strip() for w in args.worlds.split(",") if w.strip()):
+            if spec.split(":", 1)[0] not in known:
+                parser.error(f"--worlds: unknown world {spec.split(':', 1)[0]!r}; choose from "
+                             f"{known} or 'all' (name:arch@PATH for a model file)")
+    n_per_class = args.n_per_class or 30
+    if args.quick:
+        dropped = {"seeds": seeds[1:], "methods": [m for m in methods if m == "ace"]}
+        asked = n_per_class
+        n_per_class, seeds = min(n_per_class, 20), seeds[:1]
+        methods = [m for m in methods if m != "ace"] or ["ice"]
+        print(f"# --quick: {n_per_class} images per class (asked: {asked}), seed {seeds[0]} only"
+              + "".join(f"; left out {name} {values}" for name, values in dropped.items()
+                        if values))
     torch.set_num_threads(min(2, torch.get_num_threads()))
     setting = {"worlds": args.worlds, "seeds": seeds, "n_per_class": n_per_class,
                "n_concepts": args.n_concepts, "split": args.split, "fill": args.fill,

@@ -44,7 +44,7 @@ Commands (one thread; on this 2-core machine: training 115-180 s wall for the Re
 the CNN, bit-identical weights on a rerun; scoring 5 seeds ~75-85 s; TCAV 3 seeds ~2 min)::
 
     OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --stats \
-        --preview /work/scratch/heldout/clutter.png
+        --preview out/heldout/clutter.png
     OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --train --arch resnet
     OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --train --arch cnn
     OMP_NUM_THREADS=1 python benchmarks/held_out_world.py --arch resnet --reliance --eval \
@@ -72,7 +72,8 @@ significant) and 1, 0, 1 false positives of 20 (the cyan ring in class 1); on th
 0/20 in each seed (bar met). TCAV's concept images
 are ``eval_tcav``'s: the part pasted on a smooth gradient, not on this world's clutter.
 
-Weights go to ``/work/scratch/heldout/clutter_{arch}.safetensors`` (``--weights`` to change).
+Weights go to ``out/heldout/clutter_{arch}.safetensors`` under the repository (ignored by git;
+``--weights`` to change): run ``--train`` first, ``--reliance``, ``--eval`` and ``--tcav`` read them.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ MIN_VISIBLE_PX = 40
 SIDE_RANGE = (14, 22)
 N_CLUTTER = (12, 18)
 N_TWIGS = (0, 2)
-DEFAULT_DIR = Path("/work/scratch/heldout")
+#: Where ``--train`` writes the weights and the other commands read them by default: the repo's
+#: ``out/`` folder (ignored by git); ``--weights PATH`` for another file.
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "out" / "heldout"
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
@@ -438,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
                              "per class, seed 0)")
     parser.add_argument("--tcav", action="store_true")
     parser.add_argument("--arch", default="resnet", choices=tuple(_SPECS))
-    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="the model file: --train writes it, --reliance/--eval/--tcav read it "
+                             "(run --train first; default out/heldout/clutter_ARCH.safetensors "
+                             "under the repository)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--seeds", default="0,1,2")
@@ -446,8 +452,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-per-class", type=int, default=30)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+
+    def integers(flag: str, value: str) -> list[int]:
+        try:
+            return [int(item) for item in value.split(",")]
+        except ValueError:
+            parser.error(f"{flag}: comma-separated integers expected; got {value!r}")
+
+    seeds, tcav_seeds = integers("--seeds", args.seeds), integers("--tcav-seeds", args.tcav_seeds)
+    if args.n_per_class < 1:
+        parser.error(f"--n-per-class must be >= 1; got {args.n_per_class}")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1; got {args.epochs}")
     weights = args.weights or weights_path(args.arch)
+    if (args.reliance or args.eval or args.tcav) and not args.train and not weights.is_file():
+        parser.error(f"no model file at {weights}: run --train --arch {args.arch} first (or pass "
+                     f"--weights PATH)")
+    torch.set_num_threads(1)
     out: dict = {}
     if args.preview:
         preview(args.preview)
@@ -461,10 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in out["reliance"].items():
             print(f"  {name}: " + ", ".join(f"{p} {v:+.3f}" for p, v in row.items() if v is not None))
     if args.eval:
-        out["eval"] = evaluate(args.arch, weights, [int(s) for s in args.seeds.split(",")],
-                               args.n_per_class)
+        out["eval"] = evaluate(args.arch, weights, seeds, args.n_per_class)
     if args.tcav:
-        out["tcav"] = run_tcav(args.arch, weights, [int(s) for s in args.tcav_seeds.split(",")])
+        out["tcav"] = run_tcav(args.arch, weights, tcav_seeds)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
