@@ -295,7 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    results = run(load_worlds(args.worlds), args.n_class, args.n_examples, args.n_runs, args.seed)
+    for flag, value in (("--n-class", args.n_class), ("--n-examples", args.n_examples),
+                        ("--n-runs", args.n_runs)):
+        if value < 2:
+            parser.error(f"{flag} must be at least 2; got {value}")
+    try:
+        worlds = load_worlds(args.worlds)
+    except (ValueError, KeyError) as err:
+        parser.error(f"--worlds: {err}")
+    results = run(worlds, args.n_class, args.n_examples, args.n_runs, args.seed)
     print_table(results)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -72,6 +72,12 @@ def logit_gradients(h: Any, activations: Any, class_id: int, *, space: str = "po
             logits = h(batch)
             _check_logits(logits, batch.shape[0], class_id)
             (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch)
+            if not (torch.isfinite(logits[:, class_id]).all() and torch.isfinite(grad).all()):
+                raise ValueError(f"`h` gives a class-{class_id} logit or gradient that is NaN or "
+                                 f"infinite on `{name}` rows {start}-"
+                                 f"{start + batch.shape[0] - 1}: no directional derivative can be "
+                                 f"computed there (a sqrt or log of a negative value in `h`, an "
+                                 f"overflow in a half-precision model?). Check `h` on those rows.")
             if grad.ndim == 4 and space == "pooled":
                 grad = grad.sum(dim=(2, 3))
             elif grad.ndim == 3 and space == "cls":

@@ -102,6 +102,24 @@ def check_against_saved(printed: dict, saved: Path) -> None:
         assert low == pytest.approx(result.ci_low[c], abs=1e-4)
         assert high == pytest.approx(result.ci_high[c], abs=1e-4)
 
+
+def prose_of(nb) -> str:
+    """The notebook's Markdown cells."""
+    return "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+
+
+def check_quoted(nb, text: str, quotes: list[tuple[str, str]]) -> None:
+    """The numbers the prose quotes are those the code printed: for every ``(quote, pattern)``
+    the Markdown still contains ``quote`` and ``text`` matches ``pattern`` (a multi-line
+    regex), so that an output that changes under the prose fails here instead of leaving the
+    prose stale. Update the prose and these pairs together."""
+    prose = prose_of(nb)
+    for quote, pattern in quotes:
+        assert quote in prose, f"the prose no longer quotes {quote!r}: update this check"
+        assert re.search(pattern, text, re.M), (
+            f"the output no longer matches {pattern!r}: the prose quoting {quote!r} is stale")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_without_outputs(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -133,6 +151,17 @@ def test_quickstart_runs(kernel_path, tmp_path):
         assert re.search(r"red disk\s+causal", text) and re.search(r"blue square\s+causal", text)
         assert re.search(r"magenta square\s+spurious", text)
         assert "concept maps: (40, 6, 64, 64)" in text
+        # What the prose quotes: the concepts whose interval reaches below 0, the parts causal
+        # for other classes (not distractors) and the few images their matches rest on.
+        assert "as for concepts 4 and 5 here" in prose_of(nb)
+        assert {c for c, (_, low, _) in printed.items() if low < 0} == {4, 5}
+        printed_text = stdout_of(nb)
+        assert set(re.findall(r"^(\w[\w ]*?)\s+distractor\s", printed_text, re.M)) == {
+            "orange bar", "cyan diamond", "purple cross"}
+        check_quoted(nb, printed_text, [
+            ("rests on 2 images", r"^striped patch\s+causal for another class\s+2\s+concept 5\s+1\.00\s"),
+            ("concept 4 on 4", r"^yellow ring\s+causal for another class\s+4\s+concept 4\s+1\.00\s"),
+        ])
         # Classes, importance bars, exemplars, overlays.
         assert n_images(nb) >= 4
     finally:
@@ -252,6 +281,22 @@ def test_evaluate_notebook_03_runs(kernel_path, tmp_path):
     assert len(markdown_rows(tables, "**mean**")) == 2  # the textures and the shapes tables
     assert "own data, class 1: most relied-on" in text
     assert n_images(nb) >= 2  # the reliance bars, the maps by kind
+    # The numbers the prose quotes.
+    check_quoted(nb, text, [
+        ("c1 (importance 0.412)", r"^  c1 importance 0\.412 -> background$"),
+        ("deletion area, -0.153", r"^class 0: spearman \+0\.95, kendall \+0\.91, deletion area -0\.153$"),
+        ("in 0.81 of the images", r"^auto\s+0\s+checkerboard\s+0\.81\s+\+0\.95$"),
+        ("gradient maps in all of them (1.00)", r"^gradient\s+0\s+checkerboard\s+1\.00\s+\+0\.95$"),
+        ("the coefficient\nand gradient maps", r"^coefficient\s+0\s+checkerboard\s+1\.00\s+\+0\.95$"),
+    ])
+    prose = prose_of(nb)
+    assert "against 0.81 for class 0 on textures" in prose and "Spearman 0.63 in both" in prose
+    (textures_row,) = markdown_rows(tables, f"0 {world.class_names[0]} |")[:1]
+    assert textures_row[header.index("top_pointing")] == "0.81"
+    shapes = load_world("shapes")
+    for c in (0, 1):
+        (row,) = markdown_rows(tables, f"{c} {shapes.class_names[c]} |")[:1]
+        assert row[header.index("top_pointing")] == "1.00" and row[column] == "0.63"
 
 
 def test_tcav_notebook_runs(kernel_path, tmp_path):
@@ -268,9 +313,18 @@ def test_tcav_notebook_runs(kernel_path, tmp_path):
     assert re.search(r"^red disk\s+1\.000 .* yes$", block3, re.M)
     others = [v for k, v in scores.items() if k not in ("red disk", "blue square", "magenta square")]
     assert max(others) < 0.5
-    # The default protocol (magnitudes against a random concept) works at block4 itself.
-    assert ("significant at block4 (default protocol): ['red disk', 'blue square', "
-            "'magenta square']") in text
+    # The default protocol (magnitudes, a permutation test against mixtures of the concepts'
+    # examples) finds the causal parts at block4 itself; the 8-example shortcut cue is too few
+    assert "significant at block4 (default protocol): ['red disk', 'blue square']" in text
+    check_quoted(nb, text, [
+        ("0.362 ± 0.359", r"^yellow ring\s+0\.362 ± 0\.359 .* 1\.00e\+00   no$"),
+        ("scores of 0.092 or less", r"^orange bar\s+0\.092 ± "),
+        ("magenta square scores 1.000", r"^magenta square\s+1\.000 ± 0\.000 .* yes$"),
+        ("only 8 test images", r"'magenta square': 8\}"),
+        ("corrected p = 2.50e-03", r"^blue square\s+1\.000 ± 0\.000\s+\+6\.529e-01 .* 2\.50e-03   yes$"),
+        ("corrected p = 2.10e-01", r"^magenta square\s+0\.800 ± 0\.400\s+\+3\.931e-01 .* 2\.10e-01   no$"),
+        ("3,999", r"permutation \(3999 mixtures\), bonferroni"),
+    ])
 
 def test_atlas_notebook_runs(kernel_path, tmp_path):
     nb = execute("04_atlas.ipynb", tmp_path)
@@ -288,6 +342,14 @@ def test_atlas_notebook_runs(kernel_path, tmp_path):
         shared = [f"C{s['concept']}" for s in atlas.shared_concepts(a, b)]
         assert f"shared concepts: {shared}" in text
         assert "importances identical after loading: True" in text
+        assert "ConvergenceWarning" not in text  # silenced, as the notebook's comment says
+        check_quoted(nb, stdout_of(nb), [
+            ("0.026", r"^most confused: red disk \+ blue square -> blue square \+ green triangle "
+                      r"\(mean P = 0\.026\)$"),
+            ("(0 of the 10 selected, margins -3.65 to -1.79)",
+             r"^explained on 10 images of class 0: 0 with logit 1 above logit 0; margin logit 1 - "
+             r"logit 0 from -3\.65 to -1\.79$"),
+        ])
         assert (out / "report" / "index.html").is_file() and n_images(nb) >= 1
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -312,3 +374,44 @@ def test_naming_notebook_runs(kernel_path, tmp_path):
                               text).group(1))
     assert trusted >= noisy + 10.0
     assert n_images(nb) >= 2
+    # The numbers the prose quotes: the naming table (three concepts named green triangle,
+    # concept 2 unnamed by min_images), the "classes" names and the interventions.
+    printed = stdout_of(nb)
+    assert len(re.findall(r"^\s+\d+\s+green triangle\s", printed, re.M)) == 3
+    concept7 = r"^\s+7\s+green triangle\s+0\.0446\s+0\.847\s.*\s0\.818\s+yellow ring \(0\.0228\)$"
+    concept2 = r"^\s+2\s+concept 2\s+0\.00254\s+-\s+-0\.0983\s*$"
+    concept3 = r"^\s+3\s+concept 3\s+0\.00639\s.*\s0\.307\s"
+    check_quoted(nb, printed, [
+        ("Three concepts carry the same name", r"^\s+0\s+green triangle\s+0\.350\s+1\.00\s"),
+        ("0.384, trust 0.805", r"^\s+6\s+green triangle\s+0\.384\s+0\.805\s.*\s0\.0310\s*$"),
+        ("(importance 0.0310)", r"^\s+6\s+green triangle\s+0\.384\s+0\.805\s.*\s0\.0310\s*$"),
+        ("(IoU 0.0446, trust 0.847)", concept7),
+        ("(importance 0.818)", concept7),
+        ("runner-up (IoU 0.0228)", concept7),
+        ("only 12% of its top pixels", r"^note: concept 7 \('green triangle', IoU 0\.0446\): only "
+                                       r"12% of its top pixels lie on the part"),
+        ("the red disk is shown in 1 of the 10", r"^note: parts shown in fewer than min_images=3 "
+                                                 r"of the 10 probe images name no concept "
+                                                 r"\(images showing each\): red disk \(1\), "
+                                                 r"magenta square \(1\)\.$"),
+        ("0.00254", concept2),
+        ("(-0.0983)", concept2),
+        ("Concept 5's best IoU, 0.0391", r"^\s+5\s+concept 5\s+0\.0391\s"),
+        ("(best IoU 0.00639)", concept3),
+        ("(importance 0.307)", concept3),
+        ("(*yellow ring*) pushes *yellow ring + striped patch*",
+         r"^concept 1 .*dissect 'yellow ring' .*classes 'yellow ring \+ striped patch'"),
+        ("concept 0 (*green triangle*) pushes",
+         r"^concept 0 .*dissect 'green triangle' .*classes 'blue square \+ green triangle'"),
+        ("0.208", r"^concept 7 .*dissect 'green triangle' .*classes 'yellow ring \+ striped patch' "
+                  r"\(gain 0\.208\)$"),
+        ("(0.185)", r"^concept 3 .*dissect 'concept 3' .*classes 'blue square \+ green triangle' "
+                    r"\(gain 0\.185\)$"),
+        ("from 45.6 %", r"^noisy images: CBM accuracy 45\.6%$"),
+        ("to 98.3 %", r"^  53 named concepts \(min trust None\) set to their true values: "
+                      r"accuracy 98\.3%$"),
+        ("the 46 names whose trust is at least 0.9 (of the 53) gives the same 98.3 %",
+         r"^  46 named concepts \(min trust 0\.9\) set to their true values: accuracy 98\.3%$"),
+        ("all 180 test images", r"^the two interventions predict the same class for 180 of 180 "
+                                r"test images$"),
+    ])

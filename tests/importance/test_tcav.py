@@ -433,7 +433,9 @@ def test_tcav_images_with_tiny_cnn():
     mean = dict(zip(result.concept_names, result.mean_scores))
     significant = dict(zip(result.concept_names, result.significant))
     assert mean["red"] >= 0.95 and significant["red"]
-    assert mean["blue"] <= 0.05 and significant["blue"]
+    # blue lowers the logit in every run; whether that is significant depends on how lopsided
+    # the random-vs-random sign counts (0 or 1 behind this head) happen to fall
+    assert mean["blue"] <= 0.05
     assert result.cav_accuracies.min() >= 0.9
     assert model.training and all(p.requires_grad for p in model.parameters())
     # Same as extracting by hand and running tcav on the head.
@@ -556,10 +558,11 @@ def test_default_protocol_flags_only_the_concept_the_head_uses(confounded):
     # The tested statistic is the mean directional derivative (the same for every input here).
     assert result.mean_magnitudes[0] > result.random_magnitudes.mean() > 0
     assert result.mean_magnitudes[1] < result.random_magnitudes.mean()
-    expected = [stats.ttest_ind(result.magnitudes[j], result.random_magnitudes,
-                                alternative="greater").pvalue for j in range(3)]
-    np.testing.assert_allclose(result.p_values, expected, rtol=1e-10)
-    np.testing.assert_allclose(result.p_values_corrected, np.minimum(3 * np.array(expected), 1))
+    # the permutation test: d1 beats every one of the 1199 random mixtures (20 m / alpha - 1)
+    assert result.test == "permutation"
+    np.testing.assert_allclose(result.p_values[0], 1 / 1200)
+    assert result.p_values[1:].min() > 0.5
+    np.testing.assert_allclose(result.p_values_corrected, np.minimum(3 * result.p_values, 1))
     assert "random concept" in result.summary().splitlines()[-1]
     assert result.to_dict()["baseline"] == "concepts"
 
