@@ -98,6 +98,12 @@ class KMeansConcepts(Factorizer):
         _check_seed(self.random_state)
 
     def _fit(self, X: np.ndarray) -> np.ndarray:
+        distinct = np.unique(X, axis=0).shape[0]
+        if distinct < self.n_concepts:  # k-means would repeat centroids: concepts with no rows
+            raise ValueError(f"`n_concepts` {self.n_concepts} is more than the {distinct} "
+                             f"distinct activation rows k-means can cluster ({X.shape[0]} rows): "
+                             f"some concepts would be copies of others with no row of their "
+                             f"own. Pass n_concepts <= {distinct}, or more images.")
         model = KMeans(n_clusters=self.n_concepts, n_init=self.n_init, max_iter=self.max_iter,
                        random_state=self.random_state).fit(X)
         self.components_ = model.cluster_centers_.astype(X.dtype)

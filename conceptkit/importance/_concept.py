@@ -211,7 +211,11 @@ def sobol_designs(method: str, n_designs: int) -> dict[str, int]:
     return {"n_designs": n_designs} if method == "sobol" else {}
 
 
-def designs_setting(n_designs: Any, method: str, default: int = 32) -> int | None:
+#: Sobol designs per input when none are given (CRAFT's 32).
+DEFAULT_DESIGNS = 32
+
+
+def designs_setting(n_designs: Any, method: str, default: int = DEFAULT_DESIGNS) -> int | None:
     """Check a caller's ``n_designs`` against the importance ``method`` it goes with: Sobol's
     designs per input (``default`` when None), None for a method that draws no design. A value
     given with such a method would be ignored, so it is refused."""

@@ -184,6 +184,10 @@ class TCAVResult:
             f"{self.random_scores.std():.3f}  {self.random_magnitudes.mean():+.3e}  "
             f"{self.random_cav_accuracies.mean():.3f}"
         )
+        if self.test == "permutation":
+            lines.append(f"p: each concept's magnitude, its CAVs fitted on all its examples, "
+                         f"against {self.n_permutations} random mixtures of the concept sets "
+                         f"of its size; the last row is one such mixture per run, for reference")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -217,46 +221,69 @@ def _permutation_p_values(sets: list[np.ndarray], randoms: list[np.ndarray],
     more such mixture, so the p-value ``(1 + #{mixtures at least as extreme}) /
     (n_permutations + 1)`` is exact. It accounts for which examples happened to be drawn for
     each concept, which a t-test over the runs cannot (its runs share the concept's examples, so
-    more runs make a sampling accident significant). Every statistic comes from the rows' Gram
-    matrix and projections, never from the mixtures' mean vectors."""
+    more runs make a sampling accident significant).
+
+    Each draw is a random permutation of the pooled rows; its first ``n`` rows are the mixture
+    of size ``n``, for every set size at once (prefix sums). A mixture's squared distance to a
+    random mean comes from its rows' sum (``O(n D)``) or, where that is cheaper, from the
+    gathered block of the rows' Gram matrix (``O(n^2)``); rows are centred on the pool's mean
+    first, so that a large common offset does not cancel catastrophically.
+    """
     pool = np.concatenate(sets).astype(np.float64)
+    centre = pool.mean(axis=0)
+    pool -= centre
     gradient = gradients.astype(np.float64).mean(axis=0)
+    random_means = np.stack([r.astype(np.float64).mean(axis=0) for r in randoms]) - centre
     along = pool @ gradient                                           # (N,)
-    gram = pool @ pool.T                                              # (N, N)
-    random_means = np.stack([r.astype(np.float64).mean(axis=0) for r in randoms])
     cross = pool @ random_means.T                                     # (N, R)
-    random_along = random_means @ gradient
-    random_square = (random_means ** 2).sum(axis=1)
+    random_along = random_means @ gradient                            # (R,)
+    random_square = (random_means ** 2).sum(axis=1)                   # (R,)
+    n, dim = pool.shape
+    sizes = np.array(sorted({len(s) for s in sets}))
+    largest = int(sizes[-1])
+    use_gram = largest < dim and n <= 4096   # a mixture's |sum|^2 from its Gram block
+    gram = pool @ pool.T if use_gram else None
 
-    def statistic(weights: np.ndarray) -> np.ndarray:  # (b, N), each row sums to 1
-        square = ((weights @ gram) * weights).sum(axis=1)
-        norms = np.sqrt(np.maximum(square[:, None] - 2 * (weights @ cross)
-                                   + random_square[None], 0.0))
-        derivative = (weights @ along)[:, None] - random_along[None]
+    def statistic(along_sum, cross_sum, square_sum, size):
+        """Per mixture (leading axes), from its rows' sums: the magnitude averaged over runs."""
+        size = np.asarray(size, dtype=np.float64)
+        mean_along, mean_cross = along_sum / size, cross_sum / size[..., None]
+        square = square_sum / size ** 2
+        norms = np.sqrt(np.maximum(square[..., None] - 2 * mean_cross
+                                   + random_square, 0.0))
+        derivative = mean_along[..., None] - random_along
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(norms > 0, derivative / norms, 0.0).mean(axis=1)
+            return np.where(norms > 0, derivative / norms, 0.0).mean(axis=-1)
 
-    n = pool.shape[0]
     starts = np.cumsum([0] + [len(s) for s in sets])
-    own = np.zeros((len(sets), n))
-    for j in range(len(sets)):
-        own[j, starts[j]:starts[j + 1]] = 1.0 / len(sets[j])
-    observed = statistic(own)
+    observed = np.array([
+        statistic(along[a:b].sum(), cross[a:b].sum(axis=0),
+                  float(pool[a:b].sum(axis=0) @ pool[a:b].sum(axis=0)), b - a)
+        for a, b in zip(starts[:-1], starts[1:])])
+    index = {int(size): k for k, size in enumerate(sizes)}
     above, below = np.zeros(len(sets)), np.zeros(len(sets))
-    for size in sorted({len(s) for s in sets}):
-        members = [j for j in range(len(sets)) if len(sets[j]) == size]
-        done = 0
-        while done < n_permutations:
-            chunk = min(max(1, 2**21 // n), n_permutations - done)
-            rows = np.argsort(rng.random((chunk, n)), axis=1)[:, :size]
-            weights = np.zeros((chunk, n))
-            np.put_along_axis(weights, rows, 1.0 / size, axis=1)
-            null = statistic(weights)
-            for j in members:  # ties (up to rounding) count against the concept
-                slack = 1e-12 * max(abs(observed[j]), 1e-300)
-                above[j] += np.count_nonzero(null >= observed[j] - slack)
-                below[j] += np.count_nonzero(null <= observed[j] + slack)
-            done += chunk
+    per_draw = largest * (largest if use_gram else dim)
+    chunk_size = max(1, min(256, 2**22 // max(per_draw, 1)))
+    done = 0
+    while done < n_permutations:
+        chunk = min(chunk_size, n_permutations - done)
+        rows = np.stack([rng.permutation(n)[:largest] for _ in range(chunk)])  # (c, largest)
+        at = sizes - 1
+        along_sums = np.cumsum(along[rows], axis=1)[:, at]                     # (c, S)
+        cross_sums = np.cumsum(cross[rows], axis=1)[:, at]                     # (c, S, R)
+        if use_gram:
+            block = gram[rows[:, :, None], rows[:, None, :]]                   # (c, L, L)
+            square_sums = np.cumsum(np.cumsum(block, axis=1), axis=2)[:, at, at]
+        else:
+            sums = np.cumsum(pool[rows], axis=1)[:, at]                        # (c, S, D)
+            square_sums = (sums ** 2).sum(axis=-1)
+        null = statistic(along_sums, cross_sums, square_sums, sizes.astype(np.float64))
+        for j, s in enumerate(sets):  # ties (up to rounding) count against the concept
+            values = null[:, index[len(s)]]
+            slack = 1e-9 * max(abs(observed[j]), 1e-300)
+            above[j] += np.count_nonzero(values >= observed[j] - slack)
+            below[j] += np.count_nonzero(values <= observed[j] + slack)
+        done += chunk
     greater = (1.0 + above) / (n_permutations + 1.0)
     if alternative == "greater":
         return greater
@@ -312,7 +339,7 @@ def correct_p_values(p_values: Any, correction: str = "bonferroni") -> np.ndarra
 
 
 def _random_runs(random_sets: Any, n_runs: int, set_size: int, space: str, dim: int,
-                 rng: np.random.Generator) -> list[np.ndarray]:
+                 rng: np.random.Generator, t_test: bool = True) -> list[np.ndarray]:
     """The ``n_runs`` random sets as feature rows: given as a list, or drawn from one pool."""
     if isinstance(random_sets, (list, tuple)):
         if len(random_sets) < n_runs:
@@ -332,7 +359,8 @@ def _random_runs(random_sets: Any, n_runs: int, set_size: int, space: str, dim: 
         order = rng.permutation(pool.shape[0])  # disjoint sets
         return [pool[np.sort(order[r * size:(r + 1) * size])] for r in range(n_runs)]
     # Too few rows for disjoint sets: each run draws its own subset (sets overlap across runs).
-    if size == set_size:  # a capped size was said above
+    if size == set_size and t_test:  # a capped size was said above; the permutation test holds
+        # the random sets fixed, so overlapping sets only average its statistic over fewer draws
         warnings.warn(f"`random_sets` holds {pool.shape[0]} rows, too few for {n_runs} disjoint "
                       f"random sets of {size}: the sets overlap across runs, so the runs are "
                       f"not independent and the test is less reliable. Pass a pool of at least "
@@ -461,7 +489,7 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
                         f"got {describe(concepts)}.")
     if len(concepts) == 0:
         raise ValueError("`concepts` is empty; give at least one concept set.")
-    if n_runs < RECOMMENDED_RUNS:
+    if n_runs < RECOMMENDED_RUNS and test != "permutation":
         warnings.warn(f"n_runs={n_runs} random runs: TCAV significance is unreliable with fewer "
                       f"than {RECOMMENDED_RUNS}.",
                       UserWarning, stacklevel=2)
@@ -490,7 +518,8 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
                          "whole; leave random_set_size out, or pass one pool array.")
     random_set_size = check_int(random_set_size, "random_set_size", minimum=2)
     rng = make_rng(seed)
-    randoms = _random_runs(random_sets, n_runs, random_set_size, space, dim, rng)
+    randoms = _random_runs(random_sets, n_runs, random_set_size, space, dim, rng,
+                           t_test=test != "permutation")
     class_features = activation_features(class_activations, "class_activations", space,
                                          min_rows=1)
     if class_features.shape[1] != dim:
@@ -556,6 +585,13 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
     if test == "permutation":
         if n_permutations is None:  # the smallest p-value must pass the correction, with room
             n_permutations = max(999, int(np.ceil(20 * len(names) / alpha)) - 1)
+        smallest = (1 if correction == "none" else len(names)) / (n_permutations + 1)
+        if smallest >= alpha:
+            warnings.warn(f"n_permutations={n_permutations}: the smallest corrected p-value the "
+                          f"test can give is {smallest:.3g}, not below alpha={alpha:g}, so no "
+                          f"concept can be significant. Leave `n_permutations` out (default "
+                          f"{max(999, int(np.ceil(20 * len(names) / alpha)) - 1)}) or raise it.",
+                          UserWarning, stacklevel=2)
         p_values = _permutation_p_values([features[name] for name in names], randoms,
                                          gradients, n_permutations, alternative, rng)
     else:

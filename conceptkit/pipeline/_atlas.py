@@ -28,7 +28,12 @@ from .._validation import check_choice, check_float, check_int, describe
 from ..concepts import Factorizer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
-from ..importance._concept import check_importance_kwargs, sobol_designs, student_interval
+from ..importance._concept import (
+    DEFAULT_DESIGNS,
+    check_importance_kwargs,
+    sobol_designs,
+    student_interval,
+)
 from ..maps import concept_scales
 from ..maps._maps import _keep_dominant
 from ._atlas_data import AtlasData, class_labels, from_images, from_store, head_logits
@@ -352,7 +357,7 @@ class ConceptAtlas:
                     result = concept_importance(ex.maps_head, acts,
                                                 KnownCodes(data.bank, acts, codes), int(class_id),
                                                 method=method,
-                                                **sobol_designs(method, ex.n_designs),
+                                                **sobol_designs(method, ex.n_designs or DEFAULT_DESIGNS),
                                                 seed=ex.seed, device=ex.device, progress=False,
                                                 context=context, **ex.importance_kwargs)
                 rows.append(result.importances)

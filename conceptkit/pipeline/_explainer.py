@@ -33,7 +33,12 @@ from ..extraction._layers import get_layer
 from ..extraction._windows import default_window, head_reads_cls
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
-from ..importance._concept import check_importance_kwargs, designs_setting, sobol_designs
+from ..importance._concept import (
+    DEFAULT_DESIGNS,
+    check_importance_kwargs,
+    designs_setting,
+    sobol_designs,
+)
 from ..maps import MAP_KINDS
 from ..models._bundle import ModelBundle
 from ..models._candidates import as_bundle, class_index, missing_layer_message
@@ -536,17 +541,19 @@ class ConceptExplainer:
         # reuse these codes (KnownCodes) instead of re-running the factorizer's solver.
         codes = torch.as_tensor(bank.encode(acts))
         importance = None
+        # resolved now: `importance` may have been changed since the explainer was made
+        n_designs = (self.n_designs or DEFAULT_DESIGNS) if self.importance == "sobol" else None
         if self.importance not in PIXEL_METHODS:
             importance = concept_importance(
                 handle.maps_head, acts, KnownCodes(bank, acts, codes), class_id,
-                method=self.importance, **sobol_designs(self.importance, self.n_designs),
+                method=self.importance, **sobol_designs(self.importance, n_designs),
                 seed=seed,
                 device=self.device, progress=self.progress, context=context,
                 **self.importance_kwargs)
         timings["importance"] = time.perf_counter() - start
         params = {"n_concepts": bank.params.get("n_concepts", self.n_concepts), "method": self.method,
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
-                  "batch_size": self.batch_size, "seed": seed, "n_designs": self.n_designs,
+                  "batch_size": self.batch_size, "seed": seed, "n_designs": n_designs,
                   "n_images": int(images.shape[0]),
                   "factorizer": _factorizer_name(bank),
                   "layer_gives_tokens": handle.token_layout is not None, "tokens": read}

@@ -134,3 +134,15 @@ def test_seminmf_refuses_a_seed_numpy_cannot_take_up_front():
     """It failed inside scikit-learn's KMeans with a message about KMeans's parameters."""
     with pytest.raises(ValueError, match="`random_state` must be <= 4294967295"):
         concepts.SemiNMF(3, random_state=2**40).fit(np.random.default_rng(0).normal(size=(20, 6)))
+
+
+def test_kmeans_refuses_more_concepts_than_distinct_rows():
+    """k-means on 3 distinct rows with k=5 repeated centroids (concepts with no row of their own)
+    behind scikit-learn's ConvergenceWarning alone."""
+    from conceptkit.concepts import KMeansConcepts
+
+    rows = np.repeat(np.random.default_rng(0).normal(size=(3, 5)), 10, axis=0)
+    with pytest.raises(ValueError, match=r"`n_concepts` 5 is more than the 3 distinct"):
+        KMeansConcepts(n_concepts=5, random_state=0).fit(rows)
+    fitted = KMeansConcepts(n_concepts=3, random_state=0).fit(rows)
+    assert np.unique(fitted.components_, axis=0).shape[0] == 3

@@ -471,8 +471,8 @@ def test_bad_input_raises_clear_errors(planted):
         tcav(head, cls, concepts, randoms, -1, **kwargs)
     with pytest.raises(ValueError, match="`n_runs` must be >= 2"):
         tcav(head, cls, concepts, randoms, 0, n_runs=1, progress=False)
-    with pytest.warns(UserWarning, match="n_runs=3"):
-        tcav(head, cls, concepts, randoms, 0, n_runs=3, progress=False, seed=0)
+    with pytest.warns(UserWarning, match="n_runs=3"):  # the t-test; the permutation test is exact
+        tcav(head, cls, concepts, randoms, 0, n_runs=3, progress=False, seed=0, test="ttest_ind")
     with pytest.raises(ValueError, match="`random_sets` holds 20 sets but n_runs=30"):
         tcav(head, cls, concepts, randoms, 0, n_runs=30, progress=False)
     with pytest.raises(ValueError, match="`class_activations` give 5 features"):
@@ -563,7 +563,8 @@ def test_default_protocol_flags_only_the_concept_the_head_uses(confounded):
     np.testing.assert_allclose(result.p_values[0], 1 / 1200)
     assert result.p_values[1:].min() > 0.5
     np.testing.assert_allclose(result.p_values_corrected, np.minimum(3 * result.p_values, 1))
-    assert "random concept" in result.summary().splitlines()[-1]
+    assert "random concept" in result.summary().splitlines()[-2]
+    assert "against 1199 random mixtures" in result.summary().splitlines()[-1]
     assert result.to_dict()["baseline"] == "concepts"
 
 

@@ -56,23 +56,47 @@ def _explicit_statistic(rows, randoms, gradient):
     return np.mean(values)
 
 
-def test_permutation_p_values_match_the_exact_permutation_distribution():
+@pytest.mark.parametrize("dim", [2, 4])           # sums of rows (D <= n), Gram blocks (D > n)
+@pytest.mark.parametrize("sizes", [(3, 3), (3, 2)])  # one mixture size, or one per set size
+def test_permutation_p_values_match_the_exact_permutation_distribution(dim, sizes):
     rng = np.random.default_rng(3)
-    sets = [rng.normal(size=(3, 4)) + [1.0, 0, 0, 0], rng.normal(size=(3, 4))]
-    randoms = [rng.normal(size=(5, 4)) for _ in range(4)]
-    gradients = rng.normal(size=(7, 4)) + [2.0, 0, 0, 0]
+    shift = np.eye(dim)[0]
+    sets = [rng.normal(size=(sizes[0], dim)) + shift, rng.normal(size=(sizes[1], dim))]
+    randoms = [rng.normal(size=(5, dim)) for _ in range(4)]
+    gradients = rng.normal(size=(7, dim)) + 2 * shift
     pool, g = np.concatenate(sets), gradients.mean(0)
-    # all C(6, 3) = 20 subsets of the pooled rows, each equally likely under the null
-    null = np.array([_explicit_statistic(pool[list(rows)], randoms, g)
-                     for rows in itertools.combinations(range(6), 3)])
-    exact = [np.mean(null >= _explicit_statistic(s, randoms, g) - 1e-12) for s in sets]
+    n = len(pool)
+
+    def exact(s, compare):  # every subset of the pooled rows of s's size, equally likely
+        null = np.array([_explicit_statistic(pool[list(rows)], randoms, g)
+                         for rows in itertools.combinations(range(n), len(s))])
+        return np.mean(compare(null, _explicit_statistic(s, randoms, g)))
+
+    above = [exact(s, lambda null, x: null >= x - 1e-12) for s in sets]
+    below = [exact(s, lambda null, x: null <= x + 1e-12) for s in sets]
     got = _permutation_p_values(sets, randoms, gradients, 20000, "greater",
                                 np.random.default_rng(0))
-    np.testing.assert_allclose(got, exact, atol=0.01)
+    np.testing.assert_allclose(got, above, atol=0.012)
     two_sided = _permutation_p_values(sets, randoms, gradients, 20000, "two-sided",
                                       np.random.default_rng(0))
-    below = [np.mean(null <= _explicit_statistic(s, randoms, g) + 1e-12) for s in sets]
-    np.testing.assert_allclose(two_sided, np.minimum(1, 2 * np.minimum(exact, below)), atol=0.02)
+    np.testing.assert_allclose(two_sided, np.minimum(1, 2 * np.minimum(above, below)), atol=0.02)
+
+
+def test_a_large_common_offset_leaves_the_p_values_alone():
+    """Two names for the same examples get the same p-value, whatever the activations' offset
+    (distances are taken from rows centred on the pool's mean)."""
+    rng = np.random.default_rng(0)
+    same, other = rng.normal(size=(20, 64)), rng.normal(size=(20, 64))
+    randoms = [rng.normal(size=(20, 64)) for _ in range(5)]
+    gradients = rng.normal(size=(10, 64))
+    base = _permutation_p_values([same, same, other], randoms, gradients, 999, "greater",
+                                 np.random.default_rng(1))
+    for offset in (100.0, 1000.0):
+        moved = _permutation_p_values([same + offset, same + offset, other + offset],
+                                      [r + offset for r in randoms], gradients, 999, "greater",
+                                      np.random.default_rng(1))
+        assert moved[0] == moved[1]
+        np.testing.assert_allclose(moved, base, atol=0.01)
 
 
 def test_the_test_resolves_and_refuses_what_it_cannot_do():
@@ -141,3 +165,23 @@ def test_a_concept_at_chance_gets_a_note():
 def test_correct_p_values_checks_its_input(bad, error, message):
     with pytest.raises(error, match=message):
         correct_p_values(bad)
+
+
+def test_warnings_that_concern_the_t_test_only_are_not_given_with_the_permutation_test():
+    rng = np.random.default_rng(2)
+    args = (head(), gaussian(rng, 10), {"a": gaussian(rng, 15, 1), "b": gaussian(rng, 15, -1)},
+            gaussian(rng, 40), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # overlapping random sets, fewer than 10 runs: fine here
+        tcav(*args, n_runs=5, seed=0, progress=False)
+    with pytest.warns(UserWarning, match="fewer than 10"):
+        tcav(*args, n_runs=5, seed=0, progress=False, test="ttest_ind")
+
+
+def test_too_few_permutations_to_reach_alpha_are_said():
+    rng = np.random.default_rng(0)
+    concepts = {str(k): gaussian(rng, 10, k / 3) for k in range(10)}
+    with pytest.warns(UserWarning, match=r"smallest corrected p-value the test can give is 0\.1"):
+        result = tcav(head(), gaussian(rng, 10), concepts, gaussian(rng, 110), 1, seed=0,
+                      progress=False, n_permutations=99)
+    assert not result.significant.any()

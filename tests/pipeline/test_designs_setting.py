@@ -78,3 +78,19 @@ def test_an_auto_atlas_on_images_says_its_designs_went_unused(data):
         warnings.simplefilter("error", UserWarning)
         ConceptAtlas(reference_model(), "block4", 4, seed=0, progress=False,
                      max_inputs_per_class=4).fit(images, labels)
+
+
+def test_an_importance_changed_after_the_explainer_was_made_gets_its_designs(data):
+    """Settings may change after the explainer is made: switching to Sobol used the stored
+    None (a TypeError after the factorization), and switching away recorded designs not drawn."""
+    images, labels = data
+    rows = labels == labels[0]
+    explainer = conceptkit.ConceptExplainer(reference_model(), "block4", n_concepts=3, seed=0,
+                                            progress=False)
+    explainer.importance = "sobol"
+    result = explainer.fit(images[rows], int(labels[0]))
+    assert result.params["n_designs"] == result.importance.params["n_designs"] == 32
+    explainer = conceptkit.ConceptExplainer(reference_model(), "block4", n_concepts=3, seed=0,
+                                            importance="sobol", n_designs=8, progress=False)
+    explainer.importance = "gradient_input"
+    assert explainer.fit(images[rows], int(labels[0])).params["n_designs"] is None
