@@ -27,7 +27,7 @@ baseline="random", alternative="two-sided"`` is the first):
   own examples against random mixtures drawn from all the concept sets, so that which examples
   happened to be drawn for a concept is part of the null (a t-test over the runs, which share
   those examples, is not: more runs made such accidents significant). On the three CNN
-  ground-truth worlds (seeds 0-2) it flags 71 of the 72 relied-on parts and 4 of the 264 others
+  ground-truth worlds (seeds 0-2) it flags all 72 relied-on parts and 3 of the 264 others
   (``BENCHMARKS.md``, "TCAV on the worlds"). The mixtures must differ from the random images:
   random images that look like the concept images (parts on grey against parts on grey) make
   the mixtures' directions noise, which a note says.
