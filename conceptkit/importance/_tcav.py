@@ -192,6 +192,12 @@ class TCAVResult:
         return "\n".join(lines)
 
 
+def _default_permutations(n_concepts: int, alpha: float) -> int:
+    """The permutation test's default draws: enough that the smallest p-value it can give,
+    ``1 / (n + 1)``, passes a correction over ``n_concepts`` with room to spare."""
+    return max(999, int(np.ceil(20 * n_concepts / alpha)) - 1)
+
+
 def _resolve_test(test: str, baseline: str, classifier: str, statistic: str) -> str:
     """``"auto"``: the permutation test where it applies (a random-concept baseline,
     mean-difference CAVs, the magnitude), else Student's t-test over the runs."""
@@ -584,13 +590,13 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         warnings.warn(note, UserWarning, stacklevel=2)
     if test == "permutation":
         if n_permutations is None:  # the smallest p-value must pass the correction, with room
-            n_permutations = max(999, int(np.ceil(20 * len(names) / alpha)) - 1)
+            n_permutations = _default_permutations(len(names), alpha)
         smallest = (1 if correction == "none" else len(names)) / (n_permutations + 1)
         if smallest >= alpha:
             warnings.warn(f"n_permutations={n_permutations}: the smallest corrected p-value the "
                           f"test can give is {smallest:.3g}, not below alpha={alpha:g}, so no "
                           f"concept can be significant. Leave `n_permutations` out (default "
-                          f"{max(999, int(np.ceil(20 * len(names) / alpha)) - 1)}) or raise it.",
+                          f"{_default_permutations(len(names), alpha)}) or raise it.",
                           UserWarning, stacklevel=2)
         p_values = _permutation_p_values([features[name] for name in names], randoms,
                                          gradients, n_permutations, alternative, rng)
