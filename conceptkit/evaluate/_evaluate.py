@@ -22,6 +22,7 @@ from ._inputs import (
     checked_images,
     model_at_layer_of,
     part_label,
+    same_weights,
 )
 
 #: Table columns scored per class, and whether higher is better (summarised over classes).
@@ -327,7 +328,7 @@ def _class_model(cc: Any, class_id: int, given: nn.Module | None,
                          f"same model ({hint}). Attach it first: `explanation.attach(model, "
                          f"preprocess)` with the model and preprocessing it was fitted with.")
     if given is not None:
-        if own is not None and own is not given and module_digest(own) != module_digest(given):
+        if own is not None and not same_weights(own, given):
             raise ValueError(f"the model of `world` (model, data) is not the model the "
                              f"explanation of class {class_id} was fitted on (other weights): "
                              f"its reliance would be measured on another model than the one "

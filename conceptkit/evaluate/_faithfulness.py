@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe
-from ..extraction._fingerprint import callable_identity, module_digest
+from ..extraction._fingerprint import callable_identity
 from ._fill import FILLS, Fill, paint
 from ._inputs import (
     UNDETERMINED,
@@ -38,6 +38,7 @@ from ._inputs import (
     model_at_layer_of,
     part_label,
     run_device,
+    same_weights,
 )
 from ._localisation import Localisation
 from ._localisation import localisation as locate
@@ -412,8 +413,7 @@ def _check_activation_removal(result: Any, own: Any, model: nn.Module, preproces
                          "the model takes; use removal='pixels' (or explain with "
                          "tokens='patches').")
     own_model = getattr(own, "model", None)
-    if own_model is not model and (not isinstance(own_model, nn.Module)
-                                   or module_digest(own_model) != module_digest(model)):
+    if not same_weights(own_model, model):
         raise ValueError("`model` is not the explanation's model (`result.model_at_layer.model`, "
                          "other weights): with `removal`='activations' the concepts' deletion "
                          "curve runs the explanation's model and the parts' curve `model`, so "

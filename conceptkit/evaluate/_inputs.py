@@ -25,6 +25,14 @@ def check_model(model: Any) -> nn.Module:
     return model
 
 
+def same_weights(a: Any, b: nn.Module) -> bool:
+    """Whether ``a`` is the module ``b`` or a module with the same weights (the digest that
+    explanation files record)."""
+    from ..extraction._fingerprint import module_digest
+
+    return a is b or (isinstance(a, nn.Module) and module_digest(a) == module_digest(b))
+
+
 def check_masks(masks: Any, images: torch.Tensor | None = None, name: str = "masks",
                 n_images: int | None = None, other: str = "`images`") -> torch.Tensor:
     """Part masks ``(N, P, H, W)`` as a bool tensor; N (and H, W) must agree with ``images``."""
