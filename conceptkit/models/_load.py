@@ -209,6 +209,8 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
             try:  # a file of train_world records its world, architecture, settings and layer
                 record = world.info(arch or None, weights=weights)
             except FormatError:
+                if _is_world_file(weights):
+                    raise  # a world-model file whose record is damaged is not a plain state dict
                 record = None  # a plain state dict for the world's (or the named) architecture
     if record is not None:  # the file says what it is (another world's file is refused)
         model = world.model(arch or None, weights=weights)
@@ -221,6 +223,17 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
             load_weights(model, weights, f"world:{name}:{arch}")
     return ModelBundle(model, f"{name} world {arch}", int(world.image_size), None,
                        list(world.class_names), layer)
+
+
+def _is_world_file(weights: str | os.PathLike) -> bool:
+    """Whether ``weights`` is a conceptkit world-model file (``train_world``), damaged or not."""
+    from ..datasets._world import WORLD_WEIGHTS_KIND
+    from ..io import FormatError, peek_kind
+
+    try:
+        return peek_kind(weights)[0] == WORLD_WEIGHTS_KIND
+    except (FormatError, OSError, ValueError):
+        return False
 
 
 def existing_file(weights: str | os.PathLike) -> Path:

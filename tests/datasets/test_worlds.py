@@ -274,6 +274,10 @@ def test_a_world_trains_and_loads_a_model_it_does_not_ship(tmp_path, capsys):
                   version=_world.WORLD_WEIGHTS_VERSION)
         with pytest.raises(FormatError, match="weights"):
             world.model(weights=bad)
+        # models.load took a world file with a damaged record for a plain state dict of the
+        # world's default architecture and loaded it without a word
+        with pytest.raises(FormatError, match="weights"):
+            load_model("world:scales", weights=bad)
     # the shipped model's own settings are "shipped"; another setting or architecture is not
     assert world.shipped("resnet") and not world.shipped("resnet", {"width": 8})
     assert not world.shipped("vit")
