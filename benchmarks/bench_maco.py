@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import time
 import warnings
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     steps = 16 if args.quick else args.steps
     classes = [0, 1] if args.quick else list(range(6))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# bench_maco {' '.join(argv if argv is not None else sys.argv[1:])}: "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"{torch.get_num_threads()} thread(s), OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     rows = reference_cnn(steps, classes)
     for r in rows:
         print(f"reference CNN class {r['class']} concept {r['concept']}: best class crop "

@@ -117,7 +117,12 @@ def run_worker(path: Path, solver: str, k: int, device: str | None, threads: int
         cmd += ["--device", device]
     if threads:
         cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0 or not out.stdout.strip():
+        # the worker's own message, not a CalledProcessError that hides it
+        tail = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"error: the {solver} worker (k={k}) failed with exit code "
+                         f"{out.returncode}: {tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
