@@ -8,7 +8,6 @@ with removing parts in reliance order.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe
 from ..extraction._fingerprint import callable_identity
-from ._fill import FILLS, Fill, paint
+from ._fill import Fill, paint
 from ._inputs import (
     UNDETERMINED,
     check_masks,
@@ -345,7 +344,7 @@ def _fill_setting(reliance: Reliance, fill: Any, blur_sigma: Any, images: torch.
     another is refused."""
     recorded = reliance.fill_setting
     if recorded is None:  # a hand-made Reliance: read its description
-        recorded = _parse_fill(reliance.fill)
+        recorded = Fill.parse(reliance.fill)
     if fill is None and blur_sigma is None:
         if recorded is None and deletion:
             raise ValueError(f"`reliance` was measured with the fill {reliance.fill!r}, which it "
@@ -365,14 +364,6 @@ def _fill_setting(reliance: Reliance, fill: Any, blur_sigma: Any, images: torch.
                          f"`fill` and `blur_sigma` out (the reliance's fill is then used), or "
                          f"pass reliance=None to measure it with this fill.")
     return asked.setting
-
-
-def _parse_fill(described: str) -> tuple | None:
-    """``(fill, blur_sigma)`` from ``Reliance.fill`` (None for a callable's name)."""
-    if described in FILLS and described != "blur":
-        return described, None
-    match = re.fullmatch(r"blur \(sigma (\S+) px\)", str(described))
-    return ("blur", float(match.group(1))) if match else None
 
 
 def _check_localisation_settings(localisation: Localisation, **given: Any) -> None:

@@ -14,6 +14,7 @@ A part is removed from an image by replacing its pixels with the fill image's pi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,21 @@ class Fill:
         self._mean = images.float().mean(dim=(0, 2, 3)) if self.name == "mean" else None
 
     def describe(self) -> str:
-        return f"blur (sigma {self.blur_sigma:g} px)" if self.name == "blur" else self.name
+        """The fill in words, as ``Reliance.fill`` records it (:meth:`parse` reads it back)."""
+        if self.name != "blur":
+            return self.name
+        sigma = f"{self.blur_sigma:g}"
+        if float(sigma) != self.blur_sigma:  # short where it reads back exactly, else every digit
+            sigma = repr(self.blur_sigma)
+        return f"blur (sigma {sigma} px)"
+
+    @staticmethod
+    def parse(described: Any) -> tuple | None:
+        """``(fill, blur_sigma)`` from :meth:`describe`'s words; None for a callable's name."""
+        if described in FILLS and described != "blur":
+            return described, None
+        match = re.fullmatch(r"blur \(sigma (\S+) px\)", str(described))
+        return ("blur", float(match.group(1))) if match else None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self._user is not None:

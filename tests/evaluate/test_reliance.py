@@ -197,3 +197,16 @@ def test_relies_on_a_part_only_when_the_largest_drop_is_told_from_zero():
     assert not planted_reliance(np.full((5, 2), np.nan)).relies_on_a_part()
     with pytest.raises(ValueError, match="confidence"):
         clear.relies_on_a_part(confidence=2.0)
+
+
+def test_a_blur_fill_is_recorded_so_that_it_reads_back_exactly(world):
+    # the deletion curves paint with the fill a Reliance recorded in words: six significant
+    # digits read back another sigma (1/3 became 0.333333), a blur unlike the reliance's
+    from conceptkit.evaluate._fill import Fill
+
+    _, images, _ = world
+    for sigma, words in ((2.0, "blur (sigma 2 px)"), (1 / 3, f"blur (sigma {1 / 3!r} px)")):
+        fill = Fill("blur", images, sigma)
+        assert fill.describe() == words
+        assert Fill.parse(fill.describe()) == ("blur", sigma)
+    assert Fill.parse("median") == ("median", None) and Fill.parse("my_fill") is None
