@@ -70,19 +70,47 @@ def _blas_threads(X: np.ndarray, k: int):
     return single_blas_thread()
 
 
+def _stopped_early(est: NMF, what: str) -> None:
+    """One warning, in the library's words, when a fit or an encoding ran out of iterations."""
+    warnings.warn(f"NMF solver {est.solver!r} reached max_iter={est.max_iter} before converging "
+                  f"to tol={est.tol} while {what}; its concepts are those of the stopped solver "
+                  f"(200 iterations is scikit-learn's default and ICE's reference setting). For "
+                  f"a converged fit, increase `max_iter`, e.g. ConceptExplainer(..., factorizer="
+                  f"conceptkit.concepts.NMF({est.n_concepts}, max_iter={4 * est.max_iter})).",
+                  ConvergenceWarning,
+                  stacklevel=5)
+
+
 def _sklearn_fit(est: NMF, X: np.ndarray):
-    with _blas_threads(X, est.n_concepts):
+    with _blas_threads(X, est.n_concepts), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
         U, W, n_iter = non_negative_factorization(
             X, n_components=est.n_concepts, init=est.init, update_H=True,
             random_state=est.random_state, **_sklearn_kwargs(est))
+    _replay(caught, est, "fitting the dictionary")
     return U, W, n_iter
+
+
+def _replay(caught: list, est: NMF, what: str) -> None:
+    """scikit-learn's iteration-limit warning said once in the library's words; any other
+    warning scikit-learn gave is shown as it was."""
+    stopped = False
+    for item in caught:
+        if issubclass(item.category, ConvergenceWarning):
+            stopped = True
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+    if stopped:
+        _stopped_early(est, what)
 
 
 def _sklearn_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
     # update_H=False starts from zeros ("cd") or a constant ("mu"): deterministic.
-    with _blas_threads(X, W.shape[0]):
+    with _blas_threads(X, W.shape[0]), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
         U, _, _ = non_negative_factorization(X, H=W, n_components=W.shape[0], update_H=False,
                                              **_sklearn_kwargs(est))
+    _replay(caught, est, "encoding with the fitted dictionary")
     return U
 
 
@@ -127,8 +155,7 @@ def _cd_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
             break
     else:
         if est.tol > 0:
-            warnings.warn(f"Maximum number of iterations {est.max_iter} reached. Increase it to "
-                          f"improve convergence.", ConvergenceWarning, stacklevel=4)
+            _stopped_early(est, "encoding with the fitted dictionary")
     return Ut.T.contiguous().numpy()
 
 
@@ -144,9 +171,7 @@ def _torch_fit(fit_loop):
         n_iter = fit_loop(X, Ut, W, max_iter=est.max_iter, tol=est.tol, reg=_torch_reg(est, X),
                           progress=bool(est.progress))
         if n_iter == est.max_iter and est.tol > 0:
-            warnings.warn(f"NMF solver {est.solver!r} reached max_iter={est.max_iter} before "
-                          f"converging to tol={est.tol}; increase `max_iter`.",
-                          ConvergenceWarning, stacklevel=4)
+            _stopped_early(est, "fitting the dictionary")
         return Ut.T, W, n_iter
     return fit
 
