@@ -19,13 +19,36 @@ import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 FORMAT_NAME = "conceptkit"
-_MAX_HEADER = 100 * 1024 * 1024  # a header larger than this is certainly not ours
+
+
+class JsonLimits(NamedTuple):
+    """What :func:`parse_json` accepts before it parses: bytes, containers (lists and objects)
+    and values (every list item, key and value; containers included)."""
+
+    max_bytes: int
+    max_containers: int
+    max_values: int
+
+
+#: The safetensors header of a conceptkit file and the conceptkit metadata inside it (each).
+#: The largest headers conceptkit writes, measured: a label-free CBM over a 20,000-word
+#: vocabulary and 1,000 classes 1.6 MB, 108 containers, 52,000 values (its metadata); a CBM
+#: with 20,000 concept names 1.0 MB, 23 containers, 21,000 values; an atlas grows by 405 bytes,
+#: 12 containers and 49 values per concept (4 exemplar tensors), so 1,000 concepts over 1,000
+#: classes make 0.45 MB, 12,000 containers, 52,000 values; an explanation by 390 bytes, 9
+#: containers and 51 values per concept; the shipped weights at most 18 KB. The limits are 10
+#: times those (an atlas of up to about 16,000 concepts) and bound what a hostile header costs
+#: before it is refused: at most 2 s and +130 MB measured just under them, where 30 MiB of
+#: empty lists took 11.7 s and +1.2 GB.
+HEADER_LIMITS = JsonLimits(max_bytes=16 * 1024 * 1024, max_containers=200_000,
+                           max_values=1_000_000)
+_MAX_HEADER = HEADER_LIMITS.max_bytes  # a header larger than this is certainly not ours
 
 
 class FormatError(ValueError):
@@ -176,6 +199,17 @@ def write_atomic(target: Path, write: Any, *, where: str, exclusive: bool = Fals
                 os.unlink(tmp)
 
 
+#: The format versions, per kind, that conceptkit wrote before every file carried a content
+#: digest (0.1.0, and the weights shipped in ``datasets/weights``): a file of one of these may
+#: lack its digest and is then checked by its loader alone. A file of any other kind or version
+#: (an atlas, a discovered CBM, an explanation of version 2 and every version to come) was
+#: always saved with one, so a missing digest means that it was removed.
+_WRITTEN_WITHOUT_DIGEST: dict[str, tuple[int, ...]] = {
+    "ConceptBank": (1,), "ClassConcepts": (1,), "concept_bottleneck_model": (1,),
+    "label_free_cbm": (1,), "posthoc_cbm": (1,), "clip_text_embeddings": (1,),
+    "reference_cnn": (1,), "world_model": (1,)}
+
+
 def _content_digest(info: dict, body: dict[str, torch.Tensor]) -> str:
     """BLAKE2b of the metadata (canonical JSON, without the digest) and every tensor's name,
     dtype, shape and bytes: a loaded file whose digest differs was damaged or edited."""
@@ -240,28 +274,59 @@ def save_file(path: str | os.PathLike, tensors: dict[str, Any], meta: dict[str, 
 _MAX_DEPTH = 64  # JSON nesting deeper than this is not something conceptkit writes
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_LONG_INTEGER = re.compile(r"(?<![\d.])\d{20,}(?![\d.eE])")  # digits of a float do not count
+_LONG_INTEGER = re.compile(rb"(?<![\d.])\d{20,}(?![\d.eE])")  # digits of a float do not count
 
 
-def parse_json(raw: bytes | str, path: Path, what: str) -> Any:
-    """Parse JSON from a file; anything malformed, nested deeper than 64 levels or holding an
-    integer of more than 19 digits becomes a :class:`FormatError` naming the file (never a
-    RecursionError or a ValueError about integer digits). The checks are regular expressions
-    and a numpy scan, linear in the text's length."""
+def _outside_strings(data: bytes) -> np.ndarray:
+    """The bytes of the JSON text ``data`` outside its strings, each string kept as its two
+    quotes. Escaped backslashes, then escaped quotes, are blanked (``bytes.replace`` pairs them
+    left to right as JSON does), so every quote left opens or closes a string; a running XOR of
+    the quotes marks what lies inside. Linear in the length and a few bytes of memory per byte
+    (a regular expression over the strings kept ~100 bytes per character)."""
+    plain = data.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    codes = np.frombuffer(plain, dtype=np.uint8)
+    quotes = codes == 34
+    inside = np.logical_xor.accumulate(quotes)  # True from an opening quote to its closing one
+    inside &= ~quotes
+    return codes[~inside]
+
+
+def parse_json(raw: bytes | str, path: Path, what: str, *,
+               limits: JsonLimits = HEADER_LIMITS) -> Any:
+    """Parse JSON from a file; anything malformed, larger than ``limits`` (bytes, containers,
+    values), nested deeper than 64 levels or holding an integer of more than 19 digits becomes
+    a :class:`FormatError` naming the file (never a RecursionError, a ValueError about integer
+    digits or gigabytes of Python objects). The checks are a numpy scan and a regular
+    expression over what lies outside strings, linear in the text's length, and run before
+    anything is parsed."""
+    if not isinstance(raw, (bytes, str)):
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {what} (not JSON text).")
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if len(data) > limits.max_bytes:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {what}: {len(data)} bytes of "
+                          f"JSON, more than the {limits.max_bytes} conceptkit reads.")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as err:
         raise FormatError(f"`path` {str(path)!r} has a corrupted {what} (not UTF-8).") from err
-    bare = _STRING.sub('""', text)  # what is left outside strings: numbers, brackets, literals
-    codes = np.frombuffer(bare.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    codes = _outside_strings(data)  # numbers, brackets, separators, literals and ""
     opened = (codes == 91) | (codes == 123)   # '[' '{'
-    brackets = np.flatnonzero(opened | (codes == 93) | (codes == 125))  # and ']' '}'
+    closed = (codes == 93) | (codes == 125)   # ']' '}'
+    containers = max(int(np.count_nonzero(opened)), int(np.count_nonzero(closed)))
+    # every item after a list's first follows a comma, every key a comma or a brace and every
+    # value of an object a colon: containers + commas + colons bounds the values parsed
+    values = containers + int(np.count_nonzero(codes == 44)) + int(np.count_nonzero(codes == 58))
+    if containers > limits.max_containers or values > limits.max_values:
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {what}: {containers} JSON lists "
+                          f"and objects holding {values} values, more than conceptkit writes "
+                          f"(at most {limits.max_containers} lists and objects and "
+                          f"{limits.max_values} values).")
+    brackets = np.flatnonzero(opened | closed)
     steps = np.where(opened[brackets], 1, -1)
     if brackets.size > _MAX_DEPTH and int(np.cumsum(steps).max()) > _MAX_DEPTH:
         raise FormatError(f"`path` {str(path)!r} has a corrupted {what}: JSON nested more than "
                           f"{_MAX_DEPTH} levels deep.")
-    if _LONG_INTEGER.search(bare):
+    if _LONG_INTEGER.search(codes.tobytes()):
         raise FormatError(f"`path` {str(path)!r} has a corrupted {what}: an integer of 20 or "
                           f"more digits.")
     try:
@@ -279,9 +344,12 @@ def _read_header(path: Path) -> tuple[dict, int]:
             raise FormatError(f"`path` {str(path)!r} is truncated: {size} bytes, too short for a "
                               f"safetensors header.")
         (n,) = struct.unpack("<Q", prefix)
-        if n > _MAX_HEADER or 8 + n > size:
+        if 8 + n > size:
             raise FormatError(f"`path` {str(path)!r} is truncated or not a safetensors file: its header "
                               f"claims {n} bytes but the file has {size}.")
+        if n > _MAX_HEADER:
+            raise FormatError(f"`path` {str(path)!r} has a corrupted header: {n} bytes of JSON, "
+                              f"more than the {_MAX_HEADER} conceptkit reads.")
         raw = fh.read(n)
     header = parse_json(raw, path, "header")
     if not isinstance(header, dict):
@@ -368,7 +436,13 @@ def load_file(path: str | os.PathLike, *, kind: str,
     meta = info.get("meta", {})
     if not isinstance(meta, dict):
         raise FormatError(f"`path` {str(path)!r} has corrupted conceptkit metadata.")
-    if "digest" in info and info["digest"] != _content_digest(info, tensors):
+    if "digest" not in info:
+        if info["format_version"] not in _WRITTEN_WITHOUT_DIGEST.get(kind, ()):
+            raise FormatError(f"`path` {str(path)!r} is damaged: its content digest is missing, "
+                              f"but every {kind} file of format version "
+                              f"{info['format_version']} is saved with one (the file was edited "
+                              f"after it was saved).")
+    elif info["digest"] != _content_digest(info, tensors):
         raise FormatError(f"`path` {str(path)!r} is damaged: its content does not match the "
                           f"digest written with it (the file was altered after it was saved).")
     return tensors, meta
@@ -382,5 +456,7 @@ def peek_kind(path: str | os.PathLike) -> tuple[str, int]:
     try:
         info = parse_json(meta_raw[FORMAT_NAME], path, "conceptkit metadata")
         return str(info["kind"]), int(info["format_version"])
+    except FormatError:
+        raise  # it says what is wrong (malformed, too large, too deep)
     except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise FormatError(f"`path` {str(path)!r} is not a conceptkit save.") from err

@@ -1,7 +1,7 @@
 """Fingerprints of what determines an activation store's content.
 
 A store written by :func:`~conceptkit.extraction.write_store` records a fingerprint of the model
-weights, the layer, the preprocessing, the inputs, the number of inputs, the chunk size, the
+weights, the model's structure (every submodule's type and plain settings), the layer, the preprocessing, the inputs, the number of inputs, the chunk size, the
 layout and the dtype. A rerun into the same directory resumes only when the fingerprint matches;
 anything else would mix the chunks of two different extractions.
 
@@ -9,7 +9,8 @@ Digests are BLAKE2b over raw tensor bytes (with names, shapes and dtypes), so th
 over the weights and, for tensor inputs, over the images; both are small next to the forward
 passes that fill the store. A Dataset is identified by its ``fingerprint`` attribute when it has
 one (a string or a method returning one); a dataset that lists its files (torchvision's
-``ImageFolder``: ``samples``) by every file's path, size and modification time, its transforms
+``ImageFolder``: ``samples``) by every file's path, size, modification and change times, inode and device, its
+transforms
 and a digest of three items; torch's ``Subset`` by its dataset's identity and its indices; any
 other Dataset by its type, its length and a digest of its first, middle and last items — which
 cannot see a change elsewhere, so :func:`~conceptkit.extraction.write_store` warns when it
@@ -75,21 +76,114 @@ def module_digest(module: nn.Module, *, state_dict_only: bool = False) -> str:
     return digest.hexdigest()
 
 
-def callable_identity(obj: Any) -> str | None:
+# settings that do not change what a module computes, or that differ between two copies of one
+# model: the train/eval flag, in-place execution, where a model was loaded from, checkpointing and
+# fused-attention switches (numerically the same), bookkeeping a library mutates while it runs
+_NOT_SETTINGS = frozenset({"training", "inplace", "name_or_path", "warnings_issued",
+                           "gradient_checkpointing", "grad_checkpointing", "fused_attn"})
+
+
+def structure_digest(module: nn.Module) -> str:
+    """A hex digest of a module's structure: every submodule's name, type (qualified name) and
+    plain settings (see :func:`module_settings`: a convolution's stride, a norm's ``eps``, a
+    user's ``self.scale = 0.2``), which change the output without showing in the weights (a
+    ``MaxPool2d`` swapped for an ``AvgPool2d``, a ``ReLU`` for a ``Sigmoid``).
+
+    The same for a model and its ``copy.deepcopy``, in train or eval mode, with or without
+    hooks, in every process: private attributes (hooks, caches, torch's bookkeeping), the
+    ``training`` flag and ``inplace`` never enter it, nor does any memory address."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, sub in module.named_modules(remove_duplicate=False):
+        kind = type(sub)
+        digest.update(f"{name}|{kind.__module__}.{kind.__qualname__}|"
+                      f"{module_settings(sub)}\n".encode())
+    return digest.hexdigest()
+
+
+def model_identity(module: nn.Module) -> dict[str, str]:
+    """``{"model_digest", "model_structure"}``: :func:`module_digest` (the weights) and
+    :func:`structure_digest` (the structure) of a model, as a saved explanation records them."""
+    return {"model_digest": module_digest(module), "model_structure": structure_digest(module)}
+
+
+def module_settings(module: nn.Module, other: Any = None) -> str:
+    """A module's own public attributes that are plain settings (numbers, strings, ``None``,
+    dtypes, enums, tensors, functions by their code, and lists, tuples, sets and dicts of
+    them), sorted by name; names holding a ``cache`` and the attributes in ``_NOT_SETTINGS``
+    are left out. ``other(value)`` describes any other value; without it they are left out."""
+    parts = []
+    for key, value in sorted(vars(module).items()):
+        if key.startswith("_") or key in _NOT_SETTINGS or "cache" in key.lower():
+            continue
+        text = _plain(value, 0)
+        if text is None and other is not None:
+            text = other(value)
+        if text is not None:
+            parts.append(f"{key}={text}")
+    return ",".join(parts)
+
+
+def _plain(value: Any, depth: int) -> str | None:
+    """A plain setting's description, the same in every process; None for anything else."""
+    import enum
+
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return f"{type(value).__name__}:{value!r}"
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__module__}.{type(value).__qualname__}.{value.name}"
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"tensor:{tensor_digest(value)}"
+    if depth > _MAX_DEPTH:
+        return None
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(v, depth + 1) for v in value]
+        if any(item is None for item in items):
+            return None
+        if isinstance(value, (set, frozenset)):
+            items = sorted(items)
+        return f"{type(value).__name__}[" + ",".join(items) + "]"
+    if isinstance(value, dict):
+        pairs = [(_plain(k, depth + 1), _plain(v, depth + 1)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in pairs):
+            return None
+        return "{" + ",".join(sorted(f"{k}={v}" for k, v in pairs)) + "}"
+    if isinstance(value, functools.partial):
+        parts = [_plain(value.func, depth + 1), _plain(value.args, depth + 1),
+                 _plain(value.keywords, depth + 1)]
+        return None if None in parts else "partial:" + ":".join(parts)  # type: ignore[arg-type]
+    if isinstance(value, types.MethodType):  # by name: its object may be this very module
+        return f"method:{value.__func__.__module__}.{value.__func__.__qualname__}"
+    if isinstance(value, types.FunctionType):  # by its code and plain values it closes over
+        cells = [_plain(cell.cell_contents, depth + 1) or type(cell.cell_contents).__qualname__
+                 for cell in (value.__closure__ or ()) if _has_contents(cell)]
+        defaults = [_plain(v, depth + 1) or type(v).__qualname__ for v in value.__defaults__ or ()]
+        return (f"function:{value.__module__}.{value.__qualname__}:"
+                f"{_code_identity(value.__code__, 0)}:{cells}:{defaults}")
+    if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return f"builtin:{getattr(value, '__module__', '')}.{value.__qualname__}"
+    return None
+
+
+def callable_identity(obj: Any, *, legacy: bool = False) -> str | None:
     """A stable description of a preprocessing callable (``None`` for no preprocessing).
 
-    Modules are identified by class and weights, functions by their code and the values they
-    close over, ``functools.partial`` by its function and arguments, other objects (torchvision
-    transforms) by their ``repr`` when it lists parameters, else by their attributes. Memory
-    addresses never enter a description, so it is the same in every process.
+    Modules are identified by class, weights and structure (:func:`structure_digest`, with
+    their other attributes described), functions by their code and the values they close over,
+    ``functools.partial`` by its function and arguments, other objects (torchvision transforms)
+    by their ``repr`` and their attributes (a ``Lambda`` prints as ``Lambda()``: its function is
+    what tells two apart). Memory addresses never enter a description, so it is the same in every
+    process. ``legacy``: the description conceptkit recorded before modules' structure and
+    objects' attributes were read (what explanation files saved by then hold).
     """
-    return None if obj is None else _describe(obj, 0)
+    return None if obj is None else _describe(obj, 0, legacy)
 
 
 _MAX_DEPTH = 6
 
 
-def _describe(value: Any, depth: int) -> str:
+def _describe(value: Any, depth: int, legacy: bool = False) -> str:
     if depth > _MAX_DEPTH:
         return f"<{type(value).__qualname__}>"
     deeper = depth + 1
@@ -98,36 +192,49 @@ def _describe(value: Any, depth: int) -> str:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"tensor:{tensor_digest(value)}"
     if isinstance(value, nn.Module):
-        return f"module:{module_digest(value)}:{_strip_addresses(repr(value))}"
+        described = f"module:{module_digest(value)}:{_strip_addresses(repr(value))}"
+        if legacy:
+            return described
+        digest = hashlib.blake2b(digest_size=16)  # its structure, its other attributes described
+        for name, sub in value.named_modules(remove_duplicate=False):
+            kind = type(sub)
+            settings = module_settings(sub, lambda v: _describe(v, deeper, legacy))
+            digest.update(f"{name}|{kind.__module__}.{kind.__qualname__}|{settings}\n".encode())
+        return f"{described}:{digest.hexdigest()}"
     if isinstance(value, dict):
-        items = sorted((str(k), _describe(v, deeper)) for k, v in value.items())
+        items = sorted((str(k), _describe(v, deeper, legacy)) for k, v in value.items())
         return "{" + ",".join(f"{k}={v}" for k, v in items) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_describe(v, deeper) for v in value) + "]"
+        return "[" + ",".join(_describe(v, deeper, legacy) for v in value) + "]"
     if isinstance(value, (set, frozenset)):  # in an order that is the same in every process
-        return "{" + ",".join(sorted(_describe(v, deeper) for v in value)) + "}"
+        return "{" + ",".join(sorted(_describe(v, deeper, legacy) for v in value)) + "}"
     if isinstance(value, functools.partial):
-        return (f"partial:{_describe(value.func, deeper)}:{_describe(value.args, deeper)}:"
-                f"{_describe(value.keywords, deeper)}")
+        return (f"partial:{_describe(value.func, deeper, legacy)}:"
+                f"{_describe(value.args, deeper, legacy)}:"
+                f"{_describe(value.keywords, deeper, legacy)}")
     if isinstance(value, types.MethodType):
-        return f"method:{_describe(value.__func__, deeper)}:{_describe(value.__self__, deeper)}"
+        return (f"method:{_describe(value.__func__, deeper, legacy)}:"
+                f"{_describe(value.__self__, deeper, legacy)}")
     if isinstance(value, types.FunctionType):
         digest = hashlib.blake2b(digest_size=16)
         digest.update(_code_identity(value.__code__, 0).encode())
         cells = [cell.cell_contents for cell in (value.__closure__ or ()) if _has_contents(cell)]
-        digest.update(_describe(cells, deeper).encode())
-        digest.update(_describe(value.__defaults__ or (), deeper).encode())
+        digest.update(_describe(cells, deeper, legacy).encode())
+        digest.update(_describe(value.__defaults__ or (), deeper, legacy).encode())
         read = _globals_read(value, depth)
         if read:  # only then: the digests of functions that read no global stay as they were
-            digest.update(_describe(read, deeper).encode())
+            digest.update(_describe(read, deeper, legacy).encode())
         return f"function:{value.__module__}.{value.__qualname__}:{digest.hexdigest()}"
     if isinstance(value, (types.BuiltinFunctionType, types.ModuleType, type)):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value.__name__)}"
     name = f"{type(value).__module__}.{type(value).__qualname__}"
     text = repr(value)
-    if " at 0x" not in text:
+    attributes = getattr(value, "__dict__", {})
+    if " at 0x" in text:
+        return f"object:{name}:{_describe(attributes, deeper, legacy)}"
+    if legacy or not attributes:  # a repr alone may hide what it does (Lambda())
         return f"object:{name}:{text}"
-    return f"object:{name}:{_describe(getattr(value, '__dict__', {}), deeper)}"
+    return f"object:{name}:{text}:{_describe(attributes, depth, legacy)}"
 
 
 def _globals_read(function: types.FunctionType, depth: int) -> dict[str, Any]:
@@ -207,8 +314,9 @@ def inputs_identity(inputs: Any) -> str:
         for entry in listing:
             path, rest = os.fspath(entry[0]), entry[1:]
             try:
-                stat = os.stat(path)
-                state = f"{stat.st_size}:{stat.st_mtime_ns}"
+                stat = os.stat(path)  # a file replaced with its mtime kept: new inode, ctime
+                state = (f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}:"
+                         f"{stat.st_dev}")
             except OSError:
                 state = "missing"
             digest.update(f"{path}|{state}|{rest!r}\n".encode())
@@ -266,12 +374,14 @@ def file_listing(inputs: Any) -> list | None:
 
 
 def extractor_identity(extractor: Any) -> dict[str, Any]:
-    """Model digest, layer, preprocessing and settings of an extractor (or any callable)."""
+    """Model digest (weights and structure), layer, preprocessing and settings of an extractor
+    (or any callable)."""
     model = getattr(extractor, "model", None)
     if isinstance(model, nn.Module) and hasattr(extractor, "layer"):
         dtype = next((t.dtype for t in list(model.parameters()) + list(model.buffers())
                       if t.is_floating_point()), torch.float32)
-        return {"model": module_digest(model), "layer": str(extractor.layer),
+        return {"model": module_digest(model), "model_structure": structure_digest(model),
+                "layer": str(extractor.layer),
                 "preprocess": callable_identity(getattr(extractor, "preprocess", None)),
                 "model_dtype": str(dtype).replace("torch.", ""),
                 "settings": _describe({key: getattr(extractor, key, None) for key in

@@ -2,13 +2,24 @@
 
 See :mod:`conceptkit.extraction._store_read` for the layout and the guarantees; this module is
 also the one import path for everything about stores (it re-exports the reading side).
+
+While a store is being written, each chunk has an *origin* file beside it
+(``.chunk-000001.origin``: a tag of the fingerprint it was computed under and the digest of the
+bytes its writer wrote), written after the chunk. A writer reuses a chunk it finds only when
+its origin records the writer's own fingerprint and the chunk's bytes are those the origin
+records (or, for a finished store of the same fingerprint, those its manifest records), and
+:func:`finalize_store` refuses a chunk that passes neither: a writer that was still running
+when another replaced the store (``overwrite=True``) can never slip its chunks into the new
+store. Finalizing removes the origin files.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +50,10 @@ from ._store_read import (
     slice_inputs,
     to_layout,
 )
+
+_ORIGIN = re.compile(r"\.chunk-(\d{6,})\.origin")
+# fingerprint keys that earlier versions did not record, and what they are called in messages
+_NEW_FIELDS = {"model_structure": "model structure (submodule types and settings)"}
 
 __all__ = ["LAYOUTS", "MANIFEST", "STORE_FORMAT", "STORE_VERSION", "ActivationStore", "StorePlan",
            "chunk_name", "clear_store", "finalize_store", "manifest_digest", "prepare_store",
@@ -76,8 +91,13 @@ def _differences(old: Any, new: dict) -> list[str]:
         return ["everything (the store was written without a fingerprint)"]
     keys = [key for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)]
     out = []
+    if "model" in old and "model_structure" not in old and "model_structure" in new:
+        out.append("how it is fingerprinted: an earlier conceptkit wrote it, recording the "
+                   "model's weights but not its structure and describing preprocessing and "
+                   "image files less precisely, so it has to be recomputed once")
+        keys = [key for key in keys if key != "model_structure"]
     for key in keys:
-        name = _FIELDS.get(key, key)
+        name = _NEW_FIELDS.get(key) or _FIELDS.get(key, key)
         if isinstance(new.get(key), int) or key in ("layer", "layout", "model_dtype"):
             out.append(f"{name} ({old.get(key)!r} in the store, {new.get(key)!r} now)")
         else:
@@ -99,7 +119,9 @@ def clear_store(path: str | os.PathLike) -> None:
     for item in path.iterdir():
         name = item.name
         ours = (name == MANIFEST or _CHUNK.fullmatch(name) is not None
+                or _ORIGIN.fullmatch(name) is not None
                 or (name.endswith(".tmp") and (name.startswith(".chunk-")
+                                               or name.startswith("..chunk-")
                                                or name.startswith(f".{MANIFEST}."))))
         if ours and (item.is_symlink() or item.is_file()):
             item.unlink()
@@ -165,21 +187,117 @@ def write_chunks(compute: Callable[[int, int], torch.Tensor], n_inputs: int, pat
     with another fingerprint is refused unless ``overwrite`` is true (see :func:`prepare_store`).
     """
     path = Path(path)
-    prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout, fingerprint=fingerprint,
-                  overwrite=overwrite)
+    full = prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout,
+                         fingerprint=fingerprint, overwrite=overwrite)
+    tag, finished = _tag(full), _finished_digests(path, full)
     plan = StorePlan(n_inputs, chunk_size)
     todo = list(range(plan.n_chunks)) if indices is None else list(indices)
     written = []
     for index in tqdm(todo, disable=not progress, desc="store chunks", leave=False):
         target = path / chunk_name(index)
         _check_chunk_file(path, target)
-        if target.exists():
-            continue
+        if target.exists() and _computed_here(path, index, tag, finished) is not None:
+            continue  # another chunk there (another writer's, of old) is recomputed
         start, stop = plan.inputs(index)
-        rows = to_layout(compute(start, stop), layout)
-        _save_npy(target, np.ascontiguousarray(rows), path)
+        rows = np.ascontiguousarray(to_layout(compute(start, stop), layout))
+        _save_npy(target, rows, path)
+        # then its origin: a chunk found without one (a crash in between) is recomputed
+        _write_origin(path, index, tag, _npy_digest(rows))
         written.append(index)
     return written
+
+
+def _tag(fingerprint: dict) -> str:
+    """A short digest of a full fingerprint (what a chunk's origin file records)."""
+    text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _origin_name(index: int) -> str:
+    return f".chunk-{index:06d}.origin"
+
+
+class _HashingSink:
+    """A write-only file that keeps only the digest of what is written to it."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.blake2b(digest_size=16)
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return len(data)
+
+
+def _npy_digest(array: np.ndarray) -> str:
+    """:func:`chunk_digest` of the file ``np.save`` writes for ``array`` (the digest of what
+    this writer wrote, whatever another writer renames over it meanwhile)."""
+    sink = _HashingSink()
+    np.lib.format.write_array(sink, array, allow_pickle=False)  # what np.save writes
+    return sink.digest.hexdigest()
+
+
+def _write_origin(path: Path, index: int, tag: str, digest: str) -> None:
+    data = json.dumps({"fingerprint": tag, "digest": digest}).encode()
+    _write_file(path / _origin_name(index), lambda fh: fh.write(data), store=path)
+
+
+def _read_origin(path: Path, index: int) -> dict | None:
+    file = path / _origin_name(index)
+    if file.is_symlink() or not file.is_file():
+        return None
+    try:
+        with open(file, "rb") as fh:
+            origin = json.loads(fh.read(4096))
+    except (OSError, ValueError):
+        return None
+    return origin if isinstance(origin, dict) else None
+
+
+_DIGESTS: dict[tuple, str] = {}  # chunk digests of this process, by the file's state
+
+
+def _file_digest(file: Path) -> str:
+    """:func:`chunk_digest`, read once per file state (size, times, inode) in a process: a
+    writer checks the chunks it reuses, then :func:`finalize_store` the same chunks."""
+    stat = file.stat()
+    key = (str(file), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+    if key not in _DIGESTS:
+        if len(_DIGESTS) > 65536:
+            _DIGESTS.clear()
+        _DIGESTS[key] = chunk_digest(file)
+    return _DIGESTS[key]
+
+
+def _finished_digests(path: Path, full: dict) -> dict[int, str]:
+    """The chunk digests the manifest at ``path`` records, if it is a finished store of the
+    fingerprint ``full``; empty otherwise."""
+    try:
+        manifest = read_manifest(path)
+    except ValueError:
+        return {}
+    if not manifest or manifest.get("fingerprint") != full:
+        return {}
+    return {entry["index"]: entry["digest"] for entry in manifest.get("chunks") or []
+            if isinstance(entry, dict) and isinstance(entry.get("index"), int)
+            and isinstance(entry.get("digest"), str)}
+
+
+def _computed_here(path: Path, index: int, tag: str, finished: dict[int, str]) -> str | None:
+    """The digest of chunk ``index`` if it holds what was computed under the fingerprint
+    ``tag`` (its origin file says so and its bytes are the ones recorded there, or in the
+    manifest of a finished store of that fingerprint); None otherwise. A chunk without an
+    origin in an unfinished store (of an earlier conceptkit) is not known to be."""
+    origin = _read_origin(path, index)
+    expected = [finished[index]] if index in finished else []
+    if origin is not None and origin.get("fingerprint") == tag:
+        expected.append(origin.get("digest"))
+    if not expected:
+        return None
+    try:
+        digest = _file_digest(path / chunk_name(index))
+    except OSError:
+        return None
+    return digest if digest in expected else None
 
 
 def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, layout: str,
@@ -195,12 +313,19 @@ def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, l
                          fingerprint=fingerprint if fingerprint is not None else
                          _recorded(path))
     plan = StorePlan(n_inputs, chunk_size)
+    tag, finished = _tag(full), _finished_digests(path, full)
     chunks, n_features, dtype = [], None, None
     for index in range(plan.n_chunks):
         file = path / chunk_name(index)
         _check_chunk_file(path, file)
         if not file.exists():
             raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} is missing.")
+        digest = _computed_here(path, index, tag, finished)
+        if digest is None:
+            raise ValueError(f"cannot finalize {str(path)!r}: chunk {index} was not computed by "
+                             f"this extraction (another writer replaced it while this one ran, "
+                             f"or an earlier conceptkit wrote it into an unfinished store); rerun "
+                             f"the extraction to recompute it.")
         array = np.load(file, mmap_mode="r", allow_pickle=False)
         features = int(array.shape[1]) if array.ndim >= 2 else 1
         if (n_features, dtype) not in ((None, None), (features, str(array.dtype))):
@@ -209,9 +334,14 @@ def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, l
                              f"{dtype}.")
         n_features, dtype = features, str(array.dtype)
         chunks.append({"index": index, "file": file.name, "rows": int(array.shape[0]),
-                       "inputs": list(plan.inputs(index)), "digest": chunk_digest(file)})
+                       "inputs": list(plan.inputs(index)), "digest": digest})
     manifest = _manifest(plan, layout, n_features or 0, dtype or "float32", chunks, meta or {}, full)
     _write_manifest(path, manifest)
+    for index in range(plan.n_chunks):  # the manifest vouches for the chunks from now on
+        try:
+            (path / _origin_name(index)).unlink()
+        except OSError:
+            pass
     return ActivationStore(path)
 
 
@@ -232,12 +362,13 @@ def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_s
     ``extractor`` is an :class:`ActivationExtractor` (or any callable ``images -> activations``);
     ``inputs`` is a tensor ``(N, C, H, W)`` or anything indexable by slices with a length (a
     Dataset of images). Rerunning after an interruption computes only the missing chunks; a
-    rerun with another model, layer, preprocessing, inputs, ``N``, ``chunk_size`` or ``layout``
-    is refused (the manifest's fingerprint differs) unless ``overwrite`` is true, which replaces
-    the store. A Dataset is identified by its ``fingerprint`` attribute when it has one; a
-    folder dataset (torchvision's ``ImageFolder``) by every file's path, size and modification
-    time; any other Dataset by its type, length and first, middle and last items only, so
-    reusing chunks of such a store warns (give the Dataset a ``fingerprint`` to silence it).
+    rerun with another model (weights or structure), layer, preprocessing, inputs, ``N``,
+    ``chunk_size`` or ``layout`` is refused (the manifest's fingerprint differs) unless
+    ``overwrite`` is true, which replaces the store. A Dataset is identified by its
+    ``fingerprint`` attribute when it has one; a folder dataset (torchvision's ``ImageFolder``)
+    by every file's path, size, modification and change times, inode and device; any other
+    Dataset by its type, length and first, middle and last items only, so reusing chunks of
+    such a store warns (give the Dataset a ``fingerprint`` to silence it).
     """
     n = len(inputs)
     fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}

@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_int
-from ..io import FormatError, parse_json
+from ..io import FormatError, JsonLimits, parse_json
 
 STORE_FORMAT = "conceptkit-activation-store"
 STORE_VERSION = 1
@@ -57,6 +57,13 @@ _FIELDS = {"model": "model weights", "layer": "layer", "preprocess": "preprocess
            "inputs": "inputs", "n_inputs": "number of inputs", "chunk_size": "chunk size",
            "layout": "layout", "model_dtype": "model dtype", "settings": "extractor settings",
            "extractor": "extractor"}
+#: A manifest grows by 161 bytes, 2 containers and 13 values per chunk (measured: a store of
+#: 20,000 chunks, 20 million inputs at the default chunk size, has a 3.2 MB manifest of 40,004
+#: lists and objects and 260,000 values). 10 times that (200,000 chunks) is what is read; a
+#: larger manifest is refused before it is parsed. Just under the limits a hostile manifest
+#: costs at most 1 s and +210 MB (2.6 million short strings) before it is refused.
+MANIFEST_LIMITS = JsonLimits(max_bytes=32 * 1024 * 1024, max_containers=400_000,
+                             max_values=2_600_000)
 
 
 def chunk_name(index: int) -> str:
@@ -150,13 +157,15 @@ class ActivationStore:
 
     def _check_digest(self, entry: dict, file: Path) -> None:
         """Compare a chunk's bytes with the digest its manifest recorded (stores written before
-        chunks had digests have none), once per file state (size, modification time)."""
+        chunks had digests have none), once per file state (size, modification and change
+        times, inode, device: a chunk rewritten in place with its modification time restored
+        still changes its change time)."""
         expected = entry.get("digest")
         if expected is None:
             return
         stat = file.stat()
         seen = self.__dict__.setdefault("_verified", {})
-        state = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        state = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
         if seen.get(entry["file"]) == state:
             return
         if chunk_digest(file) != expected:
@@ -203,10 +212,25 @@ def read_manifest(path: Path) -> dict | None:
                          f"must be regular files inside it.")
     if not file.exists():
         return None
-    manifest = parse_json(file.read_bytes(), path, MANIFEST)  # FormatErrors name the store
+    size = file.stat().st_size
+    if size > MANIFEST_LIMITS.max_bytes:  # refused before it is read
+        raise FormatError(f"`path` {str(path)!r} has a corrupted {MANIFEST}: {size} bytes, more "
+                          f"than the {MANIFEST_LIMITS.max_bytes} conceptkit reads.")
+    with open(file, "rb") as fh:  # at most one byte over the limit, even if it just grew
+        raw = fh.read(MANIFEST_LIMITS.max_bytes + 1)
+    manifest = parse_json(raw, path, MANIFEST, limits=MANIFEST_LIMITS)  # FormatErrors name the store
     if (not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT
             or manifest.get("version") != STORE_VERSION):
         raise FormatError(f"`path` {str(path)!r}: not a version-{STORE_VERSION} activation store.")
+    chunks = manifest.get("chunks")
+    signed_chunks = isinstance(chunks, list) and any(
+        isinstance(entry, dict) and "digest" in entry for entry in chunks)
+    if "digest" not in manifest and signed_chunks:
+        # chunk digests came after manifest digests: every manifest that records them has one
+        raise FormatError(f"`path` {str(path)!r}: the digest of {MANIFEST} is missing, but a "
+                          f"manifest that records chunk digests is always written with one (it "
+                          f"was edited after it was written); rerun the extraction with "
+                          f"overwrite=True to rewrite the store.")
     if "digest" in manifest and manifest["digest"] != manifest_digest(manifest):
         raise FormatError(f"`path` {str(path)!r}: {MANIFEST} was edited or damaged after it was "
                           f"written (its digest does not match); rerun the extraction with "

@@ -218,7 +218,7 @@ def _check_store_is_of(ex: Any, store: Any) -> None:
     """A store records the model (a digest of its weights) and the layer it was extracted
     from; maps of another model or layer would be explained through this one's head without a
     word (the shapes often agree: two layers of one width, the same network retrained)."""
-    from ..extraction._fingerprint import module_digest
+    from ..extraction._fingerprint import module_digest, structure_digest
 
     fingerprint = store.manifest.get("fingerprint")
     if not isinstance(fingerprint, dict) or "model" not in fingerprint:
@@ -235,6 +235,11 @@ def _check_store_is_of(ex: Any, store: Any) -> None:
                          "another architecture) than `model`: its maps are not this model's. "
                          "Extract a store with this model (`conceptkit extract` with the same "
                          "--model and --weights), or pass the model the store was written with.")
+    if fingerprint.get("model_structure") not in (None, structure_digest(ex.model)):
+        raise ValueError("the store was extracted from a model with the same weights but another "
+                         "structure (a module or a setting such as a stride or an activation "
+                         "differs) than `model`: its maps are not this model's. Extract a store "
+                         "with this model, or pass the model the store was written with.")
 
 
 def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:

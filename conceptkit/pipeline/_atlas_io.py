@@ -132,6 +132,62 @@ def _params(factorizer: Any) -> dict:
     return params
 
 
+def _check_shapes(tensors: dict[str, torch.Tensor], meta: dict, classes: list[int],
+                  k: int) -> None:
+    """Every array of a saved atlas against what its metadata implies: ``C`` classes, ``N``
+    images (the labels) and ``k`` concepts (the dictionary). A ``ValueError`` names the field."""
+    def fail(field: str, got: Any, expected: str) -> ValueError:
+        return ValueError(f"{field} has shape {tuple(got)}, expected {expected}")
+
+    def integers(field: str) -> np.ndarray:
+        tensor = tensors[field]
+        if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+            raise ValueError(f"{field} must hold integers; got {tensor.dtype}")
+        return tensor.numpy().astype(np.int64)
+
+    labels = integers("labels")
+    c = len(classes)
+    if labels.ndim != 1:
+        raise fail("labels", labels.shape, "(n_images,)")
+    n = len(labels)
+    if not classes or len(set(classes)) != c or not np.isin(classes, labels).all():
+        raise ValueError(f"classes {classes} must be distinct class ids found in `labels`")
+    if labels.min() < 0:
+        raise ValueError(f"labels must be class indices >= 0; got {int(labels.min())}")
+    logits = tensors["logits"]
+    if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] <= int(labels.max()):
+        raise fail("logits", logits.shape, f"({n}, n_outputs) with an output for every label "
+                                           f"(up to {int(labels.max())})")
+    if tuple(tensors["scores"].shape) != (n, k):
+        raise fail("scores", tensors["scores"].shape, f"({n}, {k}) ({n} images, {k} concepts)")
+    for field in ("importance.values", "importance.ci_low", "importance.ci_high"):
+        if tuple(tensors[field].shape) != (c, k):
+            raise fail(field, tensors[field].shape, f"({c}, {k}) ({c} classes, {k} concepts)")
+    for field, count, what in (("class_names", c, "classes"), ("concept_names", k, "concepts")):
+        names = meta[field]
+        if not isinstance(names, list) or len(names) != count:
+            got = f"{len(names)}" if isinstance(names, list) else f"a {type(names).__name__}"
+            raise ValueError(f"{field} must be a list of {count} names (one per "
+                             f"{what[:-1]}); got {got}")
+    for j in range(k):
+        images, maps = tensors[f"exemplars.{j}.images"], tensors[f"exemplars.{j}.maps"]
+        ids, shown = integers(f"exemplars.{j}.ids"), integers(f"exemplars.{j}.labels")
+        if ids.ndim != 1:
+            raise fail(f"exemplars.{j}.ids", ids.shape, "(n_exemplars,)")
+        m = len(ids)
+        if m and (ids.min() < 0 or ids.max() >= n):
+            raise ValueError(f"exemplars.{j}.ids must be image ids in [0, {n}) ({n} images); "
+                             f"got ids from {int(ids.min())} to {int(ids.max())}")
+        if shown.shape != (m,):
+            raise fail(f"exemplars.{j}.labels", shown.shape, f"({m},) (one per exemplar id)")
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] != m:
+            raise ValueError(f"exemplars.{j}.images has shape {tuple(images.shape)} and dtype "
+                             f"{images.dtype}, expected ({m}, channels, height, width) uint8")
+        if not maps.dtype.is_floating_point or maps.ndim != 3 or maps.shape[0] != m:
+            raise ValueError(f"exemplars.{j}.maps has shape {tuple(maps.shape)} and dtype "
+                             f"{maps.dtype}, expected ({m}, height, width) floats")
+
+
 def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
     """The parts of a saved atlas (:class:`FormatError` on a file that is not one)."""
     from ..concepts._base import factorizer_from_state
@@ -151,9 +207,7 @@ def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
                          scores=tensors["scores"].double().numpy(), images=None,
                          image_size=None if meta["image_size"] is None else tuple(meta["image_size"]))
         values = tensors["importance.values"].double().numpy()
-        if values.shape != (len(classes), k) or data.scores.shape != (len(labels), k):
-            raise ValueError(f"importance {values.shape} / scores {data.scores.shape} do not fit "
-                             f"{len(classes)} classes, {len(labels)} images and {k} concepts")
+        _check_shapes(tensors, meta, classes, k)
         importance = AtlasImportance(values=values,
                                      ci_low=tensors["importance.ci_low"].double().numpy(),
                                      ci_high=tensors["importance.ci_high"].double().numpy(),

@@ -85,14 +85,14 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
 
 
 def fitted_identity(handle: Any) -> dict[str, Any]:
-    """``{"model_digest", "preprocess"}`` of the model and preprocessing of ``handle`` (what a
-    saved file records, so that ``ClassConcepts.attach`` can compare); empty without one."""
-    from ..extraction._fingerprint import callable_identity, module_digest
+    """``{"model_digest", "model_structure", "preprocess"}`` of the model (its weights, its
+    structure) and preprocessing of ``handle`` (what a saved file records, so that
+    ``ClassConcepts.attach`` can compare); empty without one."""
+    from ..extraction._fingerprint import callable_identity, model_identity
 
     if handle is None:
         return {}
-    return {"model_digest": module_digest(handle.model),
-            "preprocess": callable_identity(handle.preprocess)}
+    return {**model_identity(handle.model), "preprocess": callable_identity(handle.preprocess)}
 
 
 def _check(condition: bool, problem: str) -> None:
@@ -202,8 +202,10 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
     _check(class_id == importance.class_id, f"class_id {class_id} but importances of class "
            f"{importance.class_id}")
     fitted_with = meta.get("fitted_with", {})  # files before it: unknown, attach checks nothing
-    _check(isinstance(fitted_with, dict) and set(fitted_with) <= {"model_digest", "preprocess"}
+    _check(isinstance(fitted_with, dict)  # model_structure: files saved since it is recorded
+           and set(fitted_with) <= {"model_digest", "model_structure", "preprocess"}
            and isinstance(fitted_with.get("model_digest", ""), str)
+           and isinstance(fitted_with.get("model_structure", ""), str)
            and (fitted_with.get("preprocess") is None
                 or isinstance(fitted_with["preprocess"], str)),
            f"malformed fitted_with metadata {fitted_with!r:.80}")

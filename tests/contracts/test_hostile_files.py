@@ -275,3 +275,169 @@ def test_a_missing_spec_of_an_encoder_whose_spec_is_always_stored_is_damage(file
     path = forge(files["cbm"], files["root"] / "no-spec.safetensors",
                  lambda info, tensors: info["meta"].pop("encoder"))
     _refused(bottleneck.ConceptBottleneckModel.load, path, "'Linear' encoder but its architecture")
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON bombs: a header is bounded by its size and by its number of lists, objects and values
+# before it is parsed; a manifest too.
+# ---------------------------------------------------------------------------------------------
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+_EMPTY_LISTS = "[" + "[]," * (8 * 1024 * 1024 // 3) + "[]]"  # 8 MiB: 2.8 million lists, 2 deep
+
+
+@pytest.mark.parametrize("where", ["header", "metadata"])
+def test_a_header_of_millions_of_empty_lists_is_refused_before_it_is_parsed(files, where):
+    import struct
+
+    target = files["root"] / f"bomb-{where}.safetensors"
+    if where == "header":  # the safetensors header itself
+        text = ('{"__metadata__": {"x": "y"}, "junk": ' + _EMPTY_LISTS + "}").encode()
+        target.write_bytes(struct.pack("<Q", len(text)) + text)
+        path = target
+    else:  # the conceptkit metadata, a string inside it
+        path = raw_metadata(files["bank"], target, '{"format": "conceptkit", "kind": '
+                            '"ConceptBank", "format_version": 1, "meta": ' + _EMPTY_LISTS + "}")
+    peak = _peak_mb()
+    _refused(concepts.ConceptBank.load, path, r"279620\d JSON lists and objects holding \d+ "
+             r"values, more than conceptkit writes \(at most 200000 lists")
+    assert _peak_mb() - peak < 128  # parsing it took +1.2 GB per 30 MiB
+    with pytest.raises(io.FormatError, match="lists and objects"):
+        io.peek_kind(path)
+
+
+def test_a_header_larger_than_conceptkit_reads_is_refused_before_it_is_read(files):
+    import struct
+
+    path = files["root"] / "huge-header.safetensors"
+    with open(path, "wb") as fh:  # a sparse file: 17 MiB of header claimed, and present
+        fh.write(struct.pack("<Q", 17 * 1024 * 1024))
+        fh.truncate(8 + 17 * 1024 * 1024)
+    _refused(concepts.ConceptBank.load, path, "17825792 bytes of JSON, more than the 16777216")
+
+
+def test_a_long_string_in_the_metadata_is_scanned_in_bounded_memory(files):
+    # the scan before parsing matched strings with a regular expression that kept about 100
+    # bytes per character of a string: +690 MB for these 6 MB
+    path = forge(files["bank"], files["root"] / "long-note.safetensors",
+                 lambda info, tensors: info["meta"].update(note="x" * 6_000_000))
+    peak, start = _peak_mb(), time.perf_counter()
+    assert concepts.ConceptBank.load(path).components.shape == (3, 6)
+    assert time.perf_counter() - start < 3.0
+    assert _peak_mb() - peak < 128
+
+
+def test_the_largest_headers_conceptkit_writes_load_within_the_limits(tmp_path):
+    # an atlas of 10,000 concepts stores 40,000 exemplar tensors (120,000 lists and objects in
+    # its header); a CBM over a vocabulary of 20,000 concept names keeps them in its metadata
+    tensors = {f"exemplars.{j}.{part}": torch.zeros(1, dtype=torch.uint8)
+               for j in range(10_000) for part in ("images", "maps", "labels", "ids")}
+    names = [f"concept name number {i} of the vocabulary" for i in range(20_000)]
+    path = io.save_file(tmp_path / "big.safetensors", tensors, {"concept_names": names},
+                        kind="big_test_file", version=1)
+    loaded, meta = io.load_file(path, kind="big_test_file", version=1)
+    assert len(loaded) == 40_000 and meta["concept_names"] == names
+
+
+def test_a_manifest_bomb_is_refused_before_it_is_parsed(tmp_path):
+    from conceptkit import extraction
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text('{"format": "conceptkit-activation-store", "junk": '
+                                         + _EMPTY_LISTS + "}")
+    peak, start = _peak_mb(), time.perf_counter()
+    with pytest.raises(io.FormatError, match="lists and objects holding") as err:
+        extraction.ActivationStore(store)
+    assert time.perf_counter() - start < 3.0 and _peak_mb() - peak < 128
+    assert str(store) in str(err.value)
+    with open(store / "manifest.json", "r+b") as fh:  # larger than any manifest: not even read
+        fh.truncate(33 * 1024 * 1024)
+    with pytest.raises(io.FormatError, match="34603008 bytes, more than the 33554432"):
+        extraction.ActivationStore(store)
+
+
+# ---------------------------------------------------------------------------------------------
+# Digests: a file of a format version saved with a digest must carry it
+# ---------------------------------------------------------------------------------------------
+
+def _without_digest(info, tensors):
+    del info["digest"]
+
+
+def test_a_file_whose_digest_was_removed_is_refused(files, explanation_file, tmp_path):
+    import conceptkit
+
+    edited = forge(explanation_file, files["root"] / "no-digest.safetensors",
+                   lambda info, tensors: (_without_digest(info, tensors),
+                                          info["meta"].update(class_name="tampered")), sign=False)
+    _refused(conceptkit.load, edited, "its content digest is missing, but every ClassConcepts "
+                                      "file of format version 2 is saved with one")
+    # a kind this conceptkit has always signed (and every kind or version to come)
+    path = io.save_file(tmp_path / "new-kind.safetensors", {"x": torch.zeros(2)}, {},
+                        kind="new_kind", version=3)
+    unsigned = forge(path, tmp_path / "new-kind-unsigned.safetensors", _without_digest,
+                     sign=False)
+    with pytest.raises(io.FormatError, match="digest is missing"):
+        io.load_file(unsigned, kind="new_kind", version=3)
+    # a bank of format version 1 may have been written by conceptkit 0.1.0, before digests:
+    # it loads, checked by the bank's own checks
+    legacy = forge(files["bank"], files["root"] / "bank-0.1.0.safetensors", _without_digest,
+                   sign=False)
+    assert concepts.ConceptBank.load(legacy).components.shape == (3, 6)
+
+
+@pytest.fixture
+def store(tmp_path):
+    from conceptkit import extraction
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten()).eval()
+    extractor = extraction.ActivationExtractor(model, "1", progress=False)
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    extraction.write_store(extractor, images, tmp_path / "store", chunk_size=4, progress=False)
+    return tmp_path / "store"
+
+
+def test_a_manifest_whose_digest_was_removed_is_refused_if_it_records_chunk_digests(store):
+    import json
+
+    from conceptkit import extraction
+
+    manifest = json.loads((store / "manifest.json").read_text())
+    edited = {key: value for key, value in manifest.items() if key != "digest"}
+    edited["meta"] = {**edited.get("meta", {}), "note": "edited"}
+    (store / "manifest.json").write_text(json.dumps(edited))
+    with pytest.raises(io.FormatError, match="the digest of manifest.json is missing") as err:
+        extraction.ActivationStore(store)
+    assert str(store) in str(err.value)
+    # a store of conceptkit 0.1.0 recorded neither digest: it still loads
+    for entry in edited["chunks"]:
+        del entry["digest"]
+    (store / "manifest.json").write_text(json.dumps(edited))
+    assert extraction.ActivationStore(store).shape == (6, 4)
+
+
+def test_a_chunk_rewritten_in_place_with_its_mtime_restored_is_noticed(store):
+    import os
+
+    from conceptkit import extraction
+
+    opened = extraction.ActivationStore(store)
+    opened.chunk(0)  # verified, and remembered as verified
+    file = store / "chunk-000000.npy"
+    state = os.stat(file)
+    time.sleep(0.05)  # the change time moves on (coarse kernel clocks tick every 4-10 ms)
+    with open(file, "r+b") as fh:  # same size, same inode
+        fh.seek(state.st_size - 4)
+        fh.write(np.float32(999.0).tobytes())
+    os.utime(file, ns=(state.st_atime_ns, state.st_mtime_ns))
+    assert os.stat(file).st_mtime_ns == state.st_mtime_ns
+    with pytest.raises(io.FormatError, match="does not match the digest its manifest recorded"):
+        opened.chunk(0)  # it was served altered: the file's state looked the same

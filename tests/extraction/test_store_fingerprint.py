@@ -503,3 +503,183 @@ def test_the_atlas_takes_a_store_written_before_non_persistent_buffers_were_read
     _edit(path, lambda m: m["fingerprint"].update(model="0" * 32))
     with pytest.raises(ValueError, match="another model"):
         conceptkit.ConceptAtlas(model, "2", n_concepts=2, progress=False, seed=0).fit(path, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the weights do not show: the model's structure, a preprocess's attributes
+# ---------------------------------------------------------------------------------------------
+
+class _Shift(nn.Module):
+    def __init__(self, s: float = 0.0):
+        super().__init__()
+        self.s = s
+
+    def forward(self, x):
+        return x + self.s
+
+
+def _structured(pool=nn.MaxPool2d, act=nn.ReLU, stride=1, eps=1e-5, s=0.0) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, stride=stride), nn.BatchNorm2d(4, eps=eps),
+                         act(), pool(2), _Shift(s), nn.Conv2d(4, 5, 3, padding=1)).eval()
+
+
+STRUCTURE_CHANGES = {"pooling": {"pool": nn.AvgPool2d}, "activation": {"act": nn.Sigmoid},
+                     "stride": {"stride": 2}, "eps": {"eps": 1e-1}, "attribute": {"s": 0.2}}
+
+
+@pytest.mark.parametrize("change", sorted(STRUCTURE_CHANGES))
+def test_a_change_the_weights_do_not_show_is_not_served_from_the_store(tmp_path, change):
+    """A pooling or an activation swapped, a stride, an eps or a plain attribute changed: the
+    weights (and their digest) are the same, the activations are not; the store used to serve
+    the old model's."""
+    from conceptkit.extraction._fingerprint import module_digest, structure_digest
+
+    model, other = _structured(), _structured(**STRUCTURE_CHANGES[change])
+    assert module_digest(model) == module_digest(other)  # the weights are the same
+    assert structure_digest(model) != structure_digest(other)
+    path = tmp_path / "store"
+    write_store(_extractor(model, layer="5"), IMAGES, path, chunk_size=3, progress=False)
+    with pytest.raises(ValueError, match=r"model structure.*overwrite=True"):
+        write_store(_extractor(other, layer="5"), IMAGES, path, chunk_size=3, progress=False)
+    served = write_store(_extractor(other, layer="5"), IMAGES, path, chunk_size=3,
+                         progress=False, overwrite=True).read()
+    np.testing.assert_array_equal(
+        served, _fresh(tmp_path, "fresh", _extractor(other, layer="5"), IMAGES, chunk_size=3))
+
+
+def test_the_structure_digest_is_that_of_the_same_model_anywhere():
+    """The same in a deep copy, in train and eval mode, with hooks, for a model built again and
+    loaded from the same weights, and in another process; the weights' digest is unchanged."""
+    import copy
+    import subprocess
+    import sys
+
+    from conceptkit.extraction._fingerprint import structure_digest
+
+    model = _structured()
+    digest = structure_digest(model)
+    assert structure_digest(copy.deepcopy(model)) == digest
+    assert structure_digest(model.train()) == digest and structure_digest(model.eval()) == digest
+    model.register_forward_hook(lambda *args: None)
+    model[2].register_forward_pre_hook(lambda *args: None)
+    assert structure_digest(model) == digest
+    torch.manual_seed(3)
+    again = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.MaxPool2d(2), _Shift(0.0), nn.Conv2d(4, 5, 3, padding=1))
+    again.load_state_dict(model.state_dict())
+    assert structure_digest(again) == digest
+    assert structure_digest(_structured(act=lambda: nn.ReLU(inplace=True))) == digest
+    script = ("import torch\nfrom torch import nn\n"
+              "from conceptkit.extraction._fingerprint import structure_digest\n"
+              "print(structure_digest(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), "
+              "nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))))")
+    here = structure_digest(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                          nn.ReLU(), nn.MaxPool2d(2)))
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout.strip()
+            for seed in ("1", "2")}
+    assert runs == {here}
+
+
+def test_a_preprocess_whose_repr_hides_what_it_does_is_told_apart():
+    """``Lambda`` prints as ``Lambda()`` and a module's plain attribute shows in no repr: both
+    used to give two different preprocessings one identity. The description of then is still
+    available (``legacy``), for files saved with it."""
+    from torchvision import transforms
+
+    from conceptkit.extraction._fingerprint import callable_identity, module_digest
+
+    same = transforms.Compose([transforms.Lambda(lambda x: x)])
+    inverted = transforms.Compose([transforms.Lambda(lambda x: 1 - x)])
+    assert callable_identity(same) != callable_identity(inverted)
+    assert callable_identity(_Shift(1.0)) != callable_identity(_Shift(0.2))
+    assert callable_identity(_Shift(0.2)) == callable_identity(_Shift(0.2))
+    standard = transforms.Compose([transforms.Normalize([0.5], [0.2]), transforms.ToTensor()])
+    twin = transforms.Compose([transforms.Normalize([0.5], [0.2]), transforms.ToTensor()])
+    assert callable_identity(standard) == callable_identity(twin)
+    # what conceptkit described before: a module by weights and repr, an object by its repr
+    assert callable_identity(_Shift(0.2), legacy=True) == (
+        f"module:{module_digest(_Shift(0.2))}:{repr(_Shift(0.2))}")
+    name = f"{type(same).__module__}.{type(same).__qualname__}"
+    assert callable_identity(inverted, legacy=True) == f"object:{name}:{inverted!r}"
+
+
+def test_a_folder_file_replaced_with_its_size_and_mtime_kept_is_noticed(tmp_path):
+    """A new file (another inode) of the same size with the old modification time restored
+    (``rsync -t``, ``cp -p``, ``os.utime``) used to resume the store from the old image."""
+    folder = _image_folder(tmp_path / "images", IMAGES)
+    path = tmp_path / "store"
+    write_store(_extractor(), folder, path, chunk_size=3, progress=False)
+    target = folder.samples[1][0]
+    stat = os.stat(target)
+    replacement = tmp_path / "new.png"
+    with open(target, "rb") as fh:  # another file of the same size (contents are not read)
+        replacement.write_bytes(fh.read())
+    os.replace(replacement, target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(target).st_size == stat.st_size and os.stat(target).st_ino != stat.st_ino
+    again = type(folder)(folder.root, transform=folder.transform)
+    with pytest.raises(ValueError, match="inputs"):
+        write_store(_extractor(), again, path, chunk_size=3, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two writers in one directory
+# ---------------------------------------------------------------------------------------------
+
+def test_a_writer_never_reuses_a_chunk_computed_under_another_fingerprint(tmp_path):
+    """Writer A is between chunks when writer B replaces the store (``overwrite=True``) and
+    writes chunk 0; A then writes chunk 1. B used to reuse A's chunk 1 and finalize a store
+    serving A's activations."""
+    from conceptkit.extraction._store import finalize_store
+
+    path = tmp_path / "store"
+
+    def b(start, stop):
+        return torch.full((stop - start, 4), -1.0)
+
+    def a(start, stop):
+        if start == 4:  # meanwhile, B replaces the store and writes its chunk 0
+            write_chunks(b, 8, path, chunk_size=4, indices=[0], fingerprint={"model": "B"},
+                         overwrite=True, progress=False)
+        return torch.full((stop - start, 4), 7.0)
+
+    write_chunks(a, 8, path, chunk_size=4, fingerprint={"model": "A"}, progress=False)
+    with pytest.raises(ValueError, match="another extraction"):  # A is refused
+        finalize_store(path, 8, chunk_size=4, layout="pooled", fingerprint={"model": "A"})
+    with pytest.raises(ValueError, match="chunk 1 was not computed by this extraction"):
+        finalize_store(path, 8, chunk_size=4, layout="pooled", fingerprint={"model": "B"})
+    assert write_chunks(b, 8, path, chunk_size=4, fingerprint={"model": "B"},
+                        progress=False) == [1]  # A's chunk is recomputed, B's own reused
+    store = finalize_store(path, 8, chunk_size=4, layout="pooled", fingerprint={"model": "B"})
+    np.testing.assert_array_equal(ActivationStore(path).read(), np.full((8, 4), -1.0))
+    assert sorted(p.name for p in path.iterdir()) == ["chunk-000000.npy", "chunk-000001.npy",
+                                                     "manifest.json"]  # no origin files left
+    # a finished store resumes from its manifest's digests: nothing recomputed
+    assert write_chunks(b, 8, path, chunk_size=4, fingerprint={"model": "B"},
+                        progress=False) == []
+    assert store.manifest["fingerprint"]["model"] == "B"
+
+
+def test_a_chunk_without_an_origin_in_an_unfinished_store_is_recomputed(tmp_path):
+    """An earlier conceptkit wrote no origin files: its finished stores resume from their
+    manifest, its unfinished ones recompute the chunks they hold."""
+    path = tmp_path / "store"
+    write_chunks(lambda s, e: torch.ones(e - s, 2), 4, path, chunk_size=2, indices=[0],
+                 progress=False)
+    (path / ".chunk-000000.origin").unlink()  # as an earlier conceptkit left it
+    assert write_chunks(lambda s, e: torch.ones(e - s, 2), 4, path, chunk_size=2,
+                        progress=False) == [0, 1]
+
+
+def test_a_store_of_an_earlier_conceptkit_is_recomputed_once(tmp_path):
+    """Its manifest records the weights but not the structure: a rerun says why it cannot
+    resume, and ``overwrite=True`` recomputes it."""
+    path = tmp_path / "store"
+    write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False)
+    _edit(path, lambda m: m["fingerprint"].pop("model_structure"))
+    with pytest.raises(ValueError, match=r"earlier conceptkit.*recomputed once.*overwrite=True"):
+        write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False)
+    store = write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False, overwrite=True)
+    assert "model_structure" in store.manifest["fingerprint"]

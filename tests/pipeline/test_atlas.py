@@ -359,3 +359,81 @@ def test_a_store_of_transformer_tokens_is_refused_before_fitting(tmp_path):
     with pytest.raises(ValueError, match="CLS/register tokens.*fit on the images"):
         atlas.fit(tmp_path / "store")
     assert atlas.data_ is None and not model.training
+
+
+def _resize(name, *shape, dtype=None):
+    def edit(info, tensors):
+        tensors[name] = torch.zeros(shape, dtype=dtype or tensors[name].dtype)
+    return edit
+
+
+def _exemplar_id_past_the_images(info, tensors):
+    tensors["exemplars.3.ids"] = tensors["exemplars.3.ids"].clone()
+    tensors["exemplars.3.ids"][0] = 72
+
+
+def _class_names_short(info, tensors):
+    info["meta"]["class_names"] = info["meta"]["class_names"][:5]
+
+
+def _classes_without_images(info, tensors):
+    info["meta"]["classes"][-1] = 40
+    tensors["logits"] = torch.zeros(72, 41, dtype=tensors["logits"].dtype)
+
+
+#: Arrays whose shape disagrees with the atlas's 6 classes, 72 images and 10 concepts: each
+#: loaded (re-signed) and failed later in `important()` or the report with a numpy error.
+WRONG_SHAPES = {
+    "ci-low": (_resize("importance.ci_low", 1, 2), r"importance.ci_low has shape \(1, 2\), "
+                                                   r"expected \(6, 10\)"),
+    "ci-high": (_resize("importance.ci_high", 6, 9), r"importance.ci_high has shape \(6, 9\)"),
+    "labels-2d": (_resize("labels", 72, 1), r"labels has shape \(72, 1\)"),
+    "logits-rows": (_resize("logits", 71, 6), r"logits has shape \(71, 6\)"),
+    "logits-outputs": (_resize("logits", 72, 3), r"logits has shape \(72, 3\)"),
+    "float-labels": (_resize("labels", 72, dtype=torch.float32), "labels must hold integers"),
+    "exemplar-images": (_resize("exemplars.2.images", 3, 64, 64, dtype=torch.uint8),
+                        r"exemplars.2.images has shape \(3, 64, 64\)"),
+    "exemplar-image-dtype": (_resize("exemplars.2.images", 8, 3, 64, 64, dtype=torch.float32),
+                             "exemplars.2.images .* dtype torch.float32"),
+    "exemplar-maps": (_resize("exemplars.5.maps", 7, 64, 64), r"exemplars.5.maps has shape "
+                                                              r"\(7, 64, 64\)"),
+    "exemplar-labels": (_resize("exemplars.0.labels", 3), r"exemplars.0.labels has shape \(3,\)"),
+    "exemplar-ids": (_exemplar_id_past_the_images, r"exemplars.3.ids must be image ids in "
+                                                  r"\[0, 72\) \(72 images\); got ids from"),
+    "class-names": (_class_names_short, "class_names must be a list of 6 names"),
+    "classes": (_classes_without_images, r"classes \[0, 1, 2, 3, 4, 40\] must be distinct class "
+                                          r"ids found in `labels`"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_SHAPES))
+def test_atlas_arrays_that_disagree_with_its_metadata_are_refused_at_load(fitted, tmp_path, case):
+    from pathlib import Path
+
+    from _forge import forge
+
+    path = Path(fitted.save(tmp_path / "atlas.safetensors"))
+    edit, match = WRONG_SHAPES[case]
+    forged = forge(path, tmp_path / f"{case}.safetensors", edit)  # re-signed: the digest passes
+    with pytest.raises(io.FormatError, match="not a valid ConceptAtlas file: " + match) as err:
+        conceptkit.load(forged)
+    assert str(forged) in str(err.value)
+
+
+def test_a_store_of_a_model_with_the_same_weights_and_another_structure_is_refused(world,
+                                                                                  tmp_path):
+    """The atlas compared a store's weights digest only: a model whose pooling was swapped
+    (same weights) fitted its dictionary on the other model's maps without a word."""
+    from conceptkit.extraction import write_store
+
+    model = reference_model()
+    extractor = ActivationExtractor(model, "block4", batch_size=32, progress=False)
+    store = write_store(extractor, world.images[:12], tmp_path / "store", chunk_size=6,
+                        layout="maps", progress=False, meta={"labels": [0, 1] * 6})
+    other = reference_model()
+    pools = [name for name, m in other.named_modules() if isinstance(m, torch.nn.MaxPool2d)]
+    parent, _, leaf = pools[0].rpartition(".")
+    setattr(other.get_submodule(parent) if parent else other, leaf, torch.nn.AvgPool2d(2))
+    with pytest.raises(ValueError, match="same weights but another structure"):
+        ConceptAtlas(other, "block4", 3, method="ice", importance="closed_form", seed=0,
+                     progress=False).fit(store, store_options={"max_iter": 2})

@@ -69,10 +69,15 @@ def _attach_warnings(loaded, *args, **kwargs) -> list[str]:
 
 def test_the_file_records_the_weights_and_preprocessing_and_attach_compares(fitted):
     fresh, model, path = fitted
-    from conceptkit.extraction._fingerprint import callable_identity, module_digest
+    from conceptkit.extraction._fingerprint import (
+        callable_identity,
+        module_digest,
+        structure_digest,
+    )
 
     loaded = conceptkit.load(path)
     assert loaded.fitted_with == {"model_digest": module_digest(model),
+                                  "model_structure": structure_digest(model),
                                   "preprocess": callable_identity(scale)}
     assert _attach_warnings(loaded, model, scale) == []  # the same model and preprocessing
     torch.testing.assert_close(loaded.concept_maps(IMAGES[:2], kind="coefficient"),
@@ -286,3 +291,68 @@ def test_the_manager_groups_images_by_the_output_it_explains_and_results_own_the
     before = result.images.clone()
     images.mul_(0)
     torch.testing.assert_close(result.images, before)
+
+
+# ------------------------------------------------------------------ 4b: attach and the structure
+def _restructured():
+    """Two blocks with the weights of ``two_block_cnn`` and another pooling and activation:
+    the weights (and their digest) are the same, the maps are not."""
+    model = two_block_cnn()
+    model.block1[2] = torch.nn.AvgPool2d(2)
+    model.block2[1] = torch.nn.Sigmoid()
+    return model
+
+
+def test_attach_refuses_a_model_of_another_structure_with_the_same_weights(fitted):
+    from conceptkit.extraction._fingerprint import module_digest, structure_digest
+
+    fresh, model, path = fitted
+    other = _restructured()
+    assert module_digest(other) == module_digest(model)
+    with pytest.raises(ValueError, match="structure differs"):  # a fresh explanation
+        fresh.attach(other, scale, strict=True)
+    assert fresh.model_at_layer.model is model  # refused: nothing attached
+    loaded = conceptkit.load(path)  # a file that records the structure
+    loaded.fitted_with = {**loaded.fitted_with, "model_structure": structure_digest(model)}
+    assert _attach_warnings(loaded, model, scale) == []
+    with pytest.raises(ValueError, match="structure differs"):
+        loaded.attach(other, scale, strict=True)
+    warned = _attach_warnings(loaded, other, scale)
+    assert len(warned) == 1 and "structure differs" in warned[0] and "weights" not in warned[0]
+
+
+def test_a_file_saved_before_the_structure_was_recorded_attaches_to_its_model(fitted):
+    """Its record holds the weights' digest and the description of the preprocessing of then
+    (a module by its weights and repr, a transform by its repr): the same model and
+    preprocessing attach without a word; the weights are still compared."""
+    from torchvision import transforms
+
+    from conceptkit.extraction._fingerprint import callable_identity, module_digest
+
+    _, model, path = fitted
+
+    def preprocessing():
+        return transforms.Compose([transforms.Normalize([0.45] * 3, [0.25] * 3),
+                                   transforms.Lambda(torch.abs)])
+
+    loaded = conceptkit.load(path)
+    loaded.fitted_with = {"model_digest": module_digest(model),
+                          "preprocess": callable_identity(preprocessing(), legacy=True)}
+    assert callable_identity(preprocessing()) != loaded.fitted_with["preprocess"]
+    assert _attach_warnings(loaded, model, preprocessing()) == []
+    halved = two_block_cnn()
+    with torch.no_grad():
+        for weight in halved.parameters():
+            weight.mul_(0.5)
+    with pytest.raises(ValueError, match="weights differ"):
+        loaded.attach(halved, preprocessing(), strict=True)
+
+
+def test_a_saved_file_records_the_structure_and_attach_refuses_another(fitted, tmp_path):
+    _, model, path = fitted
+    loaded = conceptkit.load(path)
+    with pytest.raises(ValueError, match="structure differs"):
+        loaded.attach(_restructured(), scale, strict=True)
+    assert _attach_warnings(loaded, model, scale) == []
+    resaved = conceptkit.load(loaded.save(tmp_path / "resaved.safetensors"))
+    assert resaved.fitted_with == loaded.fitted_with
