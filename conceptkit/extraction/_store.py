@@ -53,7 +53,6 @@ from ._store_read import (
 
 _ORIGIN = re.compile(r"\.chunk-(\d{6,})\.origin")
 # fingerprint keys that earlier versions did not record, and what they are called in messages
-_NEW_FIELDS = {"model_structure": "model structure (submodule types and settings)"}
 
 __all__ = ["LAYOUTS", "MANIFEST", "STORE_FORMAT", "STORE_VERSION", "ActivationStore", "StorePlan",
            "chunk_name", "clear_store", "finalize_store", "manifest_digest", "prepare_store",
@@ -97,7 +96,7 @@ def _differences(old: Any, new: dict) -> list[str]:
                    "image files less precisely, so it has to be recomputed once")
         keys = [key for key in keys if key != "model_structure"]
     for key in keys:
-        name = _NEW_FIELDS.get(key) or _FIELDS.get(key, key)
+        name = _FIELDS.get(key, key)
         if isinstance(new.get(key), int) or key in ("layer", "layout", "model_dtype"):
             out.append(f"{name} ({old.get(key)!r} in the store, {new.get(key)!r} now)")
         else:

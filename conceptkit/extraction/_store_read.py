@@ -53,7 +53,8 @@ LAYOUTS = ("pooled", "positions", "maps")
 MANIFEST = "manifest.json"
 _CHUNK = re.compile(r"chunk-(\d{6,})\.npy")
 _DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
-_FIELDS = {"model": "model weights", "layer": "layer", "preprocess": "preprocessing",
+_FIELDS = {"model": "model weights",
+           "model_structure": "model structure (submodule types and settings)", "layer": "layer", "preprocess": "preprocessing",
            "inputs": "inputs", "n_inputs": "number of inputs", "chunk_size": "chunk size",
            "layout": "layout", "model_dtype": "model dtype", "settings": "extractor settings",
            "extractor": "extractor"}
