@@ -5,6 +5,11 @@ whose items are ``(x, concepts, label)``. ``x`` may be images ``(N, C, H, W)`` (
 or cached features ``(N, d)`` from a frozen backbone. :class:`CBMData` validates either form once,
 at the boundary, and offers the few operations the trainers need: seeded mini-batches, a seeded
 split, and the concept/label columns.
+
+One rule for ``x`` in both forms (and for a bare input tensor): it must be floating point, of any
+precision — the model casts it to its own dtype (float64 features run through a float32 model) —
+and integer inputs are refused by name, since their scale is ambiguous (uint8 images in 0-255 are
+not the [0, 1] floats a model expects): convert them first, e.g. ``x.float() / 255``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,16 @@ def as_tensor(value: Any, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(value)}.")
     return value
+
+
+def check_floating(x: torch.Tensor, name: str) -> None:
+    """Refuse integer (and boolean) inputs, whose scale is ambiguous; floats of any precision
+    pass (the model casts them to its dtype)."""
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point (of any precision: it is cast to the "
+                        f"model's dtype); got dtype {x.dtype}. Integer inputs are refused because "
+                        f"their scale is ambiguous: convert them first, e.g. images in [0, 1] as "
+                        f"x.float() / 255, or features as x.float().")
 
 
 def check_concepts(concepts: torch.Tensor, name: str) -> torch.Tensor:
@@ -73,7 +88,8 @@ class CBMData:
     Parameters
     ----------
     data : tuple of (x, concepts, labels) or Dataset
-        ``x``: ``(N, ...)`` float inputs; ``concepts``: ``(N, k)`` presence in [0, 1];
+        ``x``: ``(N, ...)`` floating inputs (any precision; integers are refused);
+        ``concepts``: ``(N, k)`` presence in [0, 1];
         ``labels``: ``(N,)`` integer class indices. A Dataset must yield ``(x, c, y)`` items.
     name : str
         The argument name used in error messages.
@@ -102,9 +118,10 @@ class CBMData:
                                  f"got {n}, {concepts.shape[0]} and {labels.shape[0]}.")
             if n == 0:
                 raise ValueError(f"`{name}` is empty; need at least one example.")
-            if x.ndim < 2 or not x.is_floating_point():
+            if x.ndim < 2:
                 raise ValueError(f"`{name}[0]` (x) must be a float tensor (N, ...) of inputs; "
                                  f"got {describe(x)}.")
+            check_floating(x, f"`{name}[0]` (x)")
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"`{name}[0]` (x) contains NaN or Inf values.")
             self.tensors = (x, concepts, labels)
@@ -116,6 +133,8 @@ class CBMData:
             if not isinstance(item, (tuple, list)) or len(item) != 3:
                 raise ValueError(f"`{name}` must yield (x, concepts, label) items; its first item is "
                                  f"{describe(item)}.")
+            if isinstance(item[0], (torch.Tensor, np.ndarray)):  # the same rule as the tuple form
+                check_floating(as_tensor(item[0], f"{name} inputs (x)"), f"`{name}` inputs (x)")
             self.dataset = data
         else:
             raise TypeError(f"`{name}` must be a tuple (x, concepts, labels) of tensors or a Dataset "
@@ -145,7 +164,7 @@ class CBMData:
             if y.is_floating_point():  # .long() would truncate 2.7 to class 2
                 raise TypeError(f"`{self.name}` labels must hold integer class indices; the "
                                 f"Dataset yields {y.dtype} values such as {float(y.flatten()[0])}.")
-            x = x.float()
+            check_floating(x, f"`{self.name}` inputs (x)")  # cast to the model's dtype there
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"`{self.name}` inputs (x) contain NaN or Inf values.")
             yield x, c.float(), y.long()
@@ -211,8 +230,9 @@ def as_inputs(data: Any, name: str) -> torch.Tensor | CBMData:
     """Accept a bare input tensor ``(N, ...)`` or any :class:`CBMData` form."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
         x = as_tensor(data, name)
-        if x.ndim < 2 or not x.is_floating_point() or x.shape[0] == 0:
+        if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"`{name}` must be a non-empty float tensor (N, ...); got {describe(x)}.")
+        check_floating(x, f"`{name}`")
         return x
     return CBMData(data, name)
 

@@ -33,7 +33,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._deprecation import renamed_arguments
-from .._validation import check_choice, check_float, check_images, check_int, describe, make_rng
+from .._validation import (
+    check_choice,
+    check_float,
+    check_images,
+    check_int,
+    describe,
+    make_rng,
+    to_numpy,
+)
 from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
 from ..io import load_file, loading, save_file
@@ -83,6 +91,20 @@ def concept_blocks(concepts: Any) -> list[tuple[ConceptBank, str, Any]]:
             raise TypeError(f"`concepts[{key!r}]` must be a ClassConcepts or a ConceptBank; got "
                             f"{describe(item)}.")
     return blocks
+
+
+def _split_truth(concept_values: Any, mask: Any) -> tuple[Any, Any]:
+    """``(values, mask)`` from ``concept_values`` — the pair :meth:`DiscoveredCBM.true_concepts`
+    returns, or the values alone — and ``mask=``; both masks at once is an error."""
+    pair = (isinstance(concept_values, tuple) and len(concept_values) == 2
+            and np.ndim(concept_values[0]) == 2)  # a tuple of two rows has 1-D items
+    if not pair:
+        return concept_values, mask
+    if mask is not None:
+        raise TypeError("`concept_values` is a (values, mask) pair and `mask=` is given too: "
+                        "pass the mask once.")
+    values, pair_mask = concept_values
+    return values, pair_mask
 
 
 class DiscoveredCBM(BaseEstimator):
@@ -290,7 +312,10 @@ class DiscoveredCBM(BaseEstimator):
         ``presence (N, G)`` of parts ``part_names``; a concept whose name is a part's name gets
         that part's presence. With ``min_trust``, only concepts whose name's trust score (AUC,
         from the naming) reaches it are kept. Returns ``(concept_values (N, K), mask (K,))``,
-        mask True for the concepts that found their part.
+        mask True for the concepts that found their part; the other columns of
+        ``concept_values`` are 0 and mean "unknown", not "absent". Pass the pair whole to
+        :meth:`intervention_curve` (``concept_values=cbm.true_concepts(...)``), or its two parts
+        to :meth:`intervene`, so that only the concepts with a true value are intervened on.
         """
         self._check_fitted()
         if min_trust is not None:
@@ -312,11 +337,13 @@ class DiscoveredCBM(BaseEstimator):
     def intervene(self, images: Any = None, concept_values: Any = None, mask: Any = None, *,
                   activations: Any = None) -> CBMOutput:
         """Predict with the concepts where ``mask`` (``(N, K)`` or ``(K,)`` bool) is True set to
-        their true values ``concept_values (N, K)`` (presence in [0, 1]).
+        their true values ``concept_values (N, K)`` (presence in [0, 1]). ``concept_values`` may
+        also be the ``(values, mask)`` pair of :meth:`true_concepts`.
 
         Returns a :class:`CBMOutput`: ``concept_logits`` the standardised coefficients before,
         ``concepts`` after the replacement, ``class_logits`` the head on them.
         """
+        concept_values, mask = _split_truth(concept_values, mask)
         Z = self.transform(images, activations=activations)
         if mask is None:
             raise TypeError(f"`mask` is required: booleans of shape {tuple(Z.shape)} or "
@@ -333,21 +360,62 @@ class DiscoveredCBM(BaseEstimator):
         return CBMOutput(Z, replaced, self.predict_from_concepts(replaced))
 
     def intervention_curve(self, images: Any = None, concept_values: Any = None,
-                           labels: Any = None, *, groups: list[list[int]] | None = None,
-                           policy: str = "random", n_trials: int = 5, seed: int = 0,
+                           labels: Any = None, *, mask: Any = None,
+                           groups: list[list[int]] | None = None, policy: str = "random",
+                           n_trials: int = 5, seed: int = 0,
                            activations: Any = None) -> InterventionCurve:
-        """Task accuracy as concept groups (default: each concept with a True in ``concept_values``'
-        mask, i.e. all concepts) are set to their true values one group at a time.
+        """Task accuracy as concept groups are set to their true values, one group at a time.
+
+        Only concepts with a true value are ever intervened on. Which ones have one is said by a
+        ``mask`` (``(K,)``, or ``(N, K)`` per image; True = the value in ``concept_values`` is
+        known), given either as ``concept_values=(values, mask)`` — the pair
+        :meth:`true_concepts` returns — or as ``mask=``:
+
+        - ``groups`` left out: each concept that is True in the mask (for some image) is its own
+          group; the others are never touched.
+        - ``groups`` given: every concept in them must be True in the mask for some image; a
+          group sets its concepts only on the images where the mask is True.
+
+        ``concept_values (N, K)`` alone, without a mask, is accepted only with ``groups`` (the
+        concepts in the groups are taken to have true values). Without either it is refused
+        (a ``TypeError``): the curve cannot tell a concept without a true value (0 in
+        :meth:`true_concepts`) from one that is absent, and would set it to "absent". Pass
+        ``mask=torch.ones(K, dtype=torch.bool)`` when every concept has a true value.
 
         ``policy``: ``"random"`` (seeded orders, mean ± std over ``n_trials``) or
         ``"importance"`` (per image, the groups with the largest ``|W[ŷ, j]|`` first).
         """
         check_choice(policy, "policy", ("random", "importance"))
+        values, mask = _split_truth(concept_values, mask)
         Z = self.transform(images, activations=activations)
-        true = self.true_to_bottleneck(concept_values)
+        true = self.true_to_bottleneck(values)
         if true.shape != Z.shape:  # one row or one column would broadcast into a curve
             raise ValueError(f"`concept_values` must have shape {tuple(Z.shape)} (one row per "
                              f"image, one column per concept); got {tuple(true.shape)}.")
+        if mask is None:
+            if groups is None:
+                raise TypeError(
+                    f"`mask` is required (or `groups`): which of the {self.n_concepts} concepts "
+                    f"have a true value in `concept_values`? Pass the (values, mask) pair that "
+                    f"`true_concepts` returns as `concept_values`, or `mask=` (booleans of shape "
+                    f"({self.n_concepts},) or {tuple(Z.shape)}); "
+                    f"mask=torch.ones({self.n_concepts}, dtype=torch.bool) if every concept has "
+                    f"one. Without it every concept would be set, those without truth to "
+                    f"\"absent\".")
+            known = torch.ones_like(Z, dtype=torch.bool)
+        else:
+            mask = torch.as_tensor(to_numpy(mask) if not isinstance(mask, torch.Tensor) else mask)
+            if mask.dtype != torch.bool or mask.shape not in (Z.shape, Z.shape[1:]):
+                raise ValueError(f"`mask` must be boolean of shape {tuple(Z.shape)} or "
+                                 f"({Z.shape[1]},), True where `concept_values` holds a true "
+                                 f"value; got {describe(mask)}.")
+            known = mask.expand_as(Z)
+            with_truth = known.any(0)
+            if not bool(with_truth.any()):
+                raise ValueError("`mask` is False everywhere: no concept has a true value to "
+                                 "intervene with.")
+            if groups is None:
+                groups = [[j] for j in torch.nonzero(with_truth).flatten().tolist()]
         labels = check_labels(as_tensor(labels, "labels"), "labels")
         if labels.shape != (Z.shape[0],):
             raise ValueError(f"`labels` must hold one class per image ({Z.shape[0]}); got shape "
@@ -356,6 +424,10 @@ class DiscoveredCBM(BaseEstimator):
             raise ValueError(f"`labels` must be class indices in [0, {self.n_classes_ - 1}]; got "
                              f"values in [{int(labels.min())}, {int(labels.max())}].")
         groups = _check_groups(groups, self.n_concepts)
+        without = sorted(j for g in groups for j in g if not bool(known[:, j].any()))
+        if without:
+            raise ValueError(f"`groups` hold concept(s) {without[:10]} that have no true value "
+                             f"(False in `mask` for every image); leave them out of `groups`.")
         membership = torch.zeros(len(groups), self.n_concepts, dtype=torch.bool)
         for g, members in enumerate(groups):
             membership[g, members] = True
@@ -371,11 +443,12 @@ class DiscoveredCBM(BaseEstimator):
             orders = [torch.sort(scores, dim=1, descending=True, stable=True).indices]
         accuracies = np.zeros((len(orders), len(groups) + 1))
         for t, order in enumerate(orders):
-            mask = torch.zeros_like(Z, dtype=torch.bool)
+            chosen = torch.zeros_like(Z, dtype=torch.bool)  # the groups set so far
             for step in range(len(groups) + 1):
                 if step > 0:
-                    mask |= membership[order[:, step - 1]]
-                predicted = self.predict_from_concepts(torch.where(mask, true, Z)).argmax(1)
+                    chosen |= membership[order[:, step - 1]]
+                replaced = torch.where(chosen & known, true, Z)  # only where a truth is known
+                predicted = self.predict_from_concepts(replaced).argmax(1)
                 accuracies[t, step] = float((predicted == labels).double().mean())
         mean = accuracies.mean(0)
         steps = np.arange(len(groups) + 1)

@@ -10,14 +10,17 @@ Steps of :meth:`LabelFreeCBM.fit` (reference defaults in brackets):
 2. CLIP activation cutoff: drop concepts with mean top-5 image–text cosine ≤ ``clip_cutoff`` [0.25];
 3. ``W_c`` (no bias) maximising the cubed-cosine similarity with the CLIP similarities: centre each
    concept column, cube it, L2-normalise per concept, dot product; Adam [lr 1e-3], full batch,
-   ≤ ``proj_steps`` [1000] steps, validation every ``val_every`` [50] steps, stop at the first
-   worsening and keep the best weights;
+   ≤ ``proj_steps`` [1000] updates; after update ``i`` (counted from 0) the validation similarity
+   is measured when ``i`` is a multiple of ``val_every`` [50] and after the last update; training
+   stops at the first worsening and keeps the best validated weights (the reference's order);
 4. interpretability cutoff: drop concepts whose validation similarity is ≤ 0.45;
 5. z-score the concept activations with the training mean/std;
-6. elastic-net head (α = 0.99) driven to ≤ ``nnz_per_class`` non-zero weights per class.
+6. elastic-net head (L1 share ``l1_ratio`` [0.99], the reference's α; its strength ``alpha_`` is
+   picked along a path) driven to ≤ ``nnz_per_class`` non-zero weights per class.
 
 Validation (steps 3-4) never sees test data: pass ``val_images`` or a seeded ``val_fraction`` of
-the training images is held out (the reference uses its test split here).
+the training images is held out (the reference uses its test split here). ``val_fraction`` given
+together with ``val_images`` would be ignored, and is an error.
 """
 
 from __future__ import annotations
@@ -49,10 +52,13 @@ from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders, clip_similarity
 from ._concept_filter import filter_by_text, top5_activation
 from ._data import as_tensor, check_labels
+from ._model import warn_repeated
 from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
 
 KIND = "label_free_cbm"
 FORMAT_VERSION = 1
+#: The share of training images held out when ``val_fraction`` is left at None.
+DEFAULT_VAL_FRACTION = 0.2
 
 
 def cubed_cosine_similarity(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -109,6 +115,10 @@ class LabelFreeCBM(BaseEstimator):
     l1_ratio : float
         L1 share of the head's elastic-net penalty (0.99, the reference); its strength ``alpha_``
         is picked along a path so that each class keeps at most ``nnz_per_class`` weights.
+    val_fraction : float, optional
+        Share of the training images held out for validation when :meth:`fit` gets no
+        ``val_images`` (default ``None``: 0.2). Giving it together with ``val_images`` is an error
+        (it would be ignored).
     seed : int or None
         Seeds the projection initialisation and the validation split (``None``: fresh entropy).
     cache_dir : path, optional
@@ -119,7 +129,8 @@ class LabelFreeCBM(BaseEstimator):
     concepts_ (kept concepts), removed_ ({concept: reason}), projection_ ``(K, d)``,
     proj_mean_, proj_std_ ``(K,)``, concept_similarity_ ``(K,)`` (validation cos³),
     weight_ ``(C, K)``, bias_ ``(C,)``, alpha_ (the head's penalty strength, picked along the
-    path), path_, val_accuracy_, proj_steps_.
+    path), path_, val_accuracy_, proj_steps_ (how many Adam updates the kept projection had: the
+    best validated update, counted from 1; ``proj_steps`` when the last one was best).
     """
 
     @renamed_arguments(**RENAMED_PARAMS)
@@ -128,7 +139,7 @@ class LabelFreeCBM(BaseEstimator):
                  class_similarity_cutoff: float = 0.85, concept_similarity_cutoff: float = 0.9,
                  clip_cutoff: float = 0.25, interpretability_cutoff: float = 0.45,
                  proj_steps: int = 1000, proj_lr: float = 1e-3, val_every: int = 50,
-                 nnz_per_class: int = 10, l1_ratio: float = 0.99, val_fraction: float = 0.2,
+                 nnz_per_class: int = 10, l1_ratio: float = 0.99, val_fraction: float | None = None,
                  batch_size: int = 256, device: Any = None, seed: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = True):
         self.backbone = backbone
@@ -176,11 +187,15 @@ class LabelFreeCBM(BaseEstimator):
         for name in ("class_similarity_cutoff", "concept_similarity_cutoff", "clip_cutoff",
                      "interpretability_cutoff"):
             check_float(getattr(self, name), name)
-        fraction = check_float(self.val_fraction, "val_fraction", minimum=0.0, maximum=1.0)
+        fraction = check_float(self._val_fraction(), "val_fraction", minimum=0.0, maximum=1.0)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"`val_fraction` must be strictly between 0 and 1; got "
                              f"{self.val_fraction!r}.")
         return concepts, classes
+
+    def _val_fraction(self) -> float:
+        """``val_fraction``, its default (0.2) when left at ``None``."""
+        return DEFAULT_VAL_FRACTION if self.val_fraction is None else self.val_fraction
 
     @staticmethod
     def _embeddings(values: Any, name: str, rows: int, width: int | None = None) -> torch.Tensor:
@@ -214,14 +229,23 @@ class LabelFreeCBM(BaseEstimator):
         images = check_images(images, "images")
         labels = self._labels(labels, len(images), "labels", len(classes))
         if val_images is None:
-            n_val = int(round(float(self.val_fraction) * len(images)))
+            if val_labels is not None:
+                raise ValueError("`val_labels` was given without `val_images`; pass both, or "
+                                 "neither to hold out `val_fraction` of the training images.")
+            fraction = self._val_fraction()
+            n_val = int(round(float(fraction) * len(images)))
             if not 1 <= n_val < len(images):
-                raise ValueError(f"`val_fraction`={self.val_fraction} leaves no validation or no "
+                raise ValueError(f"`val_fraction`={fraction} leaves no validation or no "
                                  f"training images out of {len(images)}; pass `val_images`.")
             order = torch.as_tensor(make_rng(self.seed).permutation(len(images)))
             val_images, val_labels = images[order[:n_val]], labels[order[:n_val]]
             images, labels = images[order[n_val:]], labels[order[n_val:]]
         else:
+            if self.val_fraction is not None:
+                raise ValueError(f"`val_fraction`={self.val_fraction!r} sets the share of the "
+                                 f"training images held out for validation, but `val_images` "
+                                 f"were given, so it would be ignored. Leave `val_fraction` out "
+                                 f"(None), or do not pass `val_images`.")
             val_images = check_images(val_images, "val_images")
             val_labels = self._labels(val_labels, len(val_images), "val_labels", len(classes))
         feats = {}
@@ -237,6 +261,7 @@ class LabelFreeCBM(BaseEstimator):
         concepts, classes = self._check_setup()
         if self.clip is None:
             raise ValueError("`clip` is required to fit a LabelFreeCBM.")
+        warn_repeated(classes, "class_names", "class")  # as ConceptBottleneckModel does
         repeated = sorted({c for c in concepts if concepts.count(c) > 1})
         if repeated:  # filtered by text, both copies would go ("duplicate of itself")
             warnings.warn(f"LabelFreeCBM: `concepts` lists {repeated[:8]} more than once; each "
@@ -323,23 +348,27 @@ class LabelFreeCBM(BaseEstimator):
             torch.manual_seed(resolve_seed(self.seed))
             layer = nn.Linear(X.shape[1], T.shape[1], bias=False).to(X.device)
         opt = torch.optim.Adam(layer.parameters(), lr=float(self.proj_lr))
-        best_loss, best_weight, step = float("inf"), layer.weight.detach().clone(), 0
-        bar = tqdm(range(int(self.proj_steps)), disable=not self.progress, desc="concept projection",
-                   leave=False)
+        steps, val_every = int(self.proj_steps), int(self.val_every)
+        best_loss, best_weight, best_updates = float("inf"), None, 0
+        bar = tqdm(range(steps), disable=not self.progress, desc="concept projection", leave=False)
+        # the reference's order: update, then validate (after update 0, every val_every-th and
+        # the last), keep the best weights, stop at the first worsening
         for step in bar:
-            if step % int(self.val_every) == 0 or step == int(self.proj_steps) - 1:
-                with torch.no_grad():
-                    val_loss = float(-cubed_cosine_similarity(T_val, layer(X_val)).mean())
-                if val_loss >= best_loss:
-                    break  # the reference stops at the first worsening
-                best_loss, best_weight = val_loss, layer.weight.detach().clone()
-                bar.set_postfix(val=f"{-val_loss:.4f}")
             opt.zero_grad(set_to_none=True)
             loss = -cubed_cosine_similarity(T, layer(X)).mean()
             loss.backward()
             opt.step()
+            if step % val_every == 0 or step == steps - 1:
+                with torch.no_grad():
+                    val_loss = float(-cubed_cosine_similarity(T_val, layer(X_val)).mean())
+                if best_weight is not None and not val_loss < best_loss:
+                    break
+                best_loss, best_weight = val_loss, layer.weight.detach().clone()
+                best_updates = step + 1
+                bar.set_postfix(val=f"{-val_loss:.4f}")
         bar.close()
-        return best_weight, step
+        assert best_weight is not None  # update 0 is always validated
+        return best_weight, best_updates
 
     @property
     def lam_(self) -> float:
@@ -417,8 +446,12 @@ class LabelFreeCBM(BaseEstimator):
         with loading(path, "LabelFreeCBM"):
             if not isinstance(meta["params"], dict):
                 raise TypeError(f"params must be a dict; got {describe(meta['params'])}")
-            model = cls(backbone, clip, meta["concepts"], meta["class_names"],
-                        **current_names(meta["params"], RENAMED_PARAMS))
+            params = current_names(meta["params"], RENAMED_PARAMS)
+            if params.get("val_fraction") == DEFAULT_VAL_FRACTION:
+                # files written before val_fraction defaulted to None stored the default 0.2;
+                # read as the default, so that refitting with `val_images` is not refused
+                params["val_fraction"] = None
+            model = cls(backbone, clip, meta["concepts"], meta["class_names"], **params)
             for key in ("concepts_", "removed_", "path_", "val_accuracy_", "proj_steps_"):
                 setattr(model, key, meta[key])
             model.alpha_ = meta["lam_"]

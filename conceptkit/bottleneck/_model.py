@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +22,8 @@ KIND = "concept_bottleneck_model"
 FORMAT_VERSION = 1
 HEADS = ("linear", "mlp")
 BOTTLENECKS = ("sigmoid", "logits")
+#: Koh et al.'s training modes (:func:`train_cbm`); a saved ``trained_mode`` is one of them.
+MODES = ("independent", "sequential", "joint", "standard")
 
 
 class CBMOutput(NamedTuple):
@@ -112,11 +115,22 @@ def _names(names: Any, count: int, label: str, arg: str) -> list[str]:
 
 def warn_repeated(names: list[str], arg: str, label: str) -> None:
     """Names may repeat (a naming step gives two concepts one name; files written so load),
-    but a user should know: a warning naming the argument and the repeats."""
+    but a user should know: a warning naming the argument and the repeats. ``label`` is the
+    singular ("concept", "class")."""
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        warnings.warn(f"`{arg}` repeats {repeated}: several {label}s share a name (reports "
+        plural = label + ("es" if label.endswith(("s", "x", "sh", "ch")) else "s")
+        warnings.warn(f"`{arg}` repeats {repeated}: several {plural} share a name (reports "
                       f"tell them apart by their index).", UserWarning, stacklevel=3)
+
+
+def input_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype ``module`` computes in (its first floating parameter or buffer; the
+    default dtype if it has none): floating inputs are cast to it."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
 
 
 class ConceptBottleneckModel(nn.Module):
@@ -210,7 +224,8 @@ class ConceptBottleneckModel(nn.Module):
         ``device`` the model runs there and is moved back afterwards.
 
         ``data`` is an input tensor ``(N, ...)``, a tuple ``(x, concepts, labels)`` or a Dataset
-        yielding ``(x, c, y)``.
+        yielding ``(x, c, y)``. Floating inputs are cast to the model's dtype (float64 features
+        to a float32 model); integer inputs are refused (give images as floats in [0, 1]).
         """
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         data = as_inputs(data, "data")
@@ -218,9 +233,10 @@ class ConceptBottleneckModel(nn.Module):
         # on `device` for the call only: the model goes back where it was, also on failure
         with preserved_model_state(self), on_device(self, device) as dev:
             total = -(-n_rows(data) // batch_size)
+            dtype = input_dtype(self)  # floating inputs of any precision (float64 features)
             for x in tqdm(iter_inputs(data, batch_size), total=total, disable=not progress,
                           desc="CBM inference", leave=False):
-                out = self(x.to(dev))
+                out = self(x.to(dev, dtype))
                 outs.append(CBMOutput(*(t.cpu() for t in out)))
         return CBMOutput(*(torch.cat(parts) for parts in zip(*outs)))
 
@@ -302,6 +318,7 @@ class ConceptBottleneckModel(nn.Module):
                 f"{meta.get('encoder_class')!r} encoder, whose architecture is not stored; pass a "
                 f"freshly built encoder of the same architecture.")
         _check_declared(path, config, spec, tensors, given)
+        _check_stored_state(path, meta, tensors)
         if not given:
             with loading(path, "ConceptBottleneckModel (encoder spec)"):
                 concept_encoder = _build_encoder(spec)
@@ -364,11 +381,34 @@ def _check_declared(path: Any, config: dict, spec: Any, tensors: dict[str, torch
                           f"tensors it holds ({details}): a damaged or tampered file.")
 
 
+def _check_stored_state(path: Any, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse stored values that :meth:`ConceptBottleneckModel.save` never writes, naming the
+    file and the field (shapes are checked by :func:`_check_declared` before)."""
+    where = f"`path` {str(path)!r}"
+    trained_mode = meta.get("trained_mode")
+    if trained_mode is not None and trained_mode not in MODES:
+        raise FormatError(f"{where} stores trained_mode={trained_mode!r}, which is none of "
+                          f"{list(MODES)} (or null for an untrained model): a damaged or edited "
+                          f"file.")
+    calibrated = tensors.get("calibrated")
+    if calibrated is not None and calibrated.dtype != torch.bool:
+        raise FormatError(f"{where} stores calibrated as {calibrated.dtype} "
+                          f"{calibrated.tolist()!r}; it is saved as a boolean (true / false): a "
+                          f"damaged or edited file.")
+    low, high = tensors.get("intervention_low"), tensors.get("intervention_high")
+    if low is not None and high is not None and low.shape == high.shape:
+        inverted = torch.nonzero(low > high).flatten().tolist()
+        if inverted:
+            raise FormatError(f"{where} stores intervention_low above intervention_high for "
+                              f"concept(s) {inverted[:10]} (the values an intervention sets for "
+                              f"absent / present): a damaged or edited file.")
+
+
 def check_inputs(model: ConceptBottleneckModel, x: torch.Tensor, name: str) -> None:
     """Run the concept encoder on two rows of ``x``; a failure becomes an error naming ``name``."""
     try:
         with preserved_model_state(model), torch.no_grad():
-            model.encode(x[:2].to(model_device(model)))
+            model.encode(x[:2].to(model_device(model), input_dtype(model)))
     except Exception as err:  # the user's encoder failing on our input: say which input
         raise ValueError(f"`{name}` does not fit the model: its inputs of shape "
                          f"{tuple(x.shape[1:])} (per example) fail in the concept encoder "

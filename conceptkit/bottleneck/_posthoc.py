@@ -7,6 +7,11 @@ l1_ratio=0.99)``) reads the margins. The hybrid PCBM-h adds a residual linear la
 embedding, ``logits = W·margins + W_res·e``, with only ``W_res`` trained (Adam, lr 0.01,
 20 epochs, ``CE + 1e-3·mean(W_res²)``).
 
+Probabilities (:meth:`PosthocCBM.predict_proba`) follow the reference: a PCBM gives its
+``SGDClassifier`` head's (one-vs-rest sigmoids normalised to sum 1, or ``σ`` of the single
+decision value for two classes); a PCBM-h gives the softmax of its logits, which its residual is
+trained with cross-entropy to fit.
+
 Margins are standardised with their training mean and standard deviation before the head
 (``standardize=True``): ``SGDClassifier`` is scale-sensitive and raw margins of CLIP text banks
 are tiny. With ``standardize=False`` the head reads raw margins.
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import SGDClassifier
 from torch import nn
@@ -336,7 +342,22 @@ class PosthocCBM(BaseEstimator):
         return np.asarray(self.classes_)[logits.argmax(1)]
 
     def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(N, C)``, columns in the order of ``classes_``.
+
+        PCBM: those of the sparse head, ``SGDClassifier.predict_proba`` (as the reference's
+        classifier): with two classes ``[1 − σ(s), σ(s)]`` of the decision value ``s``; with more,
+        one-vs-rest ``σ(s_c)`` normalised to sum 1 (not a softmax of the decision values).
+        PCBM-h: ``softmax(W·margins + W_res·e)`` of :meth:`decision_function`, the probabilities
+        its residual is trained for (cross-entropy, as the reference's ``train_pcbm_h.py``).
+        """
         logits = self.decision_function(X)
+        if self.residual_weight_ is None and len(self.classes_) > 2:
+            prob = expit(logits)                           # one-vs-rest, as sklearn's log_loss
+            total = prob.sum(1, keepdims=True)
+            zero = total[:, 0] == 0                        # every sigmoid underflowed: uniform
+            prob[zero], total[zero] = 1.0, prob.shape[1]
+            return prob / total
+        # binary PCBM: logits (0, s), whose softmax is [1 − σ(s), σ(s)], sklearn's binary case
         logits = logits - logits.max(1, keepdims=True)
         prob = np.exp(logits)
         return prob / prob.sum(1, keepdims=True)

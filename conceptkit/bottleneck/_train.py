@@ -42,10 +42,18 @@ from .._torchutils import model_device, seed_everything
 from .._validation import check_choice, check_float, check_int, resolve_device, resolve_seed
 from ._data import Batch, CBMData, as_cbm_data
 from ._metrics import evaluate_cbm
-from ._model import ConceptBottleneckModel, check_cbm, check_inputs, pos_weight_from
+from ._model import (
+    MODES,
+    ConceptBottleneckModel,
+    check_cbm,
+    check_inputs,
+    input_dtype,
+    pos_weight_from,
+)
 
-MODES = ("independent", "sequential", "joint", "standard")
 OPTIMIZERS = ("adam", "sgd")
+#: The share of ``train_data`` held out when ``val_fraction`` is left at None.
+DEFAULT_VAL_FRACTION = 0.2
 #: A stage that ends at the epoch limit warns when its validation loss fell by more than this
 #: share over its last FALLING_EPOCHS epochs.
 FALLING_EPOCHS = 5
@@ -166,10 +174,12 @@ def _fit_stage(stage: str, module: nn.Module, loss_fn: Callable[[Batch], torch.T
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
+    dtype = input_dtype(module)  # float64 features train a float32 model (and vice versa)
+
     def mean_loss(batches: Iterator[Batch], step: bool) -> float:
         total, count = 0.0, 0
         for x, c, y in batches:
-            x, c, y = x.to(cfg.device), c.to(cfg.device), y.to(cfg.device)
+            x, c, y = x.to(cfg.device, dtype), c.to(cfg.device), y.to(cfg.device)
             loss = loss_fn((x, c, y))
             if step:
                 opt.zero_grad(set_to_none=True)
@@ -233,7 +243,7 @@ def _check_classes(labels: torch.Tensor, n_classes: int) -> None:
 def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = None, *,
               mode: str = "joint", concept_loss_weight: float | None = None, epochs: int = 100,
               lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 4e-5,
-              patience: int = 10, optimizer: str = "adam", val_fraction: float = 0.2,
+              patience: int = 10, optimizer: str = "adam", val_fraction: float | None = None,
               seed: int | None = None, device: Any = None,
               progress: bool = True) -> TrainHistory:
     """Train ``model`` in place in one of Koh et al.'s modes (see the module notes).
@@ -247,11 +257,16 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
         ``x``: ``(N, ...)`` images or cached features; ``concepts``: ``(N, k)`` in [0, 1];
         ``labels``: ``(N,)``. Without ``val_data``, a seeded ``val_fraction`` of ``train_data``
         is held out for early stopping. Never pass the test split as ``val_data``.
+        ``x`` must be floating point (cast to the model's dtype, e.g. float64 to float32);
+        integer inputs are refused: give images as floats, e.g. ``x.float() / 255`` in [0, 1].
     mode : {"independent", "sequential", "joint", "standard"}
     concept_loss_weight : float, optional
         λ of the joint loss ``CE + λ Σ_j BCE_j`` (default 1). Mode ``"joint"`` only (``0`` is
         also accepted with ``"standard"``, which is joint with λ = 0): the other modes have no
         such weight, and a value given with them is an error rather than ignored.
+    val_fraction : float, optional
+        Share of ``train_data`` held out when no ``val_data`` is given (default ``None``: 0.2).
+        Giving it together with ``val_data`` is an error (it would be ignored).
     epochs, patience : int
         Maximum epochs per stage; stop after ``patience`` epochs without a better val loss.
     lr, weight_decay, batch_size, optimizer
@@ -271,8 +286,12 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     mode = check_choice(mode, "mode", MODES)
     lam = _loss_weight(concept_loss_weight, mode)
     seed = resolve_seed(seed)
-    val_fraction = check_float(val_fraction, "val_fraction", minimum=0.0, maximum=1.0,
-                               strict_minimum=True)
+    if val_fraction is not None and val_data is not None:
+        raise ValueError(f"`val_fraction`={val_fraction!r} sets the share of `train_data` held out "
+                         f"for validation, but `val_data` was given, so it would be ignored. Leave "
+                         f"`val_fraction` out, or do not pass `val_data`.")
+    val_fraction = check_float(DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
+                               "val_fraction", minimum=0.0, maximum=1.0, strict_minimum=True)
     dev = resolve_device(device)
     cfg = _Settings(epochs=check_int(epochs, "epochs", minimum=1),
                     lr=check_float(lr, "lr", minimum=0.0, strict_minimum=True),

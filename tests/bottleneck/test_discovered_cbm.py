@@ -85,11 +85,14 @@ def test_interventions_on_the_named_concepts_raise_accuracy(setup):
                           ({"concept_values": values[:, :1]}, "`concept_values` must have shape"),
                           ({"groups": [[0, 1], [1, 2]]}, "`groups` must not overlap"),
                           ({"groups": [[]]}, "non-empty")):
-        call = {"activations": acts, "concept_values": values, "labels": labels, **kwargs}
+        call = {"activations": acts, "concept_values": values, "mask": mask, "labels": labels,
+                **kwargs}
         with pytest.raises((ValueError, TypeError), match=match):
             cbm.intervention_curve(**call)
     with pytest.raises(TypeError, match="`mask` is required"):
         cbm.intervene(activations=acts, concept_values=values)
+    with pytest.raises(TypeError, match=r"`mask` is required \(or `groups`\)"):
+        cbm.intervention_curve(activations=acts, concept_values=values, labels=labels)
 
 
 def test_save_and_conceptkit_load(setup, tmp_path):
