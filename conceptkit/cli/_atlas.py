@@ -20,9 +20,13 @@ The store must hold feature maps (``conceptkit extract ... --layout maps``). Wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +65,40 @@ def _labels(spec: str | None) -> np.ndarray | None:
                            f"line), or a .npy array of them.") from err
 
 
+#: How the library's NMF says its in-memory fit ran out of iterations (``concepts._nmf``).
+_STOPPED_FIT = "before converging to tol="
+_STOPPED_WHAT = "while fitting the dictionary"
+
+
+@contextlib.contextmanager
+def _starting_fit_explained() -> Iterator[None]:
+    """The streamed fit starts from an NMF fitted in memory on a sample of the store's rows,
+    with the factorizer's own iteration limit (200), not ``--max-iter`` (the passes over the
+    store). Its "reached max_iter=200" warning read, in the command's terms, "reached
+    --max-iter 200 ... increase --max-iter", naming a flag that does not set it: it is said
+    here as what it is, once. Every other warning is shown as it was."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    start = [w for w in caught if issubclass(w.category, ConvergenceWarning)
+             and _STOPPED_FIT in str(w.message) and _STOPPED_WHAT in str(w.message)]
+    for item in caught:
+        if not any(item is w for w in start):
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+    if start:
+        found = re.search(r"max_iter=(\d+)", str(start[0].message))
+        limit = found.group(1) if found else "200"
+        print(f"note: the starting dictionary (an NMF fitted in memory on a sample of the "
+              f"store's rows, before the passes over the store) stopped at its own limit of "
+              f"{limit} iterations before converging. This is informational: the passes over the "
+              f"store (`--max-iter`, `--tol`) start from it and refine it, and the relative "
+              f"error printed below is the final dictionary's. The starting fit's limit has no "
+              f"option in this command (in Python: ConceptAtlas(..., factorizer=NMF(k, "
+              f"solver='torch_hals', max_iter={4 * int(limit)})).", file=sys.stderr)
+
+
 def _fit_and_write(args: argparse.Namespace, loaded, layer: str, store, labels, options: dict,
                    world: int, start: float) -> tuple[Path | None, str]:
     """Rank 0's work: fit the atlas, save it and (unless ``--no-report``) write its report."""
@@ -74,7 +112,8 @@ def _fit_and_write(args: argparse.Namespace, loaded, layer: str, store, labels, 
                          max_inputs_per_class=args.max_inputs_per_class,
                          progress=show_progress(args.quiet), preprocess=None,
                          model_name=loaded.name)
-    atlas.fit(store, labels, store_options=options)
+    with _starting_fit_explained():
+        atlas.fit(store, labels, store_options=options)
     out = Path(args.out)
     # --out is this run's: the report an earlier run wrote there (gone with --no-report, or
     # files the new report no longer writes) is removed, never a file conceptkit did not write

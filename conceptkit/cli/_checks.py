@@ -109,6 +109,34 @@ def without_missing_options(message: str, more_images: str) -> str:
                            f"`min_cluster_size` has no option in this command).")
 
 
+class _DeprecatedAlias(argparse.Action):
+    """The old name of a renamed option: hidden from ``--help``, it does what the new option does
+    after a one-line deprecation warning on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, target: argparse.Action,
+                 **kwargs: Any):
+        self.target = target
+        super().__init__(option_strings, dest, nargs=target.nargs, const=target.const,
+                         type=target.type, choices=target.choices, metavar=target.metavar,
+                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .._deprecation import REMOVED_IN
+
+        print(f"warning: `{option_string}` is deprecated and will be removed in conceptkit "
+              f"{REMOVED_IN}; use `{self.target.option_strings[0]}` instead.", file=sys.stderr)
+        self.target(parser, namespace, values, option_string)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Keep ``old``, the name of an option before it was renamed ``new`` (already added to
+    ``parser``), working for one version: same value, not listed by ``--help``, and a one-line
+    ``warning: ...`` saying what to use instead when it is given."""
+    target = next(action for action in parser._actions if new in action.option_strings)
+    parser.add_argument(old, dest=target.dest, action=_DeprecatedAlias, target=target)
+
+
 def check_counts(args: argparse.Namespace, minimums: dict[str, int]) -> None:
     """Each ``args.<name>`` that was given must be an integer >= its minimum (``--size 0`` is an
     error, never "the default")."""

@@ -105,12 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="explain every class of the ground-truth dataset")
-    demo.add_argument("--out", default="conceptkit-demo")
-    demo.add_argument("--n-per-class", type=int, default=60)
-    demo.add_argument("--method", default="ice", choices=["craft", "ice", "ace"])
-    demo.add_argument("--n-concepts", type=int, default=10)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--out", default="conceptkit-demo",
+                      help="output directory: a report per class and an index "
+                           "(default: %(default)s)")
+    demo.add_argument("--n-per-class", type=int, default=60,
+                      help="images of each of the six classes to explain (the train split, "
+                           "spurious cue on; at least 2) (default: %(default)s)")
+    demo.add_argument("--method", default="ice", choices=["craft", "ice", "ace"],
+                      help="concept discovery method (default: %(default)s)")
+    demo.add_argument("--n-concepts", type=int, default=10,
+                      help="concepts per class (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seeds the dataset, the factorization and the importance "
+                           "(default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true",
+                      help="no progress bars (they are shown only when stderr is a terminal)")
 
     exp = sub.add_parser("explain", help="explain one class of a model on a folder of images")
     exp.add_argument("--model", required=True,

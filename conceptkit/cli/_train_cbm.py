@@ -30,6 +30,7 @@ from ..bottleneck._report import write_cbm_report
 from ..bottleneck._train import MODES, OPTIMIZERS, train_cbm
 from ._checks import (
     CommandError,
+    add_deprecated_alias,
     check_counts,
     check_out_dir,
     check_seed_flag,
@@ -41,7 +42,7 @@ from ._checks import (
 TRAIN_CBM_FLAGS = {"concept_loss_weight": "--concept-loss-weight", "epochs": "--epochs",
                    "lr": "--lr", "batch_size": "--batch-size", "patience": "--patience",
                    "optimizer": "--optimizer", "seed": "--seed", "device": "--device",
-                   "layer": "--layer", "image_size": "--image-size", "mode": "--mode",
+                   "layer": "--layer", "image_size": "--size", "mode": "--mode",
                    "weights": "--weights", "n_trials": "--trials", "head": "--head",
                    "bottleneck": "--bottleneck"}
 
@@ -52,32 +53,59 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a concept bottleneck model on the reference concept dataset; write the "
                     "model (.safetensors) and an HTML/PNG/JSON report.")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--mode", choices=MODES, default="joint")
-    parser.add_argument("--features", choices=("frozen", "end2end"), default="frozen")
-    parser.add_argument("--layer", default="block3", help="reference CNN layer to cut at")
-    parser.add_argument("--bottleneck", choices=BOTTLENECKS, default="sigmoid")
-    parser.add_argument("--head", choices=HEADS, default="linear")
+    parser.add_argument("--mode", choices=MODES, default="joint",
+                        help="how concepts and task are trained (Koh et al.; default: %(default)s)")
+    parser.add_argument("--features", choices=("frozen", "end2end"), default="frozen",
+                        help="frozen: the shipped reference CNN's maps; end2end: a fresh copy "
+                             "trained with the CBM (slow on CPU) (default: %(default)s)")
+    parser.add_argument("--layer", default="block3",
+                        help="reference CNN layer to cut at (default: %(default)s)")
+    parser.add_argument("--bottleneck", choices=BOTTLENECKS, default="sigmoid",
+                        help="what the head reads: concept probabilities or logits "
+                             "(default: %(default)s)")
+    parser.add_argument("--head", choices=HEADS, default="linear",
+                        help="task head on the concepts (default: %(default)s)")
     parser.add_argument("--concept-loss-weight", type=float, default=None,
                         help="λ of the joint loss CE + λ Σ BCE (default 1; --mode joint only: "
                              "the other modes have no such weight)")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=40,
+                        help="most epochs per stage; early stopping (--patience) may end sooner, "
+                             "and a stage that reaches the limit while its validation loss still "
+                             "falls warns (with the other defaults, --mode joint stops by itself "
+                             "after about 280 epochs: pass --epochs 300) (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=10,
+                        help="epochs without a better validation loss before a stage stops "
+                             "(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-2,
                         help="Adam learning rate (1e-2 converges in far fewer epochs than 1e-3 on "
-                             "the frozen features)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    parser.add_argument("--n-train", type=int, default=300, help="training images per class")
-    parser.add_argument("--n-val", type=int, default=60, help="validation images per class")
-    parser.add_argument("--n-test", type=int, default=150, help="test images per class")
-    parser.add_argument("--image-size", type=int, default=64)
+                             "the frozen features) (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="examples per step (default: %(default)s)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                        help="(default: %(default)s)")
+    parser.add_argument("--n-train", type=int, default=300,
+                        help="training images per class (default: %(default)s)")
+    parser.add_argument("--n-val", type=int, default=60,
+                        help="validation images per class (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=150,
+                        help="test images per class (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=64,
+                        help="side of the concept dataset's images in pixels, as fed to the "
+                             "model (default: %(default)s)")
     parser.add_argument("--weights", default=None,
                         help="reference CNN weights (default: the ones shipped with conceptkit)")
-    parser.add_argument("--trials", type=int, default=5, help="random intervention orders")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--no-progress", action="store_true",
+    parser.add_argument("--trials", type=int, default=5,
+                        help="random intervention orders (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the datasets, the model's start and training "
+                             "(default: %(default)s)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, ... (default: the CPU)")
+    parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (they are shown only when stderr is a terminal)")
+    # the names before 0.2 (every other command says --quiet and --size)
+    add_deprecated_alias(parser, "--no-progress", "--quiet")
+    add_deprecated_alias(parser, "--image-size", "--size")
     return parser
 
 
@@ -114,7 +142,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     from ..extraction._layers import get_layer
 
     check_counts(args, {"epochs": 1, "patience": 1, "batch_size": 1, "n_train": 1, "n_val": 1,
-                        "n_test": 1, "trials": 1})  # (--image-size: its range, below)
+                        "n_test": 1, "trials": 1})  # (--size: its range, below)
     check_out_dir(args.out)
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CommandError(f"`--lr` must be a positive number; got {args.lr}.")
@@ -125,9 +153,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
                            f"it out, or use `--mode joint`.")
     if weight is not None and not (math.isfinite(weight) and weight >= 0):
         raise CommandError(f"`--concept-loss-weight` must be a number >= 0; got {weight}.")
-    if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
-        raise CommandError(f"`--image-size` must lie in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] "
-                           f"(pixels of the concept dataset's images); got {args.image_size}.")
+    if not MIN_IMAGE_SIZE <= args.size <= MAX_IMAGE_SIZE:
+        raise CommandError(f"`--size` must lie in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] "
+                           f"(pixels of the concept dataset's images); got {args.size}.")
     check_seed_flag(args.seed)
     if args.weights is not None and not Path(args.weights).is_file():
         raise CommandError(f"`--weights` {args.weights!r} does not exist (or is not a file).")
@@ -148,10 +176,10 @@ def train_cbm_main(argv: list[str]) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ..datasets import make_concept_dataset
 
-    progress = show_progress(args.no_progress)
+    progress = show_progress(args.quiet)
     start = time.perf_counter()
     sizes = {"train": args.n_train, "val": args.n_val, "test": args.n_test}
-    splits = {name: make_concept_dataset(n, image_size=args.image_size, seed=args.seed, split=name,
+    splits = {name: make_concept_dataset(n, image_size=args.size, seed=args.seed, split=name,
                                          progress=progress)
               for name, n in sizes.items()}
     train_ds = splits["train"]

@@ -14,15 +14,19 @@ from ._base import Factorizer
 class NegativeActivationsError(ValueError):
     """A factorizer that needs non-negative input (NMF) met negative activations at ``layer``.
 
-    ``str(err)`` speaks Python (``factorizer=SemiNMF(k)``); :meth:`command_line` says the same
-    with the ``conceptkit explain`` options.
+    ``str(err)`` speaks Python (``factorizer=token_factorizer(k, seed)``, the top-k sparse
+    autoencoder that ``tokens="auto"`` gives signed transformer tokens, or ``SemiNMF(k)``);
+    :meth:`command_line` says the same with the ``conceptkit explain`` options.
     """
 
     def __init__(self, layer: str, minimum: float, factorizer: str, n_images: int | None = None):
         self.layer, self.minimum, self.factorizer, self.n_images = layer, minimum, factorizer, n_images
-        super().__init__(self._text("`layer`", "pass factorizer=SemiNMF(k) for signed activations "
-                                               "(ViT/CLIP tokens), or factorizer=NMF(k, relu=True) "
-                                               "to clip negatives to 0"))
+        super().__init__(self._text(
+            "`layer`", "pass a factorizer that takes signed activations "
+                       "(factorizer=token_factorizer(k, seed) from conceptkit.pipeline, the top-k "
+                       "sparse autoencoder ViT/CLIP tokens get by default, or "
+                       "factorizer=SemiNMF(k)), or factorizer=NMF(k, relu=True) to clip "
+                       "negatives to 0"))
 
     def _text(self, layer_flag: str, alternatives: str) -> str:
         when = ("" if self.n_images is None else
@@ -33,8 +37,9 @@ class NegativeActivationsError(ValueError):
 
     def command_line(self) -> str:
         """The message in ``conceptkit explain`` terms."""
-        return self._text("`--layer`", "or pass `--factorizer semi_nmf` for signed activations "
-                                       "(ViT/CLIP tokens)")
+        return self._text("`--layer`", "or pass `--factorizer topk_sae` (a top-k sparse "
+                                       "autoencoder, the kind ViT/CLIP tokens get by default) or "
+                                       "`--factorizer semi_nmf` for signed activations")
 
 
 def check_sign(factorizer: Factorizer, activations: Any, layer: str,

@@ -250,8 +250,10 @@ class NMF(Factorizer):
     _state_info = Factorizer._state_info + ("n_samples_seen_", "_squared_norm_seen")
     _positive_info = ("n_samples_seen_", "_squared_norm_seen")
     _whole_dictionary_state = _ONLINE_STATE
-    _negative_hint = ("NMF needs non-negative activations: use SemiNMF for signed activations "
-                      "(ViT/CLIP tokens), or pass relu=True to clip negatives to 0 explicitly.")
+    _negative_hint = ("NMF needs non-negative activations: for signed activations (ViT/CLIP "
+                      "tokens) use a factorizer that takes signs, TopKSAE (what "
+                      "ConceptExplainer reads transformer tokens with by default) or SemiNMF, "
+                      "or pass relu=True to clip negatives to 0 explicitly.")
 
     @renamed_arguments(verbose="progress")
     def __init__(self, n_concepts: int = 10, solver: str = "cd", init: str | None = None,

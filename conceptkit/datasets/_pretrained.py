@@ -52,14 +52,22 @@ def _as_float_images(image: Any) -> tuple[torch.Tensor, bool]:
 
 @dataclass(frozen=True)
 class PretrainedModel:
-    """A pretrained classifier with the preprocessing it expects.
+    """A pretrained classifier with the preprocessing it expects, and helpers to run it on
+    photos (:meth:`preprocess`, :meth:`normalize`, :meth:`top_k`, calling it for logits).
+
+    Not a :class:`~conceptkit.models.ModelBundle` (what :func:`conceptkit.models.load` returns:
+    model, name, input size, ``preprocess`` module, class names, default layer, and no helpers);
+    ``ConceptExplainer`` and ``conceptkit.models.load("efficientnet_lite0")`` turn it into one
+    (``bn2``, its last feature map, as the default layer).
 
     Attributes
     ----------
     model : nn.Module
         The network in eval mode; it takes normalised images ``(N, 3, 224, 224)``.
+    class_names : list of str
+        Class names by output index (1000 ImageNet names), as a ``ModelBundle`` names them.
     labels : list of str
-        Class names by output index (1000 ImageNet names).
+        The same list under its earlier name (kept; the constructor takes this one).
     input_size : int
         Side of the square model input.
     mean, std : tuple of float
@@ -80,6 +88,12 @@ class PretrainedModel:
     interpolation: str
     crop_pct: float
     name: str
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names by output index: :attr:`labels` under the name
+        :class:`~conceptkit.models.ModelBundle` and the rest of conceptkit use."""
+        return self.labels
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise images in [0, 1] that already have the model's input size."""
@@ -115,7 +129,7 @@ class PretrainedModel:
         """The ``k`` most probable labels of one image with their softmax probabilities."""
         probabilities = self(image).softmax(1)[0]
         values, indices = probabilities.topk(k)
-        return [(self.labels[int(i)], float(v)) for v, i in zip(values, indices)]
+        return [(self.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
 
 
 @leaves_global_rng

@@ -381,10 +381,10 @@ def _check_localisation_settings(localisation: Localisation, **given: Any) -> No
         value = checks[name](value)
         recorded = getattr(localisation, name, None)
         if recorded is None or recorded != value:
-            was = ("does not record its" if recorded is None
-                   else f"was computed with {name}={recorded!r}, not")
+            was = (f"does not record its {name}" if recorded is None
+                   else f"was computed with {name}={recorded!r}, not {value!r}")
             raise ValueError(f"`{name}`={value!r} is a setting of the localisation, but the "
-                             f"`localisation` passed {was} {name}: it would not be used. Leave "
+                             f"`localisation` passed {was}: it would not be used. Leave "
                              f"`{name}` out (the given localisation's is used), or pass "
                              f"localisation=None to compute it with {name}={value!r}.")
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments
 from .._torchutils import (
     capture_output,
     model_device,
@@ -195,8 +196,11 @@ class ActivationExtractor:
         returns ``(N, C, h, w)`` with the CLS/register tokens removed; ``"raw"`` returns tokens.
     prefix_tokens
         Number of CLS/register tokens to drop; inferred when ``None``.
-    output_index
-        For layers that return a tuple, which element to take.
+    output
+        For a layer that returns a tuple, which element of the layer's output to read (an
+        index); ``output_index`` before 0.2, deprecated. (``ConceptExplainer(output=)`` and the
+        other entry points that run the whole model name the same idea for the model's output:
+        which element holds the class logits.)
     grad
         Run with autograd enabled (default: no-grad).
     output_device
@@ -211,9 +215,10 @@ class ActivationExtractor:
         Label of the progress bar (default ``"activations @ <layer>"``).
     """
 
+    @renamed_arguments(output_index="output")
     def __init__(self, model: nn.Module, layer: str | nn.Module, batch_size: int = 64,
                  device: Any = None, progress: bool = True, tokens: str = "auto",
-                 prefix_tokens: int | None = None, output_index: int | None = None,
+                 prefix_tokens: int | None = None, output: int | None = None,
                  grad: bool = False, output_device: Any = "cpu", reduce: str | None = None,
                  preprocess: Any = None, desc: str | None = None):
         self.layer, self._module = get_layer(model, layer)
@@ -225,8 +230,7 @@ class ActivationExtractor:
         self.progress = bool(progress)
         self.tokens = check_choice(tokens, "tokens", ["auto", "maps", "raw"])
         self.prefix_tokens = None if prefix_tokens is None else check_int(prefix_tokens, "prefix_tokens", minimum=0)
-        self.output_index = None if output_index is None else check_int(
-            output_index, "output_index", minimum=0)
+        self.output = None if output is None else check_int(output, "output", minimum=0)
         self.grad = bool(grad)
         self.output_device = resolve_device(output_device, "output_device")
         if reduce not in (None, "mean"):
@@ -241,6 +245,12 @@ class ActivationExtractor:
         self._prefix_batches: list[torch.Tensor] = []
         self._probed: Any = None  # how often one forward pass calls the layer
         self._channels_checked = False  # the layer's channel axis, checked on its first output
+
+    @property
+    def output_index(self) -> int | None:
+        """``output`` under its name before 0.2 (store fingerprints read it under this name,
+        so that stores written before the rename keep their digests)."""
+        return self.output
 
     def _probe(self, run_full: Any, batch: torch.Tensor, output: Any, evidence: Any) -> None:
         """Once per extractor: refuse a layer called more than once in a forward pass (its
@@ -280,23 +290,23 @@ class ActivationExtractor:
 
     def _select(self, output: Any) -> torch.Tensor:
         if isinstance(output, (tuple, list)):
-            if self.output_index is None:
+            if self.output is None:
                 shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
                           for o in output]
                 raise ValueError(
                     f"`layer` {self.layer!r} returns a {type(output).__name__} of "
                     f"{len(output)} elements with shapes {shapes}: ActivationExtractor and "
-                    f"extract take `output_index` to say which element to read (e.g. "
-                    f"output_index=0); ConceptExplainer and the concept methods need a layer "
+                    f"extract take `output` to say which element to read (e.g. "
+                    f"output=0); ConceptExplainer and the concept methods need a layer "
                     f"that returns one tensor: explain at a submodule of {self.layer!r} whose "
                     f"output is that element, or at the next layer after it.")
-            if self.output_index >= len(output):
-                raise ValueError(f"`output_index` is {self.output_index}, but `layer` "
+            if self.output >= len(output):
+                raise ValueError(f"`output` is {self.output}, but `layer` "
                                  f"{self.layer!r} returns a {type(output).__name__} of "
                                  f"{len(output)} elements (indices 0 to {len(output) - 1}).")
-            output = output[self.output_index]
-        elif self.output_index is not None and self.output_index != 0:
-            raise ValueError(f"`output_index` was given but `layer` {self.layer!r} returns a single tensor.")
+            output = output[self.output]
+        elif self.output is not None and self.output != 0:
+            raise ValueError(f"`output` was given but `layer` {self.layer!r} returns a single tensor.")
         if not isinstance(output, torch.Tensor):
             raise ValueError(f"`layer` {self.layer!r} returns {type(output).__name__}, not a tensor.")
         return output

@@ -104,10 +104,12 @@ class ConceptExplainer:
     Parameters
     ----------
     model
-        A trained classifier (left exactly as found after every call), or a
-        :class:`~conceptkit.models.ModelBundle` from :func:`conceptkit.models.load` (also the
-        object of :func:`conceptkit.datasets.efficientnet_lite0`): its model, preprocessing,
-        default layer, class names and name are used unless given here.
+        A trained classifier (left exactly as found after every call), a
+        :class:`~conceptkit.models.ModelBundle` from :func:`conceptkit.models.load`, or the
+        :class:`~conceptkit.datasets.PretrainedModel` of
+        :func:`conceptkit.datasets.efficientnet_lite0` (made into a bundle, layer ``bn2``): the
+        bundle's model, preprocessing, default layer, class names and name are used unless
+        given here.
     layer
         Dotted name of the layer to explain at (e.g. the last conv block before pooling).
         Optional with a bundle that knows a default layer; otherwise the error lists likely

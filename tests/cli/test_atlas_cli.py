@@ -111,3 +111,25 @@ def test_atlas_refuses_a_store_of_another_layer_or_model(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main([*common, "--out", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_the_starting_fit_s_iteration_limit_is_not_called_max_iter(tmp_path, capsys):
+    # the in-memory NMF that starts the streamed fit stops at its own 200 iterations; in the
+    # command's terms its warning read "reached --max-iter 200 ... increase --max-iter", which
+    # neither a default --max-iter (50) nor `--max-iter 400` explains or changes
+    from conceptkit.cli import main
+
+    store = tmp_path / "store"
+    assert main(["extract", "--model", "reference", "--layer", "block4", "--concept-dataset",
+                 "5", "--chunk-size", "10", "--layout", "maps", "--quiet",
+                 "--out", str(store)]) == 0
+    capsys.readouterr()
+    assert main(["atlas", "--store", str(store), "--model", "reference", "--n-concepts", "20",
+                 "--max-iter", "400", "--no-report", "--quiet",
+                 "--out", str(tmp_path / "atlas")]) == 0
+    err = capsys.readouterr().err
+    assert "--max-iter 200" not in err and "increase `--max-iter`" not in err, err
+    notes = [line for line in err.splitlines() if "starting dictionary" in line]
+    assert len(notes) == 1, err
+    assert notes[0].startswith("note: ") and "its own limit of 200 iterations" in notes[0]
+    assert "informational" in notes[0] and "has no option in this command" in notes[0]

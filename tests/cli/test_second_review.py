@@ -225,7 +225,7 @@ def test_extract_checks_the_dataset_seed_up_front(tmp_path, capsys, no_datasets)
 @pytest.mark.parametrize("argv, expected", [
     (["--layer", "blockX"], "`--layer` 'blockX' is not a submodule"),
     (["--device", "foo"], "`--device` must be a torch device"),
-    (["--image-size", "8"], "`--image-size` must lie in [32, 512]"),
+    (["--size", "8"], "`--size` must lie in [32, 512]"),
     (["--concept-loss-weight", "-1"], "`--concept-loss-weight` must be a number >= 0"),
 ])
 def test_train_cbm_names_its_options_before_drawing_the_datasets(argv, expected, tmp_path,

@@ -1,5 +1,6 @@
 """`conceptkit train-cbm` (train_cbm_main) and the CBM report."""
 
+import argparse
 import json
 
 import numpy as np
@@ -127,3 +128,46 @@ def test_report_from_python_with_mlp_head(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError):
         write_cbm_report(tmp_path / "file", model, result, curves)
+
+
+def test_train_cbm_takes_the_flag_names_of_the_other_commands(capsys):
+    # demo/explain/extract say --quiet and --size; train-cbm said --no-progress and --image-size
+    from conceptkit.cli._train_cbm import build_parser
+
+    parser = build_parser()
+    new = parser.parse_args(["--out", "o", "--quiet", "--size", "32"])
+    assert capsys.readouterr().err == ""
+    assert new.quiet is True and new.size == 32
+    defaults = parser.parse_args(["--out", "o"])
+    assert defaults.quiet is False and defaults.size == 64
+    old = parser.parse_args(["--out", "o", "--no-progress", "--image-size", "32"])
+    assert vars(old) == vars(new)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "warning: `--no-progress` is deprecated and will be removed in conceptkit 0.3; use "
+        "`--quiet` instead.",
+        "warning: `--image-size` is deprecated and will be removed in conceptkit 0.3; use "
+        "`--size` instead."]
+    listed = parser.format_help()
+    assert "--quiet" in listed and "--size" in listed
+    assert "--no-progress" not in listed and "--image-size" not in listed
+
+
+def _options(parser):
+    return [a for a in parser._actions if a.option_strings and a.dest != "help"
+            and a.help != argparse.SUPPRESS]
+
+
+def test_every_demo_and_train_cbm_option_has_help_with_its_default():
+    # `conceptkit demo --help` showed no help text at all; train-cbm showed few defaults
+    from conceptkit.cli._main import build_parser as main_parser
+    from conceptkit.cli._train_cbm import build_parser
+
+    commands = next(a for a in main_parser()._actions if a.dest == "command").choices
+    for parser in (commands["demo"], build_parser()):
+        for action in _options(parser):
+            assert action.help, (parser.prog, action.option_strings)
+            if action.default not in (None, False) and not action.required:
+                text = action.help % {"default": action.default}
+                assert f"default: {action.default}" in text or f"default {action.default}" in text, (
+                    parser.prog, action.option_strings, text)

@@ -60,3 +60,22 @@ def test_the_message_has_a_command_line_twin():
     assert "factorizer=SemiNMF(k)" in str(err) and "`layer` 'blocks.11'" in str(err)
     assert "`--factorizer semi_nmf`" in err.command_line()
     assert "`--layer` 'blocks.11'" in err.command_line() and "SemiNMF" not in err.command_line()
+
+
+def test_the_message_recommends_the_factorizer_signed_tokens_get_by_default(extracted):
+    # it recommended SemiNMF alone, the token default before TopKSAE replaced it
+    from conceptkit.cli._explain import FACTORIZER_CHOICES
+    from conceptkit.pipeline import token_factorizer
+
+    err = NegativeActivationsError("blocks.11", -2.5, "NMF")
+    default = type(token_factorizer(3, 0)).__name__
+    assert default == "TopKSAE"
+    text = str(err)
+    assert "factorizer=token_factorizer(k, seed) from conceptkit.pipeline" in text
+    assert text.index("token_factorizer") < text.index("SemiNMF(k)")  # the default first
+    choice = next(c for c, name in FACTORIZER_CHOICES.items() if name == default)
+    assert f"`--factorizer {choice}`" in err.command_line()
+    # what it recommends runs at the signed layer
+    bank = ICE(factorizer=token_factorizer(3, 0), progress=False).fit(two_block_cnn(), SIGNED,
+                                                                     IMAGES)
+    assert bank.n_concepts == 3

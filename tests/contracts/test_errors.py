@@ -334,7 +334,7 @@ ROWS: list[Row] = [
     R("store-pickled-chunk", "extraction.ActivationStore.read", "a chunk holding a pickled object array",
       lambda c: extraction.ActivationStore(c.store_with_pickled_chunk()).read(), ValueError, "`path`"),
     # -- concepts ----------------------------------------------------------------------------
-    R("nmf-negative", "concepts.NMF.fit", "negative activations (suggests SemiNMF / relu=True)",
+    R("nmf-negative", "concepts.NMF.fit", "negative activations (suggests TopKSAE / SemiNMF / relu=True)",
       lambda c: concepts.NMF(2).fit(np.random.default_rng(0).normal(size=(10, 4))), ValueError, "`A`"),
     R("nmf-too-many-concepts", "concepts.NMF.fit", "n_concepts larger than the number of rows",
       lambda c: concepts.NMF(8).fit(np.ones((5, 10))), ValueError, "`n_concepts`"),
@@ -839,8 +839,12 @@ directory.
 
 `FormatError` is `conceptkit.io.FormatError`, a subclass of `ValueError`; `CutError` and
 `ImageSizeError` (images of a size the model does not take) are `conceptkit.extraction.CutError`
-and `conceptkit.extraction.ImageSizeError`, also `ValueError`s. On the command line the same errors exit
-with status 2 and print `error: <message>` (set `CONCEPTKIT_DEBUG=1` for the traceback).
+and `conceptkit.extraction.ImageSizeError`, and `NegativeActivationsError` (negative activations
+for a factorizer that needs non-negative ones, such as NMF) is
+`conceptkit.concepts.NegativeActivationsError`, also `ValueError`s. `NotFittedError` is
+scikit-learn's (`sklearn.exceptions.NotFittedError`). On the command line the same errors exit
+with status 2 and print `error: <message>` (the rows whose exception reads `CLIError`; set
+`CONCEPTKIT_DEBUG=1` for the traceback).
 
 ## Behaviour that is not an error
 
@@ -868,6 +872,42 @@ with status 2 and print `error: <message>` (set `CONCEPTKIT_DEBUG=1` for the tra
 | id | entry point | bad input | exception | message (as the user sees it) |
 |---|---|---|---|---|
 """
+
+
+def _public_errors() -> dict[str, str]:
+    """Every exception class a public module of conceptkit exports: name -> dotted path."""
+    import importlib
+    import pkgutil
+
+    import conceptkit
+
+    found = {}
+    names = ["conceptkit", "conceptkit.io"] + [
+        f"conceptkit.{m.name}" for m in pkgutil.iter_modules(conceptkit.__path__)
+        if m.ispkg and not m.name.startswith("_")]
+    for module_name in names:
+        module = importlib.import_module(module_name)
+        exported = getattr(module, "__all__", None) or [n for n in vars(module)
+                                                         if not n.startswith("_")]
+        for name in exported:
+            value = getattr(module, name)
+            if (isinstance(value, type) and issubclass(value, Exception)
+                    and value.__module__.startswith("conceptkit.")):
+                found.setdefault(name, f"{module_name}.{name}")
+    return found
+
+
+def test_the_intro_names_every_error_class_of_conceptkit_in_the_table():
+    # the intro named FormatError, CutError and ImageSizeError, not NegativeActivationsError
+    assert DOC.is_file(), "docs/errors.md is missing: run `python tests/contracts/test_errors.py`"
+    table = [line.split("|")[4].strip().strip("`").split("`")[0] for line in
+             DOC.read_text().splitlines() if line.startswith("| ") and not line.startswith("| id ")]
+    public = _public_errors()
+    shown = {name for name in table if name in public}
+    assert {"FormatError", "NegativeActivationsError"} <= shown, shown
+    intro = " ".join(HEADER.split("## Behaviour", 1)[0].split())
+    for name in sorted(shown):
+        assert f"`{public[name]}`" in intro, name
 
 
 def render_doc(ctx: Context) -> str:

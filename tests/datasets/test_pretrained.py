@@ -140,3 +140,19 @@ def test_photo_views_bad_input(photos):
         photo_views(photos["coffee"], 0)
     with pytest.raises(ValueError, match="scale"):
         photo_views(photos["coffee"], 2, scale=(0.5, 0.2))
+
+
+def test_class_names_is_the_name_a_model_bundle_uses_and_labels_still_works():
+    # efficientnet_lite0() said `labels` where models.load's ModelBundle (and the rest of
+    # conceptkit) says `class_names`; the notebook called the two "the same bundle"
+    from conceptkit.models import ModelBundle, load
+
+    pretrained = efficientnet_lite0(pretrained=False)
+    assert pretrained.class_names is pretrained.labels and len(pretrained.class_names) == 1000
+    assert pretrained.top_k(torch.rand(3, 224, 224), 1)[0][0] in pretrained.class_names
+    bundle = load("efficientnet_lite0")
+    assert isinstance(bundle, ModelBundle) and not isinstance(pretrained, ModelBundle)
+    assert bundle.class_names == pretrained.class_names and bundle.layer == "bn2"
+    # what each has that the other has not (the notebook's prose says so)
+    assert all(hasattr(pretrained, name) for name in ("top_k", "normalize", "labels"))
+    assert not any(hasattr(bundle, name) for name in ("top_k", "normalize", "labels"))

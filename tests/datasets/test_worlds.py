@@ -421,3 +421,27 @@ def reference_state_width() -> int:
     from conceptkit.datasets import reference_model
 
     return reference_model().state_dict()["fc.weight"].shape[1]
+
+
+def test_worlds_md_measures_every_shipped_model_and_quotes_its_record():
+    # the "Measured" table lacked the textures ViT that the page says ships, and the page
+    # gave its stripes reliance as 0.00-0.01 where the record holds 0.0114 and 0.0165
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "worlds.md").read_text()
+    measured, reliance = page.split("## Measured", 1)[1].split("| world | arch | class |", 1)
+    for name, arch in MODELS:
+        world = load_world(name)
+        layer = world.info(arch)["layer"] if not world.spec(arch).is_reference(name) else "block4"
+        assert re.search(rf"^\| {name} \| {arch}\S* \| `{re.escape(layer)}` \| \d", measured,
+                         re.M), (name, arch)
+        classes = re.findall(rf"^\| {name} \| {arch} \| ([^|]+) \|", reliance, re.M)
+        assert [c.strip() for c in classes] == list(world.class_names), (name, arch)
+    quoted = re.search(r"the stripes: reliance (\d\.\d\d)-(\d\.\d\d)", page)
+    assert quoted is not None
+    low, high = float(quoted.group(1)), float(quoted.group(2))
+    stripes = [per_part["stripes"] for per_part in
+               load_world("textures").info("vit")["reliance"].values()
+               if per_part.get("stripes") is not None]
+    assert len(stripes) == 2 and all(low - 0.005 <= v <= high + 0.005 for v in stripes), stripes

@@ -146,3 +146,14 @@ def test_evaluate_checks_the_designed_parts(world, class_concepts, match):
     row = evaluate(explained, (ColourMeanNet(), _data(images, masks, [[0, 2]])),
                    deletion=False, progress=False).table[0]
     assert row["designed_causal"] == ["red square", "blue square"]
+
+
+def test_a_localisation_setting_that_differs_is_refused_naming_both_values(world):
+    # the message read "was computed with quantile=0.9, not quantile": the given value was lost
+    images, masks, maps = world
+    explained = PlantedExplanation(maps, [0.9, 0.5, 0.1, 0.3])
+    located = localisation(maps, images, masks, quantile=0.9)
+    with pytest.raises(ValueError, match=r"was computed with quantile=0\.9, not 0\.8: it would "
+                                         r"not be used"):
+        faithfulness(explained, ColourMeanNet(), images, masks, localisation=located,
+                     quantile=0.8, deletion=False, progress=False)

@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conceptkit.extraction import ActivationExtractor, crops, positions, segments, split_model
+from conceptkit.extraction import (
+    ActivationExtractor,
+    crops,
+    extract,
+    positions,
+    segments,
+    split_model,
+)
 from conceptkit.extraction._extractor import maps_to_tokens, tokens_to_maps
 
 
@@ -77,16 +84,40 @@ def test_register_tokens_are_removed():
     assert maps.shape == (1, 192, 2, 2)
 
 
-def test_tuple_output_needs_output_index():
-    class TupleLayer(nn.Module):
-        def forward(self, x):
-            return x, x * 2
+class _TupleLayer(nn.Module):
+    def forward(self, x):
+        return x, x * 2
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), TupleLayer())
-    with pytest.raises(ValueError, match="output_index"):
+
+def test_tuple_output_needs_output():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), _TupleLayer())
+    with pytest.raises(ValueError, match="take `output` to say which element"):
         ActivationExtractor(model, "1", progress=False)(torch.rand(1, 3, 4, 4))
-    out = ActivationExtractor(model, "1", progress=False, output_index=1)(torch.rand(1, 3, 4, 4))
+    out = ActivationExtractor(model, "1", progress=False, output=1)(torch.rand(1, 3, 4, 4))
     assert out.shape == (1, 4, 4, 4)
+
+
+def test_output_index_is_the_deprecated_name_of_output():
+    # every other entry point says output=; ActivationExtractor said output_index=
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), _TupleLayer())
+    images = torch.rand(1, 3, 4, 4)
+    new = ActivationExtractor(model, "1", progress=False, output=1)
+    with pytest.warns(DeprecationWarning, match=r"`output_index` of ActivationExtractor\(\) is "
+                                                r"deprecated .* use `output`"):
+        old = ActivationExtractor(model, "1", progress=False, output_index=1)
+    assert old.output == new.output == 1 and old.output_index == 1
+    torch.testing.assert_close(old(images), new(images))
+    with pytest.warns(DeprecationWarning, match="output_index"):
+        out = extract(model, "1", images, progress=False, output_index=0)
+    torch.testing.assert_close(out, extract(model, "1", images, progress=False, output=0))
+    with pytest.raises(TypeError, match="pass only `output`"):
+        ActivationExtractor(model, "1", output=0, output_index=0)
+    # store fingerprints read the setting under its old name: digests of stores stay the same
+    from conceptkit.extraction._fingerprint import extractor_identity
+
+    assert extractor_identity(old) == extractor_identity(new)
+    assert extractor_identity(old) != extractor_identity(
+        ActivationExtractor(model, "1", progress=False, output=0))
 
 
 @pytest.mark.parametrize("bad, message", [

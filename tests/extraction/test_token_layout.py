@@ -84,13 +84,13 @@ class _TupleModel(nn.Module):
 
 
 @pytest.mark.parametrize("index,match", [(5, "returns a tuple of 2 elements"),
-                                         ("a", "output_index"), (True, "output_index"),
-                                         (-1, "output_index")])
-def test_output_index_is_checked(index, match):
+                                         ("a", "`output`"), (True, "`output`"),
+                                         (-1, "`output`")])
+def test_output_is_checked(index, match):
     images = torch.rand(2, 3, 8, 8)
     with pytest.raises((ValueError, TypeError), match=match):
-        ActivationExtractor(_TupleModel(), "pair", output_index=index, progress=False)(images)
-    second = ActivationExtractor(_TupleModel(), "pair", output_index=1, progress=False)
+        ActivationExtractor(_TupleModel(), "pair", output=index, progress=False)(images)
+    second = ActivationExtractor(_TupleModel(), "pair", output=1, progress=False)
     assert second(images).shape == (2, 4, 6, 6)
 
 
