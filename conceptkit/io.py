@@ -291,6 +291,23 @@ def _outside_strings(data: bytes) -> np.ndarray:
     return codes[~inside]
 
 
+def _json_counts(codes: np.ndarray) -> tuple[int, int]:
+    """``(containers, values)`` of JSON text given as its bytes outside strings."""
+    containers = max(int(np.count_nonzero((codes == 91) | (codes == 123))),   # '[' '{'
+                     int(np.count_nonzero((codes == 93) | (codes == 125))))   # ']' '}'
+    # every item after a list's first follows a comma, every key a comma or a brace and every
+    # value of an object a colon: containers + commas + colons bounds the values parsed
+    values = containers + int(np.count_nonzero(codes == 44)) + int(np.count_nonzero(codes == 58))
+    return containers, values
+
+
+def json_size(value: Any, indent: int | None = None) -> tuple[int, int, int]:
+    """``(bytes, containers, values)`` of ``value`` written as JSON (with ``indent``), counted
+    as :func:`parse_json` counts them (so that a writer can refuse what a reader would)."""
+    data = json.dumps(value, indent=indent, default=str).encode("utf-8", "surrogatepass")
+    return (len(data), *_json_counts(_outside_strings(data)))
+
+
 def parse_json(raw: bytes | str, path: Path, what: str, *,
                limits: JsonLimits = HEADER_LIMITS) -> Any:
     """Parse JSON from a file; anything malformed, larger than ``limits`` (bytes, containers,
@@ -312,10 +329,7 @@ def parse_json(raw: bytes | str, path: Path, what: str, *,
     codes = _outside_strings(data)  # numbers, brackets, separators, literals and ""
     opened = (codes == 91) | (codes == 123)   # '[' '{'
     closed = (codes == 93) | (codes == 125)   # ']' '}'
-    containers = max(int(np.count_nonzero(opened)), int(np.count_nonzero(closed)))
-    # every item after a list's first follows a comma, every key a comma or a brace and every
-    # value of an object a colon: containers + commas + colons bounds the values parsed
-    values = containers + int(np.count_nonzero(codes == 44)) + int(np.count_nonzero(codes == 58))
+    containers, values = _json_counts(codes)
     if containers > limits.max_containers or values > limits.max_values:
         raise FormatError(f"`path` {str(path)!r} has a corrupted {what}: {containers} JSON lists "
                           f"and objects holding {values} values, more than conceptkit writes "

@@ -25,6 +25,7 @@ from ..extraction import ActivationExtractor
 from ..extraction._fingerprint import extractor_identity, inputs_identity
 from ..extraction._store import (
     LAYOUTS,
+    check_meta,
     finalize_store,
     prepare_store,
     shard_chunks,
@@ -128,6 +129,10 @@ def extract_main(argv: list[str]) -> int:
         n_chunks = -(-n // args.chunk_size)
         mine = shard_chunks(n_chunks, rank, world)
         fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
+        meta = {"model": args.model, "layer": layer, "world_size": world}
+        if labels is not None:  # one class index per stored input: atlas needs no --labels
+            meta["labels"] = labels
+        check_meta(meta, n, args.chunk_size)  # before any chunk is computed
         if args.overwrite and rank == 0:  # one rank clears the old store, then all write
             prepare_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
                           fingerprint=fingerprint, overwrite=True)
@@ -140,9 +145,6 @@ def extract_main(argv: list[str]) -> int:
         if distributed:
             dist.barrier()
         if rank == 0:
-            meta = {"model": args.model, "layer": layer, "world_size": world}
-            if labels is not None:  # one class index per stored input: atlas needs no --labels
-                meta["labels"] = labels
             store = finalize_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
                                    meta=meta, fingerprint=fingerprint)
             print(f"store {args.out}: {store.n_rows} rows x {store.n_features} features in "

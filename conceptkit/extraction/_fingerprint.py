@@ -80,7 +80,10 @@ def module_digest(module: nn.Module, *, state_dict_only: bool = False) -> str:
 # model: the train/eval flag, in-place execution, where a model was loaded from, checkpointing and
 # fused-attention switches (numerically the same), bookkeeping a library mutates while it runs
 _NOT_SETTINGS = frozenset({"training", "inplace", "name_or_path", "warnings_issued",
-                           "gradient_checkpointing", "grad_checkpointing", "fused_attn"})
+                           "gradient_checkpointing", "grad_checkpointing", "fused_attn",
+                           # timm's record of where the weights came from (a checkpoint's path,
+                           # hub id, licence, tag): the same model loaded from a copied file
+                           "pretrained_cfg", "default_cfg", "pretrained_cfg_overlay"})
 
 
 def structure_digest(module: nn.Module) -> str:

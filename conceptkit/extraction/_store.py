@@ -30,13 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int
-from ..io import write_atomic
+from ..io import json_size, write_atomic
 from ._fingerprint import extractor_identity, identity_is_sampled, inputs_identity
 from ._store_read import (
     _CHUNK,
     _FIELDS,
     LAYOUTS,
     MANIFEST,
+    MANIFEST_LIMITS,
     STORE_FORMAT,
     STORE_VERSION,
     ActivationStore,
@@ -52,7 +53,6 @@ from ._store_read import (
 )
 
 _ORIGIN = re.compile(r"\.chunk-(\d{6,})\.origin")
-# fingerprint keys that earlier versions did not record, and what they are called in messages
 
 __all__ = ["LAYOUTS", "MANIFEST", "STORE_FORMAT", "STORE_VERSION", "ActivationStore", "StorePlan",
            "chunk_name", "clear_store", "finalize_store", "manifest_digest", "prepare_store",
@@ -77,6 +77,35 @@ def _manifest(plan: StorePlan, layout: str, n_features: int, dtype: str, chunks:
             "chunk_size": plan.chunk_size, "n_chunks": plan.n_chunks, "layout": layout,
             "n_features": n_features, "dtype": dtype, "fingerprint": fingerprint,
             "chunks": chunks, "meta": meta}
+
+
+#: What a manifest holds besides ``meta``: 161 bytes, 2 lists or objects and 13 values per
+#: chunk (measured; see ``MANIFEST_LIMITS``), and at most this much for the rest (the
+#: fingerprint and the store's settings take a few kB).
+_PER_CHUNK = (161, 2, 13)
+_FIXED = (64 * 1024, 1_000, 10_000)
+
+
+def check_meta(meta: dict | None, n_inputs: int, chunk_size: int) -> None:
+    """Refuse, before anything is computed, a ``meta`` too large for the manifest of a store
+    of ``n_inputs`` in chunks of ``chunk_size``: a reader refuses manifests over
+    ``MANIFEST_LIMITS`` (a hostile manifest must not cost gigabytes), and a store whose every
+    chunk was computed and whose manifest could then not be read would be lost."""
+    if not meta:
+        return
+    n_chunks = StorePlan(n_inputs, chunk_size).n_chunks
+    size = json_size({"meta": meta}, indent=1)  # as the manifest writes it, one level down
+    limits = tuple(MANIFEST_LIMITS)
+    room = [limit - fixed - per * n_chunks
+            for limit, fixed, per in zip(limits, _FIXED, _PER_CHUNK)]
+    if any(used > free for used, free in zip(size, room)):
+        raise ValueError(f"`meta` is too large to record in the store's manifest: "
+                         f"{size[0]} bytes of JSON, {size[1]} lists and objects, {size[2]} "
+                         f"values, beside {n_chunks} chunks; conceptkit reads manifests of at "
+                         f"most {limits[0]} bytes, {limits[1]} lists and objects and "
+                         f"{limits[2]} values. Keep per-input records out of `meta` (save them "
+                         f"beside the store, e.g. labels as a .npy file for `conceptkit atlas "
+                         f"--labels`), or record less.")
 
 
 def _write_manifest(path: Path, manifest: dict, *, exclusive: bool = False) -> bool:
@@ -311,6 +340,7 @@ def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, l
     full = prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout,
                          fingerprint=fingerprint if fingerprint is not None else
                          _recorded(path))
+    check_meta(meta, n_inputs, chunk_size)
     plan = StorePlan(n_inputs, chunk_size)
     tag, finished = _tag(full), _finished_digests(path, full)
     chunks, n_features, dtype = [], None, None
@@ -370,6 +400,7 @@ def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_s
     such a store warns (give the Dataset a ``fingerprint`` to silence it).
     """
     n = len(inputs)
+    check_meta(meta, n, chunk_size)  # before anything is computed
     fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
 
     def compute(start: int, stop: int) -> torch.Tensor:

@@ -683,3 +683,54 @@ def test_a_store_of_an_earlier_conceptkit_is_recomputed_once(tmp_path):
         write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False)
     store = write_store(_extractor(), IMAGES, path, chunk_size=3, progress=False, overwrite=True)
     assert "model_structure" in store.manifest["fingerprint"]
+
+
+def test_where_timm_loaded_the_weights_from_is_not_the_models_structure():
+    """timm keeps a record of the checkpoint (its path, hub id, tag) on the model: the same
+    model loaded from a copied checkpoint read as another structure, and stores, attach and the
+    atlas refused it."""
+    timm = pytest.importorskip("timm")
+    from conceptkit.extraction._fingerprint import structure_digest
+
+    a = timm.create_model("resnet18", pretrained=False, pretrained_cfg_overlay={"file": "/a.pth"})
+    b = timm.create_model("resnet18", pretrained=False, pretrained_cfg_overlay={"file": "/b.pth"})
+    assert a.pretrained_cfg["file"] != b.pretrained_cfg["file"]
+    assert structure_digest(a) == structure_digest(b)
+    b.global_pool = nn.Identity()  # a real change still shows
+    assert structure_digest(a) != structure_digest(b)
+
+
+def test_a_meta_a_reader_would_refuse_is_refused_before_anything_is_computed(tmp_path,
+                                                                              monkeypatch):
+    """A manifest is read only up to MANIFEST_LIMITS; a store whose `meta` (labels or paths of
+    millions of inputs) took it past them was computed in full, written, and then refused as
+    corrupted. The limits are made small here so that the test is quick."""
+    from conceptkit.extraction import _store, _store_read
+    from conceptkit.io import JsonLimits
+
+    limits = JsonLimits(max_bytes=200_000, max_containers=3_000, max_values=30_000)
+    monkeypatch.setattr(_store, "MANIFEST_LIMITS", limits)
+    monkeypatch.setattr(_store_read, "MANIFEST_LIMITS", limits)
+    calls = []
+
+    def extractor(x):
+        calls.append(len(x))
+        return x.flatten(1)[:, :4]
+
+    images = torch.rand(40, 3, 4, 4)
+    with pytest.raises(ValueError, match="`meta` is too large"):
+        write_store(extractor, images, tmp_path / "big", chunk_size=4, progress=False,
+                    meta={"labels": list(range(40)) * 500})
+    assert calls == [] and not (tmp_path / "big" / "manifest.json").exists()
+    # whatever the check lets through, a reader reads: meta just inside the room, many chunks
+    n_chunks = 10
+    for size in (5_000, 10_000, 15_000, 18_000):
+        meta = {"labels": list(range(size))}
+        try:
+            _store.check_meta(meta, 40, 4)
+        except ValueError:
+            continue
+        store = write_store(extractor, images, tmp_path / f"ok{size}", chunk_size=40 // n_chunks,
+                            progress=False, meta=meta)
+        assert ActivationStore(tmp_path / f"ok{size}").manifest["meta"] == meta
+        assert store.n_rows == 40
