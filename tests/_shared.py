@@ -158,3 +158,34 @@ def cli_error(argv: list[str], capsys, seconds: float = 20.0) -> str:
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert time.perf_counter() - start < seconds
     return err
+
+
+class FakeClip:
+    """Text i -> the i-th axis of a fixed rotation; images are their first 16 values."""
+
+    def __init__(self):
+        self.P = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))[0]
+        self.words = {}
+
+    def encode_image(self, images):
+        return images.flatten(1)[:, :16]
+
+    def encode_text(self, texts):
+        out = []
+        for t in texts:
+            self.words.setdefault(t, len(self.words))
+            out.append(self.P[self.words[t] % 16])
+        return torch.stack(out)
+
+
+def small_cbm_data(n=120, seed=0):
+    """Inputs x (n, 10), concept labels (n, 6) and class labels (n,) of 3 classes: class c has
+    concepts 2c and 2c + 1, and x is a noisy linear image of the concepts."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    concepts = np.zeros((n, 6), np.float32)
+    concepts[np.arange(n), 2 * labels] = 1
+    concepts[np.arange(n), 2 * labels + 1] = 1
+    x = concepts @ np.random.default_rng(7).normal(size=(6, 10)).astype(np.float32)
+    x += 0.3 * rng.normal(size=x.shape).astype(np.float32)
+    return torch.from_numpy(x), torch.from_numpy(concepts), torch.from_numpy(labels)

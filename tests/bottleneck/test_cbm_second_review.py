@@ -4,9 +4,9 @@ under-training result and shows dict-valued extras (the command's settings) as t
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
+from _shared import small_cbm_data as _data
 from torch import nn
 
 from conceptkit.bottleneck import (
@@ -16,18 +16,6 @@ from conceptkit.bottleneck import (
     train_cbm,
 )
 from conceptkit.bottleneck._report import write_cbm_report
-
-
-def _data(n=120, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    concepts = np.zeros((n, 6), np.float32)
-    concepts[np.arange(n), 2 * labels] = 1
-    concepts[np.arange(n), 2 * labels + 1] = 1
-    x = concepts @ np.random.default_rng(7).normal(size=(6, 10)).astype(np.float32)
-    x += 0.3 * rng.normal(size=x.shape).astype(np.float32)
-    return torch.from_numpy(x), torch.from_numpy(concepts), torch.from_numpy(labels)
-
 
 TRAIN, VAL = _data(), _data(60, 1)
 

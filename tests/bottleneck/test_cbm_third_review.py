@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from _forge import forge, set_meta
+from _shared import FakeClip
+from _shared import small_cbm_data as _cbm_data
 from sklearn.linear_model import SGDClassifier
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -33,24 +35,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 
 
 # -- label-free fixtures (as in the first review's tests; test modules do not import each other) --
-class FakeClip:
-    """Text i -> the i-th axis of a fixed rotation; images are their first 16 values."""
-
-    def __init__(self):
-        self.P = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))[0]
-        self.words = {}
-
-    def encode_image(self, images):
-        return images.flatten(1)[:, :16]
-
-    def encode_text(self, texts):
-        out = []
-        for t in texts:
-            self.words.setdefault(t, len(self.words))
-            out.append(self.P[self.words[t] % 16])
-        return torch.stack(out)
-
-
 CONCEPTS = ["red", "round", "furry", "shiny"]
 
 
@@ -184,17 +168,6 @@ def test_posthoc_hybrid_probabilities_are_the_softmax_of_its_logits(n_classes):
 
 
 # -- M3: one dtype rule for inputs, in both data forms and every entry point -----------------------
-def _cbm_data(n=120, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    concepts = np.zeros((n, 6), np.float32)
-    concepts[np.arange(n), 2 * labels] = 1
-    concepts[np.arange(n), 2 * labels + 1] = 1
-    x = concepts @ np.random.default_rng(7).normal(size=(6, 10)).astype(np.float32)
-    x += 0.3 * rng.normal(size=x.shape).astype(np.float32)
-    return torch.from_numpy(x), torch.from_numpy(concepts), torch.from_numpy(labels)
-
-
 def _cbm(bottleneck="logits"):
     torch.manual_seed(0)
     return ConceptBottleneckModel(nn.Linear(10, 6), 6, 3, bottleneck=bottleneck)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from _forge import forge, set_meta
+from _shared import FakeClip
 
 from conceptkit.bottleneck import (
     CAVBank,
@@ -37,24 +38,6 @@ def posthoc_file(tmp_path_factory):
     bank = CAVBank.from_concept_labels(e, lab, ["a", "b", "c"], seed=0)
     model = PosthocCBM(bank, residual=True, residual_epochs=2, seed=0, progress=False).fit(e, y)
     return model.save(tmp_path_factory.mktemp("ph") / "ph.safetensors"), e
-
-
-class FakeClip:
-    """Text i -> the i-th axis of a fixed rotation; images are their first 16 values."""
-
-    def __init__(self):
-        self.P = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))[0]
-        self.words = {}
-
-    def encode_image(self, images):
-        return images.flatten(1)[:, :16]
-
-    def encode_text(self, texts):
-        out = []
-        for t in texts:
-            self.words.setdefault(t, len(self.words))
-            out.append(self.P[self.words[t] % 16])
-        return torch.stack(out)
 
 
 def label_free_data(concepts=("red", "round", "furry", "shiny"), classes=("cat", "ball")):
