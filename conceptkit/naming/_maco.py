@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments
 from .._reprs import dataclass_repr
 from .._torchutils import capture_output, on_device, preserved_model_state
 from .._validation import check_float, check_images, check_int, describe
@@ -180,11 +181,12 @@ def _random_crops(image: torch.Tensor, n: int, fraction: tuple[float, float], ou
     return torch.stack(crops)
 
 
+@renamed_arguments(learning_rate="lr")  # 0.2: the name train_cbm, TopKSAE and torch use
 def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images: torch.Tensor, *,
                       steps: int = 256, image_size: int | None = None,
                       input_size: int | None = None, n_crops: int = 6,
                       crop_fraction: tuple[float, float] = (0.5, 0.7), noise: float = 0.05,
-                      learning_rate: float = 1.0, preprocess: Callable | None = None,
+                      lr: float = 1.0, preprocess: Callable | None = None,
                       seed: int = 0, device: Any = None,
                       progress: bool = True) -> ConceptVisualization:
     """MACO visualisation of ``concept`` of ``bank`` (see the module notes).
@@ -211,8 +213,8 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
     n_crops, crop_fraction, noise : int, (float, float), float
         Crops per step, their side as a fraction of ``image_size``, Gaussian noise std added to them
         (horama's defaults: 6, (0.20, 0.25), 0.05).
-    learning_rate : float
-        NAdam step on the phase (1.0, as horama).
+    lr : float
+        NAdam step on the phase (1.0, as horama). Was ``learning_rate``.
     preprocess : callable, optional
         Input normalisation applied to the crops (images stay in [0, 1]).
     seed : int
@@ -244,7 +246,7 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
         image_size = int(np.ceil(input_size / (0.5 * (fraction[0] + fraction[1])) / 8) * 8)
     size = check_int(image_size, "image_size", minimum=8)
     noise = check_float(noise, "noise", minimum=0.0)
-    learning_rate = check_float(learning_rate, "learning_rate", minimum=0.0, strict_minimum=True)
+    lr = check_float(lr, "lr", minimum=0.0, strict_minimum=True)
     seed = check_int(seed, "seed", minimum=0)
     if preprocess is not None and not callable(preprocess):
         raise TypeError(f"`preprocess` must be callable; got {describe(preprocess)}.")
@@ -252,13 +254,13 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
     with on_device(model, device) as where:
         return _optimise(model, bank, concept, images, steps=steps, size=size,
                          input_size=input_size, n_crops=n_crops, fraction=fraction, noise=noise,
-                         learning_rate=learning_rate, preprocess=preprocess, seed=seed,
+                         lr=lr, preprocess=preprocess, seed=seed,
                          device=where, progress=progress)
 
 
 def _optimise(model: nn.Module, bank: ConceptBank, concept: int, images: torch.Tensor, *,
               steps: int, size: int, input_size: int, n_crops: int, fraction: tuple[float, float],
-              noise: float, learning_rate: float, preprocess: Callable | None, seed: int,
+              noise: float, lr: float, preprocess: Callable | None, seed: int,
               device: torch.device, progress: bool) -> ConceptVisualization:
     colours = colour_matrix(images.cpu()).to(device)
     magnitude = magnitude_spectrum(images.cpu(), size, colours.cpu()).to(device)
@@ -271,7 +273,7 @@ def _optimise(model: nn.Module, bank: ConceptBank, concept: int, images: torch.T
     generator = torch.Generator().manual_seed(seed)
     phase = ((torch.rand(magnitude.shape, generator=generator) * 2 - 1) * np.pi).to(device)
     phase.requires_grad_(True)
-    optimiser = torch.optim.NAdam([phase], lr=learning_rate)
+    optimiser = torch.optim.NAdam([phase], lr=lr)
     transparency = torch.zeros(size, size, device=device)
     history = np.zeros(steps)
     with preserved_model_state(model):
@@ -298,7 +300,7 @@ def _optimise(model: nn.Module, bank: ConceptBank, concept: int, images: torch.T
     peak = float(transparency.max())
     transparency = (transparency / peak if peak > 0 else transparency).cpu()
     params = {"steps": steps, "image_size": size, "input_size": input_size, "n_crops": n_crops,
-              "crop_fraction": list(fraction), "noise": noise, "learning_rate": learning_rate,
+              "crop_fraction": list(fraction), "noise": noise, "lr": lr,
               "seed": seed, "n_spectrum_images": int(images.shape[0])}
     return ConceptVisualization(final, transparency, concept, history, params)
 

@@ -155,7 +155,7 @@ class ClassConcepts:
 
         The magnitude spectrum and colours come from the class images; ``kwargs`` go to
         :func:`conceptkit.naming.visualize_concept` (``n_crops``, ``crop_fraction``, ``noise``,
-        ``learning_rate``). Returns a :class:`~conceptkit.naming.ConceptVisualization` (image and
+        ``lr``). Returns a :class:`~conceptkit.naming.ConceptVisualization` (image and
         transparency map).
         """
         return visualize(self, concept, steps=steps, image_size=image_size, seed=seed,

@@ -64,6 +64,14 @@ def test_seeded_and_leaves_the_model_as_found(explained, snapshot):
     c = visualize_concept(model, cc.bank, 1, images, steps=3, image_size=64, seed=4, progress=False)
     assert torch.equal(a.image, b.image) and torch.equal(a.transparency, b.transparency)
     assert not torch.equal(a.image, c.image)
+    # lr= is the step's name, as in train_cbm and TopKSAE; learning_rate= is its old name
+    with pytest.warns(DeprecationWarning, match=r"`learning_rate` of visualize_concept\(\)"):
+        d = visualize_concept(model, cc.bank, 1, images, steps=3, image_size=64, seed=3,
+                              progress=False, learning_rate=0.5)
+    e = visualize_concept(model, cc.bank, 1, images, steps=3, image_size=64, seed=3,
+                          progress=False, lr=0.5)
+    assert torch.equal(d.image, e.image) and not torch.equal(a.image, e.image)
+    assert e.params["lr"] == 0.5 and a.params["lr"] == 1.0
     assert snapshot(model) == before
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
