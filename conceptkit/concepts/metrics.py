@@ -31,6 +31,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_int, check_matrix, make_rng, to_numpy
 from ._base import Factorizer
 from ._nmf import single_blas_thread
@@ -171,12 +172,14 @@ def matched_cosine(W1: np.ndarray | torch.Tensor, W2: np.ndarray | torch.Tensor,
     return (score, rows, cols) if return_pairs else score
 
 
-def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap: int = 5, subset: float = 0.8,
+@renamed_arguments(subset="subset_fraction")  # 0.2: the name CMuFidelity uses
+def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap: int = 5,
+              subset_fraction: float = 0.8,
               seed: int | None = 0, *, absolute: bool | None = None,
               progress: bool = False) -> float:
     """Dictionary stability: refit clones of ``factorizer`` on random row subsets of ``A (n, C)``.
 
-    Each of ``n_bootstrap`` clones is fitted on ``round(subset * n)`` rows drawn without
+    Each of ``n_bootstrap`` clones is fitted on ``round(subset_fraction * n)`` rows drawn without
     replacement (``seed`` picks the rows, 0 by default so that a metric of a fitted factorizer
     repeats; the factorizer keeps its own ``random_state``); every pair
     of dictionaries is matched with :func:`matched_cosine` and the mean matched cosine is returned
@@ -187,11 +190,13 @@ def stability(factorizer: Factorizer, A: np.ndarray | torch.Tensor, n_bootstrap:
         raise TypeError(f"`factorizer` must be a conceptkit Factorizer; got {type(factorizer).__name__}.")
     A = check_matrix(A, "A", min_rows=2)
     n_bootstrap = check_int(n_bootstrap, "n_bootstrap", minimum=2)
-    subset = check_float(subset, "subset", minimum=0.0, maximum=1.0, strict_minimum=True)
-    size = int(round(subset * A.shape[0]))
+    subset_fraction = check_float(subset_fraction, "subset_fraction", minimum=0.0, maximum=1.0,
+                                  strict_minimum=True)
+    size = int(round(subset_fraction * A.shape[0]))
     if size < factorizer.n_concepts:
-        raise ValueError(f"`subset`={subset} keeps {size} of {A.shape[0]} rows, fewer than "
-                         f"n_concepts={factorizer.n_concepts}; use a larger subset or more rows.")
+        raise ValueError(f"`subset_fraction`={subset_fraction} keeps {size} of {A.shape[0]} rows, "
+                         f"fewer than n_concepts={factorizer.n_concepts}; use a larger "
+                         f"subset_fraction or more rows.")
     if absolute is None:
         absolute = not factorizer.nonnegative_codes
     rng = make_rng(seed)
@@ -279,14 +284,16 @@ EXTRACTION_METRICS: dict[str, Metric] = {
 }
 
 
+@renamed_arguments(subset="subset_fraction")  # 0.2
 def extraction_metrics(factorizer: Factorizer, A: np.ndarray | torch.Tensor, metrics: Sequence[str] | None = None, *,
-                       n_bootstrap: int = 5, subset: float = 0.8, seed: int | None = 0,
+                       n_bootstrap: int = 5, subset_fraction: float = 0.8, seed: int | None = 0,
                        progress: bool = False) -> dict[str, float]:
     """Evaluate a fitted ``factorizer`` on activations ``A (n, C)``.
 
     Codes are ``U = factorizer.transform(A)`` and the reconstruction is
     ``A_hat = factorizer.inverse_transform(U)``; ``stability`` refits clones (see
-    :func:`stability`, which receives ``n_bootstrap``, ``subset``, ``seed`` and ``progress``).
+    :func:`stability`, which receives ``n_bootstrap``, ``subset_fraction``, ``seed`` and
+    ``progress``).
     ``metrics`` lists names from :data:`EXTRACTION_METRICS` (default: all of them). Directions are
     in ``EXTRACTION_METRICS[name].higher_is_better``.
     """
@@ -301,6 +308,6 @@ def extraction_metrics(factorizer: Factorizer, A: np.ndarray | torch.Tensor, met
     U = factorizer.transform(A)
     A_hat = factorizer.inverse_transform(U)
     return {name: EXTRACTION_METRICS[name].evaluate(A, A_hat, U, factorizer,
-                                                    n_bootstrap=n_bootstrap, subset=subset,
+                                                    n_bootstrap=n_bootstrap, subset_fraction=subset_fraction,
                                                     seed=seed, progress=progress)
             for name in names}

@@ -163,10 +163,14 @@ def test_stability_validates():
     A, _ = planted_nmf()
     with pytest.raises(ValueError, match="`n_bootstrap`"):
         stability(NMF(4), A, n_bootstrap=1)
-    with pytest.raises(ValueError, match="`subset`"):
-        stability(NMF(4), A, subset=1.5)
+    with pytest.raises(ValueError, match="`subset_fraction`"):
+        stability(NMF(4), A, subset_fraction=1.5)
     with pytest.raises(ValueError, match="fewer than n_concepts"):
-        stability(NMF(4), A[:6], subset=0.5)
+        stability(NMF(4), A[:6], subset_fraction=0.5)
+    # subset= is the old name (CMuFidelity says subset_fraction=): it still works, and warns
+    with pytest.warns(DeprecationWarning, match=r"`subset` of stability\(\)"):
+        with pytest.raises(ValueError, match="`subset_fraction`"):
+            stability(NMF(4), A, subset=1.5)
     with pytest.raises(TypeError, match="`factorizer`"):
         stability(object(), A)
 

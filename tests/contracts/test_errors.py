@@ -414,7 +414,7 @@ ROWS: list[Row] = [
     R("metric-shapes", "concepts.metrics.relative_l2", "A and A_hat of different shapes",
       lambda c: concept_metrics.relative_l2(np.ones((4, 3)), np.ones((5, 3))), ValueError, "`A_hat`"),
     R("stability-subset", "concepts.metrics.stability", "a subset smaller than n_concepts",
-      lambda c: concept_metrics.stability(concepts.NMF(4), np.ones((6, 5)), subset=0.3), ValueError, "`subset`"),
+      lambda c: concept_metrics.stability(concepts.NMF(4), np.ones((6, 5)), subset_fraction=0.3), ValueError, "`subset_fraction`"),
     # -- importance --------------------------------------------------------------------------
     R("sobol-output-shape", "importance.sobol_indices", "func returns (M, 2) instead of (M,)",
       lambda c: importance.sobol_indices(lambda x: np.c_[x[:, 0], x[:, 1]], 2, 64), ValueError, "`func`"),
