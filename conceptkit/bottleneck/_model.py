@@ -379,6 +379,17 @@ def _check_declared(path: Any, config: dict, spec: Any, tensors: dict[str, torch
                             for key in wrong[:4])
         raise FormatError(f"`path` {str(path)!r} declares an architecture that does not match the "
                           f"tensors it holds ({details}): a damaged or tampered file.")
+    # a weight stored as integers or booleans would be cast silently by load_state_dict (a
+    # float64 model saved as such is fine: its precision is the user's; the `calibrated` flag is
+    # checked by _check_stored_state)
+    floating = {key for key, value in skeleton.state_dict().items() if value.is_floating_point()}
+    odd = sorted(key for key, value in tensors.items()
+                 if key in floating and not value.is_floating_point())
+    if odd:
+        raise FormatError(f"`path` {str(path)!r} stores {odd[0]} as {tensors[odd[0]].dtype}, "
+                          f"where the model holds floating-point values"
+                          + (f" (and {len(odd) - 1} more such tensors)" if len(odd) > 1 else "")
+                          + ": a damaged or tampered file.")
 
 
 def _check_stored_state(path: Any, meta: dict, tensors: dict[str, torch.Tensor]) -> None:

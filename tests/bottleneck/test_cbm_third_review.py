@@ -359,11 +359,16 @@ def _calibrated_uint8(info, tensors):
     tensors["calibrated"] = torch.tensor(7, dtype=torch.uint8)
 
 
+def _int_head(info, tensors):  # load_state_dict cast it to floats without a word
+    tensors["head.weight"] = (tensors["head.weight"] * 100).to(torch.int32)
+
+
 @pytest.mark.parametrize("edit, match", [
     (_swap, r"intervention_low above intervention_high for concept\(s\) \[0, 1"),
     (set_meta("trained_mode", value="banana"), "trained_mode='banana'"),
     (set_meta("trained_mode", value=3), "trained_mode=3"),
     (_calibrated_uint8, "calibrated as torch.uint8 7"),
+    (_int_head, "stores head.weight as torch.int32, where the model holds floating-point"),
 ])
 def test_cbm_file_with_impossible_state_is_a_format_error(calibrated_file, tmp_path, edit, match):
     bad = forge(calibrated_file, tmp_path / "bad.safetensors", edit)
