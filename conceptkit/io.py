@@ -123,6 +123,14 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
+def file_state(path: str | os.PathLike) -> tuple[int, int, int, int, int]:
+    """``(size, mtime_ns, ctime_ns, inode, device)`` of a file: what caches and fingerprints of
+    files are keyed on. A file replaced with its modification time kept (``cp -p``, ``rsync
+    -t``, ``os.utime``) or rewritten in place still changes its change time, size or inode."""
+    stat = os.stat(path)
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+
+
 def as_path(path: Any, name: str = "path") -> Path:
     """``path`` as a :class:`~pathlib.Path`, or a clear error for bytes and other types."""
     if isinstance(path, (bytes, bytearray)):

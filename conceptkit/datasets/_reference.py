@@ -13,7 +13,7 @@ from torch import nn
 
 from .._torchutils import leaves_global_rng
 from .._validation import check_int, describe
-from ..io import FormatError, load_file, loading
+from ..io import FormatError, file_state, load_file, loading
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "reference_cnn.safetensors"
 WEIGHTS_KIND = "reference_cnn"
@@ -63,12 +63,9 @@ class ReferenceCNN(nn.Module):
 
 
 def file_key(path: Path) -> tuple[int, ...]:
-    """What a weights cache is keyed on besides the path: modification and change times in
-    nanoseconds, size, inode and device. A file replaced with its modification time kept (``cp
-    -p``, ``rsync -t``, ``os.utime``) still changes its change time, size or inode, so a cache
-    never serves the model that was there before."""
-    stat = path.stat()
-    return (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino, stat.st_dev)
+    """What a weights cache is keyed on besides the path (:func:`conceptkit.io.file_state`), so
+    that a cache never serves the model that was there before."""
+    return file_state(path)
 
 
 @lru_cache(maxsize=4)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io import file_state
+
 _BLOCK = 1 << 24  # hash big tensors in 16 MiB slices: no second full copy in memory
 
 
@@ -86,7 +88,7 @@ _NOT_SETTINGS = frozenset({"training", "inplace", "name_or_path", "warnings_issu
                            "pretrained_cfg", "default_cfg", "pretrained_cfg_overlay"})
 
 
-def structure_digest(module: nn.Module) -> str:
+def structure_digest(module: nn.Module, other: Any = None) -> str:
     """A hex digest of a module's structure: every submodule's name, type (qualified name) and
     plain settings (see :func:`module_settings`: a convolution's stride, a norm's ``eps``, a
     user's ``self.scale = 0.2``), which change the output without showing in the weights (a
@@ -94,12 +96,14 @@ def structure_digest(module: nn.Module) -> str:
 
     The same for a model and its ``copy.deepcopy``, in train or eval mode, with or without
     hooks, in every process: private attributes (hooks, caches, torch's bookkeeping), the
-    ``training`` flag and ``inplace`` never enter it, nor does any memory address."""
+    ``training`` flag and ``inplace`` never enter it, nor does any memory address.
+    ``other`` describes the attributes that are not plain settings (see
+    :func:`module_settings`; a preprocess module's description passes one)."""
     digest = hashlib.blake2b(digest_size=16)
     for name, sub in module.named_modules(remove_duplicate=False):
         kind = type(sub)
         digest.update(f"{name}|{kind.__module__}.{kind.__qualname__}|"
-                      f"{module_settings(sub)}\n".encode())
+                      f"{module_settings(sub, other)}\n".encode())
     return digest.hexdigest()
 
 
@@ -198,12 +202,9 @@ def _describe(value: Any, depth: int, legacy: bool = False) -> str:
         described = f"module:{module_digest(value)}:{_strip_addresses(repr(value))}"
         if legacy:
             return described
-        digest = hashlib.blake2b(digest_size=16)  # its structure, its other attributes described
-        for name, sub in value.named_modules(remove_duplicate=False):
-            kind = type(sub)
-            settings = module_settings(sub, lambda v: _describe(v, deeper, legacy))
-            digest.update(f"{name}|{kind.__module__}.{kind.__qualname__}|{settings}\n".encode())
-        return f"{described}:{digest.hexdigest()}"
+        # its structure, with its other attributes described too
+        structure = structure_digest(value, lambda v: _describe(v, deeper, legacy))
+        return f"{described}:{structure}"
     if isinstance(value, dict):
         items = sorted((str(k), _describe(v, deeper, legacy)) for k, v in value.items())
         return "{" + ",".join(f"{k}={v}" for k, v in items) + "}"
@@ -317,9 +318,8 @@ def inputs_identity(inputs: Any) -> str:
         for entry in listing:
             path, rest = os.fspath(entry[0]), entry[1:]
             try:
-                stat = os.stat(path)  # a file replaced with its mtime kept: new inode, ctime
-                state = (f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}:"
-                         f"{stat.st_dev}")
+                # a file replaced with its mtime kept: new inode, ctime
+                state = ":".join(map(str, file_state(path)))
             except OSError:
                 state = "missing"
             digest.update(f"{path}|{state}|{rest!r}\n".encode())

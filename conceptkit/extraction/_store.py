@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_choice, check_int
-from ..io import json_size, write_atomic
+from ..io import file_state, json_size, write_atomic
 from ._fingerprint import extractor_identity, identity_is_sampled, inputs_identity
 from ._store_read import (
     _CHUNK,
@@ -287,8 +287,7 @@ _DIGESTS: dict[tuple, str] = {}  # chunk digests of this process, by the file's 
 def _file_digest(file: Path) -> str:
     """:func:`chunk_digest`, read once per file state (size, times, inode) in a process: a
     writer checks the chunks it reuses, then :func:`finalize_store` the same chunks."""
-    stat = file.stat()
-    key = (str(file), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+    key = (str(file), *file_state(file))
     if key not in _DIGESTS:
         if len(_DIGESTS) > 65536:
             _DIGESTS.clear()

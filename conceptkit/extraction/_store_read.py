@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_int
-from ..io import FormatError, JsonLimits, parse_json
+from ..io import FormatError, JsonLimits, file_state, parse_json
 
 STORE_FORMAT = "conceptkit-activation-store"
 STORE_VERSION = 1
@@ -164,9 +164,8 @@ class ActivationStore:
         expected = entry.get("digest")
         if expected is None:
             return
-        stat = file.stat()
         seen = self.__dict__.setdefault("_verified", {})
-        state = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+        state = file_state(file)
         if seen.get(entry["file"]) == state:
             return
         if chunk_digest(file) != expected:
