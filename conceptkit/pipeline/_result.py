@@ -560,9 +560,7 @@ class ClassConcepts:
 
         known = self.fitted_with
         if known is None:  # a fresh explanation: the model it was fitted with
-            known = dict(fitted_identity(self.model_at_layer))
-            if self.model_at_layer is not None:
-                known.setdefault("model_structure", structure_digest(self.model_at_layer.model))
+            known = fitted_identity(self.model_at_layer)
         differences = []
         if "model_digest" in known and known["model_digest"] != module_digest(model):
             differences.append("the model's weights differ from those the explanation was fitted "
@@ -577,7 +575,8 @@ class ClassConcepts:
             given = callable_identity(preprocess)
             # files saved before modules' structure and objects' attributes were read hold the
             # description of then: the same preprocessing matches it
-            if known["preprocess"] not in (given, callable_identity(preprocess, legacy=True)):
+            if (known["preprocess"] != given
+                    and known["preprocess"] != callable_identity(preprocess, legacy=True)):
                 differences.append(f"the preprocessing differs: fitted with "
                                    f"{_short(known['preprocess'])}, attached with "
                                    f"{_short(given)}")
