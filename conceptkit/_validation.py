@@ -6,9 +6,11 @@ read a traceback from inside torch, scikit-learn or scipy to learn what they pas
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import numbers
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -312,3 +314,20 @@ def resolve_device(device: Any, name: str = "device") -> torch.device:
         raise ValueError(f"`{name}` is {device!r} but CUDA is not available on this machine.")
     return dev
 
+
+@contextlib.contextmanager
+def held_warnings(category: type[Warning],
+                  select: Callable[[warnings.WarningMessage], bool] | None = None
+                  ) -> Iterator[list[warnings.WarningMessage]]:
+    """Hold back the warnings of ``category`` (those ``select`` accepts, if given) raised in the
+    block: the yielded list holds them when the block ends, for the caller to say in its own
+    words. Every other warning is shown as it was, after the block."""
+    held: list[warnings.WarningMessage] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        yield held
+    for item in caught:
+        if issubclass(item.category, category) and (select is None or select(item)):
+            held.append(item)
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)

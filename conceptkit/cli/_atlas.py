@@ -25,12 +25,13 @@ import os
 import re
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._validation import held_warnings
 
 
 def _dist_env() -> tuple[int, int]:
@@ -79,14 +80,9 @@ def _starting_fit_explained() -> Iterator[None]:
     here as what it is, once. Every other warning is shown as it was."""
     from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    with held_warnings(ConvergenceWarning, lambda w: _STOPPED_FIT in str(w.message)
+                       and _STOPPED_WHAT in str(w.message)) as start:
         yield
-    start = [w for w in caught if issubclass(w.category, ConvergenceWarning)
-             and _STOPPED_FIT in str(w.message) and _STOPPED_WHAT in str(w.message)]
-    for item in caught:
-        if not any(item is w for w in start):
-            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
     if start:
         found = re.search(r"max_iter=(\d+)", str(start[0].message))
         limit = found.group(1) if found else "200"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._validation import held_warnings
 
 #: The demo's ground-truth scores come from :mod:`conceptkit.evaluate` (its default pointing-game
 #: tolerance, 1/16 of the image side: hollow parts such as the ring need it).
@@ -92,14 +93,9 @@ def counted_convergence(counts: list[int]):
     iterations) instead of printing one per fit; every other warning is shown as usual."""
     from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    with held_warnings(ConvergenceWarning) as stopped:
         yield
-    for item in caught:
-        if issubclass(item.category, ConvergenceWarning):
-            counts[0] += 1
-        else:
-            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+    counts[0] += len(stopped)
 
 
 def truth_of_class(cc, truth, causal: list[int], spurious: int) -> dict:

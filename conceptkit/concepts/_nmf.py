@@ -20,7 +20,14 @@ from sklearn.decomposition import non_negative_factorization
 from sklearn.exceptions import ConvergenceWarning
 
 from .._deprecation import renamed_arguments
-from .._validation import check_choice, check_float, check_int, check_seed, make_rng
+from .._validation import (
+    check_choice,
+    check_float,
+    check_int,
+    check_seed,
+    held_warnings,
+    make_rng,
+)
 from . import _nmf_torch as kernels
 from ._base import Factorizer
 
@@ -82,35 +89,23 @@ def _stopped_early(est: NMF, what: str) -> None:
 
 
 def _sklearn_fit(est: NMF, X: np.ndarray):
-    with _blas_threads(X, est.n_concepts), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    # scikit-learn's iteration-limit warning is said once in the library's words
+    with held_warnings(ConvergenceWarning) as stopped, _blas_threads(X, est.n_concepts):
         U, W, n_iter = non_negative_factorization(
             X, n_components=est.n_concepts, init=est.init, update_H=True,
             random_state=est.random_state, **_sklearn_kwargs(est))
-    _replay(caught, est, "fitting the dictionary")
-    return U, W, n_iter
-
-
-def _replay(caught: list, est: NMF, what: str) -> None:
-    """scikit-learn's iteration-limit warning said once in the library's words; any other
-    warning scikit-learn gave is shown as it was."""
-    stopped = False
-    for item in caught:
-        if issubclass(item.category, ConvergenceWarning):
-            stopped = True
-        else:
-            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
     if stopped:
-        _stopped_early(est, what)
+        _stopped_early(est, "fitting the dictionary")
+    return U, W, n_iter
 
 
 def _sklearn_transform(est: NMF, X: np.ndarray, W: np.ndarray) -> np.ndarray:
     # update_H=False starts from zeros ("cd") or a constant ("mu"): deterministic.
-    with _blas_threads(X, W.shape[0]), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    with held_warnings(ConvergenceWarning) as stopped, _blas_threads(X, W.shape[0]):
         U, _, _ = non_negative_factorization(X, H=W, n_components=W.shape[0], update_H=False,
                                              **_sklearn_kwargs(est))
-    _replay(caught, est, "encoding with the fitted dictionary")
+    if stopped:
+        _stopped_early(est, "encoding with the fitted dictionary")
     return U
 
 
