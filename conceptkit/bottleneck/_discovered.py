@@ -40,7 +40,6 @@ from .._validation import (
     check_int,
     describe,
     make_rng,
-    to_numpy,
 )
 from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
@@ -105,6 +104,16 @@ def _split_truth(concept_values: Any, mask: Any) -> tuple[Any, Any]:
                         "pass the mask once.")
     values, pair_mask = concept_values
     return values, pair_mask
+
+
+def _check_mask(mask: Any, Z: torch.Tensor) -> torch.Tensor:
+    """``mask`` as a boolean tensor of shape ``Z.shape`` (per image) or ``(K,)``."""
+    mask = (mask.to(Z.device) if isinstance(mask, torch.Tensor)
+            else torch.as_tensor(np.asarray(mask)))
+    if mask.dtype != torch.bool or mask.shape not in (Z.shape, Z.shape[1:]):
+        raise ValueError(f"`mask` must be boolean of shape {tuple(Z.shape)} or ({Z.shape[1]},), "
+                         f"True where a concept is set to its true value; got {describe(mask)}.")
+    return mask
 
 
 class DiscoveredCBM(BaseEstimator):
@@ -348,10 +357,7 @@ class DiscoveredCBM(BaseEstimator):
         if mask is None:
             raise TypeError(f"`mask` is required: booleans of shape {tuple(Z.shape)} or "
                             f"({Z.shape[1]},), True where a concept is set to its true value.")
-        mask = torch.as_tensor(np.asarray(mask))
-        if mask.dtype != torch.bool or mask.shape not in (Z.shape, Z.shape[1:]):
-            raise ValueError(f"`mask` must be boolean of shape {tuple(Z.shape)} or "
-                             f"({Z.shape[1]},); got {describe(mask)}.")
+        mask = _check_mask(mask, Z)
         true = self.true_to_bottleneck(concept_values)
         if true.shape != Z.shape:
             raise ValueError(f"`concept_values` must have shape {tuple(Z.shape)}; got "
@@ -404,12 +410,7 @@ class DiscoveredCBM(BaseEstimator):
                     f"\"absent\".")
             known = torch.ones_like(Z, dtype=torch.bool)
         else:
-            mask = torch.as_tensor(to_numpy(mask) if not isinstance(mask, torch.Tensor) else mask)
-            if mask.dtype != torch.bool or mask.shape not in (Z.shape, Z.shape[1:]):
-                raise ValueError(f"`mask` must be boolean of shape {tuple(Z.shape)} or "
-                                 f"({Z.shape[1]},), True where `concept_values` holds a true "
-                                 f"value; got {describe(mask)}.")
-            known = mask.expand_as(Z)
+            known = _check_mask(mask, Z).expand_as(Z)
             with_truth = known.any(0)
             if not bool(with_truth.any()):
                 raise ValueError("`mask` is False everywhere: no concept has a true value to "

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from .._reprs import dataclass_repr
-from .._torchutils import on_device, preserved_model_state
+from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_int, describe, make_rng, to_numpy
 from ._data import as_cbm_data, as_inputs, as_tensor, check_concepts
-from ._model import CBMOutput, ConceptBottleneckModel, check_cbm, check_inputs, input_dtype
+from ._model import CBMOutput, ConceptBottleneckModel, check_cbm, check_inputs
 
 POLICIES = ("random", "uncertainty", "importance")
 
@@ -100,7 +100,7 @@ def intervene(model: ConceptBottleneckModel, x: Any, concept_values: Any, mask: 
     check_inputs(model, x, "x")
     with preserved_model_state(model), torch.no_grad():
         device = model.intervention_low.device
-        out = model(x.to(device, input_dtype(model)))  # float64 inputs to a float32 model
+        out = model(x.to(device, model_dtype(model)))  # float64 inputs to a float32 model
         replaced = torch.where(mask.to(device), model.true_to_bottleneck(concepts.to(device)),
                                out.concepts)
         return CBMOutput(out.concept_logits, replaced, model.predict_from_concepts(replaced))

@@ -54,11 +54,10 @@ from ._concept_filter import filter_by_text, top5_activation
 from ._data import as_tensor, check_labels
 from ._model import warn_repeated
 from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
+from ._train import DEFAULT_VAL_FRACTION  # held out when `val_fraction` is None
 
 KIND = "label_free_cbm"
 FORMAT_VERSION = 1
-#: The share of training images held out when ``val_fraction`` is left at None.
-DEFAULT_VAL_FRACTION = 0.2
 
 
 def cubed_cosine_similarity(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

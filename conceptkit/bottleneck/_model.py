@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, on_device, preserved_model_state
+from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe
 from ..io import FormatError, load_file, loading, save_file
 from ._data import as_inputs, iter_inputs, n_rows
@@ -124,15 +123,6 @@ def warn_repeated(names: list[str], arg: str, label: str) -> None:
                       f"tell them apart by their index).", UserWarning, stacklevel=3)
 
 
-def input_dtype(module: nn.Module) -> torch.dtype:
-    """The floating dtype ``module`` computes in (its first floating parameter or buffer; the
-    default dtype if it has none): floating inputs are cast to it."""
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.get_default_dtype()
-
-
 class ConceptBottleneckModel(nn.Module):
     """Concept bottleneck model: ``class_logits = head(bottleneck(concept_encoder(x)))``.
 
@@ -233,7 +223,7 @@ class ConceptBottleneckModel(nn.Module):
         # on `device` for the call only: the model goes back where it was, also on failure
         with preserved_model_state(self), on_device(self, device) as dev:
             total = -(-n_rows(data) // batch_size)
-            dtype = input_dtype(self)  # floating inputs of any precision (float64 features)
+            dtype = model_dtype(self)  # floating inputs of any precision (float64 features)
             for x in tqdm(iter_inputs(data, batch_size), total=total, disable=not progress,
                           desc="CBM inference", leave=False):
                 out = self(x.to(dev, dtype))
@@ -419,7 +409,7 @@ def check_inputs(model: ConceptBottleneckModel, x: torch.Tensor, name: str) -> N
     """Run the concept encoder on two rows of ``x``; a failure becomes an error naming ``name``."""
     try:
         with preserved_model_state(model), torch.no_grad():
-            model.encode(x[:2].to(model_device(model), input_dtype(model)))
+            model.encode(x[:2].to(model_device(model), model_dtype(model)))
     except Exception as err:  # the user's encoder failing on our input: say which input
         raise ValueError(f"`{name}` does not fit the model: its inputs of shape "
                          f"{tuple(x.shape[1:])} (per example) fail in the concept encoder "

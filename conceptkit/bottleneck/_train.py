@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._reprs import dataclass_repr
-from .._torchutils import model_device, seed_everything
+from .._torchutils import model_device, model_dtype, seed_everything
 from .._validation import check_choice, check_float, check_int, resolve_device, resolve_seed
 from ._data import Batch, CBMData, as_cbm_data
 from ._metrics import evaluate_cbm
@@ -47,12 +47,12 @@ from ._model import (
     ConceptBottleneckModel,
     check_cbm,
     check_inputs,
-    input_dtype,
     pos_weight_from,
 )
 
 OPTIMIZERS = ("adam", "sgd")
-#: The share of ``train_data`` held out when ``val_fraction`` is left at None.
+#: The share of the training data held out when ``val_fraction`` is left at None
+#: (:func:`train_cbm`, :class:`LabelFreeCBM`).
 DEFAULT_VAL_FRACTION = 0.2
 #: A stage that ends at the epoch limit warns when its validation loss fell by more than this
 #: share over its last FALLING_EPOCHS epochs.
@@ -174,7 +174,7 @@ def _fit_stage(stage: str, module: nn.Module, loss_fn: Callable[[Batch], torch.T
     else:
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
-    dtype = input_dtype(module)  # float64 features train a float32 model (and vice versa)
+    dtype = model_dtype(module)  # float64 features train a float32 model (and vice versa)
 
     def mean_loss(batches: Iterator[Batch], step: bool) -> float:
         total, count = 0.0, 0
