@@ -161,6 +161,10 @@ def test_quickstart_runs(kernel_path, tmp_path):
         check_quoted(nb, printed_text, [
             ("rests on 2 images", r"^striped patch\s+causal for another class\s+2\s+concept 5\s+1\.00\s"),
             ("concept 4 on 4", r"^yellow ring\s+causal for another class\s+4\s+concept 4\s+1\.00\s"),
+            # concept 5: red-disk crops, but nearly absent from whole images (the table's first
+            # column is the red disk)
+            ("in 2 of the 40 images only", r"^concept 5: pixel map above 0 in 2 of 40 images$"),
+            ("give it 0.00 on the red disk", r"^concept 5\s+0\.00\s"),
         ])
         # Classes, importance bars, exemplars, overlays.
         assert n_images(nb) >= 4
