@@ -295,13 +295,14 @@ class ClipEncoders:
         return emb.detach().float().cpu()
 
     def text_embeddings(self, texts: Sequence[str], *, template: str = "{}",
-                        cache_dir: str | os.PathLike | None = None) -> torch.Tensor:
-        """L2-normalised embeddings ``(M, D)`` of ``template.format(text)`` for each text."""
+                        cache_dir: str | os.PathLike | None = None,
+                        progress: bool = False) -> torch.Tensor:
+        """L2-normalised embeddings ``(M, D)`` of ``template.format(text)`` for each text
+        (``progress``: a tqdm bar over the batches of prompts encoded)."""
         texts = [str(t) for t in texts]
         if not texts:
             raise ValueError("`texts` is empty.")
-        if "{}" not in template:
-            raise ValueError(f"`template` must contain '{{}}' where the text goes; got {template!r}.")
+        check_template(template)
         digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
         checkpoint = self._current_checkpoint()
         key = (self.model_id, str(checkpoint), template, digest)
@@ -318,7 +319,8 @@ class ClipEncoders:
         prompts = [template.format(t) for t in texts]
         out = []
         with self._running():
-            for start in range(0, len(prompts), self.batch_size):
+            for start in tqdm(range(0, len(prompts), self.batch_size), disable=not progress,
+                              desc="CLIP texts", leave=False):
                 chunk = prompts[start:start + self.batch_size]
                 out.append(self._checked(self._encode_text(chunk), len(chunk), "encode_text"))
         emb = F.normalize(torch.cat(out), dim=1)
@@ -347,6 +349,25 @@ class ClipEncoders:
             return emb.float()
         except FormatError:
             return None  # an unreadable cache entry is recomputed and overwritten
+
+
+def check_template(template: Any) -> str:
+    """A prompt template: a str with exactly one ``{}`` where the text goes (no other field)."""
+    import string
+
+    if not isinstance(template, str):
+        raise TypeError(f"`template` must be a str with '{{}}' where the text goes, e.g. "
+                        f"'a photo of a {{}}'; got {describe(template)}.")
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template)
+                  if field is not None]
+    except ValueError as err:  # a lone '{' or '}'
+        raise ValueError(f"`template` {template!r} is not a valid format string ({err}); write "
+                         f"'{{}}' where the text goes and double any other brace ('{{{{').") from None
+    if fields != [""]:
+        raise ValueError(f"`template` must contain '{{}}' exactly once, where the text goes, and "
+                         f"no other field; got {template!r}.")
+    return template
 
 
 def clip_similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from .._validation import check_choice, check_float, check_int, describe
 from ..extraction._windows import refuse_cls_concepts
 from ._classes import default_class_names, excluded_classes, logit_gains
-from ._clip import SIMILARITIES, cos_cubed, soft_wpmi
+from ._clip import SIMILARITIES, cos_cubed, default_top_k, soft_wpmi
 from ._dissect import SMALL_PART_SHARE, dissect
 from ._probe import SUMMARIES, ConceptSource, Probe, as_probe, crop_probe
 from ._table import SCORES, ConceptName, ConceptNames
@@ -227,24 +227,38 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         concepts of one class are also judged by what they respond to in other classes' images,
         which is often a different part than the one they stand for in their class.
     summary : {"mean", "max"}
-        Image-level activation of a concept (CLIP-Dissect uses the mean of a conv map).
+        Image-level activation of a concept (CLIP-Dissect uses the mean of a conv map); whole
+        images only.
+
+    A setting the probing cannot use is refused (``ValueError`` naming it) rather than
+    ignored: ``summary`` with crops, ``stride`` or ``crop_activation`` with whole images,
+    ``kind`` where no map is read. ``params`` records None for settings that did not apply.
     """
     from ..bottleneck import ClipEncoders  # the CLIP adapter and its text-embedding cache
+    from ..bottleneck._clip import check_template
+    from ..maps import MAP_KINDS
 
     source = ConceptSource(concepts, model, preprocess=preprocess, batch_size=batch_size,
                            progress=progress)
     similarity = check_choice(similarity, "similarity", SIMILARITIES)
     summary = check_choice(summary, "summary", SUMMARIES)
-    crop_activation = check_choice(crop_activation, "crop_activation", CROP_ACTIVATIONS)
+    asked_activation = crop_activation = check_choice(crop_activation, "crop_activation",
+                                                      CROP_ACTIVATIONS)
+    kind = check_choice(kind, "kind", MAP_KINDS)
+    template = check_template(template)
+    if min_score is not None:
+        min_score = check_float(min_score, "min_score")
     words = resolve_vocabulary(vocabulary)
     encoders = ClipEncoders.wrap(clip)
     probe = _class_rows(source, as_probe(probe), class_images_only)
+    spatial = source.spatial(probe.images)
     if crop_activation == "auto":
-        crop_activation = "map" if source.spatial(probe.images) else "resized"
-    elif crop_activation == "map" and patch_size is not None and not source.spatial(probe.images):
+        crop_activation = "map" if spatial else "resized"
+    elif crop_activation == "map" and patch_size is not None and not spatial:
         raise ValueError(f"`crop_activation`='map' reads crops from the concepts' maps, but layer "
                          f"{source.bank.layer!r} gives no spatial feature maps (its activations "
                          f"are (N, C)); use crop_activation='resized' or 'auto'.")
+    asked_size = patch_size
     if patch_size == "auto":
         if source.bank.method == "craft":
             patch_size = source.bank.params.get("patch_size")
@@ -254,8 +268,14 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
             patch_size = default_patch_size(probe.images.shape[-2:])
         else:
             patch_size = None
+    # patch_size='auto' of ICE concepts reads crops for crop_activation='map' and whole images
+    # for 'resized': there crop_activation chose how the probe is read
+    chose = asked_size == "auto" and source.bank.method == "ice"
+    _refuse_unused(asked_size, patch_size, stride, asked_activation if not chose else "auto",
+                   crop_activation, kind, summary, spatial)
     if patch_size is not None:
         cut = crop_probe(probe, check_int(patch_size, "patch_size", minimum=1), stride)
+        stride = int(cut.crops.stride)  # the crops' stride, as used (default: 0.8 of a side)
         if crop_activation == "map":
             activations = torch.as_tensor(source.crop_map_means(probe.images, cut.crops, kind,
                                                                 batch_size=batch_size))
@@ -273,7 +293,8 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         bad = torch.nonzero(~torch.isfinite(activations).all(0)).flatten().tolist()
         raise ValueError(f"the activations of concepts {bad} on the probe inputs hold NaN or "
                          f"infinite values: check the model's activations on these images.")
-    text_emb = encoders.text_embeddings(words, template=template, cache_dir=cache_dir)
+    text_emb = encoders.text_embeddings(words, template=template, cache_dir=cache_dir,
+                                        progress=progress)
     if image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(f"`clip` gives image embeddings of width {image_emb.shape[1]} and text "
                          f"embeddings of width {text_emb.shape[1]}; they must share one space.")
@@ -292,11 +313,17 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
             raise TypeError(f"similarity='cos3' takes no extra arguments; got "
                             f"{sorted(similarity_kwargs)}.")
         table = cos_cubed(sims, activations)
+    crops = patch_size is not None
+    maps_read = spatial and (not crops or crop_activation == "map")
+    # the settings that ran, None where one did not apply (whole images have no crop reading,
+    # crops no image summary, codes of resized crops or of a flat layer no map kind)
     params = {"similarity": similarity, "template": template, "n_words": len(words),
               "vocabulary": vocabulary if isinstance(vocabulary, str) else "user list",
-              "summary": summary, "n_probe_images": len(probe), "clip": encoders.model_id,
-              "patch_size": patch_size, "n_probe_inputs": int(activations.shape[0]),
-              "crop_activation": crop_activation if patch_size is not None else None,
+              "summary": None if crops else summary, "n_probe_images": len(probe),
+              "clip": encoders.model_id, "patch_size": patch_size,
+              "n_probe_inputs": int(activations.shape[0]),
+              "crop_activation": crop_activation if crops else None,
+              "stride": stride if crops else None, "kind": kind if maps_read else None,
               **{k: v for k, v in similarity_kwargs.items() if isinstance(v, (int, float))}}
     score_name = SCORES["clip"] if similarity == "soft_wpmi" else SCORES["clip_cos3"]
     # a concept whose activation is the same on every probe input has no top inputs (soft-WPMI
@@ -308,9 +335,49 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
     unnamed = {int(j): f"its activation is the same ({float(values[0, j]):.3g}) on all "
                        f"{values.shape[0]} probe {what}s, so no {what} shows it more than another"
                for j in torch.nonzero(flat).flatten().tolist()}
+    notes = []
+    if similarity == "soft_wpmi":  # a top set of the inputs where the concept is active only
+        n_inputs = values.shape[0]
+        top_k = similarity_kwargs.get("top_k")
+        top_k = min(default_top_k(n_inputs) if top_k is None else int(top_k), n_inputs)
+        active = (values > values.amin(0, keepdim=True)).sum(0)
+        notes = [f"concept {j} is active (above its lowest activation) on only {int(active[j])} "
+                 f"of the {n_inputs} probe {what}s, fewer than top_k={top_k}: soft-WPMI scored "
+                 f"it on those {int(active[j])}, and its name rests on them."
+                 for j in range(values.shape[1]) if j not in unnamed and active[j] < top_k]
     return _table("clip", table.numpy(), words, score_name=score_name, min_score=min_score,
                   n_runner_ups=n_runner_ups, params=params,
-                  summaries=activations.numpy(), targets=targets, unnamed=unnamed)
+                  summaries=activations.numpy(), targets=targets, unnamed=unnamed, notes=notes)
+
+
+def _refuse_unused(asked_size: Any, patch_size: int | None, stride: Any, asked_activation: str,
+                   crop_activation: str, kind: str, summary: str, spatial: bool) -> None:
+    """Refuse a setting of :func:`name_by_clip` that the probing it resolved to cannot use
+    (it would be ignored, and recorded as if it had run)."""
+    auto = " (patch_size='auto' resolved to {})".format(
+        "whole images" if patch_size is None else f"crops of {patch_size} pixels") \
+        if asked_size == "auto" else ""
+    if patch_size is None:
+        if stride is not None:
+            raise ValueError(f"`stride` spaces the crops, and the probe is read as whole "
+                             f"images{auto}: pass `patch_size` with it, or leave `stride` out.")
+        if asked_activation != "auto":
+            raise ValueError(f"`crop_activation` says how a crop's activation is read, and the "
+                             f"probe is read as whole images{auto}: pass `patch_size` with it, "
+                             f"or leave `crop_activation` out.")
+        if not spatial and summary != "mean":
+            raise ValueError("`summary` pools a concept's map over an image, and this layer "
+                             "gives no feature maps (one code per image): leave `summary` out.")
+    elif summary != "mean":
+        raise ValueError(f"`summary` pools a concept's map over a whole image, and the probe is "
+                         f"read as crops{auto}, each with the activation `crop_activation` "
+                         f"reads: leave `summary` out, or pass patch_size=None.")
+    maps_read = spatial and (patch_size is None or crop_activation == "map")
+    if not maps_read and kind != "coefficient":
+        why = ("this layer gives no feature maps" if not spatial else
+               "crop_activation='resized' codes each resized crop and reads no map")
+        raise ValueError(f"`kind` {kind!r} picks the concept maps read, and {why}: leave `kind` "
+                         f"out, or use crop_activation='map'.")
 
 
 def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | None = None,
@@ -343,6 +410,11 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
     source = ConceptSource(concepts, model, preprocess=preprocess, batch_size=batch_size,
                            progress=progress)
     summary = check_choice(summary, "summary", SUMMARIES)
+    if isinstance(class_names, (list, tuple)):  # before the gains: a blank name is plain now
+        blank = [i for i, n in enumerate(class_names) if not str(n).strip()]
+        if blank:  # a concept named so could not be saved (a name is never empty)
+            raise ValueError(f"`class_names` has empty or blank names at outputs {blank}; give "
+                             f"every output a name (e.g. 'class {blank[0]}').")
     context = None
     if images is None:
         result = source.result
@@ -372,6 +444,12 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
     codes = torch.as_tensor(source.bank.encode(acts.detach().cpu().float())).float()
     gains = logit_gains(h, acts.detach().cpu(), codes, source.bank.components, context=context,
                         batch_size=batch_size, progress=progress)
+    if not np.isfinite(gains).all():  # no class could be ranked: refused here, not deep inside
+        bad = np.flatnonzero(~np.isfinite(gains).all(axis=1)).tolist()
+        raise ValueError(f"the logit gains of concepts {bad} hold NaN or infinite values: the "
+                         f"model's layers after {source.bank.layer!r} give non-finite logits on "
+                         f"these activations. Check the model's weights for NaN or Inf (a "
+                         f"diverged training), or name the concepts another way.")
     n_classes = gains.shape[1]
     if class_names is None:
         names, descriptions = default_class_names(n_classes)
@@ -380,10 +458,12 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
             raise ValueError(f"`class_names` must list one name per model output ({n_classes}); "
                              f"got {describe(class_names)}.")
         names, descriptions = [str(c) for c in class_names], None
-        if len(set(names)) != len(names):  # a name would stand for two outputs
+        stripped = [n.strip() for n in names]
+        if len(set(stripped)) != len(stripped):  # a name would stand for two outputs
             raise ValueError(f"`class_names` names "
-                             f"{sorted({n for n in names if names.count(n) > 1})} more than "
-                             f"once: a concept named so could not say which class it pushes.")
+                             f"{sorted({n for n in stripped if stripped.count(n) > 1})} more "
+                             f"than once (spaces around a name aside): a concept named so could "
+                             f"not say which class it pushes.")
     left_out = excluded_classes(exclude, source.class_id, n_classes)
     allowed = np.array([c not in left_out for c in range(n_classes)])
     if not allowed.any():

@@ -64,15 +64,44 @@ def _checked_inputs(clip_sims: torch.Tensor, activations: torch.Tensor
     return out[0], out[1]
 
 
+def top_inputs(activations: torch.Tensor, top_k: int,
+               clip_sims: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each concept's top set: ``(order (top_k, K), sizes (K,))``, the ``top_k`` probe inputs of
+    largest activation (most active first) of which only the first ``sizes[j]`` count: the
+    inputs where concept ``j`` is active, its activation above its minimum over the probe.
+
+    An input where the concept is as inactive as it gets (the zeros of a ReLU map) says nothing
+    about it; taken in by a tie, a concept that fires on one input of forty was named after
+    what the inactive inputs showed, and after whichever of them the probe's order put first.
+    Equal activations are ordered by the inputs' similarities (``clip_sims``, a fixed
+    projection of each row), so the result does not depend on the probe's order.
+    """
+    n = activations.shape[0]
+    values = activations.double()
+    perm = torch.arange(n)
+    if clip_sims is not None:
+        direction = torch.randn(clip_sims.shape[1], dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(0))
+        perm = torch.sort(clip_sims.double() @ direction, stable=True).indices
+    order = perm[torch.sort(values[perm], dim=0, descending=True, stable=True).indices]
+    order = order[:top_k]                                                    # (top_k, K)
+    sizes = (values > values.amin(0, keepdim=True)).sum(0).clamp(max=top_k)  # (K,)
+    return order, sizes
+
+
 def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int | None = None,
               a: float = 10.0, lam: float = 1.0, min_prob: float = 1e-7, p_start: float = 0.998,
               p_end: float = 0.97, prior: str = "probe") -> torch.Tensor:
     """Soft weighted pointwise mutual information ``(K, M)`` (see the module notes).
 
-    ``top_k``: default :func:`default_top_k`; capped at the number of probe inputs. ``prior``:
-    ``"probe"`` (over random sets of ``top_k`` probe inputs) or ``"concepts"`` (the reference:
-    over the concepts named together); see the module notes. ``p_start`` and ``p_end`` are
-    probabilities (in [0, 1]) and ``min_prob`` > 0 keeps every logarithm finite.
+    ``top_k``: default :func:`default_top_k`; capped at the number of probe inputs. Only inputs
+    where a concept is active (its activation above its minimum over the probe) enter its top
+    set (see :func:`top_inputs`): a concept active on fewer than ``top_k`` inputs is scored on
+    those, and a concept active on none (the same activation everywhere) gets a row of NaN.
+    ``prior``: ``"probe"`` (over random sets of as many probe inputs as the top set holds) or
+    ``"concepts"`` (the reference: over the concepts named together); see the module notes.
+    ``p_start`` and ``p_end`` are probabilities (in [0, 1]) and ``min_prob`` > 0 keeps every
+    logarithm finite. The scores do not depend on the order of the probe inputs.
     """
     clip_sims, activations = _checked_inputs(clip_sims, activations)
     n = clip_sims.shape[0]
@@ -83,19 +112,26 @@ def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int 
     p_start = check_float(p_start, "p_start", minimum=0.0, maximum=1.0)
     p_end = check_float(p_end, "p_end", minimum=0.0, maximum=1.0)
     min_prob = check_float(min_prob, "min_prob", minimum=0.0, strict_minimum=True)
+    if prior not in ("concepts", "probe"):
+        raise ValueError(f"`prior` must be 'concepts' or 'probe'; got {prior!r}.")
     probs = torch.softmax(a * clip_sims, dim=1)                              # (N, M)
-    top = torch.topk(activations, top_k, dim=0).indices                      # (top_k, K)
-    in_set = torch.linspace(p_start, p_end, top_k + 1, dtype=torch.float64)[:top_k, None, None]
+    top, sizes = top_inputs(activations, top_k, clip_sims)                   # (top_k, K), (K,)
+    in_set = torch.linspace(p_start, p_end, top_k + 1, dtype=torch.float64)[:top_k]
+    counted = (torch.arange(top_k)[:, None] < sizes[None, :]).double()      # (top_k, K)
     chosen = probs[top]                                                      # (top_k, K, M)
-    log_given = torch.log(1 + in_set * (chosen - 1) + min_prob).sum(0)      # (K, M)
+    terms = torch.log(1 + in_set[:, None, None] * (chosen - 1) + min_prob)
+    log_given = (terms * counted[:, :, None]).sum(0)                         # (K, M)
     if prior == "concepts":
         log_word = torch.logsumexp(log_given, dim=0, keepdim=True) - np.log(log_given.shape[0])
-    elif prior == "probe":
-        mean_in = in_set.mean()
-        log_word = top_k * torch.log(1 + mean_in * (probs - 1) + min_prob).mean(0, keepdim=True)
-    else:
-        raise ValueError(f"`prior` must be 'concepts' or 'probe'; got {prior!r}.")
-    return log_given - lam * log_word
+    else:  # the set likelihood of `size` random inputs at the top set's mean probability
+        log_word = torch.zeros_like(log_given)
+        for size in sorted(set(sizes.tolist()) - {0}):
+            mean_in = in_set[:size].mean()
+            row = size * torch.log(1 + mean_in * (probs - 1) + min_prob).mean(0)
+            log_word[sizes == size] = row
+    scores = log_given - lam * log_word
+    scores[sizes == 0] = float("nan")  # no input shows the concept more than another
+    return scores
 
 
 def cos_cubed(clip_sims: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,12 @@ from .._reprs import dataclass_repr
 from .._torchutils import capture_output, on_device, preserved_model_state
 from .._validation import check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
-from ..extraction._extractor import TokenLayout, infer_prefix_tokens, tokens_to_maps
+from ..extraction._extractor import (
+    TokenLayout,
+    expected_in_channels,
+    infer_prefix_tokens,
+    tokens_to_maps,
+)
 from ..extraction._layers import get_layer
 from ..extraction._windows import refuse_cls_concepts
 
@@ -232,6 +237,11 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
     if not isinstance(bank, ConceptBank):
         raise TypeError(f"`bank` must be a ConceptBank; got {describe(bank)}.")
     concept = check_int(concept, "concept", minimum=0, maximum=bank.n_concepts - 1)
+    wanted = expected_in_channels(model)
+    if wanted is not None and wanted != 3:  # else "images must have 3 channels", not the cause
+        raise ValueError(f"MACO draws RGB images (3 channels), and `model` takes {wanted}-channel "
+                         f"inputs (its first layer): visualize_concept cannot draw its concepts. "
+                         f"Show their exemplars or maps instead.")
     images = check_images(images, "images", channels=3)
     steps = check_int(steps, "steps", minimum=1)
     input_size = check_int(input_size if input_size is not None else min(images.shape[-2:]),

@@ -94,10 +94,13 @@ def _checked_names(names: Any, n: int, name: str) -> tuple[str, ...]:
                          f"{describe(names)}.")
     if not all(x.strip() for x in names):
         raise ValueError(f"`{name}` has an empty name; every part needs one.")
-    repeated = sorted({x for x in names if list(names).count(x) > 1})
+    # "a" and "a " are one name to a reader: compared without the spaces around them
+    stripped = [x.strip() for x in names]
+    repeated = sorted({x for x in stripped if stripped.count(x) > 1})
     if repeated:
-        raise ValueError(f"`{name}` names {repeated} more than once: a concept named so could not "
-                         f"say which part it found (and its trust would be another part's).")
+        raise ValueError(f"`{name}` names {repeated} more than once (spaces around a name "
+                         f"aside): a concept named so could not say which part it found (and "
+                         f"its trust would be another part's).")
     return tuple(names)
 
 
@@ -106,7 +109,7 @@ def as_probe(probe: Any, name: str = "probe", *, need_masks: bool = False) -> Pr
     if isinstance(probe, Probe):
         return probe
     if all(hasattr(probe, a) for a in ("images", "masks", "concept_names", "labels")):
-        images = check_images(probe.images, f"{name}.images", channels=3)
+        images = check_images(probe.images, f"{name}.images", channels=3, pixels=True)
         masks = _checked_masks(probe.masks, images, f"{name}.masks")
         names = _checked_names(list(map(str, probe.concept_names)), masks.shape[1],
                                f"{name}.concept_names")
@@ -122,7 +125,7 @@ def as_probe(probe: Any, name: str = "probe", *, need_masks: bool = False) -> Pr
             raise ValueError(f"`{name}.class_names` names a class more than once.")
         return Probe(images, masks, names, presence, labels.long().numpy(), class_names)
     if isinstance(probe, (tuple, list)) and len(probe) == 3:
-        images = check_images(probe[0], f"{name}[0] (images)", channels=3)
+        images = check_images(probe[0], f"{name}[0] (images)", channels=3, pixels=True)
         masks = _checked_masks(probe[1], images, f"{name}[1] (masks)")
         names = _checked_names(probe[2], masks.shape[1], f"{name}[2] (names)")
         return Probe(images, masks, names, masks.flatten(2).any(-1).numpy())
@@ -130,7 +133,8 @@ def as_probe(probe: Any, name: str = "probe", *, need_masks: bool = False) -> Pr
         raise TypeError(f"`{name}` must be a ConceptDataset (e.g. make_concept_dataset(...)) or a "
                         f"tuple (images (N, 3, H, W), masks (N, G, H, W), names [G]); got "
                         f"{describe(probe)}.")
-    return Probe(check_images(probe, name, channels=3))
+    # colours in [0, 1] (CLIP and the maps read them as such): said of `probe`, not later
+    return Probe(check_images(probe, name, channels=3, pixels=True))
 
 
 class ConceptSource:
