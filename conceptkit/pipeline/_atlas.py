@@ -205,14 +205,21 @@ class ConceptAtlas:
             raise ValueError("`store_options` set how a store is streamed; `data` is images. "
                              "Leave `store_options` out.")
         # a refit that fails leaves the atlas as it was, not half replaced
-        before = (self.data_, self.importance_, getattr(self, "concept_names_", None))
+        from ._atlas_io import fitted_identity, fitted_settings
+
+        before = (self.data_, self.importance_, getattr(self, "concept_names_", None),
+                  getattr(self, "fitted_settings_", None), getattr(self, "fitted_with_", None))
         try:
             self.data_ = (from_store(ex, data, labels, store_options or {}) if store
                           else from_images(ex, data, labels))
             self.importance_ = self._importance()
             self.concept_names_ = None  # names of the last dictionary do not fit this one
+            # what a saved file records, so that a load with the model computes as this fit
+            self.fitted_settings_ = fitted_settings(self)
+            self.fitted_with_ = fitted_identity(ex, self.data_.store)
         except BaseException:
-            self.data_, self.importance_, self.concept_names_ = before
+            (self.data_, self.importance_, self.concept_names_, self.fitted_settings_,
+             self.fitted_with_) = before
             raise
         return self
 
@@ -470,8 +477,10 @@ class ConceptAtlas:
             source_images = data.images
         else:
             from .._validation import check_images
+            from ..extraction._extractor import expected_in_channels
 
-            source_images = check_images(images, "images")
+            source_images = check_images(images, "images",
+                                         channels=expected_in_channels(ex.model))
             ids = np.arange(source_images.shape[0])
             acts_all, ctx_all = ex.activations(source_images, with_context=True)
             logits = head_logits(ex.maps_head, acts_all, ctx_all, ex.batch_size)
@@ -539,9 +548,11 @@ class ConceptAtlas:
     def concept_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Maps ``(N, k, H, W)`` of every shared concept on ``images`` (one pass of ``g``)."""
         from .._validation import check_images
+        from ..extraction._extractor import expected_in_channels
 
-        images = check_images(images, "images")
-        acts = self._require_model("concept_maps").activations(images)
+        ex = self._require_model("concept_maps")
+        images = check_images(images, "images", channels=expected_in_channels(ex.model))
+        acts = ex.activations(images)
         return _upsampled(self._data().bank.encode(acts), tuple(images.shape[-2:]))
 
     # ------------------------------------------------------------------ outputs
@@ -558,21 +569,55 @@ class ConceptAtlas:
         return save_atlas(self, path, n_exemplars=n_exemplars)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> Any:
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None, *,
+             preprocess: Any = None, batch_size: int = 64, device: Any = None,
+             progress: bool = False, strict: bool = True) -> Any:
         """Read a saved atlas; with ``model`` it can also explain new images.
 
         A loaded atlas answers ``importance``, ``shared_concepts``, ``most_confused_pairs``,
         ``top_images(..., with_maps=False)`` and writes its report from the saved exemplars;
-        ``explain_confusion`` and ``concept_maps`` need ``model``.
-        """
-        from ._atlas_io import read_atlas
+        ``explain_confusion`` and ``concept_maps`` need ``model`` (and the ``preprocess`` the
+        atlas was fitted with; ``batch_size``, ``device`` and ``progress`` as for the
+        constructor). The settings the atlas was fitted with (seed, ``max_inputs_per_class``,
+        importance options, ...) are restored from the file, so a refit runs as the first fit.
 
+        Files saved since the atlas records them hold the identity of the model and the
+        preprocessing it was fitted with, compared as ``ClassConcepts.attach`` compares them: a
+        preprocessing that is missing or differs raises a ``ValueError`` naming ``preprocess``
+        (``strict=False`` warns instead, for an equivalent preprocessing written otherwise);
+        other weights or another structure of the model warn. Older files are loaded with the
+        constructor's defaults and checked for nothing (unknown is not a mismatch).
+        """
+        from ._atlas_io import fitted_differences, read_atlas
+
+        if not isinstance(strict, bool):
+            raise TypeError(f"`strict` must be a bool; got {describe(strict)}.")
         parts = read_atlas(path)
         k = parts["data"].n_concepts
+        settings, fitted = parts["settings"], parts["fitted_with"]
         if model is not None:
+            options: dict[str, Any] = {"importance": parts["importance"].method}
+            if settings is not None:  # None: not known (files before them, or not JSON)
+                options.update({key: value for key, value in settings.items()
+                                if value is not None or key in ("seed", "max_inputs_per_class",
+                                                                "patch_size", "n_designs")})
             atlas = cls(model, parts["layer"], k, parts["method"], factorizer=parts["factorizer"],
-                        importance=parts["importance"].method, progress=False)
+                        progress=progress, preprocess=preprocess, batch_size=batch_size,
+                        device=device, **options)
+            if fitted is not None:
+                model_differences, difference, fix = fitted_differences(
+                    fitted, atlas.explainer.model, atlas.explainer.preprocess)
+                if difference is not None and strict:
+                    raise ValueError(f"{difference}. {fix}")
+                differences = model_differences + ([difference] if difference else [])
+                if differences:
+                    warnings.warn(f"ConceptAtlas.load: {'; and '.join(differences)}; concept "
+                                  f"maps and confusions of new images computed now are not "
+                                  f"those of the fitted model.", UserWarning, stacklevel=2)
         else:
+            if preprocess is not None:
+                raise ValueError("`preprocess` is the model's input normalisation, and no "
+                                 "`model` was given: pass both, or leave `preprocess` out.")
             atlas = cls.__new__(cls)
             atlas.explainer = None
             atlas.method = parts["method"]
@@ -584,6 +629,9 @@ class ConceptAtlas:
         atlas.concept_names_ = parts["concept_names"]
         atlas.saved_exemplars_ = parts["exemplars"]
         atlas.saved_confusions_ = parts["confusions"]
+        # saved again as read: the file's record, not the settings of the model given now
+        atlas.fitted_settings_ = settings
+        atlas.fitted_with_ = fitted
         return atlas
 
 

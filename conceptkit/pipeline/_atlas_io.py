@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,94 @@ def save_atlas(atlas: Any, path: str | os.PathLike, *, n_exemplars: int = 8,
                                                            "params": imp.params},
             "image_size": None if data.image_size is None else list(data.image_size),
             "concept_names": concept_names(atlas), "confusions": confusions(atlas, n_confusions) or []}
+    # what a refit and a load with the model need (files before them hold neither: a load
+    # with the model then uses the constructor's defaults and checks nothing)
+    settings = getattr(atlas, "fitted_settings_", None)
+    if settings is not None:
+        meta["settings"] = dict(settings)
+    fitted = getattr(atlas, "fitted_with_", None)
+    if fitted is not None:
+        meta["fitted_with"] = dict(fitted)
     return str(io.save_file(path, tensors, meta, kind=ATLAS_KIND, version=ATLAS_VERSION))
+
+
+#: The constructor settings a saved atlas records in ``meta["settings"]`` (restored by
+#: ``ConceptAtlas.load(path, model=...)``, so that a refit runs as the first fit did).
+SETTINGS = ("importance", "seed", "max_inputs_per_class", "patch_size", "n_designs",
+            "importance_kwargs", "method_kwargs", "model_name")
+
+
+def fitted_settings(atlas: Any) -> dict[str, Any]:
+    """The settings of ``atlas`` that change its results (:data:`SETTINGS`), as JSON values;
+    options that JSON cannot hold (a callable in ``importance_kwargs``) are recorded as None,
+    which a load reads as "not known" and leaves at the default."""
+    ex = atlas.explainer
+    return {"importance": atlas.importance_method, "seed": ex.seed,
+            "max_inputs_per_class": atlas.max_inputs_per_class, "patch_size": ex.patch_size,
+            "n_designs": ex.n_designs if getattr(atlas, "_designs_given", False) else None,
+            "importance_kwargs": _json_or_none(ex.importance_kwargs),
+            "method_kwargs": _json_or_none(ex.method_kwargs), "model_name": ex.model_name}
+
+
+def _json_or_none(options: dict) -> dict | None:
+    try:
+        return io.json_ready(dict(options), strict=True, finite=False)
+    except TypeError:
+        return None
+
+
+def fitted_identity(ex: Any, store: Any = None) -> dict[str, Any]:
+    """``{"model_digest", "model_structure", "preprocess"}`` of the model and preprocessing an
+    atlas was fitted with, as a :class:`~conceptkit.ClassConcepts` file records them. Fitted on
+    a store, the preprocessing is the one the store was extracted with (its fingerprint), and
+    unknown (left out) when the store recorded none."""
+    from ..extraction._fingerprint import callable_identity, model_identity
+
+    identity: dict[str, Any] = dict(model_identity(ex.model))
+    if store is None:
+        identity["preprocess"] = callable_identity(ex.preprocess)
+    else:
+        fingerprint = store.manifest.get("fingerprint")
+        if isinstance(fingerprint, dict) and "preprocess" in fingerprint:
+            identity["preprocess"] = fingerprint["preprocess"]
+    return identity
+
+
+def fitted_differences(known: dict[str, Any], model: Any,
+                       preprocess: Any) -> tuple[list[str], str | None, str]:
+    """What differs between ``model`` / ``preprocess`` and what a saved atlas was fitted with
+    (``known``, its ``fitted_with``), as ``ClassConcepts.attach`` compares them: the model's
+    differences (weights, structure), the preprocessing's (None when it matches or the file
+    recorded none) and the fix of the latter."""
+    from ..extraction._fingerprint import callable_identity, module_digest, structure_digest
+    from ._result import _short
+
+    model_differences = []
+    if "model_digest" in known and known["model_digest"] != module_digest(model):
+        model_differences.append("the model's weights differ from those the atlas was fitted "
+                                 "with (another digest of the parameters and buffers)")
+    if "model_structure" in known and known["model_structure"] != structure_digest(model):
+        model_differences.append("the model's structure differs from the one the atlas was "
+                                 "fitted with (a submodule of another type, or other settings)")
+    difference, fix = None, ""
+    given = callable_identity(preprocess)
+    # files saved before modules' structure and objects' attributes were read describe the
+    # preprocessing as then: the same preprocessing matches either
+    if "preprocess" in known and known["preprocess"] not in (
+            given, callable_identity(preprocess, legacy=True)):
+        if preprocess is None:
+            difference = (f"`preprocess` was not given, and this atlas was fitted with the "
+                          f"preprocessing {_short(known['preprocess'])}: concept maps and "
+                          f"confusions of new images would be computed on inputs the model was "
+                          f"not fitted on")
+            fix = "Pass the same preprocessing: ConceptAtlas.load(path, model=..., preprocess=...)."
+        else:
+            difference = (f"`preprocess` differs from the preprocessing this atlas was fitted "
+                          f"with: fitted with {_short(known['preprocess'])}, given "
+                          f"{_short(given)}")
+            fix = ("Pass the preprocessing it was fitted with, or strict=False (a warning "
+                   "instead) when yours computes the same, written otherwise.")
+    return model_differences, difference, fix
 
 
 def _params(factorizer: Any) -> dict:
@@ -188,12 +276,132 @@ def _check_shapes(tensors: dict[str, torch.Tensor], meta: dict, classes: list[in
                              f"{maps.dtype}, expected ({m}, height, width) floats")
 
 
+def _whole(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_fields(meta: dict) -> None:
+    """The metadata fields of a saved atlas that its digest cannot vouch for (a file written
+    with edited metadata carries a valid digest): each of the type and range the atlas writes.
+    A ``ValueError`` names the field."""
+    from ..importance import METHODS as IMPORTANCE_METHODS
+    from ._atlas import ATLAS_IMPORTANCES, ATLAS_METHODS
+    from ._pixel import PIXEL_METHODS
+
+    size = meta["image_size"]
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(_whole(side, 1) for side in size)):
+        raise ValueError(f"image_size must be null or [height, width], two whole numbers of "
+                         f"pixels >= 1; got {size!r:.80}")
+    if not isinstance(meta["layer"], str) or not meta["layer"]:
+        raise ValueError(f"layer must be the dotted name of a layer; got {meta['layer']!r:.80}")
+    if meta["method"] not in ATLAS_METHODS:
+        raise ValueError(f"method must be one of {list(ATLAS_METHODS)}; got "
+                         f"{meta['method']!r:.80}")
+    importance = meta["importance"]
+    resolved = (*PIXEL_METHODS, *IMPORTANCE_METHODS)
+    if not isinstance(importance, dict) or importance.get("method") not in resolved:
+        got = importance.get("method") if isinstance(importance, dict) else importance
+        raise ValueError(f"importance.method must be one of {list(resolved)}; got {got!r:.80}")
+    if not isinstance(importance.get("params"), dict):
+        raise ValueError(f"importance.params must be a dict; got "
+                         f"{importance.get('params')!r:.80}")
+    if not isinstance(meta["confusions"], list):
+        raise ValueError(f"confusions must be a list of explained class pairs; got "
+                         f"{meta['confusions']!r:.80}")
+    settings = meta.get("settings")  # files before it: none, a load uses the defaults
+    if settings is not None:
+        checks = {"importance": lambda v: v in ATLAS_IMPORTANCES,
+                  "seed": lambda v: v is None or _whole(v, 0),
+                  "max_inputs_per_class": lambda v: v is None or _whole(v, 2),
+                  "patch_size": lambda v: v is None or _whole(v, 1),
+                  "n_designs": lambda v: v is None or _whole(v, 1),
+                  "importance_kwargs": lambda v: v is None or isinstance(v, dict),
+                  "method_kwargs": lambda v: v is None or isinstance(v, dict),
+                  "model_name": lambda v: v is None or isinstance(v, str)}
+        if not isinstance(settings, dict) or not set(settings) <= set(checks):
+            raise ValueError(f"settings must be a dict with keys among {list(checks)}; got "
+                             f"{settings!r:.80}")
+        for key, value in settings.items():
+            if not checks[key](value):
+                raise ValueError(f"settings.{key} has the value {value!r:.80}, which the atlas "
+                                 f"does not write")
+    fitted = meta.get("fitted_with")  # files before it: unknown, a load checks nothing
+    if fitted is not None and not (
+            isinstance(fitted, dict)
+            and set(fitted) <= {"model_digest", "model_structure", "preprocess"}
+            and all(isinstance(fitted.get(key, ""), str)
+                    for key in ("model_digest", "model_structure"))
+            and (fitted.get("preprocess") is None or isinstance(fitted["preprocess"], str))):
+        raise ValueError(f"fitted_with must be a dict of the model's digests and the "
+                         f"preprocessing's description; got {fitted!r:.80}")
+
+
+def _check_importance(tensors: dict[str, torch.Tensor]) -> None:
+    """Importances are finite; an interval bound is finite, or NaN where the method gives no
+    interval."""
+    values = tensors["importance.values"].double()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("importance.values holds NaN or infinite values; the atlas writes "
+                         "finite importances")
+    for field in ("importance.ci_low", "importance.ci_high"):
+        if bool(torch.isinf(tensors[field].double()).any()):
+            raise ValueError(f"{field} holds infinite values; the atlas writes finite bounds "
+                             f"(NaN where there is no interval)")
+
+
+def _number(value: Any, allow_none: bool = False) -> bool:
+    if value is None:
+        return allow_none
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_confusions(items: list, classes: list[int], k: int, n: int) -> None:
+    """Each saved confusion is what :func:`confusions` writes: two fitted classes, counts,
+    a probability and concept contributions of this dictionary."""
+    for i, item in enumerate(items):
+        where = f"confusions[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be a dict (an explained class pair); got "
+                             f"{item!r:.80}")
+        if item.get("a") not in classes or item.get("b") not in classes \
+                or item["a"] == item["b"]:
+            raise ValueError(f"{where} must name two different fitted classes of {classes} as "
+                             f"'a' and 'b'; got {item.get('a')!r:.20} and {item.get('b')!r:.20}")
+        if not (_whole(item.get("n_images"), 0) and _whole(item.get("n_confused"), 0)
+                and item["n_confused"] <= item["n_images"]):
+            raise ValueError(f"{where} must count n_confused <= n_images images; got "
+                             f"{item.get('n_confused')!r:.20} of {item.get('n_images')!r:.20}")
+        probability = item.get("probability")
+        if not _number(probability) or not 0 <= probability <= 1:
+            raise ValueError(f"{where}.probability must be a probability in [0, 1]; got "
+                             f"{probability!r:.40}")
+        if not _number(item.get("mean_margin")):
+            raise ValueError(f"{where}.mean_margin must be a finite number; got "
+                             f"{item.get('mean_margin')!r:.40}")
+        ids = item.get("image_ids")
+        if not isinstance(ids, list) or not all(_whole(v, 0) and v < n for v in ids):
+            raise ValueError(f"{where}.image_ids must list image ids in [0, {n}); got "
+                             f"{ids!r:.80}")
+        concepts = item.get("concepts")
+        if not isinstance(concepts, list) or not all(
+                isinstance(c, dict) and _whole(c.get("concept"), 0) and c["concept"] < k
+                and _number(c.get("contribution")) and _number(c.get("ci_low"), True)
+                and _number(c.get("ci_high"), True) and isinstance(c.get("shared"), bool)
+                for c in concepts):
+            raise ValueError(f"{where}.concepts must list dicts of a concept in [0, {k}), its "
+                             f"finite contribution, its interval and whether it is shared; "
+                             f"got {concepts!r:.80}")
+
+
 def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
     """The parts of a saved atlas (:class:`FormatError` on a file that is not one)."""
     from ..concepts._base import factorizer_from_state
 
     tensors, meta = io.load_file(path, kind=ATLAS_KIND, version=ATLAS_VERSION)
     try:
+        _check_fields(meta)
         spec = meta["factorizer"]
         arrays = {k[len("factorizer."):]: v.numpy() for k, v in tensors.items()
                   if k.startswith("factorizer.")}
@@ -208,6 +416,8 @@ def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
                          image_size=None if meta["image_size"] is None else tuple(meta["image_size"]))
         values = tensors["importance.values"].double().numpy()
         _check_shapes(tensors, meta, classes, k)
+        _check_importance(tensors)
+        _check_confusions(meta["confusions"], classes, k, len(labels))
         importance = AtlasImportance(values=values,
                                      ci_low=tensors["importance.ci_low"].double().numpy(),
                                      ci_high=tensors["importance.ci_high"].double().numpy(),
@@ -222,7 +432,8 @@ def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
                 "layer": str(meta["layer"]), "method": str(meta["method"]),
                 "class_names": {c: str(n) for c, n in zip(classes, meta["class_names"])},
                 "concept_names": [str(n) for n in meta["concept_names"]],
-                "exemplars": saved, "confusions": list(meta["confusions"])}
+                "exemplars": saved, "confusions": list(meta["confusions"]),
+                "settings": meta.get("settings"), "fitted_with": meta.get("fitted_with")}
     except io.DAMAGE_ERRORS as err:
         raise io.FormatError(f"`path` {str(path)!r} is not a valid ConceptAtlas file: {err}") from err
 
@@ -251,5 +462,6 @@ def write_atlas_report(atlas: Any, out_dir: str | os.PathLike, *, n_exemplars: i
         exemplars=[im.float().numpy() / 255.0 for im in images],
         exemplar_maps=[m.float().numpy() for m in maps], exemplar_labels=labels,
         confusions=explained, meta=meta,
-        class_pages=dict(class_pages or {}), exemplar_pixels=_has_pixels(images))
+        class_pages=dict(class_pages or {}), exemplar_pixels=_has_pixels(images),
+        no_region=list((imp.params or {}).get("no_region") or []))
     return render(report, out_dir, dpi=dpi)
