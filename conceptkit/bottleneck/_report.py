@@ -54,46 +54,56 @@ def concept_class_weights(model: ConceptBottleneckModel,
 
 def _figures(model: ConceptBottleneckModel, weights: np.ndarray, evaluation: CBMEvaluation,
              curves: Mapping[str, InterventionCurve]) -> dict[str, Any]:
-    import matplotlib
+    # standalone Figures, as the class report draws them: no pyplot, so the user's backend
+    # (a notebook's inline, a GUI) is never switched and nothing stays registered
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
 
     from ..report import Picture, figure_png
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from ..report._figures import plain
 
     pictures = {}
     k, n_classes = model.n_concepts, model.n_classes
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 1.2 + 0.45 * n_classes))
+    concept_names = [plain(name) for name in model.concept_names]
+    fig = Figure(figsize=(1.0 + 0.55 * k, 1.2 + 0.45 * n_classes))
+    ax = fig.add_subplot()
     bound = float(np.abs(weights).max()) or 1.0
-    image = ax.imshow(weights, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
-    ax.set_xticks(range(k), model.concept_names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n_classes), model.class_names, fontsize=8)
+    cmap, norm = colormaps["RdBu_r"], Normalize(-bound, bound)
+    image = ax.imshow(weights, cmap=cmap, norm=norm, aspect="auto")
+    ax.set_xticks(range(k), concept_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n_classes), [plain(name) for name in model.class_names], fontsize=8)
     for (i, j), w in np.ndenumerate(weights):
-        ax.text(j, i, f"{w:.1f}", ha="center", va="center", fontsize=6)
+        ax.text(j, i, f"{w:.1f}", ha="center", va="center", fontsize=6,
+                color=_text_colour(cmap(norm(w))))
     fig.colorbar(image, ax=ax, label="weight")
     ax.set_title("Head weights (class × concept)")
     fig.tight_layout()
     pictures["weights"] = Picture("weights", "Head weights", figure_png(fig, DPI), "weights.png",
                                   "Class × concept weights of the head")
 
-    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * k, 3.6))
+    fig = Figure(figsize=(1.5 + 0.5 * k, 3.6))
+    ax = fig.add_subplot()
     x = np.arange(k)
     ax.bar(x - 0.2, evaluation.per_concept_accuracy, width=0.4, label="accuracy")
     ax.bar(x + 0.2, evaluation.per_concept_f1, width=0.4, label="F1")
-    ax.set_xticks(x, model.concept_names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_xticks(x, concept_names, rotation=60, ha="right", fontsize=8)
+    # room above the bars (scores are at most 1) for the legend, which covered the last bars
+    ax.set_ylim(0, 1.28)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("test score")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8, ncol=2, frameon=False)
     ax.set_title(f"Per-concept quality (mean accuracy {evaluation.concept_accuracy:.3f})")
     fig.tight_layout()
     pictures["concept_accuracy"] = Picture(
         "concept_accuracy", "Concept quality", figure_png(fig, DPI), "concept_accuracy.png",
         "Per-concept accuracy and F1 on the test split")
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
     for policy, curve in curves.items():
         ax.plot(curve.n_intervened, curve.accuracy_mean, marker="o", markersize=3,
-                label=f"{policy} (area {curve.area:.3f})")
+                label=plain(f"{policy} (area {curve.area:.3f})"))
         ax.fill_between(curve.n_intervened, curve.accuracy_mean - curve.accuracy_std,
                         curve.accuracy_mean + curve.accuracy_std, alpha=0.2)
     ax.set_ylim(0, 1.02)
@@ -106,6 +116,12 @@ def _figures(model: ConceptBottleneckModel, weights: np.ndarray, evaluation: CBM
         "interventions", "Interventions", figure_png(fig, DPI), "interventions.png",
         "Task accuracy as true concepts replace predicted ones")
     return pictures
+
+
+def _text_colour(rgba: Any) -> str:
+    """Black or white, whichever reads on a cell of colour ``rgba`` (relative luminance)."""
+    r, g, b = (float(v) for v in rgba[:3])
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.45 else "black"
 
 
 def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,

@@ -200,7 +200,7 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
         classes = manager.fit(data.images, data.labels)
     scores = evaluate(classes, (model, data), deletion=False, progress=progress)
     rows = {row["class_id"]: row for row in scores.rows}
-    entries, summary = [], []
+    entries, summary, index_notes = [], [], []
     for class_id, cc in classes.items():
         truth, row = scores.details[class_id], rows[class_id]
         parts = truth_of_class(cc, truth, list(data.class_concepts[class_id]),
@@ -224,8 +224,10 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
                                     n_exemplars=N_EXEMPLARS)
         page = write_class_report(report, out, index_link="../index.html")
         entries.append(index_entry(report, page, out))
+        index_notes.append(report.notes)  # the index shows each class's notes (README)
         summary.append((class_id, cc.class_name, row, parts, cc.n_concepts))
-    index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset")
+    index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset",
+                        notes=index_notes)
 
     print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<22} "
           f"{'causal parts localised (' + GT_METRIC + ')'}")

@@ -16,7 +16,11 @@ from .._validation import check_int, id_list
 
 
 def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict]:
-    """Extraction metrics of the bank and importance metrics of the importances."""
+    """Extraction metrics of the bank and importance metrics of the importances.
+
+    Each metric is computed on its own: one that does not apply to this explanation (the Hoyer
+    sparsity of a single concept) gets the value None and a ``"reason"``, and the others are
+    kept."""
     from ..concepts.metrics import EXTRACTION_METRICS
     from ..importance.metrics import CDeletion, CInsertion, CMuFidelity
 
@@ -29,8 +33,14 @@ def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -
         for name, metric in EXTRACTION_METRICS.items():
             if metric.inputs == "refit" and not stability:
                 continue  # refits the factorizer several times: only when asked
-            value = metric.evaluate(acts, recon, codes, bank.factorizer, seed=seed)
-            out["extraction"][name] = _metric(value, metric.higher_is_better)
+            if name == "hoyer" and codes.shape[1] < 2:
+                out["extraction"][name] = _not_applicable(
+                    metric.higher_is_better, f"the Hoyer sparsity compares a code's concepts: it "
+                    f"needs at least 2 concepts, and this explanation has {codes.shape[1]}")
+                continue
+            out["extraction"][name] = _evaluated(
+                lambda metric=metric: metric.evaluate(acts, recon, codes, bank.factorizer,
+                                                      seed=seed), metric.higher_is_better)
     # no part of the model reads the CLS feature maps of tokens="cls": no metrics through h
     h = (cc.model_at_layer.maps_head
          if cc.model_at_layer is not None and cc.params.get("tokens") != "cls" else None)
@@ -38,10 +48,28 @@ def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -
         per_input = cc.importance.per_input
         known = cc._bank_with_codes()  # one encoding of the class activations for all metrics
         for metric in (CDeletion(), CInsertion(), CMuFidelity(seed=seed)):
-            result = metric.evaluate(h, cc.activations, known, cc.class_id, per_input,
-                                     context=cc.context)
-            out["importance"][metric.name] = _metric(result.score, metric.higher_is_better)
+            out["importance"][metric.name] = _evaluated(
+                lambda metric=metric: metric.evaluate(h, cc.activations, known, cc.class_id,
+                                                      per_input, context=cc.context).score,
+                metric.higher_is_better)
     return out
+
+
+def _evaluated(compute: Any, higher_is_better: bool) -> dict[str, Any]:
+    """One metric's entry. A metric that refuses this explanation's numbers (a ValueError, e.g.
+    too few concepts or rows for it) is not applicable: value None with the metric's own
+    message as the ``"reason"``, which the report shows; any other error is a bug and
+    propagates."""
+    try:
+        value = compute()
+    except ValueError as err:
+        return _not_applicable(higher_is_better, str(err).strip() or type(err).__name__)
+    return _metric(value, higher_is_better)
+
+
+def _not_applicable(higher_is_better: bool, reason: str) -> dict[str, Any]:
+    return {"value": None, "higher_is_better": bool(higher_is_better),
+            "reason": f"not applicable: {reason}"}
 
 
 def _metric(value: Any, higher_is_better: bool) -> dict[str, Any]:
@@ -65,6 +93,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     """
     from ..report import ClassReport, ConceptSummary
     from ..report._figures import distinct_labels
+    from ..report._images import DISPLAY_CHANNELS, display_rgb
     from ._naming import name_details, visualization_picture
 
     n_images = check_int(n_images, "n_images", minimum=1)
@@ -108,10 +137,12 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         vis = visualizations.get(int(c))
         concepts.append(ConceptSummary(index=int(c), label=label(c),
                                        importance=float(cc.importances[c]), ci_low=float(ci_low[c]),
-                                       ci_high=float(ci_high[c]), exemplars=ex.numpy(),
+                                       ci_high=float(ci_high[c]),
+                                       exemplars=display_rgb(ex.numpy(), "exemplars"),
                                        exemplar_sources=id_list(ids), extra=extra,
                                        visualization=None if vis is None
-                                       else visualization_picture(vis)))
+                                       else display_rgb(visualization_picture(vis),
+                                                        "visualization")))
     if cc.images is not None:
         shown = cc.images[:n_images]
         maps = cc._shown_maps(n_images)
@@ -120,13 +151,18 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         shown = cc.saved_images[:n_images]
         maps = cc.saved_maps[:n_images].float()
         maps_kind = cc.saved_maps_kind or ""
-    try:
+    channels = int(shown.shape[1])
+    shown = display_rgb(shown, "images")
+    if cc.activations is None and getattr(cc, "saved_metrics", None) is None:
+        metrics = {}  # loaded without activations or saved metrics: there are none to show
+    else:  # a metric that does not apply has value None and a reason; nothing is swallowed
         metrics = cc.compute_metrics()
-    except ValueError:
-        metrics = {}
     if extra_metrics:
         metrics = {**metrics, **extra_metrics}
     notes = list(notes or []) + _naming_notes(getattr(cc, "names", None))
+    if channels in DISPLAY_CHANNELS:
+        notes.append(f"The model reads {channels}-channel images; the pictures of this page are "
+                     f"{DISPLAY_CHANNELS[channels]}, for display only.")
     if trust is not None:
         metrics = {**metrics, "trust": _trust_metrics(trust)}
         notes += [f"Trust: {note}" for note in trust.get("notes", [])]
@@ -138,9 +174,34 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
                           else range(shown.shape[0])),
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
-        notes=[*cc.notes(), *notes],
+        notes=[*_shown_notes(cc, label), *notes],
         timings=dict(cc.timings), maps_kind=maps_kind,
         maps_read="cls" if (cc.params or {}).get("tokens") == "cls" else "")
+
+
+class _ShownLabels:
+    """``cc`` whose :meth:`concept_label` gives the labels the report shows (``labels=`` given to
+    the report, names repeated told apart), so that the notes name concepts as the table and
+    the figures do. Everything else is ``cc``'s own."""
+
+    def __init__(self, cc: Any, label: Any) -> None:
+        self._cc, self._label = cc, label
+
+    def concept_label(self, concept: int) -> str:
+        return self._label(int(concept))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cc, name)
+
+
+def _shown_notes(cc: Any, label: Any) -> list[str]:
+    """``cc.notes()`` with every concept named by ``label``: the notes name concepts through
+    ``concept_label``, which the wrapper answers (no text replacement, so "concept 1" is never
+    mistaken for part of "concept 10")."""
+    notes = getattr(type(cc), "notes", None)
+    if not callable(notes):
+        return list(cc.notes())
+    return list(notes(_ShownLabels(cc, label)))
 
 
 def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: bool = False,

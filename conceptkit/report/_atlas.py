@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 from scipy.cluster.hierarchy import leaves_list, linkage
 
-from ._figures import figure_png
+from ._figures import figure_png, plain
 from ._html import Picture, document, esc, figure_block, format_number, section, table
-from ._images import png_bytes, to_hwc
+from ._images import display_rgb, png_bytes, to_hwc
 from ._outputs import owned_folder, record
 
 
@@ -39,6 +40,11 @@ class AtlasReport:
     from class ids to existing per-class report pages (relative to the report folder);
     ``exemplar_pixels`` False when the exemplars have no pixels (an atlas fitted on an
     activation store): the pages then show the concept's feature-map cells alone and say so.
+    ``no_region`` (one list per class row, as ``atlas.importance.params["no_region"]``) names
+    the concepts that have no region in any of that class's images: nothing was painted out, so
+    their importance (0) is no measurement; the pages show them as "— (no region)", the heatmap
+    hatches them and ``atlas.json`` records them. Empty when the importance method paints
+    nothing out (every importance was measured).
     """
 
     title: str
@@ -56,6 +62,40 @@ class AtlasReport:
     meta: dict = field(default_factory=dict)
     class_pages: dict = field(default_factory=dict)
     exemplar_pixels: bool = True
+    no_region: list = field(default_factory=list)
+
+
+def no_region_mask(report: AtlasReport) -> np.ndarray:
+    """Boolean ``(n_classes, k)``: True where the concept has no region in the class's images
+    (its importance was not measured), from ``report.no_region``."""
+    shape = np.asarray(report.importance).shape
+    mask = np.zeros(shape, dtype=bool)
+    rows = report.no_region or []
+    if isinstance(rows, np.ndarray) and rows.dtype == bool:
+        if rows.shape != shape:
+            raise ValueError(f"`no_region` as a boolean matrix must have the importance's shape "
+                             f"{shape}; got {rows.shape}. Give one list of concept indices per "
+                             f"class row (atlas.importance.params['no_region']).")
+        return rows.copy()
+    if len(rows) not in (0, shape[0]):
+        raise ValueError(f"`no_region` has {len(rows)} rows but there are {shape[0]} classes; give "
+                         f"one list of concept indices per class row "
+                         f"(atlas.importance.params['no_region']), or leave it empty.")
+    for r, concepts in enumerate(rows):
+        for j in concepts:
+            if not 0 <= int(j) < shape[1]:
+                raise ValueError(f"`no_region[{r}]` names concept {j}, but there are {shape[1]} "
+                                 f"concepts (0 to {shape[1] - 1}).")
+            mask[r, int(j)] = True
+    return mask
+
+
+#: What a concept without a region in a class shows instead of its (unmeasured) importance.
+NO_REGION = "— (no region)"
+NO_REGION_NOTE = ('<p class="small">— (no region): the concept has no region in any of the '
+                  "class's images (its map is nowhere positive and at or above its threshold), "
+                  "so nothing was painted out: its importance was not measured. Read it as "
+                  "'not found in this class's images'.</p>")
 
 
 def _order(matrix: np.ndarray) -> np.ndarray:
@@ -88,19 +128,29 @@ def heatmap_figure(report: AtlasReport, dpi: int = 100) -> tuple[bytes, list[int
     ax = fig.add_subplot()
     shown = norm[np.ix_(rows, cols)]
     image = ax.imshow(shown, cmap=HEATMAP_CMAP, vmin=-1, vmax=1, aspect="auto")
-    ax.set_xticks(range(k), [report.concept_names[j] for j in cols], rotation=60, ha="right",
-                  fontsize=8)
-    ax.set_yticks(range(n_classes), [report.class_names[i] for i in rows], fontsize=8)
+    ax.set_xticks(range(k), [plain(report.concept_names[j]) for j in cols], rotation=60,
+                  ha="right", fontsize=8)
+    ax.set_yticks(range(n_classes), [plain(report.class_names[i]) for i in rows], fontsize=8)
+    missing = no_region_mask(report)[np.ix_(rows, cols)]
     for r, i in enumerate(rows):
         for c, j in enumerate(cols):
-            if report.important[i, j]:  # readable on the dark ends and on the white middle
+            if missing[r, c]:  # not measured: grey and hatched, never the white of "0 none"
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="0.78",
+                                       edgecolor="0.45", hatch="////", linewidth=0))
+            elif report.important[i, j]:  # readable on the dark ends and on the white middle
                 ax.text(c, r, "●", ha="center", va="center", fontsize=7,
                         color="white" if abs(shown[r, c]) > 0.6 else "black")
     bar = fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03)
     bar.set_ticks([-1, -0.5, 0, 0.5, 1],
                   labels=["-1 lowers", "-0.5", "0 none", "0.5", "1 raises"], fontsize=7)
     bar.set_label("importance / class's max |importance|", fontsize=8)
-    ax.set_title("Concept importance per class (● = important)", fontsize=10)
+    ax.set_title("Concept importance per class (● = important)", fontsize=10,
+                 pad=22 if missing.any() else 6)
+    if missing.any():  # the legend of the hatched cells, between the title and the axes
+        ax.legend(handles=[Patch(facecolor="0.78", edgecolor="0.45", hatch="////",
+                                 label="no region in the class's images: not measured")],
+                  loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, frameon=False,
+                  handlelength=1.6, borderaxespad=0.2)
     fig.tight_layout()
     return figure_png(fig, dpi=dpi), [int(i) for i in rows], [int(j) for j in cols]
 
@@ -111,7 +161,9 @@ def graph_figure(report: AtlasReport, dpi: int = 100) -> bytes:
     n = important.shape[0]
     angles = np.linspace(0, 2 * np.pi, n, endpoint=False) + np.pi / 2
     xy = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    fig = Figure(figsize=(5.5, 5.5))
+    # wide: the class names sit outside the circle, left and right of it
+    fig = Figure(figsize=(8.0, 5.2))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.92)
     ax = fig.add_subplot()
     for i in range(n):
         for j in range(i + 1, n):
@@ -120,14 +172,20 @@ def graph_figure(report: AtlasReport, dpi: int = 100) -> bytes:
                 ax.plot(*xy[[i, j]].T, color="#0969da", linewidth=1.5 * shared.size, alpha=0.6,
                         zorder=1)
                 mid = xy[[i, j]].mean(axis=0)
-                ax.text(*mid, ", ".join(report.concept_names[s] for s in shared), fontsize=7,
+                ax.text(*mid, plain(", ".join(report.concept_names[s] for s in shared)), fontsize=7,
                         ha="center", va="center", color="#0a3069",
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     ax.scatter(*xy.T, s=500, color="#f6f8fa", edgecolor="#1f2328", zorder=2)
     for i in range(n):
-        ax.text(*(xy[i] * 1.22), report.class_names[i], ha="center", va="center", fontsize=8)
-    ax.set_xlim(-1.6, 1.6)
-    ax.set_ylim(-1.5, 1.5)
+        # outside the circle, anchored by the side it points to: the text starts beyond the
+        # node (no circle or edge runs through it; the edges are chords, inside the circle)
+        cos, sin = xy[i]
+        ax.annotate(plain(report.class_names[i]), xy=(cos, sin), xytext=(16 * cos, 16 * sin),
+                    textcoords="offset points", fontsize=8, zorder=3,
+                    ha="left" if cos > 0.2 else "right" if cos < -0.2 else "center",
+                    va="bottom" if sin > 0.2 else "top" if sin < -0.2 else "center")
+    ax.set_xlim(-2.6, 2.6)
+    ax.set_ylim(-1.4, 1.4)
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title("Classes linked by shared important concepts", fontsize=10)
@@ -148,6 +206,7 @@ def exemplar_figure(images: np.ndarray, maps: np.ndarray, *, columns: int = 6,
     """
     from matplotlib import colormaps
 
+    images = display_rgb(np.asarray(images), "exemplars")  # grey or RGBA models: shown as RGB
     m, _, height, width = images.shape
     scale = max(1, -(-MIN_TILE // max(1, min(height, width))))
     height, width = height * scale, width * scale
@@ -229,30 +288,43 @@ def _index_page(report: AtlasReport, heat: Picture, graph: Picture, out: Path) -
     return document(report.title, body)
 
 
+def _measured(report: AtlasReport, missing: np.ndarray, r: int, j: int) -> list[tuple[str, str]]:
+    """The importance and interval cells of class row ``r`` and concept ``j``."""
+    if missing[r, j]:
+        return [(NO_REGION, "num"), ("—", "num")]
+    return [(format_number(report.importance[r, j]), "num"),
+            (f"[{format_number(report.ci_low[r, j])}, {format_number(report.ci_high[r, j])}]",
+             "num")]
+
+
+def _ranked(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Positions by decreasing importance, the unmeasured ones (no region) last."""
+    return np.lexsort((-np.asarray(values, dtype=np.float64), missing))
+
+
 def _concept_page(report: AtlasReport, j: int, picture: Picture) -> str:
+    missing = no_region_mask(report)
     rows = []
-    for r in np.argsort(-report.importance[:, j], kind="stable"):
-        rows.append([(_class_link(report, r, "../"), ""),
-                     (format_number(report.importance[r, j]), "num"),
-                     (f"[{format_number(report.ci_low[r, j])}, {format_number(report.ci_high[r, j])}]", "num"),
+    for r in _ranked(report.importance[:, j], missing[:, j]):
+        rows.append([(_class_link(report, r, "../"), ""), *_measured(report, missing, r, j),
                      ("yes" if report.important[r, j] else "", "")])
     name = report.concept_names[j]
+    note = NO_REGION_NOTE if missing[:, j].any() else ""
     body = (f'<nav><a href="../index.html">atlas index</a></nav><h1>Concept {esc(name)}</h1>'
             + section("exemplars", "Where it is most present (all classes)", figure_block(picture))
             + section("classes", "Which classes use it",
-                      table(["class", "importance", "95% CI", "important"], rows)))
+                      table(["class", "importance", "95% CI", "important"], rows) + note))
     return document(f"{report.title}: {name}", body)
 
 
 def _class_page(report: AtlasReport, r: int) -> str:
-    order = np.argsort(-report.importance[r], kind="stable")
+    missing = no_region_mask(report)
+    order = _ranked(report.importance[r], missing[r])
     rows = []
     for j in order:
         others = [_class_link(report, o, "../") for o in np.flatnonzero(report.important[:, j])
                   if o != r]
-        rows.append([(_concept_link(report, j, "../"), ""),
-                     (format_number(report.importance[r, j]), "num"),
-                     (f"[{format_number(report.ci_low[r, j])}, {format_number(report.ci_high[r, j])}]", "num"),
+        rows.append([(_concept_link(report, j, "../"), ""), *_measured(report, missing, r, j),
                      ("yes" if report.important[r, j] else "", ""),
                      (", ".join(others) if report.important[r, j] else "", "")])
     own = report.class_pages.get(report.class_ids[r])
@@ -260,7 +332,8 @@ def _class_page(report: AtlasReport, r: int) -> str:
     body = (f'<nav><a href="../index.html">atlas index</a>{link}</nav>'
             f"<h1>{esc(report.class_names[r])}</h1>"
             + section("concepts", "Its concepts in the shared dictionary",
-                      table(["concept", "importance", "95% CI", "important", "shared with"], rows)))
+                      table(["concept", "importance", "95% CI", "important", "shared with"], rows)
+                      + (NO_REGION_NOTE if missing[r].any() else "")))
     return document(f"{report.title}: {report.class_names[r]}", body)
 
 
@@ -281,7 +354,10 @@ def _write_atlas_report(report: AtlasReport, out: Path, dpi: int) -> Path:
                     "Importance of each concept for each class, divided by the class's largest "
                     "absolute importance: red raises the class's score, blue lowers it (a "
                     "negative importance), white is no effect; rows and columns ordered by "
-                    "hierarchical clustering")
+                    "hierarchical clustering"
+                    + ("; hatched grey: the concept has no region in any of the class's "
+                       "images, so its importance was not measured"
+                       if no_region_mask(report).any() else ""))
     graph = _picture("graph", "Shared concepts", graph_figure(report, dpi), "graph.png",
                      "An edge joins two classes that share an important concept")
     for picture in (heat, graph):
@@ -309,7 +385,11 @@ def _write_atlas_report(report: AtlasReport, out: Path, dpi: int) -> Path:
                "importance": np.asarray(report.importance).tolist(),
                "ci_low": np.nan_to_num(report.ci_low, nan=0.0).tolist(),
                "ci_high": np.nan_to_num(report.ci_high, nan=0.0).tolist(),
-               "important": np.asarray(report.important).tolist(), "row_order": rows,
+               "important": np.asarray(report.important).tolist(),
+               # per class: the concepts with no region in its images, whose importance (0)
+               # was not measured
+               "no_region": [np.flatnonzero(row).tolist() for row in no_region_mask(report)],
+               "row_order": rows,
                "column_order": cols, "confusions": report.confusions, "meta": report.meta}
     _write_text(out / "atlas.json", json.dumps(_plain(payload), indent=1))
     return out / "index.html"

@@ -45,7 +45,9 @@ def _pictures(value: Any, name: str, shape_text: str, allow_empty: bool) -> np.n
     array = _array(value, name, 4, shape_text)
     if array.shape[1] != 3:
         raise ValueError(f"`{name}` must be RGB with 3 channels in axis 1, shape {shape_text}; "
-                         f"got shape {array.shape}.")
+                         f"got shape {array.shape}. For display, repeat a grey channel "
+                         f"(`x.repeat(1, 3, 1, 1)`) or keep the first 3 channels of RGBA "
+                         f"(`x[:, :3]`).")
     if array.shape[0] == 0 and not allow_empty:
         raise ValueError(f"`{name}` is empty (shape {array.shape}); need at least one image.")
     if min(array.shape[2:]) < 1:

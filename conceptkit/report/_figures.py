@@ -143,24 +143,41 @@ def plot_importances(importances: Any, labels: list[str] | None = None, ci_low: 
                         capsize=4, label="confidence interval")
     ax.axhline(0.0, color="0.3", linewidth=0.8)
     ax.set_xticks(x)
-    ax.set_xticklabels([shorten(n, TICK_CHARS) for n in names], rotation=35 if k > 3 else 0, ha="right" if k > 3 else "center",
+    ax.set_xticklabels([plain(shorten(n, TICK_CHARS)) for n in names], rotation=35 if k > 3 else 0, ha="right" if k > 3 else "center",
                        fontsize=8)
     ax.set_ylabel("importance")
     ax.spines[["top", "right"]].set_visible(False)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(plain(title), fontsize=10)
     return fig
 
 
 def image_title(image_id: int | str, width: int = 28) -> str:
-    """How a figure names an image: ``image 3`` for a position or row, the (shortened) file name
-    for a string id."""
-    return shorten(image_id, width) if isinstance(image_id, str) else f"image {image_id}"
+    """How a figure names an image: ``image 3`` for a position or row, the file name for a string
+    id (shortened in the middle, so that names differing only at the end stay apart)."""
+    return shorten_middle(image_id, width) if isinstance(image_id, str) else f"image {image_id}"
 
 
 def shorten(label: str, width: int) -> str:
     """``label`` cut to ``width`` characters with an ellipsis (tick labels, legends)."""
     return label if len(label) <= width else label[: width - 1].rstrip() + "…"
+
+
+def shorten_middle(label: str, width: int) -> str:
+    """``label`` cut to ``width`` characters by an ellipsis in the middle, keeping its start and
+    its end: file names of one camera or run differ at the end (``IMG_2024…142233.jpg``)."""
+    if len(label) <= width:
+        return label
+    head = max(1, (width - 1) // 2)
+    tail = max(1, width - 1 - head)
+    return label[:head] + "…" + label[-tail:]
+
+
+def plain(text: Any) -> str:
+    """``text`` as matplotlib draws it literally: every ``$`` escaped, so that a label or file
+    name with dollar signs ("tail $2 vs $3", "a$\\foo$.png") is not parsed as mathtext (which
+    drops the dollars or aborts the figure). Apply it last, after shortening or wrapping."""
+    return str(text).replace("$", r"\$")
 
 
 def _wrap_label(label: str, width: int = 24, lines: int = 3) -> str:
@@ -251,11 +268,11 @@ def plot_exemplar_grid(exemplars: list, labels: list[str] | None = None, importa
             ax.text(0.02, 0.5, "no exemplars", ha="left", va="center", fontsize=8,
                     transform=ax.transAxes, color="0.4")
         box = ax.get_position()
-        text = _wrap_label(names[r]) + ("" if values is None else f"\n{values[r]:.4g}")
+        text = plain(_wrap_label(names[r])) + ("" if values is None else f"\n{values[r]:.4g}")
         fig.text(box.x0 - 0.01, box.y0 + box.height / 2, text, ha="right", va="center",
                  fontsize=8, color=readable(rgb[r]), fontweight="bold")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(plain(title), fontsize=10)
     return fig
 
 
@@ -300,12 +317,13 @@ def plot_concept_overlays(images: Any, maps: Any, labels: list[str] | None = Non
         ax.axis("off")
         if i < n:
             ax.imshow(painted[i], interpolation="bilinear")
-            ax.set_title(image_title(image_ids[i] if image_ids is not None else i), fontsize=8)
+            ax.set_title(plain(image_title(image_ids[i] if image_ids is not None else i)),
+                         fontsize=8)
     handles = [Patch(facecolor=rgb[c], edgecolor="black", linewidth=0.5,
-                     label=shorten(names[c], LEGEND_CHARS))
+                     label=plain(shorten(names[c], LEGEND_CHARS)))
                for c in range(m)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(m, 3), fontsize=8,
                frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(plain(title), fontsize=10)
     return fig

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from .._deprecation import renamed_arguments
 from .._validation import check_float, check_int
 from ._colors import readable, resolve_colors
-from ._figures import _labels, _wrap_label, image_title
+from ._figures import _labels, _wrap_label, image_title, plain
 from ._images import _check_pair, resize_maps, shrink
 
 
@@ -99,12 +99,12 @@ def plot_concept_heatmaps(images: Any, maps: Any, labels: list[str] | None = Non
             if level > 0 and values[i].max() > level and values[i].min() < level:
                 ax.contour(values[i], levels=[level], colors=[readable(rgb[c])], linewidths=1.3)
             if c == 0:
-                ax.set_title(image_title(image_ids[i] if image_ids is not None else i,
-                                         width=18), fontsize=7)
+                ax.set_title(plain(image_title(image_ids[i] if image_ids is not None else i,
+                                               width=18)), fontsize=7)
             if i == 0:
-                ax.set_ylabel(_wrap_label(names[c], width=18), fontsize=8, rotation=0,
+                ax.set_ylabel(plain(_wrap_label(names[c], width=18)), fontsize=8, rotation=0,
                               ha="right", va="center", color=readable(rgb[c]),
                               fontweight="bold", labelpad=6)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(plain(title), fontsize=10)
     return fig

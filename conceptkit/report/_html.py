@@ -50,6 +50,7 @@ ul.notes li { margin: 3px 0; }
 ul.tops { margin: 0; padding-left: 0; list-style: none; }
 img.thumb { width: 128px; height: auto; border: 1px solid var(--line); border-radius: 3px; }
 footer { margin-top: 36px; font-size: 12px; color: var(--muted); }
+h1, h2, .meta, nav, td, figcaption, li, p { overflow-wrap: anywhere; }
 """
 
 

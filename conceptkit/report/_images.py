@@ -61,6 +61,29 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return upsample(tensor, size).numpy()
 
 
+#: How pictures of models that do not read 3 channels are shown (said in the report's notes).
+DISPLAY_CHANNELS = {1: "shown in grey (the one channel repeated as RGB)",
+                    4: "shown as RGB from their first 3 channels (the 4th, e.g. alpha, dropped)"}
+
+
+def display_rgb(pictures: Any, name: str = "images") -> Any:
+    """``(N, C, H, W)`` pictures as ``(N, 3, H, W)`` for display only: 1 channel repeated as
+    grey, 4 channels (RGBA, RGB + another band) cut to their first 3, 3 channels as they are.
+    Numpy arrays and tensors keep their type; any other channel count is refused."""
+    channels = int(pictures.shape[1]) if getattr(pictures, "ndim", 0) == 4 else None
+    if channels == 3 or channels is None:
+        return pictures  # not a picture batch: the report's own checks name what is wrong
+    if channels == 1:
+        if isinstance(pictures, torch.Tensor):
+            return pictures.expand(-1, 3, -1, -1).contiguous()
+        return np.repeat(pictures, 3, axis=1)
+    if channels == 4:
+        return pictures[:, :3]
+    raise ValueError(f"`{name}` has {channels} channels (shape {tuple(pictures.shape)}); a report "
+                     f"shows 1 (grey), 3 (RGB) or 4 (RGB + alpha) channels. Give the pictures as "
+                     f"RGB for display (e.g. pick 3 channels).")
+
+
 def to_hwc(image: np.ndarray) -> np.ndarray:
     """``(3, H, W)`` floats in [0, 1] to ``(H, W, 3)`` for ``imshow``."""
     return np.clip(np.transpose(image, (1, 2, 0)), 0.0, 1.0)

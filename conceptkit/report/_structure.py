@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 
 from .._validation import check_choice, check_float, check_int, describe, to_numpy
 from ._colors import readable, resolve_colors
-from ._figures import LEGEND_CHARS, TICK_CHARS, _labels, shorten
+from ._figures import LEGEND_CHARS, TICK_CHARS, _labels, plain, shorten
 
 EMBEDDINGS = ("auto", "pca", "tsne")
 COOCCURRENCE_MEASURES = ("correlation", "jaccard")
@@ -158,7 +158,7 @@ def plot_strategic_clusters(per_image_importance: Any, labels: list[str] | None 
                linewidths=0.4)
     handles = [Line2D([], [], marker="o", linestyle="", markerfacecolor=rgb[c],
                       markeredgecolor="black", markersize=7,
-                      label=f"{shorten(names[c], LEGEND_CHARS)} ({counts[c]})")
+                      label=f"{plain(shorten(names[c], LEGEND_CHARS))} ({counts[c]})")
                for c in range(k) if coloured[c] and counts[c] > 0]
     if (~coloured & (counts > 0)).any():
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor=_UNCOLOURED,
@@ -171,7 +171,7 @@ def plot_strategic_clusters(per_image_importance: Any, labels: list[str] | None 
     ax.set_xlabel(f"{'t-SNE' if used == 'tsne' else 'PCA'} 1", fontsize=8)
     ax.set_ylabel(f"{'t-SNE' if used == 'tsne' else 'PCA'} 2", fontsize=8)
     if title:
-        ax.set_title(f"{title} ({n} images)", fontsize=10)
+        ax.set_title(plain(f"{title} ({n} images)"), fontsize=10)
     return fig
 
 
@@ -202,9 +202,9 @@ def plot_cooccurrence(codes: Any, labels: list[str] | None = None, colors: list 
     fig.colorbar(image, ax=ax, shrink=0.8).set_label(bar, fontsize=8)
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
-    ax.set_xticklabels([shorten(n, TICK_CHARS) for n in names], rotation=45, ha="right",
+    ax.set_xticklabels([plain(shorten(n, TICK_CHARS)) for n in names], rotation=45, ha="right",
                        fontsize=7)
-    ax.set_yticklabels([shorten(n, TICK_CHARS) for n in names], fontsize=7)
+    ax.set_yticklabels([plain(shorten(n, TICK_CHARS)) for n in names], fontsize=7)
     for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
         for c, tick in enumerate(ticks):
             tick.set_color(readable(rgb[c]))
@@ -220,5 +220,5 @@ def plot_cooccurrence(codes: Any, labels: list[str] | None = None, colors: list 
                 ax.text(j, i, text, ha="center", va="center", fontsize=6,
                         color="white" if dark else "black")
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(plain(title), fontsize=10)
     return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -282,7 +283,7 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
     concepts = table(headers, rows, "concepts")
     parts = [header, section("concepts", "Concepts", concepts)]
     parts += [section(p.key, p.title, figure_block(p)) for p in pictures]
-    metric_rows = [[(esc(group), ""), (esc(name), ""), (format_number(entry["value"]), "num"),
+    metric_rows = [[(esc(group), ""), (esc(name), ""), _metric_value(entry),
                     (direction(entry["higher_is_better"]), "dir")]
                    for group, entries in report.metrics.items() for name, entry in entries.items()]
     parts.append(section("metrics", "Metrics", table(["group", "metric", "value", "direction"],
@@ -302,6 +303,15 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
     parts.append(f'<footer>Written by conceptkit. Numbers: <a href="report.json">report.json</a>'
                  f'; figures: {files}.</footer>')
     return document(title, "\n".join(parts))
+
+
+def _metric_value(entry: dict) -> tuple[str, str]:
+    """A metric's value cell; a metric without a value says why when its entry has a
+    ``"reason"`` (e.g. "not applicable: ... needs at least 2 concepts")."""
+    reason = entry.get("reason")
+    if reason and (entry["value"] is None or math.isnan(entry["value"])):
+        return f'— <span class="small">({esc(reason)})</span>', ""
+    return format_number(entry["value"]), "num"
 
 
 @renamed_arguments(n_overlay_concepts="n_top_concepts")
