@@ -70,9 +70,13 @@ COLUMN_HELP = {
                 "shown in enough images to place a concept)",
     "top_on_most_relied": "the most important concept sits on the most relied-on part",
     "most_relied_significant": "the most relied-on part's drop is above 0 and these images can "
-                               "tell it from 0; if not, the model relies on no single part and "
-                               "the columns that read that part or rank by reliance are left "
-                               "undefined",
+                               "tell it from 0; if not, the columns that read that part or rank "
+                               "by reliance are left undefined, and most_relied_note says why "
+                               "(no part relied on, or only parts with a smaller, steadier "
+                               "drop)",
+    "most_relied_note": "None when most_relied_significant; otherwise a sentence: the part "
+                        "with the largest mean drop cannot be told from 0 in these images, "
+                        "and which parts can (the model relies on them), if any",
     "most_relied_parts": "the most relied-on part and the parts these images cannot tell apart "
                          "from it (paired Student-t, 95 %)",
     "top_on_most_relied_parts": "the most important concept sits on one of most_relied_parts",
@@ -119,12 +123,14 @@ class Evaluation:
     @property
     def table(self) -> list[dict]:
         """Rows per class: ``class_id, class_name, n_images, n_concepts, most_relied_part,
-        most_relied_drop, most_relied_significant, top_concept, top_part`` and the metric
-        columns of :data:`METRIC_COLUMNS` (None where undefined). A row whose
-        ``most_relied_significant`` is False has no part the model measurably relies on: the
-        columns of :data:`UNDEFINED_WITHOUT_RELIANCE` are None there (left out of ``summary``
-        and ``worst``, which then judge only the classes the model measurably relies on a part
-        for) and its Markdown row says "not told from 0"."""
+        most_relied_drop, most_relied_significant, most_relied_note, top_concept, top_part``
+        and the metric columns of :data:`METRIC_COLUMNS` (None where undefined). A row whose
+        ``most_relied_significant`` is False has a most relied-on part (the largest mean drop)
+        that these images cannot tell from 0: the columns of
+        :data:`UNDEFINED_WITHOUT_RELIANCE` are None there (left out of ``summary`` and
+        ``worst``) and its Markdown row says "not told from 0". Usually the model relies on no
+        single part there; ``most_relied_note`` names the parts it does measurably rely on when
+        some part with a smaller, steadier drop is told from 0."""
         return [dict(row) for row in self.rows]
 
     @property
@@ -467,8 +473,10 @@ def class_row(result: Faithfulness, class_id: int, class_name: str,
         "most_relied_part": part_label(most, names) if most >= 0 else None,
         "most_relied_drop": num(rel.values(result.measure)[most]) if most >= 0 else None,
         # a most relied-on part whose drop these images cannot tell from 0 (or is not a drop)
-        # is noise: the model relies on no single part (see UNDEFINED_WITHOUT_RELIANCE)
+        # cannot be scored against (see UNDEFINED_WITHOUT_RELIANCE); the note says why, and
+        # names the parts these images do tell from 0, if any
         "most_relied_significant": rel.relies_on_a_part(result.measure),
+        "most_relied_note": rel.unrelied_note(result.measure),
         "top_concept": top, "top_part": part_label(top_part, names),
         "top_on_most_relied": bool(most >= 0 and top_part == most),
         "most_relied_parts": [part_label(int(p), names) for p in tied],

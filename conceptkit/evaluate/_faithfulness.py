@@ -8,6 +8,7 @@ with removing parts in reliance order.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,13 +207,14 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
         Default ``result.class_id``; another class than ``result.class_id`` is refused.
     kind, tolerance, quantile, min_images, assign_threshold
         Passed to :func:`localisation` (which part each concept sits on); None: its defaults
-        (``"auto"``, image side / 16, 0.9, 3, 0.5). ``quantile`` also cuts the concepts'
-        regions of ``removal="pixels"``. With a precomputed ``localisation`` the settings it was
+        (``"auto"``, ``max(1, round(side / 16))``, 0.9, 3, 0.5). ``quantile`` also cuts the
+        concepts' regions of ``removal="pixels"``. With a precomputed ``localisation`` the settings it was
         computed with are used; passing one that differs is an error.
     fill, blur_sigma
         How parts (and, for the deletion curve, concepts) are painted out (:func:`reliance`);
         None: ``"median"``. With a precomputed ``reliance`` the deletion curves paint with the
-        fill it was measured with; passing another is an error.
+        fill it was measured with; passing another is an error (a callable: another object,
+        even one of the same name, such as a second lambda).
     measure : str
         ``"probability"`` (default) or ``"logit"``: the class score used throughout.
     reliance_floor : float
@@ -340,8 +342,10 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
 def _fill_setting(reliance: Reliance, fill: Any, blur_sigma: Any, images: torch.Tensor,
                   deletion: bool) -> tuple | None:
     """The ``(fill, blur_sigma)`` the deletion curves paint with: the fill ``reliance`` was
-    measured with (its parts' order comes from that fill), or ``fill`` if it is the same;
-    another is refused."""
+    measured with (its parts' order comes from that fill), or ``fill`` if it is the same (a
+    callable: the very object, not one of the same name); another is refused. A hand-made
+    Reliance keeps only its fill's description, so a callable can only be compared by name
+    there."""
     recorded = reliance.fill_setting
     if recorded is None:  # a hand-made Reliance: read its description
         recorded = Fill.parse(reliance.fill)
@@ -357,6 +361,22 @@ def _fill_setting(reliance: Reliance, fill: Any, blur_sigma: Any, images: torch.
                              f"keep its fill ({reliance.fill!r}); pass `fill` too.")
         fill = recorded[0]
     asked = Fill(fill, images, blur_sigma)
+    measured_with = None if recorded is None else recorded[0]
+    if recorded is not None and (callable(fill) or callable(measured_with)):
+        # A callable is known by the object itself, not by its name: every lambda is
+        # "<lambda>" and every functools.partial "partial", and a function may be named
+        # "median". The description is only what files and JSON keep.
+        if not _same_callable(fill, measured_with):
+            what = (f"another callable than the one `reliance` was measured with (both are "
+                    f"named {reliance.fill!r})" if asked.describe() == reliance.fill
+                    else f"({asked.describe()!r}) differs from the fill `reliance` was "
+                         f"measured with ({reliance.fill!r})")
+            raise ValueError(f"`fill` is {what}: the deletion curves would paint the parts "
+                             f"otherwise than the reliance that orders them. Leave `fill` out "
+                             f"(the reliance's fill is then used), pass the very object "
+                             f"`reliance` was measured with, or pass reliance=None to measure "
+                             f"it with this fill.")
+        return asked.setting
     if asked.describe() != reliance.fill:
         raise ValueError(f"`fill` ({asked.describe()!r}) differs from the fill `reliance` was "
                          f"measured with ({reliance.fill!r}): the deletion curves would paint "
@@ -364,6 +384,16 @@ def _fill_setting(reliance: Reliance, fill: Any, blur_sigma: Any, images: torch.
                          f"`fill` and `blur_sigma` out (the reliance's fill is then used), or "
                          f"pass reliance=None to measure it with this fill.")
     return asked.setting
+
+
+def _same_callable(given: Any, recorded: Any) -> bool:
+    """Whether ``given`` is the fill object ``recorded`` (a bound method counts as the same when
+    it binds the same function to the same object, as ``obj.method`` is a new object each
+    time it is read)."""
+    if given is recorded:
+        return True
+    return (inspect.ismethod(given) and inspect.ismethod(recorded)
+            and given.__self__ is recorded.__self__ and given.__func__ is recorded.__func__)
 
 
 def _check_localisation_settings(localisation: Localisation, **given: Any) -> None:

@@ -151,13 +151,21 @@ def checked_maps(maps: Any, masks: torch.Tensor, name: str = "`result`") -> torc
     maps = maps.detach().cpu().float()
     if not bool(torch.isfinite(maps).all()):
         raise ValueError(f"{name} contains NaN or Inf concept-map values.")
-    size = tuple(masks.shape[-2:])
-    if maps.shape[-2] > size[0] or maps.shape[-1] > size[1]:
+    given, size = tuple(maps.shape[-2:]), tuple(masks.shape[-2:])
+    # Whether each map is constant is decided here, at its own size: float32 resizing rounds a
+    # constant map into one whose values differ in the last bits (0.69999993..0.70000005),
+    # which would then have a maximum to point with and an order for the AUC. A constant map
+    # stays exactly its value; every other map is resized as it always was.
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    constant = maps.amax(dim=(-2, -1), keepdim=True) <= low
+    if given[0] > size[0] or given[1] > size[1]:
         # shrink by area averaging: bilinear sampling reads 4 pixels per output pixel and
         # would drop a peak lying between its sample points
-        maps = F.adaptive_avg_pool2d(maps, (min(maps.shape[-2], size[0]),
-                                            min(maps.shape[-1], size[1])))
-    return upsample(maps, size)
+        maps = F.adaptive_avg_pool2d(maps, (min(given[0], size[0]), min(given[1], size[1])))
+    resized = upsample(maps, size)
+    if bool(constant.any()):
+        resized = torch.where(constant, low, resized)
+    return resized
 
 
 def roc_auc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -187,7 +195,7 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     For concept ``j``, part ``p`` and an image that shows ``p``:
 
     - pointing game: 1 if the map's maximum lies within ``tolerance`` pixels of the mask, else 0
-      (a constant map points nowhere: 0);
+      (a constant map points nowhere: 0; constant at the size it is given, before resizing);
     - relevance mass: the share of the map's positive mass inside the mask (0 if none);
     - IoU between the mask and the map's pixels at or above its ``quantile`` in the image;
     - ROC-AUC of the map's values as scores of mask vs non-mask pixels.
@@ -207,7 +215,8 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     kind : str
         The map kind asked of ``result`` (``"auto"``, ``"coefficient"``, ``"gradient"``, ...).
     tolerance : int, optional
-        Pointing-game tolerance in pixels (default: image side / 16).
+        Pointing-game tolerance in pixels (default: ``max(1, round(side / 16))``, ``side``
+        the masks' shorter side).
     quantile : float
         IoU threshold quantile (CRAFT shows maps above their 90th percentile).
     min_images : int
@@ -232,6 +241,14 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
                         f"(e.g. a ClassConcepts) or concept maps as a tensor or array of shape "
                         f"(N, k, H, W); got {describe(result)}.")
     given_maps = isinstance(result, (torch.Tensor, np.ndarray))
+    if given_maps and result.ndim != 4:
+        # before the masks are compared with it: its first axis may not be the images
+        hint = {3: " If they are one concept's maps of N images, add the concept axis "
+                   "(result[:, None]); if they are the k maps of one image, add the image axis "
+                   "(result[None]).",
+                2: " If it is one map of one image, add both axes (result[None, None])."}
+        raise ValueError(f"`result` must be concept maps of shape (N, k, H, W) (one map per "
+                         f"image and concept); got {describe(result)}.{hint.get(result.ndim, '')}")
     if given_maps:
         masks = check_masks(masks, None if images is None else checked_images(images),
                             n_images=result.shape[0], other="`result` (the concept maps)")

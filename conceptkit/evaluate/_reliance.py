@@ -138,12 +138,54 @@ class Reliance:
 
     def relies_on_a_part(self, measure: str = "probability", confidence: float = 0.95) -> bool:
         """Whether the most relied-on part's drop is above 0 and :meth:`significant` tells it
-        from 0. False when the model relies on no single part these images show (a class told
-        by either of two parts, or by the absence of others): the most relied-on part is then
-        the largest of noise-level drops. Always False with fewer than 2 images."""
+        from 0. Only that part (the largest mean drop) is tested: False when the model relies
+        on no single part these images show (a class told by either of two parts, or by the
+        absence of others; the most relied-on part is then the largest of noise-level drops),
+        and also when that part's drop is too uneven over these images to be told from 0 while
+        a part with a smaller, steadier drop can be (:meth:`unrelied_note` names it). Always
+        False with fewer than 2 images."""
         most = self.most_relied(measure)
         return bool(most >= 0 and self.values(measure)[most] > 0
                     and self.significant(measure, confidence)[most])
+
+    def unrelied_note(self, measure: str = "probability",
+                      confidence: float = 0.95) -> str | None:
+        """Why :meth:`relies_on_a_part` is False, in a sentence (None when it is True): the part
+        with the largest mean drop cannot be told from 0 in these images, and which parts
+        :meth:`significant` can tell from 0 instead, if any."""
+        if self.relies_on_a_part(measure, confidence):
+            return None
+        n = self.present.shape[0]
+        most = self.most_relied(measure)
+        if most < 0:
+            return (f"no part is shown in any of these {n} images: there is no part whose "
+                    f"painting-out could be measured.")
+        values = self.values(measure)
+        unit = "probability" if check_measure(measure) == "probability" else "logit"
+        largest = (f"the part with the largest mean {unit} drop, {self.name(most)} "
+                   f"({values[most]:+.3g})")
+        if n < 2:
+            return (f"{largest}, cannot be told from 0 with one image (one image has no "
+                    f"spread): evaluate more images of the class.")
+        if values[most] <= 0:
+            head = (f"no part's painting-out lowers the class score on average: {largest}, is "
+                    f"not a drop")
+        else:
+            head = f"{largest}, cannot be told from 0 in these {n} images"
+        # parts whose drop these images tell from 0 and above it (a part whose painting-out
+        # measurably raises the score is not relied on)
+        relied = [int(p) for p in np.flatnonzero(self.significant(measure, confidence))
+                  if values[p] > 0]
+        if not relied:
+            return (f"{head}, and no other part's drop can be told to lie above 0: the model "
+                    f"relies on no single part these images show (a class told by either of "
+                    f"two parts, or by the absence of others), or these images are too few to "
+                    f"tell; more images would say which.")
+        told = ", ".join(f"{self.name(p)} ({values[p]:+.3g})" for p in relied)
+        return (f"{head}, but {told} can be ({confidence:.0%} interval): the model does rely "
+                f"on {'that part' if len(relied) == 1 else 'these parts'}, whose drop is "
+                f"smaller but steadier; more images would tell whether {self.name(most)}'s drop "
+                f"differs from 0.")
 
     def name(self, part: int) -> str:
         return part_label(part, self.part_names)
