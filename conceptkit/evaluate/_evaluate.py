@@ -175,7 +175,7 @@ class Evaluation:
                           ("top_on_most_relied", "top_pointing", "relied_pointing", "spearman",
                            "kendall", "deletion_area"))
         unjudged = sum(not row["most_relied_significant"] for row in self.rows)
-        note = f", {unjudged} without a measurably relied-on part" if unjudged else ""
+        note = (f", {unjudged} not judged (largest drop not told from 0)" if unjudged else "")
         return f"Evaluation(n_classes={len(self.rows)}{note}, mean: {shown})"
 
     def __str__(self) -> str:

@@ -163,11 +163,12 @@ def _notes(summary: dict[str, Any]) -> list[str]:
         notes.append(f"near-duplicate concepts: {summary['near_duplicates']}.")
     evaluation = summary["evaluation"]
     if evaluation is not None and evaluation.get("most_relied_significant") is False:
-        notes.append("against the ground truth, painting out any one part leaves this class: the "
-                     "model relies on no single part these images show (the largest drop, "
-                     f"{evaluation.get('most_relied_part') or 'of no part shown'}, is not told "
-                     "from 0), so the "
-                     "evaluation does not judge where the top concept sits.")
+        why = evaluation.get("most_relied_note") or (
+            "painting out any one part leaves this class: the model relies on no single part "
+            f"these images show (the largest drop, "
+            f"{evaluation.get('most_relied_part') or 'of no part shown'}, is not told from 0)")
+        notes.append(f"against the ground truth, {why.rstrip('.')}; so the evaluation does not "
+                     f"judge where the top concept sits.")
     elif evaluation is not None and evaluation.get("top_on_most_relied", False) is None:
         notes.append("against the ground truth, no part is shown in enough of these images to "
                      "say which part a concept sits on: the evaluation does not judge the top "

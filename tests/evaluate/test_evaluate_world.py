@@ -368,7 +368,7 @@ def test_a_class_that_relies_on_no_single_part_is_marked():
     assert rows[4]["top_on_causal"] is not None and rows[4]["causal_pointing"] is not None
     assert result.summary["causal_pointing"] == pytest.approx(
         (rows[0]["causal_pointing"] + rows[4]["causal_pointing"]) / 2)
-    assert "1 without a measurably relied-on part" in repr(result)
+    assert "1 not judged (largest drop not told from 0)" in repr(result)
 
 
 def test_the_default_explanation_of_the_textures_vit_reads_its_cls_token_and_finds_the_texture():

@@ -130,6 +130,15 @@ def test_ground_truth_notes_tell_a_tie_from_a_miss():
                 "top_on_most_relied": None, "top_on_most_relied_parts": None}
     (why,) = _notes({**quiet, "evaluation": unjudged})
     assert "relies on no single part" in why and "cyan diamond" in why and "NOT" not in why
+    # ... unless another part's smaller, steadier drop is told from 0: the evaluation's own
+    # sentence says so, and the note does not claim the model relies on no part
+    steadier = {**unjudged, "most_relied_note": (
+        "the part with the largest mean probability drop, cyan diamond (+0.2), cannot be told "
+        "from 0 in these 4 images, but red disk (+0.09) can be (95% interval): the model does "
+        "rely on that part.")}
+    (why,) = _notes({**quiet, "evaluation": steadier})
+    assert "red disk" in why and "does rely on that part" in why
+    assert "relies on no single part" not in why and "does not judge" in why
     # too few images show any part to place a concept: undetermined, not a miss
     unplaced = {**row, "most_relied_significant": True, "top_part": "undetermined",
                 "top_on_most_relied": None, "top_on_most_relied_parts": None}
