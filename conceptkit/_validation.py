@@ -263,9 +263,13 @@ def check_matrix(x: Any, name: str, *, min_rows: int = 1, nonnegative: bool = Fa
 
 
 def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A numpy view/copy of ``x`` on the CPU."""
+    """A numpy view/copy of ``x`` on the CPU; bfloat16, which numpy lacks, becomes float32
+    (exactly: every bfloat16 value is a float32 value)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.cpu().numpy()
     return np.asarray(x)
 
 

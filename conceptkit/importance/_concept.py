@@ -16,6 +16,7 @@ from .._deprecation import warn_deprecated
 from .._reprs import dataclass_repr
 from .._validation import check_choice, check_float, check_int, check_seed, describe, resolve_seed
 from ._attribution import (
+    HEAD_ROUNDING,
     MethodOutput,
     Seeds,
     closed_form,
@@ -33,8 +34,8 @@ from ._engine import (
     model_guard,
     prepare_problem,
 )
-from ._estimators import check_estimator, estimate
-from ._fastpath import fit_affine
+from ._estimators import check_estimator, estimate_constant
+from ._fastpath import DesignCheck, fit_affine
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,26 +100,51 @@ def _sobol(problem: ConceptProblem, seeds: Seeds, *, n_designs: int, estimator: 
         raise ValueError("fast_path=True needs a head `h` that is affine in its input "
                          "activations; this `h` failed the affinity check. Use fast_path='auto'.")
     shared = shared_design or not entry.randomized
+    rows = n_designs * (k + 2 if include_b else k + 1)
 
-    def outputs(points: np.ndarray, group: np.ndarray | None) -> np.ndarray:
-        # float32 masks: what a float32 head sees anyway, and the same for both paths.
-        a, b = points[..., :k].astype(np.float32), points[..., k:].astype(np.float32)
-        if affine is not None:
-            return affine.design_scores(a, b, include_b, group)
-        return problem.scores(replicated_design(a, b, include_b), group)
+    def run(head, check):
+        def outputs(points: np.ndarray, group: np.ndarray | None) -> np.ndarray:
+            # float32 masks: what a float32 head sees anyway, and the same for both paths.
+            a, b = points[..., :k].astype(np.float32), points[..., k:].astype(np.float32)
+            if head is not None:
+                check.collect(a, b, include_b, group)
+                return head.design_scores(a, b, include_b, group)
+            return problem.scores(replicated_design(a, b, include_b), group)
 
-    out = np.empty((problem.n_inputs, k))
-    if shared:
-        out[:] = estimate(outputs(entry.draw(n_designs, 2 * k, seeds.shared_rng()), None),
-                          k, function, include_b)
-    else:
-        rows = n_designs * (k + 2 if include_b else k + 1)
-        for group in input_groups(problem.n_inputs, rows * k * 4):
-            points = entry.draw_batch(n_designs, 2 * k, [seeds.input_rng(i) for i in group])
-            out[group] = estimate(outputs(points, group), k, function, include_b)
+        # the scores are float64 here, but h rounded them in its own dtype: an input whose
+        # score moves by no more than that rounding is constant (indices 0), not ranked noise
+        def indices(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return estimate_constant(values, k, function, include_b, problem.precision,
+                                     HEAD_ROUNDING)
+
+        out = np.empty((problem.n_inputs, k))
+        constant = np.empty(problem.n_inputs, dtype=bool)
+        if shared:
+            out[:], constant[:] = indices(outputs(entry.draw(n_designs, 2 * k,
+                                                             seeds.shared_rng()), None))
+        else:
+            for group in input_groups(problem.n_inputs, rows * k * 4):
+                points = entry.draw_batch(n_designs, 2 * k, [seeds.input_rng(i) for i in group])
+                out[group], constant[group] = indices(outputs(points, group))
+        return out, constant
+
+    check = None
+    if affine is not None:
+        check = DesignCheck(problem, affine, seeds.check_rng(), rows)
+        out, constant = run(affine, check)
+        if not check.holds():   # the collapse is wrong where it matters: ask h itself
+            if fast_path is True:
+                raise ValueError("fast_path=True needs a head `h` that is affine in its input "
+                                 "activations; on rows of the Sobol design `h` differs from "
+                                 "its affine collapse. Use fast_path='auto'.")
+            affine = None
+    if affine is None:
+        out, constant = run(None, None)
     info = {"n_designs": n_designs, "estimator": estimator, "sampler": sampler, "order": order,
             "shared_design": bool(shared), "fast_path": affine is not None}
-    return MethodOutput(out, info)
+    if check is not None and affine is None:
+        info["fast_path_rejected"] = "design"   # the probe passed, the design check did not
+    return MethodOutput(out, info, constant)
 
 
 @dataclass(frozen=True)
@@ -279,6 +305,24 @@ def student_interval(per_input: np.ndarray, confidence: float | None):
     return mean - half, mean + half
 
 
+def _warn_constant(result: MethodOutput, problem: ConceptProblem, method: str) -> None:
+    """Warn when some inputs with a concept were scored constant up to rounding (their
+    importances are 0), as ``sobol_indices`` does; every input is the all-zero warning's."""
+    if result.constant is None:
+        return
+    present = (problem.codes.abs().amax(dim=(1, 2)) > 0).cpu().numpy()
+    constant = np.flatnonzero(result.constant & present)
+    if constant.size == 0 or not np.any(result.per_input):
+        return
+    shown = ", ".join(str(int(i)) for i in constant[:10]) + (", ..." if constant.size > 10 else "")
+    warnings.warn(f"concept_importance(method={method!r}): the class {problem.class_id} score of "
+                  f"`h` is constant up to the rounding of its dtype "
+                  f"({str(problem.precision).replace('torch.', '')}) on {constant.size} of the "
+                  f"{problem.n_inputs} inputs (inputs {shown}): there is no variance to share "
+                  f"out, and their importances are returned as 0. No concept of `bank` moves "
+                  f"the score on those inputs.", RuntimeWarning, stacklevel=3)
+
+
 def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
                        method: str = "sobol", *, n_designs: int = 32, estimator: str = "jansen",
                        sampler: str = "sobol", shared_design: bool = False,
@@ -323,6 +367,11 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
         design); ``shared_design=True, sampler="halton_unscrambled"`` reproduces CRAFT.
         ``fast_path="auto"`` collapses an affine ``h`` to one vector per input (identical
         results, no pass through ``h`` per mask); ``True`` requires it, ``False`` disables it.
+        The collapse is checked against ``h`` on 64 seeded rows of the design; where they
+        disagree, ``h`` scores every mask itself (``params["fast_path"]`` is then False and
+        ``params["fast_path_rejected"]`` is ``"design"``). A score that varies by no more than
+        a couple of rounding steps of ``h``'s output dtype at its magnitude is constant: its
+        indices are 0, with a warning.
         Sobol also accepts ``order="first"`` (Saltelli 2010; evaluates ``B`` too).
     batch_size : int or None
         Most rows per call of ``h`` (otherwise set by ``memory_budget``).
@@ -378,6 +427,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
                                   progress=progress, context=context, residual=residual,
                                   score=score)
         result = entry.run(problem, Seeds(seed), **options)
+    _warn_constant(result, problem, method)
     if not np.any(result.per_input):
         warnings.warn(f"concept_importance(method={method!r}): every importance is 0 — the class "
                       f"{problem.class_id} score of `h` does not change (up to rounding) when "

@@ -12,6 +12,8 @@ Two settings change what ``h`` sees and what is read from it:
   without it the head sees the reconstruction ``U W`` only (CRAFT).
 - ``score="probability"`` reads the class's softmax probability (a sigmoid for one output)
   instead of its logit: the quantity the model's measured reliance on a part is defined with.
+  It is computed in float64 from the logits, so that a confident float32 model's probability
+  is not rounded to exactly 1 before a concept is removed.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class ConceptProblem:
     # (n, P, C) activations minus their reconstruction, added back when set (``residual=True``).
     residual: torch.Tensor | None = None
     score: str = "logit"
+    # The dtype whose rounding the scores carry (see :attr:`precision`): the dtype of ``h``'s
+    # output, set by :func:`prepare_problem`.
+    output_dtype: torch.dtype = torch.float32
 
     @property
     def n_inputs(self) -> int:
@@ -88,6 +93,13 @@ class ConceptProblem:
     @property
     def device(self) -> torch.device:
         return self.codes.device
+
+    @property
+    def precision(self) -> torch.dtype:
+        """The dtype whose rounding the scores carry: that of ``h``'s logits for the logit
+        score (bfloat16 included); float64 for the probability, which is computed in float64
+        and resolves changes far below the logits' rounding near 0 and 1."""
+        return self.output_dtype if self.score == "logit" else torch.float64
 
     def reconstruct(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
         """Activations ``(R, C, *spatial)`` from codes ``(R, P, k)`` of inputs ``inputs`` (plus
@@ -103,9 +115,10 @@ class ConceptProblem:
         """The class score of ``h``'s output ``(R, n_classes)``: logit or probability."""
         if self.score == "logit":
             return logits[:, self.class_id]
+        # float64: a float32 softmax rounds a confident class's probability to exactly 1
         if logits.shape[1] == 1:
-            return torch.sigmoid(logits[:, 0])
-        return torch.softmax(logits, dim=1)[:, self.class_id]
+            return torch.sigmoid(logits[:, 0].double())
+        return torch.softmax(logits.double(), dim=1)[:, self.class_id]
 
     def _head(self, rows: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Class scores of reconstructions ``rows`` belonging to inputs ``inputs``."""
@@ -138,7 +151,8 @@ class ConceptProblem:
         n_masks = masks.shape[-2]
         flat_masks = masks if shared else masks.reshape(-1, masks.shape[-1])
         total = len(index) * n_masks
-        out = torch.empty(total, dtype=self.codes.dtype, device=self.device)
+        # float64 whatever the head's dtype (numpy has no bfloat16; probabilities are float64)
+        out = torch.empty(total, dtype=torch.float64, device=self.device)
         index = index.to(self.device)
         with torch.no_grad():
             for start, stop in self._chunks(total, desc):
@@ -148,7 +162,7 @@ class ConceptProblem:
                 out[start:stop] = self._head(codes, index[rows // n_masks])
         if not bool(torch.isfinite(out).all()):
             raise ValueError(_NON_FINITE_HEAD)
-        return out.cpu().numpy().astype(np.float64).reshape(len(index), n_masks)
+        return out.cpu().numpy().reshape(len(index), n_masks)
 
     def gradients(self, inputs: np.ndarray, scales: np.ndarray,
                   desc: str = "gradients") -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -284,38 +298,67 @@ def prepare_problem(h: Any, activations: Any, bank: Any, class_id: Any, *,
                              spatial=spatial, class_id=-1, n_classes=-1, rows_per_chunk=rows,
                              progress=bool(progress), context=context, residual=rest,
                              score=score)
-    problem.n_classes = _probe_head(problem)
+    problem.n_classes, problem.output_dtype = _probe_head(problem)
     problem.class_id = _check_class(class_id, problem.n_classes)
     _check_sensitive(problem)
     return problem
 
 
-def _check_sensitive(problem: ConceptProblem, n_probe: int = 8) -> None:
+def _insensitive(problem: ConceptProblem, inputs: np.ndarray) -> np.ndarray | None:
+    """The class scores ``(len(inputs),)`` with every concept kept when removing every concept,
+    or any one of them, leaves each of them bit-for-bit unchanged; None when one moves."""
+    k = problem.n_concepts
+    y = problem.scores(np.stack([np.ones(k), np.zeros(k)]), inputs, desc="sensitivity probe")
+    if not np.array_equal(y[:, 0], y[:, 1]):
+        return None
+    # a head can score "all" and "none" alike and still respond to single concepts (one that
+    # reads a difference of two): removing each concept alone settles it
+    single = problem.scores(1.0 - np.eye(k), inputs, desc="sensitivity probe")
+    return y[:, 0] if np.all(single == y[:, :1]) else None
+
+
+def _check_sensitive(problem: ConceptProblem, n_probe: int = 1) -> None:
     """Refuse a problem whose every importance would be exactly 0 (no silent zeros): codes that
-    are all zero, or a class score that removing every concept leaves bit-for-bit unchanged."""
-    active = torch.nonzero(problem.codes.abs().amax(dim=(1, 2)) > 0).flatten()
-    if active.numel() == 0:
+    are all zero, or a class score that removing every concept leaves bit-for-bit unchanged on
+    every input.
+
+    The first ``n_probe`` inputs with a concept are probed first; only when none of them
+    responds are the others probed too, so the problem is refused only when no input responds
+    (whatever their order), and a responsive problem costs two passes of ``h``."""
+    active = torch.nonzero(problem.codes.abs().amax(dim=(1, 2)) > 0).flatten().cpu().numpy()
+    if active.size == 0:
         raise ValueError("`bank.encode(activations)` is zero for every input: no concept is "
                          "present in these activations, so every importance would be 0. Check "
                          "that the activations come from the layer the bank was fitted at.")
-    inputs = active[:n_probe].cpu().numpy()
-    k = problem.n_concepts
-    y = problem.scores(np.stack([np.ones(k), np.zeros(k)]), inputs, desc="sensitivity probe")
-    if np.array_equal(y[:, 0], y[:, 1]):
-        # a head can score "all" and "none" alike and still respond to single concepts (one
-        # that reads a difference of two): removing each concept alone settles it
-        single = problem.scores(1.0 - np.eye(k), inputs, desc="sensitivity probe")
-        if not np.all(single == y[:, :1]):
+    kept = []
+    for inputs in (active[:n_probe], active[n_probe:]):
+        if inputs.size == 0:
+            continue
+        scores = _insensitive(problem, inputs)
+        if scores is None:
             return
+        kept.append(scores)
+    scores = np.concatenate(kept)
+    if problem.score == "probability" and np.all((scores == 0.0) | (scores == 1.0)):
+        level = " or ".join(str(v) for v in sorted({int(v) for v in scores}, reverse=True))
         raise ValueError(
-            f"the class score of `h` (class {problem.class_id}) is exactly the same with every "
-            f"concept removed from the activations, or any one of them, as with all of them (on "
-            f"{len(inputs)} inputs), so every importance would be 0: these activations do not reach the output. A "
-            "CLS-pooled transformer explained at its last block is the usual cause (its head "
-            "reads only the CLS token, never the patch tokens); explain at an earlier block.")
+            f"the class probability of `h` (class {problem.class_id}) is exactly {level} in "
+            f"float64 on all {active.size} inputs with a concept, with every concept kept, "
+            f"removed, or any one of them removed: the softmax is saturated, so no concept can "
+            f"move it and every importance would be 0. Read the class logit, which does not "
+            f"saturate: concept_importance(..., score=\"logit\") (through the explainer, "
+            f"ConceptExplainer(..., importance_kwargs={{\"score\": \"logit\"}})).")
+    raise ValueError(
+        f"the class score of `h` (class {problem.class_id}) is exactly the same with every "
+        f"concept removed from the activations, or any one of them, as with all of them (on "
+        f"all {active.size} inputs with a concept), so every importance would be 0: these "
+        "activations do not reach the output. A CLS-pooled transformer explained at its last "
+        "block is the usual cause (its head reads only the CLS token, never the patch tokens); "
+        "explain at an earlier block.")
 
 
-def _probe_head(problem: ConceptProblem) -> int:
+def _probe_head(problem: ConceptProblem) -> tuple[int, torch.dtype]:
+    """The number of classes ``h`` returns and the dtype of its logits."""
     sample = problem.reconstruct(problem.codes[:1], torch.zeros(1, dtype=torch.long,
                                                                 device=problem.device))
     try:
@@ -334,7 +377,8 @@ def _probe_head(problem: ConceptProblem) -> int:
     if out.ndim != 2 or out.shape[0] != 1:
         raise ValueError(f"`h` must return logits of shape (n, n_classes); for input of shape "
                          f"{tuple(sample.shape)} it returned {describe(out)}.")
-    return int(out.shape[1])
+    dtype = out.dtype if out.is_floating_point() else torch.float64
+    return int(out.shape[1]), dtype
 
 
 def _check_class(class_id: Any, n_classes: int) -> int:

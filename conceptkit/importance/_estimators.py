@@ -11,10 +11,10 @@ Conventions
   the Saltelli (2010) first-order form is not shift-invariant, and SALib standardises too.
 - The variance ``V`` of the output is taken over ``[f(A); f(B)]`` with ``ddof=0`` when ``B`` was
   evaluated (SALib's convention), and over ``f(A)`` with ``ddof=1`` otherwise (CRAFT/xplique).
-- An output whose variance is at rounding level (below ``(16 eps)^2`` times its mean square, with
+- An output whose variance is at rounding level (below ``(r eps)^2`` times its mean square, with
   ``eps`` the machine epsilon of the precision the outputs were computed in, float32 for a
-  float32 model even when the values are handed over as float64) is constant: all of its
-  indices are 0.
+  float32 model even when the values are handed over as float64, and ``r`` = :data:`ROUNDING`,
+  16, unless the caller passes a tighter ``rounding``) is constant: all of its indices are 0.
 - Every index is a ratio of second moments, so ``y`` is first divided by a power of two at least
   its largest magnitude: outputs around ``1e160`` give the indices of outputs around 1, instead
   of squares that overflow to Inf.
@@ -26,8 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .._validation import check_choice
+
+#: An output whose standard deviation is at most this many machine epsilons of its root mean
+#: square is constant up to rounding (the rule of :func:`sobol_indices`, whose ``func`` may do
+#: any amount of arithmetic).
+ROUNDING = 16.0
 
 
 @dataclass(frozen=True)
@@ -41,18 +47,27 @@ class Outputs:
     constant: np.ndarray     # (..., 1) bool: output constant up to rounding
 
 
-def _eps(dtype: np.dtype) -> float:
+def precision_eps(dtype: np.dtype | torch.dtype) -> float:
+    """The machine epsilon of a numpy or torch dtype (torch's bfloat16, which numpy lacks,
+    included); float64's for a dtype that is not floating point."""
+    if isinstance(dtype, torch.dtype):
+        return float(torch.finfo(dtype).eps) if dtype.is_floating_point else float(
+            np.finfo(np.float64).eps)
+    dtype = np.dtype(dtype)
     return float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else float(
         np.finfo(np.float64).eps)
 
 
 def split_outputs(y: np.ndarray, n_vars: int, include_b: bool,
-                  precision: np.dtype | None = None) -> Outputs:
+                  precision: np.dtype | torch.dtype | None = None,
+                  rounding: float = ROUNDING) -> Outputs:
     """Split block-ordered outputs ``(..., M)`` into ``A``, ``B``, ``C`` blocks (see module doc).
 
-    ``precision``: the dtype the outputs were computed in (default: their own dtype).
+    ``precision``: the dtype the outputs were computed in (default: their own dtype), numpy or
+    torch. ``rounding``: how many of its machine epsilons of the outputs' root mean square
+    their standard deviation must exceed not to count as constant.
     """
-    eps = _eps(np.dtype(precision) if precision is not None else np.asarray(y).dtype)
+    eps = precision_eps(precision if precision is not None else np.asarray(y).dtype)
     y = np.asarray(y, dtype=np.float64)
     peak = np.max(np.abs(y), axis=-1, keepdims=True) if y.shape[-1] else np.ones(y.shape[:-1] + (1,))
     with np.errstate(divide="ignore"):
@@ -74,7 +89,7 @@ def split_outputs(y: np.ndarray, n_vars: int, include_b: bool,
         variance = np.var(np.concatenate([a, b], axis=-1), axis=-1, keepdims=True)
     else:
         variance = np.var(a, axis=-1, ddof=1, keepdims=True)
-    constant = variance <= (16.0 * eps) ** 2 * mean_square
+    constant = variance <= (rounding * eps) ** 2 * mean_square
     variance = np.where(constant, 1.0, variance)
     return Outputs(a=a, b=b, c=c, variance=variance, constant=constant)
 
@@ -153,12 +168,21 @@ def check_estimator(order: str, estimator: str) -> Estimator:
 
 
 def estimate(y: np.ndarray, n_vars: int, estimator: Estimator, include_b: bool,
-             precision: np.dtype | None = None) -> np.ndarray:
+             precision: np.dtype | torch.dtype | None = None,
+             rounding: float = ROUNDING) -> np.ndarray:
     """Indices ``(..., d)`` from block-ordered outputs ``(..., M)``; 0 for a constant output
-    (constant up to the rounding of ``precision``, default the outputs' dtype)."""
-    outputs = split_outputs(y, n_vars, include_b, precision)
+    (constant up to ``rounding`` epsilons of ``precision``, default the outputs' dtype)."""
+    return estimate_constant(y, n_vars, estimator, include_b, precision, rounding)[0]
+
+
+def estimate_constant(y: np.ndarray, n_vars: int, estimator: Estimator, include_b: bool,
+                      precision: np.dtype | torch.dtype | None = None,
+                      rounding: float = ROUNDING) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`estimate`, and which outputs were constant up to rounding: ``(..., d)`` indices
+    and a ``(...)`` bool array."""
+    outputs = split_outputs(y, n_vars, include_b, precision, rounding)
     indices = estimator(outputs)
-    return np.where(outputs.constant, 0.0, indices)
+    return np.where(outputs.constant, 0.0, indices), outputs.constant[..., 0]
 
 
 def bootstrap_interval(y: np.ndarray, n_vars: int, estimator: Estimator, include_b: bool,
@@ -167,8 +191,12 @@ def bootstrap_interval(y: np.ndarray, n_vars: int, estimator: Estimator, include
     """Percentile bootstrap interval of the indices, resampling the base rows ``j`` of the design.
 
     Each resample draws ``N`` base rows with replacement and keeps, for each, its ``A``, ``B`` and
-    ``C_i`` outputs together. Resampling breaks the low-discrepancy structure, so for QMC designs
-    the interval is conservative (wider than the seed-to-seed spread).
+    ``C_i`` outputs together. Resampling breaks the low-discrepancy structure of a QMC design,
+    and the interval is neither exact nor conservative: on the Ishigami function (``N = 128``,
+    200 resamples, 200 seeds) the 95 % interval covered the true total indices in 0.975-0.995 of
+    the seeds with scrambled Sobol' designs but the first-order index of ``x1`` in only 0.885
+    of them, and the total indices in 0.90-0.92 with random designs. Read it as an approximate
+    interval.
     """
     y = np.asarray(y)
     n_blocks = n_vars + (2 if include_b else 1)

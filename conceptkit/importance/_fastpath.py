@@ -9,13 +9,18 @@ closed form ``beta_ij^2 / sum_j beta_ij^2`` for independent, identically distrib
 Affinity is decided numerically, never from the module's structure: on a few real inputs,
 random masks ``m1``, ``m2`` in ``[0, 1]^k`` must satisfy
 ``h(A(a m1 + (1 - a) m2)) = a h(A(m1)) + (1 - a) h(A(m2))`` and
-``h(A(l m1)) = l h(A(m1)) + (1 - l) h(A(0))`` up to ``1e-4`` (float32 heads; ``1e-9`` for
-float64) of the range of the probed scores, plus rounding at the scores' magnitude. The coefficients are then checked once more against ``h`` on the
-probe masks, which also catches a head whose autograd graph does not match its forward pass; in
-that case ``beta`` is recomputed from forward passes (``k + 1`` per input). Last, the collapse
-must predict ``h`` on every input with all its concepts kept, so that an input the probe did
-not draw, and that ``h`` treats otherwise (saturates, say), is not given the affine inputs'
-importances.
+``h(A(l m1)) = l h(A(m1)) + (1 - l) h(A(0))`` up to ``1e-4`` (heads of 32 bits or fewer;
+``1e-9`` for float64) of the range of the probed scores, plus rounding at the scores'
+magnitude. The coefficients are then checked once more against ``h`` on the probe masks —
+the random ones and the corners of the mask cube: no concept, each concept alone and each
+concept removed alone, dealt out over the probed inputs (a kink in a corner that random masks
+rarely reach shows there) — which also catches a head whose autograd graph does not
+match its forward pass; in that case ``beta`` is recomputed from forward passes (``k + 1`` per
+input). Then the collapse must predict ``h`` on every input with all its concepts kept, so
+that an input the probe did not draw, and that ``h`` treats otherwise (saturates, say), is not
+given the affine inputs' importances. Last, Sobol checks the collapse against ``h`` on rows of
+the design it estimated from (:class:`DesignCheck`) and falls back to ``h`` itself when they
+disagree.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._design import replicated_design
 from ._engine import ConceptProblem
+from ._estimators import precision_eps
 
 N_PROBE_INPUTS = 8
 
@@ -73,10 +80,12 @@ class AffineHead:
 
 def _tolerance(problem: ConceptProblem, values: np.ndarray) -> float:
     # Relative to how much the score moves between probes (not to its level, so that a large
-    # constant offset cannot hide a nonlinearity), plus the rounding of the head's dtype.
-    float64 = problem.codes.dtype == torch.float64
+    # constant offset cannot hide a nonlinearity), plus the rounding of the head's dtype (the
+    # coarser of its activations' and its output's: bfloat16 and float16 heads included).
+    float64 = problem.codes.dtype == torch.float64 and problem.output_dtype == torch.float64
     rtol = 1e-9 if float64 else 1e-4
-    eps = float(np.finfo(np.float64 if float64 else np.float32).eps)
+    eps = max(float(torch.finfo(problem.codes.dtype).eps),
+              float(torch.finfo(problem.output_dtype).eps))
     return rtol * float(np.ptp(values)) + 4 * eps * float(np.abs(values).max()) + 1e-30
 
 
@@ -86,8 +95,20 @@ def _probe(problem: ConceptProblem, rng: np.random.Generator):
     k = problem.n_concepts
     m1, m2 = rng.random((n_probe, k)), rng.random((n_probe, k))
     alpha, scale = rng.uniform(0.2, 0.8, (2, n_probe, 1))
-    masks = np.stack([m1, m2, alpha * m1 + (1 - alpha) * m2, scale * m1,
-                      np.zeros_like(m1)], axis=1)                        # (n_probe, 5, k)
+    # The corners of the mask cube, where a kink that random masks rarely reach shows: each
+    # concept alone and each concept removed alone (no concept is the fifth mask; every concept
+    # is checked on every input afterwards). Dealt out over the probed inputs in turn, so that
+    # each corner is scored on at least one input and each input gets ceil(2k / n_probe) of
+    # them: the probe stays a few passes of h per input. No draw from `rng`: its stream (and
+    # every result seeded by it) is as before.
+    eye = np.eye(k)
+    corners = np.concatenate([eye, 1.0 - eye])                          # (2k, k)
+    per_input = -(-len(corners) // n_probe)
+    dealt = (np.arange(n_probe)[:, None] + n_probe * np.arange(per_input)) % len(corners)
+    masks = np.concatenate([
+        np.stack([m1, m2, alpha * m1 + (1 - alpha) * m2, scale * m1, np.zeros_like(m1)],
+                 axis=1),
+        corners[dealt]], axis=1)                               # (n_probe, 5 + per_input, k)
     return inputs, masks, alpha[:, 0], scale[:, 0]
 
 
@@ -108,7 +129,7 @@ def _beta_from_forward(problem: ConceptProblem, intercept: np.ndarray) -> np.nda
 def fit_affine(problem: ConceptProblem, rng: np.random.Generator) -> AffineHead | None:
     """The affine collapse of ``h`` for this problem, or None if ``h`` is not affine."""
     inputs, masks, alpha, scale = _probe(problem, rng)
-    y = problem.scores(masks, inputs, desc="affinity probe")               # (n_probe, 5)
+    y = problem.scores(masks, inputs, desc="affinity probe")     # (n_probe, 5 + corners)
     tol = _tolerance(problem, y)
     mixed_error = np.abs(y[:, 2] - (alpha * y[:, 0] + (1 - alpha) * y[:, 1]))
     scaled_error = np.abs(y[:, 3] - (scale * y[:, 0] + (1 - scale) * y[:, 4]))
@@ -142,3 +163,60 @@ def _holds_on_every_input(problem: ConceptProblem, head: AffineHead, probed: np.
     y = problem.scores(masks, desc="affinity on every input")            # (n, 1)
     tol = _tolerance(problem, np.concatenate([probed.ravel(), y.ravel()]))
     return bool(np.abs(head.scores(masks) - y).max() <= tol)
+
+
+def rounding_constant(head: AffineHead, problem: ConceptProblem, rounding: float) -> np.ndarray:
+    """``(n,)`` bool: inputs whose score, over independent uniform masks, varies by no more
+    than the rounding of the head's dtype at the score's magnitude.
+
+    Over such masks the score's variance is ``sum_j beta_j^2 / 12`` and its mean square that
+    plus the squared mean ``(b + sum_j beta_j / 2)^2``: the rule the Sobol estimators apply to
+    sampled scores (:func:`~conceptkit.importance._estimators.split_outputs`), here in closed
+    form. Such betas are the head's rounding, not importances.
+    """
+    variance = (head.beta ** 2).sum(axis=1) / 12.0
+    mean = head.intercept + head.beta.sum(axis=1) / 2.0
+    eps = precision_eps(problem.precision)
+    return variance <= (rounding * eps) ** 2 * (mean ** 2 + variance)
+
+
+class DesignCheck:
+    """The affine collapse against ``h`` itself on a seeded slice of the Sobol design.
+
+    ``n_rows`` rows in all, spread over up to ``n_rows`` inputs drawn from ``rng``: the design
+    rows are the masks the estimator reads, so a head the probe took for affine, but that is
+    not on the masks that matter, is caught where it would have changed the indices.
+    """
+
+    def __init__(self, problem: ConceptProblem, head: AffineHead, rng: np.random.Generator,
+                 rows_per_design: int, n_rows: int = 64):
+        self.problem, self.head = problem, head
+        n = problem.n_inputs
+        self.inputs = np.sort(rng.choice(n, size=min(n, n_rows), replace=False))
+        per_input = max(1, n_rows // len(self.inputs))
+        self.rows = rng.integers(0, rows_per_design, size=(len(self.inputs), per_input))
+        self.masks: dict[int, np.ndarray] = {}
+
+    def collect(self, a: np.ndarray, b: np.ndarray, include_b: bool,
+                group: np.ndarray | None) -> None:
+        """Keep the checked rows of the design built on base points ``a``, ``b``: ``(N, k)``
+        shared by every input (``group`` None) or ``(len(group), N, k)``, one per input of
+        ``group``. Only the checked inputs' designs are built."""
+        shared = replicated_design(a, b, include_b) if group is None else None
+        for slot, i in enumerate(self.inputs):
+            if shared is not None:
+                self.masks[int(i)] = shared[self.rows[slot]]
+                continue
+            where = np.flatnonzero(group == i)
+            if where.size:
+                design = replicated_design(a[where[0]], b[where[0]], include_b)
+                self.masks[int(i)] = design[self.rows[slot]]
+
+    def holds(self) -> bool:
+        """Whether ``h`` scores the collected rows as the collapse does."""
+        inputs = np.array(sorted(self.masks), dtype=np.int64)
+        masks = np.stack([self.masks[int(i)] for i in inputs])          # (n_chk, r, k)
+        real = self.problem.scores(masks, inputs, desc="affinity on the design")
+        predicted = self.head.scores(masks.astype(np.float64), inputs)
+        tol = _tolerance(self.problem, np.concatenate([real.ravel(), predicted.ravel()]))
+        return bool(np.abs(real - predicted).max() <= tol)

@@ -8,12 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from .._deprecation import warn_deprecated
 from .._reprs import dataclass_repr
 from .._validation import check_choice, check_float, check_int, describe, make_rng, to_numpy
 from ._design import replicated_design, sample_ab
-from ._estimators import ORDERS, bootstrap_interval, check_estimator, estimate, split_outputs
+from ._estimators import (
+    ORDERS,
+    bootstrap_interval,
+    check_estimator,
+    estimate,
+    precision_eps,
+    split_outputs,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,22 +86,27 @@ def estimate_sobol(outputs: Any, n_vars: int, *, order: str = "total",
 
 
 def _evaluate(func: Callable, points: np.ndarray,
-              batch_size: int | None) -> tuple[np.ndarray, np.dtype]:
-    """Outputs (float64) and the precision ``func`` computed them in (its float dtype)."""
+              batch_size: int | None) -> tuple[np.ndarray, np.dtype | torch.dtype]:
+    """Outputs (float64) and the precision ``func`` computed them in (its float dtype, the
+    coarsest over the chunks; a torch dtype for bfloat16, which numpy lacks)."""
     step = len(points) if batch_size is None else batch_size
     values = []
-    precision = np.dtype(np.float64)
+    precision: np.dtype | torch.dtype = np.dtype(np.float64)
     for start in range(0, len(points), step):
         chunk = points[start:start + step]
         out = func(chunk)
+        dtype = out.dtype if isinstance(out, torch.Tensor) else None
         try:
-            out = to_numpy(out)
-            if np.issubdtype(out.dtype, np.floating) and out.dtype.itemsize < precision.itemsize:
-                precision = out.dtype
+            out = to_numpy(out)   # bfloat16 is read as float32 (exact)
+            if dtype is None or not dtype.is_floating_point:
+                dtype = out.dtype if np.issubdtype(out.dtype, np.floating) else None
+            if dtype is not None and precision_eps(dtype) > precision_eps(precision):
+                precision = dtype
             out = out.astype(np.float64)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"`func` must return an array of shape ({len(chunk)},); got "
-                            f"{describe(out)}.") from err
+            raise TypeError(f"`func` must return a numeric array or tensor of shape "
+                            f"({len(chunk)},); got {describe(out)}, which does not convert to "
+                            f"a float64 numpy array ({type(err).__name__}: {err}).") from err
         if out.shape != (len(chunk),):
             raise ValueError(f"`func` must map points of shape (M, d) to outputs of shape (M,); "
                              f"for M = {len(chunk)} it returned shape {out.shape}.")
@@ -134,10 +147,14 @@ def _check_interval(confidence: Any, n_bootstrap: Any) -> tuple[float, int]:
     return confidence, check_int(n_bootstrap, "n_bootstrap", minimum=2)
 
 
+#: Bootstrap resamples of an interval when none are given.
+DEFAULT_BOOTSTRAP = 100
+
+
 def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int = 1024,
                   estimator: str = "jansen", order: str = "total", sampler: str = "sobol",
                   seed: int | np.random.Generator | None = None,
-                  confidence: float | None = None, n_bootstrap: int = 100,
+                  confidence: float | None = None, n_bootstrap: int = DEFAULT_BOOTSTRAP,
                   batch_size: int | None = None) -> np.ndarray:
     """Sobol sensitivity indices of a function of ``n_vars`` independent uniform variables.
 
@@ -165,7 +182,8 @@ def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int
         Seeds the scramble (and the bootstrap); the same seed gives the same result.
     confidence, n_bootstrap
         Deprecated (0.2): with ``confidence``, this function returned a :class:`SobolResult`;
-        call :func:`sobol_indices_with_ci` instead.
+        call :func:`sobol_indices_with_ci` instead. ``n_bootstrap`` other than its default
+        without ``confidence`` is refused (no interval is computed, so it would be ignored).
     batch_size : int or None
         Evaluate ``func`` on at most this many points per call (all at once by default).
 
@@ -173,6 +191,13 @@ def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int
     -------
     ndarray of shape (d,)
     """
+    n_bootstrap = check_int(n_bootstrap, "n_bootstrap", minimum=2)
+    if confidence is None and n_bootstrap != DEFAULT_BOOTSTRAP:
+        raise TypeError(f"`n_bootstrap` ({n_bootstrap}) sets the resamples of a bootstrap "
+                        f"interval, which sobol_indices computes only with `confidence`; "
+                        f"without it `n_bootstrap` would be ignored. For an interval call "
+                        f"sobol_indices_with_ci(..., confidence=0.95, "
+                        f"n_bootstrap={n_bootstrap}); otherwise leave `n_bootstrap` out.")
     if confidence is not None:
         warn_deprecated("sobol_indices(..., confidence=...) (which returned a SobolResult)",
                         "sobol_indices_with_ci(...), which always returns one")
@@ -185,7 +210,7 @@ def sobol_indices(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int
 def sobol_indices_with_ci(func: Callable[[np.ndarray], Any], n_vars: int, n_designs: int = 1024,
                           estimator: str = "jansen", order: str = "total",
                           sampler: str = "sobol", seed: int | np.random.Generator | None = None,
-                          *, confidence: float = 0.95, n_bootstrap: int = 100,
+                          *, confidence: float = 0.95, n_bootstrap: int = DEFAULT_BOOTSTRAP,
                           batch_size: int | None = None) -> SobolResult:
     """Sobol indices (as :func:`sobol_indices`) with a percentile bootstrap interval.
 

@@ -58,7 +58,8 @@ def duplicate_sentence(pair: dict[str, Any], label: Any) -> str:
 
 
 def importance_notes(importance: Any, label: Any, n_images: int) -> list[str]:
-    """Sentences for Sobol total indices above 1 and intervals that start below 0."""
+    """Sentences for Sobol total indices above 1, concepts without a region, a saturated
+    class probability (pixel ablation) and intervals that start below 0."""
     notes = []
     values = np.asarray(importance.importances, dtype=np.float64)
     params = importance.params or {}
@@ -79,6 +80,17 @@ def importance_notes(importance: Any, label: Any, n_images: int) -> list[str]:
             f"{names} {verb} no region in any of these {n_images} images (the map is nowhere "
             f"positive and at or above its threshold), so nothing was painted out: the "
             f"importance 0 is not a measurement. Read it as 'not found in these images'.")
+    saturated = params.get("saturated")
+    if saturated is not None:
+        what = (f"is exactly 0 or 1 (to float64) on {len(saturated)} of these {n_images} "
+                f"images: the softmax is saturated, so painting a concept out moves it by "
+                f"nothing or next to nothing there" if saturated else
+                f"does not move when any region is painted out, on any of these {n_images} "
+                f"images")
+        notes.append(
+            f"The class probability {what}, and those importances are 0 or rounding rather "
+            f"than a measurement. Read the class logit's drop, which does not saturate: "
+            f"ConceptExplainer(..., importance_kwargs={{\"score\": \"logit\"}}).")
     low, high = importance.ci_low, importance.ci_high
     if low is not None:
         low = np.asarray(low, dtype=np.float64)

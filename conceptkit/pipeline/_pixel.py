@@ -35,6 +35,7 @@ compares the two on every world).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -205,6 +206,33 @@ def _probabilities(forward: Callable, images: torch.Tensor, class_id: int,
     return torch.softmax(logits.double(), dim=1)[:, class_id].cpu()
 
 
+def _saturation(base: np.ndarray, per_input: np.ndarray, present: np.ndarray, score: str,
+                class_id: int) -> list[int] | None:
+    """Warn when the class probability cannot move: exactly 0 or 1 in float64 on most images
+    (a confident model's saturated softmax), or not moved at all by any painting. Returns the
+    saturated images' indices (for ``params["saturated"]`` and the explanation's notes), or
+    None when the probability is read as it should be."""
+    if score != "probability":
+        return None
+    saturated = np.flatnonzero((base == 0.0) | (base == 1.0))
+    unmoved = bool(present.any()) and not np.any(per_input[present])
+    if 2 * saturated.size <= base.size and not unmoved:
+        return None
+    if 2 * saturated.size > base.size:
+        what = (f"the class {class_id} probability is exactly 0 or 1 in float64 on "
+                f"{saturated.size} of the {base.size} images (the softmax is saturated), so "
+                f"painting a region out moves it by nothing or next to nothing there: those "
+                f"images' importances are 0 or rounding, not a measurement of the concepts")
+    else:
+        what = (f"no painted region moves the class {class_id} probability at all on any of "
+                f"the {base.size} images (every drop is exactly 0), so every importance is 0")
+    warnings.warn(f"pixel_ablation: {what}. Read the class logit's drop, which does not "
+                  f"saturate: pixel_ablation(..., score=\"logit\"), or through the explainer "
+                  f"ConceptExplainer(..., importance_kwargs={{\"score\": \"logit\"}}).",
+                  RuntimeWarning, stacklevel=3)
+    return [int(i) for i in saturated]
+
+
 def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torch.Tensor,
                    class_id: int, *, quantile: float | tuple[float, ...] = REGION_QUANTILES,
                    preprocess: Callable | None = None,
@@ -298,6 +326,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
                          "painted out and every importance would be 0. Signed codes (SemiNMF on "
                          "transformer tokens) can do this; use an activation-space importance "
                          "such as 'ablation' or 'sobol'.")
+    saturated = _saturation(base, per_input, present.numpy(), score, class_id)
     low, high = student_interval(per_input, confidence)
     # concepts whose region is empty in every image: their 0 is not a measurement (the notes
     # of an explanation say so)
@@ -305,7 +334,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     info = {"quantile": quantiles[0] if len(quantiles) == 1 else list(quantiles),
             "thresholds": "given" if thresholds is not None else "images", "fill": "median",
             "score": score, "n_segments": n_segments, "n_inputs": n,
-            "n_concepts": k, "confidence": confidence, "no_region": no_region, **(params or {})}
+            "n_concepts": k, "confidence": confidence, "no_region": no_region,
+            **({"saturated": saturated} if saturated is not None else {}), **(params or {})}
     return ConceptImportance(per_input=per_input, importances=per_input.mean(axis=0),
                              ci_low=low, ci_high=high, method="pixel_ablation",
                              class_id=int(class_id), params=info)
