@@ -27,7 +27,7 @@ from .._torchutils import (
 from .._validation import check_choice, check_images, check_int, describe, resolve_device
 from ._layers import get_layer, unwrap_model
 from ._layout import channels_last_error, is_channels_last
-from ._sizes import is_size_error, too_small_error
+from ._sizes import ImageSizeError, is_size_error, too_small_error
 
 #: How often a layer is called in a forward pass, by model, then by layer module and name:
 #: extractors made again and again for the same layer (crops, segments, windows) count once.
@@ -42,20 +42,113 @@ def expected_in_channels(model: nn.Module) -> int | None:
     return None
 
 
-def infer_prefix_tokens(model: nn.Module, n_tokens: int) -> int:
+def model_patch_grid(model: nn.Module, layer: str | None = None) -> tuple[int, int] | None:
+    """The fixed patch grid ``(rows, cols)`` of the transformer that holds ``layer``, when the
+    model says it: timm's ``patch_embed.grid_size`` (not with ``dynamic_img_size``, whose grid
+    follows the images), open_clip's ``grid_size``, torchvision's ``image_size // patch_size``.
+    Read from the deepest module around ``layer`` (the whole model without it) that says; None
+    when none does."""
+    found = _fixed_patching(model, layer)
+    return None if found is None else found[0]
+
+
+def model_input_size(model: nn.Module, layer: str | None = None) -> tuple[int, int] | None:
+    """The one input size ``(height, width)`` of a transformer with a fixed patch grid
+    (:func:`model_patch_grid`), when the model says it; None otherwise."""
+    found = _fixed_patching(model, layer)
+    return None if found is None else found[1]
+
+
+def _fixed_patching(model: nn.Module, layer: str | None) -> tuple[tuple[int, int], Any] | None:
+    modules = dict(model.named_modules())
+    if layer is None:
+        around = list(modules.values())
+    else:
+        around = [module for name, module in modules.items()
+                  if name == "" or layer == name or layer.startswith(name + ".")][::-1]
+    for module in around:
+        for source in (module, getattr(module, "patch_embed", None)):
+            found = _fixed_grid(source)
+            if found is not None:
+                return found
+    return None
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, value
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _fixed_grid(module: Any) -> tuple[tuple[int, int], Any] | None:
+    """``(grid, input size or None)`` of a module that lays patches on a fixed grid."""
+    if not isinstance(module, nn.Module):
+        return None
+    size = _pair(getattr(module, "img_size", None)) or _pair(getattr(module, "image_size", None))
+    grid = getattr(module, "grid_size", None)
+    if isinstance(grid, (tuple, list)):  # timm's PatchEmbed, open_clip's VisionTransformer
+        grid = _pair(tuple(grid))
+        # timm's PatchEmbed takes other sizes when not strict (dynamic_img_size / _pad)
+        if grid is None or not getattr(module, "strict_img_size", True) or getattr(
+                module, "dynamic_img_pad", False):
+            return None
+        return grid, size
+    patch = getattr(module, "patch_size", None)
+    if (hasattr(module, "class_token") and size is not None and isinstance(patch, int)
+            and patch > 0 and size[0] % patch == 0):  # torchvision's VisionTransformer
+        return (size[0] // patch, size[1] // patch), size
+    return None
+
+
+def size_error(err: BaseException, run: Any, images: torch.Tensor, name: str, what: str,
+               model: nn.Module) -> ImageSizeError:
+    """The :class:`ImageSizeError` for ``images`` that ``model`` refused by their size
+    (:func:`~conceptkit.extraction._sizes.too_small_error`), naming the one input size of a
+    transformer with a fixed patch grid when the model says it. A non-square size is named
+    outright: probing square sizes would only find that none runs."""
+    size = model_input_size(model)
+    have = (int(images.shape[-2]), int(images.shape[-1]))
+    if size is not None and have != size and size[0] != size[1]:
+        return ImageSizeError(
+            f"`{name}` of {have[0]}x{have[1]} pixels do not fit {what}: {type(err).__name__}: "
+            f"{str(err).rstrip('.')}. The model takes images of {size[0]}x{size[1]} pixels "
+            f"(height x width) only, a transformer with a fixed non-square patch grid: resize "
+            f"the images to {size[0]}x{size[1]} pixels, not to a square.")
+    error = too_small_error(err, run, images, name, what)
+    if size is not None and have != size:
+        error = ImageSizeError(f"{error} The model was built for images of {size[0]}x{size[1]} "
+                               f"pixels.")
+    return error
+
+
+def infer_prefix_tokens(model: nn.Module, n_tokens: int,
+                        grid: tuple[int, int] | None = None) -> int:
     """Number of CLS/register tokens in front of the patch tokens.
 
-    Read from the model when it says (timm ``num_prefix_tokens``, torchvision ``class_token``,
-    open_clip ``class_embedding``); otherwise the smallest count that leaves a square grid.
+    Where the model has a fixed patch grid (``grid``, default :func:`model_patch_grid` of the
+    whole model): the tokens beyond it, when that is none or a count the model declares (a
+    layer that runs before the prefix tokens are added, such as timm's ``patch_embed``, has
+    none even where removing them would also leave a square). Otherwise read from the model
+    when it says (timm ``num_prefix_tokens``, torchvision ``class_token``, open_clip
+    ``class_embedding``); otherwise the smallest count that leaves a square grid.
     """
-    for module in model.modules():
-        n = getattr(module, "num_prefix_tokens", None)
-        if isinstance(n, int) and _is_square(n_tokens - n):
+    if grid is None:
+        grid = model_patch_grid(model)
+    declared = [n for n in (getattr(module, "num_prefix_tokens", None)
+                            for module in model.modules()) if isinstance(n, int)]
+    if any(getattr(module, attr, None) is not None
+           for attr in ("class_token", "class_embedding", "cls_token") for module in model.modules()):
+        declared.append(1)
+    if grid is not None:
+        extra = n_tokens - grid[0] * grid[1]
+        if extra == 0 or extra in declared:
+            return extra
+    for n in declared:
+        if _is_square(n_tokens - n):
             return n
-    for attr in ("class_token", "class_embedding", "cls_token"):
-        for module in model.modules():
-            if getattr(module, attr, None) is not None and _is_square(n_tokens - 1):
-                return 1
     for n in range(0, 9):
         if _is_square(n_tokens - n):
             return n
@@ -106,14 +199,20 @@ class TokenLayout:
         return tokens.transpose(0, 1) if self.of(tokens, n, probe) == "TNC" else tokens
 
 
-def tokens_to_maps(tokens: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
-    """``(N, T, C)`` transformer tokens → ``(N, C, h, w)`` maps without the prefix tokens."""
+def tokens_to_maps(tokens: torch.Tensor, prefix_tokens: int,
+                   grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(N, T, C)`` transformer tokens → ``(N, C, h, w)`` maps without the prefix tokens, on
+    ``grid`` ``(h, w)`` (a model's non-square patch grid, row-major) when it holds exactly the
+    patch tokens, else on a square grid."""
     patches = tokens[:, prefix_tokens:, :]
-    side = math.isqrt(patches.shape[1])
-    if side * side != patches.shape[1]:
-        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid; "
-                         f"check `prefix_tokens` ({prefix_tokens}).")
-    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+    if grid is not None and grid[0] * grid[1] == patches.shape[1]:
+        rows, cols = grid
+    else:
+        rows = cols = math.isqrt(patches.shape[1])
+        if rows * cols != patches.shape[1]:
+            raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid; "
+                             f"check `prefix_tokens` ({prefix_tokens}).")
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
 
 
 def maps_to_tokens(maps: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
@@ -245,6 +344,7 @@ class ActivationExtractor:
         self._prefix_batches: list[torch.Tensor] = []
         self._probed: Any = None  # how often one forward pass calls the layer
         self._channels_checked = False  # the layer's channel axis, checked on its first output
+        self._grid: Any = False  # the model's fixed patch grid (None: none), read on first tokens
 
     @property
     def output_index(self) -> int | None:
@@ -315,21 +415,40 @@ class ActivationExtractor:
                    probe: Any = None) -> torch.Tensor:
         if act.ndim != 3 or self.tokens == "raw":
             return act
-        if size is not None and len(size) == 2 and size[0] != size[1]:
-            # token maps are square grids: the tokens of a non-square image (a transformer that
-            # takes any size) would be laid out on the wrong grid, silently
-            raise ValueError(f"images of {size[0]} x {size[1]} pixels reach `layer` "
-                             f"{self.layer!r} as transformer tokens, which conceptkit lays out "
-                             f"on a square grid: crop or resize the images to a square (e.g. "
-                             f"{min(size)} x {min(size)} pixels) before explaining them.")
         act = self._layout.batch_first(act, n, probe)  # sequence-first transformers (T, N, C)
         self.token_layout_ = self._layout.layout
+        if self._grid is False:  # the model's own patch grid, read once
+            self._grid = model_patch_grid(self.model, self.layer)
+        grid = self._grid
+        square = size is None or len(size) != 2 or size[0] == size[1]
+        if not square and grid is None:
+            raise self._non_square_error(size)
         prefix = self.prefix_tokens
         if prefix is None:
-            prefix = infer_prefix_tokens(self.model, act.shape[1])
+            prefix = infer_prefix_tokens(self.model, act.shape[1], grid)
             self.prefix_tokens_ = prefix
+        if grid is not None and grid[0] * grid[1] != act.shape[1] - prefix:
+            if not square:
+                raise self._non_square_error(size)
+            grid = None  # not the model's grid (a layer at another resolution): a square one
         self._prefix_batches.append(act[:, :prefix].detach().to(self.output_device))
-        return tokens_to_maps(act, prefix)
+        return tokens_to_maps(act, prefix, grid)
+
+    def _non_square_error(self, size: tuple) -> ValueError:
+        """Non-square images whose tokens the model's own grid does not lay out: token maps
+        are then square grids, and the tokens of a non-square image (a transformer that takes
+        any size) would be laid out on the wrong grid, silently."""
+        grid = self._grid
+        if grid is not None and grid[0] != grid[1]:  # square crops would not fit this model
+            fix = (f"explain at a layer whose tokens are the model's {grid[0]} x {grid[1]} "
+                   f"patch grid (e.g. a block)")
+        else:
+            fix = (f"crop or resize the images to a square (e.g. {min(size)} x {min(size)} "
+                   f"pixels) before explaining them")
+        return ValueError(f"images of {size[0]} x {size[1]} pixels reach `layer` "
+                          f"{self.layer!r} as transformer tokens, which conceptkit lays out on "
+                          f"the model's own patch grid where it has a fixed one, else on a "
+                          f"square grid: {fix}.")
 
     def __call__(self, inputs: Any, *, name: str = "inputs") -> torch.Tensor:
         """Activations for ``inputs``: ``(N, C, h, w)`` for conv layers and token maps, else as is.
@@ -376,9 +495,10 @@ class ActivationExtractor:
                             output = run(batch)
                     except Exception as err:
                         if is_size_error(err):
-                            raise too_small_error(
-                                err, run, batch, name, f"{type(self._inner).__name__} up to "
-                                f"`layer` {self.layer!r}") from err
+                            what = (f"{type(self._inner).__name__} up to `layer` "
+                                    f"{self.layer!r}")
+                            raise size_error(err, run, batch, name, what,
+                                             self._inner) from err
                         raise
                     if output is None:
                         raise ValueError(f"`layer` {self.layer!r} was not called during the "

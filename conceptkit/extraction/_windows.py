@@ -95,6 +95,40 @@ def _pools_cls(module: nn.Module) -> bool | None:
     return None
 
 
+def has_cls_token(model: nn.Module, layer: str) -> bool | None:
+    """Whether the transformer that holds ``layer`` puts a CLS token first among its prefix
+    tokens, read from the deepest module around ``layer`` that says: timm's ``cls_token`` (None
+    on a model built with ``class_token=False``, whose prefix tokens are then register tokens
+    only), open_clip's ``class_embedding``, torchvision's ``class_token`` and Hugging Face's
+    ``embeddings.cls_token``. None when no module says (an unknown kind: its first prefix token
+    is taken for the CLS token)."""
+    layer = get_layer(model, layer)[0]
+    around = [module for name, module in model.named_modules()
+              if name == "" or layer == name or layer.startswith(name + ".")]
+    for module in reversed(around):
+        for source in (module, getattr(module, "embeddings", None)):
+            if not isinstance(source, nn.Module):
+                continue
+            for attr in ("cls_token", "class_embedding", "class_token"):
+                if hasattr(source, attr):
+                    return getattr(source, attr) is not None
+    return None
+
+
+def no_cls_token_error(model: nn.Module, layer: str, what: str) -> ValueError:
+    """The error for reading the CLS token of a transformer built without one."""
+    inner = next((m for m in model.modules() if isinstance(getattr(m, "num_prefix_tokens", None),
+                                                             int)), None)
+    count = None if inner is None else inner.num_prefix_tokens
+    prefix = ("" if not count else
+              f" (its {count} prefix token{'s' if count != 1 else ''} "
+              f"{'are register tokens' if count != 1 else 'is a register token'}, which the "
+              f"CLS path would read in its place)")
+    return ValueError(f"{what}: `layer` {layer!r} gives no CLS token: {type(model).__name__} "
+                      f"was built without a class token{prefix}, so no CLS token can be read "
+                      f"there. Read the patch tokens instead (tokens='patches').")
+
+
 def default_window(image_size: tuple[int, int]) -> int:
     """A quarter of the shorter image side (16 px on 64 px images)."""
     return max(1, min(image_size) // 4)
@@ -112,14 +146,18 @@ def cls_windows(model: nn.Module, layer: str, images: torch.Tensor, *,
     ``window`` defaults to a quarter of the shorter image side (:func:`default_window`).
 
     One forward pass per cell and image (``N·h·w`` images in batches of ``batch_size``); the
-    model is left as found. Raises ``ValueError`` when ``layer`` gives no prefix (CLS) token:
-    a convolutional layer, or a transformer pooled without a CLS token.
+    model is left as found. Raises ``ValueError`` when ``layer`` gives no CLS token: a
+    convolutional layer, or a transformer built without a class token (timm
+    ``class_token=False``, pooled by averaging; its register tokens are not read in its place,
+    :func:`has_cls_token`).
     """
     images = check_images(images, "images", pixels=True)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     window = default_window(size) if window is None else check_int(
         window, "window", minimum=1, maximum=2 * max(size))
     batch_size = check_int(batch_size, "batch_size", minimum=1)
+    if has_cls_token(model, layer) is False:
+        raise no_cls_token_error(model, layer, "cls_windows")
     extractor = ActivationExtractor(model, layer, batch_size=batch_size, device=device,
                                     progress=False, preprocess=preprocess)
     probe = extractor(images[:1], name="images")

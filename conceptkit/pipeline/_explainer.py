@@ -30,7 +30,12 @@ from .._validation import (
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, TopKSAE
 from ..concepts._checks import configured_factorizer
 from ..extraction._layers import get_layer
-from ..extraction._windows import default_window, head_reads_cls
+from ..extraction._windows import (
+    default_window,
+    has_cls_token,
+    head_reads_cls,
+    no_cls_token_error,
+)
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
 from ..importance._concept import (
@@ -230,7 +235,10 @@ class ConceptExplainer:
         (the token grid's size per image), maps as coarse as the windows, pixel ablation as the
         only importance, and no gradient or pixel maps, MACO pictures or naming by classes
         (they need the patch tokens: pass ``tokens="patches"`` for them). Explicit ``"cls"``
-        needs ``method="ice"`` and a pixel importance.
+        needs ``method="ice"``, a pixel importance and a transformer with a class token (not
+        one built without it, such as timm's ``class_token=False``, whose prefix tokens are
+        register tokens only); :meth:`fit` refuses a layer whose CLS token does not reach the
+        output, as it refuses patch tokens that do not.
     window
         Side in pixels of the windows when the CLS token is read (default: a quarter of the
         shorter image side); an error where the patch tokens are read.
@@ -303,6 +311,7 @@ class ConceptExplainer:
         self.window = _check_window(window, self.tokens)
         if self.tokens == "cls":
             _check_cls_settings(self.method, self.importance, self._maps_asked())
+            _check_cls_token(self.model, self.layer)
         self._handle: ModelAtLayer | None = None
         self._read: tuple[Any, str] | None = None  # (the settings it was resolved for, read)
 
@@ -343,6 +352,7 @@ class ConceptExplainer:
         """:meth:`reads` for images already checked (the fitting paths check them first)."""
         if self.tokens == "cls":  # settings may have changed since the explainer was made
             _check_cls_settings(self.method, self.importance, self._maps_asked())
+            _check_cls_token(self.model, self.layer)
         _check_window(self.window, self.tokens)
         read = self._known_read()
         if read is None:
@@ -351,7 +361,8 @@ class ConceptExplainer:
             # regions painted from maps a CLS explanation has (not gradient or pixel maps)
             if (self.method == "ice" and self.importance in PIXEL_METHODS
                     and self._maps_asked() not in PATCH_TOKEN_KINDS
-                    and head_reads_cls(self.model, self.layer)):
+                    and head_reads_cls(self.model, self.layer)
+                    and has_cls_token(self.model, self.layer) is not False):
                 handle = self._handle_reading("patches")
                 if handle.n_prefix is None:
                     handle.prepare(images)  # the split, and sizes the model refuses, first
@@ -515,6 +526,8 @@ class ConceptExplainer:
         # An output the model does not have fails now, not after the (windowed) extraction.
         with handle.whole_model() as forward:
             _check_class_output(forward(images[:1]), class_id)
+        if read == "cls":  # before the windowed extraction (one pass per window)
+            _check_cls_reaches_output(handle, images)
         timings["split"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -623,6 +636,14 @@ def _check_cls_settings(method: str, importance: str, maps: Any = "auto") -> Non
                          f"'dominant' or 'provenance'. Pass one of those, or tokens='patches'.")
 
 
+def _check_cls_token(model: nn.Module, layer: str) -> None:
+    """tokens='cls' on a transformer built without a class token (timm ``class_token=False``):
+    its first prefix token is a register token, which no head reads as the CLS token."""
+    if has_cls_token(model, layer) is False:
+        raise no_cls_token_error(model, layer, "`tokens`='cls' reads the CLS token of windows "
+                                               "of each image")
+
+
 def _check_class_output(out: torch.Tensor, class_id: int) -> None:
     if class_id >= out.shape[1]:
         raise ValueError(f"`class_id` must be in [0, {out.shape[1] - 1}]: the model returns "
@@ -632,22 +653,57 @@ def _check_class_output(out: torch.Tensor, class_id: int) -> None:
 def _check_reaches_output(handle: ModelAtLayer, acts: torch.Tensor, context: Any,
                           images: torch.Tensor) -> None:
     """Refuse a layer whose activations cannot change the output (every importance would be
-    exactly 0), naming the nearest earlier layer that works."""
+    exactly 0), saying why where it can (a model whose output ignores its input; the last
+    block of a CLS-pooled transformer) and naming the nearest earlier layer that works."""
     if handle.reaches_output(acts, context):
         return
+    _check_output_moves(handle, images)
     what = ("patch tokens" if context is not None else "activations")
+    # the head reads the CLS token, which this layer still changes: its patch tokens are past
+    # the last point where they mix into it
+    last_block = (context is not None and head_reads_cls(handle.model, handle.layer)
+                  and has_cls_token(handle.model, handle.layer) is not False
+                  and handle.prefix_reaches_output(acts, context))
     why = (" The head reads only the CLS token (a CLS-pooled transformer at its last block): "
            "the patch tokens the concepts describe are never used after this layer."
-           if context is not None else "")
+           if last_block else "")
     nearest = handle.nearest_reaching_layer(images[:4])
-    fix = (f" The nearest earlier layer whose {what} do reach the output is {nearest!r}: pass "
-           f"layer={nearest!r}." if nearest else " Explain at an earlier layer.")
-    if context is not None:
+    fix = (f" The nearest earlier layer whose activations do reach the output is {nearest!r}: "
+           f"pass layer={nearest!r}." if nearest else " Explain at an earlier layer.")
+    if last_block:
         fix += (" Or explain this layer through the CLS token the head reads: tokens='cls' "
                 "(ICE on the CLS token of each window of the image).")
     raise ValueError(f"`layer` {handle.layer!r}: its {what} do not reach the model's output "
                      f"(replacing them leaves every logit unchanged on the probe batch), so every "
                      f"concept importance would be exactly 0.{why}{fix}")
+
+
+def _check_cls_reaches_output(handle: ModelAtLayer, images: torch.Tensor) -> None:
+    """The CLS path's twin of :func:`_check_reaches_output`, before the windowed extraction:
+    refuse a layer whose CLS token cannot change the output (every pixel-ablation importance
+    of its concepts would be exactly 0). A layer without prefix tokens is left to
+    :func:`~conceptkit.extraction.cls_windows`, which says it has no CLS token."""
+    if handle.cls_reaches_output(images) is not False:
+        return
+    _check_output_moves(handle, images)
+    nearest = handle.nearest_reaching_layer(images[:4])
+    fix = (f" The nearest earlier layer whose activations do reach the output is {nearest!r}: "
+           f"pass layer={nearest!r}." if nearest else " Explain at an earlier layer.")
+    raise ValueError(f"`layer` {handle.layer!r}: the CLS token it gives does not reach the "
+                     f"model's output (replacing it leaves every logit unchanged on the probe "
+                     f"batch), so concepts read from it (tokens='cls') could not change the "
+                     f"class score.{fix} Or read the patch tokens: tokens='patches'.")
+
+
+def _check_output_moves(handle: ModelAtLayer, images: torch.Tensor) -> None:
+    """Refuse a model whose output does not depend on its input at all: no layer can matter."""
+    if handle.output_ignores_input(images):
+        raise ValueError(f"`model`: its output does not depend on its input (the probe images, "
+                         f"their negatives and a grey image all give exactly the same logits), "
+                         f"so every concept importance at `layer` {handle.layer!r}, or at any "
+                         f"other layer, would be exactly 0. Its weights look untrained or "
+                         f"zeroed (torchvision's VisionTransformer built with weights=None starts "
+                         f"with an all-zero head): load the trained weights before explaining.")
 
 
 def _frozen(handle: ModelAtLayer) -> ModelAtLayer:

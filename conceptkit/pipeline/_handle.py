@@ -224,23 +224,112 @@ class ModelAtLayer:
             base = head(probe, *extra)
             return any(not torch.equal(head(other, *extra), base) for other in changed)
 
-    def nearest_reaching_layer(self, images: torch.Tensor) -> str | None:
-        """The closest earlier sibling layer (``blocks.2`` → ``blocks.1`` → ...) whose
-        activations reach the output on ``images``, or None."""
-        parent, _, index = self.layer.rpartition(".")
-        if not index.isdigit():
+    def output_ignores_input(self, images: torch.Tensor, n_probe: int = 4) -> bool:
+        """Whether the model's output is the same whatever its input: the first ``n_probe``
+        of ``images``, their negatives (``1 - x``) and a grey image all give exactly the same
+        logits (an all-zero head, a model that was never given its weights)."""
+        probe = images[:n_probe]
+        inputs = torch.cat([probe, 1 - probe[:1], torch.full_like(probe[:1], 0.5)])
+        with self.whole_model() as forward:
+            out = forward(inputs)
+        return bool((out == out[:1]).all())
+
+    def cls_reaches_output(self, images: torch.Tensor, n_probe: int = 4) -> bool | None:
+        """Whether the CLS token (the first prefix token) the layer gives for the first
+        ``n_probe`` of ``images`` can change the model's output, the patch tokens held as they
+        are; None where the layer gives no prefix tokens (nothing to check)."""
+        maps, context = self._patch_activations(images[:n_probe], with_context=True,
+                                                progress=False)
+        if context is None or context.shape[1] == 0 or self.token_layout is None:
             return None
-        modules = dict(self.model.named_modules())
-        for i in range(int(index) - 1, -1, -1):
-            name = f"{parent}.{i}" if parent else str(i)
-            if name not in modules:
+        return self._prefix_changes_output(maps, context)
+
+    def prefix_reaches_output(self, acts: torch.Tensor, context: torch.Tensor | None,
+                              n_probe: int = 4) -> bool:
+        """:meth:`reaches_output` for the CLS token (the first of each input's prefix tokens in
+        ``context``) instead of the patch tokens ``acts``, which are held as they are."""
+        if context is None or context.shape[1] == 0 or self.token_layout is None:
+            return False
+        return self._prefix_changes_output(acts[:n_probe], context[:n_probe])
+
+    def _prefix_changes_output(self, maps: torch.Tensor, context: torch.Tensor) -> bool:
+        head = TokenHead(self.h, self.token_layout or "NTC")
+        where = next(iter(self.model.parameters()), maps).device
+        maps, context = maps.to(where), context.to(where)
+        changed = []
+        for other in (torch.zeros_like(context[:, :1]), context[:, :1].flip(0) + 1.0):
+            changed.append(torch.cat([other, context[:, 1:]], dim=1))
+        with preserved_model_state(self.model), torch.no_grad():
+            base = head(maps, context)
+            return any(not torch.equal(head(maps, other), base) for other in changed)
+
+    def nearest_reaching_layer(self, images: torch.Tensor, max_tries: int = 16) -> str | None:
+        """The nearest layer run before this one whose activations reach the output on
+        ``images``, or None (at most ``max_tries`` layers are tried).
+
+        The candidates are the modules that finish before the layer in one forward pass, from
+        the nearest back, whatever their names (``blocks.2`` → ``blocks.1``; timm's ``norm``
+        or torchvision's ``encoder.ln`` → the blocks before them). A module whose output is the
+        tensor an earlier module gave (a container handing on its last block's output, an
+        identity) stands for that module; the modules inside a layer whose activations do not
+        reach are skipped (a whole block is named, not a sublayer of the block that failed).
+        """
+        candidates = self._modules_run_before(images[:1])
+        failed: list[str] = []
+        tries = 0
+        for name in reversed(candidates):
+            if tries >= max_tries:
+                break
+            if any(name.startswith(done + ".") for done in failed):
                 continue
-            other = ModelAtLayer(self.model, name, preprocess=self.preprocess,
-                                 batch_size=self.batch_size, device=self.device, progress=False)
-            acts, context = other.activations(images, with_context=True)
-            if other.reaches_output(acts, context):
+            tries += 1
+            try:
+                other = ModelAtLayer(self.model, name, preprocess=self.preprocess,
+                                     batch_size=self.batch_size, device=self.device,
+                                     progress=False, output=self.output)
+                acts, context = other.activations(images, with_context=True)
+                reaches = other.reaches_output(acts, context)
+            except Exception:  # noqa: BLE001 - a module that cannot be cut at or read
+                continue
+            if reaches:
                 return name
+            failed.append(name)
         return None
+
+    def _modules_run_before(self, images: torch.Tensor) -> list[str]:
+        """Names of the modules (called once) that finish before the layer in a forward pass
+        of ``images``, in the order they finish; not the layer's own submodules, and one
+        module per output tensor (the one that gave it first)."""
+        finished: list[tuple[str, Any]] = []
+        calls: dict[str, int] = {}
+
+        def note(name: str) -> Callable:
+            def hook(_module, _inputs, output):
+                calls[name] = calls.get(name, 0) + 1
+                finished.append((name, output))
+            return hook
+
+        hooks = [module.register_forward_hook(note(name))
+                 for name, module in self.model.named_modules() if name]
+        try:
+            with self.whole_model() as forward:
+                forward(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        names = [name for name, _ in finished]
+        if self.layer not in names:
+            return []
+        given: set[int] = set()
+        candidates = []
+        for name, output in finished[:names.index(self.layer)]:
+            if calls[name] != 1 or name.startswith(self.layer + "."):
+                continue
+            if not isinstance(output, torch.Tensor) or id(output) in given:
+                continue  # the outputs are kept alive in `finished`: ids are not reused
+            given.add(id(output))
+            candidates.append(name)
+        return candidates
 
     def __repr__(self) -> str:
         return f"ModelAtLayer(model={type(self.model).__name__}, layer={self.layer!r})"
