@@ -61,7 +61,6 @@ def _figures(model: ConceptBottleneckModel, weights: np.ndarray, evaluation: CBM
     from matplotlib.figure import Figure
 
     from ..report import Picture, figure_png
-    from ..report._figures import plain
 
     pictures = {}
     k, n_classes = model.n_concepts, model.n_classes
@@ -267,3 +266,9 @@ def distinct(names: list[str]) -> list[str]:
     """Names as keys: a repeated name gets its concept's index (``"wing [2]"``), so that no
     concept's numbers overwrite another's."""
     return [f"{name} [{j}]" if names.count(name) > 1 else name for j, name in enumerate(names)]
+
+
+def plain(text: Any) -> str:
+    """``text`` drawn literally by matplotlib: ``$`` escaped, so that a name with dollar signs
+    is not parsed as mathtext (as the class report's figures do)."""
+    return str(text).replace("$", r"\$")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
 
 _SIZE_MESSAGES = ("output size is too small", "kernel size can't be greater",
                   "input size per channel", "padding size should be less",
@@ -99,3 +101,85 @@ def too_small_error(err: BaseException, run: Callable[[torch.Tensor], object],
                       f"(CRAFT crops and ACE segments are resized to the image size, so "
                       f"`patch_size` must be at most the image side and does not change this "
                       f"minimum).")
+
+
+def model_patch_grid(model: nn.Module, layer: str | None = None) -> tuple[int, int] | None:
+    """The fixed patch grid ``(rows, cols)`` of the transformer that holds ``layer``, when the
+    model says it: timm's ``patch_embed.grid_size`` (not with ``dynamic_img_size``, whose grid
+    follows the images), open_clip's ``grid_size``, torchvision's ``image_size // patch_size``.
+    Read from the deepest module around ``layer`` (the whole model without it) that says; None
+    when none does."""
+    found = _fixed_patching(model, layer)
+    return None if found is None else found[0]
+
+
+def model_input_size(model: nn.Module, layer: str | None = None) -> tuple[int, int] | None:
+    """The one input size ``(height, width)`` of a transformer with a fixed patch grid
+    (:func:`model_patch_grid`), when the model says it; None otherwise."""
+    found = _fixed_patching(model, layer)
+    return None if found is None else found[1]
+
+
+def _fixed_patching(model: nn.Module, layer: str | None) -> tuple[tuple[int, int], Any] | None:
+    modules = dict(model.named_modules())
+    if layer is None:
+        around = list(modules.values())
+    else:
+        around = [module for name, module in modules.items()
+                  if name == "" or layer == name or layer.startswith(name + ".")][::-1]
+    for module in around:
+        for source in (module, getattr(module, "patch_embed", None)):
+            found = _fixed_grid(source)
+            if found is not None:
+                return found
+    return None
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, value
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _fixed_grid(module: Any) -> tuple[tuple[int, int], Any] | None:
+    """``(grid, input size or None)`` of a module that lays patches on a fixed grid."""
+    if not isinstance(module, nn.Module):
+        return None
+    size = _pair(getattr(module, "img_size", None)) or _pair(getattr(module, "image_size", None))
+    grid = getattr(module, "grid_size", None)
+    if isinstance(grid, (tuple, list)):  # timm's PatchEmbed, open_clip's VisionTransformer
+        grid = _pair(tuple(grid))
+        # timm's PatchEmbed takes other sizes when not strict (dynamic_img_size / _pad)
+        if grid is None or not getattr(module, "strict_img_size", True) or getattr(
+                module, "dynamic_img_pad", False):
+            return None
+        return grid, size
+    patch = getattr(module, "patch_size", None)
+    if (hasattr(module, "class_token") and size is not None and isinstance(patch, int)
+            and patch > 0 and size[0] % patch == 0):  # torchvision's VisionTransformer
+        return (size[0] // patch, size[1] // patch), size
+    return None
+
+
+def size_error(err: BaseException, run: Any, images: torch.Tensor, name: str, what: str,
+               model: nn.Module) -> ImageSizeError:
+    """The :class:`ImageSizeError` for ``images`` that ``model`` refused by their size
+    (:func:`~conceptkit.extraction._sizes.too_small_error`), naming the one input size of a
+    transformer with a fixed patch grid when the model says it. A non-square size is named
+    outright: probing square sizes would only find that none runs."""
+    size = model_input_size(model)
+    have = (int(images.shape[-2]), int(images.shape[-1]))
+    if size is not None and have != size and size[0] != size[1]:
+        return ImageSizeError(
+            f"`{name}` of {have[0]}x{have[1]} pixels do not fit {what}: {type(err).__name__}: "
+            f"{str(err).rstrip('.')}. The model takes images of {size[0]}x{size[1]} pixels "
+            f"(height x width) only, a transformer with a fixed non-square patch grid: resize "
+            f"the images to {size[0]}x{size[1]} pixels, not to a square.")
+    error = too_small_error(err, run, images, name, what)
+    if size is not None and have != size:
+        error = ImageSizeError(f"{error} The model was built for images of {size[0]}x{size[1]} "
+                               f"pixels.")
+    return error

@@ -29,7 +29,7 @@ from .._torchutils import capture_output, preserved_model_state
 from .._validation import describe
 from ._heads import guard_input
 from ._layers import get_layer, unwrap_model
-from ._sizes import is_size_error
+from ._sizes import is_size_error, size_error
 
 
 class CutError(ValueError):
@@ -453,8 +453,6 @@ def run_example(model: nn.Module, x: torch.Tensor, name: str) -> Any:
         return model(x)
     except Exception as err:  # a user's model failing on the example: say which input
         if is_size_error(err):
-            from ._extractor import size_error
-
             raise size_error(err, model, x, name, type(model).__name__, model) from err
         hint = ""
         if x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_int, describe
 from ..concepts import Factorizer
-from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import ConceptImportance, concept_importance
 from ..importance._concept import (
     DEFAULT_DESIGNS,
@@ -36,7 +35,15 @@ from ..importance._concept import (
 )
 from ..maps import concept_scales
 from ..maps._maps import _keep_dominant
-from ._atlas_data import AtlasData, class_labels, from_images, from_store, head_logits
+from ._atlas_data import (
+    ATLAS_IMPORTANCES,
+    ATLAS_METHODS,
+    AtlasData,
+    class_labels,
+    from_images,
+    from_store,
+    head_logits,
+)
 from ._atlas_results import (
     AtlasImportance,
     ConceptSearch,
@@ -60,9 +67,6 @@ ATLAS_PIXEL_OPTIONS = ("quantile", "confidence", "score", "n_segments")
 #: Pixel-ablation settings the atlas's importance records in its ``params`` (and its file).
 PIXEL_SETTINGS = ("quantile", "thresholds", "fill", "score", "n_segments")
 
-ATLAS_METHODS = ("craft", "ice")
-#: Importance methods of the atlas: "auto", pixel ablation and the activation-space methods.
-ATLAS_IMPORTANCES = ("auto", *PIXEL_METHODS, *IMPORTANCE_METHODS)
 
 
 class ConceptAtlas:

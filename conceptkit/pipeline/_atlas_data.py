@@ -17,6 +17,12 @@ from tqdm.auto import tqdm
 from .._torchutils import model_device, preserved_model_state
 from .._validation import check_images, describe
 from ..concepts import Factorizer
+from ..importance import METHODS as IMPORTANCE_METHODS
+from ._pixel import PIXEL_METHODS
+
+ATLAS_METHODS = ("craft", "ice")
+#: Importance methods of the atlas: "auto", pixel ablation and the activation-space methods.
+ATLAS_IMPORTANCES = ("auto", *PIXEL_METHODS, *IMPORTANCE_METHODS)
 
 
 class DictionaryBank:

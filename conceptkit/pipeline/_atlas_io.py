@@ -12,7 +12,7 @@ import torch
 
 from .. import io
 from .._validation import check_int
-from ._atlas_data import AtlasData, DictionaryBank
+from ._atlas_data import ATLAS_IMPORTANCES, ATLAS_METHODS, AtlasData, DictionaryBank
 from ._atlas_results import AtlasImportance
 
 ATLAS_KIND = "ConceptAtlas"
@@ -285,7 +285,6 @@ def _check_fields(meta: dict) -> None:
     with edited metadata carries a valid digest): each of the type and range the atlas writes.
     A ``ValueError`` names the field."""
     from ..importance import METHODS as IMPORTANCE_METHODS
-    from ._atlas import ATLAS_IMPORTANCES, ATLAS_METHODS
     from ._pixel import PIXEL_METHODS
 
     size = meta["image_size"]
