@@ -12,7 +12,7 @@ from torch import nn
 from .._validation import check_choice, check_float, check_int, describe
 from ..extraction._windows import refuse_cls_concepts
 from ._classes import default_class_names, excluded_classes, logit_gains
-from ._clip import SIMILARITIES, cos_cubed, default_top_k, soft_wpmi
+from ._clip import SIMILARITIES, active_inputs, cos_cubed, default_top_k, soft_wpmi
 from ._dissect import SMALL_PART_SHARE, dissect
 from ._probe import SUMMARIES, ConceptSource, Probe, as_probe, crop_probe
 from ._table import SCORES, ConceptName, ConceptNames
@@ -340,8 +340,9 @@ def name_by_clip(concepts: Any, probe: Any, clip: Any, *, vocabulary: Any = "ima
         n_inputs = values.shape[0]
         top_k = similarity_kwargs.get("top_k")
         top_k = min(default_top_k(n_inputs) if top_k is None else int(top_k), n_inputs)
-        active = (values > values.amin(0, keepdim=True)).sum(0)
-        notes = [f"concept {j} is active (above its lowest activation) on only {int(active[j])} "
+        active = active_inputs(values).sum(0)
+        notes = [f"concept {j} is active (not at its floor: 0 or below, or a lowest value "
+                 f"several share) on only {int(active[j])} "
                  f"of the {n_inputs} probe {what}s, fewer than top_k={top_k}: soft-WPMI scored "
                  f"it on those {int(active[j])}, and its name rests on them."
                  for j in range(values.shape[1]) if j not in unnamed and active[j] < top_k]

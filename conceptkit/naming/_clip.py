@@ -68,7 +68,7 @@ def top_inputs(activations: torch.Tensor, top_k: int,
                clip_sims: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each concept's top set: ``(order (top_k, K), sizes (K,))``, the ``top_k`` probe inputs of
     largest activation (most active first) of which only the first ``sizes[j]`` count: the
-    inputs where concept ``j`` is active, its activation above its minimum over the probe.
+    inputs where concept ``j`` is active (:func:`active_inputs`).
 
     An input where the concept is as inactive as it gets (the zeros of a ReLU map) says nothing
     about it; taken in by a tie, a concept that fires on one input of forty was named after
@@ -85,8 +85,19 @@ def top_inputs(activations: torch.Tensor, top_k: int,
         perm = torch.sort(clip_sims.double() @ direction, stable=True).indices
     order = perm[torch.sort(values[perm], dim=0, descending=True, stable=True).indices]
     order = order[:top_k]                                                    # (top_k, K)
-    sizes = (values > values.amin(0, keepdim=True)).sum(0).clamp(max=top_k)  # (K,)
+    sizes = active_inputs(values).sum(0).clamp(max=top_k)                   # (K,)
     return order, sizes
+
+
+def active_inputs(activations: torch.Tensor) -> torch.Tensor:
+    """``(N, K)``: where each concept is active, i.e. not at its floor over the probe when that
+    floor means "inactive": at or below 0 (a ReLU's or NMF's zeros), or a lowest value shared by
+    two inputs or more. A single input at a positive minimum is as active as it is: it stays
+    (on a probe no larger than ``top_k`` it would otherwise be dropped for being last)."""
+    floor = activations.amin(0, keepdim=True)
+    at_floor = activations <= floor
+    meaningless = (floor <= 0) | (at_floor.sum(0, keepdim=True) >= 2)
+    return ~(at_floor & meaningless)
 
 
 def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int | None = None,
@@ -95,8 +106,8 @@ def soft_wpmi(clip_sims: torch.Tensor, activations: torch.Tensor, *, top_k: int 
     """Soft weighted pointwise mutual information ``(K, M)`` (see the module notes).
 
     ``top_k``: default :func:`default_top_k`; capped at the number of probe inputs. Only inputs
-    where a concept is active (its activation above its minimum over the probe) enter its top
-    set (see :func:`top_inputs`): a concept active on fewer than ``top_k`` inputs is scored on
+    where a concept is active (see :func:`active_inputs`) enter its top set (see
+    :func:`top_inputs`): a concept active on fewer than ``top_k`` inputs is scored on
     those, and a concept active on none (the same activation everywhere) gets a row of NaN.
     ``prior``: ``"probe"`` (over random sets of as many probe inputs as the top set holds) or
     ``"concepts"`` (the reference: over the concepts named together); see the module notes.

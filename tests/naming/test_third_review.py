@@ -103,6 +103,30 @@ def test_soft_wpmi_gives_no_score_to_a_concept_active_nowhere():
     assert torch.isnan(table[0]).all() and torch.isfinite(table[1]).all()
 
 
+def test_a_single_input_at_a_positive_minimum_stays_in_the_top_set():
+    """On a probe no larger than top_k every input enters the top set: the one at a concept's
+    lowest positive activation is active, not dropped for being last (0 or a lowest value
+    several inputs share is the floor of an inactive concept)."""
+    from conceptkit.naming._clip import active_inputs, top_inputs
+
+    acts = torch.tensor([[0.4, 0.0, 0.2], [0.9, 0.0, 0.2], [0.5, 0.7, 0.6], [0.6, 0.0, 0.8]],
+                        dtype=torch.float64)
+    active = active_inputs(acts)
+    assert active[:, 0].all()                                 # a unique positive minimum
+    assert active[:, 1].tolist() == [False, False, True, False]  # ReLU zeros
+    assert active[:, 2].tolist() == [False, False, True, True]   # a shared lowest value
+    _, sizes = top_inputs(acts, 5)
+    assert sizes.tolist() == [4, 1, 2]
+    # the scores of concept 0 then equal those of the reference rule (every input in the set)
+    sims = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    probs = torch.softmax(10.0 * sims, dim=1)
+    order = torch.argsort(acts[:, 0], descending=True)
+    in_set = torch.linspace(0.998, 0.97, 5, dtype=torch.float64)[:4]
+    expected = torch.log(1 + in_set[:, None] * (probs[order] - 1) + 1e-7).sum(0)
+    got = soft_wpmi(sims, acts, top_k=4, lam=0.0)
+    torch.testing.assert_close(got[0], expected)
+
+
 def test_name_by_clip_names_a_rarely_active_concept_alike_in_any_probe_order(fitted,
                                                                             monkeypatch):
     """Concept 0 fires on the probe image of brightest corner only: scored on that image in
@@ -125,9 +149,9 @@ def test_name_by_clip_names_a_rarely_active_concept_alike_in_any_probe_order(fit
                              top_k=5)
         results.append(names)
         notes = [n for n in names.notes if "fewer than top_k" in n]
-        assert notes == ["concept 0 is active (above its lowest activation) on only 1 of the 20 "
-                         "probe images, fewer than top_k=5: soft-WPMI scored it on those 1, and "
-                         "its name rests on them."]
+        assert notes == ["concept 0 is active (not at its floor: 0 or below, or a lowest value "
+                         "several share) on only 1 of the 20 probe images, fewer than top_k=5: "
+                         "soft-WPMI scored it on those 1, and its name rests on them."]
     for other in results[1:]:  # the same names and scores (up to float summation order)
         assert [e.name for e in other] == [e.name for e in results[0]]
         assert [[n for n, _ in e.runner_ups] for e in other] == \
