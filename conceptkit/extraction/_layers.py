@@ -20,6 +20,13 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in unwrap_model(model)[0].named_modules() if name]
 
 
+def enclosing_modules(model: nn.Module, layer: str) -> list[nn.Module]:
+    """The modules of ``model`` that hold the submodule named ``layer`` (itself included, the
+    root last), deepest first: where to read what a model says about one of its layers."""
+    return [module for name, module in model.named_modules()
+            if name == "" or layer == name or layer.startswith(name + ".")][::-1]
+
+
 def unwrap_model(model: nn.Module) -> tuple[nn.Module, str]:
     """The model inside DataParallel / DistributedDataParallel / torch.compile wrappers, and the
     prefix its submodule names carry in the wrapper (``"module."``, ``"_orig_mod."``)."""

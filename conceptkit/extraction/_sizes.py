@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._layers import enclosing_modules
+
 _SIZE_MESSAGES = ("output size is too small", "kernel size can't be greater",
                   "input size per channel", "padding size should be less",
                   "expected input with shape", "doesn't match model", "input image size",
@@ -121,12 +123,7 @@ def model_input_size(model: nn.Module, layer: str | None = None) -> tuple[int, i
 
 
 def _fixed_patching(model: nn.Module, layer: str | None) -> tuple[tuple[int, int], Any] | None:
-    modules = dict(model.named_modules())
-    if layer is None:
-        around = list(modules.values())
-    else:
-        around = [module for name, module in modules.items()
-                  if name == "" or layer == name or layer.startswith(name + ".")][::-1]
+    around = list(model.modules()) if layer is None else enclosing_modules(model, layer)
     for module in around:
         for source in (module, getattr(module, "patch_embed", None)):
             found = _fixed_grid(source)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .._torchutils import median_colour
 from .._validation import check_images, check_int
 from ._extractor import ActivationExtractor
-from ._layers import get_layer
+from ._layers import enclosing_modules, get_layer
 
 
 def window_boxes(image_size: tuple[int, int], grid: tuple[int, int],
@@ -66,10 +66,7 @@ def head_reads_cls(model: nn.Module, layer: str) -> bool:
     Hugging Face's ``ViTForImageClassification`` / ``DeiTForImageClassification``. False for
     every other model (average- or attention-pooled transformers, CNNs, unknown kinds).
     """
-    layer = get_layer(model, layer)[0]
-    around = [module for name, module in model.named_modules()
-              if name == "" or layer == name or layer.startswith(name + ".")]
-    for module in reversed(around):
+    for module in enclosing_modules(model, get_layer(model, layer)[0]):
         verdict = _pools_cls(module)
         if verdict is not None:
             return verdict
@@ -102,10 +99,7 @@ def has_cls_token(model: nn.Module, layer: str) -> bool | None:
     only), open_clip's ``class_embedding``, torchvision's ``class_token`` and Hugging Face's
     ``embeddings.cls_token``. None when no module says (an unknown kind: its first prefix token
     is taken for the CLS token)."""
-    layer = get_layer(model, layer)[0]
-    around = [module for name, module in model.named_modules()
-              if name == "" or layer == name or layer.startswith(name + ".")]
-    for module in reversed(around):
+    for module in enclosing_modules(model, get_layer(model, layer)[0]):
         for source in (module, getattr(module, "embeddings", None)):
             if not isinstance(source, nn.Module):
                 continue

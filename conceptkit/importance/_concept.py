@@ -310,8 +310,7 @@ def _warn_constant(result: MethodOutput, problem: ConceptProblem, method: str) -
     importances are 0), as ``sobol_indices`` does; every input is the all-zero warning's."""
     if result.constant is None:
         return
-    present = (problem.codes.abs().amax(dim=(1, 2)) > 0).cpu().numpy()
-    constant = np.flatnonzero(result.constant & present)
+    constant = np.flatnonzero(result.constant & problem.present())
     if constant.size == 0 or not np.any(result.per_input):
         return
     shown = ", ".join(str(int(i)) for i in constant[:10]) + (", ..." if constant.size > 10 else "")

@@ -94,6 +94,10 @@ class ConceptProblem:
     def device(self) -> torch.device:
         return self.codes.device
 
+    def present(self) -> np.ndarray:
+        """``(n,)`` bool: the inputs in which some concept is present (a non-zero code)."""
+        return (self.codes.abs().amax(dim=(1, 2)) > 0).cpu().numpy()
+
     @property
     def precision(self) -> torch.dtype:
         """The dtype whose rounding the scores carry: that of ``h``'s logits for the logit
@@ -325,7 +329,7 @@ def _check_sensitive(problem: ConceptProblem, n_probe: int = 1) -> None:
     The first ``n_probe`` inputs with a concept are probed first; only when none of them
     responds are the others probed too, so the problem is refused only when no input responds
     (whatever their order), and a responsive problem costs two passes of ``h``."""
-    active = torch.nonzero(problem.codes.abs().amax(dim=(1, 2)) > 0).flatten().cpu().numpy()
+    active = np.flatnonzero(problem.present())
     if active.size == 0:
         raise ValueError("`bank.encode(activations)` is zero for every input: no concept is "
                          "present in these activations, so every importance would be 0. Check "

@@ -95,6 +95,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     from ..report._figures import distinct_labels
     from ..report._images import DISPLAY_CHANNELS, display_rgb
     from ._naming import name_details, visualization_picture
+    from ._notes import class_notes
 
     n_images = check_int(n_images, "n_images", minimum=1)
     _check_trust(trust)
@@ -174,34 +175,9 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
                           else range(shown.shape[0])),
         maps=maps[:, order].numpy(), per_image_importance=cc.importance.per_input[:, order],
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
-        notes=[*_shown_notes(cc, label), *notes],
+        notes=[*class_notes(cc, label), *notes],
         timings=dict(cc.timings), maps_kind=maps_kind,
         maps_read="cls" if (cc.params or {}).get("tokens") == "cls" else "")
-
-
-class _ShownLabels:
-    """``cc`` whose :meth:`concept_label` gives the labels the report shows (``labels=`` given to
-    the report, names repeated told apart), so that the notes name concepts as the table and
-    the figures do. Everything else is ``cc``'s own."""
-
-    def __init__(self, cc: Any, label: Any) -> None:
-        self._cc, self._label = cc, label
-
-    def concept_label(self, concept: int) -> str:
-        return self._label(int(concept))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cc, name)
-
-
-def _shown_notes(cc: Any, label: Any) -> list[str]:
-    """``cc.notes()`` with every concept named by ``label``: the notes name concepts through
-    ``concept_label``, which the wrapper answers (no text replacement, so "concept 1" is never
-    mistaken for part of "concept 10")."""
-    notes = getattr(type(cc), "notes", None)
-    if not callable(notes):
-        return list(cc.notes())
-    return list(notes(_ShownLabels(cc, label)))
 
 
 def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: bool = False,

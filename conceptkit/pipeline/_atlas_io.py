@@ -161,16 +161,15 @@ def fitted_identity(ex: Any, store: Any = None) -> dict[str, Any]:
     atlas was fitted with, as a :class:`~conceptkit.ClassConcepts` file records them. Fitted on
     a store, the preprocessing is the one the store was extracted with (its fingerprint), and
     unknown (left out) when the store recorded none."""
-    from ..extraction._fingerprint import callable_identity, model_identity
+    from ._persist import fitted_identity as identity
 
-    identity: dict[str, Any] = dict(model_identity(ex.model))
-    if store is None:
-        identity["preprocess"] = callable_identity(ex.preprocess)
-    else:
+    recorded = identity(ex)
+    if store is not None:
+        del recorded["preprocess"]
         fingerprint = store.manifest.get("fingerprint")
         if isinstance(fingerprint, dict) and "preprocess" in fingerprint:
-            identity["preprocess"] = fingerprint["preprocess"]
-    return identity
+            recorded["preprocess"] = fingerprint["preprocess"]
+    return recorded
 
 
 def fitted_differences(known: dict[str, Any], model: Any,
@@ -179,34 +178,25 @@ def fitted_differences(known: dict[str, Any], model: Any,
     (``known``, its ``fitted_with``), as ``ClassConcepts.attach`` compares them: the model's
     differences (weights, structure), the preprocessing's (None when it matches or the file
     recorded none) and the fix of the latter."""
-    from ..extraction._fingerprint import callable_identity, module_digest, structure_digest
+    from ..extraction._fingerprint import callable_identity
+    from ._persist import identity_differences
     from ._result import _short
 
-    model_differences = []
-    if "model_digest" in known and known["model_digest"] != module_digest(model):
-        model_differences.append("the model's weights differ from those the atlas was fitted "
-                                 "with (another digest of the parameters and buffers)")
-    if "model_structure" in known and known["model_structure"] != structure_digest(model):
-        model_differences.append("the model's structure differs from the one the atlas was "
-                                 "fitted with (a submodule of another type, or other settings)")
-    difference, fix = None, ""
-    given = callable_identity(preprocess)
-    # files saved before modules' structure and objects' attributes were read describe the
-    # preprocessing as then: the same preprocessing matches either
-    if "preprocess" in known and known["preprocess"] not in (
-            given, callable_identity(preprocess, legacy=True)):
-        if preprocess is None:
-            difference = (f"`preprocess` was not given, and this atlas was fitted with the "
-                          f"preprocessing {_short(known['preprocess'])}: concept maps and "
-                          f"confusions of new images would be computed on inputs the model was "
-                          f"not fitted on")
-            fix = "Pass the same preprocessing: ConceptAtlas.load(path, model=..., preprocess=...)."
-        else:
-            difference = (f"`preprocess` differs from the preprocessing this atlas was fitted "
-                          f"with: fitted with {_short(known['preprocess'])}, given "
-                          f"{_short(given)}")
-            fix = ("Pass the preprocessing it was fitted with, or strict=False (a warning "
-                   "instead) when yours computes the same, written otherwise.")
+    model_differences, differs = identity_differences(known, model, preprocess, "the atlas")
+    if not differs:
+        return model_differences, None, ""
+    if preprocess is None:
+        difference = (f"`preprocess` was not given, and this atlas was fitted with the "
+                      f"preprocessing {_short(known['preprocess'])}: concept maps and "
+                      f"confusions of new images would be computed on inputs the model was "
+                      f"not fitted on")
+        fix = "Pass the same preprocessing: ConceptAtlas.load(path, model=..., preprocess=...)."
+    else:
+        difference = (f"`preprocess` differs from the preprocessing this atlas was fitted "
+                      f"with: fitted with {_short(known['preprocess'])}, given "
+                      f"{_short(callable_identity(preprocess))}")
+        fix = ("Pass the preprocessing it was fitted with, or strict=False (a warning "
+               "instead) when yours computes the same, written otherwise.")
     return model_differences, difference, fix
 
 

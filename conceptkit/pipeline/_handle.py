@@ -219,10 +219,7 @@ class ModelAtLayer:
         head = self.maps_head
         probe = acts[:n_probe].to(next(iter(self.model.parameters()), acts).device)
         extra = () if context is None else (context[:n_probe].to(probe.device),)
-        changed = (torch.zeros_like(probe), probe.flip(0) + 1.0)
-        with preserved_model_state(self.model), torch.no_grad():
-            base = head(probe, *extra)
-            return any(not torch.equal(head(other, *extra), base) for other in changed)
+        return self._moves_output(lambda value: head(value, *extra), probe)
 
     def output_ignores_input(self, images: torch.Tensor, n_probe: int = 4) -> bool:
         """Whether the model's output is the same whatever its input: the first ``n_probe``
@@ -256,12 +253,16 @@ class ModelAtLayer:
         head = TokenHead(self.h, self.token_layout or "NTC")
         where = next(iter(self.model.parameters()), maps).device
         maps, context = maps.to(where), context.to(where)
-        changed = []
-        for other in (torch.zeros_like(context[:, :1]), context[:, :1].flip(0) + 1.0):
-            changed.append(torch.cat([other, context[:, 1:]], dim=1))
+        return self._moves_output(
+            lambda cls: head(maps, torch.cat([cls, context[:, 1:]], dim=1)), context[:, :1])
+
+    def _moves_output(self, run: Any, value: torch.Tensor) -> bool:
+        """Whether ``run``'s logits change when ``value`` is replaced by zeros or by the values
+        reversed in order (plus 1): the probe of :meth:`reaches_output` and its CLS twin."""
         with preserved_model_state(self.model), torch.no_grad():
-            base = head(maps, context)
-            return any(not torch.equal(head(maps, other), base) for other in changed)
+            base = run(value)
+            return any(not torch.equal(run(other), base)
+                       for other in (torch.zeros_like(value), value.flip(0) + 1.0))
 
     def nearest_reaching_layer(self, images: torch.Tensor, max_tries: int = 16) -> str | None:
         """The nearest layer run before this one whose activations reach the output on

@@ -159,13 +159,15 @@ CLS_NOTE = (
     "measured reliance 0.68, 0.66 and 0.71 against 0.62, 0.74 and 0.15 (BENCHMARKS.md).")
 
 
-def class_notes(cc: Any) -> list[str]:
+def class_notes(cc: Any, label: Any = None) -> list[str]:
     """Every note of an explanation: near-duplicate concepts, importance notes, then what the
     ground-truth worlds measured for explanations of transformer tokens (when the layer gives
-    them)."""
-    notes = [duplicate_sentence(pair, cc.concept_label) for pair in cc.near_duplicates()]
+    them). Concepts are named by ``label`` (default ``cc.concept_label``; a report passes the
+    labels its table and figures show)."""
+    label = cc.concept_label if label is None else label
+    notes = [duplicate_sentence(pair, label) for pair in cc.near_duplicates()]
     n_images = int(cc.importance.per_input.shape[0])
-    notes += importance_notes(cc.importance, cc.concept_label, n_images)
+    notes += importance_notes(cc.importance, label, n_images)
     found = (cc.bank.extra or {}).get("clusters_found")
     if isinstance(found, int) and found > cc.n_concepts:
         notes.append(f"ACE kept {cc.n_concepts} of the {found} clusters it found: the others "

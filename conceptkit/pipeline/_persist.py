@@ -95,6 +95,32 @@ def fitted_identity(handle: Any) -> dict[str, Any]:
     return {**model_identity(handle.model), "preprocess": callable_identity(handle.preprocess)}
 
 
+def identity_differences(known: dict[str, Any], model: Any, preprocess: Any,
+                         fitted: str) -> tuple[list[str], bool]:
+    """How ``model`` and ``preprocess`` differ from what ``known`` (a file's ``fitted_with``, or
+    :func:`fitted_identity`) records of what ``fitted`` ("the explanation", "the atlas") was
+    fitted with, as far as it is known: the model's differences (weights, structure) in words,
+    and whether the given preprocessing differs from the recorded one (False when it matches or
+    none is recorded)."""
+    from ..extraction._fingerprint import callable_identity, module_digest, structure_digest
+
+    differences = []
+    if "model_digest" in known and known["model_digest"] != module_digest(model):
+        differences.append(f"the model's weights differ from those {fitted} was fitted with "
+                           f"(another digest of the parameters and buffers: other values, "
+                           f"shapes or dtype)")
+    # recorded since the structure is read (earlier files: weights only, compared above)
+    if "model_structure" in known and known["model_structure"] != structure_digest(model):
+        differences.append(f"the model's structure differs from the one {fitted} was fitted "
+                           f"with (a submodule of another type, or other settings: a pooling, "
+                           f"an activation, a stride, an eps)")
+    # files saved before modules' structure and objects' attributes were read hold the
+    # description of then: the same preprocessing matches it
+    differs = "preprocess" in known and known["preprocess"] not in (
+        callable_identity(preprocess), callable_identity(preprocess, legacy=True))
+    return differences, differs
+
+
 def _check(condition: bool, problem: str) -> None:
     if not condition:
         raise ValueError(problem)

@@ -555,31 +555,17 @@ class ClassConcepts:
     def _attach_differences(self, model: torch.nn.Module, preprocess: Any) -> list[str]:
         """What differs between ``model``/``preprocess`` and what the explanation was fitted
         with, as far as it is known (see :meth:`attach`)."""
-        from ..extraction._fingerprint import callable_identity, module_digest, structure_digest
-        from ._persist import fitted_identity
+        from ..extraction._fingerprint import callable_identity
+        from ._persist import fitted_identity, identity_differences
 
         known = self.fitted_with
         if known is None:  # a fresh explanation: the model it was fitted with
             known = fitted_identity(self.model_at_layer)
-        differences = []
-        if "model_digest" in known and known["model_digest"] != module_digest(model):
-            differences.append("the model's weights differ from those the explanation was fitted "
-                               "with (another digest of the parameters and buffers: other "
-                               "values, shapes or dtype)")
-        # recorded since the structure is read (earlier files: weights only, compared above)
-        if "model_structure" in known and known["model_structure"] != structure_digest(model):
-            differences.append("the model's structure differs from the one the explanation was "
-                               "fitted with (a submodule of another type, or other settings: "
-                               "a pooling, an activation, a stride, an eps)")
-        if "preprocess" in known:
-            given = callable_identity(preprocess)
-            # files saved before modules' structure and objects' attributes were read hold the
-            # description of then: the same preprocessing matches it
-            if (known["preprocess"] != given
-                    and known["preprocess"] != callable_identity(preprocess, legacy=True)):
-                differences.append(f"the preprocessing differs: fitted with "
-                                   f"{_short(known['preprocess'])}, attached with "
-                                   f"{_short(given)}")
+        differences, differs = identity_differences(known, model, preprocess, "the explanation")
+        if differs:
+            differences.append(f"the preprocessing differs: fitted with "
+                               f"{_short(known['preprocess'])}, attached with "
+                               f"{_short(callable_identity(preprocess))}")
         return differences
 
     @property
