@@ -25,13 +25,30 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from .._deprecation import current_names
-from .._validation import check_choice, check_int, check_matrix, resolve_device, to_numpy
+from .._validation import (
+    check_choice,
+    check_int,
+    check_matrix,
+    describe,
+    resolve_device,
+    to_numpy,
+)
 from ..io import json_ready
 
 #: Every concrete factorizer class, keyed by its class name (filled in by ``__init_subclass__``).
 FACTORIZERS: dict[str, type[Factorizer]] = {}
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: The largest iteration count (``max_iter``, ``epochs`` ...) a factorizer read from a file may
+#: hold: far above any default (at most 1,000) and above the 10**7 a user may legitimately save
+#: (tests/contracts/test_hostile_files.py keeps that setting), low enough that a loaded object
+#: cannot run for ever however its file was edited (``max_iter=10**15, tol=0`` did).
+MAX_SAVED_ITERATIONS = 10**7
+# Parameters that bound a factorizer's loops, checked against MAX_SAVED_ITERATIONS on loading.
+_ITERATION_PARAMS = ("max_iter", "epochs", "n_init", "transform_max_iter", "n_iter_no_change")
+# Parameters that are switches: True or False (0 or 1 read the same).
+_FLAG_PARAMS = ("relu", "progress", "distributed", "positive_code")
 
 
 class Factorizer(BaseEstimator, abc.ABC):
@@ -212,9 +229,23 @@ class Factorizer(BaseEstimator, abc.ABC):
         return arrays, info
 
     @classmethod
-    def from_state(cls, params: dict, arrays: dict, info: dict) -> Factorizer:
-        """Rebuild a fitted factorizer from ``get_params()`` and ``get_state()`` output."""
+    def from_state(cls, params: dict, arrays: dict, info: dict, *,
+                   from_file: bool = True) -> Factorizer:
+        """Rebuild a fitted factorizer from ``get_params()`` and ``get_state()`` output.
+
+        ``params`` read from a file (``from_file``, the default) are checked before anything
+        runs: the class's own parameter checks, flags that must be booleans, a device that
+        must name one, and iteration counts of at most :data:`MAX_SAVED_ITERATIONS` (a file's
+        ``max_iter=10**15, tol=0`` would make the loaded factorizer encode forever). A bad one
+        raises a ``ValueError`` or ``TypeError`` naming it, which the loaders report as a
+        :class:`~conceptkit.io.FormatError` naming the file.
+        """
+        if not isinstance(params, dict):
+            raise TypeError(f"`params` of a saved {cls.__name__} must be a dict; got "
+                            f"{type(params).__name__}.")
         est = cls(**current_names(params, cls._renamed_params))
+        if from_file:
+            est._check_saved_params()
         required = [name for name in cls._state_arrays
                     if name not in arrays and name not in cls._optional_arrays]
         if required:
@@ -230,6 +261,34 @@ class Factorizer(BaseEstimator, abc.ABC):
             est.n_features_in_ = int(est.components_.shape[1])
         est._check_state()
         return est
+
+    def _check_saved_params(self) -> None:
+        """Refuse parameters read from a file that the constructor stored without a look."""
+        self._validate_params()
+        params = self.get_params(deep=False)
+        for name in _FLAG_PARAMS:
+            if name in params and not _is_flag(params[name]):
+                raise TypeError(f"`{name}` of a saved {type(self).__name__} must be True or "
+                                f"False; got {describe(params[name])}.")
+        if "device" in params and params["device"] is not None:
+            device = params["device"]
+            if not isinstance(device, (str, torch.device)):
+                raise TypeError(f"`device` of a saved {type(self).__name__} must be None or a "
+                                f"device name such as 'cpu' or 'cuda:0'; got {describe(device)}.")
+            try:
+                parsed = torch.device(device)
+            except (RuntimeError, TypeError, ValueError) as err:
+                raise ValueError(f"`device` of a saved {type(self).__name__} must name a torch "
+                                 f"device such as 'cpu' or 'cuda:0'; got {device!r}.") from err
+            if parsed.type == "meta":
+                raise ValueError(f"`device` of a saved {type(self).__name__} is 'meta', which "
+                                 f"holds no values.")
+        for name in _ITERATION_PARAMS:
+            value = params.get(name)
+            if value is not None and check_int(value, name, minimum=1) > MAX_SAVED_ITERATIONS:
+                raise ValueError(f"`{name}`={value} of a saved {type(self).__name__} is more "
+                                 f"than the {MAX_SAVED_ITERATIONS:,} a file may ask for: the "
+                                 f"loaded factorizer could run for ever.")
 
     def _check_state(self) -> None:
         """Refuse a rebuilt state whose parameters or arrays do not fit together."""
@@ -336,12 +395,30 @@ class Factorizer(BaseEstimator, abc.ABC):
         return np.asarray(W, dtype=like.dtype)
 
     def _frobenius_error(self, X, U) -> float:
-        """``||X - U W||_F`` computed in row blocks (no full residual matrix in memory)."""
-        total = 0.0
+        """``||X - U W||_F`` computed in row blocks (no full residual matrix in memory).
+
+        The squares are summed in float64 after dividing each block by its largest entry, so
+        the norm neither underflows to 0 (a residual of 1e-30 squared is below float32's
+        range and would read as a perfect fit) nor overflows to Inf, whatever the scale."""
+        scale, scaled_sum = 0.0, 0.0  # ||residual||² = scale² * scaled_sum
         for start in range(0, X.shape[0], 4096):
             block = X[start:start + 4096] - self._inverse_transform(U[start:start + 4096])
-            total += float((block * block).sum())
-        return float(np.sqrt(total))
+            if isinstance(block, torch.Tensor):  # stays on its device
+                block = block.detach().to(torch.float64).abs()
+            else:
+                block = np.abs(np.asarray(block, dtype=np.float64))
+            peak = float(block.max()) if block.shape[0] else 0.0
+            if not math.isfinite(peak):
+                return float("nan") if math.isnan(peak) else float("inf")
+            if peak == 0.0:
+                continue
+            part = float(((block / peak) ** 2).sum())
+            if peak > scale:
+                scaled_sum = scaled_sum * (scale / peak) ** 2 + part
+                scale = peak
+            else:
+                scaled_sum += part * (peak / scale) ** 2
+        return float(scale * math.sqrt(scaled_sum))
 
 
 def _check_real(A: Any, name: str) -> None:
@@ -357,8 +434,18 @@ def _check_real(A: Any, name: str) -> None:
                         f"{A.dtype}.")
 
 
-def factorizer_from_state(name: str, params: dict, arrays: dict, info: dict) -> Factorizer:
-    """Rebuild a fitted factorizer of class ``name`` (a key of :data:`FACTORIZERS`)."""
-    if name not in FACTORIZERS:
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, int) and value in (0, 1))
+
+
+def factorizer_from_state(name: str, params: dict, arrays: dict, info: dict, *,
+                          from_file: bool = True) -> Factorizer:
+    """Rebuild a fitted factorizer of class ``name`` (a key of :data:`FACTORIZERS`).
+
+    ``from_file=False`` is for parameters taken from a live factorizer of this process (see
+    :meth:`Factorizer.from_state`), which skips the checks made on parameters read from a file.
+    """
+    if not isinstance(name, str) or name not in FACTORIZERS:
         raise ValueError(f"`name` must be one of {sorted(FACTORIZERS)}; got {name!r}.")
-    return FACTORIZERS[name].from_state(params, arrays, info)
+    return FACTORIZERS[name].from_state(params, arrays, info, from_file=from_file)

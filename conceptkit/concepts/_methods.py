@@ -346,9 +346,16 @@ def restrict_bank(bank: ConceptBank, keep: np.ndarray) -> ConceptBank:
     info = {name: value for name, value in info.items() if name not in dropped}
     params = factorizer.get_params(deep=False)
     params["n_concepts"] = int(keep.size)
-    if isinstance(params.get("top_k"), int):  # a sparse autoencoder keeps at most every concept
-        params["top_k"] = min(params["top_k"], int(keep.size))
-    restricted = factorizer_from_state(type(factorizer).__name__, params, sliced, info)
+    if "top_k" in params:
+        # a sparse autoencoder keeps the sparsity it was fitted with (top_k=None means a share
+        # of n_concepts, which would change with the number of concepts kept), and at most
+        # every concept kept
+        active = getattr(factorizer, "_k_active", params["top_k"])
+        if isinstance(active, int):
+            params["top_k"] = min(int(active), int(keep.size))
+    # the parameters of a live factorizer, not of a file: no file limits on them
+    restricted = factorizer_from_state(type(factorizer).__name__, params, sliced, info,
+                                       from_file=False)
     codes = bank.codes[:, keep]
     return ConceptBank(components=restricted.components_, codes=codes, provenance=bank.provenance,
                        layer=bank.layer, method=bank.method, params=bank.params,

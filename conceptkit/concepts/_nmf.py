@@ -312,8 +312,11 @@ class NMF(Factorizer):
         against all of them with HALS sweeps (online NMF in the manner of Mairal et al., 2010).
         The first call, on an unfitted estimator, starts from a full HALS fit of its chunk
         (which then needs at least ``n_concepts`` rows); a call after :meth:`fit` continues
-        from the fitted dictionary. ``n_iter_`` counts the calls, ``n_samples_seen_`` the rows,
-        and ``reconstruction_err_`` becomes the running estimate
+        from the fitted dictionary. ``n_iter_`` counts the calls and ``n_samples_seen_`` the
+        rows since the running statistics started: both count from zero at the first call on an
+        unfitted estimator and at the first call after :meth:`fit` (a batch fit discards the
+        statistics, and its own iteration count). ``reconstruction_err_`` becomes the running
+        estimate
         ``sqrt(Σ||a||² - 2 <Σ UᵀA, W> + <Σ UᵀU, W Wᵀ>)`` over all rows seen, each with the codes
         it received when it was seen.
         """
@@ -329,13 +332,14 @@ class NMF(Factorizer):
         k, c = self.n_concepts, X.shape[1]
         if first:  # a full HALS fit of the first chunk, so later chunks meet a sensible dictionary
             _, W, _ = SOLVERS["torch_hals"].fit(self, X)
-            self.n_features_in_, self.n_iter_ = int(c), 0
+            self.n_features_in_ = int(c)
         else:
             W = self._components_as(X).clone()
             k = W.shape[0]
-        if getattr(self, "codes_gram_", None) is None:
+        if getattr(self, "codes_gram_", None) is None:  # the running statistics start here
             self.codes_gram_, self.codes_cross_ = np.zeros((k, k)), np.zeros((k, c))
             self.n_samples_seen_, self._squared_norm_seen = 0, 0.0
+            self.n_iter_ = 0
         l1_U, l2_U, _, _ = _torch_reg(self, X)
         Ut, _ = kernels.nnls_hals(X, W, max_iter=self.max_iter, tol=self.tol, l1=l1_U, l2=l2_U)
         gram = (Ut @ Ut.T).double().cpu().numpy()

@@ -254,6 +254,14 @@ def fit_mu(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int,
         return _mu_loop(A, Ut, W, max_iter=max_iter, tol=tol, reg=reg, progress=progress)
 
 
+def _nonzero(denominator: torch.Tensor) -> torch.Tensor:
+    """``denominator`` with its exact zeros replaced by ``EPSILON``, in place: scikit-learn's rule
+    (``denominator[denominator == 0] = EPSILON``). Clamping every value below ``EPSILON`` instead
+    would shrink each update of small-valued data (whose denominators are far below 1.2e-7) and
+    drive the factors to zero."""
+    return denominator.masked_fill_(denominator == 0, EPSILON)
+
+
 def _mu_loop(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: int, tol: float,
              reg: tuple[float, float, float, float], progress: bool) -> int:
     l1_U, l2_U, l1_W, l2_W = reg
@@ -268,14 +276,14 @@ def _mu_loop(A: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, *, max_iter: in
             denominator += l1_U
         if l2_U > 0:
             denominator += l2_U * Ut
-        Ut.mul_(numerator.div_(denominator.clamp_(min=EPSILON)))
+        Ut.mul_(numerator.div_(_nonzero(denominator)))
         numerator = Ut @ A
         denominator = (Ut @ Ut.T) @ W
         if l1_W > 0:
             denominator += l1_W
         if l2_W > 0:
             denominator += l2_W * W
-        W.mul_(numerator.div_(denominator.clamp_(min=EPSILON)))
+        W.mul_(numerator.div_(_nonzero(denominator)))
         iteration(n_iter)
         if tol > 0 and n_iter % 10 == 0:
             error = residual_norm(A, Ut, W)

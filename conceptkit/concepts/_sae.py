@@ -55,9 +55,15 @@ class TopKSAE(Factorizer):
     encoding then keeps every activation above ``threshold_``, the running mean of the smallest
     activation kept in training, so rows average ``top_k`` active codes.
 
-    Training stops early when an epoch lowers the mean loss by less than ``tol`` times its value
-    (``converged_`` is then True); otherwise it runs ``epochs`` epochs and ``converged_`` is
-    False. ``loss_curve_`` holds each epoch's mean loss.
+    Training stops early when ``n_iter_no_change`` epochs in a row each fail to bring the mean
+    epoch loss below the best so far by ``tol`` times the best (``converged_`` is then True);
+    otherwise it runs ``epochs`` epochs and ``converged_`` is False. One epoch whose loss rises
+    (minibatch Adam's noise) does not stop it. ``loss_curve_`` holds each epoch's mean loss.
+
+    Training runs on the data divided by one number, the root mean square of its centred
+    features, and the fitted arrays are scaled back: the same data at another scale gives the
+    same concepts and codes in proportion, so that ``lr`` and the learned biases mean the same at
+    any scale of activations (Adam's steps do not shrink with the data).
 
     With :mod:`torch.distributed` initialised and ``distributed=True`` (the default), every rank
     must hold the same rows; each rank computes the gradients of its share of every minibatch
@@ -85,7 +91,10 @@ class TopKSAE(Factorizer):
         Rows without firing after which a code counts as dead; ``None`` → half an epoch,
         at most 100,000 rows.
     tol : float
-        Relative decrease of the epoch loss below which training stops (0: run every epoch).
+        Relative decrease of the best epoch loss below which an epoch counts as no progress
+        (0: run every epoch).
+    n_iter_no_change : int
+        Epochs in a row without progress after which training stops (as scikit-learn's MLP).
     decay : float
         Fraction of the planned steps (``epochs`` epochs) over which the learning rate decays
         linearly to 0 at the end of training (0: constant learning rate).
@@ -134,7 +143,7 @@ class TopKSAE(Factorizer):
                  aux_k: int | None = None, aux_coef: float = 1 / 32, dead_rows: int | None = None,
                  tol: float = 1e-4, decay: float = 0.0, random_state: int | None = None,
                  device: str | torch.device | None = None, distributed: bool = True,
-                 progress: bool = False) -> None:
+                 progress: bool = False, n_iter_no_change: int = 10) -> None:
         self.n_concepts = n_concepts
         self.top_k = top_k
         self.epochs = epochs
@@ -150,6 +159,7 @@ class TopKSAE(Factorizer):
         self.device = device
         self.distributed = distributed
         self.progress = progress
+        self.n_iter_no_change = n_iter_no_change
 
     @property
     def _backend(self) -> str:
@@ -178,6 +188,7 @@ class TopKSAE(Factorizer):
         if self.dead_rows is not None:
             check_int(self.dead_rows, "dead_rows", minimum=1)
         check_float(self.tol, "tol", minimum=0.0)
+        check_int(self.n_iter_no_change, "n_iter_no_change", minimum=1)
         check_float(self.decay, "decay", minimum=0.0, maximum=1.0)
         if self.random_state is not None:
             check_int(self.random_state, "random_state", minimum=0)
@@ -203,11 +214,14 @@ class TopKSAE(Factorizer):
         as_param = lambda a: torch.nn.Parameter(  # noqa: E731
             torch.as_tensor(a).to(device=X.device, dtype=X.dtype).clone())
         mean = X.double().mean(dim=0)
+        variance = float(((X.double() - mean) ** 2).sum(dim=1).mean())
+        # train on X / scale (centred features of unit root mean square), scale back at the end
+        scale = math.sqrt(variance / c) if variance > 0 and math.isfinite(variance) else 1.0
+        variance = variance / scale ** 2 if variance > 0 else 1.0
         decoder, encoder = as_param(start), as_param(start)
         encoder_bias = as_param(np.zeros(k))
-        bias = as_param(mean.cpu().numpy())
+        bias = as_param((mean / scale).cpu().numpy())
         params = [decoder, encoder, encoder_bias, bias]
-        variance = float(((X.double() - mean) ** 2).sum(dim=1).mean()) or 1.0
         optimizer = torch.optim.Adam(params, lr=self.lr)
         batch_size = self._rows_per_batch(n)
         planned = self.epochs * math.ceil(n / batch_size)
@@ -216,13 +230,14 @@ class TopKSAE(Factorizer):
         rank, world = distributed_world() if self.distributed else (0, 1)
         since_fired = torch.zeros(k, dtype=torch.long, device=X.device)
         threshold, curve, steps, converged = 0.0, [], 0, False
+        best, stale = math.inf, 0
         batch_topk = self.activation == "batchtopk"
         with torch.enable_grad():
             for _ in tqdm(range(self.epochs), desc="TopKSAE", disable=not self.progress):
                 total = 0.0
                 for idx in torch.randperm(n, generator=order_gen).split(batch_size):
                     rows = idx[rank::world]  # this rank's share of the global minibatch
-                    batch = X[rows.to(X.device)]
+                    batch = X[rows.to(X.device)] / scale
                     pre = (batch - bias) @ encoder.T + encoder_bias
                     codes = _batch_topk_codes(pre, top_k) if batch_topk else _topk_codes(pre, top_k)
                     residual = batch - (codes @ decoder + bias)
@@ -252,12 +267,21 @@ class TopKSAE(Factorizer):
                     steps += 1
                 curve.append(_reduce_scalar(total, world) / math.ceil(n / batch_size))
                 iteration(len(curve))
-                if self.tol > 0 and len(curve) > 1 and curve[-2] - curve[-1] < self.tol * abs(curve[-2]):
-                    converged = True
-                    break
-        for name, param in zip(("components_", "encoder_weight_", "encoder_bias_", "bias_"), params):
-            setattr(self, name, param.detach().cpu().numpy().copy())
-        self.threshold_ = float(threshold) if batch_topk else 0.0
+                if not math.isfinite(curve[-1]):
+                    raise ValueError(f"TopKSAE diverged: the mean loss of epoch {len(curve)} is "
+                                     f"{curve[-1]} (lr={self.lr:g}). Lower `lr`, or check the "
+                                     f"activations for extreme values.")
+                if self.tol > 0:
+                    stale = stale + 1 if curve[-1] > best - self.tol * abs(best) else 0
+                    best = min(best, curve[-1])
+                    if stale >= self.n_iter_no_change:
+                        converged = True
+                        break
+        unit = dict(zip(("components_", "encoder_weight_", "encoder_bias_", "bias_"),
+                        (1.0, 1.0, scale, scale)))
+        for (name, factor), param in zip(unit.items(), params):
+            setattr(self, name, (param.detach().double() * factor).to(X.dtype).cpu().numpy())
+        self.threshold_ = float(threshold) * scale if batch_topk else 0.0
         self.n_iter_, self.n_epochs_ = steps, len(curve)
         self.loss_curve_, self.converged_ = [float(v) for v in curve], converged
         U = self._transform(X)

@@ -248,6 +248,8 @@ class ICAConcepts(_CenteredFactorizer):
 
 
 _CODERS = ("lasso_lars", "lasso_cd", "lars", "omp", "threshold")
+# the encoders that keep a number of non-zero codes per row (n_nonzero_coefs), not a penalty
+_COUNTING_CODERS = ("lars", "omp")
 
 
 class SparseDictionary(Factorizer):
@@ -255,9 +257,11 @@ class SparseDictionary(Factorizer):
 
     Minimises ``0.5 ||A - U W||² + alpha |U|_1`` with unit-norm atoms (rows of ``components_``);
     the dictionary may be overcomplete (``k > C``). ``transform`` is
-    :func:`sklearn.decomposition.sparse_encode` with ``transform_algorithm`` and
-    ``transform_alpha`` (``None`` → ``alpha``), deterministic for every algorithm offered.
-    The codes are signed unless ``positive_code=True`` (then non-negative).
+    :func:`sklearn.decomposition.sparse_encode` with ``transform_algorithm`` and its sparsity
+    setting: ``transform_alpha`` (``None`` → ``alpha``) for ``"lasso_lars"``, ``"lasso_cd"``
+    and ``"threshold"``, ``transform_n_nonzero_coefs`` for ``"lars"`` and ``"omp"`` (as in
+    :class:`sklearn.decomposition.DictionaryLearning`); deterministic for every algorithm
+    offered. The codes are signed unless ``positive_code=True`` (then non-negative).
 
     Parameters
     ----------
@@ -273,7 +277,13 @@ class SparseDictionary(Factorizer):
     fit_algorithm : {"lars", "cd"}
     transform_algorithm : {"lasso_lars", "lasso_cd", "lars", "omp", "threshold"}
     transform_alpha : float or None
+        Penalty (``"lasso_lars"``, ``"lasso_cd"``) or threshold (``"threshold"``) of the encoder;
+        ``None`` uses ``alpha``. Refused with ``"lars"``/``"omp"``, which do not read it.
     random_state : int or None
+    transform_n_nonzero_coefs : int or None
+        Number of non-zero codes per row targeted by ``"lars"`` and ``"omp"`` (at most
+        ``n_concepts``; ``None``: scikit-learn's ``max(C // 10, 1)``, at most ``n_concepts``).
+        Refused with the other algorithms, which do not read it.
     """
 
     overcomplete = True
@@ -281,7 +291,8 @@ class SparseDictionary(Factorizer):
     def __init__(self, n_concepts: int = 10, alpha: float = 1.0, positive_code: bool = False,
                  max_iter: int = 1000, tol: float = 1e-8, fit_algorithm: str = "lars",
                  transform_algorithm: str = "lasso_lars", transform_alpha: float | None = None,
-                 random_state: int | None = None) -> None:
+                 random_state: int | None = None,
+                 transform_n_nonzero_coefs: int | None = None) -> None:
         self.n_concepts = n_concepts
         self.alpha = alpha
         self.positive_code = positive_code
@@ -291,6 +302,7 @@ class SparseDictionary(Factorizer):
         self.transform_algorithm = transform_algorithm
         self.transform_alpha = transform_alpha
         self.random_state = random_state
+        self.transform_n_nonzero_coefs = transform_n_nonzero_coefs
 
     def _validate_params(self) -> None:
         super()._validate_params()
@@ -301,6 +313,19 @@ class SparseDictionary(Factorizer):
         check_choice(self.transform_algorithm, "transform_algorithm", list(_CODERS))
         if self.transform_alpha is not None:
             check_float(self.transform_alpha, "transform_alpha", minimum=0.0, strict_minimum=True)
+            if self.transform_algorithm in _COUNTING_CODERS:
+                raise ValueError(f"`transform_alpha` is not used by `transform_algorithm`="
+                                 f"{self.transform_algorithm!r}, which keeps a number of non-zero "
+                                 f"codes per row: pass `transform_n_nonzero_coefs` instead (or "
+                                 f"use 'lasso_lars', 'lasso_cd' or 'threshold').")
+        if self.transform_n_nonzero_coefs is not None:
+            check_int(self.transform_n_nonzero_coefs, "transform_n_nonzero_coefs", minimum=1,
+                      maximum=self.n_concepts)
+            if self.transform_algorithm not in _COUNTING_CODERS:
+                raise ValueError(f"`transform_n_nonzero_coefs` is only used by "
+                                 f"`transform_algorithm`='lars' or 'omp'; "
+                                 f"{self.transform_algorithm!r} is sparse through "
+                                 f"`transform_alpha` (or `alpha`).")
         if self.positive_code and self.transform_algorithm in ("lars", "omp"):
             raise ValueError(f"`positive_code`=True is not available with `transform_algorithm`="
                              f"{self.transform_algorithm!r}; use 'lasso_lars', 'lasso_cd' or "
@@ -314,8 +339,9 @@ class SparseDictionary(Factorizer):
         model = DictionaryLearning(
             n_components=self.n_concepts, alpha=self.alpha, max_iter=self.max_iter, tol=self.tol,
             fit_algorithm=self.fit_algorithm, transform_algorithm=self.transform_algorithm,
-            transform_alpha=self.transform_alpha, positive_code=self.positive_code,
-            random_state=self.random_state).fit(X)
+            transform_alpha=self.transform_alpha,
+            transform_n_nonzero_coefs=self.transform_n_nonzero_coefs,
+            positive_code=self.positive_code, random_state=self.random_state).fit(X)
         self.components_ = model.components_.astype(X.dtype)
         self.n_iter_ = int(model.n_iter_)
         U = self._transform(X)
@@ -323,7 +349,29 @@ class SparseDictionary(Factorizer):
         return U
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
-        alpha = self.alpha if self.transform_alpha is None else self.transform_alpha
-        U = sparse_encode(X, self._components_as(X), algorithm=self.transform_algorithm,
-                          alpha=alpha, positive=self.positive_code)
+        W = self._components_as(X)
+        if self.transform_algorithm in _COUNTING_CODERS:
+            # scikit-learn's default count, int(C / 10) at least 1, bounded by the atoms there are
+            count = self.transform_n_nonzero_coefs
+            if count is None:
+                count = int(min(max(X.shape[1] / 10, 1), W.shape[0]))
+            if self.transform_algorithm == "omp" and count > X.shape[1]:
+                raise ValueError(f"`transform_n_nonzero_coefs`={count} is more than the "
+                                 f"{X.shape[1]} features: orthogonal matching pursuit selects at "
+                                 f"most one atom per feature.")
+            U = sparse_encode(X, W, algorithm=self.transform_algorithm, n_nonzero_coefs=count,
+                              positive=self.positive_code)
+        else:
+            alpha = self.alpha if self.transform_alpha is None else self.transform_alpha
+            U = sparse_encode(X, W, algorithm=self.transform_algorithm, alpha=alpha,
+                              positive=self.positive_code)
         return U.astype(X.dtype, copy=False)
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict, info: dict, **kwargs) -> SparseDictionary:
+        # Files saved before transform_alpha was refused with "lars"/"omp" may hold one: it never
+        # changed their codes (scikit-learn does not read it there), so it is dropped.
+        if (isinstance(params, dict) and params.get("transform_algorithm") in _COUNTING_CODERS
+                and params.get("transform_alpha") is not None):
+            params = {**params, "transform_alpha": None}
+        return super().from_state(params, arrays, info, **kwargs)

@@ -265,9 +265,13 @@ class Metric:
     def evaluate(self, A: Any, A_hat: Any, U: Any, factorizer: Factorizer,
                  **refit_kwargs: Any) -> float:
         """The metric from what it may need: activations ``A``, their reconstruction ``A_hat``,
-        the codes ``U`` and the factorizer (``refit_kwargs`` go to refit metrics only)."""
+        the codes ``U`` and the factorizer (``refit_kwargs`` go to refit metrics only).
+
+        A reconstruction is compared with what the factorizer fitted and encodes: ``A`` after
+        its own input step (``NMF(relu=True)`` clips negative activations to 0), as
+        :func:`~conceptkit.concepts.streaming_error` does. Refit metrics get ``A`` itself."""
         if self.inputs == "reconstruction":
-            return self.func(A, A_hat)
+            return self.func(factorizer._prepare_input(check_matrix(A, "A")), A_hat)
         if self.inputs == "codes":
             return self.func(U)
         return self.func(factorizer, A, **refit_kwargs)
@@ -291,7 +295,9 @@ def extraction_metrics(factorizer: Factorizer, A: np.ndarray | torch.Tensor, met
     """Evaluate a fitted ``factorizer`` on activations ``A (n, C)``.
 
     Codes are ``U = factorizer.transform(A)`` and the reconstruction is
-    ``A_hat = factorizer.inverse_transform(U)``; ``stability`` refits clones (see
+    ``A_hat = factorizer.inverse_transform(U)``, compared with what the factorizer encodes:
+    ``A`` after its own input step (``NMF(relu=True)`` clips negative values to 0, as it
+    does before fitting); ``stability`` refits clones (see
     :func:`stability`, which receives ``n_bootstrap``, ``subset_fraction``, ``seed`` and
     ``progress``).
     ``metrics`` lists names from :data:`EXTRACTION_METRICS` (default: all of them). Directions are

@@ -50,7 +50,8 @@ def test_seminmf_bar_counts_its_iterations(capsys):
 def test_topksae_bar_counts_its_epochs(capsys):
     """TopKSAE (the default on transformer tokens) trains by epochs: its bar counts them (it
     claimed to be a scikit-learn solver with no progress)."""
-    bank, err = fit(TopKSAE(4, top_k=2, epochs=300, batch_size=64, random_state=0), capsys)
+    bank, err = fit(TopKSAE(4, top_k=2, epochs=300, batch_size=64, random_state=0, lr=1e-2),
+                    capsys)
     n_epochs = bank.factorizer.n_epochs_
     shown = [b for b in bars(err) if b.startswith("TopKSAE fit (torch Adam, k=4, 300 x 30)")]
     assert shown and "epochs, stops early once converged" in shown[-1], err
