@@ -71,7 +71,13 @@ def logit_gradients(h: Any, activations: Any, class_id: int, *, space: str = "po
             batch = batch.detach().requires_grad_(True)
             logits = h(batch)
             _check_logits(logits, batch.shape[0], class_id)
-            (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch)
+            (grad,) = torch.autograd.grad(logits[:, class_id].sum(), batch, allow_unused=True)
+            if grad is None:  # the logit needs grad (parameters), but not through the input
+                raise ValueError(f"`h` gives a class-{class_id} logit that does not depend on "
+                                 f"its input: the activations passed to `h` are not used in "
+                                 f"computing it (e.g. `h` ignores its argument, or detaches "
+                                 f"it), so no directional derivative exists. `h` must map the "
+                                 f"activations `{name}` to the logits.")
             if not (torch.isfinite(logits[:, class_id]).all() and torch.isfinite(grad).all()):
                 raise ValueError(f"`h` gives a class-{class_id} logit or gradient that is NaN or "
                                  f"infinite on `{name}` rows {start}-"

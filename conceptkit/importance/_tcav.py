@@ -10,7 +10,8 @@ concepts are significant.
 Two protocols (the defaults are the second; ``statistic="sign_count", classifier="sgd",
 baseline="random", alternative="two-sided"`` is the first):
 
-- **the TCAV paper / Captum**: the baseline is random-vs-random (``R_{r+1}`` against ``R_r``),
+- **the TCAV paper / Captum**: the baseline is random-vs-random (one fixed random counterpart
+  against each ``R_r``, Captum's ``[random_0, random_i]``),
   the statistic the sign count, the test two-sided. It answers "does this direction move the
   class logit *consistently*?" and is sensitive but not specific: a concept set differs from
   random images in more than the concept (one object on a plain background versus busy scenes),
@@ -31,6 +32,14 @@ baseline="random", alternative="two-sided"`` is the first):
   (``BENCHMARKS.md``, "TCAV on the worlds"). The mixtures must differ from the random images:
   random images that look like the concept images (parts on grey against parts on grey) make
   the mixtures' directions noise, which a note says.
+
+Because the default baseline is the other tested concepts, a p-value says "raises the class more
+than a typical tested concept", which a concept the class does not rely on can pass next to one
+that lowers the class. So a concept is never called significant (``TCAVResult.significant``)
+when its CAVs are near chance (mean held-out accuracy below 0.6) or, one-sided, when moving
+towards it does not raise the class logit at all (mean magnitude <= 0; mean sign count <= 0.5);
+its p-value is kept and a note says why. A t-test of two constant groups (every run the same
+score) gives no p-value: NaN, never significant.
 
 The gradients of the class logit do not depend on the CAV, so they are computed once per call
 and every CAV costs one matrix-vector product.
@@ -133,8 +142,8 @@ class TCAVResult:
                 "cav_accuracies": self.cav_accuracies[j].tolist(),
                 "mean_score": float(self.mean_scores[j]),
                 "mean_magnitude": float(self.mean_magnitudes[j]),
-                "p_value": float(self.p_values[j]),
-                "p_value_corrected": float(self.p_values_corrected[j]),
+                "p_value": _json_float(self.p_values[j]),  # None: not testable (NaN)
+                "p_value_corrected": _json_float(self.p_values_corrected[j]),
                 "significant": bool(self.significant[j]),
             }
         return {
@@ -190,6 +199,11 @@ class TCAVResult:
                          f"of its size; the last row is one such mixture per run, for reference")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _json_float(value: float) -> float | None:
+    """A float for JSON, or None for NaN (which JSON cannot hold)."""
+    return None if np.isnan(value) else float(value)
 
 
 def _default_permutations(n_concepts: int, alpha: float) -> int:
@@ -298,14 +312,15 @@ def _permutation_p_values(sets: list[np.ndarray], randoms: list[np.ndarray],
 
 def _p_value(concept: np.ndarray, random: np.ndarray, test: str,
              alternative: str = "two-sided") -> float:
-    # Constant samples make the t statistic 0/0 (scipy returns NaN); decide those exactly.
+    # Constant samples make the t statistic 0/0 (or +-inf): no variation is seen, so nothing
+    # can be said about the spread, and no honest test of two constant groups gives p = 0
+    # (two runs of [0, 0] against [1, 1] are not evidence). NaN: not testable, never significant.
     if test == "ttest_rel":
-        difference = concept - random
-        constant, gap = np.ptp(difference) == 0, difference[0]
+        constant = np.ptp(concept - random) == 0
     else:
-        constant, gap = np.ptp(concept) == 0 and np.ptp(random) == 0, concept[0] - random[0]
+        constant = np.ptp(concept) == 0 and np.ptp(random) == 0
     if constant:
-        return 0.0 if (gap > 0 if alternative == "greater" else gap != 0) else 1.0
+        return float("nan")
     with warnings.catch_warnings():
         # A constant group (e.g. every score 1.0) is valid input; scipy warns about it anyway.
         warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
@@ -319,7 +334,8 @@ def correct_p_values(p_values: Any, correction: str = "bonferroni") -> np.ndarra
     """Family-wise correction of p-values over the concepts tested, clipped at 1.
 
     ``"bonferroni"``: ``p * m``. ``"holm"``: Holm's step-down, ``max_{j<=i} p_(j) * (m - j + 1)``
-    in sorted order (never larger than Bonferroni). ``"none"``: unchanged.
+    in sorted order (never larger than Bonferroni). ``"none"``: unchanged. A NaN p-value (a
+    concept that could not be tested) stays NaN and still counts in ``m`` (conservative).
     """
     correction = check_choice(correction, "correction", CORRECTIONS)
     try:
@@ -327,7 +343,7 @@ def correct_p_values(p_values: Any, correction: str = "bonferroni") -> np.ndarra
     except (TypeError, ValueError):
         raise TypeError(f"`p_values` must be a 1-D array of p-values; got "
                         f"{describe(p_values)}.") from None
-    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+    if p.ndim != 1 or not np.all(np.isnan(p) | ((p >= 0) & (p <= 1))):
         raise ValueError(f"`p_values` must be a 1-D array of p-values in [0, 1] (one per concept "
                          f"tested); got shape {p.shape}"
                          + (f" with values from {np.nanmin(p):g} to {np.nanmax(p):g}"
@@ -337,46 +353,109 @@ def correct_p_values(p_values: Any, correction: str = "bonferroni") -> np.ndarra
         return p.copy()
     if correction == "bonferroni":
         return np.minimum(p * m, 1.0)
-    order = np.argsort(p, kind="stable")
-    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    order = np.argsort(p, kind="stable")  # NaN last: it cannot lift the others
+    stepped = np.fmax.accumulate(p[order] * (m - np.arange(m)))
+    stepped[np.isnan(p[order])] = np.nan
     corrected = np.empty_like(p)
     corrected[order] = np.minimum(stepped, 1.0)
     return corrected
 
 
+def _shared_rows(sets: Sequence[np.ndarray]) -> tuple[list[tuple[int, int]], int]:
+    """Pairs of sets with identical rows (same rows, any order) and the number of pairs that
+    share at least one row (identical ones included)."""
+    keys = [{row.tobytes() for row in np.ascontiguousarray(s)} for s in sets]
+    identical, overlapping = [], 0
+    for a in range(len(sets)):
+        for b in range(a + 1, len(sets)):
+            if keys[a] & keys[b]:
+                overlapping += 1
+                if keys[a] == keys[b]:
+                    identical.append((a, b))
+    return identical, overlapping
+
+
 def _random_runs(random_sets: Any, n_runs: int, set_size: int, space: str, dim: int,
-                 rng: np.random.Generator, t_test: bool = True) -> list[np.ndarray]:
-    """The ``n_runs`` random sets as feature rows: given as a list, or drawn from one pool."""
+                 rng: np.random.Generator, t_test: bool = True,
+                 notes: list[str] | None = None,
+                 counterpart: bool = False) -> list[np.ndarray]:
+    """The ``n_runs`` random sets as feature rows: given as a list, or drawn from one pool.
+
+    Warnings about the sets (identical or overlapping sets) are also appended to ``notes``.
+    With ``counterpart``, one more set follows the run sets: the fixed random counterpart of
+    the random-vs-random baseline (Captum's ``[random_0, random_i]``, tensorflow/tcav's
+    ``random_counterpart``): ``random_sets[n_runs]`` of a list, or one more set drawn from the
+    pool (disjoint from the run sets where the pool allows). A list of exactly ``n_runs`` sets
+    has none to spare: the counterpart is then ``R_0`` (run 0 uses ``R_1``), with a note.
+    """
+    notes = [] if notes is None else notes
+
+    def warn(message: str) -> None:
+        warnings.warn(message, UserWarning, stacklevel=4)
+        notes.append(message)
+
     if isinstance(random_sets, (list, tuple)):
         if len(random_sets) < n_runs:
             raise ValueError(f"`random_sets` holds {len(random_sets)} sets but n_runs={n_runs} "
                              "random runs need one set each; pass more sets, lower n_runs, or "
                              "pass one pool array to draw the sets from.")
-        return [activation_features(s, f"random_sets[{i}]", space, dim=dim, min_rows=2)
-                for i, s in enumerate(random_sets[:n_runs])]
+        used = n_runs + 1 if counterpart and len(random_sets) > n_runs else n_runs
+        sets = [activation_features(s, f"random_sets[{i}]", space, dim=dim, min_rows=2)
+                for i, s in enumerate(random_sets[:used])]
+        identical, overlapping = _shared_rows(sets)
+        if identical:
+            shown = ", ".join(f"random_sets[{a}] = random_sets[{b}]" for a, b in identical[:5])
+            warn(f"{len(identical)} pair(s) of the random sets are identical ({shown}"
+                 f"{', ...' if len(identical) > 5 else ''}): the runs repeat one another, so "
+                 f"the baseline's spread is underestimated and the test finds differences "
+                 f"that are not there. Pass {used} distinct random sets, or one pool array to "
+                 f"draw disjoint sets from.")
+        elif overlapping and t_test:
+            warn(f"{overlapping} pair(s) of the random sets share examples: the runs are not "
+                 f"independent and the test is less reliable. Pass disjoint random sets, or "
+                 f"one pool array to draw disjoint sets from.")
+        if counterpart and used == n_runs:
+            warn(f"`random_sets` holds {n_runs} sets, none to spare for the random-vs-random "
+                 f"baseline's fixed random counterpart, so the counterpart is random_sets[0] "
+                 f"(random_sets[1] for run 0, whose baseline then mirrors run 1's). Pass "
+                 f"{n_runs + 1} sets (the last is the counterpart).")
+        return sets
     pool = activation_features(random_sets, "random_sets", space, dim=dim, min_rows=4)
     size = min(set_size, pool.shape[0] // 2)
     if size < set_size:
-        warnings.warn(f"`random_sets` holds {pool.shape[0]} rows, so each random set has "
-                      f"{size} (half the pool) instead of {set_size}: the CAVs are fitted on "
-                      f"fewer examples. Pass a pool of at least {set_size * n_runs} rows for "
-                      f"{n_runs} disjoint sets of {set_size}.", UserWarning, stacklevel=3)
+        warn(f"`random_sets` holds {pool.shape[0]} rows, so each random set has "
+             f"{size} (half the pool) instead of {set_size}: the CAVs are fitted on "
+             f"fewer examples. Pass a pool of at least {set_size * n_runs} rows for "
+             f"{n_runs} disjoint sets of {set_size}.")
     if size * n_runs <= pool.shape[0]:
         order = rng.permutation(pool.shape[0])  # disjoint sets
-        return [pool[np.sort(order[r * size:(r + 1) * size])] for r in range(n_runs)]
+        sets = [np.sort(order[r * size:(r + 1) * size]) for r in range(n_runs)]
+        if counterpart:
+            if (n_runs + 1) * size <= pool.shape[0]:
+                sets.append(np.sort(order[n_runs * size:(n_runs + 1) * size]))
+            else:
+                sets.append(_distinct_subset(sets, pool.shape[0], size, rng))
+        return [pool[rows] for rows in sets]
     # Too few rows for disjoint sets: each run draws its own subset (sets overlap across runs).
     if size == set_size and t_test:  # a capped size was said above; the permutation test holds
         # the random sets fixed, so overlapping sets only average its statistic over fewer draws
-        warnings.warn(f"`random_sets` holds {pool.shape[0]} rows, too few for {n_runs} disjoint "
-                      f"random sets of {size}: the sets overlap across runs, so the runs are "
-                      f"not independent and the test is less reliable. Pass a pool of at least "
-                      f"{size * n_runs} rows, or lower `n_runs`.", UserWarning, stacklevel=3)
+        warn(f"`random_sets` holds {pool.shape[0]} rows, too few for {n_runs} disjoint "
+             f"random sets of {size}: the sets overlap across runs, so the runs are "
+             f"not independent and the test is less reliable. Pass a pool of at least "
+             f"{size * n_runs} rows, or lower `n_runs`.")
     sets = [np.sort(rng.choice(pool.shape[0], size, replace=False)) for _ in range(n_runs)]
-    for run in range(n_runs):  # random-vs-random pairs R_{r+1} with R_r: never the same rows
-        partner = (run + 1) % n_runs
-        while np.array_equal(sets[partner], sets[run]):
-            sets[partner] = np.sort(rng.choice(pool.shape[0], size, replace=False))
+    if counterpart:
+        sets.append(_distinct_subset(sets, pool.shape[0], size, rng))
     return [pool[rows] for rows in sets]
+
+
+def _distinct_subset(sets: list[np.ndarray], n: int, size: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """A random subset of ``size`` of ``range(n)`` equal to none of ``sets`` (sorted rows)."""
+    while True:
+        rows = np.sort(rng.choice(n, size, replace=False))
+        if not any(np.array_equal(rows, s) for s in sets):
+            return rows
 
 
 def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
@@ -450,13 +529,20 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         ``"concepts"``: each run's baseline CAV separates a random mixture of all the tested
         concept sets from ``R_r`` (a "random concept": it shares whatever makes concept images
         differ from random images; needs at least 2 concepts). ``"random"``: random-vs-random
-        CAVs (``R_{r+1}`` against ``R_r``), the TCAV paper's.
+        CAVs, the TCAV paper's: one fixed random counterpart against each ``R_r`` (Captum's
+        ``[random_0, random_i]``), the set after the ``n_runs`` run sets (pass ``n_runs + 1``
+        sets, or a pool, from which one more set is drawn; with exactly ``n_runs`` sets
+        ``R_0`` is the counterpart, ``R_1`` for run 0, and a note says so).
     alternative : {"greater", "two-sided"}
         ``"greater"``: significant only when the concept raises the class more than the
-        baseline. ``"two-sided"``: also when it lowers it.
+        baseline, and raises it at all (a positive mean magnitude, or mean sign count above
+        0.5). ``"two-sided"``: also when it lowers it. Either way a concept whose CAVs are near
+        chance (mean held-out accuracy below 0.6) is not significant.
     random_set_size : int, optional
         Rows per random set drawn from a pool; default the size of the largest concept set
-        (capped at half the pool).
+        (capped at half the pool). So with a pool and the default, adding a concept set
+        larger than the others changes the random sets, hence every concept's CAVs; pass
+        ``random_set_size`` (or a list of random sets) to keep them.
     n_permutations : int or None
         Random mixtures drawn by the permutation test (at least 19); default
         ``max(999, 20 m / alpha - 1)`` for ``m`` concepts, so the smallest possible p-value
@@ -495,23 +581,43 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
                         f"got {describe(concepts)}.")
     if len(concepts) == 0:
         raise ValueError("`concepts` is empty; give at least one concept set.")
+    early_notes: list[str] = []  # said when found (warnings) and kept in the result's notes
     if n_runs < RECOMMENDED_RUNS and test != "permutation":
-        warnings.warn(f"n_runs={n_runs} random runs: TCAV significance is unreliable with fewer "
-                      f"than {RECOMMENDED_RUNS}.",
-                      UserWarning, stacklevel=2)
+        message = (f"n_runs={n_runs} random runs: TCAV significance is unreliable with fewer "
+                   f"than {RECOMMENDED_RUNS}.")
+        warnings.warn(message, UserWarning, stacklevel=2)
+        early_notes.append(message)
     names = []
     for key in concepts:
         if not isinstance(key, str):
             raise TypeError(f"`concepts` keys must be concept names (str); got {describe(key)}.")
         names.append(key)
 
-    # Cheap validation of every set first; the backward passes come last.
+    # Cheap validation of every set first; the backward passes come last. Every set must give
+    # as many features as the class activations: the expected size comes from them, so that
+    # the wrongly sized set is the one blamed (the class activations when every concept set
+    # disagrees with them).
+    class_features = activation_features(class_activations, "class_activations", space,
+                                         min_rows=1)
+    dim = class_features.shape[1]
     features: dict[str, np.ndarray] = {}
-    dim = None
     for name in names:
         features[name] = activation_features(concepts[name], f"concepts[{name!r}]", space,
-                                             dim=dim, min_rows=2)
-        dim = features[name].shape[1]
+                                             min_rows=2)
+    sizes = {name: f.shape[1] for name, f in features.items()}
+    if len(set(sizes.values())) == 1 and dim not in sizes.values():
+        raise ValueError(f"`class_activations` give {dim} features per example in {space!r} "
+                         f"space (shape {tuple(class_activations.shape)}) but the concept sets "
+                         f"give {sizes[names[0]]}; they must come from the same layer (and, in "
+                         f"flat space, have the same spatial size).")
+    for name in names:
+        if sizes[name] != dim:
+            raise ValueError(f"`concepts[{name!r}]` gives {sizes[name]} features per example in "
+                             f"{space!r} space (shape {tuple(concepts[name].shape)}) but "
+                             f"`class_activations` give {dim} (shape "
+                             f"{tuple(class_activations.shape)}); every concept set must come "
+                             f"from the class activations' layer (and, in flat space, have "
+                             f"their spatial size).")
     if baseline == "concepts" and len(concepts) < 2:
         raise ValueError("baseline='concepts' compares each concept with a random mixture of "
                          f"the tested concepts, so it needs at least 2 concept sets; got "
@@ -525,13 +631,10 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
     random_set_size = check_int(random_set_size, "random_set_size", minimum=2)
     rng = make_rng(seed)
     randoms = _random_runs(random_sets, n_runs, random_set_size, space, dim, rng,
-                           t_test=test != "permutation")
-    class_features = activation_features(class_activations, "class_activations", space,
-                                         min_rows=1)
-    if class_features.shape[1] != dim:
-        raise ValueError(f"`class_activations` give {class_features.shape[1]} features per "
-                         f"example in {space!r} space but the concept sets give {dim}; they "
-                         "must come from the same layer.")
+                           t_test=test != "permutation", notes=early_notes,
+                           counterpart=baseline == "random")
+    counterpart = randoms[n_runs] if len(randoms) > n_runs else None
+    randoms = randoms[:n_runs]
     gradients = logit_gradients(h, class_activations, class_id, space=space,
                                 batch_size=batch_size, device=device, progress=progress,
                                 name="class_activations")
@@ -540,7 +643,10 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
     scores, magnitudes, accuracies = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     random_scores, random_magnitudes, random_accuracies = (np.zeros(n_runs) for _ in range(3))
     run_seeds = rng.integers(2**31 - 1, size=n_runs)
-    pooled_concepts = np.concatenate([features[name] for name in names])
+    # the concept sets in name order wherever they are pooled (the random-concept baseline's
+    # mixtures, the permutation test), so that the order of `concepts` changes nothing
+    by_name = sorted(names)
+    pooled_concepts = np.concatenate([features[name] for name in by_name])
     mixture_size = int(round(np.mean([features[name].shape[0] for name in names])))
     for run in tqdm(range(n_runs), desc="TCAV random runs", disable=not progress):
         # one stream per (run, concept name) and one for the baseline: a concept's CAVs do not
@@ -558,10 +664,16 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
             magnitudes[j, run] = derivatives.mean()
             accuracies[j, run] = cav.accuracy
         if baseline == "random":
-            partner = (run + 1) % n_runs
-            cav = fit_cav(randoms[partner], negatives, classifier=classifier, space=space,
-                          test_size=test_size, rng=run_rng,
-                          what=f"random set {partner} vs random set {run}")
+            # one fixed random counterpart against every R_r (Captum's [random_0, random_i],
+            # tensorflow/tcav's random_counterpart); pairing R_{r+1} with R_r instead made
+            # neighbouring runs anti-correlated (mirror images with two runs)
+            if counterpart is not None:
+                positives, what = counterpart, f"the random counterpart vs random set {run}"
+            else:
+                partner = 1 if run == 0 else 0
+                positives, what = randoms[partner], f"random set {partner} vs random set {run}"
+            cav = fit_cav(positives, negatives, classifier=classifier, space=space,
+                          test_size=test_size, rng=run_rng, what=what)
         else:
             rows = np.sort(run_rng.choice(pooled_concepts.shape[0], mixture_size, replace=False))
             cav = fit_cav(pooled_concepts[rows], negatives, classifier=classifier, space=space,
@@ -577,6 +689,7 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
     notes = zero_gradient_notes(gradients, class_id)
     if not notes and statistic == "sign_count":
         notes = same_sign_notes(scores, random_scores, gradients.shape[0])
+    notes += one_input_notes(gradients.shape[0], statistic)
     notes += chance_notes(names, accuracies)
     if baseline == "concepts" and random_accuracies.mean() < 0.6:
         notes.append(f"the random-concept baseline is near chance: CAVs of mixtures of the "
@@ -598,23 +711,98 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
                           f"concept can be significant. Leave `n_permutations` out (default "
                           f"{_default_permutations(len(names), alpha)}) or raise it.",
                           UserWarning, stacklevel=2)
-        p_values = _permutation_p_values([features[name] for name in names], randoms,
-                                         gradients, n_permutations, alternative, rng)
+        p_values = np.empty(len(names))
+        p_values[[names.index(name) for name in by_name]] = _permutation_p_values(
+            [features[name] for name in by_name], randoms, gradients, n_permutations,
+            alternative, rng)
     else:
         tested, reference = ((magnitudes, random_magnitudes) if statistic == "magnitude"
                              else (scores, random_scores))
         p_values = np.array([_p_value(tested[j], reference, test, alternative)
                              for j in range(len(names))])
     corrected = correct_p_values(p_values, correction)
+    significant, withheld = _gate_significance(names, corrected < alpha, p_values, accuracies,
+                                               scores, magnitudes, statistic, alternative,
+                                               explain_nan=not np.all(gradients == 0))
+    if withheld:
+        warnings.warn(withheld, UserWarning, stacklevel=2)
+    notes = early_notes + notes + ([withheld] if withheld else [])
     return TCAVResult(
         concept_names=tuple(names), class_id=class_id, scores=scores, magnitudes=magnitudes,
         cav_accuracies=accuracies, random_scores=random_scores,
         random_magnitudes=random_magnitudes, random_cav_accuracies=random_accuracies,
-        p_values=p_values, p_values_corrected=corrected, significant=corrected < alpha,
+        p_values=p_values, p_values_corrected=corrected, significant=significant,
         alpha=alpha, test=test, correction=correction, classifier=classifier, space=space,
         statistic=statistic, baseline=baseline, alternative=alternative, notes=tuple(notes),
         n_permutations=n_permutations if test == "permutation" else None,
     )
+
+
+def _gate_significance(names: Sequence[str], passed: np.ndarray, p_values: np.ndarray,
+                       accuracies: np.ndarray, scores: np.ndarray, magnitudes: np.ndarray,
+                       statistic: str, alternative: str,
+                       explain_nan: bool = True) -> tuple[np.ndarray, str]:
+    """``passed`` (corrected p below alpha) less the concepts that cannot be significant, and
+    one note naming those whose significance was withheld and why ("" if none).
+
+    A p-value compares a concept with the baseline, which with the default baseline is the
+    *other tested concepts*: next to a concept that strongly lowers the class, anything else
+    looks like it raises it, a set of random images included. So a concept is not called
+    significant when its CAVs are near chance (mean held-out accuracy below 0.6, as in
+    :func:`chance_notes`: there is no concept direction to speak of). A significant concept
+    along whose CAVs the class logit still falls (mean magnitude <= 0, or mean sign count
+    <= 0.5, with ``alternative="greater"``) stays significant, with a note: the test is
+    relative, and on the ground-truth worlds such concepts include parts the model relies on
+    (withholding them lost 9 relied-on parts in two seeds of `eval_tcav.py`). A NaN
+    p-value (not testable) is never significant either (said unless ``explain_nan`` is false:
+    a zero gradient has its own note). The p-values are kept as computed.
+    """
+    mean_accuracy = accuracies.mean(axis=1)
+    if statistic == "magnitude":
+        tested, what = magnitudes.mean(axis=1), "mean magnitude {:+.3g}"
+        not_raising = tested <= 0
+    else:
+        tested, what = scores.mean(axis=1), "mean TCAV score {:.3g}"
+        not_raising = tested <= 0.5
+    reasons, falling = [], []
+    significant = passed.copy()
+    for j, name in enumerate(names):
+        if passed[j] and mean_accuracy[j] < 0.6:
+            significant[j] = False
+            reasons.append(f"{name!r}: its CAVs are near chance (mean held-out accuracy "
+                           f"{mean_accuracy[j]:.2f} < 0.6)")
+        elif passed[j] and alternative == "greater" and not_raising[j]:
+            falling.append(f"{name!r} ({what.format(tested[j])})")
+    nan = [name for name, p in zip(names, p_values) if np.isnan(p)]
+    parts = []
+    if reasons:
+        parts.append(f"significance withheld from {len(reasons)} concept(s) whose corrected "
+                     f"p-value is below alpha: " + "; ".join(reasons) + ". Their p-values "
+                     "compare them with the baseline (with baseline='concepts', the other "
+                     "tested concepts), so a concept the class does not rely on can pass it "
+                     "next to one that lowers the class; the p-values are kept as computed.")
+    if falling:
+        parts.append(f"significant relative to the baseline, but the class logit falls along "
+                     f"their CAVs: {', '.join(falling)}. With baseline='concepts' the test "
+                     f"says such a concept lowers the class less than a typical tested concept "
+                     f"does, not that it raises it.")
+    if nan and explain_nan:
+        parts.append(f"not testable (p-value NaN, never significant): "
+                     f"{', '.join(repr(n) for n in nan)}: the concept's and the baseline's "
+                     f"statistics are constant over the runs, so the t-test has no variation "
+                     f"to compare them with (with few runs or a linear head). Use more runs, "
+                     f"an earlier layer, or the magnitude statistic.")
+    return significant, " ".join(parts)
+
+
+def one_input_notes(n_inputs: int, statistic: str) -> list[str]:
+    """A note when there is a single class input: every score is then 0 or 1 and the test
+    speaks about that one input, not about the class."""
+    if n_inputs >= 2:
+        return []
+    return [f"only {n_inputs} class input (`class_activations`): every TCAV score is 0 or 1 and "
+            f"every statistic ({statistic} tested) describes that one input, not the class. "
+            f"Pass the activations of many inputs of the class."]
 
 
 def zero_gradient_notes(gradients: np.ndarray, class_id: int) -> list[str]:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_int, describe, to_numpy
+from .._validation import check_choice, check_int, describe, to_numpy
+from ..concepts._cav import SPACES, activation_features
 from ..extraction import ActivationExtractor, split_model
 from ._tcav import TCAVResult, tcav
 
@@ -158,5 +159,22 @@ def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,
                         for i, images in enumerate(random_images)]
     else:
         randoms = extractor(random_images, name="random_images")
+    _check_sizes(class_activations, concepts, randoms, tcav_kwargs.get("space", "pooled"))
     return tcav(h, class_activations, concepts, randoms, class_id, batch_size=batch_size,
                 device=device, progress=progress, **tcav_kwargs)
+
+
+def _check_sizes(class_activations: Any, concepts: Mapping[str, Any], randoms: Any,
+                 space: Any) -> None:
+    """The checks :func:`tcav` makes on the activations' sizes, naming this function's
+    arguments (``concept_images['a']``, ``random_images[3]``) rather than tcav's."""
+    space = check_choice(space, "space", SPACES)
+    dim = activation_features(class_activations, "class_images", space).shape[1]
+    for name, activations in concepts.items():
+        activation_features(activations, f"concept_images[{name!r}]", space, dim=dim,
+                            min_rows=2)
+    if isinstance(randoms, list):
+        for i, activations in enumerate(randoms):
+            activation_features(activations, f"random_images[{i}]", space, dim=dim, min_rows=2)
+    else:
+        activation_features(randoms, "random_images", space, dim=dim, min_rows=4)

@@ -341,7 +341,14 @@ def test_constant_scores_give_exact_p_values(planted):
     np.testing.assert_array_equal(result.scores[0], 1.0)
     np.testing.assert_array_equal(result.scores[1], 0.0)
     assert set(np.unique(result.random_scores)) <= {0.0, 1.0}
-    assert np.isfinite(result.p_values).all() and result.significant.all()
+    # constant concept scores against varying baseline scores: an ordinary t-test; against
+    # constant baseline scores: not testable (NaN, never significant), not p = 0
+    for j in range(2):
+        if np.ptp(result.random_scores) == 0:
+            assert np.isnan(result.p_values[j]) and not result.significant[j]
+        else:
+            assert result.p_values[j] == pytest.approx(
+                stats.ttest_ind(result.scores[j], result.random_scores).pvalue, rel=1e-12)
 
 
 def test_result_to_dict_and_summary(planted_result):
@@ -354,7 +361,9 @@ def test_result_to_dict_and_summary(planted_result):
     lines = text.splitlines()
     assert "class 0" in lines[0] and "20 random runs" in lines[0]
     assert lines[2].startswith("d1") and lines[2].rstrip().endswith("yes")
-    assert lines[-1].startswith("(random vs random)")
+    baseline_row = 2 + len(planted_result.concept_names)
+    assert lines[baseline_row].startswith("(random vs random)")
+    assert lines[baseline_row + 1:] == [f"note: {n}" for n in planted_result.notes]
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,9 +41,13 @@ def test_the_default_keeps_its_false_positive_rate_under_a_null_with_many_runs()
                     gaussian(rng, 20 * 41), 1)
             flagged.append(tcav(*args, n_runs=40, seed=s, progress=False).significant.any())
             classic.append(tcav(*args, n_runs=40, seed=s, progress=False,
-                                test="ttest_ind").significant.any())
+                                test="ttest_ind"))
     assert np.mean(flagged) <= 0.1       # alpha 0.05, family-wise over the 3 concepts
-    assert np.mean(classic) >= 0.3       # the t-test over the runs, on the same data
+    # the t-test over the runs, on the same data: its p-values pass alpha far too often ...
+    assert np.mean([(r.p_values_corrected < r.alpha).any() for r in classic]) >= 0.3
+    # ... and the concepts it passes are at chance or do not raise the class, so they are not
+    # called significant (TCAVResult.significant is gated, the p-values are kept)
+    assert np.mean([r.significant.any() for r in classic]) <= 0.1
 
 
 def _explicit_statistic(rows, randoms, gradient):
