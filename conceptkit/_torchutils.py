@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +110,25 @@ def _checksum(tensor: torch.Tensor) -> tuple:
                     int((~finite).sum()))
     except (RuntimeError, NotImplementedError, TypeError):  # a dtype torch cannot reduce
         return ()
+
+
+def values_state(value: Any) -> tuple | None:
+    """A checksum of a tensor's values (None for anything else), for caches whose key must see
+    the in-place edits the version counter misses (``t.numpy()[:] *= 3``, ``t.data.mul_(0.5)``):
+    a CRC-32 of the bytes of a contiguous CPU tensor (about 0.1 s for 200 MB, one thread), the
+    float64 sum and L2 norm of the values otherwise (on the tensor's device)."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    tensor = value.detach()
+    if (tensor.device.type == "cpu" and tensor.layout == torch.strided and tensor.is_contiguous()
+            and not tensor.is_quantized and not tensor.is_conj() and not tensor.is_neg()):
+        try:
+            data = tensor.reshape(-1).view(torch.uint8).numpy()
+        except (RuntimeError, TypeError):
+            data = None
+        if data is not None:
+            return ("crc32", tuple(tensor.shape), str(tensor.dtype), zlib.crc32(data))
+    return ("sum", tuple(tensor.shape), str(tensor.dtype), _checksum(tensor))
 
 
 def tensor_state(value: Any) -> tuple:

@@ -38,3 +38,21 @@ def test_weights_state_sees_an_edit_through_data():
     before = weights_state(complex_layer)
     complex_layer.b.data.mul_(2.0)
     assert not same_state(before, weights_state(complex_layer))
+
+
+def test_values_state_sees_edits_the_version_counter_misses():
+    from conceptkit._torchutils import values_state
+
+    tensor = torch.rand(3, 4, 5)
+    state = values_state(tensor)
+    assert values_state(tensor.clone()) == state
+    tensor.numpy()[0, 0, 0] += 1.0  # through numpy: _version stays
+    assert values_state(tensor) != state
+    state = values_state(tensor)
+    tensor.data.mul_(0.5)
+    assert values_state(tensor) != state
+    view = tensor.transpose(0, 2)  # not contiguous: a float64 checksum
+    state = values_state(view)
+    view.data.add_(1.0)
+    assert values_state(view) != state
+    assert values_state(None) is None

@@ -186,7 +186,16 @@ class ConceptBank:
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> ConceptBank:
-        """Rebuild from :meth:`to_state` output."""
+        """Rebuild from :meth:`to_state` output (``ValueError`` naming any tensor that
+        :meth:`to_state` does not write)."""
+        unknown = sorted(key for key in tensors if key not in _TENSORS
+                         and not key.startswith("factorizer.")
+                         and not (key.startswith("provenance.")
+                                  and key[len("provenance."):] in _PROVENANCE))
+        if unknown:
+            raise ValueError(f"{len(unknown)} unknown tensor(s) {unknown[:5]}"
+                             f"{' ...' if len(unknown) > 5 else ''} (a concept bank saves none "
+                             f"of these names)")
         f_meta = meta["factorizer"]
         f_arrays = {k.split(".", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("factorizer.")}
         factorizer = factorizer_from_state(f_meta["name"], f_meta["params"], f_arrays, f_meta["info"])
@@ -281,6 +290,11 @@ class ConceptBank:
         with io.loading(path, "ConceptBank"):
             return cls.from_state(tensors, meta)
 
+
+#: The tensors :meth:`ConceptBank.to_state` writes, besides its factorizer's arrays and
+#: provenance's (``provenance.`` and one of :data:`_PROVENANCE`).
+_TENSORS = frozenset({"components", "codes", "concept_ids", "activations"})
+_PROVENANCE = frozenset({"image_ids", "boxes", "cells", "label_maps", "segment_refs"})
 
 _PROBE_ITERATIONS = 20
 

@@ -19,10 +19,12 @@ reuses chunks of such a store.
 
 from __future__ import annotations
 
+import contextvars
 import dis
 import functools
 import hashlib
 import os
+import sys
 import types
 from typing import Any
 
@@ -108,9 +110,199 @@ def structure_digest(module: nn.Module, other: Any = None) -> str:
 
 
 def model_identity(module: nn.Module) -> dict[str, str]:
-    """``{"model_digest", "model_structure"}``: :func:`module_digest` (the weights) and
-    :func:`structure_digest` (the structure) of a model, as a saved explanation records them."""
-    return {"model_digest": module_digest(module), "model_structure": structure_digest(module)}
+    """``{"model_digest", "model_structure", "model_code"}``: :func:`module_digest` (the
+    weights), :func:`structure_digest` (the structure) and :func:`code_digest` (its own code and
+    the settings kept in plain objects) of a model, as a saved explanation records them."""
+    return {"model_digest": module_digest(module), "model_structure": structure_digest(module),
+            "model_code": code_digest(module)}
+
+
+# code of these packages (and of Python's standard library, and of anything installed in
+# site-packages) is named, not described: an upgrade of torch must not make every model another
+_LIBRARIES = frozenset({"torch", "torchvision", "timm", "open_clip", "transformers", "numpy",
+                        "scipy", "sklearn", "PIL", "safetensors", "conceptkit"})
+# bookkeeping of plain objects (a Hugging Face config records the version that wrote it)
+_NOT_OBJECT_SETTINGS = _NOT_SETTINGS | {"transformers_version"}
+_OBJECT_DEPTH = 3
+
+
+def _is_library(module_name: Any) -> bool:
+    """Whether code of the module named ``module_name`` belongs to an installed library."""
+    if not isinstance(module_name, str) or not module_name:
+        return True
+    root = module_name.split(".")[0]
+    if root in _LIBRARIES or root in sys.stdlib_module_names or root == "builtins":
+        return True
+    file = getattr(sys.modules.get(module_name), "__file__", None) or ""
+    return "site-packages" in file or "dist-packages" in file
+
+
+def code_digest(module: nn.Module) -> str:
+    """A hex digest of what a model computes that neither its weights nor its structure show:
+    the code of every method of its module classes defined outside the libraries (a
+    ``forward`` that calls ``torch.sigmoid`` instead of ``F.relu``), with the constants,
+    class attributes and helper functions that code reads, and the settings each submodule
+    keeps in plain objects (``self.cfg.scale``, a Hugging Face style config: their plain-valued
+    attributes, a few levels deep).
+
+    The same for a model and its ``copy.deepcopy``, in every process; it changes with the
+    Python version (bytecode), not with an upgrade of torch, torchvision, timm or open_clip
+    (their classes are named by :func:`structure_digest`, not described)."""
+    digest = hashlib.blake2b(digest_size=16)
+    classes: dict[type, str] = {}
+    for name, sub in module.named_modules(remove_duplicate=False):
+        kind = type(sub)
+        if kind not in classes:
+            classes[kind] = _class_code(kind)
+        digest.update(f"{name}|{classes[kind]}|{_object_settings(sub)}\n".encode())
+    return digest.hexdigest()
+
+
+def _class_code(kind: type) -> str:
+    """The code of a module class's own methods (and its non-library bases'), what they read
+    and its plain class attributes; empty for a library class."""
+    parts: list[str] = []
+    seen: set = set()
+    for cls in kind.__mro__:
+        if cls is object or _is_library(cls.__module__):
+            continue
+        for attr, value in sorted(vars(cls).items()):
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            elif isinstance(value, property):
+                value = value.fget
+            if isinstance(value, types.FunctionType):
+                defaults = [_plain(v, 0) or type(v).__qualname__ for v in value.__defaults__ or ()]
+                cells = [_object_text(cell.cell_contents, 1) or type(cell.cell_contents).__qualname__
+                         for cell in (value.__closure__ or ()) if _has_contents(cell)
+                         and not isinstance(cell.cell_contents, type)]  # __class__ of super()
+                parts.append(f"{cls.__qualname__}.{attr}:{_code_text(value.__code__, 0)}:"
+                             f"{defaults}:{cells}")
+                _reads(value, 1, seen, parts)
+            elif not attr.startswith("__"):
+                text = _plain(value, 0)
+                if text is not None:
+                    parts.append(f"{cls.__qualname__}.{attr}={text}")
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest() if parts else ""
+
+
+def _object_settings(module: nn.Module) -> str:
+    """A module's public attributes that hold plain objects (a config), by their plain-valued
+    attributes (what :func:`module_settings` leaves out)."""
+    parts = []
+    for key, value in sorted(vars(module).items()):
+        if key.startswith("_") or key in _NOT_SETTINGS or "cache" in key.lower():
+            continue
+        if _plain(value, 0) is not None:
+            continue  # a plain setting: in the structure
+        text = _object_text(value, 0)
+        if text is not None:
+            parts.append(f"{key}={text}")
+    return ",".join(parts)
+
+
+def _object_text(value: Any, depth: int) -> str | None:
+    """A plain value, or a plain object (a config) by its plain-valued public attributes,
+    ``_OBJECT_DEPTH`` levels deep; None for modules, functions, classes and the like."""
+    plain = _plain(value, _MAX_DEPTH - 2)
+    if plain is not None:
+        return plain
+    if depth >= _OBJECT_DEPTH or isinstance(value, (nn.Module, types.ModuleType, type,
+                                                    types.FunctionType, types.MethodType)):
+        return None
+    if isinstance(value, dict):
+        items = [(str(k), _object_text(v, depth + 1)) for k, v in value.items()]
+        return "{" + ",".join(sorted(f"{k}={t}" for k, t in items if t is not None)) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(str(_object_text(v, depth + 1)) for v in value) + "]"
+    attributes = getattr(value, "__dict__", None)
+    if not isinstance(attributes, dict):
+        return None
+    inner = []
+    for key, item in sorted(attributes.items(), key=lambda pair: str(pair[0])):
+        if (not isinstance(key, str) or key.startswith("_") or key in _NOT_OBJECT_SETTINGS
+                or "cache" in key.lower()):
+            continue
+        text = _object_text(item, depth + 1)
+        if text is not None:
+            inner.append(f"{key}={text}")
+    return f"object:{type(value).__qualname__}{{" + ",".join(inner) + "}"
+
+
+def _code_text(code: types.CodeType, depth: int) -> str:
+    """:func:`_code_identity`, with constant sets in an order that is the same in every
+    process."""
+    consts = [_const_text(c, depth) for c in code.co_consts]
+    digest = hashlib.blake2b(code.co_code, digest_size=16)
+    digest.update(repr((consts, code.co_names)).encode())
+    return digest.hexdigest()
+
+
+def _const_text(value: Any, depth: int) -> str:
+    if isinstance(value, types.CodeType):
+        return _code_text(value, depth + 1) if depth < _MAX_DEPTH else "<code>"
+    if isinstance(value, frozenset):
+        return "frozenset{" + ",".join(sorted(_const_text(v, depth) for v in value)) + "}"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_const_text(v, depth) for v in value) + ")"
+    return repr(value)
+
+
+def _codes(code: types.CodeType, depth: int = 0) -> list[types.CodeType]:
+    """A code object and those nested in it (lambdas, comprehensions), a few levels deep."""
+    found = [code]
+    if depth < _MAX_DEPTH:
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                found.extend(_codes(const, depth + 1))
+    return found
+
+
+def _library_object(value: Any) -> bool:
+    name = value.__name__ if isinstance(value, types.ModuleType) else value.__module__
+    return _is_library(name)
+
+
+def _reads(function: types.FunctionType, depth: int, seen: set, out: list[str]) -> None:
+    """Append to ``out`` what ``function`` reads from its module beyond its own code: plain
+    globals (``SCALE``), the attributes it reads through modules and classes of its own
+    (``Cfg.scale``, ``mycfg.SCALE``, ``helpers.normalize``), and the code of the global
+    functions it calls, and what they read, down to ``_MAX_DEPTH`` calls."""
+    if depth > _MAX_DEPTH or function in seen:
+        return
+    seen.add(function)
+    namespace = function.__globals__
+    for code in _codes(function.__code__):
+        instructions = list(dis.get_instructions(code))
+        for i, ins in enumerate(instructions):
+            if ins.opname != "LOAD_GLOBAL" or ins.argval not in namespace:
+                continue
+            name, value = ins.argval, namespace[ins.argval]
+            j = i + 1
+            while (isinstance(value, (types.ModuleType, type)) and not _library_object(value)
+                   and j < len(instructions)
+                   and instructions[j].opname in ("LOAD_ATTR", "LOAD_METHOD")):
+                try:
+                    value = getattr(value, instructions[j].argval)
+                except Exception:  # noqa: BLE001 - an attribute set later, a failing property
+                    break
+                name, j = f"{name}.{instructions[j].argval}", j + 1
+            _read_value(name, value, depth, seen, out)
+
+
+def _read_value(name: str, value: Any, depth: int, seen: set, out: list[str]) -> None:
+    if isinstance(value, (types.ModuleType, type)):
+        return  # named by the code that reads it
+    if isinstance(value, types.FunctionType):
+        if not _is_library(value.__module__) and value not in seen:
+            out.append(f"{name}:{_code_text(value.__code__, 0)}")
+            _reads(value, depth + 1, seen, out)
+        return
+    if isinstance(value, nn.Module):
+        return  # a model: described (weights, structure) where it is an attribute or global
+    text = _object_text(value, 1)
+    if text is not None:
+        out.append(f"{name}={text}")
 
 
 def module_settings(module: nn.Module, other: Any = None) -> str:
@@ -189,6 +381,30 @@ def callable_identity(obj: Any, *, legacy: bool = False) -> str | None:
 
 _MAX_DEPTH = 6
 
+# while preprocess_identity describes a callable: (functions seen, what their code reads)
+_READS: contextvars.ContextVar[tuple[set, list[str]] | None] = contextvars.ContextVar(
+    "conceptkit_reads", default=None)
+
+
+def preprocess_identity(obj: Any) -> tuple[str | None, str | None]:
+    """:func:`callable_identity` of a preprocessing callable, and a digest of what its code
+    reads beyond what that description holds (``None``, ``None`` for no preprocessing): the
+    attributes read through modules and classes of the user's own (``x * Cfg.scale``,
+    ``x * mycfg.SCALE``), the code of helper functions however deep they call each other
+    (down to ``_MAX_DEPTH`` calls) and what they read, and the code of its modules' own
+    classes (:func:`code_digest`). Recorded as a field of its own (``preprocess_reads``), so
+    that the description, and with it every file and store recorded before, stays as it was."""
+    if obj is None:
+        return None, None
+    sink: tuple[set, list[str]] = (set(), [])
+    token = _READS.set(sink)
+    try:
+        described = _describe(obj, 0)
+    finally:
+        _READS.reset(token)
+    reads = hashlib.blake2b("\n".join(sink[1]).encode(), digest_size=16).hexdigest()
+    return described, reads
+
 
 def _describe(value: Any, depth: int, legacy: bool = False) -> str:
     if depth > _MAX_DEPTH:
@@ -199,6 +415,9 @@ def _describe(value: Any, depth: int, legacy: bool = False) -> str:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return f"tensor:{tensor_digest(value)}"
     if isinstance(value, nn.Module):
+        sink = _READS.get()
+        if sink is not None:
+            sink[1].append(f"module:{code_digest(value)}")
         described = f"module:{module_digest(value)}:{_strip_addresses(repr(value))}"
         if legacy:
             return described
@@ -228,6 +447,10 @@ def _describe(value: Any, depth: int, legacy: bool = False) -> str:
         read = _globals_read(value, depth)
         if read:  # only then: the digests of functions that read no global stay as they were
             digest.update(_describe(read, deeper, legacy).encode())
+        sink = _READS.get()
+        if sink is not None:
+            sink[1].append(f"{value.__qualname__}:{_code_text(value.__code__, 0)}")
+            _reads(value, 0, sink[0], sink[1])
         return f"function:{value.__module__}.{value.__qualname__}:{digest.hexdigest()}"
     if isinstance(value, (types.BuiltinFunctionType, types.ModuleType, type)):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value.__name__)}"
@@ -383,10 +606,53 @@ def extractor_identity(extractor: Any) -> dict[str, Any]:
     if isinstance(model, nn.Module) and hasattr(extractor, "layer"):
         dtype = next((t.dtype for t in list(model.parameters()) + list(model.buffers())
                       if t.is_floating_point()), torch.float32)
+        preprocess, reads = preprocess_identity(getattr(extractor, "preprocess", None))
+        # model_code and preprocess_reads: recorded since conceptkit reads them, compared
+        # only where a store records them (see write_store)
         return {"model": module_digest(model), "model_structure": structure_digest(model),
-                "layer": str(extractor.layer),
-                "preprocess": callable_identity(getattr(extractor, "preprocess", None)),
+                "model_code": code_digest(model), "layer": str(extractor.layer),
+                "preprocess": preprocess, "preprocess_reads": reads,
                 "model_dtype": str(dtype).replace("torch.", ""),
                 "settings": _describe({key: getattr(extractor, key, None) for key in
                                        ("tokens", "prefix_tokens", "output_index", "reduce")}, 0)}
     return {"extractor": callable_identity(extractor)}
+
+
+def recorded_identity(model: nn.Module, preprocess: Any) -> dict[str, Any]:
+    """What a saved object fitted over ``model`` records of it (its ``fitted_with``):
+    :func:`model_identity` and the preprocessing's description and what it reads
+    (:func:`preprocess_identity`). :func:`identity_differences` compares a model with it."""
+    described, reads = preprocess_identity(preprocess)
+    return {**model_identity(model), "preprocess": described, "preprocess_reads": reads}
+
+
+def identity_differences(known: dict[str, Any], model: Any, preprocess: Any,
+                         fitted: str) -> tuple[list[str], bool]:
+    """How ``model`` and ``preprocess`` differ from what ``known`` (a file's ``fitted_with``, or
+    :func:`recorded_identity`) records of what ``fitted`` ("the explanation", "the atlas") was
+    fitted with, as far as it is known: the model's differences (weights, structure) in words,
+    and whether the given preprocessing differs from the recorded one (False when it matches or
+    none is recorded)."""
+    differences = []
+    if "model_digest" in known and known["model_digest"] != module_digest(model):
+        differences.append(f"the model's weights differ from those {fitted} was fitted with "
+                           f"(another digest of the parameters and buffers: other values, "
+                           f"shapes or dtype)")
+    # recorded since the structure is read (earlier files: weights only, compared above)
+    if "model_structure" in known and known["model_structure"] != structure_digest(model):
+        differences.append(f"the model's structure differs from the one {fitted} was fitted "
+                           f"with (a submodule of another type, or other settings: a pooling, "
+                           f"an activation, a stride, an eps)")
+    # recorded since the model's own code is read (earlier files: not compared)
+    if "model_code" in known and known["model_code"] != code_digest(model):
+        differences.append(f"the model's code differs from the one {fitted} was fitted with "
+                           f"(the code of a module class of its own, such as its forward, or "
+                           f"a setting kept in a plain object, such as a config)")
+    # files saved before modules' structure and objects' attributes were read hold the
+    # description of then: the same preprocessing matches it
+    described, reads = preprocess_identity(preprocess)
+    differs = "preprocess" in known and known["preprocess"] not in (
+        described, callable_identity(preprocess, legacy=True))
+    # recorded since what the preprocessing reads is (earlier files: not compared)
+    differs = differs or ("preprocess_reads" in known and known["preprocess_reads"] != reads)
+    return differences, differs

@@ -114,9 +114,25 @@ def _write_manifest(path: Path, manifest: dict, *, exclusive: bool = False) -> b
     return _write_file(path / MANIFEST, lambda fh: fh.write(data), store=path, exclusive=exclusive)
 
 
+#: Fingerprint fields recorded since conceptkit reads them, compared only where a store
+#: records them: a store written before (without them) is reused as it was, its fingerprint kept.
+_WHEN_RECORDED = ("model_code", "preprocess_reads")
+
+
+def _same_extraction(old: Any, full: dict) -> dict | None:
+    """The fingerprint to keep when a store recording ``old`` holds the extraction ``full``
+    (``old`` itself, which may lack the fields of :data:`_WHEN_RECORDED`); None otherwise."""
+    if not isinstance(old, dict):
+        return None
+    new = {key: value for key, value in full.items()
+           if key not in _WHEN_RECORDED or key in old}
+    return old if old == new else None
+
+
 def _differences(old: Any, new: dict) -> list[str]:
     if not isinstance(old, dict):
         return ["everything (the store was written without a fingerprint)"]
+    new = {key: value for key, value in new.items() if key not in _WHEN_RECORDED or key in old}
     keys = [key for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)]
     out = []
     if "model" in old and "model_structure" not in old and "model_structure" in new:
@@ -190,10 +206,11 @@ def prepare_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, la
             raise _stale(path, f"a damaged store ({err})") from err
         if existing is not None:
             old = existing.get("fingerprint")
-            if old != full:
+            same = _same_extraction(old, full)
+            if same is None:
                 raise _stale(path, "the activation store of another extraction (it differs in "
                              + ", ".join(_differences(old, full)) + ")")
-            return full
+            return same
         if any(_CHUNK.fullmatch(item.name) for item in path.iterdir()):
             raise _stale(path, "chunk files without a manifest (their origin is unknown)")
         if _write_manifest(path, pending, exclusive=True):
@@ -336,6 +353,8 @@ def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, l
     match it, and so must ``n_inputs``, ``chunk_size`` and ``layout``.
     """
     path = Path(path)
+    if fingerprint is not None:  # the writer's own: the store must still hold its extraction
+        _check_still_ours(path, n_inputs, chunk_size, layout, fingerprint)
     full = prepare_store(path, n_inputs, chunk_size=chunk_size, layout=layout,
                          fingerprint=fingerprint if fingerprint is not None else
                          _recorded(path))
@@ -371,6 +390,29 @@ def finalize_store(path: str | os.PathLike, n_inputs: int, *, chunk_size: int, l
         except OSError:
             pass
     return ActivationStore(path)
+
+
+def _check_still_ours(path: Path, n_inputs: int, chunk_size: int, layout: str,
+                      fingerprint: dict) -> None:
+    """Refuse to finalize a store whose manifest now records another extraction: another
+    writer replaced it (``overwrite=True``) while this one ran, and finalizing would return
+    that writer's activations and overwrite its ``meta``."""
+    try:
+        manifest = read_manifest(path) if path.is_dir() else None
+    except ValueError:
+        return  # prepare_store says what is wrong with it
+    if manifest is None:
+        return
+    full = {**fingerprint, "n_inputs": n_inputs, "chunk_size": chunk_size, "layout": layout}
+    old = manifest.get("fingerprint")
+    if _same_extraction(old, json.loads(json.dumps(full))) is None:
+        raise ValueError(f"cannot finalize the activation store {str(path)!r}: it no longer "
+                         f"holds this extraction. Another writer replaced it while this one "
+                         f"ran: it now holds the activation store of another extraction (it "
+                         f"differs in {', '.join(_differences(old, full))}); its chunks and "
+                         f"meta are left "
+                         f"as they are. Run the extractions into different directories, or "
+                         f"rerun this one when the other has finished.")
 
 
 def _recorded(path: Path) -> dict | None:
@@ -416,4 +458,5 @@ def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_s
                       f"overwrite=True after changing the data, or give the Dataset a "
                       f"`fingerprint` attribute (a string that changes with its content).",
                       UserWarning, stacklevel=2)
-    return finalize_store(path, n, chunk_size=chunk_size, layout=layout, meta=meta)
+    return finalize_store(path, n, chunk_size=chunk_size, layout=layout, meta=meta,
+                          fingerprint=fingerprint)

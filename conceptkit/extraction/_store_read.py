@@ -57,7 +57,11 @@ _FIELDS = {"model": "model weights",
            "model_structure": "model structure (submodule types and settings)", "layer": "layer", "preprocess": "preprocessing",
            "inputs": "inputs", "n_inputs": "number of inputs", "chunk_size": "chunk size",
            "layout": "layout", "model_dtype": "model dtype", "settings": "extractor settings",
-           "extractor": "extractor"}
+           "extractor": "extractor",
+           "model_code": "model code (the code of its own module classes, or settings kept in "
+                         "plain objects such as a config)",
+           "preprocess_reads": "preprocessing constants or helpers (values it reads through "
+                               "modules or classes, helper functions)"}
 #: A manifest grows by 161 bytes, 2 containers and 13 values per chunk (measured: a store of
 #: 20,000 chunks, 20 million inputs at the default chunk size, has a 3.2 MB manifest of 40,004
 #: lists and objects and 260,000 values). 10 times that (200,000 chunks) is what is read; a
@@ -275,8 +279,10 @@ def _check_manifest(path: Path, manifest: dict) -> None:
 
     n_inputs, chunk_size = manifest.get("n_inputs"), manifest.get("chunk_size")
     chunks = manifest.get("chunks")
-    if not (_count(n_inputs, 1) and _count(chunk_size, 1) and _count(manifest.get("n_features"), 1)
-            and isinstance(chunks, list)):
+    # a pending manifest (written before the first chunk, finished by finalize_store) records
+    # no chunks and 0 features: an incomplete store, which ActivationStore says it is
+    if not (isinstance(chunks, list) and _count(n_inputs, 1) and _count(chunk_size, 1)
+            and _count(manifest.get("n_features"), 1 if chunks else 0)):
         raise bad("malformed n_inputs, chunk_size, n_features or chunk list")
     plan = StorePlan(n_inputs, chunk_size)
     if manifest.get("n_chunks") != plan.n_chunks or len(chunks) > plan.n_chunks:

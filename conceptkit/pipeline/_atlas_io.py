@@ -165,11 +165,17 @@ def fitted_identity(ex: Any, store: Any = None) -> dict[str, Any]:
 
     recorded = identity(ex)
     if store is not None:
-        del recorded["preprocess"]
         fingerprint = store.manifest.get("fingerprint")
-        if isinstance(fingerprint, dict) and "preprocess" in fingerprint:
-            recorded["preprocess"] = fingerprint["preprocess"]
+        for key in ("preprocess", "preprocess_reads"):
+            recorded.pop(key, None)
+            if isinstance(fingerprint, dict) and key in fingerprint:
+                recorded[key] = fingerprint[key]
     return recorded
+
+
+_READS_DIFFER = ("its code is the same, but a value it reads through a module or a class "
+                 "(a constant such as Cfg.scale or config.SCALE) or a helper function it calls "
+                 "differs")
 
 
 def fitted_differences(known: dict[str, Any], model: Any,
@@ -191,6 +197,9 @@ def fitted_differences(known: dict[str, Any], model: Any,
                       f"confusions of new images would be computed on inputs the model was "
                       f"not fitted on")
         fix = "Pass the same preprocessing: ConceptAtlas.load(path, model=..., preprocess=...)."
+    elif known.get("preprocess") == callable_identity(preprocess):
+        difference = (f"`preprocess` reads other values than the preprocessing this atlas was "
+                      f"fitted with: {_READS_DIFFER}")
     else:
         difference = (f"`preprocess` differs from the preprocessing this atlas was fitted "
                       f"with: fitted with {_short(known['preprocess'])}, given "
@@ -275,6 +284,7 @@ def _check_fields(meta: dict) -> None:
     with edited metadata carries a valid digest): each of the type and range the atlas writes.
     A ``ValueError`` names the field."""
     from ..importance import METHODS as IMPORTANCE_METHODS
+    from ._persist import FITTED_FIELDS
     from ._pixel import PIXEL_METHODS
 
     size = meta["image_size"]
@@ -318,10 +328,11 @@ def _check_fields(meta: dict) -> None:
     fitted = meta.get("fitted_with")  # files before it: unknown, a load checks nothing
     if fitted is not None and not (
             isinstance(fitted, dict)
-            and set(fitted) <= {"model_digest", "model_structure", "preprocess"}
+            and set(fitted) <= FITTED_FIELDS
             and all(isinstance(fitted.get(key, ""), str)
-                    for key in ("model_digest", "model_structure"))
-            and (fitted.get("preprocess") is None or isinstance(fitted["preprocess"], str))):
+                    for key in ("model_digest", "model_structure", "model_code"))
+            and all(fitted.get(key) is None or isinstance(fitted[key], str)
+                    for key in ("preprocess", "preprocess_reads"))):
         raise ValueError(f"fitted_with must be a dict of the model's digests and the "
                          f"preprocessing's description; got {fitted!r:.80}")
 
@@ -395,7 +406,11 @@ def read_atlas(path: str | os.PathLike) -> dict[str, Any]:
         arrays = {k[len("factorizer."):]: v.numpy() for k, v in tensors.items()
                   if k.startswith("factorizer.")}
         factorizer = factorizer_from_state(spec["name"], spec["params"], arrays, spec["info"])
-        classes = [int(c) for c in meta["classes"]]
+        classes = meta["classes"]
+        if not (isinstance(classes, list) and all(_whole(c, 0) for c in classes)):
+            raise ValueError(f"classes must be a list of class ids (whole numbers >= 0); got "
+                             f"{classes!r:.80}")
+        classes = [int(c) for c in classes]
         k = int(factorizer.components_.shape[0])
         labels = tensors["labels"].numpy().astype(np.int64)
         data = AtlasData(bank=DictionaryBank(factorizer, meta["layer"], meta["method"]),

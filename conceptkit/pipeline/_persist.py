@@ -19,6 +19,7 @@ import torch
 
 from .._validation import id_list
 from ..concepts import ConceptBank
+from ..extraction._fingerprint import identity_differences, recorded_identity  # noqa: F401  (identity_differences: re-exported for the atlas and attach)
 from ..importance import ConceptImportance
 from ..maps import MAP_KINDS
 from ._naming import load_names, names_state
@@ -84,41 +85,19 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
     return tensors, meta
 
 
+#: What a file's ``fitted_with`` may record (``model_code`` and ``preprocess_reads`` in files
+#: saved since they are read; older files lack them, and they are then not compared).
+FITTED_FIELDS = frozenset({"model_digest", "model_structure", "model_code", "preprocess",
+                           "preprocess_reads"})
+
+
 def fitted_identity(handle: Any) -> dict[str, Any]:
     """``{"model_digest", "model_structure", "preprocess"}`` of the model (its weights, its
     structure) and preprocessing of ``handle`` (what a saved file records, so that
     ``ClassConcepts.attach`` can compare); empty without one."""
-    from ..extraction._fingerprint import callable_identity, model_identity
-
     if handle is None:
         return {}
-    return {**model_identity(handle.model), "preprocess": callable_identity(handle.preprocess)}
-
-
-def identity_differences(known: dict[str, Any], model: Any, preprocess: Any,
-                         fitted: str) -> tuple[list[str], bool]:
-    """How ``model`` and ``preprocess`` differ from what ``known`` (a file's ``fitted_with``, or
-    :func:`fitted_identity`) records of what ``fitted`` ("the explanation", "the atlas") was
-    fitted with, as far as it is known: the model's differences (weights, structure) in words,
-    and whether the given preprocessing differs from the recorded one (False when it matches or
-    none is recorded)."""
-    from ..extraction._fingerprint import callable_identity, module_digest, structure_digest
-
-    differences = []
-    if "model_digest" in known and known["model_digest"] != module_digest(model):
-        differences.append(f"the model's weights differ from those {fitted} was fitted with "
-                           f"(another digest of the parameters and buffers: other values, "
-                           f"shapes or dtype)")
-    # recorded since the structure is read (earlier files: weights only, compared above)
-    if "model_structure" in known and known["model_structure"] != structure_digest(model):
-        differences.append(f"the model's structure differs from the one {fitted} was fitted "
-                           f"with (a submodule of another type, or other settings: a pooling, "
-                           f"an activation, a stride, an eps)")
-    # files saved before modules' structure and objects' attributes were read hold the
-    # description of then: the same preprocessing matches it
-    differs = "preprocess" in known and known["preprocess"] not in (
-        callable_identity(preprocess), callable_identity(preprocess, legacy=True))
-    return differences, differs
+    return recorded_identity(handle.model, handle.preprocess)
 
 
 def _check(condition: bool, problem: str) -> None:
@@ -156,8 +135,22 @@ def _int(value: Any, name: str) -> int:
     return int(value)
 
 
+#: The tensors an explanation file holds (and its bank's, exemplars' and visualisations',
+#: which their own readers check name by name).
+_TENSORS = frozenset({"importance.per_input", "importance.ci_low", "importance.ci_high",
+                      "images", "maps", "maps.scale"})
+_TENSOR_PREFIXES = ("bank.", "exemplars.", "visualization.")
+
+
 def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -> Any:
     """A loaded ClassConcepts; ``ValueError`` (and friends) when its parts disagree."""
+    unknown = sorted(key for key in tensors if not key.startswith(_TENSOR_PREFIXES)
+                     and key not in _TENSORS)
+    _check(not unknown, f"{len(unknown)} unknown tensor(s) {unknown[:5]}"
+           f"{' ...' if len(unknown) > 5 else ''} (an explanation saves none of these names)")
+    for field in ("class_name", "model_name", "layer", "method"):
+        _check(isinstance(meta.get(field), str),
+               f"{field} must be a string; got {meta.get(field)!r:.80}")
     bank = ConceptBank.from_state({k[5:]: v for k, v in tensors.items() if k.startswith("bank.")},
                                   meta["bank"])
     k = bank.n_concepts
@@ -229,11 +222,11 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
            f"{importance.class_id}")
     fitted_with = meta.get("fitted_with", {})  # files before it: unknown, attach checks nothing
     _check(isinstance(fitted_with, dict)  # model_structure: files saved since it is recorded
-           and set(fitted_with) <= {"model_digest", "model_structure", "preprocess"}
-           and isinstance(fitted_with.get("model_digest", ""), str)
-           and isinstance(fitted_with.get("model_structure", ""), str)
-           and (fitted_with.get("preprocess") is None
-                or isinstance(fitted_with["preprocess"], str)),
+           and set(fitted_with) <= FITTED_FIELDS
+           and all(isinstance(fitted_with.get(key, ""), str)
+                   for key in ("model_digest", "model_structure", "model_code"))
+           and all(fitted_with.get(key) is None or isinstance(fitted_with[key], str)
+                   for key in ("preprocess", "preprocess_reads")),
            f"malformed fitted_with metadata {fitted_with!r:.80}")
     maps_kind = meta.get("maps_kind", "coefficient")  # files before 0.2 saved coefficient maps
     _check(maps_kind in MAP_KINDS and maps_kind != "auto", f"maps of unknown kind {maps_kind!r}")

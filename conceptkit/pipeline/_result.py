@@ -14,7 +14,7 @@ import torch
 
 from .. import io
 from .._deprecation import renamed_arguments, warn_deprecated
-from .._torchutils import same_state, tensor_state, weights_state
+from .._torchutils import same_state, tensor_state, values_state, weights_state
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int, describe
 from ..concepts import ConceptBank
@@ -310,11 +310,17 @@ class ClassConcepts:
                              "class images need the model (`attach`, then `concept_maps(images)`).")
         cache = self.__dict__.get("_codes_cache")
         # Keyed by identity and in-place writes: replacing or editing `bank` or `activations`
-        # recomputes the codes.
+        # recomputes the codes; and by a checksum of the activations' values, which sees the
+        # edits the version counter misses (through `.numpy()` or `.data`).
         key = (self._bank_state(), tensor_state(self.activations))
-        if cache is None or not same_state(cache[0], key):
+        values = values_state(self.activations)
+        if (cache is None or not same_state(cache[0], key)
+                or (len(cache) > 2 and cache[2] != values)):
             codes = torch.as_tensor(self.bank.encode(self.activations))
-            cache = (key, codes)
+            cache = (key, codes, values)
+            self.__dict__["_codes_cache"] = cache
+        elif len(cache) == 2:  # codes the explainer computed while fitting: of these values
+            cache = (*cache, values)
             self.__dict__["_codes_cache"] = cache
         return cache[1]
 
@@ -562,7 +568,12 @@ class ClassConcepts:
         if known is None:  # a fresh explanation: the model it was fitted with
             known = fitted_identity(self.model_at_layer)
         differences, differs = identity_differences(known, model, preprocess, "the explanation")
-        if differs:
+        if differs and known.get("preprocess") == callable_identity(preprocess):
+            differences.append("the preprocessing differs: its code is the same, but a value "
+                               "it reads through a module or a class (a constant such as "
+                               "Cfg.scale or config.SCALE) or a helper function it calls "
+                               "differs from those it was fitted with")
+        elif differs:
             differences.append(f"the preprocessing differs: fitted with "
                                f"{_short(known['preprocess'])}, attached with "
                                f"{_short(callable_identity(preprocess))}")

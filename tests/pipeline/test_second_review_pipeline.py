@@ -76,9 +76,14 @@ def test_the_file_records_the_weights_and_preprocessing_and_attach_compares(fitt
     )
 
     loaded = conceptkit.load(path)
+    from conceptkit.extraction._fingerprint import code_digest, preprocess_identity
+
+    # model_code and preprocess_reads: recorded since the fourth review of files
     assert loaded.fitted_with == {"model_digest": module_digest(model),
                                   "model_structure": structure_digest(model),
-                                  "preprocess": callable_identity(scale)}
+                                  "model_code": code_digest(model),
+                                  "preprocess": callable_identity(scale),
+                                  "preprocess_reads": preprocess_identity(scale)[1]}
     assert _attach_warnings(loaded, model, scale) == []  # the same model and preprocessing
     torch.testing.assert_close(loaded.concept_maps(IMAGES[:2], kind="coefficient"),
                                fresh.concept_maps(IMAGES[:2], kind="coefficient"))
