@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -168,7 +169,8 @@ class ClipEncoders:
                        else resolve_device(device))
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.module = module
-        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        # key -> (the texts, their embeddings): a hit is checked against the texts themselves
+        self._text_cache: dict[tuple[str, ...], tuple[list[str], torch.Tensor]] = {}
         self._weights_seen = weights_state(module)
 
     def _current_checkpoint(self) -> str | None:
@@ -303,18 +305,20 @@ class ClipEncoders:
         if not texts:
             raise ValueError("`texts` is empty.")
         check_template(template)
-        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+        # the texts as a JSON list: unambiguous (["red\nround"] and ["red", "round"] differ)
+        digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
         checkpoint = self._current_checkpoint()
         key = (self.model_id, str(checkpoint), template, digest)
-        if key in self._text_cache:
-            return self._text_cache[key].clone()
+        hit = self._text_cache.get(key)
+        if hit is not None and hit[0] == texts:
+            return hit[1].clone()
         path = None
         if cache_dir is not None and checkpoint is not None:
             name = hashlib.sha256("\x00".join(key).encode()).hexdigest()[:32]
             path = Path(cache_dir) / f"text-{name}.safetensors"
             cached = self._read_cache(path, key, texts)
             if cached is not None:
-                self._text_cache[key] = cached
+                self._text_cache[key] = (texts, cached)
                 return cached.clone()
         prompts = [template.format(t) for t in texts]
         out = []
@@ -324,7 +328,7 @@ class ClipEncoders:
                 chunk = prompts[start:start + self.batch_size]
                 out.append(self._checked(self._encode_text(chunk), len(chunk), "encode_text"))
         emb = F.normalize(torch.cat(out), dim=1)
-        self._text_cache[key] = emb
+        self._text_cache[key] = (texts, emb)
         if path is not None:
             save_file(path, {"embeddings": emb}, {"key": list(key), "texts": texts},
                       kind=TEXT_CACHE_KIND, version=TEXT_CACHE_VERSION)

@@ -159,15 +159,55 @@ class CBMData:
         # our own permutation (not DataLoader's shuffle, which also draws a base seed from the
         # generator): a Dataset and the same data as tensors then see the same batches
         order = torch.randperm(n, generator=generator).tolist() if shuffle else None
-        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, num_workers=0)
+        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, num_workers=0,
+                            collate_fn=self._collate)
         for x, c, y in loader:
             if y.is_floating_point():  # .long() would truncate 2.7 to class 2
                 raise TypeError(f"`{self.name}` labels must hold integer class indices; the "
                                 f"Dataset yields {y.dtype} values such as {float(y.flatten()[0])}.")
+            if y.dtype == torch.bool:  # as the tuple form: True / False are no class indices
+                raise TypeError(f"`{self.name}` labels must hold integer class indices; the "
+                                f"Dataset yields torch.bool values.")
             check_floating(x, f"`{self.name}` inputs (x)")  # cast to the model's dtype there
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"`{self.name}` inputs (x) contain NaN or Inf values.")
             yield x, c.float(), y.long()
+
+    def _collate(self, items: list[Any]) -> Batch:
+        """Stack a Dataset's ``(x, c, y)`` items into a batch; items that do not stack (an
+        ``x`` of another shape, concepts of another length) are refused naming the argument.
+        Concepts and labels may be Python numbers or lists."""
+        columns: list[list[torch.Tensor]] = [[], [], []]
+        what = ("inputs (x)", "concepts", "labels")
+        for item in items:
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise ValueError(f"`{self.name}` must yield (x, concepts, label) items; one item "
+                                 f"is {describe(item)}.")
+            for j, value in enumerate(item):
+                if not isinstance(value, torch.Tensor):
+                    try:
+                        value = torch.as_tensor(np.asarray(value))
+                    except (TypeError, ValueError, RuntimeError) as err:
+                        raise ValueError(f"`{self.name}` yields {what[j]} that are no numbers or "
+                                         f"arrays: {describe(value)} ({err}).") from err
+                columns[j].append(value)
+        out = []
+        for j, values in enumerate(columns):
+            shapes = sorted({tuple(v.shape) for v in values})
+            if len(shapes) > 1:
+                raise ValueError(f"`{self.name}` yields {what[j]} of different shapes "
+                                 f"({shapes[0]} and {shapes[1]}); every item's {what[j]} must "
+                                 f"have one shape to be batched (resize or crop the images to "
+                                 f"one size).")
+            out.append(torch.stack(values))
+        x, c, y = out
+        if c.ndim != 2:
+            raise ValueError(f"`{self.name}` concepts must be one vector (k,) per item; got "
+                             f"items of shape {tuple(c.shape[1:])}.")
+        if y.ndim != 1:
+            raise ValueError(f"`{self.name}` labels must be one class index per item; got items "
+                             f"of shape {tuple(y.shape[1:])}.")
+        return x, c, y
 
     def columns(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The concept matrix ``(N, k)`` and the labels ``(N,)`` (one pass over a Dataset)."""

@@ -22,6 +22,7 @@ name is trusted (``min_trust``, the naming's AUC).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from ..concepts import ConceptBank
 from ..extraction import ActivationExtractor
 from ..io import load_file, loading, save_file
 from ._data import as_tensor, check_concepts, check_labels
+from ._identity import check_identity, fitted_identity, read_identity
 from ._intervene import InterventionCurve, _check_groups
 from ._model import CBMOutput, warn_repeated
 from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
@@ -198,10 +200,18 @@ class DiscoveredCBM(BaseEstimator):
     def n_concepts(self) -> int:
         return sum(bank.n_concepts for bank in self.banks_)
 
-    def attach(self, model: nn.Module, preprocess: Callable | None = None) -> DiscoveredCBM:
-        """Give a loaded model the network it needs to read images."""
+    def attach(self, model: nn.Module, preprocess: Callable | None = None, *,
+               strict: bool = False) -> DiscoveredCBM:
+        """Give a loaded model the network it needs to read images.
+
+        ``model`` and ``preprocess`` are compared with what the model was fitted with (its
+        weights, its structure and its preprocessing, as far as recorded): a difference warns,
+        or raises a ``ValueError`` with ``strict=True``.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
+        check_identity(getattr(self, "fitted_with_", None), model, preprocess,
+                       fitted="the DiscoveredCBM", where="DiscoveredCBM.attach", strict=strict)
         self.model = self.model_ = model
         self.preprocess = self.preprocess_ = preprocess
         return self
@@ -229,6 +239,9 @@ class DiscoveredCBM(BaseEstimator):
             raise ValueError("pass exactly one of `images` and `activations`.")
         acts = self.activations(images) if activations is None else as_tensor(activations, "activations")
         acts = acts.detach().cpu().float()
+        if acts.ndim < 2 or acts.shape[0] == 0:  # the banks would name their own argument
+            raise ValueError(f"`activations` must hold at least one image's activations, "
+                             f"(N, C, h, w) or (N, C); got shape {tuple(acts.shape)}.")
         out = []
         for bank in tqdm(self.banks_, disable=not self.progress or len(self.banks_) < 2,
                          desc="concept coefficients", leave=False):
@@ -261,6 +274,13 @@ class DiscoveredCBM(BaseEstimator):
         n_classes = int(labels.max()) + 1
         if n_classes < 2 or len(torch.unique(labels)) < 2:
             raise ValueError("`labels` must hold at least two classes.")
+        absent = sorted(set(range(n_classes)) - set(torch.unique(labels).tolist()))
+        if absent:  # classes 0..max are the head's rows: as train_cbm, say which have no image
+            warnings.warn(f"DiscoveredCBM.fit: `labels` has no example of class(es) "
+                          f"{absent[:20]} below its largest class {n_classes - 1}; the head gets "
+                          f"n_classes={n_classes} rows and will (almost) never predict those "
+                          f"classes. Check the labels (or map them to 0..C-1).",
+                          UserWarning, stacklevel=2)
         fit, path = elastic_net_path(Z, labels, n_classes, int(self.nnz_per_class),
                                      l1_ratio=float(self.l1_ratio))
         self.coef_mean_, self.coef_std_ = mean, std
@@ -268,6 +288,8 @@ class DiscoveredCBM(BaseEstimator):
         self.alpha_, self.path_, self.n_classes_ = float(fit.alpha), path, n_classes
         self.intervention_low_ = torch.quantile(Z.float(), 0.05, dim=0)
         self.intervention_high_ = torch.quantile(Z.float(), 0.95, dim=0)
+        # what save() records and attach() / load() compare: the network and preprocessing
+        self.fitted_with_ = fitted_identity(self.model_, self.preprocess_) or None
         return self
 
     def _check_fitted(self) -> None:
@@ -479,13 +501,25 @@ class DiscoveredCBM(BaseEstimator):
                 "params": {"nnz_per_class": int(self.nnz_per_class),
                            "l1_ratio": float(self.l1_ratio),
                            "pooling": self.pooling, "batch_size": int(self.batch_size)}}
+        fitted = getattr(self, "fitted_with_", None)
+        if fitted is None:  # fitted on activations, or loaded without the record: the network
+            fitted = fitted_identity(self.model_, self.preprocess_)  # it predicts with now
+        if fitted:
+            meta["fitted_with"] = dict(fitted)
         return save_file(path, tensors, meta, kind=KIND, version=FORMAT_VERSION)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None,
-             preprocess: Callable | None = None) -> DiscoveredCBM:
+             preprocess: Callable | None = None, *, strict: bool = False) -> DiscoveredCBM:
         """Read a model written by :meth:`save`; pass (or later :meth:`attach`) the network to
-        predict from images — activations work without it."""
+        predict from images — activations work without it.
+
+        The file records the network's weights and structure and the preprocessing the model
+        was fitted with: a ``model`` or ``preprocess`` that differs warns, or raises a
+        ``ValueError`` with ``strict=True`` (files saved without the record load unchecked).
+        """
+        if not isinstance(strict, bool):
+            raise TypeError(f"`strict` must be a bool; got {describe(strict)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         with loading(path, "DiscoveredCBM file"):
             banks = []
@@ -516,6 +550,7 @@ class DiscoveredCBM(BaseEstimator):
             if not isinstance(needs, bool):
                 raise TypeError(f"preprocess must be true or false; got {needs!r}")
             model_.fitted_with_preprocess_ = needs
+            model_.fitted_with_ = read_identity(meta.get("fitted_with"))
             model_.trust_ = tensors["trust"].double().numpy()
             if model_.trust_.shape != (model_.n_concepts,):
                 raise ValueError(f"trust must have one value per concept; got {describe(model_.trust_)}")
@@ -523,6 +558,9 @@ class DiscoveredCBM(BaseEstimator):
                          "intervention_high"):
                 setattr(model_, f"{name}_", tensors[name].float())
             model_._check_loaded()
+        if model is not None:
+            check_identity(model_.fitted_with_, model, preprocess, fitted="the DiscoveredCBM",
+                           where="DiscoveredCBM.load", strict=strict)
         return model_
 
     def _check_loaded(self) -> None:

@@ -117,6 +117,10 @@ def _check_groups(groups: Any, n_concepts: int) -> list[list[int]]:
         if not isinstance(group, (list, tuple)) or not group:
             raise ValueError(f"`groups[{g}]` must be a non-empty list of concept indices; got {group!r}.")
         members = [check_int(j, f"groups[{g}] entry", minimum=0, maximum=n_concepts - 1) for j in group]
+        repeated = sorted({j for j in members if members.count(j) > 1})
+        if repeated:
+            raise ValueError(f"`groups[{g}]` lists concept(s) {repeated} more than once; list each "
+                             f"concept once.")
         overlap = seen.intersection(members)
         if overlap:
             raise ValueError(f"`groups` must not overlap; concept(s) {sorted(overlap)} appear twice.")

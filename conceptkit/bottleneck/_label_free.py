@@ -52,6 +52,7 @@ from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders, clip_similarity
 from ._concept_filter import filter_by_text, top5_activation
 from ._data import as_tensor, check_labels
+from ._identity import check_identity, fitted_identity, read_identity
 from ._model import warn_repeated
 from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
 from ._train import DEFAULT_VAL_FRACTION  # held out when `val_fraction` is None
@@ -250,13 +251,33 @@ class LabelFreeCBM(BaseEstimator):
         feats = {}
         for part, imgs in (("train", images), ("val", val_images)):
             feats[part] = (self.features(imgs), clip.image_embeddings(imgs, progress=self.progress))
-        return self.fit_from_embeddings(feats["train"][0], feats["train"][1], labels,
-                                        feats["val"][0], feats["val"][1], val_labels)
+        return self._fit_embeddings(feats["train"][0], feats["train"][1], labels,
+                                    feats["val"][0], feats["val"][1], val_labels,
+                                    val_name="validation images (`val_images`, or the "
+                                             "`val_fraction` held out)")
 
     def fit_from_embeddings(self, features: torch.Tensor, clip_image_emb: torch.Tensor,
                             labels: Any, val_features: torch.Tensor, val_clip_image_emb: torch.Tensor,
                             val_labels: Any) -> LabelFreeCBM:
-        """Fit from cached backbone features ``(N, d)`` and CLIP image embeddings ``(N, D)``."""
+        """Fit from cached backbone features ``(N, d)`` and CLIP image embeddings ``(N, D)``.
+
+        ``features`` must be those of this model's ``backbone`` (its identity is recorded for
+        :meth:`load`). The validation rows are given (``val_features`` ...), so a
+        ``val_fraction`` set on the model would be ignored, and is an error, as in :meth:`fit`.
+        """
+        if self.val_fraction is not None:
+            raise ValueError(f"`val_fraction`={self.val_fraction!r} sets the share of the "
+                             f"training images held out for validation, but "
+                             f"fit_from_embeddings takes its validation rows (`val_features`, "
+                             f"`val_clip_image_emb`, `val_labels`), so it would be ignored. "
+                             f"Leave `val_fraction` out (None), or call fit(images, labels).")
+        return self._fit_embeddings(features, clip_image_emb, labels, val_features,
+                                    val_clip_image_emb, val_labels,
+                                    val_name="validation rows (`val_features`)")
+
+    def _fit_embeddings(self, features: torch.Tensor, clip_image_emb: torch.Tensor,
+                        labels: Any, val_features: torch.Tensor, val_clip_image_emb: torch.Tensor,
+                        val_labels: Any, *, val_name: str) -> LabelFreeCBM:
         concepts, classes = self._check_setup()
         if self.clip is None:
             raise ValueError("`clip` is required to fit a LabelFreeCBM.")
@@ -283,6 +304,11 @@ class LabelFreeCBM(BaseEstimator):
                                         features.shape[1])
         val_clip_image_emb = self._embeddings(val_clip_image_emb, "val_clip_image_emb",
                                               len(val_labels), clip_image_emb.shape[1])
+        if len(val_labels) < 2:  # a similarity over one row is 0: every concept would go
+            raise ValueError(f"the {val_name} hold {len(val_labels)} image(s): too few to "
+                             f"measure a concept's validation similarity (a cos^3 similarity "
+                             f"over the images, which needs at least 2); give more validation "
+                             f"images.")
         device = resolve_device(self.device)
         concept_emb = clip.text_embeddings(concepts, template=self.template, cache_dir=self.cache_dir)
         class_emb = clip.text_embeddings(classes, template=self.template, cache_dir=self.cache_dir)
@@ -332,6 +358,8 @@ class LabelFreeCBM(BaseEstimator):
         self.classes_ = classes
         val_pred = (Z_val @ fit.weight.T + fit.bias).argmax(1).cpu()
         self.val_accuracy_ = float((val_pred == val_labels).double().mean())
+        # what save() records and load() compares: the backbone the features come from
+        self.fitted_with_ = fitted_identity(self.backbone, with_preprocess=False)
         return self
 
     @staticmethod
@@ -434,13 +462,26 @@ class LabelFreeCBM(BaseEstimator):
                 "concepts_": self.concepts_, "removed_": self.removed_,
                 "lam_": self.alpha_,  # the 0.1 file key of alpha_, kept: same format version
                 "path_": self.path_, "val_accuracy_": self.val_accuracy_, "proj_steps_": self.proj_steps_}
+        fitted = getattr(self, "fitted_with_", None)
+        if fitted is None:  # built from its attributes, or loaded from a file without the record
+            fitted = fitted_identity(self.backbone, with_preprocess=False)
+        if fitted:
+            meta["fitted_with"] = dict(fitted)
         return save_file(path, tensors, meta, kind=KIND, version=FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backbone: nn.Module, clip: Any = None) -> LabelFreeCBM:
-        """Load a model written by :meth:`save`; pass the same ``backbone`` it was fitted with."""
+    def load(cls, path: str | os.PathLike, backbone: nn.Module, clip: Any = None, *,
+             strict: bool = False) -> LabelFreeCBM:
+        """Load a model written by :meth:`save`; pass the same ``backbone`` it was fitted with.
+
+        The file records the backbone's weights and structure: another backbone warns, or
+        raises a ``ValueError`` with ``strict=True`` (files saved without the record load
+        unchecked).
+        """
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"`backbone` must be a torch.nn.Module; got {describe(backbone)}.")
+        if not isinstance(strict, bool):
+            raise TypeError(f"`strict` must be a bool; got {describe(strict)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         with loading(path, "LabelFreeCBM"):
             if not isinstance(meta["params"], dict):
@@ -462,7 +503,10 @@ class LabelFreeCBM(BaseEstimator):
             model.proj_mean_, model.proj_std_ = tensors["proj_mean"], tensors["proj_std"]
             model.concept_similarity_ = tensors["concept_similarity"]
             model.weight_, model.bias_ = tensors["weight"], tensors["bias"]
+            model.fitted_with_ = read_identity(meta.get("fitted_with"))
             model._check_loaded()
+        check_identity(model.fitted_with_, backbone, None, fitted="the LabelFreeCBM",
+                       where="LabelFreeCBM.load", strict=strict)
         return model
 
     def _check_loaded(self) -> None:

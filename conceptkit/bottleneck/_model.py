@@ -276,7 +276,12 @@ class ConceptBottleneckModel(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike,
              concept_encoder: nn.Module | None = None) -> ConceptBottleneckModel:
-        """Load a model written by :meth:`save`; ``concept_encoder`` must match the saved one."""
+        """Load a model written by :meth:`save`; ``concept_encoder`` must match the saved one.
+
+        The model comes back in eval mode (ready to predict; call ``.train()`` to fine-tune
+        it), with each weight in the dtype it was saved in: a float64 (or float16) model loads
+        as float64 (float16), a given ``concept_encoder`` included.
+        """
         if concept_encoder is not None and not isinstance(concept_encoder, nn.Module):
             raise TypeError(f"`concept_encoder` must be a torch.nn.Module; got "
                             f"{describe(concept_encoder)}.")
@@ -322,6 +327,7 @@ class ConceptBottleneckModel(nn.Module):
                    if given else f"`path` {str(path)!r} holds weights that do not match its own "
                                  f"architecture (a damaged file)")
         error = ValueError if given else FormatError
+        _restore_dtypes(model, tensors)  # a float64 (float16) model comes back as such
         try:
             result = model.load_state_dict(dict(tensors), strict=False)
         except RuntimeError as err:  # shape mismatches
@@ -330,7 +336,25 @@ class ConceptBottleneckModel(nn.Module):
             raise error(f"{culprit}: missing {list(result.missing_keys)[:5]}, unexpected "
                         f"{list(result.unexpected_keys)[:5]}.")
         model.trained_mode = trained_mode
+        model.eval()  # ready to predict (dropout off, BatchNorm on its running statistics)
         return model
+
+
+def _restore_dtypes(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Give every floating parameter and buffer of ``model`` the dtype it was saved in, so that
+    ``load_state_dict`` copies the values as they are instead of casting them to float32."""
+    for prefix, module in model.named_modules():
+        prefix = f"{prefix}." if prefix else ""
+        for name, param in module.named_parameters(recurse=False):
+            stored = tensors.get(prefix + name)
+            if (stored is not None and stored.is_floating_point() and param.is_floating_point()
+                    and stored.dtype != param.dtype):
+                param.data = param.data.to(stored.dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            stored = tensors.get(prefix + name)
+            if (stored is not None and stored.is_floating_point() and buffer.is_floating_point()
+                    and stored.dtype != buffer.dtype):
+                setattr(module, name, buffer.to(stored.dtype))
 
 
 def _check_declared(path: Any, config: dict, spec: Any, tensors: dict[str, torch.Tensor],

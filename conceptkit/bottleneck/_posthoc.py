@@ -48,6 +48,7 @@ from ..concepts._cav import fit_boundary
 from ..io import load_file, loading, save_file
 from ._clip import ClipEncoders
 from ._data import as_labels, as_tensor
+from ._identity import check_identity, fitted_identity, read_identity
 from ._label_free import backbone_features
 from ._model import warn_repeated
 
@@ -236,7 +237,17 @@ class PosthocCBM(BaseEstimator):
             X = backbone_features(self.backbone, as_tensor(X, "X").float(),
                                   batch_size=max(int(self.batch_size), 64),
                                   device=resolve_device(self.device), progress=bool(self.progress))
-        return np.asarray(check_matrix(to_numpy(X), "X"), dtype=np.float64)
+            source = "the `backbone` features of the images `X`"
+        else:
+            source = "`X`"
+        emb = np.asarray(check_matrix(to_numpy(X), "X"), dtype=np.float64)
+        bank = self.concept_bank
+        width = bank.vectors.shape[1] if isinstance(bank, CAVBank) else None
+        if width is not None and emb.shape[1] != width:  # the bank would name `embeddings`
+            raise ValueError(f"{source} have {emb.shape[1]} columns, but the concept vectors of "
+                             f"`concept_bank` have {width}: pass embeddings of the space the "
+                             f"CAVs were fitted in.")
+        return emb
 
     def _head_inputs(self, emb: np.ndarray) -> np.ndarray:
         return (self.concept_bank.margins(emb) - self.margin_mean_) / self.margin_std_
@@ -383,11 +394,21 @@ class PosthocCBM(BaseEstimator):
                    "margin_mean": self.margin_mean_, "margin_std": self.margin_std_,
                    "residual_weight": self.residual_weight_, "residual_bias": self.residual_bias_}
         meta = {"params": params, "bank_names": bank.names, "classes": np.asarray(self.classes_).tolist()}
+        if self.backbone is not None:  # what load() compares a given backbone with
+            meta["fitted_with"] = fitted_identity(self.backbone, with_preprocess=False)
         return save_file(path, tensors, meta, kind=KIND, version=FORMAT_VERSION)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backbone: nn.Module | None = None) -> PosthocCBM:
-        """Load a model written by :meth:`save` (``head_`` is rebuilt from its arrays)."""
+    def load(cls, path: str | os.PathLike, backbone: nn.Module | None = None, *,
+             strict: bool = False) -> PosthocCBM:
+        """Load a model written by :meth:`save` (``head_`` is rebuilt from its arrays).
+
+        A model saved with a ``backbone`` records its weights and structure: another
+        ``backbone`` warns, or raises a ``ValueError`` with ``strict=True`` (files saved without
+        the record, or without a backbone, load unchecked).
+        """
+        if not isinstance(strict, bool):
+            raise TypeError(f"`strict` must be a bool; got {describe(strict)}.")
         tensors, meta = load_file(path, kind=KIND, version=FORMAT_VERSION)
         with loading(path, "PosthocCBM"):
             arr = {k: v.double().numpy() for k, v in tensors.items()}
@@ -406,6 +427,10 @@ class PosthocCBM(BaseEstimator):
             model.residual_bias_ = arr.get("residual_bias")
             model._check_loaded()
             model.head_ = _rebuild_head(model)
+            known = read_identity(meta.get("fitted_with"))
+        if backbone is not None:
+            check_identity(known, backbone, None, fitted="the PosthocCBM",
+                           where="PosthocCBM.load", strict=strict)
         return model
 
     def _check_loaded(self) -> None:

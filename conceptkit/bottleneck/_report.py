@@ -22,6 +22,7 @@ import torch
 
 from .._validation import describe
 from ..io import json_ready, write_json
+from ._data import as_tensor
 from ._intervene import InterventionCurve
 from ._metrics import CBMEvaluation, LeakageReport
 from ._model import ConceptBottleneckModel, check_cbm
@@ -42,6 +43,14 @@ def concept_class_weights(model: ConceptBottleneckModel,
         return model.head.weight.detach().cpu().double().numpy()
     if concepts is None:
         concepts = model.true_to_bottleneck(torch.full((1, model.n_concepts), 0.5))
+    concepts = as_tensor(concepts, "concepts")
+    if concepts.ndim != 2 or concepts.shape[1] != model.n_concepts or not concepts.shape[0]:
+        raise ValueError(f"`concepts` must be bottleneck values of shape (N, "
+                         f"{model.n_concepts}), one column per concept of the model; got shape "
+                         f"{tuple(concepts.shape)}.")
+    if not concepts.is_floating_point():
+        raise TypeError(f"`concepts` must be floating-point bottleneck values; got dtype "
+                        f"{concepts.dtype}.")
     values = concepts.detach().to(model.intervention_low).clone().requires_grad_(True)
     jac = []
     with torch.enable_grad():

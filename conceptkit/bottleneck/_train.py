@@ -153,6 +153,33 @@ class _Settings:
     device: torch.device
     generator: torch.Generator
     progress: bool
+    #: each submodule's mode during training (see :func:`_training_modes`); empty: all train
+    train_modes: dict = field(default_factory=dict)
+
+
+def _training_modes(model: nn.Module) -> dict[nn.Module, bool]:
+    """The mode each submodule of ``model`` trains in.
+
+    A model handed over in train mode trains each submodule in the mode the user left it in: a
+    submodule put in eval mode (a frozen pretrained BatchNorm) stays in eval mode, so its running
+    statistics are never overwritten. A model handed over wholly in eval mode (one trained
+    before, or after ``model.eval()``) trains in train mode, but for the submodules that hold
+    parameters of which none requires grad (frozen layers), which stay in eval mode.
+    """
+    if model.training:
+        return {module: module.training for module in model.modules()}
+    modes = {}
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        frozen = bool(own) and not any(p.requires_grad for p in own)
+        modes[module] = module.training or not frozen
+    return modes
+
+
+def _set_training(module: nn.Module, modes: dict[nn.Module, bool]) -> None:
+    """Train mode for ``module`` and its submodules, except those ``modes`` keeps in eval."""
+    for sub in module.modules():
+        sub.training = modes.get(sub, True)
 
 
 def _concept_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
@@ -195,7 +222,7 @@ def _fit_stage(stage: str, module: nn.Module, loss_fn: Callable[[Batch], torch.T
     stopped = False
     bar = tqdm(range(cfg.epochs), desc=f"train {stage}", disable=not cfg.progress, leave=False)
     for epoch in bar:
-        module.train()
+        _set_training(module, cfg.train_modes)  # a frozen BatchNorm in eval mode stays so
         train_curve.append(mean_loss(train.batches(cfg.batch_size, shuffle=True,
                                                    generator=cfg.generator), step=True))
         module.eval()
@@ -252,7 +279,11 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     ----------
     model : ConceptBottleneckModel
         Trained in place, left in eval mode on ``device``, with its intervention percentiles
-        calibrated on the training split.
+        calibrated on the training split. Submodules the user put in eval mode inside a model
+        in train mode (a frozen pretrained BatchNorm) stay in eval mode while training, so
+        their running statistics are kept; a model passed wholly in eval mode trains in train
+        mode, but for its frozen layers (parameters all with ``requires_grad=False``). If
+        training fails, every submodule's mode and the device are restored.
     train_data, val_data : tuple (x, concepts, labels) or Dataset yielding (x, c, y)
         ``x``: ``(N, ...)`` images or cached features; ``concepts``: ``(N, k)`` in [0, 1];
         ``labels``: ``(N,)``. Without ``val_data``, a seeded ``val_fraction`` of ``train_data``
@@ -292,6 +323,10 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
                          f"`val_fraction` out, or do not pass `val_data`.")
     val_fraction = check_float(DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
                                "val_fraction", minimum=0.0, maximum=1.0, strict_minimum=True)
+    if val_fraction >= 1.0:  # all held out: nothing left to train on
+        raise ValueError(f"`val_fraction` must be strictly between 0 and 1 (the share of "
+                         f"`train_data` held out for validation); got {val_fraction}, which "
+                         f"would leave no training data.")
     dev = resolve_device(device)
     cfg = _Settings(epochs=check_int(epochs, "epochs", minimum=1),
                     lr=check_float(lr, "lr", minimum=0.0, strict_minimum=True),
@@ -318,6 +353,7 @@ def train_cbm(model: ConceptBottleneckModel, train_data: Any, val_data: Any = No
     start = time.perf_counter()
     original_device = model_device(model)
     flags = [(m, m.training) for m in model.modules()]
+    cfg.train_modes = _training_modes(model)
     model.to(dev)
     fork_devices = [dev] if dev.type == "cuda" else []
     try:
