@@ -39,7 +39,7 @@ def _dist_env() -> tuple[int, int]:
 
 
 #: Python argument names in the library's errors and warnings, and the options that set them.
-ATLAS_FLAGS = {"labels": "--labels", "importance": "--importance", "n_concepts": "--n-concepts",
+ATLAS_FLAGS = {"A": "--store", "model": "--model", "labels": "--labels", "importance": "--importance", "n_concepts": "--n-concepts",
                "layer": "--layer", "seed": "--seed", "max_iter": "--max-iter", "tol": "--tol",
                "batch_rows": "--batch-rows", "max_inputs_per_class": "--max-inputs-per-class"}
 
@@ -136,6 +136,7 @@ def atlas_main(argv: list[str]) -> int:
     from ..concepts import NMF, fit_distributed
     from ..extraction import ActivationStore
     from ._checks import (
+        WEIGHTS_HELP,
         CommandError,
         check_counts,
         check_out_dir,
@@ -147,14 +148,17 @@ def atlas_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="conceptkit atlas", description=__doc__.split("\n")[0])
     parser.add_argument("--store", required=True, help="activation store of feature maps")
     parser.add_argument("--model", required=True, help="reference, efficientnet_lite0, timm:NAME, ...")
-    parser.add_argument("--weights", default=None)
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--layer", default=None, help="default: the store's layer")
     parser.add_argument("--labels", default=None,
                         help=".npy or text file, one class index per stored image (default: the "
                              "labels the store records; extract --concept-dataset records them)")
     parser.add_argument("--n-concepts", type=int, default=20)
     parser.add_argument("--importance", default="auto",
-                        help="auto (Sobol: a store holds no pixels), sobol, gradient_input, ...")
+                        help="how each class's concepts are scored: auto (Sobol), sobol, "
+                             "closed_form, gradient_input, integrated_gradients, occlusion, "
+                             "ablation or rise; pixel_ablation is refused (a store holds no "
+                             "pixels) (default: %(default)s)")
     parser.add_argument("--max-iter", type=int, default=50, help="passes over the store")
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--batch-rows", type=int, default=65536)

@@ -23,11 +23,53 @@ _LOAD_TERMS = {"`weights`": "`--weights`", "`name`": "the world name in `--model
                "`arch`": "the architecture in `--model`"}
 
 
+#: ``--weights`` of the commands that load a model by name.
+WEIGHTS_HELP = ("a local weights file (.safetensors or a .pt/.pth state dict); online: DEFAULT "
+                "(torchvision), pretrained (timm) or an open_clip tag (e.g. openai); 'random' "
+                "explains a randomly initialised torchvision/timm/open_clip network on purpose "
+                "(those models need one of these: without --weights they are refused)")
+
+
+#: The model families whose networks are built without weights unless asked for, and the
+#: ``--weights`` that downloads theirs.
+HUB_WEIGHTS = {"torchvision": "`--weights DEFAULT` (torchvision's, downloaded)",
+               "timm": "`--weights pretrained` (timm's, downloaded)",
+               "open_clip": "an open_clip tag such as `--weights openai` (downloaded)"}
+
+
+def _known_hub_model(spec: str) -> bool:
+    """Whether the library of ``spec`` (``torchvision:NAME`` ...) knows its name: a typo is
+    said as a typo (by the loader), not as missing weights."""
+    family, _, name = spec.partition(":")
+    try:
+        if family == "torchvision":
+            import torchvision
+
+            return name in torchvision.models.list_models()
+        if family == "timm":
+            import timm
+
+            return ":" in name or timm.is_model(name)
+        import open_clip
+
+        return (name.startswith(("hf-hub:", "local-dir:"))
+                or open_clip.get_model_config(name) is not None)
+    except ImportError:
+        return True  # the loader says which package is missing
+
+
 def load_model_flags(spec: str, weights: str | None) -> Any:
     """:func:`conceptkit.models.load` for a command: an error names ``--model`` / ``--weights``
     (the flags the user typed), not the Python arguments."""
     from ..models import load
 
+    family = spec.partition(":")[0] if isinstance(spec, str) else ""
+    if weights is None and family in HUB_WEIGHTS and _known_hub_model(spec):
+        raise CommandError(f"`--weights` is required with `--model {spec}`: without it the "
+                           f"network is randomly initialised and its explanation means nothing. "
+                           f"Give a local weights file (.safetensors or a .pt/.pth state dict), "
+                           f"{HUB_WEIGHTS[family]}, or `--weights random` to explain the "
+                           f"random network on purpose.")
     try:
         return load(spec, weights)
     except (ValueError, TypeError, OSError) as err:
@@ -49,6 +91,9 @@ def command_line_terms(message: str, flags: Mapping[str, str]) -> str:
         message = re.sub(rf"(?<![\w`-]){name}='([^']*)'", rf"{flag} \1", message)
         message = re.sub(rf"(?<![\w`-]){name}=(-?\d[\w.+-]*)", rf"{flag} \1", message)
         message = re.sub(rf"(?<![\w`-]){name}(?= ?(?:<=|>=|<|>) ?-?\d)", flag, message)
+        # a switch: "Pass overwrite=True (on the command line --overwrite)" -> "Pass --overwrite"
+        message = re.sub(rf"(?<![\w`-]){name}=True(?: \(on the command line {re.escape(flag)}\))?",
+                         flag, message)
     return message
 
 
@@ -177,3 +222,98 @@ def check_out_dir(out: str | None, flag: str = "--out") -> None:
     elif parent is not None and not os.access(parent, os.W_OK | os.X_OK):
         raise CommandError(f"`{flag}` {out!r} cannot be created: {str(parent)!r} is not "
                            f"writable. Give a directory you can write to.")
+    _probe_writable(path if path.exists() else parent, out, flag)
+
+
+def _probe_writable(folder: Path | None, out: str, flag: str) -> None:
+    """Create and remove a temporary entry in ``folder`` (``--out``, or the folder that would
+    hold it): ``os.access`` approves what a root user may not do either (``/proc``, a read-only
+    mount), and a run would fail only when it writes, after all its work."""
+    import shutil
+    import tempfile
+
+    if folder is None:
+        return
+    try:
+        probe = tempfile.mkdtemp(prefix=".conceptkit-probe-", dir=folder)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise CommandError(f"`{flag}` {out!r} cannot be written: creating an entry in "
+                           f"{str(folder)!r} fails ({reason}). Give a directory you can write "
+                           f"to.") from err
+    shutil.rmtree(probe, ignore_errors=True)
+
+
+def check_out_targets(out: str | os.PathLike, targets: list[str], flag: str = "--out") -> None:
+    """Refuse, before anything is written, a ``--out`` where writing ``targets`` (names in
+    ``out``: files, or folders conceptkit fills) would overwrite a file conceptkit did not write
+    (one not listed in a ``.conceptkit-outputs.json`` of the folder) or write through a symbolic
+    link (``conceptkit.io`` follows links, which would put the file outside ``--out``)."""
+    from ..report._outputs import MANIFEST, _manifest
+
+    root = Path(out)
+    if not root.is_dir():
+        return
+    resolved = root.resolve()
+    recorded = {p for paths in _manifest(resolved).values() for p in paths}
+    found: list[tuple[str, Path]] = []  # (kind, path)
+    for name in [MANIFEST, *targets]:
+        path = root / name
+        if path.is_symlink():
+            found.append(("link", path))
+        elif path.is_dir():
+            for folder, dirs, files in os.walk(path):  # links are not followed
+                here = Path(folder)
+                recorded |= {p for paths in _manifest(here.resolve()).values() for p in paths}
+                for entry in sorted(dirs + files):
+                    item = here / entry
+                    if item.is_symlink():
+                        found.append(("link", item))
+                    elif entry in files and entry != MANIFEST and \
+                            item.resolve() not in recorded:
+                        found.append(("file", item))
+        elif path.exists() and name != MANIFEST and path.resolve() not in recorded:
+            found.append(("file", path))
+    if not found:
+        return
+    kind, path = found[0]
+    rel = path.relative_to(root).as_posix()
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    if kind == "link":
+        raise CommandError(f"`{flag}` {str(out)!r} holds {rel!r}{more}, a symbolic link where "
+                           f"this command writes: the file would be written outside `{flag}`. "
+                           f"Remove the link, or give another directory.")
+    raise CommandError(f"`{flag}` {str(out)!r} already holds {rel!r}{more}, which conceptkit "
+                       f"did not write (it is not listed in {MANIFEST}); this command would "
+                       f"overwrite it. Move it away, or give another directory.")
+
+
+def load_reference_flags(weights: str | None) -> Any:
+    """The reference CNN with ``--weights``, read as ``conceptkit explain --model reference``
+    reads it: a file of ``train_reference`` (its architecture recorded), or a plain state dict
+    (.safetensors or .pt/.pth) of the shipped architecture."""
+    return load_model_flags("reference", weights).model
+
+
+#: What ``conceptkit train-cbm`` writes into ``--out``.
+TRAIN_CBM_OUTPUTS = ["cbm.safetensors", "metrics.json", "index.html"]
+
+
+@contextlib.contextmanager
+def owned_cbm_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """``--out`` of ``train-cbm``, checked again just before it is written (a file put in the
+    way during training is not overwritten) and owned as ``explain`` and ``atlas`` own theirs:
+    its files are listed in ``.conceptkit-outputs.json``."""
+    from ..report._outputs import owned_folder
+
+    check_out_targets(out, TRAIN_CBM_OUTPUTS)
+    with owned_folder(out, "conceptkit train-cbm") as folder:
+        yield folder
+
+
+def record_outputs(*paths: str | os.PathLike) -> None:
+    """Note files written in the innermost owned folder."""
+    from ..report._outputs import record
+
+    for path in paths:
+        record(path)

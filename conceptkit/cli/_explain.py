@@ -6,7 +6,13 @@ import argparse
 import re
 from pathlib import Path
 
-from ._checks import CommandError, command_terms, load_model_flags, show_progress
+from ._checks import (
+    CommandError,
+    check_out_targets,
+    command_terms,
+    load_model_flags,
+    show_progress,
+)
 from ._checks import command_line_terms as _in_terms
 from ._images import file_ids, load_images
 
@@ -45,6 +51,9 @@ def _explain(args: argparse.Namespace) -> int:
     from ..models._candidates import class_index, missing_layer_message
     from ..pipeline import DISCOVERY_METHODS, ConceptExplainer
 
+    if args.class_name is not None and not args.class_name.strip():
+        raise CommandError("`--class-name` is empty; give the name the report shows, or leave "
+                           "it out to use the model's class name.")
     loaded = load_model_flags(args.model, args.weights)
     if args.layer is None and loaded.layer is None:
         raise CommandError(missing_layer_message(loaded.model, loaded.input_size, "`--layer`")
@@ -53,6 +62,12 @@ def _explain(args: argparse.Namespace) -> int:
     class_id = class_index(args.class_id, loaded.class_names, "`--class`")
     name = args.class_name or (loaded.class_names[class_id] if class_id < len(loaded.class_names)
                                else None)
+    check_out_targets(args.out, _targets(class_id, name))  # before any work
+    encoders = None
+    if args.name_with == "clip":  # a wrong --clip or an offline download fails before the fit
+        from ._naming import load_clip_encoders
+
+        encoders = load_clip_encoders(args)
     size = args.size if args.size is not None else loaded.input_size
     images, files = load_images(args.images, size)
     factorizer = None
@@ -80,10 +95,12 @@ def _explain(args: argparse.Namespace) -> int:
     if args.name_with or args.visualize:
         from ._naming import name_and_visualize
 
+        args.clip_encoders = encoders
         name_and_visualize(result, args, loaded, size)
     from ..report._outputs import owned_folder, record
 
     out = Path(args.out)
+    check_out_targets(out, _targets(class_id, result.class_name))  # (the name as fitted)
     # --out is this run's: the class folder of an earlier run with another --class is removed,
     # not left beside this one (explanation.safetensors holds this run's class only)
     with owned_folder(out, "conceptkit explain"):
@@ -100,3 +117,11 @@ def _explain(args: argparse.Namespace) -> int:
               f"top exemplars from {', '.join(str(s) for s in sources)}")
     print(f"saved {saved}\nreport {page}")
     return 0
+
+
+def _targets(class_id: int, class_name: str | None) -> list[str]:
+    """What ``explain`` writes into ``--out``: the explanation and the class's report folder."""
+    from ..report._write import class_slug
+
+    return ["explanation.safetensors",
+            class_slug(class_id, class_name or f"class {class_id}")]

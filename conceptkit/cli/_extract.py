@@ -33,13 +33,22 @@ from ..extraction._store import (
     write_chunks,
 )
 from ._checks import (
+    WEIGHTS_HELP,
     CommandError,
     check_counts,
     check_out_dir,
     check_seed_flag,
+    command_terms,
     load_model_flags,
     show_progress,
 )
+
+#: Python argument names in the library's errors, and the ``extract`` options that set them
+#: (``path`` is the store: ``--out``; ``n_per_class``: ``--concept-dataset``).
+EXTRACT_FLAGS = {"layer": "--layer", "path": "--out", "n_per_class": "--concept-dataset",
+                 "chunk_size": "--chunk-size", "batch_size": "--batch-size", "layout": "--layout",
+                 "image_size": "--size", "seed": "--seed", "split": "--split",
+                 "device": "--device", "overwrite": "--overwrite"}
 
 #: The splits of the concept dataset (``make_concept_dataset``'s ``split``).
 SPLITS = ("train", "val", "test")
@@ -70,9 +79,12 @@ def extract_main(argv: list[str]) -> int:
     """``conceptkit extract``: write activations of a model at a layer into a store."""
     parser = argparse.ArgumentParser(prog="conceptkit extract", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--layer", default=None)
+    parser.add_argument("--model", required=True,
+                        help="reference | efficientnet_lite0 | world:NAME[:ARCH] | "
+                             "torchvision:NAME | timm:NAME | open_clip:NAME")
+    parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    parser.add_argument("--layer", default=None,
+                        help="the layer whose activations are stored (default: the model's own)")
     parser.add_argument("--images", default=None, help="a directory or a glob of images")
     parser.add_argument("--concept-dataset", type=int, default=None,
                         help="use the ground-truth concept dataset with this many images per "
@@ -83,10 +95,17 @@ def extract_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None,
                         help="--concept-dataset only: the seed of the dataset (default 0)")
     parser.add_argument("--out", required=True, help="store directory")
-    parser.add_argument("--chunk-size", type=int, default=256)
-    parser.add_argument("--layout", default="pooled", choices=list(LAYOUTS))
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--chunk-size", type=int, default=256,
+                        help="inputs per chunk file of the store (default: %(default)s)")
+    parser.add_argument("--layout", default="pooled", choices=list(LAYOUTS),
+                        help="what is stored per input: pooled (one vector), maps (C x h x w, "
+                             "what `conceptkit atlas` needs) or positions (one row per "
+                             "position) (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="inputs per forward pass (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="--images only: image size fed to the model (default: the "
+                             "model's own)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda uses cuda:LOCAL_RANK)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a store written by another extraction (another model, "
@@ -116,42 +135,52 @@ def extract_main(argv: list[str]) -> int:
 
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        loaded = load_model_flags(args.model, args.weights)
-        layer = args.layer or loaded.layer
-        if layer is None:
-            raise CommandError("`--layer` is required for this model.")
-        inputs, labels = _load_inputs(args, args.size if args.size is not None
-                                      else loaded.input_size)
-        loaded.model.to(device)
-        extractor = ActivationExtractor(loaded.model, layer, batch_size=args.batch_size,
-                                        progress=False, preprocess=loaded.preprocess)
-        n = len(inputs)
-        n_chunks = -(-n // args.chunk_size)
-        mine = shard_chunks(n_chunks, rank, world)
-        fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
-        meta = {"model": args.model, "layer": layer, "world_size": world}
-        if labels is not None:  # one class index per stored input: atlas needs no --labels
-            meta["labels"] = labels
-        check_meta(meta, n, args.chunk_size)  # before any chunk is computed
-        if args.overwrite and rank == 0:  # one rank clears the old store, then all write
-            prepare_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
-                          fingerprint=fingerprint, overwrite=True)
-        if distributed:
-            dist.barrier()
-        done = write_chunks(lambda s, e: extractor(slice_inputs(inputs, s, e)), n, args.out,
-                            chunk_size=args.chunk_size, layout=args.layout, indices=mine,
-                            progress=show_progress(args.quiet) and rank == 0,
-                            fingerprint=fingerprint)
-        if distributed:
-            dist.barrier()
-        if rank == 0:
-            store = finalize_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
-                                   meta=meta, fingerprint=fingerprint)
-            print(f"store {args.out}: {store.n_rows} rows x {store.n_features} features in "
-                  f"{len(store.manifest['chunks'])} chunks (this rank computed {len(done)})")
-        if distributed:
-            dist.barrier()
+        with command_terms(EXTRACT_FLAGS):
+            _extract(args, rank, world, distributed, device)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def _extract(args: argparse.Namespace, rank: int, world: int, distributed: bool,
+             device: Any) -> None:
+    """The extraction itself (errors of the library in the command's terms)."""
+    if distributed:
+        import torch.distributed as dist
+
+    loaded = load_model_flags(args.model, args.weights)
+    layer = args.layer or loaded.layer
+    if layer is None:
+        raise CommandError("`--layer` is required for this model.")
+    inputs, labels = _load_inputs(args, args.size if args.size is not None
+                                  else loaded.input_size)
+    loaded.model.to(device)
+    extractor = ActivationExtractor(loaded.model, layer, batch_size=args.batch_size,
+                                    progress=False, preprocess=loaded.preprocess)
+    n = len(inputs)
+    n_chunks = -(-n // args.chunk_size)
+    mine = shard_chunks(n_chunks, rank, world)
+    fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}
+    meta = {"model": args.model, "layer": layer, "world_size": world}
+    if labels is not None:  # one class index per stored input: atlas needs no --labels
+        meta["labels"] = labels
+    check_meta(meta, n, args.chunk_size)  # before any chunk is computed
+    if args.overwrite and rank == 0:  # one rank clears the old store, then all write
+        prepare_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
+                      fingerprint=fingerprint, overwrite=True)
+    if distributed:
+        dist.barrier()
+    done = write_chunks(lambda s, e: extractor(slice_inputs(inputs, s, e)), n, args.out,
+                        chunk_size=args.chunk_size, layout=args.layout, indices=mine,
+                        progress=show_progress(args.quiet) and rank == 0,
+                        fingerprint=fingerprint)
+    if distributed:
+        dist.barrier()
+    if rank == 0:
+        store = finalize_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
+                               meta=meta, fingerprint=fingerprint)
+        print(f"store {args.out}: {store.n_rows} rows x {store.n_features} features in "
+              f"{len(store.manifest['chunks'])} chunks (this rank computed {len(done)})")
+    if distributed:
+        dist.barrier()

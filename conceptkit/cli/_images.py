@@ -13,6 +13,10 @@ from .._deprecation import renamed_arguments
 
 #: The largest ``--size`` read: a 4096 px image is 200 MB as floats; models take 224-518 px.
 MAX_IMAGE_SIZE = 4096
+#: The most elongated image read (long side / short side): resizing the short side to ``--size``
+#: makes the long side this many times ``--size`` (a 1,000,000 x 1 PNG of 3 KB would become a
+#: 64,000,000 x 64 image, gigabytes of memory, before the centre crop keeps 64 x 64 of it).
+MAX_ASPECT_RATIO = 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -24,9 +28,12 @@ def load_images(pattern: str, image_size: int) -> tuple[torch.Tensor, list[str]]
 
     path = Path(pattern)
     if path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        files = sorted(f for f in glob.glob(pattern) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        candidates = [str(p) for p in path.iterdir()]
+    else:  # `**` matches folders at any depth, as in a shell with globstar
+        candidates = glob.glob(pattern, recursive=True)
+    # a folder named like an image (`sub.png/`) is not an image file
+    files = sorted(f for f in candidates
+                   if Path(f).suffix.lower() in IMAGE_SUFFIXES and Path(f).is_file())
     if not files:
         raise FileNotFoundError(f"`--images` {pattern!r} matches no image file "
                                 f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
@@ -43,7 +50,7 @@ def load_images(pattern: str, image_size: int) -> tuple[torch.Tensor, list[str]]
                 # above twice the limit): either way it is refused, naming the file
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = _read(file, size)
-        except (OSError, ValueError, SyntaxError, EOFError, ZeroDivisionError,
+        except (OSError, ValueError, SyntaxError, EOFError, ZeroDivisionError, MemoryError,
                 Image.DecompressionBombError,
                 Image.DecompressionBombWarning) as err:
             raise OSError(f"`--images`: cannot read {file!r}: {type(err).__name__}: {err}") from err
@@ -62,6 +69,14 @@ def _read(file: str, size: int) -> torch.Tensor:
     from PIL import Image, ImageOps
 
     with Image.open(file) as img:
+        width, height = img.size
+        if min(width, height) < 1 or max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            # checked before any pixel is decoded or resized (see MAX_ASPECT_RATIO)
+            raise ValueError(f"the image is {width} x {height} pixels, more than "
+                             f"{MAX_ASPECT_RATIO} times longer than it is wide: resizing its "
+                             f"shorter side to {size} px would make it "
+                             f"{max(width, height) * size // max(min(width, height), 1)} px long. "
+                             f"Crop it, or leave it out of `--images`")
         img = ImageOps.exif_transpose(img)  # a camera's "rotate on display" tag, as viewers do
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             # 16-bit or float greyscale: convert("RGB") clips every value above 255 to white

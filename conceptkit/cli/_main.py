@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._checks import (
+    WEIGHTS_HELP,
     CommandError,
     check_counts,
     check_out_dir,
@@ -47,17 +51,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
 DEMO_FLAGS = {"n_concepts": "--n-concepts", "seed": "--seed", "method": "--method",
               "out_dir": "--out", "n_per_class": "--n-per-class"}
 
+#: The fewest images a class can have for ACE to keep any cluster: a kept cluster has more than
+#: ``min_cluster_size`` (20) segments from ``m`` images with ``m`` > a tenth of its size, so
+#: ``m >= 3`` (``concepts.ACE``).
+ACE_MIN_IMAGES = 3
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     check_counts(args, {"n_per_class": 2})  # a class of one image has nothing to factorize
+    if args.method == "ace" and args.n_per_class < ACE_MIN_IMAGES:
+        raise CommandError(f"`--n-per-class` must be at least {ACE_MIN_IMAGES} with `--method "
+                           f"ace`; got {args.n_per_class}. ACE keeps only clusters of more than "
+                           f"20 segments drawn from more than a tenth of their segments' count "
+                           f"of distinct images, which needs {ACE_MIN_IMAGES} images at least "
+                           f"(and far more in practice: the default is 60).")
     check_seed_flag(args.seed)
     # in the demo's terms: its options, not Python's
-    with command_terms(DEMO_FLAGS, "a larger `--n-per-class`"):
+    with command_terms(DEMO_FLAGS, "a larger `--n-per-class`"), _images_are_n_per_class():
         return run_demo(out_dir=args.out, n_per_class=args.n_per_class, method=args.method,
                         seed=args.seed, progress=show_progress(args.quiet),
                         n_concepts=args.n_concepts)
+
+
+@contextlib.contextmanager
+def _images_are_n_per_class() -> Iterator[None]:
+    """The demo's images are ``--n-per-class`` of each class: "the 2 `images`" of an error is
+    said as "the 2 images of a class (`--n-per-class`)"."""
+    try:
+        yield
+    except CommandError as err:
+        message = re.sub(r"(\d+) `images`", r"\1 images of a class (`--n-per-class`)", str(err))
+        if message == str(err):
+            raise
+        raise CommandError(message) from err
 
 
 def _cmd_train_cbm(argv: list[str]) -> int:
@@ -125,16 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--model", required=True,
                      help="reference | efficientnet_lite0 | world:NAME[:ARCH] (shapes, textures, scales, "
                           "context) | torchvision:NAME | timm:NAME | open_clip:NAME")
-    exp.add_argument("--weights", default=None, help="local weights file (or DEFAULT/pretrained/tag online)")
-    exp.add_argument("--layer", default=None)
+    exp.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    exp.add_argument("--layer", default=None,
+                     help="the layer whose activations are explained (default: the model's own, "
+                          "e.g. block4 for reference, layer4 for ResNets; required when the "
+                          "model has none)")
     exp.add_argument("--images", required=True, help="a directory or a glob")
     exp.add_argument("--class", dest="class_id", required=True,
                      help="the class to explain: an output index, or a class name of the model "
                           "(e.g. 'espresso', 'tiger cat'; close matches are suggested)")
-    exp.add_argument("--class-name", default=None)
-    exp.add_argument("--out", required=True)
-    exp.add_argument("--method", default="ice", choices=["craft", "ice", "ace"])
-    exp.add_argument("--importance", default="pixel_ablation")
+    exp.add_argument("--class-name", default=None,
+                     help="the class's name in the report (default: the model's class name, if "
+                          "it has one)")
+    exp.add_argument("--out", required=True,
+                     help="output directory: explanation.safetensors and the class's report "
+                          "(created when missing; files conceptkit did not write are never "
+                          "overwritten)")
+    exp.add_argument("--method", default="ice", choices=["craft", "ice", "ace"],
+                     help="concept discovery method (default: %(default)s)")
+    exp.add_argument("--importance", default="pixel_ablation",
+                     help="how concepts are scored: pixel_ablation (paints each concept's "
+                          "regions out of the images), sobol, closed_form, gradient_input, "
+                          "integrated_gradients, occlusion, ablation or rise "
+                          "(default: %(default)s)")
     exp.add_argument("--n-concepts", type=int, default=None,
                      help="number of concepts (default 10; ACE: 25 clusters before filtering)")
     exp.add_argument("--factorizer", default=None, choices=sorted(FACTORIZER_CHOICES),
@@ -142,25 +183,32 @@ def build_parser() -> argparse.ArgumentParser:
                           "except topk_sae, a top-k sparse autoencoder with 2 concepts per "
                           "token, at a layer that gives ViT/CLIP tokens; ace clusters with "
                           "kmeans)")
-    exp.add_argument("--patch-size", type=int, default=None)
+    exp.add_argument("--patch-size", type=int, default=None,
+                     help="--method craft only: side of its crops in pixels (default: CRAFT's)")
     exp.add_argument("--tokens", default="auto", choices=["auto", "patches", "cls"],
                      help="at a transformer layer: 'patches' (ICE on the patch tokens), 'cls' "
                           "(ICE on the CLS token of each window of the image shown alone) or "
                           "'auto' (default: 'cls' where the model classifies from its CLS token "
                           "and the explanation is ICE with pixel ablation, except with "
-                          "--visualize or --name-with classes, which need the patch tokens)")
+                          "--visualize or --name-with classes, which need the patch tokens). At "
+                          "a CNN layer (feature maps) 'auto' and 'patches' change nothing and "
+                          "'cls' is refused")
     exp.add_argument("--window", type=int, default=None,
                      help="where the CLS token is read: window side in pixels (default: a "
                           "quarter of the image side)")
     exp.add_argument("--size", type=int, default=None, help="image size fed to the model")
-    exp.add_argument("--batch-size", type=int, default=32)
-    exp.add_argument("--seed", type=int, default=0)
-    exp.add_argument("--quiet", action="store_true")
+    exp.add_argument("--batch-size", type=int, default=32,
+                     help="images per forward pass (default: %(default)s)")
+    exp.add_argument("--seed", type=int, default=0,
+                     help="seeds the factorization and the importance (default: %(default)s)")
+    exp.add_argument("--quiet", action="store_true",
+                     help="no progress bars (they are shown only when stderr is a terminal)")
     add_naming_arguments(exp)
 
     rep = sub.add_parser("report", help="write the report of a saved explanation")
     rep.add_argument("path", help="a saved explanation (explanation.safetensors of explain)")
-    rep.add_argument("--out", required=True)
+    rep.add_argument("--out", required=True,
+                     help="output directory of the report (created when missing)")
 
     sub.add_parser("train-cbm", help="train a concept bottleneck model (see train-cbm --help)",
                    add_help=False)
@@ -177,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Arguments that count something, and their smallest value (checked before any work).
-COUNTS = {"n_per_class": 1, "n_concepts": 1, "patch_size": 1, "size": 1, "batch_size": 1,
+COUNTS = {"n_per_class": 2, "n_concepts": 1, "patch_size": 1, "size": 1, "batch_size": 1,
           "visualize_steps": 1}
 
 
@@ -223,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except MemoryError as err:  # one line, as every other failure of a command
+        if os.environ.get("CONCEPTKIT_DEBUG"):
+            raise
+        print(f"error: out of memory{': ' + str(err) if str(err) else ''} (pass fewer or "
+              f"smaller inputs, or a smaller `--batch-size` where the command has one).",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

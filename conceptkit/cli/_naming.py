@@ -69,11 +69,60 @@ def check_naming_arguments(args: argparse.Namespace) -> None:
             raise CommandError(f"`--clip-weights` is required with --name-with clip: a local "
                                f"checkpoint file or an open_clip pretrained tag for "
                                f"{args.clip!r} (without it the model has random weights).")
+        _check_clip_names(args.clip, args.clip_weights)
     if args.name_with != "clip" and (args.clip or args.clip_weights):
         raise CommandError("`--clip` and `--clip-weights` go with --name-with clip.")
     if args.probe is not None and args.name_with not in ("dissect", "clip"):
         raise CommandError(f"`--probe` goes with --name-with dissect or clip; it would be "
                            f"ignored with --name-with {args.name_with or '(none)'}.")
+
+
+#: ``ClipEncoders.from_open_clip``'s argument names in its errors, and the options that set them.
+CLIP_FLAGS = {"model": "--clip", "pretrained": "--clip-weights"}
+
+
+def _check_clip_names(arch: str, weights: str | None) -> None:
+    """``--clip`` an open_clip architecture, ``--clip-weights`` a file or one of its tags, before
+    any work (open_clip itself says so only when the model is created)."""
+    if arch.startswith(("local-dir:", "hf-hub:")):
+        return
+    try:
+        import open_clip
+    except ImportError as err:
+        raise CommandError("`--name-with clip` needs the open_clip package (pip install "
+                           "open_clip_torch).") from err
+
+    from .._validation import close_names
+
+    if open_clip.get_model_config(arch) is None:
+        close = close_names(arch, open_clip.list_models())
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise CommandError(f"`--clip` {arch!r} is not an open_clip model name (see "
+                           f"open_clip.list_models(), or use local-dir:/path).{hint}")
+    if weights is None or Path(weights).is_file():
+        return
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if weights not in tags:
+        listed = ", ".join(tags) if tags else "none"
+        raise CommandError(f"`--clip-weights` {weights!r} is neither a file nor a pretrained tag "
+                           f"of {arch!r} (its tags: {listed}).")
+
+
+def load_clip_encoders(args: argparse.Namespace) -> Any:
+    """The CLIP encoders of ``--clip`` / ``--clip-weights``, loaded before any work: an error
+    names those options, in one line (open_clip's own log line is silenced)."""
+    import logging
+
+    from ..bottleneck import ClipEncoders
+    from ._checks import command_terms
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # open_clip logs "not found" on the root logger, then raises
+    try:
+        with command_terms(CLIP_FLAGS):
+            return ClipEncoders.from_open_clip(args.clip, pretrained=args.clip_weights)
+    finally:
+        logging.disable(previous)
 
 
 def _vocabulary(text: str) -> Any:
@@ -99,13 +148,14 @@ def name_and_visualize(result: Any, args: argparse.Namespace, loaded: Any, size:
         probe = load_world(args.probe).sample(PROBE_IMAGES_PER_CLASS, seed=args.seed, split="test")
         result.name_concepts("dissect", probe, progress=progress)
     elif args.name_with == "clip":
-        from ..bottleneck import ClipEncoders
         from ._images import load_images
 
         if not args.clip:
             raise CommandError("`--clip` (an open_clip model name) is required with "
                                "--name-with clip.")
-        encoders = ClipEncoders.from_open_clip(args.clip, pretrained=args.clip_weights)
+        encoders = getattr(args, "clip_encoders", None)
+        if encoders is None:
+            encoders = load_clip_encoders(args)
         probe = result.images if args.probe is None else load_images(args.probe, size)[0]
         result.name_concepts("clip", probe, encoders, vocabulary=_vocabulary(args.vocabulary),
                              progress=progress)

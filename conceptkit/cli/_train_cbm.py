@@ -29,12 +29,17 @@ from ..bottleneck._model import BOTTLENECKS, HEADS, ConceptBottleneckModel, Spat
 from ..bottleneck._report import write_cbm_report
 from ..bottleneck._train import MODES, OPTIMIZERS, train_cbm
 from ._checks import (
+    TRAIN_CBM_OUTPUTS,
     CommandError,
     add_deprecated_alias,
     check_counts,
     check_out_dir,
+    check_out_targets,
     check_seed_flag,
     command_terms,
+    load_reference_flags,
+    owned_cbm_folder,
+    record_outputs,
     show_progress,
 )
 
@@ -111,10 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _encoder_and_inputs(args: argparse.Namespace, splits: dict, n_concepts: int,
                         progress: bool):
-    from ..datasets import reference_model
     from ..extraction import ActivationExtractor, split_model
 
-    reference = reference_model(path=args.weights)
+    reference = load_reference_flags(args.weights)  # (the formats explain reads)
     if args.features == "frozen":
         extractor = ActivationExtractor(reference, args.layer, batch_size=128, device=args.device,
                                         progress=progress)
@@ -137,7 +141,6 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Every option the datasets, the reference CNN or training would refuse, refused before the
     datasets are drawn, naming the option."""
     from .._validation import resolve_device
-    from ..datasets import reference_model
     from ..datasets._generate import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from ..extraction._layers import get_layer
 
@@ -161,7 +164,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise CommandError(f"`--weights` {args.weights!r} does not exist (or is not a file).")
     resolve_device(args.device, "--device")
     with command_terms({"path": "--weights"}):  # (a damaged weights file)
-        reference = reference_model(path=args.weights)
+        reference = load_reference_flags(args.weights)  # (the formats explain reads)
+    check_out_targets(args.out, TRAIN_CBM_OUTPUTS)  # a user's file in --out: refused at once
     get_layer(reference, args.layer, "--layer")
 
 
@@ -201,14 +205,15 @@ def _train(args: argparse.Namespace) -> int:
                                          seed=args.seed) for policy in POLICIES}
     leakage = leakage_score(model, data["train"], data["test"])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = model.save(out / "cbm.safetensors")
-    # the options as used: the concept loss weight training applied (none outside joint)
-    settings = dict(vars(args), concept_loss_weight=history.concept_loss_weight)
-    page = write_cbm_report(out, model, evaluation, curves, history=history, leakage=leakage,
-                            extra={"settings": settings, "total_seconds":
-                                   time.perf_counter() - start, "model_file": model_path.name},
-                            title=f"CBM ({args.mode}, {args.features} features) on the concept dataset")
+    with owned_cbm_folder(out):  # never a file conceptkit did not write; listed in a manifest
+        model_path = model.save(out / "cbm.safetensors")
+        # the options as used: the concept loss weight training applied (none outside joint)
+        settings = dict(vars(args), concept_loss_weight=history.concept_loss_weight)
+        page = write_cbm_report(out, model, evaluation, curves, history=history, leakage=leakage,
+                                extra={"settings": settings, "total_seconds":
+                                       time.perf_counter() - start, "model_file": model_path.name},
+                                title=f"CBM ({args.mode}, {args.features} features) on the concept dataset")
+        record_outputs(model_path, out / "metrics.json", page)
     print(f"mode={args.mode} features={args.features}: task accuracy {evaluation.task_accuracy:.4f}, "
           f"concept accuracy {evaluation.concept_accuracy:.4f}, "
           f"all-concepts intervention {curves['random'].accuracy_mean[-1]:.4f}, "

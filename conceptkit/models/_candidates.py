@@ -124,9 +124,11 @@ def class_index(value: Any, class_names: list[str], flag: str = "`class_id`") ->
 
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        # ASCII digits only: str.isdigit also takes "²" (int() refuses it) and "٣" (int() reads 3)
+        if text.isascii() and text.isdigit():
             return int(text)
-        if text.lstrip("+-").isdigit() and text not in class_names:  # "-1": a number, not a name
+        signless = text.lstrip("+-")
+        if signless.isascii() and signless.isdigit() and text not in class_names:  # "-1": a number
             raise ValueError(f"{flag} must be a class index >= 0 or a class name; got {text}.")
         if not class_names:
             where = ("" if flag.startswith("`--") else

@@ -6,7 +6,10 @@ Weights come from a local file (``--weights PATH``: safetensors, or a torch chec
 ``weights_only=True``), from a package that ships them (the reference CNN, EfficientNet-Lite0),
 or — for a user who is online — from the library's hub (``--weights DEFAULT`` for torchvision,
 ``--weights pretrained`` for timm, an open_clip tag such as ``openai``). A hub request that
-fails offline raises an error that says how to pass a local file instead.
+fails offline raises an error that says how to pass a local file instead. ``weights='random'``
+builds a torchvision/timm/open_clip network as initialised, on purpose (the command line refuses
+those models without ``--weights``). A local copy of a torchvision ImageNet classifier gets
+torchvision's class names (shipped with torchvision, no download).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from torch import nn
 
 from .._torchutils import leaves_global_rng
 from ._bundle import IMAGENET_MEAN, IMAGENET_STD, ModelBundle, Normalize, from_pretrained
+
+#: ``weights`` that asks for a torchvision/timm/open_clip network as initialised (random).
+RANDOM_WEIGHTS = "random"
 
 
 class OfflineWeightsError(ConnectionError):
@@ -86,10 +92,33 @@ def _torchvision(name: str, weights: str | None) -> ModelBundle:
             raise _offline_error(f"torchvision:{name}", err) from err
     else:
         model = torchvision.models.get_model(name, weights=None)
-        if weights is not None:
+        if weights is not None and not _random(weights):
             load_weights(model, weights, f"torchvision:{name}")
+            # a local copy of torchvision's classifier: the class names ship with torchvision
+            # (no download); only when they fit the network's outputs
+            labels = _torchvision_categories(torchvision, name, model)
     return ModelBundle(model.eval(), f"torchvision:{name}", 224, Normalize(IMAGENET_MEAN, IMAGENET_STD),
                        labels, _torchvision_layer(model))
+
+
+def _random(weights: str | None) -> bool:
+    """``weights='random'`` (not an existing file): the network as initialised, asked for on
+    purpose."""
+    return weights is not None and weights.lower() == RANDOM_WEIGHTS and not Path(weights).exists()
+
+
+def _torchvision_categories(torchvision: Any, name: str, model: nn.Module) -> list[str]:
+    """The class names of torchvision's weights for ``name`` (in the weights enum, offline),
+    when there are as many as the model has outputs; else none."""
+    try:
+        categories = list(torchvision.models.get_model_weights(name).DEFAULT.meta
+                          .get("categories") or [])
+    except Exception:  # noqa: BLE001 - a model without registered weights
+        return []
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not categories or not last or last[-1].out_features != len(categories):
+        return []
+    return categories
 
 
 def _torchvision_layer(model: nn.Module) -> str | None:
@@ -118,7 +147,7 @@ def _timm(name: str, weights: str | None) -> ModelBundle:
         if pretrained:
             raise _offline_error(f"timm:{name}", err) from err
         raise
-    if weights is not None and not pretrained:
+    if weights is not None and not pretrained and not _random(weights):
         load_weights(model, weights, f"timm:{name}")
     config = resolve_data_config({}, model=model)
     size = int(config["input_size"][-1])
@@ -130,6 +159,8 @@ def _timm(name: str, weights: str | None) -> ModelBundle:
 def _open_clip(name: str, weights: str | None) -> ModelBundle:
     import open_clip
 
+    if _random(weights):
+        weights = None
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights)
     except RuntimeError as err:

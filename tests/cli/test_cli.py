@@ -92,8 +92,10 @@ def test_explain_efficientnet_lite0(coffee_images, tmp_path, capsys):
 
 @pytest.mark.parametrize("model, channels", [("torchvision:resnet18", 512), ("timm:resnet18", 512)])
 def test_explain_random_init_models(model, channels, shape_images, tmp_path, capsys):
-    result, out = explain(["--model", model, "--images", str(shape_images), "--class", "3",
-                           "--size", "64"], tmp_path / "out", capsys)
+    # random weights on purpose: without --weights these models are refused
+    result, out = explain(["--model", model, "--weights", "random", "--images",
+                           str(shape_images), "--class", "3", "--size", "64"],
+                          tmp_path / "out", capsys)
     assert result.layer == "layer4" and result.components.shape == (3, channels)
     assert result.model_name == model
     assert f"explained 6 images of class 3 at layer4 of {model}" in out
@@ -102,7 +104,8 @@ def test_explain_random_init_models(model, channels, shape_images, tmp_path, cap
 @pytest.mark.slow
 def test_explain_open_clip_visual_tower(coffee_images, tmp_path, capsys):
     # RN50's attention pool has a fixed 7 x 7 grid: images stay at 224 px. Random init.
-    result, out = explain(["--model", "open_clip:RN50", "--images", str(coffee_images),
+    result, out = explain(["--model", "open_clip:RN50", "--weights", "random", "--images",
+                           str(coffee_images),
                            "--class", "3", "--method", "craft", "--patch-size", "112"],
                           tmp_path / "out", capsys)
     assert result.layer == "layer4" and result.components.shape == (3, 2048)

@@ -79,7 +79,7 @@ def test_corrupt_images_are_named_with_their_path(data, images, tmp_path, capsys
 
 def test_errors_inside_extract_and_train_cbm_are_one_line(tmp_path, capsys):
     err = _error(_extract(tmp_path / "s", "--layer", "block9"), capsys, seconds=60)
-    assert "`layer` 'block9' is not a submodule" in err
+    assert "`--layer` 'block9' is not a submodule" in err
     err = _error(["extract", "--model", "reference", "--out", str(tmp_path / "s")], capsys)
     assert "--images" in err
 

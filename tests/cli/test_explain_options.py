@@ -85,7 +85,8 @@ def test_patch_size_without_craft_is_refused_in_command_line_terms(shape_images,
 
 
 def test_missing_layer_lists_likely_layers(shape_images, tmp_path, capsys):
-    code, _, err = run(["--model", "timm:vit_tiny_patch16_224", "--images", str(shape_images),
+    code, _, err = run(["--model", "timm:vit_tiny_patch16_224", "--weights", "random",
+                        "--images", str(shape_images),
                         "--class", "0", "--size", "224", "--out", str(tmp_path / "out")], capsys)
     assert code == 2
     assert "`--layer` is required for VisionTransformer" in err

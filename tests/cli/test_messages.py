@@ -68,7 +68,8 @@ def test_model_loading_errors_name_the_flags(images, tmp_path, capsys):
 
 
 def test_the_demo_suggests_what_it_can_change_when_ace_keeps_no_cluster(tmp_path, capsys):
-    err = _error(["demo", "--n-per-class", "2", "--n-concepts", "2", "--method", "ace",
+    # 3 images per class: the fewest ACE is run on (2 are refused before the fit)
+    err = _error(["demo", "--n-per-class", "3", "--n-concepts", "2", "--method", "ace",
                   "--out", str(tmp_path / "demo"), "--quiet"], capsys)
     assert "ACE kept no cluster" in err
     assert "lower `min_cluster_size`" not in err and "`--n-per-class`" in err

@@ -311,7 +311,7 @@ def test_a_refused_demo_leaves_no_out_folder_behind(tmp_path, capsys):
     out = tmp_path / "new" / "demo"
     err = cli_error(["demo", "--n-per-class", "2", "--n-concepts", "2", "--method", "ace",
                      "--out", str(out), "--quiet"], capsys, seconds=120)
-    assert "ACE kept no cluster" in err
+    assert "`--n-per-class` must be at least 3" in err  # (refused before any work)
     assert not (tmp_path / "new").exists()
     kept = tmp_path / "kept"
     kept.mkdir()

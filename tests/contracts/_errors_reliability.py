@@ -580,7 +580,7 @@ def rows(R: Callable[..., Any], cli: Callable[..., Any], CLIError: type) -> list
         R("cli-extract-stale", "conceptkit extract (CLI)", "a rerun at another layer without --overwrite",
           lambda c: _cli_stale(c, cli), CLIError, "--overwrite"),
         R("cli-extract-layer", "conceptkit extract (CLI)", "an unknown --layer (was a traceback)",
-          lambda c: cli(*_extract_args(c, c.root / "s2", "--layer", "block9")), CLIError, "`layer`"),
+          lambda c: cli(*_extract_args(c, c.root / "s2", "--layer", "block9")), CLIError, "`--layer`"),
         R("cli-extract-no-inputs", "conceptkit extract (CLI)", "neither --images nor --concept-dataset",
           lambda c: cli("extract", "--model", "reference", "--out", str(c.root / "s3")), CLIError,
           "`--images"),

@@ -48,10 +48,12 @@ EXPECTED = {
     "Your own model: bundles, class names, file names": [
         r"ClassConcepts\(class 967 'espresso', 5 concepts, ice at 'bn2' of EfficientNet-Lite0"],
     "More activations than memory: the store, streaming NMF, torchrun": [r"\(25, 64\)"],
-    # class 0's two parts significant; no other part raises it more than mixtures of parts do
+    # class 0's two parts significant, and the shortcut cue, along which the logit falls (a note)
     "TCAV: does a concept you name matter?": [r"red disk\s+0\.9\d\d ± .* yes\n",
                                               r"blue square\s+[0-9.]+ ± .* yes\n",
-                                              r"magenta square\s+[0-9.]+ ± .* no\n",
+                                              r"magenta square\s+[0-9.]+ ± [0-9.]+\s+-.* 2\.75e-02   yes\n",
+                                              r"green triangle\s+[0-9.]+ ± .* no\n",
+                                              r"logit falls along their CAVs: 'magenta square'",
                                               r"permutation \(3999 mixtures\)"],
     # (and the names, IoUs and trusts its prose quotes: see NAMING_QUOTES)
     "Concepts in words and pictures": [r"green triangle\s+0\.\d+\s+1\.00",
