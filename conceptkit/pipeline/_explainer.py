@@ -93,7 +93,7 @@ def token_factorizer(n_concepts: int, seed: int | None, n_rows: int | None = Non
     better and explains worse. ICE, pixel ablation, 10 concepts, seeds 0-4 of the three ViT
     worlds (BENCHMARKS.md, "How long the token autoencoder trains"): Spearman with the
     measured reliance 0.69 / 0.67 / 0.61 (shapes, context, textures ViT) with 10 epochs of
-    patience against 0.73 / 0.66 / 0.72 (stopping at once).
+    patience against 0.73 / 0.66 / 0.71 (stopping at once).
 
     Minibatches of 64 rows (what was measured: one class of 30 images, 1,920 tokens for ICE,
     480 crops for CRAFT), larger when the fit has more than 30 of them per epoch, so that an
