@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -305,8 +304,9 @@ class ClipEncoders:
         if not texts:
             raise ValueError("`texts` is empty.")
         check_template(template)
-        # the texts as a JSON list: unambiguous (["red\nround"] and ["red", "round"] differ)
-        digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
+        # the digest of the joined texts names the cache (as files written before); it is
+        # ambiguous (["red\nround"] and ["red", "round"]), so a hit must hold the same texts
+        digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
         checkpoint = self._current_checkpoint()
         key = (self.model_id, str(checkpoint), template, digest)
         hit = self._text_cache.get(key)

@@ -48,17 +48,14 @@ def identity_differences(known: dict[str, Any] | None, model: Any, preprocess: A
     """How ``model`` / ``preprocess`` differ from the record ``known`` of what ``fitted`` (e.g.
     "the DiscoveredCBM") was fitted with, in words; nothing that ``known`` does not record is
     compared (``extraction._fingerprint.identity_differences``)."""
-    from ..extraction._fingerprint import callable_identity
     from ..extraction._fingerprint import identity_differences as differences_of
+    from ..extraction._fingerprint import preprocess_difference
 
     if not known or model is None:
         return []
     differences, preprocess_differs = differences_of(known, model, preprocess, fitted)
     if preprocess_differs:
-        recorded = known.get("preprocess")
-        fitted_text = "no preprocessing" if recorded is None else _short(recorded)
-        given = "none" if preprocess is None else _short(callable_identity(preprocess))
-        differences.append(f"the preprocessing differs: fitted with {fitted_text}, given {given}")
+        differences.append(preprocess_difference(known, preprocess))
     return differences
 
 
@@ -77,7 +74,3 @@ def check_identity(known: dict[str, Any] | None, model: Any, preprocess: Any, *,
         raise ValueError(message + ".")
     warnings.warn(message + " (strict=True refuses a mismatch).", UserWarning,
                   stacklevel=stacklevel)
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."

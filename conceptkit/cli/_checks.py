@@ -283,9 +283,11 @@ def check_out_targets(out: str | os.PathLike, targets: list[str], flag: str = "-
         raise CommandError(f"`{flag}` {str(out)!r} holds {rel!r}{more}, a symbolic link where "
                            f"this command writes: the file would be written outside `{flag}`. "
                            f"Remove the link, or give another directory.")
-    raise CommandError(f"`{flag}` {str(out)!r} already holds {rel!r}{more}, which conceptkit "
-                       f"did not write (it is not listed in {MANIFEST}); this command would "
-                       f"overwrite it. Move it away, or give another directory.")
+    raise CommandError(f"`{flag}` {str(out)!r} already holds {rel!r}{more}, which this "
+                       f"command would overwrite and which is not listed in {MANIFEST} (the "
+                       f"list of what conceptkit wrote there: another program's file, or one "
+                       f"from a conceptkit before 0.2, whose train-cbm kept no list). Move it "
+                       f"away, or give another directory.")
 
 
 def load_reference_flags(weights: str | None) -> Any:

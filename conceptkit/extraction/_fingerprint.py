@@ -232,10 +232,7 @@ def _object_text(value: Any, depth: int) -> str | None:
 def _code_text(code: types.CodeType, depth: int) -> str:
     """:func:`_code_identity`, with constant sets in an order that is the same in every
     process."""
-    consts = [_const_text(c, depth) for c in code.co_consts]
-    digest = hashlib.blake2b(code.co_code, digest_size=16)
-    digest.update(repr((consts, code.co_names)).encode())
-    return digest.hexdigest()
+    return _code_identity(code, depth, const=_const_text)
 
 
 def _const_text(value: Any, depth: int) -> str:
@@ -489,9 +486,15 @@ def _strip_addresses(text: str) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
-def _code_identity(code: types.CodeType, depth: int) -> str:
-    consts = [_code_identity(c, depth + 1) if isinstance(c, types.CodeType) and depth < _MAX_DEPTH
-              else repr(c) for c in code.co_consts]
+def _code_identity(code: types.CodeType, depth: int, const: Any = None) -> str:
+    """A digest of a code object's bytecode, constants (nested code objects by their own
+    digest, a few levels deep; the rest by ``const(value, depth)``, ``repr`` by default, which
+    the records written so far use) and the names it reads."""
+    if const is None:
+        consts = [_code_identity(c, depth + 1) if isinstance(c, types.CodeType)
+                  and depth < _MAX_DEPTH else repr(c) for c in code.co_consts]
+    else:
+        consts = [const(c, depth) for c in code.co_consts]
     digest = hashlib.blake2b(code.co_code, digest_size=16)
     digest.update(repr((consts, code.co_names)).encode())
     return digest.hexdigest()
@@ -656,3 +659,25 @@ def identity_differences(known: dict[str, Any], model: Any, preprocess: Any,
     # recorded since what the preprocessing reads is (earlier files: not compared)
     differs = differs or ("preprocess_reads" in known and known["preprocess_reads"] != reads)
     return differences, differs
+
+
+#: Why a preprocessing with the recorded code differs: what it reads does.
+READS_DIFFER = ("its code is the same, but a value it reads through a module or a class "
+                "(a constant such as Cfg.scale or config.SCALE) or a helper function it calls "
+                "differs")
+
+
+def shown_identity(identity: str | None) -> str:
+    """A preprocessing identity as a message shows it."""
+    if identity is None:
+        return "no preprocessing"
+    return repr(identity if len(identity) <= 120 else identity[:117] + "...")
+
+
+def preprocess_difference(known: dict[str, Any], preprocess: Any, given: str = "given") -> str:
+    """In words, how ``preprocess`` differs from the preprocessing ``known`` records (for a
+    ``preprocess`` that :func:`identity_differences` found to differ)."""
+    if known.get("preprocess") == callable_identity(preprocess):
+        return f"the preprocessing differs: {READS_DIFFER}"
+    return (f"the preprocessing differs: fitted with {shown_identity(known.get('preprocess'))}, "
+            f"{given} {shown_identity(callable_identity(preprocess))}")

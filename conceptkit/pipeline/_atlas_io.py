@@ -173,20 +173,15 @@ def fitted_identity(ex: Any, store: Any = None) -> dict[str, Any]:
     return recorded
 
 
-_READS_DIFFER = ("its code is the same, but a value it reads through a module or a class "
-                 "(a constant such as Cfg.scale or config.SCALE) or a helper function it calls "
-                 "differs")
-
-
 def fitted_differences(known: dict[str, Any], model: Any,
                        preprocess: Any) -> tuple[list[str], str | None, str]:
     """What differs between ``model`` / ``preprocess`` and what a saved atlas was fitted with
     (``known``, its ``fitted_with``), as ``ClassConcepts.attach`` compares them: the model's
     differences (weights, structure), the preprocessing's (None when it matches or the file
     recorded none) and the fix of the latter."""
-    from ..extraction._fingerprint import callable_identity
+    from ..extraction._fingerprint import READS_DIFFER, callable_identity
+    from ..extraction._fingerprint import shown_identity as _short
     from ._persist import identity_differences
-    from ._result import _short
 
     model_differences, differs = identity_differences(known, model, preprocess, "the atlas")
     if not differs:
@@ -199,7 +194,7 @@ def fitted_differences(known: dict[str, Any], model: Any,
         fix = "Pass the same preprocessing: ConceptAtlas.load(path, model=..., preprocess=...)."
     elif known.get("preprocess") == callable_identity(preprocess):
         difference = (f"`preprocess` reads other values than the preprocessing this atlas was "
-                      f"fitted with: {_READS_DIFFER}")
+                      f"fitted with: {READS_DIFFER}")
     else:
         difference = (f"`preprocess` differs from the preprocessing this atlas was fitted "
                       f"with: fitted with {_short(known['preprocess'])}, given "

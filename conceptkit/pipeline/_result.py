@@ -561,22 +561,15 @@ class ClassConcepts:
     def _attach_differences(self, model: torch.nn.Module, preprocess: Any) -> list[str]:
         """What differs between ``model``/``preprocess`` and what the explanation was fitted
         with, as far as it is known (see :meth:`attach`)."""
-        from ..extraction._fingerprint import callable_identity
+        from ..extraction._fingerprint import preprocess_difference
         from ._persist import fitted_identity, identity_differences
 
         known = self.fitted_with
         if known is None:  # a fresh explanation: the model it was fitted with
             known = fitted_identity(self.model_at_layer)
         differences, differs = identity_differences(known, model, preprocess, "the explanation")
-        if differs and known.get("preprocess") == callable_identity(preprocess):
-            differences.append("the preprocessing differs: its code is the same, but a value "
-                               "it reads through a module or a class (a constant such as "
-                               "Cfg.scale or config.SCALE) or a helper function it calls "
-                               "differs from those it was fitted with")
-        elif differs:
-            differences.append(f"the preprocessing differs: fitted with "
-                               f"{_short(known['preprocess'])}, attached with "
-                               f"{_short(callable_identity(preprocess))}")
+        if differs:
+            differences.append(preprocess_difference(known, preprocess, "attached with"))
         return differences
 
     @property
@@ -748,13 +741,6 @@ class ClassConcepts:
         tensors, meta = io.load_file(path, kind=RESULT_KIND, version=RESULT_VERSIONS_READ)
         with io.loading(path, "ClassConcepts file"):
             return result_from_state(cls, tensors, meta)
-
-
-def _short(identity: str | None) -> str:
-    """A preprocessing identity as a message shows it."""
-    if identity is None:
-        return "no preprocessing"
-    return repr(identity if len(identity) <= 120 else identity[:117] + "...")
 
 
 def _enlarged_batch(batch_size: int, zoom: float) -> int:
