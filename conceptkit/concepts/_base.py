@@ -48,7 +48,7 @@ MAX_SAVED_ITERATIONS = 10**7
 # Parameters that bound a factorizer's loops, checked against MAX_SAVED_ITERATIONS on loading.
 _ITERATION_PARAMS = ("max_iter", "epochs", "n_init", "transform_max_iter", "n_iter_no_change")
 # Parameters that are switches: True or False (0 or 1 read the same).
-_FLAG_PARAMS = ("relu", "progress", "distributed", "positive_code")
+_FLAG_PARAMS = ("relu", "progress", "distributed", "positive_code", "normalize")
 
 
 class Factorizer(BaseEstimator, abc.ABC):

@@ -60,10 +60,11 @@ class TopKSAE(Factorizer):
     otherwise it runs ``epochs`` epochs and ``converged_`` is False. One epoch whose loss rises
     (minibatch Adam's noise) does not stop it. ``loss_curve_`` holds each epoch's mean loss.
 
-    Training runs on the data divided by one number, the root mean square of its centred
-    features, and the fitted arrays are scaled back: the same data at another scale gives the
-    same concepts and codes in proportion, so that ``lr`` and the learned biases mean the same at
-    any scale of activations (Adam's steps do not shrink with the data).
+    With ``normalize=True`` (the default) training runs on the data divided by one number, the
+    root mean square of its centred features, and the fitted arrays are scaled back: the same
+    data at another scale gives the same concepts and codes in proportion, so that ``lr`` and
+    the learned biases mean the same at any scale of activations (Adam's steps do not shrink
+    with the data; on raw activations of scale 1e-3 most codes die).
 
     With :mod:`torch.distributed` initialised and ``distributed=True`` (the default), every rank
     must hold the same rows; each rank computes the gradients of its share of every minibatch
@@ -95,6 +96,9 @@ class TopKSAE(Factorizer):
         (0: run every epoch).
     n_iter_no_change : int
         Epochs in a row without progress after which training stops (as scikit-learn's MLP).
+    normalize : bool
+        Train on the activations divided by the root mean square of their centred features
+        (scaled back after training); ``False`` trains on them as they are.
     decay : float
         Fraction of the planned steps (``epochs`` epochs) over which the learning rate decays
         linearly to 0 at the end of training (0: constant learning rate).
@@ -143,7 +147,8 @@ class TopKSAE(Factorizer):
                  aux_k: int | None = None, aux_coef: float = 1 / 32, dead_rows: int | None = None,
                  tol: float = 1e-4, decay: float = 0.0, random_state: int | None = None,
                  device: str | torch.device | None = None, distributed: bool = True,
-                 progress: bool = False, n_iter_no_change: int = 10) -> None:
+                 progress: bool = False, n_iter_no_change: int = 10,
+                 normalize: bool = True) -> None:
         self.n_concepts = n_concepts
         self.top_k = top_k
         self.epochs = epochs
@@ -160,6 +165,7 @@ class TopKSAE(Factorizer):
         self.distributed = distributed
         self.progress = progress
         self.n_iter_no_change = n_iter_no_change
+        self.normalize = normalize
 
     @property
     def _backend(self) -> str:
@@ -189,6 +195,8 @@ class TopKSAE(Factorizer):
             check_int(self.dead_rows, "dead_rows", minimum=1)
         check_float(self.tol, "tol", minimum=0.0)
         check_int(self.n_iter_no_change, "n_iter_no_change", minimum=1)
+        if not isinstance(self.normalize, (bool, np.bool_)):
+            raise TypeError(f"`normalize` must be a bool; got {self.normalize!r}.")
         check_float(self.decay, "decay", minimum=0.0, maximum=1.0)
         if self.random_state is not None:
             check_int(self.random_state, "random_state", minimum=0)
@@ -216,7 +224,8 @@ class TopKSAE(Factorizer):
         mean = X.double().mean(dim=0)
         variance = float(((X.double() - mean) ** 2).sum(dim=1).mean())
         # train on X / scale (centred features of unit root mean square), scale back at the end
-        scale = math.sqrt(variance / c) if variance > 0 and math.isfinite(variance) else 1.0
+        scale = (math.sqrt(variance / c) if self.normalize and variance > 0
+                 and math.isfinite(variance) else 1.0)
         variance = variance / scale ** 2 if variance > 0 else 1.0
         decoder, encoder = as_param(start), as_param(start)
         encoder_bias = as_param(np.zeros(k))

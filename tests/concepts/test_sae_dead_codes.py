@@ -160,3 +160,21 @@ def test_one_epoch_of_patience_stops_at_the_first_epoch_without_progress():
     assert est.converged_ and est.n_epochs_ < 200
     assert curve[-1] > curve[-2] - tol * abs(curve[-2])
     assert all(b <= a - tol * abs(a) for a, b in zip(curve[:-2], curve[1:-1]))
+
+
+def test_normalize_false_trains_on_the_raw_activations():
+    # the explainer's token autoencoder trains on tokens as they are (normalize=False, measured
+    # on the ViT worlds); at a small scale its codes then die, as before the unit scale
+    A, _ = planted()
+    raw = TopKSAE(6, top_k=2, epochs=15, random_state=0, tol=0, normalize=False)
+    unit = TopKSAE(6, top_k=2, epochs=15, random_state=0, tol=0)
+    small_raw, small_unit = raw.fit(A * 1e-4), unit.fit(A * 1e-4)
+    assert small_unit.dead_codes_ == 0 and small_raw.dead_codes_ >= 3
+    # on activations of unit root mean square the two train the same
+    centred = A - A.mean(axis=0)
+    rms = float(np.sqrt((centred ** 2).sum(axis=1).mean() / A.shape[1]))
+    same_raw = TopKSAE(6, top_k=2, epochs=5, random_state=0, tol=0, normalize=False).fit(A / rms)
+    same_unit = TopKSAE(6, top_k=2, epochs=5, random_state=0, tol=0).fit(A / rms)
+    np.testing.assert_allclose(same_raw.components_, same_unit.components_, atol=1e-4)
+    with pytest.raises(TypeError, match="normalize"):
+        TopKSAE(6, normalize="yes").fit(A)
