@@ -87,11 +87,12 @@ def test_without_a_factorizer_transformer_tokens_get_the_seeded_token_factorizer
     """Tokens are signed and NMF refuses them, so with no factorizer ICE and CRAFT use a top-k
     sparse autoencoder seeded by ``seed`` (``token_factorizer``): exactly the explanation that
     passing ``TopKSAE(k, top_k=min(2, k), epochs=200, batch_size=64, random_state=seed,
-    distributed=False)`` gives, and the result names it. The layer's kind is read while the
-    model is prepared."""
+    distributed=False, n_iter_no_change=1, normalize=False)`` gives (it stops at the first
+    epoch without progress and trains on the tokens as they are: what was measured), and the
+    result names it. The layer's kind is read while the model is prepared."""
     model = _tiny_vit()
     given_factorizer = TopKSAE(3, top_k=2, epochs=200, batch_size=64, random_state=5,
-                               distributed=False)
+                               distributed=False, n_iter_no_change=1, normalize=False)
     fits = [conceptkit.ConceptExplainer(model, "blocks.0", 3, method, seed=5, progress=False,
                                         factorizer=factorizer).fit(VIT_IMAGES, 1)
             for factorizer in (None, given_factorizer)]
