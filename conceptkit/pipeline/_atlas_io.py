@@ -279,7 +279,7 @@ def _check_fields(meta: dict) -> None:
     with edited metadata carries a valid digest): each of the type and range the atlas writes.
     A ``ValueError`` names the field."""
     from ..importance import METHODS as IMPORTANCE_METHODS
-    from ._persist import FITTED_FIELDS
+    from ._persist import valid_fitted_with
     from ._pixel import PIXEL_METHODS
 
     size = meta["image_size"]
@@ -321,13 +321,7 @@ def _check_fields(meta: dict) -> None:
                 raise ValueError(f"settings.{key} has the value {value!r:.80}, which the atlas "
                                  f"does not write")
     fitted = meta.get("fitted_with")  # files before it: unknown, a load checks nothing
-    if fitted is not None and not (
-            isinstance(fitted, dict)
-            and set(fitted) <= FITTED_FIELDS
-            and all(isinstance(fitted.get(key, ""), str)
-                    for key in ("model_digest", "model_structure", "model_code"))
-            and all(fitted.get(key) is None or isinstance(fitted[key], str)
-                    for key in ("preprocess", "preprocess_reads"))):
+    if fitted is not None and not valid_fitted_with(fitted):
         raise ValueError(f"fitted_with must be a dict of the model's digests and the "
                          f"preprocessing's description; got {fitted!r:.80}")
 

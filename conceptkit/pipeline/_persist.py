@@ -91,6 +91,16 @@ FITTED_FIELDS = frozenset({"model_digest", "model_structure", "model_code", "pre
                            "preprocess_reads"})
 
 
+def valid_fitted_with(value: Any) -> bool:
+    """Whether a file's ``fitted_with`` is what a save writes: a dict of known fields, digests
+    as strings, the preprocessing's description and reads as strings or None."""
+    return (isinstance(value, dict) and set(value) <= FITTED_FIELDS
+            and all(isinstance(value.get(key, ""), str)
+                    for key in ("model_digest", "model_structure", "model_code"))
+            and all(value.get(key) is None or isinstance(value[key], str)
+                    for key in ("preprocess", "preprocess_reads")))
+
+
 def fitted_identity(handle: Any) -> dict[str, Any]:
     """``{"model_digest", "model_structure", "preprocess"}`` of the model (its weights, its
     structure) and preprocessing of ``handle`` (what a saved file records, so that
@@ -221,13 +231,7 @@ def result_from_state(cls: type, tensors: dict[str, torch.Tensor], meta: dict) -
     _check(class_id == importance.class_id, f"class_id {class_id} but importances of class "
            f"{importance.class_id}")
     fitted_with = meta.get("fitted_with", {})  # files before it: unknown, attach checks nothing
-    _check(isinstance(fitted_with, dict)  # model_structure: files saved since it is recorded
-           and set(fitted_with) <= FITTED_FIELDS
-           and all(isinstance(fitted_with.get(key, ""), str)
-                   for key in ("model_digest", "model_structure", "model_code"))
-           and all(fitted_with.get(key) is None or isinstance(fitted_with[key], str)
-                   for key in ("preprocess", "preprocess_reads")),
-           f"malformed fitted_with metadata {fitted_with!r:.80}")
+    _check(valid_fitted_with(fitted_with), f"malformed fitted_with metadata {fitted_with!r:.80}")
     maps_kind = meta.get("maps_kind", "coefficient")  # files before 0.2 saved coefficient maps
     _check(maps_kind in MAP_KINDS and maps_kind != "auto", f"maps of unknown kind {maps_kind!r}")
     names, visualizations = load_names(tensors, meta, k)
