@@ -119,20 +119,23 @@ def _write_manifest(path: Path, manifest: dict, *, exclusive: bool = False) -> b
 _WHEN_RECORDED = ("model_code", "preprocess_reads")
 
 
+def _as_recorded(full: dict, old: dict) -> dict:
+    """``full`` without the fields of :data:`_WHEN_RECORDED` that ``old`` does not record."""
+    return {key: value for key, value in full.items() if key not in _WHEN_RECORDED or key in old}
+
+
 def _same_extraction(old: Any, full: dict) -> dict | None:
     """The fingerprint to keep when a store recording ``old`` holds the extraction ``full``
     (``old`` itself, which may lack the fields of :data:`_WHEN_RECORDED`); None otherwise."""
     if not isinstance(old, dict):
         return None
-    new = {key: value for key, value in full.items()
-           if key not in _WHEN_RECORDED or key in old}
-    return old if old == new else None
+    return old if old == _as_recorded(full, old) else None
 
 
 def _differences(old: Any, new: dict) -> list[str]:
     if not isinstance(old, dict):
         return ["everything (the store was written without a fingerprint)"]
-    new = {key: value for key, value in new.items() if key not in _WHEN_RECORDED or key in old}
+    new = _as_recorded(new, old)
     keys = [key for key in dict.fromkeys([*new, *old]) if old.get(key) != new.get(key)]
     out = []
     if "model" in old and "model_structure" not in old and "model_structure" in new:
