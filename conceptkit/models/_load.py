@@ -7,8 +7,8 @@ Weights come from a local file (``--weights PATH``: safetensors, or a torch chec
 or — for a user who is online — from the library's hub (``--weights DEFAULT`` for torchvision,
 ``--weights pretrained`` for timm, an open_clip tag such as ``openai``). A hub request that
 fails offline raises an error that says how to pass a local file instead. ``weights='random'``
-builds a torchvision/timm/open_clip network as initialised, on purpose (the command line refuses
-those models without ``--weights``). A local copy of a torchvision ImageNet classifier gets
+builds a torchvision/timm/open_clip network as initialised, on purpose; without ``weights`` those
+models are refused (a randomly initialised network's explanation means nothing). A local copy of a torchvision ImageNet classifier gets
 torchvision's class names (shipped with torchvision, no download).
 """
 
@@ -26,6 +26,22 @@ from ._bundle import IMAGENET_MEAN, IMAGENET_STD, ModelBundle, Normalize, from_p
 
 #: ``weights`` that asks for a torchvision/timm/open_clip network as initialised (random).
 RANDOM_WEIGHTS = "random"
+
+#: How each hub family's own weights are asked for (downloaded), for messages.
+HUB_WEIGHTS = {"torchvision": "`weights='DEFAULT'` (torchvision's, downloaded)",
+               "timm": "`weights='pretrained'` (timm's, downloaded)",
+               "open_clip": "an open_clip tag such as `weights='openai'` (downloaded)"}
+
+
+def _require_weights(family: str, name: str, weights: str | None) -> None:
+    """Refuse a hub model without ``weights``: it would be randomly initialised, and explaining
+    it means nothing unless that is asked for (``weights='random'``)."""
+    if weights is None:
+        raise ValueError(f"`weights` is required for '{family}:{name}': without it the network "
+                         f"is randomly initialised and its explanation means nothing. Give a "
+                         f"local weights file (.safetensors or a .pt/.pth state dict), "
+                         f"{HUB_WEIGHTS[family]}, or `weights='random'` for the random network "
+                         f"on purpose.")
 
 
 class OfflineWeightsError(ConnectionError):
@@ -82,6 +98,7 @@ def _torchvision(name: str, weights: str | None) -> ModelBundle:
 
     if name not in torchvision.models.list_models():
         raise ValueError(f"unknown torchvision model {name!r}; see torchvision.models.list_models().")
+    _require_weights("torchvision", name, weights)
     labels: list[str] = []
     if weights is not None and weights.upper() == "DEFAULT":
         try:
@@ -141,6 +158,7 @@ def _timm(name: str, weights: str | None) -> ModelBundle:
     pretrained = weights is not None and weights.lower() == "pretrained"
     if ":" not in name and not timm.is_model(name):  # a typo is not a network problem
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models().")
+    _require_weights("timm", name, weights)
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except Exception as err:  # noqa: BLE001
@@ -159,6 +177,7 @@ def _timm(name: str, weights: str | None) -> ModelBundle:
 def _open_clip(name: str, weights: str | None) -> ModelBundle:
     import open_clip
 
+    _require_weights("open_clip", name, weights)
     if _random(weights):
         weights = None
     try:

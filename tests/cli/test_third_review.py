@@ -74,6 +74,16 @@ def test_hub_models_without_weights_are_refused(model, images, tmp_path, capsys)
     one_error(err, "`--weights`", "random", model)
 
 
+@pytest.mark.parametrize("model", ["torchvision:resnet18", "timm:resnet18", "open_clip:RN50"])
+def test_python_load_refuses_hub_models_without_weights(model):
+    """conceptkit.models.load, as the command line: a hub model without weights would be a
+    randomly initialised network explained as if trained."""
+    from conceptkit.models import load
+
+    with pytest.raises(ValueError, match=r"`weights` is required.*weights='random'"):
+        load(model)
+
+
 def test_weights_random_builds_the_network_on_purpose():
     from conceptkit.models import load
 

@@ -84,7 +84,7 @@ def test_timm_vit_dynamic_size_patch_embed_is_refused_but_blocks_are_read():
 def test_swin_default_layer_and_likely_layers_are_nchw():
     from conceptkit.models import load
 
-    assert load("torchvision:swin_t").layer == "permute"  # random weights, no download
+    assert load("torchvision:swin_t", "random").layer == "permute"  # no download
     assert likely_layers(_tiny_swin(), 32) == ["permute"]
 
 
