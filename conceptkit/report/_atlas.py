@@ -380,15 +380,23 @@ def _write_atlas_report(report: AtlasReport, out: Path, dpi: int) -> Path:
         _write_text(out / "concepts" / f"concept-{j}.html", _concept_page(report, j, picture))
     for r in range(len(report.class_ids)):
         _write_text(out / "classes" / f"class-{report.class_ids[r]}.html", _class_page(report, r))
+    unmeasured = no_region_mask(report)
+
+    def measured(values: Any) -> list:
+        # an importance (or bound) that was not measured is null, not the 0 it is held as;
+        # a bound that does not exist (NaN) is null too
+        values = np.array(values, dtype=float)
+        values[unmeasured] = np.nan
+        return values.tolist()  # _plain writes NaN as null
+
     payload = {"title": report.title, "classes": report.class_ids,
                "class_names": report.class_names, "concept_names": report.concept_names,
-               "importance": np.asarray(report.importance).tolist(),
-               "ci_low": np.nan_to_num(report.ci_low, nan=0.0).tolist(),
-               "ci_high": np.nan_to_num(report.ci_high, nan=0.0).tolist(),
+               "importance": measured(report.importance),
+               "ci_low": measured(report.ci_low), "ci_high": measured(report.ci_high),
                "important": np.asarray(report.important).tolist(),
-               # per class: the concepts with no region in its images, whose importance (0)
-               # was not measured
-               "no_region": [np.flatnonzero(row).tolist() for row in no_region_mask(report)],
+               # per class: the concepts with no region in its images, whose importance is
+               # null above (not measured)
+               "no_region": [np.flatnonzero(row).tolist() for row in unmeasured],
                "row_order": rows,
                "column_order": cols, "confusions": report.confusions, "meta": report.meta}
     _write_text(out / "atlas.json", json.dumps(_plain(payload), indent=1))

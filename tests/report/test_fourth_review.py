@@ -285,6 +285,9 @@ def test_the_atlas_shows_unmeasured_importances_as_no_region(tmp_path):
     index = write_atlas_report(_atlas(importance, no_region=[[1], []]), tmp_path, dpi=40)
     data = json.loads((tmp_path / "atlas.json").read_text())
     assert data["no_region"] == [[1], []]
+    # not measured is null in the JSON, not the 0 it is held as; class 1's measured 0 stays 0
+    assert data["importance"] == [[1.0, None, 0.4], [0.0, 1.0, 0.2]]
+    assert data["ci_low"][0][1] is None and data["ci_high"][0][1] is None
     class0 = (tmp_path / "classes" / "class-0.html").read_text()
     rows = re.findall(r"<tr>(.*?)</tr>", class0)
     row = next(r for r in rows if "concept-1.html" in r)
