@@ -21,6 +21,8 @@ KIND = "concept_bottleneck_model"
 FORMAT_VERSION = 1
 HEADS = ("linear", "mlp")
 BOTTLENECKS = ("sigmoid", "logits")
+#: Hidden width of the MLP head when ``hidden`` is not given.
+DEFAULT_HIDDEN = 64
 #: Koh et al.'s training modes (:func:`train_cbm`); a saved ``trained_mode`` is one of them.
 MODES = ("independent", "sequential", "joint", "standard")
 
@@ -137,8 +139,9 @@ class ConceptBottleneckModel(nn.Module):
         The concept → class model: one linear layer (Koh's default) or a one-hidden-layer MLP.
     bottleneck : {"sigmoid", "logits"}
         What the head reads: concept probabilities or the raw concept logits.
-    hidden : int
-        Hidden width of the MLP head (ignored for a linear head).
+    hidden : int, optional
+        Hidden width of the MLP head (default 64). A linear head has no hidden layer: giving
+        ``hidden`` with ``head="linear"`` is an error, not an argument silently ignored.
     concept_names, class_names : list of str, optional
         Names stored with the model (used by reports); default ``concept_i`` / ``class_i``.
 
@@ -152,7 +155,7 @@ class ConceptBottleneckModel(nn.Module):
     """
 
     def __init__(self, concept_encoder: nn.Module, n_concepts: int, n_classes: int, *,
-                 head: str = "linear", bottleneck: str = "sigmoid", hidden: int = 64,
+                 head: str = "linear", bottleneck: str = "sigmoid", hidden: int | None = None,
                  concept_names: list[str] | None = None, class_names: list[str] | None = None):
         super().__init__()
         if not isinstance(concept_encoder, nn.Module):
@@ -162,7 +165,12 @@ class ConceptBottleneckModel(nn.Module):
         self.n_classes = check_int(n_classes, "n_classes", minimum=2)
         self.head_kind = check_choice(head, "head", HEADS)
         self.bottleneck = check_choice(bottleneck, "bottleneck", BOTTLENECKS)
-        self.hidden = check_int(hidden, "hidden", minimum=1)
+        if self.head_kind == "linear" and hidden is not None:
+            raise ValueError(f"`hidden` ({hidden!r}) is the width of the MLP head's hidden layer; "
+                             f"a linear head has none. Pass head='mlp' to use it, or leave "
+                             f"`hidden` out.")
+        self.hidden = (None if self.head_kind == "linear" else
+                       check_int(DEFAULT_HIDDEN if hidden is None else hidden, "hidden", minimum=1))
         self.concept_names = _names(concept_names, self.n_concepts, "concept", "concept_names")
         self.class_names = _names(class_names, self.n_classes, "class", "class_names")
         self.concept_encoder = concept_encoder
@@ -293,6 +301,8 @@ class ConceptBottleneckModel(nn.Module):
                               f"{broken[:5]}: a damaged or edited file.")
         with loading(path, "ConceptBottleneckModel (model configuration)"):
             config = dict(meta["config"])
+            if config.get("head") == "linear":
+                config.pop("hidden", None)  # files before 0.2.0 stored an unused 64 (or null)
             spec = meta.get("encoder")
             for key in ("concept_names", "class_names"):  # saved as strings: others are edits
                 names = config.get(key)
