@@ -16,7 +16,7 @@ from ._clip import SIMILARITIES, active_inputs, cos_cubed, default_top_k, soft_w
 from ._dissect import SMALL_PART_SHARE, dissect
 from ._probe import SUMMARIES, ConceptSource, Probe, as_probe, crop_probe
 from ._table import SCORES, ConceptName, ConceptNames
-from ._trust import trust_scores
+from ._trust import CHANCE, trust_scores
 from ._vocab import vocabulary as resolve_vocabulary
 
 METHODS = ("dissect", "clip", "classes")
@@ -68,12 +68,28 @@ def _table(method: str, scores: np.ndarray, candidates: list[str], *, score_name
                          f"elsewhere; the name describes a small share of where it fires.")
     trust = ([None] * len(names) if summaries is None or not targets
              else trust_scores(summaries, names, targets))
+    notes += _below_chance_notes(names, trust, params)
     entries = tuple(ConceptName(concept=j, name=names[j], score=best_scores[j],
                                 runner_ups=others[j], trust=trust[j], description=glosses[j],
                                 part_share=best_shares[j])
                     for j in range(len(names)))
     return ConceptNames(method=method, entries=entries, score_name=score_name, params=params,
                         notes=tuple(notes))
+
+
+def _below_chance_notes(names: list[str | None], trust: list[float | None],
+                        params: dict[str, Any]) -> list[str]:
+    """A note for each name whose trust is below chance: the name is kept (a concept is named
+    by its score, ``min_score``) and flagged, as :attr:`ConceptName.below_chance`."""
+    where = (" The name was found on the explained class's images alone "
+             "(class_images_only) and the trust is measured over the whole probe: the concept "
+             "may stand for something else in other classes' images "
+             "(class_images_only=False names it across all classes)."
+             if params.get("class_images_only") else "")
+    return [f"concept {j} ({name!r}) has trust {value:.2f}, below chance (0.5): over the "
+            f"probe, inputs that show {name!r} activate it less than those that do not.{where}"
+            for j, (name, value) in enumerate(zip(names, trust))
+            if name is not None and value is not None and value < CHANCE]
 
 
 def _class_rows(source: ConceptSource, probe: Probe, class_images_only: bool | None) -> Probe:
@@ -420,8 +436,12 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
     if images is None:
         result = source.result
         if result is None or result.activations is None:
-            raise ValueError("`images` is required with a ConceptBank or an explanation loaded "
-                             "without its activations.")
+            what = ("this explanation was loaded without its activations"
+                    if result is not None else "a ConceptBank holds no images")
+            raise ValueError(f"naming by classes adds each concept back to the activations of "
+                             f"images, and {what}: pass the class's images as `images`, e.g. "
+                             f"name_concepts('classes', images=class_images) (a loaded "
+                             f"explanation needs its model too: attach(model) first).")
         acts, context = result.activations, result.context
         if result.model_at_layer is None:
             raise ValueError("naming by classes needs the model: call `attach(model)` first.")
@@ -499,4 +519,53 @@ def name_concepts(concepts: Any, method: str = "dissect", *args: Any, **kwargs: 
     labels or masks for it, a CoSy-style trust score (AUC).
     """
     method = check_choice(method, "method", METHODS)
+    _check_call(method, args, kwargs)
     return _NAMERS[method](concepts, *args, **kwargs)
+
+
+#: What each method needs, for the error when it is not given.
+_NEEDS = {"dissect": "probe images with part masks (a ConceptDataset, or (images, masks, "
+                     "part_names))",
+          "clip": "probe images (or a ConceptDataset) and a CLIP model (a ClipEncoders, an "
+                  "(open_clip model, tokenizer) pair, or any object with encode_image and "
+                  "encode_text)"}
+
+
+def _check_call(method: str, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse arguments the method's naming function cannot take, with the names it takes
+    (rather than Python's message naming the internal function)."""
+    import difflib
+    import inspect
+
+    kinds = inspect.Parameter
+    params = list(inspect.signature(_NAMERS[method]).parameters.values())[1:]  # after concepts
+    positional = [p.name for p in params if p.kind == kinds.POSITIONAL_OR_KEYWORD]
+    named = [p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD,
+                                                   kinds.KEYWORD_ONLY)]
+    call = f"name_concepts({method!r})"
+    if len(args) > len(positional):
+        raise TypeError(f"{call} takes at most {len(positional)} argument(s) by position after "
+                        f"the method ({', '.join(positional)}); got {len(args)}: pass the "
+                        f"others by name.")
+    given = set(positional[:len(args)])
+    twice = sorted(given & set(kwargs))
+    if twice:
+        raise TypeError(f"{call} got {', '.join(f'`{n}`' for n in twice)} both by position and "
+                        f"by name; pass each once.")
+    similarity = [p.name for p in inspect.signature(soft_wpmi).parameters.values()
+                  if p.kind == kinds.KEYWORD_ONLY] if method == "clip" else []
+    extra = set(kwargs) - set(named) - set(similarity)  # clip: the rest go to soft-WPMI
+    if extra:
+        unknown = sorted(extra)
+        close = [m for name in unknown
+                 for m in difflib.get_close_matches(name, named + similarity, n=1)]
+        hint = f" (did you mean {', '.join(f'`{m}`' for m in close)}?)" if close else ""
+        raise TypeError(f"{call} got unknown argument(s) {unknown}{hint}; it takes "
+                        f"{', '.join(named)}"
+                        f"{' and the soft-WPMI settings ' + ', '.join(similarity) if similarity else ''}.")
+    missing = [p.name for p in params if p.default is p.empty and p.name in named
+               and p.name not in given and p.name not in kwargs]
+    if missing:
+        raise TypeError(f"{call} needs {' and '.join(f'`{n}`' for n in missing)}: "
+                        f"{_NEEDS[method]}; e.g. result.name_concepts({method!r}, "
+                        f"{', '.join(missing)}).")

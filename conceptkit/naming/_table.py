@@ -9,6 +9,7 @@ from typing import Any
 
 from .._validation import describe
 from ..io import json_ready
+from ._trust import CHANCE
 
 #: What each method's score measures (the table's column header).
 SCORES = {"dissect": "IoU", "clip": "soft-WPMI", "clip_cos3": "cos^3", "classes": "logit gain"}
@@ -33,7 +34,8 @@ class ConceptName:
     trust : float or None
         CoSy-style AUC: how well the concept's activation separates probe images that contain the
         named thing from those that do not (0.5 = chance, 1 = perfect). None when the probe set
-        has no labels or masks for the name.
+        has no labels or masks for the name. Below 0.5 the name is kept (a name is given by its
+        score) and flagged: see :attr:`below_chance`.
     description : str or None
         A longer gloss where one is known (the WordNet definition of an ImageNet class).
     part_share : float or None
@@ -49,6 +51,14 @@ class ConceptName:
     trust: float | None = None
     description: str | None = None
     part_share: float | None = None
+
+    @property
+    def below_chance(self) -> bool:
+        """Whether the name's trust is below chance (AUC < 0.5): over the probe, inputs that
+        show the named thing activate the concept less than those that do not, so the name says
+        the opposite of what the concept responds to there. Flagged in the table (``!``) and in
+        the notes; False when the probe cannot check the name."""
+        return self.name is not None and self.trust is not None and self.trust < CHANCE
 
     @property
     def label(self) -> str:
@@ -148,19 +158,24 @@ class ConceptNames(Sequence):
         return iter(self.entries)
 
     def labels(self) -> list[str]:
-        """One display label per concept: its name, or ``"concept <index>"`` if unnamed."""
+        """One label per concept: its name, or ``"concept <index>"`` if unnamed (a name several
+        concepts share is repeated here; ``ClassConcepts.labels`` adds each one's index)."""
         return [entry.label for entry in self.entries]
 
     def __repr__(self) -> str:
         width = max([len(e.label) for e in self.entries] + [7])
         shares = any(e.part_share is not None for e in self.entries)
+        flagged = any(e.below_chance for e in self.entries)
         lines = [f"ConceptNames(method={self.method!r}, {len(self)} concepts, score = "
                  f"{self.score_name}, trust = AUC on the probe set"
+                 f"{' (! = below chance, 0.5)' if flagged else ''}"
                  f"{', on part = share of the top pixels on the part' if shares else ''})",
-                 f"  {'#':>3}  {'name':<{width}}  {'score':>8}  {'trust':>5}  "
+                 f"  {'#':>3}  {'name':<{width}}  {'score':>8}  {'trust':>5}{' ' if flagged else ''}  "
                  f"{'on part  ' if shares else ''}runner-ups"]
         for e in self.entries:
             trust = "  -  " if e.trust is None else f"{e.trust:5.2f}"
+            if flagged:  # one column more: "!" beside a trust below chance
+                trust += "!" if e.below_chance else " "
             share = "" if not shares else (
                 "   -     " if e.part_share is None else f"{e.part_share:7.0%}  ")
             others = ", ".join(f"{n} ({_short(s)})" for n, s in e.runner_ups[:3])

@@ -5,13 +5,19 @@ activations on control images. With a probe set whose images carry labels or par
 offline analogue is direct: the images that contain the named part (or belong to the named class)
 against all the other probe images. The AUC is the probability that a random image with the named
 thing activates the concept more than a random image without it (ties count one half): 0.5 is
-chance, 1 a perfect detector.
+chance, 1 a perfect detector, 0 a perfect anti-detector: below 0.5 the images with the named thing
+activate the concept *less* than the others (over the probe, the name says the opposite of what
+the concept responds to). Such a name is kept — a concept is named by its score alone — and
+flagged (:attr:`ConceptName.below_chance`, a ``!`` in the table, a note).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
+
+#: The trust (AUC) of a concept whose activation tells nothing of the named thing.
+CHANCE = 0.5
 
 
 def activation_auc(activations: np.ndarray, positive: np.ndarray) -> float | None:

@@ -76,8 +76,10 @@ class ConceptAtlas:
     ----------
     model : nn.Module
         The classifier; left as found after every call.
-    layer : str
-        Dotted name of the layer to explain at.
+    layer : str, optional
+        Dotted name of the layer to explain at; optional with a bundle
+        (:func:`conceptkit.models.load`) that knows a default layer, as for
+        :class:`~conceptkit.ConceptExplainer`.
     n_concepts : int
         Size of the shared dictionary.
     method : {"ice", "craft"}
@@ -115,7 +117,8 @@ class ConceptAtlas:
         As for :class:`~conceptkit.ConceptExplainer`.
     """
 
-    def __init__(self, model: nn.Module, layer: str, n_concepts: int = 20, method: str = "ice",
+    def __init__(self, model: nn.Module, layer: str | None = None, n_concepts: int = 20,
+                 method: str = "ice",
                  *, factorizer: Factorizer | None = None, importance: str = "auto",
                  seed: int | None = None, class_names: Any = None,
                  max_inputs_per_class: int | None = 512, batch_size: int = 64, device: Any = None,
@@ -152,6 +155,21 @@ class ConceptAtlas:
                                                minimum=2))
         self.data_: AtlasData | None = None
         self.importance_: AtlasImportance | None = None
+
+    def __repr__(self) -> str:
+        ex = self.explainer
+        where = f"{ex.model_name} at {ex.layer!r}" if ex is not None else \
+            f"{self.layer!r}, loaded without its model"
+        if self.data_ is None:
+            importance = getattr(self, "importance_method", None)
+            return (f"ConceptAtlas({where}, n_concepts={self.n_concepts}, "
+                    f"method={self.method!r}, importance={importance!r}; not fitted)")
+        data = self.data_
+        source = " (from an activation store)" if data.store is not None else ""
+        importance = None if self.importance_ is None else self.importance_.method
+        return (f"ConceptAtlas({where}, n_concepts={self.n_concepts}, method={self.method!r}, "
+                f"importance={importance!r}; fitted on {len(data.labels)} images of "
+                f"{len(data.classes)} classes{source})")
 
     # ------------------------------------------------------------------ fitting
     @property

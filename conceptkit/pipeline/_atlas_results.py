@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .._deprecation import renamed_arguments
+from .._reprs import summarize
 from .._validation import check_int
 
 #: Default rules of :meth:`AtlasImportance.important`: the smallest mean class-probability drop
@@ -47,6 +48,13 @@ class AtlasImportance:
     class_names: list[str]
     method: str
     params: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        n, k = self.values.shape
+        return (f"AtlasImportance(method={self.method!r}, {n} classes x {k} concepts, "
+                f"classes={summarize(list(self.classes))}, "
+                f"{int(self.important().sum())} important class-concept pairs; values, "
+                f"ci_low, ci_high: array({n}, {k}))")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return np.asarray(self.values, dtype=dtype)
@@ -109,6 +117,13 @@ class ConceptSearch:
     images: torch.Tensor | None
     maps: torch.Tensor | None
 
+    def __repr__(self) -> str:
+        return (f"ConceptSearch(concept {self.concept}, {len(self.image_ids)} images, "
+                f"image_ids={summarize(np.asarray(self.image_ids))}, "
+                f"scores={summarize(np.asarray(self.scores, dtype=np.float64))}, "
+                f"labels={summarize(np.asarray(self.labels))}, images={summarize(self.images)}, "
+                f"maps={summarize(self.maps)})")
+
 
 @dataclass(frozen=True, eq=False)
 class ConfusionExplanation:
@@ -136,6 +151,15 @@ class ConfusionExplanation:
     n_confused: int  # how many selected images the model actually classifies as b
     shared: np.ndarray  # (k,) bool: concept important to both a and b
     images: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"concept {int(j)} {float(self.contributions[j]):+.3g}"
+                          for j in self.concepts[:3])
+        more = ", ..." if len(self.concepts) > 3 else ""
+        return (f"ConfusionExplanation(class {self.a} -> class {self.b}, "
+                f"{len(self.image_ids)} images ({self.n_confused} classified as {self.b}), "
+                f"mean margin {float(np.mean(self.margins)):.3g}; contributions towards "
+                f"{self.b}: {shown}{more}; {int(np.sum(self.shared))} concepts shared)")
 
     @property
     def top(self) -> int:

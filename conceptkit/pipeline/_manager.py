@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._reprs import summarize
 from .._validation import check_images, check_int, describe
 from ..models._bundle import ModelBundle
 from ..models._candidates import class_index
@@ -39,6 +40,7 @@ class ConceptManager:
     def __init__(self, model: nn.Module | ModelBundle, layer: str | None = None, *,
                  class_names: dict[int, str] | list[str] | None = None,
                  min_images: int = 2, **explainer_kwargs: Any):
+        _check_explainer_options(explainer_kwargs)
         if class_names is not None:
             explainer_kwargs["class_names"] = _names_by_index(class_names)
         self.explainer = ConceptExplainer(model, layer, **explainer_kwargs)  # reads a bundle
@@ -47,6 +49,14 @@ class ConceptManager:
         self.min_images = check_int(min_images, "min_images", minimum=2)
         self.classes_: dict[int, ClassConcepts] = {}
         self.labels_: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        ex = self.explainer
+        fitted = (f"fitted: {len(self.classes_)} classes {summarize(sorted(self.classes_))}"
+                  if self.classes_ else "not fitted")
+        return (f"ConceptManager({ex.model_name} at {ex.layer!r}, n_concepts={ex.n_concepts}, "
+                f"method={ex.method!r}, importance={ex.importance!r}, "
+                f"min_images={self.min_images}; {fitted})")
 
     def _name(self, class_id: int) -> str:
         names = self.class_names
@@ -148,6 +158,25 @@ class ConceptManager:
                 entries.append(index_entry(report, page, out_dir))
                 notes.append(report.notes)
             return write_index(entries, out_dir, title=title, notes=notes)
+
+
+def _check_explainer_options(options: dict[str, Any]) -> None:
+    """Refuse a keyword that neither the manager nor :class:`ConceptExplainer` takes, naming
+    those they take (rather than Python's message about ``ConceptExplainer.__init__``)."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(ConceptExplainer.__init__).parameters
+    taken = [name for name, p in params.items() if name not in ("self", "model", "layer")
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        close = [m for name in unknown for m in difflib.get_close_matches(
+            name, [*taken, "min_images"], n=1)]
+        hint = f" (did you mean {', '.join(f'`{m}`' for m in close)}?)" if close else ""
+        raise TypeError(f"ConceptManager got unknown argument(s) {unknown}{hint}; it takes "
+                        f"model, layer, class_names, min_images and the ConceptExplainer "
+                        f"options {', '.join(n for n in taken if n != 'class_names')}.")
 
 
 def _names_by_index(class_names: Any) -> list[str]:

@@ -8,6 +8,8 @@ from) the explanation's safetensors file.
 
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Any
 
 import numpy as np
@@ -17,21 +19,62 @@ from .._validation import check_int, describe
 
 
 def concept_labels(names: Any, k: int) -> list[str]:
-    """One label per concept: its name, or ``"concept j"`` when unnamed."""
-    return names.labels() if names is not None else [f"concept {j}" for j in range(k)]
+    """One label per concept: its name, or ``"concept j"`` when unnamed; a name that several
+    concepts share gets each one's index, ``"yellow ring [3]"``, as in the report's figures, so
+    that ``print(result)``, the command line and the report tell them apart."""
+    if names is None:
+        return [f"concept {j}" for j in range(k)]
+    labels = names.labels()
+    return [f"{label} [{j}]" if labels.count(label) > 1 else label
+            for j, label in enumerate(labels)]
 
 
 def resolve_concept(cc: Any, concept: Any) -> int:
-    """A concept index from an index or a name given by :meth:`ClassConcepts.name_concepts`."""
+    """A concept index from an index, ``"concept j"`` (always concept ``j``, named or not), a
+    label of :func:`concept_labels` or a name given by :meth:`ClassConcepts.name_concepts`."""
     if isinstance(concept, str):
-        labels = concept_labels(cc.names, cc.n_concepts)
-        hits = [j for j, label in enumerate(labels) if label == concept]
-        if len(hits) == 1:
-            return hits[0]
-        if hits:
+        k = cc.n_concepts
+        indexed = re.fullmatch(r"concept (\d+)", concept.strip())
+        if indexed:
+            j = int(indexed.group(1))
+            if j >= k:
+                raise ValueError(f"`concept` {concept!r} is out of range: this explanation has "
+                                 f"{k} concepts, 'concept 0' to 'concept {k - 1}'.")
+            return j
+        labels = concept_labels(cc.names, k)
+        if concept in labels:
+            return labels.index(concept)
+        names = [] if cc.names is None else [entry.name for entry in cc.names]
+        hits = [j for j, name in enumerate(names) if name == concept]
+        if hits:  # one name several concepts share
             raise ValueError(f"`concept` {concept!r} names concepts {hits}; pass one index.")
-        raise ValueError(f"`concept` {concept!r} is not the name of a concept; names: {labels}.")
+        also = "" if cc.names is None else " (or 'concept <index>')"
+        raise ValueError(f"`concept` {concept!r} is not the name of a concept; names: "
+                         f"{labels}{also}.")
     return check_int(concept, "concept", minimum=0, maximum=cc.n_concepts - 1)
+
+
+#: What :meth:`ClassConcepts.visualize` sets itself among :func:`visualize_concept`'s arguments.
+_VISUALIZE_OWN = ("model", "bank", "concept", "images", "steps", "image_size", "preprocess",
+                  "seed", "progress")
+
+
+def _check_visualize_options(kwargs: dict[str, Any]) -> None:
+    """Refuse an option :func:`~conceptkit.naming.visualize_concept` does not take, by name."""
+    import inspect
+
+    from ..naming import visualize_concept
+
+    options = [name for name in inspect.signature(visualize_concept).parameters
+               if name not in _VISUALIZE_OWN]
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        close = [m for name in unknown for m in difflib.get_close_matches(
+            name, [*options, *_VISUALIZE_OWN[4:]], n=1)]
+        hint = f" (did you mean {', '.join(f'`{m}`' for m in close)}?)" if close else ""
+        raise TypeError(f"`visualize` got unknown option(s) {unknown}{hint}; it takes steps, "
+                        f"image_size, seed, progress and the MACO options "
+                        f"{', '.join(options)}.")
 
 
 def visualize(cc: Any, concept: Any, *, steps: int, image_size: int | None, seed: int,
@@ -39,6 +82,7 @@ def visualize(cc: Any, concept: Any, *, steps: int, image_size: int | None, seed
     """:meth:`ClassConcepts.visualize`: MACO with the class images' spectrum, kept on ``cc``."""
     from ..naming import visualize_concept
 
+    _check_visualize_options(kwargs)
     concept = resolve_concept(cc, concept)
     model = cc._require_model()
     images = cc.images if cc.images is not None else cc.saved_images
@@ -59,6 +103,9 @@ def name_details(entry: Any, score_name: str) -> dict[str, Any]:
     """What the report shows beside a name: score, trust, runner-ups, definition."""
     details: dict[str, Any] = {f"name score ({score_name})": entry.score,
                                "trust (AUC)": entry.trust}
+    if entry.below_chance:  # kept as a name (its score passed), flagged here and in the notes
+        details["trust below chance"] = ("probe inputs that show the named thing activate the "
+                                         "concept less than the others (see the notes)")
     if entry.runner_ups:
         details["runner-ups"] = ", ".join(f"{n} ({s:.3g})" for n, s in entry.runner_ups)
     if entry.description:

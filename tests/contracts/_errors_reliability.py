@@ -214,6 +214,13 @@ def _encoder(info, tensors):
 
 
 
+def _mlp_head(hidden: int):
+    """Declare the linear head of a CBM file an MLP head of width ``hidden``."""
+    def edit(info, tensors):
+        info["meta"]["config"].update(head="mlp", hidden=hidden)
+    return edit
+
+
 def _scale_tensor(name: str):
     def edit(info, tensors):
         tensors[name] = tensors[name] * 1.5
@@ -468,7 +475,7 @@ def rows(R: Callable[..., Any], cli: Callable[..., Any], CLIError: type) -> list
               _forged(c, c.cbm_file, "width", set_meta("config", "n_concepts", value=10**9))), FE, "`path`"),
         R("cbm-load-hidden", "bottleneck.ConceptBottleneckModel.load", "a head declared wider than stored",
           lambda c: bottleneck.ConceptBottleneckModel.load(
-              _forged(c, c.cbm_file, "hidden", set_meta("config", "head", value="mlp"))), FE, "`path`"),
+              _forged(c, c.cbm_file, "hidden", _mlp_head(64))), FE, "`path`"),
         R("cbm-load-altered", "bottleneck.ConceptBottleneckModel.load", "weights altered after saving",
           lambda c: bottleneck.ConceptBottleneckModel.load(
               _forged(c, c.cbm_file, "cbm-altered", _scale_tensor("head.weight"), sign=False)),

@@ -9,6 +9,7 @@ import conceptkit
 from conceptkit import io
 from conceptkit.datasets import make_concept_dataset, reference_model
 from conceptkit.naming import ConceptNames, name_by_masks
+from conceptkit.pipeline._naming import concept_labels
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -30,7 +31,7 @@ def named():
 def test_names_and_visualisations_round_trip(named, tmp_path):
     cc, names, _ = named
     assert isinstance(names, ConceptNames) and cc.names is names
-    assert cc.labels == names.labels()
+    assert cc.labels == concept_labels(names, cc.n_concepts)  # repeated names get [j]
     path = cc.save(tmp_path / "named.safetensors")
     back = conceptkit.load(path)
     assert back.names == names
