@@ -44,15 +44,25 @@ def preserved_model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterat
             model.eval()
         yield model
     finally:
+        failed: list[BaseException] = []  # every flag is restored even if one cannot be
         for m, flag in zip(modules, training):
             m.training = flag
         for p, flag in zip(params, grads):
-            p.requires_grad_(flag)
+            # a lazy module's parameter the call did not materialise refuses requires_grad_,
+            # and its flag cannot have changed
+            if isinstance(p, nn.parameter.UninitializedParameter) or p.requires_grad == flag:
+                continue
+            try:
+                p.requires_grad_(flag)
+            except RuntimeError as err:  # e.g. a non-leaf tensor registered as a parameter
+                failed.append(err)
         for m, before, keys in zip(modules, hooks_before, hook_keys_before):
             for d, n_before, key_before in zip(_hook_dicts(m), before, keys):
                 if len(d) != n_before:
                     for key in [k for k in d.keys() if k not in key_before]:
                         del d[key]
+        if failed:
+            raise failed[0]
 
 
 def leaves_global_rng(function):

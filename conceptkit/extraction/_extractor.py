@@ -34,12 +34,65 @@ from ._sizes import is_size_error, model_patch_grid, size_error
 _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def expected_in_channels(model: nn.Module) -> int | None:
-    """Input channels of the first convolution (or patch embedding) of ``model``, if any."""
+    """Input channels of the first registered convolution (or patch embedding) of ``model``;
+    None when it has none, or when that convolution is lazy (its channels are not known yet).
+
+    The first registered convolution is not always the first one run (a head defined before
+    the stem): :class:`ActivationExtractor` checks the one that runs first instead.
+    """
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv1d, nn.Conv3d)):
-            return module.in_channels
+        if isinstance(module, _CONVS):
+            return None if _is_lazy(module) else module.in_channels
     return None
+
+
+def _is_lazy(module: nn.Module) -> bool:
+    return any(isinstance(p, nn.parameter.UninitializedParameter)
+               for p in module.parameters(recurse=False))
+
+
+class _ChannelMismatch(Exception):
+    """Raised by :func:`_first_convolution`'s hook: the first convolution run is given the
+    images' channels, and they are not the ones it takes."""
+
+    def __init__(self, name: str, wanted: int):
+        super().__init__(name, wanted)
+        self.name, self.wanted = name, wanted
+
+
+@contextlib.contextmanager
+def _first_convolution(model: nn.Module, channels: int) -> Iterator[None]:
+    """Within the block, the first convolution the model runs checks its input: given
+    ``channels`` channels (those of the images, after preprocessing) where it takes another
+    number, it raises :class:`_ChannelMismatch` (the model would fail there anyway). Lazy
+    convolutions, and a first convolution given another number of channels (a stem that
+    changes them), are left to the model."""
+    done: list[bool] = []
+
+    def check(name: str):
+        def hook(module, inputs):
+            if done:
+                return
+            done.append(True)
+            x = inputs[0] if inputs else None
+            if (_is_lazy(module) or not isinstance(x, torch.Tensor) or x.ndim < 2
+                    or x.shape[1] != channels):
+                return
+            if module.in_channels != channels:
+                raise _ChannelMismatch(name, module.in_channels)
+        return hook
+
+    handles = [m.register_forward_pre_hook(check(n)) for n, m in model.named_modules()
+               if isinstance(m, _CONVS)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def infer_prefix_tokens(model: nn.Module, n_tokens: int,
@@ -372,9 +425,12 @@ class ActivationExtractor:
         """Activations for ``inputs``: ``(N, C, h, w)`` for conv layers and token maps, else as is.
 
         ``name`` is what errors about the inputs call them (a caller's own argument name)."""
-        channels = expected_in_channels(self.model)
+        # the channels are checked by the first convolution run, on the first batch after
+        # preprocessing: the model says what it takes (a head registered before the stem, a
+        # grey model whose preprocessing turns colour images grey, lazy convolutions)
         if isinstance(inputs, (torch.Tensor, np.ndarray)):
-            inputs = check_images(inputs, name, channels=channels)
+            inputs = check_images(inputs, name)
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else None
         # Batches already known finite (slices of a checked tensor, crops or segments of finite
         # images) get only the cheap structural checks, not a NaN scan of every batch.
         finite = isinstance(inputs, torch.Tensor) or (
@@ -396,7 +452,8 @@ class ActivationExtractor:
             with context:
                 for batch in tqdm(batches, total=total, disable=not self.progress,
                                   desc=self.desc or f"activations @ {self.layer}", leave=False):
-                    batch = self._check_batch(batch, channels, finite, name)
+                    batch = self._check_batch(batch, None, finite, name)
+                    given = batch
                     if self.preprocess is not None:
                         batch = self.preprocess(batch)
 
@@ -408,9 +465,14 @@ class ActivationExtractor:
                     # output only, not on the hot path of every batch
                     watch = (contextlib.nullcontext([]) if self._channels_checked
                              else watch_channels(self._inner, self._module))
+                    first = (contextlib.nullcontext() if outputs or not isinstance(batch, torch.Tensor)
+                             or batch.ndim < 2 else _first_convolution(self._inner, batch.shape[1]))
                     try:
-                        with watch as evidence:
+                        with first, watch as evidence:
                             output = run(batch)
+                    except _ChannelMismatch as err:
+                        raise self._channels_error(err, name, shape or tuple(given.shape),
+                                                   given, batch) from None
                     except Exception as err:
                         if is_size_error(err):
                             what = (f"{type(self._inner).__name__} up to `layer` "
@@ -444,6 +506,18 @@ class ActivationExtractor:
             self.prefix_ = torch.cat(self._prefix_batches)
             self._prefix_batches = []
         return torch.cat(outputs)
+
+    def _channels_error(self, err: _ChannelMismatch, name: str, shape: tuple,
+                        given: torch.Tensor, batch: torch.Tensor) -> ValueError:
+        """The images' channels, refused by the first convolution the model runs."""
+        if given.ndim >= 2 and given.shape[1] == batch.shape[1]:
+            return ValueError(f"`{name}` must have {err.wanted} channels in axis 1 (N, C, H, W); "
+                              f"got shape {shape}.")
+        return ValueError(f"`{name}` have {batch.shape[1]} channels after `preprocess` (shape "
+                          f"{tuple(given.shape)} became {tuple(batch.shape)}), and the first "
+                          f"convolution of {type(self._inner).__name__} that runs, "
+                          f"{err.name!r}, takes {err.wanted}: give images, or a `preprocess`, "
+                          f"that make {err.wanted} channels.")
 
     @staticmethod
     def _check_batch(batch: Any, channels: int | None, finite: bool,

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..io import file_state
+from ._store_read import check_store_inputs
 
 _BLOCK = 1 << 24  # hash big tensors in 16 MiB slices: no second full copy in memory
 
@@ -528,6 +529,7 @@ def inputs_identity(inputs: Any) -> str:
     """A digest of a tensor of inputs, or the identity of a Dataset (see the module docstring)."""
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
         return f"tensor:{tensor_digest(inputs)}"
+    check_store_inputs(inputs)  # a DataLoader has no items to identify it by
     own = getattr(inputs, "fingerprint", None)
     if callable(own):
         own = own()

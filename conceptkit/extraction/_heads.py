@@ -2,8 +2,9 @@
 
 ``h`` is called on activations the caller keeps using (the class activations, reconstructions
 shared between masks). A model whose first operation after the cut is in place (VGG's
-``ReLU(inplace=True)`` right after ``features.15``) would clip those activations through ``h``:
-:func:`guard_input` clones the input first, for heads that contain an in-place operation.
+``ReLU(inplace=True)`` right after ``features.15``, ``torch.relu_``, a user's block doing
+``x.add_(1)``) would change those activations through ``h``: :func:`guard_input` clones the
+input first, for every head not proven free of in-place operations.
 
 Models that return a dict (Hugging Face ``{"logits": ...}``) or a tuple (logits and auxiliary
 outputs) give ``h`` the same output; :func:`select_output` returns the element holding the class
@@ -12,6 +13,7 @@ logits (``ConceptExplainer(..., output="logits")`` does it for the pipeline).
 
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Any
 
@@ -21,30 +23,74 @@ from torch import nn
 
 from .._validation import describe
 
-_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv,
-                      operator.ifloordiv, operator.imod, operator.ipow, operator.iand,
-                      operator.ior, operator.ixor, operator.ilshift, operator.irshift}
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.imatmul,
+                      operator.itruediv, operator.ifloordiv, operator.imod, operator.ipow,
+                      operator.iand, operator.ior, operator.ixor, operator.ilshift,
+                      operator.irshift, operator.setitem, operator.delitem}
+_INPLACE_METHODS = {"__setitem__", "__delitem__", "__iadd__", "__isub__", "__imul__",
+                    "__imatmul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+                    "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__"}
+#: Packages whose modules' own ``forward`` is known not to write into its input unless the
+#: module says so with ``inplace=True`` (their submodules are checked too).
+_TRUSTED_CODE = ("torch.nn.", "conceptkit.")
 
 
 def has_inplace_ops(module: nn.Module) -> bool:
-    """Whether ``module`` may write into a tensor it is given.
+    """Whether ``module`` may write into a tensor it is given: True unless it is proven not to.
 
-    Submodules with ``inplace=True`` (ReLU, Hardswish, Dropout ...) count, and for a torch.fx
-    graph, in-place methods (``x.relu_()``), augmented assignments (``x += y``) and functions
-    called with ``inplace=True``. Any such operation anywhere counts, also one that only touches
-    intermediate values: the cost of the clone it triggers is one copy of the activations.
+    Proven not to means: every module in it (``module`` included) runs code of ``torch.nn``
+    (or conceptkit's own wrappers) without ``inplace=True``, or is a torch.fx graph whose nodes
+    call no in-place function or method (a name ending in ``_`` such as ``torch.relu_`` or
+    ``x.add_``, an augmented assignment ``x += y``, an item assignment ``x[i] = v``, an
+    ``out=`` or ``inplace=True`` argument) and whose called modules are proven so too. A
+    module with a ``forward`` of its own (a user's block, a torchvision or timm block left
+    whole) may do anything, so it counts. Any such operation anywhere counts, also one that
+    only touches intermediate values: the cost of the clone it triggers is one copy of the
+    activations.
     """
-    if any(getattr(m, "inplace", False) is True for m in module.modules()):
+    return not _proven_pure(module, set())
+
+
+def _proven_pure(module: nn.Module, seen: set[int]) -> bool:
+    if id(module) in seen:
         return True
-    for graph_module in (m for m in module.modules() if isinstance(m, fx.GraphModule)):
-        for node in graph_module.graph.nodes:
-            if node.op == "call_method" and isinstance(node.target, str) and (
-                    node.target.endswith("_") and not node.target.endswith("__")):
-                return True
-            if node.op == "call_function" and (node.target in _INPLACE_FUNCTIONS
-                                               or node.kwargs.get("inplace") is True):
-                return True
-    return False
+    seen.add(id(module))
+    if getattr(module, "inplace", False):
+        return False
+    if isinstance(module, fx.GraphModule):
+        if not all(_node_is_pure(node) for node in module.graph.nodes):
+            return False
+    elif not _trusted_forward(type(module)):
+        return False
+    return all(_proven_pure(child, seen) for child in module.children())
+
+
+def _trusted_forward(cls: type) -> bool:
+    """Whether the ``forward`` that ``cls`` runs is code of ``torch.nn`` or of conceptkit."""
+    forward = getattr(cls, "forward", None)
+    where = getattr(forward, "__module__", None) or ""
+    return where.startswith(_TRUSTED_CODE)
+
+
+def _node_is_pure(node: fx.Node) -> bool:
+    if node.op not in ("call_function", "call_method"):
+        return True  # placeholders, attributes, outputs; called modules are checked as modules
+    if "out" in node.kwargs or node.kwargs.get("inplace") is True:
+        return False
+    if node.op == "call_method":
+        name = node.target if isinstance(node.target, str) else ""
+        return not (name in _INPLACE_METHODS or name.endswith("_") and not name.endswith("__"))
+    target = node.target
+    if target in _INPLACE_FUNCTIONS:
+        return False
+    name = getattr(target, "__name__", "") or ""
+    if name.endswith("_") and not name.endswith("__"):  # torch.relu_, F.relu_, torch.exp_
+        return False
+    try:  # F.relu(x, True): ``inplace`` given by position
+        bound = inspect.signature(target).bind(*node.args, **node.kwargs).arguments
+    except (TypeError, ValueError):  # builtins without a signature, or another binding
+        return True
+    return bound.get("inplace") is not True
 
 
 class InputGuard(nn.Module):
@@ -67,7 +113,8 @@ class InputGuard(nn.Module):
 
 
 def guard_input(h: nn.Module, *, always: bool = False) -> nn.Module:
-    """``h`` wrapped in :class:`InputGuard` when it may modify its input (or ``always``)."""
+    """``h`` wrapped in :class:`InputGuard` unless it is proven not to modify its input
+    (:func:`has_inplace_ops`), or always with ``always``."""
     return InputGuard(h) if always or has_inplace_ops(h) else h
 
 

@@ -43,6 +43,7 @@ from ._store_read import (
     ActivationStore,
     StorePlan,
     _check_chunk_file,
+    check_store_inputs,
     chunk_digest,
     chunk_name,
     manifest_digest,
@@ -443,6 +444,7 @@ def write_store(extractor: Any, inputs: Any, path: str | os.PathLike, *, chunk_s
     Dataset by its type, length and first, middle and last items only, so reusing chunks of
     such a store warns (give the Dataset a ``fingerprint`` to silence it).
     """
+    check_store_inputs(inputs)
     n = len(inputs)
     check_meta(meta, n, chunk_size)  # before anything is computed
     fingerprint = {**extractor_identity(extractor), "inputs": inputs_identity(inputs)}

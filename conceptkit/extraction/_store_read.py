@@ -76,7 +76,12 @@ def chunk_name(index: int) -> str:
 
 
 def to_layout(activations: torch.Tensor, layout: str) -> np.ndarray:
-    """Rows to store: ``pooled`` ``(n, C)``, ``positions`` ``(n·h·w, C)``, ``maps`` as is."""
+    """Rows to store: ``pooled`` ``(n, C)``, ``positions`` ``(n·h·w, C)``, ``maps`` as is.
+
+    Floating-point dtypes numpy has no type for (bfloat16, float8) are stored as float32,
+    which holds their values exactly (and ``pooled`` averages them in float32)."""
+    if activations.is_floating_point() and str(activations.dtype).removeprefix("torch.") not in _DTYPES:
+        activations = activations.float()
     if layout == "maps" or activations.ndim == 2:
         return activations.detach().cpu().numpy()
     if layout == "pooled":
@@ -324,8 +329,27 @@ def shard_chunks(n_chunks: int, rank: int, world_size: int) -> list[int]:
     return [i for i in range(n_chunks) if i % world_size == rank]
 
 
+def check_store_inputs(inputs: Any, name: str = "inputs") -> None:
+    """Refuse what a store cannot take its inputs from by index: a DataLoader (its length
+    counts batches and it cannot be indexed), anything without a length or items."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(inputs, DataLoader):
+        raise TypeError(f"`{name}` of an activation store must be a tensor (N, C, H, W) or a "
+                        f"Dataset whose items can be read by index; got a DataLoader. Pass its "
+                        f"Dataset (loader.dataset) or a tensor of the images: the store reads "
+                        f"them chunk by chunk itself.")
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        return
+    if not (hasattr(inputs, "__len__") and hasattr(inputs, "__getitem__")):
+        raise TypeError(f"`{name}` of an activation store must be a tensor (N, C, H, W) or a "
+                        f"Dataset with a length whose items can be read by index; got "
+                        f"{type(inputs).__name__}.")
+
+
 def slice_inputs(inputs: Any, start: int, stop: int) -> torch.Tensor:
     """Images ``[start, stop)`` of a tensor or of a Dataset yielding images or (image, ...)."""
+    check_store_inputs(inputs)
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
         return torch.as_tensor(inputs[start:stop])
     items = [inputs[i] for i in range(start, stop)]

@@ -9,6 +9,7 @@ returns; a loaded explanation gets one from :meth:`~conceptkit.ClassConcepts.att
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,9 @@ from ..extraction._extractor import TokenHead
 from ..extraction._heads import describe_output, pick_output
 from ..extraction._layers import get_layer, unwrap_model
 from ..extraction._split import run_example
+
+#: The parts of the model (:meth:`ModelAtLayer._parts`) each split ``h`` was made from.
+_SPLIT_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ModelAtLayer:
@@ -59,6 +63,7 @@ class ModelAtLayer:
         self.token_layout: str | None = None  # "NTC"/"TNC" once the layer gave transformer tokens
         self._h: nn.Module | None = None
         self._checked_shape: tuple | None = None  # the image shape the model was seen to take
+        self._example_images: torch.Tensor | None = None  # the example h was checked on
         self._ran = False  # the layer has given activations (token_layout is then known)
         self.gives_tokens: bool | None = None  # the layer's output is 3-D, seen by prepare()
         self.n_prefix: int | None = None  # CLS/register tokens before the patch tokens, once run
@@ -71,10 +76,42 @@ class ModelAtLayer:
 
     @property
     def h(self) -> nn.Module:
-        """The part of the model after the layer (activations → logits), split once."""
+        """The part of the model after the layer (activations → logits), split once, and again
+        when a submodule, parameter or buffer of the model was replaced since (a new head)."""
+        if self._h is not None and self._stale():
+            if self._example_images is not None:
+                self._h = None
+                self.prepare(self._example_images)
+            else:
+                self._h = self._built(split_model(self.model, self.layer)[1])
         if self._h is None:
-            self._h = self._selected(split_model(self.model, self.layer)[1])
+            self._h = self._built(split_model(self.model, self.layer)[1])
         return self._h
+
+    def _parts(self) -> tuple:
+        """What the split holds on to: every named submodule, parameter and buffer of the
+        model, as objects (the split shares them; one replaced, ``model.fc = nn.Linear(...)``,
+        leaves the split with the old one)."""
+        return (tuple(self.model.named_modules(remove_duplicate=False)),
+                tuple(self.model.named_parameters(remove_duplicate=False)),
+                tuple(self.model.named_buffers(remove_duplicate=False)))
+
+    def _built(self, h: nn.Module) -> nn.Module:
+        """``h`` with the output selected; the parts it was split from are noted by ``h``
+        itself, so that a handle given the ``h`` of another handle checks it too."""
+        h = self._selected(h)
+        _SPLIT_OF[h] = self._parts()
+        return h
+
+    def _stale(self) -> bool:
+        """Whether the model's parts were replaced since ``h`` was split (or are unknown)."""
+        built = _SPLIT_OF.get(self._h)
+        if built is None:
+            return True
+        now = self._parts()
+        return len(built) != len(now) or any(
+            len(a) != len(b) or any(x[0] != y[0] or x[1] is not y[1] for x, y in zip(a, b))
+            for a, b in zip(built, now))
 
     def _selected(self, h: nn.Module) -> nn.Module:
         return h if self.output is None else select_output(h, self.output)
@@ -86,11 +123,14 @@ class ModelAtLayer:
         shape, and turns images too small for the model into an error naming the smallest size.
         """
         shape = tuple(images.shape[1:])
+        if self._h is not None and self._stale():  # a submodule replaced: split again
+            self._h = None
         if self._h is None:
             example = self._example(images[:2])
             _, h = split_model(self.model, self.layer, example_input=example, input_name="images")
             self._check_output(example[:1])
-            self._h = self._selected(h)
+            self._h = self._built(h)
+            self._example_images = images[:2].detach().clone()
         elif shape != self._checked_shape:  # split on other images: these must run too
             with preserved_model_state(self.model), torch.no_grad():
                 run_example(self.model, self._example(images[:1]), "images")
@@ -177,7 +217,7 @@ class ModelAtLayer:
             self.model, self.layer, batch_size=self.batch_size, device=self.device,
             progress=self.progress if progress is None else progress, preprocess=self.preprocess,
             desc=desc)
-        maps = extractor(images)
+        maps = extractor(images, name="images")
         self._ran = True
         self.n_prefix = 0 if extractor.prefix_ is None else int(extractor.prefix_.shape[1])
         if extractor.prefix_ is not None:
@@ -217,7 +257,8 @@ class ModelAtLayer:
         activations reversed in order); unchanged logits on both mean they never reach it.
         """
         head = self.maps_head
-        probe = acts[:n_probe].to(next(iter(self.model.parameters()), acts).device)
+        # a copy: the activations are the caller's, and h is run on them three times
+        probe = acts[:n_probe].to(next(iter(self.model.parameters()), acts).device, copy=True)
         extra = () if context is None else (context[:n_probe].to(probe.device),)
         return self._moves_output(lambda value: head(value, *extra), probe)
 
@@ -252,7 +293,7 @@ class ModelAtLayer:
     def _prefix_changes_output(self, maps: torch.Tensor, context: torch.Tensor) -> bool:
         head = TokenHead(self.h, self.token_layout or "NTC")
         where = next(iter(self.model.parameters()), maps).device
-        maps, context = maps.to(where), context.to(where)
+        maps, context = maps.to(where, copy=True), context.to(where, copy=True)
         return self._moves_output(
             lambda cls: head(maps, torch.cat([cls, context[:, 1:]], dim=1)), context[:, :1])
 
