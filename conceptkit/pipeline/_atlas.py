@@ -499,10 +499,10 @@ class ConceptAtlas:
             source_images = data.images
         else:
             from .._validation import check_images
-            from ..extraction._extractor import expected_in_channels
 
-            source_images = check_images(images, "images",
-                                         channels=expected_in_channels(ex.model))
+            # the channels are checked where the images reach the model's first convolution,
+            # after its preprocessing (a grey model with an RGB -> grey `preprocess` takes RGB)
+            source_images = check_images(images, "images")
             ids = np.arange(source_images.shape[0])
             acts_all, ctx_all = ex.activations(source_images, with_context=True)
             logits = head_logits(ex.maps_head, acts_all, ctx_all, ex.batch_size)
@@ -570,10 +570,9 @@ class ConceptAtlas:
     def concept_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Maps ``(N, k, H, W)`` of every shared concept on ``images`` (one pass of ``g``)."""
         from .._validation import check_images
-        from ..extraction._extractor import expected_in_channels
 
         ex = self._require_model("concept_maps")
-        images = check_images(images, "images", channels=expected_in_channels(ex.model))
+        images = check_images(images, "images")  # channels: checked after preprocessing
         acts = ex.activations(images)
         return _upsampled(self._data().bank.encode(acts), tuple(images.shape[-2:]))
 
