@@ -14,6 +14,7 @@ Three kinds of map:
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,6 +36,7 @@ from .._validation import check_choice, check_float, check_images, check_int, de
 from ..concepts import ConceptBank
 from ..extraction._extractor import TokenLayout, infer_prefix_tokens, tokens_to_maps
 from ..extraction._layers import get_layer, unwrap_model
+from ..extraction._sizes import is_size_error, size_error
 from ..extraction._windows import refuse_cls_concepts
 
 
@@ -47,11 +49,18 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
 
 
 @renamed_arguments(size="image_size")
-def upsample(maps: torch.Tensor, image_size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize ``(N, k, h, w)`` maps to ``image_size`` ``(H, W)`` (bilinear by default, like
-    CRAFT's resize)."""
+def upsample(maps: torch.Tensor, image_size: Any, mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``(N, k, h, w)`` maps (a tensor or numpy array) to ``image_size`` (an int side or
+    an ``(H, W)`` pair; bilinear by default, like CRAFT's resize)."""
     check_choice(mode, "mode", ["bilinear", "bicubic", "nearest"])
-    size = image_size
+    maps = _as_tensor(maps, "maps")
+    if maps.ndim != 4:
+        extra = (" (one image's maps? add a batch axis with maps[None])" if maps.ndim == 3
+                 else "")
+        raise ValueError(f"`maps` must be (N, k, h, w); got shape {tuple(maps.shape)}{extra}.")
+    size = _image_size(image_size)
+    if size is None:
+        raise TypeError("`image_size` must be an int or a pair (H, W); got None.")
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps.float().clone()  # a new tensor either way: writing into it leaves `maps` be
     kwargs = {} if mode == "nearest" else {"align_corners": False}
@@ -146,10 +155,17 @@ def _keep_dominant(codes: torch.Tensor, bank: Any, size: tuple[int, int] | None,
     if scales is None:
         fitted = getattr(bank, "codes", None)
         scales = concept_scales(fitted if fitted is not None and len(fitted) else codes)
-    scales = torch.as_tensor(np.asarray(scales, dtype=np.float32)).reshape(-1)
+    if isinstance(scales, torch.Tensor):
+        scales = scales.detach().cpu()
+    try:
+        scales = torch.as_tensor(np.asarray(scales, dtype=np.float32)).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"`scales` must hold {k} positive numbers (one per concept); got "
+                        f"{describe(scales)}.") from None
     if scales.numel() != k or not bool(torch.all(scales > 0)):
+        smallest = f", smallest {float(scales.min()):.4g}" if scales.numel() else ""
         raise ValueError(f"`scales` must hold {k} positive values (one per concept); got "
-                         f"{scales.numel()} values, smallest {float(scales.min()):.4g}.")
+                         f"{scales.numel()} values{smallest}.")
     scaled = codes / scales[None, :, None, None]
     keep = scaled >= scaled.max(dim=1, keepdim=True).values
     maps = torch.where(keep, codes, torch.zeros_like(codes))
@@ -177,17 +193,34 @@ def _as_maps(output: torch.Tensor, n: int, model: nn.Module, layout: TokenLayout
     return tokens_to_maps(output, infer_prefix_tokens(model, output.shape[1]))
 
 
-def _decided_layout(model: nn.Module, module: nn.Module, first: torch.Tensor,
-                    name: str) -> TokenLayout:
-    """The token layout of ``module``, read off one input ``first`` (1, ...) before any batch
-    runs: a batch of as many images as tokens would read both ways."""
+def _decided_layout(model: nn.Module, module: nn.Module, first: torch.Tensor, name: str,
+                    preprocess: Any = None) -> tuple[TokenLayout, tuple[int, ...] | None]:
+    """The token layout of ``module``, read off one image ``first`` (1, C, H, W) before any
+    batch runs (a batch of as many images as tokens would read both ways), and the shape of
+    its output as feature maps (None when it is not a tensor). Images of a size the model does
+    not take raise :class:`~conceptkit.extraction._sizes.ImageSizeError`, naming `images`."""
     layout = TokenLayout(name)
+    inner = unwrap_model(model)[0]
+
+    def run(x: torch.Tensor) -> Any:
+        return capture_output(inner, module, preprocess(x) if preprocess is not None else x)
+
     with torch.no_grad():
-        out = capture_output(unwrap_model(model)[0], module, first.detach())
+        try:
+            out = run(first.detach())
+        except Exception as err:
+            if is_size_error(err):
+                raise size_error(err, run, first, "images", f"{type(inner).__name__} up to {name}",
+                                 inner) from err
+            raise
     out = out[0] if isinstance(out, (tuple, list)) else out
-    if isinstance(out, torch.Tensor) and out.ndim == 3 and not (out.shape[0] == out.shape[1] == 1):
+    if not isinstance(out, torch.Tensor):
+        return layout, None
+    if out.ndim == 3:
+        if out.shape[0] == out.shape[1] == 1:
+            return layout, None
         layout.of(out, 1)
-    return layout
+    return layout, tuple(_as_maps(out, 1, model, layout).shape)
 
 
 def _image_codes(bank: ConceptBank, acts: torch.Tensor) -> torch.Tensor:
@@ -221,19 +254,20 @@ def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
     """
     images, bank = _data_then_bank(images, bank, "gradient_maps", "images")
     refuse_cls_concepts(bank, "gradient_maps")
-    images = check_images(images, "images")
+    images = check_images(images, "images", pixels=True)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     _, concept_module = get_layer(model, bank.layer, "bank.layer")
     _, map_module = get_layer(model, map_layer or bank.layer, "map_layer")
     size = _image_size(image_size) or tuple(images.shape[-2:])
-    out = []
+    map_name = (f"`map_layer` {map_layer!r}" if map_layer
+                else f"`map_layer` (default `bank.layer` {bank.layer!r})")
+    out, all_codes = [], []
     with preserved_model_state(model), on_device(model, device) as device:
         first = images[:1].to(device=device, dtype=model_dtype(model))
-        first = preprocess(first) if preprocess is not None else first
-        concept_layout = _decided_layout(model, concept_module, first,
-                                         f"`bank.layer` {bank.layer!r}")
-        map_layout = _decided_layout(model, map_module, first,
-                                     f"`map_layer` {map_layer or bank.layer!r}")
+        concept_layout, _ = _decided_layout(model, concept_module, first,
+                                            f"`bank.layer` {bank.layer!r}", preprocess)
+        map_layout, grid = _decided_layout(model, map_module, first, map_name, preprocess)
+        _check_map_grid(grid, map_name)
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].to(device)
             if preprocess is not None:
@@ -271,7 +305,41 @@ def gradient_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank,
                 for handle in handles:
                     handle.remove()
             out.append(torch.stack(maps, 1).detach().cpu())
-    return upsample(torch.cat(out), size, mode)
+            all_codes.append(codes.detach().float().cpu())
+    maps = torch.cat(out)
+    _warn_empty_gradient_maps(maps, torch.cat(all_codes))
+    return upsample(maps, size, mode)
+
+
+def _check_map_grid(shape: tuple[int, ...] | None, name: str) -> None:
+    """Refuse a map layer without a spatial grid; warn on a 1 x 1 grid (every map constant)."""
+    if shape is None or len(shape) != 4:
+        got = "no tensor" if shape is None else f"output of shape {shape} for one image"
+        raise ValueError(f"{name} must give feature maps (N, C, h, w) or transformer tokens "
+                         f"(N, T, C), a spatial grid for Grad-CAM to weigh; got {got}. Choose "
+                         f"a convolutional block or a transformer block before the pooling.")
+    if shape[2] * shape[3] == 1:
+        warnings.warn(f"gradient_maps: {name} has a 1 x 1 spatial grid, so each Grad-CAM map is "
+                      f"one value spread over the whole image and shows nowhere in particular. "
+                      f"Choose a layer before the pooling for maps that localise.",
+                      UserWarning, stacklevel=3)
+
+
+def _warn_empty_gradient_maps(maps: torch.Tensor, codes: torch.Tensor) -> None:
+    """Warn once when some (image, concept) Grad-CAM maps are 0 everywhere although the concept's
+    code is positive in that image (pairs where the code is 0 too are left out)."""
+    empty = (maps.flatten(2).amax(2) <= 0) & (codes > 0)
+    count = int(empty.sum())
+    if count == 0:
+        return
+    n, k = empty.shape
+    warnings.warn(f"gradient_maps: {count} of the {n * k} (image, concept) maps are 0 everywhere "
+                  f"although the concept's code is positive in the image (concepts "
+                  f"{sorted({int(j) for j in torch.nonzero(empty)[:, 1]})}). Grad-CAM keeps only "
+                  f"positive evidence (the ReLU of the gradient-weighted feature map), and there "
+                  f"that map is nowhere positive: an empty map says nothing about where the "
+                  f"concept is. Pixel or coefficient maps (kind='pixel' or 'coefficient') show "
+                  f"it.", UserWarning, stacklevel=3)
 
 
 def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
@@ -316,9 +384,8 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
     out = []
     with preserved_model_state(model), on_device(model, device) as device:
         first = images[:1].to(device=device, dtype=model_dtype(model))
-        layout = _decided_layout(model, concept_module,
-                                 preprocess(first) if preprocess is not None else first,
-                                 f"`bank.layer` {bank.layer!r}")
+        layout, _ = _decided_layout(model, concept_module, first, f"`bank.layer` {bank.layer!r}",
+                                    preprocess)
         for start in range(0, images.shape[0], batch_size):
             batch = images[start:start + batch_size].detach().to(device=device,
                                                                  dtype=model_dtype(model))
@@ -412,11 +479,17 @@ def scale_matched_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank
 
     images, bank = _data_then_bank(images, bank, "scale_matched_maps", "images")
     refuse_cls_concepts(bank, "scale_matched_maps")
-    images = check_images(images, "images")
+    images = check_images(images, "images", pixels=True)
     zoom = check_float(zoom, "zoom", minimum=0.0, strict_minimum=True)
     height, width = images.shape[-2:]
-    big = F.interpolate(images.float(), size=(round(height * zoom), round(width * zoom)),
-                        mode="bilinear", align_corners=False)
+    enlarged = (round(height * zoom), round(width * zoom))
+    if min(enlarged) < 1:
+        raise ValueError(f"`zoom` {zoom:g} shrinks the {height}x{width} images to "
+                         f"{enlarged[0]}x{enlarged[1]} pixels; it must leave at least one pixel "
+                         f"a side (above {0.5 / min(height, width):.3g} here). Scale-matched "
+                         f"maps enlarge the images: CRAFT's zoom is the image side over the crop "
+                         f"side, above 1.")
+    big = F.interpolate(images.float(), size=enlarged, mode="bilinear", align_corners=False)
     with enlarged_size_refused(zoom, (height, width), tuple(big.shape[-2:])):
         acts = ActivationExtractor(model, bank.layer, batch_size=batch_size, progress=False,
                                    preprocess=preprocess, device=device)(big)

@@ -105,8 +105,11 @@ def _threshold_rows(thresholds: Any, quantiles: tuple[float, ...], maps: torch.T
     the ``quantiles`` of each concept's values over ``maps`` (one pass over the values)."""
     n_quantiles, k = len(quantiles), maps.shape[1]
     if thresholds is None:
-        flat = maps.detach().transpose(0, 1).reshape(k, -1).double().cpu().numpy()
-        return list(np.quantile(flat, list(quantiles), axis=1))
+        # one concept at a time: a float64 copy (and numpy's partitioned copy) of one concept's
+        # values, not of all maps; the same numbers as np.quantile(..., axis=1) over all of them
+        rows = [np.quantile(maps.detach()[:, j].reshape(-1).double().cpu().numpy(),
+                            list(quantiles)) for j in range(k)]
+        return list(np.stack(rows, axis=1)) if k else list(np.zeros((n_quantiles, 0)))
     values = np.asarray(thresholds, dtype=np.float64)
     if values.ndim == 1 and n_quantiles == 1:
         return [values]
@@ -127,7 +130,8 @@ def concept_regions(maps: torch.Tensor, quantile: float,
     if cut.numel() != maps.shape[1]:
         raise ValueError(f"`thresholds` must hold one value per concept ({maps.shape[1]}); "
                          f"got {cut.numel()}.")
-    return (maps >= cut[None, :, None, None].to(maps.device)) & (maps > 0)
+    regions = maps >= cut[None, :, None, None].to(maps.device)
+    return regions.logical_and_(maps > 0)
 
 
 def default_segments(params: dict) -> int | None:
@@ -143,18 +147,20 @@ def superpixels(images: torch.Tensor, n_segments: int, progress: bool = False) -
     ACE's compactness 20 and sigma 1), numbered from 0 in each image."""
     from ..extraction._decompose import slic_labels
 
-    pixels = images.detach().permute(0, 2, 3, 1).double().cpu().numpy()
-    rows = [slic_labels(image, n_segments)
-            for image in tqdm(pixels, desc="superpixels", disable=not progress, leave=False)]
-    return torch.as_tensor(np.stack(rows).astype(np.int64))
+    # one image at a time in float64 (SLIC's input), not the whole batch at once
+    rows = [slic_labels(image.permute(1, 2, 0).double().cpu().numpy(), n_segments)
+            for image in tqdm(images.detach(), desc="superpixels", disable=not progress,
+                              leave=False)]
+    return torch.as_tensor(np.stack(rows).astype(np.int64, copy=False))
 
 
 def grow_to_segments(regions: torch.Tensor, labels: torch.Tensor,
-                     cover: float = SEGMENT_COVER) -> torch.Tensor:
+                     cover: float = SEGMENT_COVER, *, inplace: bool = False) -> torch.Tensor:
     """``(N, k, H, W)`` bool: each region joined by every superpixel of its image (``labels``,
-    ``(N, H, W)``) that it covers at least ``cover`` of."""
+    ``(N, H, W)``) that it covers at least ``cover`` of. ``inplace=True`` grows ``regions``
+    itself (each image's regions are read before they grow), without a second copy of them."""
     n, k = regions.shape[:2]
-    grown = regions.clone()
+    grown = regions if inplace else regions.clone()
     for i in range(n):
         if not bool(regions[i].any()):
             continue
@@ -299,7 +305,7 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     sizes = [concept_regions(maps, q, cut).cpu() for q, cut in zip(quantiles, cuts)]
     if n_segments is not None and any(bool(regions.any()) for regions in sizes):
         labels = superpixels(images, n_segments, progress=progress)
-        sizes = [grow_to_segments(regions, labels) for regions in sizes]
+        sizes = [grow_to_segments(regions, labels, inplace=True) for regions in sizes]
     n, k = sizes[0].shape[:2]
     per_input = np.zeros((n, k))
     with _runner(model, preprocess, device) as forward:
@@ -307,13 +313,15 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
                           for s in range(0, n, batch_size)]).numpy()
         pairs = [(r, i, j) for r, regions in enumerate(sizes) for j in range(k) for i in range(n)
                  if bool(regions[i, j].any())]
+        # each image's fill once (a median selects a value: the same per image as per batch)
+        fills = torch.cat([median_colour(images[s:s + batch_size]) for s in range(0, n, batch_size)])
         for start in tqdm(range(0, len(pairs), batch_size), desc="pixel ablation",
                           disable=not progress, leave=False):
             chunk = pairs[start:start + batch_size]
             rows = torch.tensor([i for _, i, _ in chunk])
             masks = torch.stack([sizes[r][i, j] for r, i, j in chunk])[:, None]
-            batch = images[rows]
-            painted = torch.where(masks, median_colour(batch), batch)
+            batch = images[rows]  # a copy, painted in place: no second batch of images
+            painted = torch.where(masks, fills[rows], batch, out=batch)
             scores = _probabilities(forward, painted, class_id, score).numpy()
             for (_, i, j), value in zip(chunk, scores):
                 per_input[i, j] += (base[i] - value) / len(sizes)

@@ -14,6 +14,8 @@ parent bank's encoding, differentiable through its active set so that gradient m
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +60,10 @@ class ConceptTree:
         :attr:`sub_bank` below it).
     input_rows : ndarray of shape (m,)
         Rows of :attr:`bank` where the concept is most present (highest code first): the inputs
-        decomposed for its sub-concepts.
+        decomposed for its sub-concepts. Each row's crop / cell / segment is resized to the
+        image size before it is decomposed; rows whose resized input has a zero code for the
+        concept (the parent coefficient the sub-concepts are scored against) are left out,
+        and :attr:`note` counts them.
     image_ids : ndarray of shape (m,)
         Index, in the images given to :func:`decompose_concept`, of each input's source image.
     importance_for_parent : float or None
@@ -70,7 +75,9 @@ class ConceptTree:
     children : list of ConceptTree
         One node per sub-concept (``children[j]`` is sub-concept ``j`` of :attr:`sub_bank`).
     note : str or None
-        Why a node that should have been decomposed was not.
+        Why a node that should have been decomposed was not, or what limits its sub-concepts'
+        importances (inputs left out because the concept's code is 0 on them once resized to
+        the image; importances that are all 0, which measure nothing).
     """
 
     concept: int
@@ -125,9 +132,11 @@ class ConceptTree:
 
     def _label(self, digits: int) -> str:
         text = f"concept {self.concept} @ {self.layer}"
-        if self.importance_for_parent is not None:
+        parent = self.parent.importance if self.parent is not None else None
+        if self.importance_for_parent is not None and parent is not None and _unmeasured(parent):
+            text += "  importance not measured (see the note above)"
+        elif self.importance_for_parent is not None:
             text += f"  importance {self.importance_for_parent:.{digits}f}"
-            parent = self.parent.importance if self.parent is not None else None
             if parent is not None and parent.ci_low is not None and np.isfinite(parent.ci_low[self.concept]):
                 text += (f" [{parent.ci_low[self.concept]:.{digits}f}, "
                          f"{parent.ci_high[self.concept]:.{digits}f}]")
@@ -165,7 +174,11 @@ def decompose_concept(model: nn.Module, bank: ConceptBank, images: torch.Tensor,
     The ``n_inputs`` rows of ``bank`` with the highest code for the concept (rows with a zero
     code are left out) are cut from ``images`` through the bank's provenance and resized to the
     image size (crops, cells and segment boxes alike; segments keep ACE's grey outside their
-    mask). CRAFT (crops of those crops) or ICE finds ``n_concepts`` sub-concepts in them at
+    mask). An input whose own code for the concept is 0 once resized (an ICE cell can be: the
+    code of the whole resized input is not the cell's) is left out, since no sub-concept can
+    move the parent coefficient there; the node's :attr:`~ConceptTree.note` counts such inputs,
+    and a node left with fewer than 2 is not decomposed (with a warning, as when fewer than half
+    remain). CRAFT (crops of those crops) or ICE finds ``n_concepts`` sub-concepts in them at
     ``layer``, and each sub-concept is scored by how much it drives the parent concept's
     coefficient (see the module docstring). With ``depth > 1`` every sub-concept is decomposed
     again, at ``child_layers[d - 1]`` for depth ``d + 1``.
@@ -269,15 +282,23 @@ def _expand(node: ConceptTree, inputs: torch.Tensor, levels: list[str], model: n
     acts = extractor(inputs)
     example = _prepare(inputs[:1], model, settings.preprocess)
     code = ParentCode(model, layer, node.bank, node.concept, example, acts[:1])
+    present = _parent_present(node, code, acts, model, settings.batch_size)
+    if not present.all():
+        inputs, acts = _keep_present(node, present, inputs, acts)
+        if present.sum() < 2:
+            return
     if settings.method == "ice":   # ICE factorizes these very maps: no second pass of g
         sub_bank = discovery.fit_activations(acts, layer, image_size=tuple(inputs.shape[-2:]))
     else:
         sub_bank = discovery.fit(model, layer, inputs)
-    result = concept_importance(code, acts, sub_bank, 0, method=settings.importance,
-                                **sobol_designs(settings.importance, settings.n_designs),
-                                seed=settings.seed,
-                                batch_size=settings.batch_size, progress=settings.progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = concept_importance(code, acts, sub_bank, 0, method=settings.importance,
+                                    **sobol_designs(settings.importance, settings.n_designs),
+                                    seed=settings.seed,
+                                    batch_size=settings.batch_size, progress=settings.progress)
     node.sub_layer, node.sub_bank, node.importance = layer, sub_bank, result
+    _rewarn(caught, node, result)
     for j in tqdm(range(sub_bank.n_concepts), disable=not settings.progress or len(levels) == 1,
                   desc=f"sub-concepts @ {layer}", leave=False):
         rows = _concept_rows(sub_bank, j, settings.n_inputs)
@@ -296,6 +317,87 @@ def _expand(node: ConceptTree, inputs: torch.Tensor, levels: list[str], model: n
 def _prepare(batch: torch.Tensor, model: nn.Module, preprocess: Callable | None) -> torch.Tensor:
     batch = batch.to(device=model_device(model), dtype=model_dtype(model))
     return preprocess(batch) if preprocess is not None else batch
+
+
+def _parent_present(node: ConceptTree, code: ParentCode, acts: torch.Tensor, model: nn.Module,
+                    batch_size: int) -> np.ndarray:
+    """``(m,)`` bool: where the parent coefficient ``code`` of each of ``node``'s inputs (from
+    their activations ``acts`` at the earlier layer) is positive.
+
+    Every input's row has a positive code, but an ICE cell resized to the image is another
+    input than the cell, and its code can be 0. Crops and segments come back exactly as the
+    bank saw them (their pooled activations are the bank's rows), so their code is the
+    encoding of the row, with no pass of the model."""
+    bank = node.bank
+    rows = getattr(bank, "activations", None)
+    with torch.no_grad():
+        if bank.provenance.kind in ("crop", "segment") and rows is not None and rows.ndim == 2:
+            pooled = torch.as_tensor(rows[node.input_rows]).float()
+            values = bank.encode_differentiable(pooled)[:, node.concept]
+            return (values.float().cpu() > 0).numpy()
+        values = []
+        for start in range(0, acts.shape[0], batch_size):
+            batch = acts[start:start + batch_size].to(device=model_device(model),
+                                                      dtype=model_dtype(model))
+            values.append(code(batch).reshape(-1).float().cpu())
+    return (torch.cat(values) > 0).numpy()
+
+
+def _where(node: ConceptTree) -> str:
+    return f"concept {node.concept} at `{node.layer}`"
+
+
+def _keep_present(node: ConceptTree, present: np.ndarray, inputs: torch.Tensor,
+                  acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave out of ``node`` the inputs where its concept's code is 0 (``~present``), note how
+    many, and warn when fewer than half remain (none left to decompose when fewer than 2)."""
+    total, kept = present.size, int(present.sum())
+    node.input_rows, node.image_ids = node.input_rows[present], node.image_ids[present]
+    why = (f"its code is 0 on {total - kept} of its {total} top inputs once each is resized "
+           f"to the image (its row's code is positive, the resized input's is not), so no "
+           f"sub-concept can change it there")
+    if kept < 2:
+        node.note = (f"not decomposed: {why}; {kept} input(s) left, at least 2 are needed")
+        warnings.warn(f"decompose_concept: {_where(node)} was not decomposed: {why}, which leaves "
+                      f"{kept} input(s), and at least 2 are needed. A larger `n_inputs` gives it "
+                      f"more inputs to keep.", RuntimeWarning, stacklevel=4)
+    else:
+        node.note = f"decomposed on {kept} of its {total} top inputs: {why}"
+        if 2 * kept < total:
+            warnings.warn(f"decompose_concept: {_where(node)} is decomposed on {kept} of its "
+                          f"{total} top inputs only: {why}; those inputs are left out.",
+                          RuntimeWarning, stacklevel=4)
+    return inputs[torch.as_tensor(present)], acts[torch.as_tensor(present)]
+
+
+def _unmeasured(importance: ConceptImportance) -> bool:
+    """Whether every sub-concept scored exactly 0 on every input: the parent code did not move,
+    and the zeros measure nothing."""
+    return not np.any(importance.per_input)
+
+
+def _rewarn(caught: list, node: ConceptTree, result: ConceptImportance) -> None:
+    """Re-issue the warnings of the sub-concepts' importance in the recursion's words: the
+    score differentiated is ``node``'s concept's code, not a class of a head ``h``."""
+    score = f"the code of {_where(node)} (the parent coefficient)"
+    for item in caught:
+        message = str(item.message)
+        if message.startswith("concept_importance(") and "every importance is 0" in message:
+            continue
+        message = re.sub(r"the class -?\d+ score of `h`", score, message)
+        message = message.replace("No concept of `bank` moves the score",
+                                  "No sub-concept moves it")
+        warnings.warn(message, item.category, stacklevel=4)
+    if _unmeasured(result):
+        node.note = ((node.note + "; ") if node.note else "") + (
+            f"every sub-concept importance is 0: {score} does not change when any sub-concept "
+            f"is scaled or removed, on any of the {result.per_input.shape[0]} inputs, so the "
+            f"importances measure nothing")
+        warnings.warn(f"decompose_concept: every sub-concept importance of {_where(node)} is 0 — "
+                      f"{score} does not change (up to rounding) when any sub-concept at "
+                      f"`{node.sub_layer}` is scaled or removed, on any of the "
+                      f"{result.per_input.shape[0]} inputs. The importances measure nothing; "
+                      f"the tree shows them as not measured.", RuntimeWarning, stacklevel=4)
 
 
 def _concept_rows(bank: ConceptBank, concept: int, n: int) -> np.ndarray:
