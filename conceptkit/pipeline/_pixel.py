@@ -20,7 +20,11 @@ model does without the concept's pixels — the same kind of evidence as
 ``conceptkit.evaluate.reliance`` on ground-truth parts — with every layer after the painting
 recomputed (a transformer's CLS token included, which the activation-space methods hold fixed).
 An image where the concept is absent (an empty region) scores exactly 0 without a pass of the
-model.
+model. The quantiles are over all the images, not each image: a concept present in few of them
+has its whole top decile there, so its region in those images is large (in one image of ten,
+the whole image at ``q = 0.9``), and its score is that of painting most of the image out. This
+is what makes an absent concept's region empty rather than its weakest pixels; per-image
+quantiles were not measured on the worlds.
 
 Each region then grows to the image's SLIC superpixels (:data:`N_SEGMENTS`, about 50 per image,
 ACE's middle resolution) that it covers at least half of (:data:`SEGMENT_COVER`):
