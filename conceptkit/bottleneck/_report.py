@@ -192,7 +192,11 @@ def write_cbm_report(out_dir: str | os.PathLike, model: ConceptBottleneckModel,
                               "pos_weight": history.pos_weight, "n_train": history.n_train,
                               "n_val": history.n_val, "val_source": history.val_source,
                               "stages": [{"stage": s.stage, "train_loss": s.train_loss,
-                                          "val_loss": s.val_loss, "best_epoch": s.best_epoch,
+                                          "val_loss": s.val_loss,
+                                          # counted from 1, as the summary and the page say;
+                                          # best_epoch_index indexes train_loss and val_loss
+                                          "best_epoch": s.best_epoch + 1,
+                                          "best_epoch_index": s.best_epoch,
                                           "stopped_early": s.stopped_early,
                                           "still_improving": s.still_improving,
                                           "summary": s.describe()} for s in history.stages],
@@ -251,7 +255,8 @@ def _page(out: Path, title: str, numbers: dict[str, Any], pictures: dict[str, An
     if history is not None:
         sections.append(("Training", [PageTable(
             ["stage", "epochs", "best epoch", "best validation loss", "stopped", "still improving"],
-            [[s["stage"], len(s["train_loss"]), s["best_epoch"] + 1, s["val_loss"][s["best_epoch"]],
+            [[s["stage"], len(s["train_loss"]), s["best_epoch"],
+              s["val_loss"][s["best_epoch_index"]],
               "early" if s["stopped_early"] else "at the epoch limit",
               "yes" if s["still_improving"] else "no"] for s in history["stages"]])]))
     return write_page(out, title, sections + tables,

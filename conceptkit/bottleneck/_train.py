@@ -62,7 +62,13 @@ FALLING_RELATIVE = 1e-3
 
 @dataclass(frozen=True)
 class StageHistory:
-    """Loss curves of one training stage (``"concepts"``, ``"head"`` or ``"joint"``)."""
+    """Loss curves of one training stage (``"concepts"``, ``"head"`` or ``"joint"``).
+
+    ``best_epoch`` is the index of the best epoch in ``train_loss`` and ``val_loss`` (0-based);
+    what a person reads counts epochs from 1: :meth:`describe` says "best epoch
+    ``best_epoch + 1``", and so do the CBM report's page and its ``metrics.json``
+    (``"best_epoch"``; ``"best_epoch_index"`` there is this index).
+    """
 
     stage: str
     train_loss: tuple[float, ...]

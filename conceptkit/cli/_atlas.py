@@ -149,21 +149,35 @@ def atlas_main(argv: list[str]) -> int:
     parser.add_argument("--store", required=True, help="activation store of feature maps")
     parser.add_argument("--model", required=True, help="reference, efficientnet_lite0, timm:NAME, ...")
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    parser.add_argument("--layer", default=None, help="default: the store's layer")
+    parser.add_argument("--layer", default=None,
+                        help="the model layer the stored activations come from (default: the "
+                             "layer the store records)")
     parser.add_argument("--labels", default=None,
                         help=".npy or text file, one class index per stored image (default: the "
                              "labels the store records; extract --concept-dataset records them)")
-    parser.add_argument("--n-concepts", type=int, default=20)
+    parser.add_argument("--n-concepts", type=int, default=20,
+                        help="concepts of the one dictionary shared by every class "
+                             "(default: %(default)s)")
     parser.add_argument("--importance", default="auto",
                         help="how each class's concepts are scored: auto (Sobol), sobol, "
                              "closed_form, gradient_input, integrated_gradients, occlusion, "
                              "ablation or rise; pixel_ablation is refused (a store holds no "
                              "pixels) (default: %(default)s)")
-    parser.add_argument("--max-iter", type=int, default=50, help="passes over the store")
-    parser.add_argument("--tol", type=float, default=1e-4)
-    parser.add_argument("--batch-rows", type=int, default=65536)
-    parser.add_argument("--max-inputs-per-class", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-iter", type=int, default=50,
+                        help="most passes over the store, each one dictionary update "
+                             "(default: %(default)s)")
+    parser.add_argument("--tol", type=float, default=1e-4,
+                        help="stop when a pass lowers the reconstruction error by less than this "
+                             "fraction of it (default: %(default)s)")
+    parser.add_argument("--batch-rows", type=int, default=65536,
+                        help="activation rows encoded at once; lower it when memory is short "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-inputs-per-class", type=int, default=512,
+                        help="at most this many images of each class (spread over the class) "
+                             "go into its importance (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the starting dictionary's sample and fit and the importance "
+                             "(default: %(default)s)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--no-report", action="store_true",
                         help="write no report (a report an earlier atlas run wrote into --out "

@@ -136,8 +136,19 @@ def cue_line(part: dict, n_concepts: int) -> str:
     head = f"spurious cue: reliance {part['reliance']:.2f}; "
     if part["concept"] is None:
         return head + f"no concept points at it ({GT_METRIC} 0.00 for each of {n_concepts})"
-    return (head + f"concept c{part['concept']} ({GT_METRIC} {part[GT_METRIC]:.2f}), importance "
+    return (head + f"concept {part['concept']} ({GT_METRIC} {part[GT_METRIC]:.2f}), importance "
                    f"rank {part['importance_rank']} of {n_concepts}")
+
+
+def summary_line(class_id: int, name: str, row: dict, parts: dict) -> str:
+    """The console's table line of one class: the part the model relies on most, the top
+    concept (named ``concept <i>``, as everywhere else) and the part it sits on, and how well
+    the causal parts are localised."""
+    causal = [f"{gt} {part[GT_METRIC]:.2f}" for gt, part in parts.items() if part["causal"]]
+    relied = f"{row['most_relied_part'] or 'none'} ({_fmt(row['most_relied_drop'])}" + (
+        ")" if row["most_relied_significant"] else ", not told from 0)")
+    top = f"concept {row['top_concept']} {row['top_part']}"
+    return f"   {class_id} {name:<35} {relied:<27} {top:<26} {', '.join(causal)}"
 
 
 def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: str = "ice",
@@ -229,14 +240,10 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
     index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset",
                         notes=index_notes)
 
-    print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<22} "
+    print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<26} "
           f"{'causal parts localised (' + GT_METRIC + ')'}")
     for class_id, name, row, parts, kept in summary:
-        causal = [f"{gt} {part[GT_METRIC]:.2f}" for gt, part in parts.items() if part["causal"]]
-        relied = f"{row['most_relied_part'] or 'none'} ({_fmt(row['most_relied_drop'])}" + (
-            ")" if row["most_relied_significant"] else ", not told from 0)")
-        top = f"c{row['top_concept']} {row['top_part']}"
-        print(f"   {class_id} {name:<35} {relied:<27} {top:<22} {', '.join(causal)}")
+        print(summary_line(class_id, name, row, parts))
         for part in parts.values():
             if not part["causal"]:  # (rank among the concepts this class kept: ACE drops some)
                 print(f"     {cue_line(part, kept)}")

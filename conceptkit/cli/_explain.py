@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -26,7 +27,7 @@ FACTORIZER_CHOICES = {"nmf": "NMF", "semi_nmf": "SemiNMF", "kmeans": "KMeansConc
 _FLAGS = {"n_concepts": "--n-concepts", "layer": "--layer", "patch_size": "--patch-size",
           "batch_size": "--batch-size", "images": "--images", "class_id": "--class",
           "method": "--method", "importance": "--importance", "seed": "--seed",
-          "tokens": "--tokens", "window": "--window"}
+          "tokens": "--tokens", "window": "--window", "device": "--device"}
 
 
 def command_line_terms(message: str) -> str:
@@ -54,6 +55,9 @@ def _explain(args: argparse.Namespace) -> int:
     if args.class_name is not None and not args.class_name.strip():
         raise CommandError("`--class-name` is empty; give the name the report shows, or leave "
                            "it out to use the model's class name.")
+    from .._validation import resolve_device
+
+    resolve_device(args.device, "--device")  # a device this machine lacks: before any work
     loaded = load_model_flags(args.model, args.weights)
     if args.layer is None and loaded.layer is None:
         raise CommandError(missing_layer_message(loaded.model, loaded.input_size, "`--layer`")
@@ -86,7 +90,7 @@ def _explain(args: argparse.Namespace) -> int:
                                      importance=args.importance, patch_size=args.patch_size,
                                      factorizer=factorizer, batch_size=args.batch_size,
                                      seed=args.seed, progress=show_progress(args.quiet),
-                                     tokens=tokens, window=args.window)
+                                     tokens=tokens, window=args.window, device=args.device)
         result = explainer.fit(images, class_id, name, image_ids=file_ids(files))
     except NegativeActivationsError as err:
         raise ValueError(err.command_line()) from err
@@ -111,12 +115,28 @@ def _explain(args: argparse.Namespace) -> int:
     what = f"{result.class_name!r} (class {class_id})" if named else f"class {class_id}"
     print(f"explained {len(files)} images of {what} at {explainer.layer} of {loaded.name}")
     print("concepts, most important first:")
+    level = (result.importance.params or {}).get("confidence")
     for c in result.ranking[:5]:
         _, sources = result.top_examples(int(c), 3)
-        print(f"  {result.concept_label(int(c))}: importance {result.importances[c]:.3f}; "
+        print(f"  {result.concept_label(int(c))}: importance {result.importances[c]:.3f}"
+              f"{interval_text(result, int(c), level)}; "
               f"top exemplars from {', '.join(str(s) for s in sources)}")
+    for note in result.notes():
+        print(f"note: {' '.join(note.split())}")
     print(f"saved {saved}\nreport {page}")
     return 0
+
+
+def interval_text(result, concept: int, level: float | None) -> str:
+    """`` (95 % CI 0.021 to 0.137)`` for one concept, or ``""`` when the explanation has no
+    interval for it (``confidence=None``, or a single image)."""
+    if result.ci_low is None or result.ci_high is None:
+        return ""
+    low, high = float(result.ci_low[concept]), float(result.ci_high[concept])
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    shown = "" if level is None else f"{100 * float(level):g} % "
+    return f" ({shown}CI {low:.3f} to {high:.3f})"
 
 
 def _targets(class_id: int, class_name: str | None) -> list[str]:

@@ -196,11 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--window", type=int, default=None,
                      help="where the CLS token is read: window side in pixels (default: a "
                           "quarter of the image side)")
-    exp.add_argument("--size", type=int, default=None, help="image size fed to the model")
+    exp.add_argument("--size", type=int, default=None,
+                     help="side in pixels the images are resized to for the model (default: the "
+                          "model's own input size)")
     exp.add_argument("--batch-size", type=int, default=32,
                      help="images per forward pass (default: %(default)s)")
     exp.add_argument("--seed", type=int, default=0,
                      help="seeds the factorization and the importance (default: %(default)s)")
+    exp.add_argument("--device", default=None,
+                     help="where the model runs: cpu, cuda, cuda:1, ... (default: the CPU)")
     exp.add_argument("--quiet", action="store_true",
                      help="no progress bars (they are shown only when stderr is a terminal)")
     add_naming_arguments(exp)
@@ -218,9 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see atlas --help; runs under torchrun)", add_help=False)
 
     bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/)")
-    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--quick", action="store_true",
+                       help="each benchmark's short run (--quick: smaller data, fewer repeats), "
+                            "a check that it runs rather than the published numbers")
     bench.add_argument("--only", default=None,
-                       help="run only the benchmarks whose name contains this (e.g. cbm)")
+                       help="run only the benchmarks whose name contains this, e.g. cbm "
+                            "(default: every benchmark)")
     return parser
 
 

@@ -177,7 +177,8 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
         codes=cc.bank.codes.numpy()[:, order], metrics=metrics,
         notes=[*class_notes(cc, label), *notes],
         timings=dict(cc.timings), maps_kind=maps_kind,
-        maps_read="cls" if (cc.params or {}).get("tokens") == "cls" else "")
+        maps_read="cls" if (cc.params or {}).get("tokens") == "cls" else "",
+        seed=(cc.params or {}).get("seed"), importance_params=dict(cc.importance.params or {}))
 
 
 def write_class_report(cc: Any, out_dir: str | os.PathLike, *, return_entry: bool = False,

@@ -111,12 +111,14 @@ def importance_notes(importance: Any, label: Any, n_images: int) -> list[str]:
         if below.size:
             names = _enumerate([label(int(c)) for c in below])
             never = " (total Sobol indices themselves are never negative)" if total else ""
-            subject = (f"The confidence interval of {names} starts" if below.size == 1 else
-                       f"The confidence intervals of {names} start")
+            subject = (f"The confidence interval of {names} starts below 0 and ends"
+                       if below.size == 1 else
+                       f"The confidence intervals of {names} start below 0 and end")
+            kind = ("The interval is a Student-t interval" if below.size == 1 else
+                    "Each interval is a Student-t interval")
             notes.append(
-                f"{subject} below 0 and ends above it: over these {n_images} images the mean "
-                f"importance cannot be told from 0{never}. The interval is a Student-t interval of the per-image "
-                f"values.")
+                f"{subject} above it: over these {n_images} images the mean importance cannot "
+                f"be told from 0{never}. {kind} of the per-image values.")
     return notes
 
 

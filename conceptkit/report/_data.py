@@ -212,6 +212,13 @@ class ClassReport:
         What each position of the maps holds: ``""`` (the layer's activations there) or
         ``"cls"`` (the CLS token of the window around it, ``tokens="cls"``); said in the
         maps' caption.
+    seed : int or None
+        The seed of the explanation (``result.params["seed"]``), recorded in ``report.json``;
+        None when unknown.
+    importance_params : dict
+        The settings of the importance (``result.importance.params``): its ``"confidence"``
+        (the level of the intervals), ``"score"`` (class probability or logit) and Sobol
+        ``"order"`` say on the page what the numbers mean; empty when unknown.
     """
 
     class_id: int
@@ -231,6 +238,8 @@ class ClassReport:
     timings: dict[str, float] = field(default_factory=dict)
     maps_kind: str = ""
     maps_read: str = ""
+    seed: int | None = None
+    importance_params: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -241,6 +250,9 @@ class ClassReport:
             raise TypeError(f"`maps_kind` must be a str; got {describe(self.maps_kind)}.")
         if self.maps_read not in ("", "cls"):
             raise ValueError(f"`maps_read` must be '' or 'cls'; got {describe(self.maps_read)}.")
+        if self.seed is not None:
+            put(self, "seed", check_int(self.seed, "seed", minimum=0))
+        put(self, "importance_params", _mapping(self.importance_params, "importance_params"))
         concepts = self.concepts
         if not isinstance(concepts, (list, tuple)) or not concepts:
             raise ValueError(f"`concepts` must be a non-empty list of ConceptSummary; "

@@ -38,7 +38,7 @@ th, td { border: 1px solid var(--line); padding: 5px 10px; text-align: left; ver
 th { background: var(--soft); font-weight: 600; }
 tbody tr:nth-child(even) td { background: #fbfcfd; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.dir { text-align: center; }
+td.dir { text-align: center; white-space: nowrap; }
 td.label { white-space: nowrap; }
 .swatch { display: inline-block; width: 12px; height: 12px; border-radius: 2px;
           border: 1px solid rgba(0,0,0,.35); margin-right: 6px; vertical-align: -1px; }

@@ -69,6 +69,88 @@ def class_title(class_id: int, class_name: str) -> str:
     return f"Class {class_id} · {class_name}" if _named(class_id, class_name) else f"Class {class_id}"
 
 
+#: What a class-level importance is, by importance method (one sentence each, from the methods'
+#: docstrings: ``pipeline._pixel`` and ``importance.concept_importance``); ``{score}`` is the
+#: class score read ("the class probability P(class)" or "the class logit").
+IMPORTANCE_MEANINGS = {
+    "pixel_ablation": ("the mean drop of {score} when the concept's region of an image (where its "
+                       "map is high, grown to superpixels) is painted with the image's median "
+                       "colour, averaged over a few region sizes"),
+    "sobol": ("the total Sobol index: the share of the variance of {score}, interactions "
+              "included, that the concept accounts for when the concepts are masked at random "
+              "(0 to 1; estimated, so it can overshoot 1 a little)"),
+    "sobol_first": ("the first-order Sobol index: the share of the variance of {score} that the "
+                    "concept accounts for alone when the concepts are masked at random (0 to 1)"),
+    "closed_form": ("the exact total Sobol index of a head that is affine in the activations: the "
+                    "concept's squared effect on {score} over the sum of all concepts' (0 to 1)"),
+    "gradient_input": ("the concept's code times the gradient of {score} with respect to it, "
+                       "summed over positions"),
+    "integrated_gradients": ("the integrated gradients of {score} from the all-zero code to the "
+                             "concept's code (the concepts' values add up to the score's change)"),
+    "occlusion": ("the drop of {score} when the concept's code is set to 0 at every position of "
+                  "the reconstructed activations"),
+    "ablation": ("the mean drop of {score} when the concept's contribution is removed from every "
+                 "position of the real activations"),
+    "rise": ("RISE: how much higher {score} is, on average, under random masks that keep the "
+             "concept than under masks that drop it"),
+}
+
+#: The class score each method reads when its settings do not say.
+_DEFAULT_SCORES = {"pixel_ablation": "probability", "ablation": "probability"}
+
+#: One line on each metric the report computes (from ``concepts.metrics``,
+#: ``importance.metrics`` and docs/evaluation.md).
+METRIC_DEFINITIONS = {
+    "relative_l2": "mean over the fitted rows of ||a − â|| / ||a||: the reconstruction error of "
+                   "the activations by the concepts (0 is exact)",
+    "sparsity_l0": "the fraction of the concept codes that are not zero",
+    "hoyer": "mean Hoyer sparsity of the code rows, 0 (every concept equally active) to 1 (one "
+             "concept per row)",
+    "frechet_distance": "Fréchet distance between Gaussians fitted to the activations and to "
+                        "their reconstructions (as in FID; 0 is identical)",
+    "dead_codes": "the fraction of concepts whose code is 0 on every fitted row",
+    "stability": "mean cosine between the concepts of refits on random subsets of the rows, "
+                 "matched one to one (1 = the same concepts every time)",
+    "seed_stability": "mean cosine between the concepts of refits with other seeds, matched one "
+                      "to one (1 = the same concepts whatever the seed)",
+    "c_deletion": "remove the concepts from most to least important: the mean class logit over "
+                  "the removals (area under the curve); a faithful ranking makes it fall fast",
+    "c_insertion": "insert the concepts from most to least important into an empty code: the "
+                   "mean class logit over the insertions; a faithful ranking makes it rise fast",
+    "c_mu_fidelity": "Spearman correlation between the summed importances of random concept "
+                     "subsets and the class logit's drop when they are removed, mean over images",
+}
+
+
+def importance_meaning(method: str, params: dict | None = None) -> str:
+    """What a class-level importance of ``method`` is, as a phrase ("the mean drop of ...";
+    "" for a method the report does not know); ``params`` (the importance's settings) picks
+    the class score read and the Sobol order."""
+    params = params or {}
+    key = "sobol_first" if method == "sobol" and params.get("order") == "first" else method
+    if key not in IMPORTANCE_MEANINGS:
+        return ""
+    score = params.get("score") or _DEFAULT_SCORES.get(method, "logit")
+    shown = ("the class probability P(class)" if score == "probability"
+             else "the class logit")
+    return IMPORTANCE_MEANINGS[key].format(score=shown)
+
+
+def _sentence(phrase: str) -> str:
+    return phrase[:1].upper() + phrase[1:] + "." if phrase else ""
+
+
+def interval_words(report: ClassReport) -> str:
+    """How the confidence intervals were made ("" when the report has none)."""
+    if all(math.isnan(c.ci_low) and math.isnan(c.ci_high) for c in report.concepts):
+        return ""
+    level = report.importance_params.get("confidence")
+    n = int(report.per_image_importance.shape[0])
+    level_words = f"{format_number(100 * float(level))} % " if level is not None else ""
+    return (f"the {level_words}confidence interval of the mean over the {n} images "
+            f"(Student-t, from the per-image importances)")
+
+
 def _options(dpi: Any, embedding: Any, cooccurrence: Any, quantile: Any, n_top_concepts: Any,
              percentile: Any, overlay_mode: Any, seed: Any) -> dict[str, Any]:
     percentile = check_float(percentile, "percentile", minimum=0.0)
@@ -119,7 +201,7 @@ def _render(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Picture], d
                                "concepts": axis, "counts": counts},
         "cooccurrence": {"measure": opts["cooccurrence"], "quantile": opts["quantile"],
                          "concepts": axis, "matrix": np.asarray(matrix)[np.ix_(rows, rows)]},
-        "overlays": {"n_concepts": m, "percentile": opts["percentile"],
+        "overlays": {"n_top_concepts": m, "percentile": opts["percentile"],
                      "mode": opts["overlay_mode"]},
     }
     return pictures, structure
@@ -145,8 +227,7 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
         Picture("importance", "Concept importance", figure_png(plot_importances(
             report.importances, labels, [c.ci_low for c in report.concepts],
             [c.ci_high for c in report.concepts]), dpi), "importance.png",
-            f"Class-level {report.importance_method} importance of each concept; error bars span "
-            f"the confidence interval where one is known."),
+            _importance_caption(report)),
         Picture("exemplars", "Concept exemplars", figure_png(plot_exemplar_grid(
             [c.exemplars for c in report.concepts], labels, report.importances,
             n_exemplars=shown), dpi),
@@ -186,6 +267,26 @@ def _render_figures(report: ClassReport, opts: dict[str, Any]) -> tuple[list[Pic
     return pictures, matrix
 
 
+def _importance_caption(report: ClassReport) -> str:
+    meaning = importance_meaning(report.importance_method, report.importance_params)
+    interval = interval_words(report)
+    return (f"Class-level {report.importance_method} importance of each concept"
+            + (f": {meaning}" if meaning else "")
+            + (f". Error bars span {interval}." if interval else "."))
+
+
+def _version() -> str:
+    from .. import __version__  # (at call time: the package finishes importing first)
+
+    return __version__
+
+
+def _ci_level(report: ClassReport) -> float | None:
+    """The level of the report's intervals (None when it has none or does not know it)."""
+    level = report.importance_params.get("confidence")
+    return float(level) if level is not None and interval_words(report) else None
+
+
 def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, Any],
              colors: list[str]) -> dict[str, Any]:
     concepts = [{"rank": rank + 1, "index": c.index, "label": c.label, "color": colors[rank],
@@ -199,10 +300,17 @@ def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, 
         "importance_method": report.importance_method, "layer": report.layer,
         "model_name": report.model_name, "maps_kind": report.maps_kind or None,
         "maps_read": report.maps_read or None,
+        "conceptkit_version": _version(), "seed": report.seed,
+        "importance_meaning": _sentence(importance_meaning(report.importance_method,
+                                                           report.importance_params)) or None,
+        "ci_level": _ci_level(report), "ci_kind": "student_t_over_images" if _ci_level(report)
+        is not None else None,
         "n_concepts": report.n_concepts,
         "n_images": int(report.per_image_importance.shape[0]),
         "n_code_rows": int(report.codes.shape[0]),
         "shown_image_ids": report.image_ids, "concepts": concepts, "metrics": report.metrics,
+        "metric_definitions": {name: METRIC_DEFINITIONS[name] for entries in report.metrics.values()
+                               for name in entries if name in METRIC_DEFINITIONS},
         "notes": report.notes, "timings": report.timings,
         "timings_total": float(sum(report.timings.values())),
         **structure,
@@ -280,14 +388,15 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
         # The label already is the bank index: one name per concept, not two numbers.
         headers = headers[:2] + headers[3:]
         rows = [row[:2] + row[3:] for row in rows]
-    concepts = table(headers, rows, "concepts")
+    concepts = table(headers, rows, "concepts") + _reading(report)
     parts = [header, section("concepts", "Concepts", concepts)]
     parts += [section(p.key, p.title, figure_block(p)) for p in pictures]
-    metric_rows = [[(esc(group), ""), (esc(name), ""), _metric_value(entry),
-                    (direction(entry["higher_is_better"]), "dir")]
+    metric_rows = [[(esc(group), "label"), (esc(name), "label"), _metric_value(entry),
+                    (direction(entry["higher_is_better"]), "dir"),
+                    (esc(METRIC_DEFINITIONS.get(name, "")), "small")]
                    for group, entries in report.metrics.items() for name, entry in entries.items()]
-    parts.append(section("metrics", "Metrics", table(["group", "metric", "value", "direction"],
-                                                     metric_rows, "metrics")
+    parts.append(section("metrics", "Metrics", table(["group", "metric", "value", "direction",
+                                                      "what it measures"], metric_rows, "metrics")
                          if metric_rows else '<p class="small">No metrics were given.</p>'))
     if report.notes:
         items = "".join(f"<li>{esc(line)}</li>" for line in report.notes)
@@ -300,9 +409,27 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
         parts.append(section("timings", "Timings", table(["stage", "seconds"], timing_rows,
                                                          "timings")))
     files = ", ".join(f'<a href="{esc(p.filename)}">{esc(p.filename)}</a>' for p in pictures)
-    parts.append(f'<footer>Written by conceptkit. Numbers: <a href="report.json">report.json</a>'
+    seed = "" if report.seed is None else f" Explanation seed {report.seed}."
+    parts.append(f'<footer>Written by conceptkit {esc(_version())}.{seed} Numbers: <a href="report.json">report.json</a>'
                  f'; figures: {files}.</footer>')
     return document(title, "\n".join(parts))
+
+
+def _reading(report: ClassReport) -> str:
+    """How to read the concepts table, under it: what the importance is, what the interval is,
+    where the exemplars come from."""
+    lines = []
+    meaning = importance_meaning(report.importance_method, report.importance_params)
+    if meaning:
+        lines.append(f"<b>Importance</b> ({esc(report.importance_method)}): {esc(meaning)}.")
+    interval = interval_words(report)
+    if interval:
+        lines.append(f"<b>CI low, CI high</b>: {esc(interval)}.")
+    if any(c.exemplar_sources for c in report.concepts):
+        lines.append("<b>Exemplar source images</b>: the image each exemplar of the concept was "
+                     "cut from, in the exemplars' order; an image that gives several exemplars is "
+                     "listed once for each.")
+    return f'<p class="small">{"<br>".join(lines)}</p>' if lines else ""
 
 
 def _metric_value(entry: dict) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from conceptkit.cli import main
 from conceptkit.datasets import make_concept_dataset, photo_views, sample_photos
 
 FAST = ["--n-concepts", "3", "--batch-size", "8", "--quiet"]
-RANKED = re.compile(r"^  (concept (\d+)): importance ([-0-9.]+); top exemplars from ", re.M)
+RANKED = re.compile(r"^  (concept (\d+)): importance ([-0-9.]+)(?: \([^)]*\))?; top exemplars from ", re.M)
 
 
 def write_pngs(images: torch.Tensor, folder: Path) -> Path:
@@ -291,7 +291,7 @@ def test_demo(tmp_path, capsys):
     parts = "|".join(re.escape(name) for name in (*CONCEPT_NAMES, "background"))
     for class_id, name in enumerate(CLASS_NAMES):
         line = re.search(rf"^   {class_id} {re.escape(name)} +({parts}) \(([-0-9.]+)[,)].* "
-                         rf"c\d+ ({parts}) ", printed, re.M)
+                         rf"concept \d+ ({parts}) ", printed, re.M)
         assert line, f"no summary line for class {class_id}"
         assert -1.0 <= float(line.group(2)) <= 1.0
     summary = re.search(r"top concept on the most relied-on part ([0-9.]+) \(on it or on a part "

@@ -176,7 +176,7 @@ def test_the_demo_ranks_a_concept_among_those_its_class_kept():
     part = {"reliance": 0.03, "concept": 4, "pointing_game": 0.8, "importance_rank": 4,
             "causal": False}
     # ACE keeps 5-11 of its 15 clusters: the rank is out of the class's own count
-    assert cue_line(part, 6) == ("spurious cue: reliance 0.03; concept c4 (pointing_game 0.80), "
+    assert cue_line(part, 6) == ("spurious cue: reliance 0.03; concept 4 (pointing_game 0.80), "
                                  "importance rank 4 of 6")
 
 
