@@ -209,9 +209,11 @@ def write_atomic(target: Path, write: Any, *, where: str, exclusive: bool = Fals
 
 #: The format versions, per kind, that conceptkit wrote before every file carried a content
 #: digest (0.1.0, and the weights shipped in ``datasets/weights``): a file of one of these may
-#: lack its digest and is then checked by its loader alone. A file of any other kind or version
-#: (an atlas, a discovered CBM, an explanation of version 2 and every version to come) was
-#: always saved with one, so a missing digest means that it was removed.
+#: lack its digest and is then checked by its loader alone (the shipped weights by the SHA-256
+#: that ``conceptkit.datasets._shipped`` pins). A file of any other kind or version (an atlas, a
+#: discovered CBM, an explanation of version 2, a world model or reference CNN of version 2 as
+#: ``train_world`` and ``train_reference`` write them, and every version to come) was always
+#: saved with one, so a missing digest means that it was removed.
 _WRITTEN_WITHOUT_DIGEST: dict[str, tuple[int, ...]] = {
     "ConceptBank": (1,), "ClassConcepts": (1,), "concept_bottleneck_model": (1,),
     "label_free_cbm": (1,), "posthoc_cbm": (1,), "clip_text_embeddings": (1,),

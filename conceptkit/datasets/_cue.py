@@ -10,7 +10,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .._validation import check_int, make_rng
-from ._dataset import ConceptDataset, check_concept_dataset
+from ._dataset import ConceptDataset, check_concept_dataset, copied_fields
 from ._generate import _CUE_SIZE, _NOISE_STD, _PART_SIZE, side_range
 from ._parts import PARTS, draw_part
 
@@ -76,9 +76,11 @@ def add_concept(dataset: ConceptDataset, concept: int, seed: int = 0,
         box[footprint] = np.clip(box[footprint] + noise * np.float32(_NOISE_STD), 0.0, 1.0)
         masks[i, concept, top:top + side, left:left + side] = footprint
         concepts[i, concept] = 1.0
-    return dataclasses.replace(
-        dataset,
-        images=torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
-        masks=torch.from_numpy(masks),
-        concepts=torch.from_numpy(concepts),
-    )
+    # a new dataset sharing nothing with ``dataset``: its labels and lists are copies
+    return dataclasses.replace(dataset, **{
+        **copied_fields(dataset),
+        "images": torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+        "labels": dataset.labels.clone(),
+        "masks": torch.from_numpy(masks),
+        "concepts": torch.from_numpy(concepts),
+    })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 from dataclasses import dataclass, fields
@@ -11,6 +12,13 @@ import numpy as np
 import torch
 
 from .._validation import check_choice, check_int, describe
+
+
+def copied_fields(dataset: ConceptDataset) -> dict[str, Any]:
+    """The fields of ``dataset`` with its lists copied (names, class concepts, distractors), so
+    that a dataset derived from it shares no list with it; tensors are left as they are."""
+    return {f.name: copy.deepcopy(value) if isinstance(value, list) else value
+            for f in fields(dataset) for value in (getattr(dataset, f.name),)}
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -118,9 +126,9 @@ class ConceptDataset(torch.utils.data.Dataset):
             if index.numel() and (index.min() < -len(self) or index.max() >= len(self)):
                 raise ValueError(f"`indices` must lie in [-{len(self)}, {len(self) - 1}]; got "
                                  f"values from {int(index.min())} to {int(index.max())}.")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = copied_fields(self)  # its own lists: editing them leaves this dataset as it is
         for name in ("images", "labels", "concepts", "masks"):
-            values[name] = values[name][index]
+            values[name] = values[name][index]  # indexing with a tensor copies
         return ConceptDataset(**values)
 
     def class_indices(self, class_id: int) -> torch.Tensor:

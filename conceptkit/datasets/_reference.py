@@ -13,11 +13,15 @@ from torch import nn
 
 from .._torchutils import leaves_global_rng
 from .._validation import check_int, describe
-from ..io import FormatError, file_state, load_file, loading
+from ..io import FormatError, file_state, loading
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "reference_cnn.safetensors"
 WEIGHTS_KIND = "reference_cnn"
-WEIGHTS_VERSION = 1
+#: the format version :func:`train_reference_cnn`'s files are written with: 2 since every such
+#: file carries a content digest (version 1, conceptkit 0.1.0 and the shipped file, may lack it)
+WEIGHTS_VERSION = 2
+#: the format versions this conceptkit reads, the newest last
+WEIGHTS_VERSIONS = (1, 2)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -69,12 +73,16 @@ def file_key(path: Path) -> tuple[int, ...]:
 
 
 @lru_cache(maxsize=4)
-def _read_weights(path: str, key: tuple[int, ...]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read_weights(path: str, key: tuple[int, ...], name: str = "path"
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     # Cached per (path, file_key): loading is cheap, but tests and notebooks call it often.
-    return load_file(path, kind=WEIGHTS_KIND, version=WEIGHTS_VERSION)
+    from ._shipped import load_weights_file
+
+    return load_weights_file(path, kind=WEIGHTS_KIND, versions=WEIGHTS_VERSIONS, name=name)
 
 
-def _load(path: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _load(path: str | os.PathLike | None, name: str = "path"
+          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`path` must be a str or os.PathLike weights file, or None for the "
                         f"shipped weights; got {describe(path)}.")
@@ -83,7 +91,7 @@ def _load(path: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], dict
         hint = (" Recreate them with `python -m conceptkit.datasets.train_reference`."
                 if path == WEIGHTS_PATH else "")
         raise FileNotFoundError(f"reference CNN weights not found at {str(path)!r}.{hint}")
-    tensors, meta = _read_weights(str(path), file_key(path))
+    tensors, meta = _read_weights(str(path), file_key(path), name)
     return {k: v.clone() for k, v in tensors.items()}, copy.deepcopy(meta)
 
 

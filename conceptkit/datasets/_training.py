@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import platform
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,6 +19,21 @@ from ._cue import add_concept
 from ._dataset import ConceptDataset, check_concept_dataset
 from ._generate import make_concept_dataset
 from ._reference import ReferenceCNN
+
+
+@contextlib.contextmanager
+def deterministic_cpu() -> Iterator[None]:
+    """One thread and deterministic algorithms inside the block; the previous settings after."""
+    threads = torch.get_num_threads()
+    strict = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(strict, warn_only=warn_only)
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -94,7 +111,9 @@ def train_reference_cnn(epochs: int = 5, seed: int = 0, n_per_class: int = 500,
                         n_val_per_class: int = 100, n_test_per_class: int = 300, image_size: int = 64,
                         batch_size: int = 64, lr: float = 3e-3, width: int = 16, progress: bool = True
                         ) -> tuple[ReferenceCNN, dict[str, Any]]:
-    """Train :class:`ReferenceCNN` on the concept dataset, deterministically for a seed (on CPU).
+    """Train :class:`ReferenceCNN` on the concept dataset, deterministically for a seed on the
+    CPU (one thread and deterministic algorithms, as :func:`train_world_model`; the caller's
+    settings are restored after).
 
     The train and val splits carry the spurious cue; the model is scored on a spurious-free test
     split (the held-out accuracy) and on a test split with the cue correlated. Adam with a cosine
@@ -117,6 +136,15 @@ def train_reference_cnn(epochs: int = 5, seed: int = 0, n_per_class: int = 500,
     n_per_class = check_int(n_per_class, "n_per_class", minimum=1)
     n_val_per_class = check_int(n_val_per_class, "n_val_per_class", minimum=1)
     n_test_per_class = check_int(n_test_per_class, "n_test_per_class", minimum=1)
+    with deterministic_cpu():  # one thread, deterministic algorithms, as train_world_model
+        return _fit_reference_cnn(epochs, seed, n_per_class, n_val_per_class, n_test_per_class,
+                                  image_size, batch_size, lr, width, progress)
+
+
+def _fit_reference_cnn(epochs: int, seed: int, n_per_class: int, n_val_per_class: int,
+                       n_test_per_class: int, image_size: int, batch_size: int, lr: float,
+                       width: int, progress: bool) -> tuple[ReferenceCNN, dict[str, Any]]:
+    """:func:`train_reference_cnn` on checked arguments, inside :func:`deterministic_cpu`."""
     started = time.perf_counter()
     train = make_concept_dataset(n_per_class, image_size, seed, "train", progress=progress)
     val = make_concept_dataset(n_val_per_class, image_size, seed, "val", progress=progress)
@@ -172,7 +200,8 @@ def train_reference_cnn(epochs: int = 5, seed: int = 0, n_per_class: int = 500,
         "training": {"optimizer": "Adam", "lr": lr, "weight_decay": 1e-4, "schedule": "cosine",
                      "epochs": epochs, "batch_size": batch_size, "augmentation": "horizontal flip",
                      "torch": torch.__version__, "machine": platform.machine(),
-                     "threads": torch.get_num_threads()},
+                     "threads": torch.get_num_threads(),
+                     "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
         "test_accuracy": evaluate_accuracy(model, test_clean),
         "test_accuracy_with_spurious": evaluate_accuracy(model, test_cue),
         "spurious_cue_effect": spurious_cue_effect(model, test_clean, seed=seed),

@@ -20,7 +20,7 @@ from torch import nn
 
 from .._torchutils import leaves_global_rng
 from .._validation import check_choice, check_int
-from ..io import FormatError, load_file
+from ..io import FormatError
 from . import _context, _generate, _scales, _textures
 from ._architectures import ARCHITECTURES, build_model
 from ._dataset import ConceptDataset, check_dataset_memory
@@ -28,7 +28,11 @@ from ._parts import CONCEPT_NAMES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WORLD_WEIGHTS_KIND = "world_model"
-WORLD_WEIGHTS_VERSION = 1
+#: the format version :func:`train_world_model`'s files are written with: 2 since every such
+#: file carries a content digest (version 1, conceptkit 0.1.0 and the shipped files, may lack it)
+WORLD_WEIGHTS_VERSION = 2
+#: the format versions this conceptkit reads, the newest last
+WORLD_WEIGHTS_VERSIONS = (1, 2)
 WORLDS: tuple[str, ...] = ("shapes", "textures", "scales", "context")
 SPLITS = ("train", "val", "test")
 
@@ -146,7 +150,10 @@ class World:
         return self._generate(n_per_class, seed=seed, split=split, progress=progress)
 
     def spec(self, arch: str | None = None) -> ModelSpec:
-        """The :class:`ModelSpec` of ``arch`` (default: the world's default architecture)."""
+        """The :class:`ModelSpec` of ``arch`` (default: the world's default architecture).
+
+        It is this World's own copy: editing its ``config`` or ``training`` changes what this
+        World builds and trains, never another World, and :meth:`shipped` then says False."""
         arch = self.architecture if arch is None else check_choice(arch, "arch", self.architectures)
         return self._specs[arch]
 
@@ -181,7 +188,8 @@ class World:
                 lr: float | None = None, seed: int | None = 0) -> bool:
         """Whether training ``arch`` with ``config`` and these training settings reproduces a
         shipped model of this world: the same architecture settings and the same ``epochs``,
-        ``n_per_class``, ``lr`` and ``seed`` (``None``: the shipped model's setting)."""
+        ``n_per_class``, ``lr`` and ``seed`` (``None``: this World's setting) as conceptkit's
+        record of that model (not this World's copy of the settings, which may be edited)."""
         return not self.unshipped_settings(arch, config, epochs=epochs, n_per_class=n_per_class,
                                            lr=lr, seed=seed)
 
@@ -191,15 +199,33 @@ class World:
         """What differs from a shipped model of this world, in words (empty: nothing does)."""
         if arch is not None and arch not in self.architectures:
             return [f"arch={arch!r} (shipped: {', '.join(self.architectures)})"]
-        spec = self.spec(arch)
+        own, spec = self.spec(arch), self._shipped_spec(arch)
+        if spec is None:
+            return [f"arch={own.architecture!r} (the {self.name!r} world ships no such model)"]
         made = dict(self.training_spec(arch, config).config)
-        differ = [f"{key}={made.get(key)!r} (shipped {value!r})" for key, value in spec.config.items()
-                  if made.get(key) != value]
+        differ = [f"{key}={made.get(key)!r} (shipped {spec.config.get(key)!r})"
+                  for key in sorted(set(spec.config) | set(made))
+                  if made.get(key) != spec.config.get(key)]
         given = {"epochs": epochs, "n_per_class": n_per_class, "lr": lr, "seed": seed}
+        this = own.trained_with(self.name)  # this World's settings (its spec may be edited)
         for key, value in spec.trained_with(self.name).items():
-            if given[key] is not None and given[key] != value:
-                differ.append(f"{key}={given[key]!r} (shipped {value!r})")
+            setting = this[key] if given[key] is None else given[key]
+            if setting != value:
+                differ.append(f"{key}={setting!r} (shipped {value!r})")
+        for key in sorted(set(spec.training) | set(own.training)):  # batch size, weight decay...
+            if key not in given and own.training.get(key) != spec.training.get(key):
+                differ.append(f"{key}={own.training.get(key)!r} (shipped "
+                              f"{spec.training.get(key)!r})")
         return differ
+
+    def _shipped_spec(self, arch: str | None) -> ModelSpec | None:
+        """The settings the shipped model of ``arch`` was made with: the module's own (never a
+        World's copy, which a user may edit), or this World's for a world conceptkit does not
+        register (one built for a check)."""
+        arch = self.architecture if arch is None else arch
+        if self.name not in _TABLE:
+            return self._specs.get(arch)
+        return next((s for s in _TABLE[self.name][2] if s.architecture == arch), None)
 
     @leaves_global_rng
     def model(self, arch: str | None = None, pretrained: bool = True,
@@ -289,7 +315,7 @@ class World:
         from ._reference import _load as load_reference
         from ._reference import checked_architecture
 
-        state, meta = load_reference(weights)
+        state, meta = load_reference(weights, "weights")
         architecture = checked_architecture(weights, state, meta, "weights")
         classes = architecture.get("n_classes", _default_classes("cnn"))
         if classes != self.n_classes:
@@ -305,7 +331,7 @@ class World:
         state, meta = _load(path, f"python -m conceptkit.datasets.train_world --world {self.name} "
                                   f"--arch ARCH --out {os.fspath(path)}" if self.name in WORLDS
                             else "conceptkit.datasets.train_world_model(world, arch) and "
-                                 "conceptkit.io.save_file")
+                                 "conceptkit.io.save_file", "weights")
         if (meta.get("architecture") not in ARCHITECTURES or not isinstance(meta.get("config"), dict)
                 or not isinstance(meta.get("layer"), str)):
             raise FormatError(f"`weights` {os.fspath(path)!r} is not a world model file: its record "
@@ -349,18 +375,23 @@ def _default_classes(architecture: str) -> int:
 
 
 @lru_cache(maxsize=8)
-def _read(path: str, key: tuple[int, ...]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read(path: str, key: tuple[int, ...], name: str = "path"
+          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     # keyed on the path and file_key (times in ns, size, inode): a replaced file is read again
-    return load_file(path, kind=WORLD_WEIGHTS_KIND, version=WORLD_WEIGHTS_VERSION)
+    from ._shipped import load_weights_file
+
+    return load_weights_file(path, kind=WORLD_WEIGHTS_KIND, versions=WORLD_WEIGHTS_VERSIONS,
+                             name=name)
 
 
-def _load(path: Path, command: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _load(path: Path, command: str, name: str = "path"
+          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"world model weights not found at {str(path)!r}. Recreate them "
                                 f"with `{command}`.")
     from ._reference import file_key
 
-    tensors, meta = _read(str(path), file_key(path))
+    tensors, meta = _read(str(path), file_key(path), name)
     return {k: v.clone() for k, v in tensors.items()}, copy.deepcopy(meta)
 
 
@@ -438,7 +469,9 @@ def load_world(name: str) -> World:
         class_names, part_names = list(module.CLASS_NAMES), list(module.PART_NAMES)
         class_parts = [list(p) for p in module.CLASS_PARTS]
         distractors = list(module.DISTRACTOR_PARTS)
-    specs_by_arch = {s.architecture: s for s in specs}
+    # each World gets its own copies: editing one World's settings changes no other World and
+    # not the module's record of what was shipped (World.shipped compares with the latter)
+    specs_by_arch = {s.architecture: copy.deepcopy(s) for s in specs}
     return World(
         name=name, architecture=specs[0].architecture, layer=specs[0].layer,
         class_names=class_names, part_names=part_names, class_parts=class_parts,

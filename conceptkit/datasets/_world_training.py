@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,26 +17,11 @@ from .._torchutils import median_colour
 from .._validation import check_float, check_int
 from ._architectures import build_model, n_parameters
 from ._dataset import ConceptDataset, check_concept_dataset
-from ._training import evaluate_accuracy, predict_logits
+from ._training import deterministic_cpu, evaluate_accuracy, predict_logits
 from ._world import World, load_world
 
 #: the validation and test images per class the shipped records were measured on
 _RECORD_DEFAULTS = (50, 250)
-
-
-@contextlib.contextmanager
-def deterministic_cpu() -> Iterator[None]:
-    """One thread and deterministic algorithms inside the block; the previous settings after."""
-    threads = torch.get_num_threads()
-    strict = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(strict, warn_only=warn_only)
-        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

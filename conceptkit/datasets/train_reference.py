@@ -6,9 +6,10 @@ Without ``--out`` the shipped file is rewritten, and only with the shipped setti
 defaults); other settings need ``--out`` outside the package's weights folder.
 
 Generates the train and val splits of the concept dataset, trains :class:`ReferenceCNN`
-deterministically on the CPU, reports held-out accuracy on spurious-free and cue-correlated test
+deterministically on the CPU (one thread and deterministic algorithms, as ``train_world``; the
+record says so), reports held-out accuracy on spurious-free and cue-correlated test
 splits and how much the model relies on the spurious cue, and saves the weights with that record
-as one ``.safetensors`` file (no pickle).
+as one ``.safetensors`` file (no pickle, format version 2, with a content digest).
 """
 
 from __future__ import annotations
