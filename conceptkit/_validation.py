@@ -81,6 +81,13 @@ def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
     return close
 
 
+def did_you_mean(unknown: Sequence[str], accepted: Sequence[str]) -> str:
+    """`` (did you mean `a`, `b`?)`` for the ``accepted`` names closest to each ``unknown``
+    one, or "" when none is close (for 'unknown option' errors)."""
+    close = [m for name in unknown for m in difflib.get_close_matches(name, list(accepted), n=1)]
+    return f" (did you mean {', '.join(f'`{m}`' for m in close)}?)" if close else ""
+
+
 def all_finite(x: np.ndarray | torch.Tensor) -> bool:
     """Whether every value is finite. For tensors: a finite sum proves it (~20x faster on CPU than
     ``isfinite(x).all()``, which first writes a boolean tensor as large as ``x``: 0.3 s of the

@@ -472,6 +472,28 @@ def load_file(path: str | os.PathLike, *, kind: str,
     return tensors, meta
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of the bytes of the file ``path``, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def carries_digest(path: str | os.PathLike) -> bool:
+    """Whether a saved file carries a content digest (which :func:`load_file` then checks),
+    without loading its tensors; False where its metadata cannot be read."""
+    path = as_path(path)
+    header, _ = _header_of(path)
+    meta_raw = header.get("__metadata__", {}) or {}
+    try:
+        info = parse_json(meta_raw[FORMAT_NAME], path, "conceptkit metadata")
+    except (FormatError, KeyError, TypeError):
+        return False
+    return isinstance(info, dict) and isinstance(info.get("digest"), str)
+
+
 def peek_kind(path: str | os.PathLike) -> tuple[str, int]:
     """Return ``(kind, format_version)`` of a saved file without loading its tensors."""
     path = as_path(path)

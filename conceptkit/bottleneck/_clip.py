@@ -56,11 +56,9 @@ def _hash_tensors(module: nn.Module) -> str:
 
 
 def _hash_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return "file-sha256:" + digest.hexdigest()[:32]
+    from ..io import file_sha256
+
+    return "file-sha256:" + file_sha256(path)[:32]
 
 
 def _tensor_transform(size: tuple[int, int], mean: Sequence[float],

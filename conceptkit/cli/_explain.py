@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+from ..pipeline._examples import fewer_exemplars_quietly
 from ._checks import (
     CommandError,
     check_out_targets,
@@ -117,7 +118,8 @@ def _explain(args: argparse.Namespace) -> int:
     print("concepts, most important first:")
     level = (result.importance.params or {}).get("confidence")
     for c in result.ranking[:5]:
-        _, sources = result.top_examples(int(c), 3)
+        with fewer_exemplars_quietly():
+            _, sources = result.top_examples(int(c), 3)
         print(f"  {result.concept_label(int(c))}: importance {result.importances[c]:.3f}"
               f"{interval_text(result, int(c), level)}; "
               f"top exemplars from {', '.join(str(s) for s in sources)}")

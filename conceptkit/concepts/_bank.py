@@ -14,7 +14,7 @@ from .._deprecation import renamed_arguments
 from .._reprs import dataclass_repr
 from .._validation import all_finite, check_not_meta, describe, to_numpy
 from ..extraction import Provenance
-from ._base import Factorizer, factorizer_from_state
+from ._base import Factorizer, factorizer_from_state, factorizer_key
 
 BANK_KIND = "ConceptBank"
 BANK_VERSION = 1
@@ -45,6 +45,11 @@ class ConceptBank:
     concept_ids
         ``(k,)`` index of each concept in the factorizer before any concept was dropped (ACE
         drops clusters that come from too few images).
+    row_scores
+        ``(n,)`` how well each fitted row aligns with the concept it is assigned to (``a · w_j``,
+        ``j`` its highest code), or None. Kept (and saved) when the codes tie, as hard k-means
+        codes (ACE) all do: :meth:`top_rows` breaks ties with it, so the same fit gives the same
+        exemplars whether or not it kept its activations.
     """
 
     components: torch.Tensor
@@ -57,10 +62,13 @@ class ConceptBank:
     activations: torch.Tensor | None = None
     concept_ids: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    row_scores: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.components = torch.as_tensor(to_numpy(self.components)).float()
         self.codes = torch.as_tensor(to_numpy(self.codes)).float()
+        if self.row_scores is not None:
+            self.row_scores = torch.as_tensor(to_numpy(self.row_scores)).float()
         if self.concept_ids is None:
             self.concept_ids = np.arange(self.components.shape[0])
         self.concept_ids = np.asarray(self.concept_ids, dtype=np.int64)
@@ -154,16 +162,36 @@ class ConceptBank:
             raise ValueError("`activations` contains NaN or Inf values.")
 
     @renamed_arguments(n="n_rows")
-    def top_rows(self, concept: int, n_rows: int = 10) -> np.ndarray:
+    def top_rows(self, concept: int, n_rows: int = 10, *, present_only: bool = False) -> np.ndarray:
         """Indices of the ``n_rows`` fitted rows where ``concept`` is most present (highest
-        code)."""
+        code), fewer when the bank has fewer rows.
+
+        ``present_only``: only rows where the concept is present, for a factorizer whose codes
+        are non-negative (code > 0; NMF, k-means ...), so possibly fewer than ``n_rows``; codes
+        of a signed factorizer (PCA, ICA) have no "absent" value, and all rows are ranked.
+        Ties (hard k-means codes are all 1) are broken by how well the row aligns with the
+        concept: the :attr:`row_scores` computed when the bank was made where it has them (the
+        same order whether or not the activations were kept), else ``a · w_concept`` of the kept
+        activations, else the row order.
+        """
         if not 0 <= int(concept) < self.n_concepts:
             raise ValueError(f"`concept` must be in [0, {self.n_concepts}); got {concept}.")
         codes = self.codes[:, int(concept)].numpy()
-        # Ties (hard k-means codes) are broken by how well the row aligns with the concept.
-        tie = (self.activations.numpy() @ self.components[int(concept)].numpy()
-               if self.activations is not None else np.zeros_like(codes))
-        return np.lexsort((-tie, -codes))[:n_rows]
+        if self.row_scores is not None:
+            tie = self.row_scores.numpy()
+        elif self.activations is not None:
+            tie = self.activations.numpy() @ self.components[int(concept)].numpy()
+        else:
+            tie = np.zeros_like(codes)
+        rows = np.lexsort((-tie, -codes))
+        if present_only and self.nonnegative_codes:
+            rows = rows[codes[rows] > 0]
+        return rows[:n_rows]
+
+    @property
+    def nonnegative_codes(self) -> bool:
+        """Whether the factorizer's codes are non-negative (0 means the concept is absent)."""
+        return bool(getattr(self.factorizer, "nonnegative_codes", False))
 
     # ------------------------------------------------------------------ persistence
     def to_state(self, *, include_activations: bool = False) -> tuple[dict[str, Any], dict]:
@@ -176,8 +204,10 @@ class ConceptBank:
         tensors.update(p_arrays)
         if include_activations and self.activations is not None:
             tensors["activations"] = self.activations
+        if self.row_scores is not None:
+            tensors["row_scores"] = self.row_scores
         meta = {"layer": self.layer, "method": self.method, "params": self.params, "extra": self.extra,
-                "factorizer": {"name": type(self.factorizer).__name__,
+                "factorizer": {"name": factorizer_key(type(self.factorizer)),
                                "params": io.json_ready(self.factorizer.get_params(deep=False),
                                                        strict=True, finite=False),
                                "info": f_info},
@@ -207,7 +237,8 @@ class ConceptBank:
         bank = cls(components=tensors["components"], codes=tensors["codes"], provenance=provenance,
                    layer=meta["layer"], method=meta["method"], params=meta["params"],
                    factorizer=factorizer, activations=tensors.get("activations"),
-                   concept_ids=tensors["concept_ids"].numpy(), extra=meta.get("extra", {}))
+                   concept_ids=tensors["concept_ids"].numpy(), extra=meta.get("extra", {}),
+                   row_scores=tensors.get("row_scores"))
         bank._check_consistency()
         return bank
 
@@ -237,6 +268,10 @@ class ConceptBank:
             problems.append(f"provenance of {len(self.provenance)} rows for {n} codes")
         if self.activations is not None and tuple(self.activations.shape) != (n, c):
             problems.append(f"activations {tuple(self.activations.shape)}")
+        if self.row_scores is not None and (tuple(self.row_scores.shape) != (n,) or not bool(
+                torch.isfinite(self.row_scores).all())):
+            problems.append(f"row_scores {tuple(self.row_scores.shape)} for {n} rows (or not "
+                            f"finite)")
         if not (bool(torch.isfinite(self.components).all()) and bool(torch.isfinite(self.codes).all())):
             problems.append("NaN or Inf in the components or codes")
         elif not problems:
@@ -293,7 +328,7 @@ class ConceptBank:
 
 #: The tensors :meth:`ConceptBank.to_state` writes, besides its factorizer's arrays and
 #: provenance's (``provenance.`` and one of :data:`_PROVENANCE`).
-_TENSORS = frozenset({"components", "codes", "concept_ids", "activations"})
+_TENSORS = frozenset({"components", "codes", "concept_ids", "activations", "row_scores"})
 _PROVENANCE = frozenset({"image_ids", "boxes", "cells", "label_maps", "segment_refs"})
 
 _PROBE_ITERATIONS = 20

@@ -36,7 +36,13 @@ from .._validation import (
 from ..io import json_ready
 
 #: Every concrete factorizer class, keyed by its class name (filled in by ``__init_subclass__``).
+#: A class of conceptkit's own keeps its name: a later class of the same name defined elsewhere
+#: (a user's ``class NMF(conceptkit.concepts.NMF)``) is registered under its qualified name only
+#: (see :func:`factorizer_key`), so that files naming ``"NMF"`` still load conceptkit's NMF.
 FACTORIZERS: dict[str, type[Factorizer]] = {}
+# Every registered class by its qualified name, "module.qualname": what a file records for a
+# class whose bare name finds another class (a user's class named like one of conceptkit's).
+_QUALIFIED: dict[str, type[Factorizer]] = {}
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -106,7 +112,12 @@ class Factorizer(BaseEstimator, abc.ABC):
         # ABCMeta fills __abstractmethods__ only after this hook runs, so look for ourselves.
         abstract = any(getattr(getattr(cls, name, None), "__isabstractmethod__", False)
                        for name in ("_fit", "_transform"))
-        if not abstract and not cls.__name__.startswith("_"):
+        if abstract or cls.__name__.startswith("_"):
+            return
+        _QUALIFIED[_qualified_name(cls)] = cls
+        held = FACTORIZERS.get(cls.__name__)
+        # a class of conceptkit's own is never replaced by one of the same name from elsewhere
+        if held is None or not _is_library(held) or _is_library(cls):
             FACTORIZERS[cls.__name__] = cls
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -439,13 +450,59 @@ def _is_flag(value: Any) -> bool:
         isinstance(value, int) and value in (0, 1))
 
 
+def _is_library(cls: type) -> bool:
+    """Whether ``cls`` is one of conceptkit's own classes (defined in a conceptkit module)."""
+    module = getattr(cls, "__module__", "") or ""
+    return module == "conceptkit" or module.startswith("conceptkit.")
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def factorizer_key(cls: type) -> str:
+    """The name a saved file records for factorizer class ``cls``, the one
+    :func:`factorizer_from_state` finds it by.
+
+    Its bare class name where :data:`FACTORIZERS` holds ``cls`` (or a redefinition of it, the
+    same module and qualified name: a notebook cell run again) under it, as files have always
+    recorded; else ``"module.qualname"`` (a user's class named like one of conceptkit's, e.g.
+    ``class NMF(conceptkit.concepts.NMF)``, which must not load back as conceptkit's). A class
+    that is not registered (abstract, or private: its name starts with ``"_"``) has no name a
+    file could rebuild it from: ``ValueError``.
+    """
+    qualified = _qualified_name(cls)
+    held = FACTORIZERS.get(cls.__name__)
+    if held is not None and _qualified_name(held) == qualified:
+        return cls.__name__
+    if qualified in _QUALIFIED:
+        return qualified
+    why = ("its name starts with '_', which marks a private class"
+           if cls.__name__.startswith("_") else "it is abstract or not a Factorizer subclass")
+    raise ValueError(f"the factorizer's class {qualified!r} is not registered with conceptkit "
+                     f"({why}), so a saved file could not rebuild it: give it a public name "
+                     f"(e.g. {cls.__name__.lstrip('_') or 'MyFactorizer'!r}), define it at the "
+                     f"top level of a module you import before loading, and save again.")
+
+
 def factorizer_from_state(name: str, params: dict, arrays: dict, info: dict, *,
                           from_file: bool = True) -> Factorizer:
-    """Rebuild a fitted factorizer of class ``name`` (a key of :data:`FACTORIZERS`).
+    """Rebuild a fitted factorizer of class ``name``: a key of :data:`FACTORIZERS`, or the
+    ``"module.qualname"`` that :func:`factorizer_key` records for a registered class whose bare
+    name finds another class.
 
     ``from_file=False`` is for parameters taken from a live factorizer of this process (see
     :meth:`Factorizer.from_state`), which skips the checks made on parameters read from a file.
     """
-    if not isinstance(name, str) or name not in FACTORIZERS:
-        raise ValueError(f"`name` must be one of {sorted(FACTORIZERS)}; got {name!r}.")
-    return FACTORIZERS[name].from_state(params, arrays, info, from_file=from_file)
+    if isinstance(name, str) and name in FACTORIZERS:
+        cls = FACTORIZERS[name]
+    elif isinstance(name, str) and name in _QUALIFIED:
+        cls = _QUALIFIED[name]
+    else:
+        hint = ""
+        if isinstance(name, str):
+            hint = (f" The file was saved with a factorizer of class {name!r}, which is not "
+                    f"defined in this process: define or import that Factorizer subclass "
+                    f"(under the same name) before loading.")
+        raise ValueError(f"`name` must be one of {sorted(FACTORIZERS)}; got {name!r}.{hint}")
+    return cls.from_state(params, arrays, info, from_file=from_file)

@@ -16,9 +16,9 @@ from torch import nn
 
 from .._validation import check_images, check_int, check_seed, describe
 from ..extraction import ActivationExtractor, Provenance, crops, positions, segments
-from ..extraction._decompose import ACE_GREY
+from ..extraction._decompose import ACE_GREY, check_fill, segment_counts
 from ._bank import ConceptBank
-from ._base import Factorizer, factorizer_from_state
+from ._base import Factorizer
 from ._checks import check_sign, configured_factorizer
 from ._progress import fit_progress
 
@@ -42,11 +42,38 @@ def bank_from_activations(factorizer: Factorizer, activations: np.ndarray | torc
     with fit_progress(factorizer, tuple(activations.shape), progress):
         codes = factorizer.fit_transform(activations)
     acts = torch.as_tensor(np.asarray(activations)) if isinstance(activations, np.ndarray) else activations
-    return ConceptBank(components=factorizer.components_, codes=torch.as_tensor(np.asarray(codes)
-                       if isinstance(codes, np.ndarray) else codes.cpu()),
+    codes = torch.as_tensor(np.asarray(codes) if isinstance(codes, np.ndarray) else codes.cpu())
+    return ConceptBank(components=factorizer.components_, codes=codes,
                        provenance=provenance, layer=layer, method=method, params=params or {},
                        factorizer=factorizer,
-                       activations=acts.detach().cpu().float() if keep_activations else None)
+                       activations=acts.detach().cpu().float() if keep_activations else None,
+                       row_scores=_row_scores(factorizer, acts, codes))
+
+
+def _row_scores(factorizer: Factorizer, acts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
+    """``(n,)`` each row's alignment ``a · w_j`` with its strongest concept ``j``, for codes
+    that tie (hard k-means: every member of a cluster has code 1), else None: what
+    :meth:`ConceptBank.top_rows` breaks ties with, kept whether or not the activations are."""
+    if not getattr(factorizer, "selects_codes", False) or codes.shape[0] == 0:
+        return None
+    codes = codes.float()
+    tied = False
+    for column in codes.T:
+        present = column[column > 0]
+        if present.numel() > torch.unique(present).numel():
+            tied = True
+            break
+    if not tied:
+        return None
+    # computed as top_rows did from kept activations: the float32 product with each concept
+    rows = acts.detach().cpu().float().numpy()
+    components = np.asarray(factorizer.components_, dtype=np.float32)
+    strongest = codes.argmax(1).numpy()
+    scores = np.zeros(rows.shape[0], dtype=np.float32)
+    for j in np.unique(strongest):
+        members = strongest == j
+        scores[members] = rows[members] @ components[j]
+    return torch.from_numpy(scores)
 
 
 _ROW_NOUNS = {"crop": "crops", "position": "feature-map positions", "segment": "segments"}
@@ -252,9 +279,12 @@ class ACE(_DiscoveryMethod):
         Number of k-means clusters before filtering. Default (None): the ``factorizer``'s
         ``n_concepts`` when one is given, else 25 (ACE).
     n_segments, compactness, sigma
-        SLIC settings per resolution (ACE: 15, 50, 80; 20; 1).
+        SLIC settings per resolution (ACE: 15, 50, 80; 20; 1). ``n_segments`` is a sequence
+        of ints (one per resolution) or one int (one resolution), each at least 2.
     min_cluster_size
         ACE's ``min_imgs`` (20 in its constructor).
+    fill
+        Pixel value in [0, 1] outside each segment (ACE's grey, 117/255).
     images must be RGB in [0, 1]; use ``preprocess`` to normalise the patches for the model.
     """
 
@@ -269,11 +299,11 @@ class ACE(_DiscoveryMethod):
         super().__init__(n_concepts, factorizer=factorizer, batch_size=batch_size, device=device,
                          progress=progress, seed=seed, preprocess=preprocess,
                          keep_activations=keep_activations)
-        self.n_segments = n_segments
+        self.n_segments = tuple(segment_counts(n_segments))
         self.compactness = compactness
         self.sigma = sigma
         self.min_cluster_size = min_cluster_size
-        self.fill = fill
+        self.fill = check_fill(fill)
 
     def _default_factorizer(self, k: int) -> Factorizer:
         from ._sklearn_factorizers import KMeansConcepts
@@ -282,11 +312,12 @@ class ACE(_DiscoveryMethod):
 
     def _rows(self, model, layer, images, progress=None):
         progress = self.progress if progress is None else progress
-        seg = segments(images, self.n_segments, self.compactness, self.sigma, fill=self.fill,
+        n_segments = segment_counts(self.n_segments)  # also when set after construction
+        seg = segments(images, n_segments, self.compactness, self.sigma, fill=self.fill,
                        progress=progress)
         acts = self._extractor(model, layer, "mean", progress,
                                desc=f"g on {len(seg)} segments @ {layer}")(seg)
-        return acts, seg.provenance, {"n_segments": list(self.n_segments),
+        return acts, seg.provenance, {"n_segments": n_segments,
                                       "compactness": self.compactness,
                                       "min_cluster_size": self.min_cluster_size}
 
@@ -353,11 +384,12 @@ def restrict_bank(bank: ConceptBank, keep: np.ndarray) -> ConceptBank:
         active = getattr(factorizer, "_k_active", params["top_k"])
         if isinstance(active, int):
             params["top_k"] = min(int(active), int(keep.size))
-    # the parameters of a live factorizer, not of a file: no file limits on them
-    restricted = factorizer_from_state(type(factorizer).__name__, params, sliced, info,
-                                       from_file=False)
+    # the parameters of a live factorizer, not of a file: no file limits on them. Its own class
+    # (not the one registered under its name, which may be another class of that name)
+    restricted = type(factorizer).from_state(params, sliced, info, from_file=False)
     codes = bank.codes[:, keep]
     return ConceptBank(components=restricted.components_, codes=codes, provenance=bank.provenance,
                        layer=bank.layer, method=bank.method, params=bank.params,
                        factorizer=restricted, activations=bank.activations,
-                       concept_ids=bank.concept_ids[keep], extra=dict(bank.extra))
+                       concept_ids=bank.concept_ids[keep], extra=dict(bank.extra),
+                       row_scores=bank.row_scores)

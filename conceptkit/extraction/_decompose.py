@@ -4,6 +4,7 @@ segments (ACE). Each returns the inputs and their :class:`Provenance`."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -216,6 +217,28 @@ class SegmentSet:
         return self.image_size
 
 
+def segment_counts(n_segments: int | Sequence[int]) -> list[int]:
+    """SLIC's segment counts, one per resolution: an int (one resolution) or a non-empty
+    sequence of ints, each at least 2; else an error naming `n_segments`."""
+    if isinstance(n_segments, torch.Tensor):
+        n_segments = n_segments.tolist()
+    if isinstance(n_segments, (str, bytes)) or not isinstance(
+            n_segments, (numbers.Integral, Sequence, np.ndarray)):
+        raise TypeError(f"`n_segments` must be an int or a sequence of ints (segments per "
+                        f"resolution, e.g. (15, 50, 80)); got {describe(n_segments)}.")
+    counts = [check_int(s, "n_segments", minimum=2) for s in np.atleast_1d(
+        np.asarray(n_segments, dtype=object))]
+    if not counts:
+        raise ValueError("`n_segments` must give at least one resolution (e.g. (15, 50, 80)); "
+                         "got an empty sequence.")
+    return counts
+
+
+def check_fill(fill: float) -> float:
+    """The grey outside ACE's segments: a pixel value in [0, 1] (the images' range)."""
+    return check_float(fill, "fill", minimum=0.0, maximum=1.0)
+
+
 def _dedupe(masks: np.ndarray, min_area: int, max_jaccard: float) -> list[int]:
     """Greedy ACE duplicate removal: keep a mask if big enough and not a near-copy of a kept one."""
     flat = masks.reshape(masks.shape[0], -1).astype(np.float32)
@@ -267,10 +290,11 @@ def segments(images: torch.Tensor, n_segments: Sequence[int] = (15, 50, 80),
     max_jaccard
         A segment overlapping an already kept one with Jaccard above this is dropped (ACE: 0.5).
     fill
-        Value outside the segment (ACE's grey, 117/255).
+        Pixel value in [0, 1] outside the segment (ACE's grey, 117/255).
     """
     images = check_images(images, "images", channels=3, pixels=True)  # SLIC works on colours
-    n_segments = [check_int(s, "n_segments", minimum=2) for s in np.atleast_1d(n_segments)]
+    n_segments = segment_counts(n_segments)
+    fill = check_fill(fill)
     if isinstance(compactness, (int, float)):
         compactness = [float(compactness)] * len(n_segments)
     if len(compactness) != len(n_segments):

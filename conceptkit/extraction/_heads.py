@@ -33,6 +33,10 @@ _INPLACE_METHODS = {"__setitem__", "__delitem__", "__iadd__", "__isub__", "__imu
 #: Packages whose modules' own ``forward`` is known not to write into its input unless the
 #: module says so with ``inplace=True`` (their submodules are checked too).
 _TRUSTED_CODE = ("torch.nn.", "conceptkit.")
+#: Where the functions a torch.fx graph calls must come from to be read by their name and
+#: arguments alone; any other function (a user's, wrapped with ``torch.fx.wrap``) may do
+#: anything.
+_TRUSTED_FUNCTIONS = ("torch", "_operator", "operator", "builtins", "math")
 
 
 def has_inplace_ops(module: nn.Module) -> bool:
@@ -44,7 +48,9 @@ def has_inplace_ops(module: nn.Module) -> bool:
     ``x.add_``, an augmented assignment ``x += y``, an item assignment ``x[i] = v``, an
     ``out=`` or ``inplace=True`` argument) and whose called modules are proven so too. A
     module with a ``forward`` of its own (a user's block, a torchvision or timm block left
-    whole) may do anything, so it counts. Any such operation anywhere counts, also one that
+    whole), a ``forward`` set on the instance, a forward hook present when ``h`` is made, or a
+    function of the user's called in a graph (``torch.fx.wrap``) may do anything, so it
+    counts. Any such operation anywhere counts, also one that
     only touches intermediate values: the cost of the clone it triggers is one copy of the
     activations.
     """
@@ -56,6 +62,9 @@ def _proven_pure(module: nn.Module, seen: set[int]) -> bool:
         return True
     seen.add(id(module))
     if getattr(module, "inplace", False):
+        return False
+    # a forward set on the instance, or a hook, runs code of its own that may do anything
+    if "forward" in vars(module) or module._forward_pre_hooks or module._forward_hooks:
         return False
     if isinstance(module, fx.GraphModule):
         if not all(_node_is_pure(node) for node in module.graph.nodes):
@@ -85,6 +94,9 @@ def _node_is_pure(node: fx.Node) -> bool:
         return False
     name = getattr(target, "__name__", "") or ""
     if name.endswith("_") and not name.endswith("__"):  # torch.relu_, F.relu_, torch.exp_
+        return False
+    where = getattr(target, "__module__", None) or ""
+    if where.split(".")[0] not in _TRUSTED_FUNCTIONS:
         return False
     try:  # F.relu(x, True): ``inplace`` given by position
         bound = inspect.signature(target).bind(*node.args, **node.kwargs).arguments

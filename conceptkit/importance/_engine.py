@@ -41,6 +41,10 @@ from .._validation import (
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 #: What is read from ``h``'s output: the class logit or the class probability.
 SCORES = ("logit", "probability")
+#: Why every importance would be 0 when every code is: said by :func:`prepare_problem` and by
+#: the explainer (whichever importance it runs, pixel ablation included).
+NO_CONCEPT_PRESENT = ("`bank.encode(activations)` is zero for every input: no concept is present "
+                      "in these activations, so every importance would be 0.")
 _NON_FINITE_HEAD = ("`h` returned NaN or Inf values on concept-masked reconstructions of the "
                     "activations; the importances would be NaN. Check `h` (e.g. a log or division "
                     "of an activation that masking can drive to 0).")
@@ -331,9 +335,8 @@ def _check_sensitive(problem: ConceptProblem, n_probe: int = 1) -> None:
     (whatever their order), and a responsive problem costs two passes of ``h``."""
     active = np.flatnonzero(problem.present())
     if active.size == 0:
-        raise ValueError("`bank.encode(activations)` is zero for every input: no concept is "
-                         "present in these activations, so every importance would be 0. Check "
-                         "that the activations come from the layer the bank was fitted at.")
+        raise ValueError(f"{NO_CONCEPT_PRESENT} Check that the activations come from the layer "
+                         f"the bank was fitted at.")
     kept = []
     for inputs in (active[:n_probe], active[n_probe:]):
         if inputs.size == 0:
@@ -359,6 +362,52 @@ def _check_sensitive(problem: ConceptProblem, n_probe: int = 1) -> None:
         "activations do not reach the output. A CLS-pooled transformer explained at its last "
         "block is the usual cause (its head reads only the CLS token, never the patch tokens); "
         "explain at an earlier block.")
+
+
+#: Importances whose class-level values (the means over inputs) are all at most this share of
+#: the largest per-input importance are 0 up to rounding: see :func:`check_not_cancelled`.
+CANCELLED_SHARE = 1e-3
+
+
+def check_not_cancelled(per_input: Any, method: str, factorizer: str | None = None) -> None:
+    """Refuse importances that cancel: signed per-input values ``(n, k)`` whose mean over the
+    inputs is, for every concept, 0 up to rounding (at most :data:`CANCELLED_SHARE` of the
+    largest per-input value), so that the ranking would order rounding noise.
+
+    This is what a centred factorizer (PCA, ICA: each concept's codes sum to 0 over the fitted
+    rows) gives with a head that pools the layer linearly (global average pooling, then a
+    linear layer): each concept's contribution to the class score, summed over the class's
+    positions, is exactly 0, and gradient x input, integrated gradients and occlusion return
+    means of about 1e-9 beside per-image values of about 1e-3. The share: the residues
+    measured there were 1e-6 to 7e-5 of the largest per-image value (a float32 head, 256 to
+    4,096 positions; they grow with the number of positions summed), and importances that mean
+    something are of the order of that value (0.67 to 0.73 with NMF on the same models): 1e-3
+    sits far from both. Values all 0 have their own warning and are left to it."""
+    values = np.asarray(per_input, dtype=np.float64)
+    if values.size == 0 or not np.isfinite(values).all():
+        return
+    peak = float(np.abs(values).max())
+    if peak == 0.0 or not ((values > 0).any() and (values < 0).any()):
+        return  # all 0 (warned about), or of one sign: such values cannot cancel
+    largest_mean = float(np.abs(values.mean(axis=0)).max())
+    if largest_mean > CANCELLED_SHARE * peak:
+        return
+    cause = (f"{factorizer}'s codes are centred" if factorizer in _CENTRED_FACTORIZERS
+             else "the usual cause: a factorizer whose codes are centred, such as PCAConcepts or "
+                  "ICAConcepts, whose codes sum to 0")
+    raise ValueError(
+        f"importance={method!r}: every concept's importance (the mean of its per-image values "
+        f"over the {values.shape[0]} inputs) is 0 up to rounding, at most {largest_mean:.2g} "
+        f"beside per-image values up to {peak:.2g}: the per-image importances cancel, and the "
+        f"ranking would order rounding noise. Why: {cause} over the fitted rows, and a head "
+        f"that pools the layer linearly (global average pooling, then a linear layer) adds "
+        f"each concept's contributions over the class to exactly 0. Use a factorizer whose "
+        f"codes are not centred (NMF, the default, or SemiNMF), or importance='pixel_ablation' "
+        f"or 'sobol', which do not average signed contributions.")
+
+
+#: The factorizers whose codes are centred on the fitted rows (see :func:`check_not_cancelled`).
+_CENTRED_FACTORIZERS = ("PCAConcepts", "ICAConcepts")
 
 
 def _probe_head(problem: ConceptProblem) -> tuple[int, torch.dtype]:

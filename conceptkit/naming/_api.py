@@ -534,8 +534,9 @@ _NEEDS = {"dissect": "probe images with part masks (a ConceptDataset, or (images
 def _check_call(method: str, args: tuple, kwargs: dict[str, Any]) -> None:
     """Refuse arguments the method's naming function cannot take, with the names it takes
     (rather than Python's message naming the internal function)."""
-    import difflib
     import inspect
+
+    from .._validation import did_you_mean
 
     kinds = inspect.Parameter
     params = list(inspect.signature(_NAMERS[method]).parameters.values())[1:]  # after concepts
@@ -557,9 +558,7 @@ def _check_call(method: str, args: tuple, kwargs: dict[str, Any]) -> None:
     extra = set(kwargs) - set(named) - set(similarity)  # clip: the rest go to soft-WPMI
     if extra:
         unknown = sorted(extra)
-        close = [m for name in unknown
-                 for m in difflib.get_close_matches(name, named + similarity, n=1)]
-        hint = f" (did you mean {', '.join(f'`{m}`' for m in close)}?)" if close else ""
+        hint = did_you_mean(unknown, named + similarity)
         raise TypeError(f"{call} got unknown argument(s) {unknown}{hint}; it takes "
                         f"{', '.join(named)}"
                         f"{' and the soft-WPMI settings ' + ', '.join(similarity) if similarity else ''}.")

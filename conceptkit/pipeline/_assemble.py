@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_int, id_list
+from ._examples import fewer_exemplars_quietly
 
 
 def compute_metrics(cc: Any, *, stability: bool = False, seed: int | None = 0) -> dict[str, dict]:
@@ -126,7 +127,8 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
     visualizations = getattr(cc, "visualizations", {})
     concepts = []
     for c in order:
-        ex, ids = cc.top_examples(int(c), n_exemplars, image_size=min(64, _side(cc)))
+        with fewer_exemplars_quietly():  # the page shows the exemplars there are
+            ex, ids = cc.top_examples(int(c), n_exemplars, image_size=min(64, _side(cc)))
         extra = {} if names is None else name_details(names[int(c)], names.score_name)
         share = None if names is None or names[int(c)].name is None else names[int(c)].part_share
         if share is not None:  # "dissect": how much of where the concept fires is the part

@@ -99,6 +99,8 @@ def save_atlas(atlas: Any, path: str | os.PathLike, *, n_exemplars: int = 8,
                n_confusions: int = 5) -> str:
     n_exemplars = check_int(n_exemplars, "n_exemplars", minimum=1)
     n_confusions = check_int(n_confusions, "n_confusions", minimum=0)
+    from ..concepts._base import factorizer_key
+
     data = atlas._data()
     imp = atlas.importance
     factorizer = data.bank.factorizer
@@ -113,7 +115,7 @@ def save_atlas(atlas: Any, path: str | os.PathLike, *, n_exemplars: int = 8,
         tensors[f"exemplars.{j}.maps"] = maps[j]
         tensors[f"exemplars.{j}.labels"] = labels[j]
         tensors[f"exemplars.{j}.ids"] = ids[j]
-    meta = {"factorizer": {"name": type(factorizer).__name__, "params": _params(factorizer),
+    meta = {"factorizer": {"name": factorizer_key(type(factorizer)), "params": _params(factorizer),
                            "info": info},
             "layer": atlas.layer, "method": atlas.method, "classes": data.classes,
             "class_names": imp.class_names, "importance": {"method": imp.method,

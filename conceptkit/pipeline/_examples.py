@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -58,3 +62,12 @@ def _window_boxes(bank: ConceptBank) -> tuple[np.ndarray, np.ndarray] | None:
     seen = window_boxes(prov.source_size, prov.grid, window).numpy()[index]
     whole = window_boxes(prov.source_size, prov.grid, window, clip=False).numpy()[index]
     return seen, whole
+
+
+@contextlib.contextmanager
+def fewer_exemplars_quietly() -> Iterator[None]:
+    """Silence :meth:`ClassConcepts.top_examples`' warning that it returns fewer exemplars than
+    asked: for the library's own callers (a report, a save), which show what there is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="top_examples: ", category=UserWarning)
+        yield

@@ -7,6 +7,7 @@ factorizes, then scores each concept by re-running only ``h`` on reconstructed a
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from ..importance._concept import (
     designs_setting,
     sobol_designs,
 )
+from ..importance._engine import NO_CONCEPT_PRESENT, check_not_cancelled
 from ..maps import MAP_KINDS
 from ..models._bundle import ModelBundle
 from ..models._candidates import as_bundle, class_index, missing_layer_message
@@ -217,7 +219,12 @@ class ConceptExplainer:
         Sobol designs per input (default 32, as CRAFT); only with ``importance="sobol"`` (the
         other methods draw no design, so a value given with them is refused).
     importance_kwargs, method_kwargs
-        Extra arguments for :func:`~conceptkit.importance.concept_importance` and the method.
+        Extra arguments for :func:`~conceptkit.importance.concept_importance` and the method
+        (e.g. ACE's ``n_segments``, CRAFT's ``stride``, ``keep_activations``). Both are checked
+        when the explainer is made; ``method_kwargs`` may not repeat the explainer's own
+        arguments (``seed``, ``factorizer``, ``patch_size``, ``n_concepts``, ``batch_size``,
+        ``device``, ``progress``, ``preprocess``), which it passes to the method itself.
+        Settings changed on the explainer after it was made are checked again by :meth:`fit`.
     model_name
         Name shown in reports (default: the bundle's name, else the model's class name).
     class_names
@@ -281,53 +288,111 @@ class ConceptExplainer:
             size = bundle.input_size if bundle is not None else 224
             raise ValueError(missing_layer_message(model, size))
         self.model = model
-        self.layer, _ = get_layer(model, layer)
-        self.n_concepts = (None if n_concepts is None
-                           else check_int(n_concepts, "n_concepts", minimum=1))
-        self.method = check_choice(method, "method", DISCOVERY_METHODS)
+        self.layer = layer
+        self.n_concepts = n_concepts
+        self.method = method
+        self.importance = importance
+        self.patch_size = patch_size
+        self.factorizer = factorizer
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.progress = bool(progress)
+        self.preprocess = preprocess
+        self.n_designs = n_designs
+        self.importance_kwargs = dict(importance_kwargs or {})
+        self.method_kwargs = dict(method_kwargs or {})
+        self.model_name = model_name or type(model).__name__
+        self.class_names = class_names
+        self.output = output
+        self.tokens = tokens
+        self.window = window
+        self._handle: ModelAtLayer | None = None
+        self._read: tuple[Any, str] | None = None  # (the settings it was resolved for, read)
+        self._check_settings()
+        if self.class_names is not None:  # the explainer's own list: the caller's stays theirs
+            self.class_names = list(self.class_names)
         if self.method == "ace":
             warnings.warn(ACE_LIMITATION, UserWarning, stacklevel=2)
-        self.importance = check_choice(importance, "importance",
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def n_designs(self) -> int | None:
+        """Sobol designs per input with ``importance="sobol"``: the value given, else 32
+        (CRAFT's); None with an importance that draws no design."""
+        if self.importance != "sobol":
+            return None
+        return DEFAULT_DESIGNS if self._n_designs is None else self._n_designs
+
+    @n_designs.setter
+    def n_designs(self, value: int | None) -> None:
+        self._n_designs = value
+
+    def _check_settings(self, fitting: bool = False) -> None:
+        """Check every setting, alone and with the others: run when the explainer is made and
+        again by :meth:`fit` (``fitting``), whatever was changed in between (``ex.method =
+        "ace"`` after ``patch_size=8`` is refused as the constructor refuses the pair, an
+        unknown ``ex.method`` is named). One pair is not refused at fit: ``n_designs`` given
+        with Sobol and ``importance`` changed afterwards to a method that draws no design; the
+        designs go unused (``result.params["n_designs"]`` is None), with a warning."""
+        self._check_discovery_settings()
+        self.importance = check_choice(self.importance, "importance",
                                        (*IMPORTANCE_METHODS, *PIXEL_METHODS))
-        if patch_size is not None and self.method != "craft":
-            raise ValueError(f"`patch_size` is the side of CRAFT's crops; `method` "
-                             f"{self.method!r} does not crop. Pass `method` 'craft' with it, or "
-                             f"leave `patch_size` out.")
-        self.patch_size = patch_size
-        if factorizer is not None:  # a wrong type or two different k: say so now, not after g
-            configured_factorizer(factorizer, self.n_concepts, seed)
-        self.factorizer = factorizer
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        self.device = device
-        self.seed = check_seed(seed)
-        self.progress = bool(progress)
-        if preprocess is not None and not callable(preprocess):
-            raise TypeError(f"`preprocess` must be callable; got {describe(preprocess)}.")
-        self.preprocess = preprocess
-        self.n_designs = designs_setting(n_designs, self.importance)
-        self.importance_kwargs = dict(importance_kwargs or {})
+        if self._n_designs is not None:
+            if fitting and self.importance != "sobol":
+                designs = check_int(self._n_designs, "n_designs", minimum=1)
+                warnings.warn(f"`n_designs`={designs} went unused: `importance` was changed to "
+                              f"{self.importance!r} after the explainer was made, and it draws "
+                              f"no Sobol design (the constructor refuses the pair). Set "
+                              f"`n_designs` to None, or `importance` back to 'sobol'.",
+                              UserWarning, stacklevel=3)
+            else:
+                self._n_designs = designs_setting(self._n_designs, self.importance)
+        if not isinstance(self.importance_kwargs, dict):
+            raise TypeError(f"`importance_kwargs` must be a dict; got "
+                            f"{describe(self.importance_kwargs)}.")
         if self.importance in PIXEL_METHODS:  # a bad value now, not after the discovery
             check_pixel_options(self.importance_kwargs, PIXEL_OPTIONS, self.importance, MAP_KINDS)
         else:
             check_importance_kwargs(self.importance, self.importance_kwargs)
-        self.method_kwargs = dict(method_kwargs or {})
-        self.model_name = model_name or type(model).__name__
+        class_names = self.class_names
         if class_names is not None and (isinstance(class_names, str) or not all(
                 isinstance(c, str) for c in class_names)):
             raise TypeError(f"`class_names` must be a list of str; got {describe(class_names)}.")
-        self.class_names = None if class_names is None else list(class_names)
-
+        if class_names is not None and not isinstance(class_names, list):
+            self.class_names = list(class_names)
+        output = self.output
         if output is not None and (not isinstance(output, (int, str)) or isinstance(output, bool)):
             raise TypeError(f"`output` must be an int index or a str key of the model's output; "
                             f"got {describe(output)}.")
-        self.output = output
-        self.tokens = check_choice(tokens, "tokens", TOKEN_READS)
-        self.window = _check_window(window, self.tokens)
+        self.tokens = check_choice(self.tokens, "tokens", TOKEN_READS)
+        self.window = _check_window(self.window, self.tokens)
         if self.tokens == "cls":
             _check_cls_settings(self.method, self.importance, self._maps_asked())
             _check_cls_token(self.model, self.layer)
-        self._handle: ModelAtLayer | None = None
-        self._read: tuple[Any, str] | None = None  # (the settings it was resolved for, read)
+
+    def _check_discovery_settings(self) -> None:
+        """The settings concept discovery reads (:meth:`discover` checks these only: an
+        atlas gives its explainer importance options of its own)."""
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module or a conceptkit.models bundle "
+                            f"(conceptkit.models.load(name)); got {describe(self.model)}.")
+        self.layer, _ = get_layer(self.model, self.layer)
+        self.n_concepts = (None if self.n_concepts is None
+                           else check_int(self.n_concepts, "n_concepts", minimum=1))
+        self.method = check_choice(self.method, "method", DISCOVERY_METHODS)
+        if self.patch_size is not None and self.method != "craft":
+            raise ValueError(f"`patch_size` is the side of CRAFT's crops; `method` "
+                             f"{self.method!r} does not crop. Pass `method` 'craft' with it, or "
+                             f"leave `patch_size` out.")
+        self.seed = check_seed(self.seed)
+        if self.factorizer is not None:  # a wrong type or two different k: now, not after g
+            configured_factorizer(self.factorizer, self.n_concepts, self.seed)
+        self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
+        if self.preprocess is not None and not callable(self.preprocess):
+            raise TypeError(f"`preprocess` must be callable; got {describe(self.preprocess)}.")
+        self.method_kwargs = _check_method_kwargs(self.method, self.method_kwargs,
+                                                  self.n_concepts)
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -451,14 +516,15 @@ class ConceptExplainer:
                       progress=self.progress, seed=seed, preprocess=self.preprocess)
         if self.method == "craft":
             kwargs["patch_size"] = self.patch_size
-        kwargs.update(self.method_kwargs)
-        return cls(self.n_concepts, **kwargs)
+        # checked: method_kwargs never repeats these (the explainer's own settings)
+        return cls(self.n_concepts, **kwargs, **self.method_kwargs)
 
     def discover(self, images: torch.Tensor, activations: torch.Tensor | None = None) -> ConceptBank:
         """Concept discovery only: a :class:`ConceptBank` of ``images``.
 
         For ICE, ``activations`` (the images' feature maps) are reused instead of running ``g``.
         """
+        self._check_discovery_settings()  # settings may have changed since it was made
         images = check_images(images, "images", pixels=True)
         read = self._resolve_read(images)
         if activations is not None:
@@ -519,6 +585,7 @@ class ConceptExplainer:
         ClassConcepts
             Concepts, importances with confidence intervals, and what the report needs.
         """
+        self._check_settings(fitting=True)  # settings may have changed since it was made
         images = check_images(images, "images", pixels=True)
         ids = check_image_ids(image_ids, images.shape[0])
         if images.shape[0] < 2:
@@ -569,9 +636,16 @@ class ConceptExplainer:
         # The class activations are encoded once; importance, metrics, maps, report and save
         # reuse these codes (KnownCodes) instead of re-running the factorizer's solver.
         codes = torch.as_tensor(bank.encode(acts))
+        if not bool((codes != 0).any()):  # whichever importance: pixel ablation too
+            name = _factorizer_name(bank)
+            why = (" (its penalty `alpha` is too large for the scale of these activations: "
+                   "lower it)" if name == "SparseDictionary" else "")
+            raise ValueError(f"{NO_CONCEPT_PRESENT} The {name} fitted here gives every one of "
+                             f"the {images.shape[0]} class images a zero code for every "
+                             f"concept{why}; change its settings, or pass another `factorizer` "
+                             f"(NMF on convolutional layers).")
         importance = None
-        # resolved now: `importance` may have been changed since the explainer was made
-        n_designs = (self.n_designs or DEFAULT_DESIGNS) if self.importance == "sobol" else None
+        n_designs = self.n_designs  # checked against `importance` by _check_settings
         if self.importance not in PIXEL_METHODS:
             importance = concept_importance(
                 handle.maps_head, acts, KnownCodes(bank, acts, codes), class_id,
@@ -579,6 +653,7 @@ class ConceptExplainer:
                 seed=seed,
                 device=self.device, progress=self.progress, context=context,
                 **self.importance_kwargs)
+            check_not_cancelled(importance.per_input, self.importance, _factorizer_name(bank))
         timings["importance"] = time.perf_counter() - start
         params = {"n_concepts": bank.params.get("n_concepts", self.n_concepts), "method": self.method,
                   "importance": self.importance, "patch_size": bank.params.get("patch_size"),
@@ -612,6 +687,40 @@ class ConceptExplainer:
             return pixel_ablation(forward, images, maps, class_id, batch_size=self.batch_size,
                                   progress=self.progress, params={"maps": kind}, **options)
 
+
+
+#: The arguments the explainer gives its discovery method itself: ``method_kwargs`` may not
+#: repeat them (a second value would silently win over the explainer's own).
+OWN_METHOD_ARGUMENTS = ("n_concepts", "factorizer", "patch_size", "batch_size", "device",
+                        "progress", "seed", "preprocess")
+
+
+def _check_method_kwargs(method: str, method_kwargs: Any, n_concepts: int | None) -> dict:
+    """``method_kwargs`` checked for ``method`` now, not after ``g`` has run: a dict of the
+    method's own options (not the explainer's arguments, which it passes itself), whose values
+    the method's constructor accepts."""
+    if not isinstance(method_kwargs, dict):
+        raise TypeError(f"`method_kwargs` must be a dict of options of the discovery method; "
+                        f"got {describe(method_kwargs)}.")
+    own = [key for key in OWN_METHOD_ARGUMENTS if key in method_kwargs]
+    if own:
+        key = own[0]
+        raise ValueError(f"`method_kwargs` sets {key!r}, which is the explainer's own `{key}` "
+                         f"argument: the explainer passes its `{key}` to the {method!r} method "
+                         f"itself, and the value in `method_kwargs` would silently replace it "
+                         f"(and `result.params` would record the other). Pass it once, as "
+                         f"ConceptExplainer(..., {key}=...), and leave it out of "
+                         f"`method_kwargs`.")
+    cls = DISCOVERY_METHODS[method]
+    accepted = [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+                and name not in OWN_METHOD_ARGUMENTS]
+    unknown = sorted(str(key) for key in method_kwargs if key not in accepted)
+    if unknown:
+        raise TypeError(f"`method_kwargs` has {unknown}, which method={method!r} does not take; "
+                        f"it takes {accepted}.")
+    cls(n_concepts, progress=False, **method_kwargs)  # the method's own checks of the values
+    return dict(method_kwargs)
 
 
 #: The ``importance_kwargs`` pixel ablation takes through the explainer.

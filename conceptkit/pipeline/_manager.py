@@ -163,17 +163,16 @@ class ConceptManager:
 def _check_explainer_options(options: dict[str, Any]) -> None:
     """Refuse a keyword that neither the manager nor :class:`ConceptExplainer` takes, naming
     those they take (rather than Python's message about ``ConceptExplainer.__init__``)."""
-    import difflib
     import inspect
+
+    from .._validation import did_you_mean
 
     params = inspect.signature(ConceptExplainer.__init__).parameters
     taken = [name for name, p in params.items() if name not in ("self", "model", "layer")
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(options) - set(taken))
     if unknown:
-        close = [m for name in unknown for m in difflib.get_close_matches(
-            name, [*taken, "min_images"], n=1)]
-        hint = f" (did you mean {', '.join(f'`{m}`' for m in close)}?)" if close else ""
+        hint = did_you_mean(unknown, [*taken, "min_images"])
         raise TypeError(f"ConceptManager got unknown argument(s) {unknown}{hint}; it takes "
                         f"model, layer, class_names, min_images and the ConceptExplainer "
                         f"options {', '.join(n for n in taken if n != 'class_names')}.")

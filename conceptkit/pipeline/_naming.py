@@ -8,14 +8,13 @@ from) the explanation's safetensors file.
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._validation import check_int, describe
+from .._validation import check_int, describe, did_you_mean
 
 
 def concept_labels(names: Any, k: int) -> list[str]:
@@ -69,12 +68,11 @@ def _check_visualize_options(kwargs: dict[str, Any]) -> None:
                if name not in _VISUALIZE_OWN]
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
-        close = [m for name in unknown for m in difflib.get_close_matches(
-            name, [*options, *_VISUALIZE_OWN[4:]], n=1)]
-        hint = f" (did you mean {', '.join(f'`{m}`' for m in close)}?)" if close else ""
+        # preprocess (and the model, bank, images) come from the explanation itself
+        hint = did_you_mean(unknown, [*options, "steps", "image_size", "seed", "progress"])
         raise TypeError(f"`visualize` got unknown option(s) {unknown}{hint}; it takes steps, "
                         f"image_size, seed, progress and the MACO options "
-                        f"{', '.join(options)}.")
+                        f"{', '.join(options)} (the preprocessing is the explanation's).")
 
 
 def visualize(cc: Any, concept: Any, *, steps: int, image_size: int | None, seed: int,

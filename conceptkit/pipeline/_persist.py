@@ -22,6 +22,7 @@ from ..concepts import ConceptBank
 from ..extraction._fingerprint import identity_differences, recorded_identity  # noqa: F401  (identity_differences: re-exported for the atlas and attach)
 from ..importance import ConceptImportance
 from ..maps import MAP_KINDS
+from ._examples import fewer_exemplars_quietly
 from ._naming import load_names, names_state
 
 
@@ -50,7 +51,9 @@ def result_state(cc: Any, *, n_images: int, n_exemplars: int) -> tuple[dict[str,
         _put_maps(tensors, cc._shown_maps(n_images))
         maps_kind = cc._auto_kind(None)
         for c in range(cc.n_concepts):
-            ex, ids = cc.top_examples(c, n_exemplars, image_size=min(64, cc.images.shape[-1]))
+            with fewer_exemplars_quietly():  # the file keeps the exemplars there are
+                ex, ids = cc.top_examples(c, n_exemplars,
+                                          image_size=min(64, cc.images.shape[-1]))
             tensors[f"exemplars.{c}"] = _to_uint8(ex)
             exemplar_ids.append(id_list(ids))
     else:  # a loaded explanation: what it was loaded with

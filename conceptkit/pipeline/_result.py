@@ -18,6 +18,7 @@ from .._torchutils import same_state, tensor_state, values_state, weights_state
 from .._validation import all_finite as _all_finite
 from .._validation import check_images, check_int, describe
 from ..concepts import ConceptBank
+from ..concepts._methods import _ROW_NOUNS
 from ..importance import ConceptImportance
 from ..maps import MAP_KINDS, choose_map_kind
 from ._examples import cut_examples
@@ -167,10 +168,18 @@ class ClassConcepts:
         """The ``n_exemplars`` crops / segments / cells where ``concept`` (an index, or a name
         given by :meth:`name_concepts`) is most present.
 
+        Only fitted rows where the concept is present (a code > 0) are exemplars, for a
+        factorizer whose codes are non-negative (NMF, k-means, the sparse autoencoder ...); a
+        signed factorizer's codes (PCA, ICA) have no "absent" value, and its exemplars are the
+        rows of highest code whatever its sign. When fewer than ``n_exemplars`` rows qualify (or
+        were saved with a loaded explanation), those are returned, with a warning saying how
+        many and why.
+
         Returns
         -------
         (examples, image_ids)
-            ``examples (n_exemplars, 3, s, s)`` cut from the source images through the bank's
+            ``examples (m, 3, s, s)``, ``m <= n_exemplars``, cut from the source images through
+            the bank's
             provenance (resized to ``image_size``, default the crop's own size; after
             :func:`conceptkit.load`, the size they were saved at: 64 px, or the image side
             when smaller; at most as many as were saved), and each one's
@@ -191,10 +200,27 @@ class ClassConcepts:
                 raise ValueError("this explanation was loaded without its images; exemplars are "
                                  "only available for the concepts saved with it.")
             stack = self.saved_exemplars[concept][:n].float() / 255.0
-            if image_size is not None and tuple(stack.shape[-2:]) != (image_size,) * 2:
+            if stack.shape[0] < n:
+                warnings.warn(f"top_examples: {stack.shape[0]} exemplar(s) of concept {concept} "
+                              f"were saved with this explanation, fewer than the {n} asked; "
+                              f"returning those (attach the images to the explanation to cut "
+                              f"others).", UserWarning, stacklevel=3)
+            if stack.shape[0] and image_size is not None and tuple(
+                    stack.shape[-2:]) != (image_size,) * 2:
                 stack = _resize(stack, image_size).clamp(0, 1)
             return stack, np.asarray(self.saved_exemplar_ids[concept][:n])
-        rows = self.bank.top_rows(concept, n)
+        rows = self.bank.top_rows(concept, n, present_only=True)
+        if len(rows) < n:
+            total = len(self.bank.provenance)
+            noun = _ROW_NOUNS.get(self.bank.provenance.kind, "rows")
+            why = (f"concept {concept} is present (code > 0) in only {len(rows)} of the {total} "
+                   f"fitted {noun}" if self.bank.nonnegative_codes and len(rows) < total
+                   else f"the concepts were fitted on {total} {noun}")
+            warnings.warn(f"top_examples: {why}; returning {len(rows)} exemplar(s), not the "
+                          f"{n} asked.", UserWarning, stacklevel=3)
+        if len(rows) == 0:  # no row to cut: an empty stack of the size one would have
+            first = cut_examples(self.images, self.bank, np.zeros(1, dtype=np.int64), image_size)
+            return first[:0], self._ids_of(self.bank.provenance.image_ids[rows])
         return (cut_examples(self.images, self.bank, rows, image_size),
                 self._ids_of(self.bank.provenance.image_ids[rows]))
 

@@ -103,6 +103,13 @@ def test_a_retrain_written_over_a_shipped_file_is_checked_by_its_digest(package_
     _rewrite(path, path, negate=False, strip_digest=True)
     with pytest.raises(FormatError, match="content digest is missing"):
         load_world("scales").model()
+    # 0.1.0's train_world wrote version 1 with a digest over the shipped file: it loads (its
+    # digest is checked), and a change to it is refused by that digest
+    save_file(path, state, record, kind=WORLD_WEIGHTS_KIND, version=1)
+    assert load_world("scales").info()["config"]["width"] == 2
+    _rewrite(path, path, negate=True, version=1)
+    with pytest.raises(FormatError, match="does not match the digest"):
+        load_world("scales").model()
 
 
 def test_a_tampered_copy_of_a_shipped_file_is_refused_wherever_it_is(tmp_path):

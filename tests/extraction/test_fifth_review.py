@@ -262,3 +262,38 @@ def test_write_store_refuses_a_dataloader_by_name(tmp_path):
     store = write_store(ActivationExtractor(model, "1", progress=False), loader.dataset,
                         tmp_path / "s", chunk_size=4, progress=False)
     assert store.manifest["n_inputs"] == 10
+
+
+@torch.fx.wrap
+def _bump(y):
+    return y.add_(1.0)  # a user function in the graph, whose name says nothing
+
+
+class _CallsBump(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = _bump(self.conv(x))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_user_functions_instance_forwards_and_hooks_are_not_proven_free():
+    """A function of the user's in an fx graph, a forward set on an instance of a torch.nn
+    class, and a forward pre-hook may each write into the input: h gets a copy."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    g, h = split_model(_CallsBump().eval(), "conv")
+    acts = g(x)
+    kept = acts.clone()
+    h(acts)
+    assert torch.equal(acts, kept)
+    relu = nn.ReLU()
+    relu.forward = lambda a: a.mul_(-1)  # on the instance: nn.ReLU's class code is not run
+    assert has_inplace_ops(nn.Sequential(relu, nn.Flatten()))
+    hooked = nn.Identity()
+    hooked.register_forward_pre_hook(lambda module, args: args[0].mul_(-1))
+    assert has_inplace_ops(nn.Sequential(hooked, nn.Flatten()))
+    assert not has_inplace_ops(nn.Sequential(nn.Identity(), nn.Flatten()))

@@ -120,3 +120,14 @@ def test_naming_by_classes_without_activations_says_how_to_pass_images(named, tm
                                          r"images as `images`, e.g. name_concepts\('classes', "
                                          r"images=class_images\)"):
         loaded.name_concepts("classes")
+
+
+def test_visualize_suggests_only_options_it_takes():
+    """`visualize` never suggests `preprocess`, which it refuses (the explanation's own)."""
+    from conceptkit.pipeline._naming import _check_visualize_options
+
+    with pytest.raises(TypeError) as err:
+        _check_visualize_options({"preprocess": None})
+    assert "`preprocess`?" not in str(err.value) and "explanation's" in str(err.value)
+    with pytest.raises(TypeError, match="did you mean `steps`"):
+        _check_visualize_options({"step": 4})
