@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._version import __version__
 from .pipeline import (
     ClassConcepts,
     ConceptAtlas,
@@ -22,8 +23,6 @@ from .pipeline import (
     plot_subconcepts,
     subconcept_examples,
 )
-
-__version__ = "0.1.0"
 
 
 def load(path: str | os.PathLike) -> Any:

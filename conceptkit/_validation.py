@@ -67,7 +67,8 @@ def check_choice(value: Any, name: str, options: Iterable[str]) -> str:
         return value
     hint = ""
     if isinstance(value, str):
-        close = difflib.get_close_matches(value, options, n=1)
+        same_letters = [o for o in options if isinstance(o, str) and o.lower() == value.lower()]
+        close = same_letters or difflib.get_close_matches(value, options, n=1)  # "ICE": 'ice'
         if close:
             hint = f" Did you mean {close[0]!r}?"
     raise ValueError(f"`{name}` must be one of {options}; got {value!r}.{hint}")

@@ -53,15 +53,15 @@ def concept_labels(truth, cc=None, masks: torch.Tensor | None = None) -> dict[in
     labels = {}
     for j, part in enumerate(loc.concept_parts):
         if part < 0:
-            labels[j] = f"c{j}: {loc.name(int(part))}"
+            labels[j] = f"concept {j}: {loc.name(int(part))}"
             continue
         name, shown = loc.part_names[part], f"PG {loc.pointing_game[j, part]:.2f}/{int(loc.n_present[part])}"
         if cc is None or masks is None:
-            labels[j] = f"c{j}: {name} ({shown})"
+            labels[j] = f"concept {j}: {name} ({shown})"
             continue
         hits, count = exemplar_hits(cc, masks, int(part), concept=j)
         doubt = "?" if 2 * hits < count else ""
-        labels[j] = f"c{j}: {name}{doubt} ({shown}, ex {hits}/{count})"
+        labels[j] = f"concept {j}: {name}{doubt} ({shown}, ex {hits}/{count})"
     return labels
 
 
@@ -74,7 +74,7 @@ def shared_parts(truth, cc) -> list[str]:
     for part in sorted({int(p) for p in loc.concept_parts if p >= 0}):
         on = sorted((j for j, p in enumerate(loc.concept_parts) if p == part), key=rank.get)
         if len(on) > 1:
-            listed = ", ".join(f"c{j} (rank {rank[j]})" for j in on)
+            listed = ", ".join(f"concept {j} (rank {rank[j]})" for j in on)
             notes.append(f"{len(on)} concepts point at '{loc.part_names[part]}' best: {listed}; "
                          f"what the class owes to that part is split among them.")
     return notes
@@ -222,7 +222,7 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
                   f"No part's painting-out moves the class probability measurably; the largest "
                   f"drop is that of '{most}'")
         notes = [f"{relied} (class probability drop {_fmt(row['most_relied_drop'])} when it is "
-                 f"painted out); the top concept c{row['top_concept']} sits on "
+                 f"painted out); the top concept, concept {row['top_concept']}, sits on "
                  f"'{row['top_part']}'."]
         labels = concept_labels(truth, cc, data.masks[data.labels == class_id])
         notes.extend(part_note(name, part, labels) for name, part in parts.items())

@@ -161,7 +161,7 @@ class Evaluation:
             cells = [f"{row['class_id']} {row['class_name']}",
                      f"{relied} ({_fmt(row['most_relied_drop'], digits)}"
                      f"{'' if row['most_relied_significant'] else ', not told from 0'})",
-                     f"c{row['top_concept']} {row['top_part']}"]
+                     f"concept {row['top_concept']} {row['top_part']}"]
             cells += [_fmt(row[name], digits) for name in METRIC_COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
         for label, values in (("mean", self.summary), ("worst", self.worst)):

@@ -26,6 +26,7 @@ from .._validation import (
     check_int,
     check_seed,
     describe,
+    resolve_device,
     resolve_seed,
 )
 from ..concepts import ACE, CRAFT, ICE, ConceptBank, Factorizer, TopKSAE
@@ -389,6 +390,8 @@ class ConceptExplainer:
         if self.factorizer is not None:  # a wrong type or two different k: now, not after g
             configured_factorizer(self.factorizer, self.n_concepts, self.seed)
         self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
+        if self.device is not None:  # a typo now, not after the model was moved
+            resolve_device(self.device)
         if self.preprocess is not None and not callable(self.preprocess):
             raise TypeError(f"`preprocess` must be callable; got {describe(self.preprocess)}.")
         self.method_kwargs = _check_method_kwargs(self.method, self.method_kwargs,

@@ -276,7 +276,7 @@ def _importance_caption(report: ClassReport) -> str:
 
 
 def _version() -> str:
-    from .. import __version__  # (at call time: the package finishes importing first)
+    from .._version import __version__
 
     return __version__
 

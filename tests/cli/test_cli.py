@@ -309,7 +309,7 @@ def test_demo(tmp_path, capsys):
                    for note in shown["notes"])
         # concepts are named after the part they sit on (evaluate's rule) or the background,
         # with how many of their exemplars lie on it; the page says how to read the label
-        assert all(re.fullmatch(r"c\d+: (background|undetermined|.+ \(PG [0-9.]+/\d+, ex "
+        assert all(re.fullmatch(r"concept \d+: (background|undetermined|.+ \(PG [0-9.]+/\d+, ex "
                                 r"\d+/\d+\))", c["label"]) for c in shown["concepts"])
         assert any(note.startswith("Concept labels:") for note in shown["notes"])
 
@@ -338,7 +338,8 @@ def test_demo_labels_count_the_exemplars_on_the_part():
                           pointing_game=np.array([[0.9, 0.0], [0.0, 0.8]]),
                           n_present=np.array([5, 4]), name=lambda part: "background")
     labels = concept_labels(SimpleNamespace(localisation=loc), cc, masks)
-    assert labels == {0: "c0: disk (PG 0.90/5, ex 2/3)", 1: "c1: ring? (PG 0.80/4, ex 1/4)"}
+    assert labels == {0: "concept 0: disk (PG 0.90/5, ex 2/3)",
+                      1: "concept 1: ring? (PG 0.80/4, ex 1/4)"}
 
 
 def test_demo_notes_parts_that_several_concepts_point_at():
@@ -352,8 +353,8 @@ def test_demo_notes_parts_that_several_concepts_point_at():
                           part_names=["red disk", "blue square"])
     cc = SimpleNamespace(ranking=np.array([2, 1, 4, 0, 3]))
     assert shared_parts(SimpleNamespace(localisation=loc), cc) == [
-        "3 concepts point at 'red disk' best: c2 (rank 1), c4 (rank 3), c0 (rank 4); what the "
-        "class owes to that part is split among them."]
+        "3 concepts point at 'red disk' best: concept 2 (rank 1), concept 4 (rank 3), concept 0 "
+        "(rank 4); what the class owes to that part is split among them."]
 
 
 def test_demo_labels_read_a_segments_own_pixels():

@@ -162,7 +162,7 @@ def test_the_demo_says_no_concept_points_at_a_part_no_map_points_at():
     cue = parts["magenta square"]
     assert cue["concept"] is None and cue["importance_rank"] is None and cue["pointing_game"] == 0
     assert parts["red disk"]["concept"] == 1 and parts["red disk"]["importance_rank"] == 1
-    note = part_note("magenta square", cue, {0: "c0: red disk", 1: "c1: red disk"})
+    note = part_note("magenta square", cue, {0: "concept 0: red disk", 1: "concept 1: red disk"})
     assert note == ("spurious cue 'magenta square': reliance 0.03; no concept's map points at it "
                     "(pointing_game 0.00 for every concept).")
     assert "no concept points at it" in cue_line(cue, 2) and "c0" not in cue_line(cue, 2)

@@ -15,7 +15,7 @@ import conceptkit
 
 ROOT = Path(conceptkit.__file__).resolve().parent
 SHARED = {"conceptkit._validation", "conceptkit._torchutils", "conceptkit._deprecation",
-          "conceptkit._reprs", "conceptkit.io"}
+          "conceptkit._reprs", "conceptkit._version", "conceptkit.io"}
 
 
 def _module_name(path: Path) -> str:
