@@ -186,7 +186,7 @@ def atlas_main(argv: list[str]) -> int:
                         help="no progress bars (they are shown only when stderr is a terminal)")
     args = parser.parse_args(argv)
     check_counts(args, {"n_concepts": 1, "max_iter": 1, "batch_rows": 1,
-                        "max_inputs_per_class": 1})
+                        "max_inputs_per_class": 2})
     check_seed_flag(args.seed)
     if not args.tol >= 0 or not np.isfinite(args.tol):
         raise CommandError(f"`--tol` must be a finite number >= 0; got {args.tol}.")

@@ -137,7 +137,7 @@ def test_one_class_and_a_bare_bank(setup):
     cc = manager.classes_[2]
     one = DiscoveredCBM(cc, nnz_per_class=5, progress=False).fit(activations=acts["train"],
                                                                    labels=train.labels)
-    assert one.n_concepts == 10 and one.names_ == cc.labels
+    assert one.n_concepts == 10 and one.names_ == list(cc.names.labels())  # bare names
     bank = DiscoveredCBM(cc.bank, progress=False).fit(activations=acts["train"],
                                                       labels=train.labels)
     assert bank.names_ == [f"concept {j}" for j in range(10)]
