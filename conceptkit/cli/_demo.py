@@ -148,7 +148,7 @@ def summary_line(class_id: int, name: str, row: dict, parts: dict) -> str:
     relied = f"{row['most_relied_part'] or 'none'} ({_fmt(row['most_relied_drop'])}" + (
         ")" if row["most_relied_significant"] else ", not told from 0)")
     top = f"concept {row['top_concept']} {row['top_part']}"
-    return f"   {class_id} {name:<35} {relied:<27} {top:<26} {', '.join(causal)}"
+    return f"   {class_id} {name:<35} {relied:<27} {top:<29} {', '.join(causal)}"
 
 
 def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: str = "ice",
@@ -240,7 +240,7 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
     index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset",
                         notes=index_notes)
 
-    print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<26} "
+    print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<29} "
           f"{'causal parts localised (' + GT_METRIC + ')'}")
     for class_id, name, row, parts, kept in summary:
         print(summary_line(class_id, name, row, parts))
