@@ -1,3 +1,3 @@
 """The version of conceptkit (one place: the package and the files and reports it writes)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

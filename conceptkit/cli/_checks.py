@@ -27,7 +27,9 @@ _LOAD_TERMS = {"`weights`": "`--weights`", "`name`": "the world name in `--model
 WEIGHTS_HELP = ("a local weights file (.safetensors or a .pt/.pth state dict); online: DEFAULT "
                 "(torchvision), pretrained (timm) or an open_clip tag (e.g. openai); 'random' "
                 "explains a randomly initialised torchvision/timm/open_clip network on purpose "
-                "(those models need one of these: without --weights they are refused)")
+                "(default: the shipped weights of reference, efficientnet_lite0 and the worlds' models; "
+                "torchvision/timm/open_clip models need one of these: without --weights they are "
+                "refused)")
 
 
 #: The model families whose networks are built without weights unless asked for, and the

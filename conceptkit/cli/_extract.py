@@ -85,7 +85,8 @@ def extract_main(argv: list[str]) -> int:
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     parser.add_argument("--layer", default=None,
                         help="the layer whose activations are stored (default: the model's own)")
-    parser.add_argument("--images", default=None, help="a directory or a glob of images")
+    parser.add_argument("--images", default=None, help="a directory or a glob of images (no default: give --images or "
+                             "--concept-dataset)")
     parser.add_argument("--concept-dataset", type=int, default=None,
                         help="use the ground-truth concept dataset with this many images per "
                              "class (its class labels are recorded in the store, where "

@@ -23,9 +23,10 @@ def add_naming_arguments(parser: argparse.ArgumentParser) -> None:
                              "clip: a folder or glob of probe images (default: the class images)")
     parser.add_argument("--clip", default=None,
                         help="open_clip model name for --name-with clip (e.g. ViT-B-32) or "
-                             "local-dir:/path")
+                             "local-dir:/path (no default: required with --name-with clip)")
     parser.add_argument("--clip-weights", default=None,
-                        help="local open_clip checkpoint file (offline) or a pretrained tag")
+                        help="local open_clip checkpoint file (offline) or a pretrained tag (required "
+                             "with --clip NAME, not with local-dir:)")
     parser.add_argument("--vocabulary", default=None,
                         help="clip: imagenet (default) | imagenet21k | a text file with one word "
                              "per line")

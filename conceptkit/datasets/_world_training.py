@@ -64,7 +64,7 @@ def reliance_table(drops: np.ndarray, world: World) -> dict[str, dict[str, float
 def _versions() -> dict[str, str]:
     import timm
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"conceptkit": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "numpy": np.__version__, "python": sys.version.split()[0]}

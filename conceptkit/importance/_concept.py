@@ -31,6 +31,7 @@ from ._engine import (
     DEFAULT_MEMORY_BUDGET,
     SCORES,
     ConceptProblem,
+    cancelled_message,
     model_guard,
     prepare_problem,
 )
@@ -322,6 +323,10 @@ def _warn_constant(result: MethodOutput, problem: ConceptProblem, method: str) -
                   f"the score on those inputs.", RuntimeWarning, stacklevel=3)
 
 
+#: How :func:`concept_importance`'s warning about importances that cancel begins.
+CANCELLED_WARNING = "concept_importance: importances that cancel. "
+
+
 def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
                        method: str = "sobol", *, n_designs: int = 32, estimator: str = "jansen",
                        sampler: str = "sobol", shared_design: bool = False,
@@ -401,6 +406,10 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     Returns
     -------
     ConceptImportance
+        Signed per-input values whose means cancel (every concept's mean is 0 up to rounding
+        beside per-input values far from 0: centred codes such as PCA's under a head that pools
+        linearly) come back as computed, with a RuntimeWarning that says why; the explainer
+        refuses them.
     """
     options = method_options(method, method_kwargs)
     entry = METHODS[method]
@@ -435,6 +444,11 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
                       f"these activations (e.g. the patch tokens of a CLS-pooled transformer's "
                       f"last block do not reach its output) and that `class_id` is the class "
                       f"meant.", RuntimeWarning, stacklevel=2)
+    factorizer = getattr(bank, "factorizer", None)
+    cancelled = cancelled_message(result.per_input, method, None if factorizer is None
+                                  else type(factorizer).__name__, argument="method")
+    if cancelled is not None:  # the explainer refuses these; here the caller gets them, warned
+        warnings.warn(f"{CANCELLED_WARNING}{cancelled}", RuntimeWarning, stacklevel=2)
     low, high = student_interval(result.per_input, confidence)
     params = {"seed": seed, "confidence": confidence, "n_inputs": problem.n_inputs,
               "n_concepts": problem.n_concepts, "residual": residual, "score": score,

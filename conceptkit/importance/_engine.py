@@ -383,27 +383,38 @@ def check_not_cancelled(per_input: Any, method: str, factorizer: str | None = No
     4,096 positions; they grow with the number of positions summed), and importances that mean
     something are of the order of that value (0.67 to 0.73 with NMF on the same models): 1e-3
     sits far from both. Values all 0 have their own warning and are left to it."""
+    message = cancelled_message(per_input, method, factorizer)
+    if message is not None:
+        raise ValueError(message)
+
+
+def cancelled_message(per_input: Any, method: str, factorizer: str | None = None,
+                      argument: str = "importance") -> str | None:
+    """What :func:`check_not_cancelled` says about ``per_input`` (None when nothing cancels);
+    ``argument`` names the setting the caller's user chose the method with (``importance`` for
+    the explainer, ``method`` for :func:`conceptkit.importance.concept_importance`)."""
     values = np.asarray(per_input, dtype=np.float64)
     if values.size == 0 or not np.isfinite(values).all():
-        return
+        return None
     peak = float(np.abs(values).max())
     if peak == 0.0 or not ((values > 0).any() and (values < 0).any()):
-        return  # all 0 (warned about), or of one sign: such values cannot cancel
+        return None  # all 0 (warned about), or of one sign: such values cannot cancel
     largest_mean = float(np.abs(values.mean(axis=0)).max())
     if largest_mean > CANCELLED_SHARE * peak:
-        return
+        return None
     cause = (f"{factorizer}'s codes are centred" if factorizer in _CENTRED_FACTORIZERS
              else "the usual cause: a factorizer whose codes are centred, such as PCAConcepts or "
                   "ICAConcepts, whose codes sum to 0")
-    raise ValueError(
-        f"importance={method!r}: every concept's importance (the mean of its per-image values "
+    return (
+        f"{argument}={method!r}: every concept's importance (the mean of its per-image values "
         f"over the {values.shape[0]} inputs) is 0 up to rounding, at most {largest_mean:.2g} "
         f"beside per-image values up to {peak:.2g}: the per-image importances cancel, and the "
         f"ranking would order rounding noise. Why: {cause} over the fitted rows, and a head "
         f"that pools the layer linearly (global average pooling, then a linear layer) adds "
         f"each concept's contributions over the class to exactly 0. Use a factorizer whose "
-        f"codes are not centred (NMF, the default, or SemiNMF), or importance='pixel_ablation' "
-        f"or 'sobol', which do not average signed contributions.")
+        f"codes are not centred (NMF, the default, or SemiNMF), or "
+        + ("importance='pixel_ablation' or 'sobol'" if argument == "importance" else f"{argument}='sobol'")
+        + ", which do not average signed contributions.")
 
 
 #: The factorizers whose codes are centred on the fitted rows (see :func:`check_not_cancelled`).

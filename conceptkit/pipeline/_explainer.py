@@ -41,6 +41,7 @@ from ..extraction._windows import (
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ..importance import concept_importance
 from ..importance._concept import (
+    CANCELLED_WARNING,
     DEFAULT_DESIGNS,
     check_importance_kwargs,
     designs_setting,
@@ -650,12 +651,14 @@ class ConceptExplainer:
         importance = None
         n_designs = self.n_designs  # checked against `importance` by _check_settings
         if self.importance not in PIXEL_METHODS:
-            importance = concept_importance(
-                handle.maps_head, acts, KnownCodes(bank, acts, codes), class_id,
-                method=self.importance, **sobol_designs(self.importance, n_designs),
-                seed=seed,
-                device=self.device, progress=self.progress, context=context,
-                **self.importance_kwargs)
+            with warnings.catch_warnings():  # refused below, in the explainer's words
+                warnings.filterwarnings("ignore", CANCELLED_WARNING, RuntimeWarning)
+                importance = concept_importance(
+                    handle.maps_head, acts, KnownCodes(bank, acts, codes), class_id,
+                    method=self.importance, **sobol_designs(self.importance, n_designs),
+                    seed=seed,
+                    device=self.device, progress=self.progress, context=context,
+                    **self.importance_kwargs)
             check_not_cancelled(importance.per_input, self.importance, _factorizer_name(bank))
         timings["importance"] = time.perf_counter() - start
         params = {"n_concepts": bank.params.get("n_concepts", self.n_concepts), "method": self.method,

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._deprecation import renamed_arguments
 from .._validation import check_choice, check_float, check_int, describe
+from .._version import __version__
 from ..io import json_ready, write_json
 from ._colors import concept_colors, concept_hex_colors
 from ._data import ClassReport
@@ -275,12 +276,6 @@ def _importance_caption(report: ClassReport) -> str:
             + (f". Error bars span {interval}." if interval else "."))
 
 
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
-
-
 def _ci_level(report: ClassReport) -> float | None:
     """The level of the report's intervals (None when it has none or does not know it)."""
     level = report.importance_params.get("confidence")
@@ -300,7 +295,7 @@ def _payload(report: ClassReport, pictures: list[Picture], structure: dict[str, 
         "importance_method": report.importance_method, "layer": report.layer,
         "model_name": report.model_name, "maps_kind": report.maps_kind or None,
         "maps_read": report.maps_read or None,
-        "conceptkit_version": _version(), "seed": report.seed,
+        "conceptkit_version": __version__, "seed": report.seed,
         "importance_meaning": _sentence(importance_meaning(report.importance_method,
                                                            report.importance_params)) or None,
         "ci_level": _ci_level(report), "ci_kind": "student_t_over_images" if _ci_level(report)
@@ -410,7 +405,7 @@ def _page(report: ClassReport, pictures: list[Picture], colors: list[str],
                                                          "timings")))
     files = ", ".join(f'<a href="{esc(p.filename)}">{esc(p.filename)}</a>' for p in pictures)
     seed = "" if report.seed is None else f" Explanation seed {report.seed}."
-    parts.append(f'<footer>Written by conceptkit {esc(_version())}.{seed} Numbers: <a href="report.json">report.json</a>'
+    parts.append(f'<footer>Written by conceptkit {esc(__version__)}.{seed} Numbers: <a href="report.json">report.json</a>'
                  f'; figures: {files}.</footer>')
     return document(title, "\n".join(parts))
 

@@ -14,7 +14,7 @@ from PIL import Image
 import conceptkit
 from conceptkit import pipeline
 from conceptkit.cli import main
-from conceptkit.datasets import make_concept_dataset, photo_views, sample_photos
+from conceptkit.datasets import photo_views, sample_photos
 
 FAST = ["--n-concepts", "3", "--batch-size", "8", "--quiet"]
 RANKED = re.compile(r"^  (concept (\d+)): importance ([-0-9.]+)(?: \([^)]*\))?; top exemplars from ", re.M)
@@ -26,13 +26,6 @@ def write_pngs(images: torch.Tensor, folder: Path) -> Path:
         pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"image_{i:02d}.png")
     return folder
-
-
-@pytest.fixture(scope="module")
-def shape_images(tmp_path_factory) -> Path:
-    """Six 64 px images of class 2 of the ground-truth dataset."""
-    data = make_concept_dataset(6, seed=0)
-    return write_pngs(data.images[data.labels == 2], tmp_path_factory.mktemp("shapes"))
 
 
 @pytest.fixture(scope="module")

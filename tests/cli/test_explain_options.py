@@ -4,28 +4,15 @@ command line's own terms (options, not Python arguments), likely layers when non
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 import conceptkit
 from conceptkit.cli import main
 from conceptkit.cli._explain import command_line_terms
-from conceptkit.datasets import make_concept_dataset
 
 FAST = ["--n-concepts", "3", "--batch-size", "8", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def shape_images(tmp_path_factory) -> Path:
-    data = make_concept_dataset(6, seed=0)
-    folder = tmp_path_factory.mktemp("shapes")
-    for i, image in enumerate(data.images[data.labels == 2]):
-        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"photo_{i:02d}.png")
-    return folder
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:

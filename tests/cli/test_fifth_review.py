@@ -12,29 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conceptkit.cli import main
 from conceptkit.cli._demo import cue_line, summary_line
 from conceptkit.cli._main import build_parser
 from conceptkit.cli._train_cbm import build_parser as train_cbm_parser
-from conceptkit.datasets import make_concept_dataset
 
 FAST = ["--n-concepts", "3", "--batch-size", "8", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def shape_images(tmp_path_factory) -> Path:
-    data = make_concept_dataset(6, seed=0)
-    folder = tmp_path_factory.mktemp("shapes")
-    for i, image in enumerate(data.images[data.labels == 2]):
-        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"photo_{i:02d}.png")
-    return folder
 
 
 def test_explain_prints_each_interval_and_every_note(shape_images, tmp_path, capsys):

@@ -137,3 +137,14 @@ def test_every_public_name_is_reachable_from_its_face():
         module = importlib.import_module(name)
         for public in getattr(module, "__all__", []):
             assert hasattr(module, public), f"{name}.__all__ lists {public!r}, which it lacks"
+
+
+def test_one_version_for_the_package_and_its_files():
+    # pyproject's version is what pip installs; conceptkit.__version__ is what files and reports
+    # record: the two must be the same string
+    import re
+
+    text = (Path(conceptkit.__file__).parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"', text, re.M).group(1)
+    assert conceptkit.__version__ == declared
+    assert declared != "0.1.0"  # files written by this code are not 0.1.0's
