@@ -107,10 +107,12 @@ def rise(problem: ConceptProblem, seeds: Seeds, n_samples: int = 1000,
     """RISE on concepts with a centred score, ``n_samples`` independent binary masks per input.
 
     Each concept is kept with ``probability`` ``p``. The standard RISE saliency ``E[y m_j] / p``
-    is reduced by its value for an uninformative concept, ``E[y]``, and scaled by ``1 / (1 - p)``;
-    with the empirical mean of ``y`` inside the expectation this reads
-    ``mean((y - mean(y)) m_j) / (p (1 - p))``, which for an affine head estimates ``beta_j``
-    (the same value as occlusion and gradient x input) and does not move when ``y`` is shifted.
+    is reduced by its value for an uninformative concept, ``E[y]``, and scaled by ``1 / (1 - p)``:
+    ``cov(y, m_j) / (p (1 - p))``. The covariance is the unbiased sample covariance over the
+    ``n`` masks, ``sum((y - mean(y)) m_j) / (n - 1)``, so that for an affine head the result
+    estimates ``beta_j`` without bias at any ``n_samples`` (the same value as occlusion and
+    gradient x input; dividing by ``n`` shrank it by ``1 - 1/n``) and does not move when ``y``
+    is shifted. ``n_samples`` must be at least 2 (one mask has no covariance).
     """
     k = problem.n_concepts
     out = np.empty((problem.n_inputs, k))
@@ -120,7 +122,7 @@ def rise(problem: ConceptProblem, seeds: Seeds, n_samples: int = 1000,
         y = problem.scores(masks, group, desc="rise")
         centred = y - y.mean(axis=1, keepdims=True)
         out[group] = np.einsum("im,imk->ik", centred, masks) / (
-            n_samples * probability * (1.0 - probability))
+            (n_samples - 1) * probability * (1.0 - probability))
     return MethodOutput(out, {"n_samples": n_samples, "probability": probability})
 
 
@@ -128,13 +130,20 @@ def closed_form(problem: ConceptProblem, seeds: Seeds) -> MethodOutput:
     """Exact total Sobol indices of an affine head: ``beta_j^2 / sum_j beta_j^2`` per input;
     0 for an input whose score varies only at the rounding of the head's dtype
     (:func:`~conceptkit.importance._fastpath.rounding_constant`), whose betas are that
-    rounding."""
+    rounding.
+
+    Affinity is checked as for Sobol's fast path (``_fastpath.fit_affine``): a probe on a few
+    inputs, then every input on its all-ones mask and on two seeded random masks, each input
+    within its own tolerance. A head that fails is refused rather than given affine indices.
+    """
     affine = fit_affine(problem, seeds.probe_rng())
     if affine is None:
         raise ValueError(
-            "method='closed_form' needs a head `h` that is affine in its input activations "
-            "(for example global average pooling followed by nn.Linear); this `h` failed the "
-            "affinity check. Use method='sobol' instead.")
+            "`method`='closed_form' needs a head `h` that is affine in its input activations "
+            "on every input (for example global average pooling followed by nn.Linear); on "
+            "these inputs `h` is not: its class score differs from an affine function of the "
+            "concept masks on the masks checked. Use method='sobol', which asks `h` itself "
+            "when it is not affine.")
     squares = affine.beta ** 2
     totals = squares.sum(axis=1, keepdims=True)
     constant = rounding_constant(affine, problem, HEAD_ROUNDING) | (totals[:, 0] == 0)

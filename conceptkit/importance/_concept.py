@@ -357,23 +357,31 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
         Column of ``h``'s output to explain.
     method : str
         ``"sobol"`` (total Sobol index, default), ``"closed_form"`` (exact total index of an
-        affine ``h``), ``"gradient_input"``, ``"integrated_gradients"`` (kwarg ``steps=50``),
-        ``"occlusion"``, ``"rise"`` (kwargs ``n_samples=1000`` masks, ``probability=0.5``) or
-        ``"ablation"``: image-level concept ablation, the drop of the class probability when
-        concept ``j``'s contribution ``u_j w_j`` is removed from every position of each
-        input's real activation (occlusion with ``residual=True, score="probability"``; signed:
-        a concept whose removal raises the class probability gets a negative importance).
+        affine ``h``: the affinity checks of Sobol's fast path but the design rows, refused
+        when ``h`` fails them), ``"gradient_input"``, ``"integrated_gradients"`` (kwarg
+        ``steps=50``), ``"occlusion"``, ``"rise"`` (kwargs ``n_samples=1000`` masks, at least
+        2, ``probability=0.5``) or ``"ablation"``: image-level concept ablation, the drop of
+        the class probability when concept ``j``'s contribution ``u_j w_j`` is removed from
+        every position of each input's real activation (occlusion with ``residual=True,
+        score="probability"``; signed: a concept whose removal raises the class probability
+        gets a negative importance).
     n_designs, estimator, sampler, shared_design, fast_path
         Sobol settings (another method refuses a value other than the default rather than
         ignore it). ``n_designs`` base points per input (a power
         of two for Sobol' samplers). ``shared_design=False`` scrambles an independent design per
         input (several times more accurate class-level importances at equal cost than one shared
         design); ``shared_design=True, sampler="halton_unscrambled"`` reproduces CRAFT.
-        ``fast_path="auto"`` collapses an affine ``h`` to one vector per input (identical
-        results, no pass through ``h`` per mask); ``True`` requires it, ``False`` disables it.
-        The collapse is checked against ``h`` on 64 seeded rows of the design; where they
-        disagree, ``h`` scores every mask itself (``params["fast_path"]`` is then False and
-        ``params["fast_path_rejected"]`` is ``"design"``). A score that varies by no more than
+        ``fast_path="auto"`` collapses an affine ``h`` to one vector per input (no pass
+        through ``h`` per mask); ``True`` requires it, ``False`` disables it. The collapse is
+        used only where it matches ``h``, each input within a tolerance of its own (``1e-4``
+        of that input's score range, ``1e-9`` for float64 heads, plus rounding): on a probe
+        of a few inputs (random masks and the corners of the mask cube), on every input with
+        all concepts kept and on two seeded random masks of its own, and on 64 seeded rows of
+        the design. Where every check passes, the results are those of ``fast_path=False``
+        up to that tolerance (a nonlinearity confined to a thin region of the mask cube that
+        no checked mask reaches can still pass); otherwise ``h`` scores every mask itself
+        (``params["fast_path"]`` is then False, and ``params["fast_path_rejected"]`` is
+        ``"design"`` when only the design rows disagreed). A score that varies by no more than
         a couple of rounding steps of ``h``'s output dtype at its magnitude is constant: its
         indices are 0, with a warning.
         Sobol also accepts ``order="first"`` (Saltelli 2010; evaluates ``B`` too).
@@ -382,7 +390,7 @@ def concept_importance(h: Any, activations: Any, bank: Any, class_id: int,
     memory_budget : int
         Bytes of reconstructed activations per call of ``h`` (default 256 MiB).
     seed : int or None
-        Seeds designs, masks and the affinity probe; the same seed gives the same result.
+        Seeds designs, masks and the affinity checks; the same seed gives the same result.
         None draws one from fresh entropy; ``params["seed"]`` records the seed used either way.
     device : str, torch.device or None
         Where ``h`` runs; defaults to the device of ``h``'s parameters.

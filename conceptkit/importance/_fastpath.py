@@ -9,18 +9,23 @@ closed form ``beta_ij^2 / sum_j beta_ij^2`` for independent, identically distrib
 Affinity is decided numerically, never from the module's structure: on a few real inputs,
 random masks ``m1``, ``m2`` in ``[0, 1]^k`` must satisfy
 ``h(A(a m1 + (1 - a) m2)) = a h(A(m1)) + (1 - a) h(A(m2))`` and
-``h(A(l m1)) = l h(A(m1)) + (1 - l) h(A(0))`` up to ``1e-4`` (heads of 32 bits or fewer;
-``1e-9`` for float64) of the range of the probed scores, plus rounding at the scores'
-magnitude. The coefficients are then checked once more against ``h`` on the probe masks —
-the random ones and the corners of the mask cube: no concept, each concept alone and each
-concept removed alone, dealt out over the probed inputs (a kink in a corner that random masks
-rarely reach shows there) — which also catches a head whose autograd graph does not
-match its forward pass; in that case ``beta`` is recomputed from forward passes (``k + 1`` per
-input). Then the collapse must predict ``h`` on every input with all its concepts kept, so
+``h(A(l m1)) = l h(A(m1)) + (1 - l) h(A(0))``. Every comparison is made per input, against a
+tolerance of that input's own: ``1e-4`` (heads of 32 bits or fewer; ``1e-9`` for float64) of
+the range of its own scores, plus rounding at its own scores' magnitude. One input's large
+level or range therefore cannot hide a nonlinearity in the others. The coefficients are then
+checked once more against ``h`` on the probe masks — the random ones and the corners of the
+mask cube: no concept, each concept alone and each concept removed alone, dealt out over the
+probed inputs (a kink in a corner that random masks rarely reach shows there) — which also
+catches a head whose autograd graph does not match its forward pass; in that case ``beta`` is
+recomputed from forward passes (``k + 1`` per input). Then the collapse must predict ``h`` on
+every input, with all its concepts kept and on two seeded random masks inside the cube, so
 that an input the probe did not draw, and that ``h`` treats otherwise (saturates, say), is not
 given the affine inputs' importances. Last, Sobol checks the collapse against ``h`` on rows of
 the design it estimated from (:class:`DesignCheck`) and falls back to ``h`` itself when they
 disagree.
+
+These are checks on finitely many masks, not a proof: a nonlinearity confined to a thin region
+of the mask cube that none of the checked masks reaches can still pass.
 """
 
 from __future__ import annotations
@@ -78,15 +83,37 @@ class AffineHead:
         return self._intercept(inputs) + np.concatenate(blocks, axis=-1)
 
 
-def _tolerance(problem: ConceptProblem, values: np.ndarray) -> float:
-    # Relative to how much the score moves between probes (not to its level, so that a large
-    # constant offset cannot hide a nonlinearity), plus the rounding of the head's dtype (the
-    # coarser of its activations' and its output's: bfloat16 and float16 heads included).
+def _tolerance(problem: ConceptProblem, values: np.ndarray,
+               spread: np.ndarray | None = None) -> np.ndarray:
+    """``(n_sel,)``: each input's own tolerance, from its own scores ``values`` ``(n_sel, M)``.
+
+    Relative to how much that input's score moves (``spread``, by default the range of its
+    ``values``; not to its level, so that a large constant offset cannot hide a nonlinearity,
+    and not to other inputs' ranges, so that one input whose concepts move the score a lot
+    cannot hide a nonlinearity in the others), plus the rounding of the head's dtype (the
+    coarser of its activations' and its output's: bfloat16 and float16 heads included) at that
+    input's own magnitude.
+    """
     float64 = problem.codes.dtype == torch.float64 and problem.output_dtype == torch.float64
     rtol = 1e-9 if float64 else 1e-4
     eps = max(float(torch.finfo(problem.codes.dtype).eps),
               float(torch.finfo(problem.output_dtype).eps))
-    return rtol * float(np.ptp(values)) + 4 * eps * float(np.abs(values).max()) + 1e-30
+    if spread is None:
+        spread = np.ptp(values, axis=1)
+    return rtol * spread + 4 * eps * np.abs(values).max(axis=1) + 1e-30
+
+
+def _collapse_tolerance(problem: ConceptProblem, head: AffineHead, inputs: np.ndarray | None,
+                        real: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Each input's tolerance for the collapse against ``h`` on a few masks (``(n_sel, r)``
+    scores, ``r`` as small as one): its range is that of its scores over the whole mask cube
+    under the collapse, ``sum_j |beta_ij|`` (or what ``h`` and the collapse showed on these
+    masks, if more), and its magnitude includes its score with no concept."""
+    beta = head.beta if inputs is None else head.beta[inputs]
+    intercept = head._intercept(inputs)
+    values = np.concatenate([real, predicted, intercept], axis=1)
+    spread = np.maximum(np.abs(beta).sum(axis=1), np.ptp(values, axis=1))
+    return _tolerance(problem, values, spread)
 
 
 def _probe(problem: ConceptProblem, rng: np.random.Generator):
@@ -127,13 +154,16 @@ def _beta_from_forward(problem: ConceptProblem, intercept: np.ndarray) -> np.nda
 
 
 def fit_affine(problem: ConceptProblem, rng: np.random.Generator) -> AffineHead | None:
-    """The affine collapse of ``h`` for this problem, or None if ``h`` is not affine."""
+    """The affine collapse of ``h`` for this problem, or None if ``h`` is not affine.
+
+    ``rng`` draws the probe first, then the masks of the check on every input: the probe's
+    draws are as they were before that check existed."""
     inputs, masks, alpha, scale = _probe(problem, rng)
     y = problem.scores(masks, inputs, desc="affinity probe")     # (n_probe, 5 + corners)
-    tol = _tolerance(problem, y)
+    tol = _tolerance(problem, y)                                 # (n_probe,), per input
     mixed_error = np.abs(y[:, 2] - (alpha * y[:, 0] + (1 - alpha) * y[:, 1]))
     scaled_error = np.abs(y[:, 3] - (scale * y[:, 0] + (1 - scale) * y[:, 4]))
-    if max(mixed_error.max(), scaled_error.max()) > tol:
+    if np.any(np.maximum(mixed_error, scaled_error) > tol):
         return None
     if problem.residual is None:
         intercept = np.full(problem.n_inputs, float(y[:, 4].mean()))
@@ -146,23 +176,32 @@ def fit_affine(problem: ConceptProblem, rng: np.random.Generator) -> AffineHead 
         if beta is None:
             continue
         head = AffineHead(beta=beta, intercept=intercept)
-        if np.abs(head.scores(masks, inputs) - y).max() <= tol:
-            return head if _holds_on_every_input(problem, head, y) else None
+        if np.all(np.abs(head.scores(masks, inputs) - y).max(axis=1) <= tol):
+            return head if _holds_on_every_input(problem, head, rng) else None
     return None
 
 
-def _holds_on_every_input(problem: ConceptProblem, head: AffineHead, probed: np.ndarray) -> bool:
+#: Seeded random masks inside the mask cube on which every input checks the collapse.
+N_INTERIOR_CHECKS = 2
+
+
+def _holds_on_every_input(problem: ConceptProblem, head: AffineHead,
+                          rng: np.random.Generator) -> bool:
     """Whether the collapse also predicts ``h`` on the inputs the probe did not draw.
 
     The probe decides affinity on a few inputs; an input the head treats otherwise (one that
-    saturates it, say) would get the affine inputs' importances. Each input's own score, with
-    every concept kept, is checked against the collapse (no random draw, so the caller's random
-    stream is unchanged): one pass of ``h`` per input, against thousands for the estimator.
+    saturates it, say) would get the affine inputs' importances. Each input's score with every
+    concept kept and on :data:`N_INTERIOR_CHECKS` random masks of its own inside the mask cube
+    (drawn from ``rng`` after the probe) is checked against the collapse, each input against
+    its own tolerance: ``1 + N_INTERIOR_CHECKS`` passes of ``h`` per input, against
+    ``n_designs (k + 1)`` for the Sobol estimator.
     """
-    masks = np.ones((1, problem.n_concepts))
-    y = problem.scores(masks, desc="affinity on every input")            # (n, 1)
-    tol = _tolerance(problem, np.concatenate([probed.ravel(), y.ravel()]))
-    return bool(np.abs(head.scores(masks) - y).max() <= tol)
+    n, k = problem.n_inputs, problem.n_concepts
+    masks = np.concatenate([np.ones((n, 1, k)), rng.random((n, N_INTERIOR_CHECKS, k))], axis=1)
+    real = problem.scores(masks, desc="affinity on every input")        # (n, 1 + checks)
+    predicted = head.scores(masks)
+    tol = _collapse_tolerance(problem, head, None, real, predicted)
+    return bool(np.all(np.abs(real - predicted).max(axis=1) <= tol))
 
 
 def rounding_constant(head: AffineHead, problem: ConceptProblem, rounding: float) -> np.ndarray:
@@ -213,10 +252,11 @@ class DesignCheck:
                 self.masks[int(i)] = design[self.rows[slot]]
 
     def holds(self) -> bool:
-        """Whether ``h`` scores the collected rows as the collapse does."""
+        """Whether ``h`` scores the collected rows as the collapse does, each input within its
+        own tolerance."""
         inputs = np.array(sorted(self.masks), dtype=np.int64)
         masks = np.stack([self.masks[int(i)] for i in inputs])          # (n_chk, r, k)
         real = self.problem.scores(masks, inputs, desc="affinity on the design")
         predicted = self.head.scores(masks.astype(np.float64), inputs)
-        tol = _tolerance(self.problem, np.concatenate([real.ravel(), predicted.ravel()]))
-        return bool(np.abs(real - predicted).max() <= tol)
+        tol = _collapse_tolerance(self.problem, self.head, inputs, real, predicted)
+        return bool(np.all(np.abs(real - predicted).max(axis=1) <= tol))

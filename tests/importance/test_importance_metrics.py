@@ -153,7 +153,8 @@ class CountingHead(nn.Module):
 @pytest.mark.parametrize("make_metric", [CDeletion, CInsertion, lambda **kw: CMuFidelity(seed=0, **kw)])
 def test_fast_path_gives_the_metric_of_h_itself(make_metric):
     # An affine head is collapsed to one vector per input: same values as running h on every
-    # masked reconstruction, with a few probing passes of h instead of one per mask and input.
+    # masked reconstruction, with a few probing passes of h instead of one per mask and input
+    # (the probe, and the collapse checked on three masks of every input: 150 rows here).
     head, acts, bank, beta, _ = linear_setup(n=30)
     importances = beta + np.random.default_rng(2).normal(scale=0.3, size=beta.shape)
     counted = CountingHead(head)
@@ -163,7 +164,7 @@ def test_fast_path_gives_the_metric_of_h_itself(make_metric):
     np.testing.assert_allclose(fast.per_input, slow.per_input, atol=1e-5)
     if slow.curves is not None:
         np.testing.assert_allclose(fast.curves, slow.curves, atol=1e-5)
-    assert fast_rows < 100 < counted.rows
+    assert fast_rows <= 150 < counted.rows
     # A nonlinear head is never collapsed: "auto" falls back to h, True refuses it.
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8), nn.Tanh(),
