@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .._validation import describe, make_rng
+from .._validation import check_not_meta, describe, make_rng
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -33,6 +33,7 @@ def as_tensor(value: Any, name: str) -> torch.Tensor:
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or numpy array; got {describe(value)}.")
+    check_not_meta(value, name)  # shapes without values: refused before torch reads them
     return value
 
 
@@ -162,6 +163,8 @@ class CBMData:
         loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, num_workers=0,
                             collate_fn=self._collate)
         for x, c, y in loader:
+            for value, what in ((x, "inputs (x)"), (c, "concepts"), (y, "labels")):
+                check_not_meta(value, f"{self.name} {what}")
             if y.is_floating_point():  # .long() would truncate 2.7 to class 2
                 raise TypeError(f"`{self.name}` labels must hold integer class indices; the "
                                 f"Dataset yields {y.dtype} values such as {float(y.flatten()[0])}.")

@@ -47,7 +47,13 @@ from ..extraction import ActivationExtractor
 from ..io import load_file, loading, save_file
 from ._data import as_tensor, check_concepts, check_labels
 from ._identity import check_identity, fitted_identity, read_identity
-from ._intervene import InterventionCurve, _check_groups
+from ._intervene import (
+    RANDOM_SEED,
+    RANDOM_TRIALS,
+    InterventionCurve,
+    _check_groups,
+    refuse_random_arguments,
+)
 from ._model import CBMOutput, warn_repeated
 from ._sparse import check_l1_ratio, check_path, elastic_net_path, nnz_per_class
 
@@ -390,7 +396,7 @@ class DiscoveredCBM(BaseEstimator):
     def intervention_curve(self, images: Any = None, concept_values: Any = None,
                            labels: Any = None, *, mask: Any = None,
                            groups: list[list[int]] | None = None, policy: str = "random",
-                           n_trials: int = 5, seed: int = 0,
+                           n_trials: int | None = None, seed: int | None = None,
                            activations: Any = None) -> InterventionCurve:
         """Task accuracy as concept groups are set to their true values, one group at a time.
 
@@ -410,10 +416,12 @@ class DiscoveredCBM(BaseEstimator):
         :meth:`true_concepts`) from one that is absent, and would set it to "absent". Pass
         ``mask=torch.ones(K, dtype=torch.bool)`` when every concept has a true value.
 
-        ``policy``: ``"random"`` (seeded orders, mean ± std over ``n_trials``) or
-        ``"importance"`` (per image, the groups with the largest ``|W[ŷ, j]|`` first).
+        ``policy``: ``"random"`` (``n_trials`` orders, default 5, drawn with ``seed``, default
+        0; mean ± std over them) or ``"importance"`` (per image, the groups with the largest
+        ``|W[ŷ, j]|`` first; deterministic, so ``n_trials`` and ``seed`` are refused).
         """
         check_choice(policy, "policy", ("random", "importance"))
+        refuse_random_arguments(policy, n_trials=n_trials, seed=seed)
         values, mask = _split_truth(concept_values, mask)
         Z = self.transform(images, activations=activations)
         true = self.true_to_bottleneck(values)
@@ -456,9 +464,10 @@ class DiscoveredCBM(BaseEstimator):
             membership[g, members] = True
         n = Z.shape[0]
         if policy == "random":
-            rng = make_rng(seed)
+            rng = make_rng(RANDOM_SEED if seed is None else seed)
+            trials = RANDOM_TRIALS if n_trials is None else n_trials
             orders = [torch.as_tensor(rng.permutation(len(groups))).expand(n, -1)
-                      for _ in range(check_int(n_trials, "n_trials", minimum=1))]
+                      for _ in range(check_int(trials, "n_trials", minimum=1))]
         else:
             predicted = self.predict_from_concepts(Z).argmax(1)
             weight = self.weight_.abs()[predicted]                                  # (N, K)

@@ -28,6 +28,20 @@ from ._data import as_cbm_data, as_inputs, as_tensor, check_concepts
 from ._model import CBMOutput, ConceptBottleneckModel, check_cbm, check_inputs
 
 POLICIES = ("random", "uncertainty", "importance")
+#: The random policy's number of orders and seed when ``n_trials`` / ``seed`` are left out.
+RANDOM_TRIALS, RANDOM_SEED = 5, 0
+
+
+def refuse_random_arguments(policy: str, **given: Any) -> None:
+    """Refuse ``n_trials`` / ``seed`` given (not None) to a policy other than ``"random"``: a
+    deterministic policy takes one order per example and would ignore them without a word."""
+    named = [f"`{name}`" for name, value in given.items() if value is not None]
+    if policy == "random" or not named:
+        return
+    raise ValueError(f"{' and '.join(named)} set{'s' if len(named) == 1 else ''} the random "
+                     f"orders of policy='random'; policy={policy!r} is deterministic (one order "
+                     f"per example) and would ignore {'it' if len(named) == 1 else 'them'}. "
+                     f"Leave {' and '.join(named)} out, or use policy='random'.")
 
 
 @dataclass(frozen=True)
@@ -148,8 +162,8 @@ def _group_scores(policy: str, model: ConceptBottleneckModel, out: CBMOutput,
 
 
 def intervention_curve(model: ConceptBottleneckModel, data: Any, *, policy: str = "random",
-                       groups: list[list[int]] | None = None, n_trials: int = 5, seed: int = 0,
-                       batch_size: int = 256, device: Any = None,
+                       groups: list[list[int]] | None = None, n_trials: int | None = None,
+                       seed: int | None = None, batch_size: int = 256, device: Any = None,
                        progress: bool = False) -> InterventionCurve:
     """Task accuracy as true concept values replace predicted ones, group by group.
 
@@ -162,10 +176,11 @@ def intervention_curve(model: ConceptBottleneckModel, data: Any, *, policy: str 
         Order of intervention (see the module notes).
     groups : list of list of int, optional
         Concept groups replaced together; default each concept its own group.
-    n_trials : int
-        Random orders to average over (``"random"`` only).
-    seed : int
-        Seed of the random orders.
+    n_trials : int, optional
+        Random orders to average over (``"random"`` only; default 5).
+    seed : int, optional
+        Seed of the random orders (``"random"`` only; default 0). The other policies are
+        deterministic and refuse ``n_trials`` and ``seed``, which would change nothing.
 
     Returns
     -------
@@ -173,8 +188,9 @@ def intervention_curve(model: ConceptBottleneckModel, data: Any, *, policy: str 
     """
     model = check_cbm(model, calibrated=True)
     policy = check_choice(policy, "policy", POLICIES)
-    n_trials = check_int(n_trials, "n_trials", minimum=1)
-    rng = make_rng(seed)
+    refuse_random_arguments(policy, n_trials=n_trials, seed=seed)
+    n_trials = check_int(RANDOM_TRIALS if n_trials is None else n_trials, "n_trials", minimum=1)
+    rng = make_rng(RANDOM_SEED if seed is None else seed)
     data = as_cbm_data(data, "data", n_concepts=model.n_concepts, n_classes=model.n_classes)
     groups = _check_groups(groups, model.n_concepts)
     out = model.predict_all(data, batch_size=batch_size, device=device, progress=progress)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
 from .._validation import check_choice, check_float, check_int, describe
 from ..io import FormatError, load_file, loading, save_file
-from ._data import as_inputs, iter_inputs, n_rows
+from ._data import CBMData, as_inputs, iter_inputs, n_rows
 
 KIND = "concept_bottleneck_model"
 FORMAT_VERSION = 1
@@ -227,13 +227,17 @@ class ConceptBottleneckModel(nn.Module):
         """
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         data = as_inputs(data, "data")
+        # a CBMData keeps the caller's argument name (leakage_score's `test_data`)
+        name = data.name if isinstance(data, CBMData) else "data"
         outs: list[CBMOutput] = []
         # on `device` for the call only: the model goes back where it was, also on failure
         with preserved_model_state(self), on_device(self, device) as dev:
             total = -(-n_rows(data) // batch_size)
             dtype = model_dtype(self)  # floating inputs of any precision (float64 features)
-            for x in tqdm(iter_inputs(data, batch_size), total=total, disable=not progress,
-                          desc="CBM inference", leave=False):
+            for i, x in enumerate(tqdm(iter_inputs(data, batch_size), total=total,
+                                       disable=not progress, desc="CBM inference", leave=False)):
+                if i == 0:  # inputs the encoder cannot take: an error naming them, not torch's
+                    check_inputs(self, x, name)
                 out = self(x.to(dev, dtype))
                 outs.append(CBMOutput(*(t.cpu() for t in out)))
         return CBMOutput(*(torch.cat(parts) for parts in zip(*outs)))

@@ -39,6 +39,7 @@ def concept_class_weights(model: ConceptBottleneckModel,
     respect to the bottleneck averaged over ``concepts`` (bottleneck values ``(N, k)``; default a
     single point at 0.5 for sigmoid bottlenecks, the calibrated midpoint for logit ones).
     """
+    model = check_cbm(model)
     if model.head_kind == "linear":
         return model.head.weight.detach().cpu().double().numpy()
     if concepts is None:

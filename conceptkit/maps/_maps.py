@@ -32,7 +32,14 @@ from .._torchutils import (
     on_device,
     preserved_model_state,
 )
-from .._validation import check_choice, check_float, check_images, check_int, describe
+from .._validation import (
+    check_choice,
+    check_float,
+    check_images,
+    check_int,
+    check_not_meta,
+    describe,
+)
 from ..concepts import ConceptBank
 from ..extraction._extractor import TokenLayout, infer_prefix_tokens, tokens_to_maps
 from ..extraction._layers import get_layer, unwrap_model
@@ -93,6 +100,7 @@ def coefficient_maps(activations: Any, bank: ConceptBank, image_size: Any = None
     """
     activations, bank = _data_then_bank(activations, bank, "coefficient_maps", "activations")
     activations = _as_tensor(activations, "activations")
+    check_not_meta(activations, "activations")
     if activations.ndim != 4:
         raise ValueError(f"`activations` must be feature maps (N, C, h, w); got shape "
                          f"{tuple(activations.shape)}.")
@@ -193,6 +201,22 @@ def _as_maps(output: torch.Tensor, n: int, model: nn.Module, layout: TokenLayout
     return tokens_to_maps(output, infer_prefix_tokens(model, output.shape[1]))
 
 
+def _images_error(err: Exception, x: torch.Tensor, model: nn.Module, preprocess: Any) -> ValueError:
+    """``images`` that ``model`` (after ``preprocess``) cannot take, e.g. one channel for a
+    colour model: an error naming them and the model, with a hint for the usual mistakes (as
+    ``conceptkit.extraction`` says it), not torch's error from deep inside the model."""
+    hint = ""
+    if x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        hint = (f" The images look channels-last (N, H, W, C) = {tuple(x.shape)}; conceptkit "
+                f"takes (N, C, H, W): pass images.permute(0, 3, 1, 2).")
+    elif x.ndim == 4 and x.shape[1] == 1 and "channel" in str(err):
+        hint = (" The images have one channel; for a model of colour images pass "
+                "images.expand(-1, 3, -1, -1).")
+    through = ("`preprocess` and " if preprocess is not None else "") + type(model).__name__
+    return ValueError(f"`images` (an example of shape {tuple(x.shape)}) cannot be run through "
+                      f"{through}: {type(err).__name__}: {str(err).rstrip('.')}.{hint}")
+
+
 def _decided_layout(model: nn.Module, module: nn.Module, first: torch.Tensor, name: str,
                     preprocess: Any = None) -> tuple[TokenLayout, tuple[int, ...] | None]:
     """The token layout of ``module``, read off one image ``first`` (1, C, H, W) before any
@@ -212,7 +236,9 @@ def _decided_layout(model: nn.Module, module: nn.Module, first: torch.Tensor, na
             if is_size_error(err):
                 raise size_error(err, run, first, "images", f"{type(inner).__name__} up to {name}",
                                  inner) from err
-            raise
+            if isinstance(err, torch.cuda.OutOfMemoryError):  # not the images' fault
+                raise
+            raise _images_error(err, first, inner, preprocess) from err
     out = out[0] if isinstance(out, (tuple, list)) else out
     if not isinstance(out, torch.Tensor):
         return layout, None
@@ -417,16 +443,41 @@ def pixel_maps(model: nn.Module, images: torch.Tensor, bank: ConceptBank, *,
     return maps if size is None else upsample(maps, size)
 
 
+def _fitted_images(bank: ConceptBank) -> int | None:
+    """How many images ``bank`` was fitted on, where its provenance tells: the segment label
+    maps kept for every image (ACE), or the last image with a row for CRAFT and ICE, whose every
+    image gives rows (all its crops, all its cells). None for a bank built by hand."""
+    prov = bank.provenance
+    if prov.kind == "segment" and prov.label_maps is not None:
+        return int(prov.label_maps.shape[0])
+    if (bank.method, prov.kind) in (("craft", "crop"), ("ice", "position")):
+        return int(prov.image_ids.max()) + 1
+    return None
+
+
 def provenance_maps(bank: ConceptBank, n_images: int | None = None, reduce: str = "mean") -> torch.Tensor:
     """Paint the fitted rows' codes back onto their source images: ``(N, k, H, W)``.
 
     Each pixel gets the mean (or max) code of the crops / segments / cells that cover it.
-    Pixels covered by nothing get 0.
+    Pixels covered by nothing get 0. ``n_images`` (default: up to the last image with a fitted
+    row) cannot exceed the number of images the bank was fitted on, where that is known (every
+    image gives CRAFT its crops and ICE its cells; ACE keeps every image's segment labels).
     """
+    if not isinstance(bank, ConceptBank):
+        hint = (" (an explanation? pass its `.bank`)"
+                if isinstance(getattr(bank, "bank", None), ConceptBank) else "")
+        raise TypeError(f"`bank` must be a ConceptBank, as returned by discovery; got "
+                        f"{describe(bank)}{hint}.")
     check_choice(reduce, "reduce", ["mean", "max"])
     prov = bank.provenance
     needed = int(prov.image_ids.max()) + 1
     n = needed if n_images is None else check_int(n_images, "n_images", minimum=needed)
+    fitted = _fitted_images(bank)
+    if fitted is not None and n > fitted:
+        raise ValueError(f"`n_images` must be at most {fitted}, the number of images this bank "
+                         f"was fitted on; got {n}. No fitted row covers the images after them, "
+                         f"so their maps would be all zero. Leave `n_images` out for the "
+                         f"fitted images' maps.")
     height, width = prov.source_size
     codes = bank.codes.numpy().astype(np.float32)
     k = codes.shape[1]

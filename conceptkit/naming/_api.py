@@ -450,7 +450,7 @@ def name_by_classes(concepts: Any, images: Any = None, *, model: nn.Module | Non
         from .._validation import check_images
         from ..extraction import ActivationExtractor
 
-        images = check_images(images, "images", channels=3)
+        images = check_images(images, "images", channels=3, pixels=True)
         # the layer's patch tokens of new images would be encoded with a dictionary of CLS
         # tokens (an explanation with tokens="cls"): refused, as for a bare bank
         refuse_cls_concepts(source.bank, "naming by classes with `images`")

@@ -13,18 +13,58 @@ flagged (:attr:`ConceptName.below_chance`, a ``!`` in the table, a note).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import rankdata
+
+from .._validation import check_not_meta, describe, to_numpy
 
 #: The trust (AUC) of a concept whose activation tells nothing of the named thing.
 CHANCE = 0.5
 
 
-def activation_auc(activations: np.ndarray, positive: np.ndarray) -> float | None:
+def _vector(values: Any, name: str) -> np.ndarray:
+    """``values`` as a 1-D numeric numpy array (a numpy array, a tensor or a list)."""
+    check_not_meta(values, name)
+    try:
+        array = to_numpy(values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"`{name}` must be a 1-D array of numbers; got {describe(values)} "
+                        f"({err}).") from err
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"`{name}` must be a 1-D array of numbers; got {describe(values)}.")
+    if array.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D, one value per image; got shape "
+                         f"{array.shape}.")
+    return array
+
+
+def activation_auc(activations: Any, positive: Any) -> float | None:
     """AUC of ``activations (N,)`` separating ``positive (N,)`` images from the rest.
 
-    None when one side is empty (nothing to compare).
+    ``activations``: finite numbers, one per image; ``positive``: booleans (or 0 / 1), one per
+    image, True for the images that show the named thing. None when one side is empty
+    (nothing to compare).
     """
+    values = _vector(activations, "activations")
+    flags = _vector(positive, "positive")
+    if flags.shape != values.shape:
+        raise ValueError(f"`positive` must hold one flag per image of `activations` "
+                         f"({values.shape[0]}); got {flags.shape[0]}.")
+    if not np.isfinite(values.astype(np.float64)).all():
+        raise ValueError("`activations` contains NaN or Inf values; the AUC ranks them and "
+                         "would be meaningless.")
+    if flags.dtype.kind != "b":
+        if not np.isin(flags, (0, 1)).all():
+            odd = np.unique(flags[~np.isin(flags, (0, 1))])[:5].tolist()
+            raise ValueError(f"`positive` must be booleans or 0 / 1 (True for the images that "
+                             f"show the named thing); got values such as {odd}.")
+    return _auc(values, flags.astype(bool))
+
+
+def _auc(activations: np.ndarray, positive: np.ndarray) -> float | None:
+    """:func:`activation_auc` of checked inputs (the probe's own summaries and targets)."""
     positive = np.asarray(positive, dtype=bool)
     n_pos = int(positive.sum())
     n_neg = int(positive.size - n_pos)
@@ -40,5 +80,5 @@ def trust_scores(summaries: np.ndarray, names: list[str | None],
     out: list[float | None] = []
     for j, name in enumerate(names):
         positive = targets.get(name) if name is not None else None
-        out.append(None if positive is None else activation_auc(summaries[:, j], positive))
+        out.append(None if positive is None else _auc(summaries[:, j], positive))
     return out
