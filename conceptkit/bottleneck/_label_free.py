@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._deprecation import current_names, renamed_arguments, warn_deprecated
-from .._torchutils import on_device, preserved_model_state
+from .._torchutils import model_dtype, on_device, preserved_model_state
 from .._validation import (
     check_float,
     check_images,
@@ -74,13 +74,21 @@ def cubed_cosine_similarity(target: torch.Tensor, output: torch.Tensor) -> torch
 
 def backbone_features(backbone: nn.Module, images: torch.Tensor, *, batch_size: int,
                       device: torch.device, progress: bool) -> torch.Tensor:
-    """Backbone outputs ``(N, d)``; spatial maps ``(N, C, h, w)`` are average-pooled."""
+    """Backbone outputs ``(N, d)``; spatial maps ``(N, C, h, w)`` are average-pooled.
+
+    Images are cast to the backbone's dtype (a float64 backbone gets float64 images); the
+    features come back as float32.
+    """
     out = []
+    dtype = model_dtype(backbone)
     # the user's backbone stays where it was
     with preserved_model_state(backbone), on_device(backbone, device), torch.no_grad():
         for start in tqdm(range(0, len(images), batch_size), disable=not progress,
                           desc="backbone features", leave=False):
-            feats = backbone(images[start:start + batch_size].to(device))
+            batch = images[start:start + batch_size].to(device)
+            if batch.is_floating_point():  # a no-op for a float32 backbone
+                batch = batch.to(dtype)
+            feats = backbone(batch)
             if isinstance(feats, torch.Tensor) and feats.ndim == 4:
                 feats = feats.mean((2, 3))
             if not isinstance(feats, torch.Tensor) or feats.ndim != 2:

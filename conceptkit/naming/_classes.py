@@ -20,14 +20,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state
+from .._torchutils import model_device, model_dtype, preserved_model_state
 
 
 def _call(h: nn.Module, acts: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     out = h(acts) if context is None else h(acts, context)
     if isinstance(out, (tuple, list)):
         out = out[0]
-    return out.float()
+    # at least float32 (a float64 model's logits stay float64); float32 logits as they are
+    return out.to(torch.promote_types(out.dtype, torch.float32))
 
 
 def logit_gains(h: nn.Module, activations: torch.Tensor, codes: torch.Tensor,
@@ -36,22 +37,25 @@ def logit_gains(h: nn.Module, activations: torch.Tensor, codes: torch.Tensor,
     """``(k, n_classes)`` mean logit gain of every concept (see the module notes).
 
     ``activations (N, C, h, w)`` or ``(N, C)``, ``codes`` their concept codes ``(N, k, h, w)`` or
-    ``(N, k)``, ``components (k, C)``.
+    ``(N, k)``, ``components (k, C)``. Activations, codes and components are cast to ``h``'s
+    dtype (float32 for a float32 model, float64 for a float64 one).
     """
     k = components.shape[0]
-    device = model_device(h)
+    device, dtype = model_device(h), model_dtype(h)
     total = None
     n = activations.shape[0]
     with preserved_model_state(h), torch.no_grad():
         starts = range(0, n, batch_size)
         for start in tqdm(starts, disable=not progress, desc="logit gains", leave=False):
-            acts = activations[start:start + batch_size].to(device).float()
-            code = codes[start:start + batch_size].to(device).float()
+            acts = activations[start:start + batch_size].to(device=device, dtype=dtype)
+            code = codes[start:start + batch_size].to(device=device, dtype=dtype)
             ctx = None if context is None else context[start:start + batch_size].to(device)
+            if ctx is not None and ctx.is_floating_point():
+                ctx = ctx.to(dtype)  # the prefix tokens join the activations' tokens
             base = _call(h, acts, ctx)
             rows = []
             for j in range(k):
-                w = components[j].to(device).float()
+                w = components[j].to(device=device, dtype=dtype)
                 if acts.ndim == 4:
                     part = code[:, j:j + 1] * w[None, :, None, None]
                 else:

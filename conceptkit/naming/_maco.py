@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .._deprecation import renamed_arguments
 from .._reprs import dataclass_repr
-from .._torchutils import capture_output, on_device, preserved_model_state
+from .._torchutils import capture_output, model_dtype, on_device, preserved_model_state
 from .._validation import check_float, check_images, check_int, describe
 from ..concepts import ConceptBank
 from ..extraction._extractor import (
@@ -157,9 +157,15 @@ def signed_coefficients(bank: ConceptBank, pooled: torch.Tensor) -> torch.Tensor
 
 def crop_activations(model: nn.Module, layer: str, crops: torch.Tensor,
                      preprocess: Callable | None = None) -> torch.Tensor:
-    """Spatially averaged activations ``(n, C)`` at ``layer`` of crops at the model's input size."""
+    """Spatially averaged activations ``(n, C)`` at ``layer`` of crops at the model's input size.
+
+    The crops are cast to the model's dtype (a float64 model gets float64 inputs); the
+    activations come back as float32, as the concept bank encodes them.
+    """
     _, module = get_layer(model, layer, "bank.layer")
     inputs = preprocess(crops) if preprocess is not None else crops
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+        inputs = inputs.to(model_dtype(model))  # differentiable; a no-op for a float32 model
     output = capture_output(model, module, inputs)
     if output is None:
         raise ValueError(f"the layer {layer!r} never ran in the model's forward pass.")
@@ -242,7 +248,7 @@ def visualize_concept(model: nn.Module, bank: ConceptBank, concept: int, images:
         raise ValueError(f"MACO draws RGB images (3 channels), and `model` takes {wanted}-channel "
                          f"inputs (its first layer): visualize_concept cannot draw its concepts. "
                          f"Show their exemplars or maps instead.")
-    images = check_images(images, "images", channels=3)
+    images = check_images(images, "images", channels=3, pixels=True)
     steps = check_int(steps, "steps", minimum=1)
     input_size = check_int(input_size if input_size is not None else min(images.shape[-2:]),
                            "input_size", minimum=8)
@@ -286,7 +292,8 @@ def _optimise(model: nn.Module, bank: ConceptBank, concept: int, images: torch.T
     optimiser = torch.optim.NAdam([phase], lr=lr)
     transparency = torch.zeros(size, size, device=device)
     history = np.zeros(steps)
-    with preserved_model_state(model):
+    # the phase is optimised by gradients, also when the caller runs under torch.no_grad()
+    with preserved_model_state(model), torch.enable_grad():
         model.requires_grad_(False)  # gradients flow to the image only (flags restored after)
         bar = tqdm(range(steps), disable=not progress, desc=f"MACO concept {concept}", leave=False)
         for step in bar:
