@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -113,7 +114,10 @@ class Evaluation:
         Per class the full results (``.reliance``, ``.localisation``, ``.deletion``).
     settings : dict
         How the evaluation was run; ``settings["model"]`` says which model was evaluated (the
-        explanation's own, the one given with the data, or ``world.model()``).
+        explanation's own, the one given with the data, or ``world.model()``), and
+        ``settings["n_images"]`` on how many images each class was (one number, or
+        ``{class_id: n}`` where the classes differ; a World of one's own need not give
+        ``n_per_class``).
     """
 
     rows: tuple[dict, ...]
@@ -218,11 +222,16 @@ def _field(data: Any, *names: str) -> Any:
     return None
 
 
-def _as_data(data: Any) -> _Data:
+def _as_data(data: Any, sampled: bool = False) -> _Data:
+    """The data of a ``(model, data)`` pair, or what a World's ``sample`` returned (``sampled``)."""
     images, labels, masks = (_field(data, "images"), _field(data, "labels"),
                              _field(data, "masks"))
     missing = [name for name, value in (("images", images), ("labels", labels),
                                         ("masks", masks)) if value is None]
+    if missing and sampled:
+        raise TypeError(f"`world.sample` returned data without "
+                        f"{' or '.join(f'`{n}`' for n in missing)}; it must be "
+                        f"{SAMPLE_CONTRACT}; got {describe(data)}.")
     if missing:
         raise TypeError(f"`world` must give data with `images` (N, 3, H, W), `labels` (N,) and "
                         f"part `masks` (N, P, H, W) (a ConceptDataset, a World's sample, or a "
@@ -260,8 +269,13 @@ def _check_class_concepts(class_concepts: Any, n_parts: int) -> list | None:
 
 
 def _classes(explanation: Any) -> dict[int, Any]:
-    if hasattr(explanation, "importances") and hasattr(explanation, "class_id"):
+    if hasattr(explanation, "importances") and getattr(explanation, "class_id", None) is not None:
         return {int(explanation.class_id): explanation}
+    if (hasattr(explanation, "importances") and hasattr(explanation, "concept_maps")
+            and not isinstance(explanation, Mapping) and not hasattr(explanation, "classes_")):
+        raise TypeError(f"`explanation` has no `class_id`; set it or pass {{class_id: "
+                        f"explanation}} (the class whose images and score it is evaluated on); "
+                        f"got {describe(explanation)}.")
     if hasattr(explanation, "classes_") and isinstance(explanation.classes_, Mapping):
         explanation = explanation.classes_
     if isinstance(explanation, Mapping):
@@ -296,6 +310,13 @@ def _model_and_data(world: Any, n_per_class: int, seed: int,
     """The model a ``(model, data)`` pair gives (None for a World), the data, and for a World
     the (cached) ``world.model()``: used only for explanations that carry no model."""
     if isinstance(world, (tuple, list)) and len(world) == 2:
+        if not isinstance(world[0], nn.Module) and isinstance(world[1], nn.Module):
+            raise TypeError(f"`world` must be (model, data), model first; got (data, model): "
+                            f"({type(world[0]).__name__}, {type(world[1]).__name__}). Pass "
+                            f"evaluate(explanation, (model, data)).")
+        if not isinstance(world[0], nn.Module):
+            raise TypeError(f"`world` must be (model, data), its first item the model (a "
+                            f"torch.nn.Module); got {describe(world[0])} first.")
         return check_model(world[0]), world[1], None
     if hasattr(world, "sample") and hasattr(world, "model"):
         made: list[nn.Module] = []
@@ -307,10 +328,36 @@ def _model_and_data(world: Any, n_per_class: int, seed: int,
                 made.append(check_model(model))
             return made[0]
 
-        return None, world.sample(n_per_class, seed=seed, split=split), world_model
+        return None, _sample(world, n_per_class, seed, split), world_model
     raise TypeError(f"`world` must be a World (with `sample` and `model`, from "
                     f"conceptkit.datasets.load_world) or a pair (model, data) where data has "
                     f"images, labels and part masks; got {describe(world)}.")
+
+
+#: What ``evaluate`` expects of a World's ``sample`` (in its messages and the docs).
+SAMPLE_CONTRACT = ("sample(n_per_class, seed=..., split=...) returning an object (or dict) with "
+                   "`images` (N, 3, H, W), `labels` (N,) and part `masks` (N, P, H, W)")
+
+
+def _sample(world: Any, n_per_class: int, seed: int, split: str) -> Any:
+    """``world.sample(n_per_class, seed=seed, split=split)``, its signature checked first: a
+    user's World whose ``sample`` takes other arguments is told what is expected."""
+    sample = world.sample
+    if not callable(sample):
+        raise TypeError(f"`world.sample` must be a method {SAMPLE_CONTRACT}; got "
+                        f"{describe(sample)}.")
+    try:
+        signature = inspect.signature(sample)
+    except (TypeError, ValueError):  # no signature to read (a builtin): let the call say
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(n_per_class, seed=seed, split=split)
+        except TypeError as error:
+            raise TypeError(f"`world.sample` must be {SAMPLE_CONTRACT} (evaluate calls it so); "
+                            f"this world's is sample{signature}, which cannot take that call "
+                            f"({error}).") from None
+    return sample(n_per_class, seed=seed, split=split)
 
 
 def _class_model(cc: Any, class_id: int, given: nn.Module | None,
@@ -365,7 +412,8 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
     Parameters
     ----------
     explanation : ClassConcepts, ConceptManager or dict
-        One class's explanation, a fitted manager, or ``{class_id: explanation}``.
+        One class's explanation, a fitted manager, or ``{class_id: explanation}`` (an
+        explanation without a ``class_id`` must be passed this way).
     world : World or (model, data)
         A world from ``conceptkit.datasets.load_world`` (``world.sample(n_per_class, seed=...,
         split=...)`` supplies the images; the model is the explanation's own, its
@@ -376,7 +424,10 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
         ``class_concepts`` (the designed causal parts of each class) — any dataset with part
         masks works. A pair's model must be the explanation's (the same weights). An
         explanation loaded from disk and not attached to its model is refused (its maps of new
-        images need the model). ``settings["model"]`` says which model was used.
+        images need the model). ``settings["model"]`` says which model was used. The model
+        must return logits (a model ending in a softmax is refused). A World of one's own needs
+        ``model`` and ``sample(n_per_class, seed=..., split=...)`` returning an object or dict
+        with ``images``, ``labels`` and ``masks``.
     n_per_class, seed, split
         The world's sample. When a class's sampled images are the very images its explanation
         was fitted on (same seed and split as the fit), the fitted maps are used.
@@ -395,7 +446,8 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
     given, data, world_model = _model_and_data(world, n_per_class, seed, split)
     models = {class_id: _class_model(cc, class_id, given, world_model)
               for class_id, cc in classes.items()}  # checked before anything is measured
-    data = _as_data(data)
+    sampled = not (isinstance(world, (tuple, list)) and len(world) == 2)
+    data = _as_data(data, sampled=sampled)
     rows, details = [], {}
     for class_id, cc in tqdm(classes.items(), disable=not progress, desc="classes"):
         index = np.flatnonzero(data.labels == class_id)
@@ -416,9 +468,13 @@ def evaluate(explanation: Any, world: Any, *, n_per_class: int = 20, seed: int =
         details[class_id] = result
         rows.append(class_row(result, class_id, _class_name(cc, data, class_id),
                               _causal(data, class_id)))
-    sampled = not (isinstance(world, (tuple, list)) and len(world) == 2)
-    # n_per_class, seed and split draw a world's images; given data, they were not used
+    # n_per_class, seed and split draw a world's images; given data, they were not used.
+    # n_images: the images each class was evaluated on (a World of one's own may not give
+    # n_per_class of them); one number, or one per class where they differ
+    counts = {str(row["class_id"]): int(row["n_images"]) for row in rows}
     settings = {"n_per_class": n_per_class if sampled else None,
+                "n_images": (next(iter(counts.values())) if len(set(counts.values())) == 1
+                             else counts),
                 "seed": seed if sampled else None, "split": split if sampled else None,
                 "kind": kind,
                 "fill": next(iter(details.values())).reliance.fill, "measure": measure,

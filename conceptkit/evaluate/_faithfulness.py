@@ -34,6 +34,7 @@ from ._inputs import (
     checked_images,
     class_id_of,
     class_scores,
+    fitted_on,
     importances_of,
     model_at_layer_of,
     part_label,
@@ -232,7 +233,9 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
         head is re-run. Parts are always removed as pixels.
     reliance, localisation : optional
         Results already computed for these images (then not recomputed; their settings are
-        used, see ``fill`` and ``kind`` above).
+        used, see ``fill`` and ``kind`` above). With ``deletion`` and ``removal="pixels"`` the
+        localisation must keep its maps (``Localisation.maps``; a hand-made one without them is
+        refused: pass ``deletion=False``).
     preprocess, batch_size, device, progress
         As for :func:`reliance`; ``preprocess`` defaults to the explanation's own (that of its
         ``model_at_layer``), so that the parts are painted out of the images the model was
@@ -258,6 +261,15 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
     deletion = bool(deletion)
     if deletion and removal == "activations":  # before anything is measured
         _check_activation_removal(result, own, model, preprocess)
+    if localisation is not None:  # before anything is measured
+        _check_given(localisation, Localisation, "localisation", None)
+        if deletion and removal == "pixels" and getattr(localisation, "maps", None) is None:
+            raise ValueError("`localisation` has no maps (`localisation.maps` is None, as on a "
+                             "Localisation made by hand): the deletion curve of "
+                             "removal='pixels' paints out each concept's high-map pixels, "
+                             "which it reads from them. Pass deletion=False, or a localisation "
+                             "that has maps (conceptkit.evaluate.localisation keeps the maps it "
+                             "scored).")
     if reliance is None:
         reliance = measure_reliance(model, images, masks, class_id,
                                     "median" if fill is None else fill, part_names=names,
@@ -313,8 +325,8 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                 "every concept sits on parts of equal reliance (or on the background)")
         notes.append(f"faithfulness is undefined (NaN): {what}.")
     if not np.isfinite(part_spearman):
-        notes.append("part-level faithfulness is undefined (NaN): no concept sits on a shown "
-                     "part, or the shown parts are equally relied on.")
+        notes.append(f"part-level faithfulness is undefined (NaN): "
+                     f"{_part_nan_reason(part_importances[shown], floored[shown], reliance_floor)}.")
     curves = None
     if deletion and not shown.any():  # no part to remove: no curve to compare the concepts' with
         notes.append("no deletion curves: no image shows any part, so there is no part curve "
@@ -337,6 +349,20 @@ def faithfulness(result: Any, model: nn.Module, images: Any, masks: Any,
                         part_importances=part_importances, measure=measure, class_id=class_id, deletion=curves, reliance=reliance,
                         localisation=localisation, notes=tuple(notes),
                         spearman_significant=spearman_significant)
+
+
+def _part_nan_reason(importances: np.ndarray, reliances: np.ndarray, floor: float) -> str:
+    """Why the part-level statistics over the shown parts are NaN: which vector is constant."""
+    if importances.size < 2:
+        return (f"{'no part is' if importances.size == 0 else 'only one part is'} shown in these "
+                f"images, and a ranking needs two")
+    if np.ptp(importances) == 0:
+        if importances[0] == 0:
+            return "no concept sits on a shown part (every shown part's importance is 0)"
+        return (f"every shown part has the same importance ({importances[0]:.3g}, the summed "
+                f"importance of the concepts sitting on it)")
+    within = f" (within `reliance_floor` {floor:g} of 0)" if floor > 0 and reliances[0] == 0 else ""
+    return f"the shown parts are equally relied on ({reliances[0]:+.3g} each{within})"
 
 
 def _fill_setting(reliance: Reliance, fill: Any, blur_sigma: Any, images: torch.Tensor,
@@ -489,7 +515,7 @@ def _deletion(result, model, images, masks, importances, reliance, localisation,
             return float(scores[pick].mean())
 
         base = class_scores(model, images, class_id, preprocess=preprocess, device=where,
-                            batch_size=batch_size)
+                            batch_size=batch_size, probe=True)
         part_curve = [float(base[pick].mean())]
         removed = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
         for p in tqdm(part_order, disable=not progress, desc="deletion (parts)", leave=False):
@@ -525,9 +551,7 @@ def _activation_deletion(result, images, order, class_id, pick, batch_size, prog
         raise ValueError(f"`removal`='activations' needs the rest of the explanation's model "
                          f"after its layer (`model_at_layer.maps_head`), which it has not: "
                          f"{error} Use removal='pixels'.") from None
-    fitted = getattr(result, "images", None)
-    if (isinstance(fitted, torch.Tensor) and fitted.shape == images.shape
-            and torch.equal(fitted.cpu(), images.cpu()) and result.activations is not None):
+    if fitted_on(result, images) and getattr(result, "activations", None) is not None:
         acts, context = result.activations, getattr(result, "context", None)
     else:
         acts, context = explainer.activations(images, with_context=True)

@@ -6,10 +6,11 @@ A part is removed from an image by replacing its pixels with the fill image's pi
 - ``"median"`` — each image's own per-channel median colour (on images with a plain or
   textured background, the background colour: the part disappears into the background);
 - ``"blur"`` — the image blurred with a Gaussian of standard deviation ``blur_sigma`` pixels
-  (default: the image side / 10): the part's texture goes and its colour is smeared into its
-  surroundings, but its outline stays (only the part's pixels are replaced, next to the sharp
-  background), so the model can still see its silhouette and blur measures less reliance than
-  the median;
+  (default: the image's longer side / 10; the kernel reaches ``ceil(3 sigma)`` pixels, at most
+  the shorter side − 1, which the reflection at the borders needs): the part's texture goes and
+  its colour is smeared into its surroundings, but its outline stays (only the part's pixels
+  are replaced, next to the sharp background), so the model can still see its silhouette and
+  blur measures less reliance than the median;
 - ``"mean"`` — the mean colour of all the images evaluated (one colour per channel);
 - ``"zero"`` — zeros (black in [0, 1] pixel space);
 - a callable ``fill(images) -> (B, 3, H, W)`` tensor, called on batches of images in [0, 1].

@@ -118,11 +118,35 @@ def _logits(output: Any) -> torch.Tensor:
     return output
 
 
+#: How far from 1 the rows of a model's output may sum for :func:`refuse_probabilities` to take
+#: them for probabilities (float32 softmax rows sum to 1 within ~1e-7).
+PROBABILITY_SUM_TOLERANCE = 1e-4
+
+
+def refuse_probabilities(out: torch.Tensor) -> None:
+    """Refuse a model whose output ``(B, n_classes)``, ``n_classes >= 2``, is probabilities: every
+    row non-negative and summing to 1. Its softmax would be taken again, which flattens every
+    class score towards ``1 / n_classes`` and every drop with it, without any error."""
+    if out.shape[1] < 2 or out.shape[0] == 0:
+        return
+    sums_to_one = float((out.sum(dim=1) - 1).abs().max()) <= PROBABILITY_SUM_TOLERANCE
+    if sums_to_one and bool((out >= 0).all()):
+        raise ValueError(f"`model` returns probabilities (rows sum to 1); conceptkit.evaluate needs "
+                         f"logits: pass the model without its softmax (every row of its "
+                         f"{out.shape[1]} outputs on {out.shape[0]} image(s) is >= 0 and sums to "
+                         f"1; the class probability is taken as the softmax of the output, so "
+                         f"the model's own would be applied twice).")
+
+
 def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
                  preprocess: Callable | None, device: torch.device, batch_size: int,
-                 progress: bool = False, desc: str = "class scores") -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = False, desc: str = "class scores",
+                 probe: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Class probability and class logit ``(N,)`` each, for images in [0, 1] (the caller holds the
-    model in eval mode under ``torch.no_grad``)."""
+    model in eval mode under ``torch.no_grad``). The model must return logits: with ``probe``
+    (the untouched images, scored first), a first batch whose rows are all probabilities (>= 0,
+    summing to 1, two classes or more) is refused. Painted images are not probed: a logit model
+    may well give ``[0, 1]`` to every image once its evidence is painted out."""
     probabilities, logits = [], []
     dtype = model_dtype(model)
     starts = range(0, images.shape[0], batch_size)
@@ -138,6 +162,8 @@ def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
                              f"{int((~finite).sum())} of {out.shape[0]} images: no drop can be "
                              f"measured from them. Check the model on these images, and `fill`: "
                              f"an image with a part painted out may be one it does not expect.")
+        if probe and start == 0:
+            refuse_probabilities(out)
         prob = (torch.sigmoid(out[:, 0]) if out.shape[1] == 1
                 else torch.softmax(out, dim=1)[:, class_id])
         probabilities.append(prob.cpu().double())
@@ -208,3 +234,22 @@ def model_at_layer_of(result: Any) -> Any:
     if handle is None and not hasattr(type(result), "model_at_layer"):
         handle = getattr(result, "explainer", None)
     return handle
+
+
+def is_class_concepts(result: Any) -> bool:
+    """Whether ``result`` is conceptkit's own ClassConcepts (or a subclass of it). Known by its
+    class's name and module, as this package imports no pipeline code."""
+    return any(cls.__name__ == "ClassConcepts" and cls.__module__.startswith("conceptkit.")
+               for cls in type(result).__mro__)
+
+
+def fitted_on(result: Any, images: torch.Tensor | None) -> bool:
+    """Whether ``images`` are the very images the ClassConcepts ``result`` was fitted on, so that
+    its fitted path (``concept_maps(None, ...)``, its cached activations) gives their maps. Only
+    conceptkit's own explanations: an ``images`` attribute of another object says nothing of
+    what its ``concept_maps(None)`` or ``activations`` would be."""
+    if images is None or not is_class_concepts(result):
+        return False
+    fitted = getattr(result, "images", None)
+    return (isinstance(fitted, torch.Tensor) and fitted.shape == images.shape
+            and torch.equal(fitted.cpu(), images.cpu()))

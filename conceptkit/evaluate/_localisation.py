@@ -21,6 +21,7 @@ from ._inputs import (
     check_masks,
     check_part_names,
     checked_images,
+    fitted_on,
     part_label,
 )
 
@@ -116,14 +117,13 @@ class Localisation:
 
 
 def concept_maps_of(result: Any, images: torch.Tensor | None, kind: str = "auto") -> torch.Tensor:
-    """``result.concept_maps`` of ``images``; when they are the images ``result`` was fitted on,
-    the fitted path (``images=None``: cached codes, provenance maps) is used."""
+    """``result.concept_maps`` of ``images``; when ``result`` is a ClassConcepts and they are the
+    images it was fitted on, the fitted path (``images=None``: cached codes, provenance maps) is
+    used. Any other explanation is always asked for the maps of ``images``."""
     if not hasattr(result, "concept_maps"):
         raise TypeError(f"`result` must have `concept_maps(images, kind=...)` (e.g. a "
                         f"ClassConcepts) or be maps (N, k, H, W); got {describe(result)}.")
-    fitted = getattr(result, "images", None)
-    if (images is not None and isinstance(fitted, torch.Tensor) and fitted.shape == images.shape
-            and torch.equal(fitted.cpu(), images.cpu())):
+    if fitted_on(result, images):
         images = None
     maps = result.concept_maps(images, kind=kind)
     return torch.as_tensor(maps)
@@ -198,7 +198,8 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
       (a constant map points nowhere: 0; constant at the size it is given, before resizing);
     - relevance mass: the share of the map's positive mass inside the mask (0 if none);
     - IoU between the mask and the map's pixels at or above its ``quantile`` in the image;
-    - ROC-AUC of the map's values as scores of mask vs non-mask pixels.
+    - ROC-AUC of the map's values as scores of mask vs non-mask pixels (0.5 for a map with no
+      positive value, a concept absent from the image, as for a constant map).
 
     Each is averaged over the images showing the part.
 
@@ -273,6 +274,12 @@ def localisation(result: Any, images: Any, masks: Any, part_names: Sequence[str]
     present = masks_np.reshape(n, n_parts, -1).any(-1)
     per_image = {m: np.full((n, k, n_parts), np.nan) for m in METRICS}
     per_image["auc"] = roc_auc(maps_np, masks_np)
+    # A map with no positive value says the concept is absent from the image (as for the
+    # pointing game and relevance mass): its order of negative values ranks no pixel as the
+    # concept's, so its AUC is chance, 0.5, as a constant map's is (defined parts only).
+    absent = maps_np.reshape(n, k, -1).max(-1) <= 0
+    per_image["auc"] = np.where(absent[:, :, None] & np.isfinite(per_image["auc"]), 0.5,
+                                per_image["auc"])
     per_image["auc"][~np.broadcast_to(present[:, None], per_image["auc"].shape)] = np.nan
     for p in range(n_parts):
         rows = np.flatnonzero(present[:, p])

@@ -232,7 +232,10 @@ def reliance(model: nn.Module, images: Any, masks: Any, class_id: int, fill: str
     Parameters
     ----------
     model : nn.Module
-        The classifier (left exactly as found: modes, grad flags, hooks, device).
+        The classifier (left exactly as found: modes, grad flags, hooks, device). It must
+        return logits ``(N, n_classes)``: the class probability is their softmax (a sigmoid
+        for one output), and a model whose outputs are probabilities (rows >= 0 summing to 1)
+        is refused.
     images : tensor (N, 3, H, W)
         Images in [0, 1] (``preprocess`` is applied after painting).
     masks : tensor (N, P, H, W) of bool
@@ -241,7 +244,7 @@ def reliance(model: nn.Module, images: Any, masks: Any, class_id: int, fill: str
         The class whose score is measured.
     fill : str or callable
         ``"median"`` (default: each image's median colour), ``"blur"`` (Gaussian blur of the
-        image, ``blur_sigma`` px, default side / 10), ``"mean"`` (mean colour of all ``images``),
+        image, ``blur_sigma`` px, default the longer side / 10), ``"mean"`` (mean colour of all ``images``),
         ``"zero"``, or ``fill(images) -> images`` giving the replacement pixels of a batch.
     part_names : sequence of str, optional
         A name per part, kept in the result.
@@ -271,7 +274,7 @@ def reliance(model: nn.Module, images: Any, masks: Any, class_id: int, fill: str
     with preserved_model_state(model), torch.no_grad():
         where = run_device(model, device)
         base_p, base_l = class_scores(model, images, class_id, preprocess=preprocess,
-                                      device=where, batch_size=batch_size)
+                                      device=where, batch_size=batch_size, probe=True)
         drop_p = np.full(present.shape, np.nan)
         drop_l = np.full(present.shape, np.nan)
         starts = range(0, len(pairs), batch_size)

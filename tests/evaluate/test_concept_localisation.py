@@ -162,7 +162,7 @@ def test_a_pointing_game_over_few_images_does_not_outrank_one_over_many():
     assert localisation(maps, None, masks, tolerance=0, assign_threshold=0.8).concept_parts.tolist() == [-1, 2]
 
 
-def test_small_maps_are_resized_and_fitted_images_use_the_fitted_path():
+def test_small_maps_are_resized_and_an_explanation_of_ones_own_is_asked_for_its_maps():
     images, masks = planted_images(12, seed=0)
     coarse = torch.nn.functional.avg_pool2d(masks.float(), 4)        # (12, 3, 6, 6)
     result = localisation(coarse, images, masks)
@@ -170,7 +170,8 @@ def test_small_maps_are_resized_and_fitted_images_use_the_fitted_path():
     planted = PlantedExplanation(masks.float(), [3, 2, 1], images=images)
     localisation(planted, images, masks, kind="coefficient")
     localisation(planted, images * 0.99, masks)  # other images, still pixels
-    assert planted.calls == [("fitted", "coefficient"), ("new", "auto")]
+    # not a ClassConcepts: its concept_maps is given the images even when they are its own
+    assert planted.calls == [("new", "coefficient"), ("new", "auto")]
 
 
 @pytest.mark.parametrize("args, error, match", [
