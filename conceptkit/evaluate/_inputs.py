@@ -12,7 +12,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import model_device, model_dtype
-from .._validation import check_choice, check_images, check_int, describe, resolve_device
+from .._validation import (
+    check_choice,
+    check_images,
+    check_int,
+    check_not_meta,
+    describe,
+    resolve_device,
+)
 
 #: What a class score is measured in: the class probability (softmax; sigmoid for one output) or
 #: the class logit.
@@ -41,6 +48,7 @@ def check_masks(masks: Any, images: torch.Tensor | None = None, name: str = "mas
     if not isinstance(masks, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor or numpy array of shape (N, P, H, W) "
                         f"(one boolean mask per image and part); got {describe(masks)}.")
+    check_not_meta(masks, name)
     if masks.ndim != 4:
         hint = " (one part? add the part axis with masks[:, None])" if masks.ndim == 3 else ""
         raise ValueError(f"`{name}` must have 4 dimensions (N, P, H, W); got shape "
@@ -154,7 +162,16 @@ def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
         batch = images[start:start + batch_size].to(device)
         if preprocess is not None:
             batch = preprocess(batch)
-        out = _logits(model(batch.to(dtype=dtype))).float()
+        try:
+            out = _logits(model(batch.to(dtype=dtype))).float()
+        except (RuntimeError, ValueError, TypeError) as err:
+            if start != 0 or isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            given = " after `preprocess`" if preprocess is not None else ""
+            raise ValueError(f"`images` (a batch of shape {tuple(batch.shape)}{given}) cannot be "
+                             f"run through {type(model).__name__}: {type(err).__name__}: "
+                             f"{str(err).rstrip('.')}. Check the number of channels and the "
+                             f"size the model takes (and `preprocess`).") from err
         check_class_id(class_id, out.shape[1])
         finite = torch.isfinite(out).all(dim=1)
         if not bool(finite.all()):
