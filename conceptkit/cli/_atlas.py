@@ -100,7 +100,7 @@ def _fit_and_write(args: argparse.Namespace, loaded, layer: str, store, labels, 
     """Rank 0's work: fit the atlas, save it and (unless ``--no-report``) write its report."""
     from ..pipeline import ConceptAtlas
     from ..report._outputs import MANIFEST, owned_folder, record
-    from ._checks import show_progress
+    from ._checks import check_out_targets, show_progress
 
     atlas = ConceptAtlas(loaded.model, layer, args.n_concepts, method="ice",
                          importance=args.importance, seed=args.seed,
@@ -111,6 +111,7 @@ def _fit_and_write(args: argparse.Namespace, loaded, layer: str, store, labels, 
     with _starting_fit_explained():
         atlas.fit(store, labels, store_options=options)
     out = Path(args.out)
+    check_out_targets(out, atlas_targets(args))  # a file put there during the fit: not replaced
     # --out is this run's: the report an earlier run wrote there (gone with --no-report, or
     # files the new report no longer writes) is removed, never a file conceptkit did not write
     with owned_folder(out, OWNER):
@@ -131,6 +132,11 @@ def _fit_and_write(args: argparse.Namespace, loaded, layer: str, store, labels, 
     return index, path
 
 
+def atlas_targets(args: argparse.Namespace) -> list[str]:
+    """What ``atlas`` writes into ``--out``: the atlas, and its report unless ``--no-report``."""
+    return ["atlas.safetensors"] + ([] if args.no_report else ["report"])
+
+
 def atlas_main(argv: list[str]) -> int:
     """Parse ``argv`` and build the atlas of a store."""
     from ..concepts import NMF, fit_distributed
@@ -140,6 +146,7 @@ def atlas_main(argv: list[str]) -> int:
         CommandError,
         check_counts,
         check_out_dir,
+        check_out_targets,
         check_seed_flag,
         command_terms,
         load_model_flags,
@@ -178,7 +185,10 @@ def atlas_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the starting dictionary's sample and fit and the importance "
                              "(default: %(default)s)")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True,
+                        help="output directory: atlas.safetensors and the report in report/ "
+                             "(created when missing; files conceptkit did not write are never "
+                             "overwritten)")
     parser.add_argument("--no-report", action="store_true",
                         help="write no report (a report an earlier atlas run wrote into --out "
                              "is removed: it would not describe this atlas)")
@@ -191,6 +201,7 @@ def atlas_main(argv: list[str]) -> int:
     if not args.tol >= 0 or not np.isfinite(args.tol):
         raise CommandError(f"`--tol` must be a finite number >= 0; got {args.tol}.")
     check_out_dir(args.out)
+    check_out_targets(args.out, atlas_targets(args))  # never a file conceptkit did not write
 
     rank, world = _dist_env()
     distributed = world > 1

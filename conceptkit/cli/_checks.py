@@ -158,11 +158,13 @@ def without_missing_options(message: str, more_images: str) -> str:
 
 class _DeprecatedAlias(argparse.Action):
     """The old name of a renamed option: hidden from ``--help``, it does what the new option does
-    after a one-line deprecation warning on stderr."""
+    after a one-line deprecation warning on stderr. Both names given with different values is
+    refused (see :class:`_Spellings`)."""
 
     def __init__(self, option_strings: list[str], dest: str, *, target: argparse.Action,
-                 **kwargs: Any):
+                 spellings: _Spellings, **kwargs: Any):
         self.target = target
+        self.spellings = spellings
         super().__init__(option_strings, dest, nargs=target.nargs, const=target.const,
                          type=target.type, choices=target.choices, metavar=target.metavar,
                          default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -176,12 +178,59 @@ class _DeprecatedAlias(argparse.Action):
         self.target(parser, namespace, values, option_string)
 
 
+class _Spellings:
+    """The values given under each name of a renamed option, in one parse: the old and the new
+    name given with different values (``--image-size 32 --size 48``) is refused, one
+    ``error: ...`` line, rather than letting the last one win unsaid.
+
+    The record is kept here, not in the namespace (a command may write its options out, e.g.
+    ``train-cbm``'s metrics.json)."""
+
+    def __init__(self, old: str, new: str):
+        self.old, self.new = old, new
+        self.given: list[tuple[argparse.Namespace, str, Any]] = []
+
+    def note(self, namespace: argparse.Namespace, option_string: str | None, value: Any) -> None:
+        self.given = [entry for entry in self.given if entry[0] is namespace]  # this parse's
+        self.given.append((namespace, option_string or self.new, value))
+        old = [value for _, name, value in self.given if name == self.old]
+        new = [value for _, name, value in self.given if name != self.old]
+        if old and new and old[-1] != new[-1]:
+            raise CommandError(f"`{self.old}` {_shown(old[-1])} and `{self.new}` "
+                               f"{_shown(new[-1])} set the same option (`{self.old}` is its "
+                               f"deprecated name) to different values; give `{self.new}` once.")
+
+
+def _shown(value: Any) -> str:
+    return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
 def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     """Keep ``old``, the name of an option before it was renamed ``new`` (already added to
     ``parser``), working for one version: same value, not listed by ``--help``, and a one-line
-    ``warning: ...`` saying what to use instead when it is given."""
+    ``warning: ...`` saying what to use instead when it is given. Both names given with
+    different values is refused."""
     target = next(action for action in parser._actions if new in action.option_strings)
-    parser.add_argument(old, dest=target.dest, action=_DeprecatedAlias, target=target)
+    spellings = _Spellings(old, new)
+    _watch(target, spellings)
+    parser.add_argument(old, dest=target.dest, action=_DeprecatedAlias, target=target,
+                        spellings=spellings)
+
+
+def _watch(action: argparse.Action, spellings: _Spellings) -> None:
+    """Make ``action`` (the new name of a renamed option, called for the old name too) note the
+    value each of its names gives, in ``spellings``: its class becomes a subclass of its own
+    that notes, then stores as before (the action object stays the one argparse knows, for its
+    ``required`` and exclusive-group checks)."""
+    base = type(action)
+
+    def __call__(self: argparse.Action, parser: argparse.ArgumentParser,
+                 namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        base.__call__(self, parser, namespace, values, option_string)
+        spellings.note(namespace, option_string, getattr(namespace, self.dest, None))
+
+    action.__class__ = type(f"_Watched{base.__name__}", (base,), {"__call__": __call__})
 
 
 def check_counts(args: argparse.Namespace, minimums: dict[str, int]) -> None:

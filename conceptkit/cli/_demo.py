@@ -151,11 +151,28 @@ def summary_line(class_id: int, name: str, row: dict, parts: dict) -> str:
     return f"   {class_id} {name:<35} {relied:<27} {top:<29} {', '.join(causal)}"
 
 
+#: The owner of the files the demo writes into ``--out`` (see ``conceptkit.report._outputs``).
+OWNER = "conceptkit demo"
+
+
+def demo_targets() -> list[str]:
+    """What the demo writes into ``--out``: the index (its page, its JSON, its thumbnails) and
+    a folder per class of the ground-truth dataset."""
+    from ..datasets import CLASS_NAMES
+    from ..report._write import class_slug
+
+    return ["index.html", "index.json", "thumbnails",
+            *(class_slug(class_id, name) for class_id, name in enumerate(CLASS_NAMES))]
+
+
 def run_demo(out_dir: str = "conceptkit-demo", n_per_class: int = 60, method: str = "ice",
              seed: int = 0, progress: bool = True, n_concepts: int = 10) -> int:
     """Run the demo; return a process exit status."""
+    from ._checks import check_out_targets
+
     start = time.perf_counter()
     out = Path(out_dir)
+    check_out_targets(out, demo_targets())  # never a file conceptkit did not write: before any work
     # the topmost folder this run creates: removed again if the demo fails (ACE with too few
     # images), so that a refused run leaves nothing behind; an existing folder is left be
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
@@ -182,9 +199,9 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
     )
     from ..evaluate import evaluate
     from ..extraction import ActivationExtractor
-    from ..pipeline import ConceptManager, build_class_report
-    from ..pipeline._trust import _notes as trust_notes
-    from ..report import index_entry, write_class_report, write_index
+    from ..pipeline import ConceptManager
+    from ..report._outputs import owned_folder
+    from ._checks import check_out_targets
 
     data = make_concept_dataset(n_per_class, seed=seed, split="train")
     print("== The ground-truth concept dataset (train split: the spurious cue is on)")
@@ -210,6 +227,20 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
     with counted_convergence(stopped):
         classes = manager.fit(data.images, data.labels)
     scores = evaluate(classes, (model, data), deletion=False, progress=progress)
+    check_out_targets(out, demo_targets())  # again: a file put there during the fits
+    with owned_folder(out, OWNER):  # what it writes is listed: a rerun may replace it
+        index, summary = _write_pages(out, data, classes, scores, seed, stopped)
+    return _print_summary(index, summary, scores, stopped, start)
+
+
+def _write_pages(out: Path, data, classes: dict, scores, seed: int,
+                 stopped: list[int]) -> tuple[Path, list]:
+    """Each class's page (its notes against the ground truth, its trust checks) and the index;
+    returns the index's path and each class's row of the console's table."""
+    from ..pipeline import build_class_report
+    from ..pipeline._trust import _notes as trust_notes
+    from ..report import index_entry, write_class_report, write_index
+
     rows = {row["class_id"]: row for row in scores.rows}
     entries, summary, index_notes = [], [], []
     for class_id, cc in classes.items():
@@ -239,7 +270,11 @@ def _run_demo(out: Path, n_per_class: int, method: str, seed: int, progress: boo
         summary.append((class_id, cc.class_name, row, parts, cc.n_concepts))
     index = write_index(entries, out, title="conceptkit demo — reference CNN on the ground-truth dataset",
                         notes=index_notes)
+    return index, summary
 
+
+def _print_summary(index: Path, summary: list, scores, stopped: list[int], start: float) -> int:
+    """The console's table of every class and the means over classes."""
     print(f"\n   {'class':<37} {'relies most on (drop)':<27} {'top concept':<29} "
           f"{'causal parts localised (' + GT_METRIC + ')'}")
     for class_id, name, row, parts, kept in summary:

@@ -42,6 +42,19 @@ def command_line_terms(message: str) -> str:
                   else m.group(0), message)
 
 
+def size_terms(message: str, size: int) -> str:
+    """An error on images too small (or of a size the model does not take) in the terms of
+    ``--size``, which made them that size: the flag to change is ``--size``, not ``--images``."""
+    message = re.sub(r"^`images` of (\d+x\d+) pixels (are|do)",
+                     rf"`--size` {size} makes images of \1 pixels, which \2", message)
+    message = re.sub(r"It runs on images of at least (\d+)x\d+ pixels; resize the images",
+                     r"It runs on images of at least \1x\1 pixels; pass `--size \1` or more (or "
+                     r"leave `--size` out: the model's own input size)", message)
+    return message.replace("resize the images to the size it was built for",
+                           "pass that size with `--size`, or leave `--size` out (the model's own "
+                           "input size)")
+
+
 def explain_main(args: argparse.Namespace) -> int:
     """``conceptkit explain``: errors and warnings of the library in the command's terms."""
     with command_terms(_FLAGS, "`--images`"):
@@ -50,6 +63,7 @@ def explain_main(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from ..concepts._checks import NegativeActivationsError
+    from ..extraction._sizes import ImageSizeError
     from ..models._candidates import class_index, missing_layer_message
     from ..pipeline import DISCOVERY_METHODS, ConceptExplainer
 
@@ -95,6 +109,9 @@ def _explain(args: argparse.Namespace) -> int:
         result = explainer.fit(images, class_id, name, image_ids=file_ids(files))
     except NegativeActivationsError as err:
         raise ValueError(err.command_line()) from err
+    except ImageSizeError as err:  # images of --size: say so, not "resize the images"
+        message = str(err) if args.size is None else size_terms(str(err), args.size)
+        raise ValueError(command_line_terms(message)) from err
     except ValueError as err:  # (command_terms adds ACE's advice in the command's terms)
         raise ValueError(command_line_terms(str(err))) from err
     if args.name_with or args.visualize:

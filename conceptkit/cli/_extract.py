@@ -53,6 +53,9 @@ EXTRACT_FLAGS = {"layer": "--layer", "path": "--out", "n_per_class": "--concept-
 #: The splits of the concept dataset (``make_concept_dataset``'s ``split``).
 SPLITS = ("train", "val", "test")
 
+#: The side of the concept dataset's images without ``--size`` (the reference CNN's input).
+DATASET_SIZE = 64
+
 
 def _dist_env() -> tuple[int, int, int]:
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -66,7 +69,8 @@ def _load_inputs(args: argparse.Namespace, size: int) -> tuple[Any, list[int] | 
         from ..datasets import make_concept_dataset
 
         data = make_concept_dataset(args.concept_dataset, seed=0 if args.seed is None else args.seed,
-                                    split="train" if args.split is None else args.split)
+                                    split="train" if args.split is None else args.split,
+                                    image_size=DATASET_SIZE if args.size is None else args.size)
         return data.images, [int(label) for label in data.labels]
     if args.images is None:
         raise CommandError("give `--images DIR_OR_GLOB` or `--concept-dataset N_PER_CLASS`.")
@@ -105,8 +109,10 @@ def extract_main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=64,
                         help="inputs per forward pass (default: %(default)s)")
     parser.add_argument("--size", type=int, default=None,
-                        help="--images only: image size fed to the model (default: the "
-                             "model's own)")
+                        help="side in pixels of the images fed to the model: --images are "
+                             "resized to it (default: the model's own input size); "
+                             "--concept-dataset images are drawn at it, 32 to 512 (default: "
+                             f"{DATASET_SIZE})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda uses cuda:LOCAL_RANK)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a store written by another extraction (another model, "
@@ -126,6 +132,13 @@ def extract_main(argv: list[str]) -> int:
                            f"ground-truth images drawn); with `--images` it would be ignored. "
                            f"Leave it out.")
     check_seed_flag(args.seed)
+    if args.concept_dataset is not None and args.size is not None:
+        from ..datasets._generate import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
+        if not MIN_IMAGE_SIZE <= args.size <= MAX_IMAGE_SIZE:
+            raise CommandError(f"`--size` must lie in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] with "
+                               f"`--concept-dataset` (the side in pixels its images are drawn "
+                               f"at); got {args.size}.")
 
     rank, world, local_rank = _dist_env()
     distributed = world > 1
@@ -167,12 +180,21 @@ def _extract(args: argparse.Namespace, rank: int, world: int, distributed: bool,
     if labels is not None:  # one class index per stored input: atlas needs no --labels
         meta["labels"] = labels
     check_meta(meta, n, args.chunk_size)  # before any chunk is computed
+    # the first input before the store is created (or cleared by --overwrite): a model whose
+    # activations are NaN leaves no store behind, which a rerun with other weights would refuse
+    _check_finite(extractor(slice_inputs(inputs, 0, 1)), args.layout, layer, 0, 1)
     if args.overwrite and rank == 0:  # one rank clears the old store, then all write
         prepare_store(args.out, n, chunk_size=args.chunk_size, layout=args.layout,
                       fingerprint=fingerprint, overwrite=True)
     if distributed:
         dist.barrier()
-    done = write_chunks(lambda s, e: extractor(slice_inputs(inputs, s, e)), n, args.out,
+
+    def compute(start: int, stop: int) -> Any:
+        activations = extractor(slice_inputs(inputs, start, stop))
+        _check_finite(activations, args.layout, layer, start, stop)  # never a store of NaN
+        return activations
+
+    done = write_chunks(compute, n, args.out,
                         chunk_size=args.chunk_size, layout=args.layout, indices=mine,
                         progress=show_progress(args.quiet) and rank == 0,
                         fingerprint=fingerprint)
@@ -185,3 +207,18 @@ def _extract(args: argparse.Namespace, rank: int, world: int, distributed: bool,
               f"{len(store.manifest['chunks'])} chunks (this rank computed {len(done)})")
     if distributed:
         dist.barrier()
+
+
+def _check_finite(activations: Any, layout: str, layer: str, start: int, stop: int) -> None:
+    """Refuse activations with NaN or Inf values (as stored: ``pooled`` averages them, which
+    can overflow) before they are written into the store: every factorizer (and
+    ``conceptkit atlas``) would refuse them later, far from their cause."""
+    import numpy as np
+
+    from ..extraction._store_read import to_layout
+
+    if not bool(np.isfinite(to_layout(activations, layout)).all()):
+        which = f"input {start}" if stop - start == 1 else f"inputs {start} to {stop - 1}"
+        raise CommandError(f"the model's activations at `--layer` {layer!r} are NaN or Inf (for "
+                           f"{which}); nothing of them is stored. The model computes non-finite "
+                           f"values: check its weights (`--weights`).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import sys
 import warnings
 from pathlib import Path
 
@@ -77,14 +78,26 @@ def _read(file: str, size: int) -> torch.Tensor:
                              f"shorter side to {size} px would make it "
                              f"{max(width, height) * size // max(min(width, height), 1)} px long. "
                              f"Crop it, or leave it out of `--images`")
+        stated = _full_scale(img)  # (from the file's tags, which a transposed copy lacks)
         img = ImageOps.exif_transpose(img)  # a camera's "rotate on display" tag, as viewers do
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             # 16-bit or float greyscale: convert("RGB") clips every value above 255 to white
             values = np.asarray(img, dtype=np.float64)
             top = float(values.max()) if values.size else 0.0
             ranges = (1.0, 255.0, 65535.0) if img.mode == "F" else (255.0, 65535.0)
-            peak = 65535.0 if img.mode.startswith("I;16") else next(
-                (r for r in ranges if top <= r), top)
+            peak = 65535.0 if img.mode.startswith("I;16") else stated
+            if peak is None:  # no bit depth said: the smallest usual range holding the values
+                peak = next((r for r in ranges if top <= r), top)
+                if img.mode == "I":
+                    print(f"warning: `--images`: {file!r} holds integers (PIL mode 'I') of no "
+                          f"stated bit depth; its values are scaled to [0, 1] by {peak:g} (the "
+                          f"smallest of 255 and 65535 that holds its largest value, {top:g}, "
+                          f"else that value).", file=sys.stderr)
+            elif img.mode == "I" and 0 < top and round(top / peak * 255.0) == 0:  # the stated depth: all black
+                print(f"warning: `--images`: {file!r} reads as black: its largest value, "
+                      f"{top:g}, is below one grey level of its full scale, {peak:.0f} (its bit "
+                      f"depth). Rescale the image to its bit depth's range, or save it as an "
+                      f"8- or 16-bit image.", file=sys.stderr)
             img = Image.fromarray(np.clip(np.round(values / peak * 255.0), 0, 255)
                                   .astype(np.uint8), mode="L")
         img = img.convert("RGB")
@@ -94,3 +107,27 @@ def _read(file: str, size: int) -> torch.Tensor:
         left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
         img = img.crop((left, top, left + size, top + size))
         return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+#: TIFF tags: bits per sample, and the sample format (1 unsigned, 2 signed integers).
+_BITS_PER_SAMPLE, _SAMPLE_FORMAT = 258, 339
+
+
+def _full_scale(img) -> float | None:
+    """The value of white of a 32-bit integer ("I" mode) image, from the bit depth its file
+    states: a TIFF's BitsPerSample (2^bits - 1, or 2^(bits-1) - 1 for signed integers), a PNG's
+    16 bits (the only PNG that PIL reads as "I"). None when the file does not say (a float
+    image, or another format)."""
+    if img.mode != "I":
+        return None
+    if img.format == "PNG":
+        return 65535.0
+    tags = getattr(img, "tag_v2", None)
+    if tags is None:
+        return None
+    bits, kind = tags.get(_BITS_PER_SAMPLE), tags.get(_SAMPLE_FORMAT, 1)
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    kind = kind[0] if isinstance(kind, tuple) and kind else kind
+    if not isinstance(bits, int) or not 1 <= bits <= 32:
+        return None
+    return float(2 ** (bits - 1) - 1 if kind == 2 else 2 ** bits - 1)

@@ -15,6 +15,7 @@ from ._checks import (
     CommandError,
     check_counts,
     check_out_dir,
+    check_out_targets,
     check_seed_flag,
     command_terms,
     show_progress,
@@ -36,12 +37,17 @@ REPORT_FLAGS = {"out_dir": "--out"}
 def _cmd_report(args: argparse.Namespace) -> int:
     from .. import load
     from ..pipeline import ClassConcepts
+    from ..report._write import class_slug
 
     with command_terms(REPORT_FLAGS):
         result = load(args.path)
         if not isinstance(result, ClassConcepts):
             raise CommandError(f"`path` {args.path!r} holds a {type(result).__name__}, not an "
                                f"explanation.")
+        # the class's folder, written by a report before (its files are listed in its
+        # .conceptkit-outputs.json), or not there: never a file conceptkit did not write
+        check_out_targets(args.out, [class_slug(result.class_id, result.class_name
+                                                or f"class {result.class_id}")])
         page = result.report(args.out)
     print(f"report {page}")
     return 0
@@ -212,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the report of a saved explanation")
     rep.add_argument("path", help="a saved explanation (explanation.safetensors of explain)")
     rep.add_argument("--out", required=True,
-                     help="output directory of the report (created when missing)")
+                     help="output directory of the report (created when missing; files "
+                          "conceptkit did not write are never overwritten)")
 
     sub.add_parser("train-cbm", help="train a concept bottleneck model (see train-cbm --help)",
                    add_help=False)

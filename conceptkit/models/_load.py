@@ -14,7 +14,10 @@ torchvision's class names (shipped with torchvision, no download).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,18 +60,23 @@ def _offline_error(what: str, err: Exception) -> OfflineWeightsError:
 
 
 def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a local ``.safetensors`` file or a torch checkpoint (no pickle code)."""
+    """A state dict from a local ``.safetensors`` file or a torch checkpoint (no pickle code).
+
+    A file that holds a pickled object rather than tensors (a whole ``nn.Module`` saved with
+    ``torch.save(model)``, or any other pickle) is refused without being unpickled, and so is a
+    state dict with NaN or Inf values (a model with them computes NaN).
+    """
     path = existing_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+            return _finite(load_file(str(path)), path)
+        state = _torch_load(path)
+    except _NonFinite:
+        raise
     except Exception as err:  # noqa: BLE001 - safetensors, pickle and zip errors alike
-        kind = "a .safetensors file" if path.suffix == ".safetensors" else "a torch state dict"
-        raise ValueError(f"`weights` {str(path)!r} cannot be read as {kind} "
-                         f"({type(err).__name__}: {str(err)[:200]}).") from err
+        raise _unreadable(path, err) from err
     for key in ("state_dict", "model"):  # training checkpoints: {"model": ..., "epoch": 3}
         if isinstance(state, dict) and isinstance(state.get(key), dict) and all(
                 isinstance(v, torch.Tensor) for v in state[key].values()):
@@ -78,6 +86,83 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"`weights` {str(path)!r} does not hold a state dict.")
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel
+    return _finite(state, path)
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` (no pickle code runs), without torch's own
+    warnings about the file (its pickle protocol ...): an error says what matters, in the
+    library's words (:func:`_unreadable`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+#: How torch says that ``weights_only=True`` refused what a checkpoint holds.
+_WEIGHTS_ONLY_FAILED = "Weights only load failed"
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    """The error for a weights file that cannot be read, in the library's words: a pickled
+    object (which torch's safe loader refuses) is said as such, without torch's advice to load
+    it unsafely; any other failure names its cause on one line."""
+    import pickle
+
+    if path.suffix != ".safetensors" and (isinstance(err, pickle.UnpicklingError)
+                                          or _WEIGHTS_ONLY_FAILED in str(err)):
+        if _pickled(path):
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            holds = f", here a `{found.group(1)}`" if found else ""
+            return ValueError(
+                f"`weights` {str(path)!r} is not a plain state dict (a pickled object{holds}, "
+                f"which conceptkit does not unpickle: it can run code); save "
+                f"`model.state_dict()` with torch.save, or a .safetensors file.")
+        return ValueError(f"`weights` {str(path)!r} cannot be read as a torch state dict: it is "
+                          f"neither a file written by torch.save nor a .safetensors file "
+                          f"(damaged, or another format).")
+    kind = "a .safetensors file" if path.suffix == ".safetensors" else "a torch state dict"
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            return ValueError(f"`weights` {str(path)!r} is an empty file; give {kind}.")
+    cause = " ".join(_ANSI.sub("", str(err)).split())
+    cause = f"{type(err).__name__}: {cause}" if cause else type(err).__name__
+    if len(cause) > 300:
+        cause = cause[:300].rsplit(" ", 1)[0] + " ..."
+    return ValueError(f"`weights` {str(path)!r} cannot be read as {kind} ({cause}).")
+
+
+#: Terminal escape sequences (torch's errors embolden their advice).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _pickled(path: Path) -> bool:
+    """Whether ``path`` is a file of ``torch.save`` (a zip archive) or a pickle (protocol 2 or
+    later): what holds a pickled object, rather than garbage."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return False
+    return head.startswith((b"PK\x03\x04", b"\x80"))
+
+
+class _NonFinite(ValueError):
+    """Weights with NaN or Inf values (see :func:`_finite`)."""
+
+
+def _finite(state: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """``state`` itself, after checking that its floating-point tensors hold no NaN or Inf: a
+    model with such weights computes NaN, and every error after loading would blame something
+    else (the images, the split of the model, a training set)."""
+    bad = [key for key, value in state.items() if isinstance(value, torch.Tensor)
+           and (value.is_floating_point() or value.is_complex())
+           and not bool(torch.isfinite(value).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise _NonFinite(f"`weights` {str(path)!r} holds NaN or Inf values in {bad[0]!r}{more}: "
+                         f"a model with them computes NaN or Inf, and its explanation would mean "
+                         f"nothing. Give weights with finite values (a training run that "
+                         f"diverged saves such weights).")
     return state
 
 
@@ -187,6 +272,8 @@ def _open_clip(name: str, weights: str | None) -> ModelBundle:
             raise _offline_error(f"open_clip:{name} ({weights})", err) from err
         raise
     visual = model.visual
+    if weights is not None and Path(weights).is_file():  # a local checkpoint open_clip read
+        _finite(visual.state_dict(), weights)
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else int(visual.image_size)
     mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
     std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
@@ -217,6 +304,8 @@ def load(spec: str, weights: str | None = None) -> ModelBundle:
                 model = reference_model(path=weights)
             except FormatError:
                 model = None  # a plain state dict for the shipped architecture
+            else:
+                _finite(model.state_dict(), weights)
         if model is None:
             model = reference_model()
             if weights is not None:
@@ -264,6 +353,8 @@ def _world(spec: str, weights: str | None) -> ModelBundle:
                 record = None  # a plain state dict for the world's (or the named) architecture
     if record is not None:  # the file says what it is (another world's file is refused)
         model = world.model(arch or None, weights=weights)
+        if weights is not None:
+            _finite(model.state_dict(), weights)
         arch, layer = record["architecture"], record["layer"]
     else:
         arch = arch or world.architecture

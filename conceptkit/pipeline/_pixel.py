@@ -335,9 +335,10 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     # measurement ("not in these images"), which `no_region` records
     if not present.any() and not bool((maps > 0).any()):
         raise ValueError("pixel_ablation: no concept map is positive anywhere, so no pixel can be "
-                         "painted out and every importance would be 0. Signed codes (SemiNMF on "
-                         "transformer tokens) can do this; use an activation-space importance "
-                         "such as 'ablation' or 'sobol'.")
+                         "painted out and every importance would be 0. Constant or blank images "
+                         "(one colour everywhere, e.g. tiny images enlarged) can do this: check "
+                         "the images. So can signed codes (SemiNMF on transformer tokens): use an "
+                         "activation-space importance such as 'ablation' or 'sobol'.")
     saturated = _saturation(base, per_input, present.numpy(), score, class_id)
     low, high = student_interval(per_input, confidence)
     # concepts whose region is empty in every image: their 0 is not a measurement (the notes
