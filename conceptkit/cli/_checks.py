@@ -19,7 +19,8 @@ class CommandError(ValueError):
 
 #: Argument names of :func:`conceptkit.models.load` (and of the loaders it calls) in its errors,
 #: and the words a command line user reads instead: the flag they typed.
-_LOAD_TERMS = {"`weights`": "`--weights`", "`name`": "the world name in `--model`",
+_LOAD_TERMS = {"`weights`": "`--weights`", "`spec`": "`--model`",
+               "`name`": "the world name in `--model`",
                "`arch`": "the architecture in `--model`"}
 
 

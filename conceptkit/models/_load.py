@@ -290,7 +290,7 @@ def load(spec: str, weights: str | None = None) -> ModelBundle:
     from ..datasets import CLASS_NAMES, reference_model
 
     if not isinstance(spec, str):
-        raise TypeError(f"`--model` must be a model name such as 'reference' or "
+        raise TypeError(f"`spec` must be a model name such as 'reference' or "
                         f"'timm:vit_tiny_patch16_224'; got {type(spec).__name__}.")
     if weights is not None:
         weights = check_weights_path(weights)
@@ -323,7 +323,7 @@ def load(spec: str, weights: str | None = None) -> ModelBundle:
         return _world(name, weights)
     loaders = {"torchvision": _torchvision, "timm": _timm, "open_clip": _open_clip}
     if family not in loaders or not name:
-        raise ValueError(f"`--model` must be 'reference', 'efficientnet_lite0', 'world:NAME' (a "
+        raise ValueError(f"`spec` must be 'reference', 'efficientnet_lite0', 'world:NAME' (a "
                          f"ground-truth world: shapes, textures, scales, context; "
                          f"'world:NAME:ARCH' for another of its models), 'torchvision:NAME', "
                          f"'timm:NAME' or 'open_clip:NAME'; got {spec!r}.")
