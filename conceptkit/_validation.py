@@ -343,3 +343,26 @@ def held_warnings(category: type[Warning],
             held.append(item)
         else:
             warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+#: How far from 1 the rows of a model's output may sum for :func:`are_probabilities` to take
+#: them for probabilities (float32 softmax rows sum to 1 within ~1e-7).
+PROBABILITY_SUM_TOLERANCE = 1e-4
+
+
+def are_probabilities(out: torch.Tensor) -> bool:
+    """Whether a model's output ``(B, n_classes)``, ``n_classes >= 2``, looks like probabilities:
+    every row non-negative and summing to 1. Taking its softmax again would flatten every class
+    score towards ``1 / n_classes`` and every drop with it, without any error."""
+    if out.ndim != 2 or out.shape[1] < 2 or out.shape[0] == 0 or not out.is_floating_point():
+        return False
+    out = out.detach().double()
+    return bool((out.sum(dim=1) - 1).abs().max() <= PROBABILITY_SUM_TOLERANCE and (out >= 0).all())
+
+
+#: The error for a model (or head) that returns probabilities where its class probability is
+#: read as the softmax of its output (``what``: who returns them; ``n``: how many classes).
+PROBABILITIES_GIVEN = ("{what} returns probabilities (every row of its {n} outputs is >= 0 and "
+                       "sums to 1), but the class probability is read as the softmax of its "
+                       "output, which would apply a softmax twice and flatten every drop: pass "
+                       "the model without its final softmax (its logits).")

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, model_dtype
 from .._validation import (
+    are_probabilities,
     check_choice,
     check_images,
     check_int,
@@ -126,19 +127,10 @@ def _logits(output: Any) -> torch.Tensor:
     return output
 
 
-#: How far from 1 the rows of a model's output may sum for :func:`refuse_probabilities` to take
-#: them for probabilities (float32 softmax rows sum to 1 within ~1e-7).
-PROBABILITY_SUM_TOLERANCE = 1e-4
-
-
 def refuse_probabilities(out: torch.Tensor) -> None:
     """Refuse a model whose output ``(B, n_classes)``, ``n_classes >= 2``, is probabilities: every
-    row non-negative and summing to 1. Its softmax would be taken again, which flattens every
-    class score towards ``1 / n_classes`` and every drop with it, without any error."""
-    if out.shape[1] < 2 or out.shape[0] == 0:
-        return
-    sums_to_one = float((out.sum(dim=1) - 1).abs().max()) <= PROBABILITY_SUM_TOLERANCE
-    if sums_to_one and bool((out >= 0).all()):
+    row non-negative and summing to 1 (:func:`conceptkit._validation.are_probabilities`)."""
+    if are_probabilities(out):
         raise ValueError(f"`model` returns probabilities (rows sum to 1); conceptkit.evaluate needs "
                          f"logits: pass the model without its softmax (every row of its "
                          f"{out.shape[1]} outputs on {out.shape[0]} image(s) is >= 0 and sums to "

@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 from .._torchutils import model_device, model_dtype, on_device, preserved_model_state
 from .._validation import (
+    PROBABILITIES_GIVEN,
     all_finite,
+    are_probabilities,
     check_choice,
     check_int,
     check_not_meta,
@@ -441,6 +443,8 @@ def _probe_head(problem: ConceptProblem) -> tuple[int, torch.dtype]:
     if out.ndim != 2 or out.shape[0] != 1:
         raise ValueError(f"`h` must return logits of shape (n, n_classes); for input of shape "
                          f"{tuple(sample.shape)} it returned {describe(out)}.")
+    if problem.score == "probability" and are_probabilities(out):
+        raise ValueError(PROBABILITIES_GIVEN.format(what="`h`", n=out.shape[1]))
     dtype = out.dtype if out.is_floating_point() else torch.float64
     return int(out.shape[1]), dtype
 

@@ -49,7 +49,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._torchutils import median_colour, model_dtype, on_device, preserved_model_state
-from .._validation import check_choice, check_float, check_images, check_int
+from .._validation import (
+    PROBABILITIES_GIVEN,
+    are_probabilities,
+    check_choice,
+    check_float,
+    check_images,
+    check_int,
+)
 from ..importance import ConceptImportance
 from ..importance._concept import _check_open_unit, student_interval
 
@@ -201,7 +208,10 @@ def _runner(model: Any, preprocess: Callable | None, device: Any):
 
 
 def _probabilities(forward: Callable, images: torch.Tensor, class_id: int,
-                   score: str = "probability") -> torch.Tensor:
+                   score: str = "probability", untouched: bool = False) -> torch.Tensor:
+    """The class score of each image; ``untouched`` images (not painted) are checked for a
+    model that returns probabilities (a painted image may well give a logit model's output
+    that looks like them)."""
     logits = forward(images)
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError(f"pixel_ablation: the model must return class logits (N, n_classes); "
@@ -211,6 +221,8 @@ def _probabilities(forward: Callable, images: torch.Tensor, class_id: int,
                          f"{logits.shape[1]} classes; got {class_id}.")
     if score == "logit":
         return logits[:, 0 if logits.shape[1] == 1 else class_id].double().cpu()
+    if untouched and are_probabilities(logits):
+        raise ValueError(PROBABILITIES_GIVEN.format(what="the model", n=logits.shape[1]))
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0]).double().cpu()
     return torch.softmax(logits.double(), dim=1)[:, class_id].cpu()
@@ -313,7 +325,8 @@ def pixel_ablation(model: nn.Module | Callable, images: torch.Tensor, maps: torc
     n, k = sizes[0].shape[:2]
     per_input = np.zeros((n, k))
     with _runner(model, preprocess, device) as forward:
-        base = torch.cat([_probabilities(forward, images[s:s + batch_size], class_id, score)
+        base = torch.cat([_probabilities(forward, images[s:s + batch_size], class_id, score,
+                                         untouched=True)
                           for s in range(0, n, batch_size)]).numpy()
         pairs = [(r, i, j) for r, regions in enumerate(sizes) for j in range(k) for i in range(n)
                  if bool(regions[i, j].any())]
