@@ -4,7 +4,9 @@ Every public call that runs a user's model goes through :func:`preserved_model_s
 records the training flag of every submodule and the ``requires_grad`` flag of every parameter,
 and restores both on exit — also when the call raises midway. Hooks that we register are removed
 by the code that registers them (in ``finally`` blocks); this guard additionally removes any
-forward hook that appeared during the call and is still attached.
+hook of conceptkit's own that appeared during the call and is still attached. A hook the
+user's code registers during the call (a hook that instruments the model lazily, the first
+time it runs) is the user's, and stays.
 
 :func:`capture_output` is the one way conceptkit reads a layer's output: a forward hook records
 it and stops the forward pass there, so the rest of the model never runs.
@@ -27,7 +29,34 @@ from ._validation import resolve_device
 
 
 def _hook_dicts(module: nn.Module):
-    return (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks)
+    return (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+            getattr(module, "_backward_pre_hooks", {}))
+
+
+#: The dicts torch keeps beside a module's hook dicts, keyed by the same hook ids (hooks
+#: registered ``with_kwargs`` or ``always_call``); a removed hook leaves them too.
+_HOOK_EXTRAS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_forward_pre_hooks_with_kwargs")
+
+
+def _registered_by_conceptkit(hook: Any) -> bool:
+    """Whether ``hook`` (a function, a bound method, a ``functools.partial`` or a callable
+    object) was defined in conceptkit: the hooks the guard may remove."""
+    while isinstance(hook, functools.partial):
+        hook = hook.func
+    hook = getattr(hook, "__func__", hook)  # a bound method: its function
+    module = getattr(hook, "__module__", None)
+    if not isinstance(module, str):
+        module = type(hook).__module__
+    return module == "conceptkit" or module.startswith("conceptkit.")
+
+
+def _remove_hook(module: nn.Module, hooks: dict, key: Any) -> None:
+    del hooks[key]
+    for name in _HOOK_EXTRAS:
+        extra = getattr(module, name, None)
+        if isinstance(extra, dict):
+            extra.pop(key, None)
 
 
 @contextlib.contextmanager
@@ -58,9 +87,10 @@ def preserved_model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterat
                 failed.append(err)
         for m, before, keys in zip(modules, hooks_before, hook_keys_before):
             for d, n_before, key_before in zip(_hook_dicts(m), before, keys):
-                if len(d) != n_before:
-                    for key in [k for k in d.keys() if k not in key_before]:
-                        del d[key]
+                if len(d) != n_before:  # only conceptkit's own: the user's code may add hooks
+                    for key in [k for k in d.keys() if k not in key_before
+                                and _registered_by_conceptkit(d[k])]:
+                        _remove_hook(m, d, key)
         if failed:
             raise failed[0]
 
@@ -340,3 +370,14 @@ def probe_layer(model: nn.Module, module: nn.Module, inputs: Any) -> tuple[int, 
         finally:
             handle.remove()
     return calls[0], (seen[0] if seen else None)
+
+
+def check_not_inference_mode(what: str) -> None:
+    """Refuse a call made under ``torch.inference_mode()``: the tensors made there can be
+    neither differentiated nor tracked for in-place writes, which explanations need (gradients
+    through the rest of the model, caches keyed on tensor versions); torch would fail deep
+    inside the call, or a gradient method would blame the model."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} was called inside torch.inference_mode(), whose tensors "
+                           f"cannot be differentiated or tracked: call it outside "
+                           f"torch.inference_mode() (torch.no_grad() is fine).")

@@ -160,6 +160,23 @@ class ConceptBank:
                              f"{self.layer!r}.")
         if not all_finite(activations):
             raise ValueError("`activations` contains NaN or Inf values.")
+        self._check_sign(activations)
+
+    def _check_sign(self, activations) -> None:
+        """Negative activations for a factorizer that needs non-negative input (NMF without
+        ``relu``), refused naming `activations` (the factorizer's own check names its `A`)."""
+        factorizer = self.factorizer
+        empty = (activations.numel() if isinstance(activations, torch.Tensor)
+                 else activations.size) == 0
+        if empty or not getattr(factorizer, "requires_nonnegative", False):
+            return
+        low = float(activations.min())
+        if low >= 0 or float(factorizer._prepare_input(activations).min()) >= 0:  # relu=True
+            return
+        hint = getattr(factorizer, "_negative_hint", "")
+        raise ValueError(f"`activations` has negative values (min {low:.4g}) but this bank's "
+                         f"{type(factorizer).__name__} needs non-negative input."
+                         f"{(' ' + hint) if hint else ''}")
 
     @renamed_arguments(n="n_rows")
     def top_rows(self, concept: int, n_rows: int = 10, *, present_only: bool = False) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +27,7 @@ from sklearn.exceptions import NotFittedError
 
 from .._deprecation import current_names
 from .._validation import (
+    all_finite,
     check_choice,
     check_int,
     check_matrix,
@@ -55,6 +57,14 @@ MAX_SAVED_ITERATIONS = 10**7
 _ITERATION_PARAMS = ("max_iter", "epochs", "n_init", "transform_max_iter", "n_iter_no_change")
 # Parameters that are switches: True or False (0 or 1 read the same).
 _FLAG_PARAMS = ("relu", "progress", "distributed", "positive_code", "normalize")
+
+#: Activations beyond this magnitude are no layer's: float16 tops out at 65,504, and the squares
+#: of float32 values beyond about 1.8e19 overflow. A factorizer that cannot rescale its input
+#: exactly (all but NMF and SemiNMF) and whose solver fails, or gives NaN or Inf, on such values
+#: says so in one error naming the magnitude, not with a numpy or scikit-learn error from deep
+#: inside (PCA's eigensolver, dictionary learning's step sizes). Below it, and where the solver
+#: copes (PCA's SVD of a few rows of 1e25), nothing changes.
+HUGE_ACTIVATION = 1e15
 
 
 class Factorizer(BaseEstimator, abc.ABC):
@@ -127,6 +137,18 @@ class Factorizer(BaseEstimator, abc.ABC):
 
     def _validate_params(self) -> None:
         check_int(self.n_concepts, "n_concepts", minimum=1)
+        for name in _FLAG_PARAMS:  # a switch given "yes" would read as True (or feed a solver)
+            if name in self._param_names() and not _is_flag(getattr(self, name, False)):
+                raise TypeError(f"`{name}` must be True or False; got "
+                                f"{describe(getattr(self, name))}.")
+
+    @classmethod
+    def _param_names(cls) -> tuple[str, ...]:
+        """The constructor's parameters (none known for a constructor taking ``*args``)."""
+        try:
+            return tuple(cls._get_param_names())
+        except RuntimeError:
+            return ()
 
     @abc.abstractmethod
     def _fit(self, X):
@@ -164,7 +186,7 @@ class Factorizer(BaseEstimator, abc.ABC):
         self._check_n_concepts(X)
         scale = self._overflow_scale(X)
         if scale == 1.0:
-            U = self._fit(self._to_backend(X))
+            U = self._solved_or_refused(lambda: self._fit(self._to_backend(X)), X, "A")
         else:  # fit A / s (exact: s is a power of two), then give the dictionary the scale back
             U = self._fit(self._to_backend(X / scale))
             components = np.asarray(self.components_) * scale
@@ -187,11 +209,50 @@ class Factorizer(BaseEstimator, abc.ABC):
         X = self._check_input(A, "A", fitting=False)
         scale = self._overflow_scale(X, np.asarray(self.components_))
         if scale == 1.0:
-            return self._to_output(self._transform(self._to_backend(X)), A)
+            U = self._solved_or_refused(lambda: self._transform(self._to_backend(X)), X, "A")
+            return self._to_output(U, A)
         # the codes of A with W are those of A / s with W / s: solve the rescaled problem
         scaled = copy.copy(self)
         scaled.components_ = np.asarray(self.components_) / scale
         return self._to_output(scaled._transform(self._to_backend(X / scale)), A)
+
+    def _solved_or_refused(self, solve: Any, X: Any, name: str) -> Any:
+        """``solve()``, for input ``X`` whose values may be beyond :data:`HUGE_ACTIVATION`: a
+        failure of the solver (or NaN/Inf in what it gives) on such values is reported as what
+        it is, too large an input, naming ``name``. Factorizers that rescale their input exactly
+        (``_rescalable``) and ordinary values are solved as they are."""
+        if self._rescalable or X.shape[0] == 0:
+            return solve()
+        if isinstance(X, torch.Tensor):
+            low, high = (float(v) for v in torch.aminmax(X.detach()))
+        else:
+            low, high = float(np.min(X)), float(np.max(X))
+        peak = max(abs(low), abs(high))
+        if not peak > HUGE_ACTIVATION:
+            return solve()
+
+        def refused(what: str) -> ValueError:
+            return ValueError(f"`{name}` has values up to {peak:.3g}, far beyond any layer's "
+                              f"activations (this check starts at {HUGE_ACTIVATION:g}), and "
+                              f"{type(self).__name__} {what}: divide `{name}` by its largest "
+                              f"value first (NMF and SemiNMF rescale such input themselves).")
+
+        # the solver's overflow warnings are said again only when it copes: else the error says
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            try:
+                U = solve()
+            except (ArithmeticError, ValueError) as err:  # numpy's LinAlgError is a ValueError
+                first = (str(err).splitlines() or [""])[0][:120]
+                raise refused(f"failed on them ({type(err).__name__}: {first})") from err
+            fitted = getattr(self, "components_", None)
+            if not all_finite(U) or (fitted is not None
+                                     and not np.isfinite(np.asarray(fitted)).all()):
+                raise refused("gave NaN or Inf values on them")
+        for warning in said:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno, source=warning.source)
+        return U
 
     def _overflow_scale(self, X, W: np.ndarray | None = None) -> float:
         """1, or the power of two that brings ``X`` (and ``W``) to at most 1 when their squares,
@@ -275,12 +336,12 @@ class Factorizer(BaseEstimator, abc.ABC):
 
     def _check_saved_params(self) -> None:
         """Refuse parameters read from a file that the constructor stored without a look."""
-        self._validate_params()
         params = self.get_params(deep=False)
-        for name in _FLAG_PARAMS:
+        for name in _FLAG_PARAMS:  # before the class's own checks, which refuse them too
             if name in params and not _is_flag(params[name]):
                 raise TypeError(f"`{name}` of a saved {type(self).__name__} must be True or "
                                 f"False; got {describe(params[name])}.")
+        self._validate_params()
         if "device" in params and params["device"] is not None:
             device = params["device"]
             if not isinstance(device, (str, torch.device)):

@@ -171,11 +171,14 @@ def _fit_direction(x_train: np.ndarray, y_train: np.ndarray, classifier: str, st
         # tensorflow/tcav and Captum defaults: hinge loss, i.e. a linear SVM.
         model = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=state)
     elif classifier == "svm":
-        # the post-hoc CBM's CAVs (Yuksekgonul et al.): an exact linear SVM
-        model = SVC(kernel="linear", C=C)
+        # the post-hoc CBM's CAVs (Yuksekgonul et al.): an exact linear SVM. Its seed is given
+        # although a linear SVM without probabilities draws nothing from it: without one,
+        # scikit-learn draws libsvm's seed from numpy's global stream, moving the caller's
+        model = SVC(kernel="linear", C=C, random_state=state)
     else:
         # tensorflow/tcav uses LogisticRegression(); more iterations avoid spurious warnings.
-        model = LogisticRegression(max_iter=1000)
+        # (lbfgs draws nothing; the seed keeps any solver off numpy's global stream)
+        model = LogisticRegression(max_iter=1000, random_state=state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x_train, y_train)

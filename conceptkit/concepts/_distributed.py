@@ -105,7 +105,7 @@ def fit_distributed(factorizer: Any, source: Any, *, max_iter: int = 50, tol: fl
     """
     from . import _nmf_torch as kernels
     from ._nmf import NMF
-    from ._streaming import RowSource
+    from ._streaming import RowSource, fit_seeded
 
     if not isinstance(factorizer, NMF) or factorizer.solver not in ("torch_hals", "torch_mu"):
         raise TypeError(f"`factorizer` must be a conceptkit NMF with solver='torch_hals' or "
@@ -128,14 +128,8 @@ def fit_distributed(factorizer: Any, source: Any, *, max_iter: int = 50, tol: fl
     start = None
     if rank == 0:
         sample = rows.sample(init_rows, make_rng(seed))
-        seeded = est.random_state is None and seed is not None
-        if seeded:
-            est.set_params(random_state=seed)
-        try:
-            est.fit(sample)  # validates the rows (finite, non-negative, enough of them)
-        finally:
-            if seeded:
-                est.set_params(random_state=None)
+        # validates the rows (finite, non-negative, enough of them); seeded on a clone
+        fit_seeded(est, sample, seed)
         start = np.asarray(est.components_, dtype=np.float64)
         del sample
     c_shape = _broadcast(None if start is None else np.array(start.shape, np.float64), (2,))

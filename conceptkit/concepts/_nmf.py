@@ -27,6 +27,7 @@ from .._validation import (
     check_seed,
     held_warnings,
     make_rng,
+    resolve_device,
 )
 from . import _nmf_torch as kernels
 from ._base import Factorizer
@@ -214,7 +215,8 @@ class NMF(Factorizer):
     random_state : int or None
         Seed for the initialisation (``None``: fresh randomness, as in scikit-learn).
     device : str, torch.device or None
-        Torch solvers only; ``None`` computes where the input tensor lives (CPU for numpy).
+        Torch solvers only (fitting with ``"cd"``/``"mu"`` refuses a device other than the CPU:
+        it would be ignored); ``None`` computes where the input tensor lives (CPU for numpy).
         On a CPU shared with other busy processes, torch's OpenMP threads spin while they wait;
         ``OMP_WAIT_POLICY=PASSIVE`` in the environment (or ``torch.set_num_threads(1)``) avoids it.
     dtype : {"float32", "float64"}
@@ -274,6 +276,7 @@ class NMF(Factorizer):
     def _backend(self) -> str:
         return SOLVERS[check_choice(self.solver, "solver", list(SOLVERS))].backend
 
+
     def _validate_params(self) -> None:
         super()._validate_params()
         check_choice(self.solver, "solver", list(SOLVERS))
@@ -288,12 +291,25 @@ class NMF(Factorizer):
         check_seed(self.random_state, "random_state")
         self._compute_dtype()
 
+    def _check_device_applies(self) -> None:
+        """At fit: ``device`` must name a device (the library's resolver), and one other than
+        the CPU only with a torch solver: scikit-learn's run on the CPU whatever it says. (Not
+        on loading: files may hold a device this machine lacks.)"""
+        if self.device is None or SOLVERS[self.solver].backend != "numpy":
+            return  # the torch solvers resolve it where they compute
+        if resolve_device(self.device).type != "cpu":
+            raise ValueError(f"`device` {str(self.device)!r} is used by the torch solvers only "
+                             f"('torch_hals', 'torch_mu'); solver={self.solver!r} runs in "
+                             f"scikit-learn on the CPU, so it would be ignored. Leave `device` "
+                             f"out, or pass solver='torch_hals'.")
+
     def _prepare_input(self, X):
         if not self.relu:
             return X
         return X.clamp(min=0) if isinstance(X, torch.Tensor) else np.maximum(X, 0)
 
     def _fit(self, X):
+        self._check_device_applies()
         solver = SOLVERS[self.solver]
         U, W, n_iter = solver.fit(self, X)
         self.components_ = _as_numpy(W)

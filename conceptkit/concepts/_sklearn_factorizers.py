@@ -38,7 +38,8 @@ class KMeansConcepts(Factorizer):
     temperature : float or None
         Temperature of the soft codes. ``None`` uses the mean squared distance of the training
         rows to their nearest centroid (stored as ``temperature_``), which makes the soft codes
-        independent of the activations' scale.
+        independent of the activations' scale. Refused with ``codes="hard"``, which does not
+        read it.
     n_init, max_iter : int
         Passed to :class:`sklearn.cluster.KMeans` (``n_init=10`` as in the ACE reference).
     random_state : int or None
@@ -60,6 +61,15 @@ class KMeansConcepts(Factorizer):
     _state_info: ClassVar[tuple[str, ...]] = Factorizer._state_info + ("temperature_",)
     _positive_info: ClassVar[tuple[str, ...]] = ("temperature_",)
     _strictly_positive_info: ClassVar[tuple[str, ...]] = ("temperature_",)
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict, info: dict, **kwargs) -> KMeansConcepts:
+        # Files saved before `temperature` was refused with hard codes may hold one: it never
+        # changed their codes, so it is dropped (the fitted `temperature_` is kept).
+        if (isinstance(params, dict) and params.get("codes", "hard") == "hard"
+                and params.get("temperature") is not None):
+            params = {**params, "temperature": None}
+        return super().from_state(params, arrays, info, **kwargs)
 
     def _differentiable_transform(self, X: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Codes equal to ``codes`` (these k-means codes of ``X``) that gradients flow through:
@@ -93,6 +103,11 @@ class KMeansConcepts(Factorizer):
         check_choice(self.codes, "codes", ["hard", "soft"])
         if self.temperature is not None:
             check_float(self.temperature, "temperature", minimum=0.0, strict_minimum=True)
+            if self.codes == "hard":
+                raise ValueError("`temperature` sets the softmax of codes='soft'; codes='hard' "
+                                 "gives each row its nearest centroid's one-hot code, so it "
+                                 "would be ignored. Leave `temperature` out, or pass "
+                                 "codes='soft'.")
         check_int(self.n_init, "n_init", minimum=1)
         check_int(self.max_iter, "max_iter", minimum=1)
         _check_seed(self.random_state)
@@ -118,6 +133,9 @@ class KMeansConcepts(Factorizer):
     def _transform(self, X: np.ndarray) -> np.ndarray:
         check_choice(self.codes, "codes", ["hard", "soft"])
         sq = euclidean_distances(X, self._components_as(X), squared=True)
+        if not np.isfinite(sq).all():  # overflowed: the nearest centroid would be the first
+            raise ValueError("the squared distances to the centroids overflow "
+                             f"{sq.dtype}.")
         if self.codes == "hard":
             U = np.zeros_like(sq)
             U[np.arange(sq.shape[0]), sq.argmin(axis=1)] = 1.0

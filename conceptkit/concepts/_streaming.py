@@ -20,7 +20,6 @@ NMF is the factorizer that streams:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -181,17 +180,22 @@ def _check_factorizer(factorizer: Any) -> NMF:
     return factorizer
 
 
-@contextlib.contextmanager
-def _seeded(est: NMF, seed: int | None):
-    """Seed the estimator's initialisation with ``seed`` when it has no ``random_state``."""
+def fit_seeded(est: NMF, rows: Any, seed: int | None) -> None:
+    """``est.fit(rows)``, its initialisation seeded with ``seed`` when its ``random_state`` is
+    None. The seeded fit runs on a clone whose fitted state ``est`` then takes: the caller's
+    object gets the fit it asked for, and never a parameter it did not set (not even for the
+    length of the call)."""
     if est.random_state is not None or seed is None:
-        yield
+        est.fit(rows)
         return
-    est.set_params(random_state=seed)
-    try:
-        yield
-    finally:
-        est.set_params(random_state=None)
+    from sklearn.base import clone
+
+    seeded = clone(est).set_params(random_state=seed)
+    seeded.fit(rows)
+    params = set(est.get_params(deep=False))
+    for name, value in vars(seeded).items():
+        if name not in params:
+            setattr(est, name, value)
 
 
 def _epoch_order(source: RowSource, rng: np.random.Generator) -> list[int] | None:
@@ -245,16 +249,15 @@ def fit_streaming(factorizer: NMF, source: Any, *, epochs: int = 1, batch_rows: 
         init_rows, "init_rows", minimum=k)
     rng = make_rng(seed)
     sample = rows.sample(init_rows, rng)
-    with _seeded(est, seed):
-        est.fit(sample)  # checks the rows (finite, non-negative, n_concepts <= rows)
-        del sample
-        # Torch solvers compute in their dtype: copy blocks straight into it.
-        dtype = None if est._backend == "numpy" else np.dtype(est.dtype)
-        total = None if rows.store is None else _count_blocks(rows, batch_rows)
-        if est.solver == "torch_hals":
-            seen = _online_hals(est, rows, epochs, batch_rows, rng, dtype, total, progress)
-        else:
-            seen = _minibatch_nmf(est, rows, epochs, batch_rows, rng, dtype, total, progress, seed)
+    fit_seeded(est, sample, seed)  # checks the rows (finite, non-negative, n_concepts <= rows)
+    del sample
+    # Torch solvers compute in their dtype: copy blocks straight into it.
+    dtype = None if est._backend == "numpy" else np.dtype(est.dtype)
+    total = None if rows.store is None else _count_blocks(rows, batch_rows)
+    if est.solver == "torch_hals":
+        seen = _online_hals(est, rows, epochs, batch_rows, rng, dtype, total, progress)
+    else:
+        seen = _minibatch_nmf(est, rows, epochs, batch_rows, rng, dtype, total, progress, seed)
     est.n_samples_seen_ = seen
     if error:
         est.reconstruction_err_ = streaming_error(est, rows, batch_rows=batch_rows,

@@ -60,6 +60,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from .._reprs import dataclass_repr
+from .._torchutils import check_not_inference_mode
 from .._validation import check_choice, check_float, check_int, describe, make_rng
 from ..concepts._cav import CLASSIFIERS, SPACES, activation_features, fit_cav
 from ._cav import logit_gradients
@@ -114,6 +115,9 @@ class TCAVResult:
     alternative: str = "two-sided"
     notes: tuple[str, ...] = ()
     n_permutations: int | None = None  # mixtures drawn by the permutation test (None: a t-test)
+    #: The int seed the call ran with: the one given, or the one drawn for ``seed=None`` (pass
+    #: it back to repeat the call); None when a numpy Generator was given.
+    seed: int | None = None
 
     @property
     def n_runs(self) -> int:
@@ -162,6 +166,7 @@ class TCAVResult:
             "baseline": self.baseline,
             "alternative": self.alternative,
             "n_permutations": self.n_permutations,
+            "seed": self.seed,
             "concepts": concepts,
             "notes": list(self.notes),
             "random": {
@@ -556,11 +561,14 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         Batching and device of the backward passes through ``h``; progress bars.
     seed : int, np.random.Generator or None
         Drives the random subsets, the class balancing, the splits and the SGD shuffling.
+        ``None`` draws one int seed from fresh entropy, recorded in the result's ``seed`` (as
+        a given int is): passing it back repeats the call.
 
     Returns
     -------
     TCAVResult
     """
+    check_not_inference_mode("tcav")  # its logit gradients need autograd
     n_runs = check_int(n_runs, "n_runs", minimum=2)
     alpha = check_float(alpha, "alpha", minimum=0.0, maximum=1.0, strict_minimum=True)
     test = check_choice(test, "test", TESTS)
@@ -633,6 +641,10 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
                          "random activations, but `random_sets` is a list of sets, each used "
                          "whole; leave random_set_size out, or pass one pool array.")
     random_set_size = check_int(random_set_size, "random_set_size", minimum=2)
+    if seed is None:  # drawn once, and recorded in the result: passing it back repeats the call
+        seed = int(np.random.default_rng().integers(2**31 - 1))
+    elif not isinstance(seed, np.random.Generator):
+        seed = check_int(seed, "seed", minimum=0)
     rng = make_rng(seed)
     randoms = _random_runs(random_sets, n_runs, random_set_size, space, dim, rng,
                            t_test=test != "permutation", notes=early_notes,
@@ -739,6 +751,7 @@ def tcav(h: Any, class_activations: Any, concepts: Mapping[str, Any],
         alpha=alpha, test=test, correction=correction, classifier=classifier, space=space,
         statistic=statistic, baseline=baseline, alternative=alternative, notes=tuple(notes),
         n_permutations=n_permutations if test == "permutation" else None,
+        seed=None if isinstance(seed, np.random.Generator) else int(seed),
     )
 
 

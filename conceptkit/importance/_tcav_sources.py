@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._torchutils import check_not_inference_mode
 from .._validation import check_choice, check_int, describe, to_numpy
 from ..concepts._cav import SPACES, activation_features
 from ..extraction import ActivationExtractor, split_model
@@ -138,6 +139,7 @@ def tcav_images(model: nn.Module, layer: str | nn.Module, class_images: Any,
     ``space="flat"`` or ``space="cls"`` for them (pooled space needs maps ``(N, C, h, w)`` or
     vectors).
     """
+    check_not_inference_mode("tcav_images")  # before the extraction, not after it
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module; got {describe(model)}.")
     if not isinstance(concept_images, Mapping) or not concept_images:

@@ -113,8 +113,12 @@ def as_bundle(value: Any) -> ModelBundle | None:
     return None
 
 
-def class_index(value: Any, class_names: list[str], flag: str = "`class_id`") -> int:
+def class_index(value: Any, class_names: list[str], flag: str = "`class_id`",
+                n_outputs: int | None = None) -> int:
     """A class given by index or by name: the index, or an error with close names.
+
+    An index is checked against ``n_outputs``, the model's number of outputs, when the caller
+    knows it (the error then says how many classes the model has), else against the names.
 
     Names match exactly first, then ignoring case and surrounding spaces, then as the first
     entry of a comma-separated ImageNet-style label (``"tiger cat"`` in ``"tiger cat"``,
@@ -150,7 +154,11 @@ def class_index(value: Any, class_names: list[str], flag: str = "`class_id`") ->
         raise ValueError(f"{flag} {value!r} is not a class name of this model "
                          f"({len(class_names)} classes).{hint}")
     index = check_int(value, flag.strip("`"), minimum=0)
-    if class_names and index >= len(class_names):
-        raise ValueError(f"{flag} {index} is out of range: this model has {len(class_names)} "
-                         f"classes (0 to {len(class_names) - 1}).")
+    if n_outputs is not None and index >= n_outputs:
+        raise ValueError(f"{flag} {index} is out of range: this model has {n_outputs} classes "
+                         f"(0 to {n_outputs - 1}).")
+    if n_outputs is None and class_names and index >= len(class_names):
+        # said of the names: only the model's outputs say how many classes it has
+        raise ValueError(f"{flag} {index} is out of range: the {len(class_names)} class names "
+                         f"name classes 0 to {len(class_names) - 1}.")
     return index

@@ -8,11 +8,12 @@ these functions without an import cycle).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .._validation import check_int, id_list
+from .._validation import check_int, describe, id_list
 from ._examples import fewer_exemplars_quietly
 
 
@@ -78,14 +79,36 @@ def _metric(value: Any, higher_is_better: bool) -> dict[str, Any]:
     return {"value": value if np.isfinite(value) else None, "higher_is_better": bool(higher_is_better)}
 
 
+def _concept_labels(labels: Any, k: int) -> dict[int, str]:
+    """The report's ``labels``: a mapping of concept indices (0 to ``k - 1``) to strings; a
+    string, a list or a key that is no concept of this explanation is refused."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise TypeError(f"`labels` must be a dict {{concept index: label}}; got "
+                        f"{describe(labels)}.")
+    checked = {}
+    for key, label in labels.items():
+        if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+            raise TypeError(f"`labels` keys must be concept indices (int); got {key!r}.")
+        if not 0 <= int(key) < k:
+            raise ValueError(f"`labels` has concept {int(key)}, but this explanation has {k} "
+                             f"concepts (0 to {k - 1}).")
+        if not isinstance(label, str):
+            raise TypeError(f"`labels` values must be str; got {describe(label)} for concept "
+                            f"{int(key)}.")
+        checked[int(key)] = label
+    return checked
+
+
 def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
                        labels: dict[int, str] | None = None, notes: list[str] | None = None,
                        extra_metrics: dict | None = None, trust: dict | None = None) -> Any:
     """The :class:`~conceptkit.report.ClassReport` of ``cc``: what its report page shows.
 
     ``n_images`` class images with their concept maps, ``n_exemplars`` exemplars per concept,
-    concept ``labels`` (default: the concept's name after ``cc.name_concepts``, else
-    ``"concept <i>"``), ``notes`` and ``extra_metrics`` (a group of
+    concept ``labels`` (a dict ``{concept index: label}``, indices 0 to k - 1; default: the
+    concept's name after ``cc.name_concepts``, else ``"concept <i>"``), ``notes`` and ``extra_metrics`` (a group of
     metrics in the report's ``{group: {name: {"value", "higher_is_better"}}}`` form) added to the
     explanation's own metrics. ``trust`` (from ``cc.trust()``) adds each concept's stability
     across seeds, a "trust" group of metrics and the trust notes. Names (with their scores,
@@ -107,7 +130,7 @@ def build_class_report(cc: Any, *, n_images: int = 6, n_exemplars: int = 10,
                          "Save the fitted explanation again with `n_images` >= 1.")
     order = cc.ranking
     k = cc.n_concepts
-    labels = labels or {}
+    labels = _concept_labels(labels, k)
     ci_low = cc.ci_low if cc.ci_low is not None else np.full(k, np.nan)
     ci_high = cc.ci_high if cc.ci_high is not None else np.full(k, np.nan)
     # a name given to several concepts gets each concept's index ("red disk [2]"), so that the

@@ -24,7 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._deprecation import renamed_arguments
-from .._validation import check_choice, check_float, check_int, describe
+from .._torchutils import check_not_inference_mode
+from .._validation import check_choice, check_float, check_int, describe, resolve_seed
 from ..concepts import Factorizer
 from ..importance import ConceptImportance, concept_importance
 from ..importance._concept import (
@@ -106,7 +107,10 @@ class ConceptAtlas:
         important under pixel ablation are the classes whose model relies on its part far more often
         than under Sobol (``BENCHMARKS.md``, "Concept atlas"). ``importance.method`` says which ran.
     seed : int or None
-        Seeds the factorizer, the crops and the importance designs.
+        Seeds the factorizer, the crops and the importance designs. ``None``: each fit draws
+        one seed from fresh entropy for all of them and records it (``fitted_settings_["seed"]``
+        and ``importance.params["seed"]``, and a saved atlas's settings); passing it back
+        repeats the fit.
     class_names : list or dict or None
         Names of the classes for reports.
     max_inputs_per_class : int or None
@@ -125,7 +129,7 @@ class ConceptAtlas:
                  progress: bool = True, preprocess: Any = None, patch_size: int | None = None,
                  n_designs: int | None = None, importance_kwargs: dict | None = None,
                  method_kwargs: dict | None = None, model_name: str | None = None) -> None:
-        from ._explainer import ConceptExplainer
+        from ._explainer import ConceptExplainer, options_dict
 
         self.method = check_choice(method, "method", ATLAS_METHODS)
         self.importance_method = check_choice(importance, "importance", ATLAS_IMPORTANCES)
@@ -143,7 +147,7 @@ class ConceptAtlas:
         self._designs_given = n_designs is not None
         # the atlas checks its own importance options: "auto" resolves only at fit (pixel
         # ablation on images, Sobol on a store), so the explainer's own check cannot apply
-        self.explainer.importance_kwargs = dict(importance_kwargs or {})
+        self.explainer.importance_kwargs = options_dict(importance_kwargs, "importance_kwargs")
         if self.importance_method in PIXEL_METHODS:  # the atlas's own options, checked now
             check_pixel_options(self.explainer.importance_kwargs, ATLAS_PIXEL_OPTIONS,
                                 self.importance_method)
@@ -209,6 +213,7 @@ class ConceptAtlas:
         """
         from ..extraction import ActivationStore
 
+        check_not_inference_mode("ConceptAtlas.fit")
         ex = self.explainer
         if ex is None:
             raise RuntimeError("This atlas was loaded without its model: pass the model to "
@@ -231,6 +236,11 @@ class ConceptAtlas:
 
         before = (self.data_, self.importance_, getattr(self, "concept_names_", None),
                   getattr(self, "fitted_settings_", None), getattr(self, "fitted_with_", None))
+        # one seed for the dictionary, the crops and every class's importance: the given one,
+        # or one drawn now for seed=None, which the fit records (its settings, the
+        # importance's params), so that passing it back repeats the fit
+        given_seed = ex.seed
+        ex.seed = resolve_seed(ex.seed)
         try:
             self.data_ = (from_store(ex, data, labels, store_options or {}) if store
                           else from_images(ex, data, labels))
@@ -243,6 +253,8 @@ class ConceptAtlas:
             (self.data_, self.importance_, self.concept_names_, self.fitted_settings_,
              self.fitted_with_) = before
             raise
+        finally:
+            ex.seed = given_seed  # seed=None draws afresh at the next fit
         return self
 
     def _data(self) -> AtlasData:

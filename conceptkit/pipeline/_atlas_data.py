@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state
+from .._torchutils import model_device, model_dtype, preserved_model_state
 from .._validation import check_images, describe
 from ..concepts import Factorizer
+from ..concepts._checks import configured_factorizer
 from ..importance import METHODS as IMPORTANCE_METHODS
 from ._pixel import PIXEL_METHODS
 
@@ -151,15 +152,18 @@ def _check_labels_fit_head(labels: np.ndarray, logits: np.ndarray) -> None:
 
 
 def head_logits(head: Any, acts: torch.Tensor, context: Any, batch_size: int) -> np.ndarray:
-    """Logits of ``head`` on activations ``(N, C, h, w)``, in batches, the head left as found."""
+    """Logits of ``head`` on activations ``(N, C, h, w)``, in batches, the head left as found;
+    the activations (and context) are cast to the head's dtype (a float64 model's own)."""
     module = head if isinstance(head, nn.Module) else None
     device = model_device(module) if module is not None else torch.device("cpu")
+    dtype = model_dtype(module) if module is not None else torch.float32
     guard = preserved_model_state(module) if module is not None else contextlib.nullcontext()
     out = []
     with guard, torch.no_grad():
         for s in range(0, acts.shape[0], batch_size):
-            x = torch.as_tensor(acts[s:s + batch_size]).float().to(device)
-            y = head(x) if context is None else head(x, context[s:s + batch_size].to(device))
+            x = torch.as_tensor(acts[s:s + batch_size]).to(device=device, dtype=dtype)
+            y = head(x) if context is None else head(
+                x, context[s:s + batch_size].to(device=device, dtype=dtype))
             out.append((y[0] if isinstance(y, (tuple, list)) else y).double().cpu())
     return torch.cat(out).numpy()
 
@@ -270,8 +274,12 @@ def from_store(ex: Any, source: Any, labels: Any, options: dict) -> AtlasData:
     classes = _fitted_classes(labels)
     _check_store_is_of(ex, store)
     _check_labels_fit_head(labels, _check_head_reads_store(ex, store))
-    factorizer = ex.factorizer if ex.factorizer is not None else NMF(
-        ex.n_concepts, solver="torch_hals", random_state=ex.seed)
+    # the user's factorizer is cloned (with the atlas's seed where its random_state is unset),
+    # as the images path does: fitting it in place would change it under the user, and a
+    # second atlas given the same object would refit the first one's dictionary
+    factorizer = (configured_factorizer(ex.factorizer, ex.n_concepts, ex.seed)
+                  if ex.factorizer is not None else
+                  NMF(ex.n_concepts, solver="torch_hals", random_state=ex.seed))
     fit_distributed(factorizer, store, seed=ex.seed, progress=ex.progress, **options)
     bank = DictionaryBank(factorizer, layer=ex.layer, method=ex.method)
     scores, logits = [], []

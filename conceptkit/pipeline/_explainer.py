@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,12 +18,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._torchutils import model_device, preserved_model_state, tensor_state
+from .._torchutils import (
+    check_not_inference_mode,
+    model_device,
+    preserved_model_state,
+    tensor_state,
+)
 from .._validation import (
+    all_finite,
     check_choice,
     check_image_ids,
     check_images,
     check_int,
+    check_not_meta,
     check_seed,
     describe,
     resolve_device,
@@ -231,7 +238,8 @@ class ConceptExplainer:
         Name shown in reports (default: the bundle's name, else the model's class name).
     class_names
         Class names by output index, used when :meth:`fit` gets no ``class_name`` and to accept
-        a class given by name (default: the bundle's).
+        a class given by name (default: the bundle's). One name per output of the model:
+        :meth:`fit` refuses a list of another length.
     output
         For models that return a tuple, list or dict rather than the logits tensor: the index
         or key of the class logits (``output="logits"`` for Hugging Face models, ``output=0``
@@ -299,11 +307,11 @@ class ConceptExplainer:
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
-        self.progress = bool(progress)
+        self.progress = check_flag(progress, "progress")
         self.preprocess = preprocess
         self.n_designs = n_designs
-        self.importance_kwargs = dict(importance_kwargs or {})
-        self.method_kwargs = dict(method_kwargs or {})
+        self.importance_kwargs = options_dict(importance_kwargs, "importance_kwargs")
+        self.method_kwargs = options_dict(method_kwargs, "method_kwargs")
         self.model_name = model_name or type(model).__name__
         self.class_names = class_names
         self.output = output
@@ -388,6 +396,7 @@ class ConceptExplainer:
                              f"{self.method!r} does not crop. Pass `method` 'craft' with it, or "
                              f"leave `patch_size` out.")
         self.seed = check_seed(self.seed)
+        self.progress = check_flag(self.progress, "progress")
         if self.factorizer is not None:  # a wrong type or two different k: now, not after g
             configured_factorizer(self.factorizer, self.n_concepts, self.seed)
         self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
@@ -528,6 +537,7 @@ class ConceptExplainer:
 
         For ICE, ``activations`` (the images' feature maps) are reused instead of running ``g``.
         """
+        check_not_inference_mode("ConceptExplainer.discover")
         self._check_discovery_settings()  # settings may have changed since it was made
         images = check_images(images, "images", pixels=True)
         read = self._resolve_read(images)
@@ -550,12 +560,16 @@ class ConceptExplainer:
         if not isinstance(activations, torch.Tensor):
             raise TypeError(f"`activations` must be a tensor (N, C, h, w); got "
                             f"{describe(activations)}.")
+        check_not_meta(activations, "activations")  # before anything reads its values
         expected = tuple(self.activations(images[:1]).shape[1:])
         if activations.ndim != 4 or len(activations) != len(images) or tuple(
                 activations.shape[1:]) != expected:
             raise ValueError(f"`activations` must be the feature maps of `images` at layer "
                              f"{self.layer!r}: shape ({len(images)}, {', '.join(map(str, expected))}); "
                              f"got {tuple(activations.shape)}.")
+        if not all_finite(activations):  # named as the caller passed them, not the factorizer's `A`
+            raise ValueError("`activations` contains NaN or Inf values: feature maps of these "
+                             "images from `activations(images)` are finite; pass those.")
         return activations
 
     def _mark_cls(self, bank: ConceptBank, images: torch.Tensor) -> None:
@@ -589,28 +603,36 @@ class ConceptExplainer:
         ClassConcepts
             Concepts, importances with confidence intervals, and what the report needs.
         """
+        check_not_inference_mode("ConceptExplainer.fit")
         self._check_settings(fitting=True)  # settings may have changed since it was made
         images = check_images(images, "images", pixels=True)
         ids = check_image_ids(image_ids, images.shape[0])
         if images.shape[0] < 2:
             raise ValueError(f"`images` has {images.shape[0]} image; a class explanation needs at "
                              f"least 2 images (CRAFT advises hundreds).")
-        class_id = class_index(class_id, self.class_names or [])
-        if class_name is None and self.class_names and class_id < len(self.class_names):
-            class_name = self.class_names[class_id]
+        # a name, or an index's form, now; its range once the model's outputs are known
+        class_id = class_index(class_id, (self.class_names or []) if isinstance(class_id, str)
+                               else [])
         timings: dict[str, float] = {}
         start = time.perf_counter()
         read = self._resolve_read(images)
         handle = self.model_at_layer
         handle.prepare(images)  # split now: fails early, before any heavy work, on an invalid cut
+        # The model's outputs first: the class names must name them, and an output the model
+        # does not have fails now, not after the (windowed) extraction.
+        with handle.whole_model() as forward:
+            n_outputs = int(forward(images[:1]).shape[1])
+        check_class_names(self.class_names, n_outputs)
+        if self.class_names:  # the range, said of the model's outputs (which the names name)
+            class_index(class_id, self.class_names, n_outputs=n_outputs)
+        _check_class_output(n_outputs, class_id)
+        if class_name is None and self.class_names and class_id < len(self.class_names):
+            class_name = self.class_names[class_id]
         seed = resolve_seed(self.seed)  # None: drawn once for discovery and importance, recorded
         method = self._discovery(images, seed)
         # The method on the first image only: a layer the factorizer cannot take (negative
         # activations for NMF) fails now, not after the whole extraction.
         method.check_first_image(self.model, self.layer, images)
-        # An output the model does not have fails now, not after the (windowed) extraction.
-        with handle.whole_model() as forward:
-            _check_class_output(forward(images[:1]), class_id)
         if read == "cls":  # before the windowed extraction (one pass per window)
             _check_cls_reaches_output(handle, images)
         timings["split"] = time.perf_counter() - start
@@ -773,10 +795,39 @@ def _check_cls_token(model: nn.Module, layer: str) -> None:
                                                "of each image")
 
 
-def _check_class_output(out: torch.Tensor, class_id: int) -> None:
-    if class_id >= out.shape[1]:
-        raise ValueError(f"`class_id` must be in [0, {out.shape[1] - 1}]: the model returns "
-                         f"{out.shape[1]} classes; got {class_id}.")
+def _check_class_output(n_outputs: int, class_id: int) -> None:
+    if class_id >= n_outputs:
+        raise ValueError(f"`class_id` must be in [0, {n_outputs - 1}]: the model returns "
+                         f"{n_outputs} classes; got {class_id}.")
+
+
+def check_class_names(class_names: Any, n_outputs: int) -> None:
+    """Class names by output index must name every output of the model, once: a list of
+    another length names the wrong classes (and misstates how many there are). An empty list
+    is no names."""
+    if class_names and len(class_names) != n_outputs:
+        count = f"{len(class_names)} name{'s' if len(class_names) != 1 else ''}"
+        raise ValueError(f"`class_names` has {count}, but the model has {n_outputs} outputs: "
+                         f"give one name per output, in output order (or leave `class_names` "
+                         f"out).")
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool, or a TypeError naming ``name`` (``"yes"`` or ``1.5`` is no switch)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; got {describe(value)}.")
+    return bool(value)
+
+
+def options_dict(value: Any, name: str) -> dict:
+    """Keyword options given as a mapping (None: none), copied; a string, a list of pairs or
+    anything else is refused naming ``name`` rather than read by ``dict()``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"`{name}` must be a dict of keyword options (name -> value); got "
+                        f"{describe(value)}.")
+    return dict(value)
 
 
 def _check_reaches_output(handle: ModelAtLayer, acts: torch.Tensor, context: Any,

@@ -14,11 +14,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._reprs import summarize
+from .._torchutils import check_not_inference_mode
 from .._validation import check_images, check_int, describe
 from ..models._bundle import ModelBundle
 from ..models._candidates import class_index
 from ._atlas_data import class_labels
-from ._explainer import ConceptExplainer, predict_labels
+from ._explainer import ConceptExplainer, check_class_names, predict_labels
 from ._result import ClassConcepts
 
 
@@ -68,7 +69,12 @@ class ConceptManager:
 
     def fit(self, images: torch.Tensor, labels: Any = None, classes: Any = None) -> dict[int, ClassConcepts]:
         """Explain every class (or the listed ``classes``: class indices, or class names when
-        the manager knows them, each once); returns ``{class_id: ClassConcepts}``."""
+        the manager knows them, each once); returns ``{class_id: ClassConcepts}``.
+
+        ``class_names`` must name the model's outputs: a list of another length than the
+        model's number of outputs, or a dict with a key past the last output, is refused, as
+        is a class to explain (with ``min_images`` images) past the last output."""
+        check_not_inference_mode("ConceptManager.fit")
         images = check_images(images, "images", pixels=True)
         ex = self.explainer
         if labels is None:
@@ -83,8 +89,14 @@ class ConceptManager:
             if missing:
                 raise ValueError(f"`classes` {missing} have no image in `labels` (classes "
                                  f"present: {sorted(set(labels.tolist()))}).")
+        n_outputs = _n_outputs(ex, images)
+        if n_outputs is not None:  # else the explainer says what the model's output is
+            # the classes that will be explained: one left out (too few images) is only named
+            counts = {int(c): int(np.sum(labels == c)) for c in wanted}
+            self._check_outputs(n_outputs, np.array([c for c in wanted
+                                                     if counts[int(c)] >= self.min_images]))
         if isinstance(self.class_names, dict):
-            _cover(ex, int(wanted.max()) if wanted.size else -1)
+            _cover(ex, int(wanted.max()) if wanted.size else -1, n_outputs)
         fitted: dict[int, ClassConcepts] = {}  # a new fit replaces the last one's classes
         few = []
         for class_id in tqdm(wanted, disable=not ex.progress, desc="classes"):
@@ -125,7 +137,25 @@ class ConceptManager:
                 raise ValueError(f"`classes` lists class {index} twice ({resolved[index]!r} and "
                                  f"{value!r}); list each class once.")
             resolved[index] = value
+        if not resolved:
+            raise ValueError("`classes` is empty: list the classes to explain (indices or "
+                             "names), or leave `classes` out to explain every class in `labels`.")
         return list(resolved)
+
+    def _check_outputs(self, n_outputs: int, wanted: np.ndarray) -> None:
+        """The class names and the classes to explain must be outputs of the model."""
+        names = self.class_names
+        if isinstance(names, dict):
+            past = sorted(int(key) for key in names if int(key) >= n_outputs)
+            if past:
+                raise ValueError(f"`class_names` names class {past[0]}, but the model has "
+                                 f"{n_outputs} outputs (classes 0 to {n_outputs - 1}): its keys "
+                                 f"must be output indices.")
+        else:
+            check_class_names(names, n_outputs)
+        if wanted.size and int(wanted.max()) >= n_outputs:
+            raise ValueError(f"`labels` holds class {int(wanted.max())}, but the model has "
+                             f"{n_outputs} outputs (classes 0 to {n_outputs - 1}).")
 
     def report(self, out_dir: str | os.PathLike, *, title: str = "conceptkit report",
                **kwargs: Any) -> Path:
@@ -193,11 +223,25 @@ def _names_by_index(class_names: Any) -> list[str]:
     return [str(class_names.get(i, f"class {i}")) for i in range(size)]
 
 
-def _cover(explainer: ConceptExplainer, class_id: int) -> None:
-    """Name classes up to ``class_id`` in the explainer's list of names, so that a class the
-    manager's dict of names does not reach is fitted (``"class <i>"``), not refused as out of
-    range."""
+def _cover(explainer: ConceptExplainer, class_id: int, n_outputs: int | None = None) -> None:
+    """Name classes up to ``class_id`` in the explainer's list of names — every output of the
+    model when their number is known — so that a class the manager's dict of names does not
+    reach is fitted (``"class <i>"``), not refused as out of range, and the list names every
+    output, as the explainer requires."""
     names = explainer.class_names
-    if names is not None and class_id >= len(names):
-        explainer.class_names = [*names, *(f"class {i}" for i in range(len(names),
-                                                                      class_id + 1))]
+    last = class_id if n_outputs is None else n_outputs - 1  # (classes past it are skipped)
+    if names is not None and last >= len(names):
+        explainer.class_names = [*names, *(f"class {i}" for i in range(len(names), last + 1))]
+
+
+def _n_outputs(explainer: ConceptExplainer, images: torch.Tensor) -> int | None:
+    """The model's number of outputs, from its first image (None when its output is not a
+    logits tensor ``(N, n_classes)``: the explainer then says what it is)."""
+    try:
+        with explainer.model_at_layer.whole_model() as forward:
+            out = forward(images[:1])
+    except Exception:  # noqa: BLE001 - the explainer's fit runs it again and says what is wrong
+        return None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        return None
+    return int(out.shape[1])

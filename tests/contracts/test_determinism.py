@@ -157,3 +157,40 @@ def test_results_are_not_trivial(runs):
 def test_another_seed_gives_other_results(runs, key):
     assert runs["a"][key].tobytes() != runs["other"][key].tobytes(), (
         f"{key} does not change with the seed: is the seed passed through?")
+
+
+def test_seeded_calls_leave_the_global_random_streams_alone():
+    """A seeded call draws from its own generators only: numpy's, torch's and Python's global
+    streams are where the caller left them (CAVBank's linear SVM drew libsvm's seed from
+    numpy's global stream). In this process; the states are put back afterwards."""
+    import random
+
+    import torch
+
+    from conceptkit import bottleneck, importance
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8))
+    labels = (rng.random((60, 3)) < 0.5).astype(float)
+    calls = {
+        "CAVBank.from_examples": lambda: bottleneck.CAVBank.from_examples(
+            {"a": emb[:20] + 1, "b": emb[20:40] - 1}, emb[40:], seed=0),
+        "CAVBank.from_concept_labels": lambda: bottleneck.CAVBank.from_concept_labels(
+            emb, labels, ["x", "y", "z"], seed=0),
+        **{f"compute_cav({classifier!r})": (lambda classifier=classifier: importance.compute_cav(
+            emb[:30] + 1, emb[30:], classifier=classifier, seed=0))
+           for classifier in ("sgd", "logistic", "mean_difference")},
+    }
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        for name, call in calls.items():
+            random.seed(1), np.random.seed(1), torch.manual_seed(1)
+            expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+            random.seed(1), np.random.seed(1), torch.manual_seed(1)
+            call()
+            after = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+            assert after == expected, f"{name} with a seed drew from a global random stream"
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
