@@ -4,6 +4,7 @@
 import math
 import socket
 import subprocess
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -22,6 +23,16 @@ def two_block_cnn() -> nn.Sequential:
     model.add_module("flatten", nn.Flatten())
     model.add_module("fc", nn.Linear(24, 4))
     return model.eval()
+
+
+def small_cnn() -> nn.Sequential:
+    """Conv blocks `block1` and `block2` (8 ch each, both pooled) -> GAP -> Linear(8, 3), train
+    mode as built."""
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        block1=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        block2=nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, 3)))
 
 
 def planted_nmf(n: int = 400, c: int = 60, k: int = 5, noise: float = 0.1, seed: int = 0):

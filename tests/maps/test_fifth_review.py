@@ -190,22 +190,6 @@ def test_all_zero_sub_concept_importances_are_said_in_the_recursions_words():
 # Finding 2: the public map functions on bad input
 # ---------------------------------------------------------------------------------------------
 
-def small_cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(
-        block1=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-        block2=nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, 3)))
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    model = small_cnn().eval()
-    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    bank = ICE(3, seed=0, progress=False).fit(model, "block2", images)
-    return model, images, bank
-
-
 def test_gradient_and_scale_matched_maps_refuse_0_255_images(cnn):
     model, images, bank = cnn
     for call in (lambda: gradient_maps(model, images * 255, bank),

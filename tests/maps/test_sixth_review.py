@@ -7,34 +7,16 @@ Tiny models throughout, CPU only.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from _shared import small_cnn
 
-from conceptkit.concepts import ACE, CRAFT, ICE, NMF, ConceptBank
+from conceptkit.concepts import ACE, CRAFT, NMF, ConceptBank
 from conceptkit.extraction import Provenance
 from conceptkit.maps import coefficient_maps, gradient_maps, pixel_maps, provenance_maps
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-
-
-def small_cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(
-        block1=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-        block2=nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
-        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(8, 3)))
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    model = small_cnn().eval()
-    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    bank = ICE(3, seed=0, progress=False).fit(model, "block2", images)
-    return model, images, bank
 
 
 # ---------------------------------------------------------------------------------------------
