@@ -155,7 +155,7 @@ def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
         if preprocess is not None:
             batch = preprocess(batch)
         try:
-            out = _logits(model(batch.to(dtype=dtype))).float()
+            raw = model(batch.to(dtype=dtype))
         except (RuntimeError, ValueError, TypeError) as err:
             if start != 0 or isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
@@ -164,6 +164,7 @@ def class_scores(model: nn.Module, images: torch.Tensor, class_id: int, *,
                              f"run through {type(model).__name__}: {type(err).__name__}: "
                              f"{str(err).rstrip('.')}. Check the number of channels and the "
                              f"size the model takes (and `preprocess`).") from err
+        out = _logits(raw).float()  # its own error: the output, not the images, is wrong
         check_class_id(class_id, out.shape[1])
         finite = torch.isfinite(out).all(dim=1)
         if not bool(finite.all()):
