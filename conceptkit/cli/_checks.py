@@ -338,8 +338,8 @@ def check_out_targets(out: str | os.PathLike, targets: list[str], flag: str = "-
     raise CommandError(f"`{flag}` {str(out)!r} already holds {rel!r}{more}, which this "
                        f"command would overwrite and which is not listed in {MANIFEST} (the "
                        f"list of what conceptkit wrote there: another program's file, or one "
-                       f"from a conceptkit before 0.2, whose train-cbm kept no list). Move it "
-                       f"away, or give another directory.")
+                       f"from a conceptkit before 0.2, whose train-cbm and demo kept no "
+                       f"list). Move it away, or give another directory.")
 
 
 def load_reference_flags(weights: str | None) -> Any:
